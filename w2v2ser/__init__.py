@@ -1,0 +1,11 @@
+"""w2v2ser: speech emotion recognition with wav2vec 2.0 embeddings.
+
+Stage 1 (:mod:`w2v2ser.extract`) writes features into a Zarr feature store
+(:mod:`w2v2ser.store`); stage 2 (:mod:`w2v2ser.train`, :mod:`w2v2ser.evaluate`)
+reads that store and fits shallow Keras heads. The store is the only contract
+between the stages.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,3 @@
+from w2v2ser._cli import main
+
+raise SystemExit(main())

@@ -1,1 +1,11 @@
-"""placeholder"""
+"""Stage 2 evaluation: reports over run directories and prediction on new audio.
+
+``write_report`` renders the paper's tables (UAR mean ± std per feature selection and corpus),
+confusion matrices and the layer-weight figure; ``predict_audio`` labels new audio files with a
+trained run directory, extracting features in a subprocess so this process never imports torch.
+"""
+
+from ._errors import EvaluateError, PredictError, RunDirError
+from ._report import write_report
+
+__all__ = ["EvaluateError", "PredictError", "RunDirError", "write_report"]

@@ -1,0 +1,108 @@
+"""Figures of the report: confusion matrices and the layer-weight plot (paper, Figure 2).
+
+Matplotlib runs with the Agg backend (no display on cluster nodes) and every PNG is written to a
+temporary name in the destination folder and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # must precede pyplot; headless nodes have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ._rundir import RunSummary, model_tag  # noqa: E402
+
+__all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights"]
+
+
+def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG to ``path`` through a temp file + rename, then close it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_confusion(run: RunSummary, path: Path) -> Path | None:
+    """Row-normalised confusion matrix with raw counts annotated; None when results lack one."""
+    if run.confusion is None or run.confusion.ndim != 2 or run.confusion.size == 0:
+        return None
+    counts = run.confusion
+    n = counts.shape[0]
+    classes = list(run.classes) if len(run.classes) == n else [str(i) for i in range(n)]
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    size = max(4.0, 0.75 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    for i in range(n):
+        for j in range(n):
+            colour = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({int(round(counts[i, j]))})", ha="center",
+                    va="center", color=colour, fontsize=8)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    std = f" ± {run.uar_std:.1f}" if run.uar_std is not None else ""
+    ax.set_title(f"{run.corpus}: {run.features}\nhead {run.head}, {run.normalisation} norm., "
+                 f"UAR {run.uar_mean:.1f}{std} % (n={run.n_runs})", fontsize=9)
+    return save_figure_atomically(fig, path)
+
+
+def layer_weight_series(runs: Sequence[RunSummary]) -> dict[tuple[str, str], np.ndarray]:
+    """Group normalised α by (corpus, model): arrays [runs, layers]; runs of other lengths dropped."""
+    grouped: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    for run in runs:
+        if not run.layer_weights:
+            continue
+        model = model_tag(run.model_ids[0]) if run.model_ids else run.features
+        grouped.setdefault((run.corpus, model), []).extend(run.layer_weights)
+    series = {}
+    for key, vectors in grouped.items():
+        length = max(len(v) for v in vectors)
+        series[key] = np.asarray([v for v in vectors if len(v) == length], dtype=np.float64)
+    return series
+
+
+def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
+    """Figure 2 of the paper: normalised α per layer, mean ± std over runs, a line per model.
+
+    One panel per corpus. Returns None when no run has layer weights.
+    """
+    series = layer_weight_series(runs)
+    if not series:
+        return None
+    corpora = sorted({corpus for corpus, _ in series})
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.0 * len(corpora), 4.0), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        for (c, model), values in sorted(series.items()):
+            if c != corpus:
+                continue
+            layers = np.arange(values.shape[1])
+            std = values.std(axis=0) if len(values) > 1 else np.zeros(values.shape[1])
+            ax.errorbar(layers, values.mean(axis=0), yerr=std, marker="o", capsize=3,
+                        label=f"{model} (n={len(values)})")
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer (0 = local encoder output)")
+        ax.set_ylabel("normalised weight α")
+        ax.set_title(f"{corpus}: learned layer weights")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure_atomically(fig, path)

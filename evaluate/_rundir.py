@@ -1,0 +1,280 @@
+"""Read a stage-2 run directory into a :class:`RunSummary`, tolerating every partial state.
+
+The layout is written by :mod:`w2v2ser.train` (see the contract): ``experiment.json``,
+``runs/<fold>__seed<k>/{model.keras,metrics.json,layer_weights.json,...}`` and, once every run
+finished, ``results.json``. A run directory may instead hold ``skipped.json`` (``{"reason": ...}``)
+when the experiment could not run at all. Reading never raises for a broken directory: the problem
+becomes ``status="incomplete"`` with a reason, because a report over many experiments must still
+be written when one of them is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES"]
+
+#: Display names of the corpora, in the column order of the paper's tables.
+CORPUS_NAMES: dict[str, str] = {"ravdess": "RAVDESS", "iemocap": "IEMOCAP", "csv": "CSV"}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the report needs from one run directory.
+
+    UAR values are percentages. ``status`` is ``"complete"`` (results.json read),
+    ``"skipped"`` (skipped.json) or ``"incomplete"`` (anything else; ``reason`` says what).
+    """
+
+    path: Path
+    status: str
+    reason: str = ""
+    experiment: Mapping[str, Any] = field(default_factory=dict)
+    results: Mapping[str, Any] = field(default_factory=dict)
+    corpus: str = "?"
+    features: str = "?"
+    head: str = "?"
+    normalisation: str = "?"
+    recipe: str = "?"
+    model_ids: tuple[str, ...] = ()
+    uar_runs: tuple[float, ...] = ()
+    uar_mean: float | None = None
+    uar_std: float | None = None
+    accuracy_mean: float | None = None
+    classes: tuple[str, ...] = ()
+    confusion: np.ndarray | None = None
+    #: normalised layer weights, one list per run (seed/fold)
+    layer_weights: tuple[tuple[float, ...], ...] = ()
+    runs_finished: int = 0
+
+    @property
+    def n_runs(self) -> int:
+        """Number of runs (seeds × folds) the UAR statistics summarise."""
+        return len(self.uar_runs)
+
+
+def _load_json(path: Path) -> tuple[Any, str]:
+    """Return (data, "") or (None, reason) -- never raises."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), ""
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
+
+
+def find_key(data: Any, *keys: str, default: Any = None) -> Any:
+    """Breadth-first search of nested dicts for the first of ``keys`` (config layouts vary)."""
+    queue: list[Any] = [data]
+    while queue:
+        level, queue = queue, []
+        for node in level:
+            if isinstance(node, Mapping):
+                for key in keys:
+                    if key in node and node[key] is not None:
+                        return node[key]
+                queue.extend(v for v in node.values() if isinstance(v, Mapping))
+    return default
+
+
+def _is_fraction(*values: Any) -> bool:
+    """UAR is stored as a fraction in [0, 1]; foreign files may hold percentages already."""
+    vals = [abs(float(v)) for v in values if v is not None]
+    return not vals or max(vals) <= 1.0
+
+
+def _canonical_corpus(value: Any) -> str:
+    text = str(value or "?").strip()
+    return CORPUS_NAMES.get(text.lower(), text)
+
+
+def _layer_text(layers: Any) -> str:
+    if layers is None or layers == "all":
+        return "all layers"
+    if isinstance(layers, int):
+        layers = [layers]
+    if isinstance(layers, str):
+        return layers
+    layers = list(layers)
+    if layers == [0]:
+        return "local encoder"
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ",".join(str(x) for x in layers)
+
+
+def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
+    """wav2vec2 model ids recorded in the store identities of ``experiment.json``."""
+    found: list[str] = []
+
+    def visit(node: Any, under_w2v: bool) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                inside = under_w2v or str(key).startswith("wav2vec2")
+                if key == "model" and isinstance(value, str) and inside and value not in found:
+                    found.append(value)
+                visit(value, inside)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value, under_w2v)
+
+    visit(experiment, False)
+    return tuple(found)
+
+
+def model_tag(model_id: str) -> str:
+    """Short label of a wav2vec2 checkpoint: pretrained (PT) or fine-tuned for ASR (FT)."""
+    lowered = model_id.lower()
+    tuned = any(mark in lowered for mark in ("960h", "100h", "10m", "-ft", "finetun", "fine-tun"))
+    return f"{model_id} ({'fine-tuned' if tuned else 'pretrained'})"
+
+
+def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
+    explicit = find_key(config, "feature_selection", "feature_label")
+    if isinstance(explicit, str):
+        return explicit
+    features = find_key(config, "features", "feature", default="?")
+    if isinstance(features, Mapping):  # {"wav2vec2": {"layers": [...]}, "egemaps": {}}
+        items = list(features.items())
+    elif isinstance(features, str):
+        items = [(features, config)]
+    else:
+        items = [(f, config) if isinstance(f, str) else (find_key(f, "name", default="?"), f)
+                 for f in features]
+    parts = []
+    for name, sub in items:
+        text = str(name)
+        if text.startswith("wav2vec2"):
+            layers = find_key(sub, "layers", "layer") if isinstance(sub, Mapping) else None
+            tag = ""
+            if model_ids:
+                tag = " FT" if "fine-tuned" in model_tag(model_ids[0]) else " PT"
+            text = f"{text}{tag} {_layer_text(layers)}"
+        parts.append(text)
+    return " + ".join(parts)
+
+
+def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[float, ...]]:
+    """Normalised α per run, from results.json or, failing that, runs/*/layer_weights.json."""
+    raw = results.get("layer_weights")
+    entries: list[Any]
+    if isinstance(raw, Mapping):
+        entries = [raw[k] for k in sorted(raw)]
+    elif isinstance(raw, list):
+        entries = list(raw)
+    else:
+        entries = []
+        for path in sorted(run_dir.glob("runs/*/layer_weights.json")):
+            data, _ = _load_json(path)
+            if data is not None:
+                entries.append(data)
+    out = []
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            vec = entry.get("normalised")
+            if vec is None and entry.get("alphas") is not None:
+                alphas = np.asarray(entry["alphas"], dtype=np.float64)
+                vec = np.exp(alphas - alphas.max()) / np.exp(alphas - alphas.max()).sum()
+        else:
+            vec = entry
+        if vec is not None and len(vec) > 0:
+            out.append(tuple(float(v) for v in np.ravel(np.asarray(vec, dtype=np.float64))))
+    return out
+
+
+def read_run_dir(run_dir: Path) -> RunSummary:
+    """Summarise one run directory; broken directories give ``status="incomplete"``.
+
+    Args:
+        run_dir: a directory written by ``w2v2ser train``.
+
+    Returns:
+        The summary; never raises for missing or malformed files.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return RunSummary(path=run_dir, status="incomplete",
+                          reason=f"{run_dir} is not a directory")
+    experiment, exp_problem = _load_json(run_dir / "experiment.json")
+    experiment = experiment if isinstance(experiment, Mapping) else {}
+    finished = len(list(run_dir.glob("runs/*/metrics.json")))
+    base = _describe(experiment, experiment)
+    skipped, _ = _load_json(run_dir / "skipped.json")
+    if skipped is not None:
+        reason = skipped.get("reason", "no reason recorded") if isinstance(skipped, Mapping) else str(skipped)
+        desc = _describe({**experiment, **(skipped if isinstance(skipped, Mapping) else {})}, experiment)
+        return RunSummary(path=run_dir, status="skipped", reason=str(reason), experiment=experiment,
+                          runs_finished=finished, **desc)
+    results, res_problem = _load_json(run_dir / "results.json")
+    if not isinstance(results, Mapping):
+        reason = res_problem or "results.json is not a JSON object"
+        if not experiment:
+            reason += f"; {exp_problem or 'experiment.json is not a JSON object'}"
+        reason += f"; {finished} run(s) finished"
+        return RunSummary(path=run_dir, status="incomplete", reason=reason, experiment=experiment,
+                          runs_finished=finished, **base)
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else experiment
+    desc = _describe({**experiment, **config, "recipe": find_key(results, "recipe") or
+                      find_key(config, "recipe") or find_key(experiment, "recipe")}, experiment)
+    try:
+        raw_runs = [float(r.get("uar") if isinstance(r, Mapping) else r)
+                    for r in results.get("uar_per_run") or []]
+        raw_mean, raw_std = results.get("uar_mean"), results.get("uar_std")
+        scale = 100.0 if _is_fraction(raw_mean, *raw_runs) else 1.0
+        uar_runs = [scale * v for v in raw_runs if not math.isnan(v)]
+        uar_mean = scale * float(raw_mean) if raw_mean is not None else (
+            float(np.mean(uar_runs)) if uar_runs else None)
+        # Fallback std over runs is the population std, as np.std in train's results.json.
+        uar_std = scale * float(raw_std) if raw_std is not None else (
+            float(np.std(uar_runs)) if uar_runs else None)
+        acc = results.get("accuracy_mean")
+        confusion = results.get("confusion")
+        confusion = np.asarray(confusion, dtype=np.float64) if confusion is not None else None
+        classes = tuple(str(c) for c in results.get("classes") or ())
+    except (TypeError, ValueError) as exc:
+        return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
+                          reason=f"results.json has malformed values ({exc})", runs_finished=finished, **desc)
+    if uar_mean is None:
+        return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
+                          reason="results.json has neither uar_mean nor uar_per_run",
+                          runs_finished=finished, **desc)
+    return RunSummary(
+        path=run_dir, status="complete", experiment=experiment, results=results,
+        uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std,
+        accuracy_mean=None if acc is None else float(acc) * (100.0 if _is_fraction(acc) else 1.0),
+        classes=classes, confusion=confusion, layer_weights=tuple(_layer_weights(results, run_dir)),
+        runs_finished=finished, **desc)
+
+
+def _describe(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """Row/column identity of an experiment: corpus, feature selection, head, normalisation, recipe."""
+    model_ids = model_ids_of(experiment)
+    corpus = find_key(config, "corpus", "corpus_kind")
+    if isinstance(corpus, Mapping):
+        corpus = find_key(corpus, "kind", "name")
+    head = find_key(config, "head", "downstream", "head_kind")
+    if isinstance(head, Mapping):
+        head = find_key(head, "kind", "name", "type")
+    norm = find_key(config, "normalisation", "normalization")
+    if isinstance(norm, Mapping):
+        norm = find_key(norm, "kind", "mode", "name")
+    recipe = find_key(config, "recipe")
+    if isinstance(recipe, Mapping):
+        recipe = find_key(recipe, "name", "kind")
+    return {
+        "corpus": _canonical_corpus(corpus),
+        "features": _feature_text(config, model_ids) if config else "?",
+        "head": str(head) if head is not None else "?",
+        "normalisation": str(norm) if norm is not None else "?",
+        "recipe": str(recipe) if recipe is not None else "?",
+        "model_ids": model_ids,
+    }

@@ -1,0 +1,159 @@
+"""Report over synthetic run directories written by hand in the documented run-dir format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from w2v2ser.evaluate import write_report
+
+CLASSES = ["angry", "happy", "neutral", "sad"]
+MODELS = {"pt": "facebook/wav2vec2-base", "ft": "facebook/wav2vec2-base-960h"}
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: object = "egemaps",
+                 head: str = "dense", model: str | None = None, uars: tuple[float, ...] = (0.5, 0.6, 0.7),
+                 alphas: bool = False, recipe: str = "official", normalisation: str = "speaker",
+                 seed: int = 0) -> Path:
+    """A finished run directory: experiment.json, runs/*/metrics.json (+layer_weights.json), results.json."""
+    rng = np.random.default_rng(seed)
+    run_dir = root / name
+    store = {"path": str(root / "store.zarr"), "features": {}}
+    if model:
+        store["features"]["wav2vec2"] = {"name": "wav2vec2", "dim": 768, "layers": 13,
+                                         "config": {"model": model, "revision": None}}
+    config = {"corpus": corpus, "features": features, "head": head, "normalisation": normalisation,
+              "recipe": recipe, "seeds": len(uars)}
+    _write_json(run_dir / "experiment.json", {**config, "store": store})
+    confusion = np.zeros((4, 4), dtype=int)
+    layer_weights = []
+    for seed_i, uar in enumerate(uars):
+        conf = rng.integers(0, 5, size=(4, 4)) + np.eye(4, dtype=int) * 10
+        confusion += conf
+        _write_json(run_dir / "runs" / f"all__seed{seed_i}" / "metrics.json",
+                    {"uar": uar, "accuracy": uar, "n_test": int(conf.sum()), "confusion": conf.tolist(),
+                     "fold": "all", "seed": seed_i, "split": {}})
+        if alphas:
+            a = rng.normal(size=13) + (np.arange(13) if "960h" not in (model or "") else -np.arange(13)) / 4
+            norm = np.exp(a) / np.exp(a).sum()
+            entry = {"alphas": a.tolist(), "normalised": norm.tolist(), "store": store["path"]}
+            _write_json(run_dir / "runs" / f"all__seed{seed_i}" / "layer_weights.json", entry)
+            layer_weights.append(entry)
+    results = {"uar_mean": float(np.mean(uars)), "uar_std": float(np.std(uars)), "uar_per_run": list(uars),
+               "accuracy_mean": float(np.mean(uars)), "n_test": int(confusion.sum()), "classes": CLASSES,
+               "confusion": confusion.tolist(), "config": config, "splits": {},
+               "timing": {"seconds": 1.0}}
+    if layer_weights:
+        results["layer_weights"] = layer_weights
+    _write_json(run_dir / "results.json", results)
+    return run_dir
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.fixture()
+def run_dirs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs"
+    dirs = [
+        make_run_dir(root, "egemaps_ravdess", features="egemaps", uars=(0.55, 0.60, 0.65)),
+        make_run_dir(root, "egemaps_iemocap", corpus="iemocap", features="egemaps", uars=(0.50, 0.52, 0.54)),
+        make_run_dir(root, "w2v_pt_ravdess", features={"wav2vec2": {"layers": "all"}}, head="weighted_dense",
+                     model=MODELS["pt"], uars=(0.80, 0.82, 0.84), alphas=True, seed=1),
+        make_run_dir(root, "w2v_ft_ravdess", features={"wav2vec2": {"layers": "all"}}, head="weighted_dense",
+                     model=MODELS["ft"], uars=(0.70, 0.71, 0.72), alphas=True, seed=2),
+        make_run_dir(root, "egemaps_ravdess_lstm", features="egemaps", head="lstm", uars=(0.58, 0.60)),
+    ]
+    skipped = root / "w2v_large_ravdess"
+    _write_json(skipped / "experiment.json", {"corpus": "ravdess", "features": "wav2vec2", "head": "dense",
+                                              "normalisation": "speaker", "recipe": "official"})
+    _write_json(skipped / "skipped.json", {"reason": "model facebook/wav2vec2-large could not be loaded"})
+    incomplete = root / "spectrogram_ravdess"
+    _write_json(incomplete / "experiment.json", {"corpus": "ravdess", "features": "spectrogram", "head": "dense",
+                                                 "normalisation": "speaker", "recipe": "official"})
+    _write_json(incomplete / "runs" / "all__seed0" / "metrics.json", {"uar": 0.4})
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text("{not json", encoding="utf-8")
+    return dirs + [skipped, incomplete, broken, root / "does_not_exist"]
+
+
+def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    md_path = write_report(run_dirs, out=out)
+    assert md_path == out / "report.md"
+    md = md_path.read_text(encoding="utf-8")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| Feature selection | Head"))
+    assert header.split("|")[5:8] == [" RAVDESS ", " IEMOCAP ", " CSV "]
+    egemaps = next(line for line in lines if line.startswith("| egemaps | dense | speaker | official |"))
+    # np.std over (55, 60, 65) % = 4.08
+    assert "| 60.0 ± 4.1 (n=3) | 52.0 ± 1.6 (n=3) | — |" in egemaps
+    assert any(line.startswith("| wav2vec2 PT all layers | weighted_dense") and "82.0 ± 1.6 (n=3)" in line
+               for line in lines)
+    assert any(line.startswith("| wav2vec2 FT all layers | weighted_dense") and "71.0 ± 0.8 (n=3)" in line
+               for line in lines)
+    assert "## Head comparison" in md
+    head_header = next(line for line in lines if line.startswith("| Feature selection | Normalisation | Recipe"))
+    assert "lstm" in head_header and "dense" in head_header
+    assert "| egemaps | speaker | official | RAVDESS | 60.0 ± 4.1 (n=3) | 59.0 ± 1.0 (n=2) |" in md
+    # skipped: its cell says so and the reason is listed
+    assert any(line.startswith("| wav2vec2") and "| skipped |" in line for line in lines)
+    assert "model facebook/wav2vec2-large could not be loaded" in md
+    # incomplete: listed with the reason, never crashing
+    section = md.split("## Incomplete run directories")[1]
+    assert "spectrogram_ravdess" in section and "1 run(s) finished" in section
+    assert "broken" in section and "results.json is unreadable" in section
+    assert "does_not_exist" in section
+    assert "Spectrogram on RAVDESS" in md  # the 16 kHz note shows up with a spectrogram row
+    assert "official" in md
+
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    statuses = {Path(e["path"]).name: e["status"] for e in report["runs"]}
+    assert statuses["w2v_large_ravdess"] == "skipped" and statuses["broken"] == "incomplete"
+    assert statuses["egemaps_ravdess"] == "complete"
+    assert len(report["layer_weights"]["series"]) == 2
+    for series in report["layer_weights"]["series"].values():
+        assert series["n"] == 3 and len(series["mean"]) == 13
+        assert abs(sum(series["mean"]) - 1.0) < 1e-6
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "layer_weights.png" in pngs
+    assert len([p for p in pngs if p.startswith("confusion_")]) == 5
+    for png in out.glob("*.png"):
+        _assert_png(png)
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_report_without_layer_weights_has_no_figure(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, "a", uars=(0.5,))
+    write_report([run], out=tmp_path / "r")
+    assert not (tmp_path / "r" / "layer_weights.png").exists()
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "50.0 (n=1)" in md or "50.0 ± 0.0 (n=1)" in md
+    assert "Head comparison" not in md
+
+
+def test_report_rejects_bad_arguments(tmp_path: Path) -> None:
+    from w2v2ser.evaluate import EvaluateError
+    from w2v2ser.store import W2v2serError
+
+    with pytest.raises(EvaluateError, match="no run directories"):
+        write_report([], out=tmp_path / "r")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(W2v2serError, match="is a file"):
+        write_report([tmp_path], out=tmp_path / "file")

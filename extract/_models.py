@@ -1,0 +1,490 @@
+"""Resolve and load wav2vec 2.0 models from the hub, a local directory or a fairseq checkpoint.
+
+Resolution (`resolve_model`) is cheap-ish: it reads the architecture and hashes the weight
+files so that a feature's provenance can be recorded before any forward pass. Loading
+(`load_model`) builds a `transformers.Wav2Vec2Model` in float32, eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w2v2ser.store import W2v2serError
+
+__all__ = ["ModelLoadError", "ModelSource", "resolve_model", "load_model", "architecture_of"]
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_FAIRSEQ_SUFFIXES = (".pt", ".pth", ".ckpt")
+_FINETUNED_PREFIX = "w2v_encoder.w2v_model."
+# Keys of fairseq checkpoints that have no counterpart in a bare Wav2Vec2Model: pre-training heads
+# (quantiser, target projections) and the CTC output layer of ASR fine-tuned models.
+_IGNORED_FAIRSEQ = re.compile(r"^(quantizer\.|project_q\.|final_proj\.|project_inp\.|target_glu\.|w2v_encoder\.proj\.)")
+_FAIRSEQ_DEFAULTS: dict[str, Any] = {
+    "conv_feature_layers": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+    "extractor_mode": "default",
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "conv_bias": False,
+    "layer_norm_first": False,
+}
+
+
+class ModelLoadError(W2v2serError):
+    """A wav2vec 2.0 model could not be found, read or converted."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, resolved to files on disk.
+
+    Attributes:
+        kind: "hub", "local" or "fairseq".
+        requested: the string the user passed (hub id or path).
+        path: resolved local directory (hub/local) or checkpoint file (fairseq).
+        revision: requested hub revision, if any.
+        commit_hash: hub commit of the cached snapshot, if known.
+        weights_sha256: file name -> sha256 hex digest of every weight file read.
+        hf_config: the `transformers.Wav2Vec2Config` describing the architecture.
+    """
+
+    kind: str
+    requested: str
+    path: str
+    revision: str | None
+    commit_hash: str | None
+    weights_sha256: Mapping[str, str]
+    hf_config: Any = field(repr=False, compare=False)
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-ready description of the source for a feature's recorded config."""
+        return {
+            "source": self.kind,
+            "requested": self.requested,
+            "resolved_path": self.path,
+            "revision": self.revision,
+            "commit_hash": self.commit_hash,
+            "weights_sha256": dict(self.weights_sha256),
+            "architecture": architecture_of(self.hf_config),
+        }
+
+
+def architecture_of(hf_config: Any) -> dict[str, Any]:
+    """The architecture numbers of a `transformers.Wav2Vec2Config` that change the features."""
+    return {
+        "hidden_size": int(hf_config.hidden_size),
+        "num_hidden_layers": int(hf_config.num_hidden_layers),
+        "num_attention_heads": int(hf_config.num_attention_heads),
+        "intermediate_size": int(hf_config.intermediate_size),
+        "conv_dim": [int(v) for v in hf_config.conv_dim],
+        "conv_kernel": [int(v) for v in hf_config.conv_kernel],
+        "conv_stride": [int(v) for v in hf_config.conv_stride],
+        "conv_bias": bool(hf_config.conv_bias),
+        "feat_extract_norm": str(hf_config.feat_extract_norm),
+        "do_stable_layer_norm": bool(hf_config.do_stable_layer_norm),
+        "num_conv_pos_embeddings": int(hf_config.num_conv_pos_embeddings),
+        "num_conv_pos_embedding_groups": int(hf_config.num_conv_pos_embedding_groups),
+        "hidden_act": str(hf_config.hidden_act),
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fix_hint() -> str:
+    return (
+        "Pass instead a local directory written by `Wav2Vec2Model.save_pretrained()`, or the path "
+        "of an original fairseq checkpoint (e.g. wav2vec_small.pt, wav2vec_small_960h.pt), or set "
+        "HF_HOME to a Hugging Face cache that already holds the model."
+    )
+
+
+def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
+    """Find a model's files and architecture without building it.
+
+    Args:
+        model: Hugging Face hub id, local `save_pretrained` directory or fairseq `.pt` file.
+        revision: Hub branch, tag or commit (hub ids only).
+
+    Returns:
+        The resolved `ModelSource`.
+
+    Raises:
+        ModelLoadError: the model cannot be found, read or understood.
+    """
+    candidate = Path(model).expanduser()
+    if candidate.is_dir():
+        return _resolve_directory(candidate, requested=model, kind="local", revision=revision, commit=None)
+    if candidate.is_file():
+        return _resolve_fairseq(candidate, requested=model)
+    looks_like_path = model.startswith(("/", ".", "~")) or model.endswith(_FAIRSEQ_SUFFIXES) or "\\" in model
+    if looks_like_path or model.count("/") > 1:
+        raise ModelLoadError(
+            f"wav2vec2 model {model!r} does not exist: expected a Hugging Face hub id such as "
+            f"'facebook/wav2vec2-base', a local model directory or a fairseq checkpoint file. {_fix_hint()}"
+        )
+    return _resolve_hub(model, revision=revision)
+
+
+def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    asked = f"hub model {model_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
+    except LocalEntryNotFoundError as error:
+        raise ModelLoadError(
+            f"cannot load wav2vec2 {asked}: it is not in the local Hugging Face cache and the hub "
+            f"cannot be reached (offline, or HF_HUB_OFFLINE=1). {_fix_hint()} ({type(error).__name__})"
+        ) from error
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
+        raise ModelLoadError(
+            f"cannot load wav2vec2 {asked}: the hub has no such model or revision. Check the id "
+            f"(e.g. 'facebook/wav2vec2-base'). {_fix_hint()} ({type(error).__name__}: {error})"
+        ) from error
+    except OSError as error:  # network failures surface as OSError subclasses
+        raise ModelLoadError(f"cannot load wav2vec2 {asked}: {error}. {_fix_hint()}") from error
+    weights: Path | None = None
+    for name in _WEIGHT_FILES:
+        try:
+            weights = Path(hf_hub_download(model_id, name, revision=revision))
+            break
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            continue
+    if weights is None:
+        raise ModelLoadError(
+            f"cannot load wav2vec2 {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
+            f"downloadable (sharded or TensorFlow-only repositories are not supported). {_fix_hint()}"
+        )
+    snapshot = config_file.parent
+    return _resolve_directory(snapshot, requested=model_id, kind="hub", revision=revision, commit=snapshot.name)
+
+
+def _resolve_directory(
+    directory: Path, *, requested: str, kind: str, revision: str | None, commit: str | None
+) -> ModelSource:
+    from transformers import Wav2Vec2Config as HFConfig
+
+    if not (directory / "config.json").is_file():
+        raise ModelLoadError(
+            f"wav2vec2 model directory {str(directory)!r} has no config.json: expected a directory "
+            f"written by `Wav2Vec2Model.save_pretrained()`. {_fix_hint()}"
+        )
+    weight_files = sorted(
+        p for p in directory.iterdir() if p.name in _WEIGHT_FILES or re.match(r"^model-\d+-of-\d+\.safetensors$", p.name)
+    )
+    if not weight_files:
+        raise ModelLoadError(
+            f"wav2vec2 model directory {str(directory)!r} has no weights: expected one of "
+            f"{list(_WEIGHT_FILES)}. Save the model with `save_pretrained()`."
+        )
+    try:
+        hf_config = HFConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {str(directory / 'config.json')!r}: {error}") from error
+    # model.safetensors is preferred by from_pretrained, so hash only what it will read.
+    used = [p for p in weight_files if p.suffix == ".safetensors"] or weight_files
+    return ModelSource(
+        kind=kind,
+        requested=requested,
+        path=str(directory.resolve()),
+        revision=revision,
+        commit_hash=commit,
+        weights_sha256={p.name: _sha256(p) for p in used},
+        hf_config=hf_config,
+    )
+
+
+def load_model(source: ModelSource) -> Any:
+    """Build the `transformers.Wav2Vec2Model` of a resolved source (float32, eval mode, on CPU).
+
+    Raises:
+        ModelLoadError: the weights cannot be read or do not fit the architecture.
+    """
+    import torch
+    from transformers import Wav2Vec2Model
+
+    if getattr(source.hf_config, "add_adapter", False):
+        raise ModelLoadError(f"wav2vec2 model {source.requested!r} has an adapter (add_adapter=True); not supported")
+    if source.kind == "fairseq":
+        model = Wav2Vec2Model(source.hf_config)
+        _load_fairseq_weights(model, Path(source.path))
+    else:
+        try:
+            model = Wav2Vec2Model.from_pretrained(source.path, dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelLoadError(f"cannot load wav2vec2 weights from {source.path!r}: {error}") from error
+    return model.float().eval()
+
+
+# --------------------------------------------------------------------------- fairseq checkpoints
+
+
+def _fairseq_safe_globals() -> list[Any]:
+    """What fairseq checkpoints pickle besides tensors and containers: the argparse arguments and
+    numpy scalars in training statistics. Nothing that can run code on load."""
+    import numpy as np
+
+    allowed: list[Any] = [argparse.Namespace, np.dtype, np.ndarray]
+    core = getattr(np, "_core", None) or np.core
+    allowed += [core.multiarray.scalar, core.multiarray._reconstruct]
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, name):
+            allowed.append(getattr(np.dtypes, name))
+    return allowed
+
+
+def read_fairseq_checkpoint(path: Path) -> dict[str, Any]:
+    """`torch.load` a fairseq checkpoint with `weights_only=True` and an explicit allow-list.
+
+    Raises:
+        ModelLoadError: unreadable file, or it pickles an object outside the allow-list.
+    """
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_fairseq_safe_globals()):
+            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(
+            f"refusing to load fairseq checkpoint {str(path)!r}: it contains a Python object outside "
+            f"the allow-list (argparse.Namespace, numpy scalars/arrays, tensors, containers), and "
+            f"unpickling arbitrary objects could run code. Convert it with a trusted tool to a "
+            f"`save_pretrained` directory instead. Details: {str(error).splitlines()[0] if str(error) else error}"
+            f"{_unsafe_globals_hint(path)}"
+        ) from error
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise ModelLoadError(f"cannot read fairseq checkpoint {str(path)!r}: {error}") from error
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
+        raise ModelLoadError(
+            f"{str(path)!r} is not a fairseq checkpoint: expected a dict with a 'model' state dict "
+            f"and 'args' or 'cfg'. Pass a Hugging Face directory or hub id instead."
+        )
+    return dict(checkpoint)
+
+
+def _unsafe_globals_hint(path: Path) -> str:
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # best effort: only used to enrich the message
+        return ""
+    return f" Objects outside the allow-list: {names}." if names else ""
+
+
+def _as_mapping(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, argparse.Namespace):
+        return vars(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    return {}
+
+
+def _fairseq_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Architecture options from `args` (old Namespace) or `cfg` (dict); fine-tuned models keep
+    the pre-training options in `w2v_args`."""
+    top = _as_mapping(checkpoint.get("args")) or _as_mapping(_as_mapping(checkpoint.get("cfg")).get("model"))
+    nested = top.get("w2v_args")
+    if nested is not None:
+        nested_map = _as_mapping(nested)
+        top = {**top, **(_as_mapping(nested_map.get("model")) or nested_map)}
+    return {key: top.get(key, default) for key, default in _FAIRSEQ_DEFAULTS.items()} | {
+        "_found": bool(top)
+    }
+
+
+def _parse_conv_layers(spec: str, path: Path) -> list[tuple[int, int, int]]:
+    """Evaluate fairseq's `conv_feature_layers` expression (lists, tuples, ints, + and *) safely."""
+
+    def evaluate(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return evaluate(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return node.value
+        if isinstance(node, ast.List | ast.Tuple):
+            items = [evaluate(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
+            left, right = evaluate(node.left), evaluate(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"unsupported syntax {ast.dump(node)[:60]}")
+
+    try:
+        layers = evaluate(ast.parse(str(spec), mode="eval"))
+        return [(int(d), int(k), int(s)) for d, k, s in layers]
+    except (SyntaxError, ValueError, TypeError) as error:
+        raise ModelLoadError(
+            f"fairseq checkpoint {str(path)!r}: cannot parse conv_feature_layers={spec!r} ({error}); "
+            f"expected e.g. '[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2'"
+        ) from error
+
+
+def _hf_config_from_fairseq(arch: Mapping[str, Any], path: Path) -> Any:
+    from transformers import Wav2Vec2Config as HFConfig
+
+    conv = _parse_conv_layers(arch["conv_feature_layers"], path)
+    mode = str(arch["extractor_mode"])
+    if mode not in ("default", "layer_norm"):
+        raise ModelLoadError(f"fairseq checkpoint {str(path)!r}: unknown extractor_mode {mode!r}")
+    stable = bool(arch["layer_norm_first"])
+    return HFConfig(
+        hidden_size=int(arch["encoder_embed_dim"]),
+        num_hidden_layers=int(arch["encoder_layers"]),
+        num_attention_heads=int(arch["encoder_attention_heads"]),
+        intermediate_size=int(arch["encoder_ffn_embed_dim"]),
+        hidden_act=str(arch["activation_fn"]),
+        conv_dim=[d for d, _, _ in conv],
+        conv_kernel=[k for _, k, _ in conv],
+        conv_stride=[s for _, _, s in conv],
+        conv_bias=bool(arch["conv_bias"]),
+        feat_extract_norm="group" if mode == "default" else "layer",
+        do_stable_layer_norm=stable,
+        num_conv_pos_embeddings=int(arch["conv_pos"]),
+        num_conv_pos_embedding_groups=int(arch["conv_pos_groups"]),
+        layer_norm_eps=1e-5,  # fairseq's torch LayerNorm default
+    )
+
+
+def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
+    checkpoint = read_fairseq_checkpoint(path)
+    arch = _fairseq_arch(checkpoint)
+    if not arch.pop("_found"):
+        raise ModelLoadError(
+            f"fairseq checkpoint {str(path)!r} has neither 'args' nor 'cfg': the architecture is "
+            f"unknown. Expected a wav2vec 2.0 checkpoint such as wav2vec_small.pt."
+        )
+    return ModelSource(
+        kind="fairseq",
+        requested=requested,
+        path=str(path.resolve()),
+        revision=None,
+        commit_hash=None,
+        weights_sha256={path.name: _sha256(path)},
+        hf_config=_hf_config_from_fairseq(arch, path),
+    )
+
+
+_LAYER_RULES: tuple[tuple[str, str], ...] = (
+    ("self_attn.q_proj.", "attention.q_proj."),
+    ("self_attn.k_proj.", "attention.k_proj."),
+    ("self_attn.v_proj.", "attention.v_proj."),
+    ("self_attn.out_proj.", "attention.out_proj."),
+    ("self_attn_layer_norm.", "layer_norm."),
+    ("fc1.", "feed_forward.intermediate_dense."),
+    ("fc2.", "feed_forward.output_dense."),
+    ("final_layer_norm.", "final_layer_norm."),
+)
+
+
+def map_fairseq_key(key: str, *, group_norm: bool, pos_conv_keys: Mapping[str, str]) -> str | None:
+    """HF `Wav2Vec2Model` state-dict key for a fairseq key (prefix already removed).
+
+    Returns None for keys that are deliberately ignored; raises KeyError for unknown keys.
+    """
+    if _IGNORED_FAIRSEQ.match(key):
+        return None
+    if key == "mask_emb":
+        return "masked_spec_embed"
+    if match := re.fullmatch(r"feature_extractor\.conv_layers\.(\d+)\.(0|2|2\.1)\.(weight|bias)", key):
+        layer, part, kind = match.groups()
+        if part == "0":
+            return f"feature_extractor.conv_layers.{layer}.conv.{kind}"
+        if (part == "2" and group_norm and layer == "0") or (part == "2.1" and not group_norm):
+            return f"feature_extractor.conv_layers.{layer}.layer_norm.{kind}"
+        raise KeyError(key)
+    if match := re.fullmatch(r"(post_extract_proj|layer_norm)\.(weight|bias)", key):
+        module = "projection" if match.group(1) == "post_extract_proj" else "layer_norm"
+        return f"feature_projection.{module}.{match.group(2)}"
+    if match := re.fullmatch(r"encoder\.pos_conv\.0\.(.+)", key):
+        return pos_conv_keys[match.group(1)]
+    if match := re.fullmatch(r"encoder\.layer_norm\.(weight|bias)", key):
+        return key
+    if match := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key):
+        layer, rest = match.groups()
+        for old, new in _LAYER_RULES:
+            if rest.startswith(old) and rest[len(old):] in ("weight", "bias"):
+                return f"encoder.layers.{layer}.{new}{rest[len(old):]}"
+    raise KeyError(key)
+
+
+def _pos_conv_keys(model_keys: set[str]) -> dict[str, str]:
+    """fairseq's weight-normed positional conv (old weight_g/weight_v or new parametrizations)
+    -> whichever naming this transformers/torch version uses."""
+    base = "encoder.pos_conv_embed.conv."
+    if f"{base}parametrizations.weight.original0" in model_keys:
+        g, v = f"{base}parametrizations.weight.original0", f"{base}parametrizations.weight.original1"
+    else:
+        g, v = f"{base}weight_g", f"{base}weight_v"
+    return {
+        "weight_g": g,
+        "weight_v": v,
+        "parametrizations.weight.original0": g,
+        "parametrizations.weight.original1": v,
+        "bias": f"{base}bias",
+    }
+
+
+def _load_fairseq_weights(model: Any, path: Path) -> None:
+    state = read_fairseq_checkpoint(path)["model"]
+    finetuned = any(key.startswith(_FINETUNED_PREFIX) for key in state)
+    target = model.state_dict()
+    pos_conv = _pos_conv_keys(set(target))
+    group_norm = model.config.feat_extract_norm == "group"
+    mapped: dict[str, Any] = {}
+    unexpected: list[str] = []
+    for key, value in state.items():
+        short = key[len(_FINETUNED_PREFIX):] if finetuned and key.startswith(_FINETUNED_PREFIX) else key
+        if finetuned and short == key and not _IGNORED_FAIRSEQ.match(key):
+            unexpected.append(key)
+            continue
+        try:
+            new = map_fairseq_key(short, group_norm=group_norm, pos_conv_keys=pos_conv)
+        except KeyError:
+            unexpected.append(key)
+            continue
+        if new is None or (new == "masked_spec_embed" and new not in target):
+            continue
+        if new not in target or tuple(target[new].shape) != tuple(value.shape):
+            expected = tuple(target[new].shape) if new in target else "no such parameter"
+            raise ModelLoadError(
+                f"fairseq checkpoint {str(path)!r}: {key} has shape {tuple(value.shape)} but the "
+                f"architecture read from its args/cfg expects {new} {expected}; the args do not match the weights"
+            )
+        mapped[new] = value.float()
+    missing = sorted(k for k in target if k not in mapped and k != "masked_spec_embed")
+    if unexpected or missing:
+        raise ModelLoadError(
+            f"fairseq checkpoint {str(path)!r} does not fit a wav2vec 2.0 model: "
+            f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}, "
+            f"missing weights {missing[:8]}{' ...' if len(missing) > 8 else ''}. Expected a wav2vec 2.0 "
+            f"pre-trained or CTC fine-tuned checkpoint (keys like feature_extractor.conv_layers.*, "
+            f"post_extract_proj.*, encoder.layers.*, optionally prefixed {_FINETUNED_PREFIX!r})."
+        )
+    model.load_state_dict(mapped, strict=False)

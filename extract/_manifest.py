@@ -1,0 +1,179 @@
+"""The Manifest type returned by every corpus reader, and the generic CSV manifest reader."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+from w2v2ser.store import Utterance
+
+from ._errors import ManifestError
+
+__all__ = ["Manifest", "read_csv_manifest"]
+
+_REQUIRED = ("path", "label", "speaker")
+_OPTIONAL = ("session", "split", "id", "gender")
+_SPLITS = ("train", "validation", "test")
+_GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
+
+
+@dataclass
+class Manifest:
+    """The utterances of one corpus, plus the files that could not be used.
+
+    Attributes:
+        utterances: One :class:`~w2v2ser.store.Utterance` per usable audio file (folder
+            corpora: sorted by path; CSV: file order).
+        problems: ``(path, reason)`` for every file that was skipped (unparsable name,
+            missing audio for a labelled utterance, ...). Not fatal; report them to the user.
+        corpus: ``"ravdess"``, ``"iemocap"`` or ``"csv"``.
+        source: The folder or file the manifest was read from.
+    """
+
+    utterances: list[Utterance]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    corpus: str = ""
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+
+def _fail(path: Path, line: int | None, column: str | None, what: str, fix: str) -> ManifestError:
+    where = f"{path}" + (f", line {line}" if line is not None else "") + (f", column {column!r}" if column else "")
+    return ManifestError(f"{where}: {what}. {fix}")
+
+
+def _check_header(path: Path, header: list[str] | None) -> None:
+    if not header:
+        raise _fail(path, 1, None, "the manifest is empty (no header row)",
+                    "Write a header line 'path,label,speaker' followed by one row per utterance.")
+    for column in _REQUIRED:
+        if column not in header:
+            close = difflib.get_close_matches(column, header, n=1, cutoff=0.5)
+            close = close or [h for h in header if h.strip().lower() == column]
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise _fail(path, 1, column, f"required column {column!r} is missing (header: {header})",
+                        f"Add or rename the column; required: {', '.join(_REQUIRED)}.{hint}")
+    dupes = [c for c, n in Counter(header).items() if n > 1]
+    if dupes:
+        raise _fail(path, 1, dupes[0], "column appears more than once in the header", "Rename or drop the duplicate.")
+
+
+def _resolve(path: Path, line: int, raw: str) -> str:
+    """Absolute path of ``raw``; relative paths must stay inside the manifest's folder."""
+    given = Path(raw)
+    if given.is_absolute():
+        return os.path.normpath(given)
+    base = os.path.normpath(path.parent.absolute())
+    # normpath (not resolve) so symlinked audio inside the folder stays allowed.
+    full = os.path.normpath(os.path.join(base, raw))
+    if os.path.commonpath([base, full]) != base:
+        raise _fail(path, line, "path", f"relative path {raw!r} points outside the manifest's folder {base}",
+                    "Relative paths must stay below the manifest's folder; give an absolute path instead.")
+    return full
+
+
+def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
+    """Path stems, or the path without suffix where two stems collide."""
+    stems = [PurePath(r["path"]).stem for r in rows]
+    counts = Counter(stems)
+    ids = []
+    for row, stem in zip(rows, stems):
+        if counts[stem] == 1:
+            ids.append(stem)
+            continue
+        full = Path(row["_abs"])
+        try:
+            rel = full.relative_to(os.path.normpath(base.absolute()))
+        except ValueError:
+            rel = full
+        ids.append(rel.with_suffix("").as_posix())
+    return ids
+
+
+def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read a CSV manifest with columns ``path,label,speaker`` (+ ``session,split,id,gender``).
+
+    Other columns go into ``Utterance.extra``. Relative paths resolve against the CSV's
+    folder and must not leave it; absolute paths are used as given. Audio files are not
+    opened here: missing files become extraction failures later.
+
+    Args:
+        path: The CSV file (UTF-8, optional BOM).
+
+    Returns:
+        The :class:`Manifest` (``corpus="csv"``).
+
+    Raises:
+        ManifestError: Unreadable file, missing required column, empty value in a required
+            column, malformed row, bad split/gender, escaping relative path, duplicate id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"Manifest {path} does not exist or is not a file. Check the path.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames] if reader.fieldnames else None
+            _check_header(path, header)
+            reader.fieldnames = header
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if None in row or any(v is None for v in row.values()):
+                    raise _fail(path, line, None, f"row has a different number of fields than the header ({len(header)})",
+                                "Quote values that contain commas and fill every column.")
+                row = {k: v.strip() for k, v in row.items()}
+                if not any(row.values()):
+                    continue  # blank line
+                for column in _REQUIRED:
+                    if not row[column]:
+                        raise _fail(path, line, column, f"{column} is empty", f"Give every row a {column}.")
+                row["_line"] = str(line)
+                row["_abs"] = _resolve(path, line, row["path"])
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"Manifest {path} is not UTF-8 text ({exc}). Save it as UTF-8 CSV.") from exc
+    except csv.Error as exc:
+        raise ManifestError(f"Manifest {path} is not valid CSV ({exc}). Fix the quoting.") from exc
+    if not rows:
+        raise _fail(path, None, None, "the manifest has a header but no rows", "Add one row per utterance.")
+
+    defaults = _default_ids(rows, path.parent)
+    seen: dict[str, str] = {}
+    utterances = []
+    extra_columns = [c for c in header if c and c not in _REQUIRED + _OPTIONAL]
+    for row, default_id in zip(rows, defaults):
+        line = int(row["_line"])
+        uid = row.get("id") or default_id
+        if uid in seen:
+            raise _fail(path, line, "id", f"utterance id {uid!r} is also used on line {seen[uid]}",
+                        "Ids must be unique: add an 'id' column with distinct values or fix the duplicate row.")
+        seen[uid] = row["_line"]
+        split = row.get("split", "")
+        if split and split not in _SPLITS:
+            close = difflib.get_close_matches(split, _SPLITS, n=1, cutoff=0.3)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise _fail(path, line, "split", f"unknown split {split!r}",
+                        f"Use one of {', '.join(_SPLITS)} or leave it empty.{hint}")
+        gender = row.get("gender", "")
+        if gender and gender.lower() not in _GENDERS:
+            raise _fail(path, line, "gender", f"unknown gender {gender!r}",
+                        "Use 'female', 'male' (or f/m), or leave it empty.")
+        utterances.append(Utterance(
+            id=uid,
+            path=row["_abs"],
+            speaker=row["speaker"],
+            label=row["label"],
+            session=row.get("session", ""),
+            split=split,
+            gender=_GENDERS.get(gender.lower(), ""),
+            corpus="csv",
+            extra={c: row[c] for c in extra_columns},
+        ))
+    return Manifest(utterances=utterances, problems=[], corpus="csv", source=str(path))

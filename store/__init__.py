@@ -1,1 +1,50 @@
-"""placeholder"""
+"""Feature store of w2v2ser: a Zarr v3 directory holding ragged frames per feature.
+
+Stage 1 writes it (:class:`StoreWriter`, under :func:`lock_store`); stage 2 reads it
+(:func:`open_store`). Layout and rules: one chunk-aligned region per utterance in one
+array per feature, an utterance table, a failures table, per-utterance and
+per-speaker statistics, and fsynced commit journals that make writes resumable.
+"""
+
+from ._errors import (
+    StoreError,
+    StoreIncompleteError,
+    StoreLockedError,
+    StoreVersionError,
+    W2v2serError,
+)
+from ._export import export_hdf5
+from ._layout import FORMAT_VERSION
+from ._lock import lock_store
+from ._reader import FeatureStore, open_store
+from ._stats import combine_statistics
+from ._types import (
+    Failure,
+    FeatureSpec,
+    FeatureStatistics,
+    Utterance,
+    UtteranceRecord,
+    VerifyReport,
+)
+from ._writer import StoreWriter
+
+__all__ = [
+    "FORMAT_VERSION",
+    "W2v2serError",
+    "StoreError",
+    "StoreIncompleteError",
+    "StoreVersionError",
+    "StoreLockedError",
+    "Utterance",
+    "UtteranceRecord",
+    "FeatureSpec",
+    "FeatureStatistics",
+    "Failure",
+    "VerifyReport",
+    "StoreWriter",
+    "lock_store",
+    "open_store",
+    "FeatureStore",
+    "combine_statistics",
+    "export_hdf5",
+]

@@ -1,0 +1,31 @@
+"""Exceptions raised by the feature store (and the base of every w2v2ser error)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "W2v2serError",
+    "StoreError",
+    "StoreIncompleteError",
+    "StoreVersionError",
+    "StoreLockedError",
+]
+
+
+class W2v2serError(Exception):
+    """Base class of every user-facing w2v2ser error."""
+
+
+class StoreError(W2v2serError):
+    """The feature store is missing, malformed, inconsistent or used wrongly."""
+
+
+class StoreIncompleteError(StoreError):
+    """The store's extraction has not finished (root attribute ``complete`` is false)."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer w2v2ser with a format this version cannot read."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's extraction lock."""

@@ -1,0 +1,100 @@
+"""export_hdf5: stream a store into one HDF5 file with the same layout (compact, no padding)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
+from ._reader import open_store
+
+__all__ = ["export_hdf5"]
+
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=_STR)
+
+
+def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+                allow_incomplete: bool = False) -> Path:
+    """Copy a store to HDF5, one utterance at a time; written to a temp name, then renamed.
+
+    Layout: ``utterances/<column>``, ``failures/<column>``, and per feature
+    ``features/<name>/{data, offset, length, crc32, utt_mean, utt_m2, speaker_name,
+    speaker_count, speaker_mean, speaker_m2}``. ``data`` holds the frames of written
+    utterances back to back (``offset`` -1 where not written); root attribute
+    ``w2v2ser`` holds the store's root attributes as JSON.
+
+    Args:
+        store_path: store directory.
+        out_path: HDF5 file to create (replaced if it exists).
+        allow_incomplete: export a store whose extraction has not finished.
+
+    Returns:
+        The path of the written file.
+    """
+    store = open_store(store_path, allow_incomplete=allow_incomplete)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    g = store._group
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.attrs["w2v2ser"] = json.dumps(store.attrs, sort_keys=True)
+            h5.attrs["exported_from"] = str(store.path)
+            ut = h5.create_group("utterances")
+            for col in UTTERANCE_COLUMNS:
+                values = g[f"utterances/{col}"][:]
+                if col in ("duration", "num_samples"):
+                    ut.create_dataset(col, data=values)
+                else:
+                    _write_strings(ut, col, to_str_list(values))
+            fl = h5.create_group("failures")
+            for col in FAILURE_COLUMNS:
+                _write_strings(fl, col, to_str_list(g[f"failures/{col}"][:]))
+            for name, spec in store.features.items():
+                _export_feature(store, h5.create_group(f"features/{name}"), name, spec)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _export_feature(store, fg: h5py.Group, name: str, spec) -> None:
+    rows = store._per_row(name)
+    src = store._array(name, "data")
+    length = rows["length"]
+    n = len(length)
+    new_off = np.full(n, -1, dtype=np.int64)
+    total = 0
+    for i in range(n):
+        if length[i] >= 0:
+            new_off[i] = total
+            total += int(length[i])
+    shape = (total, *spec.frame_shape)
+    chunks = None
+    if total:
+        chunks = (min(int(src.chunks[0]), total), *src.chunks[1:])
+    data = fg.create_dataset("data", shape=shape, dtype=spec.dtype, chunks=chunks)
+    data.attrs["chunk_frames"] = int(src.chunks[0])
+    for i in range(n):  # one utterance in memory at a time
+        if length[i] > 0:
+            o = int(rows["offset"][i])
+            data[new_off[i]:new_off[i] + length[i]] = src[o:o + int(length[i])]
+    fg.create_dataset("offset", data=new_off)
+    fg.create_dataset("length", data=length)
+    fg.create_dataset("crc32", data=rows["crc32"])
+    for arr in ("utt_mean", "utt_m2", "speaker_mean", "speaker_m2"):
+        a = store._array(name, arr)
+        ds = fg.create_dataset(arr, shape=a.shape, dtype="float64")
+        for i in range(a.shape[0]):
+            ds[i] = a[i]
+    _write_strings(fg, "speaker_name", to_str_list(store._array(name, "speaker_name")[:]))
+    fg.create_dataset("speaker_count", data=store._array(name, "speaker_count")[:])

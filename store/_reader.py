@@ -1,0 +1,284 @@
+"""Reading a finished store: utterance table, frames, statistics, description."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+from ._errors import StoreError
+from ._layout import (
+    FAILURE_COLUMNS,
+    STATUSES,
+    UTTERANCE_COLUMNS,
+    check_complete,
+    check_version,
+    open_root,
+    read_meta,
+    specs_from_meta,
+    to_str_list,
+)
+from ._stats import combine_statistics
+from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
+
+__all__ = ["FeatureStore", "open_store"]
+
+
+def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> "FeatureStore":
+    """Open a store for reading.
+
+    Args:
+        path: store directory.
+        allow_incomplete: open even if the extraction has not finished (to inspect it);
+            only finalized utterances are visible.
+
+    Raises:
+        StoreError: `path` is not a w2v2ser store.
+        StoreVersionError: the store was written in a newer format.
+        StoreIncompleteError: the store is incomplete and `allow_incomplete` is False.
+    """
+    path = Path(path)
+    _, meta = read_meta(path)
+    check_version(path, meta)
+    if not allow_incomplete:
+        check_complete(path, meta)
+    return FeatureStore(path, meta)
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class FeatureStore:
+    """Read access to a store; create with :func:`open_store`."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.attrs: dict[str, Any] = meta
+        self.format_version: int = int(meta["format_version"])
+        self.complete: bool = bool(meta.get("complete", False))
+        self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
+        self._group: zarr.Group = open_root(self.path, mode="r")
+        self._ids = to_str_list(self._group["utterances/id"][:])
+        self._index = {uid: i for i, uid in enumerate(self._ids)}
+        self._rows: dict[str, dict[str, np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
+
+    # ------------------------------------------------------------------ helpers
+    def _spec(self, feature: str) -> FeatureSpec:
+        if feature not in self.features:
+            raise StoreError(
+                f"feature {feature!r} is not in store {self.path}; it has "
+                f"{sorted(self.features)}.{_did_you_mean(feature, list(self.features))}"
+            )
+        return self.features[feature]
+
+    def _row(self, utterance_id: str) -> int:
+        row = self._index.get(utterance_id)
+        if row is None:
+            raise StoreError(
+                f"utterance {utterance_id!r} is not in store {self.path} ({len(self._ids)} "
+                f"utterances).{_did_you_mean(str(utterance_id), self._ids)}"
+            )
+        return row
+
+    def _per_row(self, feature: str) -> dict[str, np.ndarray]:
+        if feature not in self._rows:
+            g = f"features/{feature}"
+            self._rows[feature] = {k: self._group[f"{g}/{k}"][:] for k in ("offset", "capacity", "length", "crc32")}
+        return self._rows[feature]
+
+    def _array(self, feature: str, name: str) -> zarr.Array:
+        return self._group[f"features/{feature}/{name}"]
+
+    def _layers(self, spec: FeatureSpec, layers: Sequence[int] | None) -> list[int] | None:
+        if layers is None:
+            return None
+        if spec.layers is None:
+            raise StoreError(
+                f"feature {spec.name!r} has 2-D frames [frames, {spec.dim}] without layers; "
+                f"got layers={list(layers)!r}. Pass layers=None."
+            )
+        out = [int(x) for x in layers]
+        bad = [x for x in out if not 0 <= x < spec.layers]
+        if bad or not out:
+            raise StoreError(
+                f"feature {spec.name!r}: layers {list(layers)!r} are invalid; expected a non-empty "
+                f"list of indices in 0..{spec.layers - 1}."
+            )
+        return out
+
+    # ------------------------------------------------------------------ table
+    def list_utterances(self, *, status: str | None = "done") -> list[UtteranceRecord]:
+        """Utterances in row order, filtered by status ("done", "failed", "pending" or None for all)."""
+        if status is not None and status not in STATUSES:
+            raise StoreError(f"list_utterances: status={status!r}; expected one of {STATUSES} or None.")
+        cols = {c: self._group[f"utterances/{c}"][:] for c in UTTERANCE_COLUMNS}
+        strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
+        out = []
+        for i in range(len(self._ids)):
+            if status is not None and strs["status"][i] != status:
+                continue
+            out.append(UtteranceRecord(
+                id=strs["id"][i], path=strs["path"][i], speaker=strs["speaker"][i],
+                label=strs["label"][i], session=strs["session"][i], split=strs["split"][i],
+                gender=strs["gender"][i], corpus=strs["corpus"][i],
+                extra=json.loads(strs["extra"][i] or "{}"),
+                duration=float(cols["duration"][i]), num_samples=int(cols["num_samples"][i]),
+                audio_sha256=strs["audio_sha256"][i], status=strs["status"][i], index=i,
+            ))
+        return out
+
+    def speakers(self) -> list[str]:
+        """Sorted speakers that have at least one done utterance."""
+        status = to_str_list(self._group["utterances/status"][:])
+        spk = to_str_list(self._group["utterances/speaker"][:])
+        return sorted({s for s, st in zip(spk, status) if st == "done"})
+
+    def list_failures(self) -> list[Failure]:
+        """Failed (utterance, feature) pairs; ``feature`` None means the whole utterance."""
+        cols = {c: to_str_list(self._group[f"failures/{c}"][:]) for c in FAILURE_COLUMNS}
+        return [
+            Failure(id=cols["id"][i], path=cols["path"][i], feature=cols["feature"][i] or None,
+                    reason=cols["reason"][i])
+            for i in range(len(cols["id"]))
+        ]
+
+    # ------------------------------------------------------------------ frames
+    def num_frames(self, utterance_id: str, feature: str) -> int:
+        """Number of stored frames of one utterance for `feature`."""
+        self._spec(feature)
+        row = self._row(utterance_id)
+        length = int(self._per_row(feature)["length"][row])
+        if length < 0:
+            raise self._not_written(utterance_id, feature)
+        return length
+
+    def _not_written(self, utterance_id: str, feature: str) -> StoreError:
+        status = to_str_list(self._group["utterances/status"][self._row(utterance_id):self._row(utterance_id) + 1])[0]
+        return StoreError(
+            f"utterance {utterance_id!r} has no frames for feature {feature!r} in store "
+            f"{self.path} (status {status!r}). Read only utterances from "
+            f"list_utterances(status='done'), or rerun the extraction to finish the store."
+        )
+
+    def read_utterance(self, utterance_id: str, feature: str, *,
+                       layers: Sequence[int] | None = None) -> np.ndarray:
+        """Frames of one utterance in the stored dtype.
+
+        Args:
+            utterance_id: utterance id.
+            feature: feature name.
+            layers: layer indices to read (3-D features only); None reads all layers.
+
+        Returns:
+            ``[frames, dim]`` for 2-D features, else ``[frames, len(layers), dim]``.
+        """
+        spec = self._spec(feature)
+        sel = self._layers(spec, layers)
+        row = self._row(utterance_id)
+        rows = self._per_row(feature)
+        length, off = int(rows["length"][row]), int(rows["offset"][row])
+        if length < 0:
+            raise self._not_written(utterance_id, feature)
+        data = self._array(feature, "data")
+        if sel is None:
+            return np.asarray(data[off:off + length])
+        # Orthogonal selection touches only the chunks of the requested layers.
+        return np.asarray(data.get_orthogonal_selection((slice(off, off + length), sel, slice(None))))
+
+    # ------------------------------------------------------------------ statistics
+    def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,
+                           layers: Sequence[int] | None = None) -> FeatureStatistics:
+        """Exact frame statistics over the given speakers, from per-speaker parts.
+
+        Args:
+            feature: feature name.
+            speakers: speakers to include (None: all).
+            layers: layer indices to keep (3-D features only; None: all).
+
+        Returns:
+            FeatureStatistics with mean and population variance shaped like one frame
+            (``[len(layers), dim]`` or ``[dim]``).
+        """
+        spec = self._spec(feature)
+        sel = self._layers(spec, layers)
+        names = to_str_list(self._array(feature, "speaker_name")[:])
+        counts = self._array(feature, "speaker_count")[:]
+        if speakers is None:
+            wanted = list(range(len(names)))
+        else:
+            if isinstance(speakers, str):
+                raise StoreError(f"compose_statistics: speakers={speakers!r}; expected a list of speaker names.")
+            pos = {s: i for i, s in enumerate(names)}
+            missing = [s for s in speakers if s not in pos]
+            if missing:
+                raise StoreError(
+                    f"compose_statistics: speakers {missing} are not in store {self.path} "
+                    f"(feature {feature!r}, speakers {names[:10]}{'...' if len(names) > 10 else ''})."
+                    f"{_did_you_mean(str(missing[0]), names)}"
+                )
+            wanted = sorted({pos[s] for s in speakers})
+        mean_arr, m2_arr = self._array(feature, "speaker_mean"), self._array(feature, "speaker_m2")
+
+        def parts():
+            for k in wanted:
+                if counts[k] > 0:
+                    mean, m2 = mean_arr[k], m2_arr[k]
+                    if sel is not None:
+                        mean, m2 = mean[sel], m2[sel]
+                    yield int(counts[k]), mean, m2
+
+        count, mean, m2 = combine_statistics(parts())
+        if count == 0:
+            raise StoreError(
+                f"compose_statistics: no frames of feature {feature!r} for speakers "
+                f"{speakers if speakers is not None else 'all'} in store {self.path}; is the store "
+                f"finalized and are those speakers' utterances done?"
+            )
+        return FeatureStatistics(count=count, mean=mean, variance=m2 / count)
+
+    # ------------------------------------------------------------------ checks and summary
+    def verify(self) -> VerifyReport:
+        """Re-read every utterance and check crc32 and region consistency."""
+        from ._verify import verify_store
+
+        return verify_store(self)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (``store info --json``)."""
+        status = to_str_list(self._group["utterances/status"][:])
+        feats = {}
+        for name, spec in self.features.items():
+            data = self._array(name, "data")
+            length = self._per_row(name)["length"]
+            feats[name] = {
+                "dim": spec.dim, "layers": spec.layers, "dtype": spec.dtype,
+                "frame_rate": spec.frame_rate, "layer_names": list(spec.layer_names or []),
+                "shape": list(data.shape), "chunks": list(data.chunks),
+                "bytes": int(data.nbytes_stored()),
+                "frames": int(length[length > 0].sum()),
+                "utterances": int((length >= 0).sum()),
+                "config": json.loads(json.dumps(dict(spec.config))),
+            }
+        return {
+            "path": str(self.path),
+            "format_version": self.format_version,
+            "tool_version": self.attrs.get("tool_version"),
+            "created": self.attrs.get("created"),
+            "complete": self.complete,
+            "utterances": len(self._ids),
+            "status": {s: status.count(s) for s in STATUSES},
+            "speakers": len(self.speakers()),
+            "failures": int(self._group["failures/id"].shape[0]),
+            "corpus": self.attrs.get("corpus"),
+            "features": feats,
+        }

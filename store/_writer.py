@@ -1,0 +1,454 @@
+"""Writing a store: plan regions (single process), write utterances (any worker), finalize."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zarr
+from zarr.storage import LocalStore
+
+from ._errors import StoreError
+from ._journal import JOURNAL_DIR, Journal, resolve_events
+from ._layout import (
+    ATTRS_KEY,
+    FAILURE_COLUMNS,
+    FORMAT_VERSION,
+    ROW_ARRAYS,
+    ROW_CHUNK,
+    UTTERANCE_COLUMNS,
+    check_version,
+    data_compressor,
+    default_chunk_frames,
+    open_root,
+    read_meta,
+    round_up,
+    specs_from_meta,
+    to_str_list,
+)
+from ._lock import LOCK_FILE
+from ._stats import utterance_statistics
+from ._types import FeatureSpec, Utterance
+from ._finalize import finalize_store
+
+__all__ = ["StoreWriter"]
+
+_COMPARED = ("dim", "layers", "frame_rate", "dtype", "config")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
+    kwargs.setdefault("config", {"write_empty_chunks": False})
+    return group.create_array(name, **kwargs)
+
+
+class StoreWriter:
+    """Writes one store; the driver plans and finalizes, workers write utterances.
+
+    Args:
+        path: store directory; created (with an empty table) when missing.
+        journal: name of this writer's commit journal; concurrent writers need distinct names.
+        chunk_frames: frames per chunk by feature name, used when a feature is first
+            added (default 128 for 3-D features, 512 for 2-D ones).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        journal: str = "main",
+        chunk_frames: Mapping[str, int] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            self._create()
+        _, meta = read_meta(self.path)
+        check_version(self.path, meta)
+        self._group = open_root(self.path, mode="r+")
+        self._journal = Journal(self.path, journal)
+        self._chunk_frames = dict(chunk_frames or {})
+        for name, value in self._chunk_frames.items():
+            if not isinstance(value, int) or value < 1:
+                raise StoreError(f"chunk_frames[{name!r}] = {value!r}; expected an int >= 1.")
+        self._regions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._ids: list[str] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE, JOURNAL_DIR})
+        if foreign:
+            raise StoreError(
+                f"cannot create a store in {self.path}: the directory is not empty and is not a "
+                f"w2v2ser store (found {foreign[:5]}). Choose a new or empty directory."
+            )
+        from w2v2ser import __version__
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tool_version": __version__,
+            "created": _now(),
+            "complete": False,
+            "features": {},
+            "corpus": [],
+            "layer_meaning": {},
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = zarr.create_group(store=LocalStore(self.path), attributes={ATTRS_KEY: meta})
+        for col, (dtype, fill) in UTTERANCE_COLUMNS.items():
+            _create_array(group, f"utterances/{col}", shape=(0,), chunks=(ROW_CHUNK,),
+                          dtype=dtype, fill_value=fill)
+        for col in FAILURE_COLUMNS:
+            _create_array(group, f"failures/{col}", shape=(0,), chunks=(ROW_CHUNK,),
+                          dtype=str, fill_value="")
+
+    @property
+    def _meta(self) -> dict[str, Any]:
+        return dict(self._group.attrs[ATTRS_KEY])
+
+    def _set_meta(self, meta: dict[str, Any]) -> None:
+        self._group.attrs[ATTRS_KEY] = meta
+
+    def _column(self, col: str) -> zarr.Array:
+        return self._group[f"utterances/{col}"]
+
+    def _feature(self, name: str, array: str) -> zarr.Array:
+        return self._group[f"features/{name}/{array}"]
+
+    def _num_rows(self) -> int:
+        return int(self._column("id").shape[0])
+
+    def _spec(self, name: str) -> FeatureSpec:
+        specs = specs_from_meta(self._meta)
+        if name not in specs:
+            raise StoreError(
+                f"feature {name!r} is not in store {self.path} (it has {sorted(specs)}); "
+                f"add it with StoreWriter.plan(features=[...]) first."
+            )
+        return specs[name]
+
+    def _create_feature(self, spec: FeatureSpec, rows: int) -> None:
+        chunk = self._chunk_frames.get(spec.name, default_chunk_frames(spec))
+        shape, g = spec.frame_shape, f"features/{spec.name}"
+        one_layer = (1, spec.dim) if spec.layers is not None else (spec.dim,)
+        _create_array(self._group, f"{g}/data", shape=(0, *shape), chunks=(chunk, *one_layer),
+                      dtype=spec.dtype, fill_value=0, compressors=data_compressor())
+        for arr, (dtype, fill) in ROW_ARRAYS.items():
+            _create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,),
+                          dtype=dtype, fill_value=fill)
+        # One chunk per utterance: concurrent workers never write the same chunk.
+        for arr in ("utt_mean", "utt_m2"):
+            _create_array(self._group, f"{g}/{arr}", shape=(rows, *shape), chunks=(1, *shape),
+                          dtype="float64", fill_value=0.0)
+        _create_array(self._group, f"{g}/speaker_name", shape=(0,), chunks=(ROW_CHUNK,),
+                      dtype=str, fill_value="")
+        _create_array(self._group, f"{g}/speaker_count", shape=(0,), chunks=(ROW_CHUNK,),
+                      dtype="int64", fill_value=0)
+        for arr in ("speaker_mean", "speaker_m2"):
+            _create_array(self._group, f"{g}/{arr}", shape=(0, *shape), chunks=(1, *shape),
+                          dtype="float64", fill_value=0.0)
+
+    def _check_feature_config(self, spec: FeatureSpec, stored: dict[str, Any]) -> None:
+        given = spec.to_dict()
+        diff = [k for k in _COMPARED if json.dumps(given[k], sort_keys=True)
+                != json.dumps(stored.get(k), sort_keys=True)]
+        if diff:
+            detail = "; ".join(f"{k}: store has {stored.get(k)!r}, given {given[k]!r}" for k in diff)
+            raise StoreError(
+                f"feature {spec.name!r} in store {self.path} was made with another config "
+                f"({detail}). A store holds one config per feature: use a new store path for "
+                f"this config (or delete the old store to re-extract)."
+            )
+
+    # ------------------------------------------------------------------ plan
+    def plan(
+        self,
+        utterances: Sequence[Utterance],
+        *,
+        num_samples: Sequence[int | None],
+        features: Sequence[FeatureSpec],
+        capacities: Mapping[str, Sequence[int]],
+        failures: Mapping[int, str] | None = None,
+    ) -> list[int]:
+        """Add utterances and features and reserve chunk-aligned regions (single process).
+
+        Args:
+            utterances: manifest rows; ids must be unique.
+            num_samples: 16 kHz sample count per utterance, None when its header is unreadable
+                (the row is then recorded as failed and re-probed by a later plan call).
+            features: feature specs; new ones are added, known ones must match the stored config.
+            capacities: per feature name, the maximum frame count of each utterance.
+            failures: reason per position in `utterances` (e.g. why probing failed).
+
+        Returns:
+            The store row index of every given utterance, in the same order.
+        """
+        failures = dict(failures or {})
+        n = len(utterances)
+        if len(num_samples) != n:
+            raise StoreError(f"plan: {len(num_samples)} num_samples for {n} utterances; give one per utterance.")
+        ids = [u.id for u in utterances]
+        if len(set(ids)) != n:
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise StoreError(f"plan: duplicate utterance ids {dup}; ids must be unique within a store.")
+        for spec in features:
+            caps = capacities.get(spec.name)
+            if caps is None or len(caps) != n:
+                got = "none" if caps is None else f"{len(caps)}"
+                raise StoreError(
+                    f"plan: capacities[{spec.name!r}] has {got} entries; expected one max frame "
+                    f"count per utterance ({n})."
+                )
+        meta = self._meta
+        changed = False
+        # -- utterance rows
+        existing = {uid: i for i, uid in enumerate(to_str_list(self._column("id")[:]))}
+        old_rows = len(existing)
+        rows: list[int] = []
+        new: list[int] = []
+        reprobed: list[int] = []
+        stored_ns = self._column("num_samples")[:] if old_rows else np.zeros(0, np.int64)
+        if old_rows:
+            paths = to_str_list(self._column("path")[:])
+            labels = to_str_list(self._column("label")[:])
+        for pos, u in enumerate(utterances):
+            if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
+                raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
+            row = existing.get(u.id)
+            if row is None:
+                row = old_rows + len(new)
+                new.append(pos)
+            else:
+                if paths[row] != u.path or labels[row] != u.label:
+                    raise StoreError(
+                        f"plan: utterance {u.id!r} is already in store {self.path} with path "
+                        f"{paths[row]!r} and label {labels[row]!r}, but was given path {u.path!r} "
+                        f"and label {u.label!r}. Ids must name the same audio: use a new store path."
+                    )
+                if stored_ns[row] < 0 and num_samples[pos] is not None:
+                    reprobed.append(pos)
+            rows.append(row)
+        if new:
+            changed = True
+            total = old_rows + len(new)
+            for col, (_, fill) in UTTERANCE_COLUMNS.items():
+                arr = self._column(col)
+                values = [self._cell(col, utterances[p], num_samples[p], fill) for p in new]
+                arr.resize((total,))
+                kind = {"duration": np.float64, "num_samples": np.int64}.get(col, str)
+                arr[old_rows:total] = np.asarray(values, dtype=kind)
+        if reprobed:
+            changed = True
+            arr = self._column("num_samples")
+            for pos in reprobed:
+                arr[rows[pos]] = int(num_samples[pos])
+        total = self._num_rows()
+        # -- features
+        for spec in features:
+            stored = meta["features"].get(spec.name)
+            if stored is None:
+                self._create_feature(spec, total)
+                meta["features"][spec.name] = spec.to_dict()
+                if spec.layer_names:
+                    meta["layer_meaning"][spec.name] = list(spec.layer_names)
+                changed = True
+            else:
+                self._check_feature_config(spec, stored)
+        for name in meta["features"]:
+            self._grow_rows(name, total)
+        # -- regions
+        state = resolve_events(self.path)
+        for spec in features:
+            changed |= self._allocate(spec.name, rows, num_samples, capacities[spec.name], state)
+        # -- failures known at plan time (unreadable headers)
+        events = []
+        for pos, u in enumerate(utterances):
+            row = rows[pos]
+            if pos in reprobed:
+                events.append({"event": "reset", "index": row, "id": u.id, "feature": None})
+            if num_samples[pos] is None or pos in failures:
+                reason = failures.get(pos, "audio header unreadable (num_samples unknown)")
+                current = state.row_failure.get(row)
+                if current is None or current[1].get("reason") != reason:
+                    events.append({"event": "failure", "index": row, "id": u.id,
+                                   "feature": None, "reason": str(reason)})
+        if events:
+            self._journal.append(events)
+            changed = True
+        corpora = sorted(set(meta.get("corpus", [])) | {u.corpus for u in utterances if u.corpus})
+        if corpora != meta.get("corpus"):
+            meta["corpus"], changed = corpora, True
+        if changed:
+            meta["complete"] = False
+            self._set_meta(meta)
+        self._regions.clear()
+        self._ids = None
+        return rows
+
+    @staticmethod
+    def _cell(col: str, u: Utterance, ns: int | None, fill: Any) -> Any:
+        if col == "num_samples":
+            return -1 if ns is None else int(ns)
+        if col == "extra":
+            return json.dumps(dict(u.extra), sort_keys=True)
+        if hasattr(u, col):
+            return str(getattr(u, col))
+        return fill
+
+    def _grow_rows(self, name: str, total: int) -> None:
+        for arr in (*ROW_ARRAYS, "utt_mean", "utt_m2"):
+            a = self._feature(name, arr)
+            if a.shape[0] < total:
+                a.resize((total, *a.shape[1:]))
+
+    def _allocate(self, name: str, rows: list[int], num_samples: Sequence[int | None],
+                  caps: Sequence[int], state: Any) -> bool:
+        data = self._feature(name, "data")
+        chunk = int(data.chunks[0])
+        offset = self._feature(name, "offset")[:]
+        capacity = self._feature(name, "capacity")[:]
+        end = int(data.shape[0])
+        changed = False
+        for pos, row in enumerate(rows):
+            if num_samples[pos] is None:
+                continue
+            cap = caps[pos]
+            if not isinstance(cap, (int, np.integer)) or cap < 0:
+                raise StoreError(f"plan: capacities[{name!r}][{pos}] = {cap!r}; expected an int >= 0.")
+            need = round_up(int(cap), chunk)
+            too_small = capacity[row] < need and state.committed(row, name) is None
+            if offset[row] < 0 or too_small:
+                # Append at the end: regions never move once written, and stay chunk-aligned.
+                offset[row], capacity[row] = end, need
+                end += need
+                changed = True
+        if changed:
+            self._feature(name, "offset")[:] = offset
+            self._feature(name, "capacity")[:] = capacity
+            data.resize((end, *data.shape[1:]))
+        return changed
+
+    # ------------------------------------------------------------------ workers
+    def pending(self, features: Sequence[str]) -> list[int]:
+        """Row indices that still lack a committed frame set for any of `features`.
+
+        Rows failed earlier are included (a rerun retries them); rows with an unreadable
+        header (no region) are not.
+        """
+        names = list(features)
+        for name in names:
+            self._spec(name)
+        state = resolve_events(self.path)
+        num_samples = self._column("num_samples")[:]
+        offsets = {name: self._feature(name, "offset")[:] for name in names}
+        out = []
+        for row in range(len(num_samples)):
+            if num_samples[row] < 0:
+                continue
+            if any(offsets[f][row] >= 0 and state.committed(row, f) is None for f in names):
+                out.append(row)
+        return out
+
+    def _region(self, name: str, index: int) -> tuple[int, int]:
+        if name not in self._regions or index >= len(self._regions[name][0]):
+            self._regions[name] = (self._feature(name, "offset")[:], self._feature(name, "capacity")[:])
+        off, cap = self._regions[name]
+        if not 0 <= index < len(off):
+            raise StoreError(f"row index {index} is out of range for store {self.path} ({len(off)} rows).")
+        return int(off[index]), int(cap[index])
+
+    def _row_id(self, index: int) -> str:
+        if self._ids is None or index >= len(self._ids):
+            self._ids = to_str_list(self._column("id")[:])
+        if not 0 <= index < len(self._ids):
+            raise StoreError(f"row index {index} is out of range for store {self.path} ({len(self._ids)} rows).")
+        return self._ids[index]
+
+    def write_utterance(self, index: int, features: Mapping[str, np.ndarray], *,
+                        audio_sha256: str, duration: float) -> None:
+        """Write frames of one utterance, its statistics and crc32, then commit to the journal.
+
+        Args:
+            index: store row (as returned by :meth:`plan`).
+            features: frames per feature name, ``[frames, dim]`` or ``[frames, layers, dim]``.
+            audio_sha256: hex digest of the audio file.
+            duration: audio duration in seconds.
+        """
+        uid = self._row_id(index)
+        lines = []
+        for name, frames in features.items():
+            spec = self._spec(name)
+            off, cap = self._region(name, index)
+            if off < 0:
+                raise StoreError(
+                    f"utterance {uid!r} (row {index}) has no region for feature {name!r}; plan it "
+                    f"with StoreWriter.plan(...) including this feature before writing."
+                )
+            x = np.asarray(frames)
+            if x.ndim != 1 + len(spec.frame_shape) or x.shape[1:] != spec.frame_shape:
+                raise StoreError(
+                    f"utterance {uid!r}, feature {name!r}: frames have shape {x.shape}; expected "
+                    f"(frames, {', '.join(map(str, spec.frame_shape))}). Check the extractor output."
+                )
+            if x.shape[0] > cap:
+                raise StoreError(
+                    f"utterance {uid!r}, feature {name!r}: {x.shape[0]} frames exceed the planned "
+                    f"capacity of {cap}; the extractor's max_frames underestimates. Fix max_frames "
+                    f"and extract into a new store."
+                )
+            stored = np.ascontiguousarray(x.astype(spec.dtype))
+            bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
+            if bad:
+                raise StoreError(
+                    f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "
+                    f"to {spec.dtype}; record it as a failure or store the feature as float32."
+                )
+            if cap:
+                # Write the whole reserved region, zero-padded: whole-chunk writes need no
+                # read-modify-write, and stale bytes from an earlier attempt are overwritten.
+                padded = np.zeros((cap, *spec.frame_shape), dtype=spec.dtype)
+                padded[: len(stored)] = stored
+                self._feature(name, "data")[off : off + cap] = padded
+            count, mean, m2 = utterance_statistics(stored)
+            self._feature(name, "utt_mean")[index] = mean
+            self._feature(name, "utt_m2")[index] = m2
+            lines.append({"event": "commit", "index": int(index), "id": uid, "feature": name,
+                          "length": int(len(stored)), "crc32": zlib.crc32(stored.tobytes()),
+                          "audio_sha256": str(audio_sha256), "duration": float(duration)})
+        # The journal line is the commit point: written (and fsynced) only after the data.
+        self._journal.append(lines)
+
+    def record_failure(self, index: int, *, reason: str, feature: str | None = None) -> None:
+        """Record that an utterance (or one feature of it) could not be extracted."""
+        uid = self._row_id(index)
+        if feature is not None:
+            self._spec(feature)
+        self._journal.append([{"event": "failure", "index": int(index), "id": uid,
+                               "feature": feature, "reason": str(reason)}])
+
+    def finalize(self) -> None:
+        """Merge journals into lengths, crc32, status, failures and per-speaker statistics.
+
+        Sets ``complete`` only when every planned utterance x feature is done or failed.
+        """
+        finalize_store(self.path, self._group)
+
+    def close(self) -> None:
+        """Close the journal file."""
+        self._journal.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,197 @@
+"""read_audio / probe_audio / sha256_file on synthetic files of many formats and rates."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fixtures_audio import make_signal, write_audio
+
+from w2v2ser.extract._audio import MIN_SAMPLES, probe_audio, read_audio, sha256_file
+from w2v2ser.extract._errors import AudioError
+from w2v2ser.store import W2v2serError
+
+RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]
+
+
+@pytest.mark.parametrize("sample_rate", RATES)
+@pytest.mark.parametrize("duration", [0.05, 0.3711, 1.0])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_probe_length_equals_read_length(tmp_path, sample_rate, duration, channels):
+    path = write_audio(tmp_path / "a.wav", duration=duration, sample_rate=sample_rate, channels=channels)
+    info = probe_audio(path)
+    signal = read_audio(path)
+    assert signal.dtype == np.float32 and signal.ndim == 1 and signal.flags.c_contiguous
+    assert info.num_samples == len(signal) == info.num_samples_16k
+    assert info.sample_rate == sample_rate and info.channels == channels
+    assert info.frames_at_source == round(duration * sample_rate)
+    assert info.duration == pytest.approx(info.frames_at_source / sample_rate)
+    assert len(signal) == pytest.approx(duration * 16_000, abs=1)
+
+
+@pytest.mark.parametrize("frames", [1201, 1203, 1205, 4803, 48_001, 95_999])
+def test_probe_length_at_rounding_ties(tmp_path, frames):
+    # 96 kHz -> 16 kHz: frames = 6k + 3 is exactly k + 0.5 output samples.
+    path = write_audio(tmp_path / "a.wav", frames=frames, sample_rate=96_000)
+    assert probe_audio(path, min_samples=0).num_samples == len(read_audio(path, min_samples=0))
+
+
+@pytest.mark.parametrize(("suffix", "subtype", "tolerance"), [
+    (".wav", "PCM_U8", 1 / 64),
+    (".wav", "PCM_16", 1e-4),
+    (".wav", "PCM_24", 1e-6),
+    (".wav", "PCM_32", 1e-6),
+    (".wav", "FLOAT", 0.0),
+    (".wav", "DOUBLE", 1e-7),
+    (".flac", "PCM_16", 1e-4),
+    (".flac", "PCM_24", 1e-6),
+    (".aiff", "PCM_16", 1e-4),
+])
+def test_lossless_formats_decode_to_the_written_samples(tmp_path, suffix, subtype, tolerance):
+    expected = make_signal(duration=0.25, sample_rate=16_000)
+    path = write_audio(tmp_path / f"a{suffix}", data=expected, subtype=subtype)
+    signal = read_audio(path)
+    assert len(signal) == len(expected) == probe_audio(path).num_samples
+    np.testing.assert_allclose(signal, expected, atol=tolerance)
+
+
+@pytest.mark.parametrize(("suffix", "subtype"), [(".ogg", "VORBIS"), (".mp3", "MPEG_LAYER_III")])
+def test_lossy_formats_decode(tmp_path, suffix, subtype):
+    fmt = "OGG" if suffix == ".ogg" else "MP3"
+    if subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"libsndfile here cannot write {subtype}")
+    path = write_audio(tmp_path / f"a{suffix}", duration=0.5, sample_rate=48_000, subtype=subtype,
+                       frequency=1000.0)
+    signal = read_audio(path)
+    assert probe_audio(path).num_samples == len(signal)
+    spectrum = np.abs(np.fft.rfft(signal))
+    assert np.argmax(spectrum) * 16_000 / len(signal) == pytest.approx(1000.0, abs=5)
+
+
+def test_channels_are_averaged(tmp_path):
+    stereo = make_signal(duration=0.2, channels=2)  # channel 0 = half of channel 1
+    path = write_audio(tmp_path / "s.wav", data=stereo, subtype="FLOAT")
+    np.testing.assert_allclose(read_audio(path), stereo.mean(axis=1), atol=1e-7)
+
+
+def test_resampling_keeps_a_tone_at_its_frequency(tmp_path):
+    path = write_audio(tmp_path / "t.wav", duration=1.0, sample_rate=44_100, frequency=1234.0, subtype="FLOAT")
+    signal = read_audio(path)
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
+    assert np.argmax(spectrum) * 16_000 / len(signal) == pytest.approx(1234.0, abs=1.5)
+    assert np.max(np.abs(signal)) == pytest.approx(0.5, abs=0.05)
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    path = write_audio(tmp_path / "a.flac", duration=0.3)
+    assert sha256_file(path, block_size=1000) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _message(excinfo) -> str:
+    return str(excinfo.value)
+
+
+def test_missing_file(tmp_path):
+    for func in (read_audio, probe_audio, sha256_file):
+        with pytest.raises(AudioError) as excinfo:
+            func(tmp_path / "nope.wav")
+        assert "nope.wav" in _message(excinfo) and "does not exist" in _message(excinfo)
+    assert issubclass(AudioError, W2v2serError)
+
+
+def test_unreadable_permission(tmp_path, monkeypatch):
+    path = write_audio(tmp_path / "locked.wav", duration=0.1)
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: simulate the refusal the OS gives others
+        import w2v2ser.extract._audio as audio_module
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(audio_module, "open", refuse, raising=False)
+    with pytest.raises(AudioError) as excinfo:
+        read_audio(path)
+    assert "locked.wav" in _message(excinfo) and "permission denied" in _message(excinfo)
+    assert "chmod" in _message(excinfo)
+
+
+def test_empty_and_header_only_files(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioError, match=r"empty\.wav is empty \(0 bytes\)"):
+        read_audio(empty)
+    header_only = write_audio(tmp_path / "zero.wav", data=np.zeros(0, np.float32))
+    for func in (read_audio, probe_audio):
+        with pytest.raises(AudioError, match="contains no samples"):
+            func(header_only)
+
+
+def test_truncated_header_and_non_audio(tmp_path):
+    good = write_audio(tmp_path / "good.wav", duration=0.1)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(good.read_bytes()[:20])
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio, just text that happens to be named .wav\n" * 10)
+    for path in (truncated, text):
+        with pytest.raises(AudioError) as excinfo:
+            probe_audio(path)
+        message = _message(excinfo)
+        assert path.name in message and "libsndfile" in message and "ffmpeg" in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_wav(tmp_path, bad):
+    data = make_signal(duration=0.1)
+    data[[10, 500]] = bad
+    path = write_audio(tmp_path / "nan.wav", data=data, subtype="FLOAT")
+    with pytest.raises(AudioError) as excinfo:
+        read_audio(path)
+    assert "nan.wav" in _message(excinfo) and "2 samples that are not finite" in _message(excinfo)
+
+
+def test_huge_but_finite_float_samples_are_accepted(tmp_path):
+    # The fast check sums in float64; values near float32's max must not be mistaken for Inf.
+    data = np.full(1000, 3e38, dtype=np.float32)
+    path = write_audio(tmp_path / "loud.wav", data=data, subtype="FLOAT")
+    assert np.isfinite(read_audio(path)).all()
+
+
+@pytest.mark.parametrize(("sample_rate", "frames", "ok"), [
+    (16_000, MIN_SAMPLES, True),
+    (16_000, MIN_SAMPLES - 1, False),
+    (8_000, 199, False),   # 398 samples after resampling
+    (8_000, 200, True),
+    (48_000, 1200, True),
+    (48_000, 1198, False),  # 399.33 -> 399
+])
+def test_minimum_length(tmp_path, sample_rate, frames, ok):
+    path = write_audio(tmp_path / "short.wav", frames=frames, sample_rate=sample_rate)
+    if ok:
+        assert len(read_audio(path)) >= MIN_SAMPLES
+        return
+    for func in (read_audio, probe_audio):
+        with pytest.raises(AudioError) as excinfo:
+            func(path)
+        assert "short.wav" in _message(excinfo) and "at least 400 samples" in _message(excinfo)
+    assert len(read_audio(path, min_samples=0)) == probe_audio(path, min_samples=0).num_samples
+
+
+def test_long_multichannel_audio_needs_no_full_copies(tmp_path):
+    frames = 48_000 * 60  # one minute of 48 kHz stereo
+    rng = np.random.default_rng(0)
+    data = (0.1 * rng.standard_normal((frames, 2))).astype(np.float32)
+    path = write_audio(tmp_path / "long.wav", data=data, sample_rate=48_000, subtype="PCM_16")
+    del data
+    mono_bytes = frames * 4
+    tracemalloc.start()
+    signal = read_audio(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(signal) == frames // 3
+    # Mono buffer (1x) + resampled output (1/3x) + one decode block; a naive
+    # [frames, 2] read plus its mean would need >= 3x.
+    assert peak < 1.6 * mono_bytes, peak / mono_bytes

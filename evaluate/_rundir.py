@@ -182,8 +182,9 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[floa
         if isinstance(entry, Mapping):
             vec = entry.get("normalised")
             if vec is None and entry.get("alphas") is not None:
+                # LayerWeightedAverage normalises non-negative alphas by their sum (not softmax).
                 alphas = np.asarray(entry["alphas"], dtype=np.float64)
-                vec = np.exp(alphas - alphas.max()) / np.exp(alphas - alphas.max()).sum()
+                vec = alphas / alphas.sum() if alphas.sum() > 0 else None
         else:
             vec = entry
         if vec is not None and len(vec) > 0:

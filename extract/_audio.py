@@ -33,7 +33,7 @@ TARGET_SAMPLE_RATE = 16_000
 MIN_SAMPLES = 400
 # Frames decoded per block when mixing multichannel audio: bounds the temporary
 # [block, channels] buffer so hour-long files never need a full 2-D copy.
-_BLOCK_FRAMES = 1 << 18
+_BLOCK_FRAMES = 1 << 16
 _CONVERT_HINT = "convert it to 16-bit WAV or FLAC (e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`)"
 
 

@@ -1,0 +1,216 @@
+"""Corpus readers: the real RAVDESS copy, a synthetic IEMOCAP tree, CSV manifests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from fixtures_audio import build_iemocap_tree, build_ravdess_tree, write_audio
+
+from w2v2ser.extract._corpora import CorpusKind, read_corpus
+from w2v2ser.extract._errors import ManifestError
+from w2v2ser.extract._iemocap import read_iemocap
+from w2v2ser.extract._manifest import Manifest, read_csv_manifest
+from w2v2ser.extract._ravdess import read_ravdess
+from w2v2ser.store import Utterance
+
+RAVDESS = Path("/work/shared/data/ravdess")
+
+
+# ---------------------------------------------------------------- RAVDESS (real copy)
+
+def _expected_ravdess_counts() -> Counter:
+    """Label counts from the naming rules, not from the files."""
+    counts: Counter = Counter()
+    speech_emotions = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    song_emotions = speech_emotions[:6]
+    for actor in range(1, 25):
+        for channel, emotions in (("speech", speech_emotions), ("song", song_emotions)):
+            if channel == "song" and actor == 18:
+                continue
+            for emotion in emotions:
+                intensities = 1 if emotion == "neutral" else 2
+                counts[emotion] += intensities * 2 * 2  # x statements x repetitions
+    return counts
+
+
+@pytest.mark.skipif(not RAVDESS.is_dir(), reason="real RAVDESS copy not available")
+def test_real_ravdess():
+    manifest = read_corpus("ravdess", RAVDESS)
+    utterances = manifest.utterances
+    assert manifest.problems == [] and manifest.corpus == "ravdess"
+    expected = _expected_ravdess_counts()
+    assert sum(expected.values()) == 2452
+    assert len(utterances) == 2452
+    assert Counter(u.label for u in utterances) == expected
+    assert Counter(u.label for u in utterances) == {
+        "neutral": 188, "calm": 376, "happy": 376, "sad": 376, "angry": 376,
+        "fearful": 376, "disgust": 192, "surprised": 192,
+    }
+    assert len({u.speaker for u in utterances}) == 24
+    assert len({u.id for u in utterances}) == 2452
+    assert Counter(u.extra["vocal_channel"] for u in utterances) == {"speech": 1440, "song": 1012}
+    assert Counter(u.extra["intensity"] for u in utterances) == {"normal": 1320, "strong": 1132}
+    # Odd actors male (12 x 104 files); even female, actor 18 without song (11 x 104 + 60).
+    assert Counter(u.gender for u in utterances) == {"male": 1248, "female": 1204}
+    by_speaker = Counter(u.speaker for u in utterances)
+    assert by_speaker["Actor_18"] == 60 and by_speaker["Actor_01"] == 104
+    first = next(u for u in utterances if u.id == "03-01-05-02-01-02-12")
+    assert first.speaker == "Actor_12" and first.label == "angry" and first.gender == "female"
+    assert first.path == str(RAVDESS / "speech" / "Actor_12" / "03-01-05-02-01-02-12.flac")
+    assert dict(first.extra) == {"vocal_channel": "speech", "intensity": "strong", "statement": "01",
+                                 "repetition": "02", "modality": "audio-only"}
+    assert first.session == "" and first.split == "" and first.corpus == "ravdess"
+
+
+# ---------------------------------------------------------------- RAVDESS (synthetic)
+
+def test_ravdess_skips_and_reports_bad_names(tmp_path):
+    files = build_ravdess_tree(tmp_path, actors=(3, 4), emotions=(1, 8), song=False)
+    actor = tmp_path / "speech" / "Actor_03"
+    write_audio(actor / "03-01-09-01-01-01-03.wav", duration=0.05)    # emotion 09
+    write_audio(actor / "recording.wav", duration=0.05)                # not the convention
+    write_audio(actor / "03-01-01-01-01-01-05.wav", duration=0.05)     # actor 05 in Actor_03
+    write_audio(tmp_path / "song" / "Actor_03" / "03-01-01-01-01-02-03.wav", duration=0.05)  # speech under song/
+    (actor / "README.txt").write_text("not audio")                     # ignored silently
+    manifest = read_ravdess(tmp_path)
+    assert len(manifest) == len(files) == 2 * (1 + 2)
+    reasons = {Path(p).name: r for p, r in manifest.problems}
+    assert set(reasons) == {"03-01-09-01-01-01-03.wav", "recording.wav", "03-01-01-01-01-01-05.wav",
+                            "03-01-01-01-01-02-03.wav"}
+    assert "emotion 09" in reasons["03-01-09-01-01-01-03.wav"]
+    assert "MM-VC-EE-II-SS-RR-AA" in reasons["recording.wav"]
+    assert "Actor_03" in reasons["03-01-01-01-01-01-05.wav"]
+    assert "song/" in reasons["03-01-01-01-01-02-03.wav"]
+    genders = {u.speaker: u.gender for u in manifest.utterances}
+    assert genders == {"Actor_03": "male", "Actor_04": "female"}
+    assert {u.label for u in manifest.utterances} == {"neutral", "surprised"}
+
+
+def test_ravdess_original_zip_layout(tmp_path):
+    write_audio(tmp_path / "Actor_07" / "03-01-02-02-02-01-07.wav", duration=0.05)
+    manifest = read_ravdess(tmp_path)
+    (utterance,) = manifest.utterances
+    assert utterance.label == "calm" and utterance.extra["statement"] == "02"
+
+
+def test_ravdess_empty_or_missing_folder(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_ravdess(tmp_path / "nope")
+    with pytest.raises(ManifestError, match="No RAVDESS audio found"):
+        read_ravdess(tmp_path)
+
+
+# ---------------------------------------------------------------- IEMOCAP (synthetic tree)
+
+def test_iemocap_synthetic_tree(tmp_path):
+    expected = build_iemocap_tree(tmp_path, missing_audio=("Ses02M_impro01_F001",))
+    manifest = read_corpus(CorpusKind.IEMOCAP, tmp_path)
+    assert manifest.corpus == "iemocap"
+    got = {u.id: u for u in manifest.utterances}
+    with_audio = {k for k, v in expected.items() if v["has_audio"] == "True"}
+    assert set(got) == with_audio and len(got) == 2 * 2 * 4 - 1
+    for uid, utterance in got.items():
+        want = expected[uid]
+        assert (utterance.label, utterance.speaker, utterance.session, utterance.gender) == (
+            want["label"], want["speaker"], want["session"], want["gender"])
+        assert utterance.extra["dialog"] == want["dialog"]
+        assert Path(utterance.path) == tmp_path / want["session"] / "sentences" / "wav" / want["dialog"] / f"{uid}.wav"
+    # The last id field's letter is the speaker, not the dialog's lead actor.
+    assert got["Ses01F_impro01_M000"].speaker == "Ses01M"
+    assert got["Ses01F_impro01_F000"].speaker == "Ses01F"
+    assert got["Ses02M_script01_1_F000"].speaker == "Ses02F"
+    assert got["Ses02M_script01_1_F000"].extra["method"] == "scripted"
+    assert got["Ses01F_impro01_F000"].extra["valence"] == "2.5000"
+    assert {u.label for u in got.values()} == {"neu", "ang", "xxx", "exc"}
+    assert len(manifest.problems) == 1
+    path, reason = manifest.problems[0]
+    assert path.endswith("Ses02M_impro01_F001.wav") and "audio missing" in reason
+
+
+def test_iemocap_reports_malformed_lines(tmp_path):
+    build_iemocap_tree(tmp_path, sessions=(1,), dialogs=("impro02",))
+    evaluation = tmp_path / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro02.txt"
+    with open(evaluation, "a", encoding="utf-8") as f:
+        f.write("[1.0 - 2.0]\tSes01F_impro02_F009\tneu\n")          # no V/A/D
+        f.write("[1.0 - 2.0]\tSes03F_impro02_F009\tneu\t[1, 2, 3]\n")  # wrong session
+    (evaluation.parent / "._Ses01F_impro02.txt").write_bytes(b"\x00\x05mac")
+    manifest = read_iemocap(tmp_path)
+    assert len(manifest) == 4
+    reasons = [r for _, r in manifest.problems]
+    assert any("not understood" in r for r in reasons)
+    assert any("listed under Session1" in r for r in reasons)
+
+
+def test_iemocap_without_sessions(tmp_path):
+    with pytest.raises(ManifestError, match="Session1..Session5|No labelled IEMOCAP"):
+        read_iemocap(tmp_path)
+
+
+# ---------------------------------------------------------------- CSV manifests
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_manifest_basic(tmp_path):
+    absolute = write_audio(tmp_path / "elsewhere" / "z.wav", duration=0.05)
+    manifest_path = _write_csv(tmp_path / "corpus" / "m.csv", (
+        "\ufeffpath,label,speaker,session,split,gender,age,id\n"
+        "audio/a.wav,happy,spk1,s1,train,F,31,\n"
+        "audio/sub/b.flac,sad,spk2,,test,male,40,custom\n"
+        f"{absolute},angry,spk1,,,,,\n"
+        "\n"
+    ))
+    manifest = read_csv_manifest(manifest_path)
+    assert isinstance(manifest, Manifest) and manifest.corpus == "csv" and manifest.problems == []
+    a, b, z = manifest.utterances
+    assert a == Utterance(id="a", path=str(tmp_path / "corpus" / "audio" / "a.wav"), speaker="spk1",
+                          label="happy", session="s1", split="train", gender="female", corpus="csv",
+                          extra={"age": "31"})
+    assert b.id == "custom" and b.gender == "male" and b.split == "test"
+    assert z.id == "z" and z.path == str(absolute)  # absolute paths allowed, missing files not checked here
+
+
+def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
+    path = _write_csv(tmp_path / "m.csv", "path,label,speaker\nx/a.wav,l,s\ny/a.wav,l,s\nc.wav,l,s\n")
+    assert [u.id for u in read_csv_manifest(path).utterances] == ["x/a", "y/a", "c"]
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("path,label,speakr\na.wav,x,y\n", ["line 1", "'speaker'", "Did you mean 'speakr'"]),
+    ("Path,label,speaker\na.wav,x,y\n", ["'path'", "Did you mean 'Path'"]),
+    ("path,label,speaker\na.wav,,y\n", ["line 2", "column 'label'", "empty"]),
+    ("path,label,speaker\na.wav,x,y\nb.wav,x,\n", ["line 3", "column 'speaker'"]),
+    ("path,label,speaker\na.wav,x,y\nsub/a.wav,x,y\nb.wav,x,y,extra\n", ["line 4", "number of fields"]),
+    ("path,label,speaker,id\na.wav,x,y,u1\nb.wav,x,y,u1\n", ["line 3", "'u1'", "line 2", "unique"]),
+    ("path,label,speaker\n../../etc/passwd,x,y\n", ["line 2", "column 'path'", "outside the manifest's folder"]),
+    ("path,label,speaker,split\na.wav,x,y,trian\n", ["line 2", "split", "Did you mean 'train'"]),
+    ("path,label,speaker,gender\na.wav,x,y,other\n", ["line 2", "gender"]),
+    ("path,label,speaker\n", ["no rows"]),
+    ("", ["empty"]),
+])
+def test_csv_manifest_errors(tmp_path, text, needles):
+    path = _write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(ManifestError) as excinfo:
+        read_csv_manifest(path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_csv_manifest_missing_file(tmp_path):
+    with pytest.raises(ManifestError, match="does not exist"):
+        read_corpus("csv", tmp_path / "none.csv")
+
+
+def test_read_corpus_unknown_kind(tmp_path):
+    with pytest.raises(ManifestError) as excinfo:
+        read_corpus("ravdes", tmp_path)
+    message = str(excinfo.value)
+    assert "'ravdes'" in message and "ravdess, iemocap, csv" in message and "Did you mean 'ravdess'" in message
+    assert read_corpus("CSV", _write_csv(tmp_path / "m.csv", "path,label,speaker\na.wav,x,y\n")).corpus == "csv"

@@ -274,8 +274,7 @@ def read_fairseq_checkpoint(path: Path) -> dict[str, Any]:
             f"refusing to load fairseq checkpoint {str(path)!r}: it contains a Python object outside "
             f"the allow-list (argparse.Namespace, numpy scalars/arrays, tensors, containers), and "
             f"unpickling arbitrary objects could run code. Convert it with a trusted tool to a "
-            f"`save_pretrained` directory instead. Details: {str(error).splitlines()[0] if str(error) else error}"
-            f"{_unsafe_globals_hint(path)}"
+            f"`save_pretrained` directory instead.{_unsafe_globals_hint(path, error)}"
         ) from error
     except (OSError, RuntimeError, EOFError, ValueError) as error:
         raise ModelLoadError(f"cannot read fairseq checkpoint {str(path)!r}: {error}") from error
@@ -287,13 +286,15 @@ def read_fairseq_checkpoint(path: Path) -> dict[str, Any]:
     return dict(checkpoint)
 
 
-def _unsafe_globals_hint(path: Path) -> str:
+def _unsafe_globals_hint(path: Path, error: Exception) -> str:
+    """Name the offending globals (torch's own message is long and generic)."""
     import torch
 
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _fairseq_safe_globals()}
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # best effort: only used to enrich the message
-        return ""
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in allowed]
+    except Exception:  # best effort: fall back to torch's own words
+        names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
     return f" Objects outside the allow-list: {names}." if names else ""
 
 

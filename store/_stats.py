@@ -55,9 +55,7 @@ def combine_statistics(parts: Iterable[Moments]) -> Moments:
             parts with count 0 are skipped.
 
     Returns:
-        ``(count, mean, m2)`` of the union; ``(0, None-shaped zeros...)`` is returned as
-        ``(0, zeros, zeros)`` when the first part fixes the shape, or ``(0, array(0.), array(0.))``
-        when `parts` is empty.
+        ``(count, mean, m2)`` of the union; ``(0, array(0.), array(0.))`` when `parts` is empty.
     """
     total: Moments | None = None
     for part in parts:

@@ -86,6 +86,11 @@ class FeatureSpec:
                 f"FeatureSpec {self.name!r}: layers={self.layers!r}; expected None (2-D frames) "
                 f"or an int >= 1 (3-D frames [frames, layers, dim])."
             )
+        if not isinstance(self.frame_rate, (int, float)) or not self.frame_rate > 0:
+            raise StoreError(
+                f"FeatureSpec {self.name!r}: frame_rate={self.frame_rate!r}; expected frames per "
+                f"second > 0."
+            )
         if self.dtype not in _DTYPES:
             raise StoreError(
                 f"FeatureSpec {self.name!r}: dtype={self.dtype!r}; expected one of {_DTYPES}."

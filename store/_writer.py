@@ -81,6 +81,7 @@ class StoreWriter:
                 raise StoreError(f"chunk_frames[{name!r}] = {value!r}; expected an int >= 1.")
         self._regions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._ids: list[str] | None = None
+        self._specs: dict[str, FeatureSpec] = specs_from_meta(self._meta)
 
     # ------------------------------------------------------------------ setup
     def _create(self) -> None:
@@ -129,7 +130,11 @@ class StoreWriter:
         return int(self._column("id").shape[0])
 
     def _spec(self, name: str) -> FeatureSpec:
-        specs = specs_from_meta(self._meta)
+        if name not in self._specs:
+            # Another process (the driver's plan) may have added the feature since we opened.
+            self._group = open_root(self.path, mode="r+")
+            self._specs = specs_from_meta(self._meta)
+        specs = self._specs
         if name not in specs:
             raise StoreError(
                 f"feature {name!r} is not in store {self.path} (it has {sorted(specs)}); "
@@ -293,6 +298,7 @@ class StoreWriter:
             self._set_meta(meta)
         self._regions.clear()
         self._ids = None
+        self._specs = specs_from_meta(self._meta)
         return rows
 
     @staticmethod
@@ -406,7 +412,8 @@ class StoreWriter:
                     f"capacity of {cap}; the extractor's max_frames underestimates. Fix max_frames "
                     f"and extract into a new store."
                 )
-            stored = np.ascontiguousarray(x.astype(spec.dtype))
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
+                stored = np.ascontiguousarray(x.astype(spec.dtype))
             bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
             if bad:
                 raise StoreError(

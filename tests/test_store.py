@@ -1,0 +1,507 @@
+"""Tests of w2v2ser.store: round trips, statistics, resumability, locking, verify, export."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from w2v2ser.store import (
+    FeatureSpec,
+    StoreError,
+    StoreIncompleteError,
+    StoreLockedError,
+    StoreVersionError,
+    StoreWriter,
+    Utterance,
+    W2v2serError,
+    combine_statistics,
+    export_hdf5,
+    lock_store,
+    open_store,
+)
+
+# ---------------------------------------------------------------------------- helpers
+
+W2V = FeatureSpec(name="w2v", dim=6, layers=4, frame_rate=50.0, dtype="float16",
+                  config={"model": "tiny", "revision": "abc"},
+                  layer_names=("proj", "t1", "t2", "t3"))
+SPEC2D = FeatureSpec(name="lld", dim=5, layers=None, frame_rate=100.0, dtype="float32",
+                     config={"set": "eGeMAPSv02"})
+CHUNK = 8
+
+
+def make_utterances(n: int, speakers: list[str], prefix: str = "u") -> list[Utterance]:
+    return [
+        Utterance(id=f"{prefix}{i:03d}", path=f"/audio/{prefix}{i:03d}.flac",
+                  speaker=speakers[i % len(speakers)], label=["angry", "calm", "sad"][i % 3],
+                  session="S1", corpus="synthetic", extra={"i": str(i)})
+        for i in range(n)
+    ]
+
+
+def random_frames(rng: np.random.Generator, spec: FeatureSpec, length: int) -> np.ndarray:
+    # Offset and scale so float16 rounding and the mean both matter for the statistics test.
+    return (rng.normal(3.0, 2.0, size=(length, *spec.frame_shape))).astype(np.float32)
+
+
+@dataclass
+class Built:
+    path: Path
+    utterances: list[Utterance]
+    rows: list[int]
+    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def stored(self, feature: str, i: int) -> np.ndarray:
+        spec = {W2V.name: W2V, SPEC2D.name: SPEC2D}[feature]
+        return self.frames[feature][i].astype(spec.dtype)
+
+
+def build_store(path: Path, *, lengths: list[int], speakers: list[str] | None = None,
+                specs: tuple[FeatureSpec, ...] = (W2V, SPEC2D), seed: int = 0,
+                finalize: bool = True, write: bool = True, prefix: str = "u",
+                slack: int = 0) -> Built:
+    """Create a store with random frames of the given lengths (same length for every feature)."""
+    rng = np.random.default_rng(seed)
+    utts = make_utterances(len(lengths), speakers or ["A", "B"], prefix)
+    writer = StoreWriter(path, chunk_frames={s.name: CHUNK for s in specs})
+    rows = writer.plan(utts, num_samples=[16000] * len(utts), features=list(specs),
+                       capacities={s.name: [n + slack for n in lengths] for s in specs})
+    built = Built(path, utts, rows, {s.name: [random_frames(rng, s, n) for n in lengths] for s in specs})
+    if write:
+        for i, row in enumerate(rows):
+            writer.write_utterance(row, {s.name: built.frames[s.name][i] for s in specs},
+                                   audio_sha256=f"sha{i}", duration=lengths[i] / 50)
+    if finalize:
+        writer.finalize()
+    writer.close()
+    return built
+
+
+def chunk_file(path: Path, store, feature: str, utterance_id: str, block: int = 0, layer: int = 0) -> Path:
+    """Path of the chunk file holding `block`-th chunk of an utterance's region."""
+    off = int(store._per_row(feature)["offset"][store._row(utterance_id)])
+    spec = store.features[feature]
+    first = off // CHUNK + block
+    parts = [str(first), str(layer), "0"] if spec.layers is not None else [str(first), "0"]
+    return path / "features" / feature / "data" / "c" / Path(*parts)
+
+
+LENGTHS = [1, 8, 5, 16, 13, 0, 24, 3]  # 1 frame, chunk multiples, ragged, empty
+
+# ---------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("spec", [W2V, SPEC2D], ids=["3d", "2d"])
+def test_round_trip_ragged(tmp_path, spec):
+    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(spec,), slack=3)
+    store = open_store(built.path)
+    assert store.complete and store.features[spec.name] == spec
+    records = store.list_utterances()
+    assert [r.id for r in records] == [u.id for u in built.utterances]
+    assert records[0].extra == {"i": "0"} and records[2].audio_sha256 == "sha2"
+    for i, u in enumerate(built.utterances):
+        got = store.read_utterance(u.id, spec.name)
+        assert got.dtype == np.dtype(spec.dtype)
+        assert got.shape == (LENGTHS[i], *spec.frame_shape)
+        np.testing.assert_array_equal(got, built.stored(spec.name, i))
+        assert store.num_frames(u.id, spec.name) == LENGTHS[i]
+    # Every region starts on a chunk boundary and regions never share a chunk.
+    rows = store._per_row(spec.name)
+    assert np.all(rows["offset"] % CHUNK == 0) and np.all(rows["capacity"] % CHUNK == 0)
+    assert np.all(rows["offset"][1:] >= rows["offset"][:-1] + rows["capacity"][:-1])
+    assert store.verify().ok
+
+
+def test_one_layer_read_equals_slice(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[17, 1], specs=(W2V,))
+    store = open_store(built.path)
+    full = store.read_utterance("u000", "w2v")
+    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=[2]), full[:, [2]])
+    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=[3, 0]), full[:, [3, 0]])
+    with pytest.raises(StoreError, match="0..3"):
+        store.read_utterance("u000", "w2v", layers=[4])
+
+
+def test_unknown_names_raise_with_suggestion(tmp_path):
+    store = open_store(build_store(tmp_path / "s", lengths=[2]).path)
+    with pytest.raises(StoreError, match="Did you mean 'u000'"):
+        store.read_utterance("u00", "w2v")
+    with pytest.raises(StoreError, match="Did you mean 'w2v'"):
+        store.read_utterance("u000", "w2w")
+    with pytest.raises(StoreError, match="layers=None"):
+        store.read_utterance("u000", "lld", layers=[0])
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def test_combine_statistics_matches_direct():
+    rng = np.random.default_rng(1)
+    x = rng.normal(1e3, 1.0, size=(1000, 3))  # large mean: naive sum-of-squares would lose digits
+    parts = []
+    for a, b in [(0, 1), (1, 400), (400, 401), (401, 1000)]:
+        seg = x[a:b]
+        parts.append((len(seg), seg.mean(0), ((seg - seg.mean(0)) ** 2).sum(0)))
+    n, mean, m2 = combine_statistics(parts)
+    assert n == 1000
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(m2 / n, x.var(0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("spec", [W2V, SPEC2D], ids=["3d", "2d"])
+def test_compose_statistics_equals_direct(tmp_path, spec):
+    # Speaker "solo" has exactly one utterance of one frame: variance 0, not NaN.
+    lengths = [1, 9, 30, 4, 17, 8]
+    speakers = ["solo", "B", "C"]
+    rng = np.random.default_rng(7)
+    utts = [Utterance(id=f"u{i}", path=f"/a/{i}.wav", speaker=s, label="x")
+            for i, s in enumerate(["solo", "B", "C", "B", "C", "C"])]
+    writer = StoreWriter(tmp_path / "s", chunk_frames={spec.name: CHUNK})
+    rows = writer.plan(utts, num_samples=[1] * 6, features=[spec],
+                       capacities={spec.name: lengths})
+    for row, n in zip(rows, lengths):
+        writer.write_utterance(row, {spec.name: random_frames(rng, spec, n)}, audio_sha256="", duration=1.0)
+    writer.finalize()
+    store = open_store(tmp_path / "s")
+    assert store.speakers() == sorted(speakers)
+
+    def direct(spks, layers=None):
+        frames = [store.read_utterance(u.id, spec.name, layers=layers) for u in utts if u.speaker in spks]
+        x = np.concatenate(frames).astype(np.float64)
+        return len(x), np.mean(x, axis=0), np.var(x, axis=0)
+
+    for spks, layers in [(None, None), (["B", "C"], None), (["solo"], None), (["solo", "C"], None)] + (
+        [(None, [1, 3]), (["B"], [0])] if spec.layers else []
+    ):
+        got = store.compose_statistics(spec.name, speakers=spks, layers=layers)
+        n, mean, var = direct(spks or speakers, layers)
+        assert got.count == n
+        np.testing.assert_allclose(got.mean, mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.variance, var, rtol=1e-9, atol=1e-12)
+        assert not np.isnan(got.std).any()
+    solo = store.compose_statistics(spec.name, speakers=["solo"])
+    assert solo.count == 1 and np.all(solo.variance == 0)
+    with pytest.raises(StoreError, match="not in store"):
+        store.compose_statistics(spec.name, speakers=["nobody"])
+
+
+# ---------------------------------------------------------------------------- plan / resume
+
+
+def test_plan_idempotent_appends_and_adds_features(tmp_path):
+    path = tmp_path / "s"
+    built = build_store(path, lengths=[3, 9], specs=(W2V,))
+    shape_before = open_store(path)._array("w2v", "data").shape
+    writer = StoreWriter(path)
+    rows = writer.plan(built.utterances, num_samples=[16000, 16000], features=[W2V],
+                       capacities={"w2v": [3, 9]})
+    assert rows == built.rows == [0, 1]
+    assert open_store(path)._array("w2v", "data").shape == shape_before
+    assert open_store(path).complete  # an idempotent plan leaves a finished store finished
+    assert writer.pending(["w2v"]) == []
+    # New utterances are appended; a new feature is added to the existing store.
+    more = make_utterances(3, ["C"], prefix="v")
+    rows = writer.plan(built.utterances + more, num_samples=[1] * 5, features=[W2V, SPEC2D],
+                       capacities={"w2v": [3, 9, 2, 2, 2], "lld": [3, 9, 2, 2, 2]})
+    assert rows == [0, 1, 2, 3, 4]
+    assert open_store(path, allow_incomplete=True).complete is False
+    assert writer.pending(["w2v"]) == [2, 3, 4]
+    assert writer.pending(["w2v", "lld"]) == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(3)
+    for row in writer.pending(["w2v", "lld"]):
+        feats = {"lld": random_frames(rng, SPEC2D, 2)}
+        if row >= 2:
+            feats["w2v"] = random_frames(rng, W2V, 2)
+        writer.write_utterance(row, feats, audio_sha256="", duration=0.1)
+    writer.finalize()
+    store = open_store(path)
+    assert store.complete and set(store.features) == {"w2v", "lld"}
+    np.testing.assert_array_equal(store.read_utterance("u001", "w2v"), built.stored("w2v", 1))
+    assert store.read_utterance("v002", "lld").shape == (2, 5)
+    assert store.verify().ok
+
+
+def test_changed_feature_config_and_conflicting_ids_raise(tmp_path):
+    path = tmp_path / "s"
+    built = build_store(path, lengths=[3], specs=(W2V,))
+    other = FeatureSpec(**{**W2V.__dict__, "config": {"model": "tiny", "revision": "def"}})
+    writer = StoreWriter(path)
+    with pytest.raises(StoreError, match="another config.*new store path"):
+        writer.plan(built.utterances, num_samples=[1], features=[other], capacities={"w2v": [3]})
+    moved = [Utterance(id="u000", path="/elsewhere.wav", speaker="A", label="angry")]
+    with pytest.raises(StoreError, match="already in store"):
+        writer.plan(moved, num_samples=[1], features=[W2V], capacities={"w2v": [3]})
+    with pytest.raises(StoreError, match="duplicate"):
+        writer.plan(built.utterances * 2, num_samples=[1, 1], features=[], capacities={})
+    with pytest.raises(StoreError, match="capacities"):
+        writer.plan(built.utterances, num_samples=[1], features=[W2V], capacities={})
+
+
+def test_write_utterance_rejects_bad_frames(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[3], specs=(W2V,), write=False, finalize=False)
+    writer = StoreWriter(built.path)
+    with pytest.raises(StoreError, match="exceed the planned capacity of 8"):
+        writer.write_utterance(0, {"w2v": np.zeros((9, 4, 6))}, audio_sha256="", duration=0)
+    with pytest.raises(StoreError, match=r"expected \(frames, 4, 6\)"):
+        writer.write_utterance(0, {"w2v": np.zeros((3, 6))}, audio_sha256="", duration=0)
+    with pytest.raises(StoreError, match="non-finite"):
+        writer.write_utterance(0, {"w2v": np.full((3, 4, 6), 1e6)}, audio_sha256="", duration=0)
+    assert writer.pending(["w2v"]) == [0]
+
+
+def test_journal_partial_last_line_is_ignored(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[3, 4], specs=(SPEC2D,), finalize=False)
+    journal = built.path / "_journal" / "main.jsonl"
+    good = journal.read_bytes()
+    assert good.count(b"\n") == 2
+    with open(journal, "ab") as f:  # crash mid-append: half a line, no newline
+        f.write(b'{"event":"commit","index":0,"feat')
+    writer = StoreWriter(built.path)  # reopening cuts the partial tail before appending
+    assert journal.read_bytes() == good
+    with open(journal, "ab") as f:
+        f.write(b'{"event":"commit","ind')
+    assert writer.pending(["lld"]) == []
+    writer.finalize()
+    store = open_store(built.path)
+    np.testing.assert_array_equal(store.read_utterance("u001", "lld"), built.stored("lld", 1))
+
+
+def test_crash_before_journal_line_leaves_utterance_pending(tmp_path, monkeypatch):
+    from w2v2ser.store import _journal
+
+    built = build_store(tmp_path / "s", lengths=[3, 4], specs=(SPEC2D,), write=False, finalize=False)
+    writer = StoreWriter(built.path)
+    writer.write_utterance(0, {"lld": built.frames["lld"][0]}, audio_sha256="a", duration=1)
+
+    def crash(self, records):
+        raise KeyboardInterrupt("killed before the journal line")
+
+    monkeypatch.setattr(_journal.Journal, "append", crash)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_utterance(1, {"lld": built.frames["lld"][1]}, audio_sha256="b", duration=1)
+    monkeypatch.undo()
+    writer = StoreWriter(built.path)
+    assert writer.pending(["lld"]) == [1]  # data on disk, but not committed
+    writer.finalize()
+    with pytest.raises(StoreIncompleteError, match="allow_incomplete=True"):
+        open_store(built.path)
+    store = open_store(built.path, allow_incomplete=True)
+    assert [r.id for r in store.list_utterances()] == ["u000"]
+    assert [r.id for r in store.list_utterances(status="pending")] == ["u001"]
+    with pytest.raises(StoreError, match="no frames"):
+        store.read_utterance("u001", "lld")
+    writer.write_utterance(1, {"lld": built.frames["lld"][1]}, audio_sha256="b", duration=1)
+    writer.finalize()
+    store = open_store(built.path)
+    np.testing.assert_array_equal(store.read_utterance("u001", "lld"), built.stored("lld", 1))
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_failures_table_and_superseding_commit(tmp_path):
+    path = tmp_path / "s"
+    utts = make_utterances(3, ["A"])
+    writer = StoreWriter(path, chunk_frames={"lld": CHUNK})
+    rows = writer.plan(utts, num_samples=[100, None, 100], features=[SPEC2D],
+                       capacities={"lld": [4, 0, 4]}, failures={1: "bad FLAC header"})
+    assert writer.pending(["lld"]) == [0, 2]
+    rng = np.random.default_rng(0)
+    writer.write_utterance(rows[0], {"lld": random_frames(rng, SPEC2D, 4)}, audio_sha256="", duration=1)
+    writer.record_failure(rows[2], reason="extractor crashed", feature="lld")
+    writer.finalize()
+    store = open_store(path)  # every planned pair is done or failed
+    assert store.complete
+    fails = {(f.id, f.feature): f.reason for f in store.list_failures()}
+    assert fails == {("u001", None): "bad FLAC header", ("u002", "lld"): "extractor crashed"}
+    assert [r.id for r in store.list_utterances(status="failed")] == ["u001", "u002"]
+    assert store.describe()["failures"] == 2
+    # Rerun: the failed pair is retried and its commit supersedes the failure; the unreadable
+    # header now probes fine, so its region is allocated at the end.
+    end = store._array("lld", "data").shape[0]
+    rows = writer.plan(utts, num_samples=[100, 100, 100], features=[SPEC2D], capacities={"lld": [4, 4, 4]})
+    assert writer.pending(["lld"]) == [1, 2]
+    assert int(open_store(path, allow_incomplete=True)._per_row("lld")["offset"][1]) == end
+    for row in (1, 2):
+        writer.write_utterance(row, {"lld": random_frames(rng, SPEC2D, 3)}, audio_sha256="", duration=1)
+    writer.finalize()
+    store = open_store(path)
+    assert store.list_failures() == []
+    assert len(store.list_utterances()) == 3 and store.num_frames("u001", "lld") == 3
+    assert store.list_utterances()[1].num_samples == 100
+    assert store.verify().ok
+
+
+# ---------------------------------------------------------------------------- opening
+
+
+def test_open_store_refuses_incomplete_newer_and_foreign(tmp_path):
+    import zarr
+
+    built = build_store(tmp_path / "s", lengths=[2, 3], finalize=False)
+    with pytest.raises(StoreIncompleteError, match="Rerun the extraction"):
+        open_store(built.path)
+    assert open_store(built.path, allow_incomplete=True).list_utterances() == []  # not finalized
+    StoreWriter(built.path).finalize()
+    store = open_store(built.path)
+    assert store.attrs["tool_version"] and store.attrs["created"].endswith("+00:00")
+    group = zarr.open_group(str(built.path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    group.attrs["w2v2ser"] = {**meta, "format_version": meta["format_version"] + 1}
+    with pytest.raises(StoreVersionError, match="Upgrade w2v2ser"):
+        open_store(built.path)
+    with pytest.raises(StoreVersionError):
+        StoreWriter(built.path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not a w2v2ser store"):
+        open_store(tmp_path / "empty")
+    zarr.open_group(str(tmp_path / "plain"), mode="w")
+    with pytest.raises(StoreError, match="not a w2v2ser store"):
+        open_store(tmp_path / "plain")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        StoreWriter(tmp_path / "busy")
+    assert issubclass(StoreError, W2v2serError)
+
+
+def test_describe_is_json(tmp_path):
+    store = open_store(build_store(tmp_path / "s", lengths=[2, 9, 1], speakers=["A", "B", "C"]).path)
+    info = json.loads(json.dumps(store.describe()))
+    assert info["utterances"] == 3 and info["speakers"] == 3 and info["complete"] is True
+    assert info["failures"] == 0
+    w = info["features"]["w2v"]
+    assert (w["dim"], w["layers"], w["dtype"], w["frame_rate"]) == (6, 4, "float16", 50.0)
+    assert w["chunks"] == [CHUNK, 1, 6] and w["frames"] == 12 and w["bytes"] > 0
+    assert info["features"]["lld"]["layers"] is None
+
+
+# ---------------------------------------------------------------------------- lock
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from w2v2ser.store import lock_store
+    with lock_store(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.read()
+""")
+
+
+def test_lock_conflict_across_processes(tmp_path):
+    path = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError) as err:
+            with lock_store(path):
+                pass
+        msg = str(err.value)
+        assert str(path / ".lock") in msg and f"pid {holder.pid}" in msg
+        assert "another extraction is running" in msg
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=20)
+    with lock_store(path):  # released when the holder exits
+        pass
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+def test_verify_names_corrupt_and_truncated_chunks(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[20, 9, 12, 5])
+    store = open_store(built.path)
+    assert store.verify().ok
+    flipped = chunk_file(built.path, store, "w2v", "u000", block=1, layer=2)
+    raw = bytearray(flipped.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    truncated = chunk_file(built.path, store, "lld", "u002")
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    missing = chunk_file(built.path, store, "w2v", "u003", layer=1)
+    missing.unlink()
+    report = open_store(built.path).verify()
+    assert not report.ok
+    named = {(u, f) for u, f, _ in report.problems}
+    assert named == {("u000", "w2v"), ("u002", "lld"), ("u003", "w2v")}
+    assert "u000" in str(report)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_hdf5_refuses_incomplete(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[2], finalize=False)
+    with pytest.raises(StoreIncompleteError):
+        export_hdf5(built.path, tmp_path / "x.h5")
+    assert not list(tmp_path.glob("*.h5*"))
+
+
+def test_export_hdf5_round_trip(tmp_path):
+    built = build_store(tmp_path / "s", lengths=LENGTHS, slack=2)
+    store = open_store(built.path)
+    out = export_hdf5(built.path, tmp_path / "out" / "s.h5")
+    assert out == tmp_path / "out" / "s.h5" and sorted(p.name for p in out.parent.iterdir()) == ["s.h5"]
+    with h5py.File(out, "r") as h5:
+        ids = [x.decode() for x in h5["utterances/id"][:]]
+        assert ids == [u.id for u in built.utterances]
+        assert json.loads(h5.attrs["w2v2ser"])["complete"] is True
+        for name in ("w2v", "lld"):
+            g = h5[f"features/{name}"]
+            for i, uid in enumerate(ids):
+                o, n = int(g["offset"][i]), int(g["length"][i])
+                np.testing.assert_array_equal(g["data"][o:o + n], store.read_utterance(uid, name))
+            np.testing.assert_array_equal(g["speaker_count"][:], store._array(name, "speaker_count")[:])
+
+
+# ---------------------------------------------------------------------------- concurrency and imports
+
+
+def _worker(path: str, journal: str, rows: list[int], lengths: list[int]) -> None:
+    writer = StoreWriter(path, journal=journal)
+    rng = np.random.default_rng(rows[0])
+    for row in rows:
+        writer.write_utterance(row, {"w2v": random_frames(rng, W2V, lengths[row])},
+                               audio_sha256="", duration=1.0)
+
+
+def test_concurrent_writers_with_distinct_journals(tmp_path):
+    lengths = [5, 11, 8, 1, 16, 7]
+    built = build_store(tmp_path / "s", lengths=lengths, specs=(W2V,), write=False, finalize=False)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(built.path), f"worker-{k}", rows, lengths))
+             for k, rows in enumerate([[0, 2, 4], [1, 3, 5]])]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    writer = StoreWriter(built.path)
+    assert writer.pending(["w2v"]) == []
+    writer.finalize()
+    store = open_store(built.path)
+    assert [store.num_frames(u.id, "w2v") for u in built.utterances] == lengths
+    assert store.verify().ok
+
+
+def test_store_imports_neither_torch_nor_tensorflow():
+    code = ("import sys, w2v2ser.store; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_feature_spec_round_trip_and_unknown_key():
+    assert FeatureSpec.from_dict(W2V.to_dict()) == W2V
+    with pytest.raises(StoreError, match="Did you mean 'frame_rate'"):
+        FeatureSpec.from_dict({**W2V.to_dict(), "framerate": 50})

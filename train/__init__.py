@@ -1,1 +1,36 @@
-"""placeholder"""
+"""Stage 2 of w2v2ser: train shallow Keras heads on features read from the feature store.
+
+Typical use::
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+    cfg = ExperimentConfig(stores={"main": "ravdess.zarr"}, features="wav2vec2:all",
+                           head="dense", norm="speaker", protocol="ravdess", recipe="official")
+    results = train_experiment(cfg, out="runs/ravdess_w2v2_all")
+
+Never imports torch.
+"""
+
+from ._config import ExperimentConfig
+from ._dataset import FeatureBatches, Item, Source, clear_cache
+from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
+from ._experiment import RunResult, RunSpec, plan_runs, summarize_runs, train_experiment, train_run
+from ._heads import HEADS, DenseHead, FusionHead, LSTMHead, make_head
+from ._layers import FrameMask, LayerWeightedAverage, MaskedMean
+from ._metrics import accuracy, confusion_matrix, uar
+from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
+from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
+from ._recipes import RECIPES, Recipe, get_recipe
+from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
+
+__all__ = [
+    "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
+    "Recipe", "RECIPES", "get_recipe",
+    "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint",
+    "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
+    "Normaliser", "NORMALISATIONS", "build_normaliser", "load_normalisers",
+    "FeatureBatches", "Item", "Source", "clear_cache",
+    "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head",
+    "LayerWeightedAverage", "MaskedMean", "FrameMask",
+    "uar", "accuracy", "confusion_matrix",
+    "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
+]

@@ -1,0 +1,162 @@
+"""ExperimentConfig: everything that decides a stage 2 experiment, with a stable key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ._dataset import CACHE_MODES
+from ._errors import ConfigError
+from ._heads import HEADS
+from ._normalisation import NORMALISATIONS
+from ._protocols import PROTOCOLS
+from ._recipes import Recipe, get_recipe
+from ._selection import parse_selection
+
+__all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS"]
+
+DEFAULT_STORE_ALIAS = "main"
+FUSION_STORE_ALIAS = "fusion"
+# Fields that change speed or memory but never results: excluded from config_key().
+RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers")
+# A run's result does not depend on how many seeds the experiment has: adding seeds reuses runs.
+SEED_FIELDS = ("seeds", "first_seed")
+
+
+@dataclass
+class ExperimentConfig:
+    """One stage 2 experiment (fields match the ``train:`` section of pipeline.yaml).
+
+    Attributes:
+        stores: Store alias -> store path; a plain path string means {"main": path}.
+        features: Selection of the main branch, e.g. "wav2vec2:all" or "asr/wav2vec2:4-8".
+        fusion_features: Selection of the fusion head's second branch; None -> "fusion/egemaps"
+            when a "fusion" store alias exists, else "egemaps" (only used by head "fusion").
+        head: "dense", "lstm" or "fusion".
+        norm: "speaker", "global" or "none".
+        protocol: "ravdess", "iemocap" or "csv".
+        recipe: "paper" or "official".
+        recipe_overrides: Recipe field -> value, e.g. {"learning_rate": 3e-4, "max_epochs": 30}.
+        batch_size: Shortcut for recipe_overrides["batch_size"] (None = the recipe's).
+        seeds: Number of seeds (runs per fold); seeds are first_seed .. first_seed+seeds-1.
+        first_seed: First seed.
+        max_frames: Crop length override (None = the protocol's: 250 RAVDESS, 400 IEMOCAP/CSV).
+        units: Width of the Dense/LSTM blocks.
+        dropout: Dropout rate after each pointwise block.
+        csv_folds: Speaker groups of the CSV protocol when the manifest has no split column.
+        deterministic: Enable TensorFlow op determinism (repeatable runs, a little slower).
+        cache: "auto" (cache cropped frames in memory when they fit cache_budget_mb) or "off".
+        cache_budget_mb: Memory budget of the frame cache.
+        workers: Threads reading batches ahead of training.
+    """
+
+    stores: dict[str, str] = field(default_factory=dict)
+    features: str = "wav2vec2:all"
+    fusion_features: str | None = None
+    head: str = "dense"
+    norm: str = "speaker"
+    protocol: str = "ravdess"
+    recipe: str = "paper"
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    seeds: int = 5
+    first_seed: int = 0
+    max_frames: int | None = None
+    units: int = 128
+    dropout: float = 0.2
+    csv_folds: int = 5
+    deterministic: bool = True
+    cache: str = "auto"
+    cache_budget_mb: float = 2048.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stores, (str, os.PathLike)):
+            self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
+        if not self.stores:
+            raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
+        self.stores = {str(k): os.path.abspath(os.fspath(v)) for k, v in self.stores.items()}
+        self.recipe_overrides = dict(self.recipe_overrides or {})
+        for name, value, allowed in (("head", self.head, HEADS), ("norm", self.norm, NORMALISATIONS),
+                                     ("protocol", self.protocol, PROTOCOLS), ("cache", self.cache, CACHE_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"ExperimentConfig.{name}={value!r}; expected one of {sorted(allowed)}")
+        self.resolved_recipe()  # validates recipe name and overrides
+        if not (isinstance(self.seeds, int) and self.seeds >= 1):
+            raise ConfigError(f"ExperimentConfig.seeds={self.seeds!r}; expected an integer >= 1 (number of seeds)")
+        if self.max_frames is not None and not (isinstance(self.max_frames, int) and self.max_frames >= 1):
+            raise ConfigError(f"ExperimentConfig.max_frames={self.max_frames!r}; expected an integer >= 1 or None")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"ExperimentConfig.dropout={self.dropout!r}; expected 0 <= dropout < 1")
+        for text in self.selections().values():
+            self.store_alias(text)
+
+    # -- derived values --------------------------------------------------------------------------
+    def resolved_recipe(self) -> Recipe:
+        """The recipe with overrides (and the batch_size shortcut) applied."""
+        overrides = dict(self.recipe_overrides)
+        if self.batch_size is not None:
+            if "batch_size" in overrides and overrides["batch_size"] != self.batch_size:
+                raise ConfigError(f"batch_size={self.batch_size} conflicts with recipe_overrides['batch_size']="
+                                  f"{overrides['batch_size']}; set only one")
+            overrides["batch_size"] = self.batch_size
+        return get_recipe(self.recipe, overrides)
+
+    def selections(self) -> dict[str, str]:
+        """Branch name -> selection string ("main", and "fusion" for the fusion head)."""
+        out = {"main": self.features}
+        if self.head == "fusion":
+            out["fusion"] = self.fusion_features or (
+                f"{FUSION_STORE_ALIAS}/egemaps" if FUSION_STORE_ALIAS in self.stores else "egemaps")
+        elif self.fusion_features:
+            raise ConfigError(f"fusion_features={self.fusion_features!r} is only used by head 'fusion', "
+                              f"got head {self.head!r}; drop it or use head='fusion'")
+        return out
+
+    def store_alias(self, selection: str) -> str:
+        """Alias of the store a selection reads from (its prefix, else the default store)."""
+        sel = parse_selection(selection)
+        if sel.alias is not None:
+            if sel.alias not in self.stores:
+                raise ConfigError(f"selection {selection!r} names store alias {sel.alias!r}, but stores has "
+                                  f"{sorted(self.stores)}; add it to stores or fix the prefix")
+            return sel.alias
+        if len(self.stores) == 1:
+            return next(iter(self.stores))
+        if DEFAULT_STORE_ALIAS in self.stores:
+            return DEFAULT_STORE_ALIAS
+        raise ConfigError(f"selection {selection!r} has no store prefix and stores {sorted(self.stores)} has no "
+                          f"{DEFAULT_STORE_ALIAS!r} alias; write e.g. '{next(iter(self.stores))}/{selection}'")
+
+    # -- (de)serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown train config key {key!r}{hint} Valid keys: {names}")
+        return cls(**dict(d))
+
+    def config_key(self) -> str:
+        """Stable 16-hex-digit hash of everything that changes a run's result.
+
+        Excludes runtime-only fields (cache, cache_budget_mb, workers) and the seed count
+        (adding seeds reuses finished runs); includes the fully resolved recipe and selections.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
+        d["recipe_resolved"] = self.resolved_recipe().to_dict()
+        d["selections"] = self.selections()
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

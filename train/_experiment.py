@@ -1,0 +1,424 @@
+"""Planning, running and summarising stage 2 experiments.
+
+Run directory layout (contract): ``OUT/experiment.json``, ``OUT/runs/<fold>__seed<k>/``
+(written under a temporary name and renamed: complete or absent) and ``OUT/results.json``.
+
+UAR definitions (results.json):
+* ``uar_per_run`` / ``uar_mean`` / ``uar_std``: one UAR per run = (fold, seed), computed on
+  that run's test partition; mean and population std (ddof=0) over all runs.
+* ``uar_pooled_per_seed`` / ``uar_pooled_mean`` / ``uar_pooled_std``: per seed, the
+  predictions of all folds concatenated and scored once (the released code's IEMOCAP
+  scoring); identical to the per-run values for single-fold protocols (RAVDESS).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._config import ExperimentConfig
+from ._dataset import FeatureBatches, Item, Source
+from ._errors import DataError, SelectionError
+from ._heads import make_head
+from ._metrics import accuracy, confusion_matrix, uar
+from ._normalisation import build_normaliser, save_normalisers
+from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
+from ._selection import ResolvedSelection, resolve_selection
+
+__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment"]
+
+log = logging.getLogger("w2v2ser.train")
+FRAME_RATE_TOLERANCE = 0.05  # fused branches must run at the same frame rate within 5 %
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a fold of the protocol trained with one seed."""
+
+    fold: str
+    seed: int
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """Run directory name ``<fold>__seed<k>``."""
+        return f"{self.fold}__seed{self.seed}"
+
+    def split(self) -> dict[str, list[str]]:
+        """Speakers of each partition."""
+        return {"train": list(self.train), "validation": list(self.validation), "test": list(self.test)}
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run (also rebuilt from a complete run directory)."""
+
+    fold: str
+    seed: int
+    uar: float
+    accuracy: float
+    n_test: int
+    epochs: int
+    best_val_loss: float | None
+    path: str
+    skipped: bool = False
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class _Data:
+    stores: dict[str, Any]
+    selections: dict[str, ResolvedSelection]
+    records: list[Any]
+    labels: list[str]
+    classes: tuple[str, ...]
+
+
+def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
+    from w2v2ser.store import open_store
+
+    return {alias: open_store(path) for alias, path in config.stores.items()}
+
+
+def _prepare(config: ExperimentConfig) -> _Data:
+    """Open stores, resolve selections, apply the protocol's labels, check fused stores agree."""
+    stores = _open_stores(config)
+    protocol = get_protocol(config.protocol)
+    sels = {branch: resolve_selection(text, specs=stores[config.store_alias(text)].features,
+                                      alias=config.store_alias(text))
+            for branch, text in config.selections().items()}
+    main_alias = sels["main"].alias
+    records, labels, classes = select_utterances(protocol, stores[main_alias].list_utterances(status="done"))
+    for branch, sel in sels.items():
+        if sel.alias == main_alias:
+            continue
+        other = {r.id: r for r in stores[sel.alias].list_utterances(status="done")}
+        missing = [r.id for r in records if r.id not in other]
+        if missing:
+            raise DataError(f"store {sel.alias!r} ({config.stores[sel.alias]}) lacks {len(missing)} of the "
+                            f"{len(records)} utterances of store {main_alias!r}, e.g. {missing[:3]}; fused stores "
+                            f"must be extracted from the same manifest (finish or rerun that extraction)")
+        bad = [r.id for r in records if (other[r.id].speaker, other[r.id].label) != (r.speaker, r.label)]
+        if bad:
+            raise DataError(f"stores {main_alias!r} and {sel.alias!r} disagree on speaker/label of {bad[:3]}; "
+                            f"they were extracted from different manifests")
+    if "fusion" in sels:
+        a, b = sels["main"].frame_rate, sels["fusion"].frame_rate
+        if abs(a - b) > FRAME_RATE_TOLERANCE * max(a, b):
+            raise SelectionError(f"fused selections run at different frame rates: {sels['main'].text!r} "
+                                 f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
+                                 f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
+    return _Data(stores, sels, records, labels, classes)
+
+
+def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
+    folds = get_protocol(config.protocol).make_folds(data.records, config.csv_folds)
+    for fold in folds:
+        check_disjoint(fold)
+    return folds
+
+
+def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """List every (fold, seed) run of the experiment, fold-major.
+
+    Raises:
+        ProtocolError: Overlapping or empty partitions. SelectionError / DataError: store problems.
+    """
+    data = _prepare(config)
+    seeds = range(config.first_seed, config.first_seed + config.seeds)
+    return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in _folds(config, data) for s in seeds]
+
+
+def _store_fingerprint(config: ExperimentConfig, data: _Data) -> str:
+    ident = {a: {"path": config.stores[a], "features": {s.feature: data.stores[a].features[s.feature].to_dict()
+                                                         for s in data.selections.values() if s.alias == a}}
+             for a in sorted({s.alias for s in data.selections.values()})}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _store_identities(config: ExperimentConfig, stores: dict[str, Any]) -> dict[str, Any]:
+    return {a: {"path": config.stores[a], "features": {n: s.to_dict() for n, s in st.features.items()}}
+            for a, st in stores.items()}
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _configure_threads(threads: int | None) -> None:
+    import tensorflow as tf
+
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+    except RuntimeError:
+        # TensorFlow already initialised in this process: the setting cannot change any more.
+        if tf.config.threading.get_intra_op_parallelism_threads() != int(threads):
+            log.warning("threads=%s ignored: TensorFlow was initialised before train_run in this process", threads)
+
+
+def _peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _complete(run_dir: Path, key: str, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("config_key") == key and metrics.get("store_fingerprint") == fingerprint:
+        return metrics
+    return None
+
+
+def _result(metrics: dict[str, Any], run_dir: Path, skipped: bool) -> RunResult:
+    return RunResult(metrics["fold"], metrics["seed"], metrics["uar"], metrics["accuracy"], metrics["n_test"],
+                     metrics["epochs"], metrics.get("best_val_loss"), str(run_dir), skipped, metrics)
+
+
+# ---------------------------------------------------------------------------------------- runs
+def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
+              verbose: int = 0) -> RunResult:
+    """Train and test one (fold, seed) run and write ``out/runs/<fold>__seed<k>/`` atomically.
+
+    A run directory that is already complete for the same ``config.config_key()`` and store
+    identity is not retrained (``RunResult.skipped`` is True). Safe to call from a separate
+    process (e.g. a Dask task): it opens the stores itself.
+
+    Args:
+        config: The experiment.
+        run_spec: One element of ``plan_runs(config)``.
+        out: Experiment output directory.
+        threads: TensorFlow intra/inter-op thread count, applied before TensorFlow initialises
+            (None = TensorFlow's default).
+        verbose: Keras fit verbosity.
+    """
+    _configure_threads(threads)
+    import keras
+    import tensorflow as tf
+
+    out = Path(out)
+    run_dir = out / "runs" / run_spec.name
+    key = config.config_key()
+    data = _prepare(config)
+    fingerprint = _store_fingerprint(config, data)
+    done = _complete(run_dir, key, fingerprint)
+    if done is not None:
+        return _result(done, run_dir, skipped=True)
+    if not (out / "experiment.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "experiment.json", {**config.to_dict(), "config_key": key,
+                                              "stores_identity": _store_identities(config, data.stores)})
+    check_disjoint(Fold(run_spec.fold, run_spec.train, run_spec.validation, run_spec.test))
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(run_spec.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    recipe = config.resolved_recipe()
+    protocol = get_protocol(config.protocol)
+    max_frames = config.max_frames or protocol.max_frames
+    cls_index = {c: i for i, c in enumerate(data.classes)}
+    parts: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
+    speaker_part = {s: p for p, ss in run_spec.split().items() for s in ss}
+    records_by_id = {}
+    for r, lab in zip(data.records, data.labels):
+        part = speaker_part.get(r.speaker)
+        if part is not None:
+            parts[part].append(Item(r.id, r.speaker, cls_index[lab], float(r.duration)))
+            records_by_id[r.id] = (r, lab)
+    used_speakers = sorted(speaker_part)
+    sources = []
+    normalisers = {}
+    for branch, sel in data.selections.items():
+        normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm,
+                                               train_speakers=run_spec.train, speakers=used_speakers)
+        sources.append(Source(branch, data.stores[sel.alias], sel, normalisers[branch]))
+    common = dict(sources=sources, classes=data.classes, batch_size=recipe.batch_size, max_frames=max_frames,
+                  cache=config.cache, cache_budget_mb=config.cache_budget_mb, workers=config.workers)
+    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
+    val = FeatureBatches(parts["validation"], **common)
+    test = FeatureBatches(parts["test"], **common)
+
+    head = make_head(config.head, units=config.units, dropout=config.dropout, recipe=recipe,
+                     classes=data.classes, verbose=verbose)
+    head.fit(train, validation_data=val)
+    proba = head.predict_proba(test)
+    y_true, y_pred = test.labels, np.argmax(proba, axis=1)
+    hist = head.history_
+    epoch_s, input_s = float(np.sum(hist["epoch_seconds"])), float(np.sum(hist["input_seconds"]))
+    metrics = {
+        "fold": run_spec.fold, "seed": run_spec.seed,
+        "uar": uar(y_true, y_pred, len(data.classes)), "accuracy": accuracy(y_true, y_pred),
+        "n_test": int(len(y_true)), "confusion": confusion_matrix(y_true, y_pred, len(data.classes)).tolist(),
+        "classes": list(data.classes), "split": run_spec.split(),
+        "n_utterances": {p: len(v) for p, v in parts.items()},
+        "epochs": hist["epochs"], "best_epoch": hist.get("best_epoch"), "best_val_loss": hist.get("best_val_loss"),
+        "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": config.norm,
+        "selections": {b: s.to_dict() for b, s in data.selections.items()},
+        "cache": {b: bool(train.cache_bytes) for b in ("train",)},
+        "timing": {"epoch_seconds_mean": epoch_s / max(1, hist["epochs"]),
+                   "input_seconds_mean": input_s / max(1, hist["epochs"]),
+                   "compute_seconds_mean": float(np.mean(hist["compute_seconds"] or [0.0])),
+                   "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb()},
+        "config_key": key, "store_fingerprint": fingerprint,
+    }
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    tmp = out / "runs" / f".{run_spec.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    head.model_.save(tmp / "model.keras")
+    with open(tmp / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes)])
+        for it, p, row in zip(test.items, y_pred, proba):
+            w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
+    _write_json(tmp / "history.json", hist)
+    save_normalisers(tmp / "normalisation.npz", normalisers)
+    if head.layer_weights_:
+        _write_json(tmp / "layer_weights.json", {
+            b: {"alphas": a, "normalised": (np.asarray(a) / max(sum(a), 1e-12)).tolist(),
+                "layers": list(data.selections[b].layers or ()), "store": data.selections[b].alias,
+                "selection": data.selections[b].text}
+            for b, a in head.layer_weights_.items()})
+    _write_json(tmp / "metrics.json", metrics)  # written last: its presence marks the run complete
+    if run_dir.exists():  # stale (other config key): replace it
+        trash = run_dir.with_name(f".{run_spec.name}.old-{os.getpid()}")
+        os.rename(run_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, run_dir)
+    return _result(metrics, run_dir, skipped=False)
+
+
+def _read_predictions(path: Path) -> tuple[list[str], list[str]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r["label"] for r in rows], [r["predicted"] for r in rows]
+
+
+def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
+    """Aggregate the complete runs of ``plan_runs(config)`` into ``out/results.json``.
+
+    Raises:
+        DataError: No planned run is complete for this config key.
+    """
+    out = Path(out)
+    key = config.config_key()
+    specs = plan_runs(config)
+    runs, missing = [], []
+    for spec in specs:
+        metrics_path = out / "runs" / spec.name / "metrics.json"
+        try:
+            m = json.loads(metrics_path.read_text())
+        except (OSError, ValueError):
+            missing.append(spec.name)
+            continue
+        if m.get("config_key") != key:
+            missing.append(spec.name)
+            continue
+        runs.append((spec, m))
+    if not runs:
+        raise DataError(f"no complete run under {out / 'runs'} for config key {key} (planned {len(specs)} runs); "
+                        f"run train_experiment first")
+    classes = runs[0][1]["classes"]
+    idx = {c: i for i, c in enumerate(classes)}
+    per_run = [m["uar"] for _, m in runs]
+    pooled: dict[int, tuple[list[int], list[int]]] = {}
+    for spec, _ in runs:
+        t, p = _read_predictions(out / "runs" / spec.name / "predictions.csv")
+        acc = pooled.setdefault(spec.seed, ([], []))
+        acc[0].extend(idx[v] for v in t)
+        acc[1].extend(idx[v] for v in p)
+    pooled_uar = {str(s): uar(t, p, len(classes)) for s, (t, p) in sorted(pooled.items())}
+    layer_weights = {}
+    for spec, _ in runs:
+        lw = out / "runs" / spec.name / "layer_weights.json"
+        if lw.exists():
+            layer_weights[spec.name] = json.loads(lw.read_text())
+    timings = [m["timing"] for _, m in runs]
+    results = {
+        "uar_mean": float(np.mean(per_run)), "uar_std": float(np.std(per_run)),
+        "uar_per_run": per_run,
+        "runs": [{"name": s.name, "fold": s.fold, "seed": s.seed, "uar": m["uar"], "accuracy": m["accuracy"],
+                  "epochs": m["epochs"], "best_val_loss": m["best_val_loss"], "n_test": m["n_test"]}
+                 for s, m in runs],
+        "uar_pooled_per_seed": pooled_uar,
+        "uar_pooled_mean": float(np.mean(list(pooled_uar.values()))),
+        "uar_pooled_std": float(np.std(list(pooled_uar.values()))),
+        "uar_definition": ("uar_mean/uar_std: mean and population std over runs (fold x seed) of each run's "
+                           "test UAR; uar_pooled_*: per seed, UAR of all folds' predictions concatenated "
+                           "(released code's IEMOCAP scoring)"),
+        "accuracy_mean": float(np.mean([m["accuracy"] for _, m in runs])),
+        "n_test": int(np.mean([len(t) for t, _ in pooled.values()])),
+        "n_runs": len(runs), "n_runs_planned": len(specs), "missing_runs": missing,
+        "classes": classes,
+        "confusion": np.sum([m["confusion"] for _, m in runs], axis=0).tolist(),
+        "config": config.to_dict(), "config_key": key, "recipe": runs[0][1]["recipe"],
+        "splits": {s.fold: s.split() for s, _ in runs},
+        "layer_weights": layer_weights,
+        "timing": {"epoch_seconds_mean": float(np.mean([t["epoch_seconds_mean"] for t in timings])),
+                   "input_seconds_mean": float(np.mean([t["input_seconds_mean"] for t in timings])),
+                   "compute_seconds_mean": float(np.mean([t["compute_seconds_mean"] for t in timings])),
+                   "input_share": float(np.mean([t["input_share"] for t in timings])),
+                   "peak_rss_mb": float(max(t["peak_rss_mb"] for t in timings))},
+    }
+    _write_json(out / "results.json", results)
+    return results
+
+
+def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: bool = True,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Plan, train every run (skipping complete ones) and summarise; returns results.json's dict.
+
+    Args:
+        config: The experiment.
+        out: Output directory (created).
+        progress: Print one line per run (run i/N, fold, seed, epochs, val loss, UAR, seconds).
+        threads: TensorFlow thread count (see train_run).
+    """
+    _configure_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = plan_runs(config)
+    stores = _open_stores(config)
+    _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
+                                          "stores_identity": _store_identities(config, stores)})
+    for i, spec in enumerate(specs, 1):
+        t0 = time.perf_counter()
+        res = train_run(config, spec, out=out, threads=threads)
+        if progress:
+            vl = "n/a" if res.best_val_loss is None else f"{res.best_val_loss:.4f}"
+            print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "
+                  f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
+                  f"{', already complete' if res.skipped else ''})", flush=True)
+    return summarize_runs(config, out)

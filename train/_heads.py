@@ -1,0 +1,250 @@
+"""Classification heads of Figure 1 (Pepino et al., 2021), scikit-learn style.
+
+Hyperparameters go to ``__init__``; ``fit`` returns self; learned state ends in ``_``
+(``model_``, ``history_``, ``layer_weights_``, ``classes_``). Inputs are a
+:class:`FeatureBatches` (streaming from the store) or, for small in-memory use, a list of
+[frames, ...] arrays (a dict branch -> list for the fusion head) plus labels.
+
+* Dense:  [weighted average of layers] -> Dense(128, relu) -> Dropout(0.2) -> Dense(128, relu)
+  -> Dropout(0.2), applied per frame -> masked mean over time -> softmax.
+* LSTM:   the second pointwise block replaced by LSTM(128) over the masked frames (final state).
+* Fusion: a second branch (eGeMAPS) through its own first Dense block; both first-block
+  outputs are concatenated per frame, then the second block, masked mean and softmax.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from ._errors import ConfigError, DataError
+from ._layers import FrameMask, LayerWeightedAverage, MaskedMean
+from ._recipes import Recipe, get_recipe
+
+__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head"]
+
+
+class _ArrayBatches:
+    """In-memory counterpart of FeatureBatches for lists of [frames, ...] arrays."""
+
+    def __init__(self, x: Any, y: Sequence[int] | None, *, batch_size: int, shuffle: bool, seed: int) -> None:
+        self.arrays = {"main": list(x)} if not isinstance(x, Mapping) else {k: list(v) for k, v in x.items()}
+        n = {len(v) for v in self.arrays.values()}
+        if len(n) != 1:
+            raise DataError(f"branches have different numbers of utterances: { {k: len(v) for k, v in self.arrays.items()} }")
+        self.n = n.pop()
+        self.y = np.zeros(self.n, np.int32) if y is None else np.asarray(y, dtype=np.int32)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self._rng = np.random.default_rng(seed)
+        self.frame_shapes = {k: tuple(np.asarray(v[0]).shape[1:]) for k, v in self.arrays.items()}
+        self.input_seconds = 0.0
+
+    def iterate(self) -> Any:
+        order = self._rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for s in range(0, self.n, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            lengths = [min(len(self.arrays[k][i]) for k in self.arrays) for i in idx]
+            t = max(1, max(lengths))
+            inputs = {}
+            for k, arrs in self.arrays.items():
+                out = np.zeros((len(idx), t, *self.frame_shapes[k]), np.float32)
+                for j, i in enumerate(idx):
+                    out[j, :lengths[j]] = np.asarray(arrs[i])[:lengths[j]]
+                inputs[k] = out
+            mask = np.zeros((len(idx), t), np.float32)
+            for j, n in enumerate(lengths):
+                mask[j, :n] = 1.0
+            inputs["mask"] = mask
+            yield inputs, self.y[idx]
+
+    def as_tf_dataset(self) -> Any:
+        import tensorflow as tf
+
+        spec = {k: tf.TensorSpec((None, None, *s), tf.float32) for k, s in self.frame_shapes.items()}
+        spec["mask"] = tf.TensorSpec((None, None), tf.float32)
+        ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
+        return ds.apply(tf.data.experimental.assert_cardinality(-(-self.n // self.batch_size)))
+
+
+def _frame_shapes(data: Any) -> dict[str, tuple[int, ...]]:
+    if hasattr(data, "sources"):
+        return {s.branch: s.selection.frame_shape for s in data.sources}
+    return data.frame_shapes
+
+
+class _Timing(keras.callbacks.Callback):
+    """Per-epoch wall time, time spent reading input, and time in training steps."""
+
+    def __init__(self, datasets: Sequence[Any]) -> None:
+        super().__init__()
+        self.datasets = [d for d in datasets if d is not None]
+        self.epoch_seconds: list[float] = []
+        self.input_seconds: list[float] = []
+        self.compute_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._t0 = time.perf_counter()
+        self._in0 = sum(d.input_seconds for d in self.datasets)
+        self._compute = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self._b0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self._compute += time.perf_counter() - self._b0
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._t0)
+        self.input_seconds.append(sum(d.input_seconds for d in self.datasets) - self._in0)
+        self.compute_seconds.append(self._compute)
+
+
+class _BaseHead:
+    """Shared fit/predict logic; subclasses build the Keras graph."""
+
+    def __init__(self, *, units: int = 128, dropout: float = 0.2, recipe: Recipe | str = "paper",
+                 classes: Sequence[str] | None = None, seed: int | None = None, verbose: int = 0) -> None:
+        self.units = units
+        self.dropout = dropout
+        self.recipe = recipe
+        self.classes = classes
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- graph -------------------------------------------------------------------------------
+    def _branch_input(self, branch: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        inp = keras.Input(shape=(None, *shape), name=branch)
+        x = LayerWeightedAverage(name=f"{branch}_layer_weights")(inp) if len(shape) == 2 else inp
+        return inp, x
+
+    def _block(self, x: Any, name: str) -> Any:
+        x = keras.layers.Dense(self.units, activation="relu", name=f"{name}_dense")(x)
+        return keras.layers.Dropout(self.dropout, name=f"{name}_dropout")(x)
+
+    def _body(self, branches: dict[str, Any], mask: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _build(self, shapes: Mapping[str, tuple[int, ...]], n_classes: int) -> keras.Model:
+        inputs, branches = {}, {}
+        for branch, shape in shapes.items():
+            inputs[branch], branches[branch] = self._branch_input(branch, shape)
+        inputs["mask"] = keras.Input(shape=(None,), name="mask")
+        pooled = self._body(branches, inputs["mask"])
+        out = keras.layers.Dense(n_classes, activation="softmax", name="classifier")(pooled)
+        return keras.Model(inputs=inputs, outputs=out, name=type(self).__name__)
+
+    # -- sklearn-like API ----------------------------------------------------------------------
+    def _resolved_recipe(self) -> Recipe:
+        return get_recipe(self.recipe) if isinstance(self.recipe, str) else self.recipe
+
+    def _data(self, x: Any, y: Any, *, shuffle: bool, seed: int) -> Any:
+        if hasattr(x, "as_tf_dataset"):
+            return x
+        return _ArrayBatches(x, y, batch_size=self._resolved_recipe().batch_size, shuffle=shuffle, seed=seed)
+
+    def fit(self, x: Any, y: Sequence[int] | None = None, *, validation_data: Any = None,
+            callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":
+        """Train on ``x`` with early stopping on ``validation_data`` (when given).
+
+        Args:
+            x: FeatureBatches, or a list of [frames, ...] arrays (dict branch -> list for fusion).
+            y: Integer labels when ``x`` holds arrays.
+            validation_data: FeatureBatches, or a tuple (arrays, labels).
+            callbacks: Extra Keras callbacks.
+
+        Returns:
+            self, with ``model_``, ``history_``, ``layer_weights_``, ``classes_`` set.
+        """
+        recipe = self._resolved_recipe()
+        if self.seed is not None:
+            keras.utils.set_random_seed(self.seed)
+        seed = 0 if self.seed is None else self.seed
+        train = self._data(x, y, shuffle=True, seed=seed)
+        val = None
+        if validation_data is not None:
+            val = validation_data if hasattr(validation_data, "as_tf_dataset") else self._data(
+                validation_data[0], validation_data[1], shuffle=False, seed=seed)
+        classes = self.classes or getattr(train, "classes", None)
+        if not classes:
+            labels = train.labels if hasattr(train, "labels") else train.y
+            classes = list(range(int(np.max(labels)) + 1))
+        self.classes_ = np.array(list(classes))
+        self.model_ = self._build(_frame_shapes(train), len(self.classes_))
+        self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,
+                                                            clipvalue=recipe.clipvalue),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        timing = _Timing([train, val])
+        cbs: list[keras.callbacks.Callback] = [timing, *callbacks]
+        if val is not None:
+            self._stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience,
+                                                          restore_best_weights=recipe.restore_best)
+            cbs.append(self._stopper)
+        hist = self.model_.fit(train.as_tf_dataset(), validation_data=None if val is None else val.as_tf_dataset(),
+                               epochs=recipe.max_epochs, callbacks=cbs, verbose=self.verbose,
+                               shuffle=False)  # the data shuffles itself, per epoch
+        h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        h.update(epoch_seconds=timing.epoch_seconds, input_seconds=timing.input_seconds,
+                 compute_seconds=timing.compute_seconds, epochs=len(timing.epoch_seconds))
+        if "val_loss" in h:
+            h["best_epoch"] = int(np.argmin(h["val_loss"])) + 1
+            h["best_val_loss"] = float(np.min(h["val_loss"]))
+        self.history_ = h
+        self.layer_weights_ = {
+            layer.name.removesuffix("_layer_weights"): [float(a) for a in keras.ops.convert_to_numpy(layer.alphas)]
+            for layer in self.model_.layers if isinstance(layer, LayerWeightedAverage)}
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
+        if not hasattr(self, "model_"):
+            raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
+        data = self._data(x, None, shuffle=False, seed=0)
+        if getattr(data, "shuffle", False):
+            raise ConfigError("predict_proba needs an unshuffled FeatureBatches (shuffle=False) to keep the order")
+        return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted classes (elements of ``classes_``)."""
+        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+
+class DenseHead(_BaseHead):
+    """Two pointwise Dense blocks, masked mean over time, softmax."""
+
+    def _body(self, branches: dict[str, Any], mask: Any) -> Any:
+        x = self._block(self._block(branches["main"], "block1"), "block2")
+        return MaskedMean(name="masked_mean")(x, mask)
+
+
+class LSTMHead(_BaseHead):
+    """First pointwise Dense block, then LSTM(units) over the masked frames (final state)."""
+
+    def _body(self, branches: dict[str, Any], mask: Any) -> Any:
+        x = self._block(branches["main"], "block1")
+        return keras.layers.LSTM(self.units, name="lstm")(x, mask=FrameMask(name="frame_mask")(mask))
+
+
+class FusionHead(_BaseHead):
+    """Main branch and a second (eGeMAPS) branch, each through its own first block, concatenated per frame."""
+
+    def _body(self, branches: dict[str, Any], mask: Any) -> Any:
+        if "fusion" not in branches:
+            raise ConfigError("FusionHead needs a 'fusion' input branch (set fusion_features, e.g. 'egemaps')")
+        a = self._block(branches["main"], "block1")
+        b = self._block(branches["fusion"], "fusion_block1")
+        x = keras.layers.Concatenate(axis=-1, name="concat")([a, b])
+        x = self._block(x, "block2")
+        return MaskedMean(name="masked_mean")(x, mask)
+
+
+HEADS: dict[str, type[_BaseHead]] = {"dense": DenseHead, "lstm": LSTMHead, "fusion": FusionHead}
+
+
+def make_head(name: str, **kwargs: Any) -> _BaseHead:
+    """Instantiate a head by name ("dense", "lstm", "fusion")."""
+    if name not in HEADS:
+        raise ConfigError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
+    return HEADS[name](**kwargs)

@@ -1,0 +1,62 @@
+"""Custom Keras layers of the heads (registered so ``model.keras`` loads back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask"]
+
+
+@keras.saving.register_keras_serializable(package="w2v2ser")
+class LayerWeightedAverage(keras.layers.Layer):
+    """f = sum_i alpha_i f_i / sum_i alpha_i over the layer axis of [B, T, L, D] inputs.
+
+    Every alpha_i starts at 1.0 (plain average) and is kept non-negative by a NonNeg
+    constraint applied after each optimiser step; ``epsilon`` guards the all-zero case.
+    """
+
+    def __init__(self, epsilon: float = 1e-7, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape: tuple) -> None:
+        self.alphas = self.add_weight(name="alphas", shape=(int(input_shape[-2]),), initializer="ones",
+                                      constraint=keras.constraints.NonNeg(), trainable=True)
+
+    def call(self, inputs: Any) -> Any:
+        w = self.alphas / (ops.sum(self.alphas) + self.epsilon)
+        return ops.einsum("btld,l->btd", inputs, w)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-2], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="w2v2ser")
+class MaskedMean(keras.layers.Layer):
+    """Mean over time of [B, T, D] frames where mask [B, T] is 1; padding never contributes."""
+
+    def call(self, frames: Any, frame_mask: Any) -> Any:
+        m = ops.expand_dims(ops.cast(frame_mask, frames.dtype), -1)
+        total = ops.sum(frames * m, axis=1)
+        count = ops.maximum(ops.sum(m, axis=1), 1.0)
+        return total / count
+
+    def compute_output_shape(self, frames_shape: tuple, frame_mask_shape: tuple) -> tuple:
+        return (frames_shape[0], frames_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="w2v2ser")
+class FrameMask(keras.layers.Layer):
+    """Float [B, T] mask input -> boolean mask for recurrent layers."""
+
+    def call(self, inputs: Any) -> Any:
+        return ops.greater(inputs, 0.5)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape

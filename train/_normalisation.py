@@ -1,0 +1,135 @@
+"""Feature normalisation: per speaker, global (training speakers only), or none.
+
+Statistics always come from the store's exact per-speaker parts
+(``FeatureStore.compose_statistics``), so no pass over the frames is needed and global
+statistics never see validation or test speakers.
+
+eGeMAPS: statistics are those of the stored 10 ms frames. Normalisation is an affine map per
+dimension, so normalising before or after pair averaging gives the same frames; the
+pair-averaged frames therefore have mean ~0 but a variance somewhat below 1 (averaging two
+correlated neighbours). This matches normalising the LLDs and then downsampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._errors import ConfigError, DataError
+from ._selection import ResolvedSelection
+
+__all__ = ["NORMALISATIONS", "Normaliser", "build_normaliser", "load_normalisers", "save_normalisers", "STD_FLOOR"]
+
+NORMALISATIONS = ("speaker", "global", "none")
+# A standard deviation below this is treated as 1 (constant dimension -> zeros, never NaN/inf).
+STD_FLOOR = 1e-6
+
+
+def _floor(std: np.ndarray) -> np.ndarray:
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(np.isfinite(std) & (std >= STD_FLOOR), std, 1.0)
+
+
+@dataclass
+class Normaliser:
+    """Mean/std normalisation of one selection, per layer and dimension.
+
+    Attributes:
+        mode: "speaker", "global" or "none".
+        mean: Global mean, shape ``selection.frame_shape`` (mode "global").
+        std: Global std (floored), same shape.
+        speaker_mean: Speaker -> mean (mode "speaker").
+        speaker_std: Speaker -> floored std (mode "speaker").
+    """
+
+    mode: str
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    speaker_mean: dict[str, np.ndarray] = field(default_factory=dict)
+    speaker_std: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def apply(self, frames: np.ndarray, speaker: str) -> np.ndarray:
+        """Return float32 normalised frames ([T, ...]) of one utterance of ``speaker``."""
+        x = frames.astype(np.float32, copy=True)
+        if self.mode == "none":
+            return x
+        if self.mode == "global":
+            mean, std = self.mean, self.std
+        else:
+            if speaker not in self.speaker_mean:
+                raise DataError(
+                    f"no statistics for speaker {speaker!r} (speaker normalisation); the store's per-speaker "
+                    f"statistics lack it: re-finalize the store or use norm='global'")
+            mean, std = self.speaker_mean[speaker], self.speaker_std[speaker]
+        x -= mean.astype(np.float32)
+        x /= std.astype(np.float32)
+        return x
+
+
+def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
+                     train_speakers: Sequence[str], speakers: Sequence[str]) -> Normaliser:
+    """Compose the statistics a normaliser needs from the store's per-speaker parts.
+
+    Args:
+        store: Open FeatureStore holding ``selection.feature``.
+        selection: The resolved selection (decides which layers are composed).
+        mode: "speaker", "global" or "none".
+        train_speakers: Speakers of the training partition (global statistics use only these).
+        speakers: Every speaker whose utterances will be normalised (speaker statistics).
+
+    Raises:
+        ConfigError: Unknown mode.
+    """
+    if mode not in NORMALISATIONS:
+        raise ConfigError(f"unknown normalisation {mode!r}; expected one of {list(NORMALISATIONS)}")
+    if mode == "none":
+        return Normaliser("none")
+    layers = list(selection.layers) if selection.layers is not None else None
+
+    def compose(spk: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        stats = store.compose_statistics(selection.feature, speakers=list(spk), layers=layers)
+        mean = np.asarray(stats.mean, dtype=np.float64).reshape(selection.frame_shape)
+        var = np.asarray(stats.variance, dtype=np.float64).reshape(selection.frame_shape)
+        return mean, _floor(np.sqrt(np.maximum(var, 0.0)))
+
+    if mode == "global":
+        mean, std = compose(sorted(set(train_speakers)))
+        return Normaliser("global", mean=mean, std=std)
+    norm = Normaliser("speaker")
+    for spk in sorted(set(speakers)):
+        norm.speaker_mean[spk], norm.speaker_std[spk] = compose([spk])
+    return norm
+
+
+def save_normalisers(path: Path, normalisers: dict[str, Normaliser]) -> None:
+    """Write ``normalisation.npz``: global mean/std per branch, or a speaker-norm flag.
+
+    Keys: ``<branch>__mode`` (string), ``<branch>__mean`` / ``<branch>__std`` for global mode,
+    ``<branch>__speaker_norm`` (bool) — with speaker normalisation a new speaker's own
+    statistics must be computed at prediction time.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for branch, norm in normalisers.items():
+        arrays[f"{branch}__mode"] = np.array(norm.mode)
+        arrays[f"{branch}__speaker_norm"] = np.array(norm.mode == "speaker")
+        if norm.mode == "global":
+            arrays[f"{branch}__mean"] = norm.mean
+            arrays[f"{branch}__std"] = norm.std
+    np.savez(path, **arrays)
+
+
+def load_normalisers(path: Path) -> dict[str, Normaliser]:
+    """Read ``normalisation.npz`` back (speaker mode returns an empty speaker table)."""
+    out: dict[str, Normaliser] = {}
+    with np.load(path) as data:
+        branches = sorted({k.split("__")[0] for k in data.files})
+        for b in branches:
+            mode = str(data[f"{b}__mode"])
+            if mode == "global":
+                out[b] = Normaliser("global", mean=data[f"{b}__mean"], std=data[f"{b}__std"])
+            else:
+                out[b] = Normaliser(mode)
+    return out

@@ -1,0 +1,204 @@
+"""Evaluation protocols: classes, label merging, speaker splits, crop length.
+
+* ``ravdess``: speech and song, 7 classes (calm merged into neutral); actors 1-20 train,
+  21-22 validation, 23-24 test; one fold named ``split``; 250 frames at most.
+* ``iemocap``: neutral, happiness (excitement merged), anger, sadness, other labels dropped;
+  leave-one-session-out, 5 folds named ``session1``..``session5`` after the test session; the
+  validation (early-stopping) session is the NEXT session cyclically (test 5 -> validation 1),
+  the remaining three train; 400 frames at most (audio trimmed to 15 s at extraction).
+* ``csv``: classes are the manifest's labels; the ``split`` column (train/validation/test) gives
+  one fold named ``split``; without it, speakers are sorted and cut into ``csv_folds``
+  contiguous groups, leave-one-group-out (folds ``group1``..), validation = next group
+  cyclically; 400 frames at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._errors import ConfigError, ProtocolError
+
+__all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances"]
+
+log = logging.getLogger("w2v2ser.train")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Speakers of the three partitions of one fold."""
+
+    name: str
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready split description."""
+        return {"fold": self.name, "train": list(self.train), "validation": list(self.validation),
+                "test": list(self.test)}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol.
+
+    Attributes:
+        name: Registry key.
+        classes: Class names in output order (empty: taken from the data, CSV).
+        label_map: Raw label (lower case) -> class name; None keeps raw labels (CSV).
+        max_frames: Longest input in frames of the (pair-averaged) feature; longer ones keep
+            their first ``max_frames`` frames.
+        make_folds: Function (records, csv_folds) -> list of Fold.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    label_map: dict[str, str] | None
+    max_frames: int
+    make_folds: Callable[[Sequence[Any], int], list[Fold]]
+
+    def map_label(self, raw: str) -> str | None:
+        """Class of a raw label, or None when the protocol drops it."""
+        if self.label_map is None:
+            return raw if raw else None
+        return self.label_map.get(str(raw).strip().lower())
+
+    def class_names(self, records: Sequence[Any]) -> tuple[str, ...]:
+        """Output classes (CSV: sorted distinct labels of the records)."""
+        if self.classes:
+            return self.classes
+        return tuple(sorted({r.label for r in records if r.label}))
+
+
+def check_disjoint(fold: Fold) -> None:
+    """Raise ProtocolError unless train/validation/test speakers are disjoint and non-empty."""
+    parts = {"train": set(fold.train), "validation": set(fold.validation), "test": set(fold.test)}
+    for name, speakers in parts.items():
+        if not speakers:
+            raise ProtocolError(f"fold {fold.name!r}: the {name} partition has no speakers; "
+                                f"check the store's speaker/split/session columns")
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        both = parts[a] & parts[b]
+        if both:
+            raise ProtocolError(
+                f"fold {fold.name!r}: speakers {sorted(both)} are in both {a} and {b}; speaker-independent "
+                f"evaluation needs disjoint partitions (fix the manifest's split column)")
+
+
+def _actor_number(speaker: str) -> int:
+    digits = re.findall(r"\d+", speaker)
+    if not digits:
+        raise ProtocolError(f"RAVDESS speaker {speaker!r} has no actor number; expected e.g. 'Actor_12'")
+    return int(digits[-1])
+
+
+def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
+    speakers = sorted({r.speaker for r in records})
+    part = {s: _actor_number(s) for s in speakers}
+    fold = Fold("split", tuple(s for s in speakers if 1 <= part[s] <= 20),
+                tuple(s for s in speakers if part[s] in (21, 22)),
+                tuple(s for s in speakers if part[s] in (23, 24)))
+    return [fold]
+
+
+def session_of(record: Any) -> int:
+    """IEMOCAP session number (1-5) from the session column, the speaker, or the id."""
+    for text in (record.session, record.speaker, record.id):
+        m = re.search(r"Ses(?:sion)?0*(\d)", str(text))
+        if m:
+            return int(m.group(1))
+    raise ProtocolError(f"cannot tell the IEMOCAP session of utterance {record.id!r} (session={record.session!r}, "
+                        f"speaker={record.speaker!r}); expected 'Session1' or a 'Ses01F' speaker")
+
+
+def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
+    by_session: dict[int, set[str]] = {k: set() for k in range(1, 6)}
+    for r in records:
+        by_session.setdefault(session_of(r), set()).add(r.speaker)
+    folds = []
+    for test in range(1, 6):
+        val = test % 5 + 1
+        train = [s for k in range(1, 6) if k not in (test, val) for s in sorted(by_session[k])]
+        folds.append(Fold(f"session{test}", tuple(train), tuple(sorted(by_session[val])),
+                          tuple(sorted(by_session[test]))))
+    return folds
+
+
+def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
+    splits = {r.split for r in records}
+    if splits - {""}:
+        bad = splits - {"train", "validation", "test"}
+        if bad:
+            raise ProtocolError(f"CSV manifest split values {sorted(bad)} are not train/validation/test; "
+                                f"fix the split column (or leave it empty everywhere for speaker-group folds)")
+        part: dict[str, set[str]] = {"train": set(), "validation": set(), "test": set()}
+        for r in records:
+            if r.split:
+                part[r.split].add(r.speaker)
+        return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
+    speakers = sorted({r.speaker for r in records})
+    k = min(int(csv_folds), len(speakers))
+    if k < 3:
+        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
+                            f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
+    groups = [tuple(g) for g in np.array_split(np.array(speakers, dtype=object), k)]
+    folds = []
+    for i in range(k):
+        v = (i + 1) % k
+        train = tuple(s for j, g in enumerate(groups) if j not in (i, v) for s in g)
+        folds.append(Fold(f"group{i + 1}", train, groups[v], groups[i]))
+    return folds
+
+
+_RAVDESS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry",
+            "fearful": "fearful", "fear": "fearful", "disgust": "disgust", "disgusted": "disgust",
+            "surprised": "surprised", "surprise": "surprised",
+            "01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
+            "07": "disgust", "08": "surprised"}
+_IEMOCAP = {"neu": "neutral", "neutral": "neutral", "hap": "happiness", "happy": "happiness",
+            "happiness": "happiness", "exc": "happiness", "excited": "happiness", "excitement": "happiness",
+            "ang": "anger", "angry": "anger", "anger": "anger", "sad": "sadness", "sadness": "sadness"}
+
+PROTOCOLS: dict[str, Protocol] = {
+    "ravdess": Protocol("ravdess", ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+                        _RAVDESS, 250, _ravdess_folds),
+    "iemocap": Protocol("iemocap", ("neutral", "happiness", "anger", "sadness"), _IEMOCAP, 400, _iemocap_folds),
+    "csv": Protocol("csv", (), None, 400, _csv_folds),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """Return the protocol registered under ``name``."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def select_utterances(protocol: Protocol, records: Sequence[Any]) -> tuple[list[Any], list[str], tuple[str, ...]]:
+    """Keep the records whose label maps to a protocol class.
+
+    Returns:
+        (kept records, their class names, all class names). Dropped labels are logged with counts.
+    """
+    kept, labels, dropped = [], [], Counter()
+    for r in records:
+        cls = protocol.map_label(r.label)
+        if cls is None:
+            dropped[r.label] += 1
+        else:
+            kept.append(r)
+            labels.append(cls)
+    if dropped:
+        log.warning("protocol %s: dropped %d utterances whose labels are outside its classes: %s",
+                    protocol.name, sum(dropped.values()), dict(sorted(dropped.items())))
+    if not kept:
+        raise ProtocolError(f"protocol {protocol.name!r} kept no utterance: store labels {sorted(dropped)} "
+                            f"match none of its classes {list(protocol.classes)}; pick the right --protocol")
+    classes = protocol.classes or tuple(sorted(set(labels)))
+    return kept, labels, classes

@@ -1,0 +1,146 @@
+"""Feature selections: which stored feature (and which layers) a head sees.
+
+Grammar: ``[ALIAS/]FEATURE[:LAYERS]`` where LAYERS is only allowed (and required) for
+layered features such as wav2vec2:
+
+* ``local``      -> layer 0 (feature-projection output of the CNN encoder)
+* ``contextual`` -> the last layer (12 for wav2vec2-base)
+* ``all``        -> every layer, through a trainable weighted average
+* ``N``          -> layer N
+* ``A-B``        -> layers A..B inclusive, through a trainable weighted average
+
+eGeMAPS (100 fps) is averaged in pairs of 10 ms frames to 20 ms so that it runs at the
+same ~50 fps as wav2vec2 (the released code's DownsampleDP, mode mean, factor 2).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ._errors import SelectionError
+
+__all__ = ["Selection", "parse_selection", "resolve_selection", "ResolvedSelection", "VALID_FORMS"]
+
+VALID_FORMS = (
+    "wav2vec2:local, wav2vec2:contextual, wav2vec2:all, wav2vec2:N (one layer), wav2vec2:A-B (layer range), "
+    "egemaps, spectrogram; any of them may be prefixed by a store alias, e.g. asr/wav2vec2:all"
+)
+# Features whose 10 ms frames are averaged in pairs (paper section 3.2 and the released code).
+PAIR_AVERAGED = frozenset({"egemaps"})
+_PATTERN = re.compile(r"^(?:(?P<alias>[A-Za-z0-9_.-]+)/)?(?P<feature>[A-Za-z0-9_.-]+)(?::(?P<layers>[A-Za-z0-9-]+))?$")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A parsed selection string (not yet checked against a store)."""
+
+    text: str
+    alias: str | None
+    feature: str
+    layers: str | None  # "local" | "contextual" | "all" | "N" | "A-B" | None
+
+
+@dataclass(frozen=True)
+class ResolvedSelection:
+    """A selection checked against a store's FeatureSpec.
+
+    Attributes:
+        text: The selection as written.
+        alias: Store alias it reads from.
+        feature: Stored feature name.
+        layers: Layer indices read (None for features without a layer axis).
+        weighted: True when several layers go through a trainable weighted average.
+        pair_average: True when 10 ms frames are averaged in pairs.
+        dim: Feature dimension per frame (and per layer).
+        frame_rate: Frames per second after pair averaging.
+    """
+
+    text: str
+    alias: str
+    feature: str
+    layers: tuple[int, ...] | None
+    weighted: bool
+    pair_average: bool
+    dim: int
+    frame_rate: float
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one frame as fed to the head: (layers, dim) or (dim,)."""
+        return (len(self.layers), self.dim) if self.weighted else (self.dim,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {"text": self.text, "alias": self.alias, "feature": self.feature,
+                "layers": list(self.layers) if self.layers is not None else None,
+                "weighted": self.weighted, "pair_average": self.pair_average,
+                "dim": self.dim, "frame_rate": self.frame_rate}
+
+
+def parse_selection(text: str) -> Selection:
+    """Parse ``[ALIAS/]FEATURE[:LAYERS]``.
+
+    Raises:
+        SelectionError: The string does not follow the grammar.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise SelectionError(f"feature selection must be a non-empty string, got {text!r}; valid forms: {VALID_FORMS}")
+    match = _PATTERN.match(text.strip())
+    if match is None:
+        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {VALID_FORMS}")
+    layers = match.group("layers")
+    if layers is not None and not (layers in ("local", "contextual", "all") or re.fullmatch(r"\d+(-\d+)?", layers)):
+        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {VALID_FORMS}")
+    return Selection(text=text.strip(), alias=match.group("alias"), feature=match.group("feature"), layers=layers)
+
+
+def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], alias: str) -> ResolvedSelection:
+    """Check a selection against the FeatureSpecs of its store.
+
+    Args:
+        selection: Parsed selection or selection string.
+        specs: The store's ``features`` mapping (name -> FeatureSpec).
+        alias: Alias of the store the selection reads from (for messages and records).
+
+    Raises:
+        SelectionError: Unknown feature, missing/forbidden layer part, or layer out of range.
+    """
+    sel = parse_selection(selection) if isinstance(selection, str) else selection
+    if sel.feature not in specs:
+        raise SelectionError(
+            f"feature {sel.feature!r} of selection {sel.text!r} is not in store {alias!r}; "
+            f"it holds {sorted(specs)} (extract it first or pick another store alias)")
+    spec = specs[sel.feature]
+    n_layers = spec.layers
+    pair = sel.feature in PAIR_AVERAGED
+    rate = float(spec.frame_rate) / (2.0 if pair else 1.0)
+    if n_layers is None:
+        if sel.layers is not None:
+            raise SelectionError(
+                f"feature {sel.feature!r} has no layers, but selection {sel.text!r} names layers {sel.layers!r}; "
+                f"write just {sel.feature!r}")
+        return ResolvedSelection(sel.text, alias, sel.feature, None, False, pair, int(spec.dim), rate)
+    if sel.layers is None:
+        raise SelectionError(
+            f"feature {sel.feature!r} has {n_layers} layers; selection {sel.text!r} must say which: "
+            f"{sel.feature}:local, {sel.feature}:contextual, {sel.feature}:all, {sel.feature}:N or {sel.feature}:A-B")
+    if sel.layers == "local":
+        layers: tuple[int, ...] = (0,)
+    elif sel.layers == "contextual":
+        layers = (n_layers - 1,)
+    elif sel.layers == "all":
+        layers = tuple(range(n_layers))
+    elif "-" in sel.layers:
+        lo, hi = (int(v) for v in sel.layers.split("-"))
+        if lo > hi:
+            raise SelectionError(f"layer range {sel.layers!r} in {sel.text!r} is reversed; write {hi}-{lo}")
+        layers = tuple(range(lo, hi + 1))
+    else:
+        layers = (int(sel.layers),)
+    if max(layers) >= n_layers:
+        raise SelectionError(
+            f"selection {sel.text!r} asks for layer {max(layers)}, but feature {sel.feature!r} in store {alias!r} "
+            f"has {n_layers} layers (0..{n_layers - 1}); choose layers within that range")
+    return ResolvedSelection(sel.text, alias, sel.feature, layers, len(layers) > 1, pair, int(spec.dim), rate)

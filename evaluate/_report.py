@@ -143,7 +143,7 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
         "normalisation": run.normalisation, "recipe": run.recipe, "recipe_detail": recipe_detail,
         "model_ids": list(run.model_ids), "uar_mean": run.uar_mean, "uar_std": run.uar_std,
         "uar_per_run": list(run.uar_runs), "n_runs": run.n_runs, "accuracy_mean": run.accuracy_mean,
-        "classes": list(run.classes), "runs_finished": run.runs_finished,
+        "classes": list(run.classes), "runs_finished": run.runs_finished, "scoring": run.scoring,
         "layer_weights": [list(v) for v in run.layer_weights], "confusion_png": confusion_png,
     }
 
@@ -202,8 +202,10 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
 def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     table = data["feature_table"]
     lines = ["# w2v2ser evaluation report", "",
-             f"Created {data['created']}. Cells: UAR mean ± std in percent over the runs "
-             "(seeds × folds) of one run directory, n = number of runs.", "",
+             f"Created {data['created']}. Cells: UAR mean ± std (population std) in percent over the "
+             "runs of one run directory, n = number of values. Single-fold protocols (RAVDESS): one UAR "
+             "per seed. Multi-fold protocols (IEMOCAP sessions): per seed, the predictions of all folds "
+             "are pooled and scored once (the released code's scoring), so n = seeds.", "",
              "## Feature selection × corpus (paper, Table 1)", ""]
     header = ["Feature selection", "Head", "Normalisation", "Recipe"] + table["columns"]
     rows = [[r["features"], r["head"], r["normalisation"], r["recipe"]]
@@ -221,10 +223,10 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     rows = [[e["name"], e["status"], e["corpus"], e["features"], e["head"], e["recipe"],
              "—" if e["uar_mean"] is None else f"{e['uar_mean']:.1f}",
              "—" if e["accuracy_mean"] is None else f"{e['accuracy_mean']:.1f}",
-             str(e["n_runs"]), f"![]({e['confusion_png']})" if e["confusion_png"] else "—"]
+             str(e["n_runs"]), e["scoring"], f"![]({e['confusion_png']})" if e["confusion_png"] else "—"]
             for e in entries]
     lines += _markdown_table(["Run dir", "Status", "Corpus", "Feature selection", "Head", "Recipe",
-                              "UAR %", "Accuracy %", "n", "Confusion"], rows)
+                              "UAR %", "Accuracy %", "n", "Scoring", "Confusion"], rows)
     recipes = {}
     for e in entries:
         if isinstance(e["recipe_detail"], dict):

@@ -53,10 +53,12 @@ class RunSummary:
     #: normalised layer weights, one list per run (seed/fold)
     layer_weights: tuple[tuple[float, ...], ...] = ()
     runs_finished: int = 0
+    #: "per run" (one UAR per fold × seed) or "pooled over folds, per seed" (IEMOCAP scoring)
+    scoring: str = "per run"
 
     @property
     def n_runs(self) -> int:
-        """Number of runs (seeds × folds) the UAR statistics summarise."""
+        """Number of UAR values the statistics summarise (runs, or seeds when pooled)."""
         return len(self.uar_runs)
 
 
@@ -138,11 +140,27 @@ def model_tag(model_id: str) -> str:
     return f"{model_id} ({'fine-tuned' if tuned else 'pretrained'})"
 
 
+def _alias_model(config: Mapping[str, Any], alias: str, model_ids: tuple[str, ...]) -> str:
+    """Model id of the store behind ``alias`` (experiment.json ``stores``), else the only one known."""
+    stores = find_key(config, "stores_identity")
+    if not isinstance(stores, Mapping):
+        stores = {}
+    # A selection without prefix reads the only store, else the "main" one (ExperimentConfig rule).
+    alias = alias or (next(iter(stores)) if len(stores) == 1 else "main")
+    if isinstance(stores.get(alias), Mapping):
+        found = model_ids_of(stores[alias])
+        if found:
+            return found[0]
+    return model_ids[0] if len(model_ids) == 1 else ""
+
+
 def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
     explicit = find_key(config, "feature_selection", "feature_label")
     if isinstance(explicit, str):
         return explicit
     features = find_key(config, "features", "feature", default="?")
+    if isinstance(features, str) and find_key(config, "head") == "fusion":
+        features = [features, find_key(config, "fusion_features") or "egemaps"]
     if isinstance(features, Mapping):  # {"wav2vec2": {"layers": [...]}, "egemaps": {}}
         items = list(features.items())
     elif isinstance(features, str):
@@ -153,12 +171,23 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
     parts = []
     for name, sub in items:
         text = str(name)
-        if text.startswith("wav2vec2"):
-            layers = find_key(sub, "layers", "layer") if isinstance(sub, Mapping) else None
+        # Selection strings "[ALIAS/]FEATURE[:LAYERS]" (w2v2ser.train grammar).
+        alias, _, rest = text.rpartition("/")
+        feature, _, layers = rest.partition(":")
+        if feature.startswith("wav2vec2"):
+            if not layers and isinstance(sub, Mapping):
+                layers = find_key(sub, "layers", "layer")
+            named = {"local": [0], "all": None, "contextual": "last layer"}
+            layer_text = _layer_text(named.get(layers, layers) if isinstance(layers, str) and layers else layers)
+            if isinstance(layers, str) and layers and layers[0].isdigit():
+                layer_text = ("layers " if "-" in layers else "layer ") + layers
+            model = _alias_model(sub if isinstance(sub, Mapping) else {}, alias, model_ids)
             tag = ""
-            if model_ids:
-                tag = " FT" if "fine-tuned" in model_tag(model_ids[0]) else " PT"
-            text = f"{text}{tag} {_layer_text(layers)}"
+            if model:
+                tag = " FT" if "fine-tuned" in model_tag(model) else " PT"
+            text = f"{feature}{tag} {layer_text}"
+        elif alias:
+            text = feature
         parts.append(text)
     return " + ".join(parts)
 
@@ -179,6 +208,12 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[floa
                 entries.append(data)
     out = []
     for entry in entries:
+        if isinstance(entry, Mapping) and "alphas" not in entry and "normalised" not in entry:
+            # w2v2ser.train writes {branch: {"alphas", "normalised", ...}}; only the main branch
+            # (the wav2vec2 selection) is plotted.
+            branches = [v for k, v in sorted(entry.items(), key=lambda kv: kv[0] != "main")
+                        if isinstance(v, Mapping)]
+            entry = branches[0] if branches else None
         if isinstance(entry, Mapping):
             vec = entry.get("normalised")
             if vec is None and entry.get("alphas") is not None:
@@ -230,6 +265,14 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         raw_runs = [float(r.get("uar") if isinstance(r, Mapping) else r)
                     for r in results.get("uar_per_run") or []]
         raw_mean, raw_std = results.get("uar_mean"), results.get("uar_std")
+        pooled = results.get("uar_pooled_per_seed")
+        scoring = "per run"
+        if isinstance(pooled, Mapping) and pooled and len(results.get("splits") or {}) > 1:
+            # Several folds (IEMOCAP sessions): the released code pools all folds' predictions
+            # per seed and scores once; that is the figure comparable with the paper.
+            raw_runs = [float(v) for v in pooled.values()]
+            raw_mean, raw_std = results.get("uar_pooled_mean"), results.get("uar_pooled_std")
+            scoring = "pooled over folds, per seed"
         scale = 100.0 if _is_fraction(raw_mean, *raw_runs) else 1.0
         uar_runs = [scale * v for v in raw_runs if not math.isnan(v)]
         uar_mean = scale * float(raw_mean) if raw_mean is not None else (
@@ -250,7 +293,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
                           runs_finished=finished, **desc)
     return RunSummary(
         path=run_dir, status="complete", experiment=experiment, results=results,
-        uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std,
+        uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std, scoring=scoring,
         accuracy_mean=None if acc is None else float(acc) * (100.0 if _is_fraction(acc) else 1.0),
         classes=classes, confusion=confusion, layer_weights=tuple(_layer_weights(results, run_dir)),
         runs_finished=finished, **desc)
@@ -259,13 +302,13 @@ def read_run_dir(run_dir: Path) -> RunSummary:
 def _describe(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
     """Row/column identity of an experiment: corpus, feature selection, head, normalisation, recipe."""
     model_ids = model_ids_of(experiment)
-    corpus = find_key(config, "corpus", "corpus_kind")
+    corpus = find_key(config, "corpus", "corpus_kind", "protocol")
     if isinstance(corpus, Mapping):
         corpus = find_key(corpus, "kind", "name")
     head = find_key(config, "head", "downstream", "head_kind")
     if isinstance(head, Mapping):
         head = find_key(head, "kind", "name", "type")
-    norm = find_key(config, "normalisation", "normalization")
+    norm = find_key(config, "norm", "normalisation", "normalization")
     if isinstance(norm, Mapping):
         norm = find_key(norm, "kind", "mode", "name")
     recipe = find_key(config, "recipe")

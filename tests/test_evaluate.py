@@ -22,7 +22,7 @@ def _write_json(path: Path, data: object) -> None:
 def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: object = "egemaps",
                  head: str = "dense", model: str | None = None, uars: tuple[float, ...] = (0.5, 0.6, 0.7),
                  alphas: bool = False, recipe: str = "official", normalisation: str = "speaker",
-                 seed: int = 0) -> Path:
+                 seed: int = 0, pooled: tuple[float, ...] | None = None) -> Path:
     """A finished run directory: experiment.json, runs/*/metrics.json (+layer_weights.json), results.json."""
     rng = np.random.default_rng(seed)
     run_dir = root / name
@@ -30,11 +30,13 @@ def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: ob
     if model:
         store["features"]["wav2vec2"] = {"name": "wav2vec2", "dim": 768, "layers": 13,
                                          "config": {"model": model, "revision": None}}
-    config = {"corpus": corpus, "features": features, "head": head, "normalisation": normalisation,
-              "recipe": recipe, "seeds": len(uars)}
-    _write_json(run_dir / "experiment.json", {**config, "store": store})
+    # ExperimentConfig.to_dict() fields + the identities train adds to experiment.json
+    config = {"stores": {"main": store["path"]}, "features": features, "head": head, "norm": normalisation,
+              "protocol": corpus, "recipe": recipe, "seeds": len(uars)}
+    _write_json(run_dir / "experiment.json", {**config, "config_key": "0" * 16,
+                                              "stores_identity": {"main": store}})
     confusion = np.zeros((4, 4), dtype=int)
-    layer_weights = []
+    layer_weights: dict[str, object] = {}
     for seed_i, uar in enumerate(uars):
         conf = rng.integers(0, 5, size=(4, 4)) + np.eye(4, dtype=int) * 10
         confusion += conf
@@ -44,12 +46,18 @@ def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: ob
         if alphas:
             a = rng.normal(size=13) + (np.arange(13) if "960h" not in (model or "") else -np.arange(13)) / 4
             norm = np.exp(a) / np.exp(a).sum()
-            entry = {"alphas": a.tolist(), "normalised": norm.tolist(), "store": store["path"]}
+            a = np.abs(a)
+            entry = {"main": {"alphas": a.tolist(), "normalised": (a / a.sum()).tolist(),
+                              "layers": list(range(13)), "store": "main", "selection": features}}
             _write_json(run_dir / "runs" / f"all__seed{seed_i}" / "layer_weights.json", entry)
-            layer_weights.append(entry)
+            layer_weights[f"all__seed{seed_i}"] = entry
     results = {"uar_mean": float(np.mean(uars)), "uar_std": float(np.std(uars)), "uar_per_run": list(uars),
                "accuracy_mean": float(np.mean(uars)), "n_test": int(confusion.sum()), "classes": CLASSES,
-               "confusion": confusion.tolist(), "config": config, "splits": {},
+               "confusion": confusion.tolist(), "config": config, "recipe": {"name": recipe, "learning_rate": 1e-4},
+               # pooled: several folds (IEMOCAP sessions), scored per seed over all folds' predictions
+               "splits": {f"session{k}": {} for k in range(1, 6)} if pooled else {"all": {}},
+               "uar_pooled_per_seed": {str(i): u for i, u in enumerate(pooled or uars)},
+               "uar_pooled_mean": float(np.mean(pooled or uars)), "uar_pooled_std": float(np.std(pooled or uars)),
                "timing": {"seconds": 1.0}}
     if layer_weights:
         results["layer_weights"] = layer_weights
@@ -71,20 +79,21 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     root = tmp_path / "runs"
     dirs = [
         make_run_dir(root, "egemaps_ravdess", features="egemaps", uars=(0.55, 0.60, 0.65)),
-        make_run_dir(root, "egemaps_iemocap", corpus="iemocap", features="egemaps", uars=(0.50, 0.52, 0.54)),
-        make_run_dir(root, "w2v_pt_ravdess", features={"wav2vec2": {"layers": "all"}}, head="weighted_dense",
+        make_run_dir(root, "egemaps_iemocap", corpus="iemocap", features="egemaps", uars=(0.4, 0.5, 0.6, 0.7),
+                     pooled=(0.50, 0.52, 0.54)),
+        make_run_dir(root, "w2v_pt_ravdess", features="wav2vec2:all", head="weighted_dense",
                      model=MODELS["pt"], uars=(0.80, 0.82, 0.84), alphas=True, seed=1),
-        make_run_dir(root, "w2v_ft_ravdess", features={"wav2vec2": {"layers": "all"}}, head="weighted_dense",
+        make_run_dir(root, "w2v_ft_ravdess", features="wav2vec2:all", head="weighted_dense",
                      model=MODELS["ft"], uars=(0.70, 0.71, 0.72), alphas=True, seed=2),
         make_run_dir(root, "egemaps_ravdess_lstm", features="egemaps", head="lstm", uars=(0.58, 0.60)),
     ]
     skipped = root / "w2v_large_ravdess"
-    _write_json(skipped / "experiment.json", {"corpus": "ravdess", "features": "wav2vec2", "head": "dense",
-                                              "normalisation": "speaker", "recipe": "official"})
+    _write_json(skipped / "experiment.json", {"corpus": "ravdess", "features": "wav2vec2:all", "head": "dense",
+                                              "norm": "speaker", "recipe": "official"})
     _write_json(skipped / "skipped.json", {"reason": "model facebook/wav2vec2-large could not be loaded"})
     incomplete = root / "spectrogram_ravdess"
     _write_json(incomplete / "experiment.json", {"corpus": "ravdess", "features": "spectrogram", "head": "dense",
-                                                 "normalisation": "speaker", "recipe": "official"})
+                                                 "norm": "speaker", "recipe": "official"})
     _write_json(incomplete / "runs" / "all__seed0" / "metrics.json", {"uar": 0.4})
     broken = root / "broken"
     broken.mkdir()
@@ -101,7 +110,7 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     header = next(line for line in lines if line.startswith("| Feature selection | Head"))
     assert header.split("|")[5:8] == [" RAVDESS ", " IEMOCAP ", " CSV "]
     egemaps = next(line for line in lines if line.startswith("| egemaps | dense | speaker | official |"))
-    # np.std over (55, 60, 65) % = 4.08
+    # np.std over (55, 60, 65) % = 4.08; IEMOCAP cell = pooled per-seed values (50, 52, 54)
     assert "| 60.0 ± 4.1 (n=3) | 52.0 ± 1.6 (n=3) | — |" in egemaps
     assert any(line.startswith("| wav2vec2 PT all layers | weighted_dense") and "82.0 ± 1.6 (n=3)" in line
                for line in lines)

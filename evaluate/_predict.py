@@ -1,0 +1,361 @@
+"""``w2v2ser predict``: emotion and class probabilities of new audio files with a trained run dir.
+
+Features are extracted exactly as for training by running stage 1 in a subprocess
+(``python -m w2v2ser extract csv MANIFEST --store TMP --like TRAINING_STORE``), so this process
+never imports torch; the frames are then read back with ``open_store`` and fed through the same
+batching code as training (:class:`w2v2ser.train` ``FeatureBatches``: crop, pair averaging,
+padding, mask).
+
+Normalisation of an unseen speaker: by default the run's saved global statistics
+(``normalisation.npz``, training speakers only) are used, also for runs trained with speaker
+normalisation, because one file says nothing reliable about its speaker. When the caller groups
+files by speaker (``speakers=[...]``), speaker-normalised runs use per-speaker statistics composed
+from that speaker's new files (``compose_statistics`` on the temporary store).
+
+Ensembling: by default every model of the run dir (every fold × seed) predicts and the class
+probabilities are averaged (arithmetic mean), which is more stable than any single seed; pass
+``run="<fold>__seed<k>"`` to use one model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import PredictError, RunDirError
+
+__all__ = ["Prediction", "predict_audio", "extract_features"]
+
+# Speaker name given to files the caller did not group (global statistics are used for them).
+UNGROUPED = "__ungrouped__"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Prediction for one audio file.
+
+    Attributes:
+        path: the audio file as given.
+        emotion: most probable class, or None when the file could not be processed.
+        probabilities: class name -> probability (sums to 1); empty on error.
+        speaker: the speaker group given by the caller, or None.
+        error: why the file could not be processed, or None.
+    """
+
+    path: Path
+    emotion: str | None
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    speaker: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was predicted."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (used by ``w2v2ser predict --json``)."""
+        return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
+                "speaker": self.speaker, "error": self.error}
+
+
+def extract_features(manifest: Path, store: Path, *, like: Path, features: Sequence[str]) -> None:
+    """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
+
+    Kept as one small function so tests can replace it with a direct store writer.
+
+    Raises:
+        PredictError: the subprocess failed and left no readable store.
+    """
+    command = [sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store", str(store),
+               "--like", str(like), "--features", ",".join(features), "--no-progress"]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and not (Path(store) / "zarr.json").exists():
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
+                           f"like store {like}:\n{tail}\nCommand: {' '.join(command)}. Check that the "
+                           "training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]').")
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """One model input: which training store and selection feed it."""
+
+    name: str
+    alias: str
+    store: Path
+    selection: str
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    run_dir: Path
+    config: Any  # w2v2ser.train ExperimentConfig
+    classes: tuple[str, ...]
+    models: tuple[Path, ...]
+    branches: tuple[_Branch, ...]
+    max_frames: int | None
+
+
+def _read_json(path: Path, *, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing; expected {what}. Pass a run directory written by "
+                          "`w2v2ser train` whose training finished.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is unreadable ({exc}); expected {what} as JSON. Re-run `w2v2ser train` "
+                          "for this experiment.") from exc
+
+
+def _experiment_config(experiment: Mapping[str, Any], path: Path) -> Any:
+    """ExperimentConfig from experiment.json (its own fields; store identities are ignored)."""
+    import dataclasses
+
+    from w2v2ser.train import ExperimentConfig
+
+    source = experiment.get("config") if isinstance(experiment.get("config"), Mapping) else experiment
+    names = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    try:
+        return ExperimentConfig.from_dict({k: v for k, v in source.items() if k in names})
+    except Exception as exc:  # noqa: BLE001 -- any config problem is a run-dir problem here
+        raise RunDirError(f"{path}: cannot rebuild the experiment configuration ({exc}); the run dir was "
+                          "written by another w2v2ser version. Retrain it with this version.") from exc
+
+
+def _classes(run_dir: Path, results: Mapping[str, Any] | None) -> tuple[str, ...]:
+    if results and results.get("classes"):
+        return tuple(str(c) for c in results["classes"])
+    for predictions in sorted(run_dir.glob("runs/*/predictions.csv")):
+        with open(predictions, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        classes = tuple(h[2:] for h in header if h.startswith("p_"))
+        if classes:
+            return classes
+    raise RunDirError(f"{run_dir}: no class names found (results.json 'classes' or runs/*/predictions.csv "
+                      "p_<class> columns); the run dir is incomplete. Finish training first.")
+
+
+def _plan(run_dir: Path, run: str | None) -> _RunPlan:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; expected a folder written by `w2v2ser train`.")
+    if (run_dir / "skipped.json").exists():
+        reason = _read_json(run_dir / "skipped.json", what="the skip reason").get("reason", "?")
+        raise RunDirError(f"{run_dir} holds a skipped experiment ({reason}); it has no model to predict with.")
+    experiment = _read_json(run_dir / "experiment.json", what="the experiment configuration")
+    config = _experiment_config(experiment, run_dir / "experiment.json")
+    results = None
+    if (run_dir / "results.json").exists():
+        results = _read_json(run_dir / "results.json", what="the aggregated results")
+    available = sorted(p.parent.name for p in run_dir.glob("runs/*/model.keras"))
+    if run is not None:
+        if run not in available:
+            raise RunDirError(f"--run {run!r} is not a trained run of {run_dir}; expected one of "
+                              f"{available or '(none: training has not finished a run)'}.")
+        available = [run]
+    if not available:
+        raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
+                          "Run `w2v2ser train` to completion first.")
+    branches = tuple(_Branch(name, config.store_alias(text), Path(config.stores[config.store_alias(text)]), text)
+                     for name, text in config.selections().items())
+    max_frames = config.max_frames
+    if max_frames is None:
+        from w2v2ser.train import get_protocol
+
+        max_frames = get_protocol(config.protocol).max_frames
+    return _RunPlan(run_dir, config, _classes(run_dir, results),
+                    tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames)
+
+
+def _write_manifest(path: Path, files: Sequence[Path], speakers: Sequence[str]) -> list[str]:
+    """CSV manifest for stage 1; ids are positional so results map back without path games."""
+    ids = [f"predict{i:05d}" for i in range(len(files))]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "speaker", "id"])
+        for uid, file, speaker in zip(ids, files, speakers):
+            writer.writerow([str(file), "unknown", speaker, uid])
+    return ids
+
+
+class _GroupedNormaliser:
+    """Per-speaker statistics for grouped speakers, the run's global statistics for the rest."""
+
+    def __init__(self, speaker_norm: Any, fallback: Any) -> None:
+        self.speaker_norm, self.fallback = speaker_norm, fallback
+
+    def apply(self, frames: np.ndarray, speaker: str) -> np.ndarray:
+        if speaker in self.speaker_norm.speaker_mean:
+            return self.speaker_norm.apply(frames, speaker)
+        return self.fallback.apply(frames, speaker)
+
+
+def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any) -> Any:
+    """The run's global statistics: ``normalisation.npz`` when it holds them, else composed from
+    the training speakers of that run (metrics.json split) in the training store."""
+    from w2v2ser.store import open_store
+    from w2v2ser.train import Normaliser, build_normaliser
+
+    for npz in (model.parent / "normalisation.npz", plan.run_dir / "normalisation.npz"):
+        if npz.exists():
+            with np.load(npz) as data:
+                if f"{branch.name}__mean" in data.files:
+                    return Normaliser("global", mean=data[f"{branch.name}__mean"], std=data[f"{branch.name}__std"])
+            break
+    metrics = model.parent / "metrics.json"
+    split = _read_json(metrics, what="the run's metrics").get("split", {}) if metrics.exists() else {}
+    train_speakers = list(split.get("train") or [])
+    try:
+        store = open_store(branch.store)
+    except Exception as exc:  # noqa: BLE001 -- reported with the fix below
+        raise PredictError(f"no saved global statistics for branch {branch.name!r} in {model.parent} and the "
+                           f"training store {branch.store} cannot be opened ({exc}); restore the training "
+                           "store or retrain the run.") from exc
+    return build_normaliser(store, selection, "global", train_speakers=train_speakers or store.speakers(),
+                            speakers=[])
+
+
+def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, temp_store: Any,
+                groups: Sequence[str]) -> Any:
+    from w2v2ser.train import Normaliser, build_normaliser
+
+    mode = plan.config.norm
+    if mode == "none":
+        return Normaliser("none")
+    fallback = _global_normaliser(plan, model, branch, selection)
+    if mode == "speaker" and groups:
+        per_speaker = build_normaliser(temp_store, selection, "speaker", train_speakers=[], speakers=groups)
+        return _GroupedNormaliser(per_speaker, fallback)
+    return fallback
+
+
+def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[str] | None = None,
+                  work_dir: Path | None = None, run: str | None = None,
+                  batch_size: int = 16) -> list[Prediction]:
+    """Predict the emotion of audio files with the models of a trained run directory.
+
+    Features are extracted in a subprocess with the training store's recorded extractor
+    configuration (this process never imports torch). Every model of the run dir (folds × seeds)
+    predicts and the class probabilities are averaged, unless ``run`` picks one model.
+
+    Args:
+        run_dir: run directory written by ``w2v2ser train``.
+        paths: audio files (any format stage 1 reads).
+        speakers: optional speaker group per file; with a speaker-normalised run, each group is
+            normalised with statistics of its own new files. Without it, the run's global
+            (training speakers) statistics are used.
+        work_dir: keep the manifest and temporary stores there (default: a deleted temp folder).
+        run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
+        batch_size: utterances per model call.
+
+    Returns:
+        One :class:`Prediction` per path, in order; files that failed carry ``error``.
+
+    Raises:
+        RunDirError: the run dir lacks a configuration, classes or models.
+        PredictError: bad arguments or feature extraction failed as a whole.
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise PredictError("predict_audio received no audio paths; expected at least one file.")
+    if speakers is not None:
+        speakers = [str(s) for s in speakers]
+        if len(speakers) != len(files) or not all(s.strip() for s in speakers):
+            raise PredictError(f"speakers has {len(speakers)} entries for {len(files)} files (or an empty one); "
+                               "expected one non-empty speaker name per file, in the same order.")
+    plan = _plan(Path(run_dir), run)
+    groups = list(speakers) if speakers is not None else [UNGROUPED] * len(files)
+    errors: dict[int, str] = {}
+    for i, file in enumerate(files):
+        if not file.is_file():
+            errors[i] = f"file not found: {file}"
+    todo = [i for i in range(len(files)) if i not in errors]
+    probabilities: dict[int, np.ndarray] = {}
+    if todo:
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+            probabilities = _predict_files(plan, files, groups, todo, errors, Path(work_dir), batch_size)
+        else:
+            with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
+                probabilities = _predict_files(plan, files, groups, todo, errors, Path(tmp), batch_size)
+    out = []
+    for i, file in enumerate(files):
+        speaker = speakers[i] if speakers is not None else None
+        if i in probabilities:
+            probs = {c: float(p) for c, p in zip(plan.classes, probabilities[i])}
+            out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker))
+        else:
+            out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
+    return out
+
+
+def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
+                   errors: dict[int, str], work: Path, batch_size: int) -> dict[int, np.ndarray]:
+    """Extract, read back and predict the files at positions ``todo``; fills ``errors``."""
+    import keras
+
+    from w2v2ser.store import open_store
+    from w2v2ser.train import FeatureBatches, Item, Source, resolve_selection
+
+    manifest = work / "manifest.csv"
+    ids = _write_manifest(manifest, [files[i].resolve() for i in todo], [groups[i] for i in todo])
+    position = dict(zip(ids, todo))
+    # One temporary store per training store: the fusion head may read two stores.
+    temp: dict[Path, Any] = {}
+    for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
+        features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
+        target = work / f"features{k}.zarr"
+        extract_features(manifest, target, like=store_path, features=features)
+        temp[store_path] = open_store(target, allow_incomplete=True)
+    done = set(ids)
+    for store in temp.values():
+        for failure in store.list_failures():
+            if failure.id in position:
+                errors.setdefault(position[failure.id], f"{failure.reason}"
+                                  + (f" (feature {failure.feature})" if failure.feature else ""))
+        finished = {r.id for r in store.list_utterances(status="done")}
+        done &= finished
+    records = {r.id: r for r in next(iter(temp.values())).list_utterances(status="done")}
+    items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
+    if not items:
+        return {}
+    selections = {b.name: resolve_selection(b.selection, specs=temp[b.store].features, alias=b.alias)
+                  for b in plan.branches}
+    grouped = sorted({it.speaker for it in items} - {UNGROUPED})
+    total = np.zeros((len(items), len(plan.classes)), dtype=np.float64)
+    for model_path in plan.models:
+        try:
+            model = keras.saving.load_model(model_path, compile=False)
+        except Exception as exc:  # noqa: BLE001 -- keras raises many types for a bad file
+            raise RunDirError(f"cannot load model {model_path} ({type(exc).__name__}: {exc}); the file is "
+                              "corrupt or from another Keras version. Retrain this run or pass --run "
+                              "to use another one.") from exc
+        sources = [Source(b.name, temp[b.store], selections[b.name],
+                          _normaliser(plan, model_path, b, selections[b.name], temp[b.store], grouped))
+                   for b in plan.branches]
+        batches = FeatureBatches(items, sources, classes=plan.classes, batch_size=batch_size,
+                                 max_frames=plan.max_frames, shuffle=False, cache="off", workers=1)
+        probs = np.concatenate([np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
+                                for inputs, _ in batches.iterate()])
+        if probs.shape != total.shape:
+            raise RunDirError(f"model {model_path} outputs {probs.shape[1]} classes, but the run records "
+                              f"{len(plan.classes)} ({', '.join(plan.classes)}); the run dir is inconsistent.")
+        total += probs
+    total /= total.sum(axis=1, keepdims=True)  # mean over models, renormalised against float32 rounding
+    return {position[it.id]: total[k] for k, it in enumerate(items)}
+
+
+def resolve_feature(selection: str) -> str:
+    """Stored feature name of a selection string ``[ALIAS/]FEATURE[:LAYERS]``."""
+    return selection.rpartition("/")[2].partition(":")[0]

@@ -195,3 +195,12 @@ def test_long_multichannel_audio_needs_no_full_copies(tmp_path):
     # Mono buffer (1x) + resampled output (1/3x) + one decode block; a naive
     # [frames, 2] read plus its mean would need >= 3x.
     assert peak < 1.5 * mono_bytes, peak / mono_bytes
+
+
+def test_truncated_data_keeps_probe_and_read_consistent(tmp_path):
+    # A copy cut short mid-data: libsndfile trusts the file size, so both agree on what is there.
+    full = write_audio(tmp_path / "full.wav", duration=1.0, sample_rate=44_100)
+    cut = tmp_path / "cut.wav"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2 + 1])
+    assert probe_audio(cut).num_samples == len(read_audio(cut)) < probe_audio(full).num_samples

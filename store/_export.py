@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
-from ._reader import open_store
+from ._reader import FeatureStore, open_store
+from ._types import FeatureSpec
 
 __all__ = ["export_hdf5"]
 
@@ -67,7 +68,7 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
     return out
 
 
-def _export_feature(store, fg: h5py.Group, name: str, spec) -> None:
+def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: FeatureSpec) -> None:
     rows = store._per_row(name)
     src = store._array(name, "data")
     length = rows["length"]

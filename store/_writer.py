@@ -15,7 +15,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from ._errors import StoreError
-from ._journal import JOURNAL_DIR, Journal, resolve_events
+from ._journal import JOURNAL_DIR, Journal, PairState, resolve_events
 from ._layout import (
     ATTRS_KEY,
     FAILURE_COLUMNS,
@@ -318,7 +318,7 @@ class StoreWriter:
                 a.resize((total, *a.shape[1:]))
 
     def _allocate(self, name: str, rows: list[int], num_samples: Sequence[int | None],
-                  caps: Sequence[int], state: Any) -> bool:
+                  caps: Sequence[int], state: PairState) -> bool:
         data = self._feature(name, "data")
         chunk = int(data.chunks[0])
         offset = self._feature(name, "offset")[:]

@@ -109,7 +109,10 @@ def _open(path: Path) -> sf.SoundFile:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         size = path.stat().st_size
-        what = "is empty (0 bytes)" if size == 0 else f"is not audio libsndfile can decode or its header is damaged or truncated ({size} bytes)"
+        what = (
+            "is empty (0 bytes)" if size == 0
+            else f"is not audio libsndfile can decode, or its header is damaged or truncated ({size} bytes)"
+        )
         raise AudioError(
             f"Audio file {path} {what}: libsndfile says {exc}. "
             f"Re-export the file, or {_CONVERT_HINT}."
@@ -118,7 +121,9 @@ def _open(path: Path) -> sf.SoundFile:
 
 def _check_length(path: Path, num_samples: int, frames: int, min_samples: int) -> None:
     if frames == 0 or num_samples == 0:
-        raise AudioError(f"Audio file {path} contains no samples. Remove it from the manifest or replace the recording.")
+        raise AudioError(
+            f"Audio file {path} contains no samples. Remove it from the manifest or replace the recording."
+        )
     if num_samples < min_samples:
         raise AudioError(
             f"Audio file {path} is too short: {num_samples} samples at 16 kHz "

@@ -6,6 +6,7 @@ import csv
 import difflib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -41,6 +42,10 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.utterances)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        # Lets callers written against "readers return list[Utterance]" keep working.
+        return iter(self.utterances)
 
 
 def _fail(path: Path, line: int | None, column: str | None, what: str, fix: str) -> ManifestError:
@@ -126,7 +131,8 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
             for row in reader:
                 line = reader.line_num
                 if None in row or any(v is None for v in row.values()):
-                    raise _fail(path, line, None, f"row has a different number of fields than the header ({len(header)})",
+                    raise _fail(path, line, None,
+                                f"row has a different number of fields than the header ({len(header)})",
                                 "Quote values that contain commas and fill every column.")
                 row = {k: v.strip() for k, v in row.items()}
                 if not any(row.values()):

@@ -209,16 +209,17 @@ class StoreConfig:
         return {name: config.to_dict() for name, config in self.features.items()}
 
     def identity(self, corpus: CorpusConfig) -> str:
-        """Short hash of what decides the stored values: corpus and feature configs.
-
-        Runtime-only options (device, batch size) are left out so that they never force
-        a re-extraction; everything else (model, revision, window...) changes the folder.
-        """
+        """Short hash of the corpus and of every feature option: any change gives a new store folder."""
         values = {name: {k: v for k, v in d.items() if k not in _RUNTIME_KEYS}
                   for name, d in self.feature_dicts().items()}
         text = json.dumps({"corpus": [corpus.kind, str(corpus.path)], "features": values},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _store_path(output: Path, store: StoreConfig, corpus: CorpusConfig) -> Path:
+    """``OUTPUT/stores/<corpus>/<store>-<identity>.zarr``: a changed config never reuses a stale store."""
+    return output / "stores" / corpus.name / f"{store.name}-{store.identity(corpus)}.zarr"
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ class ExperimentSpec:
         name: Unique name, e.g. ``table1/ravdess/w2v2_pt-wav2vec2-all``.
         corpus: Corpus name it trains on.
         stores: Store alias -> store name (in ``extraction.stores``) it reads.
-        config: The ExperimentConfig dict (store aliases resolved to store paths).
+        config: The ``ExperimentConfig.from_dict`` input, ``stores`` filled with store paths.
         run_dir: Its run directory.
         where: Key path of its definition in the file (for messages).
     """
@@ -309,8 +310,7 @@ class PipelineConfig:
 
     def store_path(self, store: str, corpus: str) -> Path:
         """Folder of the Zarr store holding ``store``'s features for ``corpus``."""
-        config, corpus_config = self.stores[store], self.corpora[corpus]
-        return self.output / "stores" / corpus / f"{store}-{config.identity(corpus_config)}.zarr"
+        return _store_path(self.output, self.stores[store], self.corpora[corpus])
 
     def report_experiments(self, report: ReportConfig) -> list[ExperimentSpec]:
         """Experiments a report covers, in file order."""
@@ -534,24 +534,50 @@ def _label(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(value)).strip("-") or "x"
 
 
+def _train_fields() -> list[str] | None:
+    """Keys of ``w2v2ser.train.ExperimentConfig`` (imports stage 2, i.e. TensorFlow)."""
+    from dataclasses import fields as dataclass_fields
+
+    from w2v2ser.train import ExperimentConfig
+
+    return [f.name for f in dataclass_fields(ExperimentConfig)]
+
+
+def _check_experiment(values: Mapping[str, Any], where: str) -> None:
+    """Build the ExperimentConfig once so that bad values fail now, with the key path."""
+    from w2v2ser.train import ExperimentConfig
+
+    try:
+        ExperimentConfig.from_dict(values)
+    except (W2v2serError, ValueError, TypeError) as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
 def _expand_experiments(section: Any, corpora: Mapping[str, CorpusConfig], stores: Mapping[str, StoreConfig],
-                        output: Path) -> list[ExperimentSpec]:
+                        output: Path, *, validate: bool) -> list[ExperimentSpec]:
     if section is None:
         return []
     if not isinstance(section, Mapping):
         raise ConfigError(f"experiments: expected a mapping of experiment names to settings, got {_type_name(section)}")
+    train_keys = _train_fields() if validate else None
     specs: list[ExperimentSpec] = []
     for group, entry in section.items():
         where = f"experiments.{group}"
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a mapping of experiment settings, got {_type_name(entry)} {entry!r}")
+        allowed = [k for k in (train_keys or list(entry)) if k != "stores"] + list(_EXPERIMENT_KEYS_OWN)
+        if "stores" in entry:
+            raise ConfigError(f"{where}.stores: set by the pipeline from the store prefix of each selection "
+                              f"(e.g. features: w2v2_pt/wav2vec2:all); remove it")
+        _check_keys(entry, allowed, where)
         grid = entry.get("grid") or {}
         if not isinstance(grid, Mapping):
             raise ConfigError(f"{where}.grid: expected a mapping key -> list of values, got {_type_name(grid)}")
+        _check_keys(grid, [k for k in allowed if k != "grid"], f"{where}.grid")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values, got {values!r}")
-            if key in entry and key != "grid":
+            if key in entry:
                 raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
         fixed = {k: v for k, v in entry.items() if k != "grid"}
         keys = list(grid)
@@ -566,23 +592,22 @@ def _expand_experiments(section: Any, corpora: Mapping[str, CorpusConfig], store
                 corpus = next(iter(corpora))
             _choice(corpus, list(corpora), f"{where}.corpus")
             name = "/".join(p for p in (str(group), corpus, label) if p)
-            features = values.get("features")
-            if features is None:
-                raise ConfigError(f"{where}.features: required key is missing; list feature selections, "
-                                  f"e.g. features: [classic/egemaps] (or grid: {{features: [...]}})")
-            features = features.split("+") if isinstance(features, str) else features
-            _expect(features, list, f"{where}.features", "a selection string or a list of them")
+            if "features" not in values:
+                raise ConfigError(f"{where}.features: required key is missing; give a feature selection, "
+                                  f"e.g. features: classic/egemaps (or grid: {{features: [...]}})")
             used: dict[str, str] = {}
-            selections = []
-            for i, text in enumerate(features):
-                alias, selection = _check_selection(text, corpus, stores, f"{where}.features[{i}]")
+            branches = ["features"] + (["fusion_features"] if values.get("head") == "fusion" else [])
+            if values.get("head") == "fusion":
+                values.setdefault("fusion_features", "egemaps")  # the paper's Fusion: wav2vec2 + eGeMAPS
+            for key in branches:
+                alias, values[key] = _check_selection(values[key], corpus, stores, f"{where}.{key}")
                 used[alias] = alias
-                selections.append(selection)
-            values["features"] = selections
             values.setdefault("protocol", corpora[corpus].kind)
-            config = {"name": name, **values}
+            values["stores"] = {alias: str(_store_path(output, stores[alias], corpora[corpus])) for alias in used}
+            if validate:
+                _check_experiment(values, f"{where} ({name})")
             run_dir = output / "experiments" / name
-            specs.append(ExperimentSpec(name, corpus, used, config, run_dir, where))
+            specs.append(ExperimentSpec(name, corpus, used, values, run_dir, where))
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -617,12 +642,14 @@ def _parse_reports(section: Any, experiments: Sequence[ExperimentSpec], output: 
     return reports
 
 
-def load_pipeline(path: str | Path, *, overrides: Sequence[str] = ()) -> PipelineConfig:
+def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_experiments: bool = True) -> PipelineConfig:
     """Read, override, expand and check a pipeline file.
 
     Args:
         path: The pipeline.yaml; relative paths inside it start at its folder.
         overrides: ``key.path=value`` strings (``--set``), applied before checking.
+        validate_experiments: Check experiment settings against ``w2v2ser.train`` (imports
+            TensorFlow); the extract stage passes False so stage 1 never loads it.
 
     Returns:
         The checked :class:`PipelineConfig`.
@@ -647,7 +674,8 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = ()) -> Pipelin
     output = _resolve_path(raw.get("output") or "runs", base, "output", must_exist=False) or base / "runs"
     corpora = _parse_corpora(raw["corpora"], base)
     stores, shard_size = _parse_extraction(raw["extraction"], corpora)
-    experiments = _expand_experiments(raw.get("experiments"), corpora, stores, output)
+    experiments = _expand_experiments(raw.get("experiments"), corpora, stores, output,
+                                      validate=validate_experiments)
     return PipelineConfig(
         path=path, output=output, corpora=corpora, stores=stores, shard_size=shard_size,
         cluster=_parse_cluster(raw.get("cluster")), experiments=tuple(experiments),

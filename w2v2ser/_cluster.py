@@ -1,0 +1,190 @@
+"""Dask clusters for `w2v2ser run`: in-process, a local (CPU + GPU) cluster, or SLURM jobs.
+
+A local cluster on a GPU box holds two kinds of workers behind one scheduler: one worker per
+GPU (pinned with ``CUDA_VISIBLE_DEVICES``, resource ``GPU=1``; wav2vec2 shards go there) and
+CPU workers for eGeMAPS and spectrogram shards, so both run at the same time. It is built as a
+:class:`distributed.SpecCluster` with heterogeneous worker specs because
+``dask_cuda.LocalCUDACluster`` cannot host CPU-only workers under the same scheduler; the GPU
+pinning is the same (dask_cuda's rotated device list is used when dask_cuda is installed).
+
+Every worker gets ``OMP_NUM_THREADS`` (and MKL/OpenBLAS) equal to its thread count, and training
+runs are told the same count for TensorFlow, so parallel tasks never oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from w2v2ser.store import W2v2serError
+
+from ._config import ClusterConfig
+
+__all__ = ["ClusterError", "ClusterHandle", "count_gpus", "open_cluster", "usable_cores"]
+
+GPU_RESOURCE = "GPU"
+
+
+class ClusterError(W2v2serError):
+    """A Dask cluster could not be started (missing package, bad SLURM settings)."""
+
+
+@dataclass
+class ClusterHandle:
+    """A running cluster as the stages need it.
+
+    Attributes:
+        client: The ``distributed.Client``; None runs work in this process.
+        threads: Threads each task may use (TensorFlow / torch thread count).
+        gpu_resource: Worker resource name that marks GPU workers, or None when there are none.
+        description: One line saying what was started (printed by `w2v2ser run`).
+        dashboard: Dask dashboard link, or "".
+    """
+
+    client: Any
+    threads: int
+    gpu_resource: str | None
+    description: str
+    dashboard: str = ""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (the affinity mask inside SLURM jobs and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def count_gpus() -> int:
+    """Visible NVIDIA GPUs, without importing torch (stage 2 never imports it)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        return len(entries)
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def _gpu_visible(index: int, total: int) -> str:
+    """CUDA_VISIBLE_DEVICES of GPU worker ``index``: its device first, as LocalCUDACluster does."""
+    try:
+        from dask_cuda.utils import cuda_visible_devices
+
+        return str(cuda_visible_devices(index))
+    except ImportError:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(total)]
+        return ",".join(devices[index:] + devices[:index])
+
+
+def _local_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    cores = usable_cores()
+    gpus = (count_gpus() if config.gpus is None else config.gpus) if use_gpus else 0
+    threads = config.threads_per_worker or (1 if cores <= 4 else 2)
+    threads = min(threads, cores)
+    # GPU workers mostly wait on the device; give them one thread each and the rest to CPU workers.
+    cpu_workers = config.workers or max(1, (cores - gpus) // threads)
+    common = {"memory_limit": config.memory_limit, "silence_logs": logging.ERROR}
+    workers: dict[str, dict] = {
+        f"cpu-{i}": {"cls": Nanny, "options": {**common, "nthreads": threads, "env": _thread_env(threads)}}
+        for i in range(cpu_workers)
+    }
+    for i in range(gpus):
+        env = {**_thread_env(threads), "CUDA_VISIBLE_DEVICES": _gpu_visible(i, gpus)}
+        workers[f"gpu-{i}"] = {"cls": Nanny, "options": {**common, "nthreads": 1, "env": env,
+                                                          "resources": {GPU_RESOURCE: 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": config.dashboard_address}}
+    cluster = SpecCluster(workers=workers, scheduler=scheduler, name="w2v2ser", silence_logs=logging.ERROR)
+    text = f"local Dask cluster: {cpu_workers} CPU worker(s) x {threads} thread(s)" + (
+        f" + {gpus} GPU worker(s)" if gpus else "")
+    return cluster, threads, GPU_RESOURCE if gpus else None, text
+
+
+def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as error:
+        raise ClusterError("cluster.kind is slurm but dask-jobqueue is not installed; "
+                           "pip install 'w2v2ser[cluster]' (or dask-jobqueue), or set cluster: local") from error
+    slurm = config.slurm
+    gpus = slurm.gpus if use_gpus else 0
+    threads = max(1, slurm.cores // slurm.processes)
+    directives = list(slurm.job_extra_directives)
+    extra_args: list[str] = []
+    if gpus:
+        directives.append(f"--gres=gpu:{gpus}")
+        # Each worker process of a job advertises its share of the job's GPUs.
+        extra_args += ["--resources", f"{GPU_RESOURCE}={max(1, gpus // slurm.processes)}"]
+    prologue = [f"export {k}={v}" for k, v in _thread_env(threads).items()] + list(slurm.job_script_prologue)
+    kwargs: dict[str, Any] = {
+        "queue": slurm.queue, "account": slurm.account, "cores": slurm.cores, "memory": slurm.memory,
+        "processes": slurm.processes, "walltime": slurm.walltime, "job_extra_directives": directives,
+        "job_script_prologue": prologue, "worker_extra_args": extra_args, "python": sys.executable,
+        "log_directory": slurm.log_directory, "local_directory": slurm.local_directory,
+        "interface": slurm.interface, "job_name": "w2v2ser-worker",
+        "scheduler_options": {"dashboard_address": config.dashboard_address},
+    }
+    try:
+        cluster = SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
+    except (ValueError, TypeError, OSError) as error:
+        raise ClusterError(f"cannot start a SLURMCluster from cluster.slurm ({error}); check cluster.slurm "
+                           f"settings (queue, cores, memory, walltime)") from error
+    cluster.scale(jobs=slurm.jobs)
+    text = (f"SLURM Dask cluster: {slurm.jobs} job(s) x {slurm.processes} worker(s) x {threads} thread(s)"
+            f" on partition {slurm.queue or '(default)'}" + (f", --gres=gpu:{gpus}" if gpus else ""))
+    return cluster, threads, GPU_RESOURCE if gpus else None, text
+
+
+@contextmanager
+def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[ClusterHandle]:
+    """Start the cluster described by ``cluster:`` and close it afterwards.
+
+    Args:
+        config: The pipeline's cluster settings.
+        use_gpus: Start GPU workers where the config allows (the extract stage); training
+            (TensorFlow on CPU) passes False.
+
+    Yields:
+        A :class:`ClusterHandle`; its ``client`` is None for ``kind: none``.
+    """
+    if config.kind == "none":
+        threads = config.threads_per_worker or usable_cores()
+        yield ClusterHandle(None, threads, None, f"no Dask cluster: work runs in this process ({threads} threads)")
+        return
+    import dask
+    from distributed import Client
+
+    # Workers must not inherit an OMP_NUM_THREADS=1 pre-spawn default when they own several cores.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
+                          "distributed.admin.system-monitor.gil.enabled": False}):
+        build = _slurm_cluster if config.kind == "slurm" else _local_cluster
+        cluster, threads, gpu_resource, text = build(config, use_gpus=use_gpus)
+        try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        try:
+            yield ClusterHandle(client, threads, gpu_resource, text, getattr(client, "dashboard_link", "") or "")
+        finally:
+            client.close()
+            cluster.close()

@@ -1,0 +1,220 @@
+"""Unit tests of w2v2ser.train: selections, recipes, config keys, protocols, normalisation, heads."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stage2_fixtures import build_store, ravdess_utterances
+from w2v2ser.store import FeatureStatistics, W2v2serError, open_store
+from w2v2ser.train import (
+    ConfigError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead, ProtocolError,
+    SelectionError, Source, build_normaliser, check_disjoint, get_protocol, get_recipe, parse_selection,
+    resolve_selection,
+)
+from w2v2ser.train._normalisation import Normaliser
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = build_store(tmp_path_factory.mktemp("stores") / "rav.zarr",
+                       utterances=ravdess_utterances(per_actor=2), layers=13, dim=4)
+    return open_store(path)
+
+
+# ----------------------------------------------------------------------------- selections
+@pytest.mark.parametrize("text, layers, weighted", [
+    ("wav2vec2:local", (0,), False), ("wav2vec2:contextual", (12,), False),
+    ("wav2vec2:all", tuple(range(13)), True), ("wav2vec2:6", (6,), False), ("wav2vec2:4-8", (4, 5, 6, 7, 8), True),
+    ("egemaps", None, False), ("spectrogram", None, False)])
+def test_resolve_selection_forms(store, text, layers, weighted):
+    sel = resolve_selection(text, specs=store.features, alias="main")
+    assert sel.layers == layers and sel.weighted == weighted
+    assert sel.pair_average == (text == "egemaps")
+    if text == "egemaps":
+        assert sel.frame_rate == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("wav2vec2:13", "has 13 layers"), ("wav2vec2:4-20", "has 13 layers"), ("wav2vec2", "must say which"),
+    ("egemaps:3", "has no layers"), ("mfcc", "holds"), ("wav2vec2:8-4", "reversed")])
+def test_resolve_selection_errors(store, text, fragment):
+    with pytest.raises(SelectionError, match=fragment):
+        resolve_selection(text, specs=store.features, alias="main")
+
+
+@pytest.mark.parametrize("text", ["wav2vec2:first", "a/b/c", "", "wav2vec2:1:2"])
+def test_parse_selection_rejects_garbage_listing_valid_forms(text):
+    with pytest.raises(SelectionError, match="valid forms"):
+        parse_selection(text)
+    assert issubclass(SelectionError, W2v2serError)
+
+
+# ----------------------------------------------------------------------------- recipes / config
+def test_recipes_and_overrides():
+    paper, official = get_recipe("paper"), get_recipe("official")
+    assert (paper.learning_rate, paper.clipvalue, paper.batch_size, paper.patience) == (1e-3, None, 32, 4)
+    assert (official.learning_rate, official.clipvalue, official.max_epochs) == (1e-4, 1.0, 100)
+    assert get_recipe("official", {"batch_size": 8}).batch_size == 8
+    with pytest.raises(ConfigError, match="learning_rate"):
+        get_recipe("paper", {"learning_rat": 1.0})
+    assert type(paper).from_dict(paper.to_dict()) == paper
+
+
+def test_config_key_round_trip_and_changes(tmp_path):
+    cfg = ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all")
+    assert ExperimentConfig.from_dict(cfg.to_dict()).config_key() == cfg.config_key()
+    key = cfg.config_key()
+    assert ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all", workers=7).config_key() == key
+    for change in ({"dropout": 0.3}, {"recipe_overrides": {"learning_rate": 5e-4}}, {"recipe": "official"},
+                   {"norm": "global"}, {"max_frames": 100}, {"features": "wav2vec2:local"}, {"batch_size": 16}):
+        assert ExperimentConfig(stores=str(tmp_path), **{"features": "wav2vec2:all", **change}).config_key() != key
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        ExperimentConfig.from_dict({"stores": str(tmp_path), "sedes": 3})
+    with pytest.raises(ConfigError, match="store alias 'asr'"):
+        ExperimentConfig(stores=str(tmp_path), features="asr/wav2vec2:all")
+    with pytest.raises(ConfigError, match="head"):
+        ExperimentConfig(stores=str(tmp_path), head="transformer")
+
+
+# ----------------------------------------------------------------------------- protocols
+def test_protocol_guard_raises_on_overlap():
+    with pytest.raises(ProtocolError, match="both train and test"):
+        check_disjoint(Fold("f", ("a", "b"), ("c",), ("b",)))
+    with pytest.raises(ProtocolError, match="validation partition has no speakers"):
+        check_disjoint(Fold("f", ("a",), (), ("b",)))
+
+
+def test_ravdess_protocol_split_and_labels(store, caplog):
+    proto = get_protocol("ravdess")
+    assert proto.map_label("calm") == "neutral" and len(proto.classes) == 7 and proto.max_frames == 250
+    (fold,) = proto.make_folds(store.list_utterances(), 5)
+    assert len(fold.train) == 20 and fold.validation == ("Actor_21", "Actor_22") and fold.test == ("Actor_23", "Actor_24")
+
+
+def test_iemocap_protocol_folds_and_dropped_labels(caplog):
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._protocols import select_utterances
+
+    proto = get_protocol("iemocap")
+    recs = iemocap_utterances()
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        kept, labels, classes = select_utterances(proto, recs)
+    assert "dropped" in caplog.text and set(labels) <= set(classes) and "happiness" in labels
+    assert all(r.label not in ("fru", "xxx") for r in kept)
+    folds = proto.make_folds(kept, 5)
+    assert [f.name for f in folds] == [f"session{k}" for k in range(1, 6)]
+    assert folds[0].validation == ("Ses02F", "Ses02M") and folds[4].validation == ("Ses01F", "Ses01M")
+    for f in folds:
+        check_disjoint(f)
+        assert len(f.train) == 6
+
+
+def test_csv_protocol_split_column_overlap_raises():
+    from w2v2ser.store import Utterance
+
+    rows = [Utterance(f"u{i}", "/x", f"s{i % 3}", "a", split=("train", "validation", "test")[i % 3]) for i in range(6)]
+    (fold,) = get_protocol("csv").make_folds(rows, 5)
+    check_disjoint(fold)
+    rows.append(Utterance("bad", "/x", "s0", "a", split="test"))
+    with pytest.raises(ProtocolError, match=r"\['s0'\].*train and test"):
+        check_disjoint(get_protocol("csv").make_folds(rows, 5)[0])
+
+
+# ----------------------------------------------------------------------------- normalisation
+def _frames(store, speakers, feature="wav2vec2", layers=(0, 12)):
+    ids = [r.id for r in store.list_utterances() if r.speaker in speakers]
+    return np.concatenate([store.read_utterance(i, feature, layers=list(layers)).astype(np.float64) for i in ids])
+
+
+def test_global_statistics_use_train_speakers_only(store):
+    sel = resolve_selection("wav2vec2:0-12", specs=store.features, alias="main")
+    sel = type(sel)(**{**sel.__dict__, "layers": (0, 12)})
+    train = [f"Actor_{a:02d}" for a in range(1, 21)]
+    norm = build_normaliser(store, sel, "global", train_speakers=train, speakers=store.speakers())
+    direct = _frames(store, set(train))
+    np.testing.assert_allclose(norm.mean, direct.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(norm.std, direct.std(axis=0), rtol=1e-5)
+    leaky = _frames(store, set(store.speakers()))
+    assert not np.allclose(norm.mean, leaky.mean(axis=0), atol=1e-3)
+
+
+def test_speaker_statistics_and_zero_variance_floor(store):
+    sel = resolve_selection("egemaps", specs=store.features, alias="main")
+    norm = build_normaliser(store, sel, "speaker", train_speakers=[], speakers=["Actor_03"])
+    direct = _frames(store, {"Actor_03"}, "egemaps", layers=None) if False else np.concatenate(
+        [store.read_utterance(r.id, "egemaps") for r in store.list_utterances() if r.speaker == "Actor_03"])
+    np.testing.assert_allclose(norm.speaker_mean["Actor_03"], direct.mean(0), rtol=1e-5, atol=1e-5)
+
+    class Flat:
+        def compose_statistics(self, feature, *, speakers, layers):
+            return FeatureStatistics(count=10, mean=np.ones(25), variance=np.zeros(25))
+
+    flat = build_normaliser(Flat(), sel, "global", train_speakers=["x"], speakers=["x"])
+    out = flat.apply(np.ones((5, 25), np.float32), "x")
+    assert np.isfinite(out).all() and (out == 0).all()
+
+
+# ----------------------------------------------------------------------------- batches
+def _items(store, speakers):
+    return [Item(r.id, r.speaker, 0, r.duration) for r in store.list_utterances() if r.speaker in speakers]
+
+
+def test_batches_pair_average_crop_align_and_mask(store):
+    sels = {b: resolve_selection(t, specs=store.features, alias="main")
+            for b, t in (("main", "wav2vec2:4-8"), ("fusion", "egemaps"))}
+    sources = [Source(b, store, s, Normaliser("none")) for b, s in sels.items()]
+    items = _items(store, {"Actor_01", "Actor_02"})
+    ds = FeatureBatches(items, sources, classes=["a"], batch_size=4, max_frames=20, cache="off")
+    x, y = ds[0]
+    assert x["main"].shape[2:] == (5, 4) and x["fusion"].shape[2] == 25 and x["main"].shape[1] <= 20
+    first = items[0]
+    ege = store.read_utterance(first.id, "egemaps").astype(np.float32)
+    n = int(x["mask"][0].sum())
+    expected = ege[: 2 * n].reshape(n, 2, 25).mean(1)
+    np.testing.assert_allclose(x["fusion"][0, :n], expected, rtol=1e-6)
+    w = store.read_utterance(first.id, "wav2vec2", layers=[4, 5, 6, 7, 8]).astype(np.float32)
+    assert n == min(20, len(w), len(ege) // 2)
+    np.testing.assert_array_equal(x["main"][0, :n], w[:n])
+    assert (x["main"][0, n:] == 0).all() and (x["mask"][0, n:] == 0).all()
+
+
+def test_cache_auto_respects_budget(store):
+    sel = resolve_selection("egemaps", specs=store.features, alias="main")
+    items = _items(store, {"Actor_01"})
+    src = [Source("main", store, sel, Normaliser("none"))]
+    assert FeatureBatches(items, src, classes=["a"], batch_size=2, max_frames=250).cache_bytes > 0
+    assert FeatureBatches(items, src, classes=["a"], batch_size=2, max_frames=250, cache_budget_mb=1e-4).cache_bytes == 0
+
+
+# ----------------------------------------------------------------------------- heads
+@pytest.mark.parametrize("head_cls, shape", [(DenseHead, (3, 4)), (LSTMHead, (4,)), (DenseHead, (4,))])
+def test_masked_pooling_ignores_padding(head_cls, shape):
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, *shape)).astype(np.float32) for n in (7, 12, 30)]
+    head = head_cls(units=8, recipe=get_recipe("paper", {"max_epochs": 1, "batch_size": 3}), seed=1).fit(xs, [0, 1, 0])
+    alone = head.predict_proba([xs[0]])
+    padded = head.predict_proba([xs[0], xs[2]])[0]  # padded to 30 frames
+    np.testing.assert_allclose(alone[0], padded, rtol=1e-5, atol=1e-6)
+    assert head.predict([xs[1]]).shape == (1,) and head.history_["epochs"] == 1
+    if len(shape) == 2:
+        assert len(head.layer_weights_["main"]) == 3 and min(head.layer_weights_["main"]) >= 0
+
+
+def test_fusion_head_on_arrays():
+    rng = np.random.default_rng(1)
+    x = {"main": [rng.standard_normal((n, 4)).astype(np.float32) for n in (5, 9)],
+         "fusion": [rng.standard_normal((n, 25)).astype(np.float32) for n in (6, 8)]}
+    head = FusionHead(units=8, recipe=get_recipe("paper", {"max_epochs": 1}), classes=["a", "b"]).fit(x, [0, 1])
+    assert set(head.predict(x)) <= {"a", "b"}
+    assert any(layer.name == "fusion_block1_dense" for layer in head.model_.layers)
+
+
+def test_stage2_never_imports_torch():
+    code = "import sys, w2v2ser.train, w2v2ser.store; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent).returncode == 0

@@ -1,1 +1,74 @@
-"""placeholder"""
+"""Stage 1: read corpora, extract wav2vec 2.0 / eGeMAPS / spectrogram features into a store.
+
+Quick use::
+
+    from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
+
+    manifest = read_corpus("ravdess", "data/ravdess")
+    extract_corpus(manifest.utterances, "ravdess.zarr",
+                   extractors=[build_extractor("egemaps"), build_extractor("spectrogram")])
+
+The wav2vec2 names (``Wav2Vec2Config``, ``Wav2Vec2Extractor``, ``ModelLoadError``) load
+torch on first access only, so eGeMAPS and spectrogram extraction never import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._audio import MIN_SAMPLES, TARGET_SAMPLE_RATE, AudioInfo, probe_audio, read_audio, sha256_file
+from ._corpora import CorpusKind, read_corpus
+from ._egemaps import EgemapsConfig, EgemapsExtractor
+from ._errors import AudioError, ExtractorConfigError, ManifestError
+from ._iemocap import read_iemocap
+from ._manifest import Manifest, read_csv_manifest
+from ._pipeline import ExtractionSummary, extract_corpus
+from ._ravdess import read_ravdess
+from ._registry import EXTRACTORS, Extractor, UnknownFeatureError, build_extractor
+from ._spectrogram import SpectrogramConfig, SpectrogramExtractor
+
+_LAZY = {
+    "Wav2Vec2Config": "w2v2ser.extract._wav2vec2",
+    "Wav2Vec2Extractor": "w2v2ser.extract._wav2vec2",
+    "ModelLoadError": "w2v2ser.extract._models",
+    "resolve_model": "w2v2ser.extract._models",
+}
+
+__all__ = [
+    "EXTRACTORS",
+    "MIN_SAMPLES",
+    "TARGET_SAMPLE_RATE",
+    "AudioError",
+    "AudioInfo",
+    "CorpusKind",
+    "EgemapsConfig",
+    "EgemapsExtractor",
+    "ExtractionSummary",
+    "Extractor",
+    "ExtractorConfigError",
+    "Manifest",
+    "ManifestError",
+    "ModelLoadError",
+    "SpectrogramConfig",
+    "SpectrogramExtractor",
+    "UnknownFeatureError",
+    "Wav2Vec2Config",
+    "Wav2Vec2Extractor",
+    "build_extractor",
+    "extract_corpus",
+    "probe_audio",
+    "read_audio",
+    "read_corpus",
+    "read_csv_manifest",
+    "read_iemocap",
+    "read_ravdess",
+    "resolve_model",
+    "sha256_file",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'w2v2ser.extract' has no attribute {name!r}")

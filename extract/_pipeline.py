@@ -1,0 +1,400 @@
+"""Stage 1 driver: plan a corpus into a store, extract shards of utterances, finalize.
+
+The driver is the only process that plans and finalizes a store (under the store
+lock). Shards of utterances are independent units: each is extracted by one worker
+that writes its utterances' reserved, chunk-aligned regions and its own commit
+journal, so shards can run in this process or as Dask tasks on many workers.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from w2v2ser.store import StoreWriter, Utterance, W2v2serError, lock_store, open_store
+
+from ._audio import probe_audio, read_audio, sha256_file
+from ._registry import Extractor, build_extractor
+
+__all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
+
+# Features that profit from a GPU; everything else runs on CPU workers.
+GPU_FEATURES = frozenset({"wav2vec2"})
+
+
+@dataclass
+class ExtractionSummary:
+    """What one call of :func:`extract_corpus` did.
+
+    Attributes:
+        store: The store path.
+        planned: Utterances in the store after planning.
+        extracted: Utterance x feature-group units extracted by this call.
+        skipped: Utterances already complete before this call (resumed work).
+        failed: Failures recorded in the store (all runs), as (id, path, reason).
+        audio_seconds: Audio seconds extracted by this call.
+        wall_seconds: Wall time of this call.
+        complete: Whether the store is now marked complete.
+    """
+
+    store: Path
+    planned: int = 0
+    extracted: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    complete: bool = False
+
+    @property
+    def realtime_factor(self) -> float:
+        """Audio seconds extracted per wall second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _ShardItem:
+    index: int
+    path: str
+    num_samples: int
+
+
+def _probe_all(
+    utterances: Sequence[Utterance], progress: bool
+) -> tuple[list[int | None], dict[int, str]]:
+    """Read every file's header; unreadable ones become failures, not crashes."""
+    num_samples: list[int | None] = []
+    failures: dict[int, str] = {}
+    for position, utterance in enumerate(_progress(utterances, progress, "probe audio", "file")):
+        try:
+            num_samples.append(probe_audio(utterance.path).num_samples)
+        except W2v2serError as error:
+            num_samples.append(None)
+            failures[position] = str(error)
+        except OSError as error:  # permissions, vanished files: record and go on
+            num_samples.append(None)
+            failures[position] = f"cannot read {utterance.path}: {error}. Check the file exists and is readable."
+    return num_samples, failures
+
+
+def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, total=total, dynamic_ncols=True)
+
+
+def extract_corpus(
+    utterances: Sequence[Utterance],
+    store_path: str | Path,
+    *,
+    extractors: Sequence[Extractor],
+    shard_size: int = 64,
+    progress: bool = True,
+    client: Any = None,
+    gpu_resource: str | None = None,
+) -> ExtractionSummary:
+    """Extract every feature of every utterance into a store, resumably.
+
+    Reruns skip utterances whose features are committed; a file that cannot be read
+    or extracted is recorded in the store's failures table and the run goes on.
+
+    Args:
+        utterances: The corpus manifest (from :func:`read_corpus`).
+        store_path: The Zarr store directory (created if missing).
+        extractors: Configured extractors, e.g. ``[build_extractor("egemaps", {})]``.
+        shard_size: Utterances per unit of work (a Dask task when ``client`` is set).
+        progress: Show progress bars.
+        client: A ``distributed.Client``; None runs the shards in this process.
+        gpu_resource: Worker resource name that marks GPU workers (e.g. ``"GPU"``):
+            GPU features are then scheduled there, the other features on any worker
+            at the same time.
+
+    Returns:
+        An :class:`ExtractionSummary`.
+    """
+    if not extractors:
+        raise W2v2serError("extract_corpus got no extractors; pass at least one, e.g. build_extractor('egemaps', {}).")
+    if shard_size < 1:
+        raise W2v2serError(f"shard_size must be >= 1, got {shard_size}.")
+    store_path = Path(store_path)
+    started = time.perf_counter()
+    summary = ExtractionSummary(store=store_path)
+    with lock_store(store_path):
+        writer = StoreWriter(store_path)
+        num_samples, failures = _probe_all(utterances, progress)
+        specs = [extractor.feature_spec() for extractor in extractors]
+        capacities = {
+            extractor.name: [extractor.max_frames(n) if n else 0 for n in num_samples] for extractor in extractors
+        }
+        rows = writer.plan(
+            utterances, num_samples=num_samples, features=specs, capacities=capacities, failures=failures
+        )
+        summary.planned = len(rows)
+        samples_by_row = {row: n for row, n in zip(rows, num_samples)}
+        path_by_row = {row: u.path for row, u in zip(rows, utterances)}
+        names = [extractor.name for extractor in extractors]
+        all_pending = set(writer.pending(names))
+        summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
+
+        groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
+        tasks: list[tuple[list[str], list[_ShardItem]]] = []
+        for group in groups:
+            pending = [
+                row for row in writer.pending([e.name for e in group]) if row in samples_by_row and samples_by_row[row]
+            ]
+            # Similar lengths side by side: batches need little padding.
+            pending.sort(key=lambda row: samples_by_row[row] or 0)
+            items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0)) for row in pending]
+            for start in range(0, len(items), shard_size):
+                tasks.append(([e.name for e in group], items[start : start + shard_size]))
+
+        configs = {e.name: e.config.to_dict() for e in extractors}
+        total = sum(len(items) for _, items in tasks)
+        if client is None:
+            by_name = {e.name: e for e in extractors}
+            bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
+            for task_number, (group_names, items) in enumerate(tasks):
+                done = extract_shard(
+                    str(store_path),
+                    items,
+                    extractors=[by_name[n] for n in group_names],
+                    journal="main",
+                    on_utterance=(lambda seconds: bar.update(1)) if bar is not None else None,
+                )
+                summary.extracted += done[0]
+                summary.audio_seconds += done[1]
+            if bar is not None:
+                bar.close()
+        else:
+            summary_parts = _run_on_dask(
+                client, str(store_path), tasks, configs, gpu_resource=gpu_resource, progress=progress
+            )
+            summary.extracted += summary_parts[0]
+            summary.audio_seconds += summary_parts[1]
+        writer.finalize()
+    store = open_store(store_path, allow_incomplete=True)
+    summary.complete = store.complete
+    summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures()]
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def _feature_groups(extractors: Sequence[Extractor], *, split_gpu: bool) -> list[list[Extractor]]:
+    """All features in one pass over the audio, or GPU and CPU features apart."""
+    if not split_gpu:
+        return [list(extractors)]
+    gpu = [e for e in extractors if e.name in GPU_FEATURES]
+    cpu = [e for e in extractors if e.name not in GPU_FEATURES]
+    return [group for group in (gpu, cpu) if group]
+
+
+def _batches(items: Sequence[_ShardItem], max_samples: int) -> Iterator[list[_ShardItem]]:
+    batch: list[_ShardItem] = []
+    used = 0
+    for item in items:
+        if batch and used + item.num_samples > max_samples:
+            yield batch
+            batch, used = [], 0
+        batch.append(item)
+        used += item.num_samples
+    if batch:
+        yield batch
+
+
+def _decode(item: _ShardItem) -> tuple[_ShardItem, np.ndarray | None, str, str]:
+    """Decode one file; errors become a reason string so one bad file never stops a shard."""
+    try:
+        signal = read_audio(item.path)
+        return item, signal, sha256_file(item.path), ""
+    except W2v2serError as error:
+        return item, None, "", str(error)
+    except Exception as error:  # noqa: BLE001 - any decoder error is recorded, not raised
+        return item, None, "", f"cannot decode {item.path}: {type(error).__name__}: {error}. Check the file is valid audio."
+
+
+def extract_shard(
+    store_path: str,
+    items: Sequence[_ShardItem],
+    *,
+    extractors: Sequence[Extractor],
+    journal: str,
+    batch_seconds: float = 32.0,
+    on_utterance: Callable[[float], None] | None = None,
+) -> tuple[int, float]:
+    """Extract and commit one shard of utterances (one unit of work).
+
+    Decoding of the next batch and store writes of the previous one overlap with
+    feature extraction of the current batch (threads; the heavy parts release the GIL).
+
+    Args:
+        store_path: The store directory (already planned).
+        items: The shard's utterances with their store rows.
+        extractors: Extractors for the features this shard writes.
+        journal: Commit journal name; one writer per journal at a time.
+        batch_seconds: Audio seconds handed to the extractors at once.
+        on_utterance: Called with the audio seconds of every committed utterance.
+
+    Returns:
+        (utterances committed, audio seconds committed).
+    """
+    writer = StoreWriter(store_path, journal=journal)
+    # The model's own batch size, when it has one, decides how much audio to decode ahead.
+    batch_seconds = max(
+        [float(getattr(e.config, "batch_seconds", 0) or 0) for e in extractors] + [batch_seconds]
+    )
+    batches = list(_batches(items, int(batch_seconds * 16000)))
+    committed = [0, 0.0]
+    write_queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays flat
+    write_error: list[BaseException] = []
+
+    def write_loop() -> None:
+        while True:
+            job = write_queue.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as error:  # surfaced in the main thread below
+                write_error.append(error)
+
+    writer_thread = threading.Thread(target=write_loop, name="w2v2ser-store-writer", daemon=True)
+    writer_thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") as decoder:
+            upcoming = decoder.submit(lambda b=batches[0] if batches else []: [_decode(i) for i in b])
+            for number in range(len(batches)):
+                decoded = upcoming.result()
+                if number + 1 < len(batches):
+                    upcoming = decoder.submit(lambda b=batches[number + 1]: [_decode(i) for i in b])
+                if write_error:
+                    raise write_error[0]
+                _extract_batch(writer, decoded, extractors, write_queue, committed, on_utterance)
+    finally:
+        write_queue.put(None)
+        writer_thread.join()
+    if write_error:
+        raise write_error[0]
+    return int(committed[0]), float(committed[1])
+
+
+def _extract_batch(
+    writer: StoreWriter,
+    decoded: Sequence[tuple[_ShardItem, np.ndarray | None, str, str]],
+    extractors: Sequence[Extractor],
+    write_queue: queue.Queue,
+    committed: list,
+    on_utterance: Callable[[float], None] | None,
+) -> None:
+    good = [(item, signal, digest) for item, signal, digest, reason in decoded if signal is not None]
+    for item, _, _, reason in decoded:
+        if reason:
+            write_queue.put(lambda i=item.index, r=reason: writer.record_failure(i, reason=r))
+    features: dict[str, list[np.ndarray | None]] = {}
+    signals = [signal for _, signal, _ in good]
+    for extractor in extractors:
+        try:
+            features[extractor.name] = list(extractor.extract(signals))
+        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
+            features[extractor.name] = [_extract_one(extractor, item, s, write_queue, writer) for item, s, _ in good]
+    for position, (item, signal, digest) in enumerate(good):
+        frames = {name: values[position] for name, values in features.items() if values[position] is not None}
+        if len(frames) != len(extractors):
+            continue
+        duration = len(signal) / 16000.0
+
+        def commit(i: int = item.index, f: Mapping = frames, d: str = digest, s: float = duration) -> None:
+            writer.write_utterance(i, f, audio_sha256=d, duration=s)
+            committed[0] += 1
+            committed[1] += s
+            if on_utterance is not None:
+                on_utterance(s)
+
+        write_queue.put(commit)
+
+
+def _extract_one(
+    extractor: Extractor, item: _ShardItem, signal: np.ndarray, write_queue: queue.Queue, writer: StoreWriter
+) -> np.ndarray | None:
+    try:
+        return extractor.extract([signal])[0]
+    except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
+        reason = f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"
+        # Journal appends happen on the writer thread only.
+        write_queue.put(lambda: writer.record_failure(item.index, feature=extractor.name, reason=reason))
+        return None
+
+
+# --- Dask -----------------------------------------------------------------------------------
+
+_WORKER_EXTRACTORS: dict[str, Extractor] = {}
+
+
+def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dict], journal: str) -> tuple[int, float]:
+    """A Dask task: build (and cache per worker process) the extractors, run one shard."""
+    import json
+
+    extractors = []
+    for name, config in configs.items():
+        key = name + json.dumps(config, sort_keys=True)
+        if key not in _WORKER_EXTRACTORS:
+            _WORKER_EXTRACTORS[key] = build_extractor(name, config)
+        extractors.append(_WORKER_EXTRACTORS[key])
+    return extract_shard(store_path, items, extractors=extractors, journal=journal)
+
+
+def _run_on_dask(
+    client: Any,
+    store_path: str,
+    tasks: Sequence[tuple[list[str], list[_ShardItem]]],
+    configs: Mapping[str, dict],
+    *,
+    gpu_resource: str | None,
+    progress: bool,
+) -> tuple[int, float]:
+    from distributed import as_completed
+
+    futures = []
+    for number, (names, items) in enumerate(tasks):
+        uses_gpu = gpu_resource is not None and any(name in GPU_FEATURES for name in names)
+        futures.append(
+            client.submit(
+                _dask_shard,
+                store_path,
+                items,
+                {name: configs[name] for name in names},
+                f"shard-{'-'.join(names)}-{number:05d}",
+                resources={gpu_resource: 1} if uses_gpu else None,
+                pure=False,
+                key=f"w2v2ser-extract-{'-'.join(names)}-{number:05d}-{time.time_ns()}",
+            )
+        )
+    done = [0, 0.0]
+    errors: list[str] = []
+    bar = _progress(None, progress, "extract shards", "shard", total=len(futures)) if progress else None
+    for future in as_completed(futures):
+        try:
+            count, seconds = future.result()
+            done[0] += count
+            done[1] += seconds
+        except Exception as error:  # noqa: BLE001 - keep finished shards; report the rest
+            errors.append(f"{future.key}: {type(error).__name__}: {error}")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if errors:
+        raise W2v2serError(
+            f"{len(errors)} extraction shard(s) failed on Dask workers (finished shards are kept; rerun to retry):\n"
+            + "\n".join(errors[:10])
+        )
+    return int(done[0]), float(done[1])

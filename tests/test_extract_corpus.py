@@ -1,0 +1,147 @@
+"""The stage 1 driver: planning, shards, failures, resume, Dask, as a user calls it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from w2v2ser.extract import build_extractor, extract_corpus, read_audio
+from w2v2ser.store import FeatureSpec, Utterance, open_store
+
+
+class EnergyConfig:
+    """A tiny config with the dataclass-like methods the driver uses."""
+
+    def __init__(self, fail_on_length: int | None = None) -> None:
+        self.fail_on_length = fail_on_length
+
+    def to_dict(self) -> dict:
+        return {"frame": 160}
+
+
+class EnergyExtractor:
+    """Frame energy and zero-crossings per 10 ms: cheap, deterministic, 2-D."""
+
+    name = "energy"
+
+    def __init__(self, fail_on_length: int | None = None) -> None:
+        self.config = EnergyConfig(fail_on_length)
+        self.calls = 0
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(name="energy", dim=2, layers=None, frame_rate=100.0, dtype="float32", config={"frame": 160})
+
+    def max_frames(self, num_samples: int) -> int:
+        return num_samples // 160
+
+    def extract(self, signals):
+        self.calls += 1
+        out = []
+        for signal in signals:
+            if self.config.fail_on_length is not None and len(signal) == self.config.fail_on_length:
+                raise RuntimeError("synthetic extractor failure")
+            frames = signal[: len(signal) // 160 * 160].reshape(-1, 160)
+            out.append(np.stack([np.sqrt((frames**2).mean(1)), (np.diff(np.sign(frames), axis=1) != 0).mean(1)], 1))
+        return out
+
+
+def _write_corpus(folder: Path, durations: list[float], *, sample_rate: int = 16000) -> list[Utterance]:
+    rng = np.random.default_rng(0)
+    utterances = []
+    for number, duration in enumerate(durations):
+        path = folder / f"utt{number:02d}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(duration * sample_rate))).astype("float32"), sample_rate)
+        utterances.append(
+            Utterance(id=path.stem, path=str(path), speaker=f"spk{number % 3}", label=["angry", "sad"][number % 2])
+        )
+    return utterances
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> list[Utterance]:
+    utterances = _write_corpus(tmp_path, [0.5, 1.0, 1.7, 0.3, 2.2, 0.9, 1.3])
+    bad = tmp_path / "broken.wav"
+    bad.write_text("this is not audio")
+    utterances.append(Utterance(id="broken", path=str(bad), speaker="spk0", label="sad"))
+    utterances.append(Utterance(id="missing", path=str(tmp_path / "gone.wav"), speaker="spk1", label="sad"))
+    return utterances
+
+
+def test_extract_corpus_writes_every_good_utterance_and_records_bad_files(corpus, tmp_path):
+    extractor = EnergyExtractor()
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[extractor], shard_size=3, progress=False)
+    assert summary.complete
+    assert summary.extracted == 7
+    failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
+    assert set(failed) == {"broken", "missing"}
+    assert "broken.wav" in failed["broken"] and "gone.wav" in failed["missing"]
+    store = open_store(tmp_path / "s.zarr")
+    assert {u.id for u in store.list_utterances()} == {u.id for u in corpus[:7]}
+    for utterance in corpus[:7]:
+        expected = extractor.extract([read_audio(utterance.path)])[0].astype("float32")
+        np.testing.assert_array_equal(store.read_utterance(utterance.id, "energy"), expected)
+
+
+def test_rerun_skips_finished_utterances(corpus, tmp_path):
+    extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    again = EnergyExtractor()
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[again], progress=False)
+    assert summary.extracted == 0
+    assert summary.skipped == 7
+    assert again.calls == 0
+    assert summary.complete
+
+
+def test_an_extractor_error_fails_one_utterance_not_the_run(corpus, tmp_path):
+    bad_length = len(read_audio(corpus[2].path))
+    summary = extract_corpus(
+        corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor(fail_on_length=bad_length)], progress=False
+    )
+    failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
+    assert corpus[2].id in failed and "synthetic extractor failure" in failed[corpus[2].id]
+    assert summary.extracted == 6
+    assert summary.complete
+
+
+def test_new_utterances_are_appended_on_a_later_run(corpus, tmp_path):
+    extract_corpus(corpus[:4], tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert summary.extracted == 3
+    assert len(open_store(tmp_path / "s.zarr").list_utterances()) == 7
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 44100])
+def test_real_extractors_on_resampled_audio(tmp_path, sample_rate):
+    utterances = _write_corpus(tmp_path, [0.6, 1.1], sample_rate=sample_rate)
+    extractors = [build_extractor("spectrogram"), build_extractor("egemaps")]
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=extractors, progress=False)
+    assert summary.complete and not summary.failed
+    store = open_store(tmp_path / "s.zarr")
+    signal = read_audio(utterances[1].path)
+    np.testing.assert_allclose(
+        store.read_utterance(utterances[1].id, "spectrogram"), extractors[0].extract([signal])[0], rtol=1e-6
+    )
+    assert store.read_utterance(utterances[1].id, "egemaps").shape[1] == 25
+
+
+def test_dask_shards_equal_in_process_extraction(corpus, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    extract_corpus(corpus, tmp_path / "local.zarr", extractors=[build_extractor("spectrogram")], progress=False)
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        summary = extract_corpus(
+            corpus,
+            tmp_path / "dask.zarr",
+            extractors=[build_extractor("spectrogram")],
+            shard_size=2,
+            progress=False,
+            client=client,
+        )
+    assert summary.complete and summary.extracted == 7
+    local, remote = open_store(tmp_path / "local.zarr"), open_store(tmp_path / "dask.zarr")
+    for utterance in local.list_utterances():
+        np.testing.assert_array_equal(
+            local.read_utterance(utterance.id, "spectrogram"), remote.read_utterance(utterance.id, "spectrogram")
+        )

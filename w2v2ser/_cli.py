@@ -1,0 +1,250 @@
+"""The ``w2v2ser`` command line: parse arguments, build configs, call library functions.
+
+Stage modules are imported inside each command so that ``w2v2ser store info`` never
+loads torch or TensorFlow, and stage 2 commands never load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FEATURES = ("wav2vec2", "egemaps", "spectrogram")
+
+
+def _parse_option(text: str) -> tuple[str, str, Any]:
+    """``feature.key=value`` -> (feature, key, YAML-parsed value)."""
+    from w2v2ser.store import W2v2serError
+
+    name, sep, value = text.partition("=")
+    feature, dot, key = name.partition(".")
+    if not sep or not dot or not key:
+        raise W2v2serError(
+            f"--option {text!r} is not of the form FEATURE.KEY=VALUE, e.g. --option spectrogram.hop_ms=20."
+        )
+    return feature, key, yaml.safe_load(value)
+
+
+def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from w2v2ser.store import W2v2serError, open_store
+
+    if args.like:
+        like = open_store(args.like)
+        configs = {name: dict(spec.config) for name, spec in like.features.items()}
+        if args.features:
+            wanted = [f.strip() for f in args.features.split(",") if f.strip()]
+            missing = [f for f in wanted if f not in configs]
+            if missing:
+                raise W2v2serError(
+                    f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(configs)}."
+                )
+            configs = {name: configs[name] for name in wanted}
+        return configs
+    names = [f.strip() for f in (args.features or ",".join(FEATURES)).split(",") if f.strip()]
+    configs: dict[str, dict[str, Any]] = {name: {} for name in names}
+    if "wav2vec2" in configs:
+        for key in ("model", "revision", "device", "batch_seconds"):
+            value = getattr(args, key)
+            if value is not None:
+                configs["wav2vec2"][key] = value
+    for text in args.option:
+        feature, key, value = _parse_option(text)
+        if feature not in configs:
+            raise W2v2serError(
+                f"--option {text!r} names feature {feature!r}, which is not extracted here "
+                f"(features: {', '.join(configs)}); add it to --features."
+            )
+        configs[feature][key] = value
+    return configs
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
+
+    manifest = read_corpus(args.corpus, args.path)
+    for path, reason in manifest.problems:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    configs = _extractor_configs(args)
+    extractors = [build_extractor(name, config, recorded=bool(args.like)) for name, config in configs.items()]
+    store = Path(args.store or f"stores/{args.corpus}.zarr")
+    print(f"extracting {', '.join(configs)} for {len(manifest.utterances)} utterances into {store}")
+    client = None
+    if args.workers:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+        print(f"Dask dashboard: {client.dashboard_link}")
+    try:
+        summary = extract_corpus(
+            manifest.utterances,
+            store,
+            extractors=extractors,
+            shard_size=args.shard_size,
+            progress=not args.no_progress,
+            client=client,
+        )
+    finally:
+        if client is not None:
+            client.close()
+            client.cluster.close()
+    size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    print(
+        f"done: {summary.planned} utterances planned, {summary.extracted} extracted now, "
+        f"{summary.skipped} already complete, {len(summary.failed)} failed; "
+        f"{summary.audio_seconds:.1f} audio s in {summary.wall_seconds:.1f} s "
+        f"({summary.realtime_factor:.1f}x real time); store {size / 1e6:.1f} MB, "
+        f"{'complete' if summary.complete else 'INCOMPLETE'}"
+    )
+    for utterance_id, path, reason in summary.failed[:20]:
+        print(f"failed {utterance_id} ({path}): {reason}", file=sys.stderr)
+    if len(summary.failed) > 20:
+        print(f"... and {len(summary.failed) - 20} more; see `w2v2ser store info {store}`", file=sys.stderr)
+    return 0 if summary.complete else 1
+
+
+def _cmd_store_info(args: argparse.Namespace) -> int:
+    from w2v2ser.store import open_store
+
+    info = open_store(args.store, allow_incomplete=True).describe()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"store       {args.store}")
+    print(f"complete    {info['complete']}")
+    print(f"utterances  {info['utterances']}")
+    print(f"speakers    {info['speakers']}")
+    failures = info["failures"]
+    print(f"failures    {failures if isinstance(failures, int) else len(failures)}")
+    for name, feature in info["features"].items():
+        layers = feature.get("layers")
+        shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"
+        print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s")
+    return 0
+
+
+def _cmd_store_verify(args: argparse.Namespace) -> int:
+    from w2v2ser.store import open_store
+
+    report = open_store(args.store, allow_incomplete=True).verify()
+    for utterance_id, feature, message in report.problems:
+        print(f"{utterance_id}\t{feature}\t{message}")
+    print("intact" if report.ok else f"{len(report.problems)} problem(s) found")
+    return 0 if report.ok else 1
+
+
+def _cmd_store_export(args: argparse.Namespace) -> int:
+    from w2v2ser.store import export_hdf5
+
+    out = export_hdf5(args.store, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from w2v2ser.train import train_from_cli
+
+    return train_from_cli(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from w2v2ser.evaluate import write_report
+
+    out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from w2v2ser.evaluate import predict_from_cli
+
+    return predict_from_cli(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from w2v2ser._run import run_pipeline
+
+    return run_pipeline(Path(args.pipeline), stage=args.stage, overrides=args.set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``w2v2ser`` command."""
+    from w2v2ser import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="w2v2ser", description="Speech emotion recognition with wav2vec 2.0 embeddings."
+    )
+    parser.add_argument("--version", action="version", version=f"w2v2ser {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store")
+    extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
+    extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,session,split,id])")
+    extract.add_argument("--store", help="store directory (default: stores/CORPUS.zarr)")
+    extract.add_argument("--features", help=f"comma separated, from {','.join(FEATURES)} (default: all)")
+    extract.add_argument("--model", help="wav2vec2 model: hub id, local HF directory or fairseq .pt")
+    extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="wav2vec2 device")
+    extract.add_argument("--batch-seconds", dest="batch_seconds", type=float, help="audio seconds per model batch")
+    extract.add_argument(
+        "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
+        help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
+    )
+    extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
+    extract.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="utterances per unit of work")
+    extract.add_argument("--workers", type=int, default=0, help="run shards on a local Dask cluster of N workers")
+    extract.add_argument("--no-progress", dest="no_progress", action="store_true")
+    extract.set_defaults(func=_cmd_extract)
+
+    store = commands.add_parser("store", help="inspect, verify or export a feature store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    info = store_commands.add_parser("info", help="utterances, speakers, features, failures")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_store_info)
+    verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)")
+    verify.add_argument("store")
+    verify.set_defaults(func=_cmd_store_verify)
+    export = store_commands.add_parser("export", help="write an HDF5 copy")
+    export.add_argument("store")
+    export.add_argument("out")
+    export.set_defaults(func=_cmd_store_export)
+
+    train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights")
+    evaluate.add_argument("run_dirs", nargs="+")
+    evaluate.add_argument("--out", required=True)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="emotion and class probabilities for new audio")
+    predict.set_defaults(func=_cmd_predict)
+
+    run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)")
+    run.add_argument("pipeline")
+    run.add_argument("--stage", choices=["extract", "train", "evaluate"])
+    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``w2v2ser`` console script."""
+    from w2v2ser.store import W2v2serError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except W2v2serError as error:
+        print(f"w2v2ser: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130

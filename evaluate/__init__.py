@@ -5,7 +5,13 @@ confusion matrices and the layer-weight figure; ``predict_audio`` labels new aud
 trained run directory, extracting features in a subprocess so this process never imports torch.
 """
 
+from ._cli import add_predict_arguments, predict_from_cli
 from ._errors import EvaluateError, PredictError, RunDirError
+from ._predict import Prediction, predict_audio
 from ._report import write_report
 
-__all__ = ["EvaluateError", "PredictError", "RunDirError", "write_report"]
+__all__ = [
+    "write_report", "predict_audio", "Prediction",
+    "add_predict_arguments", "predict_from_cli",
+    "EvaluateError", "RunDirError", "PredictError",
+]

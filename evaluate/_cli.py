@@ -1,0 +1,49 @@
+"""Argument wiring of ``w2v2ser predict`` (the root CLI owns the parser; this fills the subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._errors import PredictError
+from ._predict import predict_audio
+
+__all__ = ["add_predict_arguments", "predict_from_cli"]
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``predict`` arguments to ``parser`` (the ``w2v2ser predict`` subparser)."""
+    parser.add_argument("run_dir", help="run directory written by `w2v2ser train`")
+    parser.add_argument("audio", nargs="+", help="audio files to label")
+    parser.add_argument("--speaker-groups", dest="speaker_groups", metavar="SPK1,SPK2,...",
+                        help="speaker of each file, comma separated, in file order: files of one speaker "
+                             "are normalised with their own statistics (speaker-normalised runs); default: "
+                             "the run's global (training speakers) statistics")
+    parser.add_argument("--run", help="use one run, e.g. all__seed0 (default: average every run's probabilities)")
+    parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def predict_from_cli(args: argparse.Namespace) -> int:
+    """Run ``w2v2ser predict``; exit status 0 if every file was predicted, 1 if some failed."""
+    speakers = None
+    if getattr(args, "speaker_groups", None):
+        speakers = [s.strip() for s in args.speaker_groups.split(",")]
+        if len(speakers) != len(args.audio):
+            raise PredictError(f"--speaker-groups has {len(speakers)} names for {len(args.audio)} audio files; "
+                               "give one speaker per file, comma separated, in the same order.")
+    predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers,
+                                run=getattr(args, "run", None),
+                                work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
+    if getattr(args, "json", False):
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            if p.ok:
+                probs = "  ".join(f"{c}={v:.3f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
+                print(f"{p.path}\t{p.emotion}\t{probs}")
+            else:
+                print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
+    return 0 if all(p.ok for p in predictions) else 1

@@ -1,0 +1,138 @@
+"""predict_audio with a tiny run dir trained by w2v2ser.train on a random store.
+
+The extraction subprocess is replaced by a fake that writes the temporary store directly with
+StoreWriter (the real subprocess is covered by the slow end-to-end test at the bottom).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stage2_fixtures import build_store
+from w2v2ser.evaluate import PredictError, Prediction, RunDirError, predict_audio, write_report
+from w2v2ser.evaluate import _predict
+from w2v2ser.store import StoreWriter, Utterance, open_store
+
+
+def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str]) -> None:
+    """Stand-in for the stage 1 subprocess: random frames with the training store's specs.
+
+    Files whose name contains "bad" fail the way undecodable audio does (failure row).
+    """
+    specs = [open_store(like).features[name] for name in features]
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
+                  for r in rows]
+    bad = {i: "AudioError: cannot decode (not an audio file)" for i, r in enumerate(rows) if "bad" in Path(r["path"]).name}
+    seconds = [0.6 + 0.2 * i for i in range(len(rows))]
+    frames = {s.name: [int(d * s.frame_rate) + 1 for d in seconds] for s in specs}
+    writer = StoreWriter(store)
+    index = writer.plan(utterances, num_samples=[None if i in bad else int(d * 16000) for i, d in enumerate(seconds)],
+                        features=specs, capacities=frames, failures=bad)
+    rng = np.random.default_rng(0)
+    for i, row in enumerate(index):
+        if i in bad:
+            continue
+        data = {s.name: rng.standard_normal((frames[s.name][i], *((s.layers, s.dim) if s.layers else (s.dim,))))
+                .astype(s.dtype) for s in specs}
+        writer.write_utterance(row, data, audio_sha256=f"{i:064x}", duration=seconds[i])
+    writer.finalize()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run dir of 2 seeds (weighted-average head over 3 layers, speaker norm) on a random store."""
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    root = tmp_path_factory.mktemp("predict")
+    store = build_store(root / "train.zarr", layers=3, dim=4, features=("wav2vec2",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="dense", norm="speaker",
+                              protocol="ravdess", recipe="official", seeds=2, max_frames=40,
+                              recipe_overrides={"max_epochs": 2}, workers=1)
+    train_experiment(config, out=root / "run", progress=False, threads=1)
+    return root / "run"
+
+
+@pytest.fixture()
+def audio_files(tmp_path: Path) -> list[Path]:
+    files = [tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "bad.wav", tmp_path / "c.wav"]
+    for f in files:
+        f.write_bytes(b"RIFF")  # contents are never read by the fake extraction
+    return files
+
+
+def _check(pred: Prediction, classes: list[str]) -> None:
+    assert pred.ok and pred.emotion in classes
+    assert list(pred.probabilities) == classes
+    assert abs(sum(pred.probabilities.values()) - 1.0) < 1e-6
+    assert pred.emotion == max(pred.probabilities, key=pred.probabilities.get)
+
+
+def test_predict_ensemble_bad_and_missing_files(trained: Path, audio_files: list[Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    classes = json.loads((trained / "results.json").read_text())["classes"]
+    missing = tmp_path / "missing.wav"
+    preds = predict_audio(trained, [*audio_files, missing], work_dir=tmp_path / "work")
+    assert [p.path for p in preds] == [*audio_files, missing]
+    for p in (preds[0], preds[1], preds[3]):
+        _check(p, classes)
+    assert preds[2].emotion is None and "cannot decode" in preds[2].error
+    assert preds[4].emotion is None and "file not found" in preds[4].error
+    assert (tmp_path / "work" / "manifest.csv").exists()  # work_dir is kept for inspection
+
+    single = predict_audio(trained, audio_files[:1], run="split__seed0")
+    _check(single[0], classes)
+    assert json.loads(json.dumps(single[0].to_dict()))["emotion"] == single[0].emotion
+
+
+def test_predict_with_speaker_groups(trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    classes = json.loads((trained / "results.json").read_text())["classes"]
+    preds = predict_audio(trained, audio_files, speakers=["spk1", "spk1", "spk2", "spk2"])
+    _check(preds[0], classes)
+    assert preds[0].speaker == "spk1" and not preds[2].ok
+    # spk2 has a single usable file: its own statistics are still used (std floored, never NaN)
+    _check(preds[3], classes)
+
+
+def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(PredictError, match="2 entries for 4 files"):
+        predict_audio(trained, audio_files, speakers=["a", "b"])
+    with pytest.raises(RunDirError, match="is not a trained run"):
+        predict_audio(trained, audio_files, run="nope__seed9")
+    with pytest.raises(RunDirError, match="does not exist"):
+        predict_audio(tmp_path / "nothing", audio_files)
+    with pytest.raises(PredictError, match="no audio paths"):
+        predict_audio(trained, [])
+
+
+def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:
+    md = write_report([trained], out=tmp_path / "report").read_text(encoding="utf-8")
+    assert "| wav2vec2 PT all layers | dense | speaker | official |" in md
+    assert (tmp_path / "report" / "layer_weights.png").exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["runs"][0]["n_runs"] == 2 and len(report["runs"][0]["layer_weights"]) == 2
+
+
+def test_predict_process_never_imports_torch(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
+    code = (
+        "import sys, json\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_predict import fake_extract\n"
+        "from w2v2ser.evaluate import _predict, predict_audio\n"
+        "_predict.extract_features = fake_extract\n"
+        "preds = predict_audio(%r, %r)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'ok': sum(p.ok for p in preds)}))\n"
+    ) % (str(Path(__file__).parent), str(trained), [str(p) for p in audio_files])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"torch": False, "ok": 3}

@@ -11,8 +11,7 @@ import pytest
 import soundfile as sf
 from fixtures_audio import make_signal, write_audio
 
-from w2v2ser.extract._audio import MIN_SAMPLES, probe_audio, read_audio, sha256_file
-from w2v2ser.extract._errors import AudioError
+from w2v2ser.extract import MIN_SAMPLES, AudioError, probe_audio, read_audio, sha256_file
 from w2v2ser.store import W2v2serError
 
 RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 from fixtures_audio import build_iemocap_tree, build_ravdess_tree, write_audio
 
-from w2v2ser.extract._corpora import CorpusKind, read_corpus
-from w2v2ser.extract._errors import ManifestError
-from w2v2ser.extract._iemocap import read_iemocap
-from w2v2ser.extract._manifest import Manifest, read_csv_manifest
-from w2v2ser.extract._ravdess import read_ravdess
+from w2v2ser.extract import (
+    CorpusKind,
+    Manifest,
+    ManifestError,
+    read_corpus,
+    read_csv_manifest,
+    read_iemocap,
+    read_ravdess,
+)
 from w2v2ser.store import Utterance
 
 RAVDESS = Path("/work/shared/data/ravdess")

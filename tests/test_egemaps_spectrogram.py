@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from fixtures_audio import make_signal
 
-from w2v2ser.extract._egemaps import EgemapsConfig, EgemapsExtractor
-from w2v2ser.extract._errors import ExtractorConfigError
-from w2v2ser.extract._spectrogram import SpectrogramConfig, SpectrogramExtractor
+from w2v2ser.extract import (
+    EgemapsConfig,
+    EgemapsExtractor,
+    ExtractorConfigError,
+    SpectrogramConfig,
+    SpectrogramExtractor,
+)
 from w2v2ser.store import W2v2serError
 
 # ---------------------------------------------------------------- eGeMAPS

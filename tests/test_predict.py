@@ -136,3 +136,63 @@ def test_predict_process_never_imports_torch(trained: Path, audio_files: list[Pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"torch": False, "ok": 3}
+
+
+@pytest.mark.slow
+def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> None:
+    """Stage 1 CLI builds the training store, train fits a head, predict re-extracts with --like."""
+    import soundfile
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    rng = np.random.default_rng(0)
+
+    def tone(path: Path, freq: float, seconds: float = 0.8) -> Path:
+        t = np.arange(int(seconds * 16000)) / 16000
+        soundfile.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size))
+                        .astype(np.float32), 16000)
+        return path
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rows = []
+    splits = {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}
+    for speaker, split in splits.items():
+        for label, freq in (("low", 220.0), ("high", 1760.0)):
+            for k in range(2):
+                path = tone(audio / f"{speaker}_{label}_{k}.wav", freq * (1 + 0.05 * k))
+                rows.append([str(path), label, speaker, split])
+    manifest = tmp_path / "train.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "speaker", "split"], *rows])
+    store = tmp_path / "train.zarr"
+    subprocess.run([sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store", str(store),
+                    "--features", "spectrogram", "--no-progress"], check=True, capture_output=True)
+    config = ExperimentConfig(stores={"main": str(store)}, features="spectrogram", head="dense", norm="global",
+                              protocol="csv", seeds=1, recipe="official", recipe_overrides={"max_epochs": 2},
+                              workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+
+    new = [tone(tmp_path / "new_low.wav", 230.0), tone(tmp_path / "new_high.wav", 1700.0)]
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_text("not audio")
+    preds = predict_audio(tmp_path / "run", [*new, corrupt])
+    for p in preds[:2]:
+        _check(p, ["high", "low"])
+    assert not preds[2].ok and preds[2].error
+
+
+def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    args = parser.parse_args([str(trained), *map(str, audio_files), "--json", "--run", "split__seed1"])
+    assert predict_from_cli(args) == 1  # bad.wav failed
+    out = json.loads(capsys.readouterr().out)
+    assert [Path(o["path"]).name for o in out] == ["a.wav", "b.wav", "bad.wav", "c.wav"]
+    assert out[2]["error"] and out[0]["emotion"] in out[0]["probabilities"]

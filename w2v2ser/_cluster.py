@@ -23,11 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
 
-__all__ = ["ClusterError", "ClusterHandle", "count_gpus", "open_cluster", "usable_cores"]
+__all__ = ["ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster", "usable_cores"]
 
 GPU_RESOURCE = "GPU"
 
@@ -76,6 +78,35 @@ def count_gpus() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere).
+
+    A killed `w2v2ser run` must not leave workers behind that keep writing into a store
+    while a rerun plans the same work.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
+        os._exit(1)
+
+
+class _DieWithDriver(WorkerPlugin):
+    """Worker plugin: local worker processes end when the driver process is killed."""
+
+    name = "w2v2ser-die-with-driver"
+
+    def setup(self, worker: Any) -> None:  # noqa: D102 - WorkerPlugin hook
+        die_with_parent()
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -180,6 +211,8 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
         cluster, threads, gpu_resource, text = build(config, use_gpus=use_gpus)
         try:
             client = Client(cluster)
+            if config.kind == "local":
+                client.register_plugin(_DieWithDriver())
         except BaseException:
             cluster.close()
             raise

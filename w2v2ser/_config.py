@@ -365,13 +365,12 @@ def _feature_config(name: str, options: Mapping, defaults: Mapping, where: str) 
     from dataclasses import fields as dataclass_fields
 
     extract = _extract_api()
+    config_class_of = getattr(extract, "extractor_config_class", None)
     registry = getattr(extract, "EXTRACTORS", None)
-    if registry is None:  # the package __init__ may not re-export the registry yet
+    if config_class_of is None or registry is None:  # not re-exported by the package: use the registry module
         from w2v2ser.extract import _registry as registry_module
 
         registry, config_class_of = registry_module.EXTRACTORS, registry_module.extractor_config_class
-    else:
-        config_class_of = extract.extractor_config_class
     _choice(name, sorted(registry), where)
     config_class = config_class_of(name)
     known = [f.name for f in dataclass_fields(config_class)]
@@ -384,7 +383,27 @@ def _feature_config(name: str, options: Mapping, defaults: Mapping, where: str) 
         raise ConfigError(f"{where}: {error}") from error
 
 
-def _parse_extraction(section: Any, corpora: Mapping[str, CorpusConfig]) -> tuple[dict[str, StoreConfig], int]:
+def _local_model(options: Any, base: Path) -> Any:
+    """A ``model`` that names a folder or file beside the pipeline file becomes an absolute path.
+
+    Hub ids (``facebook/wav2vec2-base``) stay as they are; a relative path is only rewritten
+    when it exists relative to the pipeline file's folder.
+    """
+    if not isinstance(options, Mapping) or not isinstance(options.get("model"), str):
+        return options
+    model = options["model"]
+    candidate = Path(model).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    if candidate.exists():
+        return {**options, "model": os.path.normpath(candidate)}
+    if model.startswith((".", "/", "~")):
+        raise ConfigError(f"model path {model!r} resolves to {candidate}, which does not exist; fix the path "
+                          f"(relative paths start at {base}) or give a Hugging Face hub id")
+    return options
+
+
+def _parse_extraction(section: Any, corpora: Mapping[str, CorpusConfig],
+                      base: Path) -> tuple[dict[str, StoreConfig], int]:
     where = "extraction"
     section = _check_keys(section, ("device", "batch_seconds", "shard_size", "stores"), where, required=("stores",))
     shard_size = _positive_int(section.get("shard_size", 16), f"{where}.shard_size")
@@ -410,7 +429,7 @@ def _parse_extraction(section: Any, corpora: Mapping[str, CorpusConfig]) -> tupl
         if not isinstance(features_section, Mapping) or not features_section:
             raise ConfigError(f"{at}.features: expected a mapping feature name -> options (e.g. `egemaps: {{}}`), "
                               f"got {_type_name(features_section)} {features_section!r}")
-        features = {fname: _feature_config(str(fname), options, defaults, f"{at}.features.{fname}")
+        features = {fname: _feature_config(str(fname), _local_model(options, base), defaults, f"{at}.features.{fname}")
                     for fname, options in features_section.items()}
         stores[str(name)] = StoreConfig(str(name), tuple(wanted), features)
     return stores, shard_size
@@ -573,7 +592,8 @@ def _expand_experiments(section: Any, corpora: Mapping[str, CorpusConfig], store
         grid = entry.get("grid") or {}
         if not isinstance(grid, Mapping):
             raise ConfigError(f"{where}.grid: expected a mapping key -> list of values, got {_type_name(grid)}")
-        _check_keys(grid, [k for k in allowed if k != "grid"], f"{where}.grid")
+        if train_keys is not None:
+            _check_keys(grid, [k for k in allowed if k != "grid"], f"{where}.grid")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values, got {values!r}")
@@ -673,7 +693,7 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     base = path.parent
     output = _resolve_path(raw.get("output") or "runs", base, "output", must_exist=False) or base / "runs"
     corpora = _parse_corpora(raw["corpora"], base)
-    stores, shard_size = _parse_extraction(raw["extraction"], corpora)
+    stores, shard_size = _parse_extraction(raw["extraction"], corpora, base)
     experiments = _expand_experiments(raw.get("experiments"), corpora, stores, output,
                                       validate=validate_experiments)
     return PipelineConfig(

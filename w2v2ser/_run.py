@@ -1,0 +1,407 @@
+"""`w2v2ser run pipeline.yaml`: extract -> train -> evaluate, skipping finished work.
+
+Units of work and how each is committed (so a killed run resumes where it stopped):
+
+* extraction: an utterance x feature group, committed by a journal line in the store
+  (``w2v2ser.extract`` / ``w2v2ser.store``); a complete store with the same utterances is
+  not even reopened for writing.
+* training: a fold x seed run directory, renamed into place when complete and keyed by the
+  experiment's ``config_key`` (``w2v2ser.train``); runs with a matching key are not resubmitted.
+* evaluation: the report folder, whose files are replaced atomically (``w2v2ser.evaluate``).
+
+A store whose model cannot be loaded (``ModelLoadError``: offline, not cached) is marked
+``<store>.skipped.json`` and the experiments reading it get ``RUN_DIR/skipped.json`` with the
+reason; so do experiments of a corpus whose path is not set. Everything else still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w2v2ser.store import W2v2serError
+
+from ._cluster import ClusterHandle, open_cluster
+from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
+
+__all__ = ["STAGES", "run_pipeline"]
+
+STAGES = ("extract", "train", "evaluate")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename): readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _skip_marker(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".skipped.json")
+
+
+class _LazyCluster:
+    """Starts the Dask cluster on first use only: a rerun with nothing left to do starts none."""
+
+    def __init__(self, config: PipelineConfig, stack: ExitStack, *, use_gpus: bool) -> None:
+        self._config, self._stack, self._use_gpus = config, stack, use_gpus
+        self._handle: ClusterHandle | None = None
+
+    def get(self) -> ClusterHandle:
+        if self._handle is None:
+            started = time.perf_counter()
+            self._handle = self._stack.enter_context(open_cluster(self._config.cluster, use_gpus=self._use_gpus))
+            _say(f"{self._handle.description} (started in {time.perf_counter() - started:.1f} s)")
+            if self._handle.dashboard:
+                _say(f"Dask dashboard: {self._handle.dashboard}")
+        return self._handle
+
+
+@dataclass
+class _Outcome:
+    """Counts of one stage, for the closing summary and the exit status."""
+
+    done: int = 0
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+# --- stage 1: extraction ----------------------------------------------------------------------
+
+def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
+    from w2v2ser.extract import read_corpus
+
+    cache: dict[str, Any] = {}
+
+    def manifest(corpus: str) -> Any:
+        if corpus not in cache:
+            spec = config.corpora[corpus]
+            cache[corpus] = read_corpus(spec.kind, spec.path)
+            for path, reason in getattr(cache[corpus], "problems", ()):
+                _say(f"  {corpus}: skipped file {path}: {reason}")
+        return cache[corpus]
+
+    return manifest
+
+
+def _store_done(store_path: Path, ids: set[str], features: Sequence[str]) -> bool:
+    """A complete store holding exactly these utterances and features needs no extraction pass."""
+    from w2v2ser.store import open_store
+
+    if not store_path.exists():
+        return False
+    try:
+        store = open_store(store_path)
+    except W2v2serError:
+        return False
+    planned = {u.id for u in store.list_utterances(status=None)}
+    return store.complete and planned == ids and set(features) <= set(store.features)
+
+
+def _run_extract(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
+    from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus
+
+    outcome = _Outcome()
+    manifest = _manifests(config)
+    jobs = []
+    for store in config.stores.values():
+        for corpus in store.corpora:
+            label = f"{store.name} on {corpus}"
+            corpus_config = config.corpora[corpus]
+            if corpus_config.skip_reason:
+                _say(f"extract {label}: skipped, {corpus_config.skip_reason}")
+                outcome.skipped.append(label)
+                continue
+            path = config.store_path(store.name, corpus)
+            utterances = manifest(corpus).utterances
+            if _store_done(path, {u.id for u in utterances}, list(store.features)):
+                _say(f"extract {label}: complete ({len(utterances)} utterances) in {path}")
+                _skip_marker(path).unlink(missing_ok=True)
+                outcome.done += 1
+                continue
+            try:
+                extractors = [build_extractor(name, options) for name, options in store.feature_dicts().items()]
+                for extractor in extractors:
+                    extractor.feature_spec()  # resolves the model: fails here, not in every worker
+            except ModelLoadError as error:
+                reason = f"model of store {store.name!r} cannot be loaded: {error}"
+                _say(f"extract {label}: skipped, {reason}")
+                _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus})
+                outcome.skipped.append(label)
+                continue
+            _skip_marker(path).unlink(missing_ok=True)
+            jobs.append((label, path, utterances, extractors))
+    if not jobs:
+        return outcome
+    handle = cluster.get()
+
+    def extract(job: tuple) -> str:
+        label, path, utterances, extractors = job
+        _say(f"extract {label}: {len(utterances)} utterances -> {path}")
+        summary = extract_corpus(utterances, path, extractors=extractors, shard_size=config.shard_size,
+                                 progress=True, client=handle.client, gpu_resource=handle.gpu_resource)
+        failed = f", {len(summary.failed)} failed utterance(s) recorded in the store" if summary.failed else ""
+        return (f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
+                f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
+
+    # Stores run side by side on a cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap.
+    parallel = handle.client is not None and len(jobs) > 1
+    with ThreadPoolExecutor(max_workers=len(jobs) if parallel else 1) as pool:
+        futures = [(job[0], pool.submit(extract, job)) for job in jobs]
+        for label, future in futures:
+            try:
+                _say(future.result())
+                outcome.done += 1
+            except W2v2serError as error:
+                _say(f"extract {label}: FAILED: {error}")
+                outcome.failed.append(label)
+    return outcome
+
+
+# --- stage 2: training ------------------------------------------------------------------------
+
+def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> str | None:
+    reason = config.corpora[experiment.corpus].skip_reason
+    if reason:
+        return reason
+    for store in experiment.stores:
+        marker = _read_json(_skip_marker(config.store_path(store, experiment.corpus)))
+        if isinstance(marker, dict) and marker.get("reason"):
+            return str(marker["reason"])
+    return None
+
+
+def _mark_skipped(experiment: ExperimentSpec, reason: str) -> None:
+    _write_json(experiment.run_dir / "skipped.json",
+                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **experiment.config})
+
+
+def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
+    """Plan one experiment's runs; returns (config, all runs, runs still to do)."""
+    from w2v2ser.store import open_store
+    from w2v2ser.train import ExperimentConfig, plan_runs
+
+    train_config = ExperimentConfig.from_dict(experiment.config)
+    key = train_config.config_key()
+    runs = plan_runs(train_config)
+    out = experiment.run_dir
+    (out / "skipped.json").unlink(missing_ok=True)
+    recorded = _read_json(out / "experiment.json")
+    if not isinstance(recorded, dict) or recorded.get("config_key") != key:
+        # A changed configuration: describe the new one; old results must never be shown as its results.
+        (out / "results.json").unlink(missing_ok=True)
+        stores = {alias: open_store(path) for alias, path in train_config.stores.items()}
+        identity = {alias: {"path": train_config.stores[alias],
+                            "features": {n: s.to_dict() for n, s in store.features.items()}}
+                    for alias, store in stores.items()}
+        _write_json(out / "experiment.json", {**train_config.to_dict(), "config_key": key,
+                                              "stores_identity": identity, "name": experiment.name})
+    pending = [run for run in runs
+               if (_read_json(out / "runs" / run.name / "metrics.json") or {}).get("config_key") != key]
+    return train_config, runs, pending
+
+
+def _results_current(train_config: Any, out: Path, planned: int) -> bool:
+    results = _read_json(out / "results.json")
+    return (isinstance(results, dict) and results.get("config_key") == train_config.config_key()
+            and results.get("n_runs") == planned)
+
+
+def _run_train(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
+    from w2v2ser.train import summarize_runs, train_run
+
+    outcome = _Outcome()
+    todo: list[tuple[ExperimentSpec, Any, list, list]] = []
+    for experiment in config.experiments:
+        reason = _skip_reason(config, experiment)
+        if reason:
+            _say(f"train {experiment.name}: skipped, {reason}")
+            _mark_skipped(experiment, reason)
+            outcome.skipped.append(experiment.name)
+            continue
+        try:
+            train_config, runs, pending = _prepare_experiment(experiment)
+        except W2v2serError as error:
+            _say(f"train {experiment.name}: FAILED before training: {error}")
+            outcome.failed.append(experiment.name)
+            continue
+        todo.append((experiment, train_config, runs, pending))
+    total = sum(len(pending) for *_, pending in todo)
+    _say(f"train: {len(todo)} experiment(s), {sum(len(r) for _, _, r, _ in todo)} fold x seed runs, "
+         f"{total} to train")
+    errors: dict[str, list[str]] = {}
+    if total:
+        handle = cluster.get()
+        for experiment, error in _train_runs(handle, todo, train_run):
+            errors.setdefault(experiment.name, []).append(error)
+    for experiment, train_config, runs, _ in todo:
+        if experiment.name in errors:
+            _say(f"train {experiment.name}: {len(errors[experiment.name])} run(s) FAILED: "
+                 + "; ".join(errors[experiment.name][:3]))
+            outcome.failed.append(experiment.name)
+            continue
+        if not _results_current(train_config, experiment.run_dir, len(runs)):
+            summarize_runs(train_config, experiment.run_dir)
+        results = _read_json(experiment.run_dir / "results.json") or {}
+        _say(f"train {experiment.name}: UAR {100 * results.get('uar_mean', float('nan')):.1f} "
+             f"± {100 * results.get('uar_std', float('nan')):.1f} over {results.get('n_runs')} run(s)")
+        outcome.done += 1
+    return outcome
+
+
+def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callable) -> Iterator[tuple]:
+    """Train every pending run (Dask tasks, or in this process); yields (experiment, error) of failures."""
+    from tqdm.auto import tqdm
+
+    total = sum(len(pending) for *_, pending in todo)
+    bar = tqdm(total=total, desc="train runs", unit="run", dynamic_ncols=True)
+    try:
+        if handle.client is None:
+            for experiment, train_config, _, pending in todo:
+                for run in pending:
+                    try:
+                        train_run(train_config, run, out=experiment.run_dir, threads=handle.threads)
+                    except Exception as error:  # noqa: BLE001 - one bad run never stops the others
+                        yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                    bar.update(1)
+            return
+        from distributed import as_completed
+
+        owner: dict[Any, tuple[ExperimentSpec, Any]] = {}
+        for experiment, train_config, _, pending in todo:
+            for run in pending:
+                future = handle.client.submit(train_run, train_config, run, out=experiment.run_dir,
+                                              threads=handle.threads, pure=False,
+                                              key=f"train-{experiment.name}-{run.name}-{time.time_ns()}")
+                owner[future] = (experiment, run)
+        for future in as_completed(list(owner)):
+            experiment, run = owner[future]
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001 - reported per run, the rest go on
+                yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _extract_child(path: str, overrides: list[str], results: Any) -> None:
+    """Body of the extraction child process (spawned, so it starts without TensorFlow)."""
+    from ._cluster import die_with_parent
+
+    die_with_parent()
+    config = load_pipeline(path, overrides=overrides, validate_experiments=False)
+    with ExitStack() as stack:
+        outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True))
+    results.put((outcome.done, outcome.skipped, outcome.failed))
+
+
+def _extract_in_child(path: Path, overrides: Sequence[str]) -> _Outcome:
+    import multiprocessing
+
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    results = context.SimpleQueue()
+    child = context.Process(target=_extract_child, args=(str(path), list(overrides), results),
+                            name="w2v2ser-extract")
+    child.start()
+    child.join()
+    if child.exitcode != 0 or results.empty():
+        outcome = _Outcome(failed=[f"extraction process (exit code {child.exitcode})"])
+    else:
+        done, skipped, failed = results.get()
+        outcome = _Outcome(done, skipped, failed)
+    _say(f"stage extract: {outcome.done} done, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed "
+         f"({time.perf_counter() - started:.1f} s)")
+    return outcome
+
+
+# --- stage 3: reports -------------------------------------------------------------------------
+
+def _run_evaluate(config: PipelineConfig) -> _Outcome:
+    from w2v2ser.evaluate import write_report
+
+    outcome = _Outcome()
+    for report in config.reports:
+        experiments = config.report_experiments(report)
+        if not experiments:
+            _say(f"report {report.name}: no experiments match {', '.join(report.experiments)}; nothing written")
+            outcome.skipped.append(report.name)
+            continue
+        try:
+            path = write_report([e.run_dir for e in experiments], out=report.out)
+        except W2v2serError as error:
+            _say(f"report {report.name}: FAILED: {error}")
+            outcome.failed.append(report.name)
+            continue
+        _say(f"report {report.name}: {path}")
+        outcome.done += 1
+    return outcome
+
+
+def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[str] = ()) -> int:
+    """Run a pipeline file's stages in order, skipping work that is already complete.
+
+    Args:
+        path: The pipeline.yaml.
+        stage: ``extract``, ``train`` or ``evaluate`` to run one stage; None runs all three.
+        overrides: ``key.path=value`` settings (``--set``) applied to the file.
+
+    Returns:
+        0 when every stage finished (skipped experiments included), 1 when some unit failed
+        (the rest of the work is kept; rerun to retry).
+
+    Raises:
+        ConfigError: The file or an override is invalid (nothing has run yet).
+    """
+    if stage is not None and stage not in STAGES:
+        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
+    stages = STAGES if stage is None else (stage,)
+    started = time.perf_counter()
+    config = load_pipeline(path, overrides=overrides, validate_experiments=stages != ("extract",))
+    config.output.mkdir(parents=True, exist_ok=True)
+    _say(f"pipeline {config.path}: output {config.output}; stages {', '.join(stages)}; "
+         f"{len(config.experiments)} experiment(s)")
+    outcomes: dict[str, _Outcome] = {}
+    runners = {
+        "extract": lambda c: _run_extract(config, c),
+        "train": lambda c: _run_train(config, c),
+        "evaluate": lambda c: _run_evaluate(config),
+    }
+    for name in stages:
+        if name == "extract" and len(stages) > 1:
+            # TensorFlow (loaded to check the experiments) and openSMILE crash when they share a
+            # process, and stage 1 should never carry stage 2's imports: extract in a fresh child.
+            outcomes[name] = _extract_in_child(config.path, overrides)
+            continue
+        with ExitStack() as stack:
+            cluster = _LazyCluster(config, stack, use_gpus=name == "extract")
+            stage_started = time.perf_counter()
+            outcomes[name] = runners[name](cluster)
+            result = outcomes[name]
+            _say(f"stage {name}: {result.done} done, {len(result.skipped)} skipped, {len(result.failed)} failed "
+                 f"({time.perf_counter() - stage_started:.1f} s)")
+    failed = [item for result in outcomes.values() for item in result.failed]
+    _say(f"pipeline finished in {time.perf_counter() - started:.1f} s" +
+         (f"; FAILED: {', '.join(failed)} (finished work is kept: rerun to retry)" if failed else ""))
+    return 1 if failed else 0

@@ -86,9 +86,11 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
     rng = np.random.default_rng(seed)
+    # Durations depend only on the utterance table, so stores built from it with different seeds
+    # (e.g. a pretrained and an ASR-finetuned one) have matching frame counts, as real ones do.
+    durations = np.random.default_rng(len(utterances)).uniform(min_seconds, max_seconds, size=len(utterances))
     specs = feature_specs(layers=layers, dim=dim, egemaps_dim=egemaps_dim, spec_bins=spec_bins,
                           features=features, config_tag=config_tag)
-    durations = rng.uniform(min_seconds, max_seconds, size=len(utterances))
     frames = {
         "wav2vec2": [int(d * W2V2_RATE) for d in durations],
         "egemaps": [int(d * EGEMAPS_RATE) + 1 for d in durations],

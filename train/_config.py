@@ -23,7 +23,7 @@ __all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS"]
 DEFAULT_STORE_ALIAS = "main"
 FUSION_STORE_ALIAS = "fusion"
 # Fields that change speed or memory but never results: excluded from config_key().
-RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers")
+RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers", "run_eagerly")
 # A run's result does not depend on how many seeds the experiment has: adding seeds reuses runs.
 SEED_FIELDS = ("seeds", "first_seed")
 
@@ -53,6 +53,7 @@ class ExperimentConfig:
         cache: "auto" (cache cropped frames in memory when they fit cache_budget_mb) or "off".
         cache_budget_mb: Memory budget of the frame cache.
         workers: Threads reading batches ahead of training.
+        run_eagerly: Skip tf.function tracing (faster for tiny data and tests, slower for real runs).
     """
 
     stores: dict[str, str] = field(default_factory=dict)
@@ -74,6 +75,7 @@ class ExperimentConfig:
     cache: str = "auto"
     cache_budget_mb: float = 2048.0
     workers: int = 2
+    run_eagerly: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stores, (str, os.PathLike)):

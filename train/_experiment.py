@@ -270,7 +270,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     test = FeatureBatches(parts["test"], **common)
 
     head = make_head(config.head, units=config.units, dropout=config.dropout, recipe=recipe,
-                     classes=data.classes, verbose=verbose)
+                     classes=data.classes, verbose=verbose, run_eagerly=config.run_eagerly)
     head.fit(train, validation_data=val)
     proba = head.predict_proba(test)
     y_true, y_pred = test.labels, np.argmax(proba, axis=1)

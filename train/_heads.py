@@ -106,7 +106,9 @@ class _BaseHead:
     """Shared fit/predict logic; subclasses build the Keras graph."""
 
     def __init__(self, *, units: int = 128, dropout: float = 0.2, recipe: Recipe | str = "paper",
-                 classes: Sequence[str] | None = None, seed: int | None = None, verbose: int = 0) -> None:
+                 classes: Sequence[str] | None = None, seed: int | None = None, verbose: int = 0,
+                 run_eagerly: bool = False) -> None:
+        self.run_eagerly = run_eagerly
         self.units = units
         self.dropout = dropout
         self.recipe = recipe
@@ -175,7 +177,8 @@ class _BaseHead:
         self.model_ = self._build(_frame_shapes(train), len(self.classes_))
         self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,
                                                             clipvalue=recipe.clipvalue),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                            run_eagerly=self.run_eagerly)
         timing = _Timing([train, val])
         cbs: list[keras.callbacks.Callback] = [timing, *callbacks]
         if val is not None:

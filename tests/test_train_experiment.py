@@ -1,0 +1,104 @@
+"""End-to-end tests of w2v2ser.train on tiny random stores (1 epoch, tiny widths)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from stage2_fixtures import build_store, ravdess_utterances
+from w2v2ser.store import open_store
+from w2v2ser.train import (
+    ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment, train_run,
+)
+
+FAST = {"recipe_overrides": {"max_epochs": 1}, "units": 8, "seeds": 1, "workers": 2, "run_eagerly": True}
+
+
+@pytest.fixture(scope="module")
+def rav(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    utts = ravdess_utterances(per_actor=2)
+    main = build_store(root / "pre.zarr", utterances=utts, layers=13, dim=4)
+    asr = build_store(root / "asr.zarr", utterances=utts, layers=13, dim=4, seed=1, config_tag="asr",
+                      features=("wav2vec2",))
+    return {"main": str(main), "asr": str(asr)}
+
+
+@pytest.fixture(scope="module")
+def iemocap(tmp_path_factory):
+    return str(build_store(tmp_path_factory.mktemp("stores") / "iem.zarr", corpus="iemocap", layers=3, dim=4,
+                           features=("wav2vec2", "egemaps")))
+
+
+@pytest.mark.parametrize("head, features, norm", [
+    ("dense", "wav2vec2:local", "speaker"), ("dense", "wav2vec2:contextual", "global"),
+    ("dense", "wav2vec2:all", "none"), ("dense", "wav2vec2:4-8", "speaker"), ("dense", "egemaps", "global"),
+    ("dense", "spectrogram", "speaker"), ("lstm", "wav2vec2:all", "global"), ("lstm", "egemaps", "none"),
+    ("fusion", "wav2vec2:all", "speaker"), ("fusion", "asr/wav2vec2:6", "global")])
+def test_train_run_every_head_selection_norm(rav, tmp_path, head, features, norm):
+    cfg = ExperimentConfig(stores=rav, features=features, head=head, norm=norm, **FAST)
+    (spec,) = plan_runs(cfg)
+    res = train_run(cfg, spec, out=tmp_path, threads=1)
+    run = tmp_path / "runs" / "split__seed0"
+    assert not res.skipped and 0.0 <= res.uar <= 1.0 and res.n_test == 4
+    for name in ("model.keras", "predictions.csv", "history.json", "metrics.json", "normalisation.npz"):
+        assert (run / name).exists(), name
+    weighted = features.endswith((":all", ":4-8"))
+    assert (run / "layer_weights.json").exists() == weighted
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist["epoch_seconds"]) == len(hist["input_seconds"]) == 1
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.output_shape[-1] == 7
+    norms = load_normalisers(run / "normalisation.npz")
+    assert norms["main"].mode == norm
+    if norm == "global":  # stats of the training speakers, composed from the store
+        st = open_store(rav["asr" if features.startswith("asr/") else "main"])
+        sel_feature = features.split("/")[-1].split(":")[0]
+        layers = {"wav2vec2:contextual": [12], "asr/wav2vec2:6": [6], "wav2vec2:all": None}.get(features)
+        ref = st.compose_statistics(sel_feature, speakers=list(spec.train), layers=layers
+                                    if sel_feature == "wav2vec2" else None)
+        np.testing.assert_allclose(norms["main"].mean.ravel(), np.asarray(ref.mean).ravel(), rtol=1e-6)
+
+
+def test_fusion_frame_rate_mismatch_raises(rav):
+    cfg = ExperimentConfig(stores=rav, features="wav2vec2:all", head="fusion", fusion_features="spectrogram", **FAST)
+    with pytest.raises(SelectionError, match="frame rates"):
+        plan_runs(cfg)
+
+
+def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys):
+    cfg = ExperimentConfig(stores=iemocap, features="wav2vec2:all", protocol="iemocap", norm="global", **FAST)
+    results = train_experiment(cfg, out=tmp_path)
+    for key in ("uar_mean", "uar_std", "uar_per_run", "accuracy_mean", "n_test", "classes", "confusion", "config",
+                "splits", "layer_weights", "timing", "uar_pooled_per_seed", "uar_pooled_mean"):
+        assert key in results, key
+    assert len(results["uar_per_run"]) == 5 and results["classes"] == ["neutral", "happiness", "anger", "sadness"]
+    assert results["splits"]["session3"]["validation"] == ["Ses04F", "Ses04M"]
+    assert np.sum(results["confusion"]) == results["n_test"]
+    assert {"epoch_seconds_mean", "input_share", "peak_rss_mb"} <= set(results["timing"])
+    assert json.loads((tmp_path / "results.json").read_text())["uar_mean"] == results["uar_mean"]
+    assert "run 5/5 fold=session5" in capsys.readouterr().out
+
+    mtime = (tmp_path / "runs" / "session1__seed0" / "model.keras").stat().st_mtime_ns
+    again = train_experiment(cfg, out=tmp_path)
+    assert capsys.readouterr().out.count("already complete") == 5
+    assert again["uar_per_run"] == results["uar_per_run"]
+    assert (tmp_path / "runs" / "session1__seed0" / "model.keras").stat().st_mtime_ns == mtime
+
+    changed = ExperimentConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
+    assert changed.config_key() != cfg.config_key()
+    spec = plan_runs(changed)[0]
+    assert not train_run(changed, spec, out=tmp_path).skipped
+    assert summarize_runs(changed, tmp_path)["n_runs"] == 1  # the four stale runs are not mixed in
+
+
+def test_runs_are_repeatable(rav, tmp_path):
+    cfg = ExperimentConfig(stores=rav, features="egemaps", **FAST)
+    (spec,) = plan_runs(cfg)
+    a = train_run(cfg, spec, out=tmp_path / "a")
+    b = train_run(cfg, spec, out=tmp_path / "b")
+    pa = (tmp_path / "a" / "runs" / spec.name / "predictions.csv").read_text()
+    assert pa == (tmp_path / "b" / "runs" / spec.name / "predictions.csv").read_text() and a.uar == b.uar

@@ -1,0 +1,176 @@
+"""pipeline.yaml loading: grid expansion, overrides, env vars, and errors that name the key path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from w2v2ser._config import ConfigError, apply_overrides, load_pipeline
+from w2v2ser.store import W2v2serError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, data: dict, name: str = "pipeline.yaml") -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _base() -> dict:
+    return {
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {
+            "classic": {"features": {"egemaps": {}, "spectrogram": {"hop_ms": 20.0}}},
+            "w2v2_pt": {"features": {"wav2vec2": {"model": "facebook/wav2vec2-base"}}},
+        }},
+        "experiments": {"t1": {"grid": {"features": ["classic/egemaps", "w2v2_pt/wav2vec2:all"]},
+                               "head": "dense", "norm": "speaker", "seeds": 2}},
+    }
+
+
+def test_shipped_pipeline_reproduces_both_tables() -> None:
+    config = load_pipeline(REPO / "pipeline.yaml")
+    names = [e.name for e in config.experiments]
+    assert "table1/ravdess/classic-egemaps" in names
+    assert "table1/ravdess/w2v2_ft-wav2vec2-contextual" in names
+    assert {"table2/ravdess/dense", "table2/ravdess/lstm", "table2_fusion/ravdess"} <= set(names)
+    assert config.corpora["iemocap"].path is None
+    assert config.corpora["iemocap"].skip_reason and "path not set" in config.corpora["iemocap"].skip_reason
+    assert config.corpora["ravdess"].path == (REPO.parent / "shared" / "data" / "ravdess").resolve()
+    assert config.output == REPO / "runs"
+    fusion = next(e for e in config.experiments if e.name == "table2_fusion/ravdess")
+    assert fusion.config["head"] == "fusion" and set(fusion.stores) == {"w2v2_pt", "classic"}
+    models = {s.name: getattr(s.features.get("wav2vec2"), "model", None) for s in config.stores.values()}
+    assert models["w2v2_pt"] == "facebook/wav2vec2-base" and models["w2v2_ft"] == "facebook/wav2vec2-base-960h"
+    assert [r.name for r in config.reports] == ["paper"]
+    assert len(config.report_experiments(config.reports[0])) == len(config.experiments)
+
+
+def test_grid_expands_and_paths_resolve(tmp_path: Path) -> None:
+    config = load_pipeline(_write(tmp_path, _base()))
+    assert [e.name for e in config.experiments] == ["t1/ravdess/classic-egemaps", "t1/ravdess/w2v2_pt-wav2vec2-all"]
+    first = config.experiments[0]
+    assert first.config["protocol"] == "ravdess" and first.config["norm"] == "speaker"
+    assert first.config["stores"] == {"classic": str(config.store_path("classic", "ravdess"))}
+    assert first.run_dir == tmp_path / "runs" / "experiments" / "t1" / "ravdess" / "classic-egemaps"
+    assert config.corpora["ravdess"].path == tmp_path / "data"
+    assert config.cluster.kind == "local"
+
+
+def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
+    data = _base()
+    data["experiments"]["t1"]["grid"]["features"] = ["egemaps", "wav2vec2:local"]
+    config = load_pipeline(_write(tmp_path, data))
+    assert [e.config["features"] for e in config.experiments] == ["classic/egemaps", "w2v2_pt/wav2vec2:local"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda d: d["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"].update(modle="x"),
+         "extraction.stores.w2v2_pt.features.wav2vec2.modle"),
+        (lambda d: d.update(experiment={}), "Did you mean 'experiments'"),
+        (lambda d: d["experiments"]["t1"].update(haed="dense"), "experiments.t1.haed"),
+        (lambda d: d["experiments"]["t1"].update(seeds="five"), "experiments.t1"),
+        (lambda d: d["extraction"].update(shard_size="big"), "extraction.shard_size"),
+        (lambda d: d["extraction"].update(shard_size=True), "extraction.shard_size"),
+        (lambda d: d["corpora"]["ravdess"].update(path="missing"), "corpora.ravdess.path"),
+        (lambda d: d["corpora"]["ravdess"].update(kind="ravdes"), "Did you mean 'ravdess'"),
+        (lambda d: d.update(cluster="slurmm"), "cluster.kind"),
+        (lambda d: d.update(cluster={"slurm": {"cores": 0}}), "cluster.slurm.cores"),
+        (lambda d: d["experiments"]["t1"].update(features="classic/egemaps"), "set both in the grid"),
+        (lambda d: d["experiments"]["t1"]["grid"].update(features=["clasic/egemaps"]), "Did you mean 'classic'"),
+        (lambda d: d["experiments"]["t1"]["grid"].update(features=["classic/wav2vec2:all"]), "holds egemaps"),
+        (lambda d: d["experiments"]["t1"]["grid"].update(features=["w2v2_pt/wav2vec2:13"]), "layer 13"),
+        (lambda d: d["experiments"]["t1"]["grid"].update(features=["w2v2_pt/wav2vec2:2-14"]), "0..12"),
+        (lambda d: d["extraction"]["stores"]["classic"]["features"].update(spectrogram={"hop_ms": -1}),
+         "extraction.stores.classic.features.spectrogram"),
+        (lambda d: d["extraction"]["stores"]["classic"]["features"].update(mfcc={}),
+         "extraction.stores.classic.features.mfcc"),
+        (lambda d: d.update(reports={"r": {"experiments": ["t2/*"]}}), "matches no experiment"),
+    ],
+)
+def test_invalid_files_name_the_key(tmp_path: Path, mutate, fragment: str) -> None:
+    data = _base()
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(_write(tmp_path, data))
+    assert fragment in str(info.value)
+    assert isinstance(info.value, W2v2serError)
+
+
+def test_layer_count_of_a_local_model(tmp_path: Path) -> None:
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+    data = _base()
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"]["model"] = "tiny"
+    data["experiments"]["t1"]["grid"]["features"] = ["w2v2_pt/wav2vec2:2"]
+    config = load_pipeline(_write(tmp_path, data))
+    assert config.stores["w2v2_pt"].features["wav2vec2"].model == str(model)  # made absolute
+    data["experiments"]["t1"]["grid"]["features"] = ["w2v2_pt/wav2vec2:3"]
+    with pytest.raises(ConfigError, match="has 3 layer outputs"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_overrides_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _base()
+    data["corpora"]["iemocap"] = {"kind": "iemocap", "path": None}
+    data["output"] = "${W2V2SER_TEST_OUT:-out}"
+    path = _write(tmp_path, data)
+    (tmp_path / "iemo").mkdir()
+    config = load_pipeline(path, overrides=["corpora.iemocap.path=iemo", "cluster=none", "extraction.shard_size=3",
+                                            "experiments.t1.seeds=1", "cluster.threads_per_worker=2",
+                                            "experiments.t1.corpus=ravdess"])
+    assert config.corpora["iemocap"].path == tmp_path / "iemo"
+    assert config.cluster.kind == "none" and config.cluster.threads_per_worker == 2
+    assert config.shard_size == 3 and config.output == tmp_path / "out"
+    assert all(e.config["seeds"] == 1 for e in config.experiments)
+    # grid without corpus and two corpora: the experiment must say which.
+    with pytest.raises(ConfigError, match="experiments.t1.corpus"):
+        load_pipeline(path, overrides=["corpora.iemocap.path=iemo"], validate_experiments=False)
+    monkeypatch.setenv("W2V2SER_TEST_OUT", "elsewhere")
+    config = load_pipeline(path, overrides=["experiments.t1.corpus=ravdess"])
+    assert config.output == tmp_path / "elsewhere"
+    assert all(e.config["seeds"] == 2 for e in config.experiments)
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_pipeline(path, overrides=["cluster"])
+    with pytest.raises(ConfigError, match="experiments.t1.sedes"):
+        load_pipeline(path, overrides=["experiments.t1.sedes=1", "experiments.t1.corpus=ravdess"])
+
+
+def test_apply_overrides_parses_yaml_scalars() -> None:
+    raw = {"a": {"b": 1}, "l": [1, 2]}
+    apply_overrides(raw, ["a.b=2.5", "a.c=null", "a.d=true", "a.e=hello", "l.1=7", "n.m=[1, 2]"])
+    assert raw == {"a": {"b": 2.5, "c": None, "d": True, "e": "hello"}, "l": [1, 7], "n": {"m": [1, 2]}}
+
+
+def test_missing_env_variable_is_an_error(tmp_path: Path) -> None:
+    data = _base()
+    data["output"] = "${W2V2SER_SURELY_UNSET_VAR}"
+    with pytest.raises(ConfigError, match="W2V2SER_SURELY_UNSET_VAR"):
+        load_pipeline(_write(tmp_path, data))
+
+
+def test_store_path_changes_with_feature_options(tmp_path: Path) -> None:
+    path = _write(tmp_path, _base())
+    before = load_pipeline(path, validate_experiments=False)
+    after = load_pipeline(path, overrides=["extraction.stores.classic.features.spectrogram.hop_ms=10.0"],
+                          validate_experiments=False)
+    model = load_pipeline(path, overrides=["extraction.stores.w2v2_pt.features.wav2vec2.model=facebook/wav2vec2-base-960h"],
+                          validate_experiments=False)
+    assert before.store_path("classic", "ravdess") != after.store_path("classic", "ravdess")
+    assert before.store_path("w2v2_pt", "ravdess") == after.store_path("w2v2_pt", "ravdess")
+    assert before.store_path("w2v2_pt", "ravdess") != model.store_path("w2v2_pt", "ravdess")
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("corpora: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(path)

@@ -148,9 +148,38 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from w2v2ser.train import train_from_cli
+    from w2v2ser.train import ExperimentConfig, Recipe, train_experiment
 
-    return train_from_cli(args)
+    stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
+    values: dict[str, Any] = {
+        "stores": stores,
+        "features": args.features,
+        "head": args.head,
+        "norm": args.norm,
+        "protocol": args.protocol,
+        "recipe": args.recipe,
+        "seeds": args.seeds,
+    }
+    if args.fusion_features:
+        values["fusion_features"] = args.fusion_features
+    recipe_keys = set(Recipe.__dataclass_fields__)
+    overrides: dict[str, Any] = {}
+    for text in args.set:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            from w2v2ser.store import W2v2serError
+
+            raise W2v2serError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
+        (overrides if key in recipe_keys else values)[key] = yaml.safe_load(raw)
+    if overrides:
+        values["recipe_overrides"] = overrides
+    config = ExperimentConfig.from_dict(values)
+    results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
+    print(
+        f"{args.features} / {args.head} / {args.norm} / {args.recipe}: UAR {100 * results['uar_mean']:.1f} "
+        f"± {100 * results['uar_std']:.1f} over {len(results['uar_per_run'])} runs -> {args.out}/results.json"
+    )
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -217,6 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_store_export)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds")
+    train.add_argument("store", help="feature store written by `w2v2ser extract`")
+    train.add_argument(
+        "--features", required=True,
+        help="wav2vec2:local|contextual|all|N|A-B, egemaps, spectrogram (prefix alias/ for another store)",
+    )
+    train.add_argument("--fusion-store", dest="fusion_store", help="store holding the fusion branch's eGeMAPS")
+    train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
+    train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense")
+    train.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
+    train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], default="ravdess")
+    train.add_argument("--recipe", choices=["paper", "official"], default="paper")
+    train.add_argument("--seeds", type=int, default=5)
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
+    )
+    train.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
+    train.add_argument("--no-progress", dest="no_progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights")
@@ -225,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="emotion and class probabilities for new audio")
+    from w2v2ser.evaluate._cli import add_predict_arguments
+
+    add_predict_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
 
     run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)")

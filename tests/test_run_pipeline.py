@@ -1,0 +1,164 @@
+"""`w2v2ser run` end to end on a tiny RAVDESS subset: stages, skips with reasons, reruns, changed configs.
+
+The helpers here (`make_tiny_corpus`, `write_tiny_pipeline`, `run_cli`, `journal_commits`) are
+shared with test_kill_resume.py and test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RAVDESS = REPO.parent / "shared" / "data" / "ravdess"
+W2V2SER = Path(sys.executable).with_name("w2v2ser")
+# Actors 01 (train), 21 (validation), 23 (test) of the RAVDESS protocol, one file per emotion.
+ACTORS = ("01", "21", "23")
+EMOTIONS = ("01", "02", "03", "04", "05", "06", "07", "08")
+
+needs_ravdess = pytest.mark.skipif(not (RAVDESS / "speech").is_dir(), reason=f"RAVDESS not found at {RAVDESS}")
+
+
+def make_tiny_corpus(folder: Path, *, actors: tuple[str, ...] = ACTORS) -> Path:
+    """A RAVDESS-layout folder of symlinks: one statement of every emotion for a few actors."""
+    for actor in actors:
+        target = folder / "speech" / f"Actor_{actor}"
+        target.mkdir(parents=True, exist_ok=True)
+        for emotion in EMOTIONS:
+            source = RAVDESS / "speech" / f"Actor_{actor}" / f"03-01-{emotion}-01-01-01-{actor}.flac"
+            link = target / source.name
+            if source.exists() and not link.exists():
+                link.symlink_to(source)
+    return folder
+
+
+def make_tiny_model(folder: Path) -> Path:
+    """A tiny random wav2vec2 (2 transformer layers, width 32) saved with save_pretrained."""
+    if not (folder / "config.json").exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from tiny_models import save_tiny_wav2vec2
+
+        save_tiny_wav2vec2(folder)
+    return folder
+
+
+def write_tiny_pipeline(folder: Path, *, model: Path, cluster: str = "none", features: tuple[str, ...] = (
+        "classic/spectrogram", "w2v2/wav2vec2:all"), extra: dict | None = None) -> Path:
+    """pipeline.yaml for the tiny corpus in ``folder/data``; outputs go to ``folder/out``."""
+    data = {
+        "output": "out",
+        "cluster": {"kind": cluster, "dashboard_address": ":0"},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"shard_size": 4, "stores": {
+            "classic": {"corpora": ["ravdess"], "features": {"spectrogram": {"window_ms": 25.0, "hop_ms": 20.0,
+                                                                             "n_fft": 512}}},
+            "w2v2": {"corpora": ["ravdess"], "features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}},
+        }},
+        "experiments": {"t": {"corpus": "ravdess", "grid": {"features": list(features)}, "head": "dense",
+                              "norm": "speaker", "seeds": 2, "units": 8, "recipe_overrides": {"max_epochs": 2},
+                              "run_eagerly": True}},
+        "reports": {"tiny": {"experiments": ["*"]}},
+    }
+    for key, value in (extra or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli_env() -> dict[str, str]:
+    """Environment of CLI subprocesses: offline hub, quiet TensorFlow."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(pipeline: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `w2v2ser run PIPELINE ARGS...` to completion and return the finished process."""
+    return subprocess.run([str(W2V2SER), "run", str(pipeline), *args], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(), cwd=pipeline.parent)
+
+
+def journal_commits(store: Path) -> Counter:
+    """(utterance id, feature) -> number of commit lines over every journal of a store."""
+    counts: Counter = Counter()
+    for journal in (store / "_journal").glob("*.jsonl"):
+        for line in journal.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of a killed writer
+            if event.get("event") == "commit":
+                counts[(event["id"], event["feature"])] += 1
+    return counts
+
+
+def run_dirs(out: Path) -> dict[str, float]:
+    """Completed fold x seed run directories -> mtime of their metrics.json."""
+    return {str(p.parent.relative_to(out)): p.stat().st_mtime for p in out.glob("experiments/**/runs/*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    make_tiny_corpus(folder / "data")
+    make_tiny_model(folder / "model")
+    return folder
+
+
+@pytest.mark.slow  # about 3 minutes on 2 cores: three full CLI runs
+@needs_ravdess
+def test_run_skips_what_cannot_run_and_resumes(tiny: Path) -> None:
+    pipeline = write_tiny_pipeline(tiny, model=tiny / "model", extra={
+        "corpora.iemocap": {"kind": "iemocap", "path": None},
+        "extraction.stores.offline": {"corpora": ["ravdess"], "features": {
+            "wav2vec2": {"model": "w2v2ser-tests/model-that-is-not-cached"}}},
+        "experiments.t.grid.features": ["classic/spectrogram", "offline/wav2vec2:local"],
+        "experiments.iemo": {"corpus": "iemocap", "features": "classic/spectrogram", "seeds": 1},
+        "extraction.stores.classic.corpora": ["ravdess", "iemocap"],
+    })
+    first = run_cli(pipeline)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tiny / "out"
+    good = out / "experiments" / "t" / "ravdess" / "classic-spectrogram"
+    results = json.loads((good / "results.json").read_text())
+    assert results["n_runs"] == 2 and 0.0 <= results["uar_mean"] <= 1.0
+    offline = json.loads((out / "experiments" / "t" / "ravdess" / "offline-wav2vec2-local" / "skipped.json").read_text())
+    assert "cannot be loaded" in offline["reason"]
+    iemocap = json.loads((out / "experiments" / "iemo" / "iemocap" / "skipped.json").read_text())
+    assert "path not set" in iemocap["reason"]
+    report = (out / "reports" / "tiny" / "report.md").read_text()
+    assert "skipped" in report.lower()
+
+    # A rerun redoes nothing: same journal lines, same run directories, report rewritten.
+    store = next((out / "stores" / "ravdess").glob("classic-*.zarr"))
+    commits, runs = journal_commits(store), run_dirs(out)
+    assert commits and set(commits.values()) == {1}
+    report_mtime = (out / "reports" / "tiny" / "report.md").stat().st_mtime
+    second = run_cli(pipeline)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 to train" in second.stderr
+    assert journal_commits(store) == commits and run_dirs(out) == runs
+    assert (out / "reports" / "tiny" / "report.md").stat().st_mtime > report_mtime
+
+    # A changed head hyperparameter retrains (never reuses stale runs) but reuses the store;
+    # a changed feature option extracts into a new store.
+    third = run_cli(pipeline, "--set", "experiments.t.units=16", "--set",
+                    "extraction.stores.classic.features.spectrogram.hop_ms=10.0", "--set", "experiments.iemo.seeds=2")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert journal_commits(store) == commits
+    assert len(list((out / "stores" / "ravdess").glob("classic-*.zarr"))) == 2
+    new_results = json.loads((good / "results.json").read_text())
+    assert new_results["config_key"] != results["config_key"] and new_results["config"]["units"] == 16
+    for name, mtime in run_dirs(out).items():
+        assert mtime > runs.get(name, 0), f"{name} was not retrained for the new config"

@@ -42,6 +42,14 @@ __all__ = ["StoreWriter"]
 _COMPARED = ("dim", "layers", "frame_rate", "dtype", "config")
 
 
+def _comparable(value: Any) -> Any:
+    """A config without its ``runtime`` part: device or batch size never change the values,
+    so a store may be resumed on another machine."""
+    if isinstance(value, Mapping) and "runtime" in value:
+        return {k: v for k, v in value.items() if k != "runtime"}
+    return value
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -74,6 +82,7 @@ class StoreWriter:
         _, meta = read_meta(self.path)
         check_version(self.path, meta)
         self._group = open_root(self.path, mode="r+")
+        self._complete_layout()
         self._journal = Journal(self.path, journal)
         self._chunk_frames = dict(chunk_frames or {})
         for name, value in self._chunk_frames.items():
@@ -86,7 +95,10 @@ class StoreWriter:
     # ------------------------------------------------------------------ setup
     def _create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE, JOURNAL_DIR})
+        # A process killed while writing zarr.json leaves Zarr's "*.partial" temp file behind.
+        foreign = sorted(
+            n for n in set(os.listdir(self.path)) - {LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial")
+        )
         if foreign:
             raise StoreError(
                 f"cannot create a store in {self.path}: the directory is not empty and is not a "
@@ -112,6 +124,19 @@ class StoreWriter:
         for col in FAILURE_COLUMNS:
             _create_array(group, f"failures/{col}", shape=(0,), chunks=(ROW_CHUNK,),
                           dtype=str, fill_value="")
+
+    def _complete_layout(self) -> None:
+        """Create table columns missing after a crash inside :meth:`_create` (root written, arrays not all)."""
+        missing = [f"utterances/{c}" for c in UTTERANCE_COLUMNS] + [f"failures/{c}" for c in FAILURE_COLUMNS]
+        missing = [key for key in missing if key not in self._group]
+        if not missing:
+            return
+        rows = int(self._group["utterances/id"].shape[0]) if "utterances/id" in self._group else 0
+        for key in missing:
+            group, col = key.split("/")
+            dtype, fill = UTTERANCE_COLUMNS[col] if group == "utterances" else (str, "")
+            _create_array(self._group, key, shape=(rows if group == "utterances" else 0,),
+                          chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill, overwrite=True)
 
     @property
     def _meta(self) -> dict[str, Any]:
@@ -143,6 +168,11 @@ class StoreWriter:
         return specs[name]
 
     def _create_feature(self, spec: FeatureSpec, rows: int) -> None:
+        # Called only for features absent from the root attributes: arrays already on disk under
+        # that name are leftovers of a plan killed before it recorded the feature (no worker can
+        # have written them, workers need the recorded spec), so they are replaced.
+        if f"features/{spec.name}" in self._group:
+            del self._group[f"features/{spec.name}"]
         chunk = self._chunk_frames.get(spec.name, default_chunk_frames(spec))
         shape, g = spec.frame_shape, f"features/{spec.name}"
         one_layer = (1, spec.dim) if spec.layers is not None else (spec.dim,)
@@ -165,8 +195,8 @@ class StoreWriter:
 
     def _check_feature_config(self, spec: FeatureSpec, stored: dict[str, Any]) -> None:
         given = spec.to_dict()
-        diff = [k for k in _COMPARED if json.dumps(given[k], sort_keys=True)
-                != json.dumps(stored.get(k), sort_keys=True)]
+        diff = [k for k in _COMPARED if json.dumps(_comparable(given[k]), sort_keys=True)
+                != json.dumps(_comparable(stored.get(k)), sort_keys=True)]
         if diff:
             detail = "; ".join(f"{k}: store has {stored.get(k)!r}, given {given[k]!r}" for k in diff)
             raise StoreError(
@@ -217,8 +247,14 @@ class StoreWriter:
         meta = self._meta
         changed = False
         # -- utterance rows
-        existing = {uid: i for i, uid in enumerate(to_str_list(self._column("id")[:]))}
-        old_rows = len(existing)
+        stored_ids = to_str_list(self._column("id")[:])
+        # Ids are never empty, so an empty id marks a row whose plan was killed before it wrote
+        # the id column (resized, values not yet written): that row and all after it are redone.
+        old_rows = stored_ids.index("") if "" in stored_ids else len(stored_ids)
+        existing = {uid: i for i, uid in enumerate(stored_ids[:old_rows])}
+        if len(stored_ids) > old_rows:
+            # Blank the leftovers so that no stale id can reappear when the column grows again.
+            self._column("id")[old_rows:] = np.asarray([""] * (len(stored_ids) - old_rows), dtype=str)
         rows: list[int] = []
         new: list[int] = []
         reprobed: list[int] = []
@@ -243,15 +279,30 @@ class StoreWriter:
                 if stored_ns[row] < 0 and num_samples[pos] is not None:
                     reprobed.append(pos)
             rows.append(row)
-        if new:
-            changed = True
-            total = old_rows + len(new)
-            for col, (_, fill) in UTTERANCE_COLUMNS.items():
-                arr = self._column(col)
+        # Refuse a changed feature config before anything is written.
+        for spec in features:
+            if spec.name in meta["features"]:
+                self._check_feature_config(spec, meta["features"][spec.name])
+        new_features = [spec for spec in features if spec.name not in meta["features"]]
+        if (new or reprobed or new_features) and meta.get("complete"):
+            # Flag the store unfinished before touching it: a plan killed half-way must not
+            # leave a store that still claims to be complete.
+            meta["complete"] = False
+            self._set_meta(meta)
+        total = old_rows + len(new)
+        # The id column defines the rows and is written last: a plan killed while adding rows
+        # leaves other columns longer than `id`, and the next plan rewrites those rows.
+        for col, (_, fill) in sorted(UTTERANCE_COLUMNS.items(), key=lambda item: item[0] == "id"):
+            arr = self._column(col)
+            if new:
                 values = [self._cell(col, utterances[p], num_samples[p], fill) for p in new]
                 arr.resize((total,))
                 kind = {"duration": np.float64, "num_samples": np.int64}.get(col, str)
                 arr[old_rows:total] = np.asarray(values, dtype=kind)
+            elif arr.shape[0] != total:  # leftovers of a plan killed while adding rows
+                arr.resize((total,))
+        if new:
+            changed = True
         if reprobed:
             changed = True
             arr = self._column("num_samples")
@@ -314,7 +365,7 @@ class StoreWriter:
     def _grow_rows(self, name: str, total: int) -> None:
         for arr in (*ROW_ARRAYS, "utt_mean", "utt_m2"):
             a = self._feature(name, arr)
-            if a.shape[0] < total:
+            if a.shape[0] != total:  # longer only after a plan killed while adding rows
                 a.resize((total, *a.shape[1:]))
 
     def _allocate(self, name: str, rows: list[int], num_samples: Sequence[int | None],
@@ -339,9 +390,13 @@ class StoreWriter:
                 end += need
                 changed = True
         if changed:
+            # Crash-safe order: grow the data first, then offsets, then capacities. A kill in
+            # between leaves unused frames at the end, or a new offset with its old (smaller)
+            # capacity, which the next plan re-allocates; never a region past the end of the
+            # data or one that overlaps a neighbour.
+            data.resize((end, *data.shape[1:]))
             self._feature(name, "offset")[:] = offset
             self._feature(name, "capacity")[:] = capacity
-            data.resize((end, *data.shape[1:]))
         return changed
 
     # ------------------------------------------------------------------ workers

@@ -33,6 +33,8 @@ import numpy as np
 
 from w2v2ser.store import FeatureSpec, W2v2serError
 
+from ._errors import ExtractorConfigError
+
 from ._models import ModelSource, load_model, resolve_model
 
 __all__ = ["Wav2Vec2Config", "Wav2Vec2Extractor", "ExtractorConfigError"]
@@ -41,10 +43,6 @@ SAMPLE_RATE = 16000
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float16", "float32")
 _PRECISIONS = ("auto", "float32", "float16")
-
-
-class ExtractorConfigError(W2v2serError, ValueError):
-    """An extractor option has an invalid value or name."""
 
 
 @dataclass
@@ -122,6 +120,10 @@ def _conv_lengths(lengths: Any, kernels: Sequence[int], strides: Sequence[int]) 
     return lengths
 
 
+# Config keys that change speed, not values.
+RUNTIME_KEYS = ("device", "batch_seconds", "num_threads")
+
+
 class Wav2Vec2Extractor:
     """wav2vec 2.0 hidden states: frames [T, L+1, hidden] at 50 frames per second.
 
@@ -162,13 +164,20 @@ class Wav2Vec2Extractor:
             layers=num_layers + 1,
             frame_rate=SAMPLE_RATE / math.prod(int(s) for s in hf.conv_stride),
             dtype=self.config.dtype,
-            config={**self.config.to_dict(), "provenance": self.source.provenance()},
+            config={**self._recorded_config(), "provenance": self.source.provenance()},
             layer_names=names,
             description=(
                 "wav2vec 2.0 hidden states: index 0 = feature projection output (transformer input "
                 "before the positional convolution), 1..L = transformer layer outputs"
             ),
         )
+
+    def _recorded_config(self) -> dict[str, Any]:
+        # Device, batch size and threads never change the values: kept apart under
+        # "runtime" so that the store lets another machine resume the extraction.
+        values = self.config.to_dict()
+        runtime = {key: values.pop(key) for key in RUNTIME_KEYS if key in values}
+        return {**values, "runtime": runtime}
 
     def max_frames(self, num_samples: int) -> int:
         """Exact number of frames for `num_samples` 16 kHz samples (0 when shorter than one frame)."""

@@ -145,3 +145,51 @@ def test_dask_shards_equal_in_process_extraction(corpus, tmp_path):
         np.testing.assert_array_equal(
             local.read_utterance(utterance.id, "spectrogram"), remote.read_utterance(utterance.id, "spectrogram")
         )
+
+
+def test_wav2vec2_hidden_states_read_back_equal_the_model_outputs(corpus, tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import Wav2Vec2Model
+
+    from tiny_models import save_tiny_wav2vec2
+
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=3, hidden=32)
+    extractor = build_extractor("wav2vec2", {"model": str(model_dir), "batch_seconds": 4.0})
+    summary = extract_corpus(corpus, tmp_path / "w.zarr", extractors=[extractor], progress=False)
+    assert summary.complete
+    store = open_store(tmp_path / "w.zarr")
+    assert store.features["wav2vec2"].layers == 4
+    model = Wav2Vec2Model.from_pretrained(model_dir).eval()
+    for utterance in store.list_utterances():
+        signal = torch.from_numpy(read_audio(utterance.path))[None]
+        with torch.inference_mode():
+            output = model(signal, output_hidden_states=True)
+            projected = model.feature_projection(model.feature_extractor(signal).transpose(1, 2))[0]
+        # Index 0 is the feature projection output; 1..L are the transformer layers.
+        expected = [projected[0].numpy()] + [h[0].numpy() for h in output.hidden_states[1:]]
+        for layer, reference in enumerate(expected):
+            stored = store.read_utterance(utterance.id, "wav2vec2", layers=[layer])[:, 0].astype("float32")
+            assert stored.shape == reference.shape
+            # float16 storage: relative rounding 2^-11, plus batching noise (< 1e-4).
+            np.testing.assert_allclose(stored, reference, rtol=2e-3, atol=2e-3)
+
+
+def test_wav2vec2_store_resumes_with_other_runtime_options_but_refuses_another_model(corpus, tmp_path):
+    pytest.importorskip("torch")
+    from w2v2ser.store import StoreError
+
+    from tiny_models import save_tiny_wav2vec2
+
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=2, hidden=16)
+    extract_corpus(
+        corpus[:3], tmp_path / "w.zarr", extractors=[build_extractor("wav2vec2", {"model": str(model_dir)})],
+        progress=False,
+    )
+    resumed = build_extractor("wav2vec2", {"model": str(model_dir), "batch_seconds": 2.0, "device": "cpu"})
+    assert extract_corpus(corpus, tmp_path / "w.zarr", extractors=[resumed], progress=False).extracted == 4
+    other = save_tiny_wav2vec2(tmp_path / "other", num_layers=2, hidden=16, seed=1)
+    with pytest.raises(StoreError, match="another config"):
+        extract_corpus(
+            corpus, tmp_path / "w.zarr", extractors=[build_extractor("wav2vec2", {"model": str(other)})],
+            progress=False,
+        )

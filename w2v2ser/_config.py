@@ -136,7 +136,10 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if isinstance(node, list):
             node[_list_index(parts[-1], node, key)] = value
         elif isinstance(node, dict):
-            node[parts[-1]] = value
+            if parts == ["cluster"] and isinstance(value, str) and isinstance(node.get("cluster"), dict):
+                node["cluster"]["kind"] = value  # `--set cluster=none` keeps the other cluster settings
+            else:
+                node[parts[-1]] = value
         else:
             raise ConfigError(f"--set {text!r}: {'.'.join(parts[:-1])} is a {_type_name(node)}, not a mapping")
     return raw

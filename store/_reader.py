@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -65,7 +66,15 @@ class FeatureStore:
         self.complete: bool = bool(meta.get("complete", False))
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
         self._group: zarr.Group = open_root(self.path, mode="r")
-        self._ids = to_str_list(self._group["utterances/id"][:])
+        ids = to_str_list(self._read("utterances/id"))
+        if "" in ids:
+            if self.complete:
+                raise self._damaged("utterances/id", f"{ids.count('')} empty utterance ids")
+            # An interrupted plan leaves empty ids from the first unwritten row on: not planned yet.
+            ids = ids[: ids.index("")]
+        if len(set(ids)) != len(ids):
+            raise self._damaged("utterances/id", "duplicate utterance ids")
+        self._ids = ids
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
 
@@ -73,6 +82,21 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
 
     # ------------------------------------------------------------------ helpers
+    def _damaged(self, key: str, what: str) -> StoreError:
+        return StoreError(
+            f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
+            f"{self.path}` to list the affected utterances; rerunning the same extraction on this "
+            f"store rebuilds length/crc32/status/statistics from its journals, other damage needs a "
+            f"new store (re-extract)."
+        )
+
+    def _read(self, key: str, selection: Any = slice(None)) -> np.ndarray:
+        """Read an array, turning codec/IO errors of damaged chunk files into StoreError."""
+        try:
+            return self._group[key][selection]
+        except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
+            raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
+
     def _spec(self, feature: str) -> FeatureSpec:
         if feature not in self.features:
             raise StoreError(
@@ -93,7 +117,7 @@ class FeatureStore:
     def _per_row(self, feature: str) -> dict[str, np.ndarray]:
         if feature not in self._rows:
             g = f"features/{feature}"
-            self._rows[feature] = {k: self._group[f"{g}/{k}"][:] for k in ("offset", "capacity", "length", "crc32")}
+            self._rows[feature] = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "crc32")}
         return self._rows[feature]
 
     def _array(self, feature: str, name: str) -> zarr.Array:
@@ -121,7 +145,7 @@ class FeatureStore:
         """Utterances in row order, filtered by status ("done", "failed", "pending" or None for all)."""
         if status is not None and status not in STATUSES:
             raise StoreError(f"list_utterances: status={status!r}; expected one of {STATUSES} or None.")
-        cols = {c: self._group[f"utterances/{c}"][:] for c in UTTERANCE_COLUMNS}
+        cols = {c: self._read(f"utterances/{c}") for c in UTTERANCE_COLUMNS}
         strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
         out = []
         for i in range(len(self._ids)):
@@ -139,13 +163,14 @@ class FeatureStore:
 
     def speakers(self) -> list[str]:
         """Sorted speakers that have at least one done utterance."""
-        status = to_str_list(self._group["utterances/status"][:])
-        spk = to_str_list(self._group["utterances/speaker"][:])
-        return sorted({s for s, st in zip(spk, status) if st == "done"})
+        status = to_str_list(self._read("utterances/status"))
+        spk = to_str_list(self._read("utterances/speaker"))
+        n = len(self._ids)  # columns can be longer after an interrupted plan
+        return sorted({s for s, st in zip(spk[:n], status[:n]) if st == "done"})
 
     def list_failures(self) -> list[Failure]:
         """Failed (utterance, feature) pairs; ``feature`` None means the whole utterance."""
-        cols = {c: to_str_list(self._group[f"failures/{c}"][:]) for c in FAILURE_COLUMNS}
+        cols = {c: to_str_list(self._read(f"failures/{c}")) for c in FAILURE_COLUMNS}
         return [
             Failure(id=cols["id"][i], path=cols["path"][i], feature=cols["feature"][i] or None,
                     reason=cols["reason"][i])
@@ -163,7 +188,10 @@ class FeatureStore:
         return length
 
     def _not_written(self, utterance_id: str, feature: str) -> StoreError:
-        status = to_str_list(self._group["utterances/status"][self._row(utterance_id):self._row(utterance_id) + 1])[0]
+        status = to_str_list(self._read("utterances/status", slice(self._row(utterance_id), self._row(utterance_id) + 1)))[0]
+        if status == "done":  # finalize records a length for every done utterance
+            return self._damaged(f"features/{feature}/length", f"records no frames for utterance "
+                                 f"{utterance_id!r}, whose status is 'done'")
         return StoreError(
             f"utterance {utterance_id!r} has no frames for feature {feature!r} in store "
             f"{self.path} (status {status!r}). Read only utterances from "
@@ -190,10 +218,24 @@ class FeatureStore:
         if length < 0:
             raise self._not_written(utterance_id, feature)
         data = self._array(feature, "data")
-        if sel is None:
-            return np.asarray(data[off:off + length])
-        # Orthogonal selection touches only the chunks of the requested layers.
-        return np.asarray(data.get_orthogonal_selection((slice(off, off + length), sel, slice(None))))
+        g = f"features/{feature}"
+        if off < 0 or off + length > data.shape[0] or length > int(rows["capacity"][row]):
+            raise self._damaged(f"{g}/offset", f"gives utterance {utterance_id!r} the frames "
+                                f"[{off}, {off + length}) outside its region or the data")
+        try:
+            if sel is None:
+                frames = np.asarray(data[off:off + length])
+            else:
+                # Orthogonal selection touches only the chunks of the requested layers.
+                frames = np.asarray(data.get_orthogonal_selection((slice(off, off + length), sel, slice(None))))
+        except Exception as exc:  # corrupt or truncated chunk files
+            raise self._damaged(f"{g}/data", f"cannot be read for utterance {utterance_id!r} "
+                                f"({type(exc).__name__}: {exc})") from None
+        # Whole utterances are checked against their crc32, so damaged frames are never returned.
+        if sel is None and zlib.crc32(np.ascontiguousarray(frames).tobytes()) != int(rows["crc32"][row]):
+            raise self._damaged(f"{g}/data", f"holds frames of utterance {utterance_id!r} that do "
+                                f"not match their crc32")
+        return frames
 
     # ------------------------------------------------------------------ statistics
     def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,
@@ -255,7 +297,7 @@ class FeatureStore:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (``store info --json``)."""
-        status = to_str_list(self._group["utterances/status"][:])
+        status = to_str_list(self._read("utterances/status"))[: len(self._ids)]
         feats = {}
         for name, spec in self.features.items():
             data = self._array(name, "data")

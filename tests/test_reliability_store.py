@@ -1,0 +1,300 @@
+"""Damaged stores: corrupt, truncated or deleted chunk files, newer formats, reuse with another config.
+
+Every damage is either named by ``verify`` (and ``w2v2ser store verify`` exits non-zero) with the
+affected utterances, or refused on open with a StoreError that names the array and the fix.
+Never is damaged data returned as if it were intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_audio import write_audio
+from w2v2ser.extract import build_extractor, extract_corpus, read_audio
+from w2v2ser.store import (
+    FeatureSpec,
+    StoreError,
+    StoreVersionError,
+    StoreWriter,
+    Utterance,
+    open_store,
+)
+
+W2V2SER = Path(sys.executable).parent / "w2v2ser"
+
+
+class LayeredConfig:
+    def to_dict(self) -> dict:
+        return {"kind": "layered", "version": 1}
+
+
+class LayeredExtractor:
+    """A cheap 3-D feature [frames, 3 layers, 4] stored as float16, chunked per layer like wav2vec2."""
+
+    name = "layered"
+    config = LayeredConfig()
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(name="layered", dim=4, layers=3, frame_rate=50.0, dtype="float16",
+                           config=self.config.to_dict(), layer_names=("a", "b", "c"))
+
+    def max_frames(self, num_samples: int) -> int:
+        return num_samples // 320
+
+    def extract(self, signals):
+        out = []
+        for s in signals:
+            frames = s[: len(s) // 320 * 320].reshape(-1, 320)
+            base = np.stack([frames.mean(1), frames.std(1), np.abs(frames).max(1), frames[:, 0]], 1)
+            out.append(np.stack([base, 2 * base + 1, base**2], 1).astype(np.float32))
+        return out
+
+
+def _corpus(folder: Path, n: int = 6) -> list[Utterance]:
+    utterances = []
+    for k in range(n):
+        path = write_audio(folder / f"u{k}.wav", duration=0.4 + 0.35 * k, seed=k)
+        utterances.append(Utterance(id=f"u{k}", path=str(path), speaker=f"spk{k % 2}", label="angry"))
+    return utterances
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, list[Utterance]]:
+    folder = tmp_path_factory.mktemp("store_corpus")
+    utterances = _corpus(folder)
+    store = folder / "pristine.zarr"
+    summary = extract_corpus(utterances, store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and not summary.failed
+    return store, utterances
+
+
+@pytest.fixture()
+def store(pristine, tmp_path) -> Path:
+    copy = tmp_path / "s.zarr"
+    shutil.copytree(pristine[0], copy)
+    return copy
+
+
+def _owners(store: Path, feature: str, chunk_file: Path) -> set[str]:
+    """Utterances whose region covers the chunk file (first index of the chunk key = frame block)."""
+    s = open_store(store)
+    chunk = s._array(feature, "data").chunks[0]
+    block = int(chunk_file.relative_to(store / "features" / feature / "data" / "c").parts[0])
+    rows = s._per_row(feature)
+    return {r.id for r in s.list_utterances()
+            if rows["offset"][r.index] <= block * chunk < rows["offset"][r.index] + rows["capacity"][r.index]}
+
+
+def _chunk_files(store: Path, array: str) -> list[Path]:
+    return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+
+
+def _flip(path: Path, position: int) -> bytes:
+    raw = path.read_bytes()
+    damaged = bytearray(raw)
+    damaged[position % len(raw)] ^= 0x5A
+    path.write_bytes(bytes(damaged))
+    return raw
+
+
+def _verify_cli(store: Path) -> subprocess.CompletedProcess:
+    """`w2v2ser store verify STORE` in-process (the real subprocess is run once, below)."""
+    import contextlib
+    import io
+
+    from w2v2ser._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["store", "verify", str(store)])
+    return subprocess.CompletedProcess(["w2v2ser", "store", "verify", str(store)], code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("feature", ["spectrogram", "layered"])
+def test_verify_names_the_owner_of_every_flipped_data_chunk(store, feature):
+    files = _chunk_files(store, f"features/{feature}/data")
+    assert len(files) >= 6
+    files = files[:: max(1, len(files) // 8)]  # 8 spread over the array keep the test fast
+    clean = {r.id: open_store(store).read_utterance(r.id, feature) for r in open_store(store).list_utterances()}
+    undetected = 0
+    for file in files:
+        owners = _owners(store, feature, file)
+        for position in (17, len(file.read_bytes()) // 2):
+            raw = _flip(file, position)
+            try:
+                report = open_store(store).verify()
+                named = {uid for uid, f, _ in report.problems}
+                if report.ok:
+                    # A flip in bytes the codec does not use: the frames must then read back unchanged.
+                    undetected += 1
+                    for uid in owners:
+                        np.testing.assert_array_equal(open_store(store).read_utterance(uid, feature), clean[uid])
+                else:
+                    assert named == owners and {f for _, f, _ in report.problems} == {feature}, report.problems
+            finally:
+                file.write_bytes(raw)
+    assert undetected <= len(files)  # at most the odd unused header byte
+    assert open_store(store).verify().ok
+
+
+def test_store_verify_cli_exit_code_and_names(store):
+    file = _chunk_files(store, "features/spectrogram/data")[2]
+    owners = _owners(store, "spectrogram", file)
+    assert _verify_cli(store).returncode == 0
+    _flip(file, len(file.read_bytes()) // 2)
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert all(uid in done.stdout for uid in owners) and "problem(s) found" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "empty"])
+def test_verify_names_utterances_of_truncated_or_deleted_data_chunks(store, damage):
+    files = _chunk_files(store, "features/layered/data")
+    victims = files[1], files[-1]
+    owners = set().union(*(_owners(store, "layered", f) for f in victims))
+    for f in victims:
+        if damage == "truncate":
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
+        elif damage == "delete":
+            f.unlink()
+        else:
+            f.write_bytes(b"")
+    report = open_store(store).verify()
+    assert {uid for uid, _, _ in report.problems} == owners
+    done = _verify_cli(store)
+    assert done.returncode == 1 and all(uid in done.stdout for uid in owners)
+
+
+@pytest.mark.parametrize("array", ["utt_mean", "utt_m2"])
+def test_verify_detects_damaged_per_utterance_statistics(store, array):
+    s = open_store(store)
+    victim = s.list_utterances()[3]
+    file = store / "features" / "spectrogram" / array / "c" / str(victim.index) / "0"
+    _flip(file, len(file.read_bytes()) // 2)
+    report = open_store(store).verify()
+    assert not report.ok
+    assert {(uid, f) for uid, f, _ in report.problems} == {(victim.id, "spectrogram")}, report.problems
+    assert "statistics" in str(report.problems)
+
+
+def test_verify_detects_damaged_speaker_statistics(store):
+    file = store / "features" / "layered" / "speaker_mean" / "c" / "1" / "0" / "0"
+    _flip(file, len(file.read_bytes()) // 2)
+    report = open_store(store).verify()
+    assert not report.ok and "spk1" in str(report.problems), report.problems
+
+
+@pytest.mark.parametrize("array,damage", [
+    ("features/spectrogram/offset", "truncate"), ("features/spectrogram/offset", "delete"),
+    ("features/spectrogram/length", "delete"), ("features/spectrogram/crc32", "truncate"),
+    ("features/layered/capacity", "delete"), ("features/layered/length", "truncate"),
+])
+def test_damaged_index_arrays_never_return_wrong_frames(store, pristine, array, damage):
+    """offset/length/crc32/capacity chunks: reads refuse with a clear StoreError, verify names the utterances."""
+    (file,) = _chunk_files(store, array)
+    if damage == "truncate":
+        file.write_bytes(file.read_bytes()[:5])
+    else:
+        file.unlink()
+    feature = array.split("/")[1]
+    ids = [u.id for u in pristine[1]]
+    # Either open/read refuses with a message naming the damaged array, or it returns the right frames.
+    good = open_store(pristine[0])
+    for uid in ids:
+        try:
+            frames = open_store(store).read_utterance(uid, feature)
+        except StoreError as error:
+            message = str(error)
+            assert array in message or "damaged" in message, message
+            assert "verify" in message or "new store" in message or "re-extract" in message.lower(), message
+        else:
+            np.testing.assert_array_equal(frames, good.read_utterance(uid, feature))
+    try:
+        report = open_store(store).verify()
+    except StoreError as error:  # the array holding all regions is unreadable: refuse, naming it
+        assert array in str(error)
+        done = _verify_cli(store)
+        assert done.returncode != 0 and array in done.stderr
+        return
+    assert not report.ok
+    named = {uid for uid, _, _ in report.problems}
+    assert named - {"*"} in (set(ids), set()) and named, report.problems
+    assert _verify_cli(store).returncode == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_utterance_id_column_is_refused_by_name(store, damage):
+    (file,) = _chunk_files(store, "utterances/id")
+    if damage == "truncate":
+        file.write_bytes(file.read_bytes()[:7])
+    else:
+        file.unlink()
+    with pytest.raises(StoreError, match="utterances/id") as error:
+        open_store(store).list_utterances()
+    assert "damaged" in str(error.value)
+    done = _verify_cli(store)
+    assert done.returncode != 0 and "utterances/id" in done.stderr
+
+
+def test_store_from_a_newer_format_is_refused_by_readers_and_writers(store, pristine):
+    meta_file = store / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    meta["attributes"]["w2v2ser"]["format_version"] = 99
+    meta["attributes"]["w2v2ser"]["tool_version"] = "9.0.0"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(StoreVersionError, match=r"format_version 99.*9\.0\.0.*Upgrade w2v2ser"):
+        open_store(store)
+    with pytest.raises(StoreVersionError):
+        StoreWriter(store)
+    with pytest.raises(StoreVersionError):
+        extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram")], progress=False)
+    done = subprocess.run([str(W2V2SER), "store", "info", str(store)], capture_output=True, text=True)
+    assert done.returncode == 2 and "Upgrade w2v2ser" in done.stderr
+
+
+def _tree_digest(store: Path) -> dict[str, str]:
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("options", [{"hop_ms": 20.0}, {"n_fft": 512}, {"log": True}])
+def test_rerun_with_another_feature_config_is_refused_and_overwrites_nothing(store, pristine, options, tmp_path):
+    before = _tree_digest(store)
+    more = _corpus(tmp_path / "more", n=2)
+    more = [Utterance(id=f"new{u.id}", path=u.path, speaker="spk9", label="sad") for u in more]
+    with pytest.raises(StoreError, match="another config") as error:
+        extract_corpus(pristine[1] + more, store, extractors=[build_extractor("spectrogram", options)],
+                       progress=False)
+    message = str(error.value)
+    assert "'spectrogram'" in message and "new store path" in message
+    assert _tree_digest(store) == before  # nothing written, not even the new utterances
+    assert open_store(store).complete and open_store(store).verify().ok
+
+
+def test_rerun_with_another_feature_config_from_the_cli_exits_2(store, pristine, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path,label,speaker\n" + "".join(
+        f"{u.id},{u.path},{u.label},{u.speaker}\n" for u in pristine[1]))
+    before = _tree_digest(store)
+    done = subprocess.run([str(W2V2SER), "extract", "csv", str(manifest), "--store", str(store),
+                           "--features", "spectrogram", "--option", "spectrogram.hop_ms=20", "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "another config" in done.stderr and "hop_ms" in done.stderr
+    assert _tree_digest(store) == before
+
+
+def test_frames_read_back_equal_the_extractor_output(store, pristine):
+    """Sanity anchor for the damage tests: the pristine copy is exact."""
+    s = open_store(store)
+    for u in pristine[1]:
+        expected = LayeredExtractor().extract([read_audio(u.path)])[0].astype(np.float16)
+        np.testing.assert_array_equal(s.read_utterance(u.id, "layered"), expected)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_START_LOAD = [round(v, 2) for v in os.getloadavg()]  # when the benchmark script started
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -81,7 +82,8 @@ def machine_info(packages: Iterable[str] = ()) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": _ram_gib(),
-        "load_average": load_average(),
+        "load_average": _START_LOAD,
+        "load_average_now": load_average(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

@@ -1,0 +1,242 @@
+"""Stage 2 epoch time and peak memory: Dense head on ``wav2vec2:all`` streaming from the store.
+
+Two synthetic RAVDESS-shaped stores (24 actors, RAVDESS labels, 2-5 s utterances, wav2vec2
+float16 [T, 13, 768] at 50 frames/s) are generated once through ``StoreWriter`` into a cache
+folder outside the repo and reused: the full size (default 10,000 audio seconds ~ 10 GB, RAVDESS)
+and a quarter of it. Each size is trained in a FRESH subprocess (so ru_maxrss is that size's
+peak) with the train package's public API (``ExperimentConfig``, ``plan_runs``, ``train_run``;
+protocol ravdess, recipe paper, speaker normalisation, one seed, ``--epochs`` epochs without early
+stopping). Reported per size: epoch seconds, the library's own input/compute split, and an
+input-only pass over the training partition (``FeatureBatches.iterate``, same readers) timed in
+the same process right after training, so input share = input-only pass / epoch.
+
+    python3 tests/benchmarks/bench_train.py --quick          # tiny stores, < 60 s
+    python3 tests/benchmarks/bench_train.py                  # 10,000 s and 2,500 s stores
+
+The last printed line is the headline (peak RSS ratio full/quarter, input share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+DEFAULT_CACHE = Path(os.environ.get("W2V2SER_BENCH_CACHE", "/work/bench_cache"))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="stores of 360 and 90 audio s, 2 epochs")
+    p.add_argument("--seconds", type=float, default=10000.0, help="audio seconds of the full-size store")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of the generated stores (reused)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
+    args = p.parse_args()
+    if args.quick:
+        args.seconds, args.epochs = 360.0, 2
+    return args
+
+
+# ------------------------------------------------------------------------------ store generation
+def plan_utterances(seconds: float):
+    """RAVDESS-like manifest with `seconds` of audio: durations 2-5 s, 24 actors, all emotions."""
+    import numpy as np
+
+    from w2v2ser.store import Utterance
+
+    rng = np.random.default_rng(0)
+    utts, durations, total, i = [], [], 0.0, 0
+    while total < seconds:
+        d = float(rng.uniform(2.0, 5.0))
+        actor = i % 24 + 1
+        emotion = EMOTIONS[(i // 24) % len(EMOTIONS)]
+        utts.append(Utterance(id=f"syn-{i:06d}", path=f"/synthetic/{i}.flac", speaker=f"Actor_{actor:02d}",
+                              label=emotion, corpus="ravdess", gender="male" if actor % 2 else "female"))
+        durations.append(d)
+        total += d
+        i += 1
+    return utts, durations
+
+
+def _write_part(path: str, part: int, parts: int, rows: list, frames: list, labels: list) -> None:
+    import numpy as np
+
+    from w2v2ser.store import StoreWriter
+
+    rng = np.random.default_rng(100 + part)
+    pool = rng.standard_normal((800, 13, 768), dtype=np.float32).astype(np.float16)
+    class_shift = rng.standard_normal((len(EMOTIONS), 13, 768), dtype=np.float32).astype(np.float16) * 0.5
+    writer = StoreWriter(path, journal=f"gen-{part}")
+    for k in range(part, len(rows), parts):
+        t = frames[k]
+        start = int(rng.integers(0, 800 - t))
+        x = pool[start:start + t] + class_shift[labels[k]]
+        writer.write_utterance(rows[k], {"wav2vec2": x}, audio_sha256="0" * 64, duration=t / 50.0)
+    writer.close()
+
+
+def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
+    """Generate (once) a synthetic wav2vec2 store of `seconds` audio seconds; return its path."""
+    from multiprocessing import get_context
+
+    from w2v2ser.store import FeatureSpec, StoreWriter, open_store
+
+    path = cache / f"train_store_{int(seconds)}s.zarr"
+    try:
+        if open_store(path).complete:
+            return path
+    except Exception:  # noqa: BLE001 - missing or unfinished: (re)generate
+        shutil.rmtree(path, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    utts, durations = plan_utterances(seconds)
+    spec = FeatureSpec(name="wav2vec2", dim=768, layers=13, frame_rate=49.95, dtype="float16",
+                       config={"synthetic": "bench_train"})
+    frames = [int(d * 50) for d in durations]
+    t0 = time.perf_counter()
+    writer = StoreWriter(path)
+    rows = writer.plan(utts, num_samples=[int(d * 16000) for d in durations], features=[spec],
+                       capacities={"wav2vec2": frames})
+    labels = [EMOTIONS.index(u.label) for u in utts]
+    ctx = get_context("spawn")
+    procs = [ctx.Process(target=_write_part, args=(str(path), k, workers, rows, frames, labels)) for k in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"store generation worker failed ({p.exitcode})")
+    writer.finalize()
+    print(f"generated {path} ({len(utts)} utterances, {sum(durations):.0f} s) in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------------ child: one size
+def child(store_path: str, epochs: int) -> None:
+    _common.bootstrap_w2v2ser()
+    import numpy as np
+
+    from w2v2ser.store import open_store
+    from w2v2ser.train import (ExperimentConfig, FeatureBatches, Item, Source, build_normaliser, get_protocol,
+                               plan_runs, resolve_selection, train_run)
+
+    rss0 = _common.peak_rss_mb()
+    config = ExperimentConfig(stores={"main": store_path}, features="wav2vec2:all", head="dense", norm="speaker",
+                              protocol="ravdess", recipe="paper", seeds=1, deterministic=False,
+                              recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
+    spec = plan_runs(config)[0]
+    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-train-"))
+    t0 = time.perf_counter()
+    result = train_run(config, spec, out=out)
+    run_wall = time.perf_counter() - t0
+    history = json.loads((Path(result.path) / "history.json").read_text())
+    metrics = result.metrics
+
+    # Input-only pass over the same training partition with the same readers (no model).
+    store = open_store(store_path)
+    sel = resolve_selection("wav2vec2:all", specs=store.features, alias="main")
+    protocol = get_protocol("ravdess")
+    records = [r for r in store.list_utterances() if r.speaker in set(spec.train)]
+    norm = build_normaliser(store, sel, "speaker", train_speakers=spec.train,
+                            speakers=sorted(set(spec.train) | set(spec.validation) | set(spec.test)))
+    items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
+    batches = FeatureBatches(items, [Source("main", store, sel, norm)], classes=protocol.classes,
+                             batch_size=config.resolved_recipe().batch_size, max_frames=protocol.max_frames,
+                             shuffle=True, cache=config.cache, cache_budget_mb=config.cache_budget_mb,
+                             workers=config.workers)
+    t0 = time.perf_counter()
+    nbatches = sum(1 for _ in batches.iterate())
+    input_pass = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({
+        "store": store_path, "utterances_train": len(items), "batches": nbatches,
+        "epochs": history["epochs"], "epoch_seconds": history["epoch_seconds"],
+        "input_seconds_threads": history["input_seconds"], "compute_seconds": history["compute_seconds"],
+        "input_only_pass_seconds": input_pass, "train_run_wall_s": run_wall,
+        "cache_used": bool(metrics.get("cache", {}).get("train")),
+        "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
+        "uar": result.uar, "load_average": _common.load_average(),
+    }))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(args.child, args.epochs)
+        return
+    how = _common.bootstrap_w2v2ser()
+    cache = Path(args.cache)
+    sizes = {"full": args.seconds, "quarter": args.seconds / 4}
+    paths = {name: ensure_store(cache, s, args.gen_workers) for name, s in sizes.items()}
+    runs = {}
+    for name in ("quarter", "full"):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                   TF_CPP_MIN_LOG_LEVEL="2")
+        cmd = [sys.executable, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs)]
+        print(f"training on {name} store ({sizes[name]:.0f} audio s) in a fresh process ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"child for {name} failed ({proc.returncode})")
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs[name]["audio_seconds"] = sizes[name]
+        runs[name]["store_gb"] = sum(f.stat().st_size for f in Path(paths[name]).rglob("*") if f.is_file()) / 1e9
+    import numpy as np
+
+    rows = []
+    for name in ("quarter", "full"):
+        r = runs[name]
+        # The first epoch also traces and compiles the Keras step: report the later ones.
+        steady = r["epoch_seconds"][1:] or r["epoch_seconds"]
+        epoch = float(np.mean(steady))
+        r["first_epoch_seconds"] = r["epoch_seconds"][0]
+        r["compute_seconds_steady"] = float(np.mean(r["compute_seconds"][1:] or r["compute_seconds"]))
+        r["epoch_seconds_mean"] = epoch
+        r["input_share_input_only_pass"] = r["input_only_pass_seconds"] / epoch
+        r["input_share_library_threads"] = float(np.sum(r["input_seconds_threads"]) / np.sum(r["epoch_seconds"]))
+        rows.append([name, r["audio_seconds"], r["store_gb"], r["utterances_train"], epoch,
+                     r["input_only_pass_seconds"], r["compute_seconds_steady"],
+                     r["input_share_input_only_pass"], r["peak_rss_mb"], r["cache_used"]])
+    ratios = {
+        "peak_rss_full_vs_quarter": runs["full"]["peak_rss_mb"] / runs["quarter"]["peak_rss_mb"],
+        "epoch_full_vs_quarter": runs["full"]["epoch_seconds_mean"] / runs["quarter"]["epoch_seconds_mean"],
+        "input_share_full": runs["full"]["input_share_input_only_pass"],
+    }
+    table = _common.format_table(["store", "audio s", "store GB", "train utts", "epoch s (after 1st)", "input-only pass s",
+                                  "keras step s", "input share", "peak RSS MB", "frame cache"], rows)
+    info = _common.machine_info(["numpy"])
+    payload = {"benchmark": "bench_train", "command": _common.command_line(), "machine": info,
+               "config": {"sizes_audio_seconds": sizes, "epochs": args.epochs, "features": "wav2vec2:all",
+                          "head": "dense", "norm": "speaker", "protocol": "ravdess", "recipe": "paper",
+                          "stores": {k: str(v) for k, v in paths.items()}, "quick": args.quick, "w2v2ser": how},
+               "runs": runs, "ratios": ratios}
+    notes = ["'keras step s' is the library's compute_seconds (train-batch begin->end, includes waiting for input "
+             "when the readers fall behind); 'input-only pass' iterates the same training batches without a model.",
+             "peak RSS from ru_maxrss of a fresh process per store size",
+             "epoch s = mean of epochs 2..N (epoch 1 also compiles); every epoch includes the validation pass"]
+    headline = (f"headline: peak RSS full/quarter = {ratios['peak_rss_full_vs_quarter']:.2f} (goal ~1: memory flat), "
+                f"epoch full/quarter = {ratios['epoch_full_vs_quarter']:.2f} (4x data), input-only pass / epoch "
+                f"(full) = {ratios['input_share_full']:.2f}")
+    print()
+    print(table)
+    path = _common.write_results("bench_train_quick" if args.quick else "bench_train", payload, table,
+                                 out=args.out, headline=headline, notes=notes)
+    print(f"results: {path}")
+    print(headline)
+
+
+if __name__ == "__main__":
+    main()

@@ -64,8 +64,19 @@ class Journal:
             lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n")
         if not lines:
             return
-        os.write(self._fd, "".join(lines).encode("utf-8"))
-        os.fsync(self._fd)
+        data = "".join(lines).encode("utf-8")
+        start = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a short write (disk full): never leave half a line behind
+                raise OSError(28, os.strerror(28))
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
 
     def close(self) -> None:
         """Close the file descriptor (idempotent)."""

@@ -52,7 +52,10 @@ def lock_store(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         # Record the holder only once we own the lock, so a loser never overwrites it.
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # e.g. disk full: the flock is the lock, the holder text only informs
+            pass
         yield
     finally:
         try:

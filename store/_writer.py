@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import functools
 import json
 import os
 import warnings
@@ -50,6 +52,30 @@ def _comparable(value: Any) -> Any:
     return value
 
 
+def _no_space_is_clear(method: Any) -> Any:
+    """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreError.
+
+    Everything committed before stays valid (the journal line is the commit point), so the
+    message tells the user to free space and rerun the same command.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: "StoreWriter", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StoreError(
+                f"no space left on the device holding store {self.path} ({exc.strerror}) during "
+                f"{method.__name__}: free disk space (or move the store to a larger disk) and rerun "
+                f"the same command; utterances committed so far are kept and extraction resumes "
+                f"where it stopped."
+            ) from exc
+
+    return wrapper
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -93,6 +119,7 @@ class StoreWriter:
         self._specs: dict[str, FeatureSpec] = specs_from_meta(self._meta)
 
     # ------------------------------------------------------------------ setup
+    @_no_space_is_clear
     def _create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         # A process killed while writing zarr.json leaves Zarr's "*.partial" temp file behind.
@@ -125,6 +152,7 @@ class StoreWriter:
             _create_array(group, f"failures/{col}", shape=(0,), chunks=(ROW_CHUNK,),
                           dtype=str, fill_value="")
 
+    @_no_space_is_clear
     def _complete_layout(self) -> None:
         """Create table columns missing after a crash inside :meth:`_create` (root written, arrays not all)."""
         missing = [f"utterances/{c}" for c in UTTERANCE_COLUMNS] + [f"failures/{c}" for c in FAILURE_COLUMNS]
@@ -206,6 +234,7 @@ class StoreWriter:
             )
 
     # ------------------------------------------------------------------ plan
+    @_no_space_is_clear
     def plan(
         self,
         utterances: Sequence[Utterance],
@@ -435,6 +464,7 @@ class StoreWriter:
             raise StoreError(f"row index {index} is out of range for store {self.path} ({len(self._ids)} rows).")
         return self._ids[index]
 
+    @_no_space_is_clear
     def write_utterance(self, index: int, features: Mapping[str, np.ndarray], *,
                         audio_sha256: str, duration: float) -> None:
         """Write frames of one utterance, its statistics and crc32, then commit to the journal.
@@ -490,6 +520,7 @@ class StoreWriter:
         # The journal line is the commit point: written (and fsynced) only after the data.
         self._journal.append(lines)
 
+    @_no_space_is_clear
     def record_failure(self, index: int, *, reason: str, feature: str | None = None) -> None:
         """Record that an utterance (or one feature of it) could not be extracted."""
         uid = self._row_id(index)
@@ -498,6 +529,7 @@ class StoreWriter:
         self._journal.append([{"event": "failure", "index": int(index), "id": uid,
                                "feature": feature, "reason": str(reason)}])
 
+    @_no_space_is_clear
     def finalize(self) -> None:
         """Merge journals into lengths, crc32, status, failures and per-speaker statistics.
 

@@ -1,0 +1,122 @@
+"""Disk full during extraction: a clear error, a valid (incomplete) store, and a resume that completes it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_audio import write_audio
+from w2v2ser.extract import build_extractor, extract_corpus
+from w2v2ser.store import StoreError, Utterance, open_store
+
+
+def _corpus(folder: Path, n: int = 12) -> list[Utterance]:
+    return [
+        Utterance(id=f"u{k:02d}", path=str(write_audio(folder / f"u{k:02d}.wav", duration=0.5 + 0.2 * k, seed=k)),
+                  speaker=f"spk{k % 3}", label="angry")
+        for k in range(n)
+    ]
+
+
+def _assert_same(got: Path, want: Path) -> None:
+    a, b = open_store(got), open_store(want)
+    assert [r.id for r in a.list_utterances()] == [r.id for r in b.list_utterances()]
+    for r in b.list_utterances():
+        for name in b.features:
+            np.testing.assert_array_equal(a.read_utterance(r.id, name), b.read_utterance(r.id, name))
+    assert a.verify().ok
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (we run as root in CI containers); skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _extractors():
+    return [build_extractor("spectrogram", {"n_fft": 1024})]  # 513 bins: big, poorly compressible frames
+
+
+def test_disk_full_on_a_real_small_filesystem_then_resume(tmp_path, small_disk):
+    corpus = _corpus(tmp_path / "audio")
+    reference = tmp_path / "reference.zarr"
+    extract_corpus(corpus, reference, extractors=_extractors(), progress=False)
+    store = small_disk / "s.zarr"
+    with pytest.raises(StoreError) as error:
+        extract_corpus(corpus, store, extractors=_extractors(), shard_size=2, progress=False)
+    message = str(error.value)
+    assert "no space left" in message and str(store) in message
+    assert "free disk space" in message and "rerun the same command" in message
+    # What was committed is intact, and the lock was released.
+    partial = open_store(store, allow_incomplete=True)
+    assert not partial.complete
+    assert partial.verify().ok
+    # Free space by moving the store to a larger disk, then resume there.
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(store, moved)
+    summary = extract_corpus(corpus, moved, extractors=_extractors(), progress=False)
+    assert summary.complete and summary.skipped + summary.extracted == len(corpus)
+    _assert_same(moved, reference)
+
+
+def test_disk_full_injected_at_every_write_then_resume_in_place(tmp_path, monkeypatch):
+    """ENOSPC injected at the k-th store file write (zarr chunks and journal lines), for many k."""
+    import zarr.storage._local as local
+
+    from w2v2ser.store import _journal
+
+    corpus = _corpus(tmp_path / "audio", n=6)
+    reference = tmp_path / "reference.zarr"
+    extract_corpus(corpus, reference, extractors=_extractors(), progress=False)
+    real_put, real_write = local._put, os.write
+    budget = {"left": 0}
+
+    def spend() -> None:
+        budget["left"] -= 1
+        if budget["left"] < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_put(path, value, exclusive=False):
+        spend()
+        return real_put(path, value, exclusive=exclusive)
+
+    def full_write(fd, data):
+        spend()
+        return real_write(fd, data)
+
+    failures = 0
+    for k in (3, 10, 25, 40, 60, 80, 120):
+        store = tmp_path / f"s{k}-{uuid.uuid4().hex[:6]}.zarr"
+        monkeypatch.setattr(local, "_put", full_put)
+        monkeypatch.setattr(_journal.os, "write", full_write)
+        budget["left"] = k
+        try:
+            extract_corpus(corpus, store, extractors=_extractors(), shard_size=2, progress=False)
+        except StoreError as error:
+            failures += 1
+            assert "no space left" in str(error) and "rerun the same command" in str(error)
+        finally:
+            monkeypatch.setattr(local, "_put", real_put)
+            monkeypatch.setattr(_journal.os, "write", real_write)
+        if (store / "zarr.json").exists():
+            assert open_store(store, allow_incomplete=True).verify().ok
+        summary = extract_corpus(corpus, store, extractors=_extractors(), progress=False)
+        assert summary.complete
+        _assert_same(store, reference)
+    assert failures >= 5

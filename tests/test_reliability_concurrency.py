@@ -1,0 +1,120 @@
+"""Two extraction processes on one store: the second stops at once, naming the lock; the store stays intact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_audio import write_audio
+from w2v2ser.extract import build_extractor, extract_corpus
+from w2v2ser.store import StoreLockedError, open_store
+
+W2V2SER = Path(sys.executable).parent / "w2v2ser"
+
+# A real extraction process whose spectrogram extractor waits for a "release" file, so the test
+# controls exactly how long it holds the store lock.
+_HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from w2v2ser.extract import SpectrogramExtractor, extract_corpus, read_csv_manifest
+
+    class Waiting(SpectrogramExtractor):
+        def extract(self, signals):
+            open(sys.argv[3] + ".waiting", "w").close()
+            while not os.path.exists(sys.argv[3]):
+                time.sleep(0.02)
+            return super().extract(signals)
+
+    manifest = read_csv_manifest(sys.argv[1])
+    summary = extract_corpus(manifest.utterances, sys.argv[2], extractors=[Waiting()], progress=False)
+    sys.exit(0 if summary.complete else 3)
+    """
+)
+
+
+@pytest.fixture()
+def manifest(tmp_path) -> Path:
+    rows = ["id,path,label,speaker"]
+    for k in range(6):
+        write_audio(tmp_path / "audio" / f"u{k}.wav", duration=0.5 + 0.1 * k, seed=k)
+        rows.append(f"u{k},audio/u{k}.wav,angry,spk{k % 2}")
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _wait_for_lock(store: Path, pid: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lock = store / ".lock"
+        if lock.exists() and f"pid {pid} " in lock.read_text(errors="replace"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} never took {store / '.lock'}")
+
+
+def test_second_extraction_process_stops_at_once_naming_the_lock(tmp_path, manifest):
+    store, release = tmp_path / "s.zarr", tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "-c", _HOLDER, str(manifest), str(store), str(release)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lock(store, first.pid)
+        deadline = time.monotonic() + 120
+        while not Path(f"{release}.waiting").exists():  # planned, now inside extraction
+            assert time.monotonic() < deadline and first.poll() is None, first.stderr.read()
+            time.sleep(0.02)
+        before = sorted(p.relative_to(store) for p in store.rglob("*"))
+        # The second process: the real command line, same store, another feature even.
+        started = time.perf_counter()
+        second = subprocess.run([str(W2V2SER), "extract", "csv", str(manifest), "--store", str(store),
+                                 "--features", "spectrogram", "--no-progress"],
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        message = second.stderr
+        assert "is locked" in message and str(store / ".lock") in message
+        assert f"pid {first.pid}" in message and "another extraction is running" in message
+        assert first.poll() is None  # the first one is still running, untouched
+        # Nothing was written by the loser (it stopped before opening the store for writing).
+        assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+        # In-process too: the library raises StoreLockedError before touching anything.
+        with pytest.raises(StoreLockedError, match=r"\.lock"):
+            extract_corpus([], store, extractors=[build_extractor("spectrogram")], progress=False)
+        print(f"second process refused after {time.perf_counter() - started:.1f} s (mostly imports)")
+    finally:
+        release.touch()
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    s = open_store(store)
+    assert s.complete and len(s.list_utterances()) == 6 and s.verify().ok
+    # The lock is free again: a rerun finds everything done.
+    summary = extract_corpus(open_store(store).list_utterances(), store,
+                             extractors=[build_extractor("spectrogram")], progress=False)
+    assert summary.extracted == 0 and summary.complete
+
+
+def test_two_processes_racing_for_a_fresh_store_never_corrupt_it(tmp_path, manifest):
+    """Both start together on a store that does not exist yet: one wins, the other is refused."""
+    store = tmp_path / "race.zarr"
+    command = [str(W2V2SER), "extract", "csv", str(manifest), "--store", str(store),
+               "--features", "spectrogram", "--no-progress"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    # Usually one is refused (2); if the first finished before the second started, both succeed.
+    assert codes in ([0, 2], [0, 0]), results
+    for code, err in results:
+        if code == 2:
+            assert "is locked" in err and ".lock" in err
+    s = open_store(store)
+    assert s.complete and s.verify().ok
+    assert len(s.list_utterances()) == 6
+    for record in s.list_utterances():
+        assert np.isfinite(s.read_utterance(record.id, "spectrogram")).all()
+    assert os.path.exists(store / ".lock")

@@ -1,0 +1,131 @@
+"""Bad manifests: duplicate ids, escaping paths, wrong columns, missing files, odd labels, lone speakers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_audio import write_audio
+from w2v2ser.extract import ManifestError, build_extractor, extract_corpus, read_csv_manifest
+from w2v2ser.store import StoreError, Utterance, open_store
+
+
+def _manifest(folder: Path, text: str) -> Path:
+    path = folder / "manifest.csv"
+    path.write_text(text)
+    return path
+
+
+def test_duplicate_ids_are_refused_with_both_lines(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    path = _manifest(tmp_path, "id,path,label,speaker\nx,a.wav,angry,s1\ny,a.wav,sad,s1\nx,a.wav,sad,s2\n")
+    with pytest.raises(ManifestError, match=r"line 4.*'x' is also used on line 2.*unique"):
+        read_csv_manifest(path)
+
+
+def test_duplicate_ids_given_to_extract_corpus_directly_are_refused_before_writing(tmp_path):
+    wav = str(write_audio(tmp_path / "a.wav"))
+    utterances = [Utterance(id="x", path=wav, speaker="s", label="angry")] * 2
+    with pytest.raises(StoreError, match=r"duplicate utterance ids \['x'\]"):
+        extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")], progress=False)
+    store = open_store(tmp_path / "s.zarr", allow_incomplete=True)
+    assert store.list_utterances(status=None) == []
+
+
+@pytest.mark.parametrize("raw", ["../outside.wav", "sub/../../outside.wav", "sub/../../../etc/passwd"])
+def test_relative_paths_escaping_the_corpus_folder_are_refused(tmp_path, raw):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    path = _manifest(corpus, f"path,label,speaker\n{raw},angry,s1\n")
+    with pytest.raises(ManifestError, match=r"line 2, column 'path'.*points outside the manifest's folder"):
+        read_csv_manifest(path)
+
+
+@pytest.mark.parametrize("header,hint", [
+    ("file,label,speaker", None),
+    ("path,lable,speaker", "Did you mean 'lable'"),
+    ("path,label,spekaer", "Did you mean 'spekaer'"),
+    ("Path,Label,Speaker", "Did you mean 'Path'"),
+])
+def test_wrong_columns_name_the_missing_column(tmp_path, header, hint):
+    path = _manifest(tmp_path, f"{header}\na.wav,angry,s1\n")
+    with pytest.raises(ManifestError, match=r"line 1, column '(path|label|speaker)'.*required column") as error:
+        read_csv_manifest(path)
+    if hint:
+        assert hint in str(error.value)
+
+
+def test_row_with_missing_fields_is_named(tmp_path):
+    path = _manifest(tmp_path, "path,label,speaker\na.wav,angry\n")
+    with pytest.raises(ManifestError, match=r"line 2.*different number of fields"):
+        read_csv_manifest(path)
+
+
+def test_missing_audio_file_becomes_one_failure_row(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    path = _manifest(tmp_path, "path,label,speaker\na.wav,angry,s1\nnot_there.wav,sad,s2\n")
+    summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr",
+                             extractors=[build_extractor("spectrogram")], progress=False)
+    assert summary.complete
+    assert [(uid, reason.split(" does not exist")[0]) for uid, _, reason in summary.failed] == [
+        ("not_there", f"Audio file {tmp_path / 'not_there.wav'}")]
+    assert "Check the path in the manifest" in summary.failed[0][2]
+    assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
+
+
+def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):
+    """A speaker with one utterance (and one of pure silence: zero variance) must not produce NaN."""
+    rows = ["id,path,label,speaker"]
+    for k in range(4):
+        write_audio(tmp_path / f"m{k}.wav", duration=0.5 + 0.1 * k, seed=k)
+        rows.append(f"m{k},m{k}.wav,angry,many")
+    write_audio(tmp_path / "lone.wav", duration=0.6, seed=9)
+    rows.append("lone,lone.wav,sad,lone_speaker")
+    write_audio(tmp_path / "quiet.wav", data=np.zeros(9_600, dtype=np.float32))
+    rows.append("quiet,quiet.wav,sad,silent_speaker")
+    path = _manifest(tmp_path, "\n".join(rows) + "\n")
+    extractors = [build_extractor("spectrogram"), build_extractor("egemaps")]
+    summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr", extractors=extractors,
+                             progress=False)
+    assert summary.complete and not summary.failed
+    store = open_store(tmp_path / "s.zarr")
+    for feature in ("spectrogram", "egemaps"):
+        for speaker in ("lone_speaker", "silent_speaker", "many"):
+            stats = store.compose_statistics(feature, speakers=[speaker])
+            assert np.isfinite(stats.mean).all() and np.isfinite(stats.variance).all(), (feature, speaker)
+            assert (stats.variance >= 0).all()
+        silent = store.compose_statistics("spectrogram", speakers=["silent_speaker"])
+        assert not silent.variance.any()  # exactly zero, not NaN
+        assert np.isfinite(store.compose_statistics(feature).variance).all()
+    # Stage 2 normalisation floors a zero std instead of dividing by it.
+    pytest.importorskip("tensorflow")
+    from w2v2ser.train import build_normaliser, resolve_selection
+
+    selection = resolve_selection("spectrogram", specs=store.features, alias="s")
+    norm = build_normaliser(store, selection, "speaker", train_speakers=store.speakers(), speakers=store.speakers())
+    for speaker in store.speakers():
+        record = next(r for r in store.list_utterances() if r.speaker == speaker)
+        out = norm.apply(store.read_utterance(record.id, "spectrogram"), speaker)
+        assert np.isfinite(out).all(), speaker
+
+
+def test_labels_outside_the_protocol_are_dropped_with_a_count(caplog):
+    """Stage 2 keeps only labels of the protocol's classes and logs how many of which it dropped."""
+    pytest.importorskip("tensorflow")
+    import logging
+
+    from w2v2ser.train import get_protocol
+    from w2v2ser.train._protocols import select_utterances
+
+    class Record:
+        def __init__(self, label: str) -> None:
+            self.label = label
+
+    protocol = get_protocol("iemocap")
+    records = [Record(x) for x in ["ang", "neu", "xxx", "xxx", "fru", "exc", "sad"]]
+    with caplog.at_level(logging.WARNING):
+        kept, labels, classes = select_utterances(protocol, records)
+    assert len(kept) == 4 and len(labels) == 4
+    assert "dropped 3 utterances" in caplog.text and "'xxx': 2" in caplog.text

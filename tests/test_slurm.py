@@ -1,0 +1,112 @@
+"""A real single-node SLURM: the job script's extract -> (afterok) train + evaluate chain, and
+`cluster: slurm` (dask-jobqueue workers as SLURM jobs).
+
+Needs root (slurmd runs jobs as root) and slurm-wlm/munge (installed by tests/slurm/start_slurm.sh
+when missing). Run with: ``pytest -m "slow and slurm" tests/test_slurm.py -s``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_run_pipeline import (
+    REPO, W2V2SER, cli_env, make_tiny_corpus, make_tiny_model, needs_ravdess, run_cli, write_tiny_pipeline,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, needs_ravdess]
+
+HARNESS = REPO / "tests" / "slurm"
+JOB_SCRIPT = REPO / "slurm" / "extract_then_train.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Start slurmctld + slurmd for this module; yields the environment that reaches them."""
+    if os.geteuid() != 0:
+        pytest.skip("a throwaway SLURM needs root (daemons and jobs run as root)")
+    state = tmp_path_factory.mktemp("slurm-state")
+    started = subprocess.run(["bash", str(HARNESS / "start_slurm.sh"), str(state)], capture_output=True, text=True,
+                             timeout=600)
+    if started.returncode != 0:
+        pytest.fail(f"start_slurm.sh failed:\n{started.stderr[-3000:]}")
+    conf = re.search(r"export SLURM_CONF=(\S+)", started.stdout)
+    assert conf, started.stdout
+    env = {**cli_env(), "SLURM_CONF": conf.group(1)}
+    yield env
+    subprocess.run(["bash", str(HARNESS / "stop_slurm.sh"), str(state)], capture_output=True, timeout=120)
+
+
+def _job_state(job: str, env: dict[str, str]) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=env)
+    match = re.search(r"JobState=(\S+)", shown.stdout)
+    return match.group(1) if match else "UNKNOWN"
+
+
+def _wait_for_jobs(jobs: list[str], env: dict[str, str], *, timeout: float) -> dict[str, str]:
+    """Poll squeue until the jobs left the queue (no sacct here); returns their final states."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i"], capture_output=True, text=True,
+                                env=env).stdout.split()
+        if not queued:
+            return {job: _job_state(job, env) for job in jobs}
+        time.sleep(1)
+    subprocess.run(["scancel", *jobs], env=env)
+    raise AssertionError(f"jobs {jobs} still queued after {timeout} s")
+
+
+def test_job_script_chains_extraction_and_training(slurm: dict[str, str], tmp_path: Path) -> None:
+    make_tiny_corpus(tmp_path / "data")
+    make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "model")
+    cores = str(min(2, os.cpu_count() or 1))
+    env = {**slurm, "GPU_PARTITION": "gpu", "CPU_PARTITION": "debug", "GPU_GRES": "", "EXTRACT_CPUS": cores,
+           "TRAIN_CPUS": cores, "EXTRACT_MEM": "4G", "TRAIN_MEM": "6G", "EXTRACT_TIME": "00:20:00",
+           "TRAIN_TIME": "00:30:00", "LOG_DIR": str(tmp_path / "logs"), "W2V2SER": str(W2V2SER)}
+    started = time.monotonic()
+    submitted = subprocess.run(["bash", str(JOB_SCRIPT), str(pipeline)], capture_output=True, text=True, env=env,
+                               timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    jobs = submitted.stdout.split()
+    assert len(jobs) == 2 and all(job.isdigit() for job in jobs), submitted.stdout
+    dependency = subprocess.run(["scontrol", "show", "job", jobs[1]], capture_output=True, text=True, env=env).stdout
+    assert f"afterok:{jobs[0]}" in dependency
+
+    states = _wait_for_jobs(jobs, env, timeout=1200)
+    elapsed = time.monotonic() - started
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "logs").glob("*.out")))
+    assert states == {jobs[0]: "COMPLETED", jobs[1]: "COMPLETED"}, f"{states}\n{logs}"
+    report = (tmp_path / "out" / "reports" / "tiny" / "report.md").read_text()
+    assert re.search(r"\d+\.\d ± \d+\.\d", report), report[:2000]
+    print(f"\nSLURM extract -> train+evaluate chain finished in {elapsed:.0f} s (jobs {jobs})")
+
+
+def test_slurm_cluster_runs_extraction_shards_as_jobs(slurm: dict[str, str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cluster: slurm`: the driver runs here, its Dask workers are SLURM jobs of the same node."""
+    pytest.importorskip("dask_jobqueue")
+    make_tiny_corpus(tmp_path / "data")
+    make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "model", cluster="slurm", extra={
+        "cluster.slurm": {"queue": "debug", "cores": 1, "memory": "3GB", "processes": 1, "jobs": 2,
+                          "walltime": "00:20:00", "log_directory": str(tmp_path / "worker-logs")},
+    })
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    done = run_cli(pipeline, "--stage", "extract", timeout=900)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SLURM Dask cluster: 2 job(s)" in done.stderr
+    assert len(list((tmp_path / "out" / "stores" / "ravdess").glob("*.zarr"))) == 2
+    journals = [p.name for p in (tmp_path / "out" / "stores" / "ravdess").glob("*.zarr/_journal/*.jsonl")]
+    assert any(name.startswith("shard-") for name in journals), journals  # written by the SLURM workers
+    print(f"\ncluster: slurm extraction (2 worker jobs) finished in {elapsed:.0f} s")
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)

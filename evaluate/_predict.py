@@ -305,6 +305,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``."""
     import keras
 
+    import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
+
     from w2v2ser.store import open_store
     from w2v2ser.train import FeatureBatches, Item, Source, resolve_selection
 

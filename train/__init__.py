@@ -7,15 +7,17 @@ Typical use::
                            head="dense", norm="speaker", protocol="ravdess", recipe="official")
     results = train_experiment(cfg, out="runs/ravdess_w2v2_all")
 
-Never imports torch.
+Never imports torch. Keras and TensorFlow load on first use of a head, a layer or a
+training run, so configs and protocols are cheap to import.
 """
+
+import importlib
+from typing import Any
 
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
 from ._experiment import RunResult, RunSpec, plan_runs, summarize_runs, train_experiment, train_run
-from ._heads import HEADS, DenseHead, FusionHead, LSTMHead, make_head
-from ._layers import FrameMask, LayerWeightedAverage, MaskedMean
 from ._metrics import accuracy, confusion_matrix, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
 from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
@@ -34,3 +36,16 @@ __all__ = [
     "uar", "accuracy", "confusion_matrix",
     "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
 ]
+
+
+# Names whose modules import Keras: loaded on first access.
+_LAZY = {
+    **{name: "w2v2ser.train._heads" for name in ("HEADS", "DenseHead", "FusionHead", "LSTMHead", "make_head")},
+    **{name: "w2v2ser.train._layers" for name in ("FrameMask", "LayerWeightedAverage", "MaskedMean")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'w2v2ser.train' has no attribute {name!r}")

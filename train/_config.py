@@ -12,11 +12,13 @@ from typing import Any, Mapping
 
 from ._dataset import CACHE_MODES
 from ._errors import ConfigError
-from ._heads import HEADS
 from ._normalisation import NORMALISATIONS
 from ._protocols import PROTOCOLS
 from ._recipes import Recipe, get_recipe
 from ._selection import parse_selection
+
+# The heads of w2v2ser.train._heads (kept here so that configs load without Keras).
+HEAD_NAMES = ("dense", "lstm", "fusion")
 
 __all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS"]
 
@@ -84,7 +86,7 @@ class ExperimentConfig:
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         self.stores = {str(k): os.path.abspath(os.fspath(v)) for k, v in self.stores.items()}
         self.recipe_overrides = dict(self.recipe_overrides or {})
-        for name, value, allowed in (("head", self.head, HEADS), ("norm", self.norm, NORMALISATIONS),
+        for name, value, allowed in (("head", self.head, HEAD_NAMES), ("norm", self.norm, NORMALISATIONS),
                                      ("protocol", self.protocol, PROTOCOLS), ("cache", self.cache, CACHE_MODES)):
             if value not in allowed:
                 raise ConfigError(f"ExperimentConfig.{name}={value!r}; expected one of {sorted(allowed)}")

@@ -31,7 +31,6 @@ import numpy as np
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source
 from ._errors import DataError, SelectionError
-from ._heads import make_head
 from ._metrics import accuracy, confusion_matrix, uar
 from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
@@ -268,6 +267,8 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
+
+    from ._heads import make_head  # Keras loads only when a run trains
 
     head = make_head(config.head, units=config.units, dropout=config.dropout, recipe=recipe,
                      classes=data.classes, verbose=verbose, run_eagerly=config.run_eagerly)

@@ -100,7 +100,6 @@ def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path)
         assert not silent.variance.any()  # exactly zero, not NaN
         assert np.isfinite(store.compose_statistics(feature).variance).all()
     # Stage 2 normalisation floors a zero std instead of dividing by it.
-    pytest.importorskip("tensorflow")
     from w2v2ser.train import build_normaliser, resolve_selection
 
     selection = resolve_selection("spectrogram", specs=store.features, alias="s")
@@ -113,7 +112,6 @@ def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path)
 
 def test_labels_outside_the_protocol_are_dropped_with_a_count(caplog):
     """Stage 2 keeps only labels of the protocol's classes and logs how many of which it dropped."""
-    pytest.importorskip("tensorflow")
     import logging
 
     from w2v2ser.train import get_protocol

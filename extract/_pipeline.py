@@ -300,12 +300,24 @@ def _extract_batch(
         if reason:
             write_queue.put(lambda i=item.index, r=reason: writer.record_failure(i, reason=r))
     features: dict[str, list[np.ndarray | None]] = {}
-    signals = [signal for _, signal, _ in good]
     for extractor in extractors:
+        limit = getattr(extractor.config, "max_seconds", None)
+        allowed = [limit is None or len(signal) <= limit * 16000 for _, signal, _ in good]
+        for (item, signal, _), ok in zip(good, allowed):
+            if not ok:
+                reason = (
+                    f"{item.path} is {len(signal) / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
+                    f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
+                )
+                write_queue.put(lambda i=item.index, r=reason, n=extractor.name: writer.record_failure(i, feature=n, reason=r))
+        signals = [signal for (_, signal, _), ok in zip(good, allowed) if ok]
         try:
-            features[extractor.name] = list(extractor.extract(signals))
+            values = iter(extractor.extract(signals))
         except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
-            features[extractor.name] = [_extract_one(extractor, item, s, write_queue, writer) for item, s, _ in good]
+            values = iter(
+                [_extract_one(extractor, item, s, write_queue, writer) for (item, s, _), ok in zip(good, allowed) if ok]
+            )
+        features[extractor.name] = [next(values) if ok else None for ok in allowed]
     for position, (item, signal, digest) in enumerate(good):
         frames = {name: values[position] for name, values in features.items() if values[position] is not None}
         if len(frames) != len(extractors):

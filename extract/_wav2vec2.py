@@ -58,6 +58,8 @@ class Wav2Vec2Config:
         precision: Compute precision: "auto" (float16 autocast on CUDA, float32 on CPU),
             "float32" or "float16" (CUDA only).
         num_threads: CPU threads for torch (`torch.set_num_threads`); None leaves torch's default.
+        max_seconds: Longest utterance extracted (self-attention memory grows with the square
+            of the length); a longer file is recorded as a failure that says so. None = no limit.
     """
 
     model: str = "facebook/wav2vec2-base"
@@ -67,6 +69,7 @@ class Wav2Vec2Config:
     dtype: str = "float16"
     precision: str = "auto"
     num_threads: int | None = None
+    max_seconds: float | None = 120.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -86,6 +89,14 @@ class Wav2Vec2Config:
                 f"wav2vec2.batch_seconds must be a positive number of seconds (e.g. 32), got {self.batch_seconds!r}"
             )
         self.batch_seconds = seconds
+        if self.max_seconds is not None:
+            if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) or not (
+                math.isfinite(self.max_seconds) and self.max_seconds > 0
+            ):
+                raise ExtractorConfigError(
+                    f"wav2vec2.max_seconds must be a positive number of seconds or null, got {self.max_seconds!r}"
+                )
+            self.max_seconds = float(self.max_seconds)
         if self.dtype not in _DTYPES:
             raise ExtractorConfigError(f"wav2vec2.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         if self.precision not in _PRECISIONS:

@@ -193,3 +193,17 @@ def test_wav2vec2_store_resumes_with_other_runtime_options_but_refuses_another_m
             corpus, tmp_path / "w.zarr", extractors=[build_extractor("wav2vec2", {"model": str(other)})],
             progress=False,
         )
+
+
+def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_wav2vec2
+
+    utterances = _write_corpus(tmp_path, [0.5, 3.0, 0.8])
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=1, hidden=16)
+    extractor = build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 2.0})
+    summary = extract_corpus(utterances, tmp_path / "w.zarr", extractors=[extractor], progress=False)
+    failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
+    assert list(failed) == [utterances[1].id]
+    assert "3 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
+    assert summary.extracted == 2 and summary.complete

@@ -229,6 +229,7 @@ def extract_shard(
     extractors: Sequence[Extractor],
     journal: str,
     batch_seconds: float = 32.0,
+    write_threads: int = 2,
     on_utterance: Callable[[float], None] | None = None,
 ) -> tuple[int, float]:
     """Extract and commit one shard of utterances (one unit of work).
@@ -242,6 +243,7 @@ def extract_shard(
         extractors: Extractors for the features this shard writes.
         journal: Commit journal name; one writer per journal at a time.
         batch_seconds: Audio seconds handed to the extractors at once.
+        write_threads: Threads writing finished utterances to the store.
         on_utterance: Called with the audio seconds of every committed utterance.
 
     Returns:
@@ -253,8 +255,10 @@ def extract_shard(
         [float(getattr(e.config, "batch_seconds", 0) or 0) for e in extractors] + [batch_seconds]
     )
     batches = list(_batches(items, int(batch_seconds * 16000)))
-    committed = [0, 0.0]
-    write_queue: queue.Queue = queue.Queue(maxsize=2)  # bounded: memory stays flat
+    committed = _Committed()
+    # Bounded: memory stays flat. Several writers: compression and chunk files of one
+    # utterance overlap with those of the next (utterances never share a chunk).
+    write_queue: queue.Queue = queue.Queue(maxsize=2 * write_threads)
     write_error: list[BaseException] = []
 
     def write_loop() -> None:
@@ -267,8 +271,12 @@ def extract_shard(
             except BaseException as error:  # surfaced in the main thread below
                 write_error.append(error)
 
-    writer_thread = threading.Thread(target=write_loop, name="w2v2ser-store-writer", daemon=True)
-    writer_thread.start()
+    writer_threads = [
+        threading.Thread(target=write_loop, name=f"w2v2ser-store-writer-{n}", daemon=True)
+        for n in range(write_threads)
+    ]
+    for thread in writer_threads:
+        thread.start()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") as decoder:
             upcoming = decoder.submit(lambda b=batches[0] if batches else []: [_decode(i) for i in b])
@@ -280,11 +288,27 @@ def extract_shard(
                     raise write_error[0]
                 _extract_batch(writer, decoded, extractors, write_queue, committed, on_utterance)
     finally:
-        write_queue.put(None)
-        writer_thread.join()
+        for _ in writer_threads:
+            write_queue.put(None)
+        for thread in writer_threads:
+            thread.join()
     if write_error:
         raise write_error[0]
-    return int(committed[0]), float(committed[1])
+    return committed.utterances, committed.seconds
+
+
+class _Committed:
+    """Counts of committed utterances, updated by the writer threads."""
+
+    def __init__(self) -> None:
+        self.utterances = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.utterances += 1
+            self.seconds += seconds
 
 
 def _extract_batch(
@@ -292,7 +316,7 @@ def _extract_batch(
     decoded: Sequence[tuple[_ShardItem, np.ndarray | None, str, str]],
     extractors: Sequence[Extractor],
     write_queue: queue.Queue,
-    committed: list,
+    committed: _Committed,
     on_utterance: Callable[[float], None] | None,
 ) -> None:
     good = [(item, signal, digest) for item, signal, digest, reason in decoded if signal is not None]
@@ -326,8 +350,7 @@ def _extract_batch(
 
         def commit(i: int = item.index, f: Mapping = frames, d: str = digest, s: float = duration) -> None:
             writer.write_utterance(i, f, audio_sha256=d, duration=s)
-            committed[0] += 1
-            committed[1] += s
+            committed.add(s)
             if on_utterance is not None:
                 on_utterance(s)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -37,6 +38,9 @@ class Journal:
         self.path = folder / f"{name}.jsonl"
         existed = self.path.exists()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        # Several writer threads of one process may share a journal; appends (and the
+        # rollback of a short write) must not interleave.
+        self._lock = threading.Lock()
         if existed:
             self._drop_partial_tail()
         else:
@@ -65,18 +69,19 @@ class Journal:
         if not lines:
             return
         data = "".join(lines).encode("utf-8")
-        start = os.fstat(self._fd).st_size
-        try:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write (disk full): never leave half a line behind
-                raise OSError(28, os.strerror(28))
-            os.fsync(self._fd)
-        except OSError:
+        with self._lock:
+            start = os.fstat(self._fd).st_size
             try:
-                os.ftruncate(self._fd, start)
+                written = os.write(self._fd, data)
+                if written != len(data):  # a short write (disk full): never leave half a line behind
+                    raise OSError(28, os.strerror(28))
+                os.fsync(self._fd)
             except OSError:
-                pass
-            raise
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
+                raise
 
     def close(self) -> None:
         """Close the file descriptor (idempotent)."""

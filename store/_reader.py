@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
+from ._chunks import ChunkFiles, open_chunk_files
 from ._errors import StoreError
 from ._layout import (
     FAILURE_COLUMNS,
@@ -77,6 +78,8 @@ class FeatureStore:
         self._ids = ids
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._chunk_paths: dict[str, ChunkFiles | None] = {}
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -124,7 +127,16 @@ class FeatureStore:
         return self._rows[feature]
 
     def _array(self, feature: str, name: str) -> zarr.Array:
-        return self._group[f"features/{feature}/{name}"]
+        # Opening an array reads its metadata; cached since a reader's store is complete.
+        key = (feature, name)
+        if key not in self._arrays:
+            self._arrays[key] = self._group[f"features/{feature}/{name}"]
+        return self._arrays[key]
+
+    def _chunk_files(self, feature: str) -> ChunkFiles | None:
+        if feature not in self._chunk_paths:
+            self._chunk_paths[feature] = open_chunk_files(self.path / "features" / feature / "data")
+        return self._chunk_paths[feature]
 
     def _layers(self, spec: FeatureSpec, layers: Sequence[int] | None) -> list[int] | None:
         if layers is None:
@@ -226,7 +238,10 @@ class FeatureStore:
             raise self._damaged(f"{g}/offset", f"gives utterance {utterance_id!r} the frames "
                                 f"[{off}, {off + length}) outside its region or the data")
         try:
-            if sel is None:
+            direct = self._chunk_files(feature)
+            if direct is not None:
+                frames = direct.read(off, off + length, sel)
+            elif sel is None:
                 frames = np.asarray(data[off:off + length])
             else:
                 # Orthogonal selection touches only the chunks of the requested layers.

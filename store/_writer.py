@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from ._chunks import ChunkFiles, open_chunk_files
 from ._errors import StoreError
 from ._journal import JOURNAL_DIR, Journal, PairState, resolve_events
 from ._layout import (
@@ -115,6 +116,9 @@ class StoreWriter:
             if not isinstance(value, int) or value < 1:
                 raise StoreError(f"chunk_frames[{name!r}] = {value!r}; expected an int >= 1.")
         self._regions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Array handles of the write path: opening one reads its metadata, which costs
+        # more than a small utterance's write. Dropped whenever plan() reshapes arrays.
+        self._arrays: dict[tuple[str, str], Any] = {}
         self._ids: list[str] | None = None
         self._specs: dict[str, FeatureSpec] = specs_from_meta(self._meta)
 
@@ -175,6 +179,18 @@ class StoreWriter:
 
     def _column(self, col: str) -> zarr.Array:
         return self._group[f"utterances/{col}"]
+
+    def _direct_chunks(self, name: str) -> ChunkFiles | None:
+        key = (name, "chunk files")
+        if key not in self._arrays:
+            self._arrays[key] = open_chunk_files(self.path / "features" / name / "data")
+        return self._arrays[key]
+
+    def _write_array(self, name: str, array: str) -> zarr.Array:
+        key = (name, array)
+        if key not in self._arrays:
+            self._arrays[key] = self._feature(name, array)
+        return self._arrays[key]
 
     def _feature(self, name: str, array: str) -> zarr.Array:
         return self._group[f"features/{name}/{array}"]
@@ -377,6 +393,7 @@ class StoreWriter:
             meta["complete"] = False
             self._set_meta(meta)
         self._regions.clear()
+        self._arrays.clear()
         self._ids = None
         self._specs = specs_from_meta(self._meta)
         return rows
@@ -510,10 +527,14 @@ class StoreWriter:
                 # read-modify-write, and stale bytes from an earlier attempt are overwritten.
                 padded = np.zeros((cap, *spec.frame_shape), dtype=spec.dtype)
                 padded[: len(stored)] = stored
-                self._feature(name, "data")[off : off + cap] = padded
+                direct = self._direct_chunks(name)
+                if direct is not None:
+                    direct.write_region(off, padded)
+                else:
+                    self._write_array(name, "data")[off : off + cap] = padded
             count, mean, m2 = utterance_statistics(stored)
-            self._feature(name, "utt_mean")[index] = mean
-            self._feature(name, "utt_m2")[index] = m2
+            self._write_array(name, "utt_mean")[index] = mean
+            self._write_array(name, "utt_m2")[index] = m2
             lines.append({"event": "commit", "index": int(index), "id": uid, "feature": name,
                           "length": int(len(stored)), "crc32": zlib.crc32(stored.tobytes()),
                           "audio_sha256": str(audio_sha256), "duration": float(duration)})

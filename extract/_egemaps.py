@@ -62,11 +62,46 @@ class EgemapsConfig:
         return cls(**data)
 
 
+def _smile_in_this_process(feature_set: str, feature_level: str) -> Any:
+    global _SMILE
+    key = (feature_set, feature_level)
+    if _SMILE is None or _SMILE[0] != key:
+        import opensmile  # heavy (pandas, audinterface): only when features are needed
+
+        # openSMILE's own resampler would be a second, different one: inputs are 16 kHz.
+        _SMILE = (key, opensmile.Smile(feature_set=feature_set, feature_level=feature_level,
+                                       sampling_rate=_SAMPLE_RATE))
+    return _SMILE[1]
+
+
+_SMILE: tuple[tuple[str, str], Any] | None = None
+
+
+def _compute(feature_set: str, feature_level: str, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """openSMILE on padded 16 kHz signals (runs in the openSMILE worker process)."""
+    smile = _smile_in_this_process(feature_set, feature_level)
+    return [np.ascontiguousarray(smile(x, _SAMPLE_RATE)[0].T, dtype=np.float32) for x in signals]
+
+
+def _describe(feature_set: str, feature_level: str) -> tuple[list[str], str]:
+    """Descriptor names and openSMILE version (runs in the openSMILE worker process)."""
+    import opensmile
+
+    return list(_smile_in_this_process(feature_set, feature_level).feature_names), opensmile.__version__
+
+
+# What the worker process may be asked to run.
+WORKER_FUNCTIONS = {"compute": _compute, "describe": _describe}
+
+
 class EgemapsExtractor:
     """Frame-level eGeMAPS descriptors, [frames, 25] float32 at 100 frames/s.
 
-    The openSMILE ``Smile`` object is built on first use and reused, so one extractor
-    instance should process many utterances.
+    openSMILE runs in a worker process of its own (``_smile_worker``, started once per
+    extractor and reused). Its native library can abort a process that also holds torch or
+    TensorFlow ("malloc(): invalid size"), and one bad input must never take the whole
+    extraction down: when the worker dies, the batch raises, the driver retries utterance by
+    utterance and records the one that fails, and the next call starts a fresh worker.
     """
 
     name = "egemaps"
@@ -76,31 +111,76 @@ class EgemapsExtractor:
         config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors.
         """
         self.config = config if config is not None else EgemapsConfig()
-        self._smile: Any = None
+        self._worker: Any = None
+        self._described: tuple[list[str], str] | None = None
 
-    def _get_smile(self) -> Any:
-        if self._smile is None:
-            import opensmile  # heavy (pandas, audinterface): only when features are needed
+    def _call(self, function: str, *args: Any) -> Any:
+        import subprocess
+        import sys
 
-            self._smile = opensmile.Smile(
-                feature_set=self.config.feature_set,
-                feature_level=self.config.feature_level,
-                # openSMILE's own resampler would be a second, different one: inputs are 16 kHz.
-                sampling_rate=_SAMPLE_RATE,
+        from ._smile_worker import read_message, write_message
+
+        if self._worker is None or self._worker.poll() is not None:
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "w2v2ser.extract._smile_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
             )
-        return self._smile
+        worker = self._worker
+        try:
+            write_message(worker.stdin, (function, (self.config.feature_set, self.config.feature_level, *args)))
+            reply = read_message(worker.stdout)
+        except (BrokenPipeError, OSError):
+            reply = None
+        if reply is None:  # the worker died: start a fresh one next time
+            self.close()
+            raise RuntimeError(
+                "the openSMILE worker process died on this input (a crash in openSMILE's native library); "
+                "it is restarted for the next one. If one file causes it every time, re-encode or exclude it."
+            )
+        status, value = reply
+        if status != "ok":
+            raise RuntimeError(f"openSMILE failed: {value}")
+        return value
+
+    def close(self) -> None:
+        """Stop the openSMILE worker process (it also stops when the extractor is collected)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            for stream in (worker.stdin, worker.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            try:
+                worker.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - a stuck worker is killed
+                worker.kill()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to Dask workers: the worker process stays behind; each process starts its own.
+        return {**self.__dict__, "_worker": None}
+
+    def _description(self) -> tuple[list[str], str]:
+        if self._described is None:
+            self._described = self._call("describe")
+        return self._described
 
     @property
     def feature_names(self) -> list[str]:
         """openSMILE's descriptor names, in column order."""
-        return list(self._get_smile().feature_names)
+        return list(self._description()[0])
 
     def feature_spec(self) -> FeatureSpec:
         """Describe the stored feature, with the openSMILE version as provenance."""
-        import opensmile
-
-        names = self.feature_names
-        config = {**self.config.to_dict(), "opensmile_version": opensmile.__version__, "feature_names": names}
+        names, version = self._description()
+        config = {**self.config.to_dict(), "opensmile_version": version, "feature_names": list(names)}
         return FeatureSpec(
             name=self.name,
             dim=len(names),
@@ -127,8 +207,7 @@ class EgemapsExtractor:
         Returns:
             One C-contiguous float32 array [frames, dim] per signal.
         """
-        smile = self._get_smile()
-        out = []
+        padded = []
         for signal in signals:
             x = np.asarray(signal, dtype=np.float32)
             if x.ndim != 1:
@@ -138,6 +217,5 @@ class EgemapsExtractor:
                 )
             if x.shape[0] < _MIN_SIGNAL:
                 x = np.pad(x, (0, _MIN_SIGNAL - x.shape[0]))
-            frames = smile(x, _SAMPLE_RATE)  # [channels=1, dim, frames]
-            out.append(np.ascontiguousarray(frames[0].T, dtype=np.float32))
-        return out
+            padded.append(x)
+        return self._call("compute", padded) if padded else []

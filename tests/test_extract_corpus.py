@@ -207,3 +207,20 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     assert list(failed) == [utterances[1].id]
     assert "3 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
     assert summary.extracted == 2 and summary.complete
+
+
+def test_opensmile_runs_in_a_worker_process_that_is_restarted_after_a_crash():
+    import os
+    import signal as signals
+
+    extractor = build_extractor("egemaps")
+    audio = (0.1 * np.random.default_rng(1).standard_normal(16000)).astype("float32")
+    first = extractor.extract([audio])[0]
+    worker = extractor._worker
+    assert worker is not None and worker.pid != os.getpid()
+    os.kill(worker.pid, signals.SIGKILL)
+    worker.wait()
+    with pytest.raises(RuntimeError, match="worker process died"):
+        extractor.extract([audio])
+    np.testing.assert_array_equal(extractor.extract([audio])[0], first)
+    extractor.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 import warnings
@@ -66,15 +68,27 @@ def test_egemaps_max_frames_bounds_opensmile(egemaps):
     assert outputs[lengths.index(16_000)].shape[0] == 96
 
 
-def test_egemaps_matches_opensmile_dataframe(egemaps):
-    import opensmile
+def test_egemaps_matches_opensmile_dataframe(egemaps, tmp_path):
+    import subprocess
+    import sys
 
     signal = make_signal(duration=1.5, frequency=220.0)
-    smile = opensmile.Smile(feature_set="eGeMAPSv02", feature_level="LowLevelDescriptors")
-    reference = smile.process_signal(signal, 16_000).to_numpy(dtype=np.float32)
+    np.save(tmp_path / "signal.npy", signal)
+    # The reference runs openSMILE's DataFrame path in a clean interpreter: its native
+    # library must not share a process with torch or TensorFlow (see EgemapsExtractor).
+    script = (
+        "import json, sys, numpy as np, opensmile\n"
+        "smile = opensmile.Smile(feature_set='eGeMAPSv02', feature_level='LowLevelDescriptors')\n"
+        "x = np.load(sys.argv[1])\n"
+        "np.save(sys.argv[2], smile.process_signal(x, 16000).to_numpy(dtype=np.float32))\n"
+        "print(json.dumps(list(smile.feature_names)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "signal.npy"), str(tmp_path / "ref.npy")],
+                          capture_output=True, text=True, check=True)
+    reference = np.load(tmp_path / "ref.npy")
     (frames,) = egemaps.extract([signal])
     np.testing.assert_array_equal(frames, reference)
-    assert egemaps.feature_names == list(smile.feature_names)
+    assert egemaps.feature_names == json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- spectrogram

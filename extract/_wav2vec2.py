@@ -22,7 +22,6 @@ outputs equal one-at-a-time outputs up to float rounding.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -33,7 +32,7 @@ import numpy as np
 
 from w2v2ser.store import FeatureSpec, W2v2serError
 
-from ._errors import ExtractorConfigError
+from ._errors import ExtractorConfigError, reject_unknown_keys
 
 from ._models import ModelSource, load_model, resolve_model
 
@@ -113,14 +112,7 @@ class Wav2Vec2Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
         """Build from a dict, rejecting unknown keys with a did-you-mean suggestion."""
-        if not isinstance(data, dict):
-            raise ExtractorConfigError(f"wav2vec2 options must be a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ExtractorConfigError(f"unknown wav2vec2 option {key!r}; expected one of {known}.{hint}")
+        reject_unknown_keys(data, [f.name for f in fields(cls)], what="wav2vec2")
         return cls(**data)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -14,7 +13,7 @@ from ._dataset import CACHE_MODES
 from ._errors import ConfigError
 from ._normalisation import NORMALISATIONS
 from ._protocols import PROTOCOLS
-from ._recipes import Recipe, get_recipe
+from ._recipes import Recipe, get_recipe, reject_unknown_keys
 from ._selection import parse_selection
 
 # The heads of w2v2ser.train._heads (kept here so that configs load without Keras).
@@ -145,12 +144,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown train config key {key!r}{hint} Valid keys: {names}")
+        reject_unknown_keys(d, cls, "train config")
         return cls(**dict(d))
 
     def config_key(self) -> str:

@@ -53,12 +53,12 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         """Build from a dict; unknown keys raise ConfigError with a suggestion."""
-        _reject_unknown(d, cls, "recipe")
+        reject_unknown_keys(d, cls, "recipe")
         return cls(**dict(d))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise)."""
-        _reject_unknown(overrides, type(self), "recipe override")
+        reject_unknown_keys(overrides, type(self), "recipe override")
         return dataclasses.replace(self, **dict(overrides))
 
 
@@ -84,7 +84,8 @@ def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
     return RECIPES[name].with_overrides(overrides or {})
 
 
-def _reject_unknown(d: Mapping[str, Any], cls: type, what: str) -> None:
+def reject_unknown_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
+    """Raise ConfigError naming an unknown key of ``cls`` with a did-you-mean hint."""
     names = [f.name for f in dataclasses.fields(cls)]
     for key in d:
         if key not in names:

@@ -163,7 +163,7 @@ def extract_corpus(
         if client is None:
             by_name = {e.name: e for e in extractors}
             bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
-            for task_number, (group_names, items) in enumerate(tasks):
+            for group_names, items in tasks:
                 done = extract_shard(
                     str(store_path),
                     items,
@@ -292,6 +292,7 @@ def extract_shard(
             write_queue.put(None)
         for thread in writer_threads:
             thread.join()
+        writer.close()
     if write_error:
         raise write_error[0]
     return committed.utterances, committed.seconds

@@ -77,17 +77,18 @@ def _smile_in_this_process(feature_set: str, feature_level: str) -> Any:
 _SMILE: tuple[tuple[str, str], Any] | None = None
 
 
-def _compute(feature_set: str, feature_level: str, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _compute(feature_set: str, feature_level: str, signals: list[np.ndarray]) -> tuple[None, list[np.ndarray]]:
     """openSMILE on padded 16 kHz signals (runs in the openSMILE worker process)."""
     smile = _smile_in_this_process(feature_set, feature_level)
-    return [np.ascontiguousarray(smile(x, _SAMPLE_RATE)[0].T, dtype=np.float32) for x in signals]
+    return None, [np.ascontiguousarray(smile(x, _SAMPLE_RATE)[0].T, dtype=np.float32) for x in signals]
 
 
-def _describe(feature_set: str, feature_level: str) -> tuple[list[str], str]:
+def _describe(feature_set: str, feature_level: str, _: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
     """Descriptor names and openSMILE version (runs in the openSMILE worker process)."""
     import opensmile
 
-    return list(_smile_in_this_process(feature_set, feature_level).feature_names), opensmile.__version__
+    names = list(_smile_in_this_process(feature_set, feature_level).feature_names)
+    return [names, opensmile.__version__], []
 
 
 # What the worker process may be asked to run.
@@ -114,7 +115,7 @@ class EgemapsExtractor:
         self._worker: Any = None
         self._described: tuple[list[str], str] | None = None
 
-    def _call(self, function: str, *args: Any) -> Any:
+    def _call(self, function: str, arrays: list[np.ndarray] = ()) -> tuple[Any, list[np.ndarray]]:
         import subprocess
         import sys
 
@@ -127,10 +128,11 @@ class EgemapsExtractor:
                 stdout=subprocess.PIPE,
             )
         worker = self._worker
+        request = {"function": function, "args": [self.config.feature_set, self.config.feature_level]}
         try:
-            write_message(worker.stdin, (function, (self.config.feature_set, self.config.feature_level, *args)))
+            write_message(worker.stdin, request, list(arrays))
             reply = read_message(worker.stdout)
-        except (BrokenPipeError, OSError):
+        except (OSError, ValueError):  # broken pipe, or a reply cut short by the worker's death
             reply = None
         if reply is None:  # the worker died: start a fresh one next time
             self.close()
@@ -138,10 +140,10 @@ class EgemapsExtractor:
                 "the openSMILE worker process died on this input (a crash in openSMILE's native library); "
                 "it is restarted for the next one. If one file causes it every time, re-encode or exclude it."
             )
-        status, value = reply
-        if status != "ok":
-            raise RuntimeError(f"openSMILE failed: {value}")
-        return value
+        meta, out = reply
+        if meta["status"] != "ok":
+            raise RuntimeError(f"openSMILE failed: {meta['value']}")
+        return meta["value"], out
 
     def close(self) -> None:
         """Stop the openSMILE worker process (it also stops when the extractor is collected)."""
@@ -169,7 +171,8 @@ class EgemapsExtractor:
 
     def _description(self) -> tuple[list[str], str]:
         if self._described is None:
-            self._described = self._call("describe")
+            names, version = self._call("describe")[0]
+            self._described = (list(names), str(version))
         return self._described
 
     @property
@@ -218,4 +221,4 @@ class EgemapsExtractor:
             if x.shape[0] < _MIN_SIGNAL:
                 x = np.pad(x, (0, _MIN_SIGNAL - x.shape[0]))
             padded.append(x)
-        return self._call("compute", padded) if padded else []
+        return self._call("compute", padded)[1] if padded else []

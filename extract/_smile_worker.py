@@ -2,37 +2,53 @@
 
 openSMILE's native library runs here, apart from the extraction process: it can abort a
 process that also holds torch or TensorFlow, and a crash on one input must not end a run.
-Protocol on stdin/stdout: an 8-byte little-endian length, then a pickled message; requests
-are ``(function name, args)``, replies ``("ok", value)`` or ``("error", text)``. Only the
-parent that started this process writes to it.
+Protocol on stdin/stdout, no pickle: an 8-byte little-endian length and a JSON header
+(``{"meta": ..., "arrays": [[dtype, shape], ...]}``), then the arrays' raw bytes.
+Requests carry ``{"function": name, "args": [...]}`` with the signals as arrays; replies
+carry ``{"status": "ok" | "error", "value": ...}`` with the frames as arrays.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import sys
 from typing import Any, BinaryIO
+
+import numpy as np
 
 __all__ = ["read_message", "write_message"]
 
 
-def read_message(stream: BinaryIO) -> Any:
-    """One length-prefixed pickled message, or None at end of stream."""
-    header = stream.read(8)
-    if len(header) < 8:
-        return None
-    size = int.from_bytes(header, "little")
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     data = stream.read(size)
-    if len(data) < size:
+    return data if len(data) == size else None
+
+
+def read_message(stream: BinaryIO) -> tuple[Any, list[np.ndarray]] | None:
+    """One message (JSON metadata and arrays), or None at end of stream."""
+    header = _read_exact(stream, 8)
+    head = header and _read_exact(stream, int.from_bytes(header, "little"))
+    if not head:
         return None
-    return pickle.loads(data)
+    message = json.loads(head)
+    arrays = []
+    for dtype, shape in message["arrays"]:
+        dtype = np.dtype(dtype)
+        data = _read_exact(stream, dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+        if data is None:
+            return None
+        arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+    return message["meta"], arrays
 
 
-def write_message(stream: BinaryIO, message: Any) -> None:
-    """Write one length-prefixed pickled message and flush."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(data).to_bytes(8, "little") + data)
+def write_message(stream: BinaryIO, meta: Any, arrays: list[np.ndarray] = ()) -> None:
+    """Write one message (JSON metadata, then the arrays' bytes) and flush."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    head = json.dumps({"meta": meta, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}).encode()
+    stream.write(len(head).to_bytes(8, "little") + head)
+    for array in arrays:
+        stream.write(array.tobytes())
     stream.flush()
 
 
@@ -47,12 +63,12 @@ def main() -> None:
         request = read_message(requests)
         if request is None:
             return
-        name, args = request
+        meta, arrays = request
         try:
-            reply = ("ok", WORKER_FUNCTIONS[name](*args))
+            value, out = WORKER_FUNCTIONS[meta["function"]](*meta["args"], arrays)
+            write_message(replies, {"status": "ok", "value": value}, out)
         except Exception as error:  # noqa: BLE001 - sent back to the parent as text
-            reply = ("error", f"{type(error).__name__}: {error}")
-        write_message(replies, reply)
+            write_message(replies, {"status": "error", "value": f"{type(error).__name__}: {error}"})
 
 
 if __name__ == "__main__":

@@ -145,17 +145,22 @@ def assert_same_store(got_path: Path, want_path: Path) -> None:
     raw_got = zarr.open_group(str(got_path), mode="r")
     raw_want = zarr.open_group(str(want_path), mode="r")
     for name in want.features:
+        # A resumed run batches only the pending utterances, and wav2vec2 equals across batch
+        # compositions within the documented 1e-4 (float rounding in differently sized
+        # matrix products); every other feature must be bit-identical.
+        same = (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)) if name == "wav2vec2" else (
+            np.testing.assert_array_equal
+        )
         for record in want.list_utterances():
-            np.testing.assert_array_equal(got.read_utterance(record.id, name), want.read_utterance(record.id, name))
+            same(got.read_utterance(record.id, name), want.read_utterance(record.id, name))
             for stat in ("utt_mean", "utt_m2"):
-                np.testing.assert_array_equal(raw_got[f"features/{name}/{stat}"][record.index],
-                                              raw_want[f"features/{name}/{stat}"][record.index])
+                same(raw_got[f"features/{name}/{stat}"][record.index], raw_want[f"features/{name}/{stat}"][record.index])
         for speaker in want.speakers():
             a = got.compose_statistics(name, speakers=[speaker])
             b = want.compose_statistics(name, speakers=[speaker])
             assert a.count == b.count
-            np.testing.assert_array_equal(a.mean, b.mean)
-            np.testing.assert_array_equal(a.variance, b.variance)
+            same(a.mean, b.mean)
+            same(a.variance, b.variance)
     # Nothing duplicated, nothing missing: exactly one commit per (done utterance, feature).
     commits = journal_commits(got_path)
     assert commits == Counter({(uid, name): 1 for uid in done for name in want.features})

@@ -142,22 +142,21 @@ def extract_corpus(
         summary.planned = len(rows)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
-        names = [extractor.name for extractor in extractors]
-        all_pending = set(writer.pending(names))
-        summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
-
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
         tasks: list[tuple[list[str], list[_ShardItem]]] = []
+        # A row lacks some feature exactly when it lacks one of some group's features.
+        all_pending: set[int] = set()
         for group in groups:
-            pending = [
-                row for row in writer.pending([e.name for e in group]) if row in samples_by_row and samples_by_row[row]
-            ]
+            group_pending = writer.pending([e.name for e in group])
+            all_pending.update(group_pending)
+            pending = [row for row in group_pending if row in samples_by_row and samples_by_row[row]]
             # Similar lengths side by side: batches need little padding.
             pending.sort(key=lambda row: samples_by_row[row] or 0)
             items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0)) for row in pending]
             for start in range(0, len(items), shard_size):
                 tasks.append(([e.name for e in group], items[start : start + shard_size]))
 
+        summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
         configs = {e.name: e.config.to_dict() for e in extractors}
         total = sum(len(items) for _, items in tasks)
         if client is None:

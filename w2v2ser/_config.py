@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from w2v2ser.store import W2v2serError
+from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
 __all__ = [
     "ClusterConfig", "ConfigError", "CorpusConfig", "ExperimentSpec", "PipelineConfig",
@@ -35,10 +36,10 @@ __all__ = [
 
 CORPUS_KINDS = ("ravdess", "iemocap", "csv")
 CLUSTER_KINDS = ("local", "none", "slurm")
-# Extractor options that change how fast features are computed, never their values, could stay out
-# of the store identity; the store compares the whole recorded config today (device and batch size
-# included), so a store folder must change with any of them: none are left out for now.
-_RUNTIME_KEYS: frozenset[str] = frozenset()
+# Extractor options that change how fast features are computed, never their values: the store's
+# config check ignores them (the extractor records them under "runtime"), so they stay out of the
+# store identity too and another machine resumes the same store folder.
+_RUNTIME_KEYS = frozenset(RUNTIME_KEYS)
 # Transformer layers of well-known checkpoints, for checking layer selections before any download.
 _KNOWN_TRANSFORMER_LAYERS = {"wav2vec2-base": 12, "wav2vec2-large": 24, "wav2vec2-xls-r-300m": 24}
 

@@ -49,7 +49,7 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
         except StoreError as error:
             problems.append(("*", name, str(error)))
             continue
-        off, length, slot, crc = rows["offset"], rows["length"], rows["slot"], rows["crc32"]
+        off, length, slot, crc, cap = rows["offset"], rows["length"], rows["slot"], rows["crc32"], rows["capacity"]
         if not (len(off) == len(length) == len(slot) == len(crc) == n):
             problems.append(("*", name, f"per-utterance arrays have {len(off)} rows, table has {n}"))
             continue
@@ -63,6 +63,9 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
             if k < 0:
                 if status[i] == "done":
                     problems.append((uid, name, "status 'done' but no frames recorded"))
+                continue
+            if k > cap[i]:
+                problems.append((uid, name, f"length {k} exceeds the planned capacity {int(cap[i])}"))
                 continue
             if o < 0 or o + k > total:
                 problems.append((uid, name, f"frames [{o}, {o + k}) lie outside the data ({total} frames)"))

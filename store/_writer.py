@@ -66,12 +66,15 @@ def _no_space_is_clear(method: Any) -> Any:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except (OSError, RuntimeError) as exc:
+            # The zarrs pipeline reports I/O errors as RuntimeError("... (os error 28)").
+            code = exc.errno if isinstance(exc, OSError) else next(
+                (c for c in (errno.ENOSPC, errno.EDQUOT) if f"(os error {c})" in str(exc)), None)
+            if code not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             path = getattr(self, "path", None) or getattr(getattr(self, "_writer", None), "path", "?")
             raise StoreError(
-                f"no space left on the device holding store {path} ({exc.strerror}) during "
+                f"no space left on the device holding store {path} ({os.strerror(code)}) during "
                 f"{method.__name__}: free disk space (or move the store to a larger disk) and rerun "
                 f"the same command; utterances committed so far are kept and extraction resumes "
                 f"where it stopped."

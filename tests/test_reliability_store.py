@@ -1,4 +1,4 @@
-"""Damaged stores: corrupt, truncated or deleted chunk files, newer formats, reuse with another config.
+"""Damaged stores: corrupt, truncated or deleted shard files, newer formats, reuse with another config.
 
 Every damage is either named by ``verify`` (and ``w2v2ser store verify`` exits non-zero) with the
 affected utterances, or refused on open with a StoreError that names the array and the fix.
@@ -84,14 +84,36 @@ def store(pristine, tmp_path) -> Path:
     return copy
 
 
-def _owners(store: Path, feature: str, chunk_file: Path) -> set[str]:
-    """Utterances whose region covers the chunk file (first index of the chunk key = frame block)."""
+def _shard_files(store: Path, feature: str) -> list[Path]:
+    return sorted(p for p in (store / "features" / feature / "data" / "c").rglob("*") if p.is_file())
+
+
+def _owners(store: Path, feature: str, shard_file: Path) -> set[str]:
+    """Utterances with frames in the shard file (first index of the shard key = shard number)."""
     s = open_store(store)
-    chunk = s._array(feature, "data").chunks[0]
-    block = int(chunk_file.relative_to(store / "features" / feature / "data" / "c").parts[0])
+    shard = s._array(feature, "data").shards[0]
+    first = int(shard_file.relative_to(store / "features" / feature / "data" / "c").parts[0]) * shard
     rows = s._per_row(feature)
-    return {r.id for r in s.list_utterances()
-            if rows["offset"][r.index] <= block * chunk < rows["offset"][r.index] + rows["capacity"][r.index]}
+    return {r.id for r in s.list_utterances() if rows["length"][r.index] > 0
+            and rows["offset"][r.index] < first + shard and rows["offset"][r.index] + rows["length"][r.index] > first}
+
+
+def _frame_bytes(store: Path, feature: str, uid: str, layer: int | None) -> tuple[Path, int]:
+    """Shard file and byte position of an utterance's first stored frame (of one layer): the
+    data is uncompressed, so the stored bytes are found by search, without parsing the shard."""
+    s = open_store(store)
+    frames = s.read_utterance(uid, feature)
+    row = s._row(uid)
+    data = s._array(feature, "data")
+    off = int(s._per_row(feature)["offset"][row])
+    key = data.metadata.encode_chunk_key((off // data.shards[0],) + (0,) * (data.ndim - 1))
+    file = store / "features" / feature / "data" / key
+    chunk = data.chunks[0]
+    take = min(len(frames), chunk - off % chunk)  # frames up to the end of the inner chunk
+    needle = (frames[:take, layer] if layer is not None else frames[:take]).tobytes()
+    at = file.read_bytes().find(needle)
+    assert at >= 0 and len(needle) >= 8
+    return file, at
 
 
 def _chunk_files(store: Path, array: str) -> list[Path]:
@@ -120,66 +142,79 @@ def _verify_cli(store: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("feature", ["spectrogram", "layered"])
-def test_verify_names_the_owner_of_every_flipped_data_chunk(store, feature):
-    files = _chunk_files(store, f"features/{feature}/data")
-    assert len(files) >= 6
-    files = files[:: max(1, len(files) // 8)]  # 8 spread over the array keep the test fast
-    clean = {r.id: open_store(store).read_utterance(r.id, feature) for r in open_store(store).list_utterances()}
-    undetected = 0
-    for file in files:
-        owners = _owners(store, feature, file)
-        for position in (17, len(file.read_bytes()) // 2):
-            raw = _flip(file, position)
-            try:
-                report = open_store(store).verify()
-                named = {uid for uid, f, _ in report.problems}
-                if report.ok:
-                    # A flip in bytes the codec does not use: the frames must then read back unchanged.
-                    undetected += 1
-                    for uid in owners:
-                        np.testing.assert_array_equal(open_store(store).read_utterance(uid, feature), clean[uid])
-                else:
-                    assert named == owners and {f for _, f, _ in report.problems} == {feature}, report.problems
-            finally:
-                file.write_bytes(raw)
-    assert undetected <= len(files)  # at most the odd unused header byte
+def test_verify_and_every_read_name_the_owner_of_flipped_frames(store, feature):
+    """A flipped byte inside an utterance's frames: verify names exactly that utterance, and
+    every read path (whole, one layer, batch) raises a StoreError naming it."""
+    s = open_store(store)
+    ids = [r.id for r in s.list_utterances()]
+    layered = s.features[feature].layers is not None
+    for uid in ids[::2]:
+        layer = 1 if layered else None
+        file, at = _frame_bytes(store, feature, uid, layer)
+        raw = _flip(file, at + 3)
+        try:
+            report = open_store(store).verify()
+            assert {(u, f) for u, f, _ in report.problems} == {(uid, feature)}, report.problems
+            fresh = open_store(store)
+            with pytest.raises(StoreError, match=uid):
+                fresh.read_utterance(uid, feature)
+            if layered:
+                with pytest.raises(StoreError, match=uid):
+                    fresh.read_utterance(uid, feature, layers=[layer])
+                fresh.read_utterance(uid, feature, layers=[0])  # another layer is intact
+            with pytest.raises(StoreError, match=uid):
+                fresh.read_batch(ids, feature)
+        finally:
+            file.write_bytes(raw)
     assert open_store(store).verify().ok
 
 
 def test_store_verify_cli_exit_code_and_names(store):
-    file = _chunk_files(store, "features/spectrogram/data")[2]
-    owners = _owners(store, "spectrogram", file)
+    uid = open_store(store).list_utterances()[2].id
+    file, at = _frame_bytes(store, "spectrogram", uid, None)
     assert _verify_cli(store).returncode == 0
-    _flip(file, len(file.read_bytes()) // 2)
+    _flip(file, at + 1)
     done = subprocess.run([str(W2V2SER), "store", "verify", str(store)], capture_output=True, text=True)
     assert done.returncode == 1
-    assert all(uid in done.stdout for uid in owners) and "problem(s) found" in done.stdout
+    assert uid in done.stdout and "problem(s) found" in done.stdout
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "empty"])
-def test_verify_names_utterances_of_truncated_or_deleted_data_chunks(store, damage):
-    files = _chunk_files(store, "features/layered/data")
-    victims = files[1], files[-1]
-    owners = set().union(*(_owners(store, "layered", f) for f in victims))
-    for f in victims:
-        if damage == "truncate":
-            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
-        elif damage == "delete":
-            f.unlink()
-        else:
-            f.write_bytes(b"")
+def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, damage):
+    files = _shard_files(store, "layered")
+    victim = files[-1]
+    owners = _owners(store, "layered", victim)
+    assert owners
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 3])
+    elif damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"")
     report = open_store(store).verify()
     assert {uid for uid, _, _ in report.problems} == owners
     done = _verify_cli(store)
     assert done.returncode == 1 and all(uid in done.stdout for uid in owners)
+    s = open_store(store)
+    for uid in owners:
+        for layers in (None, [2]):
+            with pytest.raises(StoreError, match=uid):
+                s.read_utterance(uid, "layered", layers=layers)
+        with pytest.raises(StoreError, match="damaged"):
+            s.read_batch(sorted(owners), "layered", layers=[0])
 
 
-@pytest.mark.parametrize("array", ["utt_mean", "utt_m2"])
-def test_verify_detects_damaged_per_utterance_statistics(store, array):
+def test_verify_detects_damaged_per_utterance_statistics(store):
     s = open_store(store)
     victim = s.list_utterances()[3]
-    file = store / "features" / "spectrogram" / array / "c" / str(victim.index) / "0"
-    _flip(file, len(file.read_bytes()) // 2)
+    slot = int(s._per_row("spectrogram")["slot"][victim.index])
+    stats = s._array("spectrogram", "stats")
+    mean = np.asarray(stats[slot, 0])
+    key = stats.metadata.encode_chunk_key((slot // stats.shards[0], 0, 0))
+    file = store / "features" / "spectrogram" / "stats" / key
+    at = file.read_bytes().find(mean[:8].tobytes())
+    assert at >= 0
+    _flip(file, at + 5)
     report = open_store(store).verify()
     assert not report.ok
     assert {(uid, f) for uid, f, _ in report.problems} == {(victim.id, "spectrogram")}, report.problems
@@ -187,10 +222,10 @@ def test_verify_detects_damaged_per_utterance_statistics(store, array):
 
 
 def test_verify_detects_damaged_speaker_statistics(store):
-    file = store / "features" / "layered" / "speaker_mean" / "c" / "1" / "0" / "0"
+    (file,) = _chunk_files(store, "features/layered/speaker_mean")
     _flip(file, len(file.read_bytes()) // 2)
     report = open_store(store).verify()
-    assert not report.ok and "spk1" in str(report.problems), report.problems
+    assert not report.ok and "speaker_mean" in str(report.problems), report.problems
 
 
 @pytest.mark.parametrize("array,damage", [

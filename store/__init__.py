@@ -27,6 +27,7 @@ from ._types import (
     UtteranceRecord,
     VerifyReport,
 )
+from ._upgrade import upgrade_store
 from ._writer import StoreWriter, UnitWriter, WorkUnit
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "FeatureStore",
     "combine_statistics",
     "export_hdf5",
+    "upgrade_store",
 ]

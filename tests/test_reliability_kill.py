@@ -151,10 +151,12 @@ def assert_same_store(got_path: Path, want_path: Path) -> None:
         same = (lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)) if name == "wav2vec2" else (
             np.testing.assert_array_equal
         )
+        slot_got, slot_want = raw_got[f"features/{name}/slot"][:], raw_want[f"features/{name}/slot"][:]
         for record in want.list_utterances():
             same(got.read_utterance(record.id, name), want.read_utterance(record.id, name))
-            for stat in ("utt_mean", "utt_m2"):
-                same(raw_got[f"features/{name}/{stat}"][record.index], raw_want[f"features/{name}/{stat}"][record.index])
+            # Per-utterance mean and M2, kept by statistics slot.
+            same(raw_got[f"features/{name}/stats"][slot_got[record.index]],
+                 raw_want[f"features/{name}/stats"][slot_want[record.index]])
         for speaker in want.speakers():
             a = got.compose_statistics(name, speakers=[speaker])
             b = want.compose_statistics(name, speakers=[speaker])

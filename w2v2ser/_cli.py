@@ -147,6 +147,17 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_store_upgrade(args: argparse.Namespace) -> int:
+    from w2v2ser.store import open_store, upgrade_store
+
+    out = upgrade_store(args.old, args.new, progress=not args.no_progress)
+    store = open_store(out, allow_incomplete=True)
+    status = store.describe()["status"]
+    print(f"wrote {out} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
+          f"{status['pending']} pending utterances; {args.old} is unchanged")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from w2v2ser.train import ExperimentConfig, Recipe, train_experiment
 
@@ -231,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--no-progress", dest="no_progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 
-    store = commands.add_parser("store", help="inspect, verify or export a feature store")
+    store = commands.add_parser("store", help="inspect, verify, export or upgrade a feature store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     info = store_commands.add_parser("info", help="utterances, speakers, features, failures")
     info.add_argument("store")
@@ -244,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store")
     export.add_argument("out")
     export.set_defaults(func=_cmd_store_export)
+    upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new format-2 store")
+    upgrade.add_argument("old", help="format-1 store (only read)")
+    upgrade.add_argument("new", help="new store directory")
+    upgrade.add_argument("--no-progress", dest="no_progress", action="store_true")
+    upgrade.set_defaults(func=_cmd_store_upgrade)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds")
     train.add_argument("store", help="feature store written by `w2v2ser extract`")

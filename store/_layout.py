@@ -94,8 +94,8 @@ def crc32_rows(frames: np.ndarray) -> np.ndarray:
     import zlib
 
     if frames.ndim == 3:
-        return np.asarray([zlib.crc32(np.ascontiguousarray(frames[:, k])) for k in range(frames.shape[1])],
-                          dtype=np.uint32)
+        by_layer = np.ascontiguousarray(np.swapaxes(frames, 0, 1))  # one copy, then each layer is contiguous
+        return np.asarray([zlib.crc32(by_layer[k]) for k in range(frames.shape[1])], dtype=np.uint32)
     return np.asarray([zlib.crc32(np.ascontiguousarray(frames))], dtype=np.uint32)
 
 

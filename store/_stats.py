@@ -21,14 +21,16 @@ def utterance_statistics(frames: np.ndarray) -> Moments:
     Returns:
         ``(count, mean, m2)``; mean and m2 are zeros when there are no frames.
     """
-    x = np.asarray(frames, dtype=np.float64)
+    x = np.array(frames, dtype=np.float64)  # a private float64 copy, worked on in place
     count = int(x.shape[0])
     if count == 0:
         zeros = np.zeros(x.shape[1:], dtype=np.float64)
         return 0, zeros, zeros.copy()
-    mean = x.mean(axis=0)
+    mean = x.sum(axis=0) / count
     # Two passes (mean first, then squared deviations) avoid the cancellation of sum(x^2) - n*mean^2.
-    m2 = np.square(x - mean).sum(axis=0)
+    x -= mean
+    np.multiply(x, x, out=x)
+    m2 = x.sum(axis=0)
     return count, mean, m2
 
 

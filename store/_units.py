@@ -58,7 +58,8 @@ class _Filler:
         self.array, self.folder = array, folder
         self.start, self.stop, self.cursor = start, stop, start
         self.shard = int(array.shards[0]) if array.shards is not None else int(array.chunks[0])
-        self.buffer: np.ndarray | None = None
+        self.buffer: np.ndarray | None = None  # the shard being filled (reused: allocating and
+        self.spare: np.ndarray | None = None   # page-faulting 100+ MB per shard costs more than copying)
         self.buffer_start = start
         self.written: list[Path] = []
 
@@ -70,8 +71,11 @@ class _Filler:
         done = 0
         while done < len(rows):
             if self.buffer is None:
-                self.buffer = np.zeros((self.shard, *self.array.shape[1:]), dtype=self.array.dtype)
+                if self.spare is None:
+                    self.spare = np.empty((self.shard, *self.array.shape[1:]), dtype=self.array.dtype)
+                self.buffer, self.spare = self.spare, None
                 self.buffer_start = self.cursor - (self.cursor - self.start) % self.shard
+                self.buffer[: self.cursor - self.buffer_start] = 0
             at = self.cursor - self.buffer_start
             n = min(len(rows) - done, self.shard - at)
             self.buffer[at:at + n] = rows[done:done + n]
@@ -86,11 +90,12 @@ class _Filler:
         if self.buffer is None:
             return
         lo = self.buffer_start
+        self.buffer[self.cursor - lo:] = 0  # zero after the last row: those inner chunks are not stored
         hi = min(lo + self.shard, self.array.shape[0])
         self.array[lo:hi] = self.buffer[: hi - lo]
         key = self.array.metadata.encode_chunk_key((lo // self.shard,) + (0,) * (self.array.ndim - 1))
         self.written.append(self.folder / key)
-        self.buffer = None
+        self.buffer, self.spare = None, self.buffer
 
     def sync(self) -> None:
         """fsync every shard file written and the folders above it, up to the array folder."""

@@ -549,9 +549,9 @@ class StoreWriter:
                 f"and extract into a new store."
             )
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
-            stored = np.ascontiguousarray(x.astype(spec.dtype))
-        bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
-        if bad:
+            stored = np.ascontiguousarray(x.astype(spec.dtype, copy=False))
+        if not np.isfinite(stored).all():
+            bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
             raise StoreError(
                 f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "
                 f"to {spec.dtype}; record it as a failure or store the feature as float32."

@@ -1,0 +1,130 @@
+"""Pipeline ceiling without the model: decode + store only, against the disk's raw speed.
+
+``extract_corpus`` runs on real audio files with the wav2vec2 model swapped for a generator of
+random ``[T, 13, 768]`` float16 frames at zero cost (slices of one pre-generated block), so the
+run measures what decoding, statistics, checksums and ``StoreWriter`` shard writes (fsynced)
+sustain. The same run times ``dd if=/dev/zero bs=4M conv=fsync`` on the store's disk and
+converts it to audio seconds per second at the store's bytes per audio second.
+
+    python3 tests/benchmarks/bench_ceiling.py --corpus ../shared/data/ravdess --files 200
+
+The last line is the headline: audio s/s of the pipeline and of the raw disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import bootstrap_w2v2ser, command_line, format_table, load_average, machine_info, write_results
+
+bootstrap_w2v2ser()
+
+from w2v2ser.store import FeatureSpec, Utterance  # noqa: E402
+from w2v2ser.extract import extract_corpus  # noqa: E402
+
+LAYERS, DIM, HOP = 13, 768, 320
+
+
+class _Config:
+    batch_seconds = 32.0
+    max_seconds = None
+
+    def to_dict(self) -> dict:
+        return {"generator": "random float16", "layers": LAYERS, "dim": DIM}
+
+
+class RandomFrames:
+    """Stands in for wav2vec2: same frame count and shape, no computation."""
+
+    name = "wav2vec2"
+    config = _Config()
+
+    def __init__(self) -> None:
+        self.pool = np.random.default_rng(0).standard_normal((3000, LAYERS, DIM)).astype(np.float16)
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(name=self.name, dim=DIM, layers=LAYERS, frame_rate=16000 / HOP, dtype="float16",
+                           config=self.config.to_dict())
+
+    def max_frames(self, num_samples: int) -> int:
+        return max(0, (num_samples - 400) // HOP + 1)
+
+    def extract(self, signals):
+        out = []
+        for s in signals:
+            n = self.max_frames(len(s))
+            reps = -(-n // len(self.pool))
+            out.append(np.concatenate([self.pool] * reps)[:n] if reps > 1 else self.pool[:n])
+        return out
+
+
+def _dd_mb_per_s(folder: Path, megabytes: int) -> float:
+    target = folder / "dd.bin"
+    started = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={max(1, megabytes // 4)}",
+                    "conv=fsync"], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return max(1, megabytes // 4) * 4 * 2**20 / 1e6 / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="../shared/data/ravdess", help="folder of audio files (searched recursively)")
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--shard-size", type=int, default=64, help="utterances per work unit")
+    parser.add_argument("--workdir", help="folder on the disk to measure (default: a temp dir)")
+    parser.add_argument("--out", help="results folder (default tests/benchmarks/results)")
+    args = parser.parse_args()
+    files = sorted(p for p in Path(args.corpus).rglob("*") if p.suffix.lower() in (".flac", ".wav"))[: args.files]
+    if not files:
+        raise SystemExit(f"no .flac/.wav files under {args.corpus}")
+    utterances = [Utterance(id=f"f{i:05d}", path=str(p), speaker=p.parent.name, label="x") for i, p in enumerate(files)]
+    work = Path(tempfile.mkdtemp(prefix="w2v2ser-ceiling-", dir=args.workdir))
+    try:
+        bytes_per_audio_s = 16000 / HOP * LAYERS * DIM * 2
+        dd_before = _dd_mb_per_s(work, 512)
+        store = work / "s.zarr"
+        started = time.perf_counter()
+        summary = extract_corpus(utterances, store, extractors=[RandomFrames()], shard_size=args.shard_size,
+                                 progress=False)
+        wall = time.perf_counter() - started
+        dd_after = _dd_mb_per_s(work, 512)
+        size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+        files_written = sum(1 for p in store.rglob("*") if p.is_file())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    dd = (dd_before + dd_after) / 2
+    audio_rate = summary.audio_seconds / wall
+    disk_audio_rate = dd * 1e6 / bytes_per_audio_s
+    table = format_table(
+        ["what", "audio s/s", "MB/s"],
+        [["pipeline: decode + random frames + store (fsynced)", round(audio_rate, 1),
+          round(audio_rate * bytes_per_audio_s / 1e6, 1)],
+         ["disk: dd conv=fsync (mean of before/after)", round(disk_audio_rate, 1), round(dd, 1)]])
+    print(table)
+    headline = (f"pipeline ceiling without the model: {audio_rate:.0f} audio s/s = {audio_rate / disk_audio_rate:.2f}x "
+                f"the disk's raw {disk_audio_rate:.0f} audio s/s ({summary.audio_seconds:.0f} audio s, "
+                f"{len(files)} files, wall {wall:.1f} s)")
+    write_results(
+        "bench_ceiling", {"command": command_line(), "machine": {**machine_info(["numpy", "zarr", "zarrs"]),
+                                                                 "load_average_end": load_average()},
+                          "files": len(files), "audio_seconds": summary.audio_seconds, "wall_seconds": wall,
+                          "pipeline_audio_s_per_s": audio_rate, "dd_mb_per_s": [dd_before, dd_after],
+                          "disk_audio_s_per_s": disk_audio_rate, "store_bytes": size, "store_files": files_written,
+                          "complete": summary.complete},
+        table, out=args.out, headline=headline,
+        notes=[f"{bytes_per_audio_s / 1e6:.3f} MB per audio second (13 x 768 float16 at 50 frames/s); "
+               f"work units of {args.shard_size} utterances; in-process (no Dask)"])
+    print(headline)
+
+
+if __name__ == "__main__":
+    main()

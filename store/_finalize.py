@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,8 @@ def finalize_store(path: Path, group: zarr.Group) -> None:
     _write_column(group, "utterances/duration", duration, np.float64)
     for i, col in enumerate(FAILURE_COLUMNS):
         _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
+    for f in names:
+        _drop_orphan_shards(path, group, f, index[f])
     speakers = to_str_list(open_array(group, "utterances/speaker")[:])
     for f in names:
         _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
@@ -106,6 +109,27 @@ def finalize_store(path: Path, group: zarr.Group) -> None:
     meta["complete"] = bool(np.isin(status, ["done", "failed"]).all())
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     group.attrs[ATTRS_KEY] = meta
+
+
+def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
+    """Delete shard files that no commit record refers to: those of work units killed before
+    their commit (a rerun gives their utterances new units). Runs under the store lock, after
+    every unit has ended, so no writer is filling them."""
+    for name, starts, stops in (("data", index["offset"], index["offset"] + index["length"]),
+                                ("stats", index["slot"], index["slot"] + 1)):
+        array = open_array(group, f"features/{feature}/{name}")
+        shard = int(array.shards[0])
+        used = np.flatnonzero((index["length"] > 0) if name == "data" else (index["slot"] >= 0))
+        keep: set[int] = set()
+        for lo, hi in zip(starts[used] // shard, (stops[used] - 1) // shard):
+            keep.update(range(int(lo), int(hi) + 1))
+        folder = Path(path) / "features" / feature / name / "c"
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            # Shard keys are c/<shard along time>/0[/0]: the first part names the shard.
+            if entry.name.isdigit() and int(entry.name) not in keep:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def compose_speakers(stats: zarr.Array, speakers: list[str], length: np.ndarray,

@@ -333,7 +333,10 @@ def test_crash_before_journal_line_leaves_utterance_pending(tmp_path, monkeypatc
     monkeypatch.undo()
     writer = StoreWriter(built.path)
     assert writer.pending(["lld"]) == [1]  # data on disk, but not committed
+    shards = built.path / "features" / "lld" / "data" / "c"
+    assert len(list(shards.iterdir())) == 2
     writer.finalize()
+    assert len(list(shards.iterdir())) == 1  # the uncommitted unit's shard is deleted
     with pytest.raises(StoreIncompleteError, match="allow_incomplete=True"):
         open_store(built.path)
     store = open_store(built.path, allow_incomplete=True)

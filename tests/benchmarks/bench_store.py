@@ -1,8 +1,8 @@
 """Feature store reads: Zarr store vs one .npy per utterance vs HDF5, random utterance order.
 
 Synthetic wav2vec2-like data (float16 [T, 13, 768], T drawn like RAVDESS: 2-5 s at 50 frames/s)
-plus eGeMAPS-like float32 [2T, 25] is written through ``StoreWriter`` (plan, write_utterance,
-finalize); the same arrays go to one ``.npy`` per utterance and feature, and to HDF5 via the
+plus eGeMAPS-like float32 [2T, 25] is written through ``StoreWriter`` (plan, work units of 64
+utterances, finalize); the same arrays go to one ``.npy`` per utterance and feature, and to HDF5 via the
 library's ``export_hdf5`` (frames back to back, chunks (128, 1, 768), as a user would get it).
 
 Reads, each in a fresh random utterance order: all 13 layers, one layer (7), eGeMAPS. Every read
@@ -90,15 +90,21 @@ def main() -> None:
     rows = writer.plan(utts, num_samples=[int(t) * 320 + 80 for t in frames], features=[w2v2, egemaps],
                        capacities={"wav2vec2": [int(t) for t in frames], "egemaps": [2 * int(t) for t in frames]})
     write_s = {"zarr_store": 0.0, "npy_per_utterance": 0.0}
-    for i, row in enumerate(rows):
-        x, e = make(i)
+    units = writer.plan_units([rows[k:k + 64] for k in range(0, n, 64)], ["wav2vec2", "egemaps"])
+    for unit in units:
+        unit_writer = writer.open_unit(unit)
+        for row in unit.rows:
+            x, e = make(row)
+            t0 = time.perf_counter()
+            unit_writer.add(row, {"wav2vec2": x, "egemaps": e}, audio_sha256="0" * 64, duration=frames[row] / 50)
+            t1 = time.perf_counter()
+            np.save(npy_dir / f"{utts[row].id}.wav2vec2.npy", x)
+            np.save(npy_dir / f"{utts[row].id}.egemaps.npy", e)
+            write_s["npy_per_utterance"] += time.perf_counter() - t1
+            write_s["zarr_store"] += t1 - t0
         t0 = time.perf_counter()
-        writer.write_utterance(row, {"wav2vec2": x, "egemaps": e}, audio_sha256="0" * 64, duration=frames[i] / 50)
-        t1 = time.perf_counter()
-        np.save(npy_dir / f"{utts[i].id}.wav2vec2.npy", x)
-        np.save(npy_dir / f"{utts[i].id}.egemaps.npy", e)
-        write_s["npy_per_utterance"] += time.perf_counter() - t1
-        write_s["zarr_store"] += t1 - t0
+        unit_writer.commit()
+        write_s["zarr_store"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     writer.finalize()
     writer.close()
@@ -206,7 +212,7 @@ def main() -> None:
     disk_table = _common.format_table(
         ["format", "wav2vec2 bytes/audio s", "all files bytes/audio s"],
         [[f, disk[f]["wav2vec2_bytes_per_audio_s"], disk[f]["total_bytes_per_audio_s"]] for f in FORMATS])
-    info = _common.machine_info(["numpy", "zarr", "numcodecs", "h5py"])
+    info = _common.machine_info(["numpy", "zarr", "zarrs", "numcodecs", "h5py"])
     payload = {"benchmark": "bench_store", "command": _common.command_line(), "machine": info,
                "config": {"utterances": n, "audio_seconds": audio_seconds, "reads_per_pass": reads_per_pass,
                           "reps": args.reps, "layer": LAYER, "page_cache_dropped": cold_ok, "quick": args.quick,

@@ -141,10 +141,11 @@ def _verify_cli(store: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["w2v2ser", "store", "verify", str(store)], code, out.getvalue(), err.getvalue())
 
 
-@pytest.mark.parametrize("feature", ["spectrogram", "layered"])
-def test_verify_and_every_read_name_the_owner_of_flipped_frames(store, feature):
-    """A flipped byte inside an utterance's frames: verify names exactly that utterance, and
-    every read path (whole, one layer, batch) raises a StoreError naming it."""
+def test_verify_and_every_read_name_the_owner_of_flipped_frames(store):
+    """A flipped byte inside an utterance's frames (float16, stored uncompressed): verify names
+    exactly that utterance, and every read path (whole, one layer, batch) raises a StoreError
+    naming it."""
+    feature = "layered"
     s = open_store(store)
     ids = [r.id for r in s.list_utterances()]
     layered = s.features[feature].layers is not None
@@ -169,9 +170,37 @@ def test_verify_and_every_read_name_the_owner_of_flipped_frames(store, feature):
     assert open_store(store).verify().ok
 
 
+@pytest.mark.parametrize("position", [0.1, 0.3, 0.5, 0.7, 0.9, 0.97])
+def test_flipped_bytes_in_a_compressed_shard_are_never_returned(store, position):
+    """Spectrogram shards are zstd-compressed: a flipped byte anywhere in one either leaves the
+    frames exact, or verify and every read path refuse the utterances it touches, by name."""
+    s = open_store(store)
+    ids = [r.id for r in s.list_utterances()]
+    clean = {uid: s.read_utterance(uid, "spectrogram") for uid in ids}
+    (file,) = _shard_files(store, "spectrogram")
+    _flip(file, int(len(file.read_bytes()) * position))
+    report = open_store(store).verify()
+    named = {u for u, _, _ in report.problems}
+    fresh = open_store(store)
+    for uid in ids:
+        try:
+            frames = fresh.read_utterance(uid, "spectrogram")
+        except StoreError as error:
+            assert uid in str(error) and uid in named
+        else:
+            np.testing.assert_array_equal(frames, clean[uid])
+            assert uid not in named
+    try:
+        batch = fresh.read_batch(ids, "spectrogram")
+    except StoreError as error:
+        assert named and "damaged" in str(error)
+    else:
+        assert not named and all(np.array_equal(b, clean[u]) for u, b in zip(ids, batch))
+
+
 def test_store_verify_cli_exit_code_and_names(store):
     uid = open_store(store).list_utterances()[2].id
-    file, at = _frame_bytes(store, "spectrogram", uid, None)
+    file, at = _frame_bytes(store, "layered", uid, 0)
     assert _verify_cli(store).returncode == 0
     _flip(file, at + 1)
     done = subprocess.run([str(W2V2SER), "store", "verify", str(store)], capture_output=True, text=True)
@@ -208,7 +237,7 @@ def test_verify_detects_damaged_per_utterance_statistics(store):
     s = open_store(store)
     victim = s.list_utterances()[3]
     slot = int(s._per_row("spectrogram")["slot"][victim.index])
-    stats = s._array("spectrogram", "stats")
+    stats = s._array("spectrogram", "stats")  # float64, uncompressed
     mean = np.asarray(stats[slot, 0])
     key = stats.metadata.encode_chunk_key((slot // stats.shards[0], 0, 0))
     file = store / "features" / "spectrogram" / "stats" / key

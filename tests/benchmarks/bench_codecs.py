@@ -56,7 +56,7 @@ def wav2vec2_frames(folder: str, files: int) -> tuple[np.ndarray, float]:
             x = read_audio(str(path))
             seconds += len(x) / 16000
             hidden = model(torch.from_numpy(x)[None], output_hidden_states=True).hidden_states
-            out.append(torch.stack(hidden, 1)[0].numpy().astype(np.float16))
+            out.append(torch.stack(hidden, 2)[0].numpy().astype(np.float16))  # [T, 13, 768]
     return np.concatenate(out), seconds
 
 

@@ -29,7 +29,8 @@ import _common  # noqa: E402
 
 LAYER = 7
 FORMATS = ("zarr_store", "npy_per_utterance", "hdf5_export")
-READS = ("all_layers", "one_layer", "egemaps")
+READS = ("all_layers", "all_layers_batch16", "one_layer", "egemaps")
+BATCH = 16
 
 
 def parse_args() -> argparse.Namespace:
@@ -136,6 +137,8 @@ def main() -> None:
     row_of = {uid: i for i, uid in enumerate(h5["utterances/id"].asstr()[:])}
 
     def read(fmt: str, kind: str, uid: str):
+        if kind == "all_layers_batch16":
+            kind = "all_layers"
         if fmt == "zarr_store":
             if kind == "all_layers":
                 return store.read_utterance(uid, "wav2vec2")
@@ -174,8 +177,14 @@ def main() -> None:
                     order = rng.permutation(n)[:reads_per_pass]
                     nbytes = 0
                     t0 = time.perf_counter()
-                    for j in order:
-                        nbytes += read(fmt, kind, ids[j]).nbytes
+                    if kind == "all_layers_batch16" and fmt == "zarr_store":
+                        # Stage 2's path: read_batch of 16 random utterances (one event-loop hand-over each)
+                        for b in range(0, len(order), BATCH):
+                            batch = store.read_batch([ids[j] for j in order[b:b + BATCH]], "wav2vec2")
+                            nbytes += sum(x.nbytes for x in batch)
+                    else:
+                        for j in order:
+                            nbytes += read(fmt, kind, ids[j]).nbytes
                     wall = time.perf_counter() - t0
                     results.append({"rep": rep, "read": kind, "format": fmt, "cache": cache, "wall_s": wall,
                                     "utterances": int(reads_per_pass), "mb": nbytes / 1e6,
@@ -203,6 +212,9 @@ def main() -> None:
         zs = med("all_layers", "zarr_store", cache)
         ratios[f"{cache}_all_layers_zarr_vs_npy"] = zs / med("all_layers", "npy_per_utterance", cache)
         ratios[f"{cache}_all_layers_zarr_vs_hdf5"] = zs / med("all_layers", "hdf5_export", cache)
+        zb = med("all_layers_batch16", "zarr_store", cache)
+        ratios[f"{cache}_all_layers_batch16_zarr_vs_npy"] = zb / med("all_layers_batch16", "npy_per_utterance", cache)
+        ratios[f"{cache}_all_layers_batch16_zarr_vs_hdf5"] = zb / med("all_layers_batch16", "hdf5_export", cache)
         ratios[f"{cache}_one_layer_vs_all_layers_zarr"] = med("one_layer", "zarr_store", cache) / zs
         ratios[f"{cache}_one_layer_zarr_vs_npy"] = med("one_layer", "zarr_store", cache) / med("one_layer", "npy_per_utterance", cache)
         ratios[f"{cache}_one_layer_zarr_vs_hdf5"] = med("one_layer", "zarr_store", cache) / med("one_layer", "hdf5_export", cache)
@@ -220,7 +232,8 @@ def main() -> None:
                "write_seconds": write_s, "disk_bytes": disk, "summary": summary, "ratios": ratios, "runs": results}
     c = caches[0]
     headline = (f"headline ({c} cache): all-layer reads zarr/npy = {ratios[f'{c}_all_layers_zarr_vs_npy']:.2f}, "
-                f"zarr/hdf5 = {ratios[f'{c}_all_layers_zarr_vs_hdf5']:.2f} (goal > 1); one layer / all layers = "
+                f"zarr/hdf5 = {ratios[f'{c}_all_layers_zarr_vs_hdf5']:.2f} (goal > 1); with read_batch of {BATCH}: "
+                f"{ratios[f'{c}_all_layers_batch16_zarr_vs_npy']:.2f} / {ratios[f'{c}_all_layers_batch16_zarr_vs_hdf5']:.2f}; one layer / all layers = "
                 f"{ratios[f'{c}_one_layer_vs_all_layers_zarr']:.2f} (goal >= 5)")
     notes = [f"page cache {'dropped before every cold pass (root)' if cold_ok else 'NOT dropped: warm cache only'}",
              f"write seconds: {', '.join(f'{k} {v:.1f}' for k, v in write_s.items())}"]

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from ._errors import StoreError
 
-__all__ = ["JOURNAL_DIR", "Journal", "read_journals", "resolve_events", "PairState"]
+__all__ = ["JOURNAL_DIR", "Journal", "read_journals", "resolve_events", "PairState", "fsync_path"]
 
 JOURNAL_DIR = "_journal"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -44,7 +44,7 @@ class Journal:
         if existed:
             self._drop_partial_tail()
         else:
-            _fsync_dir(folder)  # make the new file's directory entry durable too
+            fsync_path(folder)  # make the new file's directory entry durable too
 
     def _drop_partial_tail(self) -> None:
         # A crash mid-append leaves bytes after the last newline; appending after them
@@ -96,9 +96,10 @@ class Journal:
             pass
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory (a no-op where directories cannot be opened)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import zarr
 
 from ._errors import StoreError
+from ._journal import fsync_path
 from ._layout import crc32_rows
 from ._stats import utterance_statistics
 
@@ -35,20 +35,6 @@ class WorkUnit:
     rows: tuple[int, ...]
     regions: Mapping[str, tuple[int, int]]
     slots: Mapping[str, tuple[int, int]]
-
-
-def fsync_path(path: Path) -> None:
-    """fsync one file or directory (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Filler:

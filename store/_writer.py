@@ -18,7 +18,7 @@ from zarr.storage import LocalStore
 
 from ._errors import StoreError
 from ._finalize import finalize_store
-from ._journal import JOURNAL_DIR, Journal, resolve_events
+from ._journal import JOURNAL_DIR, Journal, fsync_path, resolve_events
 from ._layout import (
     ATTRS_KEY,
     FAILURE_COLUMNS,
@@ -40,7 +40,7 @@ from ._layout import (
 )
 from ._lock import LOCK_FILE
 from ._types import FeatureSpec, Utterance
-from ._units import UnitWriter, WorkUnit, fsync_path
+from ._units import UnitWriter, WorkUnit
 
 __all__ = ["StoreWriter", "WorkUnit", "UnitWriter"]
 

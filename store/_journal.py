@@ -8,17 +8,18 @@ partial last line, which readers ignore and the next opener truncates.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ._errors import StoreError
 
-__all__ = ["JOURNAL_DIR", "Journal", "read_journals", "resolve_events", "PairState", "fsync_path"]
+__all__ = ["JOURNAL_DIR", "Journal", "iter_journals", "read_journals", "resolve_events", "PairState", "fsync_path"]
 
 JOURNAL_DIR = "_journal"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -110,24 +111,14 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def read_journals(store_path: Path) -> list[dict[str, Any]]:
-    """Every complete journal line of every writer, in (time, file, line) order.
-
-    A last line without its newline (or that does not parse) is a crash mid-append
-    and is ignored; a malformed line elsewhere means the file was edited or
-    damaged and raises StoreError.
-    """
-    folder = Path(store_path) / JOURNAL_DIR
-    events: list[tuple[int, int, int, dict[str, Any]]] = []
-    if not folder.is_dir():
-        return []
-    for file_no, file in enumerate(sorted(folder.glob("*.jsonl"))):
-        data = file.read_bytes()
-        lines = data.split(b"\n")
-        # split leaves '' after a final newline; anything else there is a partial line.
-        complete, tail = lines[:-1], lines[-1]
-        del tail
-        for line_no, raw in enumerate(complete):
+def _file_events(file: Path, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """(t, file, line, event) of one journal, streamed line by line."""
+    with open(file, "rb") as handle:
+        line_no = -1
+        for raw in handle:
+            line_no += 1
+            if not raw.endswith(b"\n"):  # a crash mid-append: the partial last line is ignored
+                return
             if not raw.strip():
                 continue
             try:
@@ -140,15 +131,44 @@ def read_journals(store_path: Path) -> list[dict[str, Any]]:
                     f"record is damaged. Delete that line (the utterance is then extracted again "
                     f"on the next run) or extract into a new store."
                 ) from None
-            events.append((int(rec.get("t", 0)), file_no, line_no, rec))
-    events.sort(key=lambda e: e[:3])
-    return [e[3] for e in events]
+            yield int(rec.get("t", 0)), file_no, line_no, rec
+
+
+def _in_order(file: Path, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """A journal's events sorted by time: streamed when its lines already are (the rule: one
+    writer appends in time order), else sorted in memory."""
+    last = None
+    for event in _file_events(file, file_no):
+        if last is not None and event[0] < last:
+            yield from sorted(_file_events(file, file_no), key=lambda e: e[:3])
+            return
+        last = event[0]
+    yield from _file_events(file, file_no)
+
+
+def iter_journals(store_path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete journal line of every writer, in (time, file, line) order, streamed.
+
+    A last line without its newline is a crash mid-append and is ignored; a malformed line
+    elsewhere means the file was edited or damaged and raises StoreError.
+    """
+    folder = Path(store_path) / JOURNAL_DIR
+    if not folder.is_dir():
+        return
+    files = sorted(folder.glob("*.jsonl"))
+    for _, _, _, rec in heapq.merge(*(_in_order(f, k) for k, f in enumerate(files)), key=lambda e: e[:3]):
+        yield rec
+
+
+def read_journals(store_path: Path) -> list[dict[str, Any]]:
+    """Every complete journal line of every writer, in (time, file, line) order."""
+    return list(iter_journals(store_path))
 
 
 class PairState:
     """Latest state of every (row, feature) pair, resolved from journal events."""
 
-    def __init__(self, events: list[dict[str, Any]]) -> None:
+    def __init__(self, events: Iterable[dict[str, Any]]) -> None:
         # events are in time order, so later assignments win.
         self.pair: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
         self.row_failure: dict[int, tuple[int, dict[str, Any]]] = {}
@@ -182,4 +202,4 @@ class PairState:
 
 def resolve_events(store_path: Path) -> PairState:
     """Read all journals and resolve the current state of each pair."""
-    return PairState(read_journals(store_path))
+    return PairState(iter_journals(store_path))

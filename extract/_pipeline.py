@@ -22,12 +22,12 @@ import numpy as np
 from w2v2ser.store import StoreWriter, Utterance, W2v2serError, lock_store, open_store
 
 from ._audio import probe_audio, read_audio, sha256_file
-from ._registry import Extractor, build_extractor
+from ._registry import UPSTREAMS, Extractor, build_extractor
 
 __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
 
 # Features that profit from a GPU; everything else runs on CPU workers.
-GPU_FEATURES = frozenset({"wav2vec2"})
+GPU_FEATURES = UPSTREAMS
 
 
 @dataclass

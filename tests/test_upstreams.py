@@ -203,3 +203,36 @@ def test_compile_gives_the_same_states(model_dirs) -> None:
     compiled = _extractor("wav2vec2", directory, batch_seconds=3.0, compile=True).extract(signals)
     for a, b in zip(plain, compiled):
         assert np.abs(a - b).max() < BATCH_TOLERANCE
+
+
+def test_cli_extracts_two_upstreams_into_one_store_under_their_names(model_dirs, tmp_path) -> None:
+    """`--features hubert --model DIR`, then wavlm into the same store; both read back as written."""
+    import soundfile as sf
+
+    from w2v2ser._cli import main
+    from w2v2ser.store import open_store
+
+    rows = ["path,label,speaker"]
+    for number, signal in enumerate(_signals((16000, 7000, 12000))):
+        path = tmp_path / f"utt{number}.wav"
+        sf.write(path, signal, 16000, subtype="FLOAT")
+        rows.append(f"{path},{['angry', 'sad'][number % 2]},spk{number % 2}")
+    manifest = tmp_path / "corpus.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    store_path = tmp_path / "upstreams.zarr"
+    for family in ("hubert", "wavlm"):
+        variant = next(v for v in FAMILY_VARIANTS if v[0] == family)
+        code = main(["extract", "csv", str(manifest), "--store", str(store_path), "--features", family,
+                     "--model", str(model_dirs[variant]), "--device", "cpu", "--no-progress"])
+        assert code == 0
+    store = open_store(store_path)
+    assert {"hubert", "wavlm"} <= set(store.features)
+    assert store.features["wavlm"].config["upstream"]["family"] == "wavlm"
+    for family in ("hubert", "wavlm"):
+        variant = next(v for v in FAMILY_VARIANTS if v[0] == family)
+        record = store.list_utterances()[0]
+        stored = store.read_utterance(record.id, family)
+        signal = sf.read(record.path, dtype="float32")[0]
+        expected = build_extractor(family, {"model": str(model_dirs[variant]), "device": "cpu"}).extract([signal])[0]
+        assert stored.dtype == np.float16 and stored.shape == expected.shape
+        np.testing.assert_allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3)

@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-FEATURES = ("wav2vec2", "egemaps", "spectrogram")
+FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
+# Speech encoders, named after their family; --model etc. apply to the one(s) chosen.
+UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -48,11 +50,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         return configs
     names = [f.strip() for f in (args.features or ",".join(FEATURES)).split(",") if f.strip()]
     configs: dict[str, dict[str, Any]] = {name: {} for name in names}
-    if "wav2vec2" in configs:
+    for upstream in (name for name in UPSTREAM_FEATURES if name in configs):
         for key in ("model", "revision", "device", "batch_seconds"):
             value = getattr(args, key)
             if value is not None:
-                configs["wav2vec2"][key] = value
+                configs[upstream][key] = value
     for text in args.option:
         feature, key, value = _parse_option(text)
         if feature not in configs:
@@ -216,10 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
     extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,session,split,id])")
     extract.add_argument("--store", help="store directory (default: stores/CORPUS.zarr)")
-    extract.add_argument("--features", help=f"comma separated, from {','.join(FEATURES)} (default: all)")
-    extract.add_argument("--model", help="wav2vec2 model: hub id, local HF directory or fairseq .pt")
+    extract.add_argument(
+        "--features",
+        help=f"comma separated, from {','.join(UPSTREAM_FEATURES + FEATURES[1:])} (default: {','.join(FEATURES)}); "
+        "the speech encoder's name is its family (config.json model_type), e.g. --features hubert",
+    )
+    extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2)")
     extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="wav2vec2 device")
+    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="speech encoder device")
     extract.add_argument("--batch-seconds", dest="batch_seconds", type=float, help="audio seconds per model batch")
     extract.add_argument(
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",

@@ -32,7 +32,8 @@ up to float rounding, for every family.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -209,11 +210,14 @@ class Wav2Vec2Extractor:
         self._next_layer = 0
         self._frame_mask: Any = None  # [B, 1, T] 1/0 of valid frames while a ragged batch runs
         self._copy_stream: Any = None
+        # Profiling: called with (stage, seconds) for "host_to_device", "forward" and
+        # "device_to_host"; the device is synchronised between stages while it is set.
+        self.on_stage: Callable[[str, float], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship only the config and the resolved source to workers; they load the model themselves.
         state = dict(self.__dict__)
-        state.update(_model=None, _stacked=None, _frame_mask=None, _copy_stream=None, _next_layer=0)
+        state.update(_model=None, _stacked=None, _frame_mask=None, _copy_stream=None, _next_layer=0, on_stage=None)
         return state
 
     @property
@@ -425,19 +429,21 @@ class Wav2Vec2Extractor:
         valid = [max(0, int(_conv_lengths(n, hf.conv_kernel, hf.conv_stride))) for n in lengths]
         num_frames = max(valid)
         ragged = len(set(lengths)) > 1
+        layers = int(hf.num_hidden_layers) + 1
+        mark = _StageClock(self.on_stage, device if cuda else None)
         padded = torch.zeros(len(signals), max(lengths), dtype=torch.float32, pin_memory=cuda)
         for row, signal in enumerate(signals):
             padded[row, : len(signal)] = torch.from_numpy(signal)
-        layers = int(hf.num_hidden_layers) + 1
-        half = compute != torch.float32
-        autocast = torch.autocast(device.type, dtype=compute, enabled=half)
+        autocast = torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
         with torch.inference_mode(), autocast:
             inputs = padded.to(device, non_blocking=True)
+            lengths_device = torch.tensor(lengths).to(device, non_blocking=True)
             mask = None
             if ragged:
                 frame_valid = torch.tensor(valid, dtype=torch.long)
                 mask = (torch.arange(num_frames)[None, :] < frame_valid[:, None]).to(device, non_blocking=True)
-            frames = _encode_audio(model, inputs, torch.tensor(lengths).to(device, non_blocking=True), ragged)
+            mark("host_to_device")
+            frames = _encode_audio(model, inputs, lengths_device, ragged)
             projected = model.feature_projection(frames)
             if isinstance(projected, tuple):  # wav2vec2, WavLM, data2vec return (projected, normed)
                 projected = projected[0]
@@ -456,7 +462,9 @@ class Wav2Vec2Extractor:
                 raise RuntimeError(
                     f"{self.name}: captured {self._next_layer} transformer layer outputs, expected {layers - 1}"
                 )
+            mark("forward")
             if not cuda:
+                mark("device_to_host")  # the stacked CPU tensor is the host array
                 return stacked, None, valid
             host = torch.empty(stacked.shape, dtype=out_dtype, pin_memory=True)
             stream = self._copy_stream
@@ -466,7 +474,30 @@ class Wav2Vec2Extractor:
                 done = torch.cuda.Event()
                 done.record(stream)
             stacked.record_stream(stream)  # the allocator keeps it until the copy is done
+            if mark.enabled:
+                done.synchronize()
+                mark("device_to_host")
         return host, done, valid
+
+
+class _StageClock:
+    """Busy seconds per stage for profiling; a no-op unless a callback is set."""
+
+    def __init__(self, callback: Callable[[str, float], None] | None, device: Any) -> None:
+        self.enabled = callback is not None
+        self._callback, self._device = callback, device
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self._device is not None:
+            import torch
+
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self._callback(stage, now - self._last)  # type: ignore[misc]
+        self._last = now
 
 
 class HubertExtractor(Wav2Vec2Extractor):

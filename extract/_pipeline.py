@@ -1,9 +1,10 @@
 """Stage 1 driver: plan a corpus into a store, extract shards of utterances, finalize.
 
 The driver is the only process that plans and finalizes a store (under the store
-lock). Shards of utterances are independent units: each is extracted by one worker
-that writes its utterances' reserved, chunk-aligned regions and its own commit
-journal, so shards can run in this process or as Dask tasks on many workers.
+lock). Shards of utterances are independent work units: the driver gives each its own
+whole Zarr shards (``StoreWriter.plan_units``); one worker packs the unit's utterances
+into them, writes each shard once and commits the unit in its own journal, so units
+can run in this process or as Dask tasks on many workers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser.store import StoreWriter, Utterance, W2v2serError, lock_store, open_store
+from w2v2ser.store import StoreWriter, Utterance, W2v2serError, WorkUnit, lock_store, open_store
 
 from ._audio import probe_audio, read_audio, sha256_file
 from ._registry import UPSTREAMS, Extractor, build_extractor
@@ -143,7 +144,7 @@ def extract_corpus(
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
-        tasks: list[tuple[list[str], list[_ShardItem]]] = []
+        tasks: list[tuple[list[str], list[_ShardItem], WorkUnit]] = []
         # A row lacks some feature exactly when it lacks one of some group's features.
         all_pending: set[int] = set()
         for group in groups:
@@ -153,21 +154,25 @@ def extract_corpus(
             # Similar lengths side by side: batches need little padding.
             pending.sort(key=lambda row: samples_by_row[row] or 0)
             items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0)) for row in pending]
-            for start in range(0, len(items), shard_size):
-                tasks.append(([e.name for e in group], items[start : start + shard_size]))
+            chunks = [items[start : start + shard_size] for start in range(0, len(items), shard_size)]
+            names = [e.name for e in group]
+            # Each unit gets whole shards of its own: no two writers ever touch one shard file.
+            units = writer.plan_units([[item.index for item in chunk] for chunk in chunks], names)
+            tasks.extend((names, chunk, unit) for chunk, unit in zip(chunks, units))
 
         summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
         configs = {e.name: e.config.to_dict() for e in extractors}
-        total = sum(len(items) for _, items in tasks)
+        total = sum(len(items) for _, items, _ in tasks)
         if client is None:
             by_name = {e.name: e for e in extractors}
             bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
-            for group_names, items in tasks:
+            for group_names, items, unit in tasks:
                 done = extract_shard(
                     str(store_path),
                     items,
                     extractors=[by_name[n] for n in group_names],
                     journal="main",
+                    unit=unit,
                     on_utterance=(lambda seconds: bar.update(1)) if bar is not None else None,
                 )
                 summary.extracted += done[0]
@@ -227,23 +232,24 @@ def extract_shard(
     *,
     extractors: Sequence[Extractor],
     journal: str,
+    unit: WorkUnit,
     batch_seconds: float = 32.0,
-    write_threads: int = 2,
     on_utterance: Callable[[float], None] | None = None,
 ) -> tuple[int, float]:
     """Extract and commit one shard of utterances (one unit of work).
 
     Decoding of the next batch and store writes of the previous one overlap with
     feature extraction of the current batch (threads; the heavy parts release the GIL).
+    The unit's utterances become visible together, when the unit commits at the end.
 
     Args:
         store_path: The store directory (already planned).
         items: The shard's utterances with their store rows.
         extractors: Extractors for the features this shard writes.
         journal: Commit journal name; one writer per journal at a time.
+        unit: The unit's store space, from ``StoreWriter.plan_units`` for these items.
         batch_seconds: Audio seconds handed to the extractors at once.
-        write_threads: Threads writing finished utterances to the store.
-        on_utterance: Called with the audio seconds of every committed utterance.
+        on_utterance: Called with the audio seconds of every utterance written.
 
     Returns:
         (utterances committed, audio seconds committed).
@@ -255,10 +261,13 @@ def extract_shard(
     )
     batches = list(_batches(items, int(batch_seconds * 16000)))
     committed = _Committed()
-    # Bounded: memory stays flat. Several writers: compression and chunk files of one
-    # utterance overlap with those of the next (utterances never share a chunk).
-    write_queue: queue.Queue = queue.Queue(maxsize=2 * write_threads)
+    unit_writer = writer.open_unit(unit)
+    # Bounded: memory stays flat. One writer thread: utterances are packed in order (the
+    # codec pipeline encodes a shard's chunks in parallel itself).
+    write_threads = 1
+    write_queue: queue.Queue = queue.Queue(maxsize=4)
     write_error: list[BaseException] = []
+    finished = False
 
     def write_loop() -> None:
         while True:
@@ -285,12 +294,15 @@ def extract_shard(
                     upcoming = decoder.submit(lambda b=batches[number + 1]: [_decode(i) for i in b])
                 if write_error:
                     raise write_error[0]
-                _extract_batch(writer, decoded, extractors, write_queue, committed, on_utterance)
+                _extract_batch(writer, unit_writer, decoded, extractors, write_queue, committed, on_utterance)
+        finished = True
     finally:
         for _ in writer_threads:
             write_queue.put(None)
         for thread in writer_threads:
             thread.join()
+        if finished and not write_error:
+            unit_writer.commit()
         writer.close()
     if write_error:
         raise write_error[0]
@@ -313,6 +325,7 @@ class _Committed:
 
 def _extract_batch(
     writer: StoreWriter,
+    unit_writer: Any,
     decoded: Sequence[tuple[_ShardItem, np.ndarray | None, str, str]],
     extractors: Sequence[Extractor],
     write_queue: queue.Queue,
@@ -349,7 +362,7 @@ def _extract_batch(
         duration = len(signal) / 16000.0
 
         def commit(i: int = item.index, f: Mapping = frames, d: str = digest, s: float = duration) -> None:
-            writer.write_utterance(i, f, audio_sha256=d, duration=s)
+            unit_writer.add(i, f, audio_sha256=d, duration=s)
             committed.add(s)
             if on_utterance is not None:
                 on_utterance(s)
@@ -374,7 +387,8 @@ def _extract_one(
 _WORKER_EXTRACTORS: dict[str, Extractor] = {}
 
 
-def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dict], journal: str) -> tuple[int, float]:
+def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dict], journal: str,
+                unit: WorkUnit) -> tuple[int, float]:
     """A Dask task: build (and cache per worker process) the extractors, run one shard."""
     import json
 
@@ -384,13 +398,13 @@ def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dic
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS[key] = build_extractor(name, config)
         extractors.append(_WORKER_EXTRACTORS[key])
-    return extract_shard(store_path, items, extractors=extractors, journal=journal)
+    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit)
 
 
 def _run_on_dask(
     client: Any,
     store_path: str,
-    tasks: Sequence[tuple[list[str], list[_ShardItem]]],
+    tasks: Sequence[tuple[list[str], list[_ShardItem], WorkUnit]],
     configs: Mapping[str, dict],
     *,
     gpu_resource: str | None,
@@ -399,7 +413,7 @@ def _run_on_dask(
     from distributed import as_completed
 
     futures = []
-    for number, (names, items) in enumerate(tasks):
+    for number, (names, items, unit) in enumerate(tasks):
         uses_gpu = gpu_resource is not None and any(name in GPU_FEATURES for name in names)
         futures.append(
             client.submit(
@@ -408,6 +422,7 @@ def _run_on_dask(
                 items,
                 {name: configs[name] for name in names},
                 f"shard-{'-'.join(names)}-{number:05d}",
+                unit,
                 resources={gpu_resource: 1} if uses_gpu else None,
                 pure=False,
                 key=f"w2v2ser-extract-{'-'.join(names)}-{number:05d}-{time.time_ns()}",

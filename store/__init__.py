@@ -1,9 +1,10 @@
 """Feature store of w2v2ser: a Zarr v3 directory holding ragged frames per feature.
 
 Stage 1 writes it (:class:`StoreWriter`, under :func:`lock_store`); stage 2 reads it
-(:func:`open_store`). Layout and rules: one chunk-aligned region per utterance in one
-array per feature, an utterance table, a failures table, per-utterance and
-per-speaker statistics, and fsynced commit journals that make writes resumable.
+(:func:`open_store`). Format 2: one Zarr v3 sharded array per feature, whose shards each
+belong to one work unit (utterances packed back to back, written once, then committed);
+an utterance table and a failures table (also as Parquet); row-chunked index and
+statistics arrays; fsynced commit journals that make writes resumable.
 """
 
 from ._errors import (
@@ -26,7 +27,7 @@ from ._types import (
     UtteranceRecord,
     VerifyReport,
 )
-from ._writer import StoreWriter
+from ._writer import StoreWriter, UnitWriter, WorkUnit
 
 __all__ = [
     "FORMAT_VERSION",
@@ -42,6 +43,8 @@ __all__ = [
     "Failure",
     "VerifyReport",
     "StoreWriter",
+    "WorkUnit",
+    "UnitWriter",
     "lock_store",
     "open_store",
     "FeatureStore",

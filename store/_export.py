@@ -44,6 +44,8 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    from ._layout import open_array
+
     g = store._group
     try:
         with h5py.File(tmp, "w") as h5:
@@ -51,14 +53,14 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
             h5.attrs["exported_from"] = str(store.path)
             ut = h5.create_group("utterances")
             for col in UTTERANCE_COLUMNS:
-                values = g[f"utterances/{col}"][:]
+                values = open_array(g, f"utterances/{col}")[:]
                 if col in ("duration", "num_samples"):
                     ut.create_dataset(col, data=values)
                 else:
                     _write_strings(ut, col, to_str_list(values))
             fl = h5.create_group("failures")
             for col in FAILURE_COLUMNS:
-                _write_strings(fl, col, to_str_list(g[f"failures/{col}"][:]))
+                _write_strings(fl, col, to_str_list(open_array(g, f"failures/{col}")[:]))
             for name, spec in store.features.items():
                 _export_feature(store, h5.create_group(f"features/{name}"), name, spec)
         os.replace(tmp, out)
@@ -88,11 +90,17 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
     for i in range(n):  # one utterance in memory at a time
         if length[i] > 0:
             o = int(rows["offset"][i])
-            data[new_off[i]:new_off[i] + length[i]] = src[o:o + int(length[i])]
+            data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
     fg.create_dataset("crc32", data=rows["crc32"])
-    for arr in ("utt_mean", "utt_m2", "speaker_mean", "speaker_m2"):
+    stats = store._array(name, "stats")
+    for part, arr in enumerate(("utt_mean", "utt_m2")):
+        ds = fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64")
+        for i in range(n):  # per-utterance statistics by row (the store keeps them by slot)
+            if length[i] >= 0:
+                ds[i] = stats[int(rows["slot"][i]), part]
+    for arr in ("speaker_mean", "speaker_m2"):
         a = store._array(name, arr)
         ds = fg.create_dataset(arr, shape=a.shape, dtype="float64")
         for i in range(a.shape[0]):

@@ -1,9 +1,8 @@
-"""finalize: fold the commit journals into the store's tables and statistics (single process)."""
+"""finalize: fold the commit journals into the store's index arrays, tables and statistics."""
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,18 @@ import zarr
 
 from ._errors import StoreError
 from ._journal import PairState, resolve_events
-from ._layout import ATTRS_KEY, FAILURE_COLUMNS, to_str_list
+from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
 from ._stats import combine_statistics
 
-__all__ = ["finalize_store"]
+__all__ = ["finalize_store", "compose_speakers"]
+
+STATS_BLOCK = 256  # per-utterance statistics read at once while composing speakers
 
 
 def _check_events(path: Path, state: PairState, ids: list[str]) -> None:
     # A journal line naming a row whose id differs means journals of another store were mixed in.
-    for idx, ev in [(i, e) for (i, _), (_, e) in state.pair.items()] + [
-        (i, e) for i, (_, e) in state.row_failure.items()
-    ]:
+    items = [(i, e) for (i, _), (_, e) in state.pair.items()] + [(i, e) for i, (_, e) in state.row_failure.items()]
+    for idx, ev in items:
         if idx >= len(ids) or ids[idx] != ev.get("id"):
             have = ids[idx] if idx < len(ids) else "no such row"
             raise StoreError(
@@ -32,41 +32,51 @@ def _check_events(path: Path, state: PairState, ids: list[str]) -> None:
             )
 
 
-def _write_column(group: zarr.Group, key: str, values: list[Any], dtype: Any) -> None:
-    arr = group[key]
+def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any) -> None:
+    arr = open_array(group, key)
+    values = np.asarray(values, dtype=dtype)
     if arr.shape[0] != len(values):
         arr.resize((len(values), *arr.shape[1:]))
-    if values:
-        arr[:] = np.asarray(values, dtype=dtype)
+    # Row blocks: a table of a million rows is converted and written a chunk at a time.
+    for lo in range(0, len(values), ROW_CHUNK):
+        arr[lo:lo + ROW_CHUNK] = values[lo:lo + ROW_CHUNK]
 
 
 def finalize_store(path: Path, group: zarr.Group) -> None:
-    """Merge journals into length/crc32/status/failures and compose per-speaker statistics."""
+    """Merge journals into offset/length/slot/crc32/status/failures and per-speaker statistics."""
     meta = dict(group.attrs[ATTRS_KEY])
     state = resolve_events(path)
-    ids = to_str_list(group["utterances/id"][:])
-    paths = to_str_list(group["utterances/path"][:])
-    speakers = to_str_list(group["utterances/speaker"][:])
+    ids = to_str_list(open_array(group, "utterances/id")[:])
     n = len(ids)
     _check_events(path, state, ids)
     names = sorted(meta["features"])
-    offsets = {f: group[f"features/{f}/offset"][:] for f in names}
+    planned = {f: open_array(group, f"features/{f}/capacity")[:] >= 0 for f in names}
 
-    status = ["done"] * n
-    sha = to_str_list(group["utterances/audio_sha256"][:])
-    duration = group["utterances/duration"][:]
+    status = np.full(n, "done", dtype=object)
+    sha = np.asarray(to_str_list(open_array(group, "utterances/audio_sha256")[:]), dtype=object)
+    duration = open_array(group, "utterances/duration")[:]
+    paths = to_str_list(open_array(group, "utterances/path")[:])
     failures: list[tuple[str, str, str, str]] = []
+    index = {f: {"offset": np.full(n, -1, np.int64), "length": np.full(n, -1, np.int64),
+                 "slot": np.full(n, -1, np.int64)} for f in names}
+    crc = {f: np.zeros((n, int(meta["features"][f].get("layers") or 1)), np.uint32) for f in names}
+    rows_touched = {i for i, _ in state.pair} | set(state.row_failure)
     for row in range(n):
-        planned = [f for f in names if offsets[f][row] >= 0]
+        feats = [f for f in names if planned[f][row]]
+        if row not in rows_touched:
+            if feats:
+                status[row] = "pending"
+            continue
         row_fail = state.row_failure.get(row)
-        latest = {f: state.latest(row, f) for f in planned}
-        commits = [e for e in latest.values() if e is not None and e["event"] == "commit"]
+        latest = {f: state.latest(row, f) for f in feats}
+        commits = {f: e for f, e in latest.items() if e is not None and e["event"] == "commit"}
         failed = {f: e for f, e in latest.items() if e is not None and e["event"] == "failure"}
-        for e in sorted(commits, key=lambda e: e["t"]):
+        for f, e in sorted(commits.items(), key=lambda item: item[1]["t"]):
             sha[row], duration[row] = e["audio_sha256"], e["duration"]
-        row_fail_active = row_fail is not None and (
-            not planned or any(e is row_fail[1] for e in failed.values())
-        )
+            for key in ("offset", "length", "slot"):
+                index[f][key][row] = e[key]
+            crc[f][row] = e["crc32"]
+        row_fail_active = row_fail is not None and (not feats or any(e is row_fail[1] for e in failed.values()))
         if row_fail_active:
             failures.append((ids[row], paths[row], "", str(row_fail[1].get("reason", ""))))
         for f, e in failed.items():
@@ -74,62 +84,92 @@ def finalize_store(path: Path, group: zarr.Group) -> None:
                 failures.append((ids[row], paths[row], f, str(e.get("reason", ""))))
         if row_fail_active or failed:
             status[row] = "failed"
-        elif len(commits) < len(planned):
+        elif len(commits) < len(feats):
             status[row] = "pending"
 
-    _write_column(group, "utterances/status", status, str)
-    _write_column(group, "utterances/audio_sha256", sha, str)
-    _write_column(group, "utterances/duration", list(duration), np.float64)
-    for i, col in enumerate(FAILURE_COLUMNS):
-        _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
-
-    by_speaker: dict[str, list[int]] = defaultdict(list)
-    for row, spk in enumerate(speakers):
-        by_speaker[spk].append(row)
-    speaker_names = sorted(by_speaker)
     for f in names:
         g = f"features/{f}"
-        length = np.full(n, -1, dtype=np.int64)
-        crc = np.zeros(n, dtype=np.uint32)
-        for row in range(n):
-            ev = state.committed(row, f)
-            if ev is not None and offsets[f][row] >= 0:
-                length[row], crc[row] = ev["length"], ev["crc32"]
+        for key, values in index[f].items():
+            _write_column(group, f"{g}/{key}", values, np.int64)
         if n:
-            group[f"{g}/length"][:] = length
-            group[f"{g}/crc32"][:] = crc
-        _compose_speakers(group, g, speaker_names, by_speaker, length)
+            _write_column(group, f"{g}/crc32", crc[f], np.uint32)
+    _write_column(group, "utterances/status", status.tolist(), str)
+    _write_column(group, "utterances/audio_sha256", sha.tolist(), str)
+    _write_column(group, "utterances/duration", duration, np.float64)
+    for i, col in enumerate(FAILURE_COLUMNS):
+        _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
+    speakers = to_str_list(open_array(group, "utterances/speaker")[:])
+    for f in names:
+        _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
+    _write_parquet(path, group, failures)
 
-    meta["complete"] = all(s in ("done", "failed") for s in status)
+    meta["complete"] = bool(np.isin(status, ["done", "failed"]).all())
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     group.attrs[ATTRS_KEY] = meta
 
 
-def _compose_speakers(group: zarr.Group, g: str, speaker_names: list[str],
-                      by_speaker: dict[str, list[int]], length: np.ndarray) -> None:
-    """Per-speaker count/mean/M2, one speaker and one utterance at a time (bounded memory)."""
-    utt_mean, utt_m2 = group[f"{g}/utt_mean"], group[f"{g}/utt_m2"]
-    frame_shape = tuple(utt_mean.shape[1:])
-    s = len(speaker_names)
-    _write_column(group, f"{g}/speaker_name", speaker_names, str)
-    _write_column(group, f"{g}/speaker_count", [0] * s, np.int64)
-    mean_arr, m2_arr = group[f"{g}/speaker_mean"], group[f"{g}/speaker_m2"]
-    mean_arr.resize((s, *frame_shape))
-    m2_arr.resize((s, *frame_shape))
-    counts = np.zeros(s, dtype=np.int64)
-    for k, spk in enumerate(speaker_names):
-        parts = (
-            (int(length[row]), utt_mean[row], utt_m2[row])
-            for row in by_speaker[spk]
-            if length[row] > 0
-        )
-        count, mean, m2 = combine_statistics(parts)
-        counts[k] = count
-        if count:
-            mean_arr[k] = mean
-            m2_arr[k] = m2
-        else:
-            mean_arr[k] = np.zeros(frame_shape)
-            m2_arr[k] = np.zeros(frame_shape)
-    if s:
-        group[f"{g}/speaker_count"][:] = counts
+def compose_speakers(stats: zarr.Array, speakers: list[str], length: np.ndarray,
+                     slot: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+    """Per-speaker (count, mean, M2) from per-utterance statistics, in slot order.
+
+    Reads the statistics a block of slots at a time (memory: one block plus one
+    accumulator per speaker); verify composes the same way, so results match bit for bit.
+    """
+    order = np.flatnonzero(length > 0)
+    order = order[np.argsort(slot[order], kind="stable")]
+    totals: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+    for lo in range(0, len(order), STATS_BLOCK):
+        rows = order[lo:lo + STATS_BLOCK]
+        first, last = int(slot[rows[0]]), int(slot[rows[-1]]) + 1
+        block = stats[first:last]
+        for row in rows:
+            mean, m2 = block[int(slot[row]) - first]
+            part = (int(length[row]), mean, m2)
+            spk = speakers[row]
+            totals[spk] = combine_statistics([totals[spk], part]) if spk in totals else combine_statistics([part])
+    return totals
+
+
+def _store_speakers(group: zarr.Group, g: str, speakers: list[str], length: np.ndarray, slot: np.ndarray) -> None:
+    stats = open_array(group, f"{g}/stats")
+    frame_shape = tuple(stats.shape[2:])
+    names = sorted(set(speakers))
+    totals = compose_speakers(stats, speakers, length, slot)
+    s = len(names)
+    _write_column(group, f"{g}/speaker_name", names, str)
+    _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64)
+    for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):
+        out = open_array(group, f"{g}/{arr}")
+        out.resize((s, *frame_shape))
+        for k, spk in enumerate(names):
+            out[k] = totals[spk][part] if spk in totals else np.zeros(frame_shape)
+
+
+def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
+    """The utterance and failures tables as Parquet too: every tool reads it (Zarr's string
+    type is an extension that other Zarr implementations may not read)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        return
+    from ._layout import UTTERANCE_COLUMNS
+
+    columns = {}
+    for col, (dtype, _) in UTTERANCE_COLUMNS.items():
+        values = open_array(group, f"utterances/{col}")[:]
+        columns[col] = pa.array(values if dtype is not str else to_str_list(values))
+    tables = {
+        "utterances": pa.table(columns),
+        "failures": pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
+                              for i, col in enumerate(FAILURE_COLUMNS)}),
+    }
+    for name, table in tables.items():
+        target = Path(path) / f"{name}.parquet"
+        tmp = target.with_name(f".{target.name}.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as f:
+            import os
+
+            os.fsync(f.fileno())
+        tmp.replace(target)

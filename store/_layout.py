@@ -1,24 +1,35 @@
-"""On-disk layout of a w2v2ser store: names, dtypes, codecs and root-attribute checks."""
+"""On-disk layout of a w2v2ser store (format 2): names, dtypes, codecs and root-attribute checks.
+
+Every array is a plain Zarr v3 array written and read through zarr-python; the ``zarrs``
+codec pipeline (Rust) is used when installed, since it writes whole shards near disk speed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import Crc32cCodec
 from zarr.storage import LocalStore
 
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
 from ._types import FeatureSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ATTRS_KEY = "w2v2ser"
-ROW_CHUNK = 4096  # rows per chunk of the 1-D table columns
+ROW_CHUNK = 65536  # rows per chunk of the 1-D table columns and per-utterance index arrays
+STATS_SHARD = 64  # utterance slots per shard of the per-utterance statistics
+SHARD_SECONDS = 240.0  # audio seconds per data shard (file count: < 1 file per 60 s)
+SHARD_BYTES = 256 * 2**20  # ... but at most this many bytes (a writer holds one shard in memory)
+PARQUET_TABLES = ("utterances", "failures")
 
-# column -> (dtype, fill value). Strings use Zarr 3's variable-length UTF-8 dtype.
+# column -> (dtype, fill value). Strings use Zarr 3's variable-length UTF-8 dtype, which
+# other Zarr implementations may not read: finalize also writes both tables as Parquet.
 UTTERANCE_COLUMNS: dict[str, tuple[Any, Any]] = {
     "id": (str, ""),
     "path": (str, ""),
@@ -37,30 +48,74 @@ UTTERANCE_COLUMNS: dict[str, tuple[Any, Any]] = {
 FAILURE_COLUMNS = ("id", "path", "feature", "reason")
 STATUSES = ("done", "failed", "pending")
 
-# Per-row arrays of each feature group: name -> (dtype, fill value).
+# Per-row index arrays of each feature, written by finalize from the commit records (except
+# ``capacity``, the planned maximum frame count, written by plan): name -> (dtype, fill value).
 ROW_ARRAYS: dict[str, tuple[str, Any]] = {
-    "offset": ("int64", -1),
     "capacity": ("int64", 0),
+    "offset": ("int64", -1),
     "length": ("int64", -1),
-    "crc32": ("uint32", 0),
+    "slot": ("int64", -1),
 }
 
 
+def _zarrs_available() -> bool:
+    try:
+        import zarrs  # noqa: F401
+    except ImportError:  # pragma: no cover - zarrs is a dependency; zarr's own pipeline also works
+        return False
+    return True
+
+
+_PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if _zarrs_available() else {}
+
+
+@contextlib.contextmanager
+def fast_pipeline() -> Iterator[None]:
+    """Arrays opened inside use the zarrs codec pipeline (chosen when an array is opened)."""
+    with zarr.config.set(_PIPELINE), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def default_chunk_frames(spec: FeatureSpec) -> int:
-    """128 frames for 3-D features (2.6 s of wav2vec2), 512 for 2-D ones (5 s at 100 fps)."""
+    """Frames per inner chunk: 128 for 3-D features (2.6 s of wav2vec2), 512 for 2-D ones."""
     return 128 if spec.layers is not None else 512
 
 
-def data_compressor() -> BloscCodec:
-    """Light codec: lz4 is fast enough to keep up with extraction; shuffle makes zero padding ~free."""
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+def default_shard_frames(spec: FeatureSpec, chunk: int) -> int:
+    """Frames per shard: SHARD_SECONDS of audio, at most SHARD_BYTES, a multiple of `chunk`."""
+    frame_bytes = int(np.dtype(spec.dtype).itemsize) * int(np.prod(spec.frame_shape))
+    frames = min(SHARD_SECONDS * float(spec.frame_rate), SHARD_BYTES / frame_bytes)
+    return max(chunk, chunk * math.ceil(frames / chunk))
+
+
+def crc32_rows(frames: np.ndarray) -> np.ndarray:
+    """One crc32 per layer (3-D frames) or one for all (2-D), over the stored bytes."""
+    import zlib
+
+    if frames.ndim == 3:
+        return np.asarray([zlib.crc32(np.ascontiguousarray(frames[:, k])) for k in range(frames.shape[1])],
+                          dtype=np.uint32)
+    return np.asarray([zlib.crc32(np.ascontiguousarray(frames))], dtype=np.uint32)
+
+
+def create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
+    """A table or index array; every chunk carries a crc32c checksum."""
+    kwargs.setdefault("config", {"write_empty_chunks": False})
+    kwargs.setdefault("compressors", [Crc32cCodec()])
+    return group.create_array(name, **kwargs)
 
 
 def open_root(path: Path, *, mode: str) -> zarr.Group:
     """Open the root group of an existing store directory."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with fast_pipeline():
         return zarr.open_group(store=LocalStore(path, read_only=(mode == "r")), mode=mode)
+
+
+def open_array(group: zarr.Group, key: str) -> zarr.Array:
+    """An array of the store, with the fast codec pipeline."""
+    with fast_pipeline():
+        return group[key]
 
 
 def read_meta(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
@@ -93,8 +148,14 @@ def read_meta(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
 
 
 def check_version(path: Path, meta: dict[str, Any]) -> None:
-    """Refuse stores written in a newer format."""
+    """Refuse stores written in a newer format, and name the upgrade of older ones."""
     version = meta.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise StoreVersionError(
+            f"store {path} has format_version {version} (written by w2v2ser "
+            f"{meta.get('tool_version', '?')}); this w2v2ser reads format_version {FORMAT_VERSION}. "
+            f"Convert it once with `w2v2ser store upgrade {path} NEW_PATH` and use NEW_PATH."
+        )
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise StoreVersionError(
             f"store {path} has format_version {version!r} (written by w2v2ser "

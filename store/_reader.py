@@ -5,14 +5,12 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import zarr
 
-from ._chunks import ChunkFiles, open_chunk_files
 from ._errors import StoreError
 from ._layout import (
     FAILURE_COLUMNS,
@@ -20,6 +18,8 @@ from ._layout import (
     UTTERANCE_COLUMNS,
     check_complete,
     check_version,
+    crc32_rows,
+    open_array,
     open_root,
     read_meta,
     specs_from_meta,
@@ -79,7 +79,6 @@ class FeatureStore:
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
-        self._chunk_paths: dict[str, ChunkFiles | None] = {}
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -99,7 +98,7 @@ class FeatureStore:
             # Creation was interrupted before this table column existed: it has no rows yet.
             return np.asarray([], dtype=str)
         try:
-            return self._group[key][selection]
+            return open_array(self._group, key)[selection]
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
@@ -123,20 +122,15 @@ class FeatureStore:
     def _per_row(self, feature: str) -> dict[str, np.ndarray]:
         if feature not in self._rows:
             g = f"features/{feature}"
-            self._rows[feature] = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "crc32")}
+            self._rows[feature] = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
         return self._rows[feature]
 
     def _array(self, feature: str, name: str) -> zarr.Array:
         # Opening an array reads its metadata; cached since a reader's store is complete.
         key = (feature, name)
         if key not in self._arrays:
-            self._arrays[key] = self._group[f"features/{feature}/{name}"]
+            self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")
         return self._arrays[key]
-
-    def _chunk_files(self, feature: str) -> ChunkFiles | None:
-        if feature not in self._chunk_paths:
-            self._chunk_paths[feature] = open_chunk_files(self.path / "features" / feature / "data")
-        return self._chunk_paths[feature]
 
     def _layers(self, spec: FeatureSpec, layers: Sequence[int] | None) -> list[int] | None:
         if layers is None:
@@ -213,6 +207,42 @@ class FeatureStore:
             f"list_utterances(status='done'), or rerun the extraction to finish the store."
         )
 
+    def _region(self, utterance_id: str, feature: str) -> tuple[int, int, int]:
+        """(row, offset, length) of an utterance's frames, checked against the data's extent."""
+        row = self._row(utterance_id)
+        rows = self._per_row(feature)
+        length, off = int(rows["length"][row]), int(rows["offset"][row])
+        if length < 0:
+            raise self._not_written(utterance_id, feature)
+        data = self._array(feature, "data")
+        if off < 0 or off + length > data.shape[0]:
+            raise self._damaged(f"features/{feature}/offset", f"gives utterance {utterance_id!r} the "
+                                f"frames [{off}, {off + length}) outside the data")
+        return row, off, length
+
+    def _fetch(self, feature: str, start: int, stop: int, sel: list[int] | None, who: str) -> np.ndarray:
+        data = self._array(feature, "data")
+        try:
+            if sel is None:
+                return np.asarray(data[start:stop])
+            # Orthogonal selection reads only the inner chunks (byte ranges) of those layers.
+            return np.asarray(data.get_orthogonal_selection((slice(start, stop), sel, slice(None))))
+        except Exception as exc:  # corrupt or truncated shards raise codec/IO-specific errors
+            raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
+                                f"({type(exc).__name__}: {exc})") from None
+
+    def _checked(self, utterance_id: str, feature: str, row: int, frames: np.ndarray,
+                 sel: list[int] | None) -> np.ndarray:
+        # Every read is checked against the per-layer crc32 recorded at commit: a missing inner
+        # chunk reads as zeros and some codec pipelines skip checksums on partial shard reads.
+        want = self._per_row(feature)["crc32"][row]
+        if sel is not None:
+            want = want[sel]
+        if not np.array_equal(crc32_rows(frames), want):
+            raise self._damaged(f"features/{feature}/data", f"holds frames of utterance {utterance_id!r} "
+                                f"that do not match their crc32 (missing, truncated or altered chunks)")
+        return frames
+
     def read_utterance(self, utterance_id: str, feature: str, *,
                        layers: Sequence[int] | None = None) -> np.ndarray:
         """Frames of one utterance in the stored dtype.
@@ -224,36 +254,56 @@ class FeatureStore:
 
         Returns:
             ``[frames, dim]`` for 2-D features, else ``[frames, len(layers), dim]``.
+
+        Raises:
+            StoreError: the utterance is unknown or not written, or its frames are damaged.
         """
         spec = self._spec(feature)
         sel = self._layers(spec, layers)
-        row = self._row(utterance_id)
-        rows = self._per_row(feature)
-        length, off = int(rows["length"][row]), int(rows["offset"][row])
-        if length < 0:
-            raise self._not_written(utterance_id, feature)
+        row, off, length = self._region(utterance_id, feature)
+        frames = self._fetch(feature, off, off + length, sel, f"utterance {utterance_id!r}")
+        return self._checked(utterance_id, feature, row, frames, sel)
+
+    def read_batch(self, ids: Sequence[str], feature: str, *,
+                   layers: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Frames of several utterances, each equal to :meth:`read_utterance`'s.
+
+        Utterances that lie in the same shard are fetched by one read spanning them, so a
+        batch of neighbours (e.g. one speaker, extracted together) costs one range read per shard.
+
+        Args:
+            ids: utterance ids (any order, repeats allowed).
+            feature: feature name.
+            layers: layer indices (3-D features only); None reads all layers.
+
+        Returns:
+            One array per id, in the order of `ids`.
+        """
+        if isinstance(ids, str):
+            raise StoreError(f"read_batch: ids={ids!r}; expected a list of utterance ids.")
+        spec = self._spec(feature)
+        sel = self._layers(spec, layers)
         data = self._array(feature, "data")
-        g = f"features/{feature}"
-        if off < 0 or off + length > data.shape[0] or length > int(rows["capacity"][row]):
-            raise self._damaged(f"{g}/offset", f"gives utterance {utterance_id!r} the frames "
-                                f"[{off}, {off + length}) outside its region or the data")
-        try:
-            direct = self._chunk_files(feature)
-            if direct is not None:
-                frames = direct.read(off, off + length, sel)
-            elif sel is None:
-                frames = np.asarray(data[off:off + length])
-            else:
-                # Orthogonal selection touches only the chunks of the requested layers.
-                frames = np.asarray(data.get_orthogonal_selection((slice(off, off + length), sel, slice(None))))
-        except Exception as exc:  # corrupt or truncated chunk files
-            raise self._damaged(f"{g}/data", f"cannot be read for utterance {utterance_id!r} "
-                                f"({type(exc).__name__}: {exc})") from None
-        # Whole utterances are checked against their crc32, so damaged frames are never returned.
-        if sel is None and zlib.crc32(np.ascontiguousarray(frames).tobytes()) != int(rows["crc32"][row]):
-            raise self._damaged(f"{g}/data", f"holds frames of utterance {utterance_id!r} that do "
-                                f"not match their crc32")
-        return frames
+        shard = int(data.shards[0]) if data.shards is not None else int(data.chunks[0])
+        gap = int(data.chunks[0])  # a span never reads more than one unwanted chunk between two utterances
+        regions = [(off, length, row, uid) for uid in ids
+                   for row, off, length in [self._region(uid, feature)]]
+        out: dict[str, np.ndarray] = {}
+        order = sorted(set(regions))
+        k = 0
+        while k < len(order):
+            # One span per run of nearby utterances inside one shard (the last may cross into the next).
+            start, first_shard, j = order[k][0], order[k][0] // shard, k
+            stop = start
+            while j < len(order) and order[j][0] // shard == first_shard and order[j][0] <= stop + gap:
+                stop = max(stop, order[j][0] + order[j][1])
+                j += 1
+            span = self._fetch(feature, start, stop, sel, f"utterances {[o[3] for o in order[k:j]][:5]}")
+            for off, length, row, uid in order[k:j]:
+                frames = np.ascontiguousarray(span[off - start:off - start + length])
+                out[uid] = self._checked(uid, feature, row, frames, sel)
+            k = j
+        return [out[uid] for uid in ids]
 
     # ------------------------------------------------------------------ statistics
     def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,
@@ -320,10 +370,11 @@ class FeatureStore:
         for name, spec in self.features.items():
             data = self._array(name, "data")
             length = self._per_row(name)["length"]
+            shards = list(data.shards) if data.shards is not None else None
             feats[name] = {
                 "dim": spec.dim, "layers": spec.layers, "dtype": spec.dtype,
                 "frame_rate": spec.frame_rate, "layer_names": list(spec.layer_names or []),
-                "shape": list(data.shape), "chunks": list(data.chunks),
+                "shape": list(data.shape), "chunks": list(data.chunks), "shards": shards,
                 "bytes": int(data.nbytes_stored()),
                 "frames": int(length[length > 0].sum()),
                 "utterances": int((length >= 0).sum()),

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import zlib
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._errors import StoreError
-from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
-from ._stats import combine_statistics, utterance_statistics
+from ._finalize import compose_speakers
+from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, crc32_rows, to_str_list
+from ._stats import utterance_statistics
 from ._types import VerifyReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,12 +21,11 @@ _REEXTRACT = "re-extract this utterance (delete its journal lines, or extract in
 
 
 def verify_store(store: "FeatureStore") -> VerifyReport:
-    """Check every (utterance, feature) region, its statistics and every table; never raises on corrupt chunks.
+    """Check every (utterance, feature) region, its statistics and every table; never raises on corrupt data.
 
-    Checks: regions are chunk-aligned, inside the data and disjoint; frames match their crc32
-    and the padding after them is zero; per-utterance statistics equal those recomputed from the
-    frames; per-speaker statistics (complete stores) equal those composed from the utterances;
-    every table column decodes.
+    Checks: regions lie inside the data and never overlap; frames match their per-layer crc32;
+    per-utterance statistics equal those recomputed from the frames; per-speaker statistics
+    (complete stores) equal those composed from the utterances; every table column decodes.
     """
     problems: list[tuple[str, str, str]] = []
     checked = 0
@@ -43,83 +41,64 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
         speakers = to_str_list(store._read("utterances/speaker"))[:n]
     except StoreError:
         status, speakers = ["pending"] * n, [""] * n
-    for name, spec in store.features.items():
-        data = store._array(name, "data")
-        chunk, total = int(data.chunks[0]), int(data.shape[0])
+    for name in store.features:
+        data, stats = store._array(name, "data"), store._array(name, "stats")
+        total = int(data.shape[0])
         try:
             rows = store._per_row(name)
         except StoreError as error:
             problems.append(("*", name, str(error)))
             continue
-        off, cap, length, crc = rows["offset"], rows["capacity"], rows["length"], rows["crc32"]
-        if not (len(off) == len(cap) == len(length) == len(crc) == n):
+        off, length, slot, crc = rows["offset"], rows["length"], rows["slot"], rows["crc32"]
+        if not (len(off) == len(length) == len(slot) == len(crc) == n):
             problems.append(("*", name, f"per-utterance arrays have {len(off)} rows, table has {n}"))
             continue
-        utt_mean, utt_m2 = store._array(name, "utt_mean"), store._array(name, "utt_m2")
-        # Regions must be chunk-aligned, inside the array, and pairwise disjoint.
-        placed = sorted((int(off[i]), int(cap[i]), i) for i in range(n) if off[i] >= 0)
+        placed = sorted((int(off[i]), int(length[i]), i) for i in range(n) if length[i] > 0)
         for (o1, c1, i1), (o2, _, i2) in zip(placed, placed[1:]):
             if o1 + c1 > o2:
-                problems.append((ids[i1], name, f"region [{o1}, {o1 + c1}) overlaps utterance {ids[i2]!r} at {o2}"))
+                problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
         verified = np.zeros(n, dtype=bool)
         for i, uid in enumerate(ids):
-            o, c, k = int(off[i]), int(cap[i]), int(length[i])
-            if o < 0:
-                if k >= 0:
-                    problems.append((uid, name, f"length {k} recorded but no region allocated"))
-                continue
-            if o % chunk or c % chunk:
-                problems.append((uid, name, f"region offset {o} / capacity {c} not aligned to {chunk}-frame chunks"))
-            if o + c > total:
-                problems.append((uid, name, f"region [{o}, {o + c}) exceeds data length {total}"))
-                continue
-            if k > c:
-                problems.append((uid, name, f"length {k} exceeds capacity {c}"))
-                continue
+            o, k = int(off[i]), int(length[i])
             if k < 0:
                 if status[i] == "done":
                     problems.append((uid, name, "status 'done' but no frames recorded"))
                 continue
+            if o < 0 or o + k > total:
+                problems.append((uid, name, f"frames [{o}, {o + k}) lie outside the data ({total} frames)"))
+                continue
             checked += 1
             try:
-                region = np.asarray(data[o:o + c])
-            except Exception as exc:  # corrupt/truncated chunks raise codec-specific errors
-                problems.append((uid, name, f"cannot decode chunk data in frames [{o}, {o + c}) "
-                                            f"({type(exc).__name__}: {exc}); {_REEXTRACT}"))
+                frames = np.asarray(data[o:o + k])
+            except Exception as exc:  # corrupt/truncated shards raise codec-specific errors
+                problems.append((uid, name, f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: "
+                                            f"{exc}); {_REEXTRACT}"))
                 continue
-            frames = np.ascontiguousarray(region[:k])
-            got = zlib.crc32(frames.tobytes())
-            if got != int(crc[i]):
-                problems.append((uid, name, f"crc32 mismatch: stored {int(crc[i]):#010x}, read "
-                                            f"{got:#010x} (frames [{o}, {o + k}) are corrupt or missing); {_REEXTRACT}"))
+            got = crc32_rows(frames)
+            if not np.array_equal(got, crc[i]):
+                bad = [j for j in range(len(got)) if got[j] != crc[i][j]]
+                problems.append((uid, name, f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are "
+                                            f"corrupt or missing); {_REEXTRACT}"))
                 continue
-            if np.count_nonzero(region[k:]):
-                problems.append((uid, name, f"non-zero padding after frame {k} in [{o + k}, {o + c})"))
-                continue
-            # Statistics are recomputed exactly as the writer computed them from the stored frames.
             _, mean, m2 = utterance_statistics(frames)
             try:
-                same = np.array_equal(utt_mean[i], mean) and np.array_equal(utt_m2[i], m2)
+                stored = np.asarray(stats[int(slot[i])])
+                same = np.array_equal(stored[0], mean) and np.array_equal(stored[1], m2)
+                why = "differ from the statistics of its frames"
             except Exception as exc:
                 same, why = False, f"cannot be read ({type(exc).__name__}: {exc})"
-            else:
-                why = "differ from the statistics of its frames"
             if not same:
-                problems.append((uid, name, f"per-utterance statistics (utt_mean/utt_m2) {why}; "
-                                            f"{_REEXTRACT}"))
+                problems.append((uid, name, f"per-utterance statistics {why}; {_REEXTRACT}"))
                 continue
             verified[i] = True
         if store.complete:
-            problems += _check_speakers(store, name, speakers, length, verified)
+            problems += _check_speakers(store, name, speakers, length, slot, verified)
     return VerifyReport(problems=problems, checked=checked)
 
 
 def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], length: np.ndarray,
-                    verified: np.ndarray) -> list[tuple[str, str, str]]:
+                    slot: np.ndarray, verified: np.ndarray) -> list[tuple[str, str, str]]:
     """Per-speaker count/mean/M2 must equal the composition of the speaker's utterances."""
-    by_speaker: dict[str, list[int]] = defaultdict(list)
-    for row, spk in enumerate(speakers):
-        by_speaker[spk].append(row)
     fix = "rerun the same extraction on this store (it recomposes speaker statistics)"
     try:
         names = to_str_list(store._read(f"features/{name}/speaker_name"))
@@ -128,15 +107,19 @@ def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], lengt
         m2s = store._read(f"features/{name}/speaker_m2")
     except StoreError as error:
         return [("*", name, f"{error}; {fix}")]
-    if names != sorted(by_speaker):
+    if names != sorted(set(speakers)):
         return [("*", name, f"speaker list {names[:5]} does not match the table's speakers; {fix}")]
-    utt_mean, utt_m2 = store._array(name, "utt_mean"), store._array(name, "utt_m2")
+    ok_rows = np.asarray([verified[r] or length[r] <= 0 for r in range(len(length))])
+    try:
+        totals = compose_speakers(store._array(name, "stats"), speakers, length, slot)
+    except Exception:  # damaged statistics were reported per utterance
+        return []
     out = []
     for k, spk in enumerate(names):
-        rows = [r for r in by_speaker[spk] if length[r] > 0]
-        if not all(verified[r] for r in rows):
+        rows = [r for r, s in enumerate(speakers) if s == spk]
+        if not all(ok_rows[r] for r in rows):
             continue  # already reported per utterance
-        count, mean, m2 = combine_statistics((int(length[r]), utt_mean[r], utt_m2[r]) for r in rows)
+        count, mean, m2 = totals.get(spk, (0, None, None))
         if count:
             same = int(counts[k]) == count and np.array_equal(means[k], mean) and np.array_equal(m2s[k], m2)
         else:

@@ -1,4 +1,4 @@
-"""Writing a store: plan regions (single process), write utterances (any worker), finalize."""
+"""Writing a store: plan rows and work units (single process), fill units (any worker), finalize."""
 
 from __future__ import annotations
 
@@ -8,27 +8,30 @@ import functools
 import json
 import os
 import warnings
-import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.storage import LocalStore
 
-from ._chunks import ChunkFiles, open_chunk_files
 from ._errors import StoreError
-from ._journal import JOURNAL_DIR, Journal, PairState, resolve_events
+from ._finalize import finalize_store
+from ._journal import JOURNAL_DIR, Journal, resolve_events
 from ._layout import (
     ATTRS_KEY,
     FAILURE_COLUMNS,
     FORMAT_VERSION,
     ROW_ARRAYS,
     ROW_CHUNK,
+    STATS_SHARD,
     UTTERANCE_COLUMNS,
     check_version,
-    data_compressor,
+    create_array,
     default_chunk_frames,
+    default_shard_frames,
+    open_array,
     open_root,
     read_meta,
     round_up,
@@ -36,11 +39,10 @@ from ._layout import (
     to_str_list,
 )
 from ._lock import LOCK_FILE
-from ._stats import utterance_statistics
 from ._types import FeatureSpec, Utterance
-from ._finalize import finalize_store
+from ._units import UnitWriter, WorkUnit, fsync_path
 
-__all__ = ["StoreWriter"]
+__all__ = ["StoreWriter", "WorkUnit", "UnitWriter"]
 
 _COMPARED = ("dim", "layers", "frame_rate", "dtype", "config")
 
@@ -61,14 +63,15 @@ def _no_space_is_clear(method: Any) -> Any:
     """
 
     @functools.wraps(method)
-    def wrapper(self: "StoreWriter", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+            path = getattr(self, "path", None) or getattr(getattr(self, "_writer", None), "path", "?")
             raise StoreError(
-                f"no space left on the device holding store {self.path} ({exc.strerror}) during "
+                f"no space left on the device holding store {path} ({exc.strerror}) during "
                 f"{method.__name__}: free disk space (or move the store to a larger disk) and rerun "
                 f"the same command; utterances committed so far are kept and extraction resumes "
                 f"where it stopped."
@@ -77,23 +80,30 @@ def _no_space_is_clear(method: Any) -> Any:
     return wrapper
 
 
+UnitWriter.add = _no_space_is_clear(UnitWriter.add)  # type: ignore[method-assign]
+UnitWriter.commit = _no_space_is_clear(UnitWriter.commit)  # type: ignore[method-assign]
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
-    kwargs.setdefault("config", {"write_empty_chunks": False})
-    return group.create_array(name, **kwargs)
+def data_codecs() -> list[Any]:
+    """Inner-chunk codecs of the frame data: no compression (measured: float16 activations do
+    not compress; tests/benchmarks/results/codecs.json), a crc32c checksum on every chunk."""
+    return [Crc32cCodec()]
 
 
 class StoreWriter:
-    """Writes one store; the driver plans and finalizes, workers write utterances.
+    """Writes one store; the driver plans and finalizes, workers fill work units.
 
     Args:
         path: store directory; created (with an empty table) when missing.
         journal: name of this writer's commit journal; concurrent writers need distinct names.
-        chunk_frames: frames per chunk by feature name, used when a feature is first
+        chunk_frames: frames per inner chunk by feature name, used when a feature is first
             added (default 128 for 3-D features, 512 for 2-D ones).
+        shard_frames: frames per shard (one data file) by feature name, used when a feature is
+            first added (default: 240 s of audio, at most 256 MiB; a multiple of the chunk).
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class StoreWriter:
         *,
         journal: str = "main",
         chunk_frames: Mapping[str, int] | None = None,
+        shard_frames: Mapping[str, int] | None = None,
     ) -> None:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
@@ -112,13 +123,14 @@ class StoreWriter:
         self._complete_layout()
         self._journal = Journal(self.path, journal)
         self._chunk_frames = dict(chunk_frames or {})
-        for name, value in self._chunk_frames.items():
-            if not isinstance(value, int) or value < 1:
-                raise StoreError(f"chunk_frames[{name!r}] = {value!r}; expected an int >= 1.")
-        self._regions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        # Array handles of the write path: opening one reads its metadata, which costs
-        # more than a small utterance's write. Dropped whenever plan() reshapes arrays.
+        self._shard_frames = dict(shard_frames or {})
+        for kind, given in (("chunk_frames", self._chunk_frames), ("shard_frames", self._shard_frames)):
+            for name, value in given.items():
+                if not isinstance(value, int) or value < 1:
+                    raise StoreError(f"{kind}[{name!r}] = {value!r}; expected an int >= 1.")
+        # Array handles: opening one reads its metadata. Dropped whenever plan() reshapes arrays.
         self._arrays: dict[tuple[str, str], Any] = {}
+        self._capacity: dict[str, np.ndarray] = {}
         self._ids: list[str] | None = None
         self._specs: dict[str, FeatureSpec] = specs_from_meta(self._meta)
 
@@ -150,11 +162,9 @@ class StoreWriter:
             warnings.simplefilter("ignore")
             group = zarr.create_group(store=LocalStore(self.path), attributes={ATTRS_KEY: meta})
         for col, (dtype, fill) in UTTERANCE_COLUMNS.items():
-            _create_array(group, f"utterances/{col}", shape=(0,), chunks=(ROW_CHUNK,),
-                          dtype=dtype, fill_value=fill)
+            create_array(group, f"utterances/{col}", shape=(0,), chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill)
         for col in FAILURE_COLUMNS:
-            _create_array(group, f"failures/{col}", shape=(0,), chunks=(ROW_CHUNK,),
-                          dtype=str, fill_value="")
+            create_array(group, f"failures/{col}", shape=(0,), chunks=(ROW_CHUNK,), dtype=str, fill_value="")
 
     @_no_space_is_clear
     def _complete_layout(self) -> None:
@@ -167,8 +177,8 @@ class StoreWriter:
         for key in missing:
             group, col = key.split("/")
             dtype, fill = UTTERANCE_COLUMNS[col] if group == "utterances" else (str, "")
-            _create_array(self._group, key, shape=(rows if group == "utterances" else 0,),
-                          chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill, overwrite=True)
+            create_array(self._group, key, shape=(rows if group == "utterances" else 0,),
+                         chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill, overwrite=True)
 
     @property
     def _meta(self) -> dict[str, Any]:
@@ -178,22 +188,13 @@ class StoreWriter:
         self._group.attrs[ATTRS_KEY] = meta
 
     def _column(self, col: str) -> zarr.Array:
-        return self._group[f"utterances/{col}"]
-
-    def _direct_chunks(self, name: str) -> ChunkFiles | None:
-        key = (name, "chunk files")
-        if key not in self._arrays:
-            self._arrays[key] = open_chunk_files(self.path / "features" / name / "data")
-        return self._arrays[key]
-
-    def _write_array(self, name: str, array: str) -> zarr.Array:
-        key = (name, array)
-        if key not in self._arrays:
-            self._arrays[key] = self._feature(name, array)
-        return self._arrays[key]
+        return open_array(self._group, f"utterances/{col}")
 
     def _feature(self, name: str, array: str) -> zarr.Array:
-        return self._group[f"features/{name}/{array}"]
+        key = (name, array)
+        if key not in self._arrays:
+            self._arrays[key] = open_array(self._group, f"features/{name}/{array}")
+        return self._arrays[key]
 
     def _num_rows(self) -> int:
         return int(self._column("id").shape[0])
@@ -203,6 +204,7 @@ class StoreWriter:
             # Another process (the driver's plan) may have added the feature since we opened.
             self._group = open_root(self.path, mode="r+")
             self._specs = specs_from_meta(self._meta)
+            self._arrays.clear()
         specs = self._specs
         if name not in specs:
             raise StoreError(
@@ -218,24 +220,26 @@ class StoreWriter:
         if f"features/{spec.name}" in self._group:
             del self._group[f"features/{spec.name}"]
         chunk = self._chunk_frames.get(spec.name, default_chunk_frames(spec))
+        shard = self._shard_frames.get(spec.name, default_shard_frames(spec, chunk))
+        if shard % chunk:
+            raise StoreError(f"shard_frames[{spec.name!r}] = {shard} is not a multiple of the chunk ({chunk} frames).")
         shape, g = spec.frame_shape, f"features/{spec.name}"
+        # Inner chunks hold one layer: a one-layer read is a byte range per chunk inside a shard.
         one_layer = (1, spec.dim) if spec.layers is not None else (spec.dim,)
-        _create_array(self._group, f"{g}/data", shape=(0, *shape), chunks=(chunk, *one_layer),
-                      dtype=spec.dtype, fill_value=0, compressors=data_compressor())
+        create_array(self._group, f"{g}/data", shape=(0, *shape), chunks=(chunk, *one_layer),
+                     shards=(shard, *shape), dtype=spec.dtype, fill_value=0, compressors=data_codecs())
+        create_array(self._group, f"{g}/stats", shape=(0, 2, *shape), chunks=(1, 2, *shape),
+                     shards=(STATS_SHARD, 2, *shape), dtype="float64", fill_value=0.0)
         for arr, (dtype, fill) in ROW_ARRAYS.items():
-            _create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,),
-                          dtype=dtype, fill_value=fill)
-        # One chunk per utterance: concurrent workers never write the same chunk.
-        for arr in ("utt_mean", "utt_m2"):
-            _create_array(self._group, f"{g}/{arr}", shape=(rows, *shape), chunks=(1, *shape),
-                          dtype="float64", fill_value=0.0)
-        _create_array(self._group, f"{g}/speaker_name", shape=(0,), chunks=(ROW_CHUNK,),
-                      dtype=str, fill_value="")
-        _create_array(self._group, f"{g}/speaker_count", shape=(0,), chunks=(ROW_CHUNK,),
-                      dtype="int64", fill_value=0)
+            create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,), dtype=dtype,
+                         fill_value=-1 if arr == "capacity" else fill)
+        create_array(self._group, f"{g}/crc32", shape=(rows, spec.layers or 1),
+                     chunks=(ROW_CHUNK, spec.layers or 1), dtype="uint32", fill_value=0)
+        create_array(self._group, f"{g}/speaker_name", shape=(0,), chunks=(ROW_CHUNK,), dtype=str, fill_value="")
+        create_array(self._group, f"{g}/speaker_count", shape=(0,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=0)
         for arr in ("speaker_mean", "speaker_m2"):
-            _create_array(self._group, f"{g}/{arr}", shape=(0, *shape), chunks=(1, *shape),
-                          dtype="float64", fill_value=0.0)
+            create_array(self._group, f"{g}/{arr}", shape=(0, *shape), chunks=(64, *shape),
+                         dtype="float64", fill_value=0.0)
 
     def _check_feature_config(self, spec: FeatureSpec, stored: dict[str, Any]) -> None:
         given = spec.to_dict()
@@ -260,7 +264,7 @@ class StoreWriter:
         capacities: Mapping[str, Sequence[int]],
         failures: Mapping[int, str] | None = None,
     ) -> list[int]:
-        """Add utterances and features and reserve chunk-aligned regions (single process).
+        """Add utterances and features and record each utterance's planned frame count (single process).
 
         Args:
             utterances: manifest rows; ids must be unique.
@@ -279,7 +283,8 @@ class StoreWriter:
             raise StoreError(f"plan: {len(num_samples)} num_samples for {n} utterances; give one per utterance.")
         ids = [u.id for u in utterances]
         if len(set(ids)) != n:
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            seen: set[str] = set()
+            dup = sorted({i for i in ids if i in seen or seen.add(i)})[:5]  # type: ignore[func-returns-value]
             raise StoreError(f"plan: duplicate utterance ids {dup}; ids must be unique within a store.")
         for spec in features:
             caps = capacities.get(spec.name)
@@ -289,6 +294,9 @@ class StoreWriter:
                     f"plan: capacities[{spec.name!r}] has {got} entries; expected one max frame "
                     f"count per utterance ({n})."
                 )
+            for pos, cap in enumerate(caps):
+                if not isinstance(cap, (int, np.integer)) or cap < 0:
+                    raise StoreError(f"plan: capacities[{spec.name!r}][{pos}] = {cap!r}; expected an int >= 0.")
         meta = self._meta
         changed = False
         # -- utterance rows
@@ -356,21 +364,19 @@ class StoreWriter:
         total = self._num_rows()
         # -- features
         for spec in features:
-            stored = meta["features"].get(spec.name)
-            if stored is None:
+            if spec.name not in meta["features"]:
                 self._create_feature(spec, total)
                 meta["features"][spec.name] = spec.to_dict()
                 if spec.layer_names:
                     meta["layer_meaning"][spec.name] = list(spec.layer_names)
                 changed = True
-            else:
-                self._check_feature_config(spec, stored)
+        self._arrays.clear()
         for name in meta["features"]:
             self._grow_rows(name, total)
-        # -- regions
+        # -- planned frame counts (sizes the work units)
         state = resolve_events(self.path)
         for spec in features:
-            changed |= self._allocate(spec.name, rows, num_samples, capacities[spec.name], state)
+            changed |= self._set_capacity(spec.name, rows, num_samples, capacities[spec.name], state)
         # -- failures known at plan time (unreadable headers)
         events = []
         for pos, u in enumerate(utterances):
@@ -392,8 +398,8 @@ class StoreWriter:
         if changed:
             meta["complete"] = False
             self._set_meta(meta)
-        self._regions.clear()
         self._arrays.clear()
+        self._capacity.clear()
         self._ids = None
         self._specs = specs_from_meta(self._meta)
         return rows
@@ -409,70 +415,104 @@ class StoreWriter:
         return fill
 
     def _grow_rows(self, name: str, total: int) -> None:
-        for arr in (*ROW_ARRAYS, "utt_mean", "utt_m2"):
+        for arr in (*ROW_ARRAYS, "crc32"):
             a = self._feature(name, arr)
             if a.shape[0] != total:  # longer only after a plan killed while adding rows
                 a.resize((total, *a.shape[1:]))
 
-    def _allocate(self, name: str, rows: list[int], num_samples: Sequence[int | None],
-                  caps: Sequence[int], state: PairState) -> bool:
-        data = self._feature(name, "data")
-        chunk = int(data.chunks[0])
-        offset = self._feature(name, "offset")[:]
+    def _set_capacity(self, name: str, rows: list[int], num_samples: Sequence[int | None],
+                      caps: Sequence[int], state: Any) -> bool:
         capacity = self._feature(name, "capacity")[:]
-        end = int(data.shape[0])
-        changed = False
+        before = capacity.copy()
         for pos, row in enumerate(rows):
             if num_samples[pos] is None:
                 continue
-            cap = caps[pos]
-            if not isinstance(cap, (int, np.integer)) or cap < 0:
-                raise StoreError(f"plan: capacities[{name!r}][{pos}] = {cap!r}; expected an int >= 0.")
-            need = round_up(int(cap), chunk)
-            too_small = capacity[row] < need and state.committed(row, name) is None
-            if offset[row] < 0 or too_small:
-                # Append at the end: regions never move once written, and stay chunk-aligned.
-                offset[row], capacity[row] = end, need
-                end += need
-                changed = True
-        if changed:
-            # Crash-safe order: grow the data first, then offsets, then capacities. A kill in
-            # between leaves unused frames at the end, or a new offset with its old (smaller)
-            # capacity, which the next plan re-allocates; never a region past the end of the
-            # data or one that overlaps a neighbour.
-            data.resize((end, *data.shape[1:]))
-            self._feature(name, "offset")[:] = offset
-            self._feature(name, "capacity")[:] = capacity
-        return changed
+            if state.committed(row, name) is None or capacity[row] < 0:
+                capacity[row] = max(int(caps[pos]), 0)
+        if np.array_equal(before, capacity):
+            return False
+        self._feature(name, "capacity")[:] = capacity
+        return True
+
+    def _planned(self, name: str) -> np.ndarray:
+        if name not in self._capacity:
+            self._capacity[name] = self._feature(name, "capacity")[:]
+        return self._capacity[name]
+
+    @_no_space_is_clear
+    def plan_units(self, units: Sequence[Sequence[int]], features: Sequence[str]) -> list[WorkUnit]:
+        """Give each group of rows its own whole shards of every feature (driver only).
+
+        Each unit's region starts on a shard boundary at the end of the data and holds the
+        planned frame counts of its rows back to back. Regions of units that never commit are
+        left unused (their shards are never made visible).
+
+        Args:
+            units: store rows per work unit.
+            features: feature names the units write.
+
+        Returns:
+            One :class:`WorkUnit` per group, in the same order.
+        """
+        names = list(features)
+        for name in names:
+            self._spec(name)
+        regions: list[dict[str, tuple[int, int]]] = [{} for _ in units]
+        slots: list[dict[str, tuple[int, int]]] = [{} for _ in units]
+        for name in names:
+            capacity = self._planned(name)
+            data, stats = self._feature(name, "data"), self._feature(name, "stats")
+            shard, stat_shard = int(data.shards[0]), int(stats.shards[0])
+            end, slot_end = round_up(data.shape[0], shard), round_up(stats.shape[0], stat_shard)
+            for k, rows in enumerate(units):
+                bad = [r for r in rows if not 0 <= int(r) < len(capacity) or capacity[int(r)] < 0]
+                if bad:
+                    raise StoreError(
+                        f"plan_units: rows {bad[:5]} have no planned frames of feature {name!r} in store "
+                        f"{self.path}; plan them with StoreWriter.plan(...) first."
+                    )
+                need = int(sum(int(capacity[int(r)]) for r in rows))
+                regions[k][name] = (end, end + need)
+                slots[k][name] = (slot_end, slot_end + len(rows))
+                end += round_up(need, shard)
+                slot_end += round_up(len(rows), stat_shard)
+            if end != data.shape[0]:
+                data.resize((end, *data.shape[1:]))
+            if slot_end != stats.shape[0]:
+                stats.resize((slot_end, *stats.shape[1:]))
+            # The new shapes must survive a power loss before any unit commits inside them.
+            for arr in ("data", "stats"):
+                fsync_path(self.path / "features" / name / arr / "zarr.json")
+                fsync_path(self.path / "features" / name / arr)
+        return [WorkUnit(rows=tuple(int(r) for r in rows), regions=regions[k], slots=slots[k])
+                for k, rows in enumerate(units)]
+
+    def open_unit(self, unit: WorkUnit) -> UnitWriter:
+        """A writer for one work unit (any process); commit it when its utterances are added."""
+        for name in unit.regions:
+            self._spec(name)
+        return UnitWriter(self, unit)
 
     # ------------------------------------------------------------------ workers
     def pending(self, features: Sequence[str]) -> list[int]:
         """Row indices that still lack a committed frame set for any of `features`.
 
         Rows failed earlier are included (a rerun retries them); rows with an unreadable
-        header (no region) are not.
+        header (nothing planned) are not.
         """
         names = list(features)
         for name in names:
             self._spec(name)
         state = resolve_events(self.path)
         num_samples = self._column("num_samples")[:]
-        offsets = {name: self._feature(name, "offset")[:] for name in names}
+        planned = {name: self._feature(name, "capacity")[:] for name in names}
         out = []
         for row in range(len(num_samples)):
             if num_samples[row] < 0:
                 continue
-            if any(offsets[f][row] >= 0 and state.committed(row, f) is None for f in names):
+            if any(planned[f][row] >= 0 and state.committed(row, f) is None for f in names):
                 out.append(row)
         return out
-
-    def _region(self, name: str, index: int) -> tuple[int, int]:
-        if name not in self._regions or index >= len(self._regions[name][0]):
-            self._regions[name] = (self._feature(name, "offset")[:], self._feature(name, "capacity")[:])
-        off, cap = self._regions[name]
-        if not 0 <= index < len(off):
-            raise StoreError(f"row index {index} is out of range for store {self.path} ({len(off)} rows).")
-        return int(off[index]), int(cap[index])
 
     def _row_id(self, index: int) -> str:
         if self._ids is None or index >= len(self._ids):
@@ -481,10 +521,46 @@ class StoreWriter:
             raise StoreError(f"row index {index} is out of range for store {self.path} ({len(self._ids)} rows).")
         return self._ids[index]
 
-    @_no_space_is_clear
+    def _check_frames(self, uid: str, index: int, name: str, frames: np.ndarray) -> np.ndarray:
+        """Frames cast to the stored dtype, after checking shape, planned size and finiteness."""
+        spec = self._spec(name)
+        x = np.asarray(frames)
+        if x.ndim != 1 + len(spec.frame_shape) or x.shape[1:] != spec.frame_shape:
+            raise StoreError(
+                f"utterance {uid!r}, feature {name!r}: frames have shape {x.shape}; expected "
+                f"(frames, {', '.join(map(str, spec.frame_shape))}). Check the extractor output."
+            )
+        cap = int(self._planned(name)[index]) if index < len(self._planned(name)) else -1
+        if cap < 0:
+            self._capacity.pop(name, None)
+            cap = int(self._planned(name)[index]) if index < len(self._planned(name)) else -1
+        if cap < 0:
+            raise StoreError(
+                f"utterance {uid!r} (row {index}) has no planned frames for feature {name!r}; plan it "
+                f"with StoreWriter.plan(...) including this feature before writing."
+            )
+        if x.shape[0] > cap:
+            raise StoreError(
+                f"utterance {uid!r}, feature {name!r}: {x.shape[0]} frames exceed the planned "
+                f"capacity of {cap}; the extractor's max_frames underestimates. Fix max_frames "
+                f"and extract into a new store."
+            )
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
+            stored = np.ascontiguousarray(x.astype(spec.dtype))
+        bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
+        if bad:
+            raise StoreError(
+                f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "
+                f"to {spec.dtype}; record it as a failure or store the feature as float32."
+            )
+        return stored
+
     def write_utterance(self, index: int, features: Mapping[str, np.ndarray], *,
                         audio_sha256: str, duration: float) -> None:
-        """Write frames of one utterance, its statistics and crc32, then commit to the journal.
+        """Write and commit one utterance as a work unit of its own (in the planning process).
+
+        Extraction workers use :meth:`plan_units` / :meth:`open_unit` instead: this method
+        grows the data arrays, which only one process may do at a time.
 
         Args:
             index: store row (as returned by :meth:`plan`).
@@ -493,53 +569,11 @@ class StoreWriter:
             duration: audio duration in seconds.
         """
         uid = self._row_id(index)
-        lines = []
-        for name, frames in features.items():
-            spec = self._spec(name)
-            off, cap = self._region(name, index)
-            if off < 0:
-                raise StoreError(
-                    f"utterance {uid!r} (row {index}) has no region for feature {name!r}; plan it "
-                    f"with StoreWriter.plan(...) including this feature before writing."
-                )
-            x = np.asarray(frames)
-            if x.ndim != 1 + len(spec.frame_shape) or x.shape[1:] != spec.frame_shape:
-                raise StoreError(
-                    f"utterance {uid!r}, feature {name!r}: frames have shape {x.shape}; expected "
-                    f"(frames, {', '.join(map(str, spec.frame_shape))}). Check the extractor output."
-                )
-            if x.shape[0] > cap:
-                raise StoreError(
-                    f"utterance {uid!r}, feature {name!r}: {x.shape[0]} frames exceed the planned "
-                    f"capacity of {cap}; the extractor's max_frames underestimates. Fix max_frames "
-                    f"and extract into a new store."
-                )
-            with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
-                stored = np.ascontiguousarray(x.astype(spec.dtype))
-            bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
-            if bad:
-                raise StoreError(
-                    f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "
-                    f"to {spec.dtype}; record it as a failure or store the feature as float32."
-                )
-            if cap:
-                # Write the whole reserved region, zero-padded: whole-chunk writes need no
-                # read-modify-write, and stale bytes from an earlier attempt are overwritten.
-                padded = np.zeros((cap, *spec.frame_shape), dtype=spec.dtype)
-                padded[: len(stored)] = stored
-                direct = self._direct_chunks(name)
-                if direct is not None:
-                    direct.write_region(off, padded)
-                else:
-                    self._write_array(name, "data")[off : off + cap] = padded
-            count, mean, m2 = utterance_statistics(stored)
-            self._write_array(name, "utt_mean")[index] = mean
-            self._write_array(name, "utt_m2")[index] = m2
-            lines.append({"event": "commit", "index": int(index), "id": uid, "feature": name,
-                          "length": int(len(stored)), "crc32": zlib.crc32(stored.tobytes()),
-                          "audio_sha256": str(audio_sha256), "duration": float(duration)})
-        # The journal line is the commit point: written (and fsynced) only after the data.
-        self._journal.append(lines)
+        for name, frames in features.items():  # refuse bad frames before space is taken
+            self._check_frames(uid, index, name, frames)
+        (unit,) = self.plan_units([[index]], list(features))
+        with self.open_unit(unit) as writer:
+            writer.add(index, features, audio_sha256=audio_sha256, duration=duration)
 
     @_no_space_is_clear
     def record_failure(self, index: int, *, reason: str, feature: str | None = None) -> None:

@@ -37,6 +37,7 @@ W2V = FeatureSpec(name="w2v", dim=6, layers=4, frame_rate=50.0, dtype="float16",
 SPEC2D = FeatureSpec(name="lld", dim=5, layers=None, frame_rate=100.0, dtype="float32",
                      config={"set": "eGeMAPSv02"})
 CHUNK = 8
+SHARD = 16  # small shards, so that units span several and utterances cross shard boundaries
 
 
 def make_utterances(n: int, speakers: list[str], prefix: str = "u") -> list[Utterance]:
@@ -68,31 +69,40 @@ class Built:
 def build_store(path: Path, *, lengths: list[int], speakers: list[str] | None = None,
                 specs: tuple[FeatureSpec, ...] = (W2V, SPEC2D), seed: int = 0,
                 finalize: bool = True, write: bool = True, prefix: str = "u",
-                slack: int = 0) -> Built:
-    """Create a store with random frames of the given lengths (same length for every feature)."""
+                slack: int = 0, units: int = 1) -> Built:
+    """Create a store with random frames of the given lengths (same length for every feature),
+    written as `units` work units (0: one write_utterance call per utterance)."""
     rng = np.random.default_rng(seed)
     utts = make_utterances(len(lengths), speakers or ["A", "B"], prefix)
-    writer = StoreWriter(path, chunk_frames={s.name: CHUNK for s in specs})
+    writer = StoreWriter(path, chunk_frames={s.name: CHUNK for s in specs},
+                         shard_frames={s.name: SHARD for s in specs})
     rows = writer.plan(utts, num_samples=[16000] * len(utts), features=list(specs),
                        capacities={s.name: [n + slack for n in lengths] for s in specs})
     built = Built(path, utts, rows, {s.name: [random_frames(rng, s, n) for n in lengths] for s in specs})
-    if write:
+    if write and units == 0:
         for i, row in enumerate(rows):
             writer.write_utterance(row, {s.name: built.frames[s.name][i] for s in specs},
                                    audio_sha256=f"sha{i}", duration=lengths[i] / 50)
+    elif write:
+        groups = [list(range(len(rows)))[k::units] for k in range(units)]
+        for unit in writer.plan_units([[rows[i] for i in g] for g in groups], [s.name for s in specs]):
+            with writer.open_unit(unit) as unit_writer:
+                for row in unit.rows:
+                    i = rows.index(row)
+                    unit_writer.add(row, {s.name: built.frames[s.name][i] for s in specs},
+                                    audio_sha256=f"sha{i}", duration=lengths[i] / 50)
     if finalize:
         writer.finalize()
     writer.close()
     return built
 
 
-def chunk_file(path: Path, store, feature: str, utterance_id: str, block: int = 0, layer: int = 0) -> Path:
-    """Path of the chunk file holding `block`-th chunk of an utterance's region."""
+def shard_file(path: Path, store, feature: str, utterance_id: str) -> Path:
+    """Path of the shard file holding the first frame of an utterance."""
     off = int(store._per_row(feature)["offset"][store._row(utterance_id)])
-    spec = store.features[feature]
-    first = off // CHUNK + block
-    parts = [str(first), str(layer), "0"] if spec.layers is not None else [str(first), "0"]
-    return path / "features" / feature / "data" / "c" / Path(*parts)
+    data = store._array(feature, "data")
+    coords = (off // data.shards[0],) + (0,) * (data.ndim - 1)
+    return path / "features" / feature / "data" / data.metadata.encode_chunk_key(coords)
 
 
 LENGTHS = [1, 8, 5, 16, 13, 0, 24, 3]  # 1 frame, chunk multiples, ragged, empty
@@ -114,11 +124,43 @@ def test_round_trip_ragged(tmp_path, spec):
         assert got.shape == (LENGTHS[i], *spec.frame_shape)
         np.testing.assert_array_equal(got, built.stored(spec.name, i))
         assert store.num_frames(u.id, spec.name) == LENGTHS[i]
-    # Every region starts on a chunk boundary and regions never share a chunk.
+    # One unit: its region starts on a shard boundary, utterances packed back to back.
     rows = store._per_row(spec.name)
-    assert np.all(rows["offset"] % CHUNK == 0) and np.all(rows["capacity"] % CHUNK == 0)
-    assert np.all(rows["offset"][1:] >= rows["offset"][:-1] + rows["capacity"][:-1])
+    assert rows["offset"][0] % SHARD == 0
+    np.testing.assert_array_equal(rows["offset"][1:], rows["offset"][:-1] + rows["length"][:-1])
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("units", [0, 3])
+def test_units_and_single_writes_round_trip(tmp_path, units):
+    built = build_store(tmp_path / "s", lengths=LENGTHS, units=units)
+    store = open_store(built.path)
+    rows = store._per_row("w2v")
+    starts = {}
+    for i, u in enumerate(built.utterances):
+        np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), built.stored("w2v", i))
+        np.testing.assert_array_equal(store.read_utterance(u.id, "lld"), built.stored("lld", i))
+        if LENGTHS[i]:  # an empty utterance takes no space
+            starts.setdefault(i % units if units else i, int(rows["offset"][i]))
+    # Each unit (or single write) starts on its own shard: writers never share a shard file.
+    assert all(o % SHARD == 0 for o in starts.values()) and len(set(v // SHARD for v in starts.values())) == len(starts)
+    assert store.verify().ok
+
+
+def test_read_batch_equals_read_utterance(tmp_path):
+    built = build_store(tmp_path / "s", lengths=LENGTHS, units=2)
+    store = open_store(built.path)
+    ids = [u.id for u in built.utterances][::-1] + ["u001"]
+    for feature, layers in (("w2v", None), ("w2v", [2]), ("w2v", [3, 0]), ("lld", None)):
+        got = store.read_batch(ids, feature, layers=layers)
+        assert len(got) == len(ids)
+        for uid, frames in zip(ids, got):
+            want = store.read_utterance(uid, feature, layers=layers)
+            assert frames.dtype == want.dtype
+            np.testing.assert_array_equal(frames, want)
+    assert store.read_batch([], "w2v") == []
+    with pytest.raises(StoreError, match="Did you mean"):
+        store.read_batch(["u0000"], "w2v")
 
 
 def test_one_layer_read_equals_slice(tmp_path):
@@ -249,8 +291,8 @@ def test_changed_feature_config_and_conflicting_ids_raise(tmp_path):
 def test_write_utterance_rejects_bad_frames(tmp_path):
     built = build_store(tmp_path / "s", lengths=[3], specs=(W2V,), write=False, finalize=False)
     writer = StoreWriter(built.path)
-    with pytest.raises(StoreError, match="exceed the planned capacity of 8"):
-        writer.write_utterance(0, {"w2v": np.zeros((9, 4, 6))}, audio_sha256="", duration=0)
+    with pytest.raises(StoreError, match="4 frames exceed the planned capacity of 3"):
+        writer.write_utterance(0, {"w2v": np.zeros((4, 4, 6))}, audio_sha256="", duration=0)
     with pytest.raises(StoreError, match=r"expected \(frames, 4, 6\)"):
         writer.write_utterance(0, {"w2v": np.zeros((3, 6))}, audio_sha256="", duration=0)
     with pytest.raises(StoreError, match="non-finite"):
@@ -330,9 +372,10 @@ def test_failures_table_and_superseding_commit(tmp_path):
     end = store._array("lld", "data").shape[0]
     rows = writer.plan(utts, num_samples=[100, 100, 100], features=[SPEC2D], capacities={"lld": [4, 4, 4]})
     assert writer.pending(["lld"]) == [1, 2]
-    assert int(open_store(path, allow_incomplete=True)._per_row("lld")["offset"][1]) == end
     for row in (1, 2):
         writer.write_utterance(row, {"lld": random_frames(rng, SPEC2D, 3)}, audio_sha256="", duration=1)
+    writer.finalize()
+    assert int(open_store(path)._per_row("lld")["offset"][1]) == end  # appended at the end
     writer.finalize()
     store = open_store(path)
     assert store.list_failures() == []
@@ -381,7 +424,8 @@ def test_describe_is_json(tmp_path):
     assert info["failures"] == 0
     w = info["features"]["w2v"]
     assert (w["dim"], w["layers"], w["dtype"], w["frame_rate"]) == (6, 4, "float16", 50.0)
-    assert w["chunks"] == [CHUNK, 1, 6] and w["frames"] == 12 and w["bytes"] > 0
+    assert w["chunks"] == [CHUNK, 1, 6] and w["shards"] == [SHARD, 4, 6]
+    assert w["frames"] == 12 and w["bytes"] > 0
     assert info["features"]["lld"]["layers"] is None
 
 
@@ -419,17 +463,17 @@ def test_lock_conflict_across_processes(tmp_path):
 
 
 def test_verify_names_corrupt_and_truncated_chunks(tmp_path):
-    built = build_store(tmp_path / "s", lengths=[20, 9, 12, 5])
+    built = build_store(tmp_path / "s", lengths=[20, 9, 12, 5], units=0)
     store = open_store(built.path)
     assert store.verify().ok
-    flipped = chunk_file(built.path, store, "w2v", "u000", block=1, layer=2)
+    flipped = shard_file(built.path, store, "w2v", "u000")
     raw = bytearray(flipped.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
+    at = raw.find(built.stored("w2v", 0)[10:, 2].tobytes())  # frames of layer 2, second chunk
+    raw[at + 3] ^= 0xFF
     flipped.write_bytes(bytes(raw))
-    truncated = chunk_file(built.path, store, "lld", "u002")
+    truncated = shard_file(built.path, store, "lld", "u002")
     truncated.write_bytes(truncated.read_bytes()[:10])
-    missing = chunk_file(built.path, store, "w2v", "u003", layer=1)
-    missing.unlink()
+    shard_file(built.path, store, "w2v", "u003").unlink()
     report = open_store(built.path).verify()
     assert not report.ok
     named = {(u, f) for u, f, _ in report.problems}
@@ -467,20 +511,21 @@ def test_export_hdf5_round_trip(tmp_path):
 # ---------------------------------------------------------------------------- concurrency and imports
 
 
-def _worker(path: str, journal: str, rows: list[int], lengths: list[int]) -> None:
+def _worker(path: str, journal: str, unit, lengths: list[int]) -> None:
     writer = StoreWriter(path, journal=journal)
-    rng = np.random.default_rng(rows[0])
-    for row in rows:
-        writer.write_utterance(row, {"w2v": random_frames(rng, W2V, lengths[row])},
-                               audio_sha256="", duration=1.0)
+    rng = np.random.default_rng(unit.rows[0])
+    with writer.open_unit(unit) as unit_writer:
+        for row in unit.rows:
+            unit_writer.add(row, {"w2v": random_frames(rng, W2V, lengths[row])}, audio_sha256="", duration=1.0)
 
 
 def test_concurrent_writers_with_distinct_journals(tmp_path):
     lengths = [5, 11, 8, 1, 16, 7]
     built = build_store(tmp_path / "s", lengths=lengths, specs=(W2V,), write=False, finalize=False)
+    units = StoreWriter(built.path).plan_units([[0, 2, 4], [1, 3, 5]], ["w2v"])
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(str(built.path), f"worker-{k}", rows, lengths))
-             for k, rows in enumerate([[0, 2, 4], [1, 3, 5]])]
+    procs = [ctx.Process(target=_worker, args=(str(built.path), f"worker-{k}", unit, lengths))
+             for k, unit in enumerate(units)]
     for p in procs:
         p.start()
     for p in procs:

@@ -305,6 +305,10 @@ class Wav2Vec2Extractor:
             )
         return wanted
 
+    def uses_cuda(self) -> bool:
+        """Whether the model runs on a CUDA device (resolving "auto")."""
+        return self._device().startswith("cuda")
+
     def compute_dtype(self) -> Any:
         """The torch dtype the forward runs in (autocast), after resolving "auto" for the device."""
         import torch

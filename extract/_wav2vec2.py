@@ -210,6 +210,7 @@ class Wav2Vec2Extractor:
         self._next_layer = 0
         self._frame_mask: Any = None  # [B, 1, T] 1/0 of valid frames while a ragged batch runs
         self._copy_stream: Any = None
+        self._compute: Any = None  # resolved compute dtype, once the model is loaded
         # Profiling: called with (stage, seconds) for "host_to_device", "forward" and
         # "device_to_host"; the device is synchronised between stages while it is set.
         self.on_stage: Callable[[str, float], None] | None = None
@@ -217,7 +218,8 @@ class Wav2Vec2Extractor:
     def __getstate__(self) -> dict[str, Any]:
         # Ship only the config and the resolved source to workers; they load the model themselves.
         state = dict(self.__dict__)
-        state.update(_model=None, _stacked=None, _frame_mask=None, _copy_stream=None, _next_layer=0, on_stage=None)
+        state.update(_model=None, _stacked=None, _frame_mask=None, _copy_stream=None, _next_layer=0, on_stage=None,
+                     _compute=None)
         return state
 
     @property
@@ -332,7 +334,7 @@ class Wav2Vec2Extractor:
             if self.config.num_threads is not None:
                 torch.set_num_threads(self.config.num_threads)
             device = self._device()
-            self.compute_dtype()  # refuse half precision on CPU before loading anything
+            self._compute = self.compute_dtype()  # refuses half precision on CPU before loading anything
             model = load_model(self.source, attention=self.config.attention).to(device)
             for layer in model.encoder.layers:
                 if self.config.compile:
@@ -426,7 +428,7 @@ class Wav2Vec2Extractor:
         model = self._model
         device = next(model.parameters()).device
         cuda = device.type == "cuda"
-        compute = self.compute_dtype()
+        compute = self._compute
         out_dtype = torch.float16 if self.config.dtype == "float16" else torch.float32
         lengths = [len(s) for s in signals]
         hf = model.config

@@ -283,10 +283,13 @@ class _Decoder:
             try:
                 executor: Any = self._thread or _decode_pool(self._workers)
                 future = executor.submit(_decode_batch, batch)
-            except BrokenProcessPool:
+            except (BrokenProcessPool, OSError, RuntimeError, AssertionError):
+                # No worker processes here (a broken pool, or a daemonic process that may not
+                # have children): decode in one thread of this process from now on.
                 _DECODE_POOLS.pop(self._workers, None)
-                future = Future()
-                future.set_result(_decode_batch(batch))
+                self._workers, self._ahead = 0, 2
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode")
+                future = self._thread.submit(_decode_batch, batch)
             self._futures.append((self._next, future))
             self._next += 1
 
@@ -330,8 +333,11 @@ class _CpuFeatures:
                     extra = _CPU_COPIES.setdefault(extractor, [])
                 except TypeError:  # not weak-referenceable: no copies
                     extra = []
-                while len(extra) < copies - 1:
-                    extra.append(copy.deepcopy(extractor))
+                try:
+                    while len(extra) < copies - 1:
+                        extra.append(copy.deepcopy(extractor))
+                except Exception:  # noqa: BLE001 - an extractor that cannot be copied runs alone
+                    extra = []
                 instances += extra[: copies - 1]
             self._slots[extractor.name] = [
                 (instance, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"w2v2ser-{extractor.name}"))
@@ -583,7 +589,8 @@ def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dic
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS[key] = build_extractor(name, config)
         extractors.append(_WORKER_EXTRACTORS[key])
-    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit)
+    # Dask already runs shards in parallel worker processes (which may not start children).
+    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit, decode_workers=0)
 
 
 def _run_on_dask(

@@ -91,6 +91,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             progress=not args.no_progress,
             client=client,
+            decode_workers=args.decode_workers,
+            cpu_workers=args.cpu_workers,
         )
     finally:
         if client is not None:
@@ -234,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
     extract.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="utterances per unit of work")
     extract.add_argument("--workers", type=int, default=0, help="run shards on a local Dask cluster of N workers")
+    extract.add_argument("--decode-workers", dest="decode_workers", type=int,
+                         help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
+    extract.add_argument("--cpu-workers", dest="cpu_workers", type=int, default=1,
+                         help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model")
     extract.add_argument("--no-progress", dest="no_progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 

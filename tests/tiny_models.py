@@ -53,16 +53,26 @@ def tiny_hf_model(
         num_conv_pos_embedding_groups=pos_groups,
         layer_norm_eps=1e-5,
     )
+    return _random_model(Wav2Vec2Model, config, seed)
+
+
+def _random_model(model_class: Any, config: Any, seed: int) -> Any:
+    """A seeded random model, eval mode, with perturbed norm (and WavLM position-bias) weights.
+
+    Norm scales/shifts default to 1/0 and WavLM's gate to constants: perturbed, swapped or
+    dropped weights show in the hidden states.
+    """
     torch.manual_seed(seed)
-    model = Wav2Vec2Model(config).eval()
+    model = model_class(config).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        # Norm scales/shifts default to 1/0; perturb them so swapped or dropped norm weights show.
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
                 param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
             elif "norm" in name and name.endswith("bias"):
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+            elif "rel_attn_embed" in name or "gru_rel_pos" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
     return model
 
 
@@ -125,18 +135,7 @@ def tiny_upstream_model(
         model_class = transformers.Data2VecAudioModel
     else:
         raise ValueError(f"unknown family {family!r}")
-    torch.manual_seed(seed)
-    model = model_class(config).eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
-            elif "norm" in name and name.endswith("bias"):
-                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-            elif "rel_attn_embed" in name or "gru_rel_pos" in name:
-                param.copy_(torch.randn(param.shape, generator=generator))
-    return model
+    return _random_model(model_class, config, seed)
 
 
 def save_tiny_upstream(directory: str | Path, family: str, **options: Any) -> Path:

@@ -315,7 +315,12 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}") from error
         missing = sorted(k for k in info.get("missing_keys", ()) if not _IGNORABLE_KEYS.match(k))
-        unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not _IGNORABLE_KEYS.match(k))
+        # Task heads outside the encoder (a CTC lm_head, pre-training quantizer and projections)
+        # are not part of the hidden states; unexpected weights inside the encoder are.
+        parts = {name for name, _ in model.named_children()}
+        unexpected = sorted(
+            k for k in info.get("unexpected_keys", ()) if k.split(".")[0] in parts and not _IGNORABLE_KEYS.match(k)
+        )
         mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
         if missing or unexpected or mismatched:
             raise ModelLoadError(

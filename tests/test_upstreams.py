@@ -236,3 +236,21 @@ def test_cli_extracts_two_upstreams_into_one_store_under_their_names(model_dirs,
         expected = build_extractor(family, {"model": str(model_dirs[variant]), "device": "cpu"}).extract([signal])[0]
         assert stored.dtype == np.float16 and stored.shape == expected.shape
         np.testing.assert_allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "data2vec"])
+def test_fine_tuned_checkpoints_load_without_their_head(family, model_dirs, tmp_path) -> None:
+    """A CTC fine-tuned save (encoder + lm_head, e.g. wav2vec2-base-960h) loads: the head is
+    not part of the hidden states, so its weights are not a mismatch."""
+    variant = next(v for v in FAMILY_VARIANTS if v[0] == family)
+    head_class = getattr(transformers, _HF_CLASS[family].replace("Model", "ForCTC"))
+    config = transformers.AutoConfig.from_pretrained(str(model_dirs[variant]))
+    config.vocab_size = 12
+    fine_tuned = head_class(config).eval()
+    fine_tuned.base_model.load_state_dict(
+        getattr(transformers, _HF_CLASS[family]).from_pretrained(str(model_dirs[variant])).state_dict())
+    fine_tuned.save_pretrained(str(tmp_path / "ctc"))
+    signals = _signals((9000, 4000))
+    ours = _extractor(family, tmp_path / "ctc").extract(signals)
+    for got, expected in zip(ours, _extractor(family, model_dirs[variant]).extract(signals)):
+        np.testing.assert_allclose(got, expected, atol=1e-6)

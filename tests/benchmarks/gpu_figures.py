@@ -153,21 +153,55 @@ def main() -> None:
             measure("sweep", batch_seconds, precision, "sdpa", False, modes)
             del extractor
         del cast
+    tolerance: dict = {}
+
+    def save(stage: str) -> None:
+        """Write what is measured so far (a later stage may time out)."""
+        gpu = None
+        if cuda:
+            props = torch.cuda.get_device_properties(0)
+            gpu = {"name": torch.cuda.get_device_name(0), "memory_gib": round(props.total_memory / 2**30, 1),
+                   "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported(),
+                   "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+        payload = {
+            "benchmark": "gpu_forward",
+            "command": _common.command_line(),
+            "config": {"device": device, "gpu": gpu, "audio_seconds": audio_seconds, "signals": len(signals),
+                       "reps": args.reps, "smoke": args.smoke,
+                       "model": "tiny random wav2vec2 (smoke)" if args.smoke else
+                       "random full-size wav2vec2-base (transformers Wav2Vec2Config() defaults)"},
+            "machine": _common.machine_info(["torch", "transformers", "numpy"]),
+            "rows": rows,
+            "best_batch_seconds": best_batch,
+            "best_precision": half_dtypes[0],
+            "tolerance_vs_float32": tolerance,
+            "total_benchmark_seconds": time.perf_counter() - started,
+            "stages_done": stage,
+        }
+        table_rows = [[r["label"], r["batch_seconds"], r["precision"], r["attention"], r["compile"],
+                       r.get("bare_audio_s_per_s", math.nan), r.get("bare_cast_audio_s_per_s", math.nan),
+                       r.get("extractor_audio_s_per_s", math.nan), r.get("extractor_vs_bare", math.nan), r["warmup_s"]]
+                      for r in rows]
+        table = _common.format_table(["what", "batch s", "precision", "attention", "compile", "bare audio s/s",
+                                      "bare_cast audio s/s", "extractor audio s/s", "extractor / bare", "warm-up s"],
+                                     table_rows)
+        headline = (f"headline: best bare {max(r.get('bare_audio_s_per_s', 0) for r in rows):.0f} audio s/s; at "
+                    f"{best_batch:g} s {half_dtypes[0]}: extractor {best['extractor_audio_s_per_s']:.0f} audio s/s = "
+                    f"{best['extractor_vs_bare']:.3f} of bare ({device})")
+        notes = [f"tolerance {k}: worst layer max|diff|/std {v['worst_max_abs_over_std']:.4f}, "
+                 f"mean|diff|/std {v['worst_mean_abs_over_std']:.5f}" for k, v in tolerance.items()]
+        print()
+        print(table)
+        for line in notes:
+            print(line)
+        path = _common.write_results(args.name, payload, table, out=args.out, headline=headline, notes=notes)
+        print(f"results: {path}")
+        print(headline)
+
     best = max((r for r in rows if r["label"] == "sweep" and r["precision"] == half_dtypes[0]),
                key=lambda r: r["extractor_audio_s_per_s"])
     best_batch, precision = best["batch_seconds"], half_dtypes[0]
-    eager = bare_model("eager")
-    measure("eager", best_batch, precision, "eager", False,
-            {"bare": lambda: run_bare(eager, best_batch, precision),
-             "extractor": lambda e=extractor_for(best_batch, precision, "eager"): run_extractor(e)})
-    del eager
-    if args.compile == "yes" or (args.compile == "auto" and cuda):
-        compiled = bare_model("sdpa", compiled=True)
-        measure("compile", best_batch, precision, "sdpa", True,
-                {"bare": lambda: run_bare(compiled, best_batch, precision),
-                 "extractor": lambda e=extractor_for(best_batch, precision, compiled=True): run_extractor(e)})
-        del compiled
-
+    save("sweep")
     # Half-precision tolerance against float32 on the same device and signals.
     probe = signals[: min(len(signals), 40)]
     reference = extractor_for(best_batch, "float32")
@@ -177,7 +211,6 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     full = reference.extract(probe)
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    tolerance = {}
     for precision_name in half_dtypes:
         if precision_name == "float32" and cuda:
             continue  # (the smoke run on CPU compares float32 with itself: it only checks the code runs)
@@ -202,46 +235,20 @@ def main() -> None:
                   f"{tolerance[f'{precision_name}_compute_{out_dtype}_output']['worst_max_abs_over_std']:.4f}, "
                   f"mean|diff|/std {tolerance[f'{precision_name}_compute_{out_dtype}_output']['worst_mean_abs_over_std']:.5f}",
                   flush=True)
+    save("tolerance")
+    eager = bare_model("eager")
+    measure("eager", best_batch, precision, "eager", False,
+            {"bare": lambda: run_bare(eager, best_batch, precision),
+             "extractor": lambda e=extractor_for(best_batch, precision, "eager"): run_extractor(e)})
+    del eager
+    if args.compile == "yes" or (args.compile == "auto" and cuda):
+        compiled = bare_model("sdpa", compiled=True)
+        measure("compile", best_batch, precision, "sdpa", True,
+                {"bare": lambda: run_bare(compiled, best_batch, precision),
+                 "extractor": lambda e=extractor_for(best_batch, precision, compiled=True): run_extractor(e)})
+        del compiled
 
-    gpu = None
-    if cuda:
-        props = torch.cuda.get_device_properties(0)
-        gpu = {"name": torch.cuda.get_device_name(0), "memory_gib": round(props.total_memory / 2**30, 1),
-               "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported(),
-               "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-    payload = {
-        "benchmark": "gpu_forward",
-        "command": _common.command_line(),
-        "config": {"device": device, "gpu": gpu, "audio_seconds": audio_seconds, "signals": len(signals),
-                   "reps": args.reps, "smoke": args.smoke,
-                   "model": "tiny random wav2vec2 (smoke)" if args.smoke else
-                   "random full-size wav2vec2-base (transformers Wav2Vec2Config() defaults)"},
-        "machine": _common.machine_info(["torch", "transformers", "numpy"]),
-        "rows": rows,
-        "best_batch_seconds": best_batch,
-        "best_precision": half_dtypes[0],
-        "tolerance_vs_float32": tolerance,
-        "total_benchmark_seconds": time.perf_counter() - started,
-    }
-    table_rows = [[r["label"], r["batch_seconds"], r["precision"], r["attention"], r["compile"],
-                   r.get("bare_audio_s_per_s", math.nan), r.get("bare_cast_audio_s_per_s", math.nan),
-                   r.get("extractor_audio_s_per_s", math.nan), r.get("extractor_vs_bare", math.nan), r["warmup_s"]]
-                  for r in rows]
-    table = _common.format_table(["what", "batch s", "precision", "attention", "compile", "bare audio s/s",
-                                  "bare_cast audio s/s", "extractor audio s/s", "extractor / bare", "warm-up s"],
-                                 table_rows)
-    headline = (f"headline: best bare {max(r.get('bare_audio_s_per_s', 0) for r in rows):.0f} audio s/s; at "
-                f"{best_batch:g} s {half_dtypes[0]}: extractor {best['extractor_audio_s_per_s']:.0f} audio s/s = "
-                f"{best['extractor_vs_bare']:.3f} of bare ({device})")
-    notes = [f"tolerance {k}: worst layer max|diff|/std {v['worst_max_abs_over_std']:.4f}, "
-             f"mean|diff|/std {v['worst_mean_abs_over_std']:.5f}" for k, v in tolerance.items()]
-    print()
-    print(table)
-    for line in notes:
-        print(line)
-    path = _common.write_results(args.name, payload, table, out=args.out, headline=headline, notes=notes)
-    print(f"results: {path}")
-    print(headline)
+    save("all")
 
 
 if __name__ == "__main__":

@@ -443,13 +443,12 @@ class Wav2Vec2Extractor:
         autocast = torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
         with torch.inference_mode(), autocast:
             inputs = padded.to(device, non_blocking=True)
-            lengths_device = torch.tensor(lengths).to(device, non_blocking=True)
             mask = None
             if ragged:
                 frame_valid = torch.tensor(valid, dtype=torch.long)
                 mask = (torch.arange(num_frames)[None, :] < frame_valid[:, None]).to(device, non_blocking=True)
             mark("host_to_device")
-            frames = _encode_audio(model, inputs, lengths_device, ragged)
+            frames = _encode_audio(model, inputs, lengths, ragged)
             projected = model.feature_projection(frames)
             if isinstance(projected, tuple):  # wav2vec2, WavLM, data2vec return (projected, normed)
                 projected = projected[0]
@@ -527,7 +526,7 @@ class Data2VecExtractor(Wav2Vec2Extractor):
     config_class = Data2VecConfig
 
 
-def _encode_audio(model: Any, inputs: Any, lengths: Any, ragged: bool) -> Any:
+def _encode_audio(model: Any, inputs: Any, lengths: Sequence[int], ragged: bool) -> Any:
     """The HF CNN feature encoder with GroupNorm statistics over valid samples only.
 
     Returns:
@@ -536,10 +535,11 @@ def _encode_audio(model: Any, inputs: Any, lengths: Any, ragged: bool) -> Any:
     from torch import nn
 
     hidden = inputs[:, None, :]
-    valid = lengths
+    valid = list(lengths)
     for conv_layer in model.feature_extractor.conv_layers:
         norm = getattr(conv_layer, "layer_norm", None)
-        valid = _conv_lengths(valid, conv_layer.conv.kernel_size, conv_layer.conv.stride)
+        kernel, stride = conv_layer.conv.kernel_size[0], conv_layer.conv.stride[0]
+        valid = [(n - kernel) // stride + 1 for n in valid]
         if isinstance(norm, nn.GroupNorm) and ragged:
             hidden = conv_layer.conv(hidden)
             hidden = _masked_group_norm(hidden, valid, norm)
@@ -550,25 +550,33 @@ def _encode_audio(model: Any, inputs: Any, lengths: Any, ragged: bool) -> Any:
     return hidden.transpose(1, 2)
 
 
-def _masked_group_norm(hidden: Any, valid: Any, norm: Any) -> Any:
+def _masked_group_norm(hidden: Any, valid: Sequence[int], norm: Any) -> Any:
     """GroupNorm with statistics over the first `valid[b]` frames of row b (any number of groups).
 
-    Computed in float32 (as autocast does for group_norm) with two passes, in place on a copy.
+    Computed in float32 (as autocast does for group_norm): per row, two passes over its valid
+    frames (mean, then the norm of the deviations: no cancellation), then one fused
+    scale-and-shift over the whole batch. Padded frames get finite values that no valid output
+    depends on.
     """
     import torch
 
-    batch, channels, frames = hidden.shape
+    batch, channels, _ = hidden.shape
     groups = norm.num_groups
-    values = hidden.float() if hidden.dtype != torch.float32 else hidden.clone()
-    values = values.view(batch, groups, channels // groups, frames)
-    pad = (torch.arange(frames, device=values.device)[None, :] >= valid[:, None])[:, None, None, :]
-    count = (valid.to(torch.float32) * (channels // groups))[:, None, None, None]
-    values.masked_fill_(pad, 0.0)
-    mean = values.sum(dim=(-2, -1), keepdim=True) / count
-    values.sub_(mean).masked_fill_(pad, 0.0)
-    var = values.square().sum(dim=(-2, -1), keepdim=True) / count
-    values.mul_(torch.rsqrt(var + norm.eps))
-    values = values.view(batch, channels, frames)
+    values = hidden.float()
+    means, deviations = [], []
+    for b, count in enumerate(valid):
+        rows = values[b, :, :count].reshape(groups, -1)
+        mean = rows.mean(dim=-1, keepdim=True)
+        means.append(mean[:, 0])
+        deviations.append(torch.linalg.vector_norm(rows - mean, dim=-1))
+    per_group = channels // groups
+    counts = torch.tensor([count * per_group for count in valid], dtype=torch.float32, device=values.device)
+    var = torch.stack(deviations).square() / counts[:, None]  # [batch, groups]
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [batch, channels]
+    mean = torch.stack(means).repeat_interleave(per_group, dim=1)
     if norm.affine:
-        return values.mul_(norm.weight.float()[None, :, None]).add_(norm.bias.float()[None, :, None])
-    return values
+        scale = scale * norm.weight.float()[None, :]
+        shift = norm.bias.float()[None, :] - mean * scale
+    else:
+        shift = -mean * scale
+    return torch.addcmul(shift[:, :, None], values, scale[:, :, None])

@@ -1,4 +1,5 @@
-"""Stage 1: read corpora, extract wav2vec 2.0 / eGeMAPS / spectrogram features into a store.
+"""Stage 1: read corpora, extract speech-encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio) /
+eGeMAPS / spectrogram features into a store.
 
 Quick use::
 
@@ -8,8 +9,8 @@ Quick use::
     extract_corpus(manifest.utterances, "ravdess.zarr",
                    extractors=[build_extractor("egemaps"), build_extractor("spectrogram")])
 
-The wav2vec2 names (``Wav2Vec2Config``, ``Wav2Vec2Extractor``, ``ModelLoadError``) load
-torch on first access only, so eGeMAPS and spectrogram extraction never import it.
+The speech-encoder names (``Wav2Vec2Config``, ``Wav2Vec2Extractor``, ``HubertExtractor``, ...,
+``ModelLoadError``) load torch on first access only, so eGeMAPS and spectrogram extraction never import it.
 """
 
 from __future__ import annotations
@@ -25,34 +26,49 @@ from ._iemocap import read_iemocap
 from ._manifest import Manifest, read_csv_manifest
 from ._pipeline import ExtractionSummary, extract_corpus
 from ._ravdess import read_ravdess
-from ._registry import EXTRACTORS, Extractor, UnknownFeatureError, build_extractor
+from ._registry import EXTRACTORS, UPSTREAMS, Extractor, UnknownFeatureError, build_extractor
 from ._spectrogram import SpectrogramConfig, SpectrogramExtractor
 
 _LAZY = {
     "Wav2Vec2Config": "w2v2ser.extract._wav2vec2",
     "Wav2Vec2Extractor": "w2v2ser.extract._wav2vec2",
+    "HubertConfig": "w2v2ser.extract._wav2vec2",
+    "HubertExtractor": "w2v2ser.extract._wav2vec2",
+    "WavLMConfig": "w2v2ser.extract._wav2vec2",
+    "WavLMExtractor": "w2v2ser.extract._wav2vec2",
+    "Data2VecConfig": "w2v2ser.extract._wav2vec2",
+    "Data2VecExtractor": "w2v2ser.extract._wav2vec2",
+    "FAMILIES": "w2v2ser.extract._models",
     "ModelLoadError": "w2v2ser.extract._models",
     "resolve_model": "w2v2ser.extract._models",
 }
 
 __all__ = [
     "EXTRACTORS",
+    "FAMILIES",
     "MIN_SAMPLES",
     "TARGET_SAMPLE_RATE",
     "AudioError",
     "AudioInfo",
     "CorpusKind",
+    "Data2VecConfig",
+    "Data2VecExtractor",
     "EgemapsConfig",
     "EgemapsExtractor",
     "ExtractionSummary",
     "Extractor",
     "ExtractorConfigError",
+    "HubertConfig",
+    "HubertExtractor",
     "Manifest",
     "ManifestError",
     "ModelLoadError",
     "SpectrogramConfig",
     "SpectrogramExtractor",
+    "UPSTREAMS",
     "UnknownFeatureError",
+    "WavLMConfig",
+    "WavLMExtractor",
     "Wav2Vec2Config",
     "Wav2Vec2Extractor",
     "build_extractor",

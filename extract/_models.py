@@ -1,8 +1,11 @@
-"""Resolve and load wav2vec 2.0 models from the hub, a local directory or a fairseq checkpoint.
+"""Resolve and load self-supervised speech encoders (wav2vec 2.0, HuBERT, WavLM, data2vec-audio).
 
-Resolution (`resolve_model`) is cheap-ish: it reads the architecture and hashes the weight
-files so that a feature's provenance can be recorded before any forward pass. Loading
-(`load_model`) builds a `transformers.Wav2Vec2Model` in float32, eval mode.
+Models come from the Hugging Face hub, a local `save_pretrained` directory or (wav2vec 2.0 only)
+an original fairseq checkpoint. Resolution (`resolve_model`) reads the architecture from the
+model's own config.json (`model_type` picks the family) and hashes the weight files, so that a
+feature's provenance can be recorded before any forward pass. Loading (`load_model`) builds the
+family's own `transformers` class in float32, eval mode, and refuses weights that do not fit it
+(a WavLM checkpoint read by the wav2vec 2.0 class would silently drop its position bias).
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ from typing import Any
 
 from w2v2ser.store import W2v2serError
 
-__all__ = ["ModelLoadError", "ModelSource", "resolve_model", "load_model", "architecture_of"]
+__all__ = ["FAMILIES", "ModelLoadError", "ModelSource", "resolve_model", "load_model", "architecture_of"]
+
+# config.json `model_type` -> (family = feature name, transformers model class). The family is
+# the name the feature gets in the store and in selections (e.g. `hubert:all`).
+FAMILIES: dict[str, tuple[str, str]] = {
+    "wav2vec2": ("wav2vec2", "Wav2Vec2Model"),
+    "hubert": ("hubert", "HubertModel"),
+    "wavlm": ("wavlm", "WavLMModel"),
+    "data2vec-audio": ("data2vec", "Data2VecAudioModel"),
+}
+# Weights a bare encoder may lack or carry without changing its hidden states.
+_IGNORABLE_KEYS = re.compile(r"^(masked_spec_embed|.*\.masked_spec_embed)$")
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _FAIRSEQ_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -43,7 +57,7 @@ _FAIRSEQ_DEFAULTS: dict[str, Any] = {
 
 
 class ModelLoadError(W2v2serError):
-    """A wav2vec 2.0 model could not be found, read or converted."""
+    """A speech encoder model could not be found, read or converted, or does not fit its class."""
 
 
 @dataclass(frozen=True)
@@ -52,15 +66,17 @@ class ModelSource:
 
     Attributes:
         kind: "hub", "local" or "fairseq".
+        model_type: config.json `model_type` ("wav2vec2", "hubert", "wavlm", "data2vec-audio").
         requested: the string the user passed (hub id or path).
         path: resolved local directory (hub/local) or checkpoint file (fairseq).
         revision: requested hub revision, if any.
         commit_hash: hub commit of the cached snapshot, if known.
         weights_sha256: file name -> sha256 hex digest of every weight file read.
-        hf_config: the `transformers.Wav2Vec2Config` describing the architecture.
+        hf_config: the `transformers` config (of the family's own class) describing the architecture.
     """
 
     kind: str
+    model_type: str
     requested: str
     path: str
     revision: str | None
@@ -68,10 +84,23 @@ class ModelSource:
     weights_sha256: Mapping[str, str]
     hf_config: Any = field(repr=False, compare=False)
 
+    @property
+    def family(self) -> str:
+        """Feature name of this model's family: wav2vec2, hubert, wavlm or data2vec."""
+        return FAMILIES[self.model_type][0]
+
+    @property
+    def model_class(self) -> str:
+        """The `transformers` class that loads it."""
+        return FAMILIES[self.model_type][1]
+
     def provenance(self) -> dict[str, Any]:
         """JSON-ready description of the source for a feature's recorded config."""
         return {
             "source": self.kind,
+            "family": self.family,
+            "model_type": self.model_type,
+            "model_class": self.model_class,
             "requested": self.requested,
             "resolved_path": self.path,
             "revision": self.revision,
@@ -82,8 +111,14 @@ class ModelSource:
 
 
 def architecture_of(hf_config: Any) -> dict[str, Any]:
-    """The architecture numbers of a `transformers.Wav2Vec2Config` that change the features."""
-    return {
+    """The architecture numbers of a speech encoder config that change the features.
+
+    Common keys for every family, plus the family's own where it has them (HuBERT's
+    feat_proj_layer_norm, WavLM's relative position buckets, data2vec-audio's positional
+    conv kernel).
+    """
+    out: dict[str, Any] = {
+        "model_type": str(getattr(hf_config, "model_type", "wav2vec2")),
         "hidden_size": int(hf_config.hidden_size),
         "num_hidden_layers": int(hf_config.num_hidden_layers),
         "num_attention_heads": int(hf_config.num_attention_heads),
@@ -92,12 +127,17 @@ def architecture_of(hf_config: Any) -> dict[str, Any]:
         "conv_kernel": [int(v) for v in hf_config.conv_kernel],
         "conv_stride": [int(v) for v in hf_config.conv_stride],
         "conv_bias": bool(hf_config.conv_bias),
-        "feat_extract_norm": str(hf_config.feat_extract_norm),
-        "do_stable_layer_norm": bool(hf_config.do_stable_layer_norm),
+        "feat_extract_norm": str(getattr(hf_config, "feat_extract_norm", "layer")),
+        "do_stable_layer_norm": bool(getattr(hf_config, "do_stable_layer_norm", False)),
         "num_conv_pos_embeddings": int(hf_config.num_conv_pos_embeddings),
         "num_conv_pos_embedding_groups": int(hf_config.num_conv_pos_embedding_groups),
         "hidden_act": str(hf_config.hidden_act),
     }
+    for key in ("feat_proj_layer_norm", "num_buckets", "max_bucket_distance", "conv_pos_kernel_size"):
+        if hasattr(hf_config, key):
+            value = getattr(hf_config, key)
+            out[key] = bool(value) if isinstance(value, bool) else int(value)
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -110,17 +150,19 @@ def _sha256(path: Path) -> str:
 
 def _fix_hint() -> str:
     return (
-        "Pass instead a local directory written by `Wav2Vec2Model.save_pretrained()`, or the path "
+        "Pass instead a local directory written by `save_pretrained()` (Wav2Vec2Model, HubertModel, "
+        "WavLMModel or Data2VecAudioModel), or the path "
         "of an original fairseq checkpoint (e.g. wav2vec_small.pt, wav2vec_small_960h.pt), or set "
         "HF_HOME to a Hugging Face cache that already holds the model."
     )
 
 
 def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
-    """Find a model's files and architecture without building it.
+    """Find a model's files, family and architecture without building it.
 
     Args:
-        model: Hugging Face hub id, local `save_pretrained` directory or fairseq `.pt` file.
+        model: Hugging Face hub id, local `save_pretrained` directory or fairseq `.pt` file
+            (wav2vec 2.0 only).
         revision: Hub branch, tag or commit (hub ids only).
 
     Returns:
@@ -137,7 +179,7 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     looks_like_path = model.startswith(("/", ".", "~")) or model.endswith(_FAIRSEQ_SUFFIXES) or "\\" in model
     if looks_like_path or model.count("/") > 1:
         raise ModelLoadError(
-            f"wav2vec2 model {model!r} does not exist: expected a Hugging Face hub id such as "
+            f"model {model!r} does not exist: expected a Hugging Face hub id such as "
             f"'facebook/wav2vec2-base', a local model directory or a fairseq checkpoint file. {_fix_hint()}"
         )
     return _resolve_hub(model, revision=revision)
@@ -158,16 +200,16 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
         config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
     except LocalEntryNotFoundError as error:
         raise ModelLoadError(
-            f"cannot load wav2vec2 {asked}: it is not in the local Hugging Face cache and the hub "
+            f"cannot load {asked}: it is not in the local Hugging Face cache and the hub "
             f"cannot be reached (offline, or HF_HUB_OFFLINE=1). {_fix_hint()} ({type(error).__name__})"
         ) from error
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
         raise ModelLoadError(
-            f"cannot load wav2vec2 {asked}: the hub has no such model or revision. Check the id "
+            f"cannot load {asked}: the hub has no such model or revision. Check the id "
             f"(e.g. 'facebook/wav2vec2-base'). {_fix_hint()} ({type(error).__name__}: {error})"
         ) from error
     except OSError as error:  # network failures surface as OSError subclasses
-        raise ModelLoadError(f"cannot load wav2vec2 {asked}: {error}. {_fix_hint()}") from error
+        raise ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}") from error
     weights: Path | None = None
     for name in _WEIGHT_FILES:
         try:
@@ -177,7 +219,7 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             continue
     if weights is None:
         raise ModelLoadError(
-            f"cannot load wav2vec2 {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
+            f"cannot load {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
             f"downloadable (sharded or TensorFlow-only repositories are not supported). {_fix_hint()}"
         )
     snapshot = config_file.parent
@@ -187,29 +229,25 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
 def _resolve_directory(
     directory: Path, *, requested: str, kind: str, revision: str | None, commit: str | None
 ) -> ModelSource:
-    from transformers import Wav2Vec2Config as HFConfig
-
     if not (directory / "config.json").is_file():
         raise ModelLoadError(
-            f"wav2vec2 model directory {str(directory)!r} has no config.json: expected a directory "
-            f"written by `Wav2Vec2Model.save_pretrained()`. {_fix_hint()}"
+            f"model directory {str(directory)!r} has no config.json: expected a directory "
+            f"written by `save_pretrained()`. {_fix_hint()}"
         )
     weight_files = sorted(
         p for p in directory.iterdir() if p.name in _WEIGHT_FILES or re.match(r"^model-\d+-of-\d+\.safetensors$", p.name)
     )
     if not weight_files:
         raise ModelLoadError(
-            f"wav2vec2 model directory {str(directory)!r} has no weights: expected one of "
+            f"model directory {str(directory)!r} has no weights: expected one of "
             f"{list(_WEIGHT_FILES)}. Save the model with `save_pretrained()`."
         )
-    try:
-        hf_config = HFConfig.from_pretrained(str(directory))
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot read {str(directory / 'config.json')!r}: {error}") from error
+    hf_config = read_hf_config(directory)
     # model.safetensors is preferred by from_pretrained, so hash only what it will read.
     used = [p for p in weight_files if p.suffix == ".safetensors"] or weight_files
     return ModelSource(
         kind=kind,
+        model_type=str(hf_config.model_type),
         requested=requested,
         path=str(directory.resolve()),
         revision=revision,
@@ -219,25 +257,80 @@ def _resolve_directory(
     )
 
 
-def load_model(source: ModelSource) -> Any:
-    """Build the `transformers.Wav2Vec2Model` of a resolved source (float32, eval mode, on CPU).
+def read_hf_config(directory: Path) -> Any:
+    """The family's own config class, picked by config.json's `model_type`.
 
     Raises:
-        ModelLoadError: the weights cannot be read or do not fit the architecture.
+        ModelLoadError: unreadable config, or a model type outside `FAMILIES`.
+    """
+    import json
+
+    import transformers
+
+    path = directory / "config.json"
+    try:
+        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"cannot read {str(path)!r}: {error}") from error
+    if model_type not in FAMILIES:
+        raise ModelLoadError(
+            f"{str(path)!r} has model_type {model_type!r}; supported speech encoders are "
+            f"{', '.join(repr(t) for t in FAMILIES)} (wav2vec 2.0 incl. large and XLS-R, HuBERT, WavLM, "
+            f"data2vec-audio). Pass a directory saved from one of those model classes."
+        )
+    try:
+        return transformers.AutoConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read {str(path)!r}: {error}") from error
+
+
+def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
+    """Build the family's own `transformers` model of a resolved source (float32, eval, on CPU).
+
+    Args:
+        source: From `resolve_model`.
+        attention: `attn_implementation` ("sdpa" or "eager"); families without SDPA support
+            (WavLM, whose attention adds a gated relative position bias) always use their own.
+
+    Raises:
+        ModelLoadError: the weights cannot be read or do not fit the family's class (missing
+            or unexpected weights: e.g. WavLM weights under a wav2vec2 config.json).
     """
     import torch
-    from transformers import Wav2Vec2Model
+    import transformers
 
+    model_class = getattr(transformers, source.model_class)
     if getattr(source.hf_config, "add_adapter", False):
-        raise ModelLoadError(f"wav2vec2 model {source.requested!r} has an adapter (add_adapter=True); not supported")
+        raise ModelLoadError(f"model {source.requested!r} has an adapter (add_adapter=True); not supported")
+    implementation = attention if getattr(model_class, "_supports_sdpa", False) else "eager"
     if source.kind == "fairseq":
-        model = Wav2Vec2Model(source.hf_config)
+        source.hf_config._attn_implementation = implementation
+        model = model_class(source.hf_config)
         _load_fairseq_weights(model, Path(source.path))
     else:
         try:
-            model = Wav2Vec2Model.from_pretrained(source.path, dtype=torch.float32)
+            model, info = model_class.from_pretrained(
+                source.path, dtype=torch.float32, attn_implementation=implementation, output_loading_info=True
+            )
         except (OSError, ValueError, RuntimeError) as error:
-            raise ModelLoadError(f"cannot load wav2vec2 weights from {source.path!r}: {error}") from error
+            raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}") from error
+        missing = sorted(k for k in info.get("missing_keys", ()) if not _IGNORABLE_KEYS.match(k))
+        # Task heads outside the encoder (a CTC lm_head, pre-training quantizer and projections)
+        # are not part of the hidden states; unexpected weights inside the encoder are.
+        parts = {name for name, _ in model.named_children()}
+        unexpected = sorted(
+            k for k in info.get("unexpected_keys", ()) if k.split(".")[0] in parts and not _IGNORABLE_KEYS.match(k)
+        )
+        mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
+        if missing or unexpected or mismatched:
+            raise ModelLoadError(
+                f"the weights in {source.path!r} do not fit {source.model_class} (config.json model_type "
+                f"{source.model_type!r}): missing {missing[:6]}{' ...' if len(missing) > 6 else ''}, unexpected "
+                f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}, wrong shape {mismatched[:6]}. "
+                f"Loading them anyway would silently change the hidden states (e.g. a WavLM checkpoint read "
+                f"as wav2vec2 loses its relative position bias). Check that config.json's model_type names "
+                f"the model the weights come from."
+            )
     return model.float().eval()
 
 
@@ -383,6 +476,7 @@ def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
         )
     return ModelSource(
         kind="fairseq",
+        model_type="wav2vec2",
         requested=requested,
         path=str(path.resolve()),
         revision=None,

@@ -9,11 +9,17 @@ can run in this process or as Dask tasks on many workers.
 
 from __future__ import annotations
 
+import copy
+import multiprocessing
+import os
 import queue
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,12 @@ import numpy as np
 from w2v2ser.store import StoreWriter, Utterance, W2v2serError, WorkUnit, lock_store, open_store
 
 from ._audio import probe_audio, read_audio, sha256_file
-from ._registry import Extractor, build_extractor
+from ._registry import UPSTREAMS, Extractor, build_extractor
 
 __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
 
 # Features that profit from a GPU; everything else runs on CPU workers.
-GPU_FEATURES = frozenset({"wav2vec2"})
+GPU_FEATURES = UPSTREAMS
 
 
 @dataclass
@@ -103,6 +109,9 @@ def extract_corpus(
     progress: bool = True,
     client: Any = None,
     gpu_resource: str | None = None,
+    decode_workers: int | None = None,
+    cpu_workers: int = 1,
+    on_stage: Callable[[str, float], None] | None = None,
 ) -> ExtractionSummary:
     """Extract every feature of every utterance into a store, resumably.
 
@@ -119,6 +128,12 @@ def extract_corpus(
         gpu_resource: Worker resource name that marks GPU workers (e.g. ``"GPU"``):
             GPU features are then scheduled there, the other features on any worker
             at the same time.
+        decode_workers: Processes decoding audio ahead of the model (0 = one thread in this
+            process; None = a few when the model runs on CUDA, else 0).
+        cpu_workers: Parallel instances of each CPU feature (eGeMAPS, spectrogram), which run
+            alongside the model in threads of their own (openSMILE in its own processes).
+        on_stage: Profiling callback, called with (stage, busy seconds) by every shard run
+            in this process (see :func:`extract_shard`).
 
     Returns:
         An :class:`ExtractionSummary`.
@@ -174,6 +189,9 @@ def extract_corpus(
                     journal="main",
                     unit=unit,
                     on_utterance=(lambda seconds: bar.update(1)) if bar is not None else None,
+                    decode_workers=decode_workers,
+                    cpu_workers=cpu_workers,
+                    on_stage=on_stage,
                 )
                 summary.extracted += done[0]
                 summary.audio_seconds += done[1]
@@ -226,6 +244,132 @@ def _decode(item: _ShardItem) -> tuple[_ShardItem, np.ndarray | None, str, str]:
         return item, None, "", f"cannot decode {item.path}: {type(error).__name__}: {error}. Check the file is valid audio."
 
 
+_Decoded = list[tuple[_ShardItem, "np.ndarray | None", str, str]]
+
+
+def _decode_batch(batch: Sequence[_ShardItem]) -> tuple[_Decoded, float]:
+    """Decode (and resample) a batch; also returns the busy seconds (runs in a worker process)."""
+    started = time.perf_counter()
+    decoded = [_decode(item) for item in batch]
+    return decoded, time.perf_counter() - started
+
+
+# Decode worker processes, kept for the life of this process (so across shards and runs).
+_DECODE_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    pool = _DECODE_POOLS.get(workers)
+    if pool is None:
+        # spawn: the parent holds torch and its threads; a forked child could deadlock.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        _DECODE_POOLS[workers] = pool
+    return pool
+
+
+class _Decoder:
+    """Decodes batches ahead of the model, in order: in `workers` processes, or one thread (0)."""
+
+    def __init__(self, batches: Sequence[Sequence[_ShardItem]], workers: int) -> None:
+        self._batches, self._workers = list(batches), workers
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") if workers == 0 else None
+        self._ahead = 2 if workers == 0 else workers + 1
+        self._futures: deque[tuple[int, Future]] = deque()
+        self._next = 0
+
+    def _submit(self) -> None:
+        while self._next < len(self._batches) and len(self._futures) < self._ahead:
+            batch = self._batches[self._next]
+            try:
+                executor: Any = self._thread or _decode_pool(self._workers)
+                future = executor.submit(_decode_batch, batch)
+            except (BrokenProcessPool, OSError, RuntimeError, AssertionError):
+                # No worker processes here (a broken pool, or a daemonic process that may not
+                # have children): decode in one thread of this process from now on.
+                _DECODE_POOLS.pop(self._workers, None)
+                self._workers, self._ahead = 0, 2
+                self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode")
+                future = self._thread.submit(_decode_batch, batch)
+            self._futures.append((self._next, future))
+            self._next += 1
+
+    def __iter__(self) -> Iterator[tuple[_Decoded, float]]:
+        self._submit()
+        while self._futures:
+            number, future = self._futures.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:  # a worker died (e.g. killed): decode this batch here
+                _DECODE_POOLS.pop(self._workers, None)
+                result = _decode_batch(self._batches[number])
+            self._submit()
+            yield result
+
+    def close(self) -> None:
+        for _, future in self._futures:
+            future.cancel()
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
+
+# Copies of CPU extractors (each with its own openSMILE worker), kept across shards.
+_CPU_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _CpuFeatures:
+    """CPU features (eGeMAPS, spectrogram) computed alongside the model in background threads.
+
+    Each feature has `copies` extractor instances, each called from one thread of its own
+    (openSMILE runs in a worker process per instance), batches handed out round robin.
+    """
+
+    def __init__(self, extractors: Sequence[Extractor], copies: int) -> None:
+        self._slots: dict[str, list[tuple[Extractor, ThreadPoolExecutor]]] = {}
+        self._turn: dict[str, int] = {}
+        for extractor in extractors:
+            instances = [extractor]
+            if copies > 1:
+                try:
+                    extra = _CPU_COPIES.setdefault(extractor, [])
+                except TypeError:  # not weak-referenceable: no copies
+                    extra = []
+                try:
+                    while len(extra) < copies - 1:
+                        extra.append(copy.deepcopy(extractor))
+                except Exception:  # noqa: BLE001 - an extractor that cannot be copied runs alone
+                    extra = []
+                instances += extra[: copies - 1]
+            self._slots[extractor.name] = [
+                (instance, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"w2v2ser-{extractor.name}"))
+                for instance in instances
+            ]
+            self._turn[extractor.name] = 0
+
+    def submit(self, name: str, function: Callable[[Extractor], Any]) -> Future:
+        slots = self._slots[name]
+        turn = self._turn[name]
+        self._turn[name] = (turn + 1) % len(slots)
+        instance, executor = slots[turn]
+        return executor.submit(function, instance)
+
+    def close(self) -> None:
+        for slots in self._slots.values():
+            for _, executor in slots:
+                executor.shutdown(wait=True)
+
+
+def _uses_cuda(extractors: Sequence[Extractor]) -> bool:
+    return any(bool(getattr(e, "uses_cuda", lambda: False)()) for e in extractors if e.name in GPU_FEATURES)
+
+
+def default_decode_workers(extractors: Sequence[Extractor]) -> int:
+    """Decode processes when none are asked for: a few on a GPU run (the model outruns one
+    decoding thread there), none on CPU (processes would take the model's cores)."""
+    if not _uses_cuda(extractors):
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) // 4))
+
+
 def extract_shard(
     store_path: str,
     items: Sequence[_ShardItem],
@@ -235,11 +379,15 @@ def extract_shard(
     unit: WorkUnit,
     batch_seconds: float = 32.0,
     on_utterance: Callable[[float], None] | None = None,
+    decode_workers: int | None = None,
+    cpu_workers: int = 1,
+    on_stage: Callable[[str, float], None] | None = None,
 ) -> tuple[int, float]:
     """Extract and commit one shard of utterances (one unit of work).
 
-    Decoding of the next batch and store writes of the previous one overlap with
-    feature extraction of the current batch (threads; the heavy parts release the GIL).
+    Decoding runs ahead of the model (worker processes, or one thread), store writes run
+    behind it (a writer thread), and with a GPU feature the CPU features run alongside in
+    threads of their own, so neither stalls the model; bounded queues keep memory flat.
     The unit's utterances become visible together, when the unit commits at the end.
 
     Args:
@@ -250,6 +398,10 @@ def extract_shard(
         unit: The unit's store space, from ``StoreWriter.plan_units`` for these items.
         batch_seconds: Audio seconds handed to the extractors at once.
         on_utterance: Called with the audio seconds of every utterance written.
+        decode_workers: Decode processes (0 = one thread; None = `default_decode_workers`).
+        cpu_workers: Instances of each CPU feature's extractor working in parallel.
+        on_stage: Profiling callback, called with (stage, busy seconds): "decode",
+            "store_write", "cpu_feature:NAME", and the model's own stages.
 
     Returns:
         (utterances committed, audio seconds committed).
@@ -262,10 +414,19 @@ def extract_shard(
     batches = list(_batches(items, int(batch_seconds * 16000)))
     committed = _Committed()
     unit_writer = writer.open_unit(unit)
+    gpu = [e for e in extractors if e.name in GPU_FEATURES]
+    background = [e for e in extractors if e.name not in GPU_FEATURES] if gpu or cpu_workers > 1 else []
+    cpu_features = _CpuFeatures(background, max(1, cpu_workers)) if background else None
+    if decode_workers is None:
+        decode_workers = default_decode_workers(extractors)
+    decoder = _Decoder(batches, decode_workers)
+    stage = on_stage or (lambda name, seconds: None)
+    profiled = [e for e in gpu if hasattr(e, "on_stage")]
+    for extractor in profiled:
+        extractor.on_stage = on_stage  # type: ignore[attr-defined]
     # Bounded: memory stays flat. One writer thread: utterances are packed in order (the
-    # codec pipeline encodes a shard's chunks in parallel itself).
-    write_threads = 1
-    write_queue: queue.Queue = queue.Queue(maxsize=4)
+    # codec pipeline encodes a shard's chunks in parallel itself). One job per batch.
+    write_queue: queue.Queue = queue.Queue(maxsize=3)
     write_error: list[BaseException] = []
     finished = False
 
@@ -279,30 +440,28 @@ def extract_shard(
             except BaseException as error:  # surfaced in the main thread below
                 write_error.append(error)
 
-    writer_threads = [
-        threading.Thread(target=write_loop, name=f"w2v2ser-store-writer-{n}", daemon=True)
-        for n in range(write_threads)
-    ]
-    for thread in writer_threads:
-        thread.start()
+    writer_thread = threading.Thread(target=write_loop, name="w2v2ser-store-writer", daemon=True)
+    writer_thread.start()
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") as decoder:
-            upcoming = decoder.submit(lambda b=batches[0] if batches else []: [_decode(i) for i in b])
-            for number in range(len(batches)):
-                decoded = upcoming.result()
-                if number + 1 < len(batches):
-                    upcoming = decoder.submit(lambda b=batches[number + 1]: [_decode(i) for i in b])
-                if write_error:
-                    raise write_error[0]
-                _extract_batch(writer, unit_writer, decoded, extractors, write_queue, committed, on_utterance)
+        for decoded, decode_seconds in decoder:
+            stage("decode", decode_seconds)
+            if write_error:
+                raise write_error[0]
+            job = _extract_batch(writer, unit_writer, decoded, extractors, cpu_features, committed, on_utterance, stage)
+            write_queue.put(job)
         finished = True
     finally:
-        for _ in writer_threads:
-            write_queue.put(None)
-        for thread in writer_threads:
-            thread.join()
+        decoder.close()
+        write_queue.put(None)
+        writer_thread.join()
+        if cpu_features is not None:
+            cpu_features.close()
+        for extractor in profiled:
+            extractor.on_stage = None  # type: ignore[attr-defined]
         if finished and not write_error:
+            started = time.perf_counter()
             unit_writer.commit()
+            stage("store_write", time.perf_counter() - started)
         writer.close()
     if write_error:
         raise write_error[0]
@@ -310,7 +469,7 @@ def extract_shard(
 
 
 class _Committed:
-    """Counts of committed utterances, updated by the writer threads."""
+    """Counts of committed utterances, updated by the writer thread."""
 
     def __init__(self) -> None:
         self.utterances = 0
@@ -323,63 +482,95 @@ class _Committed:
             self.seconds += seconds
 
 
+# A failure to record: (store row, feature or None for all, reason).
+_Failure = tuple[int, "str | None", str]
+
+
+def _features_of(
+    extractor: Extractor, good: Sequence[tuple[_ShardItem, np.ndarray, str]]
+) -> tuple[list[np.ndarray | None], list[_Failure]]:
+    """One feature of a batch; a failing batch is retried one by one to isolate the bad utterance.
+
+    Returns failures instead of recording them: this may run on a background thread, and
+    journal appends happen on the writer thread only.
+    """
+    failures: list[_Failure] = []
+    limit = getattr(extractor.config, "max_seconds", None)
+    allowed = [limit is None or len(signal) <= limit * 16000 for _, signal, _ in good]
+    for (item, signal, _), ok in zip(good, allowed):
+        if not ok:
+            failures.append((item.index, extractor.name, (
+                f"{item.path} is {len(signal) / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
+                f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
+            )))
+    signals = [signal for (_, signal, _), ok in zip(good, allowed) if ok]
+    try:
+        values = iter(extractor.extract(signals))
+    except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
+        singles = []
+        for (item, signal, _), ok in zip(good, allowed):
+            if not ok:
+                continue
+            try:
+                singles.append(extractor.extract([signal])[0])
+            except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
+                failures.append((item.index, extractor.name,
+                                 f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"))
+                singles.append(None)
+        values = iter(singles)
+    return [next(values) if ok else None for ok in allowed], failures
+
+
 def _extract_batch(
     writer: StoreWriter,
     unit_writer: Any,
-    decoded: Sequence[tuple[_ShardItem, np.ndarray | None, str, str]],
+    decoded: _Decoded,
     extractors: Sequence[Extractor],
-    write_queue: queue.Queue,
+    cpu_features: _CpuFeatures | None,
     committed: _Committed,
     on_utterance: Callable[[float], None] | None,
-) -> None:
+    stage: Callable[[str, float], None],
+) -> Callable[[], None]:
+    """Run the batch's model features here, start its CPU features, and return the writer
+    thread's job: wait for the CPU features, record failures, add utterances in order."""
     good = [(item, signal, digest) for item, signal, digest, reason in decoded if signal is not None]
-    for item, _, _, reason in decoded:
-        if reason:
-            write_queue.put(lambda i=item.index, r=reason: writer.record_failure(i, reason=r))
-    features: dict[str, list[np.ndarray | None]] = {}
+    failures: list[_Failure] = [(item.index, None, reason) for item, _, _, reason in decoded if reason]
+    results: dict[str, Any] = {}
     for extractor in extractors:
-        limit = getattr(extractor.config, "max_seconds", None)
-        allowed = [limit is None or len(signal) <= limit * 16000 for _, signal, _ in good]
-        for (item, signal, _), ok in zip(good, allowed):
-            if not ok:
-                reason = (
-                    f"{item.path} is {len(signal) / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
-                    f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
-                )
-                write_queue.put(lambda i=item.index, r=reason, n=extractor.name: writer.record_failure(i, feature=n, reason=r))
-        signals = [signal for (_, signal, _), ok in zip(good, allowed) if ok]
-        try:
-            values = iter(extractor.extract(signals))
-        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
-            values = iter(
-                [_extract_one(extractor, item, s, write_queue, writer) for (item, s, _), ok in zip(good, allowed) if ok]
-            )
-        features[extractor.name] = [next(values) if ok else None for ok in allowed]
-    for position, (item, signal, digest) in enumerate(good):
-        frames = {name: values[position] for name, values in features.items() if values[position] is not None}
-        if len(frames) != len(extractors):
-            continue
-        duration = len(signal) / 16000.0
+        if cpu_features is not None and extractor.name not in GPU_FEATURES:
 
-        def commit(i: int = item.index, f: Mapping = frames, d: str = digest, s: float = duration) -> None:
-            unit_writer.add(i, f, audio_sha256=d, duration=s)
-            committed.add(s)
+            def timed(instance: Extractor, name: str = extractor.name) -> Any:
+                started = time.perf_counter()
+                try:
+                    return _features_of(instance, good)
+                finally:
+                    stage(f"cpu_feature:{name}", time.perf_counter() - started)
+
+            results[extractor.name] = cpu_features.submit(extractor.name, timed)
+        else:
+            results[extractor.name] = _features_of(extractor, good)
+
+    def job() -> None:
+        features: dict[str, list[np.ndarray | None]] = {}
+        for name, result in results.items():
+            values, errors = result.result() if isinstance(result, Future) else result
+            features[name] = values
+            failures.extend(errors)
+        started = time.perf_counter()
+        for index, feature, reason in failures:
+            writer.record_failure(index, feature=feature, reason=reason)
+        for position, (item, signal, digest) in enumerate(good):
+            frames = {name: values[position] for name, values in features.items() if values[position] is not None}
+            if len(frames) != len(extractors):
+                continue
+            duration = len(signal) / 16000.0
+            unit_writer.add(item.index, frames, audio_sha256=digest, duration=duration)
+            committed.add(duration)
             if on_utterance is not None:
-                on_utterance(s)
+                on_utterance(duration)
+        stage("store_write", time.perf_counter() - started)
 
-        write_queue.put(commit)
-
-
-def _extract_one(
-    extractor: Extractor, item: _ShardItem, signal: np.ndarray, write_queue: queue.Queue, writer: StoreWriter
-) -> np.ndarray | None:
-    try:
-        return extractor.extract([signal])[0]
-    except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
-        reason = f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"
-        # Journal appends happen on the writer thread only.
-        write_queue.put(lambda: writer.record_failure(item.index, feature=extractor.name, reason=reason))
-        return None
+    return job
 
 
 # --- Dask -----------------------------------------------------------------------------------
@@ -398,7 +589,8 @@ def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dic
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS[key] = build_extractor(name, config)
         extractors.append(_WORKER_EXTRACTORS[key])
-    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit)
+    # Dask already runs shards in parallel worker processes (which may not start children).
+    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit, decode_workers=0)
 
 
 def _run_on_dask(

@@ -12,7 +12,14 @@ import numpy as np
 
 from w2v2ser.store import FeatureSpec, W2v2serError
 
-__all__ = ["EXTRACTORS", "Extractor", "UnknownFeatureError", "build_extractor", "extractor_config_class"]
+__all__ = [
+    "EXTRACTORS",
+    "UPSTREAMS",
+    "Extractor",
+    "UnknownFeatureError",
+    "build_extractor",
+    "extractor_config_class",
+]
 
 
 @runtime_checkable
@@ -37,12 +44,19 @@ class UnknownFeatureError(W2v2serError):
 
 
 # Name -> (module, config class, extractor class). Imported on demand so that
-# choosing eGeMAPS never imports torch.
+# choosing eGeMAPS never imports torch. The speech encoders are named after their family
+# (config.json model_type: wav2vec2, hubert, wavlm, data2vec-audio -> data2vec).
 EXTRACTORS: dict[str, tuple[str, str, str]] = {
     "wav2vec2": ("w2v2ser.extract._wav2vec2", "Wav2Vec2Config", "Wav2Vec2Extractor"),
+    "hubert": ("w2v2ser.extract._wav2vec2", "HubertConfig", "HubertExtractor"),
+    "wavlm": ("w2v2ser.extract._wav2vec2", "WavLMConfig", "WavLMExtractor"),
+    "data2vec": ("w2v2ser.extract._wav2vec2", "Data2VecConfig", "Data2VecExtractor"),
     "egemaps": ("w2v2ser.extract._egemaps", "EgemapsConfig", "EgemapsExtractor"),
     "spectrogram": ("w2v2ser.extract._spectrogram", "SpectrogramConfig", "SpectrogramExtractor"),
 }
+
+# Feature names of the self-supervised speech encoders (one extractor class, one name per family).
+UPSTREAMS = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec"})
 
 
 def _lookup(name: str) -> tuple[type, type]:
@@ -66,7 +80,7 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
     """Build an extractor from a feature name and its config mapping.
 
     Args:
-        name: Feature name (``wav2vec2``, ``egemaps``, ``spectrogram``).
+        name: Feature name (``wav2vec2``, ``hubert``, ``wavlm``, ``data2vec``, ``egemaps``, ``spectrogram``).
         config: Config keys (as in pipeline.yaml); missing keys take their defaults.
         recorded: The mapping comes from a store's attributes: provenance keys the
             extractor added (weights hash, versions) are dropped instead of rejected.

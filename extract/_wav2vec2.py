@@ -1,65 +1,94 @@
-"""wav2vec 2.0 hidden-state extraction with exact length-bucketed batching.
+"""Hidden states of self-supervised speech encoders with exact length-bucketed batching.
 
-Layer index 0 is the output of the feature projection (the local CNN encoder's features,
-layer-normed and projected to the model width), i.e. the transformer's input *before* the
-positional convolution. Indices 1..L are the outputs of transformer layers 1..L.
+One extractor serves every supported family (wav2vec 2.0 incl. large and XLS-R, HuBERT, WavLM,
+data2vec-audio): the model is loaded through its own config.json (`model_type` picks the
+`transformers` class), and the feature is named after the family (`wav2vec2`, `hubert`,
+`wavlm`, `data2vec`).
 
-Note on `transformers` (checked in 5.24 source): `Wav2Vec2Model(..., output_hidden_states=True)`
-returns as `hidden_states[0]` the input of the first transformer layer, which for base
-(post-layer-norm) models is `LayerNorm(x + pos_conv(x))` and for stable-layer-norm (large)
-models `x + pos_conv(x)`, where x is the feature projection output. `hidden_states[k]`, k >= 1,
-is the raw output of layer k (for stable-layer-norm models the last one is *before* the
-encoder's final LayerNorm). We store x at index 0 and the same raw layer outputs at 1..L.
+Layer index 0 is, for every family, the output of the feature projection (the CNN encoder's
+features, layer-normed where the family does so, and projected to the model width): the
+transformer's input *before* the positional convolution. Indices 1..L are the raw outputs of
+transformer layers 1..L.
 
-Batching: base models normalise the first CNN layer with a GroupNorm over time and were trained
-without attention masks, so zero padding would change every frame. The CNN is therefore run
-here over the HF module's weights with a *masked* GroupNorm (statistics over each utterance's
-valid samples only); the unpadded convolutions make valid outputs depend on valid inputs only.
-The transformer then runs with an attention mask and padded frames zeroed before the
-positional convolution, so they act like that convolution's own zero padding. Result: batched
-outputs equal one-at-a-time outputs up to float rounding.
+Note on `transformers` (checked in 5.24 source): `output_hidden_states=True` returns as
+`hidden_states[0]` the input of the first transformer layer, which for post-layer-norm (base)
+models is `LayerNorm(x + pos_conv(x))` and for stable-layer-norm (large) models `x + pos_conv(x)`,
+where x is the feature projection output. `hidden_states[k]`, k >= 1, is the raw output of layer k
+(for stable-layer-norm models the last one is *before* the encoder's final LayerNorm). We store x
+at index 0 and the same raw layer outputs at 1..L.
+
+Batching: GroupNorm feature encoders (wav2vec2/HuBERT/WavLM base) normalise the first CNN layer
+over time and were trained without attention masks, so zero padding would change every frame.
+The CNN is therefore run here over the HF module's weights with a *masked* GroupNorm (statistics
+over each utterance's valid samples only, any number of groups); the unpadded convolutions make
+valid outputs depend on valid inputs only, and LayerNorm encoders normalise per frame. The
+transformer then runs with an attention mask and padded frames zeroed before the positional
+convolution, so they act like that convolution's own zero padding; data2vec-audio's stack of
+positional convolutions gets its padded frames zeroed again after every layer. WavLM's relative
+position bias depends on frame distances only. Result: batched outputs equal one-at-a-time outputs
+up to float rounding, for every family.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from contextlib import nullcontext
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from w2v2ser.store import FeatureSpec, W2v2serError
+from w2v2ser.store import FeatureSpec
 
 from ._errors import ExtractorConfigError, reject_unknown_keys
 
 from ._models import ModelSource, load_model, resolve_model
 
-__all__ = ["Wav2Vec2Config", "Wav2Vec2Extractor", "ExtractorConfigError"]
+__all__ = [
+    "Data2VecConfig",
+    "Data2VecExtractor",
+    "ExtractorConfigError",
+    "HubertConfig",
+    "HubertExtractor",
+    "WavLMConfig",
+    "WavLMExtractor",
+    "Wav2Vec2Config",
+    "Wav2Vec2Extractor",
+]
 
 SAMPLE_RATE = 16000
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float16", "float32")
-_PRECISIONS = ("auto", "float32", "float16")
+_PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+_ATTENTIONS = ("sdpa", "eager")
+_FAMILY_TITLES = {"wav2vec2": "wav2vec 2.0", "hubert": "HuBERT", "wavlm": "WavLM", "data2vec": "data2vec-audio"}
 
 
 @dataclass
 class Wav2Vec2Config:
-    """Options of the wav2vec 2.0 extractor (the `wav2vec2:` section of pipeline.yaml).
+    """Options of a speech-encoder extractor (the `wav2vec2:` section of pipeline.yaml; `hubert:`,
+    `wavlm:` and `data2vec:` take the same keys).
 
     Attributes:
-        model: Hugging Face hub id, local `save_pretrained` directory or fairseq `.pt` checkpoint.
+        model: Hugging Face hub id, local `save_pretrained` directory or (wav2vec 2.0 only)
+            fairseq `.pt` checkpoint. Its config.json `model_type` must be this section's family.
         revision: Hub branch, tag or commit hash (hub ids only).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         batch_seconds: Most padded audio seconds per forward batch.
-        dtype: Storage dtype of the features, "float16" or "float32".
-        precision: Compute precision: "auto" (float16 autocast on CUDA, float32 on CPU),
-            "float32" or "float16" (CUDA only).
+        dtype: Dtype of the returned and stored features, "float16" or "float32". The hidden
+            states are cast to it on the device, so float16 halves the device-to-host copy.
+        precision: Compute precision: "auto" (bfloat16 autocast on CUDA devices that support it,
+            float16 on older ones, float32 on CPU), "float32", "float16" or "bfloat16" (CUDA only).
+        attention: Attention kernel: "sdpa" (PyTorch scaled-dot-product attention) or "eager".
+            WavLM always uses its own (gated relative position bias).
+        compile: `torch.compile` the transformer layers (dynamic shapes); first batches are slow.
         num_threads: CPU threads for torch (`torch.set_num_threads`); None leaves torch's default.
         max_seconds: Longest utterance extracted (self-attention memory grows with the square
             of the length); a longer file is recorded as a failure that says so. None = no limit.
     """
+
+    section: ClassVar[str] = "wav2vec2"
 
     model: str = "facebook/wav2vec2-base"
     revision: str | None = None
@@ -67,25 +96,28 @@ class Wav2Vec2Config:
     batch_seconds: float = 32.0
     dtype: str = "float16"
     precision: str = "auto"
+    attention: str = "sdpa"
+    compile: bool = False
     num_threads: int | None = None
     max_seconds: float | None = 120.0
 
     def __post_init__(self) -> None:
+        where = self.section
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ExtractorConfigError(f"wav2vec2.model must be a non-empty string, got {self.model!r}")
+            raise ExtractorConfigError(f"{where}.model must be a non-empty string, got {self.model!r}")
         if self.revision is not None and not isinstance(self.revision, str):
-            raise ExtractorConfigError(f"wav2vec2.revision must be a string or null, got {self.revision!r}")
+            raise ExtractorConfigError(f"{where}.revision must be a string or null, got {self.revision!r}")
         if not isinstance(self.device, str) or not (
             self.device in _DEVICES or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
-            raise ExtractorConfigError(f"wav2vec2.device must be one of {list(_DEVICES)} or 'cuda:N', got {self.device!r}")
+            raise ExtractorConfigError(f"{where}.device must be one of {list(_DEVICES)} or 'cuda:N', got {self.device!r}")
         try:
             seconds = float(self.batch_seconds)
         except (TypeError, ValueError):
             seconds = math.nan
         if isinstance(self.batch_seconds, bool) or not math.isfinite(seconds) or seconds <= 0:
             raise ExtractorConfigError(
-                f"wav2vec2.batch_seconds must be a positive number of seconds (e.g. 32), got {self.batch_seconds!r}"
+                f"{where}.batch_seconds must be a positive number of seconds (e.g. 32), got {self.batch_seconds!r}"
             )
         self.batch_seconds = seconds
         if self.max_seconds is not None:
@@ -93,17 +125,21 @@ class Wav2Vec2Config:
                 math.isfinite(self.max_seconds) and self.max_seconds > 0
             ):
                 raise ExtractorConfigError(
-                    f"wav2vec2.max_seconds must be a positive number of seconds or null, got {self.max_seconds!r}"
+                    f"{where}.max_seconds must be a positive number of seconds or null, got {self.max_seconds!r}"
                 )
             self.max_seconds = float(self.max_seconds)
         if self.dtype not in _DTYPES:
-            raise ExtractorConfigError(f"wav2vec2.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
+            raise ExtractorConfigError(f"{where}.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         if self.precision not in _PRECISIONS:
-            raise ExtractorConfigError(f"wav2vec2.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
+            raise ExtractorConfigError(f"{where}.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
+        if self.attention not in _ATTENTIONS:
+            raise ExtractorConfigError(f"{where}.attention must be one of {list(_ATTENTIONS)}, got {self.attention!r}")
+        if not isinstance(self.compile, bool):
+            raise ExtractorConfigError(f"{where}.compile must be true or false, got {self.compile!r}")
         if self.num_threads is not None and (
             isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1
         ):
-            raise ExtractorConfigError(f"wav2vec2.num_threads must be a positive integer or null, got {self.num_threads!r}")
+            raise ExtractorConfigError(f"{where}.num_threads must be a positive integer or null, got {self.num_threads!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the options (pipeline.yaml keys)."""
@@ -112,8 +148,32 @@ class Wav2Vec2Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
         """Build from a dict, rejecting unknown keys with a did-you-mean suggestion."""
-        reject_unknown_keys(data, [f.name for f in fields(cls)], what="wav2vec2")
+        reject_unknown_keys(data, [f.name for f in fields(cls)], what=cls.section)
         return cls(**data)
+
+
+@dataclass
+class HubertConfig(Wav2Vec2Config):
+    """Options of the HuBERT extractor (the `hubert:` section); keys as `Wav2Vec2Config`."""
+
+    section: ClassVar[str] = "hubert"
+    model: str = "facebook/hubert-base-ls960"
+
+
+@dataclass
+class WavLMConfig(Wav2Vec2Config):
+    """Options of the WavLM extractor (the `wavlm:` section); keys as `Wav2Vec2Config`."""
+
+    section: ClassVar[str] = "wavlm"
+    model: str = "microsoft/wavlm-base-plus"
+
+
+@dataclass
+class Data2VecConfig(Wav2Vec2Config):
+    """Options of the data2vec-audio extractor (the `data2vec:` section); keys as `Wav2Vec2Config`."""
+
+    section: ClassVar[str] = "data2vec"
+    model: str = "facebook/data2vec-audio-base"
 
 
 def _conv_lengths(lengths: Any, kernels: Sequence[int], strides: Sequence[int]) -> Any:
@@ -123,61 +183,106 @@ def _conv_lengths(lengths: Any, kernels: Sequence[int], strides: Sequence[int]) 
     return lengths
 
 
-# Config keys that change speed, not values.
-RUNTIME_KEYS = ("device", "batch_seconds", "num_threads")
+# Config keys that change speed, not values (attention kernels and compilation change only
+# float rounding, like the batch size does).
+RUNTIME_KEYS = ("device", "batch_seconds", "num_threads", "attention", "compile")
 
 
 class Wav2Vec2Extractor:
-    """wav2vec 2.0 hidden states: frames [T, L+1, hidden] at 50 frames per second.
+    """Speech-encoder hidden states: frames [T, L+1, hidden] at 50 frames per second.
+
+    The class is the wav2vec 2.0 one (feature name `wav2vec2`); `HubertExtractor`,
+    `WavLMExtractor` and `Data2VecExtractor` are the same code under their family's name. A model
+    whose config.json names another family is refused with the feature name to use instead.
 
     The model is resolved (files, architecture, sha256) on the first call that needs it and
     loaded on the first `extract`, so construction is cheap and the object pickles small.
     """
 
     name = "wav2vec2"
+    config_class: type[Wav2Vec2Config] = Wav2Vec2Config
 
     def __init__(self, config: Wav2Vec2Config | None = None) -> None:
-        self.config = config if config is not None else Wav2Vec2Config()
+        self.config = config if config is not None else self.config_class()
         self._source: ModelSource | None = None
         self._model: Any = None
-        self._captured: list[Any] = []
-        self._staging: Any = None
+        self._stacked: Any = None  # the batch's [B, T, L+1, H] output buffer, filled by the hooks
+        self._next_layer = 0
+        self._frame_mask: Any = None  # [B, 1, T] 1/0 of valid frames while a ragged batch runs
+        self._copy_stream: Any = None
+        self._compute: Any = None  # resolved compute dtype, once the model is loaded
+        # Profiling: called with (stage, seconds) for "host_to_device", "forward" and
+        # "device_to_host"; the device is synchronised between stages while it is set.
+        self.on_stage: Callable[[str, float], None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship only the config and the resolved source to workers; they load the model themselves.
-        return {"config": self.config, "_source": self._source, "_model": None, "_captured": [], "_staging": None}
+        state = dict(self.__dict__)
+        state.update(_model=None, _stacked=None, _frame_mask=None, _copy_stream=None, _next_layer=0, on_stage=None,
+                     _compute=None)
+        return state
 
     @property
     def source(self) -> ModelSource:
-        """The resolved model source (resolving it on first access)."""
+        """The resolved model source (resolving it on first access).
+
+        Raises:
+            ExtractorConfigError: the model's family is not this extractor's (e.g. a HuBERT
+                model given as `wav2vec2.model`).
+        """
         if self._source is None:
-            self._source = resolve_model(self.config.model, revision=self.config.revision)
+            source = resolve_model(self.config.model, revision=self.config.revision)
+            if source.family != self.name:
+                raise ExtractorConfigError(
+                    f"{self.name}.model {self.config.model!r} is a {_FAMILY_TITLES[source.family]} model "
+                    f"(config.json model_type {source.model_type!r}), not {_FAMILY_TITLES[self.name]}: the "
+                    f"feature name must name the upstream. Extract it as feature {source.family!r} "
+                    f"(--features {source.family} --model ..., or a `{source.family}:` section in pipeline.yaml)."
+                )
+            self._source = source
         return self._source
 
     def feature_spec(self) -> FeatureSpec:
         """Shape, rate, dtype and provenance of the features this extractor writes."""
-        hf = self.source.hf_config
+        source = self.source
+        hf = source.hf_config
         num_layers = int(hf.num_hidden_layers)
         names = ("local encoder output (after feature projection)",) + tuple(
             f"transformer layer {k}" for k in range(1, num_layers + 1)
         )
+        title = _FAMILY_TITLES[self.name]
         return FeatureSpec(
             name=self.name,
             dim=int(hf.hidden_size),
             layers=num_layers + 1,
             frame_rate=SAMPLE_RATE / math.prod(int(s) for s in hf.conv_stride),
             dtype=self.config.dtype,
-            config={**self._recorded_config(), "provenance": self.source.provenance()},
+            config={**self._recorded_config(), "upstream": self._upstream(), "provenance": source.provenance()},
             layer_names=names,
             description=(
-                "wav2vec 2.0 hidden states: index 0 = feature projection output (transformer input "
+                f"{title} hidden states: index 0 = feature projection output (transformer input "
                 "before the positional convolution), 1..L = transformer layer outputs"
             ),
         )
 
+    def _upstream(self) -> dict[str, Any]:
+        """The model facts stage 2 and the layer sweep read (`FeatureSpec.config["upstream"]`)."""
+        source = self.source
+        hf = source.hf_config
+        return {
+            "family": source.family,
+            "model_type": source.model_type,
+            "model": source.requested,
+            "revision": source.revision,
+            "commit_hash": source.commit_hash,
+            "weights_sha256": dict(source.weights_sha256),
+            "hidden_states": int(hf.num_hidden_layers) + 1,
+            "width": int(hf.hidden_size),
+        }
+
     def _recorded_config(self) -> dict[str, Any]:
-        # Device, batch size and threads never change the values: kept apart under
-        # "runtime" so that the store lets another machine resume the extraction.
+        # Device, batch size, threads, kernels never change the values beyond rounding: kept
+        # apart under "runtime" so that the store lets another machine resume the extraction.
         values = self.config.to_dict()
         runtime = {key: values.pop(key) for key in RUNTIME_KEYS if key in values}
         return {**values, "runtime": runtime}
@@ -197,10 +302,30 @@ class Wav2Vec2Extractor:
             return "cuda" if torch.cuda.is_available() else "cpu"
         if wanted.startswith("cuda") and not torch.cuda.is_available():
             raise ExtractorConfigError(
-                f"wav2vec2.device is {wanted!r} but torch reports no CUDA device (torch "
+                f"{self.name}.device is {wanted!r} but torch reports no CUDA device (torch "
                 f"{torch.__version__}); set device to 'cpu' or 'auto', or install a CUDA build of torch"
             )
         return wanted
+
+    def uses_cuda(self) -> bool:
+        """Whether the model runs on a CUDA device (resolving "auto")."""
+        return self._device().startswith("cuda")
+
+    def compute_dtype(self) -> Any:
+        """The torch dtype the forward runs in (autocast), after resolving "auto" for the device."""
+        import torch
+
+        device = self._device()
+        precision = self.config.precision
+        if precision == "auto":
+            if not device.startswith("cuda"):
+                return torch.float32
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if precision != "float32" and not device.startswith("cuda"):
+            raise ExtractorConfigError(
+                f"{self.name}.precision {precision!r} needs a CUDA device; use precision 'auto' or 'float32' on CPU"
+            )
+        return getattr(torch, precision)
 
     def _ensure_model(self) -> Any:
         if self._model is None:
@@ -209,18 +334,29 @@ class Wav2Vec2Extractor:
             if self.config.num_threads is not None:
                 torch.set_num_threads(self.config.num_threads)
             device = self._device()
-            if self.config.precision == "float16" and not device.startswith("cuda"):
-                raise ExtractorConfigError(
-                    "wav2vec2.precision 'float16' needs a CUDA device; use precision 'auto' or 'float32' on CPU"
-                )
-            model = load_model(self.source).to(device)
+            self._compute = self.compute_dtype()  # refuses half precision on CPU before loading anything
+            model = load_model(self.source, attention=self.config.attention).to(device)
             for layer in model.encoder.layers:
+                if self.config.compile:
+                    # The layer's forward only: the hooks stay outside the compiled graph.
+                    layer.forward = torch.compile(layer.forward, dynamic=True)
                 layer.register_forward_hook(self._capture)
+            # data2vec-audio: a stack of positional convolutions; each one must see zeros at padded frames.
+            for pos_layer in getattr(model.encoder.pos_conv_embed, "layers", ()):
+                pos_layer.register_forward_hook(self._zero_padded_frames)
+            if device.startswith("cuda"):
+                self._copy_stream = torch.cuda.Stream(device=device)
             self._model = model
         return self._model
 
     def _capture(self, _module: Any, _inputs: Any, output: Any) -> None:
-        self._captured.append(output[0] if isinstance(output, tuple) else output)
+        # Cast each layer's output into the batch's stacked buffer at once: no list of
+        # full-precision layer outputs is kept alive.
+        self._next_layer += 1
+        self._stacked[:, :, self._next_layer].copy_(output[0] if isinstance(output, tuple) else output)
+
+    def _zero_padded_frames(self, _module: Any, _inputs: Any, output: Any) -> Any:
+        return output if self._frame_mask is None else output * self._frame_mask.to(output.dtype)
 
     # ------------------------------------------------------------------ extraction
 
@@ -231,15 +367,16 @@ class Wav2Vec2Extractor:
             signals: 16 kHz mono float32 waveforms (1-D).
 
         Returns:
-            Per signal a float32 array [frames, L+1, hidden] (frames = `max_frames(len)`; signals
-            shorter than one frame give 0 frames), in input order.
+            Per signal an array [frames, L+1, hidden] of the config's `dtype` (frames =
+            `max_frames(len)`; signals shorter than one frame give 0 frames), in input order.
+            Signals of one batch are views into that batch's host buffer (pinned memory on CUDA).
         """
         arrays = []
         for index, signal in enumerate(signals):
             array = np.asarray(signal, dtype=np.float32)
             if array.ndim != 1:
                 raise ExtractorConfigError(
-                    f"wav2vec2 expects 1-D mono 16 kHz signals; signal {index} has shape {array.shape}"
+                    f"{self.name} expects 1-D mono 16 kHz signals; signal {index} has shape {array.shape}"
                 )
             arrays.append(array)
         model = self._ensure_model()
@@ -251,11 +388,20 @@ class Wav2Vec2Extractor:
             if self.max_frames(len(array)) > 0:
                 runnable.append(index)
             else:
-                results[index] = np.zeros((0, width, int(hf.hidden_size)), dtype=np.float32)
+                results[index] = np.zeros((0, width, int(hf.hidden_size)), dtype=self.config.dtype)
+        # Every batch is queued before any is waited for: on CUDA the copy of batch k to the
+        # host overlaps the forward of batch k+1.
+        pending = []
         for batch in self._plan_batches([len(arrays[i]) for i in runnable]):
             indices = [runnable[i] for i in batch]
-            for index, frames in zip(indices, self._forward([arrays[i] for i in indices])):
-                results[index] = frames
+            pending.append((indices, *self._forward([arrays[i] for i in indices])))
+        for indices, host, done, valid in pending:
+            if done is not None:
+                done.synchronize()
+            frames = host.numpy()
+            # Views into one host array per batch: no per-utterance copies.
+            for row, (index, count) in enumerate(zip(indices, valid)):
+                results[index] = frames[row, :count]
         return results  # type: ignore[return-value]
 
     def _plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -271,104 +417,196 @@ class Wav2Vec2Extractor:
             start += size
         return batches
 
-    def _forward(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _forward(self, signals: Sequence[np.ndarray]) -> tuple[Any, Any, list[int]]:
+        """Queue one batch: pad, copy in, forward, stack in the output dtype, copy out.
+
+        Returns:
+            (host tensor [B, T, L+1, H], CUDA event that marks the copy done or None, valid frames).
+        """
         import torch
 
         model = self._model
         device = next(model.parameters()).device
         cuda = device.type == "cuda"
-        half = cuda and self.config.precision in ("auto", "float16")
-        lengths = torch.tensor([len(s) for s in signals], dtype=torch.long)
-        padded = torch.zeros(len(signals), int(lengths.max()), dtype=torch.float32)
+        compute = self._compute
+        out_dtype = torch.float16 if self.config.dtype == "float16" else torch.float32
+        lengths = [len(s) for s in signals]
+        hf = model.config
+        valid = [max(0, int(_conv_lengths(n, hf.conv_kernel, hf.conv_stride))) for n in lengths]
+        num_frames = max(valid)
+        ragged = len(set(lengths)) > 1
+        layers = int(hf.num_hidden_layers) + 1
+        mark = _StageClock(self.on_stage, device if cuda else None)
+        padded = torch.zeros(len(signals), max(lengths), dtype=torch.float32, pin_memory=cuda)
         for row, signal in enumerate(signals):
             padded[row, : len(signal)] = torch.from_numpy(signal)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if half else nullcontext()
+        autocast = torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
         with torch.inference_mode(), autocast:
             inputs = padded.to(device, non_blocking=True)
-            frames, valid = self._encode_audio(model, inputs, lengths.to(device))
-            projected, _ = model.feature_projection(frames)
-            num_frames = projected.shape[1]
-            mask = torch.arange(num_frames, device=device)[None, :] < valid[:, None]
-            self._captured.clear()
-            try:
-                # The encoder zeroes padded frames in place; index 0 keeps its valid frames intact.
-                model.encoder(projected, attention_mask=None if bool(mask.all()) else mask)
-                layers = [projected, *self._captured]
-            finally:
-                self._captured.clear()
-            transfer = torch.float16 if (cuda and self.config.dtype == "float16") else torch.float32
-            stacked = torch.empty(
-                (len(signals), num_frames, len(layers), projected.shape[-1]), dtype=transfer, device=device
+            mask = None
+            if ragged:
+                frame_valid = torch.tensor(valid, dtype=torch.long)
+                mask = (torch.arange(num_frames)[None, :] < frame_valid[:, None]).to(device, non_blocking=True)
+            mark("host_to_device")
+            frames = _encode_audio(model, inputs, lengths, ragged)
+            projected = model.feature_projection(frames)
+            if isinstance(projected, tuple):  # wav2vec2, WavLM, data2vec return (projected, normed)
+                projected = projected[0]
+            self._stacked = stacked = torch.empty(
+                (len(signals), num_frames, layers, projected.shape[-1]), dtype=out_dtype, device=device
             )
-            for k, hidden in enumerate(layers):
-                stacked[:, :, k] = hidden
-            host = self._to_host(stacked)
-        valid_host = valid.to("cpu").tolist()
-        # Views into one host array per batch: no per-utterance copies.
-        return [host[row, :count] for row, count in enumerate(valid_host)]
-
-    def _to_host(self, stacked: Any) -> np.ndarray:
-        """One device-to-host copy per batch, as float32 numpy.
-
-        On CUDA with float16 transfer the copy lands in a reused pinned buffer (faster than
-        pageable memory) and the float32 conversion makes the array that is returned.
-        """
-        import torch
-
-        if stacked.device.type != "cuda" or stacked.dtype == torch.float32:
-            return stacked.to("cpu").numpy()
-        size = stacked.numel()
-        if self._staging is None or self._staging.numel() < size:
-            self._staging = torch.empty(size, dtype=stacked.dtype, pin_memory=True)
-        staged = self._staging[:size].view(stacked.shape)
-        staged.copy_(stacked, non_blocking=True)
-        torch.cuda.current_stream(stacked.device).synchronize()
-        return staged.to(torch.float32).numpy()
-
-    @staticmethod
-    def _encode_audio(model: Any, inputs: Any, lengths: Any) -> tuple[Any, Any]:
-        """The HF CNN feature encoder with GroupNorm statistics over valid samples only.
-
-        Returns:
-            Features [batch, frames, conv_dim] and valid frames per row.
-        """
-        import torch
-        from torch import nn
-
-        hidden = inputs[:, None, :]
-        valid = lengths
-        ragged = bool((lengths != lengths[0]).any())
-        for conv_layer in model.feature_extractor.conv_layers:
-            norm = getattr(conv_layer, "layer_norm", None)
-            valid = _conv_lengths(valid, conv_layer.conv.kernel_size, conv_layer.conv.stride)
-            if isinstance(norm, nn.GroupNorm) and ragged:
-                hidden = conv_layer.conv(hidden)
-                hidden = _masked_group_norm(hidden, valid, norm)
-                hidden = conv_layer.activation(hidden)
-            else:
-                # LayerNorm over channels and no norm are per frame: padding cannot leak.
-                hidden = conv_layer(hidden)
-        return hidden.transpose(1, 2), valid
+            stacked[:, :, 0].copy_(projected)
+            self._next_layer = 0
+            self._frame_mask = None if mask is None else mask[:, None, :]
+            try:
+                _run_encoder(model, projected, mask, compute)
+            finally:
+                self._stacked, self._frame_mask = None, None
+            if self._next_layer != layers - 1:
+                raise RuntimeError(
+                    f"{self.name}: captured {self._next_layer} transformer layer outputs, expected {layers - 1}"
+                )
+            mark("forward")
+            if not cuda:
+                mark("device_to_host")  # the stacked CPU tensor is the host array
+                return stacked, None, valid
+            host = torch.empty(stacked.shape, dtype=out_dtype, pin_memory=True)
+            stream = self._copy_stream
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                host.copy_(stacked, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(stream)
+            stacked.record_stream(stream)  # the allocator keeps it until the copy is done
+            if mark.enabled:
+                done.synchronize()
+                mark("device_to_host")
+        return host, done, valid
 
 
-def _masked_group_norm(hidden: Any, valid: Any, norm: Any) -> Any:
-    """GroupNorm with one group per channel, statistics over the first `valid[b]` frames of row b.
+def _run_encoder(model: Any, hidden: Any, mask: Any, compute: Any) -> None:
+    """The transformer encoder; the layers' outputs are captured by the hooks.
 
-    Computed in float32 (as autocast does for group_norm) with two passes, in place on a copy.
+    The encoder's own forward turns a padding mask into a [B, 1, T, T] boolean mask, which
+    PyTorch's attention kernels handle much slower than a [B, 1, 1, T] additive one (CPU: 80
+    vs 60 ms per layer for 8 x 210 frames; no mask: 55). So for the families whose encoder is
+    (zero padded frames) -> positional conv -> [LayerNorm] -> layers, the same steps run here
+    with the additive mask; WavLM (its own attention with a key padding mask) runs its encoder.
     """
     import torch
 
-    if norm.num_groups != norm.num_channels:
-        raise NotImplementedError("masked GroupNorm supports one group per channel (wav2vec 2.0 base) only")
-    values = hidden.float() if hidden.dtype != torch.float32 else hidden.clone()
-    pad = (torch.arange(values.shape[-1], device=values.device)[None, :] >= valid[:, None])[:, None, :]
-    count = valid.to(torch.float32)[:, None, None]
-    values.masked_fill_(pad, 0.0)
-    mean = values.sum(-1, keepdim=True) / count
-    values.sub_(mean).masked_fill_(pad, 0.0)
-    var = torch.linalg.vector_norm(values, dim=-1, keepdim=True).square_() / count
-    scale = torch.rsqrt(var + norm.eps)
+    encoder = model.encoder
+    if model.config.model_type == "wavlm":
+        encoder(hidden, attention_mask=mask)
+        return
+    bias = None
+    if mask is not None:
+        hidden = hidden.masked_fill(~mask[:, :, None], 0.0)
+        dtype = compute if compute != torch.float32 else hidden.dtype
+        bias = torch.zeros(mask.shape, dtype=dtype, device=hidden.device)
+        bias = bias.masked_fill_(~mask, torch.finfo(dtype).min)[:, None, None, :]
+    hidden = hidden + encoder.pos_conv_embed(hidden)
+    if not getattr(model.config, "do_stable_layer_norm", False):
+        hidden = encoder.layer_norm(hidden)
+    hidden = encoder.dropout(hidden)
+    for layer in encoder.layers:
+        hidden = layer(hidden, attention_mask=bias)
+        if isinstance(hidden, tuple):
+            hidden = hidden[0]
+
+
+class _StageClock:
+    """Busy seconds per stage for profiling; a no-op unless a callback is set."""
+
+    def __init__(self, callback: Callable[[str, float], None] | None, device: Any) -> None:
+        self.enabled = callback is not None
+        self._callback, self._device = callback, device
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self._device is not None:
+            import torch
+
+            torch.cuda.synchronize(self._device)
+        now = time.perf_counter()
+        self._callback(stage, now - self._last)  # type: ignore[misc]
+        self._last = now
+
+
+class HubertExtractor(Wav2Vec2Extractor):
+    """HuBERT hidden states (feature `hubert`); see `Wav2Vec2Extractor`."""
+
+    name = "hubert"
+    config_class = HubertConfig
+
+
+class WavLMExtractor(Wav2Vec2Extractor):
+    """WavLM hidden states (feature `wavlm`), with its own gated relative position bias."""
+
+    name = "wavlm"
+    config_class = WavLMConfig
+
+
+class Data2VecExtractor(Wav2Vec2Extractor):
+    """data2vec-audio hidden states (feature `data2vec`); see `Wav2Vec2Extractor`."""
+
+    name = "data2vec"
+    config_class = Data2VecConfig
+
+
+def _encode_audio(model: Any, inputs: Any, lengths: Sequence[int], ragged: bool) -> Any:
+    """The HF CNN feature encoder with GroupNorm statistics over valid samples only.
+
+    Returns:
+        Features [batch, frames, conv_dim].
+    """
+    from torch import nn
+
+    hidden = inputs[:, None, :]
+    valid = list(lengths)
+    for conv_layer in model.feature_extractor.conv_layers:
+        norm = getattr(conv_layer, "layer_norm", None)
+        kernel, stride = conv_layer.conv.kernel_size[0], conv_layer.conv.stride[0]
+        valid = [(n - kernel) // stride + 1 for n in valid]
+        if isinstance(norm, nn.GroupNorm) and ragged:
+            hidden = conv_layer.conv(hidden)
+            hidden = _masked_group_norm(hidden, valid, norm)
+            hidden = conv_layer.activation(hidden)
+        else:
+            # LayerNorm over channels and no norm are per frame: padding cannot leak.
+            hidden = conv_layer(hidden)
+    return hidden.transpose(1, 2)
+
+
+def _masked_group_norm(hidden: Any, valid: Sequence[int], norm: Any) -> Any:
+    """GroupNorm with statistics over the first `valid[b]` frames of row b (any number of groups).
+
+    Computed in float32 (as autocast does for group_norm): per row, two passes over its valid
+    frames (mean, then the norm of the deviations: no cancellation), then one fused
+    scale-and-shift over the whole batch. Padded frames get finite values that no valid output
+    depends on.
+    """
+    import torch
+
+    batch, channels, _ = hidden.shape
+    groups = norm.num_groups
+    values = hidden.float()
+    means, deviations = [], []
+    for b, count in enumerate(valid):
+        rows = values[b, :, :count].reshape(groups, -1)
+        mean = rows.mean(dim=-1, keepdim=True)
+        means.append(mean[:, 0])
+        deviations.append(torch.linalg.vector_norm(rows - mean, dim=-1))
+    per_group = channels // groups
+    counts = torch.tensor([count * per_group for count in valid], dtype=torch.float32, device=values.device)
+    var = torch.stack(deviations).square() / counts[:, None]  # [batch, groups]
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)  # [batch, channels]
+    mean = torch.stack(means).repeat_interleave(per_group, dim=1)
     if norm.affine:
-        scale = scale * norm.weight.float()[None, :, None]
-        return values.mul_(scale).add_(norm.bias.float()[None, :, None])
-    return values.mul_(scale)
+        scale = scale * norm.weight.float()[None, :]
+        shift = norm.bias.float()[None, :] - mean * scale
+    else:
+        shift = -mean * scale
+    return torch.addcmul(shift[:, :, None], values, scale[:, :, None])

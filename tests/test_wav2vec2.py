@@ -40,6 +40,8 @@ def large_dir(tmp_path_factory) -> Path:
 
 
 def _extractor(model: Path | str, **options) -> Wav2Vec2Extractor:
+    # float32 output: the exactness contract is checked on unrounded values.
+    options.setdefault("dtype", "float32")
     return Wav2Vec2Extractor(Wav2Vec2Config(model=str(model), device="cpu", **options))
 
 
@@ -61,7 +63,8 @@ def test_config_unknown_key_suggests() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("device", "gpu"), ("dtype", "int8"), ("precision", "bfloat16"), ("batch_seconds", 0), ("batch_seconds", "x"), ("num_threads", 0)],
+    [("device", "gpu"), ("dtype", "int8"), ("precision", "int8"), ("attention", "flash"), ("compile", "yes"),
+     ("batch_seconds", 0), ("batch_seconds", "x"), ("num_threads", 0)],
 )
 def test_config_rejects_invalid_choices(option: str, value) -> None:
     with pytest.raises(ExtractorConfigError, match=option):
@@ -73,7 +76,7 @@ def test_config_rejects_invalid_choices(option: str, value) -> None:
 
 
 def test_feature_spec_and_max_frames(base_dir: Path) -> None:
-    extractor = _extractor(base_dir)
+    extractor = _extractor(base_dir, dtype="float16")
     spec = extractor.feature_spec()
     assert extractor._model is None  # resolving the spec does not build the model
     assert (spec.name, spec.dim, spec.layers, spec.frame_rate, spec.dtype) == ("wav2vec2", 32, 3, 50.0, "float16")
@@ -146,6 +149,17 @@ def test_short_and_invalid_signals(base_dir: Path) -> None:
         extractor.extract([np.zeros((2, 800), np.float32)])
 
 
+def test_output_dtype_is_the_storage_dtype(base_dir: Path) -> None:
+    """float16 storage: the extractor hands back float16 (cast before the host copy), equal to
+    the float32 output rounded to float16."""
+    signals = _signals((16000, 5555))
+    half = _extractor(base_dir, dtype="float16").extract(signals)
+    full = _extractor(base_dir, dtype="float32").extract(signals)
+    for h, f in zip(half, full):
+        assert h.dtype == np.float16 and f.dtype == np.float32
+        np.testing.assert_array_equal(h, f.astype(np.float16))
+
+
 def test_pickles_without_model(base_dir: Path) -> None:
     extractor = _extractor(base_dir)
     first = extractor.extract(_signals((8000,)))[0]
@@ -159,8 +173,9 @@ def test_cuda_without_cuda_is_clear_error(base_dir: Path) -> None:
     extractor = Wav2Vec2Extractor(Wav2Vec2Config(model=str(base_dir), device="cuda"))
     with pytest.raises(ExtractorConfigError, match="no CUDA device"):
         extractor.extract(_signals((800,)))
-    with pytest.raises(ExtractorConfigError, match="needs a CUDA device"):
-        _extractor(base_dir, precision="float16").extract(_signals((800,)))
+    for precision in ("float16", "bfloat16"):
+        with pytest.raises(ExtractorConfigError, match="needs a CUDA device"):
+            _extractor(base_dir, precision=precision).extract(_signals((800,)))
 
 
 # ----------------------------------------------------------------------------- model sources

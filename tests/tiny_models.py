@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_tiny_wav2vec2", "save_tiny_fairseq_checkpoint", "tiny_hf_model"]
+__all__ = ["FAMILY_VARIANTS", "save_tiny_upstream", "save_tiny_wav2vec2", "save_tiny_fairseq_checkpoint", "tiny_hf_model", "tiny_upstream_model"]
 
 _CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 _CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
@@ -53,17 +53,100 @@ def tiny_hf_model(
         num_conv_pos_embedding_groups=pos_groups,
         layer_norm_eps=1e-5,
     )
+    return _random_model(Wav2Vec2Model, config, seed)
+
+
+def _random_model(model_class: Any, config: Any, seed: int) -> Any:
+    """A seeded random model, eval mode, with perturbed norm (and WavLM position-bias) weights.
+
+    Norm scales/shifts default to 1/0 and WavLM's gate to constants: perturbed, swapped or
+    dropped weights show in the hidden states.
+    """
     torch.manual_seed(seed)
-    model = Wav2Vec2Model(config).eval()
+    model = model_class(config).eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        # Norm scales/shifts default to 1/0; perturb them so swapped or dropped norm weights show.
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
                 param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
             elif "norm" in name and name.endswith("bias"):
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+            elif "rel_attn_embed" in name or "gru_rel_pos" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
     return model
+
+
+# (family, feature-encoder norm, stable layer norm): the shapes of every supported upstream
+# (wav2vec2/HuBERT/WavLM base = group norm, post-LN; large = layer norm, pre-LN; data2vec-audio
+# = layer norm always, with a stack of positional convolutions).
+FAMILY_VARIANTS = (
+    ("wav2vec2", "group", False),
+    ("wav2vec2", "layer", True),
+    ("hubert", "group", False),
+    ("hubert", "layer", True),
+    ("wavlm", "group", False),
+    ("wavlm", "layer", True),
+    ("data2vec", "layer", False),
+)
+
+
+def tiny_upstream_model(
+    family: str,
+    *,
+    feat_extract_norm: str = "group",
+    stable_layer_norm: bool = False,
+    num_layers: int = 2,
+    hidden: int = 32,
+    seed: int = 0,
+) -> Any:
+    """A random model of one family (wav2vec2, hubert, wavlm, data2vec), eval mode.
+
+    Norm scales and shifts are perturbed, and so are WavLM's relative-position-bias
+    embeddings and gate, so that any dropped or mis-mapped weights change the hidden states.
+    """
+    import transformers
+
+    common = dict(
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=48,
+        conv_dim=[16] * len(_CONV_KERNEL),
+        conv_kernel=list(_CONV_KERNEL),
+        conv_stride=list(_CONV_STRIDE),
+        conv_bias=feat_extract_norm == "layer",
+        num_conv_pos_embedding_groups=4,
+        layer_norm_eps=1e-5,
+    )
+    if family == "wav2vec2":
+        return tiny_hf_model(num_layers=num_layers, hidden=hidden, feat_extract_norm=feat_extract_norm,
+                             stable_layer_norm=stable_layer_norm, seed=seed)
+    if family == "hubert":
+        config = transformers.HubertConfig(**common, num_conv_pos_embeddings=16, feat_extract_norm=feat_extract_norm,
+                                           do_stable_layer_norm=stable_layer_norm, feat_proj_layer_norm=True)
+        model_class = transformers.HubertModel
+    elif family == "wavlm":
+        config = transformers.WavLMConfig(**common, num_conv_pos_embeddings=16, feat_extract_norm=feat_extract_norm,
+                                          do_stable_layer_norm=stable_layer_norm, num_buckets=32, max_bucket_distance=64)
+        model_class = transformers.WavLMModel
+    elif family == "data2vec":
+        # num_conv_pos_embeddings is the number of positional conv layers here (5 in the real models).
+        config = transformers.Data2VecAudioConfig(**common, num_conv_pos_embeddings=3, conv_pos_kernel_size=5)
+        model_class = transformers.Data2VecAudioModel
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return _random_model(model_class, config, seed)
+
+
+def save_tiny_upstream(directory: str | Path, family: str, **options: Any) -> Path:
+    """Save a tiny random model of `family` with `save_pretrained` (see `tiny_upstream_model`).
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    tiny_upstream_model(family, **options).save_pretrained(str(directory))
+    return directory
 
 
 def save_tiny_wav2vec2(directory: str | Path, *, num_layers: int = 2, hidden: int = 32, **options: Any) -> Path:

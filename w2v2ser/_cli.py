@@ -15,7 +15,9 @@ from typing import Any
 
 import yaml
 
-FEATURES = ("wav2vec2", "egemaps", "spectrogram")
+FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
+# Speech encoders, named after their family; --model etc. apply to the one(s) chosen.
+UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -48,11 +50,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         return configs
     names = [f.strip() for f in (args.features or ",".join(FEATURES)).split(",") if f.strip()]
     configs: dict[str, dict[str, Any]] = {name: {} for name in names}
-    if "wav2vec2" in configs:
+    for upstream in (name for name in UPSTREAM_FEATURES if name in configs):
         for key in ("model", "revision", "device", "batch_seconds"):
             value = getattr(args, key)
             if value is not None:
-                configs["wav2vec2"][key] = value
+                configs[upstream][key] = value
     for text in args.option:
         feature, key, value = _parse_option(text)
         if feature not in configs:
@@ -89,6 +91,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             progress=not args.no_progress,
             client=client,
+            decode_workers=args.decode_workers,
+            cpu_workers=args.cpu_workers,
         )
     finally:
         if client is not None:
@@ -227,10 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
     extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,session,split,id])")
     extract.add_argument("--store", help="store directory (default: stores/CORPUS.zarr)")
-    extract.add_argument("--features", help=f"comma separated, from {','.join(FEATURES)} (default: all)")
-    extract.add_argument("--model", help="wav2vec2 model: hub id, local HF directory or fairseq .pt")
+    extract.add_argument(
+        "--features",
+        help=f"comma separated, from {','.join(UPSTREAM_FEATURES + FEATURES[1:])} (default: {','.join(FEATURES)}); "
+        "the speech encoder's name is its family (config.json model_type), e.g. --features hubert",
+    )
+    extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2)")
     extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="wav2vec2 device")
+    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="speech encoder device")
     extract.add_argument("--batch-seconds", dest="batch_seconds", type=float, help="audio seconds per model batch")
     extract.add_argument(
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
@@ -239,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
     extract.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="utterances per unit of work")
     extract.add_argument("--workers", type=int, default=0, help="run shards on a local Dask cluster of N workers")
+    extract.add_argument("--decode-workers", dest="decode_workers", type=int,
+                         help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
+    extract.add_argument("--cpu-workers", dest="cpu_workers", type=int, default=1,
+                         help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model")
     extract.add_argument("--no-progress", dest="no_progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
 

@@ -15,6 +15,14 @@ modes interleaved (the order rotates every repetition) so machine load hits all 
                  hidden states) and one ``.npy`` file (float32) per utterance.
 * ``write``      raw store write throughput: ``StoreWriter.write_utterance`` of ready-made float32
                  [T, 13, 768] frames of the same lengths (MB/s of stored float16 bytes, audio s/s).
+* ``profile``    (``--profile``) the pipeline with the chosen features once more, with the stage
+                 callback on: busy seconds per stage (decode, host_to_device, forward,
+                 device_to_host, store_write, cpu_feature:NAME) and their share of the wall time.
+                 The device is synchronised between the model's stages while profiling, so its
+                 wall time is not a throughput figure; the share says which stage bounds the run.
+
+``--synthetic N`` replaces RAVDESS by N generated FLAC files (white noise, 2.8-5.2 s like RAVDESS):
+for machines without the corpus. ``--tiny`` uses a tiny random model (smoke runs only).
 
 The model is a FULL-SIZE randomly initialised wav2vec2-base (transformers ``Wav2Vec2Config()``
 defaults, saved with ``save_pretrained``), i.e. exactly the compute of facebook/wav2vec2-base.
@@ -41,11 +49,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-ALL_MODES = ("bare", "extractor", "pipeline", "pipeline_all", "naive", "write")
+ALL_MODES = ("bare", "extractor", "pipeline", "pipeline_all", "naive", "write", "profile")
 FRAME_RATE = 50  # wav2vec2 frames per second (49.95)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run (< 60 s on 2 cores): 2 short files, 1 repetition")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -55,7 +63,17 @@ def parse_args() -> argparse.Namespace:
                    help="list every file this many times as distinct utterances (more audio without more files)")
     p.add_argument("--reps", type=int, default=2, help="repetitions of every mode (interleaved)")
     p.add_argument("--features", default="all",
-                   help="'wav2vec2' (imports no opensmile) or 'all' (wav2vec2, egemaps, spectrogram)")
+                   help="'wav2vec2' (imports no opensmile), 'all' (wav2vec2, egemaps, spectrogram) or a comma "
+                        "list starting with wav2vec2, e.g. wav2vec2,egemaps (the features of pipeline_all/profile)")
+    p.add_argument("--precision", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="compute precision of the extractor AND the bare forward (autocast)")
+    p.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer layers (extractor and bare)")
+    p.add_argument("--decode-workers", type=int, default=None, help="pipeline decode processes (default: library's)")
+    p.add_argument("--cpu-workers", type=int, default=1, help="parallel instances of each CPU feature in the pipeline")
+    p.add_argument("--profile", action="store_true", help="add mode 'profile' (per-stage busy seconds)")
+    p.add_argument("--synthetic", type=int, default=0, help="N generated FLAC files instead of RAVDESS")
+    p.add_argument("--tiny", action="store_true", help="tiny random wav2vec2 (smoke runs; figures mean nothing)")
     p.add_argument("--modes", default=None, help=f"comma list out of {','.join(ALL_MODES)} (default: all that fit --features)")
     p.add_argument("--audio-dir", default="/work/shared/data/ravdess", help="RAVDESS root (speech/ and song/)")
     p.add_argument("--model", default=None, help="local save_pretrained wav2vec2 directory (default: a random full-size base)")
@@ -66,7 +84,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="where stores and .npy files are written (default: a temp dir)")
     p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results)")
     p.add_argument("--name", default=None, help="result file name (default bench_extract[_quick|_<device>])")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.files, args.reps, args.repeat = 2, 1, 1
     return args
@@ -84,6 +102,35 @@ def select_files(root: str, count: int, quick: bool) -> list:
         return utterances[:count]
     step = max(1, len(utterances) // count)
     return utterances[::step][:count]
+
+
+def synthetic_utterances(folder: Path, count: int) -> list:
+    """`count` FLAC files of white noise, 2.8-5.2 s (RAVDESS-like), 4 speakers."""
+    import numpy as np
+    import soundfile as sf
+
+    from w2v2ser.store import Utterance
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for number in range(count):
+        path = folder / f"syn{number:05d}.flac"
+        if not path.exists():
+            seconds = rng.uniform(2.8, 5.2)
+            sf.write(path, (0.1 * rng.standard_normal(int(seconds * 16000))).astype("float32"), 16000)
+        out.append(Utterance(id=path.stem, path=str(path), speaker=f"spk{number % 4}", label="neutral"))
+    return out
+
+
+def make_tiny(directory: Path) -> Path:
+    """A tiny random wav2vec2 (tests/tiny_models.py) for smoke runs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_models import save_tiny_wav2vec2
+
+    if not (directory / "config.json").exists():
+        save_tiny_wav2vec2(directory)
+    return directory
 
 
 def repeat_utterances(utterances: list, times: int) -> list:
@@ -107,7 +154,7 @@ def make_random_base(directory: Path) -> Path:
 
 
 class Busy:
-    """Thread-safe accumulator of busy seconds per named stage."""
+    """Thread-safe accumulator of busy seconds per named stage (the pipeline's on_stage callback)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -119,56 +166,12 @@ class Busy:
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
             self.calls[name] = self.calls.get(name, 0) + 1
 
+    __call__ = add
+
     def reset(self) -> None:
         with self._lock:
             self.seconds.clear()
             self.calls.clear()
-
-
-class TimedExtractor:
-    """Wraps an extractor; the pipeline sees the same name, config, spec and frame counts."""
-
-    def __init__(self, inner, busy: Busy, sync=None) -> None:
-        self.inner, self.busy, self.sync = inner, busy, sync
-        self.name, self.config = inner.name, inner.config
-
-    def feature_spec(self):
-        return self.inner.feature_spec()
-
-    def max_frames(self, num_samples: int) -> int:
-        return self.inner.max_frames(num_samples)
-
-    def extract(self, signals):
-        t = time.perf_counter()
-        out = self.inner.extract(signals)
-        self.busy.add(f"model:{self.name}" if self.name == "wav2vec2" else f"cpu_feature:{self.name}",
-                      time.perf_counter() - t)
-        return out
-
-
-def instrument_pipeline(busy: Busy) -> None:
-    """Time decode (decode thread) and store writes (writer thread) without changing library code."""
-    from w2v2ser.extract import _pipeline
-    from w2v2ser.store import StoreWriter
-
-    decode, write = _pipeline._decode, StoreWriter.write_utterance
-
-    def timed_decode(item):
-        t = time.perf_counter()
-        try:
-            return decode(item)
-        finally:
-            busy.add("decode", time.perf_counter() - t)
-
-    def timed_write(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return write(self, *a, **k)
-        finally:
-            busy.add("store_write", time.perf_counter() - t)
-
-    _pipeline._decode = timed_decode
-    StoreWriter.write_utterance = timed_write
 
 
 def batches_like_extractor(lengths: list[int], batch_seconds: float) -> list[list[int]]:
@@ -183,14 +186,23 @@ def batches_like_extractor(lengths: list[int], batch_seconds: float) -> list[lis
     return out
 
 
-def main() -> None:
-    args = parse_args()
+def feature_names(text: str) -> list[str]:
+    if text == "all":
+        return ["wav2vec2", "egemaps", "spectrogram"]
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or names[0] != "wav2vec2" or any(n not in ("wav2vec2", "egemaps", "spectrogram") for n in names):
+        sys.exit(f"--features must be 'wav2vec2', 'all' or a comma list starting with wav2vec2, got {text!r}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     how = _common.bootstrap_w2v2ser()
     import numpy as np
     import torch
     import transformers
 
-    from w2v2ser.extract import Wav2Vec2Config, Wav2Vec2Extractor, extract_corpus, read_audio
+    from w2v2ser.extract import Wav2Vec2Config, Wav2Vec2Extractor, build_extractor, extract_corpus, read_audio
     from w2v2ser.store import StoreWriter
 
     if args.threads:
@@ -199,24 +211,30 @@ def main() -> None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device.startswith("cuda")
-    all_features = args.features == "all"
-    if args.features not in ("all", "wav2vec2"):
-        sys.exit(f"--features must be 'wav2vec2' or 'all', got {args.features!r}")
+    names = feature_names(args.features)
+    several = len(names) > 1
     modes = [m.strip() for m in args.modes.split(",")] if args.modes else [
-        m for m in ALL_MODES if all_features or m != "pipeline_all"]
+        m for m in ALL_MODES if (several or m != "pipeline_all") and m != "profile"]
+    if args.profile and "profile" not in modes:
+        modes.append("profile")
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
         sys.exit(f"unknown --modes {unknown}; expected some of {ALL_MODES}")
-    if "pipeline_all" in modes and not all_features:
-        sys.exit("mode pipeline_all needs --features all (eGeMAPS needs opensmile)")
+    if "pipeline_all" in modes and not several:
+        sys.exit("mode pipeline_all needs several --features (e.g. all, or wav2vec2,egemaps)")
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="w2v2ser-bench-extract-"))
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(args.model) if args.model else make_random_base(
-        Path(os.environ.get("W2V2SER_BENCH_CACHE", "/work/bench_cache" if Path("/work").is_dir() else work))
-        / "w2v2base_random")
+    cache = Path(os.environ.get("W2V2SER_BENCH_CACHE", "/work/bench_cache" if Path("/work").is_dir() else work))
+    if args.model:
+        model_dir = Path(args.model)
+    elif args.tiny:
+        model_dir = make_tiny(cache / "w2v2tiny_random")
+    else:
+        model_dir = make_random_base(cache / "w2v2base_random")
 
-    base = select_files(args.audio_dir, args.files, args.quick)
+    base = synthetic_utterances(work / "synthetic_audio", args.synthetic) if args.synthetic else \
+        select_files(args.audio_dir, args.files, args.quick)
     utterances = repeat_utterances(base, args.repeat)
     signals = {u.path: read_audio(u.path) for u in base}
     lengths = [len(signals[u.path]) for u in utterances]
@@ -225,24 +243,29 @@ def main() -> None:
           f"device {device}, batch {args.batch_seconds:g} s, modes {modes}, w2v2ser {how}", flush=True)
 
     busy = Busy()
-    instrument_pipeline(busy)
-    precision = "float16 autocast" if cuda else "float32"
-    w2v2 = Wav2Vec2Extractor(Wav2Vec2Config(model=str(model_dir), device=device, batch_seconds=args.batch_seconds))
+    w2v2 = Wav2Vec2Extractor(Wav2Vec2Config(
+        model=str(model_dir), device=device, batch_seconds=args.batch_seconds, precision=args.precision,
+        attention=args.attention, compile=args.compile))
+    compute = w2v2.compute_dtype()
+    precision = f"{str(compute).replace('torch.', '')} {'autocast' if compute != torch.float32 else ''}".strip()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    timed_w2v2 = TimedExtractor(w2v2, busy)
-    extractors_all = [timed_w2v2]
-    if all_features:
-        from w2v2ser.extract import build_extractor
+    extractors_all = [w2v2] + [build_extractor(n, {}) for n in names[1:]]
 
-        extractors_all += [TimedExtractor(build_extractor("egemaps", {}), busy),
-                           TimedExtractor(build_extractor("spectrogram", {}), busy)]
+    hf = transformers.AutoModel.from_pretrained(str(model_dir), attn_implementation=args.attention).eval().to(device)
+    if args.compile:
+        for layer in hf.encoder.layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
 
-    hf = transformers.Wav2Vec2Model.from_pretrained(str(model_dir)).eval().to(device)
-    # Warm up both models (first-call allocations, kernel selection) before any timing.
-    warm = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
-    w2v2.extract([warm])
-    with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if cuda else _null()):
-        hf(torch.from_numpy(warm)[None].to(device), output_hidden_states=True)
+    def autocast():
+        return torch.autocast(device.split(":")[0], dtype=compute, enabled=compute != torch.float32)
+
+    # Warm up both models (first-call allocations, kernel selection, compilation) before any timing.
+    warm_rng = np.random.default_rng(0)
+    warm = [(0.1 * warm_rng.standard_normal(16000 * s)).astype(np.float32) for s in (2, 3, 5)]
+    w2v2.extract(warm)
+    with torch.inference_mode(), autocast():
+        for x in warm:
+            hf(torch.from_numpy(x)[None].to(device), output_hidden_states=True)
     sync()
 
     def run_bare() -> dict:
@@ -250,10 +273,10 @@ def main() -> None:
         t0 = time.perf_counter()
         for batch in batches_like_extractor(lengths, args.batch_seconds):
             longest = max(lengths[i] for i in batch)
-            padded = torch.zeros(len(batch), longest)
+            padded = torch.zeros(len(batch), longest, pin_memory=cuda)
             for r, i in enumerate(batch):
                 padded[r, :lengths[i]] = torch.from_numpy(ordered[i])
-            with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if cuda else _null()):
+            with torch.inference_mode(), autocast():
                 out = hf(padded.to(device, non_blocking=True), output_hidden_states=True)
             del out
         sync()
@@ -276,19 +299,26 @@ def main() -> None:
         sync()
         return {"wall_s": time.perf_counter() - t0}
 
-    def run_pipeline(extractors: list, tag: str) -> dict:
+    def run_pipeline(extractors: list, tag: str, profile: bool = False, subset: list | None = None) -> dict:
         store = work / f"{tag}.zarr"
         shutil.rmtree(store, ignore_errors=True)
         busy.reset()
+        chosen = utterances if subset is None else subset
         t0 = time.perf_counter()
-        summary = extract_corpus(utterances, store, extractors=extractors, progress=False)
+        summary = extract_corpus(chosen, store, extractors=extractors, progress=False,
+                                 decode_workers=args.decode_workers, cpu_workers=args.cpu_workers,
+                                 on_stage=busy if profile else None)
         wall = time.perf_counter() - t0
-        if summary.extracted != len(utterances) or not summary.complete:
+        if summary.extracted != len(chosen) or not summary.complete:
             raise RuntimeError(f"pipeline {tag}: extracted {summary.extracted}/{len(utterances)}, "
                                f"failed {summary.failed[:3]}")
         size = _du(store)
         shutil.rmtree(store, ignore_errors=True)
-        return {"wall_s": wall, "busy_s": dict(busy.seconds), "store_bytes": size}
+        out = {"wall_s": wall, "store_bytes": size}
+        if profile:
+            out["busy_s"] = dict(busy.seconds)
+            out["share_of_wall"] = {k: v / wall for k, v in busy.seconds.items()}
+        return out
 
     def run_naive() -> dict:
         folder = work / "naive_npy"
@@ -297,7 +327,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for u in utterances:
             x = read_audio(u.path)
-            with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if cuda else _null()):
+            with torch.inference_mode(), autocast():
                 out = hf(torch.from_numpy(x)[None].to(device), output_hidden_states=True)
             # Earlier research code: all hidden states stacked, one float32 .npy per utterance.
             frames = torch.stack(out.hidden_states, dim=0)[:, 0].float().cpu().numpy()
@@ -312,7 +342,7 @@ def main() -> None:
     frame_counts = [w2v2.max_frames(n) for n in lengths]
     spec = w2v2.feature_spec()
     distinct = sorted(set(frame_counts))
-    frames_by_count = {t: rng.standard_normal((t, 13, 768), dtype=np.float32) for t in distinct} \
+    frames_by_count = {t: rng.standard_normal((t, spec.layers, spec.dim), dtype=np.float32) for t in distinct} \
         if "write" in modes else {}
 
     def run_write(threads: int = 1) -> dict:
@@ -325,7 +355,6 @@ def main() -> None:
                            capacities={"wav2vec2": frame_counts})
         writers = [writer] + [StoreWriter(store, journal=f"bench-{k}") for k in range(1, threads)]
         jobs = list(zip(rows, frame_counts, lengths))
-        busy.reset()
 
         def write_part(k: int) -> None:
             for row, t, n in jobs[k::threads]:
@@ -338,29 +367,36 @@ def main() -> None:
         wall = time.perf_counter() - t0
         for w in writers:
             w.close()
-        size = _du(store / "features" / "wav2vec2" / "data")
+        size = _du(store / "features" / "wav2vec2")
         shutil.rmtree(store, ignore_errors=True)
-        stored_mb = sum(frame_counts) * 13 * 768 * 2 / 1e6
+        stored_mb = sum(frame_counts) * spec.layers * spec.dim * 2 / 1e6
         return {"wall_s": wall, "stored_float16_mb": stored_mb, "mb_per_s": stored_mb / wall, "data_bytes_on_disk": size}
 
     runners = {
         "bare": run_bare,
         "extractor": run_extractor,
-        "pipeline": lambda: run_pipeline([timed_w2v2], "pipeline"),
+        "pipeline": lambda: run_pipeline([w2v2], "pipeline"),
         "pipeline_all": lambda: run_pipeline(extractors_all, "pipeline_all"),
+        "profile": lambda: run_pipeline(extractors_all, "profile", profile=True),
         "naive": run_naive,
     }
+    if any(m in modes for m in ("pipeline", "pipeline_all", "profile")):
+        # Start the decode processes and openSMILE workers (kept for the process's life) untimed.
+        run_pipeline(extractors_all, "warm", subset=utterances[:8])
     write_threads = [int(v) for v in args.write_threads.split(",")]
     if "write" in modes:
         position = modes.index("write")
-        names = [f"write_t{k}" if k != 1 else "write" for k in write_threads]
-        modes = modes[:position] + names + modes[position + 1:]
-        for k, name in zip(write_threads, names):
-            runners[name] = (lambda k=k: run_write(k))
+        labels = [f"write_t{k}" if k != 1 else "write" for k in write_threads]
+        modes = modes[:position] + labels + modes[position + 1:]
+        for k, label in zip(write_threads, labels):
+            runners[label] = (lambda k=k: run_write(k))
     results: dict[str, list[dict]] = {m: [] for m in modes}
     started = time.perf_counter()
+    timed = [m for m in modes if m != "profile"]
     for rep in range(args.reps):
-        order = modes[rep % len(modes):] + modes[:rep % len(modes)]  # rotate: no mode always runs first
+        order = timed[rep % len(timed):] + timed[:rep % len(timed)] if timed else []  # rotate: no mode always first
+        if "profile" in modes and rep == 0:
+            order.append("profile")  # once: its synchronisations make it no throughput figure
         for mode in order:
             gc_collect()
             r = runners[mode]()
@@ -391,16 +427,16 @@ def main() -> None:
         "write_vs_bare": paired_ratio("write", "bare"),
         **{f"{m}_vs_bare": paired_ratio(m, "bare") for m in modes if m.startswith("write_t")},
     }
-    split = {}
-    for mode in ("pipeline", "pipeline_all"):
-        if results.get(mode):
-            keys = sorted({k for r in results[mode] for k in r["busy_s"]})
-            split[mode] = {k: float(np.median([r["busy_s"].get(k, 0.0) for r in results[mode]])) for k in keys}
-            split[mode]["wall_s"] = median(mode, "wall_s")
     for m in modes:
         if m.startswith("write"):
             summary[m]["mb_per_s_median"] = median(m, "mb_per_s")
             summary[m]["audio_s_per_s_at_1mb_per_audio_s"] = summary[m]["mb_per_s_median"] / 1.0
+    profile = None
+    if results.get("profile"):
+        run = results["profile"][0]
+        profile = {"features": names, "wall_s": run["wall_s"], "busy_s": run["busy_s"],
+                   "share_of_wall": run["share_of_wall"],
+                   "bound_by": max(run["busy_s"], key=run["busy_s"].get) if run["busy_s"] else None}
 
     gpu = None
     if cuda:
@@ -412,23 +448,28 @@ def main() -> None:
     payload = {
         "benchmark": "bench_extract",
         "command": _common.command_line(),
-        "config": {"device": device, "gpu": gpu, "precision": precision, "batch_seconds": args.batch_seconds,
+        "config": {"device": device, "gpu": gpu, "precision": precision, "attention": args.attention,
+                   "compile": args.compile, "batch_seconds": args.batch_seconds,
+                   "decode_workers": args.decode_workers, "cpu_workers": args.cpu_workers,
                    "files": len(base), "repeat": args.repeat, "utterances": len(utterances),
-                   "audio_seconds": audio_seconds, "reps": args.reps, "features": args.features, "modes": modes,
-                   "model": "random full-size wav2vec2-base (transformers Wav2Vec2Config() defaults)",
-                   "naive_format": "one float32 .npy [13, T, 768] per utterance",
+                   "audio_seconds": audio_seconds, "reps": args.reps, "features": names, "modes": modes,
+                   "audio": f"synthetic {args.synthetic} FLAC" if args.synthetic else args.audio_dir,
+                   "model": "tiny random wav2vec2 (smoke only)" if args.tiny and not args.model else (
+                       str(model_dir) if args.model else
+                       "random full-size wav2vec2-base (transformers Wav2Vec2Config() defaults)"),
+                   "naive_format": "one float32 .npy [L+1, T, H] per utterance",
                    "quick": args.quick},
         "machine": info,
         "summary": summary,
         "ratios": ratios,
-        "time_split_busy_seconds": split,
+        "profile": profile,
         "runs": results,
         "total_benchmark_seconds": time.perf_counter() - started,
     }
     rows = []
     for m in modes:
         row = [m, summary[m]["audio_s_per_s_median"], summary[m]["wall_s_median"],
-               paired_ratio(m, "bare") if "bare" in modes else float("nan")]
+               paired_ratio(m, "bare") if "bare" in modes and m != "profile" else float("nan")]
         rows.append(row)
     table = _common.format_table(["mode", "audio s/s (median)", "wall s (median)", "ratio vs bare (paired median)"], rows)
     extra = []
@@ -436,11 +477,14 @@ def main() -> None:
         if m.startswith("write"):
             extra.append(f"raw store write ({m}): {summary[m]['mb_per_s_median']:.1f} MB/s of float16 frames "
                          f"(~1 MB per audio second -> ~{summary[m]['mb_per_s_median']:.0f} audio s/s)")
-    for mode, parts in split.items():
-        extra.append(f"{mode} busy seconds per stage (threads overlap): " +
-                     ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
-    if gpu:
-        extra.append(f"GPU {gpu['name']}, precision {precision}, batch {args.batch_seconds:g} s")
+    if profile:
+        extra.append(f"profile ({'+'.join(names)}), wall {profile['wall_s']:.2f} s; busy seconds per stage "
+                     f"(share of wall; stages overlap): " + ", ".join(
+                         f"{k} {v:.2f} ({profile['share_of_wall'][k]:.0%})"
+                         for k, v in sorted(profile["busy_s"].items(), key=lambda kv: -kv[1]))
+                     + f"; bound by {profile['bound_by']}")
+    extra.append(f"device {device}{' ' + gpu['name'] if gpu else ''}, precision {precision}, attention "
+                 f"{args.attention}, compile {args.compile}, batch {args.batch_seconds:g} s")
     print()
     print(table)
     for line in extra:
@@ -448,14 +492,15 @@ def main() -> None:
     headline_mode = "pipeline" if "pipeline" in modes else modes[0]
     headline = (f"headline: wav2vec2-only pipeline / bare forward = {ratios['pipeline_w2v2_vs_bare']:.3f} "
                 f"(goal >= 0.9; {summary.get(headline_mode, {}).get('audio_s_per_s_median', float('nan')):.2f} audio s/s, "
-                f"{device}); all features / bare = {ratios['pipeline_all_vs_bare']:.3f}; "
-                f"pipeline / naive = {ratios['pipeline_w2v2_vs_naive']:.2f}")
+                f"{device}); extractor / bare = {ratios['extractor_vs_bare']:.3f}; all features / bare = "
+                f"{ratios['pipeline_all_vs_bare']:.3f}; pipeline / naive = {ratios['pipeline_w2v2_vs_naive']:.2f}")
     name = args.name or ("bench_extract_quick" if args.quick else f"bench_extract_{device.split(':')[0]}")
     path = _common.write_results(name, payload, table, out=args.out, headline=headline, notes=extra)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"results: {path}")
     print(headline)
+    return payload
 
 
 class _null:

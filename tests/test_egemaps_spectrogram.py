@@ -32,7 +32,8 @@ def egemaps() -> EgemapsExtractor:
 def test_egemaps_config_round_trip_and_rejections():
     config = EgemapsConfig()
     assert EgemapsConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict() == {"feature_set": "eGeMAPSv02", "feature_level": "LowLevelDescriptors"}
+    assert config.to_dict() == {"feature_set": "eGeMAPSv02", "feature_level": "LowLevelDescriptors",
+                                "sample_rate": "native"}
     with pytest.raises(ExtractorConfigError, match="Did you mean 'feature_set'"):
         EgemapsConfig.from_dict({"featureset": "eGeMAPSv02"})
     with pytest.raises(ExtractorConfigError, match="eGeMAPSv02"):

@@ -17,7 +17,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._audio import MIN_SAMPLES, TARGET_SAMPLE_RATE, AudioInfo, probe_audio, read_audio, sha256_file
+from w2v2ser._deps import MissingDependencyError
+
+from ._audio import (
+    MIN_SAMPLES,
+    NATIVE,
+    TARGET_SAMPLE_RATE,
+    AudioInfo,
+    decode_audio,
+    probe_audio,
+    read_audio,
+    resample_audio,
+    sha256_file,
+)
 from ._corpora import CorpusKind, read_corpus
 from ._egemaps import EgemapsConfig, EgemapsExtractor
 from ._errors import AudioError, ExtractorConfigError, ManifestError
@@ -38,6 +50,7 @@ _LAZY = {
 __all__ = [
     "EXTRACTORS",
     "MIN_SAMPLES",
+    "NATIVE",
     "TARGET_SAMPLE_RATE",
     "AudioError",
     "AudioInfo",
@@ -49,6 +62,7 @@ __all__ = [
     "ExtractorConfigError",
     "Manifest",
     "ManifestError",
+    "MissingDependencyError",
     "ModelLoadError",
     "SpectrogramConfig",
     "SpectrogramExtractor",
@@ -56,6 +70,7 @@ __all__ = [
     "Wav2Vec2Config",
     "Wav2Vec2Extractor",
     "build_extractor",
+    "decode_audio",
     "extract_corpus",
     "probe_audio",
     "read_audio",
@@ -63,6 +78,7 @@ __all__ = [
     "read_csv_manifest",
     "read_iemocap",
     "read_ravdess",
+    "resample_audio",
     "resolve_model",
     "sha256_file",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -373,3 +374,68 @@ def test_stores_written_before_sample_rate_mean_16k_and_resume(tmp_path):
     assert "sample_rate" not in store.features["egemaps"].config  # the store keeps its recorded form
     third = read_audio(utterances[2].path)
     np.testing.assert_array_equal(store.read_utterance("r44100", "egemaps"), first[0].extract([third])[0])
+
+
+# ---------------------------------------------------------------- missing optional dependencies
+
+
+def _without(modules: tuple[str, ...], code: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where ``modules`` cannot be imported (as if not installed)."""
+    hide = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize(("modules", "feature", "message"), [
+    (("opensmile",), "egemaps", 'eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'),
+    (("torch",), "wav2vec2", 'wav2vec2 needs torch: pip install "w2v2ser[extract]"'),
+    (("transformers",), "wav2vec2", 'wav2vec2 needs transformers: pip install "w2v2ser[extract]"'),
+])
+def test_missing_extractor_dependency_is_one_line_naming_the_extra(modules, feature, message):
+    done = _without(modules, (
+        "from w2v2ser.extract import MissingDependencyError, build_extractor\n"
+        "from w2v2ser.store import W2v2serError\n"
+        "try:\n"
+        f"    build_extractor({feature!r})\n"
+        "except MissingDependencyError as error:\n"
+        "    assert isinstance(error, (W2v2serError, ImportError))\n"
+        "    print(error)\n"
+    ))
+    assert done.stdout.strip() == message, done.stdout + done.stderr
+
+
+def test_cli_missing_dependency_is_one_line_without_traceback(tmp_path):
+    write_audio(tmp_path / "a.wav", duration=0.5)
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,x,y\n")
+    cli = "from w2v2ser._cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+    extract = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['opensmile'] = None\n" + cli, "extract", "csv",
+         str(tmp_path / "m.csv"), "--features", "egemaps", "--store", str(tmp_path / "s.zarr"), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert extract.returncode == 2
+    assert extract.stderr.strip() == 'w2v2ser: error: eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'
+    # Stage 2 without TensorFlow/Keras, on a real (spectrogram) store.
+    utterances = [Utterance(id=f"u{k}", path=str(write_audio(tmp_path / f"u{k}.wav", duration=0.3, seed=k)),
+                            speaker=f"s{k % 2}", label=("angry", "sad")[k % 2]) for k in range(4)]
+    extract_corpus(utterances, tmp_path / "spec.zarr", extractors=[build_extractor("spectrogram")], progress=False)
+    train = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['keras'] = sys.modules['tensorflow'] = None\n" + cli,
+         "train", str(tmp_path / "spec.zarr"), "--features", "spectrogram", "--protocol", "csv",
+         "--out", str(tmp_path / "run"), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert train.returncode == 2, train.stderr
+    assert re.fullmatch(r'w2v2ser: error: Training and evaluation \(stage 2\) needs (keras|tensorflow): '
+                        r'pip install "w2v2ser\[train\]"', train.stderr.strip()), train.stderr
+
+
+def test_smile_worker_without_opensmile_answers_with_the_install_hint():
+    """EgemapsExtractor made without build_extractor's check: the worker's answer is the same one line."""
+    import io
+
+    from w2v2ser.extract._smile_worker import read_message, write_message
+
+    request = io.BytesIO()
+    write_message(request, {"function": "describe", "args": ["eGeMAPSv02", "LowLevelDescriptors", []]})
+    done = _without(("opensmile",), "from w2v2ser.extract._smile_worker import main\nmain()\n",
+                    input=request.getvalue(), text=False)
+    meta, _ = read_message(io.BytesIO(done.stdout))
+    assert meta == {"status": "missing", "value": 'eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'}

@@ -339,6 +339,10 @@ def test_native_spectrogram_store_refuses_files_of_another_rate(tmp_path):
     # A rerun whose first file has another rate keeps the store's rate and the same verdicts.
     again = extract_corpus(utterances[2:], tmp_path / "s.zarr", extractors=[spectrogram], progress=False)
     assert {uid for uid, _, _ in again.failed} == {"u2", "u3"}
+    # Milliseconds that are no whole number of samples at the store's rate: refused before any work.
+    with pytest.raises(ExtractorConfigError, match="25.0 ms is not a positive whole number of samples at 44100 Hz"):
+        extract_corpus(utterances[2:], tmp_path / "ms.zarr", progress=False,
+                       extractors=[build_extractor("spectrogram", {"sample_rate": "native"})])
 
 
 def _forget_option(store_path: Path, feature: str, key: str) -> None:

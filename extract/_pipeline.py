@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,8 @@ import numpy as np
 
 from w2v2ser.store import StoreWriter, Utterance, W2v2serError, lock_store, open_store
 
-from ._audio import (
-    NATIVE,
-    TARGET_SAMPLE_RATE,
-    AudioInfo,
-    DecodedAudio,
-    decode_audio,
-    probe_audio,
-    resampled_length,
-    sha256_file,
-)
-from ._errors import ExtractorConfigError
+from ._audio import TARGET_SAMPLE_RATE, AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
+from ._rates import capacity, feature_spec_for_store, run_extractor, store_rates, with_rate
 from ._registry import Extractor, build_extractor
 
 __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
@@ -95,109 +86,6 @@ def _probe_all(
     return infos, failures
 
 
-# --- sample rates ---------------------------------------------------------------------------
-# Extractors with a ``sample_rate`` option get each file at that rate ("native": its own);
-# the others (wav2vec2) get 16 kHz. Each utterance's own rate is recorded in its ``extra``.
-RATE_KEY = "audio_sample_rate"
-
-
-def _wanted_rate(extractor: Extractor, own_rate: int) -> int:
-    rate = getattr(extractor.config, "sample_rate", TARGET_SAMPLE_RATE)
-    return own_rate if rate == NATIVE else int(rate)
-
-
-def _takes_rates(extractor: Extractor) -> bool:
-    return hasattr(extractor.config, "sample_rate")
-
-
-def _one_rate(extractor: Extractor) -> bool:
-    """A native extractor whose store must hold files of a single rate (the spectrogram)."""
-    return getattr(extractor, "native_needs_one_rate", False) and extractor.config.sample_rate == NATIVE
-
-
-def _store_rates(
-    utterances: Sequence[Utterance], infos: list[AudioInfo | None], failures: dict[int, str],
-    extractors: Sequence[Extractor], stored: Mapping[str, Any],
-) -> dict[str, int]:
-    """The rate of each one-rate native feature: recorded in the store, else the first file's.
-
-    Files at another rate become failures that name both rates (their row is planned
-    without regions, as for an unreadable header), so the run goes on without them.
-    """
-    rates: dict[str, int] = {}
-    for extractor in extractors:
-        if not _one_rate(extractor):
-            continue
-        spec = stored.get(extractor.name)
-        rate = spec.config.get("native_sample_rate") if spec is not None else None
-        if rate is None:
-            rate = next((info.sample_rate for info in infos if info is not None), None)
-        if rate is None:
-            continue
-        rates[extractor.name] = int(rate)
-        for position, info in enumerate(infos):
-            if info is not None and info.sample_rate != rate:
-                infos[position] = None
-                failures[position] = (
-                    f"{utterances[position].path} is {info.sample_rate} Hz, but {extractor.name}.sample_rate is "
-                    f"native and this store's {extractor.name} runs at {rate} Hz (the rate of its first file): "
-                    f"a window at mixed rates gives frames of different lengths. Resample the file to {rate} Hz, "
-                    f"set {extractor.name}.sample_rate to a rate in Hz, or extract files of this rate into another store."
-                )
-    return rates
-
-
-def _spec(extractor: Extractor, rates: Mapping[str, int], stored: Mapping[str, Any]) -> Any:
-    """The extractor's FeatureSpec, in the form of a store written before its newest options.
-
-    A stored config without an option the extractor now records (e.g. ``sample_rate``) was
-    made with that option's old value: the same value resumes the store, another is refused.
-    """
-    if extractor.name in rates:
-        spec = extractor.feature_spec(sample_rate=rates[extractor.name])
-        spec = replace(spec, config={**spec.config, "native_sample_rate": rates[extractor.name]})
-    else:
-        spec = extractor.feature_spec()
-    old = stored.get(extractor.name)
-    defaults = getattr(type(extractor.config), "RECORDED_DEFAULTS", {})
-    if old is None or not defaults:
-        return spec
-    config = dict(spec.config)
-    for key, value in defaults.items():
-        if key in config and key not in old.config:
-            if config[key] != value:
-                raise ExtractorConfigError(
-                    f"store {extractor.name!r} features were extracted before the {extractor.name}.{key} option "
-                    f"existed, i.e. with {key}: {value!r}, but {key}: {config[key]!r} is configured now. Set "
-                    f"{extractor.name}.{key}: {value!r} to resume this store, or extract into a new store."
-                )
-            del config[key]
-    return replace(spec, config=config)
-
-
-def _capacity(extractor: Extractor, info: AudioInfo | None) -> int:
-    if info is None:
-        return 0
-    if not _takes_rates(extractor):
-        return extractor.max_frames(info.num_samples)
-    rate = _wanted_rate(extractor, info.sample_rate)
-    return extractor.max_frames(resampled_length(info.frames_at_source, info.sample_rate, rate), sample_rate=rate)
-
-
-def _with_rate(utterance: Utterance, info: AudioInfo | None) -> Utterance:
-    if info is None:
-        return utterance
-    return replace(utterance, extra={**utterance.extra, RATE_KEY: info.sample_rate})
-
-
-def _run_extractor(extractor: Extractor, audios: Sequence[DecodedAudio]) -> list[np.ndarray]:
-    """Hand the extractor every signal at the rate it asks for."""
-    if not _takes_rates(extractor):
-        return extractor.extract([audio.at(TARGET_SAMPLE_RATE) for audio in audios])
-    rates = [_wanted_rate(extractor, audio.sample_rate) for audio in audios]
-    return extractor.extract([audio.at(rate) for audio, rate in zip(audios, rates)], sample_rates=rates)
-
-
 def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
     if not enabled:
         return items
@@ -246,12 +134,12 @@ def extract_corpus(
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
         stored = open_store(store_path, allow_incomplete=True).features
-        rates = _store_rates(utterances, infos, failures, extractors, stored)
+        rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]
-        specs = [_spec(extractor, rates, stored) for extractor in extractors]
-        capacities = {extractor.name: [_capacity(extractor, info) for info in infos] for extractor in extractors}
+        specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]
+        capacities = {extractor.name: [capacity(extractor, info) for info in infos] for extractor in extractors}
         rows = writer.plan(
-            [_with_rate(u, info) for u, info in zip(utterances, infos)],
+            [with_rate(u, info) for u, info in zip(utterances, infos)],
             num_samples=num_samples, features=specs, capacities=capacities, failures=failures,
         )
         summary.planned = len(rows)
@@ -452,7 +340,7 @@ def _extract_batch(
                 write_queue.put(lambda i=item.index, r=reason, n=extractor.name: writer.record_failure(i, feature=n, reason=r))
         audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]
         try:
-            values = iter(_run_extractor(extractor, audios))
+            values = iter(run_extractor(extractor, audios))
         except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
             values = iter(
                 [_extract_one(extractor, item, s, write_queue, writer) for (item, s, _), ok in zip(good, allowed) if ok]
@@ -477,7 +365,7 @@ def _extract_one(
     extractor: Extractor, item: _ShardItem, audio: DecodedAudio, write_queue: queue.Queue, writer: StoreWriter
 ) -> np.ndarray | None:
     try:
-        return _run_extractor(extractor, [audio])[0]
+        return run_extractor(extractor, [audio])[0]
     except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
         reason = f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"
         # Journal appends happen on the writer thread only.

@@ -386,7 +386,8 @@ def test_stores_written_before_sample_rate_mean_16k_and_resume(tmp_path):
 def _without(modules: tuple[str, ...], code: str, **kwargs) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter where ``modules`` cannot be imported (as if not installed)."""
     hide = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
-    return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, text=True, timeout=300, **kwargs)
+    kwargs.setdefault("text", True)
+    return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, timeout=300, **kwargs)
 
 
 @pytest.mark.parametrize(("modules", "feature", "message"), [

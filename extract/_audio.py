@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ __all__ = [
     "AudioInfo",
     "DecodedAudio",
     "check_sample_rate",
+    "processing_rate",
+    "signals_at_rates",
     "decode_audio",
     "probe_audio",
     "read_audio",
@@ -110,6 +113,50 @@ def check_sample_rate(value: object, *, what: str) -> int | str:
         f"{what} sample_rate={value!r} is not valid; expected {NATIVE!r} (each file at its own rate, "
         "not resampled) or a rate in Hz between 1000 and 768000, e.g. 16000."
     )
+
+
+def processing_rate(configured: int | str, given: int | None) -> int:
+    """The rate an extractor works at: the configured one, or for ``native`` the signal's own
+    (``given``; None means 16 kHz, the rate of :func:`read_audio`)."""
+    if configured != NATIVE:
+        return int(configured)
+    return TARGET_SAMPLE_RATE if given is None else int(given)
+
+
+def signals_at_rates(
+    signals: Sequence[np.ndarray], sample_rates: Sequence[int] | None, configured: int | str, *, what: str
+) -> list[tuple[np.ndarray, int]]:
+    """Check an extractor's inputs and bring each to the rate it is processed at.
+
+    Args:
+        signals: 1-D mono arrays.
+        sample_rates: Rate of each signal in Hz, or None (see :func:`processing_rate`).
+        configured: The extractor's ``sample_rate`` option (``"native"`` or Hz).
+        what: The extractor name, for messages.
+
+    Returns:
+        (float32 signal, rate) per input; signals at another rate than a configured one are
+        resampled to it.
+
+    Raises:
+        ExtractorConfigError: A signal is not 1-D, or the rates do not match the signals.
+    """
+    if sample_rates is not None and len(sample_rates) != len(signals):
+        raise ExtractorConfigError(
+            f"{what} got {len(signals)} signals but {len(sample_rates)} sample_rates; give one rate per signal."
+        )
+    out = []
+    for position, signal in enumerate(signals):
+        x = np.asarray(signal, dtype=np.float32)
+        if x.ndim != 1:
+            raise ExtractorConfigError(
+                f"{what} expects 1-D mono signals, got shape {x.shape}; mix channels down first "
+                "(decode_audio and read_audio return mono)."
+            )
+        given = None if sample_rates is None else int(sample_rates[position])
+        rate = processing_rate(configured, given)
+        out.append((resample_audio(x, given, rate) if given is not None else x, rate))
+    return out
 
 
 def _check_readable(path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from w2v2ser.store import FeatureSpec
 
-from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, resample_audio
+from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, processing_rate, signals_at_rates
 from ._errors import ExtractorConfigError, reject_unknown_keys
 
 __all__ = ["EgemapsConfig", "EgemapsExtractor"]
@@ -234,12 +234,6 @@ class EgemapsExtractor:
             ),
         )
 
-    def _rate(self, given: int | None) -> int:
-        """The rate a signal is processed at, given its own rate (None: 16 kHz)."""
-        if self.config.sample_rate != NATIVE:
-            return int(self.config.sample_rate)
-        return TARGET_SAMPLE_RATE if given is None else int(given)
-
     def max_frames(self, num_samples: int, *, sample_rate: int | None = None) -> int:
         """Exact number of frames :meth:`extract` returns for one signal.
 
@@ -247,7 +241,7 @@ class EgemapsExtractor:
             num_samples: Length of the signal at the rate it is processed at.
             sample_rate: That rate in Hz; None means 16 kHz for ``native``, else the configured rate.
         """
-        rate = self._rate(sample_rate)
+        rate = processing_rate(self.config.sample_rate, sample_rate)
         window = _min_signal(rate)
         return (max(num_samples, window) - window) // _hop(rate) + 2
 
@@ -263,22 +257,8 @@ class EgemapsExtractor:
         Returns:
             One C-contiguous float32 array [frames, dim] per signal.
         """
-        if sample_rates is not None and len(sample_rates) != len(signals):
-            raise ExtractorConfigError(
-                f"egemaps got {len(signals)} signals but {len(sample_rates)} sample_rates; give one rate per signal."
-            )
         padded, rates = [], []
-        for position, signal in enumerate(signals):
-            x = np.asarray(signal, dtype=np.float32)
-            if x.ndim != 1:
-                raise ExtractorConfigError(
-                    f"egemaps expects 1-D mono signals, got shape {x.shape}; mix channels down first "
-                    "(decode_audio returns mono)."
-                )
-            given = None if sample_rates is None else int(sample_rates[position])
-            rate = self._rate(given)
-            if given is not None and given != rate:
-                x = resample_audio(x, given, rate)
+        for x, rate in signals_at_rates(signals, sample_rates, self.config.sample_rate, what="egemaps"):
             if x.shape[0] < _min_signal(rate):
                 x = np.pad(x, (0, _min_signal(rate) - x.shape[0]))
             padded.append(x)

@@ -9,7 +9,7 @@ import numpy as np
 
 from w2v2ser.store import FeatureSpec
 
-from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, resample_audio
+from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, processing_rate, signals_at_rates
 from ._errors import ExtractorConfigError, reject_unknown_keys
 
 __all__ = ["SpectrogramConfig", "SpectrogramExtractor"]
@@ -207,12 +207,6 @@ class SpectrogramExtractor:
             self._windows[length] = _window(self.config.window, length)
         return self._windows[length]
 
-    def _rate(self, given: int | None) -> int:
-        """The rate a signal is processed at, given its own rate (None: 16 kHz)."""
-        if self.config.sample_rate != NATIVE:
-            return int(self.config.sample_rate)
-        return TARGET_SAMPLE_RATE if given is None else int(given)
-
     def feature_spec(self, *, sample_rate: int | None = None) -> FeatureSpec:
         """Describe the stored feature.
 
@@ -221,7 +215,7 @@ class SpectrogramExtractor:
                 and, with ms lengths, the bins depend on it); None means 16 kHz.
         """
         c = self.config
-        rate = self._rate(sample_rate)
+        rate = processing_rate(c.sample_rate, sample_rate)
         win, hop, n_fft = c.win_length_at(rate), c.hop_length_at(rate), c.fft_size_at(rate)
         kind = "power" if c.power == 2.0 else "magnitude" if c.power == 1.0 else f"magnitude^{c.power:g}"
         at = f"{rate} Hz" if c.sample_rate != NATIVE else f"the files' own rate ({rate} Hz)"
@@ -252,7 +246,7 @@ class SpectrogramExtractor:
             num_samples: Length of the signal at the rate it is processed at.
             sample_rate: That rate in Hz; None means 16 kHz for ``native``, else the configured rate.
         """
-        rate = self._rate(sample_rate)
+        rate = processing_rate(self.config.sample_rate, sample_rate)
         win, hop = self.config.win_length_at(rate), self.config.hop_length_at(rate)
         return (self._padded_length(num_samples, win) - win) // hop + 1
 
@@ -289,21 +283,5 @@ class SpectrogramExtractor:
         Returns:
             One float32 array [frames, n_fft // 2 + 1] per signal.
         """
-        if sample_rates is not None and len(sample_rates) != len(signals):
-            raise ExtractorConfigError(
-                f"spectrogram got {len(signals)} signals but {len(sample_rates)} sample_rates; "
-                "give one rate per signal."
-            )
-        out = []
-        for position, signal in enumerate(signals):
-            x = np.asarray(signal, dtype=np.float32)
-            if x.ndim != 1:
-                raise ExtractorConfigError(
-                    f"spectrogram expects 1-D mono signals, got shape {x.shape}; decode_audio returns mono."
-                )
-            given = None if sample_rates is None else int(sample_rates[position])
-            rate = self._rate(given)
-            if given is not None and given != rate:
-                x = resample_audio(x, given, rate)
-            out.append(self._one(x, rate))
-        return out
+        return [self._one(x, rate)
+                for x, rate in signals_at_rates(signals, sample_rates, self.config.sample_rate, what="spectrogram")]

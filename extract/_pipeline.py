@@ -21,8 +21,8 @@ import numpy as np
 
 from w2v2ser.store import StoreWriter, Utterance, W2v2serError, lock_store, open_store
 
-from ._audio import TARGET_SAMPLE_RATE, AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
-from ._rates import capacity, feature_spec_for_store, run_extractor, store_rates, with_rate
+from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
+from ._rates import capacity, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate
 from ._registry import Extractor, build_extractor
 
 __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
@@ -213,11 +213,11 @@ def _batches(items: Sequence[_ShardItem], max_samples: int) -> Iterator[list[_Sh
         yield batch
 
 
-def _decode(item: _ShardItem) -> tuple[_ShardItem, DecodedAudio | None, str, str]:
+def _decode(item: _ShardItem, extractors: Sequence[Extractor]) -> tuple[_ShardItem, DecodedAudio | None, str, str]:
     """Decode one file; errors become a reason string so one bad file never stops a shard."""
     try:
         audio = DecodedAudio(*decode_audio(item.path))
-        audio.at(TARGET_SAMPLE_RATE)  # resampled here, in the decode thread, ahead of extraction
+        resample_for(audio, extractors)  # here, in the decode thread, ahead of extraction
         return item, audio, sha256_file(item.path), ""
     except W2v2serError as error:
         return item, None, "", str(error)
@@ -282,11 +282,11 @@ def extract_shard(
         thread.start()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") as decoder:
-            upcoming = decoder.submit(lambda b=batches[0] if batches else []: [_decode(i) for i in b])
+            upcoming = decoder.submit(lambda b=batches[0] if batches else []: [_decode(i, extractors) for i in b])
             for number in range(len(batches)):
                 decoded = upcoming.result()
                 if number + 1 < len(batches):
-                    upcoming = decoder.submit(lambda b=batches[number + 1]: [_decode(i) for i in b])
+                    upcoming = decoder.submit(lambda b=batches[number + 1]: [_decode(i, extractors) for i in b])
                 if write_error:
                     raise write_error[0]
                 _extract_batch(writer, decoded, extractors, write_queue, committed, on_utterance)

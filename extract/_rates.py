@@ -20,7 +20,9 @@ from ._audio import NATIVE, TARGET_SAMPLE_RATE, AudioInfo, DecodedAudio, resampl
 from ._errors import ExtractorConfigError
 from ._registry import Extractor
 
-__all__ = ["RATE_KEY", "capacity", "feature_spec_for_store", "run_extractor", "store_rates", "with_rate"]
+__all__ = [
+    "RATE_KEY", "capacity", "feature_spec_for_store", "resample_for", "run_extractor", "store_rates", "with_rate",
+]
 
 #: Key of ``Utterance.extra`` under which each file's own sample rate (Hz, from its header) is stored.
 RATE_KEY = "audio_sample_rate"
@@ -118,6 +120,12 @@ def with_rate(utterance: Utterance, info: AudioInfo | None) -> Utterance:
     if info is None:
         return utterance
     return replace(utterance, extra={**utterance.extra, RATE_KEY: info.sample_rate})
+
+
+def resample_for(audio: DecodedAudio, extractors: Sequence[Extractor]) -> None:
+    """Compute (and keep) the file at every rate the extractors will ask for, and no other."""
+    for extractor in extractors:
+        audio.at(_wanted_rate(extractor, audio.sample_rate))
 
 
 def run_extractor(extractor: Extractor, audios: Sequence[DecodedAudio]) -> list[np.ndarray]:

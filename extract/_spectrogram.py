@@ -135,9 +135,7 @@ class SpectrogramConfig:
             )
 
     def _rate(self, rate: int | None) -> int:
-        if rate is not None:
-            return int(rate)
-        return TARGET_SAMPLE_RATE if self.sample_rate == NATIVE else int(self.sample_rate)
+        return int(rate) if rate is not None else processing_rate(self.sample_rate, None)
 
     def win_length_at(self, rate: int | None = None) -> int:
         """Window length in samples at ``rate`` Hz (None: the configured rate, 16 kHz for native)."""

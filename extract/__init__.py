@@ -18,7 +18,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._audio import MIN_SAMPLES, TARGET_SAMPLE_RATE, AudioInfo, probe_audio, read_audio, sha256_file
+from w2v2ser._deps import MissingDependencyError
+
+from ._audio import (
+    MIN_SAMPLES,
+    NATIVE,
+    TARGET_SAMPLE_RATE,
+    AudioInfo,
+    decode_audio,
+    probe_audio,
+    read_audio,
+    resample_audio,
+    sha256_file,
+)
 from ._corpora import CorpusKind, read_corpus
 from ._egemaps import EgemapsConfig, EgemapsExtractor
 from ._errors import AudioError, ExtractorConfigError, ManifestError
@@ -47,6 +59,7 @@ __all__ = [
     "EXTRACTORS",
     "FAMILIES",
     "MIN_SAMPLES",
+    "NATIVE",
     "TARGET_SAMPLE_RATE",
     "AudioError",
     "AudioInfo",
@@ -62,6 +75,7 @@ __all__ = [
     "HubertExtractor",
     "Manifest",
     "ManifestError",
+    "MissingDependencyError",
     "ModelLoadError",
     "SpectrogramConfig",
     "SpectrogramExtractor",
@@ -72,6 +86,7 @@ __all__ = [
     "Wav2Vec2Config",
     "Wav2Vec2Extractor",
     "build_extractor",
+    "decode_audio",
     "extract_corpus",
     "probe_audio",
     "read_audio",
@@ -79,6 +94,7 @@ __all__ = [
     "read_csv_manifest",
     "read_iemocap",
     "read_ravdess",
+    "resample_audio",
     "resolve_model",
     "sha256_file",
 ]

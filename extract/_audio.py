@@ -1,14 +1,17 @@
-"""Audio decoding for stage 1: any libsndfile format -> float32 mono at 16 kHz.
+"""Audio decoding for stage 1: any libsndfile format -> float32 mono, at the file's own rate or 16 kHz.
 
-All extractors consume the signal returned by :func:`read_audio`; :func:`probe_audio`
-predicts its exact length from the header alone so the store can reserve space for
-every utterance before any audio is decoded.
+:func:`decode_audio` returns the file mixed to mono at its own sample rate;
+:func:`resample_audio` converts it (soxr, very high quality); :func:`read_audio` does both
+for 16 kHz, the rate wav2vec 2.0 needs. :func:`probe_audio` predicts the exact lengths
+from the header alone so the store can reserve space for every utterance before any
+audio is decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,19 +19,28 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ._errors import AudioError
+from ._errors import AudioError, ExtractorConfigError
 
 __all__ = [
     "MIN_SAMPLES",
+    "NATIVE",
     "TARGET_SAMPLE_RATE",
     "AudioInfo",
+    "DecodedAudio",
+    "check_sample_rate",
+    "processing_rate",
+    "signals_at_rates",
+    "decode_audio",
     "probe_audio",
     "read_audio",
+    "resample_audio",
     "resampled_length",
     "sha256_file",
 ]
 
 TARGET_SAMPLE_RATE = 16_000
+#: ``sample_rate`` value of an extractor config meaning "the file's own rate, not resampled".
+NATIVE = "native"
 #: wav2vec 2.0's convolutional encoder needs 400 samples (25 ms) for its first frame.
 MIN_SAMPLES = 400
 # Frames decoded per block when mixing multichannel audio: bounds the temporary
@@ -61,22 +73,90 @@ class AudioInfo:
         return self.num_samples
 
 
-def resampled_length(frames: int, sample_rate: int) -> int:
-    """Number of samples soxr returns when resampling ``frames`` samples to 16 kHz.
+def resampled_length(frames: int, sample_rate: int, target_rate: int = TARGET_SAMPLE_RATE) -> int:
+    """Number of samples soxr returns when resampling ``frames`` samples to ``target_rate``.
 
-    soxr's one-shot ``resample`` rounds ``frames * 16000 / sample_rate`` half up; integer
-    arithmetic keeps that exact for any length.
+    soxr's one-shot ``resample`` rounds ``frames * target_rate / sample_rate`` half up;
+    integer arithmetic keeps that exact for any length.
 
     Args:
         frames: Number of input samples (per channel).
         sample_rate: Input sample rate in Hz.
+        target_rate: Output sample rate in Hz (default 16 kHz).
 
     Returns:
-        The output length at 16 kHz.
+        The output length at ``target_rate``.
     """
-    if sample_rate == TARGET_SAMPLE_RATE:
+    if sample_rate == target_rate:
         return frames
-    return (2 * frames * TARGET_SAMPLE_RATE + sample_rate) // (2 * sample_rate)
+    return (2 * frames * target_rate + sample_rate) // (2 * sample_rate)
+
+
+def check_sample_rate(value: object, *, what: str) -> int | str:
+    """Validate an extractor's ``sample_rate`` option: ``"native"`` or a rate in Hz.
+
+    Args:
+        value: The configured value.
+        what: The config section for the message, e.g. ``"egemaps"``.
+
+    Returns:
+        ``"native"`` or the rate as an int.
+
+    Raises:
+        ExtractorConfigError: Anything else.
+    """
+    if value == NATIVE:
+        return NATIVE
+    if isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 768_000:
+        return int(value)
+    raise ExtractorConfigError(
+        f"{what} sample_rate={value!r} is not valid; expected {NATIVE!r} (each file at its own rate, "
+        "not resampled) or a rate in Hz between 1000 and 768000, e.g. 16000."
+    )
+
+
+def processing_rate(configured: int | str, given: int | None) -> int:
+    """The rate an extractor works at: the configured one, or for ``native`` the signal's own
+    (``given``; None means 16 kHz, the rate of :func:`read_audio`)."""
+    if configured != NATIVE:
+        return int(configured)
+    return TARGET_SAMPLE_RATE if given is None else int(given)
+
+
+def signals_at_rates(
+    signals: Sequence[np.ndarray], sample_rates: Sequence[int] | None, configured: int | str, *, what: str
+) -> list[tuple[np.ndarray, int]]:
+    """Check an extractor's inputs and bring each to the rate it is processed at.
+
+    Args:
+        signals: 1-D mono arrays.
+        sample_rates: Rate of each signal in Hz, or None (see :func:`processing_rate`).
+        configured: The extractor's ``sample_rate`` option (``"native"`` or Hz).
+        what: The extractor name, for messages.
+
+    Returns:
+        (float32 signal, rate) per input; signals at another rate than a configured one are
+        resampled to it.
+
+    Raises:
+        ExtractorConfigError: A signal is not 1-D, or the rates do not match the signals.
+    """
+    if sample_rates is not None and len(sample_rates) != len(signals):
+        raise ExtractorConfigError(
+            f"{what} got {len(signals)} signals but {len(sample_rates)} sample_rates; give one rate per signal."
+        )
+    out = []
+    for position, signal in enumerate(signals):
+        x = np.asarray(signal, dtype=np.float32)
+        if x.ndim != 1:
+            raise ExtractorConfigError(
+                f"{what} expects 1-D mono signals, got shape {x.shape}; mix channels down first "
+                "(decode_audio and read_audio return mono)."
+            )
+        given = None if sample_rates is None else int(sample_rates[position])
+        rate = processing_rate(configured, given)
+        out.append((resample_audio(x, given, rate) if given is not None else x, rate))
+    return out
 
 
 def _check_readable(path: Path) -> None:
@@ -174,10 +254,8 @@ def _decode_mono(f: sf.SoundFile) -> np.ndarray:
     return out[:pos]
 
 
-def read_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) -> np.ndarray:
-    """Decode an audio file to float32 mono at 16 kHz.
-
-    Channels are averaged; other sample rates are resampled with soxr (very high quality).
+def decode_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) -> tuple[np.ndarray, int]:
+    """Decode an audio file to float32 mono at the file's own sample rate (channels averaged).
 
     Args:
         path: Audio file in any format libsndfile reads (WAV 8/16/24/32-bit or float,
@@ -185,7 +263,7 @@ def read_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) 
         min_samples: Smallest acceptable length at 16 kHz (0 accepts any non-empty file).
 
     Returns:
-        1-D float32 array; its length equals ``probe_audio(path).num_samples``.
+        (1-D float32 array of ``probe_audio(path).frames_at_source`` samples, sample rate in Hz).
 
     Raises:
         AudioError: The file is missing, unreadable, not audio, empty, too short, or holds
@@ -212,9 +290,71 @@ def read_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) 
             "Fix or re-render the recording (e.g. replace it with a clean 16-bit export) "
             "or remove it from the manifest."
         )
-    if sample_rate != TARGET_SAMPLE_RATE:
-        signal = soxr.resample(signal, sample_rate, TARGET_SAMPLE_RATE, quality="VHQ")
-    return np.ascontiguousarray(signal, dtype=np.float32)
+    return np.ascontiguousarray(signal, dtype=np.float32), sample_rate
+
+
+def resample_audio(signal: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono signal with soxr (very high quality); the same array when the rates match.
+
+    Args:
+        signal: 1-D float32 samples at ``sample_rate``.
+        sample_rate: Rate of ``signal`` in Hz.
+        target_rate: Wanted rate in Hz.
+
+    Returns:
+        1-D float32 array of ``resampled_length(len(signal), sample_rate, target_rate)`` samples.
+    """
+    if sample_rate == target_rate:
+        return signal
+    return np.ascontiguousarray(soxr.resample(signal, sample_rate, target_rate, quality="VHQ"), dtype=np.float32)
+
+
+def read_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) -> np.ndarray:
+    """Decode an audio file to float32 mono at 16 kHz.
+
+    Channels are averaged; other sample rates are resampled with soxr (very high quality).
+
+    Args:
+        path: Audio file in any format libsndfile reads.
+        min_samples: Smallest acceptable length at 16 kHz (0 accepts any non-empty file).
+
+    Returns:
+        1-D float32 array; its length equals ``probe_audio(path).num_samples``.
+
+    Raises:
+        AudioError: The file is missing, unreadable, not audio, empty, too short, or holds
+            NaN/Inf samples.
+    """
+    signal, sample_rate = decode_audio(path, min_samples=min_samples)
+    return resample_audio(signal, sample_rate, TARGET_SAMPLE_RATE)
+
+
+class DecodedAudio:
+    """One decoded file at its own rate, resampled on demand to the rates extractors ask for.
+
+    Each rate is computed once and kept, so eGeMAPS at the file's rate and wav2vec2 at
+    16 kHz share one decode.
+
+    Args:
+        signal: 1-D float32 mono samples at ``sample_rate``.
+        sample_rate: The file's own rate in Hz.
+    """
+
+    def __init__(self, signal: np.ndarray, sample_rate: int) -> None:
+        self.sample_rate = int(sample_rate)
+        self._at: dict[int, np.ndarray] = {self.sample_rate: signal}
+
+    def at(self, rate: int | None) -> np.ndarray:
+        """The signal at ``rate`` Hz (None: the file's own rate)."""
+        rate = self.sample_rate if rate is None else int(rate)
+        if rate not in self._at:
+            self._at[rate] = resample_audio(self._at[self.sample_rate], self.sample_rate, rate)
+        return self._at[rate]
+
+    @property
+    def num_samples(self) -> int:
+        """Length at 16 kHz (equal to ``probe_audio(path).num_samples``), without resampling."""
+        return resampled_length(len(self._at[self.sample_rate]), self.sample_rate)
 
 
 def sha256_file(path: str | os.PathLike[str], *, block_size: int = 1 << 20) -> str:

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from w2v2ser.store import FeatureSpec
 
+from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, processing_rate, signals_at_rates
 from ._errors import ExtractorConfigError, reject_unknown_keys
 
 __all__ = ["EgemapsConfig", "EgemapsExtractor"]
 
-_SAMPLE_RATE = 16_000
-# openSMILE's GeMAPS family frames 16 kHz audio with a 10 ms hop; measured on every length
-# from 400 to 3,300 samples and 60 random lengths up to 25 s: frames = (n - 800) // 160 + 1.
-_HOP = 160
-_OFFSET = 800
-# Below 60 ms openSMILE emits no real frame and pads one all-NaN row; zero-padding the
-# signal to this length yields two finite frames instead (NaN would poison store statistics).
-_MIN_SIGNAL = 960
+
+# openSMILE's GeMAPS family frames audio with a 10 ms hop and a longest window of 60 ms, both
+# rounded half up to whole samples. Measured at 8, 11.025, 12, 16, 22.05, 24, 32, 44.1, 48 and
+# 96 kHz on lengths around the first frames and random lengths up to 6 s (up to 25 s at 16 kHz):
+# frames = (n - window) // hop + 2. Below one window openSMILE emits a single all-NaN row;
+# zero-padding the signal to one window yields two finite frames instead (NaN would poison
+# store statistics).
+def _hop(sample_rate: int) -> int:
+    return math.floor(0.01 * sample_rate + 0.5)
+
+
+def _min_signal(sample_rate: int) -> int:
+    return math.floor(0.06 * sample_rate + 0.5)
 # Sets whose low-level descriptors share the framing rule above (checked per set).
 _FEATURE_SETS = ("eGeMAPSv02", "eGeMAPSv01b", "eGeMAPSv01a", "GeMAPSv01b", "GeMAPSv01a")
 _FEATURE_LEVELS = ("LowLevelDescriptors",)
@@ -33,12 +40,20 @@ class EgemapsConfig:
     Attributes:
         feature_set: An openSMILE GeMAPS-family set; ``eGeMAPSv02`` gives 25 descriptors.
         feature_level: Only ``LowLevelDescriptors`` (frame-level, 100 frames/s) is supported.
+        sample_rate: ``"native"`` (default): each file as decoded, mixed to mono, not
+            resampled, as openSMILE's own ``Smile.process_file`` does; or a rate in Hz that
+            every file is resampled to first (16000 is what w2v2ser did before this option).
     """
 
     feature_set: str = "eGeMAPSv02"
     feature_level: str = "LowLevelDescriptors"
+    sample_rate: int | str = NATIVE
+
+    #: What an absent key meant in a config recorded by an older store (see build_extractor).
+    RECORDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sample_rate": TARGET_SAMPLE_RATE}
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate, what="egemaps"))
         if self.feature_set not in _FEATURE_SETS:
             raise ExtractorConfigError(
                 f"egemaps feature_set {self.feature_set!r} is not supported; expected one of "
@@ -68,22 +83,24 @@ def _smile_in_this_process(feature_set: str, feature_level: str) -> Any:
     if _SMILE is None or _SMILE[0] != key:
         import opensmile  # heavy (pandas, audinterface): only when features are needed
 
-        # openSMILE's own resampler would be a second, different one: inputs are 16 kHz.
-        _SMILE = (key, opensmile.Smile(feature_set=feature_set, feature_level=feature_level,
-                                       sampling_rate=_SAMPLE_RATE))
+        # No sampling_rate: openSMILE runs at each signal's own rate and never resamples
+        # (a second resampler, different from ours, would change the values).
+        _SMILE = (key, opensmile.Smile(feature_set=feature_set, feature_level=feature_level))
     return _SMILE[1]
 
 
 _SMILE: tuple[tuple[str, str], Any] | None = None
 
 
-def _compute(feature_set: str, feature_level: str, signals: list[np.ndarray]) -> tuple[None, list[np.ndarray]]:
-    """openSMILE on padded 16 kHz signals (runs in the openSMILE worker process)."""
+def _compute(
+    feature_set: str, feature_level: str, rates: list[int], signals: list[np.ndarray]
+) -> tuple[None, list[np.ndarray]]:
+    """openSMILE on padded signals at the given rates (runs in the openSMILE worker process)."""
     smile = _smile_in_this_process(feature_set, feature_level)
-    return None, [np.ascontiguousarray(smile(x, _SAMPLE_RATE)[0].T, dtype=np.float32) for x in signals]
+    return None, [np.ascontiguousarray(smile(x, int(r))[0].T, dtype=np.float32) for x, r in zip(signals, rates)]
 
 
-def _describe(feature_set: str, feature_level: str, _: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
+def _describe(feature_set: str, feature_level: str, _: list[int], __: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
     """Descriptor names and openSMILE version (runs in the openSMILE worker process)."""
     import opensmile
 
@@ -98,26 +115,39 @@ WORKER_FUNCTIONS = {"compute": _compute, "describe": _describe}
 class EgemapsExtractor:
     """Frame-level eGeMAPS descriptors, [frames, 25] float32 at 100 frames/s.
 
-    openSMILE runs in a worker process of its own (``_smile_worker``, started once per
-    extractor and reused). Its native library can abort a process that also holds torch or
-    TensorFlow ("malloc(): invalid size"), and one bad input must never take the whole
-    extraction down: when the worker dies, the batch raises, the driver retries utterance by
-    utterance and records the one that fails, and the next call starts a fresh worker.
+    With ``sample_rate: native`` each signal is processed at its own rate, as openSMILE's
+    ``Smile.process_file`` does; with a rate in Hz, signals at other rates are resampled to it
+    first (soxr). openSMILE runs in a worker process of its own (``_smile_worker``, started
+    once per extractor and reused). Its native library can abort a process that also holds
+    torch or TensorFlow ("malloc(): invalid size"), and one bad input must never take the
+    whole extraction down: when the worker dies, the batch raises, the driver retries
+    utterance by utterance and records the one that fails, and the next call starts a fresh
+    worker.
     """
 
     name = "egemaps"
 
     def __init__(self, config: EgemapsConfig | None = None) -> None:
         """Args:
-        config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors.
+        config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors at each file's own rate.
+
+        Raises:
+            MissingDependencyError: opensmile is not installed.
         """
+        from w2v2ser._deps import require_modules
+
+        require_modules("opensmile")
         self.config = config if config is not None else EgemapsConfig()
         self._worker: Any = None
         self._described: tuple[list[str], str] | None = None
 
-    def _call(self, function: str, arrays: list[np.ndarray] = ()) -> tuple[Any, list[np.ndarray]]:
+    def _call(
+        self, function: str, arrays: Sequence[np.ndarray] = (), rates: Sequence[int] = ()
+    ) -> tuple[Any, list[np.ndarray]]:
         import subprocess
         import sys
+
+        from w2v2ser._deps import MissingDependencyError
 
         from ._smile_worker import read_message, write_message
 
@@ -128,7 +158,10 @@ class EgemapsExtractor:
                 stdout=subprocess.PIPE,
             )
         worker = self._worker
-        request = {"function": function, "args": [self.config.feature_set, self.config.feature_level]}
+        request = {
+            "function": function,
+            "args": [self.config.feature_set, self.config.feature_level, [int(r) for r in rates]],
+        }
         try:
             write_message(worker.stdin, request, list(arrays))
             reply = read_message(worker.stdout)
@@ -141,6 +174,8 @@ class EgemapsExtractor:
                 "it is restarted for the next one. If one file causes it every time, re-encode or exclude it."
             )
         meta, out = reply
+        if meta["status"] == "missing":
+            raise MissingDependencyError(meta["value"])
         if meta["status"] != "ok":
             raise RuntimeError(f"openSMILE failed: {meta['value']}")
         return meta["value"], out
@@ -184,6 +219,8 @@ class EgemapsExtractor:
         """Describe the stored feature, with the openSMILE version as provenance."""
         names, version = self._description()
         config = {**self.config.to_dict(), "opensmile_version": version, "feature_names": list(names)}
+        rate = self.config.sample_rate
+        at = "each file's own sample rate" if rate == NATIVE else f"{rate} Hz"
         return FeatureSpec(
             name=self.name,
             dim=len(names),
@@ -193,32 +230,37 @@ class EgemapsExtractor:
             config=config,
             description=(
                 f"openSMILE {self.config.feature_set} {self.config.feature_level} "
-                f"({len(names)} descriptors, 20/60 ms windows, 10 ms hop)"
+                f"({len(names)} descriptors, 20/60 ms windows, 10 ms hop, at {at})"
             ),
         )
 
-    def max_frames(self, num_samples: int) -> int:
-        """Exact number of frames :meth:`extract` returns for ``num_samples`` 16 kHz samples."""
-        return (max(num_samples, _MIN_SIGNAL) - _OFFSET) // _HOP + 1
-
-    def extract(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Compute descriptors for each 16 kHz mono signal.
+    def max_frames(self, num_samples: int, *, sample_rate: int | None = None) -> int:
+        """Exact number of frames :meth:`extract` returns for one signal.
 
         Args:
-            signals: 1-D float32 arrays at 16 kHz.
+            num_samples: Length of the signal at the rate it is processed at.
+            sample_rate: That rate in Hz; None means 16 kHz for ``native``, else the configured rate.
+        """
+        rate = processing_rate(self.config.sample_rate, sample_rate)
+        window = _min_signal(rate)
+        return (max(num_samples, window) - window) // _hop(rate) + 2
+
+    def extract(self, signals: Sequence[np.ndarray], *, sample_rates: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Compute descriptors for each mono signal.
+
+        Args:
+            signals: 1-D float32 arrays.
+            sample_rates: Rate of each signal in Hz; None means every signal is at 16 kHz for
+                ``native``, or already at the configured rate. With a configured rate,
+                signals at another rate are resampled to it.
 
         Returns:
             One C-contiguous float32 array [frames, dim] per signal.
         """
-        padded = []
-        for signal in signals:
-            x = np.asarray(signal, dtype=np.float32)
-            if x.ndim != 1:
-                raise ExtractorConfigError(
-                    f"egemaps expects 1-D mono signals, got shape {x.shape}; mix channels down first "
-                    "(read_audio returns mono)."
-                )
-            if x.shape[0] < _MIN_SIGNAL:
-                x = np.pad(x, (0, _MIN_SIGNAL - x.shape[0]))
+        padded, rates = [], []
+        for x, rate in signals_at_rates(signals, sample_rates, self.config.sample_rate, what="egemaps"):
+            if x.shape[0] < _min_signal(rate):
+                x = np.pad(x, (0, _min_signal(rate) - x.shape[0]))
             padded.append(x)
-        return self._call("compute", padded)[1] if padded else []
+            rates.append(rate)
+        return self._call("compute", padded, rates)[1] if padded else []

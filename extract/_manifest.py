@@ -19,6 +19,14 @@ __all__ = ["Manifest", "read_csv_manifest"]
 _REQUIRED = ("path", "label", "speaker")
 _OPTIONAL = ("session", "split", "id", "gender")
 _SPLITS = ("train", "validation", "test")
+# Extra key under which extraction records each file's sample rate (extract/_pipeline.py).
+_RESERVED = "audio_sample_rate"
+# Spellings of the splits in common corpus lists (case-insensitive) -> the stored name.
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "val": "validation", "valid": "validation", "dev": "validation",
+    "test": "test", "eval": "test",
+}
 _GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
 
 
@@ -67,6 +75,9 @@ def _check_header(path: Path, header: list[str] | None) -> None:
     dupes = [c for c, n in Counter(header).items() if n > 1]
     if dupes:
         raise _fail(path, 1, dupes[0], "column appears more than once in the header", "Rename or drop the duplicate.")
+    if _RESERVED in header:
+        raise _fail(path, 1, _RESERVED, "this column name is reserved: extraction records each file's own "
+                    "sample rate under it (read from the audio header)", "Rename or drop the column.")
 
 
 def _resolve(path: Path, line: int, raw: str) -> str:
@@ -117,6 +128,9 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     Raises:
         ManifestError: Unreadable file, missing required column, empty value in a required
             column, malformed row, bad split/gender, escaping relative path, duplicate id.
+
+    A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev`` or
+    ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.
     """
     path = Path(path)
     if not path.is_file():
@@ -162,11 +176,13 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
                         "Ids must be unique: add an 'id' column with distinct values or fix the duplicate row.")
         seen[uid] = row["_line"]
         split = row.get("split", "")
-        if split and split not in _SPLITS:
-            close = difflib.get_close_matches(split, _SPLITS, n=1, cutoff=0.3)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+        if split and split.lower() not in _SPLIT_ALIASES:
+            close = difflib.get_close_matches(split.lower(), list(_SPLIT_ALIASES), n=1, cutoff=0.3)
+            hint = f" Did you mean {_SPLIT_ALIASES[close[0]]!r}?" if close else ""
             raise _fail(path, line, "split", f"unknown split {split!r}",
-                        f"Use one of {', '.join(_SPLITS)} or leave it empty.{hint}")
+                        f"Use one of {', '.join(_SPLITS)} (or train/training, val/valid/dev, test/eval), "
+                        f"or leave it empty.{hint}")
+        split = _SPLIT_ALIASES.get(split.lower(), "")
         gender = row.get("gender", "")
         if gender and gender.lower() not in _GENDERS:
             raise _fail(path, line, "gender", f"unknown gender {gender!r}",

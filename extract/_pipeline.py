@@ -28,7 +28,10 @@ import numpy as np
 
 from w2v2ser.store import StoreWriter, Utterance, W2v2serError, WorkUnit, lock_store, open_store
 
-from ._audio import probe_audio, read_audio, sha256_file
+from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
+from ._rates import (
+    capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
+)
 from ._registry import UPSTREAMS, Extractor, build_extractor
 
 __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
@@ -76,20 +79,20 @@ class _ShardItem:
 
 def _probe_all(
     utterances: Sequence[Utterance], progress: bool
-) -> tuple[list[int | None], dict[int, str]]:
+) -> tuple[list[AudioInfo | None], dict[int, str]]:
     """Read every file's header; unreadable ones become failures, not crashes."""
-    num_samples: list[int | None] = []
+    infos: list[AudioInfo | None] = []
     failures: dict[int, str] = {}
     for position, utterance in enumerate(_progress(utterances, progress, "probe audio", "file")):
         try:
-            num_samples.append(probe_audio(utterance.path).num_samples)
+            infos.append(probe_audio(utterance.path))
         except W2v2serError as error:
-            num_samples.append(None)
+            infos.append(None)
             failures[position] = str(error)
         except OSError as error:  # permissions, vanished files: record and go on
-            num_samples.append(None)
+            infos.append(None)
             failures[position] = f"cannot read {utterance.path}: {error}. Check the file exists and is readable."
-    return num_samples, failures
+    return infos, failures
 
 
 def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
@@ -147,13 +150,15 @@ def extract_corpus(
     summary = ExtractionSummary(store=store_path)
     with lock_store(store_path):
         writer = StoreWriter(store_path)
-        num_samples, failures = _probe_all(utterances, progress)
-        specs = [extractor.feature_spec() for extractor in extractors]
-        capacities = {
-            extractor.name: [extractor.max_frames(n) if n else 0 for n in num_samples] for extractor in extractors
-        }
+        infos, failures = _probe_all(utterances, progress)
+        stored = open_store(store_path, allow_incomplete=True).features
+        rates = store_rates(utterances, infos, failures, extractors, stored)
+        num_samples = [info.num_samples if info is not None else None for info in infos]
+        specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]
+        capacities = {extractor.name: [capacity(extractor, info) for info in infos] for extractor in extractors}
         rows = writer.plan(
-            utterances, num_samples=num_samples, features=specs, capacities=capacities, failures=failures
+            [with_rate(u, info) for u, info in zip(utterances, infos)],
+            num_samples=num_samples, features=specs, capacities=capacities, failures=failures,
         )
         summary.planned = len(rows)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
@@ -233,24 +238,26 @@ def _batches(items: Sequence[_ShardItem], max_samples: int) -> Iterator[list[_Sh
         yield batch
 
 
-def _decode(item: _ShardItem) -> tuple[_ShardItem, np.ndarray | None, str, str]:
+def _decode(item: _ShardItem, rates: Sequence[int | str]) -> tuple[_ShardItem, DecodedAudio | None, str, str]:
     """Decode one file; errors become a reason string so one bad file never stops a shard."""
     try:
-        signal = read_audio(item.path)
-        return item, signal, sha256_file(item.path), ""
+        audio = DecodedAudio(*decode_audio(item.path))
+        resample_for(audio, rates)  # here, in the decode worker, ahead of extraction
+        return item, audio, sha256_file(item.path), ""
     except W2v2serError as error:
         return item, None, "", str(error)
     except Exception as error:  # noqa: BLE001 - any decoder error is recorded, not raised
         return item, None, "", f"cannot decode {item.path}: {type(error).__name__}: {error}. Check the file is valid audio."
 
 
-_Decoded = list[tuple[_ShardItem, "np.ndarray | None", str, str]]
+_Decoded = list[tuple[_ShardItem, "DecodedAudio | None", str, str]]
 
 
-def _decode_batch(batch: Sequence[_ShardItem]) -> tuple[_Decoded, float]:
-    """Decode (and resample) a batch; also returns the busy seconds (runs in a worker process)."""
+def _decode_batch(batch: Sequence[_ShardItem], rates: Sequence[int | str]) -> tuple[_Decoded, float]:
+    """Decode (and resample to ``rates``) a batch; also returns the busy seconds (may run in a
+    worker process, so it gets the extractors' configured rates, not the extractors)."""
     started = time.perf_counter()
-    decoded = [_decode(item) for item in batch]
+    decoded = [_decode(item, rates) for item in batch]
     return decoded, time.perf_counter() - started
 
 
@@ -270,8 +277,8 @@ def _decode_pool(workers: int) -> ProcessPoolExecutor:
 class _Decoder:
     """Decodes batches ahead of the model, in order: in `workers` processes, or one thread (0)."""
 
-    def __init__(self, batches: Sequence[Sequence[_ShardItem]], workers: int) -> None:
-        self._batches, self._workers = list(batches), workers
+    def __init__(self, batches: Sequence[Sequence[_ShardItem]], workers: int, rates: Sequence[int | str]) -> None:
+        self._batches, self._workers, self._rates = list(batches), workers, list(rates)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode") if workers == 0 else None
         self._ahead = 2 if workers == 0 else workers + 1
         self._futures: deque[tuple[int, Future]] = deque()
@@ -282,14 +289,14 @@ class _Decoder:
             batch = self._batches[self._next]
             try:
                 executor: Any = self._thread or _decode_pool(self._workers)
-                future = executor.submit(_decode_batch, batch)
+                future = executor.submit(_decode_batch, batch, self._rates)
             except (BrokenProcessPool, OSError, RuntimeError, AssertionError):
                 # No worker processes here (a broken pool, or a daemonic process that may not
                 # have children): decode in one thread of this process from now on.
                 _DECODE_POOLS.pop(self._workers, None)
                 self._workers, self._ahead = 0, 2
                 self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="w2v2ser-decode")
-                future = self._thread.submit(_decode_batch, batch)
+                future = self._thread.submit(_decode_batch, batch, self._rates)
             self._futures.append((self._next, future))
             self._next += 1
 
@@ -301,7 +308,7 @@ class _Decoder:
                 result = future.result()
             except BrokenProcessPool:  # a worker died (e.g. killed): decode this batch here
                 _DECODE_POOLS.pop(self._workers, None)
-                result = _decode_batch(self._batches[number])
+                result = _decode_batch(self._batches[number], self._rates)
             self._submit()
             yield result
 
@@ -419,7 +426,7 @@ def extract_shard(
     cpu_features = _CpuFeatures(background, max(1, cpu_workers)) if background else None
     if decode_workers is None:
         decode_workers = default_decode_workers(extractors)
-    decoder = _Decoder(batches, decode_workers)
+    decoder = _Decoder(batches, decode_workers, configured_rates(extractors))
     stage = on_stage or (lambda name, seconds: None)
     profiled = [e for e in gpu if hasattr(e, "on_stage")]
     for extractor in profiled:
@@ -487,7 +494,7 @@ _Failure = tuple[int, "str | None", str]
 
 
 def _features_of(
-    extractor: Extractor, good: Sequence[tuple[_ShardItem, np.ndarray, str]]
+    extractor: Extractor, good: Sequence[tuple[_ShardItem, DecodedAudio, str]]
 ) -> tuple[list[np.ndarray | None], list[_Failure]]:
     """One feature of a batch; a failing batch is retried one by one to isolate the bad utterance.
 
@@ -496,23 +503,23 @@ def _features_of(
     """
     failures: list[_Failure] = []
     limit = getattr(extractor.config, "max_seconds", None)
-    allowed = [limit is None or len(signal) <= limit * 16000 for _, signal, _ in good]
-    for (item, signal, _), ok in zip(good, allowed):
+    allowed = [limit is None or audio.num_samples <= limit * 16000 for _, audio, _ in good]
+    for (item, audio, _), ok in zip(good, allowed):
         if not ok:
             failures.append((item.index, extractor.name, (
-                f"{item.path} is {len(signal) / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
+                f"{item.path} is {audio.num_samples / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
                 f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
             )))
-    signals = [signal for (_, signal, _), ok in zip(good, allowed) if ok]
+    audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]
     try:
-        values = iter(extractor.extract(signals))
+        values = iter(run_extractor(extractor, audios))
     except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
         singles = []
-        for (item, signal, _), ok in zip(good, allowed):
+        for (item, audio, _), ok in zip(good, allowed):
             if not ok:
                 continue
             try:
-                singles.append(extractor.extract([signal])[0])
+                singles.append(run_extractor(extractor, [audio])[0])
             except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
                 failures.append((item.index, extractor.name,
                                  f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"))
@@ -533,7 +540,7 @@ def _extract_batch(
 ) -> Callable[[], None]:
     """Run the batch's model features here, start its CPU features, and return the writer
     thread's job: wait for the CPU features, record failures, add utterances in order."""
-    good = [(item, signal, digest) for item, signal, digest, reason in decoded if signal is not None]
+    good = [(item, audio, digest) for item, audio, digest, reason in decoded if audio is not None]
     failures: list[_Failure] = [(item.index, None, reason) for item, _, _, reason in decoded if reason]
     results: dict[str, Any] = {}
     for extractor in extractors:
@@ -559,11 +566,11 @@ def _extract_batch(
         started = time.perf_counter()
         for index, feature, reason in failures:
             writer.record_failure(index, feature=feature, reason=reason)
-        for position, (item, signal, digest) in enumerate(good):
+        for position, (item, audio, digest) in enumerate(good):
             frames = {name: values[position] for name, values in features.items() if values[position] is not None}
             if len(frames) != len(extractors):
                 continue
-            duration = len(signal) / 16000.0
+            duration = audio.num_samples / 16000.0
             unit_writer.add(item.index, frames, audio_sha256=digest, duration=duration)
             committed.add(duration)
             if on_utterance is not None:

@@ -38,6 +38,11 @@ class Extractor(Protocol):
     def extract(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Frames for each 16 kHz mono float32 signal."""
 
+    # Extractors whose config has a ``sample_rate`` ("native" or Hz) also take keyword
+    # arguments: ``max_frames(n, sample_rate=...)``, ``extract(signals, sample_rates=[...])``
+    # and, for the spectrogram, ``feature_spec(sample_rate=...)``; the driver hands them each
+    # file at the rate they ask for.
+
 
 class UnknownFeatureError(W2v2serError):
     """A feature name that no extractor provides."""
@@ -57,6 +62,10 @@ EXTRACTORS: dict[str, tuple[str, str, str]] = {
 
 # Feature names of the self-supervised speech encoders (one extractor class, one name per family).
 UPSTREAMS = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec"})
+
+
+# Optional packages each feature needs: missing ones give a one-line install hint, not a traceback.
+_REQUIRES: dict[str, tuple[str, ...]] = {"wav2vec2": ("torch", "transformers"), "egemaps": ("opensmile",)}
 
 
 def _lookup(name: str) -> tuple[type, type]:
@@ -83,14 +92,25 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
         name: Feature name (``wav2vec2``, ``hubert``, ``wavlm``, ``data2vec``, ``egemaps``, ``spectrogram``).
         config: Config keys (as in pipeline.yaml); missing keys take their defaults.
         recorded: The mapping comes from a store's attributes: provenance keys the
-            extractor added (weights hash, versions) are dropped instead of rejected.
+            extractor added (weights hash, versions) are dropped instead of rejected, and
+            options the store predates take the value it was made with (``RECORDED_DEFAULTS``
+            of the config class, e.g. ``sample_rate: 16000``).
 
     Returns:
         The extractor, ready to use (models load lazily on first use).
+
+    Raises:
+        MissingDependencyError: A package the feature needs is not installed; the message
+            names the extra, e.g. ``pip install "w2v2ser[extract]"``.
     """
+    from w2v2ser._deps import require_modules
+
     config_class, extractor_class = _lookup(name)
+    require_modules(*_REQUIRES.get(name, ()))
     values = dict(config or {})
     if recorded:
         known = {f.name for f in fields(config_class)}
-        values = {key: value for key, value in values.items() if key in known}
+        # Options added after a store was written: absent means what the store was made with.
+        values = {**getattr(config_class, "RECORDED_DEFAULTS", {}),
+                  **{key: value for key, value in values.items() if key in known}}
     return extractor_class(config_class.from_dict(values))

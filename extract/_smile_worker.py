@@ -4,8 +4,9 @@ openSMILE's native library runs here, apart from the extraction process: it can 
 process that also holds torch or TensorFlow, and a crash on one input must not end a run.
 Protocol on stdin/stdout, no pickle: an 8-byte little-endian length and a JSON header
 (``{"meta": ..., "arrays": [[dtype, shape], ...]}``), then the arrays' raw bytes.
-Requests carry ``{"function": name, "args": [...]}`` with the signals as arrays; replies
-carry ``{"status": "ok" | "error", "value": ...}`` with the frames as arrays.
+Requests carry ``{"function": name, "args": [feature_set, feature_level, rates]}`` with the
+signals as arrays; replies carry ``{"status": "ok" | "error" | "missing", "value": ...}`` with
+the frames as arrays ("missing": an optional dependency is not installed, value is the hint).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def write_message(stream: BinaryIO, meta: Any, arrays: list[np.ndarray] = ()) ->
 
 def main() -> None:
     """Serve requests until the parent closes stdin."""
+    from w2v2ser._deps import missing_dependency_error
     from w2v2ser.extract._egemaps import WORKER_FUNCTIONS
 
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
@@ -67,6 +69,10 @@ def main() -> None:
         try:
             value, out = WORKER_FUNCTIONS[meta["function"]](*meta["args"], arrays)
             write_message(replies, {"status": "ok", "value": value}, out)
+        except ModuleNotFoundError as error:  # the parent raises the one-line install hint
+            missing = missing_dependency_error(error)
+            text = str(missing) if missing is not None else f"{type(error).__name__}: {error}"
+            write_message(replies, {"status": "missing" if missing is not None else "error", "value": text})
         except Exception as error:  # noqa: BLE001 - sent back to the parent as text
             write_message(replies, {"status": "error", "value": f"{type(error).__name__}: {error}"})
 

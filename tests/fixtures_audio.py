@@ -8,11 +8,17 @@ import numpy as np
 import soundfile as sf
 
 __all__ = [
+    "OTHER_RATES",
     "build_iemocap_tree",
     "build_ravdess_tree",
     "make_signal",
     "write_audio",
 ]
+
+
+#: Sample rates other than 16 kHz that corpora are distributed at (telephone, CD, 22.05 kHz
+#: acted corpora, 48 kHz studio recordings such as the RAVDESS originals).
+OTHER_RATES = (8_000, 22_050, 44_100, 48_000)
 
 
 def make_signal(*, duration: float = 1.0, sample_rate: int = 16_000, channels: int = 1,

@@ -1,4 +1,4 @@
-"""read_audio / probe_audio / sha256_file on synthetic files of many formats and rates."""
+"""decode_audio / read_audio / probe_audio / sha256_file on synthetic files of many formats and rates."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import pytest
 import soundfile as sf
 from fixtures_audio import make_signal, write_audio
 
-from w2v2ser.extract import MIN_SAMPLES, AudioError, probe_audio, read_audio, sha256_file
+from w2v2ser.extract import (
+    MIN_SAMPLES,
+    AudioError,
+    decode_audio,
+    probe_audio,
+    read_audio,
+    resample_audio,
+    sha256_file,
+)
+from w2v2ser.extract._audio import DecodedAudio, resampled_length
 from w2v2ser.store import W2v2serError
 
 RATES = [8_000, 11_025, 16_000, 22_050, 44_100, 48_000, 96_000]
@@ -30,6 +39,23 @@ def test_probe_length_equals_read_length(tmp_path, sample_rate, duration, channe
     assert info.frames_at_source == round(duration * sample_rate)
     assert info.duration == pytest.approx(info.frames_at_source / sample_rate)
     assert len(signal) == pytest.approx(duration * 16_000, abs=1)
+
+
+@pytest.mark.parametrize("sample_rate", RATES)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decode_keeps_the_files_own_rate_and_mixes_to_mono(tmp_path, sample_rate, channels):
+    path = write_audio(tmp_path / "a.wav", duration=0.3711, sample_rate=sample_rate, channels=channels, subtype="FLOAT")
+    signal, rate = decode_audio(path)
+    written = make_signal(duration=0.3711, sample_rate=sample_rate, channels=channels)
+    assert rate == sample_rate and signal.dtype == np.float32 and signal.ndim == 1
+    assert len(signal) == probe_audio(path).frames_at_source
+    np.testing.assert_allclose(signal, written if channels == 1 else written.mean(axis=1), atol=1e-7)
+    np.testing.assert_array_equal(resample_audio(signal, rate, 16_000), read_audio(path))
+    for target in (8_000, 16_000, 22_050, 48_000):
+        assert len(resample_audio(signal, rate, target)) == resampled_length(len(signal), rate, target)
+    audio = DecodedAudio(signal, rate)
+    assert audio.at(None) is signal and audio.at(16_000) is audio.at(16_000)  # resampled once
+    assert audio.num_samples == probe_audio(path).num_samples
 
 
 @pytest.mark.parametrize("frames", [1201, 1203, 1205, 4803, 48_001, 95_999])

@@ -179,6 +179,14 @@ def test_csv_manifest_basic(tmp_path):
     assert z.id == "z" and z.path == str(absolute)  # absolute paths allowed, missing files not checked here
 
 
+def test_csv_manifest_split_aliases(tmp_path):
+    aliases = {"train": "train", "Training": "train", "val": "validation", "VALID": "validation",
+               "dev": "validation", "validation": "validation", "test": "test", "eval": "test", "": ""}
+    rows = "".join(f"a{k}.wav,x,y,{given}\n" for k, given in enumerate(aliases))
+    manifest = read_csv_manifest(_write_csv(tmp_path / "m.csv", "path,label,speaker,split\n" + rows))
+    assert [u.split for u in manifest.utterances] == list(aliases.values())
+
+
 def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     path = _write_csv(tmp_path / "m.csv", "path,label,speaker\nx/a.wav,l,s\ny/a.wav,l,s\nc.wav,l,s\n")
     assert [u.id for u in read_csv_manifest(path).utterances] == ["x/a", "y/a", "c"]
@@ -193,6 +201,9 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     ("path,label,speaker,id\na.wav,x,y,u1\nb.wav,x,y,u1\n", ["line 3", "'u1'", "line 2", "unique"]),
     ("path,label,speaker\n../../etc/passwd,x,y\n", ["line 2", "column 'path'", "outside the manifest's folder"]),
     ("path,label,speaker,split\na.wav,x,y,trian\n", ["line 2", "split", "Did you mean 'train'"]),
+    ("path,label,speaker,split\na.wav,x,y,holdout\n", ["line 2", "unknown split 'holdout'", "val/valid/dev"]),
+    ("path,label,speaker,split\na.wav,x,y,validaton\n", ["Did you mean 'validation'"]),
+    ("path,label,speaker,audio_sample_rate\na.wav,x,y,16000\n", ["line 1", "reserved", "sample rate"]),
     ("path,label,speaker,gender\na.wav,x,y,other\n", ["line 2", "gender"]),
     ("path,label,speaker\n", ["no rows"]),
     ("", ["empty"]),

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import json
-
+import re
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_audio import make_signal
+import soundfile as sf
+from fixtures_audio import OTHER_RATES, make_signal, write_audio
 
 from w2v2ser.extract import (
+    NATIVE,
     EgemapsConfig,
     EgemapsExtractor,
     ExtractorConfigError,
     SpectrogramConfig,
     SpectrogramExtractor,
+    build_extractor,
+    decode_audio,
+    extract_corpus,
+    read_audio,
 )
-from w2v2ser.store import W2v2serError
+from w2v2ser.store import Utterance, W2v2serError, open_store
 
 # ---------------------------------------------------------------- eGeMAPS
 
@@ -32,7 +40,8 @@ def egemaps() -> EgemapsExtractor:
 def test_egemaps_config_round_trip_and_rejections():
     config = EgemapsConfig()
     assert EgemapsConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict() == {"feature_set": "eGeMAPSv02", "feature_level": "LowLevelDescriptors"}
+    assert config.to_dict() == {"feature_set": "eGeMAPSv02", "feature_level": "LowLevelDescriptors",
+                                "sample_rate": "native"}
     with pytest.raises(ExtractorConfigError, match="Did you mean 'feature_set'"):
         EgemapsConfig.from_dict({"featureset": "eGeMAPSv02"})
     with pytest.raises(ExtractorConfigError, match="eGeMAPSv02"):
@@ -175,3 +184,263 @@ def test_extract_modules_do_not_import_tensorflow_or_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- sample rates
+
+
+def _process_file_reference(paths: list[Path], out: Path, *, channels: str = "[0]", mixdown: bool = False) -> None:
+    """openSMILE's own ``Smile.process_file`` on each file, in a clean interpreter (see above)."""
+    script = (
+        "import sys, numpy as np, opensmile\n"
+        "smile = opensmile.Smile(feature_set='eGeMAPSv02', feature_level='LowLevelDescriptors',\n"
+        f"                       channels={channels}, mixdown={mixdown})\n"
+        "for i, path in enumerate(sys.argv[2:]):\n"
+        "    np.save(f'{sys.argv[1]}/{i}.npy', smile.process_file(path).to_numpy(dtype=np.float32))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(out), *map(str, paths)], check=True, capture_output=True)
+
+
+def _rate_corpus(folder: Path, rates, *, duration: float = 1.3, channels: int = 1) -> list[Utterance]:
+    return [
+        Utterance(id=f"r{rate}", path=str(write_audio(folder / f"r{rate}.wav", sample_rate=rate, duration=duration,
+                                                       channels=channels, frequency=180.0 + k * 40, seed=k)),
+                  speaker=f"s{k % 2}", label="a")
+        for k, rate in enumerate(rates)
+    ]
+
+
+def test_native_egemaps_store_equals_opensmile_process_file(tmp_path):
+    """The stored eGeMAPS of each file (8 to 48 kHz) is what openSMILE's process_file gives for it."""
+    utterances = _rate_corpus(tmp_path / "audio", (*OTHER_RATES, 16_000))
+    egemaps = build_extractor("egemaps", {})
+    assert egemaps.config.sample_rate == NATIVE  # the default
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[egemaps], progress=False)
+    assert summary.complete and not summary.failed
+    _process_file_reference([Path(u.path) for u in utterances], tmp_path)
+    store = open_store(tmp_path / "s.zarr")
+    assert store.features["egemaps"].config["sample_rate"] == "native"
+    records = {r.id: r for r in store.list_utterances()}
+    for k, utterance in enumerate(utterances):
+        reference = np.load(tmp_path / f"{k}.npy")
+        stored = store.read_utterance(utterance.id, "egemaps")
+        np.testing.assert_array_equal(stored, reference, err_msg=utterance.id)
+        rate = int(utterance.id[1:])
+        assert records[utterance.id].extra["audio_sample_rate"] == rate
+        assert len(stored) == egemaps.max_frames(sf.info(utterance.path).frames, sample_rate=rate)
+
+
+def test_native_egemaps_of_a_stereo_file_is_opensmiles_mixdown(tmp_path):
+    (utterance,) = _rate_corpus(tmp_path / "audio", (44_100,), channels=2)
+    signal, rate = decode_audio(utterance.path)
+    (frames,) = build_extractor("egemaps").extract([signal], sample_rates=[rate])
+    _process_file_reference([Path(utterance.path)], tmp_path, channels="[0, 1]", mixdown=True)
+    np.testing.assert_allclose(frames, np.load(tmp_path / "0.npy"), rtol=1e-5, atol=1e-4)
+
+
+def test_egemaps_at_a_fixed_rate_resamples_first(tmp_path):
+    """sample_rate: 16000 is the behaviour before the option: soxr to 16 kHz, then openSMILE."""
+    (utterance,) = _rate_corpus(tmp_path / "audio", (22_050,))
+    fixed = EgemapsExtractor(EgemapsConfig(sample_rate=16_000))
+    own, rate = decode_audio(utterance.path)
+    at_16k = read_audio(utterance.path)
+    np.testing.assert_array_equal(fixed.extract([own], sample_rates=[rate])[0], fixed.extract([at_16k])[0])
+    native = build_extractor("egemaps").extract([own], sample_rates=[rate])[0]
+    assert native.shape != fixed.extract([at_16k])[0].shape or not np.allclose(native, fixed.extract([at_16k])[0])
+
+
+@pytest.mark.parametrize("rate", OTHER_RATES)
+def test_max_frames_is_exact_at_every_rate(rate):
+    rng = np.random.default_rng(rate)
+    egemaps = build_extractor("egemaps")
+    window = int(0.06 * rate + 0.5)
+    lengths = [1, window - 1, window, window + 1, rate, *map(int, rng.integers(window, 3 * rate, 6))]
+    signals = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Segment too short, filling with NaN"
+        outputs = egemaps.extract(signals, sample_rates=[rate] * len(signals))
+    for n, frames in zip(lengths, outputs):
+        assert frames.shape[0] == egemaps.max_frames(n, sample_rate=rate), (rate, n)
+        assert np.isfinite(frames).all()
+    released = SpectrogramExtractor(SpectrogramConfig(sample_rate="native", window_samples=400, hop_samples=320,
+                                                      n_fft=512))
+    # 40 / 20 ms are whole numbers of samples at all four rates (25 ms is not at 22.05 or 44.1 kHz).
+    ms = SpectrogramExtractor(SpectrogramConfig(sample_rate="native", window_ms=40.0, hop_ms=20.0))
+    for extractor in (released, ms):
+        for n in lengths:
+            (spec,) = extractor.extract([np.ones(n, np.float32)], sample_rates=[rate])
+            assert spec.shape[0] == extractor.max_frames(n, sample_rate=rate)
+
+
+def test_released_code_spectrogram_on_48k_originals():
+    """400-sample window, hop 320, 512-point FFT at the file's own 48 kHz: 8.3 / 6.7 ms, 150 frames/s."""
+    config = SpectrogramConfig(sample_rate="native", window_samples=400, hop_samples=320, n_fft=512)
+    extractor = SpectrogramExtractor(config)
+    spec = extractor.feature_spec(sample_rate=48_000)
+    assert (spec.dim, spec.frame_rate) == (257, 150.0)
+    assert "400 samples (8.33333 ms)" in spec.description and "at the files' own rate (48000 Hz)" in spec.description
+    x = make_signal(duration=1.0, sample_rate=48_000, frequency=3000.0)
+    (frames,) = extractor.extract([x], sample_rates=[48_000])
+    # The same numbers as an ms-free STFT of the raw 48 kHz samples.
+    reference = _scipy_reference_at(x, win=400, hop=320, n_fft=512)
+    np.testing.assert_allclose(frames, reference, rtol=1e-4, atol=1e-4)
+    assert abs(int(frames.mean(axis=0).argmax()) - round(3000 / 48_000 * 512)) <= 1
+    # At 16 kHz the same sample counts are 25 ms / 20 ms (the README's `official` setting there).
+    assert extractor.feature_spec(sample_rate=16_000).frame_rate == 50.0
+
+
+def _scipy_reference_at(x: np.ndarray, *, win: int, hop: int, n_fft: int) -> np.ndarray:
+    from scipy.signal import get_window, stft
+
+    _, _, z = stft(x.astype(np.float64), window="hann", nperseg=win, noverlap=win - hop, nfft=n_fft,
+                   detrend=False, return_onesided=True, boundary=None, padded=False, scaling="spectrum")
+    return np.abs(z).T * get_window("hann", win).sum()
+
+
+def test_sample_rate_config_errors_and_round_trip():
+    for value in ("16k", 0, True, 16000.0, None):
+        with pytest.raises(ExtractorConfigError, match="sample_rate"):
+            EgemapsConfig(sample_rate=value)
+        with pytest.raises(ExtractorConfigError, match="sample_rate"):
+            SpectrogramConfig(sample_rate=value)
+    with pytest.raises(ExtractorConfigError, match="not both"):
+        SpectrogramConfig(window_ms=25.0, window_samples=400)
+    with pytest.raises(ExtractorConfigError, match="hop_samples"):
+        SpectrogramConfig(hop_samples=0)
+    with pytest.raises(ExtractorConfigError, match="whole number of samples at 22050 Hz"):
+        SpectrogramConfig(sample_rate=22_050)  # 25 ms = 551.25 samples
+    with pytest.raises(ExtractorConfigError, match="whole number of samples at 22050 Hz"):
+        SpectrogramExtractor(SpectrogramConfig(sample_rate="native")).extract([np.ones(5000, np.float32)],
+                                                                             sample_rates=[22_050])
+    for config in (SpectrogramConfig(), SpectrogramConfig(sample_rate="native", window_samples=400, hop_samples=320,
+                                                          n_fft=512), EgemapsConfig(sample_rate=16_000)):
+        assert type(config).from_dict(config.to_dict()) == config
+    assert SpectrogramConfig().to_dict()["sample_rate"] == 16_000 and SpectrogramConfig().window_ms == 25.0
+
+
+def test_native_spectrogram_store_refuses_files_of_another_rate(tmp_path):
+    utterances = _rate_corpus(tmp_path / "audio", (48_000, 48_000, 44_100, 16_000, 48_000))
+    utterances = [replace(u, id=f"u{k}") for k, u in enumerate(utterances)]
+    spectrogram = build_extractor("spectrogram", {"sample_rate": "native", "window_samples": 400,
+                                                  "hop_samples": 320, "n_fft": 512})
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[spectrogram], progress=False)
+    assert summary.complete
+    failed = {uid: reason for uid, _, reason in summary.failed}
+    assert set(failed) == {"u2", "u3"}
+    assert "r44100.wav is 44100 Hz" in failed["u2"] and "runs at 48000 Hz" in failed["u2"]
+    assert "r16000.wav is 16000 Hz" in failed["u3"]
+    store = open_store(tmp_path / "s.zarr")
+    spec = store.features["spectrogram"]
+    assert spec.frame_rate == 150.0 and spec.config["native_sample_rate"] == 48_000
+    for uid in ("u0", "u1", "u4"):
+        own, rate = decode_audio(utterances[int(uid[1:])].path)
+        np.testing.assert_array_equal(store.read_utterance(uid, "spectrogram"),
+                                      spectrogram.extract([own], sample_rates=[rate])[0])
+    # A rerun whose first file has another rate keeps the store's rate and the same verdicts.
+    again = extract_corpus(utterances[2:], tmp_path / "s.zarr", extractors=[spectrogram], progress=False)
+    assert {uid for uid, _, _ in again.failed} == {"u2", "u3"}
+    # Milliseconds that are no whole number of samples at the store's rate: refused before any work.
+    with pytest.raises(ExtractorConfigError, match="25.0 ms is not a positive whole number of samples at 44100 Hz"):
+        extract_corpus(utterances[2:], tmp_path / "ms.zarr", progress=False,
+                       extractors=[build_extractor("spectrogram", {"sample_rate": "native"})])
+
+
+def _forget_option(store_path: Path, feature: str, key: str) -> None:
+    """Make the store look written before ``key`` existed (its recorded config lacks it)."""
+    import zarr
+
+    group = zarr.open_group(str(store_path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    del meta["features"][feature]["config"][key]
+    group.attrs["w2v2ser"] = meta
+
+
+def test_stores_written_before_sample_rate_mean_16k_and_resume(tmp_path):
+    utterances = _rate_corpus(tmp_path / "audio", (22_050, 16_000, 44_100))
+    first = [build_extractor("egemaps", {"sample_rate": 16_000}), build_extractor("spectrogram", {})]
+    extract_corpus(utterances[:2], tmp_path / "old.zarr", extractors=first, progress=False)
+    for feature in ("egemaps", "spectrogram"):
+        _forget_option(tmp_path / "old.zarr", feature, "sample_rate")
+    _forget_option(tmp_path / "old.zarr", "spectrogram", "window_samples")
+    _forget_option(tmp_path / "old.zarr", "spectrogram", "hop_samples")
+    old = open_store(tmp_path / "old.zarr")
+    assert "sample_rate" not in old.features["egemaps"].config
+    # Extractors rebuilt from the store (`w2v2ser extract --like`): absent means 16 kHz.
+    rebuilt = {n: build_extractor(n, dict(s.config), recorded=True) for n, s in old.features.items()}
+    assert rebuilt["egemaps"].config.sample_rate == 16_000 and rebuilt["spectrogram"].config.sample_rate == 16_000
+    # The default (native) eGeMAPS is refused with the fix; 16 kHz resumes and adds the third file.
+    with pytest.raises(ExtractorConfigError, match="Set egemaps.sample_rate: 16000 to resume"):
+        extract_corpus(utterances, tmp_path / "old.zarr",
+                       extractors=[build_extractor("egemaps"), build_extractor("spectrogram")], progress=False)
+    summary = extract_corpus(utterances, tmp_path / "old.zarr", extractors=first, progress=False)
+    assert summary.complete and summary.extracted == 1 and summary.skipped == 2
+    store = open_store(tmp_path / "old.zarr")
+    assert "sample_rate" not in store.features["egemaps"].config  # the store keeps its recorded form
+    third = read_audio(utterances[2].path)
+    np.testing.assert_array_equal(store.read_utterance("r44100", "egemaps"), first[0].extract([third])[0])
+
+
+# ---------------------------------------------------------------- missing optional dependencies
+
+
+def _without(modules: tuple[str, ...], code: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where ``modules`` cannot be imported (as if not installed)."""
+    hide = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    kwargs.setdefault("text", True)
+    return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize(("modules", "feature", "message"), [
+    (("opensmile",), "egemaps", 'eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'),
+    (("torch",), "wav2vec2", 'wav2vec2 needs torch: pip install "w2v2ser[extract]"'),
+    (("transformers",), "wav2vec2", 'wav2vec2 needs transformers: pip install "w2v2ser[extract]"'),
+])
+def test_missing_extractor_dependency_is_one_line_naming_the_extra(modules, feature, message):
+    done = _without(modules, (
+        "from w2v2ser.extract import MissingDependencyError, build_extractor\n"
+        "from w2v2ser.store import W2v2serError\n"
+        "try:\n"
+        f"    build_extractor({feature!r})\n"
+        "except MissingDependencyError as error:\n"
+        "    assert isinstance(error, (W2v2serError, ImportError))\n"
+        "    print(error)\n"
+    ))
+    assert done.stdout.strip() == message, done.stdout + done.stderr
+
+
+def test_cli_missing_dependency_is_one_line_without_traceback(tmp_path):
+    write_audio(tmp_path / "a.wav", duration=0.5)
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,x,y\n")
+    cli = "from w2v2ser._cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
+    extract = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['opensmile'] = None\n" + cli, "extract", "csv",
+         str(tmp_path / "m.csv"), "--features", "egemaps", "--store", str(tmp_path / "s.zarr"), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert extract.returncode == 2
+    assert extract.stderr.strip() == 'w2v2ser: error: eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'
+    # Stage 2 without TensorFlow/Keras, on a real (spectrogram) store.
+    utterances = [Utterance(id=f"u{k}", path=str(write_audio(tmp_path / f"u{k}.wav", duration=0.3, seed=k)),
+                            speaker=f"s{k % 2}", label=("angry", "sad")[k % 2]) for k in range(4)]
+    extract_corpus(utterances, tmp_path / "spec.zarr", extractors=[build_extractor("spectrogram")], progress=False)
+    train = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.modules['keras'] = sys.modules['tensorflow'] = None\n" + cli,
+         "train", str(tmp_path / "spec.zarr"), "--features", "spectrogram", "--protocol", "csv",
+         "--out", str(tmp_path / "run"), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert train.returncode == 2, train.stderr
+    assert re.fullmatch(r'w2v2ser: error: Training and evaluation \(stage 2\) needs (keras|tensorflow): '
+                        r'pip install "w2v2ser\[train\]"', train.stderr.strip()), train.stderr
+
+
+def test_smile_worker_without_opensmile_answers_with_the_install_hint():
+    """EgemapsExtractor made without build_extractor's check: the worker's answer is the same one line."""
+    import io
+
+    from w2v2ser.extract._smile_worker import read_message, write_message
+
+    request = io.BytesIO()
+    write_message(request, {"function": "describe", "args": ["eGeMAPSv02", "LowLevelDescriptors", []]})
+    done = _without(("opensmile",), "from w2v2ser.extract._smile_worker import main\nmain()\n",
+                    input=request.getvalue(), text=False)
+    meta, _ = read_message(io.BytesIO(done.stdout))
+    assert meta == {"status": "missing", "value": 'eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'}

@@ -324,6 +324,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except W2v2serError as error:
         print(f"w2v2ser: error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:  # an optional extra not installed: one line naming it
+        from w2v2ser._deps import missing_dependency_error
+
+        missing = missing_dependency_error(error)
+        if missing is None:
+            raise
+        print(f"w2v2ser: error: {missing}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -195,7 +195,8 @@ class FeatureBatches:
             _CACHE.put(key, (x, full), self.cache_bytes)
         return x, full
 
-    def _load_item(self, item: Item) -> list[np.ndarray]:
+    def load_item(self, item: Item) -> list[np.ndarray]:
+        """Normalised, cropped frames of one utterance, one array per source (fused branches aligned)."""
         frames, fulls = [], []
         for src in self.sources:
             x, full = self._read(src, item)
@@ -215,7 +216,7 @@ class FeatureBatches:
     def load_batch(self, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read, normalise, crop, align and pad the given utterances."""
         start = time.perf_counter()
-        per_item = [self._load_item(self.items[i]) for i in indices]
+        per_item = [self.load_item(self.items[i]) for i in indices]
         length = max(1, max(len(f[0]) for f in per_item))
         inputs: dict[str, np.ndarray] = {}
         for b, src in enumerate(self.sources):

@@ -311,7 +311,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         "epochs": hist["epochs"], "best_epoch": hist.get("best_epoch"), "best_val_loss": hist.get("best_val_loss"),
         "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": config.norm,
         "selections": {b: s.to_dict() for b, s in data.selections.items()},
-        "cached_in_memory": bool(train.cache_bytes),
+        "cached_in_memory": bool(train.in_memory),
         "timing": {"epoch_seconds_mean": epoch_s / max(1, hist["epochs"]),
                    "input_seconds_mean": input_s / max(1, hist["epochs"]),
                    "compute_seconds_mean": float(np.mean(hist["compute_seconds"] or [0.0])),

@@ -62,3 +62,20 @@ def test_grid_search_over_units_and_dropout_with_speaker_groups():
     # GroupKFold kept every speaker on one side of every split
     for train_idx, test_idx in GroupKFold(n_splits=3).split(x, y, groups):
         assert not set(groups[train_idx]) & set(groups[test_idx])
+
+
+def test_readme_grid_search_on_a_store_partition(tmp_path):
+    """The README example: partition_arrays from a store, GridSearchCV with GroupKFold over speakers."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ExperimentConfig, partition_arrays, plan_runs
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    config = ExperimentConfig(stores=str(path), features="egemaps", norm="speaker")
+    spec = plan_runs(config)[0]
+    x, y, speakers = partition_arrays(config, spec)["train"]
+    assert len(x) == len(y) == len(speakers) == 40 and set(speakers) == set(spec.train)
+    assert x[0].ndim == 2 and x[0].shape[1] == 25
+    search = GridSearchCV(DenseHead(recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True),
+                          {"units": [4, 8]}, cv=GroupKFold(n_splits=2))
+    search.fit(x, y, groups=speakers)
+    assert 0.0 <= search.best_score_ <= 1.0

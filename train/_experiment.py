@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,7 +36,8 @@ from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
 from ._selection import ResolvedSelection, resolve_selection
 
-__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays"]
+__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
+           "PartitionArrays"]
 
 log = logging.getLogger("w2v2ser.train")
 FRAME_RATE_TOLERANCE = 0.05  # fused branches must run at the same frame rate within 5 %
@@ -225,23 +226,33 @@ def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
     return max_frames, parts, sources, normalisers
 
 
-def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, tuple[Any, np.ndarray]]:
+class PartitionArrays(NamedTuple):
+    """One partition in memory: inputs, integer labels (indices into the protocol's classes), speakers."""
+
+    x: Any
+    y: np.ndarray
+    groups: np.ndarray
+
+
+def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, PartitionArrays]:
     """The frames of one run's partitions exactly as training sees them, for use outside ``train_run``.
 
     Returns:
-        Partition ("train", "validation", "test") -> (inputs, integer labels). Inputs are a list of
-        normalised, cropped [frames, ...] float32 arrays (a dict branch -> list with a fusion branch),
-        in the store's utterance order; they go straight into a head's ``fit``/``predict``.
+        Partition ("train", "validation", "test") -> (x, y, groups). ``x`` is a list of normalised,
+        cropped [frames, ...] arrays in the fed dtype (a dict branch -> list with a fusion branch),
+        in the store's utterance order; ``groups`` are the speakers (for ``GroupKFold``). They go
+        straight into a head's ``fit``/``predict`` and scikit-learn's model selection.
     """
     data = _prepare(config)
     max_frames, parts, sources, _ = _partitions(config, data, run_spec)
-    out: dict[str, tuple[Any, np.ndarray]] = {}
+    out: dict[str, PartitionArrays] = {}
     for name, items in parts.items():
         batches = FeatureBatches(items, sources, classes=data.classes, batch_size=1, max_frames=max_frames,
                                  cache="off")
         frames = [batches.load_item(it) for it in items]
         x: Any = {s.branch: [f[b] for f in frames] for b, s in enumerate(sources)}
-        out[name] = (x["main"] if len(sources) == 1 else x, batches.labels)
+        out[name] = PartitionArrays(x["main"] if len(sources) == 1 else x, batches.labels,
+                                    np.array([it.speaker for it in items]))
     return out
 
 

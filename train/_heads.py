@@ -172,12 +172,19 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             return x
         return _ArrayBatches(x, y, batch_size=self._resolved_recipe().batch_size, shuffle=shuffle, seed=seed)
 
-    def _encode(self, y: Any) -> np.ndarray:
-        """Labels -> integer indices into ``classes_`` (labels ARE the indices when ``classes`` is set)."""
+    def _encode(self, y: Any, *, unseen: int | None = None) -> np.ndarray:
+        """Labels -> integer indices into ``classes_`` (labels ARE the indices when ``classes`` is set).
+
+        Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
+        """
         if self.classes:
             return np.asarray(y, dtype=np.int32)
         y = np.asarray(y)
         unknown = ~np.isin(y, self.classes_)
+        if unknown.any() and unseen is not None:
+            out = np.full(len(y), unseen, dtype=np.int32)
+            out[~unknown] = np.searchsorted(self.classes_, y[~unknown])
+            return out
         if unknown.any():
             raise DataError(f"labels {sorted(set(y[unknown].tolist()))[:5]} do not occur in the training labels "
                             f"{self.classes_.tolist()}; every class must be seen by fit")
@@ -261,12 +268,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """UAR (unweighted average recall = balanced accuracy) of ``predict(x)`` against ``y``.
 
         The paper's metric, not ClassifierMixin's accuracy, so ``GridSearchCV`` selects on UAR.
-        ``y`` uses the same labels as ``fit`` (indices into ``classes`` when that is set).
+        ``y`` uses the same labels as ``fit`` (indices into ``classes`` when that is set). A class
+        that ``fit`` never saw (a small cross-validation fold) counts with recall 0.
         """
         from sklearn.metrics import balanced_accuracy_score
 
         pred = np.argmax(self.predict_proba(x), axis=1)
-        return float(balanced_accuracy_score(self._encode(y), pred, sample_weight=sample_weight))
+        return float(balanced_accuracy_score(self._encode(y, unseen=-1), pred, sample_weight=sample_weight))
 
 
 class DenseHead(_BaseHead):

@@ -114,7 +114,7 @@ def run_keras(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    (xtr, ytr), (xva, yva), (xte, yte) = (parts[p] for p in ("train", "validation", "test"))
+    (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = (parts[p] for p in ("train", "validation", "test"))
     t = 250
     inp, mask = keras.Input((None, xtr[0].shape[1]), name="main"), keras.Input((None,), name="mask")
     h = keras.layers.Dropout(0.2)(keras.layers.Dense(128, activation="relu")(inp))
@@ -138,7 +138,7 @@ def run_head(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
     import keras
 
     keras.backend.clear_session()
-    (xtr, ytr), (xva, yva), (xte, yte) = (parts[p] for p in ("train", "validation", "test"))
+    (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = (parts[p] for p in ("train", "validation", "test"))
     head = DenseHead(recipe="paper", seed=seed).fit(xtr, ytr, validation_data=(xva, yva))
     pred = head.predict(xte)
     return {"uar": float(recall_score(yte, np.asarray(pred), average="macro")), "epochs": head.history_["epochs"]}

@@ -93,15 +93,30 @@ def load_arrays(store: str) -> dict[str, tuple[list, Any]]:
     return partition_arrays(config, spec)
 
 
-def _pad(arrays: list, max_frames: int):
+def pad_arrays(arrays: list, max_frames: int):
     import numpy as np
 
-    x = np.zeros((len(arrays), max_frames, arrays[0].shape[1]), np.float32)
+    x = np.zeros((len(arrays), max_frames, *arrays[0].shape[1:]), arrays[0].dtype)
     mask = np.zeros((len(arrays), max_frames), np.float32)
     for i, a in enumerate(arrays):
         x[i, :len(a)] = a
         mask[i, :len(a)] = 1.0
     return {"main": x, "mask": mask}
+
+
+def plain_dense_model(frame_shape: tuple, n_classes: int, units: int = 128, dropout: float = 0.2):
+    """DenseHead's layers as a plain compiled keras.Model (Adam 1e-3), inputs "main" and "mask"."""
+    import keras
+
+    from w2v2ser.train import MaskedMean
+
+    inp, mask = keras.Input((None, *frame_shape), name="main"), keras.Input((None,), name="mask")
+    h = keras.layers.Dropout(dropout)(keras.layers.Dense(units, activation="relu")(inp))
+    h = keras.layers.Dropout(dropout)(keras.layers.Dense(units, activation="relu")(h))
+    out = keras.layers.Dense(n_classes, activation="softmax")(MaskedMean()(h, mask))
+    model = keras.Model({"main": inp, "mask": mask}, out)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
 
 
 def run_keras(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
@@ -110,22 +125,15 @@ def run_keras(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
     import numpy as np
     from sklearn.metrics import recall_score
 
-    from w2v2ser.train import MaskedMean
-
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = (parts[p] for p in ("train", "validation", "test"))
     t = 250
-    inp, mask = keras.Input((None, xtr[0].shape[1]), name="main"), keras.Input((None,), name="mask")
-    h = keras.layers.Dropout(0.2)(keras.layers.Dense(128, activation="relu")(inp))
-    h = keras.layers.Dropout(0.2)(keras.layers.Dense(128, activation="relu")(h))
-    out = keras.layers.Dense(int(max(ytr)) + 1, activation="softmax")(MaskedMean()(h, mask))
-    model = keras.Model({"main": inp, "mask": mask}, out)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model = plain_dense_model(xtr[0].shape[1:], int(max(ytr)) + 1)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
-    hist = model.fit(_pad(xtr, t), np.asarray(ytr), batch_size=32, epochs=100, verbose=0,
-                     validation_data=(_pad(xva, t), np.asarray(yva)), callbacks=[stop])
-    pred = np.argmax(model.predict(_pad(xte, t), batch_size=32, verbose=0), axis=1)
+    hist = model.fit(pad_arrays(xtr, t), np.asarray(ytr), batch_size=32, epochs=100, verbose=0,
+                     validation_data=(pad_arrays(xva, t), np.asarray(yva)), callbacks=[stop])
+    pred = np.argmax(model.predict(pad_arrays(xte, t), batch_size=32, verbose=0), axis=1)
     return {"uar": float(recall_score(yte, pred, average="macro")), "epochs": len(hist.history["loss"])}
 
 

@@ -307,8 +307,10 @@ class FeatureBatches:
         """A prefetching tf.data.Dataset of (inputs, labels); each iteration is one epoch."""
         if self.in_memory:
             inputs, labels, lengths = self.arrays()
-            return padded_dataset(inputs, labels, lengths, batch_size=self.batch_size, shuffle=self.shuffle,
-                                  seed=self.seed, bucket_waste=self.bucket_waste)
+            ds = padded_dataset(inputs, labels, lengths, batch_size=self.batch_size, shuffle=self.shuffle,
+                                seed=self.seed, bucket_waste=self.bucket_waste)
+            self._arrays = None  # the dataset holds its own copy; keep one copy of the partition, not two
+            return ds
         import tensorflow as tf
 
         spec = {s.branch: tf.TensorSpec((None, None, *s.selection.frame_shape), tf.as_dtype(s.dtype))

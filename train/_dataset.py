@@ -331,17 +331,25 @@ def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: n
     """
     import tensorflow as tf
 
+    def grab(i: Any, data: Any) -> Any:
+        return tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data)
+
     datasets, n_batches = [], []
     for b, idx in enumerate(_buckets(lengths, batch_size, bucket_waste)):
         t = max(1, int(lengths[idx].max()))
-        part = {k: v[idx, :t] if len(idx) < len(labels) or t < v.shape[1] else v for k, v in inputs.items()}
-        ds = tf.data.Dataset.from_tensor_slices((part, labels[idx] if len(idx) < len(labels) else labels))
+        whole = len(idx) == len(labels) and all(t == v.shape[1] for v in inputs.values())
+        part = inputs if whole else {k: v[idx, :t] for k, v in inputs.items()}
+        # As Keras' own array adapter: shuffle and batch INDICES, then gather each batch from one
+        # copy of the arrays (shuffling the elements themselves copies the partition every epoch).
+        data = tf.data.Dataset.from_tensors((part, labels if whole else labels[idx])).repeat()
+        index = tf.data.Dataset.range(len(idx))
         if shuffle:
-            ds = ds.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)
-        datasets.append(ds.batch(batch_size))
+            index = index.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)
+        ds = tf.data.Dataset.zip((index.batch(batch_size), data)).map(grab, num_parallel_calls=tf.data.AUTOTUNE)
+        datasets.append(ds)
         n_batches.append(-(-len(idx) // batch_size))
     if len(datasets) == 1:
-        return datasets[0].prefetch(tf.data.AUTOTUNE)
+        return datasets[0].apply(tf.data.experimental.assert_cardinality(n_batches[0])).prefetch(tf.data.AUTOTUNE)
     choice = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(datasets), dtype=np.int64), n_batches))
     if shuffle:
         choice = choice.shuffle(int(sum(n_batches)), seed=seed, reshuffle_each_iteration=True)

@@ -123,3 +123,16 @@ def test_layer_average_of_float16_frames_matches_float32():
     full = keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(x.astype(np.float32))))
     assert half.dtype == np.float32
     np.testing.assert_allclose(half, full, rtol=1e-5, atol=1e-5)
+
+
+def test_one_memory_budget_for_the_whole_run(store):
+    from w2v2ser.train._dataset import share_memory_budget
+
+    parts = [_batches(store, "wav2vec2:all", "none", cache="auto") for _ in range(3)]
+    one = parts[0].estimated_bytes()
+    assert all(p.in_memory for p in parts)  # each fits the default budget alone
+    budget_mb = 2.5 * one / 2**20  # two fit, three do not
+    assert not share_memory_budget(parts, cache="auto", budget_mb=budget_mb)
+    assert not any(p.in_memory for p in parts) and all(p.cache_bytes == 0 for p in parts)
+    assert share_memory_budget(parts, cache="auto", budget_mb=3.5 * one / 2**20)
+    assert not share_memory_budget(parts, cache="off", budget_mb=1e6)

@@ -35,7 +35,7 @@ from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
 
 __all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
-           "CACHE_MODES"]
+           "share_memory_budget", "CACHE_MODES"]
 
 CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
@@ -319,6 +319,17 @@ class FeatureBatches:
         ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
         # Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
         return ds.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+
+
+def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget_mb: float) -> bool:
+    """Hold ALL the given partitions in memory when together they fit ``budget_mb``, else stream all.
+
+    Returns whether they are held in memory.
+    """
+    fits = cache == "auto" and sum(b.estimated_bytes() for b in batches) <= int(budget_mb * 2**20)
+    for b in batches:
+        b.in_memory = fits
+    return fits
 
 
 def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: np.ndarray, *, batch_size: int,

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._config import ExperimentConfig
-from ._dataset import FeatureBatches, Item, Source
+from ._dataset import FeatureBatches, Item, Source, share_memory_budget
 from ._errors import DataError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
@@ -306,10 +306,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     # validation and test partitions (each ~1/12 of RAVDESS) were held whenever they fitted alone,
     # so memory grew with the store up to 3x the budget (the old process-wide frame cache did the
     # same, which was the 1.51x peak RSS growth from a quarter store to the full one).
-    fits = config.cache == "auto" and sum(b.estimated_bytes() for b in (train, val, test)) <= int(
-        config.cache_budget_mb * 2**20)
-    for b in (train, val, test):
-        b.in_memory = fits
+    share_memory_budget([train, val, test], cache=config.cache, budget_mb=config.cache_budget_mb)
 
     from ._heads import make_head  # Keras loads only when a run trains
 

@@ -207,10 +207,11 @@ class FeatureBatches:
             x = x[: self.max_frames]
         return x, full
 
-    def _read_sources(self, items: Sequence[Item]) -> list[list[tuple[np.ndarray, int]]]:
+    def _read_sources(self, items: Sequence[Item], sources: Sequence[Source] | None = None
+                      ) -> list[list[tuple[np.ndarray, int]]]:
         """Per source, per item: (cropped un-normalised frames, uncropped length), batched reads."""
         out = []
-        for src in self.sources:
+        for src in self.sources if sources is None else sources:
             sel = src.selection
             layers = list(sel.layers) if sel.layers is not None else None
             raw = read_frames(src.store, [it.id for it in items], sel.feature, layers)
@@ -286,19 +287,35 @@ class FeatureBatches:
             self.input_seconds += time.perf_counter() - start
         return self._arrays
 
+    def _cropped_length(self, src: Source, stored: int) -> tuple[int, int]:
+        """(frames after crop and pair averaging, uncropped length) of an utterance of ``stored`` frames."""
+        if src.selection.pair_average:
+            n, full = (stored // 2 if stored >= 2 else stored), stored // 2
+        else:
+            n, full = stored, stored
+        return (n if self.max_frames is None else min(n, self.max_frames)), full
+
     def _read_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        per_source = self._read_sources(self.items)
-        lengths = np.array([self._aligned_length(it, [len(ps[k][0]) for ps in per_source],
-                                                 [ps[k][1] for ps in per_source])
+        # Lengths first (store metadata), so the padded arrays are allocated once and filled chunk
+        # by chunk: the partition is never held twice (un-padded reads + padded copy).
+        per_source = [[self._cropped_length(src, int(src.store.num_frames(it.id, src.selection.feature)))
+                       for it in self.items] for src in self.sources]
+        lengths = np.array([self._aligned_length(it, [ps[k][0] for ps in per_source], [ps[k][1] for ps in per_source])
                             for k, it in enumerate(self.items)], dtype=np.int64)
         length = max(1, int(lengths.max()))
+        speakers = [it.speaker for it in self.items]
         inputs: dict[str, np.ndarray] = {}
-        for src, frames in zip(self.sources, per_source):
+        for b, src in enumerate(self.sources):
             out = np.zeros((len(self.items), length, *src.selection.frame_shape), dtype=src.dtype)
-            for k, (x, _) in enumerate(frames):
-                out[k, : lengths[k]] = x[: lengths[k]]
-            frames.clear()  # the un-padded copies go as soon as they are in the array
-            _normalise_inplace(out, lengths, src.normaliser, [it.speaker for it in self.items])
+            for s in range(0, len(self.items), 4 * NORMALISE_CHUNK):
+                chunk = self.items[s:s + 4 * NORMALISE_CHUNK]
+                for k, (x, _) in enumerate(self._read_sources(chunk, sources=[src])[0], start=s):
+                    if len(x) < lengths[k]:
+                        raise DataError(f"utterance {self.items[k].id!r}, feature {src.selection.feature!r}: "
+                                        f"{len(x)} frames read, the store's length table says more; the store "
+                                        f"is inconsistent (run `w2v2ser store verify`)")
+                    out[k, : lengths[k]] = x[: lengths[k]]
+            _normalise_inplace(out, lengths, src.normaliser, speakers)
             inputs[src.branch] = out
         inputs["mask"] = _mask(lengths, length)
         return inputs, self.labels, lengths

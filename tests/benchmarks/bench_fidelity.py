@@ -36,8 +36,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-VARIANTS = ("keras", "head", "stage2")
+VARIANTS = ("keras", "keras_reshuffled", "head", "stage2")
 LABELS = {"keras": "plain keras.Model.fit on padded numpy arrays + mask",
+          "keras_reshuffled": "the same plain model, fit on the heads' tf.data pipeline (new order every epoch)",
           "head": 'DenseHead(recipe="paper").fit on the same arrays (list input)',
           "stage2": "w2v2ser train ... --recipe paper (the whole stage 2 path)"}
 DEFAULT_STORE = "/work/scratch/ravdess-v1.zarr"
@@ -48,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--store", default=DEFAULT_STORE, help="w2v2ser store with eGeMAPS of RAVDESS")
     p.add_argument("--variant", choices=VARIANTS)
     p.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (finished seeds are skipped)")
+    p.add_argument("--first-seed", type=int, default=0, help="first seed (keras, keras_reshuffled, head)")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads")
     p.add_argument("--work", default=None, help="folder of per-seed JSON and stage 2 run folders")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before' a fix)")
@@ -137,6 +139,36 @@ def run_keras(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
     return {"uar": float(recall_score(yte, pred, average="macro")), "epochs": len(hist.history["loss"])}
 
 
+def run_keras_reshuffled(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
+    """The plain model and EarlyStopping of ``run_keras``, fed by the heads' pipeline (``padded_dataset``).
+
+    Keras 3's array adapter, once ``keras.utils.set_random_seed`` ran, draws the SAME permutation at
+    every epoch (its stateful ``tf.random.shuffle`` restarts from the same seed with each epoch's
+    iterator), so ``run_keras`` trains on one fixed order. This variant reshuffles every epoch.
+    """
+    import keras
+    import numpy as np
+    from sklearn.metrics import recall_score
+
+    from w2v2ser.train._dataset import padded_dataset
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    (xtr, ytr, _), (xva, yva, _), (xte, yte, _) = (parts[p] for p in ("train", "validation", "test"))
+    model = plain_dense_model(xtr[0].shape[1:], int(max(ytr)) + 1)
+
+    def pipeline(x: list, y: Any, shuffle: bool) -> Any:
+        lengths = np.array([len(a) for a in x])
+        return padded_dataset(pad_arrays(x, int(lengths.max())), np.asarray(y, np.int32), lengths, batch_size=32,
+                              shuffle=shuffle, seed=seed)
+
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True)
+    hist = model.fit(pipeline(xtr, ytr, True), epochs=100, verbose=0, validation_data=pipeline(xva, yva, False),
+                     callbacks=[stop])
+    pred = np.argmax(model.predict(pipeline(xte, yte, False), verbose=0), axis=1)
+    return {"uar": float(recall_score(yte, pred, average="macro")), "epochs": len(hist.history["loss"])}
+
+
 def run_head(parts: dict[str, tuple[list, Any]], seed: int) -> dict[str, Any]:
     import numpy as np
     from sklearn.metrics import recall_score
@@ -178,8 +210,8 @@ def train(args: argparse.Namespace) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     parts = load_arrays(args.store)
-    fn = run_keras if args.variant == "keras" else run_head
-    for seed in range(args.seeds):
+    fn = {"keras": run_keras, "keras_reshuffled": run_keras_reshuffled, "head": run_head}[args.variant]
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         data = _load(path)
         if str(seed) in data["runs"]:
             continue

@@ -136,3 +136,13 @@ def test_one_memory_budget_for_the_whole_run(store):
     assert not any(p.in_memory for p in parts) and all(p.cache_bytes == 0 for p in parts)
     assert share_memory_budget(parts, cache="auto", budget_mb=3.5 * one / 2**20)
     assert not share_memory_budget(parts, cache="off", budget_mb=1e6)
+
+
+def test_order_changes_every_epoch_even_with_the_global_seed_set():
+    """Keras' own numpy input repeats one permutation per epoch once the global seed is set; ours must not."""
+    keras.utils.set_random_seed(0)
+    lengths = np.full(40, 3)
+    inputs = {"main": np.zeros((40, 3, 2), np.float32), "mask": np.ones((40, 3), np.float32)}
+    ds = padded_dataset(inputs, np.arange(40, dtype=np.int32), lengths, batch_size=8, shuffle=True, seed=0)
+    orders = [tuple(int(v) for _, y in ds for v in y.numpy()) for _ in range(3)]
+    assert len(set(orders)) == 3 and all(sorted(o) == list(range(40)) for o in orders)

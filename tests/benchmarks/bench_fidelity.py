@@ -247,7 +247,7 @@ def report(args: argparse.Namespace) -> None:
         if base_uar is not None and name != "keras" and len(uar) > 1:
             p_mw = float(mannwhitneyu(uar, base_uar, alternative="two-sided").pvalue)
             p_t = float(ttest_ind(uar, base_uar, equal_var=False).pvalue)
-        label = LABELS.get(name.split("_")[0], name) + (f" [{name}]" if "_" in name else "")
+        label = LABELS[name] if name in LABELS else LABELS.get(name.rsplit("_", 1)[0], name) + f" [{name}]"
         rows.append([label, f"{100 * uar.mean():.1f} ± {100 * uar.std():.1f}", len(uar),
                      f"{min(ep)}-{max(ep)} (mean {np.mean(ep):.1f})",
                      "" if np.isnan(p_mw) else f"{p_mw:.3f}", "" if np.isnan(p_t) else f"{p_t:.3f}"])

@@ -8,9 +8,9 @@ shorter length and add a ``mask`` input (1 = real frame). Frames stay in the sto
 
 * **In memory** (``cache="auto"`` and the padded partition fits ``cache_budget_mb``): the whole
   partition is read ONCE per run, cropped, pair-averaged and normalised in vectorised numpy and
-  held as padded arrays [utterances, frames, ...]. Keras gets them through
-  ``tf.data.Dataset.from_tensor_slices`` with static shapes; shuffling is a full uniform reshuffle
-  of the utterances at every epoch. When padding would waste more than ``bucket_waste`` of the
+  held as padded arrays [utterances, frames, ...]. Keras gets them through ``tf.data`` with static
+  shapes (shuffled indices, each batch gathered from one copy); shuffling is a full uniform
+  reshuffle of the utterances at every epoch. When padding would waste more than ``bucket_waste`` of the
   array, utterances are bucketed by length (each bucket padded to its own longest).
 * **Streaming** (larger selections, e.g. wav2vec2:all on IEMOCAP): batches are read on the fly by
   ``workers`` threads, ahead of the step, in the stored dtype. Order per epoch: the store order is

@@ -17,8 +17,10 @@ from typing import Any
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
-from ._experiment import RunResult, RunSpec, plan_runs, summarize_runs, train_experiment, train_run
-from ._metrics import accuracy, confusion_matrix, uar
+from ._experiment import (
+    PartitionArrays, RunResult, RunSpec, partition_arrays, plan_runs, summarize_runs, train_experiment, train_run,
+)
+from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
 from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
 from ._recipes import RECIPES, Recipe, get_recipe
@@ -26,6 +28,7 @@ from ._selection import ResolvedSelection, Selection, parse_selection, resolve_s
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
+    "partition_arrays", "PartitionArrays",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint",
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
@@ -33,7 +36,7 @@ __all__ = [
     "FeatureBatches", "Item", "Source", "clear_cache",
     "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head",
     "LayerWeightedAverage", "MaskedMean", "FrameMask",
-    "uar", "accuracy", "confusion_matrix",
+    "uar", "accuracy", "confusion_matrix", "per_class_report",
     "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
 ]
 

@@ -1,21 +1,29 @@
-"""Streaming batches from the feature store.
+"""Batches of one partition from the feature store: whole-partition arrays or float16 streaming.
 
-Each batch reads its utterances from the Zarr store on demand (only the selected layers),
-normalises them, averages eGeMAPS frames in pairs, crops to the protocol maximum (the FIRST
-``max_frames`` frames, as the released code does), aligns fused branches to the shorter
-length, pads to the longest utterance of the batch and adds a ``mask`` input (1 = real frame).
+Both modes read with the store's batched reads (``FeatureStore.read_batch`` when the store has
+it, else one ``read_utterance`` per utterance), keep the FIRST ``max_frames`` frames (as the
+released code does), average eGeMAPS frames in pairs, normalise, align fused branches to the
+shorter length and add a ``mask`` input (1 = real frame). Frames stay in the store's dtype
+(float16 wav2vec2 stays float16; the model casts inside the graph, layer by layer).
 
-Memory: only the batches in flight are held, so peak memory does not grow with the store.
-``cache="auto"`` additionally keeps the cropped frames in a process-wide cache when the
-selection's estimated total size fits ``cache_budget_mb`` (eGeMAPS, spectrogram, single
-wav2vec2 layers on small corpora); otherwise (e.g. all 13 layers of a large corpus) it streams.
+* **In memory** (``cache="auto"`` and the padded partition fits ``cache_budget_mb``): the whole
+  partition is read ONCE per run, cropped, pair-averaged and normalised in vectorised numpy and
+  held as padded arrays [utterances, frames, ...]. Keras gets them through ``tf.data`` with static
+  shapes (shuffled indices, each batch gathered from one copy); shuffling is a full uniform
+  reshuffle of the utterances at every epoch. When padding would waste more than ``bucket_waste`` of the
+  array, utterances are bucketed by length (each bucket padded to its own longest).
+* **Streaming** (larger selections, e.g. wav2vec2:all on IEMOCAP): batches are read on the fly by
+  ``workers`` threads, ahead of the step, in the stored dtype. Order per epoch: the store order is
+  cut into blocks of ``block_size`` consecutive utterances, the blocks are shuffled, and utterances
+  are then drawn uniformly from a buffer of ``shuffle_blocks`` blocks: each epoch is a new
+  permutation in which an utterance moves at most about ``block_size * shuffle_blocks``
+  positions away from where its block landed. Memory is bounded by the batches in flight.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -26,12 +34,15 @@ from ._errors import ConfigError, DataError
 from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
 
-__all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "CACHE_MODES"]
+__all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
+           "share_memory_budget", "CACHE_MODES"]
 
 CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
 LENGTH_TOLERANCE_FRAMES = 3
 LENGTH_TOLERANCE_RATIO = 0.02
+# Utterances per vectorised normalisation step of the in-memory path (bounds float32 temporaries).
+NORMALISE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -53,51 +64,29 @@ class Source:
     selection: ResolvedSelection
     normaliser: Normaliser
 
-
-class _FrameCache:
-    """Process-wide LRU cache of cropped (un-normalised) frames, bounded in bytes."""
-
-    def __init__(self) -> None:
-        self._data: OrderedDict[tuple, tuple[np.ndarray, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.budget = 0
-
-    def get(self, key: tuple) -> tuple[np.ndarray, int] | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: tuple, value: tuple[np.ndarray, int], budget: int) -> None:
-        with self._lock:
-            if key in self._data:
-                return
-            self.budget = max(self.budget, budget)
-            self._data[key] = value
-            self._bytes += value[0].nbytes
-            while self._bytes > self.budget and self._data:
-                _, (old, _) = self._data.popitem(last=False)
-                self._bytes -= old.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
-            self.budget = 0
-
-
-_CACHE = _FrameCache()
+    @property
+    def dtype(self) -> np.dtype:
+        """Dtype of the frames fed to the model: float16 when stored so, else float32."""
+        spec = self.store.features.get(self.selection.feature) if hasattr(self.store, "features") else None
+        stored = np.dtype(getattr(spec, "dtype", "float32") or "float32")
+        return np.dtype(np.float16) if stored == np.float16 else np.dtype(np.float32)
 
 
 def clear_cache() -> None:
-    """Drop every cached frame (frees the ``cache="auto"`` memory)."""
-    _CACHE.clear()
+    """Kept for compatibility: stage 2 no longer keeps a process-wide frame cache (each run reads its
+    partitions once and drops them with the run), so there is nothing to free."""
+
+
+def read_frames(store: Any, ids: Sequence[str], feature: str, layers: Sequence[int] | None) -> list[np.ndarray]:
+    """Frames of several utterances in the stored dtype, with the store's batched read when it has one."""
+    read_batch = getattr(store, "read_batch", None)
+    if read_batch is not None:
+        return [np.asarray(a) for a in read_batch(list(ids), feature, layers=layers)]
+    return [np.asarray(store.read_utterance(i, feature, layers=layers)) for i in ids]
 
 
 class FeatureBatches:
-    """Padded, masked batches of one partition, read from the store on the fly.
+    """Padded, masked batches of one partition (in memory when it fits, else streamed).
 
     Args:
         items: Utterances of the partition.
@@ -107,14 +96,20 @@ class FeatureBatches:
         max_frames: Crop length in frames of the (pair-averaged) feature; None = no crop.
         shuffle: Reshuffle utterances at every pass (epoch).
         seed: Seed of the shuffling generator.
-        cache: "auto" (cache when the cropped frames fit ``cache_budget_mb``) or "off".
-        cache_budget_mb: Memory budget of the cache.
-        workers: Threads reading batches ahead of the training step.
+        cache: "auto" (hold the whole partition in memory when it fits ``cache_budget_mb``) or
+            "off" (always stream).
+        cache_budget_mb: Memory budget of the in-memory partition (padded arrays, stored dtype).
+        workers: Threads reading batches ahead of the training step (streaming).
+        bucket_waste: In memory, bucket utterances by length when padding to the longest would
+            waste more than this fraction of the array (None: never bucket).
+        block_size: Streaming shuffle: consecutive utterances per block.
+        shuffle_blocks: Streaming shuffle: blocks in the shuffle buffer.
     """
 
     def __init__(self, items: Sequence[Item], sources: Sequence[Source], *, classes: Sequence[str],
                  batch_size: int, max_frames: int | None, shuffle: bool = False, seed: int = 0,
-                 cache: str = "auto", cache_budget_mb: float = 2048, workers: int = 1) -> None:
+                 cache: str = "auto", cache_budget_mb: float = 2048, workers: int = 1,
+                 bucket_waste: float | None = 0.5, block_size: int = 32, shuffle_blocks: int = 8) -> None:
         if cache not in CACHE_MODES:
             raise ConfigError(f"unknown cache mode {cache!r}; expected one of {list(CACHE_MODES)}")
         if not items:
@@ -126,12 +121,24 @@ class FeatureBatches:
         self.max_frames = max_frames
         self.shuffle = shuffle
         self.workers = max(1, int(workers))
+        self.bucket_waste = bucket_waste
+        self.block_size, self.shuffle_blocks = max(1, int(block_size)), max(1, int(shuffle_blocks))
+        self.seed = int(seed)
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(self.items))
         self._lock = threading.Lock()
         self.input_seconds = 0.0
-        budget = int(cache_budget_mb * 2**20)
-        self.cache_bytes = budget if cache == "auto" and self.estimated_bytes() <= budget else 0
+        self.in_memory = cache == "auto" and self.estimated_bytes() <= int(cache_budget_mb * 2**20)
+        self._arrays: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None = None
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held in memory (estimated until the partition is read); 0 when streaming."""
+        if not self.in_memory:
+            return 0
+        if self._arrays is None:
+            return self.estimated_bytes()
+        return int(sum(a.nbytes for a in self._arrays[0].values()))
 
     def __len__(self) -> int:
         return -(-len(self.items) // self.batch_size)
@@ -141,99 +148,121 @@ class FeatureBatches:
         """Integer labels in item order."""
         return np.array([it.label for it in self.items], dtype=np.int32)
 
+    @property
+    def frame_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Branch -> shape of one frame."""
+        return {s.branch: s.selection.frame_shape for s in self.sources}
+
+    @property
+    def dtypes(self) -> dict[str, np.dtype]:
+        """Branch -> dtype of the frames fed to the model."""
+        return {s.branch: s.dtype for s in self.sources}
+
     def estimated_bytes(self) -> int:
-        """Estimated size of all cropped frames of this partition (from durations)."""
+        """Estimated size of the partition as padded arrays in the fed dtype (from durations)."""
         total = 0
         for src in self.sources:
             sel = src.selection
             raw_rate = sel.frame_rate * (2 if sel.pair_average else 1)
-            per_frame = int(np.prod(sel.frame_shape)) * 4
-            cap = None if self.max_frames is None else self.max_frames * (2 if sel.pair_average else 1)
-            for it in self.items:
-                n = int(it.duration * raw_rate) + 1
-                total += (n if cap is None else min(n, cap)) * per_frame
+            per_frame = int(np.prod(sel.frame_shape)) * src.dtype.itemsize
+            frames = [int(it.duration * raw_rate) + 1 for it in self.items]
+            if sel.pair_average:
+                frames = [max(1, n // 2) for n in frames]
+            longest = max(frames) if self.max_frames is None else min(max(frames), self.max_frames)
+            total += len(self.items) * longest * per_frame
         return total
 
     def new_epoch_order(self) -> np.ndarray:
-        """Draw (when shuffling) and return the utterance order of the next pass."""
+        """Draw (when shuffling) and return the utterance order of the next streamed pass."""
         if self.shuffle:
-            self._order = self._rng.permutation(len(self.items))
+            self._order = block_shuffle(len(self.items), self.block_size, self.shuffle_blocks, self._rng)
         return self._order
 
     def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         return self.load_batch(self._order[index * self.batch_size:(index + 1) * self.batch_size])
 
-    def _read(self, src: Source, item: Item) -> tuple[np.ndarray, int]:
+    # -- per utterance ---------------------------------------------------------------------------
+    def _check(self, src: Source, item_id: str, x: np.ndarray) -> None:
         sel = src.selection
-        key = (str(src.store.path), sel.feature, sel.layers, sel.pair_average, self.max_frames, item.id)
-        if self.cache_bytes:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                return hit
-        layers = list(sel.layers) if sel.layers is not None else None
-        x = np.asarray(src.store.read_utterance(item.id, sel.feature, layers=layers))
-        expected = (len(layers), sel.dim) if layers is not None else (sel.dim,)
+        expected = (len(sel.layers), sel.dim) if sel.layers is not None else (sel.dim,)
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise DataError(f"utterance {item.id!r}, feature {sel.feature!r} in store {str(src.store.path)!r}: "
+            raise DataError(f"utterance {item_id!r}, feature {sel.feature!r} in store {str(src.store.path)!r}: "
                             f"frames of shape {x.shape}, expected [frames, {', '.join(map(str, expected))}]; "
                             f"the store is inconsistent (run `w2v2ser store verify`)")
-        if layers is not None and not sel.weighted:
+
+    def _crop(self, src: Source, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Crop (and pair-average) one utterance's stored frames; returns (frames, uncropped length)."""
+        sel = src.selection
+        if sel.layers is not None and not sel.weighted:
             x = x[:, 0]
+        full = len(x)
         if sel.pair_average:
+            full //= 2
             if self.max_frames is not None:
                 x = x[: 2 * self.max_frames]
             if x.shape[0] >= 2:
                 n = x.shape[0] // 2
                 x = x[: 2 * n].astype(np.float32).reshape(n, 2, *x.shape[1:]).mean(axis=1)
-            full = int(src.store.num_frames(item.id, sel.feature)) // 2 if self.max_frames is not None else len(x)
-        else:
-            full = x.shape[0]
         if self.max_frames is not None:
             x = x[: self.max_frames]
-        x = np.ascontiguousarray(x)
-        if self.cache_bytes:
-            _CACHE.put(key, (x, full), self.cache_bytes)
         return x, full
 
-    def _load_item(self, item: Item) -> list[np.ndarray]:
-        frames, fulls = [], []
-        for src in self.sources:
-            x, full = self._read(src, item)
-            frames.append(src.normaliser.apply(x, item.speaker))
-            fulls.append(full)
-        if len(frames) > 1:
+    def _read_sources(self, items: Sequence[Item], sources: Sequence[Source] | None = None
+                      ) -> list[list[tuple[np.ndarray, int]]]:
+        """Per source, per item: (cropped un-normalised frames, uncropped length), batched reads."""
+        out = []
+        for src in self.sources if sources is None else sources:
+            sel = src.selection
+            layers = list(sel.layers) if sel.layers is not None else None
+            raw = read_frames(src.store, [it.id for it in items], sel.feature, layers)
+            cropped = []
+            for it, x in zip(items, raw):
+                self._check(src, it.id, x)
+                cropped.append(self._crop(src, x))
+            out.append(cropped)
+        return out
+
+    def _aligned_length(self, item: Item, lengths: Sequence[int], fulls: Sequence[int]) -> int:
+        if len(lengths) > 1:
             lo, hi = min(fulls), max(fulls)
             if hi - lo > max(LENGTH_TOLERANCE_FRAMES, LENGTH_TOLERANCE_RATIO * hi):
                 names = ", ".join(f"{s.selection.text}: {n}" for s, n in zip(self.sources, fulls))
                 raise DataError(f"utterance {item.id!r}: fused features have {names} frames; they must agree "
                                 f"within {LENGTH_TOLERANCE_FRAMES} frames (check both stores were extracted "
                                 f"from the same audio)")
-            n = min(len(f) for f in frames)
-            frames = [f[:n] for f in frames]
-        return frames
+        return min(lengths)
 
+    def load_item(self, item: Item) -> list[np.ndarray]:
+        """Normalised, cropped frames of one utterance, one array per source (fused branches aligned)."""
+        per_source = [r[0] for r in self._read_sources([item])]
+        n = self._aligned_length(item, [len(x) for x, _ in per_source], [f for _, f in per_source])
+        return [src.normaliser.apply(x[:n], item.speaker).astype(src.dtype, copy=False)
+                for src, (x, _) in zip(self.sources, per_source)]
+
+    # -- streaming ---------------------------------------------------------------------------------
     def load_batch(self, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Read, normalise, crop, align and pad the given utterances."""
+        """Read (one batched read per source), normalise, crop, align and pad the given utterances."""
         start = time.perf_counter()
-        per_item = [self._load_item(self.items[i]) for i in indices]
-        length = max(1, max(len(f[0]) for f in per_item))
+        items = [self.items[i] for i in indices]
+        per_source = self._read_sources(items)
+        lengths = [self._aligned_length(it, [len(ps[k][0]) for ps in per_source], [ps[k][1] for ps in per_source])
+                   for k, it in enumerate(items)]
+        length = max(1, max(lengths))
         inputs: dict[str, np.ndarray] = {}
-        for b, src in enumerate(self.sources):
-            out = np.zeros((len(per_item), length, *src.selection.frame_shape), dtype=np.float32)
-            for i, frames in enumerate(per_item):
-                out[i, : len(frames[b])] = frames[b]
+        for src, frames in zip(self.sources, per_source):
+            out = np.zeros((len(items), length, *src.selection.frame_shape), dtype=src.dtype)
+            for k, ((x, _), it) in enumerate(zip(frames, items)):
+                # one utterance at a time in float32, then stored into the stored-dtype batch
+                out[k, : lengths[k]] = src.normaliser.apply(x[: lengths[k]], it.speaker)
             inputs[src.branch] = out
-        mask = np.zeros((len(per_item), length), dtype=np.float32)
-        for i, frames in enumerate(per_item):
-            mask[i, : len(frames[0])] = 1.0
-        inputs["mask"] = mask
-        y = np.array([self.items[i].label for i in indices], dtype=np.int32)
+        inputs["mask"] = _mask(lengths, length)
+        y = np.array([it.label for it in items], dtype=np.int32)
         with self._lock:
             self.input_seconds += time.perf_counter() - start
         return inputs, y
 
     def iterate(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """One pass over the partition (new order when shuffling), read ahead by ``workers`` threads."""
+        """One streamed pass (new order when shuffling), read ahead by ``workers`` threads."""
         order = self.new_epoch_order()
         chunks = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
         if self.workers <= 1:
@@ -249,12 +278,171 @@ class FeatureBatches:
                 pending[i] = None  # type: ignore[call-overload]  # release the batch once yielded
                 yield batch
 
+    # -- in memory ---------------------------------------------------------------------------------
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The whole partition as padded arrays: (inputs incl. "mask", labels, lengths); read once."""
+        if self._arrays is None:
+            start = time.perf_counter()
+            self._arrays = self._read_all()
+            self.input_seconds += time.perf_counter() - start
+        return self._arrays
+
+    def _cropped_length(self, src: Source, stored: int) -> tuple[int, int]:
+        """(frames after crop and pair averaging, uncropped length) of an utterance of ``stored`` frames."""
+        if src.selection.pair_average:
+            n, full = (stored // 2 if stored >= 2 else stored), stored // 2
+        else:
+            n, full = stored, stored
+        return (n if self.max_frames is None else min(n, self.max_frames)), full
+
+    def _read_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        # Lengths first (store metadata), so the padded arrays are allocated once and filled chunk
+        # by chunk: the partition is never held twice (un-padded reads + padded copy).
+        per_source = [[self._cropped_length(src, int(src.store.num_frames(it.id, src.selection.feature)))
+                       for it in self.items] for src in self.sources]
+        lengths = np.array([self._aligned_length(it, [ps[k][0] for ps in per_source], [ps[k][1] for ps in per_source])
+                            for k, it in enumerate(self.items)], dtype=np.int64)
+        length = max(1, int(lengths.max()))
+        speakers = [it.speaker for it in self.items]
+        inputs: dict[str, np.ndarray] = {}
+        for b, src in enumerate(self.sources):
+            out = np.zeros((len(self.items), length, *src.selection.frame_shape), dtype=src.dtype)
+            for s in range(0, len(self.items), 4 * NORMALISE_CHUNK):
+                chunk = self.items[s:s + 4 * NORMALISE_CHUNK]
+                for k, (x, _) in enumerate(self._read_sources(chunk, sources=[src])[0], start=s):
+                    if len(x) < lengths[k]:
+                        raise DataError(f"utterance {self.items[k].id!r}, feature {src.selection.feature!r}: "
+                                        f"{len(x)} frames read, the store's length table says more; the store "
+                                        f"is inconsistent (run `w2v2ser store verify`)")
+                    out[k, : lengths[k]] = x[: lengths[k]]
+            _normalise_inplace(out, lengths, src.normaliser, speakers)
+            inputs[src.branch] = out
+        inputs["mask"] = _mask(lengths, length)
+        return inputs, self.labels, lengths
+
     def as_tf_dataset(self) -> Any:
         """A prefetching tf.data.Dataset of (inputs, labels); each iteration is one epoch."""
+        if self.in_memory:
+            inputs, labels, lengths = self.arrays()
+            ds = padded_dataset(inputs, labels, lengths, batch_size=self.batch_size, shuffle=self.shuffle,
+                                seed=self.seed, bucket_waste=self.bucket_waste)
+            self._arrays = None  # the dataset holds its own copy; keep one copy of the partition, not two
+            return ds
         import tensorflow as tf
 
-        spec = {s.branch: tf.TensorSpec((None, None, *s.selection.frame_shape), tf.float32) for s in self.sources}
+        spec = {s.branch: tf.TensorSpec((None, None, *s.selection.frame_shape), tf.as_dtype(s.dtype))
+                for s in self.sources}
         spec["mask"] = tf.TensorSpec((None, None), tf.float32)
         ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
         # Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
         return ds.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+
+
+def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget_mb: float) -> bool:
+    """Hold ALL the given partitions in memory when together they fit ``budget_mb``, else stream all.
+
+    Returns whether they are held in memory.
+    """
+    fits = cache == "auto" and sum(b.estimated_bytes() for b in batches) <= int(budget_mb * 2**20)
+    for b in batches:
+        b.in_memory = fits
+    return fits
+
+
+def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: np.ndarray, *, batch_size: int,
+                   shuffle: bool, seed: int, bucket_waste: float | None = 0.5) -> Any:
+    """tf.data pipeline over padded in-memory arrays, static shapes, one epoch per iteration.
+
+    Shuffling is a uniform reshuffle of all utterances every epoch. With length buckets (padding
+    would waste more than ``bucket_waste``), utterances are shuffled within their bucket and the
+    batches of all buckets come in a new random order every epoch.
+    """
+    import tensorflow as tf
+
+    def grab(i: Any, data: Any) -> Any:
+        return tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data)
+
+    datasets, n_batches = [], []
+    for b, idx in enumerate(_buckets(lengths, batch_size, bucket_waste)):
+        t = max(1, int(lengths[idx].max()))
+        whole = len(idx) == len(labels) and all(t == v.shape[1] for v in inputs.values())
+        part = inputs if whole else {k: v[idx, :t] for k, v in inputs.items()}
+        # As Keras' own array adapter: shuffle and batch INDICES, then gather each batch from one
+        # copy of the arrays (shuffling the elements themselves copies the partition every epoch).
+        data = tf.data.Dataset.from_tensors((part, labels if whole else labels[idx])).repeat()
+        index = tf.data.Dataset.range(len(idx))
+        if shuffle:
+            index = index.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)
+        ds = tf.data.Dataset.zip((index.batch(batch_size), data)).map(grab, num_parallel_calls=tf.data.AUTOTUNE)
+        datasets.append(ds)
+        n_batches.append(-(-len(idx) // batch_size))
+    if len(datasets) == 1:
+        return datasets[0].apply(tf.data.experimental.assert_cardinality(n_batches[0])).prefetch(tf.data.AUTOTUNE)
+    choice = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(datasets), dtype=np.int64), n_batches))
+    if shuffle:
+        choice = choice.shuffle(int(sum(n_batches)), seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.choose_from_datasets(datasets, choice)
+    return ds.apply(tf.data.experimental.assert_cardinality(int(sum(n_batches)))).prefetch(tf.data.AUTOTUNE)
+
+
+def _buckets(lengths: np.ndarray, batch_size: int, bucket_waste: float | None) -> list[np.ndarray]:
+    """Index groups padded separately: one group, or up to 4 length buckets when padding wastes too much."""
+    longest = max(1, int(lengths.max()))
+    waste = 1.0 - float(lengths.sum()) / (len(lengths) * longest)
+    if bucket_waste is None or waste <= bucket_waste or len(lengths) < 4 * batch_size:
+        return [np.arange(len(lengths))]
+    order = np.argsort(lengths, kind="stable")
+    n_buckets = min(4, len(lengths) // (2 * batch_size))
+    return [np.sort(g) for g in np.array_split(order, n_buckets)]
+
+
+def block_shuffle(n: int, block_size: int, buffer_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(n): blocks of consecutive indices in random order, then a bounded shuffle.
+
+    The blocks are shuffled; a buffer holding up to ``buffer_blocks`` blocks is refilled block by
+    block, and each next index is drawn uniformly from the buffer. Reads stay within a few blocks.
+    """
+    blocks = [np.arange(s, min(n, s + block_size)) for s in range(0, n, block_size)]
+    out, buffer = [], []
+    for k in rng.permutation(len(blocks)):
+        buffer.extend(blocks[k].tolist())
+        while len(buffer) > (buffer_blocks - 1) * block_size:
+            out.append(buffer.pop(int(rng.integers(len(buffer)))))
+    while buffer:
+        out.append(buffer.pop(int(rng.integers(len(buffer)))))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
+    return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
+
+
+def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str]) -> None:
+    """Normalise padded frames [N, T, ...] in place, vectorised over chunks of utterances.
+
+    The arithmetic is Normaliser.apply's (float32 subtract, float32 divide); padding stays zero.
+    """
+    if norm.mode == "none":
+        return
+    if norm.mode == "global":
+        means = norm.mean.astype(np.float32)[None]
+        stds = norm.std.astype(np.float32)[None]
+        index = np.zeros(len(speakers), dtype=np.int64)
+    else:
+        names = sorted(set(speakers))
+        missing = [s for s in names if s not in norm.speaker_mean]
+        if missing:
+            raise DataError(f"no statistics for speaker {missing[0]!r} (speaker normalisation); the store's "
+                            f"per-speaker statistics lack it: re-finalize the store or use norm='global'")
+        means = np.stack([norm.speaker_mean[s].astype(np.float32) for s in names])
+        stds = np.stack([norm.speaker_std[s].astype(np.float32) for s in names])
+        pos = {s: i for i, s in enumerate(names)}
+        index = np.array([pos[s] for s in speakers], dtype=np.int64)
+    valid = (np.arange(out.shape[1])[None, :] < lengths[:, None])
+    for s in range(0, len(out), NORMALISE_CHUNK):
+        sl = slice(s, s + NORMALISE_CHUNK)
+        x = out[sl].astype(np.float32)
+        x -= means[index[sl]][:, None]
+        x /= stds[index[sl]][:, None]
+        x *= valid[sl].reshape(*valid[sl].shape, *([1] * (x.ndim - 2)))
+        out[sl] = x

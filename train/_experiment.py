@@ -24,19 +24,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ._config import ExperimentConfig
-from ._dataset import FeatureBatches, Item, Source
+from ._dataset import FeatureBatches, Item, Source, share_memory_budget
 from ._errors import DataError, SelectionError
-from ._metrics import accuracy, confusion_matrix, uar
+from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
 from ._selection import ResolvedSelection, resolve_selection
 
-__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment"]
+__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
+           "PartitionArrays"]
 
 log = logging.getLogger("w2v2ser.train")
 FRAME_RATE_TOLERANCE = 0.05  # fused branches must run at the same frame rate within 5 %
@@ -204,6 +205,57 @@ def _result(metrics: dict[str, Any], run_dir: Path, skipped: bool) -> RunResult:
                      metrics["epochs"], metrics.get("best_val_loss"), str(run_dir), skipped, metrics)
 
 
+def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
+                ) -> tuple[int, dict[str, list[Item]], list[Source], dict[str, Any]]:
+    """Crop length, the items of each partition, the input sources and their normalisers of one run."""
+    protocol = get_protocol(config.protocol)
+    max_frames = config.max_frames or protocol.max_frames
+    cls_index = {c: i for i, c in enumerate(data.classes)}
+    parts: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
+    speaker_part = {s: p for p, ss in run_spec.split().items() for s in ss}
+    for r, lab in zip(data.records, data.labels):
+        part = speaker_part.get(r.speaker)
+        if part is not None:
+            parts[part].append(Item(r.id, r.speaker, cls_index[lab], float(r.duration)))
+    used_speakers = sorted(speaker_part)
+    sources, normalisers = [], {}
+    for branch, sel in data.selections.items():
+        normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm,
+                                               train_speakers=run_spec.train, speakers=used_speakers)
+        sources.append(Source(branch, data.stores[sel.alias], sel, normalisers[branch]))
+    return max_frames, parts, sources, normalisers
+
+
+class PartitionArrays(NamedTuple):
+    """One partition in memory: inputs, integer labels (indices into the protocol's classes), speakers."""
+
+    x: Any
+    y: np.ndarray
+    groups: np.ndarray
+
+
+def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, PartitionArrays]:
+    """The frames of one run's partitions exactly as training sees them, for use outside ``train_run``.
+
+    Returns:
+        Partition ("train", "validation", "test") -> (x, y, groups). ``x`` is a list of normalised,
+        cropped [frames, ...] arrays in the fed dtype (a dict branch -> list with a fusion branch),
+        in the store's utterance order; ``groups`` are the speakers (for ``GroupKFold``). They go
+        straight into a head's ``fit``/``predict`` and scikit-learn's model selection.
+    """
+    data = _prepare(config)
+    max_frames, parts, sources, _ = _partitions(config, data, run_spec)
+    out: dict[str, PartitionArrays] = {}
+    for name, items in parts.items():
+        batches = FeatureBatches(items, sources, classes=data.classes, batch_size=1, max_frames=max_frames)
+        batches.in_memory = True  # one batched read, whatever the budget: the caller asked for arrays
+        inputs, _, lengths = batches.arrays()
+        x: Any = {s.branch: [inputs[s.branch][k, :n] for k, n in enumerate(lengths)] for s in sources}
+        out[name] = PartitionArrays(x["main"] if len(sources) == 1 else x, batches.labels,
+                                    np.array([it.speaker for it in items]))
+    return out
+
+
 # ---------------------------------------------------------------------------------------- runs
 def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
               verbose: int = 0) -> RunResult:
@@ -244,29 +296,17 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     recipe = config.resolved_recipe()
-    protocol = get_protocol(config.protocol)
-    max_frames = config.max_frames or protocol.max_frames
-    cls_index = {c: i for i, c in enumerate(data.classes)}
-    parts: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
-    speaker_part = {s: p for p, ss in run_spec.split().items() for s in ss}
-    records_by_id = {}
-    for r, lab in zip(data.records, data.labels):
-        part = speaker_part.get(r.speaker)
-        if part is not None:
-            parts[part].append(Item(r.id, r.speaker, cls_index[lab], float(r.duration)))
-            records_by_id[r.id] = (r, lab)
-    used_speakers = sorted(speaker_part)
-    sources = []
-    normalisers = {}
-    for branch, sel in data.selections.items():
-        normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm,
-                                               train_speakers=run_spec.train, speakers=used_speakers)
-        sources.append(Source(branch, data.stores[sel.alias], sel, normalisers[branch]))
+    max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)
     common = dict(sources=sources, classes=data.classes, batch_size=recipe.batch_size, max_frames=max_frames,
                   cache=config.cache, cache_budget_mb=config.cache_budget_mb, workers=config.workers)
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
+    # One memory budget for the whole run, not one per partition: with a budget per partition the
+    # validation and test partitions (each ~1/12 of RAVDESS) were held whenever they fitted alone,
+    # so memory grew with the store up to 3x the budget (the old process-wide frame cache did the
+    # same, which was the 1.51x peak RSS growth from a quarter store to the full one).
+    share_memory_budget([train, val, test], cache=config.cache, budget_mb=config.cache_budget_mb)
 
     from ._heads import make_head  # Keras loads only when a run trains
 
@@ -281,16 +321,19 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         "fold": run_spec.fold, "seed": run_spec.seed,
         "uar": uar(y_true, y_pred, len(data.classes)), "accuracy": accuracy(y_true, y_pred),
         "n_test": int(len(y_true)), "confusion": confusion_matrix(y_true, y_pred, len(data.classes)).tolist(),
+        "per_class": per_class_report(y_true, y_pred, data.classes),
         "classes": list(data.classes), "split": run_spec.split(),
         "n_utterances": {p: len(v) for p, v in parts.items()},
         "epochs": hist["epochs"], "best_epoch": hist.get("best_epoch"), "best_val_loss": hist.get("best_val_loss"),
         "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": config.norm,
         "selections": {b: s.to_dict() for b, s in data.selections.items()},
-        "cached_in_memory": bool(train.cache_bytes),
+        "cached_in_memory": bool(train.in_memory),
         "timing": {"epoch_seconds_mean": epoch_s / max(1, hist["epochs"]),
                    "input_seconds_mean": input_s / max(1, hist["epochs"]),
                    "compute_seconds_mean": float(np.mean(hist["compute_seconds"] or [0.0])),
-                   "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb()},
+                   "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
+                   # in memory: the one read of each partition, before the first epoch
+                   "partition_read_seconds": float(sum(b.input_seconds for b in (train, val, test) if b.in_memory))},
         "config_key": key, "store_fingerprint": fingerprint,
     }
 
@@ -361,6 +404,8 @@ def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
         acc[0].extend(idx[v] for v in t)
         acc[1].extend(idx[v] for v in p)
     pooled_uar = {str(s): uar(t, p, len(classes)) for s, (t, p) in sorted(pooled.items())}
+    all_true = [v for t, _ in pooled.values() for v in t]
+    all_pred = [v for _, p in pooled.values() for v in p]
     layer_weights = {}
     for spec, _ in runs:
         lw = out / "runs" / spec.name / "layer_weights.json"
@@ -384,6 +429,9 @@ def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
         "n_runs": len(runs), "n_runs_planned": len(specs), "missing_runs": missing,
         "classes": classes,
         "confusion": np.sum([m["confusion"] for _, m in runs], axis=0).tolist(),
+        "per_class": per_class_report(all_true, all_pred, classes),
+        "per_class_definition": ("classification_report(output_dict=True) of every run's test predictions "
+                                 "concatenated (all folds and seeds), the same counts as 'confusion'"),
         "config": config.to_dict(), "config_key": key, "recipe": runs[0][1]["recipe"],
         "splits": {s.fold: s.split() for s, _ in runs},
         "layer_weights": layer_weights,

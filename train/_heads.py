@@ -1,9 +1,11 @@
-"""Classification heads of Figure 1 (Pepino et al., 2021), scikit-learn style.
+"""Classification heads of Figure 1 (Pepino et al., 2021) as scikit-learn estimators.
 
-Hyperparameters go to ``__init__``; ``fit`` returns self; learned state ends in ``_``
-(``model_``, ``history_``, ``layer_weights_``, ``classes_``). Inputs are a
-:class:`FeatureBatches` (streaming from the store) or, for small in-memory use, a list of
-[frames, ...] arrays (a dict branch -> list for the fusion head) plus labels.
+Each head is a ``sklearn.base.BaseEstimator`` and ``ClassifierMixin``: hyperparameters go to
+``__init__`` (so ``get_params``/``set_params``/``clone`` and ``GridSearchCV`` work), ``fit`` returns
+self, learned state ends in ``_`` (``model_``, ``history_``, ``layer_weights_``, ``classes_``), and
+``score`` is the UAR (balanced accuracy), the paper's metric. Inputs are a :class:`FeatureBatches`
+(streaming from the store) or, in memory, a list of [frames, ...] arrays (a dict branch -> list for
+the fusion head) plus labels.
 
 * Dense:  [weighted average of layers] -> Dense(128, relu) -> Dropout(0.2) -> Dense(128, relu)
   -> Dropout(0.2), applied per frame -> masked mean over time -> softmax.
@@ -19,7 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from ._dataset import padded_dataset
 from ._errors import ConfigError, DataError
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean
 from ._recipes import Recipe, get_recipe
@@ -28,51 +32,56 @@ __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head"]
 
 
 class _ArrayBatches:
-    """In-memory counterpart of FeatureBatches for lists of [frames, ...] arrays."""
+    """In-memory counterpart of FeatureBatches for lists of [frames, ...] arrays: padded once to the
+    longest utterance and fed with static shapes (``padded_dataset``), like the store path."""
 
     def __init__(self, x: Any, y: Sequence[int] | None, *, batch_size: int, shuffle: bool, seed: int) -> None:
-        self.arrays = {"main": list(x)} if not isinstance(x, Mapping) else {k: list(v) for k, v in x.items()}
-        n = {len(v) for v in self.arrays.values()}
+        arrays = {"main": list(x)} if not isinstance(x, Mapping) else {k: list(v) for k, v in x.items()}
+        n = {len(v) for v in arrays.values()}
         if len(n) != 1:
-            raise DataError(f"branches have different numbers of utterances: { {k: len(v) for k, v in self.arrays.items()} }")
+            raise DataError(f"branches have different numbers of utterances: { {k: len(v) for k, v in arrays.items()} }")
         self.n = n.pop()
         self.y = np.zeros(self.n, np.int32) if y is None else np.asarray(y, dtype=np.int32)
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self._rng = np.random.default_rng(seed)
-        self.frame_shapes = {k: tuple(np.asarray(v[0]).shape[1:]) for k, v in self.arrays.items()}
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        first = {k: np.asarray(v[0]) for k, v in arrays.items()}
+        self.frame_shapes = {k: tuple(a.shape[1:]) for k, a in first.items()}
+        self.dtypes = {k: np.dtype(np.float16) if a.dtype == np.float16 else np.dtype(np.float32)
+                       for k, a in first.items()}
+        self.lengths = np.array([min(len(arrays[k][i]) for k in arrays) for i in range(self.n)], dtype=np.int64)
+        t = max(1, int(self.lengths.max()))
+        self.inputs: dict[str, np.ndarray] = {}
+        for k, arrs in arrays.items():
+            out = np.zeros((self.n, t, *self.frame_shapes[k]), self.dtypes[k])
+            for i, a in enumerate(arrs):
+                out[i, :self.lengths[i]] = np.asarray(a)[:self.lengths[i]]
+            self.inputs[k] = out
+        self.inputs["mask"] = (np.arange(t)[None, :] < self.lengths[:, None]).astype(np.float32)
         self.input_seconds = 0.0
 
-    def iterate(self) -> Any:
-        order = self._rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        for s in range(0, self.n, self.batch_size):
-            idx = order[s:s + self.batch_size]
-            lengths = [min(len(self.arrays[k][i]) for k in self.arrays) for i in idx]
-            t = max(1, max(lengths))
-            inputs = {}
-            for k, arrs in self.arrays.items():
-                out = np.zeros((len(idx), t, *self.frame_shapes[k]), np.float32)
-                for j, i in enumerate(idx):
-                    out[j, :lengths[j]] = np.asarray(arrs[i])[:lengths[j]]
-                inputs[k] = out
-            mask = np.zeros((len(idx), t), np.float32)
-            for j, n in enumerate(lengths):
-                mask[j, :n] = 1.0
-            inputs["mask"] = mask
-            yield inputs, self.y[idx]
-
     def as_tf_dataset(self) -> Any:
-        import tensorflow as tf
-
-        spec = {k: tf.TensorSpec((None, None, *s), tf.float32) for k, s in self.frame_shapes.items()}
-        spec["mask"] = tf.TensorSpec((None, None), tf.float32)
-        ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
-        return ds.apply(tf.data.experimental.assert_cardinality(-(-self.n // self.batch_size)))
+        return padded_dataset(self.inputs, self.y, self.lengths, batch_size=self.batch_size, shuffle=self.shuffle,
+                              seed=self.seed)
 
 
-def _frame_shapes(data: Any) -> dict[str, tuple[int, ...]]:
-    if hasattr(data, "sources"):
-        return {s.branch: s.selection.frame_shape for s in data.sources}
-    return data.frame_shapes
+def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, np.ndarray, tuple[Any, np.ndarray]]:
+    """Stratified hold-out of ``fraction`` of the utterances for early stopping."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    counts = np.bincount(y)
+    strat = y if counts[counts > 0].min() >= 2 else None
+    fit_idx, val_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+    take = (lambda v, ii: [v[i] for i in ii])
+    if isinstance(x, Mapping):
+        return ({k: take(v, fit_idx) for k, v in x.items()}, y[fit_idx],
+                ({k: take(v, val_idx) for k, v in x.items()}, y[val_idx]))
+    return take(x, fit_idx), y[fit_idx], (take(x, val_idx), y[val_idx])
+
+
+def _frame_shapes(data: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Branch -> (frame shape, dtype fed to the model)."""
+    dtypes = getattr(data, "dtypes", {})
+    return {k: (shape, dtypes.get(k, np.dtype(np.float32))) for k, shape in data.frame_shapes.items()}
 
 
 class _Timing(keras.callbacks.Callback):
@@ -102,23 +111,39 @@ class _Timing(keras.callbacks.Callback):
         self.compute_seconds.append(self._compute)
 
 
-class _BaseHead:
-    """Shared fit/predict logic; subclasses build the Keras graph."""
+class _BaseHead(ClassifierMixin, BaseEstimator):
+    """Shared fit/predict logic; subclasses build the Keras graph.
+
+    Args:
+        units: Width of the Dense (and LSTM) blocks.
+        dropout: Dropout rate after each pointwise block.
+        recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
+        classes: Class names; when given, labels are integer indices into it. None: the classes are
+            the sorted distinct labels seen by ``fit`` (any type, as in scikit-learn).
+        seed: Seed of weights, dropout and shuffling (None: not seeded).
+        validation_fraction: Without ``validation_data``, hold out this fraction of the training
+            utterances (stratified, drawn with ``seed``) for early stopping; None trains
+            ``recipe.max_epochs`` epochs without early stopping.
+        verbose: Keras fit verbosity.
+        run_eagerly: Skip tf.function tracing (tests and tiny data).
+    """
 
     def __init__(self, *, units: int = 128, dropout: float = 0.2, recipe: Recipe | str = "paper",
-                 classes: Sequence[str] | None = None, seed: int | None = None, verbose: int = 0,
-                 run_eagerly: bool = False) -> None:
-        self.run_eagerly = run_eagerly
+                 classes: Sequence[str] | None = None, seed: int | None = None,
+                 validation_fraction: float | None = None, verbose: int = 0, run_eagerly: bool = False) -> None:
         self.units = units
         self.dropout = dropout
         self.recipe = recipe
         self.classes = classes
         self.seed = seed
+        self.validation_fraction = validation_fraction
         self.verbose = verbose
+        self.run_eagerly = run_eagerly
 
     # -- graph -------------------------------------------------------------------------------
-    def _branch_input(self, branch: str, shape: tuple[int, ...]) -> tuple[Any, Any]:
-        inp = keras.Input(shape=(None, *shape), name=branch)
+    def _branch_input(self, branch: str, shape: tuple[int, ...], dtype: Any = "float32") -> tuple[Any, Any]:
+        # A float16 input stays float16 into the graph: the layer average / first Dense cast it.
+        inp = keras.Input(shape=(None, *shape), name=branch, dtype=str(np.dtype(dtype)))
         x = LayerWeightedAverage(name=f"{branch}_layer_weights")(inp) if len(shape) == 2 else inp
         return inp, x
 
@@ -129,10 +154,10 @@ class _BaseHead:
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _build(self, shapes: Mapping[str, tuple[int, ...]], n_classes: int) -> keras.Model:
+    def _build(self, shapes: Mapping[str, tuple[tuple[int, ...], Any]], n_classes: int) -> keras.Model:
         inputs, branches = {}, {}
-        for branch, shape in shapes.items():
-            inputs[branch], branches[branch] = self._branch_input(branch, shape)
+        for branch, (shape, dtype) in shapes.items():
+            inputs[branch], branches[branch] = self._branch_input(branch, shape, dtype)
         inputs["mask"] = keras.Input(shape=(None,), name="mask")
         pooled = self._body(branches, inputs["mask"])
         out = keras.layers.Dense(n_classes, activation="softmax", name="classifier")(pooled)
@@ -147,13 +172,32 @@ class _BaseHead:
             return x
         return _ArrayBatches(x, y, batch_size=self._resolved_recipe().batch_size, shuffle=shuffle, seed=seed)
 
-    def fit(self, x: Any, y: Sequence[int] | None = None, *, validation_data: Any = None,
+    def _encode(self, y: Any, *, unseen: int | None = None) -> np.ndarray:
+        """Labels -> integer indices into ``classes_`` (labels ARE the indices when ``classes`` is set).
+
+        Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
+        """
+        if self.classes:
+            return np.asarray(y, dtype=np.int32)
+        y = np.asarray(y)
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any() and unseen is not None:
+            out = np.full(len(y), unseen, dtype=np.int32)
+            out[~unknown] = np.searchsorted(self.classes_, y[~unknown])
+            return out
+        if unknown.any():
+            raise DataError(f"labels {sorted(set(y[unknown].tolist()))[:5]} do not occur in the training labels "
+                            f"{self.classes_.tolist()}; every class must be seen by fit")
+        return np.searchsorted(self.classes_, y).astype(np.int32)
+
+    def fit(self, x: Any, y: Sequence[Any] | None = None, *, validation_data: Any = None,
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":
-        """Train on ``x`` with early stopping on ``validation_data`` (when given).
+        """Train on ``x`` with early stopping on ``validation_data`` (or a ``validation_fraction`` hold-out).
 
         Args:
             x: FeatureBatches, or a list of [frames, ...] arrays (dict branch -> list for fusion).
-            y: Integer labels when ``x`` holds arrays.
+            y: Labels when ``x`` holds arrays: integer indices into ``classes`` when that is set,
+                else any labels (``classes_`` = their sorted distinct values).
             validation_data: FeatureBatches, or a tuple (arrays, labels).
             callbacks: Extra Keras callbacks.
 
@@ -164,16 +208,23 @@ class _BaseHead:
         if self.seed is not None:
             keras.utils.set_random_seed(self.seed)
         seed = 0 if self.seed is None else self.seed
+        streaming = hasattr(x, "as_tf_dataset")
+        if streaming:
+            self.classes_ = np.array(list(self.classes or x.classes))
+        else:
+            if y is None:
+                raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
+            self.classes_ = np.array(list(self.classes)) if self.classes else np.unique(np.asarray(y))
+            y = self._encode(y)
+            if validation_data is None and self.validation_fraction:
+                x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
+            elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):
+                validation_data = (validation_data[0], self._encode(validation_data[1]))
         train = self._data(x, y, shuffle=True, seed=seed)
         val = None
         if validation_data is not None:
             val = validation_data if hasattr(validation_data, "as_tf_dataset") else self._data(
                 validation_data[0], validation_data[1], shuffle=False, seed=seed)
-        classes = self.classes or getattr(train, "classes", None)
-        if not classes:
-            labels = train.labels if hasattr(train, "labels") else train.y
-            classes = list(range(int(np.max(labels)) + 1))
-        self.classes_ = np.array(list(classes))
         self.model_ = self._build(_frame_shapes(train), len(self.classes_))
         self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,
                                                             clipvalue=recipe.clipvalue),
@@ -212,6 +263,18 @@ class _BaseHead:
     def predict(self, x: Any) -> np.ndarray:
         """Predicted classes (elements of ``classes_``)."""
         return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+    def score(self, x: Any, y: Sequence[Any], sample_weight: Any = None) -> float:
+        """UAR (unweighted average recall = balanced accuracy) of ``predict(x)`` against ``y``.
+
+        The paper's metric, not ClassifierMixin's accuracy, so ``GridSearchCV`` selects on UAR.
+        ``y`` uses the same labels as ``fit`` (indices into ``classes`` when that is set). A class
+        that ``fit`` never saw (a small cross-validation fold) counts with recall 0.
+        """
+        from sklearn.metrics import balanced_accuracy_score
+
+        pred = np.argmax(self.predict_proba(x), axis=1)
+        return float(balanced_accuracy_score(self._encode(y, unseen=-1), pred, sample_weight=sample_weight))
 
 
 class DenseHead(_BaseHead):

@@ -16,10 +16,13 @@ class LayerWeightedAverage(keras.layers.Layer):
 
     Every alpha_i starts at 1.0 (plain average) and is kept non-negative by a NonNeg
     constraint applied after each optimiser step; ``epsilon`` guards the all-zero case.
+    float16 inputs are not cast as a whole: each layer slice [B, T, D] is cast to float32 and
+    accumulated, so no float32 [B, T, L, D] copy is ever made.
     """
 
     def __init__(self, epsilon: float = 1e-7, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        kwargs.pop("autocast", None)
+        super().__init__(autocast=False, **kwargs)
         self.epsilon = epsilon
 
     def build(self, input_shape: tuple) -> None:
@@ -28,7 +31,12 @@ class LayerWeightedAverage(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         w = self.alphas / (ops.sum(self.alphas) + self.epsilon)
-        return ops.einsum("btld,l->btd", inputs, w)
+        if inputs.dtype == "float32":
+            return ops.einsum("btld,l->btd", inputs, w)
+        out = ops.cast(inputs[:, :, 0, :], "float32") * w[0]
+        for i in range(1, int(inputs.shape[-2])):
+            out = out + ops.cast(inputs[:, :, i, :], "float32") * w[i]
+        return out
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (*input_shape[:-2], input_shape[-1])

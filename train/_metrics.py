@@ -1,32 +1,49 @@
-"""Scores: unweighted average recall (UAR), accuracy, confusion matrix."""
+"""Scores, computed by scikit-learn: unweighted average recall (UAR), accuracy, confusion matrix,
+per-class precision/recall/F1.
+
+UAR is the mean recall over the classes PRESENT in ``y_true`` (``recall_score(average="macro")``
+restricted to those labels, which equals ``balanced_accuracy_score``): a class absent from a
+test partition neither counts as 0 nor as 1.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+from sklearn import metrics as _sk
 
-__all__ = ["confusion_matrix", "uar", "accuracy"]
+__all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report"]
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """Counts [true class, predicted class]."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return cm
+    """Counts [true class, predicted class] over classes 0..n_classes-1."""
+    return _sk.confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(n_classes))
 
 
-def uar(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
-    """Mean per-class recall over the classes present in ``y_true`` (balanced accuracy)."""
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
+def uar(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (balanced accuracy); NaN when empty."""
+    t = np.asarray(y_true, int)
+    if not len(t):
         return float("nan")
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    return float(_sk.recall_score(t, np.asarray(y_pred, int), labels=np.unique(t), average="macro",
+                                  zero_division=0))
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Fraction of correct predictions."""
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean(t == p)) if len(t) else float("nan")
+    """Fraction of correct predictions; NaN when empty."""
+    t = np.asarray(y_true)
+    return float(_sk.accuracy_score(t, np.asarray(y_pred))) if len(t) else float("nan")
+
+
+def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
+    """Class name -> {precision, recall, f1-score, support} (``classification_report(output_dict=True)``).
+
+    Also holds the report's "macro avg" and "weighted avg" rows; classes without test support
+    get zeros (zero_division=0), never a warning.
+    """
+    report = _sk.classification_report(np.asarray(y_true, int), np.asarray(y_pred, int),
+                                       labels=np.arange(len(classes)), target_names=list(classes),
+                                       output_dict=True, zero_division=0)
+    report.pop("accuracy", None)  # a float, not a row (present only when labels cover y_pred)
+    return {name: {k: float(v) for k, v in row.items()} for name, row in report.items()}

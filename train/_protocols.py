@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from sklearn.model_selection import LeaveOneGroupOut, PredefinedSplit
 
 from ._errors import ConfigError, ProtocolError
 
@@ -100,11 +101,28 @@ def _actor_number(speaker: str) -> int:
 
 def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     speakers = sorted({r.speaker for r in records})
-    part = {s: _actor_number(s) for s in speakers}
-    fold = Fold("split", tuple(s for s in speakers if 1 <= part[s] <= 20),
-                tuple(s for s in speakers if part[s] in (21, 22)),
-                tuple(s for s in speakers if part[s] in (23, 24)))
-    return [fold]
+    # PredefinedSplit: fold 0 = test actors 23-24, fold 1 = validation actors 21-22, -1 = always train.
+    code = {s: 0 if n in (23, 24) else 1 if n in (21, 22) else -1 if 1 <= n <= 20 else -2
+            for s, n in ((s, _actor_number(s)) for s in speakers)}
+    used = [s for s in speakers if code[s] != -2]  # actors beyond 24 belong to no partition
+    (_, test), (_, val) = PredefinedSplit([code[s] for s in used]).split()
+    held = set(test) | set(val)
+    return [Fold("split", tuple(s for i, s in enumerate(used) if i not in held),
+                 tuple(used[i] for i in val), tuple(used[i] for i in test))]
+
+
+def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: Sequence[str]) -> list[Fold]:
+    """One fold per group (sorted): that group tests, the NEXT group (cyclically) validates, the rest train."""
+    speakers = np.asarray(speakers, dtype=object)
+    order = sorted(set(groups))
+    members = {g: tuple(sorted(speakers[np.asarray(groups, dtype=object) == g])) for g in order}
+    folds = []
+    for (_, test_idx), name in zip(LeaveOneGroupOut().split(speakers, groups=list(groups)), names):
+        test_group = groups[test_idx[0]]
+        val_group = order[(order.index(test_group) + 1) % len(order)]
+        train = tuple(sorted(s for g in order if g not in (test_group, val_group) for s in members[g]))
+        folds.append(Fold(name, train, members[val_group], tuple(sorted(speakers[test_idx]))))
+    return folds
 
 
 def session_of(record: Any) -> int:
@@ -118,16 +136,13 @@ def session_of(record: Any) -> int:
 
 
 def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
-    by_session: dict[int, set[str]] = {k: set() for k in range(1, 6)}
-    for r in records:
-        by_session.setdefault(session_of(r), set()).add(r.speaker)
-    folds = []
-    for test in range(1, 6):
-        val = test % 5 + 1
-        train = [s for k in range(1, 6) if k not in (test, val) for s in sorted(by_session[k])]
-        folds.append(Fold(f"session{test}", tuple(train), tuple(sorted(by_session[val])),
-                          tuple(sorted(by_session[test]))))
-    return folds
+    session = {r.speaker: session_of(r) for r in records}
+    speakers = sorted(s for s, k in session.items() if 1 <= k <= 5)
+    missing = sorted(set(range(1, 6)) - set(session.values()))
+    if missing:
+        raise ProtocolError(f"IEMOCAP leave-one-session-out needs all 5 sessions; the store has no speaker of "
+                            f"session(s) {missing}; extract the whole corpus or use protocol csv")
+    return _leave_one_group_out(speakers, [session[s] for s in speakers], [f"session{k}" for k in range(1, 6)])
 
 
 def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
@@ -147,13 +162,9 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     if k < 3:
         raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
                             f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
-    groups = [tuple(g) for g in np.array_split(np.array(speakers, dtype=object), k)]
-    folds = []
-    for i in range(k):
-        v = (i + 1) % k
-        train = tuple(s for j, g in enumerate(groups) if j not in (i, v) for s in g)
-        folds.append(Fold(f"group{i + 1}", train, groups[v], groups[i]))
-    return folds
+    group = {s: i for i, g in enumerate(np.array_split(np.arange(len(speakers)), k)) for s in
+             (speakers[j] for j in g)}
+    return _leave_one_group_out(speakers, [group[s] for s in speakers], [f"group{i + 1}" for i in range(k)])
 
 
 _RAVDESS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry",

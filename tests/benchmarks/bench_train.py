@@ -44,6 +44,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
+    p.add_argument("--small", default=None, metavar="STORE",
+                   help="instead: eGeMAPS and spectrogram of this (RAVDESS) store, w2v2ser epoch vs model.fit(numpy)")
+    p.add_argument("--reps", type=int, default=2, help="--small: repetitions of each mode (interleaved)")
+    p.add_argument("--cache-mode", default="auto", choices=["auto", "off"],
+                   help="scaling: the stores' cache setting (off = always stream)")
     args = p.parse_args()
     if args.quick:
         args.seconds, args.epochs = 360.0, 2
@@ -125,7 +130,7 @@ def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
 
 
 # ------------------------------------------------------------------------------ child: one size
-def child(store_path: str, epochs: int) -> None:
+def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     _common.bootstrap_w2v2ser()
     import numpy as np
 
@@ -135,7 +140,7 @@ def child(store_path: str, epochs: int) -> None:
 
     rss0 = _common.peak_rss_mb()
     config = ExperimentConfig(stores={"main": store_path}, features="wav2vec2:all", head="dense", norm="speaker",
-                              protocol="ravdess", recipe="paper", seeds=1, deterministic=False,
+                              protocol="ravdess", recipe="paper", seeds=1, deterministic=False, cache=cache_mode,
                               recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
     spec = plan_runs(config)[0]
     out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-train-"))
@@ -158,7 +163,14 @@ def child(store_path: str, epochs: int) -> None:
                              shuffle=True, cache=config.cache, cache_budget_mb=config.cache_budget_mb,
                              workers=config.workers)
     t0 = time.perf_counter()
-    nbatches = sum(1 for _ in batches.iterate())
+    if batches.in_memory:  # one read of the partition, then one pass of the tf.data pipeline
+        batches.arrays()
+        read_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nbatches = sum(1 for _ in batches.as_tf_dataset())
+    else:
+        read_s = 0.0
+        nbatches = sum(1 for _ in batches.iterate())
     input_pass = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({
@@ -166,16 +178,110 @@ def child(store_path: str, epochs: int) -> None:
         "epochs": history["epochs"], "epoch_seconds": history["epoch_seconds"],
         "input_seconds_threads": history["input_seconds"], "compute_seconds": history["compute_seconds"],
         "input_only_pass_seconds": input_pass, "train_run_wall_s": run_wall,
-        "cache_used": bool(metrics.get("cache", {}).get("train")),
+        "cache_used": bool(metrics.get("cached_in_memory")), "partition_read_seconds": read_s,
         "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
         "uar": result.uar, "load_average": _common.load_average(),
     }))
 
 
+# ------------------------------------------------------------------------------ small selections
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._t0)
+
+    return EpochTimer()
+
+
+def small_selections(args: argparse.Namespace) -> None:
+    """w2v2ser's stage 2 epoch vs the same Keras model on the same normalised arrays via model.fit(numpy)."""
+    how = _common.bootstrap_w2v2ser()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from bench_fidelity import pad_arrays, plain_dense_model
+    from w2v2ser.train import ExperimentConfig, partition_arrays, plan_runs, train_run
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    epochs = args.epochs
+    rows, runs = [], {}
+    for feature in ("egemaps", "spectrogram"):
+        # patience > epochs: every mode trains exactly `epochs` epochs, each with its validation pass
+        config = ExperimentConfig(stores=args.small, features=feature, recipe="paper", seeds=1,
+                                  recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
+        spec = plan_runs(config)[0]
+        t0 = time.perf_counter()
+        parts = partition_arrays(config, spec)
+        arrays_s = time.perf_counter() - t0
+        (xtr, ytr, _), (xva, yva, _) = parts["train"], parts["validation"]
+        t = max(len(a) for a in xtr + xva)
+        train_np, val_np = pad_arrays(xtr, t), pad_arrays(xva, t)
+        times: dict[str, list[float]] = {"w2v2ser": [], "model.fit(numpy)": []}
+        first: dict[str, list[float]] = {"w2v2ser": [], "model.fit(numpy)": []}
+        for rep in range(args.reps):
+            order = ("w2v2ser", "model.fit(numpy)") if rep % 2 == 0 else ("model.fit(numpy)", "w2v2ser")
+            for mode in order:
+                keras.backend.clear_session()
+                keras.utils.set_random_seed(rep)
+                if mode == "w2v2ser":
+                    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-small-"))
+                    res = train_run(config, spec, out=out)
+                    hist = json.loads((Path(res.path) / "history.json").read_text())
+                    secs = hist["epoch_seconds"]
+                    shutil.rmtree(out, ignore_errors=True)
+                else:
+                    model = plain_dense_model(xtr[0].shape[1:], int(max(ytr)) + 1)
+                    timer = _epoch_timer()
+                    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs + 1,
+                                                         restore_best_weights=True)
+                    model.fit(train_np, np.asarray(ytr), batch_size=32, epochs=epochs, verbose=0,
+                              validation_data=(val_np, np.asarray(yva)), callbacks=[timer, stop])
+                    secs = timer.seconds
+                first[mode].append(secs[0])
+                times[mode] += secs[1:]  # epoch 1 also traces the step
+        ours, plain = float(np.mean(times["w2v2ser"])), float(np.mean(times["model.fit(numpy)"]))
+        runs[feature] = {"epoch_seconds": times, "first_epoch_seconds": first, "partition_arrays_seconds": arrays_s,
+                         "frames": t, "train_utterances": len(xtr), "ratio": ours / plain}
+        rows.append([feature, len(xtr), t, ours, plain, ours / plain, float(np.mean(first["w2v2ser"])),
+                     float(np.mean(first["model.fit(numpy)"]))])
+        print(f"{feature}: w2v2ser {ours:.2f} s/epoch, model.fit(numpy) {plain:.2f} s/epoch, ratio {ours / plain:.2f}",
+              flush=True)
+    table = _common.format_table(["selection", "train utts", "frames", "w2v2ser epoch s", "model.fit(numpy) epoch s",
+                                  "ratio", "w2v2ser 1st epoch s", "numpy 1st epoch s"], rows)
+    payload = {"benchmark": "bench_train_small", "command": _common.command_line(),
+               "machine": _common.machine_info(["numpy", "tensorflow", "keras"]),
+               "config": {"store": args.small, "epochs": epochs, "reps": args.reps, "head": "dense",
+                          "norm": "speaker", "recipe": "paper", "threads": 1, "w2v2ser": how}, "runs": runs}
+    notes = ["epoch s = mean over epochs 2..N of every repetition (epoch 1 also traces); each epoch includes "
+             "the validation pass; modes interleaved, order alternating per repetition",
+             "w2v2ser = train_run (whole stage 2 path: store read, normalisation, tf.data, DenseHead); "
+             "model.fit(numpy) = the same layers fed partition_arrays' frames padded once"]
+    headline = "headline: w2v2ser epoch / model.fit(numpy) epoch = " + ", ".join(
+        f"{f} {r['ratio']:.2f}" for f, r in runs.items()) + " (target <= 1.1)"
+    print()
+    print(table)
+    path = _common.write_results("bench_train_small", payload, table, out=args.out, headline=headline, notes=notes)
+    print(f"results: {path}")
+    print(headline)
+
+
 def main() -> None:
     args = parse_args()
+    if args.small:
+        small_selections(args)
+        return
     if args.child:
-        child(args.child, args.epochs)
+        child(args.child, args.epochs, args.cache_mode)
         return
     how = _common.bootstrap_w2v2ser()
     cache = Path(args.cache)
@@ -185,7 +291,8 @@ def main() -> None:
     for name in ("quarter", "full"):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")])),
                    TF_CPP_MIN_LOG_LEVEL="2")
-        cmd = [sys.executable, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs)]
+        cmd = [sys.executable, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs),
+               "--cache-mode", args.cache_mode]
         print(f"training on {name} store ({sizes[name]:.0f} audio s) in a fresh process ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:

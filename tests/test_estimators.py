@@ -1,0 +1,81 @@
+"""The heads are scikit-learn estimators: clone, get/set_params, score, GridSearchCV with speaker groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone, is_classifier
+from sklearn.model_selection import GridSearchCV, GroupKFold
+
+from w2v2ser.train import DenseHead, FusionHead, LSTMHead, get_recipe
+
+QUICK = get_recipe("paper", {"max_epochs": 2, "batch_size": 8})
+
+
+def utterances(n: int = 48, *, dim: int = 5, speakers: int = 6, seed: int = 0):
+    """Variable-length [frames, dim] utterances whose class shifts the mean of dimension 0."""
+    rng = np.random.default_rng(seed)
+    y = np.array(["angry", "happy", "sad"] * (n // 3))
+    x = []
+    for label in y:
+        frames = rng.normal(size=(int(rng.integers(5, 20)), dim)).astype(np.float32)
+        frames[:, 0] += {"angry": -2.0, "happy": 0.0, "sad": 2.0}[label]
+        x.append(frames)
+    groups = np.repeat([f"spk{k}" for k in range(speakers)], n // speakers)
+    return x, y, groups
+
+
+@pytest.mark.parametrize("cls", [DenseHead, LSTMHead, FusionHead])
+def test_clone_and_params_round_trip(cls):
+    head = cls(units=16, dropout=0.1, recipe=QUICK, seed=3)
+    assert is_classifier(head)
+    params = head.get_params()
+    assert params["units"] == 16 and params["dropout"] == 0.1 and params["recipe"] == QUICK and params["seed"] == 3
+    twin = clone(head)
+    assert twin is not head and twin.get_params() == params
+    assert twin.set_params(units=4, dropout=0.0) is twin and twin.units == 4 and head.units == 16
+    assert "units=16" in repr(head)
+
+
+def test_fit_predict_score_with_string_labels():
+    x, y, _ = utterances()
+    head = DenseHead(units=8, recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True).fit(x, y)
+    assert head.classes_.tolist() == ["angry", "happy", "sad"]
+    assert set(head.predict(x[:6])) <= set(head.classes_)
+    assert head.predict_proba(x[:6]).shape == (6, 3)
+    assert "val_loss" in head.history_  # the stratified hold-out drove early stopping
+    score = head.score(x, y)
+    assert 0.0 <= score <= 1.0
+    assert clone(head).get_params() == head.get_params() and not hasattr(clone(head), "model_")
+
+
+def test_grid_search_over_units_and_dropout_with_speaker_groups():
+    x, y, groups = utterances()
+    search = GridSearchCV(DenseHead(recipe=QUICK, seed=0, run_eagerly=True),
+                          {"units": [4, 8], "dropout": [0.0, 0.3]}, cv=GroupKFold(n_splits=3))
+    search.fit(x, y, groups=groups)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_params_["units"] in (4, 8) and search.best_params_["dropout"] in (0.0, 0.3)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_estimator_.units == search.best_params_["units"]
+    assert search.predict(x[:3]).shape == (3,)
+    # GroupKFold kept every speaker on one side of every split
+    for train_idx, test_idx in GroupKFold(n_splits=3).split(x, y, groups):
+        assert not set(groups[train_idx]) & set(groups[test_idx])
+
+
+def test_readme_grid_search_on_a_store_partition(tmp_path):
+    """The README example: partition_arrays from a store, GridSearchCV with GroupKFold over speakers."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ExperimentConfig, partition_arrays, plan_runs
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    config = ExperimentConfig(stores=str(path), features="egemaps", norm="speaker")
+    spec = plan_runs(config)[0]
+    x, y, speakers = partition_arrays(config, spec)["train"]
+    assert len(x) == len(y) == len(speakers) == 40 and set(speakers) == set(spec.train)
+    assert x[0].ndim == 2 and x[0].shape[1] == 25
+    search = GridSearchCV(DenseHead(recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True),
+                          {"units": [4, 8]}, cv=GroupKFold(n_splits=2))
+    search.fit(x, y, groups=speakers)
+    assert 0.0 <= search.best_score_ <= 1.0

@@ -1,0 +1,90 @@
+"""Scores and protocol splits come from scikit-learn and reproduce the hand-written ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, recall_score
+
+from w2v2ser.store import Utterance
+from w2v2ser.train import accuracy, confusion_matrix, get_protocol, per_class_report, uar
+
+STORED_RUN = Path(__file__).parent / "data" / "stored_run"
+
+
+def hand_uar(y_true, y_pred, n_classes):
+    """The UAR w2v2ser computed before scikit-learn: mean recall of the classes present in y_true."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def test_stored_run_uar_recomputes_both_ways():
+    """A RAVDESS run written by the hand-written metrics scores the same through scikit-learn."""
+    metrics = json.loads((STORED_RUN / "metrics.json").read_text())
+    with open(STORED_RUN / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    idx = {c: i for i, c in enumerate(metrics["classes"])}
+    t = [idx[r["label"]] for r in rows]
+    p = [idx[r["predicted"]] for r in rows]
+    n = len(metrics["classes"])
+    assert len(rows) == metrics["n_test"] == 208
+    assert hand_uar(t, p, n) == pytest.approx(metrics["uar"], abs=1e-12)
+    assert uar(t, p, n) == pytest.approx(metrics["uar"], abs=1e-12)
+    assert recall_score(t, p, average="macro") == pytest.approx(metrics["uar"], abs=1e-12)
+    assert balanced_accuracy_score(t, p) == pytest.approx(metrics["uar"], abs=1e-12)
+    assert accuracy(t, p) == pytest.approx(metrics["accuracy"], abs=1e-12)
+    assert confusion_matrix(t, p, n).tolist() == metrics["confusion"]
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("seed", range(5))
+def test_uar_ignores_classes_absent_from_the_test_set(seed):
+    rng = np.random.default_rng(seed)
+    t = rng.choice([0, 2, 3, 5], size=60)  # classes 1, 4 and 6 never occur in y_true
+    p = rng.integers(0, 7, size=60)  # ... but are predicted
+    assert uar(t, p, 7) == pytest.approx(hand_uar(t, p, 7), abs=1e-12)
+    assert uar(t, p, 7) == pytest.approx(balanced_accuracy_score(t, p), abs=1e-12)
+    assert np.isnan(uar([], [], 7))
+
+
+def test_per_class_report_matches_the_confusion_matrix():
+    t = [0, 0, 1, 1, 1, 2]
+    p = [0, 1, 1, 1, 0, 0]
+    rep = per_class_report(t, p, ["a", "b", "c"])
+    assert rep["a"] == pytest.approx({"precision": 1 / 3, "recall": 0.5, "f1-score": 0.4, "support": 2.0})
+    assert rep["c"]["recall"] == 0.0 and rep["c"]["precision"] == 0.0  # never predicted: zero, no warning
+    assert rep["macro avg"]["recall"] == pytest.approx(uar(t, p, 3))
+
+
+def _folds(protocol, records, k=5):
+    return [f.to_dict() for f in get_protocol(protocol).make_folds(records, k)]
+
+
+def test_iemocap_folds_are_leave_one_session_out():
+    recs = [Utterance(f"u{s}{g}", "/x", f"Ses0{s}{g}", "neu") for s in range(1, 6) for g in "FM"]
+    folds = _folds("iemocap", recs)
+    for k, f in enumerate(folds, 1):
+        val = k % 5 + 1
+        assert f["test"] == [f"Ses0{k}F", f"Ses0{k}M"] and f["validation"] == [f"Ses0{val}F", f"Ses0{val}M"]
+        assert sorted(f["train"]) == sorted(f"Ses0{s}{g}" for s in range(1, 6) if s not in (k, val) for g in "FM")
+
+
+def test_csv_folds_are_contiguous_speaker_groups():
+    recs = [Utterance(f"u{i}", "/x", f"s{i:02d}", "a") for i in range(10)]
+    folds = _folds("csv", recs, 5)
+    assert [f["test"] for f in folds] == [[f"s{2 * g:02d}", f"s{2 * g + 1:02d}"] for g in range(5)]
+    assert folds[4]["validation"] == ["s00", "s01"]
+
+
+def test_ravdess_split_ignores_actors_outside_1_to_24():
+    recs = [Utterance(f"u{a}", "/x", f"Actor_{a:02d}", "happy") for a in range(1, 27)]
+    (f,) = _folds("ravdess", recs)
+    assert f["test"] == ["Actor_23", "Actor_24"] and f["validation"] == ["Actor_21", "Actor_22"]
+    assert f["train"] == [f"Actor_{a:02d}" for a in range(1, 21)]

@@ -1,0 +1,148 @@
+"""Stage 2 input paths: whole-partition arrays and streaming give the same frames, in the stored dtype."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from stage2_fixtures import build_store, ravdess_utterances
+from w2v2ser.store import open_store
+from w2v2ser.train import FeatureBatches, Item, LayerWeightedAverage, Source, build_normaliser, resolve_selection
+from w2v2ser.train._dataset import block_shuffle, padded_dataset
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = build_store(tmp_path_factory.mktemp("stores") / "rav.zarr",
+                       utterances=ravdess_utterances(per_actor=3), layers=5, dim=4)
+    return open_store(path)
+
+
+class BatchedStore:
+    """The store with a ``read_batch`` (the store format 2 API), counting calls."""
+
+    def __init__(self, store):
+        self._store, self.batch_calls = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def read_batch(self, ids, feature, *, layers=None):
+        self.batch_calls += 1
+        return [self._store.read_utterance(i, feature, layers=layers) for i in ids]
+
+
+def _batches(store, text, norm, **kw):
+    sel = resolve_selection(text, specs=store.features, alias="main")
+    records = store.list_utterances()
+    speakers = sorted({r.speaker for r in records})
+    items = [Item(r.id, r.speaker, i % 7, float(r.duration)) for i, r in enumerate(records)]
+    normaliser = build_normaliser(store, sel, norm, train_speakers=speakers, speakers=speakers)
+    return FeatureBatches(items, [Source("main", store, sel, normaliser)], classes=list("abcdefg"),
+                          batch_size=8, max_frames=30, **kw)
+
+
+@pytest.mark.parametrize("text, norm, dtype", [("egemaps", "speaker", np.float32),
+                                               ("wav2vec2:all", "global", np.float16),
+                                               ("wav2vec2:2", "speaker", np.float16),
+                                               ("spectrogram", "none", np.float32)])
+def test_in_memory_and_streaming_give_the_same_frames(store, text, norm, dtype):
+    mem = _batches(store, text, norm, cache="auto")
+    stream = _batches(store, text, norm, cache="off")
+    assert mem.in_memory and not stream.in_memory
+    inputs, labels, lengths = mem.arrays()
+    assert inputs["main"].dtype == dtype and inputs["main"].shape[1] == lengths.max() <= 30
+    np.testing.assert_array_equal(labels, mem.labels)
+    x, y = stream.load_batch(np.arange(len(stream.items)))
+    assert x["main"].dtype == dtype
+    np.testing.assert_array_equal(x["mask"], inputs["mask"])
+    np.testing.assert_allclose(x["main"].astype(np.float32), inputs["main"].astype(np.float32),
+                               rtol=1e-3 if dtype == np.float16 else 1e-6, atol=1e-3 if dtype == np.float16 else 1e-6)
+    for k, it in enumerate(mem.items[:5]):  # and the same as the per-utterance reference path
+        (ref,) = stream.load_item(it)
+        np.testing.assert_allclose(inputs["main"][k, :lengths[k]].astype(np.float32), ref.astype(np.float32),
+                                   rtol=1e-3, atol=1e-3)
+        assert not inputs["main"][k, lengths[k]:].any()
+
+
+def test_batched_reads_are_used_when_the_store_has_them(store):
+    fake = BatchedStore(store)
+    mem = _batches(fake, "egemaps", "speaker", cache="auto")
+    mem.arrays()
+    mem.arrays()  # read once per run
+    assert fake.batch_calls == 1
+    stream = _batches(fake, "egemaps", "speaker", cache="off", shuffle=True)
+    n = sum(1 for _ in stream.iterate())
+    assert fake.batch_calls == 1 + n == 1 + len(stream)
+
+
+def test_memory_dataset_is_static_and_reshuffles_each_epoch(store):
+    mem = _batches(store, "egemaps", "speaker", cache="auto", shuffle=True, seed=3)
+    ds = mem.as_tf_dataset()
+    spec = ds.element_spec[0]["main"]
+    assert spec.shape[1:] == mem.arrays()[0]["main"].shape[1:]  # frames and feature axes are static
+    epochs = [np.concatenate([y.numpy() for _, y in ds]) for _ in range(2)]
+    assert sorted(epochs[0].tolist()) == sorted(mem.labels.tolist())
+    firsts = [np.concatenate([x["main"][:, 0, 0].numpy() for x, _ in ds]) for _ in range(2)]
+    assert not np.array_equal(firsts[0], firsts[1])
+
+
+def test_length_buckets_cover_every_utterance_once():
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(2, 6, 60), rng.integers(90, 100, 4)])
+    t = int(lengths.max())
+    inputs = {"main": np.zeros((len(lengths), t, 3), np.float16),
+              "mask": (np.arange(t)[None] < lengths[:, None]).astype(np.float32)}
+    labels = np.arange(len(lengths), dtype=np.int32)
+    ds = padded_dataset(inputs, labels, lengths, batch_size=8, shuffle=True, seed=0, bucket_waste=0.5)
+    seen, widths = [], set()
+    for x, y in ds:
+        seen += y.numpy().tolist()
+        widths.add(int(x["main"].shape[1]))
+    assert sorted(seen) == labels.tolist() and len(widths) > 1 and min(widths) < 10
+    plain = padded_dataset(inputs, labels, lengths, batch_size=8, shuffle=False, seed=0, bucket_waste=None)
+    assert {int(x["main"].shape[1]) for x, _ in plain} == {t}
+
+
+@pytest.mark.parametrize("n, block, buffer", [(100, 8, 4), (7, 32, 8), (64, 1, 1)])
+def test_block_shuffle_is_a_bounded_permutation(n, block, buffer):
+    order = block_shuffle(n, block, buffer, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(n))
+    again = block_shuffle(n, block, buffer, np.random.default_rng(1))
+    assert n < 8 * block or not np.array_equal(order, again)
+
+
+def test_layer_average_of_float16_frames_matches_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 5, 4)).astype(np.float16)
+    layer = LayerWeightedAverage()
+    layer.build(x.shape)
+    layer.alphas.assign(np.array([0.5, 1.0, 2.0, 0.0, 1.5], np.float32))
+    half = keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(x)))
+    full = keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(x.astype(np.float32))))
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, rtol=1e-5, atol=1e-5)
+
+
+def test_one_memory_budget_for_the_whole_run(store):
+    from w2v2ser.train._dataset import share_memory_budget
+
+    parts = [_batches(store, "wav2vec2:all", "none", cache="auto") for _ in range(3)]
+    one = parts[0].estimated_bytes()
+    assert all(p.in_memory for p in parts)  # each fits the default budget alone
+    budget_mb = 2.5 * one / 2**20  # two fit, three do not
+    assert not share_memory_budget(parts, cache="auto", budget_mb=budget_mb)
+    assert not any(p.in_memory for p in parts) and all(p.cache_bytes == 0 for p in parts)
+    assert share_memory_budget(parts, cache="auto", budget_mb=3.5 * one / 2**20)
+    assert not share_memory_budget(parts, cache="off", budget_mb=1e6)
+
+
+def test_order_changes_every_epoch_even_with_the_global_seed_set():
+    """Keras' own numpy input repeats one permutation per epoch once the global seed is set; ours must not."""
+    keras.utils.set_random_seed(0)
+    lengths = np.full(40, 3)
+    inputs = {"main": np.zeros((40, 3, 2), np.float32), "mask": np.ones((40, 3), np.float32)}
+    ds = padded_dataset(inputs, np.arange(40, dtype=np.int32), lengths, batch_size=8, shuffle=True, seed=0)
+    orders = [tuple(int(v) for _, y in ds for v in y.numpy()) for _ in range(3)]
+    assert len(set(orders)) == 3 and all(sorted(o) == list(range(40)) for o in orders)

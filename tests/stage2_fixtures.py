@@ -83,8 +83,9 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         seed: Random seed (frames and durations).
         config_tag: Recorded as the wav2vec2 "model" (a second store can differ).
         speaker_offset: Per-speaker mean shift, so speaker and global statistics differ.
-        layer_signal: Per wav2vec2 layer, the factor of the label shift in that layer (e.g. one
-            1.0 and zeros elsewhere: only that layer carries the label); None = 1 in every layer.
+        layer_signal: Per wav2vec2 layer, the scale of a label-specific random direction added
+            to that layer's frames instead of the scalar label shift (e.g. one 1.0 and zeros
+            elsewhere: only that layer carries the label); None = the scalar shift in every layer.
     """
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
@@ -111,8 +112,11 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         for s in specs:
             shape = (frames[s.name][i], *((s.layers, s.dim) if s.layers else (s.dim,)))
             if s.layers and layer_signal is not None:
-                per_layer = speaker_offset * speakers.index(u.speaker) + label_shift * np.asarray(layer_signal)
-                data[s.name] = (rng.standard_normal(shape) + per_layer[:, None]).astype(s.dtype)
+                # each label has its own direction; layer l carries it scaled by layer_signal[l]
+                pattern = np.random.default_rng(1000 + labels.index(u.label)).standard_normal(s.dim)
+                per_layer = np.asarray(layer_signal, dtype=np.float64)[:, None] * pattern[None, :]
+                data[s.name] = (rng.standard_normal(shape) + per_layer
+                                + speaker_offset * speakers.index(u.speaker)).astype(s.dtype)
                 continue
             data[s.name] = (rng.standard_normal(shape) + shift).astype(s.dtype)
         writer.write_utterance(row, data, audio_sha256=f"{i:064x}", duration=float(d))

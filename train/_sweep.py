@@ -49,6 +49,8 @@ __all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", 
 
 log = logging.getLogger("w2v2ser.train")
 ALL_LAYERS_DIR = "all"
+# Float32 frames (all layers) read per micro-batch; optimiser steps keep the recipe's batch size.
+MICRO_BATCH_MB = 64.0
 
 
 def _layer_dir(layer: int) -> str:
@@ -217,8 +219,12 @@ class _Stopper:
 def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: int, recipe: Any, units: int,
                     dropout: float, seed: int, restore_best: bool = True,
                     epoch_end: Callable[[int, _SweepHeads, np.ndarray], None] | None = None,
-                    ) -> tuple[_SweepHeads, dict[str, Any]]:
+                    accumulate: int = 1) -> tuple[_SweepHeads, dict[str, Any]]:
     """Train the L + 1 heads on batches of [batch, time, L, dim] frames with per-head early stopping.
+
+    ``accumulate`` consecutive batches of ``train`` make one optimiser step (gradients summed,
+    loss averaged over the step's utterances): the same step as one batch of
+    ``accumulate * train.batch_size`` utterances, with a fraction of its memory.
 
     ``epoch_end(epoch, heads, active)`` is called after each epoch's stopping decisions
     (``active``: bool per head), e.g. to watch that stopped heads stay frozen.
@@ -241,33 +247,46 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
     spec = (tf.TensorSpec((None, None, n_layers, dim), tf.float32), tf.TensorSpec((None, None), tf.float32),
             tf.TensorSpec((None,), tf.int32))
 
-    @tf.function(input_signature=spec)
-    def train_step(x: Any, mask: Any, y: Any) -> Any:
+    accum = [tf.Variable(np.zeros(v.shape, np.float32), trainable=False) for v in heads.variables]
+
+    @tf.function(input_signature=(*spec, tf.TensorSpec((), tf.float32)))
+    def grad_step(x: Any, mask: Any, y: Any, n_step: Any) -> Any:
+        # Gradient of sum_h mean-over-the-whole-step CE_h, accumulated over the step's micro-batches.
         with tf.GradientTape() as tape:
-            per_head = tf.reduce_mean(_sparse_ce(y, heads(x, mask, True)), axis=0)
-            loss = tf.reduce_sum(per_head * active)
-        grads = tape.gradient(loss, heads.variables)
-        opt.apply(grads, heads.variables)
+            per_head = tf.reduce_sum(_sparse_ce(y, heads(x, mask, True)), axis=0)
+            loss = tf.reduce_sum(per_head * active) / n_step
+        for acc, g in zip(accum, tape.gradient(loss, heads.variables)):
+            acc.assign_add(g)
+        return per_head
+
+    @tf.function
+    def apply_step() -> None:
+        opt.apply([tf.identity(a) for a in accum], heads.variables)
+        for acc in accum:
+            acc.assign(tf.zeros_like(acc))
         # Stopped heads are reset to their (best) frozen weights: they never change again.
         for i, (var, keep) in enumerate(zip(heads.variables, frozen)):
             on = active[:n_layers] if i < n_stacked else active[n_layers]
             if i < n_stacked:
                 on = tf.reshape(on, [n_layers] + [1] * (len(var.shape) - 1))
             var.assign(tf.where(on > 0.5, var, keep))
-        return per_head
 
     @tf.function(input_signature=spec)
     def eval_step(x: Any, mask: Any, y: Any) -> Any:
         return tf.reduce_sum(_sparse_ce(y, heads(x, mask, False)), axis=0)
 
+    step_size = accumulate * train.batch_size
     stopper = _Stopper(H, recipe.patience)
     hist: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "input_seconds": []}
     for epoch in range(recipe.max_epochs):
         t0, in0 = time.perf_counter(), train.input_seconds + val.input_seconds
         tot, n = np.zeros(H), 0
-        for inputs, y in train.iterate():
-            tot += train_step(inputs["main"], inputs["mask"], y).numpy() * len(y)
+        for i, (inputs, y) in enumerate(train.iterate()):
+            n_step = min(step_size, len(train.items) - (i // accumulate) * step_size)
+            tot += grad_step(inputs["main"], inputs["mask"], y, np.float32(n_step)).numpy()
             n += len(y)
+            if (i + 1) % accumulate == 0 or i == len(train) - 1:
+                apply_step()
         vtot = np.zeros(H)
         for inputs, y in val.iterate():
             vtot += eval_step(inputs["main"], inputs["mask"], y).numpy()
@@ -344,11 +363,20 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
     os.rename(tmp, run_dir)
 
 
+def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:
+    """Largest divisor of ``batch_size`` whose batches of [time, L, dim] float32 frames fit ``budget_mb``."""
+    cap = max(1, int(budget_mb * 2**20 // max(1, utterance_bytes)))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
+
+
 def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
-              ) -> dict[str, dict[str, Any]]:
+              micro_batch_mb: float = MICRO_BATCH_MB) -> dict[str, dict[str, Any]]:
     """Train every head of the sweep for one (fold, seed) and write its run directory under each head's folder.
 
     A (fold, seed) whose run directories are all complete for their config keys is not retrained.
+    Batches are read in micro-batches of at most ``micro_batch_mb`` of float32 frames (all
+    layers), whose gradients are summed into one optimiser step of the recipe's batch size: memory
+    stays flat as models get deeper and wider (25 x 1024 needs no more than 13 x 768).
 
     Returns:
         Head folder name -> metrics (with "skipped": True when already complete).
@@ -383,14 +411,17 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     store = data.stores[sel.alias]
     normaliser = build_normaliser(store, sel, base.norm, train_speakers=run_spec.train,
                                   speakers=sorted({s for p in run_spec.split().values() for s in p}))
+    micro = micro_batch_size(recipe.batch_size, (max_frames or 1000) * len(sel.layers) * sel.dim * 4,
+                             micro_batch_mb)
     common = dict(sources=[Source("main", store, sel, normaliser)], classes=data.classes,
-                  batch_size=recipe.batch_size, max_frames=max_frames, cache=base.cache,
+                  batch_size=micro, max_frames=max_frames, cache=base.cache,
                   cache_budget_mb=base.cache_budget_mb, workers=base.workers)
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
     heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
-                                  dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best)
+                                  dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
+                                  accumulate=recipe.batch_size // micro)
     proba = predict_sweep_heads(heads, test)
     alphas = [float(a) for a in np.asarray(heads.wa.alphas.numpy())]
     y_true = test.labels

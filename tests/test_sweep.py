@@ -174,6 +174,7 @@ def test_sweep_matches_separate_runs_within_seed_noise(tmp_path: Path) -> None:
     for features in ("wav2vec2:1", "wav2vec2:2", "wav2vec2:all"):
         single = ExperimentConfig(stores=str(store), features=features, seeds=seeds, recipe_overrides=FAST)
         alone = train_experiment(single, out=tmp_path / features.replace(":", "_"), progress=False)["uar_per_run"]
+        print(features, "sweep", np.round(swept[features], 3), "separate", np.round(alone, 3))
         p = ttest_ind(swept[features], alone, equal_var=False).pvalue
         assert abs(np.mean(swept[features]) - np.mean(alone)) < 0.1, (features, swept[features], alone)
         assert not p < 0.01, (features, swept[features], alone, p)

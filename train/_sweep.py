@@ -395,7 +395,11 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         return {name: {**m, "skipped": True} for name, m in done.items()}
     for name, c in configs.items():
         (out / name).mkdir(parents=True, exist_ok=True)
-        if not (out / name / "experiment.json").exists():
+        try:
+            recorded = json.loads((out / name / "experiment.json").read_text()).get("config_key")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != c.config_key():  # new or changed configuration: describe the current one
             _write_json(out / name / "experiment.json", {**c.to_dict(), "config_key": c.config_key(),
                                                          "stores_identity": _store_identities(c, data.stores),
                                                          "sweep": {"path": str(out), "head": name}})

@@ -182,30 +182,45 @@ def test_sweep_matches_separate_runs_within_seed_noise(tmp_path: Path) -> None:
     assert np.mean(swept["wav2vec2:3"]) > np.mean(swept["wav2vec2:0"]) + 0.1
 
 
+def _sweep_pipeline(tmp_path: Path, **sweep: object) -> Path:
+    from test_run_pipeline import make_tiny_corpus, make_tiny_model, write_tiny_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    model = make_tiny_model(tmp_path / "model")
+    return write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:local",), extra={
+        "experiments.sweep": {"corpus": "ravdess", "features": "w2v2/wav2vec2", "sweep": True, "seeds": 1,
+                              "units": 8, "recipe_overrides": {"max_epochs": 2}, **sweep}})
+
+
+def test_pipeline_reads_a_sweep_experiment(tmp_path: Path) -> None:
+    from test_run_pipeline import needs_ravdess
+    from w2v2ser._config import ConfigError, load_pipeline
+
+    if needs_ravdess.args[0]:
+        pytest.skip(needs_ravdess.kwargs["reason"])
+    config = load_pipeline(_sweep_pipeline(tmp_path))
+    (spec,) = [e for e in config.experiments if e.sweep]
+    assert spec.name == "sweep/ravdess" and spec.config["features"] == "w2v2/wav2vec2"
+    assert not any(e.sweep for e in config.experiments if e is not spec)
+    with pytest.raises(ConfigError, match="experiments.sweep.head"):
+        load_pipeline(_sweep_pipeline(tmp_path, head="lstm"))
+    with pytest.raises(ConfigError, match="experiments.sweep.sweep"):
+        load_pipeline(_sweep_pipeline(tmp_path, sweep="yes"))
+
+
+@pytest.mark.slow
 def test_pipeline_runs_a_sweep_experiment(tmp_path: Path) -> None:
     """`sweep: true` in pipeline.yaml: extract a tiny model's store, sweep it, report it."""
-    from test_run_pipeline import make_tiny_corpus, make_tiny_model, needs_ravdess, write_tiny_pipeline
+    from test_run_pipeline import needs_ravdess
     from w2v2ser._config import load_pipeline
     from w2v2ser._run import run_pipeline
 
     if needs_ravdess.args[0]:
         pytest.skip(needs_ravdess.kwargs["reason"])
-    make_tiny_corpus(tmp_path / "data")
-    model = make_tiny_model(tmp_path / "model")
-    path = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:local",), extra={
-        "experiments.sweep": {"corpus": "ravdess", "features": "w2v2/wav2vec2", "sweep": True, "seeds": 1,
-                              "units": 8, "recipe_overrides": {"max_epochs": 2}}})
-    config = load_pipeline(path)
-    (spec,) = [e for e in config.experiments if e.sweep]
-    assert spec.name == "sweep/ravdess" and spec.config["features"] == "w2v2/wav2vec2"
+    path = _sweep_pipeline(tmp_path)
+    (spec,) = [e for e in load_pipeline(path).experiments if e.sweep]
     assert run_pipeline(path) == 0
     summary = json.loads((spec.run_dir / "sweep.json").read_text())
     assert summary["layers"] == [0, 1, 2] and summary["feature_spec"]["dim"] == 32  # tiny model: 2 layers, width 32
     report = tmp_path / "out" / "reports" / "tiny"
     assert "## Layer sweep" in (report / "report.md").read_text() and (report / "layer_sweep.png").exists()
-    bad = write_tiny_pipeline(tmp_path, model=model, extra={"experiments.sweep": {"corpus": "ravdess", "features": "w2v2/wav2vec2",
-                                                                            "sweep": True, "head": "lstm"}})
-    from w2v2ser._config import ConfigError
-
-    with pytest.raises(ConfigError, match="experiments.sweep.head"):
-        load_pipeline(bad)

@@ -1,4 +1,4 @@
-"""Figures of the report: confusion matrices and the layer-weight plot (paper, Figure 2).
+"""Figures of the report: confusion matrices, the layer-weight plot (paper, Figure 2), the layer sweep.
 
 Matplotlib runs with the Agg backend (no display on cluster nodes) and every PNG is written to a
 temporary name in the destination folder and renamed, so a reader never sees half a file.
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from ._rundir import RunSummary, model_tag  # noqa: E402
 
-__all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights"]
+__all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights", "plot_layer_sweep"]
 
 
 def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120) -> Path:
@@ -105,4 +105,37 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
         ax.set_title(f"{corpus}: learned layer weights")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return save_figure_atomically(fig, path)
+
+
+def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
+    """UAR per layer with ± std error bars over runs, one line per upstream, one panel per corpus.
+
+    ``series`` items: ``label``, ``corpus``, ``layers``, ``uar_mean``/``uar_std`` (percent, per
+    layer) and ``weighted`` (the weighted-average head's ``uar_mean``/``uar_std``), drawn as a
+    dashed line of the same colour. Returns None when there is nothing to draw.
+    """
+    if not series:
+        return None
+    corpora = sorted({s["corpus"] for s in series})
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.2), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        most = 0
+        for s in (s for s in series if s["corpus"] == corpus):
+            layers = np.asarray(s["layers"])
+            most = max(most, int(layers.max()) + 1)
+            line = ax.errorbar(layers, s["uar_mean"], yerr=s["uar_std"], marker="o", capsize=3,
+                               label=f"{s['label']} (n={min(s['n'])})")
+            weighted = s.get("weighted")
+            if weighted and weighted.get("uar_mean") is not None:
+                colour = line[0].get_color()
+                ax.axhline(weighted["uar_mean"], color=colour, linestyle="--", linewidth=1,
+                           label=f"{s['label']}: weighted average {weighted['uar_mean']:.1f} ± "
+                                 f"{weighted['uar_std']:.1f}")
+        ax.set_xticks(range(most) if most <= 26 else range(0, most, 2))
+        ax.set_xlabel("layer (0 = local encoder output)")
+        ax.set_ylabel("UAR % (mean ± std over runs)")
+        ax.set_title(f"{corpus}: Dense probe per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return save_figure_atomically(fig, path)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import EvaluateError
-from ._figures import layer_weight_series, plot_confusion, plot_layer_weights
+from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._rundir import CORPUS_NAMES, RunSummary, find_key, read_run_dir
+from ._sweep import expand_sweep_dirs
 
 __all__ = ["write_report"]
 
@@ -172,6 +173,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         raise EvaluateError(f"report folder {out} exists and is a file; expected a directory. "
                             "Choose another --out path.")
     out.mkdir(parents=True, exist_ok=True)
+    run_dirs, sweeps = expand_sweep_dirs(run_dirs)  # a sweep folder shows as its weighted head + the sweep plot
     runs = [read_run_dir(Path(p)) for p in run_dirs]
     names = _unique_names(runs)
 
@@ -183,6 +185,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
             png = made.name if made else None
         confusion_pngs.append(png)
     layer_png = plot_layer_weights(runs, out / "layer_weights.png")
+    sweep_png = plot_layer_sweep(sweeps, out / "layer_sweep.png")
 
     table = _feature_table(runs, names)
     heads = _head_table(runs)
@@ -194,6 +197,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         "uar_unit": "percent", "std": "as recorded in results.json (over seeds × folds)",
         "feature_table": table, "head_table": heads, "runs": entries,
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": series},
+        "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
     write_text_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
     return write_text_atomically(out / "report.md", _markdown(data, runs))
@@ -247,9 +251,36 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
         lines += ["", "## Layer weights (paper, Figure 2)", "",
                   "Normalised α per layer, mean ± std over runs, one line per wav2vec2 model.", "",
                   f"![layer weights]({data['layer_weights']['png']})"]
+    lines += _sweep_markdown(data["layer_sweep"])
     notes = []
     if any(r.corpus == "RAVDESS" and "spectrogram" in r.features.lower() for r in runs):
         notes.append(_SPECTROGRAM_NOTE)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:
+    """Layer sweep section: the plot and a table layer x upstream (UAR mean ± std, n)."""
+    series = sweep["series"]
+    if not series:
+        return []
+    lines = ["", "## Layer sweep", "",
+             "Dense probe trained on each layer alone (UAR mean ± std in percent over runs, n = runs); "
+             "the last row is the weighted average of all swept layers. All heads of one upstream were "
+             "trained together in one pass over the data (`w2v2ser sweep`).", ""]
+    if sweep["png"]:
+        lines += [f"![layer sweep]({sweep['png']})", ""]
+    header = ["Layer"] + [f"{s['label']} · {s['corpus']}" for s in series]
+    layers = sorted({k for s in series for k in s["layers"]})
+    rows = []
+    for k in layers:
+        row = [str(k)]
+        for s in series:
+            i = s["layers"].index(k) if k in s["layers"] else None
+            row.append("—" if i is None else f"{s['uar_mean'][i]:.1f} ± {s['uar_std'][i]:.1f} (n={s['n'][i]})")
+        rows.append(row)
+    rows.append(["weighted average"] + ["—" if not s["weighted"] else
+                                        f"{s['weighted']['uar_mean']:.1f} ± {s['weighted']['uar_std']:.1f} "
+                                        f"(n={s['weighted']['n']})" for s in series])
+    return lines + _markdown_table(header, rows)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 # Modules whose tests load Keras/TensorFlow in the pytest process: run last.
-STAGE2_MODULES = ("test_train", "test_train_experiment", "test_predict", "test_evaluate", "test_run_pipeline")
+STAGE2_MODULES = ("test_train", "test_train_experiment", "test_predict", "test_evaluate", "test_run_pipeline",
+                  "test_sweep")
 
 
 def _is_stage2(item: pytest.Item) -> bool:

@@ -68,7 +68,8 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
                 layers: int = 13, dim: int = 8, egemaps_dim: int = 25, spec_bins: int = 9,
                 features: Sequence[str] = ("wav2vec2", "egemaps", "spectrogram"),
                 min_seconds: float = 0.4, max_seconds: float = 1.6, seed: int = 0,
-                config_tag: str = "pretrained", speaker_offset: float = 0.5) -> Path:
+                config_tag: str = "pretrained", speaker_offset: float = 0.5,
+                layer_signal: Sequence[float] | None = None) -> Path:
     """Write a complete random store and return its path.
 
     Args:
@@ -82,6 +83,9 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         seed: Random seed (frames and durations).
         config_tag: Recorded as the wav2vec2 "model" (a second store can differ).
         speaker_offset: Per-speaker mean shift, so speaker and global statistics differ.
+        layer_signal: Per wav2vec2 layer, the scale of a label-specific random direction added
+            to that layer's frames instead of the scalar label shift (e.g. one 1.0 and zeros
+            elsewhere: only that layer carries the label); None = the scalar shift in every layer.
     """
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
@@ -102,10 +106,18 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
     labels = sorted({u.label for u in utterances})
     speakers = sorted({u.speaker for u in utterances})
     for u, row, d, i in zip(utterances, rows, durations, range(len(utterances))):
-        shift = speaker_offset * speakers.index(u.speaker) + 0.3 * labels.index(u.label)
+        label_shift = 0.3 * labels.index(u.label)
+        shift = speaker_offset * speakers.index(u.speaker) + label_shift
         data = {}
         for s in specs:
             shape = (frames[s.name][i], *((s.layers, s.dim) if s.layers else (s.dim,)))
+            if s.layers and layer_signal is not None:
+                # each label has its own direction; layer l carries it scaled by layer_signal[l]
+                pattern = np.random.default_rng(1000 + labels.index(u.label)).standard_normal(s.dim)
+                per_layer = np.asarray(layer_signal, dtype=np.float64)[:, None] * pattern[None, :]
+                data[s.name] = (rng.standard_normal(shape) + per_layer
+                                + speaker_offset * speakers.index(u.speaker)).astype(s.dtype)
+                continue
             data[s.name] = (rng.standard_normal(shape) + shift).astype(s.dtype)
         writer.write_utterance(row, data, audio_sha256=f"{i:064x}", duration=float(d))
     writer.finalize()

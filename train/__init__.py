@@ -25,10 +25,12 @@ from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_n
 from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
+from ._sweep import ALL_LAYERS_DIR, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
     "partition_arrays", "PartitionArrays",
+    "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint",
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",

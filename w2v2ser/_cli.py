@@ -162,8 +162,24 @@ def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
+    """``--set KEY=VALUE``: recipe keys go to ``recipe_overrides``, the rest are experiment keys."""
+    from w2v2ser.train import Recipe
+
+    overrides: dict[str, Any] = {}
+    for text in settings:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            from w2v2ser.store import W2v2serError
+
+            raise W2v2serError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
+        (overrides if key in Recipe.__dataclass_fields__ else values)[key] = yaml.safe_load(raw)
+    if overrides:
+        values["recipe_overrides"] = overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from w2v2ser.train import ExperimentConfig, Recipe, train_experiment
+    from w2v2ser.train import ExperimentConfig, train_experiment
 
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
     values: dict[str, Any] = {
@@ -177,23 +193,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     }
     if args.fusion_features:
         values["fusion_features"] = args.fusion_features
-    recipe_keys = set(Recipe.__dataclass_fields__)
-    overrides: dict[str, Any] = {}
-    for text in args.set:
-        key, sep, raw = text.partition("=")
-        if not sep:
-            from w2v2ser.store import W2v2serError
-
-            raise W2v2serError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
-        (overrides if key in recipe_keys else values)[key] = yaml.safe_load(raw)
-    if overrides:
-        values["recipe_overrides"] = overrides
+    _apply_settings(values, args.set)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
     print(
         f"{args.features} / {args.head} / {args.norm} / {args.recipe}: UAR {100 * results['uar_mean']:.1f} "
         f"± {100 * results['uar_std']:.1f} over {len(results['uar_per_run'])} runs -> {args.out}/results.json"
     )
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from w2v2ser.train import ExperimentConfig, sweep_experiment
+
+    values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
+                              "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
+    _apply_settings(values, args.set)
+    upstreams = [f.strip() for f in args.features.split(",") if f.strip()]
+    for upstream in upstreams:
+        out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
+        config = ExperimentConfig.from_dict({**values, "features": upstream})
+        summary = sweep_experiment(config, out=out, progress=not args.no_progress, threads=args.threads)
+        best = next(r for r in summary["per_layer"] if r["layer"] == summary["best_layer"])
+        wa = summary["weighted_average"]
+        print(f"{upstream}: best layer {summary['best_layer']} UAR {100 * best['uar_mean']:.1f} "
+              f"± {100 * best['uar_std']:.1f}; weighted average UAR {100 * wa['uar_mean']:.1f} "
+              f"± {100 * wa['uar_std']:.1f} -> {out}/sweep.json")
     return 0
 
 
@@ -294,6 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
     train.set_defaults(func=_cmd_train)
+
+    sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average")
+    sweep.add_argument("store", help="feature store written by `w2v2ser extract`")
+    sweep.add_argument("--features", required=True,
+                       help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
+                            "FEATURE:A-B sweeps layers A..B only")
+    sweep.add_argument("--head", default="dense", help="only dense (the paper's probe)")
+    sweep.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
+    sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], default="ravdess")
+    sweep.add_argument("--recipe", choices=["paper", "official"], default="paper")
+    sweep.add_argument("--seeds", type=int, default=5)
+    sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
+    sweep.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
+    sweep.add_argument("--no-progress", dest="no_progress", action="store_true")
+    sweep.set_defaults(func=_cmd_sweep)
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights")
     evaluate.add_argument("run_dirs", nargs="+")

@@ -279,6 +279,8 @@ class ExperimentSpec:
         config: The ``ExperimentConfig.from_dict`` input, ``stores`` filled with store paths.
         run_dir: Its run directory.
         where: Key path of its definition in the file (for messages).
+        sweep: A layer sweep (``sweep: true``): a Dense probe per layer of ``features`` plus
+            the weighted average, trained by ``w2v2ser.train.sweep_run``.
     """
 
     name: str
@@ -287,6 +289,7 @@ class ExperimentSpec:
     config: Mapping[str, Any]
     run_dir: Path
     where: str
+    sweep: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,7 @@ class PipelineConfig:
 # --- sections ---------------------------------------------------------------------------------
 
 _TOP_KEYS = ("output", "cluster", "corpora", "extraction", "experiments", "reports")
-_EXPERIMENT_KEYS_OWN = ("grid", "corpus")
+_EXPERIMENT_KEYS_OWN = ("grid", "corpus", "sweep")
 
 
 def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Path | None:
@@ -609,6 +612,10 @@ def _expand_experiments(section: Any, corpora: Mapping[str, CorpusConfig], store
             values = {**fixed, **dict(zip(keys, point))}
             label = "/".join(_label(v) for k, v in zip(keys, point) if k != "corpus")
             corpus = values.pop("corpus", None)
+            sweep = _expect(values.pop("sweep", False), bool, f"{where}.sweep", "true or false")
+            if sweep and values.get("head", "dense") != "dense":
+                raise ConfigError(f"{where}.head: a layer sweep trains the Dense probe, got {values['head']!r}; "
+                                  f"drop head or set it to dense")
             if corpus is None:
                 if len(corpora) != 1:
                     raise ConfigError(f"{where}.corpus: required key is missing (corpora: {', '.join(corpora)}); "
@@ -631,7 +638,7 @@ def _expand_experiments(section: Any, corpora: Mapping[str, CorpusConfig], store
             if validate:
                 _check_experiment(values, f"{where} ({name})")
             run_dir = output / "experiments" / name
-            specs.append(ExperimentSpec(name, corpus, used, values, run_dir, where))
+            specs.append(ExperimentSpec(name, corpus, used, values, run_dir, where, sweep))
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -202,9 +202,18 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
     from w2v2ser.train import ExperimentConfig, plan_runs
 
     train_config = ExperimentConfig.from_dict(experiment.config)
+    out = experiment.run_dir
+    if experiment.sweep:  # one unit per (fold, seed) trains every head; each head keeps its own run dir
+        from w2v2ser.train import ALL_LAYERS_DIR, sweep_configs
+
+        heads = sweep_configs(train_config)
+        runs = plan_runs(heads[ALL_LAYERS_DIR])
+        (out / "skipped.json").unlink(missing_ok=True)
+        pending = [run for run in runs if any((_read_json(out / name / "runs" / run.name / "metrics.json") or {})
+                                              .get("config_key") != c.config_key() for name, c in heads.items())]
+        return train_config, runs, pending
     key = train_config.config_key()
     runs = plan_runs(train_config)
-    out = experiment.run_dir
     (out / "skipped.json").unlink(missing_ok=True)
     recorded = _read_json(out / "experiment.json")
     if not isinstance(recorded, dict) or recorded.get("config_key") != key:
@@ -260,6 +269,16 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
                  + "; ".join(errors[experiment.name][:3]))
             outcome.failed.append(experiment.name)
             continue
+        if experiment.sweep:
+            from w2v2ser.train import summarize_sweep
+
+            summary = summarize_sweep(train_config, experiment.run_dir)
+            best = next(r for r in summary["per_layer"] if r["layer"] == summary["best_layer"])
+            _say(f"train {experiment.name}: layer sweep, best layer {summary['best_layer']} UAR "
+                 f"{100 * best['uar_mean']:.1f} ± {100 * best['uar_std']:.1f}, weighted average "
+                 f"{100 * summary['weighted_average']['uar_mean']:.1f} over {best['n_runs']} run(s)")
+            outcome.done += 1
+            continue
         if not _results_current(train_config, experiment.run_dir, len(runs)):
             summarize_runs(train_config, experiment.run_dir)
         results = _read_json(experiment.run_dir / "results.json") or {}
@@ -273,6 +292,11 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
     """Train every pending run (Dask tasks, or in this process); yields (experiment, error) of failures."""
     from tqdm.auto import tqdm
 
+    from w2v2ser.train import sweep_run
+
+    def run_of(experiment: ExperimentSpec) -> Callable:
+        return sweep_run if experiment.sweep else train_run
+
     total = sum(len(pending) for *_, pending in todo)
     bar = tqdm(total=total, desc="train runs", unit="run", dynamic_ncols=True)
     try:
@@ -280,7 +304,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
             for experiment, train_config, _, pending in todo:
                 for run in pending:
                     try:
-                        train_run(train_config, run, out=experiment.run_dir, threads=handle.threads)
+                        run_of(experiment)(train_config, run, out=experiment.run_dir, threads=handle.threads)
                     except Exception as error:  # noqa: BLE001 - one bad run never stops the others
                         yield experiment, f"{run.name}: {type(error).__name__}: {error}"
                     bar.update(1)
@@ -290,7 +314,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
         owner: dict[Any, tuple[ExperimentSpec, Any]] = {}
         for experiment, train_config, _, pending in todo:
             for run in pending:
-                future = handle.client.submit(train_run, train_config, run, out=experiment.run_dir,
+                future = handle.client.submit(run_of(experiment), train_config, run, out=experiment.run_dir,
                                               threads=handle.threads, pure=False,
                                               key=f"train-{experiment.name}-{run.name}-{time.time_ns()}")
                 owner[future] = (experiment, run)

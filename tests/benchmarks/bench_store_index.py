@@ -3,8 +3,8 @@
 Plans N utterances (one 2-D feature) through ``StoreWriter.plan``, writes one commit record per
 utterance straight into a journal (as work units would, without frames), then times
 ``StoreWriter.finalize`` in a fresh process and reads its peak resident memory (ru_maxrss).
-Shows that journals, the index and the statistics are row-chunked arrays processed in
-streams: files and memory stay bounded as the corpus grows.
+The index and the statistics are row-chunked arrays, so the file count stays bounded as the
+corpus grows; memory does not yet (the resolved journal events are held in memory).
 
     python3 tests/benchmarks/bench_store_index.py --rows 1000000
 """

@@ -1,0 +1,79 @@
+"""Layer-sweep folders (``w2v2ser sweep``) in the report: UAR per layer of each upstream.
+
+A sweep folder holds ``sweep.json`` and one ordinary run directory per head (``layer_NN`` and
+``all``). The report reads the per-layer ``results.json`` files (not the summary, so a sweep
+whose summary is stale still shows what finished) and passes the ``all`` directory on as an
+ordinary run, so the weighted-average head appears in the tables and in Figure 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._rundir import CORPUS_NAMES, read_run_dir
+
+__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs"]
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """True for a folder written by ``w2v2ser sweep`` (it has sweep.json)."""
+    return (Path(path) / "sweep.json").is_file()
+
+
+def _label(summary: dict[str, Any]) -> str:
+    spec = summary.get("feature_spec") or {}
+    config = spec.get("config") or {}
+    model = next((config[k] for k in ("model", "model_id", "id") if isinstance(config.get(k), str)), "")
+    upstream = summary.get("upstream", "?")
+    alias = summary.get("alias")
+    name = f"{alias}/{upstream}" if alias and alias != "main" else upstream
+    return f"{name} ({model})" if model and model != upstream else name
+
+
+def read_sweep_dir(path: Path) -> dict[str, Any] | None:
+    """One line of the sweep plot: label, corpus, layers, UAR mean/std/n per layer (percent), weighted head.
+
+    Layers whose run directory is not complete are left out; None when no layer is complete.
+    """
+    path = Path(path)
+    try:
+        summary = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    layers, means, stds, ns = [], [], [], []
+    for layer in summary.get("layers") or []:
+        run = read_run_dir(path / f"layer_{int(layer):02d}")
+        if run.status != "complete" or run.uar_mean is None:
+            continue
+        layers.append(int(layer))
+        means.append(run.uar_mean)
+        stds.append(run.uar_std or 0.0)
+        ns.append(run.n_runs)
+    if not layers:
+        return None
+    weighted = read_run_dir(path / "all")
+    protocol = str(summary.get("protocol", "?"))
+    return {
+        "label": _label(summary), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
+        "upstream": summary.get("upstream"), "layers": layers, "uar_mean": means, "uar_std": stds, "n": ns,
+        "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
+                     if weighted.status == "complete" else None),
+    }
+
+
+def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Replace each sweep folder by its ``all`` run directory; returns (run dirs, sweep lines)."""
+    runs: list[Path] = []
+    sweeps: list[dict[str, Any]] = []
+    for p in map(Path, run_dirs):
+        if not is_sweep_dir(p):
+            runs.append(p)
+            continue
+        runs.append(p / "all")
+        line = read_sweep_dir(p)
+        if line is not None:
+            sweeps.append(line)
+    return runs, sweeps

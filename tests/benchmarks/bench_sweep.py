@@ -1,0 +1,157 @@
+"""Layer sweep cost: one sweep (L per-layer probes + weighted head, one pass) vs one single-layer run.
+
+Problems (synthetic stores written with tests/stage2_fixtures.build_store, RAVDESS utterance
+table: 24 actors, the RAVDESS protocol's split):
+
+* ``tiny``: RAVDESS-eGeMAPS-sized, a tiny model's store: 13 layers x 32 dims, 2,448 utterances
+  of 3-5 s (about RAVDESS's 10,000 audio s) at 50 frames/s;
+* ``base``: wav2vec2-base shape, 13 x 768, ``--base-utterances`` utterances (RAVDESS has 2,452:
+  scaled down to fit the shared 2-core machine; the size is printed);
+* ``large``: a large model's shape, 25 x 1024, same utterances as ``base``.
+
+Each measurement runs in a fresh process (peak RSS is its own; TensorFlow is imported before the
+clock starts): one
+(fold, seed) of ``train_run`` on layer 6 alone ("single"), of ``train_run`` on ``:all``
+("all"), and of ``sweep_run`` ("sweep"). Early stopping is disabled (patience = max_epochs) so
+every mode trains exactly ``--epochs`` epochs: the ratio compares equal work per head. Modes
+alternate, their order rotating every repetition. The frame cache is off in every mode, so
+memory does not depend on how much of the store fits the cache (the full-size stores do not).
+
+    python3 tests/benchmarks/bench_sweep.py [--quick] [--problems tiny,base,large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, write_results  # noqa: E402
+
+SHAPES = {"tiny": (13, 32), "base": (13, 768), "large": (25, 1024)}
+
+
+def build(cache: Path, problem: str, utterances: int) -> Path:
+    from stage2_fixtures import build_store, ravdess_utterances
+
+    layers, dim = SHAPES[problem]
+    per_actor = max(4, round(utterances / 24))
+    path = cache / f"sweep_{problem}_{per_actor * 24}.zarr"
+    if not (path / "zarr.json").exists():
+        t0 = time.perf_counter()
+        build_store(path, utterances=ravdess_utterances(per_actor=per_actor), layers=layers, dim=dim,
+                    features=("wav2vec2",), min_seconds=3.0, max_seconds=5.0,
+                    layer_signal=[0.05 * k for k in range(layers)])
+        print(f"built {path} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+def child(mode: str, store: str, epochs: int, threads: int | None) -> None:
+    """Run one measurement in this (fresh) process and print its JSON as the last line."""
+    bootstrap_w2v2ser()
+    import resource
+
+    from w2v2ser.train import ExperimentConfig, plan_runs, sweep_run, train_run
+
+    features = {"single": "wav2vec2:6", "all": "wav2vec2:all", "sweep": "wav2vec2"}[mode]
+    config = ExperimentConfig(stores=store, features=features, seeds=1, recipe="official", cache="off",
+                              recipe_overrides={"max_epochs": epochs, "patience": epochs})
+    spec = plan_runs(ExperimentConfig(stores=store, features="wav2vec2:all", seeds=1))[0]
+    out = Path(store).parent / f"bench_sweep_out_{mode}_{time.time_ns()}"
+    import keras  # noqa: F401 -- TensorFlow's import (tens of seconds here) is not part of either mode
+    import tensorflow  # noqa: F401
+
+    t0 = time.perf_counter()
+    if mode == "sweep":
+        res = sweep_run(config, spec, out=out, threads=threads)
+        uar = {k: v["uar"] for k, v in res.items()}
+    else:
+        uar = {features: train_run(config, spec, out=out, threads=threads).uar}
+    wall = time.perf_counter() - t0
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({"mode": mode, "wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "uar": uar}))
+
+
+def measure(mode: str, store: Path, epochs: int, threads: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--store", str(store), "--epochs", str(epochs)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", default="tiny,base,large")
+    parser.add_argument("--tiny-utterances", type=int, default=2448)
+    parser.add_argument("--base-utterances", type=int, default=2452)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--cache", default="/work/bench_cache")
+    parser.add_argument("--out")
+    parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
+    parser.add_argument("--child")
+    parser.add_argument("--store")
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.store, args.epochs, args.threads)
+    if args.quick:
+        args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
+    bootstrap_w2v2ser()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    rows, payload = [], {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]), "problems": {}}
+    for problem in args.problems.split(","):
+        n = args.tiny_utterances if problem == "tiny" else args.base_utterances
+        store = build(cache, problem, n)
+        from w2v2ser.store import open_store
+
+        st = open_store(store)
+        audio_s = sum(r.duration for r in st.list_utterances())
+        modes = ["single", "sweep"] + (["all"] if problem != "tiny" else [])
+        results: dict[str, list[dict]] = {m: [] for m in modes}
+        for rep in range(args.repeats):
+            order = modes[rep % len(modes):] + modes[:rep % len(modes)]
+            for mode in order:
+                r = measure(mode, store, args.epochs, args.threads)
+                results[mode].append(r)
+                print(f"{problem} {mode}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        best = {m: min(results[m], key=lambda r: r["wall_s"]) for m in modes}
+        ratio = best["sweep"]["wall_s"] / best["single"]["wall_s"]
+        layers, dim = SHAPES[problem]
+        payload["problems"][problem] = {"store": str(store), "utterances": len(st.list_utterances()),
+                                        "audio_seconds": audio_s, "layers": layers, "dim": dim,
+                                        "epochs": args.epochs, "results": results, "sweep_over_single": ratio}
+        for m in modes:
+            rows.append([problem, f"{len(st.list_utterances())} utt / {audio_s:.0f} s", f"{layers}x{dim}", m,
+                         f"{best[m]['wall_s']:.1f}", f"{best[m]['peak_rss_mb']:.0f}",
+                         f"{ratio:.2f}" if m == "sweep" else ""])
+    headline = "; ".join(f"{p}: sweep/single {v['sweep_over_single']:.2f}x" for p, v in payload["problems"].items())
+    if "base" in payload["problems"] and "large" in payload["problems"]:
+        b, g = payload["problems"]["base"]["results"], payload["problems"]["large"]["results"]
+        for m in ("all", "sweep"):
+            r = max(x["peak_rss_mb"] for x in g[m]) / max(x["peak_rss_mb"] for x in b[m])
+            payload[f"large_over_base_peak_rss_{m}"] = r
+            headline += f"; large/base peak RSS ({m}) {r:.2f}x"
+    table = format_table(["problem", "size", "layers x dim", "mode", "wall s", "peak RSS MB", "sweep/single"], rows)
+    print(table)
+    write_results("bench_sweep", payload, table, out=args.out, headline=headline,
+                  notes=[f"{args.epochs} epochs in every mode (early stopping off), one (fold, seed), cache off",
+                         "single = Dense head on layer 6 alone; all = Dense head on the weighted average; "
+                         "sweep = every layer's probe + the weighted head in one pass"])
+    print(headline)
+
+
+if __name__ == "__main__":
+    main()

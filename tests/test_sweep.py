@@ -1,0 +1,226 @@
+"""Layer sweep: per-layer Dense probes and the weighted-average head trained in one pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stage2_fixtures import build_store, ravdess_utterances
+from w2v2ser.train import (ConfigError, ExperimentConfig, FeatureBatches, Item, SelectionError, Source,
+                           build_normaliser, plan_runs, resolve_selection, sweep_experiment, train_experiment)
+
+FAST = {"max_epochs": 20, "patience": 3}
+
+
+def _store(path: Path, signal: list[float], *, dim: int = 8, per_actor: int = 8, seed: int = 0) -> Path:
+    return build_store(path, utterances=ravdess_utterances(per_actor=per_actor, seed=seed), layers=len(signal),
+                       dim=dim, features=("wav2vec2",), layer_signal=signal, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A 6-layer store where only layer 4 carries the label, swept over 2 seeds."""
+    root = tmp_path_factory.mktemp("sweep")
+    store = _store(root / "peak.zarr", [0, 0, 0, 0, 1.5, 0])
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST,
+                              run_eagerly=False)
+    out = root / "sweep"
+    return store, out, sweep_experiment(config, out=out, progress=False)
+
+
+def test_sweep_peaks_at_the_only_layer_carrying_the_label(peaked: tuple) -> None:
+    _, out, summary = peaked
+    uars = {row["layer"]: row["uar_mean"] for row in summary["per_layer"]}
+    assert summary["layers"] == [0, 1, 2, 3, 4, 5]
+    assert summary["best_layer"] == 4
+    others = [u for k, u in uars.items() if k != 4]
+    assert uars[4] > max(others) + 0.3, uars
+    assert max(others) < 0.45, uars  # 7 classes: chance is 1/7
+    # the weighted head finds the layer: its weight dominates and its UAR is near the probe's
+    weights = np.asarray(summary["weighted_average"]["layer_weights_mean"])
+    assert int(np.argmax(weights)) == 4, weights
+    assert summary["weighted_average"]["uar_mean"] > max(others) + 0.2
+
+
+def test_each_head_is_an_ordinary_run_directory(peaked: tuple) -> None:
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    _, out, summary = peaked
+    heads = [f"layer_{k:02d}" for k in range(6)] + ["all"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(heads)
+    for name in heads:
+        results = json.loads((out / name / "results.json").read_text())
+        experiment = json.loads((out / name / "experiment.json").read_text())
+        assert results["n_runs"] == 2 and results["config_key"] == experiment["config_key"]
+        run = read_run_dir(out / name)
+        assert run.status == "complete", run.reason
+        layers = results["config"]["features"].split(":")[1]
+        assert layers == ("all" if name == "all" else str(int(name[-2:])))
+        for r in results["runs"]:
+            metrics = json.loads((out / name / "runs" / r["name"] / "metrics.json").read_text())
+            assert metrics["trained_by"] == "sweep"
+            assert metrics["selections"]["main"]["layers"] == (list(range(6)) if name == "all" else [int(name[-2:])])
+    assert len(read_run_dir(out / "all").layer_weights) == 2
+
+
+def test_a_finished_sweep_is_not_retrained(peaked: tuple, capsys: pytest.CaptureFixture) -> None:
+    store, out, summary = peaked
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST)
+    again = sweep_experiment(config, out=out, progress=True)
+    assert capsys.readouterr().out.count("already complete") == 2
+    assert again["per_layer"] == summary["per_layer"]
+
+
+def test_report_plots_the_sweep_and_the_layer_weights(peaked: tuple, tmp_path: Path) -> None:
+    from w2v2ser.evaluate import write_report
+
+    _, out, _ = peaked
+    report = write_report([out], out=tmp_path / "report")
+    text = report.read_text()
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "## Layer sweep" in text and "![layer sweep](layer_sweep.png)" in text
+    assert (tmp_path / "report" / "layer_sweep.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "layer_weights.png").exists()
+    (line,) = data["layer_sweep"]["series"]
+    assert line["layers"] == list(range(6)) and len(line["uar_std"]) == 6 and line["n"] == [2] * 6
+    assert np.argmax(line["uar_mean"]) == 4
+
+
+def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) -> None:
+    store, _, _ = peaked
+    config = ExperimentConfig(stores=str(store), features="wav2vec2:3-5", seeds=1,
+                              recipe_overrides={"max_epochs": 2})
+    summary = sweep_experiment(config, out=tmp_path / "range", progress=False)
+    assert summary["layers"] == [3, 4, 5]
+    assert sorted(p.name for p in (tmp_path / "range").iterdir() if p.is_dir()) == [
+        "all", "layer_03", "layer_04", "layer_05"]
+    with pytest.raises(ConfigError, match="head"):
+        sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", head="lstm"), out=tmp_path / "x")
+    with pytest.raises(SelectionError, match="several layers"):
+        sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2:2"), out=tmp_path / "y")
+
+
+def test_stopped_heads_stay_frozen_while_the_others_train(tmp_path: Path) -> None:
+    """Per-head early stopping: a stopped head never changes again, and it stops no other head."""
+    from w2v2ser.store import open_store
+    from w2v2ser.train import get_recipe
+    from w2v2ser.train._sweep import fit_sweep_heads
+
+    store_path = _store(tmp_path / "graded.zarr", [0.0, 0.0, 0.2, 0.5, 1.5])
+    store = open_store(store_path)
+    sel = resolve_selection("wav2vec2:all", specs=store.features, alias="main")
+    spec = plan_runs(ExperimentConfig(stores=str(store_path), features="wav2vec2:all", seeds=1))[0]
+    records = {r.id: r for r in store.list_utterances()}
+    from w2v2ser.train import get_protocol
+
+    protocol = get_protocol("ravdess")
+    classes = protocol.classes
+    norm = build_normaliser(store, sel, "global", train_speakers=spec.train, speakers=[])
+    parts = {}
+    for part, speakers in spec.split().items():
+        parts[part] = [Item(r.id, r.speaker, classes.index(protocol.map_label(r.label)), r.duration)
+                       for r in records.values() if r.speaker in speakers and protocol.map_label(r.label)]
+    common = dict(sources=[Source("main", store, sel, norm)], classes=classes, batch_size=16, max_frames=50)
+    train = FeatureBatches(parts["train"], shuffle=True, seed=0, **common)
+    val = FeatureBatches(parts["validation"], **common)
+    snapshots: list[tuple[np.ndarray, list[list[np.ndarray]]]] = []
+
+    def watch(epoch: int, heads, active: np.ndarray) -> None:
+        snapshots.append((active, [heads.get_head(h) for h in range(len(active))]))
+
+    recipe = get_recipe("paper", {"max_epochs": 25, "patience": 1})
+    heads, hist = fit_sweep_heads(train, val, n_classes=len(classes), recipe=recipe, units=16, dropout=0.2,
+                                  seed=0, epoch_end=watch)
+    epochs = hist["epochs"]
+    assert len(epochs) == 6 and len(set(epochs)) > 1, epochs  # heads stopped at different epochs
+    final = [heads.get_head(h) for h in range(6)]
+    for h in range(6):
+        stop = epochs[h] - 1  # 0-based epoch after which head h was frozen (or the last epoch)
+        for epoch in range(stop, len(snapshots)):
+            assert all(np.array_equal(a, b) for a, b in zip(snapshots[epoch][1][h], final[h])), (h, epoch)
+        for epoch in range(1, stop):  # while active (and before any restore) it kept training
+            assert not all(np.array_equal(a, b) for a, b in zip(snapshots[epoch - 1][1][h], snapshots[epoch][1][h]))
+    longest = int(np.argmax(epochs))
+    assert epochs[longest] == len(snapshots)
+
+
+def test_sweep_command_line(peaked: tuple, tmp_path: Path) -> None:
+    from w2v2ser._cli import main
+
+    store, _, _ = peaked
+    out = tmp_path / "cli"
+    code = main(["sweep", str(store), "--features", "wav2vec2:0-1", "--seeds", "1", "--out", str(out),
+                 "--set", "max_epochs=2", "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["layers"] == [0, 1] and summary["upstream"] == "wav2vec2"
+    assert main(["sweep", str(store), "--features", "wav2vec2", "--head", "lstm", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_sweep_matches_separate_runs_within_seed_noise(tmp_path: Path) -> None:
+    """Same UAR as `w2v2ser train` on each layer alone and on :all, over 5 seeds (Welch t-test)."""
+    from scipy.stats import ttest_ind
+
+    store = _store(tmp_path / "graded.zarr", [0.0, 0.1, 0.25, 1.0], per_actor=10)
+    seeds = 5
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=seeds, recipe_overrides=FAST)
+    summary = sweep_experiment(config, out=tmp_path / "sweep", progress=False)
+    swept = {f"wav2vec2:{r['layer']}": r["uar_per_run"] for r in summary["per_layer"]}
+    swept["wav2vec2:all"] = summary["weighted_average"]["uar_per_run"]
+    for features in ("wav2vec2:1", "wav2vec2:2", "wav2vec2:all"):
+        single = ExperimentConfig(stores=str(store), features=features, seeds=seeds, recipe_overrides=FAST)
+        alone = train_experiment(single, out=tmp_path / features.replace(":", "_"), progress=False)["uar_per_run"]
+        print(features, "sweep", np.round(swept[features], 3), "separate", np.round(alone, 3))
+        p = ttest_ind(swept[features], alone, equal_var=False).pvalue
+        assert abs(np.mean(swept[features]) - np.mean(alone)) < 0.1, (features, swept[features], alone)
+        assert not p < 0.01, (features, swept[features], alone, p)
+    # the graded signal shows: separate runs and the sweep agree that layer 3 beats layer 0
+    assert np.mean(swept["wav2vec2:3"]) > np.mean(swept["wav2vec2:0"]) + 0.1
+
+
+def _sweep_pipeline(tmp_path: Path, **sweep: object) -> Path:
+    from test_run_pipeline import make_tiny_corpus, make_tiny_model, write_tiny_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    model = make_tiny_model(tmp_path / "model")
+    return write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:local",), extra={
+        "experiments.sweep": {"corpus": "ravdess", "features": "w2v2/wav2vec2", "sweep": True, "seeds": 1,
+                              "units": 8, "recipe_overrides": {"max_epochs": 2}, **sweep}})
+
+
+def test_pipeline_reads_a_sweep_experiment(tmp_path: Path) -> None:
+    from test_run_pipeline import needs_ravdess
+    from w2v2ser._config import ConfigError, load_pipeline
+
+    if needs_ravdess.args[0]:
+        pytest.skip(needs_ravdess.kwargs["reason"])
+    config = load_pipeline(_sweep_pipeline(tmp_path))
+    (spec,) = [e for e in config.experiments if e.sweep]
+    assert spec.name == "sweep/ravdess" and spec.config["features"] == "w2v2/wav2vec2"
+    assert not any(e.sweep for e in config.experiments if e is not spec)
+    with pytest.raises(ConfigError, match="experiments.sweep.head"):
+        load_pipeline(_sweep_pipeline(tmp_path, head="lstm"))
+    with pytest.raises(ConfigError, match="experiments.sweep.sweep"):
+        load_pipeline(_sweep_pipeline(tmp_path, sweep="yes"))
+
+
+@pytest.mark.slow
+def test_pipeline_runs_a_sweep_experiment(tmp_path: Path) -> None:
+    """`sweep: true` in pipeline.yaml: extract a tiny model's store, sweep it, report it."""
+    from test_run_pipeline import needs_ravdess
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    if needs_ravdess.args[0]:
+        pytest.skip(needs_ravdess.kwargs["reason"])
+    path = _sweep_pipeline(tmp_path)
+    (spec,) = [e for e in load_pipeline(path).experiments if e.sweep]
+    assert run_pipeline(path) == 0
+    summary = json.loads((spec.run_dir / "sweep.json").read_text())
+    assert summary["layers"] == [0, 1, 2] and summary["feature_spec"]["dim"] == 32  # tiny model: 2 layers, width 32
+    report = tmp_path / "out" / "reports" / "tiny"
+    assert "## Layer sweep" in (report / "report.md").read_text() and (report / "layer_sweep.png").exists()

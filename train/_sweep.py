@@ -1,0 +1,532 @@
+"""Layer sweep: one Dense probe per layer plus the weighted-average head, trained in one pass.
+
+The paper's Dense head is trained on each layer of an upstream alone (layer 0 .. L-1) and on
+the trainable weighted average of those layers. All L + 1 heads live in one TensorFlow step
+that reads each batch once (frames [batch, time, L, dim]); they share only that input:
+
+* the L per-layer probes keep their weights stacked on a leading layer axis (kernels
+  [L, dim, units], [L, units, units], [L, units, classes]), so one einsum runs all of them;
+  slice l is exactly the Dense head of layer l (same shapes, Glorot-uniform init, biases 0);
+* the weighted-average head is the usual LayerWeightedAverage -> Dense head;
+* each head has its own loss; the step minimises their sum, whose gradient with respect to a
+  head's weights is that head's own gradient, and Adam (with clipvalue) works per element, so
+  each head follows the optimiser path it would follow alone (dropout draws differ: seed noise);
+* each head has its own early stopping (Keras EarlyStopping rules: patience on its validation
+  loss, best weights restored). A stopped head is frozen: after every optimiser step its
+  weights are reset to its best weights, so it never changes again while the others train.
+
+Output, for ``out``: ``layer_00`` .. ``layer_NN`` and ``all``, each an ordinary run directory
+(experiment.json, runs/<fold>__seed<k>/metrics.json + predictions.csv, results.json in the
+schema of :func:`summarize_runs`, so ``w2v2ser evaluate`` reads them), and ``sweep.json``
+(UAR per layer, mean and std over runs). Models are not saved (probes are for analysis).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._config import ExperimentConfig
+from ._dataset import FeatureBatches, Item, Source
+from ._errors import ConfigError
+from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _store_fingerprint,
+                          _store_identities, _write_json, plan_runs, summarize_runs)
+from ._metrics import accuracy, confusion_matrix, uar
+from ._normalisation import build_normaliser
+from ._protocols import Fold, check_disjoint, get_protocol
+from ._selection import parse_selection
+
+__all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "ALL_LAYERS_DIR"]
+
+log = logging.getLogger("w2v2ser.train")
+ALL_LAYERS_DIR = "all"
+# Float32 frames (all layers) read per micro-batch; optimiser steps keep the recipe's batch size.
+MICRO_BATCH_MB = 64.0
+
+
+def _layer_dir(layer: int) -> str:
+    return f"layer_{layer:02d}"
+
+
+def _base_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The weighted-average experiment of the sweep: the selection with ':all' when no layers are named."""
+    if config.head != "dense":
+        raise ConfigError(f"a layer sweep trains the Dense head on each layer, got head={config.head!r}; "
+                          f"set head: dense (or drop it)")
+    sel = parse_selection(config.features)
+    if sel.layers is None:
+        return dataclasses.replace(config, features=f"{config.features}:all")
+    return config
+
+
+def sweep_configs(config: ExperimentConfig) -> dict[str, ExperimentConfig]:
+    """Run-directory name -> ExperimentConfig of every head of the sweep.
+
+    ``config.features`` names the upstream (``wav2vec2``, ``hubert``, ``w2v2_pt/wavlm``...),
+    optionally with a layer range (``wavlm:0-6``); without one every layer of the store's
+    FeatureSpec is swept. ``layer_NN`` configs select that layer alone; ``all`` is the
+    weighted average of the swept layers.
+
+    Raises:
+        ConfigError: Head other than dense. SelectionError: the feature has no layer axis.
+    """
+    from ._errors import SelectionError
+
+    base = _base_config(config)
+    data = _prepare(base)
+    sel = data.selections["main"]
+    if sel.layers is None or len(sel.layers) < 2:
+        raise SelectionError(f"a layer sweep needs a feature with several layers; {config.features!r} resolves to "
+                             f"{'no layer axis' if sel.layers is None else f'layer {sel.layers[0]} only'}; "
+                             f"name an upstream such as wav2vec2 or hubert")
+    prefix = f"{sel.alias}/" if parse_selection(base.features).alias else ""
+    out = {_layer_dir(k): dataclasses.replace(base, features=f"{prefix}{sel.feature}:{k}") for k in sel.layers}
+    out[ALL_LAYERS_DIR] = base
+    return out
+
+
+# ------------------------------------------------------------------------------------------ model
+def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Keras GlorotUniform of each [fan_in, fan_out] slice of a stacked kernel."""
+    fan_in, fan_out = shape[-2], shape[-1]
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+class _SweepHeads:
+    """L stacked per-layer Dense probes and one weighted-average Dense head (TensorFlow variables)."""
+
+    def __init__(self, n_layers: int, dim: int, n_classes: int, *, units: int, dropout: float, seed: int) -> None:
+        import keras
+
+        from ._layers import LayerWeightedAverage, MaskedMean
+
+        rng = np.random.default_rng(seed)
+        L, U, C = n_layers, units, n_classes
+        self.n_layers, self.dropout = L, dropout
+        v = lambda a, name: keras.Variable(a, name=name, dtype="float32")  # noqa: E731
+        self.stacked = [v(_glorot(rng, (L, dim, U)), "probe_k1"), v(np.zeros((L, U), np.float32), "probe_b1"),
+                        v(_glorot(rng, (L, U, U)), "probe_k2"), v(np.zeros((L, U), np.float32), "probe_b2"),
+                        v(_glorot(rng, (L, U, C)), "probe_kc"), v(np.zeros((L, C), np.float32), "probe_bc")]
+        # The weighted-average head: the paper's Dense head with the usual Keras layers.
+        self.wa = LayerWeightedAverage(name="main_layer_weights")
+        self.wa_d1 = keras.layers.Dense(U, activation="relu", name="block1_dense")
+        self.wa_d2 = keras.layers.Dense(U, activation="relu", name="block2_dense")
+        self.wa_cls = keras.layers.Dense(C, activation="softmax", name="classifier")
+        self.wa_mean = MaskedMean(name="masked_mean")
+        self.drop = keras.layers.Dropout(dropout, seed=seed)
+        self.wa.build((None, None, L, dim))
+        self.wa_d1.build((None, None, dim))
+        self.wa_d2.build((None, None, U))
+        self.wa_cls.build((None, U))
+        self.wa_vars = [w for layer in (self.wa, self.wa_d1, self.wa_d2, self.wa_cls) for w in layer.weights]
+        self.variables = self.stacked + self.wa_vars
+
+    def __call__(self, x: Any, mask: Any, training: bool) -> Any:
+        """Class probabilities [batch, L + 1, classes] (head L = weighted average)."""
+        import tensorflow as tf
+
+        k1, b1, k2, b2, kc, bc = self.stacked
+        h = tf.nn.relu(tf.einsum("btld,ldu->btlu", x, k1) + b1)
+        h = self.drop(h, training=training)
+        h = tf.nn.relu(tf.einsum("btlu,luv->btlv", h, k2) + b2)
+        h = self.drop(h, training=training)
+        m = mask[:, :, None, None]
+        pooled = tf.reduce_sum(h * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)
+        probs = tf.nn.softmax(tf.einsum("blu,luc->blc", pooled, kc) + bc, axis=-1)
+        w = self.wa_d1(self.wa(x))
+        w = self.drop(w, training=training)
+        w = self.drop(self.wa_d2(w), training=training)
+        wp = self.wa_cls(self.wa_mean(w, mask))
+        return tf.concat([probs, wp[:, None, :]], axis=1)
+
+    # per-head weights: stacked variables are indexed by layer, the weighted head owns its variables whole
+    def snapshot(self) -> list[np.ndarray]:
+        """Current values of every variable (stacked first, then the weighted head's)."""
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def get_head(self, h: int, snapshot: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Weights of head ``h`` (copies), from ``snapshot`` when given."""
+        values = snapshot if snapshot is not None else self.snapshot()
+        n = len(self.stacked)
+        if h < self.n_layers:
+            return [v[h].copy() for v in values[:n]]
+        return [v.copy() for v in values[n:]]
+
+    def set_head(self, h: int, values: Sequence[np.ndarray], targets: Sequence[Any] | None = None) -> None:
+        if h < self.n_layers:
+            for var, val in zip(targets or self.stacked, values):
+                whole = var.numpy()
+                whole[h] = val
+                var.assign(whole)
+        else:
+            for var, val in zip(targets or self.wa_vars, values):
+                var.assign(val)
+
+
+def _sparse_ce(y: Any, probs: Any) -> Any:
+    """Per-sample, per-head cross-entropy of softmax outputs (Keras' clipping), [batch, heads]."""
+    import keras
+    import tensorflow as tf
+
+    return keras.ops.sparse_categorical_crossentropy(tf.tile(y[:, None], [1, probs.shape[1]]), probs)
+
+
+class _Stopper:
+    """Keras EarlyStopping(monitor='val_loss', restore_best_weights) applied to each head separately."""
+
+    def __init__(self, n_heads: int, patience: int) -> None:
+        self.patience = patience
+        self.best = np.full(n_heads, np.inf)
+        self.best_epoch = np.zeros(n_heads, int)
+        self.wait = np.zeros(n_heads, int)
+        self.stopped_epoch = np.full(n_heads, -1)
+        self.best_weights: list[list[np.ndarray] | None] = [None] * n_heads
+
+    @property
+    def active(self) -> np.ndarray:
+        return self.stopped_epoch < 0
+
+    def update(self, epoch: int, losses: np.ndarray, heads: _SweepHeads) -> list[int]:
+        """Record one epoch's validation losses; returns the heads that stop now."""
+        stopping = []
+        snap = heads.snapshot()
+        for h in np.flatnonzero(self.active):
+            if self.best_weights[h] is None:
+                self.best_weights[h], self.best_epoch[h] = heads.get_head(h, snap), epoch
+            self.wait[h] += 1
+            if losses[h] < self.best[h]:
+                self.best[h], self.best_epoch[h] = losses[h], epoch
+                self.best_weights[h] = heads.get_head(h, snap)
+                self.wait[h] = 0
+                continue
+            if self.wait[h] >= self.patience and epoch > 0:
+                self.stopped_epoch[h] = epoch
+                stopping.append(int(h))
+        return stopping
+
+
+# ------------------------------------------------------------------------------------------- fit
+def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: int, recipe: Any, units: int,
+                    dropout: float, seed: int, restore_best: bool = True,
+                    epoch_end: Callable[[int, _SweepHeads, np.ndarray], None] | None = None,
+                    accumulate: int = 1) -> tuple[_SweepHeads, dict[str, Any]]:
+    """Train the L + 1 heads on batches of [batch, time, L, dim] frames with per-head early stopping.
+
+    ``accumulate`` consecutive batches of ``train`` make one optimiser step (gradients summed,
+    loss averaged over the step's utterances): the same step as one batch of
+    ``accumulate * train.batch_size`` utterances, with a fraction of its memory.
+
+    ``epoch_end(epoch, heads, active)`` is called after each epoch's stopping decisions
+    (``active``: bool per head), e.g. to watch that stopped heads stay frozen.
+
+    Returns:
+        (heads, history) with history["val_loss"] [epochs, heads], "epochs"/"best_epoch" per head
+        (1-based), "epoch_seconds" and "input_seconds" per epoch.
+    """
+    import keras
+    import tensorflow as tf
+
+    n_layers, dim = train.sources[0].selection.frame_shape
+    heads = _SweepHeads(n_layers, dim, n_classes, units=units, dropout=dropout, seed=seed)
+    H = n_layers + 1
+    opt = keras.optimizers.Adam(learning_rate=recipe.learning_rate, clipvalue=recipe.clipvalue)
+    opt.build(heads.variables)
+    active = tf.Variable(np.ones(H, np.float32), trainable=False, name="active")
+    frozen = [tf.Variable(np.zeros(v.shape, np.float32), trainable=False) for v in heads.variables]
+    n_stacked = len(heads.stacked)
+    spec = (tf.TensorSpec((None, None, n_layers, dim), tf.float32), tf.TensorSpec((None, None), tf.float32),
+            tf.TensorSpec((None,), tf.int32))
+
+    accum = [tf.Variable(np.zeros(v.shape, np.float32), trainable=False) for v in heads.variables]
+
+    @tf.function(input_signature=(*spec, tf.TensorSpec((), tf.float32)))
+    def grad_step(x: Any, mask: Any, y: Any, n_step: Any) -> Any:
+        # Gradient of sum_h mean-over-the-whole-step CE_h, accumulated over the step's micro-batches.
+        with tf.GradientTape() as tape:
+            per_head = tf.reduce_sum(_sparse_ce(y, heads(x, mask, True)), axis=0)
+            loss = tf.reduce_sum(per_head * active) / n_step
+        for acc, g in zip(accum, tape.gradient(loss, heads.variables)):
+            acc.assign_add(g)
+        return per_head
+
+    @tf.function
+    def apply_step() -> None:
+        opt.apply([tf.identity(a) for a in accum], heads.variables)
+        for acc in accum:
+            acc.assign(tf.zeros_like(acc))
+        # Stopped heads are reset to their (best) frozen weights: they never change again.
+        for i, (var, keep) in enumerate(zip(heads.variables, frozen)):
+            on = active[:n_layers] if i < n_stacked else active[n_layers]
+            if i < n_stacked:
+                on = tf.reshape(on, [n_layers] + [1] * (len(var.shape) - 1))
+            var.assign(tf.where(on > 0.5, var, keep))
+
+    @tf.function(input_signature=spec)
+    def eval_step(x: Any, mask: Any, y: Any) -> Any:
+        return tf.reduce_sum(_sparse_ce(y, heads(x, mask, False)), axis=0)
+
+    step_size = accumulate * train.batch_size
+    stopper = _Stopper(H, recipe.patience)
+    hist: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "input_seconds": []}
+    for epoch in range(recipe.max_epochs):
+        t0, in0 = time.perf_counter(), train.input_seconds + val.input_seconds
+        tot, n = np.zeros(H), 0
+        for i, (inputs, y) in enumerate(train.iterate()):
+            n_step = min(step_size, len(train.items) - (i // accumulate) * step_size)
+            tot += grad_step(inputs["main"], inputs["mask"], y, np.float32(n_step)).numpy()
+            n += len(y)
+            if (i + 1) % accumulate == 0 or i == len(train) - 1:
+                apply_step()
+        vtot = np.zeros(H)
+        for inputs, y in val.iterate():
+            vtot += eval_step(inputs["main"], inputs["mask"], y).numpy()
+        vloss = vtot / len(val.items)
+        hist["loss"].append((tot / max(n, 1)).tolist())
+        hist["val_loss"].append(vloss.tolist())
+        for h in stopper.update(epoch, vloss, heads):
+            if restore_best:
+                heads.set_head(h, stopper.best_weights[h])
+            targets = frozen[:n_stacked] if h < n_layers else frozen[n_stacked:]
+            heads.set_head(h, heads.get_head(h), targets)
+            active[h].assign(0.0)
+        hist["epoch_seconds"].append(time.perf_counter() - t0)
+        hist["input_seconds"].append(train.input_seconds + val.input_seconds - in0)
+        if epoch_end is not None:
+            epoch_end(epoch, heads, stopper.active.copy())
+        if not stopper.active.any():
+            break
+    last = len(hist["val_loss"]) - 1
+    for h in np.flatnonzero(stopper.active):  # reached max_epochs: Keras restores the best weights too
+        stopper.stopped_epoch[h] = last
+        if restore_best and stopper.best_weights[h] is not None:
+            heads.set_head(h, stopper.best_weights[h])
+    hist["epochs"] = (stopper.stopped_epoch + 1).tolist()
+    hist["best_epoch"] = (stopper.best_epoch + 1).tolist()
+    hist["best_val_loss"] = stopper.best.tolist()
+    hist["stopped_early"] = [int(e) < recipe.max_epochs - 1 for e in stopper.stopped_epoch]
+    return heads, hist
+
+
+def predict_sweep_heads(heads: _SweepHeads, data: FeatureBatches) -> np.ndarray:
+    """Probabilities [utterances, heads, classes] in the order of ``data`` (unshuffled)."""
+    import tensorflow as tf
+
+    out = [heads(tf.constant(inputs["main"]), tf.constant(inputs["mask"]), False).numpy()
+           for inputs, _ in data.iterate()]
+    return np.concatenate(out, axis=0)
+
+
+# ------------------------------------------------------------------------------------------- runs
+def _parts(data: Any, run_spec: RunSpec) -> dict[str, list[Item]]:
+    cls_index = {c: i for i, c in enumerate(data.classes)}
+    speaker_part = {s: p for p, ss in run_spec.split().items() for s in ss}
+    parts: dict[str, list[Item]] = {"train": [], "validation": [], "test": []}
+    for r, lab in zip(data.records, data.labels):
+        part = speaker_part.get(r.speaker)
+        if part is not None:
+            parts[part].append(Item(r.id, r.speaker, cls_index[lab], float(r.duration)))
+    return parts
+
+
+def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: dict[str, Any],
+               test: FeatureBatches, classes: Sequence[str], proba: np.ndarray, history: dict[str, Any],
+               layer_weights: dict[str, Any] | None) -> None:
+    run_dir = out / "runs" / run_spec.name
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    tmp = out / "runs" / f".{run_spec.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    y_pred = np.argmax(proba, axis=1)
+    with open(tmp / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes)])
+        for it, p, row in zip(test.items, y_pred, proba):
+            w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row)])
+    _write_json(tmp / "history.json", history)
+    if layer_weights:
+        _write_json(tmp / "layer_weights.json", layer_weights)
+    _write_json(tmp / "metrics.json", metrics)  # last: marks the run complete
+    if run_dir.exists():
+        trash = run_dir.with_name(f".{run_spec.name}.old-{os.getpid()}")
+        os.rename(run_dir, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, run_dir)
+
+
+def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:
+    """Largest divisor of ``batch_size`` whose batches of [time, L, dim] float32 frames fit ``budget_mb``."""
+    cap = max(1, int(budget_mb * 2**20 // max(1, utterance_bytes)))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
+
+
+def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
+              micro_batch_mb: float = MICRO_BATCH_MB) -> dict[str, dict[str, Any]]:
+    """Train every head of the sweep for one (fold, seed) and write its run directory under each head's folder.
+
+    A (fold, seed) whose run directories are all complete for their config keys is not retrained.
+    Batches are read in micro-batches of at most ``micro_batch_mb`` of float32 frames (all
+    layers), whose gradients are summed into one optimiser step of the recipe's batch size: memory
+    stays flat as models get deeper and wider (25 x 1024 needs no more than 13 x 768).
+
+    Returns:
+        Head folder name -> metrics (with "skipped": True when already complete).
+    """
+    _configure_threads(threads)
+    import keras
+    import tensorflow as tf
+
+    out = Path(out)
+    configs = sweep_configs(config)
+    base = configs[ALL_LAYERS_DIR]
+    data = _prepare(base)
+    fp = _store_fingerprint(base, data)  # every head reads the same feature of the same store
+    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_key(), fp) for name, c in configs.items()}
+    if all(m is not None for m in done.values()):
+        return {name: {**m, "skipped": True} for name, m in done.items()}
+    for name, c in configs.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        try:
+            recorded = json.loads((out / name / "experiment.json").read_text()).get("config_key")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded != c.config_key():  # new or changed configuration: describe the current one
+            _write_json(out / name / "experiment.json", {**c.to_dict(), "config_key": c.config_key(),
+                                                         "stores_identity": _store_identities(c, data.stores),
+                                                         "sweep": {"path": str(out), "head": name}})
+    check_disjoint(Fold(run_spec.fold, run_spec.train, run_spec.validation, run_spec.test))
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(run_spec.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    recipe = base.resolved_recipe()
+    max_frames = base.max_frames or get_protocol(base.protocol).max_frames
+    parts = _parts(data, run_spec)
+    sel = data.selections["main"]
+    store = data.stores[sel.alias]
+    normaliser = build_normaliser(store, sel, base.norm, train_speakers=run_spec.train,
+                                  speakers=sorted({s for p in run_spec.split().values() for s in p}))
+    micro = micro_batch_size(recipe.batch_size, (max_frames or 1000) * len(sel.layers) * sel.dim * 4,
+                             micro_batch_mb)
+    common = dict(sources=[Source("main", store, sel, normaliser)], classes=data.classes,
+                  batch_size=micro, max_frames=max_frames, cache=base.cache,
+                  cache_budget_mb=base.cache_budget_mb, workers=base.workers)
+    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
+    val = FeatureBatches(parts["validation"], **common)
+    test = FeatureBatches(parts["test"], **common)
+    heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
+                                  dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
+                                  accumulate=recipe.batch_size // micro)
+    proba = predict_sweep_heads(heads, test)
+    alphas = [float(a) for a in np.asarray(heads.wa.alphas.numpy())]
+    y_true = test.labels
+    epoch_s, input_s = float(np.sum(hist["epoch_seconds"])), float(np.sum(hist["input_seconds"]))
+    n_epochs = len(hist["epoch_seconds"])
+    names = list(configs)  # layer_.. in layer order, then "all" (head index = position)
+    results = {}
+    for h, name in enumerate(names):
+        c = configs[name]
+        y_pred = np.argmax(proba[:, h], axis=1)
+        epochs = int(hist["epochs"][h])
+        head_hist = {"loss": [row[h] for row in hist["loss"][:epochs]],
+                     "val_loss": [row[h] for row in hist["val_loss"][:epochs]],
+                     "epochs": epochs, "best_epoch": int(hist["best_epoch"][h]),
+                     "best_val_loss": float(hist["best_val_loss"][h]),
+                     "epoch_seconds": hist["epoch_seconds"], "input_seconds": hist["input_seconds"],
+                     "trained_by": "sweep (shared epochs; per-head loss and early stopping)"}
+        sels = {"main": (sel if name == ALL_LAYERS_DIR else
+                         dataclasses.replace(sel, text=c.features, layers=(sel.layers[h],), weighted=False))}
+        metrics = {
+            "fold": run_spec.fold, "seed": run_spec.seed,
+            "uar": uar(y_true, y_pred, len(data.classes)), "accuracy": accuracy(y_true, y_pred),
+            "n_test": int(len(y_true)),
+            "confusion": confusion_matrix(y_true, y_pred, len(data.classes)).tolist(),
+            "classes": list(data.classes), "split": run_spec.split(),
+            "n_utterances": {p: len(v) for p, v in parts.items()},
+            "epochs": epochs, "best_epoch": head_hist["best_epoch"], "best_val_loss": head_hist["best_val_loss"],
+            "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": base.norm,
+            "selections": {b: s.to_dict() for b, s in sels.items()},
+            "cached_in_memory": bool(train.cache_bytes),
+            # Timing is the whole sweep's (all heads share each epoch), repeated in every head.
+            "timing": {"epoch_seconds_mean": epoch_s / max(1, n_epochs),
+                       "input_seconds_mean": input_s / max(1, n_epochs),
+                       "compute_seconds_mean": (epoch_s - input_s) / max(1, n_epochs),
+                       "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
+                       "sweep_epochs": n_epochs, "sweep_seconds": epoch_s},
+            "trained_by": "sweep", "config_key": c.config_key(), "store_fingerprint": fp,
+        }
+        lw = None
+        if name == ALL_LAYERS_DIR:
+            lw = {"main": {"alphas": alphas, "normalised": (np.asarray(alphas) / max(sum(alphas), 1e-12)).tolist(),
+                           "layers": list(sel.layers), "store": sel.alias, "selection": sel.text}}
+        _write_run(out / name, c, run_spec, metrics, test, data.classes, proba[:, h], head_hist, lw)
+        results[name] = metrics
+    return results
+
+
+def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
+    """Write each head's results.json (summarize_runs) and ``out/sweep.json``; returns sweep.json's dict."""
+    out = Path(out)
+    configs = sweep_configs(config)
+    base = configs[ALL_LAYERS_DIR]
+    data = _prepare(base)
+    sel = data.selections["main"]
+    per_head = {name: summarize_runs(c, out / name) for name, c in configs.items()}
+    layers = list(sel.layers or ())
+    spec = data.stores[sel.alias].features[sel.feature]
+
+    def row(name: str) -> dict[str, Any]:
+        r = per_head[name]
+        return {"dir": name, "uar_mean": r["uar_mean"], "uar_std": r["uar_std"], "uar_per_run": r["uar_per_run"],
+                "uar_pooled_mean": r["uar_pooled_mean"], "uar_pooled_std": r["uar_pooled_std"],
+                "uar_pooled_per_seed": r["uar_pooled_per_seed"], "n_runs": r["n_runs"]}
+
+    weights = per_head[ALL_LAYERS_DIR].get("layer_weights") or {}
+    norm = [v["main"]["normalised"] for v in weights.values() if isinstance(v, dict) and "main" in v]
+    summary = {
+        "kind": "layer_sweep", "upstream": sel.feature, "store": base.stores[sel.alias], "alias": sel.alias,
+        "feature_spec": spec.to_dict(), "layers": layers, "protocol": base.protocol,
+        "config": base.to_dict(), "config_key": base.config_key(),
+        "per_layer": [{"layer": k, **row(_layer_dir(k))} for k in layers],
+        "weighted_average": {**row(ALL_LAYERS_DIR), "layer_weights_mean": np.mean(norm, axis=0).tolist() if norm else [],
+                             "layer_weights_std": np.std(norm, axis=0).tolist() if norm else []},
+        "best_layer": layers[int(np.argmax([per_head[_layer_dir(k)]["uar_mean"] for k in layers]))],
+        "uar_definition": per_head[ALL_LAYERS_DIR]["uar_definition"],
+    }
+    _write_json(out / "sweep.json", summary)
+    return summary
+
+
+def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: bool = True,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Sweep every layer of ``config.features`` over the protocol's folds and seeds; returns sweep.json's dict.
+
+    Args:
+        config: The experiment; ``features`` names the upstream (optionally a layer range), head dense.
+        out: Output folder: one run directory per layer (``layer_NN``), ``all`` and ``sweep.json``.
+        progress: Print one line per (fold, seed) with the UAR of each head.
+        threads: TensorFlow thread count (see train_run).
+    """
+    _configure_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = sweep_configs(config)[ALL_LAYERS_DIR]
+    specs = plan_runs(base)
+    for i, spec in enumerate(specs, 1):
+        t0 = time.perf_counter()
+        res = sweep_run(config, spec, out=out, threads=threads)
+        if progress:
+            skipped = any(m.get("skipped") for m in res.values())
+            uars = " ".join(f"{100 * m['uar']:.0f}" for m in res.values())
+            print(f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed} UAR per layer, then all: {uars} "
+                  f"({time.perf_counter() - t0:.1f}s{', already complete' if skipped else ''})", flush=True)
+    return summarize_sweep(config, out)

@@ -136,6 +136,7 @@ class _SweepHeads:
         import tensorflow as tf
 
         k1, b1, k2, b2, kc, bc = self.stacked
+        x = tf.cast(x, tf.float32)  # frames arrive in the stored dtype (float16 for the upstreams)
         h = tf.nn.relu(tf.einsum("btld,ldu->btlu", x, k1) + b1)
         h = self.drop(h, training=training)
         h = tf.nn.relu(tf.einsum("btlu,luv->btlv", h, k2) + b2)
@@ -244,7 +245,7 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
     active = tf.Variable(np.ones(H, np.float32), trainable=False, name="active")
     frozen = [tf.Variable(np.zeros(v.shape, np.float32), trainable=False) for v in heads.variables]
     n_stacked = len(heads.stacked)
-    spec = (tf.TensorSpec((None, None, n_layers, dim), tf.float32), tf.TensorSpec((None, None), tf.float32),
+    spec = (tf.TensorSpec((None, None, n_layers, dim), tf.as_dtype(train.sources[0].dtype)), tf.TensorSpec((None, None), tf.float32),
             tf.TensorSpec((None,), tf.int32))
 
     accum = [tf.Variable(np.zeros(v.shape, np.float32), trainable=False) for v in heads.variables]

@@ -114,14 +114,19 @@ def _layer_text(layers: Any) -> str:
     return "layers " + ",".join(str(x) for x in layers)
 
 
+# Feature names of the upstreams (stage 2 never imports extract, so they are listed here).
+_UPSTREAM_NAMES = ("wav2vec2", "hubert", "wavlm", "data2vec")
+
+
 def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
-    """wav2vec2 model ids recorded in the store identities of ``experiment.json``."""
+    """Upstream model ids (wav2vec2, HuBERT, WavLM, data2vec) recorded in the store identities
+    of ``experiment.json``."""
     found: list[str] = []
 
     def visit(node: Any, under_w2v: bool) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                inside = under_w2v or str(key).startswith("wav2vec2")
+                inside = under_w2v or str(key).startswith(_UPSTREAM_NAMES)
                 if key == "model" and isinstance(value, str) and inside and value not in found:
                     found.append(value)
                 visit(value, inside)

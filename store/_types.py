@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
+
+from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
 
@@ -27,10 +28,8 @@ def _reject_unknown(kind: str, given: Mapping[str, Any], known: list[str]) -> No
     """Raise StoreError for keys not in `known`, with a did-you-mean hint."""
     for key in given:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise StoreError(
-                f"{kind}: unknown key {key!r}; expected one of {sorted(known)}.{hint} "
+                f"{kind}: unknown key {key!r}; expected one of {sorted(known)}.{did_you_mean(key, known)} "
                 f"Remove or rename the key."
             )
 

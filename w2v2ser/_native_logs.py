@@ -19,16 +19,27 @@ from contextlib import contextmanager
 __all__ = ["hide_native_logs", "is_native_log_line"]
 
 _NATIVE = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
+    rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions: .* rebuild TensorFlow"  # cpu_feature_guard's 2nd line
     rb"|.*Memory patch applied)"
 )
 
 
+def _native_start(line: bytes) -> int:
+    """Where a native log line starts in ``line`` (after a progress bar's text, if any), or -1."""
+    tail_start = line.rfind(b"\r") + 1
+    match = _NATIVE.match(line, tail_start)
+    if match is None:
+        match = _NATIVE.search(line, tail_start)  # glued to an unfinished progress-bar line
+        if match is None or not line[match.start() - 1:match.start()].endswith((b"|", b"]", b" ")):
+            return -1
+    return match.start()
+
+
 def is_native_log_line(line: bytes) -> bool:
-    """True for a TensorFlow/absl C++ log line (progress-bar carriage returns ignored)."""
-    return bool(_NATIVE.match(line.rsplit(b"\r", 1)[-1]))
+    """True when ``line`` holds a TensorFlow/absl C++ log line (progress-bar text before it ignored)."""
+    return _native_start(line) >= 0
 
 
 def _pump(read_fd: int, write_fd: int) -> None:
@@ -44,15 +55,19 @@ def _pump(read_fd: int, write_fd: int) -> None:
         pending += chunk
         lines = pending.split(b"\n")
         pending = lines.pop()
-        out = [line + b"\n" for line in lines if not is_native_log_line(line)]
+        out = []
+        for line in lines:
+            start = _native_start(line)
+            out.append(line + b"\n" if start < 0 else line[:start])  # keep a progress bar's text
         redraw = pending.rfind(b"\r")  # progress bars redraw with \r and no newline: pass them on now
         if redraw >= 0:
             out.append(pending[: redraw + 1])
             pending = pending[redraw + 1:]
         if out:
             os.write(write_fd, b"".join(out))
-    if pending and not is_native_log_line(pending):
-        os.write(write_fd, pending)
+    if pending:
+        start = _native_start(pending)
+        os.write(write_fd, pending if start < 0 else pending[:start])
     os.close(read_fd)
 
 

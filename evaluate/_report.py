@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from w2v2ser._common import write_atomically
 
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_weights
@@ -29,22 +29,6 @@ _SPECTROGRAM_NOTE = (
     "1.7 s); the 16 kHz copy used here gives 25 ms / 20 ms frames covering 5 s, which scores "
     "about 5 points higher."
 )
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cell(run: RunSummary) -> str:
@@ -195,8 +179,8 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         "feature_table": table, "head_table": heads, "runs": entries,
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": series},
     }
-    write_text_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
-    return write_text_atomically(out / "report.md", _markdown(data, runs))
+    write_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
+    return write_atomically(out / "report.md", _markdown(data, runs))
 
 
 def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:

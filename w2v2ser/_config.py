@@ -136,14 +136,14 @@ class ClusterConfig(StrictModel):
         return {} if value is None else {"kind": value} if isinstance(value, str) else value
 
 
-class _Corpus(StrictModel):
+class CorpusEntry(StrictModel):
     """A corpus: reader kind (default: the corpus name when it is a kind) and folder or CSV manifest."""
 
     kind: Optional[Literal["ravdess", "iemocap", "csv"]] = None
     path: Optional[str] = Field(None, description="folder or CSV manifest, relative to this file; null = skip")
 
 
-class _Report(StrictModel):
+class ReportEntry(StrictModel):
     """A report over the experiments whose names match one of the patterns."""
 
     experiments: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ("*",)
@@ -202,10 +202,10 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
         "Pipeline", __base__=StrictModel, __doc__="w2v2ser pipeline.yaml",
         output=(Optional[str], None),
         cluster=(ClusterConfig, ClusterConfig()),
-        corpora=(Annotated[dict[str, Optional[_Corpus]], Field(min_length=1)], ...),
+        corpora=(Annotated[dict[str, Optional[CorpusEntry]], Field(min_length=1)], ...),
         extraction=(extraction, ...),
         experiments=(experiment_section, None),
-        reports=(Optional[dict[str, Optional[_Report]]], None),
+        reports=(Optional[dict[str, Optional[ReportEntry]]], None),
     )
 
 
@@ -402,7 +402,7 @@ def _choice(value: Any, choices: Sequence[str], where: str) -> str:
 def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusConfig]:
     corpora = {}
     for name, entry in section.items():
-        entry = entry or _Corpus()
+        entry = entry or CorpusEntry()
         kind = entry.kind or (name if name in CORPUS_KINDS else None)
         if kind is None:
             raise ConfigError(f"corpora.{name}.kind: required key is missing for corpus {name!r}; "
@@ -538,7 +538,7 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
                    output: Path) -> list[ReportConfig]:
     reports = []
     for name, entry in (section if section is not None else {"all": None}).items():
-        patterns = (entry or _Report()).experiments
+        patterns = (entry or ReportEntry()).experiments
         for i, pattern in enumerate(patterns):
             if experiments and not any(fnmatchcase(e.name, pattern) for e in experiments):
                 groups = sorted({e.name.split("/")[0] for e in experiments})

@@ -80,20 +80,22 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 
 
-def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = "") -> BaseModel:
-    """``model.model_validate(data)``, raising :class:`ConfigError` (key paths start at ``where``)."""
+def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = "",
+             error: type[Exception] = ConfigError) -> BaseModel:
+    """``model.model_validate(data)``, raising ``error`` (a ConfigError; key paths start at ``where``)."""
     try:
         return model.model_validate(data)
-    except ValidationError as error:
-        raise config_error(error, model.model_json_schema(), where=where, what=what) from None
+    except ValidationError as problem:
+        message = str(config_error(problem, model.model_json_schema(), where=where, what=what))
+        raise error(message) from None
 
 
-def check_dataclass(instance: Any, *, what: str) -> None:
+def check_dataclass(instance: Any, *, what: str, error: type[Exception] = ConfigError) -> None:
     """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
     cls = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    validate(dataclass_model(cls), values, what=what)
+    validate(dataclass_model(cls), values, what=what, error=error)
 
 
 # --- errors ----------------------------------------------------------------------------------

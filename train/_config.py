@@ -140,8 +140,11 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint)."""
-        validate(dataclass_model(cls, optional=True, name="TrainConfig"), dict(d), what="train config")
-        return cls(**dict(d))
+        d = dict(d)
+        if isinstance(d.get("stores"), (str, os.PathLike)):  # a plain path: the default store
+            d["stores"] = {DEFAULT_STORE_ALIAS: os.fspath(d["stores"])}
+        validate(dataclass_model(cls, optional=True, name="TrainConfig"), d, what="train config")
+        return cls(**d)
 
     def config_key(self) -> str:
         """Stable 16-hex-digit hash of everything that changes a run's result.

@@ -424,6 +424,8 @@ def _parse_stores(extraction: Any, raw: Mapping[str, Any], corpora: Mapping[str,
         features = {fname: extractor_config_class(fname).from_dict(options[fname] or {})
                     for fname in entry.features.model_fields_set}
         features = {fname: features[fname] for fname in options if fname in features}  # file order
+        if not features:
+            raise ConfigError(f"extraction.stores.{name}.features: no feature given; add e.g. `egemaps: {{}}`")
         stores[name] = StoreConfig(name, tuple(wanted), features)
     return stores
 
@@ -489,12 +491,14 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}: expected a mapping of experiment settings, got {entry!r}")
         grid = entry.get("grid") or {}
+        if not isinstance(grid, Mapping):  # stage 1 reads experiments without their schema
+            raise ConfigError(f"{where}.grid: expected a mapping key -> list of values, got {grid!r}")
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values, got {values!r}")
             if key in entry:
                 raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
-        fixed = {k: v for k, v in entry.items() if k != "grid" and v is not None}
+        fixed = {k: v for k, v in entry.items() if k != "grid"}
         keys = list(grid)
         for point in itertools.product(*(grid[k] for k in keys)):
             values = {**fixed, **dict(zip(keys, point))}

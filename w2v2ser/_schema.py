@@ -174,7 +174,8 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
     expected = message.removeprefix("Input should be ")
-    got = f"{_type_name(value)} {value!r}" if kind.endswith(("_type", "_parsing")) else repr(value)
+    got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
+    got = "null" if value is None else got
     return expected, got, ""
 
 

@@ -48,7 +48,8 @@ EXTRACTORS: dict[str, tuple[str, str, str]] = {
 def _lookup(name: str) -> tuple[type, type]:
     if name not in EXTRACTORS:
         raise UnknownFeatureError(
-            f"Unknown feature {name!r}; expected one of {', '.join(sorted(EXTRACTORS))}.{did_you_mean(name, EXTRACTORS)}"
+            f"Unknown feature {name!r}; expected one of {', '.join(sorted(EXTRACTORS))}."
+            f"{did_you_mean(name, EXTRACTORS)}"
         )
     module_name, config_name, extractor_name = EXTRACTORS[name]
     module = importlib.import_module(module_name)

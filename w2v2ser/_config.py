@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema, create_model, model_validator
+from pydantic import (AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema, create_model,
+                      model_validator)
 
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
@@ -395,7 +396,8 @@ def _prepare(raw: dict, base: Path) -> None:
 
 def _choice(value: Any, choices: Sequence[str], where: str) -> str:
     if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}.{did_you_mean(value, choices)}")
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}."
+                          f"{did_you_mean(value, choices)}")
     return value
 
 
@@ -412,7 +414,8 @@ def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusCo
     return corpora
 
 
-def _parse_stores(extraction: Any, raw: Mapping[str, Any], corpora: Mapping[str, CorpusConfig]) -> dict[str, StoreConfig]:
+def _parse_stores(extraction: Any, raw: Mapping[str, Any],
+                  corpora: Mapping[str, CorpusConfig]) -> dict[str, StoreConfig]:
     from w2v2ser.extract._registry import extractor_config_class
 
     stores = {}

@@ -222,3 +222,16 @@ def test_auto_values_and_their_suggestion(tmp_path: Path) -> None:
     data["cluster"] = {"workers": "aut"}
     with pytest.raises(ConfigError, match="cluster.workers: expected .*one of auto.*Did you mean 'auto'"):
         load_pipeline(_write(tmp_path, data), validate_experiments=False)
+
+
+def test_one_error_hierarchy_with_exit_codes() -> None:
+    import w2v2ser
+    from w2v2ser.evaluate import EvaluateError
+    from w2v2ser.extract import AudioError, ExtractorConfigError, ManifestError
+    from w2v2ser.store import StoreError, StoreLockedError
+    from w2v2ser.train import ConfigError as TrainConfigError, DataError as TrainDataError, SelectionError
+
+    assert TrainConfigError is w2v2ser.ConfigError is ConfigError and TrainDataError is w2v2ser.DataError
+    for error, code in ((ExtractorConfigError, 2), (SelectionError, 2), (AudioError, 2), (ManifestError, 2),
+                        (StoreLockedError, 2), (StoreError, 2), (EvaluateError, 2)):
+        assert issubclass(error, w2v2ser.W2v2serError) and error.exit_code == code, error

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from w2v2ser.store import W2v2serError
+from w2v2ser._common import EXIT_INPUT, W2v2serError
 
 __all__ = ["EvaluateError", "RunDirError", "PredictError"]
 
 
 class EvaluateError(W2v2serError):
-    """Base of every error raised while reporting or predicting."""
+    """Base of every error raised while reporting or predicting (bad run dirs, audio, arguments)."""
+
+    exit_code = EXIT_INPUT
 
 
 class RunDirError(EvaluateError):

@@ -6,8 +6,6 @@ temporary name in the destination folder and renamed, so a reader never sees hal
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,8 @@ matplotlib.use("Agg")  # must precede pyplot; headless nodes have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from w2v2ser._common import write_atomically  # noqa: E402
+
 from ._rundir import RunSummary, model_tag  # noqa: E402
 
 __all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights", "plot_layer_sweep"]
@@ -24,18 +24,10 @@ __all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights", "pl
 
 def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG to ``path`` through a temp file + rename, then close it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_confusion(run: RunSummary, path: Path) -> Path | None:

@@ -1,25 +1,28 @@
 """``w2v2ser evaluate``: Markdown/JSON report over run directories, in the shape of the paper's tables.
 
 Table 1 of the paper compares feature selections across corpora; Table 2 compares downstream heads.
-Here each row is a feature selection plus the head, normalisation and training recipe that
+Here each row is named by model × selection × head, plus the normalisation and training recipe that
 produced it (so numbers from different recipes are never silently mixed), columns are corpora and
-each cell is ``UAR mean ± std`` in percent over the runs (seeds × folds) of one run directory.
+each cell is ``UAR mean ± std`` in percent over the runs (seeds × folds) of one run directory,
+followed by the paper's published value for the same row (``data/pepino2021.json``) and the
+difference.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from w2v2ser._common import write_atomically
+
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
-from ._rundir import CORPUS_NAMES, RunSummary, find_key, read_run_dir
+from ._paper import paper_source, paper_value, row_identity, verdict
+from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir
 from ._sweep import expand_sweep_dirs
 
 __all__ = ["write_report"]
@@ -30,22 +33,6 @@ _SPECTROGRAM_NOTE = (
     "1.7 s); the 16 kHz copy used here gives 25 ms / 20 ms frames covering 5 s, which scores "
     "about 5 points higher."
 )
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _cell(run: RunSummary) -> str:
@@ -90,26 +77,61 @@ def _corpus_columns(runs: Sequence[RunSummary]) -> list[str]:
     return list(CORPUS_NAMES.values()) + extra
 
 
+def _identity(run: RunSummary) -> tuple[str, str, str]:
+    """(model, selection, selection key) of a run's main branch, for row names and paper lookup."""
+    selection = find_key(run.experiment, "features") if run.experiment else None
+    if not isinstance(selection, str):
+        return "", run.features, run.features
+    alias = selection.rpartition("/")[0]
+    model_id = _alias_model(run.experiment, alias, run.model_ids) if "wav2vec2" in selection else ""
+    return row_identity(selection, model_id)
+
+
+def _paper_cell(run: RunSummary, model: str, key: str, corpus: str) -> dict[str, Any] | None:
+    published = paper_value(model=model, selection=key, head=run.head, norm=run.normalisation, corpus=corpus)
+    if published is None:
+        return None
+    cell: dict[str, Any] = {"mean": published.mean, "std": published.std, "table": published.table,
+                            "from": published.provenance}
+    if run.status == "complete" and run.uar_mean is not None:
+        cell["difference"], cell["reproduces"] = verdict(run.uar_mean, run.uar_std, published)
+    return cell
+
+
+def _paper_text(paper: dict[str, Any] | None) -> str:
+    if paper is None:
+        return ""
+    std = f" ± {paper['std']:.1f}" if paper.get("std") is not None else ""
+    if "difference" not in paper:
+        return f" · paper {paper['mean']:.1f}{std}"
+    mark = "✓" if paper["reproduces"] else "✗"
+    return f" · paper {paper['mean']:.1f}{std}, {paper['difference']:+.1f} {mark}"
+
+
 def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, Any]:
-    """Rows keyed by (features, head, normalisation, recipe); a second run dir for the same cell
-    gets its own row (labelled with the run dir) rather than being averaged in silently."""
+    """Rows named by model × selection × head (and normalisation, recipe), one column per corpus;
+    a second run dir for the same cell gets its own row (labelled with the run dir) rather than
+    being averaged in silently."""
     columns = _corpus_columns(runs)
     rows: list[dict[str, Any]] = []
     index: dict[tuple[str, ...], dict[str, Any]] = {}
     for run, name in zip(runs, names):
         if run.features == "?" and run.status == "incomplete":
             continue  # nothing known about it; listed under "Incomplete" only
-        key = (run.features, run.head, run.normalisation, run.recipe)
+        model, selection, key_text = _identity(run)
+        key = (model, selection, run.head, run.normalisation, run.recipe)
         row = index.get(key)
         if row is None or run.corpus in row["cells"]:
-            row = {"features": run.features, "head": run.head, "normalisation": run.normalisation,
-                   "recipe": run.recipe, "cells": {}, "run_dirs": {}}
+            row = {"model": model, "selection": selection, "features": run.features, "head": run.head,
+                   "normalisation": run.normalisation, "recipe": run.recipe, "cells": {}, "run_dirs": {}}
             if key in index:
-                row["features"] += f" [{name}]"
+                row["selection"] += f" [{name}]"
             index[key] = row
             rows.append(row)
-        row["cells"][run.corpus] = {"text": _cell(run), "status": run.status, "uar_mean": run.uar_mean,
-                                    "uar_std": run.uar_std, "n_runs": run.n_runs}
+        paper = _paper_cell(run, model, key_text, run.corpus)
+        row["cells"][run.corpus] = {"text": _cell(run) + _paper_text(paper), "status": run.status,
+                                    "uar_mean": run.uar_mean, "uar_std": run.uar_std, "n_runs": run.n_runs,
+                                    "paper": paper}
         row["run_dirs"][run.corpus] = str(run.path)
     return {"columns": columns, "rows": rows}
 
@@ -121,9 +143,11 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
         return None
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
     for run in complete:
-        key = (run.features, run.normalisation, run.recipe, run.corpus)
-        row = rows.setdefault(key, {"features": run.features, "normalisation": run.normalisation,
-                                    "recipe": run.recipe, "corpus": run.corpus, "cells": {}})
+        model, selection, _ = _identity(run)
+        key = (model, selection, run.normalisation, run.recipe, run.corpus)
+        row = rows.setdefault(key, {"model": model, "selection": selection, "features": run.features,
+                                    "normalisation": run.normalisation, "recipe": run.recipe,
+                                    "corpus": run.corpus, "cells": {}})
         row["cells"].setdefault(run.head, {"text": _cell(run), "uar_mean": run.uar_mean,
                                            "uar_std": run.uar_std, "n_runs": run.n_runs})
     # Only feature selections trained with several heads compare heads; the rest are Table 1 only.
@@ -199,8 +223,8 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": series},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
-    write_text_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
-    return write_text_atomically(out / "report.md", _markdown(data, runs))
+    write_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
+    return write_atomically(out / "report.md", _markdown(data, runs))
 
 
 def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
@@ -210,17 +234,21 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "runs of one run directory, n = number of values. Single-fold protocols (RAVDESS): one UAR "
              "per seed. Multi-fold protocols (IEMOCAP sessions): per seed, the predictions of all folds "
              "are pooled and scored once (the released code's scoring), so n = seeds.", "",
-             "## Feature selection × corpus (paper, Table 1)", ""]
-    header = ["Feature selection", "Head", "Normalisation", "Recipe"] + table["columns"]
-    rows = [[r["features"], r["head"], r["normalisation"], r["recipe"]]
+             f"Beside a measured cell: the published value of the same row ({paper_source()}), the "
+             "difference in points, and ✓ when it is within two standard deviations of the difference "
+             "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. No paper value: the row is not "
+             "in the paper, or its value has not been entered in w2v2ser/evaluate/data/pepino2021.json.", "",
+             "## Model × selection × head (paper, Tables 1 and 2)", ""]
+    header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]
+    rows = [[r["model"], r["selection"], r["head"], r["normalisation"], r["recipe"]]
             + [r["cells"].get(c, {}).get("text", "—") for c in table["columns"]] for r in table["rows"]]
     lines += _markdown_table(header, rows) if rows else ["No run directory could be read."]
     if data["head_table"]:
         heads = data["head_table"]
         lines += ["", "## Head comparison (paper, Table 2)", ""]
-        rows = [[r["features"], r["normalisation"], r["recipe"], r["corpus"]]
+        rows = [[r["model"], r["selection"], r["normalisation"], r["recipe"], r["corpus"]]
                 + [r["cells"].get(h, {}).get("text", "—") for h in heads["columns"]] for r in heads["rows"]]
-        lines += _markdown_table(["Feature selection", "Normalisation", "Recipe", "Corpus"]
+        lines += _markdown_table(["Model", "Selection", "Normalisation", "Recipe", "Corpus"]
                                  + heads["columns"], rows)
     entries = data["runs"]
     lines += ["", "## Run directories", ""]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from enum import Enum
 from typing import Callable
+
+from w2v2ser._common import did_you_mean
 
 from ._errors import ManifestError
 from ._iemocap import read_iemocap
@@ -48,10 +49,9 @@ def read_corpus(kind: str | CorpusKind, path: str | os.PathLike[str]) -> Manifes
     try:
         corpus = CorpusKind(kind.lower() if isinstance(kind, str) else kind)
     except ValueError:
-        close = difflib.get_close_matches(str(kind).lower(), choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ManifestError(
-            f"Unknown corpus kind {kind!r}; expected one of {', '.join(choices)}.{hint} "
+            f"Unknown corpus kind {kind!r}; expected one of {', '.join(choices)}."
+            f"{did_you_mean(str(kind).lower(), choices)} "
             "Use 'csv' with a path,label,speaker manifest for any other corpus."
         ) from None
     return CORPUS_READERS[corpus](path)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 
-from w2v2ser.store import W2v2serError
+from w2v2ser._common import ConfigError, DataError, did_you_mean
 
 __all__ = ["AudioError", "ExtractorConfigError", "ManifestError", "reject_unknown_keys"]
 
 
-class AudioError(W2v2serError):
+class AudioError(DataError):
     """An audio file cannot be used: missing, unreadable, not audio, empty, too short or not finite."""
 
 
-class ManifestError(W2v2serError):
+class ManifestError(DataError):
     """A corpus folder or manifest file is malformed (missing columns, duplicate ids, bad paths)."""
 
 
-class ExtractorConfigError(W2v2serError, ValueError):
+class ExtractorConfigError(ConfigError):
     """An extractor configuration is invalid (unknown key, impossible window/FFT sizes)."""
 
 
@@ -36,8 +35,7 @@ def reject_unknown_keys(data: object, allowed: Sequence[str], *, what: str) -> N
         )
     for key in data:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), list(allowed), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ExtractorConfigError(
-                f"Unknown option {key!r} in the {what} config.{hint} Valid options: {', '.join(allowed)}."
+                f"Unknown option {key!r} in the {what} config.{did_you_mean(key, allowed)} "
+                f"Valid options: {', '.join(allowed)}."
             )

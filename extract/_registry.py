@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -10,7 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from w2v2ser.store import FeatureSpec, W2v2serError
+from w2v2ser._common import ConfigError, did_you_mean
+from w2v2ser.store import FeatureSpec
 
 __all__ = [
     "EXTRACTORS",
@@ -44,7 +44,7 @@ class Extractor(Protocol):
     # file at the rate they ask for.
 
 
-class UnknownFeatureError(W2v2serError):
+class UnknownFeatureError(ConfigError):
     """A feature name that no extractor provides."""
 
 
@@ -70,10 +70,9 @@ _REQUIRES: dict[str, tuple[str, ...]] = {"wav2vec2": ("torch", "transformers"), 
 
 def _lookup(name: str) -> tuple[type, type]:
     if name not in EXTRACTORS:
-        close = difflib.get_close_matches(name, list(EXTRACTORS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownFeatureError(
-            f"Unknown feature {name!r}; expected one of {', '.join(sorted(EXTRACTORS))}.{hint}"
+            f"Unknown feature {name!r}; expected one of {', '.join(sorted(EXTRACTORS))}."
+            f"{did_you_mean(name, EXTRACTORS)}"
         )
     module_name, config_name, extractor_name = EXTRACTORS[name]
     module = importlib.import_module(module_name)

@@ -11,12 +11,13 @@ __all__ = [
 ]
 
 
-class W2v2serError(Exception):
-    """Base class of every user-facing w2v2ser error."""
+from w2v2ser._common import EXIT_INPUT, W2v2serError  # the root lives with the shared helpers
 
 
 class StoreError(W2v2serError):
     """The feature store is missing, malformed, inconsistent or used wrongly."""
+
+    exit_code = EXIT_INPUT
 
 
 class StoreIncompleteError(StoreError):

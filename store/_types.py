@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 import numpy as np
+from pydantic import Field
+
+from w2v2ser._schema import check_dataclass, dataclass_model, validate
 
 from ._errors import StoreError
 
@@ -19,21 +21,6 @@ __all__ = [
     "Failure",
     "VerifyReport",
 ]
-
-_DTYPES = ("float16", "float32", "float64")
-
-
-def _reject_unknown(kind: str, given: Mapping[str, Any], known: list[str]) -> None:
-    """Raise StoreError for keys not in `known`, with a did-you-mean hint."""
-    for key in given:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise StoreError(
-                f"{kind}: unknown key {key!r}; expected one of {sorted(known)}.{hint} "
-                f"Remove or rename the key."
-            )
-
 
 @dataclass(frozen=True)
 class Utterance:
@@ -65,43 +52,25 @@ class UtteranceRecord(Utterance):
 class FeatureSpec:
     """What one feature looks like in the store."""
 
-    name: str
-    dim: int
-    layers: int | None
-    frame_rate: float
-    dtype: str
+    # Bounds and choices are the annotations (checked by w2v2ser._schema, errors as StoreError).
+    name: Annotated[str, Field(min_length=1, pattern=r"^[^/]+$")]
+    dim: Annotated[int, Field(ge=1)]
+    layers: Optional[Annotated[int, Field(ge=1)]]  # None: 2-D frames; else [frames, layers, dim]
+    frame_rate: Annotated[float, Field(gt=0)]  # frames per second
+    dtype: Literal["float16", "float32", "float64"]
     config: Mapping[str, Any]
-    layer_names: tuple[str, ...] | None = None
+    layer_names: Optional[tuple[str, ...]] = None
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise StoreError(
-                f"FeatureSpec.name: got {self.name!r}; expected a non-empty string without '/'."
-            )
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise StoreError(f"FeatureSpec {self.name!r}: dim={self.dim!r}; expected an int >= 1.")
-        if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):
-            raise StoreError(
-                f"FeatureSpec {self.name!r}: layers={self.layers!r}; expected None (2-D frames) "
-                f"or an int >= 1 (3-D frames [frames, layers, dim])."
-            )
-        if not isinstance(self.frame_rate, (int, float)) or not self.frame_rate > 0:
-            raise StoreError(
-                f"FeatureSpec {self.name!r}: frame_rate={self.frame_rate!r}; expected frames per "
-                f"second > 0."
-            )
-        if self.dtype not in _DTYPES:
-            raise StoreError(
-                f"FeatureSpec {self.name!r}: dtype={self.dtype!r}; expected one of {_DTYPES}."
-            )
         if self.layer_names is not None:
             object.__setattr__(self, "layer_names", tuple(self.layer_names))
-            if self.layers is None or len(self.layer_names) != self.layers:
-                raise StoreError(
-                    f"FeatureSpec {self.name!r}: {len(self.layer_names)} layer_names for "
-                    f"layers={self.layers}; give one name per layer or layer_names=None."
-                )
+        check_dataclass(self, what=f"FeatureSpec {self.name!r}", error=StoreError)
+        if self.layer_names is not None and (self.layers is None or len(self.layer_names) != self.layers):
+            raise StoreError(
+                f"FeatureSpec {self.name!r}: {len(self.layer_names)} layer_names for "
+                f"layers={self.layers}; give one name per layer or layer_names=None."
+            )
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -123,16 +92,9 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
-        """Build from :meth:`to_dict` output; unknown keys are rejected."""
-        known = [f.name for f in fields(cls)]
-        _reject_unknown("FeatureSpec", d, known)
-        missing = [k for k in ("name", "dim", "layers", "frame_rate", "dtype", "config") if k not in d]
-        if missing:
-            raise StoreError(f"FeatureSpec: missing keys {missing} in {dict(d)!r}.")
-        kwargs = dict(d)
-        if kwargs.get("layer_names") is not None:
-            kwargs["layer_names"] = tuple(kwargs["layer_names"])
-        return cls(**kwargs)
+        """Build from :meth:`to_dict` output; unknown or missing keys are rejected."""
+        validate(dataclass_model(cls), dict(d), what="FeatureSpec", error=StoreError)
+        return cls(**dict(d))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def test_shipped_pipeline_reproduces_both_tables() -> None:
     assert {"table2/ravdess/dense", "table2/ravdess/lstm", "table2_fusion/ravdess"} <= set(names)
     assert config.corpora["iemocap"].path is None
     assert config.corpora["iemocap"].skip_reason and "path not set" in config.corpora["iemocap"].skip_reason
-    assert config.corpora["ravdess"].path == (REPO.parent / "shared" / "data" / "ravdess").resolve()
+    # Resolve both sides: ../shared may be a symlink, and the loader keeps the path as written.
+    assert config.corpora["ravdess"].path.resolve() == (REPO.parent / "shared" / "data" / "ravdess").resolve()
     assert config.output == REPO / "runs"
     fusion = next(e for e in config.experiments if e.name == "table2_fusion/ravdess")
     assert fusion.config["head"] == "fusion" and set(fusion.stores) == {"w2v2_pt", "classic"}
@@ -174,3 +175,63 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("corpora: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pipeline(path)
+
+
+def test_schema_is_derived_from_the_config_dataclasses() -> None:
+    from dataclasses import fields
+
+    from w2v2ser._config import pipeline_json_schema
+    from w2v2ser.extract._registry import EXTRACTORS, extractor_config_class
+    from w2v2ser.train import ExperimentConfig
+
+    schema = pipeline_json_schema()
+    defs = schema["$defs"]
+    assert set(schema["properties"]) == {"output", "cluster", "corpora", "extraction", "experiments", "reports"}
+    assert schema["additionalProperties"] is False
+    for name in EXTRACTORS:  # every extractor option is in the schema, without a schema edit
+        config_class = extractor_config_class(name)
+        options = defs[f"{config_class.__name__}Options"]
+        assert {f.name for f in fields(config_class)} == set(options["properties"]), name
+        assert options["additionalProperties"] is False
+    experiment = set(defs["Experiment"]["properties"])
+    assert {f.name for f in fields(ExperimentConfig)} - {"stores"} | {"corpus", "grid", "sweep"} == experiment
+    assert defs["Experiment"]["properties"]["head"]["anyOf"][0]["enum"] == ["dense", "lstm", "fusion"]
+
+
+def test_cli_prints_the_schema_and_maps_errors_to_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from w2v2ser._cli import main
+
+    assert main(["run", "--schema"]) == 0
+    assert "extraction" in json.loads(capsys.readouterr().out)["properties"]
+    data = _base()
+    data["extraction"]["shard_size"] = "big"
+    data["experiments"]["t1"]["norm"] = "globl"
+    assert main(["run", str(_write(tmp_path, data))]) == 2  # bad configuration: nothing ran
+    err = capsys.readouterr().err
+    assert err.startswith("w2v2ser: error: 2 problems:") and "Traceback" not in err
+    assert "extraction.shard_size: expected a valid integer, got string 'big'" in err
+    assert "experiments.t1.norm: expected one of speaker, global, none, got 'globl'. Did you mean 'global'?" in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_auto_values_and_their_suggestion(tmp_path: Path) -> None:
+    data = _base()
+    data["cluster"] = {"workers": "auto", "threads_per_worker": 2, "gpus": 0}
+    cluster = load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster
+    assert (cluster.workers, cluster.threads_per_worker, cluster.gpus) == (None, 2, 0)
+    data["cluster"] = {"workers": "aut"}
+    with pytest.raises(ConfigError, match="cluster.workers: expected .*one of auto.*Did you mean 'auto'"):
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)
+
+
+def test_one_error_hierarchy_with_exit_codes() -> None:
+    import w2v2ser
+    from w2v2ser.evaluate import EvaluateError
+    from w2v2ser.extract import AudioError, ExtractorConfigError, ManifestError
+    from w2v2ser.store import StoreError, StoreLockedError
+    from w2v2ser.train import ConfigError as TrainConfigError, DataError as TrainDataError, SelectionError
+
+    assert TrainConfigError is w2v2ser.ConfigError is ConfigError and TrainDataError is w2v2ser.DataError
+    for error, code in ((ExtractorConfigError, 2), (SelectionError, 2), (AudioError, 2), (ManifestError, 2),
+                        (StoreLockedError, 2), (StoreError, 2), (EvaluateError, 2)):
+        assert issubclass(error, w2v2ser.W2v2serError) and error.exit_code == code, error

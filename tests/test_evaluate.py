@@ -107,19 +107,22 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     assert md_path == out / "report.md"
     md = md_path.read_text(encoding="utf-8")
     lines = md.splitlines()
-    header = next(line for line in lines if line.startswith("| Feature selection | Head"))
-    assert header.split("|")[5:8] == [" RAVDESS ", " IEMOCAP ", " CSV "]
-    egemaps = next(line for line in lines if line.startswith("| egemaps | dense | speaker | official |"))
-    # np.std over (55, 60, 65) % = 4.08; IEMOCAP cell = pooled per-seed values (50, 52, 54)
-    assert "| 60.0 ± 4.1 (n=3) | 52.0 ± 1.6 (n=3) | — |" in egemaps
-    assert any(line.startswith("| wav2vec2 PT all layers | weighted_dense") and "82.0 ± 1.6 (n=3)" in line
+    header = next(line for line in lines if line.startswith("| Model | Selection | Head"))
+    assert header.split("|")[6:9] == [" RAVDESS ", " IEMOCAP ", " CSV "]  # one column per corpus
+    egemaps = next(line for line in lines if line.startswith("| — | eGeMAPS | dense | speaker | official |"))
+    # np.std over (55, 60, 65) % = 4.08; IEMOCAP cell = pooled per-seed values (50, 52, 54).
+    # The paper's RAVDESS eGeMAPS value (57.0 ± 2.4) sits beside the measured one, with the difference.
+    assert "| 60.0 ± 4.1 (n=3) · paper 57.0 ± 2.4, +3.0 ✓ | 52.0 ± 1.6 (n=3) | — |" in egemaps
+    # wav2vec2 rows are named by the upstream model of their store, not by the run directory
+    assert any(line.startswith("| wav2vec2-base | all layers | weighted_dense") and "82.0 ± 1.6 (n=3)" in line
                for line in lines)
-    assert any(line.startswith("| wav2vec2 FT all layers | weighted_dense") and "71.0 ± 0.8 (n=3)" in line
+    assert any(line.startswith("| wav2vec2-base-960h | all layers | weighted_dense") and "71.0 ± 0.8 (n=3)" in line
                for line in lines)
+    assert not any("w2v_pt_ravdess" in line for line in lines if line.startswith("| wav2vec2-base"))
     assert "## Head comparison" in md
-    head_header = next(line for line in lines if line.startswith("| Feature selection | Normalisation | Recipe"))
+    head_header = next(line for line in lines if line.startswith("| Model | Selection | Normalisation | Recipe"))
     assert "lstm" in head_header and "dense" in head_header
-    assert "| egemaps | speaker | official | RAVDESS | 60.0 ± 4.1 (n=3) | 59.0 ± 1.0 (n=2) |" in md
+    assert "| — | eGeMAPS | speaker | official | RAVDESS | 60.0 ± 4.1 (n=3) | 59.0 ± 1.0 (n=2) |" in md
     # skipped: its cell says so and the reason is listed
     assert any(line.startswith("| wav2vec2") and "| skipped |" in line for line in lines)
     assert "model facebook/wav2vec2-large could not be loaded" in md
@@ -146,6 +149,32 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     for png in out.glob("*.png"):
         _assert_png(png)
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_report_marks_rows_that_do_not_reproduce_the_paper(tmp_path: Path) -> None:
+    far = make_run_dir(tmp_path, "far", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
+    write_report([far], out=tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, +23.0 ✗" in md
+    cell = json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"][0]["cells"]["RAVDESS"]
+    assert cell["paper"]["table"] == 1 and abs(cell["paper"]["difference"] - 23.0) < 1e-9
+    assert cell["paper"]["reproduces"] is False
+    assert "Pepino" in md and "Interspeech 2021" in md  # the source is cited in the report
+
+
+def test_paper_values_are_cited_data_shipped_with_the_package() -> None:
+    from importlib import resources
+
+    data = json.loads(resources.files("w2v2ser.evaluate").joinpath("data/pepino2021.json").read_text())
+    assert "arXiv:2104.03502" in data["source"]["citation"]
+    for row in data["rows"]:
+        assert row["table"] in (1, 2) and row["head"] in ("dense", "lstm", "fusion")
+        for corpus, cell in row["values"].items():
+            assert corpus in ("ravdess", "iemocap")
+            if cell is not None:  # every entered value says where it comes from
+                assert isinstance(cell["mean"], float) and cell["from"]
+    setup = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+    assert "w2v2ser.evaluate = data/*.json" in setup
 
 
 def test_report_without_layer_weights_has_no_figure(tmp_path: Path) -> None:

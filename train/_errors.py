@@ -1,8 +1,8 @@
-"""Exceptions raised by stage 2 (training)."""
+"""Exceptions raised by stage 2 (training); ConfigError and DataError are the shared ones."""
 
 from __future__ import annotations
 
-from w2v2ser.store import W2v2serError
+from w2v2ser._common import ConfigError, DataError, W2v2serError
 
 __all__ = ["TrainError", "SelectionError", "ConfigError", "ProtocolError", "DataError"]
 
@@ -11,17 +11,9 @@ class TrainError(W2v2serError):
     """Base class of every user-facing training error."""
 
 
-class SelectionError(TrainError):
+class SelectionError(TrainError, ConfigError):
     """A feature selection string is malformed or does not match the store."""
 
 
-class ConfigError(TrainError):
-    """An experiment configuration or recipe is invalid."""
-
-
-class ProtocolError(TrainError):
+class ProtocolError(TrainError, DataError):
     """A protocol cannot be applied to the store (labels, speakers, splits)."""
-
-
-class DataError(TrainError):
-    """Stored frames do not match what the selection expects (shape, length, ids)."""

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from w2v2ser._common import write_atomically
+
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, share_memory_budget
 from ._errors import DataError, SelectionError
@@ -158,9 +160,7 @@ def _store_identities(config: ExperimentConfig, stores: dict[str, Any]) -> dict[
 
 # ------------------------------------------------------------------------------------ helpers
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping, Optional
+
+from pydantic import Field
+
+from w2v2ser._schema import check_dataclass, dataclass_model, validate
 
 from ._errors import ConfigError
 
@@ -27,24 +30,15 @@ class Recipe:
     """
 
     name: str = "paper"
-    learning_rate: float = 1e-3
-    clipvalue: float | None = None
-    batch_size: int = 32
-    max_epochs: int = 100
-    patience: int = 4
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    clipvalue: Optional[Annotated[float, Field(gt=0)]] = None
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    max_epochs: Annotated[int, Field(ge=1)] = 100
+    patience: Annotated[int, Field(ge=0)] = 4
     restore_best: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ConfigError(f"recipe learning_rate must be a positive number, got {self.learning_rate!r}")
-        if self.clipvalue is not None and not self.clipvalue > 0:
-            raise ConfigError(f"recipe clipvalue must be positive or None, got {self.clipvalue!r}")
-        for key in ("batch_size", "max_epochs"):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and value >= 1):
-                raise ConfigError(f"recipe {key} must be an integer >= 1, got {value!r}")
-        if not (isinstance(self.patience, int) and self.patience >= 0):
-            raise ConfigError(f"recipe patience must be an integer >= 0, got {self.patience!r}")
+        check_dataclass(self, what="recipe")  # bounds are the annotations above
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of all fields."""
@@ -53,12 +47,13 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         """Build from a dict; unknown keys raise ConfigError with a suggestion."""
-        reject_unknown_keys(d, cls, "recipe")
+        validate(dataclass_model(cls, optional=True, name="RecipeOverrides"), dict(d), what="recipe")
         return cls(**dict(d))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise)."""
-        reject_unknown_keys(overrides, type(self), "recipe override")
+        validate(dataclass_model(type(self), optional=True, name="RecipeOverrides"), dict(overrides),
+                 what="recipe override")
         return dataclasses.replace(self, **dict(overrides))
 
 
@@ -82,13 +77,3 @@ def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)} (set recipe: paper|official)")
     return RECIPES[name].with_overrides(overrides or {})
-
-
-def reject_unknown_keys(d: Mapping[str, Any], cls: type, what: str) -> None:
-    """Raise ConfigError naming an unknown key of ``cls`` with a did-you-mean hint."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in d:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown {what} key {key!r}{hint} Valid keys: {names}")

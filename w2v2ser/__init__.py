@@ -6,6 +6,8 @@ reads that store and fits shallow Keras heads. The store is the only contract
 between the stages.
 """
 
+from ._common import ConfigError, DataError, W2v2serError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["ConfigError", "DataError", "W2v2serError", "__version__"]

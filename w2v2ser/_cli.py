@@ -22,19 +22,20 @@ UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
     """``feature.key=value`` -> (feature, key, YAML-parsed value)."""
-    from w2v2ser.store import W2v2serError
+    from w2v2ser._common import ConfigError
 
     name, sep, value = text.partition("=")
     feature, dot, key = name.partition(".")
     if not sep or not dot or not key:
-        raise W2v2serError(
+        raise ConfigError(
             f"--option {text!r} is not of the form FEATURE.KEY=VALUE, e.g. --option spectrogram.hop_ms=20."
         )
     return feature, key, yaml.safe_load(value)
 
 
 def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from w2v2ser.store import W2v2serError, open_store
+    from w2v2ser._common import ConfigError
+    from w2v2ser.store import open_store
 
     if args.like:
         like = open_store(args.like)
@@ -43,7 +44,7 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             wanted = [f.strip() for f in args.features.split(",") if f.strip()]
             missing = [f for f in wanted if f not in configs]
             if missing:
-                raise W2v2serError(
+                raise ConfigError(
                     f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(configs)}."
                 )
             configs = {name: configs[name] for name in wanted}
@@ -58,7 +59,7 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     for text in args.option:
         feature, key, value = _parse_option(text)
         if feature not in configs:
-            raise W2v2serError(
+            raise ConfigError(
                 f"--option {text!r} names feature {feature!r}, which is not extracted here "
                 f"(features: {', '.join(configs)}); add it to --features."
             )
@@ -170,9 +171,9 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
     for text in settings:
         key, sep, raw = text.partition("=")
         if not sep:
-            from w2v2ser.store import W2v2serError
+            from w2v2ser._common import ConfigError
 
-            raise W2v2serError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
+            raise ConfigError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
         (overrides if key in Recipe.__dataclass_fields__ else values)[key] = yaml.safe_load(raw)
     if overrides:
         values["recipe_overrides"] = overrides
@@ -237,6 +238,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.schema:
+        from w2v2ser._config import pipeline_json_schema
+
+        print(json.dumps(pipeline_json_schema(), indent=2))
+        return 0
+    if args.pipeline is None:
+        from w2v2ser._common import ConfigError
+
+        raise ConfigError("w2v2ser run: give the pipeline file, e.g. `w2v2ser run pipeline.yaml` "
+                          "(or --schema to print its JSON Schema)")
     from w2v2ser._run import run_pipeline
 
     return run_pipeline(Path(args.pipeline), stage=args.stage, overrides=args.set)
@@ -251,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"w2v2ser {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true",
+                         help="show TensorFlow/absl native log lines and error tracebacks")
 
-    extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store")
+    extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store",
+                                  parents=[verbose])
     extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
     extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,session,split,id])")
     extract.add_argument("--store", help="store directory (default: stores/CORPUS.zarr)")
@@ -298,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true")
     upgrade.set_defaults(func=_cmd_store_upgrade)
 
-    train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds")
+    train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds", parents=[verbose])
     train.add_argument("store", help="feature store written by `w2v2ser extract`")
     train.add_argument(
         "--features", required=True,
@@ -320,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
-    sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average")
+    sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average",
+                                parents=[verbose])
     sweep.add_argument("store", help="feature store written by `w2v2ser extract`")
     sweep.add_argument("--features", required=True,
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
@@ -337,43 +353,58 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", dest="no_progress", action="store_true")
     sweep.set_defaults(func=_cmd_sweep)
 
-    evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights")
+    evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights",
+                                   parents=[verbose])
     evaluate.add_argument("run_dirs", nargs="+")
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="emotion and class probabilities for new audio")
+    predict = commands.add_parser("predict", help="emotion and class probabilities for new audio", parents=[verbose])
     from w2v2ser.evaluate._cli import add_predict_arguments
 
     add_predict_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
 
-    run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)")
-    run.add_argument("pipeline")
+    run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)",
+                              parents=[verbose])
+    run.add_argument("pipeline", nargs="?")
     run.add_argument("--stage", choices=["extract", "train", "evaluate"])
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    run.add_argument("--schema", action="store_true",
+                     help="print the JSON Schema of pipeline.yaml (for editors) and exit")
     run.set_defaults(func=_cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``w2v2ser`` console script."""
-    from w2v2ser.store import W2v2serError
+    """Entry point of the ``w2v2ser`` console script.
+
+    Exit codes: 0 done; 1 a run failed (some unit of work failed, finished work is kept);
+    2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted.
+    """
+    from w2v2ser._common import W2v2serError
+    from w2v2ser._native_logs import hide_native_logs
 
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except W2v2serError as error:
-        print(f"w2v2ser: error: {error}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as error:  # an optional extra not installed: one line naming it
-        from w2v2ser._deps import missing_dependency_error
+    verbose = bool(getattr(args, "verbose", False))
+    with hide_native_logs(enabled=not verbose):
+        try:
+            return int(args.func(args) or 0)
+        except W2v2serError as error:
+            if verbose:
+                import traceback
 
-        missing = missing_dependency_error(error)
-        if missing is None:
-            raise
-        print(f"w2v2ser: error: {missing}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+                traceback.print_exc()
+            print(f"w2v2ser: error: {error}", file=sys.stderr)
+            return error.exit_code
+        except ModuleNotFoundError as error:  # an optional extra not installed: one line naming it
+            from w2v2ser._deps import missing_dependency_error
+
+            missing = missing_dependency_error(error)
+            if missing is None:
+                raise
+            print(f"w2v2ser: error: {missing}", file=sys.stderr)
+            return missing.exit_code
+        except KeyboardInterrupt:
+            print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+            return 130

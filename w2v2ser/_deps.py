@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from w2v2ser.store import W2v2serError
+from w2v2ser._common import EXIT_INPUT, W2v2serError
 
 __all__ = ["MissingDependencyError", "missing_dependency_error", "require_modules"]
 
@@ -30,6 +30,8 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
 
 class MissingDependencyError(W2v2serError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that installs it."""
+
+    exit_code = EXIT_INPUT
 
 
 def _message(module: str, needed_for: str | None = None) -> str:

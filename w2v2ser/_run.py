@@ -11,13 +11,17 @@ Units of work and how each is committed (so a killed run resumes where it stoppe
 
 A store whose model cannot be loaded (``ModelLoadError``: offline, not cached) is marked
 ``<store>.skipped.json`` and the experiments reading it get ``RUN_DIR/skipped.json`` with the
-reason; so do experiments of a corpus whose path is not set. Everything else still runs.
+reason; so do experiments of a corpus whose path is not set. Everything else still runs. Each
+reason is printed in full once, then referred to (:class:`_Reasons`). The Hugging Face hub is
+probed once per process: when it cannot be reached, lookups use the local cache only instead of
+retrying with back-off for every model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2v2ser.store import W2v2serError
-
+from ._common import W2v2serError, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -42,11 +45,62 @@ def _say(text: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename): readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write JSON atomically: readers see the old or the new file."""
+    write_atomically(path, json.dumps(data, indent=2, default=str))
+
+
+class _Reasons:
+    """Prints each skip reason in full the first time, then refers to it by a short topic."""
+
+    def __init__(self, said: dict[str, str] | None = None) -> None:
+        self.said: dict[str, str] = dict(said or {})  # reason -> topic
+
+    def skip(self, label: str, reason: str, topic: str) -> None:
+        if reason in self.said:
+            _say(f"{label}: skipped ({self.said[reason]}; reason above)")
+        else:
+            self.said[reason] = topic
+            _say(f"{label}: skipped, {reason}")
+
+
+def _corpus_topic(corpus: str) -> str:
+    return f"corpus {corpus!r} has no path"
+
+
+def _store_topic(store: str) -> str:
+    return f"the model of store {store!r} cannot be loaded"
+
+
+def _probe_hub() -> None:
+    """One quick connection to the Hugging Face hub; when it fails, use the local cache only.
+
+    Without this, every hub lookup on a machine without network retries five times with
+    back-off (about 23 s per model) before failing the same way.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=5).close()
+        return
+    except OSError as error:
+        _say(f"Hugging Face hub {endpoint} cannot be reached ({error}): models come from the local cache only")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the Dask workers started later
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True  # already imported: it read the variable at import
+    except ImportError:
+        pass
+
+
+def _uses_hub(config: PipelineConfig) -> bool:
+    models = [getattr(f, "model", None) for s in config.stores.values() for f in s.features.values()]
+    return any(isinstance(m, str) and not Path(m).expanduser().exists() for m in models)
 
 
 def _read_json(path: Path) -> Any:
@@ -118,39 +172,46 @@ def _store_done(store_path: Path, ids: set[str], features: Sequence[str]) -> boo
     return store.complete and planned == ids and set(features) <= set(store.features)
 
 
-def _run_extract(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
+def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
     from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus
 
     outcome = _Outcome()
+    reasons = reasons if reasons is not None else _Reasons()
     manifest = _manifests(config)
+    unloadable: dict[str, str] = {}  # store -> reason: a model that failed is not looked up again
+    if _uses_hub(config):
+        _probe_hub()
     jobs = []
     for store in config.stores.values():
         for corpus in store.corpora:
-            label = f"{store.name} on {corpus}"
+            label = f"extract {store.name} on {corpus}"
             corpus_config = config.corpora[corpus]
             if corpus_config.skip_reason:
-                _say(f"extract {label}: skipped, {corpus_config.skip_reason}")
+                reasons.skip(label, corpus_config.skip_reason, _corpus_topic(corpus))
                 outcome.skipped.append(label)
                 continue
             path = config.store_path(store.name, corpus)
             utterances = manifest(corpus).utterances
             if _store_done(path, {u.id for u in utterances}, list(store.features)):
-                _say(f"extract {label}: complete ({len(utterances)} utterances) in {path}")
+                _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
                 _skip_marker(path).unlink(missing_ok=True)
                 outcome.done += 1
                 continue
             try:
+                if store.name in unloadable:
+                    raise ModelLoadError(unloadable[store.name])
                 extractors = [build_extractor(name, options) for name, options in store.feature_dicts().items()]
                 for extractor in extractors:
                     extractor.feature_spec()  # resolves the model: fails here, not in every worker
             except ModelLoadError as error:
+                unloadable[store.name] = str(error)
                 reason = f"model of store {store.name!r} cannot be loaded: {error}"
-                _say(f"extract {label}: skipped, {reason}")
+                reasons.skip(label, reason, _store_topic(store.name))
                 _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus})
                 outcome.skipped.append(label)
                 continue
             _skip_marker(path).unlink(missing_ok=True)
-            jobs.append((label, path, utterances, extractors))
+            jobs.append((f"{store.name} on {corpus}", path, utterances, extractors))
     if not jobs:
         return outcome
     handle = cluster.get()
@@ -180,14 +241,15 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
 
 # --- stage 2: training ------------------------------------------------------------------------
 
-def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> str | None:
+def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str] | None:
+    """(reason, short topic) when the experiment cannot run, else None."""
     reason = config.corpora[experiment.corpus].skip_reason
     if reason:
-        return reason
+        return reason, _corpus_topic(experiment.corpus)
     for store in experiment.stores:
         marker = _read_json(_skip_marker(config.store_path(store, experiment.corpus)))
         if isinstance(marker, dict) and marker.get("reason"):
-            return str(marker["reason"])
+            return str(marker["reason"]), _store_topic(store)
     return None
 
 
@@ -236,16 +298,17 @@ def _results_current(train_config: Any, out: Path, planned: int) -> bool:
             and results.get("n_runs") == planned)
 
 
-def _run_train(config: PipelineConfig, cluster: _LazyCluster) -> _Outcome:
+def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
     from w2v2ser.train import summarize_runs, train_run
 
     outcome = _Outcome()
+    reasons = reasons if reasons is not None else _Reasons()
     todo: list[tuple[ExperimentSpec, Any, list, list]] = []
     for experiment in config.experiments:
-        reason = _skip_reason(config, experiment)
-        if reason:
-            _say(f"train {experiment.name}: skipped, {reason}")
-            _mark_skipped(experiment, reason)
+        skip = _skip_reason(config, experiment)
+        if skip:
+            reasons.skip(f"train {experiment.name}", *skip)
+            _mark_skipped(experiment, skip[0])
             outcome.skipped.append(experiment.name)
             continue
         try:
@@ -335,12 +398,13 @@ def _extract_child(path: str, overrides: list[str], results: Any) -> None:
 
     die_with_parent()
     config = load_pipeline(path, overrides=overrides, validate_experiments=False)
+    reasons = _Reasons()
     with ExitStack() as stack:
-        outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True))
-    results.put((outcome.done, outcome.skipped, outcome.failed))
+        outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
+    results.put((outcome.done, outcome.skipped, outcome.failed, reasons.said))
 
 
-def _extract_in_child(path: Path, overrides: Sequence[str]) -> _Outcome:
+def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -> _Outcome:
     import multiprocessing
 
     started = time.perf_counter()
@@ -353,8 +417,9 @@ def _extract_in_child(path: Path, overrides: Sequence[str]) -> _Outcome:
     if child.exitcode != 0 or results.empty():
         outcome = _Outcome(failed=[f"extraction process (exit code {child.exitcode})"])
     else:
-        done, skipped, failed = results.get()
+        done, skipped, failed, said = results.get()
         outcome = _Outcome(done, skipped, failed)
+        reasons.said.update(said)  # printed by the child: the training stage refers to them
     _say(f"stage extract: {outcome.done} done, {len(outcome.skipped)} skipped, {len(outcome.failed)} failed "
          f"({time.perf_counter() - started:.1f} s)")
     return outcome
@@ -407,16 +472,17 @@ def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[st
     _say(f"pipeline {config.path}: output {config.output}; stages {', '.join(stages)}; "
          f"{len(config.experiments)} experiment(s)")
     outcomes: dict[str, _Outcome] = {}
+    reasons = _Reasons()
     runners = {
-        "extract": lambda c: _run_extract(config, c),
-        "train": lambda c: _run_train(config, c),
+        "extract": lambda c: _run_extract(config, c, reasons),
+        "train": lambda c: _run_train(config, c, reasons),
         "evaluate": lambda c: _run_evaluate(config),
     }
     for name in stages:
         if name == "extract" and len(stages) > 1:
             # TensorFlow (loaded to check the experiments) and openSMILE crash when they share a
             # process, and stage 1 should never carry stage 2's imports: extract in a fresh child.
-            outcomes[name] = _extract_in_child(config.path, overrides)
+            outcomes[name] = _extract_in_child(config.path, overrides, reasons)
             continue
         with ExitStack() as stack:
             cluster = _LazyCluster(config, stack, use_gpus=name == "extract")

@@ -1,0 +1,83 @@
+"""The README says what the code does: each test pins one statement to the code or data behind it."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_audio import write_audio  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+BENCH_README = (REPO / "tests" / "benchmarks" / "README.md").read_text(encoding="utf-8")
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_pipeline_section_states_the_shipped_spectrogram_settings() -> None:
+    shipped = yaml.safe_load((REPO / "pipeline.yaml").read_text())
+    spectrogram = shipped["extraction"]["stores"]["classic"]["features"]["spectrogram"]
+    section = _section(README, "## Running the whole pipeline")
+    stated = re.search(r"spectrogram: (\d+(?:\.\d+)?) ms window,\s+(\d+(?:\.\d+)?) ms hop", section)
+    assert stated, "the pipeline.yaml section must state the shipped spectrogram window and hop"
+    assert float(stated.group(1)) == spectrogram["window_ms"]
+    assert float(stated.group(2)) == spectrogram["hop_ms"]
+    if spectrogram.get("n_fft") is None:  # a 512-point FFT may be named only as the released code's option
+        assert "spectrogram settings (25 ms / 20 ms" not in section
+
+
+def test_store_is_finalized_once_after_all_shards(tmp_path: Path, monkeypatch) -> None:
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import StoreWriter, Utterance
+
+    assert "After every shard" not in README and "merged after every shard" not in README
+    assert "finalizes the store once" in _section(README, "## The feature store")
+    calls = []
+    finalize = StoreWriter.finalize
+    monkeypatch.setattr(StoreWriter, "finalize", lambda self: (calls.append(1), finalize(self))[1])
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.3, seed=i)),
+                            speaker=f"s{i % 2}", label="x") for i in range(4)]
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")],
+                             shard_size=1, progress=False)
+    assert summary.complete and len(calls) == 1  # four shards, one finalize
+
+
+def test_store_read_figures_agree_between_readmes_and_results() -> None:
+    result = json.loads((REPO / "tests" / "benchmarks" / "results" / "bench_store.json").read_text())
+    cold = {(r["read"], r["format"]): r for r in _rows(result) if r["cache"] == "cold"}
+    zarr_all = cold[("all_layers", "zarr_store")]["utt_s"]
+    npy_all = cold[("all_layers", "npy_per_utterance")]["utt_s"]
+    one_over_all = cold[("one_layer", "zarr_store")]["utt_s"] / zarr_all
+    for name, text in (("README.md", README), ("tests/benchmarks/README.md", BENCH_README)):
+        assert f"{zarr_all:.1f}" in text, f"{name}: cold all-layer Zarr reads should read {zarr_all:.1f} utt/s"
+        assert f"{one_over_all:.1f}" in text, f"{name}: one layer / all layers should read {one_over_all:.1f}x"
+    assert f"npy {npy_all:.1f}" in BENCH_README
+    assert "10.9 utt/s" not in BENCH_README  # the figure before the direct read path
+
+
+def _rows(result: dict) -> list[dict]:
+    """utt/s per (cache, read, format) from bench_store.json's summary (medians over repetitions)."""
+    rows = []
+    for key, entry in result["summary"].items():  # "cold/all_layers/zarr_store" -> {"utt_per_s": ...}
+        cache, read, fmt = key.split("/")
+        rows.append({"cache": cache, "read": read, "format": fmt, "utt_s": entry["utt_per_s"]})
+    return rows
+
+
+def test_heads_claim_matches_the_heads() -> None:
+    heads = README[README.index("- **Heads**"):][:400]
+    if "scikit-learn" in heads:  # only claimed once the heads are real scikit-learn estimators
+        from sklearn.base import BaseEstimator
+
+        from w2v2ser.train import DenseHead, FusionHead, LSTMHead
+
+        assert all(issubclass(head, BaseEstimator) for head in (DenseHead, LSTMHead, FusionHead))

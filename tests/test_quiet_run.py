@@ -1,0 +1,92 @@
+"""`w2v2ser run` on a machine without hub access: each skip reason once, no hub retries, no native logs.
+
+The pipeline's experiments read stores whose model is not cached, or a corpus without a path, except
+one tiny spectrogram experiment (6 half-second clips, 1 seed, 1 epoch): it loads TensorFlow in the
+main process, whose C++ start-up lines (printed there with --verbose) must not reach the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures_audio import write_audio  # noqa: E402
+
+from w2v2ser._native_logs import is_native_log_line  # noqa: E402
+
+W2V2SER = [sys.executable, "-m", "w2v2ser"]
+
+
+def _pipeline(folder: Path) -> Path:
+    rows = ["path,label,speaker,split"]
+    for i, (speaker, split) in enumerate([("s1", "train"), ("s2", "validation"), ("s3", "test")] * 2):
+        write_audio(folder / "audio" / f"{i}.wav", duration=0.5, seed=i, frequency=300.0 + 100 * (i // 3))
+        rows.append(f"audio/{i}.wav,{'happy' if i // 3 else 'sad'},{speaker},{split}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    data = {
+        "output": "out",
+        "cluster": "none",
+        "corpora": {"toy": {"kind": "csv", "path": "manifest.csv"}, "iemocap": {"kind": "iemocap", "path": None}},
+        "extraction": {"stores": {
+            "a": {"features": {"wav2vec2": {"model": "w2v2ser-tests/model-a-not-cached"}}},
+            "b": {"features": {"wav2vec2": {"model": "w2v2ser-tests/model-b-not-cached"}}},
+            "classic": {"corpora": ["toy"], "features": {"spectrogram": {"hop_ms": 20.0}}},
+        }},
+        "experiments": {"t": {"grid": {"corpus": ["toy", "iemocap"],
+                                       "features": ["a/wav2vec2:all", "a/wav2vec2:local", "b/wav2vec2:all"]},
+                              "seeds": 1},
+                        "tiny": {"corpus": "toy", "features": "classic/spectrogram", "seeds": 1, "units": 4,
+                                 "recipe_overrides": {"max_epochs": 1}, "run_eagerly": True}},
+        "reports": {"r": {"experiments": ["*"]}},
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TF_CPP_MIN_LOG_LEVEL")}
+    # A hub that refuses connections at once, whether or not this machine has network access.
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1")
+    started = time.perf_counter()
+    done = subprocess.run([*W2V2SER, "run", str(pipeline)], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+    seconds = time.perf_counter() - started
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+
+    for store in ("a", "b"):
+        reason = f"model of store {store!r} cannot be loaded: cannot load hub model"
+        assert output.count(reason) == 1, output
+        assert output.count(f"the model of store {store!r} cannot be loaded; reason above") >= 1
+    assert output.count("path not set") == 1, output
+    assert output.count("Hugging Face hub http://127.0.0.1:9 cannot be reached") == 1, output  # probed once
+    assert "Retrying" not in output and "Retry " not in output
+    assert seconds < 120, f"{seconds:.0f} s: hub lookups were retried?"
+
+    native = [line for line in output.splitlines() if is_native_log_line(line.encode())]
+    assert not native, native
+    for noise in ("oneDNN", "cpu_feature_guard", "absl::InitializeLog", "Memory patch applied"):
+        assert noise not in output
+    assert (tmp_path / "out" / "reports" / "r" / "report.md").exists()
+    assert (tmp_path / "out" / "experiments" / "tiny" / "toy" / "results.json").exists()  # TensorFlow ran
+
+
+def test_verbose_keeps_native_logs_and_filter_recognises_them() -> None:
+    assert is_native_log_line(b"I0000 00:00:1796058843.910493    9010 port.cc:153] oneDNN custom operations are on.")
+    assert is_native_log_line(b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+    assert is_native_log_line(b"\rtrain runs:  50%|#####     | 1/2\rE0000 00:00:17.5 12 cuda_dnn.cc:8] x")
+    assert is_native_log_line(b"\rtrain runs:   0%|   | 0/1 [00:00<?, ?run/s]WARNING: All log messages before "
+                              b"absl::InitializeLog() is called are written to STDERR")
+    assert not is_native_log_line(b"train t/toy/a-wav2vec2-all: skipped, corpus 'iemocap': path not set")
+    assert not is_native_log_line(b"I0000 is not a log line")
+    help_text = subprocess.run([*W2V2SER, "run", "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "--verbose" in help_text and "--schema" in help_text

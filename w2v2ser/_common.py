@@ -1,0 +1,104 @@
+"""What every part of w2v2ser shares: the error hierarchy, did-you-mean hints and atomic writes.
+
+This module imports only the standard library, so both stages (stage 1 never imports
+TensorFlow, stage 2 never imports torch) and the store use it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EXIT_FAILED",
+    "EXIT_INPUT",
+    "W2v2serError",
+    "did_you_mean",
+    "fsync_directory",
+    "write_atomically",
+]
+
+# Exit codes of the command line (README, "Errors and exit codes").
+EXIT_FAILED = 1  # a run started and some unit of work failed
+EXIT_INPUT = 2  # the input (arguments, pipeline.yaml, corpus, store) cannot be used: fix it, rerun
+
+
+class W2v2serError(Exception):
+    """Base class of every user-facing w2v2ser error; ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = EXIT_FAILED
+
+
+class ConfigError(W2v2serError, ValueError):
+    """A configuration (pipeline.yaml, ``--set``, an extractor or experiment config) is invalid."""
+
+    exit_code = EXIT_INPUT
+
+
+class DataError(W2v2serError):
+    """Input data cannot be used: audio, a corpus manifest, or stored frames that do not fit."""
+
+    exit_code = EXIT_INPUT
+
+
+def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename or new file inside ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None], *,
+                     durable: bool = True) -> Path:
+    """Replace ``path`` with new content so that readers see the old file or the new one, never half.
+
+    The content goes to a temp file in the same folder, is flushed and fsynced, then renamed over
+    ``path`` (and the folder fsynced, when ``durable``). On any error the temp file is removed.
+
+    Args:
+        path: Destination file; its folder is created if needed.
+        data: Text (written as UTF-8), bytes, or a function that writes into a binary file object
+            (e.g. ``lambda f: fig.savefig(f, format="png")``).
+        durable: fsync the file and its folder (off only for throwaway files).
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(path.parent)
+    return path

@@ -1,0 +1,95 @@
+"""Keep TensorFlow's and absl's native (C++) start-up log lines out of the user's terminal.
+
+Those lines (oneDNN, cpu_feature_guard, "All log messages before absl::InitializeLog()") are
+written by C++ straight to file descriptor 2, before ``TF_CPP_MIN_LOG_LEVEL`` is read, by the
+main process and by every Dask worker it starts. :func:`hide_native_logs` therefore points fd 2
+at a pipe, which child processes inherit, and a thread forwards everything except those lines.
+``--verbose`` turns this off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["hide_native_logs", "is_native_log_line"]
+
+_NATIVE = re.compile(
+    rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .* rebuild TensorFlow"  # cpu_feature_guard's 2nd line
+    rb"|.*Memory patch applied)"
+)
+
+
+def _native_start(line: bytes) -> int:
+    """Where a native log line starts in ``line`` (after a progress bar's text, if any), or -1."""
+    tail_start = line.rfind(b"\r") + 1
+    match = _NATIVE.match(line, tail_start)
+    if match is None:
+        match = _NATIVE.search(line, tail_start)  # glued to an unfinished progress-bar line
+        if match is None or not line[match.start() - 1:match.start()].endswith((b"|", b"]", b" ")):
+            return -1
+    return match.start()
+
+
+def is_native_log_line(line: bytes) -> bool:
+    """True when ``line`` holds a TensorFlow/absl C++ log line (progress-bar text before it ignored)."""
+    return _native_start(line) >= 0
+
+
+def _pump(read_fd: int, write_fd: int) -> None:
+    """Copy the pipe to the real stderr, line by line, dropping native log lines."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(read_fd, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        out = []
+        for line in lines:
+            start = _native_start(line)
+            out.append(line + b"\n" if start < 0 else line[:start])  # keep a progress bar's text
+        redraw = pending.rfind(b"\r")  # progress bars redraw with \r and no newline: pass them on now
+        if redraw >= 0:
+            out.append(pending[: redraw + 1])
+            pending = pending[redraw + 1:]
+        if out:
+            os.write(write_fd, b"".join(out))
+    if pending:
+        start = _native_start(pending)
+        os.write(write_fd, pending if start < 0 else pending[:start])
+    os.close(read_fd)
+
+
+@contextmanager
+def hide_native_logs(enabled: bool = True) -> Iterator[None]:
+    """Filter native log lines out of fd 2 (this process and the processes it starts) while active."""
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what TF does read, once absl is up
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    pump = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes this process's write end; the pump ends when children close theirs
+        pump.join(timeout=5)
+        if not pump.is_alive():
+            os.close(real)

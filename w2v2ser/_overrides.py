@@ -1,0 +1,111 @@
+"""``--set key.path=value`` overrides and ``${VAR}`` / ``${VAR:-default}`` expansion of pipeline.yaml.
+
+Kept as plain code rather than OmegaConf: OmegaConf's ``${...}`` means a reference to another key
+of the file (environment variables are ``${oc.env:VAR,default}``), so adopting it would change the
+syntax of every pipeline file in use; these two small functions keep the shell syntax users write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from ._common import ConfigError
+
+__all__ = ["apply_overrides", "expand_env"]
+
+_TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``key.path=value`` overrides (value parsed as a YAML scalar) to a raw mapping.
+
+    Missing intermediate mappings are created, so ``corpora.iemocap.path=/data/IEMOCAP`` works
+    on a file without an ``iemocap`` entry; unknown keys are then caught by validation.
+    """
+    for text in overrides:
+        if "=" not in text:
+            raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set corpora.iemocap.path=/data/IEMOCAP")
+        key, _, value_text = text.partition("=")
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {text!r}: empty part in key path {key!r}; write e.g. extraction.shard_size=8")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {text!r}: value {value_text!r} is not valid YAML ({error})") from error
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                node = node[_list_index(part, node, where)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {where} is a {_type_name(node)}, not a mapping")
+            if node.get(part) is None:
+                node[part] = {}
+            elif isinstance(node[part], str) and parts[0] == "cluster" and depth == 0:
+                node[part] = {"kind": node[part]}  # `cluster: local` shorthand -> mapping
+            node = node[part]
+        if isinstance(node, list):
+            node[_list_index(parts[-1], node, key)] = value
+        elif isinstance(node, dict):
+            if parts == ["cluster"] and isinstance(value, str) and isinstance(node.get("cluster"), dict):
+                node["cluster"]["kind"] = value  # `--set cluster=none` keeps the other cluster settings
+            else:
+                node[parts[-1]] = value
+        else:
+            raise ConfigError(f"--set {text!r}: {'.'.join(parts[:-1])} is a {_type_name(node)}, not a mapping")
+    return raw
+
+
+def _list_index(part: str, node: list, where: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"--set: {where} indexes a list of {len(node)} items; use an index 0..{len(node) - 1}")
+    return int(part)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, where: str = "") -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of the document."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, _join(where, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (in {node!r}); "
+                          f"export it or write ${{{name}:-default}}")
+
+    expanded = _ENV.sub(replace, node)
+    # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
+    if _ENV.fullmatch(node):
+        try:
+            parsed = yaml.safe_load(expanded) if expanded.strip() else None
+        except yaml.YAMLError:
+            return expanded
+        return parsed if isinstance(parsed, (int, float, bool, type(None))) else expanded
+    return expanded

@@ -1,0 +1,203 @@
+"""Declarative checking of configuration with pydantic, and the one place its errors become messages.
+
+Config dataclasses (extractor configs, ``ExperimentConfig``, recipes) stay plain stdlib dataclasses
+with ``to_dict``/``from_dict``; :func:`dataclass_model` derives a pydantic model from their fields,
+so a new field is checked (and appears in ``w2v2ser run --schema``) without any schema edit.
+Field constraints live in the dataclass annotations (``Annotated[int, Field(ge=1)]``, ``Literal``).
+
+:func:`config_error` turns a pydantic ``ValidationError`` into one :class:`ConfigError` whose lines
+name the full key path, what was received and what was expected, with a did-you-mean for misspelt
+keys and choices, all derived from pydantic's own error locations and the model's JSON Schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ._common import ConfigError, did_you_mean
+
+__all__ = ["StrictModel", "check_dataclass", "config_error", "dataclass_model", "validate"]
+
+
+class StrictModel(BaseModel):
+    """Base of every schema model: unknown keys are errors, no silent type coercion (True is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _yaml_type(annotation: Any, *, as_list: bool = False) -> Any:
+    """A field type as YAML can give it: tuples arrive as lists (strict mode would refuse them)."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+        annotation = list[_yaml_type(item)]  # type: ignore[misc]
+    elif origin is Annotated:
+        base, *extras = typing.get_args(annotation)
+        annotation = Annotated[(_yaml_type(base), *extras)]  # type: ignore[misc]
+    elif origin in (Union, types.UnionType):
+        annotation = Union[tuple(_yaml_type(a) for a in typing.get_args(annotation))]  # type: ignore[misc]
+    if as_list:
+        return Annotated[list[annotation], Field(min_length=1)]  # type: ignore[valid-type]
+    return annotation
+
+
+@functools.cache
+def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = False,
+                    as_lists: bool = False, name: str | None = None) -> type[StrictModel]:
+    """A strict pydantic model with one field per field of the dataclass ``cls``.
+
+    Args:
+        cls: A stdlib dataclass; field types (and ``Annotated`` constraints) come from its hints.
+        drop: Fields left out (set by the program, not by the user).
+        optional: Every field defaults to None ("not given"), e.g. for experiment entries.
+        as_lists: Every field takes a non-empty list of values (grid axes).
+        name: Model name in the JSON Schema (default: the class name).
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in drop or not field.init:
+            continue
+        annotation = _yaml_type(hints[field.name], as_list=as_lists)
+        if optional or as_lists:
+            fields[field.name] = (typing.Optional[annotation], None)
+        elif field.default is not dataclasses.MISSING:
+            fields[field.name] = (annotation, field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            fields[field.name] = (annotation, Field(default_factory=field.default_factory))
+        else:
+            fields[field.name] = (annotation, ...)
+    doc = (cls.__doc__ or "").strip().split("\n")[0]
+    return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
+
+
+def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = "",
+             error: type[Exception] = ConfigError) -> BaseModel:
+    """``model.model_validate(data)``, raising ``error`` (a ConfigError; key paths start at ``where``)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as problem:
+        message = str(config_error(problem, model.model_json_schema(), where=where, what=what))
+        raise error(message) from None
+
+
+def check_dataclass(instance: Any, *, what: str, error: type[Exception] = ConfigError) -> None:
+    """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
+    cls = type(instance)
+    values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    validate(dataclass_model(cls), values, what=what, error=error)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+_TYPE_NAMES = {dict: "mapping", list: "list", tuple: "list", str: "string", bool: "boolean",
+               int: "integer", float: "number", type(None): "null"}
+# Location parts that pydantic adds for union members and validators, not keys of the file.
+_TAG = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|int|float|str|bool|none|list|dict|tuple|constrained-\w+|"
+                  r"function-(?:after|before|plain|wrap))$")
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _resolve(node: Mapping, schema: Mapping) -> Mapping:
+    while isinstance(node, Mapping) and "$ref" in node:
+        node = schema.get("$defs", {}).get(node["$ref"].rsplit("/", 1)[-1], {})
+    return node
+
+
+def _children(node: Mapping, schema: Mapping) -> list[Mapping]:
+    """The object/array schemas a node can be (through $ref, anyOf, allOf)."""
+    node = _resolve(node, schema)
+    branches = node.get("anyOf") or node.get("oneOf") or node.get("allOf")
+    if branches:
+        return [c for b in branches for c in _children(b, schema)]
+    return [node]
+
+
+def _schema_at(schema: Mapping, loc: Sequence[Any]) -> list[Mapping]:
+    """Schemas reached by following ``loc`` (keys and list indexes) from the root."""
+    nodes = _children(schema, schema)
+    for part in loc:
+        following: list[Mapping] = []
+        for node in nodes:
+            if isinstance(part, int) and "items" in node:
+                following += _children(node["items"], schema)
+            elif part in node.get("properties", {}):
+                following += _children(node["properties"][part], schema)
+            elif isinstance(node.get("additionalProperties"), Mapping):
+                following += _children(node["additionalProperties"], schema)
+            else:
+                following += [c for pattern, child in node.get("patternProperties", {}).items()
+                              if re.search(pattern, str(part)) for c in _children(child, schema)]
+        nodes = following
+    return nodes
+
+
+def _path(where: str, loc: Sequence[Any]) -> str:
+    text = where
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the top level"
+
+
+def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str) -> tuple[str, str, str]:
+    """(what was expected, what was received, hint) of one pydantic error; expected "" = free text."""
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = sorted({k for node in _schema_at(schema, loc[:-1]) for k in node.get("properties", {})})
+        hint = did_you_mean(loc[-1], allowed)
+        if loc[:-1] or where:  # name the full key path, as the file would be written
+            hint = hint.replace("mean '", f"mean '{_path(where, loc[:-1])}.")
+        return "", "unknown key.", f"{hint} Valid keys here: {', '.join(allowed)}."
+    if kind == "missing":
+        return "", "required key is missing.", ""
+    if kind == "literal_error":
+        choices = re.findall(r"'((?:[^'\\]|\\.)*)'", str(ctx.get("expected", "")))
+        return f"one of {', '.join(choices)}", repr(value), did_you_mean(value, choices)
+    if kind in ("value_error", "assertion_error"):
+        return "", str(error["msg"]).split(", ", 1)[-1], ""
+    message = str(error["msg"])
+    if kind == "too_short":
+        message = f"Input should be at least {ctx.get('min_length')} item(s)"
+    elif kind == "string_pattern_mismatch":
+        message = f"Input should be text matching {ctx.get('pattern')}"
+    expected = message.removeprefix("Input should be ")
+    got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
+    got = "null" if value is None else got
+    return expected, got, ""
+
+
+def config_error(error: ValidationError, schema: Mapping, *, where: str = "", what: str = "") -> ConfigError:
+    """One ConfigError listing every problem of a ValidationError, one line per key path.
+
+    Members of a union fail separately in pydantic; their expectations are joined with "or".
+    """
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for item in error.errors(include_url=False):
+        loc = [p for p in item["loc"] if not (isinstance(p, str) and (_TAG.match(p) or p == "[key]"))]
+        entry = _line(item, loc, schema, where)
+        if entry not in found.setdefault(_path(where, loc), []):
+            found[_path(where, loc)].append(entry)
+    lines = []
+    for path, entries in found.items():
+        typed = [e for e in entries if e[0]]
+        if typed:
+            hints = "".join(dict.fromkeys(e[2] for e in typed))
+            lines.append(f"{path}: expected {' or '.join(e[0] for e in typed)}, got {typed[0][1]}.{hints}")
+        lines += [f"{path}: {got}{hint}" for expected, got, hint in entries if not expected]
+    head = f"{what}: " if what else ""
+    if len(lines) == 1:
+        return ConfigError(head + lines[0])
+    return ConfigError(f"{head}{len(lines)} problems:\n  " + "\n  ".join(lines))

@@ -9,6 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from w2v2ser._common import replacing
+
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
 from ._reader import FeatureStore, open_store
 from ._types import FeatureSpec
@@ -42,31 +44,24 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
     """
     store = open_store(store_path, allow_incomplete=allow_incomplete)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     from ._layout import open_array
 
     g = store._group
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["w2v2ser"] = json.dumps(store.attrs, sort_keys=True)
-            h5.attrs["exported_from"] = str(store.path)
-            ut = h5.create_group("utterances")
-            for col in UTTERANCE_COLUMNS:
-                values = open_array(g, f"utterances/{col}")[:]
-                if col in ("duration", "num_samples"):
-                    ut.create_dataset(col, data=values)
-                else:
-                    _write_strings(ut, col, to_str_list(values))
-            fl = h5.create_group("failures")
-            for col in FAILURE_COLUMNS:
-                _write_strings(fl, col, to_str_list(open_array(g, f"failures/{col}")[:]))
-            for name, spec in store.features.items():
-                _export_feature(store, h5.create_group(f"features/{name}"), name, spec)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs["w2v2ser"] = json.dumps(store.attrs, sort_keys=True)
+        h5.attrs["exported_from"] = str(store.path)
+        ut = h5.create_group("utterances")
+        for col in UTTERANCE_COLUMNS:
+            values = open_array(g, f"utterances/{col}")[:]
+            if col in ("duration", "num_samples"):
+                ut.create_dataset(col, data=values)
+            else:
+                _write_strings(ut, col, to_str_list(values))
+        fl = h5.create_group("failures")
+        for col in FAILURE_COLUMNS:
+            _write_strings(fl, col, to_str_list(open_array(g, f"failures/{col}")[:]))
+        for name, spec in store.features.items():
+            _export_feature(store, h5.create_group(f"features/{name}"), name, spec)
     return out
 
 
@@ -89,7 +84,6 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
     data.attrs["chunk_frames"] = int(src.chunks[0])
     for i in range(n):  # one utterance in memory at a time
         if length[i] > 0:
-            o = int(rows["offset"][i])
             data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from w2v2ser._common import replacing
+
 from ._errors import StoreError
 from ._journal import PairState, resolve_events
 from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
@@ -189,11 +191,5 @@ def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str,
                               for i, col in enumerate(FAILURE_COLUMNS)}),
     }
     for name, table in tables.items():
-        target = Path(path) / f"{name}.parquet"
-        tmp = target.with_name(f".{target.name}.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            import os
-
-            os.fsync(f.fileno())
-        tmp.replace(target)
+        with replacing(Path(path) / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from w2v2ser._common import fsync_path
+
 from ._errors import StoreError
 
 __all__ = ["JOURNAL_DIR", "Journal", "iter_journals", "read_journals", "resolve_events", "PairState", "fsync_path"]
@@ -95,20 +97,6 @@ class Journal:
             self.close()
         except OSError:
             pass
-
-
-def fsync_path(path: Path) -> None:
-    """fsync one file or directory (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _file_events(file: Path, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:

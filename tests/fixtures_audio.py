@@ -125,8 +125,8 @@ def build_iemocap_tree(root: str | Path, *, sessions: tuple[int, ...] = (1, 2),
                 start = 1.5 * k
                 lines += [
                     f"[{start:.4f} - {start + 1.2:.4f}]\t{uid}\t{label}\t[2.5000, 3.0000, 3.5000]",
-                    f"C-E1:\tNeutral;\t()",
-                    f"A-E1:\tval 3; act 3; dom  3;\t()",
+                    "C-E1:\tNeutral;\t()",
+                    "A-E1:\tval 3; act 3; dom  3;\t()",
                     "",
                 ]
                 has_audio = uid not in missing_audio

@@ -45,7 +45,6 @@ def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: ob
                      "fold": "all", "seed": seed_i, "split": {}})
         if alphas:
             a = rng.normal(size=13) + (np.arange(13) if "960h" not in (model or "") else -np.arange(13)) / 4
-            norm = np.exp(a) / np.exp(a).sum()
             a = np.abs(a)
             entry = {"main": {"alphas": a.tolist(), "normalised": (a / a.sum()).tolist(),
                               "layers": list(range(13)), "store": "main", "selection": features}}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import stat
-import struct
 import subprocess
 import sys
 import textwrap

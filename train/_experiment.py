@@ -22,13 +22,13 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import write_atomically
+from w2v2ser._common import publish_directory, write_atomically
 
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, share_memory_budget
@@ -356,11 +356,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
                 "selection": data.selections[b].text}
             for b, a in head.layer_weights_.items()})
     _write_json(tmp / "metrics.json", metrics)  # written last: its presence marks the run complete
-    if run_dir.exists():  # stale (other config key): replace it
-        trash = run_dir.with_name(f".{run_spec.name}.old-{os.getpid()}")
-        os.rename(run_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.rename(tmp, run_dir)
+    publish_directory(tmp, run_dir)
     return _result(metrics, run_dir, skipped=False)
 
 

@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from w2v2ser._common import publish_directory
+
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
@@ -357,11 +359,7 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
     if layer_weights:
         _write_json(tmp / "layer_weights.json", layer_weights)
     _write_json(tmp / "metrics.json", metrics)  # last: marks the run complete
-    if run_dir.exists():
-        trash = run_dir.with_name(f".{run_spec.name}.old-{os.getpid()}")
-        os.rename(run_dir, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.rename(tmp, run_dir)
+    publish_directory(tmp, run_dir)
 
 
 def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:

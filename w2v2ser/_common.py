@@ -6,10 +6,12 @@ TensorFlow, stage 2 never imports torch) and the store use it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -20,7 +22,9 @@ __all__ = [
     "EXIT_INPUT",
     "W2v2serError",
     "did_you_mean",
-    "fsync_directory",
+    "fsync_path",
+    "publish_directory",
+    "replacing",
     "write_atomically",
 ]
 
@@ -53,10 +57,11 @@ def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def fsync_directory(folder: Path) -> None:
-    """Make a rename or new file inside ``folder`` durable (no-op where directories cannot be opened)."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync one file or folder: a folder's fsync makes a rename or new file inside it durable
+    (a no-op where folders cannot be opened)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -65,6 +70,49 @@ def fsync_directory(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
+
+    The one fsync-and-rename path: readers see the old file or the new one, never half. On
+    any error the temp file is removed and ``path`` is untouched.
+
+    Args:
+        path: Destination file; its folder is created if needed.
+        durable: fsync the file and its folder (off only for throwaway files).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if durable:
+            fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(path.parent)
+
+
+def publish_directory(tmp: Path, target: Path) -> Path:
+    """Move a finished folder into place, replacing an older one (e.g. a stale run directory).
+
+    The old folder is renamed aside first and then deleted, so ``target`` is at every moment
+    either the old complete folder, absent, or the new complete one.
+    """
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, target)
+    fsync_path(target.parent)
+    return target
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], None], *,
@@ -83,22 +131,9 @@ def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[b
     Returns:
         ``path`` as a Path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_directory(path.parent)
-    return path
+    with replacing(path, durable=durable) as tmp, open(tmp, "wb") as handle:
+        if callable(data):
+            data(handle)
+        else:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)

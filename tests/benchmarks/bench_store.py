@@ -17,7 +17,6 @@ The last printed line is the headline ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -59,7 +58,6 @@ def main() -> None:
     how = _common.bootstrap_w2v2ser()
     import h5py
     import numpy as np
-    import zarr
 
     from w2v2ser.store import FeatureSpec, StoreWriter, Utterance, export_hdf5, open_store
 

@@ -132,7 +132,6 @@ def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
 # ------------------------------------------------------------------------------ child: one size
 def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     _common.bootstrap_w2v2ser()
-    import numpy as np
 
     from w2v2ser.store import open_store
     from w2v2ser.train import (ExperimentConfig, FeatureBatches, Item, Source, build_normaliser, get_protocol,

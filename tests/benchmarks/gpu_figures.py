@@ -238,7 +238,7 @@ def main() -> None:
     save("tolerance")
     eager = bare_model("eager")
     measure("eager", best_batch, precision, "eager", False,
-            {"bare": lambda: run_bare(eager, best_batch, precision),
+            {"bare": lambda m=eager: run_bare(m, best_batch, precision),
              "extractor": lambda e=extractor_for(best_batch, precision, "eager"): run_extractor(e)})
     del eager
     if args.compile == "yes" or (args.compile == "auto" and cuda):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ._common import ConfigError, did_you_mean
 
-__all__ = ["StrictModel", "check_dataclass", "config_error", "dataclass_model", "validate"]
+__all__ = ["StrictModel", "build_dataclass", "check_dataclass", "config_error", "dataclass_model", "validate"]
 
 
 class StrictModel(BaseModel):
@@ -90,18 +90,26 @@ def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = 
         raise error(message) from None
 
 
-def check_dataclass(instance: Any, *, what: str, error: type[Exception] = ConfigError) -> None:
+def check_dataclass(instance: Any, *, what: str = "", where: str = "", error: type[Exception] = ConfigError) -> None:
     """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
     cls = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    validate(dataclass_model(cls), values, what=what, error=error)
+    validate(dataclass_model(cls), values, where=where, what=what, error=error)
+
+
+def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
+                    error: type[Exception] = ConfigError) -> Any:
+    """``cls(**data)`` for a config dataclass, after checking ``data`` (a mapping of known keys) against it."""
+    validate(dataclass_model(cls), data, where=where, what=what, error=error)
+    return cls(**data)
 
 
 # --- errors ----------------------------------------------------------------------------------
 
 _TYPE_NAMES = {dict: "mapping", list: "list", tuple: "list", str: "string", bool: "boolean",
                int: "integer", float: "number", type(None): "null"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 # Location parts that pydantic adds for union members and validators, not keys of the file.
 _TAG = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|int|float|str|bool|none|list|dict|tuple|constrained-\w+|"
                   r"function-(?:after|before|plain|wrap))$")
@@ -169,7 +177,9 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     if kind in ("value_error", "assertion_error"):
         return "", str(error["msg"]).split(", ", 1)[-1], ""
     message = str(error["msg"])
-    if kind == "too_short":
+    if kind in _BOUNDS:
+        message = f"Input should be a value {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}"
+    elif kind == "too_short":
         message = f"Input should be at least {ctx.get('min_length')} item(s)"
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"

@@ -11,7 +11,7 @@ import difflib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -51,10 +51,15 @@ class DataError(W2v2serError):
     exit_code = EXIT_INPUT
 
 
-def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6) -> str:
-    """`` Did you mean 'x'?`` for the closest choice, or "" when none is close."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def did_you_mean(value: object, choices: Iterable[object] | Mapping[object, object], *, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` for the closest choice, or "" when none is close.
+
+    With a mapping (alias -> canonical name), the value is matched against the keys and the
+    canonical name of the closest is suggested.
+    """
+    names = {str(c): str(choices[c] if isinstance(choices, Mapping) else c) for c in choices}
+    close = difflib.get_close_matches(str(value), list(names), n=1, cutoff=cutoff)
+    return f" Did you mean {names[close[0]]!r}?" if close else ""
 
 
 def fsync_path(path: str | os.PathLike) -> None:

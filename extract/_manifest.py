@@ -176,7 +176,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         seen[uid] = row["_line"]
         split = row.get("split", "")
         if split and split.lower() not in _SPLIT_ALIASES:
-            hint = did_you_mean(split.lower(), _SPLIT_ALIASES, cutoff=0.3)
+            hint = did_you_mean(split.lower(), _SPLIT_ALIASES, cutoff=0.3, canonical=_SPLIT_ALIASES)
             raise _fail(path, line, "split", f"unknown split {split!r}",
                         f"Use one of {', '.join(_SPLITS)} (or train/training, val/valid/dev, test/eval), "
                         f"or leave it empty.{hint}")

@@ -51,15 +51,14 @@ class DataError(W2v2serError):
     exit_code = EXIT_INPUT
 
 
-def did_you_mean(value: object, choices: Iterable[object] | Mapping[object, object], *, cutoff: float = 0.6) -> str:
+def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,
+                 canonical: Mapping[str, str] | None = None) -> str:
     """`` Did you mean 'x'?`` for the closest choice, or "" when none is close.
 
-    With a mapping (alias -> canonical name), the value is matched against the keys and the
-    canonical name of the closest is suggested.
+    ``canonical`` maps aliases among the choices to the name to suggest instead (e.g. val -> validation).
     """
-    names = {str(c): str(choices[c] if isinstance(choices, Mapping) else c) for c in choices}
-    close = difflib.get_close_matches(str(value), list(names), n=1, cutoff=cutoff)
-    return f" Did you mean {names[close[0]]!r}?" if close else ""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" Did you mean {(canonical or {}).get(close[0], close[0])!r}?" if close else ""
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -183,7 +183,7 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
         message = f"Input should be at least {ctx.get('min_length')} item(s)"
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
-    expected = message.removeprefix("Input should be ")
+    expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))
     got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
     got = "null" if value is None else got
     return expected, got, ""

@@ -11,7 +11,7 @@ problem raises :class:`ConfigError` naming the key path (e.g.
 
 Experiments use a compact grid syntax: every key under ``grid`` takes a list and the
 experiment is expanded into the cartesian product, e.g.
-``grid: {corpus: [ravdess, iemocap], features: [[classic/egemaps], [w2v2_pt/wav2vec2:all]]}``.
+``grid: {corpus: [ravdess, iemocap], features: [classic/egemaps, w2v2_pt/wav2vec2:all]}``.
 """
 
 from __future__ import annotations

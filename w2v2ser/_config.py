@@ -410,10 +410,8 @@ def _prepare(raw: dict, base: Path) -> None:
 
 
 def _choice(value: Any, choices: Sequence[str], where: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}."
-                          f"{did_you_mean(value, choices)}")
-    return value
+    """A reference to a name defined elsewhere in the file (a corpus): a choice known only at load time."""
+    return validate(Literal[tuple(choices)], value, where=where)
 
 
 def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusConfig]:

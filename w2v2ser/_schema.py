@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from ._common import ConfigError, did_you_mean
 
@@ -80,13 +80,14 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 
 
-def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = "",
-             error: type[Exception] = ConfigError) -> BaseModel:
-    """``model.model_validate(data)``, raising ``error`` (a ConfigError; key paths start at ``where``)."""
+def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: type[Exception] = ConfigError) -> Any:
+    """``data`` checked against a pydantic model or any type (e.g. ``Literal["a", "b"]``), raising
+    ``error`` (a ConfigError; key paths start at ``where``)."""
+    adapter = TypeAdapter(model)
     try:
-        return model.model_validate(data)
+        return adapter.validate_python(data)
     except ValidationError as problem:
-        message = str(config_error(problem, model.model_json_schema(), where=where, what=what))
+        message = str(config_error(problem, adapter.json_schema(), where=where, what=what))
         raise error(message) from None
 
 

@@ -14,10 +14,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import numpy as np
 import soundfile as sf
 import soxr
+from pydantic import Field
 
 from ._errors import AudioError, ExtractorConfigError
 
@@ -27,7 +29,7 @@ __all__ = [
     "TARGET_SAMPLE_RATE",
     "AudioInfo",
     "DecodedAudio",
-    "check_sample_rate",
+    "SampleRate",
     "processing_rate",
     "signals_at_rates",
     "decode_audio",
@@ -92,27 +94,8 @@ def resampled_length(frames: int, sample_rate: int, target_rate: int = TARGET_SA
     return (2 * frames * target_rate + sample_rate) // (2 * sample_rate)
 
 
-def check_sample_rate(value: object, *, what: str) -> int | str:
-    """Validate an extractor's ``sample_rate`` option: ``"native"`` or a rate in Hz.
-
-    Args:
-        value: The configured value.
-        what: The config section for the message, e.g. ``"egemaps"``.
-
-    Returns:
-        ``"native"`` or the rate as an int.
-
-    Raises:
-        ExtractorConfigError: Anything else.
-    """
-    if value == NATIVE:
-        return NATIVE
-    if isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 768_000:
-        return int(value)
-    raise ExtractorConfigError(
-        f"{what} sample_rate={value!r} is not valid; expected {NATIVE!r} (each file at its own rate, "
-        "not resampled) or a rate in Hz between 1000 and 768000, e.g. 16000."
-    )
+#: An extractor's ``sample_rate`` option: ``"native"`` (each file at its own rate) or a rate in Hz.
+SampleRate = Union[Literal["native"], Annotated[int, Field(ge=1000, le=768_000)]]
 
 
 def processing_rate(configured: int | str, given: int | None) -> int:

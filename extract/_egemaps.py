@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
+from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
-from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, processing_rate, signals_at_rates
-from ._errors import ExtractorConfigError, reject_unknown_keys
+from ._audio import NATIVE, TARGET_SAMPLE_RATE, SampleRate, processing_rate, signals_at_rates
+from ._errors import ExtractorConfigError
 
 __all__ = ["EgemapsConfig", "EgemapsExtractor"]
 
@@ -29,8 +30,7 @@ def _hop(sample_rate: int) -> int:
 def _min_signal(sample_rate: int) -> int:
     return math.floor(0.06 * sample_rate + 0.5)
 # Sets whose low-level descriptors share the framing rule above (checked per set).
-_FEATURE_SETS = ("eGeMAPSv02", "eGeMAPSv01b", "eGeMAPSv01a", "GeMAPSv01b", "GeMAPSv01a")
-_FEATURE_LEVELS = ("LowLevelDescriptors",)
+FeatureSet = Literal["eGeMAPSv02", "eGeMAPSv01b", "eGeMAPSv01a", "GeMAPSv01b", "GeMAPSv01a"]
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,16 @@ class EgemapsConfig:
             every file is resampled to first (16000 is what w2v2ser did before this option).
     """
 
-    feature_set: str = "eGeMAPSv02"
-    feature_level: str = "LowLevelDescriptors"
-    sample_rate: int | str = NATIVE
+    feature_set: FeatureSet = "eGeMAPSv02"
+    # The store keeps frames: functionals can be computed from the stored descriptors.
+    feature_level: Literal["LowLevelDescriptors"] = "LowLevelDescriptors"
+    sample_rate: SampleRate = NATIVE
 
     #: What an absent key meant in a config recorded by an older store (see build_extractor).
     RECORDED_DEFAULTS: ClassVar[dict[str, Any]] = {"sample_rate": TARGET_SAMPLE_RATE}
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate, what="egemaps"))
-        if self.feature_set not in _FEATURE_SETS:
-            raise ExtractorConfigError(
-                f"egemaps feature_set {self.feature_set!r} is not supported; expected one of "
-                f"{', '.join(_FEATURE_SETS)} (frame-level GeMAPS family). Use 'eGeMAPSv02'."
-            )
-        if self.feature_level not in _FEATURE_LEVELS:
-            raise ExtractorConfigError(
-                f"egemaps feature_level {self.feature_level!r} is not supported; the store keeps "
-                "frame-level features, so use 'LowLevelDescriptors' (functionals can be computed "
-                "from the stored frames)."
-            )
+        check_dataclass(self, what="egemaps config", error=ExtractorConfigError)  # the annotations
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with one key per field."""
@@ -73,8 +63,7 @@ class EgemapsConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EgemapsConfig":
         """Build from a dict, rejecting unknown keys with a did-you-mean hint."""
-        reject_unknown_keys(data, [f.name for f in fields(cls)], what="egemaps")
-        return cls(**data)
+        return build_dataclass(cls, data, what="egemaps config", error=ExtractorConfigError)
 
 
 def _smile_in_this_process(feature_set: str, feature_level: str) -> Any:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from w2v2ser._common import did_you_mean
 from w2v2ser.store import Utterance
 
 from ._errors import ManifestError
@@ -67,9 +67,8 @@ def _check_header(path: Path, header: list[str] | None) -> None:
                     "Write a header line 'path,label,speaker' followed by one row per utterance.")
     for column in _REQUIRED:
         if column not in header:
-            close = difflib.get_close_matches(column, header, n=1, cutoff=0.5)
-            close = close or [h for h in header if h.strip().lower() == column]
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(column, header, cutoff=0.5) or did_you_mean(
+                column, [h for h in header if h.strip().lower() == column], cutoff=0)
             raise _fail(path, 1, column, f"required column {column!r} is missing (header: {header})",
                         f"Add or rename the column; required: {', '.join(_REQUIRED)}.{hint}")
     dupes = [c for c, n in Counter(header).items() if n > 1]
@@ -177,8 +176,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         seen[uid] = row["_line"]
         split = row.get("split", "")
         if split and split.lower() not in _SPLIT_ALIASES:
-            close = difflib.get_close_matches(split.lower(), list(_SPLIT_ALIASES), n=1, cutoff=0.3)
-            hint = f" Did you mean {_SPLIT_ALIASES[close[0]]!r}?" if close else ""
+            hint = did_you_mean(split.lower(), _SPLIT_ALIASES, cutoff=0.3, canonical=_SPLIT_ALIASES)
             raise _fail(path, line, "split", f"unknown split {split!r}",
                         f"Use one of {', '.join(_SPLITS)} (or train/training, val/valid/dev, test/eval), "
                         f"or leave it empty.{hint}")

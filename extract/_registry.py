@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from w2v2ser._common import ConfigError, did_you_mean
+from w2v2ser._common import ConfigError
+from w2v2ser._schema import validate
 from w2v2ser.store import FeatureSpec
 
 __all__ = [
@@ -69,11 +70,7 @@ _REQUIRES: dict[str, tuple[str, ...]] = {"wav2vec2": ("torch", "transformers"), 
 
 
 def _lookup(name: str) -> tuple[type, type]:
-    if name not in EXTRACTORS:
-        raise UnknownFeatureError(
-            f"Unknown feature {name!r}; expected one of {', '.join(sorted(EXTRACTORS))}."
-            f"{did_you_mean(name, EXTRACTORS)}"
-        )
+    validate(Literal[tuple(sorted(EXTRACTORS))], name, where="feature", error=UnknownFeatureError)
     module_name, config_name, extractor_name = EXTRACTORS[name]
     module = importlib.import_module(module_name)
     return getattr(module, config_name), getattr(module, extractor_name)

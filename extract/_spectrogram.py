@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
-from ._audio import NATIVE, TARGET_SAMPLE_RATE, check_sample_rate, processing_rate, signals_at_rates
-from ._errors import ExtractorConfigError, reject_unknown_keys
+from ._audio import NATIVE, TARGET_SAMPLE_RATE, SampleRate, processing_rate, signals_at_rates
+from ._errors import ExtractorConfigError
 
 __all__ = ["SpectrogramConfig", "SpectrogramExtractor"]
 
 # Frames transformed per FFT call: bounds the complex temporary for hour-long audio.
 _BLOCK_FRAMES = 4096
 _LOG_FLOOR = 1e-6
-_WINDOWS = ("hann", "hamming", "blackman", "boxcar")
+# Choices and bounds of the options are their annotations, checked by w2v2ser._schema.
+_Samples = Optional[Annotated[int, Field(ge=1)]]
+_Milliseconds = Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]]
 
 
 def _ms_to_samples(value: float, key: str, rate: int = TARGET_SAMPLE_RATE) -> int:
     samples = value * rate / 1000
-    if not value > 0 or abs(samples - round(samples)) > 1e-6:
+    if abs(samples - round(samples)) > 1e-6:
         raise ExtractorConfigError(
             f"spectrogram {key}={value!r} ms is not a positive whole number of samples at {rate} Hz "
             f"({samples:g} samples); use a multiple of {1000 / rate:g} ms (e.g. 25.0 or 10.0 at "
             f"16 kHz), or give the length in samples ({key.replace('_ms', '_samples')})."
         )
     return int(round(samples))
-
-
-def _positive_samples(value: object, key: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ExtractorConfigError(f"spectrogram {key}={value!r} must be a positive integer (samples) or null.")
-    return value
 
 
 def _window(name: str, length: int) -> np.ndarray:
@@ -83,16 +79,16 @@ class SpectrogramConfig:
             different lengths or bins of different widths.
     """
 
-    window_ms: float | None = None
-    hop_ms: float | None = None
-    n_fft: int | None = None
-    window: str = "hann"
+    window_ms: _Milliseconds = None
+    hop_ms: _Milliseconds = None
+    n_fft: _Samples = None
+    window: Literal["hann", "hamming", "blackman", "boxcar"] = "hann"
     center: bool = False
-    power: float = 1.0
+    power: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
     log: bool = False
-    sample_rate: int | str = TARGET_SAMPLE_RATE
-    window_samples: int | None = None
-    hop_samples: int | None = None
+    sample_rate: SampleRate = TARGET_SAMPLE_RATE
+    window_samples: _Samples = None
+    hop_samples: _Samples = None
 
     #: What an absent key meant in a config recorded by an older store (see build_extractor).
     RECORDED_DEFAULTS: ClassVar[dict[str, Any]] = {
@@ -100,9 +96,8 @@ class SpectrogramConfig:
     }
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate, what="spectrogram"))
+        check_dataclass(self, what="spectrogram config", error=ExtractorConfigError)  # the annotations
         for ms, samples, default in (("window_ms", "window_samples", 25.0), ("hop_ms", "hop_samples", 10.0)):
-            _positive_samples(getattr(self, samples), samples)
             if getattr(self, ms) is not None and getattr(self, samples) is not None:
                 raise ExtractorConfigError(
                     f"spectrogram has both {ms}={getattr(self, ms)!r} and {samples}={getattr(self, samples)!r}; "
@@ -115,23 +110,10 @@ class SpectrogramConfig:
             self.hop_length_at(self.sample_rate)
         else:
             win = self.window_samples  # ms lengths are checked against each file's rate
-        if self.n_fft is not None:
-            if isinstance(self.n_fft, bool) or not isinstance(self.n_fft, int):
-                raise ExtractorConfigError(
-                    f"spectrogram n_fft={self.n_fft!r} must be an integer or null (= window length)."
-                )
-            if win is not None and self.n_fft < win:
-                raise ExtractorConfigError(
-                    f"spectrogram n_fft={self.n_fft} is smaller than the window ({win} samples); the FFT "
-                    f"would drop samples. Use n_fft >= {win} (e.g. {1 << (win - 1).bit_length()}) or n_fft: null."
-                )
-        if self.window not in _WINDOWS:
+        if self.n_fft is not None and win is not None and self.n_fft < win:
             raise ExtractorConfigError(
-                f"spectrogram window {self.window!r} is not supported; use one of {', '.join(_WINDOWS)}."
-            )
-        if not self.power > 0:
-            raise ExtractorConfigError(
-                f"spectrogram power={self.power!r} must be > 0 (1.0 magnitude, 2.0 power)."
+                f"spectrogram n_fft={self.n_fft} is smaller than the window ({win} samples); the FFT "
+                f"would drop samples. Use n_fft >= {win} (e.g. {1 << (win - 1).bit_length()}) or n_fft: null."
             )
 
     def _rate(self, rate: int | None) -> int:
@@ -182,8 +164,7 @@ class SpectrogramConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SpectrogramConfig":
         """Build from a dict, rejecting unknown keys with a did-you-mean hint."""
-        reject_unknown_keys(data, [f.name for f in fields(cls)], what="spectrogram")
-        return cls(**data)
+        return build_dataclass(cls, data, what="spectrogram config", error=ExtractorConfigError)
 
 
 class SpectrogramExtractor:

@@ -34,14 +34,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import numpy as np
+from pydantic import Field
 
+from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
-from ._errors import ExtractorConfigError, reject_unknown_keys
+from ._errors import ExtractorConfigError
 
 from ._models import ModelSource, load_model, resolve_model
 
@@ -58,10 +60,8 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
-_DEVICES = ("auto", "cpu", "cuda")
-_DTYPES = ("float16", "float32")
-_PRECISIONS = ("auto", "float32", "float16", "bfloat16")
-_ATTENTIONS = ("sdpa", "eager")
+# Choices and bounds of the options are their annotations, checked by w2v2ser._schema.
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _FAMILY_TITLES = {"wav2vec2": "wav2vec 2.0", "hubert": "HuBERT", "wavlm": "WavLM", "data2vec": "data2vec-audio"}
 
 
@@ -90,56 +90,21 @@ class Wav2Vec2Config:
 
     section: ClassVar[str] = "wav2vec2"
 
-    model: str = "facebook/wav2vec2-base"
-    revision: str | None = None
-    device: str = "auto"
-    batch_seconds: float = 32.0
-    dtype: str = "float16"
-    precision: str = "auto"
-    attention: str = "sdpa"
+    model: Annotated[str, Field(min_length=1, pattern=r"\S")] = "facebook/wav2vec2-base"
+    revision: Optional[str] = None
+    device: Union[Literal["auto", "cpu", "cuda"], Annotated[str, Field(pattern=r"^cuda:\d+$")]] = "auto"
+    batch_seconds: _Seconds = 32.0
+    dtype: Literal["float16", "float32"] = "float16"
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    attention: Literal["sdpa", "eager"] = "sdpa"
     compile: bool = False
-    num_threads: int | None = None
-    max_seconds: float | None = 120.0
+    num_threads: Optional[Annotated[int, Field(ge=1)]] = None
+    max_seconds: Optional[_Seconds] = 120.0
 
     def __post_init__(self) -> None:
-        where = self.section
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ExtractorConfigError(f"{where}.model must be a non-empty string, got {self.model!r}")
-        if self.revision is not None and not isinstance(self.revision, str):
-            raise ExtractorConfigError(f"{where}.revision must be a string or null, got {self.revision!r}")
-        if not isinstance(self.device, str) or not (
-            self.device in _DEVICES or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        ):
-            raise ExtractorConfigError(f"{where}.device must be one of {list(_DEVICES)} or 'cuda:N', got {self.device!r}")
-        try:
-            seconds = float(self.batch_seconds)
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if isinstance(self.batch_seconds, bool) or not math.isfinite(seconds) or seconds <= 0:
-            raise ExtractorConfigError(
-                f"{where}.batch_seconds must be a positive number of seconds (e.g. 32), got {self.batch_seconds!r}"
-            )
-        self.batch_seconds = seconds
-        if self.max_seconds is not None:
-            if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) or not (
-                math.isfinite(self.max_seconds) and self.max_seconds > 0
-            ):
-                raise ExtractorConfigError(
-                    f"{where}.max_seconds must be a positive number of seconds or null, got {self.max_seconds!r}"
-                )
-            self.max_seconds = float(self.max_seconds)
-        if self.dtype not in _DTYPES:
-            raise ExtractorConfigError(f"{where}.dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        if self.precision not in _PRECISIONS:
-            raise ExtractorConfigError(f"{where}.precision must be one of {list(_PRECISIONS)}, got {self.precision!r}")
-        if self.attention not in _ATTENTIONS:
-            raise ExtractorConfigError(f"{where}.attention must be one of {list(_ATTENTIONS)}, got {self.attention!r}")
-        if not isinstance(self.compile, bool):
-            raise ExtractorConfigError(f"{where}.compile must be true or false, got {self.compile!r}")
-        if self.num_threads is not None and (
-            isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1
-        ):
-            raise ExtractorConfigError(f"{where}.num_threads must be a positive integer or null, got {self.num_threads!r}")
+        check_dataclass(self, what=f"{self.section} config", error=ExtractorConfigError)  # the annotations
+        self.batch_seconds = float(self.batch_seconds)
+        self.max_seconds = None if self.max_seconds is None else float(self.max_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the options (pipeline.yaml keys)."""
@@ -148,8 +113,7 @@ class Wav2Vec2Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
         """Build from a dict, rejecting unknown keys with a did-you-mean suggestion."""
-        reject_unknown_keys(data, [f.name for f in fields(cls)], what=cls.section)
-        return cls(**data)
+        return build_dataclass(cls, data, what=f"{cls.section} config", error=ExtractorConfigError)
 
 
 @dataclass

@@ -235,3 +235,15 @@ def test_one_error_hierarchy_with_exit_codes() -> None:
     for error, code in ((ExtractorConfigError, 2), (SelectionError, 2), (AudioError, 2), (ManifestError, 2),
                         (StoreLockedError, 2), (StoreError, 2), (EvaluateError, 2)):
         assert issubclass(error, w2v2ser.W2v2serError) and error.exit_code == code, error
+
+
+def test_names_outside_the_file_get_the_same_message() -> None:
+    """Names given to the Python API (a feature, a recipe) and references inside the file (a corpus)
+    are checked through the schema module: one message format, with a did-you-mean."""
+    from w2v2ser.extract import build_extractor
+    from w2v2ser.train import get_recipe
+
+    with pytest.raises(ConfigError, match=r"^feature: expected one of .*egemaps.*, got 'egemap'\. Did you mean 'egemaps'\?"):
+        build_extractor("egemap")
+    with pytest.raises(ConfigError, match=r"^recipe: expected one of paper, official, got 'papr'\. Did you mean 'paper'\?"):
+        get_recipe("papr")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated, Any, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
 from w2v2ser._schema import check_dataclass, dataclass_model, validate
-
-from ._errors import ConfigError
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
@@ -74,6 +72,5 @@ def get_recipe(name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
     Raises:
         ConfigError: Unknown recipe name or override key.
     """
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)} (set recipe: paper|official)")
+    validate(Literal[tuple(RECIPES)], name, where="recipe")
     return RECIPES[name].with_overrides(overrides or {})

@@ -11,7 +11,7 @@ import difflib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -51,10 +51,14 @@ class DataError(W2v2serError):
     exit_code = EXIT_INPUT
 
 
-def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6) -> str:
-    """`` Did you mean 'x'?`` for the closest choice, or "" when none is close."""
+def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,
+                 canonical: Mapping[str, str] | None = None) -> str:
+    """`` Did you mean 'x'?`` for the closest choice, or "" when none is close.
+
+    ``canonical`` maps aliases among the choices to the name to suggest instead (e.g. val -> validation).
+    """
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return f" Did you mean {(canonical or {}).get(close[0], close[0])!r}?" if close else ""
 
 
 def fsync_path(path: str | os.PathLike) -> None:

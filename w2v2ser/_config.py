@@ -11,7 +11,7 @@ problem raises :class:`ConfigError` naming the key path (e.g.
 
 Experiments use a compact grid syntax: every key under ``grid`` takes a list and the
 experiment is expanded into the cartesian product, e.g.
-``grid: {corpus: [ravdess, iemocap], features: [[classic/egemaps], [w2v2_pt/wav2vec2:all]]}``.
+``grid: {corpus: [ravdess, iemocap], features: [classic/egemaps, w2v2_pt/wav2vec2:all]}``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema, create_model,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema,
+                      create_model, model_validator)
 
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
@@ -150,6 +150,16 @@ class ReportEntry(StrictModel):
     experiments: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ("*",)
 
 
+class ExperimentKeys(BaseModel):
+    """Stage 1's view of an experiment: the keys the pipeline reads itself (stage 2 checks the rest)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    corpus: Optional[str] = None
+    grid: Optional[dict[str, Annotated[list[Any], Field(min_length=1)]]] = None
+    sweep: bool = False
+
+
 def _feature_model(name: str) -> type[StrictModel]:
     """Schema of one extractor's options, derived from its config dataclass; building the dataclass
     runs its own cross-field checks (window vs FFT size...) inside validation, at the right key path."""
@@ -200,7 +210,7 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
                                                      "of features plus the weighted average (w2v2ser sweep)")))
         experiment_section: Any = Optional[dict[str, experiment]]
     else:
-        experiment_section = Optional[dict[str, dict[str, Any]]]
+        experiment_section = Optional[dict[str, ExperimentKeys]]
     return create_model(
         "Pipeline", __base__=StrictModel, __doc__="w2v2ser pipeline.yaml",
         output=(Optional[str], None),
@@ -400,10 +410,8 @@ def _prepare(raw: dict, base: Path) -> None:
 
 
 def _choice(value: Any, choices: Sequence[str], where: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}."
-                          f"{did_you_mean(value, choices)}")
-    return value
+    """A reference to a name defined elsewhere in the file (a corpus): a choice known only at load time."""
+    return validate(Literal[tuple(choices)], value, where=where)
 
 
 def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusConfig]:
@@ -496,14 +504,8 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
     specs: list[ExperimentSpec] = []
     for group, entry in (section or {}).items():
         where = f"experiments.{group}"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of experiment settings, got {entry!r}")
-        grid = entry.get("grid") or {}
-        if not isinstance(grid, Mapping):  # stage 1 reads experiments without their schema
-            raise ConfigError(f"{where}.grid: expected a mapping key -> list of values, got {grid!r}")
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values, got {values!r}")
+        grid = entry.get("grid") or {}  # types checked by the schema
+        for key in grid:
             if key in entry:
                 raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
         fixed = {k: v for k, v in entry.items() if k != "grid"}
@@ -513,8 +515,6 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
             label = "/".join(_label(v) for k, v in zip(keys, point) if k != "corpus")
             corpus = values.pop("corpus", None)
             sweep = values.pop("sweep", False)
-            if not isinstance(sweep, bool):  # stage 1 reads experiments without their schema
-                raise ConfigError(f"{where}.sweep: expected true or false, got {sweep!r}")
             if sweep and values.get("head", "dense") != "dense":
                 raise ConfigError(f"{where}.head: a layer sweep trains the Dense probe, got {values['head']!r}; "
                                   f"drop head or set it to dense")

@@ -20,11 +20,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from ._common import ConfigError, did_you_mean
 
-__all__ = ["StrictModel", "check_dataclass", "config_error", "dataclass_model", "validate"]
+__all__ = ["StrictModel", "build_dataclass", "check_dataclass", "config_error", "dataclass_model", "validate"]
 
 
 class StrictModel(BaseModel):
@@ -80,28 +80,37 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 
 
-def validate(model: type[BaseModel], data: Any, *, where: str = "", what: str = "",
-             error: type[Exception] = ConfigError) -> BaseModel:
-    """``model.model_validate(data)``, raising ``error`` (a ConfigError; key paths start at ``where``)."""
+def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: type[Exception] = ConfigError) -> Any:
+    """``data`` checked against a pydantic model or any type (e.g. ``Literal["a", "b"]``), raising
+    ``error`` (a ConfigError; key paths start at ``where``)."""
+    adapter = TypeAdapter(model)
     try:
-        return model.model_validate(data)
+        return adapter.validate_python(data)
     except ValidationError as problem:
-        message = str(config_error(problem, model.model_json_schema(), where=where, what=what))
+        message = str(config_error(problem, adapter.json_schema(), where=where, what=what))
         raise error(message) from None
 
 
-def check_dataclass(instance: Any, *, what: str, error: type[Exception] = ConfigError) -> None:
+def check_dataclass(instance: Any, *, what: str = "", where: str = "", error: type[Exception] = ConfigError) -> None:
     """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
     cls = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    validate(dataclass_model(cls), values, what=what, error=error)
+    validate(dataclass_model(cls), values, where=where, what=what, error=error)
+
+
+def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
+                    error: type[Exception] = ConfigError) -> Any:
+    """``cls(**data)`` for a config dataclass, after checking ``data`` (a mapping of known keys) against it."""
+    validate(dataclass_model(cls), data, where=where, what=what, error=error)
+    return cls(**data)
 
 
 # --- errors ----------------------------------------------------------------------------------
 
 _TYPE_NAMES = {dict: "mapping", list: "list", tuple: "list", str: "string", bool: "boolean",
                int: "integer", float: "number", type(None): "null"}
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 # Location parts that pydantic adds for union members and validators, not keys of the file.
 _TAG = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|int|float|str|bool|none|list|dict|tuple|constrained-\w+|"
                   r"function-(?:after|before|plain|wrap))$")
@@ -169,11 +178,13 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     if kind in ("value_error", "assertion_error"):
         return "", str(error["msg"]).split(", ", 1)[-1], ""
     message = str(error["msg"])
-    if kind == "too_short":
+    if kind in _BOUNDS:
+        message = f"Input should be a value {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}"
+    elif kind == "too_short":
         message = f"Input should be at least {ctx.get('min_length')} item(s)"
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
-    expected = message.removeprefix("Input should be ")
+    expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))
     got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
     got = "null" if value is None else got
     return expected, got, ""

@@ -392,8 +392,7 @@ class StoreWriter:
                 events.append({"event": "reset", "index": row, "id": u.id, "feature": None})
             if num_samples[pos] is None or pos in failures:
                 reason = failures.get(pos, "audio header unreadable (num_samples unknown)")
-                current = state.row_failure.get(row)
-                if current is None or current[1].get("reason") != reason:
+                if state.row_failure_reason(row) != str(reason):
                     events.append({"event": "failure", "index": row, "id": u.id,
                                    "feature": None, "reason": str(reason)})
         if events:
@@ -434,7 +433,7 @@ class StoreWriter:
         for pos, row in enumerate(rows):
             if num_samples[pos] is None:
                 continue
-            if state.committed(row, name) is None or capacity[row] < 0:
+            if not state.committed(row, name) or capacity[row] < 0:
                 capacity[row] = max(int(caps[pos]), 0)
         if np.array_equal(before, capacity):
             return False
@@ -513,13 +512,11 @@ class StoreWriter:
         state = resolve_events(self.path)
         num_samples = self._column("num_samples")[:]
         planned = {name: self._feature(name, "capacity")[:] for name in names}
-        out = []
-        for row in range(len(num_samples)):
-            if num_samples[row] < 0:
-                continue
-            if any(planned[f][row] >= 0 and state.committed(row, f) is None for f in names):
-                out.append(row)
-        return out
+        n = len(num_samples)
+        missing = np.zeros(n, bool)
+        for f in names:
+            missing |= (planned[f][:n] >= 0) & ~state.committed_rows(f, n)
+        return np.flatnonzero(missing & (num_samples >= 0)).tolist()
 
     def _row_id(self, index: int) -> str:
         if self._ids is None or index >= len(self._ids):

@@ -233,14 +233,12 @@ class PairRows:
         if len(self.sha) < 32 * (idx + 1):
             self.sha.extend(bytes(32 * (idx + 1) - len(self.sha)))
         raw = None
-        if isinstance(sha, str) and len(sha) == 64:
+        if isinstance(sha, str) and len(sha) == 64 and sha == sha.lower():  # upper case: kept as text
             try:
                 raw = bytes.fromhex(sha)
             except ValueError:
                 pass
-            if raw is not None and raw.hex() != sha:  # upper case hex: keep the text as it was
-                raw = None
-        if raw is None:
+        if raw is None or len(raw) != 32:  # fromhex skips spaces: then the text is kept too
             self.odd_sha[idx] = str(sha)
         else:
             self.sha[32 * idx:32 * idx + 32] = raw

@@ -2,7 +2,7 @@
 
 Plans N utterances (one 2-D feature) through ``StoreWriter.plan``, writes one commit record per
 utterance straight into a journal (as work units would, without frames), then times
-``StoreWriter.finalize`` in a fresh process and reads its peak resident memory (ru_maxrss).
+``StoreWriter.finalize`` in a fresh process and reads its peak resident memory (VmHWM).
 The index and the statistics are row-chunked arrays, so the file count stays bounded as the
 corpus grows; finalize folds the journal events into numpy columns indexed by row, so its
 memory grows by a few hundred bytes per utterance, not by the events' Python objects.
@@ -43,7 +43,12 @@ from w2v2ser.store import StoreWriter, open_store
 t = time.perf_counter()
 w = StoreWriter(sys.argv[1]); w.finalize(); w.close()
 wall = time.perf_counter() - t
+# VmHWM: the peak of this process's own memory. ru_maxrss would also count the parent's
+# peak, which Linux carries into a child started with vfork + exec (as subprocess does).
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        rss = int(line.split()[1]) / 1024
 t = time.perf_counter()
 s = open_store(sys.argv[1]); n = len(s.list_utterances())
 print(json.dumps({"finalize_s": wall, "open_and_list_s": time.perf_counter() - t, "done": n,

@@ -101,6 +101,14 @@ def data_codecs(spec: FeatureSpec) -> list[Any]:
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
+def _all_finite(x: np.ndarray) -> bool:
+    """np.isfinite(x).all(); for float16 from the bits (exponent all ones: inf or NaN), since
+    numpy converts every float16 element to float32 for isfinite (10x slower on [T, 13, 768])."""
+    if x.dtype == np.float16:
+        return x.size == 0 or int((x.view(np.uint16) & 0x7FFF).max()) < 0x7C00
+    return bool(np.isfinite(x).all())
+
+
 class StoreWriter:
     """Writes one store; the driver plans and finalizes, workers fill work units.
 
@@ -551,7 +559,7 @@ class StoreWriter:
             )
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
             stored = np.ascontiguousarray(x.astype(spec.dtype, copy=False))
-        if not np.isfinite(stored).all():
+        if not _all_finite(stored):
             bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
             raise StoreError(
                 f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "

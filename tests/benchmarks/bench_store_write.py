@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +96,31 @@ def _tensorstore(root: Path, frames: list[np.ndarray]) -> float:
     return time.perf_counter() - started
 
 
+_BASELINE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1] + "/tests/benchmarks")
+import numpy as np
+import bench_store_write as bench
+import w2v2ser.store
+assert w2v2ser.store.__file__.startswith(sys.argv[1]), w2v2ser.store.__file__
+rng = np.random.default_rng(0)
+frames = [rng.standard_normal((int(n), 13, 768)).astype("float16") for n in rng.integers(100, 251, int(sys.argv[3]))]
+print(bench._w2v2ser(Path(sys.argv[2]), frames, zarrs=True))
+"""
+
+
+def _baseline(root: Path, code: str, count: int) -> float:
+    """The zarrs mode with another w2v2ser source tree, in a fresh base-interpreter process
+    (outside any virtual environment holding an installed w2v2ser); same frames (seed 0)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run([getattr(sys, "_base_executable", sys.executable), "-c", _BASELINE, code, str(root),
+                           str(count)], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def _dd(root: Path, megabytes: float) -> float:
     root.mkdir(parents=True, exist_ok=True)
     count = max(1, int(round(megabytes * 1e6 / 4 / 2**20)))
@@ -112,13 +138,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", help="folder on the disk to measure (default: a temp dir)")
     parser.add_argument("--out", help="results folder (default tests/benchmarks/results)")
+    parser.add_argument("--modes", default="dd,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
+                        help="comma-separated modes (dd is always run)")
+    parser.add_argument("--baseline-code", help="source tree of another w2v2ser: adds mode baseline_zarrs")
     args = parser.parse_args()
     count, reps = (64, 2) if args.quick else (args.utterances, args.reps)
     rng = np.random.default_rng(0)
     frames = [rng.standard_normal((int(n), 13, 768)).astype("float16") for n in rng.integers(100, 251, count)]
     megabytes = sum(f.nbytes for f in frames) / 1e6
     info = machine_info(["numpy", "zarr", "zarrs", "tensorstore"])
-    modes = ["dd", "w2v2ser_zarrs", "w2v2ser_zarr_native", "tensorstore_shards"]
+    modes = ["dd"] + [m for m in args.modes.split(",") if m and m != "dd"]
+    if args.baseline_code:
+        modes.append("baseline_zarrs")
     times: dict[str, list[float]] = {m: [] for m in modes}
     work = Path(tempfile.mkdtemp(prefix="w2v2ser-write-", dir=args.workdir))
     try:
@@ -128,6 +159,8 @@ def main() -> None:
                 target = work / f"{mode}-{rep}"
                 if mode == "dd":
                     seconds = _dd(target, megabytes)
+                elif mode == "baseline_zarrs":
+                    seconds = _baseline(target, args.baseline_code, count)
                 elif mode == "tensorstore_shards":
                     seconds = _tensorstore(target, frames)
                 else:
@@ -145,6 +178,8 @@ def main() -> None:
     print(table)
     headline = (f"StoreWriter (zarrs, fsynced) / dd conv=fsync = {ratio['w2v2ser_zarrs']:.2f}x "
                 f"({rates['w2v2ser_zarrs']:.0f} vs {rates['dd']:.0f} MB/s; goal >= 0.7)")
+    if "baseline_zarrs" in ratio:
+        headline += f"; baseline code {ratio['baseline_zarrs']:.2f}x ({rates['baseline_zarrs']:.0f} MB/s)"
     write_results(
         "bench_store_write" + ("_quick" if args.quick else ""),
         {"command": command_line(), "machine": {**info, "load_average_start": load_average()},
@@ -152,7 +187,9 @@ def main() -> None:
         table, out=args.out, headline=headline,
         notes=["float16 [T, 13, 768], T 100-250; shards of 240 s (12032 frames), inner chunks (128, 1, 768), "
                "no compression + crc32c; w2v2ser modes include per-utterance statistics, per-layer crc32, "
-               f"fsync of shards, folders and journal; {UNIT} utterances per work unit"],
+               f"fsync of shards, folders and journal; {UNIT} utterances per work unit"]
+        + ([f"baseline_zarrs: w2v2ser_zarrs with the source tree {args.baseline_code}, in a fresh process"]
+           if args.baseline_code else []),
     )
     print(headline)
 

@@ -7,6 +7,9 @@ folders, fsynced journal) with each candidate Zarr implementation, and times
 
 - ``w2v2ser_zarrs``: zarr-python with the zarrs codec pipeline (what w2v2ser uses);
 - ``w2v2ser_zarr_native``: zarr-python's own codec pipeline;
+- ``raw_fsync``: the same frame bytes written to one file in 4 MiB writes, then fsynced (dd with
+  the store's data instead of zeros, which a virtual disk may shortcut);
+- ``baseline_zarrs`` (with ``--baseline-code DIR``): ``w2v2ser_zarrs`` with another source tree;
 - ``tensorstore_shards``: tensorstore's zarr3 driver writing the same sharded layout, whole
   shards, then every file fsynced (no statistics, crc32 or journal: the bare implementation).
 
@@ -121,6 +124,22 @@ def _baseline(root: Path, code: str, count: int) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def _raw(root: Path, frames: list[np.ndarray]) -> float:
+    """The same frame bytes written sequentially to one file in 4 MiB writes, then fsynced:
+    dd's measure with the store's data instead of zeros (a virtual disk may shortcut zeros)."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = memoryview(np.concatenate(frames)).cast("B")
+    started = time.perf_counter()
+    fd = os.open(root / "raw.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for lo in range(0, len(data), 4 * 2**20):
+            os.write(fd, data[lo:lo + 4 * 2**20])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - started
+
+
 def _dd(root: Path, megabytes: float) -> float:
     root.mkdir(parents=True, exist_ok=True)
     count = max(1, int(round(megabytes * 1e6 / 4 / 2**20)))
@@ -138,7 +157,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", help="folder on the disk to measure (default: a temp dir)")
     parser.add_argument("--out", help="results folder (default tests/benchmarks/results)")
-    parser.add_argument("--modes", default="dd,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
+    parser.add_argument("--modes", default="dd,raw_fsync,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
                         help="comma-separated modes (dd is always run)")
     parser.add_argument("--baseline-code", help="source tree of another w2v2ser: adds mode baseline_zarrs")
     args = parser.parse_args()
@@ -159,6 +178,8 @@ def main() -> None:
                 target = work / f"{mode}-{rep}"
                 if mode == "dd":
                     seconds = _dd(target, megabytes)
+                elif mode == "raw_fsync":
+                    seconds = _raw(target, frames)
                 elif mode == "baseline_zarrs":
                     seconds = _baseline(target, args.baseline_code, count)
                 elif mode == "tensorstore_shards":
@@ -178,6 +199,9 @@ def main() -> None:
     print(table)
     headline = (f"StoreWriter (zarrs, fsynced) / dd conv=fsync = {ratio['w2v2ser_zarrs']:.2f}x "
                 f"({rates['w2v2ser_zarrs']:.0f} vs {rates['dd']:.0f} MB/s; goal >= 0.7)")
+    if "raw_fsync" in times:
+        to_raw = statistics.median(r / t for r, t in zip(times["raw_fsync"], times["w2v2ser_zarrs"]))
+        headline += f"; vs raw_fsync (same bytes, one file, fsync) {to_raw:.2f}x"
     if "baseline_zarrs" in ratio:
         headline += f"; baseline code {ratio['baseline_zarrs']:.2f}x ({rates['baseline_zarrs']:.0f} MB/s)"
     write_results(

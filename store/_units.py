@@ -45,8 +45,9 @@ def _tensorstore_array(folder: Path) -> Any:
     """The array at `folder` opened with tensorstore's zarr3 driver, or None without tensorstore.
 
     Whole shards are written through tensorstore when it is installed: same Zarr v3 format
-    (the array's own zarr.json, fill-value chunks left out), 1.7x zarrs' speed for a 224 MB
-    shard (tests/benchmarks/bench_store_write.py). Opened per shard: the array may have grown.
+    (the array's own zarr.json, fill-value chunks left out); the whole writer ran 1.3x faster
+    than through zarr + zarrs (tests/benchmarks/bench_store_write.py). Opened per shard: the
+    array may have grown.
     """
     if not _TENSORSTORE:
         try:

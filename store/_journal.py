@@ -272,7 +272,7 @@ class PairState:
     utterances stays within a few hundred MB. Failure reasons are kept as strings.
     """
 
-    def __init__(self, events: Iterable[dict[str, Any]], *, ids: Any = None) -> None:
+    def __init__(self, events: Iterable[dict[str, Any]], *, ids: Any = None, store: Any = None) -> None:
         rows = len(ids) if ids is not None else 0
         self.features: dict[str, PairRows] = {}
         self._row = _Grown({"seq": (np.int64, (), -1)}, rows)  # latest row-wide failure
@@ -280,14 +280,17 @@ class PairState:
         for seq, ev in enumerate(events):  # in time order, so later events win
             idx, feat, kind = int(ev["index"]), ev.get("feature"), ev["event"]
             if idx < 0:
-                raise StoreError(f"journal event names row {idx} of utterance {ev.get('id')!r}: rows are >= 0.")
+                raise StoreError(
+                    f"journal of store {store} names row {idx} for utterance {ev.get('id')!r}; rows are >= 0, "
+                    f"so the journal is damaged. Delete that line (the utterance is extracted again)."
+                )
             if ids is not None and (idx >= rows or ids[idx] != ev.get("id")):
                 # A line naming a row whose id differs: journals of another store were mixed in.
                 have = ids[idx] if idx < rows else "no such row"
                 raise StoreError(
-                    f"journal names row {idx} as utterance {ev.get('id')!r}, but that row holds "
-                    f"{have!r}: the _journal folder does not belong to this store. Restore the "
-                    f"right journals or extract into a new store."
+                    f"journal of store {store} names row {idx} as utterance {ev.get('id')!r}, but that "
+                    f"row holds {have!r}: the _journal folder does not belong to this store. Restore "
+                    f"the right journals or extract into a new store."
                 )
             if feat is None:
                 if kind == "failure":
@@ -333,4 +336,4 @@ def resolve_events(store_path: Path, *, ids: Any = None) -> PairState:
     With `ids` (the store's id column), every event must name its row's utterance id, else
     StoreError: the journals belong to another store.
     """
-    return PairState(iter_journals(store_path), ids=ids)
+    return PairState(iter_journals(store_path), ids=ids, store=store_path)

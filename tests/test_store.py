@@ -237,6 +237,15 @@ def test_compose_statistics_equals_direct(tmp_path, spec):
 
 
 
+
+def test_finalize_refuses_journals_of_another_store(tmp_path):
+    ours = build_store(tmp_path / "a", lengths=[3, 4], specs=(SPEC2D,), finalize=False)
+    other = build_store(tmp_path / "b", lengths=[3, 4], specs=(SPEC2D,), prefix="x", finalize=False)
+    for journal in (other.path / "_journal").iterdir():
+        (ours.path / "_journal" / f"other-{journal.name}").write_bytes(journal.read_bytes())
+    with pytest.raises(StoreError, match=r"names row 0 as utterance 'x000', but that row holds 'u000'.*does not belong"):
+        StoreWriter(ours.path).finalize()
+
 def test_speaker_statistics_combine_utterances_one_by_one_in_slot_order(tmp_path):
     # Finalize combines all speakers of a block of slots at once; the result must be what
     # combine_statistics gives when it folds each speaker's utterances in one by one (verify

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import zarr
+from zarr.storage import LocalStore
 
 from ._errors import StoreError
 from ._journal import fsync_path
@@ -41,8 +42,9 @@ class WorkUnit:
 _TENSORSTORE: list[Any] = []  # [module, context] once imported
 
 
-def _tensorstore_array(folder: Path) -> Any:
-    """The array at `folder` opened with tensorstore's zarr3 driver, or None without tensorstore.
+def _tensorstore_array(array: zarr.Array) -> Any:
+    """`array` opened with tensorstore's zarr3 driver; None without tensorstore or when the
+    store is not a local directory (other stores are written through zarr).
 
     Whole shards are written through tensorstore when it is installed: same Zarr v3 format
     (the array's own zarr.json, fill-value chunks left out); the whole writer ran 1.3x faster
@@ -56,9 +58,10 @@ def _tensorstore_array(folder: Path) -> Any:
             _TENSORSTORE.append(None)
         else:
             _TENSORSTORE.append((ts, ts.Context()))
-    if _TENSORSTORE[0] is None:
+    if _TENSORSTORE[0] is None or not isinstance(array.store, LocalStore):
         return None
     ts, context = _TENSORSTORE[0]
+    folder = Path(array.store.root) / array.path
     spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(folder)}, "open": True}
     return ts.open(spec, write=True, context=context).result()
 
@@ -104,7 +107,7 @@ class _Filler:
         lo = self.buffer_start
         self.buffer[self.cursor - lo:] = 0  # zero after the last row: those inner chunks are not stored
         hi = min(lo + self.shard, self.array.shape[0])
-        target = _tensorstore_array(self.folder)
+        target = _tensorstore_array(self.array)
         if target is None:
             self.array[lo:hi] = self.buffer[: hi - lo]
         else:

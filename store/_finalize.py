@@ -13,104 +13,130 @@ import zarr
 from w2v2ser._common import replacing
 
 from ._errors import StoreError
-from ._journal import PairState, resolve_events
+from ._journal import COMMIT, FAILURE, PairState, resolve_events
 from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
-from ._stats import combine_statistics
 
 __all__ = ["finalize_store", "compose_speakers"]
 
-STATS_BLOCK = 256  # per-utterance statistics read at once while composing speakers
-
-
-def _check_events(path: Path, state: PairState, ids: list[str]) -> None:
-    # A journal line naming a row whose id differs means journals of another store were mixed in.
-    items = [(i, e) for (i, _), (_, e) in state.pair.items()] + [(i, e) for i, (_, e) in state.row_failure.items()]
-    for idx, ev in items:
-        if idx >= len(ids) or ids[idx] != ev.get("id"):
-            have = ids[idx] if idx < len(ids) else "no such row"
-            raise StoreError(
-                f"journal of store {path} names row {idx} as utterance {ev.get('id')!r}, but that "
-                f"row holds {have!r}: the _journal folder does not belong to this store. Restore "
-                f"the right journals or extract into a new store."
-            )
+STATS_BLOCK_BYTES = 32 * 2**20  # per-utterance statistics read at once while composing speakers
+_STATUS = np.array(["done", "failed", "pending"])  # status codes 0, 1, 2
 
 
 def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any) -> None:
     arr = open_array(group, key)
-    values = np.asarray(values, dtype=dtype)
     if arr.shape[0] != len(values):
         arr.resize((len(values), *arr.shape[1:]))
     # Row blocks: a table of a million rows is converted and written a chunk at a time.
     for lo in range(0, len(values), ROW_CHUNK):
-        arr[lo:lo + ROW_CHUNK] = values[lo:lo + ROW_CHUNK]
+        arr[lo:lo + ROW_CHUNK] = np.asarray(values[lo:lo + ROW_CHUNK], dtype=dtype)
 
 
 def finalize_store(path: Path, group: zarr.Group) -> None:
-    """Merge journals into offset/length/slot/crc32/status/failures and per-speaker statistics."""
-    meta = dict(group.attrs[ATTRS_KEY])
-    state = resolve_events(path)
-    ids = to_str_list(open_array(group, "utterances/id")[:])
-    n = len(ids)
-    _check_events(path, state, ids)
-    names = sorted(meta["features"])
-    planned = {f: open_array(group, f"features/{f}/capacity")[:] >= 0 for f in names}
+    """Merge journals into offset/length/slot/crc32/status/failures and per-speaker statistics.
 
-    status = np.full(n, "done", dtype=object)
-    sha = np.asarray(to_str_list(open_array(group, "utterances/audio_sha256")[:]), dtype=object)
-    duration = open_array(group, "utterances/duration")[:]
-    paths = to_str_list(open_array(group, "utterances/path")[:])
-    failures: list[tuple[str, str, str, str]] = []
-    index = {f: {"offset": np.full(n, -1, np.int64), "length": np.full(n, -1, np.int64),
-                 "slot": np.full(n, -1, np.int64)} for f in names}
-    crc = {f: np.zeros((n, int(meta["features"][f].get("layers") or 1)), np.uint32) for f in names}
-    rows_touched = {i for i, _ in state.pair} | set(state.row_failure)
-    for row in range(n):
-        feats = [f for f in names if planned[f][row]]
-        if row not in rows_touched:
-            if feats:
-                status[row] = "pending"
-            continue
-        row_fail = state.row_failure.get(row)
-        latest = {f: state.latest(row, f) for f in feats}
-        commits = {f: e for f, e in latest.items() if e is not None and e["event"] == "commit"}
-        failed = {f: e for f, e in latest.items() if e is not None and e["event"] == "failure"}
-        for f, e in sorted(commits.items(), key=lambda item: item[1]["t"]):
-            sha[row], duration[row] = e["audio_sha256"], e["duration"]
-            for key in ("offset", "length", "slot"):
-                index[f][key][row] = e[key]
-            crc[f][row] = e["crc32"]
-        row_fail_active = row_fail is not None and (not feats or any(e is row_fail[1] for e in failed.values()))
-        if row_fail_active:
-            failures.append((ids[row], paths[row], "", str(row_fail[1].get("reason", ""))))
-        for f, e in failed.items():
-            if row_fail is None or e is not row_fail[1]:
-                failures.append((ids[row], paths[row], f, str(e.get("reason", ""))))
-        if row_fail_active or failed:
-            status[row] = "failed"
-        elif len(commits) < len(feats):
-            status[row] = "pending"
+    Memory: the journal events are folded into numpy columns indexed by row (PairState), and
+    every step below works on whole columns, so a million utterances need a few hundred MB.
+    """
+    meta = dict(group.attrs[ATTRS_KEY])
+    ids = open_array(group, "utterances/id")[:]
+    n = len(ids)
+    state = resolve_events(path, ids=ids)
+    names = sorted(meta["features"])
+    row_seq = state.row_failure_seq(n)
+    row_failed = row_seq >= 0
+    planned_count = np.zeros(n, np.int64)
+    commit_count = np.zeros(n, np.int64)
+    any_failed = np.zeros(n, bool)  # some planned feature's latest event is a failure
+    row_fail_used = np.zeros(n, bool)  # ... and that failure is the row-wide one
+    winner = np.full(n, -1, np.int64)  # feature whose commit gives audio_sha256/duration
+    winner_t = np.zeros(n, np.int64)
+    index: dict[str, dict[str, np.ndarray]] = {}
+    pair_failed: dict[str, np.ndarray] = {}
+    for k, f in enumerate(names):
+        planned = open_array(group, f"features/{f}/capacity")[:] >= 0
+        pair = state.pair(f)
+        newer = pair.column("seq", n) > row_seq  # the pair's own event is later than a row failure
+        kind = pair.column("kind", n)
+        commit = planned & newer & (kind == COMMIT)
+        pair_failed[f] = planned & newer & (kind == FAILURE)
+        row_fail_here = planned & ~newer & row_failed
+        planned_count += planned
+        commit_count += commit
+        any_failed |= pair_failed[f] | row_fail_here
+        row_fail_used |= row_fail_here
+        index[f] = {key: np.where(commit, pair.column(key, n), -1) for key in ("offset", "length", "slot")}
+        layers = int(meta["features"][f].get("layers") or 1)
+        crc = np.zeros((n, layers), np.uint32)
+        if commit.any():
+            got = pair.column("crc32", n)
+            if got.shape[1] != layers:
+                raise StoreError(
+                    f"journal commit records of feature {f!r} in store {path} carry {got.shape[1]} crc32 "
+                    f"values, but the feature has {layers} layers: the _journal folder does not belong to "
+                    f"this store. Restore the right journals or extract into a new store."
+                )
+            crc[commit] = got[commit]
+        index[f]["crc32"] = crc
+        # The latest commit (by time; ties: the later feature name) gives audio_sha256 and duration.
+        t = pair.column("t", n)
+        take = commit & ((winner < 0) | (t >= winner_t))
+        winner[take], winner_t[take] = k, t[take]
+    row_fail_active = row_failed & ((planned_count == 0) | row_fail_used)
+    status = np.where(row_fail_active | any_failed, 1, np.where(commit_count < planned_count, 2, 0))
 
     for f in names:
         g = f"features/{f}"
-        for key, values in index[f].items():
-            _write_column(group, f"{g}/{key}", values, np.int64)
+        for key in ("offset", "length", "slot"):
+            _write_column(group, f"{g}/{key}", index[f][key], np.int64)
         if n:
-            _write_column(group, f"{g}/crc32", crc[f], np.uint32)
-    _write_column(group, "utterances/status", status.tolist(), str)
-    _write_column(group, "utterances/audio_sha256", sha.tolist(), str)
-    _write_column(group, "utterances/duration", duration, np.float64)
+            _write_column(group, f"{g}/crc32", index[f]["crc32"], np.uint32)
+        del index[f]["crc32"]
+    _write_column(group, "utterances/status", _STATUS[status], str)
+    _write_committed(group, state, names, winner)
+    failing = np.flatnonzero(row_fail_active | any_failed).tolist()
+    paths = open_array(group, "utterances/path")[:] if failing else None
+    failures: list[tuple[str, str, str, str]] = []
+    for row in failing:
+        uid, where = str(ids[row]), str(paths[row])
+        if row_fail_active[row]:
+            failures.append((uid, where, "", state.row_failure_reason(row) or ""))
+        failures += [(uid, where, f, state.pair(f).reason.get(row, "")) for f in names if pair_failed[f][row]]
     for i, col in enumerate(FAILURE_COLUMNS):
         _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
+    del state, ids
     for f in names:
         _drop_orphan_shards(path, group, f, index[f])
-    speakers = to_str_list(open_array(group, "utterances/speaker")[:])
+    speakers = open_array(group, "utterances/speaker")[:]
     for f in names:
         _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
 
-    meta["complete"] = bool(np.isin(status, ["done", "failed"]).all())
+    meta["complete"] = bool((status != 2).all())
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     group.attrs[ATTRS_KEY] = meta
+
+
+def _write_committed(group: zarr.Group, state: PairState, names: list[str], winner: np.ndarray) -> None:
+    """audio_sha256 and duration of each row from its winning commit (other rows keep theirs)."""
+    for col in ("audio_sha256", "duration"):
+        arr = open_array(group, f"utterances/{col}")
+        for lo in range(0, len(winner), ROW_CHUNK):
+            hi = min(lo + ROW_CHUNK, len(winner))
+            block = winner[lo:hi]
+            if not (block >= 0).any():
+                continue
+            values = np.asarray(arr[lo:hi], np.float64) if col == "duration" else np.asarray(
+                to_str_list(arr[lo:hi]), dtype=object)
+            for k, f in enumerate(names):
+                rows = np.flatnonzero(block == k)
+                if not len(rows):
+                    continue
+                pair = state.pair(f)
+                if col == "duration":
+                    values[rows] = pair.column("duration", hi)[lo:hi][rows]
+                else:
+                    values[rows] = [pair.audio_sha256(lo + int(r)) for r in rows]
+            arr[lo:hi] = values if col == "duration" else np.asarray(values.tolist(), dtype=str)
 
 
 def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
@@ -119,56 +145,119 @@ def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict
     every unit has ended, so no writer is filling them."""
     for name, starts, stops in (("data", index["offset"], index["offset"] + index["length"]),
                                 ("stats", index["slot"], index["slot"] + 1)):
-        array = open_array(group, f"features/{feature}/{name}")
-        shard = int(array.shards[0])
-        used = np.flatnonzero((index["length"] > 0) if name == "data" else (index["slot"] >= 0))
-        keep: set[int] = set()
-        for lo, hi in zip(starts[used] // shard, (stops[used] - 1) // shard):
-            keep.update(range(int(lo), int(hi) + 1))
         folder = Path(path) / "features" / feature / name / "c"
         if not folder.is_dir():
             continue
+        array = open_array(group, f"features/{feature}/{name}")
+        shard = int(array.shards[0])
+        used = (index["length"] > 0) if name == "data" else (index["slot"] >= 0)
+        first, last = starts[used] // shard, (stops[used] - 1) // shard
+        # Shards [first, last] of each region are kept: a difference array marks them all at once.
+        marks = np.zeros(int(last.max(initial=-1)) + 2, np.int64)
+        np.add.at(marks, first, 1)
+        np.add.at(marks, last + 1, -1)
+        keep = np.cumsum(marks)[:-1] > 0
         for entry in folder.iterdir():
             # Shard keys are c/<shard along time>/0[/0]: the first part names the shard.
-            if entry.name.isdigit() and int(entry.name) not in keep:
+            if entry.name.isdigit() and not (int(entry.name) < len(keep) and keep[int(entry.name)]):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def compose_speakers(stats: zarr.Array, speakers: list[str], length: np.ndarray,
+def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
                      slot: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     """Per-speaker (count, mean, M2) from per-utterance statistics, in slot order.
 
-    Reads the statistics a block of slots at a time (memory: one block plus one
-    accumulator per speaker); verify composes the same way, so results match bit for bit.
+    Each speaker's utterances are combined one at a time in slot order (Chan's update, the
+    arithmetic of ``combine_statistics``), for all speakers of a block of slots at once.
+    Memory: one block of statistics plus one accumulator per speaker. verify composes the
+    same way, so results match bit for bit.
     """
+    speakers = np.asarray(speakers)
     order = np.flatnonzero(length > 0)
     order = order[np.argsort(slot[order], kind="stable")]
-    totals: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-    for lo in range(0, len(order), STATS_BLOCK):
-        rows = order[lo:lo + STATS_BLOCK]
-        first, last = int(slot[rows[0]]), int(slot[rows[-1]]) + 1
-        block = stats[first:last]
-        for row in rows:
-            mean, m2 = block[int(slot[row]) - first]
-            part = (int(length[row]), mean, m2)
-            spk = speakers[row]
-            totals[spk] = combine_statistics([totals[spk], part]) if spk in totals else combine_statistics([part])
-    return totals
+    if not len(order):
+        return {}
+    names, code = _codes(speakers[order])
+    frame_shape = tuple(stats.shape[1:])
+    count = np.zeros(len(names), np.int64)
+    mean = np.zeros((len(names), *frame_shape[1:]), np.float64)
+    m2 = np.zeros_like(mean)
+    per_slot = max(1, STATS_BLOCK_BYTES // (8 * int(np.prod(frame_shape))))
+    slots = slot[order]
+    lo = 0
+    while lo < len(order):
+        # A block spans at most per_slot slots (slots of one unit are contiguous, so few gaps).
+        first = int(slots[lo])
+        hi = max(int(np.searchsorted(slots, first + per_slot, side="left")), lo + 1)
+        rows, codes = order[lo:hi], code[lo:hi]
+        block = np.asarray(stats[first:int(slot[rows[-1]]) + 1], np.float64)
+        at = slot[rows] - first
+        # k-th utterance of each speaker within the block: all speakers' k-th ones in one step.
+        by_speaker = np.argsort(codes, kind="stable")
+        starts = np.searchsorted(codes[by_speaker], codes[by_speaker], side="left")
+        rank = np.empty(len(codes), np.int64)
+        rank[by_speaker] = np.arange(len(codes)) - starts
+        for k in range(int(rank.max()) + 1):
+            pick = np.flatnonzero(rank == k)
+            _combine_into(count, mean, m2, codes[pick], length[rows[pick]].astype(np.int64), block[at[pick]])
+        lo = hi
+    return {str(name): (int(count[k]), mean[k], m2[k]) for k, name in enumerate(names)}
 
 
-def _store_speakers(group: zarr.Group, g: str, speakers: list[str], length: np.ndarray, slot: np.ndarray) -> None:
+def _codes(values: Any) -> tuple[list[str], np.ndarray]:
+    """Sorted distinct values and each value's position among them. (np.unique with
+    return_inverse crashes on numpy 2.4's StringDType, which zarr returns; argsort does not.)"""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    new = np.ones(len(ranked), bool)
+    new[1:] = ranked[1:] != ranked[:-1]
+    code = np.empty(len(values), np.int64)
+    code[order] = np.cumsum(new) - 1
+    return [str(v) for v in ranked[new].tolist()], code
+
+
+def _combine_into(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, who: np.ndarray, nb: np.ndarray,
+                  part: np.ndarray) -> None:
+    """Chan's update of the accumulators `who` (distinct) with one part each: the same float64
+    operations as ``combine_statistics``, so the result is bit for bit the same."""
+    na = count[who]
+    fresh = na == 0
+    if fresh.any():  # first part of a speaker: taken as it is
+        mean[who[fresh]], m2[who[fresh]] = part[fresh, 0], part[fresh, 1]
+        count[who[fresh]] = nb[fresh]
+    old = ~fresh
+    if not old.any():
+        return
+    w, na, nb, part = who[old], na[old], nb[old], part[old]
+    n = na + nb
+    # Python divides ints exactly rounded; float64 division matches it while na*nb < 2**53.
+    cross = na * nb
+    if (cross >= 2**53).any() or (n >= 2**53).any():
+        share = np.array([int(b) / int(c) for b, c in zip(nb, n)])
+        weight = np.array([int(a) * int(b) / int(c) for a, b, c in zip(na, nb, n)])
+    else:
+        share, weight = nb / n, cross / n
+    extra = (1,) * (mean.ndim - 1)
+    mean_a, m2_a = mean[w], m2[w]
+    delta = part[:, 0] - mean_a
+    mean[w] = mean_a + delta * share.reshape(-1, *extra)
+    m2[w] = m2_a + part[:, 1] + np.square(delta) * weight.reshape(-1, *extra)
+    count[w] = n
+
+
+def _store_speakers(group: zarr.Group, g: str, speakers: Any, length: np.ndarray, slot: np.ndarray) -> None:
     stats = open_array(group, f"{g}/stats")
     frame_shape = tuple(stats.shape[2:])
-    names = sorted(set(speakers))
+    names, _ = _codes(speakers)
     totals = compose_speakers(stats, speakers, length, slot)
-    s = len(names)
     _write_column(group, f"{g}/speaker_name", names, str)
     _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64)
     for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):
         out = open_array(group, f"{g}/{arr}")
-        out.resize((s, *frame_shape))
-        for k, spk in enumerate(names):
-            out[k] = totals[spk][part] if spk in totals else np.zeros(frame_shape)
+        out.resize((len(names), *frame_shape))
+        if names:
+            out[:] = np.stack([totals[k][part] if k in totals else np.zeros(frame_shape) for k in names])
 
 
 def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
@@ -181,15 +270,18 @@ def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str,
         return
     from ._layout import UTTERANCE_COLUMNS
 
-    columns = {}
-    for col, (dtype, _) in UTTERANCE_COLUMNS.items():
-        values = open_array(group, f"utterances/{col}")[:]
-        columns[col] = pa.array(values if dtype is not str else to_str_list(values))
-    tables = {
-        "utterances": pa.table(columns),
-        "failures": pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
-                              for i, col in enumerate(FAILURE_COLUMNS)}),
-    }
-    for name, table in tables.items():
-        with replacing(Path(path) / f"{name}.parquet") as tmp:
-            pq.write_table(table, tmp)
+    kinds = {str: pa.string(), "float64": pa.float64(), "int64": pa.int64()}
+    schema = pa.schema([(col, kinds[dtype]) for col, (dtype, _) in UTTERANCE_COLUMNS.items()])
+    arrays = {col: open_array(group, f"utterances/{col}") for col in UTTERANCE_COLUMNS}
+    n = arrays["id"].shape[0]  # the id column defines the rows
+    with replacing(Path(path) / "utterances.parquet") as tmp, pq.ParquetWriter(tmp, schema) as out:
+        # A row group per block of rows: memory stays one block of the table.
+        for lo in range(0, max(n, 1), ROW_CHUNK):
+            block = {col: arrays[col][lo:min(lo + ROW_CHUNK, n)] for col in UTTERANCE_COLUMNS}
+            out.write_table(pa.table({col: pa.array(v if UTTERANCE_COLUMNS[col][0] is not str else to_str_list(v),
+                                                    type=schema.field(col).type) for col, v in block.items()},
+                                     schema=schema))
+    failure_table = pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
+                              for i, col in enumerate(FAILURE_COLUMNS)})
+    with replacing(Path(path) / "failures.parquet") as tmp:
+        pq.write_table(failure_table, tmp)

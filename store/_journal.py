@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from w2v2ser._common import fsync_path
 
 from ._errors import StoreError
@@ -153,41 +155,185 @@ def read_journals(store_path: Path) -> list[dict[str, Any]]:
     return list(iter_journals(store_path))
 
 
-class PairState:
-    """Latest state of every (row, feature) pair, resolved from journal events."""
+_NONE, COMMIT, FAILURE = 0, 1, 2  # PairRows.kind
 
-    def __init__(self, events: Iterable[dict[str, Any]]) -> None:
-        # events are in time order, so later assignments win.
-        self.pair: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
-        self.row_failure: dict[int, tuple[int, dict[str, Any]]] = {}
-        for seq, ev in enumerate(events):
+
+class _Grown:
+    """Numpy columns indexed by store row, grown by doubling as higher rows appear."""
+
+    def __init__(self, columns: dict[str, tuple[Any, tuple[int, ...], Any]], rows: int) -> None:
+        self._spec = columns  # name -> (dtype, trailing shape, fill)
+        self.size = 0
+        self.cols = {k: np.full((max(rows, 16), *shape), fill, dtype) for k, (dtype, shape, fill) in columns.items()}
+
+    def reserve(self, row: int) -> None:
+        if row >= self.size:
+            self.size = row + 1
+            have = len(next(iter(self.cols.values())))
+            if row >= have:
+                grow = max(2 * have, row + 1)
+                for k, (dtype, shape, fill) in self._spec.items():
+                    extra = np.full((grow - have, *shape), fill, dtype)
+                    self.cols[k] = np.concatenate([self.cols[k], extra])
+
+    def column(self, name: str, rows: int) -> np.ndarray:
+        """The first `rows` rows of a column (rows never named hold the fill value)."""
+        self.reserve(rows - 1)
+        return self.cols[name][:rows]
+
+
+class PairRows:
+    """The latest event of every row of one feature, as numpy columns indexed by store row.
+
+    Columns (see :meth:`column`): ``seq`` (position of the latest event in the merged journal
+    order, -1 when none), ``kind`` (COMMIT, FAILURE, or 0 for none), and, meaningful where
+    kind is COMMIT, ``offset``, ``length``, ``slot``, ``t``, ``duration`` and ``crc32``.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self._rows = rows
+        self.table = _Grown({"seq": (np.int64, (), -1), "kind": (np.int8, (), _NONE),
+                             "offset": (np.int64, (), -1), "length": (np.int64, (), -1),
+                             "slot": (np.int64, (), -1), "t": (np.int64, (), 0),
+                             "duration": (np.float64, (), np.nan)}, rows)
+        self.crc: _Grown | None = None  # made at the first commit, which gives the number of layers
+        self.sha = bytearray()  # 32 raw bytes per row: the commit's audio_sha256 when lowercase hex
+        self.odd_sha: dict[int, str] = {}  # any other audio_sha256 text, kept as it was
+        self.reason: dict[int, str] = {}  # failure reasons of rows whose latest event is a failure
+
+    def put(self, seq: int, idx: int, ev: dict[str, Any]) -> None:
+        """Fold in one event of this feature (events come in journal order)."""
+        kind = ev["event"]
+        self.table.reserve(idx)
+        c = self.table.cols
+        c["seq"][idx] = seq
+        self.reason.pop(idx, None)
+        if kind != "commit":
+            c["kind"][idx] = FAILURE if kind == "failure" else _NONE
+            if kind == "failure":
+                self.reason[idx] = str(ev.get("reason", ""))
+            return
+        crc = ev["crc32"]
+        if self.crc is None:
+            self.crc = _Grown({"crc32": (np.uint32, (len(crc),), 0)}, self._rows)
+        self.crc.reserve(idx)
+        if len(crc) != self.crc.cols["crc32"].shape[1]:
+            raise StoreError(
+                f"journal commit record of utterance {ev.get('id')!r} (row {idx}, feature "
+                f"{ev.get('feature')!r}) has {len(crc)} crc32 values; earlier records of that feature "
+                f"have {self.crc.cols['crc32'].shape[1]}. The _journal folder is damaged or mixes stores."
+            )
+        self.crc.cols["crc32"][idx] = crc
+        c["kind"][idx] = COMMIT
+        c["offset"][idx], c["length"][idx], c["slot"][idx] = ev["offset"], ev["length"], ev["slot"]
+        c["t"][idx], c["duration"][idx] = ev.get("t", 0), ev["duration"]
+        self._put_sha(idx, ev["audio_sha256"])
+
+    def _put_sha(self, idx: int, sha: Any) -> None:
+        if len(self.sha) < 32 * (idx + 1):
+            self.sha.extend(bytes(32 * (idx + 1) - len(self.sha)))
+        raw = None
+        if isinstance(sha, str) and len(sha) == 64 and sha == sha.lower():  # upper case: kept as text
+            try:
+                raw = bytes.fromhex(sha)
+            except ValueError:
+                pass
+        if raw is None or len(raw) != 32:  # fromhex skips spaces: then the text is kept too
+            self.odd_sha[idx] = str(sha)
+        else:
+            self.sha[32 * idx:32 * idx + 32] = raw
+            self.odd_sha.pop(idx, None)
+
+    def column(self, name: str, rows: int) -> np.ndarray:
+        """The first `rows` rows of one column (rows without events hold its fill value)."""
+        if name == "crc32":
+            if self.crc is None:
+                return np.zeros((rows, 0), np.uint32)
+            return self.crc.column("crc32", rows)
+        return self.table.column(name, rows)
+
+    def state(self, index: int) -> tuple[int, int]:
+        """(seq, kind) of one row."""
+        if index >= self.table.size:
+            return -1, _NONE
+        return int(self.table.cols["seq"][index]), int(self.table.cols["kind"][index])
+
+    def audio_sha256(self, row: int) -> str:
+        """audio_sha256 of the commit recorded for `row` (meaningful where kind is COMMIT)."""
+        odd = self.odd_sha.get(row)
+        return odd if odd is not None else bytes(self.sha[32 * row:32 * row + 32]).hex()
+
+
+class PairState:
+    """Latest state of every (row, feature) pair, resolved from journal events.
+
+    Events are folded into numpy columns indexed by store row (about 90 bytes per row and
+    feature, plus 4 per crc32 layer), never kept as Python objects: finalize of a million
+    utterances stays within a few hundred MB. Failure reasons are kept as strings.
+    """
+
+    def __init__(self, events: Iterable[dict[str, Any]], *, ids: Any = None, store: Any = None) -> None:
+        rows = len(ids) if ids is not None else 0
+        self.features: dict[str, PairRows] = {}
+        self._row = _Grown({"seq": (np.int64, (), -1)}, rows)  # latest row-wide failure
+        self._row_reason: dict[int, str] = {}
+        for seq, ev in enumerate(events):  # in time order, so later events win
             idx, feat, kind = int(ev["index"]), ev.get("feature"), ev["event"]
+            if idx < 0:
+                raise StoreError(
+                    f"journal of store {store} names row {idx} for utterance {ev.get('id')!r}; rows are >= 0, "
+                    f"so the journal is damaged. Delete that line (the utterance is extracted again)."
+                )
+            if ids is not None and (idx >= rows or ids[idx] != ev.get("id")):
+                # A line naming a row whose id differs: journals of another store were mixed in.
+                have = ids[idx] if idx < rows else "no such row"
+                raise StoreError(
+                    f"journal of store {store} names row {idx} as utterance {ev.get('id')!r}, but that "
+                    f"row holds {have!r}: the _journal folder does not belong to this store. Restore "
+                    f"the right journals or extract into a new store."
+                )
             if feat is None:
                 if kind == "failure":
-                    self.row_failure[idx] = (seq, ev)
-                elif kind == "reset":  # the row was re-probed successfully
-                    self.row_failure.pop(idx, None)
+                    self._row.reserve(idx)
+                    self._row.cols["seq"][idx] = seq
+                    self._row_reason[idx] = str(ev.get("reason", ""))
+                elif kind == "reset" and idx in self._row_reason:  # the row was re-probed successfully
+                    self._row.cols["seq"][idx] = -1
+                    del self._row_reason[idx]
             else:
-                self.pair[(idx, feat)] = (seq, ev)
+                if feat not in self.features:
+                    self.features[feat] = PairRows(rows)
+                self.features[feat].put(seq, idx, ev)
 
-    def latest(self, index: int, feature: str) -> dict[str, Any] | None:
-        """The newest event deciding (index, feature): a commit, a failure, or None."""
-        pair = self.pair.get((index, feature))
-        row = self.row_failure.get(index)
-        if pair is None and row is None:
-            return None
-        if pair is None:
-            return row[1]
-        if row is None:
-            return pair[1]
-        return pair[1] if pair[0] > row[0] else row[1]
+    def row_failure_seq(self, rows: int) -> np.ndarray:
+        """Per row, the journal position of its current row-wide failure, -1 when none."""
+        return self._row.column("seq", rows)
 
-    def committed(self, index: int, feature: str) -> dict[str, Any] | None:
-        """The commit event of (index, feature) if that is its current state."""
-        ev = self.latest(index, feature)
-        return ev if ev is not None and ev["event"] == "commit" else None
+    def row_failure_reason(self, index: int) -> str | None:
+        """Reason of the row-wide failure of `index` if one is current."""
+        return self._row_reason.get(index)
+
+    def pair(self, feature: str) -> PairRows:
+        """The columns of one feature (empty when no event names it)."""
+        return self.features.get(feature) or PairRows(0)
+
+    def committed_rows(self, feature: str, rows: int) -> np.ndarray:
+        """Boolean per row: the current state of (row, feature) is a commit."""
+        pair = self.pair(feature)
+        newer = pair.column("seq", rows) > self.row_failure_seq(rows)
+        return newer & (pair.column("kind", rows) == COMMIT)
+
+    def committed(self, index: int, feature: str) -> bool:
+        """True when the current state of (index, feature) is a commit."""
+        seq, kind = self.pair(feature).state(index)
+        row = int(self._row.cols["seq"][index]) if index < self._row.size else -1
+        return kind == COMMIT and seq > row
 
 
-def resolve_events(store_path: Path) -> PairState:
-    """Read all journals and resolve the current state of each pair."""
-    return PairState(iter_journals(store_path))
+def resolve_events(store_path: Path, *, ids: Any = None) -> PairState:
+    """Read all journals and resolve the current state of each pair.
+
+    With `ids` (the store's id column), every event must name its row's utterance id, else
+    StoreError: the journals belong to another store.
+    """
+    return PairState(iter_journals(store_path), ids=ids, store=store_path)

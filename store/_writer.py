@@ -101,6 +101,14 @@ def data_codecs(spec: FeatureSpec) -> list[Any]:
     return [ZstdCodec(level=3), Crc32cCodec()]
 
 
+def _all_finite(x: np.ndarray) -> bool:
+    """np.isfinite(x).all(); for float16 from the bits (exponent all ones: inf or NaN), since
+    numpy converts every float16 element to float32 for isfinite (10x slower on [T, 13, 768])."""
+    if x.dtype == np.float16:
+        return x.size == 0 or int((x.view(np.uint16) & 0x7FFF).max()) < 0x7C00
+    return bool(np.isfinite(x).all())
+
+
 class StoreWriter:
     """Writes one store; the driver plans and finalizes, workers fill work units.
 
@@ -392,8 +400,7 @@ class StoreWriter:
                 events.append({"event": "reset", "index": row, "id": u.id, "feature": None})
             if num_samples[pos] is None or pos in failures:
                 reason = failures.get(pos, "audio header unreadable (num_samples unknown)")
-                current = state.row_failure.get(row)
-                if current is None or current[1].get("reason") != reason:
+                if state.row_failure_reason(row) != str(reason):
                     events.append({"event": "failure", "index": row, "id": u.id,
                                    "feature": None, "reason": str(reason)})
         if events:
@@ -434,7 +441,7 @@ class StoreWriter:
         for pos, row in enumerate(rows):
             if num_samples[pos] is None:
                 continue
-            if state.committed(row, name) is None or capacity[row] < 0:
+            if not state.committed(row, name) or capacity[row] < 0:
                 capacity[row] = max(int(caps[pos]), 0)
         if np.array_equal(before, capacity):
             return False
@@ -513,13 +520,11 @@ class StoreWriter:
         state = resolve_events(self.path)
         num_samples = self._column("num_samples")[:]
         planned = {name: self._feature(name, "capacity")[:] for name in names}
-        out = []
-        for row in range(len(num_samples)):
-            if num_samples[row] < 0:
-                continue
-            if any(planned[f][row] >= 0 and state.committed(row, f) is None for f in names):
-                out.append(row)
-        return out
+        n = len(num_samples)
+        missing = np.zeros(n, bool)
+        for f in names:
+            missing |= (planned[f][:n] >= 0) & ~state.committed_rows(f, n)
+        return np.flatnonzero(missing & (num_samples >= 0)).tolist()
 
     def _row_id(self, index: int) -> str:
         if self._ids is None or index >= len(self._ids):
@@ -554,7 +559,7 @@ class StoreWriter:
             )
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
             stored = np.ascontiguousarray(x.astype(spec.dtype, copy=False))
-        if not np.isfinite(stored).all():
+        if not _all_finite(stored):
             bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
             raise StoreError(
                 f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "

@@ -236,6 +236,38 @@ def test_compose_statistics_equals_direct(tmp_path, spec):
         store.compose_statistics(spec.name, speakers=["nobody"])
 
 
+
+
+def test_finalize_refuses_journals_of_another_store(tmp_path):
+    ours = build_store(tmp_path / "a", lengths=[3, 4], specs=(SPEC2D,), finalize=False)
+    other = build_store(tmp_path / "b", lengths=[3, 4], specs=(SPEC2D,), prefix="x", finalize=False)
+    for journal in (other.path / "_journal").iterdir():
+        (ours.path / "_journal" / f"other-{journal.name}").write_bytes(journal.read_bytes())
+    with pytest.raises(StoreError, match=r"names row 0 as utterance 'x000', but that row holds 'u000'.*does not belong"):
+        StoreWriter(ours.path).finalize()
+
+def test_speaker_statistics_combine_utterances_one_by_one_in_slot_order(tmp_path):
+    # Finalize combines all speakers of a block of slots at once; the result must be what
+    # combine_statistics gives when it folds each speaker's utterances in one by one (verify
+    # and stores finalized before rely on that bit for bit).
+    from w2v2ser.store._stats import utterance_statistics
+
+    lengths = [int(n) for n in np.random.default_rng(3).integers(1, 12, 40)]
+    speakers = ["A", "B", "C", "D", "E"]
+    built = build_store(tmp_path / "s", lengths=lengths, speakers=speakers, specs=(W2V,), units=3)
+    store = open_store(built.path)
+    slot_order = [i for k in range(3) for i in range(len(lengths))[k::3]]  # units hold rows[k::3]
+    for spk in speakers:
+        parts = [utterance_statistics(built.stored("w2v", i)) for i in slot_order
+                 if built.utterances[i].speaker == spk]
+        n, mean, m2 = combine_statistics(parts[:1])
+        for part in parts[1:]:
+            n, mean, m2 = combine_statistics([(n, mean, m2), part])
+        got = store.compose_statistics("w2v", speakers=[spk])
+        assert got.count == n
+        assert np.array_equal(got.mean, mean) and np.array_equal(got.variance, m2 / n)
+    assert store.verify().ok
+
 # ---------------------------------------------------------------------------- plan / resume
 
 

@@ -15,6 +15,7 @@ from w2v2ser._common import replacing
 from ._errors import StoreError
 from ._journal import PairState, resolve_events
 from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
+from ._location import StoreLocation, locate_store
 from ._stats import combine_statistics
 
 __all__ = ["finalize_store", "compose_speakers"]
@@ -45,8 +46,9 @@ def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any) -> None:
         arr[lo:lo + ROW_CHUNK] = values[lo:lo + ROW_CHUNK]
 
 
-def finalize_store(path: Path, group: zarr.Group) -> None:
+def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     """Merge journals into offset/length/slot/crc32/status/failures and per-speaker statistics."""
+    path = locate_store(path)
     meta = dict(group.attrs[ATTRS_KEY])
     state = resolve_events(path)
     ids = to_str_list(open_array(group, "utterances/id")[:])
@@ -113,7 +115,7 @@ def finalize_store(path: Path, group: zarr.Group) -> None:
     group.attrs[ATTRS_KEY] = meta
 
 
-def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
+def _drop_orphan_shards(path: StoreLocation, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
     """Delete shard files that no commit record refers to: those of work units killed before
     their commit (a rerun gives their utterances new units). Runs under the store lock, after
     every unit has ended, so no writer is filling them."""
@@ -125,7 +127,14 @@ def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict
         keep: set[int] = set()
         for lo, hi in zip(starts[used] // shard, (stops[used] - 1) // shard):
             keep.update(range(int(lo), int(hi) + 1))
-        folder = Path(path) / "features" / feature / name / "c"
+        if not path.is_local:
+            prefix = f"features/{feature}/{name}/c"
+            for key in path.list(prefix):
+                first = key[len(prefix) + 1:].split("/", 1)[0]
+                if first.isdigit() and int(first) not in keep:
+                    path.delete(key)
+            continue
+        folder = path.path / "features" / feature / name / "c"
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
@@ -171,7 +180,7 @@ def _store_speakers(group: zarr.Group, g: str, speakers: list[str], length: np.n
             out[k] = totals[spk][part] if spk in totals else np.zeros(frame_shape)
 
 
-def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
+def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
     """The utterance and failures tables as Parquet too: every tool reads it (Zarr's string
     type is an extension that other Zarr implementations may not read)."""
     try:
@@ -191,5 +200,10 @@ def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str,
                               for i, col in enumerate(FAILURE_COLUMNS)}),
     }
     for name, table in tables.items():
-        with replacing(Path(path) / f"{name}.parquet") as tmp:
+        if not path.is_local:  # one PUT replaces the object whole
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            path.write_bytes(f"{name}.parquet", sink.getvalue().to_pybytes())
+            continue
+        with replacing(path.path / f"{name}.parquet") as tmp:
             pq.write_table(table, tmp)

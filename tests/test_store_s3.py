@@ -257,3 +257,31 @@ def test_train_from_an_s3_store(s3_server, tmp_path):
     result = train_run(config, spec, out=out, threads=1)
     assert not result.skipped and 0.0 <= result.uar <= 1.0
     assert (out / "runs" / "split__seed0" / "model.keras").exists()
+
+
+def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
+    """Worker processes see no AWS_* variables: the endpoint and keys travel with the store location."""
+    distributed = pytest.importorskip("distributed")
+    from fixtures_audio import write_audio
+
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    utterances = [Utterance(id=f"d{k}", path=str(write_audio(tmp_path / f"d{k}.wav", duration=0.3 + 0.1 * k)),
+                            speaker=f"s{k % 2}", label="sad") for k in range(4)]
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    _forget_s3_clients()
+    options = {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}
+    url = f"s3://{BUCKET}/t{next(_names)}/dask.zarr"
+    try:
+        with distributed.Client(processes=True, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            summary = extract_corpus(utterances, url, extractors=[build_extractor("spectrogram")], shard_size=2,
+                                     progress=False, client=client, storage_options=options)
+        assert summary.complete and summary.extracted == 4
+        store = open_store(url, storage_options=options)
+        assert store.verify().ok
+        writers = {k.split("/")[1] for k in locate_store(url, storage_options=options).list("_journal")}
+        assert len(writers) == 2 and all(w.startswith("shard-") for w in writers)  # written by the workers
+    finally:
+        _forget_s3_clients()

@@ -12,7 +12,6 @@ import fcntl
 import os
 import socket
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ._errors import StoreLockedError

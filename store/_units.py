@@ -53,7 +53,8 @@ class _Filler:
         """Append rows; returns the offset of the first one."""
         first = self.cursor
         if first + len(rows) > self.stop:
-            raise StoreError(f"work unit overflows its region [{self.start}, {self.stop}) in {self.folder or self.array.path}")
+            raise StoreError(f"work unit overflows its region [{self.start}, {self.stop}) "
+                             f"in {self.folder or self.array.path}")
         done = 0
         while done < len(rows):
             if self.buffer is None:

@@ -37,7 +37,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import StoreLocation, locate_store
+from ._location import locate_store
 from ._lock import LOCK_FILE
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit

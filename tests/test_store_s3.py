@@ -259,6 +259,7 @@ def test_train_from_an_s3_store(s3_server, tmp_path):
     assert (out / "runs" / "split__seed0" / "model.keras").exists()
 
 
+@pytest.mark.slow  # starts a Dask worker process
 def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
     """Worker processes see no AWS_* variables: the endpoint and keys travel with the store location."""
     distributed = pytest.importorskip("distributed")

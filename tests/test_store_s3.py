@@ -235,12 +235,14 @@ def test_rerun_of_extract_on_s3_skips_committed_work(extracted):
     assert summary.complete and summary.extracted == 0 and summary.skipped == 12
 
 
-def test_train_from_an_s3_store(s3_server, tmp_path):
+def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     pytest.importorskip("keras")
     from stage2_fixtures import build_store as build_stage2_store
     from stage2_fixtures import ravdess_utterances
+    from test_predict import fake_extract
 
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+    from w2v2ser.evaluate import _predict, predict_audio
+    from w2v2ser.train import ExperimentConfig, train_experiment
 
     # Written locally, then uploaded as it is (one PUT per file): writing 48 one-utterance units
     # through moto would cost most of the test's time; the S3 write path is tested above.
@@ -252,11 +254,18 @@ def test_train_from_an_s3_store(s3_server, tmp_path):
     config = ExperimentConfig(stores=url, features="wav2vec2:all", head="dense", norm="speaker",
                               recipe_overrides={"max_epochs": 1}, units=8, seeds=1, workers=1, run_eagerly=True)
     assert config.stores["main"] == url
-    (spec,) = plan_runs(config)
     out = tmp_path / "run"
-    result = train_run(config, spec, out=out, threads=1)
-    assert not result.skipped and 0.0 <= result.uar <= 1.0
-    assert (out / "runs" / "split__seed0" / "model.keras").exists()
+    results = train_experiment(config, out=out, progress=False, threads=1)
+    assert len(results["uar_per_run"]) == 1 and 0.0 <= results["uar_mean"] <= 1.0
+    # predict finds the training store (its URL) in the run dir and extracts "like" it.
+    likes = []
+    monkeypatch.setattr(_predict, "extract_features",
+                        lambda manifest, store, *, like, features: likes.append(like)
+                        or fake_extract(manifest, store, like=like, features=features))
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")  # never decoded by the fake extraction
+    (prediction,) = predict_audio(out, [audio], work_dir=tmp_path / "work")
+    assert prediction.ok and likes == [url]
 
 
 @pytest.mark.slow  # starts a Dask worker process

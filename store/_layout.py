@@ -19,7 +19,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
-from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store
+from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, unreachable
 from ._types import FeatureSpec
 
 FORMAT_VERSION = 2
@@ -169,11 +169,7 @@ def _exists(location: StoreLocation, key: str) -> bool:
     try:
         return location.exists(key)
     except (OSError, ValueError) as exc:  # no such bucket, refused credentials, unreachable endpoint
-        raise StoreError(
-            f"cannot reach store {location}: {type(exc).__name__}: {exc}. Check the URL, the endpoint "
-            f"and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-            f"AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
-        ) from None
+        raise unreachable(location, exc) from None
 
 
 def check_version(path: Path | str, meta: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ._errors import StoreError
 
-__all__ = ["StoreLocation", "locate_store", "is_store_url", "STORAGE_OPTIONS_ENV"]
+__all__ = ["StoreLocation", "locate_store", "is_store_url", "unreachable", "STORAGE_OPTIONS_ENV"]
 
 # Extra fsspec options for every store URL, as a JSON object (e.g. '{"endpoint_url": "http://..."}').
 STORAGE_OPTIONS_ENV = "W2V2SER_STORAGE_OPTIONS"
@@ -154,6 +154,15 @@ class StoreLocation:
         except FileNotFoundError:
             return []
         return sorted(str(p)[start:] for p in found)
+
+
+def unreachable(location: StoreLocation, exc: BaseException) -> StoreError:
+    """The error for an object store that refuses a request: no such bucket, bad credentials, no endpoint."""
+    return StoreError(
+        f"cannot use store {location}: {type(exc).__name__}: {exc}. Check that the bucket exists, "
+        f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        f"AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
+    )
 
 
 def locate_store(store: str | os.PathLike[str] | StoreLocation, *,

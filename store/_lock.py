@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from ._errors import StoreLockedError
-from ._location import StoreLocation, locate_store
+from ._location import StoreLocation, locate_store, unreachable
 
 __all__ = ["lock_store", "LOCK_FILE"]
 
@@ -83,7 +83,11 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
 @contextmanager
 def _lock_object(location: StoreLocation) -> Iterator[None]:
     holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
-    if not location.create(LOCK_FILE, holder):
+    try:
+        created = location.create(LOCK_FILE, holder)
+    except OSError as exc:  # no such bucket, refused credentials
+        raise unreachable(location, exc) from None
+    if not created:
         text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip() or "unknown pid"
         raise StoreLockedError(
             f"store {location} is locked: lock object {location}/{LOCK_FILE} was created by {text}; "

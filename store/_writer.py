@@ -37,7 +37,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import locate_store
+from ._location import locate_store, unreachable
 from ._lock import LOCK_FILE
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit
@@ -126,8 +126,13 @@ class StoreWriter:
     ) -> None:
         self.location = locate_store(path, storage_options=storage_options)
         self.path: Path | str = self.location.display  # a Path, or the URL of a store on object storage
-        if not self.location.exists("zarr.json"):
-            self._create()
+        try:
+            if not self.location.exists("zarr.json"):
+                self._create()
+        except OSError as exc:
+            if self.location.is_local:
+                raise
+            raise unreachable(self.location, exc) from None
         _, meta = read_meta(self.location)
         check_version(self.path, meta)
         self._group = open_root(self.location, mode="r+")

@@ -164,6 +164,19 @@ class TestStoreBackends:
 # ---------------------------------------------------------------------------- S3 only
 
 
+def test_missing_bucket_and_stale_lock_say_what_to_do(s3_server):
+    from w2v2ser.store import StoreWriter
+
+    for use in (lambda: StoreWriter("s3://no-such-bucket/x.zarr"), lambda: lock_store("s3://no-such-bucket/x.zarr").__enter__()):
+        with pytest.raises(StoreError, match="Check that the bucket exists"):
+            use()
+    url = f"s3://{BUCKET}/t{next(_names)}/stale.zarr"
+    locate_store(url).write_bytes(".lock", b"pid 1 on gone-node\n")  # a holder killed by SIGKILL
+    with pytest.raises(StoreLockedError, match=r"pid 1 on gone-node.*delete the object .*stale.zarr/\.lock"):
+        with lock_store(url):
+            pass
+
+
 @pytest.fixture(scope="module")
 def extracted(s3_server, tmp_path_factory):
     """A small synthetic corpus extracted by `w2v2ser extract` into s3:// (eGeMAPS-free: fast)."""
@@ -268,7 +281,6 @@ def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     assert prediction.ok and likes == [url]
 
 
-@pytest.mark.slow  # starts a Dask worker process
 def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
     """Worker processes see no AWS_* variables: the endpoint and keys travel with the store location."""
     distributed = pytest.importorskip("distributed")

@@ -167,7 +167,8 @@ class TestStoreBackends:
 def test_missing_bucket_and_stale_lock_say_what_to_do(s3_server):
     from w2v2ser.store import StoreWriter
 
-    for use in (lambda: StoreWriter("s3://no-such-bucket/x.zarr"), lambda: lock_store("s3://no-such-bucket/x.zarr").__enter__()):
+    nowhere = "s3://no-such-bucket/x.zarr"
+    for use in (lambda: StoreWriter(nowhere), lambda: lock_store(nowhere).__enter__()):
         with pytest.raises(StoreError, match="Check that the bucket exists"):
             use()
     url = f"s3://{BUCKET}/t{next(_names)}/stale.zarr"

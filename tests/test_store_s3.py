@@ -156,6 +156,21 @@ class TestStoreBackends:
             open_store(where)
         assert len(open_store(where, allow_incomplete=True).list_utterances(status=None)) == 2
 
+    def test_killed_unit_leaves_nothing_visible_and_its_shards_are_deleted(self, where):
+        from w2v2ser.store import StoreWriter
+
+        built = build_store(where, lengths=[40, 3], write=False, finalize=False)
+        writer = StoreWriter(where, journal="killed")
+        (unit,) = writer.plan_units([built.rows[:1]], ["w2v"])
+        killed = writer.open_unit(unit)  # never committed: as if its process were killed
+        killed.add(built.rows[0], {"w2v": built.frames["w2v"][0]}, audio_sha256="x", duration=0.8)
+        location = locate_store(where)
+        assert location.list("features/w2v/data/c")  # full shards are written before the commit
+        writer.finalize()
+        store = open_store(where, allow_incomplete=True)
+        assert not store.complete and {u.status for u in store.list_utterances(status=None)} == {"pending"}
+        assert location.list("features/w2v/data/c") == []  # finalize deleted the orphaned shards
+
     def test_missing_store_is_named(self, where):
         with pytest.raises(StoreError, match="is not a w2v2ser store"):
             open_store(where)

@@ -9,6 +9,7 @@ at a pipe, which child processes inherit, and a thread forwards everything excep
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -78,6 +79,9 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
         yield
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what TF does read, once absl is up
+    # TensorFlow's Python-side warnings too (e.g. "triggered tf.function retracing": every
+    # length bucket and every seed's model traces its own predict step, as intended).
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     sys.stderr.flush()
     real = os.dup(2)
     read_fd, write_fd = os.pipe()

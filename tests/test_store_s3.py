@@ -119,7 +119,7 @@ class TestStoreBackends:
         assert store.compose_statistics("lld").count == sum(self.LENGTHS)
         assert set(json.loads(json.dumps(store.describe()))["features"]) == {W2V.name, SPEC2D.name}
 
-    def test_flipped_shard_raises_naming_the_utterance_on_every_read_path(self, where):
+    def test_flipped_truncated_or_missing_shard_raises_naming_the_utterance_on_every_read_path(self, where):
         built = build_store(where, lengths=[20, 9, 12], units=0)
         store = open_store(where)
         key = _shard_key(store, "w2v", "u000")
@@ -132,15 +132,20 @@ class TestStoreBackends:
             return bytes(raw)
 
         _damage(where, key, flip)
+        truncated, deleted = _shard_key(store, "lld", "u001"), _shard_key(store, "w2v", "u002")
+        _damage(where, truncated, lambda raw: raw[:10])
+        locate_store(where).delete(deleted)
         store = open_store(where)
-        for read in (lambda: store.read_utterance("u000", "w2v"),
-                     lambda: store.read_utterance("u000", "w2v", layers=[2]),
-                     lambda: store.read_batch(["u001", "u000"], "w2v", layers=[2])):
-            with pytest.raises(StoreError, match="u000"):
-                read()
+        for uid, feature, intact in (("u000", "w2v", "u001"), ("u001", "lld", "u000"), ("u002", "w2v", "u001")):
+            layers = [2] if feature == "w2v" else None
+            for read in (lambda: store.read_utterance(uid, feature),
+                         lambda: store.read_utterance(uid, feature, layers=layers),
+                         lambda: store.read_batch([intact, uid], feature, layers=layers)):
+                with pytest.raises(StoreError, match=uid):
+                    read()
         np.testing.assert_array_equal(store.read_utterance("u001", "w2v"), built.stored("w2v", 1))
         report = store.verify()
-        assert {(u, f) for u, f, _ in report.problems} == {("u000", "w2v")}
+        assert {(u, f) for u, f, _ in report.problems} == {("u000", "w2v"), ("u001", "lld"), ("u002", "w2v")}
 
     def test_lock_refuses_a_second_writer(self, where):
         with lock_store(where):

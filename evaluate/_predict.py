@@ -68,7 +68,7 @@ class Prediction:
                 "speaker": self.speaker, "error": self.error}
 
 
-def extract_features(manifest: Path, store: Path, *, like: Path, features: Sequence[str]) -> None:
+def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str]) -> None:
     """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
 
     Kept as one small function so tests can replace it with a direct store writer.
@@ -92,7 +92,7 @@ class _Branch:
 
     name: str
     alias: str
-    store: Path
+    store: str  # a local path or an object-store URL
     selection: str
 
 
@@ -166,7 +166,7 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
     if not available:
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
-    branches = tuple(_Branch(name, config.store_alias(text), Path(config.stores[config.store_alias(text)]), text)
+    branches = tuple(_Branch(name, config.store_alias(text), config.stores[config.store_alias(text)], text)
                      for name, text in config.selections().items())
     max_frames = config.max_frames
     if max_frames is None:
@@ -313,7 +313,7 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     ids = _write_manifest(manifest, [files[i].resolve() for i in todo], [groups[i] for i in todo])
     position = dict(zip(ids, todo))
     # One temporary store per training store: the fusion head may read two stores.
-    temp: dict[Path, Any] = {}
+    temp: dict[str, Any] = {}
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser.store import StoreWriter, Utterance, W2v2serError, WorkUnit, lock_store, open_store
+from w2v2ser.store import (
+    StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
+)
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._rates import (
@@ -45,7 +47,7 @@ class ExtractionSummary:
     """What one call of :func:`extract_corpus` did.
 
     Attributes:
-        store: The store path.
+        store: The store path (the URL of a store on object storage).
         planned: Utterances in the store after planning.
         extracted: Utterance x feature-group units extracted by this call.
         skipped: Utterances already complete before this call (resumed work).
@@ -55,7 +57,7 @@ class ExtractionSummary:
         complete: Whether the store is now marked complete.
     """
 
-    store: Path
+    store: Path | str
     planned: int = 0
     extracted: int = 0
     skipped: int = 0
@@ -105,7 +107,7 @@ def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None
 
 def extract_corpus(
     utterances: Sequence[Utterance],
-    store_path: str | Path,
+    store_path: str | Path | StoreLocation,
     *,
     extractors: Sequence[Extractor],
     shard_size: int = 64,
@@ -115,6 +117,7 @@ def extract_corpus(
     decode_workers: int | None = None,
     cpu_workers: int = 1,
     on_stage: Callable[[str, float], None] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ExtractionSummary:
     """Extract every feature of every utterance into a store, resumably.
 
@@ -123,7 +126,8 @@ def extract_corpus(
 
     Args:
         utterances: The corpus manifest (from :func:`read_corpus`).
-        store_path: The Zarr store directory (created if missing).
+        store_path: The Zarr store directory (created if missing), or an object-store URL
+            such as ``s3://bucket/prefix``.
         extractors: Configured extractors, e.g. ``[build_extractor("egemaps", {})]``.
         shard_size: Utterances per unit of work (a Dask task when ``client`` is set).
         progress: Show progress bars.
@@ -137,6 +141,8 @@ def extract_corpus(
             alongside the model in threads of their own (openSMILE in its own processes).
         on_stage: Profiling callback, called with (stage, busy seconds) by every shard run
             in this process (see :func:`extract_shard`).
+        storage_options: fsspec options of a store URL (endpoint, credentials); they travel
+            with the store to Dask workers (see :func:`w2v2ser.store.locate_store`).
 
     Returns:
         An :class:`ExtractionSummary`.
@@ -145,9 +151,9 @@ def extract_corpus(
         raise W2v2serError("extract_corpus got no extractors; pass at least one, e.g. build_extractor('egemaps', {}).")
     if shard_size < 1:
         raise W2v2serError(f"shard_size must be >= 1, got {shard_size}.")
-    store_path = Path(store_path)
+    store_path = locate_store(store_path, storage_options=storage_options)
     started = time.perf_counter()
-    summary = ExtractionSummary(store=store_path)
+    summary = ExtractionSummary(store=store_path.display)
     with lock_store(store_path):
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
@@ -188,7 +194,7 @@ def extract_corpus(
             bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
             for group_names, items, unit in tasks:
                 done = extract_shard(
-                    str(store_path),
+                    store_path,
                     items,
                     extractors=[by_name[n] for n in group_names],
                     journal="main",
@@ -204,7 +210,7 @@ def extract_corpus(
                 bar.close()
         else:
             summary_parts = _run_on_dask(
-                client, str(store_path), tasks, configs, gpu_resource=gpu_resource, progress=progress
+                client, store_path, tasks, configs, gpu_resource=gpu_resource, progress=progress
             )
             summary.extracted += summary_parts[0]
             summary.audio_seconds += summary_parts[1]
@@ -378,7 +384,7 @@ def default_decode_workers(extractors: Sequence[Extractor]) -> int:
 
 
 def extract_shard(
-    store_path: str,
+    store_path: str | StoreLocation,
     items: Sequence[_ShardItem],
     *,
     extractors: Sequence[Extractor],
@@ -398,7 +404,7 @@ def extract_shard(
     The unit's utterances become visible together, when the unit commits at the end.
 
     Args:
-        store_path: The store directory (already planned).
+        store_path: The store directory or location (already planned).
         items: The shard's utterances with their store rows.
         extractors: Extractors for the features this shard writes.
         journal: Commit journal name; one writer per journal at a time.
@@ -585,7 +591,7 @@ def _extract_batch(
 _WORKER_EXTRACTORS: dict[str, Extractor] = {}
 
 
-def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dict], journal: str,
+def _dask_shard(store_path: str | StoreLocation, items: list[_ShardItem], configs: dict[str, dict], journal: str,
                 unit: WorkUnit) -> tuple[int, float]:
     """A Dask task: build (and cache per worker process) the extractors, run one shard."""
     import json
@@ -602,7 +608,7 @@ def _dask_shard(store_path: str, items: list[_ShardItem], configs: dict[str, dic
 
 def _run_on_dask(
     client: Any,
-    store_path: str,
+    store_path: str | StoreLocation,
     tasks: Sequence[tuple[list[str], list[_ShardItem], WorkUnit]],
     configs: Mapping[str, dict],
     *,

@@ -4,7 +4,8 @@ Stage 1 writes it (:class:`StoreWriter`, under :func:`lock_store`); stage 2 read
 (:func:`open_store`). Format 2: one Zarr v3 sharded array per feature, whose shards each
 belong to one work unit (utterances packed back to back, written once, then committed);
 an utterance table and a failures table (also as Parquet); row-chunked index and
-statistics arrays; fsynced commit journals that make writes resumable.
+statistics arrays; fsynced commit journals that make writes resumable. A store is a local
+directory or an object-store URL (``s3://bucket/prefix``, any fsspec URL; :func:`locate_store`).
 """
 
 from ._errors import (
@@ -16,6 +17,7 @@ from ._errors import (
 )
 from ._export import export_hdf5
 from ._layout import FORMAT_VERSION
+from ._location import StoreLocation, locate_store
 from ._lock import lock_store
 from ._reader import FeatureStore, open_store
 from ._stats import combine_statistics
@@ -47,6 +49,8 @@ __all__ = [
     "WorkUnit",
     "UnitWriter",
     "lock_store",
+    "StoreLocation",
+    "locate_store",
     "open_store",
     "FeatureStore",
     "combine_statistics",

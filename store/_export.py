@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 import h5py
 import numpy as np
@@ -25,7 +26,7 @@ def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
 
 
 def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
-                allow_incomplete: bool = False) -> Path:
+                allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None) -> Path:
     """Copy a store to HDF5, one utterance at a time; written to a temp name, then renamed.
 
     Layout: ``utterances/<column>``, ``failures/<column>``, and per feature
@@ -35,14 +36,15 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
     ``w2v2ser`` holds the store's root attributes as JSON.
 
     Args:
-        store_path: store directory.
-        out_path: HDF5 file to create (replaced if it exists).
+        store_path: store directory or object-store URL.
+        out_path: local HDF5 file to create (replaced if it exists).
         allow_incomplete: export a store whose extraction has not finished.
+        storage_options: fsspec options of a store URL (see :func:`locate_store`).
 
     Returns:
         The path of the written file.
     """
-    store = open_store(store_path, allow_incomplete=allow_incomplete)
+    store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
     out = Path(out_path)
     from ._layout import open_array
 

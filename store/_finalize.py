@@ -15,6 +15,7 @@ from w2v2ser._common import replacing
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, resolve_events
 from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
+from ._location import StoreLocation, locate_store
 
 __all__ = ["finalize_store", "compose_speakers"]
 
@@ -31,12 +32,13 @@ def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any) -> None:
         arr[lo:lo + ROW_CHUNK] = np.asarray(values[lo:lo + ROW_CHUNK], dtype=dtype)
 
 
-def finalize_store(path: Path, group: zarr.Group) -> None:
+def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     """Merge journals into offset/length/slot/crc32/status/failures and per-speaker statistics.
 
     Memory: the journal events are folded into numpy columns indexed by row (PairState), and
     every step below works on whole columns, so a million utterances need a few hundred MB.
     """
+    path = locate_store(path)
     meta = dict(group.attrs[ATTRS_KEY])
     ids = open_array(group, "utterances/id")[:]
     n = len(ids)
@@ -139,14 +141,14 @@ def _write_committed(group: zarr.Group, state: PairState, names: list[str], winn
             arr[lo:hi] = values if col == "duration" else np.asarray(values.tolist(), dtype=str)
 
 
-def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
+def _drop_orphan_shards(path: StoreLocation, group: zarr.Group, feature: str, index: dict[str, np.ndarray]) -> None:
     """Delete shard files that no commit record refers to: those of work units killed before
     their commit (a rerun gives their utterances new units). Runs under the store lock, after
     every unit has ended, so no writer is filling them."""
     for name, starts, stops in (("data", index["offset"], index["offset"] + index["length"]),
                                 ("stats", index["slot"], index["slot"] + 1)):
-        folder = Path(path) / "features" / feature / name / "c"
-        if not folder.is_dir():
+        folder = path.path / "features" / feature / name / "c" if path.is_local else None
+        if folder is not None and not folder.is_dir():
             continue
         array = open_array(group, f"features/{feature}/{name}")
         shard = int(array.shards[0])
@@ -157,9 +159,19 @@ def _drop_orphan_shards(path: Path, group: zarr.Group, feature: str, index: dict
         np.add.at(marks, first, 1)
         np.add.at(marks, last + 1, -1)
         keep = np.cumsum(marks)[:-1] > 0
-        for entry in folder.iterdir():
+
+        def orphan(first: str) -> bool:
             # Shard keys are c/<shard along time>/0[/0]: the first part names the shard.
-            if entry.name.isdigit() and not (int(entry.name) < len(keep) and keep[int(entry.name)]):
+            return first.isdigit() and not (int(first) < len(keep) and keep[int(first)])
+
+        if folder is None:
+            prefix = f"features/{feature}/{name}/c"
+            for key in path.list(prefix):
+                if orphan(key[len(prefix) + 1:].split("/", 1)[0]):
+                    path.delete(key)
+            continue
+        for entry in folder.iterdir():
+            if orphan(entry.name):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
@@ -260,7 +272,7 @@ def _store_speakers(group: zarr.Group, g: str, speakers: Any, length: np.ndarray
             out[:] = np.stack([totals[k][part] if k in totals else np.zeros(frame_shape) for k in names])
 
 
-def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
+def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
     """The utterance and failures tables as Parquet too: every tool reads it (Zarr's string
     type is an extension that other Zarr implementations may not read)."""
     try:
@@ -274,14 +286,23 @@ def _write_parquet(path: Path, group: zarr.Group, failures: list[tuple[str, str,
     schema = pa.schema([(col, kinds[dtype]) for col, (dtype, _) in UTTERANCE_COLUMNS.items()])
     arrays = {col: open_array(group, f"utterances/{col}") for col in UTTERANCE_COLUMNS}
     n = arrays["id"].shape[0]  # the id column defines the rows
-    with replacing(Path(path) / "utterances.parquet") as tmp, pq.ParquetWriter(tmp, schema) as out:
-        # A row group per block of rows: memory stays one block of the table.
-        for lo in range(0, max(n, 1), ROW_CHUNK):
-            block = {col: arrays[col][lo:min(lo + ROW_CHUNK, n)] for col in UTTERANCE_COLUMNS}
-            out.write_table(pa.table({col: pa.array(v if UTTERANCE_COLUMNS[col][0] is not str else to_str_list(v),
-                                                    type=schema.field(col).type) for col, v in block.items()},
-                                     schema=schema))
+
+    def write_utterances(sink: Any) -> None:
+        with pq.ParquetWriter(sink, schema) as out:
+            # A row group per block of rows: memory stays one block of the table.
+            for lo in range(0, max(n, 1), ROW_CHUNK):
+                block = {col: arrays[col][lo:min(lo + ROW_CHUNK, n)] for col in UTTERANCE_COLUMNS}
+                out.write_table(pa.table({col: pa.array(v if UTTERANCE_COLUMNS[col][0] is not str else to_str_list(v),
+                                                        type=schema.field(col).type) for col, v in block.items()},
+                                         schema=schema))
+
     failure_table = pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
                               for i, col in enumerate(FAILURE_COLUMNS)})
-    with replacing(Path(path) / "failures.parquet") as tmp:
-        pq.write_table(failure_table, tmp)
+    for name, write in (("utterances", write_utterances), ("failures", lambda sink: pq.write_table(failure_table, sink))):
+        if path.is_local:
+            with replacing(path.path / f"{name}.parquet") as tmp:
+                write(tmp)
+        else:  # one PUT replaces the object whole
+            sink = pa.BufferOutputStream()
+            write(sink)
+            path.write_bytes(f"{name}.parquet", sink.getvalue().to_pybytes())

@@ -4,6 +4,10 @@ Each writer (the driver, each Dask worker) appends JSON lines to its own file
 ``_journal/<name>.jsonl`` and fsyncs after every append, so a line exists only
 once the data it describes is on disk. A crash mid-append leaves at most a
 partial last line, which readers ignore and the next opener truncates.
+
+Stores on object storage cannot append: there each append is one object of its own,
+``_journal/<name>/<time>-<pid>-<n>.jsonl``, created with a conditional PUT (never
+overwritten); readers list ``_journal/`` and read the objects in name (time) order.
 """
 
 from __future__ import annotations
@@ -15,29 +19,72 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from w2v2ser._common import fsync_path
 
 from ._errors import StoreError
+from ._location import StoreLocation
 
-__all__ = ["JOURNAL_DIR", "Journal", "iter_journals", "read_journals", "resolve_events", "PairState", "fsync_path"]
+__all__ = ["JOURNAL_DIR", "Journal", "ObjectJournal", "open_journal", "iter_journals", "read_journals",
+           "resolve_events", "PairState", "fsync_path"]
 
 JOURNAL_DIR = "_journal"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StoreError(
+            f"journal name {name!r} is not usable as a file name; expected letters, digits, "
+            f"'_', '.', '-' (e.g. 'main' or 'worker-3')."
+        )
+
+
+def _encode(records: Iterable[dict[str, Any]]) -> bytes:
+    """JSON lines of the records, stamped with the time and the writer's pid."""
+    t = time.time_ns()
+    return "".join(json.dumps({**rec, "t": t, "pid": os.getpid()}, sort_keys=True, separators=(",", ":")) + "\n"
+                   for rec in records).encode("utf-8")
+
+
+def open_journal(location: StoreLocation, name: str) -> "Journal | ObjectJournal":
+    """A writer's journal: an appended file in a local store, one object per append on object storage."""
+    return Journal(location.path, name) if location.is_local else ObjectJournal(location, name)
+
+
+class ObjectJournal:
+    """One writer's journal on object storage: every :meth:`append` creates one object."""
+
+    def __init__(self, location: StoreLocation, name: str) -> None:
+        _check_name(name)
+        self.location, self.name = location, name
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write the records as one new object; it exists (whole) once this returns."""
+        data = _encode(records)
+        if not data:
+            return
+        with self._lock:
+            while True:  # a name is never reused: a conditional PUT refuses an existing object
+                self._count += 1
+                key = f"{JOURNAL_DIR}/{self.name}/{time.time_ns():020d}-{os.getpid()}-{self._count:06d}.jsonl"
+                if self.location.create(key, data):
+                    return
+
+    def close(self) -> None:
+        """Nothing to close (kept for the same interface as :class:`Journal`)."""
 
 
 class Journal:
     """One writer's journal file, opened for appending."""
 
     def __init__(self, store_path: Path, name: str) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise StoreError(
-                f"journal name {name!r} is not usable as a file name; expected letters, digits, "
-                f"'_', '.', '-' (e.g. 'main' or 'worker-3')."
-            )
+        _check_name(name)
         folder = Path(store_path) / JOURNAL_DIR
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.jsonl"
@@ -66,14 +113,9 @@ class Journal:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records (one JSON line each) and fsync before returning."""
-        t = time.time_ns()
-        lines = []
-        for rec in records:
-            rec = {**rec, "t": t, "pid": os.getpid()}
-            lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n")
-        if not lines:
+        data = _encode(records)
+        if not data:
             return
-        data = "".join(lines).encode("utf-8")
         with self._lock:
             start = os.fstat(self._fd).st_size
             try:
@@ -101,56 +143,84 @@ class Journal:
             pass
 
 
-def _file_events(file: Path, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+Lines = Callable[[], Iterator[tuple[str, int, bytes]]]  # (file or object, line number, raw line)
+
+
+def _file_lines(file: Path) -> Lines:
+    def lines() -> Iterator[tuple[str, int, bytes]]:
+        with open(file, "rb") as handle:
+            for line_no, raw in enumerate(handle):
+                yield str(file), line_no, raw
+    return lines
+
+
+def _object_lines(location: StoreLocation, keys: list[str]) -> Lines:
+    def lines() -> Iterator[tuple[str, int, bytes]]:
+        for key in keys:  # one object in memory at a time
+            for line_no, raw in enumerate((location.read_bytes(key) or b"").splitlines(keepends=True)):
+                yield f"{location}/{key}", line_no, raw
+    return lines
+
+
+def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
     """(t, file, line, event) of one journal, streamed line by line."""
-    with open(file, "rb") as handle:
-        line_no = -1
-        for raw in handle:
-            line_no += 1
-            if not raw.endswith(b"\n"):  # a crash mid-append: the partial last line is ignored
-                return
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict) or "event" not in rec or "index" not in rec:
-                    raise ValueError("not an event object")
-            except ValueError as exc:
-                raise StoreError(
-                    f"journal {file} line {line_no + 1} is malformed ({exc}); the store's commit "
-                    f"record is damaged. Delete that line (the utterance is then extracted again "
-                    f"on the next run) or extract into a new store."
-                ) from None
-            yield int(rec.get("t", 0)), file_no, line_no, rec
+    for seq, (where, line_no, raw) in enumerate(lines()):
+        if not raw.endswith(b"\n"):  # a crash mid-append: the partial last line is ignored
+            return
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict) or "event" not in rec or "index" not in rec:
+                raise ValueError("not an event object")
+        except ValueError as exc:
+            raise StoreError(
+                f"journal {where} line {line_no + 1} is malformed ({exc}); the store's commit "
+                f"record is damaged. Delete that line (the utterance is then extracted again "
+                f"on the next run) or extract into a new store."
+            ) from None
+        yield int(rec.get("t", 0)), file_no, seq, rec
 
 
-def _in_order(file: Path, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+def _in_order(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
     """A journal's events sorted by time: streamed when its lines already are (the rule: one
     writer appends in time order), else sorted in memory."""
     last = None
-    for event in _file_events(file, file_no):
+    for event in _file_events(lines, file_no):
         if last is not None and event[0] < last:
-            yield from sorted(_file_events(file, file_no), key=lambda e: e[:3])
+            yield from sorted(_file_events(lines, file_no), key=lambda e: e[:3])
             return
         last = event[0]
-    yield from _file_events(file, file_no)
+    yield from _file_events(lines, file_no)
 
 
-def iter_journals(store_path: Path) -> Iterator[dict[str, Any]]:
+def _journal_sources(store: Path | StoreLocation) -> list[Lines]:
+    """One line source per writer: a local ``.jsonl`` file, or a writer's objects in name order."""
+    if isinstance(store, StoreLocation) and not store.is_local:
+        by_writer: dict[str, list[str]] = {}
+        for key in store.list(JOURNAL_DIR):
+            parts = key.split("/")
+            if len(parts) == 3 and parts[2].endswith(".jsonl"):
+                by_writer.setdefault(parts[1], []).append(key)
+        return [_object_lines(store, sorted(keys)) for _, keys in sorted(by_writer.items())]
+    folder = (store.path if isinstance(store, StoreLocation) else Path(store)) / JOURNAL_DIR
+    if not folder.is_dir():
+        return []
+    return [_file_lines(f) for f in sorted(folder.glob("*.jsonl"))]
+
+
+def iter_journals(store_path: Path | StoreLocation) -> Iterator[dict[str, Any]]:
     """Every complete journal line of every writer, in (time, file, line) order, streamed.
 
     A last line without its newline is a crash mid-append and is ignored; a malformed line
     elsewhere means the file was edited or damaged and raises StoreError.
     """
-    folder = Path(store_path) / JOURNAL_DIR
-    if not folder.is_dir():
-        return
-    files = sorted(folder.glob("*.jsonl"))
-    for _, _, _, rec in heapq.merge(*(_in_order(f, k) for k, f in enumerate(files)), key=lambda e: e[:3]):
+    sources = _journal_sources(store_path)
+    for _, _, _, rec in heapq.merge(*(_in_order(f, k) for k, f in enumerate(sources)), key=lambda e: e[:3]):
         yield rec
 
 
-def read_journals(store_path: Path) -> list[dict[str, Any]]:
+def read_journals(store_path: Path | StoreLocation) -> list[dict[str, Any]]:
     """Every complete journal line of every writer, in (time, file, line) order."""
     return list(iter_journals(store_path))
 
@@ -330,7 +400,7 @@ class PairState:
         return kind == COMMIT and seq > row
 
 
-def resolve_events(store_path: Path, *, ids: Any = None) -> PairState:
+def resolve_events(store_path: Path | StoreLocation, *, ids: Any = None) -> PairState:
     """Read all journals and resolve the current state of each pair.
 
     With `ids` (the store's id column), every event must name its row's utterance id, else

@@ -2,6 +2,8 @@
 
 Every array is a plain Zarr v3 array written and read through zarr-python; the ``zarrs``
 codec pipeline (Rust) is used when installed, since it writes whole shards near disk speed.
+It serves local stores only: for an ``FsspecStore`` (object storage) zarrs hands arrays to
+zarr-python's own codec pipeline.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
-from zarr.storage import LocalStore
 
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
+from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, unreachable
 from ._types import FeatureSpec
 
 FORMAT_VERSION = 2
@@ -106,11 +108,11 @@ def create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
     return group.create_array(name, **kwargs)
 
 
-def open_root(path: Path, *, mode: str) -> zarr.Group:
-    """Open the root group of an existing store directory."""
+def open_root(path: Path | StoreLocation, *, mode: str) -> zarr.Group:
+    """Open the root group of an existing store (directory or URL)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return zarr.open_group(store=LocalStore(path, read_only=(mode == "r")), mode=mode)
+        return zarr.open_group(store=locate_store(path).zarr_store(read_only=(mode == "r")), mode=mode)
 
 
 FAST_ARRAYS = ("data", "stats")  # the bulk arrays; their reads are checked by w2v2ser's own crc32
@@ -127,21 +129,28 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
         return group[key]
 
 
-def read_meta(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
+def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
     """Open `path` read-only and return its group and the ``w2v2ser`` root attributes.
 
     Raises:
         StoreError: the directory is missing or is not a w2v2ser store.
     """
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        what = "does not exist" if not path.exists() else "has no zarr.json"
+    location = locate_store(path)
+    path = location.display
+    if location.is_local and not (location.path / "zarr.json").is_file():
+        what = "does not exist" if not location.path.exists() else "has no zarr.json"
         raise StoreError(
             f"{path} is not a w2v2ser store: the directory {what}. Expected a Zarr v3 directory "
             f"written by `w2v2ser extract`; check the path or run the extraction first."
         )
+    if not location.is_local and not _exists(location, "zarr.json"):
+        raise StoreError(
+            f"{path} is not a w2v2ser store: there is no object {path}/zarr.json. Expected a Zarr v3 "
+            f"store written by `w2v2ser extract`; check the URL, the endpoint and the credentials "
+            f"(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... or {STORAGE_OPTIONS_ENV}), or run the extraction first."
+        )
     try:
-        group = open_root(path, mode="r")
+        group = open_root(location, mode="r")
     except Exception as exc:  # zarr raises several types for a non-group zarr.json
         raise StoreError(
             f"{path} is not a w2v2ser store: cannot open its zarr.json as a Zarr v3 group "
@@ -156,7 +165,14 @@ def read_meta(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
     return group, meta
 
 
-def check_version(path: Path, meta: dict[str, Any]) -> None:
+def _exists(location: StoreLocation, key: str) -> bool:
+    try:
+        return location.exists(key)
+    except (OSError, ValueError) as exc:  # no such bucket, refused credentials, unreachable endpoint
+        raise unreachable(location, exc) from None
+
+
+def check_version(path: Path | str, meta: dict[str, Any]) -> None:
     """Refuse stores written in a newer format, and name the upgrade of older ones."""
     version = meta.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
@@ -173,7 +189,7 @@ def check_version(path: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def check_complete(path: Path, meta: dict[str, Any]) -> None:
+def check_complete(path: Path | str, meta: dict[str, Any]) -> None:
     """Refuse stores whose extraction has not finished."""
     if not meta.get("complete", False):
         raise StoreIncompleteError(

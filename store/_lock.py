@@ -1,4 +1,9 @@
-"""Advisory extraction lock (``STORE/.lock``) so two drivers never write one store."""
+"""Extraction lock (``STORE/.lock``) so two drivers never write one store.
+
+Local stores hold an ``fcntl.flock`` on the file (released by the kernel when the holder
+dies). Stores on object storage create the ``.lock`` object with a conditional PUT
+(``If-None-Match: *``) and delete it when done; a holder that dies leaves it behind.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import fcntl
 import os
 import socket
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from ._errors import StoreLockedError
+from ._location import StoreLocation, locate_store, unreachable
 
 __all__ = ["lock_store", "LOCK_FILE"]
 
@@ -18,17 +23,27 @@ LOCK_FILE = ".lock"
 
 
 @contextmanager
-def lock_store(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive, non-blocking ``fcntl.flock`` on ``STORE/.lock``.
+def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
+               storage_options: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Hold the store's exclusive, non-blocking extraction lock.
+
+    Local stores: an ``fcntl.flock`` on ``STORE/.lock``. Object stores: the ``.lock`` object,
+    created only if absent (one conditional PUT) and deleted on exit.
 
     Args:
-        path: store directory (created if missing).
+        path: store directory (created if missing) or URL.
+        storage_options: fsspec options of a URL (see :func:`locate_store`).
 
     Raises:
         StoreLockedError: another process holds the lock; names the lock file and the
             holder's pid as written in it.
     """
-    store = Path(path)
+    location = locate_store(path, storage_options=storage_options)
+    if not location.is_local:
+        with _lock_object(location):
+            yield
+        return
+    store = location.path
     store.mkdir(parents=True, exist_ok=True)
     lock_path = store / LOCK_FILE
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -63,3 +78,24 @@ def lock_store(path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+@contextmanager
+def _lock_object(location: StoreLocation) -> Iterator[None]:
+    holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+    try:
+        created = location.create(LOCK_FILE, holder)
+    except OSError as exc:  # no such bucket, refused credentials
+        raise unreachable(location, exc) from None
+    if not created:
+        text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip() or "unknown pid"
+        raise StoreLockedError(
+            f"store {location} is locked: lock object {location}/{LOCK_FILE} was created by {text}; "
+            f"another extraction is running on this store. Wait for it to finish. If that process "
+            f"has died, its lock stays: delete the object {location}/{LOCK_FILE} (e.g. `aws s3 rm "
+            f"{location}/{LOCK_FILE}`), then rerun."
+        )
+    try:
+        yield
+    finally:
+        location.delete(LOCK_FILE)

@@ -6,7 +6,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -25,31 +25,35 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
+from ._location import StoreLocation, locate_store
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
 __all__ = ["FeatureStore", "open_store"]
 
 
-def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> "FeatureStore":
+def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete: bool = False,
+               storage_options: Mapping[str, Any] | None = None) -> "FeatureStore":
     """Open a store for reading.
 
     Args:
-        path: store directory.
+        path: store directory, or an object-store URL such as ``s3://bucket/prefix``.
         allow_incomplete: open even if the extraction has not finished (to inspect it);
             only finalized utterances are visible.
+        storage_options: fsspec options of a URL (endpoint, credentials), over those of the
+            environment (see :func:`locate_store`).
 
     Raises:
         StoreError: `path` is not a w2v2ser store.
         StoreVersionError: the store was written in a newer format.
         StoreIncompleteError: the store is incomplete and `allow_incomplete` is False.
     """
-    path = Path(path)
-    _, meta = read_meta(path)
-    check_version(path, meta)
+    location = locate_store(path, storage_options=storage_options)
+    _, meta = read_meta(location)
+    check_version(location.display, meta)
     if not allow_incomplete:
-        check_complete(path, meta)
-    return FeatureStore(path, meta)
+        check_complete(location.display, meta)
+    return FeatureStore(location, meta)
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
@@ -60,13 +64,14 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
 class FeatureStore:
     """Read access to a store; create with :func:`open_store`."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | StoreLocation, meta: dict[str, Any]) -> None:
+        self.location = locate_store(path)
+        self.path: Path | str = self.location.display  # a Path, or the URL of a store on object storage
         self.attrs: dict[str, Any] = meta
         self.format_version: int = int(meta["format_version"])
         self.complete: bool = bool(meta.get("complete", False))
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
-        self._group: zarr.Group = open_root(self.path, mode="r")
+        self._group: zarr.Group = open_root(self.location, mode="r")
         ids = to_str_list(self._read("utterances/id"))
         if "" in ids:
             if self.complete:

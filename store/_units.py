@@ -69,7 +69,7 @@ def _tensorstore_array(array: zarr.Array) -> Any:
 class _Filler:
     """Packs rows of one array into whole shards and writes each shard once, when it is full."""
 
-    def __init__(self, array: zarr.Array, folder: Path, start: int, stop: int) -> None:
+    def __init__(self, array: zarr.Array, folder: Path | None, start: int, stop: int) -> None:
         self.array, self.folder = array, folder
         self.start, self.stop, self.cursor = start, stop, start
         self.shard = int(array.shards[0]) if array.shards is not None else int(array.chunks[0])
@@ -82,7 +82,8 @@ class _Filler:
         """Append rows; returns the offset of the first one."""
         first = self.cursor
         if first + len(rows) > self.stop:
-            raise StoreError(f"work unit overflows its region [{self.start}, {self.stop}) in {self.folder}")
+            raise StoreError(f"work unit overflows its region [{self.start}, {self.stop}) "
+                             f"in {self.folder or self.array.path}")
         done = 0
         while done < len(rows):
             if self.buffer is None:
@@ -119,7 +120,8 @@ class _Filler:
                     raise
                 raise OSError(int(code.group(1)), str(exc)) from exc
         key = self.array.metadata.encode_chunk_key((lo // self.shard,) + (0,) * (self.array.ndim - 1))
-        self.written.append(self.folder / key)
+        if self.folder is not None:  # None on object storage: a returned PUT is durable, nothing to fsync
+            self.written.append(self.folder / key)
         self.buffer, self.spare = None, self.buffer
 
     def sync(self) -> None:
@@ -162,9 +164,10 @@ class UnitWriter:
                     f"{sorted(self.unit.regions)}); plan the unit with that feature."
                 )
             w = self._writer
-            self._data[name] = _Filler(w._feature(name, "data"), w.path / "features" / name / "data",
+            folder = w.location.path / "features" / name if w.location.is_local else None
+            self._data[name] = _Filler(w._feature(name, "data"), folder and folder / "data",
                                        *self.unit.regions[name])
-            self._stats[name] = _Filler(w._feature(name, "stats"), w.path / "features" / name / "stats",
+            self._stats[name] = _Filler(w._feature(name, "stats"), folder and folder / "stats",
                                         *self.unit.slots[name])
         return self._data[name], self._stats[name]
 

@@ -14,11 +14,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
-from zarr.storage import LocalStore
 
 from ._errors import StoreError
 from ._finalize import finalize_store
-from ._journal import JOURNAL_DIR, Journal, fsync_path, resolve_events
+from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
 from ._layout import (
     ATTRS_KEY,
     FAILURE_COLUMNS,
@@ -38,6 +37,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
+from ._location import locate_store, unreachable
 from ._lock import LOCK_FILE
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit
@@ -113,12 +113,14 @@ class StoreWriter:
     """Writes one store; the driver plans and finalizes, workers fill work units.
 
     Args:
-        path: store directory; created (with an empty table) when missing.
+        path: store directory, or an object-store URL (``s3://bucket/prefix``); created (with
+            an empty table) when missing.
         journal: name of this writer's commit journal; concurrent writers need distinct names.
         chunk_frames: frames per inner chunk by feature name, used when a feature is first
             added (default 128 for 3-D features, 512 for 2-D ones).
         shard_frames: frames per shard (one data file) by feature name, used when a feature is
             first added (default: 240 s of audio, at most 256 MiB; a multiple of the chunk).
+        storage_options: fsspec options of a URL (see :func:`locate_store`).
     """
 
     def __init__(
@@ -128,15 +130,22 @@ class StoreWriter:
         journal: str = "main",
         chunk_frames: Mapping[str, int] | None = None,
         shard_frames: Mapping[str, int] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.path = Path(path)
-        if not (self.path / "zarr.json").exists():
-            self._create()
-        _, meta = read_meta(self.path)
+        self.location = locate_store(path, storage_options=storage_options)
+        self.path: Path | str = self.location.display  # a Path, or the URL of a store on object storage
+        try:
+            if not self.location.exists("zarr.json"):
+                self._create()
+        except OSError as exc:
+            if self.location.is_local:
+                raise
+            raise unreachable(self.location, exc) from None
+        _, meta = read_meta(self.location)
         check_version(self.path, meta)
-        self._group = open_root(self.path, mode="r+")
+        self._group = open_root(self.location, mode="r+")
         self._complete_layout()
-        self._journal = Journal(self.path, journal)
+        self._journal = open_journal(self.location, journal)
         self._chunk_frames = dict(chunk_frames or {})
         self._shard_frames = dict(shard_frames or {})
         for kind, given in (("chunk_frames", self._chunk_frames), ("shard_frames", self._shard_frames)):
@@ -152,11 +161,13 @@ class StoreWriter:
     # ------------------------------------------------------------------ setup
     @_no_space_is_clear
     def _create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.location.is_local:
+            self.path.mkdir(parents=True, exist_ok=True)
+            top = set(os.listdir(self.path))
+        else:
+            top = {key.split("/", 1)[0] for key in self.location.list("")}
         # A process killed while writing zarr.json leaves Zarr's "*.partial" temp file behind.
-        foreign = sorted(
-            n for n in set(os.listdir(self.path)) - {LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial")
-        )
+        foreign = sorted(n for n in top - {LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial"))
         if foreign:
             raise StoreError(
                 f"cannot create a store in {self.path}: the directory is not empty and is not a "
@@ -175,7 +186,7 @@ class StoreWriter:
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            group = zarr.create_group(store=LocalStore(self.path), attributes={ATTRS_KEY: meta})
+            group = zarr.create_group(store=self.location.zarr_store(read_only=False), attributes={ATTRS_KEY: meta})
         for col, (dtype, fill) in UTTERANCE_COLUMNS.items():
             create_array(group, f"utterances/{col}", shape=(0,), chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill)
         for col in FAILURE_COLUMNS:
@@ -217,7 +228,7 @@ class StoreWriter:
     def _spec(self, name: str) -> FeatureSpec:
         if name not in self._specs:
             # Another process (the driver's plan) may have added the feature since we opened.
-            self._group = open_root(self.path, mode="r+")
+            self._group = open_root(self.location, mode="r+")
             self._specs = specs_from_meta(self._meta)
             self._arrays.clear()
         specs = self._specs
@@ -389,7 +400,7 @@ class StoreWriter:
         for name in meta["features"]:
             self._grow_rows(name, total)
         # -- planned frame counts (sizes the work units)
-        state = resolve_events(self.path)
+        state = resolve_events(self.location)
         for spec in features:
             changed |= self._set_capacity(spec.name, rows, num_samples, capacities[spec.name], state)
         # -- failures known at plan time (unreadable headers)
@@ -494,8 +505,9 @@ class StoreWriter:
                 data.resize((end, *data.shape[1:]))
             if slot_end != stats.shape[0]:
                 stats.resize((slot_end, *stats.shape[1:]))
-            # The new shapes must survive a power loss before any unit commits inside them.
-            for arr in ("data", "stats"):
+            # The new shapes must survive a power loss before any unit commits inside them (an
+            # object store has them durable once the PUT of zarr.json returned).
+            for arr in ("data", "stats") if self.location.is_local else ():
                 fsync_path(self.path / "features" / name / arr / "zarr.json")
                 fsync_path(self.path / "features" / name / arr)
         return [WorkUnit(rows=tuple(int(r) for r in rows), regions=regions[k], slots=slots[k])
@@ -517,7 +529,7 @@ class StoreWriter:
         names = list(features)
         for name in names:
             self._spec(name)
-        state = resolve_events(self.path)
+        state = resolve_events(self.location)
         num_samples = self._column("num_samples")[:]
         planned = {name: self._feature(name, "capacity")[:] for name in names}
         n = len(num_samples)
@@ -602,7 +614,7 @@ class StoreWriter:
 
         Sets ``complete`` only when every planned utterance x feature is done or failed.
         """
-        finalize_store(self.path, self._group)
+        finalize_store(self.location, self._group)
 
     def close(self) -> None:
         """Close the journal file."""

@@ -88,7 +88,9 @@ class ExperimentConfig:
             self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
         if not self.stores:
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
-        self.stores = {str(k): os.path.abspath(os.fspath(v)) for k, v in self.stores.items()}
+        # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
+        self.stores = {str(k): os.fspath(v) if "://" in os.fspath(v) else os.path.abspath(os.fspath(v))
+                       for k, v in self.stores.items()}
         self.recipe_overrides = dict(self.recipe_overrides or {})
         check_dataclass(self, what="ExperimentConfig")
         self.resolved_recipe()  # validates recipe overrides

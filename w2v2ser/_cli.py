@@ -18,6 +18,9 @@ import yaml
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
 # Speech encoders, named after their family; --model etc. apply to the one(s) chosen.
 UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
+STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint and credentials from "
+              "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
+              "W2V2SER_STORAGE_OPTIONS)")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -75,7 +78,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     configs = _extractor_configs(args)
     extractors = [build_extractor(name, config, recorded=bool(args.like)) for name, config in configs.items()]
-    store = Path(args.store or f"stores/{args.corpus}.zarr")
+    from w2v2ser.store import locate_store
+
+    location = locate_store(args.store or f"stores/{args.corpus}.zarr")
+    store = location.display
     print(f"extracting {', '.join(configs)} for {len(manifest.utterances)} utterances into {store}")
     client = None
     if args.workers:
@@ -87,7 +93,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     try:
         summary = extract_corpus(
             manifest.utterances,
-            store,
+            location,
             extractors=extractors,
             shard_size=args.shard_size,
             progress=not args.no_progress,
@@ -99,12 +105,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if client is not None:
             client.close()
             client.cluster.close()
-    size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    # Object stores: the size would cost a listing of every object, so it is left out.
+    size = (f"store {sum(p.stat().st_size for p in store.rglob('*') if p.is_file()) / 1e6:.1f} MB, "
+            if location.is_local else "")
     print(
         f"done: {summary.planned} utterances planned, {summary.extracted} extracted now, "
         f"{summary.skipped} already complete, {len(summary.failed)} failed; "
         f"{summary.audio_seconds:.1f} audio s in {summary.wall_seconds:.1f} s "
-        f"({summary.realtime_factor:.1f}x real time); store {size / 1e6:.1f} MB, "
+        f"({summary.realtime_factor:.1f}x real time); {size}"
         f"{'complete' if summary.complete else 'INCOMPLETE'}"
     )
     for utterance_id, path, reason in summary.failed[:20]:
@@ -270,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   parents=[verbose])
     extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
     extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,session,split,id])")
-    extract.add_argument("--store", help="store directory (default: stores/CORPUS.zarr)")
+    extract.add_argument("--store", help="store directory or object-store URL, e.g. s3://bucket/ravdess.zarr "
+                                              "(default: stores/CORPUS.zarr)")
     extract.add_argument(
         "--features",
         help=f"comma separated, from {','.join(UPSTREAM_FEATURES + FEATURES[1:])} (default: {','.join(FEATURES)}); "
@@ -297,14 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="inspect, verify, export or upgrade a feature store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
     info = store_commands.add_parser("info", help="utterances, speakers, features, failures")
-    info.add_argument("store")
+    info.add_argument("store", help=STORE_HELP)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_store_info)
     verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)")
-    verify.add_argument("store")
+    verify.add_argument("store", help=STORE_HELP)
     verify.set_defaults(func=_cmd_store_verify)
     export = store_commands.add_parser("export", help="write an HDF5 copy")
-    export.add_argument("store")
+    export.add_argument("store", help=STORE_HELP)
     export.add_argument("out")
     export.set_defaults(func=_cmd_store_export)
     upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new format-2 store")
@@ -314,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=_cmd_store_upgrade)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds", parents=[verbose])
-    train.add_argument("store", help="feature store written by `w2v2ser extract`")
+    train.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     train.add_argument(
         "--features", required=True,
         help="wav2vec2:local|contextual|all|N|A-B, egemaps, spectrogram (prefix alias/ for another store)",
@@ -337,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average",
                                 parents=[verbose])
-    sweep.add_argument("store", help="feature store written by `w2v2ser extract`")
+    sweep.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     sweep.add_argument("--features", required=True,
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")

@@ -1,0 +1,190 @@
+"""Where a store lives: a local directory, or an object-store URL (``s3://bucket/prefix``, any fsspec URL).
+
+One place turns what the user gave (a path, or a URL plus storage options) into what Zarr
+needs (a ``LocalStore`` or an ``FsspecStore``) and a small object layer for the files that
+are not Zarr arrays: the lock, the commit journals and the Parquet tables. Local stores keep
+their own code paths (flock, appended and fsynced journals, rename); only URLs use objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ._errors import StoreError
+
+__all__ = ["StoreLocation", "locate_store", "is_store_url", "unreachable", "STORAGE_OPTIONS_ENV"]
+
+# Extra fsspec options for every store URL, as a JSON object (e.g. '{"endpoint_url": "http://..."}').
+STORAGE_OPTIONS_ENV = "W2V2SER_STORAGE_OPTIONS"
+
+
+def is_store_url(text: str | os.PathLike[str]) -> bool:
+    """True for ``scheme://...`` locations other than ``file://`` (those are local paths)."""
+    text = os.fspath(text)
+    return "://" in text and not text.startswith("file://")
+
+
+def _env_options() -> dict[str, Any]:
+    raw = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except ValueError as exc:
+        raise StoreError(
+            f"environment variable {STORAGE_OPTIONS_ENV}={raw[:200]!r} is not JSON ({exc}); expected "
+            f'an object of fsspec storage options, e.g. {{"endpoint_url": "http://127.0.0.1:9000"}}.'
+        ) from None
+    if not isinstance(options, dict):
+        raise StoreError(f"environment variable {STORAGE_OPTIONS_ENV} holds {type(options).__name__}; "
+                         f'expected a JSON object such as {{"endpoint_url": "http://127.0.0.1:9000"}}.')
+    return options
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A store's place: ``url`` is a local path or an object-store URL; picklable, so it can
+    travel to Dask workers with its storage options.
+
+    Attributes:
+        url: absolute local path, or ``scheme://bucket/prefix`` without a trailing slash.
+        storage_options: fsspec options of the URL's file system (endpoint, credentials...).
+    """
+
+    url: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        """True for a directory on a local (or mounted) file system."""
+        return not is_store_url(self.url)
+
+    @property
+    def path(self) -> Path:
+        """The directory of a local store."""
+        if not self.is_local:
+            raise StoreError(f"store {self.url} is on object storage; this operation needs a local directory.")
+        return Path(self.url)
+
+    @property
+    def display(self) -> Path | str:
+        """What messages and ``.path`` attributes show: a Path for local stores, else the URL."""
+        return self.path if self.is_local else self.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    # ------------------------------------------------------------------ zarr
+    def zarr_store(self, *, read_only: bool) -> Any:
+        """The Zarr store object: ``LocalStore`` for directories, ``FsspecStore`` for URLs."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.path, read_only=read_only)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
+
+    # ------------------------------------------------------------------ objects
+    def _fs(self) -> tuple[Any, str]:
+        import fsspec
+
+        # fsspec caches file-system instances by their options, so this is cheap after the first call.
+        return fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+
+    def _full(self, key: str) -> tuple[Any, str]:
+        fs, root = self._fs()
+        return fs, f"{root.rstrip('/')}/{key}" if key else root
+
+    def exists(self, key: str) -> bool:
+        """Whether the object (or local file) ``key`` exists."""
+        if self.is_local:
+            return (self.path / key).exists()
+        fs, full = self._full(key)
+        fs.invalidate_cache(full)
+        return bool(fs.exists(full))
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+        fs, full = self._full(key)
+        try:
+            return bytes(fs.cat_file(full))
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Replace an object as a whole (one PUT: readers see the old object or the new one)."""
+        fs, full = self._full(key)
+        fs.pipe_file(full, data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create an object only if none exists; False when it already does.
+
+        On S3 this is one conditional PUT (``If-None-Match: *``), atomic on the server; other
+        fsspec file systems check, then write (not atomic between two racing writers).
+        """
+        fs, full = self._full(key)
+        try:
+            fs.pipe_file(full, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        """Delete one object (missing is fine)."""
+        fs, full = self._full(key)
+        try:
+            fs.rm_file(full)
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of every object under ``prefix/``, relative to the store, sorted (fresh listing)."""
+        fs, full = self._full(prefix)
+        fs.invalidate_cache(full)
+        _, root = self._fs()
+        start = len(root.rstrip("/")) + 1
+        try:
+            found = fs.find(full)
+        except FileNotFoundError:
+            return []
+        return sorted(str(p)[start:] for p in found)
+
+
+def unreachable(location: StoreLocation, exc: BaseException) -> StoreError:
+    """The error for an object store that refuses a request: no such bucket, bad credentials, no endpoint."""
+    return StoreError(
+        f"cannot use store {location}: {type(exc).__name__}: {exc}. Check that the bucket exists, "
+        f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+        f"AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
+    )
+
+
+def locate_store(store: str | os.PathLike[str] | StoreLocation, *,
+                 storage_options: Mapping[str, Any] | None = None) -> StoreLocation:
+    """Turn a store path or URL into a :class:`StoreLocation`.
+
+    Args:
+        store: local directory, ``file://`` path, an object-store URL (``s3://bucket/prefix``,
+            ``gs://...``, ``memory://...``: any fsspec URL), or a StoreLocation (returned as is
+            unless ``storage_options`` are given).
+        storage_options: fsspec options for URLs, over those of the environment variable
+            ``W2V2SER_STORAGE_OPTIONS`` (a JSON object). S3 credentials and endpoint also come
+            from the usual ``AWS_*`` variables (read by botocore).
+
+    Returns:
+        The location; a local path is kept as given.
+    """
+    if isinstance(store, StoreLocation):
+        if storage_options:
+            return StoreLocation(store.url, {**dict(store.storage_options), **dict(storage_options)})
+        return store
+    text = os.fspath(store)
+    if is_store_url(text):
+        return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})
+    return StoreLocation(text.removeprefix("file://"))

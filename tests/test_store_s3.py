@@ -1,0 +1,330 @@
+"""Stores on object storage: the same store contract on a local directory and on S3.
+
+The S3 backend is a real local S3 server: moto's server mode on 127.0.0.1, started and
+stopped by the module fixture. Endpoint and credentials reach w2v2ser the way a user gives
+them: the ``AWS_*`` environment variables, or explicit ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+from w2v2ser.store import (  # noqa: E402 - after the skips
+    StoreError,
+    StoreIncompleteError,
+    StoreLockedError,
+    export_hdf5,
+    locate_store,
+    lock_store,
+    open_store,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_store import SPEC2D, W2V, build_store  # noqa: E402
+
+BUCKET = "w2v2ser-test"
+_names = itertools.count()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _forget_s3_clients() -> None:
+    # fsspec caches file systems by their options: one made for an earlier server must not be reused.
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with one bucket; the AWS_* variables point at it."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("W2V2SER_STORAGE_OPTIONS", raising=False)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        _forget_s3_clients()
+        try:
+            yield endpoint
+        finally:
+            _forget_s3_clients()
+            server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    """A fresh store location on each backend: a directory, or a prefix of the moto bucket."""
+    if request.param == "local":
+        return str(tmp_path / "s.zarr")
+    request.getfixturevalue("s3_server")
+    return f"s3://{BUCKET}/t{next(_names)}/s.zarr"
+
+
+def _shard_key(store, feature: str, utterance_id: str) -> str:
+    """Key (relative to the store) of the shard holding an utterance's first frame."""
+    off = int(store._per_row(feature)["offset"][store._row(utterance_id)])
+    data = store._array(feature, "data")
+    coords = (off // data.shards[0],) + (0,) * (data.ndim - 1)
+    return f"features/{feature}/data/{data.metadata.encode_chunk_key(coords)}"
+
+
+def _damage(where: str, key: str, change) -> None:
+    location = locate_store(where)
+    location.write_bytes(key, change(location.read_bytes(key)))
+
+
+class TestStoreBackends:
+    """One contract for every backend: what holds on a directory holds on S3."""
+
+    LENGTHS = [20, 9, 12, 5, 0, 33]
+
+    def test_round_trip_whole_layer_and_batch(self, where):
+        built = build_store(where, lengths=self.LENGTHS, units=2)
+        store = open_store(where)
+        ids = [u.id for u in built.utterances]
+        assert [r.id for r in store.list_utterances()] == ids
+        for i, uid in enumerate(ids):
+            np.testing.assert_array_equal(store.read_utterance(uid, "w2v"), built.stored("w2v", i))
+            np.testing.assert_array_equal(store.read_utterance(uid, "w2v", layers=[2]),
+                                          built.stored("w2v", i)[:, [2]])
+            np.testing.assert_array_equal(store.read_utterance(uid, "lld"), built.stored("lld", i))
+        batch = store.read_batch(ids[::-1], "w2v", layers=[0, 3])
+        for got, i in zip(batch, range(len(ids) - 1, -1, -1)):
+            np.testing.assert_array_equal(got, built.stored("w2v", i)[:, [0, 3]])
+        assert store.verify().ok
+        assert store.compose_statistics("lld").count == sum(self.LENGTHS)
+        assert set(json.loads(json.dumps(store.describe()))["features"]) == {W2V.name, SPEC2D.name}
+
+    def test_flipped_truncated_or_missing_shard_raises_naming_the_utterance_on_every_read_path(self, where):
+        built = build_store(where, lengths=[20, 9, 12], units=0)
+        store = open_store(where)
+        key = _shard_key(store, "w2v", "u000")
+        needle = built.stored("w2v", 0)[8:16, 2].tobytes()  # the inner chunk of frames 8-15, layer 2
+
+        def flip(raw: bytes) -> bytes:
+            raw = bytearray(raw)
+            assert raw.count(needle) == 1
+            raw[raw.find(needle) + 3] ^= 0xFF
+            return bytes(raw)
+
+        _damage(where, key, flip)
+        truncated, deleted = _shard_key(store, "lld", "u001"), _shard_key(store, "w2v", "u002")
+        _damage(where, truncated, lambda raw: raw[:10])
+        locate_store(where).delete(deleted)
+        store = open_store(where)
+        for uid, feature, intact in (("u000", "w2v", "u001"), ("u001", "lld", "u000"), ("u002", "w2v", "u001")):
+            layers = [2] if feature == "w2v" else None
+            for read in (lambda: store.read_utterance(uid, feature),
+                         lambda: store.read_utterance(uid, feature, layers=layers),
+                         lambda: store.read_batch([intact, uid], feature, layers=layers)):
+                with pytest.raises(StoreError, match=uid):
+                    read()
+        np.testing.assert_array_equal(store.read_utterance("u001", "w2v"), built.stored("w2v", 1))
+        report = store.verify()
+        assert {(u, f) for u, f, _ in report.problems} == {("u000", "w2v"), ("u001", "lld"), ("u002", "w2v")}
+
+    def test_lock_refuses_a_second_writer(self, where):
+        with lock_store(where):
+            with pytest.raises(StoreLockedError, match="another extraction is running"):
+                with lock_store(where):
+                    pass
+        with lock_store(where):  # released on exit
+            pass
+
+    def test_incomplete_store_is_refused(self, where):
+        build_store(where, lengths=[4, 7], finalize=False)
+        with pytest.raises(StoreIncompleteError, match="incomplete"):
+            open_store(where)
+        assert len(open_store(where, allow_incomplete=True).list_utterances(status=None)) == 2
+
+    def test_killed_unit_leaves_nothing_visible_and_its_shards_are_deleted(self, where):
+        from w2v2ser.store import StoreWriter
+
+        built = build_store(where, lengths=[40, 3], write=False, finalize=False)
+        writer = StoreWriter(where, journal="killed")
+        (unit,) = writer.plan_units([built.rows[:1]], ["w2v"])
+        killed = writer.open_unit(unit)  # never committed: as if its process were killed
+        killed.add(built.rows[0], {"w2v": built.frames["w2v"][0]}, audio_sha256="x", duration=0.8)
+        location = locate_store(where)
+        assert location.list("features/w2v/data/c")  # full shards are written before the commit
+        writer.finalize()
+        store = open_store(where, allow_incomplete=True)
+        assert not store.complete and {u.status for u in store.list_utterances(status=None)} == {"pending"}
+        assert location.list("features/w2v/data/c") == []  # finalize deleted the orphaned shards
+
+    def test_missing_store_is_named(self, where):
+        with pytest.raises(StoreError, match="is not a w2v2ser store"):
+            open_store(where)
+
+
+# ---------------------------------------------------------------------------- S3 only
+
+
+def test_missing_bucket_and_stale_lock_say_what_to_do(s3_server):
+    from w2v2ser.store import StoreWriter
+
+    nowhere = "s3://no-such-bucket/x.zarr"
+    for use in (lambda: StoreWriter(nowhere), lambda: lock_store(nowhere).__enter__()):
+        with pytest.raises(StoreError, match="Check that the bucket exists"):
+            use()
+    url = f"s3://{BUCKET}/t{next(_names)}/stale.zarr"
+    locate_store(url).write_bytes(".lock", b"pid 1 on gone-node\n")  # a holder killed by SIGKILL
+    with pytest.raises(StoreLockedError, match=r"pid 1 on gone-node.*delete the object .*stale.zarr/\.lock"):
+        with lock_store(url):
+            pass
+
+
+@pytest.fixture(scope="module")
+def extracted(s3_server, tmp_path_factory):
+    """A small synthetic corpus extracted by `w2v2ser extract` into s3:// (eGeMAPS-free: fast)."""
+    from fixtures_audio import write_audio
+
+    from w2v2ser._cli import main
+
+    folder = tmp_path_factory.mktemp("corpus")
+    rows = ["path,label,speaker"]
+    for k in range(12):
+        path = write_audio(folder / f"a{k:02d}.wav", duration=0.4 + 0.1 * (k % 5))
+        rows.append(f"{path},{['angry', 'sad', 'calm'][k % 3]},spk{k % 4}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    url = f"s3://{BUCKET}/extract/ravdess-like.zarr"
+    code = main(["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram",
+                 "--shard-size", "5", "--no-progress"])
+    assert code == 0
+    return url
+
+
+def test_extract_then_cli_info_verify_export(extracted, tmp_path, capsys):
+    from w2v2ser._cli import main
+
+    store = open_store(extracted)
+    assert store.complete and len(store.list_utterances()) == 12
+    keys = locate_store(extracted).list("")
+    assert "utterances.parquet" in keys and ".lock" not in keys
+    # One journal object per committed work unit (12 utterances in units of 5), never an append.
+    journal = [k for k in keys if k.startswith("_journal/")]
+    assert len(journal) == 3 and all(k.startswith("_journal/main/") and k.endswith(".jsonl") for k in journal)
+    assert main(["store", "info", extracted, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == extracted and info["status"]["done"] == 12
+    assert main(["store", "verify", extracted]) == 0
+    out = tmp_path / "x.h5"
+    assert main(["store", "export", extracted, str(out)]) == 0
+    import h5py
+
+    with h5py.File(out) as h5:
+        first = store.list_utterances()[0]
+        off, n = int(h5["features/spectrogram/offset"][0]), int(h5["features/spectrogram/length"][0])
+        np.testing.assert_array_equal(h5["features/spectrogram/data"][off:off + n],
+                                      store.read_utterance(first.id, "spectrogram"))
+    assert export_hdf5(extracted, tmp_path / "y.h5").exists()
+
+
+def test_explicit_storage_options_reach_the_server(extracted, s3_server, monkeypatch):
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    _forget_s3_clients()
+    options = {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}
+    try:
+        store = open_store(extracted, storage_options=options)
+        assert store.path == extracted and len(store.list_utterances()) == 12
+        monkeypatch.setenv("W2V2SER_STORAGE_OPTIONS", json.dumps(options))
+        assert len(open_store(extracted).list_utterances()) == 12
+    finally:
+        _forget_s3_clients()
+
+
+def test_rerun_of_extract_on_s3_skips_committed_work(extracted):
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    store = open_store(extracted)
+    utterances = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label=u.label) for u in store.list_utterances()]
+    summary = extract_corpus(utterances, extracted, extractors=[build_extractor("spectrogram")], progress=False)
+    assert summary.complete and summary.extracted == 0 and summary.skipped == 12
+
+
+def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
+    pytest.importorskip("keras")
+    from stage2_fixtures import build_store as build_stage2_store
+    from stage2_fixtures import ravdess_utterances
+    from test_predict import fake_extract
+
+    from w2v2ser.evaluate import _predict, predict_audio
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    # Written locally, then uploaded as it is (one PUT per file): writing 48 one-utterance units
+    # through moto would cost most of the test's time; the S3 write path is tested above.
+    local = build_stage2_store(tmp_path / "train.zarr", utterances=ravdess_utterances(per_actor=2), layers=3,
+                               dim=4, features=("wav2vec2",))
+    url = f"s3://{BUCKET}/t{next(_names)}/train.zarr"
+    fs, root = locate_store(url)._fs()
+    fs.put(f"{local}/", root, recursive=True)
+    config = ExperimentConfig(stores=url, features="wav2vec2:all", head="dense", norm="speaker",
+                              recipe_overrides={"max_epochs": 1}, units=8, seeds=1, workers=1, run_eagerly=True)
+    assert config.stores["main"] == url
+    out = tmp_path / "run"
+    results = train_experiment(config, out=out, progress=False, threads=1)
+    assert len(results["uar_per_run"]) == 1 and 0.0 <= results["uar_mean"] <= 1.0
+    # predict finds the training store (its URL) in the run dir and extracts "like" it.
+    likes = []
+    monkeypatch.setattr(_predict, "extract_features",
+                        lambda manifest, store, *, like, features: likes.append(like)
+                        or fake_extract(manifest, store, like=like, features=features))
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")  # never decoded by the fake extraction
+    (prediction,) = predict_audio(out, [audio], work_dir=tmp_path / "work")
+    assert prediction.ok and likes == [url]
+
+
+def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
+    """Worker processes see no AWS_* variables: the endpoint and keys travel with the store location."""
+    distributed = pytest.importorskip("distributed")
+    from fixtures_audio import write_audio
+
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    utterances = [Utterance(id=f"d{k}", path=str(write_audio(tmp_path / f"d{k}.wav", duration=0.3 + 0.1 * k)),
+                            speaker=f"s{k % 2}", label="sad") for k in range(4)]
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    _forget_s3_clients()
+    options = {"endpoint_url": s3_server, "key": "testing", "secret": "testing"}
+    url = f"s3://{BUCKET}/t{next(_names)}/dask.zarr"
+    try:
+        with distributed.Client(processes=True, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            summary = extract_corpus(utterances, url, extractors=[build_extractor("spectrogram")], shard_size=2,
+                                     progress=False, client=client, storage_options=options)
+        assert summary.complete and summary.extracted == 4
+        store = open_store(url, storage_options=options)
+        assert store.verify().ok
+        writers = {k.split("/")[1] for k in locate_store(url, storage_options=options).list("_journal")}
+        assert len(writers) == 2 and all(w.startswith("shard-") for w in writers)  # written by the workers
+    finally:
+        _forget_s3_clients()

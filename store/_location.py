@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,14 @@ class StoreLocation:
             fs.rm_file(full)
         except FileNotFoundError:
             pass
+
+    def delete_tree(self, prefix: str) -> None:
+        """Delete everything under ``prefix/`` (a folder, or every object of that prefix)."""
+        if self.is_local:
+            shutil.rmtree(self.path / prefix, ignore_errors=True)
+            return
+        for key in self.list(prefix):
+            self.delete(key)
 
     def list(self, prefix: str) -> list[str]:
         """Keys of every object under ``prefix/``, relative to the store, sorted (fresh listing)."""

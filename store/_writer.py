@@ -240,11 +240,11 @@ class StoreWriter:
         return specs[name]
 
     def _create_feature(self, spec: FeatureSpec, rows: int) -> None:
-        # Called only for features absent from the root attributes: arrays already on disk under
-        # that name are leftovers of a plan killed before it recorded the feature (no worker can
-        # have written them, workers need the recorded spec), so they are replaced.
-        if f"features/{spec.name}" in self._group:
-            del self._group[f"features/{spec.name}"]
+        # Called only for features absent from the root attributes: anything stored under that
+        # name is left over from a plan killed before it recorded the feature (no worker can have
+        # written it, workers need the recorded spec), so it is replaced. Deleted by key prefix, not
+        # through zarr: a kill can leave an array's zarr.json without its parent group's.
+        self.location.delete_tree(f"features/{spec.name}")
         chunk = self._chunk_frames.get(spec.name, default_chunk_frames(spec))
         shard = self._shard_frames.get(spec.name, default_shard_frames(spec, chunk))
         if shard % chunk:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import multiprocessing
 import subprocess
 import sys
@@ -301,6 +302,28 @@ def test_plan_idempotent_appends_and_adds_features(tmp_path):
     assert store.complete and set(store.features) == {"w2v", "lld"}
     np.testing.assert_array_equal(store.read_utterance("u001", "w2v"), built.stored("w2v", 1))
     assert store.read_utterance("v002", "lld").shape == (2, 5)
+    assert store.verify().ok
+
+
+def test_plan_replaces_arrays_of_a_plan_killed_before_it_recorded_the_feature(tmp_path):
+    # A SIGKILL inside plan can leave features/<name>/data/zarr.json written while the parent
+    # group's zarr.json and the root attributes are not: the next plan must start the feature afresh.
+    path = tmp_path / "s"
+    built = build_store(path, lengths=[3, 9], specs=(W2V,))
+    leftover = path / "features" / "lld" / "data"
+    leftover.mkdir(parents=True)
+    shutil.copy(path / "features" / "w2v" / "data" / "zarr.json", leftover / "zarr.json")
+    assert not (path / "features" / "lld" / "zarr.json").exists()
+    writer = StoreWriter(path)
+    rows = writer.plan(built.utterances, num_samples=[16000, 16000], features=[W2V, SPEC2D],
+                       capacities={"w2v": [3, 9], "lld": [3, 9]})
+    rng = np.random.default_rng(1)
+    for row in rows:
+        writer.write_utterance(row, {"lld": random_frames(rng, SPEC2D, [3, 9][row])}, audio_sha256="", duration=0.1)
+    writer.finalize()
+    writer.close()
+    store = open_store(path)
+    assert store.read_utterance("u001", "lld").shape == (9, 5)
     assert store.verify().ok
 
 

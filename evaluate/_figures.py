@@ -6,7 +6,7 @@ temporary name in the destination folder and renamed, so a reader never sees hal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -91,14 +91,20 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
             std = values.std(axis=0) if len(values) > 1 else np.zeros(values.shape[1])
             ax.errorbar(layers, values.mean(axis=0), yerr=std, marker="o", capsize=3,
                         label=f"{model} (n={len(values)})")
-        ax.set_xticks(layers)
-        ax.set_xlabel("layer (0 = local encoder output)")
-        ax.set_ylabel("normalised weight α")
-        ax.set_title(f"{corpus}: learned layer weights")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _label_layer_axes(ax, ticks=layers, ylabel="normalised weight α",
+                          title=f"{corpus}: learned layer weights", legend_size=8)
     return save_figure_atomically(fig, path)
 
+
+
+def _label_layer_axes(ax: plt.Axes, *, ticks: Iterable[int], ylabel: str, title: str, legend_size: int) -> None:
+    """The axes of a per-layer panel: layer ticks, labels, grid and legend."""
+    ax.set_xticks(ticks)
+    ax.set_xlabel("layer (0 = local encoder output)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
 
 def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
     """UAR per layer with ± std error bars over runs, one line per upstream, one panel per corpus.
@@ -124,10 +130,7 @@ def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
                 ax.axhline(weighted["uar_mean"], color=colour, linestyle="--", linewidth=1,
                            label=f"{s['label']}: weighted average {weighted['uar_mean']:.1f} ± "
                                  f"{weighted['uar_std']:.1f}")
-        ax.set_xticks(range(most) if most <= 26 else range(0, most, 2))
-        ax.set_xlabel("layer (0 = local encoder output)")
-        ax.set_ylabel("UAR % (mean ± std over runs)")
-        ax.set_title(f"{corpus}: Dense probe per layer")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_layer_axes(ax, ticks=range(most) if most <= 26 else range(0, most, 2),
+                          ylabel="UAR % (mean ± std over runs)", title=f"{corpus}: Dense probe per layer",
+                          legend_size=7)
     return save_figure_atomically(fig, path)

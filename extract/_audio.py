@@ -106,6 +106,21 @@ def processing_rate(configured: int | str, given: int | None) -> int:
     return TARGET_SAMPLE_RATE if given is None else int(given)
 
 
+def mono_signal(signal: np.ndarray, *, what: str, index: int) -> np.ndarray:
+    """`signal` as a float32 array, checked to be 1-D (mono).
+
+    Raises:
+        ExtractorConfigError: The signal has another shape.
+    """
+    x = np.asarray(signal, dtype=np.float32)
+    if x.ndim != 1:
+        raise ExtractorConfigError(
+            f"{what} expects 1-D mono signals; signal {index} has shape {x.shape}. Mix channels down "
+            "first (decode_audio and read_audio return mono)."
+        )
+    return x
+
+
 def signals_at_rates(
     signals: Sequence[np.ndarray], sample_rates: Sequence[int] | None, configured: int | str, *, what: str
 ) -> list[tuple[np.ndarray, int]]:
@@ -130,12 +145,7 @@ def signals_at_rates(
         )
     out = []
     for position, signal in enumerate(signals):
-        x = np.asarray(signal, dtype=np.float32)
-        if x.ndim != 1:
-            raise ExtractorConfigError(
-                f"{what} expects 1-D mono signals, got shape {x.shape}; mix channels down first "
-                "(decode_audio and read_audio return mono)."
-            )
+        x = mono_signal(signal, what=what, index=position)
         given = None if sample_rates is None else int(sample_rates[position])
         rate = processing_rate(configured, given)
         out.append((resample_audio(x, given, rate) if given is not None else x, rate))

@@ -43,6 +43,7 @@ from pydantic import Field
 from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
+from ._audio import mono_signal
 from ._errors import ExtractorConfigError
 
 from ._models import ModelSource, load_model, resolve_model
@@ -335,14 +336,7 @@ class Wav2Vec2Extractor:
             `max_frames(len)`; signals shorter than one frame give 0 frames), in input order.
             Signals of one batch are views into that batch's host buffer (pinned memory on CUDA).
         """
-        arrays = []
-        for index, signal in enumerate(signals):
-            array = np.asarray(signal, dtype=np.float32)
-            if array.ndim != 1:
-                raise ExtractorConfigError(
-                    f"{self.name} expects 1-D mono 16 kHz signals; signal {index} has shape {array.shape}"
-                )
-            arrays.append(array)
+        arrays = [mono_signal(signal, what=self.name, index=index) for index, signal in enumerate(signals)]
         model = self._ensure_model()
         hf = model.config
         width = int(hf.num_hidden_layers) + 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+
+from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
 from ._layout import (
@@ -54,11 +55,6 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
     if not allow_incomplete:
         check_complete(location.display, meta)
     return FeatureStore(location, meta)
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 class FeatureStore:
@@ -111,7 +107,7 @@ class FeatureStore:
         if feature not in self.features:
             raise StoreError(
                 f"feature {feature!r} is not in store {self.path}; it has "
-                f"{sorted(self.features)}.{_did_you_mean(feature, list(self.features))}"
+                f"{sorted(self.features)}.{did_you_mean(feature, list(self.features))}"
             )
         return self.features[feature]
 
@@ -120,7 +116,7 @@ class FeatureStore:
         if row is None:
             raise StoreError(
                 f"utterance {utterance_id!r} is not in store {self.path} ({len(self._ids)} "
-                f"utterances).{_did_you_mean(str(utterance_id), self._ids)}"
+                f"utterances).{did_you_mean(str(utterance_id), self._ids)}"
             )
         return row
 
@@ -364,7 +360,7 @@ class FeatureStore:
                 raise StoreError(
                     f"compose_statistics: speakers {missing} are not in store {self.path} "
                     f"(feature {feature!r}, speakers {names[:10]}{'...' if len(names) > 10 else ''})."
-                    f"{_did_you_mean(str(missing[0]), names)}"
+                    f"{did_you_mean(str(missing[0]), names)}"
                 )
             wanted = sorted({pos[s] for s in speakers})
         mean_arr, m2_arr = self._array(feature, "speaker_mean"), self._array(feature, "speaker_m2")

@@ -190,6 +190,18 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
+
+def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
+    """Check the run's split and reset Keras to a fresh, seeded state (one place for every run kind)."""
+    import keras
+    import tensorflow as tf
+
+    check_disjoint(Fold(run_spec.fold, run_spec.train, run_spec.validation, run_spec.test))
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(run_spec.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
 def _complete(run_dir: Path, key: str, fingerprint: str) -> dict[str, Any] | None:
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -274,9 +286,6 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         verbose: Keras fit verbosity.
     """
     _configure_threads(threads)
-    import keras
-    import tensorflow as tf
-
     out = Path(out)
     run_dir = out / "runs" / run_spec.name
     key = config.config_key()
@@ -289,12 +298,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "experiment.json", {**config.to_dict(), "config_key": key,
                                               "stores_identity": _store_identities(config, data.stores)})
-    check_disjoint(Fold(run_spec.fold, run_spec.train, run_spec.validation, run_spec.test))
-
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(run_spec.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _start_run(config, run_spec)
     recipe = config.resolved_recipe()
     max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)
     common = dict(sources=sources, classes=data.classes, batch_size=recipe.batch_size, max_frames=max_frames,

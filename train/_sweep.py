@@ -40,11 +40,11 @@ from w2v2ser._common import publish_directory
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _store_fingerprint,
-                          _store_identities, _write_json, plan_runs, summarize_runs)
+from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _start_run,
+                          _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, uar
 from ._normalisation import build_normaliser
-from ._protocols import Fold, check_disjoint, get_protocol
+from ._protocols import get_protocol
 from ._selection import parse_selection
 
 __all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "ALL_LAYERS_DIR"]
@@ -381,8 +381,6 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         Head folder name -> metrics (with "skipped": True when already complete).
     """
     _configure_threads(threads)
-    import keras
-    import tensorflow as tf
 
     out = Path(out)
     configs = sweep_configs(config)
@@ -402,11 +400,7 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
             _write_json(out / name / "experiment.json", {**c.to_dict(), "config_key": c.config_key(),
                                                          "stores_identity": _store_identities(c, data.stores),
                                                          "sweep": {"path": str(out), "head": name}})
-    check_disjoint(Fold(run_spec.fold, run_spec.train, run_spec.validation, run_spec.test))
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(run_spec.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _start_run(config, run_spec)
     recipe = base.resolved_recipe()
     max_frames = base.max_frames or get_protocol(base.protocol).max_frames
     parts = _parts(data, run_spec)

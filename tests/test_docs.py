@@ -107,3 +107,18 @@ def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
         assert _cli.main([]) == code, error
         err = capsys.readouterr().err
         assert err.startswith("w2v2ser: ") and "Traceback" not in err
+
+
+def test_quick_start_test_command_is_what_ci_runs() -> None:
+    # The README's second quick-start command, step by step, equals .ci/run's (without -q).
+    block = _section(README, "## Quick start")
+    command = re.search(r"\*\*2\. Install and run the tests\.\*\*.*?```bash\n(.+?)\n```", block, re.S).group(1)
+    def quiet(step: str) -> str:  # CI's pip is quiet; the README's is not
+        return " ".join(word for word in step.split() if word != "-q" or "pytest" in step)
+
+    readme_steps = [quiet(step) for step in command.split("&&")]
+    ci_steps = [quiet(line)
+                for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.startswith((".venv/bin/pip install", ".venv/bin/python -m", "python3 -m venv"))
+                and "--upgrade pip" not in line]
+    assert readme_steps == ci_steps

@@ -76,7 +76,7 @@ def plan_utterances(seconds: float):
     return utts, durations
 
 
-def _write_part(path: str, part: int, parts: int, rows: list, frames: list, labels: list) -> None:
+def _write_part(path: str, part: int, unit, positions: list, frames: list, labels: list) -> None:
     import numpy as np
 
     from w2v2ser.store import StoreWriter
@@ -85,11 +85,14 @@ def _write_part(path: str, part: int, parts: int, rows: list, frames: list, labe
     pool = rng.standard_normal((800, 13, 768), dtype=np.float32).astype(np.float16)
     class_shift = rng.standard_normal((len(EMOTIONS), 13, 768), dtype=np.float32).astype(np.float16) * 0.5
     writer = StoreWriter(path, journal=f"gen-{part}")
-    for k in range(part, len(rows), parts):
-        t = frames[k]
-        start = int(rng.integers(0, 800 - t))
-        x = pool[start:start + t] + class_shift[labels[k]]
-        writer.write_utterance(rows[k], {"wav2vec2": x}, audio_sha256="0" * 64, duration=t / 50.0)
+    # One work unit per process, planned by the parent: only the planning process grows arrays
+    # (write_utterance does, so it must not run in several processes at once).
+    with writer.open_unit(unit) as unit_writer:
+        for row, k in zip(unit.rows, positions):
+            t = frames[k]
+            start = int(rng.integers(0, 800 - t))
+            x = pool[start:start + t] + class_shift[labels[k]]
+            unit_writer.add(row, {"wav2vec2": x}, audio_sha256="0" * 64, duration=t / 50.0)
     writer.close()
 
 
@@ -116,7 +119,10 @@ def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
                        capacities={"wav2vec2": frames})
     labels = [EMOTIONS.index(u.label) for u in utts]
     ctx = get_context("spawn")
-    procs = [ctx.Process(target=_write_part, args=(str(path), k, workers, rows, frames, labels)) for k in range(workers)]
+    positions = [list(range(k, len(rows), workers)) for k in range(workers)]
+    units = writer.plan_units([[rows[i] for i in pos] for pos in positions], ["wav2vec2"])
+    procs = [ctx.Process(target=_write_part, args=(str(path), k, units[k], positions[k], frames, labels))
+             for k in range(workers)]
     for p in procs:
         p.start()
     for p in procs:

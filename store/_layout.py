@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,10 +72,19 @@ def _zarrs_available() -> bool:
 _PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if _zarrs_available() else {}
 
 
+# zarr's own pipeline, named explicitly: it checks every chunk's crc32c.
+_CHECKING_PIPELINE = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+# zarr.config is process-wide: two threads entering and leaving config.set in interleaved order
+# (stage 2's parallel readers) can leave the zarrs pipeline set for good, and the small arrays
+# then lose their checksum check. One lock makes every set-open-restore happen in one piece.
+_PIPELINE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
-def fast_pipeline() -> Iterator[None]:
-    """Arrays opened inside use the zarrs codec pipeline (chosen when an array is opened)."""
-    with zarr.config.set(_PIPELINE), warnings.catch_warnings():
+def fast_pipeline(fast: bool = True) -> Iterator[None]:
+    """Arrays opened inside use the zarrs codec pipeline (chosen when an array is opened), or
+    with ``fast=False`` zarr's own, whatever the process-wide configuration says."""
+    with _PIPELINE_LOCK, zarr.config.set(_PIPELINE if fast else _CHECKING_PIPELINE), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
@@ -121,11 +131,7 @@ FAST_ARRAYS = ("data", "stats")  # the bulk arrays; their reads are checked by w
 def open_array(group: zarr.Group, key: str) -> zarr.Array:
     """An array of the store: the bulk arrays with the fast codec pipeline, the small ones with
     zarr's own, which checks every chunk's crc32c (zarrs skips it when it decodes part of a chunk)."""
-    if key.rsplit("/", 1)[-1] in FAST_ARRAYS:
-        with fast_pipeline():
-            return group[key]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with fast_pipeline(key.rsplit("/", 1)[-1] in FAST_ARRAYS):
         return group[key]
 
 

@@ -115,8 +115,11 @@ def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], lengt
     ok_rows = np.asarray([verified[r] or length[r] <= 0 for r in range(len(length))])
     try:
         totals = compose_speakers(store._array(name, "stats"), speakers, length, slot)
-    except Exception:  # damaged statistics were reported per utterance
-        return []
+    except Exception as exc:
+        if ok_rows.all():  # nothing reported per utterance: say why the check could not run
+            return [("*", name, f"per-speaker statistics cannot be checked: composing them from the "
+                                f"utterances failed ({type(exc).__name__}: {exc}); {fix}")]
+        return []  # damaged statistics were reported per utterance
     out = []
     for k, spk in enumerate(names):
         rows = [r for r, s in enumerate(speakers) if s == spk]

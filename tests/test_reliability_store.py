@@ -250,11 +250,38 @@ def test_verify_detects_damaged_per_utterance_statistics(store):
     assert "statistics" in str(report.problems)
 
 
-def test_verify_detects_damaged_speaker_statistics(store):
+@pytest.mark.parametrize("global_pipeline", [None, "zarrs.ZarrsCodecPipeline"])
+def test_verify_detects_damaged_speaker_statistics(store, global_pipeline):
+    # Also with the zarrs pipeline set process-wide (as an interleaved config.set in two threads
+    # used to leave it): the small arrays are still opened with zarr's checking pipeline.
+    import zarr
+
     (file,) = _chunk_files(store, "features/layered/speaker_mean")
     _flip(file, len(file.read_bytes()) // 2)
-    report = open_store(store).verify()
+    with zarr.config.set({"codec_pipeline.path": global_pipeline or zarr.config.get("codec_pipeline.path")}):
+        report = open_store(store).verify()
     assert not report.ok and "speaker_mean" in str(report.problems), report.problems
+
+
+def test_opening_arrays_from_many_threads_leaves_the_zarr_config_as_it_was(store):
+    import threading
+
+    import zarr
+
+    before = zarr.config.get("codec_pipeline.path")
+    s = open_store(store)
+
+    def open_many() -> None:
+        for _ in range(200):
+            s._array("layered", "data")
+            s._array("layered", "speaker_mean")
+
+    threads = [threading.Thread(target=open_many) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert zarr.config.get("codec_pipeline.path") == before
 
 
 @pytest.mark.parametrize("array,damage", [

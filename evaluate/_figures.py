@@ -96,7 +96,6 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
     return save_figure_atomically(fig, path)
 
 
-
 def _label_layer_axes(ax: plt.Axes, *, ticks: Iterable[int], ylabel: str, title: str, legend_size: int) -> None:
     """The axes of a per-layer panel: layer ticks, labels, grid and legend."""
     ax.set_xticks(ticks)
@@ -105,6 +104,7 @@ def _label_layer_axes(ax: plt.Axes, *, ticks: Iterable[int], ylabel: str, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
+
 
 def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
     """UAR per layer with ± std error bars over runs, one line per upstream, one panel per corpus.

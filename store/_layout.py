@@ -81,12 +81,16 @@ _PIPELINE_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def fast_pipeline(fast: bool = True) -> Iterator[None]:
-    """Arrays opened inside use the zarrs codec pipeline (chosen when an array is opened), or
-    with ``fast=False`` zarr's own, whatever the process-wide configuration says."""
-    with _PIPELINE_LOCK, zarr.config.set(_PIPELINE if fast else _CHECKING_PIPELINE), warnings.catch_warnings():
+def _codec_pipeline(config: dict[str, str]) -> Iterator[None]:
+    """Arrays opened inside use the pipeline `config` names (chosen when an array is opened)."""
+    with _PIPELINE_LOCK, zarr.config.set(config), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def fast_pipeline() -> contextlib.AbstractContextManager[None]:
+    """Arrays opened inside use the zarrs codec pipeline."""
+    return _codec_pipeline(_PIPELINE)
 
 
 def default_chunk_frames(spec: FeatureSpec) -> int:
@@ -131,7 +135,8 @@ FAST_ARRAYS = ("data", "stats")  # the bulk arrays; their reads are checked by w
 def open_array(group: zarr.Group, key: str) -> zarr.Array:
     """An array of the store: the bulk arrays with the fast codec pipeline, the small ones with
     zarr's own, which checks every chunk's crc32c (zarrs skips it when it decodes part of a chunk)."""
-    with fast_pipeline(key.rsplit("/", 1)[-1] in FAST_ARRAYS):
+    fast = key.rsplit("/", 1)[-1] in FAST_ARRAYS
+    with _codec_pipeline(_PIPELINE if fast else _CHECKING_PIPELINE):
         return group[key]
 
 

@@ -190,7 +190,6 @@ def _peak_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-
 def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
     """Check the run's split and reset Keras to a fresh, seeded state (one place for every run kind)."""
     import keras
@@ -201,6 +200,7 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
     keras.utils.set_random_seed(run_spec.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+
 
 def _complete(run_dir: Path, key: str, fingerprint: str) -> dict[str, Any] | None:
     try:

@@ -103,6 +103,31 @@ def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) 
         sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2:2"), out=tmp_path / "y")
 
 
+def test_each_probe_is_the_dense_head_of_its_layer() -> None:
+    """Probe l of the stacked heads computes the paper's Dense head on layer l alone (inference)."""
+    from w2v2ser.train._sweep import _SweepHeads
+
+    rng = np.random.default_rng(3)
+    n_layers, dim, classes = 3, 8, 4
+    heads = _SweepHeads(n_layers, dim, classes, units=6, dropout=0.2, seed=1)
+    for var in heads.stacked[1::2]:  # non-zero biases, so a wrong broadcast cannot hide
+        var.assign(rng.normal(size=var.shape).astype(np.float32))
+    x = rng.normal(size=(5, 7, n_layers, dim)).astype(np.float16)
+    mask = np.ones((5, 7), np.float32)
+    mask[1, 4:] = mask[3, 2:] = 0.0  # padded frames must not count
+    probs = np.asarray(heads(x, mask, False))
+    assert probs.shape == (5, n_layers + 1, classes)
+    k1, b1, k2, b2, kc, bc = (np.asarray(v.numpy(), np.float64) for v in heads.stacked)
+    for layer in range(n_layers):
+        h = np.maximum(x[:, :, layer].astype(np.float64) @ k1[layer] + b1[layer], 0)
+        h = np.maximum(h @ k2[layer] + b2[layer], 0)
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        logits = pooled @ kc[layer] + bc[layer]
+        want = np.exp(logits - logits.max(1, keepdims=True))
+        want /= want.sum(1, keepdims=True)
+        np.testing.assert_allclose(probs[:, layer], want, rtol=1e-4, atol=1e-6)
+
+
 def test_stopped_heads_stay_frozen_while_the_others_train(tmp_path: Path) -> None:
     """Per-head early stopping: a stopped head never changes again, and it stops no other head."""
     from w2v2ser.store import open_store

@@ -125,6 +125,30 @@ def test_layer_average_of_float16_frames_matches_float32():
     np.testing.assert_allclose(half, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_layer_average_gradient_of_float16_frames_matches_float32(graph):
+    """The float16 path loops over layers with its own gradient; the weights learn the same."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 7, 5, 4)).astype(np.float16)
+    upstream = tf.constant(rng.standard_normal((3, 7, 4)).astype(np.float32))
+    layer = LayerWeightedAverage()
+    layer.build(x.shape)
+    layer.alphas.assign(np.array([0.5, 1.0, 2.0, 0.0, 1.5], np.float32))
+
+    def grad(frames):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(frames) * upstream)
+        return tape.gradient(loss, layer.alphas)
+
+    grad = tf.function(grad) if graph else grad
+    half = grad(tf.constant(x)).numpy()
+    full = grad(tf.constant(x.astype(np.float32))).numpy()
+    assert np.abs(full).max() > 1e-3
+    np.testing.assert_allclose(half, full, rtol=1e-4, atol=1e-5)
+
+
 def test_one_memory_budget_for_the_whole_run(store):
     from w2v2ser.train._dataset import share_memory_budget
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# W2V2SER_CODE: another w2v2ser source tree, for a benchmark's --baseline-code child processes.
+REPO_ROOT = Path(os.environ.get("W2V2SER_CODE") or Path(__file__).resolve().parents[2])
 _START_LOAD = [round(v, 2) for v in os.getloadavg()]  # when the benchmark script started
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

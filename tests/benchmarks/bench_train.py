@@ -13,6 +13,10 @@ the same process right after training, so input share = input-only pass / epoch.
     python3 tests/benchmarks/bench_train.py --quick          # tiny stores, < 60 s
     python3 tests/benchmarks/bench_train.py                  # 10,000 s and 2,500 s stores
 
+``--baseline-code DIR`` (another w2v2ser source tree, e.g. ``git archive`` of an older commit)
+also trains each size with that code, right after this code's run of the same size, in the base
+interpreter with DIR on its path: memory and speed side by side in one run.
+
 The last printed line is the headline (peak RSS ratio full/quarter, input share).
 """
 
@@ -43,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of the generated stores (reused)")
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--baseline-code", default=None, metavar="DIR",
+                   help="source tree of another w2v2ser, trained on each size right after this code")
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
     p.add_argument("--small", default=None, metavar="STORE",
                    help="instead: eGeMAPS and spectrogram of this (RAVDESS) store, w2v2ser epoch vs model.fit(numpy)")
@@ -186,6 +192,7 @@ def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
         "cache_used": bool(metrics.get("cached_in_memory")), "partition_read_seconds": read_s,
         "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
         "uar": result.uar, "load_average": _common.load_average(),
+        "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1]),
     }))
 
 
@@ -280,6 +287,14 @@ def small_selections(args: argparse.Namespace) -> None:
     print(headline)
 
 
+def _run_child(cmd: list[str], env: dict[str, str], name: str) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"child for {name} failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     args = parse_args()
     if args.small:
@@ -292,20 +307,22 @@ def main() -> None:
     cache = Path(args.cache)
     sizes = {"full": args.seconds, "quarter": args.seconds / 4}
     paths = {name: ensure_store(cache, s, args.gen_workers) for name, s in sizes.items()}
-    runs = {}
+    runs, baseline = {}, {}
     for name in ("quarter", "full"):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")])),
                    TF_CPP_MIN_LOG_LEVEL="2")
         cmd = [sys.executable, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs),
                "--cache-mode", args.cache_mode]
         print(f"training on {name} store ({sizes[name]:.0f} audio s) in a fresh process ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"child for {name} failed ({proc.returncode})")
-        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs[name] = _run_child(cmd, env, name)
         runs[name]["audio_seconds"] = sizes[name]
         runs[name]["store_gb"] = sum(f.stat().st_size for f in Path(paths[name]).rglob("*") if f.is_file()) / 1e9
+        if args.baseline_code:  # the base interpreter: outside any environment with w2v2ser installed
+            code = str(Path(args.baseline_code).resolve())
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+            env.update(PYTHONPATH=code, W2V2SER_CODE=code, TF_CPP_MIN_LOG_LEVEL="2")
+            print(f"training on {name} store with the baseline code {code} ...", flush=True)
+            baseline[name] = _run_child([getattr(sys, "_base_executable", sys.executable), *cmd[1:]], env, name)
     import numpy as np
 
     rows = []
@@ -322,6 +339,13 @@ def main() -> None:
         rows.append([name, r["audio_seconds"], r["store_gb"], r["utterances_train"], epoch,
                      r["input_only_pass_seconds"], r["compute_seconds_steady"],
                      r["input_share_input_only_pass"], r["peak_rss_mb"], r["cache_used"]])
+        if name in baseline:
+            b = baseline[name]
+            b_epoch = float(np.mean(b["epoch_seconds"][1:] or b["epoch_seconds"]))
+            b["epoch_seconds_mean"] = b_epoch
+            rows.append([f"{name} (baseline code)", r["audio_seconds"], r["store_gb"], b["utterances_train"], b_epoch,
+                         b["input_only_pass_seconds"], float(np.mean(b["compute_seconds"][1:] or b["compute_seconds"])),
+                         b["input_only_pass_seconds"] / b_epoch, b["peak_rss_mb"], b["cache_used"]])
     ratios = {
         "peak_rss_full_vs_quarter": runs["full"]["peak_rss_mb"] / runs["quarter"]["peak_rss_mb"],
         "epoch_full_vs_quarter": runs["full"]["epoch_seconds_mean"] / runs["quarter"]["epoch_seconds_mean"],
@@ -335,6 +359,11 @@ def main() -> None:
                           "head": "dense", "norm": "speaker", "protocol": "ravdess", "recipe": "paper",
                           "stores": {k: str(v) for k, v in paths.items()}, "quick": args.quick, "w2v2ser": how},
                "runs": runs, "ratios": ratios}
+    if baseline:
+        payload["baseline"] = {"code": args.baseline_code, "runs": baseline}
+        ratios.update({f"peak_rss_{k}_vs_baseline": runs[k]["peak_rss_mb"] / baseline[k]["peak_rss_mb"] for k in baseline})
+        ratios.update({f"epoch_{k}_vs_baseline": runs[k]["epoch_seconds_mean"] / baseline[k]["epoch_seconds_mean"]
+                       for k in baseline})
     notes = ["'keras step s' is the library's compute_seconds (train-batch begin->end, includes waiting for input "
              "when the readers fall behind); 'input-only pass' iterates the same training batches without a model.",
              "peak RSS from ru_maxrss of a fresh process per store size",
@@ -342,6 +371,10 @@ def main() -> None:
     headline = (f"headline: peak RSS full/quarter = {ratios['peak_rss_full_vs_quarter']:.2f} (goal ~1: memory flat), "
                 f"epoch full/quarter = {ratios['epoch_full_vs_quarter']:.2f} (4x data), input-only pass / epoch "
                 f"(full) = {ratios['input_share_full']:.2f}")
+    if baseline:
+        headline += "; vs baseline code: " + ", ".join(
+            f"{k} peak RSS {ratios[f'peak_rss_{k}_vs_baseline']:.2f}x, epoch {ratios[f'epoch_{k}_vs_baseline']:.2f}x"
+            for k in baseline)
     print()
     print(table)
     path = _common.write_results("bench_train_quick" if args.quick else "bench_train", payload, table,

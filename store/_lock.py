@@ -17,9 +17,10 @@ from typing import Any, Iterator, Mapping
 from ._errors import StoreLockedError
 from ._location import StoreLocation, locate_store, unreachable
 
-__all__ = ["lock_store", "LOCK_FILE"]
+__all__ = ["lock_store", "hold_plan_lock", "LOCK_FILE", "PLAN_LOCK_FILE"]
 
 LOCK_FILE = ".lock"
+PLAN_LOCK_FILE = ".plan.lock"
 
 
 @contextmanager
@@ -99,3 +100,23 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
         yield
     finally:
         location.delete(LOCK_FILE)
+
+
+@contextmanager
+def hold_plan_lock(location: StoreLocation) -> Iterator[None]:
+    """Serialise the growth of a local store's data arrays between processes (blocking).
+
+    Two processes that plan space at once (e.g. ``write_utterance`` from several workers) would
+    otherwise read the same array end and hand out overlapping shards. A blocking ``flock`` on
+    ``STORE/.plan.lock``, separate from the extraction lock that the driver holds throughout.
+    Stores on object storage: planning is the driver's alone (documented), nothing is locked.
+    """
+    if not location.is_local:
+        yield
+        return
+    fd = os.open(location.path / PLAN_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock

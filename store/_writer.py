@@ -38,7 +38,7 @@ from ._layout import (
     to_str_list,
 )
 from ._location import locate_store, unreachable
-from ._lock import LOCK_FILE
+from ._lock import LOCK_FILE, PLAN_LOCK_FILE, hold_plan_lock
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit
 
@@ -167,7 +167,7 @@ class StoreWriter:
         else:
             top = {key.split("/", 1)[0] for key in self.location.list("")}
         # A process killed while writing zarr.json leaves Zarr's "*.partial" temp file behind.
-        foreign = sorted(n for n in top - {LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial"))
+        foreign = sorted(n for n in top - {LOCK_FILE, PLAN_LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial"))
         if foreign:
             raise StoreError(
                 f"cannot create a store in {self.path}: the directory is not empty and is not a "
@@ -466,11 +466,13 @@ class StoreWriter:
 
     @_no_space_is_clear
     def plan_units(self, units: Sequence[Sequence[int]], features: Sequence[str]) -> list[WorkUnit]:
-        """Give each group of rows its own whole shards of every feature (driver only).
+        """Give each group of rows its own whole shards of every feature.
 
         Each unit's region starts on a shard boundary at the end of the data and holds the
         planned frame counts of its rows back to back. Regions of units that never commit are
-        left unused (their shards are never made visible).
+        left unused (their shards are never made visible). Processes of one machine may plan
+        at the same time on a local store (a file lock serialises them); on object storage
+        only one process (the driver) may plan.
 
         Args:
             units: store rows per work unit.
@@ -482,6 +484,13 @@ class StoreWriter:
         names = list(features)
         for name in names:
             self._spec(name)
+        with hold_plan_lock(self.location):
+            for name in names:  # another process may have grown the arrays since they were opened
+                self._arrays.pop((name, "data"), None)
+                self._arrays.pop((name, "stats"), None)
+            return self._plan_regions(units, names)
+
+    def _plan_regions(self, units: Sequence[Sequence[int]], names: list[str]) -> list[WorkUnit]:
         regions: list[dict[str, tuple[int, int]]] = [{} for _ in units]
         slots: list[dict[str, tuple[int, int]]] = [{} for _ in units]
         for name in names:
@@ -583,8 +592,9 @@ class StoreWriter:
                         audio_sha256: str, duration: float) -> None:
         """Write and commit one utterance as a work unit of its own (in the planning process).
 
-        Extraction workers use :meth:`plan_units` / :meth:`open_unit` instead: this method
-        grows the data arrays, which only one process may do at a time.
+        Several processes may call it on one local store if each has its own ``journal``
+        (the data arrays grow under a file lock); on object storage only one process may.
+        Extraction workers use :meth:`plan_units` / :meth:`open_unit`, which batch many rows.
 
         Args:
             index: store row (as returned by :meth:`plan`).

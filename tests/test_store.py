@@ -597,6 +597,38 @@ def test_concurrent_writers_with_distinct_journals(tmp_path):
     assert store.verify().ok
 
 
+def _single_writer(path: str, journal: str, rows: list[int], lengths: list[int], start) -> None:
+    writer = StoreWriter(path, journal=journal)
+    start.wait(60)
+    for row in rows:
+        frames = random_frames(np.random.default_rng(row), W2V, lengths[row])
+        writer.write_utterance(row, {"w2v": frames}, audio_sha256="", duration=1.0)
+
+
+def test_processes_writing_utterances_at_once_get_separate_shards(tmp_path):
+    """write_utterance from two processes at once: each grows the arrays under the plan lock,
+    so no two utterances share a shard (without it both read the same end and overwrite)."""
+    lengths = [3 + (7 * i) % 11 for i in range(48)]
+    built = build_store(tmp_path / "s", lengths=lengths, specs=(W2V,), write=False, finalize=False)
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_single_writer, args=(str(built.path), f"writer-{k}", built.rows[k::2], lengths, start))
+             for k in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    writer = StoreWriter(built.path)
+    writer.finalize()
+    store = open_store(built.path)
+    for row, u in zip(built.rows, built.utterances):
+        want = random_frames(np.random.default_rng(row), W2V, lengths[row]).astype(W2V.dtype)
+        np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), want)
+    assert store.verify().ok
+
+
 def test_store_imports_neither_torch_nor_tensorflow():
     code = ("import sys, w2v2ser.store; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras')]; "

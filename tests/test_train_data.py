@@ -77,6 +77,23 @@ def test_batched_reads_are_used_when_the_store_has_them(store):
     assert fake.batch_calls == 1 + n == 1 + len(stream)
 
 
+def test_a_batch_read_in_groups_is_the_same_batch(store, monkeypatch):
+    """Batches are filled group by group (bounded reads beside the padded output): same frames."""
+    import w2v2ser.train._dataset as dataset
+
+    fake = BatchedStore(store)
+    stream = _batches(fake, "wav2vec2:all", "speaker", cache="off")
+    indices = np.arange(len(stream.items))
+    whole, _ = stream.load_batch(indices)
+    assert fake.batch_calls == 1
+    monkeypatch.setattr(dataset, "READ_GROUP_MB", 1e-6)  # one utterance per read
+    grouped, _ = stream.load_batch(indices)
+    assert fake.batch_calls == 1 + len(indices)
+    assert grouped.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(grouped[key], whole[key])
+
+
 def test_memory_dataset_is_static_and_reshuffles_each_epoch(store):
     mem = _batches(store, "egemaps", "speaker", cache="auto", shuffle=True, seed=3)
     ds = mem.as_tf_dataset()

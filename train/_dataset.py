@@ -41,8 +41,13 @@ CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
 LENGTH_TOLERANCE_FRAMES = 3
 LENGTH_TOLERANCE_RATIO = 0.02
-# Utterances per vectorised normalisation step of the in-memory path (bounds float32 temporaries).
+# Utterances per vectorised normalisation step (bounds float32 temporaries).
 NORMALISE_CHUNK = 64
+# Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
+# group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one
+# read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
+READ_GROUP_MB = 256.0
+READ_GROUP_ITEMS = 4 * NORMALISE_CHUNK
 
 
 @dataclass(frozen=True)
@@ -241,21 +246,10 @@ class FeatureBatches:
 
     # -- streaming ---------------------------------------------------------------------------------
     def load_batch(self, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Read (one batched read per source), normalise, crop, align and pad the given utterances."""
+        """Read (batched reads per source), crop, align, pad and normalise the given utterances."""
         start = time.perf_counter()
         items = [self.items[i] for i in indices]
-        per_source = self._read_sources(items)
-        lengths = [self._aligned_length(it, [len(ps[k][0]) for ps in per_source], [ps[k][1] for ps in per_source])
-                   for k, it in enumerate(items)]
-        length = max(1, max(lengths))
-        inputs: dict[str, np.ndarray] = {}
-        for src, frames in zip(self.sources, per_source):
-            out = np.zeros((len(items), length, *src.selection.frame_shape), dtype=src.dtype)
-            for k, ((x, _), it) in enumerate(zip(frames, items)):
-                # one utterance at a time in float32, then stored into the stored-dtype batch
-                out[k, : lengths[k]] = src.normaliser.apply(x[: lengths[k]], it.speaker)
-            inputs[src.branch] = out
-        inputs["mask"] = _mask(lengths, length)
+        inputs, lengths = self._padded(items)
         y = np.array([it.label for it in items], dtype=np.int32)
         with self._lock:
             self.input_seconds += time.perf_counter() - start
@@ -296,29 +290,43 @@ class FeatureBatches:
         return (n if self.max_frames is None else min(n, self.max_frames)), full
 
     def _read_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        # Lengths first (store metadata), so the padded arrays are allocated once and filled chunk
-        # by chunk: the partition is never held twice (un-padded reads + padded copy).
-        per_source = [[self._cropped_length(src, int(src.store.num_frames(it.id, src.selection.feature)))
-                       for it in self.items] for src in self.sources]
+        inputs, lengths = self._padded(self.items)
+        return inputs, self.labels, lengths
+
+    def _padded(self, items: Sequence[Item]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Padded, normalised frames of `items` per branch (and "mask"), and their lengths.
+
+        Lengths come first (store metadata), so each padded array is allocated once and filled
+        group by group: beside it, only one group's raw reads (READ_GROUP_MB) exist at a time.
+        """
+        stored = [[int(src.store.num_frames(it.id, src.selection.feature)) for it in items] for src in self.sources]
+        per_source = [[self._cropped_length(src, n) for n in ns] for src, ns in zip(self.sources, stored)]
         lengths = np.array([self._aligned_length(it, [ps[k][0] for ps in per_source], [ps[k][1] for ps in per_source])
-                            for k, it in enumerate(self.items)], dtype=np.int64)
+                            for k, it in enumerate(items)], dtype=np.int64)
         length = max(1, int(lengths.max()))
-        speakers = [it.speaker for it in self.items]
+        speakers = [it.speaker for it in items]
         inputs: dict[str, np.ndarray] = {}
-        for b, src in enumerate(self.sources):
-            out = np.zeros((len(self.items), length, *src.selection.frame_shape), dtype=src.dtype)
-            for s in range(0, len(self.items), 4 * NORMALISE_CHUNK):
-                chunk = self.items[s:s + 4 * NORMALISE_CHUNK]
-                for k, (x, _) in enumerate(self._read_sources(chunk, sources=[src])[0], start=s):
+        for src, frames_stored in zip(self.sources, stored):
+            out = np.zeros((len(items), length, *src.selection.frame_shape), dtype=src.dtype)
+            frame_bytes = out.itemsize * int(np.prod(out.shape[2:], dtype=np.int64))  # one stored frame as read
+            s = 0
+            while s < len(items):
+                e, size = s, 0  # a group: at most READ_GROUP_ITEMS items and READ_GROUP_MB of reads
+                while e < len(items) and e - s < READ_GROUP_ITEMS and (
+                        e == s or size + frames_stored[e] * frame_bytes <= READ_GROUP_MB * 2**20):
+                    size += frames_stored[e] * frame_bytes
+                    e += 1
+                for k, (x, _) in enumerate(self._read_sources(items[s:e], sources=[src])[0], start=s):
                     if len(x) < lengths[k]:
-                        raise DataError(f"utterance {self.items[k].id!r}, feature {src.selection.feature!r}: "
+                        raise DataError(f"utterance {items[k].id!r}, feature {src.selection.feature!r}: "
                                         f"{len(x)} frames read, the store's length table says more; the store "
                                         f"is inconsistent (run `w2v2ser store verify`)")
                     out[k, : lengths[k]] = x[: lengths[k]]
-            _normalise_inplace(out, lengths, src.normaliser, speakers)
+                _normalise_inplace(out[s:e], lengths[s:e], src.normaliser, speakers[s:e])
+                s = e
             inputs[src.branch] = out
         inputs["mask"] = _mask(lengths, length)
-        return inputs, self.labels, lengths
+        return inputs, lengths
 
     def as_tf_dataset(self) -> Any:
         """A prefetching tf.data.Dataset of (inputs, labels); each iteration is one epoch."""

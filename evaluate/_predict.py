@@ -194,10 +194,14 @@ class _GroupedNormaliser:
     def __init__(self, speaker_norm: Any, fallback: Any) -> None:
         self.speaker_norm, self.fallback = speaker_norm, fallback
 
+    def _for(self, speaker: str) -> Any:
+        return self.speaker_norm if speaker in self.speaker_norm.speaker_mean else self.fallback
+
+    def moments(self, speaker: str) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._for(speaker).moments(speaker)
+
     def apply(self, frames: np.ndarray, speaker: str) -> np.ndarray:
-        if speaker in self.speaker_norm.speaker_mean:
-            return self.speaker_norm.apply(frames, speaker)
-        return self.fallback.apply(frames, speaker)
+        return self._for(speaker).apply(frames, speaker)
 
 
 def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any) -> Any:

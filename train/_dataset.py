@@ -429,23 +429,18 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     """Normalise padded frames [N, T, ...] in place, vectorised over chunks of utterances.
 
     The arithmetic is Normaliser.apply's (float32 subtract, float32 divide); padding stays zero.
+    ``norm`` needs only ``moments(speaker)`` (predict's grouped normaliser has it too).
     """
-    if norm.mode == "none":
+    names = sorted(set(speakers))
+    moments = [norm.moments(s) for s in names]
+    if all(m is None for m in moments):
         return
-    if norm.mode == "global":
-        means = norm.mean.astype(np.float32)[None]
-        stds = norm.std.astype(np.float32)[None]
-        index = np.zeros(len(speakers), dtype=np.int64)
-    else:
-        names = sorted(set(speakers))
-        missing = [s for s in names if s not in norm.speaker_mean]
-        if missing:
-            raise DataError(f"no statistics for speaker {missing[0]!r} (speaker normalisation); the store's "
-                            f"per-speaker statistics lack it: re-finalize the store or use norm='global'")
-        means = np.stack([norm.speaker_mean[s].astype(np.float32) for s in names])
-        stds = np.stack([norm.speaker_std[s].astype(np.float32) for s in names])
-        pos = {s: i for i, s in enumerate(names)}
-        index = np.array([pos[s] for s in speakers], dtype=np.int64)
+    if any(m is None for m in moments):  # no normaliser mixes normalised and raw speakers
+        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
+    means = np.stack([m[0].astype(np.float32) for m in moments])
+    stds = np.stack([m[1].astype(np.float32) for m in moments])
+    pos = {s: i for i, s in enumerate(names)}
+    index = np.array([pos[s] for s in speakers], dtype=np.int64)
     valid = (np.arange(out.shape[1])[None, :] < lengths[:, None])
     for s in range(0, len(out), NORMALISE_CHUNK):
         sl = slice(s, s + NORMALISE_CHUNK)

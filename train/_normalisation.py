@@ -51,21 +51,29 @@ class Normaliser:
     speaker_mean: dict[str, np.ndarray] = field(default_factory=dict)
     speaker_std: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def moments(self, speaker: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) that normalise frames of ``speaker``; None when frames stay as they are.
+
+        Raises:
+            DataError: speaker normalisation, and the store holds no statistics of ``speaker``.
+        """
+        if self.mode == "none":
+            return None
+        if self.mode == "global":
+            return self.mean, self.std
+        if speaker not in self.speaker_mean:
+            raise DataError(
+                f"no statistics for speaker {speaker!r} (speaker normalisation); the store's per-speaker "
+                f"statistics lack it: re-finalize the store or use norm='global'")
+        return self.speaker_mean[speaker], self.speaker_std[speaker]
+
     def apply(self, frames: np.ndarray, speaker: str) -> np.ndarray:
         """Return float32 normalised frames ([T, ...]) of one utterance of ``speaker``."""
         x = frames.astype(np.float32, copy=True)
-        if self.mode == "none":
-            return x
-        if self.mode == "global":
-            mean, std = self.mean, self.std
-        else:
-            if speaker not in self.speaker_mean:
-                raise DataError(
-                    f"no statistics for speaker {speaker!r} (speaker normalisation); the store's per-speaker "
-                    f"statistics lack it: re-finalize the store or use norm='global'")
-            mean, std = self.speaker_mean[speaker], self.speaker_std[speaker]
-        x -= mean.astype(np.float32)
-        x /= std.astype(np.float32)
+        moments = self.moments(speaker)
+        if moments is not None:
+            x -= moments[0].astype(np.float32)
+            x /= moments[1].astype(np.float32)
         return x
 
 

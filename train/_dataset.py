@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -41,7 +42,11 @@ CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
 LENGTH_TOLERANCE_FRAMES = 3
 LENGTH_TOLERANCE_RATIO = 0.02
-# Utterances per vectorised normalisation step (bounds float32 temporaries).
+# Float32 temporaries of one vectorised normalisation step: at most this many MB (and 64
+# utterances). A whole streamed batch of large-model frames in float32 would be 650 MB.
+NORMALISE_MB = 32.0
+# Streamed batches read ahead of the step: at most this many MB (and 2 per worker, at least 1).
+STREAM_AHEAD_MB = 512.0
 NORMALISE_CHUNK = 64
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
 # group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one
@@ -256,7 +261,11 @@ class FeatureBatches:
         return inputs, y
 
     def iterate(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """One streamed pass (new order when shuffling), read ahead by ``workers`` threads."""
+        """One streamed pass (new order when shuffling), read ahead by ``workers`` threads.
+
+        Up to 2 batches per worker are read ahead, but no more than STREAM_AHEAD_MB of them
+        (at least one): large-model batches (25 x 1024 layers) would otherwise hold GBs.
+        """
         order = self.new_epoch_order()
         chunks = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
         if self.workers <= 1:
@@ -264,13 +273,17 @@ class FeatureBatches:
                 yield self.load_batch(c)
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            pending = [pool.submit(self.load_batch, c) for c in chunks[: 2 * self.workers]]
-            for i in range(len(chunks)):
-                batch = pending[i].result()
-                if i + 2 * self.workers < len(chunks):
-                    pending.append(pool.submit(self.load_batch, chunks[i + 2 * self.workers]))
-                pending[i] = None  # type: ignore[call-overload]  # release the batch once yielded
+            pending = deque([pool.submit(self.load_batch, chunks[0])] if chunks else [])
+            submitted = len(pending)
+            while pending:
+                batch = pending.popleft().result()
+                size = sum(a.nbytes for a in batch[0].values())
+                ahead = max(1, min(2 * self.workers, int(STREAM_AHEAD_MB * 2**20 // max(1, size))))
+                while submitted < len(chunks) and len(pending) < ahead:
+                    pending.append(pool.submit(self.load_batch, chunks[submitted]))
+                    submitted += 1
                 yield batch
+                del batch  # the consumer holds it now; do not keep it while the next is awaited
 
     # -- in memory ---------------------------------------------------------------------------------
     def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -442,8 +455,9 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     pos = {s: i for i, s in enumerate(names)}
     index = np.array([pos[s] for s in speakers], dtype=np.int64)
     valid = (np.arange(out.shape[1])[None, :] < lengths[:, None])
-    for s in range(0, len(out), NORMALISE_CHUNK):
-        sl = slice(s, s + NORMALISE_CHUNK)
+    step = max(1, min(NORMALISE_CHUNK, int(NORMALISE_MB * 2**20 // max(1, 4 * out[:1].size))))
+    for s in range(0, len(out), step):
+        sl = slice(s, s + step)
         x = out[sl].astype(np.float32)
         x -= means[index[sl]][:, None]
         x /= stds[index[sl]][:, None]

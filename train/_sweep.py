@@ -140,7 +140,7 @@ class _SweepHeads:
         k1, b1, k2, b2, kc, bc = self.stacked
         x = tf.cast(x, tf.float32)  # frames arrive in the stored dtype (float16 for the upstreams)
         # Layer axis first, frames flattened: each dense block is one batched matmul over layers
-        # ([L, B*T, d] @ [L, d, u]), 2.1x faster on CPU than einsum on [B, T, L, d], which
+        # ([L, B*T, d] @ [L, d, u]), faster on CPU than einsum on [B, T, L, d], which
         # transposes around every contraction.
         batch, steps = tf.shape(x)[0], tf.shape(x)[1]
         h = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [self.n_layers, -1, x.shape[-1]])

@@ -187,3 +187,40 @@ def test_order_changes_every_epoch_even_with_the_global_seed_set():
     ds = padded_dataset(inputs, np.arange(40, dtype=np.int32), lengths, batch_size=8, shuffle=True, seed=0)
     orders = [tuple(int(v) for _, y in ds for v in y.numpy()) for _ in range(3)]
     assert len(set(orders)) == 3 and all(sorted(o) == list(range(40)) for o in orders)
+
+
+def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
+    """With a tiny read-ahead budget only one batch is read ahead of the one being consumed;
+    the batches (and their order) are those of the default read-ahead."""
+    import threading
+
+    import w2v2ser.train._dataset as dataset
+
+    class Counting(FeatureBatches):
+        started = yielded = most = 0
+        lock = threading.Lock()
+
+        def load_batch(self, indices):
+            with self.lock:
+                type(self).started += 1
+                type(self).most = max(type(self).most, type(self).started - type(self).yielded)
+            return super().load_batch(indices)
+
+    def run(**kw):
+        Counting.started = Counting.yielded = Counting.most = 0
+        b = _batches(store, "wav2vec2:all", "global", cache="off", workers=2, shuffle=True, seed=3)
+        b.__class__ = Counting
+        out = []
+        for x, y in b.iterate():
+            out.append((x["main"].copy(), y))
+            Counting.yielded += 1
+        return out, Counting.most
+
+    free, most_free = run()
+    monkeypatch.setattr(dataset, "STREAM_AHEAD_MB", 1e-6)
+    bounded, most_bounded = run()
+    assert most_bounded <= 2 < most_free  # the batch in hand + one ahead, against 2 per worker ahead
+    assert len(bounded) == len(free) > 3
+    for (a, ya), (b, yb) in zip(bounded, free):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(a, b)

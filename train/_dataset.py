@@ -45,9 +45,9 @@ LENGTH_TOLERANCE_RATIO = 0.02
 # Float32 temporaries of one vectorised normalisation step: at most this many MB (and 64
 # utterances). A whole streamed batch of large-model frames in float32 would be 650 MB.
 NORMALISE_MB = 32.0
+NORMALISE_CHUNK = 64
 # Streamed batches read ahead of the step: at most this many MB (and 2 per worker, at least 1).
 STREAM_AHEAD_MB = 512.0
-NORMALISE_CHUNK = 64
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
 # group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).

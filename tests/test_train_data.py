@@ -224,3 +224,27 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
     for (a, ya), (b, yb) in zip(bounded, free):
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, monkeypatch):
+    """The batched path (TensorFlow casts for float16, one numpy buffer otherwise) gives exactly
+    Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps, and leaves
+    the padding at zero."""
+    from w2v2ser.train import Normaliser
+    from w2v2ser.train import _dataset
+
+    monkeypatch.setattr(_dataset, "NORMALISE_MB", 3 * 5 * 16 * 4 / 2**20)  # 3 frames at a time
+    rng = np.random.default_rng(3)
+    lengths = np.array([7, 1, 10, 4])
+    out = np.zeros((4, 10, 5, 16), dtype=dtype)
+    for k, n in enumerate(lengths):
+        out[k, :n] = rng.standard_normal((n, 5, 16)) * 40 + 3
+    raw = out.copy()
+    norm = Normaliser("speaker", speaker_mean={s: rng.standard_normal((5, 16)) * 5 for s in "ab"},
+                      speaker_std={s: rng.random((5, 16)) * 9 + 1e-3 for s in "ab"})
+    speakers = ["a", "b", "b", "a"]
+    _dataset._normalise_inplace(out, lengths, norm, speakers)
+    for k, n in enumerate(lengths):
+        np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
+        assert not out[k, n:].any()

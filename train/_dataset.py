@@ -42,17 +42,16 @@ CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
 LENGTH_TOLERANCE_FRAMES = 3
 LENGTH_TOLERANCE_RATIO = 0.02
-# Float32 temporaries of one vectorised normalisation step: at most this many MB (and 64
-# utterances). A whole streamed batch of large-model frames in float32 would be 650 MB.
+# Normalisation works one utterance (or this many MB of its frames) at a time in one reused
+# float32 buffer: a whole streamed batch of large-model frames in float32 would be 650 MB.
 NORMALISE_MB = 32.0
-NORMALISE_CHUNK = 64
 # Streamed batches read ahead of the step: at most this many MB (and 2 per worker, at least 1).
 STREAM_AHEAD_MB = 512.0
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
 # group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
 READ_GROUP_MB = 256.0
-READ_GROUP_ITEMS = 4 * NORMALISE_CHUNK
+READ_GROUP_ITEMS = 256
 
 
 @dataclass(frozen=True)
@@ -439,27 +438,39 @@ def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
 
 
 def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str]) -> None:
-    """Normalise padded frames [N, T, ...] in place, vectorised over chunks of utterances.
+    """Normalise padded frames [N, T, ...] in place; the padding (zeros) is left as it is.
 
-    The arithmetic is Normaliser.apply's (float32 subtract, float32 divide); padding stays zero.
-    ``norm`` needs only ``moments(speaker)`` (predict's grouped normaliser has it too).
+    The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
+    own frames, at most NORMALISE_MB of float32 at a time. The float16 <-> float32 casts cost
+    more than the arithmetic: numpy casts float16 element by element (about 1.6 ns each here),
+    TensorFlow's casts are vectorised, so float16 frames go through TensorFlow (a third of the
+    CPU time, the same values). ``norm`` needs only ``moments(speaker)`` (predict's grouped
+    normaliser has it too).
     """
     names = sorted(set(speakers))
-    moments = [norm.moments(s) for s in names]
-    if all(m is None for m in moments):
+    moments = dict(zip(names, (norm.moments(s) for s in names)))
+    if all(m is None for m in moments.values()):
         return
-    if any(m is None for m in moments):  # no normaliser mixes normalised and raw speakers
+    if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
         raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
-    means = np.stack([m[0].astype(np.float32) for m in moments])
-    stds = np.stack([m[1].astype(np.float32) for m in moments])
-    pos = {s: i for i, s in enumerate(names)}
-    index = np.array([pos[s] for s in speakers], dtype=np.int64)
-    valid = (np.arange(out.shape[1])[None, :] < lengths[:, None])
-    step = max(1, min(NORMALISE_CHUNK, int(NORMALISE_MB * 2**20 // max(1, 4 * out[:1].size))))
-    for s in range(0, len(out), step):
-        sl = slice(s, s + step)
-        x = out[sl].astype(np.float32)
-        x -= means[index[sl]][:, None]
-        x /= stds[index[sl]][:, None]
-        x *= valid[sl].reshape(*valid[sl].shape, *([1] * (x.ndim - 2)))
-        out[sl] = x
+    moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
+    step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
+    if out.dtype == np.float16:
+        import tensorflow as tf
+
+        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
+            frames[...] = tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16).numpy()
+
+        moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
+    else:
+        buffer = np.empty((min(step, out.shape[1]), *out.shape[2:]), dtype=np.float32)
+
+        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
+            x = buffer[: len(frames)]
+            np.subtract(frames, mean, out=x, dtype=np.float32)
+            np.divide(x, std, out=x)
+            frames[...] = x
+
+    for k, speaker in enumerate(speakers):
+        for a in range(0, int(lengths[k]), step):
+            normalise(out[k, a:min(int(lengths[k]), a + step)], *moments[speaker])

@@ -360,8 +360,8 @@ def _local_model(options: Any, base: Path) -> Any:
     return options
 
 
-def _wav2vec2_layer_count(model: str) -> int | None:
-    """Layer outputs (transformer layers + 1) of a wav2vec2 model, from its config.json if findable.
+def _layer_count(model: str) -> int | None:
+    """Layer outputs (transformer layers + 1) of an upstream model, from its config.json if findable.
 
     Looks at a local ``save_pretrained`` folder, then the Hugging Face cache, then a table of
     well-known checkpoints; None when unknown (the selection is then checked at training time).
@@ -446,22 +446,19 @@ def _parse_stores(extraction: Any, raw: Mapping[str, Any],
     return stores
 
 
-_SELECTION = re.compile(r"^(?:(?P<alias>[A-Za-z0-9_.-]+)/)?(?P<feature>[A-Za-z0-9_.-]+)(?::(?P<layers>[A-Za-z0-9-]+))?$")
-
-
 def _check_selection(text: Any, corpus: str, stores: Mapping[str, StoreConfig], where: str) -> tuple[str, str]:
     """Resolve the store alias of one selection ``[STORE/]FEATURE[:LAYERS]`` and check its layers.
 
     Returns:
         (store name, selection text with the store alias made explicit).
     """
-    if not isinstance(text, str):
-        raise ConfigError(f"{where}: expected a feature selection such as classic/egemaps, got {text!r}")
-    match = _SELECTION.match(text.strip())
-    if match is None:
-        raise ConfigError(f"{where}: cannot parse feature selection {text!r}; expected [STORE/]FEATURE[:LAYERS], "
-                          f"e.g. classic/egemaps, w2v2_pt/wav2vec2:local|contextual|all|N|A-B")
-    alias, feature, layers = match.group("alias"), match.group("feature"), match.group("layers")
+    from w2v2ser.train._selection import SelectionError, parse_selection  # stage 2's grammar; no TensorFlow
+
+    try:
+        parsed = parse_selection(text)
+    except SelectionError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    alias, feature, layers = parsed.alias, parsed.feature, parsed.layers
     serving = [name for name, store in stores.items() if corpus in store.corpora]
     if alias is None:
         owners = [name for name in serving if feature in stores[name].features]
@@ -480,9 +477,9 @@ def _check_selection(text: Any, corpus: str, stores: Mapping[str, StoreConfig], 
     if feature not in store.features:
         hint = did_you_mean(feature, store.features).replace("mean '", f"mean '{alias}/")
         raise ConfigError(f"{where}: store {alias!r} holds {', '.join(store.features)}, not {feature!r}.{hint}")
-    if layers is not None and re.fullmatch(r"\d+(-\d+)?", layers) and feature == "wav2vec2":
-        model = str(getattr(store.features[feature], "model", ""))
-        count = _wav2vec2_layer_count(model)
+    model = getattr(store.features[feature], "model", None)  # the upstreams (wav2vec2, hubert, wavlm, ...)
+    if layers is not None and re.fullmatch(r"\d+(-\d+)?", layers) and isinstance(model, str):
+        count = _layer_count(model)
         highest = max(int(v) for v in layers.split("-"))
         if count is not None and highest >= count:
             raise ConfigError(f"{where}: selection {text!r} asks for layer {highest}, but {model} has {count} layer "

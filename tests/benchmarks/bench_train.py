@@ -17,6 +17,11 @@ the same process right after training, so input share = input-only pass / epoch.
 also trains each size with that code, right after this code's run of the same size, in the base
 interpreter with DIR on its path: memory and speed side by side in one run.
 
+``--input-only REPS --baseline-code DIR`` times only the input pass (fresh processes, TensorFlow
+loaded, one warm-up pass first), alternating the two codes REPS times on the full-size store:
+
+    python3 tests/benchmarks/bench_train.py --seconds 2500 --cache-mode off --input-only 3 --baseline-code DIR
+
 The last printed line is the headline (peak RSS ratio full/quarter, input share).
 """
 
@@ -47,6 +52,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of the generated stores (reused)")
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-input", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--input-only", type=int, default=0, metavar="REPS",
+                   help="instead: only the input pass on the full-size store, REPS fresh processes per code, "
+                        "alternating with --baseline-code")
     p.add_argument("--baseline-code", default=None, metavar="DIR",
                    help="source tree of another w2v2ser, trained on each size right after this code")
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
@@ -145,9 +154,7 @@ def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
 def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     _common.bootstrap_w2v2ser()
 
-    from w2v2ser.store import open_store
-    from w2v2ser.train import (ExperimentConfig, FeatureBatches, Item, Source, build_normaliser, get_protocol,
-                               plan_runs, resolve_selection, train_run)
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
 
     rss0 = _common.peak_rss_mb()
     config = ExperimentConfig(stores={"main": store_path}, features="wav2vec2:all", head="dense", norm="speaker",
@@ -162,11 +169,30 @@ def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     metrics = result.metrics
 
     # Input-only pass over the same training partition with the same readers (no model).
+    input_pass, nbatches, read_s, items = _input_pass(store_path, config, spec)
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({
+        "store": store_path, "utterances_train": len(items), "batches": nbatches,
+        "epochs": history["epochs"], "epoch_seconds": history["epoch_seconds"],
+        "input_seconds_threads": history["input_seconds"], "compute_seconds": history["compute_seconds"],
+        "input_only_pass_seconds": input_pass, "train_run_wall_s": run_wall,
+        "cache_used": bool(metrics.get("cached_in_memory")), "partition_read_seconds": read_s,
+        "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
+        "uar": result.uar, "load_average": _common.load_average(),
+        "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1]),
+    }))
+
+
+def _input_pass(store_path: str, config, spec) -> tuple[float, int, float, list]:
+    """Seconds of one pass over the training batches with the training's readers, no model."""
+    from w2v2ser.store import open_store
+    from w2v2ser.train import FeatureBatches, Item, Source, build_normaliser, get_protocol, resolve_selection
+
     store = open_store(store_path)
-    sel = resolve_selection("wav2vec2:all", specs=store.features, alias="main")
-    protocol = get_protocol("ravdess")
+    sel = resolve_selection(config.features, specs=store.features, alias="main")
+    protocol = get_protocol(config.protocol)
     records = [r for r in store.list_utterances() if r.speaker in set(spec.train)]
-    norm = build_normaliser(store, sel, "speaker", train_speakers=spec.train,
+    norm = build_normaliser(store, sel, config.norm, train_speakers=spec.train,
                             speakers=sorted(set(spec.train) | set(spec.validation) | set(spec.test)))
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
     batches = FeatureBatches(items, [Source("main", store, sel, norm)], classes=protocol.classes,
@@ -182,18 +208,57 @@ def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     else:
         read_s = 0.0
         nbatches = sum(1 for _ in batches.iterate())
-    input_pass = time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({
-        "store": store_path, "utterances_train": len(items), "batches": nbatches,
-        "epochs": history["epochs"], "epoch_seconds": history["epoch_seconds"],
-        "input_seconds_threads": history["input_seconds"], "compute_seconds": history["compute_seconds"],
-        "input_only_pass_seconds": input_pass, "train_run_wall_s": run_wall,
-        "cache_used": bool(metrics.get("cached_in_memory")), "partition_read_seconds": read_s,
-        "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
-        "uar": result.uar, "load_average": _common.load_average(),
-        "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1]),
-    }))
+    return time.perf_counter() - t0, nbatches, read_s, items
+
+
+def input_child(store_path: str, cache_mode: str) -> None:
+    """--input-only child: TensorFlow loaded (as in training), one warm-up pass, then one timed pass."""
+    _common.bootstrap_w2v2ser()
+    import tensorflow  # noqa: F401 - training processes have it loaded; the first pass must not pay its import
+
+    from w2v2ser.train import ExperimentConfig, plan_runs
+
+    config = ExperimentConfig(stores={"main": store_path}, features="wav2vec2:all", head="dense", norm="speaker",
+                              protocol="ravdess", recipe="paper", seeds=1, cache=cache_mode)
+    spec = plan_runs(config)[0]
+    _input_pass(store_path, config, spec)
+    seconds, nbatches, _, items = _input_pass(store_path, config, spec)
+    print(json.dumps({"input_only_pass_seconds": seconds, "batches": nbatches, "utterances_train": len(items),
+                      "peak_rss_mb": _common.peak_rss_mb(),
+                      "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1])}))
+
+
+def input_only(args: argparse.Namespace) -> None:
+    """This code and --baseline-code alternately, --input-only times each, on the full-size store."""
+    import numpy as np
+
+    how = _common.bootstrap_w2v2ser()
+    store = ensure_store(Path(args.cache), args.seconds, args.gen_workers)
+    codes = {"this code": None, "baseline code": args.baseline_code}
+    times: dict[str, list[float]] = {name: [] for name, code in codes.items() if name == "this code" or code}
+    for rep in range(args.input_only):
+        for name in times:
+            env, exe = _child_env(codes[name])
+            print(f"input-only pass, {name}, repetition {rep + 1} ...", flush=True)
+            cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode]
+            times[name].append(_run_child(cmd, env, name)["input_only_pass_seconds"])
+    rows = [[name, len(t), float(np.median(t)), float(np.min(t)), float(np.max(t))] for name, t in times.items()]
+    table = _common.format_table(["code", "passes", "median s", "min s", "max s"], rows)
+    ratios = ({"input_pass_vs_baseline_median": rows[0][2] / rows[1][2]} if len(rows) == 2 else {})
+    payload = {"benchmark": "bench_train_input", "command": _common.command_line(),
+               "machine": _common.machine_info(["numpy"]), "store": str(store), "seconds": times,
+               "baseline_code": args.baseline_code, "ratios": ratios, "w2v2ser": how}
+    headline = (f"headline: input-only pass, this code / baseline code (median of {args.input_only}) = "
+                f"{ratios['input_pass_vs_baseline_median']:.2f}" if ratios else "headline: no baseline given")
+    print()
+    print(table)
+    notes = ["each pass: a fresh process with TensorFlow loaded, one warm-up pass, then the timed pass over the "
+             "training partition of the first fold (wav2vec2:all, speaker normalisation, streaming when "
+             "--cache-mode off); the two codes alternate"]
+    path = _common.write_results("bench_train_input", payload, table, out=args.out, headline=headline, notes=notes)
+    print(f"results: {path}")
+    print(headline)
+
 
 
 # ------------------------------------------------------------------------------ small selections
@@ -287,6 +352,18 @@ def small_selections(args: argparse.Namespace) -> None:
     print(headline)
 
 
+def _child_env(code: str | None) -> tuple[dict[str, str], str]:
+    """(environment, interpreter) of a child running this tree's code, or the source tree ``code``
+    in the base interpreter (outside any environment with w2v2ser installed)."""
+    if code is None:
+        path = os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2"), sys.executable
+    code = str(Path(code).resolve())
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=code, W2V2SER_CODE=code, TF_CPP_MIN_LOG_LEVEL="2")
+    return env, getattr(sys, "_base_executable", sys.executable)
+
+
 def _run_child(cmd: list[str], env: dict[str, str], name: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if proc.returncode:
@@ -303,26 +380,29 @@ def main() -> None:
     if args.child:
         child(args.child, args.epochs, args.cache_mode)
         return
+    if args.child_input:
+        input_child(args.child_input, args.cache_mode)
+        return
+    if args.input_only:
+        input_only(args)
+        return
     how = _common.bootstrap_w2v2ser()
     cache = Path(args.cache)
     sizes = {"full": args.seconds, "quarter": args.seconds / 4}
     paths = {name: ensure_store(cache, s, args.gen_workers) for name, s in sizes.items()}
     runs, baseline = {}, {}
     for name in ("quarter", "full"):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                   TF_CPP_MIN_LOG_LEVEL="2")
-        cmd = [sys.executable, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs),
+        env, exe = _child_env(None)
+        cmd = [exe, __file__, "--child", str(paths[name]), "--epochs", str(args.epochs),
                "--cache-mode", args.cache_mode]
         print(f"training on {name} store ({sizes[name]:.0f} audio s) in a fresh process ...", flush=True)
         runs[name] = _run_child(cmd, env, name)
         runs[name]["audio_seconds"] = sizes[name]
         runs[name]["store_gb"] = sum(f.stat().st_size for f in Path(paths[name]).rglob("*") if f.is_file()) / 1e9
-        if args.baseline_code:  # the base interpreter: outside any environment with w2v2ser installed
-            code = str(Path(args.baseline_code).resolve())
-            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-            env.update(PYTHONPATH=code, W2V2SER_CODE=code, TF_CPP_MIN_LOG_LEVEL="2")
-            print(f"training on {name} store with the baseline code {code} ...", flush=True)
-            baseline[name] = _run_child([getattr(sys, "_base_executable", sys.executable), *cmd[1:]], env, name)
+        if args.baseline_code:
+            env, exe = _child_env(args.baseline_code)
+            print(f"training on {name} store with the baseline code {args.baseline_code} ...", flush=True)
+            baseline[name] = _run_child([exe, *cmd[1:]], env, name)
     import numpy as np
 
     rows = []

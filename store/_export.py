@@ -89,7 +89,7 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
             data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
-    fg.create_dataset("crc32", data=rows["crc32"])
+    fg.create_dataset("crc32", data=rows["crc32"]).attrs["checksum"] = store.row_checksum  # crc32 or crc32c
     stats = store._array(name, "stats")
     for part, arr in enumerate(("utt_mean", "utt_m2")):
         ds = fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64")

@@ -23,6 +23,7 @@ from ._layout import (
     open_array,
     open_root,
     read_meta,
+    row_checksum,
     specs_from_meta,
     to_str_list,
 )
@@ -66,6 +67,7 @@ class FeatureStore:
         self.attrs: dict[str, Any] = meta
         self.format_version: int = int(meta["format_version"])
         self.complete: bool = bool(meta.get("complete", False))
+        self.row_checksum: str = row_checksum(self.location.display, meta)
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
         self._group: zarr.Group = open_root(self.location, mode="r")
         ids = to_str_list(self._read("utterances/id"))
@@ -259,7 +261,7 @@ class FeatureStore:
         want = self._per_row(feature)["crc32"][row]
         if sel is not None:
             want = want[sel]
-        if not np.array_equal(crc32_rows(frames), want):
+        if not np.array_equal(crc32_rows(frames, self.row_checksum), want):
             raise self._damaged(f"features/{feature}/data", f"holds frames of utterance {utterance_id!r} "
                                 f"that do not match their crc32 (missing, truncated or altered chunks)")
         return frames
@@ -412,6 +414,7 @@ class FeatureStore:
             "tool_version": self.attrs.get("tool_version"),
             "created": self.attrs.get("created"),
             "complete": self.complete,
+            "row_checksum": self.row_checksum,
             "utterances": len(self._ids),
             "status": {s: status.count(s) for s in STATUSES},
             "speakers": len(self.speakers()),

@@ -195,7 +195,7 @@ class UnitWriter:
                 self._records.append({
                     "event": "commit", "index": int(index), "id": uid, "feature": name,
                     "offset": int(offset), "length": int(len(stored)), "slot": int(slot),
-                    "crc32": [int(c) for c in crc32_rows(stored)],
+                    "crc32": [int(c) for c in crc32_rows(stored, w.row_checksum)],
                     "audio_sha256": str(audio_sha256), "duration": float(duration),
                 })
 

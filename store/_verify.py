@@ -77,7 +77,7 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
                 problems.append((uid, name, f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: "
                                             f"{exc}); {_REEXTRACT}"))
                 continue
-            got = crc32_rows(frames)
+            got = crc32_rows(frames, store.row_checksum)
             if not np.array_equal(got, crc[i]):
                 bad = [j for j in range(len(got)) if got[j] != crc[i][j]]
                 problems.append((uid, name, f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are "

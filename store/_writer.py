@@ -23,6 +23,7 @@ from ._layout import (
     FAILURE_COLUMNS,
     FORMAT_VERSION,
     ROW_ARRAYS,
+    ROW_CHECKSUM,
     ROW_CHUNK,
     STATS_SHARD,
     UTTERANCE_COLUMNS,
@@ -34,6 +35,7 @@ from ._layout import (
     open_root,
     read_meta,
     round_up,
+    row_checksum,
     specs_from_meta,
     to_str_list,
 )
@@ -143,6 +145,7 @@ class StoreWriter:
             raise unreachable(self.location, exc) from None
         _, meta = read_meta(self.location)
         check_version(self.path, meta)
+        self.row_checksum = row_checksum(self.path, meta)  # a resumed older store keeps its CRC
         self._group = open_root(self.location, mode="r+")
         self._complete_layout()
         self._journal = open_journal(self.location, journal)
@@ -183,6 +186,7 @@ class StoreWriter:
             "features": {},
             "corpus": [],
             "layer_meaning": {},
+            "row_checksum": ROW_CHECKSUM,
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

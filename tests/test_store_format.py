@@ -110,3 +110,47 @@ def test_every_array_opens_in_tensorstore_and_tables_in_parquet(upgraded):
     assert table["speaker"] == [r.speaker for r in store.list_utterances(status=None)]
     failures = pq.read_table(upgraded / "failures.parquet").to_pydict()
     assert sorted(zip(failures["id"], failures["feature"])) == [("u3", ""), ("u4", "lld")]
+
+
+def _per_layer_crc(frames: np.ndarray, crc) -> list[int]:
+    return [crc(np.ascontiguousarray(frames[:, k])) for k in range(frames.shape[1])]
+
+
+def test_new_stores_record_crc32c_per_layer(tmp_path):
+    import google_crc32c
+    from stage2_fixtures import build_store, ravdess_utterances
+
+    store = open_store(build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=1)[:4],
+                                   layers=3, dim=4, features=("wav2vec2",)))
+    assert store.attrs["row_checksum"] == store.row_checksum == "crc32c" == store.describe()["row_checksum"]
+    uid = store.list_utterances()[0].id
+    frames = store.read_utterance(uid, "wav2vec2")
+    assert list(store._per_row("wav2vec2")["crc32"][store._row(uid)]) == _per_layer_crc(frames, google_crc32c.value)
+
+
+def test_stores_without_row_checksum_keep_zlib_crc32(tmp_path, monkeypatch):
+    """A store written before row_checksum existed (zlib CRC-32, no attribute) reads, verifies and
+    resumes with zlib's CRC; an unknown CRC name is refused with the upgrade to make."""
+    import zarr
+    import zlib
+
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.store import _writer
+
+    monkeypatch.setattr(_writer, "ROW_CHECKSUM", "crc32")
+    path = build_store(tmp_path / "old.zarr", utterances=ravdess_utterances(per_actor=1)[:4], layers=3, dim=4,
+                       features=("wav2vec2",))
+    monkeypatch.undo()
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    del meta["row_checksum"]
+    group.attrs["w2v2ser"] = meta
+    store = open_store(path)
+    assert store.row_checksum == "crc32" and StoreWriter(path).row_checksum == "crc32"
+    uid = store.list_utterances()[1].id
+    frames = store.read_utterance(uid, "wav2vec2")  # checked against zlib's CRC: crc32c would raise
+    assert list(store._per_row("wav2vec2")["crc32"][store._row(uid)]) == _per_layer_crc(frames, zlib.crc32)
+    assert store.read_batch([uid], "wav2vec2", layers=[2])[0].shape[1] == 1 and store.verify().ok
+    group.attrs["w2v2ser"] = {**meta, "row_checksum": "xxhash"}
+    with pytest.raises(StoreVersionError, match="row_checksum 'xxhash'.*pip install -U w2v2ser"):
+        open_store(path)

@@ -25,7 +25,10 @@ from ._errors import StoreError, StoreIncompleteError, StoreVersionError
 from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, unreachable
 from ._types import FeatureSpec
 
-FORMAT_VERSION = 2
+# The format written. 3 is format 2's layout with CRC-32C per-layer checksums (row_checksum):
+# an older w2v2ser must refuse it ("upgrade w2v2ser") rather than call its checksums damaged.
+FORMAT_VERSION = 3
+OLDEST_READABLE = 2  # format 2 (zlib CRC-32 checksums) is read as it is; format 1 needs `store upgrade`
 ATTRS_KEY = "w2v2ser"
 ROW_CHUNK = 65536  # rows per chunk of the 1-D table columns and per-utterance index arrays
 STATS_SHARD = 64  # utterance slots per shard of the per-utterance statistics
@@ -110,14 +113,19 @@ def default_shard_frames(spec: FeatureSpec, chunk: int) -> int:
 # Every utterance's frames carry one CRC per layer (features/<name>/crc32), recorded at commit and
 # checked on every read. The root attribute ``row_checksum`` names the CRC: new stores use CRC-32C
 # (google_crc32c, a zarr dependency, is hardware-accelerated: 7x zlib's CRC-32 here, which was a
-# third of a warm all-layer read); stores written before it record none and use zlib's CRC-32.
+# third of a warm all-layer read); format-2 stores record none and use zlib's CRC-32.
 ROW_CHECKSUMS: dict[str, Callable[[Any], int]] = {"crc32": zlib.crc32, "crc32c": google_crc32c.value}
 ROW_CHECKSUM = "crc32c"
 
 
 def row_checksum(path: Path | str, meta: dict[str, Any]) -> str:
-    """The CRC of a store's per-layer checksums (``crc32`` when the store records none)."""
-    name = meta.get("row_checksum", "crc32")
+    """The CRC of a store's per-layer checksums (``crc32`` for format 2, which records none)."""
+    name = meta.get("row_checksum", "crc32" if meta.get("format_version") == 2 else None)
+    if name is None:
+        raise StoreError(
+            f"store {path} is damaged: its root attribute {ATTRS_KEY!r} has format_version "
+            f"{meta.get('format_version')!r} but no row_checksum. Re-extract into a new store."
+        )
     if name not in ROW_CHECKSUMS:
         raise StoreVersionError(
             f"store {path} records row_checksum {name!r}, which this w2v2ser does not know (it knows "
@@ -206,10 +214,11 @@ def _exists(location: StoreLocation, key: str) -> bool:
 def check_version(path: Path | str, meta: dict[str, Any]) -> None:
     """Refuse stores written in a newer format, and name the upgrade of older ones."""
     version = meta.get("format_version")
-    if isinstance(version, int) and version < FORMAT_VERSION:
+    if isinstance(version, int) and version < OLDEST_READABLE:
         raise StoreVersionError(
             f"store {path} has format_version {version} (written by w2v2ser "
-            f"{meta.get('tool_version', '?')}); this w2v2ser reads format_version {FORMAT_VERSION}. "
+            f"{meta.get('tool_version', '?')}); this w2v2ser reads format_version {OLDEST_READABLE} to "
+            f"{FORMAT_VERSION}. "
             f"Convert it once with `w2v2ser store upgrade {path} NEW_PATH` and use NEW_PATH."
         )
     if not isinstance(version, int) or version > FORMAT_VERSION:

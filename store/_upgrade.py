@@ -30,7 +30,7 @@ def _open_v1(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
     if version != 1:
         raise StoreError(
             f"store {path} has format_version {version!r}; `store upgrade` converts format 1 stores "
-            f"into format {FORMAT_VERSION}. A format-{FORMAT_VERSION} store needs no upgrade."
+            f"into format {FORMAT_VERSION}. A store of format 2 or later needs no upgrade."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

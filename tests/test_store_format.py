@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2v2ser.store import StoreVersionError, StoreWriter, open_store, upgrade_store
+from w2v2ser.store import FORMAT_VERSION, StoreError, StoreVersionError, StoreWriter, open_store, upgrade_store
 
 FORMAT1 = Path(__file__).parent / "data" / "format1.zarr"  # made by tests/data/make_format1_store.py
 W2V2SER = Path(sys.executable).parent / "w2v2ser"
@@ -43,7 +43,7 @@ def test_opening_a_format1_store_names_the_upgrade_command(tmp_path):
 
 def test_upgrade_keeps_frames_table_failures_and_statistics(upgraded):
     new = open_store(upgraded)
-    assert new.format_version == 2 and new.complete and new.verify().ok
+    assert new.format_version == FORMAT_VERSION == 3 and new.complete and new.verify().ok
     assert new.attrs["upgraded_from"]["format_version"] == 1
     assert [r.id for r in new.list_utterances(status=None)] == ["u0", "u1", "u2", "u3", "u4"]
     assert {(f.id, f.feature, f.reason) for f in new.list_failures()} == {
@@ -128,9 +128,10 @@ def test_new_stores_record_crc32c_per_layer(tmp_path):
     assert list(store._per_row("wav2vec2")["crc32"][store._row(uid)]) == _per_layer_crc(frames, google_crc32c.value)
 
 
-def test_stores_without_row_checksum_keep_zlib_crc32(tmp_path, monkeypatch):
-    """A store written before row_checksum existed (zlib CRC-32, no attribute) reads, verifies and
-    resumes with zlib's CRC; an unknown CRC name is refused with the upgrade to make."""
+def test_format2_stores_keep_zlib_crc32(tmp_path, monkeypatch):
+    """A format-2 store (zlib CRC-32, no row_checksum attribute) reads, verifies and resumes with
+    zlib's CRC and stays format 2; an unknown CRC name is refused with the upgrade to make, and a
+    format-3 store without the attribute is damaged."""
     import zarr
     import zlib
 
@@ -144,13 +145,18 @@ def test_stores_without_row_checksum_keep_zlib_crc32(tmp_path, monkeypatch):
     group = zarr.open_group(str(path), mode="r+")
     meta = dict(group.attrs["w2v2ser"])
     del meta["row_checksum"]
+    meta["format_version"] = 2
     group.attrs["w2v2ser"] = meta
+    assert StoreWriter(path).row_checksum == "crc32"
     store = open_store(path)
-    assert store.row_checksum == "crc32" and StoreWriter(path).row_checksum == "crc32"
+    assert store.row_checksum == "crc32" and store.format_version == 2
     uid = store.list_utterances()[1].id
     frames = store.read_utterance(uid, "wav2vec2")  # checked against zlib's CRC: crc32c would raise
     assert list(store._per_row("wav2vec2")["crc32"][store._row(uid)]) == _per_layer_crc(frames, zlib.crc32)
     assert store.read_batch([uid], "wav2vec2", layers=[2])[0].shape[1] == 1 and store.verify().ok
     group.attrs["w2v2ser"] = {**meta, "row_checksum": "xxhash"}
     with pytest.raises(StoreVersionError, match="row_checksum 'xxhash'.*pip install -U w2v2ser"):
+        open_store(path)
+    group.attrs["w2v2ser"] = {**meta, "format_version": 3}
+    with pytest.raises(StoreError, match="format_version 3 but no row_checksum"):
         open_store(path)

@@ -15,7 +15,9 @@ the same process right after training, so input share = input-only pass / epoch.
 
 ``--baseline-code DIR`` (another w2v2ser source tree, e.g. ``git archive`` of an older commit)
 also trains each size with that code, right after this code's run of the same size, in the base
-interpreter with DIR on its path: memory and speed side by side in one run.
+interpreter with DIR on its path: memory and speed side by side in one run. Both codes must read
+the cached stores: code older than store format 3 (CRC-32C) refuses the stores this code
+generates, so generate the cache with the older code first (its own bench_train.py, same --cache).
 
 ``--input-only REPS --baseline-code DIR`` times only the input pass (fresh processes, TensorFlow
 loaded, one warm-up pass first), alternating the two codes REPS times on the full-size store:

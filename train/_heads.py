@@ -252,8 +252,9 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                                           restore_best_weights=recipe.restore_best)
             cbs.append(self._stopper)
         train_ds, steps = _epoch_datasets(train)
-        hist = self.model_.fit(train_ds, steps_per_epoch=steps, validation_data=None if val is None else val.as_tf_dataset(),
-                               epochs=recipe.max_epochs, callbacks=cbs, verbose=self.verbose,
+        val_ds = None if val is None else val.as_tf_dataset()
+        hist = self.model_.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=recipe.max_epochs,
+                               callbacks=cbs, verbose=self.verbose,
                                shuffle=False)  # the data shuffles itself, per epoch
         h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         h.update(epoch_seconds=timing.epoch_seconds, input_seconds=timing.input_seconds,

@@ -248,39 +248,3 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, monkeypa
     for k, n in enumerate(lengths):
         np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
         assert not out[k, n:].any()
-
-
-def test_streamed_training_keeps_one_iterator_and_each_epoch_sees_every_batch_once(store, monkeypatch):
-    """A streamed partition is one repeated tf.data pipeline for the whole fit (Keras makes no new
-    iterator per epoch, which cost TensorFlow seconds of idle waits each epoch on large stores);
-    each epoch still reads every utterance once, in a new order."""
-    from w2v2ser.train import DenseHead, get_recipe
-
-    seen: list[list[str]] = []
-    original = FeatureBatches.load_batch
-
-    def load_batch(self, idx):
-        if self.shuffle:
-            seen.append([self.items[i].id for i in idx])
-        return original(self, idx)
-
-    monkeypatch.setattr(FeatureBatches, "load_batch", load_batch)
-    fits = []
-    fit = keras.Model.fit
-
-    def spy(self, x=None, *args, **kwargs):
-        fits.append((int(x.cardinality()), kwargs.get("steps_per_epoch")))
-        return fit(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(keras.Model, "fit", spy)
-    train = _batches(store, "wav2vec2:2", "global", cache="off", shuffle=True, workers=0)
-    val = _batches(store, "wav2vec2:2", "global", cache="off", shuffle=False, workers=0)
-    recipe = get_recipe("paper", {"max_epochs": 3, "patience": 9, "batch_size": 8})
-    head = DenseHead(units=4, recipe=recipe, seed=0, run_eagerly=True).fit(train, validation_data=val)
-    assert head.history_["epochs"] == 3
-    assert fits == [(-1, len(train))]  # infinite (repeated) pipeline, epochs of len(train) steps
-    per_epoch = len(train)
-    epochs = [sorted(sum(seen[e * per_epoch:(e + 1) * per_epoch], [])) for e in range(3)]
-    assert all(e == sorted(it.id for it in train.items) for e in epochs)
-    assert seen[:per_epoch] != seen[per_epoch:2 * per_epoch]  # a new order every epoch
-    assert len(seen) <= 4 * per_epoch  # at most the next epoch read ahead, nothing more

@@ -63,21 +63,6 @@ class _ArrayBatches:
                               seed=self.seed)
 
 
-def _epoch_datasets(data: Any) -> tuple[Any, int | None]:
-    """(tf.data pipeline, steps per epoch) of the training partition for Keras' fit.
-
-    A streamed partition repeats, with its steps per epoch given, so Keras keeps one iterator for
-    the whole fit. With a new iterator per epoch (and a tf.data prefetch), the process sat idle,
-    TensorFlow's inter-op threads in timed waits, for 3 s (2.6 GB store) to 18 s (10.4 GB) before
-    the next epoch's generator started, in most epochs. Now the readers start on the next epoch
-    while the current one validates. (Keras makes a new validation iterator per evaluation
-    whatever it is given.) In-memory partitions keep one dataset iteration per epoch.
-    """
-    if not getattr(data, "in_memory", True):
-        return data.as_tf_dataset().repeat(), len(data)
-    return data.as_tf_dataset(), None
-
-
 def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, np.ndarray, tuple[Any, np.ndarray]]:
     """Stratified hold-out of ``fraction`` of the utterances for early stopping."""
     from sklearn.model_selection import train_test_split
@@ -251,10 +236,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             self._stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience,
                                                           restore_best_weights=recipe.restore_best)
             cbs.append(self._stopper)
-        train_ds, steps = _epoch_datasets(train)
-        val_ds = None if val is None else val.as_tf_dataset()
-        hist = self.model_.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=recipe.max_epochs,
-                               callbacks=cbs, verbose=self.verbose,
+        hist = self.model_.fit(train.as_tf_dataset(), validation_data=None if val is None else val.as_tf_dataset(),
+                               epochs=recipe.max_epochs, callbacks=cbs, verbose=self.verbose,
                                shuffle=False)  # the data shuffles itself, per epoch
         h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         h.update(epoch_seconds=timing.epoch_seconds, input_seconds=timing.input_seconds,

@@ -33,6 +33,23 @@ def _base() -> dict:
     }
 
 
+def test_extract_stage_loads_the_pipeline_without_stage2_libraries(tmp_path: Path) -> None:
+    """Stage 1 checks every selection with stage 2's grammar, yet loads neither TensorFlow, Keras,
+    torch nor scikit-learn (its import alone took about 1 s)."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, _base())
+    code = ("import sys\n"
+            "from w2v2ser._config import load_pipeline\n"
+            f"config = load_pipeline({str(path)!r}, validate_experiments=False)\n"
+            "assert [e.config['features'] for e in config.experiments] == "
+            "['classic/egemaps', 'w2v2_pt/wav2vec2:all'], config.experiments\n"
+            "bad = [m for m in ('tensorflow', 'keras', 'torch', 'sklearn') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_shipped_pipeline_reproduces_both_tables() -> None:
     config = load_pipeline(REPO / "pipeline.yaml")
     names = [e.name for e in config.experiments]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from sklearn.model_selection import LeaveOneGroupOut, PredefinedSplit
 
 from ._errors import ConfigError, ProtocolError
 
@@ -105,6 +104,8 @@ def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     code = {s: 0 if n in (23, 24) else 1 if n in (21, 22) else -1 if 1 <= n <= 20 else -2
             for s, n in ((s, _actor_number(s)) for s in speakers)}
     used = [s for s in speakers if code[s] != -2]  # actors beyond 24 belong to no partition
+    from sklearn.model_selection import PredefinedSplit  # on first use: importing stage 2 stays cheap
+
     (_, test), (_, val) = PredefinedSplit([code[s] for s in used]).split()
     held = set(test) | set(val)
     return [Fold("split", tuple(s for i, s in enumerate(used) if i not in held),
@@ -116,6 +117,8 @@ def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: 
     speakers = np.asarray(speakers, dtype=object)
     order = sorted(set(groups))
     members = {g: tuple(sorted(speakers[np.asarray(groups, dtype=object) == g])) for g in order}
+    from sklearn.model_selection import LeaveOneGroupOut  # on first use: importing stage 2 stays cheap
+
     folds = []
     for (_, test_idx), name in zip(LeaveOneGroupOut().split(speakers, groups=list(groups)), names):
         test_group = groups[test_idx[0]]

@@ -22,6 +22,7 @@ shorter length and add a ``mask`` input (1 = real frame). Frames stay in the sto
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -52,8 +53,9 @@ STREAM_AHEAD_MB = 512.0
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
 READ_GROUP_MB = 256.0
 READ_GROUP_ITEMS = 256
-# In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline_options).
-GATHER_CALLS = 2
+# In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline_options;
+# each call copies one batch, up to 160 MB of base-model frames, so not one per core on big hosts).
+GATHER_CALLS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ interpreter with DIR on its path: memory and speed side by side in one run. Both
 the cached stores: code older than store format 3 (CRC-32C) refuses the stores this code
 generates, so generate the cache with the older code first (its own bench_train.py, same --cache).
 
+``--small STORE --baseline-code DIR`` instead trains eGeMAPS and the spectrogram of STORE with
+each code, fresh processes alternating, ``--reps`` runs each (median epoch seconds per code).
+
 ``--input-only REPS --baseline-code DIR`` times only the input pass (fresh processes, TensorFlow
 loaded, one warm-up pass first), alternating the two codes REPS times on the full-size store:
 
@@ -55,6 +58,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=None)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-input", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-small", nargs=2, default=None, metavar=("STORE", "FEATURE"), help=argparse.SUPPRESS)
     p.add_argument("--input-only", type=int, default=0, metavar="REPS",
                    help="instead: only the input pass on the full-size store, REPS fresh processes per code, "
                         "alternating with --baseline-code")
@@ -354,6 +358,71 @@ def small_selections(args: argparse.Namespace) -> None:
     print(headline)
 
 
+def small_child(store: str, feature: str, epochs: int) -> None:
+    """--small --baseline-code child: one paper-recipe train_run of `feature`, default threads."""
+    _common.bootstrap_w2v2ser()
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    config = ExperimentConfig(stores=store, features=feature, recipe="paper", seeds=1,
+                              recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
+    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-small-"))
+    res = train_run(config, plan_runs(config)[0], out=out)
+    hist = json.loads((Path(res.path) / "history.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({"epoch_seconds": hist["epoch_seconds"], "load_average": _common.load_average(),
+                      "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1])}))
+
+
+def small_codes(args: argparse.Namespace) -> None:
+    """--small with --baseline-code: w2v2ser epochs of this code vs the baseline code, fresh
+    processes alternating, on eGeMAPS and the spectrogram of the given store."""
+    import numpy as np
+    from scipy.stats import mannwhitneyu
+
+    codes = {"this code": None, "baseline code": args.baseline_code}
+    runs: dict[str, dict[str, list]] = {}
+    trees: dict[str, str] = {}  # the source tree each code's children imported w2v2ser from
+    rows = []
+    for feature in ("egemaps", "spectrogram"):
+        per_code: dict[str, list[float]] = {name: [] for name in codes}
+        epochs: dict[str, list[list[float]]] = {name: [] for name in codes}
+        for rep in range(args.reps):
+            for name in (list(codes) if rep % 2 == 0 else list(codes)[::-1]):
+                env, exe = _child_env(codes[name])
+                print(f"{feature}, {name}, repetition {rep + 1} ...", flush=True)
+                cmd = [exe, __file__, "--child-small", args.small, feature, "--epochs", str(args.epochs)]
+                child = _run_child(cmd, env, name)
+                secs = child["epoch_seconds"]
+                trees.setdefault(name, child["w2v2ser_code"])
+                epochs[name].append(secs)
+                per_code[name].append(float(np.mean(secs[1:])))  # epoch 1 also traces the step
+        med = {name: float(np.median(v)) for name, v in per_code.items()}
+        test = mannwhitneyu(per_code["this code"], per_code["baseline code"], alternative="two-sided")
+        runs[feature] = {"mean_epoch_seconds_per_run": per_code, "epoch_seconds": epochs,
+                         "ratio_of_medians": med["this code"] / med["baseline code"],
+                         "mann_whitney_p": float(test.pvalue)}
+        rows.append([feature, args.reps, med["this code"], med["baseline code"], runs[feature]["ratio_of_medians"],
+                     float(test.pvalue)])
+    table = _common.format_table(["selection", "runs per code", "this code: median epoch s",
+                                  "baseline: median epoch s", "ratio", "Mann-Whitney p"], rows)
+    payload = {"benchmark": "bench_train_small_codes", "command": _common.command_line(),
+               "machine": _common.machine_info(["numpy", "tensorflow", "keras"]),
+               "config": {"store": args.small, "epochs": args.epochs, "reps": args.reps, "recipe": "paper",
+                          "baseline_code": args.baseline_code, "imported_from": trees}, "runs": runs}
+    notes = ["each run: a fresh process, train_run of the paper recipe (Dense head, speaker norm, in memory), "
+             "TensorFlow's default threads; its epoch s = mean over epochs 2..N (epoch 1 also traces); "
+             "the two codes alternate, order swapped every repetition",
+             "Mann-Whitney p: two-sided U test of the per-run means of the two codes"]
+    headline = "headline: epoch, this code / baseline code (median of runs) = " + ", ".join(
+        f"{f} {r['ratio_of_medians']:.2f}" for f, r in runs.items())
+    print()
+    print(table)
+    path = _common.write_results("bench_train_small_codes", payload, table, out=args.out, headline=headline,
+                                 notes=notes)
+    print(f"results: {path}")
+    print(headline)
+
+
 def _child_env(code: str | None) -> tuple[dict[str, str], str]:
     """(environment, interpreter) of a child running this tree's code, or the source tree ``code``
     in the base interpreter (outside any environment with w2v2ser installed)."""
@@ -376,6 +445,12 @@ def _run_child(cmd: list[str], env: dict[str, str], name: str) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.child_small:
+        small_child(*args.child_small, args.epochs)
+        return
+    if args.small and args.baseline_code:
+        small_codes(args)
+        return
     if args.small:
         small_selections(args)
         return

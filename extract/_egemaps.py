@@ -171,8 +171,10 @@ class EgemapsExtractor:
         if reply is None:  # the worker died: start a fresh one next time
             self.close()
             raise RuntimeError(
-                "the openSMILE worker process died on this input (a crash in openSMILE's native library); "
-                "it is restarted for the next one. If one file causes it every time, re-encode or exclude it."
+                f"the openSMILE worker process died (exit status {worker.returncode}) during {function!r}: a crash "
+                "in openSMILE's native library on this input, or a worker that could not start (its error is "
+                "printed above). It is restarted for the next call. If one file causes it every time, re-encode "
+                "or exclude it."
             )
         meta, out = reply
         if meta["status"] == "missing":

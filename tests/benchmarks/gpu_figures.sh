@@ -5,6 +5,7 @@
 #                             torch.compile at the best batch; half-precision tolerance vs float32
 #   2. gpu_pipeline.*         whole pipeline (wav2vec2 only) vs bare vs extractor, paired, + per-stage profile
 #   3. gpu_pipeline_egemaps.* wav2vec2 + eGeMAPS on the machine's CPU cores, + per-stage profile (what bounds it)
+#   4. bench_ceiling.*        issue 10: decode + store without the model vs the disk (if time is left)
 # Audio is synthetic (FLAC white noise, RAVDESS-like lengths) and the model a random full-size
 # wav2vec2-base: no data or weights need to travel.
 #
@@ -40,9 +41,10 @@ PYEOF
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv 2>/dev/null || true
 
 if [ "$SMOKE" = 1 ]; then
-  FORWARD=(--smoke); PIPE=(--device cpu --tiny --synthetic 6 --reps 1); CPUW=2
+  FORWARD=(--smoke); PIPE=(--device cpu --tiny --synthetic 6 --reps 1); CPUW=2; CEIL_FILES=6
 else
   FORWARD=(); PIPE=(--device cuda --synthetic 400 --reps 2); CPUW=$(( $(nproc) - 4 > 1 ? $(nproc) - 4 : 1 ))
+  CEIL_FILES=400
 fi
 
 # 1. forward sweep and tolerance (~3-4 min)
@@ -61,5 +63,14 @@ timeout 160 "$PY" tests/benchmarks/bench_extract.py "${PIPE[@]}" --features wav2
 timeout 120 "$PY" tests/benchmarks/bench_extract.py "${PIPE[@]}" --features wav2vec2,egemaps --batch-seconds "$BEST" \
   --modes bare,pipeline_all --profile --cpu-workers "$CPUW" --reps 1 --workdir "$WORK" --out "$OUTDIR" \
   --name gpu_pipeline_egemaps || echo "bench_extract.py (wav2vec2,egemaps) FAILED (rc $?)"
+# 4. issue 10's ceiling: the pipeline without the model (decode + store of random frames) vs the
+#    disk's raw speed, on the same synthetic audio; only in the time the steps above left (~30 s)
+LEFT=$(( 580 - SECONDS ))
+if [ "$LEFT" -ge 30 ] && [ -d "$WORK/synthetic_audio" ]; then
+  timeout "$LEFT" "$PY" tests/benchmarks/bench_ceiling.py --corpus "$WORK/synthetic_audio" --files "$CEIL_FILES" \
+    --workdir "$WORK" --out "$OUTDIR" || echo "bench_ceiling.py FAILED (rc $?)"
+else
+  echo "bench_ceiling.py skipped: ${LEFT} s left of the run's 580"
+fi
 rm -rf "$WORK"
 ls -la "$OUTDIR"

@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--workdir", default=None, help="where the three copies are written (default: a temp dir)")
     p.add_argument("--out", default=None)
+    p.add_argument("--chunk-frames", type=int, default=None,
+                   help="frames per inner chunk of the w2v2ser store (default: the store's default)")
     p.add_argument("--no-drop-cache", action="store_true", help="never drop the page cache (warm only)")
     args = p.parse_args()
     if args.quick:
@@ -85,7 +87,7 @@ def main() -> None:
     for p in (store_path, npy_dir, h5_path):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     npy_dir.mkdir()
-    writer = StoreWriter(store_path)
+    writer = StoreWriter(store_path, chunk_frames={"wav2vec2": args.chunk_frames} if args.chunk_frames else None)
     rows = writer.plan(utts, num_samples=[int(t) * 320 + 80 for t in frames], features=[w2v2, egemaps],
                        capacities={"wav2vec2": [int(t) for t in frames], "egemaps": [2 * int(t) for t in frames]})
     write_s = {"zarr_store": 0.0, "npy_per_utterance": 0.0}

@@ -53,7 +53,7 @@ STREAM_AHEAD_MB = 512.0
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
 READ_GROUP_MB = 256.0
 READ_GROUP_ITEMS = 256
-# In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline_options;
+# In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline;
 # each call copies one batch, up to 160 MB of base-model frames, so not one per core on big hosts).
 GATHER_CALLS = min(4, os.cpu_count() or 1)
 
@@ -358,24 +358,23 @@ class FeatureBatches:
                 for s in self.sources}
         spec["mask"] = tf.TensorSpec((None, None), tf.float32)
         ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
-        # Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
-        return ds.with_options(_fixed_pipeline_options())
+        return _fixed_pipeline(ds, len(self))
 
 
-def _fixed_pipeline_options() -> Any:
-    """tf.data options without the autotuning model thread, for pipelines with fixed buffer sizes.
+def _fixed_pipeline(ds: Any, n_batches: int) -> Any:
+    """The end of every input pipeline: known cardinality, 2 batches prefetched, no autotuning.
 
-    Keras replaces the training iterator at every epoch. Destroying an iterator waits for its
-    autotuning thread, which sleeps up to a minute between rounds and is not woken: measured on a
-    10 GB store, 7-18 s of idle process before most epochs (gdb: ~RootDataset::Iterator waiting
-    on Model::OptimizeLoop).
+    Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
+    No autotuning thread: Keras replaces the training iterator at every epoch, and destroying an
+    iterator waits for its autotuning thread, which sleeps up to a minute between rounds and is
+    not woken: measured on a 10 GB store, 7-18 s of idle process before most epochs (gdb:
+    ~RootDataset::Iterator waiting on Model::OptimizeLoop).
     """
     import tensorflow as tf
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return options
+    return ds.apply(tf.data.experimental.assert_cardinality(int(n_batches))).prefetch(2).with_options(options)
 
 
 def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget_mb: float) -> bool:
@@ -417,14 +416,11 @@ def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: n
         datasets.append(ds)
         n_batches.append(-(-len(idx) // batch_size))
     if len(datasets) == 1:
-        ds = datasets[0].apply(tf.data.experimental.assert_cardinality(n_batches[0])).prefetch(2)
-        return ds.with_options(_fixed_pipeline_options())
+        return _fixed_pipeline(datasets[0], n_batches[0])
     choice = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(datasets), dtype=np.int64), n_batches))
     if shuffle:
         choice = choice.shuffle(int(sum(n_batches)), seed=seed, reshuffle_each_iteration=True)
-    ds = tf.data.Dataset.choose_from_datasets(datasets, choice)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(int(sum(n_batches)))).prefetch(2)
-    return ds.with_options(_fixed_pipeline_options())
+    return _fixed_pipeline(tf.data.Dataset.choose_from_datasets(datasets, choice), sum(n_batches))
 
 
 def _buckets(lengths: np.ndarray, batch_size: int, bucket_waste: float | None) -> list[np.ndarray]:

@@ -292,16 +292,14 @@ def small_selections(args: argparse.Namespace) -> None:
     import tensorflow as tf
 
     from bench_fidelity import pad_arrays, plain_dense_model
-    from w2v2ser.train import ExperimentConfig, partition_arrays, plan_runs, train_run
+    from w2v2ser.train import partition_arrays, plan_runs
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     epochs = args.epochs
     rows, runs = [], {}
     for feature in ("egemaps", "spectrogram"):
-        # patience > epochs: every mode trains exactly `epochs` epochs, each with its validation pass
-        config = ExperimentConfig(stores=args.small, features=feature, recipe="paper", seeds=1,
-                                  recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
+        config = _small_config(args.small, feature, epochs)
         spec = plan_runs(config)[0]
         t0 = time.perf_counter()
         parts = partition_arrays(config, spec)
@@ -317,11 +315,7 @@ def small_selections(args: argparse.Namespace) -> None:
                 keras.backend.clear_session()
                 keras.utils.set_random_seed(rep)
                 if mode == "w2v2ser":
-                    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-small-"))
-                    res = train_run(config, spec, out=out)
-                    hist = json.loads((Path(res.path) / "history.json").read_text())
-                    secs = hist["epoch_seconds"]
-                    shutil.rmtree(out, ignore_errors=True)
+                    secs = _train_epoch_seconds(config, spec)
                 else:
                     model = plain_dense_model(xtr[0].shape[1:], int(max(ytr)) + 1)
                     timer = _epoch_timer()
@@ -358,18 +352,35 @@ def small_selections(args: argparse.Namespace) -> None:
     print(headline)
 
 
+def _small_config(store: str, feature: str, epochs: int):
+    """The --small experiment: paper recipe on `feature`; patience > epochs, so every run trains
+    exactly `epochs` epochs, each with its validation pass."""
+    from w2v2ser.train import ExperimentConfig
+
+    return ExperimentConfig(stores=store, features=feature, recipe="paper", seeds=1,
+                            recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
+
+
+def _train_epoch_seconds(config, spec) -> list[float]:
+    """Epoch seconds of one train_run (whole stage 2 path) into a temporary folder."""
+    from w2v2ser.train import train_run
+
+    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-small-"))
+    try:
+        res = train_run(config, spec, out=out)
+        return json.loads((Path(res.path) / "history.json").read_text())["epoch_seconds"]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def small_child(store: str, feature: str, epochs: int) -> None:
     """--small --baseline-code child: one paper-recipe train_run of `feature`, default threads."""
     _common.bootstrap_w2v2ser()
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+    from w2v2ser.train import plan_runs
 
-    config = ExperimentConfig(stores=store, features=feature, recipe="paper", seeds=1,
-                              recipe_overrides={"max_epochs": epochs, "patience": epochs + 1})
-    out = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-small-"))
-    res = train_run(config, plan_runs(config)[0], out=out)
-    hist = json.loads((Path(res.path) / "history.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"epoch_seconds": hist["epoch_seconds"], "load_average": _common.load_average(),
+    config = _small_config(store, feature, epochs)
+    secs = _train_epoch_seconds(config, plan_runs(config)[0])
+    print(json.dumps({"epoch_seconds": secs, "load_average": _common.load_average(),
                       "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1])}))
 
 

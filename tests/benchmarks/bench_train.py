@@ -157,6 +157,12 @@ def ensure_store(cache: Path, seconds: float, workers: int) -> Path:
 
 
 # ------------------------------------------------------------------------------ child: one size
+def _train_peak(run: dict) -> float:
+    """Training's peak RSS (MB); results of older code lack it and give the process's final peak."""
+    return run.get("peak_rss_train_mb", run["peak_rss_mb"])
+
+
+
 def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     _common.bootstrap_w2v2ser()
 
@@ -171,6 +177,7 @@ def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     t0 = time.perf_counter()
     result = train_run(config, spec, out=out)
     run_wall = time.perf_counter() - t0
+    rss_train = _common.peak_rss_mb()  # training's own peak, before the input-only pass adds its batches
     history = json.loads((Path(result.path) / "history.json").read_text())
     metrics = result.metrics
 
@@ -183,7 +190,7 @@ def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
         "input_seconds_threads": history["input_seconds"], "compute_seconds": history["compute_seconds"],
         "input_only_pass_seconds": input_pass, "train_run_wall_s": run_wall,
         "cache_used": bool(metrics.get("cached_in_memory")), "partition_read_seconds": read_s,
-        "peak_rss_mb": _common.peak_rss_mb(), "rss_before_mb": rss0,
+        "peak_rss_mb": _common.peak_rss_mb(), "peak_rss_train_mb": rss_train, "rss_before_mb": rss0,
         "uar": result.uar, "load_average": _common.load_average(),
         "w2v2ser_code": str(Path(sys.modules["w2v2ser.train"].__file__).resolve().parents[1]),
     }))
@@ -506,21 +513,21 @@ def main() -> None:
         r["input_share_library_threads"] = float(np.sum(r["input_seconds_threads"]) / np.sum(r["epoch_seconds"]))
         rows.append([name, r["audio_seconds"], r["store_gb"], r["utterances_train"], epoch,
                      r["input_only_pass_seconds"], r["compute_seconds_steady"],
-                     r["input_share_input_only_pass"], r["peak_rss_mb"], r["cache_used"]])
+                     r["input_share_input_only_pass"], _train_peak(r), r["peak_rss_mb"], r["cache_used"]])
         if name in baseline:
             b = baseline[name]
             b_epoch = float(np.mean(b["epoch_seconds"][1:] or b["epoch_seconds"]))
             b["epoch_seconds_mean"] = b_epoch
             rows.append([f"{name} (baseline code)", r["audio_seconds"], r["store_gb"], b["utterances_train"], b_epoch,
                          b["input_only_pass_seconds"], float(np.mean(b["compute_seconds"][1:] or b["compute_seconds"])),
-                         b["input_only_pass_seconds"] / b_epoch, b["peak_rss_mb"], b["cache_used"]])
+                         b["input_only_pass_seconds"] / b_epoch, _train_peak(b), b["peak_rss_mb"], b["cache_used"]])
     ratios = {
-        "peak_rss_full_vs_quarter": runs["full"]["peak_rss_mb"] / runs["quarter"]["peak_rss_mb"],
+        "peak_rss_full_vs_quarter": _train_peak(runs["full"]) / _train_peak(runs["quarter"]),
         "epoch_full_vs_quarter": runs["full"]["epoch_seconds_mean"] / runs["quarter"]["epoch_seconds_mean"],
         "input_share_full": runs["full"]["input_share_input_only_pass"],
     }
     table = _common.format_table(["store", "audio s", "store GB", "train utts", "epoch s (after 1st)", "input-only pass s",
-                                  "keras step s", "input share", "peak RSS MB", "frame cache"], rows)
+                                  "keras step s", "input share", "peak RSS training MB", "peak RSS MB", "frame cache"], rows)
     info = _common.machine_info(["numpy"])
     payload = {"benchmark": "bench_train", "command": _common.command_line(), "machine": info,
                "config": {"sizes_audio_seconds": sizes, "epochs": args.epochs, "features": "wav2vec2:all",
@@ -529,14 +536,15 @@ def main() -> None:
                "runs": runs, "ratios": ratios}
     if baseline:
         payload["baseline"] = {"code": args.baseline_code, "runs": baseline}
-        ratios.update({f"peak_rss_{k}_vs_baseline": runs[k]["peak_rss_mb"] / baseline[k]["peak_rss_mb"] for k in baseline})
+        ratios.update({f"peak_rss_{k}_vs_baseline": _train_peak(runs[k]) / _train_peak(baseline[k]) for k in baseline})
         ratios.update({f"epoch_{k}_vs_baseline": runs[k]["epoch_seconds_mean"] / baseline[k]["epoch_seconds_mean"]
                        for k in baseline})
     notes = ["'keras step s' is the library's compute_seconds (train-batch begin->end, includes waiting for input "
              "when the readers fall behind); 'input-only pass' iterates the same training batches without a model.",
-             "peak RSS from ru_maxrss of a fresh process per store size",
+             "peak RSS from ru_maxrss of a fresh process per store size: 'training' right after train_run, "
+             "'peak RSS MB' at the end, after the input-only pass too (the ratios use training's)",
              "epoch s = mean of epochs 2..N (epoch 1 also compiles); every epoch includes the validation pass"]
-    headline = (f"headline: peak RSS full/quarter = {ratios['peak_rss_full_vs_quarter']:.2f} (goal ~1: memory flat), "
+    headline = (f"headline: training peak RSS full/quarter = {ratios['peak_rss_full_vs_quarter']:.2f} (goal ~1: memory flat), "
                 f"epoch full/quarter = {ratios['epoch_full_vs_quarter']:.2f} (4x data), input-only pass / epoch "
                 f"(full) = {ratios['input_share_full']:.2f}")
     if baseline:

@@ -1,7 +1,8 @@
 """``w2v2ser predict``: emotion and class probabilities of new audio files with a trained run dir.
 
 Features are extracted exactly as for training by running stage 1 in a subprocess
-(``python -m w2v2ser extract csv MANIFEST --store TMP --like TRAINING_STORE``), so this process
+(``w2v2ser extract csv MANIFEST --store TMP --like TRAINING_STORE``, started with this process's
+``sys.path`` so that an uninstalled source tree works too), so this process
 never imports torch; the frames are then read back with ``open_store`` and fed through the same
 batching code as training (:class:`w2v2ser.train` ``FeatureBatches``: crop, pair averaging,
 padding, mask).
@@ -22,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from w2v2ser._common import python_command
 
 from ._errors import PredictError, RunDirError
 
@@ -76,13 +78,13 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     Raises:
         PredictError: the subprocess failed and left no readable store.
     """
-    command = [sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store", str(store),
-               "--like", str(like), "--features", ",".join(features), "--no-progress"]
-    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
+            "--features", ",".join(features), "--no-progress"]
+    proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not (Path(store) / "zarr.json").exists():
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
-                           f"like store {like}:\n{tail}\nCommand: {' '.join(command)}. Check that the "
+                           f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that the "
                            "training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]').")
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
+from w2v2ser._common import python_command
 from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
@@ -100,22 +100,7 @@ def _describe(feature_set: str, feature_level: str, _: list[int], __: list[np.nd
 
 # What the worker process may be asked to run.
 WORKER_FUNCTIONS = {"compute": _compute, "describe": _describe}
-
-
-def _worker_command(module: str = "w2v2ser.extract._smile_worker") -> list[str]:
-    """This interpreter running ``module.main()``, with w2v2ser importable exactly as it is here.
-
-    ``python -m module`` only works when w2v2ser is installed. A source tree put on the path by
-    hand (the benchmarks do this on machines without an install) maps the subpackages through
-    ``w2v2ser.__path__``, so the worker gets this process's ``sys.path`` and ``w2v2ser.__path__``.
-    """
-    import sys
-
-    import w2v2ser
-
-    code = ("import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); import w2v2ser; "
-            "w2v2ser.__path__[:] = json.loads(sys.argv[2]); importlib.import_module(sys.argv[3]).main()")
-    return [sys.executable, "-c", code, json.dumps(sys.path), json.dumps(list(w2v2ser.__path__)), module]
+_WORKER_MODULE = "w2v2ser.extract._smile_worker"
 
 
 class EgemapsExtractor:
@@ -157,7 +142,7 @@ class EgemapsExtractor:
         from ._smile_worker import read_message, write_message
 
         if self._worker is None or self._worker.poll() is not None:
-            self._worker = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._worker = subprocess.Popen(python_command(_WORKER_MODULE), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         worker = self._worker
         request = {
             "function": function,

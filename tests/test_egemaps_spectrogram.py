@@ -51,19 +51,21 @@ def test_egemaps_config_round_trip_and_rejections():
     assert issubclass(ExtractorConfigError, W2v2serError)
 
 
-def test_the_opensmile_worker_imports_w2v2ser_as_this_process_does(tmp_path, monkeypatch):
+def test_child_processes_import_w2v2ser_as_this_process_does(tmp_path, monkeypatch):
     """The benchmarks run w2v2ser from a source tree without installing it, by extending
     ``w2v2ser.__path__``; ``python -m w2v2ser.extract._smile_worker`` could not import it then, so
-    eGeMAPS failed in the GPU figures script. A module reachable only through this process's
-    ``w2v2ser.__path__`` must start in the worker's way."""
+    eGeMAPS failed in the GPU figures script (and ``predict`` ran ``python -m w2v2ser extract``).
+    A module reachable only through this process's ``w2v2ser.__path__`` must start, get its
+    arguments, and return its exit status."""
     import w2v2ser
-    from w2v2ser.extract._egemaps import _worker_command
+    from w2v2ser._common import python_command
 
-    (tmp_path / "_probe_worker.py").write_text("import w2v2ser\n\ndef main():\n    print('probe', w2v2ser.__path__[-1])\n")
+    (tmp_path / "_probe_worker.py").write_text(
+        "import sys\nimport w2v2ser\n\ndef main():\n    print('probe', w2v2ser.__path__[-1], sys.argv[1:])\n    return 3\n")
     monkeypatch.setattr(w2v2ser, "__path__", [*w2v2ser.__path__, str(tmp_path)])
-    done = subprocess.run(_worker_command("w2v2ser._probe_worker"), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == f"probe {tmp_path}"
+    done = subprocess.run(python_command("w2v2ser._probe_worker", "--flag"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout.strip() == f"probe {tmp_path} ['--flag']"
 
 
 def test_egemaps_feature_spec(egemaps):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -22,6 +24,7 @@ __all__ = [
     "EXIT_INPUT",
     "W2v2serError",
     "did_you_mean",
+    "python_command",
     "fsync_path",
     "publish_directory",
     "replacing",
@@ -141,3 +144,19 @@ def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[b
         else:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def python_command(module: str, *args: str) -> list[str]:
+    """This interpreter running ``module.main()`` with ``args`` as its command line (its return
+    value is the exit status), with w2v2ser importable exactly as it is here.
+
+    ``python -m module`` only works when w2v2ser is installed. A source tree put on the path by
+    hand (the benchmarks do this on machines without an install) maps the subpackages through
+    ``w2v2ser.__path__``, so the child gets this process's ``sys.path`` and ``w2v2ser.__path__``.
+    """
+    import w2v2ser
+
+    code = ("import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); import w2v2ser; "
+            "w2v2ser.__path__[:] = json.loads(sys.argv[2]); module = sys.argv[3]; "
+            "sys.argv[:] = [module, *sys.argv[4:]]; raise SystemExit(importlib.import_module(module).main())")
+    return [sys.executable, "-c", code, json.dumps(sys.path), json.dumps(list(w2v2ser.__path__)), module, *args]

@@ -314,8 +314,10 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
 
     from ._heads import make_head  # Keras loads only when a run trains
 
+    # The run's seed goes to the head too: its layers then draw their seeds from their own
+    # generator, not from Python's global random, which other threads (Dask's) also draw from.
     head = make_head(config.head, units=config.units, dropout=config.dropout, recipe=recipe,
-                     classes=data.classes, verbose=verbose, run_eagerly=config.run_eagerly)
+                     classes=data.classes, verbose=verbose, run_eagerly=config.run_eagerly, seed=run_spec.seed)
     head.fit(train, validation_data=val)
     proba = head.predict_proba(test)
     y_true, y_pred = test.labels, np.argmax(proba, axis=1)

@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._dataset import padded_dataset
 from ._errors import ConfigError, DataError
-from ._layers import FrameMask, LayerWeightedAverage, MaskedMean
+from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws
 from ._recipes import Recipe, get_recipe
 
 __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head"]
@@ -147,21 +147,31 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         x = LayerWeightedAverage(name=f"{branch}_layer_weights")(inp) if len(shape) == 2 else inp
         return inp, x
 
+    def _dense(self, units: int, activation: str, name: str) -> Any:
+        return keras.layers.Dense(units, activation=activation, name=name,
+                                  kernel_initializer=keras.initializers.GlorotUniform(seed=self._draw()))
+
     def _block(self, x: Any, name: str) -> Any:
-        x = keras.layers.Dense(self.units, activation="relu", name=f"{name}_dense")(x)
-        return keras.layers.Dropout(self.dropout, name=f"{name}_dropout")(x)
+        x = self._dense(self.units, "relu", f"{name}_dense")(x)
+        # A dropout layer of rate 0 has no seed generator (and Keras draws no seed for it).
+        return keras.layers.Dropout(self.dropout, name=f"{name}_dropout",
+                                    seed=self._draw() if self.dropout > 0 else None)(x)
 
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _build(self, shapes: Mapping[str, tuple[tuple[int, ...], Any]], n_classes: int) -> keras.Model:
-        inputs, branches = {}, {}
-        for branch, (shape, dtype) in shapes.items():
-            inputs[branch], branches[branch] = self._branch_input(branch, shape, dtype)
-        inputs["mask"] = keras.Input(shape=(None,), name="mask")
-        pooled = self._body(branches, inputs["mask"])
-        out = keras.layers.Dense(n_classes, activation="softmax", name="classifier")(pooled)
-        return keras.Model(inputs=inputs, outputs=out, name=type(self).__name__)
+        self._draw = seed_draws(self.seed)  # every random layer gets its seed from here, in build order
+        try:
+            inputs, branches = {}, {}
+            for branch, (shape, dtype) in shapes.items():
+                inputs[branch], branches[branch] = self._branch_input(branch, shape, dtype)
+            inputs["mask"] = keras.Input(shape=(None,), name="mask")
+            pooled = self._body(branches, inputs["mask"])
+            out = self._dense(n_classes, "softmax", "classifier")(pooled)
+            return keras.Model(inputs=inputs, outputs=out, name=type(self).__name__)
+        finally:
+            del self._draw  # a closure: the fitted estimator stays picklable
 
     # -- sklearn-like API ----------------------------------------------------------------------
     def _resolved_recipe(self) -> Recipe:
@@ -290,7 +300,12 @@ class LSTMHead(_BaseHead):
 
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:
         x = self._block(branches["main"], "block1")
-        return keras.layers.LSTM(self.units, name="lstm")(x, mask=FrameMask(name="frame_mask")(mask))
+        # Keras' own order of draws: the cell's kernel, recurrent kernel, then its dropout seed.
+        lstm = keras.layers.LSTM(self.units, name="lstm",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed=self._draw()),
+                                 recurrent_initializer=keras.initializers.Orthogonal(seed=self._draw()),
+                                 seed=self._draw())
+        return lstm(x, mask=FrameMask(name="frame_mask")(mask))
 
 
 class FusionHead(_BaseHead):

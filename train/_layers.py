@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, Callable
 
 import keras
 from keras import ops
 
-__all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask"]
+__all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask", "seed_draws"]
+
+
+def seed_draws(seed: int | None) -> Callable[[], int | None]:
+    """The integer seeds of one model's initializers and dropout layers, in the order they are built.
+
+    Keras draws such seeds from Python's global ``random`` when a layer gets none. In a Dask
+    worker other threads draw from it too, so the same seeded run started with different weights
+    in a worker than alone (first-epoch validation loss 1.874 or 1.878 against 1.881). A seeded
+    model takes them from its own generator instead: the same sequence Keras draws right after
+    ``keras.utils.set_random_seed(seed)``, so the weights equal those of a model built alone.
+    ``seed`` None: every draw is None (Keras draws as usual).
+    """
+    if seed is None:
+        return lambda: None
+    rng = random.Random(seed)
+    return lambda: rng.randint(1, int(1e9))  # keras.src.random.seed_generator.make_default_seed's range
 
 
 def _weighted_layer_sum(x: Any, w: Any) -> Any:

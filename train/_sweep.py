@@ -110,7 +110,7 @@ class _SweepHeads:
     def __init__(self, n_layers: int, dim: int, n_classes: int, *, units: int, dropout: float, seed: int) -> None:
         import keras
 
-        from ._layers import LayerWeightedAverage, MaskedMean
+        from ._layers import LayerWeightedAverage, MaskedMean, seed_draws
 
         rng = np.random.default_rng(seed)
         L, U, C = n_layers, units, n_classes
@@ -121,9 +121,12 @@ class _SweepHeads:
                         v(_glorot(rng, (L, U, C)), "probe_kc"), v(np.zeros((L, C), np.float32), "probe_bc")]
         # The weighted-average head: the paper's Dense head with the usual Keras layers.
         self.wa = LayerWeightedAverage(name="main_layer_weights")
-        self.wa_d1 = keras.layers.Dense(U, activation="relu", name="block1_dense")
-        self.wa_d2 = keras.layers.Dense(U, activation="relu", name="block2_dense")
-        self.wa_cls = keras.layers.Dense(C, activation="softmax", name="classifier")
+        draw = seed_draws(seed)  # not Python's global random, which a Dask worker's threads share
+        self.wa_d1, self.wa_d2, self.wa_cls = (
+            keras.layers.Dense(units, activation=act, name=name,
+                               kernel_initializer=keras.initializers.GlorotUniform(seed=draw()))
+            for units, act, name in ((U, "relu", "block1_dense"), (U, "relu", "block2_dense"),
+                                     (C, "softmax", "classifier")))
         self.wa_mean = MaskedMean(name="masked_mean")
         self.drop = keras.layers.Dropout(dropout, seed=seed)
         self.wa.build((None, None, L, dim))

@@ -1,4 +1,5 @@
-"""What every part of w2v2ser shares: the error hierarchy, did-you-mean hints and atomic writes.
+"""What every part of w2v2ser shares: the error hierarchy, did-you-mean hints, atomic writes and
+the command line of a child Python process.
 
 This module imports only the standard library, so both stages (stage 1 never imports
 TensorFlow, stage 2 never imports torch) and the store use it.

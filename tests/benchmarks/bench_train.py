@@ -162,7 +162,6 @@ def _train_peak(run: dict) -> float:
     return run.get("peak_rss_train_mb", run["peak_rss_mb"])
 
 
-
 def child(store_path: str, epochs: int, cache_mode: str = "auto") -> None:
     _common.bootstrap_w2v2ser()
 

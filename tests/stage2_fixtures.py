@@ -10,8 +10,11 @@ Frames carry a weak label-dependent offset so heads can learn something.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -20,6 +23,24 @@ from w2v2ser.store import FeatureSpec, StoreWriter, Utterance
 RAVDESS_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 IEMOCAP_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "xxx")
 W2V2_RATE, EGEMAPS_RATE, SPEC_RATE = 50.0, 100.0, 100.0
+
+
+@contextlib.contextmanager
+def another_thread_drawing_random_numbers() -> Iterator[None]:
+    """A thread that keeps drawing from Python's global ``random``, as a Dask worker's threads do."""
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def ravdess_utterances(*, per_actor: int = 4, actors: int = 24, seed: int = 0) -> list[Utterance]:

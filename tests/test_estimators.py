@@ -7,6 +7,7 @@ import pytest
 from sklearn.base import clone, is_classifier
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
+from stage2_fixtures import another_thread_drawing_random_numbers
 from w2v2ser.train import DenseHead, FusionHead, LSTMHead, get_recipe
 
 QUICK = get_recipe("paper", {"max_epochs": 2, "batch_size": 8})
@@ -87,9 +88,6 @@ def test_seeded_heads_do_not_depend_on_other_threads(cls):
     random, which every thread shares. In a Dask worker, whose other threads draw from it too, the
     same seeded run started from other weights than alone (first-epoch validation loss 1.874 or
     1.878 against 1.881). A seeded head builds and trains the same weights while a thread draws."""
-    import random
-    import threading
-
     x, y, _ = utterances(12)
     if cls is FusionHead:
         x = {"main": x, "fusion": [f[:, :3] * 2 for f in x]}
@@ -100,19 +98,8 @@ def test_seeded_heads_do_not_depend_on_other_threads(cls):
         return head.fit(x, y).model_.get_weights()
 
     alone = fitted_weights()
-    stop = threading.Event()
-
-    def draw() -> None:
-        while not stop.is_set():
-            random.random()
-
-    thread = threading.Thread(target=draw)
-    thread.start()
-    try:
+    with another_thread_drawing_random_numbers():
         beside_a_drawing_thread = fitted_weights()
-    finally:
-        stop.set()
-        thread.join()
     assert len(alone) == len(beside_a_drawing_thread)
     for a, b in zip(alone, beside_a_drawing_thread):
         np.testing.assert_array_equal(a, b)

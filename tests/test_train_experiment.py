@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from stage2_fixtures import build_store, ravdess_utterances
+from stage2_fixtures import another_thread_drawing_random_numbers, build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import (
     ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment, train_run,
@@ -108,24 +108,10 @@ def test_runs_are_repeatable_beside_threads_that_draw_random_numbers(rav, tmp_pa
     """A Dask worker runs train_run in one thread while its others draw from Python's global
     random, from which Keras draws the seeds of layers that get none: the same run gave other
     first-epoch losses in a worker than alone. The run's seed now reaches every layer."""
-    import random
-    import threading
-
     cfg = ExperimentConfig(stores=rav, features="egemaps", dropout=0.3, **FAST)
     (spec,) = plan_runs(cfg)
     train_run(cfg, spec, out=tmp_path / "alone")
-    stop = threading.Event()
-
-    def draw() -> None:
-        while not stop.is_set():
-            random.random()
-
-    thread = threading.Thread(target=draw)
-    thread.start()
-    try:
+    with another_thread_drawing_random_numbers():
         train_run(cfg, spec, out=tmp_path / "beside")
-    finally:
-        stop.set()
-        thread.join()
     read = lambda name: (tmp_path / name / "runs" / spec.name / "predictions.csv").read_text()  # noqa: E731
     assert read("alone") == read("beside")

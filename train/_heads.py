@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._dataset import padded_dataset
 from ._errors import ConfigError, DataError
-from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws
+from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
 
 __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head"]
@@ -147,12 +147,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         x = LayerWeightedAverage(name=f"{branch}_layer_weights")(inp) if len(shape) == 2 else inp
         return inp, x
 
-    def _dense(self, units: int, activation: str, name: str) -> Any:
-        return keras.layers.Dense(units, activation=activation, name=name,
-                                  kernel_initializer=keras.initializers.GlorotUniform(seed=self._draw()))
-
     def _block(self, x: Any, name: str) -> Any:
-        x = self._dense(self.units, "relu", f"{name}_dense")(x)
+        x = seeded_dense(self.units, "relu", f"{name}_dense", self._draw)(x)
         # A dropout layer of rate 0 has no seed generator (and Keras draws no seed for it).
         return keras.layers.Dropout(self.dropout, name=f"{name}_dropout",
                                     seed=self._draw() if self.dropout > 0 else None)(x)
@@ -168,7 +164,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                 inputs[branch], branches[branch] = self._branch_input(branch, shape, dtype)
             inputs["mask"] = keras.Input(shape=(None,), name="mask")
             pooled = self._body(branches, inputs["mask"])
-            out = self._dense(n_classes, "softmax", "classifier")(pooled)
+            out = seeded_dense(n_classes, "softmax", "classifier", self._draw)(pooled)
             return keras.Model(inputs=inputs, outputs=out, name=type(self).__name__)
         finally:
             del self._draw  # a closure: the fitted estimator stays picklable

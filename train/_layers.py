@@ -8,7 +8,7 @@ from typing import Any, Callable
 import keras
 from keras import ops
 
-__all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask", "seed_draws"]
+__all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask", "seed_draws", "seeded_dense"]
 
 
 def seed_draws(seed: int | None) -> Callable[[], int | None]:
@@ -25,6 +25,12 @@ def seed_draws(seed: int | None) -> Callable[[], int | None]:
         return lambda: None
     rng = random.Random(seed)
     return lambda: rng.randint(1, int(1e9))  # keras.src.random.seed_generator.make_default_seed's range
+
+
+def seeded_dense(units: int, activation: str, name: str, draw: Callable[[], int | None]) -> keras.layers.Dense:
+    """A Dense layer (Keras' default Glorot-uniform kernel) whose kernel seed is the next of ``draw``."""
+    return keras.layers.Dense(units, activation=activation, name=name,
+                              kernel_initializer=keras.initializers.GlorotUniform(seed=draw()))
 
 
 def _weighted_layer_sum(x: Any, w: Any) -> Any:

@@ -110,7 +110,7 @@ class _SweepHeads:
     def __init__(self, n_layers: int, dim: int, n_classes: int, *, units: int, dropout: float, seed: int) -> None:
         import keras
 
-        from ._layers import LayerWeightedAverage, MaskedMean, seed_draws
+        from ._layers import LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 
         rng = np.random.default_rng(seed)
         L, U, C = n_layers, units, n_classes
@@ -122,11 +122,9 @@ class _SweepHeads:
         # The weighted-average head: the paper's Dense head with the usual Keras layers.
         self.wa = LayerWeightedAverage(name="main_layer_weights")
         draw = seed_draws(seed)  # not Python's global random, which a Dask worker's threads share
-        self.wa_d1, self.wa_d2, self.wa_cls = (
-            keras.layers.Dense(units, activation=act, name=name,
-                               kernel_initializer=keras.initializers.GlorotUniform(seed=draw()))
-            for units, act, name in ((U, "relu", "block1_dense"), (U, "relu", "block2_dense"),
-                                     (C, "softmax", "classifier")))
+        self.wa_d1 = seeded_dense(U, "relu", "block1_dense", draw)
+        self.wa_d2 = seeded_dense(U, "relu", "block2_dense", draw)
+        self.wa_cls = seeded_dense(C, "softmax", "classifier", draw)
         self.wa_mean = MaskedMean(name="masked_mean")
         self.drop = keras.layers.Dropout(dropout, seed=seed)
         self.wa.build((None, None, L, dim))

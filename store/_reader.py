@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -22,9 +23,11 @@ from ._layout import (
     crc32_rows,
     open_array,
     open_root,
+    open_tensorstore,
     read_meta,
     row_checksum,
     specs_from_meta,
+    tensorstore_batch,
     to_str_list,
 )
 from ._location import StoreLocation, locate_store
@@ -58,6 +61,33 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
     return FeatureStore(location, meta)
 
 
+def _available_memory() -> int | None:
+    """Bytes the kernel can hand out without swapping (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _selection(start: int, stop: int, layers: list[int] | None) -> tuple[Any, ...]:
+    """Zarr selection of frames [start, stop) and `layers` (None: all).
+
+    Either form reads only the inner chunks (byte ranges) of those layers. An ascending run of
+    layers (``wav2vec2:6``, ``wav2vec2:4-8``) is passed as a slice: zarr's index-array path costs
+    more per chunk (one layer by ``read_batch`` of 16, warm: 1.6x the utterances per second;
+    tests/benchmarks/bench_store.py's one_layer_batch16 rows).
+    """
+    if layers is None:
+        return (slice(start, stop),)
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return (slice(start, stop), slice(layers[0], layers[-1] + 1))
+    return (slice(start, stop), layers, slice(None))
+
+
 class FeatureStore:
     """Read access to a store; create with :func:`open_store`."""
 
@@ -82,6 +112,7 @@ class FeatureStore:
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._tensorstores: dict[str, Any] = {}  # feature -> data opened by tensorstore (or None)
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -226,13 +257,32 @@ class FeatureStore:
     def _fetch(self, feature: str, start: int, stop: int, sel: list[int] | None, who: str) -> np.ndarray:
         data = self._array(feature, "data")
         try:
-            if sel is None:
-                return np.asarray(data[start:stop])
-            # Orthogonal selection reads only the inner chunks (byte ranges) of those layers.
-            return np.asarray(data.get_orthogonal_selection((slice(start, stop), sel, slice(None))))
+            return np.asarray(data.get_orthogonal_selection(_selection(start, stop, sel)))
         except Exception as exc:  # corrupt or truncated shards raise codec/IO-specific errors
             raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
                                 f"({type(exc).__name__}: {exc})") from None
+
+    @functools.cached_property
+    def _available_memory(self) -> int | None:
+        return _available_memory()  # once per store: the choice below stays the same for a run
+
+    def _batch_reader(self, feature: str, sel: list[int] | None = None) -> Any:
+        """tensorstore's view of `feature`'s frames when the selected layers of all its frames
+        exceed the memory available (when the store was first read), else None (zarrs).
+
+        Frames that cannot stay in the page cache are read from disk on every pass. There,
+        one ``tensorstore.Batch`` per ``read_batch`` keeps all its byte-range requests in flight
+        together, while zarrs reads one inner chunk after the other: cold batches of 32 read
+        1.3-1.4x faster. From the page cache zarrs is 1.4-1.6x faster
+        (tests/benchmarks/bench_cold_read.py).
+        """
+        data = self._array(feature, "data")
+        share = 1.0 if sel is None or len(data.shape) < 3 else len(sel) / data.shape[1]
+        if self._available_memory is None or data.nbytes * share <= self._available_memory:
+            return None
+        if feature not in self._tensorstores:
+            self._tensorstores[feature] = open_tensorstore(data)
+        return self._tensorstores[feature]
 
     def _fetch_many(self, feature: str, spans: list[tuple[int, int]], sel: list[int] | None,
                     first_ids: list[list[str]]) -> list[np.ndarray]:
@@ -243,14 +293,18 @@ class FeatureStore:
         data = self._array(feature, "data").async_array
 
         async def one(start: int, stop: int) -> np.ndarray:
-            selection = (slice(start, stop),) if sel is None else (slice(start, stop), sel, slice(None))
-            return np.asarray(await data.get_orthogonal_selection(selection))
+            return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
 
         async def every() -> list[np.ndarray]:
             return list(await asyncio.gather(*(one(a, b) for a, b in spans)))
 
         try:
-            return sync(every())
+            array = self._batch_reader(feature, sel)
+            if array is None:
+                return sync(every())  # one hand-over to zarr's event loop per batch
+            with tensorstore_batch() as batch:
+                futures = [array[_selection(a, b, sel)].read(batch=batch) for a, b in spans]
+            return [np.asarray(future.result()) for future in futures]
         except Exception:  # a damaged shard: read span by span, so the error names its utterances
             return [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
 
@@ -293,6 +347,9 @@ class FeatureStore:
 
         Utterances that lie in the same shard are fetched by one read spanning them, so a
         batch of neighbours (e.g. one speaker, extracted together) costs one range read per shard.
+        A feature larger than the available memory is read through tensorstore (when installed),
+        whose requests for a batch are in flight together: faster from disk, slower from the
+        page cache than zarrs.
 
         Args:
             ids: utterance ids (any order, repeats allowed).
@@ -323,7 +380,6 @@ class FeatureStore:
                 j += 1
             spans.append((start, stop, order[k:j]))
             k = j
-        # All spans in one call of the async API: one hand-over to zarr's event loop per batch.
         fetched = self._fetch_many(feature, [(a, b) for a, b, _ in spans], sel,
                                    [[m[3] for m in members][:5] for _, _, members in spans])
         out: dict[str, np.ndarray] = {}

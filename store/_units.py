@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from ._errors import StoreError
 from ._journal import fsync_path
-from ._layout import crc32_rows
+from ._layout import crc32_rows, open_tensorstore
 from ._stats import utterance_statistics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,33 +36,6 @@ class WorkUnit:
     rows: tuple[int, ...]
     regions: Mapping[str, tuple[int, int]]
     slots: Mapping[str, tuple[int, int]]
-
-
-_TENSORSTORE: list[Any] = []  # [module, context] once imported
-
-
-def _tensorstore_array(array: zarr.Array) -> Any:
-    """`array` opened with tensorstore's zarr3 driver; None without tensorstore or when the
-    store is not a local directory (other stores are written through zarr).
-
-    Whole shards are written through tensorstore when it is installed: same Zarr v3 format
-    (the array's own zarr.json, fill-value chunks left out); the whole writer ran 1.3x faster
-    than through zarr + zarrs (tests/benchmarks/bench_store_write.py). Opened per shard: the
-    array may have grown.
-    """
-    if not _TENSORSTORE:
-        try:
-            import tensorstore as ts
-        except ImportError:  # pragma: no cover - optional; zarr writes the same shards
-            _TENSORSTORE.append(None)
-        else:
-            _TENSORSTORE.append((ts, ts.Context()))
-    if _TENSORSTORE[0] is None or not isinstance(array.store, LocalStore):
-        return None
-    ts, context = _TENSORSTORE[0]
-    folder = Path(array.store.root) / array.path
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(folder)}, "open": True}
-    return ts.open(spec, write=True, context=context).result()
 
 
 class _Filler:
@@ -108,7 +80,7 @@ class _Filler:
         lo = self.buffer_start
         self.buffer[self.cursor - lo:] = 0  # zero after the last row: those inner chunks are not stored
         hi = min(lo + self.shard, self.array.shape[0])
-        target = _tensorstore_array(self.array)
+        target = open_tensorstore(self.array, write=True)
         if target is None:
             self.array[lo:hi] = self.buffer[: hi - lo]
         else:

@@ -1,4 +1,4 @@
-"""Suite-wide test ordering.
+"""Suite-wide test ordering, and fixtures shared by the store's test modules.
 
 openSMILE's native library and TensorFlow do not share a process safely: once TensorFlow
 has loaded (it changes the process's malloc settings), openSMILE can abort the whole
@@ -24,3 +24,14 @@ def _is_stage2(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Stable sort: stage 1 tests first, stage 2 (TensorFlow) tests after them."""
     items.sort(key=_is_stage2)
+
+
+@pytest.fixture(params=["zarr", "tensorstore"])
+def batch_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both paths of ``FeatureStore.read_batch``: zarr (features that fit in memory, the case of
+    every test store) and tensorstore (larger ones; here forced by reporting no memory)."""
+    if request.param == "tensorstore":
+        pytest.importorskip("tensorstore")
+    available = 0 if request.param == "tensorstore" else None
+    monkeypatch.setattr("w2v2ser.store._reader._available_memory", lambda: available)
+    return request.param

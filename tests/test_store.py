@@ -148,11 +148,13 @@ def test_units_and_single_writes_round_trip(tmp_path, units):
     assert store.verify().ok
 
 
-def test_read_batch_equals_read_utterance(tmp_path):
+def test_read_batch_equals_read_utterance(tmp_path, batch_reader):
     built = build_store(tmp_path / "s", lengths=LENGTHS, units=2)
     store = open_store(built.path)
+    assert (store._batch_reader("w2v") is not None) == (batch_reader == "tensorstore")
+    assert (store._batch_reader("w2v", [0]) is not None) == (batch_reader == "tensorstore")
     ids = [u.id for u in built.utterances][::-1] + ["u001"]
-    for feature, layers in (("w2v", None), ("w2v", [2]), ("w2v", [3, 0]), ("lld", None)):
+    for feature, layers in (("w2v", None), ("w2v", [2]), ("w2v", [1, 2]), ("w2v", [3, 0]), ("lld", None)):
         got = store.read_batch(ids, feature, layers=layers)
         assert len(got) == len(ids)
         for uid, frames in zip(ids, got):
@@ -164,12 +166,24 @@ def test_read_batch_equals_read_utterance(tmp_path):
         store.read_batch(["u0000"], "w2v")
 
 
-def test_one_layer_read_equals_slice(tmp_path):
+def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp_path, monkeypatch):
+    pytest.importorskip("tensorstore")
+    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,))
+    nbytes = open_store(built.path)._array("w2v", "data").nbytes
+    monkeypatch.setattr("w2v2ser.store._reader._available_memory", lambda: nbytes // 2)  # half of all 4 layers
+    store = open_store(built.path)
+    assert store._batch_reader("w2v") is not None and store._batch_reader("w2v", [0, 1, 2]) is not None
+    assert store._batch_reader("w2v", [1]) is None and store._batch_reader("w2v", [0, 3]) is None
+
+
+@pytest.mark.parametrize("layers", [[2], [1, 2], [0, 1, 2, 3], [1, 3], [3, 0], [2, 2]])
+def test_layer_read_equals_slice(tmp_path, layers, batch_reader):
+    # Ascending runs are read as a slice, other selections by index: both give full[:, layers].
     built = build_store(tmp_path / "s", lengths=[17, 1], specs=(W2V,))
     store = open_store(built.path)
     full = store.read_utterance("u000", "w2v")
-    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=[2]), full[:, [2]])
-    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=[3, 0]), full[:, [3, 0]])
+    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=layers), full[:, layers])
+    np.testing.assert_array_equal(store.read_batch(["u001", "u000"], "w2v", layers=layers)[1], full[:, layers])
     with pytest.raises(StoreError, match="0..3"):
         store.read_utterance("u000", "w2v", layers=[4])
 

@@ -6,7 +6,11 @@ each mode reads the same utterances (``--reps`` interleaved rounds, medians) wit
 
 - ``store cold`` / ``store warm``: ``read_utterance`` (zarr + zarrs, then the per-layer CRC check);
 - ``crc check``: the per-layer CRC of the frames alone (``w2v2ser.store._layout.crc32_rows``, in memory);
-- ``tensorstore cold``: the same slices through tensorstore's ``zarr3`` driver (a second implementation);
+- ``store batch cold`` / ``warm``: ``read_batch`` of ``--batch`` utterances (stage 2's path), through
+  zarrs, as for a feature that fits in the available memory;
+- ``store batch tensorstore cold`` / ``warm``: the same through tensorstore, one ``tensorstore.Batch``
+  per call (its byte-range requests in flight together), as for a feature larger than memory;
+- ``tensorstore cold``: the same slices through tensorstore's ``zarr3`` driver, one at a time;
 - ``raw pread cold``: one ``os.pread`` per utterance of the byte range that holds its inner chunks
   (whole 128-frame blocks, all layers; offsets from the array's metadata, valid only while each
   shard holds its first blocks' inner chunks in order, which the script checks from the file sizes);
@@ -85,6 +89,7 @@ def main() -> None:
     p.add_argument("--feature", default="wav2vec2")
     p.add_argument("--utterances", type=int, default=150)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32, help="utterances per read_batch / tensorstore.Batch")
     p.add_argument("--reps", type=int, default=5, help="rounds of every mode, interleaved (medians reported)")
     p.add_argument("--workdir", default=None, help="folder for the .npy copies (default: a temporary one)")
     p.add_argument("--zarrs-threads", type=int, default=None,
@@ -112,8 +117,28 @@ def main() -> None:
         for uid in ids:
             store.read_utterance(uid, args.feature)
 
+    from w2v2ser.store import _reader
+
+    available = _reader._available_memory
+    paths = {}
+    for path, memory in (("zarrs", None), ("tensorstore", 0)):  # read_batch's choice, made per store and feature
+        _reader._available_memory = lambda memory=memory: memory
+        paths[path] = open_store(store_path)
+        paths[path]._batch_reader(args.feature)
+    _reader._available_memory = available
+
+    def read_store_batches(reader) -> None:
+        for k in range(0, len(ids), args.batch):
+            reader.read_batch(ids[k:k + args.batch], args.feature)
+
     modes["store cold"] = (store_path, read_store)
     modes["store warm"] = (None, read_store)
+    for path, reader in paths.items():
+        name = "store batch" + ("" if path == "zarrs" else " tensorstore")
+        if path == "tensorstore" and reader._batch_reader(args.feature) is None:
+            continue  # tensorstore not installed
+        modes[f"{name} cold"] = (store_path, lambda reader=reader: read_store_batches(reader))
+        modes[f"{name} warm"] = (None, lambda reader=reader: read_store_batches(reader))
     modes["crc check"] = (None, lambda: [crc32_rows(f, store.row_checksum) for f in frames.values()])
 
     data = store_path / "features" / args.feature / "data"
@@ -161,7 +186,10 @@ def main() -> None:
              f"raw pread read {raw_bytes / 1e9:.3f} GB (whole inner-chunk blocks) for those bytes" if ranges
              else "raw pread skipped: the shard files do not have the full-shard layout"]
     headline = (f"headline: cold store reads {rate['store cold']:.2f} GB/s, warm {rate['store warm']:.2f}, "
-                f"npy cold {rate['npy cold']:.2f}" + (f", raw pread of the same blocks cold "
+                f"npy cold {rate['npy cold']:.2f}; read_batch of {args.batch} cold / warm {rate['store batch cold']:.2f} / "
+                f"{rate['store batch warm']:.2f} through zarrs" + (
+                    f", {rate['store batch tensorstore cold']:.2f} / {rate['store batch tensorstore warm']:.2f} through "
+                    f"tensorstore" if "store batch tensorstore cold" in rate else "") + (f", raw pread of the same blocks cold "
                                                       f"{rate['raw pread cold']:.2f}" if ranges else ""))
     payload = {"benchmark": "bench_cold_read", "command": _common.command_line(),
                "machine": _common.machine_info(["numpy", "zarr", "zarrs", "tensorstore"]),

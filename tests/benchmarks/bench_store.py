@@ -5,7 +5,9 @@ plus eGeMAPS-like float32 [2T, 25] is written through ``StoreWriter`` (plan, wor
 utterances, finalize); the same arrays go to one ``.npy`` per utterance and feature, and to HDF5 via the
 library's ``export_hdf5`` (frames back to back, chunks (128, 1, 768), as a user would get it).
 
-Reads, each in a fresh random utterance order: all 13 layers, one layer (7), eGeMAPS. Every read
+Reads, each in a fresh random utterance order: all 13 layers, one layer (7), eGeMAPS; the
+``_batch16`` rows read the store as stage 2 does (``read_batch`` of 16 utterances; the other
+formats one file or slice per utterance, as in the rows without the suffix). Every read
 pass runs cold (page cache dropped with /proc/sys/vm/drop_caches when permitted, else marked
 warm) and then warm; formats are interleaved and the order rotates every repetition.
 
@@ -28,7 +30,7 @@ import _common  # noqa: E402
 
 LAYER = 7
 FORMATS = ("zarr_store", "npy_per_utterance", "hdf5_export")
-READS = ("all_layers", "all_layers_batch16", "one_layer", "egemaps")
+READS = ("all_layers", "all_layers_batch16", "one_layer", "one_layer_batch16", "egemaps")
 BATCH = 16
 
 
@@ -137,8 +139,7 @@ def main() -> None:
     row_of = {uid: i for i, uid in enumerate(h5["utterances/id"].asstr()[:])}
 
     def read(fmt: str, kind: str, uid: str):
-        if kind == "all_layers_batch16":
-            kind = "all_layers"
+        kind = kind.removesuffix("_batch16")
         if fmt == "zarr_store":
             if kind == "all_layers":
                 return store.read_utterance(uid, "wav2vec2")
@@ -177,10 +178,11 @@ def main() -> None:
                     order = rng.permutation(n)[:reads_per_pass]
                     nbytes = 0
                     t0 = time.perf_counter()
-                    if kind == "all_layers_batch16" and fmt == "zarr_store":
+                    if kind.endswith("_batch16") and fmt == "zarr_store":
                         # Stage 2's path: read_batch of 16 random utterances (one event-loop hand-over each)
+                        layers = [LAYER] if kind.startswith("one_layer") else None
                         for b in range(0, len(order), BATCH):
-                            batch = store.read_batch([ids[j] for j in order[b:b + BATCH]], "wav2vec2")
+                            batch = store.read_batch([ids[j] for j in order[b:b + BATCH]], "wav2vec2", layers=layers)
                             nbytes += sum(x.nbytes for x in batch)
                     else:
                         for j in order:
@@ -218,6 +220,8 @@ def main() -> None:
         ratios[f"{cache}_one_layer_vs_all_layers_zarr"] = med("one_layer", "zarr_store", cache) / zs
         ratios[f"{cache}_one_layer_zarr_vs_npy"] = med("one_layer", "zarr_store", cache) / med("one_layer", "npy_per_utterance", cache)
         ratios[f"{cache}_one_layer_zarr_vs_hdf5"] = med("one_layer", "zarr_store", cache) / med("one_layer", "hdf5_export", cache)
+        ratios[f"{cache}_one_layer_batch16_zarr_vs_hdf5"] = (med("one_layer_batch16", "zarr_store", cache)
+                                                         / med("one_layer_batch16", "hdf5_export", cache))
         ratios[f"{cache}_egemaps_zarr_vs_npy"] = med("egemaps", "zarr_store", cache) / med("egemaps", "npy_per_utterance", cache)
         ratios[f"{cache}_egemaps_zarr_vs_hdf5"] = med("egemaps", "zarr_store", cache) / med("egemaps", "hdf5_export", cache)
     table = _common.format_table(["cache", "read", "format", "utt/s (median)", "MB/s (median)"], rows_out)

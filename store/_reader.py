@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 
-from w2v2ser._common import did_you_mean
+from w2v2ser._common import available_memory, did_you_mean
 
 from ._errors import StoreError
 from ._layout import (
@@ -59,18 +59,6 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
     if not allow_incomplete:
         check_complete(location.display, meta)
     return FeatureStore(location, meta)
-
-
-def _available_memory() -> int | None:
-    """Bytes the kernel can hand out without swapping (Linux's MemAvailable); None elsewhere."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def _selection(start: int, stop: int, layers: list[int] | None) -> tuple[Any, ...]:
@@ -264,7 +252,7 @@ class FeatureStore:
 
     @functools.cached_property
     def _available_memory(self) -> int | None:
-        return _available_memory()  # once per store: the choice below stays the same for a run
+        return available_memory()  # once per store: the choice below stays the same for a run
 
     def _batch_reader(self, feature: str, sel: list[int] | None = None) -> Any:
         """tensorstore's view of `feature`'s frames when the selected layers of all its frames

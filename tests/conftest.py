@@ -33,5 +33,5 @@ def batch_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if request.param == "tensorstore":
         pytest.importorskip("tensorstore")
     available = 0 if request.param == "tensorstore" else None
-    monkeypatch.setattr("w2v2ser.store._reader._available_memory", lambda: available)
+    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: available)
     return request.param

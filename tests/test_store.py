@@ -166,11 +166,38 @@ def test_read_batch_equals_read_utterance(tmp_path, batch_reader):
         store.read_batch(["u0000"], "w2v")
 
 
+def _fake_root(tmp_path, *, cgroup: str, limits: dict[str, str]) -> Path:
+    """A file system root with /proc/meminfo (MemAvailable 8 GiB), /proc/self/cgroup and limit files."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
+    (tmp_path / "proc" / "self" / "cgroup").write_text(cgroup)
+    for path, value in limits.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(value)
+    return tmp_path
+
+
+@pytest.mark.parametrize("cgroup, limits, expected_gib", [
+    ("0::/\n", {}, 8),  # no limit file
+    ("0::/slurm/job_7\n", {"sys/fs/cgroup/slurm/job_7/memory.max": "max\n"}, 8),
+    ("0::/slurm/job_7\n", {"sys/fs/cgroup/slurm/job_7/memory.max": f"{2 * 2**30}\n"}, 2),
+    ("0::/job\n", {"sys/fs/cgroup/memory.max": f"{3 * 2**30}\n"}, 3),  # a container: own cgroup at the root
+    ("4:memory:/job\n0::/\n", {"sys/fs/cgroup/memory/job/memory.limit_in_bytes": f"{2**30}\n"}, 1),  # v1
+    ("4:memory:/job\n", {"sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}, 8),
+])
+def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path, cgroup, limits, expected_gib):
+    from w2v2ser._common import available_memory
+
+    root = _fake_root(tmp_path, cgroup=cgroup, limits=limits)
+    assert available_memory(root=root) == expected_gib * 2**30
+    assert available_memory(root=tmp_path / "elsewhere") is None  # no /proc/meminfo: unknown
+
+
 def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp_path, monkeypatch):
     pytest.importorskip("tensorstore")
     built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,))
     nbytes = open_store(built.path)._array("w2v", "data").nbytes
-    monkeypatch.setattr("w2v2ser.store._reader._available_memory", lambda: nbytes // 2)  # half of all 4 layers
+    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: nbytes // 2)  # half of all 4 layers
     store = open_store(built.path)
     assert store._batch_reader("w2v") is not None and store._batch_reader("w2v", [0, 1, 2]) is not None
     assert store._batch_reader("w2v", [1]) is None and store._batch_reader("w2v", [0, 3]) is None

@@ -119,13 +119,13 @@ def main() -> None:
 
     from w2v2ser.store import _reader
 
-    available = _reader._available_memory
+    available = _reader.available_memory
     paths = {}
     for path, memory in (("zarrs", None), ("tensorstore", 0)):  # read_batch's choice, made per store and feature
-        _reader._available_memory = lambda memory=memory: memory
+        _reader.available_memory = lambda memory=memory: memory
         paths[path] = open_store(store_path)
         paths[path]._batch_reader(args.feature)
-    _reader._available_memory = available
+    _reader.available_memory = available
 
     def read_store_batches(reader) -> None:
         for k in range(0, len(ids), args.batch):

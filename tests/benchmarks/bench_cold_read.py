@@ -37,19 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 
-def _evict(folder: Path) -> None:
-    for root, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 def _timed(evict: Path | None, read) -> float:
     if evict is not None:
-        _evict(evict)
+        _common.evict_page_cache(evict)
     start = time.perf_counter()
     read()
     return time.perf_counter() - start

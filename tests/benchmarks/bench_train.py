@@ -27,6 +27,12 @@ loaded, one warm-up pass first), alternating the two codes REPS times on the ful
 
     python3 tests/benchmarks/bench_train.py --seconds 2500 --cache-mode off --input-only 3 --baseline-code DIR
 
+With ``--batch-readers`` instead of ``--baseline-code``, the two children run this code with each
+path of ``FeatureStore.read_batch`` (zarrs, as for a feature that fits in memory; tensorstore, as
+for a larger one), and ``--cold`` evicts the store's page cache before each timed pass:
+
+    python3 tests/benchmarks/bench_train.py --seconds 10000 --cache-mode off --input-only 3 --batch-readers --cold
+
 The last printed line is the headline (peak RSS ratio full/quarter, input share).
 """
 
@@ -62,6 +68,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--input-only", type=int, default=0, metavar="REPS",
                    help="instead: only the input pass on the full-size store, REPS fresh processes per code, "
                         "alternating with --baseline-code")
+    p.add_argument("--batch-readers", action="store_true",
+                   help="--input-only: compare read_batch's zarrs and tensorstore paths instead of two codes")
+    p.add_argument("--cold", action="store_true",
+                   help="--input-only: evict the store's page cache before each timed pass")
+    p.add_argument("--batch-reader", default=None, choices=["zarrs", "tensorstore"], help=argparse.SUPPRESS)
     p.add_argument("--baseline-code", default=None, metavar="DIR",
                    help="source tree of another w2v2ser, trained on each size right after this code")
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
@@ -223,10 +234,16 @@ def _input_pass(store_path: str, config, spec) -> tuple[float, int, float, list]
     return time.perf_counter() - t0, nbatches, read_s, items
 
 
-def input_child(store_path: str, cache_mode: str) -> None:
-    """--input-only child: TensorFlow loaded (as in training), one warm-up pass, then one timed pass."""
+def input_child(store_path: str, cache_mode: str, *, cold: bool = False, batch_reader: str | None = None) -> None:
+    """--input-only child: TensorFlow loaded (as in training), one warm-up pass, then one timed pass
+    (after evicting the store's page cache when `cold`), through read_batch's `batch_reader` path."""
     _common.bootstrap_w2v2ser()
     import tensorflow  # noqa: F401 - training processes have it loaded; the first pass must not pay its import
+
+    if batch_reader is not None:  # read_batch takes tensorstore for a feature larger than the available memory
+        from w2v2ser.store import _reader
+
+        _reader.available_memory = lambda: 0 if batch_reader == "tensorstore" else None
 
     from w2v2ser.train import ExperimentConfig, plan_runs
 
@@ -234,6 +251,8 @@ def input_child(store_path: str, cache_mode: str) -> None:
                               protocol="ravdess", recipe="paper", seeds=1, cache=cache_mode)
     spec = plan_runs(config)[0]
     _input_pass(store_path, config, spec)
+    if cold:
+        _common.evict_page_cache(store_path)
     seconds, nbatches, _, items = _input_pass(store_path, config, spec)
     print(json.dumps({"input_only_pass_seconds": seconds, "batches": nbatches, "utterances_train": len(items),
                       "peak_rss_mb": _common.peak_rss_mb(),
@@ -246,27 +265,35 @@ def input_only(args: argparse.Namespace) -> None:
 
     how = _common.bootstrap_w2v2ser()
     store = ensure_store(Path(args.cache), args.seconds, args.gen_workers)
-    codes = {"this code": None, "baseline code": args.baseline_code}
-    times: dict[str, list[float]] = {name: [] for name, code in codes.items() if name == "this code" or code}
+    if args.batch_readers:  # name -> (code, extra child arguments)
+        codes = {"zarrs": (None, ["--batch-reader", "zarrs"]), "tensorstore": (None, ["--batch-reader", "tensorstore"])}
+    else:
+        codes = {"this code": (None, []), "baseline code": (args.baseline_code, [])}
+    times: dict[str, list[float]] = {name: [] for name, (code, _) in codes.items() if name != "baseline code" or code}
     for rep in range(args.input_only):
         for name in times:
-            env, exe = _child_env(codes[name])
+            code, extra = codes[name]
+            env, exe = _child_env(code)
             print(f"input-only pass, {name}, repetition {rep + 1} ...", flush=True)
-            cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode]
-            times[name].append(_run_child(cmd, env, name)["input_only_pass_seconds"])
+            cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode, *extra]
+            times[name].append(_run_child(cmd + (["--cold"] if args.cold else []), env, name)["input_only_pass_seconds"])
     rows = [[name, len(t), float(np.median(t)), float(np.min(t)), float(np.max(t))] for name, t in times.items()]
     table = _common.format_table(["code", "passes", "median s", "min s", "max s"], rows)
     ratios = ({"input_pass_vs_baseline_median": rows[0][2] / rows[1][2]} if len(rows) == 2 else {})
     payload = {"benchmark": "bench_train_input", "command": _common.command_line(),
-               "machine": _common.machine_info(["numpy"]), "store": str(store), "seconds": times,
-               "baseline_code": args.baseline_code, "ratios": ratios, "w2v2ser": how}
-    headline = (f"headline: input-only pass, this code / baseline code (median of {args.input_only}) = "
-                f"{ratios['input_pass_vs_baseline_median']:.2f}" if ratios else "headline: no baseline given")
+               "machine": _common.machine_info(["numpy", "zarr", "zarrs", "tensorstore"]), "store": str(store),
+               "seconds": times, "baseline_code": args.baseline_code, "cold": args.cold, "ratios": ratios, "w2v2ser": how}
+    first, second = list(times)[0], list(times)[-1]
+    headline = (f"headline: input-only pass{' (cold)' if args.cold else ''}, {first} / {second} (median of "
+                f"{args.input_only}) = {ratios['input_pass_vs_baseline_median']:.2f}" if ratios
+                else "headline: no baseline given")
     print()
     print(table)
     notes = ["each pass: a fresh process with TensorFlow loaded, one warm-up pass, then the timed pass over the "
              "training partition of the first fold (wav2vec2:all, speaker normalisation, streaming when "
-             "--cache-mode off); the two codes alternate"]
+             "--cache-mode off); the two codes (or read_batch paths) alternate"]
+    if args.cold:
+        notes.append("--cold: the store's page cache evicted (posix_fadvise DONTNEED) right before each timed pass")
     path = _common.write_results("bench_train_input", payload, table, out=args.out, headline=headline, notes=notes)
     print(f"results: {path}")
     print(headline)
@@ -475,7 +502,7 @@ def main() -> None:
         child(args.child, args.epochs, args.cache_mode)
         return
     if args.child_input:
-        input_child(args.child_input, args.cache_mode)
+        input_child(args.child_input, args.cache_mode, cold=args.cold, batch_reader=args.batch_reader)
         return
     if args.input_only:
         input_only(args)

@@ -238,13 +238,14 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, monkeypatch):
-    """The batched path (TensorFlow casts for float16, one numpy buffer otherwise) gives exactly
-    Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps, and leaves
-    the padding at zero."""
+    """The batched path (XLA-compiled TensorFlow for float16, one numpy buffer otherwise) gives
+    exactly Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps and
+    NORMALISE_CHUNK chunks, and leaves the padding at zero."""
     from w2v2ser.train import Normaliser
     from w2v2ser.train import _dataset
 
-    monkeypatch.setattr(_dataset, "NORMALISE_MB", 3 * 5 * 16 * 4 / 2**20)  # 3 frames at a time
+    monkeypatch.setattr(_dataset, "NORMALISE_MB", 3 * 5 * 16 * 4 / 2**20)  # 3 frames at a time (float32)
+    monkeypatch.setattr(_dataset, "NORMALISE_CHUNK", 3)  # float16: whole chunks and a padded last one
     rng = np.random.default_rng(3)
     lengths = np.array([7, 1, 10, 4])
     out = np.zeros((4, 10, 5, 16), dtype=dtype)

@@ -46,6 +46,9 @@ LENGTH_TOLERANCE_RATIO = 0.02
 # Normalisation works one utterance (or this many MB of its frames) at a time in one reused
 # float32 buffer: a whole streamed batch of large-model frames in float32 would be 650 MB.
 NORMALISE_MB = 32.0
+# Float16 frames are normalised this many at a time by one XLA-compiled TensorFlow function
+# (_compiled_normalise): a fixed shape compiles once per frame shape, a ragged one once per length.
+NORMALISE_CHUNK = 128
 # Streamed batches read ahead of the step: at most this many MB (and 2 per worker, at least 1).
 STREAM_AHEAD_MB = 512.0
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
@@ -455,15 +458,42 @@ def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
     return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
 
 
+_COMPILED: list[Any] = []  # [the compiled float16 normalisation] once built
+
+
+def _compiled_normalise() -> Any:
+    """``(frames float16 [NORMALISE_CHUNK, ...], mean, std) -> float16((float32(frames) - mean) / std)``.
+
+    Compiled by XLA on the CPU, which fuses the two casts and the arithmetic into one pass over
+    the frames: the same values bit for bit as TensorFlow's eager ops (a test compares them),
+    at 0.67x their time for RAVDESS-length utterances (tests/benchmarks/bench_train.py
+    --input-only). Where XLA is not available the eager ops run instead.
+    """
+    if not _COMPILED:
+        import tensorflow as tf
+
+        def normalise(frames: Any, mean: Any, std: Any) -> Any:
+            return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
+
+        compiled = tf.function(normalise, jit_compile=True, autograph=False)
+        try:
+            with tf.device("/CPU:0"):
+                compiled(np.zeros((1, 1), np.float16), tf.zeros((1,)), tf.ones((1,)))
+        except Exception:  # pragma: no cover - a TensorFlow build without XLA's CPU JIT
+            compiled = normalise
+        _COMPILED.append(compiled)
+    return _COMPILED[0]
+
+
 def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str]) -> None:
     """Normalise padded frames [N, T, ...] in place; the padding (zeros) is left as it is.
 
     The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
-    own frames, at most NORMALISE_MB of float32 at a time. The float16 <-> float32 casts cost
-    more than the arithmetic: numpy casts float16 element by element (about 1.6 ns each here),
-    TensorFlow's casts are vectorised, so float16 frames go through TensorFlow (a third of the
-    CPU time, the same values). ``norm`` needs only ``moments(speaker)`` (predict's grouped
-    normaliser has it too).
+    own frames. The float16 <-> float32 casts cost more than the arithmetic: numpy casts float16
+    element by element (about 1.6 ns each here), so float16 frames go through one XLA-compiled
+    TensorFlow function, NORMALISE_CHUNK frames at a time (the same values); other dtypes through
+    one numpy float32 buffer of at most NORMALISE_MB. ``norm`` needs only ``moments(speaker)``
+    (predict's grouped normaliser has it too).
     """
     names = sorted(set(speakers))
     moments = dict(zip(names, (norm.moments(s) for s in names)))
@@ -472,15 +502,25 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
         raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
     moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
-    step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
     if out.dtype == np.float16:
         import tensorflow as tf
 
-        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
-            frames[...] = tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16).numpy()
+        compiled, step = _compiled_normalise(), NORMALISE_CHUNK
+        scratch = np.zeros((step, *out.shape[2:]), dtype=np.float16)
 
-        moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
+        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
+            n = len(frames)
+            with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
+                if n == step:
+                    frames[...] = compiled(frames, mean, std).numpy()
+                else:  # an utterance's last, shorter chunk, padded to the compiled shape
+                    scratch[:n] = frames
+                    frames[...] = compiled(scratch, mean, std).numpy()[:n]
+
+        with tf.device("/CPU:0"):
+            moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
     else:
+        step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
         buffer = np.empty((min(step, out.shape[1]), *out.shape[2:]), dtype=np.float32)
 
         def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:

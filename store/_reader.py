@@ -269,7 +269,10 @@ class FeatureStore:
         if self._available_memory is None or data.nbytes * share <= self._available_memory:
             return None
         if feature not in self._tensorstores:
-            self._tensorstores[feature] = open_tensorstore(data)
+            try:
+                self._tensorstores[feature] = open_tensorstore(data)
+            except Exception:  # tensorstore cannot open it (a damaged zarr.json, permissions): zarrs reads it,
+                self._tensorstores[feature] = None  # and its errors name the file and the utterances
         return self._tensorstores[feature]
 
     def _fetch_many(self, feature: str, spans: list[tuple[int, int]], sel: list[int] | None,

@@ -203,6 +203,23 @@ def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp
     assert store._batch_reader("w2v", [1]) is None and store._batch_reader("w2v", [0, 3]) is None
 
 
+def test_read_batch_falls_back_to_zarr_when_tensorstore_cannot_open_the_array(tmp_path, monkeypatch):
+    pytest.importorskip("tensorstore")
+    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,))
+    want = [open_store(built.path).read_utterance(u.id, "w2v") for u in built.utterances]
+    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: 0)
+
+    def refuse(array, *, write=False):
+        raise ValueError("tensorstore refused the array")
+
+    monkeypatch.setattr("w2v2ser.store._reader.open_tensorstore", refuse)
+    store = open_store(built.path)
+    got = store.read_batch([u.id for u in built.utterances], "w2v")
+    assert store._batch_reader("w2v") is None  # decided once: not retried for every batch
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("layers", [[2], [1, 2], [0, 1, 2, 3], [1, 3], [3, 0], [2, 2]])
 def test_layer_read_equals_slice(tmp_path, layers, batch_reader):
     # Ascending runs are read as a slice, other selections by index: both give full[:, layers].

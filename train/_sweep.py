@@ -421,6 +421,8 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
+    for part in (train, val, test):
+        part.in_memory = False  # the sweep's loop streams every pass (iterate), whatever the budget
     heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
                                   dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
                                   accumulate=recipe.batch_size // micro)
@@ -453,7 +455,7 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
             "epochs": epochs, "best_epoch": head_hist["best_epoch"], "best_val_loss": head_hist["best_val_loss"],
             "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": base.norm,
             "selections": {b: s.to_dict() for b, s in sels.items()},
-            "cached_in_memory": bool(train.cache_bytes),
+            "cached_in_memory": bool(train.in_memory),
             # Timing is the whole sweep's (all heads share each epoch), repeated in every head.
             "timing": {"epoch_seconds_mean": epoch_s / max(1, n_epochs),
                        "input_seconds_mean": input_s / max(1, n_epochs),

@@ -14,8 +14,10 @@ clock starts): one
 (fold, seed) of ``train_run`` on layer 6 alone ("single"), of ``train_run`` on ``:all``
 ("all"), and of ``sweep_run`` ("sweep"). Early stopping is disabled (patience = max_epochs) so
 every mode trains exactly ``--epochs`` epochs: the ratio compares equal work per head. Modes
-alternate, their order rotating every repetition. The frame cache is off in every mode, so
-memory does not depend on how much of the store fits the cache (the full-size stores do not).
+alternate, their order rotating every repetition. The frame cache is off in every mode
+(``--cache-mode off``, the default), so memory does not depend on how much of the store fits the
+cache (the full-size stores do not); ``--cache-mode auto`` holds each run's partitions in memory
+when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 
     python3 tests/benchmarks/bench_sweep.py [--quick] [--problems tiny,base,large]
 """
@@ -51,7 +53,7 @@ def build(cache: Path, problem: str, utterances: int) -> Path:
     return path
 
 
-def child(mode: str, store: str, epochs: int, threads: int | None) -> None:
+def child(mode: str, store: str, epochs: int, threads: int | None, cache_mode: str = "off") -> None:
     """Run one measurement in this (fresh) process and print its JSON as the last line."""
     bootstrap_w2v2ser()
     import resource
@@ -59,7 +61,7 @@ def child(mode: str, store: str, epochs: int, threads: int | None) -> None:
     from w2v2ser.train import ExperimentConfig, plan_runs, sweep_run, train_run
 
     features = {"single": "wav2vec2:6", "all": "wav2vec2:all", "sweep": "wav2vec2"}[mode]
-    config = ExperimentConfig(stores=store, features=features, seeds=1, recipe="official", cache="off",
+    config = ExperimentConfig(stores=store, features=features, seeds=1, recipe="official", cache=cache_mode,
                               recipe_overrides={"max_epochs": epochs, "patience": epochs})
     spec = plan_runs(ExperimentConfig(stores=store, features="wav2vec2:all", seeds=1))[0]
     out = Path(store).parent / f"bench_sweep_out_{mode}_{time.time_ns()}"
@@ -80,8 +82,9 @@ def child(mode: str, store: str, epochs: int, threads: int | None) -> None:
                       "uar": uar}))
 
 
-def measure(mode: str, store: Path, epochs: int, threads: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--store", str(store), "--epochs", str(epochs)]
+def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode: str = "off") -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--store", str(store), "--epochs", str(epochs),
+           "--cache-mode", cache_mode]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -103,9 +106,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
     parser.add_argument("--child")
     parser.add_argument("--store")
+    parser.add_argument("--cache-mode", default="off", choices=["off", "auto"],
+                        help="every run's cache setting (off: always stream; auto: in memory when it fits)")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.store, args.epochs, args.threads)
+        return child(args.child, args.store, args.epochs, args.threads, args.cache_mode)
     if args.quick:
         args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
     bootstrap_w2v2ser()
@@ -124,7 +129,7 @@ def main() -> None:
         for rep in range(args.repeats):
             order = modes[rep % len(modes):] + modes[:rep % len(modes)]
             for mode in order:
-                r = measure(mode, store, args.epochs, args.threads)
+                r = measure(mode, store, args.epochs, args.threads, args.cache_mode)
                 results[mode].append(r)
                 print(f"{problem} {mode}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         best = {m: min(results[m], key=lambda r: r["wall_s"]) for m in modes}
@@ -147,7 +152,8 @@ def main() -> None:
     table = format_table(["problem", "size", "layers x dim", "mode", "wall s", "peak RSS MB", "sweep/single"], rows)
     print(table)
     write_results("bench_sweep", payload, table, out=args.out, headline=headline,
-                  notes=[f"{args.epochs} epochs in every mode (early stopping off), one (fold, seed), cache off",
+                  notes=[f"{args.epochs} epochs in every mode (early stopping off), one (fold, seed), "
+                         f"cache {args.cache_mode}",
                          "single = Dense head on layer 6 alone; all = Dense head on the weighted average; "
                          "sweep = every layer's probe + the weighted head in one pass"])
     print(headline)

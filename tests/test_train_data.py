@@ -236,15 +236,18 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype, blocks", [(np.float16, False), (np.float16, True), (np.float32, False)])
+def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, monkeypatch):
     """The batched path (XLA-compiled TensorFlow for float16, one numpy buffer otherwise) gives
     exactly Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps and
     NORMALISE_CHUNK chunks, and leaves the padding at zero."""
     from w2v2ser.train import Normaliser
     from w2v2ser.train import _dataset
 
-    monkeypatch.setattr(_dataset, "NORMALISE_MB", 3 * 5 * 16 * 4 / 2**20)  # 3 frames at a time (float32)
+    # 3 frames at a time (float32, or float16 one utterance at a time); or float16 in blocks of 3
+    # utterances of 10 padded frames (the last block holds 1)
+    monkeypatch.setattr(_dataset, "NORMALISE_MB", (30 if blocks else 3) * 5 * 16 * 4 / 2**20)
+    monkeypatch.setattr(_dataset, "NORMALISE_BLOCK_MIN", 2)
     monkeypatch.setattr(_dataset, "NORMALISE_CHUNK", 3)  # float16: whole chunks and a padded last one
     rng = np.random.default_rng(3)
     lengths = np.array([7, 1, 10, 4])

@@ -46,6 +46,9 @@ LENGTH_TOLERANCE_RATIO = 0.02
 # Normalisation works one utterance (or this many MB of its frames) at a time in one reused
 # float32 buffer: a whole streamed batch of large-model frames in float32 would be 650 MB.
 NORMALISE_MB = 32.0
+# Float16 utterances of at most NORMALISE_MB / NORMALISE_BLOCK_MIN padded float32 bytes are
+# normalised in blocks (one TensorFlow call per block); larger ones one at a time, below.
+NORMALISE_BLOCK_MIN = 8
 # Float16 frames are normalised this many at a time by one XLA-compiled TensorFlow function
 # (_compiled_normalise): a fixed shape compiles once per frame shape, a ragged one once per length.
 NORMALISE_CHUNK = 128
@@ -490,8 +493,9 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
 
     The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
     own frames. The float16 <-> float32 casts cost more than the arithmetic: numpy casts float16
-    element by element (about 1.6 ns each here), so float16 frames go through one XLA-compiled
-    TensorFlow function, NORMALISE_CHUNK frames at a time (the same values); other dtypes through
+    element by element (about 1.6 ns each here), so float16 frames go through TensorFlow (the same
+    values): small utterances in blocks of at most NORMALISE_MB of float32 per call, larger ones
+    one at a time through one XLA-compiled function, NORMALISE_CHUNK frames per call; other dtypes through
     one numpy float32 buffer of at most NORMALISE_MB. ``norm`` needs only ``moments(speaker)``
     (predict's grouped normaliser has it too).
     """
@@ -502,6 +506,22 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
         raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
     moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
+    per_utterance = 4 * int(np.prod(out.shape[1:]))  # bytes of one padded utterance in float32
+    block = int(NORMALISE_MB * 2**20 // max(1, per_utterance))
+    if out.dtype == np.float16 and block >= NORMALISE_BLOCK_MIN:
+        # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the same
+        # arithmetic, since a call per utterance would cost more than its work; padding stays 0.
+        import tensorflow as tf
+
+        for a in range(0, len(out), block):
+            part, n = out[a:a + block], np.asarray(lengths[a:a + block])
+            mean = np.stack([moments[s][0] for s in speakers[a:a + block]])[:, None]
+            std = np.stack([moments[s][1] for s in speakers[a:a + block]])[:, None]
+            real = (np.arange(part.shape[1])[None, :] < n[:, None]).reshape(part.shape[:2] + (1,) * (part.ndim - 2))
+            with tf.device("/CPU:0"):
+                done = tf.cast((tf.cast(part, tf.float32) - mean) / std, tf.float16)
+                part[...] = tf.where(real, done, tf.zeros_like(done)).numpy()
+        return
     if out.dtype == np.float16:
         import tensorflow as tf
 

@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
                         "alternating with --baseline-code")
     p.add_argument("--batch-readers", action="store_true",
                    help="--input-only: compare read_batch's zarrs and tensorstore paths instead of two codes")
+    p.add_argument("--features", default="wav2vec2:all",
+                   help="--input-only: the selection read (e.g. wav2vec2:6 for one layer)")
     p.add_argument("--cold", action="store_true",
                    help="--input-only: evict the store's page cache before each timed pass")
     p.add_argument("--batch-reader", default=None, choices=["zarrs", "tensorstore"], help=argparse.SUPPRESS)
@@ -234,7 +236,8 @@ def _input_pass(store_path: str, config, spec) -> tuple[float, int, float, list]
     return time.perf_counter() - t0, nbatches, read_s, items
 
 
-def input_child(store_path: str, cache_mode: str, *, cold: bool = False, batch_reader: str | None = None) -> None:
+def input_child(store_path: str, cache_mode: str, *, cold: bool = False, batch_reader: str | None = None,
+                features: str = "wav2vec2:all") -> None:
     """--input-only child: TensorFlow loaded (as in training), one warm-up pass, then one timed pass
     (after evicting the store's page cache when `cold`), through read_batch's `batch_reader` path."""
     _common.bootstrap_w2v2ser()
@@ -247,7 +250,7 @@ def input_child(store_path: str, cache_mode: str, *, cold: bool = False, batch_r
 
     from w2v2ser.train import ExperimentConfig, plan_runs
 
-    config = ExperimentConfig(stores={"main": store_path}, features="wav2vec2:all", head="dense", norm="speaker",
+    config = ExperimentConfig(stores={"main": store_path}, features=features, head="dense", norm="speaker",
                               protocol="ravdess", recipe="paper", seeds=1, cache=cache_mode)
     spec = plan_runs(config)[0]
     _input_pass(store_path, config, spec)
@@ -275,7 +278,8 @@ def input_only(args: argparse.Namespace) -> None:
             code, extra = codes[name]
             env, exe = _child_env(code)
             print(f"input-only pass, {name}, repetition {rep + 1} ...", flush=True)
-            cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode, *extra]
+            cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode, "--features",
+                   args.features, *extra]
             times[name].append(_run_child(cmd + (["--cold"] if args.cold else []), env, name)["input_only_pass_seconds"])
     rows = [[name, len(t), float(np.median(t)), float(np.min(t)), float(np.max(t))] for name, t in times.items()]
     table = _common.format_table(["code", "passes", "median s", "min s", "max s"], rows)
@@ -290,7 +294,7 @@ def input_only(args: argparse.Namespace) -> None:
     print()
     print(table)
     notes = ["each pass: a fresh process with TensorFlow loaded, one warm-up pass, then the timed pass over the "
-             "training partition of the first fold (wav2vec2:all, speaker normalisation, streaming when "
+             f"training partition of the first fold ({args.features}, speaker normalisation, streaming when "
              "--cache-mode off); the two codes (or read_batch paths) alternate"]
     if args.cold:
         notes.append("--cold: the store's page cache evicted (posix_fadvise DONTNEED) right before each timed pass")
@@ -502,7 +506,8 @@ def main() -> None:
         child(args.child, args.epochs, args.cache_mode)
         return
     if args.child_input:
-        input_child(args.child_input, args.cache_mode, cold=args.cold, batch_reader=args.batch_reader)
+        input_child(args.child_input, args.cache_mode, cold=args.cold, batch_reader=args.batch_reader,
+                    features=args.features)
         return
     if args.input_only:
         input_only(args)

@@ -461,29 +461,33 @@ def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
     return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
 
 
+def _normalise_float16(frames: Any, mean: Any, std: Any) -> Any:
+    """``float16((float32(frames) - mean) / std)`` in TensorFlow: Normaliser.apply's arithmetic."""
+    import tensorflow as tf
+
+    return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
+
+
 _COMPILED: list[Any] = []  # [the compiled float16 normalisation] once built
 
 
 def _compiled_normalise() -> Any:
-    """``(frames float16 [NORMALISE_CHUNK, ...], mean, std) -> float16((float32(frames) - mean) / std)``.
+    """:func:`_normalise_float16` compiled by XLA, for frames [NORMALISE_CHUNK, ...].
 
-    Compiled by XLA on the CPU, which fuses the two casts and the arithmetic into one pass over
-    the frames: the same values bit for bit as TensorFlow's eager ops (a test compares them);
-    stage 2's input-only pass took 0.83-0.93x the time of the eager ops' (tests/benchmarks/
-    bench_train.py --input-only). Where XLA is not available the eager ops run instead.
+    XLA fuses the two casts and the arithmetic into one pass over the frames: the same values
+    bit for bit as TensorFlow's eager ops (a test compares them); stage 2's input-only pass took
+    0.83-0.93x the time of the eager ops' (tests/benchmarks/bench_train.py --input-only). Where
+    XLA is not available the eager ops run instead.
     """
     if not _COMPILED:
         import tensorflow as tf
 
-        def normalise(frames: Any, mean: Any, std: Any) -> Any:
-            return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
-
-        compiled = tf.function(normalise, jit_compile=True, autograph=False)
+        compiled = tf.function(_normalise_float16, jit_compile=True, autograph=False)
         try:
             with tf.device("/CPU:0"):
                 compiled(np.zeros((1, 1), np.float16), tf.zeros((1,)), tf.ones((1,)))
         except Exception:  # pragma: no cover - a TensorFlow build without XLA's CPU JIT
-            compiled = normalise
+            compiled = _normalise_float16
         _COMPILED.append(compiled)
     return _COMPILED[0]
 
@@ -506,25 +510,22 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
         raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
     moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
-    per_utterance = 4 * int(np.prod(out.shape[1:]))  # bytes of one padded utterance in float32
-    block = int(NORMALISE_MB * 2**20 // max(1, per_utterance))
-    if out.dtype == np.float16 and block >= NORMALISE_BLOCK_MIN:
-        # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the same
-        # arithmetic, since a call per utterance would cost more than its work; padding stays 0.
-        import tensorflow as tf
-
-        for a in range(0, len(out), block):
-            part, n = out[a:a + block], np.asarray(lengths[a:a + block])
-            mean = np.stack([moments[s][0] for s in speakers[a:a + block]])[:, None]
-            std = np.stack([moments[s][1] for s in speakers[a:a + block]])[:, None]
-            real = (np.arange(part.shape[1])[None, :] < n[:, None]).reshape(part.shape[:2] + (1,) * (part.ndim - 2))
-            with tf.device("/CPU:0"):
-                done = tf.cast((tf.cast(part, tf.float32) - mean) / std, tf.float16)
-                part[...] = tf.where(real, done, tf.zeros_like(done)).numpy()
-        return
     if out.dtype == np.float16:
         import tensorflow as tf
 
+        block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
+        if block >= NORMALISE_BLOCK_MIN:
+            # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the
+            # same arithmetic, since a call per utterance would cost more than its work; padding stays 0.
+            for a in range(0, len(out), block):
+                part, n = out[a:a + block], np.asarray(lengths[a:a + block])
+                mean = np.stack([moments[s][0] for s in speakers[a:a + block]])[:, None]
+                std = np.stack([moments[s][1] for s in speakers[a:a + block]])[:, None]
+                real = (np.arange(part.shape[1])[None, :] < n[:, None]).reshape(part.shape[:2] + (1,) * (part.ndim - 2))
+                with tf.device("/CPU:0"):
+                    done = _normalise_float16(part, mean, std)
+                    part[...] = tf.where(real, done, tf.zeros_like(done)).numpy()
+            return
         compiled, step = _compiled_normalise(), NORMALISE_CHUNK
         scratch = np.zeros((step, *out.shape[2:]), dtype=np.float16)
 

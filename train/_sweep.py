@@ -416,13 +416,11 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     micro = micro_batch_size(recipe.batch_size, (max_frames or 1000) * len(sel.layers) * sel.dim * 4,
                              micro_batch_mb)
     common = dict(sources=[Source("main", store, sel, normaliser)], classes=data.classes,
-                  batch_size=micro, max_frames=max_frames, cache=base.cache,
-                  cache_budget_mb=base.cache_budget_mb, workers=base.workers)
+                  batch_size=micro, max_frames=max_frames, cache="off",  # the sweep's loop streams every pass
+                  workers=base.workers)
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
-    for part in (train, val, test):
-        part.in_memory = False  # the sweep's loop streams every pass (iterate), whatever the budget
     heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
                                   dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
                                   accumulate=recipe.batch_size // micro)

@@ -11,6 +11,9 @@ that reads each batch once (frames [batch, time, L, dim]); they share only that 
 * each head has its own loss; the step minimises their sum, whose gradient with respect to a
   head's weights is that head's own gradient, and Adam (with clipvalue) works per element, so
   each head follows the optimiser path it would follow alone (dropout draws differ: seed noise);
+* the probes' dropout decides each unit from 16 random bits (two decisions per 32-bit draw):
+  its drop rate is within 2**-17 of the recipe's, from half the random numbers of Keras' float
+  draws, which took a quarter of a probe step on CPU;
 * each head has its own early stopping (Keras EarlyStopping rules: patience on its validation
   loss, best weights restored). A stopped head is frozen: after every optimiser step its
   weights are reset to its best weights, so it never changes again while the others train.
@@ -109,6 +112,7 @@ class _SweepHeads:
 
     def __init__(self, n_layers: int, dim: int, n_classes: int, *, units: int, dropout: float, seed: int) -> None:
         import keras
+        import tensorflow as tf
 
         from ._layers import LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 
@@ -126,7 +130,9 @@ class _SweepHeads:
         self.wa_d2 = seeded_dense(U, "relu", "block2_dense", draw)
         self.wa_cls = seeded_dense(C, "softmax", "classifier", draw)
         self.wa_mean = MaskedMean(name="masked_mean")
-        self.drop = keras.layers.Dropout(dropout, seed=seed)
+        self.drop = keras.layers.Dropout(dropout, seed=seed)  # the weighted head's, as in the Dense head
+        self.rng = tf.random.Generator.from_seed(seed)  # the probes' dropout bits
+        self.keep_from = min(65535, round(dropout * 65536))  # keep a unit when its 16 bits are >= this
         self.wa.build((None, None, L, dim))
         self.wa_d1.build((None, None, dim))
         self.wa_d2.build((None, None, U))
@@ -145,8 +151,8 @@ class _SweepHeads:
         # transposes around every contraction.
         batch, steps = tf.shape(x)[0], tf.shape(x)[1]
         h = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [self.n_layers, -1, x.shape[-1]])
-        h = self.drop(tf.nn.relu(tf.matmul(h, k1) + b1[:, None, :]), training=training)
-        h = self.drop(tf.nn.relu(tf.matmul(h, k2) + b2[:, None, :]), training=training)
+        h = self.probe_dropout(tf.nn.relu(tf.matmul(h, k1) + b1[:, None, :]), training)
+        h = self.probe_dropout(tf.nn.relu(tf.matmul(h, k2) + b2[:, None, :]), training)
         h = tf.reshape(h, [self.n_layers, batch, steps, -1])
         m = mask[None, :, :, None]
         pooled = tf.reduce_sum(h * m, axis=2) / tf.maximum(tf.reduce_sum(m, axis=2), 1.0)  # [L, B, u]
@@ -156,6 +162,19 @@ class _SweepHeads:
         w = self.drop(self.wa_d2(w), training=training)
         wp = self.wa_cls(self.wa_mean(w, mask))
         return tf.concat([probs, wp[:, None, :]], axis=1)
+
+    def probe_dropout(self, h: Any, training: bool) -> Any:
+        """Inverted dropout of the stacked probes' units: each kept with probability
+        1 - keep_from / 2**16 (the recipe's 1 - rate within 2**-17) and scaled by 1 / (1 - rate)."""
+        import tensorflow as tf
+
+        if not training or self.dropout == 0:
+            return h
+        n = tf.size(h)
+        bits = self.rng.uniform_full_int([(n + 1) // 2], dtype=tf.uint32)
+        bits = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:n]
+        keep = tf.reshape(bits, tf.shape(h)) >= tf.constant(self.keep_from, tf.uint16)
+        return tf.where(keep, h * (1.0 / (1.0 - self.dropout)), tf.zeros_like(h))
 
     # per-head weights: stacked variables are indexed by layer, the weighted head owns its variables whole
     def snapshot(self) -> list[np.ndarray]:

@@ -195,12 +195,16 @@ def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path, cgroup, limits
 
 def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp_path, monkeypatch):
     pytest.importorskip("tensorstore")
-    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,))
-    nbytes = open_store(built.path)._array("w2v", "data").nbytes
-    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: nbytes // 2)  # half of all 4 layers
+    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,), units=3)
+    held = sum(LENGTHS) * W2V.layers * W2V.dim * 2  # the stored frames, float16
+    # Each unit starts on its own shard: the array spans the unwritten ends of shards as well.
+    assert open_store(built.path)._array("w2v", "data").nbytes > held
+    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: held // 2)  # half of all 4 layers
     store = open_store(built.path)
     assert store._batch_reader("w2v") is not None and store._batch_reader("w2v", [0, 1, 2]) is not None
     assert store._batch_reader("w2v", [1]) is None and store._batch_reader("w2v", [0, 3]) is None
+    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: held)  # all frames fit
+    assert open_store(built.path)._batch_reader("w2v") is None
 
 
 def test_read_batch_falls_back_to_zarr_when_tensorstore_cannot_open_the_array(tmp_path, monkeypatch):

@@ -101,6 +101,7 @@ class FeatureStore:
         self._rows: dict[str, dict[str, np.ndarray]] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._tensorstores: dict[str, Any] = {}  # feature -> data opened by tensorstore (or None)
+        self._held: dict[str, int] = {}  # feature -> bytes of its stored frames
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -258,9 +259,11 @@ class FeatureStore:
         """Bytes of `feature`'s stored frames. Not the array's size: each work unit starts on a
         shard boundary, so the frame axis also spans the unwritten ends of shards, which take no
         space (a 1.5 GB store of 144 one-shard units had a 36 GB array)."""
-        data = self._array(feature, "data")
-        frames = int(np.sum(self._per_row(feature)["length"], dtype=np.int64))
-        return frames * int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
+        if feature not in self._held:  # asked for every batch; a reader's store does not change
+            data = self._array(feature, "data")
+            frames = int(np.sum(self._per_row(feature)["length"], dtype=np.int64))
+            self._held[feature] = frames * int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
+        return self._held[feature]
 
     def _batch_reader(self, feature: str, sel: list[int] | None = None) -> Any:
         """tensorstore's view of `feature`'s frames when the selected layers of all its frames

@@ -20,6 +20,10 @@ cache (the full-size stores do not); ``--cache-mode auto`` holds each run's part
 when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 
     python3 tests/benchmarks/bench_sweep.py [--quick] [--problems tiny,base,large]
+
+``--steps`` times only the sweep's training step instead (forward, backward and Adam of all
+L + 1 heads on one synthetic batch of 32 utterances x 200 frames, median of 20 after 2 warm-up
+steps; no store is read), for each problem's shape, and writes ``bench_sweep_steps``.
 """
 
 from __future__ import annotations
@@ -82,6 +86,43 @@ def child(mode: str, store: str, epochs: int, threads: int | None, cache_mode: s
                       "uar": uar}))
 
 
+def time_steps(problems: list[str], repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds of one sweep training step per problem shape (no store, no input)."""
+    bootstrap_w2v2ser()
+    import numpy as np
+    import keras
+    import tensorflow as tf
+
+    from w2v2ser.train._sweep import _SweepHeads, _sparse_ce
+
+    out = {}
+    for problem in problems:
+        layers, dim = SHAPES[problem]
+        heads = _SweepHeads(layers, dim, 8, units=128, dropout=0.2, seed=0)
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.normal(size=(32, 200, layers, dim)).astype(np.float16))
+        mask, y = tf.ones((32, 200)), tf.constant(rng.integers(0, 8, 32).astype(np.int32))
+        opt = keras.optimizers.Adam(1e-3)
+        opt.build(heads.variables)
+
+        @tf.function
+        def step(x: tf.Tensor, mask: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(_sparse_ce(y, heads(x, mask, True)))
+            opt.apply(tape.gradient(loss, heads.variables), heads.variables)
+            return loss
+
+        times = []
+        for i in range(repeats + 2):
+            t0 = time.perf_counter()
+            step(x, mask, y).numpy()
+            if i >= 2:
+                times.append(1000 * (time.perf_counter() - t0))
+        out[problem] = float(np.median(times))
+        print(f"{problem} ({layers} x {dim}): {out[problem]:.1f} ms per step", flush=True)
+    return out
+
+
 def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode: str = "off") -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--store", str(store), "--epochs", str(epochs),
            "--cache-mode", cache_mode]
@@ -104,6 +145,7 @@ def main() -> None:
     parser.add_argument("--cache", default="/work/bench_cache")
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
+    parser.add_argument("--steps", action="store_true", help="time only the sweep's training step per shape")
     parser.add_argument("--child")
     parser.add_argument("--store")
     parser.add_argument("--cache-mode", default="off", choices=["off", "auto"],
@@ -111,6 +153,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.store, args.epochs, args.threads, args.cache_mode)
+    if args.steps:
+        problems = args.problems.split(",")
+        ms = time_steps(problems)
+        payload = {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]), "ms_per_step": ms}
+        table = format_table(["problem", "layers x dim", "ms per step"],
+                             [[p, "x".join(map(str, SHAPES[p])), f"{ms[p]:.1f}"] for p in problems])
+        write_results("bench_sweep_steps", payload, table, out=args.out,
+                      headline="; ".join(f"{p}: {ms[p]:.1f} ms" for p in problems),
+                      notes=["one sweep training step (L + 1 heads, forward + backward + Adam), batch of 32 x 200 "
+                             "frames, units 128, dropout 0.2, median of 20"])
+        return
     if args.quick:
         args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
     bootstrap_w2v2ser()

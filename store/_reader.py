@@ -261,9 +261,14 @@ class FeatureStore:
         space (a 1.5 GB store of 144 one-shard units had a 36 GB array)."""
         if feature not in self._held:  # asked for every batch; a reader's store does not change
             data = self._array(feature, "data")
-            frames = int(np.sum(self._per_row(feature)["length"], dtype=np.int64))
-            self._held[feature] = frames * int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
+            frame_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
+            self._held[feature] = self._stored_frames(feature) * frame_bytes
         return self._held[feature]
+
+    def _stored_frames(self, feature: str) -> int:
+        """Frames `feature` holds over all utterances (a length of -1 marks one without it)."""
+        length = self._per_row(feature)["length"]
+        return int(length[length > 0].sum(dtype=np.int64))
 
     def _batch_reader(self, feature: str, sel: list[int] | None = None) -> Any:
         """tensorstore's view of `feature`'s frames when the selected layers of all its frames
@@ -462,7 +467,7 @@ class FeatureStore:
                 "frame_rate": spec.frame_rate, "layer_names": list(spec.layer_names or []),
                 "shape": list(data.shape), "chunks": list(data.chunks), "shards": shards,
                 "bytes": int(data.nbytes_stored()),
-                "frames": int(length[length > 0].sum()),
+                "frames": self._stored_frames(name),
                 "utterances": int((length >= 0).sum()),
                 "config": json.loads(json.dumps(dict(spec.config))),
             }

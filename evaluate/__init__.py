@@ -5,10 +5,14 @@ confusion matrices and the layer-weight figure; ``predict_audio`` labels new aud
 trained run directory, extracting features in a subprocess so this process never imports torch.
 """
 
+from w2v2ser._common import prefer_onednn
+
 from ._cli import add_predict_arguments, predict_from_cli
 from ._errors import EvaluateError, PredictError, RunDirError
 from ._predict import Prediction, predict_audio
 from ._report import write_report
+
+prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
     "write_report", "predict_audio", "Prediction",

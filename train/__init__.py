@@ -14,6 +14,8 @@ training run, so configs and protocols are cheap to import.
 import importlib
 from typing import Any
 
+from w2v2ser._common import prefer_onednn
+
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
@@ -26,6 +28,8 @@ from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
 from ._sweep import ALL_LAYERS_DIR, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
+
+prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",

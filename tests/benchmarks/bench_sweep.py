@@ -21,6 +21,10 @@ when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 
     python3 tests/benchmarks/bench_sweep.py [--quick] [--problems tiny,base,large]
 
+``--onednn`` runs every mode (and ``--steps``) with TensorFlow's oneDNN kernels off and on
+(``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``, alternating) and writes ``bench_sweep_onednn``: stage 2
+turns them on where TensorFlow would not (w2v2ser._common.prefer_onednn).
+
 ``--steps`` times only the sweep's training step instead (forward, backward and Adam of all
 L + 1 heads on one synthetic batch of 32 utterances x 200 frames, median of 20 after 2 warm-up
 steps; no store is read), for each problem's shape, and writes ``bench_sweep_steps``.
@@ -30,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,15 +130,55 @@ def time_steps(problems: list[str], repeats: int = 20) -> dict[str, float]:
     return out
 
 
-def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode: str = "off") -> dict:
+def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode: str = "off",
+            env: dict[str, str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--store", str(store), "--epochs", str(epochs),
            "--cache-mode", cache_mode]
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_onednn(args: argparse.Namespace) -> None:
+    """Every mode of every problem, and the step alone, with oneDNN off and on in alternation."""
+    settings = {"off": "0", "on": "1"}
+    envs = {k: dict(os.environ, TF_ENABLE_ONEDNN_OPTS=v) for k, v in settings.items()}
+    scratch = tempfile.mkdtemp(prefix="bench_sweep_steps_")  # the step children's own result files
+    rows, payload = [], {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]), "runs": {}}
+    for problem in args.problems.split(","):
+        store = build(Path(args.cache), problem, args.tiny_utterances if problem == "tiny" else args.base_utterances)
+        steps: dict[str, list[float]] = {k: [] for k in settings}
+        for rep in range(args.repeats):
+            for key in (["off", "on"] if rep % 2 == 0 else ["on", "off"]):
+                out = subprocess.run([sys.executable, __file__, "--steps", "--problems", problem, "--out", scratch],
+                                     capture_output=True, text=True, env=envs[key], check=True).stdout
+                steps[key].append(float(re.search(r"([\d.]+) ms per step", out).group(1)))
+        runs = {"steps_ms": steps}
+        for mode in ["single", "sweep"] + (["all"] if problem != "tiny" else []):
+            runs[mode] = {k: [] for k in settings}
+            for rep in range(args.repeats):
+                for key in (["off", "on"] if rep % 2 == 0 else ["on", "off"]):
+                    r = measure(mode, store, args.epochs, args.threads, args.cache_mode, env=envs[key])
+                    runs[mode][key].append(r)
+                    print(f"{problem} {mode} oneDNN {key}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
+        payload["runs"][problem] = runs
+        best = {k: min(steps[k]) for k in settings}
+        rows.append([problem, "step", f"{best['off']:.1f} ms", f"{best['on']:.1f} ms", f"{best['off'] / best['on']:.2f}",
+                     "", ""])
+        for mode in [m for m in runs if m != "steps_ms"]:
+            w = {k: min(r["wall_s"] for r in runs[mode][k]) for k in settings}
+            m = {k: max(r["peak_rss_mb"] for r in runs[mode][k]) for k in settings}
+            rows.append([problem, mode, f"{w['off']:.1f} s", f"{w['on']:.1f} s", f"{w['off'] / w['on']:.2f}",
+                         f"{m['off']:.0f}", f"{m['on']:.0f}"])
+    table = format_table(["problem", "mode", "oneDNN off", "oneDNN on", "off / on", "peak MB off", "peak MB on"], rows)
+    print(table)
+    write_results("bench_sweep_onednn", payload, table, out=args.out,
+                  headline="; ".join(f"{r[0]} {r[1]} {r[4]}x" for r in rows),
+                  notes=[f"{args.repeats} runs per setting, alternating; best wall time, highest peak; "
+                         f"{args.epochs} epochs, cache {args.cache_mode}"])
 
 
 def main() -> None:
@@ -146,6 +193,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
     parser.add_argument("--steps", action="store_true", help="time only the sweep's training step per shape")
+    parser.add_argument("--onednn", action="store_true", help="every mode with oneDNN off and on (alternating)")
     parser.add_argument("--child")
     parser.add_argument("--store")
     parser.add_argument("--cache-mode", default="off", choices=["off", "auto"],
@@ -153,6 +201,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.store, args.epochs, args.threads, args.cache_mode)
+    if args.quick:
+        args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
+    if args.onednn:
+        return compare_onednn(args)
     if args.steps:
         problems = args.problems.split(",")
         ms = time_steps(problems)
@@ -164,8 +216,6 @@ def main() -> None:
                       notes=["one sweep training step (L + 1 heads, forward + backward + Adam), batch of 32 x 200 "
                              "frames, units 128, dropout 0.2, median of 20"])
         return
-    if args.quick:
-        args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
     bootstrap_w2v2ser()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

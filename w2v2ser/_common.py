@@ -166,7 +166,7 @@ def python_command(module: str, *args: str) -> list[str]:
 
 
 def prefer_onednn() -> None:
-    """Have TensorFlow use its oneDNN kernels on every x86 CPU, unless the user chose otherwise.
+    """Have TensorFlow use its oneDNN CPU kernels on every CPU, unless the user chose otherwise.
 
     TensorFlow turns them on by default only on CPUs with AVX-512 VNNI/BF16 or AMX; on others
     (AVX2 machines such as many AMD EPYC nodes) it leaves them off, though on such a machine stage

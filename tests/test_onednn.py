@@ -1,4 +1,4 @@
-"""Stage 2 asks TensorFlow for its oneDNN kernels on every x86 CPU, unless the user chose.
+"""Stage 2 asks TensorFlow for its oneDNN kernels on every CPU, unless the user chose.
 
 TensorFlow enables them by default only on AVX-512 VNNI/BF16 or AMX CPUs; on AVX2 machines stage 2
 ran 1.15-1.72x faster with them (tests/benchmarks/bench_sweep.py --onednn).

@@ -145,6 +145,10 @@ def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode
 def compare_onednn(args: argparse.Namespace) -> None:
     """Every mode of every problem, and the step alone, with oneDNN off and on in alternation."""
     settings = {"off": "0", "on": "1"}
+
+    def alternating(rep: int) -> list[str]:  # which setting runs first flips every repetition
+        return ["off", "on"] if rep % 2 == 0 else ["on", "off"]
+
     envs = {k: dict(os.environ, TF_ENABLE_ONEDNN_OPTS=v) for k, v in settings.items()}
     scratch = tempfile.mkdtemp(prefix="bench_sweep_steps_")  # the step children's own result files
     rows, payload = [], {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]), "runs": {}}
@@ -152,7 +156,7 @@ def compare_onednn(args: argparse.Namespace) -> None:
         store = build(Path(args.cache), problem, args.tiny_utterances if problem == "tiny" else args.base_utterances)
         steps: dict[str, list[float]] = {k: [] for k in settings}
         for rep in range(args.repeats):
-            for key in (["off", "on"] if rep % 2 == 0 else ["on", "off"]):
+            for key in alternating(rep):
                 out = subprocess.run([sys.executable, __file__, "--steps", "--problems", problem, "--out", scratch],
                                      capture_output=True, text=True, env=envs[key], check=True).stdout
                 steps[key].append(float(re.search(r"([\d.]+) ms per step", out).group(1)))
@@ -160,7 +164,7 @@ def compare_onednn(args: argparse.Namespace) -> None:
         for mode in ["single", "sweep"] + (["all"] if problem != "tiny" else []):
             runs[mode] = {k: [] for k in settings}
             for rep in range(args.repeats):
-                for key in (["off", "on"] if rep % 2 == 0 else ["on", "off"]):
+                for key in alternating(rep):
                     r = measure(mode, store, args.epochs, args.threads, args.cache_mode, env=envs[key])
                     runs[mode][key].append(r)
                     print(f"{problem} {mode} oneDNN {key}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", flush=True)

@@ -187,7 +187,7 @@ def _open(path: Path) -> sf.SoundFile:
             else f"is not audio libsndfile can decode, or its header is damaged or truncated ({size} bytes)"
         )
         raise AudioError(
-            f"Audio file {path} {what}: libsndfile says {exc}. "
+            f"Audio file {path} {what}: libsndfile says {str(exc).rstrip('.')}. "
             f"Re-export the file, or {_CONVERT_HINT}."
         ) from exc
 

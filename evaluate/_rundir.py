@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
+
 __all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES"]
 
 #: Display names of the corpora, in the column order of the paper's tables.
@@ -54,7 +56,7 @@ class RunSummary:
     layer_weights: tuple[tuple[float, ...], ...] = ()
     runs_finished: int = 0
     #: "per run" (one UAR per fold × seed) or "pooled over folds, per seed" (IEMOCAP scoring)
-    scoring: str = "per run"
+    scoring: str = PER_RUN
 
     @property
     def n_runs(self) -> int:
@@ -267,17 +269,8 @@ def read_run_dir(run_dir: Path) -> RunSummary:
     desc = _describe({**experiment, **config, "recipe": find_key(results, "recipe") or
                       find_key(config, "recipe") or find_key(experiment, "recipe")}, experiment)
     try:
-        raw_runs = [float(r.get("uar") if isinstance(r, Mapping) else r)
-                    for r in results.get("uar_per_run") or []]
-        raw_mean, raw_std = results.get("uar_mean"), results.get("uar_std")
-        pooled = results.get("uar_pooled_per_seed")
-        scoring = "per run"
-        if isinstance(pooled, Mapping) and pooled and len(results.get("splits") or {}) > 1:
-            # Several folds (IEMOCAP sessions): the released code pools all folds' predictions
-            # per seed and scores once; that is the figure comparable with the paper.
-            raw_runs = [float(v) for v in pooled.values()]
-            raw_mean, raw_std = results.get("uar_pooled_mean"), results.get("uar_pooled_std")
-            scoring = "pooled over folds, per seed"
+        # Several folds (IEMOCAP sessions): all folds' predictions pooled per seed, as the paper scores.
+        raw_runs, raw_mean, raw_std, scoring = headline_uar(results)
         scale = 100.0 if _is_fraction(raw_mean, *raw_runs) else 1.0
         uar_runs = [scale * v for v in raw_runs if not math.isnan(v)]
         uar_mean = scale * float(raw_mean) if raw_mean is not None else (

@@ -11,7 +11,9 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
 from w2v2ser.store import Utterance
-from w2v2ser.train import accuracy, confusion_matrix, get_protocol, per_class_report, uar
+from w2v2ser.evaluate import write_report
+from w2v2ser.train import (accuracy, confusion_matrix, format_uar, get_protocol, headline_uar, per_class_report,
+                           uar)
 
 STORED_RUN = Path(__file__).parent / "data" / "stored_run"
 
@@ -88,3 +90,31 @@ def test_ravdess_split_ignores_actors_outside_1_to_24():
     (f,) = _folds("ravdess", recs)
     assert f["test"] == ["Actor_23", "Actor_24"] and f["validation"] == ["Actor_21", "Actor_22"]
     assert f["train"] == [f"Actor_{a:02d}" for a in range(1, 21)]
+
+
+def _results(folds: int) -> dict:
+    """results.json of 2 seeds x ``folds`` folds whose per-run mean (0.5) differs from the pooled one."""
+    splits = {f"fold{i}": {"test": [f"s{i}"]} for i in range(folds)}
+    return {"uar_mean": 0.5, "uar_std": 0.1, "uar_per_run": [{"uar": 0.4}, {"uar": 0.6}] * folds,
+            "uar_pooled_per_seed": {"0": 0.3, "1": 0.5}, "uar_pooled_mean": 0.4, "uar_pooled_std": 0.1,
+            "splits": splits}
+
+
+def test_headline_uar_pools_folds_only_when_there_are_several():
+    """Several folds: one pooled UAR per seed (the paper's IEMOCAP scoring); one fold: per run."""
+    assert headline_uar(_results(3)) == ([0.3, 0.5], 0.4, 0.1, "pooled over folds, per seed")
+    assert headline_uar(_results(1)) == ([0.4, 0.6], 0.5, 0.1, "per run")
+    assert format_uar(_results(3)) == "UAR 40.0 ± 10.0 (n=2 seeds, folds pooled)"
+    assert format_uar(_results(1)) == "UAR 50.0 ± 10.0 (n=2 runs)"
+    assert format_uar({}) == "UAR n/a (no finished run)"
+
+
+def test_report_shows_the_figure_the_cli_prints(tmp_path):
+    """`w2v2ser train` prints format_uar(results); `w2v2ser evaluate` reads the same figure."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(_results(3)))
+    (run / "experiment.json").write_text(json.dumps({"features": "egemaps", "protocol": "iemocap"}))
+    report = write_report([run], out=tmp_path / "report").read_text()
+    assert "40.0 ± 10.0 (n=2)" in report and "50.0" not in report
+    assert "40.0 ± 10.0 (n=2 seeds" in format_uar(_results(3))

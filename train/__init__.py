@@ -22,19 +22,19 @@ from ._errors import ConfigError, DataError, ProtocolError, SelectionError, Trai
 from ._experiment import (
     PartitionArrays, RunResult, RunSpec, partition_arrays, plan_runs, summarize_runs, train_experiment, train_run,
 )
-from ._metrics import accuracy, confusion_matrix, per_class_report, uar
+from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
 from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
-from ._sweep import ALL_LAYERS_DIR, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
+from ._sweep import ALL_LAYERS_DIR, describe_sweep, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
 
 prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
     "partition_arrays", "PartitionArrays",
-    "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "ALL_LAYERS_DIR",
+    "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint",
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
@@ -42,7 +42,7 @@ __all__ = [
     "FeatureBatches", "Item", "Source", "clear_cache",
     "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head",
     "LayerWeightedAverage", "MaskedMean", "FrameMask",
-    "uar", "accuracy", "confusion_matrix", "per_class_report",
+    "uar", "accuracy", "confusion_matrix", "per_class_report", "headline_uar", "format_uar",
     "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
 ]
 

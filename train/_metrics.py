@@ -8,11 +8,14 @@ test partition neither counts as 0 nor as 1.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report"]
+__all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report", "headline_uar", "format_uar", "POOLED", "PER_RUN"]
+
+PER_RUN = "per run"
+POOLED = "pooled over folds, per seed"
 
 
 def _sk() -> Any:
@@ -54,3 +57,31 @@ def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequ
                                        output_dict=True, zero_division=0)
     report.pop("accuracy", None)  # a float, not a row (present only when labels cover y_pred)
     return {name: {k: float(v) for k, v in row.items()} for name, row in report.items()}
+
+
+def headline_uar(results: Mapping[str, Any]) -> tuple[list[float], Any, Any, str]:
+    """The UAR figure a run directory is reported by, from its results.json: (values, mean, std, scoring).
+
+    One fold (RAVDESS): each run's UAR, mean and std over runs. Several folds (IEMOCAP sessions,
+    CSV speaker groups): per seed, the predictions of all folds pooled and scored once (the
+    released code's scoring, the figure comparable with the paper), so one value per seed. The
+    CLI, ``w2v2ser run``, the layer sweep's best layer and ``w2v2ser evaluate`` all use this rule.
+    Values are returned as stored (mean/std None when results.json lacks them).
+    """
+    pooled = results.get("uar_pooled_per_seed")
+    if isinstance(pooled, Mapping) and pooled and len(results.get("splits") or {}) > 1:
+        return ([float(v) for v in pooled.values()], results.get("uar_pooled_mean"),
+                results.get("uar_pooled_std"), POOLED)
+    runs = [float(r.get("uar") if isinstance(r, Mapping) else r) for r in results.get("uar_per_run") or []]
+    return runs, results.get("uar_mean"), results.get("uar_std"), PER_RUN
+
+
+def format_uar(results: Mapping[str, Any]) -> str:
+    """``UAR 55.8 ± 1.2 (n=5 runs)`` or ``... (n=5 seeds, folds pooled)``: :func:`headline_uar` as text."""
+    values, mean, std, scoring = headline_uar(results)
+    mean = float(np.mean(values)) if mean is None and values else mean
+    std = float(np.std(values)) if std is None and values else std
+    if mean is None:
+        return "UAR n/a (no finished run)"
+    what = "seeds, folds pooled" if scoring == POOLED else "runs"
+    return f"UAR {100 * mean:.1f} ± {100 * (std or 0.0):.1f} (n={len(values)} {what})"

@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,12 +45,12 @@ from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _start_run,
                           _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
-from ._metrics import accuracy, confusion_matrix, uar
+from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
 from ._selection import parse_selection
 
-__all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "ALL_LAYERS_DIR"]
+__all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR"]
 
 log = logging.getLogger("w2v2ser.train")
 ALL_LAYERS_DIR = "all"
@@ -505,7 +505,8 @@ def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]
         r = per_head[name]
         return {"dir": name, "uar_mean": r["uar_mean"], "uar_std": r["uar_std"], "uar_per_run": r["uar_per_run"],
                 "uar_pooled_mean": r["uar_pooled_mean"], "uar_pooled_std": r["uar_pooled_std"],
-                "uar_pooled_per_seed": r["uar_pooled_per_seed"], "n_runs": r["n_runs"]}
+                "uar_pooled_per_seed": r["uar_pooled_per_seed"], "n_runs": r["n_runs"],
+                "splits": r["splits"]}  # a row is then a valid input of headline_uar / format_uar
 
     weights = per_head[ALL_LAYERS_DIR].get("layer_weights") or {}
     norm = [v["main"]["normalised"] for v in weights.values() if isinstance(v, dict) and "main" in v]
@@ -516,11 +517,24 @@ def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]
         "per_layer": [{"layer": k, **row(_layer_dir(k))} for k in layers],
         "weighted_average": {**row(ALL_LAYERS_DIR), "layer_weights_mean": np.mean(norm, axis=0).tolist() if norm else [],
                              "layer_weights_std": np.std(norm, axis=0).tolist() if norm else []},
-        "best_layer": layers[int(np.argmax([per_head[_layer_dir(k)]["uar_mean"] for k in layers]))],
+        # by the figure the report shows (folds pooled per seed when there are several folds)
+        "best_layer": layers[int(np.argmax([_headline_mean(per_head[_layer_dir(k)]) for k in layers]))],
         "uar_definition": per_head[ALL_LAYERS_DIR]["uar_definition"],
     }
     _write_json(out / "sweep.json", summary)
     return summary
+
+
+def _headline_mean(results: Mapping[str, Any]) -> float:
+    values, mean, _, _ = headline_uar(results)
+    return float(mean) if mean is not None else float(np.mean(values))
+
+
+def describe_sweep(summary: Mapping[str, Any]) -> str:
+    """``best layer 7 UAR ... ; weighted average UAR ...``: a sweep.json summary as one line."""
+    best = {r["layer"]: r for r in summary["per_layer"]}[summary["best_layer"]]
+    return (f"best layer {summary['best_layer']} {format_uar(best)}; weighted average "
+            f"{format_uar(summary['weighted_average'])}")
 
 
 def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: bool = True,

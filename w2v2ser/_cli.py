@@ -188,7 +188,7 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from w2v2ser.train import ExperimentConfig, train_experiment
+    from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
 
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
     values: dict[str, Any] = {
@@ -205,15 +205,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _apply_settings(values, args.set)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
-    print(
-        f"{args.features} / {args.head} / {args.norm} / {args.recipe}: UAR {100 * results['uar_mean']:.1f} "
-        f"± {100 * results['uar_std']:.1f} over {len(results['uar_per_run'])} runs -> {args.out}/results.json"
-    )
+    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe}: {format_uar(results)} -> "
+          f"{args.out}/results.json")
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from w2v2ser.train import ExperimentConfig, sweep_experiment
+    from w2v2ser.train import ExperimentConfig, describe_sweep, sweep_experiment
 
     values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
                               "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
@@ -223,11 +221,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
         config = ExperimentConfig.from_dict({**values, "features": upstream})
         summary = sweep_experiment(config, out=out, progress=not args.no_progress, threads=args.threads)
-        best = next(r for r in summary["per_layer"] if r["layer"] == summary["best_layer"])
-        wa = summary["weighted_average"]
-        print(f"{upstream}: best layer {summary['best_layer']} UAR {100 * best['uar_mean']:.1f} "
-              f"± {100 * best['uar_std']:.1f}; weighted average UAR {100 * wa['uar_mean']:.1f} "
-              f"± {100 * wa['uar_std']:.1f} -> {out}/sweep.json")
+        print(f"{upstream}: {describe_sweep(summary)} -> {out}/sweep.json")
     return 0
 
 

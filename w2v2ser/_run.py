@@ -299,7 +299,7 @@ def _results_current(train_config: Any, out: Path, planned: int) -> bool:
 
 
 def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
-    from w2v2ser.train import summarize_runs, train_run
+    from w2v2ser.train import format_uar, summarize_runs, train_run
 
     outcome = _Outcome()
     reasons = reasons if reasons is not None else _Reasons()
@@ -333,20 +333,16 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             outcome.failed.append(experiment.name)
             continue
         if experiment.sweep:
-            from w2v2ser.train import summarize_sweep
+            from w2v2ser.train import describe_sweep, summarize_sweep
 
             summary = summarize_sweep(train_config, experiment.run_dir)
-            best = next(r for r in summary["per_layer"] if r["layer"] == summary["best_layer"])
-            _say(f"train {experiment.name}: layer sweep, best layer {summary['best_layer']} UAR "
-                 f"{100 * best['uar_mean']:.1f} ± {100 * best['uar_std']:.1f}, weighted average "
-                 f"{100 * summary['weighted_average']['uar_mean']:.1f} over {best['n_runs']} run(s)")
+            _say(f"train {experiment.name}: layer sweep, {describe_sweep(summary)}")
             outcome.done += 1
             continue
         if not _results_current(train_config, experiment.run_dir, len(runs)):
             summarize_runs(train_config, experiment.run_dir)
         results = _read_json(experiment.run_dir / "results.json") or {}
-        _say(f"train {experiment.name}: UAR {100 * results.get('uar_mean', float('nan')):.1f} "
-             f"± {100 * results.get('uar_std', float('nan')):.1f} over {results.get('n_runs')} run(s)")
+        _say(f"train {experiment.name}: {format_uar(results)}")
         outcome.done += 1
     return outcome
 

@@ -294,7 +294,8 @@ def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:
     if not series:
         return []
     lines = ["", "## Layer sweep", "",
-             "Dense probe trained on each layer alone (UAR mean ± std in percent over runs, n = runs); "
+             "Dense probe trained on each layer alone (UAR mean ± std in percent, scored as in the tables "
+             "above: n = runs, or seeds when the folds are pooled); "
              "the last row is the weighted average of all swept layers. All heads of one upstream were "
              "trained together in one pass over the data (`w2v2ser sweep`).", ""]
     if sweep["png"]:

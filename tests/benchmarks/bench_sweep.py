@@ -25,6 +25,10 @@ when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``, alternating) and writes ``bench_sweep_onednn``: stage 2
 turns them on where TensorFlow would not (w2v2ser._common.prefer_onednn).
 
+``--dropout`` runs the step, the single-layer run and the sweep with one dropout mask per probe
+(the sweep before it shared one mask between its probes; ``BENCH_SWEEP_PER_PROBE_MASKS=1``) and
+with the shipped shared mask, alternating, and writes ``bench_sweep_dropout``.
+
 ``--steps`` times only the sweep's training step instead (forward, backward and Adam of all
 L + 1 heads on one synthetic batch of 32 utterances x 200 frames, median of 20 after 2 warm-up
 steps; no store is read), for each problem's shape, and writes ``bench_sweep_steps``.
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,9 +69,30 @@ def build(cache: Path, problem: str, utterances: int) -> Path:
     return path
 
 
+def _per_probe_dropout(self, h, training):  # type: ignore[no-untyped-def]
+    """The sweep's probe dropout until its probes shared one mask: an independent mask for each probe."""
+    import tensorflow as tf
+
+    if not training or self.dropout == 0:
+        return h
+    n = tf.size(h)
+    bits = self.rng.uniform_full_int([(n + 1) // 2], dtype=tf.uint32)
+    bits = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:n]
+    keep = tf.reshape(bits, tf.shape(h)) >= tf.constant(self.keep_from, tf.uint16)
+    return tf.where(keep, h * (1.0 / (1.0 - self.dropout)), tf.zeros_like(h))
+
+
+def _select_dropout() -> None:
+    if os.environ.get("BENCH_SWEEP_PER_PROBE_MASKS") == "1":
+        from w2v2ser.train._sweep import _SweepHeads
+
+        _SweepHeads.probe_dropout = _per_probe_dropout
+
+
 def child(mode: str, store: str, epochs: int, threads: int | None, cache_mode: str = "off") -> None:
     """Run one measurement in this (fresh) process and print its JSON as the last line."""
     bootstrap_w2v2ser()
+    _select_dropout()
     import resource
 
     from w2v2ser.train import ExperimentConfig, plan_runs, sweep_run, train_run
@@ -96,6 +122,8 @@ def child(mode: str, store: str, epochs: int, threads: int | None, cache_mode: s
 def time_steps(problems: list[str], repeats: int = 20) -> dict[str, float]:
     """Median milliseconds of one sweep training step per problem shape (no store, no input)."""
     bootstrap_w2v2ser()
+    _select_dropout()
+    import w2v2ser.train  # noqa: F401 -- before TensorFlow, so its oneDNN choice applies as in a run
     import numpy as np
     import keras
     import tensorflow as tf
@@ -142,16 +170,20 @@ def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare_onednn(args: argparse.Namespace) -> None:
-    """Every mode of every problem, and the step alone, with oneDNN off and on in alternation."""
-    settings = {"off": "0", "on": "1"}
+def compare(args: argparse.Namespace, name: str, settings: dict[str, dict[str, str]], what: str) -> None:
+    """Every mode of every problem, and the step alone, under each of two environments in alternation.
+
+    ``settings``: label -> environment variables (two labels; the ratio is first / second).
+    """
+    first, second = settings
 
     def alternating(rep: int) -> list[str]:  # which setting runs first flips every repetition
-        return ["off", "on"] if rep % 2 == 0 else ["on", "off"]
+        return [first, second] if rep % 2 == 0 else [second, first]
 
-    envs = {k: dict(os.environ, TF_ENABLE_ONEDNN_OPTS=v) for k, v in settings.items()}
+    envs = {k: dict(os.environ, **v) for k, v in settings.items()}
     scratch = tempfile.mkdtemp(prefix="bench_sweep_steps_")  # the step children's own result files
-    rows, payload = [], {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]), "runs": {}}
+    rows, payload = [], {"command": command_line(), "machine": machine_info(["tensorflow", "keras"]),
+                         "settings": settings, "runs": {}}
     for problem in args.problems.split(","):
         store = build(Path(args.cache), problem, args.tiny_utterances if problem == "tiny" else args.base_utterances)
         steps: dict[str, list[float]] = {k: [] for k in settings}
@@ -160,26 +192,31 @@ def compare_onednn(args: argparse.Namespace) -> None:
                 out = subprocess.run([sys.executable, __file__, "--steps", "--problems", problem, "--out", scratch],
                                      capture_output=True, text=True, env=envs[key], check=True).stdout
                 steps[key].append(float(re.search(r"([\d.]+) ms per step", out).group(1)))
-        runs = {"steps_ms": steps}
-        for mode in ["single", "sweep"] + (["all"] if problem != "tiny" else []):
+        runs: dict[str, Any] = {"steps_ms": steps}
+        for mode in ["single", "sweep"] + (["all"] if problem != "tiny" and args.all_mode else []):
             runs[mode] = {k: [] for k in settings}
             for rep in range(args.repeats):
                 for key in alternating(rep):
                     r = measure(mode, store, args.epochs, args.threads, args.cache_mode, env=envs[key])
                     runs[mode][key].append(r)
-                    print(f"{problem} {mode} oneDNN {key}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
+                    print(f"{problem} {mode} {what} {key}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
         payload["runs"][problem] = runs
         best = {k: min(steps[k]) for k in settings}
-        rows.append([problem, "step", f"{best['off']:.1f} ms", f"{best['on']:.1f} ms", f"{best['off'] / best['on']:.2f}",
-                     "", ""])
+        rows.append([problem, "step", f"{best[first]:.1f} ms", f"{best[second]:.1f} ms",
+                     f"{best[first] / best[second]:.2f}", "", ""])
         for mode in [m for m in runs if m != "steps_ms"]:
             w = {k: min(r["wall_s"] for r in runs[mode][k]) for k in settings}
             m = {k: max(r["peak_rss_mb"] for r in runs[mode][k]) for k in settings}
-            rows.append([problem, mode, f"{w['off']:.1f} s", f"{w['on']:.1f} s", f"{w['off'] / w['on']:.2f}",
-                         f"{m['off']:.0f}", f"{m['on']:.0f}"])
-    table = format_table(["problem", "mode", "oneDNN off", "oneDNN on", "off / on", "peak MB off", "peak MB on"], rows)
+            rows.append([problem, mode, f"{w[first]:.1f} s", f"{w[second]:.1f} s", f"{w[first] / w[second]:.2f}",
+                         f"{m[first]:.0f}", f"{m[second]:.0f}"])
+        for key in settings:
+            ratio = min(r["wall_s"] for r in runs["sweep"][key]) / min(r["wall_s"] for r in runs["single"][key])
+            payload["runs"][problem][f"sweep_over_single_{key}"] = ratio
+            rows.append([problem, f"sweep / single, {key}", "", "", f"{ratio:.2f}", "", ""])
+    table = format_table(["problem", "mode", f"{what} {first}", f"{what} {second}", f"{first} / {second}",
+                          f"peak MB {first}", f"peak MB {second}"], rows)
     print(table)
-    write_results("bench_sweep_onednn", payload, table, out=args.out,
+    write_results(name, payload, table, out=args.out,
                   headline="; ".join(f"{r[0]} {r[1]} {r[4]}x" for r in rows),
                   notes=[f"{args.repeats} runs per setting, alternating; best wall time, highest peak; "
                          f"{args.epochs} epochs, cache {args.cache_mode}"])
@@ -198,6 +235,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
     parser.add_argument("--steps", action="store_true", help="time only the sweep's training step per shape")
     parser.add_argument("--onednn", action="store_true", help="every mode with oneDNN off and on (alternating)")
+    parser.add_argument("--dropout", action="store_true",
+                        help="step, single and sweep with per-probe and shared dropout masks (alternating)")
+    parser.add_argument("--no-all", dest="all_mode", action="store_false",
+                        help="with --onednn/--dropout: leave out the :all run")
     parser.add_argument("--child")
     parser.add_argument("--store")
     parser.add_argument("--cache-mode", default="off", choices=["off", "auto"],
@@ -208,7 +249,11 @@ def main() -> None:
     if args.quick:
         args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
     if args.onednn:
-        return compare_onednn(args)
+        return compare(args, "bench_sweep_onednn", {"off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+                                                    "on": {"TF_ENABLE_ONEDNN_OPTS": "1"}}, "oneDNN")
+    if args.dropout:
+        return compare(args, "bench_sweep_dropout", {"per-probe": {"BENCH_SWEEP_PER_PROBE_MASKS": "1"},
+                                                     "shared": {"BENCH_SWEEP_PER_PROBE_MASKS": "0"}}, "masks")
     if args.steps:
         problems = args.problems.split(",")
         ms = time_steps(problems)

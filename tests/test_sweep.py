@@ -211,11 +211,15 @@ def test_sweep_command_line(peaked: tuple, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sweep_matches_separate_runs_within_seed_noise(tmp_path: Path) -> None:
-    """Same UAR as `w2v2ser train` on each layer alone and on :all, over 5 seeds (Welch t-test)."""
+    """Same UAR as `w2v2ser train` on each layer alone and on :all, over 10 seeds (Welch t-test).
+
+    Layer 1's weak signal gives a per-seed std of about 0.1: with 5 seeds one outlying seed
+    (0.69 against 0.29-0.53) moved the mean difference to the 0.1 bound (0.098 with one
+    dropout mask per probe, 0.101 with the shared one; 0.056 over 10 seeds)."""
     from scipy.stats import ttest_ind
 
     store = _store(tmp_path / "graded.zarr", [0.0, 0.1, 0.25, 1.0], per_actor=10)
-    seeds = 5
+    seeds = 10
     config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=seeds, recipe_overrides=FAST)
     summary = sweep_experiment(config, out=tmp_path / "sweep", progress=False)
     swept = {f"wav2vec2:{r['layer']}": r["uar_per_run"] for r in summary["per_layer"]}

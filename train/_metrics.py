@@ -83,5 +83,6 @@ def format_uar(results: Mapping[str, Any]) -> str:
     std = float(np.std(values)) if std is None and values else std
     if mean is None:
         return "UAR n/a (no finished run)"
-    what = "seeds, folds pooled" if scoring == POOLED else "runs"
-    return f"UAR {100 * mean:.1f} ± {100 * (std or 0.0):.1f} (n={len(values)} {what})"
+    what = ("seed" if scoring == POOLED else "run") + ("" if len(values) == 1 else "s")
+    pooled = ", folds pooled" if scoring == POOLED else ""
+    return f"UAR {100 * mean:.1f} ± {100 * (std or 0.0):.1f} (n={len(values)} {what}{pooled})"

@@ -169,7 +169,7 @@ class _SweepHeads:
 
         One mask serves all L probes (common random numbers). The probes share no weights, so
         each probe's own draws are still independent Bernoulli, as in a run on its layer alone;
-        drawing one mask instead of L took a fifth of the tiny sweep's step (bench_sweep --dropout).
+        L masks took a quarter of the tiny sweep's step (bench_sweep.py --dropout).
         """
         import tensorflow as tf
 

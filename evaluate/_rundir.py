@@ -254,9 +254,10 @@ def read_run_dir(run_dir: Path) -> RunSummary:
     skipped, _ = _load_json(run_dir / "skipped.json")
     if skipped is not None:
         reason = skipped.get("reason", "no reason recorded") if isinstance(skipped, Mapping) else str(skipped)
-        desc = _describe({**experiment, **(skipped if isinstance(skipped, Mapping) else {})}, experiment)
-        return RunSummary(path=run_dir, status="skipped", reason=str(reason), experiment=experiment,
-                          runs_finished=finished, **desc)
+        # `w2v2ser run` writes the experiment's settings and its stores' model ids into skipped.json
+        merged = {**experiment, **(skipped if isinstance(skipped, Mapping) else {})}
+        return RunSummary(path=run_dir, status="skipped", reason=str(reason), experiment=merged,
+                          runs_finished=finished, **_describe(merged, merged))
     results, res_problem = _load_json(run_dir / "results.json")
     if not isinstance(results, Mapping):
         reason = res_problem or "results.json is not a JSON object"

@@ -76,8 +76,16 @@ def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path)
     assert not native, native
     for noise in ("oneDNN", "cpu_feature_guard", "absl::InitializeLog", "Memory patch applied"):
         assert noise not in output
-    assert (tmp_path / "out" / "reports" / "r" / "report.md").exists()
     assert (tmp_path / "out" / "experiments" / "tiny" / "toy" / "results.json").exists()  # TensorFlow ran
+
+    # The skipped rows are named by model, one row per model x selection with a column per corpus
+    # (not by run directory, one row per corpus), as the rows of a run that trained.
+    table = (tmp_path / "out" / "reports" / "r" / "report.md").read_text().split("## Run directories")[0]
+    rows = [line for line in table.splitlines() if "not-cached" in line]
+    assert len(rows) == 3 and not any("[" in row for row in rows), table
+    for model, selection in (("a", "all layers"), ("a", "local encoder"), ("b", "all layers")):
+        row = next(r for r in rows if f"| model-{model}-not-cached | {selection} |" in r)
+        assert row.count("skipped") == 2, row  # IEMOCAP and CSV
 
 
 def test_verbose_keeps_native_logs_and_filter_recognises_them() -> None:

@@ -253,9 +253,16 @@ def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[st
     return None
 
 
-def _mark_skipped(experiment: ExperimentSpec, reason: str) -> None:
+def _mark_skipped(config: PipelineConfig, experiment: ExperimentSpec, reason: str) -> None:
+    # The stores' extractor configs (their model ids) let the report name a skipped row by its
+    # model, as `w2v2ser train` records them for a run that trained.
+    identity = {alias: {"path": experiment.config["stores"][alias],
+                        "features": {name: {"config": options}
+                                     for name, options in config.stores[store].feature_dicts().items()}}
+                for alias, store in experiment.stores.items()}
     _write_json(experiment.run_dir / "skipped.json",
-                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **experiment.config})
+                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **experiment.config,
+                 "stores_identity": identity})
 
 
 def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
@@ -308,7 +315,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         skip = _skip_reason(config, experiment)
         if skip:
             reasons.skip(f"train {experiment.name}", *skip)
-            _mark_skipped(experiment, skip[0])
+            _mark_skipped(config, experiment, skip[0])
             outcome.skipped.append(experiment.name)
             continue
         try:

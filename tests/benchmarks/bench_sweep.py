@@ -26,8 +26,8 @@ when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 turns them on where TensorFlow would not (w2v2ser._common.prefer_onednn).
 
 ``--dropout`` runs the step, the single-layer run and the sweep with one dropout mask per probe
-(the sweep before it shared one mask between its probes; ``BENCH_SWEEP_PER_PROBE_MASKS=1``) and
-with the shipped shared mask, alternating, and writes ``bench_sweep_dropout``.
+(as the sweep drew them until 9970cc9; ``BENCH_SWEEP_PER_PROBE_MASKS=1``) and with the shipped
+mask shared by all probes, alternating, and writes ``bench_sweep_dropout``.
 
 ``--steps`` times only the sweep's training step instead (forward, backward and Adam of all
 L + 1 heads on one synthetic batch of 32 utterances x 200 frames, median of 20 after 2 warm-up
@@ -70,7 +70,7 @@ def build(cache: Path, problem: str, utterances: int) -> Path:
 
 
 def _per_probe_dropout(self, h, training):  # type: ignore[no-untyped-def]
-    """The sweep's probe dropout until its probes shared one mask: an independent mask for each probe."""
+    """The sweep's probe dropout until 9970cc9: an independent mask for each probe."""
     import tensorflow as tf
 
     if not training or self.dropout == 0:

@@ -524,17 +524,13 @@ def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]
         "per_layer": [{"layer": k, **row(_layer_dir(k))} for k in layers],
         "weighted_average": {**row(ALL_LAYERS_DIR), "layer_weights_mean": np.mean(norm, axis=0).tolist() if norm else [],
                              "layer_weights_std": np.std(norm, axis=0).tolist() if norm else []},
-        # by the figure the report shows (folds pooled per seed when there are several folds)
-        "best_layer": layers[int(np.argmax([_headline_mean(per_head[_layer_dir(k)]) for k in layers]))],
+        # by the figure the report shows (folds pooled per seed when there are several folds);
+        # summarize_runs always writes both means, so headline_uar's mean is never None here
+        "best_layer": layers[int(np.argmax([headline_uar(per_head[_layer_dir(k)])[1] for k in layers]))],
         "uar_definition": per_head[ALL_LAYERS_DIR]["uar_definition"],
     }
     _write_json(out / "sweep.json", summary)
     return summary
-
-
-def _headline_mean(results: Mapping[str, Any]) -> float:
-    values, mean, _, _ = headline_uar(results)
-    return float(mean) if mean is not None else float(np.mean(values))
 
 
 def describe_sweep(summary: Mapping[str, Any]) -> str:

@@ -218,3 +218,38 @@ def test_fusion_head_on_arrays():
 def test_stage2_never_imports_torch():
     code = "import sys, w2v2ser.train, w2v2ser.store; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent).returncode == 0
+
+
+# ----------------------------------------------------------------------------- protocol of a store
+def test_protocol_of_corpora_takes_the_single_known_corpus():
+    from w2v2ser.train import protocol_of_corpora
+
+    assert [protocol_of_corpora([c], store="s") for c in ("ravdess", "iemocap", "csv")] == ["ravdess", "iemocap", "csv"]
+    for corpora, shown in ((["csv", "ravdess"], r"\['csv', 'ravdess'\]"), ([], "not recorded"),
+                           (["emodb"], r"\['emodb'\]")):
+        with pytest.raises(ProtocolError, match=f"store s: its corpus is {shown}.*pass --protocol"):
+            protocol_of_corpora(corpora, store="s")
+
+
+def test_ravdess_protocol_on_speakers_without_actors_23_24_names_them():
+    from stage2_fixtures import iemocap_utterances
+
+    with pytest.raises(ProtocolError, match=r"test speakers from actors 23-24.*'Ses01F'.*--protocol iemocap"):
+        get_protocol("ravdess").make_folds(iemocap_utterances(), 5)
+
+
+def test_train_command_takes_the_protocol_of_the_store(tmp_path, capsys):
+    """An IEMOCAP store trains leave-one-session-out without --protocol; --protocol ravdess is a clear error."""
+    import json
+
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "iemocap.zarr", corpus="iemocap", layers=2, dim=4)
+    common = ["train", str(path), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert sorted({r["fold"] for r in results["runs"]}) == [f"session{k}" for k in range(1, 6)]
+    assert "/ iemocap: UAR" in capsys.readouterr().out
+    assert main([*common, "--protocol", "ravdess", "--out", str(tmp_path / "wrong")]) == 2
+    assert "ravdess protocol takes its test speakers from actors 23-24" in capsys.readouterr().err

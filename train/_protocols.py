@@ -24,7 +24,8 @@ import numpy as np
 
 from ._errors import ConfigError, ProtocolError
 
-__all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances"]
+__all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
+           "protocol_of_corpora"]
 
 log = logging.getLogger("w2v2ser.train")
 
@@ -104,12 +105,39 @@ def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     code = {s: 0 if n in (23, 24) else 1 if n in (21, 22) else -1 if 1 <= n <= 20 else -2
             for s, n in ((s, _actor_number(s)) for s in speakers)}
     used = [s for s in speakers if code[s] != -2]  # actors beyond 24 belong to no partition
+    for part, codes, actors in (("test", {0}, "23-24"), ("validation", {1}, "21-22"), ("train", {-1}, "1-20")):
+        if not any(code[s] in codes for s in used):
+            raise ProtocolError(
+                f"the ravdess protocol takes its {part} speakers from actors {actors} (train 1-20, validation "
+                f"21-22, test 23-24), but the store has none of them; its {len(speakers)} speakers are "
+                f"{_sample(speakers)}. Extract the whole RAVDESS corpus, or pick the protocol of the store's "
+                f"corpus (--protocol iemocap or csv; w2v2ser train picks it from the store when --protocol is "
+                f"not given)")
     from sklearn.model_selection import PredefinedSplit  # on first use: importing stage 2 stays cheap
 
     (_, test), (_, val) = PredefinedSplit([code[s] for s in used]).split()
     held = set(test) | set(val)
     return [Fold("split", tuple(s for i, s in enumerate(used) if i not in held),
                  tuple(used[i] for i in val), tuple(used[i] for i in test))]
+
+
+def _sample(names: Sequence[str], limit: int = 6) -> str:
+    """A short list of names for an error message."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+
+
+def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
+    """The protocol of a store's corpus (its ``corpus`` attribute: ravdess, iemocap or csv).
+
+    Raises:
+        ProtocolError: the store holds several corpora, or one without a protocol.
+    """
+    found = sorted(set(corpora))
+    if len(found) == 1 and found[0] in PROTOCOLS:
+        return found[0]
+    raise ProtocolError(f"cannot tell the protocol of store {store}: its corpus is {found or 'not recorded'}, "
+                        f"expected one of {sorted(PROTOCOLS)}; pass --protocol (ravdess, iemocap or csv)")
 
 
 def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: Sequence[str]) -> list[Fold]:

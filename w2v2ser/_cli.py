@@ -21,6 +21,7 @@ UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint and credentials from "
               "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
               "W2V2SER_STORAGE_OPTIONS)")
+PROTOCOL_HELP = "evaluation protocol (default: the store's corpus, as recorded at extraction)"
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -187,6 +188,15 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         values["recipe_overrides"] = overrides
 
 
+def _default_protocol(values: dict[str, Any], store: str) -> None:
+    """Without --protocol (or --set protocol=...), use the protocol of the store's corpus."""
+    if values.get("protocol") is None:
+        from w2v2ser.store import open_store
+        from w2v2ser.train import protocol_of_corpora
+
+        values["protocol"] = protocol_of_corpora(open_store(store).attrs.get("corpus", []), store=store)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
 
@@ -203,9 +213,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.fusion_features:
         values["fusion_features"] = args.fusion_features
     _apply_settings(values, args.set)
+    _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
-    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe}: {format_uar(results)} -> "
+    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe} / {config.protocol}: {format_uar(results)} -> "
           f"{args.out}/results.json")
     return 0
 
@@ -216,6 +227,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
                               "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
     _apply_settings(values, args.set)
+    _default_protocol(values, args.store)
     upstreams = [f.strip() for f in args.features.split(",") if f.strip()]
     for upstream in upstreams:
         out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
@@ -326,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
     train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense")
     train.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
-    train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], default="ravdess")
+    train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
     train.add_argument("--recipe", choices=["paper", "official"], default="paper")
     train.add_argument("--seeds", type=int, default=5)
     train.add_argument("--out", required=True, help="run directory")
@@ -346,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "FEATURE:A-B sweeps layers A..B only")
     sweep.add_argument("--head", default="dense", help="only dense (the paper's probe)")
     sweep.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
-    sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], default="ravdess")
+    sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
     sweep.add_argument("--recipe", choices=["paper", "official"], default="paper")
     sweep.add_argument("--seeds", type=int, default=5)
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")

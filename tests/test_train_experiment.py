@@ -115,3 +115,19 @@ def test_runs_are_repeatable_beside_threads_that_draw_random_numbers(rav, tmp_pa
         train_run(cfg, spec, out=tmp_path / "beside")
     read = lambda name: (tmp_path / name / "runs" / spec.name / "predictions.csv").read_text()  # noqa: E731
     assert read("alone") == read("beside")
+
+
+def test_training_another_configuration_into_the_same_folder_says_so(rav, tmp_path, caplog):
+    import logging
+
+    cfg = ExperimentConfig(stores=rav, features="egemaps", **FAST)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        train_experiment(cfg, out=tmp_path, progress=False)
+        train_experiment(cfg, out=tmp_path, progress=False)  # the same configuration: nothing to say
+        assert "another configuration" not in caplog.text
+        changed = ExperimentConfig.from_dict({**cfg.to_dict(), "dropout": 0.1, "workers": 1})
+        train_experiment(changed, out=tmp_path, progress=False)
+    (record,) = [r for r in caplog.records if "another configuration" in r.getMessage()]
+    message = record.getMessage()
+    assert f"{tmp_path} holds runs of another configuration (dropout {cfg.dropout!r} -> 0.1)" in message
+    assert "workers" not in message and "another output folder" in message

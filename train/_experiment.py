@@ -30,7 +30,7 @@ import numpy as np
 
 from w2v2ser._common import publish_directory, write_atomically
 
-from ._config import ExperimentConfig
+from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, share_memory_budget
 from ._errors import DataError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
@@ -200,6 +200,22 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
     keras.utils.set_random_seed(run_spec.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
+    """Say so when ``out`` holds runs of another configuration: the new runs replace them."""
+    try:
+        old = json.loads((out / "experiment.json").read_text())
+    except (OSError, ValueError):
+        return
+    key = config.config_key()
+    if old.get("config_key") in (None, key):
+        return
+    changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
+               if k not in RUNTIME_FIELDS + SEED_FIELDS and old.get(k) != v]
+    log.warning("%s holds runs of another configuration (%s); each run trained now replaces the old run of "
+                "the same fold and seed. Give another output folder to keep them.", out,
+                "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 
 def _complete(run_dir: Path, key: str, fingerprint: str) -> dict[str, Any] | None:
@@ -462,6 +478,7 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_runs(config)
     stores = _open_stores(config)
+    _warn_if_replacing(out, config)
     _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
                                           "stores_identity": _store_identities(config, stores)})
     for i, spec in enumerate(specs, 1):

@@ -23,7 +23,7 @@ from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
 from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir
-from ._sweep import expand_sweep_dirs
+from ._sweep import expand_sweep_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
 
@@ -49,10 +49,14 @@ def _slug(text: str) -> str:
 
 
 def _unique_names(runs: Sequence[RunSummary]) -> list[str]:
-    """Short, unique labels for run directories (last path parts, as many as needed)."""
+    """Short, unique labels for run directories (last path parts, as many as needed).
+
+    A sweep's weighted-average head keeps its sweep folder's name (``sweep/all``, not ``all``).
+    """
+    least = [2 if is_sweep_dir(run.path.parent) else 1 for run in runs]
     depth = 1
     while True:
-        names = ["/".join(run.path.resolve().parts[-depth:]) for run in runs]
+        names = ["/".join(run.path.resolve().parts[-max(depth, low):]) for run, low in zip(runs, least)]
         if len(set(names)) == len(names) or depth >= max(len(r.path.resolve().parts) for r in runs):
             break
         depth += 1

@@ -88,6 +88,8 @@ def test_report_plots_the_sweep_and_the_layer_weights(peaked: tuple, tmp_path: P
     (line,) = data["layer_sweep"]["series"]
     assert line["layers"] == list(range(6)) and len(line["uar_std"]) == 6 and line["n"] == [2] * 6
     assert np.argmax(line["uar_mean"]) == 4
+    (entry,) = data["runs"]  # the weighted-average head, named with its sweep folder
+    assert entry["name"] == f"{out.name}/all" and f"| {out.name}/all | complete |" in text
 
 
 def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) -> None:

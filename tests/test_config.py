@@ -111,6 +111,14 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
         (lambda d: d["extraction"]["stores"]["classic"]["features"].update(mfcc={}),
          "extraction.stores.classic.features.mfcc"),
         (lambda d: d.update(reports={"r": {"experiments": ["t2/*"]}}), "matches no experiment"),
+        # A recipe key beside recipe_overrides, as `w2v2ser train --set max_epochs=3` takes it.
+        (lambda d: d["experiments"]["t1"].update(max_epochs=3),
+         "experiments.t1.max_epochs: unknown key. Did you mean 'experiments.t1.recipe_overrides.max_epochs'?"),
+        (lambda d: d["experiments"]["t1"].update(recipe_overrides={"learning_rat": 1e-4}),
+         "experiments.t1.recipe_overrides.learning_rat: unknown key. Did you mean "
+         "'experiments.t1.recipe_overrides.learning_rate'?"),
+        (lambda d: d["experiments"]["t1"].update(recipe_overrides={"patience": -1}),
+         "experiments.t1.recipe_overrides.patience"),
     ],
 )
 def test_invalid_files_name_the_key(tmp_path: Path, mutate, fragment: str) -> None:

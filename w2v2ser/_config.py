@@ -196,16 +196,19 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
         shard_size=(Annotated[int, Field(ge=1)], 16),
         stores=(Annotated[dict[_StoreName, store], Field(min_length=1)], ...))
     if experiments:
-        from w2v2ser.train import ExperimentConfig
+        from w2v2ser.train import ExperimentConfig, Recipe
 
+        recipe = dataclass_model(Recipe, drop=("name",), optional=True, name="RecipeOverrides")
         grid = create_model("Grid", __doc__="Experiment key -> list of values (cartesian product).",
                             __base__=dataclass_model(ExperimentConfig, drop=("stores",), as_lists=True,
                                                      name="GridAxes"),
-                            corpus=(Optional[Annotated[list[str], Field(min_length=1)]], None))
+                            corpus=(Optional[Annotated[list[str], Field(min_length=1)]], None),
+                            recipe_overrides=(Optional[Annotated[list[recipe], Field(min_length=1)]], None))
         experiment = create_model("Experiment", __doc__="Experiment settings (w2v2ser.train.ExperimentConfig).",
                                   __base__=dataclass_model(ExperimentConfig, drop=("stores",), optional=True,
                                                            name="ExperimentSettings"),
                                   corpus=(Optional[str], None), grid=(Optional[grid], None),
+                                  recipe_overrides=(Optional[recipe], None),
                                   sweep=(bool, Field(False, description="a layer sweep: a Dense probe per layer "
                                                      "of features plus the weighted average (w2v2ser sweep)")))
         experiment_section: Any = Optional[dict[str, experiment]]

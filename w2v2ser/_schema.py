@@ -165,8 +165,14 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     """(what was expected, what was received, hint) of one pydantic error; expected "" = free text."""
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
-        allowed = sorted({k for node in _schema_at(schema, loc[:-1]) for k in node.get("properties", {})})
-        hint = did_you_mean(loc[-1], allowed)
+        nodes = _schema_at(schema, loc[:-1])
+        allowed = sorted({k for node in nodes for k in node.get("properties", {})})
+        # A key of a mapping one level down (max_epochs beside recipe_overrides) beats a spelling guess.
+        inside = sorted({name for node in nodes for name, child in node.get("properties", {}).items()
+                         if any(loc[-1] in c.get("properties", {}) for c in _children(child, schema))
+                         or any(loc[-1] in c.get("properties", {}) for n in _children(child, schema)
+                                if "items" in n for c in _children(n["items"], schema))})
+        hint = f" Did you mean '{inside[0]}.{loc[-1]}'?" if inside else did_you_mean(loc[-1], allowed)
         if loc[:-1] or where:  # name the full key path, as the file would be written
             hint = hint.replace("mean '", f"mean '{_path(where, loc[:-1])}.")
         return "", "unknown key.", f"{hint} Valid keys here: {', '.join(allowed)}."

@@ -253,3 +253,18 @@ def test_train_command_takes_the_protocol_of_the_store(tmp_path, capsys):
     assert "/ iemocap: UAR" in capsys.readouterr().out
     assert main([*common, "--protocol", "ravdess", "--out", str(tmp_path / "wrong")]) == 2
     assert "ravdess protocol takes its test speakers from actors 23-24" in capsys.readouterr().err
+
+
+def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path, capsys):
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=1), layers=2, dim=4)
+    for command in ("train", "sweep"):
+        features = "egemaps" if command == "train" else "wav2vec2"
+        code = main([command, str(path), "--features", features, "--set", "max_epoch=3", "--out", str(tmp_path / "x")])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "--set 'max_epoch=3': unknown key 'max_epoch'. Did you mean 'max_epochs'?" in err
+        assert "learning_rate" in err and "units" in err  # both kinds of key are listed
+    assert not (tmp_path / "x").exists()

@@ -174,16 +174,20 @@ def _cmd_store_upgrade(args: argparse.Namespace) -> int:
 
 def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
     """``--set KEY=VALUE``: recipe keys go to ``recipe_overrides``, the rest are experiment keys."""
-    from w2v2ser.train import Recipe
+    from w2v2ser._common import ConfigError, did_you_mean
+    from w2v2ser.train import ExperimentConfig, Recipe
 
+    recipe_keys = set(Recipe.__dataclass_fields__) - {"name"}
+    known = sorted(recipe_keys | set(ExperimentConfig.__dataclass_fields__) - {"stores", "recipe_overrides"})
     overrides: dict[str, Any] = {}
     for text in settings:
         key, sep, raw = text.partition("=")
         if not sep:
-            from w2v2ser._common import ConfigError
-
             raise ConfigError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
-        (overrides if key in Recipe.__dataclass_fields__ else values)[key] = yaml.safe_load(raw)
+        if key not in known:  # recipe and experiment keys together, as --set takes them
+            raise ConfigError(f"--set {text!r}: unknown key {key!r}.{did_you_mean(key, known)} "
+                              f"Valid keys: {', '.join(known)}.")
+        (overrides if key in recipe_keys else values)[key] = yaml.safe_load(raw)
     if overrides:
         values["recipe_overrides"] = overrides
 

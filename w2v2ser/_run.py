@@ -41,7 +41,12 @@ STAGES = ("extract", "train", "evaluate")
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # tqdm.write takes tqdm's lock and lifts any progress bar off the line: stores extracting side by
+    # side (threads) no longer run their lines together with each other or with a bar.
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _write_json(path: Path, data: Any) -> None:

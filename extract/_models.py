@@ -308,12 +308,19 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
         model = model_class(source.hf_config)
         _load_fairseq_weights(model, Path(source.path))
     else:
+        # transformers' "Loading weights" bar is noise beside w2v2ser's own progress (and it ignored
+        # --no-progress); the files are local by now, so no download bar is lost.
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()
         try:
             model, info = model_class.from_pretrained(
                 source.path, dtype=torch.float32, attn_implementation=implementation, output_loading_info=True
             )
         except (OSError, ValueError, RuntimeError) as error:
             raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}") from error
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         missing = sorted(k for k in info.get("missing_keys", ()) if not _IGNORABLE_KEYS.match(k))
         # Task heads outside the encoder (a CTC lm_head, pre-training quantizer and projections)
         # are not part of the hidden states; unexpected weights inside the encoder are.

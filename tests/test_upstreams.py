@@ -205,8 +205,9 @@ def test_compile_gives_the_same_states(model_dirs) -> None:
         assert np.abs(a - b).max() < BATCH_TOLERANCE
 
 
-def test_cli_extracts_two_upstreams_into_one_store_under_their_names(model_dirs, tmp_path) -> None:
-    """`--features hubert --model DIR`, then wavlm into the same store; both read back as written."""
+def test_cli_extracts_two_upstreams_into_one_store_under_their_names(model_dirs, tmp_path, capfd) -> None:
+    """`--features hubert --model DIR`, then wavlm into the same store; both read back as written.
+    With --no-progress no progress bar shows, transformers' "Loading weights" included."""
     import soundfile as sf
 
     from w2v2ser._cli import main
@@ -225,6 +226,7 @@ def test_cli_extracts_two_upstreams_into_one_store_under_their_names(model_dirs,
         code = main(["extract", "csv", str(manifest), "--store", str(store_path), "--features", family,
                      "--model", str(model_dirs[variant]), "--device", "cpu", "--no-progress"])
         assert code == 0
+    assert "Loading weights" not in capfd.readouterr().err
     store = open_store(store_path)
     assert {"hubert", "wavlm"} <= set(store.features)
     assert store.features["wavlm"].config["upstream"]["family"] == "wavlm"

@@ -104,6 +104,9 @@ def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) 
         sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", head="lstm"), out=tmp_path / "x")
     with pytest.raises(SelectionError, match="several layers"):
         sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2:2"), out=tmp_path / "y")
+    classic = build_store(tmp_path / "classic.zarr", utterances=ravdess_utterances(per_actor=1), features=("egemaps",))
+    with pytest.raises(SelectionError, match="several layers; 'egemaps' resolves to no layer axis"):
+        sweep_experiment(ExperimentConfig(stores=str(classic), features="egemaps"), out=tmp_path / "z")
 
 
 def test_each_probe_is_the_dense_head_of_its_layer() -> None:

@@ -87,12 +87,17 @@ def sweep_configs(config: ExperimentConfig) -> dict[str, ExperimentConfig]:
     from ._errors import SelectionError
 
     base = _base_config(config)
-    data = _prepare(base)
-    sel = data.selections["main"]
+    try:
+        sel = _prepare(base).selections["main"]
+    except SelectionError:
+        if base is config:
+            raise
+        sel = _prepare(config).selections["main"]  # `egemaps`: say that it has no layers, not 'egemaps:all'
     if sel.layers is None or len(sel.layers) < 2:
         raise SelectionError(f"a layer sweep needs a feature with several layers; {config.features!r} resolves to "
                              f"{'no layer axis' if sel.layers is None else f'layer {sel.layers[0]} only'}; "
-                             f"name an upstream such as wav2vec2 or hubert")
+                             f"name an upstream such as wav2vec2 or hubert (train a feature without layers "
+                             f"with `w2v2ser train`)")
     prefix = f"{sel.alias}/" if parse_selection(base.features).alias else ""
     out = {_layer_dir(k): dataclasses.replace(base, features=f"{prefix}{sel.feature}:{k}") for k in sel.layers}
     out[ALL_LAYERS_DIR] = base

@@ -151,6 +151,10 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; expected a folder written by `w2v2ser train`.")
+    if (run_dir / "sweep.json").exists():
+        raise RunDirError(f"{run_dir} is a layer-sweep folder (`w2v2ser sweep`), and a sweep saves no models. "
+                          "To predict, train the selection you want with `w2v2ser train STORE --features "
+                          "UPSTREAM:N` (or UPSTREAM:all) and pass that run directory.")
     if (run_dir / "skipped.json").exists():
         reason = _read_json(run_dir / "skipped.json", what="the skip reason").get("reason", "?")
         raise RunDirError(f"{run_dir} holds a skipped experiment ({reason}); it has no model to predict with.")
@@ -166,6 +170,12 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
                               f"{available or '(none: training has not finished a run)'}.")
         available = [run]
     if not available:
+        metrics = [_read_json(m, what="a run's metrics") for m in run_dir.glob("runs/*/metrics.json")]
+        swept = any(isinstance(m, dict) and m.get("trained_by") == "sweep" for m in metrics)
+        if swept:
+            raise RunDirError(f"{run_dir} was trained by `w2v2ser sweep`, which saves no models. To predict with "
+                              f"{config.features!r}, train it with `w2v2ser train STORE --features "
+                              f"{config.features}` and pass that run directory.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
     branches = tuple(_Branch(name, config.store_alias(text), config.stores[config.store_alias(text)], text)

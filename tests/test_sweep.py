@@ -92,6 +92,19 @@ def test_report_plots_the_sweep_and_the_layer_weights(peaked: tuple, tmp_path: P
     assert entry["name"] == f"{out.name}/all" and f"| {out.name}/all | complete |" in text
 
 
+def test_predict_from_a_sweep_says_that_a_sweep_saves_no_models(peaked: tuple, tmp_path: Path, capsys) -> None:
+    from fixtures_audio import write_audio
+    from w2v2ser._cli import main
+
+    _, out, _ = peaked
+    audio = str(write_audio(tmp_path / "a.wav", duration=0.5))
+    assert main(["predict", str(out), audio]) == 2
+    assert "is a layer-sweep folder (`w2v2ser sweep`), and a sweep saves no models" in capsys.readouterr().err
+    assert main(["predict", str(out / "layer_01"), audio]) == 2
+    assert ("was trained by `w2v2ser sweep`, which saves no models. To predict with 'wav2vec2:1', train it with "
+            "`w2v2ser train STORE --features wav2vec2:1`") in capsys.readouterr().err
+
+
 def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) -> None:
     store, _, _ = peaked
     config = ExperimentConfig(stores=str(store), features="wav2vec2:3-5", seeds=1,

@@ -220,8 +220,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
-    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe} / {config.protocol}: {format_uar(results)} -> "
-          f"{args.out}/results.json")
+    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe} / {config.protocol}: "
+          f"{format_uar(results)} -> {args.out}/results.json")
     return 0
 
 

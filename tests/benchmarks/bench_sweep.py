@@ -25,6 +25,10 @@ when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``, alternating) and writes ``bench_sweep_onednn``: stage 2
 turns them on where TensorFlow would not (w2v2ser._common.prefer_onednn).
 
+``--allocator`` runs every mode with oneDNN's pooling allocator (TensorFlow's default with oneDNN
+on; it keeps freed memory for reuse) and with the system allocator
+(``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``), alternating, and writes ``bench_sweep_allocator``.
+
 ``--dropout`` runs the step, the single-layer run and the sweep with one dropout mask per probe
 (as the sweep drew them until 9970cc9; ``BENCH_SWEEP_PER_PROBE_MASKS=1``) and with the shipped
 mask shared by all probes, alternating, and writes ``bench_sweep_dropout``.
@@ -237,6 +241,9 @@ def main() -> None:
     parser.add_argument("--onednn", action="store_true", help="every mode with oneDNN off and on (alternating)")
     parser.add_argument("--dropout", action="store_true",
                         help="step, single and sweep with per-probe and shared dropout masks (alternating)")
+    parser.add_argument("--allocator", action="store_true",
+                        help="every mode with oneDNN's pool allocator (TensorFlow's default) and the system "
+                             "allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1), alternating")
     parser.add_argument("--no-all", dest="all_mode", action="store_false",
                         help="with --onednn/--dropout: leave out the :all run")
     parser.add_argument("--child")
@@ -251,6 +258,10 @@ def main() -> None:
     if args.onednn:
         return compare(args, "bench_sweep_onednn", {"off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
                                                     "on": {"TF_ENABLE_ONEDNN_OPTS": "1"}}, "oneDNN")
+    if args.allocator:
+        return compare(args, "bench_sweep_allocator", {"pool": {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0"},
+                                                       "system": {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}},
+                       "allocator")
     if args.dropout:
         return compare(args, "bench_sweep_dropout", {"per-probe": {"BENCH_SWEEP_PER_PROBE_MASKS": "1"},
                                                      "shared": {"BENCH_SWEEP_PER_PROBE_MASKS": "0"}}, "masks")

@@ -154,6 +154,13 @@ def _schema_at(schema: Mapping, loc: Sequence[Any]) -> list[Mapping]:
     return nodes
 
 
+def _keys_below(node: Mapping, schema: Mapping) -> set[str]:
+    """Keys of the mappings a property holds: its own, or those of the items of a list of mappings."""
+    nodes = _children(node, schema)
+    nodes += [c for n in nodes if "items" in n for c in _children(n["items"], schema)]
+    return {key for n in nodes for key in n.get("properties", {})}
+
+
 def _path(where: str, loc: Sequence[Any]) -> str:
     text = where
     for part in loc:
@@ -169,9 +176,7 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
         allowed = sorted({k for node in nodes for k in node.get("properties", {})})
         # A key of a mapping one level down (max_epochs beside recipe_overrides) beats a spelling guess.
         inside = sorted({name for node in nodes for name, child in node.get("properties", {}).items()
-                         if any(loc[-1] in c.get("properties", {}) for c in _children(child, schema))
-                         or any(loc[-1] in c.get("properties", {}) for n in _children(child, schema)
-                                if "items" in n for c in _children(n["items"], schema))})
+                         if loc[-1] in _keys_below(child, schema)})
         hint = f" Did you mean '{inside[0]}.{loc[-1]}'?" if inside else did_you_mean(loc[-1], allowed)
         if loc[:-1] or where:  # name the full key path, as the file would be written
             hint = hint.replace("mean '", f"mean '{_path(where, loc[:-1])}.")

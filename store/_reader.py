@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -482,6 +483,7 @@ class FeatureStore:
             "status": {s: status.count(s) for s in STATUSES},
             "speakers": len(self.speakers()),
             "failures": int(self._group["failures/id"].shape[0]),
+            "failure_reasons": [dataclasses.asdict(failure) for failure in self.list_failures()],
             "corpus": self.attrs.get("corpus"),
             "features": feats,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,19 @@ def test_opensmile_runs_in_a_worker_process_that_is_restarted_after_a_crash():
     np.testing.assert_array_equal(extractor.extract([audio])[0], first)
     assert extractor._worker.pid != worker.pid
     extractor.close()
+
+
+def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys):
+    from w2v2ser._cli import main
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "utterances  9: 7 done, 2 failed" in shown
+    assert "failures    2 (each reason below" in shown
+    assert f"  missing: Audio file {corpus[-1].path} does not exist" in shown
+    assert "  broken: Audio file " in shown
+    assert main(["store", "info", str(store), "--json"]) == 0
+    reasons = json.loads(capsys.readouterr().out)["failure_reasons"]
+    assert sorted((r["id"], r["path"]) for r in reasons) == [("broken", corpus[-2].path), ("missing", corpus[-1].path)]

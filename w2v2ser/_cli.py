@@ -123,6 +123,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0 if summary.complete else 1
 
 
+_SHOWN_FAILURES = 20
+
+
 def _cmd_store_info(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store
 
@@ -130,16 +133,24 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    print(f"store       {args.store}")
+    status = ", ".join(f"{count} {name}" for name, count in info["status"].items() if count)
+    print(f"store       {args.store} (format {info['format_version']}, written by w2v2ser {info['tool_version']})")
     print(f"complete    {info['complete']}")
-    print(f"utterances  {info['utterances']}")
+    print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
+    print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
-    failures = info["failures"]
-    print(f"failures    {failures if isinstance(failures, int) else len(failures)}")
     for name, feature in info["features"].items():
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"
-        print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s")
+        model = feature["config"].get("model")
+        print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
+              f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else ""))
+    failures = info["failure_reasons"]
+    print(f"failures    {len(failures)}" + (" (each reason below; all in --json)" if failures else ""))
+    for failure in failures[:_SHOWN_FAILURES]:
+        print(f"  {failure['id']}{' [' + failure['feature'] + ']' if failure['feature'] else ''}: {failure['reason']}")
+    if len(failures) > _SHOWN_FAILURES:
+        print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (`w2v2ser store info {args.store} --json`)")
     return 0
 
 

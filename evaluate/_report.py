@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,15 +50,24 @@ def _slug(text: str) -> str:
 
 
 def _unique_names(runs: Sequence[RunSummary]) -> list[str]:
-    """Short, unique labels for run directories (last path parts, as many as needed).
+    """Short, unique labels for run directories.
 
-    A sweep's weighted-average head keeps its sweep folder's name (``sweep/all``, not ``all``).
+    Several run directories are named by their paths below the deepest folder they share, so a
+    pipeline's runs read as its experiment names (``table1/ravdess/classic-egemaps``). Otherwise
+    the last path parts, as many as needed; a sweep's weighted-average head keeps its sweep
+    folder's name (``sweep/all``, not ``all``).
     """
+    paths = [run.path.resolve() for run in runs]
+    if len(paths) > 1:
+        root = Path(os.path.commonpath(paths))
+        names = [path.relative_to(root).as_posix() for path in paths]
+        if "." not in names and len(set(names)) == len(names):
+            return names
     least = [2 if is_sweep_dir(run.path.parent) else 1 for run in runs]
     depth = 1
     while True:
-        names = ["/".join(run.path.resolve().parts[-max(depth, low):]) for run, low in zip(runs, least)]
-        if len(set(names)) == len(names) or depth >= max(len(r.path.resolve().parts) for r in runs):
+        names = ["/".join(path.parts[-max(depth, low):]) for path, low in zip(paths, least)]
+        if len(set(names)) == len(names) or depth >= max(len(path.parts) for path in paths):
             break
         depth += 1
     seen: dict[str, int] = {}
@@ -227,8 +237,21 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": series},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
+    stale = _confusion_pngs(out / "report.json") - set(confusion_pngs)
     write_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
-    return write_atomically(out / "report.md", _markdown(data, runs))
+    report = write_atomically(out / "report.md", _markdown(data, runs))
+    for png in stale:  # the previous report's figures of runs no longer in it (or renamed)
+        (out / png).unlink(missing_ok=True)
+    return report
+
+
+def _confusion_pngs(report_json: Path) -> set[str]:
+    """Confusion figures a previous report in this folder wrote (none if there is none)."""
+    try:
+        entries = json.loads(report_json.read_text(encoding="utf-8"))["runs"]
+        return {Path(e["confusion_png"]).name for e in entries if e.get("confusion_png")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:

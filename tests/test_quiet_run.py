@@ -37,6 +37,7 @@ def _pipeline(folder: Path) -> Path:
             "a": {"features": {"wav2vec2": {"model": "w2v2ser-tests/model-a-not-cached"}}},
             "b": {"features": {"wav2vec2": {"model": "w2v2ser-tests/model-b-not-cached"}}},
             "classic": {"corpora": ["toy"], "features": {"spectrogram": {"hop_ms": 20.0}}},
+            "classic10": {"corpora": ["toy"], "features": {"spectrogram": {"hop_ms": 10.0}}},
         }},
         "experiments": {"t": {"grid": {"corpus": ["toy", "iemocap"],
                                        "features": ["a/wav2vec2:all", "a/wav2vec2:local", "b/wav2vec2:all"]},
@@ -71,6 +72,9 @@ def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path)
     assert output.count("Hugging Face hub http://127.0.0.1:9 cannot be reached") == 1, output  # probed once
     assert "Retrying" not in output and "Retry " not in output
     assert seconds < 120, f"{seconds:.0f} s: hub lookups were retried?"
+
+    # Stores extracted one after another report in that order: each one's end before the next's start.
+    assert output.index("extract classic on toy: 6 extracted") < output.index("extract classic10 on toy: 6 utterances")
 
     native = [line for line in output.splitlines() if is_native_log_line(line.encode())]
     assert not native, native

@@ -221,25 +221,30 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
         return outcome
     handle = cluster.get()
 
-    def extract(job: tuple) -> str:
+    def extract(job: tuple) -> bool:
+        # Each job reports its own end, so lines keep their order when jobs run one after another.
         label, path, utterances, extractors = job
         _say(f"extract {label}: {len(utterances)} utterances -> {path}")
-        summary = extract_corpus(utterances, path, extractors=extractors, shard_size=config.shard_size,
-                                 progress=True, client=handle.client, gpu_resource=handle.gpu_resource)
-        failed = f", {len(summary.failed)} failed utterance(s) recorded in the store" if summary.failed else ""
-        return (f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
-                f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
+        try:
+            summary = extract_corpus(utterances, path, extractors=extractors, shard_size=config.shard_size,
+                                     progress=True, client=handle.client, gpu_resource=handle.gpu_resource)
+        except W2v2serError as error:
+            _say(f"extract {label}: FAILED: {error}")
+            return False
+        failed = (f", {len(summary.failed)} failed utterance(s) recorded (`w2v2ser store info {path}` lists "
+                  f"them)" if summary.failed else "")
+        _say(f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
+             f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
+        return True
 
     # Stores run side by side on a cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap.
     parallel = handle.client is not None and len(jobs) > 1
     with ThreadPoolExecutor(max_workers=len(jobs) if parallel else 1) as pool:
         futures = [(job[0], pool.submit(extract, job)) for job in jobs]
         for label, future in futures:
-            try:
-                _say(future.result())
+            if future.result():
                 outcome.done += 1
-            except W2v2serError as error:
-                _say(f"extract {label}: FAILED: {error}")
+            else:
                 outcome.failed.append(label)
     return outcome
 

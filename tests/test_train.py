@@ -42,7 +42,8 @@ def test_resolve_selection_forms(store, text, layers, weighted):
 
 @pytest.mark.parametrize("text, fragment", [
     ("wav2vec2:13", "has 13 layers"), ("wav2vec2:4-20", "has 13 layers"), ("wav2vec2", "must say which"),
-    ("egemaps:3", "has no layers"), ("mfcc", "holds"), ("wav2vec2:8-4", "reversed")])
+    ("egemaps:3", "has no layers"), ("mfcc", "holds"), ("egemap", "Did you mean .egemaps."),
+    ("wav2vec2:8-4", "reversed")])
 def test_resolve_selection_errors(store, text, fragment):
     with pytest.raises(SelectionError, match=fragment):
         resolve_selection(text, specs=store.features, alias="main")

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from w2v2ser._common import did_you_mean
+
 from ._errors import SelectionError
 
 __all__ = ["Selection", "parse_selection", "resolve_selection", "ResolvedSelection", "VALID_FORMS"]
@@ -111,7 +113,7 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
     if sel.feature not in specs:
         raise SelectionError(
             f"feature {sel.feature!r} of selection {sel.text!r} is not in store {alias!r}; "
-            f"it holds {sorted(specs)} (extract it first or pick another store alias)")
+            f"it holds {sorted(specs)} (extract it first or pick another store alias).{did_you_mean(sel.feature, specs)}")
     spec = specs[sel.feature]
     n_layers = spec.layers
     pair = sel.feature in PAIR_AVERAGED

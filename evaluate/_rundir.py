@@ -313,6 +313,9 @@ def _describe(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[
     recipe = find_key(config, "recipe")
     if isinstance(recipe, Mapping):
         recipe = find_key(recipe, "name", "kind")
+    overrides = config.get("recipe_overrides")  # runs of one recipe with other settings are other rows
+    if recipe is not None and isinstance(overrides, Mapping) and overrides:
+        recipe = f"{recipe} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
     return {
         "corpus": _canonical_corpus(corpus),
         "features": _feature_text(config, model_ids) if config else "?",

@@ -22,7 +22,7 @@ def _write_json(path: Path, data: object) -> None:
 def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: object = "egemaps",
                  head: str = "dense", model: str | None = None, uars: tuple[float, ...] = (0.5, 0.6, 0.7),
                  alphas: bool = False, recipe: str = "official", normalisation: str = "speaker",
-                 seed: int = 0, pooled: tuple[float, ...] | None = None) -> Path:
+                 seed: int = 0, pooled: tuple[float, ...] | None = None, recipe_overrides: dict | None = None) -> Path:
     """A finished run directory: experiment.json, runs/*/metrics.json (+layer_weights.json), results.json."""
     rng = np.random.default_rng(seed)
     run_dir = root / name
@@ -32,7 +32,7 @@ def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: ob
                                          "config": {"model": model, "revision": None}}
     # ExperimentConfig.to_dict() fields + the identities train adds to experiment.json
     config = {"stores": {"main": store["path"]}, "features": features, "head": head, "norm": normalisation,
-              "protocol": corpus, "recipe": recipe, "seeds": len(uars)}
+              "protocol": corpus, "recipe": recipe, "recipe_overrides": recipe_overrides or {}, "seeds": len(uars)}
     _write_json(run_dir / "experiment.json", {**config, "config_key": "0" * 16,
                                               "stores_identity": {"main": store}})
     confusion = np.zeros((4, 4), dtype=int)
@@ -208,3 +208,14 @@ def test_runs_of_a_pipeline_are_named_below_their_common_folder(tmp_path: Path) 
     # the same folder, rewritten over one run: the other run's figure goes with it
     write_report([first], out=out)
     assert sorted(p.name for p in out.glob("confusion_*.png")) == ["confusion_classic-egemaps.png"]
+
+
+def test_runs_with_recipe_overrides_are_rows_of_their_own(tmp_path: Path) -> None:
+    plain = make_run_dir(tmp_path, "plain", features="classic/egemaps", recipe="paper")
+    patient = make_run_dir(tmp_path, "patient", features="classic/egemaps", recipe="paper",
+                           recipe_overrides={"patience": 30, "max_epochs": 200})
+    write_report([plain, patient], out=tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "| — | eGeMAPS | dense | speaker | paper | 60.0 ± 8.2 (n=3)" in md
+    assert "| — | eGeMAPS | dense | speaker | paper (max_epochs=200, patience=30) | 60.0 ± 8.2 (n=3)" in md
+    assert "[plain]" not in md and "[patient]" not in md  # told apart by their recipe, not by folder

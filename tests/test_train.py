@@ -254,6 +254,9 @@ def test_train_command_takes_the_protocol_of_the_store(tmp_path, capsys):
     assert "/ iemocap: UAR" in capsys.readouterr().out
     assert main([*common, "--protocol", "ravdess", "--out", str(tmp_path / "wrong")]) == 2
     assert "ravdess protocol takes its test speakers from actors 23-24" in capsys.readouterr().err
+    assert not (tmp_path / "wrong").exists()  # a refused command leaves no empty run folder to confuse reports
+    assert main(["sweep", str(path), "--features", "wav2vec2:9", "--out", str(tmp_path / "wrong")]) == 2
+    assert "has 2 layers" in capsys.readouterr().err and not (tmp_path / "wrong").exists()
 
 
 def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path, capsys):

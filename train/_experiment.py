@@ -475,10 +475,10 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     """
     _configure_threads(threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    specs = plan_runs(config)
+    specs = plan_runs(config)  # checks selections and protocol before any output folder is made
     stores = _open_stores(config)
     _warn_if_replacing(out, config)
+    out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
                                           "stores_identity": _store_identities(config, stores)})
     for i, spec in enumerate(specs, 1):

@@ -557,9 +557,9 @@ def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     """
     _configure_threads(threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     base = sweep_configs(config)[ALL_LAYERS_DIR]
-    specs = plan_runs(base)
+    specs = plan_runs(base)  # checks selections and protocol before any output folder is made
+    out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
         res = sweep_run(config, spec, out=out, threads=threads)

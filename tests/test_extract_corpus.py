@@ -239,7 +239,7 @@ def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys)
     assert main(["store", "info", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "utterances  9: 7 done, 2 failed" in shown
-    assert "failures    2 (each reason below" in shown
+    assert "failures    2 (reasons below)" in shown
     assert f"  missing: Audio file {corpus[-1].path} does not exist" in shown
     assert "  broken: Audio file " in shown
     assert main(["store", "info", str(store), "--json"]) == 0

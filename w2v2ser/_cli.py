@@ -71,6 +71,9 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return configs
 
 
+_SHOWN_FAILURES = 20  # failures printed by extract and store info; --json has them all
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
 
@@ -116,14 +119,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f"({summary.realtime_factor:.1f}x real time); {size}"
         f"{'complete' if summary.complete else 'INCOMPLETE'}"
     )
-    for utterance_id, path, reason in summary.failed[:20]:
+    for utterance_id, path, reason in summary.failed[:_SHOWN_FAILURES]:
         print(f"failed {utterance_id} ({path}): {reason}", file=sys.stderr)
-    if len(summary.failed) > 20:
-        print(f"... and {len(summary.failed) - 20} more; see `w2v2ser store info {store}`", file=sys.stderr)
+    if len(summary.failed) > _SHOWN_FAILURES:
+        print(f"... and {len(summary.failed) - _SHOWN_FAILURES} more; see `w2v2ser store info {store} --json`",
+              file=sys.stderr)
     return 0 if summary.complete else 1
-
-
-_SHOWN_FAILURES = 20
 
 
 def _cmd_store_info(args: argparse.Namespace) -> int:
@@ -146,7 +147,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
               f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else ""))
     failures = info["failure_reasons"]
-    print(f"failures    {len(failures)}" + (" (each reason below; all in --json)" if failures else ""))
+    print(f"failures    {len(failures)}" + (" (reasons below)" if failures else ""))
     for failure in failures[:_SHOWN_FAILURES]:
         print(f"  {failure['id']}{' [' + failure['feature'] + ']' if failure['feature'] else ''}: {failure['reason']}")
     if len(failures) > _SHOWN_FAILURES:

@@ -102,3 +102,18 @@ def test_verbose_keeps_native_logs_and_filter_recognises_them() -> None:
     assert not is_native_log_line(b"I0000 is not a log line")
     help_text = subprocess.run([*W2V2SER, "run", "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "--verbose" in help_text and "--schema" in help_text
+
+
+def test_training_before_extraction_names_each_missing_store_once(tmp_path: Path, capsys) -> None:
+    from w2v2ser._cli import main
+
+    pipeline = _pipeline(tmp_path)
+    extra = yaml.safe_load(pipeline.read_text())
+    extra["experiments"]["tiny_again"] = {**extra["experiments"]["tiny"], "units": 8}
+    pipeline.write_text(yaml.safe_dump(extra, sort_keys=False))
+    assert main(["run", str(pipeline), "--stage", "train"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("store 'classic' of corpus 'toy' has not been extracted") == 1, err
+    assert "train tiny_again/toy: FAILED (store 'classic' of corpus 'toy' is not extracted; reason above)" in err
+    assert "the same `w2v2ser run` command with --stage extract" in err
+    assert "is not a w2v2ser store" not in err

@@ -60,12 +60,12 @@ class _Reasons:
     def __init__(self, said: dict[str, str] | None = None) -> None:
         self.said: dict[str, str] = dict(said or {})  # reason -> topic
 
-    def skip(self, label: str, reason: str, topic: str) -> None:
+    def skip(self, label: str, reason: str, topic: str, *, outcome: str = "skipped") -> None:
         if reason in self.said:
-            _say(f"{label}: skipped ({self.said[reason]}; reason above)")
+            _say(f"{label}: {outcome} ({self.said[reason]}; reason above)")
         else:
             self.said[reason] = topic
-            _say(f"{label}: skipped, {reason}")
+            _say(f"{label}: {outcome}, {reason}")
 
 
 def _corpus_topic(corpus: str) -> str:
@@ -327,6 +327,16 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             reasons.skip(f"train {experiment.name}", *skip)
             _mark_skipped(config, experiment, skip[0])
             outcome.skipped.append(experiment.name)
+            continue
+        missing = [store for store in experiment.stores
+                   if not config.store_path(store, experiment.corpus).exists()]
+        if missing:
+            path = config.store_path(missing[0], experiment.corpus)
+            reasons.skip(f"train {experiment.name}", f"store {missing[0]!r} of corpus {experiment.corpus!r} has not "
+                         f"been extracted ({path} does not exist); run the extract stage first: the same "
+                         f"`w2v2ser run` command with --stage extract, or without --stage",
+                         f"store {missing[0]!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
+            outcome.failed.append(experiment.name)
             continue
         try:
             train_config, runs, pending = _prepare_experiment(experiment)

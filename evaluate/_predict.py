@@ -158,6 +158,15 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
     if (run_dir / "skipped.json").exists():
         reason = _read_json(run_dir / "skipped.json", what="the skip reason").get("reason", "?")
         raise RunDirError(f"{run_dir} holds a skipped experiment ({reason}); it has no model to predict with.")
+    if not (run_dir / "experiment.json").exists():  # a folder of run directories (runs/, experiments/)?
+        inside = sorted(found.parent.relative_to(run_dir).as_posix() for depth in ("*", "*/*", "*/*/*")
+                        for found in run_dir.glob(f"{depth}/experiment.json"))
+        trained = [name for name in inside if any((run_dir / name).glob("runs/*/model.keras"))]
+        inside = trained or inside  # a sweep's layer folders hold no models
+        if inside:
+            raise RunDirError(f"{run_dir} holds run directories, not one: {', '.join(inside[:10])}"
+                              f"{', ...' if len(inside) > 10 else ''}. Pass one of them, e.g. "
+                              f"{run_dir / inside[0]}.")
     experiment = _read_json(run_dir / "experiment.json", what="the experiment configuration")
     config = _experiment_config(experiment, run_dir / "experiment.json")
     results = None

@@ -114,6 +114,9 @@ def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], t
         predict_audio(tmp_path / "nothing", audio_files)
     with pytest.raises(PredictError, match="no audio paths"):
         predict_audio(trained, [])
+    # the folder above run directories: they are named, so the user can pick one
+    with pytest.raises(RunDirError, match=r"holds run directories, not one: run\. Pass one of them, e\.g\. .*run\."):
+        predict_audio(trained.parent, audio_files)
 
 
 def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:

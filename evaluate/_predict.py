@@ -34,6 +34,7 @@ import numpy as np
 from w2v2ser._common import python_command
 
 from ._errors import PredictError, RunDirError
+from ._sweep import find_run_dirs
 
 __all__ = ["Prediction", "predict_audio", "extract_features"]
 
@@ -159,10 +160,9 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
         reason = _read_json(run_dir / "skipped.json", what="the skip reason").get("reason", "?")
         raise RunDirError(f"{run_dir} holds a skipped experiment ({reason}); it has no model to predict with.")
     if not (run_dir / "experiment.json").exists():  # a folder of run directories (runs/, experiments/)?
-        inside = sorted(found.parent.relative_to(run_dir).as_posix() for depth in ("*", "*/*", "*/*/*")
-                        for found in run_dir.glob(f"{depth}/experiment.json"))
+        inside = [found.relative_to(run_dir).as_posix() for found in find_run_dirs([run_dir]) if found != run_dir]
         trained = [name for name in inside if any((run_dir / name).glob("runs/*/model.keras"))]
-        inside = trained or inside  # a sweep's layer folders hold no models
+        inside = trained or inside  # a sweep folder holds no models
         if inside:
             raise RunDirError(f"{run_dir} holds run directories, not one: {', '.join(inside[:10])}"
                               f"{', ...' if len(inside) > 10 else ''}. Pass one of them, e.g. "

@@ -24,7 +24,7 @@ from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
 from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir
-from ._sweep import expand_sweep_dirs, is_sweep_dir
+from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
 
@@ -194,7 +194,8 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
     reason, incomplete ones are listed with what is missing.
 
     Args:
-        run_dirs: run directories written by ``w2v2ser train`` (any order, any corpora).
+        run_dirs: run or sweep directories written by ``w2v2ser train|sweep`` (any order, any corpora),
+            or folders holding them (searched four levels down).
         out: report folder; created if needed, files in it are replaced atomically.
 
     Returns:
@@ -211,7 +212,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         raise EvaluateError(f"report folder {out} exists and is a file; expected a directory. "
                             "Choose another --out path.")
     out.mkdir(parents=True, exist_ok=True)
-    run_dirs, sweeps = expand_sweep_dirs(run_dirs)  # a sweep folder shows as its weighted head + the sweep plot
+    run_dirs, sweeps = expand_sweep_dirs(find_run_dirs(run_dirs))  # a sweep folder shows as its weighted head + the sweep plot
     runs = [read_run_dir(Path(p)) for p in run_dirs]
     names = _unique_names(runs)
 

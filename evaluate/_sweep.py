@@ -15,7 +15,10 @@ from typing import Any
 
 from ._rundir import CORPUS_NAMES, read_run_dir
 
-__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs"]
+__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
+
+# Files that make a folder a run directory of `w2v2ser train` (or of a skipped pipeline experiment).
+_RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json", "runs")
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -62,6 +65,23 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),
     }
+
+
+def find_run_dirs(paths: Sequence[Path], *, depth: int = 4) -> list[Path]:
+    """Each path that is a run or sweep directory, or else the run and sweep directories below it.
+
+    ``w2v2ser evaluate runs`` or a pipeline's ``output`` then reports every run inside (up to
+    ``depth`` folders down, in name order); a path with none below is kept, and the report says
+    what is missing there.
+    """
+    def below(folder: Path, levels: int) -> list[Path]:
+        if is_sweep_dir(folder) or any((folder / marker).exists() for marker in _RUN_DIR_MARKERS):
+            return [folder]
+        if levels == 0 or not folder.is_dir() or folder.suffix == ".zarr":
+            return []
+        return [run for child in sorted(folder.iterdir()) if child.is_dir() for run in below(child, levels - 1)]
+
+    return [run for path in map(Path, paths) for run in (below(path, depth) or [path])]
 
 
 def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]]]:

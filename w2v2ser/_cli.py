@@ -386,8 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights",
                                    parents=[verbose])
-    evaluate.add_argument("run_dirs", nargs="+")
-    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                          help="run or sweep directories of `w2v2ser train|sweep`, or folders holding them "
+                               "(e.g. runs/, a pipeline's output)")
+    evaluate.add_argument("--out", required=True, help="report folder: report.md, report.json, figures")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="emotion and class probabilities for new audio", parents=[verbose])

@@ -125,6 +125,11 @@ def test_csv_protocol_split_column_overlap_raises():
     rows.append(Utterance("bad", "/x", "s0", "a", split="test"))
     with pytest.raises(ProtocolError, match=r"\['s0'\].*train and test"):
         check_disjoint(get_protocol("csv").make_folds(rows, 5)[0])
+    # train and test only, as many corpora ship: the message says which partition is missing and the fix
+    train_test = [Utterance(f"u{i}", "/x", f"s{i % 4}", "a", split="test" if i % 4 == 3 else "train") for i in range(8)]
+    with pytest.raises(ProtocolError, match=r"no validation rows \(it has train, test\).*Mark some speakers' rows "
+                                            r"validation.*leave the split column empty"):
+        get_protocol("csv").make_folds(train_test, 5)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -187,6 +187,14 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
         for r in records:
             if r.split:
                 part[r.split].add(r.speaker)
+        empty = [name for name, speakers in part.items() if not speakers]
+        if empty:
+            given = ", ".join(name for name in part if name not in empty)
+            raise ProtocolError(
+                f"the CSV manifest's split column has no {' and no '.join(empty)} rows (it has {given}); the "
+                f"heads need all three partitions (validation for early stopping). Mark some speakers' rows "
+                f"{' / '.join(empty)} in the manifest and extract again, or leave the split column empty "
+                f"everywhere for leave-one-speaker-group-out folds")
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
     k = min(int(csv_folds), len(speakers))

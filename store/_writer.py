@@ -342,9 +342,10 @@ class StoreWriter:
         new: list[int] = []
         reprobed: list[int] = []
         stored_ns = self._column("num_samples")[:] if old_rows else np.zeros(0, np.int64)
-        if old_rows:
-            paths = to_str_list(self._column("path")[:])
-            labels = to_str_list(self._column("label")[:])
+        # What stage 2 reads from the store (audio, class, protocol partitions) must match the
+        # manifest of a resumed run: a changed split or speaker would otherwise be ignored silently.
+        checked = ("path", "label", "speaker", "session", "split")
+        stored = {col: to_str_list(self._column(col)[:]) for col in checked} if old_rows else {}
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
@@ -353,11 +354,16 @@ class StoreWriter:
                 row = old_rows + len(new)
                 new.append(pos)
             else:
-                if paths[row] != u.path or labels[row] != u.label:
+                differ = [(col, stored[col][row], self._cell(col, u, None, "")) for col in checked
+                          if stored[col][row] != self._cell(col, u, None, "")]
+                if differ:
+                    was = ", ".join(f"{col} {old!r}" for col, old, _ in differ)
+                    now = ", ".join(f"{col} {new!r}" for col, _, new in differ)
                     raise StoreError(
-                        f"plan: utterance {u.id!r} is already in store {self.path} with path "
-                        f"{paths[row]!r} and label {labels[row]!r}, but was given path {u.path!r} "
-                        f"and label {u.label!r}. Ids must name the same audio: use a new store path."
+                        f"plan: utterance {u.id!r} is already in store {self.path} with {was}, but was "
+                        f"given {now}. A store keeps the metadata it was extracted with, and stage 2 reads "
+                        f"it from there: extract into a new store path (`--like {self.path}` keeps the "
+                        f"feature configs), or restore the manifest's old values."
                     )
                 if stored_ns[row] < 0 and num_samples[pos] is not None:
                     reprobed.append(pos)

@@ -245,3 +245,18 @@ def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys)
     assert main(["store", "info", str(store), "--json"]) == 0
     reasons = json.loads(capsys.readouterr().out)["failure_reasons"]
     assert sorted((r["id"], r["path"]) for r in reasons) == [("broken", corpus[-2].path), ("missing", corpus[-1].path)]
+
+
+@pytest.mark.parametrize("change", ["split", "speaker", "label"])
+def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, tmp_path, change):
+    from dataclasses import replace
+
+    from w2v2ser.store import StoreError
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    edited = [replace(corpus[0], **{change: "validation" if change == "split" else "other"}), *corpus[1:]]
+    with pytest.raises(StoreError, match=rf"{corpus[0].id!r} is already in store .* with {change} .*but was given "
+                                          rf"{change} .*extract into a new store path"):
+        extract_corpus(edited, store, extractors=[EnergyExtractor()], progress=False)
+    assert open_store(store).complete  # the refused run changed nothing

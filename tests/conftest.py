@@ -10,6 +10,8 @@ trains with Keras.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 # Modules whose tests load Keras/TensorFlow in the pytest process: run last.
@@ -22,8 +24,17 @@ def _is_stage2(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Stable sort: stage 1 tests first, stage 2 (TensorFlow) tests after them."""
+    """Stable sort: stage 1 tests first, stage 2 (TensorFlow) tests after them.
+
+    Under ``-n auto --dist loadfile`` (the README's command) each process takes whole files in
+    this order, so the rule holds in every process.
+    """
     items.sort(key=_is_stage2)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one process per core, at most 4 (each loads TensorFlow or torch, ~1 GB)."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 @pytest.fixture(params=["zarr", "tensorstore"])

@@ -110,7 +110,7 @@ def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
 
 
 def test_quick_start_test_command_is_what_ci_runs() -> None:
-    # The README's second quick-start command, step by step, equals .ci/run's (without -q).
+    # The README's second quick-start command, step by step, is what .ci/run runs (pip without -q).
     block = _section(README, "## Quick start")
     command = re.search(r"\*\*2\. Install and run the tests\.\*\*.*?```bash\n(.+?)\n```", block, re.S).group(1)
     def quiet(step: str) -> str:  # CI's pip is quiet; the README's is not
@@ -121,4 +121,6 @@ def test_quick_start_test_command_is_what_ci_runs() -> None:
                 for line in (REPO / ".ci" / "run").read_text().splitlines()
                 if line.startswith((".venv/bin/pip install", ".venv/bin/python -m", "python3 -m venv"))
                 and "--upgrade pip" not in line]
-    assert readme_steps == ci_steps
+    # ... and after it, CI runs only the slow tests.
+    assert ci_steps[:len(readme_steps)] == readme_steps
+    assert ci_steps[len(readme_steps):] == [".venv/bin/python -m pytest -q -m slow"]

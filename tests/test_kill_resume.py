@@ -81,8 +81,9 @@ def _setup(tmp_path: Path, cluster: str) -> tuple[Path, Path, Path]:
     return pipeline, tmp_path / "ref", tmp_path / "out"
 
 
+@pytest.mark.slow  # about a minute: four CLI runs; the default suite kills extraction in test_reliability_kill.py
 def test_extraction_resumes_after_sigkill(tmp_path: Path) -> None:
-    """Default-suite variant: in-process extraction killed twice (after 1 and after ~half the commits)."""
+    """The pipeline driver's in-process extraction killed twice (after 1 and after ~half the commits)."""
     pipeline, ref, out = _setup(tmp_path, "none")
     done = run_cli(pipeline, "--stage", "extract", "--set", "output=ref")
     assert done.returncode == 0, done.stderr[-3000:]

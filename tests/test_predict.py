@@ -122,7 +122,7 @@ def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], t
 def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:
     md = write_report([trained], out=tmp_path / "report").read_text(encoding="utf-8")
     # the row is named by the store's upstream model (here the tiny local model's folder), selection and head
-    assert re.search(r"^\| [\w.-]+ \| all layers \| dense \| speaker \| official \|", md, re.M), md
+    assert re.search(r"^\| [\w.-]+ \| all layers \| dense \| speaker \| official \(max_epochs=2\) \|", md, re.M), md
     assert (tmp_path / "report" / "layer_weights.png").exists()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["runs"][0]["n_runs"] == 2 and len(report["runs"][0]["layer_weights"]) == 2

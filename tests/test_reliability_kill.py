@@ -176,18 +176,18 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("kill_corpus"))
 
 
-def _scenarios(model: Path, scale: int) -> list[tuple[str, dict, int, int]]:
+def _scenarios(model: Path, scale: float) -> list[tuple[str, dict, int, int]]:
     """(label, feature configs, shard size, SIGKILLs to land) per scenario."""
     w2v = {"model": str(model), "device": "cpu", "dtype": "float32", "batch_seconds": 2.0}
-    return [
-        ("spectrogram", {"spectrogram": {}}, 2, 8 * scale),
-        ("spectrogram-shard1", {"spectrogram": {"hop_ms": 20.0}}, 1, 8 * scale),
-        ("spectrogram+egemaps", {"spectrogram": {}, "egemaps": {}}, 4, 3 * scale),
-        ("spectrogram+wav2vec2", {"spectrogram": {}, "wav2vec2": w2v}, 3, 3 * scale),
-    ]
+    return [(label, features, shard, max(1, round(kills * scale))) for label, features, shard, kills in [
+        ("spectrogram", {"spectrogram": {}}, 2, 8),
+        ("spectrogram-shard1", {"spectrogram": {"hop_ms": 20.0}}, 1, 8),
+        ("spectrogram+egemaps", {"spectrogram": {}, "egemaps": {}}, 4, 3),
+        ("spectrogram+wav2vec2", {"spectrogram": {}, "wav2vec2": w2v}, 3, 3),
+    ]]
 
 
-def run_kill_cycles(tmp_path: Path, corpus: Path, *, scale: int, seed: int) -> tuple[int, int]:
+def run_kill_cycles(tmp_path: Path, corpus: Path, *, scale: float, seed: int) -> tuple[int, int]:
     """Kill runs at random moments until each scenario has its SIGKILLs; compare every store.
 
     Every store is extracted by runs killed after ``uniform(0, T)`` seconds (T: one
@@ -229,9 +229,10 @@ def run_kill_cycles(tmp_path: Path, corpus: Path, *, scale: int, seed: int) -> t
 
 
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(corpus, tmp_path):
-    kills, stores = run_kill_cycles(tmp_path, corpus, scale=1, seed=20240607)
+    # Half the kills of one full cycle keeps the default suite short; the slow test below lands 132.
+    kills, stores = run_kill_cycles(tmp_path, corpus, scale=0.5, seed=20240607)
     print(f"{kills} SIGKILL/resume cycles over {stores} stores: every store equals the uninterrupted one")
-    assert kills >= 22
+    assert kills >= 12
 
 
 @pytest.mark.slow

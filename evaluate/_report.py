@@ -212,7 +212,8 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         raise EvaluateError(f"report folder {out} exists and is a file; expected a directory. "
                             "Choose another --out path.")
     out.mkdir(parents=True, exist_ok=True)
-    run_dirs, sweeps = expand_sweep_dirs(find_run_dirs(run_dirs))  # a sweep folder shows as its weighted head + the sweep plot
+    # A folder of runs shows every run inside; a sweep folder shows as its weighted head + the sweep plot.
+    run_dirs, sweeps = expand_sweep_dirs(find_run_dirs(run_dirs))
     runs = [read_run_dir(Path(p)) for p in run_dirs]
     names = _unique_names(runs)
 

@@ -113,7 +113,8 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
     if sel.feature not in specs:
         raise SelectionError(
             f"feature {sel.feature!r} of selection {sel.text!r} is not in store {alias!r}; "
-            f"it holds {sorted(specs)} (extract it first or pick another store alias).{did_you_mean(sel.feature, specs)}")
+            f"it holds {sorted(specs)} (extract it first or pick another store alias)."
+            f"{did_you_mean(sel.feature, specs)}")
     spec = specs[sel.feature]
     n_layers = spec.layers
     pair = sel.feature in PAIR_AVERAGED

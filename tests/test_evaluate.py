@@ -199,16 +199,16 @@ def test_report_rejects_bad_arguments(tmp_path: Path) -> None:
 def test_runs_of_a_pipeline_are_named_below_their_common_folder(tmp_path: Path) -> None:
     experiments = tmp_path / "experiments"
     first = make_run_dir(experiments / "table1" / "ravdess", "classic-egemaps", features="classic/egemaps")
-    second = make_run_dir(experiments / "table2" / "ravdess", "classic-egemaps", features="classic/egemaps")
+    second = make_run_dir(experiments / "table2" / "ravdess", "classic-spectrogram", features="classic/spectrogram")
     out = tmp_path / "report"
     write_report([first, second], out=out)
     names = [e["name"] for e in json.loads((out / "report.json").read_text())["runs"]]
-    assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-egemaps"]
+    assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-spectrogram"]
     assert (out / "confusion_table1_ravdess_classic-egemaps.png").exists()
     # the folder that holds them gives the same report (`w2v2ser evaluate runs/`)
     write_report([tmp_path], out=tmp_path / "whole")
     names = [e["name"] for e in json.loads((tmp_path / "whole" / "report.json").read_text())["runs"]]
-    assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-egemaps"]
+    assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-spectrogram"]
     # the same folder, rewritten over one run: the other run's figure goes with it
     write_report([first], out=out)
     assert sorted(p.name for p in out.glob("confusion_*.png")) == ["confusion_classic-egemaps.png"]

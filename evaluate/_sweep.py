@@ -18,7 +18,7 @@ from ._rundir import CORPUS_NAMES, read_run_dir
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 
 # Files that make a folder a run directory of `w2v2ser train` (or of a skipped pipeline experiment).
-_RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json", "runs")
+_RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json")
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -75,7 +75,8 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = 4) -> list[Path]:
     what is missing there.
     """
     def below(folder: Path, levels: int) -> list[Path]:
-        if is_sweep_dir(folder) or any((folder / marker).exists() for marker in _RUN_DIR_MARKERS):
+        if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
+                or any((folder / "runs").glob("*/metrics.json"))):  # a run folder whose training was cut short
             return [folder]
         if levels == 0 or not folder.is_dir() or folder.suffix == ".zarr":
             return []

@@ -205,7 +205,9 @@ def test_runs_of_a_pipeline_are_named_below_their_common_folder(tmp_path: Path) 
     names = [e["name"] for e in json.loads((out / "report.json").read_text())["runs"]]
     assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-spectrogram"]
     assert (out / "confusion_table1_ravdess_classic-egemaps.png").exists()
-    # the folder that holds them gives the same report (`w2v2ser evaluate runs/`)
+    # the folder that holds them gives the same report (`w2v2ser evaluate runs/`), even beside a
+    # pipeline's default output folder `runs/`, which is not a run directory's runs/
+    (tmp_path / "runs" / "stores").mkdir(parents=True)
     write_report([tmp_path], out=tmp_path / "whole")
     names = [e["name"] for e in json.loads((tmp_path / "whole" / "report.json").read_text())["runs"]]
     assert names == ["table1/ravdess/classic-egemaps", "table2/ravdess/classic-spectrogram"]

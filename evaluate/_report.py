@@ -87,8 +87,9 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _corpus_columns(runs: Sequence[RunSummary]) -> list[str]:
-    extra = sorted({r.corpus for r in runs} - set(CORPUS_NAMES.values()) - {"?"})
-    return list(CORPUS_NAMES.values()) + extra
+    """The paper's two corpora, always (as its tables), then each other corpus that a run used."""
+    paper = [CORPUS_NAMES["ravdess"], CORPUS_NAMES["iemocap"]]
+    return paper + sorted({r.corpus for r in runs} - set(paper) - {"?"})
 
 
 def _identity(run: RunSummary) -> tuple[str, str, str]:

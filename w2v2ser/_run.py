@@ -55,12 +55,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 class _Reasons:
-    """Prints each skip reason in full the first time, then refers to it by a short topic."""
+    """Prints each reason (a skip, or a failure before any work) in full the first time, then refers
+    to it by a short topic."""
 
     def __init__(self, said: dict[str, str] | None = None) -> None:
         self.said: dict[str, str] = dict(said or {})  # reason -> topic
 
-    def skip(self, label: str, reason: str, topic: str, *, outcome: str = "skipped") -> None:
+    def tell(self, label: str, reason: str, topic: str, *, outcome: str = "skipped") -> None:
         if reason in self.said:
             _say(f"{label}: {outcome} ({self.said[reason]}; reason above)")
         else:
@@ -192,7 +193,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             label = f"extract {store.name} on {corpus}"
             corpus_config = config.corpora[corpus]
             if corpus_config.skip_reason:
-                reasons.skip(label, corpus_config.skip_reason, _corpus_topic(corpus))
+                reasons.tell(label, corpus_config.skip_reason, _corpus_topic(corpus))
                 outcome.skipped.append(label)
                 continue
             path = config.store_path(store.name, corpus)
@@ -211,7 +212,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             except ModelLoadError as error:
                 unloadable[store.name] = str(error)
                 reason = f"model of store {store.name!r} cannot be loaded: {error}"
-                reasons.skip(label, reason, _store_topic(store.name))
+                reasons.tell(label, reason, _store_topic(store.name))
                 _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus})
                 outcome.skipped.append(label)
                 continue
@@ -324,18 +325,18 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
     for experiment in config.experiments:
         skip = _skip_reason(config, experiment)
         if skip:
-            reasons.skip(f"train {experiment.name}", *skip)
+            reasons.tell(f"train {experiment.name}", *skip)
             _mark_skipped(config, experiment, skip[0])
             outcome.skipped.append(experiment.name)
             continue
-        missing = [store for store in experiment.stores
-                   if not config.store_path(store, experiment.corpus).exists()]
+        paths = {store: config.store_path(store, experiment.corpus) for store in experiment.stores}
+        missing = [store for store, path in paths.items() if not path.exists()]
         if missing:
-            path = config.store_path(missing[0], experiment.corpus)
-            reasons.skip(f"train {experiment.name}", f"store {missing[0]!r} of corpus {experiment.corpus!r} has not "
+            store, path = missing[0], paths[missing[0]]
+            reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has not "
                          f"been extracted ({path} does not exist); run the extract stage first: the same "
                          f"`w2v2ser run` command with --stage extract, or without --stage",
-                         f"store {missing[0]!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
+                         f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
             outcome.failed.append(experiment.name)
             continue
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -69,9 +70,10 @@ def test_fusion_frame_rate_mismatch_raises(rav):
         plan_runs(cfg)
 
 
-def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys):
+def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog):
     cfg = ExperimentConfig(stores=iemocap, features="wav2vec2:all", protocol="iemocap", norm="global", **FAST)
-    results = train_experiment(cfg, out=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        results = train_experiment(cfg, out=tmp_path)
     for key in ("uar_mean", "uar_std", "uar_per_run", "accuracy_mean", "n_test", "classes", "confusion", "config",
                 "splits", "layer_weights", "timing", "uar_pooled_per_seed", "uar_pooled_mean"):
         assert key in results, key
@@ -81,6 +83,8 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys):
     assert {"epoch_seconds_mean", "input_share", "peak_rss_mb"} <= set(results["timing"])
     assert json.loads((tmp_path / "results.json").read_text())["uar_mean"] == results["uar_mean"]
     assert "run 5/5 fold=session5" in capsys.readouterr().out
+    # The labels outside the protocol are reported once, not once per run (7 times before).
+    assert caplog.text.count("dropped") == 1 and "'fru'" in caplog.text
 
     mtime = (tmp_path / "runs" / "session1__seed0" / "model.keras").stat().st_mtime_ns
     again = train_experiment(cfg, out=tmp_path)
@@ -88,6 +92,7 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys):
     assert again["uar_per_run"] == results["uar_per_run"]
     assert (tmp_path / "runs" / "session1__seed0" / "model.keras").stat().st_mtime_ns == mtime
 
+    assert caplog.text.count("dropped") == 1  # resuming, or planning again in this process: not again
     changed = ExperimentConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
     assert changed.config_key() != cfg.config_key()
     spec = plan_runs(changed)[0]

@@ -97,15 +97,27 @@ def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
     return {alias: open_store(path) for alias, path in config.stores.items()}
 
 
-def _prepare(config: ExperimentConfig) -> _Data:
-    """Open stores, resolve selections, apply the protocol's labels, check fused stores agree."""
+# (store, protocol) pairs whose dropped labels this process has reported: planning reports them
+# once, not every run of every experiment on the store (a pipeline plans many in one process).
+_REPORTED_DROPS: set[tuple[str, str]] = set()
+
+
+def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
+    """Open stores, resolve selections, apply the protocol's labels, check fused stores agree.
+
+    ``report``: log the labels the protocol drops, once per store and protocol in this process.
+    """
     stores = _open_stores(config)
     protocol = get_protocol(config.protocol)
     sels = {branch: resolve_selection(text, specs=stores[config.store_alias(text)].features,
                                       alias=config.store_alias(text))
             for branch, text in config.selections().items()}
     main_alias = sels["main"].alias
-    records, labels, classes = select_utterances(protocol, stores[main_alias].list_utterances(status="done"))
+    drops = (str(config.stores[main_alias]), protocol.name)
+    records, labels, classes = select_utterances(protocol, stores[main_alias].list_utterances(status="done"),
+                                                 report=report and drops not in _REPORTED_DROPS)
+    if report:
+        _REPORTED_DROPS.add(drops)
     for branch, sel in sels.items():
         if sel.alias == main_alias:
             continue
@@ -141,7 +153,7 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     Raises:
         ProtocolError: Overlapping or empty partitions. SelectionError / DataError: store problems.
     """
-    data = _prepare(config)
+    data = _prepare(config, report=True)
     seeds = range(config.first_seed, config.first_seed + config.seeds)
     return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in _folds(config, data) for s in seeds]
 

@@ -230,11 +230,17 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def select_utterances(protocol: Protocol, records: Sequence[Any]) -> tuple[list[Any], list[str], tuple[str, ...]]:
+def select_utterances(protocol: Protocol, records: Sequence[Any], *,
+                      report: bool = True) -> tuple[list[Any], list[str], tuple[str, ...]]:
     """Keep the records whose label maps to a protocol class.
 
+    Args:
+        protocol: The protocol whose classes decide.
+        records: The store's utterance records.
+        report: Log the dropped labels with their counts.
+
     Returns:
-        (kept records, their class names, all class names). Dropped labels are logged with counts.
+        (kept records, their class names, all class names).
     """
     kept, labels, dropped = [], [], Counter()
     for r in records:
@@ -244,7 +250,7 @@ def select_utterances(protocol: Protocol, records: Sequence[Any]) -> tuple[list[
         else:
             kept.append(r)
             labels.append(cls)
-    if dropped:
+    if dropped and report:
         log.warning("protocol %s: dropped %d utterances whose labels are outside its classes: %s",
                     protocol.name, sum(dropped.values()), dict(sorted(dropped.items())))
     if not kept:

@@ -73,6 +73,13 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path,
     return utterances, problems
 
 
+def _holds_sessions(folder: Path) -> bool:
+    try:
+        return any(c.is_dir() and _SESSION_DIR.match(c.name) for c in folder.iterdir())
+    except OSError:  # unreadable: not the corpus
+        return False
+
+
 def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     """Read IEMOCAP (release layout) under ``root``.
 
@@ -109,6 +116,12 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
             found, bad = _read_evaluation(path, num, session / "sentences" / "wav", seen)
             utterances += found
             problems += bad
+    if not sessions:
+        # Releases unpack as IEMOCAP_full_release/Session1..5; name the folder when it is one level down.
+        inner = sorted(d for d in root.iterdir() if d.is_dir() and _holds_sessions(d))
+        if inner:
+            raise ManifestError(f"IEMOCAP folder {root} holds no Session1..Session5 folders, but {inner[0]} "
+                                f"does: pass {inner[0]} as the corpus path.")
     if not utterances:
         raise ManifestError(
             f"No labelled IEMOCAP utterance with audio found under {root} (sessions found: "

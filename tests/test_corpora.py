@@ -152,6 +152,15 @@ def test_iemocap_without_sessions(tmp_path):
         read_iemocap(tmp_path)
 
 
+def test_iemocap_names_the_release_folder_one_level_down(tmp_path):
+    """The release unpacks as IEMOCAP_full_release/Session1..5; passing its parent names it."""
+    build_iemocap_tree(tmp_path / "IEMOCAP_full_release", sessions=(1,))
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ManifestError, match=r"pass .*IEMOCAP_full_release as the corpus path"):
+        read_iemocap(tmp_path)
+    assert len(read_iemocap(tmp_path / "IEMOCAP_full_release").utterances) == 8
+
+
 # ---------------------------------------------------------------- CSV manifests
 
 def _write_csv(path: Path, text: str) -> Path:

@@ -45,6 +45,11 @@ def _cell(run: RunSummary) -> str:
     return f"{run.uar_mean:.1f}{std} (n={run.n_runs})"
 
 
+def _spread(mean: float, std: float, n: int) -> str:
+    """``mean ± std (n=N)``; one value has no spread to state."""
+    return f"{mean:.1f}{f' ± {std:.1f}' if n > 1 else ''} (n={n})"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "run"
 
@@ -337,9 +342,8 @@ def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:
         row = [str(k)]
         for s in series:
             i = s["layers"].index(k) if k in s["layers"] else None
-            row.append("—" if i is None else f"{s['uar_mean'][i]:.1f} ± {s['uar_std'][i]:.1f} (n={s['n'][i]})")
+            row.append("—" if i is None else _spread(s["uar_mean"][i], s["uar_std"][i], s["n"][i]))
         rows.append(row)
-    rows.append(["weighted average"] + ["—" if not s["weighted"] else
-                                        f"{s['weighted']['uar_mean']:.1f} ± {s['weighted']['uar_std']:.1f} "
-                                        f"(n={s['weighted']['n']})" for s in series])
+    rows.append(["weighted average"] + ["—" if not s["weighted"] else _spread(
+        s["weighted"]["uar_mean"], s["weighted"]["uar_std"], s["weighted"]["n"]) for s in series])
     return lines + _markdown_table(header, rows)

@@ -279,6 +279,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         # Fallback std over runs is the population std, as np.std in train's results.json.
         uar_std = scale * float(raw_std) if raw_std is not None else (
             float(np.std(uar_runs)) if uar_runs else None)
+        uar_std = uar_std if len(uar_runs) > 1 else None  # one value has no spread to state
         acc = results.get("accuracy_mean")
         confusion = results.get("confusion")
         confusion = np.asarray(confusion, dtype=np.float64) if confusion is not None else None

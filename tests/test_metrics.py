@@ -107,7 +107,7 @@ def test_headline_uar_pools_folds_only_when_there_are_several():
     assert format_uar(_results(3)) == "UAR 40.0 ± 10.0 (n=2 seeds, folds pooled)"
     assert format_uar(_results(1)) == "UAR 50.0 ± 10.0 (n=2 runs)"
     assert format_uar({}) == "UAR n/a (no finished run)"
-    assert format_uar({"uar_mean": 0.5, "uar_std": 0.0, "uar_per_run": [0.5]}) == "UAR 50.0 ± 0.0 (n=1 run)"
+    assert format_uar({"uar_mean": 0.5, "uar_std": 0.0, "uar_per_run": [0.5]}) == "UAR 50.0 (n=1 run)"  # no spread of one value
 
 
 def test_report_shows_the_figure_the_cli_prints(tmp_path):

@@ -85,4 +85,5 @@ def format_uar(results: Mapping[str, Any]) -> str:
         return "UAR n/a (no finished run)"
     what = ("seed" if scoring == POOLED else "run") + ("" if len(values) == 1 else "s")
     pooled = ", folds pooled" if scoring == POOLED else ""
-    return f"UAR {100 * mean:.1f} ± {100 * (std or 0.0):.1f} (n={len(values)} {what}{pooled})"
+    spread = f" ± {100 * (std or 0.0):.1f}" if len(values) > 1 else ""  # one value has no spread to state
+    return f"UAR {100 * mean:.1f}{spread} (n={len(values)} {what}{pooled})"

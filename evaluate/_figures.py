@@ -128,8 +128,8 @@ def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
             if weighted and weighted.get("uar_mean") is not None:
                 colour = line[0].get_color()
                 ax.axhline(weighted["uar_mean"], color=colour, linestyle="--", linewidth=1,
-                           label=f"{s['label']}: weighted average {weighted['uar_mean']:.1f} ± "
-                                 f"{weighted['uar_std']:.1f}")
+                           label=f"{s['label']}: weighted average {weighted['uar_mean']:.1f}"
+                                 + (f" ± {weighted['uar_std']:.1f}" if weighted.get("n", 0) > 1 else ""))
         _label_layer_axes(ax, ticks=range(most) if most <= 26 else range(0, most, 2),
                           ylabel="UAR % (mean ± std over runs)", title=f"{corpus}: Dense probe per layer",
                           legend_size=7)

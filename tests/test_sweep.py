@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ def test_report_plots_the_sweep_and_the_layer_weights(peaked: tuple, tmp_path: P
     text = report.read_text()
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "## Layer sweep" in text and "![layer sweep](layer_sweep.png)" in text
+    assert re.search(r"\| 4 \| \d+\.\d ± \d+\.\d \(n=2\) \|", text)  # two seeds: mean ± std
     assert (tmp_path / "report" / "layer_sweep.png").stat().st_size > 1000
     assert (tmp_path / "report" / "layer_weights.png").exists()
     (line,) = data["layer_sweep"]["series"]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from w2v2ser._common import progress_bar
 from w2v2ser.store import (
     StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
@@ -100,9 +101,7 @@ def _probe_all(
 def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit=unit, total=total, dynamic_ncols=True)
+    return progress_bar(items, desc=desc, unit=unit, total=total)
 
 
 def extract_corpus(

@@ -94,9 +94,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         data = {f: group[f"features/{f}/data"] for f in names}
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from w2v2ser._common import progress_bar
 
-            bar = tqdm(total=len(done), desc="upgrade", unit="utt", dynamic_ncols=True)
+            bar = progress_bar(desc="upgrade", unit="utt", total=len(done))
         for unit in units:
             with writer.open_unit(unit) as unit_writer:
                 for row in unit.rows:

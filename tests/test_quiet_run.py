@@ -58,10 +58,11 @@ def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path)
     # A hub that refuses connections at once, whether or not this machine has network access.
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"), PYTHONUNBUFFERED="1")
     started = time.perf_counter()
-    done = subprocess.run([*W2V2SER, "run", str(pipeline)], capture_output=True, text=True, env=env,
+    # Bytes, decoded here: text=True would turn carriage returns into newlines.
+    done = subprocess.run([*W2V2SER, "run", str(pipeline)], capture_output=True, env=env,
                           timeout=600, cwd=tmp_path)
     seconds = time.perf_counter() - started
-    output = done.stdout + done.stderr
+    output = (done.stdout + done.stderr).decode("utf-8", errors="replace")
     assert done.returncode == 0, output[-3000:]
 
     for store in ("a", "b"):
@@ -75,6 +76,10 @@ def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path)
 
     # Stores extracted one after another report in that order: each one's end before the next's start.
     assert output.index("extract classic on toy: 6 extracted") < output.index("extract classic10 on toy: 6 utterances")
+
+    # Output to a file (a cluster job's log): progress bars print whole lines, never carriage returns
+    # or cursor moves, which ran two extraction bars together into one unreadable line.
+    assert "\r" not in output and "\x1b[" not in output, repr(output[-2000:])
 
     native = [line for line in output.splitlines() if is_native_log_line(line.encode())]
     assert not native, native
@@ -117,3 +122,19 @@ def test_training_before_extraction_names_each_missing_store_once(tmp_path: Path
     assert "train tiny_again/toy: FAILED (store 'classic' of corpus 'toy' is not extracted; reason above)" in err
     assert "the same `w2v2ser run` command with --stage extract" in err
     assert "is not a w2v2ser store" not in err
+
+
+def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
+    """Not a terminal: a bar prints a line now and then once its work lasts, and one at the end."""
+    import w2v2ser._common as common
+
+    monkeypatch.setattr(common, "LOG_PROGRESS_SECONDS", 0.2)
+    monkeypatch.setattr(common, "LOG_PROGRESS_DELAY", 0.1)
+    assert list(common.progress_bar(range(3), desc="short", unit="it")) == [0, 1, 2]
+    for _ in common.progress_bar(range(8), desc="long", unit="it"):
+        time.sleep(0.06)
+    err = capsys.readouterr().err
+    assert "short" not in err and "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("long:") for line in lines), lines
+    assert lines[-1].startswith("long: 100%") and "8/8" in lines[-1]

@@ -29,6 +29,7 @@ __all__ = [
     "python_command",
     "fsync_path",
     "prefer_onednn",
+    "progress_bar",
     "publish_directory",
     "replacing",
     "write_atomically",
@@ -147,6 +148,39 @@ def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[b
         else:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+# A progress bar in a log file (a cluster job's stderr) prints a line this often, in seconds.
+LOG_PROGRESS_SECONDS = 60.0
+# ... and only for work that has lasted this long: short steps print just their summary line.
+LOG_PROGRESS_DELAY = 5.0
+
+
+class _LogLines:
+    """tqdm's output as whole lines, for a stream that is not a terminal: each refresh is one line;
+    carriage returns and cursor moves (which run bars together in a job log) are dropped."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\x1b[A", "").replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, total: int | None = None) -> object:
+    """A tqdm bar on stderr: live on a terminal; in a log file, a line every LOG_PROGRESS_SECONDS once
+    the work has lasted LOG_PROGRESS_DELAY seconds, and a last line when it ends."""
+    from tqdm.auto import tqdm
+
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr), ncols=90,
+                mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_DELAY)
 
 
 def python_command(module: str, *args: str) -> list[str]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, write_atomically
+from ._common import W2v2serError, progress_bar, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -377,15 +377,13 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
 
 def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callable) -> Iterator[tuple]:
     """Train every pending run (Dask tasks, or in this process); yields (experiment, error) of failures."""
-    from tqdm.auto import tqdm
-
     from w2v2ser.train import sweep_run
 
     def run_of(experiment: ExperimentSpec) -> Callable:
         return sweep_run if experiment.sweep else train_run
 
     total = sum(len(pending) for *_, pending in todo)
-    bar = tqdm(total=total, desc="train runs", unit="run", dynamic_ncols=True)
+    bar = progress_bar(desc="train runs", unit="run", total=total)
     try:
         if handle.client is None:
             for experiment, train_config, _, pending in todo:

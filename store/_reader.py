@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -458,6 +459,7 @@ class FeatureStore:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (``store info --json``)."""
         status = to_str_list(self._read("utterances/status"))[: len(self._ids)]
+        labels = collections.Counter(record.label for record in self.list_utterances(status="done"))
         feats = {}
         for name, spec in self.features.items():
             data = self._array(name, "data")
@@ -482,6 +484,7 @@ class FeatureStore:
             "utterances": len(self._ids),
             "status": {s: status.count(s) for s in STATUSES},
             "speakers": len(self.speakers()),
+            "labels": dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))),
             "failures": int(self._group["failures/id"].shape[0]),
             "failure_reasons": [dataclasses.asdict(failure) for failure in self.list_failures()],
             "corpus": self.attrs.get("corpus"),

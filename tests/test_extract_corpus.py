@@ -239,6 +239,9 @@ def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys)
     assert main(["store", "info", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "utterances  9: 7 done, 2 failed" in shown
+    labels = {u.label for u in corpus[:7]}
+    counts = {label: sum(u.label == label for u in corpus[:7]) for label in labels}  # done ones only
+    assert "labels      " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) in shown
     assert "failures    2 (reasons below)" in shown
     assert f"  missing: Audio file {corpus[-1].path} does not exist" in shown
     assert "  broken: Audio file " in shown

@@ -140,6 +140,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
+    print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
     for name, feature in info["features"].items():
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"

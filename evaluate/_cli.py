@@ -16,7 +16,7 @@ __all__ = ["add_predict_arguments", "predict_from_cli"]
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` arguments to ``parser`` (the ``w2v2ser predict`` subparser)."""
     parser.add_argument("run_dir", help="run directory written by `w2v2ser train`")
-    parser.add_argument("audio", nargs="+", help="audio files to label")
+    parser.add_argument("audio", nargs="+", help="audio files to label, or folders (their audio files, sorted)")
     parser.add_argument("--speaker-groups", dest="speaker_groups", metavar="SPK1,SPK2,...",
                         help="speaker of each file, comma separated, in file order: files of one speaker "
                              "are normalised with their own statistics (speaker-normalised runs); default: "

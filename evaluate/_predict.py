@@ -40,6 +40,8 @@ __all__ = ["Prediction", "predict_audio", "extract_features"]
 
 # Speaker name given to files the caller did not group (global statistics are used for them).
 UNGROUPED = "__ungrouped__"
+# What a folder passed to predict_audio contributes: the files with these suffixes below it.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,8 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
 
     Args:
         run_dir: run directory written by ``w2v2ser train``.
-        paths: audio files (any format stage 1 reads).
+        paths: audio files (any format stage 1 reads), or folders: the audio files below one
+            (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place.
         speakers: optional speaker group per file; with a speaker-normalised run, each group is
             normalised with statistics of its own new files. Without it, the run's global
             (training speakers) statistics are used.
@@ -290,19 +293,23 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         RunDirError: the run dir lacks a configuration, classes or models.
         PredictError: bad arguments or feature extraction failed as a whole.
     """
-    files = [Path(p) for p in paths]
+    files = _expand_folders([Path(p) for p in paths])
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")
     if speakers is not None:
         speakers = [str(s) for s in speakers]
         if len(speakers) != len(files) or not all(s.strip() for s in speakers):
-            raise PredictError(f"speakers has {len(speakers)} entries for {len(files)} files (or an empty one); "
+            raise PredictError(f"speakers has {len(speakers)} entries for {len(files)} files (folders count "
+                               f"as the audio files inside them; or an empty entry was given); "
                                "expected one non-empty speaker name per file, in the same order.")
     plan = _plan(Path(run_dir), run)
     groups = list(speakers) if speakers is not None else [UNGROUPED] * len(files)
     errors: dict[int, str] = {}
     for i, file in enumerate(files):
-        if not file.is_file():
+        if file.is_dir():
+            errors[i] = (f"folder {file} holds no audio file ({', '.join(AUDIO_SUFFIXES)}); pass audio files "
+                         f"or folders that hold them")
+        elif not file.is_file():
             errors[i] = f"file not found: {file}"
     todo = [i for i in range(len(files)) if i not in errors]
     probabilities: dict[int, np.ndarray] = {}
@@ -321,6 +328,18 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
             out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker))
         else:
             out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
+    return out
+
+
+def _expand_folders(paths: list[Path]) -> list[Path]:
+    """Each folder becomes the audio files below it, sorted (hidden files such as macOS ``._``
+    forks left out); a folder without any stays, to be reported."""
+    out: list[Path] = []
+    for path in paths:
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
+            if path.is_dir() else []
+        out += found or [path]
     return out
 
 

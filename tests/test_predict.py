@@ -105,6 +105,25 @@ def test_predict_with_speaker_groups(trained: Path, audio_files: list[Path], mon
     _check(preds[3], classes)
 
 
+def test_predict_takes_folders_of_audio(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder stands for the audio files below it, sorted; hidden files (macOS ``._`` forks) and
+    other files are left out; a folder without audio is reported, not taken for a missing file."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    folder = tmp_path / "Ses02M_impro01"
+    files = [folder / "b.wav", folder / "a.flac", folder / "sub" / "c.WAV"]
+    for f in [*files, folder / "._a.flac", folder / "notes.txt", folder / ".cache" / "d.wav"]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"RIFF")
+    (tmp_path / "empty").mkdir()
+    preds = predict_audio(trained, [folder, tmp_path / "empty"])
+    assert [p.path for p in preds] == [folder / "a.flac", folder / "b.wav", folder / "sub" / "c.WAV",
+                                       tmp_path / "empty"]
+    assert all(p.ok for p in preds[:3])
+    assert "folder" in preds[3].error and "holds no audio file" in preds[3].error
+    with pytest.raises(PredictError, match="2 entries for 3 files \\(folders count as the audio files inside"):
+        predict_audio(trained, [folder], speakers=["a", "b"])
+
+
 def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
     with pytest.raises(PredictError, match="2 entries for 4 files"):
         predict_audio(trained, audio_files, speakers=["a", "b"])

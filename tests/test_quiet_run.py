@@ -138,3 +138,29 @@ def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     lines = err.splitlines()
     assert len(lines) >= 2 and all(line.startswith("long:") for line in lines), lines
     assert lines[-1].startswith("long: 100%") and "8/8" in lines[-1]
+
+
+def _tensorflow_log_level() -> int:
+    import logging
+
+    return logging.getLogger("tensorflow").level
+
+
+def test_dask_workers_are_as_quiet_as_the_driver() -> None:
+    """The pipeline's local workers train many models each: TensorFlow's Python warnings (retracing)
+    reached the log from them, while the driver had them off. With --verbose they stay on."""
+    import logging
+
+    from w2v2ser._cluster import open_cluster
+    from w2v2ser._config import ClusterConfig
+    from w2v2ser._native_logs import hide_native_logs
+
+    config = ClusterConfig(kind="local", workers=1, threads_per_worker=1, dashboard_address=":0")
+    before = _tensorflow_log_level()
+    try:
+        for hidden in (True, False):
+            with hide_native_logs(enabled=hidden), open_cluster(config, use_gpus=False) as handle:
+                (level,) = handle.client.run(_tensorflow_log_level).values()
+            assert (level == logging.ERROR) is hidden, (hidden, level)
+    finally:
+        logging.getLogger("tensorflow").setLevel(before)  # this test process's other tests see TF's warnings

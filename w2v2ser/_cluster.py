@@ -28,6 +28,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
+from ._native_logs import native_logs_hidden, quiet_tensorflow_warnings
 
 __all__ = ["ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster", "usable_cores"]
 
@@ -107,6 +108,16 @@ class _DieWithDriver(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:  # noqa: D102 - WorkerPlugin hook
         die_with_parent()
+
+
+class _QuietTensorFlow(WorkerPlugin):
+    """Worker plugin: TensorFlow's Python-side warnings stay out of the log, as in the driver
+    (each worker trains many models; without it every one printed retracing warnings)."""
+
+    name = "w2v2ser-quiet-tensorflow"
+
+    def setup(self, worker: Any) -> None:  # noqa: D102 - WorkerPlugin hook
+        quiet_tensorflow_warnings()
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -213,6 +224,8 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
             client = Client(cluster)
             if config.kind == "local":
                 client.register_plugin(_DieWithDriver())
+            if native_logs_hidden():  # not with --verbose
+                client.register_plugin(_QuietTensorFlow())
         except BaseException:
             cluster.close()
             raise

@@ -17,7 +17,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["hide_native_logs", "is_native_log_line"]
+__all__ = ["hide_native_logs", "is_native_log_line", "native_logs_hidden", "quiet_tensorflow_warnings"]
+
+_hidden = False  # hide_native_logs is active in this process: start Dask workers quiet too
 
 _NATIVE = re.compile(
     rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
@@ -72,16 +74,26 @@ def _pump(read_fd: int, write_fd: int) -> None:
     os.close(read_fd)
 
 
+def quiet_tensorflow_warnings() -> None:
+    """TensorFlow's Python-side warnings off in this process, e.g. "triggered tf.function retracing":
+    every length bucket and every seed's model traces its own predict step, as intended."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def native_logs_hidden() -> bool:
+    """Whether :func:`hide_native_logs` is active (Dask workers started now should be quiet too)."""
+    return _hidden
+
+
 @contextmanager
 def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     """Filter native log lines out of fd 2 (this process and the processes it starts) while active."""
     if not enabled:
         yield
         return
+    global _hidden
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what TF does read, once absl is up
-    # TensorFlow's Python-side warnings too (e.g. "triggered tf.function retracing": every
-    # length bucket and every seed's model traces its own predict step, as intended).
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    quiet_tensorflow_warnings()
     sys.stderr.flush()
     real = os.dup(2)
     read_fd, write_fd = os.pipe()
@@ -89,9 +101,11 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     os.close(write_fd)
     pump = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
     pump.start()
+    _hidden = True
     try:
         yield
     finally:
+        _hidden = False
         sys.stderr.flush()
         os.dup2(real, 2)  # closes this process's write end; the pump ends when children close theirs
         pump.join(timeout=5)

@@ -164,3 +164,20 @@ def test_dask_workers_are_as_quiet_as_the_driver() -> None:
             assert (level == logging.ERROR) is hidden, (hidden, level)
     finally:
         logging.getLogger("tensorflow").setLevel(before)  # this test process's other tests see TF's warnings
+
+
+def test_progress_bars_stay_live_on_a_terminal_behind_the_native_log_filter() -> None:
+    """hide_native_logs points fd 2 at a pipe; the bars still ask whether the real stderr is a terminal."""
+    import pty
+
+    code = ("from w2v2ser._native_logs import hide_native_logs, stderr_is_terminal\n"
+            "with hide_native_logs():\n    print(stderr_is_terminal())\n")
+    main, secondary = pty.openpty()
+    try:
+        on_terminal = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=secondary,
+                                     text=True, timeout=60).stdout.strip()
+    finally:
+        os.close(main)
+        os.close(secondary)
+    to_file = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert (on_terminal, to_file) == ("True", "False")

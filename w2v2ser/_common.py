@@ -177,7 +177,9 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, tota
     the work has lasted LOG_PROGRESS_DELAY seconds, and a last line when it ends."""
     from tqdm.auto import tqdm
 
-    if sys.stderr.isatty():
+    from ._native_logs import stderr_is_terminal
+
+    if stderr_is_terminal():
         return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True)
     return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr), ncols=90,
                 mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_DELAY)

@@ -17,9 +17,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["hide_native_logs", "is_native_log_line", "native_logs_hidden", "quiet_tensorflow_warnings"]
+__all__ = ["hide_native_logs", "is_native_log_line", "native_logs_hidden", "quiet_tensorflow_warnings",
+           "stderr_is_terminal"]
 
 _hidden = False  # hide_native_logs is active in this process: start Dask workers quiet too
+_terminal: bool | None = None  # whether the real stderr (behind the pipe, while hidden) is a terminal
 
 _NATIVE = re.compile(
     rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
@@ -85,13 +87,18 @@ def native_logs_hidden() -> bool:
     return _hidden
 
 
+def stderr_is_terminal() -> bool:
+    """Whether this process's stderr reaches a terminal (the real one, while native logs are hidden)."""
+    return _terminal if _terminal is not None else sys.stderr.isatty()
+
+
 @contextmanager
 def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     """Filter native log lines out of fd 2 (this process and the processes it starts) while active."""
     if not enabled:
         yield
         return
-    global _hidden
+    global _hidden, _terminal
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # what TF does read, once absl is up
     quiet_tensorflow_warnings()
     sys.stderr.flush()
@@ -101,11 +108,11 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     os.close(write_fd)
     pump = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
     pump.start()
-    _hidden = True
+    _hidden, _terminal = True, os.isatty(real)
     try:
         yield
     finally:
-        _hidden = False
+        _hidden, _terminal = False, None
         sys.stderr.flush()
         os.dup2(real, 2)  # closes this process's write end; the pump ends when children close theirs
         pump.join(timeout=5)

@@ -120,3 +120,26 @@ def test_disk_full_injected_at_every_write_then_resume_in_place(tmp_path, monkey
         assert summary.complete
         _assert_same(store, reference)
     assert failures >= 5
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    """Atomic writes went through mkstemp, whose files are 0o600: a store's utterance table and a
+    run's results were unreadable for the rest of a group sharing the file system."""
+    from w2v2ser._common import write_atomically
+
+    old = os.umask(0o022)
+    try:
+        extract_corpus(_corpus(tmp_path / "audio", n=3), tmp_path / "s.zarr",
+                       extractors=[build_extractor("spectrogram")], progress=False)
+        fresh = write_atomically(tmp_path / "new.json", "{}")
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_atomically(kept, "new")
+    finally:
+        os.umask(old)
+    private = [str(p.relative_to(tmp_path)) for p in (tmp_path / "s.zarr").rglob("*")
+               if p.is_file() and p.stat().st_mode & 0o044 != 0o044]
+    assert not private, private
+    assert fresh.stat().st_mode & 0o777 == 0o644
+    assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"  # a replaced file keeps its mode

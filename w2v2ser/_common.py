@@ -83,6 +83,21 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """Mode of a file made with open(): 0o666 less the umask (mkstemp's 0o600 would hide the
+    stores and runs of one user from the rest of a group on a shared file system)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # reads the umask without setting it
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)  # elsewhere: the classic read-by-setting
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
@@ -91,7 +106,8 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     any error the temp file is removed and ``path`` is untouched.
 
     Args:
-        path: Destination file; its folder is created if needed.
+        path: Destination file; its folder is created if needed. It gets the mode of the file it
+            replaces, or that of a new file (0o666 less the umask).
         durable: fsync the file and its folder (off only for throwaway files).
     """
     path = Path(path)
@@ -101,6 +117,8 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     tmp = Path(name)
     try:
         yield tmp
+        with contextlib.suppress(OSError):  # keep a replaced file's mode, else what open() would give
+            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
         if durable:
             fsync_path(tmp)
         os.replace(tmp, path)

@@ -138,6 +138,7 @@ def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     lines = err.splitlines()
     assert len(lines) >= 2 and all(line.startswith("long:") for line in lines), lines
     assert lines[-1].startswith("long: 100%") and "8/8" in lines[-1]
+    assert len({line.split(" [")[0] for line in lines}) == len(lines)  # no count printed twice
 
 
 def _tensorflow_log_level() -> int:

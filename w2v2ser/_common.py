@@ -180,11 +180,14 @@ class _LogLines:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\x1b[A", "").replace("\r", "").strip()
-        if line:
+        count = line.split(" [", 1)[0]  # description, bar and n/total: the closing refresh repeats them
+        if line and count != self.last:
             self.stream.write(line + "\n")
+            self.last = count
 
     def flush(self) -> None:
         self.stream.flush()

@@ -129,7 +129,6 @@ def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     import w2v2ser._common as common
 
     monkeypatch.setattr(common, "LOG_PROGRESS_SECONDS", 0.2)
-    monkeypatch.setattr(common, "LOG_PROGRESS_DELAY", 0.1)
     assert list(common.progress_bar(range(3), desc="short", unit="it")) == [0, 1, 2]
     for _ in common.progress_bar(range(8), desc="long", unit="it"):
         time.sleep(0.06)

@@ -168,10 +168,9 @@ def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[IO[b
     return Path(path)
 
 
-# A progress bar in a log file (a cluster job's stderr) prints a line this often, in seconds.
+# A progress bar in a log file (a cluster job's stderr) prints a line this often, in seconds; work
+# that ends sooner prints none (its summary line says enough).
 LOG_PROGRESS_SECONDS = 60.0
-# ... and only for work that has lasted this long: short steps print just their summary line.
-LOG_PROGRESS_DELAY = 5.0
 
 
 class _LogLines:
@@ -194,8 +193,8 @@ class _LogLines:
 
 
 def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, total: int | None = None) -> object:
-    """A tqdm bar on stderr: live on a terminal; in a log file, a line every LOG_PROGRESS_SECONDS once
-    the work has lasted LOG_PROGRESS_DELAY seconds, and a last line when it ends."""
+    """A tqdm bar on stderr: live on a terminal; in a log file, a line every LOG_PROGRESS_SECONDS and
+    a last one at the end, for work that lasts that long."""
     from tqdm.auto import tqdm
 
     from ._native_logs import stderr_is_terminal
@@ -203,7 +202,7 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, tota
     if stderr_is_terminal():
         return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True)
     return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr), ncols=90,
-                mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_DELAY)
+                mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_SECONDS)
 
 
 def python_command(module: str, *args: str) -> list[str]:

@@ -117,6 +117,7 @@ def extract_corpus(
     cpu_workers: int = 1,
     on_stage: Callable[[str, float], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    reader_skipped: Sequence[tuple[str, str]] | None = None,
 ) -> ExtractionSummary:
     """Extract every feature of every utterance into a store, resumably.
 
@@ -142,6 +143,8 @@ def extract_corpus(
             in this process (see :func:`extract_shard`).
         storage_options: fsspec options of a store URL (endpoint, credentials); they travel
             with the store to Dask workers (see :func:`w2v2ser.store.locate_store`).
+        reader_skipped: The manifest's ``problems`` (files or lines the corpus reader could not
+            use), recorded in the store beside the failures (``w2v2ser store info``).
 
     Returns:
         An :class:`ExtractionSummary`.
@@ -164,6 +167,7 @@ def extract_corpus(
         rows = writer.plan(
             [with_rate(u, info) for u, info in zip(utterances, infos)],
             num_samples=num_samples, features=specs, capacities=capacities, failures=failures,
+            reader_skipped=reader_skipped,
         )
         summary.planned = len(rows)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}

@@ -487,6 +487,7 @@ class FeatureStore:
             "labels": dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))),
             "failures": int(self._group["failures/id"].shape[0]),
             "failure_reasons": [dataclasses.asdict(failure) for failure in self.list_failures()],
+            "reader_skipped": list(self.attrs.get("reader_skipped", [])),
             "corpus": self.attrs.get("corpus"),
             "features": feats,
         }

@@ -293,6 +293,7 @@ class StoreWriter:
         features: Sequence[FeatureSpec],
         capacities: Mapping[str, Sequence[int]],
         failures: Mapping[int, str] | None = None,
+        reader_skipped: Sequence[tuple[str, str]] | None = None,
     ) -> list[int]:
         """Add utterances and features and record each utterance's planned frame count (single process).
 
@@ -303,6 +304,8 @@ class StoreWriter:
             features: feature specs; new ones are added, known ones must match the stored config.
             capacities: per feature name, the maximum frame count of each utterance.
             failures: reason per position in `utterances` (e.g. why probing failed).
+            reader_skipped: (path, reason) of every file or line the corpus reader could not use
+                (``Manifest.problems``); replaces the recorded list (None keeps it).
 
         Returns:
             The store row index of every given utterance, in the same order.
@@ -430,6 +433,10 @@ class StoreWriter:
         corpora = sorted(set(meta.get("corpus", [])) | {u.corpus for u in utterances if u.corpus})
         if corpora != meta.get("corpus"):
             meta["corpus"], changed = corpora, True
+        if reader_skipped is not None:
+            skipped = [{"path": str(path), "reason": str(reason)} for path, reason in reader_skipped]
+            if skipped != meta.get("reader_skipped", []):
+                meta["reader_skipped"], changed = skipped, True
         if changed:
             meta["complete"] = False
             self._set_meta(meta)

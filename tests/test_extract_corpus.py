@@ -250,6 +250,29 @@ def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys)
     assert sorted((r["id"], r["path"]) for r in reasons) == [("broken", corpus[-2].path), ("missing", corpus[-1].path)]
 
 
+def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsys):
+    """A labelled IEMOCAP utterance without audio has no store row, so it is no failure; it was only
+    printed while extracting. The store now keeps it, and `store info` shows it later."""
+    from fixtures_audio import build_iemocap_tree
+    from w2v2ser._cli import main
+
+    build_iemocap_tree(tmp_path / "iemocap", sessions=(1,), missing_audio=("Ses01F_impro01_M001",))
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "skipped     1 by the corpus reader (reasons below)" in shown
+    assert "Ses01F_impro01_M001.wav: audio missing for labelled utterance Ses01F_impro01_M001" in shown
+    assert main(["store", "info", str(store), "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["reader_skipped"]
+    assert entry["path"].endswith("Ses01F_impro01_M001.wav")
+    # The Python API records it too; a rerun without the argument keeps what was recorded.
+    extract_corpus([], store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert len(open_store(store).describe()["reader_skipped"]) == 1
+
+
 @pytest.mark.parametrize("change", ["split", "speaker", "label"])
 def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, tmp_path, change):
     from dataclasses import replace

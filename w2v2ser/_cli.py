@@ -104,6 +104,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             client=client,
             decode_workers=args.decode_workers,
             cpu_workers=args.cpu_workers,
+            reader_skipped=manifest.problems,
         )
     finally:
         if client is not None:
@@ -153,6 +154,13 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         print(f"  {failure['id']}{' [' + failure['feature'] + ']' if failure['feature'] else ''}: {failure['reason']}")
     if len(failures) > _SHOWN_FAILURES:
         print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (`w2v2ser store info {args.store} --json`)")
+    skipped = info["reader_skipped"]
+    if skipped:  # files or lines the corpus reader could not use: no store row, so not failures
+        print(f"skipped     {len(skipped)} by the corpus reader (reasons below)")
+        for entry in skipped[:_SHOWN_FAILURES]:
+            print(f"  {entry['path']}: {entry['reason']}")
+        if len(skipped) > _SHOWN_FAILURES:
+            print(f"  ... and {len(skipped) - _SHOWN_FAILURES} more (`w2v2ser store info {args.store} --json`)")
     return 0
 
 

@@ -217,18 +217,19 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 outcome.skipped.append(label)
                 continue
             _skip_marker(path).unlink(missing_ok=True)
-            jobs.append((f"{store.name} on {corpus}", path, utterances, extractors))
+            jobs.append((f"{store.name} on {corpus}", path, manifest(corpus), extractors))
     if not jobs:
         return outcome
     handle = cluster.get()
 
     def extract(job: tuple) -> bool:
         # Each job reports its own end, so lines keep their order when jobs run one after another.
-        label, path, utterances, extractors = job
-        _say(f"extract {label}: {len(utterances)} utterances -> {path}")
+        label, path, corpus_manifest, extractors = job
+        _say(f"extract {label}: {len(corpus_manifest.utterances)} utterances -> {path}")
         try:
-            summary = extract_corpus(utterances, path, extractors=extractors, shard_size=config.shard_size,
-                                     progress=True, client=handle.client, gpu_resource=handle.gpu_resource)
+            summary = extract_corpus(corpus_manifest.utterances, path, extractors=extractors,
+                                     shard_size=config.shard_size, progress=True, client=handle.client,
+                                     gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems)
         except W2v2serError as error:
             _say(f"extract {label}: FAILED: {error}")
             return False

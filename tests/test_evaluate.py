@@ -196,6 +196,20 @@ def test_report_rejects_bad_arguments(tmp_path: Path) -> None:
         write_report([tmp_path], out=tmp_path / "file")
 
 
+def test_evaluate_command_refuses_a_mistyped_path(tmp_path: Path, capsys) -> None:
+    """A typo gave a report of one 'incomplete' run and exit status 0; it is bad input (2)."""
+    from w2v2ser._cli import main
+
+    run = make_run_dir(tmp_path / "runs", "egemaps")
+    assert main(["evaluate", str(tmp_path / "runs" / "egemap"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "egemap does not exist; expected a run directory" in err and "Did you mean 'egemaps'?" in err
+    assert main(["evaluate", str(run / "results.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "results.json is a file; expected a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "r")]) == 0
+
+
 def test_runs_of_a_pipeline_are_named_below_their_common_folder(tmp_path: Path) -> None:
     experiments = tmp_path / "experiments"
     first = make_run_dir(experiments / "table1" / "ravdess", "classic-egemaps", features="classic/egemaps")

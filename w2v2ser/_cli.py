@@ -263,8 +263,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from w2v2ser.evaluate import write_report
+    from w2v2ser._common import did_you_mean
+    from w2v2ser.evaluate import EvaluateError, write_report
 
+    for given in map(Path, args.run_dirs):  # a mistyped path is bad input, not an incomplete run
+        if not given.is_dir():
+            if given.exists():
+                what, hint = "is a file", f" Pass its folder, {given.parent}."
+            else:
+                nearby = [p.name for p in given.parent.iterdir()] if given.parent.is_dir() else []
+                what, hint = "does not exist", did_you_mean(given.name, nearby)
+            raise EvaluateError(f"{given} {what}; expected a run directory (`w2v2ser train --out`), a sweep "
+                                f"folder or a folder of them, e.g. a pipeline's output.{hint}")
     out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out))
     print(f"wrote {out}")
     return 0

@@ -273,6 +273,36 @@ def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsy
     assert len(open_store(store).describe()["reader_skipped"]) == 1
 
 
+def test_extract_on_local_workers_beside_another_dask_dashboard(tmp_path):
+    """`extract --workers` starts the pipeline's local cluster; a dashboard port already taken (another
+    extraction on the node) printed Dask's warning with its source line, now it takes another quietly."""
+    import socket
+    import subprocess
+    import sys
+
+    from fixtures_audio import write_audio
+
+    rows = ["path,label,speaker,split"] + [
+        f"{write_audio(tmp_path / f'{i}.wav', duration=0.4, seed=i)},sad,s{i},{('train', 'validation', 'test')[i]}"
+        for i in range(3)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    busy = socket.socket()
+    try:
+        busy.bind(("", 8787))
+        busy.listen()
+    except OSError:
+        pass  # taken already: the case under test
+    try:
+        done = subprocess.run([sys.executable, "-m", "w2v2ser", "extract", "csv", str(tmp_path / "m.csv"), "--store",
+                               str(tmp_path / "s.zarr"), "--features", "spectrogram", "--workers", "1",
+                               "--no-progress"], capture_output=True, text=True, timeout=300)
+    finally:
+        busy.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "local Dask cluster: 1 CPU worker(s)" in done.stdout and "3 extracted now" in done.stdout
+    assert "already in use" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("change", ["split", "speaker", "label"])
 def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, tmp_path, change):
     from dataclasses import replace

@@ -7,6 +7,7 @@ loads torch or TensorFlow, and stage 2 commands never load torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -87,14 +88,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     location = locate_store(args.store or f"stores/{args.corpus}.zarr")
     store = location.display
     print(f"extracting {', '.join(configs)} for {len(manifest.utterances)} utterances into {store}")
-    client = None
-    if args.workers:
-        from distributed import Client, LocalCluster
+    with contextlib.ExitStack() as stack:
+        client = gpu_resource = None
+        if args.workers:  # the pipeline's local cluster: GPU workers beside them where there are GPUs
+            from w2v2ser._cluster import open_cluster
+            from w2v2ser._config import ClusterConfig
 
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-        client = Client(cluster)
-        print(f"Dask dashboard: {client.dashboard_link}")
-    try:
+            handle = stack.enter_context(open_cluster(ClusterConfig(kind="local", workers=args.workers,
+                                                                    threads_per_worker=1)))
+            client, gpu_resource = handle.client, handle.gpu_resource
+            print(f"{handle.description}; Dask dashboard: {handle.dashboard}")
         summary = extract_corpus(
             manifest.utterances,
             location,
@@ -102,14 +105,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             progress=not args.no_progress,
             client=client,
+            gpu_resource=gpu_resource,
             decode_workers=args.decode_workers,
             cpu_workers=args.cpu_workers,
             reader_skipped=manifest.problems,
         )
-    finally:
-        if client is not None:
-            client.close()
-            client.cluster.close()
     # Object stores: the size would cost a listing of every object, so it is left out.
     size = (f"store {sum(p.stat().st_size for p in store.rglob('*') if p.is_file()) / 1e6:.1f} MB, "
             if location.is_local else "")
@@ -336,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
     extract.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="utterances per unit of work")
-    extract.add_argument("--workers", type=int, default=0, help="run shards on a local Dask cluster of N workers")
+    extract.add_argument("--workers", type=int, default=0,
+                         help="run shards on a local Dask cluster of N CPU workers (and, as `w2v2ser run`, "
+                              "one GPU worker per GPU)")
     extract.add_argument("--decode-workers", dest="decode_workers", type=int,
                          help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
     extract.add_argument("--cpu-workers", dest="cpu_workers", type=int, default=1,

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -219,7 +220,9 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
                           "distributed.admin.system-monitor.gil.enabled": False}):
         build = _slurm_cluster if config.kind == "slurm" else _local_cluster
-        cluster, threads, gpu_resource, text = build(config, use_gpus=use_gpus)
+        with warnings.catch_warnings():  # a busy dashboard port: Dask takes another, and the link says which
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+            cluster, threads, gpu_resource, text = build(config, use_gpus=use_gpus)
         try:
             client = Client(cluster)
             if config.kind == "local":

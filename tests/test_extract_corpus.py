@@ -273,6 +273,20 @@ def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsy
     assert len(open_store(store).describe()["reader_skipped"]) == 1
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--workers", "-1", ">= 0, got -1"), ("--cpu-workers", "0", ">= 1, got 0"), ("--decode-workers", "-2", ">= 0"),
+    ("--shard-size", "x", ">= 1, got 'x'")])
+def test_extract_refuses_counts_out_of_range(tmp_path, capsys, option, value, expected):
+    """--workers -1 ended in a raw pydantic error; --cpu-workers 0 and --decode-workers -2 were taken."""
+    from w2v2ser._cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: expected an integer {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_extract_on_local_workers_beside_another_dask_dashboard(tmp_path):
     """`extract --workers` starts the pipeline's local cluster; a dashboard port already taken (another
     extraction on the node) printed Dask's warning with its source line, now it takes another quietly."""

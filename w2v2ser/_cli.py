@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_pipeline(Path(args.pipeline), stage=args.stage, overrides=args.set)
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (argparse names the option, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``w2v2ser`` command."""
     from w2v2ser import __version__
@@ -335,13 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
     )
     extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
-    extract.add_argument("--shard-size", dest="shard_size", type=int, default=64, help="utterances per unit of work")
-    extract.add_argument("--workers", type=int, default=0,
+    extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=64,
+                         help="utterances per unit of work")
+    extract.add_argument("--workers", type=_count(0), default=0,
                          help="run shards on a local Dask cluster of N CPU workers (and, as `w2v2ser run`, "
                               "one GPU worker per GPU)")
-    extract.add_argument("--decode-workers", dest="decode_workers", type=int,
+    extract.add_argument("--decode-workers", dest="decode_workers", type=_count(0),
                          help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
-    extract.add_argument("--cpu-workers", dest="cpu_workers", type=int, default=1,
+    extract.add_argument("--cpu-workers", dest="cpu_workers", type=_count(1), default=1,
                          help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model")
     extract.add_argument("--no-progress", dest="no_progress", action="store_true")
     extract.set_defaults(func=_cmd_extract)
@@ -384,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
     )
-    train.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
+    train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
     train.set_defaults(func=_cmd_train)
 
@@ -402,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
-    sweep.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
+    sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     sweep.add_argument("--no-progress", dest="no_progress", action="store_true")
     sweep.set_defaults(func=_cmd_sweep)
 

@@ -41,13 +41,12 @@ def _cell(run: RunSummary) -> str:
         return "skipped"
     if run.status != "complete":
         return "incomplete"
-    std = f" ± {run.uar_std:.1f}" if run.uar_std is not None else ""
-    return f"{run.uar_mean:.1f}{std} (n={run.n_runs})"
+    return _spread(run.uar_mean, run.uar_std, run.n_runs)
 
 
-def _spread(mean: float, std: float, n: int) -> str:
-    """``mean ± std (n=N)``; one value has no spread to state."""
-    return f"{mean:.1f}{f' ± {std:.1f}' if n > 1 else ''} (n={n})"
+def _spread(mean: float, std: float | None, n: int) -> str:
+    """``mean ± std (n=N)``; one value (or an unknown std) has no spread to state."""
+    return f"{mean:.1f}{f' ± {std:.1f}' if n > 1 and std is not None else ''} (n={n})"
 
 
 def _slug(text: str) -> str:

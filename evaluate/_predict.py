@@ -336,9 +336,10 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
     forks left out); a folder without any stays, to be reported."""
     out: list[Path] = []
     for path in paths:
-        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts)) \
-            if path.is_dir() else []
+        found: list[Path] = []
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
         out += found or [path]
     return out
 

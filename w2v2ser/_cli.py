@@ -150,18 +150,21 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
               f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else ""))
     failures = info["failure_reasons"]
     print(f"failures    {len(failures)}" + (" (reasons below)" if failures else ""))
-    for failure in failures[:_SHOWN_FAILURES]:
-        print(f"  {failure['id']}{' [' + failure['feature'] + ']' if failure['feature'] else ''}: {failure['reason']}")
-    if len(failures) > _SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - _SHOWN_FAILURES} more (`w2v2ser store info {args.store} --json`)")
+    _print_some([f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}" for f in failures],
+                args.store)
     skipped = info["reader_skipped"]
     if skipped:  # files or lines the corpus reader could not use: no store row, so not failures
         print(f"skipped     {len(skipped)} by the corpus reader (reasons below)")
-        for entry in skipped[:_SHOWN_FAILURES]:
-            print(f"  {entry['path']}: {entry['reason']}")
-        if len(skipped) > _SHOWN_FAILURES:
-            print(f"  ... and {len(skipped) - _SHOWN_FAILURES} more (`w2v2ser store info {args.store} --json`)")
+        _print_some([f"{entry['path']}: {entry['reason']}" for entry in skipped], args.store)
     return 0
+
+
+def _print_some(lines: Sequence[str], store: str) -> None:
+    """The first _SHOWN_FAILURES lines, indented, then how many more `store info --json` has."""
+    for line in lines[:_SHOWN_FAILURES]:
+        print(f"  {line}")
+    if len(lines) > _SHOWN_FAILURES:
+        print(f"  ... and {len(lines) - _SHOWN_FAILURES} more (`w2v2ser store info {store} --json`)")
 
 
 def _cmd_store_verify(args: argparse.Namespace) -> int:

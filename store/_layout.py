@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import warnings
 import zlib
@@ -120,8 +121,9 @@ def open_tensorstore(array: zarr.Array, *, write: bool = False) -> Any:
     if _TENSORSTORE[0] is None or not isinstance(array.store, LocalStore):
         return None
     ts, context = _TENSORSTORE[0]
-    folder = Path(array.store.root) / array.path
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(folder)}, "open": True}
+    # tensorstore's file driver refuses relative paths with ".." ("../stores/x.zarr").
+    folder = os.path.abspath(Path(array.store.root) / array.path)
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": folder}, "open": True}
     return ts.open(spec, read=True, write=write, context=context).result()
 
 

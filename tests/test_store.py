@@ -193,6 +193,18 @@ def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path, cgroup, limits
     assert available_memory(root=tmp_path / "elsewhere") is None  # no /proc/meminfo: unknown
 
 
+def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch, batch_reader):
+    # tensorstore's file driver refuses "../x.zarr"; the writer's shards and read_batch go through it.
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    built = build_store(Path("../s.zarr"), lengths=LENGTHS, units=2)
+    store = open_store("../s.zarr")
+    ids = [u.id for u in built.utterances]
+    for i, frames in enumerate(store.read_batch(ids, "w2v")):
+        np.testing.assert_array_equal(frames, built.stored("w2v", i))
+    assert store.verify().ok
+
+
 def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp_path, monkeypatch):
     pytest.importorskip("tensorstore")
     built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,), units=3)

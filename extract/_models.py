@@ -110,6 +110,34 @@ class ModelSource:
         }
 
 
+# Where a model's files were found, not what they hold: config keys (by section) that name its location.
+_LOCATION_KEYS = {"": ("model", "revision"), "upstream": ("model", "revision", "commit_hash"),
+                  "provenance": ("source", "requested", "resolved_path", "revision", "commit_hash")}
+
+
+def keep_recorded_location(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the model location of ``recorded`` when both name the same weights.
+
+    The same weights (equal sha256 and architecture) given by another spelling or from
+    another folder (``tiny`` vs ``/abs/tiny``, a copy on the GPU machine) resume a store,
+    which keeps the location it was made with; other weights keep theirs, and are refused.
+    """
+    mine, theirs = config.get("provenance") or {}, recorded.get("provenance") or {}
+    same = (mine.get("weights_sha256") and mine.get("weights_sha256") == theirs.get("weights_sha256")
+            and mine.get("architecture") == theirs.get("architecture"))
+    if not same:
+        return dict(config)
+    out = dict(config)
+    for section, keys in _LOCATION_KEYS.items():
+        source, target = (recorded, out) if not section else (recorded.get(section), dict(out.get(section) or {}))
+        if not isinstance(source, Mapping):
+            continue
+        target.update({key: source[key] for key in keys if key in source})
+        if section:
+            out[section] = target
+    return out
+
+
 def architecture_of(hf_config: Any) -> dict[str, Any]:
     """The architecture numbers of a speech encoder config that change the features.
 

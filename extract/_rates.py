@@ -17,6 +17,7 @@ from w2v2ser.store import FeatureSpec, Utterance
 
 from ._audio import NATIVE, TARGET_SAMPLE_RATE, AudioInfo, DecodedAudio, resampled_length
 from ._errors import ExtractorConfigError
+from ._models import keep_recorded_location
 from ._registry import Extractor
 
 __all__ = [
@@ -80,7 +81,8 @@ def feature_spec_for_store(
 
     A stored config without an option the extractor now records (``RECORDED_DEFAULTS`` of
     its config class, e.g. ``sample_rate``) was made with that option's old value: the same
-    value resumes the store (its recorded config is kept as it is), another is refused.
+    value resumes the store (its recorded config is kept as it is), another is refused. The
+    same model weights found at another path resume it too (:func:`keep_recorded_location`).
     """
     if extractor.name in rates:
         spec = extractor.feature_spec(sample_rate=rates[extractor.name])
@@ -88,6 +90,8 @@ def feature_spec_for_store(
     else:
         spec = extractor.feature_spec()
     old = stored.get(extractor.name)
+    if old is not None:
+        spec = replace(spec, config=keep_recorded_location(spec.config, old.config))
     defaults = getattr(type(extractor.config), "RECORDED_DEFAULTS", {})
     if old is None or not defaults:
         return spec

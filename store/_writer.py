@@ -57,6 +57,19 @@ def _comparable(value: Any) -> Any:
     return value
 
 
+_SHOWN_DIFFERENCES = 6
+
+
+def _differences(stored: Any, given: Any, key: str) -> list[str]:
+    """``key.path: store has X, given Y`` for each differing leaf of two JSON-like values."""
+    if isinstance(stored, Mapping) and isinstance(given, Mapping):
+        return [line for k in sorted(set(stored) | set(given), key=str)
+                for line in _differences(stored.get(k), given.get(k), f"{key}.{k}")]
+    if json.dumps(stored, sort_keys=True, default=str) == json.dumps(given, sort_keys=True, default=str):
+        return []
+    return [f"{key}: store has {stored!r}, given {given!r}"]
+
+
 def _no_space_is_clear(method: Any) -> Any:
     """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreError.
 
@@ -273,10 +286,10 @@ class StoreWriter:
 
     def _check_feature_config(self, spec: FeatureSpec, stored: dict[str, Any]) -> None:
         given = spec.to_dict()
-        diff = [k for k in _COMPARED if json.dumps(_comparable(given[k]), sort_keys=True)
-                != json.dumps(_comparable(stored.get(k)), sort_keys=True)]
+        diff = [line for k in _COMPARED for line in _differences(_comparable(stored.get(k)), _comparable(given[k]), k)]
         if diff:
-            detail = "; ".join(f"{k}: store has {stored.get(k)!r}, given {given[k]!r}" for k in diff)
+            detail = "; ".join(diff[:_SHOWN_DIFFERENCES]) + (
+                f"; and {len(diff) - _SHOWN_DIFFERENCES} more" if len(diff) > _SHOWN_DIFFERENCES else "")
             raise StoreError(
                 f"feature {spec.name!r} in store {self.path} was made with another config "
                 f"({detail}). A store holds one config per feature: use a new store path for "

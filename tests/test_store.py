@@ -406,8 +406,11 @@ def test_changed_feature_config_and_conflicting_ids_raise(tmp_path):
     built = build_store(path, lengths=[3], specs=(W2V,))
     other = FeatureSpec(**{**W2V.__dict__, "config": {"model": "tiny", "revision": "def"}})
     writer = StoreWriter(path)
-    with pytest.raises(StoreError, match="another config.*new store path"):
+    with pytest.raises(StoreError, match="another config.*new store path") as error:
         writer.plan(built.utterances, num_samples=[1], features=[other], capacities={"w2v": [3]})
+    # Only the differing leaf, by its key path: a whole recorded config is unreadable in one line.
+    assert "config.revision: store has 'abc', given 'def'" in str(error.value)
+    assert "tiny" not in str(error.value)
     moved = [Utterance(id="u000", path="/elsewhere.wav", speaker="A", label="angry")]
     with pytest.raises(StoreError, match="already in store"):
         writer.plan(moved, num_samples=[1], features=[W2V], capacities={"w2v": [3]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +20,7 @@ __all__ = [
     "Extractor",
     "UnknownFeatureError",
     "build_extractor",
+    "configs_like",
     "extractor_config_class",
 ]
 
@@ -110,3 +112,53 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
         values = {**getattr(config_class, "RECORDED_DEFAULTS", {}),
                   **{key: value for key, value in values.items() if key in known}}
     return extractor_class(config_class.from_dict(values))
+
+
+def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store",
+                 changes: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The extractor configs recorded in a store, to give new audio the same features (``--like``).
+
+    A local model is taken from the absolute path the store recorded when its recorded spelling
+    (``--model tiny``, relative to where extraction ran) is not found from here.
+
+    Args:
+        features: The store's features (``FeatureStore.features``).
+        store: The store, for messages.
+        changes: Per feature, options to change: those that never change the values (device,
+            batch size, threads, kernels) and, for a speech encoder, where its weights are
+            (``model``, ``revision``), which must then hold the recorded weights.
+
+    Raises:
+        ConfigError: A change of another option, or a model with other weights.
+    """
+    from ._models import resolve_model
+    from ._wav2vec2 import RUNTIME_KEYS
+
+    configs: dict[str, dict[str, Any]] = {}
+    for name, spec in features.items():
+        config = dict(spec.config)
+        provenance = config.get("provenance") or {}
+        model = config.get("model")
+        if (name in UPSTREAMS and provenance.get("source") in ("local", "fairseq") and isinstance(model, str)
+                and not Path(model).expanduser().exists() and Path(str(provenance.get("resolved_path"))).exists()):
+            config["model"] = provenance["resolved_path"]
+        wanted = dict((changes or {}).get(name) or {})
+        allowed = set(RUNTIME_KEYS) | {"model", "revision"} if name in UPSTREAMS else set()
+        refused = sorted(set(wanted) - allowed)
+        if refused:
+            raise ConfigError(
+                f"--like {store} gives {name} its recorded config, and {', '.join(refused)} would change its "
+                f"values; drop --like to extract with other options, or drop the option"
+                + (f" (options that may change here: {', '.join(sorted(allowed))})" if allowed else "")
+            )
+        if wanted.get("model", config.get("model")) != config.get("model") or "revision" in wanted:
+            weights = dict(resolve_model(str(wanted.get("model", model)),
+                                         revision=wanted.get("revision")).weights_sha256)
+            recorded = dict(provenance.get("weights_sha256") or {})
+            if weights != recorded:
+                raise ConfigError(
+                    f"--like {store}: the {name} model {wanted.get('model', model)!r} holds other weights than the "
+                    f"store's (sha256 {weights} vs {recorded}); pass the model the store was made with, or drop --like"
+                )
+        configs[name] = {**config, **wanted}
+    return configs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,14 +187,19 @@ def test_wav2vec2_store_resumes_with_other_runtime_options_but_refuses_another_m
         corpus[:3], tmp_path / "w.zarr", extractors=[build_extractor("wav2vec2", {"model": str(model_dir)})],
         progress=False,
     )
-    resumed = build_extractor("wav2vec2", {"model": str(model_dir), "batch_seconds": 2.0, "device": "cpu"})
+    # The same weights, copied to another folder (the GPU machine's copy): the store resumes and
+    # keeps the location it was made with.
+    copied = Path(shutil.copytree(model_dir, tmp_path / "copy"))
+    resumed = build_extractor("wav2vec2", {"model": str(copied), "batch_seconds": 2.0, "device": "cpu"})
     assert extract_corpus(corpus, tmp_path / "w.zarr", extractors=[resumed], progress=False).extracted == 4
+    assert open_store(tmp_path / "w.zarr").features["wav2vec2"].config["model"] == str(model_dir)
     other = save_tiny_wav2vec2(tmp_path / "other", num_layers=2, hidden=16, seed=1)
-    with pytest.raises(StoreError, match="another config"):
+    with pytest.raises(StoreError, match="another config") as error:
         extract_corpus(
             corpus, tmp_path / "w.zarr", extractors=[build_extractor("wav2vec2", {"model": str(other)})],
             progress=False,
         )
+    assert "config.provenance.weights_sha256.model.safetensors: store has" in str(error.value)
 
 
 def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
@@ -330,3 +336,43 @@ def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, t
                                           rf"{change} .*extract into a new store path"):
         extract_corpus(edited, store, extractors=[EnergyExtractor()], progress=False)
     assert open_store(store).complete  # the refused run changed nothing
+
+
+def test_like_gives_new_audio_the_same_features_from_any_folder(corpus, tmp_path, monkeypatch, capsys):
+    """`--like STORE` from another folder: a model given by a relative path is found at the absolute
+    path the store recorded. Options that would change the values are refused (they were ignored
+    before, silently), runtime options and a copy of the same weights are taken."""
+    pytest.importorskip("torch")
+    import csv
+
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser._cli import main
+
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label", "speaker"]] + [[u.path, u.label, u.speaker] for u in corpus[:4]])
+    (tmp_path / "first").mkdir()
+    (tmp_path / "other").mkdir()
+    save_tiny_wav2vec2(tmp_path / "first" / "tiny", num_layers=2, hidden=16)
+    monkeypatch.chdir(tmp_path / "first")
+    assert main(["extract", "csv", str(manifest), "--store", "../a.zarr", "--features", "wav2vec2,spectrogram",
+                 "--model", "tiny", "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path / "other")
+    assert main(["extract", "csv", str(manifest), "--store", "../b.zarr", "--like", "../a.zarr",
+                 "--device", "cpu", "--no-progress"]) == 0
+    a, b = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "b.zarr")
+    for feature in ("wav2vec2", "spectrogram"):
+        for u in corpus[:4]:
+            np.testing.assert_array_equal(a.read_utterance(u.id, feature), b.read_utterance(u.id, feature))
+    copy = shutil.copytree(tmp_path / "first" / "tiny", tmp_path / "copy")
+    assert main(["extract", "csv", str(manifest), "--store", "../c.zarr", "--like", "../a.zarr",
+                 "--features", "wav2vec2", "--model", str(copy), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["extract", "csv", str(manifest), "--store", "../d.zarr", "--like", "../a.zarr",
+                 "--option", "spectrogram.hop_ms=20", "--no-progress"]) == 2
+    assert "--like ../a.zarr gives spectrogram its recorded config, and hop_ms would change" in capsys.readouterr().err
+    other = save_tiny_wav2vec2(tmp_path / "weights2", num_layers=2, hidden=16, seed=1)
+    assert main(["extract", "csv", str(manifest), "--store", "../d.zarr", "--like", "../a.zarr",
+                 "--features", "wav2vec2", "--model", str(other), "--no-progress"]) == 2
+    assert "holds other weights than the store's" in capsys.readouterr().err
+    assert not (tmp_path / "d.zarr").exists()

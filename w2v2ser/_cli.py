@@ -42,19 +42,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from w2v2ser._common import ConfigError
     from w2v2ser.store import open_store
 
-    if args.like:
-        like = open_store(args.like)
-        configs = {name: dict(spec.config) for name, spec in like.features.items()}
-        if args.features:
-            wanted = [f.strip() for f in args.features.split(",") if f.strip()]
-            missing = [f for f in wanted if f not in configs]
-            if missing:
-                raise ConfigError(
-                    f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(configs)}."
-                )
-            configs = {name: configs[name] for name in wanted}
-        return configs
-    names = [f.strip() for f in (args.features or ",".join(FEATURES)).split(",") if f.strip()]
+    like = open_store(args.like).features if args.like else None
+    names = [f.strip() for f in (args.features or ",".join(like or FEATURES)).split(",") if f.strip()]
+    missing = [f for f in names if like is not None and f not in like]
+    if missing:
+        raise ConfigError(f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(like)}.")
     configs: dict[str, dict[str, Any]] = {name: {} for name in names}
     for upstream in (name for name in UPSTREAM_FEATURES if name in configs):
         for key in ("model", "revision", "device", "batch_seconds"):
@@ -69,6 +61,10 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 f"(features: {', '.join(configs)}); add it to --features."
             )
         configs[feature][key] = value
+    if like is not None:
+        from w2v2ser.extract import configs_like
+
+        return configs_like({name: like[name] for name in names}, store=args.like, changes=configs)
     return configs
 
 

@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import os
 import pickle
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from w2v2ser._common import EXIT_INPUT
 from w2v2ser.store import W2v2serError
 
 __all__ = ["FAMILIES", "ModelLoadError", "ModelSource", "resolve_model", "load_model", "architecture_of"]
@@ -58,6 +62,8 @@ _FAIRSEQ_DEFAULTS: dict[str, Any] = {
 
 class ModelLoadError(W2v2serError):
     """A speech encoder model could not be found, read or converted, or does not fit its class."""
+
+    exit_code = EXIT_INPUT  # the model given cannot be used: nothing ran, pass another
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,41 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     return _resolve_hub(model, revision=revision)
 
 
+_HUB_PROBED: list[str | None] = []  # the probe's outcome, once per process
+
+
+def probe_hub() -> str | None:
+    """One quick connection to the Hugging Face hub per process; None when it answers.
+
+    When it fails, hub lookups use the local cache only (``HF_HUB_OFFLINE``, inherited by Dask
+    workers started later): without this, each lookup on a machine without network retries
+    five times with back-off, about 23 s and ten log lines per model, before failing the same
+    way. Returns the failure, for the caller to report once.
+    """
+    if _HUB_PROBED:
+        return _HUB_PROBED[0]
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        _HUB_PROBED.append(None)
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=5).close()
+        _HUB_PROBED.append(None)
+        return None
+    except OSError as error:
+        _HUB_PROBED.append(f"Hugging Face hub {endpoint} cannot be reached ({error})")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True  # already imported: it read the variable at import
+    except ImportError:
+        pass
+    return _HUB_PROBED[0]
+
+
 def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -224,6 +265,7 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     )
 
     asked = f"hub model {model_id!r}" + (f" at revision {revision!r}" if revision else "")
+    probe_hub()
     try:
         config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
     except LocalEntryNotFoundError as error:

@@ -154,6 +154,8 @@ def extract_corpus(
     if shard_size < 1:
         raise W2v2serError(f"shard_size must be >= 1, got {shard_size}.")
     store_path = locate_store(store_path, storage_options=storage_options)
+    for extractor in extractors:  # a model that cannot be found fails before the store is created
+        getattr(extractor, "source", None)
     started = time.perf_counter()
     summary = ExtractionSummary(store=store_path.display)
     with lock_store(store_path):

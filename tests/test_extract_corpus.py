@@ -376,3 +376,26 @@ def test_like_gives_new_audio_the_same_features_from_any_folder(corpus, tmp_path
                  "--features", "wav2vec2", "--model", str(other), "--no-progress"]) == 2
     assert "holds other weights than the store's" in capsys.readouterr().err
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_path):
+    """`extract --model org/name` without network: five retries with back-off (24 s, ten log lines)
+    before the error, and an empty store folder left behind. Now one probe, then the error."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # refuses at once
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in corpus[:2]))
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store",
+                           str(tmp_path / "s.zarr"), "--features", "wav2vec2", "--model", "org/absent-model",
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "cannot load hub model 'org/absent-model'" in done.stderr
+    assert "Retry" not in done.stderr + done.stdout
+    assert time.perf_counter() - started < 20
+    assert not (tmp_path / "s.zarr").exists()

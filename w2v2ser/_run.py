@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -78,30 +77,11 @@ def _store_topic(store: str) -> str:
 
 
 def _probe_hub() -> None:
-    """One quick connection to the Hugging Face hub; when it fails, use the local cache only.
+    from w2v2ser.extract._models import probe_hub
 
-    Without this, every hub lookup on a machine without network retries five times with
-    back-off (about 23 s per model) before failing the same way.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        return
-    from urllib.parse import urlparse
-
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=5).close()
-        return
-    except OSError as error:
-        _say(f"Hugging Face hub {endpoint} cannot be reached ({error}): models come from the local cache only")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the Dask workers started later
-    try:
-        import huggingface_hub.constants as hub_constants
-
-        hub_constants.HF_HUB_OFFLINE = True  # already imported: it read the variable at import
-    except ImportError:
-        pass
+    problem = probe_hub()
+    if problem:
+        _say(f"{problem}: models come from the local cache only")
 
 
 def _uses_hub(config: PipelineConfig) -> bool:

@@ -135,12 +135,14 @@ def keep_recorded_location(config: Mapping[str, Any], recorded: Mapping[str, Any
         return dict(config)
     out = dict(config)
     for section, keys in _LOCATION_KEYS.items():
-        source, target = (recorded, out) if not section else (recorded.get(section), dict(out.get(section) or {}))
+        source = recorded.get(section) if section else recorded
         if not isinstance(source, Mapping):
             continue
-        target.update({key: source[key] for key in keys if key in source})
+        values = {key: source[key] for key in keys if key in source}
         if section:
-            out[section] = target
+            out[section] = {**(out.get(section) or {}), **values}
+        else:
+            out.update(values)
     return out
 
 

@@ -277,3 +277,16 @@ def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path,
         assert "--set 'max_epoch=3': unknown key 'max_epoch'. Did you mean 'max_epochs'?" in err
         assert "learning_rate" in err and "units" in err  # both kinds of key are listed
     assert not (tmp_path / "x").exists()
+
+
+def test_set_takes_the_pipeline_spelling_of_recipe_keys():
+    """pipeline.yaml writes `recipe_overrides: {max_epochs: 2}`; `--set recipe_overrides.max_epochs=2`,
+    copied from there, was an unknown key."""
+    from w2v2ser._cli import _apply_settings
+    from w2v2ser._common import ConfigError
+
+    values: dict = {}
+    _apply_settings(values, ["recipe_overrides.max_epochs=2", "learning_rate=3e-4", "units=64"])
+    assert values == {"units": 64, "recipe_overrides": {"max_epochs": 2, "learning_rate": 3e-4}}
+    with pytest.raises(ConfigError, match="unknown key 'recipe_overrides.units'"):
+        _apply_settings({}, ["recipe_overrides.units=64"])  # not a recipe key

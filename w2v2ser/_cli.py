@@ -204,6 +204,8 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         key, sep, raw = text.partition("=")
         if not sep:
             raise ConfigError(f"--set {text!r} is not KEY=VALUE, e.g. --set learning_rate=3e-4 or --set units=64.")
+        if key.removeprefix("recipe_overrides.") in recipe_keys:  # pipeline.yaml's spelling, taken as well
+            key = key.removeprefix("recipe_overrides.")
         if key not in known:  # recipe and experiment keys together, as --set takes them
             raise ConfigError(f"--set {text!r}: unknown key {key!r}.{did_you_mean(key, known)} "
                               f"Valid keys: {', '.join(known)}.")

@@ -176,6 +176,25 @@ def test_apply_overrides_parses_yaml_scalars() -> None:
     assert raw == {"a": {"b": 2.5, "c": None, "d": True, "e": "hello"}, "l": [1, 7], "n": {"m": [1, 2]}}
 
 
+def test_numbers_are_read_as_yaml_1_2_numbers(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) read `learning_rate: 3e-4` as a string, which was refused, and an unquoted
+    `walltime: 10:00:00` as the base-60 integer 36000, which became the walltime "36000"."""
+    path = tmp_path / "pipeline.yaml"
+    (tmp_path / "data").mkdir()
+    path.write_text(yaml.safe_dump(_base(), sort_keys=False)
+                    + "cluster: {kind: slurm, slurm: {walltime: 10:00:00, memory: 16GB}}\n")
+    path.write_text(path.read_text().replace("seeds: 2", "seeds: 2\n    recipe_overrides: {learning_rate: 3e-4}"))
+    config = load_pipeline(path)
+    assert config.cluster.slurm.walltime == "10:00:00"
+    assert {e.config["recipe_overrides"]["learning_rate"] for e in config.experiments} == {3e-4}
+    config = load_pipeline(path, overrides=["cluster.slurm.walltime=1:30:00", "experiments.t1.recipe_overrides.learning_rate=1E-5"])
+    assert config.cluster.slurm.walltime == "1:30:00"
+    assert {e.config["recipe_overrides"]["learning_rate"] for e in config.experiments} == {1e-5}
+    raw: dict = {}
+    apply_overrides(raw, ["a=2e-3", "b=-1.5e+2", "c=1e", "d=007", "e=0x10", "f=.5", "g=v1e3"])
+    assert raw == {"a": 2e-3, "b": -150.0, "c": "1e", "d": 7, "e": 16, "f": 0.5, "g": "v1e3"}
+
+
 def test_missing_env_variable_is_an_error(tmp_path: Path) -> None:
     data = _base()
     data["output"] = "${W2V2SER_SURELY_UNSET_VAR}"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
 # Speech encoders, named after their family; --model etc. apply to the one(s) chosen.
@@ -35,7 +35,7 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
         raise ConfigError(
             f"--option {text!r} is not of the form FEATURE.KEY=VALUE, e.g. --option spectrogram.hop_ms=20."
         )
-    return feature, key, yaml.safe_load(value)
+    return feature, key, load_yaml(value)
 
 
 def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -209,7 +209,7 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         if key not in known:  # recipe and experiment keys together, as --set takes them
             raise ConfigError(f"--set {text!r}: unknown key {key!r}.{did_you_mean(key, known)} "
                               f"Valid keys: {', '.join(known)}.")
-        (overrides if key in recipe_keys else values)[key] = yaml.safe_load(raw)
+        (overrides if key in recipe_keys else values)[key] = load_yaml(raw)
     if overrides:
         values["recipe_overrides"] = overrides
 

@@ -1,6 +1,6 @@
 """pipeline.yaml: one file describing corpora, extraction, cluster, experiments and reports.
 
-The file is read with ``yaml.safe_load``, ``--set key.path=value`` overrides are applied,
+The file is read with a YAML safe loader (YAML 1.2 floats: ``1e-3`` is a number), ``--set key.path=value`` overrides are applied,
 ``${VAR}`` / ``${VAR:-default}`` are expanded in strings (:mod:`w2v2ser._overrides`), and the
 result is checked against one pydantic schema (:func:`pipeline_model`; ``w2v2ser run --schema``
 prints it as JSON Schema). Extractor and experiment sections are derived from their config
@@ -35,7 +35,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
 from ._common import ConfigError, did_you_mean
-from ._overrides import apply_overrides, expand_env
+from ._overrides import apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, dataclass_model, validate
 
 __all__ = [
@@ -584,7 +584,7 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     """
     path = Path(path).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read pipeline file {path}: {error}. Pass an existing pipeline.yaml.") from error
     except yaml.YAMLError as error:

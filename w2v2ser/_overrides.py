@@ -16,10 +16,37 @@ import yaml
 
 from ._common import ConfigError
 
-__all__ = ["apply_overrides", "expand_env"]
+__all__ = ["apply_overrides", "expand_env", "load_yaml"]
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's numbers. PyYAML follows YAML 1.1, which reads ``3e-4``
+    as a string and ``10:00:00`` (a SLURM walltime) as the base-60 integer 36000."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))  # YAML 1.1's integers without base 60
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"""^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*\.[0-9_]*)(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text (a file or one ``--set`` value) as Python objects; ``1e-3`` is a number, as in YAML 1.2."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
 
 
 def _type_name(value: Any) -> str:
@@ -45,7 +72,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if not all(parts):
             raise ConfigError(f"--set {text!r}: empty part in key path {key!r}; write e.g. extraction.shard_size=8")
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
+            value = load_yaml(value_text) if value_text.strip() else None
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {text!r}: value {value_text!r} is not valid YAML ({error})") from error
         node: Any = raw
@@ -104,7 +131,7 @@ def expand_env(node: Any, where: str = "") -> Any:
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
     if _ENV.fullmatch(node):
         try:
-            parsed = yaml.safe_load(expanded) if expanded.strip() else None
+            parsed = load_yaml(expanded) if expanded.strip() else None
         except yaml.YAMLError:
             return expanded
         return parsed if isinstance(parsed, (int, float, bool, type(None))) else expanded

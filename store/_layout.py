@@ -276,8 +276,8 @@ def check_complete(path: Path | str, meta: dict[str, Any]) -> None:
         raise StoreIncompleteError(
             f"store {path} is incomplete (root attribute {ATTRS_KEY}.complete is false): its "
             f"extraction was interrupted or some utterances are still pending. Rerun the "
-            f"extraction with the same store path to finish it, or pass allow_incomplete=True "
-            f"to inspect what is there."
+            f"extraction with the same store path to finish it; `w2v2ser store info {path}` (or "
+            f"open_store(..., allow_incomplete=True)) shows what is there."
         )
 
 

@@ -490,4 +490,13 @@ class FeatureStore:
             "reader_skipped": list(self.attrs.get("reader_skipped", [])),
             "corpus": self.attrs.get("corpus"),
             "features": feats,
+            # An unfinished extraction's commits are in its journals until finalize merges them.
+            "committed": None if self.complete else self._journal_commits(),
         }
+
+    def _journal_commits(self) -> dict[str, int]:
+        """Utterances per feature whose frames are committed in the journals (not yet finalized)."""
+        from ._journal import resolve_events
+
+        state = resolve_events(self.location)
+        return {name: int(state.committed_rows(name, len(self._ids)).sum()) for name in self.features}

@@ -575,6 +575,23 @@ _HOLDER = textwrap.dedent("""
 """)
 
 
+def test_info_of_an_interrupted_store_counts_its_journal_commits(tmp_path, capsys):
+    """Killed before finalize, `store info` said "600 pending" while 64 were committed and would be
+    skipped by a rerun: the commits are in the journal until finalize merges them."""
+    from w2v2ser._cli import main
+
+    build_store(tmp_path / "s", lengths=LENGTHS[:5], finalize=False, units=0)
+    info = open_store(tmp_path / "s", allow_incomplete=True).describe()
+    assert not info["complete"] and info["status"]["pending"] == 5
+    assert info["committed"] == {"w2v": 5, "lld": 5}
+    assert main(["store", "info", str(tmp_path / "s")]) == 0
+    assert "committed so far: w2v 5 of 5, lld 5 of 5 utterances" in capsys.readouterr().out
+    with pytest.raises(StoreIncompleteError, match=f"w2v2ser store info {tmp_path / 's'}"):
+        open_store(tmp_path / "s")
+    build_store(tmp_path / "done", lengths=[3])
+    assert open_store(tmp_path / "done").describe()["committed"] is None
+
+
 def test_lock_conflict_across_processes(tmp_path):
     path = tmp_path / "s"
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,

@@ -586,6 +586,8 @@ def test_info_of_an_interrupted_store_counts_its_journal_commits(tmp_path, capsy
     assert info["committed"] == {"w2v": 5, "lld": 5}
     assert main(["store", "info", str(tmp_path / "s")]) == 0
     assert "committed so far: w2v 5 of 5, lld 5 of 5 utterances" in capsys.readouterr().out
+    assert main(["store", "verify", str(tmp_path / "s")]) == 0
+    assert "intact\nthe store is incomplete: 0 utterance x feature regions" in capsys.readouterr().out
     with pytest.raises(StoreIncompleteError, match=f"w2v2ser store info {tmp_path / 's'}"):
         open_store(tmp_path / "s")
     build_store(tmp_path / "done", lengths=[3])

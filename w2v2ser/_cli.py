@@ -170,10 +170,15 @@ def _print_some(lines: Sequence[str], store: str) -> None:
 def _cmd_store_verify(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store
 
-    report = open_store(args.store, allow_incomplete=True).verify()
+    store = open_store(args.store, allow_incomplete=True)
+    report = store.verify()
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
     print("intact" if report.ok else f"{len(report.problems)} problem(s) found")
+    if not store.complete:  # a verify of the finished part only: say so, or "intact" misleads
+        print(f"the store is incomplete: {report.checked} utterance x feature regions of its last finalize were "
+              f"checked; what the unfinished extraction committed since is checked once it finishes "
+              f"(rerun the same `w2v2ser extract` command)")
     return 0 if report.ok else 1
 
 

@@ -79,24 +79,22 @@ def _check_header(path: Path, header: list[str] | None) -> None:
                     "sample rate under it (read from the audio header)", "Rename or drop the column.")
 
 
-def _resolve(path: Path, line: int, raw: str) -> str:
-    """Absolute path of ``raw``; relative paths must stay inside the manifest's folder."""
+def _resolve(path: Path, raw: str) -> str:
+    """Absolute path of ``raw``: relative paths start at the manifest's folder (``../audio/a.wav``
+    from ``manifests/train.csv`` included)."""
     given = Path(raw)
     if given.is_absolute():
         return os.path.normpath(given)
-    base = os.path.normpath(path.parent.absolute())
-    # normpath (not resolve) so symlinked audio inside the folder stays allowed.
-    full = os.path.normpath(os.path.join(base, raw))
-    if os.path.commonpath([base, full]) != base:
-        raise _fail(path, line, "path", f"relative path {raw!r} points outside the manifest's folder {base}",
-                    "Relative paths must stay below the manifest's folder; give an absolute path instead.")
-    return full
+    # normpath (not resolve): symlinked audio keeps the path the manifest gives.
+    return os.path.normpath(os.path.join(path.parent.absolute(), raw))
 
 
 def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
-    """Path stems, or the path without suffix where two stems collide."""
+    """Path stems; where two stems collide, the path without suffix relative to the manifest's
+    folder, or for files outside it, relative to the folder that holds every listed file."""
     stems = [PurePath(r["path"]).stem for r in rows]
     counts = Counter(stems)
+    top = os.path.commonpath([r["_abs"] for r in rows]) if rows else ""
     ids = []
     for row, stem in zip(rows, stems):
         if counts[stem] == 1:
@@ -106,7 +104,7 @@ def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
         try:
             rel = full.relative_to(os.path.normpath(base.absolute()))
         except ValueError:
-            rel = full
+            rel = full.relative_to(top) if top and full != Path(top) else full
         ids.append(rel.with_suffix("").as_posix())
     return ids
 
@@ -115,7 +113,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read a CSV manifest with columns ``path,label,speaker`` (+ ``session,split,id,gender``).
 
     Other columns go into ``Utterance.extra``. Relative paths resolve against the CSV's
-    folder and must not leave it; absolute paths are used as given. Audio files are not
+    folder; absolute paths are used as given. Audio files are not
     opened here: missing files become extraction failures later.
 
     Args:
@@ -154,7 +152,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
                     if not row[column]:
                         raise _fail(path, line, column, f"{column} is empty", f"Give every row a {column}.")
                 row["_line"] = str(line)
-                row["_abs"] = _resolve(path, line, row["path"])
+                row["_abs"] = _resolve(path, row["path"])
                 rows.append(row)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"Manifest {path} is not UTF-8 text ({exc}). Save it as UTF-8 CSV.") from exc

@@ -290,3 +290,13 @@ def test_set_takes_the_pipeline_spelling_of_recipe_keys():
     assert values == {"units": 64, "recipe_overrides": {"max_epochs": 2, "learning_rate": 3e-4}}
     with pytest.raises(ConfigError, match="unknown key 'recipe_overrides.units'"):
         _apply_settings({}, ["recipe_overrides.units=64"])  # not a recipe key
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_seeds_below_one_are_refused_by_the_parser(tmp_path, capsys, command):
+    from w2v2ser._cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, str(tmp_path / "s.zarr"), "--features", "egemaps", "--seeds", "0", "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    assert "argument --seeds: expected an integer >= 1, got 0" in capsys.readouterr().err

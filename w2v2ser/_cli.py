@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="HDF5 file to write (replaced if it exists): utterances, failures and, per "
                                     "feature, frames back to back with offsets, checksums and statistics")
     export.set_defaults(func=_cmd_store_export)
-    upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new format-2 store")
+    upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format")
     upgrade.add_argument("old", help="format-1 store (only read)")
     upgrade.add_argument("new", help="new store directory")
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true")
@@ -396,15 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     train.add_argument(
         "--features", required=True,
-        help="wav2vec2:local|contextual|all|N|A-B, egemaps, spectrogram (prefix alias/ for another store)",
+        help="UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: wav2vec2, hubert, wavlm, data2vec), egemaps or "
+             "spectrogram (prefix alias/ for another store)",
     )
     train.add_argument("--fusion-store", dest="fusion_store", help="store holding the fusion branch's eGeMAPS")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
-    train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense")
-    train.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
+    train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense",
+                       help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")
+    train.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker",
+                       help="feature normalisation from the store's statistics (default: speaker)")
     train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    train.add_argument("--recipe", choices=["paper", "official"], default="paper")
-    train.add_argument("--seeds", type=int, default=5)
+    train.add_argument("--recipe", choices=["paper", "official"], default="paper",
+                       help="training recipe: the paper's text or the authors' released code (default: paper)")
+    train.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default: 5)")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -421,10 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")
     sweep.add_argument("--head", default="dense", help="only dense (the paper's probe)")
-    sweep.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker")
+    sweep.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker",
+                       help="feature normalisation from the store's statistics (default: speaker)")
     sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    sweep.add_argument("--recipe", choices=["paper", "official"], default="paper")
-    sweep.add_argument("--seeds", type=int, default=5)
+    sweep.add_argument("--recipe", choices=["paper", "official"], default="paper",
+                       help="training recipe: the paper's text or the authors' released code (default: paper)")
+    sweep.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default: 5)")
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
@@ -448,9 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)",
                               parents=[verbose])
-    run.add_argument("pipeline", nargs="?")
-    run.add_argument("--stage", choices=["extract", "train", "evaluate"])
-    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    run.add_argument("pipeline", nargs="?", help="the pipeline file, e.g. pipeline.yaml")
+    run.add_argument("--stage", choices=["extract", "train", "evaluate"],
+                     help="run this stage only (default: all three; finished work is skipped)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a key of the file, e.g. experiments.table1.seeds=1 (repeatable)")
     run.add_argument("--schema", action="store_true",
                      help="print the JSON Schema of pipeline.yaml (for editors) and exit")
     run.set_defaults(func=_cmd_run)

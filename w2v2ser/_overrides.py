@@ -22,20 +22,20 @@ _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", in
                float: "number", type(None): "null"}
 
 
-class _Loader(yaml.SafeLoader):
+class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's numbers. PyYAML follows YAML 1.1, which reads ``3e-4``
     as a string and ``10:00:00`` (a SLURM walltime) as the base-60 integer 36000."""
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
+_SafeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver(
+_SafeLoader.add_implicit_resolver(
     _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"))  # YAML 1.1's integers without base 60
-_Loader.add_implicit_resolver(
+_SafeLoader.add_implicit_resolver(
     _FLOAT,
     re.compile(r"""^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*\.[0-9_]*)(?:[eE][-+]?[0-9]+)?
                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
@@ -46,7 +46,7 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     """YAML text (a file or one ``--set`` value) as Python objects; ``1e-3`` is a number, as in YAML 1.2."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 -- _SafeLoader subclasses yaml.SafeLoader
 
 
 def _type_name(value: Any) -> str:

@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
                         "alternating with --baseline-code")
     p.add_argument("--batch-readers", action="store_true",
                    help="--input-only: compare read_batch's zarrs and tensorstore paths instead of two codes")
+    p.add_argument("--rayon-threads", type=int, default=None, metavar="N",
+                   help="--input-only: compare this code with its own zarrs thread pool and with RAYON_NUM_THREADS=N")
     p.add_argument("--features", default="wav2vec2:all",
                    help="--input-only: the selection read (e.g. wav2vec2:6 for one layer)")
     p.add_argument("--cold", action="store_true",
@@ -268,15 +270,23 @@ def input_only(args: argparse.Namespace) -> None:
 
     how = _common.bootstrap_w2v2ser()
     store = ensure_store(Path(args.cache), args.seconds, args.gen_workers)
-    if args.batch_readers:  # name -> (code, extra child arguments)
-        codes = {"zarrs": (None, ["--batch-reader", "zarrs"]), "tensorstore": (None, ["--batch-reader", "tensorstore"])}
+    # name -> (code, extra child arguments, RAYON_NUM_THREADS of the child: None = the code's own choice)
+    if args.batch_readers:
+        codes = {"zarrs": (None, ["--batch-reader", "zarrs"], None),
+                 "tensorstore": (None, ["--batch-reader", "tensorstore"], None)}
+    elif args.rayon_threads:
+        codes = {"this code": (None, [], None), f"RAYON_NUM_THREADS={args.rayon_threads}": (None, [], args.rayon_threads)}
     else:
-        codes = {"this code": (None, []), "baseline code": (args.baseline_code, [])}
-    times: dict[str, list[float]] = {name: [] for name, (code, _) in codes.items() if name != "baseline code" or code}
+        codes = {"this code": (None, [], None), "baseline code": (args.baseline_code, [], None)}
+    times: dict[str, list[float]] = {name: [] for name, (code, *_) in codes.items() if name != "baseline code" or code}
     for rep in range(args.input_only):
         for name in times:
-            code, extra = codes[name]
+            code, extra, rayon = codes[name]
             env, exe = _child_env(code)
+            # This process imported the store, which set RAYON_NUM_THREADS: each child chooses its own.
+            env.pop("RAYON_NUM_THREADS", None)
+            if rayon is not None:
+                env["RAYON_NUM_THREADS"] = str(rayon)
             print(f"input-only pass, {name}, repetition {rep + 1} ...", flush=True)
             cmd = [exe, __file__, "--child-input", str(store), "--cache-mode", args.cache_mode, "--features",
                    args.features, *extra]

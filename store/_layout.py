@@ -24,7 +24,7 @@ from zarr.codecs import Crc32cCodec
 from zarr.storage import LocalStore
 
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
-from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, unreachable
+from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, remote_errors
 from ._types import FeatureSpec
 
 # The format written. 3 is format 2's layout with CRC-32C per-layer checksums (row_checksum):
@@ -246,10 +246,8 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
 
 
 def _exists(location: StoreLocation, key: str) -> bool:
-    try:
+    with remote_errors(location):  # no such bucket, refused credentials, unreachable endpoint
         return location.exists(key)
-    except (OSError, ValueError) as exc:  # no such bucket, refused credentials, unreachable endpoint
-        raise unreachable(location, exc) from None
 
 
 def check_version(path: Path | str, meta: dict[str, Any]) -> None:

@@ -12,13 +12,14 @@ import json
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ._errors import StoreError
 
-__all__ = ["StoreLocation", "locate_store", "is_store_url", "unreachable", "STORAGE_OPTIONS_ENV"]
+__all__ = ["StoreLocation", "locate_store", "is_store_url", "remote_errors", "unreachable", "STORAGE_OPTIONS_ENV"]
 
 # Extra fsspec options for every store URL, as a JSON object (e.g. '{"endpoint_url": "http://..."}').
 STORAGE_OPTIONS_ENV = "W2V2SER_STORAGE_OPTIONS"
@@ -197,3 +198,17 @@ def locate_store(store: str | os.PathLike[str] | StoreLocation, *,
     if is_store_url(text):
         return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})
     return StoreLocation(text.removeprefix("file://"))
+
+
+@contextmanager
+def remote_errors(location: StoreLocation) -> Iterator[None]:
+    """Inside, an object store's refusal (any exception of its client: botocore's NoCredentialsError
+    is not an OSError) becomes :func:`unreachable`'s StoreError; local stores' errors pass unchanged."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- fsspec back ends raise their own client errors
+        if location.is_local:
+            raise
+        raise unreachable(location, exc) from None

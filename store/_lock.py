@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 from ._errors import StoreLockedError
-from ._location import StoreLocation, locate_store, unreachable
+from ._location import StoreLocation, locate_store, remote_errors
 
 __all__ = ["lock_store", "hold_plan_lock", "LOCK_FILE", "PLAN_LOCK_FILE"]
 
@@ -84,10 +84,8 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
 @contextmanager
 def _lock_object(location: StoreLocation) -> Iterator[None]:
     holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
-    try:
+    with remote_errors(location):  # no such bucket, refused credentials
         created = location.create(LOCK_FILE, holder)
-    except OSError as exc:  # no such bucket, refused credentials
-        raise unreachable(location, exc) from None
     if not created:
         text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip() or "unknown pid"
         raise StoreLockedError(

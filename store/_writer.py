@@ -39,7 +39,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import locate_store, unreachable
+from ._location import locate_store, remote_errors
 from ._lock import LOCK_FILE, PLAN_LOCK_FILE, hold_plan_lock
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit
@@ -149,13 +149,9 @@ class StoreWriter:
     ) -> None:
         self.location = locate_store(path, storage_options=storage_options)
         self.path: Path | str = self.location.display  # a Path, or the URL of a store on object storage
-        try:
+        with remote_errors(self.location):
             if not self.location.exists("zarr.json"):
                 self._create()
-        except OSError as exc:
-            if self.location.is_local:
-                raise
-            raise unreachable(self.location, exc) from None
         _, meta = read_meta(self.location)
         check_version(self.path, meta)
         self.row_checksum = row_checksum(self.path, meta)  # a resumed older store keeps its CRC

@@ -198,6 +198,28 @@ def test_missing_bucket_and_stale_lock_say_what_to_do(s3_server):
             pass
 
 
+def test_missing_credentials_are_one_error_line_not_a_traceback(s3_server, tmp_path, monkeypatch, capsys):
+    """botocore's NoCredentialsError is no OSError: it reached the user as a traceback."""
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreWriter
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _forget_s3_clients()
+    try:
+        url = f"s3://{BUCKET}/t{next(_names)}/nocred.zarr"
+        assert main(["store", "info", url]) == 2
+        assert "cannot use store s3://" in capsys.readouterr().err
+        for use in (lambda: StoreWriter(url), lambda: lock_store(url).__enter__()):
+            with pytest.raises(StoreError, match="NoCredentialsError.*AWS_ACCESS_KEY_ID"):
+                use()
+    finally:
+        _forget_s3_clients()
+
+
 @pytest.fixture(scope="module")
 def extracted(s3_server, tmp_path_factory):
     """A small synthetic corpus extracted by `w2v2ser extract` into s3:// (eGeMAPS-free: fast)."""

@@ -68,7 +68,10 @@ def _parse(path: Path) -> tuple[Utterance | None, str]:
 
 
 def _actor_dirs(root: Path) -> list[Path]:
-    """Actor folders under ``speech/``, ``song/`` or directly under the root (original zips)."""
+    """Actor folders under ``speech/``, ``song/`` or directly under the root (original zips), or
+    the root itself when it is one (``Actor_07/``: new audio of one actor)."""
+    if _ACTOR_DIR.match(root.name):
+        return [root]
     dirs = []
     for parent in (root / "speech", root / "song", root):
         if parent.is_dir():
@@ -79,7 +82,8 @@ def _actor_dirs(root: Path) -> list[Path]:
 def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
     """Read the RAVDESS audio files under ``root``.
 
-    Expects ``speech/Actor_NN/`` and ``song/Actor_NN/`` (or ``Actor_NN/`` directly) holding
+    Expects ``speech/Actor_NN/`` and ``song/Actor_NN/`` (or ``Actor_NN/`` directly, or one
+    ``Actor_NN`` folder as ``root``) holding
     ``MM-VC-EE-II-SS-RR-AA.wav|flac`` files. id = file stem, speaker = ``Actor_NN``,
     gender from actor parity (odd male), label = emotion name (all 8 kept); ``extra`` holds
     vocal_channel, intensity, statement, repetition and modality.

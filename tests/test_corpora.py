@@ -97,6 +97,8 @@ def test_ravdess_original_zip_layout(tmp_path):
     manifest = read_ravdess(tmp_path)
     (utterance,) = manifest.utterances
     assert utterance.label == "calm" and utterance.extra["statement"] == "02"
+    # One actor's folder passed as the corpus (new audio of one actor) said "No RAVDESS audio found".
+    assert [u.id for u in read_ravdess(tmp_path / "Actor_07").utterances] == [utterance.id]
 
 
 def test_ravdess_empty_or_missing_folder(tmp_path):

@@ -399,3 +399,13 @@ def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_
     assert "Retry" not in done.stderr + done.stdout
     assert time.perf_counter() - started < 20
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_empty_features_are_refused_not_read_as_the_default_set(tmp_path, capsys):
+    """`--features ""` (an unset shell variable) extracted the default set, wav2vec2 included."""
+    from w2v2ser._cli import main
+
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,angry,s1\n")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), "--features", ""]) == 2
+    assert "--features '' names no feature" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()

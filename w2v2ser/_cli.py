@@ -43,7 +43,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from w2v2ser.store import open_store
 
     like = open_store(args.like).features if args.like else None
-    names = [f.strip() for f in (args.features or ",".join(like or FEATURES)).split(",") if f.strip()]
+    given = args.features if args.features is not None else ",".join(like or FEATURES)
+    names = [f.strip() for f in given.split(",") if f.strip()]
+    if not names:
+        raise ConfigError(f"--features {args.features!r} names no feature; give e.g. --features egemaps,spectrogram, "
+                          f"or leave it out for {','.join(like or FEATURES)}.")
     missing = [f for f in names if like is not None and f not in like]
     if missing:
         raise ConfigError(f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(like)}.")

@@ -151,13 +151,13 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
                 f"values; drop --like to extract with other options, or drop the option"
                 + (f" (options that may change here: {', '.join(sorted(allowed))})" if allowed else "")
             )
-        if wanted.get("model", config.get("model")) != config.get("model") or "revision" in wanted:
-            weights = dict(resolve_model(str(wanted.get("model", model)),
-                                         revision=wanted.get("revision")).weights_sha256)
+        given = wanted.get("model", config.get("model"))
+        if given != config.get("model") or "revision" in wanted:
+            weights = dict(resolve_model(str(given), revision=wanted.get("revision")).weights_sha256)
             recorded = dict(provenance.get("weights_sha256") or {})
             if weights != recorded:
                 raise ConfigError(
-                    f"--like {store}: the {name} model {wanted.get('model', model)!r} holds other weights than the "
+                    f"--like {store}: the {name} model {given!r} holds other weights than the "
                     f"store's (sha256 {weights} vs {recorded}); pass the model the store was made with, or drop --like"
                 )
         configs[name] = {**config, **wanted}

@@ -70,7 +70,7 @@ ROW_ARRAYS: dict[str, tuple[str, Any]] = {
 
 # zarrs reads and writes inner chunks on rayon's global thread pool, which has one thread per core:
 # on 2 cores, 2 requests in flight leave a cold disk idle. 8 threads read cold all-layer utterances
-# 1.4x faster here, with warm reads unchanged (tests/benchmarks/results/bench_store_rayon.md). Set
+# 1.3x faster here, with warm reads unchanged (tests/benchmarks/results/bench_store_rayon.md). Set
 # before zarrs first runs (rayon reads it once); a value the user exported wins.
 os.environ.setdefault("RAYON_NUM_THREADS", str(max(8, os.cpu_count() or 1)))
 

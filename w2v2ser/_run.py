@@ -20,7 +20,6 @@ retrying with back-off for every model.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence

@@ -300,3 +300,17 @@ def test_seeds_below_one_are_refused_by_the_parser(tmp_path, capsys, command):
         main([command, str(tmp_path / "s.zarr"), "--features", "egemaps", "--seeds", "0", "--out", str(tmp_path / "r")])
     assert stop.value.code == 2
     assert "argument --seeds: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_fusion_of_a_feature_with_itself_is_refused(tmp_path):
+    """`train --features egemaps --head fusion` fused eGeMAPS with itself and reported it as a Fusion result."""
+    from w2v2ser._common import ConfigError
+    from w2v2ser.train import ExperimentConfig
+
+    with pytest.raises(ConfigError, match="read the same frames"):
+        ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="egemaps", head="fusion")
+    with pytest.raises(ConfigError, match="read the same frames"):
+        ExperimentConfig(stores={"main": str(tmp_path / "s.zarr"), "fusion": str(tmp_path / "s.zarr")},
+                         features="main/egemaps", head="fusion")
+    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="wav2vec2:all", head="fusion")
+    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="spectrogram", head="fusion")

@@ -94,8 +94,18 @@ class ExperimentConfig:
         self.recipe_overrides = dict(self.recipe_overrides or {})
         check_dataclass(self, what="ExperimentConfig")
         self.resolved_recipe()  # validates recipe overrides
-        for text in self.selections().values():
+        branches = self.selections()
+        for text in branches.values():
             self.store_alias(text)
+        if "fusion" in branches and self._same_frames(branches["main"], branches["fusion"]):
+            raise ConfigError(f"head 'fusion' joins two different features, but features={self.features!r} and the "
+                              f"fusion branch {branches['fusion']!r} read the same frames; give the speech encoder "
+                              f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
+
+    def _same_frames(self, first: str, second: str) -> bool:
+        a, b = parse_selection(first), parse_selection(second)
+        return (self.stores[self.store_alias(first)] == self.stores[self.store_alias(second)]
+                and (a.feature, a.layers) == (b.feature, b.layers))
 
     # -- derived values --------------------------------------------------------------------------
     def resolved_recipe(self) -> Recipe:

@@ -736,3 +736,16 @@ def test_feature_spec_round_trip_and_unknown_key():
     assert FeatureSpec.from_dict(W2V.to_dict()) == W2V
     with pytest.raises(StoreError, match="Did you mean 'frame_rate'"):
         FeatureSpec.from_dict({**W2V.to_dict(), "framerate": 50})
+
+
+def test_zarrs_gets_a_thread_pool_of_at_least_eight_unless_the_user_sets_one():
+    """rayon's default (one thread per core) kept 2 requests in flight on 2 cores: cold reads 1.3x slower."""
+    import os
+
+    code = "import os, w2v2ser.store; print(os.environ['RAYON_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert int(ours.stdout) >= 8
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "RAYON_NUM_THREADS": "3"},
+                            capture_output=True, text=True, check=True)
+    assert theirs.stdout.strip() == "3"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any, BinaryIO
 
@@ -54,7 +55,16 @@ def write_message(stream: BinaryIO, meta: Any, arrays: list[np.ndarray] = ()) ->
 
 
 def main() -> None:
-    """Serve requests until the parent closes stdin."""
+    """Serve requests until the parent closes stdin (or is gone: then exit without a word)."""
+    # Ctrl-C reaches the whole process group: the parent reports the interrupt and closes the pipes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve()
+    except BrokenPipeError:  # the parent stopped (interrupted or killed) while a reply was written
+        os._exit(0)  # not sys.exit: flushing the dead pipe at shutdown would print another traceback
+
+
+def _serve() -> None:
     from w2v2ser._deps import missing_dependency_error
     from w2v2ser.extract._egemaps import WORKER_FUNCTIONS
 
@@ -73,6 +83,8 @@ def main() -> None:
             missing = missing_dependency_error(error)
             text = str(missing) if missing is not None else f"{type(error).__name__}: {error}"
             write_message(replies, {"status": "missing" if missing is not None else "error", "value": text})
+        except BrokenPipeError:
+            raise
         except Exception as error:  # noqa: BLE001 - sent back to the parent as text
             write_message(replies, {"status": "error", "value": f"{type(error).__name__}: {error}"})
 

@@ -409,3 +409,33 @@ def test_empty_features_are_refused_not_read_as_the_default_set(tmp_path, capsys
     assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), "--features", ""]) == 2
     assert "--features '' names no feature" in capsys.readouterr().err
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_ctrl_c_during_egemaps_prints_one_line_and_no_worker_traceback(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) printed the CLI's "interrupted" line, then the openSMILE
+    worker's BrokenPipeError traceback; the worker now leaves the interrupt to the CLI."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fixtures_audio import write_audio
+
+    rows = ["path,label,speaker"]
+    for k in range(60):
+        rows.append(f"{write_audio(tmp_path / f'a{k:02d}.wav', duration=2.0)},{['angry', 'sad'][k % 2]},s{k % 3}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "w2v2ser", "extract", "csv", str(tmp_path / "m.csv"), "--store",
+                             str(store), "--features", "egemaps", "--shard-size", "2", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    journal = store / "_journal" / "main.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.exists() and journal.stat().st_size):
+        time.sleep(0.02)  # the worker has replied at least once: it is running
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted; finished work is kept" in err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

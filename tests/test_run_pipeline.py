@@ -162,3 +162,28 @@ def test_run_skips_what_cannot_run_and_resumes(tiny: Path) -> None:
     assert new_results["config_key"] != results["config_key"] and new_results["config"]["units"] == 16
     for name, mtime in run_dirs(out).items():
         assert mtime > runs.get(name, 0), f"{name} was not retrained for the new config"
+
+
+@needs_ravdess
+def test_ctrl_c_of_run_on_a_local_cluster_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the extraction child and every Dask worker printed a
+    KeyboardInterrupt traceback after the pipeline's own "interrupted" line."""
+    import signal
+    import time
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=make_tiny_model(tmp_path / "model"), cluster="local")
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(W2V2SER), "run", str(pipeline)], stdout=out, stderr=subprocess.STDOUT,
+                                env=cli_env(), cwd=tmp_path, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "utterances ->" not in log.read_text() and proc.poll() is None:
+            time.sleep(0.05)  # an extraction has started on the cluster's workers
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 130, text
+    assert text.count("w2v2ser: interrupted; finished work is kept") == 1, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

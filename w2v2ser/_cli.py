@@ -475,11 +475,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 done; 1 a run failed (some unit of work failed, finished work is kept);
     2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted.
     """
+    args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        return _run_command(args, verbose)
+    except KeyboardInterrupt:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
+        print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _run_command(args: argparse.Namespace, verbose: bool) -> int:
     from w2v2ser._common import W2v2serError
     from w2v2ser._native_logs import hide_native_logs
 
-    args = build_parser().parse_args(argv)
-    verbose = bool(getattr(args, "verbose", False))
     with hide_native_logs(enabled=not verbose):
         try:
             return int(args.func(args) or 0)
@@ -498,6 +506,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"w2v2ser: error: {missing}", file=sys.stderr)
             return missing.exit_code
-        except KeyboardInterrupt:
-            print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
-            return 130

@@ -103,12 +103,19 @@ def die_with_parent() -> None:
 
 
 class _DieWithDriver(WorkerPlugin):
-    """Worker plugin: local worker processes end when the driver process is killed."""
+    """Worker plugin: local worker processes end when the driver process is killed, and leave
+    Ctrl-C to it (the terminal sends SIGINT to the whole process group; each worker printed a
+    KeyboardInterrupt traceback while the driver closed the cluster)."""
 
     name = "w2v2ser-die-with-driver"
 
     def setup(self, worker: Any) -> None:  # noqa: D102 - WorkerPlugin hook
+        import signal
+        import threading
+
         die_with_parent()
+        if threading.current_thread() is threading.main_thread():  # signal.signal's condition
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _QuietTensorFlow(WorkerPlugin):

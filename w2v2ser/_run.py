@@ -401,8 +401,11 @@ def _extract_child(path: str, overrides: list[str], results: Any) -> None:
     die_with_parent()
     config = load_pipeline(path, overrides=overrides, validate_experiments=False)
     reasons = _Reasons()
-    with ExitStack() as stack:
-        outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
+    try:
+        with ExitStack() as stack:
+            outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent says so, once
+        raise SystemExit(130) from None
     results.put((outcome.done, outcome.skipped, outcome.failed, reasons.said))
 
 
@@ -415,7 +418,11 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
     child = context.Process(target=_extract_child, args=(str(path), list(overrides), results),
                             name="w2v2ser-extract")
     child.start()
-    child.join()
+    try:
+        child.join()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it close its cluster first
+        child.join(timeout=30)
+        raise
     if child.exitcode != 0 or results.empty():
         outcome = _Outcome(failed=[f"extraction process (exit code {child.exitcode})"])
     else:

@@ -116,7 +116,8 @@ def open_tensorstore(array: zarr.Array, *, write: bool = False) -> Any:
 
     Writers use it for whole shards: the writer ran 1.3x faster than through zarr + zarrs
     (tests/benchmarks/bench_store_write.py); they open it per shard, since the array may have
-    grown. ``FeatureStore.read_batch`` uses it for features too large to stay in memory.
+    grown. Readers go through zarr + zarrs (read_batch was as fast or faster, cold and warm,
+    tests/benchmarks/bench_cold_read.py).
     """
     if not _TENSORSTORE:
         try:
@@ -132,11 +133,6 @@ def open_tensorstore(array: zarr.Array, *, write: bool = False) -> Any:
     folder = os.path.abspath(Path(array.store.root) / array.path)
     spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": folder}, "open": True}
     return ts.open(spec, read=True, write=write, context=context).result()
-
-
-def tensorstore_batch() -> Any:
-    """A ``tensorstore.Batch``: reads issued inside it are submitted together when it closes."""
-    return _TENSORSTORE[0][0].Batch()
 
 
 def default_chunk_frames(spec: FeatureSpec) -> int:

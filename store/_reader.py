@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import zarr
 
-from w2v2ser._common import available_memory, did_you_mean
+from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
 from ._layout import (
@@ -25,11 +24,9 @@ from ._layout import (
     crc32_rows,
     open_array,
     open_root,
-    open_tensorstore,
     read_meta,
     row_checksum,
     specs_from_meta,
-    tensorstore_batch,
     to_str_list,
 )
 from ._location import StoreLocation, locate_store
@@ -102,8 +99,6 @@ class FeatureStore:
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
-        self._tensorstores: dict[str, Any] = {}  # feature -> data opened by tensorstore (or None)
-        self._held: dict[str, int] = {}  # feature -> bytes of its stored frames
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -253,45 +248,10 @@ class FeatureStore:
             raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
                                 f"({type(exc).__name__}: {exc})") from None
 
-    @functools.cached_property
-    def _available_memory(self) -> int | None:
-        return available_memory()  # once per store: the choice below stays the same for a run
-
-    def _held_bytes(self, feature: str) -> int:
-        """Bytes of `feature`'s stored frames. Not the array's size: each work unit starts on a
-        shard boundary, so the frame axis also spans the unwritten ends of shards, which take no
-        space (a 1.5 GB store of 144 one-shard units had a 36 GB array)."""
-        if feature not in self._held:  # asked for every batch; a reader's store does not change
-            data = self._array(feature, "data")
-            frame_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize
-            self._held[feature] = self._stored_frames(feature) * frame_bytes
-        return self._held[feature]
-
     def _stored_frames(self, feature: str) -> int:
         """Frames `feature` holds over all utterances (a length of -1 marks one without it)."""
         length = self._per_row(feature)["length"]
         return int(length[length > 0].sum(dtype=np.int64))
-
-    def _batch_reader(self, feature: str, sel: list[int] | None = None) -> Any:
-        """tensorstore's view of `feature`'s frames when the selected layers of all its frames
-        exceed the memory available (when the store was first read), else None (zarrs).
-
-        Frames that cannot stay in the page cache are read from disk on every pass. There,
-        one ``tensorstore.Batch`` per ``read_batch`` keeps all its byte-range requests in flight
-        together, while zarrs reads one inner chunk after the other: cold batches of 32 read
-        1.3-1.4x faster. From the page cache zarrs is 1.4-1.6x faster
-        (tests/benchmarks/bench_cold_read.py).
-        """
-        data = self._array(feature, "data")
-        share = 1.0 if sel is None or len(data.shape) < 3 else len(sel) / data.shape[1]
-        if self._available_memory is None or self._held_bytes(feature) * share <= self._available_memory:
-            return None
-        if feature not in self._tensorstores:
-            try:
-                self._tensorstores[feature] = open_tensorstore(data)
-            except Exception:  # tensorstore cannot open it (a damaged zarr.json, permissions): zarrs reads it,
-                self._tensorstores[feature] = None  # and its errors name the file and the utterances
-        return self._tensorstores[feature]
 
     def _fetch_many(self, feature: str, spans: list[tuple[int, int]], sel: list[int] | None,
                     first_ids: list[list[str]]) -> list[np.ndarray]:
@@ -308,12 +268,7 @@ class FeatureStore:
             return list(await asyncio.gather(*(one(a, b) for a, b in spans)))
 
         try:
-            array = self._batch_reader(feature, sel)
-            if array is None:
-                return sync(every())  # one hand-over to zarr's event loop per batch
-            with tensorstore_batch() as batch:
-                futures = [array[_selection(a, b, sel)].read(batch=batch) for a, b in spans]
-            return [np.asarray(future.result()) for future in futures]
+            return sync(every())  # one hand-over to zarr's event loop per batch
         except Exception:  # a damaged shard: read span by span, so the error names its utterances
             return [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
 
@@ -356,9 +311,6 @@ class FeatureStore:
 
         Utterances that lie in the same shard are fetched by one read spanning them, so a
         batch of neighbours (e.g. one speaker, extracted together) costs one range read per shard.
-        A feature larger than the available memory is read through tensorstore (when installed),
-        whose requests for a batch are in flight together: faster from disk, slower from the
-        page cache than zarrs.
 
         Args:
             ids: utterance ids (any order, repeats allowed).

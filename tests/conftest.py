@@ -35,14 +35,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one process per core, at most 4 (each loads TensorFlow or torch, ~1 GB)."""
     return max(1, min(os.cpu_count() or 1, 4))
-
-
-@pytest.fixture(params=["zarr", "tensorstore"])
-def batch_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both paths of ``FeatureStore.read_batch``: zarr (features that fit in memory, the case of
-    every test store) and tensorstore (larger ones; here forced by reporting no memory)."""
-    if request.param == "tensorstore":
-        pytest.importorskip("tensorstore")
-    available = 0 if request.param == "tensorstore" else None
-    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: available)
-    return request.param

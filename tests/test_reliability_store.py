@@ -141,7 +141,7 @@ def _verify_cli(store: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["w2v2ser", "store", "verify", str(store)], code, out.getvalue(), err.getvalue())
 
 
-def test_verify_and_every_read_name_the_owner_of_flipped_frames(store, batch_reader):
+def test_verify_and_every_read_name_the_owner_of_flipped_frames(store):
     """A flipped byte inside an utterance's frames (float16, stored uncompressed): verify names
     exactly that utterance, and every read path (whole, one layer, batch) raises a StoreError
     naming it."""
@@ -171,7 +171,7 @@ def test_verify_and_every_read_name_the_owner_of_flipped_frames(store, batch_rea
 
 
 @pytest.mark.parametrize("position", [0.1, 0.3, 0.5, 0.7, 0.9, 0.97])
-def test_flipped_bytes_in_a_compressed_shard_are_never_returned(store, position, batch_reader):
+def test_flipped_bytes_in_a_compressed_shard_are_never_returned(store, position):
     """Spectrogram shards are zstd-compressed: a flipped byte anywhere in one either leaves the
     frames exact, or verify and every read path refuse the utterances it touches, by name."""
     s = open_store(store)
@@ -209,7 +209,7 @@ def test_store_verify_cli_exit_code_and_names(store):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "empty"])
-def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, damage, batch_reader):
+def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, damage):
     files = _shard_files(store, "layered")
     victim = files[-1]
     owners = _owners(store, "layered", victim)

@@ -148,11 +148,9 @@ def test_units_and_single_writes_round_trip(tmp_path, units):
     assert store.verify().ok
 
 
-def test_read_batch_equals_read_utterance(tmp_path, batch_reader):
+def test_read_batch_equals_read_utterance(tmp_path):
     built = build_store(tmp_path / "s", lengths=LENGTHS, units=2)
     store = open_store(built.path)
-    assert (store._batch_reader("w2v") is not None) == (batch_reader == "tensorstore")
-    assert (store._batch_reader("w2v", [0]) is not None) == (batch_reader == "tensorstore")
     ids = [u.id for u in built.utterances][::-1] + ["u001"]
     for feature, layers in (("w2v", None), ("w2v", [2]), ("w2v", [1, 2]), ("w2v", [3, 0]), ("lld", None)):
         got = store.read_batch(ids, feature, layers=layers)
@@ -166,35 +164,8 @@ def test_read_batch_equals_read_utterance(tmp_path, batch_reader):
         store.read_batch(["u0000"], "w2v")
 
 
-def _fake_root(tmp_path, *, cgroup: str, limits: dict[str, str]) -> Path:
-    """A file system root with /proc/meminfo (MemAvailable 8 GiB), /proc/self/cgroup and limit files."""
-    (tmp_path / "proc" / "self").mkdir(parents=True)
-    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 16777216 kB\nMemAvailable: 8388608 kB\n")
-    (tmp_path / "proc" / "self" / "cgroup").write_text(cgroup)
-    for path, value in limits.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(value)
-    return tmp_path
-
-
-@pytest.mark.parametrize("cgroup, limits, expected_gib", [
-    ("0::/\n", {}, 8),  # no limit file
-    ("0::/slurm/job_7\n", {"sys/fs/cgroup/slurm/job_7/memory.max": "max\n"}, 8),
-    ("0::/slurm/job_7\n", {"sys/fs/cgroup/slurm/job_7/memory.max": f"{2 * 2**30}\n"}, 2),
-    ("0::/job\n", {"sys/fs/cgroup/memory.max": f"{3 * 2**30}\n"}, 3),  # a container: own cgroup at the root
-    ("4:memory:/job\n0::/\n", {"sys/fs/cgroup/memory/job/memory.limit_in_bytes": f"{2**30}\n"}, 1),  # v1
-    ("4:memory:/job\n", {"sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}, 8),
-])
-def test_available_memory_is_capped_by_the_cgroup_limit(tmp_path, cgroup, limits, expected_gib):
-    from w2v2ser._common import available_memory
-
-    root = _fake_root(tmp_path, cgroup=cgroup, limits=limits)
-    assert available_memory(root=root) == expected_gib * 2**30
-    assert available_memory(root=tmp_path / "elsewhere") is None  # no /proc/meminfo: unknown
-
-
-def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch, batch_reader):
-    # tensorstore's file driver refuses "../x.zarr"; the writer's shards and read_batch go through it.
+def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch):
+    # tensorstore's file driver refuses "../x.zarr"; the writer's shards go through it.
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     built = build_store(Path("../s.zarr"), lengths=LENGTHS, units=2)
@@ -205,39 +176,8 @@ def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch, batch_reader
     assert store.verify().ok
 
 
-def test_read_batch_takes_tensorstore_only_for_selections_larger_than_memory(tmp_path, monkeypatch):
-    pytest.importorskip("tensorstore")
-    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,), units=3)
-    held = sum(LENGTHS) * W2V.layers * W2V.dim * 2  # the stored frames, float16
-    # Each unit starts on its own shard: the array spans the unwritten ends of shards as well.
-    assert open_store(built.path)._array("w2v", "data").nbytes > held
-    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: held // 2)  # half of all 4 layers
-    store = open_store(built.path)
-    assert store._batch_reader("w2v") is not None and store._batch_reader("w2v", [0, 1, 2]) is not None
-    assert store._batch_reader("w2v", [1]) is None and store._batch_reader("w2v", [0, 3]) is None
-    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: held)  # all frames fit
-    assert open_store(built.path)._batch_reader("w2v") is None
-
-
-def test_read_batch_falls_back_to_zarr_when_tensorstore_cannot_open_the_array(tmp_path, monkeypatch):
-    pytest.importorskip("tensorstore")
-    built = build_store(tmp_path / "s", lengths=LENGTHS, specs=(W2V,))
-    want = [open_store(built.path).read_utterance(u.id, "w2v") for u in built.utterances]
-    monkeypatch.setattr("w2v2ser.store._reader.available_memory", lambda: 0)
-
-    def refuse(array, *, write=False):
-        raise ValueError("tensorstore refused the array")
-
-    monkeypatch.setattr("w2v2ser.store._reader.open_tensorstore", refuse)
-    store = open_store(built.path)
-    got = store.read_batch([u.id for u in built.utterances], "w2v")
-    assert store._batch_reader("w2v") is None  # decided once: not retried for every batch
-    for a, b in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("layers", [[2], [1, 2], [0, 1, 2, 3], [1, 3], [3, 0], [2, 2]])
-def test_layer_read_equals_slice(tmp_path, layers, batch_reader):
+def test_layer_read_equals_slice(tmp_path, layers):
     # Ascending runs are read as a slice, other selections by index: both give full[:, layers].
     built = build_store(tmp_path / "s", lengths=[17, 1], specs=(W2V,))
     store = open_store(built.path)

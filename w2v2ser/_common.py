@@ -24,7 +24,6 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INPUT",
     "W2v2serError",
-    "available_memory",
     "did_you_mean",
     "python_command",
     "fsync_path",
@@ -233,48 +232,3 @@ def prefer_onednn() -> None:
     """
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-
-def available_memory(*, root: Path = Path("/")) -> int | None:
-    """Bytes this process could fill with data or page cache without swapping.
-
-    Linux's ``MemAvailable``, capped by the memory limit of the process's cgroup (for example a
-    SLURM job's ``--mem``: its page cache counts against that limit too).
-
-    Args:
-        root: file system root holding ``proc`` and ``sys`` (tests pass a fake one).
-
-    Returns:
-        The bytes, or None where ``/proc/meminfo`` cannot be read (not Linux).
-    """
-    try:
-        lines = (root / "proc" / "meminfo").read_text(encoding="ascii").splitlines()
-        available = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    limits = [limit for limit in _cgroup_memory_limits(root) if limit is not None]
-    return min([available, *limits])
-
-
-def _cgroup_memory_limits(root: Path) -> Iterator[int | None]:
-    """The memory limit of each cgroup hierarchy of this process (None: unlimited or unknown)."""
-    try:
-        lines = (root / "proc" / "self" / "cgroup").read_text(encoding="ascii").splitlines()
-    except OSError:
-        return
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # cgroup v2
-            base, name = root / "sys" / "fs" / "cgroup", "memory.max"
-        elif "memory" in controllers.split(","):  # cgroup v1
-            base, name = root / "sys" / "fs" / "cgroup" / "memory", "memory.limit_in_bytes"
-        else:
-            continue
-        # Inside a container the process's own cgroup is often mounted as the root of the tree.
-        for folder in (base / path.lstrip("/"), base):
-            try:
-                value = (folder / name).read_text(encoding="ascii").strip()
-            except OSError:
-                continue
-            yield int(value) if value.isdigit() else None  # v2 writes "max" for no limit
-            break

@@ -6,10 +6,11 @@ each mode reads the same utterances (``--reps`` interleaved rounds, medians) wit
 
 - ``store cold`` / ``store warm``: ``read_utterance`` (zarr + zarrs, then the per-layer CRC check);
 - ``crc check``: the per-layer CRC of the frames alone (``w2v2ser.store._layout.crc32_rows``, in memory);
-- ``store batch cold`` / ``warm``: ``read_batch`` of ``--batch`` utterances (stage 2's path), through
-  zarrs, as for a feature that fits in the available memory;
-- ``store batch tensorstore cold`` / ``warm``: the same through tensorstore, one ``tensorstore.Batch``
-  per call (its byte-range requests in flight together), as for a feature larger than memory;
+- ``store batch cold`` / ``warm``: ``read_batch`` of ``--batch`` utterances (stage 2's path, zarrs);
+- ``tensorstore batch cold`` / ``warm``: the same slices through tensorstore's ``zarr3`` driver, one
+  ``tensorstore.Batch`` of ``--batch`` utterances per call (its byte-range requests in flight
+  together; no CRC check). Up to e1b254f ``read_batch`` took this path for features larger than
+  the available memory;
 - ``tensorstore cold``: the same slices through tensorstore's ``zarr3`` driver, one at a time;
 - ``raw pread cold``: one ``os.pread`` per utterance of the byte range that holds its inner chunks
   (whole 128-frame blocks, all layers; offsets from the array's metadata, valid only while each
@@ -107,28 +108,14 @@ def main() -> None:
         for uid in ids:
             store.read_utterance(uid, args.feature)
 
-    from w2v2ser.store import _reader
-
-    available = _reader.available_memory
-    paths = {}
-    for path, memory in (("zarrs", None), ("tensorstore", 0)):  # read_batch's choice, made per store and feature
-        _reader.available_memory = lambda memory=memory: memory
-        paths[path] = open_store(store_path)
-        paths[path]._batch_reader(args.feature)
-    _reader.available_memory = available
-
-    def read_store_batches(reader) -> None:
+    def read_store_batches() -> None:
         for k in range(0, len(ids), args.batch):
-            reader.read_batch(ids[k:k + args.batch], args.feature)
+            store.read_batch(ids[k:k + args.batch], args.feature)
 
     modes["store cold"] = (store_path, read_store)
     modes["store warm"] = (None, read_store)
-    for path, reader in paths.items():
-        name = "store batch" + ("" if path == "zarrs" else " tensorstore")
-        if path == "tensorstore" and reader._batch_reader(args.feature) is None:
-            continue  # tensorstore not installed
-        modes[f"{name} cold"] = (store_path, lambda reader=reader: read_store_batches(reader))
-        modes[f"{name} warm"] = (None, lambda reader=reader: read_store_batches(reader))
+    modes["store batch cold"] = (store_path, read_store_batches)
+    modes["store batch warm"] = (None, read_store_batches)
     modes["crc check"] = (None, lambda: [crc32_rows(f, store.row_checksum) for f in frames.values()])
 
     data = store_path / "features" / args.feature / "data"
@@ -140,6 +127,15 @@ def main() -> None:
         array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(data)},
                          "context": {"cache_pool": {"total_bytes_limit": 0}}}, read=True).result()
         modes["tensorstore cold"] = (store_path, lambda: [array[a:a + n].read().result() for a, n in regions])
+
+        def read_tensorstore_batches() -> None:
+            for k in range(0, len(regions), args.batch):
+                with ts.Batch() as batch:
+                    futures = [array[a:a + n].read(batch=batch) for a, n in regions[k:k + args.batch]]
+                [future.result() for future in futures]
+
+        modes["tensorstore batch cold"] = (store_path, read_tensorstore_batches)
+        modes["tensorstore batch warm"] = (None, read_tensorstore_batches)
     except ImportError:
         pass
     ranges = _raw_ranges(data, meta, regions)
@@ -156,6 +152,8 @@ def main() -> None:
                     os.close(fd)
 
         modes["raw pread cold"] = (store_path, read_raw)
+    if args.workdir is not None:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         npy = Path(tmp)
         for k, uid in enumerate(ids):
@@ -178,8 +176,8 @@ def main() -> None:
     headline = (f"headline: cold store reads {rate['store cold']:.2f} GB/s, warm {rate['store warm']:.2f}, "
                 f"npy cold {rate['npy cold']:.2f}; read_batch of {args.batch} cold / warm {rate['store batch cold']:.2f} / "
                 f"{rate['store batch warm']:.2f} through zarrs" + (
-                    f", {rate['store batch tensorstore cold']:.2f} / {rate['store batch tensorstore warm']:.2f} through "
-                    f"tensorstore" if "store batch tensorstore cold" in rate else "") + (f", raw pread of the same blocks cold "
+                    f", {rate['tensorstore batch cold']:.2f} / {rate['tensorstore batch warm']:.2f} through "
+                    f"tensorstore" if "tensorstore batch cold" in rate else "") + (f", raw pread of the same blocks cold "
                                                       f"{rate['raw pread cold']:.2f}" if ranges else ""))
     payload = {"benchmark": "bench_cold_read", "command": _common.command_line(),
                "machine": _common.machine_info(["numpy", "zarr", "zarrs", "tensorstore"]),

@@ -27,11 +27,11 @@ loaded, one warm-up pass first), alternating the two codes REPS times on the ful
 
     python3 tests/benchmarks/bench_train.py --seconds 2500 --cache-mode off --input-only 3 --baseline-code DIR
 
-With ``--batch-readers`` instead of ``--baseline-code``, the two children run this code with each
-path of ``FeatureStore.read_batch`` (zarrs, as for a feature that fits in memory; tensorstore, as
-for a larger one), and ``--cold`` evicts the store's page cache before each timed pass:
+``--cold`` evicts the store's page cache before each timed pass. Up to e1b254f, ``read_batch``
+read features larger than the available memory through tensorstore; ``--baseline-code`` with a
+copy of e1b254f (and ``--cache-mode off``) compares that path with today's, zarrs for every feature:
 
-    python3 tests/benchmarks/bench_train.py --seconds 10000 --cache-mode off --input-only 3 --batch-readers --cold
+    python3 tests/benchmarks/bench_train.py --seconds 10000 --cache-mode off --input-only 3 --cold --baseline-code DIR
 
 The last printed line is the headline (peak RSS ratio full/quarter, input share).
 """
@@ -68,15 +68,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--input-only", type=int, default=0, metavar="REPS",
                    help="instead: only the input pass on the full-size store, REPS fresh processes per code, "
                         "alternating with --baseline-code")
-    p.add_argument("--batch-readers", action="store_true",
-                   help="--input-only: compare read_batch's zarrs and tensorstore paths instead of two codes")
     p.add_argument("--rayon-threads", type=int, default=None, metavar="N",
                    help="--input-only: compare this code with its own zarrs thread pool and with RAYON_NUM_THREADS=N")
     p.add_argument("--features", default="wav2vec2:all",
                    help="--input-only: the selection read (e.g. wav2vec2:6 for one layer)")
     p.add_argument("--cold", action="store_true",
                    help="--input-only: evict the store's page cache before each timed pass")
-    p.add_argument("--batch-reader", default=None, choices=["zarrs", "tensorstore"], help=argparse.SUPPRESS)
     p.add_argument("--baseline-code", default=None, metavar="DIR",
                    help="source tree of another w2v2ser, trained on each size right after this code")
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
@@ -238,17 +235,11 @@ def _input_pass(store_path: str, config, spec) -> tuple[float, int, float, list]
     return time.perf_counter() - t0, nbatches, read_s, items
 
 
-def input_child(store_path: str, cache_mode: str, *, cold: bool = False, batch_reader: str | None = None,
-                features: str = "wav2vec2:all") -> None:
+def input_child(store_path: str, cache_mode: str, *, cold: bool = False, features: str = "wav2vec2:all") -> None:
     """--input-only child: TensorFlow loaded (as in training), one warm-up pass, then one timed pass
-    (after evicting the store's page cache when `cold`), through read_batch's `batch_reader` path."""
+    (after evicting the store's page cache when `cold`)."""
     _common.bootstrap_w2v2ser()
     import tensorflow  # noqa: F401 - training processes have it loaded; the first pass must not pay its import
-
-    if batch_reader is not None:  # read_batch takes tensorstore for a feature larger than the available memory
-        from w2v2ser.store import _reader
-
-        _reader.available_memory = lambda: 0 if batch_reader == "tensorstore" else None
 
     from w2v2ser.train import ExperimentConfig, plan_runs
 
@@ -271,10 +262,7 @@ def input_only(args: argparse.Namespace) -> None:
     how = _common.bootstrap_w2v2ser()
     store = ensure_store(Path(args.cache), args.seconds, args.gen_workers)
     # name -> (code, extra child arguments, RAYON_NUM_THREADS of the child: None = the code's own choice)
-    if args.batch_readers:
-        codes = {"zarrs": (None, ["--batch-reader", "zarrs"], None),
-                 "tensorstore": (None, ["--batch-reader", "tensorstore"], None)}
-    elif args.rayon_threads:
+    if args.rayon_threads:
         codes = {"this code": (None, [], None), f"RAYON_NUM_THREADS={args.rayon_threads}": (None, [], args.rayon_threads)}
     else:
         codes = {"this code": (None, [], None), "baseline code": (args.baseline_code, [], None)}
@@ -516,7 +504,7 @@ def main() -> None:
         child(args.child, args.epochs, args.cache_mode)
         return
     if args.child_input:
-        input_child(args.child_input, args.cache_mode, cold=args.cold, batch_reader=args.batch_reader,
+        input_child(args.child_input, args.cache_mode, cold=args.cold,
                     features=args.features)
         return
     if args.input_only:

@@ -1,33 +1,39 @@
 """Figures of the report: confusion matrices, the layer-weight plot (paper, Figure 2), the layer sweep.
 
-Matplotlib runs with the Agg backend (no display on cluster nodes) and every PNG is written to a
-temporary name in the destination folder and renamed, so a reader never sees half a file.
+Figures are matplotlib ``Figure`` objects rendered by Agg, without pyplot (no display on cluster
+nodes, no global figure registry), and matplotlib is imported with the first figure, so commands
+that draw none do not pay its import (about 0.5 s). Every PNG is written to a temporary name in the
+destination folder and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # must precede pyplot; headless nodes have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from w2v2ser._common import write_atomically
 
-from w2v2ser._common import write_atomically  # noqa: E402
+from ._rundir import RunSummary, model_tag
 
-from ._rundir import RunSummary, model_tag  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.axes
+    import matplotlib.figure
 
 __all__ = ["save_figure_atomically", "plot_confusion", "plot_layer_weights", "plot_layer_sweep"]
 
 
+def _new_figure(*, figsize: tuple[float, float]) -> "matplotlib.figure.Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG to ``path`` through a temp file + rename, then close it."""
-    try:
-        return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
+    """Save ``fig`` as PNG to ``path`` through a temp file + rename."""
+    return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def plot_confusion(run: RunSummary, path: Path) -> Path | None:
@@ -40,7 +46,8 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     size = max(4.0, 0.75 * n + 2.0)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig = _new_figure(figsize=(size + 1.0, size))
+    ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     for i in range(n):
@@ -82,7 +89,8 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
     if not series:
         return None
     corpora = sorted({corpus for corpus, _ in series})
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6.0 * len(corpora), 4.0), squeeze=False)
+    fig = _new_figure(figsize=(6.0 * len(corpora), 4.0))
+    axes = fig.subplots(1, len(corpora), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         for (c, model), values in sorted(series.items()):
             if c != corpus:
@@ -96,7 +104,7 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
     return save_figure_atomically(fig, path)
 
 
-def _label_layer_axes(ax: plt.Axes, *, ticks: Iterable[int], ylabel: str, title: str, legend_size: int) -> None:
+def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabel: str, title: str, legend_size: int) -> None:
     """The axes of a per-layer panel: layer ticks, labels, grid and legend."""
     ax.set_xticks(ticks)
     ax.set_xlabel("layer (0 = local encoder output)")
@@ -116,7 +124,8 @@ def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
     if not series:
         return None
     corpora = sorted({s["corpus"] for s in series})
-    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.2), squeeze=False)
+    fig = _new_figure(figsize=(6.5 * len(corpora), 4.2))
+    axes = fig.subplots(1, len(corpora), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
         most = 0
         for s in (s for s in series if s["corpus"] == corpus):

@@ -56,6 +56,11 @@ def test_parse_selection_rejects_garbage_listing_valid_forms(text):
     assert issubclass(SelectionError, W2v2serError)
 
 
+def test_a_list_of_features_points_to_the_fusion_head():
+    with pytest.raises(SelectionError, match="valid forms.*train the fusion head"):
+        parse_selection("wav2vec2:all,egemaps")
+
+
 # ----------------------------------------------------------------------------- recipes / config
 def test_recipes_and_overrides():
     paper, official = get_recipe("paper"), get_recipe("official")

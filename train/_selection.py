@@ -91,7 +91,11 @@ def parse_selection(text: str) -> Selection:
         raise SelectionError(f"feature selection must be a non-empty string, got {text!r}; valid forms: {VALID_FORMS}")
     match = _PATTERN.match(text.strip())
     if match is None:
-        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {VALID_FORMS}")
+        hint = ""
+        if "," in text:  # a list of features: one selection per head, plus the fusion head's eGeMAPS branch
+            hint = ("; a selection names one feature: to add eGeMAPS to another feature, train the fusion head "
+                    "(--head fusion, or head: fusion in pipeline.yaml; its eGeMAPS branch is --fusion-features)")
+        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {VALID_FORMS}{hint}")
     layers = match.group("layers")
     if layers is not None and not (layers in ("local", "contextual", "all") or re.fullmatch(r"\d+(-\d+)?", layers)):
         raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {VALID_FORMS}")

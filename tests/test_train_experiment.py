@@ -100,6 +100,26 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog
     assert summarize_runs(changed, tmp_path)["n_runs"] == 1  # the four stale runs are not mixed in
 
 
+def test_a_class_without_training_utterances_is_reported_once(tmp_path, caplog):
+    from w2v2ser.store import Utterance
+
+    def row(k: int, speaker: str, split: str, label: str) -> Utterance:
+        return Utterance(id=f"u{k:03d}", path=f"/fake/{k}.wav", speaker=speaker, label=label, split=split,
+                         corpus="csv")
+
+    parts = {"s1": "train", "s2": "train", "s3": "train", "s4": "validation", "s5": "test"}
+    utts = [row(3 * i + j, spk, split, label) for i, (spk, split) in enumerate(parts.items())
+            for j, label in enumerate(("calm", "tense"))]
+    utts.append(row(99, "s5", "test", "bored"))  # a label only the test speaker has
+    store = build_store(tmp_path / "csv.zarr", utterances=utts, layers=3, dim=4, features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="csv", **FAST)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        plan_runs(cfg)
+        plan_runs(cfg)
+    assert caplog.text.count("fold split: no training speaker has an utterance labelled 'bored'") == 1
+    assert "no utterance of the store is labelled" not in caplog.text
+
+
 def test_runs_are_repeatable(rav, tmp_path):
     cfg = ExperimentConfig(stores=rav, features="egemaps", **FAST)
     (spec,) = plan_runs(cfg)

@@ -22,6 +22,7 @@ import resource
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -147,6 +148,33 @@ def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
     return folds
 
 
+# (store, protocol, csv_folds) whose untrained classes this process has reported (as _REPORTED_DROPS).
+_REPORTED_UNTRAINED: set[tuple[str, str, int]] = set()
+
+
+def _report_untrained_classes(config: ExperimentConfig, data: _Data, folds: list[Fold]) -> None:
+    """Warn about classes a head is asked to output but never sees in training: their test
+    utterances can only be misclassified, which lowers UAR for a reason outside the model."""
+    key = (str(config.stores[data.selections["main"].alias]), config.protocol, config.csv_folds)
+    if key in _REPORTED_UNTRAINED:
+        return
+    _REPORTED_UNTRAINED.add(key)
+    counts = Counter(data.labels)
+    absent = [c for c in data.classes if not counts[c]]
+    if absent:
+        log.warning("protocol %s: no utterance of the store is labelled %s; the heads still have an output "
+                    "for each class of the protocol, and UAR averages over the classes present in each test "
+                    "partition", config.protocol, " or ".join(map(repr, absent)))
+    for fold in folds:
+        train = set(fold.train)
+        trained = {label for record, label in zip(data.records, data.labels) if record.speaker in train}
+        missing = [c for c in data.classes if counts[c] and c not in trained]
+        if missing:
+            log.warning("fold %s: no training speaker has an utterance labelled %s, so the heads never learn "
+                        "that class and its test utterances can only be misclassified (give the training "
+                        "partition some of its speakers)", fold.name, " or ".join(map(repr, missing)))
+
+
 def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     """List every (fold, seed) run of the experiment, fold-major.
 
@@ -155,7 +183,9 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     """
     data = _prepare(config, report=True)
     seeds = range(config.first_seed, config.first_seed + config.seeds)
-    return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in _folds(config, data) for s in seeds]
+    folds = _folds(config, data)
+    _report_untrained_classes(config, data, folds)
+    return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in folds for s in seeds]
 
 
 def _store_fingerprint(config: ExperimentConfig, data: _Data) -> str:

@@ -37,6 +37,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     settings = {f"rayon default ({cores})": str(cores), "w2v2ser default": None}
     runs: dict[str, list[dict]] = {name: [] for name in settings}
+    if args.workdir is not None:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for round_ in range(args.rounds):
             order = list(settings) if round_ % 2 == 0 else list(settings)[::-1]

@@ -368,6 +368,13 @@ class StoreWriter:
             else:
                 differ = [(col, stored[col][row], self._cell(col, u, None, "")) for col in checked
                           if stored[col][row] != self._cell(col, u, None, "")]
+                if stored_ns[row] < 0:
+                    # Its audio could not even be probed, so nothing of it was extracted: a fixed
+                    # manifest row (a converted file, a corrected label) replaces it whole.
+                    if differ or num_samples[pos] is not None:
+                        reprobed.append(pos)
+                    rows.append(row)
+                    continue
                 if differ:
                     was = ", ".join(f"{col} {old!r}" for col, old, _ in differ)
                     now = ", ".join(f"{col} {new!r}" for col, _, new in differ)
@@ -377,8 +384,6 @@ class StoreWriter:
                         f"it from there: extract into a new store path (`--like {self.path}` keeps the "
                         f"feature configs), or restore the manifest's old values."
                     )
-                if stored_ns[row] < 0 and num_samples[pos] is not None:
-                    reprobed.append(pos)
             rows.append(row)
         # Refuse a changed feature config before anything is written.
         for spec in features:
@@ -406,9 +411,11 @@ class StoreWriter:
             changed = True
         if reprobed:
             changed = True
-            arr = self._column("num_samples")
-            for pos in reprobed:
-                arr[rows[pos]] = int(num_samples[pos])
+            for col, (_, fill) in UTTERANCE_COLUMNS.items():
+                if col != "id":
+                    arr = self._column(col)
+                    for pos in reprobed:
+                        arr[rows[pos]] = self._cell(col, utterances[pos], num_samples[pos], fill)
         total = self._num_rows()
         # -- features
         for spec in features:

@@ -338,6 +338,30 @@ def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, t
     assert open_store(store).complete  # the refused run changed nothing
 
 
+def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, tmp_path):
+    """A failed file fixed by conversion (broken.wav -> fixed.flac) and a corrected label: the row
+    had no audio, so nothing of it was extracted, and the resumed run takes the new values."""
+    from dataclasses import replace
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert {f.id for f in open_store(store).list_failures()} == {"broken", "missing"}
+    good = next(u for u in corpus if u.id not in ("broken", "missing"))
+    fixed = tmp_path / "fixed.flac"
+    sf.write(fixed, sf.read(good.path)[0], 16000)
+    edited = [replace(u, path=str(fixed), label="angry") if u.id == "broken" else u for u in corpus]
+    summary = extract_corpus(edited, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.extracted == 1 and [f[0] for f in summary.failed] == ["missing"]
+    st = open_store(store)
+    (row,) = [r for r in st.list_utterances() if r.id == "broken"]
+    assert (row.path, row.label, row.status) == (str(fixed), "angry", "done")
+    np.testing.assert_array_equal(st.read_utterance("broken", "energy"), st.read_utterance(good.id, "energy"))
+    # A row that was extracted keeps refusing changes (test above): only never-read audio is replaced.
+    with pytest.raises(Exception, match="already in store"):
+        extract_corpus([replace(u, label="sad") if u.id == "broken" else u for u in edited], store,
+                       extractors=[EnergyExtractor()], progress=False)
+
+
 def test_like_gives_new_audio_the_same_features_from_any_folder(corpus, tmp_path, monkeypatch, capsys):
     """`--like STORE` from another folder: a model given by a relative path is found at the absolute
     path the store recorded. Options that would change the values are refused (they were ignored

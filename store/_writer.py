@@ -358,6 +358,7 @@ class StoreWriter:
         # manifest of a resumed run: a changed split or speaker would otherwise be ignored silently.
         checked = ("path", "label", "speaker", "session", "split")
         stored = {col: to_str_list(self._column(col)[:]) for col in checked} if old_rows else {}
+        state = resolve_events(self.location) if old_rows else None
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
@@ -368,8 +369,8 @@ class StoreWriter:
             else:
                 differ = [(col, stored[col][row], self._cell(col, u, None, "")) for col in checked
                           if stored[col][row] != self._cell(col, u, None, "")]
-                if stored_ns[row] < 0:
-                    # Its audio could not even be probed, so nothing of it was extracted: a fixed
+                if stored_ns[row] < 0 or (differ and not self._extracted(row, state)):
+                    # Nothing of it was extracted (its audio failed to probe or to decode): a fixed
                     # manifest row (a converted file, a corrected label) replaces it whole.
                     if differ or num_samples[pos] is not None:
                         reprobed.append(pos)
@@ -461,6 +462,10 @@ class StoreWriter:
         self._ids = None
         self._specs = specs_from_meta(self._meta)
         return rows
+
+    def _extracted(self, row: int, state: Any) -> bool:
+        """Whether any feature of `row` is committed (its frames may have entered statistics)."""
+        return any(state.committed(row, name) for name in self._meta["features"])
 
     @staticmethod
     def _cell(col: str, u: Utterance, ns: int | None, fill: Any) -> Any:

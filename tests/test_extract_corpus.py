@@ -362,6 +362,26 @@ def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, t
                        extractors=[EnergyExtractor()], progress=False)
 
 
+def test_a_file_that_failed_to_decode_can_be_replaced_in_the_manifest(corpus, tmp_path):
+    """The same for audio whose header reads (so its row was planned) but whose samples fail."""
+    from dataclasses import replace
+
+    good = next(u for u in corpus if u.id not in ("broken", "missing"))
+    samples = sf.read(good.path)[0]
+    nan = tmp_path / "nan.wav"
+    sf.write(nan, np.where(np.arange(len(samples)) == 5, np.nan, samples), 16000, subtype="FLOAT")
+    rows = [replace(good, id="nan", path=str(nan)), *corpus[:3]]
+    store = tmp_path / "s.zarr"
+    summary = extract_corpus(rows, store, extractors=[EnergyExtractor()], progress=False)
+    assert [f[0] for f in summary.failed] == ["nan"] and "not finite" in summary.failed[0][2]
+    summary = extract_corpus([replace(rows[0], path=good.path), *rows[1:]], store,
+                             extractors=[EnergyExtractor()], progress=False)
+    assert summary.extracted == 1 and not summary.failed
+    st = open_store(store)
+    np.testing.assert_array_equal(st.read_utterance("nan", "energy"), st.read_utterance(good.id, "energy"))
+    assert [r.path for r in st.list_utterances() if r.id == "nan"] == [good.path]
+
+
 def test_like_gives_new_audio_the_same_features_from_any_folder(corpus, tmp_path, monkeypatch, capsys):
     """`--like STORE` from another folder: a model given by a relative path is found at the absolute
     path the store recorded. Options that would change the values are refused (they were ignored

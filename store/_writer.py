@@ -358,7 +358,7 @@ class StoreWriter:
         # manifest of a resumed run: a changed split or speaker would otherwise be ignored silently.
         checked = ("path", "label", "speaker", "session", "split")
         stored = {col: to_str_list(self._column(col)[:]) for col in checked} if old_rows else {}
-        state = resolve_events(self.location) if old_rows else None
+        state = resolve_events(self.location)  # the journals' state: plan appends to them only at its end
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
@@ -430,7 +430,6 @@ class StoreWriter:
         for name in meta["features"]:
             self._grow_rows(name, total)
         # -- planned frame counts (sizes the work units)
-        state = resolve_events(self.location)
         for spec in features:
             changed |= self._set_capacity(spec.name, rows, num_samples, capacities[spec.name], state)
         # -- failures known at plan time (unreadable headers)

@@ -100,6 +100,22 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog
     assert summarize_runs(changed, tmp_path)["n_runs"] == 1  # the four stale runs are not mixed in
 
 
+def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
+    """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
+    from w2v2ser.train import sweep_experiment
+
+    monkeypatch.setattr("w2v2ser._native_logs.stderr_is_terminal", lambda: True)
+    cfg = ExperimentConfig(stores=rav, features="wav2vec2:all", **{**FAST, "recipe_overrides": {"max_epochs": 2}})
+    train_experiment(cfg, out=tmp_path / "t")
+    err = capsys.readouterr().err
+    assert "run 1/1 fold=split seed=0" in err and "2/2" in err and "val_loss=" in err
+    sweep_experiment(ExperimentConfig.from_dict({**cfg.to_dict(), "features": "wav2vec2"}), out=tmp_path / "s")
+    err = capsys.readouterr().err
+    assert "sweep 1/1 fold=split seed=0" in err and "2/2" in err and "heads" in err
+    train_experiment(cfg, out=tmp_path / "quiet", progress=False)
+    assert "epoch" not in capsys.readouterr().err
+
+
 def test_a_class_without_training_utterances_is_reported_once(tmp_path, caplog):
     from w2v2ser.store import Utterance
 

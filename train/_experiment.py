@@ -328,7 +328,7 @@ def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, P
 
 # ---------------------------------------------------------------------------------------- runs
 def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
-              verbose: int = 0) -> RunResult:
+              verbose: int = 0, progress: str | None = None) -> RunResult:
     """Train and test one (fold, seed) run and write ``out/runs/<fold>__seed<k>/`` atomically.
 
     A run directory that is already complete for the same ``config.config_key()`` and store
@@ -342,6 +342,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         threads: TensorFlow intra/inter-op thread count, applied before TensorFlow initialises
             (None = TensorFlow's default).
         verbose: Keras fit verbosity.
+        progress: When given, a progress bar over the epochs on stderr, with this description.
     """
     _configure_threads(threads)
     out = Path(out)
@@ -370,13 +371,13 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     # same, which was the 1.51x peak RSS growth from a quarter store to the full one).
     share_memory_budget([train, val, test], cache=config.cache, budget_mb=config.cache_budget_mb)
 
-    from ._heads import make_head  # Keras loads only when a run trains
+    from ._heads import EpochProgress, make_head  # Keras loads only when a run trains
 
     # The run's seed goes to the head too: its layers then draw their seeds from their own
     # generator, not from Python's global random, which other threads (Dask's) also draw from.
     head = make_head(config.head, units=config.units, dropout=config.dropout, recipe=recipe,
                      classes=data.classes, verbose=verbose, run_eagerly=config.run_eagerly, seed=run_spec.seed)
-    head.fit(train, validation_data=val)
+    head.fit(train, validation_data=val, callbacks=[EpochProgress(progress)] if progress else ())
     proba = head.predict_proba(test)
     y_true, y_pred = test.labels, np.argmax(proba, axis=1)
     hist = head.history_
@@ -525,7 +526,8 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
                                           "stores_identity": _store_identities(config, stores)})
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
-        res = train_run(config, spec, out=out, threads=threads)
+        res = train_run(config, spec, out=out, threads=threads,
+                        progress=f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
         if progress:
             vl = "n/a" if res.best_val_loss is None else f"{res.best_val_loss:.4f}"
             print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "

@@ -28,7 +28,7 @@ from ._errors import ConfigError, DataError
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
 
-__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head"]
+__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress"]
 
 
 class _ArrayBatches:
@@ -109,6 +109,31 @@ class _Timing(keras.callbacks.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._t0)
         self.input_seconds.append(sum(d.input_seconds for d in self.datasets) - self._in0)
         self.compute_seconds.append(self._compute)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A progress bar over a fit's epochs (w2v2ser._common.progress_bar), with the last losses:
+    a run of the paper's recipe can train for minutes before its summary line."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        self.desc = desc
+        self._bar: Any = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        from w2v2ser._common import progress_bar
+
+        self._bar = progress_bar(desc=self.desc, unit="epoch", total=self.params.get("epochs"), leave=False)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs = logs or {}
+        self._bar.set_postfix({k: f"{logs[k]:.4f}" for k in ("loss", "val_loss") if k in logs}, refresh=False)
+        self._bar.update(1)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class _BaseHead(ClassifierMixin, BaseEstimator):

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import publish_directory
+from w2v2ser._common import progress_bar, publish_directory
 
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source
@@ -405,13 +405,15 @@ def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) ->
 
 
 def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
-              micro_batch_mb: float = MICRO_BATCH_MB) -> dict[str, dict[str, Any]]:
+              micro_batch_mb: float = MICRO_BATCH_MB, progress: str | None = None) -> dict[str, dict[str, Any]]:
     """Train every head of the sweep for one (fold, seed) and write its run directory under each head's folder.
 
     A (fold, seed) whose run directories are all complete for their config keys is not retrained.
     Batches are read in micro-batches of at most ``micro_batch_mb`` of float32 frames (all
     layers), whose gradients are summed into one optimiser step of the recipe's batch size: memory
     stays flat as models get deeper and wider (25 x 1024 needs no more than 13 x 768).
+
+    ``progress``: when given, a progress bar over the epochs on stderr, with this description.
 
     Returns:
         Head folder name -> metrics (with "skipped": True when already complete).
@@ -452,9 +454,19 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
-    heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
-                                  dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
-                                  accumulate=recipe.batch_size // micro)
+    bar: Any = progress_bar(desc=progress, unit="epoch", total=recipe.max_epochs, leave=False) if progress else None
+
+    def epoch_end(epoch: int, heads: Any, active: np.ndarray) -> None:
+        bar.set_postfix(training=f"{int(active.sum())}/{len(active)} heads", refresh=False)
+        bar.update(1)
+
+    try:
+        heads, hist = fit_sweep_heads(train, val, n_classes=len(data.classes), recipe=recipe, units=base.units,
+                                      dropout=base.dropout, seed=run_spec.seed, restore_best=recipe.restore_best,
+                                      accumulate=recipe.batch_size // micro, epoch_end=epoch_end if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
     proba = predict_sweep_heads(heads, test)
     alphas = [float(a) for a in np.asarray(heads.wa.alphas.numpy())]
     y_true = test.labels
@@ -562,7 +574,8 @@ def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
-        res = sweep_run(config, spec, out=out, threads=threads)
+        res = sweep_run(config, spec, out=out, threads=threads,
+                        progress=f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
         if progress:
             skipped = any(m.get("skipped") for m in res.values())
             uars = " ".join(f"{100 * m['uar']:.0f}" for m in res.values())

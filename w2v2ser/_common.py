@@ -191,15 +191,17 @@ class _LogLines:
         self.stream.flush()
 
 
-def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, total: int | None = None) -> object:
+def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, total: int | None = None,
+                 leave: bool = True) -> object:
     """A tqdm bar on stderr: live on a terminal; in a log file, a line every LOG_PROGRESS_SECONDS and
-    a last one at the end, for work that lasts that long."""
+    a last one at the end, for work that lasts that long. ``leave=False`` clears a terminal bar
+    when it closes (a summary line follows)."""
     from tqdm.auto import tqdm
 
     from ._native_logs import stderr_is_terminal
 
     if stderr_is_terminal():
-        return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True)
+        return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True, leave=leave)
     return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr), ncols=90,
                 mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_SECONDS)
 

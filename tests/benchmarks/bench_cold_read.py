@@ -6,6 +6,7 @@ each mode reads the same utterances (``--reps`` interleaved rounds, medians) wit
 
 - ``store cold`` / ``store warm``: ``read_utterance`` (zarr + zarrs, then the per-layer CRC check);
 - ``crc check``: the per-layer CRC of the frames alone (``w2v2ser.store._layout.crc32_rows``, in memory);
+  ``crc check, one transposed copy``: the same CRCs the way crc32_rows computed them up to 93cab92;
 - ``store batch cold`` / ``warm``: ``read_batch`` of ``--batch`` utterances (stage 2's path, zarrs);
 - ``tensorstore batch cold`` / ``warm``: the same slices through tensorstore's ``zarr3`` driver, one
   ``tensorstore.Batch`` of ``--batch`` utterances per call (its byte-range requests in flight
@@ -93,7 +94,7 @@ def main() -> None:
 
         zarr.config.set({"threading.max_workers": args.zarrs_threads})
     from w2v2ser.store import open_store
-    from w2v2ser.store._layout import crc32_rows
+    from w2v2ser.store._layout import ROW_CHECKSUMS, crc32_rows
 
     store_path = Path(args.store)
     store = open_store(store_path)
@@ -117,6 +118,13 @@ def main() -> None:
     modes["store batch cold"] = (store_path, read_store_batches)
     modes["store batch warm"] = (None, read_store_batches)
     modes["crc check"] = (None, lambda: [crc32_rows(f, store.row_checksum) for f in frames.values()])
+
+    def crc_one_copy(f: np.ndarray) -> list[int]:  # crc32_rows up to 93cab92: one transposed copy
+        by_layer = np.ascontiguousarray(np.swapaxes(f, 0, 1))
+        return [ROW_CHECKSUMS[store.row_checksum](by_layer[k]) for k in range(f.shape[1])]
+
+    if next(iter(frames.values())).ndim == 3:
+        modes["crc check, one transposed copy"] = (None, lambda: [crc_one_copy(f) for f in frames.values()])
 
     data = store_path / "features" / args.feature / "data"
     meta = json.loads((data / "zarr.json").read_text())

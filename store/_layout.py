@@ -177,7 +177,7 @@ def crc32_rows(frames: np.ndarray, checksum: str) -> np.ndarray:
     if frames.ndim == 3:
         # Each layer is strided in [frames, layers, dim]: copy one layer at a time into a reused
         # buffer, which stays in the CPU cache. One transposed copy of all layers took 1.2x as
-        # long for utterances of 3.5 s and 1.8x for 10 s (bench_cold_read.py's "crc check" rows).
+        # long for utterances of 3.5 s (bench_cold_read.py's "crc check" rows).
         layer = np.empty((frames.shape[0], frames.shape[2]), dtype=frames.dtype)
         out = np.empty(frames.shape[1], dtype=np.uint32)
         for k in range(frames.shape[1]):

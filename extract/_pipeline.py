@@ -104,6 +104,22 @@ def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None
     return progress_bar(items, desc=desc, unit=unit, total=total)
 
 
+def _runs_on_this_machine(client: Any) -> bool:
+    """Whether the shards run on this machine's devices: in this process or on a local Dask
+    cluster, not on a job queue's (SLURM) workers, which may have GPUs that this process lacks,
+    nor on a cluster known only by its address."""
+    if client is None:
+        return True
+    cluster = getattr(client, "cluster", None)
+    if cluster is None:
+        return False
+    try:
+        from dask_jobqueue import JobQueueCluster
+    except ImportError:  # no job queue without dask-jobqueue: w2v2ser's other clusters are local
+        return True
+    return not isinstance(cluster, JobQueueCluster)
+
+
 def extract_corpus(
     utterances: Sequence[Utterance],
     store_path: str | Path | StoreLocation,
@@ -154,8 +170,10 @@ def extract_corpus(
     if shard_size < 1:
         raise W2v2serError(f"shard_size must be >= 1, got {shard_size}.")
     store_path = locate_store(store_path, storage_options=storage_options)
-    for extractor in extractors:  # a model that cannot be found fails before the store is created
-        getattr(extractor, "source", None)
+    for extractor in extractors:  # a missing model or device fails before the store is created
+        check = getattr(extractor, "check", None)
+        if check is not None:
+            check(local=_runs_on_this_machine(client))
     started = time.perf_counter()
     summary = ExtractionSummary(store=store_path.display)
     with lock_store(store_path):

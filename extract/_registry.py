@@ -41,6 +41,9 @@ class Extractor(Protocol):
     def extract(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Frames for each 16 kHz mono float32 signal."""
 
+    # Extractors may define ``check(*, local: bool)``, which raises a configuration error (a model
+    # not found, a device absent) before the driver creates the store; ``local`` is False when
+    # the extraction runs on Dask workers, whose devices the driver does not see.
     # Extractors whose config has a ``sample_rate`` ("native" or Hz) also take keyword
     # arguments: ``max_frames(n, sample_rate=...)``, ``extract(signals, sample_rates=[...])``
     # and, for the spectrogram, ``feature_spec(sample_rate=...)``; the driver hands them each

@@ -272,6 +272,18 @@ class Wav2Vec2Extractor:
             )
         return wanted
 
+    def check(self, *, local: bool = True) -> None:
+        """Fail before any store is created: resolve the model and, when this process will run
+        it (``local``), the device.
+
+        Raises:
+            ModelLoadError: the model cannot be found. ExtractorConfigError: another family's
+                model, or ``device: cuda`` without a CUDA device here.
+        """
+        _ = self.source
+        if local:
+            self._device()
+
     def uses_cuda(self) -> bool:
         """Whether the model runs on a CUDA device (resolving "auto")."""
         return self._device().startswith("cuda")

@@ -445,6 +445,23 @@ def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_cuda_without_a_cuda_device_fails_without_creating_the_store(corpus, tmp_path, capsys):
+    """`--device cuda` on a machine without one was refused only after the store was created."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser._cli import main
+
+    model = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=2, hidden=16)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in corpus[:2]))
+    assert main(["extract", "csv", str(manifest), "--store", str(tmp_path / "s.zarr"), "--features", "wav2vec2",
+                 "--model", str(model), "--device", "cuda", "--no-progress"]) == 2
+    assert "torch reports no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_empty_features_are_refused_not_read_as_the_default_set(tmp_path, capsys):
     """`--features ""` (an unset shell variable) extracted the default set, wav2vec2 included."""
     from w2v2ser._cli import main

@@ -104,7 +104,8 @@ def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
     return save_figure_atomically(fig, path)
 
 
-def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabel: str, title: str, legend_size: int) -> None:
+def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabel: str, title: str,
+                      legend_size: int) -> None:
     """The axes of a per-layer panel: layer ticks, labels, grid and legend."""
     ax.set_xticks(ticks)
     ax.set_xlabel("layer (0 = local encoder output)")

@@ -13,6 +13,7 @@ import copy
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -113,11 +114,10 @@ def _runs_on_this_machine(client: Any) -> bool:
     cluster = getattr(client, "cluster", None)
     if cluster is None:
         return False
-    try:
-        from dask_jobqueue import JobQueueCluster
-    except ImportError:  # no job queue without dask-jobqueue: w2v2ser's other clusters are local
-        return True
-    return not isinstance(cluster, JobQueueCluster)
+    # A job queue's cluster means dask_jobqueue is imported. Not imported here: its import sets a
+    # SIGINT handler, which fails outside the main thread (the pipeline extracts in threads).
+    jobqueue = sys.modules.get("dask_jobqueue")
+    return jobqueue is None or not isinstance(cluster, jobqueue.JobQueueCluster)
 
 
 def extract_corpus(

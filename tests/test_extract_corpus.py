@@ -462,6 +462,24 @@ def test_cuda_without_a_cuda_device_fails_without_creating_the_store(corpus, tmp
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_the_device_check_runs_in_the_pipeline_s_extraction_threads():
+    """Importing dask_jobqueue to recognise a SLURM cluster set a SIGINT handler, which raises
+    outside the main thread: every extraction of a pipeline on a local Dask cluster failed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threading, types\n"
+            "from w2v2ser.extract._pipeline import _runs_on_this_machine\n"
+            "client = types.SimpleNamespace(cluster=object())\n"
+            "out = []\n"
+            "t = threading.Thread(target=lambda: out.append(_runs_on_this_machine(client)))\n"
+            "t.start(); t.join()\n"
+            "print(out, 'dask_jobqueue' in sys.modules, _runs_on_this_machine(None),\n"
+            "      _runs_on_this_machine(types.SimpleNamespace(cluster=None)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["[True]", "False", "True", "False"], done.stderr[-2000:]
+
+
 def test_empty_features_are_refused_not_read_as_the_default_set(tmp_path, capsys):
     """`--features ""` (an unset shell variable) extracted the default set, wav2vec2 included."""
     from w2v2ser._cli import main

@@ -397,26 +397,23 @@ class StoreWriter:
             meta["complete"] = False
             self._set_meta(meta)
         total = old_rows + len(new)
+        replaced = np.asarray([rows[p] for p in reprobed], dtype=np.int64)
         # The id column defines the rows and is written last: a plan killed while adding rows
         # leaves other columns longer than `id`, and the next plan rewrites those rows.
         for col, (_, fill) in sorted(UTTERANCE_COLUMNS.items(), key=lambda item: item[0] == "id"):
             arr = self._column(col)
+            kind = {"duration": np.float64, "num_samples": np.int64}.get(col, str)
             if new:
                 values = [self._cell(col, utterances[p], num_samples[p], fill) for p in new]
                 arr.resize((total,))
-                kind = {"duration": np.float64, "num_samples": np.int64}.get(col, str)
                 arr[old_rows:total] = np.asarray(values, dtype=kind)
             elif arr.shape[0] != total:  # leftovers of a plan killed while adding rows
                 arr.resize((total,))
-        if new:
+            if reprobed and col != "id":  # replaced rows keep their id; one write per column
+                arr.vindex[replaced] = np.asarray([self._cell(col, utterances[p], num_samples[p], fill)
+                                                   for p in reprobed], dtype=kind)
+        if new or reprobed:
             changed = True
-        if reprobed:
-            changed = True
-            for col, (_, fill) in UTTERANCE_COLUMNS.items():
-                if col != "id":
-                    arr = self._column(col)
-                    for pos in reprobed:
-                        arr[rows[pos]] = self._cell(col, utterances[pos], num_samples[pos], fill)
         total = self._num_rows()
         # -- features
         for spec in features:

@@ -3,8 +3,9 @@
 The file is read with a YAML safe loader (YAML 1.2 numbers: ``1e-3`` is a number),
 ``--set key.path=value`` overrides are applied, ``${VAR}`` / ``${VAR:-default}`` are
 expanded in strings (:mod:`w2v2ser._overrides`), and the result is checked against one
-pydantic schema (:func:`pipeline_model`; ``w2v2ser run --schema`` prints it as JSON Schema). Extractor and experiment sections are derived from their config
-dataclasses, so a new dataclass field needs no schema edit. Checks that need the rest of the
+pydantic schema (:func:`pipeline_model`; ``w2v2ser run --schema`` prints it as JSON Schema).
+Extractor and experiment sections are derived from their config dataclasses, so a new
+dataclass field needs no schema edit. Checks that need the rest of the
 file (paths on disk, references between sections, layer counts) follow in plain code. Every
 problem raises :class:`ConfigError` naming the key path (e.g.
 ``extraction.stores.w2v2_pt.features.wav2vec2.model``).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import keras
 import numpy as np
@@ -104,7 +105,20 @@ def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser.train import sweep_experiment
 
+    from w2v2ser import _common
+
     monkeypatch.setattr("w2v2ser._native_logs.stderr_is_terminal", lambda: True)
+    real_bar = _common.progress_bar
+
+    def unthrottled_bar(*args: Any, **kwargs: Any) -> Any:
+        # tqdm draws at most every 0.1 s, and these epochs can be faster: draw each one, so that
+        # the count asserted below does not depend on the host's speed.
+        bar = real_bar(*args, **kwargs)
+        bar.mininterval = 0
+        return bar
+
+    monkeypatch.setattr(_common, "progress_bar", unthrottled_bar)
+    monkeypatch.setattr("w2v2ser.train._sweep.progress_bar", unthrottled_bar)
     cfg = ExperimentConfig(stores=rav, features="wav2vec2:all", **{**FAST, "recipe_overrides": {"max_epochs": 2}})
     train_experiment(cfg, out=tmp_path / "t")
     err = capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,6 +52,7 @@ def _pipeline(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # about 30 s: a whole `w2v2ser run`, TensorFlow included
 def test_offline_run_says_each_reason_once_and_hides_native_logs(tmp_path: Path) -> None:
     pipeline = _pipeline(tmp_path)
     env = {k: v for k, v in os.environ.items()

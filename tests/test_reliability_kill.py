@@ -36,6 +36,9 @@ _ZYGOTE = textwrap.dedent(
     import json, os, sys, traceback
     from w2v2ser.extract import build_extractor, extract_corpus, read_csv_manifest
     import opensmile, zarr  # noqa: F401  (heavy imports happen once, here)
+    # The store's writer and finalize import these on first use (about 2 s on a slow host):
+    # imported here, a child's run starts with its extraction, where the kills should land.
+    import pandas, pyarrow, pyarrow.parquet, tensorstore  # noqa: F401
     if sys.argv[1] == "torch":
         import torch, transformers  # noqa: F401
         from transformers import Wav2Vec2Model  # noqa: F401
@@ -229,10 +232,11 @@ def run_kill_cycles(tmp_path: Path, corpus: Path, *, scale: float, seed: int) ->
 
 
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(corpus, tmp_path):
-    # Half the kills of one full cycle keeps the default suite short; the slow test below lands 132.
-    kills, stores = run_kill_cycles(tmp_path, corpus, scale=0.5, seed=20240607)
+    # A quarter of one full cycle (two kills per scenario of one feature, one per mixed scenario)
+    # keeps the default suite short; the slow test below lands 132.
+    kills, stores = run_kill_cycles(tmp_path, corpus, scale=0.25, seed=20240607)
     print(f"{kills} SIGKILL/resume cycles over {stores} stores: every store equals the uninterrupted one")
-    assert kills >= 12
+    assert kills >= 6
 
 
 @pytest.mark.slow
@@ -252,6 +256,7 @@ def _wait_for_lock(store: Path, pid: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"w2v2ser extract (pid {pid}) never took the lock {lock}")
 
 
+@pytest.mark.slow  # about 30 s: four runs of the real command line
 def test_sigkill_of_the_cli_then_rerun_completes(corpus, tmp_path):
     """The real command line: killed once it holds the store lock, rerun until it exits 0."""
     rng = random.Random(7)

@@ -165,6 +165,7 @@ def test_run_skips_what_cannot_run_and_resumes(tiny: Path) -> None:
 
 
 @needs_ravdess
+@pytest.mark.slow  # about 40 s: a whole `w2v2ser run` on a local Dask cluster
 def test_ctrl_c_of_run_on_a_local_cluster_is_one_line(tmp_path: Path) -> None:
     """Ctrl-C reaches the whole process group: the extraction child and every Dask worker printed a
     KeyboardInterrupt traceback after the pipeline's own "interrupted" line."""

@@ -291,6 +291,7 @@ def test_rerun_of_extract_on_s3_skips_committed_work(extracted):
     assert summary.complete and summary.extracted == 0 and summary.skipped == 12
 
 
+@pytest.mark.slow  # about 30 s: extract, train and predict against the moto server
 def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     pytest.importorskip("keras")
     from stage2_fixtures import build_store as build_stage2_store
@@ -324,6 +325,7 @@ def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     assert prediction.ok and likes == [url]
 
 
+@pytest.mark.slow  # about 25 s: a local Dask cluster against the moto server
 def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
     """Worker processes see no AWS_* variables: the endpoint and keys travel with the store location."""
     distributed = pytest.importorskip("distributed")

@@ -103,9 +103,8 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog
 
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
-    from w2v2ser.train import sweep_experiment
-
     from w2v2ser import _common
+    from w2v2ser.train import sweep_experiment
 
     monkeypatch.setattr("w2v2ser._native_logs.stderr_is_terminal", lambda: True)
     real_bar = _common.progress_bar

@@ -10,6 +10,7 @@ directory or an object-store URL (``s3://bucket/prefix``, any fsspec URL; :func:
 
 from ._errors import (
     StoreError,
+    StoreFullError,
     StoreIncompleteError,
     StoreLockedError,
     StoreVersionError,
@@ -39,6 +40,7 @@ __all__ = [
     "StoreIncompleteError",
     "StoreVersionError",
     "StoreLockedError",
+    "StoreFullError",
     "Utterance",
     "UtteranceRecord",
     "FeatureSpec",

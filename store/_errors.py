@@ -8,10 +8,11 @@ __all__ = [
     "StoreIncompleteError",
     "StoreVersionError",
     "StoreLockedError",
+    "StoreFullError",
 ]
 
 
-from w2v2ser._common import EXIT_INPUT, W2v2serError  # the root lives with the shared helpers
+from w2v2ser._common import EXIT_FAILED, EXIT_INPUT, W2v2serError  # the root lives with the shared helpers
 
 
 class StoreError(W2v2serError):
@@ -30,3 +31,13 @@ class StoreVersionError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the store's extraction lock."""
+
+
+class StoreFullError(StoreError):
+    """The disk or quota holding the store filled up while writing: the run failed part-way.
+
+    What was committed before is kept, so the same command resumes once space is freed (the
+    command line exits 1, a failed run, not 2: the input itself was fine).
+    """
+
+    exit_code = EXIT_FAILED

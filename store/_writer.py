@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreFullError
 from ._finalize import finalize_store
 from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
 from ._layout import (
@@ -71,7 +71,7 @@ def _differences(stored: Any, given: Any, key: str) -> list[str]:
 
 
 def _no_space_is_clear(method: Any) -> Any:
-    """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreError.
+    """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreFullError.
 
     Everything committed before stays valid (the journal line is the commit point), so the
     message tells the user to free space and rerun the same command.
@@ -88,7 +88,7 @@ def _no_space_is_clear(method: Any) -> Any:
             if code not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             path = getattr(self, "path", None) or getattr(getattr(self, "_writer", None), "path", "?")
-            raise StoreError(
+            raise StoreFullError(
                 f"no space left on the device holding store {path} ({os.strerror(code)}) during "
                 f"{method.__name__}: free disk space (or move the store to a larger disk) and rerun "
                 f"the same command; utterances committed so far are kept and extraction resumes "

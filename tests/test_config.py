@@ -272,12 +272,12 @@ def test_one_error_hierarchy_with_exit_codes() -> None:
     import w2v2ser
     from w2v2ser.evaluate import EvaluateError
     from w2v2ser.extract import AudioError, ExtractorConfigError, ManifestError
-    from w2v2ser.store import StoreError, StoreLockedError
+    from w2v2ser.store import StoreError, StoreFullError, StoreLockedError
     from w2v2ser.train import ConfigError as TrainConfigError, DataError as TrainDataError, SelectionError
 
     assert TrainConfigError is w2v2ser.ConfigError is ConfigError and TrainDataError is w2v2ser.DataError
     for error, code in ((ExtractorConfigError, 2), (SelectionError, 2), (AudioError, 2), (ManifestError, 2),
-                        (StoreLockedError, 2), (StoreError, 2), (EvaluateError, 2)):
+                        (StoreLockedError, 2), (StoreError, 2), (EvaluateError, 2), (StoreFullError, 1)):
         assert issubclass(error, w2v2ser.W2v2serError) and error.exit_code == code, error
 
 

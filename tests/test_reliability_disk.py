@@ -14,7 +14,7 @@ import pytest
 
 from fixtures_audio import write_audio
 from w2v2ser.extract import build_extractor, extract_corpus
-from w2v2ser.store import StoreError, Utterance, open_store
+from w2v2ser.store import StoreFullError, Utterance, open_store
 
 
 def _corpus(folder: Path, n: int = 12) -> list[Utterance]:
@@ -58,7 +58,7 @@ def test_disk_full_on_a_real_small_filesystem_then_resume(tmp_path, small_disk):
     reference = tmp_path / "reference.zarr"
     extract_corpus(corpus, reference, extractors=_extractors(), progress=False)
     store = small_disk / "s.zarr"
-    with pytest.raises(StoreError) as error:
+    with pytest.raises(StoreFullError) as error:
         extract_corpus(corpus, store, extractors=_extractors(), shard_size=2, progress=False)
     message = str(error.value)
     assert "no space left" in message and str(store) in message
@@ -73,6 +73,22 @@ def test_disk_full_on_a_real_small_filesystem_then_resume(tmp_path, small_disk):
     summary = extract_corpus(corpus, moved, extractors=_extractors(), progress=False)
     assert summary.complete and summary.skipped + summary.extracted == len(corpus)
     _assert_same(moved, reference)
+
+
+def test_disk_full_exits_as_a_failed_run_not_as_bad_input(tmp_path, small_disk, capsys):
+    """The README's exit codes: 2 means the input was wrong and nothing ran; a full disk is a run
+    that failed part-way (1), whose committed work the same command resumes."""
+    from w2v2ser._cli import main
+
+    audio = tmp_path / "audio"
+    manifest = tmp_path / "corpus.csv"
+    rows = [f"{u.path},{u.label},{u.speaker}" for u in _corpus(audio)]
+    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    args = ["extract", "csv", str(manifest), "--store", str(small_disk / "s.zarr"), "--features", "spectrogram",
+            "--option", "spectrogram.n_fft=1024", "--shard-size", "2", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "w2v2ser: error: no space left" in err and "rerun the same command" in err
 
 
 def test_disk_full_injected_at_every_write_then_resume_in_place(tmp_path, monkeypatch):
@@ -108,7 +124,7 @@ def test_disk_full_injected_at_every_write_then_resume_in_place(tmp_path, monkey
         budget["left"] = k
         try:
             extract_corpus(corpus, store, extractors=_extractors(), shard_size=2, progress=False)
-        except StoreError as error:
+        except StoreFullError as error:
             failures += 1
             assert "no space left" in str(error) and "rerun the same command" in str(error)
         finally:

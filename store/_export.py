@@ -90,16 +90,16 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
     fg.create_dataset("crc32", data=rows["crc32"]).attrs["checksum"] = store.row_checksum  # crc32 or crc32c
-    stats = store._array(name, "stats")
-    for part, arr in enumerate(("utt_mean", "utt_m2")):
-        ds = fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64")
-        for i in range(n):  # per-utterance statistics by row (the store keeps them by slot)
-            if length[i] >= 0:
-                ds[i] = stats[int(rows["slot"][i]), part]
+    # Whole chunks only (one utterance's mean and m2; one speaker's row): every read of these
+    # arrays checks its chunks' crc32c, and damage raises StoreError.
+    utt = [fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64") for arr in ("utt_mean", "utt_m2")]
+    for i in range(n):  # per-utterance statistics by row (the store keeps them by slot)
+        if length[i] >= 0:
+            utt[0][i], utt[1][i] = store._values(name, "stats", int(rows["slot"][i]))
     for arr in ("speaker_mean", "speaker_m2"):
         a = store._array(name, arr)
         ds = fg.create_dataset(arr, shape=a.shape, dtype="float64")
         for i in range(a.shape[0]):
-            ds[i] = a[i]
-    _write_strings(fg, "speaker_name", to_str_list(store._array(name, "speaker_name")[:]))
-    fg.create_dataset("speaker_count", data=store._array(name, "speaker_count")[:])
+            ds[i] = store._values(name, arr, i)
+    _write_strings(fg, "speaker_name", to_str_list(store._values(name, "speaker_name")))
+    fg.create_dataset("speaker_count", data=store._values(name, "speaker_count"))

@@ -110,7 +110,14 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker")[:]
     for f in names:
-        _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
+        try:
+            _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
+        except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
+            raise StoreError(
+                f"store {path}: the per-utterance statistics of feature {f!r} cannot be read "
+                f"({exc}), so its speaker statistics cannot be composed. Run `w2v2ser store verify "
+                f"{path}` to list the damaged utterances and re-extract them (delete their journal "
+                f"lines, or extract into a new store).") from None
     _write_parquet(path, group, failures)
 
     meta["complete"] = bool((status != 2).all())

@@ -149,8 +149,21 @@ class FeatureStore:
         # Opening an array reads its metadata; cached since a reader's store is complete.
         key = (feature, name)
         if key not in self._arrays:
-            self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")
+            try:
+                self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")
+            except Exception as exc:  # missing or damaged zarr.json
+                raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
+                                    f"{exc})") from None
         return self._arrays[key]
+
+    def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:
+        """``selection`` of a feature's small array (statistics, speaker table), damage as StoreError."""
+        array = self._array(feature, name)
+        try:
+            return np.asarray(array[selection])
+        except Exception as exc:  # zarr's pipeline checks each chunk's crc32c on these arrays
+            raise self._damaged(f"features/{feature}/{name}", f"cannot be read ({type(exc).__name__}: "
+                                f"{exc})") from None
 
     def _layers(self, spec: FeatureSpec, layers: Sequence[int] | None) -> list[int] | None:
         if layers is None:
@@ -366,8 +379,8 @@ class FeatureStore:
         """
         spec = self._spec(feature)
         sel = self._layers(spec, layers)
-        names = to_str_list(self._array(feature, "speaker_name")[:])
-        counts = self._array(feature, "speaker_count")[:]
+        names = to_str_list(self._values(feature, "speaker_name"))
+        counts = self._values(feature, "speaker_count")
         if speakers is None:
             wanted = list(range(len(names)))
         else:
@@ -382,12 +395,11 @@ class FeatureStore:
                     f"{did_you_mean(str(missing[0]), names)}"
                 )
             wanted = sorted({pos[s] for s in speakers})
-        mean_arr, m2_arr = self._array(feature, "speaker_mean"), self._array(feature, "speaker_m2")
 
         def parts():
             for k in wanted:
                 if counts[k] > 0:
-                    mean, m2 = mean_arr[k], m2_arr[k]
+                    mean, m2 = self._values(feature, "speaker_mean", k), self._values(feature, "speaker_m2", k)
                     if sel is not None:
                         mean, m2 = mean[sel], m2[sel]
                     yield int(counts[k]), mean, m2

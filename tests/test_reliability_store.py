@@ -233,21 +233,47 @@ def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, 
             s.read_batch(sorted(owners), "layered", layers=[0])
 
 
-def test_verify_detects_damaged_per_utterance_statistics(store):
+def _flip_utterance_statistics(store: Path, feature: str, index: int) -> None:
     s = open_store(store)
-    victim = s.list_utterances()[3]
-    slot = int(s._per_row("spectrogram")["slot"][victim.index])
-    stats = s._array("spectrogram", "stats")  # float64, uncompressed
-    mean = np.asarray(stats[slot, 0])
-    key = stats.metadata.encode_chunk_key((slot // stats.shards[0], 0, 0))
-    file = store / "features" / "spectrogram" / "stats" / key
-    at = file.read_bytes().find(mean[:8].tobytes())
+    slot = int(s._per_row(feature)["slot"][index])
+    stats = s._array(feature, "stats")  # float64, uncompressed
+    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
+    file = store / "features" / feature / "stats" / key
+    at = file.read_bytes().find(np.asarray(stats[slot, 0]).tobytes()[:8])
     assert at >= 0
     _flip(file, at + 5)
+
+
+def test_verify_detects_damaged_per_utterance_statistics(store):
+    victim = open_store(store).list_utterances()[3]
+    _flip_utterance_statistics(store, "spectrogram", victim.index)
     report = open_store(store).verify()
     assert not report.ok
     assert {(uid, f) for uid, f, _ in report.problems} == {(victim.id, "spectrogram")}, report.problems
     assert "statistics" in str(report.problems)
+
+
+def test_damaged_per_utterance_statistics_are_never_read_as_intact(store, pristine, tmp_path):
+    """Export and a resumed extraction's finalize read the per-utterance statistics one inner chunk
+    at a time; through zarrs that skipped the chunk's crc32c, so the damage went into the HDF5
+    copy and into the recomposed speaker statistics without a word."""
+    from w2v2ser.store import export_hdf5
+
+    _flip_utterance_statistics(store, "layered", 3)
+    with pytest.raises(StoreError, match="features/layered/stats cannot be read"):
+        export_hdf5(store, tmp_path / "copy.h5")
+    with pytest.raises(StoreError, match=r"statistics of feature 'layered' cannot be read.*store verify"):
+        extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                       progress=False)
+
+
+def test_damaged_speaker_statistics_raise_when_stage_2_composes_them(store):
+    """compose_statistics (stage 2's normalisation) read speaker_mean outside the reader's
+    damage check: a flipped byte raised zarr's bare ValueError through `w2v2ser train`."""
+    (file,) = _chunk_files(store, "features/layered/speaker_mean")
+    _flip(file, len(file.read_bytes()) // 2)
+    with pytest.raises(StoreError, match="features/layered/speaker_mean cannot be read.*store verify"):
+        open_store(store).compose_statistics("layered", speakers=["spk0", "spk1"])
 
 
 @pytest.mark.parametrize("global_pipeline", [None, "zarrs.ZarrsCodecPipeline"])

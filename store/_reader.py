@@ -213,6 +213,9 @@ class FeatureStore:
     def list_failures(self) -> list[Failure]:
         """Failed (utterance, feature) pairs; ``feature`` None means the whole utterance."""
         cols = {c: to_str_list(self._read(f"failures/{c}")) for c in FAILURE_COLUMNS}
+        if len({len(v) for v in cols.values()}) > 1:  # finalize writes them together: a damaged shape
+            raise self._damaged("failures", f"has columns of different lengths "
+                                f"({', '.join(f'{c}: {len(v)}' for c, v in cols.items())})")
         return [
             Failure(id=cols["id"][i], path=cols["path"][i], feature=cols["feature"][i] or None,
                     reason=cols["reason"][i])
@@ -381,6 +384,12 @@ class FeatureStore:
         sel = self._layers(spec, layers)
         names = to_str_list(self._values(feature, "speaker_name"))
         counts = self._values(feature, "speaker_count")
+        shapes = {a: tuple(self._array(feature, a).shape) for a in ("speaker_mean", "speaker_m2")}
+        wanted_shapes = {(len(names), *spec.frame_shape)}
+        if len(counts) != len(names) or set(shapes.values()) != wanted_shapes:
+            raise self._damaged(f"features/{feature}/speaker_*", f"have inconsistent shapes (speaker_name "
+                                f"{len(names)}, speaker_count {len(counts)}, {shapes}; frames "
+                                f"{tuple(spec.frame_shape)})")
         if speakers is None:
             wanted = list(range(len(names)))
         else:

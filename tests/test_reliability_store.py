@@ -310,6 +310,81 @@ def test_opening_arrays_from_many_threads_leaves_the_zarr_config_as_it_was(store
     assert zarr.config.get("codec_pipeline.path") == before
 
 
+@pytest.mark.parametrize("array,axis", [("failures/id", 0), ("features/spectrogram/speaker_name", 0),
+                                        ("features/layered/speaker_mean", 0), ("features/layered/speaker_m2", 2)])
+def test_a_damaged_array_shape_raises_store_error_not_a_numpy_error(store, array, axis):
+    """A digit changed in an array's zarr.json shape (still valid JSON): reads raised IndexError or
+    a numpy broadcast error, which the command line shows as a traceback."""
+    meta = store / array / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][axis] += 1
+    meta.write_text(json.dumps(doc))
+    s = open_store(store)
+    with pytest.raises(StoreError, match="damaged"):
+        s.list_failures() if array.startswith("failures") else s.compose_statistics(array.split("/")[1])
+
+
+def _everything_read(path: Path) -> dict[str, object]:
+    """What each read path of the store returns (tables, frames whole, by layer and batched, statistics)."""
+    s = open_store(path)
+    ids = [r.id for r in s.list_utterances()]
+    out: dict[str, object] = {"utterances": [(r.id, r.speaker, r.label, r.duration) for r in s.list_utterances()],
+                              "failures": s.list_failures(), "speakers": s.speakers()}
+    for name, spec in s.features.items():
+        out[name] = [s.read_utterance(i, name) for i in ids] + s.read_batch(ids, name)
+        if spec.layers:
+            out[f"{name}:1"] = [s.read_utterance(i, name, layers=[1]) for i in ids] + s.read_batch(ids, name, layers=[1])
+        for speakers in (None, s.speakers()[:1]):
+            stats = s.compose_statistics(name, speakers=speakers)
+            out[f"{name} stats {speakers}"] = [stats.count, stats.mean, stats.variance]
+    import h5py
+
+    from w2v2ser.store import export_hdf5
+
+    with h5py.File(export_hdf5(path, path.with_suffix(".h5")), "r") as h5:  # per-utterance statistics too
+        out["hdf5"] = {name: {key: h5[f"features/{name}/{key}"][()] for key in h5[f"features/{name}"]}
+                       for name in s.features}
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and np.array_equal(a, b, equal_nan=True))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_anywhere_in_any_chunk_file_never_reads_back_as_data(pristine, tmp_path):
+    """Every chunk and shard file of the store, a byte flipped at its start, a third, the middle
+    and its end: every read path either raises StoreError or returns exactly the pristine values
+    (the flip hit bytes no read uses). Nothing else: no wrong value, no other exception."""
+    reference = _everything_read(pristine[0])
+    files = sorted(p for p in pristine[0].rglob("*") if p.is_file() and "c" in p.relative_to(pristine[0]).parts)
+    assert len(files) > 20
+    outcomes = {"raised": 0, "unchanged": 0}
+    for file in files:
+        size = file.stat().st_size
+        for position in sorted({0, size // 3, size // 2, size - 1}):
+            copy = tmp_path / f"c{sum(outcomes.values())}.zarr"
+            shutil.copytree(pristine[0], copy)
+            _flip(copy / file.relative_to(pristine[0]), position)
+            try:
+                got = _everything_read(copy)
+            except StoreError:
+                outcomes["raised"] += 1
+            else:
+                assert _same(got, reference), f"{file.relative_to(pristine[0])} byte {position}: wrong data read back"
+                outcomes["unchanged"] += 1
+            shutil.rmtree(copy)
+            copy.with_suffix(".h5").unlink(missing_ok=True)
+    assert outcomes["raised"] > 3 * outcomes["unchanged"], outcomes
+
+
 @pytest.mark.parametrize("array,damage", [
     ("features/spectrogram/offset", "truncate"), ("features/spectrogram/offset", "delete"),
     ("features/spectrogram/length", "delete"), ("features/spectrogram/crc32", "truncate"),

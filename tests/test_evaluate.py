@@ -210,6 +210,22 @@ def test_evaluate_command_refuses_a_mistyped_path(tmp_path: Path, capsys) -> Non
     assert main(["evaluate", str(run), "--out", str(tmp_path / "r")]) == 0
 
 
+def test_evaluate_command_names_a_run_whose_results_cannot_be_read(tmp_path: Path, capsys) -> None:
+    """A damaged results.json dropped its run from the tables with only a line deep in report.md;
+    the terminal said just "wrote ...". The report still gets written, from the other runs."""
+    from w2v2ser._cli import main
+
+    good = make_run_dir(tmp_path / "runs", "egemaps")
+    damaged = make_run_dir(tmp_path / "runs", "spectrogram", features="spectrogram")
+    text = (damaged / "results.json").read_text()
+    (damaged / "results.json").write_text(text[: len(text) // 2])
+    assert main(["evaluate", str(good), str(damaged), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {damaged} is not in the tables: results.json is unreadable" in err
+    assert str(good) not in err
+    assert "| egemaps | complete |" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_runs_of_a_pipeline_are_named_below_their_common_folder(tmp_path: Path) -> None:
     experiments = tmp_path / "experiments"
     first = make_run_dir(experiments / "table1" / "ravdess", "classic-egemaps", features="classic/egemaps")

@@ -291,6 +291,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 f"folder or a folder of them, e.g. a pipeline's output.{hint}")
     out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out))
     print(f"wrote {out}")
+    # A run dir left out of the tables (unfinished, or a results.json that cannot be read) is said
+    # here too, not only in the report: otherwise a damaged run vanishes from the tables unnoticed.
+    runs = json.loads((out.parent / "report.json").read_text(encoding="utf-8"))["runs"]
+    for run in (r for r in runs if r["status"] == "incomplete"):
+        print(f"w2v2ser: warning: {run['path']} is not in the tables: {run['reason']}", file=sys.stderr)
     return 0
 
 

@@ -235,9 +235,14 @@ def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: 
 
     for npz in (model.parent / "normalisation.npz", plan.run_dir / "normalisation.npz"):
         if npz.exists():
-            with np.load(npz) as data:
-                if f"{branch.name}__mean" in data.files:
-                    return Normaliser("global", mean=data[f"{branch.name}__mean"], std=data[f"{branch.name}__std"])
+            try:
+                with np.load(npz) as data:
+                    if f"{branch.name}__mean" in data.files:
+                        return Normaliser("global", mean=data[f"{branch.name}__mean"], std=data[f"{branch.name}__std"])
+            except Exception as exc:  # noqa: BLE001 -- zipfile/numpy raise many types for a damaged file
+                raise RunDirError(f"cannot read the run's normalisation statistics {npz} ({type(exc).__name__}: "
+                                  f"{exc}); the file is corrupt. Retrain this run, or pass --run to use "
+                                  "another one.") from None
             break
     metrics = model.parent / "metrics.json"
     split = _read_json(metrics, what="the run's metrics").get("split", {}) if metrics.exists() else {}

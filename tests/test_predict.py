@@ -138,6 +138,25 @@ def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], t
         predict_audio(trained.parent, audio_files)
 
 
+def test_a_damaged_normalisation_file_is_named_not_a_traceback(trained: Path, audio_files: list[Path],
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated normalisation.npz raised zipfile's BadZipFile through `w2v2ser predict`."""
+    import shutil
+
+    from w2v2ser import DataError
+    from w2v2ser.train import load_normalisers
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    npz = run / "runs" / "split__seed0" / "normalisation.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    with pytest.raises(RunDirError, match=r"cannot read the run's normalisation statistics .*normalisation\.npz"):
+        predict_audio(run, audio_files[:1], run="split__seed0")
+    with pytest.raises(DataError, match=r"cannot read normalisation statistics .*Retrain this run"):
+        load_normalisers(npz)
+
+
 def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:
     md = write_report([trained], out=tmp_path / "report").read_text(encoding="utf-8")
     # the row is named by the store's upstream model (here the tiny local model's folder), selection and head

@@ -130,14 +130,22 @@ def save_normalisers(path: Path, normalisers: dict[str, Normaliser]) -> None:
 
 
 def load_normalisers(path: Path) -> dict[str, Normaliser]:
-    """Read ``normalisation.npz`` back (speaker mode returns an empty speaker table)."""
+    """Read ``normalisation.npz`` back (speaker mode returns an empty speaker table).
+
+    Raises:
+        DataError: the file is missing, truncated or damaged (its zip CRC does not match).
+    """
     out: dict[str, Normaliser] = {}
-    with np.load(path) as data:
-        branches = sorted({k.split("__")[0] for k in data.files})
-        for b in branches:
-            mode = str(data[f"{b}__mode"])
-            if mode == "global":
-                out[b] = Normaliser("global", mean=data[f"{b}__mean"], std=data[f"{b}__std"])
-            else:
-                out[b] = Normaliser(mode)
+    try:
+        with np.load(path) as data:
+            branches = sorted({k.split("__")[0] for k in data.files})
+            for b in branches:
+                mode = str(data[f"{b}__mode"])
+                if mode == "global":
+                    out[b] = Normaliser("global", mean=data[f"{b}__mean"], std=data[f"{b}__std"])
+                else:
+                    out[b] = Normaliser(mode)
+    except Exception as exc:  # noqa: BLE001 -- zipfile/numpy raise many types for a damaged file
+        raise DataError(f"cannot read normalisation statistics {path} ({type(exc).__name__}: {exc}); "
+                        "expected the normalisation.npz that `w2v2ser train` writes. Retrain this run.") from None
     return out

@@ -127,7 +127,7 @@ def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     assert "sweep 1/1 fold=split seed=0" in err and "2/2" in err and "heads" in err
 
 
-def test_a_class_without_training_utterances_is_reported_once(tmp_path, caplog):
+def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
     from w2v2ser.store import Utterance
 
     def row(k: int, speaker: str, split: str, label: str) -> Utterance:
@@ -138,6 +138,7 @@ def test_a_class_without_training_utterances_is_reported_once(tmp_path, caplog):
     utts = [row(3 * i + j, spk, split, label) for i, (spk, split) in enumerate(parts.items())
             for j, label in enumerate(("calm", "tense"))]
     utts.append(row(99, "s5", "test", "bored"))  # a label only the test speaker has
+    utts.append(row(98, "s1", "train", "Calm"))  # a second spelling of 'calm': a class of its own
     store = build_store(tmp_path / "csv.zarr", utterances=utts, layers=3, dim=4, features=("egemaps",))
     cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="csv", **FAST)
     with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
@@ -145,6 +146,7 @@ def test_a_class_without_training_utterances_is_reported_once(tmp_path, caplog):
         plan_runs(cfg)
     assert caplog.text.count("fold split: no training speaker has an utterance labelled 'bored'") == 1
     assert "no utterance of the store is labelled" not in caplog.text
+    assert caplog.text.count("labels 'Calm' and 'calm' differ only in case, so they are 2 separate classes") == 1
 
 
 def test_runs_are_repeatable(rav, tmp_path):

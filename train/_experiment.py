@@ -160,6 +160,13 @@ def _report_untrained_classes(config: ExperimentConfig, data: _Data, folds: list
         return
     _REPORTED_UNTRAINED.add(key)
     counts = Counter(data.labels)
+    spellings: dict[str, list[str]] = {}
+    for label in sorted(counts):
+        spellings.setdefault(label.casefold().strip(), []).append(label)
+    for variants in (v for v in spellings.values() if len(v) > 1):
+        log.warning("the store's labels %s differ only in case, so they are %d separate classes; if they mean "
+                    "one emotion, use one spelling in the manifest and extract again", " and ".join(map(repr, variants)),
+                    len(variants))
     absent = [c for c in data.classes if not counts[c]]
     if absent:
         log.warning("protocol %s: no utterance of the store is labelled %s; the heads still have an output "

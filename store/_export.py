@@ -90,8 +90,7 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
     fg.create_dataset("crc32", data=rows["crc32"]).attrs["checksum"] = store.row_checksum  # crc32 or crc32c
-    # Whole chunks only (one utterance's mean and m2; one speaker's row): every read of these
-    # arrays checks its chunks' crc32c, and damage raises StoreError.
+    # Read through the store's checked reads: damaged statistics raise StoreError, never get copied.
     utt = [fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64") for arr in ("utt_mean", "utt_m2")]
     for i in range(n):  # per-utterance statistics by row (the store keeps them by slot)
         if length[i] >= 0:

@@ -110,14 +110,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker")[:]
     for f in names:
-        try:
-            _store_speakers(group, f"features/{f}", speakers, index[f]["length"], index[f]["slot"])
-        except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
-            raise StoreError(
-                f"store {path}: the per-utterance statistics of feature {f!r} cannot be read "
-                f"({exc}), so its speaker statistics cannot be composed. Run `w2v2ser store verify "
-                f"{path}` to list the damaged utterances and re-extract them (delete their journal "
-                f"lines, or extract into a new store).") from None
+        _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
 
     meta["complete"] = bool((status != 2).all())
@@ -265,11 +258,20 @@ def _combine_into(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, who: np.n
     count[w] = n
 
 
-def _store_speakers(group: zarr.Group, g: str, speakers: Any, length: np.ndarray, slot: np.ndarray) -> None:
+def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speakers: Any, length: np.ndarray,
+                    slot: np.ndarray) -> None:
+    g = f"features/{feature}"
     stats = open_array(group, f"{g}/stats")
     frame_shape = tuple(stats.shape[2:])
     names, _ = _codes(speakers)
-    totals = compose_speakers(stats, speakers, length, slot)
+    try:
+        totals = compose_speakers(stats, speakers, length, slot)
+    except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
+        raise StoreError(
+            f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "
+            f"so its speaker statistics cannot be composed. Run `w2v2ser store verify {path.display}` to list "
+            f"the damaged utterances and re-extract them (delete their journal lines, or extract into a new "
+            f"store).") from None
     _write_column(group, f"{g}/speaker_name", names, str)
     _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64)
     for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):

@@ -230,19 +230,19 @@ class _GroupedNormaliser:
 def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any) -> Any:
     """The run's global statistics: ``normalisation.npz`` when it holds them, else composed from
     the training speakers of that run (metrics.json split) in the training store."""
+    from w2v2ser import DataError
     from w2v2ser.store import open_store
-    from w2v2ser.train import Normaliser, build_normaliser
+    from w2v2ser.train import build_normaliser, load_normalisers
 
     for npz in (model.parent / "normalisation.npz", plan.run_dir / "normalisation.npz"):
         if npz.exists():
             try:
-                with np.load(npz) as data:
-                    if f"{branch.name}__mean" in data.files:
-                        return Normaliser("global", mean=data[f"{branch.name}__mean"], std=data[f"{branch.name}__std"])
-            except Exception as exc:  # noqa: BLE001 -- zipfile/numpy raise many types for a damaged file
-                raise RunDirError(f"cannot read the run's normalisation statistics {npz} ({type(exc).__name__}: "
-                                  f"{exc}); the file is corrupt. Retrain this run, or pass --run to use "
-                                  "another one.") from None
+                saved = load_normalisers(npz).get(branch.name)
+            except DataError as exc:  # a truncated or damaged file
+                raise RunDirError(f"cannot read the run's normalisation statistics in {npz.parent}: {exc} "
+                                  "Or pass --run to use another one.") from None
+            if saved is not None and saved.mode == "global":
+                return saved
             break
     metrics = model.parent / "metrics.json"
     split = _read_json(metrics, what="the run's metrics").get("split", {}) if metrics.exists() else {}

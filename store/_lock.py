@@ -14,7 +14,7 @@ import socket
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-from ._errors import StoreLockedError
+from ._errors import StoreError, StoreLockedError
 from ._location import StoreLocation, locate_store, remote_errors
 
 __all__ = ["lock_store", "hold_plan_lock", "LOCK_FILE", "PLAN_LOCK_FILE"]
@@ -36,6 +36,7 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
         storage_options: fsspec options of a URL (see :func:`locate_store`).
 
     Raises:
+        StoreError: the store (or its folder) is not writable, e.g. a read-only mount.
         StoreLockedError: another process holds the lock; names the lock file and the
             holder's pid as written in it.
     """
@@ -45,9 +46,21 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             yield
         return
     store = location.path
-    store.mkdir(parents=True, exist_ok=True)
     lock_path = store / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        # A store shared read-only (another user's, a read-only mount) is fine to train on,
+        # but extraction writes into it: say so instead of an OSError traceback.
+        raise StoreError(
+            f"cannot write to store {store}: {exc.strerror} ({exc.filename}). Extraction adds "
+            f"to a store, so it needs write access; `w2v2ser train`, `sweep`, `evaluate` and "
+            f"`store info|verify|export` only read it. To extract more, copy the store somewhere "
+            f"writable (`cp -r {store} NEW`) and pass `--store NEW`, or ask the store's owner."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -159,3 +159,66 @@ def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     assert not private, private
     assert fresh.stat().st_mode & 0o777 == 0o644
     assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"  # a replaced file keeps its mode
+
+
+@pytest.fixture()
+def read_only(tmp_path):
+    """``read_only(folder)`` makes the folder a read-only bind mount of itself (root in CI), or,
+    for a user other than root, takes its write permission away; skipped where neither works."""
+    mounted: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() != 0:
+            for path in [folder, *folder.rglob("*")]:
+                if path.is_dir():
+                    path.chmod(0o555)
+            return folder
+        for args in (["mount", "--bind", str(folder), str(folder)],
+                     ["mount", "-o", "remount,bind,ro", str(folder)]):
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+            mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_read_only_store_trains_and_a_read_only_output_is_one_error_line(tmp_path, read_only, capsys):
+    """A store shared read-only (another user's, a read-only mount) trains and verifies as it is.
+    Extracting into it, or writing a run, report or export where nothing can be written, was an
+    OSError traceback; each is now one line naming the path, exit 2 (bad input: nothing ran)."""
+    from w2v2ser._cli import main
+
+    audio = tmp_path / "audio"
+    manifest = tmp_path / "corpus.csv"
+    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(audio, n=9))]
+    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    read_only(store)
+    (tmp_path / "shared").mkdir()
+    locked_out = read_only(tmp_path / "shared")
+    capsys.readouterr()
+
+    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to store {store}" in err and "cp -r" in err and "Traceback" not in err
+
+    run = tmp_path / "run"
+    train = ["train", str(store), "--features", "spectrogram", "--protocol", "csv", "--seeds", "1",
+             "--set", "max_epochs=1", "--no-progress"]
+    assert main([*train, "--out", str(run)]) == 0
+    assert main(["store", "verify", str(store)]) == 0
+    capsys.readouterr()
+    for command in ([*train, "--out", str(locked_out / "run")],
+                    ["evaluate", "--out", str(locked_out / "report"), str(run)],
+                    ["store", "export", str(store), str(locked_out / "s.h5")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"w2v2ser: error: {locked_out}") and "another --out" in err, (command, err)
+        assert "Traceback" not in err

@@ -222,3 +222,34 @@ def test_a_read_only_store_trains_and_a_read_only_output_is_one_error_line(tmp_p
         err = capsys.readouterr().err
         assert err.startswith(f"w2v2ser: error: {locked_out}") and "another --out" in err, (command, err)
         assert "Traceback" not in err
+
+
+def test_run_skips_finished_stores_on_a_read_only_mount_and_names_one_it_cannot_write(
+        tmp_path, read_only, capsys):
+    """`w2v2ser run` on a group's finished stores, mounted read-only: clearing a stale skip marker
+    beside each store raised EROFS in the extraction child (a traceback, then "extraction process
+    (exit code 1)") even though nothing was to be extracted."""
+    import yaml
+
+    from w2v2ser._cli import main
+
+    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(tmp_path / "audio", n=6))]
+    (tmp_path / "corpus.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    pipeline = {"output": str(tmp_path / "out"), "cluster": "none",
+                "corpora": {"toy": {"kind": "csv", "path": str(tmp_path / "corpus.csv")}},
+                "extraction": {"stores": {"classic": {"features": {"spectrogram": {}}}}},
+                "experiments": {}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    assert main(["run", str(path), "--stage", "extract"]) == 0
+    read_only(tmp_path / "out" / "stores")
+    capsys.readouterr()
+    assert main(["run", str(path), "--stage", "extract"]) == 0
+    out, err = capsys.readouterr()
+    assert "extract classic on toy: complete (6 utterances)" in out + err, out + err
+
+    pipeline["extraction"]["stores"]["more"] = {"features": {"spectrogram": {"hop_ms": 20.0}}}
+    path.write_text(yaml.safe_dump(pipeline))
+    assert main(["run", str(path), "--stage", "extract"]) == 1
+    out, err = capsys.readouterr()
+    assert "extract more on toy: FAILED: cannot write to store" in out + err and "Traceback" not in out + err

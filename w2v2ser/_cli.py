@@ -512,7 +512,9 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
             print(f"w2v2ser: error: {missing}", file=sys.stderr)
             return missing.exit_code
         except OSError as error:  # a path the user chose cannot be written: one line, not a traceback
-            message = _path_error_message(error)
+            from w2v2ser._common import describe_path_error
+
+            message = describe_path_error(error)
             if message is None:
                 raise
             if verbose:
@@ -521,21 +523,3 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
                 traceback.print_exc()
             print(f"w2v2ser: error: {message[0]}", file=sys.stderr)
             return message[1]
-
-
-def _path_error_message(error: OSError) -> tuple[str, int] | None:
-    """Message and exit code for a permission, read-only or disk-full error on a named path."""
-    import errno
-
-    from w2v2ser._common import EXIT_FAILED, EXIT_INPUT
-
-    if not error.filename:
-        return None
-    where = f"{error.filename}: {error.strerror}"
-    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{where}. Pass a location this user can write (e.g. another --out), or fix its "
-                f"permissions, then rerun.", EXIT_INPUT)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
-                f"command: finished work is kept.", EXIT_FAILED)
-    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INPUT",
     "W2v2serError",
+    "describe_path_error",
     "did_you_mean",
     "python_command",
     "fsync_path",
@@ -55,6 +57,23 @@ class DataError(W2v2serError):
     """Input data cannot be used: audio, a corpus manifest, or stored frames that do not fit."""
 
     exit_code = EXIT_INPUT
+
+
+def describe_path_error(error: OSError) -> tuple[str, int] | None:
+    """Message and exit code for a permission, read-only or disk-full error on a named path.
+
+    The command line prints these as one line instead of a traceback; other errors give None.
+    """
+    if not error.filename:
+        return None
+    where = f"{error.filename}: {error.strerror}"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"{where}. Pass a location this user can write (another --out, or another `output:` "
+                f"for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
+                f"command: finished work is kept.", EXIT_FAILED)
+    return None
 
 
 def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, progress_bar, write_atomically
+from ._common import W2v2serError, describe_path_error, progress_bar, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -97,6 +97,13 @@ def _read_json(path: Path) -> Any:
 
 def _skip_marker(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".skipped.json")
+
+
+def _clear_skip_marker(store_path: Path) -> None:
+    # Look first: unlinking even a missing file fails on a read-only mount of finished stores.
+    marker = _skip_marker(store_path)
+    if marker.exists():
+        marker.unlink()
 
 
 class _LazyCluster:
@@ -179,7 +186,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             utterances = manifest(corpus).utterances
             if _store_done(path, {u.id for u in utterances}, list(store.features)):
                 _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
-                _skip_marker(path).unlink(missing_ok=True)
+                _clear_skip_marker(path)
                 outcome.done += 1
                 continue
             try:
@@ -195,7 +202,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus})
                 outcome.skipped.append(label)
                 continue
-            _skip_marker(path).unlink(missing_ok=True)
+            _clear_skip_marker(path)
             jobs.append((f"{store.name} on {corpus}", path, manifest(corpus), extractors))
     if not jobs:
         return outcome
@@ -406,6 +413,12 @@ def _extract_child(path: str, overrides: list[str], results: Any) -> None:
             outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent says so, once
         raise SystemExit(130) from None
+    except OSError as error:  # e.g. a stores folder that cannot be written: one line, as the CLI's
+        message = describe_path_error(error)
+        if message is None:
+            raise
+        print(f"w2v2ser: error: {message[0]}", file=sys.stderr)
+        raise SystemExit(message[1]) from None
     results.put((outcome.done, outcome.skipped, outcome.failed, reasons.said))
 
 

@@ -11,6 +11,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -159,6 +160,13 @@ def write_results(name: str, payload: dict[str, Any], table: str, *, out: str | 
     md += ["", f"**{headline}**", ""]
     (directory / f"{name}.md").write_text("\n".join(md))
     return path
+
+
+def make_workdir(parent: str | None, prefix: str) -> Path:
+    """A fresh folder for a run's files, inside ``parent`` (created if missing) or the temp dir."""
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def command_line() -> str:

@@ -16,13 +16,20 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_w2v2ser, command_line, format_table, load_average, machine_info, write_results
+from _common import (
+    bootstrap_w2v2ser,
+    command_line,
+    format_table,
+    load_average,
+    machine_info,
+    make_workdir,
+    write_results,
+)
 
 bootstrap_w2v2ser()
 
@@ -87,7 +94,7 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no .flac/.wav files under {args.corpus}")
     utterances = [Utterance(id=f"f{i:05d}", path=str(p), speaker=p.parent.name, label="x") for i, p in enumerate(files)]
-    work = Path(tempfile.mkdtemp(prefix="w2v2ser-ceiling-", dir=args.workdir))
+    work = make_workdir(args.workdir, "w2v2ser-ceiling-")
     try:
         bytes_per_audio_s = 16000 / HOP * LAYERS * DIM * 2
         dd_before = _dd_mb_per_s(work, 512)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, write_results
+from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, make_workdir, write_results
 
 bootstrap_w2v2ser()
 
@@ -115,7 +114,7 @@ def main() -> None:
     ege, ege_s = egemaps_frames(args.egemaps_store, args.egemaps_utterances)
     print(f"eGeMAPS: {ege.shape} ({ege_s:.0f} audio s)", flush=True)
     data = {"wav2vec2": (w2v, w2v_s, 128, 12032), "egemaps": (ege, ege_s, 512, 24064)}
-    work = Path(tempfile.mkdtemp(prefix="w2v2ser-codecs-", dir=args.workdir))
+    work = make_workdir(args.workdir, "w2v2ser-codecs-")
     rows, results = [], {}
     try:
         for feature, (frames, seconds, chunk, shard) in data.items():

@@ -26,7 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, peak_rss_mb, write_results
+from _common import (
+    bootstrap_w2v2ser,
+    command_line,
+    format_table,
+    machine_info,
+    make_workdir,
+    peak_rss_mb,
+    write_results,
+)
 
 bootstrap_w2v2ser()
 
@@ -104,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     runs, rows_out = [], []
     for n in args.rows:
-        work = Path(tempfile.mkdtemp(prefix="w2v2ser-index-", dir=args.workdir))
+        work = make_workdir(args.workdir, "w2v2ser-index-")
         try:
             path = work / "s.zarr"
             plan_s, journal_s = _build(path, n, args.speakers)

@@ -36,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import bootstrap_w2v2ser, command_line, format_table, load_average, machine_info, write_results
+from _common import (
+    bootstrap_w2v2ser,
+    command_line,
+    format_table,
+    load_average,
+    machine_info,
+    make_workdir,
+    write_results,
+)
 
 bootstrap_w2v2ser()
 
@@ -49,12 +57,10 @@ UNIT = 64  # utterances per work unit, as `w2v2ser extract --shard-size`
 
 def _w2v2ser(root: Path, frames: list[np.ndarray], *, zarrs: bool, tensorstore: bool = True) -> float:
     """Seconds to write and commit every utterance into a fresh store (plan excluded)."""
-    import w2v2ser.store._units as units
-
-    saved, saved_ts = layout._PIPELINE, list(units._TENSORSTORE)
+    saved, saved_ts = layout._PIPELINE, list(layout._TENSORSTORE)
     layout._PIPELINE = saved if zarrs else {}
     if not tensorstore:
-        units._TENSORSTORE[:] = [None]  # shards through zarr, as without tensorstore installed
+        layout._TENSORSTORE[:] = [None]  # shards through zarr, as without tensorstore installed
     try:
         utterances = [Utterance(id=f"u{i}", path=f"/x/{i}.wav", speaker=f"s{i % 4}", label="a")
                       for i in range(len(frames))]
@@ -73,7 +79,7 @@ def _w2v2ser(root: Path, frames: list[np.ndarray], *, zarrs: bool, tensorstore: 
         return seconds
     finally:
         layout._PIPELINE = saved
-        units._TENSORSTORE[:] = saved_ts
+        layout._TENSORSTORE[:] = saved_ts
 
 
 def _tensorstore(root: Path, frames: list[np.ndarray]) -> float:
@@ -177,7 +183,7 @@ def main() -> None:
     if args.baseline_code:
         modes.append("baseline_zarrs")
     times: dict[str, list[float]] = {m: [] for m in modes}
-    work = Path(tempfile.mkdtemp(prefix="w2v2ser-write-", dir=args.workdir))
+    work = make_workdir(args.workdir, "w2v2ser-write-")
     try:
         for rep in range(reps):
             order = modes[rep % len(modes):] + modes[: rep % len(modes)]

@@ -109,6 +109,14 @@ def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
     return ids
 
 
+def _delimiter(header: str) -> str:
+    """Comma; a header line without one but with tabs (a TSV, e.g. Common Voice's lists) or
+    semicolons (spreadsheets saved in locales with a decimal comma) is split on those."""
+    if "," in header:
+        return ","
+    return "\t" if "\t" in header else ";" if ";" in header else ","
+
+
 def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read a CSV manifest with columns ``path,label,speaker`` (+ ``session,split,id,gender``).
 
@@ -117,7 +125,8 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     opened here: missing files become extraction failures later.
 
     Args:
-        path: The CSV file (UTF-8, optional BOM).
+        path: The CSV file (UTF-8, optional BOM). Comma-separated; a header line without a
+            comma but with tabs or semicolons makes it tab- or semicolon-separated.
 
     Returns:
         The :class:`Manifest` (``corpus="csv"``).
@@ -134,7 +143,9 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(f"Manifest {path} does not exist or is not a file. Check the path.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            delimiter = _delimiter(f.readline())
+            f.seek(0)  # back to the header (utf-8-sig skips a BOM again after the seek)
+            reader = csv.DictReader(f, delimiter=delimiter)
             header = [h.strip() for h in reader.fieldnames] if reader.fieldnames else None
             _check_header(path, header)
             reader.fieldnames = header

@@ -68,6 +68,19 @@ def test_wrong_columns_name_the_missing_column(tmp_path, header, hint):
         assert hint in str(error.value)
 
 
+@pytest.mark.parametrize("sep,bom,newline", [(",", "", "\n"), ("\t", "", "\n"), (";", "\ufeff", "\r\n"),
+                                              (",", "\ufeff", "\r\n")])
+def test_tab_and_semicolon_separated_manifests_read_like_csv(tmp_path, sep, bom, newline):
+    """A TSV (Common Voice's lists) or a spreadsheet's semicolon CSV was refused: 'required column
+    path is missing (header: ['path;label;speaker'])'. A value may still hold the other separators."""
+    rows = [["path", "label", "speaker", "note"], ["a.wav", "angry", "s1", "loud, short"], ["b.wav", "sad", "s2", "x;y"]]
+    quoted = [[f'"{v}"' if sep in v else v for v in row] for row in rows]  # as a spreadsheet writes them
+    (tmp_path / "m.csv").write_text(bom + newline.join(sep.join(r) for r in quoted) + newline, newline="")
+    manifest = read_csv_manifest(tmp_path / "m.csv")
+    assert [(u.id, u.label, u.speaker) for u in manifest.utterances] == [("a", "angry", "s1"), ("b", "sad", "s2")]
+    assert [u.extra["note"] for u in manifest.utterances] == ["loud, short", "x;y"]
+
+
 def test_row_with_missing_fields_is_named(tmp_path):
     path = _manifest(tmp_path, "path,label,speaker\na.wav,angry\n")
     with pytest.raises(ManifestError, match=r"line 2.*different number of fields"):

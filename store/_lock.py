@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ._errors import StoreError, StoreLockedError
@@ -47,6 +48,7 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
         return
     store = location.path
     lock_path = store / LOCK_FILE
+    made_folder, made_lock = not store.exists(), not lock_path.exists()
     try:
         store.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -89,9 +91,22 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
     finally:
         try:
             os.ftruncate(fd, 0)
+            if made_lock and not (store / "zarr.json").exists():
+                # Nothing was created (a refused folder, a failure before the store began):
+                # leave the folder as it was, without our lock file (or the folder we made).
+                _remove_quietly(lock_path, store if made_folder else None)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _remove_quietly(lock_path: Path, folder: Path | None) -> None:
+    try:
+        lock_path.unlink()
+        if folder is not None:
+            folder.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 @contextmanager

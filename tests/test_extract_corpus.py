@@ -87,6 +87,23 @@ def test_extract_corpus_writes_every_good_utterance_and_records_bad_files(corpus
         np.testing.assert_array_equal(store.read_utterance(utterance.id, "energy"), expected)
 
 
+def test_a_refused_store_folder_is_left_as_it_was(corpus, tmp_path):
+    """`--store` naming a folder of other files is refused; the refusal used to leave w2v2ser's
+    `.lock` file in that folder."""
+    from w2v2ser.store import StoreError
+
+    busy = tmp_path / "papers"
+    busy.mkdir()
+    (busy / "draft.txt").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        extract_corpus(corpus, busy, extractors=[build_extractor("spectrogram")], progress=False)
+    assert sorted(p.name for p in busy.iterdir()) == ["draft.txt"]
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert (store / ".lock").exists()  # a store keeps its lock file: the next run reuses it
+
+
 def test_rerun_skips_finished_utterances(corpus, tmp_path):
     extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
     again = EnergyExtractor()

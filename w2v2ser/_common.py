@@ -67,9 +67,12 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if not error.filename:
         return None
     where = f"{error.filename}: {error.strerror}"
-    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{where}. Pass a location this user can write (another --out, or another `output:` "
-                f"for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
+    if error.errno == errno.EROFS:
+        return (f"{where}. Write elsewhere (another --out, or another `output:` for `run`), then "
+                f"rerun.", EXIT_INPUT)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (f"{where}. Use a path this user may read and write (e.g. another --out, or another "
+                f"`output:` for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
                 f"command: finished work is kept.", EXIT_FAILED)

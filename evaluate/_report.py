@@ -303,8 +303,13 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
             lines.append(f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in detail.items()))
     skipped = [e for e in entries if e["status"] == "skipped"]
     if skipped:
+        # One line per reason: a pipeline without hub access skips many experiments for one cause.
+        by_reason: dict[str, list[str]] = {}
+        for e in skipped:
+            by_reason.setdefault(e["reason"], []).append(f"`{e['name']}`")
         lines += ["", "## Skipped experiments", ""]
-        lines += [f"- `{e['path']}` ({e['corpus']}, {e['features']}): {e['reason']}" for e in skipped]
+        lines += [f"- {reason} ({len(names)} experiment{'s' * (len(names) > 1)}: {', '.join(names)})"
+                  for reason, names in by_reason.items()]
     incomplete = [e for e in entries if e["status"] == "incomplete"]
     if incomplete:
         lines += ["", "## Incomplete run directories", ""]

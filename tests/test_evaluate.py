@@ -90,6 +90,10 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     _write_json(skipped / "experiment.json", {"corpus": "ravdess", "features": "wav2vec2:all", "head": "dense",
                                               "norm": "speaker", "recipe": "official"})
     _write_json(skipped / "skipped.json", {"reason": "model facebook/wav2vec2-large could not be loaded"})
+    skipped_too = root / "w2v_large_ravdess_lstm"
+    _write_json(skipped_too / "experiment.json", {"corpus": "ravdess", "features": "wav2vec2:all", "head": "lstm",
+                                                  "norm": "speaker", "recipe": "official"})
+    _write_json(skipped_too / "skipped.json", {"reason": "model facebook/wav2vec2-large could not be loaded"})
     incomplete = root / "spectrogram_ravdess"
     _write_json(incomplete / "experiment.json", {"corpus": "ravdess", "features": "spectrogram", "head": "dense",
                                                  "norm": "speaker", "recipe": "official"})
@@ -97,7 +101,7 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     broken = root / "broken"
     broken.mkdir()
     (broken / "results.json").write_text("{not json", encoding="utf-8")
-    return dirs + [skipped, incomplete, broken, root / "does_not_exist"]
+    return dirs + [skipped, skipped_too, incomplete, broken, root / "does_not_exist"]
 
 
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:
@@ -124,7 +128,11 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     assert "| — | eGeMAPS | speaker | official | RAVDESS | 60.0 ± 4.1 (n=3) | 59.0 ± 1.0 (n=2) |" in md
     # skipped: its cell says so and the reason is listed
     assert any(line.startswith("| wav2vec2") and "| skipped |" in line for line in lines)
-    assert "model facebook/wav2vec2-large could not be loaded" in md
+    # one line per reason, naming the experiments it skipped (a pipeline without hub access skips many)
+    section = md.split("## Skipped experiments")[1].split("\n## ")[0]
+    assert [line for line in section.splitlines() if line.startswith("- ")] == [
+        "- model facebook/wav2vec2-large could not be loaded (2 experiments: `w2v_large_ravdess`, "
+        "`w2v_large_ravdess_lstm`)"]
     # incomplete: listed with the reason, never crashing
     section = md.split("## Incomplete run directories")[1]
     assert "spectrogram_ravdess" in section and "1 run(s) finished" in section

@@ -13,7 +13,7 @@ import pytest
 from stage2_fixtures import build_store, ravdess_utterances
 from w2v2ser.store import FeatureStatistics, W2v2serError, open_store
 from w2v2ser.train import (
-    ConfigError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead, ProtocolError,
+    ConfigError, DataError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead, ProtocolError,
     SelectionError, Source, build_normaliser, check_disjoint, get_protocol, get_recipe, parse_selection,
     resolve_selection,
 )
@@ -267,6 +267,27 @@ def test_train_command_takes_the_protocol_of_the_store(tmp_path, capsys):
     assert not (tmp_path / "wrong").exists()  # a refused command leaves no empty run folder to confuse reports
     assert main(["sweep", str(path), "--features", "wav2vec2:9", "--out", str(tmp_path / "wrong")]) == 2
     assert "has 2 layers" in capsys.readouterr().err and not (tmp_path / "wrong").exists()
+
+
+def test_a_store_of_one_class_is_refused_not_scored_100(tmp_path, capsys):
+    """A CSV manifest whose rows all carry one label trained and reported UAR 100.0 (every
+    prediction is right), with scikit-learn and Keras warnings on the way."""
+    import dataclasses
+
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    rows = [dataclasses.replace(u, label="sad", corpus="csv", extra={}) for u in ravdess_utterances(per_actor=2)]
+    path = build_store(tmp_path / "sad.zarr", utterances=rows, layers=2, dim=4)
+    for command, features in (("train", "egemaps"), ("sweep", "wav2vec2")):
+        code = main([command, str(path), "--features", features, "--protocol", "csv", "--seeds", "1",
+                     "--set", "max_epochs=1", "--no-progress", "--out", str(tmp_path / command)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "all 48 utterances of the store are labelled 'sad'; emotion recognition needs at least two" in err
+        assert not (tmp_path / command).exists()
+    with pytest.raises(DataError, match="every label in y is 'sad'; a classifier needs labels of at least two"):
+        DenseHead(units=4).fit([np.zeros((3, 2), np.float32)] * 4, ["sad"] * 4)
 
 
 def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path, capsys):

@@ -33,7 +33,7 @@ from w2v2ser._common import publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, share_memory_budget
-from ._errors import DataError, SelectionError
+from ._errors import DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
@@ -190,7 +190,13 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     """
     data = _prepare(config, report=True)
     seeds = range(config.first_seed, config.first_seed + config.seeds)
-    folds = _folds(config, data)
+    folds = _folds(config, data)  # first: a wrong protocol's own message names the fix
+    present = sorted(set(data.labels))
+    if len(present) < 2:
+        # One class leaves nothing to recognise: every prediction is right and UAR would read 100.
+        raise ProtocolError(f"protocol {config.protocol!r}: all {len(data.labels)} utterances of the store are "
+                            f"labelled {present[0]!r}; emotion recognition needs at least two classes, so extract "
+                            f"a corpus (or CSV manifest) with utterances of at least two labels")
     _report_untrained_classes(config, data, folds)
     return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in folds for s in seeds]
 

@@ -46,4 +46,17 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                 print(f"{p.path}\t{p.emotion}\t{probs}")
             else:
                 print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
+    _note_cropped(predictions)
     return 0 if all(p.ok for p in predictions) else 1
+
+
+def _note_cropped(predictions: list) -> None:
+    """Say on stderr when files were longer than what the models see: only their start was labelled."""
+    cropped = [p for p in predictions if p.ok and p.seconds_used is not None and p.seconds - p.seconds_used > 0.05]
+    if not cropped:
+        return
+    shown = ", ".join(f"{p.path} ({p.seconds:.1f} s)" for p in cropped[:3]) + (", ..." if len(cropped) > 3 else "")
+    print(f"note: {len(cropped)} of {len(predictions)} files are longer than the first {cropped[0].seconds_used:.1f} s "
+          f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
+          f"was labelled: {shown}. To label a whole recording, cut it into utterances and predict those.",
+          file=sys.stderr)

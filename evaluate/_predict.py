@@ -54,6 +54,9 @@ class Prediction:
         probabilities: class name -> probability (sums to 1); empty on error.
         speaker: the speaker group given by the caller, or None.
         error: why the file could not be processed, or None.
+        seconds: the file's duration, or None on error.
+        seconds_used: how much of it, from its start, the models saw (the run's crop: the
+            protocol's ``max_frames``); less than ``seconds`` for a file longer than the crop.
     """
 
     path: Path
@@ -61,6 +64,8 @@ class Prediction:
     probabilities: Mapping[str, float] = field(default_factory=dict)
     speaker: str | None = None
     error: str | None = None
+    seconds: float | None = None
+    seconds_used: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,7 +75,8 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by ``w2v2ser predict --json``)."""
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
-                "speaker": self.speaker, "error": self.error}
+                "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
+                "seconds_used": self.seconds_used}
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str]) -> None:
@@ -317,7 +323,7 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         elif not file.is_file():
             errors[i] = f"file not found: {file}"
     todo = [i for i in range(len(files)) if i not in errors]
-    probabilities: dict[int, np.ndarray] = {}
+    probabilities: dict[int, tuple[np.ndarray, float, float]] = {}
     if todo:
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -329,8 +335,10 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     for i, file in enumerate(files):
         speaker = speakers[i] if speakers is not None else None
         if i in probabilities:
-            probs = {c: float(p) for c, p in zip(plan.classes, probabilities[i])}
-            out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker))
+            values, seconds, seconds_used = probabilities[i]
+            probs = {c: float(p) for c, p in zip(plan.classes, values)}
+            out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker,
+                                  seconds=seconds, seconds_used=seconds_used))
         else:
             out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
     return out
@@ -350,8 +358,13 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
 
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
-                   errors: dict[int, str], work: Path, batch_size: int) -> dict[int, np.ndarray]:
-    """Extract, read back and predict the files at positions ``todo``; fills ``errors``."""
+                   errors: dict[int, str], work: Path,
+                   batch_size: int) -> dict[int, tuple[np.ndarray, float, float]]:
+    """Extract, read back and predict the files at positions ``todo``; fills ``errors``.
+
+    Returns:
+        position -> (class probabilities, file seconds, seconds the models saw).
+    """
     import keras
 
     import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
@@ -404,7 +417,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                               f"{len(plan.classes)} ({', '.join(plan.classes)}); the run dir is inconsistent.")
         total += probs
     total /= total.sum(axis=1, keepdims=True)  # mean over models, renormalised against float32 rounding
-    return {position[it.id]: total[k] for k, it in enumerate(items)}
+    # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
+    rate = min(sel.frame_rate for sel in selections.values())
+    crop = float("inf") if plan.max_frames is None else plan.max_frames / rate
+    return {position[it.id]: (total[k], it.duration, min(it.duration, crop)) for k, it in enumerate(items)}
 
 
 def resolve_feature(selection: str) -> str:

@@ -239,3 +239,14 @@ def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: p
     out = json.loads(capsys.readouterr().out)
     assert [Path(o["path"]).name for o in out] == ["a.wav", "b.wav", "bad.wav", "c.wav"]
     assert out[2]["error"] and out[0]["emotion"] in out[0]["probabilities"]
+    # The run crops at 40 frames = 0.8 s; the fake files last 0.6, 0.8, (bad) and 1.2 s. The
+    # 1.2 s file was labelled from its first 0.8 s: JSON says so, and one note on stderr names it.
+    assert [(o["seconds"], o["seconds_used"]) for o in out] == [
+        (pytest.approx(0.6), pytest.approx(0.6)), (pytest.approx(0.8), pytest.approx(0.8)), (None, None),
+        (pytest.approx(1.2), pytest.approx(0.8))]
+    args = parser.parse_args([str(trained), *map(str, audio_files)])
+    assert predict_from_cli(args) == 1
+    err = capsys.readouterr().err
+    note = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "1 of 4 files are longer than the first 0.8 s" in note[0]
+    assert "c.wav (1.2 s)" in note[0] and "a.wav" not in note[0] and "cut it into utterances" in note[0]

@@ -90,7 +90,7 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
                 features: Sequence[str] = ("wav2vec2", "egemaps", "spectrogram"),
                 min_seconds: float = 0.4, max_seconds: float = 1.6, seed: int = 0,
                 config_tag: str = "pretrained", speaker_offset: float = 0.5,
-                layer_signal: Sequence[float] | None = None) -> Path:
+                layer_signal: Sequence[float] | None = None, failures: dict[int, str] | None = None) -> Path:
     """Write a complete random store and return its path.
 
     Args:
@@ -107,6 +107,8 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         layer_signal: Per wav2vec2 layer, the scale of a label-specific random direction added
             to that layer's frames instead of the scalar label shift (e.g. one 1.0 and zeros
             elsewhere: only that layer carries the label); None = the scalar shift in every layer.
+        failures: Reason per position in the utterance table: these rows are recorded as failed
+            extractions (no frames), as audio that cannot be decoded is.
     """
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
@@ -122,11 +124,15 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         "spectrogram": [int(d * SPEC_RATE) for d in durations],
     }
     writer = StoreWriter(path)
-    rows = writer.plan(list(utterances), num_samples=[int(d * 16000) for d in durations], features=specs,
-                       capacities={s.name: frames[s.name] for s in specs})
+    failures = failures or {}
+    rows = writer.plan(list(utterances), num_samples=[None if i in failures else int(d * 16000)
+                                                      for i, d in enumerate(durations)],
+                       features=specs, capacities={s.name: frames[s.name] for s in specs}, failures=failures)
     labels = sorted({u.label for u in utterances})
     speakers = sorted({u.speaker for u in utterances})
     for u, row, d, i in zip(utterances, rows, durations, range(len(utterances))):
+        if i in failures:
+            continue
         label_shift = 0.3 * labels.index(u.label)
         shift = speaker_offset * speakers.index(u.speaker) + label_shift
         data = {}

@@ -290,6 +290,24 @@ def test_a_store_of_one_class_is_refused_not_scored_100(tmp_path, capsys):
         DenseHead(units=4).fit([np.zeros((3, 2), np.float32)] * 4, ["sad"] * 4)
 
 
+def test_training_says_how_many_utterances_failed_extraction(tmp_path, caplog):
+    """Utterances whose extraction failed were left out of training without a word, so the
+    counts a user compares with a paper's were off for no visible reason."""
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "some failed.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4,
+                       failures={0: "AudioError: cannot decode", 5: "AudioError: file not found"})
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        code = main(["train", str(path), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1",
+                     "--no-progress", "--out", str(tmp_path / "run")])
+    err = caplog.text
+    assert code == 0, err
+    ids = [u.id for u in ravdess_utterances(per_actor=2)]
+    assert (f"2 utterance(s) failed extraction and are left out ({', '.join(sorted([ids[0], ids[5]]))}); "
+            f"`w2v2ser store info '{path}'` gives the reasons") in err
+
+
 def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path, capsys):
     from stage2_fixtures import build_store
     from w2v2ser._cli import main

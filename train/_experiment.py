@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -117,6 +118,9 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     drops = (str(config.stores[main_alias]), protocol.name)
     records, labels, classes = select_utterances(protocol, stores[main_alias].list_utterances(status="done"),
                                                  report=report and drops not in _REPORTED_DROPS)
+    if report and drops not in _REPORTED_DROPS:
+        _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]),
+                                   {s.feature for s in sels.values() if s.alias == main_alias})
     if report:
         _REPORTED_DROPS.add(drops)
     for branch, sel in sels.items():
@@ -139,6 +143,16 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
                                  f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
                                  f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
     return _Data(stores, sels, records, labels, classes)
+
+
+def _report_failed_extractions(store: Any, path: str, features: set[str]) -> None:
+    """Say how many utterances are left out because their extraction failed: the counts a user
+    compares with a paper's depend on it, and the reasons are in the store."""
+    failed = sorted({f.id for f in store.list_failures() if f.feature is None or f.feature in features})
+    if failed:
+        log.warning("store %s: %d utterance(s) failed extraction and are left out (%s); `w2v2ser store info %s` "
+                    "gives the reasons", path, len(failed), ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else ""),
+                    shlex.quote(path))
 
 
 def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:

@@ -346,6 +346,37 @@ def test_seeds_below_one_are_refused_by_the_parser(tmp_path, capsys, command):
     assert "argument --seeds: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
+def test_fusion_features_read_the_fusion_store_and_selection_errors_name_the_store(tmp_path, capsys):
+    """`--fusion-store S --fusion-features egemaps` read eGeMAPS from the MAIN store (or failed on
+    it), ignoring S; `--fusion-store` with another head was ignored without a word; a selection
+    error named the store by the internal alias 'main'."""
+    import json
+
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    rows = ravdess_utterances(per_actor=2)
+    main_store = build_store(tmp_path / "w2v.zarr", utterances=rows, layers=3, dim=4, features=("wav2vec2", "egemaps"))
+    fusion_store = build_store(tmp_path / "classic.zarr", utterances=rows, egemaps_dim=7, features=("egemaps",))
+    common = ["train", str(main_store), "--seeds", "1", "--set", "max_epochs=1", "--no-progress"]
+    out = tmp_path / "fusion"
+    assert main([*common, "--features", "wav2vec2:all", "--head", "fusion", "--fusion-store", str(fusion_store),
+                 "--fusion-features", "egemaps", "--out", str(out)]) == 0
+    metrics = json.loads(next((out / "runs").glob("*/metrics.json")).read_text())
+    fused = metrics["selections"]["fusion"]
+    assert (fused["alias"], fused["dim"]) == ("fusion", 7)  # the fusion store's 7-dim eGeMAPS, not main's 25
+    capsys.readouterr()
+
+    assert main([*common, "--features", "egemaps", "--fusion-store", str(fusion_store),
+                 "--out", str(tmp_path / "dense")]) == 2
+    assert "--fusion-store" in capsys.readouterr().err and not (tmp_path / "dense").exists()
+
+    assert main([*common, "--features", "hubert:all", "--out", str(tmp_path / "hubert")]) == 2
+    err = capsys.readouterr().err
+    assert f"is not in store {main_store}; it holds ['egemaps', 'wav2vec2']" in err
+    assert "Did you mean 'wav2vec2:all'?" in err and "'main'" not in err
+
+
 def test_fusion_of_a_feature_with_itself_is_refused(tmp_path):
     """`train --features egemaps --head fusion` fused eGeMAPS with itself and reported it as a Fusion result."""
     from w2v2ser._common import ConfigError

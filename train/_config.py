@@ -122,8 +122,10 @@ class ExperimentConfig:
         """Branch name -> selection string ("main", and "fusion" for the fusion head)."""
         out = {"main": self.features}
         if self.head == "fusion":
-            out["fusion"] = self.fusion_features or (
-                f"{FUSION_STORE_ALIAS}/egemaps" if FUSION_STORE_ALIAS in self.stores else "egemaps")
+            text = self.fusion_features or "egemaps"
+            if FUSION_STORE_ALIAS in self.stores and parse_selection(text).alias is None:
+                text = f"{FUSION_STORE_ALIAS}/{text}"  # a fusion store, when given, feeds the fusion branch
+            out["fusion"] = text
         elif self.fusion_features:
             raise ConfigError(f"fusion_features={self.fusion_features!r} is only used by head 'fusion', "
                               f"got head {self.head!r}; drop it or use head='fusion'")

@@ -112,7 +112,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     stores = _open_stores(config)
     protocol = get_protocol(config.protocol)
     sels = {branch: resolve_selection(text, specs=stores[config.store_alias(text)].features,
-                                      alias=config.store_alias(text))
+                                      alias=config.store_alias(text), store=_store_label(config, config.store_alias(text)))
             for branch, text in config.selections().items()}
     main_alias = sels["main"].alias
     drops = (str(config.stores[main_alias]), protocol.name)
@@ -143,6 +143,12 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
                                  f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
                                  f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
     return _Data(stores, sels, records, labels, classes)
+
+
+def _store_label(config: ExperimentConfig, alias: str) -> str:
+    """How messages name a store: its path, and its alias when the experiment reads several."""
+    path = config.stores[alias]
+    return f"store {path}" if len(config.stores) == 1 else f"store {alias!r} ({path})"
 
 
 def _report_failed_extractions(store: Any, path: str, features: set[str]) -> None:

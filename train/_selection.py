@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from w2v2ser._common import did_you_mean
+from w2v2ser._common import UPSTREAM_FEATURES, did_you_mean
 
 from ._errors import SelectionError
 
@@ -102,23 +102,30 @@ def parse_selection(text: str) -> Selection:
     return Selection(text=text.strip(), alias=match.group("alias"), feature=match.group("feature"), layers=layers)
 
 
-def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], alias: str) -> ResolvedSelection:
+def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], alias: str,
+                      store: str | None = None) -> ResolvedSelection:
     """Check a selection against the FeatureSpecs of its store.
 
     Args:
         selection: Parsed selection or selection string.
         specs: The store's ``features`` mapping (name -> FeatureSpec).
         alias: Alias of the store the selection reads from (for messages and records).
+        store: How messages name the store (e.g. its path); default: its alias.
 
     Raises:
         SelectionError: Unknown feature, missing/forbidden layer part, or layer out of range.
     """
     sel = parse_selection(selection) if isinstance(selection, str) else selection
+    where = store or f"store {alias!r}"
     if sel.feature not in specs:
+        hint = did_you_mean(sel.feature, specs)
+        layered = [name for name, spec in specs.items() if spec.layers]
+        if not hint and len(layered) == 1 and (sel.layers is not None or sel.feature in UPSTREAM_FEATURES):
+            # Another upstream's name (wav2vec2:all on a HuBERT store): offer the one the store holds.
+            hint = f" Did you mean {layered[0] + (':' + sel.layers if sel.layers else '')!r}?"
         raise SelectionError(
-            f"feature {sel.feature!r} of selection {sel.text!r} is not in store {alias!r}; "
-            f"it holds {sorted(specs)} (extract it first or pick another store alias)."
-            f"{did_you_mean(sel.feature, specs)}")
+            f"feature {sel.feature!r} of selection {sel.text!r} is not in {where}; "
+            f"it holds {sorted(specs)} (extract it first, or read it from another store).{hint}")
     spec = specs[sel.feature]
     n_layers = spec.layers
     pair = sel.feature in PAIR_AVERAGED
@@ -148,6 +155,6 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
         layers = (int(sel.layers),)
     if max(layers) >= n_layers:
         raise SelectionError(
-            f"selection {sel.text!r} asks for layer {max(layers)}, but feature {sel.feature!r} in store {alias!r} "
+            f"selection {sel.text!r} asks for layer {max(layers)}, but feature {sel.feature!r} in {where} "
             f"has {n_layers} layers (0..{n_layers - 1}); choose layers within that range")
     return ResolvedSelection(sel.text, alias, sel.feature, layers, len(layers) > 1, pair, int(spec.dim), rate)

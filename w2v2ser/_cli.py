@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from w2v2ser._common import UPSTREAM_FEATURES  # --model etc. apply to the one(s) chosen
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
-# Speech encoders, named after their family; --model etc. apply to the one(s) chosen.
-UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint and credentials from "
               "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
               "W2V2SER_STORAGE_OPTIONS)")
@@ -237,8 +236,12 @@ def _default_protocol(values: dict[str, Any], store: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from w2v2ser._common import ConfigError
     from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
 
+    if args.fusion_store and args.head != "fusion":
+        raise ConfigError(f"--fusion-store {args.fusion_store} is read only by --head fusion, got --head {args.head}; "
+                          f"add --head fusion or drop --fusion-store")
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
     values: dict[str, Any] = {
         "stores": stores,
@@ -408,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: wav2vec2, hubert, wavlm, data2vec), egemaps or "
              "spectrogram (prefix alias/ for another store)",
     )
-    train.add_argument("--fusion-store", dest="fusion_store", help="store holding the fusion branch's eGeMAPS")
+    train.add_argument("--fusion-store", dest="fusion_store", help="store the fusion branch reads its --fusion-features from (--head fusion)")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
     train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense",
                        help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")

@@ -24,6 +24,7 @@ __all__ = [
     "DataError",
     "EXIT_FAILED",
     "EXIT_INPUT",
+    "UPSTREAM_FEATURES",
     "W2v2serError",
     "describe_path_error",
     "did_you_mean",
@@ -39,6 +40,9 @@ __all__ = [
 # Exit codes of the command line (README, "Errors and exit codes").
 EXIT_FAILED = 1  # a run started and some unit of work failed
 EXIT_INPUT = 2  # the input (arguments, pipeline.yaml, corpus, store) cannot be used: fix it, rerun
+
+# Feature names of the speech encoders (hidden states per layer), named after their family.
+UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 
 class W2v2serError(Exception):

@@ -14,6 +14,8 @@ from functools import cache
 from importlib import resources
 from typing import Any, Mapping
 
+from w2v2ser._common import UPSTREAM_FEATURES
+
 __all__ = ["PaperValue", "paper_source", "paper_value", "row_identity", "verdict"]
 
 
@@ -52,16 +54,17 @@ def row_identity(selection: Any, model_id: str) -> tuple[str, str, str]:
 
     Args:
         selection: The experiment's ``features`` (``[STORE/]FEATURE[:LAYERS]``).
-        model_id: The wav2vec2 model behind that selection's store ("" when not wav2vec2/unknown).
+        model_id: The upstream model (wav2vec2, HuBERT, ...) behind that selection's store ("" when
+            the feature has no model or it is unknown).
     """
     if not isinstance(selection, str):
         return "", str(selection), str(selection)
     _, _, rest = selection.rpartition("/")
     feature, _, layers = rest.partition(":")
-    if feature.startswith("wav2vec2"):
+    if feature in UPSTREAM_FEATURES:
         layers = layers or "all"
         shown = _LAYER_NAMES.get(layers, ("layers " if "-" in layers else "layer ") + layers)
-        return _model_name(model_id) or "wav2vec2 (model unknown)", shown, f"wav2vec2:{layers}"
+        return _model_name(model_id) or f"{feature} (model unknown)", shown, f"{feature}:{layers}"
     return "—", _FEATURE_NAMES.get(feature, feature), feature
 
 

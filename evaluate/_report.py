@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES, write_atomically
 
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
@@ -102,7 +102,8 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     if not isinstance(selection, str):
         return "", run.features, run.features
     alias = selection.rpartition("/")[0]
-    model_id = _alias_model(run.experiment, alias, run.model_ids) if "wav2vec2" in selection else ""
+    feature = selection.rpartition("/")[2].partition(":")[0]
+    model_id = _alias_model(run.experiment, alias, run.model_ids) if feature in UPSTREAM_FEATURES else ""
     return row_identity(selection, model_id)
 
 

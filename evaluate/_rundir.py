@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from w2v2ser._common import UPSTREAM_FEATURES
 from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
 
 __all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES"]
@@ -116,10 +117,6 @@ def _layer_text(layers: Any) -> str:
     return "layers " + ",".join(str(x) for x in layers)
 
 
-# Feature names of the upstreams (stage 2 never imports extract, so they are listed here).
-_UPSTREAM_NAMES = ("wav2vec2", "hubert", "wavlm", "data2vec")
-
-
 def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
     """Upstream model ids (wav2vec2, HuBERT, WavLM, data2vec) recorded in the store identities
     of ``experiment.json``."""
@@ -128,7 +125,7 @@ def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
     def visit(node: Any, under_w2v: bool) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                inside = under_w2v or str(key).startswith(_UPSTREAM_NAMES)
+                inside = under_w2v or str(key).startswith(UPSTREAM_FEATURES)
                 if key == "model" and isinstance(value, str) and inside and value not in found:
                     found.append(value)
                 visit(value, inside)
@@ -181,7 +178,7 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
         # Selection strings "[ALIAS/]FEATURE[:LAYERS]" (w2v2ser.train grammar).
         alias, _, rest = text.rpartition("/")
         feature, _, layers = rest.partition(":")
-        if feature.startswith("wav2vec2"):
+        if feature in UPSTREAM_FEATURES:
             if not layers and isinstance(sub, Mapping):
                 layers = find_key(sub, "layers", "layer")
             named = {"local": [0], "all": None, "contextual": "last layer"}

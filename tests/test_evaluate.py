@@ -22,13 +22,14 @@ def _write_json(path: Path, data: object) -> None:
 def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: object = "egemaps",
                  head: str = "dense", model: str | None = None, uars: tuple[float, ...] = (0.5, 0.6, 0.7),
                  alphas: bool = False, recipe: str = "official", normalisation: str = "speaker",
-                 seed: int = 0, pooled: tuple[float, ...] | None = None, recipe_overrides: dict | None = None) -> Path:
+                 seed: int = 0, pooled: tuple[float, ...] | None = None, recipe_overrides: dict | None = None,
+                 upstream: str = "wav2vec2") -> Path:
     """A finished run directory: experiment.json, runs/*/metrics.json (+layer_weights.json), results.json."""
     rng = np.random.default_rng(seed)
     run_dir = root / name
     store = {"path": str(root / "store.zarr"), "features": {}}
     if model:
-        store["features"]["wav2vec2"] = {"name": "wav2vec2", "dim": 768, "layers": 13,
+        store["features"][upstream] = {"name": upstream, "dim": 768, "layers": 13,
                                          "config": {"model": model, "revision": None}}
     # ExperimentConfig.to_dict() fields + the identities train adds to experiment.json
     config = {"stores": {"main": store["path"]}, "features": features, "head": head, "norm": normalisation,
@@ -102,6 +103,20 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     broken.mkdir()
     (broken / "results.json").write_text("{not json", encoding="utf-8")
     return dirs + [skipped, skipped_too, incomplete, broken, root / "does_not_exist"]
+
+
+def test_rows_of_other_upstreams_are_named_by_model_and_layers(tmp_path: Path) -> None:
+    """HuBERT/WavLM/data2vec runs showed as '— | hubert' (no model, no layer text): only wav2vec2
+    selections were recognised as upstreams."""
+    runs = [make_run_dir(tmp_path / "runs", "hubert_all", features="hubert:all", model="facebook/hubert-base-ls960",
+                         upstream="hubert", alphas=True),
+            make_run_dir(tmp_path / "runs", "wavlm_6", features="wavlm:6", model="microsoft/wavlm-base-plus",
+                         upstream="wavlm")]
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    assert "| hubert-base-ls960 | all layers | dense | speaker | official | 60.0 ± 8.2 (n=3) |" in md
+    assert "| wavlm-base-plus | layer 6 | dense | speaker | official | 60.0 ± 8.2 (n=3) |" in md
+    assert "| hubert_all | complete | RAVDESS | hubert PT all layers |" in md
+    assert "| wavlm_6 | complete | RAVDESS | wavlm PT layer 6 |" in md
 
 
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:

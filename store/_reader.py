@@ -183,15 +183,20 @@ class FeatureStore:
         return out
 
     # ------------------------------------------------------------------ table
-    def list_utterances(self, *, status: str | None = "done") -> list[UtteranceRecord]:
-        """Utterances in row order, filtered by status ("done", "failed", "pending" or None for all)."""
+    def list_utterances(self, *, status: str | None = "done", feature: str | None = None) -> list[UtteranceRecord]:
+        """Utterances in row order, filtered by status ("done", "failed", "pending" or None for all).
+
+        ``feature``: keep only utterances that hold frames of it. A store can hold an utterance
+        without some feature: one added later by an extraction of other features.
+        """
         if status is not None and status not in STATUSES:
             raise StoreError(f"list_utterances: status={status!r}; expected one of {STATUSES} or None.")
+        held = None if feature is None else self._holds(feature)
         cols = {c: self._read(f"utterances/{c}") for c in UTTERANCE_COLUMNS}
         strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
         out = []
         for i in range(len(self._ids)):
-            if status is not None and strs["status"][i] != status:
+            if status is not None and strs["status"][i] != status or held is not None and not held[i]:
                 continue
             out.append(UtteranceRecord(
                 id=strs["id"][i], path=strs["path"][i], speaker=strs["speaker"][i],
@@ -232,9 +237,22 @@ class FeatureStore:
             raise self._not_written(utterance_id, feature)
         return length
 
+    def _holds(self, feature: str) -> np.ndarray:
+        """Per row: whether the utterance has frames of ``feature`` (committed, possibly 0 frames)."""
+        self._spec(feature)
+        return self._per_row(feature)["length"][: len(self._ids)] >= 0
+
     def _not_written(self, utterance_id: str, feature: str) -> StoreError:
-        status = to_str_list(self._read("utterances/status", slice(self._row(utterance_id), self._row(utterance_id) + 1)))[0]
-        if status == "done":  # finalize records a length for every done utterance
+        row = self._row(utterance_id)
+        status = to_str_list(self._read("utterances/status", slice(row, row + 1)))[0]
+        if status == "done" and int(self._per_row(feature)["capacity"][row]) < 0:
+            # Planned without this feature: an extraction of other features added the utterance.
+            return StoreError(
+                f"utterance {utterance_id!r} has no frames of feature {feature!r} in store {self.path}: an "
+                f"extraction of other features added it. Extract {feature} for it (`w2v2ser extract ... "
+                f"--store {self.path} --features {feature}` on the same corpus), or read only "
+                f"list_utterances(feature={feature!r}).")
+        if status == "done":  # finalize records a length for every feature planned for a done utterance
             return self._damaged(f"features/{feature}/length", f"records no frames for utterance "
                                  f"{utterance_id!r}, whose status is 'done'")
         return StoreError(

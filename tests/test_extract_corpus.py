@@ -132,6 +132,48 @@ def test_new_utterances_are_appended_on_a_later_run(corpus, tmp_path):
     assert len(open_store(tmp_path / "s.zarr").list_utterances()) == 7
 
 
+def test_utterances_added_with_some_features_lack_the_others_and_training_leaves_them_out(
+        corpus, tmp_path, capsys, caplog):
+    """Adding files with `extract --features A` to a store of A and B: the new utterances read as
+    'done' without B, `store verify` called the store damaged, and training on B failed in
+    compose_statistics with 'no frames of feature'."""
+    import logging
+
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreError
+
+    store = tmp_path / "s.zarr"
+    for rows in (4, 7):
+        lines = ["path,label,speaker,id"] + [f"{u.path},{u.label},{u.speaker},{u.id}" for u in corpus[:rows]]
+        (tmp_path / f"m{rows}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    extract = ["extract", "csv", "--store", str(store), "--no-progress", "--features"]
+    assert main([*extract, "spectrogram,egemaps", str(tmp_path / "m4.csv")]) == 0
+    assert main([*extract, "egemaps", str(tmp_path / "m7.csv")]) == 0  # utt04..utt06: eGeMAPS only
+    assert ("note: 3 of the store's 7 utterances have no spectrogram frames (this run extracted egemaps)"
+            in capsys.readouterr().err)
+    reader = open_store(store)
+    assert len(reader.list_utterances()) == 7 and len(reader.list_utterances(feature="egemaps")) == 7
+    assert [r.id for r in reader.list_utterances(feature="spectrogram")] == ["utt00", "utt01", "utt02", "utt03"]
+    with pytest.raises(StoreError, match="has no frames of feature 'spectrogram'.*an extraction of other features "
+                                         "added it.*--features spectrogram"):
+        reader.read_utterance("utt04", "spectrogram")
+    assert reader.verify().ok
+    assert main(["store", "info", str(store)]) == 0
+    assert "4 of 7 done utterances (add the rest: extract --features spectrogram)" in capsys.readouterr().out
+
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        code = main(["train", str(store), "--features", "spectrogram", "--protocol", "csv", "--seeds", "1",
+                     "--set", "max_epochs=1", "--set", "csv_folds=3", "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
+    assert "3 utterance(s) have no spectrogram frames and are left out (utt04, utt05, utt06)" in caplog.text
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["n_test"] == 4  # every fold's test utterances together: the 4 with spectrogram frames
+
+    assert main([*extract, "spectrogram", str(tmp_path / "m7.csv")]) == 0
+    assert len(open_store(store).list_utterances(feature="spectrogram")) == 7
+    assert "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sample_rate", [8000, 44100])
 def test_real_extractors_on_resampled_audio(tmp_path, sample_rate):
     utterances = _write_corpus(tmp_path, [0.6, 1.1], sample_rate=sample_rate)

@@ -116,8 +116,19 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
             for branch, text in config.selections().items()}
     main_alias = sels["main"].alias
     drops = (str(config.stores[main_alias]), protocol.name)
-    records, labels, classes = select_utterances(protocol, stores[main_alias].list_utterances(status="done"),
-                                                 report=report and drops not in _REPORTED_DROPS)
+    done = stores[main_alias].list_utterances(status="done")
+    for feature in sorted({s.feature for s in sels.values() if s.alias == main_alias}):
+        # An extraction of other features can add utterances without this one: leave them out.
+        held = {r.id for r in stores[main_alias].list_utterances(status="done", feature=feature)}
+        lacking = [r.id for r in done if r.id not in held]
+        if lacking and report and drops not in _REPORTED_DROPS:
+            path = str(config.stores[main_alias])
+            log.warning("store %s: %d utterance(s) have no %s frames and are left out (%s); they were added by an "
+                        "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
+                        path, len(lacking), feature, ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else ""),
+                        shlex.quote(path), feature)
+        done = [r for r in done if r.id in held]
+    records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]),
                                    {s.feature for s in sels.values() if s.alias == main_alias})
@@ -126,7 +137,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     for branch, sel in sels.items():
         if sel.alias == main_alias:
             continue
-        other = {r.id: r for r in stores[sel.alias].list_utterances(status="done")}
+        other = {r.id: r for r in stores[sel.alias].list_utterances(status="done", feature=sel.feature)}
         missing = [r.id for r in records if r.id not in other]
         if missing:
             raise DataError(f"store {sel.alias!r} ({config.stores[sel.alias]}) lacks {len(missing)} of the "

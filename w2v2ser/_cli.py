@@ -119,12 +119,28 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f"({summary.realtime_factor:.1f}x real time); {size}"
         f"{'complete' if summary.complete else 'INCOMPLETE'}"
     )
+    if summary.complete:
+        _note_features_lacking(location, ", ".join(configs))
     for utterance_id, path, reason in summary.failed[:_SHOWN_FAILURES]:
         print(f"failed {utterance_id} ({path}): {reason}", file=sys.stderr)
     if len(summary.failed) > _SHOWN_FAILURES:
         print(f"... and {len(summary.failed) - _SHOWN_FAILURES} more; see `w2v2ser store info {store} --json`",
               file=sys.stderr)
     return 0 if summary.complete else 1
+
+
+def _note_features_lacking(location: Any, asked: str) -> None:
+    """After an extraction of some features: name the store's other features that the utterances
+    it added lack (a store holds one set of utterances; each feature is planned when extracted)."""
+    from w2v2ser.store import open_store
+
+    info = open_store(location).describe()
+    done = info["status"].get("done", 0)
+    for name, feature in info["features"].items():
+        if feature["utterances"] < done:
+            print(f"note: {done - feature['utterances']} of the store's {done} utterances have no {name} frames "
+                  f"(this run extracted {asked}); training on {name} leaves them out until you extract it for "
+                  f"them: add --features {name}", file=sys.stderr)
 
 
 def _cmd_store_info(args: argparse.Namespace) -> int:
@@ -149,8 +165,12 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"
         model = feature["config"].get("model")
+        done = info["status"].get("done", 0)
+        # An extraction of other features can add utterances that this feature lacks.
+        lacking = (f", {feature['utterances']} of {done} done utterances (add the rest: extract "
+                   f"--features {name})" if info["complete"] and feature["utterances"] < done else "")
         print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
-              f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else ""))
+              f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else "") + lacking)
     failures = info["failure_reasons"]
     print(f"failures    {len(failures)}" + (" (reasons below)" if failures else ""))
     _print_some([f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}" for f in failures],

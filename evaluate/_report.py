@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import UPSTREAM_FEATURES, write_atomically
+from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS  # no TensorFlow
 
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
@@ -145,7 +146,8 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
             row = {"model": model, "selection": selection, "features": run.features, "head": run.head,
                    "normalisation": run.normalisation, "recipe": run.recipe, "cells": {}, "run_dirs": {}}
             if key in index:
-                row["selection"] += f" [{name}]"
+                row["selection"] += f" [{_settings_apart(run, index[key]['first']) or name}]"
+            row["first"] = run
             index[key] = row
             rows.append(row)
         paper = _paper_cell(run, model, key_text, run.corpus)
@@ -153,7 +155,22 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
                                     "uar_mean": run.uar_mean, "uar_std": run.uar_std, "n_runs": run.n_runs,
                                     "paper": paper}
         row["run_dirs"][run.corpus] = str(run.path)
+    for row in rows:
+        del row["first"]
     return {"columns": columns, "rows": rows}
+
+
+# Experiment keys that a row already names, or that never change a result.
+_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "recipe", "recipe_overrides", "config_key",
+               "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
+
+
+def _settings_apart(run: RunSummary, other: RunSummary) -> str:
+    """The experiment settings in which ``run`` differs from ``other`` (e.g. ``units=32``), for
+    telling apart two rows of the same model × selection × head; "" when none is recorded."""
+    mine, theirs = run.experiment or {}, other.experiment or {}
+    keys = sorted(k for k in (mine.keys() & theirs.keys()) - _NAMED_KEYS if mine[k] != theirs[k])
+    return ", ".join(f"{k}={mine[k]}" for k in keys)
 
 
 def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:

@@ -119,6 +119,19 @@ def test_rows_of_other_upstreams_are_named_by_model_and_layers(tmp_path: Path) -
     assert "| wavlm_6 | complete | RAVDESS | wavlm PT layer 6 |" in md
 
 
+def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: Path) -> None:
+    """Two run dirs of one model x selection x head (a units study) were labelled by run-dir name only."""
+    runs = [make_run_dir(tmp_path / "runs", name, uars=uars) for name, uars in
+            (("study_a", (0.5, 0.6)), ("study_b", (0.6, 0.7)), ("study_c", (0.4, 0.5)))]
+    for run, units in zip(runs, (128, 32, 128)):
+        experiment = json.loads((run / "experiment.json").read_text())
+        _write_json(run / "experiment.json", {**experiment, "units": units, "dropout": 0.2, "seeds": 2})
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    assert "| — | eGeMAPS | dense | speaker | official | 55.0 ± 5.0 (n=2) · paper" in md
+    assert "| — | eGeMAPS [units=32] | dense | speaker | official | 65.0 ± 5.0 (n=2) · paper" in md
+    assert "| — | eGeMAPS [units=128] | dense | speaker | official | 45.0 ± 5.0 (n=2) · paper" in md
+
+
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "report"
     md_path = write_report(run_dirs, out=out)

@@ -182,13 +182,19 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
     for run in complete:
         model, selection, _ = _identity(run)
         key = (model, selection, run.normalisation, run.recipe, run.corpus)
+        while key in rows and run.head in rows[key]["cells"]:  # a second run dir of that head: its own row
+            selection += f" [{_settings_apart(run, rows[key]['cells'][run.head]['run']) or run.path.name}]"
+            key = (model, selection, run.normalisation, run.recipe, run.corpus)
         row = rows.setdefault(key, {"model": model, "selection": selection, "features": run.features,
                                     "normalisation": run.normalisation, "recipe": run.recipe,
                                     "corpus": run.corpus, "cells": {}})
-        row["cells"].setdefault(run.head, {"text": _cell(run), "uar_mean": run.uar_mean,
-                                           "uar_std": run.uar_std, "n_runs": run.n_runs})
+        row["cells"][run.head] = {"text": _cell(run), "uar_mean": run.uar_mean, "uar_std": run.uar_std,
+                                  "n_runs": run.n_runs, "run": run}
     # Only feature selections trained with several heads compare heads; the rest are Table 1 only.
     compared = [row for row in rows.values() if len(row["cells"]) > 1]
+    for row in rows.values():
+        for cell in row["cells"].values():
+            del cell["run"]
     if not compared:
         return None
     used = sorted({head for row in compared for head in row["cells"]})

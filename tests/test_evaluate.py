@@ -130,6 +130,17 @@ def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: P
     assert "| — | eGeMAPS | dense | speaker | official | 55.0 ± 5.0 (n=2) · paper" in md
     assert "| — | eGeMAPS [units=32] | dense | speaker | official | 65.0 ± 5.0 (n=2) · paper" in md
     assert "| — | eGeMAPS [units=128] | dense | speaker | official | 45.0 ± 5.0 (n=2) · paper" in md
+    # Table 2 with LSTM runs of both sizes: each size is its own row (the second dense and LSTM
+    # runs were dropped, so only the first pair was compared)
+    for units, uars in ((128, (0.3, 0.4)), (32, (0.2, 0.3))):
+        lstm = make_run_dir(tmp_path / "runs", f"study_lstm{units}", head="lstm", uars=uars)
+        experiment = json.loads((lstm / "experiment.json").read_text())
+        _write_json(lstm / "experiment.json", {**experiment, "units": units, "dropout": 0.2, "seeds": 2})
+        runs.append(lstm)
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    table2 = md.split("## Head comparison")[1].split("\n## ")[0]
+    assert "| — | eGeMAPS | speaker | official | RAVDESS | 55.0 ± 5.0 (n=2) | 35.0 ± 5.0 (n=2) |" in table2
+    assert "| — | eGeMAPS [units=32] | speaker | official | RAVDESS | 65.0 ± 5.0 (n=2) | 25.0 ± 5.0 (n=2) |" in table2
 
 
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from stage2_fixtures import build_store, ravdess_utterances
 from w2v2ser.store import FeatureStatistics, W2v2serError, open_store
 from w2v2ser.train import (
-    ConfigError, DataError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead, ProtocolError,
-    SelectionError, Source, build_normaliser, check_disjoint, get_protocol, get_recipe, parse_selection,
-    resolve_selection,
+    ConfigError, DataError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead,
+    ProtocolError, SelectionError, Source, build_normaliser, check_disjoint, get_protocol, get_recipe,
+    parse_selection, resolve_selection,
 )
 from w2v2ser.train._normalisation import Normaliser
 

@@ -111,8 +111,9 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     """
     stores = _open_stores(config)
     protocol = get_protocol(config.protocol)
-    sels = {branch: resolve_selection(text, specs=stores[config.store_alias(text)].features,
-                                      alias=config.store_alias(text), store=_store_label(config, config.store_alias(text)))
+    aliases = {branch: config.store_alias(text) for branch, text in config.selections().items()}
+    sels = {branch: resolve_selection(text, specs=stores[aliases[branch]].features, alias=aliases[branch],
+                                      store=_store_label(config, aliases[branch]))
             for branch, text in config.selections().items()}
     main_alias = sels["main"].alias
     drops = (str(config.stores[main_alias]), protocol.name)
@@ -167,9 +168,9 @@ def _report_failed_extractions(store: Any, path: str, features: set[str]) -> Non
     compares with a paper's depend on it, and the reasons are in the store."""
     failed = sorted({f.id for f in store.list_failures() if f.feature is None or f.feature in features})
     if failed:
+        some = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
         log.warning("store %s: %d utterance(s) failed extraction and are left out (%s); `w2v2ser store info %s` "
-                    "gives the reasons", path, len(failed), ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else ""),
-                    shlex.quote(path))
+                    "gives the reasons", path, len(failed), some, shlex.quote(path))
 
 
 def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:

@@ -134,13 +134,14 @@ def _note_features_lacking(location: Any, asked: str) -> None:
     it added lack (a store holds one set of utterances; each feature is planned when extracted)."""
     from w2v2ser.store import open_store
 
-    info = open_store(location).describe()
-    done = info["status"].get("done", 0)
-    for name, feature in info["features"].items():
-        if feature["utterances"] < done:
-            print(f"note: {done - feature['utterances']} of the store's {done} utterances have no {name} frames "
-                  f"(this run extracted {asked}); training on {name} leaves them out until you extract it for "
-                  f"them: add --features {name}", file=sys.stderr)
+    store = open_store(location)  # the utterance table only: describe() would list every object of an S3 store
+    done = len(store.list_utterances())
+    for name in store.features:
+        held = len(store.list_utterances(feature=name))
+        if held < done:
+            print(f"note: {done - held} of the store's {done} utterances have no {name} frames (this run extracted "
+                  f"{asked}); training on {name} leaves them out until you extract it for them: add --features "
+                  f"{name}", file=sys.stderr)
 
 
 def _cmd_store_info(args: argparse.Namespace) -> int:
@@ -431,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: wav2vec2, hubert, wavlm, data2vec), egemaps or "
              "spectrogram (prefix alias/ for another store)",
     )
-    train.add_argument("--fusion-store", dest="fusion_store", help="store the fusion branch reads its --fusion-features from (--head fusion)")
+    train.add_argument("--fusion-store", dest="fusion_store",
+                       help="store the fusion branch reads its --fusion-features from (--head fusion)")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
     train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense",
                        help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")

@@ -136,6 +136,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
     columns = _corpus_columns(runs)
     rows: list[dict[str, Any]] = []
     index: dict[tuple[str, ...], dict[str, Any]] = {}
+    latest: dict[tuple[str, ...], RunSummary] = {}  # the run behind index[key], to name what differs
     for run, name in zip(runs, names):
         if run.features == "?" and run.status == "incomplete":
             continue  # nothing known about it; listed under "Incomplete" only
@@ -146,17 +147,14 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
             row = {"model": model, "selection": selection, "features": run.features, "head": run.head,
                    "normalisation": run.normalisation, "recipe": run.recipe, "cells": {}, "run_dirs": {}}
             if key in index:
-                row["selection"] += f" [{_settings_apart(run, index[key]['first']) or name}]"
-            row["first"] = run
-            index[key] = row
+                row["selection"] += f" [{_settings_apart(run, latest[key]) or name}]"
+            index[key], latest[key] = row, run
             rows.append(row)
         paper = _paper_cell(run, model, key_text, run.corpus)
         row["cells"][run.corpus] = {"text": _cell(run) + _paper_text(paper), "status": run.status,
                                     "uar_mean": run.uar_mean, "uar_std": run.uar_std, "n_runs": run.n_runs,
                                     "paper": paper}
         row["run_dirs"][run.corpus] = str(run.path)
-    for row in rows:
-        del row["first"]
     return {"columns": columns, "rows": rows}
 
 
@@ -179,22 +177,21 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
     if len(heads) < 2:
         return None
     rows: dict[tuple[str, ...], dict[str, Any]] = {}
+    placed: dict[tuple[tuple[str, ...], str], RunSummary] = {}  # (row key, head) -> its run
     for run in complete:
         model, selection, _ = _identity(run)
         key = (model, selection, run.normalisation, run.recipe, run.corpus)
-        while key in rows and run.head in rows[key]["cells"]:  # a second run dir of that head: its own row
-            selection += f" [{_settings_apart(run, rows[key]['cells'][run.head]['run']) or run.path.name}]"
+        while (key, run.head) in placed:  # a second run dir of that head: its own row
+            selection += f" [{_settings_apart(run, placed[key, run.head]) or run.path.name}]"
             key = (model, selection, run.normalisation, run.recipe, run.corpus)
         row = rows.setdefault(key, {"model": model, "selection": selection, "features": run.features,
                                     "normalisation": run.normalisation, "recipe": run.recipe,
                                     "corpus": run.corpus, "cells": {}})
         row["cells"][run.head] = {"text": _cell(run), "uar_mean": run.uar_mean, "uar_std": run.uar_std,
-                                  "n_runs": run.n_runs, "run": run}
+                                  "n_runs": run.n_runs}
+        placed[key, run.head] = run
     # Only feature selections trained with several heads compare heads; the rest are Table 1 only.
     compared = [row for row in rows.values() if len(row["cells"]) > 1]
-    for row in rows.values():
-        for cell in row["cells"].values():
-            del cell["run"]
     if not compared:
         return None
     used = sorted({head for row in compared for head in row["cells"]})

@@ -126,8 +126,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
             path = str(config.stores[main_alias])
             log.warning("store %s: %d utterance(s) have no %s frames and are left out (%s); they were added by an "
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
-                        path, len(lacking), feature, ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else ""),
-                        shlex.quote(path), feature)
+                        path, len(lacking), feature, _some(lacking), shlex.quote(path), feature)
         done = [r for r in done if r.id in held]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
@@ -168,9 +167,13 @@ def _report_failed_extractions(store: Any, path: str, features: set[str]) -> Non
     compares with a paper's depend on it, and the reasons are in the store."""
     failed = sorted({f.id for f in store.list_failures() if f.feature is None or f.feature in features})
     if failed:
-        some = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
         log.warning("store %s: %d utterance(s) failed extraction and are left out (%s); `w2v2ser store info %s` "
-                    "gives the reasons", path, len(failed), some, shlex.quote(path))
+                    "gives the reasons", path, len(failed), _some(failed), shlex.quote(path))
+
+
+def _some(ids: list[str]) -> str:
+    """The first few ids of a list, for a message that gives the count beside them."""
+    return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
 
 
 def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:

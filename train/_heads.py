@@ -245,11 +245,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         else:
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
-            self.classes_ = np.array(list(self.classes)) if self.classes else np.unique(np.asarray(y))
             labels = np.unique(np.asarray(y))
             if len(labels) < 2:
                 raise DataError(f"{type(self).__name__}.fit(x, y): every label in y is {labels[:1].tolist()[0]!r}; "
                                 f"a classifier needs labels of at least two classes")
+            self.classes_ = np.array(list(self.classes)) if self.classes else labels
             y = self._encode(y)
             if validation_data is None and self.validation_fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)

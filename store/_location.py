@@ -84,10 +84,10 @@ class StoreLocation:
     # ------------------------------------------------------------------ zarr
     def zarr_store(self, *, read_only: bool) -> Any:
         """The Zarr store object: ``LocalStore`` for directories, ``FsspecStore`` for URLs."""
-        from zarr.storage import FsspecStore, LocalStore
+        from zarr.storage import FsspecStore
 
         if self.is_local:
-            return LocalStore(self.path, read_only=read_only)
+            return local_zarr_store(self.path, read_only=read_only)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
@@ -173,6 +173,15 @@ def unreachable(location: StoreLocation, exc: BaseException) -> StoreError:
         f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
         f"AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
     )
+
+
+def local_zarr_store(path: str | os.PathLike[str], *, read_only: bool) -> Any:
+    """A ``LocalStore`` rooted at the absolute path: zarr 3.1's ``list_prefix`` strips the root by
+    deleting every occurrence of ``ROOT/`` from file paths, so a relative root such as ``data``
+    also cut ``data/`` out of ``features/X/data/c/0/0`` (``store info`` then failed)."""
+    from zarr.storage import LocalStore
+
+    return LocalStore(Path(path).absolute(), read_only=read_only)
 
 
 def locate_store(store: str | os.PathLike[str] | StoreLocation, *,

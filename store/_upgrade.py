@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 from ._errors import StoreError
 from ._layout import ATTRS_KEY, FORMAT_VERSION, UTTERANCE_COLUMNS, read_meta, specs_from_meta, to_str_list
+from ._location import local_zarr_store
 from ._lock import lock_store
 from ._types import Utterance
 from ._writer import StoreWriter
@@ -34,7 +34,7 @@ def _open_v1(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return zarr.open_group(store=LocalStore(path, read_only=True), mode="r"), meta
+        return zarr.open_group(store=local_zarr_store(path, read_only=True), mode="r"), meta
 
 
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,

@@ -176,6 +176,21 @@ def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch):
     assert store.verify().ok
 
 
+def test_store_at_a_relative_path_that_recurs_in_its_keys(tmp_path, monkeypatch, capsys):
+    """`extract --store data` then `store info data` was a FileNotFoundError traceback: zarr's
+    LocalStore lists keys by deleting every "data/" from the file paths, so the frames array's
+    "features/w2v/data/c/0/0" became "features/w2v/c/0/0". A local store is opened by its
+    absolute path, which only the start of a file path holds."""
+    from w2v2ser._cli import main
+
+    monkeypatch.chdir(tmp_path)
+    build_store(Path("data"), lengths=LENGTHS, units=2)
+    relative, absolute = open_store("data").describe(), open_store(tmp_path / "data").describe()
+    assert relative["features"]["w2v"]["bytes"] == absolute["features"]["w2v"]["bytes"] > 0
+    assert main(["store", "info", "data"]) == 0
+    assert "feature     w2v" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("layers", [[2], [1, 2], [0, 1, 2, 3], [1, 3], [3, 0], [2, 2]])
 def test_layer_read_equals_slice(tmp_path, layers):
     # Ascending runs are read as a slice, other selections by index: both give full[:, layers].

@@ -83,7 +83,8 @@ def _zarrs_available() -> bool:
     return True
 
 
-_PIPELINE = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if _zarrs_available() else {}
+_ZARRS_PATH = "zarrs.ZarrsCodecPipeline"
+_PIPELINE = {"codec_pipeline.path": _ZARRS_PATH} if _zarrs_available() else {}
 
 
 # zarr's own pipeline, named explicitly: it checks every chunk's crc32c.
@@ -94,11 +95,43 @@ _CHECKING_PIPELINE = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCo
 _PIPELINE_LOCK = threading.RLock()
 
 
+# rayon's global thread pool, on which zarrs decodes, does not survive fork(): a child forked after
+# its parent read through zarrs (a PyTorch DataLoader worker, a multiprocessing "fork" pool) waited
+# forever on its first read. Such a child opens every array with zarr's own pipeline (slower; a
+# "spawn" or "forkserver" child starts afresh and keeps zarrs), and readers reopen the arrays they
+# had cached (fork_count() changes). tensorstore aborts a forked child that uses it after its parent
+# did ("fork() use detected"): such a child writes shards through zarr.
+_ZARRS_USED = [False]
+_FORKS = [0]
+
+
+def _after_fork_in_child() -> None:
+    global _PIPELINE_LOCK
+    _PIPELINE_LOCK = threading.RLock()  # another thread of the parent may have held it
+    _FORKS[0] += 1
+    if _ZARRS_USED[0]:
+        _PIPELINE.clear()
+        _PIPELINE.update(_CHECKING_PIPELINE)
+    if _TENSORSTORE and _TENSORSTORE[0] is not None:
+        _TENSORSTORE[:] = [None]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_count() -> int:
+    """How many fork()s lie between this process and the one that imported w2v2ser.store."""
+    return _FORKS[0]
+
+
 @contextlib.contextmanager
 def _codec_pipeline(config: dict[str, str]) -> Iterator[None]:
     """Arrays opened inside use the pipeline `config` names (chosen when an array is opened)."""
     with _PIPELINE_LOCK, zarr.config.set(config), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if config.get("codec_pipeline.path") == _ZARRS_PATH:
+            _ZARRS_USED[0] = True
         yield
 
 

@@ -22,6 +22,7 @@ from ._layout import (
     check_complete,
     check_version,
     crc32_rows,
+    fork_count,
     open_array,
     open_root,
     read_meta,
@@ -99,6 +100,7 @@ class FeatureStore:
         self._index = {uid: i for i, uid in enumerate(self._ids)}
         self._rows: dict[str, dict[str, np.ndarray]] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._forks = fork_count()
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
@@ -148,6 +150,9 @@ class FeatureStore:
     def _array(self, feature: str, name: str) -> zarr.Array:
         # Opening an array reads its metadata; cached since a reader's store is complete.
         key = (feature, name)
+        if self._forks != fork_count():  # a forked child: the cached arrays may use zarrs (see _layout)
+            self._arrays.clear()
+            self._forks = fork_count()
         if key not in self._arrays:
             try:
                 self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")

@@ -24,10 +24,11 @@ CASES = {
     "bench_store": ["--quick", "--no-drop-cache"],
     "bench_sweep": ["--steps", "--problems", "tiny"],
     "bench_ceiling": ["--files", "4", "--shard-size", "2", "--corpus", str(RAVDESS)],
+    "bench_fork": ["--utterances", "8"],
 }
 
 
-@pytest.mark.slow  # about 1.5 min for all five
+@pytest.mark.slow  # about 1.5 min for all six
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_script_runs_at_its_smallest_size(script: str, tmp_path: Path) -> None:
     if script == "bench_ceiling" and not RAVDESS.is_dir():

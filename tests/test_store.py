@@ -680,6 +680,43 @@ def test_processes_writing_utterances_at_once_get_separate_shards(tmp_path):
     assert store.verify().ok
 
 
+_FORKED_STORE: list = []  # the parent's open reader, inherited by a forked child
+
+
+def _read_in_forked_child(ids: list[str]) -> list[np.ndarray]:
+    store = _FORKED_STORE[0]
+    return [store.read_utterance(ids[0], "w2v"), *store.read_batch(ids, "w2v", layers=[1, 3]),
+            *store.read_batch(ids, "lld")]
+
+
+def _write_in_forked_child(path: str) -> bool:
+    build_store(Path(path), lengths=[5, 30, 12], units=2)
+    return open_store(path).verify().ok
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork() here")
+def test_a_forked_child_reads_and_writes_after_its_parent_did(tmp_path):
+    """A PyTorch DataLoader worker is a fork of the process that opened the store. Its first read
+    waited forever: zarrs decodes on rayon's global thread pool, whose threads a fork leaves behind.
+    A child writing a store after its parent wrote one was aborted by tensorstore ("fork() use
+    detected"). The pool's timeout turns either into a failure here."""
+    built = build_store(tmp_path / "s", lengths=LENGTHS, units=2)
+    store = open_store(built.path)
+    ids = [u.id for u in built.utterances]
+    want = [store.read_utterance(ids[0], "w2v"), *store.read_batch(ids, "w2v", layers=[1, 3]),
+            *store.read_batch(ids, "lld")]
+    _FORKED_STORE[:] = [store]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_read_in_forked_child, (ids,)).get(timeout=60)
+        assert pool.apply_async(_write_in_forked_child, (str(tmp_path / "child"),)).get(timeout=60)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(got) == 1 + 2 * len(ids)
+    # The parent goes on reading through zarrs, and the child's store is whole.
+    np.testing.assert_array_equal(store.read_utterance(ids[1], "w2v"), built.stored("w2v", 1))
+    assert open_store(tmp_path / "child").verify().ok
+
+
 def test_store_imports_neither_torch_nor_tensorflow():
     code = ("import sys, w2v2ser.store; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'keras')]; "

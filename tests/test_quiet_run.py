@@ -183,3 +183,31 @@ def test_progress_bars_stay_live_on_a_terminal_behind_the_native_log_filter() ->
         os.close(secondary)
     to_file = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
     assert (on_terminal, to_file) == ("True", "False")
+
+
+_INTERRUPTED_WHILE_READING = """
+import asyncio, sys
+from zarr.core.sync import _get_loop
+import w2v2ser._cli as cli
+
+async def reads():  # store reads in flight on zarr's event loop when Ctrl-C lands
+    await asyncio.gather(asyncio.Event().wait(), asyncio.Event().wait())
+
+def interrupted(args, verbose):
+    asyncio.run_coroutine_threadsafe(reads(), _get_loop())
+    raise KeyboardInterrupt
+
+cli._run_command = interrupted
+sys.exit(cli.main(["store", "info", "s.zarr"]))
+"""
+
+
+def test_ctrl_c_during_store_reads_prints_one_line() -> None:
+    """Ctrl-C during `w2v2ser train` printed the interrupt line, then asyncio's "Task was destroyed
+    but it is pending!" with a 300-character task repr, twice: zarr's reads in flight were torn
+    down at exit."""
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_READING], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == ("w2v2ser: interrupted; finished work is kept, rerun the same command to "
+                                   "resume"), done.stderr

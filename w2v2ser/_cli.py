@@ -510,6 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_command(args, verbose)
     except KeyboardInterrupt:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
+        import logging
+
+        # Store reads in flight on zarr's event loop are torn down at exit; asyncio would log each
+        # as "Task was destroyed but it is pending!" with its repr.
+        logging.getLogger("asyncio").disabled = True
         print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
 

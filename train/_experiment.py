@@ -111,14 +111,16 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     """
     stores = _open_stores(config)
     protocol = get_protocol(config.protocol)
-    aliases = {branch: config.store_alias(text) for branch, text in config.selections().items()}
+    selections = config.selections()
+    aliases = {branch: config.store_alias(text) for branch, text in selections.items()}
     sels = {branch: resolve_selection(text, specs=stores[aliases[branch]].features, alias=aliases[branch],
                                       store=_store_label(config, aliases[branch]))
-            for branch, text in config.selections().items()}
+            for branch, text in selections.items()}
     main_alias = sels["main"].alias
+    main_features = {s.feature for s in sels.values() if s.alias == main_alias}
     drops = (str(config.stores[main_alias]), protocol.name)
     done = stores[main_alias].list_utterances(status="done")
-    for feature in sorted({s.feature for s in sels.values() if s.alias == main_alias}):
+    for feature in sorted(main_features):
         # An extraction of other features can add utterances without this one: leave them out.
         held = {r.id for r in stores[main_alias].list_utterances(status="done", feature=feature)}
         lacking = [r.id for r in done if r.id not in held]
@@ -130,8 +132,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
         done = [r for r in done if r.id in held]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
-        _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]),
-                                   {s.feature for s in sels.values() if s.alias == main_alias})
+        _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
     if report:
         _REPORTED_DROPS.add(drops)
     for branch, sel in sels.items():

@@ -186,15 +186,26 @@ def test_progress_bars_stay_live_on_a_terminal_behind_the_native_log_filter() ->
 
 
 _INTERRUPTED_WHILE_READING = """
-import asyncio, sys
+import asyncio, sys, time
 from zarr.core.sync import _get_loop
 import w2v2ser._cli as cli
 
 async def reads():  # store reads in flight on zarr's event loop when Ctrl-C lands
     await asyncio.gather(asyncio.Event().wait(), asyncio.Event().wait())
 
+def started():
+    asyncio.run_coroutine_threadsafe(reads(), _get_loop()).exception(timeout=0.2)  # times out: it waits
+
+def scheduled():  # zarr's loop stops at exit before the read's first step
+    loop = _get_loop()
+    loop.call_soon_threadsafe(lambda: (asyncio.ensure_future(reads()), loop.stop()))
+    time.sleep(0.2)
+
 def interrupted(args, verbose):
-    asyncio.run_coroutine_threadsafe(reads(), _get_loop())
+    try:
+        {when}()
+    except TimeoutError:
+        pass
     raise KeyboardInterrupt
 
 cli._run_command = interrupted
@@ -202,12 +213,13 @@ sys.exit(cli.main(["store", "info", "s.zarr"]))
 """
 
 
-def test_ctrl_c_during_store_reads_prints_one_line() -> None:
+@pytest.mark.parametrize("when", ["started", "scheduled"])
+def test_ctrl_c_during_store_reads_prints_one_line(when: str) -> None:
     """Ctrl-C during `w2v2ser train` printed the interrupt line, then asyncio's "Task was destroyed
     but it is pending!" with a 300-character task repr, twice: zarr's reads in flight were torn
-    down at exit."""
-    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_READING], capture_output=True, text=True,
-                          timeout=120)
+    down at exit. A read scheduled but not yet started added "coroutine ... was never awaited"."""
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_READING.replace("{when}", when)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == ("w2v2ser: interrupted; finished work is kept, rerun the same command to "
                                    "resume"), done.stderr

@@ -511,10 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_command(args, verbose)
     except KeyboardInterrupt:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
         import logging
+        import warnings
 
         # Store reads in flight on zarr's event loop are torn down at exit; asyncio would log each
-        # as "Task was destroyed but it is pending!" with its repr.
+        # as "Task was destroyed but it is pending!" with its repr, and warn for each read that was
+        # scheduled but had not started yet ("coroutine ... was never awaited").
         logging.getLogger("asyncio").disabled = True
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
 

@@ -73,9 +73,9 @@ class _SlowFeature:
 
     name = "slow"
 
-    def __init__(self, fail_on: int | None = None, delay: float = 0.4) -> None:
+    def __init__(self, fail_on: int | None = None, delay: float = 0.4, until: threading.Event | None = None) -> None:
         self.config = type("Config", (), {"to_dict": lambda self: {}})()
-        self.fail_on, self.delay = fail_on, delay
+        self.fail_on, self.delay, self.until = fail_on, delay, until
         self.ends: list[float] = []
 
     def feature_spec(self) -> FeatureSpec:
@@ -85,6 +85,8 @@ class _SlowFeature:
         return num_samples // 160
 
     def extract(self, signals):
+        if self.until is not None:  # busy until that event (or 60 s): as slow as it takes
+            self.until.wait(timeout=60)
         time.sleep(self.delay)
         if self.fail_on is not None and any(len(s) == self.fail_on for s in signals):
             raise RuntimeError("synthetic failure")
@@ -95,10 +97,11 @@ class _SlowFeature:
 class _RecordingModel:
     """The tiny wav2vec2 extractor, recording when each batch starts and on which thread."""
 
-    def __init__(self, inner) -> None:
+    def __init__(self, inner, started: dict[int, threading.Event] | None = None) -> None:
         self.inner, self.name, self.config = inner, inner.name, inner.config
         self.starts: list[float] = []
         self.threads: set[int] = set()
+        self.started = started or {}  # batch number -> event set when the model starts it
 
     def feature_spec(self):
         return self.inner.feature_spec()
@@ -109,14 +112,21 @@ class _RecordingModel:
     def extract(self, signals):
         self.starts.append(time.perf_counter())
         self.threads.add(threading.get_ident())
+        if len(self.starts) in self.started:
+            self.started[len(self.starts)].set()
         return self.inner.extract(signals)
 
 
 def test_cpu_features_never_stall_the_model(model_dir, tmp_path) -> None:
-    """The model starts its later batches while the slow CPU feature is still on the first."""
+    """The model starts its later batches while the slow CPU feature is still on the first.
+
+    The feature is busy until the model starts its third batch: a pipeline that kept the model
+    waiting for it would stall for the feature's 60 s timeout, and start that batch after it ends.
+    (A fixed 3 s delay failed on a loaded 2-core machine, where two batches took longer.)"""
     utterances = _corpus(tmp_path, (2.5,) * 36)  # 90 s: three 32 s batches of the pipeline
-    model = _RecordingModel(_extractors(model_dir)[0])
-    slow = _SlowFeature(delay=3.0)
+    third = threading.Event()
+    model = _RecordingModel(_extractors(model_dir)[0], started={3: third})
+    slow = _SlowFeature(delay=0.0, until=third)
     summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[model, slow], progress=False,
                              decode_workers=0, shard_size=len(utterances))
     assert summary.complete and summary.extracted == len(utterances)

@@ -9,7 +9,7 @@ import pytest
 from stage2_fixtures import build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import FeatureBatches, Item, LayerWeightedAverage, Source, build_normaliser, resolve_selection
-from w2v2ser.train._dataset import block_shuffle, padded_dataset
+from w2v2ser.train._dataset import block_shuffle, padded_dataset, split_batch
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +262,56 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
     for k, n in enumerate(lengths):
         np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
         assert not out[k, n:].any()
+
+
+# ----------------------------------------------------------------------------- micro-batches
+@pytest.mark.parametrize("n, parts", [(32, 4), (10, 4), (3, 4), (1, 2), (7, 1)])
+def test_split_batch_weights_give_the_batch_mean(n, parts):
+    """Keras averages the mean weighted loss of `parts` micro-batches: that must be the batch's mean."""
+    losses = np.random.default_rng(n).random(n)
+    split = split_batch(np.arange(n), parts)
+    assert len(split) == parts
+    assert sorted(i for idx, w in split for i, wi in zip(idx, w) if wi > 0) == list(range(n))
+    accumulated = np.mean([np.sum(w * losses[idx]) / len(idx) for idx, w in split])
+    np.testing.assert_allclose(accumulated, losses.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cache, bucket_waste", [("auto", None), ("auto", 0.0), ("off", None)])
+def test_micro_batches_regroup_into_the_same_batches(store, cache, bucket_waste):
+    """Every group of `accumulate` consecutive micro-batches is one batch of the plain pipeline."""
+    kw = dict(cache=cache, shuffle=True, seed=5, bucket_waste=bucket_waste)
+    whole = _batches(store, "wav2vec2:all", "speaker", **kw)
+    whole.batch_size = 10  # 72 utterances: a last batch of 2, smaller than the 4 micro-batches
+    micro = _batches(store, "wav2vec2:all", "speaker", accumulate=4, **kw)
+    micro.batch_size = 10
+    batches = [(x["main"].numpy(), y.numpy()) for x, y in whole.as_tf_dataset()]
+    parts = list(micro.as_tf_dataset())
+    assert len(parts) == 4 * len(batches) and micro.as_tf_dataset().cardinality() == len(parts)
+    for (x, y), group in zip(batches, [parts[i:i + 4] for i in range(0, len(parts), 4)]):
+        real = [(p[0]["main"].numpy()[p[2].numpy() > 0], p[1].numpy()[p[2].numpy() > 0]) for p in group]
+        t = x.shape[1]
+        frames = np.concatenate([np.pad(f, [(0, 0), (0, t - f.shape[1])] + [(0, 0)] * (f.ndim - 2)) for f, _ in real])
+        np.testing.assert_array_equal(frames, x)
+        np.testing.assert_array_equal(np.concatenate([labels for _, labels in real]), y)
+        # each micro-batch's mean weight is its share of the batch, times 4
+        np.testing.assert_allclose(sum(float(p[2].numpy().mean()) for p in group), 4.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_training_on_micro_batches_takes_the_same_steps(store, cache):
+    """Gradient accumulation over weighted micro-batches is the whole batch's step (no dropout:
+    nothing else random), including the epochs' smaller last batches."""
+    from w2v2ser.train import DenseHead, get_recipe
+
+    recipe = get_recipe("official").with_overrides({"max_epochs": 4})  # its clipvalue clips the step's mean
+    weights = []
+    for accumulate in (1, 4):
+        train = _batches(store, "wav2vec2:all", "speaker", cache=cache, shuffle=True, seed=1, accumulate=accumulate)
+        val = _batches(store, "wav2vec2:all", "speaker", cache=cache)
+        train.batch_size = 10
+        head = DenseHead(units=8, dropout=0.0, seed=0, recipe=recipe, classes=list("abcdefg"))
+        head.fit(train, validation_data=val)
+        weights.append([w.numpy() for w in head.model_.weights])
+        assert head.history_["epochs"] == 4
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)

@@ -149,6 +149,31 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
     assert caplog.text.count("labels 'Calm' and 'calm' differ only in case, so they are 2 separate classes") == 1
 
 
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_wide_batches_train_in_micro_batches_with_the_same_result(rav, tmp_path, monkeypatch, cache):
+    """A batch over TRAIN_MICRO_BATCH_MB (a large model's all layers) is fed in micro-batches whose
+    gradients make one step: the same model (no dropout), the memory of a smaller batch."""
+    import w2v2ser.train._dataset as dataset
+
+    cfg = ExperimentConfig(stores=rav, features="wav2vec2:all", dropout=0.0, cache=cache,
+                           **{**FAST, "recipe_overrides": {"max_epochs": 3, "batch_size": 16}})
+    (spec,) = plan_runs(cfg)
+    train_run(cfg, spec, out=tmp_path / "whole")
+    utterance = 250 * 13 * 4 * 2  # RAVDESS's max_frames x layers x dim, float16
+    monkeypatch.setattr("w2v2ser.train._experiment.TRAIN_MICRO_BATCH_MB", 5 * utterance / 2**20)
+    fed = []
+    monkeypatch.setattr(dataset, "split_batch", lambda idx, parts, _f=dataset.split_batch: fed.append(parts)
+                        or _f(idx, parts))
+    train_run(cfg, spec, out=tmp_path / "micro")
+    metrics = {k: json.loads((tmp_path / k / "runs" / spec.name / "metrics.json").read_text())
+               for k in ("whole", "micro")}
+    assert (metrics["whole"]["micro_batch_size"], metrics["micro"]["micro_batch_size"]) == (16, 4)
+    assert fed == [] if cache == "auto" else set(fed) == {4}  # in memory, TensorFlow splits the batches
+    probabilities = [np.loadtxt(tmp_path / k / "runs" / spec.name / "predictions.csv", delimiter=",", skiprows=1,
+                                usecols=range(4, 11)) for k in ("whole", "micro")]
+    np.testing.assert_allclose(*probabilities, atol=2e-4)
+
+
 def test_runs_are_repeatable(rav, tmp_path):
     cfg = ExperimentConfig(stores=rav, features="egemaps", **FAST)
     (spec,) = plan_runs(cfg)

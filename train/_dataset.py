@@ -37,7 +37,7 @@ from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
 
 __all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
-           "share_memory_budget", "CACHE_MODES"]
+           "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES", "TRAIN_MICRO_BATCH_MB"]
 
 CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
@@ -59,6 +59,11 @@ STREAM_AHEAD_MB = 512.0
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
 READ_GROUP_MB = 256.0
 READ_GROUP_ITEMS = 256
+# Stored frames of one training micro-batch at most (all branches, utterances of max_frames): a
+# batch of the recipe's size that would hold more is fed as micro-batches whose gradients make one
+# optimiser step. Base-model :all batches (32 x 400 frames x 13 x 768 float16: 256 MB) stay whole;
+# large-model ones (25 x 1024) come in 2 (RAVDESS, 250 frames) or 4 (400 frames) micro-batches.
+TRAIN_MICRO_BATCH_MB = 256.0
 # In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline;
 # each call copies one batch, up to 160 MB of base-model frames, so not one per core on big hosts).
 GATHER_CALLS = min(4, os.cpu_count() or 1)
@@ -123,12 +128,16 @@ class FeatureBatches:
             waste more than this fraction of the array (None: never bucket).
         block_size: Streaming shuffle: consecutive utterances per block.
         shuffle_blocks: Streaming shuffle: blocks in the shuffle buffer.
+        accumulate: Feed every batch as this many micro-batches with sample weights (see
+            :func:`split_batch`), for an optimiser that accumulates as many gradients per step:
+            the same steps as whole batches, with a fraction of the memory.
     """
 
     def __init__(self, items: Sequence[Item], sources: Sequence[Source], *, classes: Sequence[str],
                  batch_size: int, max_frames: int | None, shuffle: bool = False, seed: int = 0,
                  cache: str = "auto", cache_budget_mb: float = 2048, workers: int = 1,
-                 bucket_waste: float | None = 0.5, block_size: int = 32, shuffle_blocks: int = 8) -> None:
+                 bucket_waste: float | None = 0.5, block_size: int = 32, shuffle_blocks: int = 8,
+                 accumulate: int = 1) -> None:
         if cache not in CACHE_MODES:
             raise ConfigError(f"unknown cache mode {cache!r}; expected one of {list(CACHE_MODES)}")
         if not items:
@@ -137,6 +146,7 @@ class FeatureBatches:
         self.sources = list(sources)
         self.classes = tuple(classes)
         self.batch_size = int(batch_size)
+        self.accumulate = max(1, int(accumulate))
         self.max_frames = max_frames
         self.shuffle = shuffle
         self.workers = max(1, int(workers))
@@ -160,6 +170,7 @@ class FeatureBatches:
         return int(sum(a.nbytes for a in self._arrays[0].values()))
 
     def __len__(self) -> int:
+        """Batches per pass."""
         return -(-len(self.items) // self.batch_size)
 
     @property
@@ -277,19 +288,27 @@ class FeatureBatches:
         """
         order = self.new_epoch_order()
         chunks = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        weights: list[np.ndarray | None] = [None] * len(chunks)
+        if self.accumulate > 1:  # (inputs, labels, sample weights) per micro-batch
+            chunks, weights = map(list, zip(*(p for c in chunks for p in split_batch(c, self.accumulate))))
+
+        def load(k: int) -> tuple:
+            batch = self.load_batch(chunks[k])
+            return batch if weights[k] is None else (*batch, weights[k])
+
         if self.workers <= 1:
-            for c in chunks:
-                yield self.load_batch(c)
+            for k in range(len(chunks)):
+                yield load(k)
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            pending = deque([pool.submit(self.load_batch, chunks[0])] if chunks else [])
+            pending = deque([pool.submit(load, 0)] if chunks else [])
             submitted = len(pending)
             while pending:
                 batch = pending.popleft().result()
                 size = sum(a.nbytes for a in batch[0].values())
                 ahead = max(1, min(2 * self.workers, int(STREAM_AHEAD_MB * 2**20 // max(1, size))))
                 while submitted < len(chunks) and len(pending) < ahead:
-                    pending.append(pool.submit(self.load_batch, chunks[submitted]))
+                    pending.append(pool.submit(load, submitted))
                     submitted += 1
                 yield batch
                 del batch  # the consumer holds it now; do not keep it while the next is awaited
@@ -355,7 +374,7 @@ class FeatureBatches:
         if self.in_memory:
             inputs, labels, lengths = self.arrays()
             ds = padded_dataset(inputs, labels, lengths, batch_size=self.batch_size, shuffle=self.shuffle,
-                                seed=self.seed, bucket_waste=self.bucket_waste)
+                                seed=self.seed, bucket_waste=self.bucket_waste, accumulate=self.accumulate)
             self._arrays = None  # the dataset holds its own copy; keep one copy of the partition, not two
             return ds
         import tensorflow as tf
@@ -363,8 +382,11 @@ class FeatureBatches:
         spec = {s.branch: tf.TensorSpec((None, None, *s.selection.frame_shape), tf.as_dtype(s.dtype))
                 for s in self.sources}
         spec["mask"] = tf.TensorSpec((None, None), tf.float32)
-        ds = tf.data.Dataset.from_generator(self.iterate, output_signature=(spec, tf.TensorSpec((None,), tf.int32)))
-        return _fixed_pipeline(ds, len(self))
+        signature = (spec, tf.TensorSpec((None,), tf.int32))
+        if self.accumulate > 1:
+            signature += (tf.TensorSpec((None,), tf.float32),)
+        ds = tf.data.Dataset.from_generator(self.iterate, output_signature=signature)
+        return _fixed_pipeline(ds, len(self) * self.accumulate)
 
 
 def _fixed_pipeline(ds: Any, n_batches: int) -> Any:
@@ -383,6 +405,31 @@ def _fixed_pipeline(ds: Any, n_batches: int) -> Any:
     return ds.apply(tf.data.experimental.assert_cardinality(int(n_batches))).prefetch(2).with_options(options)
 
 
+def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:
+    """Largest divisor of ``batch_size`` whose batches of ``utterance_bytes`` each fit ``budget_mb``."""
+    cap = max(1, int(budget_mb * 2**20 // max(1, utterance_bytes)))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
+
+
+def split_batch(indices: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One batch's utterance indices as ``parts`` micro-batches, each with its sample weights.
+
+    Keras takes the mean loss of each micro-batch (sum of weighted losses / its size) and averages
+    the gradients of ``parts`` micro-batches into one step. An utterance of a micro-batch of n_i out
+    of a batch of n gets the weight ``parts * n_i / n``, so the step is the gradient of the batch's
+    mean loss whatever the split (the last batch of an epoch is smaller). A part left without
+    utterances (a batch smaller than ``parts``) holds the batch's first utterance with weight 0.
+    """
+    indices = np.asarray(indices)
+    out = []
+    for part in np.array_split(indices, parts):
+        if len(part):
+            out.append((part, np.full(len(part), parts * len(part) / len(indices), np.float32)))
+        else:
+            out.append((indices[:1], np.zeros(1, np.float32)))
+    return out
+
+
 def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget_mb: float) -> bool:
     """Hold ALL the given partitions in memory when together they fit ``budget_mb``, else stream all.
 
@@ -395,17 +442,33 @@ def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget
 
 
 def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: np.ndarray, *, batch_size: int,
-                   shuffle: bool, seed: int, bucket_waste: float | None = 0.5) -> Any:
+                   shuffle: bool, seed: int, bucket_waste: float | None = 0.5, accumulate: int = 1) -> Any:
     """tf.data pipeline over padded in-memory arrays, static shapes, one epoch per iteration.
 
     Shuffling is a uniform reshuffle of all utterances every epoch. With length buckets (padding
     would waste more than ``bucket_waste``), utterances are shuffled within their bucket and the
-    batches of all buckets come in a new random order every epoch.
+    batches of all buckets come in a new random order every epoch. ``accumulate`` > 1: every
+    batch comes as that many micro-batches with sample weights (:func:`split_batch`).
     """
     import tensorflow as tf
 
     def grab(i: Any, data: Any) -> Any:
+        if accumulate > 1:
+            i, w = i
+            return (*tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data), w)
         return tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data)
+
+    def split(batch: Any) -> Any:  # split_batch's parts and weights, in TensorFlow
+        n = tf.shape(batch, out_type=tf.int64)[0]
+
+        def part(j: Any) -> Any:
+            size = n // accumulate + tf.cast(j < n % accumulate, tf.int64)
+            start = j * (n // accumulate) + tf.minimum(j, n % accumulate)
+            weight = tf.cast(accumulate * size, tf.float32) / tf.cast(n, tf.float32)
+            return tf.cond(size > 0, lambda: (batch[start:start + size], tf.fill([size], weight)),
+                           lambda: (batch[:1], tf.zeros([1], tf.float32)))
+
+        return tf.data.Dataset.range(accumulate).map(part)
 
     datasets, n_batches = [], []
     for b, idx in enumerate(_buckets(lengths, batch_size, bucket_waste)):
@@ -418,15 +481,20 @@ def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: n
         index = tf.data.Dataset.range(len(idx))
         if shuffle:
             index = index.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)
-        ds = tf.data.Dataset.zip((index.batch(batch_size), data)).map(grab, num_parallel_calls=GATHER_CALLS)
+        index = index.batch(batch_size)
+        if accumulate > 1:
+            index = index.flat_map(split)
+        ds = tf.data.Dataset.zip((index, data)).map(grab, num_parallel_calls=GATHER_CALLS)
         datasets.append(ds)
         n_batches.append(-(-len(idx) // batch_size))
     if len(datasets) == 1:
-        return _fixed_pipeline(datasets[0], n_batches[0])
+        return _fixed_pipeline(datasets[0], n_batches[0] * accumulate)
     choice = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(datasets), dtype=np.int64), n_batches))
     if shuffle:
         choice = choice.shuffle(int(sum(n_batches)), seed=seed, reshuffle_each_iteration=True)
-    return _fixed_pipeline(tf.data.Dataset.choose_from_datasets(datasets, choice), sum(n_batches))
+    if accumulate > 1:  # a batch's micro-batches stay together: one optimiser step
+        choice = choice.flat_map(lambda c: tf.data.Dataset.from_tensors(c).repeat(accumulate))
+    return _fixed_pipeline(tf.data.Dataset.choose_from_datasets(datasets, choice), sum(n_batches) * accumulate)
 
 
 def _buckets(lengths: np.ndarray, batch_size: int, bucket_waste: float | None) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ import numpy as np
 from w2v2ser._common import publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig
-from ._dataset import FeatureBatches, Item, Source, share_memory_budget
+from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_batch_size, share_memory_budget
 from ._errors import DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
@@ -409,9 +409,14 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     _start_run(config, run_spec)
     recipe = config.resolved_recipe()
     max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)
-    common = dict(sources=sources, classes=data.classes, batch_size=recipe.batch_size, max_frames=max_frames,
+    # Batches too large for TRAIN_MICRO_BATCH_MB (large models' all layers) go in micro-batches.
+    utterance_bytes = sum((max_frames or 1000) * int(np.prod(s.selection.frame_shape)) * s.dtype.itemsize
+                          for s in sources)
+    micro = micro_batch_size(recipe.batch_size, utterance_bytes, TRAIN_MICRO_BATCH_MB)
+    common = dict(sources=sources, classes=data.classes, batch_size=micro, max_frames=max_frames,
                   cache=config.cache, cache_budget_mb=config.cache_budget_mb, workers=config.workers)
-    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
+    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed,
+                           **{**common, "batch_size": recipe.batch_size}, accumulate=recipe.batch_size // micro)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
     # One memory budget for the whole run, not one per partition: with a budget per partition the
@@ -439,7 +444,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         "classes": list(data.classes), "split": run_spec.split(),
         "n_utterances": {p: len(v) for p, v in parts.items()},
         "epochs": hist["epochs"], "best_epoch": hist.get("best_epoch"), "best_val_loss": hist.get("best_val_loss"),
-        "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": config.norm,
+        "recipe": recipe.to_dict(), "micro_batch_size": micro, "max_frames": max_frames, "norm": config.norm,
         "selections": {b: s.to_dict() for b, s in data.selections.items()},
         "cached_in_memory": bool(train.in_memory),
         "timing": {"epoch_seconds_mean": epoch_s / max(1, hist["epochs"]),

@@ -261,8 +261,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             val = validation_data if hasattr(validation_data, "as_tf_dataset") else self._data(
                 validation_data[0], validation_data[1], shuffle=False, seed=seed)
         self.model_ = self._build(_frame_shapes(train), len(self.classes_))
+        # FeatureBatches(accumulate=k) feeds each batch as k weighted micro-batches: one step per k.
+        steps = int(getattr(train, "accumulate", 1))
         self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,
-                                                            clipvalue=recipe.clipvalue),
+                                                            clipvalue=recipe.clipvalue,
+                                                            gradient_accumulation_steps=steps if steps > 1 else None),
                             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                             run_eagerly=self.run_eagerly)
         timing = _Timing([train, val])

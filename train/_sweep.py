@@ -41,7 +41,7 @@ import numpy as np
 from w2v2ser._common import progress_bar, publish_directory
 
 from ._config import ExperimentConfig
-from ._dataset import FeatureBatches, Item, Source
+from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _start_run,
                           _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
@@ -396,12 +396,6 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
         _write_json(tmp / "layer_weights.json", layer_weights)
     _write_json(tmp / "metrics.json", metrics)  # last: marks the run complete
     publish_directory(tmp, run_dir)
-
-
-def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:
-    """Largest divisor of ``batch_size`` whose batches of [time, L, dim] float32 frames fit ``budget_mb``."""
-    cap = max(1, int(budget_mb * 2**20 // max(1, utterance_bytes)))
-    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
 
 
 def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,

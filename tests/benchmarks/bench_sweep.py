@@ -33,6 +33,11 @@ on; it keeps freed memory for reuse) and with the system allocator
 (as the sweep drew them until 9970cc9; ``BENCH_SWEEP_PER_PROBE_MASKS=1``) and with the shipped
 mask shared by all probes, alternating, and writes ``bench_sweep_dropout``.
 
+``--micro`` runs only the ``:all`` run through ``w2v2ser train`` with whole batches of the recipe's
+size (``BENCH_SWEEP_TRAIN_MICRO_BATCH_MB=1e9``) and with the shipped micro-batches (batches over
+``TRAIN_MICRO_BATCH_MB`` of frames are fed in parts whose gradients make one step), alternating,
+and writes ``bench_sweep_micro``.
+
 ``--steps`` times only the sweep's training step instead (forward, backward and Adam of all
 L + 1 heads on one synthetic batch of 32 utterances x 200 frames, median of 20 after 2 warm-up
 steps; no store is read), for each problem's shape, and writes ``bench_sweep_steps``.
@@ -93,10 +98,18 @@ def _select_dropout() -> None:
         _SweepHeads.probe_dropout = _per_probe_dropout
 
 
+def _select_micro_batches() -> None:
+    if os.environ.get("BENCH_SWEEP_TRAIN_MICRO_BATCH_MB"):  # "1e9": whole batches, as before micro-batches
+        import w2v2ser.train._experiment as experiment
+
+        experiment.TRAIN_MICRO_BATCH_MB = float(os.environ["BENCH_SWEEP_TRAIN_MICRO_BATCH_MB"])
+
+
 def child(mode: str, store: str, epochs: int, threads: int | None, cache_mode: str = "off") -> None:
     """Run one measurement in this (fresh) process and print its JSON as the last line."""
     bootstrap_w2v2ser()
     _select_dropout()
+    _select_micro_batches()
     import resource
 
     from w2v2ser.train import ExperimentConfig, plan_runs, sweep_run, train_run
@@ -174,10 +187,12 @@ def measure(mode: str, store: Path, epochs: int, threads: int | None, cache_mode
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(args: argparse.Namespace, name: str, settings: dict[str, dict[str, str]], what: str) -> None:
+def compare(args: argparse.Namespace, name: str, settings: dict[str, dict[str, str]], what: str,
+            modes: tuple[str, ...] = ("single", "sweep", "all"), steps_too: bool = True) -> None:
     """Every mode of every problem, and the step alone, under each of two environments in alternation.
 
     ``settings``: label -> environment variables (two labels; the ratio is first / second).
+    ``modes``: the runs compared (``all`` only where the problem is not tiny and ``--no-all`` is off).
     """
     first, second = settings
 
@@ -191,13 +206,13 @@ def compare(args: argparse.Namespace, name: str, settings: dict[str, dict[str, s
     for problem in args.problems.split(","):
         store = build(Path(args.cache), problem, args.tiny_utterances if problem == "tiny" else args.base_utterances)
         steps: dict[str, list[float]] = {k: [] for k in settings}
-        for rep in range(args.repeats):
+        for rep in range(args.repeats if steps_too else 0):
             for key in alternating(rep):
                 out = subprocess.run([sys.executable, __file__, "--steps", "--problems", problem, "--out", scratch],
                                      capture_output=True, text=True, env=envs[key], check=True).stdout
                 steps[key].append(float(re.search(r"([\d.]+) ms per step", out).group(1)))
-        runs: dict[str, Any] = {"steps_ms": steps}
-        for mode in ["single", "sweep"] + (["all"] if problem != "tiny" and args.all_mode else []):
+        runs: dict[str, Any] = {"steps_ms": steps} if steps_too else {}
+        for mode in [m for m in modes if m != "all" or (problem != "tiny" and args.all_mode)]:
             runs[mode] = {k: [] for k in settings}
             for rep in range(args.repeats):
                 for key in alternating(rep):
@@ -205,15 +220,16 @@ def compare(args: argparse.Namespace, name: str, settings: dict[str, dict[str, s
                     runs[mode][key].append(r)
                     print(f"{problem} {mode} {what} {key}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", flush=True)
         payload["runs"][problem] = runs
-        best = {k: min(steps[k]) for k in settings}
-        rows.append([problem, "step", f"{best[first]:.1f} ms", f"{best[second]:.1f} ms",
-                     f"{best[first] / best[second]:.2f}", "", ""])
+        if steps_too:
+            best = {k: min(steps[k]) for k in settings}
+            rows.append([problem, "step", f"{best[first]:.1f} ms", f"{best[second]:.1f} ms",
+                         f"{best[first] / best[second]:.2f}", "", ""])
         for mode in [m for m in runs if m != "steps_ms"]:
             w = {k: min(r["wall_s"] for r in runs[mode][k]) for k in settings}
             m = {k: max(r["peak_rss_mb"] for r in runs[mode][k]) for k in settings}
             rows.append([problem, mode, f"{w[first]:.1f} s", f"{w[second]:.1f} s", f"{w[first] / w[second]:.2f}",
                          f"{m[first]:.0f}", f"{m[second]:.0f}"])
-        for key in settings:
+        for key in settings if {"sweep", "single"} <= set(runs) else ():
             ratio = min(r["wall_s"] for r in runs["sweep"][key]) / min(r["wall_s"] for r in runs["single"][key])
             payload["runs"][problem][f"sweep_over_single_{key}"] = ratio
             rows.append([problem, f"sweep / single, {key}", "", "", f"{ratio:.2f}", "", ""])
@@ -244,6 +260,9 @@ def main() -> None:
     parser.add_argument("--allocator", action="store_true",
                         help="every mode with oneDNN's pool allocator (TensorFlow's default) and the system "
                              "allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1), alternating")
+    parser.add_argument("--micro", action="store_true",
+                        help="the :all run with whole batches and with micro-batches (TRAIN_MICRO_BATCH_MB), "
+                             "alternating")
     parser.add_argument("--no-all", dest="all_mode", action="store_false",
                         help="with --onednn/--dropout: leave out the :all run")
     parser.add_argument("--child")
@@ -265,6 +284,10 @@ def main() -> None:
     if args.dropout:
         return compare(args, "bench_sweep_dropout", {"per-probe": {"BENCH_SWEEP_PER_PROBE_MASKS": "1"},
                                                      "shared": {"BENCH_SWEEP_PER_PROBE_MASKS": "0"}}, "masks")
+    if args.micro:
+        return compare(args, "bench_sweep_micro", {"whole": {"BENCH_SWEEP_TRAIN_MICRO_BATCH_MB": "1e9"},
+                                                   "micro": {"BENCH_SWEEP_TRAIN_MICRO_BATCH_MB": ""}},
+                       "batches", modes=("all",), steps_too=False)
     if args.steps:
         problems = args.problems.split(",")
         ms = time_steps(problems)

@@ -95,6 +95,11 @@ class Source:
         stored = np.dtype(getattr(spec, "dtype", "float32") or "float32")
         return np.dtype(np.float16) if stored == np.float16 else np.dtype(np.float32)
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame as fed to the model."""
+        return int(np.prod(self.selection.frame_shape)) * self.dtype.itemsize
+
 
 def clear_cache() -> None:
     """Kept for compatibility: stage 2 no longer keeps a process-wide frame cache (each run reads its
@@ -194,12 +199,11 @@ class FeatureBatches:
         for src in self.sources:
             sel = src.selection
             raw_rate = sel.frame_rate * (2 if sel.pair_average else 1)
-            per_frame = int(np.prod(sel.frame_shape)) * src.dtype.itemsize
             frames = [int(it.duration * raw_rate) + 1 for it in self.items]
             if sel.pair_average:
                 frames = [max(1, n // 2) for n in frames]
             longest = max(frames) if self.max_frames is None else min(max(frames), self.max_frames)
-            total += len(self.items) * longest * per_frame
+            total += len(self.items) * longest * src.frame_bytes
         return total
 
     def new_epoch_order(self) -> np.ndarray:

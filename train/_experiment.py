@@ -410,15 +410,14 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     recipe = config.resolved_recipe()
     max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)
     # Batches too large for TRAIN_MICRO_BATCH_MB (large models' all layers) go in micro-batches.
-    utterance_bytes = sum((max_frames or 1000) * int(np.prod(s.selection.frame_shape)) * s.dtype.itemsize
-                          for s in sources)
-    micro = micro_batch_size(recipe.batch_size, utterance_bytes, TRAIN_MICRO_BATCH_MB)
-    common = dict(sources=sources, classes=data.classes, batch_size=micro, max_frames=max_frames,
+    micro = micro_batch_size(recipe.batch_size, (max_frames or 1000) * sum(s.frame_bytes for s in sources),
+                             TRAIN_MICRO_BATCH_MB)
+    common = dict(sources=sources, classes=data.classes, max_frames=max_frames,
                   cache=config.cache, cache_budget_mb=config.cache_budget_mb, workers=config.workers)
-    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed,
-                           **{**common, "batch_size": recipe.batch_size}, accumulate=recipe.batch_size // micro)
-    val = FeatureBatches(parts["validation"], **common)
-    test = FeatureBatches(parts["test"], **common)
+    train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, batch_size=recipe.batch_size,
+                           accumulate=recipe.batch_size // micro, **common)
+    val = FeatureBatches(parts["validation"], batch_size=micro, **common)
+    test = FeatureBatches(parts["test"], batch_size=micro, **common)
     # One memory budget for the whole run, not one per partition: with a budget per partition the
     # validation and test partitions (each ~1/12 of RAVDESS) were held whenever they fitted alone,
     # so memory grew with the store up to 3x the budget (the old process-wide frame cache did the

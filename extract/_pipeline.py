@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import progress_bar
+from w2v2ser._common import SHARD_SIZE, progress_bar
 from w2v2ser.store import (
     StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
@@ -125,7 +125,7 @@ def extract_corpus(
     store_path: str | Path | StoreLocation,
     *,
     extractors: Sequence[Extractor],
-    shard_size: int = 64,
+    shard_size: int = SHARD_SIZE,
     progress: bool = True,
     client: Any = None,
     gpu_resource: str | None = None,

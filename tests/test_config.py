@@ -69,6 +69,21 @@ def test_shipped_pipeline_reproduces_both_tables() -> None:
     assert len(config.report_experiments(config.reports[0])) == len(config.experiments)
 
 
+def test_pipeline_and_extract_cut_work_units_alike(tmp_path: Path) -> None:
+    # The main job once wrote 16-utterance units while `extract` wrote 64: four times the shard
+    # and statistics files (849 against 319 for the full RAVDESS eGeMAPS + spectrogram store).
+    import inspect
+
+    from w2v2ser._cli import build_parser
+    from w2v2ser.extract import extract_corpus
+
+    parser_default = build_parser().parse_args(["extract", "csv", "m.csv", "--store", "s.zarr"]).shard_size
+    library_default = inspect.signature(extract_corpus).parameters["shard_size"].default
+    shipped = load_pipeline(REPO / "pipeline.yaml").shard_size
+    omitted = load_pipeline(_write(tmp_path, _base())).shard_size
+    assert shipped == omitted == parser_default == library_default == 64
+
+
 def test_grid_expands_and_paths_resolve(tmp_path: Path) -> None:
     config = load_pipeline(_write(tmp_path, _base()))
     assert [e.name for e in config.experiments] == ["t1/ravdess/classic-egemaps", "t1/ravdess/w2v2_pt-wav2vec2-all"]

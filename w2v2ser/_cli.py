@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import UPSTREAM_FEATURES  # --model etc. apply to the one(s) chosen
+from w2v2ser._common import SHARD_SIZE, UPSTREAM_FEATURES  # --model etc. apply to the one(s) chosen
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -393,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
     )
     extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
-    extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=64,
-                         help="utterances per unit of work")
+    extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=SHARD_SIZE,
+                         help=f"utterances per unit of work (default {SHARD_SIZE})")
     extract.add_argument("--workers", type=_count(0), default=0,
                          help="run shards on a local Dask cluster of N CPU workers (and, as `w2v2ser run`, "
                               "one GPU worker per GPU)")

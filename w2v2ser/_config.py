@@ -35,7 +35,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
-from ._common import ConfigError, did_you_mean
+from ._common import SHARD_SIZE, ConfigError, did_you_mean
 from ._overrides import apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, dataclass_model, validate
 
@@ -194,7 +194,7 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
     extraction = create_model(
         "Extraction", __base__=StrictModel, __doc__="Feature stores and extraction settings.",
         device=(Optional[str], None), batch_seconds=(Optional[Annotated[float, Field(gt=0)]], None),
-        shard_size=(Annotated[int, Field(ge=1)], 16),
+        shard_size=(Annotated[int, Field(ge=1)], SHARD_SIZE),
         stores=(Annotated[dict[_StoreName, store], Field(min_length=1)], ...))
     if experiments:
         from w2v2ser.train import ExperimentConfig, Recipe

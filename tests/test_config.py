@@ -210,6 +210,22 @@ def test_numbers_are_read_as_yaml_1_2_numbers(tmp_path: Path) -> None:
     assert raw == {"a": 2e-3, "b": -150.0, "c": "1e", "d": 7, "e": 16, "f": 0.5, "g": "v1e3"}
 
 
+def test_booleans_are_yaml_1_2_booleans_so_cache_off_is_the_word_off(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) read `cache: off` (a documented value) as False, so the file and
+    `--set cache=off` were refused with "expected one of auto, off, got False"."""
+    path = _write(tmp_path, _base())
+    path.write_text(path.read_text().replace("seeds: 2", "seeds: 2\n    cache: off"))
+    assert {e.config["cache"] for e in load_pipeline(path).experiments} == {"off"}
+    config = load_pipeline(_write(tmp_path, _base()), overrides=["experiments.t1.cache=off"])
+    assert {e.config["cache"] for e in config.experiments} == {"off"}
+    raw: dict = {}
+    apply_overrides(raw, ["a=off", "b=on", "c=yes", "d=no", "e=y", "f=true", "g=False", "h=TRUE"])
+    assert raw == {"a": "off", "b": "on", "c": "yes", "d": "no", "e": "y", "f": True, "g": False, "h": True}
+    path.write_text(path.read_text().replace("seeds: 2", "seeds: 2\n    sweep: yes"))
+    with pytest.raises(ConfigError, match=r"experiments\.t1\.sweep: expected a valid boolean, got string 'yes'"):
+        load_pipeline(path)
+
+
 def test_missing_env_variable_is_an_error(tmp_path: Path) -> None:
     data = _base()
     data["output"] = "${W2V2SER_SURELY_UNSET_VAR}"

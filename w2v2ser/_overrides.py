@@ -23,15 +23,17 @@ _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", in
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's numbers. PyYAML follows YAML 1.1, which reads ``3e-4``
-    as a string and ``10:00:00`` (a SLURM walltime) as the base-60 integer 36000."""
+    """PyYAML's safe loader with YAML 1.2's numbers and booleans. PyYAML follows YAML 1.1, which
+    reads ``3e-4`` as a string, ``10:00:00`` (a SLURM walltime) as the base-60 integer 36000, and
+    ``off`` (a value of ``cache``), ``on``, ``yes``, ``no``, ``y`` and ``n`` as booleans."""
 
 
-_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
 _SafeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT, _BOOL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _SafeLoader.add_implicit_resolver(
     _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"))  # YAML 1.1's integers without base 60

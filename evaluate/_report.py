@@ -10,16 +10,17 @@ difference.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import UPSTREAM_FEATURES, write_atomically
-from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS  # no TensorFlow
+from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
@@ -108,13 +109,32 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     return row_identity(selection, model_id)
 
 
+# Experiment settings that the paper's rows fixed (ExperimentConfig's defaults are the paper's).
+_PAPER_FIXED = ("batch_size", "max_frames", "units", "dropout")
+
+
+def _departures_from_paper(run: RunSummary) -> str:
+    """Settings of ``run`` that the paper's rows did not use (recipe overrides, batch size, crop,
+    units, dropout), e.g. ``max_epochs=3``; "" when it used the paper's."""
+    config = run.experiment or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
+    apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
+    overrides = config.get("recipe_overrides")
+    if isinstance(overrides, Mapping):
+        apart += [f"{k}={v}" for k, v in sorted(overrides.items())]
+    return ", ".join(apart)
+
+
 def _paper_cell(run: RunSummary, model: str, key: str, corpus: str) -> dict[str, Any] | None:
     published = paper_value(model=model, selection=key, head=run.head, norm=run.normalisation, corpus=corpus)
     if published is None:
         return None
     cell: dict[str, Any] = {"mean": published.mean, "std": published.std, "table": published.table,
                             "from": published.provenance}
-    if run.status == "complete" and run.uar_mean is not None:
+    apart = _departures_from_paper(run)
+    if apart:  # not a reproduction attempt: no verdict (a 3-epoch run would read as a failed one)
+        cell["not_compared"] = apart
+    elif run.status == "complete" and run.uar_mean is not None:
         cell["difference"], cell["reproduces"] = verdict(run.uar_mean, run.uar_std, published)
     return cell
 
@@ -123,10 +143,13 @@ def _paper_text(paper: dict[str, Any] | None) -> str:
     if paper is None:
         return ""
     std = f" ± {paper['std']:.1f}" if paper.get("std") is not None else ""
+    if "not_compared" in paper:
+        return f" · paper {paper['mean']:.1f}{std}, not compared ({paper['not_compared']})"
     if "difference" not in paper:
         return f" · paper {paper['mean']:.1f}{std}"
     mark = "✓" if paper["reproduces"] else "✗"
-    return f" · paper {paper['mean']:.1f}{std}, {paper['difference']:+.1f} {mark}"
+    difference = round(paper["difference"], 1) + 0.0  # + 0.0: -0.04 shows as +0.0, not -0.0
+    return f" · paper {paper['mean']:.1f}{std}, {difference:+.1f} {mark}"
 
 
 def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, Any]:
@@ -291,8 +314,10 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "are pooled and scored once (the released code's scoring), so n = seeds.", "",
              f"Beside a measured cell: the published value of the same row ({paper_source()}), the "
              "difference in points, and ✓ when it is within two standard deviations of the difference "
-             "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. No paper value: the row is not "
-             "in the paper, or its value has not been entered in w2v2ser/evaluate/data/pepino2021.json.", "",
+             "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "
+             "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
+             "dropout). No paper value: the row is not in the paper, or its value has not been entered in "
+             "w2v2ser/evaluate/data/pepino2021.json.", "",
              "## Model × selection × head (paper, Tables 1 and 2)", ""]
     header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]
     rows = [[r["model"], r["selection"], r["head"], r["normalisation"], r["recipe"]]

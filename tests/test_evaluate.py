@@ -208,6 +208,28 @@ def test_report_marks_rows_that_do_not_reproduce_the_paper(tmp_path: Path) -> No
     assert "Pepino" in md and "Interspeech 2021" in md  # the source is cited in the report
 
 
+def test_runs_with_other_settings_than_the_paper_get_its_value_but_no_verdict(tmp_path: Path) -> None:
+    # A 3-epoch eGeMAPS run (39.3 on the shared RAVDESS) was marked "paper 57.0 ± 2.4, -17.7 ✗", as if
+    # it had failed to reproduce the paper; it never tried.
+    short = make_run_dir(tmp_path, "short", features="classic/egemaps", uars=(0.39, 0.41, 0.37),
+                         recipe_overrides={"max_epochs": 3})
+    narrow = make_run_dir(tmp_path, "narrow", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
+    experiment = json.loads((narrow / "experiment.json").read_text())
+    (narrow / "experiment.json").write_text(json.dumps({**experiment, "units": 64, "dropout": 0.2}))
+    same = make_run_dir(tmp_path, "same", features="classic/egemaps", uars=(0.56, 0.57, 0.58))
+    experiment = json.loads((same / "experiment.json").read_text())
+    (same / "experiment.json").write_text(json.dumps({**experiment, "units": 128, "max_frames": None}))
+    write_report([short, narrow, same], out=tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "39.0 ± 1.6 (n=3) · paper 57.0 ± 2.4, not compared (max_epochs=3) |" in md
+    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, not compared (units=64) |" in md
+    assert "57.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, +0.0 ✓ |" in md
+    cells = [r["cells"]["RAVDESS"]["paper"]
+             for r in json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"]]
+    assert [c.get("not_compared") for c in cells] == ["max_epochs=3", "units=64", None]
+    assert "reproduces" not in cells[0] and "reproduces" not in cells[1] and cells[2]["reproduces"] is True
+
+
 def test_paper_values_are_cited_data_shipped_with_the_package() -> None:
     from importlib import resources
 

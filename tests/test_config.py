@@ -71,7 +71,7 @@ def test_shipped_pipeline_reproduces_both_tables() -> None:
 
 def test_pipeline_and_extract_cut_work_units_alike(tmp_path: Path) -> None:
     # The main job once wrote 16-utterance units while `extract` wrote 64: four times the shard
-    # and statistics files (849 against 319 for the full RAVDESS eGeMAPS + spectrogram store).
+    # and statistics files (849 against 320 for the full RAVDESS eGeMAPS + spectrogram store).
     import inspect
 
     from w2v2ser._cli import build_parser

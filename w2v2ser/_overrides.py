@@ -25,7 +25,7 @@ _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", in
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's numbers and booleans. PyYAML follows YAML 1.1, which
     reads ``3e-4`` as a string, ``10:00:00`` (a SLURM walltime) as the base-60 integer 36000, and
-    ``off`` (a value of ``cache``), ``on``, ``yes``, ``no``, ``y`` and ``n`` as booleans."""
+    ``off`` (a value of ``cache``), ``on``, ``yes`` and ``no`` as booleans."""
 
 
 _INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"

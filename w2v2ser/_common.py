@@ -47,8 +47,9 @@ UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 # Utterances per extraction work unit (`extract --shard-size`, pipeline.yaml's extraction.shard_size).
 # Each unit writes its own shards and statistics shard and fsyncs once at commit, so larger units
-# mean fewer files and syncs, and longer length-sorted model batches; a killed run redoes at most
-# the units in flight (64 RAVDESS utterances: about 4 minutes of audio).
+# mean fewer files and syncs; a model batch never spans units, so a unit must hold more audio than
+# batch_seconds; a killed run redoes at most the units in flight (64 RAVDESS utterances: about
+# 4 minutes of audio).
 SHARD_SIZE = 64
 
 

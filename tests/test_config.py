@@ -222,7 +222,7 @@ def test_booleans_are_yaml_1_2_booleans_so_cache_off_is_the_word_off(tmp_path: P
     apply_overrides(raw, ["a=off", "b=on", "c=yes", "d=no", "e=y", "f=true", "g=False", "h=TRUE"])
     assert raw == {"a": "off", "b": "on", "c": "yes", "d": "no", "e": "y", "f": True, "g": False, "h": True}
     path.write_text(path.read_text().replace("seeds: 2", "seeds: 2\n    sweep: yes"))
-    with pytest.raises(ConfigError, match=r"experiments\.t1\.sweep: expected a valid boolean, got string 'yes'"):
+    with pytest.raises(ConfigError, match=r"experiments\.t1\.sweep: expected a valid boolean, got string 'yes'\. Write true or false\."):
         load_pipeline(path)
 
 

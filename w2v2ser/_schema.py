@@ -198,7 +198,9 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))
     got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
     got = "null" if value is None else got
-    return expected, got, ""
+    # YAML 1.1 (and PyYAML) read these words as booleans; w2v2ser reads YAML 1.2, where they are text.
+    yaml11 = kind == "bool_type" and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off")
+    return expected, got, " Write true or false." if yaml11 else ""
 
 
 def config_error(error: ValidationError, schema: Mapping, *, where: str = "", what: str = "") -> ConfigError:

@@ -16,7 +16,7 @@ import yaml
 
 from ._common import ConfigError
 
-__all__ = ["apply_overrides", "expand_env", "load_yaml"]
+__all__ = ["YAML_1_1_BOOLEANS", "apply_overrides", "expand_env", "load_yaml"]
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
@@ -28,6 +28,8 @@ class _SafeLoader(yaml.SafeLoader):
     ``off`` (a value of ``cache``), ``on``, ``yes`` and ``no`` as booleans."""
 
 
+# Words besides true/false that YAML 1.1 (PyYAML) reads as booleans; here they stay text (lower case).
+YAML_1_1_BOOLEANS = ("yes", "no", "on", "off")
 _INT, _FLOAT, _BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
 _SafeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT, _BOOL)]

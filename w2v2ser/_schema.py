@@ -23,6 +23,7 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from ._common import ConfigError, did_you_mean
+from ._overrides import YAML_1_1_BOOLEANS
 
 __all__ = ["StrictModel", "build_dataclass", "check_dataclass", "config_error", "dataclass_model", "validate"]
 
@@ -199,7 +200,7 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
     got = "null" if value is None else got
     # YAML 1.1 (and PyYAML) read these words as booleans; w2v2ser reads YAML 1.2, where they are text.
-    yaml11 = kind == "bool_type" and isinstance(value, str) and value.lower() in ("yes", "no", "on", "off")
+    yaml11 = kind == "bool_type" and isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS
     return expected, got, " Write true or false." if yaml11 else ""
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from w2v2ser._common import write_atomically
 
-from ._rundir import RunSummary, model_tag
+from ._rundir import RunSummary
 
 if TYPE_CHECKING:
     import matplotlib.axes
@@ -65,42 +65,48 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     return save_figure_atomically(fig, path)
 
 
-def layer_weight_series(runs: Sequence[RunSummary]) -> dict[tuple[str, str], np.ndarray]:
-    """Group normalised α by (corpus, model): arrays [runs, layers]; runs of other lengths dropped."""
-    grouped: dict[tuple[str, str], list[tuple[float, ...]]] = {}
-    for run in runs:
+def layer_weight_series(runs: Sequence[RunSummary], labels: Sequence[str]) -> list[dict]:
+    """Figure 2's lines: one per run directory with layer weights, never pooled across directories
+    (their heads, normalisation or recipes differ, and so do the weights they learn).
+
+    Args:
+        runs: Run summaries.
+        labels: One legend label per run (e.g. model, selection, head, normalisation).
+
+    Returns:
+        Items with ``label``, ``corpus``, ``layers`` (the layer each weight belongs to), ``mean``
+        and ``std`` (over the directory's runs, per layer) and ``n`` (runs).
+    """
+    series = []
+    for run, label in zip(runs, labels):
         if not run.layer_weights:
             continue
-        model = model_tag(run.model_ids[0]) if run.model_ids else run.features
-        grouped.setdefault((run.corpus, model), []).extend(run.layer_weights)
-    series = {}
-    for key, vectors in grouped.items():
-        length = max(len(v) for v in vectors)
-        series[key] = np.asarray([v for v in vectors if len(v) == length], dtype=np.float64)
+        values = np.asarray(run.layer_weights, dtype=np.float64)
+        series.append({"label": label, "corpus": run.corpus, "layers": list(run.weight_layers),
+                       "mean": values.mean(axis=0).tolist(), "std": values.std(axis=0).tolist(),
+                       "n": len(values)})
     return series
 
 
-def plot_layer_weights(runs: Sequence[RunSummary], path: Path) -> Path | None:
-    """Figure 2 of the paper: normalised α per layer, mean ± std over runs, a line per model.
+def plot_layer_weights(series: Sequence[dict], path: Path) -> Path | None:
+    """Figure 2 of the paper: normalised α per layer, mean ± std over runs, a line per run directory.
 
-    One panel per corpus. Returns None when no run has layer weights.
+    ``series``: the items of :func:`layer_weight_series`. One panel per corpus. Returns None when
+    there is nothing to draw.
     """
-    series = layer_weight_series(runs)
     if not series:
         return None
-    corpora = sorted({corpus for corpus, _ in series})
-    fig = _new_figure(figsize=(6.0 * len(corpora), 4.0))
+    corpora = sorted({s["corpus"] for s in series})
+    fig = _new_figure(figsize=(6.5 * len(corpora), 4.2))
     axes = fig.subplots(1, len(corpora), squeeze=False)
     for ax, corpus in zip(axes[0], corpora):
-        for (c, model), values in sorted(series.items()):
-            if c != corpus:
-                continue
-            layers = np.arange(values.shape[1])
-            std = values.std(axis=0) if len(values) > 1 else np.zeros(values.shape[1])
-            ax.errorbar(layers, values.mean(axis=0), yerr=std, marker="o", capsize=3,
-                        label=f"{model} (n={len(values)})")
-        _label_layer_axes(ax, ticks=layers, ylabel="normalised weight α",
-                          title=f"{corpus}: learned layer weights", legend_size=8)
+        most = 0
+        for s in (s for s in series if s["corpus"] == corpus):
+            most = max(most, max(s["layers"]) + 1)
+            ax.errorbar(s["layers"], s["mean"], yerr=s["std"], marker="o", capsize=3,
+                        label=f"{s['label']} (n={s['n']})")
+        _label_layer_axes(ax, ticks=range(most) if most <= 26 else range(0, most, 2),
+                          ylabel="normalised weight α", title=f"{corpus}: learned layer weights", legend_size=7)
     return save_figure_atomically(fig, path)
 
 

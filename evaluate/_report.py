@@ -273,19 +273,18 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
             made = plot_confusion(run, out / f"confusion_{_slug(name)}.png")
             png = made.name if made else None
         confusion_pngs.append(png)
-    layer_png = plot_layer_weights(runs, out / "layer_weights.png")
+    weights = layer_weight_series(runs, _weight_labels(runs, names))
+    layer_png = plot_layer_weights(weights, out / "layer_weights.png")
     sweep_png = plot_layer_sweep(sweeps, out / "layer_sweep.png")
 
     table = _feature_table(runs, names)
     heads = _head_table(runs)
     entries = [_run_entry(r, n, p) for r, n, p in zip(runs, names, confusion_pngs)]
-    series = {f"{c} | {m}": {"mean": v.mean(axis=0).tolist(), "std": v.std(axis=0).tolist(), "n": len(v)}
-              for (c, m), v in layer_weight_series(runs).items()}
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "uar_unit": "percent", "std": "as recorded in results.json (over seeds × folds)",
         "feature_table": table, "head_table": heads, "runs": entries,
-        "layer_weights": {"png": layer_png.name if layer_png else None, "series": series},
+        "layer_weights": {"png": layer_png.name if layer_png else None, "series": weights},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
     stale = _confusion_pngs(out / "report.json") - set(confusion_pngs)
@@ -294,6 +293,17 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
     for png in stale:  # the previous report's figures of runs no longer in it (or renamed)
         (out / png).unlink(missing_ok=True)
     return report
+
+
+def _weight_labels(runs: Sequence[RunSummary], names: Sequence[str]) -> list[str]:
+    """Legend label of each run's layer weights: model · selection · head · normalisation · recipe,
+    with the run directory's name added where two runs would share a label."""
+    labels = []
+    for run in runs:
+        model, selection, _ = _identity(run)
+        labels.append(" · ".join(part for part in (model, selection, run.head, run.normalisation, run.recipe) if part))
+    counts = {label: labels.count(label) for label in labels}
+    return [f"{label} [{name}]" if counts[label] > 1 else label for label, name in zip(labels, names)]
 
 
 def _confusion_pngs(report_json: Path) -> set[str]:
@@ -362,8 +372,10 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
         lines += [f"- `{e['path']}`: {e['reason']}" for e in incomplete]
     if data["layer_weights"]["png"]:
         lines += ["", "## Layer weights (paper, Figure 2)", "",
-                  "Normalised α per layer, mean ± std over runs, one line per wav2vec2 model.", "",
-                  f"![layer weights]({data['layer_weights']['png']})"]
+                  "Normalised α per layer, mean ± std over the runs (seeds × folds) of one run directory; "
+                  "one line per run directory, since heads, normalisations and recipes learn different "
+                  "weights.", "", f"![layer weights]({data['layer_weights']['png']})"]
+        lines += _weights_markdown(data["layer_weights"]["series"])
     lines += _sweep_markdown(data["layer_sweep"])
     notes = []
     if any(r.corpus == "RAVDESS" and "spectrogram" in r.features.lower() for r in runs):
@@ -371,6 +383,19 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _weights_markdown(series: Sequence[dict]) -> list[str]:
+    """Table layer x run directory of the normalised weights (mean ± std over its runs)."""
+    header = ["Layer"] + [f"{s['label']} · {s['corpus']} (n={s['n']})" for s in series]
+    rows = []
+    for k in sorted({k for s in series for k in s["layers"]}):
+        row = [str(k)]
+        for s in series:
+            i = s["layers"].index(k) if k in s["layers"] else None
+            row.append("—" if i is None else f"{s['mean'][i]:.3f} ± {s['std'][i]:.3f}")
+        rows.append(row)
+    return [""] + _markdown_table(header, rows)
 
 
 def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:

@@ -55,6 +55,8 @@ class RunSummary:
     confusion: np.ndarray | None = None
     #: normalised layer weights, one list per run (seed/fold)
     layer_weights: tuple[tuple[float, ...], ...] = ()
+    #: the layer each weight belongs to (results.json ``layers``; 1..12 for ``:contextual``)
+    weight_layers: tuple[int, ...] = ()
     runs_finished: int = 0
     #: "per run" (one UAR per fold × seed) or "pooled over folds, per seed" (IEMOCAP scoring)
     scoring: str = PER_RUN
@@ -196,8 +198,9 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
     return " + ".join(parts)
 
 
-def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[float, ...]]:
-    """Normalised α per run, from results.json or, failing that, runs/*/layer_weights.json."""
+def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> tuple[list[tuple[float, ...]], tuple[int, ...]]:
+    """Normalised α per run and the layers they weight, from results.json or, failing that,
+    runs/*/layer_weights.json. Runs whose layers differ from the first run's are left out."""
     raw = results.get("layer_weights")
     entries: list[Any]
     if isinstance(raw, Mapping):
@@ -210,7 +213,8 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[floa
             data, _ = _load_json(path)
             if data is not None:
                 entries.append(data)
-    out = []
+    out: list[tuple[float, ...]] = []
+    layers: tuple[int, ...] | None = None
     for entry in entries:
         if isinstance(entry, Mapping) and "alphas" not in entry and "normalised" not in entry:
             # w2v2ser.train writes {branch: {"alphas", "normalised", ...}}; only the main branch
@@ -218,6 +222,7 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[floa
             branches = [v for k, v in sorted(entry.items(), key=lambda kv: kv[0] != "main")
                         if isinstance(v, Mapping)]
             entry = branches[0] if branches else None
+        recorded = entry.get("layers") if isinstance(entry, Mapping) else None
         if isinstance(entry, Mapping):
             vec = entry.get("normalised")
             if vec is None and entry.get("alphas") is not None:
@@ -226,9 +231,15 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> list[tuple[floa
                 vec = alphas / alphas.sum() if alphas.sum() > 0 else None
         else:
             vec = entry
-        if vec is not None and len(vec) > 0:
-            out.append(tuple(float(v) for v in np.ravel(np.asarray(vec, dtype=np.float64))))
-    return out
+        if vec is None or len(vec) == 0:
+            continue
+        weights = tuple(float(v) for v in np.ravel(np.asarray(vec, dtype=np.float64)))
+        own = (tuple(int(k) for k in recorded) if isinstance(recorded, list) and len(recorded) == len(weights)
+               and all(isinstance(k, int) for k in recorded) else tuple(range(len(weights))))
+        layers = own if layers is None else layers
+        if own == layers:
+            out.append(weights)
+    return out, layers or ()
 
 
 def read_run_dir(run_dir: Path) -> RunSummary:
@@ -288,11 +299,12 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
                           reason="results.json has neither uar_mean nor uar_per_run",
                           runs_finished=finished, **desc)
+    weights, weight_layers = _layer_weights(results, run_dir)
     return RunSummary(
         path=run_dir, status="complete", experiment=experiment, results=results,
         uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std, scoring=scoring,
         accuracy_mean=None if acc is None else float(acc) * (100.0 if _is_fraction(acc) else 1.0),
-        classes=classes, confusion=confusion, layer_weights=tuple(_layer_weights(results, run_dir)),
+        classes=classes, confusion=confusion, layer_weights=tuple(weights), weight_layers=weight_layers,
         runs_finished=finished, **desc)
 
 

@@ -185,8 +185,8 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     assert statuses["w2v_large_ravdess"] == "skipped" and statuses["broken"] == "incomplete"
     assert statuses["egemaps_ravdess"] == "complete"
     assert len(report["layer_weights"]["series"]) == 2
-    for series in report["layer_weights"]["series"].values():
-        assert series["n"] == 3 and len(series["mean"]) == 13
+    for series in report["layer_weights"]["series"]:
+        assert series["n"] == 3 and len(series["mean"]) == 13 and series["layers"] == list(range(13))
         assert abs(sum(series["mean"]) - 1.0) < 1e-6
 
     pngs = sorted(p.name for p in out.glob("*.png"))
@@ -243,6 +243,45 @@ def test_paper_values_are_cited_data_shipped_with_the_package() -> None:
                 assert isinstance(cell["mean"], float) and cell["from"]
     setup = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
     assert "w2v2ser.evaluate = data/*.json" in setup
+
+
+def test_layer_weights_are_drawn_per_run_dir_at_the_layers_they_weight(tmp_path: Path) -> None:
+    """Figure 2 pooled every run of a model: a dense and an LSTM head (other weights) became one
+    mean ± std, and a `wav2vec2:1-12` run's 12 weights were dropped beside `:all` runs, or drawn at
+    layers 0-11 without them."""
+    root = tmp_path / "runs"
+    dense = make_run_dir(root, "dense", features="wav2vec2:all", model=MODELS["pt"], alphas=True, seed=1)
+    lstm = make_run_dir(root, "lstm", features="wav2vec2:all", head="lstm", normalisation="global",
+                        model=MODELS["pt"], alphas=True, seed=2)
+    contextual = make_run_dir(root, "contextual", features="wav2vec2:1-12", model=MODELS["pt"],
+                              alphas=True, seed=3)
+    results = json.loads((contextual / "results.json").read_text())
+    for entry in results["layer_weights"].values():
+        a = np.asarray(entry["main"]["alphas"][1:])
+        entry["main"].update(alphas=a.tolist(), normalised=(a / a.sum()).tolist(), layers=list(range(1, 13)))
+    _write_json(contextual / "results.json", results)
+    for run_dir in (dense, lstm, contextual):
+        for path in run_dir.glob("runs/*/layer_weights.json"):
+            path.unlink()  # results.json is what counts
+
+    out = tmp_path / "report"
+    md = write_report([dense, lstm, contextual], out=out).read_text(encoding="utf-8")
+    series = json.loads((out / "report.json").read_text())["layer_weights"]["series"]
+    by_label = {s["label"]: s for s in series}
+    assert sorted(by_label) == ["wav2vec2-base · all layers · dense · speaker · official",
+                                "wav2vec2-base · all layers · lstm · global · official",
+                                "wav2vec2-base · layers 1-12 · dense · speaker · official"]
+    dense_series = by_label["wav2vec2-base · all layers · dense · speaker · official"]
+    expected = np.asarray([v["main"]["normalised"] for v in json.loads(
+        (dense / "results.json").read_text())["layer_weights"].values()])
+    np.testing.assert_allclose(dense_series["mean"], expected.mean(axis=0))
+    assert dense_series["n"] == 3 and dense_series["layers"] == list(range(13))
+    assert by_label["wav2vec2-base · layers 1-12 · dense · speaker · official"]["layers"] == list(range(1, 13))
+    # the table: layer 0 has no weight in the run of layers 1-12
+    table = md.split("## Layer weights")[1].split("\n## ")[0]
+    layer0 = next(line for line in table.splitlines() if line.startswith("| 0 |"))
+    assert layer0.endswith("| — |") and layer0.count("±") == 2
+    _assert_png(out / "layer_weights.png")
 
 
 def test_report_without_layer_weights_has_no_figure(tmp_path: Path) -> None:

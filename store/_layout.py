@@ -258,9 +258,10 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
     location = locate_store(path)
     path = location.display
     if location.is_local and not (location.path / "zarr.json").is_file():
-        what = "does not exist" if not location.path.exists() else "has no zarr.json"
+        what = ("the directory does not exist" if not location.path.exists() else
+                "it is a file, not a directory" if not location.path.is_dir() else "the directory has no zarr.json")
         raise StoreError(
-            f"{path} is not a w2v2ser store: the directory {what}. Expected a Zarr v3 directory "
+            f"{path} is not a w2v2ser store: {what}. Expected a Zarr v3 directory "
             f"written by `w2v2ser extract`; check the path or run the extraction first."
         )
     if not location.is_local and not _exists(location, "zarr.json"):

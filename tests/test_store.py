@@ -495,8 +495,13 @@ def test_open_store_refuses_incomplete_newer_and_foreign(tmp_path):
     with pytest.raises(StoreVersionError):
         StoreWriter(built.path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(StoreError, match="not a w2v2ser store"):
+    with pytest.raises(StoreError, match="not a w2v2ser store: the directory has no zarr.json"):
         open_store(tmp_path / "empty")
+    (tmp_path / "corpus.csv").write_text("path,label,speaker\n")  # a manifest passed where the store goes
+    with pytest.raises(StoreError, match="not a w2v2ser store: it is a file, not a directory"):
+        open_store(tmp_path / "corpus.csv")
+    with pytest.raises(StoreError, match="not a w2v2ser store: the directory does not exist"):
+        open_store(tmp_path / "missing.zarr")
     zarr.open_group(str(tmp_path / "plain"), mode="w")
     with pytest.raises(StoreError, match="not a w2v2ser store"):
         open_store(tmp_path / "plain")

@@ -126,6 +126,49 @@ def test_training_before_extraction_names_each_missing_store_once(tmp_path: Path
     assert "is not a w2v2ser store" not in err
 
 
+def test_a_corpus_that_cannot_be_read_fails_its_stores_and_the_others_go_on(tmp_path: Path, capsys) -> None:
+    """A CSV with a duplicate id stopped the whole extraction stage, with a traceback from the
+    extraction child when `run` ran every stage; now that corpus's stores fail with one line and
+    the other corpus is extracted."""
+    from w2v2ser._cli import main
+
+    pipeline = _pipeline(tmp_path)
+    rows = (tmp_path / "manifest.csv").read_text().splitlines()
+    (tmp_path / "dup.csv").write_text("\n".join([*rows, rows[1]]) + "\n")  # line 8 repeats line 2
+    data = yaml.safe_load(pipeline.read_text())
+    data["corpora"] = {"toy": data["corpora"]["toy"], "dup": {"kind": "csv", "path": "dup.csv"}}
+    data["extraction"]["stores"] = {
+        "classic": {"corpora": ["toy", "dup"], "features": {"spectrogram": {"hop_ms": 20.0}}},
+        "classic10": {"corpora": ["dup"], "features": {"spectrogram": {"hop_ms": 10.0}}}}
+    data["experiments"] = {"tiny": data["experiments"]["tiny"]}
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    reason = "corpus 'dup' cannot be read: "
+    assert err.count(reason) == 1 and "line 8, column 'id'" in err and "also used on line 2" in err, err
+    assert "extract classic on dup: FAILED, corpus 'dup' cannot be read" in err
+    assert "extract classic10 on dup: FAILED (corpus 'dup' cannot be read; reason above)" in err
+    assert "extract classic on toy: 6 extracted" in err
+    assert "FAILED: extract classic on dup, extract classic10 on dup" in err
+
+
+def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:
+    """The command line and `run`'s extraction child report these through one helper."""
+    import errno
+
+    from w2v2ser._common import EXIT_FAILED, EXIT_INPUT, ConfigError, describe_error
+
+    assert describe_error(ConfigError("bad key")) == ("bad key", EXIT_INPUT)
+    missing = describe_error(ModuleNotFoundError("No module named 'opensmile'", name="opensmile"))
+    assert missing is not None and 'pip install "w2v2ser[extract]"' in missing[0] and missing[1] == EXIT_INPUT
+    full = describe_error(OSError(errno.ENOSPC, "No space left on device", "/data/out"))
+    assert full is not None and full[0].startswith("/data/out: No space left on device") and full[1] == EXIT_FAILED
+    assert describe_error(ValueError("a bug")) is None  # its traceback is the report
+    assert describe_error(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
+
+
 def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     """Not a terminal: a bar prints a line now and then once its work lasts, and one at the end."""
     import w2v2ser._common as common

@@ -523,36 +523,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace, verbose: bool) -> int:
-    from w2v2ser._common import W2v2serError
+    from w2v2ser._common import describe_error
     from w2v2ser._native_logs import hide_native_logs
 
     with hide_native_logs(enabled=not verbose):
         try:
             return int(args.func(args) or 0)
-        except W2v2serError as error:
-            if verbose:
-                import traceback
-
-                traceback.print_exc()
-            print(f"w2v2ser: error: {error}", file=sys.stderr)
-            return error.exit_code
-        except ModuleNotFoundError as error:  # an optional extra not installed: one line naming it
-            from w2v2ser._deps import missing_dependency_error
-
-            missing = missing_dependency_error(error)
-            if missing is None:
-                raise
-            print(f"w2v2ser: error: {missing}", file=sys.stderr)
-            return missing.exit_code
-        except OSError as error:  # a path the user chose cannot be written: one line, not a traceback
-            from w2v2ser._common import describe_path_error
-
-            message = describe_path_error(error)
-            if message is None:
+        except Exception as error:  # w2v2ser's errors, a missing extra, an unusable path: one line
+            described = describe_error(error)
+            if described is None:
                 raise
             if verbose:
                 import traceback
 
                 traceback.print_exc()
-            print(f"w2v2ser: error: {message[0]}", file=sys.stderr)
-            return message[1]
+            print(f"w2v2ser: error: {described[0]}", file=sys.stderr)
+            return described[1]

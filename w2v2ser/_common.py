@@ -27,6 +27,7 @@ __all__ = [
     "SHARD_SIZE",
     "UPSTREAM_FEATURES",
     "W2v2serError",
+    "describe_error",
     "describe_path_error",
     "did_you_mean",
     "python_command",
@@ -88,6 +89,22 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
                 f"command: finished work is kept.", EXIT_FAILED)
+    return None
+
+
+def describe_error(error: BaseException) -> tuple[str, int] | None:
+    """One-line message and exit code of an error that w2v2ser reports without a traceback: a
+    ``W2v2serError``, a missing optional dependency, or a path that cannot be written. None for
+    any other error (a bug: its traceback is the report)."""
+    if isinstance(error, W2v2serError):
+        return str(error), error.exit_code
+    if isinstance(error, ModuleNotFoundError):
+        from w2v2ser._deps import missing_dependency_error  # _deps imports this module
+
+        missing = missing_dependency_error(error)
+        return None if missing is None else (str(missing), missing.exit_code)
+    if isinstance(error, OSError):
+        return describe_path_error(error)
     return None
 
 

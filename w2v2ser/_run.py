@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, describe_path_error, progress_bar, write_atomically
+from ._common import EXIT_INPUT, W2v2serError, describe_error, progress_bar, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -183,7 +183,13 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 outcome.skipped.append(label)
                 continue
             path = config.store_path(store.name, corpus)
-            utterances = manifest(corpus).utterances
+            try:
+                utterances = manifest(corpus).utterances
+            except W2v2serError as error:  # e.g. duplicate ids in a CSV: this corpus fails, others go on
+                reasons.tell(label, f"corpus {corpus!r} cannot be read: {error}", f"corpus {corpus!r} cannot be read",
+                             outcome="FAILED")
+                outcome.failed.append(label)
+                continue
             if _store_done(path, {u.id for u in utterances}, list(store.features)):
                 _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
                 _clear_skip_marker(path)
@@ -413,8 +419,8 @@ def _extract_child(path: str, overrides: list[str], results: Any) -> None:
             outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent says so, once
         raise SystemExit(130) from None
-    except OSError as error:  # e.g. a stores folder that cannot be written: one line, as the CLI's
-        message = describe_path_error(error)
+    except Exception as error:  # a bad manifest, an unwritable stores folder: one line, as the CLI's
+        message = describe_error(error)
         if message is None:
             raise
         print(f"w2v2ser: error: {message[0]}", file=sys.stderr)
@@ -436,7 +442,9 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
     except KeyboardInterrupt:  # the child got the same Ctrl-C: let it close its cluster first
         child.join(timeout=30)
         raise
-    if child.exitcode != 0 or results.empty():
+    if child.exitcode == EXIT_INPUT:
+        outcome = _Outcome(failed=["extraction: its input cannot be used (the error above says what to fix)"])
+    elif child.exitcode != 0 or results.empty():
         outcome = _Outcome(failed=[f"extraction process (exit code {child.exitcode})"])
     else:
         done, skipped, failed, said = results.get()

@@ -101,6 +101,36 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog
     assert summarize_runs(changed, tmp_path)["n_runs"] == 1  # the four stale runs are not mixed in
 
 
+def test_a_store_that_gained_utterances_retrains_its_runs(tmp_path):
+    """A manifest that grew adds utterances to the same store (same path, same feature configs):
+    the finished runs were reused as if trained on the new data, by `train` and by `run`."""
+    import shutil
+
+    from w2v2ser.train import DataError
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+
+    store = tmp_path / "s.zarr"
+    build_store(store, utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    (spec,) = plan_runs(cfg)
+    first = train_run(cfg, spec, out=tmp_path / "run")
+    assert first.n_test == 4 and train_run(cfg, spec, out=tmp_path / "run").skipped  # same data: reused
+    metrics = json.loads((tmp_path / "run" / "runs" / spec.name / "metrics.json").read_text())
+    assert run_is_current(metrics, cfg.config_key(), data_fingerprint(cfg))
+
+    shutil.rmtree(store)
+    build_store(store, utterances=ravdess_utterances(per_actor=3), features=("egemaps",))
+    assert not run_is_current(metrics, cfg.config_key(), data_fingerprint(cfg))  # what `run` plans with
+    with pytest.raises(DataError, match="no complete run"):  # the old run is not summarised as the new data's
+        summarize_runs(cfg, tmp_path / "run")
+    again = train_run(cfg, spec, out=tmp_path / "run")
+    assert not again.skipped and again.n_test == 6
+    assert summarize_runs(cfg, tmp_path / "run")["n_test"] == 6
+    # Runs written before the data fingerprint was recorded are kept (not retrained by an upgrade).
+    del metrics["data_fingerprint"]
+    assert run_is_current(metrics, cfg.config_key(), data_fingerprint(cfg))
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

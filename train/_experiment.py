@@ -244,6 +244,19 @@ def _store_fingerprint(config: ExperimentConfig, data: _Data) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _data_fingerprint(data: _Data) -> str:
+    """Hash of the utterances an experiment splits, trains and tests on: a store that gained, lost,
+    relabelled or re-extracted utterances (a manifest that grew, a fixed audio file) retrains."""
+    rows = sorted((r.id, r.speaker, label, r.session, r.split, r.audio_sha256)
+                  for r, label in zip(data.records, data.labels))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(config: ExperimentConfig) -> str:
+    """The data fingerprint that ``train_run`` records in each run's ``metrics.json``."""
+    return _data_fingerprint(_prepare(config))
+
+
 def _store_identities(config: ExperimentConfig, stores: dict[str, Any]) -> dict[str, Any]:
     return {a: {"path": config.stores[a], "features": {n: s.to_dict() for n, s in st.features.items()}}
             for a, st in stores.items()}
@@ -309,14 +322,22 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 
-def _complete(run_dir: Path, key: str, fingerprint: str) -> dict[str, Any] | None:
+def _complete(run_dir: Path, key: str, fingerprint: str, data: str) -> dict[str, Any] | None:
+    """The run's metrics when it is complete for this configuration, store and data, else None."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if metrics.get("config_key") == key and metrics.get("store_fingerprint") == fingerprint:
-        return metrics
-    return None
+    if not isinstance(metrics, dict) or not run_is_current(metrics, key, data):
+        return None
+    return metrics if metrics.get("store_fingerprint") == fingerprint else None
+
+
+def run_is_current(metrics: Any, key: str, data: str) -> bool:
+    """Whether a run's ``metrics.json`` is of this configuration and these utterances. Runs written
+    before the data fingerprint was recorded count as current for any data."""
+    return (isinstance(metrics, dict) and metrics.get("config_key") == key
+            and metrics.get("data_fingerprint", data) == data)
 
 
 def _result(metrics: dict[str, Any], run_dir: Path, skipped: bool) -> RunResult:
@@ -398,8 +419,8 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     run_dir = out / "runs" / run_spec.name
     key = config.config_key()
     data = _prepare(config)
-    fingerprint = _store_fingerprint(config, data)
-    done = _complete(run_dir, key, fingerprint)
+    fingerprint, data_fp = _store_fingerprint(config, data), _data_fingerprint(data)
+    done = _complete(run_dir, key, fingerprint, data_fp)
     if done is not None:
         return _result(done, run_dir, skipped=True)
     if not (out / "experiment.json").exists():
@@ -452,7 +473,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
                    "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
                    # in memory: the one read of each partition, before the first epoch
                    "partition_read_seconds": float(sum(b.input_seconds for b in (train, val, test) if b.in_memory))},
-        "config_key": key, "store_fingerprint": fingerprint,
+        "config_key": key, "store_fingerprint": fingerprint, "data_fingerprint": data_fp,
     }
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -491,7 +512,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
         DataError: No planned run is complete for this config key.
     """
     out = Path(out)
-    key = config.config_key()
+    key, data = config.config_key(), data_fingerprint(config)
     specs = plan_runs(config)
     runs, missing = [], []
     for spec in specs:
@@ -501,7 +522,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
         except (OSError, ValueError):
             missing.append(spec.name)
             continue
-        if m.get("config_key") != key:
+        if not run_is_current(m, key, data):  # another configuration, or a store that has changed since
             missing.append(spec.name)
             continue
         runs.append((spec, m))

@@ -43,8 +43,8 @@ from w2v2ser._common import progress_bar, publish_directory
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _peak_rss_mb, _prepare, _start_run,
-                          _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
+from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
+                          _start_run, _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -419,7 +419,9 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     base = configs[ALL_LAYERS_DIR]
     data = _prepare(base)
     fp = _store_fingerprint(base, data)  # every head reads the same feature of the same store
-    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_key(), fp) for name, c in configs.items()}
+    data_fp = _data_fingerprint(data)
+    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_key(), fp, data_fp)
+            for name, c in configs.items()}
     if all(m is not None for m in done.values()):
         return {name: {**m, "skipped": True} for name, m in done.items()}
     for name, c in configs.items():
@@ -497,7 +499,7 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
                        "compute_seconds_mean": (epoch_s - input_s) / max(1, n_epochs),
                        "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
                        "sweep_epochs": n_epochs, "sweep_seconds": epoch_s},
-            "trained_by": "sweep", "config_key": c.config_key(), "store_fingerprint": fp,
+            "trained_by": "sweep", "config_key": c.config_key(), "store_fingerprint": fp, "data_fingerprint": data_fp,
         }
         lw = None
         if name == ALL_LAYERS_DIR:

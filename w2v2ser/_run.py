@@ -273,6 +273,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
     """Plan one experiment's runs; returns (config, all runs, runs still to do)."""
     from w2v2ser.store import open_store
     from w2v2ser.train import ExperimentConfig, plan_runs
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -281,12 +282,15 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
 
         heads = sweep_configs(train_config)
         runs = plan_runs(heads[ALL_LAYERS_DIR])
+        data = data_fingerprint(heads[ALL_LAYERS_DIR])  # the utterances: a store that grew retrains
         (out / "skipped.json").unlink(missing_ok=True)
-        pending = [run for run in runs if any((_read_json(out / name / "runs" / run.name / "metrics.json") or {})
-                                              .get("config_key") != c.config_key() for name, c in heads.items())]
+        pending = [run for run in runs if not all(
+            run_is_current(_read_json(out / name / "runs" / run.name / "metrics.json"), c.config_key(), data)
+            for name, c in heads.items())]
         return train_config, runs, pending
     key = train_config.config_key()
     runs = plan_runs(train_config)
+    data = data_fingerprint(train_config)
     (out / "skipped.json").unlink(missing_ok=True)
     recorded = _read_json(out / "experiment.json")
     if not isinstance(recorded, dict) or recorded.get("config_key") != key:
@@ -299,7 +303,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
         _write_json(out / "experiment.json", {**train_config.to_dict(), "config_key": key,
                                               "stores_identity": identity, "name": experiment.name})
     pending = [run for run in runs
-               if (_read_json(out / "runs" / run.name / "metrics.json") or {}).get("config_key") != key]
+               if not run_is_current(_read_json(out / "runs" / run.name / "metrics.json"), key, data)]
     return train_config, runs, pending
 
 

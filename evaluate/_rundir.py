@@ -55,7 +55,7 @@ class RunSummary:
     confusion: np.ndarray | None = None
     #: normalised layer weights, one list per run (seed/fold)
     layer_weights: tuple[tuple[float, ...], ...] = ()
-    #: the layer each weight belongs to (results.json ``layers``; 1..12 for ``:contextual``)
+    #: the layer each weight belongs to (results.json ``layers``, e.g. 1..12 for ``wav2vec2:1-12``)
     weight_layers: tuple[int, ...] = ()
     runs_finished: int = 0
     #: "per run" (one UAR per fold × seed) or "pooled over folds, per seed" (IEMOCAP scoring)

@@ -509,7 +509,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
     """Aggregate the complete runs of ``plan_runs(config)`` into ``out/results.json``.
 
     Raises:
-        DataError: No planned run is complete for this config key.
+        DataError: No planned run is complete for this config key and these utterances.
     """
     out = Path(out)
     key, data = config.config_key(), data_fingerprint(config)

@@ -322,6 +322,23 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 
+def _warn_if_data_changed(out: Path, config: ExperimentConfig) -> None:
+    """Say so when runs of this configuration in ``out`` were trained on other utterances than the
+    stores now hold (a manifest that grew, fixed audio): those runs are trained again."""
+    key, data = config.config_key(), data_fingerprint(config)
+    stale = []
+    for path in sorted((out / "runs").glob("*/metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict) and metrics.get("config_key") == key and not run_is_current(metrics, key, data):
+            stale.append(path.parent.name)
+    if stale:
+        log.warning("%d run(s) in %s were trained on other utterances than the store now holds (it has changed "
+                    "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, _some(stale))
+
+
 def _complete(run_dir: Path, key: str, fingerprint: str, data: str) -> dict[str, Any] | None:
     """The run's metrics when it is complete for this configuration, store and data, else None."""
     try:
@@ -595,6 +612,7 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     specs = plan_runs(config)  # checks selections and protocol before any output folder is made
     stores = _open_stores(config)
     _warn_if_replacing(out, config)
+    _warn_if_data_changed(out, config)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
                                           "stores_identity": _store_identities(config, stores)})

@@ -169,6 +169,30 @@ def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:
     assert describe_error(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
 
 
+def test_a_worker_whose_scheduler_has_gone_logs_no_traceback() -> None:
+    """Ctrl-C while `run`'s extraction child closed its local cluster: a worker logged "Failed to
+    communicate with scheduler during heartbeat" with a CommClosedError traceback (CI, 71fb9a2)."""
+    import logging
+
+    from w2v2ser._cluster import quiet_scheduler_gone
+
+    logger = logging.getLogger("distributed.worker")
+    before = list(logger.filters)
+    try:
+        quiet_scheduler_gone()
+        quiet_scheduler_gone()  # once per process, however many plugins call it
+        assert len(logger.filters) == len(before) + 1
+
+        def passes(message: str) -> bool:
+            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, message, (), None)
+            return logger.filter(record)
+
+        assert not passes("Failed to communicate with scheduler during heartbeat.")
+        assert passes("Compute Failed")  # other worker errors still reach the log
+    finally:
+        logger.filters[:] = before
+
+
 def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     """Not a terminal: a bar prints a line now and then once its work lasts, and one at the end."""
     import w2v2ser._common as common

@@ -102,6 +102,22 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+class _SchedulerGone(logging.Filter):
+    """Drops a worker's "Failed to communicate with scheduler during heartbeat" error (with its
+    traceback): it is logged when the driver closes or is interrupted before the worker ends,
+    so it reports the shutdown, not a failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102 - logging.Filter hook
+        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+
+
+def quiet_scheduler_gone() -> None:
+    """Install :class:`_SchedulerGone` on this process's ``distributed.worker`` logger (once)."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _SchedulerGone) for f in logger.filters):
+        logger.addFilter(_SchedulerGone())
+
+
 class _DieWithDriver(WorkerPlugin):
     """Worker plugin: local worker processes end when the driver process is killed, and leave
     Ctrl-C to it (the terminal sends SIGINT to the whole process group; each worker printed a
@@ -114,6 +130,7 @@ class _DieWithDriver(WorkerPlugin):
         import threading
 
         die_with_parent()
+        quiet_scheduler_gone()
         if threading.current_thread() is threading.main_thread():  # signal.signal's condition
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -322,10 +322,11 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 
-def _warn_if_data_changed(out: Path, config: ExperimentConfig) -> None:
+def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> None:
     """Say so when runs of this configuration in ``out`` were trained on other utterances than the
-    stores now hold (a manifest that grew, fixed audio): those runs are trained again."""
-    key, data = config.config_key(), data_fingerprint(config)
+    stores now hold (``data``, their fingerprint; a manifest that grew, fixed audio): those runs are
+    trained again."""
+    key = config.config_key()
     stale = []
     for path in sorted((out / "runs").glob("*/metrics.json")):
         try:
@@ -345,7 +346,7 @@ def _complete(run_dir: Path, key: str, fingerprint: str, data: str) -> dict[str,
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(metrics, dict) or not run_is_current(metrics, key, data):
+    if not run_is_current(metrics, key, data):
         return None
     return metrics if metrics.get("store_fingerprint") == fingerprint else None
 
@@ -522,14 +523,16 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str]]:
     return [r["label"] for r in rows], [r["predicted"] for r in rows]
 
 
-def summarize_runs(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
+def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | None = None) -> dict[str, Any]:
     """Aggregate the complete runs of ``plan_runs(config)`` into ``out/results.json``.
+
+    ``data``: the utterances' fingerprint (``data_fingerprint(config)``), when the caller has it.
 
     Raises:
         DataError: No planned run is complete for this config key and these utterances.
     """
     out = Path(out)
-    key, data = config.config_key(), data_fingerprint(config)
+    key, data = config.config_key(), data if data is not None else data_fingerprint(config)
     specs = plan_runs(config)
     runs, missing = [], []
     for spec in specs:
@@ -612,7 +615,8 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     specs = plan_runs(config)  # checks selections and protocol before any output folder is made
     stores = _open_stores(config)
     _warn_if_replacing(out, config)
-    _warn_if_data_changed(out, config)
+    data = data_fingerprint(config)
+    _warn_if_data_changed(out, config, data)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
                                           "stores_identity": _store_identities(config, stores)})
@@ -625,4 +629,4 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
             print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "
                   f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
                   f"{', already complete' if res.skipped else ''})", flush=True)
-    return summarize_runs(config, out)
+    return summarize_runs(config, out, data=data)

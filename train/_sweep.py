@@ -517,7 +517,8 @@ def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]
     base = configs[ALL_LAYERS_DIR]
     data = _prepare(base)
     sel = data.selections["main"]
-    per_head = {name: summarize_runs(c, out / name) for name, c in configs.items()}
+    data_fp = _data_fingerprint(data)  # every head reads the same utterances: hashed once, not per head
+    per_head = {name: summarize_runs(c, out / name, data=data_fp) for name, c in configs.items()}
     layers = list(sel.layers or ())
     spec = data.stores[sel.alias].features[sel.feature]
 

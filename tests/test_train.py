@@ -73,13 +73,13 @@ def test_recipes_and_overrides():
 
 
 def test_config_key_round_trip_and_changes(tmp_path):
-    cfg = ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all")
+    cfg = ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all", protocol="ravdess")
     assert ExperimentConfig.from_dict(cfg.to_dict()).config_key() == cfg.config_key()
     key = cfg.config_key()
-    assert ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all", workers=7).config_key() == key
+    assert ExperimentConfig(stores=str(tmp_path), features="wav2vec2:all", protocol="ravdess", workers=7).config_key() == key
     for change in ({"dropout": 0.3}, {"recipe_overrides": {"learning_rate": 5e-4}}, {"recipe": "official"},
                    {"norm": "global"}, {"max_frames": 100}, {"features": "wav2vec2:local"}, {"batch_size": 16}):
-        assert ExperimentConfig(stores=str(tmp_path), **{"features": "wav2vec2:all", **change}).config_key() != key
+        assert ExperimentConfig(stores=str(tmp_path), **{"features": "wav2vec2:all", "protocol": "ravdess", **change}).config_key() != key
     with pytest.raises(ConfigError, match="(?i)did you mean 'seeds'"):
         ExperimentConfig.from_dict({"stores": str(tmp_path), "sedes": 3})
     with pytest.raises(ConfigError, match="store alias 'asr'"):
@@ -387,5 +387,29 @@ def test_fusion_of_a_feature_with_itself_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="read the same frames"):
         ExperimentConfig(stores={"main": str(tmp_path / "s.zarr"), "fusion": str(tmp_path / "s.zarr")},
                          features="main/egemaps", head="fusion")
-    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="wav2vec2:all", head="fusion")
-    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="spectrogram", head="fusion")
+    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="wav2vec2:all", head="fusion", protocol="ravdess")
+    ExperimentConfig(stores=str(tmp_path / "s.zarr"), features="spectrogram", head="fusion", protocol="ravdess")
+
+
+def test_experiment_config_takes_the_protocol_of_its_store_like_the_cli(tmp_path):
+    """A researcher's ExperimentConfig without protocol reads the main store's corpus, as ``w2v2ser
+    train`` without --protocol does (the default was "ravdess", which refused a CSV or IEMOCAP store)."""
+    from dataclasses import replace
+
+    from stage2_fixtures import build_store, iemocap_utterances, ravdess_utterances
+
+    small = {"layers": 2, "dim": 4, "features": ("egemaps",)}
+    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", **small)
+    csv = build_store(tmp_path / "csv.zarr", utterances=[replace(u, corpus="csv") for u in ravdess_utterances(per_actor=1)],
+                      **small)
+    assert ExperimentConfig(stores=str(iemocap), features="egemaps").protocol == "iemocap"
+    assert ExperimentConfig(stores=str(csv), features="egemaps").protocol == "csv"
+    assert ExperimentConfig.from_dict({"stores": str(csv), "features": "egemaps", "protocol": None}).protocol == "csv"
+    # given, it is kept (and no store is opened)
+    assert ExperimentConfig(stores=str(tmp_path / "none.zarr"), features="egemaps", protocol="csv").protocol == "csv"
+    with pytest.raises(ConfigError, match=r"protocol not given.*none\.zarr.*Pass protocol='ravdess', 'iemocap' or 'csv'"):
+        ExperimentConfig(stores=str(tmp_path / "none.zarr"), features="egemaps")
+    mixed = build_store(tmp_path / "mixed.zarr", utterances=[*ravdess_utterances(per_actor=1), *iemocap_utterances()[:4]],
+                        **small)
+    with pytest.raises(ProtocolError, match=r"cannot tell the protocol.*ExperimentConfig\(protocol=\.\.\.\)"):
+        ExperimentConfig(stores=str(mixed), features="egemaps")

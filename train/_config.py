@@ -45,7 +45,8 @@ class ExperimentConfig:
             when a "fusion" store alias exists, else "egemaps" (only used by head "fusion").
         head: "dense", "lstm" or "fusion".
         norm: "speaker", "global" or "none".
-        protocol: "ravdess", "iemocap" or "csv".
+        protocol: "ravdess", "iemocap" or "csv"; None (the default) takes the protocol of the corpus
+            the main store was extracted from, as ``w2v2ser train`` does without ``--protocol``.
         recipe: "paper" or "official".
         recipe_overrides: Recipe field -> value, e.g. {"learning_rate": 3e-4, "max_epochs": 30}.
         batch_size: Shortcut for recipe_overrides["batch_size"] (None = the recipe's).
@@ -67,7 +68,7 @@ class ExperimentConfig:
     fusion_features: Optional[str] = None
     head: Head = "dense"
     norm: Literal["speaker", "global", "none"] = "speaker"
-    protocol: Literal["ravdess", "iemocap", "csv"] = "ravdess"
+    protocol: Optional[Literal["ravdess", "iemocap", "csv"]] = None
     recipe: Literal["paper", "official"] = "paper"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     batch_size: Optional[_PositiveInt] = None
@@ -101,6 +102,22 @@ class ExperimentConfig:
             raise ConfigError(f"head 'fusion' joins two different features, but features={self.features!r} and the "
                               f"fusion branch {branches['fusion']!r} read the same frames; give the speech encoder "
                               f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
+        if self.protocol is None:  # last: every check that needs no store has passed
+            self.protocol = self._store_protocol()
+
+    def _store_protocol(self) -> str:
+        """The protocol of the main store's corpus (its ``corpus`` attribute)."""
+        from w2v2ser.store import StoreError, open_store
+
+        from ._protocols import protocol_of_corpora
+
+        path = self.stores[self.store_alias(self.features)]
+        try:  # an incomplete store still names its corpus; training refuses it later, with its own message
+            corpora = open_store(path, allow_incomplete=True).attrs.get("corpus", [])
+        except StoreError as error:
+            raise ConfigError(f"protocol not given, so it is read from the main store, which cannot be opened: "
+                              f"{error} Pass protocol='ravdess', 'iemocap' or 'csv'.") from None
+        return protocol_of_corpora(corpora, store=path)
 
     def _same_frames(self, first: str, second: str) -> bool:
         a, b = parse_selection(first), parse_selection(second)

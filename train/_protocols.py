@@ -137,7 +137,8 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
     if len(found) == 1 and found[0] in PROTOCOLS:
         return found[0]
     raise ProtocolError(f"cannot tell the protocol of store {store}: its corpus is {found or 'not recorded'}, "
-                        f"expected one of {sorted(PROTOCOLS)}; pass --protocol (ravdess, iemocap or csv)")
+                        f"expected one of {sorted(PROTOCOLS)}; pass --protocol (ravdess, iemocap or csv; "
+                        f"in Python ExperimentConfig(protocol=...))")
 
 
 def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: Sequence[str]) -> list[Fold]:

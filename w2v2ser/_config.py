@@ -535,7 +535,8 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
             for key in ["features"] + (["fusion_features"] if values.get("head") == "fusion" else []):
                 alias, values[key] = _check_selection(values[key], corpus, stores, f"{where}.{key}")
                 used[alias] = alias
-            values.setdefault("protocol", corpora[corpus].kind)
+            if values.get("protocol") is None:  # not given, or null: the corpus's own protocol
+                values["protocol"] = corpora[corpus].kind
             values["stores"] = {alias: str(_store_path(output, stores[alias], corpora[corpus])) for alias in used}
             if validate:
                 from w2v2ser.train import ExperimentConfig

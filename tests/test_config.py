@@ -95,6 +95,15 @@ def test_grid_expands_and_paths_resolve(tmp_path: Path) -> None:
     assert config.cluster.kind == "local"
 
 
+def test_protocol_null_means_the_corpus_protocol(tmp_path: Path) -> None:
+    """``protocol: null`` is "not given": the corpus's own protocol, not a config that cannot train
+    (the experiment's config would have opened the not yet extracted store to find one)."""
+    data = _base()
+    data["experiments"]["t1"]["protocol"] = None
+    config = load_pipeline(_write(tmp_path, data))
+    assert [e.config["protocol"] for e in config.experiments] == ["ravdess", "ravdess"]
+
+
 def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
     data = _base()
     data["experiments"]["t1"]["grid"]["features"] = ["egemaps", "wav2vec2:local"]

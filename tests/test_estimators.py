@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier
@@ -117,3 +119,19 @@ def test_seed_draws_are_the_seeds_keras_draws_itself():
     keras.utils.set_random_seed(11)
     assert [make_default_seed() for _ in range(5)] == [draw() for _ in range(5)]
     assert seed_draws(None)() is None
+
+
+def test_predicting_inputs_of_many_lengths_prints_no_retracing_warning(caplog):
+    """The README's grid search printed TensorFlow's "N out of the last M calls to <function ...>
+    triggered tf.function retracing" warnings (twice, a dozen lines): every call pads to its own
+    longest utterance, so a compiled head traces its predict step once per length, as intended."""
+    x, y, _ = utterances(24)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for seed in range(4):  # as in a grid search: several fitted heads, each predicting twice
+            head = DenseHead(units=4, recipe=QUICK, seed=seed, validation_fraction=None).fit(x, y)
+            for frames in (5, 9):  # a new padded length each call
+                head.predict([f[:frames] for f in x[:5]])
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    # TensorFlow's other warnings still reach the log
+    logging.getLogger("tensorflow").warning("some other warning")
+    assert [r for r in caplog.records if "some other warning" in r.getMessage()]

@@ -23,6 +23,8 @@ import keras
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from w2v2ser._native_logs import expected_retracing
+
 from ._dataset import padded_dataset
 from ._errors import ConfigError, DataError
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
@@ -274,9 +276,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             self._stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience,
                                                           restore_best_weights=recipe.restore_best)
             cbs.append(self._stopper)
-        hist = self.model_.fit(train.as_tf_dataset(), validation_data=None if val is None else val.as_tf_dataset(),
-                               epochs=recipe.max_epochs, callbacks=cbs, verbose=self.verbose,
-                               shuffle=False)  # the data shuffles itself, per epoch
+        with expected_retracing():
+            hist = self.model_.fit(train.as_tf_dataset(), epochs=recipe.max_epochs, callbacks=cbs,
+                                   validation_data=None if val is None else val.as_tf_dataset(),
+                                   verbose=self.verbose, shuffle=False)  # the data shuffles itself, per epoch
         h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         h.update(epoch_seconds=timing.epoch_seconds, input_seconds=timing.input_seconds,
                  compute_seconds=timing.compute_seconds, epochs=len(timing.epoch_seconds))
@@ -296,7 +299,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         data = self._data(x, None, shuffle=False, seed=0)
         if getattr(data, "shuffle", False):
             raise ConfigError("predict_proba needs an unshuffled FeatureBatches (shuffle=False) to keep the order")
-        return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
+        with expected_retracing():
+            return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted classes (elements of ``classes_``)."""

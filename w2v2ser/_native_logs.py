@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["hide_native_logs", "is_native_log_line", "native_logs_hidden", "quiet_tensorflow_warnings",
-           "stderr_is_terminal"]
+__all__ = ["expected_retracing", "hide_native_logs", "is_native_log_line", "native_logs_hidden",
+           "quiet_tensorflow_warnings", "stderr_is_terminal"]
 
 _hidden = False  # hide_native_logs is active in this process: start Dask workers quiet too
 _terminal: bool | None = None  # whether the real stderr (behind the pipe, while hidden) is a terminal
@@ -80,6 +80,26 @@ def quiet_tensorflow_warnings() -> None:
     """TensorFlow's Python-side warnings off in this process, e.g. "triggered tf.function retracing":
     every length bucket and every seed's model traces its own predict step, as intended."""
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+class _DropRetracing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextmanager
+def expected_retracing() -> Iterator[None]:
+    """Drop TensorFlow's "triggered tf.function retracing" warning while active, and nothing else.
+
+    For library calls (a head's fit and predict) whose retracing is by design: each call pads to
+    its own longest utterance, and each fitted model traces its own steps.
+    """
+    logger, drop = logging.getLogger("tensorflow"), _DropRetracing()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def native_logs_hidden() -> bool:

@@ -24,7 +24,9 @@ from ._experiment import (
 )
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
-from ._protocols import PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora
+from ._protocols import (
+    PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store,
+)
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
 from ._sweep import ALL_LAYERS_DIR, describe_sweep, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
@@ -36,7 +38,7 @@ __all__ = [
     "partition_arrays", "PartitionArrays",
     "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
-    "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "protocol_of_corpora",
+    "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "protocol_of_corpora", "protocol_of_store",
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
     "Normaliser", "NORMALISATIONS", "build_normaliser", "load_normalisers",
     "FeatureBatches", "Item", "Source", "clear_cache",

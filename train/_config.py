@@ -107,17 +107,16 @@ class ExperimentConfig:
 
     def _store_protocol(self) -> str:
         """The protocol of the main store's corpus (its ``corpus`` attribute)."""
-        from w2v2ser.store import StoreError, open_store
+        from w2v2ser.store import StoreError
 
-        from ._protocols import protocol_of_corpora
+        from ._protocols import protocol_of_store
 
         path = self.stores[self.store_alias(self.features)]
         try:  # an incomplete store still names its corpus; training refuses it later, with its own message
-            corpora = open_store(path, allow_incomplete=True).attrs.get("corpus", [])
+            return protocol_of_store(path, allow_incomplete=True)
         except StoreError as error:
             raise ConfigError(f"protocol not given, so it is read from the main store, which cannot be opened: "
                               f"{error} Pass protocol='ravdess', 'iemocap' or 'csv'.") from None
-        return protocol_of_corpora(corpora, store=path)
 
     def _same_frames(self, first: str, second: str) -> bool:
         a, b = parse_selection(first), parse_selection(second)

@@ -25,7 +25,7 @@ import numpy as np
 from ._errors import ConfigError, ProtocolError
 
 __all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
-           "protocol_of_corpora"]
+           "protocol_of_corpora", "protocol_of_store"]
 
 log = logging.getLogger("w2v2ser.train")
 
@@ -139,6 +139,18 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
     raise ProtocolError(f"cannot tell the protocol of store {store}: its corpus is {found or 'not recorded'}, "
                         f"expected one of {sorted(PROTOCOLS)}; pass --protocol (ravdess, iemocap or csv; "
                         f"in Python ExperimentConfig(protocol=...))")
+
+
+def protocol_of_store(path: str, *, allow_incomplete: bool = False) -> str:
+    """The protocol of the corpus a store was extracted from, as recorded in the store.
+
+    Raises:
+        StoreError: the store cannot be opened (see ``open_store``).
+        ProtocolError: the store holds several corpora, or one without a protocol.
+    """
+    from w2v2ser.store import open_store  # on first use: importing the protocols stays cheap
+
+    return protocol_of_corpora(open_store(path, allow_incomplete=allow_incomplete).attrs.get("corpus", []), store=path)
 
 
 def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: Sequence[str]) -> list[Fold]:

@@ -250,10 +250,9 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
 def _default_protocol(values: dict[str, Any], store: str) -> None:
     """Without --protocol (or --set protocol=...), use the protocol of the store's corpus."""
     if values.get("protocol") is None:
-        from w2v2ser.store import open_store
-        from w2v2ser.train import protocol_of_corpora
+        from w2v2ser.train import protocol_of_store
 
-        values["protocol"] = protocol_of_corpora(open_store(store).attrs.get("corpus", []), store=store)
+        values["protocol"] = protocol_of_store(store)  # an unopenable or incomplete store: its own error
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

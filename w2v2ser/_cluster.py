@@ -29,7 +29,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
-from ._native_logs import native_logs_hidden, quiet_tensorflow_warnings
+from ._native_logs import native_logs_hidden, quiet_known_warnings, quiet_tensorflow_warnings
 
 __all__ = ["ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster", "usable_cores"]
 
@@ -136,13 +136,15 @@ class _DieWithDriver(WorkerPlugin):
 
 
 class _QuietTensorFlow(WorkerPlugin):
-    """Worker plugin: TensorFlow's Python-side warnings stay out of the log, as in the driver
-    (each worker trains many models; without it every one printed retracing warnings)."""
+    """Worker plugin: TensorFlow's Python-side warnings and the known warnings of other libraries
+    stay out of the log, as in the driver (each worker trains many models; without it every one
+    printed retracing warnings; an extraction worker, torch's WavLM note at every batch)."""
 
     name = "w2v2ser-quiet-tensorflow"
 
     def setup(self, worker: Any) -> None:  # noqa: D102 - WorkerPlugin hook
         quiet_tensorflow_warnings()
+        quiet_known_warnings()
 
 
 def _thread_env(threads: int) -> dict[str, str]:

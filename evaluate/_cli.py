@@ -23,6 +23,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "the run's global (training speakers) statistics")
     parser.add_argument("--run", help="use one run, e.g. all__seed0 (default: average every run's probabilities)")
     parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here")
+    parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "
+                                         "are no longer where the training store recorded them; they must be "
+                                         "the same weights")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 
 
@@ -35,7 +38,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
             raise PredictError(f"--speaker-groups has {len(speakers)} names for {len(args.audio)} audio files; "
                                "give one speaker per file, comma separated, in the same order.")
     predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers,
-                                run=getattr(args, "run", None),
+                                run=getattr(args, "run", None), model=getattr(args, "model", None),
                                 work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     if getattr(args, "json", False):
         print(json.dumps([p.to_dict() for p in predictions], indent=2))

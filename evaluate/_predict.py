@@ -79,22 +79,30 @@ class Prediction:
                 "seconds_used": self.seconds_used}
 
 
-def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str]) -> None:
+def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
+                     model: str | None = None) -> None:
     """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
 
     Kept as one small function so tests can replace it with a direct store writer.
+
+    Args:
+        model: Where the speech encoder's weights are now (``--model``), when not where ``like``
+            recorded them; stage 1 checks they are the recorded weights.
 
     Raises:
         PredictError: the subprocess failed and left no readable store.
     """
     args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
-            "--features", ",".join(features), "--no-progress"]
+            "--features", ",".join(features), "--no-progress", *(["--model", model] if model else [])]
     proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not (Path(store) / "zarr.json").exists():
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
+                                  "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
                            f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that the "
-                           "training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]').")
+                           f"training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]')."
+                           f"{moved}")
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,7 @@ def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, te
 
 def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[str] | None = None,
                   work_dir: Path | None = None, run: str | None = None,
-                  batch_size: int = 16) -> list[Prediction]:
+                  batch_size: int = 16, model: str | Path | None = None) -> list[Prediction]:
     """Predict the emotion of audio files with the models of a trained run directory.
 
     Features are extracted in a subprocess with the training store's recorded extractor
@@ -296,6 +304,9 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         work_dir: keep the manifest and temporary stores there (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
         batch_size: utterances per model call.
+        model: the speech encoder (hub id, local folder or fairseq checkpoint) when its weights
+            are no longer where the training store recorded them; they must be the same weights
+            (stage 1 compares their sha256 with the recorded ones).
 
     Returns:
         One :class:`Prediction` per path, in order; files that failed carry ``error``.
@@ -314,6 +325,8 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
                                f"as the audio files inside them; or an empty entry was given); "
                                "expected one non-empty speaker name per file, in the same order.")
     plan = _plan(Path(run_dir), run)
+    if model is not None:
+        _check_model_option(plan, str(model))
     groups = list(speakers) if speakers is not None else [UNGROUPED] * len(files)
     errors: dict[int, str] = {}
     for i, file in enumerate(files):
@@ -327,10 +340,12 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     if todo:
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
-            probabilities = _predict_files(plan, files, groups, todo, errors, Path(work_dir), batch_size)
+            probabilities = _predict_files(plan, files, groups, todo, errors, Path(work_dir), batch_size,
+                                           model=model)
         else:
             with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
-                probabilities = _predict_files(plan, files, groups, todo, errors, Path(tmp), batch_size)
+                probabilities = _predict_files(plan, files, groups, todo, errors, Path(tmp), batch_size,
+                                               model=model)
     out = []
     for i, file in enumerate(files):
         speaker = speakers[i] if speakers is not None else None
@@ -342,6 +357,28 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         else:
             out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
     return out
+
+
+def _upstream_features(store: str, features: Sequence[str]) -> list[str]:
+    """The speech-encoder features (hidden states of a ``model``) among ``features`` of a training store."""
+    from w2v2ser.store import open_store
+
+    specs = open_store(store).features
+    return [name for name in features if name in specs and "model" in specs[name].config]
+
+
+def _check_model_option(plan: _RunPlan, model: str) -> None:
+    """``model=`` replaces the location of exactly one speech encoder of the run's stores."""
+    stores = sorted({b.store for b in plan.branches})
+    found = {(store, name) for store in stores
+             for name in _upstream_features(store, [resolve_feature(b.selection) for b in plan.branches
+                                                    if b.store == store])}
+    if len(found) != 1:
+        what = ("reads no speech-encoder features (" + ", ".join(b.selection for b in plan.branches) + ")"
+                if not found else f"reads {len(found)} speech encoders ({', '.join(n for _, n in sorted(found))})")
+        raise PredictError(f"the model option ({model!r}) gives the location of the run's speech encoder, but run dir "
+                           f"{plan.run_dir} {what}; drop the model option"
+                           + (" (its features need no model)." if not found else ", or move the weights back."))
 
 
 def _expand_folders(paths: list[Path]) -> list[Path]:
@@ -358,8 +395,8 @@ def _expand_folders(paths: list[Path]) -> list[Path]:
 
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
-                   errors: dict[int, str], work: Path,
-                   batch_size: int) -> dict[int, tuple[np.ndarray, float, float]]:
+                   errors: dict[int, str], work: Path, batch_size: int, *,
+                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float]]:
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``.
 
     Returns:
@@ -380,7 +417,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
-        extract_features(manifest, target, like=store_path, features=features)
+        moved = str(model) if model is not None and _upstream_features(store_path, features) else None
+        extract_features(manifest, target, like=store_path, features=features, model=moved)
         temp[store_path] = open_store(target, allow_incomplete=True)
     done = set(ids)
     for store in temp.values():

@@ -22,7 +22,7 @@ from w2v2ser.evaluate import _predict
 from w2v2ser.store import StoreWriter, Utterance, open_store
 
 
-def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str]) -> None:
+def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None) -> None:
     """Stand-in for the stage 1 subprocess: random frames with the training store's specs.
 
     Files whose name contains "bad" fail the way undecodable audio does (failure row).
@@ -223,6 +223,75 @@ def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> N
     for p in preds[:2]:
         _check(p, ["high", "low"])
     assert not preds[2].ok and preds[2].error
+
+
+def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model (model=) reaches the extraction of the run's speech-encoder feature; a run that reads
+    no speech encoder refuses it rather than ignoring it."""
+    import argparse
+
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    seen = []
+
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None) -> None:
+        seen.append((tuple(features), model))
+        fake_extract(manifest, store, like=like, features=features)
+
+    monkeypatch.setattr(_predict, "extract_features", extract)
+    preds = predict_audio(trained, audio_files[:2], model=tmp_path / "moved-model")
+    assert all(p.ok for p in preds) and seen == [(("wav2vec2",), str(tmp_path / "moved-model"))]
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    assert predict_from_cli(parser.parse_args([str(trained), str(audio_files[0]), "--model", "elsewhere"])) == 0
+    assert seen[-1] == (("wav2vec2",), "elsewhere")
+
+    store = build_store(tmp_path / "egemaps.zarr", features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", head="dense", norm="global",
+                              protocol="ravdess", recipe="official", seeds=1, recipe_overrides={"max_epochs": 1},
+                              workers=1)
+    train_experiment(config, out=tmp_path / "egemaps-run", progress=False, threads=1)
+    with pytest.raises(PredictError, match=r"reads no speech-encoder features \(egemaps\); drop the model"):
+        predict_audio(tmp_path / "egemaps-run", audio_files[:1], model="elsewhere")
+
+
+@pytest.mark.slow
+def test_predict_finds_a_moved_speech_encoder_with_model(tmp_path: Path) -> None:
+    """The training store records where its (local) speech encoder was; once moved, predict names
+    --model, and with it extracts the new files from the same weights (stage 1 checks their sha256)."""
+    import shutil
+
+    import soundfile
+
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    rng = np.random.default_rng(0)
+    rows = [["path", "label", "speaker", "split"]]
+    for speaker, split in {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}.items():
+        for label in ("low", "high"):
+            path = tmp_path / f"{speaker}_{label}.wav"
+            soundfile.write(path, (0.1 * rng.standard_normal(12000)).astype(np.float32), 16000)
+            rows.append([str(path), label, speaker, split])
+    manifest = tmp_path / "train.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    model = save_tiny_wav2vec2(tmp_path / "model")
+    store = tmp_path / "train.zarr"
+    subprocess.run([sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store", str(store),
+                    "--features", "wav2vec2", "--model", str(model), "--no-progress"], check=True, capture_output=True)
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="dense", norm="global",
+                              protocol="csv", seeds=1, recipe="official", recipe_overrides={"max_epochs": 1},
+                              workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    moved = shutil.move(model, tmp_path / "moved")
+    new = [Path(rows[1][0])]
+    with pytest.raises(PredictError, match=r"pass their new location: w2v2ser predict --model PATH"):
+        predict_audio(tmp_path / "run", new)
+    (pred,) = predict_audio(tmp_path / "run", new, model=moved)
+    _check(pred, ["high", "low"])
 
 
 def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch,

@@ -267,8 +267,9 @@ class StoreWriter:
         one_layer = (1, spec.dim) if spec.layers is not None else (spec.dim,)
         create_array(self._group, f"{g}/data", shape=(0, *shape), chunks=(chunk, *one_layer),
                      shards=(shard, *shape), dtype=spec.dtype, fill_value=0, compressors=data_codecs(spec))
+        # float64 statistics hardly compress (their mantissas are noise): checksum only.
         create_array(self._group, f"{g}/stats", shape=(0, 2, *shape), chunks=(1, 2, *shape),
-                     shards=(STATS_SHARD, 2, *shape), dtype="float64", fill_value=0.0)
+                     shards=(STATS_SHARD, 2, *shape), dtype="float64", fill_value=0.0, compressors=[Crc32cCodec()])
         for arr, (dtype, fill) in ROW_ARRAYS.items():
             create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,), dtype=dtype,
                          fill_value=-1 if arr == "capacity" else fill)
@@ -278,7 +279,7 @@ class StoreWriter:
         create_array(self._group, f"{g}/speaker_count", shape=(0,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=0)
         for arr in ("speaker_mean", "speaker_m2"):
             create_array(self._group, f"{g}/{arr}", shape=(0, *shape), chunks=(64, *shape),
-                         dtype="float64", fill_value=0.0)
+                         dtype="float64", fill_value=0.0, compressors=[Crc32cCodec()])
 
     def _check_feature_config(self, spec: FeatureSpec, stored: dict[str, Any]) -> None:
         given = spec.to_dict()

@@ -7,6 +7,10 @@ The index and the statistics are row-chunked arrays, so the file count stays bou
 corpus grows; finalize folds the journal events into numpy columns indexed by row, so its
 memory grows by a few hundred bytes per utterance, not by the events' Python objects.
 
+``--plain-tables`` also builds the same store with its table and index arrays uncompressed
+(crc32c only, as before they were zstd-compressed) and finalizes both, alternating which goes first,
+``--reps`` times: store bytes (journal excluded) and finalize seconds side by side.
+
 ``--baseline-code DIR`` also finalizes a copy of the same store with another w2v2ser source tree
 (e.g. ``git archive <commit> | tar -x -C DIR``), one after the other in the same run, so the two
 figures share the machine's load.
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import (
     bootstrap_w2v2ser,
@@ -62,6 +67,48 @@ s = open_store(sys.argv[1]); n = len(s.list_utterances())
 print(json.dumps({"finalize_s": wall, "open_and_list_s": time.perf_counter() - t, "done": n,
                   "peak_rss_mb": rss, "code": w2v2ser.store.__file__}))
 """
+
+
+def _plain_tables() -> Any:
+    """A context in which new table and index arrays get no compressor (crc32c only)."""
+    from unittest import mock
+
+    from zarr.codecs import Crc32cCodec
+
+    import w2v2ser.store._layout as layout
+    import w2v2ser.store._writer as writer
+
+    original = layout.create_array
+
+    def create_array(group: Any, name: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("compressors", [Crc32cCodec()])
+        return original(group, name, **kwargs)
+
+    return mock.patch.object(writer, "create_array", create_array)
+
+
+def _store_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and "_journal" not in p.parts)
+
+
+def _compare_tables(n: int, speakers: int, reps: int, workdir: str | None) -> list[dict]:
+    """Finalize of the same store with zstd tables (today) and uncompressed ones, alternating."""
+    out = []
+    for rep in range(reps):
+        for mode in (("zstd", "plain") if rep % 2 == 0 else ("plain", "zstd")):
+            work = make_workdir(workdir, "w2v2ser-index-")
+            try:
+                path = work / "s.zarr"
+                if mode == "plain":
+                    with _plain_tables():
+                        _build(path, n, speakers)
+                else:
+                    _build(path, n, speakers)
+                result = _finalize(path, None)
+                out.append({"rows": n, "rep": rep, "tables": mode, "bytes": _store_bytes(path), **result})
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def _build(path: Path, n: int, speakers: int) -> tuple[float, float]:
@@ -107,9 +154,31 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--speakers", type=int, default=1000)
     parser.add_argument("--baseline-code", help="source tree of another w2v2ser, finalized side by side")
+    parser.add_argument("--plain-tables", action="store_true",
+                        help="instead: zstd tables vs uncompressed ones, bytes and finalize seconds")
+    parser.add_argument("--reps", type=int, default=2, help="--plain-tables: repetitions of each")
     parser.add_argument("--workdir")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.plain_tables:
+        runs = [r for n in args.rows for r in _compare_tables(n, args.speakers, args.reps, args.workdir)]
+        table = format_table(["utterances", "rep", "tables", "store MB (no journal)", "finalize s", "peak RSS MiB"],
+                             [[f"{r['rows']:,}", r["rep"], r["tables"], round(r["bytes"] / 1e6, 1),
+                               round(r["finalize_s"], 1), round(r["peak_rss_mb"], 0)] for r in runs])
+        print(table)
+        last = [r for r in runs if r["rows"] == args.rows[-1]]
+        size = {m: max(r["bytes"] for r in last if r["tables"] == m) for m in ("zstd", "plain")}
+        seconds = {m: [round(r["finalize_s"], 1) for r in last if r["tables"] == m] for m in ("zstd", "plain")}
+        headline = (f"{args.rows[-1]:,} utterances: store {size['zstd'] / 1e6:.1f} MB with zstd tables vs "
+                    f"{size['plain'] / 1e6:.1f} MB uncompressed ({size['plain'] / size['zstd']:.1f}x); finalize "
+                    f"{seconds['zstd']} vs {seconds['plain']} s")
+        write_results("bench_store_index_tables", {"command": command_line(),
+                                                   "machine": machine_info(["numpy", "zarr"]), "runs": runs},
+                      table, out=args.out, headline=headline,
+                      notes=["one 2-D feature (25 float32), frames not written: the store is its tables, index "
+                             "and statistics", "finalize in a fresh process; the order alternates every repetition"])
+        print(headline)
+        return
     runs, rows_out = [], []
     for n in args.rows:
         work = make_workdir(args.workdir, "w2v2ser-index-")

@@ -411,11 +411,18 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
         bar.close()
 
 
-def _extract_child(path: str, overrides: list[str], results: Any) -> None:
-    """Body of the extraction child process (spawned, so it starts without TensorFlow)."""
+def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = False) -> None:
+    """Body of the extraction child process (spawned, so it starts without TensorFlow).
+
+    ``quiet``: the parent hides native logs (no --verbose); a spawned child does not inherit
+    the parent's warning filters, so it installs the same ones.
+    """
     from ._cluster import die_with_parent
+    from ._native_logs import quiet_known_warnings
 
     die_with_parent()
+    if quiet:
+        quiet_known_warnings()
     config = load_pipeline(path, overrides=overrides, validate_experiments=False)
     reasons = _Reasons()
     try:
@@ -438,7 +445,9 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     results = context.SimpleQueue()
-    child = context.Process(target=_extract_child, args=(str(path), list(overrides), results),
+    from ._native_logs import native_logs_hidden
+
+    child = context.Process(target=_extract_child, args=(str(path), list(overrides), results, native_logs_hidden()),
                             name="w2v2ser-extract")
     child.start()
     try:

@@ -283,7 +283,9 @@ def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speake
 
 def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:
     """The utterance and failures tables as Parquet too: every tool reads it (Zarr's string
-    type is an extension that other Zarr implementations may not read)."""
+    type is an extension that other Zarr implementations may not read). Every page carries
+    Parquet's CRC32, so a reader that checks it (``store verify``, pyarrow's
+    ``page_checksum_verification=True``) raises on a damaged file instead of returning wrong rows."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -297,7 +299,7 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
     n = arrays["id"].shape[0]  # the id column defines the rows
 
     def write_utterances(sink: Any) -> None:
-        with pq.ParquetWriter(sink, schema) as out:
+        with pq.ParquetWriter(sink, schema, write_page_checksum=True) as out:
             # A row group per block of rows: memory stays one block of the table.
             for lo in range(0, max(n, 1), ROW_CHUNK):
                 block = {col: arrays[col][lo:min(lo + ROW_CHUNK, n)] for col in UTTERANCE_COLUMNS}
@@ -307,7 +309,10 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
 
     failure_table = pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
                               for i, col in enumerate(FAILURE_COLUMNS)})
-    for name, write in (("utterances", write_utterances), ("failures", lambda sink: pq.write_table(failure_table, sink))):
+    def write_failures(sink: Any) -> None:
+        pq.write_table(failure_table, sink, write_page_checksum=True)
+
+    for name, write in (("utterances", write_utterances), ("failures", write_failures)):
         if path.is_local:
             with replacing(path.path / f"{name}.parquet") as tmp:
                 write(tmp)

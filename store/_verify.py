@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import StoreError
 from ._finalize import compose_speakers
-from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, crc32_rows, to_str_list
+from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, to_str_list
 from ._stats import utterance_statistics
 from ._types import VerifyReport
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["verify_store"]
 
 _REEXTRACT = "re-extract this utterance (delete its journal lines, or extract into a new store)"
+_REWRITE = "rerun the same extraction on this store (its finalize rewrites the Parquet tables from the Zarr ones)"
 
 
 def verify_store(store: "FeatureStore") -> VerifyReport:
@@ -25,7 +26,8 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
 
     Checks: regions lie inside the data and never overlap; frames match their per-layer crc32;
     per-utterance statistics equal those recomputed from the frames; per-speaker statistics
-    (complete stores) equal those composed from the utterances; every table column decodes.
+    (complete stores) equal those composed from the utterances; every table column decodes;
+    the Parquet copies of the tables (complete stores) pass their page CRC32s and hold the same rows.
     """
     problems: list[tuple[str, str, str]] = []
     checked = 0
@@ -96,7 +98,53 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
             verified[i] = True
         if store.complete:
             problems += _check_speakers(store, name, speakers, length, slot, verified)
+    if store.complete:  # finalize writes them; an interrupted one may not have
+        problems += _check_parquet(store, "utterances", list(UTTERANCE_COLUMNS))
+        problems += _check_parquet(store, "failures", list(FAILURE_COLUMNS))
     return VerifyReport(problems=problems, checked=checked)
+
+
+def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> list[tuple[str, str, str]]:
+    """``TABLE.parquet`` must pass its page checksums and equal the Zarr table, block by block."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = f"{table}.parquet"
+    try:
+        source: Any = (str(store.location.path / name) if store.location.is_local
+                       else pa.BufferReader(store.location.read_bytes(name) or b""))
+        if store.location.is_local and not (store.location.path / name).is_file():
+            raise FileNotFoundError(name)
+        reader = pq.ParquetFile(source, page_checksum_verification=True)
+        missing = [c for c in columns if c not in reader.schema_arrow.names]
+        if missing:
+            return [("*", "", f"{name} lacks the column(s) {missing}; {_REWRITE}")]
+        lo = 0
+        for batch in reader.iter_batches(batch_size=ROW_CHUNK, columns=columns):
+            hi = lo + batch.num_rows
+            for col in columns:
+                try:
+                    want = store._read(f"{table}/{col}", slice(lo, hi))
+                except StoreError:
+                    continue  # the damaged Zarr column is reported above
+                got = batch.column(col).to_pylist()
+                same = (to_str_list(want) == got if want.dtype.kind not in "fiu"
+                        else np.array_equal(want, np.asarray(got, dtype=want.dtype), equal_nan=want.dtype.kind == "f"))
+                if not same:
+                    return [("*", "", f"{name}: column {col!r} differs from the store's table in rows "
+                                      f"{lo}..{hi - 1}; {_REWRITE}")]
+            lo = hi
+        rows = len(store._read(f"{table}/{columns[0]}"))
+    except StoreError:
+        return []  # the Zarr table itself is damaged: reported above
+    except FileNotFoundError:
+        return [("*", "", f"{name} is missing; {_REWRITE}")]
+    except Exception as exc:  # pyarrow raises OSError/ArrowInvalid... for checksum and format errors
+        why = " ".join(str(exc).split())  # pyarrow's messages span lines; a report line is one
+        return [("*", "", f"{name} cannot be read ({type(exc).__name__}: {why}); {_REWRITE}")]
+    if lo != rows:
+        return [("*", "", f"{name} has {lo} rows, the store's table {rows}; {_REWRITE}")]
+    return []
 
 
 def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], length: np.ndarray,

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from ._errors import PredictError
 from ._predict import predict_audio
 
 __all__ = ["add_predict_arguments", "predict_from_cli"]
@@ -18,9 +17,10 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="run directory written by `w2v2ser train`")
     parser.add_argument("audio", nargs="+", help="audio files to label, or folders (their audio files, sorted)")
     parser.add_argument("--speaker-groups", dest="speaker_groups", metavar="SPK1,SPK2,...",
-                        help="speaker of each file, comma separated, in file order: files of one speaker "
-                             "are normalised with their own statistics (speaker-normalised runs); default: "
-                             "the run's global (training speakers) statistics")
+                        help="speaker of each audio argument (a folder's applies to every file in it) or of "
+                             "each file, comma separated, in order: files of one speaker are normalised with "
+                             "their own statistics (speaker-normalised runs); default: the run's global "
+                             "(training speakers) statistics")
     parser.add_argument("--run", help="use one run, e.g. all__seed0 (default: average every run's probabilities)")
     parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here")
     parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "
@@ -34,9 +34,6 @@ def predict_from_cli(args: argparse.Namespace) -> int:
     speakers = None
     if getattr(args, "speaker_groups", None):
         speakers = [s.strip() for s in args.speaker_groups.split(",")]
-        if len(speakers) != len(args.audio):
-            raise PredictError(f"--speaker-groups has {len(speakers)} names for {len(args.audio)} audio files; "
-                               "give one speaker per file, comma separated, in the same order.")
     predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers,
                                 run=getattr(args, "run", None), model=getattr(args, "model", None),
                                 work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)

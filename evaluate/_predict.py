@@ -298,9 +298,9 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         run_dir: run directory written by ``w2v2ser train``.
         paths: audio files (any format stage 1 reads), or folders: the audio files below one
             (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place.
-        speakers: optional speaker group per file; with a speaker-normalised run, each group is
-            normalised with statistics of its own new files. Without it, the run's global
-            (training speakers) statistics are used.
+        speakers: optional speaker group per path (a folder's applies to every file in it) or
+            per file; with a speaker-normalised run, each group is normalised with statistics of
+            its own new files. Without it, the run's global (training speakers) statistics are used.
         work_dir: keep the manifest and temporary stores there (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
         batch_size: utterances per model call.
@@ -315,15 +315,19 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         RunDirError: the run dir lacks a configuration, classes or models.
         PredictError: bad arguments or feature extraction failed as a whole.
     """
-    files = _expand_folders([Path(p) for p in paths])
+    paths = [Path(p) for p in paths]
+    files, origin = _expand_folders(paths)
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")
     if speakers is not None:
         speakers = [str(s) for s in speakers]
+        if len(speakers) == len(paths) != len(files):  # one per path: a folder's speaker for each file in it
+            speakers = [speakers[k] for k in origin]
         if len(speakers) != len(files) or not all(s.strip() for s in speakers):
-            raise PredictError(f"speakers has {len(speakers)} entries for {len(files)} files (folders count "
-                               f"as the audio files inside them; or an empty entry was given); "
-                               "expected one non-empty speaker name per file, in the same order.")
+            raise PredictError(f"speakers has {len(speakers)} entries for {len(paths)} paths and {len(files)} files "
+                               f"(a folder counts as the audio files inside it; or an empty entry was given); "
+                               "expected one non-empty speaker name per path (a folder's applies to every file "
+                               "in it) or per file, in the same order.")
     plan = _plan(Path(run_dir), run)
     if model is not None:
         _check_model_option(plan, str(model))
@@ -381,17 +385,20 @@ def _check_model_option(plan: _RunPlan, model: str) -> None:
                            + (" (its features need no model)." if not found else ", or move the weights back."))
 
 
-def _expand_folders(paths: list[Path]) -> list[Path]:
+def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
     """Each folder becomes the audio files below it, sorted (hidden files such as macOS ``._``
-    forks left out); a folder without any stays, to be reported."""
+    forks left out); a folder without any stays, to be reported. Also returns, per file, the
+    position of the path it came from."""
     out: list[Path] = []
-    for path in paths:
+    origin: list[int] = []
+    for k, path in enumerate(paths):
         found: list[Path] = []
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         out += found or [path]
-    return out
+        origin += [k] * len(found or [path])
+    return out, origin
 
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],

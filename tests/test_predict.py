@@ -120,12 +120,32 @@ def test_predict_takes_folders_of_audio(trained: Path, tmp_path: Path, monkeypat
                                        tmp_path / "empty"]
     assert all(p.ok for p in preds[:3])
     assert "folder" in preds[3].error and "holds no audio file" in preds[3].error
-    with pytest.raises(PredictError, match="2 entries for 3 files \\(folders count as the audio files inside"):
+    with pytest.raises(PredictError, match="2 entries for 1 paths and 3 files \\(a folder counts as the audio files"):
         predict_audio(trained, [folder], speakers=["a", "b"])
 
 
+def test_a_folder_takes_one_speaker_for_all_its_files(trained: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One speaker's recordings in a folder: one name for the folder (it needed one per file, 60
+    names on the command line for a RAVDESS actor), or still one per file."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    folder = tmp_path / "actor24"
+    files = [folder / f"{k}.wav" for k in range(3)]
+    for f in [*files, tmp_path / "x.wav"]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"RIFF")
+    preds = predict_audio(trained, [folder, tmp_path / "x.wav"], speakers=["a24", "other"])
+    assert [(p.path, p.speaker) for p in preds] == [(f, "a24") for f in files] + [(tmp_path / "x.wav", "other")]
+    assert all(p.ok for p in preds)
+    per_file = predict_audio(trained, [folder], speakers=["a", "a", "b"])
+    assert [p.speaker for p in per_file] == ["a", "a", "b"]
+    done = subprocess.run([sys.executable, "-m", "w2v2ser", "predict", str(trained), str(folder),
+                           "--speaker-groups", "a24,b"], capture_output=True, text=True)
+    assert done.returncode == 2 and "2 entries for 1 paths and 3 files" in done.stderr, done.stderr
+
+
 def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
-    with pytest.raises(PredictError, match="2 entries for 4 files"):
+    with pytest.raises(PredictError, match="2 entries for 4 paths and 4 files"):
         predict_audio(trained, audio_files, speakers=["a", "b"])
     with pytest.raises(RunDirError, match="is not a trained run"):
         predict_audio(trained, audio_files, run="nope__seed9")

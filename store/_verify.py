@@ -111,10 +111,17 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
 
     name = f"{table}.parquet"
     try:
-        source: Any = (str(store.location.path / name) if store.location.is_local
-                       else pa.BufferReader(store.location.read_bytes(name) or b""))
-        if store.location.is_local and not (store.location.path / name).is_file():
-            raise FileNotFoundError(name)
+        source: Any
+        if store.location.is_local:
+            source = store.location.path / name
+            if not source.is_file():
+                raise FileNotFoundError(name)
+            source = str(source)
+        else:
+            raw = store.location.read_bytes(name)
+            if raw is None:
+                raise FileNotFoundError(name)
+            source = pa.BufferReader(raw)
         reader = pq.ParquetFile(source, page_checksum_verification=True)
         missing = [c for c in columns if c not in reader.schema_arrow.names]
         if missing:

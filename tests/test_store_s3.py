@@ -7,6 +7,7 @@ them: the ``AWS_*`` environment variables, or explicit ``storage_options``.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -118,6 +119,28 @@ class TestStoreBackends:
         assert store.verify().ok
         assert store.compose_statistics("lld").count == sum(self.LENGTHS)
         assert set(json.loads(json.dumps(store.describe()))["features"]) == {W2V.name, SPEC2D.name}
+
+    @pytest.mark.parametrize("damage", ["flip", "delete"])
+    def test_verify_names_a_damaged_or_missing_parquet_table(self, where, damage):
+        build_store(where, lengths=[20, 9, 12], units=0)
+        assert open_store(where).verify().ok
+        if damage == "delete":
+            locate_store(where).delete("utterances.parquet")
+        else:
+            def flip(raw: bytes) -> bytes:  # the last byte of the id column's data page, inside its CRC32
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(io.BytesIO(raw)).metadata
+                chunk = meta.row_group(0).column(meta.schema.names.index("id"))
+                end = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size
+                damaged = bytearray(raw)
+                damaged[end - 1] ^= 0x5A
+                return bytes(damaged)
+
+            _damage(where, "utterances.parquet", flip)
+        report = open_store(where).verify()
+        want = "utterances.parquet is missing" if damage == "delete" else "utterances.parquet cannot be read"
+        assert not report.ok and want in str(report), report
 
     def test_flipped_truncated_or_missing_shard_raises_naming_the_utterance_on_every_read_path(self, where):
         built = build_store(where, lengths=[20, 9, 12], units=0)

@@ -396,8 +396,9 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        out += found or [path]
-        origin += [k] * len(found or [path])
+        entries = found or [path]
+        out += entries
+        origin += [k] * len(entries)
     return out, origin
 
 

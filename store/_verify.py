@@ -8,7 +8,7 @@ import numpy as np
 
 from ._errors import StoreError
 from ._finalize import compose_speakers
-from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, to_str_list
+from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, open_array, to_str_list
 from ._stats import utterance_statistics
 from ._types import VerifyReport
 
@@ -141,7 +141,7 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
                     return [("*", "", f"{name}: column {col!r} differs from the store's table in rows "
                                       f"{lo}..{hi - 1}; {_REWRITE}")]
             lo = hi
-        rows = len(store._read(f"{table}/{columns[0]}"))
+        rows = int(open_array(store._group, f"{table}/{columns[0]}").shape[0])  # its length, not a second read
     except StoreError:
         return []  # the Zarr table itself is damaged: reported above
     except FileNotFoundError:

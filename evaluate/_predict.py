@@ -34,6 +34,7 @@ import numpy as np
 from w2v2ser._common import python_command
 
 from ._errors import PredictError, RunDirError
+from ._rundir import current_runs
 from ._sweep import find_run_dirs
 
 __all__ = ["Prediction", "predict_audio", "extract_features"]
@@ -151,10 +152,10 @@ def _experiment_config(experiment: Mapping[str, Any], path: Path) -> Any:
                           "written by another w2v2ser version. Retrain it with this version.") from exc
 
 
-def _classes(run_dir: Path, results: Mapping[str, Any] | None) -> tuple[str, ...]:
+def _classes(run_dir: Path, results: Mapping[str, Any] | None, runs: Sequence[Path]) -> tuple[str, ...]:
     if results and results.get("classes"):
         return tuple(str(c) for c in results["classes"])
-    for predictions in sorted(run_dir.glob("runs/*/predictions.csv")):
+    for predictions in (run / "predictions.csv" for run in runs if (run / "predictions.csv").exists()):
         with open(predictions, newline="", encoding="utf-8") as handle:
             header = next(csv.reader(handle), [])
         classes = tuple(h[2:] for h in header if h.startswith("p_"))
@@ -188,19 +189,30 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
     results = None
     if (run_dir / "results.json").exists():
         results = _read_json(run_dir / "results.json", what="the aggregated results")
-    available = sorted(p.parent.name for p in run_dir.glob("runs/*/model.keras"))
+    # Runs of an older configuration that a later `train` into this folder did not replace are not
+    # this run directory's models (current_runs).
+    current = current_runs(run_dir, experiment)
+    available = [r.name for r in current if (r / "model.keras").exists()]
+    stale = sorted({p.parent.name for p in run_dir.glob("runs/*/model.keras")} - set(available))
     if run is not None:
         if run not in available:
-            raise RunDirError(f"--run {run!r} is not a trained run of {run_dir}; expected one of "
+            why = (" (it is a run of another configuration than experiment.json's, left by an earlier "
+                   "`w2v2ser train` into this folder)" if run in stale else "")
+            raise RunDirError(f"--run {run!r} is not a trained run of {run_dir}{why}; expected one of "
                               f"{available or '(none: training has not finished a run)'}.")
         available = [run]
     if not available:
-        metrics = [_read_json(m, what="a run's metrics") for m in run_dir.glob("runs/*/metrics.json")]
+        metrics = [_read_json(r / "metrics.json", what="a run's metrics") for r in current]
         swept = any(isinstance(m, dict) and m.get("trained_by") == "sweep" for m in metrics)
         if swept:
             raise RunDirError(f"{run_dir} was trained by `w2v2ser sweep`, which saves no models. To predict with "
                               f"{config.features!r}, train it with `w2v2ser train STORE --features "
                               f"{config.features}` and pass that run directory.")
+        if stale:
+            raise RunDirError(f"{run_dir} holds only runs of another configuration than its experiment.json "
+                              f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): `w2v2ser train` "
+                              "was started there with new settings and has not finished a run yet. Run it "
+                              "to completion first.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
     branches = tuple(_Branch(name, config.store_alias(text), config.stores[config.store_alias(text)], text)
@@ -210,7 +222,7 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
         from w2v2ser.train import get_protocol
 
         max_frames = get_protocol(config.protocol).max_frames
-    return _RunPlan(run_dir, config, _classes(run_dir, results),
+    return _RunPlan(run_dir, config, _classes(run_dir, results, current),
                     tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from w2v2ser._common import UPSTREAM_FEATURES
 from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
 
-__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES"]
+__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs"]
 
 #: Display names of the corpora, in the column order of the paper's tables.
 CORPUS_NAMES: dict[str, str] = {"ravdess": "RAVDESS", "iemocap": "IEMOCAP", "csv": "CSV"}
@@ -198,9 +198,29 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
     return " + ".join(parts)
 
 
-def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> tuple[list[tuple[float, ...]], tuple[int, ...]]:
-    """Normalised α per run and the layers they weight, from results.json or, failing that,
-    runs/*/layer_weights.json. Runs whose layers differ from the first run's are left out."""
+def current_runs(run_dir: Path, experiment: Any) -> list[Path]:
+    """The finished runs (``runs/*/`` with a ``metrics.json``) of the configuration ``experiment.json``
+    records, in name order.
+
+    `w2v2ser train` into a folder that holds another configuration replaces only the runs of the
+    same fold and seed, so other runs of the old configuration may remain beside the new ones; they
+    are not part of this run directory's results. Runs (or experiment files) without a
+    ``config_key``, written before it was recorded, count as current.
+    """
+    key = experiment.get("config_key") if isinstance(experiment, Mapping) else None
+    found = []
+    for metrics_path in sorted(Path(run_dir).glob("runs/*/metrics.json")):
+        metrics, _ = _load_json(metrics_path)
+        own = metrics.get("config_key") if isinstance(metrics, Mapping) else None
+        if key is None or own is None or own == key:
+            found.append(metrics_path.parent)
+    return found
+
+
+def _layer_weights(results: Mapping[str, Any], run_dir: Path, experiment: Mapping[str, Any]
+                   ) -> tuple[list[tuple[float, ...]], tuple[int, ...]]:
+    """Normalised α per run and the layers they weight, from results.json or, failing that, the
+    current runs' layer_weights.json. Runs whose layers differ from the first run's are left out."""
     raw = results.get("layer_weights")
     entries: list[Any]
     if isinstance(raw, Mapping):
@@ -209,8 +229,8 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path) -> tuple[list[tupl
         entries = list(raw)
     else:
         entries = []
-        for path in sorted(run_dir.glob("runs/*/layer_weights.json")):
-            data, _ = _load_json(path)
+        for run in current_runs(run_dir, experiment):
+            data, _ = _load_json(run / "layer_weights.json")
             if data is not None:
                 entries.append(data)
     out: list[tuple[float, ...]] = []
@@ -257,7 +277,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
                           reason=f"{run_dir} is not a directory")
     experiment, exp_problem = _load_json(run_dir / "experiment.json")
     experiment = experiment if isinstance(experiment, Mapping) else {}
-    finished = len(list(run_dir.glob("runs/*/metrics.json")))
+    finished = len(current_runs(run_dir, experiment))
     base = _describe(experiment, experiment)
     skipped, _ = _load_json(run_dir / "skipped.json")
     if skipped is not None:
@@ -299,7 +319,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
                           reason="results.json has neither uar_mean nor uar_per_run",
                           runs_finished=finished, **desc)
-    weights, weight_layers = _layer_weights(results, run_dir)
+    weights, weight_layers = _layer_weights(results, run_dir, experiment)
     return RunSummary(
         path=run_dir, status="complete", experiment=experiment, results=results,
         uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std, scoring=scoring,

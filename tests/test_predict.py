@@ -186,6 +186,33 @@ def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:
     assert report["runs"][0]["n_runs"] == 2 and len(report["runs"][0]["layer_weights"]) == 2
 
 
+
+def test_runs_of_an_older_configuration_left_in_the_folder_are_not_used(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train` into a folder of another configuration replaces only the runs of the same fold and
+    seed; predict and the report use only the runs of the configuration experiment.json names
+    (here the old seed-1 model takes 3 layers, the new selection gives one: it crashed Keras)."""
+    import shutil
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    old = json.loads((run / "experiment.json").read_text())
+    new = ExperimentConfig(stores=old["stores"], features="wav2vec2:2", head="dense", norm="speaker",
+                           protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                           recipe_overrides={"max_epochs": 2}, workers=1)
+    train_experiment(new, out=run, progress=False, threads=1)
+    assert (run / "runs" / "split__seed1" / "model.keras").exists()  # the old run stays on disk
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    preds = predict_audio(run, audio_files)
+    _check(preds[0], json.loads((run / "results.json").read_text())["classes"])
+    with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of .* another configuration"):
+        predict_audio(run, audio_files, run="split__seed1")
+    (run / "results.json").unlink()  # as while that training is still going on
+    write_report([run], out=tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["runs_finished"] == 1
 def test_predict_process_never_imports_torch(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
     code = (
         "import sys, json\n"

@@ -318,7 +318,8 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
                if k not in RUNTIME_FIELDS + SEED_FIELDS and old.get(k) != v]
     log.warning("%s holds runs of another configuration (%s); each run trained now replaces the old run of "
-                "the same fold and seed. Give another output folder to keep them.", out,
+                "the same fold and seed, and the other old runs no longer count (results, evaluate, predict). "
+                "Give another output folder to keep them.", out,
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 

@@ -26,7 +26,23 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "
                                          "are no longer where the training store recorded them; they must be "
                                          "the same weights")
+    parser.add_argument("--store", action="append", dest="stores", metavar="[ALIAS=]PATH",
+                        help="the training store's new location when it has moved since training (ALIAS=PATH "
+                             "for a run of several stores, e.g. fusion=...; repeatable); it must hold the "
+                             "run's features with the same settings")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def _parse_stores(values: list[str] | None) -> dict[str | None, str] | None:
+    """``--store [ALIAS=]PATH`` values; a URL's own ``=`` (s3://b/p?x=y) is left alone."""
+    out: dict[str | None, str] = {}
+    for value in values or []:
+        alias, sep, path = value.partition("=")
+        if sep and alias.isidentifier():
+            out[alias] = path
+        else:
+            out[None] = value
+    return out or None
 
 
 def predict_from_cli(args: argparse.Namespace) -> int:
@@ -36,6 +52,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         speakers = [s.strip() for s in args.speaker_groups.split(",")]
     predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers,
                                 run=getattr(args, "run", None), model=getattr(args, "model", None),
+                                stores=_parse_stores(getattr(args, "stores", None)),
                                 work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     if getattr(args, "json", False):
         print(json.dumps([p.to_dict() for p in predictions], indent=2))

@@ -98,8 +98,11 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
     if proc.returncode != 0 and not (Path(store) / "zarr.json").exists():
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
-                                  "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
+        moved = ("" if model else " If the speech encoder's weights have moved since training, pass their new "
+                 "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
+        if "is not a w2v2ser store" in tail and str(like) in tail:
+            moved = (f" If the training store has moved, pass its new location: w2v2ser predict --store PATH "
+                     f"(predict_audio(stores={{None: PATH}})).{moved}")
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
                            f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that the "
                            f"training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]')."
@@ -165,7 +168,7 @@ def _classes(run_dir: Path, results: Mapping[str, Any] | None, runs: Sequence[Pa
                       "p_<class> columns); the run dir is incomplete. Finish training first.")
 
 
-def _plan(run_dir: Path, run: str | None) -> _RunPlan:
+def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | None = None) -> _RunPlan:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} does not exist; expected a folder written by `w2v2ser train`.")
@@ -215,7 +218,9 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
                               "to completion first.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
-    branches = tuple(_Branch(name, config.store_alias(text), config.stores[config.store_alias(text)], text)
+    aliases = {name: config.store_alias(text) for name, text in config.selections().items()}
+    paths = _moved_stores(run_dir, experiment, config, current, stores) if stores else {}
+    branches = tuple(_Branch(name, aliases[name], paths.get(aliases[name], config.stores[aliases[name]]), text)
                      for name, text in config.selections().items())
     max_frames = config.max_frames
     if max_frames is None:
@@ -224,6 +229,52 @@ def _plan(run_dir: Path, run: str | None) -> _RunPlan:
         max_frames = get_protocol(config.protocol).max_frames
     return _RunPlan(run_dir, config, _classes(run_dir, results, current),
                     tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames)
+
+
+def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, runs: Sequence[Path],
+                  stores: Mapping[str | None, str]) -> dict[str, str]:
+    """New locations of training stores (``stores=``: alias -> path, or None -> path for a run of one
+    store), each checked to be the store the run was trained on: the same features with the same
+    settings, and the same utterances (the runs' data fingerprint)."""
+    import dataclasses
+
+    from w2v2ser._common import did_you_mean
+    from w2v2ser.store import open_store
+    from w2v2ser.train._experiment import data_fingerprint
+
+    aliases = sorted({config.store_alias(text) for text in config.selections().values()})
+    out: dict[str, str] = {}
+    for alias, path in stores.items():
+        if alias is None:
+            if len(aliases) != 1:
+                raise PredictError(f"run dir {run_dir} reads {len(aliases)} stores ({', '.join(aliases)}); give "
+                                   f"each moved one as ALIAS=PATH, e.g. --store {aliases[0]}={path}.")
+            alias = aliases[0]
+        if alias not in aliases:
+            raise PredictError(f"--store names store alias {alias!r}, but run dir {run_dir} reads "
+                               f"{', '.join(aliases)}.{did_you_mean(alias, aliases)}")
+        out[alias] = str(path)
+    recorded = experiment.get("stores_identity") if isinstance(experiment.get("stores_identity"), Mapping) else {}
+    for alias, path in out.items():
+        specs = open_store(path).features  # raises StoreError naming the path when it is not a store
+        trained = (recorded.get(alias) or {}).get("features") or {}
+        for name, spec in trained.items():
+            found = specs[name].to_dict() if name in specs else None
+            if found != spec:
+                why = "has no such feature" if found is None else "has it with other settings"
+                raise PredictError(f"store {path} (given for {alias!r}) {why}: feature {name!r} of run dir "
+                                   f"{run_dir} was trained from {recorded[alias].get('path', '?')} with "
+                                   f"{json.dumps(spec, sort_keys=True)[:300]}. Pass the store the run was "
+                                   "trained on, at its new location.")
+    recorded_data = {m.get("data_fingerprint") for m in (_read_json(r / "metrics.json", what="a run's metrics")
+                                                         for r in runs) if isinstance(m, Mapping)} - {None}
+    if recorded_data and data_fingerprint(dataclasses.replace(config, stores={**config.stores, **out})) \
+            not in recorded_data:
+        raise PredictError(f"the store(s) given with --store ({', '.join(out.values())}) hold other utterances "
+                           f"than run dir {run_dir} was trained on (ids, speakers, labels or audio differ), so "
+                           "its statistics would not be the training ones. Pass the store the run was trained "
+                           "on, at its new location.")
+    return out
 
 
 def _write_manifest(path: Path, files: Sequence[Path], speakers: Sequence[str]) -> list[str]:
@@ -278,7 +329,7 @@ def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: 
     except Exception as exc:  # noqa: BLE001 -- reported with the fix below
         raise PredictError(f"no saved global statistics for branch {branch.name!r} in {model.parent} and the "
                            f"training store {branch.store} cannot be opened ({exc}); restore the training "
-                           "store or retrain the run.") from exc
+                           "store, pass its new location (--store PATH), or retrain the run.") from exc
     return build_normaliser(store, selection, "global", train_speakers=train_speakers or store.speakers(),
                             speakers=[])
 
@@ -299,7 +350,8 @@ def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, te
 
 def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[str] | None = None,
                   work_dir: Path | None = None, run: str | None = None,
-                  batch_size: int = 16, model: str | Path | None = None) -> list[Prediction]:
+                  batch_size: int = 16, model: str | Path | None = None,
+                  stores: Mapping[str | None, str | Path] | None = None) -> list[Prediction]:
     """Predict the emotion of audio files with the models of a trained run directory.
 
     Features are extracted in a subprocess with the training store's recorded extractor
@@ -319,6 +371,9 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         model: the speech encoder (hub id, local folder or fairseq checkpoint) when its weights
             are no longer where the training store recorded them; they must be the same weights
             (stage 1 compares their sha256 with the recorded ones).
+        stores: new locations of training stores that have moved since training: store alias ->
+            path or URL (``{None: path}`` for a run of one store). Each must hold the run's
+            features with the settings recorded in ``experiment.json``.
 
     Returns:
         One :class:`Prediction` per path, in order; files that failed carry ``error``.
@@ -340,7 +395,7 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
                                f"(a folder counts as the audio files inside it; or an empty entry was given); "
                                "expected one non-empty speaker name per path (a folder's applies to every file "
                                "in it) or per file, in the same order.")
-    plan = _plan(Path(run_dir), run)
+    plan = _plan(Path(run_dir), run, {k: str(v) for k, v in stores.items()} if stores else None)
     if model is not None:
         _check_model_option(plan, str(model))
     groups = list(speakers) if speakers is not None else [UNGROUPED] * len(files)

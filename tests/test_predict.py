@@ -366,3 +366,57 @@ def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: p
     note = [line for line in err.splitlines() if line.startswith("note:")]
     assert len(note) == 1 and "1 of 4 files are longer than the first 0.8 s" in note[0]
     assert "c.wav (1.2 s)" in note[0] and "a.wav" not in note[0] and "cut it into utterances" in note[0]
+
+
+def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: list[Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run dir whose training store has moved predicts with ``stores=`` (``--store [ALIAS=]PATH``),
+    which must be that same store: same feature settings and same utterances."""
+    import argparse
+    import dataclasses
+    import shutil
+
+    from stage2_fixtures import ravdess_utterances
+    from w2v2ser.evaluate import add_predict_arguments
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    moved = shutil.copytree(experiment["stores"]["main"], tmp_path / "moved.zarr")
+    experiment["stores"]["main"] = str(tmp_path / "gone.zarr")  # where training read it
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+
+    preds = predict_audio(run, audio_files, stores={None: moved})
+    _check(preds[0], json.loads((run / "results.json").read_text())["classes"])
+    assert [p.emotion for p in preds] == [p.emotion for p in predict_audio(trained, audio_files)]
+    with pytest.raises(PredictError, match=r"alias 'mian', but run dir .* reads main\. Did you mean 'main'\?"):
+        predict_audio(run, audio_files, stores={"mian": moved})
+    rows = ravdess_utterances()
+    relabelled = [dataclasses.replace(rows[0], label=rows[1].label if rows[1].label != rows[0].label
+                                      else rows[-1].label), *rows[1:]]
+    assert relabelled[0].label != rows[0].label
+    other = build_store(tmp_path / "other.zarr", layers=3, dim=4, features=("wav2vec2",), utterances=relabelled)
+    with pytest.raises(PredictError, match=r"hold other utterances than run dir"):
+        predict_audio(run, audio_files, stores={None: other})
+    wider = build_store(tmp_path / "wider.zarr", layers=3, dim=5, features=("wav2vec2",))
+    with pytest.raises(PredictError, match=r"has it with other settings: feature 'wav2vec2'"):
+        predict_audio(run, audio_files, stores={"main": wider})
+
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    args = parser.parse_args([str(run), "a.wav", "--store", "main=/x.zarr", "--store", "s3://b/p?v=1"])
+    from w2v2ser.evaluate._cli import _parse_stores
+    assert _parse_stores(args.stores) == {"main": "/x.zarr", None: "s3://b/p?v=1"}
+
+
+def test_a_missing_training_store_names_the_store_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failed(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 2, "", f"w2v2ser: error: {tmp_path}/s.zarr is not a w2v2ser store: "
+                                                        "the directory does not exist.")
+
+    monkeypatch.setattr(_predict.subprocess, "run", failed)
+    with pytest.raises(PredictError, match=r"If the training store has moved, pass its new location: "
+                                           r"w2v2ser predict --store PATH"):
+        _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
+                                  features=["egemaps"])

@@ -331,3 +331,26 @@ def test_names_outside_the_file_get_the_same_message() -> None:
         build_extractor("egemap")
     with pytest.raises(ConfigError, match=r"^recipe: expected one of paper, official, got 'papr'\. Did you mean 'paper'\?"):
         get_recipe("papr")
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["trian", "s.zarr"], "invalid choice: 'trian' (choose from 'extract', 'store', "),
+    (["train", "s.zarr", "--features", "egemaps", "--out", "r", "--head", "dnese"], "Did you mean 'dense'?"),
+    (["store", "verfy", "s.zarr"], "Did you mean 'verify'?"),
+    (["extract", "ravdes", "data"], "Did you mean 'ravdess'?"),
+])
+def test_a_mistyped_command_or_choice_gets_a_did_you_mean(argv: list[str], hint: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from w2v2ser._cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and hint in err and err.count("Did you mean") == 1, err
+
+
+def test_store_inspect_is_store_info() -> None:
+    from w2v2ser._cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["store", "inspect", "s.zarr"]).func is parser.parse_args(["store", "info", "s.zarr"]).func

@@ -359,11 +359,26 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a did-you-mean for a mistyped choice or subcommand (subparsers inherit the class)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            from w2v2ser._common import did_you_mean
+
+            hint = did_you_mean(value, action.choices or ())
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{exc.message}.{hint}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``w2v2ser`` command."""
     from w2v2ser import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="w2v2ser", description="Speech emotion recognition with wav2vec 2.0 embeddings."
     )
     parser.add_argument("--version", action="version", version=f"w2v2ser {__version__}")
@@ -406,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = commands.add_parser("store", help="inspect, verify, export or upgrade a feature store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
-    info = store_commands.add_parser("info", help="utterances, speakers, features, failures")
+    info = store_commands.add_parser("info", aliases=["inspect"], help="utterances, speakers, features, failures")
     info.add_argument("store", help=STORE_HELP)
     info.add_argument("--json", action="store_true", help="everything, every failure included, as one JSON document")
     info.set_defaults(func=_cmd_store_info)

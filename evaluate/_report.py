@@ -183,7 +183,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
 
 # Experiment keys that a row already names, or that never change a result.
 _NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "recipe", "recipe_overrides", "config_key",
-               "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
+               "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
 def _settings_apart(run: RunSummary, other: RunSummary) -> str:

@@ -207,12 +207,15 @@ def current_runs(run_dir: Path, experiment: Any) -> list[Path]:
     are not part of this run directory's results. Runs (or experiment files) without a
     ``config_key``, written before it was recorded, count as current.
     """
-    key = experiment.get("config_key") if isinstance(experiment, Mapping) else None
+    # experiment.json records the key of w2v2ser 0.2 beside the current one (legacy_config_key):
+    # finished runs keyed by either are runs of this configuration.
+    keys = {experiment.get(k) for k in ("config_key", "legacy_config_key")} if isinstance(experiment, Mapping) else set()
+    keys.discard(None)
     found = []
     for metrics_path in sorted(Path(run_dir).glob("runs/*/metrics.json")):
         metrics, _ = _load_json(metrics_path)
         own = metrics.get("config_key") if isinstance(metrics, Mapping) else None
-        if key is None or own is None or own == key:
+        if not keys or own is None or own in keys:
             found.append(metrics_path.parent)
     return found
 

@@ -241,3 +241,51 @@ def test_training_another_configuration_into_the_same_folder_says_so(rav, tmp_pa
     message = record.getMessage()
     assert f"{tmp_path} holds runs of another configuration (dropout {cfg.dropout!r} -> 0.1)" in message
     assert "workers" not in message and "another output folder" in message
+
+
+def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path, caplog):
+    """Where a store lies is not part of a run's key: a store moved, or staged to a node's local disk,
+    keeps its finished runs (all were trained again). Run dirs keyed as 0.2 keyed them (with the
+    stores' paths) are still this configuration's runs, for train, summarize, run and evaluate."""
+    import shutil
+
+    from w2v2ser._config import ExperimentSpec
+    from w2v2ser._run import _prepare_experiment
+    from w2v2ser.evaluate import write_report
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+
+    store = tmp_path / "s.zarr"
+    build_store(store, utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    (spec,) = plan_runs(cfg)
+    run = tmp_path / "run"
+    first = train_run(cfg, spec, out=run)
+    moved = ExperimentConfig(**{**cfg.to_dict(), "stores": {"main": str(shutil.move(store, tmp_path / "m.zarr"))}})
+    assert moved.config_key() == cfg.config_key()
+    again = train_run(moved, spec, out=run)
+    assert again.skipped and again.uar == first.uar
+    with caplog.at_level(logging.WARNING):
+        assert train_experiment(moved, out=run, progress=False)["n_runs"] == 1
+    assert "another configuration" not in caplog.text
+
+    # A run dir as 0.2 wrote it: metrics and experiment.json keyed with the stores' paths.
+    key, legacy = moved.config_keys()
+    assert key != legacy
+    metrics_path = run / "runs" / spec.name / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    from w2v2ser.train._experiment import _prepare, _store_fingerprints
+    metrics.update(config_key=legacy, store_fingerprint=_store_fingerprints(moved, _prepare(moved))[1])
+    metrics_path.write_text(json.dumps(metrics))
+    experiment = json.loads((run / "experiment.json").read_text())
+    del experiment["legacy_config_key"]
+    (run / "experiment.json").write_text(json.dumps({**experiment, "config_key": legacy}))
+    (run / "results.json").unlink()
+    assert run_is_current(metrics, moved.config_keys(), data_fingerprint(moved))
+    assert train_run(moved, spec, out=run).skipped
+    spec_of_run = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config=moved.to_dict(),
+                                 run_dir=run, where="experiments.t")
+    assert _prepare_experiment(spec_of_run)[2] == []  # `w2v2ser run` submits nothing
+    assert summarize_runs(moved, run)["n_runs"] == 1
+    assert json.loads((run / "experiment.json").read_text())["config_key"] == key  # recorded anew by run
+    write_report([run], out=tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["n_runs"] == 1

@@ -179,10 +179,22 @@ class ExperimentConfig:
     def config_key(self) -> str:
         """Stable 16-hex-digit hash of everything that changes a run's result.
 
-        Excludes runtime-only fields (cache, cache_budget_mb, workers) and the seed count
-        (adding seeds reuses finished runs); includes the fully resolved recipe and selections.
+        Excludes runtime-only fields (cache, cache_budget_mb, workers), the seed count (adding
+        seeds reuses finished runs) and where the stores are (a store moved, or staged to a node's
+        local disk, keeps its runs; which store it is, the runs' store and data fingerprints say);
+        includes the store aliases, the fully resolved recipe and the selections.
         """
+        return self._key(with_store_paths=False)
+
+    def config_keys(self) -> tuple[str, str]:
+        """``config_key()`` and the key w2v2ser recorded up to 0.2, which hashed the stores' paths
+        too: runs recorded with either are runs of this configuration."""
+        return self._key(with_store_paths=False), self._key(with_store_paths=True)
+
+    def _key(self, *, with_store_paths: bool) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
+        if not with_store_paths:
+            d["stores"] = sorted(self.stores)
         d["recipe_resolved"] = self.resolved_recipe().to_dict()
         d["selections"] = self.selections()
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -237,11 +238,23 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in folds for s in seeds]
 
 
-def _store_fingerprint(config: ExperimentConfig, data: _Data) -> str:
-    ident = {a: {"path": config.stores[a], "features": {s.feature: data.stores[a].features[s.feature].to_dict()
-                                                         for s in data.selections.values() if s.alias == a}}
-             for a in sorted({s.alias for s in data.selections.values()})}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+def _store_fingerprints(config: ExperimentConfig, data: _Data) -> tuple[str, str]:
+    """Hash of the features the runs read (names and extractor settings, per store alias), and the
+    one recorded up to 0.2, which also hashed the stores' paths (see ``config_keys``)."""
+    found = []
+    for with_path in (False, True):
+        ident = {a: {**({"path": config.stores[a]} if with_path else {}),
+                     "features": {s.feature: data.stores[a].features[s.feature].to_dict()
+                                  for s in data.selections.values() if s.alias == a}}
+                 for a in sorted({s.alias for s in data.selections.values()})}
+        found.append(hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16])
+    return found[0], found[1]
+
+
+def key_fields(config: ExperimentConfig) -> dict[str, str]:
+    """The configuration's keys as experiment.json records them (the current and the 0.2 one)."""
+    key, legacy = config.config_keys()
+    return {"config_key": key, "legacy_config_key": legacy}
 
 
 def _data_fingerprint(data: _Data) -> str:
@@ -313,7 +326,7 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
     except (OSError, ValueError):
         return
     key = config.config_key()
-    if old.get("config_key") in (None, key):
+    if old.get("config_key") in (None, *config.config_keys()):
         return
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
                if k not in RUNTIME_FIELDS + SEED_FIELDS and old.get(k) != v]
@@ -327,35 +340,38 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
     """Say so when runs of this configuration in ``out`` were trained on other utterances than the
     stores now hold (``data``, their fingerprint; a manifest that grew, fixed audio): those runs are
     trained again."""
-    key = config.config_key()
+    keys = config.config_keys()
     stale = []
     for path in sorted((out / "runs").glob("*/metrics.json")):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(metrics, dict) and metrics.get("config_key") == key and not run_is_current(metrics, key, data):
+        if isinstance(metrics, dict) and metrics.get("config_key") in keys and not run_is_current(metrics, keys, data):
             stale.append(path.parent.name)
     if stale:
         log.warning("%d run(s) in %s were trained on other utterances than the store now holds (it has changed "
                     "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, _some(stale))
 
 
-def _complete(run_dir: Path, key: str, fingerprint: str, data: str) -> dict[str, Any] | None:
-    """The run's metrics when it is complete for this configuration, store and data, else None."""
+def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], data: str) -> dict[str, Any] | None:
+    """The run's metrics when it is complete for this configuration (any of ``keys``), store (any of
+    ``fingerprints``) and data, else None."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if not run_is_current(metrics, key, data):
+    if not run_is_current(metrics, keys, data):
         return None
-    return metrics if metrics.get("store_fingerprint") == fingerprint else None
+    return metrics if metrics.get("store_fingerprint") in fingerprints else None
 
 
-def run_is_current(metrics: Any, key: str, data: str) -> bool:
-    """Whether a run's ``metrics.json`` is of this configuration and these utterances. Runs written
-    before the data fingerprint was recorded count as current for any data."""
-    return (isinstance(metrics, dict) and metrics.get("config_key") == key
+def run_is_current(metrics: Any, keys: str | Sequence[str], data: str) -> bool:
+    """Whether a run's ``metrics.json`` is of this configuration (one of its ``config_keys()``) and
+    these utterances. Runs written before the data fingerprint was recorded count as current for
+    any data."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    return (isinstance(metrics, dict) and metrics.get("config_key") in keys
             and metrics.get("data_fingerprint", data) == data)
 
 
@@ -438,13 +454,14 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     run_dir = out / "runs" / run_spec.name
     key = config.config_key()
     data = _prepare(config)
-    fingerprint, data_fp = _store_fingerprint(config, data), _data_fingerprint(data)
-    done = _complete(run_dir, key, fingerprint, data_fp)
+    fingerprints, data_fp = _store_fingerprints(config, data), _data_fingerprint(data)
+    fingerprint = fingerprints[0]
+    done = _complete(run_dir, config.config_keys(), fingerprints, data_fp)
     if done is not None:
         return _result(done, run_dir, skipped=True)
     if not (out / "experiment.json").exists():
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "experiment.json", {**config.to_dict(), "config_key": key,
+        _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                               "stores_identity": _store_identities(config, data.stores)})
     _start_run(config, run_spec)
     recipe = config.resolved_recipe()
@@ -534,6 +551,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | Non
     """
     out = Path(out)
     key, data = config.config_key(), data if data is not None else data_fingerprint(config)
+    keys = config.config_keys()
     specs = plan_runs(config)
     runs, missing = [], []
     for spec in specs:
@@ -543,7 +561,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | Non
         except (OSError, ValueError):
             missing.append(spec.name)
             continue
-        if not run_is_current(m, key, data):  # another configuration, or a store that has changed since
+        if not run_is_current(m, keys, data):  # another configuration, or a store that has changed since
             missing.append(spec.name)
             continue
         runs.append((spec, m))
@@ -619,7 +637,7 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     data = data_fingerprint(config)
     _warn_if_data_changed(out, config, data)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "experiment.json", {**config.to_dict(), "config_key": config.config_key(),
+    _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                           "stores_identity": _store_identities(config, stores)})
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()

@@ -44,7 +44,8 @@ from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
-                          _start_run, _store_fingerprint, _store_identities, _write_json, plan_runs, summarize_runs)
+                          _start_run, _store_fingerprints, _store_identities, _write_json, key_fields, plan_runs,
+                          summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -418,9 +419,9 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     configs = sweep_configs(config)
     base = configs[ALL_LAYERS_DIR]
     data = _prepare(base)
-    fp = _store_fingerprint(base, data)  # every head reads the same feature of the same store
-    data_fp = _data_fingerprint(data)
-    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_key(), fp, data_fp)
+    fps = _store_fingerprints(base, data)  # every head reads the same feature of the same store
+    fp, data_fp = fps[0], _data_fingerprint(data)
+    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_keys(), fps, data_fp)
             for name, c in configs.items()}
     if all(m is not None for m in done.values()):
         return {name: {**m, "skipped": True} for name, m in done.items()}
@@ -431,7 +432,7 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         except (OSError, ValueError, AttributeError):
             recorded = None
         if recorded != c.config_key():  # new or changed configuration: describe the current one
-            _write_json(out / name / "experiment.json", {**c.to_dict(), "config_key": c.config_key(),
+            _write_json(out / name / "experiment.json", {**c.to_dict(), **key_fields(c),
                                                          "stores_identity": _store_identities(c, data.stores),
                                                          "sweep": {"path": str(out), "head": name}})
     _start_run(config, run_spec)

@@ -8,6 +8,6 @@ between the stages.
 
 from ._common import ConfigError, DataError, W2v2serError
 
-__version__ = "0.2.0"  # 0.2: store format 3 (CRC-32C checksums)
+__version__ = "0.3.0"  # 0.3: run keys leave out where the stores lie; 0.2: store format 3 (CRC-32C checksums)
 
 __all__ = ["ConfigError", "DataError", "W2v2serError", "__version__"]

@@ -273,7 +273,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
     """Plan one experiment's runs; returns (config, all runs, runs still to do)."""
     from w2v2ser.store import open_store
     from w2v2ser.train import ExperimentConfig, plan_runs
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._experiment import data_fingerprint, key_fields, run_is_current
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -285,25 +285,27 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
         data = data_fingerprint(heads[ALL_LAYERS_DIR])  # the utterances: a store that grew retrains
         (out / "skipped.json").unlink(missing_ok=True)
         pending = [run for run in runs if not all(
-            run_is_current(_read_json(out / name / "runs" / run.name / "metrics.json"), c.config_key(), data)
+            run_is_current(_read_json(out / name / "runs" / run.name / "metrics.json"), c.config_keys(), data)
             for name, c in heads.items())]
         return train_config, runs, pending
-    key = train_config.config_key()
+    key, keys = train_config.config_key(), train_config.config_keys()
     runs = plan_runs(train_config)
     data = data_fingerprint(train_config)
     (out / "skipped.json").unlink(missing_ok=True)
     recorded = _read_json(out / "experiment.json")
     if not isinstance(recorded, dict) or recorded.get("config_key") != key:
-        # A changed configuration: describe the new one; old results must never be shown as its results.
-        (out / "results.json").unlink(missing_ok=True)
+        # A changed configuration: describe the new one; old results must never be shown as its results
+        # (a key of the same configuration as 0.2 recorded it only gets the current key recorded).
+        if not isinstance(recorded, dict) or recorded.get("config_key") not in keys:
+            (out / "results.json").unlink(missing_ok=True)
         stores = {alias: open_store(path) for alias, path in train_config.stores.items()}
         identity = {alias: {"path": train_config.stores[alias],
                             "features": {n: s.to_dict() for n, s in store.features.items()}}
                     for alias, store in stores.items()}
-        _write_json(out / "experiment.json", {**train_config.to_dict(), "config_key": key,
+        _write_json(out / "experiment.json", {**train_config.to_dict(), **key_fields(train_config),
                                               "stores_identity": identity, "name": experiment.name})
     pending = [run for run in runs
-               if not run_is_current(_read_json(out / "runs" / run.name / "metrics.json"), key, data)]
+               if not run_is_current(_read_json(out / "runs" / run.name / "metrics.json"), keys, data)]
     return train_config, runs, pending
 
 

@@ -289,3 +289,17 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     assert json.loads((run / "experiment.json").read_text())["config_key"] == key  # recorded anew by run
     write_report([run], out=tmp_path / "report")
     assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["n_runs"] == 1
+
+
+def test_seeds_spread_over_an_array_job_then_one_call_aggregates(rav, tmp_path):
+    """The README's SLURM array recipe: each task trains its own seed into one run dir (its
+    results.json holds only that seed); a final call with every seed trains none and aggregates."""
+    base = {"stores": rav["main"], "features": "egemaps", **FAST}
+    for seed in (1, 0):  # array tasks finish in any order
+        task = ExperimentConfig(**{**base, "first_seed": seed, "seeds": 1})
+        assert train_experiment(task, out=tmp_path / "run", progress=False)["n_runs"] == 1
+    trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "runs").glob("*/metrics.json")}
+    final = ExperimentConfig(**{**base, "seeds": 2})
+    results = train_experiment(final, out=tmp_path / "run", progress=False)
+    assert results["n_runs"] == 2 and len(trained) == 2
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # no run trained again

@@ -22,7 +22,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "their own statistics (speaker-normalised runs); default: the run's global "
                              "(training speakers) statistics")
     parser.add_argument("--run", help="use one run, e.g. all__seed0 (default: average every run's probabilities)")
-    parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here")
+    parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here "
+                                                           "(a new predict-* folder inside it per call)")
     parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "
                                          "are no longer where the training store recorded them; they must be "
                                          "the same weights")

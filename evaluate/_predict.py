@@ -96,7 +96,9 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
             "--features", ",".join(features), "--no-progress", *(["--model", model] if model else [])]
     proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
-    if proc.returncode != 0 and not (Path(store) / "zarr.json").exists():
+    # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
+    # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
+    if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
         moved = ("" if model else " If the speech encoder's weights have moved since training, pass their new "
                  "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
@@ -365,7 +367,8 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         speakers: optional speaker group per path (a folder's applies to every file in it) or
             per file; with a speaker-normalised run, each group is normalised with statistics of
             its own new files. Without it, the run's global (training speakers) statistics are used.
-        work_dir: keep the manifest and temporary stores there (default: a deleted temp folder).
+        work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
+            call (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
         batch_size: utterances per model call.
         model: the speech encoder (hub id, local folder or fairseq checkpoint) when its weights
@@ -410,9 +413,11 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     probabilities: dict[int, tuple[np.ndarray, float, float]] = {}
     if todo:
         if work_dir is not None:
+            # A new folder per call: a store left by an earlier call holds other files under the same
+            # positional ids, and resuming into it returned their predictions for the new files.
             Path(work_dir).mkdir(parents=True, exist_ok=True)
-            probabilities = _predict_files(plan, files, groups, todo, errors, Path(work_dir), batch_size,
-                                           model=model)
+            work = Path(tempfile.mkdtemp(prefix="predict-", dir=work_dir))
+            probabilities = _predict_files(plan, files, groups, todo, errors, work, batch_size, model=model)
         else:
             with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
                 probabilities = _predict_files(plan, files, groups, todo, errors, Path(tmp), batch_size,

@@ -88,7 +88,7 @@ def test_predict_ensemble_bad_and_missing_files(trained: Path, audio_files: list
         _check(p, classes)
     assert preds[2].emotion is None and "cannot decode" in preds[2].error
     assert preds[4].emotion is None and "file not found" in preds[4].error
-    assert (tmp_path / "work" / "manifest.csv").exists()  # work_dir is kept for inspection
+    assert len(list((tmp_path / "work").glob("predict-*/manifest.csv"))) == 1  # kept for inspection
 
     single = predict_audio(trained, audio_files[:1], run="split__seed0")
     _check(single[0], classes)
@@ -418,5 +418,38 @@ def test_a_missing_training_store_names_the_store_option(tmp_path: Path, monkeyp
     monkeypatch.setattr(_predict.subprocess, "run", failed)
     with pytest.raises(PredictError, match=r"If the training store has moved, pass its new location: "
                                            r"w2v2ser predict --store PATH"):
+        _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
+                                  features=["egemaps"])
+
+
+def test_a_reused_work_dir_never_labels_new_files_with_old_features(trained: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``work_dir`` reused across calls: each call extracts into its own new folder (the second call
+    resumed into the first call's store, whose positional ids held the old files, and returned the
+    old files' labels for the new ones)."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    first, second = tmp_path / "first.wav", tmp_path / "second.wav"
+    for f in (first, second):
+        f.write_bytes(b"RIFF")
+    work = tmp_path / "work"
+    predict_audio(trained, [first], work_dir=work)
+    predict_audio(trained, [second], work_dir=work)
+    manifests = sorted((p / "manifest.csv").read_text() for p in work.glob("predict-*"))
+    assert len(manifests) == 2 and any(str(first) in m for m in manifests) and any(str(second) in m for m in manifests)
+    stored = {r.path for p in work.glob("predict-*") for r in open_store(p / "features0.zarr").list_utterances()}
+    assert stored == {str(first.resolve()), str(second.resolve())}
+
+
+def test_extraction_refusing_its_input_raises_even_when_a_store_is_left(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t.zarr").mkdir()
+    (tmp_path / "t.zarr" / "zarr.json").write_text("{}")  # a store from before, complete or not
+
+    def refused(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 2, "", "w2v2ser: error: plan: utterance 'predict00000' is already "
+                                                        "in store t.zarr with path 'old.wav'")
+
+    monkeypatch.setattr(_predict.subprocess, "run", refused)
+    with pytest.raises(PredictError, match=r"(?s)exit 2.*already in store"):
         _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
                                   features=["egemaps"])

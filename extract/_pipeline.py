@@ -29,7 +29,7 @@ import numpy as np
 
 from w2v2ser._common import SHARD_SIZE, progress_bar
 from w2v2ser.store import (
-    StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
+    StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
@@ -97,6 +97,27 @@ def _probe_all(
             infos.append(None)
             failures[position] = f"cannot read {utterance.path}: {error}. Check the file exists and is readable."
     return infos, failures
+
+
+def _check_audio_unchanged(store: Any, utterances: Sequence[Utterance], progress: bool) -> None:
+    """Refuse to resume when a file's audio has changed since its features were extracted: the
+    finished utterance would be kept, with features that are no longer of its file."""
+    recorded = {r.id: (r.path, r.audio_sha256) for r in store.list_utterances(status="done") if r.audio_sha256}
+    kept = [u for u in utterances if recorded.get(u.id, ("",))[0] == u.path]
+    changed = []
+    for u in _progress(kept, progress and bool(kept), "check audio", "file"):
+        try:
+            digest = sha256_file(u.path)
+        except OSError:
+            continue  # a vanished file keeps its features; nothing newer to compare with
+        if digest != recorded[u.id][1]:
+            changed.append(u)
+    if changed:
+        named = ", ".join(f"{u.id!r} ({u.path})" for u in changed[:5]) + (", ..." if len(changed) > 5 else "")
+        raise StoreError(f"the audio of {len(changed)} utterance(s) already extracted into store {store.path} "
+                         f"has changed since (its sha256 differs from the one recorded): {named}. A store keeps "
+                         f"what it extracted, and resuming would keep those features: extract into a new store "
+                         f"path (`--like {store.path}` keeps the feature configs), or restore the files.")
 
 
 def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
@@ -179,7 +200,9 @@ def extract_corpus(
     with lock_store(store_path):
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
-        stored = open_store(store_path, allow_incomplete=True).features
+        existing = open_store(store_path, allow_incomplete=True)
+        _check_audio_unchanged(existing, utterances, progress)
+        stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]
         specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]

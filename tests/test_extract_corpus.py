@@ -397,6 +397,23 @@ def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, t
     assert open_store(store).complete  # the refused run changed nothing
 
 
+def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, tmp_path):
+    """A file rewritten in place (same path, other audio) after its features were extracted: the
+    resumed run kept the old features as complete; now it names the file and changes nothing."""
+    from w2v2ser.store import StoreError
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    before = open_store(store).read_utterance(corpus[1].id, "energy")
+    sf.write(corpus[1].path, sf.read(corpus[2].path)[0], 16000)
+    with pytest.raises(StoreError, match=rf"audio of 1 utterance\(s\) already extracted into store .* has changed "
+                                          rf"since .*{corpus[1].id!r} \({corpus[1].path}\).*--like"):
+        extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    st = open_store(store)
+    assert st.complete
+    np.testing.assert_array_equal(st.read_utterance(corpus[1].id, "energy"), before)
+
+
 def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, tmp_path):
     """A failed file fixed by conversion (broken.wav -> fixed.flac) and a corrected label: the row
     had no audio, so nothing of it was extracted, and the resumed run takes the new values."""

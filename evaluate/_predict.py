@@ -240,7 +240,7 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, run
     settings, and the same utterances (the runs' data fingerprint)."""
     import dataclasses
 
-    from w2v2ser._common import did_you_mean
+    from w2v2ser._common import W2v2serError, did_you_mean
     from w2v2ser.store import open_store
     from w2v2ser.train._experiment import data_fingerprint
 
@@ -250,7 +250,8 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, run
         if alias is None:
             if len(aliases) != 1:
                 raise PredictError(f"run dir {run_dir} reads {len(aliases)} stores ({', '.join(aliases)}); give "
-                                   f"each moved one as ALIAS=PATH, e.g. --store {aliases[0]}={path}.")
+                                   f"each moved one as ALIAS=PATH: "
+                                   f"{' '.join(f'--store {a}=PATH' for a in aliases)}.")
             alias = aliases[0]
         if alias not in aliases:
             raise PredictError(f"--store names store alias {alias!r}, but run dir {run_dir} reads "
@@ -268,6 +269,12 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, run
                                    f"{run_dir} was trained from {recorded[alias].get('path', '?')} with "
                                    f"{json.dumps(spec, sort_keys=True)[:300]}. Pass the store the run was "
                                    "trained on, at its new location.")
+    for alias in sorted(set(aliases) - set(out)):  # the fingerprint reads every store of the run
+        try:
+            open_store(config.stores[alias])
+        except W2v2serError as exc:
+            raise PredictError(f"store {alias!r} of run dir {run_dir} cannot be opened where training read it "
+                               f"({exc}); if it has moved too, give it as well: --store {alias}=PATH.") from None
     recorded_data = {m.get("data_fingerprint") for m in (_read_json(r / "metrics.json", what="a run's metrics")
                                                          for r in runs) if isinstance(m, Mapping)} - {None}
     if recorded_data and data_fingerprint(dataclasses.replace(config, stores={**config.stores, **out})) \

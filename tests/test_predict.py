@@ -453,3 +453,29 @@ def test_extraction_refusing_its_input_raises_even_when_a_store_is_left(tmp_path
     with pytest.raises(PredictError, match=r"(?s)exit 2.*already in store"):
         _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
                                   features=["egemaps"])
+
+
+def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both stores of a fusion run moved: each is given by its alias, and one left out is named."""
+    import shutil
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    main = build_store(tmp_path / "main.zarr", layers=3, dim=4, features=("wav2vec2",))
+    fusion = build_store(tmp_path / "fusion.zarr", features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(main), "fusion": str(fusion)}, features="wav2vec2:all",
+                              head="fusion", protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    moved = {alias: str(shutil.move(path, tmp_path / f"moved-{alias}.zarr"))
+             for alias, path in (("main", main), ("fusion", fusion))}
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    with pytest.raises(PredictError, match=r"reads 2 stores \(fusion, main\); give each moved one as ALIAS=PATH: "
+                                           r"--store fusion=PATH --store main=PATH"):
+        predict_audio(tmp_path / "run", audio_files, stores={None: moved["main"]})
+    with pytest.raises(PredictError, match=r"store 'fusion' of run dir .* cannot be opened where training read it "
+                                           r".*--store fusion=PATH"):
+        predict_audio(tmp_path / "run", audio_files, stores={"main": moved["main"]})
+    preds = predict_audio(tmp_path / "run", audio_files, stores=moved)
+    assert preds[0].ok and not preds[2].ok  # bad.wav fails in the fake extraction

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import python_command
+from w2v2ser._common import W2v2serError, did_you_mean, python_command
 
 from ._errors import PredictError, RunDirError
 from ._rundir import current_runs
@@ -100,11 +100,8 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        moved = ("" if model else " If the speech encoder's weights have moved since training, pass their new "
-                 "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
-        if "is not a w2v2ser store" in tail and str(like) in tail:
-            moved = (f" If the training store has moved, pass its new location: w2v2ser predict --store PATH "
-                     f"(predict_audio(stores={{None: PATH}})).{moved}")
+        moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
+                                  "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
                            f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that the "
                            f"training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]')."
@@ -221,7 +218,7 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
     aliases = {name: config.store_alias(text) for name, text in config.selections().items()}
-    paths = _moved_stores(run_dir, experiment, config, current, stores) if stores else {}
+    paths = _moved_stores(run_dir, experiment, config, sorted(set(aliases.values())), current, stores) if stores else {}
     branches = tuple(_Branch(name, aliases[name], paths.get(aliases[name], config.stores[aliases[name]]), text)
                      for name, text in config.selections().items())
     max_frames = config.max_frames
@@ -233,18 +230,16 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
                     tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames)
 
 
-def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, runs: Sequence[Path],
-                  stores: Mapping[str | None, str]) -> dict[str, str]:
+def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, aliases: Sequence[str],
+                  runs: Sequence[Path], stores: Mapping[str | None, str]) -> dict[str, str]:
     """New locations of training stores (``stores=``: alias -> path, or None -> path for a run of one
     store), each checked to be the store the run was trained on: the same features with the same
     settings, and the same utterances (the runs' data fingerprint)."""
     import dataclasses
 
-    from w2v2ser._common import W2v2serError, did_you_mean
     from w2v2ser.store import open_store
     from w2v2ser.train._experiment import data_fingerprint
 
-    aliases = sorted({config.store_alias(text) for text in config.selections().values()})
     out: dict[str, str] = {}
     for alias, path in stores.items():
         if alias is None:
@@ -502,6 +497,12 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     # One temporary store per training store: the fusion head may read two stores.
     temp: dict[str, Any] = {}
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
+        try:  # stage 1 reads its extractor settings from it; say how to give a moved one
+            open_store(store_path)
+        except W2v2serError as exc:
+            raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
+                               f"has moved, pass its new location: w2v2ser predict --store PATH "
+                               f"(predict_audio(stores={{None: PATH}})).") from None
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
         moved = str(model) if model is not None and _upstream_features(store_path, features) else None

@@ -410,16 +410,19 @@ def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: 
     assert _parse_stores(args.stores) == {"main": "/x.zarr", None: "s3://b/p?v=1"}
 
 
-def test_a_missing_training_store_names_the_store_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failed(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(args, 2, "", f"w2v2ser: error: {tmp_path}/s.zarr is not a w2v2ser store: "
-                                                        "the directory does not exist.")
+def test_a_missing_training_store_names_the_store_option(trained: Path, audio_files: list[Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
 
-    monkeypatch.setattr(_predict.subprocess, "run", failed)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    experiment["stores"]["main"] = str(tmp_path / "gone.zarr")  # moved away since training
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
     with pytest.raises(PredictError, match=r"If the training store has moved, pass its new location: "
                                            r"w2v2ser predict --store PATH"):
-        _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
-                                  features=["egemaps"])
+        predict_audio(run, audio_files)
 
 
 def test_a_reused_work_dir_never_labels_new_files_with_old_features(trained: Path, tmp_path: Path,

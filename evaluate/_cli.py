@@ -65,6 +65,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
             else:
                 print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
     _note_cropped(predictions)
+    _note_resampled(predictions)
     return 0 if all(p.ok for p in predictions) else 1
 
 
@@ -78,3 +79,14 @@ def _note_cropped(predictions: list) -> None:
           f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
           f"was labelled: {shown}. To label a whole recording, cut it into utterances and predict those.",
           file=sys.stderr)
+
+
+def _note_resampled(predictions: list) -> None:
+    """Say on stderr which files were resampled to the training audio's rate, and why."""
+    resampled = [p for p in predictions if p.ok and p.resampled_to is not None]
+    if not resampled:
+        return
+    shown = ", ".join(str(p.path) for p in resampled[:3]) + (", ..." if len(resampled) > 3 else "")
+    print(f"note: {len(resampled)} of {len(predictions)} files were resampled to {resampled[0].resampled_to} Hz, "
+          f"the rate of all the run's training audio, before features that training took at each file's own "
+          f"rate (eGeMAPS changes with the rate): {shown}.", file=sys.stderr)

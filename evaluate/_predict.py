@@ -58,6 +58,9 @@ class Prediction:
         seconds: the file's duration, or None on error.
         seconds_used: how much of it, from its start, the models saw (the run's crop: the
             protocol's ``max_frames``); less than ``seconds`` for a file longer than the crop.
+        resampled_to: the rate (Hz) the file was resampled to for a feature that training took at
+            each file's own rate (eGeMAPS), because all the training audio had that rate and this
+            file has another; None when it was not.
     """
 
     path: Path
@@ -67,6 +70,7 @@ class Prediction:
     error: str | None = None
     seconds: float | None = None
     seconds_used: float | None = None
+    resampled_to: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,11 +81,11 @@ class Prediction:
         """JSON-ready form (used by ``w2v2ser predict --json``)."""
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
-                "seconds_used": self.seconds_used}
+                "seconds_used": self.seconds_used, "resampled_to": self.resampled_to}
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
-                     model: str | None = None) -> None:
+                     model: str | None = None, options: Sequence[str] = ()) -> None:
     """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
 
     Kept as one small function so tests can replace it with a direct store writer.
@@ -89,12 +93,14 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     Args:
         model: Where the speech encoder's weights are now (``--model``), when not where ``like``
             recorded them; stage 1 checks they are the recorded weights.
+        options: ``FEATURE.KEY=VALUE`` options that ``--like`` accepts (``egemaps.sample_rate=16000``).
 
     Raises:
         PredictError: the subprocess failed and left no readable store.
     """
     args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
-            "--features", ",".join(features), "--no-progress", *(["--model", model] if model else [])]
+            "--features", ",".join(features), "--no-progress", *(["--model", model] if model else []),
+            *(arg for option in options for arg in ("--option", option))]
     proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
@@ -412,7 +418,7 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         elif not file.is_file():
             errors[i] = f"file not found: {file}"
     todo = [i for i in range(len(files)) if i not in errors]
-    probabilities: dict[int, tuple[np.ndarray, float, float]] = {}
+    probabilities: dict[int, tuple[np.ndarray, float, float, int | None]] = {}
     if todo:
         if work_dir is not None:
             # A new folder per call: a store left by an earlier call holds other files under the same
@@ -428,10 +434,10 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     for i, file in enumerate(files):
         speaker = speakers[i] if speakers is not None else None
         if i in probabilities:
-            values, seconds, seconds_used = probabilities[i]
+            values, seconds, seconds_used, resampled_to = probabilities[i]
             probs = {c: float(p) for c, p in zip(plan.classes, values)}
             out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker,
-                                  seconds=seconds, seconds_used=seconds_used))
+                                  seconds=seconds, seconds_used=seconds_used, resampled_to=resampled_to))
         else:
             out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
     return out
@@ -478,11 +484,11 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
                    errors: dict[int, str], work: Path, batch_size: int, *,
-                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float]]:
+                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float, int | None]]:
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``.
 
     Returns:
-        position -> (class probabilities, file seconds, seconds the models saw).
+        position -> (class probabilities, file seconds, seconds the models saw, rate resampled to).
     """
     import keras
 
@@ -496,9 +502,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     position = dict(zip(ids, todo))
     # One temporary store per training store: the fusion head may read two stores.
     temp: dict[str, Any] = {}
+    resampled: dict[str, int] = {}  # utterance id -> rate it was resampled to
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
         try:  # stage 1 reads its extractor settings from it; say how to give a moved one
-            open_store(store_path)
+            training = open_store(store_path)
         except W2v2serError as exc:
             raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
                                f"has moved, pass its new location: w2v2ser predict --store PATH "
@@ -506,8 +513,14 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
         moved = str(model) if model is not None and _upstream_features(store_path, features) else None
-        extract_features(manifest, target, like=store_path, features=features, model=moved)
+        rates = _training_rates(training, features)
+        extract_features(manifest, target, like=store_path, features=features, model=moved,
+                         options=[f"{name}.sample_rate={rate}" for name, rate in rates.items()])
         temp[store_path] = open_store(target, allow_incomplete=True)
+        if rates:
+            resampled.update({r.id: next(rate for rate in rates.values() if rate != r.sample_rate)
+                              for r in temp[store_path].list_utterances()
+                              if r.sample_rate is not None and set(rates.values()) - {r.sample_rate}})
     done = set(ids)
     for store in temp.values():
         for failure in store.list_failures():
@@ -546,7 +559,21 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     rate = min(sel.frame_rate for sel in selections.values())
     crop = float("inf") if plan.max_frames is None else plan.max_frames / rate
-    return {position[it.id]: (total[k], it.duration, min(it.duration, crop)) for k, it in enumerate(items)}
+    return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id))
+            for k, it in enumerate(items)}
+
+
+def _training_rates(store: Any, features: Sequence[str]) -> dict[str, int]:
+    """Feature -> rate, for each feature that training computed at each file's own rate (``native``)
+    when all the training audio had that one rate: new files at another rate are resampled to it,
+    since the features of one recording differ with its rate (eGeMAPS' formant columns most)."""
+    out = {}
+    for name in features:
+        if store.features[name].config.get("sample_rate") == "native":
+            rates = {r.sample_rate for r in store.list_utterances(feature=name)}
+            if len(rates) == 1 and None not in rates:
+                out[name] = int(rates.pop())
+    return out
 
 
 def resolve_feature(selection: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from w2v2ser._common import did_you_mean
-from w2v2ser.store import Utterance
+from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError
 
@@ -19,8 +19,8 @@ __all__ = ["Manifest", "read_csv_manifest"]
 _REQUIRED = ("path", "label", "speaker")
 _OPTIONAL = ("session", "split", "id", "gender")
 _SPLITS = ("train", "validation", "test")
-# Extra key under which extraction records each file's sample rate (extract/_pipeline.py).
-_RESERVED = "audio_sample_rate"
+# Extra key under which extraction records each file's sample rate.
+_RESERVED = AUDIO_RATE_KEY
 # Spellings of the splits in common corpus lists (case-insensitive) -> the stored name.
 _SPLIT_ALIASES = {
     "train": "train", "training": "train",

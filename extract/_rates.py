@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from w2v2ser.store import FeatureSpec, Utterance
+from w2v2ser.store import AUDIO_RATE_KEY, FeatureSpec, Utterance
 
 from ._audio import NATIVE, TARGET_SAMPLE_RATE, AudioInfo, DecodedAudio, resampled_length
 from ._errors import ExtractorConfigError
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: Key of ``Utterance.extra`` under which each file's own sample rate (Hz, from its header) is stored.
-RATE_KEY = "audio_sample_rate"
+RATE_KEY = AUDIO_RATE_KEY
 
 
 def _native(extractor: Extractor) -> bool:

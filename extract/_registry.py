@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -13,6 +13,8 @@ import numpy as np
 from w2v2ser._common import ConfigError
 from w2v2ser._schema import validate
 from w2v2ser.store import FeatureSpec
+
+from ._audio import NATIVE
 
 __all__ = [
     "EXTRACTORS",
@@ -118,7 +120,8 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
 
 
 def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store",
-                 changes: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+                 changes: Mapping[str, Mapping[str, Any]] | None = None,
+                 audio_rates: Mapping[str, Collection[int | None]] | None = None) -> dict[str, dict[str, Any]]:
     """The extractor configs recorded in a store, to give new audio the same features (``--like``).
 
     A local model is taken from the absolute path the store recorded when its recorded spelling
@@ -129,7 +132,12 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
         store: The store, for messages.
         changes: Per feature, options to change: those that never change the values (device,
             batch size, threads, kernels) and, for a speech encoder, where its weights are
-            (``model``, ``revision``), which must then hold the recorded weights.
+            (``model``, ``revision``), which must then hold the recorded weights. A ``native``
+            ``sample_rate`` may become a rate in Hz when all of the store's audio had that rate
+            (``audio_rates``): the store's own files give the same frames either way, and new
+            files at other rates are resampled to it, as ``predict`` wants.
+        audio_rates: Per feature, the sample rates of the files the store's utterances of it
+            came from (``UtteranceRecord.sample_rate``; None for a store that predates them).
 
     Raises:
         ConfigError: A change of another option, or a model with other weights.
@@ -147,12 +155,21 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
             config["model"] = provenance["resolved_path"]
         wanted = dict((changes or {}).get(name) or {})
         allowed = set(RUNTIME_KEYS) | {"model", "revision"} if name in UPSTREAMS else set()
+        rates = set((audio_rates or {}).get(name) or ())
+        if "sample_rate" in wanted and _same_frames_at(config.get("sample_rate"), wanted["sample_rate"], rates):
+            allowed.add("sample_rate")
         refused = sorted(set(wanted) - allowed)
         if refused:
+            rate_note = ""
+            if "sample_rate" in refused and config.get("sample_rate") == NATIVE:
+                known = ", ".join(str(r) for r in sorted(rates, key=str)) or "not recorded"
+                rate_note = (f"; a native sample_rate may only become the one rate of all the store's audio "
+                             f"(its files' rates: {known})")
             raise ConfigError(
                 f"--like {store} gives {name} its recorded config, and {', '.join(refused)} would change its "
                 f"values; drop --like to extract with other options, or drop the option"
                 + (f" (options that may change here: {', '.join(sorted(allowed))})" if allowed else "")
+                + rate_note
             )
         given = wanted.get("model", config.get("model"))
         if given != config.get("model") or "revision" in wanted:
@@ -165,3 +182,11 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
                 )
         configs[name] = {**config, **wanted}
     return configs
+
+
+def _same_frames_at(recorded: Any, wanted: Any, rates: set[int | None]) -> bool:
+    """Whether ``sample_rate: wanted`` gives a store's own files the frames ``recorded`` gave them:
+    the same setting, or a rate in Hz where the store's audio (``rates``) all had that rate."""
+    if wanted == recorded:
+        return True
+    return recorded == NATIVE and isinstance(wanted, int) and not isinstance(wanted, bool) and rates == {wanted}

@@ -23,6 +23,7 @@ from ._lock import lock_store
 from ._reader import FeatureStore, open_store
 from ._stats import combine_statistics
 from ._types import (
+    AUDIO_RATE_KEY,
     Failure,
     FeatureSpec,
     FeatureStatistics,
@@ -35,6 +36,7 @@ from ._writer import StoreWriter, UnitWriter, WorkUnit
 
 __all__ = [
     "FORMAT_VERSION",
+    "AUDIO_RATE_KEY",
     "W2v2serError",
     "StoreError",
     "StoreIncompleteError",

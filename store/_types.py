@@ -14,6 +14,7 @@ from w2v2ser._schema import check_dataclass, dataclass_model, validate
 from ._errors import StoreError
 
 __all__ = [
+    "AUDIO_RATE_KEY",
     "Utterance",
     "UtteranceRecord",
     "FeatureSpec",
@@ -21,6 +22,11 @@ __all__ = [
     "Failure",
     "VerifyReport",
 ]
+
+#: Key of ``Utterance.extra`` under which extraction records each file's own sample rate (Hz,
+#: from its header); a manifest may not use it.
+AUDIO_RATE_KEY = "audio_sample_rate"
+
 
 @dataclass(frozen=True)
 class Utterance:
@@ -46,6 +52,12 @@ class UtteranceRecord(Utterance):
     audio_sha256: str
     status: str
     index: int
+
+    @property
+    def sample_rate(self) -> int | None:
+        """The audio file's own sample rate (Hz), or None for a store that predates the record."""
+        rate = self.extra.get(AUDIO_RATE_KEY)
+        return None if rate is None else int(rate)
 
 
 @dataclass(frozen=True)

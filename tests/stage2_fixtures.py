@@ -14,7 +14,7 @@ import contextlib
 import random
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -75,14 +75,17 @@ def iemocap_utterances(*, per_speaker: int = 6, seed: int = 0) -> list[Utterance
 
 def feature_specs(*, layers: int = 13, dim: int = 8, egemaps_dim: int = 25, spec_bins: int = 9,
                   features: Sequence[str] = ("wav2vec2", "egemaps", "spectrogram"),
-                  config_tag: str = "pretrained") -> list[FeatureSpec]:
-    """FeatureSpecs of the fake features (config_tag distinguishes e.g. an ASR-finetuned store)."""
+                  config_tag: str = "pretrained",
+                  feature_configs: Mapping[str, Mapping[str, Any]] | None = None) -> list[FeatureSpec]:
+    """FeatureSpecs of the fake features (config_tag distinguishes e.g. an ASR-finetuned store;
+    feature_configs adds keys to a feature's recorded config, e.g. {"egemaps": {"sample_rate": "native"}})."""
     specs = {
         "wav2vec2": FeatureSpec("wav2vec2", dim, layers, W2V2_RATE, "float16", {"model": config_tag}),
         "egemaps": FeatureSpec("egemaps", egemaps_dim, None, EGEMAPS_RATE, "float32", {"set": "eGeMAPSv02"}),
         "spectrogram": FeatureSpec("spectrogram", spec_bins, None, SPEC_RATE, "float32", {"hop_ms": 10}),
     }
-    return [specs[f] for f in features]
+    extra = feature_configs or {}
+    return [FeatureSpec(**{**vars(specs[f]), "config": {**specs[f].config, **extra.get(f, {})}}) for f in features]
 
 
 def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utterance] | None = None,
@@ -90,7 +93,8 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
                 features: Sequence[str] = ("wav2vec2", "egemaps", "spectrogram"),
                 min_seconds: float = 0.4, max_seconds: float = 1.6, seed: int = 0,
                 config_tag: str = "pretrained", speaker_offset: float = 0.5,
-                layer_signal: Sequence[float] | None = None, failures: dict[int, str] | None = None) -> Path:
+                layer_signal: Sequence[float] | None = None, failures: dict[int, str] | None = None,
+                feature_configs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write a complete random store and return its path.
 
     Args:
@@ -109,6 +113,7 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
             elsewhere: only that layer carries the label); None = the scalar shift in every layer.
         failures: Reason per position in the utterance table: these rows are recorded as failed
             extractions (no frames), as audio that cannot be decoded is.
+        feature_configs: Keys added to features' recorded configs (see :func:`feature_specs`).
     """
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
@@ -117,7 +122,7 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
     # (e.g. a pretrained and an ASR-finetuned one) have matching frame counts, as real ones do.
     durations = np.random.default_rng(len(utterances)).uniform(min_seconds, max_seconds, size=len(utterances))
     specs = feature_specs(layers=layers, dim=dim, egemaps_dim=egemaps_dim, spec_bins=spec_bins,
-                          features=features, config_tag=config_tag)
+                          features=features, config_tag=config_tag, feature_configs=feature_configs)
     frames = {
         "wav2vec2": [int(d * W2V2_RATE) for d in durations],
         "egemaps": [int(d * EGEMAPS_RATE) + 1 for d in durations],

@@ -461,3 +461,47 @@ def test_smile_worker_without_opensmile_answers_with_the_install_hint():
                     input=request.getvalue(), text=False)
     meta, _ = read_message(io.BytesIO(done.stdout))
     assert meta == {"status": "missing", "value": 'eGeMAPS needs opensmile: pip install "w2v2ser[extract]"'}
+
+
+def test_like_may_set_a_native_rate_to_the_one_rate_of_the_stores_audio(tmp_path, capsys):
+    """`--like STORE --option egemaps.sample_rate=R` (what predict passes) is taken when all of the
+    store's audio is at R: its own files give the same frames, and a file at another rate is
+    resampled to R, so a 48 kHz copy of a training file gets (nearly) that file's frames instead of
+    eGeMAPS at 48 kHz. Any other rate, or a store of mixed rates, is refused with the rates."""
+    import csv
+
+    import soxr
+
+    from w2v2ser._cli import main
+
+    utterances = _rate_corpus(tmp_path / "audio", (16_000,))
+    own = tmp_path / "audio" / "r16000b.wav"
+    write_audio(own, sample_rate=16_000, duration=1.3, frequency=300.0, seed=5)
+    utterances.append(Utterance(id="b", path=str(own), speaker="s1", label="a"))
+    extract_corpus(utterances, tmp_path / "train.zarr", extractors=[build_extractor("egemaps")], progress=False)
+    signal, _ = decode_audio(utterances[0].path)
+    copy = write_audio(tmp_path / "copy48k.wav", sample_rate=48_000, subtype="FLOAT",
+                       data=soxr.resample(signal, 16_000, 48_000, quality="VHQ"))
+    manifest = tmp_path / "new.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "path", "label", "speaker"], ["copy", str(copy), "a", "x"],
+                                      ["same", utterances[1].path, "a", "x"]])
+    args = ["extract", "csv", str(manifest), "--like", str(tmp_path / "train.zarr"), "--no-progress"]
+    assert main([*args, "--store", str(tmp_path / "new.zarr"), "--option", "egemaps.sample_rate=16000"]) == 0
+    train, new = open_store(tmp_path / "train.zarr"), open_store(tmp_path / "new.zarr")
+    assert new.features["egemaps"].config["sample_rate"] == 16_000
+    assert {r.id: r.sample_rate for r in new.list_utterances()} == {"copy": 48_000, "same": 16_000}
+    np.testing.assert_array_equal(new.read_utterance("same", "egemaps"), train.read_utterance("b", "egemaps"))
+    reference, resampled = train.read_utterance(utterances[0].id, "egemaps"), new.read_utterance("copy", "egemaps")
+    assert resampled.shape == reference.shape
+    # Mean relative error 0.003 here (a formant bandwidth moves by up to ~150 Hz through the two
+    # resamplings); the same copy's eGeMAPS at 48 kHz is off by 0.19, by up to ~1,500 Hz.
+    assert np.mean(np.abs(resampled - reference) / (np.abs(reference) + 1)) < 0.01
+    capsys.readouterr()
+    assert main([*args, "--store", str(tmp_path / "x.zarr"), "--option", "egemaps.sample_rate=22050"]) == 2
+    assert "its files' rates: 16000" in capsys.readouterr().err
+    mixed = _rate_corpus(tmp_path / "mixed", (16_000, 22_050))
+    extract_corpus(mixed, tmp_path / "mixed.zarr", extractors=[build_extractor("egemaps")], progress=False)
+    args[4] = str(tmp_path / "mixed.zarr")
+    assert main([*args, "--store", str(tmp_path / "y.zarr"), "--option", "egemaps.sample_rate=16000"]) == 2
+    assert "its files' rates: 16000, 22050" in capsys.readouterr().err

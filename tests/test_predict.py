@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,21 @@ import pytest
 from stage2_fixtures import build_store
 from w2v2ser.evaluate import PredictError, Prediction, RunDirError, predict_audio, write_report
 from w2v2ser.evaluate import _predict
-from w2v2ser.store import StoreWriter, Utterance, open_store
+from w2v2ser.store import AUDIO_RATE_KEY, StoreWriter, Utterance, open_store
 
 
-def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None) -> None:
+def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                 options: Sequence[str] = ()) -> None:
     """Stand-in for the stage 1 subprocess: random frames with the training store's specs.
 
-    Files whose name contains "bad" fail the way undecodable audio does (failure row).
+    Files whose name contains "bad" fail the way undecodable audio does (failure row); each file
+    is recorded at 16 kHz, or 48 kHz when its name contains "48k".
     """
     specs = [open_store(like).features[name] for name in features]
     with open(manifest, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
+    utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv",
+                            extra={AUDIO_RATE_KEY: 48_000 if "48k" in Path(r["path"]).name else 16_000})
                   for r in rows]
     bad = {i: "AudioError: cannot decode (not an audio file)" for i, r in enumerate(rows) if "bad" in Path(r["path"]).name}
     seconds = [0.6 + 0.2 * i for i in range(len(rows))]
@@ -283,7 +287,8 @@ def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
 
     seen = []
 
-    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None) -> None:
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:
         seen.append((tuple(features), model))
         fake_extract(manifest, store, like=like, features=features)
 
@@ -302,6 +307,61 @@ def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
     train_experiment(config, out=tmp_path / "egemaps-run", progress=False, threads=1)
     with pytest.raises(PredictError, match=r"reads no speech-encoder features \(egemaps\); drop the model"):
         predict_audio(tmp_path / "egemaps-run", audio_files[:1], model="elsewhere")
+
+
+def test_new_audio_takes_the_rate_of_the_training_audio_for_native_features(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run trained on native-rate eGeMAPS of 16 kHz audio asks stage 1 for eGeMAPS at 16 kHz:
+    before, a 48 kHz file got eGeMAPS at 48 kHz (on RAVDESS actor 24, 8 of 12 labels changed
+    for a 48 kHz copy of the same audio). The files resampled are named; a store of mixed rates,
+    or a feature at a fixed rate, gets no option."""
+    import argparse
+    from dataclasses import replace
+
+    from stage2_fixtures import ravdess_utterances
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    utterances = [replace(u, extra={**u.extra, AUDIO_RATE_KEY: 16_000}) for u in ravdess_utterances(per_actor=2)]
+    store = build_store(tmp_path / "egemaps.zarr", utterances=utterances, features=("egemaps", "spectrogram"),
+                        feature_configs={"egemaps": {"sample_rate": "native"}, "spectrogram": {"sample_rate": 16000}})
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", head="dense", norm="global",
+                              protocol="ravdess", recipe="official", seeds=1, recipe_overrides={"max_epochs": 1},
+                              workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    seen = []
+
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:
+        seen.append(list(options))
+        fake_extract(manifest, store, like=like, features=features)
+
+    monkeypatch.setattr(_predict, "extract_features", extract)
+    files = [tmp_path / "a.wav", tmp_path / "b_48k.wav"]
+    for file in files:
+        file.write_bytes(b"RIFF")
+    preds = predict_audio(tmp_path / "run", files)
+    assert seen == [["egemaps.sample_rate=16000"]]
+    assert [p.resampled_to for p in preds] == [None, 16_000]
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    assert predict_from_cli(parser.parse_args([str(tmp_path / "run"), *map(str, files), "--json"])) == 0
+    out = capsys.readouterr()
+    assert [p["resampled_to"] for p in json.loads(out.out)] == [None, 16_000]
+    assert "1 of 2 files were resampled to 16000 Hz, the rate of all the run's training audio" in out.err
+    assert str(files[1]) in out.err
+
+    mixed = [replace(u, extra={**u.extra, AUDIO_RATE_KEY: 16_000 if k % 2 else 44_100})
+             for k, u in enumerate(utterances)]
+    store = build_store(tmp_path / "mixed.zarr", utterances=mixed, features=("egemaps",),
+                        feature_configs={"egemaps": {"sample_rate": "native"}})
+    train_experiment(replace(config, stores={"main": str(store)}), out=tmp_path / "mixed-run", progress=False,
+                     threads=1)
+    train_experiment(replace(config, features="spectrogram"), out=tmp_path / "fixed-run", progress=False, threads=1)
+    seen.clear()
+    assert all(p.resampled_to is None for p in predict_audio(tmp_path / "mixed-run", files))
+    assert all(p.resampled_to is None for p in predict_audio(tmp_path / "fixed-run", files))
+    assert seen == [[], []]
 
 
 @pytest.mark.slow

@@ -340,7 +340,7 @@ def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     # predict finds the training store (its URL) in the run dir and extracts "like" it.
     likes = []
     monkeypatch.setattr(_predict, "extract_features",
-                        lambda manifest, store, *, like, features, model=None: likes.append(like)
+                        lambda manifest, store, *, like, features, model=None, options=(): likes.append(like)
                         or fake_extract(manifest, store, like=like, features=features))
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF")  # never decoded by the fake extraction

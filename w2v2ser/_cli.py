@@ -41,7 +41,8 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from w2v2ser._common import ConfigError
     from w2v2ser.store import open_store
 
-    like = open_store(args.like).features if args.like else None
+    like_store = open_store(args.like) if args.like else None
+    like = like_store.features if like_store is not None else None
     given = args.features if args.features is not None else ",".join(like or FEATURES)
     names = [f.strip() for f in given.split(",") if f.strip()]
     if not names:
@@ -67,7 +68,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if like is not None:
         from w2v2ser.extract import configs_like
 
-        return configs_like({name: like[name] for name in names}, store=args.like, changes=configs)
+        # The rates of the audio behind a feature, for a native sample_rate given a rate in Hz (predict).
+        rates = {name: {r.sample_rate for r in like_store.list_utterances(feature=name)}
+                 for name, config in configs.items() if "sample_rate" in config}
+        return configs_like({name: like[name] for name in names}, store=args.like, changes=configs,
+                            audio_rates=rates)
     return configs
 
 

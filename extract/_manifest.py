@@ -205,4 +205,17 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
             corpus="csv",
             extra={c: row[c] for c in extra_columns},
         ))
+    _check_label_spellings(path, rows)
     return Manifest(utterances=utterances, problems=[], corpus="csv", source=str(path))
+
+
+def _check_label_spellings(path: Path, rows: list[dict[str, str]]) -> None:
+    """Labels that differ only in case ('Angry', 'angry') would become separate classes."""
+    first: dict[str, dict[str, str]] = {}  # casefolded label -> spelling -> first line
+    for row in rows:
+        first.setdefault(row["label"].casefold(), {}).setdefault(row["label"], row["_line"])
+    for spellings in first.values():
+        if len(spellings) > 1:
+            listed = ", ".join(f"{label!r} (line {line})" for label, line in spellings.items())
+            raise _fail(path, None, "label", f"labels differ only in case: {listed}; each spelling would be a "
+                        f"class of its own", "Write every label of one class the same way.")

@@ -215,6 +215,9 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     ("path,label,speaker,split\na.wav,x,y,validaton\n", ["Did you mean 'validation'"]),
     ("path,label,speaker,audio_sample_rate\na.wav,x,y,16000\n", ["line 1", "reserved", "sample rate"]),
     ("path,label,speaker,gender\na.wav,x,y,other\n", ["line 2", "gender"]),
+    # Three spellings of one class would train as three classes.
+    ("path,label,speaker\na.wav,Angry,y\nb.wav,sad,y\nc.wav,angry ,y\nd.wav,ANGRY,y\n",
+     ["column 'label'", "'Angry' (line 2), 'angry' (line 4), 'ANGRY' (line 5)", "differ only in case"]),
     ("path,label,speaker\n", ["no rows"]),
     ("", ["empty"]),
 ])

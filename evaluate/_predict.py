@@ -223,6 +223,19 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
                               "to completion first.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
+    from w2v2ser.train import damaged_run_files
+
+    # The files predict reads; a changed predictions.csv does not change the predictions.
+    damaged = [f"{name}: {'; '.join(problems)}" for name in available
+               if (problems := damaged_run_files(run_dir / "runs" / name,
+                                                 _read_json(run_dir / "runs" / name / "metrics.json",
+                                                            what="a run's metrics"),
+                                                 only=("model.keras", "normalisation.npz")))]
+    if damaged:
+        good = [name for name in available if not any(d.startswith(f"{name}: ") for d in damaged)]
+        raise RunDirError(f"{len(damaged)} run(s) of {run_dir} are damaged: {' | '.join(damaged)}. Train the "
+                          f"experiment again into this folder (`w2v2ser train ... --out {run_dir}` trains them "
+                          f"again)" + (f", or pass --run with an intact run ({', '.join(good[:5])})." if good else "."))
     aliases = {name: config.store_alias(text) for name, text in config.selections().items()}
     paths = _moved_stores(run_dir, experiment, config, sorted(set(aliases.values())), current, stores) if stores else {}
     branches = tuple(_Branch(name, aliases[name], paths.get(aliases[name], config.stores[aliases[name]]), text)

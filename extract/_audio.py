@@ -9,7 +9,6 @@ audio is decoded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 from pydantic import Field
+
+from w2v2ser._common import file_sha256
 
 from ._errors import AudioError, ExtractorConfigError
 
@@ -365,8 +366,4 @@ def sha256_file(path: str | os.PathLike[str], *, block_size: int = 1 << 20) -> s
     """
     path = Path(path)
     _check_readable(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path, block_size=block_size)

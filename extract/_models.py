@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import os
 import pickle
 import re
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from w2v2ser._common import EXIT_INPUT
+from w2v2ser._common import EXIT_INPUT, file_sha256
 from w2v2ser.store import W2v2serError
 
 __all__ = ["FAMILIES", "ModelLoadError", "ModelSource", "resolve_model", "load_model", "architecture_of"]
@@ -176,14 +175,6 @@ def architecture_of(hf_config: Any) -> dict[str, Any]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fix_hint() -> str:
     return (
         "Pass instead a local directory written by `save_pretrained()` (Wav2Vec2Model, HubertModel, "
@@ -324,7 +315,7 @@ def _resolve_directory(
         path=str(directory.resolve()),
         revision=revision,
         commit_hash=commit,
-        weights_sha256={p.name: _sha256(p) for p in used},
+        weights_sha256={p.name: file_sha256(p) for p in used},
         hf_config=hf_config,
     )
 
@@ -560,7 +551,7 @@ def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
         path=str(path.resolve()),
         revision=None,
         commit_hash=None,
-        weights_sha256={path.name: _sha256(path)},
+        weights_sha256={path.name: file_sha256(path)},
         hf_config=_hf_config_from_fairseq(arch, path),
     )
 

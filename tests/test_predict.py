@@ -175,10 +175,35 @@ def test_a_damaged_normalisation_file_is_named_not_a_traceback(trained: Path, au
     shutil.copytree(trained, run)
     npz = run / "runs" / "split__seed0" / "normalisation.npz"
     npz.write_bytes(npz.read_bytes()[:100])
-    with pytest.raises(RunDirError, match=r"cannot read the run's normalisation statistics .*normalisation\.npz"):
-        predict_audio(run, audio_files[:1], run="split__seed0")
+    with pytest.raises(RunDirError, match=r"1 run\(s\) of .* are damaged: split__seed0: .*normalisation\.npz has "
+                                          r"changed since the run wrote it.*or pass --run with an intact run "
+                                          r"\(split__seed1\)"):
+        predict_audio(run, audio_files[:1])
     with pytest.raises(DataError, match=r"cannot read normalisation statistics .*Retrain this run"):
         load_normalisers(npz)
+    # A run written before metrics.json recorded its files' sha256: the reader's own error.
+    metrics = run / "runs" / "split__seed0" / "metrics.json"
+    metrics.write_text(json.dumps({k: v for k, v in json.loads(metrics.read_text()).items() if k != "files_sha256"}))
+    with pytest.raises(RunDirError, match=r"cannot read the run's normalisation statistics .*normalisation\.npz"):
+        predict_audio(run, audio_files[:1], run="split__seed0")
+
+
+def test_a_model_changed_after_training_is_refused(trained: Path, audio_files: list[Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flipped byte in model.keras is found from metrics.json's sha256 before any extraction, and
+    the message names the intact runs (Keras's own zip CRC error came only after extraction)."""
+    import shutil
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    model = run / "runs" / "split__seed1" / "model.keras"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match=r"split__seed1: .*model\.keras has changed since the run wrote it"):
+        predict_audio(run, audio_files[:1])
+    assert predict_audio(run, audio_files[:1], run="split__seed0")[0].ok
 
 
 def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:

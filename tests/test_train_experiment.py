@@ -13,7 +13,8 @@ import pytest
 from stage2_fixtures import another_thread_drawing_random_numbers, build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import (
-    ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment, train_run,
+    DataError, ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment,
+    train_run,
 )
 
 FAST = {"recipe_overrides": {"max_epochs": 1}, "units": 8, "seeds": 1, "workers": 2, "run_eagerly": True}
@@ -303,3 +304,36 @@ def test_seeds_spread_over_an_array_job_then_one_call_aggregates(rav, tmp_path):
     results = train_experiment(final, out=tmp_path / "run", progress=False)
     assert results["n_runs"] == 2 and len(trained) == 2
     assert {p: p.stat().st_mtime_ns for p in trained} == trained  # no run trained again
+
+
+def test_a_damaged_run_is_trained_again_never_summarised(rav, tmp_path, caplog):
+    """metrics.json records the sha256 of the run's other files. Before, a truncated predictions.csv
+    of a finished run was read as it was: resuming skipped the run, and results.json's n_test,
+    confusion-derived scores and pooled UAR (the IEMOCAP headline) silently changed."""
+    from w2v2ser.train import damaged_run_files
+
+    cfg = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    first = train_experiment(cfg, out=tmp_path, progress=False)
+    run = tmp_path / "runs" / plan_runs(cfg)[0].name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["files_sha256"]) == {"history.json", "model.keras", "normalisation.npz", "predictions.csv"}
+    assert damaged_run_files(run, metrics) == []
+    predictions = (run / "predictions.csv").read_text().splitlines(keepends=True)
+    (run / "predictions.csv").write_text("".join(predictions[:3]))  # a file cut short
+    assert damaged_run_files(run, metrics) == [f"{run / 'predictions.csv'} has changed since the run wrote it "
+                                               "(sha256 differs from metrics.json's)"]
+    assert damaged_run_files(run, metrics, only=("model.keras",)) == []
+    with pytest.raises(DataError, match=r"is damaged .*predictions.csv has changed.*train the experiment again"):
+        summarize_runs(cfg, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        again = train_experiment(cfg, out=tmp_path, progress=False)
+    assert f"run {run} is damaged" in caplog.text and "training it again" in caplog.text
+    assert again["n_test"] == first["n_test"] and again["uar_pooled_per_seed"] == first["uar_pooled_per_seed"]
+    assert (run / "predictions.csv").read_text() == "".join(predictions)
+
+    # A run written before the hashes: its predictions.csv is checked against n_test.
+    del metrics["files_sha256"]
+    assert damaged_run_files(run, metrics) == []
+    (run / "predictions.csv").write_text("".join(predictions[:3]))
+    assert damaged_run_files(run, metrics) == [f"{run / 'predictions.csv'} has 2 rows, but the run tested "
+                                               f"{metrics['n_test']} utterances"]

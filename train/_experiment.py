@@ -39,6 +39,7 @@ from ._errors import DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
+from ._runfiles import damaged_run_files, record_run_files
 from ._selection import ResolvedSelection, resolve_selection
 
 __all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
@@ -361,9 +362,13 @@ def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], d
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    if not run_is_current(metrics, keys, data):
+    if not run_is_current(metrics, keys, data) or metrics.get("store_fingerprint") not in fingerprints:
         return None
-    return metrics if metrics.get("store_fingerprint") in fingerprints else None
+    damaged = damaged_run_files(run_dir, metrics)
+    if damaged:
+        log.warning("run %s is damaged (%s); training it again", run_dir, "; ".join(damaged))
+        return None
+    return metrics
 
 
 def run_is_current(metrics: Any, keys: str | Sequence[str], data: str) -> bool:
@@ -530,7 +535,8 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
                 "layers": list(data.selections[b].layers or ()), "store": data.selections[b].alias,
                 "selection": data.selections[b].text}
             for b, a in head.layer_weights_.items()})
-    _write_json(tmp / "metrics.json", metrics)  # written last: its presence marks the run complete
+    # written last: its presence marks the run complete, and it holds the other files' sha256
+    _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))
     publish_directory(tmp, run_dir)
     return _result(metrics, run_dir, skipped=False)
 
@@ -572,7 +578,11 @@ def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | Non
     idx = {c: i for i, c in enumerate(classes)}
     per_run = [m["uar"] for _, m in runs]
     pooled: dict[int, tuple[list[int], list[int]]] = {}
-    for spec, _ in runs:
+    for spec, m in runs:
+        damaged = damaged_run_files(out / "runs" / spec.name, m)
+        if damaged:  # train_experiment trains such runs again before it summarises
+            raise DataError(f"run {out / 'runs' / spec.name} is damaged ({'; '.join(damaged)}); train the "
+                            f"experiment again (w2v2ser train ... --out {out}) to retrain it, then summarise")
         t, p = _read_predictions(out / "runs" / spec.name / "predictions.csv")
         acc = pooled.setdefault(spec.seed, ([], []))
         acc[0].extend(idx[v] for v in t)

@@ -49,6 +49,7 @@ from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerpr
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
+from ._runfiles import record_run_files
 from ._selection import parse_selection
 
 __all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR"]
@@ -395,7 +396,7 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
     _write_json(tmp / "history.json", history)
     if layer_weights:
         _write_json(tmp / "layer_weights.json", layer_weights)
-    _write_json(tmp / "metrics.json", metrics)  # last: marks the run complete
+    _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))  # last: marks the run complete
     publish_directory(tmp, run_dir)
 
 

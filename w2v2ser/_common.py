@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ __all__ = [
     "describe_error",
     "describe_path_error",
     "did_you_mean",
+    "file_sha256",
     "python_command",
     "fsync_path",
     "prefer_onednn",
@@ -116,6 +118,19 @@ def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.
     """
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
     return f" Did you mean {(canonical or {}).get(close[0], close[0])!r}?" if close else ""
+
+
+def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:
+    """Lowercase hex SHA-256 of a file's bytes, read in blocks (constant memory).
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -1,0 +1,69 @@
+"""Integrity of a finished run's files.
+
+A run directory is published whole (``publish_directory``), and its ``metrics.json``, written
+last, records the sha256 of every other file in it. A run whose files no longer match (a
+truncated ``predictions.csv``, a damaged ``model.keras``) is found by :func:`damaged_run_files`:
+training runs it again, and summaries and ``predict`` refuse it instead of reading other numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from w2v2ser._common import file_sha256
+
+__all__ = ["RUN_FILES_KEY", "damaged_run_files", "record_run_files"]
+
+#: Key of ``metrics.json`` that maps each other file of the run directory to its sha256.
+RUN_FILES_KEY = "files_sha256"
+
+
+def record_run_files(folder: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics`` with the sha256 of every file in ``folder`` (a run being written) but metrics.json."""
+    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "metrics.json"}
+    return {**metrics, RUN_FILES_KEY: files}
+
+
+def damaged_run_files(run_dir: Path, metrics: Mapping[str, Any], *, only: Collection[str] | None = None) -> list[str]:
+    """What is wrong with the files of a finished run (empty when nothing is).
+
+    Runs written before the hashes were recorded have their ``predictions.csv`` checked against
+    the ``n_test`` of their metrics instead.
+
+    Args:
+        run_dir: ``runs/<fold>__seed<k>/`` of a run directory.
+        metrics: Its ``metrics.json``.
+        only: Check just these files (e.g. what ``predict`` reads: model.keras, normalisation.npz).
+    """
+    run_dir = Path(run_dir)
+    recorded = metrics.get(RUN_FILES_KEY)
+    if not isinstance(recorded, Mapping):
+        if only is not None and "predictions.csv" not in only:
+            return []
+        return _check_predictions(run_dir / "predictions.csv", metrics.get("n_test"))
+    problems = []
+    for name, digest in sorted(recorded.items()):
+        if only is not None and name not in only:
+            continue
+        path = run_dir / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif file_sha256(path) != digest:
+            problems.append(f"{path} has changed since the run wrote it (sha256 differs from metrics.json's)")
+    return problems
+
+
+def _check_predictions(path: Path, n_test: Any) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [f"{path} cannot be read ({exc})"]
+    if any(None in row or None in row.values() or not row.get("label") or not row.get("predicted") for row in rows):
+        return [f"{path} has rows with missing fields"]
+    if isinstance(n_test, int) and len(rows) != n_test:
+        return [f"{path} has {len(rows)} rows, but the run tested {n_test} utterances"]
+    return []

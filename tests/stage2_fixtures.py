@@ -94,7 +94,8 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
                 min_seconds: float = 0.4, max_seconds: float = 1.6, seed: int = 0,
                 config_tag: str = "pretrained", speaker_offset: float = 0.5,
                 layer_signal: Sequence[float] | None = None, failures: dict[int, str] | None = None,
-                feature_configs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                feature_configs: Mapping[str, Mapping[str, Any]] | None = None,
+                audio_sha256: Sequence[str] | None = None) -> Path:
     """Write a complete random store and return its path.
 
     Args:
@@ -114,6 +115,7 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
         failures: Reason per position in the utterance table: these rows are recorded as failed
             extractions (no frames), as audio that cannot be decoded is.
         feature_configs: Keys added to features' recorded configs (see :func:`feature_specs`).
+        audio_sha256: Each row's recorded audio hash (default: distinct ones).
     """
     if utterances is None:
         utterances = ravdess_utterances() if corpus == "ravdess" else iemocap_utterances()
@@ -151,6 +153,7 @@ def build_store(path: Path, *, corpus: str = "ravdess", utterances: Sequence[Utt
                                 + speaker_offset * speakers.index(u.speaker)).astype(s.dtype)
                 continue
             data[s.name] = (rng.standard_normal(shape) + shift).astype(s.dtype)
-        writer.write_utterance(row, data, audio_sha256=f"{i:064x}", duration=float(d))
+        writer.write_utterance(row, data, audio_sha256=audio_sha256[i] if audio_sha256 else f"{i:064x}",
+                               duration=float(d))
     writer.finalize()
     return Path(path)

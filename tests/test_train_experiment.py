@@ -171,7 +171,11 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
             for j, label in enumerate(("calm", "tense"))]
     utts.append(row(99, "s5", "test", "bored"))  # a label only the test speaker has
     utts.append(row(98, "s1", "train", "Calm"))  # a second spelling of 'calm': a class of its own
-    store = build_store(tmp_path / "csv.zarr", utterances=utts, layers=3, dim=4, features=("egemaps",))
+    utts.append(row(97, "s5", "test", "tense"))  # a copy of s1's first file under the test speaker's name
+    hashes = [f"{k:064x}" for k in range(len(utts))]
+    hashes[-1] = hashes[0]
+    store = build_store(tmp_path / "csv.zarr", utterances=utts, layers=3, dim=4, features=("egemaps",),
+                        audio_sha256=hashes)
     cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="csv", **FAST)
     with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
         plan_runs(cfg)
@@ -179,6 +183,9 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
     assert caplog.text.count("fold split: no training speaker has an utterance labelled 'bored'") == 1
     assert "no utterance of the store is labelled" not in caplog.text
     assert caplog.text.count("labels 'Calm' and 'calm' differ only in case, so they are 2 separate classes") == 1
+    assert caplog.text.count("fold split: 1 test utterance(s) have the same audio (sha256) as a training "
+                             "utterance (u097), so the test scores are not speaker-independent") == 1
+    assert "validation utterance(s) have the same audio" not in caplog.text
 
 
 @pytest.mark.parametrize("cache", ["auto", "off"])

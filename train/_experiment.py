@@ -190,9 +190,10 @@ def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
 _REPORTED_UNTRAINED: set[tuple[str, str, int]] = set()
 
 
-def _report_untrained_classes(config: ExperimentConfig, data: _Data, folds: list[Fold]) -> None:
-    """Warn about classes a head is asked to output but never sees in training: their test
-    utterances can only be misclassified, which lowers UAR for a reason outside the model."""
+def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fold]) -> None:
+    """Warn, once per store and protocol, about classes a head is asked to output but never sees in
+    training (their test utterances can only be misclassified, which lowers UAR for a reason
+    outside the model), and about audio shared across partitions (:func:`_report_shared_audio`)."""
     key = (str(config.stores[data.selections["main"].alias]), config.protocol, config.csv_folds)
     if key in _REPORTED_UNTRAINED:
         return
@@ -218,6 +219,22 @@ def _report_untrained_classes(config: ExperimentConfig, data: _Data, folds: list
             log.warning("fold %s: no training speaker has an utterance labelled %s, so the heads never learn "
                         "that class and its test utterances can only be misclassified (give the training "
                         "partition some of its speakers)", fold.name, " or ".join(map(repr, missing)))
+    _report_shared_audio(data, folds)
+
+
+def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
+    """Warn when validation or test utterances have the same audio (sha256) as training ones:
+    disjoint speakers do not help when a file was copied under two speakers' names."""
+    for fold in folds:
+        train = set(fold.train)
+        seen = {r.audio_sha256 for r in data.records if r.speaker in train and r.audio_sha256}
+        for part, speakers in (("validation", set(fold.validation)), ("test", set(fold.test))):
+            shared = [r.id for r in data.records if r.speaker in speakers and r.audio_sha256 in seen]
+            if shared:
+                log.warning("fold %s: %d %s utterance(s) have the same audio (sha256) as a training utterance "
+                            "(%s), so the %s scores are not speaker-independent; remove the copies from the "
+                            "manifest, or give each copy its true speaker", fold.name, len(shared), part,
+                            _some(shared), part)
 
 
 def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
@@ -235,7 +252,7 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
         raise ProtocolError(f"protocol {config.protocol!r}: all {len(data.labels)} utterances of the store are "
                             f"labelled {present[0]!r}; emotion recognition needs at least two classes, so extract "
                             f"a corpus (or CSV manifest) with utterances of at least two labels")
-    _report_untrained_classes(config, data, folds)
+    _report_data_problems(config, data, folds)
     return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in folds for s in seeds]
 
 

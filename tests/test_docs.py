@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -84,8 +85,6 @@ def test_heads_claim_matches_the_heads() -> None:
 
 
 def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
-    import argparse
-
     from w2v2ser import ConfigError, DataError, W2v2serError, _cli
     from w2v2ser._common import EXIT_FAILED, EXIT_INPUT
     from w2v2ser.store import StoreError
@@ -123,3 +122,20 @@ def test_quick_start_test_command_is_what_ci_runs() -> None:
     # ... and after it, CI runs only the slow tests.
     assert ci_steps[:len(readme_steps)] == readme_steps
     assert ci_steps[len(readme_steps):] == [".venv/bin/python -m pytest -q -m slow"]
+
+
+def test_every_command_line_option_says_what_it_does() -> None:
+    """`w2v2ser CMD --help` describes every option (--no-progress had no text in four commands)."""
+    from w2v2ser._cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser, name: str):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    yield from parsers(child, f"{name} {sub}")
+
+    silent = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+              for name, parser in parsers(build_parser(), "w2v2ser") for action in parser._actions
+              if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
+    assert silent == []

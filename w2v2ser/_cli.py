@@ -76,6 +76,8 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return configs
 
 
+# --no-progress of extract, store upgrade, train and sweep (batch jobs whose logs want only the outcome).
+_NO_PROGRESS_HELP = "no progress bars or per-run lines; the final summary still prints"
 _SHOWN_FAILURES = 20  # failures printed by extract and store info; --json has them all
 
 
@@ -421,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
     extract.add_argument("--cpu-workers", dest="cpu_workers", type=_count(1), default=1,
                          help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model")
-    extract.add_argument("--no-progress", dest="no_progress", action="store_true")
+    extract.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     extract.set_defaults(func=_cmd_extract)
 
     store = commands.add_parser("store", help="inspect, verify, export or upgrade a feature store")
@@ -441,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format")
     upgrade.add_argument("old", help="format-1 store (only read)")
     upgrade.add_argument("new", help="new store directory")
-    upgrade.add_argument("--no-progress", dest="no_progress", action="store_true")
+    upgrade.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     upgrade.set_defaults(func=_cmd_store_upgrade)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds", parents=[verbose])
@@ -468,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
     )
     train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
-    train.add_argument("--no-progress", dest="no_progress", action="store_true")
+    train.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     train.set_defaults(func=_cmd_train)
 
     sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average",
@@ -488,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
     sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
-    sweep.add_argument("--no-progress", dest="no_progress", action="store_true")
+    sweep.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     sweep.set_defaults(func=_cmd_sweep)
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights",

@@ -344,3 +344,28 @@ def test_a_damaged_run_is_trained_again_never_summarised(rav, tmp_path, caplog):
     (run / "predictions.csv").write_text("".join(predictions[:3]))
     assert damaged_run_files(run, metrics) == [f"{run / 'predictions.csv'} has 2 rows, but the run tested "
                                                f"{metrics['n_test']} utterances"]
+
+
+def test_a_native_rate_feature_of_files_at_several_rates_is_reported_once(tmp_path, caplog):
+    """eGeMAPS at each file's own rate differs with the rate: a store of 16 and 44.1 kHz files
+    says so once (nothing before), a store of one rate or a fixed-rate feature says nothing."""
+    from dataclasses import replace
+
+    from w2v2ser.store import AUDIO_RATE_KEY
+
+    utts = ravdess_utterances(per_actor=2)
+    mixed = [replace(u, extra={**u.extra, AUDIO_RATE_KEY: 44_100 if k % 3 == 0 else 16_000})
+             for k, u in enumerate(utts)]
+    native = {"egemaps": {"sample_rate": "native"}, "spectrogram": {"sample_rate": 16_000}}
+    for name, rows in (("mixed", mixed), ("one", [replace(u, extra={**u.extra, AUDIO_RATE_KEY: 16_000})
+                                                  for u in utts])):
+        build_store(tmp_path / f"{name}.zarr", utterances=rows, layers=3, dim=4, features=("egemaps", "spectrogram"),
+                    feature_configs=native)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        for store, features in (("mixed", "egemaps"), ("mixed", "egemaps"), ("mixed", "spectrogram"),
+                                ("one", "egemaps")):
+            plan_runs(ExperimentConfig(stores=str(tmp_path / f"{store}.zarr"), features=features, **FAST))
+    assert caplog.text.count("egemaps was computed at each file's own sample rate, and the utterances trained on "
+                             "have 2 rates (16000 Hz: ") == 1
+    assert "44100 Hz: " in caplog.text and "--option egemaps.sample_rate=16000" in caplog.text
+    assert "spectrogram was computed" not in caplog.text

@@ -135,6 +135,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
+        _report_mixed_rates(config, stores, sels, {r.id for r in records})
     if report:
         _REPORTED_DROPS.add(drops)
     for branch, sel in sels.items():
@@ -172,6 +173,24 @@ def _report_failed_extractions(store: Any, path: str, features: set[str]) -> Non
     if failed:
         log.warning("store %s: %d utterance(s) failed extraction and are left out (%s); `w2v2ser store info %s` "
                     "gives the reasons", path, len(failed), _some(failed), shlex.quote(path))
+
+
+def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: dict[str, ResolvedSelection],
+                        ids: set[str]) -> None:
+    """Warn when a feature computed at each file's own rate (``sample_rate: native``) comes from files
+    of several rates: its values move with the rate, which can then stand in for a corpus or speaker."""
+    for sel in sels.values():
+        store = stores[sel.alias]
+        if store.features[sel.feature].config.get("sample_rate") != "native":
+            continue
+        rates = Counter(r.sample_rate for r in store.list_utterances(feature=sel.feature)
+                        if r.id in ids and r.sample_rate is not None)
+        if len(rates) > 1:
+            log.warning("%s: %s was computed at each file's own sample rate, and the utterances trained on have %d "
+                        "rates (%s); its values change with the rate (eGeMAPS' formant columns most), so the rate "
+                        "can stand in for a corpus or speaker. For one rate, extract with --option "
+                        "%s.sample_rate=16000", _store_label(config, sel.alias), sel.feature, len(rates),
+                        ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(rates.items())), sel.feature)
 
 
 def _some(ids: list[str]) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from w2v2ser._common import W2v2serError, did_you_mean, python_command
+from w2v2ser.train import damaged_run_files, list_run_files
 
 from ._errors import PredictError, RunDirError
 from ._rundir import current_runs
@@ -186,7 +187,7 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
         raise RunDirError(f"{run_dir} holds a skipped experiment ({reason}); it has no model to predict with.")
     if not (run_dir / "experiment.json").exists():  # a folder of run directories (runs/, experiments/)?
         inside = [found.relative_to(run_dir).as_posix() for found in find_run_dirs([run_dir]) if found != run_dir]
-        trained = [name for name in inside if any((run_dir / name).glob("runs/*/model.keras"))]
+        trained = [name for name in inside if list_run_files(run_dir / name / "runs", "model.keras")]
         inside = trained or inside  # a sweep folder holds no models
         if inside:
             raise RunDirError(f"{run_dir} holds run directories, not one: {', '.join(inside[:10])}"
@@ -201,7 +202,7 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
     # this run directory's models (current_runs).
     current = current_runs(run_dir, experiment)
     available = [r.name for r in current if (r / "model.keras").exists()]
-    stale = sorted({p.parent.name for p in run_dir.glob("runs/*/model.keras")} - set(available))
+    stale = sorted({p.parent.name for p in list_run_files(run_dir / "runs", "model.keras")} - set(available))
     if run is not None:
         if run not in available:
             why = (" (it is a run of another configuration than experiment.json's, left by an earlier "
@@ -223,8 +224,6 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
                               "to completion first.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "
                           "Run `w2v2ser train` to completion first.")
-    from w2v2ser.train import damaged_run_files
-
     # The files predict reads; a changed predictions.csv does not change the predictions.
     damaged = [f"{name}: {'; '.join(problems)}" for name in available
                if (problems := damaged_run_files(run_dir / "runs" / name,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from w2v2ser._common import UPSTREAM_FEATURES
+from w2v2ser.train import list_run_files
 from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
 
 __all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs"]
@@ -212,7 +213,7 @@ def current_runs(run_dir: Path, experiment: Any) -> list[Path]:
     keys = {experiment.get(k) for k in ("config_key", "legacy_config_key")} if isinstance(experiment, Mapping) else set()
     keys.discard(None)
     found = []
-    for metrics_path in sorted(Path(run_dir).glob("runs/*/metrics.json")):
+    for metrics_path in list_run_files(Path(run_dir) / "runs"):
         metrics, _ = _load_json(metrics_path)
         own = metrics.get("config_key") if isinstance(metrics, Mapping) else None
         if not keys or own is None or own in keys:

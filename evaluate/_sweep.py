@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from w2v2ser.train import list_run_files
+
 from ._rundir import CORPUS_NAMES, read_run_dir
 
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
@@ -76,7 +78,7 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = 4) -> list[Path]:
     """
     def below(folder: Path, levels: int) -> list[Path]:
         if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
-                or any((folder / "runs").glob("*/metrics.json"))):  # a run folder whose training was cut short
+                or list_run_files(folder / "runs")):  # a run folder whose training was cut short
             return [folder]
         if levels == 0 or not folder.is_dir() or folder.suffix == ".zarr":
             return []

@@ -242,6 +242,31 @@ def test_runs_of_an_older_configuration_left_in_the_folder_are_not_used(
     (run / "results.json").unlink()  # as while that training is still going on
     write_report([run], out=tmp_path / "report")
     assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["runs_finished"] == 1
+
+
+def test_folders_a_killed_training_left_behind_are_not_runs(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run being replaced is renamed to .<run>.old-PID, then deleted; one being written is
+    .<run>.tmp-PID. A kill can leave either, whole. Before, predict took them for runs (here seed 0
+    counted twice in the ensemble) and the report counted them."""
+    import shutil
+
+    from w2v2ser.evaluate._rundir import current_runs
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = predict_audio(run, audio_files)
+    shutil.copytree(run / "runs" / "split__seed0", run / "runs" / ".split__seed0.old-999")
+    shutil.copytree(run / "runs" / "split__seed1", run / "runs" / ".split__seed1.tmp-998")
+    experiment = json.loads((run / "experiment.json").read_text())
+    assert [p.name for p in current_runs(run, experiment)] == ["split__seed0", "split__seed1"]
+    assert [p.probabilities for p in predict_audio(run, audio_files)] == [p.probabilities for p in before]
+    (run / "results.json").unlink()
+    write_report([run], out=tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["runs_finished"] == 2
+
+
 def test_predict_process_never_imports_torch(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
     code = (
         "import sys, json\n"

@@ -28,7 +28,7 @@ from ._protocols import (
     PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store,
 )
 from ._recipes import RECIPES, Recipe, get_recipe
-from ._runfiles import damaged_run_files
+from ._runfiles import damaged_run_files, list_run_files
 from ._selection import ResolvedSelection, Selection, parse_selection, resolve_selection
 from ._sweep import ALL_LAYERS_DIR, describe_sweep, summarize_sweep, sweep_configs, sweep_experiment, sweep_run
 
@@ -36,7 +36,7 @@ prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
-    "partition_arrays", "PartitionArrays", "damaged_run_files",
+    "partition_arrays", "PartitionArrays", "damaged_run_files", "list_run_files",
     "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "protocol_of_corpora", "protocol_of_store",

@@ -39,7 +39,7 @@ from ._errors import DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
-from ._runfiles import damaged_run_files, record_run_files
+from ._runfiles import damaged_run_files, list_run_files, record_run_files
 from ._selection import ResolvedSelection, resolve_selection
 
 __all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
@@ -379,7 +379,7 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
     trained again."""
     keys = config.config_keys()
     stale = []
-    for path in sorted((out / "runs").glob("*/metrics.json")):
+    for path in list_run_files(out / "runs"):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError):

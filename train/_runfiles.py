@@ -15,10 +15,17 @@ from typing import Any
 
 from w2v2ser._common import file_sha256
 
-__all__ = ["RUN_FILES_KEY", "damaged_run_files", "record_run_files"]
+__all__ = ["RUN_FILES_KEY", "damaged_run_files", "list_run_files", "record_run_files"]
 
 #: Key of ``metrics.json`` that maps each other file of the run directory to its sha256.
 RUN_FILES_KEY = "files_sha256"
+
+
+def list_run_files(runs: Path, name: str = "metrics.json") -> list[Path]:
+    """``runs/*/<name>`` in name order, leaving out the hidden folders of a run being written
+    (``.<run>.tmp-PID``) or replaced (``.<run>.old-PID``), also when a killed process left them:
+    they are not runs, and one may hold a whole run's files."""
+    return sorted(p for p in Path(runs).glob(f"*/{name}") if not p.parent.name.startswith("."))
 
 
 def record_run_files(folder: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -188,9 +188,10 @@ def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: 
         if len(rates) > 1:
             log.warning("%s: %s was computed at each file's own sample rate, and the utterances trained on have %d "
                         "rates (%s); its values change with the rate (eGeMAPS' formant columns most), so the rate "
-                        "can stand in for a corpus or speaker. For one rate, extract with --option "
-                        "%s.sample_rate=16000", _store_label(config, sel.alias), sel.feature, len(rates),
-                        ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(rates.items())), sel.feature)
+                        "can stand in for a corpus or speaker. For one rate, extract into a new store with "
+                        "--option %s.sample_rate=16000 (pipeline.yaml: %s: {sample_rate: 16000})",
+                        _store_label(config, sel.alias), sel.feature, len(rates),
+                        ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(rates.items())), sel.feature, sel.feature)
 
 
 def _some(ids: list[str]) -> str:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -57,6 +57,8 @@ class ExtractionSummary:
         audio_seconds: Audio seconds extracted by this call.
         wall_seconds: Wall time of this call.
         complete: Whether the store is now marked complete.
+        relabelled: (id, column, old, new) of each label, split or session that this call took
+            from an edited manifest.
     """
 
     store: Path | str
@@ -67,11 +69,22 @@ class ExtractionSummary:
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
     complete: bool = False
+    relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
         """Audio seconds extracted per wall second."""
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def describe_relabelled(self) -> str:
+        """One line on the labels, splits and sessions taken from an edited manifest ("" if none)."""
+        if not self.relabelled:
+            return ""
+        counts = Counter(column for _, column, _, _ in self.relabelled)
+        uid, column, old, new = self.relabelled[0]
+        return (f"the manifest changed {', '.join(f'the {c} of {n}' for c, n in sorted(counts.items()))} "
+                f"utterance(s) (e.g. {uid}: {column} {old!r} -> {new!r}); the store now holds the new values, "
+                f"and runs trained on the old ones are trained again")
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,7 @@ def extract_corpus(
             reader_skipped=reader_skipped,
         )
         summary.planned = len(rows)
+        summary.relabelled = list(writer.relabelled)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)

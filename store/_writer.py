@@ -58,6 +58,9 @@ def _comparable(value: Any) -> Any:
 
 
 _SHOWN_DIFFERENCES = 6
+# Utterance columns that a resumed plan takes from a changed manifest in place: no frame and no
+# statistic depends on them (a path or a speaker change is refused).
+RELABELLED_COLUMNS = ("label", "session", "split")
 
 
 def _differences(stored: Any, given: Any, key: str) -> list[str]:
@@ -158,6 +161,8 @@ class StoreWriter:
         self._group = open_root(self.location, mode="r+")
         self._complete_layout()
         self._journal = open_journal(self.location, journal)
+        #: (id, column, old, new) of each label, split or session the last plan took from the manifest.
+        self.relabelled: list[tuple[str, str, str, str]] = []
         self._chunk_frames = dict(chunk_frames or {})
         self._shard_frames = dict(shard_frames or {})
         for kind, given in (("chunk_frames", self._chunk_frames), ("shard_frames", self._shard_frames)):
@@ -354,6 +359,8 @@ class StoreWriter:
         rows: list[int] = []
         new: list[int] = []
         reprobed: list[int] = []
+        relabelled: list[int] = []
+        self.relabelled = []
         stored_ns = self._column("num_samples")[:] if old_rows else np.zeros(0, np.int64)
         # What stage 2 reads from the store (audio, class, protocol partitions) must match the
         # manifest of a resumed run: a changed split or speaker would otherwise be ignored silently.
@@ -377,22 +384,27 @@ class StoreWriter:
                         reprobed.append(pos)
                     rows.append(row)
                     continue
-                if differ:
-                    was = ", ".join(f"{col} {old!r}" for col, old, _ in differ)
-                    now = ", ".join(f"{col} {new!r}" for col, _, new in differ)
+                fixed = [d for d in differ if d[0] not in RELABELLED_COLUMNS]
+                if fixed:
+                    was = ", ".join(f"{col} {old!r}" for col, old, _ in fixed)
+                    now = ", ".join(f"{col} {new!r}" for col, _, new in fixed)
                     raise StoreError(
                         f"plan: utterance {u.id!r} is already in store {self.path} with {was}, but was "
-                        f"given {now}. A store keeps the metadata it was extracted with, and stage 2 reads "
-                        f"it from there: extract into a new store path (`--like {self.path}` keeps the "
-                        f"feature configs), or restore the manifest's old values."
+                        f"given {now}. Its frames and its speaker's statistics were made from those: "
+                        f"extract into a new store path (`--like {self.path}` keeps the feature configs), "
+                        f"or restore the manifest's old values. (A changed label, split or session is "
+                        f"taken in place.)"
                     )
+                if differ:  # label, split, session: no frame or statistic depends on them
+                    relabelled.append(pos)
+                    self.relabelled += [(u.id, col, old, now) for col, old, now in differ]
             rows.append(row)
         # Refuse a changed feature config before anything is written.
         for spec in features:
             if spec.name in meta["features"]:
                 self._check_feature_config(spec, meta["features"][spec.name])
         new_features = [spec for spec in features if spec.name not in meta["features"]]
-        if (new or reprobed or new_features) and meta.get("complete"):
+        if (new or reprobed or relabelled or new_features) and meta.get("complete"):
             # Flag the store unfinished before touching it: a plan killed half-way must not
             # leave a store that still claims to be complete.
             meta["complete"] = False
@@ -413,7 +425,10 @@ class StoreWriter:
             if reprobed and col != "id":  # replaced rows keep their id; one write per column
                 arr.vindex[replaced] = np.asarray([self._cell(col, utterances[p], num_samples[p], fill)
                                                    for p in reprobed], dtype=kind)
-        if new or reprobed:
+            if relabelled and col in RELABELLED_COLUMNS:
+                arr.vindex[np.asarray([rows[p] for p in relabelled], dtype=np.int64)] = np.asarray(
+                    [self._cell(col, utterances[p], None, fill) for p in relabelled], dtype=kind)
+        if new or reprobed or relabelled:
             changed = True
         total = self._num_rows()
         # -- features
@@ -432,13 +447,15 @@ class StoreWriter:
             changed |= self._set_capacity(spec.name, rows, num_samples, capacities[spec.name], state)
         # -- failures known at plan time (unreadable headers)
         events = []
+        reset = set(reprobed)
         for pos, u in enumerate(utterances):
             row = rows[pos]
-            if pos in reprobed:
+            if pos in reset:
                 events.append({"event": "reset", "index": row, "id": u.id, "feature": None})
             if num_samples[pos] is None or pos in failures:
                 reason = failures.get(pos, "audio header unreadable (num_samples unknown)")
-                if state.row_failure_reason(row) != str(reason):
+                # A reset row has lost its old failure: record it again even when the reason is the same.
+                if pos in reset or state.row_failure_reason(row) != str(reason):
                     events.append({"event": "failure", "index": row, "id": u.id,
                                    "feature": None, "reason": str(reason)})
         if events:

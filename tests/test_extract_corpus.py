@@ -382,19 +382,49 @@ def test_extract_on_local_workers_beside_another_dask_dashboard(tmp_path):
     assert "already in use" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("change", ["split", "speaker", "label"])
-def test_a_resumed_run_refuses_changed_metadata_instead_of_ignoring_it(corpus, tmp_path, change):
+@pytest.mark.parametrize("change", ["speaker", "path"])
+def test_a_resumed_run_refuses_a_changed_speaker_or_path_instead_of_ignoring_it(corpus, tmp_path, change):
+    """Frames and the speaker's statistics were made from them: a new store is needed."""
     from dataclasses import replace
 
     from w2v2ser.store import StoreError
 
     store = tmp_path / "s.zarr"
     extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
-    edited = [replace(corpus[0], **{change: "validation" if change == "split" else "other"}), *corpus[1:]]
+    edited = [replace(corpus[0], **{change: corpus[1].path if change == "path" else "other"}), *corpus[1:]]
     with pytest.raises(StoreError, match=rf"{corpus[0].id!r} is already in store .* with {change} .*but was given "
                                           rf"{change} .*extract into a new store path"):
         extract_corpus(edited, store, extractors=[EnergyExtractor()], progress=False)
     assert open_store(store).complete  # the refused run changed nothing
+
+
+def test_a_resumed_run_takes_a_changed_label_split_or_session_in_place(corpus, tmp_path):
+    """A fixed label or split needs no new extraction (no frame or statistic depends on them).
+    Before, the resumed run refused it and the only way out was a new store: hours of GPU for
+    wav2vec2 on IEMOCAP. A failed row whose split changes stays failed: before, its failure was
+    reset and not recorded again, and it counted as done without frames."""
+    from dataclasses import replace
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    before = {r.id: open_store(store).read_utterance(r.id, "energy") for r in open_store(store).list_utterances()}
+    changes = {corpus[0].id: {"label": "calm"}, corpus[1].id: {"split": "test"}, corpus[2].id: {"session": "S9"},
+               "missing": {"split": "test"}}
+    edited = [replace(u, **changes.get(u.id, {})) for u in corpus]
+    summary = extract_corpus(edited, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.complete and summary.extracted == 0
+    assert summary.relabelled == [(corpus[0].id, "label", corpus[0].label, "calm"),
+                                  (corpus[1].id, "split", "", "test"), (corpus[2].id, "session", "", "S9")]
+    assert "the manifest changed the label of 1, the session of 1, the split of 1 utterance(s)" in \
+        summary.describe_relabelled()
+    st = open_store(store)
+    records = {r.id: r for r in st.list_utterances(status=None)}
+    for uid, change in changes.items():
+        assert {k: getattr(records[uid], k) for k in change} == change
+    assert records["missing"].status == "failed" and {f.id for f in st.list_failures()} == {"broken", "missing"}
+    for uid, frames in before.items():
+        np.testing.assert_array_equal(st.read_utterance(uid, "energy"), frames)
+    assert st.verify().ok
 
 
 def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, tmp_path):
@@ -432,9 +462,9 @@ def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, t
     (row,) = [r for r in st.list_utterances() if r.id == "broken"]
     assert (row.path, row.label, row.status) == (str(fixed), "angry", "done")
     np.testing.assert_array_equal(st.read_utterance("broken", "energy"), st.read_utterance(good.id, "energy"))
-    # A row that was extracted keeps refusing changes (test above): only never-read audio is replaced.
+    # A row that was extracted keeps refusing another speaker (test above): only never-read audio is replaced.
     with pytest.raises(Exception, match="already in store"):
-        extract_corpus([replace(u, label="sad") if u.id == "broken" else u for u in edited], store,
+        extract_corpus([replace(u, speaker="spk9") if u.id == "broken" else u for u in edited], store,
                        extractors=[EnergyExtractor()], progress=False)
 
 

@@ -162,6 +162,29 @@ def test_a_corpus_that_cannot_be_read_fails_its_stores_and_the_others_go_on(tmp_
     assert "FAILED: extract classic on dup, extract classic10 on dup" in err
 
 
+def test_a_label_fixed_in_the_manifest_reaches_the_store(tmp_path: Path, capsys) -> None:
+    """`run` took a complete store of the same ids as done, so a label or split corrected in the
+    manifest never reached it: training went on with the old values in silence."""
+    from w2v2ser._cli import main
+    from w2v2ser.store import open_store
+
+    pipeline = _pipeline(tmp_path)
+    data = yaml.safe_load(pipeline.read_text())
+    data["corpora"] = {"toy": data["corpora"]["toy"]}
+    data["extraction"]["stores"] = {"classic": data["extraction"]["stores"]["classic"]}
+    data["experiments"] = {"tiny": data["experiments"]["tiny"]}
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 0
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace("audio/0.wav,sad,", "audio/0.wav,happy,"))
+    capsys.readouterr()
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 0
+    err = capsys.readouterr().err
+    assert "the manifest changed the label of 1 utterance(s) (e.g. 0: label 'sad' -> 'happy')" in err, err
+    (store,) = (tmp_path / "out" / "stores" / "toy").glob("classic-*.zarr")
+    assert {r.id: r.label for r in open_store(store).list_utterances()}["0"] == "happy"
+
+
 def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:
     """The command line and `run`'s extraction child report these through one helper."""
     import errno

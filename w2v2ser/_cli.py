@@ -126,6 +126,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f"({summary.realtime_factor:.1f}x real time); {size}"
         f"{'complete' if summary.complete else 'INCOMPLETE'}"
     )
+    if summary.relabelled:
+        print(f"note: {summary.describe_relabelled()}", file=sys.stderr)
     if summary.complete:
         _note_features_lacking(location, ", ".join(configs))
     for utterance_id, path, reason in summary.failed[:_SHOWN_FAILURES]:

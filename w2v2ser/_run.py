@@ -150,8 +150,11 @@ def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
     return manifest
 
 
-def _store_done(store_path: Path, ids: set[str], features: Sequence[str]) -> bool:
-    """A complete store holding exactly these utterances and features needs no extraction pass."""
+def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[str]) -> bool:
+    """A complete store holding exactly these utterances, as the manifest gives them now, and these
+    features needs no extraction pass. A manifest edited since (a label, a split) goes to the
+    extraction, whose plan names each change it refuses: the store's old values must not be
+    trained on in silence."""
     from w2v2ser.store import open_store
 
     if not store_path.exists():
@@ -160,8 +163,12 @@ def _store_done(store_path: Path, ids: set[str], features: Sequence[str]) -> boo
         store = open_store(store_path)
     except W2v2serError:
         return False
-    planned = {u.id for u in store.list_utterances(status=None)}
-    return store.complete and planned == ids and set(features) <= set(store.features)
+    if not store.complete or not set(features) <= set(store.features):
+        return False
+    stored = {r.id: r for r in store.list_utterances(status=None)}
+    fields = ("path", "label", "speaker", "session", "split")
+    return stored.keys() == {u.id for u in utterances} and all(
+        str(getattr(stored[u.id], name)) == str(getattr(u, name)) for u in utterances for name in fields)
 
 
 def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
@@ -190,7 +197,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                              outcome="FAILED")
                 outcome.failed.append(label)
                 continue
-            if _store_done(path, {u.id for u in utterances}, list(store.features)):
+            if _store_done(path, utterances, list(store.features)):
                 _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
                 _clear_skip_marker(path)
                 outcome.done += 1
@@ -229,6 +236,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                   f"them)" if summary.failed else "")
         _say(f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
              f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
+        if summary.relabelled:
+            _say(f"extract {label}: {summary.describe_relabelled()}")
         return True
 
     # Stores run side by side on a cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap.

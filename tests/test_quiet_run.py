@@ -183,6 +183,13 @@ def test_a_label_fixed_in_the_manifest_reaches_the_store(tmp_path: Path, capsys)
     assert "the manifest changed the label of 1 utterance(s) (e.g. 0: label 'sad' -> 'happy')" in err, err
     (store,) = (tmp_path / "out" / "stores" / "toy").glob("classic-*.zarr")
     assert {r.id: r.label for r in open_store(store).list_utterances()}["0"] == "happy"
+    # The audio copied elsewhere (a node's local disk): the same store, still complete.
+    import shutil
+
+    shutil.copytree(tmp_path / "audio", tmp_path / "local")
+    manifest.write_text(manifest.read_text().replace("audio/", "local/"))
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 0
+    assert "extract classic on toy: complete (6 utterances)" in capsys.readouterr().err
 
 
 def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:

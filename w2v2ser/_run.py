@@ -166,7 +166,8 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
     if not store.complete or not set(features) <= set(store.features):
         return False
     stored = {r.id: r for r in store.list_utterances(status=None)}
-    fields = ("path", "label", "speaker", "session", "split")
+    # Not the path: a corpus copied to a node's local disk for a job reads the same audio.
+    fields = ("label", "speaker", "session", "split")
     return stored.keys() == {u.id for u in utterances} and all(
         str(getattr(stored[u.id], name)) == str(getattr(u, name)) for u in utterances for name in fields)
 

@@ -57,8 +57,8 @@ class ExtractionSummary:
         audio_seconds: Audio seconds extracted by this call.
         wall_seconds: Wall time of this call.
         complete: Whether the store is now marked complete.
-        relabelled: (id, column, old, new) of each label, split or session that this call took
-            from an edited manifest.
+        relabelled: (id, column, old, new) of each label, speaker, split or session that this call
+            took from an edited manifest.
     """
 
     store: Path | str
@@ -77,7 +77,7 @@ class ExtractionSummary:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def describe_relabelled(self) -> str:
-        """One line on the labels, splits and sessions taken from an edited manifest ("" if none)."""
+        """One line on the labels, speakers, splits and sessions taken from an edited manifest ("" if none)."""
         if not self.relabelled:
             return ""
         counts = Counter(column for _, column, _, _ in self.relabelled)

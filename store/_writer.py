@@ -58,9 +58,10 @@ def _comparable(value: Any) -> Any:
 
 
 _SHOWN_DIFFERENCES = 6
-# Utterance columns that a resumed plan takes from a changed manifest in place: no frame and no
-# statistic depends on them (a path or a speaker change is refused).
-RELABELLED_COLUMNS = ("label", "session", "split")
+# Utterance columns that a resumed plan takes from a changed manifest in place: no frame depends
+# on them, and finalize composes the per-speaker statistics from the per-utterance ones and the
+# table's speakers. A changed path is refused: the frames were made from the old file.
+RELABELLED_COLUMNS = ("label", "speaker", "session", "split")
 
 
 def _differences(stored: Any, given: Any, key: str) -> list[str]:
@@ -161,7 +162,7 @@ class StoreWriter:
         self._group = open_root(self.location, mode="r+")
         self._complete_layout()
         self._journal = open_journal(self.location, journal)
-        #: (id, column, old, new) of each label, split or session the last plan took from the manifest.
+        #: (id, column, old, new) of each label, speaker, split or session the last plan took from the manifest.
         self.relabelled: list[tuple[str, str, str, str]] = []
         self._chunk_frames = dict(chunk_frames or {})
         self._shard_frames = dict(shard_frames or {})
@@ -390,12 +391,11 @@ class StoreWriter:
                     now = ", ".join(f"{col} {new!r}" for col, _, new in fixed)
                     raise StoreError(
                         f"plan: utterance {u.id!r} is already in store {self.path} with {was}, but was "
-                        f"given {now}. Its frames and its speaker's statistics were made from those: "
-                        f"extract into a new store path (`--like {self.path}` keeps the feature configs), "
-                        f"or restore the manifest's old values. (A changed label, split or session is "
-                        f"taken in place.)"
+                        f"given {now}. Its frames were made from that file: extract into a new store path "
+                        f"(`--like {self.path}` keeps the feature configs), or restore the manifest's old "
+                        f"values. (A changed label, speaker, split or session is taken in place.)"
                     )
-                if differ:  # label, split, session: no frame or statistic depends on them
+                if differ:  # label, speaker, split, session: no frame depends on them
                     relabelled.append(pos)
                     self.relabelled += [(u.id, col, old, now) for col, old, now in differ]
             rows.append(row)

@@ -152,9 +152,8 @@ def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
 
 def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[str]) -> bool:
     """A complete store holding exactly these utterances, as the manifest gives them now, and these
-    features needs no extraction pass. A manifest edited since (a label, a split) goes to the
-    extraction, whose plan names each change it refuses: the store's old values must not be
-    trained on in silence."""
+    features needs no extraction pass. A manifest edited since (a label, a speaker, a split) goes
+    to the extraction, which takes the new values: the old ones must not be trained on in silence."""
     from w2v2ser.store import open_store
 
     if not store_path.exists():

@@ -455,20 +455,20 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     return out
 
 
-def _upstream_features(store: str, features: Sequence[str]) -> list[str]:
-    """The speech-encoder features (hidden states of a ``model``) among ``features`` of a training store."""
-    from w2v2ser.store import open_store
-
-    specs = open_store(store).features
+def _upstream_features(store: Any, features: Sequence[str]) -> list[str]:
+    """The speech-encoder features (hidden states of a ``model``) among ``features`` of an open training store."""
+    specs = store.features
     return [name for name in features if name in specs and "model" in specs[name].config]
 
 
 def _check_model_option(plan: _RunPlan, model: str) -> None:
     """``model=`` replaces the location of exactly one speech encoder of the run's stores."""
+    from w2v2ser.store import open_store
+
     stores = sorted({b.store for b in plan.branches})
     found = {(store, name) for store in stores
-             for name in _upstream_features(store, [resolve_feature(b.selection) for b in plan.branches
-                                                    if b.store == store])}
+             for name in _upstream_features(open_store(store), [resolve_feature(b.selection) for b in plan.branches
+                                                                if b.store == store])}
     if len(found) != 1:
         what = ("reads no speech-encoder features (" + ", ".join(b.selection for b in plan.branches) + ")"
                 if not found else f"reads {len(found)} speech encoders ({', '.join(n for _, n in sorted(found))})")
@@ -524,7 +524,7 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                                f"(predict_audio(stores={{None: PATH}})).") from None
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
-        moved = str(model) if model is not None and _upstream_features(store_path, features) else None
+        moved = str(model) if model is not None and _upstream_features(training, features) else None
         rates = _training_rates(training, features)
         extract_features(manifest, target, like=store_path, features=features, model=moved,
                          options=[f"{name}.sample_rate={rate}" for name, rate in rates.items()])
@@ -582,7 +582,7 @@ def _training_rates(store: Any, features: Sequence[str]) -> dict[str, int]:
     out = {}
     for name in features:
         if store.features[name].config.get("sample_rate") == "native":
-            rates = {r.sample_rate for r in store.list_utterances(feature=name)}
+            rates = set(store.sample_rates(name))
             if len(rates) == 1 and None not in rates:
                 out[name] = int(rates.pop())
     return out

@@ -213,6 +213,15 @@ class FeatureStore:
             ))
         return out
 
+    def sample_rates(self, feature: str, *, ids: set[str] | None = None) -> collections.Counter[int | None]:
+        """Own sample rate (Hz) of the audio files behind a feature -> number of done utterances.
+
+        ``ids``: count only these utterances. None stands for utterances of a store that predates
+        the record (``UtteranceRecord.sample_rate``).
+        """
+        return collections.Counter(r.sample_rate for r in self.list_utterances(feature=feature)
+                                   if ids is None or r.id in ids)
+
     def speakers(self) -> list[str]:
         """Sorted speakers that have at least one done utterance."""
         status = to_str_list(self._read("utterances/status"))

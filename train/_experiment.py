@@ -183,8 +183,8 @@ def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: 
         store = stores[sel.alias]
         if store.features[sel.feature].config.get("sample_rate") != "native":
             continue
-        rates = Counter(r.sample_rate for r in store.list_utterances(feature=sel.feature)
-                        if r.id in ids and r.sample_rate is not None)
+        rates = store.sample_rates(sel.feature, ids=ids)
+        rates.pop(None, None)
         if len(rates) > 1:
             log.warning("%s: %s was computed at each file's own sample rate, and the utterances trained on have %d "
                         "rates (%s); its values change with the rate (eGeMAPS' formant columns most), so the rate "

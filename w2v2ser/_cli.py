@@ -69,7 +69,7 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         from w2v2ser.extract import configs_like
 
         # The rates of the audio behind a feature, for a native sample_rate given a rate in Hz (predict).
-        rates = {name: {r.sample_rate for r in like_store.list_utterances(feature=name)}
+        rates = {name: set(like_store.sample_rates(name))
                  for name, config in configs.items() if "sample_rate" in config}
         return configs_like({name: like[name] for name in names}, store=args.like, changes=configs,
                             audio_rates=rates)

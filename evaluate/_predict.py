@@ -126,6 +126,15 @@ class _Branch:
 
 
 @dataclass(frozen=True)
+class _Like:
+    """Where stage 1 takes one training store's feature settings from (``--like``)."""
+
+    source: str  # the run dir (its experiment.json records them) or the training store
+    features: Mapping[str, Any]  # feature name -> FeatureSpec
+    rates: Mapping[str, set]  # feature name -> rates of the training audio behind it
+
+
+@dataclass(frozen=True)
 class _RunPlan:
     run_dir: Path
     config: Any  # w2v2ser.train ExperimentConfig
@@ -133,6 +142,7 @@ class _RunPlan:
     models: tuple[Path, ...]
     branches: tuple[_Branch, ...]
     max_frames: int | None
+    likes: Mapping[str, _Like]  # training store path (a branch's store) -> its feature settings
 
 
 def _read_json(path: Path, *, what: str) -> Any:
@@ -244,8 +254,56 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
         from w2v2ser.train import get_protocol
 
         max_frames = get_protocol(config.protocol).max_frames
+    likes = {b.store: _like(run_dir, experiment, b.alias, b.store) for b in branches}
     return _RunPlan(run_dir, config, _classes(run_dir, results, current),
-                    tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames)
+                    tuple(run_dir / "runs" / name / "model.keras" for name in available), branches, max_frames,
+                    likes)
+
+
+def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: str) -> _Like:
+    """The feature settings new audio is extracted with: the run dir's record when it has the whole
+    of it (runs since the record holds the audio rates), so the training store need not exist and a
+    store rebuilt at its path with other settings cannot change them; else the training store, which
+    must still hold the recorded settings."""
+    from w2v2ser._common import ConfigError
+    from w2v2ser.extract import features_like
+    from w2v2ser.store import open_store
+
+    identity = experiment.get("stores_identity")
+    entry = identity.get(alias) if isinstance(identity, Mapping) else None
+    entry = entry if isinstance(entry, Mapping) else {}
+    if "audio_rates" in entry:
+        try:
+            features, rates = features_like(run_dir)
+        except ConfigError:  # one feature read from two stores with different settings: its store decides
+            pass
+        else:
+            return _Like(str(run_dir), features, rates)
+    try:
+        training = open_store(store_path)
+    except W2v2serError as exc:
+        raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
+                           f"has moved, pass its new location: w2v2ser predict --store PATH "
+                           f"(predict_audio(stores={{None: PATH}})). A run trained again by this version of w2v2ser "
+                           f"needs no store: {run_dir} then records the feature settings itself.") from None
+    recorded = entry.get("features") if isinstance(entry.get("features"), Mapping) else {}
+    changed = sorted(name for name, spec in recorded.items() if name in training.features and isinstance(spec, Mapping)
+                     and _differs(training.features[name].config, spec.get("config")))
+    if changed:
+        raise PredictError(f"the training store {store_path} now holds {', '.join(changed)} with other settings than "
+                           f"run dir {run_dir} was trained with (its experiment.json), so new audio would not get "
+                           "the training features. Restore the store the run was trained on, or train the run "
+                           "again on this store.")
+    return _Like(store_path, dict(training.features), {n: set(training.sample_rates(n)) for n in training.features})
+
+
+def _differs(config: Mapping[str, Any], recorded: Any) -> bool:
+    """Whether an extractor config differs from the recorded one in a key both have (a key one
+    version of w2v2ser records and another not is no change of the features)."""
+    if not isinstance(recorded, Mapping):
+        return False
+    return any(json.dumps(config[k], sort_keys=True, default=str) != json.dumps(recorded[k], sort_keys=True, default=str)
+               for k in set(config) & set(recorded))
 
 
 def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, aliases: Sequence[str],
@@ -335,8 +393,8 @@ def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: 
 
     for npz in (model.parent / "normalisation.npz", plan.run_dir / "normalisation.npz"):
         if npz.exists():
-            try:
-                saved = load_normalisers(npz).get(branch.name)
+            try:  # a speaker-normalised run now saves the training speakers' global statistics too
+                saved = load_normalisers(npz, global_fallback=True).get(branch.name)
             except DataError as exc:  # a truncated or damaged file
                 raise RunDirError(f"cannot read the run's normalisation statistics in {npz.parent}: {exc} "
                                   "Or pass --run to use another one.") from None
@@ -455,19 +513,17 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     return out
 
 
-def _upstream_features(store: Any, features: Sequence[str]) -> list[str]:
-    """The speech-encoder features (hidden states of a ``model``) among ``features`` of an open training store."""
-    specs = store.features
+def _upstream_features(like: _Like, features: Sequence[str]) -> list[str]:
+    """The speech-encoder features (hidden states of a ``model``) among ``features`` of a training store."""
+    specs = like.features
     return [name for name in features if name in specs and "model" in specs[name].config]
 
 
 def _check_model_option(plan: _RunPlan, model: str) -> None:
     """``model=`` replaces the location of exactly one speech encoder of the run's stores."""
-    from w2v2ser.store import open_store
-
     stores = sorted({b.store for b in plan.branches})
     found = {(store, name) for store in stores
-             for name in _upstream_features(open_store(store), [resolve_feature(b.selection) for b in plan.branches
+             for name in _upstream_features(plan.likes[store], [resolve_feature(b.selection) for b in plan.branches
                                                                 if b.store == store])}
     if len(found) != 1:
         what = ("reads no speech-encoder features (" + ", ".join(b.selection for b in plan.branches) + ")"
@@ -516,17 +572,12 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     temp: dict[str, Any] = {}
     resampled: dict[str, int] = {}  # utterance id -> rate it was resampled to
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
-        try:  # stage 1 reads its extractor settings from it; say how to give a moved one
-            training = open_store(store_path)
-        except W2v2serError as exc:
-            raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
-                               f"has moved, pass its new location: w2v2ser predict --store PATH "
-                               f"(predict_audio(stores={{None: PATH}})).") from None
+        like = plan.likes[store_path]
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
-        moved = str(model) if model is not None and _upstream_features(training, features) else None
-        rates = _training_rates(training, features)
-        extract_features(manifest, target, like=store_path, features=features, model=moved,
+        moved = str(model) if model is not None and _upstream_features(like, features) else None
+        rates = _training_rates(like, features)
+        extract_features(manifest, target, like=like.source, features=features, model=moved,
                          options=[f"{name}.sample_rate={rate}" for name, rate in rates.items()])
         temp[store_path] = open_store(target, allow_incomplete=True)
         if rates:
@@ -575,16 +626,15 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
             for k, it in enumerate(items)}
 
 
-def _training_rates(store: Any, features: Sequence[str]) -> dict[str, int]:
+def _training_rates(like: _Like, features: Sequence[str]) -> dict[str, int]:
     """Feature -> rate, for each feature that training computed at each file's own rate (``native``)
     when all the training audio had that one rate: new files at another rate are resampled to it,
     since the features of one recording differ with its rate (eGeMAPS' formant columns most)."""
     out = {}
     for name in features:
-        if store.features[name].config.get("sample_rate") == "native":
-            rates = set(store.sample_rates(name))
-            if len(rates) == 1 and None not in rates:
-                out[name] = int(rates.pop())
+        rates = set(like.rates.get(name) or ())
+        if like.features[name].config.get("sample_rate") == "native" and len(rates) == 1 and None not in rates:
+            out[name] = int(rates.pop())
     return out
 
 

@@ -38,7 +38,8 @@ from ._iemocap import read_iemocap
 from ._manifest import Manifest, read_csv_manifest
 from ._pipeline import ExtractionSummary, extract_corpus
 from ._ravdess import read_ravdess
-from ._registry import EXTRACTORS, UPSTREAMS, Extractor, UnknownFeatureError, build_extractor, configs_like
+from ._registry import (EXTRACTORS, UPSTREAMS, Extractor, UnknownFeatureError, build_extractor, configs_like,
+                        features_like)
 from ._spectrogram import SpectrogramConfig, SpectrogramExtractor
 
 _LAZY = {
@@ -87,6 +88,7 @@ __all__ = [
     "Wav2Vec2Extractor",
     "build_extractor",
     "configs_like",
+    "features_like",
     "decode_audio",
     "extract_corpus",
     "probe_audio",

@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from w2v2ser._common import ConfigError
+from w2v2ser._common import ConfigError, W2v2serError
 from w2v2ser._schema import validate
 from w2v2ser.store import FeatureSpec
 
@@ -24,6 +24,7 @@ __all__ = [
     "build_extractor",
     "configs_like",
     "extractor_config_class",
+    "features_like",
 ]
 
 
@@ -117,6 +118,50 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
         values = {**getattr(config_class, "RECORDED_DEFAULTS", {}),
                   **{key: value for key, value in values.items() if key in known}}
     return extractor_class(config_class.from_dict(values))
+
+
+def features_like(source: str | Path) -> tuple[dict[str, FeatureSpec], dict[str, set[int | None]]]:
+    """The features recorded in a store, or in a run directory of ``w2v2ser train`` (``--like``).
+
+    A run directory's ``experiment.json`` records, per store the run read, each feature's extractor
+    config and the rates of the audio behind each feature computed at each file's own rate, so new
+    audio can be extracted as training did without the training store.
+
+    Returns:
+        Feature name -> spec, and feature name -> the rates of the audio behind it (None for
+        utterances of a store older than that record; empty when a run dir does not record them).
+
+    Raises:
+        ConfigError: ``source`` is a run directory whose record is unreadable or names one feature
+            with two settings (it read two stores); StoreError: it is not a store either.
+    """
+    import json
+
+    from w2v2ser.store import open_store
+
+    run_record = Path(str(source)).expanduser() / "experiment.json"
+    if not run_record.is_file():
+        store = open_store(source)
+        return dict(store.features), {name: set(store.sample_rates(name)) for name in store.features}
+    try:
+        identity = json.loads(run_record.read_text(encoding="utf-8"))["stores_identity"]
+        recorded = [(alias, name, FeatureSpec.from_dict(spec), set(entry.get("audio_rates", {}).get(name, ())))
+                    for alias, entry in identity.items() for name, spec in entry["features"].items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, W2v2serError) as exc:
+        raise ConfigError(f"--like {source}: cannot read the feature settings that {run_record} records "
+                          f"({type(exc).__name__}: {exc}); pass the training store instead (--like STORE) "
+                          "or train the run again.") from None
+    features: dict[str, FeatureSpec] = {}
+    rates: dict[str, set[int | None]] = {}
+    owner: dict[str, str] = {}
+    for alias, name, spec, found in recorded:
+        if name in features and features[name] != spec:
+            raise ConfigError(f"--like {source}: the run read feature {name!r} from two stores with different "
+                              f"settings ({owner[name]!r} and {alias!r}); pass the one store to extract like: "
+                              f"--like STORE.")
+        features[name], owner[name] = spec, alias
+        rates[name] = rates.get(name, set()) | found
+    return features, rates
 
 
 def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store",

@@ -20,6 +20,7 @@ import pytest
 from stage2_fixtures import build_store
 from w2v2ser.evaluate import PredictError, Prediction, RunDirError, predict_audio, write_report
 from w2v2ser.evaluate import _predict
+from w2v2ser.extract import features_like
 from w2v2ser.store import AUDIO_RATE_KEY, StoreWriter, Utterance, open_store
 
 
@@ -30,7 +31,7 @@ def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str]
     Files whose name contains "bad" fail the way undecodable audio does (failure row); each file
     is recorded at 16 kHz, or 48 kHz when its name contains "48k".
     """
-    specs = [open_store(like).features[name] for name in features]
+    specs = [features_like(like)[0][name] for name in features]  # a store or a run dir, as stage 1 reads it
     with open(manifest, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv",
@@ -324,6 +325,10 @@ def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> N
     for p in preds[:2]:
         _check(p, ["high", "low"])
     assert not preds[2].ok and preds[2].error
+    # The run dir alone is enough: stage 1 extracts `--like RUN_DIR` with the settings it records.
+    store.rename(tmp_path / "elsewhere.zarr")
+    alone = predict_audio(tmp_path / "run", new)
+    assert [p.probabilities for p in alone] == [p.probabilities for p in preds[:2]]
 
 
 def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
@@ -520,12 +525,22 @@ def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: 
     assert _parse_stores(args.stores) == {"main": "/x.zarr", None: "s3://b/p?v=1"}
 
 
+def _as_older_run(run: Path) -> None:
+    """Make a run dir look trained before experiment.json recorded the audio rates (and before
+    normalisation.npz held a speaker-normalised run's global statistics): predict needs its store."""
+    experiment = json.loads((run / "experiment.json").read_text())
+    for entry in experiment["stores_identity"].values():
+        del entry["audio_rates"]
+    (run / "experiment.json").write_text(json.dumps(experiment))
+
+
 def test_a_missing_training_store_names_the_store_option(trained: Path, audio_files: list[Path], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
+    _as_older_run(run)
     experiment = json.loads((run / "experiment.json").read_text())
     experiment["stores"]["main"] = str(tmp_path / "gone.zarr")  # moved away since training
     (run / "experiment.json").write_text(json.dumps(experiment))
@@ -592,3 +607,79 @@ def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[P
         predict_audio(tmp_path / "run", audio_files, stores={"main": moved["main"]})
     preds = predict_audio(tmp_path / "run", audio_files, stores=moved)
     assert preds[0].ok and not preds[2].ok  # bad.wav fails in the fake extraction
+
+
+def test_a_run_dir_alone_predicts_without_its_training_store(trained: Path, audio_files: list[Path],
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """experiment.json records each feature's settings and the rates of its audio, and
+    normalisation.npz a speaker-normalised run's global statistics too, so a run dir copied to
+    another machine predicts as it does beside its store (before: "the training store cannot be
+    opened"). A store rebuilt at the training path with other settings changes nothing."""
+    import shutil
+
+    from w2v2ser.train import build_normaliser, load_normalisers, resolve_selection
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    expected = predict_audio(trained, audio_files)
+    experiment = json.loads((trained / "experiment.json").read_text())
+    training = open_store(experiment["stores"]["main"])
+    assert features_like(trained)[0] == training.features
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for stores in ({"main": str(tmp_path / "gone.zarr")},
+                   {"main": str(build_store(tmp_path / "rebuilt.zarr", layers=3, dim=4, features=("wav2vec2",),
+                                            config_tag="finetuned"))}):
+        experiment["stores"] = stores
+        (run / "experiment.json").write_text(json.dumps(experiment))
+        got = predict_audio(run, audio_files)
+        assert [p.probabilities for p in got] == [p.probabilities for p in expected]
+
+    # The saved fallback is the training speakers' global statistics, as composed from the store.
+    model_dir = sorted((trained / "runs").iterdir())[0]
+    split = json.loads((model_dir / "metrics.json").read_text())["split"]
+    saved = load_normalisers(model_dir / "normalisation.npz", global_fallback=True)["main"]
+    assert load_normalisers(model_dir / "normalisation.npz")["main"].mode == "speaker"
+    composed = build_normaliser(training, resolve_selection("wav2vec2:all", specs=training.features, alias="main"), "global",
+                                train_speakers=split["train"], speakers=[])
+    np.testing.assert_allclose(saved.mean, composed.mean)
+    np.testing.assert_allclose(saved.std, composed.std)
+
+
+def test_an_older_run_refuses_a_store_rebuilt_with_other_settings(trained: Path, audio_files: list[Path],
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run dir that does not record the audio rates extracts like its training store; one rebuilt
+    at that path with other extractor settings gave other features without a word (on RAVDESS, a
+    spectrogram store rebuilt with log=true changed all 3 predicted labels)."""
+    import shutil
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _as_older_run(run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    experiment["stores"]["main"] = str(build_store(tmp_path / "rebuilt.zarr", layers=3, dim=4,
+                                                   features=("wav2vec2",), config_tag="finetuned"))
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    with pytest.raises(PredictError, match=r"rebuilt\.zarr now holds wav2vec2 with other settings than run dir"):
+        predict_audio(run, audio_files)
+
+
+def test_like_a_run_dir_of_two_stores_that_disagree_names_them(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from w2v2ser import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    other = json.loads(json.dumps(experiment["stores_identity"]["main"]))
+    other["features"]["wav2vec2"]["config"]["model"] = "another"
+    experiment["stores_identity"]["second"] = other
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    with pytest.raises(ConfigError, match=r"read feature 'wav2vec2' from two stores with different settings "
+                                          r"\('main' and 'second'\); pass the one store"):
+        features_like(run)
+    (run / "experiment.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"cannot read the feature settings that .*experiment\.json records"):
+        features_like(run)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -308,8 +308,17 @@ def data_fingerprint(config: ExperimentConfig) -> str:
     return _data_fingerprint(_prepare(config))
 
 
-def _store_identities(config: ExperimentConfig, stores: dict[str, Any]) -> dict[str, Any]:
-    return {a: {"path": config.stores[a], "features": {n: s.to_dict() for n, s in st.features.items()}}
+def store_identities(config: ExperimentConfig, stores: Mapping[str, Any]) -> dict[str, Any]:
+    """experiment.json's record of each store: its path and features (their extractor configs) and,
+    per feature computed at each file's own rate (``native``), the rates of its audio. With them a
+    run directory alone is enough for ``predict`` to extract new audio as training did."""
+    def rates(store: Any, name: str) -> list[int] | None:
+        found = set(store.sample_rates(name))
+        return None if None in found else sorted(found)  # None: a store older than the record
+
+    return {a: {"path": config.stores[a], "features": {n: s.to_dict() for n, s in st.features.items()},
+                "audio_rates": {n: found for n, s in st.features.items()
+                                if s.config.get("sample_rate") == "native" and (found := rates(st, n)) is not None}}
             for a, st in stores.items()}
 
 
@@ -504,7 +513,7 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     if not (out / "experiment.json").exists():
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
-                                              "stores_identity": _store_identities(config, data.stores)})
+                                              "stores_identity": store_identities(config, data.stores)})
     _start_run(config, run_spec)
     recipe = config.resolved_recipe()
     max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)
@@ -565,7 +574,10 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         for it, p, row in zip(test.items, y_pred, proba):
             w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
     _write_json(tmp / "history.json", hist)
-    save_normalisers(tmp / "normalisation.npz", normalisers)
+    # Files of no known speaker get the training speakers' global statistics at prediction time.
+    fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train, speakers=[])
+                for b, sel in data.selections.items() if normalisers[b].mode == "speaker"}
+    save_normalisers(tmp / "normalisation.npz", normalisers, global_fallback=fallback)
     if head.layer_weights_:
         _write_json(tmp / "layer_weights.json", {
             b: {"alphas": a, "normalised": (np.asarray(a) / max(sum(a), 1e-12)).tolist(),
@@ -685,7 +697,7 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
     _warn_if_data_changed(out, config, data)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
-                                          "stores_identity": _store_identities(config, stores)})
+                                          "stores_identity": store_identities(config, stores)})
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
         res = train_run(config, spec, out=out, threads=threads,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -112,25 +112,33 @@ def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
     return norm
 
 
-def save_normalisers(path: Path, normalisers: dict[str, Normaliser]) -> None:
+def save_normalisers(path: Path, normalisers: dict[str, Normaliser], *,
+                     global_fallback: Mapping[str, Normaliser] | None = None) -> None:
     """Write ``normalisation.npz``: global mean/std per branch, or a speaker-norm flag.
 
     Keys: ``<branch>__mode`` (string), ``<branch>__mean`` / ``<branch>__std`` for global mode,
     ``<branch>__speaker_norm`` (bool) — with speaker normalisation a new speaker's own
-    statistics must be computed at prediction time.
+    statistics must be computed at prediction time. A speaker-normalised branch also gets the
+    global statistics of ``global_fallback`` (the training speakers') as its mean/std, which
+    ``predict`` uses for files of no known speaker without needing the training store.
     """
     arrays: dict[str, np.ndarray] = {}
     for branch, norm in normalisers.items():
         arrays[f"{branch}__mode"] = np.array(norm.mode)
         arrays[f"{branch}__speaker_norm"] = np.array(norm.mode == "speaker")
-        if norm.mode == "global":
-            arrays[f"{branch}__mean"] = norm.mean
-            arrays[f"{branch}__std"] = norm.std
+        saved = norm if norm.mode == "global" else (global_fallback or {}).get(branch)
+        if saved is not None and saved.mode == "global":
+            arrays[f"{branch}__mean"] = saved.mean
+            arrays[f"{branch}__std"] = saved.std
     np.savez(path, **arrays)
 
 
-def load_normalisers(path: Path) -> dict[str, Normaliser]:
+def load_normalisers(path: Path, *, global_fallback: bool = False) -> dict[str, Normaliser]:
     """Read ``normalisation.npz`` back (speaker mode returns an empty speaker table).
+
+    Args:
+        global_fallback: Return instead, per branch that has them, the global statistics of the
+            training speakers (a global run's own; a speaker-normalised run's fallback).
 
     Raises:
         DataError: the file is missing, truncated or damaged (its zip CRC does not match).
@@ -141,9 +149,9 @@ def load_normalisers(path: Path) -> dict[str, Normaliser]:
             branches = sorted({k.split("__")[0] for k in data.files})
             for b in branches:
                 mode = str(data[f"{b}__mode"])
-                if mode == "global":
+                if mode == "global" or (global_fallback and f"{b}__mean" in data.files):
                     out[b] = Normaliser("global", mean=data[f"{b}__mean"], std=data[f"{b}__std"])
-                else:
+                elif not global_fallback:
                     out[b] = Normaliser(mode)
     except Exception as exc:  # noqa: BLE001 -- zipfile/numpy raise many types for a damaged file
         raise DataError(f"cannot read normalisation statistics {path} ({type(exc).__name__}: {exc}); "

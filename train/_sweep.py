@@ -44,7 +44,7 @@ from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
-                          _start_run, _store_fingerprints, _store_identities, _write_json, key_fields, plan_runs,
+                          _start_run, _store_fingerprints, store_identities, _write_json, key_fields, plan_runs,
                           summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
@@ -434,7 +434,7 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
             recorded = None
         if recorded != c.config_key():  # new or changed configuration: describe the current one
             _write_json(out / name / "experiment.json", {**c.to_dict(), **key_fields(c),
-                                                         "stores_identity": _store_identities(c, data.stores),
+                                                         "stores_identity": store_identities(c, data.stores),
                                                          "sweep": {"path": str(out), "head": name}})
     _start_run(config, run_spec)
     recipe = base.resolved_recipe()

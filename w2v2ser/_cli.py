@@ -39,10 +39,9 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
 
 def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from w2v2ser._common import ConfigError
-    from w2v2ser.store import open_store
+    from w2v2ser.extract import features_like
 
-    like_store = open_store(args.like) if args.like else None
-    like = like_store.features if like_store is not None else None
+    like, like_rates = features_like(args.like) if args.like else (None, {})
     given = args.features if args.features is not None else ",".join(like or FEATURES)
     names = [f.strip() for f in given.split(",") if f.strip()]
     if not names:
@@ -69,10 +68,8 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         from w2v2ser.extract import configs_like
 
         # The rates of the audio behind a feature, for a native sample_rate given a rate in Hz (predict).
-        rates = {name: set(like_store.sample_rates(name))
-                 for name, config in configs.items() if "sample_rate" in config}
         return configs_like({name: like[name] for name in names}, store=args.like, changes=configs,
-                            audio_rates=rates)
+                            audio_rates=like_rates)
     return configs
 
 
@@ -415,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
     )
-    extract.add_argument("--like", metavar="STORE", help="reuse the feature configs recorded in STORE")
+    extract.add_argument("--like", metavar="STORE",
+                         help="reuse the feature configs recorded in STORE, or in a run directory of "
+                              "`w2v2ser train` (its experiment.json)")
     extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=SHARD_SIZE,
                          help=f"utterances per unit of work (default {SHARD_SIZE})")
     extract.add_argument("--workers", type=_count(0), default=0,

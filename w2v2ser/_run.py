@@ -282,7 +282,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
     """Plan one experiment's runs; returns (config, all runs, runs still to do)."""
     from w2v2ser.store import open_store
     from w2v2ser.train import ExperimentConfig, plan_runs
-    from w2v2ser.train._experiment import data_fingerprint, key_fields, run_is_current
+    from w2v2ser.train._experiment import data_fingerprint, key_fields, run_is_current, store_identities
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -308,9 +308,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
         if not isinstance(recorded, dict) or recorded.get("config_key") not in keys:
             (out / "results.json").unlink(missing_ok=True)
         stores = {alias: open_store(path) for alias, path in train_config.stores.items()}
-        identity = {alias: {"path": train_config.stores[alias],
-                            "features": {n: s.to_dict() for n, s in store.features.items()}}
-                    for alias, store in stores.items()}
+        identity = store_identities(train_config, stores)
         _write_json(out / "experiment.json", {**train_config.to_dict(), **key_fields(train_config),
                                               "stores_identity": identity, "name": experiment.name})
     pending = [run for run in runs

@@ -66,6 +66,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                 print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
     _note_cropped(predictions)
     _note_resampled(predictions)
+    _note_small_groups(predictions)
     return 0 if all(p.ok for p in predictions) else 1
 
 
@@ -78,6 +79,21 @@ def _note_cropped(predictions: list) -> None:
     print(f"note: {len(cropped)} of {len(predictions)} files are longer than the first {cropped[0].seconds_used:.1f} s "
           f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
           f"was labelled: {shown}. To label a whole recording, cut it into utterances and predict those.",
+          file=sys.stderr)
+
+
+def _note_small_groups(predictions: list) -> None:
+    """Say on stderr which speaker groups were too small for their own statistics."""
+    from ._predict import MIN_GROUP_FILES, SMALL_GROUP
+
+    small = [p for p in predictions if p.ok and p.normalisation == SMALL_GROUP]
+    if not small:
+        return
+    groups = sorted({str(p.speaker) for p in small})
+    shown = ", ".join(groups[:5]) + (", ..." if len(groups) > 5 else "")
+    print(f"note: {len(small)} of {len(predictions)} files are in speaker groups of fewer than {MIN_GROUP_FILES} "
+          f"predicted files ({shown}); they were normalised with the run's global statistics instead, because "
+          f"a file's own statistics remove what the models read. Give each speaker group all of its files.",
           file=sys.stderr)
 
 

@@ -11,7 +11,8 @@ Normalisation of an unseen speaker: by default the run's saved global statistics
 (``normalisation.npz``, training speakers only) are used, also for runs trained with speaker
 normalisation, because one file says nothing reliable about its speaker. When the caller groups
 files by speaker (``speakers=[...]``), speaker-normalised runs use per-speaker statistics composed
-from that speaker's new files (``compose_statistics`` on the temporary store).
+from that speaker's new files (``compose_statistics`` on the temporary store); a group of fewer
+than ``MIN_GROUP_FILES`` predicted files keeps the global statistics.
 
 Ensembling: by default every model of the run dir (every fold × seed) predicts and the class
 probabilities are averaged (arithmetic mean), which is more stable than any single seed; pass
@@ -20,6 +21,7 @@ probabilities are averaged (arithmetic mean), which is more stable than any sing
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import subprocess
@@ -42,6 +44,12 @@ __all__ = ["Prediction", "predict_audio", "extract_features"]
 
 # Speaker name given to files the caller did not group (global statistics are used for them).
 UNGROUPED = "__ungrouped__"
+# Fewest files of a speaker group normalised with their own statistics. One file's own mean is
+# its own content, which speaker normalisation then removes: on RAVDESS actor 24 with an eGeMAPS
+# run, groups of one file gave 21.4 % UAR and groups of two 43.3 (3 groupings, each below), against
+# 50.6 % with the global statistics; groups of three 51.4 (tests/benchmarks/README.md).
+MIN_GROUP_FILES = 3
+SMALL_GROUP = "global (too few files in its speaker group)"
 # What a folder passed to predict_audio contributes: the files with these suffixes below it.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -62,6 +70,10 @@ class Prediction:
         resampled_to: the rate (Hz) the file was resampled to for a feature that training took at
             each file's own rate (eGeMAPS), because all the training audio had that rate and this
             file has another; None when it was not.
+        normalisation: the statistics its features were normalised with: ``"speaker group"``
+            (its group's new files), ``"global"`` (the run's training speakers),
+            ``SMALL_GROUP`` (the same, for a file of a speaker group of fewer than
+            ``MIN_GROUP_FILES`` predicted files in a speaker-normalised run) or ``"none"``; None on error.
     """
 
     path: Path
@@ -72,6 +84,7 @@ class Prediction:
     seconds: float | None = None
     seconds_used: float | None = None
     resampled_to: int | None = None
+    normalisation: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,7 +95,8 @@ class Prediction:
         """JSON-ready form (used by ``w2v2ser predict --json``)."""
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
-                "seconds_used": self.seconds_used, "resampled_to": self.resampled_to}
+                "seconds_used": self.seconds_used, "resampled_to": self.resampled_to,
+                "normalisation": self.normalisation}
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
@@ -444,7 +458,8 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
             (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place.
         speakers: optional speaker group per path (a folder's applies to every file in it) or
             per file; with a speaker-normalised run, each group is normalised with statistics of
-            its own new files. Without it, the run's global (training speakers) statistics are used.
+            its own new files (a group of fewer than ``MIN_GROUP_FILES`` predicted files keeps the
+            global ones). Without it, the run's global (training speakers) statistics are used.
         work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
             call (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
@@ -488,7 +503,7 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         elif not file.is_file():
             errors[i] = f"file not found: {file}"
     todo = [i for i in range(len(files)) if i not in errors]
-    probabilities: dict[int, tuple[np.ndarray, float, float, int | None]] = {}
+    probabilities: dict[int, tuple[np.ndarray, float, float, int | None, str]] = {}
     if todo:
         if work_dir is not None:
             # A new folder per call: a store left by an earlier call holds other files under the same
@@ -504,10 +519,11 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     for i, file in enumerate(files):
         speaker = speakers[i] if speakers is not None else None
         if i in probabilities:
-            values, seconds, seconds_used, resampled_to = probabilities[i]
+            values, seconds, seconds_used, resampled_to, normalisation = probabilities[i]
             probs = {c: float(p) for c, p in zip(plan.classes, values)}
             out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker,
-                                  seconds=seconds, seconds_used=seconds_used, resampled_to=resampled_to))
+                                  seconds=seconds, seconds_used=seconds_used, resampled_to=resampled_to,
+                                  normalisation=normalisation))
         else:
             out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
     return out
@@ -552,11 +568,12 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
                    errors: dict[int, str], work: Path, batch_size: int, *,
-                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float, int | None]]:
+                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float, int | None, str]]:
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``.
 
     Returns:
-        position -> (class probabilities, file seconds, seconds the models saw, rate resampled to).
+        position -> (class probabilities, file seconds, seconds the models saw, rate resampled to,
+        normalisation used).
     """
     import keras
 
@@ -598,7 +615,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
         return {}
     selections = {b.name: resolve_selection(b.selection, specs=temp[b.store].features, alias=b.alias)
                   for b in plan.branches}
-    grouped = sorted({it.speaker for it in items} - {UNGROUPED})
+    # A group of too few files keeps the global statistics: its own would remove what the models read.
+    sizes = collections.Counter(it.speaker for it in items)
+    grouped = sorted(s for s, n in sizes.items() if s != UNGROUPED and n >= MIN_GROUP_FILES)
+    norm = {"none": "none", "global": "global"}.get(plan.config.norm)
     total = np.zeros((len(items), len(plan.classes)), dtype=np.float64)
     for model_path in plan.models:
         try:
@@ -622,7 +642,9 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     rate = min(sel.frame_rate for sel in selections.values())
     crop = float("inf") if plan.max_frames is None else plan.max_frames / rate
-    return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id))
+    return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),
+                              norm or ("speaker group" if it.speaker in grouped else
+                                       "global" if it.speaker == UNGROUPED else SMALL_GROUP))
             for k, it in enumerate(items)}
 
 

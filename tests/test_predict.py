@@ -103,11 +103,41 @@ def test_predict_ensemble_bad_and_missing_files(trained: Path, audio_files: list
 def test_predict_with_speaker_groups(trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
     classes = json.loads((trained / "results.json").read_text())["classes"]
-    preds = predict_audio(trained, audio_files, speakers=["spk1", "spk1", "spk2", "spk2"])
+    assert _predict.MIN_GROUP_FILES == 3
+    files = [*audio_files, audio_files[0].with_name("d.wav")]
+    files[-1].write_bytes(b"RIFF")
+    preds = predict_audio(trained, files, speakers=["spk1", "spk1", "spk2", "spk2", "spk1"])
     _check(preds[0], classes)
     assert preds[0].speaker == "spk1" and not preds[2].ok
-    # spk2 has a single usable file: its own statistics are still used (std floored, never NaN)
+    assert [p.normalisation for p in preds] == ["speaker group", "speaker group", None, _predict.SMALL_GROUP,
+                                                "speaker group"]
+    # spk2 has a single usable file: its own statistics would remove what the models read (on
+    # RAVDESS actor 24, 21.4 % UAR against 50.6 %), so it gets the global ones, as ungrouped files do
     _check(preds[3], classes)
+    ungrouped = predict_audio(trained, files)
+    assert ungrouped[3].normalisation == "global"
+    assert preds[3].probabilities == ungrouped[3].probabilities
+    assert preds[0].probabilities != ungrouped[0].probabilities
+
+
+def test_predict_names_speaker_groups_too_small_for_their_own_statistics(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    files = [str(audio_files[k]) for k in (0, 1, 3)]
+    assert predict_from_cli(parser.parse_args([str(trained), *files, "--speaker-groups", "A,B,B", "--json"])) == 0
+    out = capsys.readouterr()
+    assert [p["normalisation"] for p in json.loads(out.out)] == [_predict.SMALL_GROUP] * 3
+    assert ("note: 3 of 3 files are in speaker groups of fewer than 3 predicted files (A, B); they were normalised "
+            "with the run's global statistics instead") in out.err
+    assert predict_from_cli(parser.parse_args([str(trained), *files, "--speaker-groups", "A,A,A"])) == 0
+    assert "speaker groups of fewer" not in capsys.readouterr().err
 
 
 def test_predict_takes_folders_of_audio(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

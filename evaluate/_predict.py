@@ -1,8 +1,9 @@
 """``w2v2ser predict``: emotion and class probabilities of new audio files with a trained run dir.
 
 Features are extracted exactly as for training by running stage 1 in a subprocess
-(``w2v2ser extract csv MANIFEST --store TMP --like TRAINING_STORE``, started with this process's
-``sys.path`` so that an uninstalled source tree works too), so this process
+(``w2v2ser extract csv MANIFEST --store TMP --like RUN_DIR``: the feature settings the run dir
+recorded; ``--like TRAINING_STORE`` for a run dir older than that record. Started with this
+process's ``sys.path`` so that an uninstalled source tree works too), so this process
 never imports torch; the frames are then read back with ``open_store`` and fed through the same
 batching code as training (:class:`w2v2ser.train` ``FeatureBatches``: crop, pair averaging,
 padding, mask).
@@ -298,8 +299,8 @@ def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: 
     except W2v2serError as exc:
         raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
                            f"has moved, pass its new location: w2v2ser predict --store PATH "
-                           f"(predict_audio(stores={{None: PATH}})). A run trained again by this version of w2v2ser "
-                           f"needs no store: {run_dir} then records the feature settings itself.") from None
+                           f"(predict_audio(stores={{None: PATH}})). A run directory that this version of w2v2ser "
+                           f"trains needs no store: it records the feature settings and statistics itself.") from None
     recorded = entry.get("features") if isinstance(entry.get("features"), Mapping) else {}
     changed = sorted(name for name, spec in recorded.items() if name in training.features and isinstance(spec, Mapping)
                      and _differs(training.features[name].config, spec.get("config")))

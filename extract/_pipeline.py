@@ -50,7 +50,7 @@ class ExtractionSummary:
 
     Attributes:
         store: The store path (the URL of a store on object storage).
-        planned: Utterances in the store after planning.
+        planned: Utterances of this call's manifest, planned in the store.
         extracted: Utterance x feature-group units extracted by this call.
         skipped: Utterances already complete before this call (resumed work).
         failed: Failures recorded in the store (all runs), as (id, path, reason).
@@ -59,6 +59,8 @@ class ExtractionSummary:
         complete: Whether the store is now marked complete.
         relabelled: (id, column, old, new) of each label, speaker, split or session that this call
             took from an edited manifest.
+        absent: Ids of utterances in the store that this call's manifest does not list: an edited
+            manifest does not remove them, and stage 2 still reads them.
     """
 
     store: Path | str
@@ -70,6 +72,7 @@ class ExtractionSummary:
     wall_seconds: float = 0.0
     complete: bool = False
     relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -85,6 +88,16 @@ class ExtractionSummary:
         return (f"the manifest changed {', '.join(f'the {c} of {n}' for c, n in sorted(counts.items()))} "
                 f"utterance(s) (e.g. {uid}: {column} {old!r} -> {new!r}); the store now holds the new values, "
                 f"and runs trained on the old ones are trained again")
+
+    def notes(self) -> list[str]:
+        """What a user should know about an edited manifest: relabelled rows, and rows it dropped."""
+        notes = [self.describe_relabelled()] if self.relabelled else []
+        if self.absent:
+            shown = ", ".join(self.absent[:3]) + (", ..." if len(self.absent) > 3 else "")
+            notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest ({shown}); "
+                         f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
+                         f"extract the manifest into a new store (`--like {self.store}` keeps the feature configs)")
+        return notes
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,7 @@ def extract_corpus(
         )
         summary.planned = len(rows)
         summary.relabelled = list(writer.relabelled)
+        summary.absent = list(writer.absent)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)

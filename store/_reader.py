@@ -464,7 +464,12 @@ class FeatureStore:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (``store info --json``)."""
         status = to_str_list(self._read("utterances/status"))[: len(self._ids)]
-        labels = collections.Counter(record.label for record in self.list_utterances(status="done"))
+        done = self.list_utterances(status="done")
+        labels = collections.Counter(record.label for record in done)
+        same_audio: dict[str, list[str]] = {}
+        for record in done:
+            if record.audio_sha256:
+                same_audio.setdefault(record.audio_sha256, []).append(record.id)
         feats = {}
         for name, spec in self.features.items():
             data = self._array(name, "data")
@@ -494,6 +499,8 @@ class FeatureStore:
             "failure_reasons": [dataclasses.asdict(failure) for failure in self.list_failures()],
             "reader_skipped": list(self.attrs.get("reader_skipped", [])),
             "corpus": self.attrs.get("corpus"),
+            # Done utterances whose audio files are byte-identical (sha256): copies under two names.
+            "duplicate_audio": sorted(ids for ids in same_audio.values() if len(ids) > 1),
             "features": feats,
             # An unfinished extraction's commits are in its journals until finalize merges them.
             "committed": None if self.complete else self._journal_commits(),

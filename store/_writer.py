@@ -164,6 +164,8 @@ class StoreWriter:
         self._journal = open_journal(self.location, journal)
         #: (id, column, old, new) of each label, speaker, split or session the last plan took from the manifest.
         self.relabelled: list[tuple[str, str, str, str]] = []
+        #: Ids of the store's utterances that the last plan was not given (they stay in the store).
+        self.absent: list[str] = []
         self._chunk_frames = dict(chunk_frames or {})
         self._shard_frames = dict(shard_frames or {})
         for kind, given in (("chunk_frames", self._chunk_frames), ("shard_frames", self._shard_frames)):
@@ -399,6 +401,8 @@ class StoreWriter:
                     relabelled.append(pos)
                     self.relabelled += [(u.id, col, old, now) for col, old, now in differ]
             rows.append(row)
+        given = {u.id for u in utterances}
+        self.absent = [uid for uid in stored_ids[:old_rows] if uid not in given]
         # Refuse a changed feature config before anything is written.
         for spec in features:
             if spec.name in meta["features"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +317,40 @@ def test_store_info_lists_each_failure_with_its_reason(corpus, tmp_path, capsys)
     assert sorted((r["id"], r["path"]) for r in reasons) == [("broken", corpus[-2].path), ("missing", corpus[-1].path)]
 
 
+def test_store_info_names_copies_of_one_recording(tmp_path, capsys):
+    """Byte-identical audio under two ids (a file copied under two names) is weighted twice in
+    training, and with two labels it asks the heads for two classes for one input."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser._cli import main
+
+    rows = ravdess_utterances(per_actor=1)
+    hashes = [f"{k:064x}" for k in range(len(rows))]
+    hashes[5] = hashes[0]  # another label
+    hashes[7] = hashes[6] = hashes[2]
+    store = build_store(tmp_path / "s.zarr", utterances=rows, features=("egemaps",), audio_sha256=hashes)
+    labels = [rows[k].label for k in (0, 5, 2, 6, 7)]
+    assert labels[0] != labels[1] and len(set(labels[2:])) > 1
+    assert main(["store", "info", str(store), "--json"]) == 0
+    ids = [rows[k].id for k in range(len(rows))]
+    assert json.loads(capsys.readouterr().out)["duplicate_audio"] == sorted([[ids[0], ids[5]], [ids[2], ids[6], ids[7]]])
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "duplicates  2 groups of utterances have byte-identical audio (sha256), 2 of them with different labels" in shown
+    assert f"  {ids[0]} ({labels[0]}), {ids[5]} ({labels[1]})" in shown
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
+    """`w2v2ser store info S | head -1`: the CLI printed a BrokenPipeError traceback."""
+    from stage2_fixtures import build_store
+
+    store = build_store(tmp_path / "s.zarr", features=("egemaps",))
+    proc = subprocess.Popen([sys.executable, "-m", "w2v2ser", "store", "info", str(store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsys):
     """A labelled IEMOCAP utterance without audio has no store row, so it is no failure; it was only
     printed while extracting. The store now keeps it, and `store info` shows it later."""
@@ -431,6 +467,21 @@ def test_a_resumed_run_takes_a_changed_label_speaker_split_or_session_in_place(c
     stats = st.compose_statistics("energy", speakers=["spk7"])
     np.testing.assert_allclose(stats.mean, frames.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats.variance, frames.var(axis=0), rtol=1e-6)
+
+
+def test_a_manifest_that_drops_rows_says_they_stay_in_the_store(corpus, tmp_path):
+    """Rows removed from the manifest (copies, bad recordings) before a resumed run stay in the
+    store and in training; the run said "N planned, N already complete" and nothing else."""
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    summary = extract_corpus(corpus[2:], store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.absent == [corpus[0].id, corpus[1].id]
+    assert summary.notes() == [f"2 utterance(s) of store {store} are not in this manifest ({corpus[0].id}, "
+                               f"{corpus[1].id}); they stay in the store, and `w2v2ser train` still uses them. To "
+                               f"leave them out, extract the manifest into a new store (`--like {store}` keeps the "
+                               f"feature configs)"]
+    assert len(open_store(store).list_utterances(status=None)) == len(corpus)
+    assert extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False).notes() == []
 
 
 def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, tmp_path):

@@ -186,6 +186,8 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
     assert caplog.text.count("fold split: 1 test utterance(s) have the same audio (sha256) as a training "
                              "utterance (u097), so the test scores are not speaker-independent") == 1
     assert "validation utterance(s) have the same audio" not in caplog.text
+    assert caplog.text.count("1 recording(s) are in the store more than once with different labels (same audio "
+                             "sha256: u000 = u097)") == 1
 
 
 @pytest.mark.parametrize("cache", ["auto", "off"])

@@ -244,7 +244,19 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
 
 def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
     """Warn when validation or test utterances have the same audio (sha256) as training ones:
-    disjoint speakers do not help when a file was copied under two speakers' names."""
+    disjoint speakers do not help when a file was copied under two speakers' names; and when one
+    recording carries two labels (the heads are then fitted to two classes for the same input)."""
+    labels: dict[str, set[str]] = {}
+    ids: dict[str, list[str]] = {}
+    for record, label in zip(data.records, data.labels):
+        if record.audio_sha256:
+            labels.setdefault(record.audio_sha256, set()).add(label)
+            ids.setdefault(record.audio_sha256, []).append(record.id)
+    conflicting = [" = ".join(ids[sha]) for sha, found in labels.items() if len(found) > 1]
+    if conflicting:
+        log.warning("%d recording(s) are in the store more than once with different labels (same audio sha256: "
+                    "%s); fix the labels in the manifest or remove the copies, and extract again (a resumed "
+                    "extraction takes the corrected labels in place)", len(conflicting), _some(conflicting))
     for fold in folds:
         train = set(fold.train)
         seen = {r.audio_sha256 for r in data.records if r.speaker in train and r.audio_sha256}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,8 +124,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f"({summary.realtime_factor:.1f}x real time); {size}"
         f"{'complete' if summary.complete else 'INCOMPLETE'}"
     )
-    if summary.relabelled:
-        print(f"note: {summary.describe_relabelled()}", file=sys.stderr)
+    for note in summary.notes():
+        print(f"note: {note}", file=sys.stderr)
     if summary.complete:
         _note_features_lacking(location, ", ".join(configs))
     for utterance_id, path, reason in summary.failed[:_SHOWN_FAILURES]:
@@ -178,6 +179,17 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
                    f"--features {name})" if info["complete"] and feature["utterances"] < done else "")
         print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
               f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else "") + lacking)
+    copies = info["duplicate_audio"]
+    if copies:  # the same recording twice: weighted double, or scored on what training saw
+        store = open_store(args.store, allow_incomplete=True)
+        label = {r.id: r.label for r in store.list_utterances(status="done")}
+        conflicting = [ids for ids in copies if len({label[i] for i in ids}) > 1]
+        print(f"duplicates  {len(copies)} groups of utterances have byte-identical audio (sha256)"
+              + (f", {len(conflicting)} of them with different labels" if conflicting else "")
+              + "; remove the copies from the manifest unless they are meant (below)")
+        _print_some([", ".join(f"{i} ({label[i]})" for i in ids) for ids in conflicting + [c for c in copies
+                                                                                         if c not in conflicting]],
+                    args.store)
     failures = info["failure_reasons"]
     print(f"failures    {len(failures)}" + (" (reasons below)" if failures else ""))
     _print_some([f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}" for f in failures],
@@ -530,7 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     try:
-        return _run_command(args, verbose)
+        code = _run_command(args, verbose)
+        sys.stdout.flush()  # a reader that left shows here, not as an error at interpreter exit
+        return code
     except KeyboardInterrupt:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
         import logging
         import warnings
@@ -542,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `w2v2ser store info S | head`: the reader left; no traceback for that
+        # Python flushes stdout again at exit, which would raise once more: point it at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 def _run_command(args: argparse.Namespace, verbose: bool) -> int:

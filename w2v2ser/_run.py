@@ -236,8 +236,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                   f"them)" if summary.failed else "")
         _say(f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
              f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
-        if summary.relabelled:
-            _say(f"extract {label}: {summary.describe_relabelled()}")
+        for note in summary.notes():
+            _say(f"extract {label}: {note}")
         return True
 
     # Stores run side by side on a cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap.

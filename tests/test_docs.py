@@ -91,7 +91,7 @@ def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
 
     section = README[README.index("**Errors and exit codes.**"):]
     table = {int(code): meaning for code, meaning in re.findall(r"^\| (\d+) \| (.+?) \|$", section[:1500], re.M)}
-    assert set(table) == {0, EXIT_FAILED, EXIT_INPUT, 130}
+    assert set(table) == {0, EXIT_FAILED, EXIT_INPUT, 130, 141}
     assert "failed" in table[EXIT_FAILED] and "configuration" in table[EXIT_INPUT]
     raised = [(W2v2serError("a unit failed"), EXIT_FAILED), (ConfigError("bad key"), EXIT_INPUT),
               (DataError("bad audio"), EXIT_INPUT), (StoreError("incomplete store"), EXIT_INPUT),
@@ -106,6 +106,14 @@ def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
         assert _cli.main([]) == code, error
         err = capsys.readouterr().err
         assert err.startswith("w2v2ser: ") and "Traceback" not in err
+
+    def closed_pipe(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=closed_pipe)
+    monkeypatch.setattr(_cli, "build_parser", lambda: parser)
+    assert _cli.main([]) == 141 and capsys.readouterr().err == ""
 
 
 def test_quick_start_test_command_is_what_ci_runs() -> None:

@@ -154,7 +154,8 @@ def _note_features_lacking(location: Any, asked: str) -> None:
 def _cmd_store_info(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store
 
-    info = open_store(args.store, allow_incomplete=True).describe()
+    store = open_store(args.store, allow_incomplete=True)
+    info = store.describe()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -181,7 +182,6 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
               f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else "") + lacking)
     copies = info["duplicate_audio"]
     if copies:  # the same recording twice: weighted double, or scored on what training saw
-        store = open_store(args.store, allow_incomplete=True)
         label = {r.id: r.label for r in store.list_utterances(status="done")}
         conflicting = [ids for ids in copies if len({label[i] for i in ids}) > 1]
         print(f"duplicates  {len(copies)} groups of utterances have byte-identical audio (sha256)"
@@ -537,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``w2v2ser`` console script.
 
     Exit codes: 0 done; 1 a run failed (some unit of work failed, finished work is kept);
-    2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted.
+    2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted;
+    141 the reader of standard output left (``| head``).
     """
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
@@ -558,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `w2v2ser store info S | head`: the reader left; no traceback for that
         # Python flushes stdout again at exit, which would raise once more: point it at devnull.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor needs nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from w2v2ser._common import W2v2serError, did_you_mean, python_command
 from w2v2ser.train import damaged_run_files, list_run_files
+from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
 from ._errors import PredictError, RunDirError
 from ._rundir import current_runs
@@ -45,11 +46,8 @@ __all__ = ["Prediction", "predict_audio", "extract_features"]
 
 # Speaker name given to files the caller did not group (global statistics are used for them).
 UNGROUPED = "__ungrouped__"
-# Fewest files of a speaker group normalised with their own statistics. One file's own mean is
-# its own content, which speaker normalisation then removes: on RAVDESS actor 24 with an eGeMAPS
-# run, groups of one file gave 21.4 % UAR and groups of two 43.3 (3 groupings, each below), against
-# 50.6 % with the global statistics; groups of three 51.4 (tests/benchmarks/README.md).
-MIN_GROUP_FILES = 3
+# Fewest files of a speaker group normalised with their own statistics (why: MIN_SPEAKER_FILES).
+MIN_GROUP_FILES = MIN_SPEAKER_FILES
 SMALL_GROUP = "global (too few files in its speaker group)"
 # What a folder passed to predict_audio contributes: the files with these suffixes below it.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")

@@ -190,6 +190,28 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
                              "sha256: u000 = u097)") == 1
 
 
+def test_speaker_normalisation_of_speakers_with_too_few_files_is_reported(tmp_path, caplog):
+    """A manifest that gives each test file its own speaker name: speaker normalisation then
+    removes what the heads read (RAVDESS: 21.7 % UAR against 50.0 % with the actors' names), and
+    nothing said so."""
+    from dataclasses import replace
+
+    from stage2_fixtures import ravdess_utterances
+    from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
+
+    rows = ravdess_utterances(per_actor=MIN_SPEAKER_FILES)
+    rows = [replace(r, speaker=r.id) if r.speaker == "Actor_24" else r for r in rows]
+    store = build_store(tmp_path / "s.zarr", utterances=rows, layers=3, dim=4, features=("egemaps",))
+    message = (f"speaker normalisation: {MIN_SPEAKER_FILES} of {23 + MIN_SPEAKER_FILES} speakers have fewer than "
+               f"{MIN_SPEAKER_FILES} utterances ({', '.join(sorted(r.id for r in rows if r.speaker == r.id))})")
+    for norm, expected in (("global", 0), ("speaker", 1), ("speaker", 0)):  # once per store
+        caplog.clear()
+        cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="csv", norm=norm, **FAST)
+        with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+            plan_runs(cfg)
+        assert caplog.text.count(message) == expected, caplog.text
+
+
 @pytest.mark.parametrize("cache", ["auto", "off"])
 def test_wide_batches_train_in_micro_batches_with_the_same_result(rav, tmp_path, monkeypatch, cache):
     """A batch over TRAIN_MICRO_BATCH_MB (a large model's all layers) is fed in micro-batches whose

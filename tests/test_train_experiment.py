@@ -210,6 +210,13 @@ def test_speaker_normalisation_of_speakers_with_too_few_files_is_reported(tmp_pa
         with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
             plan_runs(cfg)
         assert caplog.text.count(message) == expected, caplog.text
+    # Every speaker that small is per-utterance normalisation, alike in training and test: no warning.
+    alike = build_store(tmp_path / "alike.zarr", utterances=[replace(r, speaker=r.id) for r in rows], layers=3, dim=4,
+                        features=("egemaps",))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        plan_runs(ExperimentConfig(stores={"main": str(alike)}, features="egemaps", protocol="csv", **FAST))
+    assert "speaker normalisation:" not in caplog.text
 
 
 @pytest.mark.parametrize("cache", ["auto", "off"])

@@ -245,20 +245,22 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
 
 
 def _report_small_speakers(config: ExperimentConfig, data: _Data) -> None:
-    """Warn when speaker normalisation meets speakers of too few utterances: each is normalised by
-    its own few files' statistics, which remove most of what the heads read."""
+    """Warn when speaker normalisation meets speakers of too few utterances beside larger ones: each
+    is normalised by its own few files' statistics, which remove most of what the heads learn from
+    the others. (When every speaker is that small, it is per-utterance normalisation, applied alike
+    in training and test: RAVDESS with one name per file, 42.2 ± 1.0 % UAR against 43.5 ± 0.8 global.)"""
     key = str(config.stores[data.selections["main"].alias])
     if config.norm != "speaker" or key in _REPORTED_SMALL_SPEAKERS:
         return
     _REPORTED_SMALL_SPEAKERS.add(key)
     sizes = Counter(record.speaker for record in data.records)
     small = sorted(speaker for speaker, n in sizes.items() if n < MIN_SPEAKER_FILES)
-    if small:
-        log.warning("speaker normalisation: %d of %d speakers have fewer than %d utterances (%s); each is "
-                    "normalised with its own few files' statistics, which remove most of what the heads read "
-                    "(RAVDESS with one speaker name per test file: 21.7 %% UAR against 50.0 %%). Give the "
-                    "utterances their true speakers in the manifest, or train with --norm global",
-                    len(small), len(sizes), MIN_SPEAKER_FILES, _some(small))
+    if small and len(small) < len(sizes):
+        log.warning("speaker normalisation: %d of %d speakers have fewer than %d utterances (%s), the others "
+                    "more; each of these is normalised with its own few files' statistics, which remove most of "
+                    "what the heads learn from the others (RAVDESS with one speaker name per test file: 21.7 %% "
+                    "UAR against 50.0 %%). Give the utterances their true speakers in the manifest, or train with "
+                    "--norm global", len(small), len(sizes), MIN_SPEAKER_FILES, _some(small))
 
 
 def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:

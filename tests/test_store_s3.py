@@ -337,7 +337,8 @@ def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     out = tmp_path / "run"
     results = train_experiment(config, out=out, progress=False, threads=1)
     assert len(results["uar_per_run"]) == 1 and 0.0 <= results["uar_mean"] <= 1.0
-    # predict finds the training store (its URL) in the run dir and extracts "like" it.
+    # predict extracts "like" the run dir, which records the store's feature settings; a run dir
+    # older than that record finds the training store (its URL) and extracts like it.
     likes = []
     monkeypatch.setattr(_predict, "extract_features",
                         lambda manifest, store, *, like, features, model=None, options=(): likes.append(like)
@@ -345,7 +346,12 @@ def test_train_and_predict_from_an_s3_store(s3_server, tmp_path, monkeypatch):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF")  # never decoded by the fake extraction
     (prediction,) = predict_audio(out, [audio], work_dir=tmp_path / "work")
-    assert prediction.ok and likes == [url]
+    assert prediction.ok and likes == [str(out)]
+    experiment = json.loads((out / "experiment.json").read_text())
+    del experiment["stores_identity"]["main"]["audio_rates"]
+    (out / "experiment.json").write_text(json.dumps(experiment))
+    (older,) = predict_audio(out, [audio], work_dir=tmp_path / "work")
+    assert older.ok and likes == [str(out), url] and older.probabilities == prediction.probabilities
 
 
 @pytest.mark.slow  # about 25 s: a local Dask cluster against the moto server

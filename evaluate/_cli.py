@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from w2v2ser._common import first_few
+
 from ._predict import predict_audio
 
 __all__ = ["add_predict_arguments", "predict_from_cli"]
@@ -75,7 +77,7 @@ def _note_cropped(predictions: list) -> None:
     cropped = [p for p in predictions if p.ok and p.seconds_used is not None and p.seconds - p.seconds_used > 0.05]
     if not cropped:
         return
-    shown = ", ".join(f"{p.path} ({p.seconds:.1f} s)" for p in cropped[:3]) + (", ..." if len(cropped) > 3 else "")
+    shown = first_few([f"{p.path} ({p.seconds:.1f} s)" for p in cropped])
     print(f"note: {len(cropped)} of {len(predictions)} files are longer than the first {cropped[0].seconds_used:.1f} s "
           f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
           f"was labelled: {shown}. To label a whole recording, cut it into utterances and predict those.",
@@ -89,8 +91,7 @@ def _note_small_groups(predictions: list) -> None:
     small = [p for p in predictions if p.ok and p.normalisation == SMALL_GROUP]
     if not small:
         return
-    groups = sorted({str(p.speaker) for p in small})
-    shown = ", ".join(groups[:5]) + (", ..." if len(groups) > 5 else "")
+    shown = first_few(sorted({str(p.speaker) for p in small}), 5)
     print(f"note: {len(small)} of {len(predictions)} files are in speaker groups of fewer than {MIN_GROUP_FILES} "
           f"predicted files ({shown}); they were normalised with the run's global statistics instead, because "
           f"a file's own statistics remove what the models read. Give each speaker group all of its files.",
@@ -102,7 +103,7 @@ def _note_resampled(predictions: list) -> None:
     resampled = [p for p in predictions if p.ok and p.resampled_to is not None]
     if not resampled:
         return
-    shown = ", ".join(str(p.path) for p in resampled[:3]) + (", ..." if len(resampled) > 3 else "")
+    shown = first_few([str(p.path) for p in resampled])
     print(f"note: {len(resampled)} of {len(predictions)} files were resampled to {resampled[0].resampled_to} Hz, "
           f"the rate of all the run's training audio, before features that training took at each file's own "
           f"rate (eGeMAPS changes with the rate): {shown}.", file=sys.stderr)

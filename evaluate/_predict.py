@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import W2v2serError, did_you_mean, python_command
+from w2v2ser._common import W2v2serError, did_you_mean, first_few, python_command
 from w2v2ser.train import damaged_run_files, list_run_files
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
@@ -213,8 +213,8 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
         trained = [name for name in inside if list_run_files(run_dir / name / "runs", "model.keras")]
         inside = trained or inside  # a sweep folder holds no models
         if inside:
-            raise RunDirError(f"{run_dir} holds run directories, not one: {', '.join(inside[:10])}"
-                              f"{', ...' if len(inside) > 10 else ''}. Pass one of them, e.g. "
+            raise RunDirError(f"{run_dir} holds run directories, not one: {first_few(inside, 10)}. Pass one of "
+                              f"them, e.g. "
                               f"{run_dir / inside[0]}.")
     experiment = _read_json(run_dir / "experiment.json", what="the experiment configuration")
     config = _experiment_config(experiment, run_dir / "experiment.json")
@@ -242,7 +242,7 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
                               f"{config.features}` and pass that run directory.")
         if stale:
             raise RunDirError(f"{run_dir} holds only runs of another configuration than its experiment.json "
-                              f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): `w2v2ser train` "
+                              f"({first_few(stale, 5)}): `w2v2ser train` "
                               "was started there with new settings and has not finished a run yet. Run it "
                               "to completion first.")
         raise RunDirError(f"{run_dir} has no runs/*/model.keras; training has not finished any run. "

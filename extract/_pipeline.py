@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import SHARD_SIZE, progress_bar
+from w2v2ser._common import SHARD_SIZE, first_few, progress_bar
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
@@ -93,8 +93,8 @@ class ExtractionSummary:
         """What a user should know about an edited manifest: relabelled rows, and rows it dropped."""
         notes = [self.describe_relabelled()] if self.relabelled else []
         if self.absent:
-            shown = ", ".join(self.absent[:3]) + (", ..." if len(self.absent) > 3 else "")
-            notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest ({shown}); "
+            notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest "
+                         f"({first_few(self.absent)}); "
                          f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
                          f"extract the manifest into a new store (`--like {self.store}` keeps the feature configs)")
         return notes
@@ -139,7 +139,7 @@ def _check_audio_unchanged(store: Any, utterances: Sequence[Utterance], progress
         if digest != recorded[u.id][1]:
             changed.append(u)
     if changed:
-        named = ", ".join(f"{u.id!r} ({u.path})" for u in changed[:5]) + (", ..." if len(changed) > 5 else "")
+        named = first_few([f"{u.id!r} ({u.path})" for u in changed], 5)
         raise StoreError(f"the audio of {len(changed)} utterance(s) already extracted into store {store.path} "
                          f"has changed since (its sha256 differs from the one recorded): {named}. A store keeps "
                          f"what it extracted, and resuming would keep those features: extract into a new store "

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import publish_directory, write_atomically
+from w2v2ser._common import first_few, publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig
 from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_batch_size, share_memory_budget
@@ -130,7 +130,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
             path = str(config.stores[main_alias])
             log.warning("store %s: %d utterance(s) have no %s frames and are left out (%s); they were added by an "
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
-                        path, len(lacking), feature, _some(lacking), shlex.quote(path), feature)
+                        path, len(lacking), feature, first_few(lacking), shlex.quote(path), feature)
         done = [r for r in done if r.id in held]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
@@ -172,7 +172,7 @@ def _report_failed_extractions(store: Any, path: str, features: set[str]) -> Non
     failed = sorted({f.id for f in store.list_failures() if f.feature is None or f.feature in features})
     if failed:
         log.warning("store %s: %d utterance(s) failed extraction and are left out (%s); `w2v2ser store info %s` "
-                    "gives the reasons", path, len(failed), _some(failed), shlex.quote(path))
+                    "gives the reasons", path, len(failed), first_few(failed), shlex.quote(path))
 
 
 def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: dict[str, ResolvedSelection],
@@ -192,11 +192,6 @@ def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: 
                         "--option %s.sample_rate=16000 (pipeline.yaml: %s: {sample_rate: 16000})",
                         _store_label(config, sel.alias), sel.feature, len(rates),
                         ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(rates.items())), sel.feature, sel.feature)
-
-
-def _some(ids: list[str]) -> str:
-    """The first few ids of a list, for a message that gives the count beside them."""
-    return ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
 
 
 def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
@@ -260,7 +255,7 @@ def _report_small_speakers(config: ExperimentConfig, data: _Data) -> None:
                     "more; each of these is normalised with its own few files' statistics, which remove most of "
                     "what the heads learn from the others (RAVDESS with one speaker name per test file: 21.7 %% "
                     "UAR against 50.0 %%). Give the utterances their true speakers in the manifest, or train with "
-                    "--norm global", len(small), len(sizes), MIN_SPEAKER_FILES, _some(small))
+                    "--norm global", len(small), len(sizes), MIN_SPEAKER_FILES, first_few(small))
 
 
 def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
@@ -277,7 +272,7 @@ def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
     if conflicting:
         log.warning("%d recording(s) are in the store more than once with different labels (same audio sha256: "
                     "%s); fix the labels in the manifest or remove the copies, and extract again (a resumed "
-                    "extraction takes the corrected labels in place)", len(conflicting), _some(conflicting))
+                    "extraction takes the corrected labels in place)", len(conflicting), first_few(conflicting))
     for fold in folds:
         train = set(fold.train)
         seen = {r.audio_sha256 for r in data.records if r.speaker in train and r.audio_sha256}
@@ -287,7 +282,7 @@ def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
                 log.warning("fold %s: %d %s utterance(s) have the same audio (sha256) as a training utterance "
                             "(%s), so the %s scores are not speaker-independent; remove the copies from the "
                             "manifest, or give each copy its true speaker", fold.name, len(shared), part,
-                            _some(shared), part)
+                            first_few(shared), part)
 
 
 def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
@@ -432,7 +427,7 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
             stale.append(path.parent.name)
     if stale:
         log.warning("%d run(s) in %s were trained on other utterances than the store now holds (it has changed "
-                    "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, _some(stale))
+                    "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, first_few(stale))
 
 
 def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], data: str) -> dict[str, Any] | None:

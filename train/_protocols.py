@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from w2v2ser._common import first_few
+
 from ._errors import ConfigError, ProtocolError
 
 __all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
@@ -123,8 +125,7 @@ def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
 
 def _sample(names: Sequence[str], limit: int = 6) -> str:
     """A short list of names for an error message."""
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+    return f"[{first_few([repr(n) for n in names], limit)}]"
 
 
 def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:

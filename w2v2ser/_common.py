@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +32,7 @@ __all__ = [
     "describe_path_error",
     "did_you_mean",
     "file_sha256",
+    "first_few",
     "python_command",
     "fsync_path",
     "prefer_onednn",
@@ -118,6 +119,12 @@ def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.
     """
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
     return f" Did you mean {(canonical or {}).get(close[0], close[0])!r}?" if close else ""
+
+
+def first_few(items: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` items, comma separated, then ", ..." if there are more: for a message that
+    gives the count beside them."""
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
 def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:

@@ -280,7 +280,6 @@ def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: 
     must still hold the recorded settings."""
     from w2v2ser._common import ConfigError
     from w2v2ser.extract import features_like
-    from w2v2ser.store import open_store
 
     identity = experiment.get("stores_identity")
     entry = identity.get(alias) if isinstance(identity, Mapping) else None
@@ -292,22 +291,22 @@ def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: 
             pass
         else:
             return _Like(str(run_dir), features, rates)
-    try:
-        training = open_store(store_path)
+    try:  # the training store's own features and audio rates
+        features, rates = features_like(store_path)
     except W2v2serError as exc:
         raise PredictError(f"the training store {store_path} cannot be opened ({exc}). If the training store "
                            f"has moved, pass its new location: w2v2ser predict --store PATH "
                            f"(predict_audio(stores={{None: PATH}})). A run directory that this version of w2v2ser "
                            f"trains needs no store: it records the feature settings and statistics itself.") from None
     recorded = entry.get("features") if isinstance(entry.get("features"), Mapping) else {}
-    changed = sorted(name for name, spec in recorded.items() if name in training.features and isinstance(spec, Mapping)
-                     and _differs(training.features[name].config, spec.get("config")))
+    changed = sorted(name for name, spec in recorded.items() if name in features and isinstance(spec, Mapping)
+                     and _differs(features[name].config, spec.get("config")))
     if changed:
         raise PredictError(f"the training store {store_path} now holds {', '.join(changed)} with other settings than "
                            f"run dir {run_dir} was trained with (its experiment.json), so new audio would not get "
                            "the training features. Restore the store the run was trained on, or train the run "
                            "again on this store.")
-    return _Like(store_path, dict(training.features), {n: set(training.sample_rates(n)) for n in training.features})
+    return _Like(store_path, features, rates)
 
 
 def _differs(config: Mapping[str, Any], recorded: Any) -> bool:
@@ -411,7 +410,7 @@ def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: 
             except DataError as exc:  # a truncated or damaged file
                 raise RunDirError(f"cannot read the run's normalisation statistics in {npz.parent}: {exc} "
                                   "Or pass --run to use another one.") from None
-            if saved is not None and saved.mode == "global":
+            if saved is not None:  # global_fallback=True returns only global statistics
                 return saved
             break
     metrics = model.parent / "metrics.json"

@@ -562,7 +562,9 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
         for i, pattern in enumerate(patterns):
             if experiments and not any(fnmatchcase(e.name, pattern) for e in experiments):
                 groups = sorted({e.name.split("/")[0] for e in experiments})
-                hint = did_you_mean(pattern.split("/")[0], groups).replace("?", "/*?")
+                first, *rest = pattern.split("/")
+                # Suggest the whole pattern with its group corrected: 'tabel1/*' -> 'table1/*'.
+                hint = did_you_mean(first, groups, canonical={g: "/".join([g, *rest]) for g in groups})
                 raise ConfigError(f"reports.{name}.experiments[{i}]: pattern {pattern!r} matches no experiment "
                                   f"(groups: {', '.join(groups)}).{hint}")
         reports.append(ReportConfig(str(name), tuple(patterns), output / "reports" / str(name)))

@@ -51,6 +51,9 @@ MIN_GROUP_FILES = MIN_SPEAKER_FILES
 SMALL_GROUP = "global (too few files in its speaker group)"
 # What a folder passed to predict_audio contributes: the files with these suffixes below it.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au")
+# Audio and video containers that libsndfile does not decode: inside a folder they are listed as
+# failed files with the fix, not left out in silence.
+UNREADABLE_SUFFIXES = (".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".amr", ".3gp", ".mka", ".mkv", ".mov")
 
 
 @dataclass(frozen=True)
@@ -453,7 +456,9 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
     Args:
         run_dir: run directory written by ``w2v2ser train``.
         paths: audio files (any format stage 1 reads), or folders: the audio files below one
-            (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place.
+            (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place. Files of formats
+            stage 1 cannot decode (``UNREADABLE_SUFFIXES``: m4a, aac, wma, mp4, ...) are returned
+            as failed, with the conversion to make.
         speakers: optional speaker group per path (a folder's applies to every file in it) or
             per file; with a speaker-normalised run, each group is normalised with statistics of
             its own new files (a group of fewer than ``MIN_GROUP_FILES`` predicted files keeps the
@@ -500,6 +505,9 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
                          f"or folders that hold them")
         elif not file.is_file():
             errors[i] = f"file not found: {file}"
+        elif file.suffix.lower() in UNREADABLE_SUFFIXES:
+            errors[i] = (f"{file}: {file.suffix} files cannot be decoded here (libsndfile reads "
+                         f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`")
     todo = [i for i in range(len(files)) if i not in errors]
     probabilities: dict[int, tuple[np.ndarray, float, float, int | None, str]] = {}
     if todo:
@@ -548,15 +556,17 @@ def _check_model_option(plan: _RunPlan, model: str) -> None:
 
 
 def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
-    """Each folder becomes the audio files below it, sorted (hidden files such as macOS ``._``
-    forks left out); a folder without any stays, to be reported. Also returns, per file, the
+    """Each folder becomes the audio files below it, sorted, those in formats that cannot be decoded
+    included, to be reported (hidden files such as macOS ``._`` forks left out); a folder without
+    any stays, to be reported. Also returns, per file, the
     position of the path it came from."""
     out: list[Path] = []
     origin: list[int] = []
     for k, path in enumerate(paths):
         found: list[Path] = []
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES + UNREADABLE_SUFFIXES
+                           and p.is_file()
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
         entries = found or [path]
         out += entries

@@ -159,6 +159,23 @@ def test_predict_takes_folders_of_audio(trained: Path, tmp_path: Path, monkeypat
         predict_audio(trained, [folder], speakers=["a", "b"])
 
 
+def test_a_folder_lists_audio_it_cannot_decode(trained: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phone recordings (.m4a) beside WAV files: they were left out of a folder without a word, and
+    a folder of them alone was reported as holding no audio. Each is now a failed file with the fix."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    folder = tmp_path / "phone"
+    for name in ("a.wav", "b.M4A", "c.wma", "notes.txt"):
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(b"RIFF")
+    preds = predict_audio(trained, [folder, folder / "c.wma"])
+    assert [p.path.name for p in preds] == ["a.wav", "b.M4A", "c.wma", "c.wma"]
+    assert preds[0].ok
+    for p in preds[1:]:
+        assert p.error.startswith(f"{p.path}: {p.path.suffix} files cannot be decoded here")
+        assert "ffmpeg -i IN -ac 1 -ar 16000 OUT.wav" in p.error
+
+
 def test_a_folder_takes_one_speaker_for_all_its_files(trained: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """One speaker's recordings in a folder: one name for the folder (it needed one per file, 60

@@ -22,6 +22,7 @@ from typing import Any
 from w2v2ser._common import UPSTREAM_FEATURES, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
+from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
@@ -236,7 +237,7 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
     }
 
 
-def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
+def write_report(run_dirs: Sequence[Path], *, out: Path, baseline: Path | None = None) -> Path:
     """Write ``report.md``, ``report.json`` and figures for the given run directories.
 
     Broken run directories never stop the report: skipped experiments are shown with their
@@ -246,12 +247,15 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
         run_dirs: run or sweep directories written by ``w2v2ser train|sweep`` (any order, any corpora),
             or folders holding them (searched four levels down).
         out: report folder; created if needed, files in it are replaced atomically.
+        baseline: one of the run directories; the report then gives every other finished run
+            directory's difference in mean UAR to it, with Welch's t-test over their UAR values.
 
     Returns:
         The path of ``report.md``.
 
     Raises:
-        EvaluateError: no run directory given, or ``out`` exists and is not a directory.
+        EvaluateError: no run directory given, ``out`` exists and is not a directory, or
+            ``baseline`` is not a finished run directory among ``run_dirs``.
     """
     if not run_dirs:
         raise EvaluateError("write_report received no run directories; expected at least one "
@@ -262,9 +266,15 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
                             "Choose another --out path.")
     out.mkdir(parents=True, exist_ok=True)
     # A folder of runs shows every run inside; a sweep folder shows as its weighted head + the sweep plot.
-    run_dirs, sweeps = expand_sweep_dirs(find_run_dirs(run_dirs))
+    found = find_run_dirs(run_dirs)
+    if baseline is not None:
+        check_baseline_path(Path(baseline))
+        if Path(baseline).resolve() not in {p.resolve() for p in found}:
+            found.append(Path(baseline))  # --baseline alone puts its run dir in the report
+    run_dirs, sweeps = expand_sweep_dirs(found)
     runs = [read_run_dir(Path(p)) for p in run_dirs]
     names = _unique_names(runs)
+    comparison = None if baseline is None else compare_with_baseline(runs, names, find_baseline(runs, baseline))
 
     confusion_pngs: list[str | None] = []
     for run, name in zip(runs, names):
@@ -283,7 +293,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path) -> Path:
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "uar_unit": "percent", "std": "as recorded in results.json (over seeds × folds)",
-        "feature_table": table, "head_table": heads, "runs": entries,
+        "feature_table": table, "head_table": heads, "runs": entries, "comparison": comparison,
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": weights},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
@@ -340,6 +350,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
                 + [r["cells"].get(h, {}).get("text", "—") for h in heads["columns"]] for r in heads["rows"]]
         lines += _markdown_table(["Model", "Selection", "Normalisation", "Recipe", "Corpus"]
                                  + heads["columns"], rows)
+    lines += _comparison_markdown(data["comparison"])
     entries = data["runs"]
     lines += ["", "## Run directories", ""]
     rows = [[e["name"], e["status"], e["corpus"], e["features"], e["head"], e["recipe"],
@@ -383,6 +394,23 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:
+    """Section of ``compare_with_baseline``'s rows (nothing without a baseline)."""
+    if not comparison:
+        return []
+    lines = ["", f"## Against the baseline {comparison['baseline']}", "",
+             f"Baseline UAR {_spread(comparison['uar_mean'], comparison['uar_std'], comparison['n'])}. "
+             "Difference: the row's mean UAR minus the baseline's, in points. p: Welch's two-sided t-test "
+             "over the two run directories' UAR values (n each), not corrected for comparing several rows "
+             "with one baseline; it needs at least 2 values on each side.", ""]
+    rows = [[r["name"], _spread(r["uar_mean"], r["uar_std"], r["n"]),
+             "not compared" if r["not_compared"] else f"{r['difference']:+.1f}",
+             r["not_compared"] or ("—" if r["p_welch"] is None else f"{r['p_welch']:.2g}")]
+            for r in comparison["rows"]]
+    return lines + (_markdown_table(["Run dir", "UAR %", "Difference", "p (Welch)"], rows) if rows
+                    else ["No other finished run directory."])
 
 
 def _weights_markdown(series: Sequence[dict]) -> list[str]:

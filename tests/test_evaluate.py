@@ -363,3 +363,42 @@ def test_runs_with_recipe_overrides_are_rows_of_their_own(tmp_path: Path) -> Non
     assert "| — | eGeMAPS | dense | speaker | paper | 60.0 ± 8.2 (n=3)" in md
     assert "| — | eGeMAPS | dense | speaker | paper (max_epochs=200, patience=30) | 60.0 ± 8.2 (n=3)" in md
     assert "[plain]" not in md and "[patient]" not in md  # told apart by their recipe, not by folder
+
+
+def test_report_compares_run_dirs_with_a_baseline(tmp_path: Path, capsys) -> None:
+    """`evaluate --baseline RUN`: each other finished run dir's difference in mean UAR with Welch's
+    t-test over the two sets of seeds; other corpora and other scoring are not compared."""
+    from scipy.stats import ttest_ind
+
+    from w2v2ser._cli import main
+    from w2v2ser.evaluate import EvaluateError
+
+    runs = tmp_path / "runs"
+    base = make_run_dir(runs, "base", uars=(0.50, 0.52, 0.51, 0.49, 0.50))
+    better = make_run_dir(runs, "lstm", head="lstm", uars=(0.60, 0.61, 0.59, 0.62, 0.60))
+    same = make_run_dir(runs, "units64", uars=(0.51, 0.49, 0.50, 0.52, 0.50))
+    one = make_run_dir(runs, "oneseed", features="spectrogram", uars=(0.70,))
+    make_run_dir(runs, "iemocap", corpus="iemocap", uars=(0.6,) * 25, pooled=(0.6, 0.62, 0.61))
+    # --baseline alone puts its run dir in the report; the others come from the folder of runs.
+    assert main(["evaluate", str(better), str(same), str(one), str(runs / "iemocap"), "--out", str(tmp_path / "r"),
+                 "--baseline", str(base)]) == 0
+    comparison = json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]
+    assert comparison["baseline"] == "base" and comparison["n"] == 5
+    rows = {r["name"]: r for r in comparison["rows"]}
+    assert set(rows) == {"lstm", "units64", "oneseed", "iemocap"}
+    assert rows["lstm"]["difference"] == pytest.approx(10.0)
+    expected = ttest_ind([60, 61, 59, 62, 60], [50, 52, 51, 49, 50], equal_var=False).pvalue
+    assert rows["lstm"]["p_welch"] == pytest.approx(expected) and expected < 1e-4
+    assert rows["units64"]["p_welch"] > 0.5
+    assert rows["oneseed"]["difference"] == pytest.approx(19.6) and rows["oneseed"]["p_welch"] is None
+    assert rows["iemocap"]["difference"] is None and rows["iemocap"]["not_compared"] == "corpus IEMOCAP, baseline RAVDESS"
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Against the baseline base" in md
+    assert f"| lstm | 60.4 ± 1.0 (n=5) | +10.0 | {expected:.2g} |" in md
+    assert "| oneseed | 70.0 (n=1) | +19.6 | — |" in md
+    # A folder of several runs, or an unfinished run, is no baseline.
+    with pytest.raises(EvaluateError, match="runs is a folder of 5 run directories; expected one run or sweep directory"):
+        write_report([runs], out=tmp_path / "r2", baseline=runs)
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(EvaluateError, match="is incomplete .*expected a finished run directory"):
+        write_report([runs], out=tmp_path / "r2", baseline=tmp_path / "cut")

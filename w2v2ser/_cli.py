@@ -330,7 +330,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 what, hint = "does not exist", did_you_mean(given.name, nearby)
             raise EvaluateError(f"{given} {what}; expected a run directory (`w2v2ser train --out`), a sweep "
                                 f"folder or a folder of them, e.g. a pipeline's output.{hint}")
-    out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out))
+    out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
+                       baseline=None if args.baseline is None else Path(args.baseline))
     print(f"wrote {out}")
     # A run dir left out of the tables (unfinished, or a results.json that cannot be read) is said
     # here too, not only in the report: otherwise a damaged run vanishes from the tables unnoticed.
@@ -512,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run or sweep directories of `w2v2ser train|sweep`, or folders holding them "
                                "(e.g. runs/, a pipeline's output)")
     evaluate.add_argument("--out", required=True, help="report folder: report.md, report.json, figures")
+    evaluate.add_argument("--baseline", metavar="RUN_DIR",
+                          help="one of the run directories: the report adds each other one's difference in "
+                               "mean UAR to it, with Welch's t-test over their seeds")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="emotion and class probabilities for new audio", parents=[verbose])

@@ -1,0 +1,83 @@
+"""Run directories against a baseline: difference in mean UAR and Welch's t-test over their values.
+
+A researcher changes one thing (a head, a layer, a recipe value) and asks whether the UAR moved.
+Per run directory the UAR values are its runs' (seeds, or seeds x folds; seeds when folds are
+pooled), so the test is between two independent samples of seed-to-seed variation on the same
+test data. Welch's form does not assume equal variances. Nothing is corrected for comparing
+several run directories with one baseline: the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import EvaluateError
+from ._rundir import RunSummary
+
+__all__ = ["check_baseline_path", "compare_with_baseline", "find_baseline"]
+
+
+def check_baseline_path(baseline: Path) -> None:
+    """Refuse a folder of several run directories as the baseline (it would compare with itself)."""
+    from ._sweep import find_run_dirs
+
+    inside = find_run_dirs([baseline])
+    if inside != [baseline]:
+        raise EvaluateError(f"baseline {baseline} is a folder of {len(inside)} run directories; expected one run "
+                            f"or sweep directory of `w2v2ser train|sweep`, e.g. {inside[0]}")
+
+
+def find_baseline(runs: Sequence[RunSummary], baseline: Path) -> int:
+    """Index of the run directory ``baseline`` among ``runs`` (a sweep folder stands for its weighted head).
+
+    Raises:
+        EvaluateError: it is not one of them, or it is not a finished run directory.
+    """
+    wanted = Path(baseline).resolve()
+    found = [i for i, run in enumerate(runs) if run.path.resolve() in (wanted, wanted / "all")]
+    if not found:
+        raise EvaluateError(f"baseline {baseline} is not among the run directories of this report; pass it "
+                            "as a RUN_DIR too.")
+    run = runs[found[0]]
+    if run.status != "complete":
+        raise EvaluateError(f"baseline {baseline} is {run.status} ({run.reason or 'no results.json'}); expected a "
+                            "finished run directory. Finish its training or choose another baseline.")
+    return found[0]
+
+
+def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p of Welch's t-test; None when either sample has fewer than 2 values or no spread."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return None if math.isnan(p) else p
+
+
+def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base: int) -> dict[str, Any]:
+    """One row per other complete run directory: difference of mean UAR (points) and Welch's p.
+
+    A run directory of another corpus, or scored another way (pooled folds vs one value per run),
+    is listed as not compared, with the reason.
+    """
+    ref = runs[base]
+    rows = []
+    for i, (run, name) in enumerate(zip(runs, names)):
+        if i == base or run.status != "complete":
+            continue
+        row: dict[str, Any] = {"name": name, "n": run.n_runs, "uar_mean": run.uar_mean, "uar_std": run.uar_std,
+                               "difference": None, "p_welch": None, "not_compared": ""}
+        if run.corpus != ref.corpus:
+            row["not_compared"] = f"corpus {run.corpus}, baseline {ref.corpus}"
+        elif run.scoring != ref.scoring:
+            row["not_compared"] = f"scored {run.scoring}, baseline {ref.scoring}"
+        else:
+            row["difference"] = run.uar_mean - ref.uar_mean
+            row["p_welch"] = _welch_p(run.uar_runs, ref.uar_runs)
+        rows.append(row)
+    return {"baseline": names[base], "n": ref.n_runs, "uar_mean": ref.uar_mean, "uar_std": ref.uar_std,
+            "test": "Welch's t-test, two-sided, over the UAR values of the two run directories", "rows": rows}

@@ -25,6 +25,7 @@ _RESERVED = AUDIO_RATE_KEY
 _SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "validation": "validation", "val": "validation", "valid": "validation", "dev": "validation",
+    "development": "validation",  # MSP-Podcast's Split_Set
     "test": "test", "eval": "test",
 }
 _GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
@@ -135,7 +136,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         ManifestError: Unreadable file, missing required column, empty value in a required
             column, malformed row, bad split/gender, escaping relative path, duplicate id.
 
-    A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev`` or
+    A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
     ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.
     """
     path = Path(path)
@@ -187,7 +188,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         if split and split.lower() not in _SPLIT_ALIASES:
             hint = did_you_mean(split.lower(), _SPLIT_ALIASES, cutoff=0.3, canonical=_SPLIT_ALIASES)
             raise _fail(path, line, "split", f"unknown split {split!r}",
-                        f"Use one of {', '.join(_SPLITS)} (or train/training, val/valid/dev, test/eval), "
+                        f"Use one of {', '.join(_SPLITS)} (or train/training, val/valid/dev/development, test/eval), "
                         f"or leave it empty.{hint}")
         split = _SPLIT_ALIASES.get(split.lower(), "")
         gender = row.get("gender", "")

@@ -192,7 +192,7 @@ def test_csv_manifest_basic(tmp_path):
 
 def test_csv_manifest_split_aliases(tmp_path):
     aliases = {"train": "train", "Training": "train", "val": "validation", "VALID": "validation",
-               "dev": "validation", "validation": "validation", "test": "test", "eval": "test", "": ""}
+               "dev": "validation", "Development": "validation", "validation": "validation", "test": "test", "eval": "test", "": ""}
     rows = "".join(f"a{k}.wav,x,y,{given}\n" for k, given in enumerate(aliases))
     manifest = read_csv_manifest(_write_csv(tmp_path / "m.csv", "path,label,speaker,split\n" + rows))
     assert [u.split for u in manifest.utterances] == list(aliases.values())

@@ -61,8 +61,9 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
 def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base: int) -> dict[str, Any]:
     """One row per other complete run directory: difference of mean UAR (points) and Welch's p.
 
-    A run directory of another corpus, or scored another way (pooled folds vs one value per run),
-    is listed as not compared, with the reason.
+    A run directory of another corpus, other classes, another number of test utterances (another
+    store's files or split) or scored another way (pooled folds vs one value per run) is listed as
+    not compared, with the reason.
     """
     ref = runs[base]
     rows = []
@@ -75,6 +76,11 @@ def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base
             row["not_compared"] = f"corpus {run.corpus}, baseline {ref.corpus}"
         elif run.scoring != ref.scoring:
             row["not_compared"] = f"scored {run.scoring}, baseline {ref.scoring}"
+        elif run.classes != ref.classes:
+            row["not_compared"] = f"classes {', '.join(run.classes)}; baseline {', '.join(ref.classes)}"
+        elif run.results.get("n_test") != ref.results.get("n_test"):  # another store's utterances or split
+            row["not_compared"] = (f"another test set: {run.results.get('n_test')} test utterances, baseline "
+                                   f"{ref.results.get('n_test')}")
         else:
             row["difference"] = run.uar_mean - ref.uar_mean
             row["p_welch"] = _welch_p(run.uar_runs, ref.uar_runs)

@@ -52,7 +52,7 @@ def make_run_dir(root: Path, name: str, *, corpus: str = "ravdess", features: ob
             _write_json(run_dir / "runs" / f"all__seed{seed_i}" / "layer_weights.json", entry)
             layer_weights[f"all__seed{seed_i}"] = entry
     results = {"uar_mean": float(np.mean(uars)), "uar_std": float(np.std(uars)), "uar_per_run": list(uars),
-               "accuracy_mean": float(np.mean(uars)), "n_test": int(confusion.sum()), "classes": CLASSES,
+               "accuracy_mean": float(np.mean(uars)), "n_test": 208, "classes": CLASSES,  # per seed, as train writes
                "confusion": confusion.tolist(), "config": config, "recipe": {"name": recipe, "learning_rate": 1e-4},
                # pooled: several folds (IEMOCAP sessions), scored per seed over all folds' predictions
                "splits": {f"session{k}": {} for k in range(1, 6)} if pooled else {"all": {}},
@@ -379,25 +379,30 @@ def test_report_compares_run_dirs_with_a_baseline(tmp_path: Path, capsys) -> Non
     same = make_run_dir(runs, "units64", uars=(0.51, 0.49, 0.50, 0.52, 0.50))
     one = make_run_dir(runs, "oneseed", features="spectrogram", uars=(0.70,))
     make_run_dir(runs, "iemocap", corpus="iemocap", uars=(0.6,) * 25, pooled=(0.6, 0.62, 0.61))
+    subset = make_run_dir(runs, "subset", uars=(0.6, 0.7))  # trained on a store of fewer files
+    results = json.loads((subset / "results.json").read_text())
+    (subset / "results.json").write_text(json.dumps({**results, "n_test": 12}))
     # --baseline alone puts its run dir in the report; the others come from the folder of runs.
-    assert main(["evaluate", str(better), str(same), str(one), str(runs / "iemocap"), "--out", str(tmp_path / "r"),
+    assert main(["evaluate", str(better), str(same), str(one), str(runs / "iemocap"), str(subset), "--out",
+                 str(tmp_path / "r"),
                  "--baseline", str(base)]) == 0
     comparison = json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]
     assert comparison["baseline"] == "base" and comparison["n"] == 5
     rows = {r["name"]: r for r in comparison["rows"]}
-    assert set(rows) == {"lstm", "units64", "oneseed", "iemocap"}
+    assert set(rows) == {"lstm", "units64", "oneseed", "iemocap", "subset"}
     assert rows["lstm"]["difference"] == pytest.approx(10.0)
     expected = ttest_ind([60, 61, 59, 62, 60], [50, 52, 51, 49, 50], equal_var=False).pvalue
     assert rows["lstm"]["p_welch"] == pytest.approx(expected) and expected < 1e-4
     assert rows["units64"]["p_welch"] > 0.5
     assert rows["oneseed"]["difference"] == pytest.approx(19.6) and rows["oneseed"]["p_welch"] is None
     assert rows["iemocap"]["difference"] is None and rows["iemocap"]["not_compared"] == "corpus IEMOCAP, baseline RAVDESS"
+    assert rows["subset"]["not_compared"].startswith("another test set: 12 test utterances, baseline ")
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Against the baseline base" in md
     assert f"| lstm | 60.4 ± 1.0 (n=5) | +10.0 | {expected:.2g} |" in md
     assert "| oneseed | 70.0 (n=1) | +19.6 | — |" in md
     # A folder of several runs, or an unfinished run, is no baseline.
-    with pytest.raises(EvaluateError, match="runs is a folder of 5 run directories; expected one run or sweep directory"):
+    with pytest.raises(EvaluateError, match="runs is a folder of 6 run directories; expected one run or sweep directory"):
         write_report([runs], out=tmp_path / "r2", baseline=runs)
     (tmp_path / "cut").mkdir()
     with pytest.raises(EvaluateError, match="is incomplete .*expected a finished run directory"):

@@ -355,3 +355,36 @@ def test_store_inspect_is_store_info() -> None:
 
     parser = build_parser()
     assert parser.parse_args(["store", "inspect", "s.zarr"]).func is parser.parse_args(["store", "info", "s.zarr"]).func
+
+
+def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
+    """reports.NAME.baseline: the pipeline's report compares the other experiments with it
+    (`evaluate --baseline`); a baseline that has not finished leaves the comparison out, said once."""
+    from test_evaluate import make_run_dir
+
+    from w2v2ser._run import _run_evaluate
+
+    data = _base()
+    data["reports"] = {"r": {"experiments": ["t1/*"], "baseline": "t1/ravdess/classic-egemap"}}
+    with pytest.raises(ConfigError, match=r"reports.r.baseline: 't1/ravdess/classic-egemap' is not an experiment of "
+                                          r"this report; expected one of t1/ravdess/classic-egemaps, "
+                                          r"t1/ravdess/w2v2_pt-wav2vec2-all\. Did you mean 't1/ravdess/classic-egemaps'"):
+        load_pipeline(_write(tmp_path, data))
+    data["reports"]["r"]["baseline"] = "t1/ravdess/w2v2_pt-wav2vec2-all"
+    config = load_pipeline(_write(tmp_path, data))
+    assert config.reports[0].baseline == "t1/ravdess/w2v2_pt-wav2vec2-all"
+    egemaps, w2v2 = (e.run_dir for e in config.experiments)
+    make_run_dir(egemaps.parent, egemaps.name, uars=(0.5, 0.52, 0.51))
+    w2v2.mkdir(parents=True)
+    (w2v2 / "skipped.json").write_text('{"reason": "model offline"}')
+    assert _run_evaluate(config).done == 1
+    out = capsys.readouterr()
+    assert ("report r: baseline t1/ravdess/w2v2_pt-wav2vec2-all is skipped (model offline); the report is written "
+            "without the comparison") in out.out + out.err
+    assert "Against the baseline" not in (config.reports[0].out / "report.md").read_text()
+    make_run_dir(w2v2.parent, w2v2.name, uars=(0.6, 0.62, 0.61))
+    (w2v2 / "skipped.json").unlink()
+    assert _run_evaluate(config).done == 1
+    report = (config.reports[0].out / "report.md").read_text()
+    assert "## Against the baseline w2v2_pt-wav2vec2-all" in report
+    assert "| classic-egemaps | 51.0 ± 0.8 (n=3) | -10.0 |" in report

@@ -35,7 +35,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
-from ._common import SHARD_SIZE, ConfigError, did_you_mean
+from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
 from ._overrides import apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, dataclass_model, validate
 
@@ -149,6 +149,8 @@ class ReportEntry(StrictModel):
     """A report over the experiments whose names match one of the patterns."""
 
     experiments: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ("*",)
+    baseline: Optional[str] = Field(None, description="one experiment of the report (e.g. table1/ravdess/"
+                                    "classic-egemaps): the others' difference in mean UAR to it, Welch's t-test")
 
 
 class ExperimentKeys(BaseModel):
@@ -306,6 +308,8 @@ class ReportConfig:
     name: str
     experiments: tuple[str, ...]
     out: Path
+    #: experiment name whose run dir the report compares the others with (``write_report(baseline=)``)
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -558,7 +562,8 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
                    output: Path) -> list[ReportConfig]:
     reports = []
     for name, entry in (section if section is not None else {"all": None}).items():
-        patterns = (entry or ReportEntry()).experiments
+        entry = entry or ReportEntry()
+        patterns = entry.experiments
         for i, pattern in enumerate(patterns):
             if experiments and not any(fnmatchcase(e.name, pattern) for e in experiments):
                 groups = sorted({e.name.split("/")[0] for e in experiments})
@@ -567,7 +572,11 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
                 hint = did_you_mean(first, groups, canonical={g: "/".join([g, *rest]) for g in groups})
                 raise ConfigError(f"reports.{name}.experiments[{i}]: pattern {pattern!r} matches no experiment "
                                   f"(groups: {', '.join(groups)}).{hint}")
-        reports.append(ReportConfig(str(name), tuple(patterns), output / "reports" / str(name)))
+        covered = [e.name for e in experiments if any(fnmatchcase(e.name, p) for p in patterns)]
+        if entry.baseline is not None and experiments and entry.baseline not in covered:
+            raise ConfigError(f"reports.{name}.baseline: {entry.baseline!r} is not an experiment of this report; "
+                              f"expected one of {first_few(covered, 5)}.{did_you_mean(entry.baseline, covered)}")
+        reports.append(ReportConfig(str(name), tuple(patterns), output / "reports" / str(name), entry.baseline))
     return reports
 
 

@@ -481,6 +481,7 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
 
 def _run_evaluate(config: PipelineConfig) -> _Outcome:
     from w2v2ser.evaluate import write_report
+    from w2v2ser.evaluate._rundir import read_run_dir
 
     outcome = _Outcome()
     for report in config.reports:
@@ -489,8 +490,14 @@ def _run_evaluate(config: PipelineConfig) -> _Outcome:
             _say(f"report {report.name}: no experiments match {', '.join(report.experiments)}; nothing written")
             outcome.skipped.append(report.name)
             continue
+        baseline = next((e.run_dir for e in experiments if e.name == report.baseline), None)
+        summary = None if baseline is None else read_run_dir(baseline)
+        if summary is not None and summary.status != "complete":  # e.g. skipped: its model is offline
+            _say(f"report {report.name}: baseline {report.baseline} is {summary.status} ({summary.reason}); "
+                 "the report is written without the comparison")
+            baseline = None
         try:
-            path = write_report([e.run_dir for e in experiments], out=report.out)
+            path = write_report([e.run_dir for e in experiments], out=report.out, baseline=baseline)
         except W2v2serError as error:
             _say(f"report {report.name}: FAILED: {error}")
             outcome.failed.append(report.name)

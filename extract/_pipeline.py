@@ -61,6 +61,8 @@ class ExtractionSummary:
             took from an edited manifest.
         absent: Ids of utterances in the store that this call's manifest does not list: an edited
             manifest does not remove them, and stage 2 still reads them.
+        moved: (id, old path, new path) of each extracted utterance given at a new path whose
+            file holds the same audio (sha256): the store takes the path and keeps its features.
     """
 
     store: Path | str
@@ -73,6 +75,7 @@ class ExtractionSummary:
     complete: bool = False
     relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -90,8 +93,13 @@ class ExtractionSummary:
                 f"and runs trained on the old ones are trained again")
 
     def notes(self) -> list[str]:
-        """What a user should know about an edited manifest: relabelled rows, and rows it dropped."""
+        """What a user should know about an edited manifest: relabelled rows, moved files, dropped rows."""
         notes = [self.describe_relabelled()] if self.relabelled else []
+        if self.moved:
+            uid, old, new = self.moved[0]
+            notes.append(f"{len(self.moved)} utterance(s) already extracted are now read from other paths "
+                         f"(e.g. {uid}: {old} -> {new}); their files hold the same audio (sha256), so the "
+                         f"store took the new paths and kept their features")
         if self.absent:
             notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest "
                          f"({first_few(self.absent)}); "
@@ -125,25 +133,35 @@ def _probe_all(
     return infos, failures
 
 
-def _check_audio_unchanged(store: Any, utterances: Sequence[Utterance], progress: bool) -> None:
-    """Refuse to resume when a file's audio has changed since its features were extracted: the
-    finished utterance would be kept, with features that are no longer of its file."""
+def _check_recorded_audio(store: Any, utterances: Sequence[Utterance], progress: bool) -> set[str]:
+    """Compare each extracted utterance's audio with the sha256 recorded when it was extracted.
+
+    Refuses to resume when a file's audio has changed since: the finished utterance would be kept,
+    with features that are no longer of its file.
+
+    Returns:
+        Ids given at a new path whose file holds the same audio (a corpus moved or copied to
+        another disk): the store takes the new path, and keeps their features.
+    """
     recorded = {r.id: (r.path, r.audio_sha256) for r in store.list_utterances(status="done") if r.audio_sha256}
-    kept = [u for u in utterances if recorded.get(u.id, ("",))[0] == u.path]
-    changed = []
-    for u in _progress(kept, progress and bool(kept), "check audio", "file"):
+    checked = [u for u in utterances if u.id in recorded]
+    changed, moved = [], set()
+    for u in _progress(checked, progress and bool(checked), "check audio", "file"):
         try:
             digest = sha256_file(u.path)
         except OSError:
-            continue  # a vanished file keeps its features; nothing newer to compare with
-        if digest != recorded[u.id][1]:
+            continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
+        if recorded[u.id][0] == u.path and digest != recorded[u.id][1]:
             changed.append(u)
+        elif recorded[u.id][0] != u.path and digest == recorded[u.id][1]:
+            moved.add(u.id)
     if changed:
         named = first_few([f"{u.id!r} ({u.path})" for u in changed], 5)
         raise StoreError(f"the audio of {len(changed)} utterance(s) already extracted into store {store.path} "
                          f"has changed since (its sha256 differs from the one recorded): {named}. A store keeps "
                          f"what it extracted, and resuming would keep those features: extract into a new store "
                          f"path (`--like {store.path}` keeps the feature configs), or restore the files.")
+    return moved
 
 
 def _progress(items: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
@@ -227,7 +245,7 @@ def extract_corpus(
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
         existing = open_store(store_path, allow_incomplete=True)
-        _check_audio_unchanged(existing, utterances, progress)
+        moved = _check_recorded_audio(existing, utterances, progress)
         stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]
@@ -236,10 +254,11 @@ def extract_corpus(
         rows = writer.plan(
             [with_rate(u, info) for u, info in zip(utterances, infos)],
             num_samples=num_samples, features=specs, capacities=capacities, failures=failures,
-            reader_skipped=reader_skipped,
+            reader_skipped=reader_skipped, moved=moved,
         )
         summary.planned = len(rows)
         summary.relabelled = list(writer.relabelled)
+        summary.moved = list(writer.moved)
         summary.absent = list(writer.absent)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}

@@ -9,7 +9,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -60,7 +60,8 @@ def _comparable(value: Any) -> Any:
 _SHOWN_DIFFERENCES = 6
 # Utterance columns that a resumed plan takes from a changed manifest in place: no frame depends
 # on them, and finalize composes the per-speaker statistics from the per-utterance ones and the
-# table's speakers. A changed path is refused: the frames were made from the old file.
+# table's speakers. A changed path is refused (the frames were made from the old file), unless
+# the caller checked that the new file holds the same audio (plan's ``moved``).
 RELABELLED_COLUMNS = ("label", "speaker", "session", "split")
 
 
@@ -166,6 +167,8 @@ class StoreWriter:
         self.relabelled: list[tuple[str, str, str, str]] = []
         #: Ids of the store's utterances that the last plan was not given (they stay in the store).
         self.absent: list[str] = []
+        #: (id, old path, new path) of each utterance the last plan took at a new path (``moved``).
+        self.moved: list[tuple[str, str, str]] = []
         self._chunk_frames = dict(chunk_frames or {})
         self._shard_frames = dict(shard_frames or {})
         for kind, given in (("chunk_frames", self._chunk_frames), ("shard_frames", self._shard_frames)):
@@ -312,6 +315,7 @@ class StoreWriter:
         capacities: Mapping[str, Sequence[int]],
         failures: Mapping[int, str] | None = None,
         reader_skipped: Sequence[tuple[str, str]] | None = None,
+        moved: Collection[str] = (),
     ) -> list[int]:
         """Add utterances and features and record each utterance's planned frame count (single process).
 
@@ -324,6 +328,8 @@ class StoreWriter:
             failures: reason per position in `utterances` (e.g. why probing failed).
             reader_skipped: (path, reason) of every file or line the corpus reader could not use
                 (``Manifest.problems``); replaces the recorded list (None keeps it).
+            moved: Ids whose new path the caller has checked holds the same audio as the stored
+                one (same sha256): the path is taken in place. Any other changed path is refused.
 
         Returns:
             The store row index of every given utterance, in the same order.
@@ -364,6 +370,8 @@ class StoreWriter:
         reprobed: list[int] = []
         relabelled: list[int] = []
         self.relabelled = []
+        self.moved = []
+        moved = set(moved)
         stored_ns = self._column("num_samples")[:] if old_rows else np.zeros(0, np.int64)
         # What stage 2 reads from the store (audio, class, protocol partitions) must match the
         # manifest of a resumed run: a changed split or speaker would otherwise be ignored silently.
@@ -387,7 +395,8 @@ class StoreWriter:
                         reprobed.append(pos)
                     rows.append(row)
                     continue
-                fixed = [d for d in differ if d[0] not in RELABELLED_COLUMNS]
+                in_place = RELABELLED_COLUMNS + (("path",) if u.id in moved else ())
+                fixed = [d for d in differ if d[0] not in in_place]
                 if fixed:
                     was = ", ".join(f"{col} {old!r}" for col, old, _ in fixed)
                     now = ", ".join(f"{col} {new!r}" for col, _, new in fixed)
@@ -395,11 +404,13 @@ class StoreWriter:
                         f"plan: utterance {u.id!r} is already in store {self.path} with {was}, but was "
                         f"given {now}. Its frames were made from that file: extract into a new store path "
                         f"(`--like {self.path}` keeps the feature configs), or restore the manifest's old "
-                        f"values. (A changed label, speaker, split or session is taken in place.)"
+                        f"values. (A changed label, speaker, split or session is taken in place, and so is a "
+                        f"changed path whose file holds the same audio.)"
                     )
-                if differ:  # label, speaker, split, session: no frame depends on them
+                if differ:  # label, speaker, split, session (no frame depends on them), a moved file
                     relabelled.append(pos)
-                    self.relabelled += [(u.id, col, old, now) for col, old, now in differ]
+                    self.relabelled += [(u.id, col, old, now) for col, old, now in differ if col != "path"]
+                    self.moved += [(u.id, old, now) for col, old, now in differ if col == "path"]
             rows.append(row)
         given = {u.id for u in utterances}
         self.absent = [uid for uid in stored_ids[:old_rows] if uid not in given]
@@ -429,7 +440,7 @@ class StoreWriter:
             if reprobed and col != "id":  # replaced rows keep their id; one write per column
                 arr.vindex[replaced] = np.asarray([self._cell(col, utterances[p], num_samples[p], fill)
                                                    for p in reprobed], dtype=kind)
-            if relabelled and col in RELABELLED_COLUMNS:
+            if relabelled and col in RELABELLED_COLUMNS + ("path",):
                 arr.vindex[np.asarray([rows[p] for p in relabelled], dtype=np.int64)] = np.asarray(
                     [self._cell(col, utterances[p], None, fill) for p in relabelled], dtype=kind)
         if new or reprobed or relabelled:

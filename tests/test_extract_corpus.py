@@ -433,6 +433,42 @@ def test_a_resumed_run_refuses_a_changed_path_instead_of_ignoring_it(corpus, tmp
     assert open_store(store).complete  # the refused run changed nothing
 
 
+def test_a_moved_corpus_keeps_its_features_and_takes_new_files(corpus, tmp_path):
+    """The corpus copied to another disk, then grown: the resumed run refused every moved file
+    ("its frames were made from that file") and the only way on was a new store, hours of GPU for
+    wav2vec2. A moved file with the same audio (sha256) is taken in place, keeping its frames."""
+    from dataclasses import replace
+
+    from w2v2ser.store import StoreError
+
+    good = [u for u in corpus if u.id not in ("broken", "missing")]
+    store = tmp_path / "s.zarr"
+    extract_corpus(good[:3], store, extractors=[EnergyExtractor()], progress=False)
+    before = {u.id: open_store(store).read_utterance(u.id, "energy") for u in good[:2]}
+    moved_dir = tmp_path / "moved"
+    moved_dir.mkdir()
+    moved = []
+    for u in good:
+        shutil.copy(u.path, moved_dir / Path(u.path).name)
+        moved.append(replace(u, path=str(moved_dir / Path(u.path).name)))
+    summary = extract_corpus(moved, store, extractors=[EnergyExtractor()], progress=False)
+    assert (summary.skipped, summary.extracted, summary.complete) == (3, len(good) - 3, True)
+    assert [m[0] for m in summary.moved] == [u.id for u in good[:3]]
+    assert summary.relabelled == []
+    note = next(n for n in summary.notes() if "read from other paths" in n)
+    assert note.startswith(f"3 utterance(s) already extracted are now read from other paths (e.g. {good[0].id}: ")
+    reader = open_store(store)
+    assert {r.id: r.path for r in reader.list_utterances()} == {u.id: u.path for u in moved}
+    for uid, frames in before.items():
+        np.testing.assert_array_equal(reader.read_utterance(uid, "energy"), frames)
+    # A moved file whose audio is not the same is still refused: its frames are of the old file.
+    sf.write(moved[0].path, sf.read(good[2].path)[0], 16000)
+    elsewhere = [replace(moved[0], path=str(tmp_path / "x.flac")), *moved[1:]]
+    shutil.copy(moved[0].path, tmp_path / "x.flac")
+    with pytest.raises(StoreError, match=rf"{moved[0].id!r} is already in store .* with path .*but was given"):
+        extract_corpus(elsewhere, store, extractors=[EnergyExtractor()], progress=False)
+
+
 def test_a_resumed_run_takes_a_changed_label_speaker_split_or_session_in_place(corpus, tmp_path):
     """A fixed label, speaker or split needs no new extraction: no frame depends on them, and the
     per-speaker statistics are composed again from the per-utterance ones.

@@ -83,6 +83,8 @@ class ObjectJournal:
 class Journal:
     """One writer's journal file, opened for appending."""
 
+    _fd = -1  # until opened: __del__ runs even when __init__ was interrupted (Ctrl-C) before the open
+
     def __init__(self, store_path: Path, name: str) -> None:
         _check_name(name)
         folder = Path(store_path) / JOURNAL_DIR

@@ -283,3 +283,24 @@ def test_sigkill_of_the_cli_then_rerun_completes(corpus, tmp_path):
     assert_same_store(store, reference)
     verify = subprocess.run([str(W2V2SER), "store", "verify", str(store)], capture_output=True, text=True)
     assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_a_journal_interrupted_while_opening_is_collected_without_a_traceback(tmp_path, monkeypatch) -> None:
+    """Ctrl-C while a writer opened its journal (before its file descriptor existed) printed
+    "Exception ignored in: Journal.__del__ ... AttributeError: '_fd'" under the one-line
+    "interrupted" message: Journal.__del__ closed a descriptor that was never set."""
+    import gc
+
+    from w2v2ser.store import StoreWriter, _journal
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_journal.os, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        StoreWriter(tmp_path / "s.zarr")
+    gc.collect()
+    assert not ignored, [str(u.exc_value) for u in ignored]

@@ -339,6 +339,8 @@ def test_names_outside_the_file_get_the_same_message() -> None:
     (["train", "s.zarr", "--features", "egemaps", "--out", "r", "--head", "dnese"], "Did you mean 'dense'?"),
     (["store", "verfy", "s.zarr"], "Did you mean 'verify'?"),
     (["extract", "ravdes", "data"], "Did you mean 'ravdess'?"),
+    (["extract", "RAVDESS", "data"], "Did you mean 'ravdess'?"),  # difflib alone is case-sensitive
+    (["train", "s.zarr", "--features", "egemaps", "--out", "r", "--norm", "Global"], "Did you mean 'global'?"),
 ])
 def test_a_mistyped_command_or_choice_gets_a_did_you_mean(argv: list[str], hint: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:

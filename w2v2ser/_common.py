@@ -117,8 +117,13 @@ def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.
 
     ``canonical`` maps aliases among the choices to the name to suggest instead (e.g. val -> validation).
     """
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
-    return f" Did you mean {(canonical or {}).get(close[0], close[0])!r}?" if close else ""
+    # Case-blind: 'RAVDESS' is close to 'ravdess' (difflib alone scores it 0).
+    by_folded = {str(c).casefold(): str(c) for c in reversed(list(choices))}
+    close = difflib.get_close_matches(str(value).casefold(), list(by_folded), n=1, cutoff=cutoff)
+    if not close:
+        return ""
+    found = by_folded[close[0]]
+    return f" Did you mean {(canonical or {}).get(found, found)!r}?"
 
 
 def first_few(items: Sequence[str], n: int = 3) -> str:

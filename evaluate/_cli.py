@@ -9,7 +9,9 @@ from pathlib import Path
 
 from w2v2ser._common import first_few
 
+from ._errors import PredictError
 from ._predict import predict_audio
+from ._scoring import PredictionScore, predict_manifest
 
 __all__ = ["add_predict_arguments", "predict_from_cli"]
 
@@ -17,7 +19,11 @@ __all__ = ["add_predict_arguments", "predict_from_cli"]
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` arguments to ``parser`` (the ``w2v2ser predict`` subparser)."""
     parser.add_argument("run_dir", help="run directory written by `w2v2ser train`")
-    parser.add_argument("audio", nargs="+", help="audio files to label, or folders (their audio files, sorted)")
+    parser.add_argument("audio", nargs="*", help="audio files to label, or folders (their audio files, sorted)")
+    parser.add_argument("--manifest", metavar="CSV",
+                        help="instead of audio: a labelled CSV manifest (path,label,speaker, as `w2v2ser extract "
+                             "csv` reads), e.g. of another corpus; its files are predicted with their speakers as "
+                             "speaker groups and scored against their labels (UAR, confusion)")
     parser.add_argument("--speaker-groups", dest="speaker_groups", metavar="SPK1,SPK2,...",
                         help="speaker of each audio argument (a folder's applies to every file in it) or of "
                              "each file, comma separated, in order: files of one speaker are normalised with "
@@ -50,15 +56,25 @@ def _parse_stores(values: list[str] | None) -> dict[str | None, str] | None:
 
 def predict_from_cli(args: argparse.Namespace) -> int:
     """Run ``w2v2ser predict``; exit status 0 if every file was predicted, 1 if some failed."""
-    speakers = None
-    if getattr(args, "speaker_groups", None):
-        speakers = [s.strip() for s in args.speaker_groups.split(",")]
-    predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers,
-                                run=getattr(args, "run", None), model=getattr(args, "model", None),
-                                stores=_parse_stores(getattr(args, "stores", None)),
-                                work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
+    manifest = getattr(args, "manifest", None)
+    if bool(manifest) == bool(args.audio) or (manifest and getattr(args, "speaker_groups", None)):
+        raise PredictError("w2v2ser predict takes audio files or folders, or --manifest CSV (whose speaker column "
+                           f"gives the speaker groups); got {'both' if manifest else 'neither'}"
+                           f"{' and --speaker-groups' if manifest and args.speaker_groups else ''}. Pass one.")
+    options = dict(run=getattr(args, "run", None), model=getattr(args, "model", None),
+                   stores=_parse_stores(getattr(args, "stores", None)),
+                   work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
+    score = None
+    if manifest:
+        predictions, score = predict_manifest(Path(args.run_dir), Path(manifest), **options)
+    else:
+        speakers = None
+        if getattr(args, "speaker_groups", None):
+            speakers = [s.strip() for s in args.speaker_groups.split(",")]
+        predictions = predict_audio(Path(args.run_dir), [Path(p) for p in args.audio], speakers=speakers, **options)
     if getattr(args, "json", False):
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        rows = [p.to_dict() for p in predictions]
+        print(json.dumps(rows if score is None else {"predictions": rows, "score": score.to_dict()}, indent=2))
     else:
         for p in predictions:
             if p.ok:
@@ -66,10 +82,26 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                 print(f"{p.path}\t{p.emotion}\t{probs}")
             else:
                 print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
+        if score is not None:
+            print(_describe_score(score))
     _note_cropped(predictions)
     _note_resampled(predictions)
     _note_small_groups(predictions)
+    if score is not None and score.unscored_labels:
+        shown = first_few([f"{label} ({n})" for label, n in score.unscored_labels.items()], 5)
+        print(f"note: {sum(score.unscored_labels.values())} file(s) have labels that are none of the run's classes "
+              f"({', '.join(score.classes)}) under its protocol, and are not scored: {shown}.", file=sys.stderr)
     return 0 if all(p.ok for p in predictions) else 1
+
+
+def _describe_score(score: PredictionScore) -> str:
+    """The score line printed after the predictions of ``--manifest``."""
+    if score.uar is None:
+        return f"score: no labelled file could be scored ({score.failed} failed)"
+    failed = f"; {score.failed} labelled file(s) failed and are not scored" if score.failed else ""
+    return (f"score: UAR {score.uar:.1f} %, accuracy {score.accuracy:.1f} %, over {score.scored} labelled files "
+            f"({len(score.present)} of the run's {len(score.classes)} classes present){failed}; --json gives the "
+            f"confusion matrix")
 
 
 def _note_cropped(predictions: list) -> None:

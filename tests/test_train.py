@@ -99,6 +99,9 @@ def test_protocol_guard_raises_on_overlap():
 def test_ravdess_protocol_split_and_labels(store, caplog):
     proto = get_protocol("ravdess")
     assert proto.map_label("calm") == "neutral" and len(proto.classes) == 7 and proto.max_frames == 250
+    # IEMOCAP's spellings reach the same classes (an IEMOCAP-style manifest scored by a RAVDESS run).
+    assert [proto.map_label(x) for x in ("neu", "Hap", "exc", "ang", "sadness", "fru")] == [
+        "neutral", "happy", "happy", "angry", "sad", None]
     (fold,) = proto.make_folds(store.list_utterances(), 5)
     assert len(fold.train) == 20 and fold.validation == ("Actor_21", "Actor_22") and fold.test == ("Actor_23", "Actor_24")
 

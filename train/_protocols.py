@@ -224,7 +224,12 @@ _RAVDESS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "s
             "fearful": "fearful", "fear": "fearful", "disgust": "disgust", "disgusted": "disgust",
             "surprised": "surprised", "surprise": "surprised",
             "01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
-            "07": "disgust", "08": "surprised"}
+            "07": "disgust", "08": "surprised",
+            # IEMOCAP's codes and nouns, so that an IEMOCAP-style manifest scores a RAVDESS run
+            # (`predict --manifest`); excited is merged into happy, as the iemocap protocol does.
+            "neu": "neutral", "hap": "happy", "happiness": "happy", "exc": "happy", "excited": "happy",
+            "ang": "angry", "anger": "angry", "sadness": "sad", "fea": "fearful", "dis": "disgust",
+            "sur": "surprised"}
 _IEMOCAP = {"neu": "neutral", "neutral": "neutral", "hap": "happiness", "happy": "happiness",
             "happiness": "happiness", "exc": "happiness", "excited": "happiness", "excitement": "happiness",
             "ang": "anger", "angry": "anger", "anger": "anger", "sad": "sadness", "sadness": "sadness"}

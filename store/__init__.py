@@ -21,6 +21,7 @@ from ._layout import FORMAT_VERSION
 from ._location import StoreLocation, locate_store
 from ._lock import lock_store
 from ._reader import FeatureStore, open_store
+from ._repair import repair_store
 from ._stats import combine_statistics
 from ._types import (
     AUDIO_RATE_KEY,
@@ -60,4 +61,5 @@ __all__ = [
     "combine_statistics",
     "export_hdf5",
     "upgrade_store",
+    "repair_store",
 ]

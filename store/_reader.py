@@ -109,9 +109,9 @@ class FeatureStore:
     def _damaged(self, key: str, what: str) -> StoreError:
         return StoreError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
-            f"{self.path}` to list the affected utterances; rerunning the same extraction on this "
-            f"store rebuilds length/crc32/status/statistics from its journals, other damage needs a "
-            f"new store (re-extract)."
+            f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
+            f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
+            f"length/crc32/status/statistics from its journals."
         )
 
     def _read(self, key: str, selection: Any = slice(None)) -> np.ndarray:

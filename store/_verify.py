@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["verify_store"]
 
-_REEXTRACT = "re-extract this utterance (delete its journal lines, or extract into a new store)"
+_REEXTRACT = ("re-extract it: `w2v2ser store verify STORE --repair`, then rerun the extraction that made the "
+              "store")
 _REWRITE = "rerun the same extraction on this store (its finalize rewrites the Parquet tables from the Zarr ones)"
 
 

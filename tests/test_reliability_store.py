@@ -233,6 +233,33 @@ def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, 
             s.read_batch(sorted(owners), "layered", layers=[0])
 
 
+def test_verify_repair_queues_damaged_utterances_and_the_next_extraction_restores_them(store, pristine):
+    """A deleted shard: the way out was to delete journal lines by hand or extract a new store.
+    `store verify --repair` queues exactly its owners; rerunning the extraction re-extracts only
+    them (the other features and utterances are kept) and the store is intact, with the same frames."""
+    victim = _shard_files(store, "layered")[-1]
+    owners = _owners(store, "layered", victim)
+    clean = {uid: open_store(pristine[0]).read_utterance(uid, "layered") for uid in owners}
+    victim.unlink()
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert f"queued {len(owners)} utterance x feature pair(s) with damaged frames for re-extraction" in done.stdout
+    assert "--repair`, then rerun the extraction" in done.stdout
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(store)  # refused until the re-extraction finalizes it
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == len(owners) and summary.skipped == len(pristine[1]) - len(owners)
+    repaired = open_store(store)
+    assert repaired.verify().ok
+    for uid, frames in clean.items():
+        np.testing.assert_array_equal(repaired.read_utterance(uid, "layered"), frames)
+    # An intact store: nothing queued, still complete.
+    assert subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True,
+                          text=True).stdout.strip() == "intact"
+    assert open_store(store).complete
+
+
 def _flip_utterance_statistics(store: Path, feature: str, index: int) -> None:
     s = open_store(store)
     slot = int(s._per_row(feature)["slot"][index])

@@ -210,14 +210,24 @@ def _print_some(lines: Sequence[str], store: str) -> None:
 
 
 def _cmd_store_verify(args: argparse.Namespace) -> int:
-    from w2v2ser.store import open_store
+    from w2v2ser.store import open_store, repair_store
 
+    pairs: list[tuple[str, str]] = []
+    if args.repair:
+        report, pairs = repair_store(args.store)
+    else:
+        report = open_store(args.store, allow_incomplete=True).verify()
     store = open_store(args.store, allow_incomplete=True)
-    report = store.verify()
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
     print("intact" if report.ok else f"{len(report.problems)} problem(s) found")
-    if not store.complete:  # a verify of the finished part only: say so, or "intact" misleads
+    if pairs:
+        print(f"queued {len(pairs)} utterance x feature pair(s) with damaged frames for re-extraction; the store is "
+              f"incomplete until you rerun the extraction that made it (the same `w2v2ser extract` or `w2v2ser "
+              f"run` command), which extracts only those again")
+    elif args.repair and not report.ok:
+        print("none of these problems is one utterance's frames: --repair cannot queue them for re-extraction")
+    if not store.complete and not pairs:  # a verify of the finished part only: say so, or "intact" misleads
         print(f"the store is incomplete: {report.checked} utterance x feature regions of its last finalize were "
               f"checked; what the unfinished extraction committed since is checked once it finishes "
               f"(rerun the same `w2v2ser extract` command)")
@@ -448,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_store_info)
     verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)")
     verify.add_argument("store", help=STORE_HELP)
+    verify.add_argument("--repair", action="store_true",
+                        help="queue the utterances whose frames are damaged for re-extraction: the next run of "
+                             "the same extraction extracts only those again")
     verify.set_defaults(func=_cmd_store_verify)
     export = store_commands.add_parser("export", help="write an HDF5 copy")
     export.add_argument("store", help=STORE_HELP)

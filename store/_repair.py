@@ -1,0 +1,55 @@
+"""repair_store: mark the utterances whose frames are damaged for re-extraction.
+
+Shards are written once, so damaged frames (a lost or altered shard file, a disk error) cannot be
+rewritten in place. Instead each damaged (utterance, feature) pair gets a failure record in the
+journal, after its commit: the pair is then pending, the store is marked incomplete, and the next
+run of the extraction that made the store extracts only those pairs again, into new space, and
+finalizes. Before, the message said to delete journal lines by hand or to extract a new store.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ._location import StoreLocation, locate_store
+from ._lock import lock_store
+from ._reader import open_store
+from ._types import VerifyReport
+from ._writer import StoreWriter
+
+__all__ = ["repair_store", "DAMAGED_REASON"]
+
+DAMAGED_REASON = "frames found damaged by `w2v2ser store verify --repair`; the next extraction run re-extracts them"
+
+
+def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
+                 storage_options: Mapping[str, Any] | None = None) -> tuple[VerifyReport, list[tuple[str, str]]]:
+    """Verify a store and queue every damaged (utterance, feature) pair for re-extraction.
+
+    Holds the extraction lock, so no extraction runs meanwhile. Problems of the store's tables
+    (not of one utterance's frames) are reported, not repaired.
+
+    Args:
+        store_path: Store directory or object-store URL.
+        storage_options: fsspec options of a store URL (see :func:`locate_store`).
+
+    Returns:
+        (the verify report, the (utterance id, feature) pairs marked for re-extraction). When
+        pairs were marked, the store is incomplete until the extraction runs again.
+    """
+    location = locate_store(store_path, storage_options=storage_options)
+    with lock_store(location):
+        store = open_store(location, allow_incomplete=True)
+        report = store.verify()
+        pairs = sorted({(uid, feature) for uid, feature, _ in report.problems if uid != "*" and feature})
+        if not pairs:
+            return report, []
+        with StoreWriter(location) as writer:
+            meta = writer._meta
+            meta["complete"] = False  # first: readers refuse the store until the re-extraction finalizes it
+            writer._set_meta(meta)
+            index = {uid: i for i, uid in enumerate(store._ids)}
+            writer._journal.append([{"event": "failure", "index": index[uid], "id": uid, "feature": feature,
+                                     "reason": DAMAGED_REASON} for uid, feature in pairs])
+    return report, pairs

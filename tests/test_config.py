@@ -136,6 +136,9 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
          "extraction.stores.classic.features.mfcc"),
         (lambda d: d.update(reports={"r": {"experiments": ["t2/*"]}}), "matches no experiment"),
         (lambda d: d.update(reports={"r": {"experiments": ["t11/ravdess/*"]}}), "Did you mean 't1/ravdess/*'?"),
+        (lambda d: d["experiments"]["t1"]["grid"].update(features="classic/egemaps"),
+         "experiments.t1.grid.features: expected a valid list, got string 'classic/egemaps'. A grid axis lists its "
+         "values: write [classic/egemaps]."),
         # A recipe key beside recipe_overrides, as `w2v2ser train --set max_epochs=3` takes it.
         (lambda d: d["experiments"]["t1"].update(max_epochs=3),
          "experiments.t1.max_epochs: unknown key. Did you mean 'experiments.t1.recipe_overrides.max_epochs'?"),

@@ -201,7 +201,11 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     got = "null" if value is None else got
     # YAML 1.1 (and PyYAML) read these words as booleans; w2v2ser reads YAML 1.2, where they are text.
     yaml11 = kind == "bool_type" and isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS
-    return expected, got, " Write true or false." if yaml11 else ""
+    if yaml11:
+        return expected, got, " Write true or false."
+    if kind == "list_type" and "grid" in loc[:-1]:  # e.g. --set experiments.t.grid.corpus=ravdess
+        return expected, got, f" A grid axis lists its values: write [{value}]."
+    return expected, got, ""
 
 
 def config_error(error: ValidationError, schema: Mapping, *, where: str = "", what: str = "") -> ConfigError:

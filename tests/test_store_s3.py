@@ -381,3 +381,33 @@ def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
         assert len(writers) == 2 and all(w.startswith("shard-") for w in writers)  # written by the workers
     finally:
         _forget_s3_clients()
+
+
+def test_verify_repair_of_an_s3_store(s3_server, tmp_path):
+    """`store verify --repair` on a URL: a deleted shard object's utterances are queued through the
+    object-store journal, and the rerun extraction restores exactly them."""
+    from fixtures_audio import write_audio
+
+    from w2v2ser._cli import main
+
+    rows = ["path,label,speaker"]
+    for k in range(6):
+        path = write_audio(tmp_path / f"r{k}.wav", duration=0.4 + 0.1 * k)
+        rows.append(f"{path},{['angry', 'sad'][k % 2]},spk{k % 3}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    url = f"s3://{BUCKET}/t{next(_names)}/repair.zarr"
+    extract = ["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram", "--shard-size", "3",
+               "--no-progress"]
+    assert main(extract) == 0
+    location = locate_store(url)
+    shards = sorted(k for k in location.list("features/spectrogram/data/c/") if k.rsplit("/", 1)[-1].isdigit())
+    location.delete(shards[-1])
+    report = open_store(url).verify()
+    owners = {uid for uid, _, _ in report.problems}
+    assert owners and not report.ok
+    assert main(["store", "verify", url, "--repair"]) == 1
+    with pytest.raises(StoreIncompleteError):
+        open_store(url)
+    assert main(extract) == 0
+    assert open_store(url).verify().ok

@@ -91,6 +91,11 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         shown = first_few([f"{label} ({n})" for label, n in score.unscored_labels.items()], 5)
         print(f"note: {sum(score.unscored_labels.values())} file(s) have labels that are none of the run's classes "
               f"({', '.join(score.classes)}) under its protocol, and are not scored: {shown}.", file=sys.stderr)
+    if score is not None and score.seen_splits:
+        counts = ", ".join(f"{n} {split}" for split, n in score.seen_splits.items())
+        print(f"note: {sum(score.seen_splits.values())} scored file(s) are marked {counts} in the manifest's split "
+              f"column; if the run trained on them, the score overstates how it does on unseen audio. Score test "
+              f"rows only for a held-out figure.", file=sys.stderr)
     return 0 if all(p.ok for p in predictions) else 1
 
 

@@ -37,6 +37,8 @@ class PredictionScore:
         unscored_labels: Label -> number of files whose label the run's protocol does not map
             to one of its classes (not scored).
         failed: Labelled files that could not be predicted (their errors are in the predictions).
+        seen_splits: Scored files per manifest ``split`` of ``train`` or ``validation`` (files
+            the run may have trained on score higher than unseen ones).
     """
 
     uar: float | None
@@ -47,17 +49,19 @@ class PredictionScore:
     confusion: list[list[int]]
     unscored_labels: dict[str, int] = field(default_factory=dict)
     failed: int = 0
+    seen_splits: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``score`` of ``w2v2ser predict --manifest --json``)."""
         return {"uar": self.uar, "accuracy": self.accuracy, "scored": self.scored, "classes": list(self.classes),
                 "present": list(self.present), "confusion": self.confusion,
                 "unscored_labels": dict(self.unscored_labels), "failed": self.failed,
+                "seen_splits": dict(self.seen_splits),
                 "uar_definition": "mean recall over the classes present among the scored files' labels, percent"}
 
 
 def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], *, classes: Sequence[str],
-                      protocol: str) -> PredictionScore:
+                      protocol: str, splits: Sequence[str] | None = None) -> PredictionScore:
     """Compare predictions with raw labels, mapped to classes by the run's protocol.
 
     Args:
@@ -65,6 +69,8 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
         labels: The files' labels as the manifest writes them.
         classes: The run's classes, in its output order.
         protocol: The run's protocol name (``ravdess``, ``iemocap`` or ``csv``).
+        splits: The files' manifest splits (``train``/``validation``/``test``/""), to count
+            scored files the run may have trained on.
     """
     from w2v2ser.train import accuracy, confusion_matrix, get_protocol, uar
 
@@ -73,8 +79,8 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
                            "expected one label per prediction, in the same order.")
     mapping = get_protocol(protocol)
     index = {c: i for i, c in enumerate(classes)}
-    truth, guess, unscored, failed = [], [], Counter(), 0
-    for prediction, raw in zip(predictions, labels):
+    truth, guess, unscored, failed, seen = [], [], Counter(), 0, Counter()
+    for prediction, raw, split in zip(predictions, labels, splits or [""] * len(labels)):
         cls = mapping.map_label(raw)
         if cls not in index:
             unscored[raw] += 1
@@ -83,11 +89,14 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
         else:
             truth.append(index[cls])
             guess.append(index[prediction.emotion])
+            if split in ("train", "validation"):
+                seen[split] += 1
     confusion = confusion_matrix(truth, guess, len(classes)).tolist() if truth else []
     return PredictionScore(
         uar=100.0 * uar(truth, guess) if truth else None, accuracy=100.0 * accuracy(truth, guess) if truth else None,
         scored=len(truth), classes=tuple(classes), present=tuple(c for c in classes if index[c] in set(truth)),
-        confusion=confusion, unscored_labels=dict(sorted(unscored.items())), failed=failed)
+        confusion=confusion, unscored_labels=dict(sorted(unscored.items())), failed=failed,
+        seen_splits=dict(sorted(seen.items())))
 
 
 def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str],
@@ -121,4 +130,5 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
     classes = next((tuple(p.probabilities) for p in predictions if p.ok), ())
     if not classes or protocol is None:  # nothing predicted: the predictions carry the errors
         return predictions, PredictionScore(None, None, 0, classes, (), [], failed=len(rows))
-    return predictions, score_predictions(predictions, [u.label for u in rows], classes=classes, protocol=protocol)
+    return predictions, score_predictions(predictions, [u.label for u in rows], classes=classes, protocol=protocol,
+                                          splits=[u.split for u in rows])

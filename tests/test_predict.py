@@ -787,6 +787,8 @@ def test_predict_on_a_labelled_manifest_scores_it_as_training_tested(trained: Pa
     assert score.confusion == split["confusion"]
     assert score.unscored_labels == {} and score.failed == 0
 
+    assert score.seen_splits == {}
+
     # A label that is none of the run's classes is counted, not scored; the CLI prints the score.
     manifest.write_text("\n".join([*lines, f"{tmp_path / 'other.wav'},bored,{test[0].speaker}"]) + "\n")
     assert main(["predict", str(trained), "--manifest", str(manifest), "--run", "split__seed0", "--json"]) == 0
@@ -797,6 +799,12 @@ def test_predict_on_a_labelled_manifest_scores_it_as_training_tested(trained: Pa
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1].startswith("score: UAR ") and f"over {len(test)} labelled files" in captured.out
     assert "1 file(s) have labels that are none of the run's classes" in captured.err and "bored (1)" in captured.err
+    # Rows the manifest marks train or validation are scored, with a note: the run may have seen them.
+    split_rows = ["path,label,speaker,split"] + [f"{line},{'train' if k < 2 else 'test'}"
+                                                 for k, line in enumerate(lines[1:])]
+    manifest.write_text("\n".join(split_rows) + "\n")
+    assert main(["predict", str(trained), "--manifest", str(manifest)]) == 0
+    assert "note: 2 scored file(s) are marked 2 train in the manifest's split column" in capsys.readouterr().err
     # Audio and a manifest, or neither, is bad input.
     assert main(["predict", str(trained), str(tmp_path / "other.wav"), "--manifest", str(manifest)]) == 2
     assert main(["predict", str(trained)]) == 2

@@ -212,12 +212,12 @@ def _print_some(lines: Sequence[str], store: str) -> None:
 def _cmd_store_verify(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, repair_store
 
+    store = open_store(args.store, allow_incomplete=True)  # its completeness before any repair
     pairs: list[tuple[str, str]] = []
     if args.repair:
         report, pairs = repair_store(args.store)
     else:
-        report = open_store(args.store, allow_incomplete=True).verify()
-    store = open_store(args.store, allow_incomplete=True)
+        report = store.verify()
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
     print("intact" if report.ok else f"{len(report.problems)} problem(s) found")

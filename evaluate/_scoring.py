@@ -8,7 +8,6 @@ that through :func:`predict_audio`, with the manifest's speakers as speaker grou
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import PredictError
-from ._predict import Prediction, predict_audio
+from ._predict import Prediction, _read_json, predict_audio
 
 __all__ = ["PredictionScore", "predict_manifest", "score_predictions"]
 
@@ -92,9 +91,10 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
             if split in ("train", "validation"):
                 seen[split] += 1
     confusion = confusion_matrix(truth, guess, len(classes)).tolist() if truth else []
+    found = set(truth)
     return PredictionScore(
         uar=100.0 * uar(truth, guess) if truth else None, accuracy=100.0 * accuracy(truth, guess) if truth else None,
-        scored=len(truth), classes=tuple(classes), present=tuple(c for c in classes if index[c] in set(truth)),
+        scored=len(truth), classes=tuple(classes), present=tuple(c for c in classes if index[c] in found),
         confusion=confusion, unscored_labels=dict(sorted(unscored.items())), failed=failed,
         seen_splits=dict(sorted(seen.items())))
 
@@ -120,15 +120,12 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
     from w2v2ser.extract._manifest import read_csv_manifest  # the stage 1 reader, pure Python
 
     rows = read_csv_manifest(manifest).utterances
-    experiment_path = Path(run_dir) / "experiment.json"
-    try:
-        protocol = json.loads(experiment_path.read_text(encoding="utf-8"))["protocol"]
-    except (OSError, ValueError, KeyError, TypeError):
-        protocol = None  # predict_audio names what is wrong with the run directory
     predictions = predict_audio(Path(run_dir), [Path(u.path) for u in rows], speakers=[u.speaker for u in rows],
                                 **options)
     classes = next((tuple(p.probabilities) for p in predictions if p.ok), ())
-    if not classes or protocol is None:  # nothing predicted: the predictions carry the errors
+    if not classes:  # nothing predicted: the predictions carry the errors
         return predictions, PredictionScore(None, None, 0, classes, (), [], failed=len(rows))
+    # predict_audio has read (and checked) the run's experiment.json already.
+    protocol = _read_json(Path(run_dir) / "experiment.json", what="the experiment configuration")["protocol"]
     return predictions, score_predictions(predictions, [u.label for u in rows], classes=classes, protocol=protocol,
                                           splits=[u.split for u in rows])

@@ -151,12 +151,19 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     pump = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
     pump.start()
     _hidden, _terminal = True, os.isatty(real)
+    wait = 5.0
     try:
         yield
+    except BaseException:
+        # Interrupted or failed: helper processes (openSMILE workers) may hold the pipe until this
+        # process exits; the pump (a daemon) still passes their lines on until then, so do not wait
+        # for them. A job's time limit leaves seconds between SIGTERM and SIGKILL.
+        wait = 0.5
+        raise
     finally:
         _hidden, _terminal = False, None
         sys.stderr.flush()
         os.dup2(real, 2)  # closes this process's write end; the pump ends when children close theirs
-        pump.join(timeout=5)
+        pump.join(timeout=wait)
         if not pump.is_alive():
             os.close(real)

@@ -56,8 +56,10 @@ def write_message(stream: BinaryIO, meta: Any, arrays: list[np.ndarray] = ()) ->
 
 def main() -> None:
     """Serve requests until the parent closes stdin (or is gone: then exit without a word)."""
-    # Ctrl-C reaches the whole process group: the parent reports the interrupt and closes the pipes.
+    # Ctrl-C (and scancel's SIGTERM) reach the whole process group: the parent reports the
+    # interrupt and closes the pipes, which ends this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         _serve()
     except BrokenPipeError:  # the parent stopped (interrupted or killed) while a reply was written

@@ -86,16 +86,16 @@ def test_heads_claim_matches_the_heads() -> None:
 
 def test_exit_code_table_matches_the_command_line(monkeypatch, capsys) -> None:
     from w2v2ser import ConfigError, DataError, W2v2serError, _cli
-    from w2v2ser._common import EXIT_FAILED, EXIT_INPUT
+    from w2v2ser._common import EXIT_FAILED, EXIT_INPUT, Terminated
     from w2v2ser.store import StoreError
 
     section = README[README.index("**Errors and exit codes.**"):]
     table = {int(code): meaning for code, meaning in re.findall(r"^\| (\d+) \| (.+?) \|$", section[:1500], re.M)}
-    assert set(table) == {0, EXIT_FAILED, EXIT_INPUT, 130, 141}
+    assert set(table) == {0, EXIT_FAILED, EXIT_INPUT, 130, 141, 143}
     assert "failed" in table[EXIT_FAILED] and "configuration" in table[EXIT_INPUT]
     raised = [(W2v2serError("a unit failed"), EXIT_FAILED), (ConfigError("bad key"), EXIT_INPUT),
               (DataError("bad audio"), EXIT_INPUT), (StoreError("incomplete store"), EXIT_INPUT),
-              (KeyboardInterrupt(), 130)]
+              (KeyboardInterrupt(), 130), (Terminated(), 143)]
     for error, code in raised:
         def command(args: argparse.Namespace, error: BaseException = error) -> int:
             raise error

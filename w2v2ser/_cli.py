@@ -550,20 +550,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    import signal
+
+    from w2v2ser._common import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Any:
+    """SIGTERM raises :class:`Terminated` while a command runs (only where nobody else handles it)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``w2v2ser`` console script.
 
     Exit codes: 0 done; 1 a run failed (some unit of work failed, finished work is kept);
     2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted;
-    141 the reader of standard output left (``| head``).
+    141 the reader of standard output left (``| head``); 143 terminated (SIGTERM).
     """
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     try:
-        code = _run_command(args, verbose)
+        with _sigterm_raises():
+            code = _run_command(args, verbose)
         sys.stdout.flush()  # a reader that left shows here, not as an error at interpreter exit
         return code
-    except KeyboardInterrupt:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
+    except KeyboardInterrupt as stop:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
         import logging
         import warnings
 
@@ -572,6 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # scheduled but had not started yet ("coroutine ... was never awaited").
         logging.getLogger("asyncio").disabled = True
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        from w2v2ser._common import Terminated
+
+        if isinstance(stop, Terminated):  # in a job's log, the only word on why the run ended
+            print("w2v2ser: terminated (SIGTERM: scancel, the job's time limit or kill); finished work is kept, "
+                  "rerun the same command to resume", file=sys.stderr)
+            return 143  # 128 + SIGTERM, as a shell reports a command killed by it
         print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `w2v2ser store info S | head`: the reader left; no traceback for that

@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INPUT",
     "SHARD_SIZE",
+    "Terminated",
     "UPSTREAM_FEATURES",
     "W2v2serError",
     "describe_error",
@@ -73,6 +74,12 @@ class DataError(W2v2serError):
     """Input data cannot be used: audio, a corpus manifest, or stored frames that do not fit."""
 
     exit_code = EXIT_INPUT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``scancel``, a SLURM job's time limit, ``kill``) while a command runs, raised in the
+    main thread so that the same clean-up runs as for Ctrl-C: pipes and clusters are closed, and
+    the job's log says why the run ended."""
 
 
 def describe_path_error(error: OSError) -> tuple[str, int] | None:

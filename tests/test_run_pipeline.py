@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ W2V2SER = Path(sys.executable).with_name("w2v2ser")
 # Actors 01 (train), 21 (validation), 23 (test) of the RAVDESS protocol, one file per emotion.
 ACTORS = ("01", "21", "23")
 EMOTIONS = ("01", "02", "03", "04", "05", "06", "07", "08")
+
+# What the command line prints when SIGTERM ends it (exit 143).
+TERMINATED_LINE = "w2v2ser: terminated (SIGTERM: scancel, the job's time limit or kill); finished work is kept"
 
 needs_ravdess = pytest.mark.skipif(not (RAVDESS / "speech").is_dir(), reason=f"RAVDESS not found at {RAVDESS}")
 
@@ -188,3 +192,53 @@ def test_ctrl_c_of_run_on_a_local_cluster_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 130, text
     assert text.count("w2v2ser: interrupted; finished work is kept") == 1, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+
+
+def write_csv_extraction(folder: Path, *, files: int = 120) -> Path:
+    """pipeline.yaml extracting eGeMAPS (2 utterances per shard, in-process) from ``files`` synthetic
+    2 s files listed in a CSV manifest; the store goes to ``folder/out/stores/mine``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_audio import write_audio
+
+    rows = ["path,label,speaker"]
+    for k in range(files):
+        path = write_audio(folder / "audio" / f"a{k:03d}.wav", duration=2.0, seed=k)
+        rows.append(f"{path},{['angry', 'sad'][k % 2]},s{k % 4}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    pipeline = folder / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out", "cluster": "none", "corpora": {"mine": {"kind": "csv", "path": "m.csv"}},
+        "extraction": {"shard_size": 2, "stores": {"classic": {"features": {"egemaps": {}}}}}}))
+    return pipeline
+
+
+def wait_for_first_commit(folder: Path, running: Callable[[], bool], *, timeout: float = 120) -> None:
+    """Until the store under ``folder/out/stores/mine`` has a committed utterance (or ``running()`` is False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running() and not journal_commits(
+            next((folder / "out" / "stores" / "mine").glob("classic-*.zarr"), folder / "none")):
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("sent", "code", "line"), [
+    ("SIGINT", 130, "w2v2ser: interrupted; finished work is kept"),
+    ("SIGTERM", 143, TERMINATED_LINE),
+])
+def test_interrupting_run_stage_extract_stops_the_extraction(tmp_path: Path, sent: str, code: int, line: str) -> None:
+    """`w2v2ser run --stage extract` extracted in a pool thread, and leaving the pool waited for it:
+    Ctrl-C stopped the run only once the whole store was extracted. SIGTERM (scancel, a SLURM job's
+    time limit) ended the process with no line in the job's log."""
+    import signal
+
+    pipeline = write_csv_extraction(tmp_path)
+    proc = subprocess.Popen([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=tmp_path, start_new_session=True)
+    wait_for_first_commit(tmp_path, lambda: proc.poll() is None)  # the extraction is under way
+    os.killpg(proc.pid, getattr(signal, sent))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, out + err
+    assert line in err and "Traceback" not in err, err
+    store = next((tmp_path / "out" / "stores" / "mine").glob("classic-*.zarr"))
+    assert 0 < len(journal_commits(store)) < 120, "the extraction went on to the end after the signal"

@@ -110,3 +110,27 @@ def test_slurm_cluster_runs_extraction_shards_as_jobs(slurm: dict[str, str], tmp
     assert any(name.startswith("shard-") for name in journals), journals  # written by the SLURM workers
     print(f"\ncluster: slurm extraction (2 worker jobs) finished in {elapsed:.0f} s")
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_scancel_of_an_extraction_job_keeps_its_work_and_says_why(slurm: dict[str, str], tmp_path: Path) -> None:
+    """scancel (and a job's time limit) sends SIGTERM: the job's log said nothing about why the
+    extraction ended. It now has the command line's line; the committed utterances stay and a
+    rerun extracts only the rest."""
+    from test_run_pipeline import TERMINATED_LINE, journal_commits, wait_for_first_commit, write_csv_extraction
+
+    pipeline = write_csv_extraction(tmp_path)
+    log = tmp_path / "job.out"
+    job = subprocess.run(["sbatch", "--parsable", "--output", str(log), "--chdir", str(tmp_path), "--wrap",
+                          f"{W2V2SER} run {pipeline} --stage extract"], capture_output=True, text=True, env=slurm,
+                         check=True).stdout.strip().split(";")[0]
+    wait_for_first_commit(tmp_path, lambda: _job_state(job, slurm) in ("PENDING", "RUNNING"))
+    subprocess.run(["scancel", job], env=slurm, check=True)
+    assert _wait_for_jobs([job], slurm, timeout=120) == {job: "CANCELLED"}
+    text = log.read_text()
+    assert TERMINATED_LINE in text and "Traceback" not in text, text
+    store = next((tmp_path / "out" / "stores" / "mine").glob("classic-*.zarr"))
+    kept = journal_commits(store)
+    assert 0 < len(kept) < 120, text
+    rerun = run_cli(pipeline, "--stage", "extract")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{120 - len(kept)} extracted, {len(kept)} already done" in rerun.stdout + rerun.stderr

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_INPUT, W2v2serError, describe_error, progress_bar, write_atomically
+from ._common import EXIT_INPUT, Terminated, W2v2serError, describe_error, progress_bar, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -220,6 +220,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
     if not jobs:
         return outcome
     handle = cluster.get()
+    stopping = threading.Event()  # set on Ctrl-C / SIGTERM: jobs still in threads end without a word
 
     def extract(job: tuple) -> bool:
         # Each job reports its own end, so lines keep their order when jobs run one after another.
@@ -230,7 +231,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                                      shard_size=config.shard_size, progress=True, client=handle.client,
                                      gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems)
         except W2v2serError as error:
-            _say(f"extract {label}: FAILED: {error}")
+            if not stopping.is_set():  # after an interrupt, the closed cluster fails the jobs in flight
+                _say(f"extract {label}: FAILED: {error}")
             return False
         failed = (f", {len(summary.failed)} failed utterance(s) recorded (`w2v2ser store info {path}` lists "
                   f"them)" if summary.failed else "")
@@ -240,16 +242,48 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             _say(f"extract {label}: {note}")
         return True
 
-    # Stores run side by side on a cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap.
-    parallel = handle.client is not None and len(jobs) > 1
-    with ThreadPoolExecutor(max_workers=len(jobs) if parallel else 1) as pool:
-        futures = [(job[0], pool.submit(extract, job)) for job in jobs]
-        for label, future in futures:
-            if future.result():
-                outcome.done += 1
-            else:
-                outcome.failed.append(label)
+    if handle.client is None or len(jobs) == 1:
+        # In this thread: a Ctrl-C or SIGTERM stops the extraction where it is, as `w2v2ser extract`.
+        finished = [extract(job) for job in jobs]
+    else:  # stores side by side on the cluster, so GPU (wav2vec2) and CPU (eGeMAPS) shards overlap
+        finished = _in_threads(extract, jobs, stopping)
+    for job, done in zip(jobs, finished):
+        if done:
+            outcome.done += 1
+        else:
+            outcome.failed.append(job[0])
     return outcome
+
+
+def _in_threads(function: Callable[[Any], bool], items: Sequence[Any], stopping: threading.Event) -> list[bool]:
+    """``function`` over ``items`` in parallel threads, results in order; an error is re-raised here.
+
+    The threads are daemons: on Ctrl-C or SIGTERM this returns at once (a pool's exit would wait
+    for every job to finish), the caller closes the cluster, which ends the jobs' waits, and
+    nothing is lost, since the work and its commits happen on the cluster's workers.
+    """
+    results: list[Any] = [None] * len(items)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = function(items[index])
+        except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True, name=f"w2v2ser-extract-{i}")
+               for i in range(len(items))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        stopping.set()
+        raise
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 # --- stage 2: training ------------------------------------------------------------------------
@@ -461,7 +495,9 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
     child.start()
     try:
         child.join()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it close its cluster first
+    except KeyboardInterrupt as stop:  # the child got the same Ctrl-C: let it close its cluster first
+        if isinstance(stop, Terminated):  # `kill PID` reaches this process only: stop the child too
+            child.terminate()
         child.join(timeout=30)
         raise
     if child.exitcode == EXIT_INPUT:

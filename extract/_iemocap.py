@@ -98,7 +98,7 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     Raises:
         ManifestError: ``root`` is not a folder or holds no labelled utterance with audio.
     """
-    root = Path(root).absolute()
+    root = Path(os.path.abspath(root))  # ".." collapsed (symlinks kept): one spelling of each file
     if not root.is_dir():
         raise ManifestError(f"IEMOCAP folder {root} does not exist. Pass the folder holding Session1..Session5.")
     sessions = sorted(d for d in root.iterdir() if d.is_dir() and _SESSION_DIR.match(d.name))

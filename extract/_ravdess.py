@@ -98,7 +98,7 @@ def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
     Raises:
         ManifestError: ``root`` is not a folder or holds no RAVDESS audio file.
     """
-    root = Path(root).absolute()
+    root = Path(os.path.abspath(root))  # ".." collapsed (symlinks kept): one spelling of each file
     if not root.is_dir():
         raise ManifestError(f"RAVDESS folder {root} does not exist. Pass the folder holding speech/ and song/.")
     utterances, problems = [], []

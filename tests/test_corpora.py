@@ -101,6 +101,21 @@ def test_ravdess_original_zip_layout(tmp_path):
     assert [u.id for u in read_ravdess(tmp_path / "Actor_07").utterances] == [utterance.id]
 
 
+@pytest.mark.parametrize("kind", ["ravdess", "iemocap"])
+def test_a_corpus_path_with_dot_dot_gives_the_same_file_paths(tmp_path, kind):
+    """`extract ravdess ../data` recorded /work/run/../data/... paths: resuming from another folder
+    (or with the absolute path) then took every utterance for a moved file and rewrote its path."""
+    root = tmp_path / "data"
+    if kind == "ravdess":
+        write_audio(root / "Actor_07" / "03-01-02-02-02-01-07.wav", duration=0.05)
+    else:
+        build_iemocap_tree(root)
+    (tmp_path / "run").mkdir()
+    direct = [u.path for u in read_corpus(kind, root).utterances]
+    assert direct and [u.path for u in read_corpus(kind, tmp_path / "run" / ".." / "data").utterances] == direct
+    assert all(".." not in Path(path).parts for path in direct)
+
+
 def test_ravdess_empty_or_missing_folder(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         read_ravdess(tmp_path / "nope")

@@ -39,6 +39,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
 _IGNORABLE_KEYS = re.compile(r"^(masked_spec_embed|.*\.masked_spec_embed)$")
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+PREPROCESSOR_FILE = "preprocessor_config.json"  # the feature extractor's settings (do_normalize)
 _FAIRSEQ_SUFFIXES = (".pt", ".pth", ".ckpt")
 _FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 # Keys of fairseq checkpoints that have no counterpart in a bare Wav2Vec2Model: pre-training heads
@@ -88,6 +89,9 @@ class ModelSource:
     commit_hash: str | None
     weights_sha256: Mapping[str, str]
     hf_config: Any = field(repr=False, compare=False)
+    #: What the model's own files say about its input: preprocessor_config.json ``do_normalize``
+    #: (hub, local) or the checkpoint's ``normalize`` (fairseq); None when they say nothing.
+    stated_normalize: bool | None = None
 
     @property
     def family(self) -> str:
@@ -98,6 +102,17 @@ class ModelSource:
     def model_class(self) -> str:
         """The `transformers` class that loads it."""
         return FAMILIES[self.model_type][1]
+
+    def pretrained_normalize(self) -> tuple[bool, str]:
+        """Whether the model was pre-trained on waveforms normalised to zero mean and unit variance
+        per utterance, and where that was read: the model's own files, else its feature encoder
+        (fairseq pairs normalised input with a LayerNorm encoder, raw input with a GroupNorm one)."""
+        if self.stated_normalize is not None:
+            where = "the checkpoint's normalize" if self.kind == "fairseq" else "preprocessor_config.json do_normalize"
+            return self.stated_normalize, where
+        # data2vec-audio's config has no feat_extract_norm: its encoder is always LayerNorm.
+        norm = str(getattr(self.hf_config, "feat_extract_norm", "layer" if self.model_type == "data2vec-audio" else "group"))
+        return norm == "layer", f"no preprocessing file: feat_extract_norm {norm!r}"
 
     def provenance(self) -> dict[str, Any]:
         """JSON-ready description of the source for a feature's recorded config."""
@@ -285,6 +300,10 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             f"cannot load {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
             f"downloadable (sharded or TensorFlow-only repositories are not supported). {_fix_hint()}"
         )
+    try:  # the feature extractor's settings (waveform normalisation), when the repository has them
+        hf_hub_download(model_id, PREPROCESSOR_FILE, revision=revision)
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        pass
     snapshot = config_file.parent
     return _resolve_directory(snapshot, requested=model_id, kind="hub", revision=revision, commit=snapshot.name)
 
@@ -317,7 +336,21 @@ def _resolve_directory(
         commit_hash=commit,
         weights_sha256={p.name: file_sha256(p) for p in used},
         hf_config=hf_config,
+        stated_normalize=_stated_normalize(directory / PREPROCESSOR_FILE),
     )
+
+
+def _stated_normalize(file: Path) -> bool | None:
+    """``do_normalize`` of a preprocessor_config.json (the feature extractor's default, True, when
+    the file leaves it out); None without a readable file."""
+    import json
+
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = settings.get("do_normalize", True) if isinstance(settings, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def read_hf_config(directory: Path) -> Any:
@@ -553,7 +586,21 @@ def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
         commit_hash=None,
         weights_sha256={path.name: file_sha256(path)},
         hf_config=_hf_config_from_fairseq(arch, path),
+        stated_normalize=_fairseq_normalize(checkpoint),
     )
+
+
+def _fairseq_normalize(checkpoint: Mapping[str, Any]) -> bool | None:
+    """The ``normalize`` setting a fairseq checkpoint was trained with: ``cfg.task`` (hydra),
+    ``args`` (older Namespace), or the pre-training's ``w2v_args`` of a fine-tuned model."""
+    cfg = _as_mapping(checkpoint.get("cfg"))
+    args = _as_mapping(checkpoint.get("args"))
+    nested = _as_mapping(args.get("w2v_args") or _as_mapping(cfg.get("model")).get("w2v_args"))
+    for place in (_as_mapping(cfg.get("task")), args, _as_mapping(nested.get("task")), nested):
+        value = place.get("normalize")
+        if isinstance(value, bool):
+            return value
+    return None
 
 
 _LAYER_RULES: tuple[tuple[str, str], ...] = (

@@ -87,9 +87,16 @@ class Wav2Vec2Config:
         num_threads: CPU threads for torch (`torch.set_num_threads`); None leaves torch's default.
         max_seconds: Longest utterance extracted (self-attention memory grows with the square
             of the length); a longer file is recorded as a failure that says so. None = no limit.
+        normalize_waveform: Normalise each utterance's waveform to zero mean and unit variance
+            before the model, as its feature extractor does: "auto" follows the model's own files
+            (preprocessor_config.json ``do_normalize``, a fairseq checkpoint's ``normalize``), else
+            its feature encoder (LayerNorm encoders were pre-trained on normalised input, GroupNorm
+            ones on the raw waveform); true or false force it.
     """
 
     section: ClassVar[str] = "wav2vec2"
+    #: What an absent key meant in a config recorded by an older store (see build_extractor).
+    RECORDED_DEFAULTS: ClassVar[dict[str, Any]] = {"normalize_waveform": False}
 
     model: Annotated[str, Field(min_length=1, pattern=r"\S")] = "facebook/wav2vec2-base"
     revision: Optional[str] = None
@@ -101,6 +108,7 @@ class Wav2Vec2Config:
     compile: bool = False
     num_threads: Optional[Annotated[int, Field(ge=1)]] = None
     max_seconds: Optional[_Seconds] = 120.0
+    normalize_waveform: Union[bool, Literal["auto"]] = "auto"
 
     def __post_init__(self) -> None:
         check_dataclass(self, what=f"{self.section} config", error=ExtractorConfigError)  # the annotations
@@ -250,7 +258,14 @@ class Wav2Vec2Extractor:
         # apart under "runtime" so that the store lets another machine resume the extraction.
         values = self.config.to_dict()
         runtime = {key: values.pop(key) for key in RUNTIME_KEYS if key in values}
+        values["normalize_waveform"] = self.normalizes_waveform()  # what was done, not "auto"
         return {**values, "runtime": runtime}
+
+    def normalizes_waveform(self) -> bool:
+        """Whether each utterance's waveform is normalised (zero mean, unit variance) before the
+        model: the config's choice, or for "auto" what the model was pre-trained with."""
+        wanted = self.config.normalize_waveform
+        return wanted if isinstance(wanted, bool) else self.source.pretrained_normalize()[0]
 
     def max_frames(self, num_samples: int) -> int:
         """Exact number of frames for `num_samples` 16 kHz samples (0 when shorter than one frame)."""
@@ -408,8 +423,10 @@ class Wav2Vec2Extractor:
         layers = int(hf.num_hidden_layers) + 1
         mark = _StageClock(self.on_stage, device if cuda else None)
         padded = torch.zeros(len(signals), max(lengths), dtype=torch.float32, pin_memory=cuda)
+        normalize = self.normalizes_waveform()
         for row, signal in enumerate(signals):
-            padded[row, : len(signal)] = torch.from_numpy(signal)
+            # Per utterance, over its own samples: batching never changes what one file gets.
+            padded[row, : len(signal)] = torch.from_numpy(_zero_mean_unit_var(signal) if normalize else signal)
         autocast = torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
         with torch.inference_mode(), autocast:
             inputs = padded.to(device, non_blocking=True)
@@ -452,6 +469,12 @@ class Wav2Vec2Extractor:
                 done.synchronize()
                 mark("device_to_host")
         return host, done, valid
+
+
+def _zero_mean_unit_var(signal: np.ndarray) -> np.ndarray:
+    """One utterance normalised as transformers' Wav2Vec2FeatureExtractor does (``do_normalize``)."""
+    signal = np.asarray(signal, dtype=np.float32)
+    return ((signal - signal.mean()) / np.sqrt(signal.var() + 1e-7)).astype(np.float32)
 
 
 def _run_encoder(model: Any, hidden: Any, mask: Any, compute: Any) -> None:

@@ -80,8 +80,10 @@ def test_matches_the_familys_own_model(variant, model_dirs) -> None:
     model = getattr(transformers, _HF_CLASS[family]).from_pretrained(str(directory)).eval()
     signals = _signals((16000, 5555))
     frames = _extractor(family, directory).extract(signals)
+    # No preprocessor_config.json here: LayerNorm encoders get normalised waveforms (fairseq's pairing).
+    processor = transformers.Wav2Vec2FeatureExtractor(do_normalize=variant[1] == "layer")
     for signal, ours in zip(signals, frames):
-        x = torch.from_numpy(signal)[None]
+        x = processor(signal, sampling_rate=16000, return_tensors="pt").input_values
         with torch.no_grad():
             hidden = model(x, output_hidden_states=True).hidden_states
             projected = model.feature_projection(model.feature_extractor(x).transpose(1, 2))
@@ -262,3 +264,78 @@ def test_fine_tuned_checkpoints_load_without_their_head(family, model_dirs, tmp_
     ours = _extractor(family, tmp_path / "ctc").extract(signals)
     for got, expected in zip(ours, _extractor(family, model_dirs[variant]).extract(signals)):
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+@pytest.mark.parametrize("do_normalize", [True, False])
+def test_waveform_normalisation_follows_the_models_preprocessor_config(model_dirs, tmp_path, norm: str,
+                                                                         do_normalize: bool) -> None:
+    """The model's own feature extractor (preprocessor_config.json) decides, as transformers'
+    pipeline does: w2v2ser fed every model the raw waveform, although large wav2vec2, XLS-R,
+    HuBERT/WavLM large and data2vec-audio were pre-trained on normalised input."""
+    directory = shutil.copytree(model_dirs[("wav2vec2", norm, norm == "layer")], tmp_path / "model")
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=do_normalize).save_pretrained(str(directory))
+    model = transformers.Wav2Vec2Model.from_pretrained(str(directory)).eval()
+    processor = transformers.AutoFeatureExtractor.from_pretrained(str(directory))
+    signals = _signals((16000, 5555, 12345))
+    extractor = _extractor("wav2vec2", directory, batch_seconds=3.0)
+    for signal, ours in zip(signals, extractor.extract(signals)):
+        with torch.no_grad():
+            inputs = processor(signal, sampling_rate=16000, return_tensors="pt").input_values
+            hidden = model(inputs, output_hidden_states=True).hidden_states
+        for k in range(1, len(hidden)):
+            np.testing.assert_allclose(ours[:, k], hidden[k][0].numpy(), atol=1e-4)
+    assert extractor.feature_spec().config["normalize_waveform"] is do_normalize  # what was done, not "auto"
+    forced = _extractor("wav2vec2", directory, normalize_waveform=not do_normalize)
+    assert forced.normalizes_waveform() is (not do_normalize)
+    assert np.abs(forced.extract(signals[:1])[0] - extractor.extract(signals[:1])[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("style", ["args", "cfg"])
+@pytest.mark.parametrize("finetuned", [False, True])
+def test_a_fairseq_checkpoint_says_whether_it_was_trained_on_normalised_waveforms(tmp_path, style: str,
+                                                                                   finetuned: bool) -> None:
+    from tiny_models import save_tiny_fairseq_checkpoint
+
+    for normalize in (True, False, None):
+        path = save_tiny_fairseq_checkpoint(tmp_path / f"{normalize}.pt", config_style=style, finetuned=finetuned,
+                                            normalize=normalize, feat_extract_norm="group")
+        extractor = _extractor("wav2vec2", path)
+        # Without a recorded setting, the GroupNorm encoder of wav2vec_small means the raw waveform.
+        assert extractor.normalizes_waveform() is bool(normalize), (normalize, extractor.source.pretrained_normalize())
+
+
+def test_stores_without_the_setting_are_raw_waveforms(model_dirs, tmp_path) -> None:
+    """Stores written before the option never recorded it, and were fed raw waveforms: `--like`
+    them does the same, they resume when the model's setting is the same, and a pipeline's store
+    names (its identity hash) do not change for "auto"."""
+    from w2v2ser._config import CorpusConfig, StoreConfig
+    from w2v2ser.extract import configs_like
+    from w2v2ser.extract._rates import feature_spec_for_store
+    from w2v2ser.store import FeatureSpec
+
+    def older_spec(model: Path) -> FeatureSpec:
+        spec = _extractor("wav2vec2", model).feature_spec()
+        config = {k: v for k, v in spec.config.items() if k != "normalize_waveform"}
+        return FeatureSpec.from_dict({**spec.to_dict(), "config": config})
+
+    group_model, layer_model = model_dirs[("wav2vec2", "group", False)], model_dirs[("wav2vec2", "layer", True)]
+    options = configs_like({"wav2vec2": older_spec(layer_model)})["wav2vec2"]
+    assert build_extractor("wav2vec2", options, recorded=True).normalizes_waveform() is False
+    resumed = feature_spec_for_store(_extractor("wav2vec2", group_model), {}, {"wav2vec2": older_spec(group_model)})
+    assert resumed.config == older_spec(group_model).config
+    with pytest.raises(ExtractorConfigError, match="normalize_waveform: False"):
+        feature_spec_for_store(_extractor("wav2vec2", layer_model), {}, {"wav2vec2": older_spec(layer_model)})
+
+    class Before:  # an extractor config of the release before the option
+        def to_dict(self) -> dict:
+            options = _extractor("wav2vec2", layer_model).config.to_dict()
+            del options["normalize_waveform"]
+            return options
+
+    corpus = CorpusConfig("ravdess", "ravdess", tmp_path)
+    now = StoreConfig("w2v2", ("ravdess",), {"wav2vec2": _extractor("wav2vec2", layer_model).config})
+    assert now.identity(corpus) == StoreConfig("w2v2", ("ravdess",), {"wav2vec2": Before()}).identity(corpus)
+    forced = StoreConfig("w2v2", ("ravdess",), {"wav2vec2": _extractor("wav2vec2", layer_model,
+                                                                        normalize_waveform=True).config})
+    assert forced.identity(corpus) != now.identity(corpus)

@@ -212,6 +212,7 @@ def save_tiny_fairseq_checkpoint(
     finetuned: bool = False,
     config_style: str = "args",
     extra: dict[str, Any] | None = None,
+    normalize: bool | None = None,
     **options: Any,
 ) -> Path:
     """Write a fairseq-format wav2vec 2.0 checkpoint holding a tiny HF model's weights.
@@ -224,6 +225,8 @@ def save_tiny_fairseq_checkpoint(
             `w2v_encoder.proj` output layer, architecture in `w2v_args`).
         config_style: "args" (argparse.Namespace, old fairseq) or "cfg" (plain dict, hydra era).
         extra: More top-level entries for the checkpoint dict (e.g. an object to refuse).
+        normalize: The training task's ``normalize`` (waveform normalisation) to record: in
+            ``args`` (args style) or ``cfg.task`` (cfg style); None records none.
         **options: `tiny_hf_model` options when `source_dir` is None.
 
     Returns:
@@ -257,18 +260,21 @@ def save_tiny_fairseq_checkpoint(
         "layer_norm_first": bool(config.do_stable_layer_norm),
         "dropout": 0.1,
     }
+    task = {} if normalize is None else {"normalize": normalize}
     if finetuned:
         state = {f"w2v_encoder.w2v_model.{k}": v for k, v in state.items() if not k.startswith(("quantizer", "project_q", "final_proj"))}
         state["w2v_encoder.proj.weight"] = torch.randn(30, config.hidden_size)
         state["w2v_encoder.proj.bias"] = torch.randn(30)
         if config_style == "args":
-            meta: dict[str, Any] = {"args": Namespace(arch="wav2vec_ctc", w2v_path="/x/wav2vec_small.pt", w2v_args=Namespace(**arch))}
+            meta: dict[str, Any] = {"args": Namespace(arch="wav2vec_ctc", w2v_path="/x/wav2vec_small.pt",
+                                                      w2v_args=Namespace(**arch, **task), **task)}
         else:
-            meta = {"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_args": {"model": {"_name": "wav2vec2", **arch}}}}}
+            meta = {"cfg": {"model": {"_name": "wav2vec_ctc", "w2v_args": {"model": {"_name": "wav2vec2", **arch}}},
+                            "task": task}}
     elif config_style == "args":
-        meta = {"args": Namespace(**arch)}
+        meta = {"args": Namespace(**arch, **task)}
     else:
-        meta = {"cfg": {"model": {"_name": "wav2vec2", **arch}, "task": {"sample_rate": 16000}}}
+        meta = {"cfg": {"model": {"_name": "wav2vec2", **arch}, "task": {"sample_rate": 16000, **task}}}
     checkpoint = {
         **meta,
         "model": state,

@@ -51,6 +51,9 @@ CLUSTER_KINDS = ("local", "none", "slurm")
 # config check ignores them (the extractor records them under "runtime"), so they stay out of the
 # store identity too and another machine resumes the same store folder.
 _RUNTIME_KEYS = frozenset(RUNTIME_KEYS)
+# Options added after stores were named, left out of the identity at their default, so that an
+# existing output folder keeps its store names (a store's own config check still compares them).
+_ADDED_DEFAULTS = {"normalize_waveform": "auto"}
 # Transformer layers of well-known checkpoints, for checking layer selections before any download.
 _KNOWN_TRANSFORMER_LAYERS = {"wav2vec2-base": 12, "wav2vec2-large": 24, "wav2vec2-xls-r-300m": 24}
 
@@ -265,7 +268,8 @@ class StoreConfig:
 
     def identity(self, corpus: CorpusConfig) -> str:
         """Short hash of the corpus and of every feature option: any change gives a new store folder."""
-        values = {name: {k: v for k, v in d.items() if k not in _RUNTIME_KEYS}
+        values = {name: {k: v for k, v in d.items()
+                         if k not in _RUNTIME_KEYS and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])}
                   for name, d in self.feature_dicts().items()}
         text = json.dumps({"corpus": [corpus.kind, str(corpus.path)], "features": values},
                           sort_keys=True, default=str)

@@ -280,7 +280,10 @@ def extract_corpus(
             tasks.extend((names, chunk, unit) for chunk, unit in zip(chunks, units))
 
         summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
-        configs = {e.name: e.config.to_dict() for e in extractors}
+        # Workers build their own copies: what this process decided from the model's files (waveform
+        # normalisation for "auto") goes with the config, in case a worker elsewhere sees other files.
+        configs = {e.name: {**e.config.to_dict(), **(e.decided_options() if hasattr(e, "decided_options") else {})}
+                   for e in extractors}
         total = sum(len(items) for _, items, _ in tasks)
         if client is None:
             by_name = {e.name: e for e in extractors}

@@ -261,6 +261,10 @@ class Wav2Vec2Extractor:
         values["normalize_waveform"] = self.normalizes_waveform()  # what was done, not "auto"
         return {**values, "runtime": runtime}
 
+    def decided_options(self) -> dict[str, Any]:
+        """Options whose "auto" this process resolved from the model's files, as values."""
+        return {"normalize_waveform": self.normalizes_waveform()}
+
     def normalizes_waveform(self) -> bool:
         """Whether each utterance's waveform is normalised (zero mean, unit variance) before the
         model: the config's choice, or for "auto" what the model was pre-trained with."""

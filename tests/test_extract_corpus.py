@@ -717,3 +717,30 @@ def test_ctrl_c_during_egemaps_prints_one_line_and_no_worker_traceback(tmp_path)
     assert proc.returncode == 130, out + err
     assert "interrupted; finished work is kept" in err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_dask_workers_normalise_waveforms_as_the_driver_decided(corpus, tmp_path):
+    """`normalize_waveform: auto` was resolved again by each Dask worker from the model files it
+    sees; a worker on another machine (another Hugging Face cache) could feed the model other
+    waveforms than the store records. The driver's decision now goes with the config."""
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("torch")
+    import transformers
+
+    from tiny_models import save_tiny_wav2vec2
+
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=2, hidden=32)  # GroupNorm: raw unless told
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(str(model_dir))
+    options = {"model": str(model_dir), "batch_seconds": 4.0, "dtype": "float32"}
+    extract_corpus(corpus, tmp_path / "local.zarr", extractors=[build_extractor("wav2vec2", options)], progress=False)
+    extractor = build_extractor("wav2vec2", options)
+    extractor.feature_spec()  # the driver resolves the model (and its preprocessor_config.json) ...
+    (model_dir / "preprocessor_config.json").unlink()  # ... which the workers do not see
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        extract_corpus(corpus, tmp_path / "dask.zarr", extractors=[extractor], shard_size=4, progress=False,
+                       client=client)
+    local, remote = open_store(tmp_path / "local.zarr"), open_store(tmp_path / "dask.zarr")
+    assert remote.features["wav2vec2"].config["normalize_waveform"] is True
+    for utterance in local.list_utterances():
+        np.testing.assert_allclose(remote.read_utterance(utterance.id, "wav2vec2"),
+                                   local.read_utterance(utterance.id, "wav2vec2"), atol=1e-4)

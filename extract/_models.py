@@ -103,16 +103,15 @@ class ModelSource:
         """The `transformers` class that loads it."""
         return FAMILIES[self.model_type][1]
 
-    def pretrained_normalize(self) -> tuple[bool, str]:
+    def pretrained_normalize(self) -> bool:
         """Whether the model was pre-trained on waveforms normalised to zero mean and unit variance
-        per utterance, and where that was read: the model's own files, else its feature encoder
-        (fairseq pairs normalised input with a LayerNorm encoder, raw input with a GroupNorm one)."""
+        per utterance: as its own files say, else as its feature encoder tells (fairseq pairs
+        normalised input with a LayerNorm encoder, the raw waveform with a GroupNorm one)."""
         if self.stated_normalize is not None:
-            where = "the checkpoint's normalize" if self.kind == "fairseq" else "preprocessor_config.json do_normalize"
-            return self.stated_normalize, where
+            return self.stated_normalize
         # data2vec-audio's config has no feat_extract_norm: its encoder is always LayerNorm.
-        norm = str(getattr(self.hf_config, "feat_extract_norm", "layer" if self.model_type == "data2vec-audio" else "group"))
-        return norm == "layer", f"no preprocessing file: feat_extract_norm {norm!r}"
+        default = "layer" if self.model_type == "data2vec-audio" else "group"
+        return str(getattr(self.hf_config, "feat_extract_norm", default)) == "layer"
 
     def provenance(self) -> dict[str, Any]:
         """JSON-ready description of the source for a feature's recorded config."""

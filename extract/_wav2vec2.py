@@ -269,7 +269,7 @@ class Wav2Vec2Extractor:
         """Whether each utterance's waveform is normalised (zero mean, unit variance) before the
         model: the config's choice, or for "auto" what the model was pre-trained with."""
         wanted = self.config.normalize_waveform
-        return wanted if isinstance(wanted, bool) else self.source.pretrained_normalize()[0]
+        return wanted if isinstance(wanted, bool) else self.source.pretrained_normalize()
 
     def max_frames(self, num_samples: int) -> int:
         """Exact number of frames for `num_samples` 16 kHz samples (0 when shorter than one frame)."""

@@ -302,7 +302,7 @@ def test_a_fairseq_checkpoint_says_whether_it_was_trained_on_normalised_waveform
                                             normalize=normalize, feat_extract_norm="group")
         extractor = _extractor("wav2vec2", path)
         # Without a recorded setting, the GroupNorm encoder of wav2vec_small means the raw waveform.
-        assert extractor.normalizes_waveform() is bool(normalize), (normalize, extractor.source.pretrained_normalize())
+        assert extractor.normalizes_waveform() is bool(normalize), normalize
 
 
 def test_stores_without_the_setting_are_raw_waveforms(model_dirs, tmp_path) -> None:

@@ -339,3 +339,19 @@ def test_stores_without_the_setting_are_raw_waveforms(model_dirs, tmp_path) -> N
     forced = StoreConfig("w2v2", ("ravdess",), {"wav2vec2": _extractor("wav2vec2", layer_model,
                                                                         normalize_waveform=True).config})
     assert forced.identity(corpus) != now.identity(corpus)
+
+
+def test_store_info_says_what_the_encoder_was_fed(model_dirs, tmp_path, capsys) -> None:
+    from fixtures_audio import write_audio
+    from w2v2ser._cli import main
+    from w2v2ser.extract import extract_corpus
+    from w2v2ser.store import Utterance
+
+    utterances = [Utterance(id=f"u{k}", path=str(write_audio(tmp_path / f"u{k}.wav", duration=0.5, seed=k)),
+                            label="a", speaker="s") for k in range(2)]
+    for norm in ("group", "layer"):
+        extractor = _extractor("wav2vec2", model_dirs[("wav2vec2", norm, norm == "layer")])
+        extract_corpus(utterances, tmp_path / f"{norm}.zarr", extractors=[extractor], progress=False)
+        assert main(["store", "info", str(tmp_path / f"{norm}.zarr")]) == 0
+        fed = "normalised waveform" if norm == "layer" else "raw waveform"
+        assert f", {fed}" in next(line for line in capsys.readouterr().out.splitlines() if "wav2vec2" in line)

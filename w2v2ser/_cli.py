@@ -174,6 +174,8 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"
         model = feature["config"].get("model")
+        if model:  # what the speech encoder was fed (stores from before the option: the raw waveform)
+            model += ", normalised waveform" if feature["config"].get("normalize_waveform") else ", raw waveform"
         done = info["status"].get("done", 0)
         # An extraction of other features can add utterances that this feature lacks.
         lacking = (f", {feature['utterances']} of {done} done utterances (add the rest: extract "

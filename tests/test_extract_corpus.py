@@ -388,6 +388,18 @@ def test_extract_refuses_counts_out_of_range(tmp_path, capsys, option, value, ex
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "x"])
+def test_extract_refuses_batch_seconds_out_of_range(tmp_path, capsys, value):
+    """--batch-seconds -1 was taken without a word when no speech encoder was extracted."""
+    from w2v2ser._cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), "--features",
+              "egemaps", "--batch-seconds", value])
+    assert stop.value.code == 2
+    assert "argument --batch-seconds: expected seconds > 0" in capsys.readouterr().err
+
+
 def test_extract_on_local_workers_beside_another_dask_dashboard(tmp_path):
     """`extract --workers` starts the pipeline's local cluster; a dashboard port already taken (another
     extraction on the node) printed Dask's warning with its source line, now it takes another quietly."""

@@ -390,6 +390,17 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (checked even where no model uses it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a did-you-mean for a mistyped choice or subcommand (subparsers inherit the class)."""
 
@@ -432,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2)")
     extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
     extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="speech encoder device")
-    extract.add_argument("--batch-seconds", dest="batch_seconds", type=float, help="audio seconds per model batch")
+    extract.add_argument("--batch-seconds", dest="batch_seconds", type=_seconds, help="audio seconds per model batch")
     extract.add_argument(
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",

@@ -136,3 +136,14 @@ def test_predicting_inputs_of_many_lengths_prints_no_retracing_warning(caplog):
         logging.getLogger("tensorflow").warning("some other warning")
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     assert [r for r in caplog.records if "some other warning" in r.getMessage()]
+
+
+def test_validation_fraction_on_a_fold_too_small_to_stratify():
+    """A GridSearchCV fold of one RAVDESS speaker (60 utterances, 8 classes) held out 6 utterances:
+    scikit-learn's stratified split refused it ("test_size = 6 should be greater or equal to the
+    number of classes = 8") and every fit of the search failed. It gets a plain random hold-out."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.array([f"c{k}" for k in range(8)]), [4, 8, 8, 8, 8, 8, 8, 8])
+    x = [rng.normal(size=(int(rng.integers(5, 12)), 3)).astype(np.float32) for _ in y]
+    head = DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.1, run_eagerly=True).fit(x, y)
+    assert "val_loss" in head.history_ and head.classes_.tolist() == sorted(set(y))

@@ -16,6 +16,7 @@ the fusion head) plus labels.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -66,12 +67,20 @@ class _ArrayBatches:
 
 
 def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, np.ndarray, tuple[Any, np.ndarray]]:
-    """Stratified hold-out of ``fraction`` of the utterances for early stopping."""
+    """Hold-out of ``fraction`` of the utterances for early stopping, stratified where it can be.
+
+    Stratifying needs at least two utterances of every class and at least one per class on each
+    side; a small training fold (one speaker of RAVDESS in a GridSearchCV fold: 60 utterances, 8
+    classes, 6 held out) cannot have that, and gets a plain random hold-out instead of an error.
+    """
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     counts = np.bincount(y)
-    strat = y if counts[counts > 0].min() >= 2 else None
+    n_classes = int((counts > 0).sum())
+    n_held = math.ceil(fraction * len(y))  # how train_test_split rounds a float test_size
+    stratifiable = counts[counts > 0].min() >= 2 and min(n_held, len(y) - n_held) >= n_classes
+    strat = y if stratifiable else None
     fit_idx, val_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
     take = (lambda v, ii: [v[i] for i in ii])
     if isinstance(x, Mapping):

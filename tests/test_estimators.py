@@ -10,7 +10,7 @@ from sklearn.base import clone, is_classifier
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
 from stage2_fixtures import another_thread_drawing_random_numbers
-from w2v2ser.train import DenseHead, FusionHead, LSTMHead, get_recipe
+from w2v2ser.train import ConfigError, DataError, DenseHead, FusionHead, LSTMHead, get_recipe
 
 QUICK = get_recipe("paper", {"max_epochs": 2, "batch_size": 8})
 
@@ -147,3 +147,17 @@ def test_validation_fraction_on_a_fold_too_small_to_stratify():
     x = [rng.normal(size=(int(rng.integers(5, 12)), 3)).astype(np.float32) for _ in y]
     head = DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.1, run_eagerly=True).fit(x, y)
     assert "val_loss" in head.history_ and head.classes_.tolist() == sorted(set(y))
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1, "0.1", 3, True])
+def test_validation_fraction_out_of_range_names_the_parameter(fraction):
+    """scikit-learn's own error named its test_size; 3 (an int) was taken as three utterances."""
+    x, y, _ = utterances(12)
+    with pytest.raises(ConfigError, match=r"DenseHead\(validation_fraction=.*expected a fraction .* \[0, 1\)"):
+        DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=fraction, run_eagerly=True).fit(x, y)
+
+
+def test_validation_fraction_that_leaves_nothing_to_train_on():
+    x, y, _ = utterances(12)
+    with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):
+        DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.99, run_eagerly=True).fit(x, y)

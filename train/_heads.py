@@ -79,6 +79,9 @@ def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, n
     counts = np.bincount(y)
     n_classes = int((counts > 0).sum())
     n_held = math.ceil(fraction * len(y))  # how train_test_split rounds a float test_size
+    if n_held >= len(y):
+        raise DataError(f"validation_fraction={fraction} of {len(y)} training utterances holds out {n_held}, "
+                        f"leaving none to train on; give a smaller fraction or validation_data")
     stratifiable = counts[counts > 0].min() >= 2 and min(n_held, len(y) - n_held) >= n_classes
     strat = y if stratifiable else None
     fit_idx, val_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
@@ -262,7 +265,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                 f"a classifier needs labels of at least two classes")
             self.classes_ = np.array(list(self.classes)) if self.classes else labels
             y = self._encode(y)
-            if validation_data is None and self.validation_fraction:
+            fraction = self.validation_fraction
+            if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                                             and 0 <= fraction < 1):
+                raise ConfigError(f"{type(self).__name__}(validation_fraction={fraction!r}): expected a fraction of "
+                                  f"the training utterances in [0, 1), e.g. 0.1, or None (no hold-out)")
+            if validation_data is None and fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
             elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):
                 validation_data = (validation_data[0], self._encode(validation_data[1]))

@@ -161,3 +161,14 @@ def test_validation_fraction_that_leaves_nothing_to_train_on():
     x, y, _ = utterances(12)
     with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):
         DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.99, run_eagerly=True).fit(x, y)
+
+
+@pytest.mark.parametrize("labels", [["angry", "sad"], [0, 2]])
+def test_labels_that_are_not_indices_into_classes(labels):
+    """With classes= set, labels are indices into it: names failed deep in numpy ("invalid literal
+    for int()") and an index past the end reached Keras' loss."""
+    x, _, _ = utterances(12)
+    y = np.array(labels * 6)
+    with pytest.raises(DataError, match=r"DenseHead\(classes=\['angry', 'sad'\]\) takes labels as integer indices "
+                                        r"0\.\.1 into classes; got ('angry'|2)"):
+        DenseHead(units=4, recipe=QUICK, classes=["angry", "sad"], seed=0, run_eagerly=True).fit(x, y)

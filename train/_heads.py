@@ -222,9 +222,16 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
 
         Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
         """
-        if self.classes:
-            return np.asarray(y, dtype=np.int32)
         y = np.asarray(y)
+        if self.classes:
+            n = len(self.classes)
+            if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
+                bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
+                raise DataError(f"{type(self).__name__}(classes={list(self.classes)!r}) takes labels as integer "
+                                f"indices 0..{n - 1} "
+                                f"into classes; got {bad.item()!r}. Map the labels to indices, or leave classes "
+                                f"unset to take any labels (classes_ are then their sorted distinct values)")
+            return y.astype(np.int32)
         unknown = ~np.isin(y, self.classes_)
         if unknown.any() and unseen is not None:
             out = np.full(len(y), unseen, dtype=np.int32)

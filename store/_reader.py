@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -178,14 +179,19 @@ class FeatureStore:
                 f"feature {spec.name!r} has 2-D frames [frames, {spec.dim}] without layers; "
                 f"got layers={list(layers)!r}. Pass layers=None."
             )
-        out = [int(x) for x in layers]
-        bad = [x for x in out if not 0 <= x < spec.layers]
-        if bad or not out:
+        if isinstance(layers, (str, bytes, numbers.Number)):
+            raise StoreError(f"feature {spec.name!r}: layers={layers!r}; expected a list of layer indices, "
+                             f"e.g. layers=[{spec.layers - 1}], or None for all {spec.layers}.")
+        given = list(layers)
+        # Only integers: int(1.5) or int("3") would read a layer the caller did not name.
+        bad = [x for x in given if not isinstance(x, numbers.Integral) or isinstance(x, bool)
+               or not 0 <= x < spec.layers]
+        if bad or not given:
             raise StoreError(
-                f"feature {spec.name!r}: layers {list(layers)!r} are invalid; expected a non-empty "
-                f"list of indices in 0..{spec.layers - 1}."
+                f"feature {spec.name!r}: layers {given!r} are invalid; expected a non-empty "
+                f"list of integer indices in 0..{spec.layers - 1}."
             )
-        return out
+        return [int(x) for x in given]
 
     # ------------------------------------------------------------------ table
     def list_utterances(self, *, status: str | None = "done", feature: str | None = None) -> list[UtteranceRecord]:

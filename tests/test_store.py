@@ -203,6 +203,19 @@ def test_layer_read_equals_slice(tmp_path, layers):
         store.read_utterance("u000", "w2v", layers=[4])
 
 
+@pytest.mark.parametrize("layers", [[1.5], ["3"], [True], 3, "3"])
+def test_layers_that_are_not_integer_indices_raise_on_every_read_path(tmp_path, layers):
+    """int() was applied to each layer: layers=[1.5] read layer 1 and ["3"] layer 3, without a word."""
+    store = open_store(build_store(tmp_path / "s", lengths=[5], specs=(W2V,)).path)
+    for read in (lambda: store.read_utterance("u000", "w2v", layers=layers),
+                 lambda: store.read_batch(["u000"], "w2v", layers=layers),
+                 lambda: store.compose_statistics("w2v", layers=layers)):
+        with pytest.raises(StoreError, match=r"feature 'w2v': layers.*(integer indices in 0\.\.3|list of layer indices)"):
+            read()
+    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=np.array([3, 1])),
+                                  store.read_utterance("u000", "w2v")[:, [3, 1]])
+
+
 def test_unknown_names_raise_with_suggestion(tmp_path):
     store = open_store(build_store(tmp_path / "s", lengths=[2]).path)
     with pytest.raises(StoreError, match="Did you mean 'u000'"):

@@ -89,12 +89,13 @@ def extractor_config_class(name: str) -> type:
     return _lookup(name)[0]
 
 
-def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recorded: bool = False) -> Extractor:
-    """Build an extractor from a feature name and its config mapping.
+def build_extractor(name: str, config: Mapping[str, Any] | Any = None, *, recorded: bool = False) -> Extractor:
+    """Build an extractor from a feature name and its config (a mapping or the config dataclass).
 
     Args:
         name: Feature name (``wav2vec2``, ``hubert``, ``wavlm``, ``data2vec``, ``egemaps``, ``spectrogram``).
-        config: Config keys (as in pipeline.yaml); missing keys take their defaults.
+        config: Config keys (as in pipeline.yaml; missing keys take their defaults), or an
+            instance of the feature's config class, e.g. ``SpectrogramConfig(hop_ms=20)``.
         recorded: The mapping comes from a store's attributes: provenance keys the
             extractor added (weights hash, versions) are dropped instead of rejected, and
             options the store predates take the value it was made with (``RECORDED_DEFAULTS``
@@ -111,6 +112,12 @@ def build_extractor(name: str, config: Mapping[str, Any] | None = None, *, recor
 
     config_class, extractor_class = _lookup(name)
     require_modules(*_REQUIRES.get(name, ()))
+    if isinstance(config, config_class):
+        return extractor_class(config)
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(f"build_extractor({name!r}, config=...): got config of type {type(config).__name__}; "
+                          f"expected a {config_class.__name__} or a mapping of its keys, e.g. "
+                          f"{config_class.__name__}() or {{}}")
     values = dict(config or {})
     if recorded:
         known = {f.name for f in fields(config_class)}

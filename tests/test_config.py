@@ -337,6 +337,19 @@ def test_names_outside_the_file_get_the_same_message() -> None:
         get_recipe("papr")
 
 
+def test_build_extractor_takes_its_config_dataclass() -> None:
+    """The config dataclass is the documented way to configure an extractor; build_extractor took
+    only a mapping and failed with "TypeError: 'SpectrogramConfig' object is not iterable"."""
+    from w2v2ser.extract import EgemapsConfig, SpectrogramConfig, build_extractor
+
+    config = SpectrogramConfig(hop_ms=20.0)
+    assert build_extractor("spectrogram", config).config == config
+    assert build_extractor("spectrogram", {"hop_ms": 20.0}).config == config
+    with pytest.raises(ConfigError, match=r"got config of type EgemapsConfig; expected a SpectrogramConfig or a "
+                                          r"mapping of its keys"):
+        build_extractor("spectrogram", EgemapsConfig())
+
+
 @pytest.mark.parametrize("argv, hint", [
     (["trian", "s.zarr"], "invalid choice: 'trian' (choose from 'extract', 'store', "),
     (["train", "s.zarr", "--features", "egemaps", "--out", "r", "--head", "dnese"], "Did you mean 'dense'?"),

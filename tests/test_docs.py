@@ -147,3 +147,26 @@ def test_every_command_line_option_says_what_it_does() -> None:
               for name, parser in parsers(build_parser(), "w2v2ser") for action in parser._actions
               if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
     assert silent == []
+
+
+def test_readme_python_extraction_example_runs(tmp_path: Path, monkeypatch) -> None:
+    """The README's stage 1 Python example, run as written on a tiny RAVDESS tree and a tiny model."""
+    from fixtures_audio import build_ravdess_tree
+    from tiny_models import save_tiny_wav2vec2
+
+    section = _section(README, "## Stage 1: extract")
+    code = re.search(r"\*\*In Python\*\*.*?```python\n(.*?)```", section, re.S).group(1)
+    build_ravdess_tree(tmp_path / "data", actors=(1, 2), emotions=(1, 5), duration=0.4)
+    model = save_tiny_wav2vec2(tmp_path / "model")
+    for given, local in (("../shared/data/ravdess", tmp_path / "data"), ("facebook/wav2vec2-base", model),
+                         ("stores/ravdess.zarr", tmp_path / "s.zarr")):
+        assert f'"{given}"' in code
+        code = code.replace(f'"{given}"', repr(str(local)))
+    monkeypatch.setattr("sys.argv", ["example"])
+    exec(compile(code, "README.md", "exec"), {})
+    from w2v2ser.store import open_store
+
+    store = open_store(tmp_path / "s.zarr")
+    assert sorted(store.features) == ["egemaps", "spectrogram", "wav2vec2"]
+    assert store.features["spectrogram"].to_dict()["config"]["hop_ms"] == 20.0
+    assert len(store.list_utterances()) == 12

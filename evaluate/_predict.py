@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -443,7 +444,8 @@ def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, te
     return fallback
 
 
-def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[str] | None = None,
+def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path], *,
+                  speakers: str | Sequence[str] | None = None,
                   work_dir: Path | None = None, run: str | None = None,
                   batch_size: int = 16, model: str | Path | None = None,
                   stores: Mapping[str | None, str | Path] | None = None) -> list[Prediction]:
@@ -455,12 +457,12 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
 
     Args:
         run_dir: run directory written by ``w2v2ser train``.
-        paths: audio files (any format stage 1 reads), or folders: the audio files below one
+        paths: audio files (any format stage 1 reads), or folders (or one file or folder): the audio files below one
             (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place. Files of formats
             stage 1 cannot decode (``UNREADABLE_SUFFIXES``: m4a, aac, wma, mp4, ...) are returned
             as failed, with the conversion to make.
         speakers: optional speaker group per path (a folder's applies to every file in it) or
-            per file; with a speaker-normalised run, each group is normalised with statistics of
+            per file, or one name for every path; with a speaker-normalised run, each group is normalised with statistics of
             its own new files (a group of fewer than ``MIN_GROUP_FILES`` predicted files keeps the
             global ones). Without it, the run's global (training speakers) statistics are used.
         work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
@@ -481,12 +483,17 @@ def predict_audio(run_dir: Path, paths: Sequence[Path], *, speakers: Sequence[st
         RunDirError: the run dir lacks a configuration, classes or models.
         PredictError: bad arguments or feature extraction failed as a whole.
     """
-    paths = [Path(p) for p in paths]
+    # One path (or one speaker name) given bare: iterating a string gave one "path" per character,
+    # "/" among them, and the walk of the whole file system for audio took minutes.
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PredictError(f"predict_audio: batch_size={batch_size!r}; expected an integer >= 1 (utterances per "
+                           f"model call, default 16).")
     files, origin = _expand_folders(paths)
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")
     if speakers is not None:
-        speakers = [str(s) for s in speakers]
+        speakers = [speakers] * len(paths) if isinstance(speakers, str) else [str(s) for s in speakers]
         if len(speakers) == len(paths) != len(files):  # one per path: a folder's speaker for each file in it
             speakers = [speakers[k] for k in origin]
         if len(speakers) != len(files) or not all(s.strip() for s in speakers):

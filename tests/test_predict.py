@@ -196,6 +196,26 @@ def test_a_folder_takes_one_speaker_for_all_its_files(trained: Path, tmp_path: P
     assert done.returncode == 2 and "2 entries for 1 paths and 3 files" in done.stderr, done.stderr
 
 
+def test_one_path_and_one_speaker_given_bare(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict_audio(run, "x.wav") iterated the string: one "path" per character, "/" among them, so
+    it walked the whole file system for audio (minutes) and predicted whatever it found. A bare
+    path is one path; a bare speaker name is every path's group."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    file = tmp_path / "clip.wav"
+    file.write_bytes(b"RIFF")
+    for given in (str(file), file):
+        preds = predict_audio(trained, given, speakers="spk7")
+        assert [(p.path, p.speaker, p.ok) for p in preds] == [(file, "spk7", True)]
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, "16", True])
+def test_predict_rejects_a_batch_size_that_is_not_a_positive_integer(trained: Path, audio_files: list[Path],
+                                                                     batch_size) -> None:
+    """batch_size=0 ended in ZeroDivisionError."""
+    with pytest.raises(PredictError, match=r"batch_size=.*expected an integer >= 1"):
+        predict_audio(trained, audio_files, batch_size=batch_size)
+
+
 def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
     with pytest.raises(PredictError, match="2 entries for 4 paths and 4 files"):
         predict_audio(trained, audio_files, speakers=["a", "b"])

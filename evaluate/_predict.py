@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import csv
 import json
-import os
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import W2v2serError, did_you_mean, first_few, python_command
+from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, python_command
 from w2v2ser.train import damaged_run_files, list_run_files
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
@@ -483,9 +482,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         RunDirError: the run dir lacks a configuration, classes or models.
         PredictError: bad arguments or feature extraction failed as a whole.
     """
-    # One path (or one speaker name) given bare: iterating a string gave one "path" per character,
-    # "/" among them, and the walk of the whole file system for audio took minutes.
-    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    paths = as_paths(paths)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PredictError(f"predict_audio: batch_size={batch_size!r}; expected an integer >= 1 (utterances per "
                            f"model call, default 16).")

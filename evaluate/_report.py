@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import UPSTREAM_FEATURES, write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES, as_paths, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
 from ._compare import check_baseline_path, compare_with_baseline, find_baseline
@@ -237,7 +237,8 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
     }
 
 
-def write_report(run_dirs: Sequence[Path], *, out: Path, baseline: Path | None = None) -> Path:
+def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path,
+                 baseline: str | Path | None = None) -> Path:
     """Write ``report.md``, ``report.json`` and figures for the given run directories.
 
     Broken run directories never stop the report: skipped experiments are shown with their
@@ -245,7 +246,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path, baseline: Path | None =
 
     Args:
         run_dirs: run or sweep directories written by ``w2v2ser train|sweep`` (any order, any corpora),
-            or folders holding them (searched four levels down).
+            or folders holding them (searched four levels down); one may be given bare.
         out: report folder; created if needed, files in it are replaced atomically.
         baseline: one of the run directories; the report then gives every other finished run
             directory's difference in mean UAR to it, with Welch's t-test over their UAR values.
@@ -257,6 +258,7 @@ def write_report(run_dirs: Sequence[Path], *, out: Path, baseline: Path | None =
         EvaluateError: no run directory given, ``out`` exists and is not a directory, or
             ``baseline`` is not a finished run directory among ``run_dirs``.
     """
+    run_dirs = as_paths(run_dirs)
     if not run_dirs:
         raise EvaluateError("write_report received no run directories; expected at least one "
                             "RUN_DIR written by `w2v2ser train`. Pass them as arguments.")

@@ -197,6 +197,16 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
 
 
+def test_one_run_directory_given_bare(tmp_path: Path, monkeypatch) -> None:
+    """write_report("runs/x", ...) iterated the string per character: "/" made it search the whole
+    file system for run directories until a PermissionError on /proc ended it."""
+    far = make_run_dir(tmp_path, "far", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
+    monkeypatch.chdir(tmp_path)
+    for given in ("far", far):
+        write_report(given, out=tmp_path / "r")
+        assert "80.0 ± 0.8 (n=3)" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+
+
 def test_report_marks_rows_that_do_not_reproduce_the_paper(tmp_path: Path) -> None:
     far = make_run_dir(tmp_path, "far", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
     write_report([far], out=tmp_path / "r")

@@ -29,6 +29,7 @@ __all__ = [
     "Terminated",
     "UPSTREAM_FEATURES",
     "W2v2serError",
+    "as_paths",
     "describe_error",
     "describe_path_error",
     "did_you_mean",
@@ -131,6 +132,14 @@ def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.
         return ""
     found = by_folded[close[0]]
     return f" Did you mean {(canonical or {}).get(found, found)!r}?"
+
+
+def as_paths(value: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Paths from one path or an iterable of them: a bare string is one path, never one per
+    character (iterating "runs/a" gives "/", and a walk of the whole file system)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    return [Path(v) for v in value]
 
 
 def first_few(items: Sequence[str], n: int = 3) -> str:

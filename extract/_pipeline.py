@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import SHARD_SIZE, first_few, progress_bar
+from w2v2ser._common import SHARD_SIZE, ConfigError, first_few, progress_bar
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
@@ -185,6 +185,29 @@ def _runs_on_this_machine(client: Any) -> bool:
     return jobqueue is None or not isinstance(cluster, jobqueue.JobQueueCluster)
 
 
+def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_workers: Any,
+                              cpu_workers: Any) -> list[Extractor]:
+    """extract_corpus's options as the CLI checks them; one extractor may be given bare."""
+    if hasattr(extractors, "feature_spec"):
+        extractors = [extractors]
+    extractors = list(extractors)
+    if not extractors:
+        raise ConfigError("extract_corpus got no extractors; pass at least one, e.g. [build_extractor('egemaps')].")
+    for extractor in extractors:
+        if not hasattr(extractor, "feature_spec"):
+            example = extractor if isinstance(extractor, str) else "egemaps"
+            raise ConfigError(f"extract_corpus: extractors holds {extractor!r}; expected extractors made by "
+                              f"build_extractor, e.g. [build_extractor({example!r})]")
+    for name, value, least in (("shard_size", shard_size, 1), ("decode_workers", decode_workers, 0),
+                               ("cpu_workers", cpu_workers, 1)):
+        if value is None and name == "decode_workers":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            # decode_workers=-1 decoded nothing: 0 utterances extracted, without an error.
+            raise ConfigError(f"extract_corpus: {name}={value!r}; expected an integer >= {least}")
+    return extractors
+
+
 def extract_corpus(
     utterances: Sequence[Utterance],
     store_path: str | Path | StoreLocation,
@@ -230,10 +253,8 @@ def extract_corpus(
     Returns:
         An :class:`ExtractionSummary`.
     """
-    if not extractors:
-        raise W2v2serError("extract_corpus got no extractors; pass at least one, e.g. build_extractor('egemaps', {}).")
-    if shard_size < 1:
-        raise W2v2serError(f"shard_size must be >= 1, got {shard_size}.")
+    extractors = _check_extraction_options(extractors, shard_size=shard_size, decode_workers=decode_workers,
+                                           cpu_workers=cpu_workers)
     store_path = locate_store(store_path, storage_options=storage_options)
     for extractor in extractors:  # a missing model or device fails before the store is created
         check = getattr(extractor, "check", None)

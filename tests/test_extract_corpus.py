@@ -388,6 +388,27 @@ def test_extract_refuses_counts_out_of_range(tmp_path, capsys, option, value, ex
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("options, expected", [
+    ({"decode_workers": -1}, "decode_workers=-1; expected an integer >= 0"),
+    ({"cpu_workers": 0}, "cpu_workers=0; expected an integer >= 1"),
+    ({"shard_size": 2.5}, "shard_size=2.5; expected an integer >= 1"),
+    ({"extractors": []}, "got no extractors"),
+    ({"extractors": ["spectrogram"]}, r"holds 'spectrogram'; expected extractors made by build_extractor, "
+                                      r"e\.g\. \[build_extractor\('spectrogram'\)\]")])
+def test_extract_corpus_refuses_options_the_cli_refuses(corpus, tmp_path, options, expected):
+    """decode_workers=-1 decoded nothing: 0 utterances extracted, an incomplete store, no error."""
+    from w2v2ser import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        extract_corpus(corpus, tmp_path / "s.zarr", progress=False, **{"extractors": [EnergyExtractor()], **options})
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=EnergyExtractor(), progress=False)
+    assert summary.complete and summary.extracted == 7
+
+
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "x"])
 def test_extract_refuses_batch_seconds_out_of_range(tmp_path, capsys, value):
     """--batch-seconds -1 was taken without a word when no speech encoder was extracted."""

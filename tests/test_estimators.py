@@ -172,3 +172,20 @@ def test_labels_that_are_not_indices_into_classes(labels):
     with pytest.raises(DataError, match=r"DenseHead\(classes=\['angry', 'sad'\]\) takes labels as integer indices "
                                         r"0\.\.1 into classes; got ('angry'|2)"):
         DenseHead(units=4, recipe=QUICK, classes=["angry", "sad"], seed=0, run_eagerly=True).fit(x, y)
+
+
+def test_stage2_functions_take_a_config_mapping_and_name_a_wrong_run_spec(tmp_path):
+    """A train: entry loaded from YAML is a dict: plan_runs(dict) failed with "'dict' object has no
+    attribute 'stores'", and partition_arrays(config, "split") with "'str' object has no attribute"."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ExperimentConfig, partition_arrays, plan_runs
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    given = {"stores": str(path), "features": "egemaps", "norm": "speaker"}
+    assert plan_runs(given) == plan_runs(ExperimentConfig(**given))
+    with pytest.raises(ConfigError, match=r"run_spec: got 'split'; expected a RunSpec, one element of plan_runs"):
+        partition_arrays(given, "split")
+    with pytest.raises(ConfigError, match=r"config: got list; expected an ExperimentConfig or a mapping"):
+        plan_runs([given])
+    with pytest.raises(ConfigError, match=r"featurs.*Did you mean 'features'"):
+        plan_runs({"stores": str(path), "featurs": "egemaps"})

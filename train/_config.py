@@ -24,7 +24,7 @@ Head = Literal["dense", "lstm", "fusion"]
 HEAD_NAMES = get_args(Head)
 _PositiveInt = Annotated[int, Field(ge=1)]
 
-__all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS"]
+__all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS", "as_experiment_config"]
 
 DEFAULT_STORE_ALIAS = "main"
 FUSION_STORE_ALIAS = "fusion"
@@ -199,3 +199,14 @@ class ExperimentConfig:
         d["selections"] = self.selections()
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def as_experiment_config(config: "ExperimentConfig | Mapping[str, Any]") -> "ExperimentConfig":
+    """The stage 2 functions' ``config``: an :class:`ExperimentConfig`, or a mapping of its keys
+    (a ``train:`` entry as loaded from YAML), checked by :meth:`ExperimentConfig.from_dict`."""
+    if isinstance(config, ExperimentConfig):
+        return config
+    if isinstance(config, Mapping):
+        return ExperimentConfig.from_dict(config)
+    raise ConfigError(f"config: got {type(config).__name__}; expected an ExperimentConfig or a mapping of its keys, "
+                      f"e.g. ExperimentConfig(stores='stores/ravdess.zarr', features='egemaps')")

@@ -33,9 +33,9 @@ import numpy as np
 
 from w2v2ser._common import first_few, publish_directory, write_atomically
 
-from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig
+from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_batch_size, share_memory_budget
-from ._errors import DataError, ProtocolError, SelectionError
+from ._errors import ConfigError, DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
 from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
@@ -285,12 +285,20 @@ def _report_shared_audio(data: _Data, folds: list[Fold]) -> None:
                             first_few(shared), part)
 
 
-def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
+def check_run_spec(run_spec: Any) -> None:
+    """A run is an element of ``plan_runs(config)``; a fold name or run name is not enough."""
+    if not isinstance(run_spec, RunSpec):
+        raise ConfigError(f"run_spec: got {run_spec!r}; expected a RunSpec, one element of plan_runs(config), "
+                          f"e.g. plan_runs(config)[0]")
+
+
+def plan_runs(config: ExperimentConfig | Mapping[str, Any]) -> list[RunSpec]:
     """List every (fold, seed) run of the experiment, fold-major.
 
     Raises:
         ProtocolError: Overlapping or empty partitions. SelectionError / DataError: store problems.
     """
+    config = as_experiment_config(config)
     data = _prepare(config, report=True)
     seeds = range(config.first_seed, config.first_seed + config.seeds)
     folds = _folds(config, data)  # first: a wrong protocol's own message names the fix
@@ -332,8 +340,9 @@ def _data_fingerprint(data: _Data) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def data_fingerprint(config: ExperimentConfig) -> str:
+def data_fingerprint(config: ExperimentConfig | Mapping[str, Any]) -> str:
     """The data fingerprint that ``train_run`` records in each run's ``metrics.json``."""
+    config = as_experiment_config(config)
     return _data_fingerprint(_prepare(config))
 
 
@@ -489,7 +498,7 @@ class PartitionArrays(NamedTuple):
     groups: np.ndarray
 
 
-def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, PartitionArrays]:
+def partition_arrays(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec) -> dict[str, PartitionArrays]:
     """The frames of one run's partitions exactly as training sees them, for use outside ``train_run``.
 
     Returns:
@@ -498,6 +507,8 @@ def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, P
         in the store's utterance order; ``groups`` are the speakers (for ``GroupKFold``). They go
         straight into a head's ``fit``/``predict`` and scikit-learn's model selection.
     """
+    config = as_experiment_config(config)
+    check_run_spec(run_spec)
     data = _prepare(config)
     max_frames, parts, sources, _ = _partitions(config, data, run_spec)
     out: dict[str, PartitionArrays] = {}
@@ -512,8 +523,8 @@ def partition_arrays(config: ExperimentConfig, run_spec: RunSpec) -> dict[str, P
 
 
 # ---------------------------------------------------------------------------------------- runs
-def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
-              verbose: int = 0, progress: str | None = None) -> RunResult:
+def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *, out: Path | str,
+              threads: int | None = None, verbose: int = 0, progress: str | None = None) -> RunResult:
     """Train and test one (fold, seed) run and write ``out/runs/<fold>__seed<k>/`` atomically.
 
     A run directory that is already complete for the same ``config.config_key()`` and store
@@ -529,6 +540,8 @@ def train_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
         verbose: Keras fit verbosity.
         progress: When given, a progress bar over the epochs on stderr, with this description.
     """
+    config = as_experiment_config(config)
+    check_run_spec(run_spec)
     _configure_threads(threads)
     out = Path(out)
     run_dir = out / "runs" / run_spec.name
@@ -625,7 +638,8 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str]]:
     return [r["label"] for r in rows], [r["predicted"] for r in rows]
 
 
-def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | None = None) -> dict[str, Any]:
+def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str, *,
+                   data: str | None = None) -> dict[str, Any]:
     """Aggregate the complete runs of ``plan_runs(config)`` into ``out/results.json``.
 
     ``data``: the utterances' fingerprint (``data_fingerprint(config)``), when the caller has it.
@@ -633,6 +647,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | Non
     Raises:
         DataError: No planned run is complete for this config key and these utterances.
     """
+    config = as_experiment_config(config)
     out = Path(out)
     key, data = config.config_key(), data if data is not None else data_fingerprint(config)
     keys = config.config_keys()
@@ -707,7 +722,7 @@ def summarize_runs(config: ExperimentConfig, out: Path | str, *, data: str | Non
     return results
 
 
-def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: bool = True,
+def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path | str, progress: bool = True,
                      threads: int | None = None) -> dict[str, Any]:
     """Plan, train every run (skipping complete ones) and summarise; returns results.json's dict.
 
@@ -717,6 +732,7 @@ def train_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
         progress: Print one line per run (run i/N, fold, seed, epochs, val loss, UAR, seconds).
         threads: TensorFlow thread count (see train_run).
     """
+    config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
     specs = plan_runs(config)  # checks selections and protocol before any output folder is made

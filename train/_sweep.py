@@ -40,12 +40,12 @@ import numpy as np
 
 from w2v2ser._common import progress_bar, publish_directory
 
-from ._config import ExperimentConfig
+from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
-                          _start_run, _store_fingerprints, store_identities, _write_json, key_fields, plan_runs,
-                          summarize_runs)
+                          _start_run, _store_fingerprints, store_identities, _write_json, check_run_spec, key_fields,
+                          plan_runs, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -75,7 +75,7 @@ def _base_config(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
-def sweep_configs(config: ExperimentConfig) -> dict[str, ExperimentConfig]:
+def sweep_configs(config: ExperimentConfig | Mapping[str, Any]) -> dict[str, ExperimentConfig]:
     """Run-directory name -> ExperimentConfig of every head of the sweep.
 
     ``config.features`` names the upstream (``wav2vec2``, ``hubert``, ``w2v2_pt/wavlm``...),
@@ -86,6 +86,7 @@ def sweep_configs(config: ExperimentConfig) -> dict[str, ExperimentConfig]:
     Raises:
         ConfigError: Head other than dense. SelectionError: the feature has no layer axis.
     """
+    config = as_experiment_config(config)
     from ._errors import SelectionError
 
     base = _base_config(config)
@@ -400,8 +401,9 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
     publish_directory(tmp, run_dir)
 
 
-def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, threads: int | None = None,
-              micro_batch_mb: float = MICRO_BATCH_MB, progress: str | None = None) -> dict[str, dict[str, Any]]:
+def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *, out: Path | str,
+              threads: int | None = None, micro_batch_mb: float = MICRO_BATCH_MB,
+              progress: str | None = None) -> dict[str, dict[str, Any]]:
     """Train every head of the sweep for one (fold, seed) and write its run directory under each head's folder.
 
     A (fold, seed) whose run directories are all complete for their config keys is not retrained.
@@ -414,6 +416,8 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     Returns:
         Head folder name -> metrics (with "skipped": True when already complete).
     """
+    config = as_experiment_config(config)
+    check_run_spec(run_spec)
     _configure_threads(threads)
 
     out = Path(out)
@@ -512,8 +516,9 @@ def sweep_run(config: ExperimentConfig, run_spec: RunSpec, *, out: Path | str, t
     return results
 
 
-def summarize_sweep(config: ExperimentConfig, out: Path | str) -> dict[str, Any]:
+def summarize_sweep(config: ExperimentConfig | Mapping[str, Any], out: Path | str) -> dict[str, Any]:
     """Write each head's results.json (summarize_runs) and ``out/sweep.json``; returns sweep.json's dict."""
+    config = as_experiment_config(config)
     out = Path(out)
     configs = sweep_configs(config)
     base = configs[ALL_LAYERS_DIR]
@@ -556,7 +561,7 @@ def describe_sweep(summary: Mapping[str, Any]) -> str:
             f"{format_uar(summary['weighted_average'])}")
 
 
-def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: bool = True,
+def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path | str, progress: bool = True,
                      threads: int | None = None) -> dict[str, Any]:
     """Sweep every layer of ``config.features`` over the protocol's folds and seeds; returns sweep.json's dict.
 
@@ -566,6 +571,7 @@ def sweep_experiment(config: ExperimentConfig, *, out: Path | str, progress: boo
         progress: Print one line per (fold, seed) with the UAR of each head.
         threads: TensorFlow thread count (see train_run).
     """
+    config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
     base = sweep_configs(config)[ALL_LAYERS_DIR]

@@ -618,6 +618,19 @@ def test_export_hdf5_refuses_incomplete(tmp_path):
     assert not list(tmp_path.glob("*.h5*"))
 
 
+def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys):
+    """`store export STORE some_folder` wrote the whole copy, then ended in a traceback
+    (IsADirectoryError from os.replace)."""
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[2])
+    (tmp_path / "exports").mkdir()
+    assert main(["store", "export", str(built.path), str(tmp_path / "exports")]) == 2
+    err = capsys.readouterr().err
+    assert "exports: Is a directory; expected a file path there. Give the file's own name" in err
+    assert "Traceback" not in err and not list(tmp_path.glob(".exports.*"))
+
+
 def test_export_hdf5_round_trip(tmp_path):
     built = build_store(tmp_path / "s", lengths=LENGTHS, slack=2)
     store = open_store(built.path)

@@ -84,7 +84,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def describe_path_error(error: OSError) -> tuple[str, int] | None:
-    """Message and exit code for a permission, read-only or disk-full error on a named path.
+    """Message and exit code for a permission, read-only, folder-in-the-way or disk-full error on a path.
 
     The command line prints these as one line instead of a traceback; other errors give None.
     """
@@ -97,6 +97,9 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if error.errno in (errno.EACCES, errno.EPERM):
         return (f"{where}. Use a path this user may read and write (e.g. another --out, or another "
                 f"`output:` for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
+    if error.errno == errno.EISDIR:
+        return (f"{where}; expected a file path there. Give the file's own name (e.g. {error.filename}/"
+                f"out.h5, or another name beside the folder), then rerun.", EXIT_INPUT)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
                 f"command: finished work is kept.", EXIT_FAILED)
@@ -204,6 +207,8 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         durable: fsync the file and its folder (off only for throwaway files).
     """
     path = Path(path)
+    if path.is_dir():  # before any work: os.replace would refuse it only at the end
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -253,3 +253,35 @@ def test_run_skips_finished_stores_on_a_read_only_mount_and_names_one_it_cannot_
     assert main(["run", str(path), "--stage", "extract"]) == 1
     out, err = capsys.readouterr()
     assert "extract more on toy: FAILED: cannot write to store" in out + err and "Traceback" not in out + err
+
+
+def test_a_file_where_a_folder_is_expected_is_one_error_line(tmp_path, capsys):
+    """--out, --store and --work-dir naming a file (or a path through one) ended in a FileExistsError
+    or NotADirectoryError traceback from mkdir; each is one line naming the path, exit 2."""
+    from w2v2ser._cli import main
+
+    audio = tmp_path / "audio"
+    manifest = tmp_path / "corpus.csv"
+    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(audio, n=9))]
+    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    run = tmp_path / "run"
+    train = ["train", str(store), "--features", "spectrogram", "--protocol", "csv", "--seeds", "1",
+             "--set", "max_epochs=1", "--no-progress"]
+    assert main([*train, "--out", str(run)]) == 0
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    capsys.readouterr()
+    for command, named in (([*train, "--out", str(blocker)], blocker),
+                           ([*train, "--out", str(blocker / "run")], blocker / "run"),
+                           (["extract", "csv", str(manifest), "--store", str(blocker), "--features", "spectrogram",
+                             "--no-progress"], blocker),
+                           (["evaluate", "--out", str(blocker / "report"), str(run)], blocker / "report"),
+                           (["predict", str(run), rows[0].split(",")[0], "--work-dir", str(blocker)], blocker)):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"w2v2ser: error: {named}: it, or a folder above it, is a file; expected a folder" in err, err
+        assert "Traceback" not in err
+    assert blocker.read_text() == "a file"

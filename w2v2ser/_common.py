@@ -97,6 +97,10 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if error.errno in (errno.EACCES, errno.EPERM):
         return (f"{where}. Use a path this user may read and write (e.g. another --out, or another "
                 f"`output:` for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and not os.path.isdir(error.filename):
+        # mkdir of an --out, --store or --work-dir that names a file, or a path through a file.
+        return (f"{error.filename}: it, or a folder above it, is a file; expected a folder. Give another path, "
+                f"or move the file, then rerun.", EXIT_INPUT)
     if error.errno == errno.EISDIR:
         return (f"{where}; expected a file path there. Give the file's own name (e.g. {error.filename}/"
                 f"out.h5, or another name beside the folder), then rerun.", EXIT_INPUT)

@@ -203,7 +203,8 @@ def _classes(run_dir: Path, results: Mapping[str, Any] | None, runs: Sequence[Pa
 def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | None = None) -> _RunPlan:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist; expected a folder written by `w2v2ser train`.")
+        raise RunDirError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; expected a "
+                          f"folder written by `w2v2ser train`.")
     if (run_dir / "sweep.json").exists():
         raise RunDirError(f"{run_dir} is a layer-sweep folder (`w2v2ser sweep`), and a sweep saves no models. "
                           "To predict, train the selection you want with `w2v2ser train STORE --features "

@@ -100,7 +100,8 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     """
     root = Path(os.path.abspath(root))  # ".." collapsed (symlinks kept): one spelling of each file
     if not root.is_dir():
-        raise ManifestError(f"IEMOCAP folder {root} does not exist. Pass the folder holding Session1..Session5.")
+        raise ManifestError(f"IEMOCAP folder {root} {'is a file' if root.exists() else 'does not exist'}. Pass the "
+                            f"folder holding Session1..Session5.")
     sessions = sorted(d for d in root.iterdir() if d.is_dir() and _SESSION_DIR.match(d.name))
     utterances: list[Utterance] = []
     problems: list[tuple[str, str]] = []

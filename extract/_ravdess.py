@@ -100,7 +100,8 @@ def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
     """
     root = Path(os.path.abspath(root))  # ".." collapsed (symlinks kept): one spelling of each file
     if not root.is_dir():
-        raise ManifestError(f"RAVDESS folder {root} does not exist. Pass the folder holding speech/ and song/.")
+        raise ManifestError(f"RAVDESS folder {root} {'is a file' if root.exists() else 'does not exist'}. Pass the "
+                            f"folder holding speech/ and song/ (or the Actor_NN folders).")
     utterances, problems = [], []
     seen: dict[str, str] = {}
     for actor_dir in _actor_dirs(root):

@@ -119,6 +119,10 @@ def test_a_corpus_path_with_dot_dot_gives_the_same_file_paths(tmp_path, kind):
 def test_ravdess_empty_or_missing_folder(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         read_ravdess(tmp_path / "nope")
+    (tmp_path / "ravdess.zip").write_bytes(b"PK")  # a file is not said to be missing
+    for kind in ("ravdess", "iemocap"):
+        with pytest.raises(ManifestError, match=r"folder .*ravdess\.zip is a file\. Pass the folder holding"):
+            read_corpus(kind, tmp_path / "ravdess.zip")
     with pytest.raises(ManifestError, match="No RAVDESS audio found"):
         read_ravdess(tmp_path)
 

@@ -223,6 +223,9 @@ def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], t
         predict_audio(trained, audio_files, run="nope__seed9")
     with pytest.raises(RunDirError, match="does not exist"):
         predict_audio(tmp_path / "nothing", audio_files)
+    (tmp_path / "model.keras").write_bytes(b"PK")
+    with pytest.raises(RunDirError, match=r"model\.keras is a file; expected a folder written by `w2v2ser train`"):
+        predict_audio(tmp_path / "model.keras", audio_files)
     with pytest.raises(PredictError, match="no audio paths"):
         predict_audio(trained, [])
     # the folder above run directories: they are named, so the user can pick one

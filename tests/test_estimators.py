@@ -189,3 +189,25 @@ def test_stage2_functions_take_a_config_mapping_and_name_a_wrong_run_spec(tmp_pa
         plan_runs([given])
     with pytest.raises(ConfigError, match=r"featurs.*Did you mean 'features'"):
         plan_runs({"stores": str(path), "featurs": "egemaps"})
+
+
+def test_array_input_problems_are_named():
+    """In-memory arrays: a NaN trained to a NaN loss without a word, an utterance of another width
+    failed in numpy ("could not broadcast"), x and y of different lengths raised IndexError, an
+    unfitted head's predict raised AttributeError on classes_, and predict([]) IndexError."""
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True)
+    with pytest.raises(ConfigError, match="DenseHead is not fitted yet; call fit"):
+        head.predict(x)
+    with pytest.raises(DataError, match=r"utterance 3 holds 2 NaN or infinite values; every frame must be finite"):
+        nan = x[3].copy()
+        nan[0, :2] = np.nan
+        DenseHead(units=4, recipe=QUICK, seed=0).fit([*x[:3], nan, *x[4:]], y)
+    with pytest.raises(DataError, match=r"utterance 11 has shape \(4, 6\); expected \[frames, 5\] like utterance 0"):
+        DenseHead(units=4, recipe=QUICK, seed=0).fit([*x[:11], np.zeros((4, 6), np.float32)], y)
+    with pytest.raises(DataError, match=r"utterance 0 has shape \(5,\); expected a \[frames, features\] array"):
+        DenseHead(units=4, recipe=QUICK, seed=0).fit([np.zeros(5, np.float32)] * 12, y)
+    with pytest.raises(DataError, match="x holds 12 utterances but y 11 labels"):
+        DenseHead(units=4, recipe=QUICK, seed=0).fit(x, y[:11])
+    head.fit(x, y)
+    assert head.predict([]).shape == (0,) and head.predict_proba([]).shape == (0, 3)

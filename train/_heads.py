@@ -46,8 +46,11 @@ class _ArrayBatches:
         self.n = n.pop()
         self.y = np.zeros(self.n, np.int32) if y is None else np.asarray(y, dtype=np.int32)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        if self.n == 0:
+            raise DataError("no utterances given; expected a list of [frames, ...] arrays")
         first = {k: np.asarray(v[0]) for k, v in arrays.items()}
         self.frame_shapes = {k: tuple(a.shape[1:]) for k, a in first.items()}
+        _check_frames(arrays, self.frame_shapes)
         self.dtypes = {k: np.dtype(np.float16) if a.dtype == np.float16 else np.dtype(np.float32)
                        for k, a in first.items()}
         self.lengths = np.array([min(len(arrays[k][i]) for k in arrays) for i in range(self.n)], dtype=np.int64)
@@ -64,6 +67,26 @@ class _ArrayBatches:
     def as_tf_dataset(self) -> Any:
         return padded_dataset(self.inputs, self.y, self.lengths, batch_size=self.batch_size, shuffle=self.shuffle,
                               seed=self.seed)
+
+
+def _check_frames(arrays: Mapping[str, Sequence[Any]], frame_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every utterance is [frames, *frame shape] of finite values: a NaN trained to a NaN loss
+    without a word, and another width failed deep in numpy ("could not broadcast")."""
+    for branch, arrs in arrays.items():
+        where = "" if branch == "main" else f" of branch {branch!r}"
+        for i, a in enumerate(arrs):
+            a = np.asarray(a)
+            if a.ndim < 2:
+                raise DataError(f"utterance {i}{where} has shape {a.shape}; expected a [frames, features] array "
+                                f"(or [frames, layers, width]) per utterance")
+            if a.shape[1:] != frame_shapes[branch]:
+                raise DataError(f"utterance {i}{where} has shape {a.shape}; expected [frames, "
+                                f"{', '.join(map(str, frame_shapes[branch]))}] like utterance 0")
+            if a.dtype.kind not in "fiub":
+                raise DataError(f"utterance {i}{where} holds {a.dtype} values; expected numbers")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise DataError(f"utterance {i}{where} holds {int((~np.isfinite(a)).sum())} NaN or infinite "
+                                f"values; every frame must be finite (impute or drop them first)")
 
 
 def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, np.ndarray, tuple[Any, np.ndarray]]:
@@ -266,6 +289,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         else:
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
+            n_utterances = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+            if len(y) != n_utterances:
+                raise DataError(f"{type(self).__name__}.fit(x, y): x holds {n_utterances} utterances but y "
+                                f"{len(y)} labels; expected one label per utterance")
             labels = np.unique(np.asarray(y))
             if len(labels) < 2:
                 raise DataError(f"{type(self).__name__}.fit(x, y): every label in y is {labels[:1].tolist()[0]!r}; "
@@ -320,6 +347,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
         if not hasattr(self, "model_"):
             raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
+        if not hasattr(x, "as_tf_dataset") and not len(next(iter(x.values())) if isinstance(x, Mapping) else x):
+            return np.zeros((0, len(self.classes_)), np.float32)  # as scikit-learn's predict of no samples
         data = self._data(x, None, shuffle=False, seed=0)
         if getattr(data, "shuffle", False):
             raise ConfigError("predict_proba needs an unshuffled FeatureBatches (shuffle=False) to keep the order")
@@ -328,7 +357,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, x: Any) -> np.ndarray:
         """Predicted classes (elements of ``classes_``)."""
-        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+        probabilities = self.predict_proba(x)  # first: an unfitted head has no classes_ either
+        return self.classes_[np.argmax(probabilities, axis=1)]
 
     def score(self, x: Any, y: Sequence[Any], sample_weight: Any = None) -> float:
         """UAR (unweighted average recall = balanced accuracy) of ``predict(x)`` against ``y``.

@@ -245,6 +245,13 @@ def test_progress_in_a_log_file_is_whole_lines(monkeypatch, capsys) -> None:
     assert len(lines) >= 2 and all(line.startswith("long:") for line in lines), lines
     assert lines[-1].startswith("long: 100%") and "8/8" in lines[-1]
     assert len({line.split(" [")[0] for line in lines}) == len(lines)  # no count printed twice
+    # a postfix (the sweep's "training=6/14 heads") is whole, not cut to a fixed width
+    bar = common.progress_bar(desc="sweep 3/8 fold=session1 seed=0", unit="epoch", total=100)
+    bar.set_postfix(training="6/14 heads", refresh=False)
+    time.sleep(0.3)  # past the delay: work this short prints nothing
+    bar.update(100)
+    bar.close()
+    assert capsys.readouterr().err.rstrip().endswith("training=6/14 heads]")
 
 
 def _tensorflow_log_level() -> int:

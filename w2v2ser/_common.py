@@ -305,7 +305,8 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, tota
 
     if stderr_is_terminal():
         return tqdm(iterable, desc=desc, unit=unit, total=total, dynamic_ncols=True, leave=leave)
-    return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr), ncols=90,
+    # No ncols: a fixed width cut the postfix mid-word in job logs ("training=6/14 hea").
+    return tqdm(iterable, desc=desc, unit=unit, total=total, file=_LogLines(sys.stderr),
                 mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_SECONDS)
 
 

@@ -253,6 +253,14 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
         return group[key]
 
 
+def _starts_with(path: Path, signature: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(signature)) == signature
+    except OSError:
+        return False
+
+
 def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
     """Open `path` read-only and return its group and the ``w2v2ser`` root attributes.
 
@@ -264,6 +272,9 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
     if location.is_local and not (location.path / "zarr.json").is_file():
         what = ("the directory does not exist" if not location.path.exists() else
                 "it is a file, not a directory" if not location.path.is_dir() else "the directory has no zarr.json")
+        if location.path.is_file() and _starts_with(location.path, b"\x89HDF\r\n\x1a\n"):
+            what += (" (an HDF5 file, e.g. a `w2v2ser store export` copy: read it with h5py; w2v2ser reads "
+                     "the store it was exported from)")
         raise StoreError(
             f"{path} is not a w2v2ser store: {what}. Expected a Zarr v3 directory "
             f"written by `w2v2ser extract`; check the path or run the extraction first."

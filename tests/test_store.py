@@ -646,6 +646,10 @@ def test_export_hdf5_round_trip(tmp_path):
                 o, n = int(g["offset"][i]), int(g["length"][i])
                 np.testing.assert_array_equal(g["data"][o:o + n], store.read_utterance(uid, name))
             np.testing.assert_array_equal(g["speaker_count"][:], store._array(name, "speaker_count")[:])
+    # the export given where a store goes (train, store info) is named as what it is
+    with pytest.raises(StoreError, match=r"it is a file, not a directory \(an HDF5 file, e\.g\. a `w2v2ser store "
+                                         r"export` copy: read it with h5py"):
+        open_store(out)
 
 
 # ---------------------------------------------------------------------------- concurrency and imports

@@ -122,7 +122,8 @@ def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabe
 
 
 def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
-    """UAR per layer with ± std error bars over runs, one line per upstream, one panel per corpus.
+    """UAR per layer with ± std error bars over seeds (a sweep pools its folds), one line per upstream,
+    one panel per corpus.
 
     ``series`` items: ``label``, ``corpus``, ``layers``, ``uar_mean``/``uar_std`` (percent, per
     layer) and ``weighted`` (the weighted-average head's ``uar_mean``/``uar_std``), drawn as a
@@ -147,6 +148,6 @@ def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
                            label=f"{s['label']}: weighted average {weighted['uar_mean']:.1f}"
                                  + (f" ± {weighted['uar_std']:.1f}" if weighted.get("n", 0) > 1 else ""))
         _label_layer_axes(ax, ticks=range(most) if most <= 26 else range(0, most, 2),
-                          ylabel="UAR % (mean ± std over runs)", title=f"{corpus}: Dense probe per layer",
+                          ylabel="UAR % (mean ± std over seeds)", title=f"{corpus}: Dense probe per layer",
                           legend_size=7)
     return save_figure_atomically(fig, path)

@@ -203,8 +203,8 @@ def _classes(run_dir: Path, results: Mapping[str, Any] | None, runs: Sequence[Pa
 def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | None = None) -> _RunPlan:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; expected a "
-                          f"folder written by `w2v2ser train`.")
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise RunDirError(f"run directory {run_dir} {what}; expected a folder written by `w2v2ser train`.")
     if (run_dir / "sweep.json").exists():
         raise RunDirError(f"{run_dir} is a layer-sweep folder (`w2v2ser sweep`), and a sweep saves no models. "
                           "To predict, train the selection you want with `w2v2ser train STORE --features "
@@ -457,14 +457,15 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
 
     Args:
         run_dir: run directory written by ``w2v2ser train``.
-        paths: audio files (any format stage 1 reads), or folders (or one file or folder): the audio files below one
-            (``AUDIO_SUFFIXES``; hidden files left out), sorted, take its place. Files of formats
-            stage 1 cannot decode (``UNREADABLE_SUFFIXES``: m4a, aac, wma, mp4, ...) are returned
-            as failed, with the conversion to make.
+        paths: audio files (any format stage 1 reads), or folders, or one file or folder: the
+            audio files below a folder (``AUDIO_SUFFIXES``; hidden files left out), sorted, take
+            its place. Files of formats stage 1 cannot decode (``UNREADABLE_SUFFIXES``: m4a, aac,
+            wma, mp4, ...) are returned as failed, with the conversion to make.
         speakers: optional speaker group per path (a folder's applies to every file in it) or
-            per file, or one name for every path; with a speaker-normalised run, each group is normalised with statistics of
-            its own new files (a group of fewer than ``MIN_GROUP_FILES`` predicted files keeps the
-            global ones). Without it, the run's global (training speakers) statistics are used.
+            per file, or one name for every path; with a speaker-normalised run, each group is
+            normalised with statistics of its own new files (a group of fewer than
+            ``MIN_GROUP_FILES`` predicted files keeps the global ones). Without it, the run's
+            global (training speakers) statistics are used.
         work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
             call (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).

@@ -210,7 +210,8 @@ def test_layers_that_are_not_integer_indices_raise_on_every_read_path(tmp_path, 
     for read in (lambda: store.read_utterance("u000", "w2v", layers=layers),
                  lambda: store.read_batch(["u000"], "w2v", layers=layers),
                  lambda: store.compose_statistics("w2v", layers=layers)):
-        with pytest.raises(StoreError, match=r"feature 'w2v': layers.*(integer indices in 0\.\.3|list of layer indices)"):
+        with pytest.raises(StoreError,
+                           match=r"feature 'w2v': layers.*(integer indices in 0\.\.3|list of layer indices)"):
             read()
     np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=np.array([3, 1])),
                                   store.read_utterance("u000", "w2v")[:, [3, 1]])

@@ -69,6 +69,13 @@ class _ArrayBatches:
                               seed=self.seed)
 
 
+def _count_utterances(x: Any) -> int:
+    """Utterances in a list of arrays, or in the first branch of a dict branch -> list."""
+    if isinstance(x, Mapping):
+        return len(next(iter(x.values()))) if x else 0
+    return len(x)
+
+
 def _check_frames(arrays: Mapping[str, Sequence[Any]], frame_shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Every utterance is [frames, *frame shape] of finite values: a NaN trained to a NaN loss
     without a word, and another width failed deep in numpy ("could not broadcast")."""
@@ -251,9 +258,9 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
                 bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
                 raise DataError(f"{type(self).__name__}(classes={list(self.classes)!r}) takes labels as integer "
-                                f"indices 0..{n - 1} "
-                                f"into classes; got {bad.item()!r}. Map the labels to indices, or leave classes "
-                                f"unset to take any labels (classes_ are then their sorted distinct values)")
+                                f"indices 0..{n - 1} into classes; got {bad.item()!r}. Map the labels to indices, "
+                                f"or leave classes unset to take any labels (classes_ are then their sorted "
+                                f"distinct values)")
             return y.astype(np.int32)
         unknown = ~np.isin(y, self.classes_)
         if unknown.any() and unseen is not None:
@@ -289,7 +296,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         else:
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
-            n_utterances = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+            n_utterances = _count_utterances(x)
             if len(y) != n_utterances:
                 raise DataError(f"{type(self).__name__}.fit(x, y): x holds {n_utterances} utterances but y "
                                 f"{len(y)} labels; expected one label per utterance")
@@ -347,7 +354,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
         if not hasattr(self, "model_"):
             raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
-        if not hasattr(x, "as_tf_dataset") and not len(next(iter(x.values())) if isinstance(x, Mapping) else x):
+        if not hasattr(x, "as_tf_dataset") and not _count_utterances(x):
             return np.zeros((0, len(self.classes_)), np.float32)  # as scikit-learn's predict of no samples
         data = self._data(x, None, shuffle=False, seed=0)
         if getattr(data, "shuffle", False):

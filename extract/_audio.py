@@ -298,9 +298,15 @@ def resample_audio(signal: np.ndarray, sample_rate: int, target_rate: int) -> np
     Returns:
         1-D float32 array of ``resampled_length(len(signal), sample_rate, target_rate)`` samples.
     """
+    for name, rate in (("sample_rate", sample_rate), ("target_rate", target_rate)):
+        whole = isinstance(rate, (int, np.integer)) or (isinstance(rate, float) and rate.is_integer())
+        if isinstance(rate, bool) or not whole or rate <= 0:
+            raise ExtractorConfigError(f"resample_audio: {name}={rate!r}; expected a rate in Hz, a whole number > 0")
+    signal = mono_signal(signal, what="resample_audio", index=0)
     if sample_rate == target_rate:
         return signal
-    return np.ascontiguousarray(soxr.resample(signal, sample_rate, target_rate, quality="VHQ"), dtype=np.float32)
+    return np.ascontiguousarray(soxr.resample(signal, int(sample_rate), int(target_rate), quality="VHQ"),
+                                dtype=np.float32)
 
 
 def read_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES) -> np.ndarray:

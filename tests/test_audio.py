@@ -229,3 +229,16 @@ def test_truncated_data_keeps_probe_and_read_consistent(tmp_path):
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) // 2 + 1])
     assert probe_audio(cut).num_samples == len(read_audio(cut)) < probe_audio(full).num_samples
+
+
+@pytest.mark.parametrize("rates, expected", [((16000, 0), "target_rate=0; expected a rate in Hz"),
+                                             ((-8000, 16000), "sample_rate=-8000; expected"),
+                                             ((16000, 8000.5), "target_rate=8000.5; expected"),
+                                             ((16000, "8000"), "target_rate='8000'; expected")])
+def test_resample_audio_names_a_bad_rate(rates, expected):
+    """soxr's own "Sample rate should be over 0" named neither argument; 8000.5 Hz was taken."""
+    from w2v2ser.extract import ExtractorConfigError
+
+    with pytest.raises(ExtractorConfigError, match=expected):
+        resample_audio(np.zeros(100, np.float32), *rates)
+    assert len(resample_audio(np.zeros(160, np.float32), 16000.0, 8000)) == 80

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from w2v2ser._common import replacing
+from w2v2ser._common import progress_bar, replacing
 
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
 from ._reader import FeatureStore, open_store
@@ -26,7 +26,8 @@ def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
 
 
 def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
-                allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None) -> Path:
+                allow_incomplete: bool = False, storage_options: Mapping[str, Any] | None = None,
+                progress: bool = False) -> Path:
     """Copy a store to HDF5, one utterance at a time; written to a temp name, then renamed.
 
     Layout: ``utterances/<column>``, ``failures/<column>``, and per feature
@@ -40,6 +41,7 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
         out_path: local HDF5 file to create (replaced if it exists).
         allow_incomplete: export a store whose extraction has not finished.
         storage_options: fsspec options of a store URL (see :func:`locate_store`).
+        progress: show a progress bar per feature (a wav2vec2-base store of RAVDESS is about 10 GB).
 
     Returns:
         The path of the written file.
@@ -63,11 +65,12 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
         for col in FAILURE_COLUMNS:
             _write_strings(fl, col, to_str_list(open_array(g, f"failures/{col}")[:]))
         for name, spec in store.features.items():
-            _export_feature(store, h5.create_group(f"features/{name}"), name, spec)
+            _export_feature(store, h5.create_group(f"features/{name}"), name, spec, progress=progress)
     return out
 
 
-def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: FeatureSpec) -> None:
+def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: FeatureSpec, *,
+                    progress: bool) -> None:
     rows = store._per_row(name)
     src = store._array(name, "data")
     length = rows["length"]
@@ -84,9 +87,10 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
         chunks = (min(int(src.chunks[0]), total), *src.chunks[1:])
     data = fg.create_dataset("data", shape=shape, dtype=spec.dtype, chunks=chunks)
     data.attrs["chunk_frames"] = int(src.chunks[0])
-    for i in range(n):  # one utterance in memory at a time
-        if length[i] > 0:
-            data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
+    written = [i for i in range(n) if length[i] > 0]
+    for i in progress_bar(written, desc=f"export {name}", unit="utt") if progress else written:
+        # one utterance in memory at a time
+        data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
     fg.create_dataset("crc32", data=rows["crc32"]).attrs["checksum"] = store.row_checksum  # crc32 or crc32c

@@ -632,6 +632,21 @@ def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys):
     assert "Traceback" not in err and not list(tmp_path.glob(".exports.*"))
 
 
+def test_export_shows_progress_per_feature(tmp_path, monkeypatch, capsys):
+    """A store export of a wav2vec2-base RAVDESS store (about 10 GB) printed nothing until done."""
+    import w2v2ser._common as common
+    from w2v2ser._cli import main
+
+    monkeypatch.setattr(common, "LOG_PROGRESS_SECONDS", 0.0)
+    built = build_store(tmp_path / "s", lengths=LENGTHS)
+    assert main(["store", "export", str(built.path), str(tmp_path / "s.h5")]) == 0
+    err = capsys.readouterr().err
+    written = sum(n > 0 for n in LENGTHS)
+    assert all(f"export {name}: 100%" in err and f"{written}/{written}" in err for name in ("w2v", "lld")), err
+    assert main(["store", "export", str(built.path), str(tmp_path / "s.h5"), "--no-progress"]) == 0
+    assert "export" not in capsys.readouterr().err
+
+
 def test_export_hdf5_round_trip(tmp_path):
     built = build_store(tmp_path / "s", lengths=LENGTHS, slack=2)
     store = open_store(built.path)

@@ -239,7 +239,7 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
 def _cmd_store_export(args: argparse.Namespace) -> int:
     from w2v2ser.store import export_hdf5
 
-    out = export_hdf5(args.store, args.out)
+    out = export_hdf5(args.store, args.out, progress=not args.no_progress)
     print(f"wrote {out}")
     return 0
 
@@ -479,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("store", help=STORE_HELP)
     export.add_argument("out", help="HDF5 file to write (replaced if it exists): utterances, failures and, per "
                                     "feature, frames back to back with offsets, checksums and statistics")
+    export.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     export.set_defaults(func=_cmd_store_export)
     upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format")
     upgrade.add_argument("old", help="format-1 store (only read)")

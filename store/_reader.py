@@ -461,11 +461,11 @@ class FeatureStore:
         return FeatureStatistics(count=count, mean=mean, variance=m2 / count)
 
     # ------------------------------------------------------------------ checks and summary
-    def verify(self) -> VerifyReport:
-        """Re-read every utterance and check crc32 and region consistency."""
+    def verify(self, *, progress: bool = False) -> VerifyReport:
+        """Re-read every utterance and check crc32 and region consistency (``progress``: a bar per feature)."""
         from ._verify import verify_store
 
-        return verify_store(self)
+        return verify_store(self, progress=progress)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary (``store info --json``)."""

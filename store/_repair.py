@@ -24,7 +24,8 @@ DAMAGED_REASON = "frames found damaged by `w2v2ser store verify --repair`; the n
 
 
 def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
-                 storage_options: Mapping[str, Any] | None = None) -> tuple[VerifyReport, list[tuple[str, str]]]:
+                 storage_options: Mapping[str, Any] | None = None,
+                 progress: bool = False) -> tuple[VerifyReport, list[tuple[str, str]]]:
     """Verify a store and queue every damaged (utterance, feature) pair for re-extraction.
 
     Holds the extraction lock, so no extraction runs meanwhile. Problems of the store's tables
@@ -33,6 +34,7 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
     Args:
         store_path: Store directory or object-store URL.
         storage_options: fsspec options of a store URL (see :func:`locate_store`).
+        progress: show the verify's progress bar per feature.
 
     Returns:
         (the verify report, the (utterance id, feature) pairs marked for re-extraction). When
@@ -41,7 +43,7 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
     location = locate_store(store_path, storage_options=storage_options)
     with lock_store(location):
         store = open_store(location, allow_incomplete=True)
-        report = store.verify()
+        report = store.verify(progress=progress)
         pairs = sorted({(uid, feature) for uid, feature, _ in report.problems if uid != "*" and feature})
         if not pairs:
             return report, []

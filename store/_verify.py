@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from w2v2ser._common import progress_bar
+
 from ._errors import StoreError
 from ._finalize import compose_speakers
 from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, open_array, to_str_list
@@ -22,7 +24,7 @@ _REEXTRACT = ("re-extract it: `w2v2ser store verify STORE --repair`, then rerun 
 _REWRITE = "rerun the same extraction on this store (its finalize rewrites the Parquet tables from the Zarr ones)"
 
 
-def verify_store(store: "FeatureStore") -> VerifyReport:
+def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyReport:
     """Check every (utterance, feature) region, its statistics and every table; never raises on corrupt data.
 
     Checks: regions lie inside the data and never overlap; frames match their per-layer crc32;
@@ -61,7 +63,9 @@ def verify_store(store: "FeatureStore") -> VerifyReport:
             if o1 + c1 > o2:
                 problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
         verified = np.zeros(n, dtype=bool)
-        for i, uid in enumerate(ids):
+        rows_of_feature = progress_bar(range(n), desc=f"verify {name}", unit="utt") if progress else range(n)
+        for i in rows_of_feature:
+            uid = ids[i]
             o, k = int(off[i]), int(length[i])
             if k < 0:
                 if status[i] == "done" and cap[i] >= 0:  # planned; cap < 0: added without this feature

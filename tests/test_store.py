@@ -632,8 +632,8 @@ def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys):
     assert "Traceback" not in err and not list(tmp_path.glob(".exports.*"))
 
 
-def test_export_shows_progress_per_feature(tmp_path, monkeypatch, capsys):
-    """A store export of a wav2vec2-base RAVDESS store (about 10 GB) printed nothing until done."""
+def test_export_and_verify_show_progress_per_feature(tmp_path, monkeypatch, capsys):
+    """A store export or verify of a wav2vec2-base RAVDESS store (about 10 GB) printed nothing until done."""
     import w2v2ser._common as common
     from w2v2ser._cli import main
 
@@ -645,6 +645,12 @@ def test_export_shows_progress_per_feature(tmp_path, monkeypatch, capsys):
     assert all(f"export {name}: 100%" in err and f"{written}/{written}" in err for name in ("w2v", "lld")), err
     assert main(["store", "export", str(built.path), str(tmp_path / "s.h5"), "--no-progress"]) == 0
     assert "export" not in capsys.readouterr().err
+    for repair in ([], ["--repair"]):  # verify reads every frame too
+        assert main(["store", "verify", str(built.path), *repair]) == 0
+        captured = capsys.readouterr()
+        assert "intact" in captured.out and all(f"verify {name}: 100%" in captured.err for name in ("w2v", "lld"))
+        assert main(["store", "verify", str(built.path), "--no-progress", *repair]) == 0
+        assert "verify" not in capsys.readouterr().err
 
 
 def test_export_hdf5_round_trip(tmp_path):

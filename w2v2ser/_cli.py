@@ -217,9 +217,9 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
     store = open_store(args.store, allow_incomplete=True)  # its completeness before any repair
     pairs: list[tuple[str, str]] = []
     if args.repair:
-        report, pairs = repair_store(args.store)
+        report, pairs = repair_store(args.store, progress=not args.no_progress)
     else:
-        report = store.verify()
+        report = store.verify(progress=not args.no_progress)
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
     print("intact" if report.ok else f"{len(report.problems)} problem(s) found")
@@ -474,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true",
                         help="queue the utterances whose frames are damaged for re-extraction: the next run of "
                              "the same extraction extracts only those again")
+    verify.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     verify.set_defaults(func=_cmd_store_verify)
     export = store_commands.add_parser("export", help="write an HDF5 copy")
     export.add_argument("store", help=STORE_HELP)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, python_command
+from w2v2ser._native_logs import expected_retracing
 from w2v2ser.train import damaged_run_files, list_run_files
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
@@ -646,8 +647,9 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                    for b in plan.branches]
         batches = FeatureBatches(items, sources, classes=plan.classes, batch_size=batch_size,
                                  max_frames=plan.max_frames, shuffle=False, cache="off", workers=1)
-        probs = np.concatenate([np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
-                                for inputs, _ in batches.iterate()])
+        with expected_retracing():  # each loaded model traces its own step: by design, not a problem
+            probs = np.concatenate([np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
+                                    for inputs, _ in batches.iterate()])
         if probs.shape != total.shape:
             raise RunDirError(f"model {model_path} outputs {probs.shape[1]} classes, but the run records "
                               f"{len(plan.classes)} ({', '.join(plan.classes)}); the run dir is inconsistent.")

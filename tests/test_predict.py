@@ -216,6 +216,17 @@ def test_predict_rejects_a_batch_size_that_is_not_a_positive_integer(trained: Pa
         predict_audio(trained, audio_files, batch_size=batch_size)
 
 
+def test_predicting_with_many_models_gives_no_retracing_warning(trained: Path, audio_files: list[Path],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Each loaded model traces its own predict step, by design: from the fifth on, TensorFlow's
+    "triggered tf.function retracing" warning reached predict_audio's callers (a 5-seed run)."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    for _ in range(4):  # 2 models each
+        assert all(p.ok for p in predict_audio(trained, audio_files[:1]))
+    assert "retracing" not in caplog.text
+
+
 def test_predict_rejects_bad_arguments(trained: Path, audio_files: list[Path], tmp_path: Path) -> None:
     with pytest.raises(PredictError, match="2 entries for 4 paths and 4 files"):
         predict_audio(trained, audio_files, speakers=["a", "b"])

@@ -25,6 +25,19 @@ def _corpus(folder: Path, n: int = 12) -> list[Utterance]:
     ]
 
 
+def _extracted_csv_store(tmp_path: Path) -> tuple[Path, list[str], Path]:
+    """A 9-file CSV manifest (two labels) and its spectrogram store, extracted through the CLI."""
+    from w2v2ser._cli import main
+
+    manifest = tmp_path / "corpus.csv"
+    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(tmp_path / "audio", n=9))]
+    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    return manifest, rows, store
+
+
 def _assert_same(got: Path, want: Path) -> None:
     a, b = open_store(got), open_store(want)
     assert [r.id for r in a.list_utterances()] == [r.id for r in b.list_utterances()]
@@ -192,13 +205,7 @@ def test_a_read_only_store_trains_and_a_read_only_output_is_one_error_line(tmp_p
     OSError traceback; each is now one line naming the path, exit 2 (bad input: nothing ran)."""
     from w2v2ser._cli import main
 
-    audio = tmp_path / "audio"
-    manifest = tmp_path / "corpus.csv"
-    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(audio, n=9))]
-    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
-    store = tmp_path / "s.zarr"
-    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
-                 "--no-progress"]) == 0
+    manifest, rows, store = _extracted_csv_store(tmp_path)
     read_only(store)
     (tmp_path / "shared").mkdir()
     locked_out = read_only(tmp_path / "shared")
@@ -260,13 +267,7 @@ def test_a_file_where_a_folder_is_expected_is_one_error_line(tmp_path, capsys):
     or NotADirectoryError traceback from mkdir; each is one line naming the path, exit 2."""
     from w2v2ser._cli import main
 
-    audio = tmp_path / "audio"
-    manifest = tmp_path / "corpus.csv"
-    rows = [f"{u.path},{('angry', 'sad')[k % 2]},{u.speaker}" for k, u in enumerate(_corpus(audio, n=9))]
-    manifest.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
-    store = tmp_path / "s.zarr"
-    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
-                 "--no-progress"]) == 0
+    manifest, rows, store = _extracted_csv_store(tmp_path)
     run = tmp_path / "run"
     train = ["train", str(store), "--features", "spectrogram", "--protocol", "csv", "--seeds", "1",
              "--set", "max_epochs=1", "--no-progress"]

@@ -277,8 +277,11 @@ def read_run_dir(run_dir: Path) -> RunSummary:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return RunSummary(path=run_dir, status="incomplete",
-                          reason=f"{run_dir} is not a directory")
+        # A pipeline's report lists every planned experiment: one not trained yet has no folder.
+        reason = (f"{run_dir} is a file, not a run directory" if run_dir.exists() else
+                  f"not trained yet: {run_dir} does not exist (train it first: `w2v2ser train ... --out "
+                  f"{run_dir}`, or the pipeline's train stage)")
+        return RunSummary(path=run_dir, status="incomplete", reason=reason)
     experiment, exp_problem = _load_json(run_dir / "experiment.json")
     experiment = experiment if isinstance(experiment, Mapping) else {}
     finished = len(current_runs(run_dir, experiment))

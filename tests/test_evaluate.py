@@ -207,6 +207,18 @@ def test_one_run_directory_given_bare(tmp_path: Path, monkeypatch) -> None:
         assert "80.0 ± 0.8 (n=3)" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
 
 
+def test_a_run_directory_not_trained_yet_is_named_so() -> None:
+    """A pipeline's report before its train stage listed each planned experiment as "... is not a
+    directory": true of a file, misleading for a folder that training has not made yet."""
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    missing = read_run_dir(Path("/nonexistent/experiments/table1/ravdess/classic-egemaps"))
+    assert missing.status == "incomplete"
+    assert missing.reason.startswith("not trained yet: /nonexistent/experiments/table1/ravdess/classic-egemaps "
+                                     "does not exist (train it first: `w2v2ser train ... --out")
+    assert read_run_dir(Path(__file__)).reason.endswith("is a file, not a run directory")
+
+
 def test_report_marks_rows_that_do_not_reproduce_the_paper(tmp_path: Path) -> None:
     far = make_run_dir(tmp_path, "far", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
     write_report([far], out=tmp_path / "r")

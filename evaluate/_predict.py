@@ -30,12 +30,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, Strict
 
 from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, python_command
 from w2v2ser._native_logs import expected_retracing
+from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
@@ -486,9 +488,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         PredictError: bad arguments or feature extraction failed as a whole.
     """
     paths = as_paths(paths)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PredictError(f"predict_audio: batch_size={batch_size!r}; expected an integer >= 1 (utterances per "
-                           f"model call, default 16).")
+    validate(Annotated[int, Strict(), Field(ge=1)], batch_size, where="predict_audio.batch_size", error=PredictError)
     files, origin = _expand_folders(paths)
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")

@@ -23,11 +23,13 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import numpy as np
+from pydantic import Field
 
 from w2v2ser._common import SHARD_SIZE, ConfigError, first_few, progress_bar
+from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
@@ -185,6 +187,15 @@ def _runs_on_this_machine(client: Any) -> bool:
     return jobqueue is None or not isinstance(cluster, jobqueue.JobQueueCluster)
 
 
+class _Counts(StrictModel):
+    """extract_corpus's counts, bounded as the CLI's options are."""
+
+    shard_size: Annotated[int, Field(ge=1)]
+    decode_workers: Optional[Annotated[int, Field(ge=0)]]
+    cpu_workers: Annotated[int, Field(ge=1)]
+
+
+
 def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_workers: Any,
                               cpu_workers: Any) -> list[Extractor]:
     """extract_corpus's options as the CLI checks them; one extractor may be given bare."""
@@ -198,13 +209,9 @@ def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_worker
             example = extractor if isinstance(extractor, str) else "egemaps"
             raise ConfigError(f"extract_corpus: extractors holds {extractor!r}; expected extractors made by "
                               f"build_extractor, e.g. [build_extractor({example!r})]")
-    for name, value, least in (("shard_size", shard_size, 1), ("decode_workers", decode_workers, 0),
-                               ("cpu_workers", cpu_workers, 1)):
-        if value is None and name == "decode_workers":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            # decode_workers=-1 decoded nothing: 0 utterances extracted, without an error.
-            raise ConfigError(f"extract_corpus: {name}={value!r}; expected an integer >= {least}")
+    # decode_workers=-1 decoded nothing: 0 utterances extracted, without an error.
+    validate(_Counts, {"shard_size": shard_size, "decode_workers": decode_workers, "cpu_workers": cpu_workers},
+             where="extract_corpus")
     return extractors
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -149,11 +150,14 @@ def test_validation_fraction_on_a_fold_too_small_to_stratify():
     assert "val_loss" in head.history_ and head.classes_.tolist() == sorted(set(y))
 
 
-@pytest.mark.parametrize("fraction", [1.5, -0.1, "0.1", 3, True])
-def test_validation_fraction_out_of_range_names_the_parameter(fraction):
+@pytest.mark.parametrize("fraction, expected", [(1.5, "a value < 1.0, got 1.5"), (-0.1, "a value >= 0.0, got -0.1"),
+                                                ("0.1", "a valid number, got string '0.1'"),
+                                                (3, "a value < 1.0, got 3"),
+                                                (True, "a valid number, got boolean True")])
+def test_validation_fraction_out_of_range_names_the_parameter(fraction, expected):
     """scikit-learn's own error named its test_size; 3 (an int) was taken as three utterances."""
     x, y, _ = utterances(12)
-    with pytest.raises(ConfigError, match=r"DenseHead\(validation_fraction=.*expected a fraction .* \[0, 1\)"):
+    with pytest.raises(ConfigError, match=re.escape(f"DenseHead.validation_fraction: expected {expected}.")):
         DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=fraction, run_eagerly=True).fit(x, y)
 
 

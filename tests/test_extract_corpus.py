@@ -389,9 +389,9 @@ def test_extract_refuses_counts_out_of_range(tmp_path, capsys, option, value, ex
 
 
 @pytest.mark.parametrize("options, expected", [
-    ({"decode_workers": -1}, "decode_workers=-1; expected an integer >= 0"),
-    ({"cpu_workers": 0}, "cpu_workers=0; expected an integer >= 1"),
-    ({"shard_size": 2.5}, "shard_size=2.5; expected an integer >= 1"),
+    ({"decode_workers": -1}, r"extract_corpus\.decode_workers: expected a value >= 0, got -1\."),
+    ({"cpu_workers": 0}, r"extract_corpus\.cpu_workers: expected a value >= 1, got 0\."),
+    ({"shard_size": 2.5}, r"extract_corpus\.shard_size: expected a valid integer, got number 2\.5\."),
     ({"extractors": []}, "got no extractors"),
     ({"extractors": ["spectrogram"]}, r"holds 'spectrogram'; expected extractors made by build_extractor, "
                                       r"e\.g\. \[build_extractor\('spectrogram'\)\]")])

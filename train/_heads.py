@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
+from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from w2v2ser._native_logs import expected_retracing
+from w2v2ser._schema import validate
 
 from ._dataset import padded_dataset
 from ._errors import ConfigError, DataError
@@ -306,11 +308,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                 f"a classifier needs labels of at least two classes")
             self.classes_ = np.array(list(self.classes)) if self.classes else labels
             y = self._encode(y)
-            fraction = self.validation_fraction
-            if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
-                                             and 0 <= fraction < 1):
-                raise ConfigError(f"{type(self).__name__}(validation_fraction={fraction!r}): expected a fraction of "
-                                  f"the training utterances in [0, 1), e.g. 0.1, or None (no hold-out)")
+            fraction = validate(Optional[Annotated[float, Strict(), Field(ge=0, lt=1)]], self.validation_fraction,
+                                where=f"{type(self).__name__}.validation_fraction")
             if validation_data is None and fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
             elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from w2v2ser._common import first_few
 
@@ -39,7 +40,24 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the training store's new location when it has moved since training (ALIAS=PATH "
                              "for a run of several stores, e.g. fusion=...; repeatable); it must hold the "
                              "run's features with the same settings")
+    parser.add_argument("--segment", nargs="?", const="crop", type=_segment, metavar="SECONDS",
+                        help="label long recordings window by window: cut each file into consecutive windows of "
+                             "SECONDS (without a value: the run's crop, what its models see of an utterance) "
+                             "and predict each; one line per window, with its start and end")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+def _segment(text: str) -> float | str:
+    """``--segment`` value: seconds > 0, or ``crop``."""
+    if text == "crop":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 (or crop), got {text!r}")
+    return value
 
 
 def _parse_stores(values: list[str] | None) -> dict[str | None, str] | None:
@@ -62,6 +80,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                            f"gives the speaker groups); got {'both' if manifest else 'neither'}"
                            f"{' and --speaker-groups' if manifest and args.speaker_groups else ''}. Pass one.")
     options = dict(run=getattr(args, "run", None), model=getattr(args, "model", None),
+                   segment=getattr(args, "segment", None),
                    stores=_parse_stores(getattr(args, "stores", None)),
                    work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     score = None
@@ -79,9 +98,9 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         for p in predictions:
             if p.ok:
                 probs = "  ".join(f"{c}={v:.3f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
-                print(f"{p.path}\t{p.emotion}\t{probs}")
+                print(f"{p.path}{_window(p)}\t{p.emotion}\t{probs}")
             else:
-                print(f"{p.path}\tFAILED\t{p.error}", file=sys.stderr)
+                print(f"{p.path}{_window(p)}\tFAILED\t{p.error}", file=sys.stderr)
         if score is not None:
             print(_describe_score(score))
     _note_cropped(predictions)
@@ -99,6 +118,11 @@ def predict_from_cli(args: argparse.Namespace) -> int:
     return 0 if all(p.ok for p in predictions) else 1
 
 
+def _window(prediction: Any) -> str:
+    """``\tSTART-END`` (seconds) of a window of ``--segment``; nothing for a whole file."""
+    return "" if prediction.start is None else f"\t{prediction.start:.2f}-{prediction.end:.2f}"
+
+
 def _describe_score(score: PredictionScore) -> str:
     """The score line printed after the predictions of ``--manifest``."""
     if score.uar is None:
@@ -110,14 +134,17 @@ def _describe_score(score: PredictionScore) -> str:
 
 
 def _note_cropped(predictions: list) -> None:
-    """Say on stderr when files were longer than what the models see: only their start was labelled."""
+    """Say on stderr when files (or windows) were longer than what the models see: only their start was labelled."""
     cropped = [p for p in predictions if p.ok and p.seconds_used is not None and p.seconds - p.seconds_used > 0.05]
     if not cropped:
         return
-    shown = first_few([f"{p.path} ({p.seconds:.1f} s)" for p in cropped])
-    print(f"note: {len(cropped)} of {len(predictions)} files are longer than the first {cropped[0].seconds_used:.1f} s "
+    shown = first_few([f"{p.path}{'' if p.start is None else f' {p.start:.1f}-{p.end:.1f} s'} ({p.seconds:.1f} s)"
+                       for p in cropped])
+    what, fix = ("files", "pass --segment") if cropped[0].start is None else (
+        "windows", "pass --segment without a value (windows of the crop's length)")
+    print(f"note: {len(cropped)} of {len(predictions)} {what} are longer than the first {cropped[0].seconds_used:.1f} s "
           f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
-          f"was labelled: {shown}. To label a whole recording, cut it into utterances and predict those.",
+          f"was labelled: {shown}. To label a whole recording window by window, {fix}.",
           file=sys.stderr)
 
 

@@ -23,14 +23,15 @@ probabilities are averaged (arithmetic mean), which is more stable than any sing
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import json
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 from pydantic import Field, Strict
@@ -43,6 +44,7 @@ from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
 from ._errors import PredictError, RunDirError
 from ._rundir import current_runs
+from ._segments import Segment, cut_segments
 from ._sweep import find_run_dirs
 
 __all__ = ["Prediction", "predict_audio", "extract_features"]
@@ -61,7 +63,7 @@ UNREADABLE_SUFFIXES = (".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".amr", 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Prediction for one audio file.
+    """Prediction for one audio file, or for one window of it (``segment``).
 
     Attributes:
         path: the audio file as given.
@@ -79,6 +81,8 @@ class Prediction:
             (its group's new files), ``"global"`` (the run's training speakers),
             ``SMALL_GROUP`` (the same, for a file of a speaker group of fewer than
             ``MIN_GROUP_FILES`` predicted files in a speaker-normalised run) or ``"none"``; None on error.
+        start: with ``segment``, where the window starts in the file (seconds); else None.
+        end: with ``segment``, where it ends; else None. ``seconds`` is then the window's length.
     """
 
     path: Path
@@ -90,6 +94,8 @@ class Prediction:
     seconds_used: float | None = None
     resampled_to: int | None = None
     normalisation: str | None = None
+    start: float | None = None
+    end: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,7 +107,7 @@ class Prediction:
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
                 "seconds_used": self.seconds_used, "resampled_to": self.resampled_to,
-                "normalisation": self.normalisation}
+                "normalisation": self.normalisation, "start": self.start, "end": self.end}
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
@@ -451,7 +457,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                   speakers: str | Sequence[str] | None = None,
                   work_dir: Path | None = None, run: str | None = None,
                   batch_size: int = 16, model: str | Path | None = None,
-                  stores: Mapping[str | None, str | Path] | None = None) -> list[Prediction]:
+                  stores: Mapping[str | None, str | Path] | None = None,
+                  segment: float | Literal["crop"] | None = None) -> list[Prediction]:
     """Predict the emotion of audio files with the models of a trained run directory.
 
     Features are extracted in a subprocess with the training store's recorded extractor
@@ -468,7 +475,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             per file, or one name for every path; with a speaker-normalised run, each group is
             normalised with statistics of its own new files (a group of fewer than
             ``MIN_GROUP_FILES`` predicted files keeps the global ones). Without it, the run's
-            global (training speakers) statistics are used.
+            global (training speakers) statistics are used. With ``segment``, a group's windows
+            count as its files: one long recording given a group gets statistics of its own.
         work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
             call (default: a deleted temp folder).
         run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
@@ -479,9 +487,14 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         stores: new locations of training stores that have moved since training: store alias ->
             path or URL (``{None: path}`` for a run of one store). Each must hold the run's
             features with the settings recorded in ``experiment.json``.
+        segment: label long recordings window by window: each file is cut into consecutive
+            windows of this many seconds (``"crop"``: the run's crop, what its models see of an
+            utterance), each predicted on its own; a last window shorter than a quarter of a
+            window joins the one before it. Default: one prediction per file, of its start.
 
     Returns:
-        One :class:`Prediction` per path, in order; files that failed carry ``error``.
+        One :class:`Prediction` per file, in order (with ``segment``, one per window, in order,
+        with ``start`` and ``end``); files that failed carry ``error``.
 
     Raises:
         RunDirError: the run dir lacks a configuration, classes or models.
@@ -489,6 +502,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     """
     paths = as_paths(paths)
     validate(Annotated[int, Strict(), Field(ge=1)], batch_size, where="predict_audio.batch_size", error=PredictError)
+    validate(Optional[Union[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)], Literal["crop"]]], segment,
+             where="predict_audio.segment", error=PredictError)
     files, origin = _expand_folders(paths)
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")
@@ -516,30 +531,80 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             errors[i] = (f"{file}: {file.suffix} files cannot be decoded here (libsndfile reads "
                          f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`")
     todo = [i for i in range(len(files)) if i not in errors]
-    probabilities: dict[int, tuple[np.ndarray, float, float, int | None, str]] = {}
+    seconds = _crop_seconds(plan) if segment == "crop" else segment
+    if segment == "crop" and seconds is None:
+        raise PredictError(f"segment='crop' takes the window length from the run's crop, but run dir {run_dir} "
+                           f"trained on whole utterances (no max_frames); give the window in seconds, e.g. 5.")
+    windows: list[tuple[int, Segment | None]] = []  # (file position, its window; None: the whole file)
+    found: dict[int, tuple[np.ndarray, float, float, int | None, str]] = {}
+    failed: dict[int, str] = {}  # window position -> why
     if todo:
-        if work_dir is not None:
-            # A new folder per call: a store left by an earlier call holds other files under the same
-            # positional ids, and resuming into it returned their predictions for the new files.
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="predict-", dir=work_dir))
-            probabilities = _predict_files(plan, files, groups, todo, errors, work, batch_size, model=model)
-        else:
-            with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
-                probabilities = _predict_files(plan, files, groups, todo, errors, Path(tmp), batch_size,
-                                               model=model)
+        with _work_folder(work_dir) as work:
+            windows = _windows(files, todo, seconds, work / "segments")
+            found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
+                                   [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
+                                   batch_size, model=model)
     out = []
+    by_file = collections.defaultdict(list)
+    for k, (i, window) in enumerate(windows):
+        by_file[i].append(k)
     for i, file in enumerate(files):
         speaker = speakers[i] if speakers is not None else None
-        if i in probabilities:
-            values, seconds, seconds_used, resampled_to, normalisation = probabilities[i]
+        if i not in by_file:
+            out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
+        for k in by_file.get(i, []):
+            window = windows[k][1]
+            where = {} if window is None else {"start": window.start, "end": window.end}
+            if k not in found:
+                out.append(Prediction(file, None, {}, speaker, failed.get(k, "not extracted (no reason recorded)"),
+                                      **where))
+                continue
+            values, length, seconds_used, resampled_to, normalisation = found[k]
             probs = {c: float(p) for c, p in zip(plan.classes, values)}
             out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker,
-                                  seconds=seconds, seconds_used=seconds_used, resampled_to=resampled_to,
-                                  normalisation=normalisation))
-        else:
-            out.append(Prediction(file, None, {}, speaker, errors.get(i, "not extracted (no reason recorded)")))
+                                  seconds=length, seconds_used=seconds_used, resampled_to=resampled_to,
+                                  normalisation=normalisation, **where))
     return out
+
+
+@contextlib.contextmanager
+def _work_folder(work_dir: Path | None) -> Iterator[Path]:
+    """A new ``predict-*`` folder inside ``work_dir`` (kept), or a temporary one (deleted)."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
+            yield Path(tmp)
+        return
+    # A new folder per call: a store left by an earlier call holds other files under the same
+    # positional ids, and resuming into it returned their predictions for the new files.
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    yield Path(tempfile.mkdtemp(prefix="predict-", dir=work_dir))
+
+
+def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
+             folder: Path) -> list[tuple[int, Segment | None]]:
+    """(file position, window) of every file to predict: the whole file (None) without ``seconds``."""
+    out: list[tuple[int, Segment | None]] = []
+    for i in todo:
+        if seconds is None:
+            out.append((i, None))
+            continue
+        try:
+            out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}")]
+        except (RuntimeError, TypeError):  # not decodable: stage 1 reports the file with its reason
+            out.append((i, None))
+    return out
+
+
+def _crop_seconds(plan: _RunPlan) -> float | None:
+    """Seconds of an utterance the run's models see: the protocol's ``max_frames`` at the features'
+    rate (after pair averaging); None when the run trained on whole utterances."""
+    from w2v2ser.train import resolve_selection
+
+    if plan.max_frames is None:
+        return None
+    rate = min(resolve_selection(b.selection, specs=plan.likes[b.store].features, alias=b.alias).frame_rate
+               for b in plan.branches)
+    return plan.max_frames / rate
 
 
 def _upstream_features(like: _Like, features: Sequence[str]) -> list[str]:
@@ -656,8 +721,7 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
         total += probs
     total /= total.sum(axis=1, keepdims=True)  # mean over models, renormalised against float32 rounding
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
-    rate = min(sel.frame_rate for sel in selections.values())
-    crop = float("inf") if plan.max_frames is None else plan.max_frames / rate
+    crop = _crop_seconds(plan) or float("inf")
     return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),
                               norm or ("speaker group" if it.speaker in grouped else
                                        "global" if it.speaker == UNGROUPED else SMALL_GROUP))

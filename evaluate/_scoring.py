@@ -119,6 +119,10 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
     """
     from w2v2ser.extract._manifest import read_csv_manifest  # the stage 1 reader, pure Python
 
+    if options.get("segment") is not None:
+        raise PredictError(f"segment={options['segment']!r} labels windows of a recording, but a manifest's "
+                           f"labels are per file ({manifest}); score whole files (drop segment), or predict "
+                           f"the recordings as audio paths with segment.")
     rows = read_csv_manifest(manifest).utterances
     predictions = predict_audio(Path(run_dir), [Path(u.path) for u in rows], speakers=[u.speaker for u in rows],
                                 **options)

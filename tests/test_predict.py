@@ -406,6 +406,14 @@ def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> N
     for p in preds[:2]:
         _check(p, ["high", "low"])
     assert not preds[2].ok and preds[2].error
+    # The two new files back to back, labelled in windows of 0.8 s: each window is labelled as its
+    # file is alone (a window is extracted as a file of its own samples).
+    both = tmp_path / "both.wav"
+    soundfile.write(both, np.concatenate([soundfile.read(f, dtype="float32")[0] for f in new]), 16000)
+    windows = predict_audio(tmp_path / "run", both, segment=0.8)
+    assert [(w.start, w.end) for w in windows] == [(0.0, 0.8), (0.8, 1.6)]
+    for window, alone in zip(windows, preds[:2]):
+        assert window.probabilities == pytest.approx(alone.probabilities, abs=1e-6)
     # The run dir alone is enough: stage 1 extracts `--like RUN_DIR` with the settings it records.
     store.rename(tmp_path / "elsewhere.zarr")
     alone = predict_audio(tmp_path / "run", new)
@@ -561,7 +569,83 @@ def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: p
     err = capsys.readouterr().err
     note = [line for line in err.splitlines() if line.startswith("note:")]
     assert len(note) == 1 and "1 of 4 files are longer than the first 0.8 s" in note[0]
-    assert "c.wav (1.2 s)" in note[0] and "a.wav" not in note[0] and "cut it into utterances" in note[0]
+    assert "c.wav (1.2 s)" in note[0] and "a.wav" not in note[0] and "pass --segment" in note[0]
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100])
+@pytest.mark.parametrize("seconds", [0.3, 2.0, 2.1, 2.25])
+def test_cut_segments_covers_the_recording_once_in_order(tmp_path: Path, rate: int, seconds: float) -> None:
+    """Windows of 0.5 s, back to back, hold every sample of the recording exactly once (float WAV,
+    stereo kept for stage 1 to mix); a tail under a quarter window joins the last window."""
+    import soundfile
+
+    from w2v2ser.evaluate._segments import cut_segments
+
+    audio = np.random.default_rng(1).uniform(-1, 1, (round(seconds * rate), 2)).astype(np.float32)
+    source = tmp_path / "long.flac"
+    soundfile.write(source, audio, rate, subtype="PCM_24")
+    decoded = soundfile.read(source, dtype="float32")[0]
+    windows = cut_segments(source, 0.5, tmp_path / "windows")
+    expected = {0.3: [0.3], 2.0: [0.5, 0.5, 0.5, 0.5], 2.1: [0.5, 0.5, 0.5, 0.6], 2.25: [0.5, 0.5, 0.5, 0.5, 0.25]}
+    assert [round(w.end - w.start, 3) for w in windows] == expected[seconds]
+    assert windows[0].start == 0 and windows[-1].end == pytest.approx(seconds, abs=1 / rate)
+    assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
+    if len(windows) == 1:
+        assert windows[0].path == source  # nothing to cut: the recording itself
+        return
+    pieces = [soundfile.read(w.path, dtype="float32") for w in windows]
+    assert {r for _, r in pieces} == {rate}
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in pieces]), decoded)
+
+
+def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """segment="crop" cuts each recording into windows of what the run's models see (40 frames at
+    50 Hz = 0.8 s) and labels each; an undecodable file is reported once, as without segment."""
+    import argparse
+
+    import soundfile
+
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_manifest
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    classes = json.loads((trained / "results.json").read_text())["classes"]
+    long, short, bad = tmp_path / "long.wav", tmp_path / "short.wav", tmp_path / "bad.wav"
+    soundfile.write(long, np.zeros(int(2.1 * 16000), np.float32), 16000)  # 0.8 + 0.8 + 0.5 s
+    soundfile.write(short, np.zeros(8000, np.float32), 16000)
+    bad.write_bytes(b"RIFF")
+    preds = predict_audio(trained, [long, bad, short], segment="crop", speakers="rec1")
+    assert [(p.path.name, p.start, p.end) for p in preds] == [
+        ("long.wav", 0.0, 0.8), ("long.wav", 0.8, 1.6), ("long.wav", 1.6, pytest.approx(2.1)),
+        ("bad.wav", None, None), ("short.wav", 0.0, 0.5)]
+    for p in preds[:3] + preds[4:]:
+        _check(p, classes)
+    assert "cannot decode" in preds[3].error
+    # The recording's windows are its speaker group's files: 4 windows, enough for its own statistics.
+    assert {p.normalisation for p in preds if p.ok} == {"speaker group"}
+    assert predict_audio(trained, [long], segment=5)[0].end == pytest.approx(2.1)  # one window: itself
+
+    for wrong in (0, -1.0, float("nan"), "5", True, "all"):
+        with pytest.raises(PredictError, match="predict_audio.segment"):
+            predict_audio(trained, [long], segment=wrong)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,speaker\n{long},neutral,rec1\n")
+    with pytest.raises(PredictError, match="labels are per file"):
+        predict_manifest(trained, manifest, segment=2.0)
+
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    assert predict_from_cli(parser.parse_args([str(trained), str(long), "--segment"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [[str(long), "0.00-0.80"], [str(long), "0.80-1.60"],
+                                                       [str(long), "1.60-2.10"]]
+    assert predict_from_cli(parser.parse_args([str(trained), str(long), "--segment", "1.5", "--json"])) == 0
+    out = capsys.readouterr()
+    assert [(o["start"], o["end"]) for o in json.loads(out.out)] == [(0.0, 1.5), (1.5, pytest.approx(2.1))]
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(trained), str(long), "--segment", "0"])
+    assert "expected seconds > 0 (or crop), got '0'" in capsys.readouterr().err
 
 
 def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: list[Path], tmp_path: Path,

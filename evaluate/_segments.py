@@ -1,0 +1,62 @@
+"""Cutting long recordings into consecutive windows for ``predict`` (``--segment``).
+
+The models of a run see the first ``max_frames`` frames of an utterance (the protocol's crop,
+5 s for RAVDESS runs). A long recording (an interview, a session) is labelled window by window
+instead: each window is written as a float WAV at the file's own rate and channels, so stage 1
+decodes, mixes and resamples it exactly as it does a whole file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Segment", "cut_segments"]
+
+# A last window shorter than this fraction of a window joins the one before it: a few tenths of
+# a second say little about an emotion, and no audio is left out.
+_SHORT_TAIL = 0.25
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One window of a recording: the audio to extract and where it lies in the recording."""
+
+    path: Path  # the recording itself when it is one window, else a WAV of the window
+    start: float  # seconds from the recording's start
+    end: float
+
+
+def _bounds(frames: int, window: int) -> list[tuple[int, int]]:
+    """(first, last + 1) frame of each window; a short tail joins the window before it."""
+    starts = list(range(0, frames, window)) or [0]
+    if len(starts) > 1 and frames - starts[-1] < _SHORT_TAIL * window:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, starts[1:] + [frames])]
+
+
+def cut_segments(recording: Path, seconds: float, folder: Path) -> list[Segment]:
+    """The windows of ``seconds`` of a recording; windows after the first are written to ``folder``.
+
+    A recording no longer than ``seconds`` (plus the short tail) is one window: itself.
+
+    Raises:
+        RuntimeError: libsndfile cannot read the recording (soundfile's error, with its reason).
+    """
+    import soundfile
+
+    with soundfile.SoundFile(str(recording)) as source:
+        rate, frames = source.samplerate, source.frames
+        bounds = _bounds(frames, max(1, round(seconds * rate)))
+        if len(bounds) == 1:
+            return [Segment(recording, 0.0, frames / rate)]
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for k, (first, stop) in enumerate(bounds):
+            audio = source.read(stop - first, dtype="float32", always_2d=True)
+            if len(audio) == 0:  # the header promised more frames than the file holds
+                break
+            target = folder / f"{k:05d}.wav"
+            soundfile.write(str(target), audio, rate, subtype="FLOAT")  # exact for 16/24-bit and float sources
+            out.append(Segment(target, first / rate, (first + len(audio)) / rate))
+        return out

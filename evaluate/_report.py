@@ -107,7 +107,16 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     alias = selection.rpartition("/")[0]
     feature = selection.rpartition("/")[2].partition(":")[0]
     model_id = _alias_model(run.experiment, alias, run.model_ids) if feature in UPSTREAM_FEATURES else ""
-    return row_identity(selection, model_id)
+    model, shown, key = row_identity(selection, model_id)
+    return model, shown + _subset_text(run), key
+
+
+def _subset_text(run: RunSummary) -> str:
+    """`` (vocal_channel=speech)`` for a run on a subset of its store's utterances; "" for all of them."""
+    subset = (run.experiment or {}).get("subset")
+    if not isinstance(subset, Mapping) or not subset:
+        return ""
+    return " (" + "; ".join(f"{key}={','.join(map(str, values))}" for key, values in sorted(subset.items())) + ")"
 
 
 # Experiment settings that the paper's rows fixed (ExperimentConfig's defaults are the paper's).
@@ -116,10 +125,11 @@ _PAPER_FIXED = ("batch_size", "max_frames", "units", "dropout")
 
 def _departures_from_paper(run: RunSummary) -> str:
     """Settings of ``run`` that the paper's rows did not use (recipe overrides, batch size, crop,
-    units, dropout), e.g. ``max_epochs=3``; "" when it used the paper's."""
+    units, dropout, a subset of the utterances), e.g. ``max_epochs=3``; "" when it used the paper's."""
     config = run.experiment or {}
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
     apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
+    apart += [_subset_text(run).strip(" ()")] if _subset_text(run) else []  # other utterances than the paper's
     overrides = config.get("recipe_overrides")
     if isinstance(overrides, Mapping):
         apart += [f"{k}={v}" for k, v in sorted(overrides.items())]
@@ -183,7 +193,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
 
 
 # Experiment keys that a row already names, or that never change a result.
-_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "recipe", "recipe_overrides", "config_key",
+_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "recipe", "recipe_overrides", "config_key",
                "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
@@ -338,7 +348,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "difference in points, and ✓ when it is within two standard deviations of the difference "
              "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "
              "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
-             "dropout). No paper value: the row is not in the paper, or its value has not been entered in "
+             "dropout, a subset of the utterances). No paper value: the row is not in the paper, or its value has not been entered in "
              "w2v2ser/evaluate/data/pepino2021.json.", "",
              "## Model × selection × head (paper, Tables 1 and 2)", ""]
     header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]

@@ -69,6 +69,24 @@ def test_shipped_pipeline_reproduces_both_tables() -> None:
     assert len(config.report_experiments(config.reports[0])) == len(config.experiments)
 
 
+def test_the_shipped_pipelines_commented_experiments_load_when_uncommented(tmp_path: Path) -> None:
+    """The commented examples of pipeline.yaml (a layer sweep, RAVDESS speech only) are what a
+    user uncomments: they must load as they stand."""
+    lines = (REPO / "pipeline.yaml").read_text().splitlines()
+    for block in ("layer_sweep:", "ravdess_speech:"):
+        start = next(k for k, line in enumerate(lines) if line.strip() == f"# {block}")
+        end = start + 1
+        while end < len(lines) and lines[end].startswith("  #   "):
+            end += 1
+        lines[start:end] = [line.replace("  # ", "  ", 1) for line in lines[start:end]]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("\n".join(lines).replace("../shared", str(REPO.parent / "shared")) + "\n")
+    config = load_pipeline(path)
+    speech = [e for e in config.experiments if e.name.startswith("ravdess_speech/")]
+    assert [e.config["subset"] for e in speech] == [{"vocal_channel": "speech"}] * 2
+    assert any(e.sweep for e in config.experiments if e.name.startswith("layer_sweep/"))
+
+
 def test_pipeline_and_extract_cut_work_units_alike(tmp_path: Path) -> None:
     # The main job once wrote 16-utterance units while `extract` wrote 64: four times the shard
     # and statistics files (849 against 320 for the full RAVDESS eGeMAPS + spectrogram store).

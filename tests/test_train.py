@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import logging
 import subprocess
 import sys
@@ -337,6 +340,32 @@ def test_set_takes_the_pipeline_spelling_of_recipe_keys():
     assert values == {"units": 64, "recipe_overrides": {"max_epochs": 2, "learning_rate": 3e-4}}
     with pytest.raises(ConfigError, match="unknown key 'recipe_overrides.units'"):
         _apply_settings({}, ["recipe_overrides.units=64"])  # not a recipe key
+
+
+def test_subset_on_the_command_line(tmp_path, capsys):
+    """``--subset FIELD=V1,V2`` (repeatable) is the experiment's subset, for train and sweep alike."""
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4)
+    assert main(["train", str(path), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1",
+                 "--subset", "vocal_channel=speech", "--subset", "gender=female,male", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    recorded = json.loads((tmp_path / "run" / "experiment.json").read_text())["subset"]
+    assert recorded == {"gender": ["female", "male"], "vocal_channel": ["speech"]}
+    assert main(["sweep", str(path), "--features", "wav2vec2", "--seeds", "1", "--set", "max_epochs=1",
+                 "--subset", "vocal_channel=song", "--no-progress", "--out", str(tmp_path / "sweep")]) == 0
+    assert json.loads((tmp_path / "sweep" / "all" / "experiment.json").read_text())["subset"] == {
+        "vocal_channel": ["song"]}
+    capsys.readouterr()
+    for args, problem in [(["--subset", "vocal_channel"], "argument --subset: expected FIELD=VALUE[,VALUE...]"),
+                          (["--subset", "vocal_channel=speech", "--set", "subset={gender: male}"],
+                           "given both with --subset and with --set subset"),
+                          (["--subset", "channel=speech"], "records 'channel'; fields recorded: ")]:
+        with pytest.raises(SystemExit) if args[-1] == "vocal_channel" else contextlib.nullcontext():
+            assert main(["train", str(path), "--features", "egemaps", *args, "--out", str(tmp_path / "x")]) == 2
+        assert problem in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])

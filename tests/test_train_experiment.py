@@ -13,7 +13,7 @@ import pytest
 from stage2_fixtures import another_thread_drawing_random_numbers, build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import (
-    DataError, ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment,
+    ConfigError, DataError, ExperimentConfig, SelectionError, load_normalisers, plan_runs, summarize_runs, train_experiment,
     train_run,
 )
 
@@ -400,3 +400,38 @@ def test_a_native_rate_feature_of_files_at_several_rates_is_reported_once(tmp_pa
                              "have 2 rates (16000 Hz: ") == 1
     assert "44100 Hz: " in caplog.text and "--option egemaps.sample_rate=16000" in caplog.text
     assert "spectrogram was computed" not in caplog.text
+
+
+def test_a_subset_trains_and_tests_on_its_utterances_only(rav, tmp_path):
+    """subset={"vocal_channel": "speech"} (RAVDESS speech only) keeps the song files out of every
+    partition; the runs of the whole store keep their key (and so their finished runs)."""
+    from w2v2ser.evaluate import write_report
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", protocol="ravdess",
+                              subset={"vocal_channel": "speech"}, **FAST)
+    assert config.subset == {"vocal_channel": ["speech"]}
+    assert ExperimentConfig.from_dict({**config.to_dict(), "subset": {"vocal_channel": ["speech"]}}).config_key() \
+        == config.config_key()
+    # Keys written before subset existed: the same configuration must still find its runs.
+    assert ExperimentConfig(stores="/data/s.zarr", features="egemaps", protocol="ravdess").config_key() \
+        == "6de03fd3ad4d7a05"
+    assert config.config_key() != ExperimentConfig(**{**config.to_dict(), "subset": {}}).config_key()
+
+    train_experiment(config, out=tmp_path / "speech", progress=False)
+    song = {u.id for u in open_store(rav["main"]).list_utterances() if u.extra["vocal_channel"] == "song"}
+    metrics = json.loads(next((tmp_path / "speech" / "runs").glob("*/metrics.json")).read_text())
+    predicted = [line.split(",")[0] for line in
+                 next((tmp_path / "speech" / "runs").glob("*/predictions.csv")).read_text().splitlines()[1:]]
+    assert predicted and not song & set(predicted)
+    assert metrics["n_test"] == len(predicted)
+    write_report([tmp_path / "speech"], out=tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "(vocal_channel=speech)" in report
+
+    for subset, problem in [({"vocal_chanel": "speech"}, "records 'vocal_chanel'.* Did you mean 'vocal_channel'"),
+                            ({"vocal_channel": ["speech", "speach"]}, r"has song \(\d+\), speech \(\d+\)\. Did you "
+                                                                       r"mean 'speech'"),
+                            ({"vocal_channel": "song", "speaker": "Actor_99"}, "no utterance of .* has speaker")]:
+        with pytest.raises(ConfigError, match=problem):
+            train_experiment(ExperimentConfig(**{**config.to_dict(), "subset": subset}), out=tmp_path / "bad",
+                             progress=False)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Optional, get_args
+from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
 from pydantic import Field
 
@@ -47,6 +47,10 @@ class ExperimentConfig:
         norm: "speaker", "global" or "none".
         protocol: "ravdess", "iemocap" or "csv"; None (the default) takes the protocol of the corpus
             the main store was extracted from, as ``w2v2ser train`` does without ``--protocol``.
+        subset: Train and test on the utterances whose field has one of the given values, e.g.
+            {"vocal_channel": "speech"} (RAVDESS speech only) or {"method": "improvised"} (IEMOCAP);
+            a field is speaker, label, gender, session, split or a key the corpus reader records
+            per utterance (``extra``). Empty (the default): every utterance.
         recipe: "paper" or "official".
         recipe_overrides: Recipe field -> value, e.g. {"learning_rate": 3e-4, "max_epochs": 30}.
         batch_size: Shortcut for recipe_overrides["batch_size"] (None = the recipe's).
@@ -69,6 +73,7 @@ class ExperimentConfig:
     head: Head = "dense"
     norm: Literal["speaker", "global", "none"] = "speaker"
     protocol: Optional[Literal["ravdess", "iemocap", "csv"]] = None
+    subset: dict[str, Union[str, Annotated[list[str], Field(min_length=1)]]] = field(default_factory=dict)
     recipe: Literal["paper", "official"] = "paper"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     batch_size: Optional[_PositiveInt] = None
@@ -94,6 +99,9 @@ class ExperimentConfig:
                        for k, v in self.stores.items()}
         self.recipe_overrides = dict(self.recipe_overrides or {})
         check_dataclass(self, what="ExperimentConfig")
+        # One spelling of each subset (a value or a list of values): the run's key does not change with it.
+        self.subset = {key: sorted({values} if isinstance(values, str) else set(values))
+                       for key, values in sorted(self.subset.items())}
         self.resolved_recipe()  # validates recipe overrides
         branches = self.selections()
         for text in branches.values():
@@ -193,6 +201,8 @@ class ExperimentConfig:
 
     def _key(self, *, with_store_paths: bool) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
+        if not self.subset:  # added in 0.3: runs trained before it keep their key
+            del d["subset"]
         if not with_store_paths:
             d["stores"] = sorted(self.stores)
         d["recipe_resolved"] = self.resolved_recipe().to_dict()

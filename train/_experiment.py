@@ -38,7 +38,7 @@ from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
-from ._protocols import Fold, check_disjoint, get_protocol, select_utterances
+from ._protocols import Fold, check_disjoint, get_protocol, select_subset, select_utterances
 from ._runfiles import damaged_run_files, list_run_files, record_run_files
 from ._selection import ResolvedSelection, resolve_selection
 
@@ -132,6 +132,8 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
                         path, len(lacking), feature, first_few(lacking), shlex.quote(path), feature)
         done = [r for r in done if r.id in held]
+    if config.subset:
+        done = select_subset(done, config.subset, store=str(config.stores[main_alias]))
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)

@@ -18,16 +18,16 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import first_few
+from w2v2ser._common import did_you_mean, first_few
 
 from ._errors import ConfigError, ProtocolError
 
 __all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
-           "protocol_of_corpora", "protocol_of_store"]
+           "select_subset", "protocol_of_corpora", "protocol_of_store"]
 
 log = logging.getLogger("w2v2ser.train")
 
@@ -277,3 +277,37 @@ def select_utterances(protocol: Protocol, records: Sequence[Any], *,
                             f"match none of its classes {list(protocol.classes)}; pick the right --protocol")
     classes = protocol.classes or tuple(sorted(set(labels)))
     return kept, labels, classes
+
+
+# Utterance fields a subset may name besides the reader's own ``extra`` keys.
+_SUBSET_FIELDS = ("speaker", "label", "gender", "session", "split", "corpus")
+
+
+def _field(record: Any, key: str) -> str | None:
+    value = getattr(record, key) if key in _SUBSET_FIELDS else record.extra.get(key)
+    return None if value is None else str(value)
+
+
+def select_subset(records: Sequence[Any], subset: Mapping[str, Sequence[str]], *, store: str) -> list[Any]:
+    """The records whose field has one of the subset's values, for every field of the subset.
+
+    Raises:
+        ConfigError: A field no record has, or a value no record has (a misspelling would
+            otherwise leave utterances out without a word); the message lists what the store has.
+    """
+    for key, wanted in subset.items():
+        found = Counter(v for v in (_field(r, key) for r in records) if v is not None)
+        if not found:
+            keys = sorted(set(_SUBSET_FIELDS) | {k for r in records for k in r.extra})
+            raise ConfigError(f"subset {key}={','.join(wanted)}: no utterance of {store} records {key!r}; fields "
+                              f"recorded: {', '.join(keys)}.{did_you_mean(key, keys)}")
+        for value in wanted:
+            if value not in found:
+                have = first_few([f"{v} ({n})" for v, n in sorted(found.items())], 20)
+                raise ConfigError(f"subset {key}={value}: no utterance of {store} has {key} {value!r}; it has "
+                                  f"{have}.{did_you_mean(value, found)}")
+        records = [r for r in records if _field(r, key) in wanted]
+    if not records:
+        raise ConfigError(f"subset {subset} keeps no utterance of {store}: no utterance has all of these values; "
+                          f"drop a condition")
+    return records

@@ -23,6 +23,9 @@ STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint
               "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
               "W2V2SER_STORAGE_OPTIONS)")
 PROTOCOL_HELP = "evaluation protocol (default: the store's corpus, as recorded at extraction)"
+SUBSET_HELP = ("train and test on the utterances whose FIELD is one of the VALUEs, e.g. vocal_channel=speech "
+               "(RAVDESS speech only) or method=improvised (IEMOCAP); FIELD is speaker, label, gender, session, "
+               "split or a key the corpus reader records (`w2v2ser store info`); repeatable, all must hold")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -305,6 +308,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.fusion_features:
         values["fusion_features"] = args.fusion_features
     _apply_settings(values, args.set)
+    _add_subset(values, args.subset)
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
@@ -319,6 +323,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
                               "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
     _apply_settings(values, args.set)
+    _add_subset(values, args.subset)
     _default_protocol(values, args.store)
     upstreams = [f.strip() for f in args.features.split(",") if f.strip()]
     for upstream in upstreams:
@@ -388,6 +393,29 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _subset_condition(text: str) -> tuple[str, list[str]]:
+    """``--subset FIELD=VALUE[,VALUE...]``: (field, values)."""
+    key, sep, values = text.partition("=")
+    names = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not names:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], e.g. vocal_channel=speech, got {text!r}")
+    return key.strip(), names
+
+
+def _add_subset(values: dict[str, Any], conditions: Sequence[tuple[str, list[str]]] | None) -> None:
+    """``--subset`` conditions into the experiment's ``subset`` (a field given twice: one list)."""
+    from w2v2ser._common import ConfigError
+
+    if not conditions:
+        return
+    if "subset" in values:
+        raise ConfigError("the subset is given both with --subset and with --set subset=...; give it once")
+    subset: dict[str, list[str]] = {}
+    for key, names in conditions:
+        subset.setdefault(key, []).extend(names)
+    values["subset"] = subset
 
 
 def _seconds(text: str) -> float:
@@ -511,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
     )
+    train.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
+                       help=SUBSET_HELP)
     train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     train.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     train.set_defaults(func=_cmd_train)
@@ -531,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
+    sweep.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
+                       help=SUBSET_HELP)
     sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     sweep.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     sweep.set_defaults(func=_cmd_sweep)

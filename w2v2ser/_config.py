@@ -504,6 +504,8 @@ def _label(value: Any) -> str:
     """Folder-safe text for a grid value (part of the experiment name)."""
     if isinstance(value, (list, tuple)):
         return "+".join(_label(v) for v in value)
+    if isinstance(value, dict) and not value:  # e.g. subset: {} beside a subset in a grid
+        return "all"
     return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(value)).strip("-") or "x"
 
 

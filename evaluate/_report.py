@@ -26,7 +26,7 @@ from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
-from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir
+from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir, subset_text
 from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
@@ -108,15 +108,7 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     feature = selection.rpartition("/")[2].partition(":")[0]
     model_id = _alias_model(run.experiment, alias, run.model_ids) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
-    return model, shown + _subset_text(run), key
-
-
-def _subset_text(run: RunSummary) -> str:
-    """`` (vocal_channel=speech)`` for a run on a subset of its store's utterances; "" for all of them."""
-    subset = (run.experiment or {}).get("subset")
-    if not isinstance(subset, Mapping) or not subset:
-        return ""
-    return " (" + "; ".join(f"{key}={','.join(map(str, values))}" for key, values in sorted(subset.items())) + ")"
+    return model, shown + subset_text(run.experiment), key
 
 
 # Experiment settings that the paper's rows fixed (ExperimentConfig's defaults are the paper's).
@@ -129,7 +121,7 @@ def _departures_from_paper(run: RunSummary) -> str:
     config = run.experiment or {}
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
     apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
-    apart += [_subset_text(run).strip(" ()")] if _subset_text(run) else []  # other utterances than the paper's
+    apart += [subset_text(config).strip(" ()")] if subset_text(config) else []  # other utterances than the paper's
     overrides = config.get("recipe_overrides")
     if isinstance(overrides, Mapping):
         apart += [f"{k}={v}" for k, v in sorted(overrides.items())]

@@ -15,7 +15,7 @@ from typing import Any
 
 from w2v2ser.train import list_run_files
 
-from ._rundir import CORPUS_NAMES, read_run_dir
+from ._rundir import CORPUS_NAMES, read_run_dir, subset_text
 
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 
@@ -49,10 +49,12 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     layers, means, stds, ns = [], [], [], []
+    experiment = None  # the layers' recorded experiment (its subset names the line)
     for layer in summary.get("layers") or []:
         run = read_run_dir(path / f"layer_{int(layer):02d}")
         if run.status != "complete" or run.uar_mean is None:
             continue
+        experiment = experiment or run.experiment
         layers.append(int(layer))
         means.append(run.uar_mean)
         stds.append(run.uar_std or 0.0)
@@ -62,7 +64,7 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     weighted = read_run_dir(path / "all")
     protocol = str(summary.get("protocol", "?"))
     return {
-        "label": _label(summary), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
+        "label": _label(summary) + subset_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
         "upstream": summary.get("upstream"), "layers": layers, "uar_mean": means, "uar_std": stds, "n": ns,
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),

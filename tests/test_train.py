@@ -357,6 +357,12 @@ def test_subset_on_the_command_line(tmp_path, capsys):
                  "--subset", "vocal_channel=song", "--no-progress", "--out", str(tmp_path / "sweep")]) == 0
     assert json.loads((tmp_path / "sweep" / "all" / "experiment.json").read_text())["subset"] == {
         "vocal_channel": ["song"]}
+    from w2v2ser.evaluate import write_report
+
+    write_report([tmp_path / "run", tmp_path / "sweep"], out=tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [line["label"] for line in report["layer_sweep"]["series"]] == ["wav2vec2 (pretrained) (vocal_channel=song)"]
+    assert "| eGeMAPS (gender=female,male; vocal_channel=speech) |" in (tmp_path / "report" / "report.md").read_text()
     capsys.readouterr()
     for args, problem in [(["--subset", "vocal_channel"], "argument --subset: expected FIELD=VALUE[,VALUE...]"),
                           (["--subset", "vocal_channel=speech", "--set", "subset={gender: male}"],

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REPO_ROOT, bootstrap_w2v2ser, command_line, format_table, machine_info, write_results
+from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, write_results
 
 bootstrap_w2v2ser()
 
 import soundfile  # noqa: E402
-from predict_speaker_groups import EMOTIONS  # noqa: E402
+from predict_speaker_groups import ACTOR_24, EMOTIONS  # noqa: E402
 from sklearn.metrics import recall_score  # noqa: E402
 
 from w2v2ser.evaluate import predict_audio  # noqa: E402
@@ -39,8 +39,7 @@ def _uar(truth: list[str], emotions: list[str | None]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a RAVDESS run directory")
-    parser.add_argument("--audio", type=Path,
-                        default=REPO_ROOT / ".." / "shared" / "data" / "ravdess" / "speech" / "Actor_24")
+    parser.add_argument("--audio", type=Path, default=ACTOR_24)
     parser.add_argument("--seconds", type=float, default=4.0, help="each file cut or padded to this, the window")
     parser.add_argument("--per-recording", type=int, default=10, help="files back to back in one recording")
     parser.add_argument("--out", default=None)

@@ -30,6 +30,8 @@ from w2v2ser.evaluate import _predict, predict_audio  # noqa: E402
 # RAVDESS emotion codes -> the class names of a RAVDESS run (calm merged into neutral).
 EMOTIONS = {"01": "neutral", "02": "neutral", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
             "07": "disgust", "08": "surprised"}
+# A test speaker of the RAVDESS protocol (actors 23-24), in the shared copy.
+ACTOR_24 = REPO_ROOT / ".." / "shared" / "data" / "ravdess" / "speech" / "Actor_24"
 
 
 def _uar(files: list[Path], emotions: list[str | None]) -> float:
@@ -40,8 +42,7 @@ def _uar(files: list[Path], emotions: list[str | None]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a speaker-normalised RAVDESS run directory")
-    parser.add_argument("--audio", type=Path,
-                        default=REPO_ROOT / ".." / "shared" / "data" / "ravdess" / "speech" / "Actor_24")
+    parser.add_argument("--audio", type=Path, default=ACTOR_24)
     parser.add_argument("--sizes", default="1,2,3,5,10", help="group sizes, comma separated")
     parser.add_argument("--reps", type=int, default=3, help="random groupings per size")
     parser.add_argument("--out", default=None)

@@ -26,7 +26,7 @@ from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
-from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir, subset_text
+from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir, data_text
 from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
@@ -108,7 +108,7 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     feature = selection.rpartition("/")[2].partition(":")[0]
     model_id = _alias_model(run.experiment, alias, run.model_ids) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
-    return model, shown + subset_text(run.experiment), key
+    return model, shown + data_text(run.experiment), key
 
 
 # Experiment settings that the paper's rows fixed (ExperimentConfig's defaults are the paper's).
@@ -117,11 +117,11 @@ _PAPER_FIXED = ("batch_size", "max_frames", "units", "dropout")
 
 def _departures_from_paper(run: RunSummary) -> str:
     """Settings of ``run`` that the paper's rows did not use (recipe overrides, batch size, crop,
-    units, dropout, a subset of the utterances), e.g. ``max_epochs=3``; "" when it used the paper's."""
+    units, dropout, a subset of the utterances, speaker folds), e.g. ``max_epochs=3``; "" when it used the paper's."""
     config = run.experiment or {}
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
     apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
-    apart += [subset_text(config).strip(" ()")] if subset_text(config) else []  # other utterances than the paper's
+    apart += [data_text(config).strip(" ()")] if data_text(config) else []  # other utterances or folds
     overrides = config.get("recipe_overrides")
     if isinstance(overrides, Mapping):
         apart += [f"{k}={v}" for k, v in sorted(overrides.items())]
@@ -185,7 +185,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
 
 
 # Experiment keys that a row already names, or that never change a result.
-_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "recipe", "recipe_overrides", "config_key",
+_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "speaker_folds", "recipe", "recipe_overrides", "config_key",
                "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
@@ -340,7 +340,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "difference in points, and ✓ when it is within two standard deviations of the difference "
              "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "
              "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
-             "dropout, a subset of the utterances). No paper value: the row is not in the paper, or its value has not been entered in "
+             "dropout, a subset of the utterances, speaker folds). No paper value: the row is not in the paper, or its value has not been entered in "
              "w2v2ser/evaluate/data/pepino2021.json.", "",
              "## Model × selection × head (paper, Tables 1 and 2)", ""]
     header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]

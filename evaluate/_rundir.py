@@ -23,7 +23,7 @@ from w2v2ser._common import UPSTREAM_FEATURES
 from w2v2ser.train import list_run_files
 from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
 
-__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "subset_text"]
+__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "data_text"]
 
 #: Display names of the corpora, in the column order of the paper's tables.
 CORPUS_NAMES: dict[str, str] = {"ravdess": "RAVDESS", "iemocap": "IEMOCAP", "csv": "CSV"}
@@ -78,13 +78,15 @@ def _load_json(path: Path) -> tuple[Any, str]:
         return None, f"{path.name} is unreadable ({type(exc).__name__}: {exc})"
 
 
-def subset_text(experiment: Mapping[str, Any] | None) -> str:
-    """`` (vocal_channel=speech)`` for a run on a subset of its store's utterances (its recorded
-    experiment's ``subset``); "" for all of them."""
-    subset = (experiment or {}).get("subset")
-    if not isinstance(subset, Mapping) or not subset:
-        return ""
-    return " (" + "; ".join(f"{key}={','.join(map(str, values))}" for key, values in sorted(subset.items())) + ")"
+def data_text(experiment: Mapping[str, Any] | None) -> str:
+    """`` (vocal_channel=speech; 6 speaker folds)`` for a run on a subset of its store's utterances
+    or cross-validated over speaker groups (its recorded experiment); "" for the protocol's own."""
+    experiment = experiment or {}
+    subset, folds = experiment.get("subset"), experiment.get("speaker_folds")
+    parts = [f"{key}={','.join(map(str, values))}" for key, values in sorted(subset.items())] \
+        if isinstance(subset, Mapping) else []
+    parts += [f"{folds} speaker folds"] if folds else []
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def find_key(data: Any, *keys: str, default: Any = None) -> Any:

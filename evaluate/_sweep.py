@@ -15,7 +15,7 @@ from typing import Any
 
 from w2v2ser.train import list_run_files
 
-from ._rundir import CORPUS_NAMES, read_run_dir, subset_text
+from ._rundir import CORPUS_NAMES, read_run_dir, data_text
 
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 
@@ -64,7 +64,7 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     weighted = read_run_dir(path / "all")
     protocol = str(summary.get("protocol", "?"))
     return {
-        "label": _label(summary) + subset_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
+        "label": _label(summary) + data_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
         "upstream": summary.get("upstream"), "layers": layers, "uar_mean": means, "uar_std": stds, "n": ns,
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),

@@ -342,8 +342,9 @@ def test_set_takes_the_pipeline_spelling_of_recipe_keys():
         _apply_settings({}, ["recipe_overrides.units=64"])  # not a recipe key
 
 
-def test_subset_on_the_command_line(tmp_path, capsys):
-    """``--subset FIELD=V1,V2`` (repeatable) is the experiment's subset, for train and sweep alike."""
+def test_subset_and_speaker_folds_on_the_command_line(tmp_path, capsys):
+    """``--subset FIELD=V1,V2`` (repeatable) is the experiment's subset, and ``--speaker-folds K`` its
+    speaker folds, for train and sweep alike."""
     from stage2_fixtures import build_store
     from w2v2ser._cli import main
 
@@ -354,21 +355,26 @@ def test_subset_on_the_command_line(tmp_path, capsys):
     recorded = json.loads((tmp_path / "run" / "experiment.json").read_text())["subset"]
     assert recorded == {"gender": ["female", "male"], "vocal_channel": ["speech"]}
     assert main(["sweep", str(path), "--features", "wav2vec2", "--seeds", "1", "--set", "max_epochs=1",
-                 "--subset", "vocal_channel=song", "--no-progress", "--out", str(tmp_path / "sweep")]) == 0
-    assert json.loads((tmp_path / "sweep" / "all" / "experiment.json").read_text())["subset"] == {
-        "vocal_channel": ["song"]}
+                 "--subset", "vocal_channel=song", "--speaker-folds", "3", "--no-progress",
+                 "--out", str(tmp_path / "sweep")]) == 0
+    recorded = json.loads((tmp_path / "sweep" / "all" / "experiment.json").read_text())
+    assert (recorded["subset"], recorded["speaker_folds"]) == ({"vocal_channel": ["song"]}, 3)
     from w2v2ser.evaluate import write_report
 
     write_report([tmp_path / "run", tmp_path / "sweep"], out=tmp_path / "report")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert [line["label"] for line in report["layer_sweep"]["series"]] == ["wav2vec2 (pretrained) (vocal_channel=song)"]
+    assert [line["label"] for line in report["layer_sweep"]["series"]] == [
+        "wav2vec2 (pretrained) (vocal_channel=song; 3 speaker folds)"]
     assert "| eGeMAPS (gender=female,male; vocal_channel=speech) |" in (tmp_path / "report" / "report.md").read_text()
     capsys.readouterr()
     for args, problem in [(["--subset", "vocal_channel"], "argument --subset: expected FIELD=VALUE[,VALUE...]"),
                           (["--subset", "vocal_channel=speech", "--set", "subset={gender: male}"],
-                           "given both with --subset and with --set subset"),
-                          (["--subset", "channel=speech"], "records 'channel'; fields recorded: ")]:
-        with pytest.raises(SystemExit) if args[-1] == "vocal_channel" else contextlib.nullcontext():
+                           "subset is given both with --subset and with --set subset"),
+                          (["--subset", "channel=speech"], "records 'channel'; fields recorded: "),
+                          (["--speaker-folds", "2"], "argument --speaker-folds: expected an integer >= 3, got 2"),
+                          (["--speaker-folds", "4", "--set", "speaker_folds=3"],
+                           "speaker_folds is given both with --speaker-folds and with --set speaker_folds")]:
+        with pytest.raises(SystemExit) if args[-1] in ("vocal_channel", "2") else contextlib.nullcontext():
             assert main(["train", str(path), "--features", "egemaps", *args, "--out", str(tmp_path / "x")]) == 2
         assert problem in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -435,3 +435,34 @@ def test_a_subset_trains_and_tests_on_its_utterances_only(rav, tmp_path):
         with pytest.raises(ConfigError, match=problem):
             train_experiment(ExperimentConfig(**{**config.to_dict(), "subset": subset}), out=tmp_path / "bad",
                              progress=False)
+
+
+def test_speaker_folds_cross_validate_over_speaker_groups(rav, tmp_path):
+    """speaker_folds=k replaces the protocol's split (RAVDESS: 2 test actors) with k speaker
+    groups, each tested once: every utterance is predicted once per seed, with the protocol's
+    classes; the run key of a configuration without it does not change."""
+    from w2v2ser.evaluate import write_report
+    from w2v2ser.train import ProtocolError
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", protocol="ravdess", speaker_folds=6, **FAST)
+    specs = plan_runs(config)
+    assert [s.fold for s in specs] == [f"group{k}" for k in range(1, 7)]
+    actors = [f"Actor_{a:02d}" for a in range(1, 25)]
+    assert [s.test for s in specs] == [tuple(actors[4 * k:4 * k + 4]) for k in range(6)]
+    assert [s.validation for s in specs] == [tuple(actors[4 * k:4 * k + 4]) for k in (1, 2, 3, 4, 5, 0)]
+    assert all(not set(s.train) & (set(s.test) | set(s.validation)) and len(s.train) == 16 for s in specs)
+
+    results = train_experiment(config, out=tmp_path / "cv", progress=False)
+    predicted = [line.split(",")[0] for p in sorted((tmp_path / "cv" / "runs").glob("*/predictions.csv"))
+                 for line in p.read_text().splitlines()[1:]]
+    classes = ("neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+    assert sorted(predicted) == sorted(u.id for u in open_store(rav["main"]).list_utterances())
+    assert tuple(results["classes"]) == classes and len(results["uar_pooled_per_seed"]) == 1
+    write_report([tmp_path / "cv"], out=tmp_path / "report")
+    assert "| eGeMAPS (6 speaker folds) |" in (tmp_path / "report" / "report.md").read_text()
+
+    with pytest.raises(ProtocolError, match="25 speaker folds need at least 25 speakers; the utterances trained "
+                                            "on have 24"):
+        plan_runs(ExperimentConfig(**{**config.to_dict(), "speaker_folds": 25}))
+    with pytest.raises(ConfigError, match="speaker_folds: expected a value >= 3, got 2"):
+        ExperimentConfig(**{**config.to_dict(), "speaker_folds": 2})

@@ -60,6 +60,10 @@ class ExperimentConfig:
         units: Width of the Dense/LSTM blocks.
         dropout: Dropout rate after each pointwise block.
         csv_folds: Speaker groups of the CSV protocol when the manifest has no split column.
+        speaker_folds: Cross-validate over this many speaker groups instead of the protocol's own
+            split (RAVDESS: test actors 23-24 only): speakers in sorted order are cut into k
+            groups, each group tests once while the next (cyclically) validates and the rest
+            train. None (the default): the protocol's split. Classes and crop stay the protocol's.
         deterministic: Enable TensorFlow op determinism (repeatable runs, a little slower).
         cache: "auto" (cache cropped frames in memory when they fit cache_budget_mb) or "off".
         cache_budget_mb: Memory budget of the frame cache.
@@ -83,6 +87,7 @@ class ExperimentConfig:
     units: _PositiveInt = 128
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     csv_folds: Annotated[int, Field(ge=2)] = 5
+    speaker_folds: Optional[Annotated[int, Field(ge=3)]] = None
     deterministic: bool = True
     cache: Literal["auto", "off"] = "auto"
     cache_budget_mb: Annotated[float, Field(ge=0.0)] = 2048.0
@@ -201,8 +206,9 @@ class ExperimentConfig:
 
     def _key(self, *, with_store_paths: bool) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
-        if not self.subset:  # added in 0.3: runs trained before it keep their key
-            del d["subset"]
+        for added in ("subset", "speaker_folds"):  # added in 0.3: at their default, runs keep their key
+            if not d[added]:
+                del d[added]
         if not with_store_paths:
             d["stores"] = sorted(self.stores)
         d["recipe_resolved"] = self.resolved_recipe().to_dict()

@@ -38,7 +38,8 @@ from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
-from ._protocols import Fold, check_disjoint, get_protocol, select_subset, select_utterances
+from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances,
+                         speaker_group_folds)
 from ._runfiles import damaged_run_files, list_run_files, record_run_files
 from ._selection import ResolvedSelection, resolve_selection
 
@@ -197,7 +198,10 @@ def _report_mixed_rates(config: ExperimentConfig, stores: dict[str, Any], sels: 
 
 
 def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
-    folds = get_protocol(config.protocol).make_folds(data.records, config.csv_folds)
+    if config.speaker_folds is not None:  # cross-validation over speaker groups, whatever the protocol
+        folds = speaker_group_folds(data.records, config.speaker_folds)
+    else:
+        folds = get_protocol(config.protocol).make_folds(data.records, config.csv_folds)
     for fold in folds:
         check_disjoint(fold)
     return folds
@@ -213,7 +217,8 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
     """Warn, once per store and protocol, about classes a head is asked to output but never sees in
     training (their test utterances can only be misclassified, which lowers UAR for a reason
     outside the model), and about audio shared across partitions (:func:`_report_shared_audio`)."""
-    key = (str(config.stores[data.selections["main"].alias]), config.protocol, config.csv_folds)
+    key = (str(config.stores[data.selections["main"].alias]), config.protocol,
+           config.speaker_folds or config.csv_folds)
     if key in _REPORTED_UNTRAINED:
         return
     _REPORTED_UNTRAINED.add(key)

@@ -27,7 +27,7 @@ from w2v2ser._common import did_you_mean, first_few
 from ._errors import ConfigError, ProtocolError
 
 __all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
-           "select_subset", "protocol_of_corpora", "protocol_of_store"]
+           "select_subset", "speaker_group_folds", "protocol_of_corpora", "protocol_of_store"]
 
 log = logging.getLogger("w2v2ser.train")
 
@@ -211,10 +211,24 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
                 f"everywhere for leave-one-speaker-group-out folds")
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
-    k = min(int(csv_folds), len(speakers))
-    if k < 3:
-        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
-                            f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
+    if min(int(csv_folds), len(speakers)) < 3:
+        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got "
+                            f"{min(int(csv_folds), len(speakers))} ({len(speakers)} speakers, csv_folds={csv_folds}); "
+                            f"add a split column instead")
+    return speaker_group_folds(records, min(int(csv_folds), len(speakers)))
+
+
+def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
+    """Leave-one-speaker-group-out: the sorted speakers cut into ``k`` contiguous groups; each
+    group tests once, the next group (cyclically) validates, the rest train.
+
+    Raises:
+        ProtocolError: fewer speakers than groups.
+    """
+    speakers = sorted({r.speaker for r in records})
+    if len(speakers) < k:
+        raise ProtocolError(f"{k} speaker folds need at least {k} speakers; the utterances trained on have "
+                            f"{len(speakers)} ({_sample(speakers)}); lower speaker_folds")
     group = {s: i for i, g in enumerate(np.array_split(np.arange(len(speakers)), k)) for s in
              (speakers[j] for j in g)}
     return _leave_one_group_out(speakers, [group[s] for s in speakers], [f"group{i + 1}" for i in range(k)])

@@ -23,6 +23,8 @@ STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint
               "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
               "W2V2SER_STORAGE_OPTIONS)")
 PROTOCOL_HELP = "evaluation protocol (default: the store's corpus, as recorded at extraction)"
+FOLDS_HELP = ("cross-validate over K speaker groups instead of the protocol's split (RAVDESS: test actors 23-24): "
+              "each group tests once, the next one validates, the rest train; results pool each seed's folds")
 SUBSET_HELP = ("train and test on the utterances whose FIELD is one of the VALUEs, e.g. vocal_channel=speech "
                "(RAVDESS speech only) or method=improvised (IEMOCAP); FIELD is speaker, label, gender, session, "
                "split or a key the corpus reader records (`w2v2ser store info`); repeatable, all must hold")
@@ -308,7 +310,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.fusion_features:
         values["fusion_features"] = args.fusion_features
     _apply_settings(values, args.set)
-    _add_subset(values, args.subset)
+    _add_data_options(values, args)
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
@@ -323,7 +325,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
                               "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
     _apply_settings(values, args.set)
-    _add_subset(values, args.subset)
+    _add_data_options(values, args)
     _default_protocol(values, args.store)
     upstreams = [f.strip() for f in args.features.split(",") if f.strip()]
     for upstream in upstreams:
@@ -404,18 +406,22 @@ def _subset_condition(text: str) -> tuple[str, list[str]]:
     return key.strip(), names
 
 
-def _add_subset(values: dict[str, Any], conditions: Sequence[tuple[str, list[str]]] | None) -> None:
-    """``--subset`` conditions into the experiment's ``subset`` (a field given twice: one list)."""
+def _add_data_options(values: dict[str, Any], args: argparse.Namespace) -> None:
+    """``--subset`` conditions (a field given twice: one list) and ``--speaker-folds`` into the experiment."""
     from w2v2ser._common import ConfigError
 
-    if not conditions:
-        return
-    if "subset" in values:
-        raise ConfigError("the subset is given both with --subset and with --set subset=...; give it once")
-    subset: dict[str, list[str]] = {}
-    for key, names in conditions:
-        subset.setdefault(key, []).extend(names)
-    values["subset"] = subset
+    given: dict[str, Any] = {}
+    if args.subset:
+        given["subset"] = {}
+        for key, names in args.subset:
+            given["subset"].setdefault(key, []).extend(names)
+    if args.speaker_folds is not None:
+        given["speaker_folds"] = args.speaker_folds
+    clash = sorted(given.keys() & values.keys())
+    if clash:
+        raise ConfigError(f"{clash[0]} is given both with --{clash[0].replace('_', '-')} and with --set "
+                          f"{clash[0]}=...; give it once")
+    values.update(given)
 
 
 def _seconds(text: str) -> float:
@@ -541,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
                        help=SUBSET_HELP)
+    train.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
     train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     train.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     train.set_defaults(func=_cmd_train)
@@ -563,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
     sweep.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
                        help=SUBSET_HELP)
+    sweep.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
     sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
     sweep.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     sweep.set_defaults(func=_cmd_sweep)

@@ -236,7 +236,20 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
         "uar_per_run": list(run.uar_runs), "n_runs": run.n_runs, "accuracy_mean": run.accuracy_mean,
         "classes": list(run.classes), "runs_finished": run.runs_finished, "scoring": run.scoring,
         "layer_weights": [list(v) for v in run.layer_weights], "confusion_png": confusion_png,
+        "recall_per_class": _recall_per_class(run),
     }
+
+
+def _recall_per_class(run: RunSummary) -> dict[str, float] | None:
+    """Class -> recall % over every test prediction of the run directory (results.json's
+    ``per_class``: all seeds and folds pooled); None when it has no such record."""
+    per_class = run.results.get("per_class") if run.status == "complete" and run.results else None
+    if not isinstance(per_class, Mapping):
+        return None
+    found = {c: per_class.get(c) for c in run.classes}
+    if not all(isinstance(v, Mapping) and isinstance(v.get("recall"), (int, float)) for v in found.values()):
+        return None
+    return {c: 100.0 * float(v["recall"]) for c, v in found.items()}
 
 
 def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path,
@@ -334,7 +347,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     lines = ["# w2v2ser evaluation report", "",
              f"Created {data['created']}. Cells: UAR mean ± std (population std) in percent over the "
              "runs of one run directory, n = number of values. Single-fold protocols (RAVDESS): one UAR "
-             "per seed. Multi-fold protocols (IEMOCAP sessions): per seed, the predictions of all folds "
+             "per seed. Multi-fold protocols (IEMOCAP sessions, speaker folds): per seed, the predictions of all folds "
              "are pooled and scored once (the released code's scoring), so n = seeds.", "",
              f"Beside a measured cell: the published value of the same row ({paper_source()}), the "
              "difference in points, and ✓ when it is within two standard deviations of the difference "
@@ -364,6 +377,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
             for e in entries]
     lines += _markdown_table(["Run dir", "Status", "Corpus", "Feature selection", "Head", "Recipe",
                               "UAR %", "Accuracy %", "n", "Scoring", "Confusion"], rows)
+    lines += _recall_markdown(entries)
     recipes = {}
     for e in entries:
         if isinstance(e["recipe_detail"], dict):
@@ -398,6 +412,23 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _recall_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Recall per class of each complete run directory, one table per set of classes (corpus)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for e in entries:
+        if e.get("recall_per_class"):
+            groups.setdefault(tuple(e["recall_per_class"]), []).append(e)
+    if not groups:
+        return []
+    lines = ["", "## Recall per class", "",
+             "Recall in percent over every test prediction of a run directory (all seeds and folds pooled); "
+             "their mean over the classes present is the UAR of the pooled predictions."]
+    for classes, members in groups.items():
+        rows = [[e["name"], *(f"{e['recall_per_class'][c]:.1f}" for c in classes)] for e in members]
+        lines += [""] + _markdown_table(["Run dir", *classes], rows)
+    return lines
 
 
 def _comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:

@@ -460,6 +460,12 @@ def test_speaker_folds_cross_validate_over_speaker_groups(rav, tmp_path):
     assert tuple(results["classes"]) == classes and len(results["uar_pooled_per_seed"]) == 1
     write_report([tmp_path / "cv"], out=tmp_path / "report")
     assert "| eGeMAPS (6 speaker folds) |" in (tmp_path / "report" / "report.md").read_text()
+    # The report's recall per class (all test predictions pooled) averages to the pooled UAR.
+    recall = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["recall_per_class"]
+    present = [c for c in classes if results["per_class"][c]["support"] > 0]
+    assert list(recall) == list(classes)
+    assert np.mean([recall[c] for c in present]) == pytest.approx(100 * results["uar_pooled_per_seed"]["0"])
+    assert "## Recall per class" in (tmp_path / "report" / "report.md").read_text()
 
     with pytest.raises(ProtocolError, match="25 speaker folds need at least 25 speakers; the utterances trained "
                                             "on have 24"):

@@ -142,7 +142,8 @@ def _note_cropped(predictions: list) -> None:
                        for p in cropped])
     what, fix = ("files", "pass --segment") if cropped[0].start is None else (
         "windows", "pass --segment without a value (windows of the crop's length)")
-    print(f"note: {len(cropped)} of {len(predictions)} {what} are longer than the first {cropped[0].seconds_used:.1f} s "
+    print(f"note: {len(cropped)} of {len(predictions)} {what} are longer than the first "
+          f"{cropped[0].seconds_used:.1f} s "
           f"that the run's models see of an utterance (the protocol's crop, as in training), so only their start "
           f"was labelled: {shown}. To label a whole recording window by window, {fix}.",
           file=sys.stderr)

@@ -353,7 +353,8 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "difference in points, and ✓ when it is within two standard deviations of the difference "
              "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "
              "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
-             "dropout, a subset of the utterances, speaker folds). No paper value: the row is not in the paper, or its value has not been entered in "
+             "dropout, a subset of the utterances, speaker folds). No paper value: the row is not in the "
+             "paper, or its value has not been entered in "
              "w2v2ser/evaluate/data/pepino2021.json.", "",
              "## Model × selection × head (paper, Tables 1 and 2)", ""]
     header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]

@@ -64,7 +64,8 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     weighted = read_run_dir(path / "all")
     protocol = str(summary.get("protocol", "?"))
     return {
-        "label": _label(summary) + data_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol), "path": str(path),
+        "label": _label(summary) + data_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol),
+        "path": str(path),
         "upstream": summary.get("upstream"), "layers": layers, "uar_mean": means, "uar_std": stds, "n": ns,
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),

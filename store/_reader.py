@@ -406,13 +406,17 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ statistics
     def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,
-                           layers: Sequence[int] | None = None) -> FeatureStatistics:
+                           layers: Sequence[int] | None = None,
+                           utterances: Sequence[str] | None = None) -> FeatureStatistics:
         """Exact frame statistics over the given speakers, from per-speaker parts.
 
         Args:
             feature: feature name.
             speakers: speakers to include (None: all).
             layers: layer indices to keep (3-D features only; None: all).
+            utterances: only these utterances of those speakers (e.g. a subset a run trains on),
+                composed from their per-utterance statistics; None: all of the speakers' utterances
+                (the store's speaker tables, the same figures for all of them).
 
         Returns:
             FeatureStatistics with mean and population variance shaped like one frame
@@ -444,6 +448,9 @@ class FeatureStore:
             wanted = sorted({pos[s] for s in speakers})
 
         def parts():
+            if utterances is not None:
+                yield from self._utterance_parts(feature, [names[k] for k in wanted], utterances, sel)
+                return
             for k in wanted:
                 if counts[k] > 0:
                     mean, m2 = self._values(feature, "speaker_mean", k), self._values(feature, "speaker_m2", k)
@@ -459,6 +466,29 @@ class FeatureStore:
                 f"finalized and are those speakers' utterances done?"
             )
         return FeatureStatistics(count=count, mean=mean, variance=m2 / count)
+
+    def _utterance_parts(self, feature: str, speakers: Sequence[str], utterances: Sequence[str],
+                         sel: list[int] | None) -> Any:
+        """(count, mean, M2) per speaker over the given utterances of those speakers, composed as
+        finalize composes the speaker tables (so all of a speaker's utterances give its table's figures)."""
+        from ._finalize import compose_speakers
+
+        if isinstance(utterances, str):
+            raise StoreError(f"compose_statistics: utterances={utterances!r}; expected a list of utterance ids.")
+        rows = np.array(sorted({self._row(u) for u in utterances}), dtype=np.int64)
+        per_row = self._per_row(feature)
+        spk = np.asarray(to_str_list(self._read("utterances/speaker")), dtype=object)[rows]
+        keep = np.isin(spk, list(speakers))
+        rows, spk = rows[keep], spk[keep]
+        try:
+            totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],
+                                      per_row["slot"][rows])
+        except ValueError as exc:  # zarr's crc32c check of a damaged statistics chunk
+            raise self._damaged(f"features/{feature}/stats", f"cannot be read ({exc})") from None
+        for name in sorted(totals):
+            count, mean, m2 = totals[name]
+            if count > 0:
+                yield count, mean if sel is None else mean[sel], m2 if sel is None else m2[sel]
 
     # ------------------------------------------------------------------ checks and summary
     def verify(self, *, progress: bool = False) -> VerifyReport:

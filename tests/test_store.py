@@ -279,6 +279,26 @@ def test_compose_statistics_equals_direct(tmp_path, spec):
     with pytest.raises(StoreError, match="not in store"):
         store.compose_statistics(spec.name, speakers=["nobody"])
 
+    # Over some utterances only (a run on a subset): their frames' statistics; over all of them,
+    # exactly the speaker tables' figures (composed the same way).
+    for spks, ids, layers in [(["C"], ["u2", "u5"], None), (["B", "C"], ["u1", "u2", "u4"], None),
+                              (["B", "C", "solo"], ["u5", "u0", "u3"], [1, 3] if spec.layers else None)]:
+        got = store.compose_statistics(spec.name, speakers=spks, layers=layers, utterances=ids)
+        x = np.concatenate([store.read_utterance(u.id, spec.name, layers=layers) for u in utts
+                            if u.id in ids and u.speaker in spks]).astype(np.float64)
+        assert got.count == len(x)
+        np.testing.assert_allclose(got.mean, x.mean(0), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.variance, x.var(0), rtol=1e-9, atol=1e-12)
+    every = [u.id for u in utts]
+    for spks in (["B"], ["B", "C"], None):
+        table = store.compose_statistics(spec.name, speakers=spks)
+        composed = store.compose_statistics(spec.name, speakers=spks, utterances=every)
+        assert composed.count == table.count
+        np.testing.assert_array_equal(composed.mean, table.mean)
+        np.testing.assert_array_equal(composed.variance, table.variance)
+    with pytest.raises(StoreError, match="expected a list of utterance ids"):
+        store.compose_statistics(spec.name, utterances="u1")
+
 
 
 

@@ -169,7 +169,7 @@ def test_speaker_statistics_and_zero_variance_floor(store):
     np.testing.assert_allclose(norm.speaker_mean["Actor_03"], direct.mean(0), rtol=1e-5, atol=1e-5)
 
     class Flat:
-        def compose_statistics(self, feature, *, speakers, layers):
+        def compose_statistics(self, feature, *, speakers, layers, utterances=None):
             return FeatureStatistics(count=10, mean=np.ones(25), variance=np.zeros(25))
 
     flat = build_normaliser(Flat(), sel, "global", train_speakers=["x"], speakers=["x"])

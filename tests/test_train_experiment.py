@@ -424,6 +424,16 @@ def test_a_subset_trains_and_tests_on_its_utterances_only(rav, tmp_path):
                  next((tmp_path / "speech" / "runs").glob("*/predictions.csv")).read_text().splitlines()[1:]]
     assert predicted and not song & set(predicted)
     assert metrics["n_test"] == len(predicted)
+    # Normalisation statistics come from the subset's utterances: song files do not move them.
+    store = open_store(rav["main"])
+    speech = [u.id for u in store.list_utterances() if u.id not in song]
+    train_speakers = metrics["split"]["train"]
+    saved = load_normalisers(next((tmp_path / "speech" / "runs").glob("*/normalisation.npz")),
+                             global_fallback=True)["main"]
+    subset_stats = store.compose_statistics("egemaps", speakers=train_speakers, utterances=speech)
+    np.testing.assert_allclose(saved.mean.reshape(-1), subset_stats.mean.reshape(-1), rtol=1e-6)
+    assert not np.allclose(saved.mean.reshape(-1),
+                           store.compose_statistics("egemaps", speakers=train_speakers).mean.reshape(-1))
     write_report([tmp_path / "speech"], out=tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "(vocal_channel=speech)" in report

@@ -94,6 +94,9 @@ class _Data:
     records: list[Any]
     labels: list[str]
     classes: tuple[str, ...]
+    # The utterances normalisation statistics are composed over: a subset's own (song files do
+    # not move a speech-only run's speaker means); None: all of each speaker's, the store's tables.
+    statistics_ids: list[str] | None = None
 
 
 def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
@@ -133,8 +136,10 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
                         path, len(lacking), feature, first_few(lacking), shlex.quote(path), feature)
         done = [r for r in done if r.id in held]
+    statistics_ids = None
     if config.subset:
         done = select_subset(done, config.subset, store=str(config.stores[main_alias]))
+        statistics_ids = [r.id for r in done]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
@@ -160,7 +165,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
             raise SelectionError(f"fused selections run at different frame rates: {sels['main'].text!r} "
                                  f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
                                  f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
-    return _Data(stores, sels, records, labels, classes)
+    return _Data(stores, sels, records, labels, classes, statistics_ids)
 
 
 def _store_label(config: ExperimentConfig, alias: str) -> str:
@@ -491,8 +496,8 @@ def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
     used_speakers = sorted(speaker_part)
     sources, normalisers = [], {}
     for branch, sel in data.selections.items():
-        normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm,
-                                               train_speakers=run_spec.train, speakers=used_speakers)
+        normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm, train_speakers=run_spec.train,
+                                               speakers=used_speakers, utterances=data.statistics_ids)
         sources.append(Source(branch, data.stores[sel.alias], sel, normalisers[branch]))
     return max_frames, parts, sources, normalisers
 
@@ -624,7 +629,8 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
             w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
     _write_json(tmp / "history.json", hist)
     # Files of no known speaker get the training speakers' global statistics at prediction time.
-    fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train, speakers=[])
+    fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train, speakers=[],
+                                    utterances=data.statistics_ids)
                 for b, sel in data.selections.items() if normalisers[b].mode == "speaker"}
     save_normalisers(tmp / "normalisation.npz", normalisers, global_fallback=fallback)
     if head.layer_weights_:

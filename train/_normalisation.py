@@ -87,7 +87,8 @@ class Normaliser:
 
 
 def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
-                     train_speakers: Sequence[str], speakers: Sequence[str]) -> Normaliser:
+                     train_speakers: Sequence[str], speakers: Sequence[str],
+                     utterances: Sequence[str] | None = None) -> Normaliser:
     """Compose the statistics a normaliser needs from the store's per-speaker parts.
 
     Args:
@@ -96,6 +97,8 @@ def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
         mode: "speaker", "global" or "none".
         train_speakers: Speakers of the training partition (global statistics use only these).
         speakers: Every speaker whose utterances will be normalised (speaker statistics).
+        utterances: Compose over these utterances only (a run on a subset of the store); None:
+            every utterance of the speakers.
 
     Raises:
         ConfigError: Unknown mode.
@@ -107,7 +110,7 @@ def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
     layers = list(selection.layers) if selection.layers is not None else None
 
     def compose(spk: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        stats = store.compose_statistics(selection.feature, speakers=list(spk), layers=layers)
+        stats = store.compose_statistics(selection.feature, speakers=list(spk), layers=layers, utterances=utterances)
         mean = np.asarray(stats.mean, dtype=np.float64).reshape(selection.frame_shape)
         var = np.asarray(stats.variance, dtype=np.float64).reshape(selection.frame_shape)
         return mean, _floor(np.sqrt(np.maximum(var, 0.0)))

@@ -447,7 +447,8 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     sel = data.selections["main"]
     store = data.stores[sel.alias]
     normaliser = build_normaliser(store, sel, base.norm, train_speakers=run_spec.train,
-                                  speakers=sorted({s for p in run_spec.split().values() for s in p}))
+                                  speakers=sorted({s for p in run_spec.split().values() for s in p}),
+                                  utterances=data.statistics_ids)
     micro = micro_batch_size(recipe.batch_size, (max_frames or 1000) * len(sel.layers) * sel.dim * 4,
                              micro_batch_mb)
     common = dict(sources=[Source("main", store, sel, normaliser)], classes=data.classes,

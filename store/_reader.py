@@ -537,6 +537,7 @@ class FeatureStore:
             "corpus": self.attrs.get("corpus"),
             # Done utterances whose audio files are byte-identical (sha256): copies under two names.
             "duplicate_audio": sorted(ids for ids in same_audio.values() if len(ids) > 1),
+            "fields": _field_values(done),
             "features": feats,
             # An unfinished extraction's commits are in its journals until finalize merges them.
             "committed": None if self.complete else self._journal_commits(),
@@ -548,3 +549,23 @@ class FeatureStore:
 
         state = resolve_events(self.location)
         return {name: int(state.committed_rows(name, len(self._ids)).sum()) for name in self.features}
+
+
+# Fields of an utterance record besides the reader's ``extra`` keys that a run's subset can name.
+_RECORD_FIELDS = ("gender", "session", "split")
+# A field with more distinct values than this is summarised by their number (times, scores...).
+_FIELD_VALUES_SHOWN = 20
+
+
+def _field_values(records: Sequence[UtteranceRecord]) -> dict[str, dict[str, Any]]:
+    """Per field (gender, session, split, each ``extra`` key) of the done utterances: how many
+    distinct values it has and, for up to ``_FIELD_VALUES_SHOWN`` of them, each value's count."""
+    counts: dict[str, collections.Counter[str]] = {}
+    for record in records:
+        values = {**{f: getattr(record, f) for f in _RECORD_FIELDS}, **record.extra}
+        for key, value in values.items():
+            if value not in (None, ""):
+                counts.setdefault(key, collections.Counter())[str(value)] += 1
+    return {key: {"distinct": len(found),
+                  "counts": dict(sorted(found.items())) if len(found) <= _FIELD_VALUES_SHOWN else None}
+            for key, found in counts.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -777,3 +778,23 @@ def test_dask_workers_normalise_waveforms_as_the_driver_decided(corpus, tmp_path
     for utterance in local.list_utterances():
         np.testing.assert_allclose(remote.read_utterance(utterance.id, "wav2vec2"),
                                    local.read_utterance(utterance.id, "wav2vec2"), atol=1e-4)
+
+
+def test_store_info_lists_the_fields_a_subset_can_name(tmp_path, capsys):
+    """`train --subset FIELD=VALUE` names a field the reader recorded: `store info` shows each with
+    its values (counts of done utterances), and only how many when there are many (times, scores)."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser._cli import main
+
+    rows = ravdess_utterances(per_actor=2)
+    rows = [dataclasses.replace(r, extra={**r.extra, "start": f"{k * 0.37:.2f}"}) for k, r in enumerate(rows)]
+    store = build_store(tmp_path / "s.zarr", utterances=rows, features=("egemaps",))
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    speech = sum(r.extra["vocal_channel"] == "speech" for r in rows)
+    assert f"            vocal_channel      song {len(rows) - speech}, speech {speech}\n" in shown
+    assert f"            start              {len(rows)} distinct values\n" in shown
+    assert main(["store", "info", str(store), "--json"]) == 0
+    fields = json.loads(capsys.readouterr().out)["fields"]
+    assert fields["vocal_channel"] == {"distinct": 2, "counts": {"song": len(rows) - speech, "speech": speech}}
+    assert fields["start"] == {"distinct": len(rows), "counts": None}

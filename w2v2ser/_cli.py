@@ -175,6 +175,10 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
     print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
+    for k, (field, found) in enumerate(info["fields"].items()):  # what `train --subset FIELD=VALUE` can name
+        values = (", ".join(f"{value} {n}" for value, n in found["counts"].items()) if found["counts"]
+                  else f"{found['distinct']} distinct values")
+        print(f"{'fields' if k == 0 else '':<12}{field:<18} {values}")
     for name, feature in info["features"].items():
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"

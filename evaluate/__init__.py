@@ -11,12 +11,13 @@ from ._cli import add_predict_arguments, predict_from_cli
 from ._errors import EvaluateError, PredictError, RunDirError
 from ._predict import Prediction, predict_audio
 from ._report import write_report
-from ._scoring import PredictionScore, predict_manifest, score_predictions
+from ._scoring import PredictionScore, predict_manifest, predict_store, score_predictions
 
 prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
-    "write_report", "predict_audio", "Prediction", "predict_manifest", "score_predictions", "PredictionScore",
+    "write_report", "predict_audio", "Prediction", "predict_manifest", "predict_store", "score_predictions",
+    "PredictionScore",
     "add_predict_arguments", "predict_from_cli",
     "EvaluateError", "RunDirError", "PredictError",
 ]

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import first_few
+from w2v2ser._common import first_few, merge_subset, subset_condition
 
 from ._errors import PredictError
 from ._predict import predict_audio
-from ._scoring import PredictionScore, predict_manifest
+from ._scoring import PredictionScore, predict_manifest, predict_store
 
 __all__ = ["add_predict_arguments", "predict_from_cli"]
 
@@ -25,6 +25,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of audio: a labelled CSV manifest (path,label,speaker, as `w2v2ser extract "
                              "csv` reads), e.g. of another corpus; its files are predicted with their speakers as "
                              "speaker groups and scored against their labels (UAR, confusion)")
+    parser.add_argument("--from-store", dest="from_store", metavar="STORE",
+                        help="instead of audio: every done utterance of a store that holds the run's features "
+                             "with its settings (`w2v2ser extract ... --like RUN_DIR`), e.g. another corpus; "
+                             "predicted and scored against its labels without extracting again, each speaker "
+                             "a speaker group")
+    parser.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
+                        help="with --from-store: only the utterances whose FIELD is one of the VALUEs "
+                             "(repeatable), as `w2v2ser train --subset`")
     parser.add_argument("--speaker-groups", dest="speaker_groups", metavar="SPK1,SPK2,...",
                         help="speaker of each audio argument (a folder's applies to every file in it) or of "
                              "each file, comma separated, in order: files of one speaker are normalised with "
@@ -74,17 +82,27 @@ def _parse_stores(values: list[str] | None) -> dict[str | None, str] | None:
 
 def predict_from_cli(args: argparse.Namespace) -> int:
     """Run ``w2v2ser predict``; exit status 0 if every file was predicted, 1 if some failed."""
-    manifest = getattr(args, "manifest", None)
-    if bool(manifest) == bool(args.audio) or (manifest and getattr(args, "speaker_groups", None)):
-        raise PredictError("w2v2ser predict takes audio files or folders, or --manifest CSV (whose speaker column "
-                           f"gives the speaker groups); got {'both' if manifest else 'neither'}"
-                           f"{' and --speaker-groups' if manifest and args.speaker_groups else ''}. Pass one.")
+    manifest, from_store = getattr(args, "manifest", None), getattr(args, "from_store", None)
+    inputs = [name for name, given in (("audio", args.audio), ("--manifest", manifest), ("--from-store", from_store))
+              if given]
+    if len(inputs) != 1 or (inputs != ["audio"] and getattr(args, "speaker_groups", None)):
+        raise PredictError("w2v2ser predict takes audio files or folders, or --manifest CSV, or --from-store STORE "
+                           f"(whose speakers give the speaker groups); got {' and '.join(inputs) or 'none'}"
+                           f"{' with --speaker-groups' if inputs and args.speaker_groups else ''}. Pass one.")
+    if getattr(args, "subset", None) and not from_store:
+        raise PredictError("--subset selects utterances of --from-store STORE; for audio, pass the files you want.")
+    if getattr(args, "segment", None) is not None and inputs != ["audio"]:
+        raise PredictError(f"--segment cuts audio files into windows; {inputs[0]} gives utterances to score whole. "
+                           "Drop --segment.")
     options = dict(run=getattr(args, "run", None), model=getattr(args, "model", None),
                    segment=getattr(args, "segment", None),
                    stores=_parse_stores(getattr(args, "stores", None)),
                    work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     score = None
-    if manifest:
+    if from_store:
+        predictions, score = predict_store(Path(args.run_dir), from_store, run=options["run"],
+                                           subset=merge_subset(args.subset) if args.subset else None)
+    elif manifest:
         predictions, score = predict_manifest(Path(args.run_dir), Path(manifest), **options)
     else:
         speakers = None
@@ -98,18 +116,23 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         for p in predictions:
             if p.ok:
                 probs = "  ".join(f"{c}={v:.3f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
-                print(f"{p.path}{_window(p)}\t{p.emotion}\t{probs}")
+                print(f"{p.id or p.path}{_window(p)}\t{p.emotion}\t{probs}")
             else:
-                print(f"{p.path}{_window(p)}\tFAILED\t{p.error}", file=sys.stderr)
+                print(f"{p.id or p.path}{_window(p)}\tFAILED\t{p.error}", file=sys.stderr)
         if score is not None:
             print(_describe_score(score))
-    _note_cropped(predictions)
+    if inputs == ["audio"]:  # utterances of a manifest or a store are scored whole, cropped as in training
+        _note_cropped(predictions)
     _note_resampled(predictions)
     _note_small_groups(predictions)
     if score is not None and score.unscored_labels:
         shown = first_few([f"{label} ({n})" for label, n in score.unscored_labels.items()], 5)
         print(f"note: {sum(score.unscored_labels.values())} file(s) have labels that are none of the run's classes "
               f"({', '.join(score.classes)}) under its protocol, and are not scored: {shown}.", file=sys.stderr)
+    if score is not None and score.seen_speakers:
+        print(f"note: {score.seen_speakers} scored utterance(s) are of speakers the run trained or validated on; "
+              f"the score overstates how it does on unseen speakers. For a held-out figure, score its test "
+              f"speakers only (--subset speaker=...).", file=sys.stderr)
     if score is not None and score.seen_splits:
         counts = ", ".join(f"{n} {split}" for split, n in score.seen_splits.items())
         print(f"note: {sum(score.seen_splits.values())} scored file(s) are marked {counts} in the manifest's split "

@@ -83,6 +83,7 @@ class Prediction:
             ``MIN_GROUP_FILES`` predicted files in a speaker-normalised run) or ``"none"``; None on error.
         start: with ``segment``, where the window starts in the file (seconds); else None.
         end: with ``segment``, where it ends; else None. ``seconds`` is then the window's length.
+        id: the utterance's id, for a prediction of a store's utterance (``predict_store``); else None.
     """
 
     path: Path
@@ -96,6 +97,7 @@ class Prediction:
     normalisation: str | None = None
     start: float | None = None
     end: float | None = None
+    id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,7 +109,7 @@ class Prediction:
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
                 "seconds_used": self.seconds_used, "resampled_to": self.resampled_to,
-                "normalisation": self.normalisation, "start": self.start, "end": self.end}
+                "normalisation": self.normalisation, "start": self.start, "end": self.end, "id": self.id}
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
@@ -440,7 +442,7 @@ def _global_normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: 
 
 
 def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, temp_store: Any,
-                groups: Sequence[str]) -> Any:
+                groups: Sequence[str], utterances: Sequence[str] | None = None) -> Any:
     from w2v2ser.train import Normaliser, build_normaliser
 
     mode = plan.config.norm
@@ -448,9 +450,51 @@ def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, te
         return Normaliser("none")
     fallback = _global_normaliser(plan, model, branch, selection)
     if mode == "speaker" and groups:
-        per_speaker = build_normaliser(temp_store, selection, "speaker", train_speakers=[], speakers=groups)
+        per_speaker = build_normaliser(temp_store, selection, "speaker", train_speakers=[], speakers=groups,
+                                       utterances=utterances)
         return _GroupedNormaliser(per_speaker, fallback)
     return fallback
+
+
+def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Sequence[Any], *, batch_size: int,
+                           grouped: Sequence[str], utterances: Sequence[str] | None = None) -> np.ndarray:
+    """Class probabilities [items, classes] of ``items`` (``w2v2ser.train.Item``), averaged over every
+    model of the run: each branch reads the store that ``stores`` gives for its training store.
+
+    Args:
+        grouped: Speakers normalised with their own statistics (speaker-normalised runs); the
+            others get the run's global statistics.
+        utterances: Compose those speakers' statistics over these utterances only (None: all).
+    """
+    import keras
+
+    import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
+
+    from w2v2ser.train import FeatureBatches, Source, resolve_selection
+
+    selections = {b.name: resolve_selection(b.selection, specs=stores[b.store].features, alias=b.alias)
+                  for b in plan.branches}
+    total = np.zeros((len(items), len(plan.classes)), dtype=np.float64)
+    for model_path in plan.models:
+        try:
+            model = keras.saving.load_model(model_path, compile=False)
+        except Exception as exc:  # noqa: BLE001 -- keras raises many types for a bad file
+            raise RunDirError(f"cannot load model {model_path} ({type(exc).__name__}: {exc}); the file is "
+                              "corrupt or from another Keras version. Retrain this run or pass --run "
+                              "to use another one.") from exc
+        sources = [Source(b.name, stores[b.store], selections[b.name],
+                          _normaliser(plan, model_path, b, selections[b.name], stores[b.store], grouped, utterances))
+                   for b in plan.branches]
+        batches = FeatureBatches(items, sources, classes=plan.classes, batch_size=batch_size,
+                                 max_frames=plan.max_frames, shuffle=False, cache="off", workers=1)
+        with expected_retracing():  # each loaded model traces its own step: by design, not a problem
+            probs = np.concatenate([np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
+                                    for inputs, _ in batches.iterate()])
+        if probs.shape != total.shape:
+            raise RunDirError(f"model {model_path} outputs {probs.shape[1]} classes, but the run records "
+                              f"{len(plan.classes)} ({', '.join(plan.classes)}); the run dir is inconsistent.")
+        total += probs
+    return total / total.sum(axis=1, keepdims=True)  # mean over models, renormalised against float32 rounding
 
 
 def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path], *,
@@ -655,12 +699,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
         position -> (class probabilities, file seconds, seconds the models saw, rate resampled to,
         normalisation used).
     """
-    import keras
-
-    import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
-
     from w2v2ser.store import open_store
-    from w2v2ser.train import FeatureBatches, Item, Source, resolve_selection
+    from w2v2ser.train import Item
 
     manifest = work / "manifest.csv"
     ids = _write_manifest(manifest, [files[i].resolve() for i in todo], [groups[i] for i in todo])
@@ -693,33 +733,11 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
     if not items:
         return {}
-    selections = {b.name: resolve_selection(b.selection, specs=temp[b.store].features, alias=b.alias)
-                  for b in plan.branches}
     # A group of too few files keeps the global statistics: its own would remove what the models read.
     sizes = collections.Counter(it.speaker for it in items)
     grouped = sorted(s for s, n in sizes.items() if s != UNGROUPED and n >= MIN_GROUP_FILES)
     norm = {"none": "none", "global": "global"}.get(plan.config.norm)
-    total = np.zeros((len(items), len(plan.classes)), dtype=np.float64)
-    for model_path in plan.models:
-        try:
-            model = keras.saving.load_model(model_path, compile=False)
-        except Exception as exc:  # noqa: BLE001 -- keras raises many types for a bad file
-            raise RunDirError(f"cannot load model {model_path} ({type(exc).__name__}: {exc}); the file is "
-                              "corrupt or from another Keras version. Retrain this run or pass --run "
-                              "to use another one.") from exc
-        sources = [Source(b.name, temp[b.store], selections[b.name],
-                          _normaliser(plan, model_path, b, selections[b.name], temp[b.store], grouped))
-                   for b in plan.branches]
-        batches = FeatureBatches(items, sources, classes=plan.classes, batch_size=batch_size,
-                                 max_frames=plan.max_frames, shuffle=False, cache="off", workers=1)
-        with expected_retracing():  # each loaded model traces its own step: by design, not a problem
-            probs = np.concatenate([np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
-                                    for inputs, _ in batches.iterate()])
-        if probs.shape != total.shape:
-            raise RunDirError(f"model {model_path} outputs {probs.shape[1]} classes, but the run records "
-                              f"{len(plan.classes)} ({', '.join(plan.classes)}); the run dir is inconsistent.")
-        total += probs
-    total /= total.sum(axis=1, keepdims=True)  # mean over models, renormalised against float32 rounding
+    total = ensemble_probabilities(plan, temp, items, batch_size=batch_size, grouped=grouped)
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     crop = _crop_seconds(plan) or float("inf")
     return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),

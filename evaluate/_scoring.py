@@ -4,21 +4,25 @@ Cross-corpus evaluation (train on RAVDESS, test on a corpus of your own) needs t
 models, the run's feature settings and normalisation, and the labels of the new files mapped
 the way the run's protocol maps them (RAVDESS: calm -> neutral). ``predict_manifest`` does
 that through :func:`predict_audio`, with the manifest's speakers as speaker groups.
+``predict_store`` does it for a corpus already extracted into a store with the run's feature
+settings (``extract ... --like RUN_DIR``): no extraction, the store's frames are read as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._errors import PredictError
-from ._predict import Prediction, _read_json, predict_audio
+from ._predict import (MIN_GROUP_FILES, SMALL_GROUP, Prediction, _crop_seconds, _differs, _plan, _read_json,
+                       _RunPlan, ensemble_probabilities, predict_audio)
 
-__all__ = ["PredictionScore", "predict_manifest", "score_predictions"]
+__all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class PredictionScore:
         failed: Labelled files that could not be predicted (their errors are in the predictions).
         seen_splits: Scored files per manifest ``split`` of ``train`` or ``validation`` (files
             the run may have trained on score higher than unseen ones).
+        seen_speakers: Scored utterances of speakers the run trained or validated on (a store
+            of the training corpus): they score higher than unseen speakers.
     """
 
     uar: float | None
@@ -49,13 +55,14 @@ class PredictionScore:
     unscored_labels: dict[str, int] = field(default_factory=dict)
     failed: int = 0
     seen_splits: dict[str, int] = field(default_factory=dict)
+    seen_speakers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``score`` of ``w2v2ser predict --manifest --json``)."""
         return {"uar": self.uar, "accuracy": self.accuracy, "scored": self.scored, "classes": list(self.classes),
                 "present": list(self.present), "confusion": self.confusion,
                 "unscored_labels": dict(self.unscored_labels), "failed": self.failed,
-                "seen_splits": dict(self.seen_splits),
+                "seen_splits": dict(self.seen_splits), "seen_speakers": self.seen_speakers,
                 "uar_definition": "mean recall over the classes present among the scored files' labels, percent"}
 
 
@@ -133,3 +140,103 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
     protocol = _read_json(Path(run_dir) / "experiment.json", what="the experiment configuration")["protocol"]
     return predictions, score_predictions(predictions, [u.label for u in rows], classes=classes, protocol=protocol,
                                           splits=[u.split for u in rows])
+
+
+def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Training store path -> the open store that replaces it, checked to hold the run's features
+    with the settings the run was trained with."""
+    from w2v2ser.store import open_store
+
+    aliases = sorted({b.alias for b in plan.branches})
+    given = dict(store) if isinstance(store, Mapping) else {aliases[0]: store} if len(aliases) == 1 else None
+    if given is None or set(given) != set(aliases):
+        raise PredictError(f"run dir {plan.run_dir} reads {len(aliases)} store(s) ({', '.join(aliases)}); give the "
+                           f"test store of each: {{{', '.join(f'{a!r}: PATH' for a in aliases)}}}.")
+    out = {}
+    for branch in plan.branches:
+        path = str(given[branch.alias])
+        test = out.get(branch.store) or open_store(path)
+        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        trained = plan.likes[branch.store].features[name]
+        found = test.features.get(name)
+        fix = f"extract it with the run's settings: w2v2ser extract ... --store {path} --like {plan.run_dir}"
+        if found is None:
+            raise PredictError(f"store {path} holds {', '.join(test.features)}, not {name!r}, which run dir "
+                               f"{plan.run_dir} reads; {fix}.")
+        if (found.dim, found.layers) != (trained.dim, trained.layers) or _differs(found.config, trained.config):
+            keys = sorted(k for k in set(found.config) & set(trained.config) if found.config[k] != trained.config[k])
+            raise PredictError(f"store {path} holds {name!r} with other settings than run dir {plan.run_dir} was "
+                               f"trained with ({', '.join(f'{k}: {found.config[k]!r}, not {trained.config[k]!r}' for k in keys) or 'shape'}); "
+                               f"its frames are not what the models read. {fix[0].upper()}{fix[1:]}.")
+        out[branch.store] = test
+    return out
+
+
+def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str] | Mapping[str, Any], *,
+                  subset: Mapping[str, str | Sequence[str]] | None = None, run: str | None = None,
+                  batch_size: int = 16) -> tuple[list[Prediction], PredictionScore]:
+    """Predict every done utterance of a store with a run's models and score them against their labels.
+
+    Cross-corpus evaluation without extracting again: the store (another corpus, or a held-out
+    part) must hold the run's features with the settings the run was trained with
+    (``w2v2ser extract ... --like RUN_DIR``). Each speaker of the store is a speaker group, as
+    the run's own test speakers were (``predict_manifest``).
+
+    Args:
+        run_dir: Run directory written by ``w2v2ser train``.
+        store: The test store, or store alias -> test store for a run of several stores (fusion).
+        subset: Only the utterances whose field has one of the values (as ``ExperimentConfig.subset``).
+        run: One run of the run dir (default: all, probabilities averaged).
+        batch_size: Utterances per model call.
+
+    Returns:
+        (one prediction per utterance, in store order, each with the utterance's ``id``; the score).
+
+    Raises:
+        PredictError: A store lacks a feature or holds it with other settings. StoreError: A
+            store cannot be opened. ConfigError: A subset names what no utterance has.
+    """
+    from w2v2ser.train import Item, get_protocol, select_subset
+
+    plan = _plan(Path(run_dir), run)
+    stores = _test_stores(plan, store)
+    main = stores[plan.branches[0].store]
+    records = main.list_utterances(status="done")
+    for branch in plan.branches:  # every feature the run reads, in every store it reads
+        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        held = {r.id for r in stores[branch.store].list_utterances(status="done", feature=name)}
+        records = [r for r in records if r.id in held]
+    if subset:
+        records = select_subset(records, {k: [v] if isinstance(v, str) else list(v) for k, v in subset.items()},
+                                store=str(main.path))
+    if not records:
+        raise PredictError(f"store {main.path} holds no done utterance with the features run dir {run_dir} reads.")
+    items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
+    sizes = Counter(r.speaker for r in records)
+    grouped = sorted(s for s, n in sizes.items() if n >= MIN_GROUP_FILES) if plan.config.norm == "speaker" else []
+    probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
+                                           utterances=[r.id for r in records] if subset else None)
+    crop = _crop_seconds(plan) or float("inf")
+    norm = {"none": "none", "global": "global"}.get(plan.config.norm)
+    predictions = []
+    for record, values in zip(records, probabilities):
+        probs = {c: float(p) for c, p in zip(plan.classes, values)}
+        predictions.append(Prediction(Path(record.path), max(probs, key=probs.__getitem__), probs, record.speaker,
+                                      seconds=float(record.duration), seconds_used=min(float(record.duration), crop),
+                                      normalisation=norm or ("speaker group" if record.speaker in grouped
+                                                             else SMALL_GROUP), id=record.id))
+    score = score_predictions(predictions, [r.label for r in records], classes=plan.classes,
+                              protocol=plan.config.protocol, splits=[r.split for r in records])
+    mapping, seen = get_protocol(plan.config.protocol), _trained_speakers(plan)
+    counted = sum(1 for p, r in zip(predictions, records)
+                  if p.ok and r.speaker in seen and mapping.map_label(r.label) in plan.classes)
+    return predictions, dataclasses.replace(score, seen_speakers=counted)
+
+
+def _trained_speakers(plan: _RunPlan) -> set[str]:
+    """Speakers that the run's models trained or validated on (their metrics.json split)."""
+    seen: set[str] = set()
+    for model in plan.models:
+        split = _read_json(model.parent / "metrics.json", what="a run's metrics").get("split") or {}
+        seen.update(split.get("train") or [], split.get("validation") or [])
+    return seen

@@ -927,3 +927,50 @@ def test_predict_on_a_labelled_manifest_scores_it_as_training_tested(trained: Pa
     assert main(["predict", str(trained), str(tmp_path / "other.wav"), "--manifest", str(manifest)]) == 2
     assert main(["predict", str(trained)]) == 2
     assert "takes audio files or folders, or --manifest CSV" in capsys.readouterr().err
+
+
+def test_predict_store_scores_a_stored_corpus_without_extracting(trained: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """predict_store reads a store that holds the run's features with its settings: on the run's
+    own test speakers it gives what training measured, with no extraction."""
+    import argparse
+
+    from stage2_fixtures import build_store
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+
+    store = json.loads((trained / "experiment.json").read_text())["stores"]["main"]
+    metrics = json.loads((trained / "runs" / "split__seed0" / "metrics.json").read_text())
+    test = metrics["split"]["test"]
+    preds, score = predict_store(trained, store, run="split__seed0", subset={"speaker": test})
+    assert score.uar == pytest.approx(100 * metrics["uar"]) and score.confusion == metrics["confusion"]
+    assert score.seen_speakers == 0 and {p.speaker for p in preds} == set(test)
+    assert all(p.id and p.normalisation == "speaker group" for p in preds)
+    everyone = predict_store(trained, store)[1]
+    assert everyone.seen_speakers == everyone.scored - score.scored > 0  # training speakers: said, not hidden
+
+    other = build_store(tmp_path / "other.zarr", layers=3, dim=4, features=("wav2vec2",), config_tag="finetuned")
+    with pytest.raises(PredictError, match=r"holds 'wav2vec2' with other settings than run dir .*model: "
+                                           r"'finetuned', not 'pretrained'.*--like"):
+        predict_store(trained, other)
+    lacking = build_store(tmp_path / "lacking.zarr", layers=3, dim=4, features=("egemaps",))
+    with pytest.raises(PredictError, match="holds egemaps, not 'wav2vec2'"):
+        predict_store(trained, lacking)
+
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    args = [str(trained), "--from-store", store, "--run", "split__seed0", "--subset", f"speaker={','.join(test)}"]
+    assert predict_from_cli(parser.parse_args(args)) == 0
+    out = capsys.readouterr()
+    assert f"score: UAR {100 * metrics['uar']:.1f} %" in out.out and "trained or validated on" not in out.err
+    assert {line.split("\t")[0] for line in out.out.splitlines()[:-1]} == {p.id for p in preds}
+    assert predict_from_cli(parser.parse_args([str(trained), "--from-store", store, "--json"])) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["score"]["seen_speakers"] == everyone.seen_speakers
+    assert "speakers the run trained or validated on" in out.err
+    for extra, problem in [(["--segment"], "--segment cuts audio files"),
+                           (["--speaker-groups", "a"], "with --speaker-groups"),
+                           (["--manifest", "m.csv"], "got --manifest and --from-store")]:
+        with pytest.raises(PredictError, match=problem):
+            predict_from_cli(parser.parse_args([str(trained), "--from-store", store, *extra]))
+    with pytest.raises(PredictError, match="--subset selects utterances of --from-store"):
+        predict_from_cli(parser.parse_args([str(trained), "x.wav", "--subset", "speaker=a"]))

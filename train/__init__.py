@@ -25,7 +25,7 @@ from ._experiment import (
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
 from ._protocols import (
-    PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store,
+    PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store, select_subset,
 )
 from ._recipes import RECIPES, Recipe, get_recipe
 from ._runfiles import damaged_run_files, list_run_files
@@ -40,6 +40,7 @@ __all__ = [
     "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "protocol_of_corpora", "protocol_of_store",
+    "select_subset",
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
     "Normaliser", "NORMALISATIONS", "build_normaliser", "load_normalisers",
     "FeatureBatches", "Item", "Source", "clear_cache",

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import SHARD_SIZE, UPSTREAM_FEATURES  # --model etc. apply to the one(s) chosen
+from w2v2ser._common import (  # UPSTREAM_FEATURES: --model etc. apply to the one(s) chosen
+    SHARD_SIZE, UPSTREAM_FEATURES, merge_subset, subset_condition)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -401,24 +402,13 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _subset_condition(text: str) -> tuple[str, list[str]]:
-    """``--subset FIELD=VALUE[,VALUE...]``: (field, values)."""
-    key, sep, values = text.partition("=")
-    names = [v.strip() for v in values.split(",") if v.strip()]
-    if not sep or not key.strip() or not names:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], e.g. vocal_channel=speech, got {text!r}")
-    return key.strip(), names
-
-
 def _add_data_options(values: dict[str, Any], args: argparse.Namespace) -> None:
     """``--subset`` conditions (a field given twice: one list) and ``--speaker-folds`` into the experiment."""
     from w2v2ser._common import ConfigError
 
     given: dict[str, Any] = {}
     if args.subset:
-        given["subset"] = {}
-        for key, names in args.subset:
-            given["subset"].setdefault(key, []).extend(names)
+        given["subset"] = merge_subset(args.subset)
     if args.speaker_folds is not None:
         given["speaker_folds"] = args.speaker_folds
     clash = sorted(given.keys() & values.keys())
@@ -549,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
     )
-    train.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
+    train.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
                        help=SUBSET_HELP)
     train.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
     train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
@@ -572,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
-    sweep.add_argument("--subset", action="append", type=_subset_condition, metavar="FIELD=VALUE[,VALUE]",
+    sweep.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
                        help=SUBSET_HELP)
     sweep.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
     sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")

@@ -338,3 +338,22 @@ def prefer_onednn() -> None:
     """
     if "tensorflow" not in sys.modules:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def subset_condition(text: str) -> tuple[str, list[str]]:
+    """An argparse type: ``--subset FIELD=VALUE[,VALUE...]`` -> (field, values)."""
+    import argparse
+
+    key, sep, values = text.partition("=")
+    names = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not names:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], e.g. vocal_channel=speech, got {text!r}")
+    return key.strip(), names
+
+
+def merge_subset(conditions: Iterable[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """``--subset`` conditions as a subset mapping; a field given twice takes the values of both."""
+    subset: dict[str, list[str]] = {}
+    for key, names in conditions:
+        subset.setdefault(key, []).extend(names)
+    return subset

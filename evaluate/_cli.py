@@ -142,7 +142,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
 
 
 def _window(prediction: Any) -> str:
-    """``\tSTART-END`` (seconds) of a window of ``--segment``; nothing for a whole file."""
+    """A tab and ``START-END`` (seconds) for a window of ``--segment``; nothing for a whole file."""
     return "" if prediction.start is None else f"\t{prediction.start:.2f}-{prediction.end:.2f}"
 
 

@@ -26,7 +26,7 @@ from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
-from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, find_key, read_run_dir, data_text
+from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, data_text, find_key, read_run_dir
 from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
@@ -117,7 +117,8 @@ _PAPER_FIXED = ("batch_size", "max_frames", "units", "dropout")
 
 def _departures_from_paper(run: RunSummary) -> str:
     """Settings of ``run`` that the paper's rows did not use (recipe overrides, batch size, crop,
-    units, dropout, a subset of the utterances, speaker folds), e.g. ``max_epochs=3``; "" when it used the paper's."""
+    units, dropout, a subset of the utterances, speaker folds), e.g. ``max_epochs=3``; "" when it
+    used the paper's."""
     config = run.experiment or {}
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
     apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
@@ -185,7 +186,8 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
 
 
 # Experiment keys that a row already names, or that never change a result.
-_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "speaker_folds", "recipe", "recipe_overrides", "config_key",
+_NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "speaker_folds", "recipe",
+               "recipe_overrides", "config_key",
                "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
@@ -347,8 +349,8 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     lines = ["# w2v2ser evaluation report", "",
              f"Created {data['created']}. Cells: UAR mean ± std (population std) in percent over the "
              "runs of one run directory, n = number of values. Single-fold protocols (RAVDESS): one UAR "
-             "per seed. Multi-fold protocols (IEMOCAP sessions, speaker folds): per seed, the predictions of all folds "
-             "are pooled and scored once (the released code's scoring), so n = seeds.", "",
+             "per seed. Multi-fold protocols (IEMOCAP sessions, speaker folds): per seed, the predictions of "
+             "all folds are pooled and scored once (the released code's scoring), so n = seeds.", "",
              f"Beside a measured cell: the published value of the same row ({paper_source()}), the "
              "difference in points, and ✓ when it is within two standard deviations of the difference "
              "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "

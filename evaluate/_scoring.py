@@ -165,9 +165,11 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
                                f"{plan.run_dir} reads; {fix}.")
         if (found.dim, found.layers) != (trained.dim, trained.layers) or _differs(found.config, trained.config):
             keys = sorted(k for k in set(found.config) & set(trained.config) if found.config[k] != trained.config[k])
+            apart = ", ".join(f"{k}: {found.config[k]!r}, not {trained.config[k]!r}" for k in keys) or (
+                f"frames of {found.layers or 1} x {found.dim}, not {trained.layers or 1} x {trained.dim}")
             raise PredictError(f"store {path} holds {name!r} with other settings than run dir {plan.run_dir} was "
-                               f"trained with ({', '.join(f'{k}: {found.config[k]!r}, not {trained.config[k]!r}' for k in keys) or 'shape'}); "
-                               f"its frames are not what the models read. {fix[0].upper()}{fix[1:]}.")
+                               f"trained with ({apart}); its frames are not what the models read. "
+                               f"{fix[0].upper()}{fix[1:]}.")
         out[branch.store] = test
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from w2v2ser.train import list_run_files
 
-from ._rundir import CORPUS_NAMES, read_run_dir, data_text
+from ._rundir import CORPUS_NAMES, data_text, read_run_dir
 
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 

@@ -211,11 +211,11 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
                 f"everywhere for leave-one-speaker-group-out folds")
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
-    if min(int(csv_folds), len(speakers)) < 3:
-        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got "
-                            f"{min(int(csv_folds), len(speakers))} ({len(speakers)} speakers, csv_folds={csv_folds}); "
-                            f"add a split column instead")
-    return speaker_group_folds(records, min(int(csv_folds), len(speakers)))
+    k = min(int(csv_folds), len(speakers))
+    if k < 3:
+        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
+                            f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
+    return speaker_group_folds(records, k)
 
 
 def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:

@@ -133,6 +133,11 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         print(f"note: {score.seen_speakers} scored utterance(s) are of speakers the run trained or validated on; "
               f"the score overstates how it does on unseen speakers. For a held-out figure, score its test "
               f"speakers only (--subset speaker=...).", file=sys.stderr)
+    for feature, count in (score.other_rates.items() if score is not None else ()):
+        print(f"note: {count} scored utterance(s) of the store have audio at another sample rate than all of the "
+              f"run's training audio ({score.training_rates[feature]} Hz), and {feature} was taken at each file's "
+              f"own rate, so its values differ from what training saw. Score their audio with --manifest "
+              f"instead, which resamples it to {score.training_rates[feature]} Hz first.", file=sys.stderr)
     if score is not None and score.seen_splits:
         counts = ", ".join(f"{n} {split}" for split, n in score.seen_splits.items())
         print(f"note: {sum(score.seen_splits.values())} scored file(s) are marked {counts} in the manifest's split "

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._errors import PredictError
 from ._predict import (MIN_GROUP_FILES, SMALL_GROUP, Prediction, _crop_seconds, _differs, _plan, _read_json,
-                       _RunPlan, ensemble_probabilities, predict_audio)
+                       _RunPlan, _training_rates, ensemble_probabilities, predict_audio)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 
@@ -44,6 +44,10 @@ class PredictionScore:
             the run may have trained on score higher than unseen ones).
         seen_speakers: Scored utterances of speakers the run trained or validated on (a store
             of the training corpus): they score higher than unseen speakers.
+        other_rates: Feature -> number of scored utterances whose audio had another sample rate
+            than all of the run's training audio, for a feature taken at each file's own rate
+            (eGeMAPS): its values change with the rate (``predict`` resamples; a store cannot).
+        training_rates: Feature -> the one rate of the run's training audio, for those features.
     """
 
     uar: float | None
@@ -56,6 +60,8 @@ class PredictionScore:
     failed: int = 0
     seen_splits: dict[str, int] = field(default_factory=dict)
     seen_speakers: int = 0
+    other_rates: dict[str, int] = field(default_factory=dict)
+    training_rates: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``score`` of ``w2v2ser predict --manifest --json``)."""
@@ -63,6 +69,7 @@ class PredictionScore:
                 "present": list(self.present), "confusion": self.confusion,
                 "unscored_labels": dict(self.unscored_labels), "failed": self.failed,
                 "seen_splits": dict(self.seen_splits), "seen_speakers": self.seen_speakers,
+                "other_rates": dict(self.other_rates), "training_rates": dict(self.training_rates),
                 "uar_definition": "mean recall over the classes present among the scored files' labels, percent"}
 
 
@@ -230,9 +237,17 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     score = score_predictions(predictions, [r.label for r in records], classes=plan.classes,
                               protocol=plan.config.protocol, splits=[r.split for r in records])
     mapping, seen = get_protocol(plan.config.protocol), _trained_speakers(plan)
-    counted = sum(1 for p, r in zip(predictions, records)
-                  if p.ok and r.speaker in seen and mapping.map_label(r.label) in plan.classes)
-    return predictions, dataclasses.replace(score, seen_speakers=counted)
+    scored = [r for p, r in zip(predictions, records) if p.ok and mapping.map_label(r.label) in plan.classes]
+    training_rates, other_rates, ids = {}, {}, {r.id for r in scored}
+    for branch in plan.branches:  # features taken at each file's own rate, from training audio of one rate
+        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        for feature, rate in _training_rates(plan.likes[branch.store], [name]).items():
+            found = stores[branch.store].sample_rates(feature, ids=ids)
+            moved = sum(n for r, n in found.items() if r is not None and r != rate)
+            if moved:
+                training_rates[feature], other_rates[feature] = rate, moved
+    return predictions, dataclasses.replace(score, seen_speakers=sum(r.speaker in seen for r in scored),
+                                            other_rates=other_rates, training_rates=training_rates)
 
 
 def _trained_speakers(plan: _RunPlan) -> set[str]:

@@ -974,3 +974,35 @@ def test_predict_store_scores_a_stored_corpus_without_extracting(trained: Path, 
             predict_from_cli(parser.parse_args([str(trained), "--from-store", store, *extra]))
     with pytest.raises(PredictError, match="--subset selects utterances of --from-store"):
         predict_from_cli(parser.parse_args([str(trained), "x.wav", "--subset", "speaker=a"]))
+
+
+def test_predict_store_names_audio_at_another_rate_for_native_features(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A store cannot be resampled as new audio is: utterances whose audio had another rate than
+    all of the run's training audio, for eGeMAPS taken at each file's own rate, are counted and
+    the CLI says to score them with --manifest (which resamples)."""
+    import argparse
+    from dataclasses import replace
+
+    from stage2_fixtures import ravdess_utterances
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    rows = ravdess_utterances(per_actor=2)
+    native = {"egemaps": {"sample_rate": "native"}}
+    store = build_store(tmp_path / "train.zarr", features=("egemaps",), feature_configs=native,
+                        utterances=[replace(u, extra={**u.extra, AUDIO_RATE_KEY: 16_000}) for u in rows])
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="global", protocol="ravdess",
+                              recipe="official", seeds=1, recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    assert predict_store(tmp_path / "run", store)[1].other_rates == {}
+    mixed = build_store(tmp_path / "mixed.zarr", features=("egemaps",), feature_configs=native,
+                        utterances=[replace(u, extra={**u.extra, AUDIO_RATE_KEY: 44_100 if k % 3 == 0 else 16_000})
+                                    for k, u in enumerate(rows)])
+    _, score = predict_store(tmp_path / "run", mixed)
+    assert score.other_rates == {"egemaps": len(range(0, len(rows), 3))} and score.training_rates == {"egemaps": 16_000}
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    assert predict_from_cli(parser.parse_args([str(tmp_path / "run"), "--from-store", str(mixed)])) == 0
+    assert (f"note: {score.other_rates['egemaps']} scored utterance(s) of the store have audio at another sample "
+            f"rate than all of the run's training audio (16000 Hz)") in capsys.readouterr().err

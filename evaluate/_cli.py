@@ -64,7 +64,9 @@ def _segment(text: str) -> float | str:
     except ValueError:
         value = float("nan")
     if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 (or crop), got {text!r}")
+        # `--segment a.wav` takes the path for the option's value: say where paths go.
+        hint = "; put the audio paths before --segment, or give it a value" if Path(text).suffix else ""
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 (or crop), got {text!r}{hint}")
     return value
 
 

@@ -645,7 +645,10 @@ def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path
     assert [(o["start"], o["end"]) for o in json.loads(out.out)] == [(0.0, 1.5), (1.5, pytest.approx(2.1))]
     with pytest.raises(SystemExit):
         parser.parse_args([str(trained), str(long), "--segment", "0"])
-    assert "expected seconds > 0 (or crop), got '0'" in capsys.readouterr().err
+    assert "expected seconds > 0 (or crop), got '0'\n" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(trained), "--segment", str(long)])
+    assert f"got '{long}'; put the audio paths before --segment, or give it a value" in capsys.readouterr().err
 
 
 def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: list[Path], tmp_path: Path,

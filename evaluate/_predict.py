@@ -28,7 +28,7 @@ import csv
 import json
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -733,17 +733,26 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
     if not items:
         return {}
-    # A group of too few files keeps the global statistics: its own would remove what the models read.
-    sizes = collections.Counter(it.speaker for it in items)
-    grouped = sorted(s for s, n in sizes.items() if s != UNGROUPED and n >= MIN_GROUP_FILES)
-    norm = {"none": "none", "global": "global"}.get(plan.config.norm)
+    grouped = speaker_groups(it.speaker for it in items)
     total = ensemble_probabilities(plan, temp, items, batch_size=batch_size, grouped=grouped)
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     crop = _crop_seconds(plan) or float("inf")
     return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),
-                              norm or ("speaker group" if it.speaker in grouped else
-                                       "global" if it.speaker == UNGROUPED else SMALL_GROUP))
+                              normalisation_used(plan, it.speaker, grouped))
             for k, it in enumerate(items)}
+
+
+def speaker_groups(speakers: Iterable[str]) -> list[str]:
+    """The speaker groups with enough predicted files for their own statistics: a group of too few
+    keeps the global statistics, since its own would remove what the models read."""
+    sizes = collections.Counter(speakers)
+    return sorted(s for s, n in sizes.items() if s != UNGROUPED and n >= MIN_GROUP_FILES)
+
+
+def normalisation_used(plan: _RunPlan, speaker: str, grouped: Sequence[str]) -> str:
+    """``Prediction.normalisation`` of a file of ``speaker``'s group."""
+    return {"none": "none", "global": "global"}.get(plan.config.norm) or (
+        "speaker group" if speaker in grouped else "global" if speaker == UNGROUPED else SMALL_GROUP)
 
 
 def _training_rates(like: _Like, features: Sequence[str]) -> dict[str, int]:

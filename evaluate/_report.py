@@ -122,7 +122,8 @@ def _departures_from_paper(run: RunSummary) -> str:
     config = run.experiment or {}
     defaults = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name in _PAPER_FIXED}
     apart = [f"{k}={config[k]}" for k in _PAPER_FIXED if k in config and config[k] != defaults[k]]
-    apart += [data_text(config).strip(" ()")] if data_text(config) else []  # other utterances or folds
+    data = data_text(config).strip(" ()")  # other utterances or folds than the protocol's
+    apart += [data] if data else []
     overrides = config.get("recipe_overrides")
     if isinstance(overrides, Mapping):
         apart += [f"{k}={v}" for k, v in sorted(overrides.items())]

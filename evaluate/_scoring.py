@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import PredictError
-from ._predict import (MIN_GROUP_FILES, SMALL_GROUP, Prediction, _crop_seconds, _differs, _plan, _read_json,
-                       _RunPlan, _training_rates, ensemble_probabilities, predict_audio)
+from ._predict import (Prediction, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _training_rates,
+                       ensemble_probabilities, normalisation_used, predict_audio, resolve_feature, speaker_groups)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 
@@ -163,7 +163,7 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
     for branch in plan.branches:
         path = str(given[branch.alias])
         test = out.get(branch.store) or open_store(path)
-        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        name = resolve_feature(branch.selection)
         trained = plan.likes[branch.store].features[name]
         found = test.features.get(name)
         fix = f"extract it with the run's settings: w2v2ser extract ... --store {path} --like {plan.run_dir}"
@@ -212,35 +212,32 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     main = stores[plan.branches[0].store]
     records = main.list_utterances(status="done")
     for branch in plan.branches:  # every feature the run reads, in every store it reads
-        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        name = resolve_feature(branch.selection)
         held = {r.id for r in stores[branch.store].list_utterances(status="done", feature=name)}
         records = [r for r in records if r.id in held]
     if subset:
-        records = select_subset(records, {k: [v] if isinstance(v, str) else list(v) for k, v in subset.items()},
-                                store=str(main.path))
+        records = select_subset(records, subset, store=str(main.path))
     if not records:
         raise PredictError(f"store {main.path} holds no done utterance with the features run dir {run_dir} reads.")
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
-    sizes = Counter(r.speaker for r in records)
-    grouped = sorted(s for s, n in sizes.items() if n >= MIN_GROUP_FILES) if plan.config.norm == "speaker" else []
+    grouped = speaker_groups(r.speaker for r in records)
     probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
                                            utterances=[r.id for r in records] if subset else None)
     crop = _crop_seconds(plan) or float("inf")
-    norm = {"none": "none", "global": "global"}.get(plan.config.norm)
     predictions = []
     for record, values in zip(records, probabilities):
         probs = {c: float(p) for c, p in zip(plan.classes, values)}
         predictions.append(Prediction(Path(record.path), max(probs, key=probs.__getitem__), probs, record.speaker,
                                       seconds=float(record.duration), seconds_used=min(float(record.duration), crop),
-                                      normalisation=norm or ("speaker group" if record.speaker in grouped
-                                                             else SMALL_GROUP), id=record.id))
+                                      normalisation=normalisation_used(plan, record.speaker, grouped),
+                                      id=record.id))
     score = score_predictions(predictions, [r.label for r in records], classes=plan.classes,
                               protocol=plan.config.protocol, splits=[r.split for r in records])
     mapping, seen = get_protocol(plan.config.protocol), _trained_speakers(plan)
     scored = [r for p, r in zip(predictions, records) if p.ok and mapping.map_label(r.label) in plan.classes]
     training_rates, other_rates, ids = {}, {}, {r.id for r in scored}
     for branch in plan.branches:  # features taken at each file's own rate, from training audio of one rate
-        name = branch.selection.rpartition("/")[2].partition(":")[0]
+        name = resolve_feature(branch.selection)
         for feature, rate in _training_rates(plan.likes[branch.store], [name]).items():
             found = stores[branch.store].sample_rates(feature, ids=ids)
             moved = sum(n for r, n in found.items() if r is not None and r != rate)

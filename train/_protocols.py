@@ -302,14 +302,16 @@ def _field(record: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def select_subset(records: Sequence[Any], subset: Mapping[str, Sequence[str]], *, store: str) -> list[Any]:
-    """The records whose field has one of the subset's values, for every field of the subset.
+def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[str]], *, store: str) -> list[Any]:
+    """The records whose field has one of the subset's values (a value or a list of them), for
+    every field of the subset.
 
     Raises:
         ConfigError: A field no record has, or a value no record has (a misspelling would
             otherwise leave utterances out without a word); the message lists what the store has.
     """
-    for key, wanted in subset.items():
+    for key, values in subset.items():
+        wanted = [values] if isinstance(values, str) else list(values)
         found = Counter(v for v in (_field(r, key) for r in records) if v is not None)
         if not found:
             keys = sorted(set(_SUBSET_FIELDS) | {k for r in records for k in r.extra})

@@ -696,12 +696,15 @@ def _extract_batch(
         started = time.perf_counter()
         for index, feature, reason in failures:
             writer.record_failure(index, feature=feature, reason=reason)
+        ready = []  # (row, frames, digest, duration) of the utterances with every feature
         for position, (item, audio, digest) in enumerate(good):
             frames = {name: values[position] for name, values in features.items() if values[position] is not None}
-            if len(frames) != len(extractors):
-                continue
-            duration = audio.num_samples / 16000.0
-            unit_writer.add(item.index, frames, audio_sha256=digest, duration=duration)
+            if len(frames) == len(extractors):
+                ready.append((item.index, frames, digest, audio.num_samples / 16000.0))
+        # The batch at once: its checks, statistics and checksums run in parallel threads.
+        indices, frame_sets, digests, durations = zip(*ready) if ready else ((), (), (), ())
+        unit_writer.add_many(indices, frame_sets, audio_sha256=digests, durations=durations)
+        for duration in durations:
             committed.add(duration)
             if on_utterance is not None:
                 on_utterance(duration)

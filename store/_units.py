@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+
+from w2v2ser._common import usable_cores
 
 from ._errors import StoreError
 from ._journal import fsync_path
@@ -20,6 +24,65 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._writer import StoreWriter
 
 __all__ = ["WorkUnit", "UnitWriter"]
+
+# One utterance's frames ready to pack: per feature (name, stored frames, (count, mean, m2), CRCs).
+_Prepared = list[tuple[str, np.ndarray, tuple[int, np.ndarray, np.ndarray], np.ndarray]]
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOL.clear)  # a forked child has none of the pool's threads
+
+
+def prepare_threads() -> int:
+    """Threads that prepare frames for :meth:`UnitWriter.add_many` (numpy releases the GIL):
+    the cores this process may use, fewer where ``OMP_NUM_THREADS`` gives it a smaller share
+    (a cluster worker's), at most 8."""
+    cores = usable_cores()
+    try:
+        cores = min(cores, int(os.environ.get("OMP_NUM_THREADS", cores)))
+    except ValueError:  # an unusual value: keep the core count
+        pass
+    return max(1, min(8, cores))
+
+
+def _prepare_pool() -> ThreadPoolExecutor | None:
+    """The process's pool of preparing threads; None with one thread (prepare inline)."""
+    threads = prepare_threads()
+    if threads == 1:
+        return None
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="w2v2ser-store-prepare"))
+        return _POOL[0]
+
+
+# Shard buffers of committed units, reused by the next unit of the process: a fresh 100+ MB buffer
+# is page-faulted in as it fills, which cost more than filling it. At most one per shape and dtype
+# (a shard: at most SHARD_BYTES), until the store is finalized (release_buffers).
+_BUFFERS: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+
+
+def _take_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    with _POOL_LOCK:
+        buffer = _BUFFERS.pop((tuple(shape), np.dtype(dtype).str), None)
+    return buffer if buffer is not None else np.empty(shape, dtype=dtype)
+
+
+def _give_buffer(buffer: np.ndarray) -> None:
+    with _POOL_LOCK:
+        _BUFFERS[(buffer.shape, buffer.dtype.str)] = buffer
+
+
+def release_buffers() -> None:
+    """Free the shard buffers kept for the next unit (extraction is over)."""
+    with _POOL_LOCK:
+        _BUFFERS.clear()
+
+
+def _os_error(exc: ValueError) -> BaseException:
+    """tensorstore's I/O errors are ValueErrors: surface the OS error (disk full...) as OSError."""
+    code = re.search(r"os_error_code='(\d+)'", str(exc))
+    return exc if code is None else OSError(int(code.group(1)), str(exc))
 
 
 @dataclass(frozen=True)
@@ -49,6 +112,7 @@ class _Filler:
         self.spare: np.ndarray | None = None   # page-faulting 100+ MB per shard costs more than copying)
         self.buffer_start = start
         self.written: list[Path] = []
+        self.pending: Any = None  # tensorstore's commit future of the shard written last
 
     def put(self, rows: np.ndarray) -> int:
         """Append rows; returns the offset of the first one."""
@@ -60,7 +124,7 @@ class _Filler:
         while done < len(rows):
             if self.buffer is None:
                 if self.spare is None:
-                    self.spare = np.empty((self.shard, *self.array.shape[1:]), dtype=self.array.dtype)
+                    self.spare = _take_buffer((self.shard, *self.array.shape[1:]), self.array.dtype)
                 self.buffer, self.spare = self.spare, None
                 self.buffer_start = self.cursor - (self.cursor - self.start) % self.shard
                 self.buffer[: self.cursor - self.buffer_start] = 0
@@ -74,7 +138,10 @@ class _Filler:
         return first
 
     def flush(self) -> None:
-        """Write the current shard (zero-filled after the last row) through tensorstore, or zarr."""
+        """Write the current shard (zero-filled after the last row) through tensorstore, or zarr.
+
+        tensorstore copies the shard, then encodes and writes it in its own threads while the
+        next shard fills: at most one shard per array is in flight; :meth:`sync` waits for it."""
         if self.buffer is None:
             return
         lo = self.buffer_start
@@ -84,20 +151,36 @@ class _Filler:
         if target is None:
             self.array[lo:hi] = self.buffer[: hi - lo]
         else:
+            self.wait()
             try:
-                target[lo:hi].write(self.buffer[: hi - lo]).result()
-            except ValueError as exc:  # tensorstore's I/O errors: surface the OS error (disk full...)
-                code = re.search(r"os_error_code='(\d+)'", str(exc))
-                if code is None:
-                    raise
-                raise OSError(int(code.group(1)), str(exc)) from exc
+                futures = target[lo:hi].write(self.buffer[: hi - lo])
+                futures.copy.result()  # the buffer may be refilled from here on
+            except ValueError as exc:
+                raise _os_error(exc) from exc
+            self.pending = futures.commit
         key = self.array.metadata.encode_chunk_key((lo // self.shard,) + (0,) * (self.array.ndim - 1))
         if self.folder is not None:  # None on object storage: a returned PUT is durable, nothing to fsync
             self.written.append(self.folder / key)
         self.buffer, self.spare = None, self.buffer
 
+    def release(self) -> None:
+        """Hand the shard buffer to the next unit (the unit is committed: nothing reads it)."""
+        if self.spare is not None:
+            _give_buffer(self.spare)
+        self.buffer = self.spare = None
+
+    def wait(self) -> None:
+        """Wait until the shard in flight is written; raises its error (OSError for I/O)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except ValueError as exc:
+                raise _os_error(exc) from exc
+
     def sync(self) -> None:
         """fsync every shard file written and the folders above it, up to the array folder."""
+        self.wait()
         folders: set[Path] = set()
         for path in self.written:
             if path.exists():
@@ -143,6 +226,33 @@ class UnitWriter:
                                         *self.unit.slots[name])
         return self._data[name], self._stats[name]
 
+    def _check_open(self, index: int) -> None:
+        if self._closed:
+            raise StoreError("this work unit is already committed; open a new one with StoreWriter.open_unit.")
+        if index not in self._rows:
+            raise StoreError(f"row {index} is not in this work unit (rows {list(self.unit.rows)[:10]}...).")
+
+    def _prepare(self, index: int, uid: str, features: Mapping[str, np.ndarray]) -> _Prepared:
+        """Checks, statistics and CRCs of one utterance (any thread: reads the writer's caches only)."""
+        w = self._writer
+        prepared: _Prepared = []
+        for name, frames in features.items():
+            stored = w._check_frames(uid, index, name, frames)
+            prepared.append((name, stored, utterance_statistics(stored), crc32_rows(stored, w.row_checksum)))
+        return prepared
+
+    def _pack(self, index: int, uid: str, prepared: _Prepared, audio_sha256: str, duration: float) -> None:
+        """Append a prepared utterance to the unit's shards (under the lock, in order)."""
+        for name, stored, (_, mean, m2), crc in prepared:
+            data, stats = self._fillers(name)
+            offset = data.put(stored)
+            slot = stats.put(np.stack([mean, m2])[None])
+            self._records.append({
+                "event": "commit", "index": int(index), "id": uid, "feature": name,
+                "offset": int(offset), "length": int(len(stored)), "slot": int(slot),
+                "crc32": [int(c) for c in crc], "audio_sha256": str(audio_sha256), "duration": float(duration),
+            })
+
     def add(self, index: int, features: Mapping[str, np.ndarray], *, audio_sha256: str,
             duration: float) -> None:
         """Pack one utterance's frames (all its features) into the unit.
@@ -151,34 +261,55 @@ class UnitWriter:
             StoreError: wrong shape, more frames than planned, non-finite values, or a row
                 outside the unit; nothing of the utterance is written then.
         """
-        if self._closed:
-            raise StoreError("this work unit is already committed; open a new one with StoreWriter.open_unit.")
-        if index not in self._rows:
-            raise StoreError(f"row {index} is not in this work unit (rows {list(self.unit.rows)[:10]}...).")
-        w = self._writer
-        uid = w._row_id(index)
-        prepared = [(name, w._check_frames(uid, index, name, frames)) for name, frames in features.items()]
+        self._check_open(index)
+        uid = self._writer._row_id(index)
+        prepared = self._prepare(index, uid, features)
         with self._lock:
-            for name, stored in prepared:
-                data, stats = self._fillers(name)
-                count, mean, m2 = utterance_statistics(stored)
-                offset = data.put(stored)
-                slot = stats.put(np.stack([mean, m2])[None])
-                self._records.append({
-                    "event": "commit", "index": int(index), "id": uid, "feature": name,
-                    "offset": int(offset), "length": int(len(stored)), "slot": int(slot),
-                    "crc32": [int(c) for c in crc32_rows(stored, w.row_checksum)],
-                    "audio_sha256": str(audio_sha256), "duration": float(duration),
-                })
+            self._pack(index, uid, prepared, audio_sha256, duration)
+
+    def add_many(self, indices: Sequence[int], features: Sequence[Mapping[str, np.ndarray]], *,
+                 audio_sha256: Sequence[str], durations: Sequence[float]) -> None:
+        """Pack several utterances, in order, as a loop of :meth:`add` would, with their checks,
+        statistics and checksums computed in parallel threads (:func:`prepare_threads`).
+
+        Raises:
+            StoreError: as :meth:`add`, for the first bad utterance; those before it are packed.
+        """
+        lengths = {len(indices), len(features), len(audio_sha256), len(durations)}
+        if len(lengths) != 1:
+            raise StoreError(
+                f"add_many got {len(indices)} indices, {len(features)} feature sets, {len(audio_sha256)} "
+                f"audio hashes and {len(durations)} durations; give one of each per utterance."
+            )
+        w = self._writer
+        for index in indices:
+            self._check_open(index)
+        uids = [w._row_id(index) for index in indices]
+        for name in {name for frames in features for name in frames}:
+            w._spec(name), w._planned(name)  # fill the writer's caches here, not in the threads
+        pool = _prepare_pool() if len(indices) > 1 else None
+        jobs = list(zip(indices, uids, features))
+        futures = [pool.submit(self._prepare, *job) for job in jobs] if pool is not None else []
+        prepared_all = (f.result() for f in futures) if futures else (self._prepare(*job) for job in jobs)
+        try:
+            with self._lock:
+                for (index, uid, _), prepared, digest, duration in zip(jobs, prepared_all, audio_sha256, durations):
+                    self._pack(index, uid, prepared, digest, duration)
+        finally:
+            for future in futures:
+                future.cancel()  # after an error: the rest is not packed, do not compute it
 
     def commit(self) -> None:
         """Write the unfinished shards, fsync data and folders, then append the commit records."""
         with self._lock:
             if self._closed:
                 return
-            for filler in (*self._data.values(), *self._stats.values()):
+            fillers = (*self._data.values(), *self._stats.values())
+            for filler in fillers:
                 filler.flush()
+            for filler in fillers:  # the shards were written side by side; wait, then fsync
                 filler.sync()
+                filler.release()
             # The journal line is the commit point: appended (and fsynced) only after the data.
             self._writer._journal.append(self._records)
             self._closed = True

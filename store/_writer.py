@@ -42,7 +42,7 @@ from ._layout import (
 from ._location import locate_store, remote_errors
 from ._lock import LOCK_FILE, PLAN_LOCK_FILE, hold_plan_lock
 from ._types import FeatureSpec, Utterance
-from ._units import UnitWriter, WorkUnit
+from ._units import UnitWriter, WorkUnit, release_buffers
 
 __all__ = ["StoreWriter", "WorkUnit", "UnitWriter"]
 
@@ -104,6 +104,7 @@ def _no_space_is_clear(method: Any) -> Any:
 
 
 UnitWriter.add = _no_space_is_clear(UnitWriter.add)  # type: ignore[method-assign]
+UnitWriter.add_many = _no_space_is_clear(UnitWriter.add_many)  # type: ignore[method-assign]
 UnitWriter.commit = _no_space_is_clear(UnitWriter.commit)  # type: ignore[method-assign]
 
 
@@ -691,6 +692,7 @@ class StoreWriter:
 
         Sets ``complete`` only when every planned utterance x feature is done or failed.
         """
+        release_buffers()
         finalize_store(self.location, self._group)
 
     def close(self) -> None:

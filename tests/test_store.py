@@ -70,9 +70,10 @@ class Built:
 def build_store(path: Path, *, lengths: list[int], speakers: list[str] | None = None,
                 specs: tuple[FeatureSpec, ...] = (W2V, SPEC2D), seed: int = 0,
                 finalize: bool = True, write: bool = True, prefix: str = "u",
-                slack: int = 0, units: int = 1) -> Built:
+                slack: int = 0, units: int = 1, batch: int = 0) -> Built:
     """Create a store with random frames of the given lengths (same length for every feature),
-    written as `units` work units (0: one write_utterance call per utterance)."""
+    written as `units` work units (0: one write_utterance call per utterance), their utterances
+    added one by one or, with `batch`, that many at a time (add_many)."""
     rng = np.random.default_rng(seed)
     utts = make_utterances(len(lengths), speakers or ["A", "B"], prefix)
     writer = StoreWriter(path, chunk_frames={s.name: CHUNK for s in specs},
@@ -88,10 +89,15 @@ def build_store(path: Path, *, lengths: list[int], speakers: list[str] | None = 
         groups = [list(range(len(rows)))[k::units] for k in range(units)]
         for unit in writer.plan_units([[rows[i] for i in g] for g in groups], [s.name for s in specs]):
             with writer.open_unit(unit) as unit_writer:
-                for row in unit.rows:
-                    i = rows.index(row)
-                    unit_writer.add(row, {s.name: built.frames[s.name][i] for s in specs},
-                                    audio_sha256=f"sha{i}", duration=lengths[i] / 50)
+                for lo in range(0, len(unit.rows), batch or 1):
+                    part = [rows.index(row) for row in unit.rows[lo:lo + (batch or 1)]]
+                    frames = [{s.name: built.frames[s.name][i] for s in specs} for i in part]
+                    if batch:
+                        unit_writer.add_many([rows[i] for i in part], frames, audio_sha256=[f"sha{i}" for i in part],
+                                             durations=[lengths[i] / 50 for i in part])
+                    else:
+                        unit_writer.add(rows[part[0]], frames[0], audio_sha256=f"sha{part[0]}",
+                                        duration=lengths[part[0]] / 50)
     if finalize:
         writer.finalize()
     writer.close()
@@ -146,6 +152,86 @@ def test_units_and_single_writes_round_trip(tmp_path, units):
     # Each unit (or single write) starts on its own shard: writers never share a shard file.
     assert all(o % SHARD == 0 for o in starts.values()) and len(set(v // SHARD for v in starts.values())) == len(starts)
     assert store.verify().ok
+
+
+def _store_files(path: Path) -> dict[str, object]:
+    """Every data file's bytes; the journals as records without their time (zarr.json and the
+    Parquet copies hold times too)."""
+    files: dict[str, object] = {}
+    for p in sorted(path.rglob("*")):
+        if not p.is_file() or p.suffix in (".parquet", ".lock") or p.name == "zarr.json":
+            continue
+        if p.suffix == ".jsonl":
+            files[str(p.relative_to(path))] = [{k: v for k, v in json.loads(line).items() if k != "t"}
+                                               for line in p.read_text().splitlines()]
+        else:
+            files[str(p.relative_to(path))] = p.read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_add_many_writes_what_add_writes(tmp_path, monkeypatch, threads):
+    # Utterances prepared in parallel threads are packed in order: the same shards, statistics
+    # and commit records, byte for byte, as adding them one by one (also with one thread: inline).
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    one = build_store(tmp_path / "one", lengths=LENGTHS * 3, units=2)
+    many = build_store(tmp_path / "many", lengths=LENGTHS * 3, units=2, batch=5)
+    files = _store_files(one.path)
+    assert files == _store_files(many.path)
+    assert any(name.startswith("features/w2v/data/") for name in files) and "_journal/main.jsonl" in files
+    store = open_store(many.path)
+    assert store.verify().ok
+    for i, u in enumerate(many.utterances):
+        np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), many.stored("w2v", i))
+
+
+def test_add_many_packs_the_utterances_before_a_bad_one(tmp_path):
+    built = build_store(tmp_path / "s", lengths=[3, 2, 4, 5], specs=(W2V,), write=False, finalize=False)
+    writer = StoreWriter(built.path)
+    (unit,) = writer.plan_units([built.rows], ["w2v"])
+    frames = [{"w2v": built.frames["w2v"][i]} for i in range(4)]
+    frames[2] = {"w2v": np.full((4, 4, 6), 1e6)}  # float16 overflow
+    with writer.open_unit(unit) as unit_writer:
+        with pytest.raises(StoreError, match=r"utterance 'u002', feature 'w2v': .* non-finite"):
+            unit_writer.add_many(built.rows, frames, audio_sha256=["a", "b", "c", "d"], durations=[1.0] * 4)
+        with pytest.raises(StoreError, match="3 indices, 4 feature sets"):
+            unit_writer.add_many(built.rows[:3], frames, audio_sha256=["a"] * 4, durations=[1.0] * 4)
+    writer.finalize()
+    assert writer.pending(["w2v"]) == [2, 3]
+    store = open_store(built.path, allow_incomplete=True)
+    for i in (0, 1):
+        np.testing.assert_array_equal(store.read_utterance(f"u00{i}", "w2v"), built.stored("w2v", i))
+
+
+def _build_batched(path: str) -> None:
+    build_store(Path(path), lengths=LENGTHS, units=1, batch=4)
+
+
+def test_add_many_in_a_forked_child(tmp_path, monkeypatch):
+    # A child forked after the preparing threads started has none of them: it starts its own
+    # instead of waiting forever on the parent's pool.
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    build_store(tmp_path / "parent", lengths=LENGTHS, units=1, batch=4)
+    child = multiprocessing.get_context("fork").Process(target=_build_batched, args=(str(tmp_path / "child"),))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    assert open_store(tmp_path / "child").verify().ok
+
+
+def test_prepare_threads_follow_the_cores_and_omp_num_threads(monkeypatch):
+    from w2v2ser.store._units import prepare_threads
+
+    monkeypatch.setattr("w2v2ser.store._units.usable_cores", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert prepare_threads() == 8  # at most 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a Dask worker's share of the cores
+    assert prepare_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert prepare_threads() == 8
 
 
 def test_read_batch_equals_read_utterance(tmp_path):

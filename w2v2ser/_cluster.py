@@ -26,6 +26,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from w2v2ser._common import usable_cores
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
@@ -57,14 +58,6 @@ class ClusterHandle:
     gpu_resource: str | None
     description: str
     dashboard: str = ""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask inside SLURM jobs and containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def count_gpus() -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "progress_bar",
     "publish_directory",
     "replacing",
+    "usable_cores",
     "write_atomically",
 ]
 
@@ -166,6 +167,14 @@ def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:
         while block := handle.read(block_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (the affinity mask inside SLURM jobs and containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -1,7 +1,7 @@
 """Store write throughput against the disk's raw sequential speed, measured side by side.
 
 Writes the same float16 ``[T, 13, 768]`` frames (RAVDESS-like lengths) as work units through
-``StoreWriter`` (plan_units / open_unit / commit: statistics, per-layer crc32, fsynced shards and
+``StoreWriter`` (plan_units / open_unit / add_many / commit: statistics, per-layer crc32, fsynced shards and
 folders, fsynced journal) with each candidate Zarr implementation, and times
 ``dd if=/dev/zero of=FILE bs=4M conv=fsync`` of the same byte count on the same disk:
 
@@ -11,7 +11,8 @@ folders, fsynced journal) with each candidate Zarr implementation, and times
 - ``w2v2ser_zarr_native``: zarr-python's own codec pipeline;
 - ``raw_fsync``: the same frame bytes written to one file in 4 MiB writes, then fsynced (dd with
   the store's data instead of zeros, which a virtual disk may shortcut);
-- ``baseline_zarrs`` (with ``--baseline-code DIR``): ``w2v2ser_zarrs`` with another source tree;
+- ``baseline_zarrs`` (with ``--baseline-code DIR``): ``w2v2ser_zarrs`` with another source tree, in a
+  fresh process; ``current_zarrs``: the same with this tree (the pair the headline compares);
 - ``tensorstore_shards``: tensorstore's zarr3 driver writing the same sharded layout, whole
   shards, then every file fsynced (no statistics, crc32 or journal: the bare implementation).
 
@@ -53,6 +54,7 @@ from w2v2ser.store import FeatureSpec, StoreWriter, Utterance  # noqa: E402
 
 SPEC = FeatureSpec(name="wav2vec2", dim=768, layers=13, frame_rate=50.0, dtype="float16", config={})
 UNIT = 64  # utterances per work unit, as `w2v2ser extract --shard-size`
+BATCH = 8  # utterances per add_many call: a model batch of 32 s of RAVDESS-length audio
 
 
 def _w2v2ser(root: Path, frames: list[np.ndarray], *, zarrs: bool, tensorstore: bool = True) -> float:
@@ -71,9 +73,11 @@ def _w2v2ser(root: Path, frames: list[np.ndarray], *, zarrs: bool, tensorstore: 
         started = time.perf_counter()
         for unit in units_:
             with writer.open_unit(unit) as unit_writer:
-                for row in unit.rows:
-                    block = frames[row]
-                    unit_writer.add(row, {"wav2vec2": block}, audio_sha256="0", duration=len(block) / 50)
+                for lo in range(0, len(unit.rows), BATCH):  # as extraction adds a model batch at once
+                    rows_ = unit.rows[lo:lo + BATCH]
+                    unit_writer.add_many(rows_, [{"wav2vec2": frames[row]} for row in rows_],
+                                         audio_sha256=["0"] * len(rows_),
+                                         durations=[len(frames[row]) / 50 for row in rows_])
         seconds = time.perf_counter() - started
         writer.close()
         return seconds
@@ -126,11 +130,11 @@ print(bench._w2v2ser(Path(sys.argv[2]), frames, zarrs=True))
 """
 
 
-def _baseline(root: Path, code: str, count: int) -> float:
+def _baseline(root: Path, code: str, count: int, python: str | None = None) -> float:
     """The zarrs mode with another w2v2ser source tree, in a fresh base-interpreter process
     (outside any virtual environment holding an installed w2v2ser); same frames (seed 0)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([getattr(sys, "_base_executable", sys.executable), "-c", _BASELINE, code, str(root),
+    done = subprocess.run([python or getattr(sys, "_base_executable", sys.executable), "-c", _BASELINE, code, str(root),
                            str(count)], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if done.returncode:
         raise SystemExit(done.stderr)
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--modes", default="dd,raw_fsync,w2v2ser,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
                         help="comma-separated modes (dd is always run)")
     parser.add_argument("--baseline-code", help="source tree of another w2v2ser: adds mode baseline_zarrs")
+    parser.add_argument("--baseline-python", help="interpreter for --baseline-code, with the dependencies but no "
+                                                  "installed w2v2ser (default: the base interpreter)")
     args = parser.parse_args()
     count, reps = (64, 2) if args.quick else (args.utterances, args.reps)
     rng = np.random.default_rng(0)
@@ -180,8 +186,8 @@ def main() -> None:
     megabytes = sum(f.nbytes for f in frames) / 1e6
     info = machine_info(["numpy", "zarr", "zarrs", "tensorstore"])
     modes = ["dd"] + [m for m in args.modes.split(",") if m and m != "dd"]
-    if args.baseline_code:
-        modes.append("baseline_zarrs")
+    if args.baseline_code:  # both trees in fresh processes of the same interpreter: a fair pair
+        modes += ["baseline_zarrs", "current_zarrs"]
     times: dict[str, list[float]] = {m: [] for m in modes}
     work = make_workdir(args.workdir, "w2v2ser-write-")
     try:
@@ -193,8 +199,9 @@ def main() -> None:
                     seconds = _dd(target, megabytes)
                 elif mode == "raw_fsync":
                     seconds = _raw(target, frames)
-                elif mode == "baseline_zarrs":
-                    seconds = _baseline(target, args.baseline_code, count)
+                elif mode in ("baseline_zarrs", "current_zarrs"):
+                    code = args.baseline_code if mode == "baseline_zarrs" else str(Path(__file__).resolve().parents[2])
+                    seconds = _baseline(target, code, count, args.baseline_python)
                 elif mode == "tensorstore_shards":
                     seconds = _tensorstore(target, frames)
                 else:
@@ -217,9 +224,10 @@ def main() -> None:
         to_raw = statistics.median(r / t for r, t in zip(times["raw_fsync"], times["w2v2ser"]))
         headline += f"; vs raw_fsync (same bytes, one file, fsync) {to_raw:.2f}x"
     if "baseline_zarrs" in ratio:
-        speedup = statistics.median(b / t for b, t in zip(times["baseline_zarrs"], times["w2v2ser"]))
-        headline += (f"; baseline code {ratio['baseline_zarrs']:.2f}x ({rates['baseline_zarrs']:.0f} MB/s); "
-                     f"w2v2ser / baseline code {speedup:.2f}x (median of per-rep ratios)")
+        speedup = statistics.median(b / t for b, t in zip(times["baseline_zarrs"], times["current_zarrs"]))
+        headline += (f"; baseline code {ratio['baseline_zarrs']:.2f}x ({rates['baseline_zarrs']:.0f} MB/s), this code "
+                     f"in the same kind of process {rates['current_zarrs']:.0f} MB/s: {speedup:.2f}x the baseline "
+                     f"(median of per-rep ratios)")
     write_results(
         "bench_store_write" + ("_quick" if args.quick else ""),
         {"command": command_line(), "machine": {**info, "load_average_start": load_average()},
@@ -228,7 +236,8 @@ def main() -> None:
         notes=["float16 [T, 13, 768], T 100-250; shards of 240 s (12032 frames), inner chunks (128, 1, 768), "
                "no compression + crc32c; w2v2ser modes include per-utterance statistics, per-layer crc32, "
                f"fsync of shards, folders and journal; {UNIT} utterances per work unit"]
-        + ([f"baseline_zarrs: w2v2ser_zarrs with the source tree {args.baseline_code}, in a fresh process"]
+        + ([f"baseline_zarrs: w2v2ser_zarrs with the source tree {args.baseline_code}, in a fresh process; "
+            "current_zarrs: the same with this source tree"]
            if args.baseline_code else []),
     )
     print(headline)

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="folder on the disk to measure (default: a temp dir)")
     parser.add_argument("--out", help="results folder (default tests/benchmarks/results)")
     parser.add_argument("--modes", default="dd,raw_fsync,w2v2ser,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
-                        help="comma-separated modes (dd is always run)")
+                        help="comma-separated modes (dd and w2v2ser always run)")
     parser.add_argument("--baseline-code", help="source tree of another w2v2ser: adds mode baseline_zarrs")
     parser.add_argument("--baseline-python", help="interpreter for --baseline-code, with the dependencies but no "
                                                   "installed w2v2ser (default: the base interpreter)")
@@ -185,7 +185,7 @@ def main() -> None:
     frames = [rng.standard_normal((int(n), 13, 768)).astype("float16") for n in rng.integers(100, 251, count)]
     megabytes = sum(f.nbytes for f in frames) / 1e6
     info = machine_info(["numpy", "zarr", "zarrs", "tensorstore"])
-    modes = ["dd"] + [m for m in args.modes.split(",") if m and m != "dd"]
+    modes = ["dd", "w2v2ser"] + [m for m in args.modes.split(",") if m and m not in ("dd", "w2v2ser")]
     if args.baseline_code:  # both trees in fresh processes of the same interpreter: a fair pair
         modes += ["baseline_zarrs", "current_zarrs"]
     times: dict[str, list[float]] = {m: [] for m in modes}

@@ -701,13 +701,17 @@ def _extract_batch(
             frames = {name: values[position] for name, values in features.items() if values[position] is not None}
             if len(frames) == len(extractors):
                 ready.append((item.index, frames, digest, audio.num_samples / 16000.0))
-        # The batch at once: its checks, statistics and checksums run in parallel threads.
+        # The batch at once: its checks, statistics and checksums run in parallel threads. Frames
+        # the store refuses (a float16 overflow: inf) fail their utterance, not the work unit.
         indices, frame_sets, digests, durations = zip(*ready) if ready else ((), (), (), ())
-        unit_writer.add_many(indices, frame_sets, audio_sha256=digests, durations=durations)
-        for duration in durations:
-            committed.add(duration)
-            if on_utterance is not None:
-                on_utterance(duration)
+        packed = set(unit_writer.add_many(
+            indices, frame_sets, audio_sha256=digests, durations=durations,
+            on_bad_frames=lambda index, error: writer.record_failure(index, feature=None, reason=str(error))))
+        for index, duration in zip(indices, durations):
+            if index in packed:
+                committed.add(duration)
+                if on_utterance is not None:
+                    on_utterance(duration)
         stage("store_write", time.perf_counter() - started)
 
     return job

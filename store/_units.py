@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -268,9 +269,18 @@ class UnitWriter:
             self._pack(index, uid, prepared, audio_sha256, duration)
 
     def add_many(self, indices: Sequence[int], features: Sequence[Mapping[str, np.ndarray]], *,
-                 audio_sha256: Sequence[str], durations: Sequence[float]) -> None:
+                 audio_sha256: Sequence[str], durations: Sequence[float],
+                 on_bad_frames: Callable[[int, StoreError], None] | None = None) -> list[int]:
         """Pack several utterances, in order, as a loop of :meth:`add` would, with their checks,
         statistics and checksums computed in parallel threads (:func:`prepare_threads`).
+
+        Args:
+            on_bad_frames: Called with the row and the error of an utterance whose frames fail
+                :meth:`add`'s checks (shape, planned size, non-finite); that utterance is then
+                left out and the rest packed. Without it, the first such error is raised.
+
+        Returns:
+            The rows packed.
 
         Raises:
             StoreError: as :meth:`add`, for the first bad utterance; those before it are packed.
@@ -290,14 +300,24 @@ class UnitWriter:
         pool = _prepare_pool() if len(indices) > 1 else None
         jobs = list(zip(indices, uids, features))
         futures = [pool.submit(self._prepare, *job) for job in jobs] if pool is not None else []
-        prepared_all = (f.result() for f in futures) if futures else (self._prepare(*job) for job in jobs)
+        getters = [f.result for f in futures] if futures else [functools.partial(self._prepare, *job) for job in jobs]
+        packed: list[int] = []
         try:
             with self._lock:
-                for (index, uid, _), prepared, digest, duration in zip(jobs, prepared_all, audio_sha256, durations):
-                    self._pack(index, uid, prepared, digest, duration)
+                for job, get, digest, duration in zip(jobs, getters, audio_sha256, durations):
+                    try:
+                        prepared = get()
+                    except StoreError as error:
+                        if on_bad_frames is None:
+                            raise
+                        on_bad_frames(job[0], error)
+                        continue
+                    self._pack(job[0], job[1], prepared, digest, duration)
+                    packed.append(job[0])
         finally:
             for future in futures:
                 future.cancel()  # after an error: the rest is not packed, do not compute it
+        return packed
 
     def commit(self) -> None:
         """Write the unfinished shards, fsync data and folders, then append the commit records."""

@@ -650,9 +650,11 @@ class StoreWriter:
             stored = np.ascontiguousarray(x.astype(spec.dtype, copy=False))
         if not _all_finite(stored):
             bad = int(np.size(stored) - np.count_nonzero(np.isfinite(stored)))
+            hint = (f"float16 holds at most +-65504: extract {name} as float32 (--option {name}.dtype=float32) "
+                    f"into a new store to keep this file" if spec.dtype == "float16" else
+                    "the extractor returned NaN or inf for this file: check its audio")
             raise StoreError(
-                f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting "
-                f"to {spec.dtype}; record it as a failure or store the feature as float32."
+                f"utterance {uid!r}, feature {name!r}: {bad} non-finite values after casting to {spec.dtype}; {hint}."
             )
         return stored
 

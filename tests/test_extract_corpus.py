@@ -128,6 +128,37 @@ def test_an_extractor_error_fails_one_utterance_not_the_run(corpus, tmp_path):
     assert summary.complete
 
 
+class Float16Energy(EnergyExtractor):
+    """Stored as float16; the file of length `huge_on_length` gives values beyond its range."""
+
+    def __init__(self, huge_on_length: int) -> None:
+        super().__init__()
+        self.huge_on_length = huge_on_length
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(name="energy", dim=2, layers=None, frame_rate=100.0, dtype="float16", config={"frame": 160})
+
+    def extract(self, signals):
+        out = super().extract(signals)
+        return [x * 1e6 if len(s) == self.huge_on_length else x for x, s in zip(out, signals)]
+
+
+def test_frames_beyond_float16_fail_their_utterance_not_the_work_unit(corpus, tmp_path):
+    # A float16 overflow (inf) was a StoreError in the writer thread: the whole unit of 64
+    # utterances failed, and every rerun failed the same way.
+    bad_length = len(read_audio(corpus[2].path))
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[Float16Energy(bad_length)], shard_size=4,
+                             progress=False)
+    failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
+    assert set(failed) == {"broken", "missing", corpus[2].id}
+    assert "non-finite values after casting to float16" in failed[corpus[2].id]
+    assert "--option energy.dtype=float32" in failed[corpus[2].id]
+    assert summary.extracted == 6 and summary.complete
+    store = open_store(tmp_path / "s.zarr")
+    assert {u.id for u in store.list_utterances()} == {u.id for u in corpus[:7]} - {corpus[2].id}
+    assert store.verify().ok
+
+
 def test_new_utterances_are_appended_on_a_later_run(corpus, tmp_path):
     extract_corpus(corpus[:4], tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
     summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)

@@ -202,6 +202,19 @@ def test_add_many_packs_the_utterances_before_a_bad_one(tmp_path):
     for i in (0, 1):
         np.testing.assert_array_equal(store.read_utterance(f"u00{i}", "w2v"), built.stored("w2v", i))
 
+    # With on_bad_frames, the bad utterance is reported and left out; the rest is packed.
+    (unit,) = writer.plan_units([[2, 3]], ["w2v"])
+    bad: list[tuple[int, str]] = []
+    with writer.open_unit(unit) as unit_writer:
+        packed = unit_writer.add_many([2, 3], frames[2:], audio_sha256=["c", "d"], durations=[1.0, 1.0],
+                                      on_bad_frames=lambda row, error: bad.append((row, str(error))))
+    assert packed == [3] and [row for row, _ in bad] == [2]
+    assert "float16 holds at most +-65504: extract w2v as float32 (--option w2v.dtype=float32)" in bad[0][1]
+    writer.finalize()
+    assert writer.pending(["w2v"]) == [2]
+    np.testing.assert_array_equal(open_store(built.path, allow_incomplete=True).read_utterance("u003", "w2v"),
+                                  built.stored("w2v", 3))
+
 
 def _build_batched(path: str) -> None:
     build_store(Path(path), lengths=LENGTHS, units=1, batch=4)

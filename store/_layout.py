@@ -35,7 +35,7 @@ ATTRS_KEY = "w2v2ser"
 ROW_CHUNK = 65536  # rows per chunk of the 1-D table columns and per-utterance index arrays
 STATS_SHARD = 64  # utterance slots per shard of the per-utterance statistics
 SHARD_SECONDS = 240.0  # audio seconds per data shard (file count: < 1 file per 60 s)
-SHARD_BYTES = 256 * 2**20  # ... but at most this many bytes (a writer holds one shard in memory)
+SHARD_BYTES = 256 * 2**20  # ... but at most this many bytes (a writer holds two: one filling, one being written)
 PARQUET_TABLES = ("utterances", "failures")
 
 # column -> (dtype, fill value). Strings use Zarr 3's variable-length UTF-8 dtype, which

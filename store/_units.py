@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,20 +59,24 @@ def _prepare_pool() -> ThreadPoolExecutor | None:
 
 
 # Shard buffers of committed units, reused by the next unit of the process: a fresh 100+ MB buffer
-# is page-faulted in as it fills, which cost more than filling it. At most one per shape and dtype
-# (a shard: at most SHARD_BYTES), until the store is finalized (release_buffers).
-_BUFFERS: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+# is page-faulted in as it fills, which cost more than filling it. At most two per shape and dtype
+# (a filler fills one while tensorstore writes the other; a shard is at most SHARD_BYTES), until
+# the store is finalized (release_buffers).
+_BUFFERS: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
 
 
 def _take_buffer(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     with _POOL_LOCK:
-        buffer = _BUFFERS.pop((tuple(shape), np.dtype(dtype).str), None)
+        kept = _BUFFERS.get((tuple(shape), np.dtype(dtype).str))
+        buffer = kept.pop() if kept else None
     return buffer if buffer is not None else np.empty(shape, dtype=dtype)
 
 
 def _give_buffer(buffer: np.ndarray) -> None:
     with _POOL_LOCK:
-        _BUFFERS[(buffer.shape, buffer.dtype.str)] = buffer
+        kept = _BUFFERS.setdefault((buffer.shape, buffer.dtype.str), [])
+        if len(kept) < 2:
+            kept.append(buffer)
 
 
 def release_buffers() -> None:
@@ -114,6 +119,7 @@ class _Filler:
         self.buffer_start = start
         self.written: list[Path] = []
         self.pending: Any = None  # tensorstore's commit future of the shard written last
+        self.inflight: tuple[np.ndarray, weakref.ref] | None = None  # its buffer, and the view tensorstore holds
 
     def put(self, rows: np.ndarray) -> int:
         """Append rows; returns the offset of the first one."""
@@ -141,8 +147,9 @@ class _Filler:
     def flush(self) -> None:
         """Write the current shard (zero-filled after the last row) through tensorstore, or zarr.
 
-        tensorstore copies the shard, then encodes and writes it in its own threads while the
-        next shard fills: at most one shard per array is in flight; :meth:`sync` waits for it."""
+        tensorstore encodes and writes the shard from this buffer (no copy) in its own threads
+        while the next buffer fills: at most one shard per array is in flight, and a buffer is
+        filled again only once tensorstore has let go of it; :meth:`sync` waits for the last."""
         if self.buffer is None:
             return
         lo = self.buffer_start
@@ -151,33 +158,45 @@ class _Filler:
         target = open_tensorstore(self.array, write=True)
         if target is None:
             self.array[lo:hi] = self.buffer[: hi - lo]
+            self.spare = self.buffer
         else:
             self.wait()
+            view = self.buffer[: hi - lo]  # tensorstore holds this view until it has written it
             try:
-                futures = target[lo:hi].write(self.buffer[: hi - lo])
-                futures.copy.result()  # the buffer may be refilled from here on
+                futures = target[lo:hi].write(view, can_reference_source_data_indefinitely=True)
             except ValueError as exc:
                 raise _os_error(exc) from exc
-            self.pending = futures.commit
+            self.pending, self.inflight = futures.commit, (self.buffer, weakref.ref(view))
+            del view
         key = self.array.metadata.encode_chunk_key((lo // self.shard,) + (0,) * (self.array.ndim - 1))
         if self.folder is not None:  # None on object storage: a returned PUT is durable, nothing to fsync
             self.written.append(self.folder / key)
-        self.buffer, self.spare = None, self.buffer
+        self.buffer = None
 
     def release(self) -> None:
-        """Hand the shard buffer to the next unit (the unit is committed: nothing reads it)."""
+        """Hand a free shard buffer to the next unit (the unit is committed: nothing reads it)."""
+        self.wait()
         if self.spare is not None:
             _give_buffer(self.spare)
         self.buffer = self.spare = None
 
     def wait(self) -> None:
-        """Wait until the shard in flight is written; raises its error (OSError for I/O)."""
+        """Wait until the shard in flight is written; raises its error (OSError for I/O). Its
+        buffer becomes the spare once tensorstore holds no reference to it."""
         pending, self.pending = self.pending, None
         if pending is not None:
             try:
                 pending.result()
             except ValueError as exc:
                 raise _os_error(exc) from exc
+        if self.inflight is not None:
+            buffer, view = self.inflight
+            self.inflight = None
+            if view() is None:  # else tensorstore still holds it: a new buffer is made when needed
+                if self.spare is None:
+                    self.spare = buffer
+                else:
+                    _give_buffer(buffer)
 
     def sync(self) -> None:
         """fsync every shard file written and the folders above it, up to the array folder."""

@@ -235,6 +235,49 @@ def test_add_many_in_a_forked_child(tmp_path, monkeypatch):
     assert open_store(tmp_path / "child").verify().ok
 
 
+@pytest.mark.parametrize("lets_go", [True, False], ids=["released", "kept"])
+def test_a_shard_buffer_is_refilled_only_after_tensorstore_let_go(tmp_path, monkeypatch, lets_go):
+    # tensorstore may read a shard's buffer until the write's commit (no copy is made): a writer
+    # that refilled it before would store the next shard's frames. This stand-in reads the
+    # buffer only when the commit is awaited and, when `lets_go` is False, keeps it for ever.
+    import w2v2ser.store._units as units
+
+    real, kept = units.open_tensorstore, []
+
+    class Late:
+        def __init__(self, target):
+            self.target = target
+
+        def __getitem__(self, key):
+            return Late(self.target[key])
+
+        def write(self, source, *, can_reference_source_data_indefinitely):
+            assert can_reference_source_data_indefinitely
+            target, pending = self.target, [source]
+            if not lets_go:
+                kept.append((source, np.array(source)))
+
+            class Commit:
+                def result(self):
+                    if pending:
+                        target.write(np.array(pending.pop())).result()
+
+            return type("Futures", (), {"commit": Commit()})()
+
+    def late(array, *, write):
+        target = real(array, write=write)
+        return None if target is None else Late(target)
+
+    monkeypatch.setattr(units, "open_tensorstore", late)
+    built = build_store(tmp_path / "s", lengths=LENGTHS * 4, units=2, batch=3)
+    store = open_store(built.path)
+    for i, u in enumerate(built.utterances):
+        np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), built.stored("w2v", i))
+        np.testing.assert_array_equal(store.read_utterance(u.id, "lld"), built.stored("lld", i))
+    assert store.verify().ok and (lets_go or kept)
+    assert all(np.array_equal(view, copy) for view, copy in kept)  # never refilled while held
+
+
 def test_prepare_threads_follow_the_cores_and_omp_num_threads(monkeypatch):
     from w2v2ser.store._units import prepare_threads
 

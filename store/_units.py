@@ -47,8 +47,9 @@ def prepare_threads() -> int:
     return max(1, min(8, cores))
 
 
-def _prepare_pool() -> ThreadPoolExecutor | None:
-    """The process's pool of preparing threads; None with one thread (prepare inline)."""
+def thread_pool() -> ThreadPoolExecutor | None:
+    """The process's pool of threads that prepare and check frames (:func:`prepare_threads`);
+    None with one thread (work inline)."""
     threads = prepare_threads()
     if threads == 1:
         return None
@@ -316,7 +317,7 @@ class UnitWriter:
         uids = [w._row_id(index) for index in indices]
         for name in {name for frames in features for name in frames}:
             w._spec(name), w._planned(name)  # fill the writer's caches here, not in the threads
-        pool = _prepare_pool() if len(indices) > 1 else None
+        pool = thread_pool() if len(indices) > 1 else None
         jobs = list(zip(indices, uids, features))
         futures = [pool.submit(self._prepare, *job) for job in jobs] if pool is not None else []
         getters = [f.result for f in futures] if futures else [functools.partial(self._prepare, *job) for job in jobs]

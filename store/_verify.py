@@ -13,6 +13,7 @@ from ._finalize import compose_speakers
 from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, open_array, to_str_list
 from ._stats import utterance_statistics
 from ._types import VerifyReport
+from ._units import thread_pool
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._reader import FeatureStore
@@ -63,44 +64,55 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
             if o1 + c1 > o2:
                 problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
         verified = np.zeros(n, dtype=bool)
-        rows_of_feature = progress_bar(range(n), desc=f"verify {name}", unit="utt") if progress else range(n)
-        for i in rows_of_feature:
-            uid = ids[i]
+
+        def check(i: int, data: Any = data, stats: Any = stats, name: str = name) -> tuple[str, bool] | None:
+            """One utterance's frames against its region, CRCs and statistics: None when it has
+            no frames, else (problem or "", whether its frames were read); any thread."""
             o, k = int(off[i]), int(length[i])
             if k < 0:
-                if status[i] == "done" and cap[i] >= 0:  # planned; cap < 0: added without this feature
-                    problems.append((uid, name, "status 'done' but no frames recorded"))
-                continue
+                planned_done = status[i] == "done" and cap[i] >= 0  # cap < 0: added without this feature
+                return ("status 'done' but no frames recorded", False) if planned_done else None
             if k > cap[i]:
-                problems.append((uid, name, f"length {k} exceeds the planned capacity {int(cap[i])}"))
-                continue
+                return f"length {k} exceeds the planned capacity {int(cap[i])}", False
             if o < 0 or o + k > total:
-                problems.append((uid, name, f"frames [{o}, {o + k}) lie outside the data ({total} frames)"))
-                continue
-            checked += 1
+                return f"frames [{o}, {o + k}) lie outside the data ({total} frames)", False
             try:
                 frames = np.asarray(data[o:o + k])
             except Exception as exc:  # corrupt/truncated shards raise codec-specific errors
-                problems.append((uid, name, f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: "
-                                            f"{exc}); {_REEXTRACT}"))
-                continue
+                return f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: {exc}); {_REEXTRACT}", True
             got = crc32_rows(frames, store.row_checksum)
             if not np.array_equal(got, crc[i]):
                 bad = [j for j in range(len(got)) if got[j] != crc[i][j]]
-                problems.append((uid, name, f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are "
-                                            f"corrupt or missing); {_REEXTRACT}"))
-                continue
+                return (f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are corrupt or missing); "
+                        f"{_REEXTRACT}", True)
             _, mean, m2 = utterance_statistics(frames)
             try:
                 stored = np.asarray(stats[int(slot[i])])
-                same = np.array_equal(stored[0], mean) and np.array_equal(stored[1], m2)
+                if np.array_equal(stored[0], mean) and np.array_equal(stored[1], m2):
+                    return "", True
                 why = "differ from the statistics of its frames"
             except Exception as exc:
-                same, why = False, f"cannot be read ({type(exc).__name__}: {exc})"
-            if not same:
-                problems.append((uid, name, f"per-utterance statistics {why}; {_REEXTRACT}"))
-                continue
-            verified[i] = True
+                why = f"cannot be read ({type(exc).__name__}: {exc})"
+            return f"per-utterance statistics {why}; {_REEXTRACT}", True
+
+        # Utterances are checked in parallel threads (reads, CRCs and statistics release the GIL),
+        # a bounded window at a time; their problems are listed in row order.
+        pool = thread_pool()
+        bar = progress_bar(total=n, desc=f"verify {name}", unit="utt") if progress else None
+        for lo in range(0, n, 256):
+            window = range(lo, min(n, lo + 256))
+            for i, result in zip(window, pool.map(check, window) if pool is not None else map(check, window)):
+                if result is not None:
+                    problem, read = result
+                    checked += read
+                    if problem:
+                        problems.append((ids[i], name, problem))
+                    else:
+                        verified[i] = True
+            if bar is not None:
+                bar.update(len(window))
+        if bar is not None:
+            bar.close()
         if store.complete:
             problems += _check_speakers(store, name, speakers, length, slot, verified)
     if store.complete:  # finalize writes them; an interrupted one may not have

@@ -278,6 +278,38 @@ def test_a_shard_buffer_is_refilled_only_after_tensorstore_let_go(tmp_path, monk
     assert all(np.array_equal(view, copy) for view, copy in kept)  # never refilled while held
 
 
+@pytest.mark.parametrize("code", ["EIO", "EINVAL"])
+def test_a_failed_fsync_of_the_data_keeps_the_unit_uncommitted(tmp_path, monkeypatch, code):
+    # fsync errors were swallowed: after an EIO the commit record followed data that may never
+    # reach the disk. EINVAL (a file system that cannot sync a folder) is still no error.
+    import errno
+    import os
+
+    built = build_store(tmp_path / "s", lengths=[3, 4], specs=(W2V,), write=False, finalize=False)
+    writer = StoreWriter(built.path)
+    (unit,) = writer.plan_units([built.rows], ["w2v"])
+    real = os.fsync
+
+    def failing(fd):
+        if "features" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+        return real(fd)
+
+    unit_writer = writer.open_unit(unit)
+    unit_writer.add_many(built.rows, [{"w2v": f} for f in built.frames["w2v"]], audio_sha256=["a", "b"],
+                         durations=[1.0, 1.0])
+    monkeypatch.setattr(os, "fsync", failing)
+    if code == "EIO":
+        with pytest.raises(OSError, match="Input/output error"):
+            unit_writer.commit()
+        monkeypatch.undo()
+        assert writer.pending(["w2v"]) == [0, 1]  # nothing committed: the next run redoes the unit
+    else:
+        unit_writer.commit()
+        monkeypatch.undo()
+        assert writer.pending(["w2v"]) == []
+
+
 def test_prepare_threads_follow_the_cores_and_omp_num_threads(monkeypatch):
     from w2v2ser.store._units import prepare_threads
 

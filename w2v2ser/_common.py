@@ -179,15 +179,22 @@ def usable_cores() -> int:
 
 def fsync_path(path: str | os.PathLike) -> None:
     """fsync one file or folder: a folder's fsync makes a rename or new file inside it durable
-    (a no-op where folders cannot be opened)."""
+    (a no-op where folders cannot be opened, or the file system cannot sync them).
+
+    Raises:
+        OSError: the fsync failed otherwise (EIO, ENOSPC...): what was written may be lost.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as error:
+        # EINVAL / ENOTSUP: a file system that cannot sync a folder (or a special file); nothing
+        # to make durable there. Anything else must not let a commit record follow the data.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 

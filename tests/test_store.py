@@ -278,7 +278,7 @@ def test_a_shard_buffer_is_refilled_only_after_tensorstore_let_go(tmp_path, monk
     assert all(np.array_equal(view, copy) for view, copy in kept)  # never refilled while held
 
 
-@pytest.mark.parametrize("code", ["EIO", "EINVAL"])
+@pytest.mark.parametrize("code", ["EIO", "EINVAL", "ENOSYS"])
 def test_a_failed_fsync_of_the_data_keeps_the_unit_uncommitted(tmp_path, monkeypatch, code):
     # fsync errors were swallowed: after an EIO the commit record followed data that may never
     # reach the disk. EINVAL (a file system that cannot sync a folder) is still no error.

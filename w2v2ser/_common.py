@@ -191,9 +191,10 @@ def fsync_path(path: str | os.PathLike) -> None:
     try:
         os.fsync(fd)
     except OSError as error:
-        # EINVAL / ENOTSUP: a file system that cannot sync a folder (or a special file); nothing
-        # to make durable there. Anything else must not let a commit record follow the data.
-        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        # EINVAL / ENOTSUP / ENOSYS: a file system that cannot sync a folder (or a special file, or
+        # a FUSE file system without fsync); nothing to make durable there. Anything else must not
+        # let a commit record follow the data.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
     finally:
         os.close(fd)

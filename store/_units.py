@@ -282,11 +282,7 @@ class UnitWriter:
             StoreError: wrong shape, more frames than planned, non-finite values, or a row
                 outside the unit; nothing of the utterance is written then.
         """
-        self._check_open(index)
-        uid = self._writer._row_id(index)
-        prepared = self._prepare(index, uid, features)
-        with self._lock:
-            self._pack(index, uid, prepared, audio_sha256, duration)
+        self.add_many([index], [features], audio_sha256=[audio_sha256], durations=[duration])
 
     def add_many(self, indices: Sequence[int], features: Sequence[Mapping[str, np.ndarray]], *,
                  audio_sha256: Sequence[str], durations: Sequence[float],

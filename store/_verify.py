@@ -65,7 +65,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
                 problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
         verified = np.zeros(n, dtype=bool)
 
-        def check(i: int, data: Any = data, stats: Any = stats, name: str = name) -> tuple[str, bool] | None:
+        def check(i: int) -> tuple[str, bool] | None:  # called within this feature's loop only
             """One utterance's frames against its region, CRCs and statistics: None when it has
             no frames, else (problem or "", whether its frames were read); any thread."""
             o, k = int(off[i]), int(length[i])

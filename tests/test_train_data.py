@@ -237,10 +237,13 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype, blocks", [(np.float16, False), (np.float16, True), (np.float32, False)])
-def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, monkeypatch):
+@pytest.mark.parametrize("source", ["in place", "reads", "aligned reads", "float32 reads", "read-only reads"])
+def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, source, monkeypatch):
     """The batched path (XLA-compiled TensorFlow for float16, one numpy buffer otherwise) gives
     exactly Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps and
-    NORMALISE_CHUNK chunks, and leaves the padding at zero."""
+    NORMALISE_CHUNK chunks, and leaves the padding at zero: normalising `out` in place, or from
+    the reads (longer than the kept length; of the stored dtype, of float32 as pair averaging
+    gives, or read-only, which TensorFlow cannot take without a copy)."""
     from w2v2ser.train import Normaliser
     from w2v2ser.train import _dataset
 
@@ -258,10 +261,51 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
     norm = Normaliser("speaker", speaker_mean={s: rng.standard_normal((5, 16)) * 5 for s in "ab"},
                       speaker_std={s: rng.random((5, 16)) * 9 + 1e-3 for s in "ab"})
     speakers = ["a", "b", "b", "a"]
-    _dataset._normalise_inplace(out, lengths, norm, speakers)
+    if source == "in place":
+        _dataset._normalise_into(out, lengths, norm, speakers)
+    else:
+        reads = [np.concatenate([raw[k, :n], rng.standard_normal((2, 5, 16))]) for k, n in enumerate(lengths)]
+        reads = [r.astype(np.float32 if source == "float32 reads" else dtype) for r in reads]
+        if source == "aligned reads":  # handed to TensorFlow as they are
+            aligned = [_dataset._aligned_zeros(r.shape, r.dtype) for r in reads]
+            for target, r in zip(aligned, reads):
+                target[...] = r
+            reads = aligned
+        for r in reads:
+            r.flags.writeable = source != "read-only reads"
+        out = np.zeros_like(out)
+        _dataset._normalise_into(out, lengths, norm, speakers, frames=reads)
     for k, n in enumerate(lengths):
         np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
         assert not out[k, n:].any()
+
+
+def test_float16_frames_reach_tensorflow_and_return_without_copies():
+    """The float16 normalisation hands frames to TensorFlow and takes its result back as views
+    (DLPack, memoryview): each copy cost more than the arithmetic. Frames TensorFlow cannot take
+    as they are (not 64-byte aligned, where its kernels abort the process; read-only) are copied."""
+    import tensorflow as tf
+
+    from w2v2ser.train import _dataset
+
+    frames = _dataset._aligned_zeros((2, 3, 4), np.float16)
+    frames[...] = np.arange(24).reshape(2, 3, 4)
+    view = _dataset._tensor_view(frames)
+    frames[0, 0, 0] = 99  # the tensor sees the array's own memory
+    assert float(view[0, 0, 0]) == 99
+    back = _dataset._host_view(tf.identity(view))
+    assert back.dtype == np.float16 and back.shape == (2, 3, 4) and not back.flags.writeable
+    np.testing.assert_array_equal(back, frames)
+    storage = _dataset._aligned_zeros((25,), np.float16)
+    unaligned = storage[1:].reshape(2, 3, 4)  # 2 bytes past the boundary
+    locked = frames.copy()
+    locked.flags.writeable = False
+    for other in (unaligned, locked):
+        tensor = _dataset._tensor_view(other)
+        expected = other.copy()
+        if other.flags.writeable:
+            other[0, 0, 0] = 7  # a copy: the tensor keeps the values it was given
+        np.testing.assert_array_equal(tf.where(tensor > 0, tensor, 0).numpy(), np.where(expected > 0, expected, 0))
 
 
 # ----------------------------------------------------------------------------- micro-batches

@@ -352,7 +352,7 @@ class FeatureBatches:
         speakers = [it.speaker for it in items]
         inputs: dict[str, np.ndarray] = {}
         for src, frames_stored in zip(self.sources, stored):
-            out = np.zeros((len(items), length, *src.selection.frame_shape), dtype=src.dtype)
+            out = _aligned_zeros((len(items), length, *src.selection.frame_shape), src.dtype)
             frame_bytes = out.itemsize * int(np.prod(out.shape[2:], dtype=np.int64))  # one stored frame as read
             s = 0
             while s < len(items):
@@ -361,13 +361,14 @@ class FeatureBatches:
                         e == s or size + frames_stored[e] * frame_bytes <= READ_GROUP_MB * 2**20):
                     size += frames_stored[e] * frame_bytes
                     e += 1
-                for k, (x, _) in enumerate(self._read_sources(items[s:e], sources=[src])[0], start=s):
+                read = [x for x, _ in self._read_sources(items[s:e], sources=[src])[0]]
+                for k, x in enumerate(read, start=s):
                     if len(x) < lengths[k]:
                         raise DataError(f"utterance {items[k].id!r}, feature {src.selection.feature!r}: "
                                         f"{len(x)} frames read, the store's length table says more; the store "
                                         f"is inconsistent (run `w2v2ser store verify`)")
-                    out[k, : lengths[k]] = x[: lengths[k]]
-                _normalise_inplace(out[s:e], lengths[s:e], src.normaliser, speakers[s:e])
+                _normalise_into(out[s:e], lengths[s:e], src.normaliser, speakers[s:e], frames=read)
+                del read
                 s = e
             inputs[src.branch] = out
         inputs["mask"] = _mask(lengths, length)
@@ -540,6 +541,40 @@ def _normalise_float16(frames: Any, mean: Any, std: Any) -> Any:
     return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
 
 
+# TensorFlow's tensors are aligned to 64 bytes, and its kernels abort the process (a failed
+# IsAligned check) on a tensor over host memory that is not: only such memory is handed over.
+TENSOR_ALIGNMENT = 64
+
+
+def _aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` starting on a TENSOR_ALIGNMENT boundary (numpy's large arrays
+    start 16 bytes past a page), so that its frames can be handed to TensorFlow without a copy."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    buffer = np.zeros(nbytes + TENSOR_ALIGNMENT, dtype=np.uint8)
+    start = -buffer.ctypes.data % TENSOR_ALIGNMENT
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _tensor_view(frames: np.ndarray) -> Any:
+    """A TensorFlow tensor over host frames without copying them (DLPack), else a copy.
+
+    ``tf.convert_to_tensor`` of a numpy array copies it, and ``Tensor.numpy()`` copies back:
+    for float16 normalisation those copies took longer than the arithmetic. Frames that are
+    read-only, strided or not aligned to TENSOR_ALIGNMENT bytes are converted (copied) as before.
+    """
+    import tensorflow as tf
+
+    if (frames.flags.c_contiguous and frames.flags.writeable and frames.size
+            and frames.ctypes.data % TENSOR_ALIGNMENT == 0):
+        return tf.experimental.dlpack.from_dlpack(frames.__dlpack__())
+    return tf.convert_to_tensor(frames)
+
+
+def _host_view(tensor: Any) -> np.ndarray:
+    """A read-only numpy view of a CPU tensor's values, without the copy ``Tensor.numpy()`` makes."""
+    return np.asarray(memoryview(tensor))
+
+
 _COMPILED: list[Any] = []  # [the compiled float16 normalisation] once built
 
 
@@ -564,29 +599,43 @@ def _compiled_normalise() -> Any:
     return _COMPILED[0]
 
 
-def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str]) -> None:
-    """Normalise padded frames [N, T, ...] in place; the padding (zeros) is left as it is.
+def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str], *,
+                    frames: Sequence[np.ndarray] | None = None) -> None:
+    """Normalised frames into padded ``out`` [N, T, ...]; the padding (zeros) is left as it is.
+
+    ``frames[k][:lengths[k]]`` are utterance k's frames as read (None: ``out`` holds them and is
+    normalised in place). Frames of ``out``'s dtype are normalised straight from the read into
+    ``out``, other dtypes (pair-averaged float32) are cast into it first, as before.
 
     The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
     own frames. The float16 <-> float32 casts cost more than the arithmetic: numpy casts float16
     element by element (about 1.6 ns each here), so float16 frames go through TensorFlow (the same
-    values): small utterances in blocks of at most NORMALISE_MB of float32 per call, larger ones
-    one at a time through one XLA-compiled function, NORMALISE_CHUNK frames per call; other dtypes through
+    values), handed over and back without copies (:func:`_tensor_view`, :func:`_host_view`):
+    small utterances in blocks of at most NORMALISE_MB of float32 per call, larger ones one at a
+    time through one XLA-compiled function, NORMALISE_CHUNK frames per call; other dtypes through
     one numpy float32 buffer of at most NORMALISE_MB. ``norm`` needs only ``moments(speaker)``
     (predict's grouped normaliser has it too).
     """
     names = sorted(set(speakers))
     moments = dict(zip(names, (norm.moments(s) for s in names)))
+    if any(m is None for m in moments.values()) and not all(m is None for m in moments.values()):
+        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
+    block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
+    in_blocks = out.dtype == np.float16 and block >= NORMALISE_BLOCK_MIN
+    sources: list[np.ndarray] = [out[k] for k in range(len(out))]
+    if frames is not None:
+        for k, x in enumerate(frames):
+            if in_blocks or x.dtype != out.dtype or moments[speakers[k]] is None:
+                out[k, : lengths[k]] = x[: lengths[k]]  # normalised in place below (or not at all)
+            else:
+                sources[k] = x
     if all(m is None for m in moments.values()):
         return
-    if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
-        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
     moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
     if out.dtype == np.float16:
         import tensorflow as tf
 
-        block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
-        if block >= NORMALISE_BLOCK_MIN:
+        if in_blocks:
             # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the
             # same arithmetic, since a call per utterance would cost more than its work; padding stays 0.
             for a in range(0, len(out), block):
@@ -595,20 +644,20 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
                 std = np.stack([moments[s][1] for s in speakers[a:a + block]])[:, None]
                 real = (np.arange(part.shape[1])[None, :] < n[:, None]).reshape(part.shape[:2] + (1,) * (part.ndim - 2))
                 with tf.device("/CPU:0"):
-                    done = _normalise_float16(part, mean, std)
-                    part[...] = tf.where(real, done, tf.zeros_like(done)).numpy()
+                    done = _normalise_float16(_tensor_view(part), mean, std)
+                    part[...] = _host_view(tf.where(real, done, tf.zeros_like(done)))
             return
         compiled, step = _compiled_normalise(), NORMALISE_CHUNK
-        scratch = np.zeros((step, *out.shape[2:]), dtype=np.float16)
+        scratch = _aligned_zeros((step, *out.shape[2:]), np.float16)
 
-        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
-            n = len(frames)
+        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
+            n = len(target)
             with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
-                if n == step:
-                    frames[...] = compiled(frames, mean, std).numpy()
+                if n == step and source.flags.c_contiguous and source.ctypes.data % TENSOR_ALIGNMENT == 0:
+                    target[...] = _host_view(compiled(_tensor_view(source), mean, std))
                 else:  # an utterance's last, shorter chunk, padded to the compiled shape
-                    scratch[:n] = frames
-                    frames[...] = compiled(scratch, mean, std).numpy()[:n]
+                    scratch[:n] = source
+                    target[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
 
         with tf.device("/CPU:0"):
             moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
@@ -616,12 +665,13 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
         step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
         buffer = np.empty((min(step, out.shape[1]), *out.shape[2:]), dtype=np.float32)
 
-        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
-            x = buffer[: len(frames)]
-            np.subtract(frames, mean, out=x, dtype=np.float32)
+        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
+            x = buffer[: len(target)]
+            np.subtract(source, mean, out=x, dtype=np.float32)
             np.divide(x, std, out=x)
-            frames[...] = x
+            target[...] = x
 
     for k, speaker in enumerate(speakers):
         for a in range(0, int(lengths[k]), step):
-            normalise(out[k, a:min(int(lengths[k]), a + step)], *moments[speaker])
+            b = min(int(lengths[k]), a + step)
+            normalise(out[k, a:b], sources[k][a:b], *moments[speaker])

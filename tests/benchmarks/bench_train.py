@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+BASELINE_PYTHON: list[str | None] = [None]  # --baseline-python
 DEFAULT_CACHE = Path(os.environ.get("W2V2SER_BENCH_CACHE", "/work/bench_cache"))
 
 
@@ -76,6 +77,9 @@ def parse_args() -> argparse.Namespace:
                    help="--input-only: evict the store's page cache before each timed pass")
     p.add_argument("--baseline-code", default=None, metavar="DIR",
                    help="source tree of another w2v2ser, trained on each size right after this code")
+    p.add_argument("--baseline-python", default=None, metavar="PYTHON",
+                   help="interpreter of --baseline-code's children, with the dependencies but no installed w2v2ser "
+                        "(default: the base interpreter)")
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating a store")
     p.add_argument("--small", default=None, metavar="STORE",
                    help="instead: eGeMAPS and spectrogram of this (RAVDESS) store, w2v2ser epoch vs model.fit(numpy)")
@@ -471,14 +475,15 @@ def small_codes(args: argparse.Namespace) -> None:
 
 def _child_env(code: str | None) -> tuple[dict[str, str], str]:
     """(environment, interpreter) of a child running this tree's code, or the source tree ``code``
-    in the base interpreter (outside any environment with w2v2ser installed)."""
+    in ``--baseline-python`` (default: the base interpreter, outside any environment with w2v2ser
+    installed)."""
     if code is None:
         path = os.pathsep.join(filter(None, [str(_common.REPO_ROOT), os.environ.get("PYTHONPATH")]))
         return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2"), sys.executable
     code = str(Path(code).resolve())
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PYTHONPATH=code, W2V2SER_CODE=code, TF_CPP_MIN_LOG_LEVEL="2")
-    return env, getattr(sys, "_base_executable", sys.executable)
+    return env, BASELINE_PYTHON[0] or getattr(sys, "_base_executable", sys.executable)
 
 
 def _run_child(cmd: list[str], env: dict[str, str], name: str) -> dict:
@@ -491,6 +496,7 @@ def _run_child(cmd: list[str], env: dict[str, str], name: str) -> dict:
 
 def main() -> None:
     args = parse_args()
+    BASELINE_PYTHON[0] = args.baseline_python
     if args.child_small:
         small_child(*args.child_small, args.epochs)
         return

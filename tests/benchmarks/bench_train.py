@@ -104,7 +104,8 @@ def plan_utterances(seconds: float):
     while total < seconds:
         d = float(rng.uniform(2.0, 5.0))
         actor = i % 24 + 1
-        emotion = EMOTIONS[(i // 24) % len(EMOTIONS)]
+        # each round of the 24 actors covers every emotion (so --quick's 26 utterances have more than one)
+        emotion = EMOTIONS[(i // 24 + i % 24) % len(EMOTIONS)]
         utts.append(Utterance(id=f"syn-{i:06d}", path=f"/synthetic/{i}.flac", speaker=f"Actor_{actor:02d}",
                               label=emotion, corpus="ravdess", gender="male" if actor % 2 else "female"))
         durations.append(d)

@@ -655,7 +655,8 @@ def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, spea
             with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
                 if n == step and source.flags.c_contiguous and source.ctypes.data % TENSOR_ALIGNMENT == 0:
                     target[...] = _host_view(compiled(_tensor_view(source), mean, std))
-                else:  # an utterance's last, shorter chunk, padded to the compiled shape
+                else:  # a last, shorter chunk (padded to the compiled shape), or a read TensorFlow
+                    # cannot take as it is (not aligned): one copy into the aligned scratch
                     scratch[:n] = source
                     target[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
 

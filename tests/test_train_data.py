@@ -237,12 +237,13 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype, blocks", [(np.float16, False), (np.float16, True), (np.float32, False)])
-@pytest.mark.parametrize("aligned", [True, False])
-def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, aligned, monkeypatch):
+@pytest.mark.parametrize("source", ["in place", "reads", "aligned reads", "float32 reads", "read-only reads"])
+def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, source, monkeypatch):
     """The batched path (XLA-compiled TensorFlow for float16, one numpy buffer otherwise) gives
     exactly Normaliser.apply's values cast to the stored dtype, also across NORMALISE_MB steps and
-    NORMALISE_CHUNK chunks, and leaves the padding at zero; in padded arrays on 64-byte
-    boundaries (handed to TensorFlow as they are) or not (copied)."""
+    NORMALISE_CHUNK chunks, and leaves the padding at zero: normalising `out` in place, or from
+    the reads (longer than the kept length; of the stored dtype, of float32 as pair averaging
+    gives, or read-only, which TensorFlow cannot take without a copy)."""
     from w2v2ser.train import Normaliser
     from w2v2ser.train import _dataset
 
@@ -260,14 +261,20 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
     norm = Normaliser("speaker", speaker_mean={s: rng.standard_normal((5, 16)) * 5 for s in "ab"},
                       speaker_std={s: rng.random((5, 16)) * 9 + 1e-3 for s in "ab"})
     speakers = ["a", "b", "b", "a"]
-    if aligned:
-        out = _dataset._aligned_zeros(raw.shape, dtype)
-        out[...] = raw
-    else:  # 2 bytes past a 64-byte boundary
-        storage = _dataset._aligned_zeros((raw.size + 1,), dtype)
-        out = storage[1:].reshape(raw.shape)
-        out[...] = raw
-    _dataset._normalise_inplace(out, lengths, norm, speakers)
+    if source == "in place":
+        _dataset._normalise_into(out, lengths, norm, speakers)
+    else:
+        reads = [np.concatenate([raw[k, :n], rng.standard_normal((2, 5, 16))]) for k, n in enumerate(lengths)]
+        reads = [r.astype(np.float32 if source == "float32 reads" else dtype) for r in reads]
+        if source == "aligned reads":  # handed to TensorFlow as they are
+            aligned = [_dataset._aligned_zeros(r.shape, r.dtype) for r in reads]
+            for target, r in zip(aligned, reads):
+                target[...] = r
+            reads = aligned
+        for r in reads:
+            r.flags.writeable = source != "read-only reads"
+        out = np.zeros_like(out)
+        _dataset._normalise_into(out, lengths, norm, speakers, frames=reads)
     for k, n in enumerate(lengths):
         np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
         assert not out[k, n:].any()

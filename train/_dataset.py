@@ -361,15 +361,14 @@ class FeatureBatches:
                         e == s or size + frames_stored[e] * frame_bytes <= READ_GROUP_MB * 2**20):
                     size += frames_stored[e] * frame_bytes
                     e += 1
-                for k, (x, _) in enumerate(self._read_sources(items[s:e], sources=[src])[0], start=s):
+                read = [x for x, _ in self._read_sources(items[s:e], sources=[src])[0]]
+                for k, x in enumerate(read, start=s):
                     if len(x) < lengths[k]:
                         raise DataError(f"utterance {items[k].id!r}, feature {src.selection.feature!r}: "
                                         f"{len(x)} frames read, the store's length table says more; the store "
                                         f"is inconsistent (run `w2v2ser store verify`)")
-                    out[k, : lengths[k]] = x[: lengths[k]]
-                # The group's reads are gone before normalising: normalising straight from them
-                # saved nothing (zarr's arrays are not aligned: a copy either way) and raised the peak.
-                _normalise_inplace(out[s:e], lengths[s:e], src.normaliser, speakers[s:e])
+                _normalise_into(out[s:e], lengths[s:e], src.normaliser, speakers[s:e], frames=read)
+                del read
                 s = e
             inputs[src.branch] = out
         inputs["mask"] = _mask(lengths, length)
@@ -600,8 +599,13 @@ def _compiled_normalise() -> Any:
     return _COMPILED[0]
 
 
-def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str]) -> None:
-    """Normalise padded frames [N, T, ...] in place; the padding (zeros) is left as it is.
+def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str], *,
+                    frames: Sequence[np.ndarray] | None = None) -> None:
+    """Normalised frames into padded ``out`` [N, T, ...]; the padding (zeros) is left as it is.
+
+    ``frames[k][:lengths[k]]`` are utterance k's frames as read (None: ``out`` holds them and is
+    normalised in place). Frames of ``out``'s dtype are normalised straight from the read into
+    ``out``, other dtypes (pair-averaged float32) are cast into it first, as before.
 
     The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
     own frames. The float16 <-> float32 casts cost more than the arithmetic: numpy casts float16
@@ -614,16 +618,24 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
     """
     names = sorted(set(speakers))
     moments = dict(zip(names, (norm.moments(s) for s in names)))
+    if any(m is None for m in moments.values()) and not all(m is None for m in moments.values()):
+        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
+    block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
+    in_blocks = out.dtype == np.float16 and block >= NORMALISE_BLOCK_MIN
+    sources: list[np.ndarray] = [out[k] for k in range(len(out))]
+    if frames is not None:
+        for k, x in enumerate(frames):
+            if in_blocks or x.dtype != out.dtype or moments[speakers[k]] is None:
+                out[k, : lengths[k]] = x[: lengths[k]]  # normalised in place below (or not at all)
+            else:
+                sources[k] = x
     if all(m is None for m in moments.values()):
         return
-    if any(m is None for m in moments.values()):  # no normaliser mixes normalised and raw speakers
-        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
     moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
     if out.dtype == np.float16:
         import tensorflow as tf
 
-        block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
-        if block >= NORMALISE_BLOCK_MIN:
+        if in_blocks:
             # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the
             # same arithmetic, since a call per utterance would cost more than its work; padding stays 0.
             for a in range(0, len(out), block):
@@ -638,14 +650,15 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
         compiled, step = _compiled_normalise(), NORMALISE_CHUNK
         scratch = _aligned_zeros((step, *out.shape[2:]), np.float16)
 
-        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
-            n = len(frames)
+        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
+            n = len(target)
             with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
-                if n == step:
-                    frames[...] = _host_view(compiled(_tensor_view(frames), mean, std))
-                else:  # an utterance's last, shorter chunk, padded to the compiled shape
-                    scratch[:n] = frames
-                    frames[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
+                if n == step and source.flags.c_contiguous and source.ctypes.data % TENSOR_ALIGNMENT == 0:
+                    target[...] = _host_view(compiled(_tensor_view(source), mean, std))
+                else:  # a last, shorter chunk (padded to the compiled shape), or a read TensorFlow
+                    # cannot take as it is (not aligned): one copy into the aligned scratch
+                    scratch[:n] = source
+                    target[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
 
         with tf.device("/CPU:0"):
             moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
@@ -653,12 +666,13 @@ def _normalise_inplace(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, s
         step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
         buffer = np.empty((min(step, out.shape[1]), *out.shape[2:]), dtype=np.float32)
 
-        def normalise(frames: np.ndarray, mean: Any, std: Any) -> None:
-            x = buffer[: len(frames)]
-            np.subtract(frames, mean, out=x, dtype=np.float32)
+        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
+            x = buffer[: len(target)]
+            np.subtract(source, mean, out=x, dtype=np.float32)
             np.divide(x, std, out=x)
-            frames[...] = x
+            target[...] = x
 
     for k, speaker in enumerate(speakers):
         for a in range(0, int(lengths[k]), step):
-            normalise(out[k, a:min(int(lengths[k]), a + step)], *moments[speaker])
+            b = min(int(lengths[k]), a + step)
+            normalise(out[k, a:b], sources[k][a:b], *moments[speaker])

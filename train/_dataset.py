@@ -555,17 +555,23 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def _shareable(frames: np.ndarray) -> bool:
+    """Whether TensorFlow can take these frames as they are (DLPack): contiguous, writable (DLPack
+    cannot mark them read-only), not empty, and on a TENSOR_ALIGNMENT boundary."""
+    return bool(frames.flags.c_contiguous and frames.flags.writeable and frames.size
+                and frames.ctypes.data % TENSOR_ALIGNMENT == 0)
+
+
 def _tensor_view(frames: np.ndarray) -> Any:
     """A TensorFlow tensor over host frames without copying them (DLPack), else a copy.
 
     ``tf.convert_to_tensor`` of a numpy array copies it, and ``Tensor.numpy()`` copies back:
-    for float16 normalisation those copies took longer than the arithmetic. Frames that are
-    read-only, strided or not aligned to TENSOR_ALIGNMENT bytes are converted (copied) as before.
+    for float16 normalisation those copies took longer than the arithmetic. Frames that are not
+    :func:`_shareable` are converted (copied) as before.
     """
     import tensorflow as tf
 
-    if (frames.flags.c_contiguous and frames.flags.writeable and frames.size
-            and frames.ctypes.data % TENSOR_ALIGNMENT == 0):
+    if _shareable(frames):
         return tf.experimental.dlpack.from_dlpack(frames.__dlpack__())
     return tf.convert_to_tensor(frames)
 
@@ -653,10 +659,10 @@ def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, spea
         def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
             n = len(target)
             with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
-                if n == step and source.flags.c_contiguous and source.ctypes.data % TENSOR_ALIGNMENT == 0:
+                if n == step and _shareable(source):
                     target[...] = _host_view(compiled(_tensor_view(source), mean, std))
                 else:  # a last, shorter chunk (padded to the compiled shape), or a read TensorFlow
-                    # cannot take as it is (not aligned): one copy into the aligned scratch
+                    # cannot take as it is (not aligned, read-only): one copy into the aligned scratch
                     scratch[:n] = source
                     target[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
 

@@ -26,6 +26,8 @@ CASES = {
     "bench_ceiling": ["--files", "4", "--shard-size", "2", "--corpus", str(RAVDESS)],
     "bench_fork": ["--utterances", "8"],
     "bench_train": ["--quick"],  # its --quick stores once had a single label, which training refuses
+    "bench_head_step": ["--shapes", "base", "--rounds", "2", "--steps", "1", "--frames", "20"],
+    "compare_layer_forward": ["--seeds", "2", "--per-actor", "4"],
 }
 
 
@@ -35,9 +37,9 @@ def test_benchmark_script_runs_at_its_smallest_size(script: str, tmp_path: Path)
     if script == "bench_ceiling" and not RAVDESS.is_dir():
         pytest.skip(f"needs the shared RAVDESS copy at {RAVDESS}")
     args = [*CASES[script], "--out", str(tmp_path / "out")]
-    if script == "bench_train":  # generated stores go to its cache folder
+    if script in ("bench_train", "compare_layer_forward"):  # generated stores go to its cache folder
         args += ["--cache", str(tmp_path / "work" / "not-yet-created")]
-    elif script != "bench_sweep":
+    elif script not in ("bench_sweep", "bench_head_step"):
         args += ["--workdir", str(tmp_path / "work" / "not-yet-created")]
     done = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *args],
                           capture_output=True, text=True, timeout=600)

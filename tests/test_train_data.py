@@ -140,7 +140,19 @@ def test_block_shuffle_is_a_bounded_permutation(n, block, buffer):
     assert n < 8 * block or not np.array_equal(order, again)
 
 
-def test_layer_average_of_float16_frames_matches_float32():
+@pytest.fixture(params=["xla", "ops"])
+def layer_sum(request, monkeypatch):
+    """Both forwards of the float16 layer average: XLA-compiled, and TensorFlow's ops where XLA is missing."""
+    from w2v2ser.train import _layers
+
+    if request.param == "xla":
+        assert _layers._compiled_forward() is not None  # TensorFlow's wheels have XLA's CPU JIT
+    else:
+        monkeypatch.setattr(_layers, "_FORWARD", [None])
+    return request.param
+
+
+def test_layer_average_of_float16_frames_matches_float32(layer_sum):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 6, 5, 4)).astype(np.float16)
     layer = LayerWeightedAverage()
@@ -153,7 +165,7 @@ def test_layer_average_of_float16_frames_matches_float32():
 
 
 @pytest.mark.parametrize("graph", [False, True])
-def test_layer_average_gradient_of_float16_frames_matches_float32(graph):
+def test_layer_average_gradient_of_float16_frames_matches_float32(graph, layer_sum):
     """The float16 path loops over layers with its own gradient; the weights learn the same."""
     import tensorflow as tf
 
@@ -174,6 +186,27 @@ def test_layer_average_gradient_of_float16_frames_matches_float32(graph):
     full = grad(tf.constant(x.astype(np.float32))).numpy()
     assert np.abs(full).max() > 1e-3
     np.testing.assert_allclose(half, full, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_average_forwards_agree_with_any_batch_shape(monkeypatch):
+    """The compiled forward runs in a graph with unknown batch and frame counts (streamed batches),
+    and differs from TensorFlow's ops only by rounding (fused multiply-adds)."""
+    import tensorflow as tf
+
+    from w2v2ser.train import _layers
+
+    layer = LayerWeightedAverage()
+    layer.build((None, None, 13, 24))
+    layer.alphas.assign(np.linspace(0.1, 2.0, 13).astype(np.float32))
+    call = tf.function(layer.call, input_signature=[tf.TensorSpec((None, None, 13, 24), tf.float16)])
+    rng = np.random.default_rng(2)
+    batches = [rng.standard_normal((b, t, 13, 24)).astype(np.float16) for b, t in [(4, 9), (3, 17), (4, 9)]]
+    compiled = [call(tf.constant(x)).numpy() for x in batches]
+    monkeypatch.setattr(_layers, "_FORWARD", [None])
+    ops = [tf.function(layer.call)(tf.constant(x)).numpy() for x in batches]
+    for x, a, b in zip(batches, compiled, ops):
+        assert a.shape == x.shape[:2] + (24,)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_one_memory_budget_for_the_whole_run(store):

@@ -153,12 +153,13 @@ class _SweepHeads:
         import tensorflow as tf
 
         k1, b1, k2, b2, kc, bc = self.stacked
-        x = tf.cast(x, tf.float32)  # frames arrive in the stored dtype (float16 for the upstreams)
         # Layer axis first, frames flattened: each dense block is one batched matmul over layers
         # ([L, B*T, d] @ [L, d, u]), faster on CPU than einsum on [B, T, L, d], which
-        # transposes around every contraction.
+        # transposes around every contraction. Frames arrive in the stored dtype (float16 for the
+        # upstreams): transposed before the cast, which moves half the bytes, and the weighted
+        # average takes them as they are (its float16 forward is one compiled pass).
         batch, steps = tf.shape(x)[0], tf.shape(x)[1]
-        h = tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [self.n_layers, -1, x.shape[-1]])
+        h = tf.cast(tf.reshape(tf.transpose(x, [2, 0, 1, 3]), [self.n_layers, -1, x.shape[-1]]), tf.float32)
         h = self.probe_dropout(tf.nn.relu(tf.matmul(h, k1) + b1[:, None, :]), training)
         h = self.probe_dropout(tf.nn.relu(tf.matmul(h, k2) + b2[:, None, :]), training)
         h = tf.reshape(h, [self.n_layers, batch, steps, -1])

@@ -35,6 +35,7 @@ import numpy as np
 from ._errors import ConfigError, DataError
 from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
+from ._xla import xla_compiled
 
 __all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
            "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES", "TRAIN_MICRO_BATCH_MB"]
@@ -593,15 +594,9 @@ def _compiled_normalise() -> Any:
     XLA is not available the eager ops run instead.
     """
     if not _COMPILED:
-        import tensorflow as tf
-
-        compiled = tf.function(_normalise_float16, jit_compile=True, autograph=False)
-        try:
-            with tf.device("/CPU:0"):
-                compiled(np.zeros((1, 1), np.float16), tf.zeros((1,)), tf.ones((1,)))
-        except Exception:  # pragma: no cover - a TensorFlow build without XLA's CPU JIT
-            compiled = _normalise_float16
-        _COMPILED.append(compiled)
+        compiled = xla_compiled(_normalise_float16, np.zeros((1, 1), np.float16), np.zeros(1, np.float32),
+                                np.ones(1, np.float32))
+        _COMPILED.append(compiled or _normalise_float16)
     return _COMPILED[0]
 
 

@@ -6,7 +6,10 @@ import random
 from typing import Any, Callable
 
 import keras
+import numpy as np
 from keras import ops
+
+from ._xla import xla_compiled
 
 __all__ = ["LayerWeightedAverage", "MaskedMean", "FrameMask", "seed_draws", "seeded_dense"]
 
@@ -33,6 +36,16 @@ def seeded_dense(units: int, activation: str, name: str, draw: Callable[[], int 
                               kernel_initializer=keras.initializers.GlorotUniform(seed=draw()))
 
 
+def _unrolled_sum(x: Any, w: Any) -> Any:
+    """sum_l float32(x[:, :, l, :]) * w[l] as one expression (L is static), for XLA to fuse."""
+    import tensorflow as tf
+
+    acc = tf.cast(x[:, :, 0, :], tf.float32) * w[0]
+    for i in range(1, int(x.shape[2])):
+        acc = acc + tf.cast(x[:, :, i, :], tf.float32) * w[i]
+    return acc
+
+
 _FORWARD: list[Any] = []  # [the XLA-compiled forward of _weighted_layer_sum, or None] once probed
 
 
@@ -47,23 +60,7 @@ def _compiled_forward() -> Any:
     the same UAR (tests/benchmarks/compare_layer_forward.py).
     """
     if not _FORWARD:
-        import tensorflow as tf
-
-        def forward(x: Any, w: Any) -> Any:
-            acc = tf.cast(x[:, :, 0, :], tf.float32) * w[0]
-            for i in range(1, int(x.shape[2])):  # L is static: one fused expression
-                acc = acc + tf.cast(x[:, :, i, :], tf.float32) * w[i]
-            return acc
-
-        compiled = tf.function(forward, jit_compile=True, autograph=False)
-        try:  # on every kind of device the model may run on (XLA's GPU JIT needs CUDA's compiler)
-            with tf.init_scope():
-                for device in ["/CPU:0"] + [d.name for d in tf.config.list_logical_devices("GPU")[:1]]:
-                    with tf.device(device):
-                        compiled(tf.zeros((1, 1, 2, 1), tf.float16), tf.ones((2,))).numpy()
-        except Exception:  # pragma: no cover - a TensorFlow build without XLA's JIT for a device
-            compiled = None
-        _FORWARD.append(compiled)
+        _FORWARD.append(xla_compiled(_unrolled_sum, np.zeros((1, 1, 2, 1), np.float16), np.ones(2, np.float32), gpu=True))
     return _FORWARD[0]
 
 

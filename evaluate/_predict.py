@@ -471,6 +471,7 @@ def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Seq
     import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
 
     from w2v2ser.train import FeatureBatches, Source, resolve_selection
+    from w2v2ser.train._dataset import STATS_SUFFIX
 
     selections = {b.name: resolve_selection(b.selection, specs=stores[b.store].features, alias=b.alias)
                   for b in plan.branches}
@@ -482,8 +483,11 @@ def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Seq
             raise RunDirError(f"cannot load model {model_path} ({type(exc).__name__}: {exc}); the file is "
                               "corrupt or from another Keras version. Retrain this run or pass --run "
                               "to use another one.") from exc
+        # A model trained on streamed batches may normalise a branch itself: it takes <branch>_stats.
+        takes = {t.name for t in model.inputs}
         sources = [Source(b.name, stores[b.store], selections[b.name],
-                          _normaliser(plan, model_path, b, selections[b.name], stores[b.store], grouped, utterances))
+                          _normaliser(plan, model_path, b, selections[b.name], stores[b.store], grouped, utterances),
+                          fold=b.name + STATS_SUFFIX in takes)
                    for b in plan.branches]
         batches = FeatureBatches(items, sources, classes=plan.classes, batch_size=batch_size,
                                  max_frames=plan.max_frames, shuffle=False, cache="off", workers=1)

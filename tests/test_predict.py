@@ -1009,3 +1009,28 @@ def test_predict_store_names_audio_at_another_rate_for_native_features(tmp_path:
     assert predict_from_cli(parser.parse_args([str(tmp_path / "run"), "--from-store", str(mixed)])) == 0
     assert (f"note: {score.other_rates['egemaps']} scored utterance(s) of the store have audio at another sample "
             f"rate than all of the run's training audio (16000 Hz)") in capsys.readouterr().err
+
+
+def test_a_model_that_normalises_streamed_frames_itself_predicts_what_training_measured(tmp_path: Path) -> None:
+    """A run trained on streamed float16 layers normalises them inside its model (input main_stats);
+    prediction feeds that model the same way, and a run trained in memory the usual way."""
+    import keras
+
+    from stage2_fixtures import build_store
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    store = build_store(tmp_path / "train.zarr", layers=3, dim=4, features=("wav2vec2",))
+    inputs = {}
+    for cache in ("off", "auto"):
+        config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="dense", norm="speaker",
+                                  protocol="ravdess", recipe="official", seeds=1, max_frames=40, cache=cache,
+                                  recipe_overrides={"max_epochs": 2}, workers=1)
+        run = tmp_path / f"run_{cache}"
+        train_experiment(config, out=run, progress=False, threads=1)
+        model = keras.saving.load_model(run / "runs" / "split__seed0" / "model.keras", compile=False)
+        inputs[cache] = [t.name for t in model.inputs]
+        metrics = json.loads((run / "runs" / "split__seed0" / "metrics.json").read_text())
+        _, score = predict_store(run, str(store), run="split__seed0", subset={"speaker": metrics["split"]["test"]})
+        assert score.uar == pytest.approx(100 * metrics["uar"]) and score.confusion == metrics["confusion"]
+    assert inputs == {"off": ["main", "main_stats", "mask"], "auto": ["main", "mask"]}

@@ -33,13 +33,13 @@ class BatchedStore:
         return [self._store.read_utterance(i, feature, layers=layers) for i in ids]
 
 
-def _batches(store, text, norm, **kw):
+def _batches(store, text, norm, *, fold=False, **kw):
     sel = resolve_selection(text, specs=store.features, alias="main")
     records = store.list_utterances()
     speakers = sorted({r.speaker for r in records})
     items = [Item(r.id, r.speaker, i % 7, float(r.duration)) for i, r in enumerate(records)]
     normaliser = build_normaliser(store, sel, norm, train_speakers=speakers, speakers=speakers)
-    return FeatureBatches(items, [Source("main", store, sel, normaliser)], classes=list("abcdefg"),
+    return FeatureBatches(items, [Source("main", store, sel, normaliser, fold=fold)], classes=list("abcdefg"),
                           batch_size=8, max_frames=30, **kw)
 
 
@@ -186,6 +186,74 @@ def test_layer_average_gradient_of_float16_frames_matches_float32(graph, layer_s
     full = grad(tf.constant(x.astype(np.float32))).numpy()
     assert np.abs(full).max() > 1e-3
     np.testing.assert_allclose(half, full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_layer_average_with_statistics_averages_the_normalised_frames(graph, layer_sum):
+    """Frames as stored plus each utterance's mean and std: the output and the layer weights'
+    gradient are those of the average of the normalised frames (the normalisation folded in)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    x = (3 + 2 * rng.standard_normal((3, 7, 5, 4))).astype(np.float16)
+    mean = rng.standard_normal((3, 5, 4)).astype(np.float32) + 3
+    std = rng.uniform(0.5, 3.0, (3, 5, 4)).astype(np.float32)
+    stats = np.stack([mean, std], axis=1)
+    normalised = (x.astype(np.float32) - mean[:, None]) / std[:, None]
+    upstream = tf.constant(rng.standard_normal((3, 7, 4)).astype(np.float32))
+    layer = LayerWeightedAverage()
+    layer.build(x.shape)
+    layer.alphas.assign(np.array([0.5, 1.0, 2.0, 0.0, 1.5], np.float32))
+
+    def run(*inputs):
+        with tf.GradientTape() as tape:
+            out = layer(*inputs)
+            loss = tf.reduce_sum(out * upstream)
+        return out, tape.gradient(loss, layer.alphas)
+
+    run = tf.function(run) if graph else run
+    folded, folded_grad = run(tf.constant(x), tf.constant(stats))
+    plain, plain_grad = run(tf.constant(normalised))
+    assert np.abs(plain_grad.numpy()).max() > 1e-2
+    np.testing.assert_allclose(folded.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(folded_grad.numpy(), plain_grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_folded_branch_streams_frames_as_stored_with_their_statistics(store):
+    """Source(fold=True): streamed batches carry the stored frames and each utterance's (mean, std);
+    a model built for them predicts what the usual model predicts from normalised frames. In
+    memory, the frames are normalised once at read, as before."""
+    from w2v2ser.train import DenseHead, FusionHead, LSTMHead
+
+    stream = _batches(store, "wav2vec2:all", "speaker", fold=True, cache="off")
+    raw = _batches(store, "wav2vec2:all", "none", cache="off")
+    usual = _batches(store, "wav2vec2:all", "speaker", cache="off")
+    memory = _batches(store, "wav2vec2:all", "speaker", fold=True, cache="auto")
+    assert stream.folded == ("main",) and memory.folded == () and usual.folded == ()
+    idx = np.arange(len(stream.items))
+    (x, _), (r, _), (u, _) = (b.load_batch(idx) for b in (stream, raw, usual))
+    np.testing.assert_array_equal(x["main"], r["main"])
+    norm = stream.sources[0].normaliser
+    for k, item in enumerate(stream.items):
+        np.testing.assert_array_equal(x["main_stats"][k], np.stack(norm.moments(item.speaker)).astype(np.float32))
+    assert "main_stats" not in u and "main_stats" not in memory.arrays()[0]
+    np.testing.assert_array_equal(memory.arrays()[0]["main"], u["main"])
+    ds_inputs, _ = next(iter(stream.as_tf_dataset()))
+    assert ds_inputs["main_stats"].shape[1:] == (2, 5, 4)
+    x = {k: v[:8] for k, v in x.items()}
+    u = {k: v[:8] for k, v in u.items()}
+    for head in (DenseHead, LSTMHead, FusionHead):  # every head takes a folded branch the same way
+        shapes = {"main": ((5, 4), np.dtype(np.float16))}
+        extra = {}
+        if head is FusionHead:
+            shapes["fusion"] = ((3,), np.dtype(np.float32))
+            extra = {"fusion": np.random.default_rng(0).standard_normal((8, x["main"].shape[1], 3)).astype(np.float32)}
+        folded_model = head(seed=0, dropout=0.0)._build(shapes, 7, folded=("main",))
+        usual_model = head(seed=0, dropout=0.0)._build(shapes, 7)
+        assert sorted(t.name for t in folded_model.inputs) == sorted(["main", "main_stats", *extra, "mask"])
+        usual_model.set_weights(folded_model.get_weights())
+        np.testing.assert_allclose(folded_model.predict_on_batch({**x, **extra}),
+                                   usual_model.predict_on_batch({**u, **extra}), atol=2e-3)
 
 
 def test_layer_average_forwards_agree_with_any_batch_shape(monkeypatch):

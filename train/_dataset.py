@@ -37,7 +37,7 @@ from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
 from ._xla import xla_compiled
 
-__all__ = ["Item", "Source", "FeatureBatches", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
+__all__ = ["Item", "Source", "FeatureBatches", "foldable", "STATS_SUFFIX", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
            "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES", "TRAIN_MICRO_BATCH_MB"]
 
 CACHE_MODES = ("auto", "off")
@@ -82,12 +82,18 @@ class Item:
 
 @dataclass
 class Source:
-    """One input branch: a resolved selection read from one store and its normaliser."""
+    """One input branch: a resolved selection read from one store and its normaliser.
+
+    ``fold``: when the branch is streamed and :func:`foldable`, its frames are fed as stored and
+    normalised inside the model (the layer average takes each utterance's mean and std from the
+    input ``<branch>_stats`` [2, layers, dim]), so the input pipeline makes no pass over them.
+    """
 
     branch: str
     store: Any
     selection: ResolvedSelection
     normaliser: Normaliser
+    fold: bool = False
 
     @property
     def dtype(self) -> np.dtype:
@@ -100,6 +106,16 @@ class Source:
     def frame_bytes(self) -> int:
         """Bytes of one frame as fed to the model."""
         return int(np.prod(self.selection.frame_shape)) * self.dtype.itemsize
+
+
+STATS_SUFFIX = "_stats"  # input <branch>_stats: per-utterance (mean, std) of a folded branch
+
+
+def foldable(selection: ResolvedSelection, dtype: Any, normaliser: Any) -> bool:
+    """Whether a branch's normalisation can run inside the model's layer average: float16 frames of
+    several layers (as stored, no pair averaging) that are normalised (mode other than "none")."""
+    return (len(selection.frame_shape) == 2 and np.dtype(dtype) == np.float16 and not selection.pair_average
+            and getattr(normaliser, "mode", "none") != "none")
 
 
 def clear_cache() -> None:
@@ -193,6 +209,11 @@ class FeatureBatches:
     def dtypes(self) -> dict[str, np.dtype]:
         """Branch -> dtype of the frames fed to the model."""
         return {s.branch: s.dtype for s in self.sources}
+
+    @property
+    def folded(self) -> tuple[str, ...]:
+        """Branches fed as stored with their statistics (``<branch>_stats``): ``fold`` sources, streamed."""
+        return () if self.in_memory else tuple(s.branch for s in self.sources if s.fold)
 
     def estimated_bytes(self) -> int:
         """Estimated size of the partition as padded arrays in the fed dtype (from durations)."""
@@ -352,6 +373,7 @@ class FeatureBatches:
         length = max(1, int(lengths.max()))
         speakers = [it.speaker for it in items]
         inputs: dict[str, np.ndarray] = {}
+        folded = self.folded
         for src, frames_stored in zip(self.sources, stored):
             out = _aligned_zeros((len(items), length, *src.selection.frame_shape), src.dtype)
             frame_bytes = out.itemsize * int(np.prod(out.shape[2:], dtype=np.int64))  # one stored frame as read
@@ -368,10 +390,17 @@ class FeatureBatches:
                         raise DataError(f"utterance {items[k].id!r}, feature {src.selection.feature!r}: "
                                         f"{len(x)} frames read, the store's length table says more; the store "
                                         f"is inconsistent (run `w2v2ser store verify`)")
-                _normalise_into(out[s:e], lengths[s:e], src.normaliser, speakers[s:e], frames=read)
+                if src.branch in folded:  # normalised inside the model, with the statistics below
+                    for k, x in enumerate(read, start=s):
+                        out[k, :lengths[k]] = x[:lengths[k]]
+                else:
+                    _normalise_into(out[s:e], lengths[s:e], src.normaliser, speakers[s:e], frames=read)
                 del read
                 s = e
             inputs[src.branch] = out
+            if src.branch in folded:
+                moments = {spk: src.normaliser.moments(spk) for spk in sorted(set(speakers))}
+                inputs[src.branch + STATS_SUFFIX] = np.stack([np.stack(moments[spk]) for spk in speakers]).astype(np.float32)
         inputs["mask"] = _mask(lengths, length)
         return inputs, lengths
 
@@ -387,6 +416,9 @@ class FeatureBatches:
 
         spec = {s.branch: tf.TensorSpec((None, None, *s.selection.frame_shape), tf.as_dtype(s.dtype))
                 for s in self.sources}
+        for s in self.sources:
+            if s.branch in self.folded:
+                spec[s.branch + STATS_SUFFIX] = tf.TensorSpec((None, 2, *s.selection.frame_shape), tf.float32)
         spec["mask"] = tf.TensorSpec((None, None), tf.float32)
         signature = (spec, tf.TensorSpec((None,), tf.int32))
         if self.accumulate > 1:

@@ -34,7 +34,8 @@ import numpy as np
 from w2v2ser._common import first_few, publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
-from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, micro_batch_size, share_memory_budget
+from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
+                       share_memory_budget)
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
@@ -498,7 +499,9 @@ def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
     for branch, sel in data.selections.items():
         normalisers[branch] = build_normaliser(data.stores[sel.alias], sel, config.norm, train_speakers=run_spec.train,
                                                speakers=used_speakers, utterances=data.statistics_ids)
-        sources.append(Source(branch, data.stores[sel.alias], sel, normalisers[branch]))
+        source = Source(branch, data.stores[sel.alias], sel, normalisers[branch])
+        source.fold = foldable(sel, source.dtype, normalisers[branch])  # when streamed: normalised in the model
+        sources.append(source)
     return max_frames, parts, sources, normalisers
 
 

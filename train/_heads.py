@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 
-from ._dataset import padded_dataset
+from ._dataset import STATS_SUFFIX, padded_dataset
 from ._errors import ConfigError, DataError
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
@@ -212,10 +212,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         self.run_eagerly = run_eagerly
 
     # -- graph -------------------------------------------------------------------------------
-    def _branch_input(self, branch: str, shape: tuple[int, ...], dtype: Any = "float32") -> tuple[Any, Any]:
+    def _branch_input(self, branch: str, shape: tuple[int, ...], dtype: Any = "float32",
+                      folded: bool = False) -> tuple[list[Any], Any]:
         # A float16 input stays float16 into the graph: the layer average / first Dense cast it.
-        inp = keras.Input(shape=(None, *shape), name=branch, dtype=str(np.dtype(dtype)))
-        x = LayerWeightedAverage(name=f"{branch}_layer_weights")(inp) if len(shape) == 2 else inp
+        inp = [keras.Input(shape=(None, *shape), name=branch, dtype=str(np.dtype(dtype)))]
+        if folded:  # frames as stored, normalised by the layer average with each utterance's statistics
+            inp.append(keras.Input(shape=(2, *shape), name=branch + STATS_SUFFIX, dtype="float32"))
+        x = LayerWeightedAverage(name=f"{branch}_layer_weights")(*inp) if len(shape) == 2 else inp[0]
         return inp, x
 
     def _block(self, x: Any, name: str) -> Any:
@@ -227,12 +230,15 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _build(self, shapes: Mapping[str, tuple[tuple[int, ...], Any]], n_classes: int) -> keras.Model:
+    def _build(self, shapes: Mapping[str, tuple[tuple[int, ...], Any]], n_classes: int, *,
+               folded: Sequence[str] = ()) -> keras.Model:
+        """The Keras model; ``folded`` branches take ``<branch>_stats`` too (:class:`Source` ``fold``)."""
         self._draw = seed_draws(self.seed)  # every random layer gets its seed from here, in build order
         try:
             inputs, branches = {}, {}
             for branch, (shape, dtype) in shapes.items():
-                inputs[branch], branches[branch] = self._branch_input(branch, shape, dtype)
+                branch_inputs, branches[branch] = self._branch_input(branch, shape, dtype, branch in folded)
+                inputs.update(zip([branch, branch + STATS_SUFFIX], branch_inputs))
             inputs["mask"] = keras.Input(shape=(None,), name="mask")
             pooled = self._body(branches, inputs["mask"])
             out = seeded_dense(n_classes, "softmax", "classifier", self._draw)(pooled)
@@ -319,7 +325,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         if validation_data is not None:
             val = validation_data if hasattr(validation_data, "as_tf_dataset") else self._data(
                 validation_data[0], validation_data[1], shuffle=False, seed=seed)
-        self.model_ = self._build(_frame_shapes(train), len(self.classes_))
+        folded = tuple(getattr(train, "folded", ()))
+        if val is not None and tuple(getattr(val, "folded", ())) != folded:
+            raise ConfigError(f"the training batches feed branches {list(folded)} with their statistics (streamed, "
+                              f"Source fold=True) but the validation batches {list(getattr(val, 'folded', ()))}; "
+                              f"give both the same sources and the same cache mode (share_memory_budget)")
+        self.model_ = self._build(_frame_shapes(train), len(self.classes_), folded=folded)
         # FeatureBatches(accumulate=k) feeds each batch as k weighted micro-batches: one step per k.
         steps = int(getattr(train, "accumulate", 1))
         self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,

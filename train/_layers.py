@@ -46,7 +46,33 @@ def _unrolled_sum(x: Any, w: Any) -> Any:
     return acc
 
 
-_FORWARD: list[Any] = []  # [the XLA-compiled forward of _weighted_layer_sum, or None] once probed
+def _unrolled_scaled_sum(x: Any, scale: Any, shift: Any) -> Any:
+    """sum_l float32(x[:, :, l, :]) * scale[:, None, l, :] - shift[:, None, :] as one expression:
+    the weighted sum of frames normalised per utterance (:func:`_weighted_layer_sum` with stats)."""
+    import tensorflow as tf
+
+    acc = tf.cast(x[:, :, 0, :], tf.float32) * scale[:, None, 0, :]
+    for i in range(1, int(x.shape[2])):
+        acc = acc + tf.cast(x[:, :, i, :], tf.float32) * scale[:, None, i, :]
+    return acc - shift[:, None, :]
+
+
+def _time_dot(x: Any, g: Any) -> Any:
+    """sum_t float32(x[:, t, l, :]) * g[:, t, :] -> [B, L, D]: the per-utterance sums the layer
+    weights' gradient needs when the frames are normalised in the layer average."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.cast(x, tf.float32) * g[:, :, None, :], axis=1)
+
+
+# Utterances per call of the compiled _time_dot: XLA keeps the float32 product of its whole input
+# (+380 MB for a batch of 32 x 250 x 13 x 768 in one call); pairs took 27 ms for that batch
+# against 36 ms one by one, 39 ms in one call and 70 ms for TensorFlow's ops one layer at a time.
+TIME_DOT_UTTERANCES = 2
+
+
+# Once probed: [_unrolled_sum compiled or None, then where XLA works _unrolled_scaled_sum and _time_dot compiled]
+_FORWARD: list[Any] = []
 
 
 def _compiled_forward() -> Any:
@@ -60,46 +86,94 @@ def _compiled_forward() -> Any:
     the same UAR (tests/benchmarks/compare_layer_forward.py).
     """
     if not _FORWARD:
-        _FORWARD.append(xla_compiled(_unrolled_sum, np.zeros((1, 1, 2, 1), np.float16), np.ones(2, np.float32), gpu=True))
+        frames = np.zeros((1, 1, 2, 1), np.float16)
+        _FORWARD.append(xla_compiled(_unrolled_sum, frames, np.ones(2, np.float32), gpu=True))
+        if _FORWARD[0] is not None:
+            _FORWARD.append(xla_compiled(_unrolled_scaled_sum, frames, np.ones((1, 2, 1), np.float32),
+                                         np.zeros((1, 1), np.float32), gpu=True))
+            _FORWARD.append(xla_compiled(_time_dot, frames, np.ones((1, 1, 1), np.float32), gpu=True))
     return _FORWARD[0]
 
 
-def _weighted_layer_sum(x: Any, w: Any) -> Any:
+def _compiled_normalised() -> tuple[Any, Any]:
+    """(:func:`_unrolled_scaled_sum`, :func:`_time_dot`) compiled by XLA as :func:`_compiled_forward`;
+    None for each where XLA cannot (or where ``_FORWARD`` was set to ``[None]``: the ops' path)."""
+    _compiled_forward()
+    return tuple(_FORWARD[k] if len(_FORWARD) > k else None for k in (1, 2))  # type: ignore[return-value]
+
+
+def _weighted_layer_sum(x: Any, w: Any, stats: Any = None) -> Any:
     """sum_l float32(x[:, :, l, :]) * w[l] for float16 x [B, T, L, D], without float32 [B, T, L, D].
+
+    With ``stats`` [B, 2, L, D] (each utterance's mean and std), the frames are normalised first:
+    sum_l w[l] * (x_l - mean_l) / std_l, computed as sum_l x_l * (w[l] / std_l) - sum_l w[l] * mean_l
+    / std_l, so normalising costs no pass over x of its own (the input pipeline then hands over the
+    frames as stored: :class:`Source` ``fold``).
 
     Casting x as a whole would make a float32 copy (320 MB at batch 32 x 250 x 13 x 768), and an
     unrolled sum of TensorFlow ops keeps all L float32 slices for the gradient of w. The forward
     is one XLA-compiled pass (:func:`_compiled_forward`; where XLA is missing, a sequential loop
-    of TensorFlow ops); the gradient of w is a sequential loop that holds one slice at a time
-    (XLA's reductions were slower here). x gets no gradient (it is data).
+    of TensorFlow ops). Without stats the gradient of w is a sequential loop that holds one slice
+    at a time (XLA's full reductions were slower here); with stats it needs per-utterance sums
+    over time, which XLA computes fastest (:data:`TIME_DOT_UTTERANCES` utterances per call). x and
+    stats get no gradient (they are data).
     """
     import tensorflow as tf
 
     n_layers = int(x.shape[2])
 
-    def dot_each(x: Any, g: Any) -> Any:
-        def dot(i: Any, dw: Any) -> Any:
-            return i + 1, dw.write(i, tf.reduce_sum(tf.cast(x[:, :, i, :], tf.float32) * g))
-
-        _, dw = tf.while_loop(lambda i, _: i < n_layers, dot, (tf.constant(0), tf.TensorArray(tf.float32, n_layers)),
-                              parallel_iterations=1)
-        return dw.stack()
-
-    def add_each(x: Any, w: Any) -> Any:
-        def add(i: Any, acc: Any) -> Any:
-            return i + 1, acc + tf.cast(x[:, :, i, :], tf.float32) * w[i]
-
-        shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
-        return tf.while_loop(lambda i, _: i < n_layers, add, (tf.constant(0), tf.zeros(shape, tf.float32)),
+    def loop(body: Callable[[Any, Any], Any], init: Any) -> Any:
+        return tf.while_loop(lambda i, _: i < n_layers, lambda i, acc: (i + 1, body(i, acc)), (tf.constant(0), init),
                              parallel_iterations=1)[1]
 
-    @tf.custom_gradient
-    def weighted(x: Any, w: Any) -> Any:
-        forward = _compiled_forward()
-        out = add_each(x, w) if forward is None else forward(x, w)
-        return out, lambda g: (None, dot_each(x, g))
+    def layer(i: Any) -> Any:
+        return tf.cast(x[:, :, i, :], tf.float32)
 
-    return weighted(x, w)
+    if stats is None:
+        def forward(w: Any) -> Any:
+            compiled = _compiled_forward()
+            if compiled is not None:
+                return compiled(x, w)
+            shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
+            return loop(lambda i, acc: acc + layer(i) * w[i], tf.zeros(shape, tf.float32))
+
+        def grad_w(g: Any) -> Any:  # dL/dw_l = sum(g * x_l)
+            return loop(lambda i, dw: dw.write(i, tf.reduce_sum(layer(i) * g)), tf.TensorArray(tf.float32, n_layers)).stack()
+    else:
+        mean, std = tf.cast(stats[:, 0], tf.float32), tf.cast(stats[:, 1], tf.float32)
+
+        compiled_sum, compiled_dot = _compiled_normalised()
+
+        def forward(w: Any) -> Any:
+            scale = w[None, :, None] / std  # [B, L, D]
+            shift = tf.reduce_sum(scale * mean, axis=1)  # [B, D]
+            if compiled_sum is not None:
+                return compiled_sum(x, scale, shift)
+            shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
+            return loop(lambda i, acc: acc + layer(i) * scale[:, None, i, :], tf.zeros(shape, tf.float32)) - shift[:, None, :]
+
+        def grad_w(g: Any) -> Any:  # dL/dw_l = sum(g * (x_l - mean_l) / std_l): sums over time first
+            g_time = tf.reduce_sum(g, axis=1)  # [B, D]
+            if compiled_dot is not None:  # [B, L, D] sums, TIME_DOT_UTTERANCES utterances per call
+                k = TIME_DOT_UTTERANCES
+                sums = tf.while_loop(
+                    lambda i, _: i * k < tf.shape(x)[0],
+                    lambda i, acc: (i + 1, acc.write(i, compiled_dot(x[i * k:(i + 1) * k], g[i * k:(i + 1) * k]))),
+                    (tf.constant(0), tf.TensorArray(tf.float32, 0, dynamic_size=True, infer_shape=False)),
+                    parallel_iterations=1)[1].concat()
+                return tf.reduce_sum((sums - mean * g_time[:, None, :]) / std, axis=[0, 2])
+
+            def dot(i: Any, dw: Any) -> Any:
+                per_frame = tf.reduce_sum(layer(i) * g, axis=1)  # [B, D]
+                return dw.write(i, tf.reduce_sum((per_frame - mean[:, i] * g_time) / std[:, i]))
+
+            return loop(dot, tf.TensorArray(tf.float32, n_layers)).stack()
+
+    @tf.custom_gradient
+    def weighted(w: Any) -> Any:
+        return forward(w), grad_w
+
+    return weighted(w)
 
 
 @keras.saving.register_keras_serializable(package="w2v2ser")
@@ -118,18 +192,22 @@ class LayerWeightedAverage(keras.layers.Layer):
         super().__init__(autocast=False, **kwargs)
         self.epsilon = epsilon
 
-    def build(self, input_shape: tuple) -> None:
-        self.alphas = self.add_weight(name="alphas", shape=(int(input_shape[-2]),), initializer="ones",
+    def build(self, inputs_shape: tuple, stats_shape: tuple | None = None) -> None:
+        self.alphas = self.add_weight(name="alphas", shape=(int(inputs_shape[-2]),), initializer="ones",
                                       constraint=keras.constraints.NonNeg(), trainable=True)
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, stats: Any = None) -> Any:
+        """Weighted average of ``inputs`` [B, T, L, D]; with ``stats`` [B, 2, L, D] (mean and std of
+        each utterance's frames) of the normalised frames (x - mean) / std."""
         w = self.alphas / (ops.sum(self.alphas) + self.epsilon)
         if inputs.dtype == "float32":
+            if stats is not None:
+                inputs = (inputs - stats[:, None, 0]) / stats[:, None, 1]
             return ops.einsum("btld,l->btd", inputs, w)
-        return _weighted_layer_sum(inputs, w)
+        return _weighted_layer_sum(inputs, w, stats)
 
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (*input_shape[:-2], input_shape[-1])
+    def compute_output_shape(self, inputs_shape: tuple, stats_shape: tuple | None = None) -> tuple:
+        return (*inputs_shape[:-2], inputs_shape[-1])
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}

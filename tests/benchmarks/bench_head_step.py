@@ -13,7 +13,11 @@ pass, or ``_FORWARD = [None]``: the sequential loop of TensorFlow ops that runs 
 missing), then the variants are timed in alternating rounds. Prints the medians and writes
 ``bench_head_step.json`` / ``.md``.
 
-    python3 tests/benchmarks/bench_head_step.py [--rounds 5] [--steps 6] [--shapes base,large]
+``--fold`` instead times the Dense head's train step and prediction (XLA forward) fed normalised
+frames ("plain") against frames as stored plus each utterance's mean and std, normalised inside
+the layer average ("fold": a streamed branch with Source ``fold``); writes ``bench_head_step_fold``.
+
+    python3 tests/benchmarks/bench_head_step.py [--rounds 5] [--steps 6] [--shapes base,large] [--fold]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of each variant")
     parser.add_argument("--steps", type=int, default=6, help="timed calls per round (after one warm-up)")
     parser.add_argument("--frames", type=int, default=250)
+    parser.add_argument("--fold", action="store_true", help="normalised frames vs normalisation in the model")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     bootstrap_w2v2ser()
@@ -51,10 +56,11 @@ def main() -> None:
         _layers._FORWARD[:] = [None] if variant == "ops" else []
         return build()
 
-    def dense_calls(layers: int, dim: int, x, mask, y):
-        model = DenseHead(seed=0)._build({"main": ((layers, dim), np.dtype(np.float16))}, 8)
+    def dense_calls(layers: int, dim: int, x, mask, y, stats=None):
+        folded = () if stats is None else ("main",)
+        model = DenseHead(seed=0)._build({"main": ((layers, dim), np.dtype(np.float16))}, 8, folded=folded)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        inputs = {"main": x, "mask": mask}
+        inputs = {"main": x, "mask": mask, **({} if stats is None else {"main_stats": stats})}
         model.train_on_batch(inputs, y)
         model.predict_on_batch(inputs)
         return {"train": lambda: model.train_on_batch(inputs, y), "predict": lambda: model.predict_on_batch(inputs)}
@@ -80,11 +86,17 @@ def main() -> None:
         rng = np.random.default_rng(0)
         x = tf.constant(rng.standard_normal((32, args.frames, layers, dim)).astype(np.float16))
         mask, y = tf.ones((32, args.frames)), tf.constant(rng.integers(0, 8, 32).astype(np.int32))
-        calls = {v: {**with_forward(v, lambda: dense_calls(layers, dim, x, mask, y)),
-                     **with_forward(v, lambda: sweep_call(layers, dim, x, mask, y))} for v in ("ops", "xla")}
+        if args.fold:
+            stats = tf.constant(np.stack([rng.standard_normal((32, layers, dim)),
+                                          rng.uniform(0.5, 2.0, (32, layers, dim))], axis=1).astype(np.float32))
+            calls = {"plain": dense_calls(layers, dim, x, mask, y), "fold": dense_calls(layers, dim, x, mask, y, stats)}
+        else:
+            calls = {v: {**with_forward(v, lambda: dense_calls(layers, dim, x, mask, y)),
+                         **with_forward(v, lambda: sweep_call(layers, dim, x, mask, y))} for v in ("ops", "xla")}
+        old, new = ("plain", "fold") if args.fold else ("ops", "xla")
         times: dict[str, dict[str, list[float]]] = {v: {k: [] for k in calls[v]} for v in calls}
         for r in range(args.rounds):
-            for variant in (("ops", "xla") if r % 2 == 0 else ("xla", "ops")):
+            for variant in ((old, new) if r % 2 == 0 else (new, old)):
                 for what, call in calls[variant].items():
                     call()
                     for _ in range(args.steps):
@@ -92,16 +104,19 @@ def main() -> None:
                         call()
                         times[variant][what].append(1000 * (time.perf_counter() - t0))
         results[shape] = {v: {k: float(np.median(t)) for k, t in per.items()} for v, per in times.items()}
-        for what in times["ops"]:
-            ops, xla = results[shape]["ops"][what], results[shape]["xla"][what]
-            rows.append([f"{shape} ({layers} x {dim})", what, round(ops, 1), round(xla, 1), round(xla / ops, 2)])
-            print(f"{shape} {what}: ops {ops:.1f} ms, xla {xla:.1f} ms, xla/ops {xla / ops:.2f}", flush=True)
+        for what in times[old]:
+            a, b = results[shape][old][what], results[shape][new][what]
+            rows.append([f"{shape} ({layers} x {dim})", what, round(a, 1), round(b, 1), round(b / a, 2)])
+            print(f"{shape} {what}: {old} {a:.1f} ms, {new} {b:.1f} ms, {new}/{old} {b / a:.2f}", flush=True)
         del calls
-    table = format_table(["shape", "call", "TensorFlow ops (ms)", "XLA forward (ms)", "XLA / ops"], rows)
+    labels = (["normalised frames (ms)", "normalised in the model (ms)", "fold / plain"] if args.fold
+              else ["TensorFlow ops (ms)", "XLA forward (ms)", "XLA / ops"])
+    table = format_table(["shape", "call", *labels], rows)
     payload = {"command": command_line(), "machine": machine_info(["numpy", "tensorflow", "keras"]),
                "batch": [32, args.frames], "rounds": args.rounds, "steps": args.steps, "median_ms": results}
     headline = "; ".join(f"{r[0]} {r[1]} {r[4]}x" for r in rows)
-    write_results("bench_head_step", payload, table, out=args.out, headline="XLA / ops: " + headline,
+    write_results("bench_head_step_fold" if args.fold else "bench_head_step", payload, table, out=args.out,
+                  headline=f"{labels[2]}: " + headline,
                   notes=[f"medians of {args.rounds} x {args.steps} calls per variant, alternating rounds, one process"])
 
 

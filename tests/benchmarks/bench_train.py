@@ -224,7 +224,13 @@ def _input_pass(store_path: str, config, spec) -> tuple[float, int, float, list]
     norm = build_normaliser(store, sel, config.norm, train_speakers=spec.train,
                             speakers=sorted(set(spec.train) | set(spec.validation) | set(spec.test)))
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
-    batches = FeatureBatches(items, [Source("main", store, sel, norm)], classes=protocol.classes,
+    source = Source("main", store, sel, norm)
+    try:  # as train_run's sources: streamed float16 layers normalised in the model (code from 2026-12-05 on)
+        from w2v2ser.train._dataset import foldable
+        source.fold = foldable(sel, source.dtype, norm)
+    except ImportError:
+        pass
+    batches = FeatureBatches(items, [source], classes=protocol.classes,
                              batch_size=config.resolved_recipe().batch_size, max_frames=protocol.max_frames,
                              shuffle=True, cache=config.cache, cache_budget_mb=config.cache_budget_mb,
                              workers=config.workers)

@@ -37,8 +37,9 @@ from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
 from ._xla import xla_compiled
 
-__all__ = ["Item", "Source", "FeatureBatches", "foldable", "STATS_SUFFIX", "clear_cache", "read_frames", "padded_dataset", "block_shuffle",
-           "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES", "TRAIN_MICRO_BATCH_MB"]
+__all__ = ["Item", "Source", "FeatureBatches", "foldable", "STATS_SUFFIX", "clear_cache", "read_frames",
+           "padded_dataset", "block_shuffle", "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES",
+           "TRAIN_MICRO_BATCH_MB"]
 
 CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.

@@ -217,6 +217,9 @@ def test_layer_average_with_statistics_averages_the_normalised_frames(graph, lay
     assert np.abs(plain_grad.numpy()).max() > 1e-2
     np.testing.assert_allclose(folded.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(folded_grad.numpy(), plain_grad.numpy(), rtol=1e-4, atol=1e-4)
+    wide, wide_grad = run(tf.constant(x.astype(np.float32)), tf.constant(stats))  # float32 frames take stats too
+    np.testing.assert_allclose(wide.numpy(), plain.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wide_grad.numpy(), plain_grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_folded_branch_streams_frames_as_stored_with_their_statistics(store):

@@ -36,25 +36,25 @@ def seeded_dense(units: int, activation: str, name: str, draw: Callable[[], int 
                               kernel_initializer=keras.initializers.GlorotUniform(seed=draw()))
 
 
-def _unrolled_sum(x: Any, w: Any) -> Any:
-    """sum_l float32(x[:, :, l, :]) * w[l] as one expression (L is static), for XLA to fuse."""
+def _unrolled_terms(x: Any, factor: Callable[[int], Any]) -> Any:
+    """sum_l float32(x[:, :, l, :]) * factor(l) as one expression (L is static), for XLA to fuse."""
     import tensorflow as tf
 
-    acc = tf.cast(x[:, :, 0, :], tf.float32) * w[0]
+    acc = tf.cast(x[:, :, 0, :], tf.float32) * factor(0)
     for i in range(1, int(x.shape[2])):
-        acc = acc + tf.cast(x[:, :, i, :], tf.float32) * w[i]
+        acc = acc + tf.cast(x[:, :, i, :], tf.float32) * factor(i)
     return acc
 
 
-def _unrolled_scaled_sum(x: Any, scale: Any, shift: Any) -> Any:
-    """sum_l float32(x[:, :, l, :]) * scale[:, None, l, :] - shift[:, None, :] as one expression:
-    the weighted sum of frames normalised per utterance (:func:`_weighted_layer_sum` with stats)."""
-    import tensorflow as tf
+def _unrolled_sum(x: Any, w: Any) -> Any:
+    """sum_l float32(x[:, :, l, :]) * w[l]: the weighted sum of frames."""
+    return _unrolled_terms(x, lambda i: w[i])
 
-    acc = tf.cast(x[:, :, 0, :], tf.float32) * scale[:, None, 0, :]
-    for i in range(1, int(x.shape[2])):
-        acc = acc + tf.cast(x[:, :, i, :], tf.float32) * scale[:, None, i, :]
-    return acc - shift[:, None, :]
+
+def _unrolled_scaled_sum(x: Any, scale: Any, shift: Any) -> Any:
+    """sum_l float32(x[:, :, l, :]) * scale[:, None, l, :] - shift[:, None, :]: the weighted sum of
+    frames normalised per utterance (:func:`_weighted_layer_sum` with stats)."""
+    return _unrolled_terms(x, lambda i: scale[:, None, i, :]) - shift[:, None, :]
 
 
 def _time_dot(x: Any, g: Any) -> Any:
@@ -71,8 +71,10 @@ def _time_dot(x: Any, g: Any) -> Any:
 TIME_DOT_UTTERANCES = 2
 
 
-# Once probed: [_unrolled_sum compiled or None, then where XLA works _unrolled_scaled_sum and _time_dot compiled]
+# Once probed: [_unrolled_sum compiled or None]; where XLA works, _unrolled_scaled_sum and _time_dot
+# compiled follow when a model first normalises in its layer average.
 _FORWARD: list[Any] = []
+_PROBE_FRAMES = np.zeros((1, 1, 2, 1), np.float16)  # frames of the probe call of each compiled function
 
 
 def _compiled_forward() -> Any:
@@ -86,20 +88,20 @@ def _compiled_forward() -> Any:
     the same UAR (tests/benchmarks/compare_layer_forward.py).
     """
     if not _FORWARD:
-        frames = np.zeros((1, 1, 2, 1), np.float16)
-        _FORWARD.append(xla_compiled(_unrolled_sum, frames, np.ones(2, np.float32), gpu=True))
-        if _FORWARD[0] is not None:
-            _FORWARD.append(xla_compiled(_unrolled_scaled_sum, frames, np.ones((1, 2, 1), np.float32),
-                                         np.zeros((1, 1), np.float32), gpu=True))
-            _FORWARD.append(xla_compiled(_time_dot, frames, np.ones((1, 1, 1), np.float32), gpu=True))
+        _FORWARD.append(xla_compiled(_unrolled_sum, _PROBE_FRAMES, np.ones(2, np.float32), gpu=True))
     return _FORWARD[0]
 
 
 def _compiled_normalised() -> tuple[Any, Any]:
-    """(:func:`_unrolled_scaled_sum`, :func:`_time_dot`) compiled by XLA as :func:`_compiled_forward`;
-    None for each where XLA cannot (or where ``_FORWARD`` was set to ``[None]``: the ops' path)."""
-    _compiled_forward()
-    return tuple(_FORWARD[k] if len(_FORWARD) > k else None for k in (1, 2))  # type: ignore[return-value]
+    """(:func:`_unrolled_scaled_sum`, :func:`_time_dot`) compiled by XLA, probed on first use; (None,
+    None) where :func:`_compiled_forward` is None (no XLA, or ``_FORWARD = [None]``: the ops' path)."""
+    if _compiled_forward() is None:
+        return None, None
+    if len(_FORWARD) == 1:
+        _FORWARD.append(xla_compiled(_unrolled_scaled_sum, _PROBE_FRAMES, np.ones((1, 2, 1), np.float32),
+                                     np.zeros((1, 1), np.float32), gpu=True))
+        _FORWARD.append(xla_compiled(_time_dot, _PROBE_FRAMES, np.ones((1, 1, 1), np.float32), gpu=True))
+    return _FORWARD[1], _FORWARD[2]
 
 
 def _weighted_layer_sum(x: Any, w: Any, stats: Any = None) -> Any:
@@ -129,13 +131,14 @@ def _weighted_layer_sum(x: Any, w: Any, stats: Any = None) -> Any:
     def layer(i: Any) -> Any:
         return tf.cast(x[:, :, i, :], tf.float32)
 
+    def summed(factor: Callable[[Any], Any]) -> Any:  # where XLA is missing: one layer at a time
+        shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
+        return loop(lambda i, acc: acc + layer(i) * factor(i), tf.zeros(shape, tf.float32))
+
     if stats is None:
         def forward(w: Any) -> Any:
             compiled = _compiled_forward()
-            if compiled is not None:
-                return compiled(x, w)
-            shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
-            return loop(lambda i, acc: acc + layer(i) * w[i], tf.zeros(shape, tf.float32))
+            return compiled(x, w) if compiled is not None else summed(lambda i: w[i])
 
         def grad_w(g: Any) -> Any:  # dL/dw_l = sum(g * x_l)
             return loop(lambda i, dw: dw.write(i, tf.reduce_sum(layer(i) * g)), tf.TensorArray(tf.float32, n_layers)).stack()
@@ -149,8 +152,7 @@ def _weighted_layer_sum(x: Any, w: Any, stats: Any = None) -> Any:
             shift = tf.reduce_sum(scale * mean, axis=1)  # [B, D]
             if compiled_sum is not None:
                 return compiled_sum(x, scale, shift)
-            shape = tf.concat([tf.shape(x)[:2], tf.shape(x)[3:]], axis=0)
-            return loop(lambda i, acc: acc + layer(i) * scale[:, None, i, :], tf.zeros(shape, tf.float32)) - shift[:, None, :]
+            return summed(lambda i: scale[:, None, i, :]) - shift[:, None, :]
 
         def grad_w(g: Any) -> Any:  # dL/dw_l = sum(g * (x_l - mean_l) / std_l): sums over time first
             g_time = tf.reduce_sum(g, axis=1)  # [B, D]
@@ -183,8 +185,9 @@ class LayerWeightedAverage(keras.layers.Layer):
     Every alpha_i starts at 1.0 (plain average) and is kept non-negative by a NonNeg
     constraint applied after each optimiser step; ``epsilon`` guards the all-zero case.
     float16 inputs are not cast as a whole: the forward is one XLA-compiled pass that casts and
-    accumulates each layer slice [B, T, D] in float32, and the backward pass takes one slice at a
-    time, so no float32 [B, T, L, D] copy is made or kept for the gradient.
+    accumulates each layer slice [B, T, D] in float32, and the backward pass takes one slice (or,
+    with ``stats``, two utterances) at a time, so no float32 [B, T, L, D] copy is made or kept
+    for the gradient.
     """
 
     def __init__(self, epsilon: float = 1e-7, **kwargs: Any) -> None:

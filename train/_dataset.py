@@ -54,8 +54,10 @@ NORMALISE_BLOCK_MIN = 8
 # Float16 frames are normalised this many at a time by one XLA-compiled TensorFlow function
 # (_compiled_normalise): a fixed shape compiles once per frame shape, a ragged one once per length.
 NORMALISE_CHUNK = 128
-# Streamed batches read ahead of the step: at most this many MB (and 2 per worker, at least 1).
-STREAM_AHEAD_MB = 512.0
+# Streamed batches read ahead of the step: one per worker, and up to 2 per worker within this
+# many MB. Base-model :all batches (160 MB) get one per worker: on 2 cores the reads still keep
+# ahead of the step, and each batch more ahead is 160 MB more peak (bench_train_ahead.md).
+STREAM_AHEAD_MB = 400.0
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
 # group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
@@ -310,8 +312,8 @@ class FeatureBatches:
     def iterate(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """One streamed pass (new order when shuffling), read ahead by ``workers`` threads.
 
-        Up to 2 batches per worker are read ahead, but no more than STREAM_AHEAD_MB of them
-        (at least one): large-model batches (25 x 1024 layers) would otherwise hold GBs.
+        One batch per worker is read ahead, and up to 2 per worker within STREAM_AHEAD_MB:
+        large-model batches (25 x 1024 layers) would otherwise hold GBs.
         """
         order = self.new_epoch_order()
         chunks = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
@@ -333,7 +335,7 @@ class FeatureBatches:
             while pending:
                 batch = pending.popleft().result()
                 size = sum(a.nbytes for a in batch[0].values())
-                ahead = max(1, min(2 * self.workers, int(STREAM_AHEAD_MB * 2**20 // max(1, size))))
+                ahead = max(self.workers, min(2 * self.workers, int(STREAM_AHEAD_MB * 2**20 // max(1, size))))
                 while submitted < len(chunks) and len(pending) < ahead:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
@@ -425,11 +427,13 @@ class FeatureBatches:
         if self.accumulate > 1:
             signature += (tf.TensorSpec((None,), tf.float32),)
         ds = tf.data.Dataset.from_generator(self.iterate, output_signature=signature)
-        return _fixed_pipeline(ds, len(self) * self.accumulate)
+        # iterate() reads ahead itself; one converted batch beside it keeps the conversion to a
+        # tensor off the step without holding a further batch (160 MB of base-model frames).
+        return _fixed_pipeline(ds, len(self) * self.accumulate, prefetch=1)
 
 
-def _fixed_pipeline(ds: Any, n_batches: int) -> Any:
-    """The end of every input pipeline: known cardinality, 2 batches prefetched, no autotuning.
+def _fixed_pipeline(ds: Any, n_batches: int, *, prefetch: int = 2) -> Any:
+    """The end of every input pipeline: known cardinality, ``prefetch`` batches, no autotuning.
 
     Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
     No autotuning thread: Keras replaces the training iterator at every epoch, and destroying an
@@ -441,7 +445,7 @@ def _fixed_pipeline(ds: Any, n_batches: int) -> Any:
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return ds.apply(tf.data.experimental.assert_cardinality(int(n_batches))).prefetch(2).with_options(options)
+    return ds.apply(tf.data.experimental.assert_cardinality(int(n_batches))).prefetch(prefetch).with_options(options)
 
 
 def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:

@@ -360,7 +360,8 @@ class FeatureStore:
         return self._checked(utterance_id, feature, row, frames, sel)
 
     def read_batch(self, ids: Sequence[str], feature: str, *,
-                   layers: Sequence[int] | None = None) -> list[np.ndarray]:
+                   layers: Sequence[int] | None = None,
+                   out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         """Frames of several utterances, each equal to :meth:`read_utterance`'s.
 
         Utterances that lie in the same shard are fetched by one read spanning them, so a
@@ -370,14 +371,19 @@ class FeatureStore:
             ids: utterance ids (any order, repeats allowed).
             feature: feature name.
             layers: layer indices (3-D features only); None reads all layers.
+            out: arrays to read into instead, one per id, each shaped and typed like that
+                utterance's frames (for example the rows of a padded batch): the frames are
+                read straight into them, with no copy. Each utterance is then its own read.
 
         Returns:
-            One array per id, in the order of `ids`.
+            One array per id, in the order of `ids` (the arrays of `out` when given).
         """
         if isinstance(ids, str):
             raise StoreError(f"read_batch: ids={ids!r}; expected a list of utterance ids.")
         spec = self._spec(feature)
         sel = self._layers(spec, layers)
+        if out is not None:
+            return self._read_into(list(ids), feature, spec, sel, list(out))
         data = self._array(feature, "data")
         shard = int(data.shards[0]) if data.shards is not None else int(data.chunks[0])
         gap = int(data.chunks[0])  # a span never reads more than one unwanted chunk between two utterances
@@ -403,6 +409,38 @@ class FeatureStore:
                 frames = np.ascontiguousarray(span[off - start:off - start + length])
                 out[uid] = self._checked(uid, feature, row, frames, sel)
         return [out[uid] for uid in ids]
+
+    def _read_into(self, ids: list[str], feature: str, spec: FeatureSpec, sel: list[int] | None,
+                   out: list[np.ndarray]) -> list[np.ndarray]:
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        regions = [self._region(uid, feature) for uid in ids]
+        frame = spec.frame_shape if sel is None else (len(sel), *spec.frame_shape[1:])
+        if len(out) != len(ids):
+            raise StoreError(f"read_batch: {len(out)} arrays in out for {len(ids)} ids; expected one per id.")
+        for uid, (_, _, length), a in zip(ids, regions, out):
+            if (not isinstance(a, np.ndarray) or a.shape != (length, *frame) or a.dtype != np.dtype(spec.dtype)
+                    or not a.flags.writeable or not a.flags.c_contiguous):
+                got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise StoreError(f"read_batch: out array for utterance {uid!r} is {got}; expected a writable, "
+                                 f"C-contiguous {spec.dtype} array of shape {(length, *frame)} (its frames of "
+                                 f"feature {feature!r}).")
+        data = self._array(feature, "data").async_array
+        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
+
+        async def every() -> None:
+            await asyncio.gather(*(data.get_orthogonal_selection(_selection(off, off + length, sel), out=wrap(a))
+                                   for (_, off, length), a in zip(regions, out)))
+
+        try:
+            sync(every())  # one hand-over to zarr's event loop per batch
+        except Exception:  # a damaged shard: read one by one, so the error names its utterance
+            for uid, (_, off, length), a in zip(ids, regions, out):
+                a[...] = self._fetch(feature, off, off + length, sel, f"utterance {uid!r}")
+        return [self._checked(uid, feature, row, a, sel) for uid, (row, _, _), a in zip(ids, regions, out)]
 
     # ------------------------------------------------------------------ statistics
     def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,

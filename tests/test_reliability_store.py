@@ -120,6 +120,12 @@ def _chunk_files(store: Path, array: str) -> list[Path]:
     return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
 
 
+def _frames_like(store, ids: list[str], feature: str) -> list[np.ndarray]:
+    """Empty arrays shaped like each utterance's frames, for read_batch(..., out=)."""
+    spec = store.features[feature]
+    return [np.empty((store.num_frames(u, feature), *spec.frame_shape), spec.dtype) for u in ids]
+
+
 def _flip(path: Path, position: int) -> bytes:
     raw = path.read_bytes()
     damaged = bytearray(raw)
@@ -165,6 +171,8 @@ def test_verify_and_every_read_name_the_owner_of_flipped_frames(store):
                 fresh.read_utterance(uid, feature, layers=[0])  # another layer is intact
             with pytest.raises(StoreError, match=uid):
                 fresh.read_batch(ids, feature)
+            with pytest.raises(StoreError, match=uid):  # read into the caller's arrays
+                fresh.read_batch(ids, feature, out=_frames_like(fresh, ids, feature))
         finally:
             file.write_bytes(raw)
     assert open_store(store).verify().ok
@@ -231,6 +239,8 @@ def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, 
                 s.read_utterance(uid, "layered", layers=layers)
         with pytest.raises(StoreError, match="damaged"):
             s.read_batch(sorted(owners), "layered", layers=[0])
+        with pytest.raises(StoreError, match=uid):
+            s.read_batch([uid], "layered", out=_frames_like(s, [uid], "layered"))
 
 
 def test_verify_repair_queues_damaged_utterances_and_the_next_extraction_restores_them(store, pristine):

@@ -338,6 +338,33 @@ def test_read_batch_equals_read_utterance(tmp_path):
         store.read_batch(["u0000"], "w2v")
 
 
+def test_read_batch_into_given_arrays(tmp_path):
+    """read_batch(..., out=): the frames land in the caller's arrays (e.g. rows of a padded batch),
+    equal to read_utterance's; arrays of the wrong shape, dtype or count are refused by name."""
+    built = build_store(tmp_path / "s", lengths=LENGTHS, units=2)
+    store = open_store(built.path)
+    ids = [u.id for u in built.utterances][::-1] + ["u001"]
+    for feature, layers in (("w2v", None), ("w2v", [2]), ("w2v", [3, 0]), ("lld", None)):
+        want = [store.read_utterance(uid, feature, layers=layers) for uid in ids]
+        batch = np.full((len(ids), max(map(len, want)) + 2, *want[0].shape[1:]), 7, dtype=want[0].dtype)
+        out = [batch[k, :len(w)] for k, w in enumerate(want)]
+        got = store.read_batch(ids, feature, layers=layers, out=out)
+        assert all(g is o for g, o in zip(got, out))
+        for k, w in enumerate(want):
+            np.testing.assert_array_equal(batch[k, :len(w)], w)
+            assert (batch[k, len(w):] == 7).all()  # nothing written past the utterance
+    want = store.read_batch(ids[:2], "w2v")
+    bad = {"shape": [np.empty((len(want[0]) + 1, *want[0].shape[1:]), want[0].dtype), np.empty_like(want[1])],
+           "dtype": [np.empty(want[0].shape, np.float64), np.empty_like(want[1])],
+           "count": [np.empty_like(want[0])]}
+    frozen = [np.empty_like(w) for w in want]
+    frozen[1].flags.writeable = False
+    bad["read-only"] = frozen
+    for what, out in bad.items():
+        with pytest.raises(StoreError, match=r"one per id" if what == "count" else ids[0 if what != "read-only" else 1]):
+            store.read_batch(ids[:2], "w2v", out=out)
+
+
 def test_store_path_with_parent_folder_parts(tmp_path, monkeypatch):
     # tensorstore's file driver refuses "../x.zarr"; the writer's shards go through it.
     (tmp_path / "here").mkdir()

@@ -116,6 +116,9 @@ class TestStoreBackends:
         batch = store.read_batch(ids[::-1], "w2v", layers=[0, 3])
         for got, i in zip(batch, range(len(ids) - 1, -1, -1)):
             np.testing.assert_array_equal(got, built.stored("w2v", i)[:, [0, 3]])
+        into = store.read_batch(ids, "w2v", out=[np.empty_like(built.stored("w2v", i)) for i in range(len(ids))])
+        for got, i in zip(into, range(len(ids))):
+            np.testing.assert_array_equal(got, built.stored("w2v", i))
         assert store.verify().ok
         assert store.compose_statistics("lld").count == sum(self.LENGTHS)
         assert set(json.loads(json.dumps(store.describe()))["features"]) == {W2V.name, SPEC2D.name}
@@ -161,9 +164,12 @@ class TestStoreBackends:
         store = open_store(where)
         for uid, feature, intact in (("u000", "w2v", "u001"), ("u001", "lld", "u000"), ("u002", "w2v", "u001")):
             layers = [2] if feature == "w2v" else None
+            shapes = [(store.num_frames(u, feature), *store.features[feature].frame_shape) for u in (intact, uid)]
+            into = [np.empty(shape, store.features[feature].dtype) for shape in shapes]
             for read in (lambda: store.read_utterance(uid, feature),
                          lambda: store.read_utterance(uid, feature, layers=layers),
-                         lambda: store.read_batch([intact, uid], feature, layers=layers)):
+                         lambda: store.read_batch([intact, uid], feature, layers=layers),
+                         lambda: store.read_batch([intact, uid], feature, out=into)):
                 with pytest.raises(StoreError, match=uid):
                     read()
         np.testing.assert_array_equal(store.read_utterance("u001", "w2v"), built.stored("w2v", 1))

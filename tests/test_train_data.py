@@ -23,13 +23,16 @@ class BatchedStore:
     """The store with a ``read_batch`` (the store format 2 API), counting calls."""
 
     def __init__(self, store):
-        self._store, self.batch_calls = store, 0
+        self._store, self.batch_calls, self.out_calls = store, 0, 0
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
-    def read_batch(self, ids, feature, *, layers=None):
+    def read_batch(self, ids, feature, *, layers=None, out=None):
         self.batch_calls += 1
+        if out is not None:  # read into the caller's arrays
+            self.out_calls += 1
+            return self._store.read_batch(ids, feature, layers=layers, out=out)
         return [self._store.read_utterance(i, feature, layers=layers) for i in ids]
 
 
@@ -236,6 +239,13 @@ def test_a_folded_branch_streams_frames_as_stored_with_their_statistics(store):
     idx = np.arange(len(stream.items))
     (x, _), (r, _), (u, _) = (b.load_batch(idx) for b in (stream, raw, usual))
     np.testing.assert_array_equal(x["main"], r["main"])
+    # Uncropped utterances are read straight into the batch's rows, cropped ones read and copied.
+    counted = BatchedStore(store)
+    direct = _batches(counted, "wav2vec2:all", "speaker", fold=True, cache="off")
+    stored = [store.num_frames(it.id, "wav2vec2") for it in direct.items]
+    assert min(stored) <= direct.max_frames < max(stored)
+    np.testing.assert_array_equal(direct.load_batch(idx)[0]["main"], r["main"])
+    assert counted.out_calls == 1
     norm = stream.sources[0].normaliser
     for k, item in enumerate(stream.items):
         np.testing.assert_array_equal(x["main_stats"][k], np.stack(norm.moments(item.speaker)).astype(np.float32))

@@ -126,12 +126,24 @@ def clear_cache() -> None:
     partitions once and drops them with the run), so there is nothing to free."""
 
 
-def read_frames(store: Any, ids: Sequence[str], feature: str, layers: Sequence[int] | None) -> list[np.ndarray]:
-    """Frames of several utterances in the stored dtype, with the store's batched read when it has one."""
+def read_frames(store: Any, ids: Sequence[str], feature: str, layers: Sequence[int] | None, *,
+                out: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Frames of several utterances in the stored dtype, with the store's batched read when it has one.
+
+    ``out`` (one array per id, shaped like its frames): read into those arrays, which are returned.
+    """
     read_batch = getattr(store, "read_batch", None)
+    if read_batch is not None and out is not None:
+        return list(read_batch(list(ids), feature, layers=layers, out=list(out)))
     if read_batch is not None:
-        return [np.asarray(a) for a in read_batch(list(ids), feature, layers=layers)]
-    return [np.asarray(store.read_utterance(i, feature, layers=layers)) for i in ids]
+        frames = [np.asarray(a) for a in read_batch(list(ids), feature, layers=layers)]
+    else:
+        frames = [np.asarray(store.read_utterance(i, feature, layers=layers)) for i in ids]
+    if out is None:
+        return frames
+    for target, x in zip(out, frames):
+        target[...] = x
+    return list(out)
 
 
 class FeatureBatches:
@@ -387,18 +399,12 @@ class FeatureBatches:
                         e == s or size + frames_stored[e] * frame_bytes <= READ_GROUP_MB * 2**20):
                     size += frames_stored[e] * frame_bytes
                     e += 1
-                read = [x for x, _ in self._read_sources(items[s:e], sources=[src])[0]]
-                for k, x in enumerate(read, start=s):
-                    if len(x) < lengths[k]:
-                        raise DataError(f"utterance {items[k].id!r}, feature {src.selection.feature!r}: "
-                                        f"{len(x)} frames read, the store's length table says more; the store "
-                                        f"is inconsistent (run `w2v2ser store verify`)")
                 if src.branch in folded:  # normalised inside the model, with the statistics below
-                    for k, x in enumerate(read, start=s):
-                        out[k, :lengths[k]] = x[:lengths[k]]
+                    self._fill_rows(src, items[s:e], out[s:e], lengths[s:e], frames_stored[s:e])
                 else:
+                    read = self._read_group(src, items[s:e], lengths[s:e])
                     _normalise_into(out[s:e], lengths[s:e], src.normaliser, speakers[s:e], frames=read)
-                del read
+                    del read
                 s = e
             inputs[src.branch] = out
             if src.branch in folded:
@@ -406,6 +412,31 @@ class FeatureBatches:
                 inputs[src.branch + STATS_SUFFIX] = np.stack([np.stack(moments[spk]) for spk in speakers]).astype(np.float32)
         inputs["mask"] = _mask(lengths, length)
         return inputs, lengths
+
+    def _read_group(self, src: Source, items: Sequence[Item], lengths: np.ndarray) -> list[np.ndarray]:
+        """Cropped, un-normalised frames of `items` from `src`, at least `lengths` frames each."""
+        read = [x for x, _ in self._read_sources(items, sources=[src])[0]]
+        for it, x, n in zip(items, read, lengths):
+            if len(x) < n:
+                raise DataError(f"utterance {it.id!r}, feature {src.selection.feature!r}: {len(x)} frames "
+                                f"read, the store's length table says more; the store is inconsistent "
+                                f"(run `w2v2ser store verify`)")
+        return read
+
+    def _fill_rows(self, src: Source, items: Sequence[Item], out: np.ndarray, lengths: np.ndarray,
+                   stored: Sequence[int]) -> None:
+        """Stored frames of `items` into the rows of `out`. Uncropped ones are read straight into
+        their rows: copying reads had been half of the reader threads' time."""
+        whole = [k for k in range(len(items)) if lengths[k] == stored[k]]
+        if whole:
+            sel = src.selection
+            read_frames(src.store, [items[k].id for k in whole], sel.feature,
+                        list(sel.layers) if sel.layers is not None else None,
+                        out=[out[k, :lengths[k]] for k in whole])
+        cropped = [k for k in range(len(items)) if lengths[k] != stored[k]]
+        if cropped:
+            for k, x in zip(cropped, self._read_group(src, [items[k] for k in cropped], lengths[cropped])):
+                out[k, :lengths[k]] = x[:lengths[k]]
 
     def as_tf_dataset(self) -> Any:
         """A prefetching tf.data.Dataset of (inputs, labels); each iteration is one epoch."""

@@ -9,7 +9,7 @@ import pytest
 from stage2_fixtures import build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import FeatureBatches, Item, LayerWeightedAverage, Source, build_normaliser, resolve_selection
-from w2v2ser.train._dataset import block_shuffle, padded_dataset, split_batch
+from w2v2ser.train._dataset import block_shuffle, padded_dataset, read_frames, split_batch
 
 
 @pytest.fixture(scope="module")
@@ -311,6 +311,24 @@ def test_order_changes_every_epoch_even_with_the_global_seed_set():
     ds = padded_dataset(inputs, np.arange(40, dtype=np.int32), lengths, batch_size=8, shuffle=True, seed=0)
     orders = [tuple(int(v) for _, y in ds for v in y.numpy()) for _ in range(3)]
     assert len(set(orders)) == 3 and all(sorted(o) == list(range(40)) for o in orders)
+
+
+def test_read_frames_into_given_arrays_with_or_without_a_batched_read(store):
+    """read_frames(..., out=) fills the given arrays through the store's read_batch, or copies
+    read_utterance's frames into them for a store that has no batched read."""
+
+    class Plain:  # a store with read_utterance only
+        def read_utterance(self, uid, feature, *, layers=None):
+            return store.read_utterance(uid, feature, layers=layers)
+
+    ids = [r.id for r in store.list_utterances()[:3]]
+    want = [store.read_utterance(uid, "wav2vec2", layers=[1, 2]) for uid in ids]
+    for source in (store, BatchedStore(store), Plain()):
+        out = [np.zeros_like(w) for w in want]
+        got = read_frames(source, ids, "wav2vec2", [1, 2], out=out)
+        assert all(g is o for g, o in zip(got, out))
+        for w, o in zip(want, out):
+            np.testing.assert_array_equal(o, w)
 
 
 def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):

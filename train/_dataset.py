@@ -56,7 +56,7 @@ NORMALISE_BLOCK_MIN = 8
 NORMALISE_CHUNK = 128
 # Streamed batches read ahead of the step: one per worker, and up to 2 per worker within this
 # many MB. Base-model :all batches (160 MB) get one per worker: on 2 cores the reads still keep
-# ahead of the step, and each batch more ahead is 160 MB more peak (bench_train_ahead.md).
+# ahead of the step, and each batch more ahead is 160 MB more peak (bench_train_ahead_1.md).
 STREAM_AHEAD_MB = 400.0
 # Raw frames read at once while padded arrays are filled: beside a partition (or batch) only one
 # group of its reads exists. A streamed batch of base-model frames (32 x 5 s: 160 MB) stays one

@@ -308,23 +308,34 @@ class FeatureStore:
         return int(length[length > 0].sum(dtype=np.int64))
 
     def _fetch_many(self, feature: str, spans: list[tuple[int, int]], sel: list[int] | None,
-                    first_ids: list[list[str]]) -> list[np.ndarray]:
+                    first_ids: list[list[str]], into: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """The frames of each span; read into the arrays of ``into`` (one per span) when given."""
         import asyncio
 
+        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         data = self._array(feature, "data").async_array
+        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
+        targets: list[np.ndarray | None] = list(into) if into is not None else [None] * len(spans)
 
-        async def one(start: int, stop: int) -> np.ndarray:
-            return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
+        async def one(start: int, stop: int, target: np.ndarray | None) -> np.ndarray:
+            if target is None:
+                return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
+            await data.get_orthogonal_selection(_selection(start, stop, sel), out=wrap(target))
+            return target
 
         async def every() -> list[np.ndarray]:
-            return list(await asyncio.gather(*(one(a, b) for a, b in spans)))
+            return list(await asyncio.gather(*(one(a, b, t) for (a, b), t in zip(spans, targets))))
 
         try:
             return sync(every())  # one hand-over to zarr's event loop per batch
         except Exception:  # a damaged shard: read span by span, so the error names its utterances
-            return [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
+            fetched = [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
+            for target, frames in zip(targets, fetched):
+                if target is not None:
+                    target[...] = frames
+            return [f if t is None else t for t, f in zip(targets, fetched)]
 
     def _checked(self, utterance_id: str, feature: str, row: int, frames: np.ndarray,
                  sel: list[int] | None) -> np.ndarray:
@@ -412,11 +423,6 @@ class FeatureStore:
 
     def _read_into(self, ids: list[str], feature: str, spec: FeatureSpec, sel: list[int] | None,
                    out: list[np.ndarray]) -> list[np.ndarray]:
-        import asyncio
-
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
-
         regions = [self._region(uid, feature) for uid in ids]
         frame = spec.frame_shape if sel is None else (len(sel), *spec.frame_shape[1:])
         if len(out) != len(ids):
@@ -428,18 +434,8 @@ class FeatureStore:
                 raise StoreError(f"read_batch: out array for utterance {uid!r} is {got}; expected a writable, "
                                  f"C-contiguous {spec.dtype} array of shape {(length, *frame)} (its frames of "
                                  f"feature {feature!r}).")
-        data = self._array(feature, "data").async_array
-        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
-
-        async def every() -> None:
-            await asyncio.gather(*(data.get_orthogonal_selection(_selection(off, off + length, sel), out=wrap(a))
-                                   for (_, off, length), a in zip(regions, out)))
-
-        try:
-            sync(every())  # one hand-over to zarr's event loop per batch
-        except Exception:  # a damaged shard: read one by one, so the error names its utterance
-            for uid, (_, off, length), a in zip(ids, regions, out):
-                a[...] = self._fetch(feature, off, off + length, sel, f"utterance {uid!r}")
+        self._fetch_many(feature, [(off, off + length) for _, off, length in regions], sel,
+                         [[uid] for uid in ids], into=out)
         return [self._checked(uid, feature, row, a, sel) for uid, (row, _, _), a in zip(ids, regions, out)]
 
     # ------------------------------------------------------------------ statistics

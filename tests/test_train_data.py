@@ -343,11 +343,11 @@ def test_streaming_reads_ahead_at_most_the_byte_budget(store, monkeypatch):
         started = yielded = most = 0
         lock = threading.Lock()
 
-        def load_batch(self, indices):
+        def load_batch(self, indices, **kw):
             with self.lock:
                 type(self).started += 1
                 type(self).most = max(type(self).most, type(self).started - type(self).yielded)
-            return super().load_batch(indices)
+            return super().load_batch(indices, **kw)
 
     def run(**kw):
         Counting.started = Counting.yielded = Counting.most = 0
@@ -401,7 +401,7 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
         reads = [np.concatenate([raw[k, :n], rng.standard_normal((2, 5, 16))]) for k, n in enumerate(lengths)]
         reads = [r.astype(np.float32 if source == "float32 reads" else dtype) for r in reads]
         if source == "aligned reads":  # handed to TensorFlow as they are
-            aligned = [_dataset._aligned_zeros(r.shape, r.dtype) for r in reads]
+            aligned = [_dataset.aligned_zeros(r.shape, r.dtype) for r in reads]
             for target, r in zip(aligned, reads):
                 target[...] = r
             reads = aligned
@@ -422,7 +422,7 @@ def test_float16_frames_reach_tensorflow_and_return_without_copies():
 
     from w2v2ser.train import _dataset
 
-    frames = _dataset._aligned_zeros((2, 3, 4), np.float16)
+    frames = _dataset.aligned_zeros((2, 3, 4), np.float16)
     frames[...] = np.arange(24).reshape(2, 3, 4)
     view = _dataset._tensor_view(frames)
     frames[0, 0, 0] = 99  # the tensor sees the array's own memory
@@ -430,7 +430,7 @@ def test_float16_frames_reach_tensorflow_and_return_without_copies():
     back = _dataset._host_view(tf.identity(view))
     assert back.dtype == np.float16 and back.shape == (2, 3, 4) and not back.flags.writeable
     np.testing.assert_array_equal(back, frames)
-    storage = _dataset._aligned_zeros((25,), np.float16)
+    storage = _dataset.aligned_zeros((25,), np.float16)
     unaligned = storage[1:].reshape(2, 3, 4)  # 2 bytes past the boundary
     locked = frames.copy()
     locked.flags.writeable = False
@@ -493,3 +493,92 @@ def test_training_on_micro_batches_takes_the_same_steps(store, cache):
         assert head.history_["epochs"] == 4
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def test_batch_buffers_recycle_only_memory_nothing_refers_to():
+    """A batch's memory is handed out again once no array, view or TensorFlow tensor refers to it;
+    a recycled array is zero past each row's length (the caller fills the rest)."""
+    import tensorflow as tf
+
+    from w2v2ser.train._buffers import RECYCLE_MIN_BYTES, TENSOR_ALIGNMENT, BatchBuffers
+
+    pool = BatchBuffers(limit=3)
+    shape, rows = (4, 64, 13, 768), RECYCLE_MIN_BYTES // (64 * 13 * 768 * 2) + 1
+    shape = (rows, *shape[1:])
+    first = pool.padded(shape, np.float16, [64] * rows)
+    assert first.ctypes.data % TENSOR_ALIGNMENT == 0 and not first.any()
+    first[...] = 7
+    address = first.ctypes.data
+    view = first[1:3, :5]  # a view keeps the memory in use
+    del first
+    second = pool.padded(shape, np.float16, [64] * rows)
+    assert second.ctypes.data != address and pool.recycled == 0
+    del view
+    lengths = [10, 64] + [0] * (rows - 2)
+    third = pool.padded(shape, np.float16, lengths)  # the first batch's memory again
+    assert third.ctypes.data == address and pool.recycled == 1
+    assert (third[0, :10] == 7).all() and not third[0, 10:].any() and (third[1] == 7).all()
+    assert not third[2:].any()
+    third[...] = 5
+    tensor = tf.experimental.dlpack.from_dlpack(third.__dlpack__())  # TensorFlow aliases it
+    del third
+    fourth = pool.padded(shape, np.float16, [64] * rows)
+    assert fourth.ctypes.data != address
+    fourth[...] = 1
+    assert float(tf.reduce_min(tensor)) == float(tf.reduce_max(tensor)) == 5.0  # untouched
+    del tensor, fourth, second
+    pool.padded(shape, np.float16, [64] * rows)
+    assert pool.recycled == 2
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_streamed_batches_recycled_through_tensorflow_are_the_batches_read(store, monkeypatch, fold):
+    """Streamed batches recycle the memory of earlier ones (forced here for small batches), and
+    what reaches TensorFlow through the prefetching tf.data pipeline, epoch after epoch, is the
+    batch that was read: no batch is overwritten while TensorFlow holds it."""
+    import w2v2ser.train._buffers as buffers
+
+    monkeypatch.setattr(buffers, "RECYCLE_MIN_BYTES", 0)
+    made = []
+    real = buffers.BatchBuffers
+
+    class Recorded(real):
+        def __init__(self, limit):
+            super().__init__(limit)
+            made.append(self)
+
+    import w2v2ser.train._dataset as dataset
+
+    monkeypatch.setattr(dataset, "BatchBuffers", Recorded)
+    b = _batches(store, "wav2vec2:all", "speaker", fold=fold, cache="off", workers=2, shuffle=True, seed=5)
+    ds = b.as_tf_dataset()
+    reference = _batches(store, "wav2vec2:all", "speaker", fold=fold, cache="off", shuffle=True, seed=5)
+    for _ in range(2):
+        order = reference.new_epoch_order()
+        chunks = [order[i * b.batch_size:(i + 1) * b.batch_size] for i in range(len(b))]
+        got = [(x["main"].numpy(), y.numpy()) for x, y in ds]
+        assert len(got) == len(chunks) > 3
+        for (x, y), chunk in zip(got, chunks):
+            want, want_y = reference.load_batch(chunk)
+            np.testing.assert_array_equal(y, want_y)
+            np.testing.assert_array_equal(x, want["main"])
+    assert made and sum(p.recycled for p in made) > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pass_holds_no_batch_memory_once_its_last_batch_is_out(store, monkeypatch, workers):
+    """Keras takes the known number of batches and leaves the generator suspended (during
+    validation): by then it keeps neither a batch nor recycled memory."""
+    import gc
+    import itertools
+    import weakref
+
+    import w2v2ser.train._buffers as buffers
+
+    monkeypatch.setattr(buffers, "RECYCLE_MIN_BYTES", 0)
+    b = _batches(store, "wav2vec2:all", "speaker", cache="off", workers=workers, shuffle=True, seed=1)
+    passing = b.iterate()
+    memory = [weakref.ref(x["main"].base) for x, _ in itertools.islice(passing, len(b))]
+    gc.collect()
+    assert len(memory) == len(b) > 3 and not [m for m in memory if m() is not None]
+    passing.close()

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ._buffers import TENSOR_ALIGNMENT, BatchBuffers, aligned_zeros
 from ._errors import ConfigError, DataError
 from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
@@ -311,11 +312,15 @@ class FeatureBatches:
                 for src, (x, _) in zip(self.sources, per_source)]
 
     # -- streaming ---------------------------------------------------------------------------------
-    def load_batch(self, indices: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Read (batched reads per source), crop, align, pad and normalise the given utterances."""
+    def load_batch(self, indices: Sequence[int], *, buffers: dict[str, BatchBuffers] | None = None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Read (batched reads per source), crop, align, pad and normalise the given utterances.
+
+        ``buffers``: branch -> the memory its padded frames may recycle (:meth:`iterate`'s).
+        """
         start = time.perf_counter()
         items = [self.items[i] for i in indices]
-        inputs, lengths = self._padded(items)
+        inputs, lengths = self._padded(items, buffers=buffers)
         y = np.array([it.label for it in items], dtype=np.int32)
         with self._lock:
             self.input_seconds += time.perf_counter() - start
@@ -333,26 +338,41 @@ class FeatureBatches:
         if self.accumulate > 1:  # (inputs, labels, sample weights) per micro-batch
             chunks, weights = map(list, zip(*(p for c in chunks for p in split_batch(c, self.accumulate))))
 
+        # The batches of this pass recycle the memory of earlier ones that nothing refers to any
+        # more. workers + 2 buffers are kept (about as many batches as are in flight at once); 2 per
+        # worker + 3 held idle ones and raised the training peak 1.30x (bench_train_buffers_limit7.md).
+        buffers = {src.branch: BatchBuffers(max(1, self.workers) + 2) for src in self.sources}
+
         def load(k: int) -> tuple:
-            batch = self.load_batch(chunks[k])
+            batch = self.load_batch(chunks[k], buffers=buffers)
             return batch if weights[k] is None else (*batch, weights[k])
+
+        def release() -> None:
+            # Keras stops after the known number of batches, leaving this generator suspended
+            # until its iterator goes (during validation): it should hold no memory by then.
+            for buffer in buffers.values():
+                buffer.clear()
 
         if self.workers <= 1:
             for k in range(len(chunks)):
-                yield load(k)
+                batch = [load(k)]
+                if k == len(chunks) - 1:
+                    release()
+                yield batch.pop()
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             pending = deque([pool.submit(load, 0)] if chunks else [])
             submitted = len(pending)
             while pending:
-                batch = pending.popleft().result()
-                size = sum(a.nbytes for a in batch[0].values())
+                batch = [pending.popleft().result()]
+                size = sum(a.nbytes for a in batch[0][0].values())
                 ahead = max(self.workers, min(2 * self.workers, int(STREAM_AHEAD_MB * 2**20 // max(1, size))))
                 while submitted < len(chunks) and len(pending) < ahead:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
-                yield batch
-                del batch  # the consumer holds it now; do not keep it while the next is awaited
+                if not pending:
+                    release()
+                yield batch.pop()  # not left in this frame, which outlives the pass (see release)
 
     # -- in memory ---------------------------------------------------------------------------------
     def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -375,7 +395,8 @@ class FeatureBatches:
         inputs, lengths = self._padded(self.items)
         return inputs, self.labels, lengths
 
-    def _padded(self, items: Sequence[Item]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def _padded(self, items: Sequence[Item], *, buffers: dict[str, BatchBuffers] | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Padded, normalised frames of `items` per branch (and "mask"), and their lengths.
 
         Lengths come first (store metadata), so each padded array is allocated once and filled
@@ -390,7 +411,9 @@ class FeatureBatches:
         inputs: dict[str, np.ndarray] = {}
         folded = self.folded
         for src, frames_stored in zip(self.sources, stored):
-            out = _aligned_zeros((len(items), length, *src.selection.frame_shape), src.dtype)
+            shape = (len(items), length, *src.selection.frame_shape)
+            out = (buffers[src.branch].padded(shape, src.dtype, lengths) if buffers is not None
+                   else aligned_zeros(shape, src.dtype))
             frame_bytes = out.itemsize * int(np.prod(out.shape[2:], dtype=np.int64))  # one stored frame as read
             s = 0
             while s < len(items):
@@ -610,20 +633,6 @@ def _normalise_float16(frames: Any, mean: Any, std: Any) -> Any:
     return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
 
 
-# TensorFlow's tensors are aligned to 64 bytes, and its kernels abort the process (a failed
-# IsAligned check) on a tensor over host memory that is not: only such memory is handed over.
-TENSOR_ALIGNMENT = 64
-
-
-def _aligned_zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """``np.zeros(shape, dtype)`` starting on a TENSOR_ALIGNMENT boundary (numpy's large arrays
-    start 16 bytes past a page), so that its frames can be handed to TensorFlow without a copy."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    buffer = np.zeros(nbytes + TENSOR_ALIGNMENT, dtype=np.uint8)
-    start = -buffer.ctypes.data % TENSOR_ALIGNMENT
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def _shareable(frames: np.ndarray) -> bool:
     """Whether TensorFlow can take these frames as they are (DLPack): contiguous, writable (DLPack
     cannot mark them read-only), not empty, and on a TENSOR_ALIGNMENT boundary."""
@@ -717,7 +726,7 @@ def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, spea
                     part[...] = _host_view(tf.where(real, done, tf.zeros_like(done)))
             return
         compiled, step = _compiled_normalise(), NORMALISE_CHUNK
-        scratch = _aligned_zeros((step, *out.shape[2:]), np.float16)
+        scratch = aligned_zeros((step, *out.shape[2:]), np.float16)
         with tf.device("/CPU:0"):
             moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
             if hasattr(compiled, "get_concrete_function"):

@@ -503,8 +503,8 @@ def test_batch_buffers_recycle_only_memory_nothing_refers_to():
     from w2v2ser.train._buffers import RECYCLE_MIN_BYTES, TENSOR_ALIGNMENT, BatchBuffers
 
     pool = BatchBuffers(limit=3)
-    shape, rows = (4, 64, 13, 768), RECYCLE_MIN_BYTES // (64 * 13 * 768 * 2) + 1
-    shape = (rows, *shape[1:])
+    rows = RECYCLE_MIN_BYTES // (64 * 13 * 768 * 2) + 1  # just large enough to be recycled
+    shape = (rows, 64, 13, 768)
     first = pool.padded(shape, np.float16, [64] * rows)
     assert first.ctypes.data % TENSOR_ALIGNMENT == 0 and not first.any()
     first[...] = 7
@@ -540,9 +540,8 @@ def test_streamed_batches_recycled_through_tensorflow_are_the_batches_read(store
 
     monkeypatch.setattr(buffers, "RECYCLE_MIN_BYTES", 0)
     made = []
-    real = buffers.BatchBuffers
 
-    class Recorded(real):
+    class Recorded(buffers.BatchBuffers):
         def __init__(self, limit):
             super().__init__(limit)
             made.append(self)

@@ -3,7 +3,7 @@
 A streamed pass of base-model ``:all`` frames fills a 160 MB array per batch. Fresh memory is
 mapped, faulted in and zeroed by the kernel as the reads first touch it, for every batch.
 :class:`BatchBuffers` hands a batch's memory out again once nothing refers to it any more: the
-input-only pass took 0.89x the time, streamed epochs 0.87-0.93x, with the same peak memory
+input-only pass took 0.89x the time, streamed epochs 0.87-0.93x, training peak memory 1.01-1.03x
 (tests/benchmarks/results/bench_train_buffers_*.md, bench_sweep_buffers_all.md).
 """
 

@@ -9,6 +9,7 @@ zarr-python's own codec pipeline.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import threading
@@ -140,6 +141,17 @@ def fast_pipeline() -> contextlib.AbstractContextManager[None]:
     return _codec_pipeline(_PIPELINE)
 
 
+# The tables, the index and the speaker statistics store every chunk a write touches, also one
+# that holds only fill values: zarr reads a missing chunk as the fill value, so only then can a
+# reader tell a deleted chunk (read back as zeros or empty strings) from one never stored. Stores
+# written so record ALL_CHUNKS_STORED, and their readers check that those chunks are there. The
+# sharded arrays (frames, per-utterance statistics) keep leaving out the zero tail of a work unit's
+# last shard: frames are checked by their CRCs, and statistics by the shards of the slots in use.
+_STORE_EMPTY_CHUNKS = {"array.write_empty_chunks": True}
+ALL_CHUNKS_STORED = "all_chunks_stored"
+SHARDED_ARRAYS = ("data", "stats")
+
+
 _TENSORSTORE: list[Any] = []  # [(module, context)] once imported, or [None] without tensorstore
 
 
@@ -226,7 +238,7 @@ def create_array(group: zarr.Group, name: str, **kwargs: Any) -> zarr.Array:
     zstd because a chunk holds ROW_CHUNK rows whatever the store's size: uncompressed, the tables
     and index of a store of 4 utterances took 8 MB; offsets, lengths and repeated strings
     compress well, and these arrays are small next to the frames."""
-    kwargs.setdefault("config", {"write_empty_chunks": False})
+    kwargs.setdefault("config", {"write_empty_chunks": "shards" not in kwargs})  # see _STORE_EMPTY_CHUNKS
     kwargs.setdefault("compressors", [ZstdCodec(level=3), Crc32cCodec()])
     return group.create_array(name, **kwargs)
 
@@ -248,9 +260,34 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
     """An array of the store: the frames with the fast codec pipeline, every other array with
     zarr's own, which checks every inner chunk's crc32c. (Local writers write whole shards of the
     frames and statistics through tensorstore either way.)"""
-    fast = key.rsplit("/", 1)[-1] in FAST_ARRAYS
-    with _codec_pipeline(_PIPELINE if fast else _CHECKING_PIPELINE):
+    name = key.rsplit("/", 1)[-1]
+    config = _PIPELINE if name in FAST_ARRAYS else _CHECKING_PIPELINE
+    with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):
         return group[key]
+
+
+def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> list[str]:
+    """Keys of `array`'s chunk files (shards, for a sharded array) that are not in its store.
+
+    ``rows``: check only the files that hold these indices of the first axis (the slots in use
+    of a statistics array, whose unused tail a killed work unit may never have written).
+    """
+    grid = [int(c) for c in array.metadata.chunk_grid.chunk_shape]
+    counts = [-(-int(n) // c) for n, c in zip(array.shape, grid)]
+    if not all(counts):
+        return []
+    first = range(counts[0]) if rows is None else np.unique(np.asarray(rows, np.int64) // grid[0]).tolist()
+    prefix = f"{array.path}/" if array.path else ""
+
+    async def listed() -> set[str]:
+        return {key async for key in array.store.list_prefix(f"{prefix}c/")}
+
+    from zarr.core.sync import sync
+
+    present = sync(listed())
+    wanted = (prefix + array.metadata.encode_chunk_key((i, *rest))
+              for i in first for rest in itertools.product(*map(range, counts[1:])))
+    return [key for key in wanted if key not in present]
 
 
 def _starts_with(path: Path, signature: bytes) -> bool:

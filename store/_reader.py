@@ -17,6 +17,7 @@ from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
 from ._layout import (
+    ALL_CHUNKS_STORED,
     FAILURE_COLUMNS,
     STATUSES,
     UTTERANCE_COLUMNS,
@@ -24,6 +25,7 @@ from ._layout import (
     check_version,
     crc32_rows,
     fork_count,
+    missing_chunk_keys,
     open_array,
     open_root,
     read_meta,
@@ -89,6 +91,8 @@ class FeatureStore:
         self.row_checksum: str = row_checksum(self.location.display, meta)
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
         self._group: zarr.Group = open_root(self.location, mode="r")
+        # Keys whose chunk files are known to be there (see _require_chunks).
+        self._chunks_checked: set[str] = set()
         ids = to_str_list(self._read("utterances/id"))
         if "" in ids:
             if self.complete:
@@ -121,9 +125,29 @@ class FeatureStore:
             # Creation was interrupted before this table column existed: it has no rows yet.
             return np.asarray([], dtype=str)
         try:
-            return open_array(self._group, key)[selection]
+            array = open_array(self._group, key)
+            self._require_chunks(key, array)
+            return array[selection]
+        except StoreError:
+            raise
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
+
+    def _require_chunks(self, key: str, array: zarr.Array, rows: np.ndarray | None = None) -> None:
+        """Raise if a chunk file of `array` (for ``rows``: one holding them) is missing.
+
+        zarr reads a missing chunk as the fill value: a deleted table or statistics chunk would
+        come back as empty strings or zeros. Stores written with ALL_CHUNKS_STORED store every
+        such chunk, so one missing is damage; older stores are checked by ``store verify``.
+        """
+        if key in self._chunks_checked or not (self.complete and self.attrs.get(ALL_CHUNKS_STORED)):
+            return
+        missing = missing_chunk_keys(array, rows=rows)
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise self._damaged(key, f"lacks chunk files that the store wrote ({shown}); zarr would read "
+                                f"them as {array.fill_value!r}")
+        self._chunks_checked.add(key)
 
     def _spec(self, feature: str) -> FeatureSpec:
         if feature not in self.features:
@@ -156,10 +180,16 @@ class FeatureStore:
             self._forks = fork_count()
         if key not in self._arrays:
             try:
-                self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")
+                array = open_array(self._group, f"features/{feature}/{name}")
             except Exception as exc:  # missing or damaged zarr.json
                 raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
                                     f"{exc})") from None
+            if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)
+                rows = self._per_row(feature)
+                self._require_chunks(f"features/{feature}/stats", array, rows["slot"][rows["length"] >= 0])
+            elif name != "data":  # frames: every read checks their CRCs
+                self._require_chunks(f"features/{feature}/{name}", array)
+            self._arrays[key] = array
         return self._arrays[key]
 
     def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:

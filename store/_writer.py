@@ -19,6 +19,7 @@ from ._errors import StoreError, StoreFullError
 from ._finalize import finalize_store
 from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
 from ._layout import (
+    ALL_CHUNKS_STORED,
     ATTRS_KEY,
     FAILURE_COLUMNS,
     FORMAT_VERSION,
@@ -208,6 +209,7 @@ class StoreWriter:
             "corpus": [],
             "layer_meaning": {},
             "row_checksum": ROW_CHECKSUM,
+            ALL_CHUNKS_STORED: True,  # readers check that table, index and speaker chunks exist
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

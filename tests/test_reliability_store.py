@@ -562,3 +562,28 @@ def test_frames_read_back_equal_the_extractor_output(store, pristine):
     for u in pristine[1]:
         expected = LayeredExtractor().extract([read_audio(u.path)])[0].astype(np.float16)
         np.testing.assert_array_equal(s.read_utterance(u.id, "layered"), expected)
+
+
+def test_a_deleted_chunk_file_of_any_table_index_or_statistics_array_never_reads_back_as_data(pristine, tmp_path):
+    """zarr reads a missing chunk as its fill value (empty strings, zeros). Every chunk file outside
+    the frames, deleted in turn: every read path, export included, raises StoreError or returns
+    exactly the pristine values. A deleted frame shard is covered by the CRC tests above."""
+    reference = _everything_read(pristine[0])
+    files = sorted(p for p in pristine[0].rglob("*") if p.is_file() and "c" in p.relative_to(pristine[0]).parts
+                   and "data" not in p.relative_to(pristine[0]).parts)
+    assert any("stats" in f.parts for f in files) and any("speaker_mean" in f.parts for f in files)
+    raised = []
+    for k, file in enumerate(files):
+        copy = tmp_path / f"d{k}.zarr"
+        shutil.copytree(pristine[0], copy)
+        (copy / file.relative_to(pristine[0])).unlink()
+        try:
+            got = _everything_read(copy)
+        except StoreError as error:
+            assert "damaged" in str(error) and "verify" in str(error), error
+            raised.append(file)
+        else:
+            assert _same(got, reference), f"{file.relative_to(pristine[0])} deleted: wrong data read back"
+        shutil.rmtree(copy)
+        copy.with_suffix(".h5").unlink(missing_ok=True)
+    assert len(raised) == len(files), sorted(set(files) - set(raised))

@@ -35,6 +35,7 @@ from w2v2ser.store import (
 )
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
+from ._errors import AudioError
 from ._rates import (
     capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
 )
@@ -65,6 +66,7 @@ class ExtractionSummary:
             manifest does not remove them, and stage 2 still reads them.
         moved: (id, old path, new path) of each extracted utterance given at a new path whose
             file holds the same audio (sha256): the store takes the path and keeps its features.
+        vanished: Ids of extracted utterances whose file is gone: they keep their features.
     """
 
     store: Path | str
@@ -78,6 +80,7 @@ class ExtractionSummary:
     relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -102,6 +105,9 @@ class ExtractionSummary:
             notes.append(f"{len(self.moved)} utterance(s) already extracted are now read from other paths "
                          f"(e.g. {uid}: {old} -> {new}); their files hold the same audio (sha256), so the "
                          f"store took the new paths and kept their features")
+        if self.vanished:
+            notes.append(f"{len(self.vanished)} utterance(s) already extracted no longer have their audio file "
+                         f"({first_few(self.vanished)}); they keep their features in the store")
         if self.absent:
             notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest "
                          f"({first_few(self.absent)}); "
@@ -135,6 +141,30 @@ def _probe_all(
     return infos, failures
 
 
+def _keep_vanished(store: Any, utterances: Sequence[Utterance], infos: list[AudioInfo | None],
+                   failures: dict[int, str]) -> list[str]:
+    """Extracted utterances whose file is gone since: their probe failure is dropped and their
+    header taken from the store, so they keep their features instead of becoming failures.
+
+    Returns:
+        Their ids.
+    """
+    done = {r.id: r for r in store.list_utterances(status="done")}
+    kept = []
+    for position in sorted(failures):
+        utterance = utterances[position]
+        record = done.get(utterance.id)
+        if record is None or record.path != utterance.path or record.sample_rate is None \
+                or os.path.lexists(utterance.path):
+            continue
+        rate = record.sample_rate
+        infos[position] = AudioInfo(num_samples=record.num_samples, sample_rate=rate, channels=1,
+                                    duration=record.duration, frames_at_source=round(record.duration * rate))
+        del failures[position]
+        kept.append(utterance.id)
+    return kept
+
+
 def _check_recorded_audio(store: Any, utterances: Sequence[Utterance], progress: bool) -> set[str]:
     """Compare each extracted utterance's audio with the sha256 recorded when it was extracted.
 
@@ -151,7 +181,7 @@ def _check_recorded_audio(store: Any, utterances: Sequence[Utterance], progress:
     for u in _progress(checked, progress and bool(checked), "check audio", "file"):
         try:
             digest = sha256_file(u.path)
-        except OSError:
+        except (OSError, AudioError):  # sha256_file raises AudioError for a missing or unreadable file
             continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
         if recorded[u.id][0] == u.path and digest != recorded[u.id][1]:
             changed.append(u)
@@ -273,6 +303,7 @@ def extract_corpus(
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
         existing = open_store(store_path, allow_incomplete=True)
+        summary.vanished = _keep_vanished(existing, utterances, infos, failures)
         moved = _check_recorded_audio(existing, utterances, progress)
         stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)

@@ -829,3 +829,19 @@ def test_store_info_lists_the_fields_a_subset_can_name(tmp_path, capsys):
     fields = json.loads(capsys.readouterr().out)["fields"]
     assert fields["vocal_channel"] == {"distinct": 2, "counts": {"song": len(rows) - speech, "speech": speech}}
     assert fields["start"] == {"distinct": len(rows), "counts": None}
+
+
+def test_a_resumed_run_keeps_a_finished_utterance_whose_file_has_since_gone(corpus, tmp_path):
+    """An extracted file deleted before a resumed run that adds rows: before, the check of the
+    recorded audio raised AudioError ("does not exist") and the whole run stopped with exit 2, and
+    the probe of the files recorded the utterance as failed, dropping its features."""
+    good = [u for u in corpus if u.id not in ("broken", "missing")]
+    store = tmp_path / "s.zarr"
+    extract_corpus(good[:3], store, extractors=[EnergyExtractor()], progress=False)
+    kept = open_store(store).read_utterance(good[1].id, "energy")
+    Path(good[1].path).unlink()
+    summary = extract_corpus(good, store, extractors=[EnergyExtractor()], progress=False)
+    assert (summary.skipped, summary.extracted, summary.complete, summary.failed) == (3, len(good) - 3, True, [])
+    assert summary.vanished == [good[1].id]
+    assert any(n.startswith("1 utterance(s) already extracted no longer have their audio file") for n in summary.notes())
+    np.testing.assert_array_equal(open_store(store).read_utterance(good[1].id, "energy"), kept)

@@ -131,6 +131,14 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def _store_fill(array: zarr.Array, start: int) -> None:
+    """Store rows ``start:`` of a new or grown index array as its fill value: rows no later write
+    touches (a row that failed before it was planned) must still have their chunks (see
+    ALL_CHUNKS_STORED: readers take a missing chunk for a deleted one)."""
+    if array.shape[0] > start:
+        array[start:] = array.fill_value
+
+
 class StoreWriter:
     """Writes one store; the driver plans and finalizes, workers fill work units.
 
@@ -285,10 +293,10 @@ class StoreWriter:
         create_array(self._group, f"{g}/stats", shape=(0, 2, *shape), chunks=(1, 2, *shape),
                      shards=(STATS_SHARD, 2, *shape), dtype="float64", fill_value=0.0, compressors=[Crc32cCodec()])
         for arr, (dtype, fill) in ROW_ARRAYS.items():
-            create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,), dtype=dtype,
-                         fill_value=-1 if arr == "capacity" else fill)
-        create_array(self._group, f"{g}/crc32", shape=(rows, spec.layers or 1),
-                     chunks=(ROW_CHUNK, spec.layers or 1), dtype="uint32", fill_value=0)
+            _store_fill(create_array(self._group, f"{g}/{arr}", shape=(rows,), chunks=(ROW_CHUNK,), dtype=dtype,
+                                     fill_value=-1 if arr == "capacity" else fill), 0)
+        _store_fill(create_array(self._group, f"{g}/crc32", shape=(rows, spec.layers or 1),
+                                 chunks=(ROW_CHUNK, spec.layers or 1), dtype="uint32", fill_value=0), 0)
         create_array(self._group, f"{g}/speaker_name", shape=(0,), chunks=(ROW_CHUNK,), dtype=str, fill_value="")
         create_array(self._group, f"{g}/speaker_count", shape=(0,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=0)
         for arr in ("speaker_mean", "speaker_m2"):
@@ -513,7 +521,9 @@ class StoreWriter:
         for arr in (*ROW_ARRAYS, "crc32"):
             a = self._feature(name, arr)
             if a.shape[0] != total:  # longer only after a plan killed while adding rows
+                before = a.shape[0]
                 a.resize((total, *a.shape[1:]))
+                _store_fill(a, before)
 
     def _set_capacity(self, name: str, rows: list[int], num_samples: Sequence[int | None],
                       caps: Sequence[int], state: Any) -> bool:

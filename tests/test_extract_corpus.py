@@ -845,3 +845,19 @@ def test_a_resumed_run_keeps_a_finished_utterance_whose_file_has_since_gone(corp
     assert summary.vanished == [good[1].id]
     assert any(n.startswith("1 utterance(s) already extracted no longer have their audio file") for n in summary.notes())
     np.testing.assert_array_equal(open_store(store).read_utterance(good[1].id, "energy"), kept)
+
+
+def test_a_store_whose_every_file_failed_opens_and_verifies_intact(corpus, tmp_path):
+    """No row planned for a feature: its index arrays were never written, and a reader that checks
+    for deleted chunks took that for damage (`predict` on only bad files said its store was damaged)."""
+    bad = [u for u in corpus if u.id in ("broken", "missing")]
+    store = tmp_path / "s.zarr"
+    summary = extract_corpus(bad, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.complete and {f[0] for f in summary.failed} == {"broken", "missing"}
+    reader = open_store(store)
+    assert reader.list_utterances() == [] and len(reader.list_failures()) == 2
+    assert reader.verify().ok
+    # And a later run that adds good files to it.
+    summary = extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.complete and summary.extracted == len(corpus) - 2
+    assert open_store(store).verify().ok

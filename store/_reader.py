@@ -209,10 +209,15 @@ class FeatureStore:
                 f"feature {spec.name!r} has 2-D frames [frames, {spec.dim}] without layers; "
                 f"got layers={list(layers)!r}. Pass layers=None."
             )
-        if isinstance(layers, (str, bytes, numbers.Number)):
+        if isinstance(layers, slice):  # layers=slice(0, 3) reads layers 0, 1, 2, as numpy would
+            layers = range(*layers.indices(spec.layers))
+        try:
+            if isinstance(layers, (str, bytes, numbers.Number)):
+                raise TypeError
+            given = list(layers)
+        except TypeError:
             raise StoreError(f"feature {spec.name!r}: layers={layers!r}; expected a list of layer indices, "
-                             f"e.g. layers=[{spec.layers - 1}], or None for all {spec.layers}.")
-        given = list(layers)
+                             f"e.g. layers=[{spec.layers - 1}], or None for all {spec.layers}.") from None
         # Only integers: int(1.5) or int("3") would read a layer the caller did not name.
         bad = [x for x in given if not isinstance(x, numbers.Integral) or isinstance(x, bool)
                or not 0 <= x < spec.layers]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["verify_store"]
 
-_REEXTRACT = ("re-extract it: `w2v2ser store verify STORE --repair`, then rerun the extraction that made the "
+_REEXTRACT = ("re-extract it: `w2v2ser store verify {store} --repair`, then rerun the extraction that made the "
               "store")
 _REWRITE = "rerun the same extraction on this store (its finalize rewrites the Parquet tables from the Zarr ones)"
 
@@ -35,6 +35,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
     """
     problems: list[tuple[str, str, str]] = []
     checked = 0
+    reextract = _REEXTRACT.format(store=store.path)
     ids = store._ids
     n = len(ids)
     for key in [f"utterances/{c}" for c in UTTERANCE_COLUMNS] + [f"failures/{c}" for c in FAILURE_COLUMNS]:
@@ -79,12 +80,12 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
             try:
                 frames = np.asarray(data[o:o + k])
             except Exception as exc:  # corrupt/truncated shards raise codec-specific errors
-                return f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: {exc}); {_REEXTRACT}", True
+                return f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: {exc}); {reextract}", True
             got = crc32_rows(frames, store.row_checksum)
             if not np.array_equal(got, crc[i]):
                 bad = [j for j in range(len(got)) if got[j] != crc[i][j]]
                 return (f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are corrupt or missing); "
-                        f"{_REEXTRACT}", True)
+                        f"{reextract}", True)
             _, mean, m2 = utterance_statistics(frames)
             try:
                 stored = np.asarray(stats[int(slot[i])])
@@ -93,7 +94,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
                 why = "differ from the statistics of its frames"
             except Exception as exc:
                 why = f"cannot be read ({type(exc).__name__}: {exc})"
-            return f"per-utterance statistics {why}; {_REEXTRACT}", True
+            return f"per-utterance statistics {why}; {reextract}", True
 
         # Utterances are checked in parallel threads (reads, CRCs and statistics release the GIL),
         # a bounded window at a time; their problems are listed in row order.

@@ -214,6 +214,7 @@ def test_store_verify_cli_exit_code_and_names(store):
     done = subprocess.run([str(W2V2SER), "store", "verify", str(store)], capture_output=True, text=True)
     assert done.returncode == 1
     assert uid in done.stdout and "problem(s) found" in done.stdout
+    assert f"`w2v2ser store verify {store} --repair`" in done.stdout  # the store's own path, not "STORE"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete", "empty"])

@@ -232,18 +232,20 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
         report = store.verify(progress=not args.no_progress)
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
-    print("intact" if report.ok else f"{len(report.problems)} problem(s) found")
+    unfinished = not store.complete and not pairs  # only its last finalize's part can be checked
+    print(f"{len(report.problems)} problem(s) found" if not report.ok else
+          "no problem found so far" if unfinished else "intact")
     if pairs:
         print(f"queued {len(pairs)} utterance x feature pair(s) with damaged frames for re-extraction; the store is "
               f"incomplete until you rerun the extraction that made it (the same `w2v2ser extract` or `w2v2ser "
               f"run` command), which extracts only those again")
     elif args.repair and not report.ok:
         print("none of these problems is one utterance's frames: --repair cannot queue them for re-extraction")
-    if not store.complete and not pairs:  # a verify of the finished part only: say so, or "intact" misleads
+    if unfinished:  # exit 1: a script must not take an unfinished store for a verified one
         print(f"the store is incomplete: {report.checked} utterance x feature regions of its last finalize were "
               f"checked; what the unfinished extraction committed since is checked once it finishes "
-              f"(rerun the same `w2v2ser extract` command)")
-    return 0 if report.ok else 1
+              f"(rerun the same `w2v2ser extract` command, then verify again)")
+    return 0 if report.ok and not unfinished else 1
 
 
 def _cmd_store_export(args: argparse.Namespace) -> int:

@@ -84,6 +84,10 @@ class Terminated(KeyboardInterrupt):
     the job's log says why the run ended."""
 
 
+# Each command names its output its own way; `store export` takes it as its second argument.
+_OTHER_OUTPUT = "another --out or --store, another OUT file for `store export`, or another `output:` for `run`"
+
+
 def describe_path_error(error: OSError) -> tuple[str, int] | None:
     """Message and exit code for a permission, read-only, folder-in-the-way or disk-full error on a path.
 
@@ -93,11 +97,10 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
         return None
     where = f"{error.filename}: {error.strerror}"
     if error.errno == errno.EROFS:
-        return (f"{where}. Write elsewhere (another --out, or another `output:` for `run`), then "
-                f"rerun.", EXIT_INPUT)
+        return (f"{where}. Write elsewhere ({_OTHER_OUTPUT}), then rerun.", EXIT_INPUT)
     if error.errno in (errno.EACCES, errno.EPERM):
-        return (f"{where}. Use a path this user may read and write (e.g. another --out, or another "
-                f"`output:` for `run`), or fix its permissions, then rerun.", EXIT_INPUT)
+        return (f"{where}. Use a path this user may read and write ({_OTHER_OUTPUT}), or fix its "
+                f"permissions, then rerun.", EXIT_INPUT)
     if error.errno in (errno.EEXIST, errno.ENOTDIR) and not os.path.isdir(error.filename):
         # mkdir of an --out, --store or --work-dir that names a file, or a path through a file.
         return (f"{error.filename}: it, or a folder above it, is a file; expected a folder. Give another path, "

@@ -72,12 +72,12 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     }
 
 
-def find_run_dirs(paths: Sequence[Path], *, depth: int = 4) -> list[Path]:
+def find_run_dirs(paths: Sequence[Path], *, depth: int = 4, keep_empty: bool = True) -> list[Path]:
     """Each path that is a run or sweep directory, or else the run and sweep directories below it.
 
     ``w2v2ser evaluate runs`` or a pipeline's ``output`` then reports every run inside (up to
-    ``depth`` folders down, in name order); a path with none below is kept, and the report says
-    what is missing there.
+    ``depth`` folders down, in name order); a path with none below is kept (``keep_empty``), and
+    the report says what is missing there.
     """
     def below(folder: Path, levels: int) -> list[Path]:
         if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
@@ -87,7 +87,7 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = 4) -> list[Path]:
             return []
         return [run for child in sorted(folder.iterdir()) if child.is_dir() for run in below(child, levels - 1)]
 
-    return [run for path in map(Path, paths) for run in (below(path, depth) or [path])]
+    return [run for path in map(Path, paths) for run in (below(path, depth) or ([path] if keep_empty else []))]
 
 
 def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]]]:

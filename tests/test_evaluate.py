@@ -336,8 +336,16 @@ def test_evaluate_command_refuses_a_mistyped_path(tmp_path: Path, capsys) -> Non
     assert "egemap does not exist; expected a run directory" in err and "Did you mean 'egemaps'?" in err
     assert main(["evaluate", str(run / "results.json"), "--out", str(tmp_path / "r")]) == 2
     assert "results.json is a file; expected a run directory" in capsys.readouterr().err
+    # A folder without any run (empty, the corpus, a model folder) gave an empty report and exit 0.
+    for folder in (tmp_path / "empty", tmp_path / "audio" / "Actor_01"):
+        folder.mkdir(parents=True)
+    (tmp_path / "audio" / "Actor_01" / "a.wav").write_bytes(b"RIFF")
+    for folder in (tmp_path / "empty", tmp_path / "audio"):
+        assert main(["evaluate", str(folder), "--out", str(tmp_path / "r")]) == 2
+        assert f"{folder} holds no run or sweep directory" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     assert main(["evaluate", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert main(["evaluate", str(tmp_path / "runs"), "--out", str(tmp_path / "r")]) == 0
 
 
 def test_evaluate_command_names_a_run_whose_results_cannot_be_read(tmp_path: Path, capsys) -> None:

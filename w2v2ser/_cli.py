@@ -346,6 +346,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser._common import did_you_mean
     from w2v2ser.evaluate import EvaluateError, write_report
+    from w2v2ser.evaluate._sweep import find_run_dirs
 
     for given in map(Path, args.run_dirs):  # a mistyped path is bad input, not an incomplete run
         if not given.is_dir():
@@ -356,6 +357,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 what, hint = "does not exist", did_you_mean(given.name, nearby)
             raise EvaluateError(f"{given} {what}; expected a run directory (`w2v2ser train --out`), a sweep "
                                 f"folder or a folder of them, e.g. a pipeline's output.{hint}")
+        if not find_run_dirs([given], keep_empty=False):  # a folder of audio, models or nothing: say so
+            raise EvaluateError(f"{given} holds no run or sweep directory (no experiment.json or results.json in it "
+                                f"or up to 4 folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
+                                f"--out` folder, or a folder of them, e.g. a pipeline's output.")
     out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
                        baseline=None if args.baseline is None else Path(args.baseline))
     print(f"wrote {out}")

@@ -424,3 +424,17 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
     report = (config.reports[0].out / "report.md").read_text()
     assert "## Against the baseline w2v2_pt-wav2vec2-all" in report
     assert "| classic-egemaps | 51.0 ± 0.8 (n=3) | -10.0 |" in report
+
+
+def test_an_unquoted_variable_inside_a_flow_mapping_is_explained(tmp_path: Path, monkeypatch) -> None:
+    """`path: ${DATA}` inside `{...}` (the shipped file's style) is a YAML syntax error that named
+    only "expected ',' or '}'"; the quoted form is expanded."""
+    monkeypatch.setenv("DATA", str(tmp_path))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("output: out\ncorpora:\n  ravdess: {kind: ravdess, path: ${DATA}}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML(.|\n)*unquoted \$\{\.\.\.\} inside a \{\.\.\.\} mapping"):
+        load_pipeline(path, validate_experiments=False)
+    path.write_text("output: out\ncorpora: [1, 2\n")  # another syntax error: no such hint
+    with pytest.raises(ConfigError, match="not valid YAML") as error:
+        load_pipeline(path, validate_experiments=False)
+    assert "inside a {...} mapping" not in str(error.value)

@@ -586,6 +586,18 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
     return reports
 
 
+def _unquoted_variable_hint(text: str, error: yaml.YAMLError) -> str:
+    """Why a ``${VAR}`` inside a ``{...}`` mapping breaks the YAML, when that is what the error line holds."""
+    mark = getattr(error, "problem_mark", None)
+    lines = text.splitlines()
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    if not re.search(r"\{[^}]*\$\{", line):
+        return ""
+    return ("\nThat line has an unquoted ${...} inside a {...} mapping, where YAML reads '{' as the start of "
+            "another mapping: quote the value, e.g. {kind: ravdess, path: \"${DATA}\"}, or write the mapping "
+            "one key per line.")
+
+
 def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_experiments: bool = True) -> PipelineConfig:
     """Read, override, expand and check a pipeline file.
 
@@ -603,11 +615,12 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     """
     path = Path(path).expanduser().resolve()
     try:
-        raw = load_yaml(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = load_yaml(text)
     except OSError as error:
         raise ConfigError(f"cannot read pipeline file {path}: {error}. Pass an existing pipeline.yaml.") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        raise ConfigError(f"{path} is not valid YAML: {error}{_unquoted_variable_hint(text, error)}") from error
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")

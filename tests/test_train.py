@@ -373,7 +373,12 @@ def test_subset_and_speaker_folds_on_the_command_line(tmp_path, capsys):
                           (["--subset", "channel=speech"], "records 'channel'; fields recorded: "),
                           (["--speaker-folds", "2"], "argument --speaker-folds: expected an integer >= 3, got 2"),
                           (["--speaker-folds", "4", "--set", "speaker_folds=3"],
-                           "speaker_folds is given both with --speaker-folds and with --set speaker_folds")]:
+                           "speaker_folds is given both with --speaker-folds and with --set speaker_folds"),
+                          # An option and a --set of the same key: the --set won without a word.
+                          (["--seeds", "1", "--set", "seeds=2"], "seeds is given both with --seeds and with --set"),
+                          (["--protocol", "ravdess", "--set", "protocol=csv"],
+                           "protocol is given both with --protocol and with --set protocol"),
+                          (["--set", "features=spectrogram"], "features is given both with --features and with --set")]:
         with pytest.raises(SystemExit) if args[-1] in ("vocal_channel", "2") else contextlib.nullcontext():
             assert main(["train", str(path), "--features", "egemaps", *args, "--out", str(tmp_path / "x")]) == 2
         assert problem in capsys.readouterr().err

@@ -267,6 +267,11 @@ def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The experiment keys given as options (they default to None; ExperimentConfig's defaults apply)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
     """``--set KEY=VALUE``: recipe keys go to ``recipe_overrides``, the rest are experiment keys."""
     from w2v2ser._common import ConfigError, did_you_mean
@@ -284,6 +289,9 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         if key not in known:  # recipe and experiment keys together, as --set takes them
             raise ConfigError(f"--set {text!r}: unknown key {key!r}.{did_you_mean(key, known)} "
                               f"Valid keys: {', '.join(known)}.")
+        if key in values:  # options default to None: a key in values was given as an option
+            raise ConfigError(f"{key} is given both with --{key.replace('_', '-')} and with --set {key}=...; "
+                              f"give it once")
         (overrides if key in recipe_keys else values)[key] = load_yaml(raw)
     if overrides:
         values["recipe_overrides"] = overrides
@@ -301,27 +309,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from w2v2ser._common import ConfigError
     from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
 
-    if args.fusion_store and args.head != "fusion":
-        raise ConfigError(f"--fusion-store {args.fusion_store} is read only by --head fusion, got --head {args.head}; "
-                          f"add --head fusion or drop --fusion-store")
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
-    values: dict[str, Any] = {
-        "stores": stores,
-        "features": args.features,
-        "head": args.head,
-        "norm": args.norm,
-        "protocol": args.protocol,
-        "recipe": args.recipe,
-        "seeds": args.seeds,
-    }
-    if args.fusion_features:
-        values["fusion_features"] = args.fusion_features
+    values = _given_options(args, "features", "fusion_features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
+    values["stores"] = stores
+    head = values.get("head", "dense")
+    if args.fusion_store and head != "fusion":
+        raise ConfigError(f"--fusion-store {args.fusion_store} is read only by --head fusion, got --head {head}; "
+                          f"add --head fusion or drop --fusion-store")
     _add_data_options(values, args)
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
-    print(f"{args.features} / {args.head} / {args.norm} / {args.recipe} / {config.protocol}: "
+    print(f"{config.features} / {config.head} / {config.norm} / {config.recipe} / {config.protocol}: "
           f"{format_uar(results)} -> {args.out}/results.json")
     return 0
 
@@ -329,12 +329,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from w2v2ser.train import ExperimentConfig, describe_sweep, sweep_experiment
 
-    values: dict[str, Any] = {"stores": {"main": args.store}, "head": args.head, "norm": args.norm,
-                              "protocol": args.protocol, "recipe": args.recipe, "seeds": args.seeds}
+    values = _given_options(args, "features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
+    values["stores"] = {"main": args.store}
     _add_data_options(values, args)
     _default_protocol(values, args.store)
-    upstreams = [f.strip() for f in args.features.split(",") if f.strip()]
+    upstreams = [f.strip() for f in values.pop("features").split(",") if f.strip()]
     for upstream in upstreams:
         out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
         config = ExperimentConfig.from_dict({**values, "features": upstream})
@@ -533,14 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fusion-store", dest="fusion_store",
                        help="store the fusion branch reads its --fusion-features from (--head fusion)")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
-    train.add_argument("--head", choices=["dense", "lstm", "fusion"], default="dense",
+    train.add_argument("--head", choices=["dense", "lstm", "fusion"],
                        help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")
-    train.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker",
+    train.add_argument("--norm", choices=["speaker", "global", "none"],
                        help="feature normalisation from the store's statistics (default: speaker)")
     train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    train.add_argument("--recipe", choices=["paper", "official"], default="paper",
+    train.add_argument("--recipe", choices=["paper", "official"],
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
-    train.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default: 5)")
+    train.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -559,13 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--features", required=True,
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")
-    sweep.add_argument("--head", default="dense", help="only dense (the paper's probe)")
-    sweep.add_argument("--norm", choices=["speaker", "global", "none"], default="speaker",
+    sweep.add_argument("--head", help="only dense (the paper's probe)")
+    sweep.add_argument("--norm", choices=["speaker", "global", "none"],
                        help="feature normalisation from the store's statistics (default: speaker)")
     sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    sweep.add_argument("--recipe", choices=["paper", "official"], default="paper",
+    sweep.add_argument("--recipe", choices=["paper", "official"],
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
-    sweep.add_argument("--seeds", type=_count(1), default=5, help="number of seeds (default: 5)")
+    sweep.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")

@@ -160,6 +160,11 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
         # A recipe key beside recipe_overrides, as `w2v2ser train --set max_epochs=3` takes it.
         (lambda d: d["experiments"]["t1"].update(max_epochs=3),
          "experiments.t1.max_epochs: unknown key. Did you mean 'experiments.t1.recipe_overrides.max_epochs'?"),
+        # ... and misspelt there: max_epocs was matched only against this level's keys (max_frames).
+        (lambda d: d["experiments"]["t1"].update(max_epocs=3),
+         "experiments.t1.max_epocs: unknown key. Did you mean 'experiments.t1.recipe_overrides.max_epochs'?"),
+        (lambda d: d["experiments"]["t1"].update(dropuot=0.1),
+         "experiments.t1.dropuot: unknown key. Did you mean 'experiments.t1.dropout'?"),
         (lambda d: d["experiments"]["t1"].update(recipe_overrides={"learning_rat": 1e-4}),
          "experiments.t1.recipe_overrides.learning_rat: unknown key. Did you mean "
          "'experiments.t1.recipe_overrides.learning_rate'?"),

@@ -57,6 +57,8 @@ def test_parse_selection_rejects_garbage_listing_valid_forms(text):
     with pytest.raises(SelectionError, match="valid forms"):
         parse_selection(text)
     assert issubclass(SelectionError, W2v2serError)
+    with pytest.raises(SelectionError, match="Did you mean 'contextual'"):
+        parse_selection("wav2vec2:contxtual")
 
 
 def test_a_list_of_features_points_to_the_fusion_head():

@@ -29,6 +29,7 @@ VALID_FORMS = (
     "wav2vec2:local, wav2vec2:contextual, wav2vec2:all, wav2vec2:N (one layer), wav2vec2:A-B (layer range), "
     "egemaps, spectrogram; any of them may be prefixed by a store alias, e.g. asr/wav2vec2:all"
 )
+LAYER_KEYWORDS = ("local", "contextual", "all")
 # Features whose 10 ms frames are averaged in pairs (paper section 3.2 and the released code).
 PAIR_AVERAGED = frozenset({"egemaps"})
 _PATTERN = re.compile(r"^(?:(?P<alias>[A-Za-z0-9_.-]+)/)?(?P<feature>[A-Za-z0-9_.-]+)(?::(?P<layers>[A-Za-z0-9-]+))?$")
@@ -97,8 +98,9 @@ def parse_selection(text: str) -> Selection:
                     "(--head fusion, or head: fusion in pipeline.yaml; its eGeMAPS branch is --fusion-features)")
         raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {VALID_FORMS}{hint}")
     layers = match.group("layers")
-    if layers is not None and not (layers in ("local", "contextual", "all") or re.fullmatch(r"\d+(-\d+)?", layers)):
-        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {VALID_FORMS}")
+    if layers is not None and not (layers in LAYER_KEYWORDS or re.fullmatch(r"\d+(-\d+)?", layers)):
+        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {VALID_FORMS}."
+                             f"{did_you_mean(layers, LAYER_KEYWORDS)}")
     return Selection(text=text.strip(), alias=match.group("alias"), feature=match.group("feature"), layers=layers)
 
 

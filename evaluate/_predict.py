@@ -26,6 +26,7 @@ import collections
 import contextlib
 import csv
 import json
+import logging
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -59,6 +60,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".a
 # Audio and video containers that libsndfile does not decode: inside a folder they are listed as
 # failed files with the fix, not left out in silence.
 UNREADABLE_SUFFIXES = (".m4a", ".m4b", ".aac", ".mp4", ".wma", ".webm", ".amr", ".3gp", ".mka", ".mkv", ".mov")
+log = logging.getLogger("w2v2ser.evaluate")
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,10 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
     current = current_runs(run_dir, experiment)
     available = [r.name for r in current if (r / "model.keras").exists()]
     stale = sorted({p.parent.name for p in list_run_files(run_dir / "runs", "model.keras")} - set(available))
+    if run is None and results is None and available:  # training stopped before all its runs had finished
+        log.warning("%s: training has not finished (no results.json): predicting with the %d run(s) that have a "
+                    "model (%s). Rerun the same `w2v2ser train` command to finish it.", run_dir, len(available),
+                    first_few(available, 5))
     if run is not None:
         if run not in available:
             why = (" (it is a run of another configuration than experiment.json's, left by an earlier "

@@ -310,6 +310,8 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         if not experiment:
             reason += f"; {exp_problem or 'experiment.json is not a JSON object'}"
         reason += f"; {finished} run(s) finished"
+        if experiment and res_problem and "missing" in res_problem:  # training stopped before its end
+            reason += "; rerun the same `w2v2ser train` (or `w2v2ser run`) command to finish it"
         return RunSummary(path=run_dir, status="incomplete", reason=reason, experiment=experiment,
                           runs_finished=finished, **base)
     config = results.get("config") if isinstance(results.get("config"), Mapping) else experiment

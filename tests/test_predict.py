@@ -1034,3 +1034,30 @@ def test_a_model_that_normalises_streamed_frames_itself_predicts_what_training_m
         _, score = predict_store(run, str(store), run="split__seed0", subset={"speaker": metrics["split"]["test"]})
         assert score.uar == pytest.approx(100 * metrics["uar"]) and score.confusion == metrics["confusion"]
     assert inputs == {"off": ["main", "main_stats", "mask"], "auto": ["main", "mask"]}
+
+
+def test_predict_and_evaluate_say_when_training_has_not_finished(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An interrupted `w2v2ser train` (1 of 2 seeds, no results.json): predict averaged the
+    finished seed's model without a word, and evaluate did not say how to finish the run."""
+    import logging
+    import shutil
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
+        predict_audio(run, audio_files)
+    assert not caplog.records  # a finished run: nothing to say
+    shutil.rmtree(run / "runs" / "split__seed1")
+    (run / "results.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
+        predictions = predict_audio(run, audio_files)
+    assert any(p.ok for p in predictions)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{run}: training has not finished (no results.json): predicting with the 1 run(s) that have a model "
+        f"(split__seed0). Rerun the same `w2v2ser train` command to finish it."]
+    write_report([run], out=tmp_path / "report")
+    reason = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["reason"]
+    assert reason.endswith("1 run(s) finished; rerun the same `w2v2ser train` (or `w2v2ser run`) command to finish it")

@@ -10,6 +10,7 @@ audio is decoded.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,7 @@ def _open(path: Path) -> sf.SoundFile:
     """Open ``path`` with libsndfile, translating its errors into AudioError."""
     _check_readable(path)
     try:
-        return sf.SoundFile(str(path))
+        handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         size = path.stat().st_size
         what = (
@@ -191,6 +192,30 @@ def _open(path: Path) -> sf.SoundFile:
             f"Audio file {path} {what}: libsndfile says {str(exc).rstrip('.')}. "
             f"Re-export the file, or {_CONVERT_HINT}."
         ) from exc
+    truncated = _truncation(handle.extra_info)
+    if truncated:
+        handle.close()
+        raise AudioError(f"Audio file {path} is truncated: {truncated}. The recording was cut short (a copy or "
+                         f"download that did not finish?); copy or export it again.")
+    return handle
+
+
+# A WAV or AIFF cut inside its audio data decodes without an error: libsndfile returns the frames
+# that are there and logs the mismatch with the header (its extra_info). Sizes that streaming
+# writers put in a header they cannot seek back to (0, 2**31 - 1, 2**32 - 1) are not a cut.
+_STREAMING_SIZES = {0, 2**31 - 1, 2**32 - 1}
+
+
+def _truncation(log: str) -> str:
+    """What libsndfile's header log says is missing from the file, or "" when nothing is."""
+    for line in log.splitlines():
+        found = re.match(r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
+        if found and int(found[2]) < int(found[1]) and int(found[1]) not in _STREAMING_SIZES:
+            return f"its header declares {int(found[1]):,} bytes of audio data, the file holds {int(found[2]):,}"
+        found = re.match(r"\*\*\* Frame count read from 'COMM' chunk \((\d+)\) not equal", line)
+        if found:
+            return f"its header declares {int(found[1]):,} frames, the file holds fewer"
+    return ""
 
 
 def _check_length(path: Path, num_samples: int, frames: int, min_samples: int) -> None:
@@ -202,8 +227,9 @@ def _check_length(path: Path, num_samples: int, frames: int, min_samples: int) -
         raise AudioError(
             f"Audio file {path} is too short: {num_samples} samples at 16 kHz "
             f"({num_samples / TARGET_SAMPLE_RATE * 1000:.1f} ms), but at least {min_samples} samples "
-            f"({min_samples / TARGET_SAMPLE_RATE * 1000:.0f} ms, the wav2vec 2.0 receptive field) are needed. "
-            "Remove the utterance from the manifest or pad the recording."
+            f"({min_samples / TARGET_SAMPLE_RATE * 1000:.0f} ms, the wav2vec 2.0 receptive field, the shortest audio "
+            "w2v2ser takes for any feature) are needed. Leave the file out (remove it from the manifest) or pad "
+            "the recording."
         )
 
 

@@ -184,9 +184,10 @@ class FeatureStore:
             except Exception as exc:  # missing or damaged zarr.json
                 raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
                                     f"{exc})") from None
-            if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)
+            if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten;
+                # a slot of no frames holds zeros, the fill value, which a shard of only such slots leaves out)
                 rows = self._per_row(feature)
-                self._require_chunks(f"features/{feature}/stats", array, rows["slot"][rows["length"] >= 0])
+                self._require_chunks(f"features/{feature}/stats", array, rows["slot"][rows["length"] > 0])
             elif name != "data":  # frames: every read checks their CRCs
                 self._require_chunks(f"features/{feature}/{name}", array)
             self._arrays[key] = array

@@ -80,6 +80,7 @@ def _smile_in_this_process(feature_set: str, feature_level: str) -> Any:
 
 
 _SMILE: tuple[tuple[str, str], Any] | None = None
+_FULL_SCALE = np.float32(32767 / 32768)  # the largest sample openSMILE's int16 cast keeps
 
 
 def _compute(
@@ -249,6 +250,11 @@ class EgemapsExtractor:
         for x, rate in signals_at_rates(signals, sample_rates, self.config.sample_rate, what="egemaps"):
             if x.shape[0] < _min_signal(rate):
                 x = np.pad(x, (0, _min_signal(rate) - x.shape[0]))
+            # openSMILE scales by 32768 and casts to int16: float audio at or beyond full scale
+            # (+1.0 included) would wrap around to the other sign. Clipped, it saturates as 16-bit
+            # audio would; samples inside full scale are passed unchanged.
+            if x.size and (x.max() >= _FULL_SCALE or x.min() < -1.0):
+                x = np.clip(x, -1.0, _FULL_SCALE)
             padded.append(x)
             rates.append(rate)
         return self._call("compute", padded, rates)[1] if padded else []

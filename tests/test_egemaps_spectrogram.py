@@ -505,3 +505,21 @@ def test_like_may_set_a_native_rate_to_the_one_rate_of_the_stores_audio(tmp_path
     args[4] = str(tmp_path / "mixed.zarr")
     assert main([*args, "--store", str(tmp_path / "y.zarr"), "--option", "egemaps.sample_rate=16000"]) == 2
     assert "its files' rates: 16000, 22050" in capsys.readouterr().err
+
+
+def test_egemaps_of_float_audio_beyond_full_scale_saturates_instead_of_wrapping(egemaps):
+    """openSMILE casts samples * 32768 to int16: a float sample at +1.0 or beyond wrapped to a
+    negative one (numpy warned "invalid value encountered in cast"). Such audio is clipped to the
+    16-bit range first: it gives the descriptors of the clipped signal, and audio inside full
+    scale is passed unchanged."""
+    import warnings
+
+    signal = make_signal(duration=1.0, frequency=220.0).astype(np.float32)
+    loud = (signal / np.abs(signal).max() * 3.0).astype(np.float32)  # up to 3x full scale
+    clipped = np.clip(loud, -1.0, np.float32(32767 / 32768))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got_loud, got_clipped = egemaps.extract([loud, clipped])
+    np.testing.assert_array_equal(got_loud, got_clipped)
+    assert np.isfinite(got_loud).all()
+    # Inside full scale the stored frames stay openSMILE's own: test_native_egemaps_store_equals_opensmile_process_file.

@@ -172,8 +172,9 @@ class FeatureStore:
             self._rows[feature] = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
         return self._rows[feature]
 
-    def _array(self, feature: str, name: str) -> zarr.Array:
-        # Opening an array reads its metadata; cached since a reader's store is complete.
+    def _array(self, feature: str, name: str, *, check: bool = True) -> zarr.Array:
+        """A feature's array (cached: opening reads its metadata, and a reader's store is complete);
+        ``check``: raise StoreError if a chunk file it relies on is missing (see _require_chunks)."""
         key = (feature, name)
         if self._forks != fork_count():  # a forked child: the cached arrays may use zarrs (see _layout)
             self._arrays.clear()
@@ -184,14 +185,14 @@ class FeatureStore:
             except Exception as exc:  # missing or damaged zarr.json
                 raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
                                     f"{exc})") from None
-            if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten;
-                # a slot of no frames holds zeros, the fill value, which a shard of only such slots leaves out)
-                rows = self._per_row(feature)
-                self._require_chunks(f"features/{feature}/stats", array, rows["slot"][rows["length"] > 0])
-            elif name != "data":  # frames: every read checks their CRCs
-                self._require_chunks(f"features/{feature}/{name}", array)
             self._arrays[key] = array
-        return self._arrays[key]
+        array, path = self._arrays[key], f"features/{feature}/{name}"
+        if check and name != "data" and path not in self._chunks_checked:  # frames: every read checks CRCs
+            # Statistics: the shards of the slots in use (a killed unit's slots stay unwritten; a slot
+            # of no frames holds zeros, the fill value, which a shard of only such slots leaves out).
+            rows = self._per_row(feature) if name == "stats" else None
+            self._require_chunks(path, array, None if rows is None else rows["slot"][rows["length"] > 0])
+        return array
 
     def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:
         """``selection`` of a feature's small array (statistics, speaker table), damage as StoreError."""

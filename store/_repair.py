@@ -4,7 +4,8 @@ Shards are written once, so damaged frames (a lost or altered shard file, a disk
 rewritten in place. Instead each damaged (utterance, feature) pair gets a failure record in the
 journal, after its commit: the pair is then pending, the store is marked incomplete, and the next
 run of the extraction that made the store extracts only those utterances again (every feature of
-the extraction pass that computes the damaged one), into new space, and finalizes. Before, the message said to delete journal lines by hand or to extract a new store.
+the extraction pass that computes the damaged one), into new space, and finalizes. Before, the
+message said to delete journal lines by hand or to extract a new store.
 """
 
 from __future__ import annotations

@@ -588,3 +588,25 @@ def test_a_deleted_chunk_file_of_any_table_index_or_statistics_array_never_reads
         shutil.rmtree(copy)
         copy.with_suffix(".h5").unlink(missing_ok=True)
     assert len(raised) == len(files), sorted(set(files) - set(raised))
+
+
+def test_a_deleted_statistics_shard_is_listed_by_utterance_and_repaired(store, pristine):
+    """Readers refuse a store whose statistics shard is gone (it would read as zeros); verify lists
+    the utterances whose statistics it held, so that --repair can queue them, as for frames."""
+    s = open_store(store)
+    rows = s._per_row("spectrogram")
+    owners = {r.id for r in s.list_utterances() if rows["length"][r.index] > 0}  # one shard of 64 slots
+    (shard,) = _chunk_files(store, "features/spectrogram/stats")
+    shard.unlink()
+    with pytest.raises(StoreError, match="features/spectrogram/stats lacks chunk files"):
+        open_store(store).compose_statistics("spectrogram", utterances=sorted(owners))
+    report = open_store(store).verify()
+    assert {uid for uid, feature, _ in report.problems if feature == "spectrogram" and uid != "*"} == owners
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
+    assert done.returncode == 1 and f"queued {len(owners)} utterance x feature pair(s)" in done.stdout, done
+    extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()], progress=False)
+    repaired = open_store(store)
+    assert repaired.verify().ok
+    want = open_store(pristine[0]).compose_statistics("spectrogram", utterances=sorted(owners))
+    got = repaired.compose_statistics("spectrogram", utterances=sorted(owners))
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)

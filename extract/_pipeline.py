@@ -339,6 +339,9 @@ def extract_corpus(
             tasks.extend((names, chunk, unit) for chunk, unit in zip(chunks, units))
 
         summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
+        # A vanished file that a new feature needs cannot be decoded: it fails, and is not kept.
+        pending_ids = {u.id for u, row in zip(utterances, rows) if row in all_pending}
+        summary.vanished = [uid for uid in summary.vanished if uid not in pending_ids]
         # Workers build their own copies: what this process decided from the model's files (waveform
         # normalisation for "auto") goes with the config, in case a worker elsewhere sees other files.
         configs = {e.name: {**e.config.to_dict(), **(e.decided_options() if hasattr(e, "decided_options") else {})}

@@ -222,13 +222,17 @@ def test_long_multichannel_audio_needs_no_full_copies(tmp_path):
     assert peak < 1.5 * mono_bytes, peak / mono_bytes
 
 
-def test_truncated_data_keeps_probe_and_read_consistent(tmp_path):
-    # A copy cut short mid-data: libsndfile trusts the file size, so both agree on what is there.
+def test_truncated_data_is_refused_by_probe_and_read_alike(tmp_path):
+    # A copy cut short mid-data: libsndfile decodes what is there without an error, so its
+    # features were extracted from part of the recording; both paths now refuse it, the same way.
     full = write_audio(tmp_path / "full.wav", duration=1.0, sample_rate=44_100)
     cut = tmp_path / "cut.wav"
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) // 2 + 1])
-    assert probe_audio(cut).num_samples == len(read_audio(cut)) < probe_audio(full).num_samples
+    for read in (probe_audio, read_audio):
+        with pytest.raises(AudioError, match=r"cut\.wav is truncated: its header declares 88,200 bytes"):
+            read(cut)
+    assert probe_audio(full).num_samples == len(read_audio(full))
 
 
 @pytest.mark.parametrize("rates, expected", [((16000, 0), "target_rate=0; expected a rate in Hz"),

@@ -127,7 +127,36 @@ def _departures_from_paper(run: RunSummary) -> str:
     overrides = config.get("recipe_overrides")
     if isinstance(overrides, Mapping):
         apart += [f"{k}={v}" for k, v in sorted(overrides.items())]
+    partial = _partial_corpus(run)
+    apart += [partial] if partial and not data else []
     return ", ".join(apart)
+
+
+# The paper's corpora, whole: speakers over all partitions, and (RAVDESS) test utterances. IEMOCAP's
+# test count depends on the release's labels, so only its speakers are compared.
+_FULL_CORPORA: dict[str, dict[str, int]] = {"ravdess": {"speakers": 24, "n_test": 208}, "iemocap": {"speakers": 10}}
+
+
+def _partial_corpus(run: RunSummary) -> str:
+    """``partial corpus: ...`` for a run of a paper protocol whose store held only part of the corpus
+    (a subset of the files extracted): its figure is not comparable with the paper's; else ""."""
+    results = run.results or {}
+    protocol = find_key(results.get("config"), "protocol") or find_key(run.experiment, "protocol")
+    full = _FULL_CORPORA.get(str(protocol))
+    splits = results.get("splits")
+    if full is None or not isinstance(splits, Mapping):
+        return ""
+    speakers = {s for split in splits.values() if isinstance(split, Mapping)
+                for part in split.values() if isinstance(part, list) for s in part}
+    if not speakers:  # results.json of a version that did not record the speakers: nothing to compare
+        return ""
+    n_test = results.get("n_test")
+    short = []
+    if len(speakers) < full["speakers"]:
+        short.append(f"{len(speakers)} of {full['speakers']} speakers")
+    if "n_test" in full and isinstance(n_test, int) and n_test < full["n_test"]:
+        short.append(f"{n_test} of {full['n_test']} test utterances")
+    return f"partial corpus: {', '.join(short)}" if short else ""
 
 
 def _paper_cell(run: RunSummary, model: str, key: str, corpus: str) -> dict[str, Any] | None:

@@ -437,3 +437,25 @@ def test_report_compares_run_dirs_with_a_baseline(tmp_path: Path, capsys) -> Non
     (tmp_path / "cut").mkdir()
     with pytest.raises(EvaluateError, match="is incomplete .*expected a finished run directory"):
         write_report([runs], out=tmp_path / "r2", baseline=tmp_path / "cut")
+
+
+def test_a_run_on_part_of_the_corpus_gets_the_papers_value_but_no_verdict(tmp_path: Path) -> None:
+    """A store of 8 of RAVDESS's 24 actors (52 of 208 test files) got "paper 57.0 ± 2.4, -8.5 ✗", as
+    if it had failed to reproduce Table 1 on the whole corpus."""
+    actors = lambda *numbers: [f"Actor_{n:02d}" for n in numbers]  # noqa: E731
+    whole = {"split": {"train": actors(*range(1, 21)), "validation": actors(21, 22), "test": actors(23, 24)}}
+    part = {"split": {"train": actors(1, 2, 19, 20), "validation": actors(21, 22), "test": actors(23, 24)}}
+    runs = []
+    for name, splits, n_test in (("whole", whole, 208), ("part", part, 52), ("fewer_files", whole, 104)):
+        run = make_run_dir(tmp_path, name, features="classic/egemaps", uars=(0.48, 0.50, 0.49))
+        results = json.loads((run / "results.json").read_text())
+        (run / "results.json").write_text(json.dumps({**results, "splits": splits, "n_test": n_test}))
+        runs.append(run)
+    write_report(runs, out=tmp_path / "r")
+    cells = [row["cells"]["RAVDESS"]["paper"]
+             for row in json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"]]
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "paper 57.0 ± 2.4, -8.0 ✗" in md  # the whole corpus: a verdict
+    assert "not compared (partial corpus: 8 of 24 speakers, 52 of 208 test utterances)" in md
+    assert "not compared (partial corpus: 104 of 208 test utterances)" in md
+    assert sorted(c.get("reproduces") is None for c in cells) == [False, True, True]

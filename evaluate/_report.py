@@ -272,16 +272,17 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
     }
 
 
-def _recall_per_class(run: RunSummary) -> dict[str, float] | None:
+def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
     """Class -> recall % over every test prediction of the run directory (results.json's
-    ``per_class``: all seeds and folds pooled); None when it has no such record."""
+    ``per_class``: all seeds and folds pooled), None for a class without test utterances (its
+    recall is undefined, not 0); None when it has no such record."""
     per_class = run.results.get("per_class") if run.status == "complete" and run.results else None
     if not isinstance(per_class, Mapping):
         return None
     found = {c: per_class.get(c) for c in run.classes}
     if not all(isinstance(v, Mapping) and isinstance(v.get("recall"), (int, float)) for v in found.values()):
         return None
-    return {c: 100.0 * float(v["recall"]) for c, v in found.items()}
+    return {c: None if v.get("support") == 0 else 100.0 * float(v["recall"]) for c, v in found.items()}
 
 
 def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path,
@@ -457,9 +458,11 @@ def _recall_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "## Recall per class", "",
              "Recall in percent over every test prediction of a run directory (all seeds and folds pooled); "
-             "their mean over the classes present is the UAR of the pooled predictions."]
+             "their mean over the classes present is the UAR of the pooled predictions; — marks a class "
+             "without test utterances."]
     for classes, members in groups.items():
-        rows = [[e["name"], *(f"{e['recall_per_class'][c]:.1f}" for c in classes)] for e in members]
+        rows = [[e["name"], *("—" if e["recall_per_class"][c] is None else f"{e['recall_per_class'][c]:.1f}"
+                              for c in classes)] for e in members]
         lines += [""] + _markdown_table(["Run dir", *classes], rows)
     return lines
 

@@ -476,6 +476,17 @@ def test_speaker_folds_cross_validate_over_speaker_groups(rav, tmp_path):
     assert list(recall) == list(classes)
     assert np.mean([recall[c] for c in present]) == pytest.approx(100 * results["uar_pooled_per_seed"]["0"])
     assert "## Recall per class" in (tmp_path / "report" / "report.md").read_text()
+    # A class without test utterances has no recall (it read 0.0, like a class never recognised).
+    results_path = tmp_path / "cv" / "results.json"
+    stored = json.loads(results_path.read_text())
+    stored["per_class"]["disgust"] = {**stored["per_class"]["disgust"], "support": 0, "recall": 0.0}
+    results_path.write_text(json.dumps(stored))
+    write_report([tmp_path / "cv"], out=tmp_path / "report0")
+    assert json.loads((tmp_path / "report0" / "report.json").read_text())["runs"][0]["recall_per_class"]["disgust"] \
+        is None
+    row = next(line for line in (tmp_path / "report0" / "report.md").read_text().splitlines()
+               if line.startswith("| cv |") and line.count("|") == len(classes) + 2)
+    assert row.split("|")[1 + 1 + classes.index("disgust")].strip() == "—"
 
     with pytest.raises(ProtocolError, match="25 speaker folds need at least 25 speakers; the utterances trained "
                                             "on have 24"):

@@ -464,3 +464,31 @@ def test_experiment_config_takes_the_protocol_of_its_store_like_the_cli(tmp_path
                         **small)
     with pytest.raises(ProtocolError, match=r"cannot tell the protocol.*ExperimentConfig\(protocol=\.\.\.\)"):
         ExperimentConfig(stores=str(mixed), features="egemaps")
+
+
+def test_speaker_folds_keep_the_speakers_of_a_session_together(caplog):
+    """IEMOCAP's two speakers of a session record the same dialogs (each microphone picks up the
+    partner). Cut over sorted speakers, 3 folds tested Ses04F while Ses04M trained; now sessions
+    stay whole when there are enough of them, and a warning says when they cannot."""
+    import logging
+    from types import SimpleNamespace
+
+    from w2v2ser.train._protocols import speaker_group_folds
+
+    records = [SimpleNamespace(speaker=f"Ses{s:02d}{g}", session=f"Session{s}", id=f"Ses{s:02d}{g}_x")
+               for s in range(1, 6) for g in "FM"]
+    session_of = lambda speaker: speaker[:5]  # noqa: E731
+    for k in (3, 4, 5):
+        folds = speaker_group_folds(records, k)
+        assert len(folds) == k
+        for fold in folds:
+            tested = {session_of(s) for s in fold.test}
+            assert not tested & {session_of(s) for s in fold.train + fold.validation}, (k, fold)
+    assert [f.test for f in speaker_group_folds(records, 3)] == [
+        ("Ses01F", "Ses01M", "Ses02F", "Ses02M"), ("Ses03F", "Ses03M", "Ses04F", "Ses04M"), ("Ses05F", "Ses05M")]
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        assert len(speaker_group_folds(records, 6)) == 6
+    assert "6 speaker folds split sessions whose speakers were recorded together" in caplog.text
+    # One speaker per session (or no sessions): the sorted speakers are cut, as before.
+    alone = [SimpleNamespace(speaker=f"spk{k}", session=f"S{k}" if k % 2 else "", id=str(k)) for k in range(6)]
+    assert [f.test for f in speaker_group_folds(alone, 3)] == [("spk0", "spk1"), ("spk2", "spk3"), ("spk4", "spk5")]

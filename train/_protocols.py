@@ -222,6 +222,11 @@ def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
     """Leave-one-speaker-group-out: the sorted speakers cut into ``k`` contiguous groups; each
     group tests once, the next group (cyclically) validates, the rest train.
 
+    Speakers recorded together (one session holding several speakers, as IEMOCAP's dyadic
+    dialogs, where each microphone also picks up the partner) stay in one group: the sorted
+    sessions are cut into the groups instead, when there are at least ``k`` of them; else a
+    warning names the sessions that the folds split.
+
     Raises:
         ProtocolError: fewer speakers than groups.
     """
@@ -229,9 +234,37 @@ def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
     if len(speakers) < k:
         raise ProtocolError(f"{k} speaker folds need at least {k} speakers; the utterances trained on have "
                             f"{len(speakers)} ({_sample(speakers)}); lower speaker_folds")
-    group = {s: i for i, g in enumerate(np.array_split(np.arange(len(speakers)), k)) for s in
-             (speakers[j] for j in g)}
+    unit = {s: s for s in speakers}  # what stays in one group: the speaker, or its session
+    session = _shared_sessions(records)
+    if session and len(set(session.values())) >= k:
+        unit = session
+    elif session:
+        together = sorted(set(session.values()), key=_natural)
+        log.warning("%d speaker folds split sessions whose speakers were recorded together (the utterances "
+                    "have %d sessions: %s): a fold may test one speaker of a session and train on its "
+                    "partner. Choose speaker_folds <= %d to keep each session in one group.", k,
+                    len(together), first_few(together, 5), len(together))
+    keys = sorted(set(unit.values()), key=_natural if unit is session else None)
+    group_of = {u: i for i, g in enumerate(np.array_split(np.arange(len(keys)), k)) for u in (keys[j] for j in g)}
+    group = {s: group_of[unit[s]] for s in speakers}
     return _leave_one_group_out(speakers, [group[s] for s in speakers], [f"group{i + 1}" for i in range(k)])
+
+
+def _shared_sessions(records: Sequence[Any]) -> dict[str, str]:
+    """Speaker -> session when every speaker has one session and some session has several
+    speakers (recorded together); else {}."""
+    sessions: dict[str, set[str]] = {}
+    for r in records:
+        sessions.setdefault(r.speaker, set()).add(str(getattr(r, "session", "") or ""))
+    if any(len(v) != 1 or "" in v for v in sessions.values()):
+        return {}
+    session = {s: next(iter(v)) for s, v in sessions.items()}
+    return session if len(set(session.values())) < len(session) else {}
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """Sort key: Session2 before Session10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 _RAVDESS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad", "angry": "angry",

@@ -845,6 +845,14 @@ def test_a_resumed_run_keeps_a_finished_utterance_whose_file_has_since_gone(corp
     assert summary.vanished == [good[1].id]
     assert any(n.startswith("1 utterance(s) already extracted no longer have their audio file") for n in summary.notes())
     np.testing.assert_array_equal(open_store(store).read_utterance(good[1].id, "energy"), kept)
+    # A feature added while the file is gone: it cannot be decoded, so it fails with its reason
+    # (and is not counted as kept).
+    from w2v2ser.extract import build_extractor
+
+    summary = extract_corpus(good, store, extractors=[EnergyExtractor(), build_extractor("spectrogram")],
+                             progress=False)
+    assert summary.vanished == [] and [f[0] for f in summary.failed] == [good[1].id]
+    assert "does not exist" in summary.failed[0][2]
 
 
 def test_a_store_whose_every_file_failed_opens_and_verifies_intact(corpus, tmp_path):
@@ -861,11 +869,3 @@ def test_a_store_whose_every_file_failed_opens_and_verifies_intact(corpus, tmp_p
     summary = extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
     assert summary.complete and summary.extracted == len(corpus) - 2
     assert open_store(store).verify().ok
-    # A feature added while the file is gone: it cannot be decoded, so it fails with its reason
-    # (and is not counted as kept).
-    from w2v2ser.extract import build_extractor
-
-    summary = extract_corpus(good, store, extractors=[EnergyExtractor(), build_extractor("spectrogram")],
-                             progress=False)
-    assert summary.vanished == [] and [f[0] for f in summary.failed] == [good[1].id]
-    assert "does not exist" in summary.failed[0][2]

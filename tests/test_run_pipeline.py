@@ -242,3 +242,38 @@ def test_interrupting_run_stage_extract_stops_the_extraction(tmp_path: Path, sen
     assert line in err and "Traceback" not in err, err
     store = next((tmp_path / "out" / "stores" / "mine").glob("classic-*.zarr"))
     assert 0 < len(journal_commits(store)) < 120, "the extraction went on to the end after the signal"
+
+
+def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside C code surfaced as SystemError ("bad argument to internal
+    function") and was recorded as a failed run, or, raised in a weakref callback, was printed and
+    dropped: training went on to the end and exited 0 or 1. The signal handlers also record the
+    request, and the training loops check it between runs and between steps."""
+    from types import SimpleNamespace
+
+    from w2v2ser import _common
+    from w2v2ser._run import _train_runs
+    from w2v2ser.train._heads import _Timing
+
+    calls = []
+
+    def train_run(config, run, *, out, threads):
+        calls.append(run.name)
+        _common.request_stop()  # what the SIGINT handler does
+        raise SystemError("Objects/listobject.c:338: bad argument to internal function")
+
+    experiment = SimpleNamespace(sweep=False, run_dir=tmp_path, name="e")
+    todo = [(experiment, None, None, [SimpleNamespace(name="split__seed0"), SimpleNamespace(name="split__seed1")])]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(_train_runs(SimpleNamespace(client=None, threads=1), todo, train_run))
+        assert calls == ["split__seed0"]
+        timing = _Timing([])  # every fit's callback: the lost interrupt stops it at the next step
+        timing.on_epoch_begin(0)
+        timing.on_train_batch_begin(0)
+        with pytest.raises(KeyboardInterrupt):
+            timing.on_train_batch_end(0)
+    finally:
+        _common.clear_stop()
+    timing.on_train_batch_begin(1)
+    timing.on_train_batch_end(1)  # no request: nothing raised

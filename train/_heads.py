@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from w2v2ser._common import check_stop
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 
@@ -150,6 +151,7 @@ class _Timing(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self._compute += time.perf_counter() - self._b0
+        check_stop()  # a Ctrl-C lost inside TensorFlow stops the fit here (this hook runs anyway)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._t0)

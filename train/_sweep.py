@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import progress_bar, publish_directory
+from w2v2ser._common import check_stop, progress_bar, publish_directory
 
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
@@ -330,6 +330,7 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
             n += len(y)
             if (i + 1) % accumulate == 0 or i == len(train) - 1:
                 apply_step()
+            check_stop()
         vtot = np.zeros(H)
         for inputs, y in val.iterate():
             vtot += eval_step(inputs["main"], inputs["mask"], y).numpy()

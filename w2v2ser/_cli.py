@@ -609,26 +609,44 @@ def build_parser() -> argparse.ArgumentParser:
 def _terminate(signum: int, frame: Any) -> None:
     import signal
 
-    from w2v2ser._common import Terminated
+    from w2v2ser._common import Terminated, request_stop
 
+    request_stop()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    from w2v2ser._common import request_stop
+
+    request_stop()  # remembered in case the KeyboardInterrupt below is lost (see check_stop)
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _sigterm_raises() -> Any:
-    """SIGTERM raises :class:`Terminated` while a command runs (only where nobody else handles it)."""
+    """SIGTERM raises :class:`Terminated`, and SIGINT KeyboardInterrupt, while a command runs (only
+    where nobody else handles them); both also request a stop that loops check between runs."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
+    from w2v2ser._common import clear_stop
+
+    handle_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    clear_stop()
     signal.signal(signal.SIGTERM, _terminate)
+    if handle_int:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if handle_int:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        clear_stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -76,6 +77,29 @@ class DataError(W2v2serError):
     """Input data cannot be used: audio, a corpus manifest, or stored frames that do not fit."""
 
     exit_code = EXIT_INPUT
+
+
+# Set by the command line's SIGINT/SIGTERM handlers. The KeyboardInterrupt they raise can be lost:
+# raised inside a weakref callback or a __del__ Python prints and drops it, and raised inside C code
+# it can surface as a SystemError that a per-run handler records as an ordinary failure. Loops
+# that go on after a failure check this flag too (check_stop).
+_STOP_REQUESTED = threading.Event()
+
+
+def request_stop() -> None:
+    """Record that the user asked the command to stop (Ctrl-C, SIGTERM)."""
+    _STOP_REQUESTED.set()
+
+
+def clear_stop() -> None:
+    """Forget a stop request (a command starts or has ended: the next one in this process runs)."""
+    _STOP_REQUESTED.clear()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was requested (see request_stop)."""
+    if _STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
 
 
 class Terminated(KeyboardInterrupt):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_INPUT, Terminated, W2v2serError, describe_error, progress_bar, write_atomically
+from ._common import EXIT_INPUT, Terminated, W2v2serError, check_stop, describe_error, progress_bar, write_atomically
 from ._cluster import ClusterHandle, open_cluster
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -428,9 +428,11 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
         if handle.client is None:
             for experiment, train_config, _, pending in todo:
                 for run in pending:
+                    check_stop()  # a Ctrl-C that a run swallowed stops here, not after every run
                     try:
                         run_of(experiment)(train_config, run, out=experiment.run_dir, threads=handle.threads)
                     except Exception as error:  # noqa: BLE001 - one bad run never stops the others
+                        check_stop()  # an interrupt that surfaced as another error is not a failed run
                         yield experiment, f"{run.name}: {type(error).__name__}: {error}"
                     bar.update(1)
             return
@@ -445,9 +447,11 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
                 owner[future] = (experiment, run)
         for future in as_completed(list(owner)):
             experiment, run = owner[future]
+            check_stop()
             try:
                 future.result()
             except Exception as error:  # noqa: BLE001 - reported per run, the rest go on
+                check_stop()
                 yield experiment, f"{run.name}: {type(error).__name__}: {error}"
             bar.update(1)
     finally:

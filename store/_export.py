@@ -12,7 +12,9 @@ import numpy as np
 
 from w2v2ser._common import progress_bar, replacing
 
+from ._errors import StoreError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
+from ._location import is_store_url
 from ._reader import FeatureStore, open_store
 from ._types import FeatureSpec
 
@@ -46,6 +48,9 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
     Returns:
         The path of the written file.
     """
+    if is_store_url(out_path):  # Path() would turn s3://b/x.h5 into the local file s3:/b/x.h5
+        raise StoreError(f"`store export` writes a local HDF5 file; got the URL {out_path}. Export to a local "
+                         f"path, then copy the file (e.g. with `aws s3 cp`).")
     store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
     out = Path(out_path)
     from ._layout import open_array

@@ -14,7 +14,7 @@ import zarr
 
 from ._errors import StoreError
 from ._layout import ATTRS_KEY, FORMAT_VERSION, UTTERANCE_COLUMNS, read_meta, specs_from_meta, to_str_list
-from ._location import local_zarr_store
+from ._location import is_store_url, local_zarr_store
 from ._lock import lock_store
 from ._types import Utterance
 from ._writer import StoreWriter
@@ -57,6 +57,11 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         StoreError: `old_path` is not a format-1 store, `new_path` is not empty, or an old
             utterance's frames do not match their crc32 (the old store is damaged).
     """
+    for given, role in ((old_path, "format-1 store"), (new_path, "new store")):
+        if is_store_url(given):  # Path() would turn s3://b/x into the local folder s3:/b/x
+            raise StoreError(f"`store upgrade` works on local directories; the {role} {given} is a URL. Copy the "
+                             f"old store to a local disk, upgrade it there, then copy the new store to object "
+                             f"storage (e.g. with `aws s3 sync`).")
     old, new = Path(old_path), Path(new_path)
     group, meta = _open_v1(old)
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):

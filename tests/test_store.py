@@ -854,7 +854,7 @@ def test_export_hdf5_refuses_incomplete(tmp_path):
     assert not list(tmp_path.glob("*.h5*"))
 
 
-def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys):
+def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
     """`store export STORE some_folder` wrote the whole copy, then ended in a traceback
     (IsADirectoryError from os.replace)."""
     from w2v2ser._cli import main
@@ -865,6 +865,11 @@ def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "exports: Is a directory; expected a file path there. Give the file's own name" in err
     assert "Traceback" not in err and not list(tmp_path.glob(".exports.*"))
+    # A URL: Path() made s3://feat/x.h5 the local file ./s3:/feat/x.h5 and said "wrote" (exit 0).
+    monkeypatch.chdir(tmp_path)
+    assert main(["store", "export", str(built.path), "s3://feat/x.h5"]) == 2
+    assert "`store export` writes a local HDF5 file; got the URL s3://feat/x.h5" in capsys.readouterr().err
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_export_and_verify_show_progress_per_feature(tmp_path, monkeypatch, capsys):

@@ -61,7 +61,12 @@ def test_upgrade_keeps_frames_table_failures_and_statistics(upgraded):
     np.testing.assert_allclose(stats.mean, frames.mean(0), rtol=1e-12)
 
 
+def _digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_upgrade_from_the_cli_and_refusals(tmp_path):
+    before = _digest(FORMAT1)
     new = tmp_path / "cli.zarr"
     done = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new), "--no-progress"],
                           capture_output=True, text=True)
@@ -72,7 +77,12 @@ def test_upgrade_from_the_cli_and_refusals(tmp_path):
     assert again.returncode == 2 and "needs no upgrade" in again.stderr
     busy = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new)], capture_output=True, text=True)
     assert busy.returncode == 2 and "not empty" in busy.stderr
-    assert not (FORMAT1 / ".lock").exists() or True  # the old store is only read
+    # Object-store URLs: Path() made s3://feat/new.zarr the local folder ./s3:/feat/new.zarr (exit 0).
+    for args in ([str(FORMAT1), "s3://feat/new.zarr"], ["s3://feat/old.zarr", str(tmp_path / "y.zarr")]):
+        url = subprocess.run([str(W2V2SER), "store", "upgrade", *args], capture_output=True, text=True, cwd=tmp_path)
+        assert url.returncode == 2 and "works on local directories" in url.stderr and "s3://feat/" in url.stderr
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "y.zarr").exists()
+    assert _digest(FORMAT1) == before  # the old store is only read
 
 
 def _arrays(root: Path) -> list[str]:

@@ -10,6 +10,7 @@ several run directories with one baseline: the report says so.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,11 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided p of Welch's t-test; None when either sample has fewer than 2 values or no spread."""
     from scipy.stats import ttest_ind
 
-    if len(a) < 2 or len(b) < 2:
-        return None
-    p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    if len(a) < 2 or len(b) < 2 or (max(a) == min(a) and max(b) == min(b)):
+        return None  # no spread at all: no test (scipy returns nan)
+    with warnings.catch_warnings():  # one sample without spread: scipy warns of "catastrophic
+        warnings.simplefilter("ignore", RuntimeWarning)  # cancellation" in its variance, which is 0
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
     return None if math.isnan(p) else p
 
 

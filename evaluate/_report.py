@@ -34,9 +34,19 @@ __all__ = ["write_report"]
 _SPECTROGRAM_NOTE = (
     "Spectrogram on RAVDESS: the paper's figure comes from the released code's sample-count "
     "window/hop applied to the original 48 kHz files (8.3 ms window, 6.7 ms hop, 250 frames = "
-    "1.7 s); the 16 kHz copy used here gives 25 ms / 20 ms frames covering 5 s, which scores "
-    "about 5 points higher."
+    "1.7 s); {here} The notes report a gap of about 5 points for 16 kHz audio."
 )
+
+
+def _spectrogram_frames(run: RunSummary) -> str:
+    """What the run's own spectrogram frames were, from its record of the store ("" if unknown)."""
+    identities = (run.experiment or {}).get("stores_identity")
+    for identity in identities.values() if isinstance(identities, Mapping) else ():
+        spec = identity.get("features", {}).get("spectrogram") if isinstance(identity, Mapping) else None
+        if isinstance(spec, Mapping) and isinstance(spec.get("description"), str) and spec.get("frame_rate"):
+            seconds = 250 / float(spec["frame_rate"])
+            return f"{spec['description']}, so 250 frames cover {seconds:.1f} s"
+    return ""
 
 
 def _cell(run: RunSummary) -> str:
@@ -441,8 +451,12 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
         lines += _weights_markdown(data["layer_weights"]["series"])
     lines += _sweep_markdown(data["layer_sweep"])
     notes = []
-    if any(r.corpus == "RAVDESS" and "spectrogram" in r.features.lower() for r in runs):
-        notes.append(_SPECTROGRAM_NOTE)
+    spectrogram_runs = [r for r in runs if r.corpus == "RAVDESS" and "spectrogram" in r.features.lower()]
+    if spectrogram_runs:
+        frames = sorted({f for f in map(_spectrogram_frames, spectrogram_runs) if f})
+        here = (f"the runs here used the store's {'; '.join(frames)}." if frames else
+                "the runs here used the window and hop of their store's spectrogram config.")
+        notes.append(_SPECTROGRAM_NOTE.format(here=here))
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -459,3 +459,34 @@ def test_a_run_on_part_of_the_corpus_gets_the_papers_value_but_no_verdict(tmp_pa
     assert "not compared (partial corpus: 8 of 24 speakers, 52 of 208 test utterances)" in md
     assert "not compared (partial corpus: 104 of 208 test utterances)" in md
     assert sorted(c.get("reproduces") is None for c in cells) == [False, True, True]
+
+
+def test_the_spectrogram_note_gives_the_runs_own_frames(tmp_path: Path) -> None:
+    """The note said "25 ms / 20 ms frames covering 5 s" whatever the store used (the shipped
+    pipeline.yaml has a 10 ms hop: 2.5 s)."""
+    run = make_run_dir(tmp_path, "spec", features="classic/spectrogram", uars=(0.50, 0.52))
+    spec = {"name": "spectrogram", "frame_rate": 100.0,
+            "description": "magnitude spectrogram: hann window of 400 samples (25 ms), hop 160 samples (10 ms)"}
+    experiment = json.loads((run / "experiment.json").read_text())
+    (run / "experiment.json").write_text(json.dumps({**experiment, "stores_identity": {
+        "classic": {"path": "s.zarr", "features": {"spectrogram": spec}}}}))
+    write_report([run], out=tmp_path / "r")
+    note = next(line for line in (tmp_path / "r" / "report.md").read_text().splitlines()
+                if line.startswith("- Spectrogram on RAVDESS"))
+    assert "the runs here used the store's magnitude spectrogram: hann window of 400 samples (25 ms), hop 160 " \
+           "samples (10 ms), so 250 frames cover 2.5 s." in note
+    assert "20 ms" not in note
+
+
+def test_welch_test_of_runs_without_spread_says_nothing_and_warns_nothing() -> None:
+    """A baseline whose seeds all scored the same printed scipy's "catastrophic cancellation"
+    RuntimeWarning with its source line in the terminal."""
+    import warnings
+
+    from w2v2ser.evaluate._compare import _welch_p
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _welch_p([0.5, 0.5], [0.6, 0.6]) is None
+        assert 0 < _welch_p([0.5, 0.5, 0.5], [0.6, 0.61, 0.62]) < 0.05
+        assert _welch_p([0.5], [0.6, 0.61]) is None

@@ -443,3 +443,19 @@ def test_an_unquoted_variable_inside_a_flow_mapping_is_explained(tmp_path: Path,
     with pytest.raises(ConfigError, match="not valid YAML") as error:
         load_pipeline(path, validate_experiments=False)
     assert "inside a {...} mapping" not in str(error.value)
+
+
+def test_an_empty_environment_variable_is_refused_or_takes_its_default(tmp_path: Path, monkeypatch) -> None:
+    """DATA="" made a corpus path empty: the corpus read as "path not set", everything was skipped
+    and the run exited 0. ${VAR:-default} also stands for an empty VAR, as in a shell."""
+    from w2v2ser._overrides import expand_env
+
+    monkeypatch.setenv("DATA", "")
+    with pytest.raises(ConfigError, match=r"corpora.ravdess.path: environment variable DATA is empty"):
+        expand_env({"corpora": {"ravdess": {"path": "${DATA}"}}})
+    assert expand_env({"path": "${DATA:-data/ravdess}"}) == {"path": "data/ravdess"}
+    monkeypatch.delenv("DATA")
+    with pytest.raises(ConfigError, match="environment variable DATA is not set"):
+        expand_env({"path": "${DATA}/x"})
+    monkeypatch.setenv("DATA", "/d")
+    assert expand_env({"path": "${DATA}/x", "other": "${DATA:-y}"}) == {"path": "/d/x", "other": "/d"}

@@ -124,11 +124,14 @@ def expand_env(node: Any, where: str = "") -> Any:
 
     def replace(match: re.Match) -> str:
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
+        value = os.environ.get(name, "")
+        if value:
+            return value
+        if default is not None:  # as in a shell, ${VAR:-default} also stands for an empty VAR
             return default
-        raise ConfigError(f"{where}: environment variable {name} is not set (in {node!r}); "
+        # An empty value would silently turn a setting off (a corpus path: the corpus skipped).
+        raise ConfigError(f"{where}: environment variable {name} is "
+                          f"{'empty' if name in os.environ else 'not set'} (in {node!r}); "
                           f"export it or write ${{{name}:-default}}")
 
     expanded = _ENV.sub(replace, node)

@@ -492,3 +492,29 @@ def test_speaker_folds_keep_the_speakers_of_a_session_together(caplog):
     # One speaker per session (or no sessions): the sorted speakers are cut, as before.
     alone = [SimpleNamespace(speaker=f"spk{k}", session=f"S{k}" if k % 2 else "", id=str(k)) for k in range(6)]
     assert [f.test for f in speaker_group_folds(alone, 3)] == [("spk0", "spk1"), ("spk2", "spk3"), ("spk4", "spk5")]
+
+
+def test_csv_folds_say_what_they_did_with_a_partial_split_column_or_too_few_speakers(caplog):
+    """A split column empty on some rows was refused as "split values [''] are not
+    train/validation/test", naming no row; csv_folds above the number of speakers was lowered
+    without a word, and csv_folds=2 passed the config check, then the protocol refused it."""
+    import logging
+    from types import SimpleNamespace
+
+    from w2v2ser.train import ExperimentConfig
+    from w2v2ser.train._protocols import get_protocol
+
+    make_folds = get_protocol("csv").make_folds
+
+    def rows(splits):
+        return [SimpleNamespace(id=f"u{k}", speaker=f"spk{k % 4}", split=split, session="")
+                for k, split in enumerate(splits)]
+
+    with pytest.raises(ProtocolError, match=r"2 utterance\(s\) of the CSV manifest have no split \(e.g. \['u3', "
+                                            r"'u7'\]; speakers \['spk3'\]\) while the others have one"):
+        make_folds(rows(["train", "validation", "test", "", "train", "validation", "test", ""]), 5)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        assert len(make_folds(rows([""] * 8), 20)) == 4
+    assert "csv_folds=20 but the utterances have 4 speakers: 4 folds of one speaker each" in caplog.text
+    with pytest.raises(W2v2serError, match="csv_folds"):
+        ExperimentConfig(stores="s.zarr", features="egemaps", csv_folds=2)

@@ -86,7 +86,7 @@ class ExperimentConfig:
     max_frames: Optional[_PositiveInt] = None
     units: _PositiveInt = 128
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
-    csv_folds: Annotated[int, Field(ge=2)] = 5
+    csv_folds: Annotated[int, Field(ge=3)] = 5  # a group tests, the next validates: 3 at least
     speaker_folds: Optional[Annotated[int, Field(ge=3)]] = None
     deterministic: bool = True
     cache: Literal["auto", "off"] = "auto"

@@ -193,6 +193,13 @@ def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
 def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     splits = {r.split for r in records}
     if splits - {""}:
+        unsplit = [r for r in records if not r.split]
+        if unsplit:  # the split column is all or nothing
+            speakers = sorted({r.speaker for r in unsplit})
+            raise ProtocolError(f"{len(unsplit)} utterance(s) of the CSV manifest have no split (e.g. "
+                                f"{_sample([r.id for r in unsplit])}; speakers {_sample(speakers)}) while the "
+                                f"others have one; give every row a split (train, validation or test), or none "
+                                f"for speaker-group folds, and extract the manifest again")
         bad = splits - {"train", "validation", "test"}
         if bad:
             raise ProtocolError(f"CSV manifest split values {sorted(bad)} are not train/validation/test; "
@@ -212,6 +219,9 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
     k = min(int(csv_folds), len(speakers))
+    if k < int(csv_folds) and k >= 3:
+        log.warning("csv_folds=%d but the utterances have %d speakers: %d folds of one speaker each",
+                    csv_folds, len(speakers), k)
     if k < 3:
         raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
                             f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")

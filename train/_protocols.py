@@ -5,11 +5,11 @@
 * ``iemocap``: neutral, happiness (excitement merged), anger, sadness, other labels dropped;
   leave-one-session-out, 5 folds named ``session1``..``session5`` after the test session; the
   validation (early-stopping) session is the NEXT session cyclically (test 5 -> validation 1),
-  the remaining three train; 400 frames at most (audio trimmed to 15 s at extraction).
+  the remaining three train; 400 frames at most (8 s of 20 ms frames; the store keeps whole utterances).
 * ``csv``: classes are the manifest's labels; the ``split`` column (train/validation/test) gives
   one fold named ``split``; without it, speakers are sorted and cut into ``csv_folds``
-  contiguous groups, leave-one-group-out (folds ``group1``..), validation = next group
-  cyclically; 400 frames at most.
+  contiguous groups (speakers of a shared session stay together, see speaker_group_folds),
+  leave-one-group-out (folds ``group1``..), validation = next group cyclically; 400 frames at most.
 """
 
 from __future__ import annotations

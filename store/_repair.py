@@ -10,9 +10,11 @@ message said to delete journal lines by hand or to extract a new store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Mapping
 
+from ._errors import StoreError, StoreLockedError
 from ._location import StoreLocation, locate_store
 from ._lock import lock_store
 from ._reader import open_store
@@ -42,12 +44,21 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
         pairs were marked, the store is incomplete until the extraction runs again.
     """
     location = locate_store(store_path, storage_options=storage_options)
-    with lock_store(location):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock_store(location))
+            unwritable = None
+        except StoreLockedError:
+            raise
+        except StoreError as error:  # a read-only store: verify it all the same, refuse only a repair
+            unwritable = error
         store = open_store(location, allow_incomplete=True)
         report = store.verify(progress=progress)
         pairs = sorted({(uid, feature) for uid, feature, _ in report.problems if uid != "*" and feature})
         if not pairs:
             return report, []
+        if unwritable is not None:
+            raise unwritable
         with StoreWriter(location) as writer:
             meta = writer._meta
             meta["complete"] = False  # first: readers refuse the store until the re-extraction finalizes it

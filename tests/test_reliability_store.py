@@ -610,3 +610,27 @@ def test_a_deleted_statistics_shard_is_listed_by_utterance_and_repaired(store, p
     want = open_store(pristine[0]).compose_statistics("spectrogram", utterances=sorted(owners))
     got = repaired.compose_statistics("spectrogram", utterances=sorted(owners))
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
+
+
+def test_verify_repair_of_a_read_only_store_verifies_and_refuses_only_a_repair(store, monkeypatch):
+    """On a read-only mount, `store verify --repair` of an intact store exited 2 ("cannot write
+    to store"): it took the extraction lock before verifying. It verifies first now."""
+    import contextlib
+
+    from w2v2ser.store import _repair
+
+    @contextlib.contextmanager
+    def read_only(location):
+        raise StoreError(f"cannot write to store {location}: Read-only file system")
+        yield
+
+    monkeypatch.setattr(_repair, "lock_store", read_only)
+    done = _verify_cli(store)  # plain verify never locks
+    assert done.returncode == 0
+    report, pairs = _repair.repair_store(store)
+    assert report.ok and pairs == []
+    file, at = _frame_bytes(store, "layered", open_store(store).list_utterances()[1].id, 0)
+    _flip(file, at + 1)
+    with pytest.raises(StoreError, match="Read-only file system"):
+        _repair.repair_store(store)
+    assert open_store(store).complete  # nothing was queued

@@ -201,20 +201,21 @@ def _open(path: Path) -> sf.SoundFile:
 
 
 # A WAV or AIFF cut inside its audio data decodes without an error: libsndfile returns the frames
-# that are there and logs the mismatch with the header (its extra_info). Sizes that streaming
-# writers put in a header they cannot seek back to (0, 2**31 - 1, 2**32 - 1) are not a cut.
-_STREAMING_SIZES = {0, 2**31 - 1, 2**32 - 1}
+# that are there and logs the mismatch with the header (its extra_info). A size that a streaming
+# writer puts in a header it cannot seek back to (0; 2**31 - 1, 2**32 - 1, sox's 0x7ffff000: 2 GB
+# and more) is not a cut.
+_STREAMING_SIZE = 0x7FFF0000
 
 
 def _truncation(log: str) -> str:
     """What libsndfile's header log says is missing from the file, or "" when nothing is."""
-    for line in log.splitlines():
-        found = re.match(r"\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", line)
-        if found and int(found[2]) < int(found[1]) and int(found[1]) not in _STREAMING_SIZES:
-            return f"its header declares {int(found[1]):,} bytes of audio data, the file holds {int(found[2]):,}"
-        found = re.match(r"\*\*\* Frame count read from 'COMM' chunk \((\d+)\) not equal", line)
-        if found:
-            return f"its header declares {int(found[1]):,} frames, the file holds fewer"
+    found = re.search(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE)
+    if found and 0 < int(found[1]) < _STREAMING_SIZE and int(found[2]) < int(found[1]):
+        return f"its header declares {int(found[1]):,} bytes of audio data, the file holds {int(found[2]):,}"
+    found = re.search(r"Frame count read from 'COMM' chunk \((\d+)\) not equal to frame count\s*\n"
+                      r"\*\*\* calculated from length of 'SSND' chunk \((\d+)\)", log)
+    if found and int(found[2]) < int(found[1]):
+        return f"its header declares {int(found[1]):,} frames, the file holds {int(found[2]):,}"
     return ""
 
 

@@ -14,7 +14,7 @@ from w2v2ser._common import replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, resolve_events
-from ._layout import ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
+from ._layout import ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
 from ._location import StoreLocation, locate_store
 
 __all__ = ["finalize_store", "compose_speakers"]
@@ -115,6 +115,8 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
 
     meta["complete"] = bool((status != 2).all())
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if meta.get(ALL_CHUNKS_STORED):  # this finalize stored every chunk: say so for this finalize only
+        meta[ALL_CHUNKS_STORED] = meta["finalized"]
     group.attrs[ATTRS_KEY] = meta
 
 

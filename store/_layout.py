@@ -148,7 +148,15 @@ def fast_pipeline() -> contextlib.AbstractContextManager[None]:
 # sharded arrays (frames, per-utterance statistics) keep leaving out the zero tail of a work unit's
 # last shard: frames are checked by their CRCs, and statistics by the shards of the slots in use.
 _STORE_EMPTY_CHUNKS = {"array.write_empty_chunks": True}
-ALL_CHUNKS_STORED = "all_chunks_stored"
+ALL_CHUNKS_STORED = "all_chunks_stored"  # True at creation; each finalize sets it to its "finalized" time
+
+
+def all_chunks_stored(meta: dict[str, Any]) -> bool:
+    """Whether a store's last finalize was one that stores every chunk (see _STORE_EMPTY_CHUNKS):
+    an older w2v2ser that finalized it since leaves the mark behind its own "finalized" time, and
+    it may have let go of chunks that held only fill values."""
+    mark = meta.get(ALL_CHUNKS_STORED)
+    return bool(mark) and mark == meta.get("finalized")
 SHARDED_ARRAYS = ("data", "stats")
 
 
@@ -284,10 +292,17 @@ def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> 
 
     from zarr.core.sync import sync
 
-    present = sync(listed())
+    try:
+        present = sync(listed())
+    except Exception:  # a store that cannot be listed (read-only credentials, HTTP): nothing to tell
+        return []
     wanted = (prefix + array.metadata.encode_chunk_key((i, *rest))
               for i in first for rest in itertools.product(*map(range, counts[1:])))
-    return [key for key in wanted if key not in present]
+    missing = [key for key in wanted if key not in present]
+    try:  # a listing is not the last word: ask for each missing key (only on the rare damaged path)
+        return [key for key in missing if not sync(array.store.exists(key))]
+    except Exception:
+        return missing
 
 
 def _starts_with(path: Path, signature: bytes) -> bool:

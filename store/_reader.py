@@ -8,7 +8,7 @@ import json
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -17,10 +17,10 @@ from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
 from ._layout import (
-    ALL_CHUNKS_STORED,
     FAILURE_COLUMNS,
     STATUSES,
     UTTERANCE_COLUMNS,
+    all_chunks_stored,
     check_complete,
     check_version,
     crc32_rows,
@@ -133,16 +133,19 @@ class FeatureStore:
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
-    def _require_chunks(self, key: str, array: zarr.Array, rows: np.ndarray | None = None) -> None:
+    def _require_chunks(self, key: str, array: zarr.Array, rows: np.ndarray | None = None,
+                        excuse: Callable[[str], bool] | None = None) -> None:
         """Raise if a chunk file of `array` (for ``rows``: one holding them) is missing.
 
         zarr reads a missing chunk as the fill value: a deleted table or statistics chunk would
         come back as empty strings or zeros. Stores written with ALL_CHUNKS_STORED store every
         such chunk, so one missing is damage; older stores are checked by ``store verify``.
         """
-        if key in self._chunks_checked or not (self.complete and self.attrs.get(ALL_CHUNKS_STORED)):
+        if key in self._chunks_checked or not (self.complete and all_chunks_stored(self.attrs)):
             return
         missing = missing_chunk_keys(array, rows=rows)
+        if missing and excuse is not None:
+            missing = [k for k in missing if not excuse(k)]
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise self._damaged(key, f"lacks chunk files that the store wrote ({shown}); zarr would read "
@@ -188,11 +191,28 @@ class FeatureStore:
             self._arrays[key] = array
         array, path = self._arrays[key], f"features/{feature}/{name}"
         if check and name != "data" and path not in self._chunks_checked:  # frames: every read checks CRCs
-            # Statistics: the shards of the slots in use (a killed unit's slots stay unwritten; a slot
-            # of no frames holds zeros, the fill value, which a shard of only such slots leaves out).
-            rows = self._per_row(feature) if name == "stats" else None
-            self._require_chunks(path, array, None if rows is None else rows["slot"][rows["length"] > 0])
+            if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)
+                rows = self._per_row(feature)
+                self._require_chunks(path, array, rows["slot"][rows["length"] > 0],
+                                     excuse=lambda key: self._zero_statistics(feature, array, key))
+            else:
+                self._require_chunks(path, array)
         return array
+
+    def _zero_statistics(self, feature: str, stats: zarr.Array, key: str) -> bool:
+        """Whether a missing statistics shard held only zeros, which is not stored: every utterance
+        of its slots has all-zero frames (digital silence), as their CRCs show."""
+        rows = self._per_row(feature)
+        spec = self.features[feature]
+        shard = int(stats.metadata.chunk_grid.chunk_shape[0])
+        for row in np.flatnonzero((rows["length"] > 0) & (rows["slot"] >= 0)):
+            slot = int(rows["slot"][row])
+            if not key.endswith("/" + stats.metadata.encode_chunk_key((slot // shard,) + (0,) * (stats.ndim - 1))):
+                continue
+            zeros = np.zeros((int(rows["length"][row]), *spec.frame_shape), dtype=spec.dtype)
+            if not np.array_equal(crc32_rows(zeros, self.row_checksum), rows["crc32"][row]):
+                return False
+        return True
 
     def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:
         """``selection`` of a feature's small array (statistics, speaker table), damage as StoreError."""

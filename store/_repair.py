@@ -58,7 +58,8 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
         if not pairs:
             return report, []
         if unwritable is not None:
-            raise unwritable
+            raise StoreError(f"{unwritable} (verify found {len(report.problems)} problem(s); `w2v2ser store verify "
+                             f"{location.display}` without --repair lists them)") from None
         with StoreWriter(location) as writer:
             meta = writer._meta
             meta["complete"] = False  # first: readers refuse the store until the re-extraction finalizes it

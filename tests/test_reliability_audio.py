@@ -136,9 +136,9 @@ def test_bad_audio_raises_a_clear_audio_error(tmp_path, name):
         assert word in message, message
 
 
-@pytest.mark.parametrize("size", [0xFFFFFFFF, 0x7FFFFFFF])
+@pytest.mark.parametrize("size", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])  # the last: sox writing to a pipe
 def test_a_streamed_wav_whose_header_sizes_were_never_filled_in_still_decodes(tmp_path, size):
-    """Writers that cannot seek back (a pipe) leave 0xFFFFFFFF or 0x7FFFFFFF as the data size: not a cut file."""
+    """Writers that cannot seek back (a pipe) leave a placeholder data size: not a cut file."""
     path = write_audio(tmp_path / "s.wav", duration=0.7)
     data = bytearray(path.read_bytes())
     at = data.index(b"data") + 4
@@ -146,6 +146,17 @@ def test_a_streamed_wav_whose_header_sizes_were_never_filled_in_still_decodes(tm
     data[4:8] = size.to_bytes(4, "little")
     path.write_bytes(bytes(data))
     assert len(read_audio(path)) == probe_audio(path).num_samples == int(0.7 * 16_000)
+
+
+def test_an_aiff_with_more_data_than_its_header_says_is_not_called_truncated(tmp_path):
+    """libsndfile logs the same "frame count ... not equal" line when the data is longer."""
+    path = write_audio(tmp_path / "a.aiff", duration=0.5, format="AIFF")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"COMM") + 10  # numSampleFrames, big-endian, after the chunk size and channel count
+    frames = int.from_bytes(data[at:at + 4], "big")
+    data[at:at + 4] = (frames - 100).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    assert probe_audio(path).num_samples > 0
 
 
 @pytest.mark.parametrize("name", sorted(GOOD))

@@ -634,3 +634,60 @@ def test_verify_repair_of_a_read_only_store_verifies_and_refuses_only_a_repair(s
     with pytest.raises(StoreError, match="Read-only file system"):
         _repair.repair_store(store)
     assert open_store(store).complete  # nothing was queued
+
+
+def test_the_missing_chunk_check_raises_no_false_alarm(store, pristine, monkeypatch):
+    """Found in review: the check must not call an intact store damaged when (a) the store cannot
+    be listed (read-only object-storage credentials, an HTTP store), (b) an older w2v2ser finalized
+    it since (it lets go of chunks of only fill values), or (c) a statistics shard is missing
+    because all its utterances are digital silence (zeros are not stored)."""
+    import json
+
+    import zarr.storage
+
+    def refuse(self, prefix):
+        raise PermissionError("s3:ListBucket denied")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(zarr.storage.LocalStore, "list_prefix", refuse)
+        s = open_store(store)
+        assert len(s.list_utterances()) == len(pristine[1]) and s.compose_statistics("spectrogram").count > 0
+    # (b) a finalize by an older w2v2ser: its "finalized" time is not the mark's
+    attrs = json.loads((store / "zarr.json").read_text())
+    assert attrs["attributes"]["w2v2ser"]["all_chunks_stored"] == attrs["attributes"]["w2v2ser"]["finalized"]
+    older = store.parent / "older.zarr"
+    shutil.copytree(store, older)
+    attrs["attributes"]["w2v2ser"]["finalized"] = "2026-01-01T00:00:00+00:00"
+    (older / "zarr.json").write_text(json.dumps(attrs))
+    (spectrogram_mean,) = _chunk_files(older, "features/spectrogram/speaker_mean")
+    spectrogram_mean.unlink()
+    open_store(older).compose_statistics("spectrogram")  # read as before (verify's business), no alarm
+    # (c) a statistics shard whose utterances are all silent
+    silent = store.parent / "silent"
+    silent.mkdir()
+    rows = [Utterance(id=f"z{k}", path=str(write_audio(silent / f"z{k}.wav", data=np.zeros(8000, np.float32))),
+                      speaker="spk0", label="angry") for k in range(3)]
+    path = silent / "s.zarr"
+    extract_corpus(rows, path, extractors=[build_extractor("spectrogram")], progress=False)
+    for shard in _chunk_files(path, "features/spectrogram/stats"):
+        shard.unlink()  # as tensorstore leaves out a shard of zeros
+    assert open_store(path).compose_statistics("spectrogram", utterances=["z0", "z1"]).count > 0
+    # ... but not when one of them has sound
+    mixed = silent / "m.zarr"
+    loud = Utterance(id="loud", path=str(write_audio(silent / "loud.wav", duration=0.5)), speaker="spk0", label="sad")
+    extract_corpus([*rows, loud], mixed, extractors=[build_extractor("spectrogram")], progress=False)
+    for shard in _chunk_files(mixed, "features/spectrogram/stats"):
+        shard.unlink()
+    with pytest.raises(StoreError, match="features/spectrogram/stats lacks chunk files"):
+        open_store(mixed).compose_statistics("spectrogram", utterances=["z0", "loud"])
+
+
+def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
+    """store export read the utterance and failure tables past the reader's checks."""
+    from w2v2ser.store import export_hdf5
+
+    (chunk,) = _chunk_files(store, "utterances/label")
+    chunk.unlink()
+    with pytest.raises(StoreError, match="utterances/label lacks chunk files"):
+        export_hdf5(store, tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()

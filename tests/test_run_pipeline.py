@@ -277,3 +277,11 @@ def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path) 
         _common.clear_stop()
     timing.on_train_batch_begin(1)
     timing.on_train_batch_end(1)  # no request: nothing raised
+    # A lost SIGTERM ends as terminated (exit 143), not as interrupted (130).
+    _common.request_stop(terminated=True)
+    try:
+        with pytest.raises(_common.Terminated):
+            _common.check_stop()
+    finally:
+        _common.clear_stop()
+    _common.check_stop()

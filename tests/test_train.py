@@ -518,3 +518,32 @@ def test_csv_folds_say_what_they_did_with_a_partial_split_column_or_too_few_spea
     assert "csv_folds=20 but the utterances have 4 speakers: 4 folds of one speaker each" in caplog.text
     with pytest.raises(W2v2serError, match="csv_folds"):
         ExperimentConfig(stores="s.zarr", features="egemaps", csv_folds=2)
+
+
+def test_a_key_set_twice_with_set_takes_the_last_value_as_before():
+    """Found in review: refusing a key given both as an option and with --set also refused
+    `--set units=64 --set units=128` (naming an option --units that does not exist)."""
+    from w2v2ser._cli import _apply_settings
+
+    values = {"seeds": 1}
+    _apply_settings(values, ["units=64", "units=128", "max_epochs=2", "max_epochs=3"])
+    assert values["units"] == 128 and values["recipe_overrides"] == {"max_epochs": 3}
+    with pytest.raises(W2v2serError, match="seeds is given both with --seeds and with --set"):
+        _apply_settings({"seeds": 1}, ["seeds=2"])
+
+
+def test_a_run_of_another_split_of_the_speakers_is_trained_again(tmp_path):
+    """Speaker folds that changed (sessions now kept together) must not pool a finished run of the
+    old fold with runs of the new ones."""
+    from w2v2ser.train._experiment import _complete
+
+    run = tmp_path / "runs" / "group1__seed0"
+    run.mkdir(parents=True)
+    split = {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}
+    metrics = {"config_key": "k", "data_fingerprint": "d", "store_fingerprint": "f", "split": split,
+               "n_test": 0}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "predictions.csv").write_text("id,label,predicted\n")
+    assert _complete(run, ["k"], ["f"], "d", split) is not None
+    assert _complete(run, ["k"], ["f"], "d", {**split, "test": ["e"]}) is None
+    assert _complete(run, ["k"], ["f"], "d") is not None  # callers that do not know the split

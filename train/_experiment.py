@@ -452,14 +452,20 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
                     "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, first_few(stale))
 
 
-def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], data: str) -> dict[str, Any] | None:
+def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], data: str,
+              split: Mapping[str, list[str]] | None = None) -> dict[str, Any] | None:
     """The run's metrics when it is complete for this configuration (any of ``keys``), store (any of
-    ``fingerprints``) and data, else None."""
+    ``fingerprints``), data and (when given) ``split`` of speakers, else None."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
     if not run_is_current(metrics, keys, data) or metrics.get("store_fingerprint") not in fingerprints:
+        return None
+    if split is not None and isinstance(metrics.get("split"), Mapping) and metrics["split"] != dict(split):
+        # The fold's speakers changed (speaker folds now keep a shared session together): a run of
+        # the old fold would be pooled with runs of the new ones.
+        log.info("run %s was trained on another split of the speakers; training it again", run_dir)
         return None
     damaged = damaged_run_files(run_dir, metrics)
     if damaged:
@@ -564,7 +570,7 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     data = _prepare(config)
     fingerprints, data_fp = _store_fingerprints(config, data), _data_fingerprint(data)
     fingerprint = fingerprints[0]
-    done = _complete(run_dir, config.config_keys(), fingerprints, data_fp)
+    done = _complete(run_dir, config.config_keys(), fingerprints, data_fp, run_spec.split())
     if done is not None:
         return _result(done, run_dir, skipped=True)
     if not (out / "experiment.json").exists():

@@ -428,7 +428,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     data = _prepare(base)
     fps = _store_fingerprints(base, data)  # every head reads the same feature of the same store
     fp, data_fp = fps[0], _data_fingerprint(data)
-    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_keys(), fps, data_fp)
+    done = {name: _complete(out / name / "runs" / run_spec.name, c.config_keys(), fps, data_fp, run_spec.split())
             for name, c in configs.items()}
     if all(m is not None for m in done.values()):
         return {name: {**m, "skipped": True} for name, m in done.items()}

@@ -280,6 +280,7 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
     recipe_keys = set(Recipe.__dataclass_fields__) - {"name"}
     known = sorted(recipe_keys | set(ExperimentConfig.__dataclass_fields__) - {"stores", "recipe_overrides"})
     overrides: dict[str, Any] = {}
+    options = set(values)  # options default to None: a key in values was given as an option
     for text in settings:
         key, sep, raw = text.partition("=")
         if not sep:
@@ -289,7 +290,7 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         if key not in known:  # recipe and experiment keys together, as --set takes them
             raise ConfigError(f"--set {text!r}: unknown key {key!r}.{did_you_mean(key, known)} "
                               f"Valid keys: {', '.join(known)}.")
-        if key in values:  # options default to None: a key in values was given as an option
+        if key in options:  # a second --set of the same key wins, as before
             raise ConfigError(f"{key} is given both with --{key.replace('_', '-')} and with --set {key}=...; "
                               f"give it once")
         (overrides if key in recipe_keys else values)[key] = load_yaml(raw)
@@ -611,7 +612,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
     from w2v2ser._common import Terminated, request_stop
 
-    request_stop()
+    request_stop(terminated=True)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
     raise Terminated
 

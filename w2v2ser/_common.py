@@ -84,22 +84,26 @@ class DataError(W2v2serError):
 # it can surface as a SystemError that a per-run handler records as an ordinary failure. Loops
 # that go on after a failure check this flag too (check_stop).
 _STOP_REQUESTED = threading.Event()
+_TERMINATED = threading.Event()
 
 
-def request_stop() -> None:
-    """Record that the user asked the command to stop (Ctrl-C, SIGTERM)."""
+def request_stop(*, terminated: bool = False) -> None:
+    """Record that the user asked the command to stop (Ctrl-C; ``terminated``: SIGTERM)."""
+    if terminated:
+        _TERMINATED.set()
     _STOP_REQUESTED.set()
 
 
 def clear_stop() -> None:
     """Forget a stop request (a command starts or has ended: the next one in this process runs)."""
     _STOP_REQUESTED.clear()
+    _TERMINATED.clear()
 
 
 def check_stop() -> None:
     """Raise KeyboardInterrupt if a stop was requested (see request_stop)."""
     if _STOP_REQUESTED.is_set():
-        raise KeyboardInterrupt
+        raise Terminated if _TERMINATED.is_set() else KeyboardInterrupt
 
 
 class Terminated(KeyboardInterrupt):

@@ -303,6 +303,9 @@ def extract_corpus(
         writer = StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
         existing = open_store(store_path, allow_incomplete=True)
+        # This run rewrites the tables (relabelled rows, finalize), so a deleted table chunk must not
+        # stop it: it reads such a chunk as its fill value, as readers did before they checked.
+        existing.check_chunks = False
         summary.vanished = _keep_vanished(existing, utterances, infos, failures)
         moved = _check_recorded_audio(existing, utterances, progress)
         stored = existing.features

@@ -91,8 +91,10 @@ class FeatureStore:
         self.row_checksum: str = row_checksum(self.location.display, meta)
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
         self._group: zarr.Group = open_root(self.location, mode="r")
-        # Keys whose chunk files are known to be there (see _require_chunks).
+        # Keys whose chunk files are known to be there (see _require_chunks); check_chunks: False for
+        # an extraction, which rewrites the tables.
         self._chunks_checked: set[str] = set()
+        self.check_chunks = True
         ids = to_str_list(self._read("utterances/id"))
         if "" in ids:
             if self.complete:
@@ -141,7 +143,7 @@ class FeatureStore:
         come back as empty strings or zeros. Stores written with ALL_CHUNKS_STORED store every
         such chunk, so one missing is damage; older stores are checked by ``store verify``.
         """
-        if key in self._chunks_checked or not (self.complete and all_chunks_stored(self.attrs)):
+        if key in self._chunks_checked or not (self.check_chunks and self.complete and all_chunks_stored(self.attrs)):
             return
         missing = missing_chunk_keys(array, rows=rows)
         if missing and excuse is not None:

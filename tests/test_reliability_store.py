@@ -691,3 +691,18 @@ def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
     with pytest.raises(StoreError, match="utterances/label lacks chunk files"):
         export_hdf5(store, tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_rerunning_the_extraction_rewrites_a_table_with_a_deleted_chunk(store, pristine):
+    """Found in review: readers refuse a store whose label column lost its chunk and say to rerun
+    the extraction, but the rerun itself stopped on that check before it could rewrite the table."""
+    (chunk,) = _chunk_files(store, "utterances/label")
+    chunk.unlink()
+    with pytest.raises(StoreError, match="utterances/label lacks chunk files"):
+        open_store(store).list_utterances()
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == 0
+    assert [(r.id, r.label) for r in open_store(store).list_utterances()] == \
+        [(r.id, r.label) for r in open_store(pristine[0]).list_utterances()]
+    assert open_store(store).verify().ok

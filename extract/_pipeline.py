@@ -141,15 +141,15 @@ def _probe_all(
     return infos, failures
 
 
-def _keep_vanished(store: Any, utterances: Sequence[Utterance], infos: list[AudioInfo | None],
+def _keep_vanished(done: Mapping[str, Any], utterances: Sequence[Utterance], infos: list[AudioInfo | None],
                    failures: dict[int, str]) -> list[str]:
     """Extracted utterances whose file is gone since: their probe failure is dropped and their
     header taken from the store, so they keep their features instead of becoming failures.
+    ``done``: id -> record of each utterance the store has finished.
 
     Returns:
         Their ids.
     """
-    done = {r.id: r for r in store.list_utterances(status="done")}
     kept = []
     for position in sorted(failures):
         utterance = utterances[position]
@@ -165,17 +165,19 @@ def _keep_vanished(store: Any, utterances: Sequence[Utterance], infos: list[Audi
     return kept
 
 
-def _check_recorded_audio(store: Any, utterances: Sequence[Utterance], progress: bool) -> set[str]:
+def _check_recorded_audio(store: Any, done: Mapping[str, Any], utterances: Sequence[Utterance],
+                          progress: bool) -> set[str]:
     """Compare each extracted utterance's audio with the sha256 recorded when it was extracted.
 
     Refuses to resume when a file's audio has changed since: the finished utterance would be kept,
-    with features that are no longer of its file.
+    with features that are no longer of its file. ``done``: id -> record of each utterance the
+    store has finished (its path and sha256).
 
     Returns:
         Ids given at a new path whose file holds the same audio (a corpus moved or copied to
         another disk): the store takes the new path, and keeps their features.
     """
-    recorded = {r.id: (r.path, r.audio_sha256) for r in store.list_utterances(status="done") if r.audio_sha256}
+    recorded = {r.id: (r.path, r.audio_sha256) for r in done.values() if r.audio_sha256}
     checked = [u for u in utterances if u.id in recorded]
     changed, moved = [], set()
     for u in _progress(checked, progress and bool(checked), "check audio", "file"):
@@ -306,8 +308,9 @@ def extract_corpus(
         # This run rewrites the tables (relabelled rows, finalize), so a deleted table chunk must not
         # stop it: it reads such a chunk as its fill value, as readers did before they checked.
         existing.check_chunks = False
-        summary.vanished = _keep_vanished(existing, utterances, infos, failures)
-        moved = _check_recorded_audio(existing, utterances, progress)
+        done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
+        summary.vanished = _keep_vanished(done, utterances, infos, failures)
+        moved = _check_recorded_audio(existing, done, utterances, progress)
         stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]

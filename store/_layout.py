@@ -149,6 +149,7 @@ def fast_pipeline() -> contextlib.AbstractContextManager[None]:
 # last shard: frames are checked by their CRCs, and statistics by the shards of the slots in use.
 _STORE_EMPTY_CHUNKS = {"array.write_empty_chunks": True}
 ALL_CHUNKS_STORED = "all_chunks_stored"  # True at creation; each finalize sets it to its "finalized" time
+SHARDED_ARRAYS = ("data", "stats")
 
 
 def all_chunks_stored(meta: dict[str, Any]) -> bool:
@@ -157,7 +158,6 @@ def all_chunks_stored(meta: dict[str, Any]) -> bool:
     it may have let go of chunks that held only fill values."""
     mark = meta.get(ALL_CHUNKS_STORED)
     return bool(mark) and mark == meta.get("finalized")
-SHARDED_ARRAYS = ("data", "stats")
 
 
 _TENSORSTORE: list[Any] = []  # [(module, context)] once imported, or [None] without tensorstore

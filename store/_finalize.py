@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from w2v2ser._common import replacing
+from w2v2ser._common import first_few, replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, resolve_events
-from ._layout import ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, open_array, to_str_list
+from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, missing_statistics_shards, open_array,
+                      row_checksum, specs_from_meta, to_str_list)
 from ._location import StoreLocation, locate_store
+from ._types import FeatureSpec
 
 __all__ = ["finalize_store", "compose_speakers"]
 
@@ -92,7 +94,6 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
             _write_column(group, f"{g}/{key}", index[f][key], np.int64)
         if n:
             _write_column(group, f"{g}/crc32", index[f]["crc32"], np.uint32)
-        del index[f]["crc32"]
     _write_column(group, "utterances/status", _STATUS[status], str)
     _write_committed(group, state, names, winner)
     failing = np.flatnonzero(row_fail_active | any_failed).tolist()
@@ -105,11 +106,13 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         failures += [(uid, where, f, state.pair(f).reason.get(row, "")) for f in names if pair_failed[f][row]]
     for i, col in enumerate(FAILURE_COLUMNS):
         _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
-    del state, ids
+    del state
     for f in names:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker")[:]
+    specs = specs_from_meta(meta)
     for f in names:
+        _require_statistics(path, group, specs[f], row_checksum(path.display, meta), index[f], ids)
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
 
@@ -258,6 +261,23 @@ def _combine_into(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, who: np.n
     mean[w] = mean_a + delta * share.reshape(-1, *extra)
     m2[w] = m2_a + part[:, 1] + np.square(delta) * weight.reshape(-1, *extra)
     count[w] = n
+
+
+def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpec, checksum: str,
+                        index: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    """Raise if a statistics shard of committed utterances is missing: zarr would read it as zeros,
+    and the speaker statistics composed from them would be wrong without a word."""
+    missing = missing_statistics_shards(open_array(group, f"features/{spec.name}/stats"), length=index["length"],
+                                        slot=index["slot"], crc32=index["crc32"], frame_shape=spec.frame_shape,
+                                        dtype=spec.dtype, checksum=checksum)
+    if missing:
+        rows = sorted(r for found in missing.values() for r in found)
+        raise StoreError(
+            f"store {path.display}: the per-utterance statistics of feature {spec.name!r} lack the shard(s) "
+            f"{first_few(list(missing), 3)}, which hold {len(rows)} finished utterance(s) "
+            f"({first_few([str(ids[r]) for r in rows], 3)}), so its speaker statistics cannot be composed. "
+            f"Run `w2v2ser store verify --repair {path.display}`, then extract again: those utterances are "
+            f"extracted anew.")
 
 
 def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speakers: Any, length: np.ndarray,

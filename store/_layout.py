@@ -305,6 +305,31 @@ def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> 
         return missing
 
 
+def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np.ndarray, crc32: np.ndarray,
+                              frame_shape: tuple[int, ...], dtype: Any, checksum: str) -> dict[str, list[int]]:
+    """Statistics shards that hold slots in use (``length > 0``) but are not in the store: key -> rows.
+
+    A shard whose every utterance is digital silence (all-zero frames, as their CRCs show) holds
+    only zeros, which zarr does not store: it is not missing. A killed work unit's slots have no
+    committed length, so its unwritten shards are not asked for.
+    """
+    used = np.flatnonzero((np.asarray(length) > 0) & (np.asarray(slot) >= 0))
+    missing = set(missing_chunk_keys(stats, rows=np.asarray(slot)[used]))
+    if not missing:
+        return {}
+    shard = int(stats.metadata.chunk_grid.chunk_shape[0])
+    prefix = f"{stats.path}/" if stats.path else ""
+    rows_of: dict[str, list[int]] = {}
+    silent: dict[str, bool] = {}
+    for row in used.tolist():
+        key = prefix + stats.metadata.encode_chunk_key((int(slot[row]) // shard,) + (0,) * (stats.ndim - 1))
+        if key in missing:
+            rows_of.setdefault(key, []).append(row)
+            zeros = np.zeros((int(length[row]), *frame_shape), dtype=dtype)
+            silent[key] = silent.get(key, True) and bool(np.array_equal(crc32_rows(zeros, checksum), crc32[row]))
+    return {key: rows for key, rows in rows_of.items() if not silent[key]}
+
+
 def _starts_with(path: Path, signature: bytes) -> bool:
     try:
         with open(path, "rb") as f:

@@ -26,6 +26,7 @@ from ._layout import (
     crc32_rows,
     fork_count,
     missing_chunk_keys,
+    missing_statistics_shards,
     open_array,
     open_root,
     read_meta,
@@ -135,9 +136,9 @@ class FeatureStore:
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
 
-    def _require_chunks(self, key: str, array: zarr.Array, rows: np.ndarray | None = None,
-                        excuse: Callable[[str], bool] | None = None) -> None:
-        """Raise if a chunk file of `array` (for ``rows``: one holding them) is missing.
+    def _require_chunks(self, key: str, array: zarr.Array,
+                        missing: Callable[[], Sequence[str]] | None = None) -> None:
+        """Raise if a chunk file of `array` is missing (``missing``: lists the missing keys instead).
 
         zarr reads a missing chunk as the fill value: a deleted table or statistics chunk would
         come back as empty strings or zeros. Stores written with ALL_CHUNKS_STORED store every
@@ -145,9 +146,7 @@ class FeatureStore:
         """
         if key in self._chunks_checked or not (self.check_chunks and self.complete and all_chunks_stored(self.attrs)):
             return
-        missing = missing_chunk_keys(array, rows=rows)
-        if missing and excuse is not None:
-            missing = [k for k in missing if not excuse(k)]
+        missing = list(missing() if missing is not None else missing_chunk_keys(array))
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise self._damaged(key, f"lacks chunk files that the store wrote ({shown}); zarr would read "
@@ -194,27 +193,13 @@ class FeatureStore:
         array, path = self._arrays[key], f"features/{feature}/{name}"
         if check and name != "data" and path not in self._chunks_checked:  # frames: every read checks CRCs
             if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)
-                rows = self._per_row(feature)
-                self._require_chunks(path, array, rows["slot"][rows["length"] > 0],
-                                     excuse=lambda key: self._zero_statistics(feature, array, key))
+                rows, spec = self._per_row(feature), self.features[feature]
+                self._require_chunks(path, array, lambda: list(missing_statistics_shards(
+                    array, length=rows["length"], slot=rows["slot"], crc32=rows["crc32"],
+                    frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum)))
             else:
                 self._require_chunks(path, array)
         return array
-
-    def _zero_statistics(self, feature: str, stats: zarr.Array, key: str) -> bool:
-        """Whether a missing statistics shard held only zeros, which is not stored: every utterance
-        of its slots has all-zero frames (digital silence), as their CRCs show."""
-        rows = self._per_row(feature)
-        spec = self.features[feature]
-        shard = int(stats.metadata.chunk_grid.chunk_shape[0])
-        for row in np.flatnonzero((rows["length"] > 0) & (rows["slot"] >= 0)):
-            slot = int(rows["slot"][row])
-            if not key.endswith("/" + stats.metadata.encode_chunk_key((slot // shard,) + (0,) * (stats.ndim - 1))):
-                continue
-            zeros = np.zeros((int(rows["length"][row]), *spec.frame_shape), dtype=spec.dtype)
-            if not np.array_equal(crc32_rows(zeros, self.row_checksum), rows["crc32"][row]):
-                return False
-        return True
 
     def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:
         """``selection`` of a feature's small array (statistics, speaker table), damage as StoreError."""

@@ -612,6 +612,28 @@ def test_a_deleted_statistics_shard_is_listed_by_utterance_and_repaired(store, p
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
 
 
+def test_a_rerun_without_repair_never_composes_speaker_statistics_from_a_deleted_shard(store, pristine):
+    """An extraction rerun found every utterance finished and finalized again: zarr read the deleted
+    statistics shard as zeros, and the speaker statistics were composed from them without a word.
+    The finalize refuses now, saying how to repair; the repair then restores the statistics."""
+    s = open_store(store)
+    rows = s._per_row("spectrogram")
+    owners = sorted(r.id for r in s.list_utterances() if rows["length"][r.index] > 0)
+    (shard,) = _chunk_files(store, "features/spectrogram/stats")
+    shard.unlink()
+    extractors = [build_extractor("spectrogram"), LayeredExtractor()]
+    with pytest.raises(StoreError, match=r"lack the shard.* verify --repair"):
+        extract_corpus(pristine[1], store, extractors=extractors, progress=False)
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
+    assert done.returncode == 1 and f"queued {len(owners)} utterance x feature pair(s)" in done.stdout, done
+    assert extract_corpus(pristine[1], store, extractors=extractors, progress=False).complete
+    repaired, want = open_store(store), open_store(pristine[0])
+    assert repaired.verify().ok
+    for speaker in sorted({u.speaker for u in pristine[1]}):
+        got, expected = (r.compose_statistics("spectrogram", speakers=[speaker]) for r in (repaired, want))
+        np.testing.assert_array_equal(got.mean, expected.mean)
+
+
 def test_verify_repair_of_a_read_only_store_verifies_and_refuses_only_a_repair(store, monkeypatch):
     """On a read-only mount, `store verify --repair` of an intact store exited 2 ("cannot write
     to store"): it took the extraction lock before verifying. It verifies first now."""

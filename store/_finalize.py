@@ -56,8 +56,10 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     winner_t = np.zeros(n, np.int64)
     index: dict[str, dict[str, np.ndarray]] = {}
     pair_failed: dict[str, np.ndarray] = {}
+    capacity: dict[str, np.ndarray] = {}
     for k, f in enumerate(names):
-        planned = open_array(group, f"features/{f}/capacity")[:] >= 0
+        capacity[f] = open_array(group, f"features/{f}/capacity")[:]
+        planned = capacity[f] >= 0
         pair = state.pair(f)
         newer = pair.column("seq", n) > row_seq  # the pair's own event is later than a row failure
         kind = pair.column("kind", n)
@@ -92,6 +94,9 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         g = f"features/{f}"
         for key in ("offset", "length", "slot"):
             _write_column(group, f"{g}/{key}", index[f][key], np.int64)
+        # Written whole, as read: a plan killed between growing it and filling the new rows left
+        # chunk files unstored (read as the fill value, which is what they hold).
+        _write_column(group, f"{g}/capacity", capacity.pop(f), np.int64)
         if n:
             _write_column(group, f"{g}/crc32", index[f]["crc32"], np.uint32)
     _write_column(group, "utterances/status", _STATUS[status], str)

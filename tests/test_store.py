@@ -1038,3 +1038,37 @@ def test_zarrs_gets_a_thread_pool_of_at_least_eight_unless_the_user_sets_one():
     theirs = subprocess.run([sys.executable, "-c", code], env={**env, "RAYON_NUM_THREADS": "3"},
                             capture_output=True, text=True, check=True)
     assert theirs.stdout.strip() == "3"
+
+
+def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_missing_chunk(tmp_path, monkeypatch):
+    """A kill after an index array was grown and before its new rows were stored left chunk files
+    that no later write stored (rows whose header was unreadable have no planned size): the next
+    plan found the array long enough, and readers took the missing chunk for a deleted one."""
+    from w2v2ser.store import _writer
+
+    monkeypatch.setattr(_writer, "ROW_CHUNK", 2)  # several row chunks for a few rows
+    rng = np.random.default_rng(3)
+    utts = [Utterance(id=f"u{i}", path=f"/a/{i}.wav", speaker="A", label="x") for i in range(6)]
+    samples = [16000, 16000, None, None, None, None]  # the added rows' headers are unreadable
+    plan = {"features": [SPEC2D], "capacities": {SPEC2D.name: [3] * 6}}
+    with StoreWriter(tmp_path / "s") as writer:
+        for row in writer.plan(utts[:2], num_samples=samples[:2], features=[SPEC2D],
+                               capacities={SPEC2D.name: [3, 3]}):
+            writer.write_utterance(row, {SPEC2D.name: random_frames(rng, SPEC2D, 3)}, audio_sha256="", duration=1.0)
+        writer.finalize()
+    fill = _writer._store_fill
+
+    def killed(array, start):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_writer, "_store_fill", killed)
+    with StoreWriter(tmp_path / "s") as writer, pytest.raises(KeyboardInterrupt):
+        writer.plan(utts, num_samples=samples, **plan)
+    monkeypatch.setattr(_writer, "_store_fill", fill)
+    with StoreWriter(tmp_path / "s") as writer:  # the rerun
+        writer.plan(utts, num_samples=samples, **plan)
+        writer.finalize()
+    store = open_store(tmp_path / "s")
+    assert [u.status for u in store.list_utterances(status=None)] == ["done"] * 2 + ["failed"] * 4
+    assert store.read_utterance("u1", SPEC2D.name).shape[0] == 3
+    assert store.verify().ok

@@ -285,3 +285,30 @@ def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path) 
     finally:
         _common.clear_stop()
     _common.check_stop()
+
+
+def test_a_ctrl_c_landing_while_the_signal_handlers_are_restored_leaves_no_stop_request(monkeypatch) -> None:
+    """Found in review: a Ctrl-C whose handler ran while a command restored the default handlers
+    raised out of that cleanup before it forgot the stop request, so every later library call in
+    the process (check_stop) stopped at once."""
+    import signal
+
+    from w2v2ser import _cli, _common
+
+    real = signal.signal
+
+    def restoring(signum, handler):
+        if signum == signal.SIGTERM and handler == signal.SIG_DFL:
+            _cli._interrupt(signal.SIGINT, None)  # the SIGINT handler runs right here
+        return real(signum, handler)
+
+    with pytest.raises(KeyboardInterrupt):
+        with _cli._sigterm_raises():
+            monkeypatch.setattr(signal, "signal", restoring)
+    monkeypatch.setattr(signal, "signal", real)
+    try:
+        _common.check_stop()  # no stop request left behind
+    finally:
+        real(signal.SIGTERM, signal.SIG_DFL)
+        real(signal.SIGINT, signal.default_int_handler)
+        _common.clear_stop()

@@ -644,10 +644,19 @@ def _sigterm_raises() -> Any:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if handle_int:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        clear_stop()
+        # A signal landing while the handlers are restored waits for the default ones (where the
+        # platform can hold it back), and the stop request is forgotten even if one raises here:
+        # it must not stop later library calls of this process.
+        mask = getattr(signal, "pthread_sigmask", None)
+        held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if handle_int:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:
+            clear_stop()
+            if mask:
+                mask(signal.SIG_SETMASK, held)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

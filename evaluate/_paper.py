@@ -21,12 +21,14 @@ __all__ = ["PaperValue", "paper_source", "paper_value", "row_identity", "verdict
 
 @dataclass(frozen=True)
 class PaperValue:
-    """One published cell: UAR mean and std in percent, and its table."""
+    """One published cell: UAR mean and std in percent, and its table; ``checked``: taken from the
+    paper itself (False: from another source, named in ``provenance``)."""
 
     mean: float
     std: float | None
     table: int
     provenance: str = ""
+    checked: bool = True
 
 
 @cache
@@ -77,7 +79,8 @@ def paper_value(*, model: str, selection: str, head: str, norm: str, corpus: str
             continue
         cell = (row.get("values") or {}).get(corpus.lower())
         if isinstance(cell, Mapping) and isinstance(cell.get("mean"), (int, float)):
-            return PaperValue(float(cell["mean"]), cell.get("std"), int(row["table"]), str(cell.get("from", "")))
+            return PaperValue(float(cell["mean"]), cell.get("std"), int(row["table"]), str(cell.get("from", "")),
+                              cell.get("checked", True) is not False)
     return None
 
 

@@ -174,7 +174,7 @@ def _paper_cell(run: RunSummary, model: str, key: str, corpus: str) -> dict[str,
     if published is None:
         return None
     cell: dict[str, Any] = {"mean": published.mean, "std": published.std, "table": published.table,
-                            "from": published.provenance}
+                            "from": published.provenance, "checked": published.checked}
     apart = _departures_from_paper(run)
     if apart:  # not a reproduction attempt: no verdict (a 3-epoch run would read as a failed one)
         cell["not_compared"] = apart
@@ -187,6 +187,7 @@ def _paper_text(paper: dict[str, Any] | None) -> str:
     if paper is None:
         return ""
     std = f" ± {paper['std']:.1f}" if paper.get("std") is not None else ""
+    std += "" if paper.get("checked", True) else " (unchecked)"
     if "not_compared" in paper:
         return f" · paper {paper['mean']:.1f}{std}, not compared ({paper['not_compared']})"
     if "difference" not in paper:
@@ -398,7 +399,9 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
              "dropout, a subset of the utterances, speaker folds). No paper value: the row is not in the "
              "paper, or its value has not been entered in "
-             "w2v2ser/evaluate/data/pepino2021.json.", "",
+             "w2v2ser/evaluate/data/pepino2021.json. \"(unchecked)\": a value taken from another source than "
+             "the paper itself (its \"from\" in that file names it), so its verdict is only as good as that "
+             "source.", "",
              "## Model × selection × head (paper, Tables 1 and 2)", ""]
     header = ["Model", "Selection", "Head", "Normalisation", "Recipe"] + table["columns"]
     rows = [[r["model"], r["selection"], r["head"], r["normalisation"], r["recipe"]]

@@ -154,7 +154,7 @@ def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: 
     egemaps = next(line for line in lines if line.startswith("| — | eGeMAPS | dense | speaker | official |"))
     # np.std over (55, 60, 65) % = 4.08; IEMOCAP cell = pooled per-seed values (50, 52, 54).
     # The paper's RAVDESS eGeMAPS value (57.0 ± 2.4) sits beside the measured one, with the difference.
-    assert "| 60.0 ± 4.1 (n=3) · paper 57.0 ± 2.4, +3.0 ✓ | 52.0 ± 1.6 (n=3) |" in egemaps and egemaps.endswith("(n=3) |")
+    assert "| 60.0 ± 4.1 (n=3) · paper 57.0 ± 2.4 (unchecked), +3.0 ✓ | 52.0 ± 1.6 (n=3) |" in egemaps and egemaps.endswith("(n=3) |")
     # wav2vec2 rows are named by the upstream model of their store, not by the run directory
     assert any(line.startswith("| wav2vec2-base | all layers | weighted_dense") and "82.0 ± 1.6 (n=3)" in line
                for line in lines)
@@ -223,7 +223,7 @@ def test_report_marks_rows_that_do_not_reproduce_the_paper(tmp_path: Path) -> No
     far = make_run_dir(tmp_path, "far", features="classic/egemaps", uars=(0.80, 0.81, 0.79))
     write_report([far], out=tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
-    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, +23.0 ✗" in md
+    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4 (unchecked), +23.0 ✗" in md
     cell = json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"][0]["cells"]["RAVDESS"]
     assert cell["paper"]["table"] == 1 and abs(cell["paper"]["difference"] - 23.0) < 1e-9
     assert cell["paper"]["reproduces"] is False
@@ -243,9 +243,9 @@ def test_runs_with_other_settings_than_the_paper_get_its_value_but_no_verdict(tm
     (same / "experiment.json").write_text(json.dumps({**experiment, "units": 128, "max_frames": None}))
     write_report([short, narrow, same], out=tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
-    assert "39.0 ± 1.6 (n=3) · paper 57.0 ± 2.4, not compared (max_epochs=3) |" in md
-    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, not compared (units=64) |" in md
-    assert "57.0 ± 0.8 (n=3) · paper 57.0 ± 2.4, +0.0 ✓ |" in md
+    assert "39.0 ± 1.6 (n=3) · paper 57.0 ± 2.4 (unchecked), not compared (max_epochs=3) |" in md
+    assert "80.0 ± 0.8 (n=3) · paper 57.0 ± 2.4 (unchecked), not compared (units=64) |" in md
+    assert "57.0 ± 0.8 (n=3) · paper 57.0 ± 2.4 (unchecked), +0.0 ✓ |" in md
     cells = [r["cells"]["RAVDESS"]["paper"]
              for r in json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"]]
     assert [c.get("not_compared") for c in cells] == ["max_epochs=3", "units=64", None]
@@ -263,6 +263,8 @@ def test_paper_values_are_cited_data_shipped_with_the_package() -> None:
             assert corpus in ("ravdess", "iemocap")
             if cell is not None:  # every entered value says where it comes from
                 assert isinstance(cell["mean"], float) and cell["from"]
+                # ... and one not read from the paper itself is marked, so reports call it unchecked
+                assert cell.get("checked", True) is not ("PDF" in cell["from"] and "not" in cell["from"]), cell
     setup = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
     assert "w2v2ser.evaluate = data/*.json" in setup
 
@@ -455,7 +457,7 @@ def test_a_run_on_part_of_the_corpus_gets_the_papers_value_but_no_verdict(tmp_pa
     cells = [row["cells"]["RAVDESS"]["paper"]
              for row in json.loads((tmp_path / "r" / "report.json").read_text())["feature_table"]["rows"]]
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
-    assert "paper 57.0 ± 2.4, -8.0 ✗" in md  # the whole corpus: a verdict
+    assert "paper 57.0 ± 2.4 (unchecked), -8.0 ✗" in md  # the whole corpus: a verdict
     assert "not compared (partial corpus: 8 of 24 speakers, 52 of 208 test utterances)" in md
     assert "not compared (partial corpus: 104 of 208 test utterances)" in md
     assert sorted(c.get("reproduces") is None for c in cells) == [False, True, True]

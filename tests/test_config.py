@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -307,6 +308,30 @@ def test_schema_is_derived_from_the_config_dataclasses() -> None:
     experiment = set(defs["Experiment"]["properties"])
     assert {f.name for f in fields(ExperimentConfig)} - {"stores"} | {"corpus", "grid", "sweep"} == experiment
     assert defs["Experiment"]["properties"]["head"]["anyOf"][0]["enum"] == ["dense", "lstm", "fusion"]
+
+
+@pytest.mark.parametrize("change", [
+    "cluster: none", "cluster: local", "cluster: null", "cluster: {slurm: null}", "cluster: {slurm: {memory: 16}}",
+    "reports: {paper: {experiments: 'table1/*'}}", "experiments: {t: {features: classic/egemaps, seeds: '${SEEDS:-2}'}}",
+    "experiments: {t: {features: classic/egemaps, head: '${HEAD:-dense}', deterministic: '${DET:-true}'}}",
+])
+def test_the_exported_schema_accepts_what_the_loader_accepts(tmp_path: Path, change: str) -> None:
+    """Found by a documentation audit: `w2v2ser run --schema` rejected the README's `cluster: none`,
+    a single report pattern, a number given as `${VAR:-2}`, so an editor marked a working file wrong."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from w2v2ser._config import pipeline_json_schema
+
+    text = textwrap.dedent("""\
+        corpora: {mine: {kind: csv, path: m.csv}}
+        extraction: {stores: {classic: {features: {egemaps: {}}}}}
+        """) + change + "\n"
+    (tmp_path / "m.csv").write_text("path,label,speaker\n")
+    (tmp_path / "pipeline.yaml").write_text(text)
+    load_pipeline(tmp_path / "pipeline.yaml")  # the loader takes it ...
+    validator = jsonschema.Draft202012Validator(pipeline_json_schema())
+    assert [e.message for e in validator.iter_errors(yaml.safe_load(text))] == []  # ... and so does the schema
+    for wrong in ("cluster: cloud", "experiments: {t: {features: classic/egemaps, seeds: two}}"):
+        assert list(validator.iter_errors(yaml.safe_load(text.replace(change, wrong)))), wrong
 
 
 def test_cli_prints_the_schema_and_maps_errors_to_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -32,11 +32,12 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema,
                       create_model, model_validator)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
 from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
-from ._overrides import apply_overrides, expand_env, load_yaml
+from ._overrides import ENV_VARIABLE, apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, dataclass_model, validate
 
 __all__ = [
@@ -80,7 +81,7 @@ def _auto(minimum: int) -> Any:
     return Annotated[Optional[Union[Annotated[int, Field(ge=minimum)], Literal["auto"]]], AfterValidator(_auto_to_none)]
 
 
-_Text = Annotated[str, BeforeValidator(_as_text)]
+_Text = Annotated[str, BeforeValidator(_as_text), WithJsonSchema({"type": ["string", "number"]})]
 _Lines = Annotated[tuple[str, ...], BeforeValidator(_as_tuple),
                    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
 _Names = Annotated[Optional[tuple[str, ...]], BeforeValidator(_as_tuple),
@@ -151,7 +152,7 @@ class CorpusEntry(StrictModel):
 class ReportEntry(StrictModel):
     """A report over the experiments whose names match one of the patterns."""
 
-    experiments: Annotated[tuple[str, ...], BeforeValidator(_as_tuple)] = ("*",)
+    experiments: _Lines = ("*",)
     baseline: Optional[str] = Field(None, description="one experiment of the report (e.g. table1/ravdess/"
                                     "classic-egemaps): the others' difference in mean UAR to it, Welch's t-test")
 
@@ -231,10 +232,36 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
     )
 
 
+class _FileJsonSchema(GenerateJsonSchema):
+    """The schema of the file as written: a whole-string ``${VAR}`` / ``${VAR:-default}`` may stand
+    for any number, boolean or choice (the loader checks the value it expands to)."""
+
+    def _or_variable(self, schema: JsonSchemaValue) -> JsonSchemaValue:
+        return {"anyOf": [schema, {"type": "string", "pattern": ENV_VARIABLE.pattern.join("^$")}]}
+
+    def int_schema(self, schema: Any) -> JsonSchemaValue:
+        return self._or_variable(super().int_schema(schema))
+
+    def float_schema(self, schema: Any) -> JsonSchemaValue:
+        return self._or_variable(super().float_schema(schema))
+
+    def bool_schema(self, schema: Any) -> JsonSchemaValue:
+        return self._or_variable(super().bool_schema(schema))
+
+    def literal_schema(self, schema: Any) -> JsonSchemaValue:
+        return self._or_variable(super().literal_schema(schema))
+
+
 def pipeline_json_schema() -> dict[str, Any]:
     """JSON Schema of pipeline.yaml (for editors: ``w2v2ser run --schema > pipeline.schema.json``)."""
-    schema = pipeline_model(experiments=True).model_json_schema()
+    schema = pipeline_model(experiments=True).model_json_schema(schema_generator=_FileJsonSchema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    # The shorthands the loader's before-validators take: `cluster: none` (a kind alone), null.
+    cluster = schema["properties"]["cluster"]
+    schema["properties"]["cluster"] = {"anyOf": [{"$ref": cluster.pop("$ref")}, {"enum": list(CLUSTER_KINDS)},
+                                                 {"type": "null"}], **cluster}
+    slurm = schema["$defs"]["ClusterConfig"]["properties"]["slurm"]
+    slurm["anyOf"] = [{"$ref": slurm.pop("$ref")}, {"type": "null"}]
     return schema
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from ._common import ConfigError
 
-__all__ = ["YAML_1_1_BOOLEANS", "apply_overrides", "expand_env", "load_yaml"]
+__all__ = ["ENV_VARIABLE", "YAML_1_1_BOOLEANS", "apply_overrides", "expand_env", "load_yaml"]
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
@@ -110,7 +110,8 @@ def _list_index(part: str, node: list, where: str) -> int:
     return int(part)
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR} or ${VAR:-default}
+ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(node: Any, where: str = "") -> Any:
@@ -134,9 +135,9 @@ def expand_env(node: Any, where: str = "") -> Any:
                           f"{'empty' if name in os.environ else 'not set'} (in {node!r}); "
                           f"export it or write ${{{name}:-default}}")
 
-    expanded = _ENV.sub(replace, node)
+    expanded = ENV_VARIABLE.sub(replace, node)
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
-    if _ENV.fullmatch(node):
+    if ENV_VARIABLE.fullmatch(node):
         try:
             parsed = load_yaml(expanded) if expanded.strip() else None
         except yaml.YAMLError:

@@ -38,7 +38,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "each file, comma separated, in order: files of one speaker are normalised with "
                              "their own statistics (speaker-normalised runs); default: the run's global "
                              "(training speakers) statistics")
-    parser.add_argument("--run", help="use one run, e.g. all__seed0 (default: average every run's probabilities)")
+    parser.add_argument("--run", help="use one run, e.g. split__seed0 (FOLD__seedK, a folder of RUN_DIR/runs; default: average every run's probabilities)")
     parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here "
                                                            "(a new predict-* folder inside it per call)")
     parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "

@@ -533,7 +533,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             count as its files: one long recording given a group gets statistics of its own.
         work_dir: keep the manifest and temporary stores there, in a new ``predict-*`` folder per
             call (default: a deleted temp folder).
-        run: one run of the run dir, e.g. ``"all__seed0"`` (default: all, probabilities averaged).
+        run: one run of the run dir, e.g. ``"split__seed0"`` (``FOLD__seedK``, a folder of ``runs/``) (default: all, probabilities averaged).
         batch_size: utterances per model call.
         model: the speech encoder (hub id, local folder or fairseq checkpoint) when its weights
             are no longer where the training store recorded them; they must be the same weights
@@ -544,7 +544,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         segment: label long recordings window by window: each file is cut into consecutive
             windows of this many seconds (``"crop"``: the run's crop, what its models see of an
             utterance), each predicted on its own; a last window shorter than a quarter of a
-            window joins the one before it. Default: one prediction per file, of its start.
+            window joins the one before it (with ``"crop"``: a last window of the crop's length
+            ends the recording, overlapping the one before it, so every window is seen whole). Default: one prediction per file, of its start.
 
     Returns:
         One :class:`Prediction` per file, in order (with ``segment``, one per window, in order,
@@ -594,7 +595,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     failed: dict[int, str] = {}  # window position -> why
     if todo:
         with _work_folder(work_dir) as work:
-            windows = _windows(files, todo, seconds, work / "segments")
+            windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop")
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
                                    [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
                                    batch_size, model=model)
@@ -635,15 +636,16 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
 
 
 def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
-             folder: Path) -> list[tuple[int, Segment | None]]:
-    """(file position, window) of every file to predict: the whole file (None) without ``seconds``."""
+             folder: Path, *, within: bool = False) -> list[tuple[int, Segment | None]]:
+    """(file position, window) of every file to predict: the whole file (None) without ``seconds``
+    (``within``: see cut_segments)."""
     out: list[tuple[int, Segment | None]] = []
     for i in todo:
         if seconds is None:
             out.append((i, None))
             continue
         try:
-            out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}")]
+            out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}", within=within)]
         except (RuntimeError, TypeError):  # not decodable: stage 1 reports the file with its reason
             out.append((i, None))
     return out

@@ -27,18 +27,25 @@ class Segment:
     end: float
 
 
-def _bounds(frames: int, window: int) -> list[tuple[int, int]]:
-    """(first, last + 1) frame of each window; a short tail joins the window before it."""
+def _bounds(frames: int, window: int, *, within: bool = False) -> list[tuple[int, int]]:
+    """(first, last + 1) frame of each window; a short tail joins the window before it, or, with
+    ``within`` (no window may be longer than ``window``), is the end of a last whole window that
+    overlaps the one before it."""
     starts = list(range(0, frames, window)) or [0]
     if len(starts) > 1 and frames - starts[-1] < _SHORT_TAIL * window:
-        starts.pop()
-    return [(a, b) for a, b in zip(starts, starts[1:] + [frames])]
+        if not within:
+            starts.pop()
+            return [(a, b) for a, b in zip(starts, starts[1:] + [frames])]
+        starts[-1] = frames - window
+    return [(a, min(a + window, frames)) for a in starts]
 
 
-def cut_segments(recording: Path, seconds: float, folder: Path) -> list[Segment]:
+def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool = False) -> list[Segment]:
     """The windows of ``seconds`` of a recording; windows after the first are written to ``folder``.
 
     A recording no longer than ``seconds`` (plus the short tail) is one window: itself.
+    ``within``: no window is longer than ``seconds`` (the run's crop, all its models see): a short
+    tail ends a last window of ``seconds`` that overlaps the one before it.
 
     Raises:
         RuntimeError: libsndfile cannot read the recording (soundfile's error, with its reason).
@@ -47,12 +54,14 @@ def cut_segments(recording: Path, seconds: float, folder: Path) -> list[Segment]
 
     with soundfile.SoundFile(str(recording)) as source:
         rate, frames = source.samplerate, source.frames
-        bounds = _bounds(frames, max(1, round(seconds * rate)))
+        bounds = _bounds(frames, max(1, round(seconds * rate)), within=within)
         if len(bounds) == 1:
             return [Segment(recording, 0.0, frames / rate)]
         folder.mkdir(parents=True, exist_ok=True)
         out = []
         for k, (first, stop) in enumerate(bounds):
+            if first != source.tell():  # an overlapping last window
+                source.seek(first)
             audio = source.read(stop - first, dtype="float32", always_2d=True)
             if len(audio) == 0:  # the header promised more frames than the file holds
                 break

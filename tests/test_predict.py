@@ -598,6 +598,30 @@ def test_cut_segments_covers_the_recording_once_in_order(tmp_path: Path, rate: i
     np.testing.assert_array_equal(np.concatenate([x for x, _ in pieces]), decoded)
 
 
+@pytest.mark.parametrize("seconds", [2.0, 2.1, 2.25])
+def test_windows_of_the_crop_are_never_longer_than_the_crop(tmp_path: Path, seconds: float) -> None:
+    """Found by a documentation audit: with --segment and no value (windows of the crop), a short
+    tail joined the last window, which then ran past the crop, so its end went unseen and the note
+    advised passing --segment without a value, as had been done. A last whole window ends the
+    recording instead, overlapping the one before it."""
+    import soundfile
+
+    from w2v2ser.evaluate._segments import cut_segments
+
+    rate = 16_000
+    audio = np.random.default_rng(2).uniform(-1, 1, round(seconds * rate)).astype(np.float32)
+    source = tmp_path / "long.wav"
+    soundfile.write(source, audio, rate, subtype="FLOAT")
+    windows = cut_segments(source, 0.5, tmp_path / "windows", within=True)
+    expected = {2.0: [0.5] * 4, 2.1: [0.5] * 5, 2.25: [0.5] * 4 + [0.25]}
+    assert [round(w.end - w.start, 3) for w in windows] == expected[seconds]
+    assert windows[-1].end == pytest.approx(seconds, abs=1 / rate)
+    for w in windows:  # each window holds the recording's samples of its span
+        first = round(w.start * rate)
+        np.testing.assert_array_equal(soundfile.read(w.path, dtype="float32")[0], audio[first:first + round(
+            (w.end - w.start) * rate)])
+
+
 def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:

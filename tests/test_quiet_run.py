@@ -119,6 +119,27 @@ def test_verbose_keeps_native_logs_and_filter_recognises_them() -> None:
     assert "--verbose" in help_text and "--schema" in help_text
 
 
+def test_every_command_takes_verbose() -> None:
+    """The README says --verbose adds the traceback to any error; the store commands refused it."""
+    import argparse
+
+    from w2v2ser._cli import build_parser
+
+    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from leaves(child, (*path, name))
+
+    found = dict(leaves(build_parser()))
+    assert ("store", "verify") in found and ("run",) in found
+    lacking = [" ".join(path) for path, parser in found.items()
+               if not any("--verbose" in a.option_strings for a in parser._actions)]
+    assert lacking == []
+
+
 def test_training_before_extraction_names_each_missing_store_once(tmp_path: Path, capsys) -> None:
     from w2v2ser._cli import main
 

@@ -501,24 +501,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = commands.add_parser("store", help="inspect, verify, export or upgrade a feature store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
-    info = store_commands.add_parser("info", aliases=["inspect"], help="utterances, speakers, features, failures")
+    info = store_commands.add_parser("info", aliases=["inspect"], help="utterances, speakers, features, failures",
+                                     parents=[verbose])
     info.add_argument("store", help=STORE_HELP)
     info.add_argument("--json", action="store_true", help="everything, every failure included, as one JSON document")
     info.set_defaults(func=_cmd_store_info)
-    verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)")
+    verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)",
+                                       parents=[verbose])
     verify.add_argument("store", help=STORE_HELP)
     verify.add_argument("--repair", action="store_true",
                         help="queue the utterances whose frames are damaged for re-extraction: the next run of "
                              "the same extraction extracts only those again")
     verify.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     verify.set_defaults(func=_cmd_store_verify)
-    export = store_commands.add_parser("export", help="write an HDF5 copy")
+    export = store_commands.add_parser("export", help="write an HDF5 copy",
+                                       parents=[verbose])
     export.add_argument("store", help=STORE_HELP)
     export.add_argument("out", help="HDF5 file to write (replaced if it exists): utterances, failures and, per "
                                     "feature, frames back to back with offsets, checksums and statistics")
     export.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     export.set_defaults(func=_cmd_store_export)
-    upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format")
+    upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format",
+                                        parents=[verbose])
     upgrade.add_argument("old", help="format-1 store (only read)")
     upgrade.add_argument("new", help="new store directory")
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)

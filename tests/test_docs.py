@@ -170,3 +170,14 @@ def test_readme_python_extraction_example_runs(tmp_path: Path, monkeypatch) -> N
     assert sorted(store.features) == ["egemaps", "spectrogram", "wav2vec2"]
     assert store.features["spectrogram"].to_dict()["config"]["hop_ms"] == 20.0
     assert len(store.list_utterances()) == 12
+
+
+def test_benchmark_scripts_the_slow_suite_runs_are_the_ones_the_readmes_name() -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_benchmarks import CASES
+
+    scripts = sorted({case.split()[0] for case in CASES})
+    intro = BENCH_README.split("\n\n", 2)[1]
+    assert [s for s in scripts if f"`{s}" not in intro] == []
+    words = {9: "nine", 11: "eleven"}
+    assert f"runs {words[len(scripts)]} of the scripts" in README and f"{words[len(CASES)]} cases" in README

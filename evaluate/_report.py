@@ -116,7 +116,7 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
         return "", run.features, run.features
     alias = selection.rpartition("/")[0]
     feature = selection.rpartition("/")[2].partition(":")[0]
-    model_id = _alias_model(run.experiment, alias, run.model_ids) if feature in UPSTREAM_FEATURES else ""
+    model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
     return model, shown + data_text(run.experiment), key
 

@@ -158,17 +158,26 @@ def model_tag(model_id: str) -> str:
     return f"{model_id} ({'fine-tuned' if tuned else 'pretrained'})"
 
 
-def _alias_model(config: Mapping[str, Any], alias: str, model_ids: tuple[str, ...]) -> str:
-    """Model id of the store behind ``alias`` (experiment.json ``stores``), else the only one known."""
+def _alias_model(config: Mapping[str, Any], alias: str, model_ids: tuple[str, ...], feature: str = "") -> str:
+    """Model id of ``feature`` in the store behind ``alias`` (experiment.json ``stores_identity``),
+    else of the store's only upstream, else the only one known. A store may hold several upstreams
+    (hubert, wavlm...): the selected feature's own model names the run."""
     stores = find_key(config, "stores_identity")
     if not isinstance(stores, Mapping):
         stores = {}
     # A selection without prefix reads the only store, else the "main" one (ExperimentConfig rule).
     alias = alias or (next(iter(stores)) if len(stores) == 1 else "main")
-    if isinstance(stores.get(alias), Mapping):
-        found = model_ids_of(stores[alias])
-        if found:
+    store = stores.get(alias)
+    if isinstance(store, Mapping):
+        spec = (store.get("features") or {}).get(feature) if isinstance(store.get("features"), Mapping) else None
+        model = spec.get("config", {}).get("model") if isinstance(spec, Mapping) else None
+        if isinstance(model, str):
+            return model
+        found = model_ids_of(store)
+        if len(found) == 1 or (found and not feature):
             return found[0]
+        if found:
+            return ""
     return model_ids[0] if len(model_ids) == 1 else ""
 
 
@@ -199,7 +208,7 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
             layer_text = _layer_text(named.get(layers, layers) if isinstance(layers, str) and layers else layers)
             if isinstance(layers, str) and layers and layers[0].isdigit():
                 layer_text = ("layers " if "-" in layers else "layer ") + layers
-            model = _alias_model(sub if isinstance(sub, Mapping) else {}, alias, model_ids)
+            model = _alias_model(sub if isinstance(sub, Mapping) else {}, alias, model_ids, feature)
             tag = ""
             if model:
                 tag = " FT" if "fine-tuned" in model_tag(model) else " PT"

@@ -492,3 +492,22 @@ def test_welch_test_of_runs_without_spread_says_nothing_and_warns_nothing() -> N
         assert _welch_p([0.5, 0.5], [0.6, 0.6]) is None
         assert 0 < _welch_p([0.5, 0.5, 0.5], [0.6, 0.61, 0.62]) < 0.05
         assert _welch_p([0.5], [0.6, 0.61]) is None
+
+
+def test_a_run_is_named_after_the_upstream_it_selected_in_a_store_of_several(tmp_path: Path) -> None:
+    """Found by a new-user trial: with hubert, wavlm and data2vec in one store (as the README
+    suggests), every run was named after the store's first upstream, in the tables, the Figure 2
+    legend and the paper lookup; a hubert run of a store that also held wav2vec2-base was
+    reported as wav2vec2-base."""
+    root = tmp_path / "runs"
+    run = make_run_dir(root, "wavlm", features="wavlm:all", model="microsoft/wavlm-base-plus", upstream="wavlm",
+                       alphas=True)
+    experiment = json.loads((run / "experiment.json").read_text())
+    features = experiment["stores_identity"]["main"]["features"]
+    experiment["stores_identity"]["main"]["features"] = {
+        "wav2vec2": {"name": "wav2vec2", "dim": 768, "layers": 13, "config": {"model": "facebook/wav2vec2-base"}},
+        **features}
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    md = write_report([run], out=tmp_path / "report").read_text(encoding="utf-8")
+    assert "| wavlm-base-plus | all layers |" in md
+    assert "wav2vec2-base" not in md

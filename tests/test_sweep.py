@@ -297,3 +297,36 @@ def test_pipeline_runs_a_sweep_experiment(tmp_path: Path) -> None:
     assert summary["layers"] == [0, 1, 2] and summary["feature_spec"]["dim"] == 32  # tiny model: 2 layers, width 32
     report = tmp_path / "out" / "reports" / "tiny"
     assert "## Layer sweep" in (report / "report.md").read_text() and (report / "layer_sweep.png").exists()
+
+
+def test_a_sweep_into_the_folder_of_another_sweep_says_what_it_replaces(peaked: tuple, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a new-user trial: a sweep of another configuration (another normalisation, fewer
+    layers) replaced the finished runs of the one before without a word, as `train` warns."""
+    store, _, _ = peaked
+    out = tmp_path / "shared"
+    first = ExperimentConfig(stores=str(store), features="wav2vec2:3-5", seeds=1, recipe_overrides={"max_epochs": 1})
+    sweep_experiment(first, out=out, progress=False)
+    caplog.clear()
+    sweep_experiment(first, out=out, progress=False)  # the same sweep again: nothing to say
+    assert "another configuration" not in caplog.text and "earlier sweep" not in caplog.text
+    second = ExperimentConfig(stores=str(store), features="wav2vec2:3-4", seeds=1, norm="global",
+                              recipe_overrides={"max_epochs": 1})
+    sweep_experiment(second, out=out, progress=False)
+    assert f"{out} holds runs of another configuration (" in caplog.text and "norm 'speaker' -> 'global'" in caplog.text
+    assert f"{out} holds layer_05 of an earlier sweep over other layers" in caplog.text
+
+
+def test_sweep_command_line_checks_every_upstream_before_training(peaked: tuple, tmp_path: Path, capsys) -> None:
+    """`sweep --features ""` exited 0 having done nothing, and a misspelt second upstream was found
+    only after the first one's whole sweep had trained (then exit 2, "nothing ran")."""
+    from w2v2ser._cli import main
+
+    store, _, _ = peaked
+    for empty in ("", " ", ","):
+        assert main(["sweep", str(store), "--features", empty, "--out", str(tmp_path / "e")]) == 2
+        assert "names no upstream to sweep" in capsys.readouterr().err
+    out = tmp_path / "two"
+    assert main(["sweep", str(store), "--features", "wav2vec2:0-1,hubrt", "--seeds", "1", "--out", str(out),
+                 "--set", "max_epochs=1", "--no-progress"]) == 2
+    assert "hubrt" in capsys.readouterr().err and not out.exists()

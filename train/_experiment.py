@@ -417,8 +417,9 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
-    """Say so when ``out`` holds runs of another configuration: the new runs replace them."""
+def _warn_if_replacing(out: Path, config: ExperimentConfig, *, shown: Path | None = None) -> None:
+    """Say so when ``out`` holds runs of another configuration: the new runs replace them
+    (``shown``: the folder to name, e.g. a sweep's, whose ``all`` head ``out`` is)."""
     try:
         old = json.loads((out / "experiment.json").read_text())
     except (OSError, ValueError):
@@ -430,7 +431,7 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig) -> None:
                if k not in RUNTIME_FIELDS + SEED_FIELDS and old.get(k) != v]
     log.warning("%s holds runs of another configuration (%s); each run trained now replaces the old run of "
                 "the same fold and seed, and the other old runs no longer count (results, evaluate, predict). "
-                "Give another output folder to keep them.", out,
+                "Give another output folder to keep them.", shown or out,
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 

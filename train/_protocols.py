@@ -190,6 +190,9 @@ def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     return _leave_one_group_out(speakers, [session[s] for s in speakers], [f"session{k}" for k in range(1, 6)])
 
 
+_SAID: set[tuple[int, tuple[str, ...]]] = set()  # warnings given (csv_folds, speakers)
+
+
 def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     splits = {r.split for r in records}
     if splits - {""}:
@@ -219,7 +222,8 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
     k = min(int(csv_folds), len(speakers))
-    if k < int(csv_folds) and k >= 3:
+    if k < int(csv_folds) and k >= 3 and (int(csv_folds), tuple(speakers)) not in _SAID:
+        _SAID.add((int(csv_folds), tuple(speakers)))  # once per process: a sweep plans each head's runs
         log.warning("csv_folds=%d but the utterances have %d speakers: %d folds of one speaker each",
                     csv_folds, len(speakers), k)
     if k < 3:

@@ -44,8 +44,8 @@ from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
-                          _start_run, _store_fingerprints, store_identities, _write_json, check_run_spec, key_fields,
-                          plan_runs, summarize_runs)
+                          _start_run, _store_fingerprints, _warn_if_replacing, _write_json, check_run_spec, key_fields,
+                          plan_runs, store_identities, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -579,6 +579,13 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     out = Path(out)
     base = sweep_configs(config)[ALL_LAYERS_DIR]
     specs = plan_runs(base)  # checks selections and protocol before any output folder is made
+    _warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
+    heads = set(sweep_configs(config))
+    others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)
+    if others:
+        log.warning("%s holds %s of an earlier sweep over other layers; this sweep does not train them, and "
+                    "its sweep.json leaves them out. Give another output folder to keep the sweeps apart.", out,
+                    others[0] if len(others) == 1 else f"{others[0]}..{others[-1]}")
     out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()

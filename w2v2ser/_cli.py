@@ -328,17 +328,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from w2v2ser.train import ExperimentConfig, describe_sweep, sweep_experiment
+    from w2v2ser._common import ConfigError
+    from w2v2ser.train import ALL_LAYERS_DIR, ExperimentConfig, describe_sweep, plan_runs, sweep_configs, sweep_experiment
 
     values = _given_options(args, "features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
     values["stores"] = {"main": args.store}
     _add_data_options(values, args)
     _default_protocol(values, args.store)
-    upstreams = [f.strip() for f in values.pop("features").split(",") if f.strip()]
-    for upstream in upstreams:
+    given = values.pop("features")
+    upstreams = list(dict.fromkeys(f.strip() for f in given.split(",") if f.strip()))
+    if not upstreams:
+        raise ConfigError(f"--features {given!r} names no upstream to sweep; give one or more, e.g. "
+                          f"--features wav2vec2 or --features hubert,wavlm:1-12")
+    configs = {upstream: ExperimentConfig.from_dict({**values, "features": upstream}) for upstream in upstreams}
+    for config in configs.values():  # every selection is checked before the first sweep trains
+        plan_runs(sweep_configs(config)[ALL_LAYERS_DIR])
+    for upstream, config in configs.items():
         out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
-        config = ExperimentConfig.from_dict({**values, "features": upstream})
         summary = sweep_experiment(config, out=out, progress=not args.no_progress, threads=args.threads)
         print(f"{upstream}: {describe_sweep(summary)} -> {out}/sweep.json")
     return 0

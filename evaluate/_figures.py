@@ -113,7 +113,10 @@ def plot_layer_weights(series: Sequence[dict], path: Path) -> Path | None:
 def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabel: str, title: str,
                       legend_size: int) -> None:
     """The axes of a per-layer panel: layer ticks, labels, grid and legend."""
-    ax.set_xticks(ticks)
+    ticks = sorted(set(ticks))
+    # Labels of 25 layers (large models) run together at this width: label every other one, all ticked.
+    step = 1 if len(ticks) <= 16 else 2
+    ax.set_xticks(ticks, [str(t) if k % step == 0 else "" for k, t in enumerate(ticks)])
     ax.set_xlabel("layer (0 = local encoder output)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

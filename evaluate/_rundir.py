@@ -319,7 +319,13 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         if not experiment:
             reason += f"; {exp_problem or 'experiment.json is not a JSON object'}"
         reason += f"; {finished} run(s) finished"
-        if experiment and res_problem and "missing" in res_problem:  # training stopped before its end
+        sweep = experiment.get("sweep")
+        if isinstance(sweep, Mapping) and res_problem and "missing" in res_problem:
+            # A head of a layer sweep stopped before its end: the sweep, not `train`, finishes it
+            # (training one head with `w2v2ser train` would put another kind of run there).
+            reason = (f"part of the unfinished layer sweep {run_dir.parent}; rerun the same "
+                      f"`w2v2ser sweep` (or `w2v2ser run`) command to finish it")
+        elif experiment and res_problem and "missing" in res_problem:  # training stopped before its end
             reason += "; rerun the same `w2v2ser train` (or `w2v2ser run`) command to finish it"
         return RunSummary(path=run_dir, status="incomplete", reason=reason, experiment=experiment,
                           runs_finished=finished, **base)

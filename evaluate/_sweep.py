@@ -87,7 +87,20 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = 4, keep_empty: bool = T
             return []
         return [run for child in sorted(folder.iterdir()) if child.is_dir() for run in below(child, levels - 1)]
 
-    return [run for path in map(Path, paths) for run in (below(path, depth) or ([path] if keep_empty else []))]
+    found = [run for path in map(Path, paths) for run in (below(path, depth) or ([path] if keep_empty else []))]
+    return _distinct(found)
+
+
+def _distinct(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without a second mention of the same folder (``runs/a runs/a``, ``runs/a/`` and a
+    shell glob that overlaps another argument)."""
+    seen: set[Path] = set()
+    out = []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            out.append(path)
+    return out
 
 
 def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
@@ -102,4 +115,4 @@ def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[s
         line = read_sweep_dir(p)
         if line is not None:
             sweeps.append(line)
-    return runs, sweeps
+    return _distinct(runs), sweeps

@@ -511,3 +511,21 @@ def test_a_run_is_named_after_the_upstream_it_selected_in_a_store_of_several(tmp
     md = write_report([run], out=tmp_path / "report").read_text(encoding="utf-8")
     assert "| wavlm-base-plus | all layers |" in md
     assert "wav2vec2-base" not in md
+
+
+def test_layer_axes_of_a_large_model_label_every_other_layer() -> None:
+    """At 25 layers the tick labels 10..24 ran together ("1011121314...") in both layer figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from w2v2ser.evaluate._figures import _label_layer_axes
+
+    for layers, shown in ((13, [str(k) for k in range(13)]), (25, [str(k) if k % 2 == 0 else "" for k in range(25)])):
+        fig, ax = plt.subplots()
+        ax.plot(range(layers), range(layers), label="x")
+        _label_layer_axes(ax, ticks=range(layers), ylabel="y", title="t", legend_size=7)
+        assert list(ax.get_xticks()) == list(range(layers))
+        assert [t.get_text() for t in ax.get_xticklabels()] == shown
+        plt.close(fig)

@@ -92,6 +92,10 @@ def test_report_plots_the_sweep_and_the_layer_weights(peaked: tuple, tmp_path: P
     assert np.argmax(line["uar_mean"]) == 4
     (entry,) = data["runs"]  # the weighted-average head, named with its sweep folder
     assert entry["name"] == f"{out.name}/all" and f"| {out.name}/all | complete |" in text
+    # The same folder named twice (a shell glob, a trailing slash, its `all` head): reported once.
+    write_report([out, Path(f"{out}/"), out / "all"], out=tmp_path / "twice")
+    twice = json.loads((tmp_path / "twice" / "report.json").read_text())
+    assert [r["name"] for r in twice["runs"]] == [entry["name"]] and len(twice["layer_sweep"]["series"]) == 1
 
 
 def test_predict_from_a_sweep_says_that_a_sweep_saves_no_models(peaked: tuple, tmp_path: Path, capsys) -> None:
@@ -330,3 +334,23 @@ def test_sweep_command_line_checks_every_upstream_before_training(peaked: tuple,
     assert main(["sweep", str(store), "--features", "wav2vec2:0-1,hubrt", "--seeds", "1", "--out", str(out),
                  "--set", "max_epochs=1", "--no-progress"]) == 2
     assert "hubrt" in capsys.readouterr().err and not out.exists()
+
+
+def test_evaluate_of_an_unfinished_sweep_says_once_to_rerun_the_sweep(peaked: tuple, tmp_path: Path, capsys) -> None:
+    """A sweep stopped before its summary: evaluate printed one warning per head (14 for a base
+    model), each saying to rerun `w2v2ser train`, which would put another kind of run there."""
+    import shutil
+
+    from w2v2ser._cli import main
+
+    _, out, _ = peaked
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    (cut / "sweep.json").unlink()
+    for results in cut.glob("*/results.json"):
+        results.unlink()
+    assert main(["evaluate", str(cut), "--out", str(tmp_path / "report")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert f"7 run directories ({cut}/all, {cut}/layer_00, ...) are not in the tables: part of the unfinished layer sweep {cut}; rerun the same `w2v2ser sweep`" in warnings[0]
+    assert "w2v2ser train" not in warnings[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import (  # UPSTREAM_FEATURES: --model etc. apply to the one(s) chosen
-    SHARD_SIZE, UPSTREAM_FEATURES, merge_subset, subset_condition)
+    SHARD_SIZE, UPSTREAM_FEATURES, first_few, merge_subset, subset_condition)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -375,8 +375,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # A run dir left out of the tables (unfinished, or a results.json that cannot be read) is said
     # here too, not only in the report: otherwise a damaged run vanishes from the tables unnoticed.
     runs = json.loads((out.parent / "report.json").read_text(encoding="utf-8"))["runs"]
+    left_out: dict[str, list[str]] = {}  # reason -> run dirs: the heads of one unfinished sweep, said once
     for run in (r for r in runs if r["status"] == "incomplete"):
-        print(f"w2v2ser: warning: {run['path']} is not in the tables: {run['reason']}", file=sys.stderr)
+        left_out.setdefault(run["reason"], []).append(run["path"])
+    for reason, paths in left_out.items():
+        what = paths[0] if len(paths) == 1 else f"{len(paths)} run directories ({first_few(paths, 2)})"
+        print(f"w2v2ser: warning: {what} {'is' if len(paths) == 1 else 'are'} not in the tables: {reason}",
+              file=sys.stderr)
     return 0
 
 

@@ -201,8 +201,11 @@ def test_array_input_problems_are_named():
     unfitted head's predict raised AttributeError on classes_, and predict([]) IndexError."""
     x, y, _ = utterances(12)
     head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True)
-    with pytest.raises(ConfigError, match="DenseHead is not fitted yet; call fit"):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="DenseHead is not fitted yet; call fit") as unfitted:
         head.predict(x)
+    assert isinstance(unfitted.value, ConfigError)  # the command line's exit 2, one line
     with pytest.raises(DataError, match=r"utterance 3 holds 2 NaN or infinite values; every frame must be finite"):
         nan = x[3].copy()
         nan[0, :2] = np.nan

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 
 from w2v2ser._common import check_stop
 from w2v2ser._native_logs import expected_retracing
@@ -34,7 +35,11 @@ from ._errors import ConfigError, DataError
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
 
-__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress"]
+__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress", "NotFittedHeadError"]
+
+
+class NotFittedHeadError(ConfigError, NotFittedError):
+    """A head used before ``fit``: a w2v2ser ConfigError that scikit-learn's tools also recognise."""
 
 
 class _ArrayBatches:
@@ -365,7 +370,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
         if not hasattr(self, "model_"):
-            raise ConfigError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
+            raise NotFittedHeadError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
         if not hasattr(x, "as_tf_dataset") and not _count_utterances(x):
             return np.zeros((0, len(self.classes_)), np.float32)  # as scikit-learn's predict of no samples
         data = self._data(x, None, shuffle=False, seed=0)

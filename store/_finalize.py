@@ -312,7 +312,9 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
     """The utterance and failures tables as Parquet too: every tool reads it (Zarr's string
     type is an extension that other Zarr implementations may not read). Every page carries
     Parquet's CRC32, so a reader that checks it (``store verify``, pyarrow's
-    ``page_checksum_verification=True``) raises on a damaged file instead of returning wrong rows."""
+    ``page_checksum_verification=True``) raises on a damaged file instead of returning wrong rows.
+    No min/max statistics are written: the footer has no checksum, and a flipped bit there would
+    make filtered reads (pyarrow, duckdb, polars) skip row groups that hold matching rows."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -326,7 +328,7 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
     n = arrays["id"].shape[0]  # the id column defines the rows
 
     def write_utterances(sink: Any) -> None:
-        with pq.ParquetWriter(sink, schema, write_page_checksum=True) as out:
+        with pq.ParquetWriter(sink, schema, write_page_checksum=True, write_statistics=False) as out:
             # A row group per block of rows: memory stays one block of the table.
             for lo in range(0, max(n, 1), ROW_CHUNK):
                 block = {col: arrays[col][lo:min(lo + ROW_CHUNK, n)] for col in UTTERANCE_COLUMNS}
@@ -337,7 +339,7 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
     failure_table = pa.table({col: pa.array([f[i] for f in failures], type=pa.string())
                               for i, col in enumerate(FAILURE_COLUMNS)})
     def write_failures(sink: Any) -> None:
-        pq.write_table(failure_table, sink, write_page_checksum=True)
+        pq.write_table(failure_table, sink, write_page_checksum=True, write_statistics=False)
 
     for name, write in (("utterances", write_utterances), ("failures", write_failures)):
         if path.is_local:

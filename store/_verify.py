@@ -161,6 +161,10 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
                                       f"{lo}..{hi - 1}; {_REWRITE}")]
             lo = hi
         rows = int(open_array(store._group, f"{table}/{columns[0]}").shape[0])  # its length, not a second read
+        lying = _lying_statistics(reader)
+        if lying:
+            return [("*", "", f"{name}: the footer's min/max of column {lying[1]!r} in row group {lying[0]} leave out "
+                              f"values the row group holds, so filtered reads would skip its rows; {_REWRITE}")]
     except StoreError:
         return []  # the Zarr table itself is damaged: reported above
     except FileNotFoundError:
@@ -171,6 +175,27 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
     if lo != rows:
         return [("*", "", f"{name} has {lo} rows, the store's table {rows}; {_REWRITE}")]
     return []
+
+
+def _lying_statistics(reader: Any) -> tuple[int, str] | None:
+    """(row group, column) of the first footer min/max that excludes a value the row group holds
+    (files of older stores carry statistics; the footer has no checksum), else None."""
+    import pyarrow.compute as pc
+
+    meta = reader.metadata
+    for g in range(meta.num_row_groups):
+        group, values = meta.row_group(g), None
+        for j in range(group.num_columns):
+            stats = group.column(j).statistics
+            if stats is None or not stats.has_min_max:
+                continue
+            values = reader.read_row_group(g) if values is None else values
+            name = group.column(j).path_in_schema
+            found = pc.min_max(values.column(name)).as_py()
+            # A range wider than the values only costs pruning; one that leaves a value out loses rows.
+            if found["min"] is not None and not (stats.min <= found["min"] and found["max"] <= stats.max):
+                return g, name
+    return None
 
 
 def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], length: np.ndarray,

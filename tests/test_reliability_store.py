@@ -728,3 +728,33 @@ def test_rerunning_the_extraction_rewrites_a_table_with_a_deleted_chunk(store, p
     assert [(r.id, r.label) for r in open_store(store).list_utterances()] == \
         [(r.id, r.label) for r in open_store(pristine[0]).list_utterances()]
     assert open_store(store).verify().ok
+
+
+def test_parquet_tables_carry_no_statistics_and_verify_catches_lying_ones(store, tmp_path):
+    """Found by fault injection: one bit flipped in utterances.parquet's footer statistics (which no
+    checksum covers) passed verify, and a filtered read (pyarrow, duckdb, polars prune row groups
+    on min/max) returned no rows instead of the matching ones. New tables carry no statistics;
+    verify checks those of older stores against the rows."""
+    import pyarrow.parquet as pq
+
+    path = store / "utterances.parquet"
+    table = pq.read_table(path)
+    meta = pq.ParquetFile(path).metadata
+    assert all(meta.row_group(0).column(j).statistics is None for j in range(meta.num_columns))
+    labels = table.column("label").to_pylist()
+    # An older store's table, with statistics, and one bit of the label column's max flipped.
+    pq.write_table(table, path, write_page_checksum=True, write_statistics=True)
+    assert _verify_cli(store).returncode == 0
+    raw = path.read_bytes()
+    footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    biggest = max(labels).encode()
+    damaged = bytearray(raw)
+    at = footer
+    while (at := raw.find(biggest, at)) >= 0:  # the label column's max (and its min, when they are equal)
+        damaged[at] ^= 0x20  # 'a' -> 'A': sorts before every value the row group holds
+        at += 1
+    path.write_bytes(bytes(damaged))
+    assert pq.read_table(path).equals(table)  # every page passes its checksum
+    assert pq.read_table(path, filters=[("label", "==", max(labels))]).num_rows == 0  # rows lost to pruning
+    done = _verify_cli(store)
+    assert done.returncode == 1 and "utterances.parquet: the footer's min/max of column 'label'" in done.stdout, done

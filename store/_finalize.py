@@ -87,6 +87,8 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         t = pair.column("t", n)
         take = commit & ((winner < 0) | (t >= winner_t))
         winner[take], winner_t[take] = k, t[take]
+    for f in names:
+        _require_distinct_places(path, f, index[f], ids)
     row_fail_active = row_failed & ((planned_count == 0) | row_fail_used)
     status = np.where(row_fail_active | any_failed, 1, np.where(commit_count < planned_count, 2, 0))
 
@@ -266,6 +268,26 @@ def _combine_into(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, who: np.n
     mean[w] = mean_a + delta * share.reshape(-1, *extra)
     m2[w] = m2_a + part[:, 1] + np.square(delta) * weight.reshape(-1, *extra)
     count[w] = n
+
+
+def _require_distinct_places(path: StoreLocation, feature: str, index: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    """Raise if two committed utterances share a statistics slot or overlapping frames: a journal
+    line altered into other valid JSON (older stores' lines carry no CRC) would otherwise give one
+    utterance another's statistics, and the speaker statistics composed from them, without a word."""
+    rows = np.flatnonzero((index["length"] > 0) & (index["slot"] >= 0) & (index["offset"] >= 0))
+    by_slot = rows[np.argsort(index["slot"][rows], kind="stable")]
+    same = np.flatnonzero(np.diff(index["slot"][by_slot]) == 0)
+    by_offset = rows[np.argsort(index["offset"][rows], kind="stable")]
+    ends = index["offset"][by_offset] + index["length"][by_offset]
+    overlap = np.flatnonzero(ends[:-1] > index["offset"][by_offset][1:])
+    if len(same) or len(overlap):
+        pair = (by_slot[same[0]], by_slot[same[0] + 1]) if len(same) else (by_offset[overlap[0]], by_offset[overlap[0] + 1])
+        what = "statistics slot" if len(same) else "frames"
+        raise StoreError(
+            f"store {path.display}: the commit records of feature {feature!r} give utterances {ids[pair[0]]!r} and "
+            f"{ids[pair[1]]!r} the same {what}, so the store's journal is damaged. Delete both "
+            f"utterances' lines of that feature from {path.display}/_journal/*.jsonl (the next extraction "
+            f"extracts them again), or extract into a new store.")
 
 
 def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpec, checksum: str,

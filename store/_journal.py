@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -44,10 +45,27 @@ def _check_name(name: str) -> None:
 
 
 def _encode(records: Iterable[dict[str, Any]]) -> bytes:
-    """JSON lines of the records, stamped with the time and the writer's pid."""
+    """JSON lines of the records, stamped with the time and the writer's pid, each ending in the
+    CRC-32 of the line before it (see _checked_line)."""
     t = time.time_ns()
-    return "".join(json.dumps({**rec, "t": t, "pid": os.getpid()}, sort_keys=True, separators=(",", ":")) + "\n"
-                   for rec in records).encode("utf-8")
+    lines = []
+    for rec in records:
+        body = json.dumps({**rec, "t": t, "pid": os.getpid()}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        lines.append(body[:-1] + b',"crc":"%08x"}\n' % zlib.crc32(body))
+    return b"".join(lines)
+
+
+# The end of a line written with its CRC: the CRC-32 of the line as it was before the field was added.
+_CRC_TAIL = re.compile(rb',"crc":"([0-9a-f]{8})"\}\n$')
+
+
+def _checked_line(raw: bytes) -> bool:
+    """Whether a journal line passes its CRC (lines of older stores have none: they pass). A
+    flipped bit that leaves valid JSON (a slot 1 read as 0) would otherwise be taken as truth."""
+    tail = _CRC_TAIL.search(raw)
+    if tail is None:
+        return b'"crc":' not in raw  # a damaged CRC field is damage too
+    return zlib.crc32(raw[:tail.start()] + b"}") == int(tail.group(1), 16)
 
 
 def open_journal(location: StoreLocation, name: str) -> "Journal | ObjectJournal":
@@ -172,9 +190,12 @@ def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, di
         if not raw.strip():
             continue
         try:
+            if not _checked_line(raw):
+                raise ValueError("it fails its CRC-32")
             rec = json.loads(raw)
             if not isinstance(rec, dict) or "event" not in rec or "index" not in rec:
                 raise ValueError("not an event object")
+            rec.pop("crc", None)
         except ValueError as exc:
             raise StoreError(
                 f"journal {where} line {line_no + 1} is malformed ({exc}); the store's commit "

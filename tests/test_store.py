@@ -155,14 +155,14 @@ def test_units_and_single_writes_round_trip(tmp_path, units):
 
 
 def _store_files(path: Path) -> dict[str, object]:
-    """Every data file's bytes; the journals as records without their time (zarr.json and the
+    """Every data file's bytes; the journals as records without their time and CRC (zarr.json and the
     Parquet copies hold times too)."""
     files: dict[str, object] = {}
     for p in sorted(path.rglob("*")):
         if not p.is_file() or p.suffix in (".parquet", ".lock") or p.name == "zarr.json":
             continue
         if p.suffix == ".jsonl":
-            files[str(p.relative_to(path))] = [{k: v for k, v in json.loads(line).items() if k != "t"}
+            files[str(p.relative_to(path))] = [{k: v for k, v in json.loads(line).items() if k not in ("t", "crc")}
                                                for line in p.read_text().splitlines()]
         else:
             files[str(p.relative_to(path))] = p.read_bytes()
@@ -648,6 +648,34 @@ def test_journal_partial_last_line_is_ignored(tmp_path):
     writer.finalize()
     store = open_store(built.path)
     np.testing.assert_array_equal(store.read_utterance("u001", "lld"), built.stored("lld", 1))
+
+
+def test_a_journal_line_altered_into_other_valid_json_is_refused(tmp_path):
+    """Found by fault injection: one flipped bit turned a commit's "slot":1 into "slot":0, still
+    valid JSON; the next finalize gave two utterances one slot of statistics, and the speaker
+    statistics that training normalises with came out wrong without a word. Each line carries
+    its CRC-32; lines of older stores, without one, are still read."""
+    built = build_store(tmp_path / "s", lengths=[3, 4], specs=(SPEC2D,), finalize=False)
+    journal = built.path / "_journal" / "main.jsonl"
+    good = journal.read_bytes()
+    assert all(line.endswith(b'"}') and b',"crc":"' in line for line in good.splitlines())
+    flipped = good.replace(b'"slot":1', b'"slot":0', 1)
+    assert flipped != good
+    journal.write_bytes(flipped)
+    with pytest.raises(StoreError, match=r"journal .*main.jsonl line 2 is malformed \(it fails its CRC-32\)"):
+        StoreWriter(built.path).finalize()
+    # A store written before lines had a CRC: its lines are read as they are.
+    import re
+
+    old = re.sub(rb',"crc":"[0-9a-f]{8}"', b"", good)
+    journal.write_bytes(old)
+    StoreWriter(built.path).finalize()
+    np.testing.assert_array_equal(open_store(built.path).read_utterance("u001", "lld"), built.stored("lld", 1))
+    # ... and the same flip there is caught by finalize's check that no two utterances share a slot.
+    journal.write_bytes(old.replace(b'"slot":1', b'"slot":0', 1))
+    with pytest.raises(StoreError, match="give utterances 'u000' and 'u001' the same statistics slot"):
+        StoreWriter(built.path).finalize()
+    np.testing.assert_array_equal(open_store(built.path).read_utterance("u001", "lld"), built.stored("lld", 1))
 
 
 def test_crash_before_journal_line_leaves_utterance_pending(tmp_path, monkeypatch):

@@ -61,10 +61,13 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
             raise StoreError(f"{unwritable} (verify found {len(report.problems)} problem(s); `w2v2ser store verify "
                              f"{location.display}` without --repair lists them)") from None
         with StoreWriter(location) as writer:
-            meta = writer._meta
-            meta["complete"] = False  # first: readers refuse the store until the re-extraction finalizes it
-            writer._set_meta(meta)
+            # The records first: a kill between the two steps leaves them queued, for the next
+            # extraction to redo (the other way round, that extraction found nothing to redo and
+            # called the damaged store complete). Reads of the damaged frames raise either way.
             index = {uid: i for i, uid in enumerate(store._ids)}
             writer._journal.append([{"event": "failure", "index": index[uid], "id": uid, "feature": feature,
                                      "reason": DAMAGED_REASON} for uid, feature in pairs])
+            meta = writer._meta
+            meta["complete"] = False  # readers refuse the store until the re-extraction finalizes it
+            writer._set_meta(meta)
     return report, pairs

@@ -634,6 +634,34 @@ def test_a_rerun_without_repair_never_composes_speaker_statistics_from_a_deleted
         np.testing.assert_array_equal(got.mean, expected.mean)
 
 
+def test_a_repair_killed_before_it_marked_the_store_incomplete_is_finished_by_the_rerun(store, pristine,
+                                                                                       monkeypatch):
+    """Found by fault injection: `verify --repair` killed after it marked the store incomplete and
+    before it queued the damaged utterances: the rerun it asks for redid nothing and called the
+    damaged store complete. The queue is written first now."""
+    from w2v2ser.store import StoreWriter as Writer
+
+    s = open_store(store)
+    rows = s._per_row("spectrogram")
+    owners = {r.id for r in s.list_utterances() if rows["length"][r.index] > 0}
+    (shard,) = _chunk_files(store, "features/spectrogram/stats")
+    shard.unlink()
+
+    def killed(self, meta):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Writer, "_set_meta", killed)
+    from w2v2ser.store import _repair
+
+    with pytest.raises(KeyboardInterrupt):
+        _repair.repair_store(store)
+    monkeypatch.undo()
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == len(owners)
+    assert open_store(store).verify().ok
+
+
 def test_verify_repair_of_a_read_only_store_verifies_and_refuses_only_a_repair(store, monkeypatch):
     """On a read-only mount, `store verify --repair` of an intact store exited 2 ("cannot write
     to store"): it took the extraction lock before verifying. It verifies first now."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 import zlib
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+
+from w2v2ser._common import publish_directory
 
 from ._errors import StoreError
 from ._layout import ATTRS_KEY, FORMAT_VERSION, UTTERANCE_COLUMNS, read_meta, specs_from_meta, to_str_list
@@ -47,7 +50,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
 
     Args:
         old_path: the format-1 store directory.
-        new_path: where to create the format-2 store (must not exist or be empty).
+        new_path: where to create the format-2 store (must not exist or be empty). It is written
+            beside it as ``.NAME.upgrading`` and moved into place when finished.
         progress: show a progress bar.
 
     Returns:
@@ -66,6 +70,11 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     group, meta = _open_v1(old)
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
+    # Written beside NEW and moved into place when finished: a killed upgrade leaves NEW as it was,
+    # and the same command starts over (removing what the killed one left).
+    final, new = new, new.with_name(f".{new.name}.upgrading")
+    if new.exists():
+        shutil.rmtree(new)
     specs = list(specs_from_meta(meta).values())
     cols = {c: group[f"utterances/{c}"][:] for c in UTTERANCE_COLUMNS}
     strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
@@ -130,4 +139,4 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         new_meta["upgraded_from"]["path"] = str(old)
         writer._group.attrs[ATTRS_KEY] = new_meta
         writer.close()
-    return new
+    return publish_directory(new, final)

@@ -188,3 +188,28 @@ def test_tables_and_index_of_a_small_store_take_little_space(tmp_path):
         assert codecs[-2:] == ["zstd", "crc32c"], (array, codecs)
     store = open_store(path)
     assert store.verify().ok and len(store.list_utterances()) == 4
+
+
+def test_a_killed_upgrade_is_finished_by_the_same_command(tmp_path, monkeypatch):
+    """Found by fault injection: an upgrade killed at its finalize left a half-written NEW store;
+    the same command was refused ("not empty") until the user deleted it by hand, and verify of
+    it said to rerun an extraction that never made it. It is written beside NEW now, and moved
+    into place when finished."""
+    old = tmp_path / "old.zarr"
+    shutil.copytree(FORMAT1, old)
+    new = tmp_path / "new.zarr"
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreWriter, "finalize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade_store(old, new)
+    monkeypatch.undo()
+    assert not new.exists()
+    assert upgrade_store(old, new) == new
+    assert not list(tmp_path.glob(".*upgrading*"))
+    store = open_store(new)
+    assert store.verify().ok and store.attrs["upgraded_from"]["format_version"] == 1
+    for uid, frames in _v1_frames(old, "w2v").items():
+        np.testing.assert_array_equal(store.read_utterance(uid, "w2v"), frames)

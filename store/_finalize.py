@@ -318,9 +318,8 @@ def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speake
     except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
         raise StoreError(
             f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "
-            f"so its speaker statistics cannot be composed. Run `w2v2ser store verify {path.display}` to list "
-            f"the damaged utterances and re-extract them (delete their journal lines, or extract into a new "
-            f"store).") from None
+            f"so its speaker statistics cannot be composed. Run `w2v2ser store verify --repair {path.display}`, "
+            f"then extract again: the damaged utterances are extracted anew.") from None
     _write_column(group, f"{g}/speaker_name", names, str)
     _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64)
     for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):

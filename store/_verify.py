@@ -10,7 +10,8 @@ from w2v2ser._common import progress_bar
 
 from ._errors import StoreError
 from ._finalize import compose_speakers
-from ._layout import FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, open_array, to_str_list
+from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
+                      to_str_list)
 from ._stats import utterance_statistics
 from ._types import VerifyReport
 from ._units import thread_pool
@@ -61,6 +62,10 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
         if not (len(off) == len(length) == len(slot) == len(crc) == n):
             problems.append(("*", name, f"per-utterance arrays have {len(off)} rows, table has {n}"))
             continue
+        spec = store.features[name]
+        lost = {row: key for key, held in missing_statistics_shards(
+            stats, length=length, slot=slot, crc32=crc, frame_shape=spec.frame_shape, dtype=spec.dtype,
+            checksum=store.row_checksum).items() for row in held}
         placed = sorted((int(off[i]), int(length[i]), i) for i in range(n) if length[i] > 0)
         for (o1, c1, i1), (o2, _, i2) in zip(placed, placed[1:]):
             if o1 + c1 > o2:
@@ -87,6 +92,8 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
                 bad = [j for j in range(len(got)) if got[j] != crc[i][j]]
                 return (f"crc32 mismatch in layer(s) {bad} (frames [{o}, {o + k}) are corrupt or missing); "
                         f"{reextract}", True)
+            if i in lost:  # zarr would read the missing shard as zeros
+                return f"per-utterance statistics are missing (shard file {lost[i]} is gone); {reextract}", True
             _, mean, m2 = utterance_statistics(frames)
             try:
                 stored = np.asarray(stats[int(slot[i])])

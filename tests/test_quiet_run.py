@@ -384,3 +384,15 @@ def test_an_interrupt_does_not_wait_for_helpers_that_hold_stderr() -> None:
     assert done.returncode == 0, done.stderr
     assert "helper-line" in done.stderr  # what the helper wrote before still reaches the terminal
     assert float(done.stdout) < 2.5, done.stdout  # at most 0.5 s of waiting (was 5 s)
+
+
+def test_a_ctrl_c_while_the_command_line_starts_is_one_line(monkeypatch, capsys) -> None:
+    """Found by fault injection: a Ctrl-C during the start-up imports printed a traceback (exit -2)."""
+    from w2v2ser import _cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "build_parser", interrupted)
+    assert _cli.main(["store", "info", "x"]) == 130
+    assert capsys.readouterr().err == "w2v2ser: interrupted before the command started; nothing was done\n"

@@ -602,6 +602,8 @@ def test_a_deleted_statistics_shard_is_listed_by_utterance_and_repaired(store, p
         open_store(store).compose_statistics("spectrogram", utterances=sorted(owners))
     report = open_store(store).verify()
     assert {uid for uid, feature, _ in report.problems if feature == "spectrogram" and uid != "*"} == owners
+    assert all(f"statistics are missing (shard file {shard.relative_to(store)} is gone)" in problem
+               for uid, feature, problem in report.problems if uid != "*"), report.problems
     done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
     assert done.returncode == 1 and f"queued {len(owners)} utterance x feature pair(s)" in done.stdout, done
     extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()], progress=False)

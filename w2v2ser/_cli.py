@@ -682,7 +682,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted;
     141 the reader of standard output left (``| head``); 143 terminated (SIGTERM).
     """
-    args = build_parser().parse_args(argv)
+    try:  # the parser imports the stages' modules (numpy, ...): seconds in which a Ctrl-C may land
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("w2v2ser: interrupted before the command started; nothing was done", file=sys.stderr)
+        return 130
     verbose = bool(getattr(args, "verbose", False))
     try:
         with _sigterm_raises():

@@ -334,6 +334,14 @@ def test_sweep_command_line_checks_every_upstream_before_training(peaked: tuple,
     assert main(["sweep", str(store), "--features", "wav2vec2:0-1,hubrt", "--seeds", "1", "--out", str(out),
                  "--set", "max_epochs=1", "--no-progress"]) == 2
     assert "hubrt" in capsys.readouterr().err and not out.exists()
+    # One sweep named twice (wav2vec2 and wav2vec2:all are the same layers) is trained once.
+    from w2v2ser._cli import _same_sweep
+
+    assert _same_sweep("wav2vec2", "wav2vec2:all") and not _same_sweep("wav2vec2", "main/wav2vec2")
+    assert main(["sweep", str(store), "--features", "wav2vec2:0-1,wav2vec2:0-1", "--seeds", "1", "--out", str(out),
+                 "--set", "max_epochs=1", "--no-progress"]) == 0
+    assert "'wav2vec2:0-1' sweeps the same layers as 'wav2vec2:0-1'; swept once" in capsys.readouterr().err
+    assert (out / "sweep.json").is_file()  # one upstream: its sweep is the folder itself
 
 
 def test_evaluate_of_an_unfinished_sweep_says_once_to_rerun_the_sweep(peaked: tuple, tmp_path: Path, capsys) -> None:

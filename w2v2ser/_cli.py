@@ -327,6 +327,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_sweep(a: str, b: str) -> bool:
+    """Whether two --features selections of `sweep` name the same layers (``wav2vec2`` and ``wav2vec2:all``)."""
+    from w2v2ser.train import SelectionError, parse_selection
+
+    try:
+        x, y = parse_selection(a), parse_selection(b)
+    except SelectionError:  # reported with its reason when the sweep's config is built
+        return a == b
+    return (x.alias, x.feature, x.layers or "all") == (y.alias, y.feature, y.layers or "all")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from w2v2ser._common import ConfigError
     from w2v2ser.train import ALL_LAYERS_DIR, ExperimentConfig, describe_sweep, plan_runs, sweep_configs, sweep_experiment
@@ -337,7 +348,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _add_data_options(values, args)
     _default_protocol(values, args.store)
     given = values.pop("features")
-    upstreams = list(dict.fromkeys(f.strip() for f in given.split(",") if f.strip()))
+    upstreams = []
+    for text in (f.strip() for f in given.split(",") if f.strip()):
+        same = [u for u in upstreams if _same_sweep(u, text)]
+        if same:  # wav2vec2 and wav2vec2:all sweep the same layers: train them once
+            print(f"w2v2ser: note: {text!r} sweeps the same layers as {same[0]!r}; swept once", file=sys.stderr)
+        else:
+            upstreams.append(text)
     if not upstreams:
         raise ConfigError(f"--features {given!r} names no upstream to sweep; give one or more, e.g. "
                           f"--features wav2vec2 or --features hubert,wavlm:1-12")

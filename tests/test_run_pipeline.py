@@ -298,16 +298,19 @@ def test_a_ctrl_c_landing_while_the_signal_handlers_are_restored_leaves_no_stop_
     real = signal.signal
 
     def restoring(signum, handler):
+        previous = real(signum, handler)
         if signum == signal.SIGTERM and handler == signal.SIG_DFL:
-            _cli._interrupt(signal.SIGINT, None)  # the SIGINT handler runs right here
-        return real(signum, handler)
+            _cli._interrupt(signal.SIGINT, None)  # the SIGINT handler runs right after this restore
+        return previous
 
     with pytest.raises(KeyboardInterrupt):
         with _cli._sigterm_raises():
             monkeypatch.setattr(signal, "signal", restoring)
     monkeypatch.setattr(signal, "signal", real)
     try:
-        _common.check_stop()  # no stop request left behind
+        _common.check_stop()  # no stop request left behind ...
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # ... and no handler of the command
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         real(signal.SIGTERM, signal.SIG_DFL)
         real(signal.SIGINT, signal.default_int_handler)

@@ -677,19 +677,17 @@ def _sigterm_raises() -> Any:
     try:
         yield
     finally:
-        # A signal landing while the handlers are restored waits for the default ones (where the
-        # platform can hold it back), and the stop request is forgotten even if one raises here:
-        # it must not stop later library calls of this process.
-        mask = getattr(signal, "pthread_sigmask", None)
-        held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+        # A signal handled while the handlers are restored raises here: each restore and the
+        # forgetting of the stop request still run, so neither our handlers nor a stop request
+        # outlive the command and stop later library calls of this process.
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            if handle_int:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
         finally:
-            clear_stop()
-            if mask:
-                mask(signal.SIG_SETMASK, held)
+            try:
+                if handle_int:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+            finally:
+                clear_stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,15 +66,14 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
             raise StoreError(f"`store upgrade` works on local directories; the {role} {given} is a URL. Copy the "
                              f"old store to a local disk, upgrade it there, then copy the new store to object "
                              f"storage (e.g. with `aws s3 sync`).")
-    old, new = Path(old_path), Path(new_path)
+    old, new = Path(old_path), Path(new_path).resolve()  # resolved: `upgrade OLD .` has a name to write beside
     group, meta = _open_v1(old)
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
     # Written beside NEW and moved into place when finished: a killed upgrade leaves NEW as it was,
-    # and the same command starts over (removing what the killed one left).
+    # and the same command starts over (removing what the killed one left, under NEW's lock, which
+    # refuses a second upgrade into NEW while one runs).
     final, new = new, new.with_name(f".{new.name}.upgrading")
-    if new.exists():
-        shutil.rmtree(new)
     specs = list(specs_from_meta(meta).values())
     cols = {c: group[f"utterances/{c}"][:] for c in UTTERANCE_COLUMNS}
     strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
@@ -90,7 +89,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     row_of = {uid: i for i, uid in enumerate(strs["id"])}
     row_failures = {row_of[u]: r for u, f, r in zip(fail_cols["id"], fail_cols["feature"], fail_cols["reason"])
                     if not f and u in row_of}
-    with lock_store(new):
+    with lock_store(final):
+        if new.exists():
+            shutil.rmtree(new)
         writer = StoreWriter(new, chunk_frames={s.name: int(group[f"features/{s.name}/data"].chunks[0]) for s in specs})
         capacities = {s.name: [max(int(index[s.name]["capacity"][i]), int(index[s.name]["length"][i]), 0)
                                for i in range(n)] for s in specs}
@@ -139,4 +140,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         new_meta["upgraded_from"]["path"] = str(old)
         writer._group.attrs[ATTRS_KEY] = new_meta
         writer.close()
-    return publish_directory(new, final)
+        if any(p.name != ".lock" for p in final.iterdir()):
+            raise StoreError(f"cannot upgrade into {final}: something was written there while the upgrade ran. "
+                             f"The upgraded store is left in {new}; move it where you want it.")
+        return publish_directory(new, final)

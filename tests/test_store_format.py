@@ -213,3 +213,17 @@ def test_a_killed_upgrade_is_finished_by_the_same_command(tmp_path, monkeypatch)
     assert store.verify().ok and store.attrs["upgraded_from"]["format_version"] == 1
     for uid, frames in _v1_frames(old, "w2v").items():
         np.testing.assert_array_equal(store.read_utterance(uid, "w2v"), frames)
+    # A second upgrade into a NEW that one is writing is refused, and leaves that one's work alone.
+    from w2v2ser.store import StoreLockedError
+    from w2v2ser.store._lock import lock_store
+
+    busy, partial = tmp_path / "busy.zarr", tmp_path / ".busy.zarr.upgrading"
+    (partial / "half").mkdir(parents=True)
+    with lock_store(busy), pytest.raises(StoreLockedError):
+        upgrade_store(old, busy)
+    assert (partial / "half").is_dir()
+    # `store upgrade OLD .` writes beside the (empty) current folder.
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert upgrade_store(old, ".") == here and open_store(here).verify().ok

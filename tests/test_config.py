@@ -311,7 +311,7 @@ def test_schema_is_derived_from_the_config_dataclasses() -> None:
 
 
 @pytest.mark.parametrize("change", [
-    "cluster: none", "cluster: local", "cluster: null", "cluster: {slurm: null}", "cluster: {slurm: {memory: 16}}",
+    "cluster: none", "cluster: local", "cluster: null", "cluster: '${CLUSTER:-none}'", "cluster: {slurm: null}", "cluster: {slurm: {memory: 16}}",
     "reports: {paper: {experiments: 'table1/*'}}", "experiments: {t: {features: classic/egemaps, seeds: '${SEEDS:-2}'}}",
     "experiments: {t: {features: classic/egemaps, head: '${HEAD:-dense}', deterministic: '${DET:-true}'}}",
 ])

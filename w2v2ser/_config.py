@@ -236,8 +236,10 @@ class _FileJsonSchema(GenerateJsonSchema):
     """The schema of the file as written: a whole-string ``${VAR}`` / ``${VAR:-default}`` may stand
     for any number, boolean or choice (the loader checks the value it expands to)."""
 
+    VARIABLE = {"type": "string", "pattern": ENV_VARIABLE.pattern.join("^$")}
+
     def _or_variable(self, schema: JsonSchemaValue) -> JsonSchemaValue:
-        return {"anyOf": [schema, {"type": "string", "pattern": ENV_VARIABLE.pattern.join("^$")}]}
+        return {"anyOf": [schema, self.VARIABLE]}
 
     def int_schema(self, schema: Any) -> JsonSchemaValue:
         return self._or_variable(super().int_schema(schema))
@@ -259,7 +261,7 @@ def pipeline_json_schema() -> dict[str, Any]:
     # The shorthands the loader's before-validators take: `cluster: none` (a kind alone), null.
     cluster = schema["properties"]["cluster"]
     schema["properties"]["cluster"] = {"anyOf": [{"$ref": cluster.pop("$ref")}, {"enum": list(CLUSTER_KINDS)},
-                                                 {"type": "null"}], **cluster}
+                                                 _FileJsonSchema.VARIABLE, {"type": "null"}], **cluster}
     slurm = schema["$defs"]["ClusterConfig"]["properties"]["slurm"]
     slurm["anyOf"] = [{"$ref": slurm.pop("$ref")}, {"type": "null"}]
     return schema

@@ -87,8 +87,12 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         t = pair.column("t", n)
         take = commit & ((winner < 0) | (t >= winner_t))
         winner[take], winner_t[take] = k, t[take]
+    # Checks of what the journals say, before anything is written: a refused finalize leaves the
+    # store's tables as the last finalize wrote them.
+    specs, checksum = specs_from_meta(meta), row_checksum(path.display, meta)
     for f in names:
         _require_distinct_places(path, f, index[f], ids)
+        _require_statistics(path, group, specs[f], checksum, index[f], ids)
     row_fail_active = row_failed & ((planned_count == 0) | row_fail_used)
     status = np.where(row_fail_active | any_failed, 1, np.where(commit_count < planned_count, 2, 0))
 
@@ -117,9 +121,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     for f in names:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker")[:]
-    specs = specs_from_meta(meta)
     for f in names:
-        _require_statistics(path, group, specs[f], row_checksum(path.display, meta), index[f], ids)
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
 
@@ -286,8 +288,9 @@ def _require_distinct_places(path: StoreLocation, feature: str, index: dict[str,
         raise StoreError(
             f"store {path.display}: the commit records of feature {feature!r} give utterances {ids[pair[0]]!r} and "
             f"{ids[pair[1]]!r} the same {what}, so the store's journal is damaged. Delete both "
-            f"utterances' lines of that feature from {path.display}/_journal/*.jsonl (the next extraction "
-            f"extracts them again), or extract into a new store.")
+            f"utterances' commit records of that feature from {path.display}/_journal/ (their lines of a "
+            f"*.jsonl file; on object storage, the objects that hold them): the next extraction extracts them "
+            f"again. Or extract into a new store.")
 
 
 def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpec, checksum: str,

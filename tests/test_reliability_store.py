@@ -624,8 +624,10 @@ def test_a_rerun_without_repair_never_composes_speaker_statistics_from_a_deleted
     (shard,) = _chunk_files(store, "features/spectrogram/stats")
     shard.unlink()
     extractors = [build_extractor("spectrogram"), LayeredExtractor()]
+    tables = {key: (store / key).read_bytes() for key in ("utterances.parquet", "zarr.json")}
     with pytest.raises(StoreError, match=r"lack the shard.* verify --repair"):
         extract_corpus(pristine[1], store, extractors=extractors, progress=False)
+    assert tables == {key: (store / key).read_bytes() for key in tables}  # refused before anything was written
     done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
     assert done.returncode == 1 and f"queued {len(owners)} utterance x feature pair(s)" in done.stdout, done
     assert extract_corpus(pristine[1], store, extractors=extractors, progress=False).complete

@@ -366,7 +366,9 @@ def read_run_dir(run_dir: Path) -> RunSummary:
 def _describe(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
     """Row/column identity of an experiment: corpus, feature selection, head, normalisation, recipe."""
     model_ids = model_ids_of(experiment)
-    corpus = find_key(config, "corpus", "corpus_kind", "protocol")
+    # The protocol (the corpus kind) first: a pipeline's skipped.json also names the corpus as the
+    # file does ("mycsv"), and its row must land in the column of that corpus's trained runs ("CSV").
+    corpus = find_key(config, "protocol", "corpus_kind", "corpus")
     if isinstance(corpus, Mapping):
         corpus = find_key(corpus, "kind", "name")
     head = find_key(config, "head", "downstream", "head_kind")

@@ -529,3 +529,17 @@ def test_layer_axes_of_a_large_model_label_every_other_layer() -> None:
         assert list(ax.get_xticks()) == list(range(layers))
         assert [t.get_text() for t in ax.get_xticklabels()] == shown
         plt.close(fig)
+
+
+def test_a_skipped_experiment_of_a_named_csv_corpus_sits_in_the_column_of_its_trained_runs(tmp_path: Path) -> None:
+    """Found by a pipeline trial: a pipeline's skipped.json names the corpus as the file does
+    ("mycsv"), trained runs by their protocol ("csv"): one corpus was split into two columns."""
+    root = tmp_path / "runs"
+    make_run_dir(root, "trained", corpus="csv")
+    skipped = root / "skipped"
+    _write_json(skipped / "skipped.json", {"reason": "model of store 'x' cannot be loaded", "corpus": "mycsv",
+                                           "protocol": "csv", "features": "x/wav2vec2:all", "head": "dense",
+                                           "norm": "speaker", "recipe": "official"})
+    write_report([root], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {r["corpus"] for r in data["runs"]} == {"CSV"}

@@ -155,6 +155,8 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
          "extraction.stores.classic.features.mfcc"),
         (lambda d: d.update(reports={"r": {"experiments": ["t2/*"]}}), "matches no experiment"),
         (lambda d: d.update(reports={"r": {"experiments": ["t11/ravdess/*"]}}), "Did you mean 't1/ravdess/*'?"),
+        # A group alone matches none of its experiments ('t1/ravdess/...'): the suggestion adds the '/*'.
+        (lambda d: d.update(reports={"r": {"experiments": ["t1"]}}), "Did you mean 't1/*'?"),
         (lambda d: d["experiments"]["t1"]["grid"].update(features="classic/egemaps"),
          "experiments.t1.grid.features: expected a valid list, got string 'classic/egemaps'. A grid axis lists its "
          "values: write [classic/egemaps]."),

@@ -603,8 +603,9 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
             if experiments and not any(fnmatchcase(e.name, pattern) for e in experiments):
                 groups = sorted({e.name.split("/")[0] for e in experiments})
                 first, *rest = pattern.split("/")
-                # Suggest the whole pattern with its group corrected: 'tabel1/*' -> 'table1/*'.
-                hint = did_you_mean(first, groups, canonical={g: "/".join([g, *rest]) for g in groups})
+                # Suggest the whole pattern with its group corrected: 'tabel1/*' -> 'table1/*'; a group
+                # alone ('fus', whose experiments are 'fus/iemocap'...) -> 'fus/*'.
+                hint = did_you_mean(first, groups, canonical={g: "/".join([g, *(rest or ["*"])]) for g in groups})
                 raise ConfigError(f"reports.{name}.experiments[{i}]: pattern {pattern!r} matches no experiment "
                                   f"(groups: {', '.join(groups)}).{hint}")
         covered = [e.name for e in experiments if any(fnmatchcase(e.name, p) for p in patterns)]

@@ -314,6 +314,12 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         return RunSummary(path=run_dir, status="skipped", reason=str(reason), experiment=merged,
                           runs_finished=finished, **_describe(merged, merged))
     results, res_problem = _load_json(run_dir / "results.json")
+    failed, _ = _load_json(run_dir / "failed.json")  # `w2v2ser run` records why an experiment failed
+    if not isinstance(results, Mapping) and isinstance(failed, Mapping):
+        merged = {**experiment, **failed}
+        return RunSummary(path=run_dir, status="incomplete", reason=f"{failed.get('reason', 'failed')} (fix that and "
+                          f"rerun the same `w2v2ser run` command)", experiment=merged, runs_finished=finished,
+                          **_describe(merged, merged))
     if not isinstance(results, Mapping):
         reason = res_problem or "results.json is not a JSON object"
         if not experiment:

@@ -153,6 +153,12 @@ def test_training_before_extraction_names_each_missing_store_once(tmp_path: Path
     assert "train tiny_again/toy: FAILED (store 'classic' of corpus 'toy' is not extracted; reason above)" in err
     assert "the same `w2v2ser run` command with --stage extract" in err
     assert "is not a w2v2ser store" not in err
+    # The report says why they did not train, not "not trained yet ... train it first" (found by a trial).
+    main(["run", str(pipeline), "--stage", "evaluate"])
+    (report,) = tmp_path.rglob("report.md")
+    text = report.read_text()
+    assert "store 'classic' of corpus 'toy' is not extracted (fix that and rerun the same `w2v2ser run`" in text
+    assert "not trained yet" not in text
 
 
 def test_a_corpus_that_cannot_be_read_fails_its_stores_and_the_others_go_on(tmp_path: Path, capsys) -> None:

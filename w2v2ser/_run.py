@@ -300,14 +300,17 @@ def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[st
     return None
 
 
-def _mark_skipped(config: PipelineConfig, experiment: ExperimentSpec, reason: str) -> None:
+def _mark_skipped(config: PipelineConfig, experiment: ExperimentSpec, reason: str, *,
+                  marker: str = "skipped.json") -> None:
+    """Write the reason an experiment did not train into its run dir (``marker``: skipped.json, or
+    failed.json for one that failed), with its settings, for the report to name and place its row."""
     # The stores' extractor configs (their model ids) let the report name a skipped row by its
     # model, as `w2v2ser train` records them for a run that trained.
     identity = {alias: {"path": experiment.config["stores"][alias],
                         "features": {name: {"config": options}
                                      for name, options in config.stores[store].feature_dicts().items()}}
                 for alias, store in experiment.stores.items()}
-    _write_json(experiment.run_dir / "skipped.json",
+    _write_json(experiment.run_dir / marker,
                 {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **experiment.config,
                  "stores_identity": identity})
 
@@ -327,6 +330,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
         runs = plan_runs(heads[ALL_LAYERS_DIR])
         data = data_fingerprint(heads[ALL_LAYERS_DIR])  # the utterances: a store that grew retrains
         (out / "skipped.json").unlink(missing_ok=True)
+        (out / "failed.json").unlink(missing_ok=True)
         pending = [run for run in runs if not all(
             run_is_current(_read_json(out / name / "runs" / run.name / "metrics.json"), c.config_keys(), data)
             for name, c in heads.items())]
@@ -335,6 +339,7 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
     runs = plan_runs(train_config)
     data = data_fingerprint(train_config)
     (out / "skipped.json").unlink(missing_ok=True)
+    (out / "failed.json").unlink(missing_ok=True)
     recorded = _read_json(out / "experiment.json")
     if not isinstance(recorded, dict) or recorded.get("config_key") != key:
         # A changed configuration: describe the new one; old results must never be shown as its results
@@ -377,12 +382,15 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                          f"been extracted ({path} does not exist); run the extract stage first: the same "
                          f"`w2v2ser run` command with --stage extract, or without --stage",
                          f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
+            _mark_skipped(config, experiment, f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
+                          marker="failed.json")
             outcome.failed.append(experiment.name)
             continue
         try:
             train_config, runs, pending = _prepare_experiment(experiment)
         except W2v2serError as error:
             _say(f"train {experiment.name}: FAILED before training: {error}")
+            _mark_skipped(config, experiment, f"failed before training: {error}", marker="failed.json")
             outcome.failed.append(experiment.name)
             continue
         todo.append((experiment, train_config, runs, pending))
@@ -398,6 +406,8 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         if experiment.name in errors:
             _say(f"train {experiment.name}: {len(errors[experiment.name])} run(s) FAILED: "
                  + "; ".join(errors[experiment.name][:3]))
+            _mark_skipped(config, experiment, f"{len(errors[experiment.name])} run(s) failed: "
+                          + "; ".join(errors[experiment.name][:3]), marker="failed.json")
             outcome.failed.append(experiment.name)
             continue
         if experiment.sweep:

@@ -543,7 +543,9 @@ def _run_evaluate(config: PipelineConfig) -> _Outcome:
         baseline = next((e.run_dir for e in experiments if e.name == report.baseline), None)
         summary = None if baseline is None else read_run_dir(baseline)
         if summary is not None and summary.status != "complete":  # e.g. skipped: its model is offline
-            _say(f"report {report.name}: baseline {report.baseline} is {summary.status} ({summary.reason}); "
+            # A skip's reason was printed in full by the stage that skipped it: name where it is kept.
+            why = f"reason in {baseline / 'skipped.json'}" if summary.status == "skipped" else summary.reason
+            _say(f"report {report.name}: baseline {report.baseline} is {summary.status} ({why}); "
                  "the report is written without the comparison")
             baseline = None
         try:

@@ -463,7 +463,14 @@ class FeatureStore:
             for off, length, row, uid in members:
                 frames = np.ascontiguousarray(span[off - start:off - start + length])
                 out[uid] = self._checked(uid, feature, row, frames, sel)
-        return [out[uid] for uid in ids]
+        # An id asked for twice (oversampling) gets an array of its own each time: changing one in
+        # place must not change the other.
+        given: set[str] = set()
+        result = []
+        for uid in ids:
+            result.append(out[uid].copy() if uid in given else out[uid])
+            given.add(uid)
+        return result
 
     def _read_into(self, ids: list[str], feature: str, spec: FeatureSpec, sel: list[int] | None,
                    out: list[np.ndarray]) -> list[np.ndarray]:

@@ -336,6 +336,10 @@ def test_read_batch_equals_read_utterance(tmp_path):
     assert store.read_batch([], "w2v") == []
     with pytest.raises(StoreError, match="Did you mean"):
         store.read_batch(["u0000"], "w2v")
+    # An id asked for twice gets two arrays (found by a trial: one object twice, so that normalising
+    # one in place changed the other).
+    first, again = store.read_batch(["u001", "u001"], "lld")
+    assert first is not again and not np.shares_memory(first, again)
 
 
 def test_read_batch_into_given_arrays(tmp_path):

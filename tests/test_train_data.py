@@ -69,6 +69,23 @@ def test_in_memory_and_streaming_give_the_same_frames(store, text, norm, dtype):
         assert not inputs["main"][k, lengths[k]:].any()
 
 
+def test_feature_batches_are_a_sequence_a_for_loop_can_walk(store):
+    """Found by a trial: `for x, y in batches` ran past the last batch into a numpy ValueError
+    (no __iter__, and no IndexError past the end), and batch_size=0 divided by zero."""
+    from w2v2ser.train import ConfigError
+
+    batches = _batches(store, "egemaps", "speaker", cache="off")
+    walked = [y for _, y in batches]
+    assert len(walked) == len(batches) and sum(len(y) for y in walked) == len(batches.items)
+    np.testing.assert_array_equal(batches[-1][1], batches[len(batches) - 1][1])
+    with pytest.raises(IndexError, match=f"batch {len(batches)} of"):
+        batches[len(batches)]
+    with pytest.raises(ConfigError, match="batch_size=0; expected a positive integer"):
+        _batches(store, "egemaps", "speaker", cache="off").__class__(batches.items, batches.sources,
+                                                                    classes=batches.classes, batch_size=0,
+                                                                    max_frames=30)
+
+
 def test_batched_reads_are_used_when_the_store_has_them(store):
     fake = BatchedStore(store)
     mem = _batches(fake, "egemaps", "speaker", cache="auto")

@@ -183,6 +183,9 @@ class FeatureBatches:
         self.items = list(items)
         self.sources = list(sources)
         self.classes = tuple(classes)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"FeatureBatches: batch_size={batch_size!r}; expected a positive integer "
+                              f"(utterances per batch)")
         self.batch_size = int(batch_size)
         self.accumulate = max(1, int(accumulate))
         self.max_frames = max_frames
@@ -251,7 +254,16 @@ class FeatureBatches:
         return self._order
 
     def __getitem__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Batch ``index`` of the current order (negative from the end; ``IndexError`` past it)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"batch {index} of a FeatureBatches of {n} batches")
+        index %= n
         return self.load_batch(self._order[index * self.batch_size:(index + 1) * self.batch_size])
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """``for inputs, labels in batches``: one pass, as :meth:`iterate`."""
+        return self.iterate()
 
     # -- per utterance ---------------------------------------------------------------------------
     def _check(self, src: Source, item_id: str, x: np.ndarray) -> None:

@@ -218,3 +218,20 @@ def test_array_input_problems_are_named():
         DenseHead(units=4, recipe=QUICK, seed=0).fit(x, y[:11])
     head.fit(x, y)
     assert head.predict([]).shape == (0,) and head.predict_proba([]).shape == (0, 3)
+
+
+def test_predict_checks_the_frames_against_the_fitted_head_and_fit_refuses_an_unread_branch():
+    """Found by a trial: frames of another width (or with a layer axis) at predict time ended in
+    TensorFlow's "Graph execution error" or a Keras message, by call history; and a DenseHead fed
+    {"main": ..., "fusion": ...} trained on main alone without a word."""
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    head.predict(x)
+    wider = [np.concatenate([a, a[:, :1]], axis=1) for a in x]
+    width = x[0].shape[1]
+    for wrong, shown in ((wider, f"[frames, {width + 1}]"), ([a[:, None, :] for a in x], f"[frames, 1, {width}]")):
+        with pytest.raises(DataError, match=re.escape(f"frames are {shown}; the head was fitted on [frames, {width}]")):
+            head.predict(wrong)
+    with pytest.raises(DataError, match=r"DenseHead reads the branch\(es\) \['main'\]; x has \['main', 'fusion'\]; "
+                                        r"FusionHead reads main and fusion"):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit({"main": x, "fusion": x}, y)

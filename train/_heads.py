@@ -130,6 +130,12 @@ def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, n
     return take(x, fit_idx), y[fit_idx], (take(x, val_idx), y[val_idx])
 
 
+def _shapes_text(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """``[frames, 13, 768]`` (one branch) or ``main [frames, 13, 768], fusion [frames, 25]``."""
+    text = {k: f"[frames, {', '.join(map(str, v))}]" for k, v in shapes.items()}
+    return text["main"] if list(text) == ["main"] else ", ".join(f"{k} {v}" for k, v in text.items())
+
+
 def _frame_shapes(data: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Branch -> (frame shape, dtype fed to the model)."""
     dtypes = getattr(data, "dtypes", {})
@@ -205,6 +211,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         verbose: Keras fit verbosity.
         run_eagerly: Skip tf.function tracing (tests and tiny data).
     """
+
+    _BRANCHES: tuple[str, ...] = ("main",)  # the input branches the head's graph reads
 
     def __init__(self, *, units: int = 128, dropout: float = 0.2, recipe: Recipe | str = "paper",
                  classes: Sequence[str] | None = None, seed: int | None = None,
@@ -337,7 +345,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"the training batches feed branches {list(folded)} with their statistics (streamed, "
                               f"Source fold=True) but the validation batches {list(getattr(val, 'folded', ()))}; "
                               f"give both the same sources and the same cache mode (share_memory_budget)")
-        self.model_ = self._build(_frame_shapes(train), len(self.classes_), folded=folded)
+        shapes = _frame_shapes(train)
+        if set(shapes) - set(self._BRANCHES):  # a branch the head does not read would be dropped without a word
+            raise DataError(f"{type(self).__name__} reads the branch(es) {list(self._BRANCHES)}; x has {list(shapes)}"
+                            + ("; FusionHead reads main and fusion" if "fusion" in shapes else ""))
+        self.model_ = self._build(shapes, len(self.classes_), folded=folded)
         # FeatureBatches(accumulate=k) feeds each batch as k weighted micro-batches: one step per k.
         steps = int(getattr(train, "accumulate", 1))
         self.model_.compile(optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate,
@@ -376,6 +388,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         data = self._data(x, None, shuffle=False, seed=0)
         if getattr(data, "shuffle", False):
             raise ConfigError("predict_proba needs an unshuffled FeatureBatches (shuffle=False) to keep the order")
+        fitted = {name: tuple(t.shape[2:]) for name, t in self.model_.input.items()
+                  if name != "mask" and not name.endswith(STATS_SUFFIX)}
+        given = {name: tuple(shape) for name, shape in data.frame_shapes.items()}
+        if given != fitted:  # else TensorFlow's "Graph execution error" or Keras's, by call history
+            raise DataError(f"{type(self).__name__}.predict: the utterances' frames are {_shapes_text(given)}; the "
+                            f"head was fitted on {_shapes_text(fitted)}. Give frames of the features it was fitted on")
         with expected_retracing():
             return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
 
@@ -420,6 +438,8 @@ class LSTMHead(_BaseHead):
 
 class FusionHead(_BaseHead):
     """Main branch and a second (eGeMAPS) branch, each through its own first block, concatenated per frame."""
+
+    _BRANCHES = ("main", "fusion")
 
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:
         if "fusion" not in branches:

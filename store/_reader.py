@@ -162,6 +162,10 @@ class FeatureStore:
         return self.features[feature]
 
     def _row(self, utterance_id: str) -> int:
+        if not isinstance(utterance_id, str):  # e.g. a record from list_utterances, or a dict
+            shown = type(utterance_id).__name__
+            hint = " (pass its .id)" if hasattr(utterance_id, "id") else ""
+            raise StoreError(f"utterance ids are strings; got a {shown}{hint}, in store {self.path}.")
         row = self._index.get(utterance_id)
         if row is None:
             raise StoreError(

@@ -340,6 +340,8 @@ def test_read_batch_equals_read_utterance(tmp_path):
     # one in place changed the other).
     first, again = store.read_batch(["u001", "u001"], "lld")
     assert first is not again and not np.shares_memory(first, again)
+    with pytest.raises(StoreError, match=r"utterance ids are strings; got a UtteranceRecord \(pass its .id\)"):
+        store.read_utterance(store.list_utterances()[0], "lld")
 
 
 def test_read_batch_into_given_arrays(tmp_path):

@@ -447,8 +447,8 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
     (w2v2 / "skipped.json").write_text('{"reason": "model offline"}')
     assert _run_evaluate(config).done == 1
     out = capsys.readouterr()
-    assert ("report r: baseline t1/ravdess/w2v2_pt-wav2vec2-all is skipped (model offline); the report is written "
-            "without the comparison") in out.out + out.err
+    assert (f"report r: baseline t1/ravdess/w2v2_pt-wav2vec2-all is skipped (reason in {w2v2 / 'skipped.json'}); "
+            "the report is written without the comparison") in out.out + out.err
     assert "Against the baseline" not in (config.reports[0].out / "report.md").read_text()
     make_run_dir(w2v2.parent, w2v2.name, uars=(0.6, 0.62, 0.61))
     (w2v2 / "skipped.json").unlink()

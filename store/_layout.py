@@ -313,21 +313,25 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
     only zeros, which zarr does not store: it is not missing. A killed work unit's slots have no
     committed length, so its unwritten shards are not asked for.
     """
-    used = np.flatnonzero((np.asarray(length) > 0) & (np.asarray(slot) >= 0))
-    missing = set(missing_chunk_keys(stats, rows=np.asarray(slot)[used]))
+    length, slot, crc32 = np.asarray(length), np.asarray(slot), np.asarray(crc32)
+    used = np.flatnonzero((length > 0) & (slot >= 0))
+    missing = set(missing_chunk_keys(stats, rows=slot[used]))
     if not missing:
         return {}
     shard = int(stats.metadata.chunk_grid.chunk_shape[0])
     prefix = f"{stats.path}/" if stats.path else ""
-    rows_of: dict[str, list[int]] = {}
-    silent: dict[str, bool] = {}
-    for row in used.tolist():
-        key = prefix + stats.metadata.encode_chunk_key((int(slot[row]) // shard,) + (0,) * (stats.ndim - 1))
-        if key in missing:
-            rows_of.setdefault(key, []).append(row)
-            zeros = np.zeros((int(length[row]), *frame_shape), dtype=dtype)
-            silent[key] = silent.get(key, True) and bool(np.array_equal(crc32_rows(zeros, checksum), crc32[row]))
-    return {key: rows for key, rows in rows_of.items() if not silent[key]}
+    shard_of = slot[used] // shard
+    keys = {int(k): prefix + stats.metadata.encode_chunk_key((int(k),) + (0,) * (stats.ndim - 1))
+            for k in np.unique(shard_of)}
+    keys = {k: key for k, key in keys.items() if key in missing}
+    inside = np.isin(shard_of, list(keys))
+    rows, shard_of = used[inside], shard_of[inside]
+    silent = np.zeros(len(rows), bool)  # vectorised: a million silent rows take a CRC per distinct length
+    for n in np.unique(length[rows]):
+        zeros = crc32_rows(np.zeros((int(n), *frame_shape), dtype=dtype), checksum)
+        same = length[rows] == n
+        silent[same] = (crc32[rows[same]].reshape(int(same.sum()), -1) == zeros.reshape(1, -1)).all(axis=1)
+    return {key: rows[shard_of == k].tolist() for k, key in keys.items() if not silent[shard_of == k].all()}
 
 
 def _starts_with(path: Path, signature: bytes) -> bool:

@@ -123,14 +123,20 @@ def _build(path: Path, n: int, speakers: int) -> tuple[float, float]:
     plan_s = time.perf_counter() - t
     del utts
     # One commit record per utterance, as the units would append them (frames not written:
-    # finalize reads only journals, the index and the statistics arrays).
+    # finalize reads only journals, the index and the statistics arrays). Their CRCs are those of
+    # digital silence, whose statistics (zeros) are not stored: finalize refuses missing ones else.
+    import numpy as np
+
+    from w2v2ser.store._layout import crc32_rows, read_meta, row_checksum
+
+    silence = [int(v) for v in crc32_rows(np.zeros((300, 25), np.float32), row_checksum(path, read_meta(path)[1]))]
     t = time.perf_counter()
     with open(path / "_journal" / "main.jsonl", "a") as f:
         stamp = time.time_ns()
         for unit in units:
             start, slot = unit.regions["egemaps"][0], unit.slots["egemaps"][0]
             for k, row in enumerate(unit.rows):
-                f.write(json.dumps({"audio_sha256": "0" * 64, "crc32": [0], "duration": 3.0, "event": "commit",
+                f.write(json.dumps({"audio_sha256": "0" * 64, "crc32": silence, "duration": 3.0, "event": "commit",
                                     "feature": "egemaps", "id": f"utt{row:07d}", "index": row,
                                     "length": 300, "offset": start + 300 * k, "pid": 1, "slot": slot + k,
                                     "t": stamp}, separators=(",", ":")) + "\n")

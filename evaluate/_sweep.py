@@ -97,8 +97,8 @@ def _distinct(paths: Sequence[Path]) -> list[Path]:
     seen: set[Path] = set()
     out = []
     for path in paths:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        if (where := path.resolve()) not in seen:
+            seen.add(where)
             out.append(path)
     return out
 

@@ -15,7 +15,7 @@ from w2v2ser._common import first_few, replacing
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, resolve_events
 from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, missing_statistics_shards, open_array,
-                      row_checksum, specs_from_meta, to_str_list)
+                      overlapping_regions, row_checksum, specs_from_meta, to_str_list)
 from ._location import StoreLocation, locate_store
 from ._types import FeatureSpec
 
@@ -279,11 +279,9 @@ def _require_distinct_places(path: StoreLocation, feature: str, index: dict[str,
     rows = np.flatnonzero((index["length"] > 0) & (index["slot"] >= 0) & (index["offset"] >= 0))
     by_slot = rows[np.argsort(index["slot"][rows], kind="stable")]
     same = np.flatnonzero(np.diff(index["slot"][by_slot]) == 0)
-    by_offset = rows[np.argsort(index["offset"][rows], kind="stable")]
-    ends = index["offset"][by_offset] + index["length"][by_offset]
-    overlap = np.flatnonzero(ends[:-1] > index["offset"][by_offset][1:])
-    if len(same) or len(overlap):
-        pair = (by_slot[same[0]], by_slot[same[0] + 1]) if len(same) else (by_offset[overlap[0]], by_offset[overlap[0] + 1])
+    overlap = overlapping_regions(index["offset"], index["length"], rows)
+    if len(same) or overlap:
+        pair = (by_slot[same[0]], by_slot[same[0] + 1]) if len(same) else overlap[0]
         what = "statistics slot" if len(same) else "frames"
         raise StoreError(
             f"store {path.display}: the commit records of feature {feature!r} give utterances {ids[pair[0]]!r} and "

@@ -305,6 +305,15 @@ def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> 
         return missing
 
 
+def overlapping_regions(offset: np.ndarray, length: np.ndarray, rows: np.ndarray) -> list[tuple[int, int]]:
+    """(row, next row) of each pair of ``rows`` whose frame regions overlap, neighbours in the order
+    of (offset, length, row): ``store verify`` lists them, finalize refuses them."""
+    offset, length, rows = np.asarray(offset), np.asarray(length), np.asarray(rows, np.int64)
+    order = rows[np.lexsort((rows, length[rows], offset[rows]))]
+    ends = offset[order] + length[order]
+    return [(int(order[k]), int(order[k + 1])) for k in np.flatnonzero(ends[:-1] > offset[order][1:])]
+
+
 def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np.ndarray, crc32: np.ndarray,
                               frame_shape: tuple[int, ...], dtype: Any, checksum: str) -> dict[str, list[int]]:
     """Statistics shards that hold slots in use (``length > 0``) but are not in the store: key -> rows.

@@ -11,7 +11,7 @@ from w2v2ser._common import progress_bar
 from ._errors import StoreError
 from ._finalize import compose_speakers
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
-                      to_str_list)
+                      overlapping_regions, to_str_list)
 from ._stats import utterance_statistics
 from ._types import VerifyReport
 from ._units import thread_pool
@@ -66,10 +66,9 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
         lost = {row: key for key, held in missing_statistics_shards(
             stats, length=length, slot=slot, crc32=crc, frame_shape=spec.frame_shape, dtype=spec.dtype,
             checksum=store.row_checksum).items() for row in held}
-        placed = sorted((int(off[i]), int(length[i]), i) for i in range(n) if length[i] > 0)
-        for (o1, c1, i1), (o2, _, i2) in zip(placed, placed[1:]):
-            if o1 + c1 > o2:
-                problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
+        for i1, i2 in overlapping_regions(off, length, np.flatnonzero(length > 0)):
+            o1, c1, o2 = int(off[i1]), int(length[i1]), int(off[i2])
+            problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
         verified = np.zeros(n, dtype=bool)
 
         def check(i: int) -> tuple[str, bool] | None:  # called within this feature's loop only

@@ -300,7 +300,7 @@ def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[st
     return None
 
 
-def _mark_skipped(config: PipelineConfig, experiment: ExperimentSpec, reason: str, *,
+def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason: str, *,
                   marker: str = "skipped.json") -> None:
     """Write the reason an experiment did not train into its run dir (``marker``: skipped.json, or
     failed.json for one that failed), with its settings, for the report to name and place its row."""
@@ -371,7 +371,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         skip = _skip_reason(config, experiment)
         if skip:
             reasons.tell(f"train {experiment.name}", *skip)
-            _mark_skipped(config, experiment, skip[0])
+            _mark_not_trained(config, experiment, skip[0])
             outcome.skipped.append(experiment.name)
             continue
         paths = {store: config.store_path(store, experiment.corpus) for store in experiment.stores}
@@ -382,7 +382,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                          f"been extracted ({path} does not exist); run the extract stage first: the same "
                          f"`w2v2ser run` command with --stage extract, or without --stage",
                          f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
-            _mark_skipped(config, experiment, f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
+            _mark_not_trained(config, experiment, f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
                           marker="failed.json")
             outcome.failed.append(experiment.name)
             continue
@@ -390,7 +390,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             train_config, runs, pending = _prepare_experiment(experiment)
         except W2v2serError as error:
             _say(f"train {experiment.name}: FAILED before training: {error}")
-            _mark_skipped(config, experiment, f"failed before training: {error}", marker="failed.json")
+            _mark_not_trained(config, experiment, f"failed before training: {error}", marker="failed.json")
             outcome.failed.append(experiment.name)
             continue
         todo.append((experiment, train_config, runs, pending))
@@ -406,7 +406,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         if experiment.name in errors:
             _say(f"train {experiment.name}: {len(errors[experiment.name])} run(s) FAILED: "
                  + "; ".join(errors[experiment.name][:3]))
-            _mark_skipped(config, experiment, f"{len(errors[experiment.name])} run(s) failed: "
+            _mark_not_trained(config, experiment, f"{len(errors[experiment.name])} run(s) failed: "
                           + "; ".join(errors[experiment.name][:3]), marker="failed.json")
             outcome.failed.append(experiment.name)
             continue

@@ -486,3 +486,19 @@ def test_an_empty_environment_variable_is_refused_or_takes_its_default(tmp_path:
         expand_env({"path": "${DATA}/x"})
     monkeypatch.setenv("DATA", "/d")
     assert expand_env({"path": "${DATA}/x", "other": "${DATA:-y}"}) == {"path": "/d/x", "other": "/d"}
+
+
+def test_an_experiment_that_did_not_train_is_reported_with_its_default_head(tmp_path: Path) -> None:
+    """Found by a pipeline trial: a skipped layer sweep (whose file sets no head) read Head "?" in
+    the report, while its trained runs read "dense"."""
+    from w2v2ser._run import _mark_not_trained
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    data = _base()
+    data["experiments"] = {"sw": {"features": "w2v2_pt/wav2vec2:all", "sweep": True}}
+    config = load_pipeline(_write(tmp_path, data))
+    experiment, = config.experiments
+    _mark_not_trained(config, experiment, "model of store 'w2v2_pt' cannot be loaded")
+    summary = read_run_dir(experiment.run_dir)
+    assert summary.status == "skipped"
+    assert (summary.head, summary.normalisation, summary.recipe) == ("dense", "speaker", "paper")

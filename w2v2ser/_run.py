@@ -310,9 +310,16 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
                         "features": {name: {"config": options}
                                      for name, options in config.stores[store].feature_dicts().items()}}
                 for alias, store in experiment.stores.items()}
+    # The defaults of the keys a report row shows (a sweep's probes are Dense heads), where the file
+    # left them out: the row of an experiment that did not train reads like that of one that did.
+    from dataclasses import fields
+
+    from w2v2ser.train import ExperimentConfig  # its config only: no TensorFlow
+
+    shown = {f.name: f.default for f in fields(ExperimentConfig) if f.name in ("head", "norm", "recipe")}
     _write_json(experiment.run_dir / marker,
-                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **experiment.config,
-                 "stores_identity": identity})
+                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
+                 **experiment.config, "stores_identity": identity})
 
 
 def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:

@@ -502,3 +502,22 @@ def test_an_experiment_that_did_not_train_is_reported_with_its_default_head(tmp_
     summary = read_run_dir(experiment.run_dir)
     assert summary.status == "skipped"
     assert (summary.head, summary.normalisation, summary.recipe) == ("dense", "speaker", "paper")
+
+
+def test_dashboard_address_null_turns_the_dask_dashboard_off(tmp_path: Path) -> None:
+    """Found by a pipeline trial: `dashboard_address: null` was refused, with no other way to run
+    without a dashboard; it now means none, and no dashboard link is printed."""
+    import urllib.request
+
+    from w2v2ser._cluster import open_cluster
+
+    data = _base()
+    data["cluster"] = {"kind": "local", "workers": 1, "threads_per_worker": 1, "dashboard_address": None}
+    config = load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    assert config.cluster.dashboard_address is None
+    with open_cluster(config.cluster, use_gpus=False) as handle:
+        assert handle.dashboard == ""
+        port = handle.client.scheduler_info()["services"]["dashboard"]  # Dask's health routes stay
+        host = handle.client.scheduler.address.split("://")[1].rsplit(":", 1)[0]
+        with pytest.raises(OSError):  # 404 (an HTTPError) where the dashboard would be
+            urllib.request.urlopen(f"http://{host}:{port}/status", timeout=10)

@@ -174,11 +174,16 @@ def _local_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
         env = {**_thread_env(threads), "CUDA_VISIBLE_DEVICES": _gpu_visible(i, gpus)}
         workers[f"gpu-{i}"] = {"cls": Nanny, "options": {**common, "nthreads": 1, "env": env,
                                                           "resources": {GPU_RESOURCE: 1}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": config.dashboard_address}}
+    scheduler = {"cls": Scheduler, "options": _dashboard(config)}
     cluster = SpecCluster(workers=workers, scheduler=scheduler, name="w2v2ser", silence_logs=logging.ERROR)
     text = f"local Dask cluster: {cpu_workers} CPU worker(s) x {threads} thread(s)" + (
         f" + {gpus} GPU worker(s)" if gpus else "")
     return cluster, threads, GPU_RESOURCE if gpus else None, text
+
+
+def _dashboard(config: ClusterConfig) -> dict[str, Any]:
+    """The scheduler's dashboard options: ``dashboard_address: null`` turns the dashboard off."""
+    return {"dashboard_address": config.dashboard_address, "dashboard": config.dashboard_address is not None}
 
 
 def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
@@ -203,7 +208,7 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
         "job_script_prologue": prologue, "worker_extra_args": extra_args, "python": sys.executable,
         "log_directory": slurm.log_directory, "local_directory": slurm.local_directory,
         "interface": slurm.interface, "job_name": "w2v2ser-worker",
-        "scheduler_options": {"dashboard_address": config.dashboard_address},
+        "scheduler_options": _dashboard(config),
     }
     try:
         cluster = SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
@@ -252,7 +257,9 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
             cluster.close()
             raise
         try:
-            yield ClusterHandle(client, threads, gpu_resource, text, getattr(client, "dashboard_link", "") or "")
+            # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.
+            link = getattr(client, "dashboard_link", "") if config.dashboard_address is not None else ""
+            yield ClusterHandle(client, threads, gpu_resource, text, link or "")
         finally:
             client.close()
             cluster.close()

@@ -124,7 +124,7 @@ class ClusterConfig(StrictModel):
         threads_per_worker: Threads of each worker; training runs use this many TF threads.
         gpus: GPU workers (local; None/"auto" = one per visible GPU, 0 = none).
         memory_limit: Per-worker memory limit passed to Dask ("auto" or e.g. "4GB").
-        dashboard_address: Dask dashboard address (":0" = any free port).
+        dashboard_address: Dask dashboard address (":0" = any free port; null = no dashboard).
         slurm: SLURM job settings when ``kind`` is ``slurm``.
     """
 
@@ -133,7 +133,7 @@ class ClusterConfig(StrictModel):
     threads_per_worker: _auto(1) = None
     gpus: _auto(0) = None
     memory_limit: _Text = "auto"
-    dashboard_address: str = ":8787"
+    dashboard_address: Optional[str] = ":8787"
     slurm: Annotated[SlurmConfig, BeforeValidator(lambda v: {} if v is None else v)] = SlurmConfig()
 
     @model_validator(mode="before")

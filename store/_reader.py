@@ -486,6 +486,9 @@ class FeatureStore:
             if (not isinstance(a, np.ndarray) or a.shape != (length, *frame) or a.dtype != np.dtype(spec.dtype)
                     or not a.flags.writeable or not a.flags.c_contiguous):
                 got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                if isinstance(a, np.ndarray):  # say which property failed when dtype and shape match
+                    got += "".join(text for bad, text in ((not a.flags.writeable, ", read-only"),
+                                                          (not a.flags.c_contiguous, ", not C-contiguous")) if bad)
                 raise StoreError(f"read_batch: out array for utterance {uid!r} is {got}; expected a writable, "
                                  f"C-contiguous {spec.dtype} array of shape {(length, *frame)} (its frames of "
                                  f"feature {feature!r}).")
@@ -547,6 +550,9 @@ class FeatureStore:
                         mean, m2 = mean[sel], m2[sel]
                     yield int(counts[k]), mean, m2
 
+        if utterances is not None and not isinstance(utterances, str) and len(utterances) == 0:
+            raise StoreError("compose_statistics: utterances=[] selects no frames; pass the ids to count, or "
+                             "utterances=None for every utterance of the speakers.")
         count, mean, m2 = combine_statistics(parts())
         if count == 0:
             raise StoreError(

@@ -30,7 +30,11 @@ AUDIO_RATE_KEY = "audio_sample_rate"
 
 @dataclass(frozen=True)
 class Utterance:
-    """One manifest row, as produced by the corpus readers."""
+    """One manifest row, as produced by the corpus readers.
+
+    ``extra`` holds the reader's other columns as text; in a stored record it also holds what
+    extraction recorded, e.g. ``extra[AUDIO_RATE_KEY]``, the file's own sample rate as an int.
+    """
 
     id: str
     path: str
@@ -40,7 +44,7 @@ class Utterance:
     split: str = ""
     gender: str = ""
     corpus: str = ""
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,13 +113,20 @@ class FeatureSpec:
         return cls(**dict(d))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FeatureStatistics:
     """Normalisation statistics over frames: count, mean and population variance."""
 
     count: int
     mean: np.ndarray
     variance: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ compared arrays with ==, whose truth value numpy refuses.
+        if not isinstance(other, FeatureStatistics):
+            return NotImplemented
+        return (self.count == other.count and np.array_equal(self.mean, other.mean)
+                and np.array_equal(self.variance, other.variance))
 
     @property
     def std(self) -> np.ndarray:

@@ -86,6 +86,41 @@ def test_feature_batches_are_a_sequence_a_for_loop_can_walk(store):
                                                                     max_frames=30)
 
 
+def test_bad_arguments_of_the_stage2_api_raise_one_clear_error(store):
+    """Found by an API trial: each of these ended in a numpy or Python error from deep inside, or a
+    message that did not say what was wrong; each is now one error naming it (or simply works)."""
+    from w2v2ser.store import StoreError
+    from w2v2ser.train import DataError
+
+    batches = _batches(store, "egemaps", "speaker", cache="off")
+    named = [Item(it.id, it.speaker, batches.classes[it.label], it.duration) for it in batches.items]
+    with pytest.raises(DataError, match=r"has label 'a'; expected an index into classes"):
+        FeatureBatches(named, batches.sources, classes=batches.classes, batch_size=4, max_frames=30)
+    # A selection's text and the store itself are taken where the resolved forms were expected.
+    speakers = store.speakers()
+    by_text = build_normaliser(store, "wav2vec2:2", "speaker", train_speakers=speakers, speakers=speakers)
+    sel = resolve_selection("wav2vec2:2", specs=store, alias="main")
+    resolved = build_normaliser(store, sel, "speaker", train_speakers=speakers, speakers=speakers)
+    assert by_text.speaker_mean.keys() == resolved.speaker_mean.keys() == set(speakers)
+    for speaker in speakers:
+        np.testing.assert_array_equal(by_text.speaker_mean[speaker], resolved.speaker_mean[speaker])
+        np.testing.assert_array_equal(by_text.speaker_std[speaker], resolved.speaker_std[speaker])
+    # Statistics compare by value (the generated == asked numpy for an array's truth value).
+    assert store.compose_statistics("egemaps") == store.compose_statistics("egemaps")
+    assert store.compose_statistics("egemaps") != store.compose_statistics("egemaps", speakers=speakers[:1])
+    with pytest.raises(StoreError, match=r"utterances=\[\] selects no frames"):
+        store.compose_statistics("egemaps", utterances=[])
+    uid = store.list_utterances()[0].id
+    frames = store.num_frames(uid, "wav2vec2")
+    strided = np.zeros((frames, 5, 8), np.float16)[:, :, ::2]
+    with pytest.raises(StoreError, match=r", not C-contiguous; expected"):
+        store.read_batch([uid], "wav2vec2", out=[strided])
+    frozen = np.zeros((frames, 5, 4), np.float16)
+    frozen.flags.writeable = False
+    with pytest.raises(StoreError, match=r", read-only; expected"):
+        store.read_batch([uid], "wav2vec2", out=[frozen])
+
+
 def test_batched_reads_are_used_when_the_store_has_them(store):
     fake = BatchedStore(store)
     mem = _batches(fake, "egemaps", "speaker", cache="auto")

@@ -183,6 +183,11 @@ class FeatureBatches:
         self.items = list(items)
         self.sources = list(sources)
         self.classes = tuple(classes)
+        bad = next((item for item in self.items if isinstance(item.label, (str, bool))
+                    or not isinstance(item.label, (int, np.integer)) or not 0 <= item.label < len(self.classes)), None)
+        if bad is not None:  # a class name here failed only when its batch was read, deep in numpy
+            raise DataError(f"FeatureBatches: utterance {bad.id!r} has label {bad.label!r}; expected an index into "
+                            f"classes {list(self.classes)} (e.g. classes.index({bad.label!r}) for a class name)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ConfigError(f"FeatureBatches: batch_size={batch_size!r}; expected a positive integer "
                               f"(utterances per batch)")

@@ -86,14 +86,15 @@ class Normaliser:
         return x
 
 
-def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
+def build_normaliser(store: Any, selection: ResolvedSelection | str, mode: str, *,
                      train_speakers: Sequence[str], speakers: Sequence[str],
                      utterances: Sequence[str] | None = None) -> Normaliser:
     """Compose the statistics a normaliser needs from the store's per-speaker parts.
 
     Args:
         store: Open FeatureStore holding ``selection.feature``.
-        selection: The resolved selection (decides which layers are composed).
+        selection: The resolved selection (decides which layers are composed), or its text
+            (e.g. ``"wav2vec2:all"``), resolved against ``store``.
         mode: "speaker", "global" or "none".
         train_speakers: Speakers of the training partition (global statistics use only these).
         speakers: Every speaker whose utterances will be normalised (speaker statistics).
@@ -107,6 +108,10 @@ def build_normaliser(store: Any, selection: ResolvedSelection, mode: str, *,
         raise ConfigError(f"unknown normalisation {mode!r}; expected one of {list(NORMALISATIONS)}")
     if mode == "none":
         return Normaliser("none")
+    if isinstance(selection, str):
+        from ._selection import resolve_selection
+
+        selection = resolve_selection(selection, specs=store.features, alias="store", store=str(store.path))
     layers = list(selection.layers) if selection.layers is not None else None
 
     def compose(spk: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

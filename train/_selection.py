@@ -110,7 +110,7 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
 
     Args:
         selection: Parsed selection or selection string.
-        specs: The store's ``features`` mapping (name -> FeatureSpec).
+        specs: The store's ``features`` mapping (name -> FeatureSpec), or the open store itself.
         alias: Alias of the store the selection reads from (for messages and records).
         store: How messages name the store (e.g. its path); default: its alias.
 
@@ -119,6 +119,8 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
     """
     sel = parse_selection(selection) if isinstance(selection, str) else selection
     where = store or f"store {alias!r}"
+    if not isinstance(specs, Mapping) and isinstance(getattr(specs, "features", None), Mapping):
+        specs = specs.features  # a FeatureStore
     if sel.feature not in specs:
         hint = did_you_mean(sel.feature, specs)
         layered = [name for name, spec in specs.items() if spec.layers]

@@ -27,6 +27,7 @@ import contextlib
 import csv
 import json
 import logging
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -474,7 +475,9 @@ def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Seq
     """
     import keras
 
-    import w2v2ser.train._layers  # noqa: F401 - registers the custom layers model.keras files use
+    # Registers the custom layers model.keras files use: those of train/_layers.py and any a head
+    # module defines beside its head.
+    import w2v2ser.train._heads  # noqa: F401
 
     from w2v2ser.train import FeatureBatches, Source, resolve_selection
     from w2v2ser.train._dataset import STATS_SUFFIX
@@ -486,6 +489,12 @@ def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Seq
         try:
             model = keras.saving.load_model(model_path, compile=False)
         except Exception as exc:  # noqa: BLE001 -- keras raises many types for a bad file
+            unknown = re.search(r"Could not locate class '(\w+)'", str(exc))
+            if unknown:  # an intact file whose layer class this w2v2ser does not register
+                raise RunDirError(f"cannot load model {model_path}: it uses the Keras class {unknown[1]!r}, which "
+                                  f"this w2v2ser does not define. Predict with the w2v2ser (and any extension "
+                                  f"module) that trained the run, importing the module that registers "
+                                  f"{unknown[1]!r} first.") from exc
             raise RunDirError(f"cannot load model {model_path} ({type(exc).__name__}: {exc}); the file is "
                               "corrupt or from another Keras version. Retrain this run or pass --run "
                               "to use another one.") from exc

@@ -288,6 +288,24 @@ def test_a_model_changed_after_training_is_refused(trained: Path, audio_files: l
     assert predict_audio(run, audio_files[:1], run="split__seed0")[0].ok
 
 
+def test_a_model_whose_layer_class_is_not_registered_is_not_called_corrupt(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an extension trial: a head whose Keras layer was defined outside train/_layers.py
+    trained, but predict called the intact model.keras corrupt and said to retrain."""
+    import keras
+
+    def load_model(path, **kwargs):
+        raise TypeError("<class 'x'> could not be deserialized properly. Exception encountered: Could not "
+                        "locate class 'AttentionPooling'. Make sure custom classes are decorated")
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    monkeypatch.setattr(keras.saving, "load_model", load_model)
+    with pytest.raises(RunDirError, match=r"uses the Keras class 'AttentionPooling', which this w2v2ser does "
+                                          r"not define") as caught:
+        predict_audio(trained, audio_files[:1])
+    assert "corrupt" not in str(caught.value) and "Retrain" not in str(caught.value)
+
+
 def test_report_on_a_real_run_dir(trained: Path, tmp_path: Path) -> None:
     md = write_report([trained], out=tmp_path / "report").read_text(encoding="utf-8")
     # the row is named by the store's upstream model (here the tiny local model's folder), selection and head

@@ -74,7 +74,8 @@ UPSTREAMS = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec"})
 
 
 # Optional packages each feature needs: missing ones give a one-line install hint, not a traceback.
-_REQUIRES: dict[str, tuple[str, ...]] = {"wav2vec2": ("torch", "transformers"), "egemaps": ("opensmile",)}
+_REQUIRES: dict[str, tuple[str, ...]] = {**{name: ("torch", "transformers") for name in UPSTREAMS},
+                                         "egemaps": ("opensmile",)}
 
 
 def _lookup(name: str) -> tuple[type, type]:
@@ -111,7 +112,7 @@ def build_extractor(name: str, config: Mapping[str, Any] | Any = None, *, record
     from w2v2ser._deps import require_modules
 
     config_class, extractor_class = _lookup(name)
-    require_modules(*_REQUIRES.get(name, ()))
+    require_modules(*_REQUIRES.get(name, ()), needed_for=name if name in UPSTREAMS else None)
     if isinstance(config, config_class):
         return extractor_class(config)
     if config is not None and not isinstance(config, Mapping):

@@ -72,9 +72,18 @@ def _check_header(path: Path, header: list[str] | None) -> None:
                 column, [h for h in header if h.strip().lower() == column], cutoff=0)
             raise _fail(path, 1, column, f"required column {column!r} is missing (header: {header})",
                         f"Add or rename the column; required: {', '.join(_REQUIRED)}.{hint}")
+    for column in _OPTIONAL:
+        # 'Split' beside no 'split' was kept as an extra column: the user's split was silently not used.
+        near = [h for h in header if h != column and h.strip().lower() == column]
+        if near and column not in header:
+            raise _fail(path, 1, near[0], f"this column differs from the optional column {column!r} only in case "
+                        f"or spaces, so it would not be read as {column!r}",
+                        f"Rename it to {column!r}, or to another name to keep it as an extra column.")
     dupes = [c for c, n in Counter(header).items() if n > 1]
     if dupes:
-        raise _fail(path, 1, dupes[0], "column appears more than once in the header", "Rename or drop the duplicate.")
+        unnamed = " (a column without a name: trailing commas?)" if not dupes[0] else ""
+        raise _fail(path, 1, dupes[0], f"column appears more than once in the header{unnamed}",
+                    "Rename or drop the duplicate.")
     if _RESERVED in header:
         raise _fail(path, 1, _RESERVED, "this column name is reserved: extraction records each file's own "
                     "sample rate under it (read from the audio header)", "Rename or drop the column.")

@@ -68,6 +68,22 @@ def test_wrong_columns_name_the_missing_column(tmp_path, header, hint):
         assert hint in str(error.value)
 
 
+@pytest.mark.parametrize("column", ["Split", "ID", "Session", "GENDER"])
+def test_an_optional_column_in_another_case_is_refused_not_kept_as_an_extra(tmp_path, column):
+    """Found by a corpus trial: a 'Split' column landed in Utterance.extra without a word, so
+    `train --protocol csv` fell back to speaker folds and tested every utterance, not the user's split."""
+    path = _manifest(tmp_path, f"path,label,speaker,{column}\na.wav,angry,s1,train\n")
+    with pytest.raises(ManifestError, match=rf"line 1, column '{column}': this column differs from the optional "
+                                            rf"column '{column.lower()}' only in case.*Rename it to"):
+        read_csv_manifest(path)
+
+
+def test_a_header_with_trailing_commas_says_so(tmp_path):
+    path = _manifest(tmp_path, "path,label,speaker,,\na.wav,angry,s1,,\n")
+    with pytest.raises(ManifestError, match=r"more than once in the header \(a column without a name: trailing"):
+        read_csv_manifest(path)
+
+
 @pytest.mark.parametrize("sep,bom,newline", [(",", "", "\n"), ("\t", "", "\n"), (";", "\ufeff", "\r\n"),
                                               (",", "\ufeff", "\r\n")])
 def test_tab_and_semicolon_separated_manifests_read_like_csv(tmp_path, sep, bom, newline):

@@ -209,9 +209,15 @@ _STREAMING_SIZE = 0x7FFF0000
 
 def _truncation(log: str) -> str:
     """What libsndfile's header log says is missing from the file, or "" when nothing is."""
-    found = re.search(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE)
-    if found and 0 < int(found[1]) < _STREAMING_SIZE and int(found[2]) < int(found[1]):
-        return f"its header declares {int(found[1]):,} bytes of audio data, the file holds {int(found[2]):,}"
+    # WAV "data", AU "Data Size"; W64 logs only its whole-file size ("riff", lowercase; WAV's "RIFF"
+    # differs for files that lost only trailing metadata, and WAV's data line already says a cut).
+    found = re.search(r"^\s*(data|Data Size|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE)
+    if found and 0 < int(found[2]) < _STREAMING_SIZE and int(found[3]) < int(found[2]) - 1:  # - 1: a pad byte
+        what = "bytes" if found[1] == "riff" else "bytes of audio data"
+        return f"its header declares {int(found[2]):,} {what}, the file holds {int(found[3]):,}"
+    found = re.search(r"Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)", log)
+    if found and int(found[1]) < int(found[2]):  # RF64
+        return f"its header declares {int(found[2]):,} frames, the file holds {int(found[1]):,}"
     found = re.search(r"Frame count read from 'COMM' chunk \((\d+)\) not equal to frame count\s*\n"
                       r"\*\*\* calculated from length of 'SSND' chunk \((\d+)\)", log)
     if found and int(found[2]) < int(found[1]):
@@ -292,7 +298,7 @@ def decode_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES
     """
     path = Path(path)
     with _open(path) as f:
-        sample_rate = int(f.samplerate)
+        sample_rate, declared = int(f.samplerate), int(f.frames)
         try:
             signal = _decode_mono(f)
         except (sf.LibsndfileError, RuntimeError) as exc:
@@ -301,6 +307,12 @@ def decode_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES
                 f"The data is probably corrupt; re-export the file or {_CONVERT_HINT}."
             ) from exc
     frames = signal.shape[0]
+    # A cut MP3 decodes without an error to what is left, while its header (Xing) still gives the
+    # whole length. An MPEG header's length may be off by an encoder's padding: 1 % plus one frame.
+    if frames < declared * 0.99 - 1152:
+        raise AudioError(f"Audio file {path} is truncated: its header declares {declared:,} frames, it decodes to "
+                         f"{frames:,}. The recording was cut short (a copy or download that did not finish?); "
+                         f"copy or export it again.")
     _check_length(path, resampled_length(frames, sample_rate), frames, min_samples)
     # A float64 sum is one pass without a temporary; only a non-finite (or, for absurd
     # values, overflowing) sum needs the exact element-wise check.

@@ -156,13 +156,22 @@ def signals_at_rates(
 
 def _check_readable(path: Path) -> None:
     """Raise AudioError for a missing, non-file or permission-denied path."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError as exc:  # a folder on the way cannot be entered (no search permission)
+        raise AudioError(f"Audio file {path} cannot be reached: permission denied on a folder of its path. Grant "
+                         f"access (e.g. `chmod a+x` on each folder) or run as a user who may read it.") from exc
+    if not exists and path.is_symlink():
+        raise AudioError(f"Audio file {path} is a symbolic link to {os.readlink(path)}, which does not exist. Point "
+                         f"the link at the recording, or remove it (from the corpus folder or the manifest).")
+    if not exists:
         raise AudioError(
-            f"Audio file {path} does not exist. Check the path in the manifest "
-            "(relative paths resolve against the manifest's folder)."
+            f"Audio file {path} does not exist. Check the path (a CSV manifest's relative paths resolve "
+            "against the manifest's folder)."
         )
     if not path.is_file():
-        raise AudioError(f"Audio path {path} is not a regular file. Point the manifest at an audio file.")
+        raise AudioError(f"Audio path {path} is not a regular file. Replace it with an audio file, or remove it "
+                         f"(from the corpus folder or the manifest).")
     try:
         # libsndfile reports permission problems as a generic "System error"; opening
         # the file ourselves first gives the user the real cause.

@@ -92,7 +92,7 @@ def _check_header(path: Path, header: list[str] | None) -> None:
 def _resolve(path: Path, raw: str) -> str:
     """Absolute path of ``raw``: relative paths start at the manifest's folder (``../audio/a.wav``
     from ``manifests/train.csv`` included)."""
-    given = Path(raw)
+    given = Path(os.path.expanduser(raw))  # ~/data/a.wav, as hand-written manifests often say
     if given.is_absolute():
         return os.path.normpath(given)
     # normpath (not resolve): symlinked audio keeps the path the manifest gives.

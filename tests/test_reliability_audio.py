@@ -74,6 +74,11 @@ def _directory(path: Path) -> Path:
     return path
 
 
+def _dangling_link(path: Path) -> Path:
+    path.symlink_to(path.with_name("moved-away.wav"))
+    return path
+
+
 # name -> (how to make it, words the AudioError must contain besides the file name)
 BAD: dict[str, tuple] = {
     "empty": (_write_bytes(b""), ("empty", "0 bytes", "Re-export")),
@@ -93,7 +98,9 @@ BAD: dict[str, tuple] = {
     "short_8k": (lambda p: write_audio(p, frames=199, sample_rate=8_000), ("too short", "398 samples")),
     "nan_float": (_float_wav_with(np.nan), ("not finite", "NaN")),
     "inf_float": (_float_wav_with(np.inf), ("not finite", "Inf")),
-    "directory_named_wav": (_directory, ("not a regular file",)),
+    "directory_named_wav": (_directory, ("not a regular file", "Replace it with an audio file")),
+    # Found by a corpus trial: called "does not exist" while `ls` showed it (and "the manifest" of a folder corpus).
+    "dangling_symlink": (_dangling_link, ("is a symbolic link to", "moved-away.wav, which does not exist")),
 }
 # Files that must decode: name -> write_audio options.
 GOOD: dict[str, dict] = {
@@ -180,7 +187,7 @@ def test_unusual_but_valid_audio_decodes_to_the_probed_length(tmp_path, name):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(AudioError, match=r"gone\.wav does not exist\. Check the path in the manifest"):
+    with pytest.raises(AudioError, match=r"gone\.wav does not exist\. Check the path"):
         probe_audio(tmp_path / "gone.wav")
 
 
@@ -251,7 +258,7 @@ def test_mixed_corpus_fails_each_bad_file_alone_and_extracts_every_good_one(tmp_
     assert set(failed) == bad_ids
     for uid, reason in failed.items():
         assert f"{uid}.wav" in reason, reason  # names the file
-        assert any(w in reason for w in ("Check", "Remove", "Re-export", "convert", "Fix", "Point", "Leave", "copy")), reason
+        assert any(w in reason for w in ("Check", "Remove", "Re-export", "convert", "Fix", "Point", "Leave", "copy", "Replace")), reason
     store = open_store(store_path)
     assert [f.id for f in store.list_failures() if f.id in bad_ids]
     done = {r.id: r for r in store.list_utterances()}

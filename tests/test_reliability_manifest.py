@@ -78,6 +78,13 @@ def test_an_optional_column_in_another_case_is_refused_not_kept_as_an_extra(tmp_
         read_csv_manifest(path)
 
 
+def test_a_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = _manifest(tmp_path, "path,label,speaker\n~/data/a.wav,angry,s1\n")
+    (utterance,) = read_csv_manifest(path).utterances
+    assert utterance.path == str(tmp_path / "home" / "data" / "a.wav")
+
+
 def test_a_header_with_trailing_commas_says_so(tmp_path):
     path = _manifest(tmp_path, "path,label,speaker,,\na.wav,angry,s1,,\n")
     with pytest.raises(ManifestError, match=r"more than once in the header \(a column without a name: trailing"):
@@ -111,7 +118,7 @@ def test_missing_audio_file_becomes_one_failure_row(tmp_path):
     assert summary.complete
     assert [(uid, reason.split(" does not exist")[0]) for uid, _, reason in summary.failed] == [
         ("not_there", f"Audio file {tmp_path / 'not_there.wav'}")]
-    assert "Check the path in the manifest" in summary.failed[0][2]
+    assert "Check the path" in summary.failed[0][2]
     assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
 
 

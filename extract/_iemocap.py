@@ -33,7 +33,9 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path,
             continue  # header, per-annotator lines ("C-E1: ..."), blank lines
         m = _LINE.match(line.strip())
         if not m:
-            problems.append((f"{path}:{number}", f"evaluation line not understood: {line.strip()!r}"))
+            problems.append((f"{path}:{number}", f"evaluation line not understood: {line.strip()!r}; expected "
+                                                  f"'[START - END]<tab>UTTERANCE<tab>LABEL<tab>[V, A, D]' as in the "
+                                                  f"release: restore the line from it"))
             continue
         uid = m["id"]
         idm = _ID.match(uid)
@@ -50,7 +52,8 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path,
         dialog = uid.rsplit("_", 1)[0]
         wav = wav_root / dialog / f"{uid}.wav"
         if not wav.is_file():
-            problems.append((str(wav), f"audio missing for labelled utterance {uid} ({path.name} line {number})"))
+            problems.append((str(wav), f"audio missing for labelled utterance {uid} ({path.name} line {number}); "
+                                       f"restore the file from the release if it was not left out on purpose"))
             continue
         utterances.append(Utterance(
             id=uid,

@@ -677,7 +677,7 @@ def _features_of(
     for (item, audio, _), ok in zip(good, allowed):
         if not ok:
             failures.append((item.index, extractor.name, (
-                f"{item.path} is {audio.num_samples / 16000:.0f} s long, over {extractor.name}.max_seconds={limit:g}; "
+                f"{item.path} is {audio.num_samples / 16000:.1f} s long, over {extractor.name}.max_seconds={limit:g}; "
                 f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
             )))
     audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]

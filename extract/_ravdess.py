@@ -22,6 +22,7 @@ _MODALITIES = {"01": "audio-video", "02": "video-only", "03": "audio-only"}
 _CHANNELS = {"01": "speech", "02": "song"}
 _INTENSITIES = {"01": "normal", "02": "strong"}
 _AUDIO_SUFFIXES = {".wav", ".flac"}
+_OTHER_AUDIO = {".mp3", ".ogg", ".m4a", ".aac", ".aif", ".aiff", ".opus", ".wma"}
 _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 _ACTOR_DIR = re.compile(r"^Actor_(\d\d)$")
 
@@ -68,15 +69,15 @@ def _parse(path: Path) -> tuple[Utterance | None, str]:
 
 
 def _actor_dirs(root: Path) -> list[Path]:
-    """Actor folders under ``speech/``, ``song/`` or directly under the root (original zips), or
-    the root itself when it is one (``Actor_07/``: new audio of one actor)."""
+    """Actor folders under ``speech/``, ``song/`` (or any other folder of the root, e.g. an unpacked
+    zip's) or directly under the root (original zips), or the root itself when it is one
+    (``Actor_07/``: new audio of one actor)."""
     if _ACTOR_DIR.match(root.name):
         return [root]
-    dirs = []
-    for parent in (root / "speech", root / "song", root):
-        if parent.is_dir():
-            dirs += [d for d in parent.iterdir() if d.is_dir() and _ACTOR_DIR.match(d.name)]
-    return sorted(dirs)
+    # Any folder one level down too: a zip unpacked into a folder of its own name
+    # (Audio_Speech_Actors_01-24/Actor_01/...), as file managers and `unzip -d` do.
+    parents = [root, *(d for d in root.iterdir() if d.is_dir() and not _ACTOR_DIR.match(d.name))]
+    return sorted({d for parent in parents for d in parent.iterdir() if d.is_dir() and _ACTOR_DIR.match(d.name)})
 
 
 def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
@@ -106,13 +107,19 @@ def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
     seen: dict[str, str] = {}
     for actor_dir in _actor_dirs(root):
         for path in sorted(actor_dir.iterdir()):
-            if path.suffix.lower() not in _AUDIO_SUFFIXES or path.name.startswith("."):
-                continue  # README, .DS_Store, ... are not utterances
+            if path.name.startswith("."):
+                continue  # .DS_Store, ._resource forks
+            if path.suffix.lower() in _OTHER_AUDIO and _NAME.match(path.stem):
+                problems.append((str(path), f"RAVDESS is read from .wav and .flac files, not {path.suffix}; convert "
+                                            f"it (e.g. `ffmpeg -i {path.name} {path.stem}.flac`)"))
+                continue
+            if path.suffix.lower() not in _AUDIO_SUFFIXES:
+                continue  # README, ... are not utterances
             utterance, reason = _parse(path)
             if utterance is None:
-                problems.append((str(path), reason))
+                problems.append((str(path), f"{reason}; rename the file or move it out of the corpus folder"))
             elif utterance.id in seen:
-                problems.append((str(path), f"duplicate of {seen[utterance.id]} (same file name)"))
+                problems.append((str(path), f"duplicate of {seen[utterance.id]} (same file name); remove one"))
             else:
                 seen[utterance.id] = str(path)
                 utterances.append(utterance)

@@ -85,6 +85,7 @@ def test_ravdess_skips_and_reports_bad_names(tmp_path):
                             "03-01-01-01-01-02-03.wav"}
     assert "emotion 09" in reasons["03-01-09-01-01-01-03.wav"]
     assert "MM-VC-EE-II-SS-RR-AA" in reasons["recording.wav"]
+    assert all(r.endswith("rename the file or move it out of the corpus folder") for r in reasons.values())
     assert "Actor_03" in reasons["03-01-01-01-01-01-05.wav"]
     assert "song/" in reasons["03-01-01-01-01-02-03.wav"]
     genders = {u.speaker: u.gender for u in manifest.utterances}
@@ -99,6 +100,19 @@ def test_ravdess_original_zip_layout(tmp_path):
     assert utterance.label == "calm" and utterance.extra["statement"] == "02"
     # One actor's folder passed as the corpus (new audio of one actor) said "No RAVDESS audio found".
     assert [u.id for u in read_ravdess(tmp_path / "Actor_07").utterances] == [utterance.id]
+
+
+def test_ravdess_zips_unpacked_into_folders_of_their_own_name(tmp_path):
+    """Found by a corpus trial: `unzip -d` and file managers put each zip's Actor_NN folders in a
+    folder named after it, and the reader said "No RAVDESS audio found"; an .mp3 copy was ignored."""
+    write_audio(tmp_path / "Audio_Speech_Actors_01-24" / "Actor_07" / "03-01-02-02-02-01-07.wav", duration=0.05)
+    write_audio(tmp_path / "Audio_Song_Actors_01-24" / "Actor_08" / "03-02-03-01-01-01-08.wav", duration=0.05)
+    write_audio(tmp_path / "Audio_Song_Actors_01-24" / "Actor_08" / "03-02-04-01-01-01-08.mp3", duration=0.05,
+                format="MP3", subtype="MPEG_LAYER_III")
+    manifest = read_ravdess(tmp_path)
+    assert sorted(u.id for u in manifest.utterances) == ["03-01-02-02-02-01-07", "03-02-03-01-01-01-08"]
+    ((path, reason),) = manifest.problems
+    assert path.endswith(".mp3") and "not .mp3; convert it" in reason
 
 
 @pytest.mark.parametrize("kind", ["ravdess", "iemocap"])

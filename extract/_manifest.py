@@ -28,7 +28,9 @@ _SPLIT_ALIASES = {
     "development": "validation",  # MSP-Podcast's Split_Set
     "test": "test", "eval": "test",
 }
-_GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
+_GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male",
+            # "not known", as corpora such as MSP-Podcast write it: the same as an empty cell
+            **dict.fromkeys(("unknown", "unk", "u", "x", "na", "n/a", "none", "?", "-"), "")}
 
 
 @dataclass
@@ -116,7 +118,10 @@ def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
         except ValueError:
             rel = full.relative_to(top) if top and full != Path(top) else full
         ids.append(rel.with_suffix("").as_posix())
-    return ids
+    # x.wav beside x.flac: only the suffix tells them apart, so it stays in their ids.
+    counts = Counter(ids)
+    return [uid if counts[uid] == 1 or Path(row["_abs"]).suffix == "" else f"{uid}{Path(row['_abs']).suffix}"
+            for uid, row in zip(ids, rows)]
 
 
 def _delimiter(header: str) -> str:
@@ -184,15 +189,21 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
 
     defaults = _default_ids(rows, path.parent)
     seen: dict[str, str] = {}
+    paths: dict[str, str] = {}
     utterances = []
     extra_columns = [c for c in header if c and c not in _REQUIRED + _OPTIONAL]
     for row, default_id in zip(rows, defaults):
         line = int(row["_line"])
         uid = row.get("id") or default_id
+        if uid in seen and not row.get("id") and paths[uid] == row["_abs"]:
+            # Said as such, not as the clash of the ids derived from one path.
+            raise _fail(path, line, "path", f"audio file {row['path']!r} is also listed on line {seen[uid]}",
+                        "Remove the duplicate row, or give each row its own 'id' if the copy is meant.")
         if uid in seen:
-            raise _fail(path, line, "id", f"utterance id {uid!r} is also used on line {seen[uid]}",
+            derived = "" if row.get("id") else " (derived from the path: the row gives no id)"
+            raise _fail(path, line, "id", f"utterance id {uid!r}{derived} is also used on line {seen[uid]}",
                         "Ids must be unique: add an 'id' column with distinct values or fix the duplicate row.")
-        seen[uid] = row["_line"]
+        seen[uid], paths[uid] = row["_line"], row["_abs"]
         split = row.get("split", "")
         if split and split.lower() not in _SPLIT_ALIASES:
             hint = did_you_mean(split.lower(), _SPLIT_ALIASES, cutoff=0.3, canonical=_SPLIT_ALIASES)
@@ -203,7 +214,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         gender = row.get("gender", "")
         if gender and gender.lower() not in _GENDERS:
             raise _fail(path, line, "gender", f"unknown gender {gender!r}",
-                        "Use 'female', 'male' (or f/m), or leave it empty.")
+                        "Use 'female', 'male' (or f/m), or leave it empty (or 'unknown').")
         utterances.append(Utterance(
             id=uid,
             path=row["_abs"],

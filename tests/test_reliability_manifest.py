@@ -27,6 +27,18 @@ def test_duplicate_ids_are_refused_with_both_lines(tmp_path):
         read_csv_manifest(path)
 
 
+def test_ids_derived_from_paths_keep_a_suffix_that_alone_tells_two_files_apart(tmp_path):
+    """Found by a corpus trial: x.wav and x.flac were refused as two rows of utterance id 'x', an
+    id the user never wrote; one path listed twice was reported the same way."""
+    path = _manifest(tmp_path, "path,label,speaker\nx.wav,angry,s1\nx.flac,sad,s1\ny.wav,sad,s2\n")
+    assert [u.id for u in read_csv_manifest(path).utterances] == ["x.wav", "x.flac", "y"]
+    twice = _manifest(tmp_path, "path,label,speaker\nx.wav,angry,s1\ny.wav,sad,s2\nx.wav,sad,s1\n")
+    with pytest.raises(ManifestError, match=r"line 4, column 'path': audio file 'x.wav' is also listed on line 2"):
+        read_csv_manifest(twice)
+    named = _manifest(tmp_path, "id,path,label,speaker\nx,x.wav,angry,s1\nx2,x.wav,sad,s1\n")  # a meant copy
+    assert [u.id for u in read_csv_manifest(named).utterances] == ["x", "x2"]
+
+
 def test_duplicate_ids_given_to_extract_corpus_directly_are_refused_before_writing(tmp_path):
     wav = str(write_audio(tmp_path / "a.wav"))
     utterances = [Utterance(id="x", path=wav, speaker="s", label="angry")] * 2
@@ -83,6 +95,14 @@ def test_a_path_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatc
     path = _manifest(tmp_path, "path,label,speaker\n~/data/a.wav,angry,s1\n")
     (utterance,) = read_csv_manifest(path).utterances
     assert utterance.path == str(tmp_path / "home" / "data" / "a.wav")
+
+
+def test_an_unknown_gender_is_an_empty_one(tmp_path):
+    """Found by a corpus trial: `Unknown` (MSP-Podcast's spelling) refused the whole manifest."""
+    path = _manifest(tmp_path, "path,label,speaker,gender\na.wav,angry,s1,Unknown\nb.wav,sad,s2,F\nc.wav,sad,s3,\n")
+    assert [u.gender for u in read_csv_manifest(path).utterances] == ["", "female", ""]
+    with pytest.raises(ManifestError, match=r"line 2, column 'gender': unknown gender 'robot'"):
+        read_csv_manifest(_manifest(tmp_path, "path,label,speaker,gender\na.wav,angry,s1,robot\n"))
 
 
 def test_a_header_with_trailing_commas_says_so(tmp_path):

@@ -30,7 +30,25 @@ __all__ = [
 
 @runtime_checkable
 class Extractor(Protocol):
-    """What the stage 1 driver needs from a feature extractor."""
+    """What the stage 1 driver needs from a feature extractor.
+
+    To add a feature, write a module like ``extract/_spectrogram.py`` and add one line to
+    :data:`EXTRACTORS`. It needs:
+
+    - a config dataclass with ``to_dict()`` and ``from_dict(mapping)`` (``from_dict`` checks the
+      keys against the fields, as ``SpectrogramConfig.from_dict`` does with ``build_dataclass``);
+      its field annotations are the schema of its ``pipeline.yaml`` section and of ``--option``
+      (use ``Literal`` and ``Annotated[int, Field(ge=1)]`` for choices and bounds). An option
+      added after stores were written goes in its ``RECORDED_DEFAULTS`` (a ClassVar mapping it to
+      the value older stores were made with);
+    - an extractor class built as ``cls(config)``, with the members below.
+
+    Optional members the driver looks for: ``check(*, local: bool)`` (below),
+    ``decided_options()`` (options settled at run time, recorded with the config), and, for the
+    speech encoders listed in :data:`UPSTREAMS` (which run on GPU workers), ``uses_cuda()``.
+    Options that change speed but never values are recorded under ``spec.config["runtime"]``,
+    where the store's config check ignores them.
+    """
 
     name: str
     config: Any

@@ -656,7 +656,7 @@ class StoreWriter:
             raise StoreError(
                 f"utterance {uid!r}, feature {name!r}: {x.shape[0]} frames exceed the planned "
                 f"capacity of {cap}; the extractor's max_frames underestimates. Fix max_frames "
-                f"and extract into a new store."
+                f"and rerun the same extraction (failed utterances are extracted again)."
             )
         with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
             stored = np.ascontiguousarray(x.astype(spec.dtype, copy=False))

@@ -181,3 +181,19 @@ def test_benchmark_scripts_the_slow_suite_runs_are_the_ones_the_readmes_name() -
     assert [s for s in scripts if f"`{s}" not in intro] == []
     words = {9: "nine", 11: "eleven"}
     assert f"runs {words[len(scripts)]} of the scripts" in README and f"{words[len(CASES)]} cases" in README
+
+
+def test_the_exported_schema_describes_every_extractor_option_and_experiment_key() -> None:
+    """Found by an extension trial: no extractor option carried a description in `run --schema`,
+    so editors completed bare keys, though every config documents its fields in `Attributes:`."""
+    from w2v2ser._config import pipeline_json_schema
+
+    definitions = pipeline_json_schema()["$defs"]
+    described = ["SpectrogramConfigOptions", "EgemapsConfigOptions", "Wav2Vec2ConfigOptions", "HubertConfigOptions",
+                 "RecipeOverrides", "Experiment"]
+    for name in described:
+        bare = [key for key, node in definitions[name]["properties"].items()
+                if "description" not in node and key not in ("corpus", "grid", "recipe_overrides")]
+        assert not bare, (name, bare)
+    hop = definitions["SpectrogramConfigOptions"]["properties"]["hop_ms"]["description"]
+    assert hop.startswith("Hop in milliseconds; 10 when neither it nor")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import re
 import types
 import typing
@@ -51,6 +52,23 @@ def _yaml_type(annotation: Any, *, as_list: bool = False) -> Any:
     return annotation
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field -> text of the Google-style ``Attributes:`` section of a class docstring (for the
+    JSON Schema's descriptions, which editors show beside each key)."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), len(lines))
+    docs: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r"^    (\w+)(?: \(.*?\))?: (.*)$", line)
+        if entry:
+            docs[entry[1]] = [entry[2]]
+        elif docs and line.strip():
+            docs[next(reversed(docs))].append(line.strip())
+    return {name: " ".join(text) for name, text in docs.items()}
+
+
 @functools.cache
 def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = False,
                     as_lists: bool = False, name: str | None = None) -> type[StrictModel]:
@@ -64,19 +82,21 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
         name: Model name in the JSON Schema (default: the class name).
     """
     hints = typing.get_type_hints(cls, include_extras=True)
+    docs = {k: v for klass in reversed(cls.__mro__) for k, v in _attribute_docs(klass).items()}  # subclasses win
     fields: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         if field.name in drop or not field.init:
             continue
         annotation = _yaml_type(hints[field.name], as_list=as_lists)
+        described = {"description": docs[field.name]} if field.name in docs else {}
         if optional or as_lists:
-            fields[field.name] = (typing.Optional[annotation], None)
+            fields[field.name] = (typing.Optional[annotation], Field(None, **described))
         elif field.default is not dataclasses.MISSING:
-            fields[field.name] = (annotation, field.default)
+            fields[field.name] = (annotation, Field(field.default, **described))
         elif field.default_factory is not dataclasses.MISSING:
-            fields[field.name] = (annotation, Field(default_factory=field.default_factory))
+            fields[field.name] = (annotation, Field(default_factory=field.default_factory, **described))
         else:
-            fields[field.name] = (annotation, ...)
+            fields[field.name] = (annotation, Field(..., **described))
     doc = (cls.__doc__ or "").strip().split("\n")[0]
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 

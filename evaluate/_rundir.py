@@ -21,7 +21,7 @@ import numpy as np
 
 from w2v2ser._common import UPSTREAM_FEATURES
 from w2v2ser.train import list_run_files
-from w2v2ser.train._metrics import PER_RUN, headline_uar  # no TensorFlow
+from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
 
 __all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "data_text"]
 
@@ -349,7 +349,9 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         uar_std = scale * float(raw_std) if raw_std is not None else (
             float(np.std(uar_runs)) if uar_runs else None)
         uar_std = uar_std if len(uar_runs) > 1 else None  # one value has no spread to state
-        acc = results.get("accuracy_mean")
+        # Accuracy scored as the UAR beside it: pooled per seed where the UAR is (older results: per run).
+        acc = results.get("accuracy_pooled_mean" if scoring == POOLED and "accuracy_pooled_mean" in results
+                          else "accuracy_mean")
         confusion = results.get("confusion")
         confusion = np.asarray(confusion, dtype=np.float64) if confusion is not None else None
         classes = tuple(str(c) for c in results.get("classes") or ())

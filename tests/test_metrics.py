@@ -65,6 +65,17 @@ def test_per_class_report_matches_the_confusion_matrix():
     assert rep["macro avg"]["recall"] == pytest.approx(uar(t, p, 3))
 
 
+def test_the_macro_average_of_the_per_class_report_is_over_the_classes_tested_as_the_uar_is():
+    """Found by a correctness audit: with a class absent from the test utterances (RAVDESS song has
+    no disgust or surprised), results.json's macro-average recall counted it as 0 (5/7 of the UAR)."""
+    t = [0, 0, 1, 1, 1, 2]
+    p = [0, 3, 1, 1, 0, 3]  # class 3 predicted, never true
+    rep = per_class_report(t, p, ["a", "b", "c", "d"])
+    assert rep["d"]["support"] == 0.0 and rep["d"]["precision"] == 0.0
+    assert rep["macro avg"]["recall"] == pytest.approx(uar(t, p, 4)) == pytest.approx((0.5 + 2 / 3 + 0) / 3)
+    assert rep["macro avg"]["support"] == 6.0
+
+
 def _folds(protocol, records, k=5):
     return [f.to_dict() for f in get_protocol(protocol).make_folds(records, k)]
 

@@ -476,6 +476,14 @@ def test_speaker_folds_cross_validate_over_speaker_groups(rav, tmp_path):
     assert list(recall) == list(classes)
     assert np.mean([recall[c] for c in present]) == pytest.approx(100 * results["uar_pooled_per_seed"]["0"])
     assert "## Recall per class" in (tmp_path / "report" / "report.md").read_text()
+    # Found by a correctness audit: the row's accuracy was the mean over fold x seed runs beside a
+    # UAR pooled over folds; both are now scored the same way.
+    pairs = [line.split(",")[2:4] for p in sorted((tmp_path / "cv" / "runs").glob("*/predictions.csv"))
+             for line in p.read_text().splitlines()[1:]]
+    pooled_accuracy = np.mean([true == predicted for true, predicted in pairs])
+    assert results["accuracy_pooled_mean"] == pytest.approx(pooled_accuracy)
+    row = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
+    assert row["accuracy_mean"] == pytest.approx(100 * pooled_accuracy)
     # A class without test utterances has no recall (it read 0.0, like a class never recognised).
     results_path = tmp_path / "cv" / "results.json"
     stored = json.loads(results_path.read_text())

@@ -725,13 +725,16 @@ def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str
                            "test UAR; uar_pooled_*: per seed, UAR of all folds' predictions concatenated "
                            "(released code's IEMOCAP scoring)"),
         "accuracy_mean": float(np.mean([m["accuracy"] for _, m in runs])),
+        # Scored as uar_pooled_*: the report puts it beside the pooled UAR of a several-fold protocol.
+        "accuracy_pooled_mean": float(np.mean([accuracy(t, p) for t, p in pooled.values()])),
         "n_test": int(np.mean([len(t) for t, _ in pooled.values()])),
         "n_runs": len(runs), "n_runs_planned": len(specs), "missing_runs": missing,
         "classes": classes,
         "confusion": np.sum([m["confusion"] for _, m in runs], axis=0).tolist(),
         "per_class": per_class_report(all_true, all_pred, classes),
         "per_class_definition": ("classification_report(output_dict=True) of every run's test predictions "
-                                 "concatenated (all folds and seeds), the same counts as 'confusion'"),
+                                 "concatenated (all folds and seeds), the same counts as 'confusion'; "
+                                 "'macro avg' over the classes with test utterances, as the UAR"),
         "config": config.to_dict(), "config_key": key, "recipe": runs[0][1]["recipe"],
         "splits": {s.fold: s.split() for s, _ in runs},
         "layer_weights": layer_weights,

@@ -50,11 +50,17 @@ def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequ
     """Class name -> {precision, recall, f1-score, support} (``classification_report(output_dict=True)``).
 
     Also holds the report's "macro avg" and "weighted avg" rows; classes without test support
-    get zeros (zero_division=0), never a warning.
+    get zeros (zero_division=0), never a warning. "macro avg" is over the classes present in
+    ``y_true``, as the UAR is, so its recall equals :func:`uar`.
     """
-    report = _sk().classification_report(np.asarray(y_true, int), np.asarray(y_pred, int),
-                                       labels=np.arange(len(classes)), target_names=list(classes),
+    t, p = np.asarray(y_true, int), np.asarray(y_pred, int)
+    report = _sk().classification_report(t, p, labels=np.arange(len(classes)), target_names=list(classes),
                                        output_dict=True, zero_division=0)
+    if len(t):  # a class without test utterances would count as recall 0 in the macro average
+        present = np.unique(t)
+        report["macro avg"] = _sk().classification_report(
+            t, p, labels=present, target_names=[classes[k] for k in present], output_dict=True,
+            zero_division=0)["macro avg"]
     report.pop("accuracy", None)  # a float, not a row (present only when labels cover y_pred)
     return {name: {k: float(v) for k, v in row.items()} for name, row in report.items()}
 

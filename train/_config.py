@@ -11,17 +11,28 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
 from pydantic import Field
 
+from w2v2ser._common import or_list
 from w2v2ser._schema import check_dataclass, dataclass_model, validate
 
+from ._dataset import CACHE_MODES
 from ._errors import ConfigError
-from ._recipes import Recipe, get_recipe
+from ._head_names import HEAD_BRANCHES, fusion_heads, reads_fusion
+from ._normalisation import NORMALISATIONS
+from ._protocols import PROTOCOLS
+from ._recipes import RECIPES, Recipe, get_recipe
 from ._selection import parse_selection
 
 # Choices and bounds are declared in the field annotations; w2v2ser._schema checks them (and
 # derives pipeline.yaml's experiment schema from them), so a new field needs no checking code.
-# The heads of w2v2ser.train._heads (kept here so that configs load without Keras).
-Head = Literal["dense", "lstm", "fusion"]
+# The choices come from the registries (evaluated at import): registering a head, protocol,
+# normalisation or recipe there is all it takes. Heads come from the Keras-free table of
+# w2v2ser.train._head_names, so that configs load without Keras.
+Head = Literal[tuple(HEAD_BRANCHES)]  # type: ignore[valid-type]
 HEAD_NAMES = get_args(Head)
+ProtocolName = Literal[tuple(PROTOCOLS)]  # type: ignore[valid-type]
+NormName = Literal[tuple(NORMALISATIONS)]  # type: ignore[valid-type]
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]
+CacheMode = Literal[tuple(CACHE_MODES)]  # type: ignore[valid-type]
 _PositiveInt = Annotated[int, Field(ge=1)]
 
 __all__ = ["ExperimentConfig", "DEFAULT_STORE_ALIAS", "FUSION_STORE_ALIAS", "as_experiment_config"]
@@ -75,10 +86,10 @@ class ExperimentConfig:
     features: str = "wav2vec2:all"
     fusion_features: Optional[str] = None
     head: Head = "dense"
-    norm: Literal["speaker", "global", "none"] = "speaker"
-    protocol: Optional[Literal["ravdess", "iemocap", "csv"]] = None
+    norm: NormName = "speaker"
+    protocol: Optional[ProtocolName] = None
     subset: dict[str, Union[str, Annotated[list[str], Field(min_length=1)]]] = field(default_factory=dict)
-    recipe: Literal["paper", "official"] = "paper"
+    recipe: RecipeName = "paper"
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
     batch_size: Optional[_PositiveInt] = None
     seeds: _PositiveInt = 5
@@ -89,7 +100,7 @@ class ExperimentConfig:
     csv_folds: Annotated[int, Field(ge=3)] = 5  # a group tests, the next validates: 3 at least
     speaker_folds: Optional[Annotated[int, Field(ge=3)]] = None
     deterministic: bool = True
-    cache: Literal["auto", "off"] = "auto"
+    cache: CacheMode = "auto"
     cache_budget_mb: Annotated[float, Field(ge=0.0)] = 2048.0
     workers: Annotated[int, Field(ge=0)] = 2
     run_eagerly: bool = False
@@ -112,7 +123,7 @@ class ExperimentConfig:
         for text in branches.values():
             self.store_alias(text)
         if "fusion" in branches and self._same_frames(branches["main"], branches["fusion"]):
-            raise ConfigError(f"head 'fusion' joins two different features, but features={self.features!r} and the "
+            raise ConfigError(f"head {self.head!r} joins two different features, but features={self.features!r} and the "
                               f"fusion branch {branches['fusion']!r} read the same frames; give the speech encoder "
                               f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
         if self.protocol is None:  # last: every check that needs no store has passed
@@ -129,7 +140,7 @@ class ExperimentConfig:
             return protocol_of_store(path, allow_incomplete=True)
         except StoreError as error:
             raise ConfigError(f"protocol not given, so it is read from the main store, which cannot be opened: "
-                              f"{error} Pass protocol='ravdess', 'iemocap' or 'csv'.") from None
+                              f"{error} Pass protocol={or_list([repr(name) for name in PROTOCOLS])}.") from None
 
     def _same_frames(self, first: str, second: str) -> bool:
         a, b = parse_selection(first), parse_selection(second)
@@ -148,16 +159,18 @@ class ExperimentConfig:
         return get_recipe(self.recipe, overrides)
 
     def selections(self) -> dict[str, str]:
-        """Branch name -> selection string ("main", and "fusion" for the fusion head)."""
+        """Branch name -> selection string ("main", and "fusion" for a head that reads a fusion branch)."""
         out = {"main": self.features}
-        if self.head == "fusion":
+        if reads_fusion(self.head):
             text = self.fusion_features or "egemaps"
             if FUSION_STORE_ALIAS in self.stores and parse_selection(text).alias is None:
                 text = f"{FUSION_STORE_ALIAS}/{text}"  # a fusion store, when given, feeds the fusion branch
             out["fusion"] = text
         elif self.fusion_features:
-            raise ConfigError(f"fusion_features={self.fusion_features!r} is only used by head 'fusion', "
-                              f"got head {self.head!r}; drop it or use head='fusion'")
+            heads = fusion_heads() or ["fusion"]
+            raise ConfigError(f"fusion_features={self.fusion_features!r} is only used by head "
+                              f"{or_list([repr(h) for h in heads])}, got head {self.head!r}; drop it or use "
+                              f"head={heads[0]!r}")
         return out
 
     def store_alias(self, selection: str) -> str:

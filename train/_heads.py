@@ -32,6 +32,7 @@ from w2v2ser._schema import validate
 
 from ._dataset import STATS_SUFFIX, padded_dataset
 from ._errors import ConfigError, DataError
+from ._head_names import HEAD_BRANCHES
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
 
@@ -452,6 +453,21 @@ class FusionHead(_BaseHead):
 
 
 HEADS: dict[str, type[_BaseHead]] = {"dense": DenseHead, "lstm": LSTMHead, "fusion": FusionHead}
+
+
+def _check_head_table() -> None:
+    """HEADS and each head's branches must match the Keras-free table the configs and CLI read."""
+    if set(HEADS) != set(HEAD_BRANCHES):
+        raise RuntimeError(f"w2v2ser.train._heads.HEADS has {sorted(HEADS)} but w2v2ser.train._head_names."
+                          f"HEAD_BRANCHES has {sorted(HEAD_BRANCHES)}; register a head in both")
+    for name, cls in HEADS.items():
+        if tuple(cls._BRANCHES) != tuple(HEAD_BRANCHES[name]):
+            raise RuntimeError(f"head {name!r} ({cls.__name__}) reads the branches {cls._BRANCHES}, but "
+                              f"w2v2ser.train._head_names.HEAD_BRANCHES[{name!r}] is {HEAD_BRANCHES[name]}; "
+                              f"make them agree")
+
+
+_check_head_table()
 
 
 def make_head(name: str, **kwargs: Any) -> _BaseHead:

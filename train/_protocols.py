@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import did_you_mean, first_few
+from w2v2ser._common import did_you_mean, first_few, or_list
 
 from ._errors import ConfigError, ProtocolError
 
@@ -129,7 +129,7 @@ def _sample(names: Sequence[str], limit: int = 6) -> str:
 
 
 def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
-    """The protocol of a store's corpus (its ``corpus`` attribute: ravdess, iemocap or csv).
+    """The protocol of a store's corpus (its ``corpus`` attribute: a protocol's name, e.g. ravdess).
 
     Raises:
         ProtocolError: the store holds several corpora, or one without a protocol.
@@ -138,7 +138,7 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
     if len(found) == 1 and found[0] in PROTOCOLS:
         return found[0]
     raise ProtocolError(f"cannot tell the protocol of store {store}: its corpus is {found or 'not recorded'}, "
-                        f"expected one of {sorted(PROTOCOLS)}; pass --protocol (ravdess, iemocap or csv; "
+                        f"expected one of {sorted(PROTOCOLS)}; pass --protocol ({or_list(list(PROTOCOLS))}; "
                         f"in Python ExperimentConfig(protocol=...))")
 
 

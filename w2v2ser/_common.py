@@ -36,6 +36,7 @@ __all__ = [
     "did_you_mean",
     "file_sha256",
     "first_few",
+    "or_list",
     "python_command",
     "fsync_path",
     "prefer_onednn",
@@ -185,6 +186,12 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
     """The first ``n`` items, comma separated, then ", ..." if there are more: for a message that
     gives the count beside them."""
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def or_list(items: Sequence[str]) -> str:
+    """``a, b or c`` (``a`` alone; empty for none): a registry's names in a message."""
+    items = list(items)
+    return " or ".join(filter(None, [", ".join(items[:-1]), items[-1]])) if items else ""
 
 
 def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:

@@ -19,20 +19,35 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from w2v2ser._common import UPSTREAM_FEATURES, did_you_mean
+from w2v2ser import _common  # _common.UPSTREAM_FEATURES: read when used (it loads the extract registry)
+from w2v2ser._common import did_you_mean
 
 from ._errors import SelectionError
 
-__all__ = ["Selection", "parse_selection", "resolve_selection", "ResolvedSelection", "VALID_FORMS"]
+__all__ = ["Selection", "parse_selection", "resolve_selection", "ResolvedSelection", "valid_forms"]
 
-VALID_FORMS = (
-    "wav2vec2:local, wav2vec2:contextual, wav2vec2:all, wav2vec2:N (one layer), wav2vec2:A-B (layer range), "
-    "egemaps, spectrogram; any of them may be prefixed by a store alias, e.g. asr/wav2vec2:all"
-)
 LAYER_KEYWORDS = ("local", "contextual", "all")
 # Features whose 10 ms frames are averaged in pairs (paper section 3.2 and the released code).
 PAIR_AVERAGED = frozenset({"egemaps"})
 _PATTERN = re.compile(r"^(?:(?P<alias>[A-Za-z0-9_.-]+)/)?(?P<feature>[A-Za-z0-9_.-]+)(?::(?P<layers>[A-Za-z0-9-]+))?$")
+
+
+def valid_forms() -> str:
+    """The selection forms, for messages: a speech encoder's layer forms, then the other features of
+    the extractor registry (w2v2ser.extract's EXTRACTORS, read when called: it loads no TensorFlow)."""
+    from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
+
+    upstream = next((name for name in EXTRACTORS if name in UPSTREAMS), "wav2vec2")
+    others = [name for name in EXTRACTORS if name not in UPSTREAMS]
+    return (f"{upstream}:local, {upstream}:contextual, {upstream}:all, {upstream}:N (one layer), "
+            f"{upstream}:A-B (layer range), {', '.join(others)}; any of them may be prefixed by a store alias, "
+            f"e.g. asr/{upstream}:all")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VALID_FORMS":  # kept for importers; built from the registry when read
+        return valid_forms()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -89,17 +104,17 @@ def parse_selection(text: str) -> Selection:
         SelectionError: The string does not follow the grammar.
     """
     if not isinstance(text, str) or not text.strip():
-        raise SelectionError(f"feature selection must be a non-empty string, got {text!r}; valid forms: {VALID_FORMS}")
+        raise SelectionError(f"feature selection must be a non-empty string, got {text!r}; valid forms: {valid_forms()}")
     match = _PATTERN.match(text.strip())
     if match is None:
         hint = ""
         if "," in text:  # a list of features: one selection per head, plus the fusion head's eGeMAPS branch
             hint = ("; a selection names one feature: to add eGeMAPS to another feature, train the fusion head "
                     "(--head fusion, or head: fusion in pipeline.yaml; its eGeMAPS branch is --fusion-features)")
-        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {VALID_FORMS}{hint}")
+        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {valid_forms()}{hint}")
     layers = match.group("layers")
     if layers is not None and not (layers in LAYER_KEYWORDS or re.fullmatch(r"\d+(-\d+)?", layers)):
-        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {VALID_FORMS}."
+        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {valid_forms()}."
                              f"{did_you_mean(layers, LAYER_KEYWORDS)}")
     return Selection(text=text.strip(), alias=match.group("alias"), feature=match.group("feature"), layers=layers)
 
@@ -124,7 +139,7 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
     if sel.feature not in specs:
         hint = did_you_mean(sel.feature, specs)
         layered = [name for name, spec in specs.items() if spec.layers]
-        if not hint and len(layered) == 1 and (sel.layers is not None or sel.feature in UPSTREAM_FEATURES):
+        if not hint and len(layered) == 1 and (sel.layers is not None or sel.feature in _common.UPSTREAM_FEATURES):
             # Another upstream's name (wav2vec2:all on a HuBERT store): offer the one the store holds.
             hint = f" Did you mean {layered[0] + (':' + sel.layers if sel.layers else '')!r}?"
         raise SelectionError(

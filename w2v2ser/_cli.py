@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import (  # UPSTREAM_FEATURES: --model etc. apply to the one(s) chosen
-    SHARD_SIZE, UPSTREAM_FEATURES, first_few, merge_subset, subset_condition)
+from w2v2ser._common import SHARD_SIZE, first_few, merge_subset, or_list, subset_condition
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -45,7 +44,7 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
 
 
 def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from w2v2ser._common import ConfigError
+    from w2v2ser._common import UPSTREAM_FEATURES, ConfigError
     from w2v2ser.extract import features_like
 
     like, like_rates = features_like(args.like) if args.like else (None, {})
@@ -58,7 +57,7 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if missing:
         raise ConfigError(f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(like)}.")
     configs: dict[str, dict[str, Any]] = {name: {} for name in names}
-    for upstream in (name for name in UPSTREAM_FEATURES if name in configs):
+    for upstream in (name for name in UPSTREAM_FEATURES if name in configs):  # --model etc. apply to them
         for key in ("model", "revision", "device", "batch_seconds"):
             value = getattr(args, key)
             if value is not None:
@@ -309,15 +308,17 @@ def _default_protocol(values: dict[str, Any], store: str) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from w2v2ser._common import ConfigError
     from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
+    from w2v2ser.train._head_names import fusion_heads, reads_fusion
 
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
     values = _given_options(args, "features", "fusion_features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
     values["stores"] = stores
     head = values.get("head", "dense")
-    if args.fusion_store and head != "fusion":
-        raise ConfigError(f"--fusion-store {args.fusion_store} is read only by --head fusion, got --head {head}; "
-                          f"add --head fusion or drop --fusion-store")
+    if args.fusion_store and not reads_fusion(head):
+        heads = " or ".join(f"--head {name}" for name in fusion_heads())
+        raise ConfigError(f"--fusion-store {args.fusion_store} is read only by {heads}, got --head {head}; "
+                          f"add {heads} or drop --fusion-store")
     _add_data_options(values, args)
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
@@ -484,7 +485,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``w2v2ser`` command."""
     from w2v2ser import __version__
+    from w2v2ser.extract._corpora import CORPUS_READERS
+    from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
+    from w2v2ser.train import NORMALISATIONS, PROTOCOLS, RECIPES
+    from w2v2ser.train._head_names import HEAD_BRANCHES
 
+    # Choices and feature lists come from the registries: a registered reader, extractor, head,
+    # normalisation, protocol or recipe is offered here without an edit.
+    upstreams = [name for name in EXTRACTORS if name in UPSTREAMS]
+    others = [name for name in EXTRACTORS if name not in UPSTREAMS]
     parser = _Parser(
         prog="w2v2ser", description="Speech emotion recognition with wav2vec 2.0 embeddings."
     )
@@ -496,13 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store",
                                   parents=[verbose])
-    extract.add_argument("corpus", choices=["ravdess", "iemocap", "csv"], help="corpus reader")
+    extract.add_argument("corpus", choices=list(CORPUS_READERS), help="corpus reader")
     extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,gender,session,split,id])")
     extract.add_argument("--store", help="store directory or object-store URL, e.g. s3://bucket/ravdess.zarr "
                                               "(default: stores/CORPUS.zarr)")
     extract.add_argument(
         "--features",
-        help=f"comma separated, from {','.join(UPSTREAM_FEATURES + FEATURES[1:])} (default: {','.join(FEATURES)}); "
+        help=f"comma separated, from {','.join(EXTRACTORS)} (default: {','.join(FEATURES)}); "
         "the speech encoder's name is its family (config.json model_type), e.g. --features hubert",
     )
     extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2)")
@@ -561,18 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     train.add_argument(
         "--features", required=True,
-        help="UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: wav2vec2, hubert, wavlm, data2vec), egemaps or "
-             "spectrogram (prefix alias/ for another store)",
+        help=f"UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: {', '.join(upstreams)}), {or_list(others)} "
+             "(prefix alias/ for another store)",
     )
     train.add_argument("--fusion-store", dest="fusion_store",
                        help="store the fusion branch reads its --fusion-features from (--head fusion)")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
-    train.add_argument("--head", choices=["dense", "lstm", "fusion"],
+    train.add_argument("--head", choices=list(HEAD_BRANCHES),
                        help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")
-    train.add_argument("--norm", choices=["speaker", "global", "none"],
+    train.add_argument("--norm", choices=list(NORMALISATIONS),
                        help="feature normalisation from the store's statistics (default: speaker)")
-    train.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    train.add_argument("--recipe", choices=["paper", "official"],
+    train.add_argument("--protocol", choices=list(PROTOCOLS), help=PROTOCOL_HELP)
+    train.add_argument("--recipe", choices=list(RECIPES),
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
     train.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
     train.add_argument("--out", required=True, help="run directory")
@@ -594,10 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")
     sweep.add_argument("--head", help="only dense (the paper's probe)")
-    sweep.add_argument("--norm", choices=["speaker", "global", "none"],
+    sweep.add_argument("--norm", choices=list(NORMALISATIONS),
                        help="feature normalisation from the store's statistics (default: speaker)")
-    sweep.add_argument("--protocol", choices=["ravdess", "iemocap", "csv"], help=PROTOCOL_HELP)
-    sweep.add_argument("--recipe", choices=["paper", "official"],
+    sweep.add_argument("--protocol", choices=list(PROTOCOLS), help=PROTOCOL_HELP)
+    sweep.add_argument("--recipe", choices=list(RECIPES),
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
     sweep.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
     sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")

@@ -34,6 +34,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       create_model, model_validator)
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
+from w2v2ser.extract._corpora import CORPUS_READERS
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
 from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
@@ -46,7 +47,7 @@ __all__ = [
     "pipeline_model",
 ]
 
-CORPUS_KINDS = ("ravdess", "iemocap", "csv")
+CORPUS_KINDS = tuple(CORPUS_READERS)  # the corpus readers registered in w2v2ser.extract
 CLUSTER_KINDS = ("local", "none", "slurm")
 # Extractor options that change how fast features are computed, never their values: the store's
 # config check ignores them (the extractor records them under "runtime"), so they stay out of the
@@ -145,7 +146,7 @@ class ClusterConfig(StrictModel):
 class CorpusEntry(StrictModel):
     """A corpus: reader kind (default: the corpus name when it is a kind) and folder or CSV manifest."""
 
-    kind: Optional[Literal["ravdess", "iemocap", "csv"]] = None
+    kind: Optional[Literal[CORPUS_KINDS]] = None  # type: ignore[valid-type]
     path: Optional[str] = Field(None, description="folder or CSV manifest, relative to this file; null = skip")
 
 
@@ -541,6 +542,8 @@ def _label(value: Any) -> str:
 def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str, CorpusConfig],
                         stores: Mapping[str, StoreConfig], output: Path, *, validate: bool) -> list[ExperimentSpec]:
     """Grid expansion; each grid point is built as an ExperimentConfig when ``validate``."""
+    from w2v2ser.train._head_names import reads_fusion  # no Keras
+
     specs: list[ExperimentSpec] = []
     for group, entry in (section or {}).items():
         where = f"experiments.{group}"
@@ -569,9 +572,10 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
                 raise ConfigError(f"{where}.features: required key is missing; give a feature selection, "
                                   f"e.g. features: classic/egemaps (or grid: {{features: [...]}})")
             used: dict[str, str] = {}
-            if values.get("head") == "fusion":
+            fusion = reads_fusion(values.get("head"))
+            if fusion:
                 values.setdefault("fusion_features", "egemaps")  # the paper's Fusion: wav2vec2 + eGeMAPS
-            for key in ["features"] + (["fusion_features"] if values.get("head") == "fusion" else []):
+            for key in ["features"] + (["fusion_features"] if fusion else []):
                 alias, values[key] = _check_selection(values[key], corpus, stores, f"{where}.{key}")
                 used[alias] = alias
             if values.get("protocol") is None:  # not given, or null: the corpus's own protocol

@@ -11,6 +11,7 @@ import yaml
 
 from w2v2ser._config import ConfigError, apply_overrides, load_pipeline
 from w2v2ser.store import W2v2serError
+from w2v2ser.train._head_names import HEAD_BRANCHES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -309,7 +310,100 @@ def test_schema_is_derived_from_the_config_dataclasses() -> None:
         assert options["additionalProperties"] is False
     experiment = set(defs["Experiment"]["properties"])
     assert {f.name for f in fields(ExperimentConfig)} - {"stores"} | {"corpus", "grid", "sweep"} == experiment
-    assert defs["Experiment"]["properties"]["head"]["anyOf"][0]["enum"] == ["dense", "lstm", "fusion"]
+    assert defs["Experiment"]["properties"]["head"]["anyOf"][0]["enum"] == list(HEAD_BRANCHES)
+
+
+def _cli_choices(parser, command: str, dest: str) -> list:
+    import argparse
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(next(a for a in commands.choices[command]._actions if a.dest == dest).choices)
+
+
+def test_every_choice_list_is_its_registry() -> None:
+    """The CLI's choices, the configs' Literals and the shared name lists are the registries, not copies."""
+    import typing
+
+    from w2v2ser import _common
+    from w2v2ser._cli import build_parser
+    from w2v2ser._config import CORPUS_KINDS, CorpusEntry
+    from w2v2ser.extract._corpora import CORPUS_READERS
+    from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
+    from w2v2ser.train import NORMALISATIONS, PROTOCOLS, RECIPES, ExperimentConfig
+    from w2v2ser.train._dataset import CACHE_MODES
+
+    parser = build_parser()
+    assert _cli_choices(parser, "extract", "corpus") == list(CORPUS_READERS)
+    assert _cli_choices(parser, "train", "head") == list(HEAD_BRANCHES)
+    for command in ("train", "sweep"):
+        assert _cli_choices(parser, command, "norm") == list(NORMALISATIONS)
+        assert _cli_choices(parser, command, "protocol") == list(PROTOCOLS)
+        assert _cli_choices(parser, command, "recipe") == list(RECIPES)
+
+    def literal(annotation) -> tuple:  # Literal[...] or Optional[Literal[...]]
+        return next(typing.get_args(a) for a in (annotation, *typing.get_args(annotation))
+                    if typing.get_origin(a) is typing.Literal)
+
+    hints = typing.get_type_hints(ExperimentConfig)
+    assert literal(hints["head"]) == tuple(HEAD_BRANCHES)
+    assert literal(hints["protocol"]) == tuple(PROTOCOLS)
+    assert literal(hints["norm"]) == tuple(NORMALISATIONS)
+    assert literal(hints["recipe"]) == tuple(RECIPES)
+    assert literal(hints["cache"]) == tuple(CACHE_MODES)
+    assert CORPUS_KINDS == tuple(CORPUS_READERS)
+    assert literal(typing.get_type_hints(CorpusEntry)["kind"]) == tuple(CORPUS_READERS)
+    assert _common.UPSTREAM_FEATURES == tuple(name for name in EXTRACTORS if name in UPSTREAMS)
+
+
+def test_a_head_or_protocol_registered_in_its_registry_is_accepted_everywhere(tmp_path: Path) -> None:
+    """Registering a head (in the Keras-free head table) or a protocol is all it takes: the config,
+    the pipeline schema and loader, and the command line take the new names, and a new two-branch
+    head gets a fusion branch as the fusion head does. The entries are added as the registry
+    modules load, as a line in their source would add them."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, {**_base(), "experiments": {"t1": {"features": "w2v2_pt/wav2vec2:all", "head": "fusion2",
+                                                               "protocol": "ravdess4", "seeds": 1}}})
+    code = textwrap.dedent(f"""
+        import importlib.machinery, sys
+
+        ADD = {{"w2v2ser.train._head_names": lambda m: m.HEAD_BRANCHES.update(
+                   attention=("main",), fusion2=("main", "fusion")),
+               "w2v2ser.train._protocols": lambda m: m.PROTOCOLS.update(ravdess4=m.PROTOCOLS["ravdess"])}}
+
+        class Register:
+            def find_spec(self, name, path, target=None):
+                if name not in ADD:
+                    return None
+                spec = importlib.machinery.PathFinder.find_spec(name, path)
+                run = spec.loader.exec_module
+                spec.loader.exec_module = lambda module: (run(module), ADD[name](module))
+                return spec
+
+        sys.meta_path.insert(0, Register())
+        from w2v2ser._cli import build_parser
+        from w2v2ser._config import load_pipeline, pipeline_json_schema
+        from w2v2ser.train import ExperimentConfig
+
+        config = ExperimentConfig(stores="s.zarr", features="egemaps", head="attention", protocol="ravdess4")
+        assert config.selections() == {{"main": "egemaps"}}, config.selections()
+        config = ExperimentConfig.from_dict({{"stores": "s.zarr", "features": "wav2vec2:all", "head": "fusion2",
+                                             "protocol": "ravdess4"}})
+        assert config.selections() == {{"main": "wav2vec2:all", "fusion": "egemaps"}}, config.selections()
+        experiment = pipeline_json_schema()["$defs"]["Experiment"]["properties"]
+        assert {{"attention", "fusion2"}} <= set(experiment["head"]["anyOf"][0]["enum"]), experiment["head"]
+        assert "ravdess4" in experiment["protocol"]["anyOf"][0]["enum"], experiment["protocol"]
+        [spec] = load_pipeline({str(path)!r}, validate_experiments=False).experiments
+        assert set(spec.stores) == {{"w2v2_pt", "classic"}} and "egemaps" in spec.config["fusion_features"], spec
+        args = build_parser().parse_args(["train", "s.zarr", "--features", "egemaps", "--out", "r",
+                                          "--head", "attention", "--protocol", "ravdess4"])
+        assert (args.head, args.protocol) == ("attention", "ravdess4")
+        bad = [m for m in ("tensorflow", "keras", "torch") if m in sys.modules]
+        assert not bad, bad
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("change", [

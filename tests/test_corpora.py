@@ -275,3 +275,16 @@ def test_read_corpus_unknown_kind(tmp_path):
     message = str(excinfo.value)
     assert "'ravdes'" in message and "ravdess, iemocap, csv" in message and "Did you mean 'ravdess'" in message
     assert read_corpus("CSV", _write_csv(tmp_path / "m.csv", "path,label,speaker\na.wav,x,y\n")).corpus == "csv"
+
+
+def test_a_reader_registered_in_corpus_readers_is_used_by_name(tmp_path, monkeypatch):
+    """read_corpus looks the kind up in CORPUS_READERS: registering a reader there is enough."""
+    from w2v2ser.extract._corpora import CORPUS_READERS
+
+    seen = []
+    manifest = Manifest(utterances=[], corpus="cremad")
+    monkeypatch.setitem(CORPUS_READERS, "cremad", lambda path: seen.append(path) or manifest)
+    assert read_corpus("cremad", tmp_path) is manifest and read_corpus("CremaD", tmp_path) is manifest
+    assert seen == [tmp_path, tmp_path]
+    with pytest.raises(ManifestError, match="expected one of ravdess, iemocap, csv, cremad. Did you mean 'cremad'"):
+        read_corpus("cremd", tmp_path)

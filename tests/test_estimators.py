@@ -235,3 +235,19 @@ def test_predict_checks_the_frames_against_the_fitted_head_and_fit_refuses_an_un
     with pytest.raises(DataError, match=r"DenseHead reads the branch\(es\) \['main'\]; x has \['main', 'fusion'\]; "
                                         r"FusionHead reads main and fusion"):
         DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit({"main": x, "fusion": x}, y)
+
+
+def test_heads_agree_with_the_keras_free_head_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEADS and each head's branches are checked against the table configs and the CLI read."""
+    from w2v2ser.train import _heads
+    from w2v2ser.train._head_names import HEAD_BRANCHES
+
+    assert set(_heads.HEADS) == set(HEAD_BRANCHES)
+    assert all(cls._BRANCHES == HEAD_BRANCHES[name] for name, cls in _heads.HEADS.items())
+    monkeypatch.setitem(HEAD_BRANCHES, "attention", ("main",))
+    with pytest.raises(RuntimeError, match="register a head in both"):
+        _heads._check_head_table()
+    monkeypatch.delitem(HEAD_BRANCHES, "attention")
+    monkeypatch.setitem(HEAD_BRANCHES, "lstm", ("main", "fusion"))
+    with pytest.raises(RuntimeError, match="'lstm' \\(LSTMHead\\) reads the branches"):
+        _heads._check_head_table()

@@ -62,8 +62,11 @@ class ExtractionSummary:
         complete: Whether the store is now marked complete.
         relabelled: (id, column, old, new) of each label, speaker, split or session that this call
             took from an edited manifest.
-        absent: Ids of utterances in the store that this call's manifest does not list: an edited
-            manifest does not remove them, and stage 2 still reads them.
+        absent: Ids of done utterances in the store that this call's manifest does not list: an
+            edited manifest does not remove them, and stage 2 still reads them.
+        absent_failed: Ids of failed (or never extracted) utterances in the store that this call's
+            manifest does not list: they keep their rows, stage 2 does not read them, and they are
+            not in ``failed``.
         moved: (id, old path, new path) of each extracted utterance given at a new path whose
             file holds the same audio (sha256): the store takes the path and keeps its features.
         vanished: Ids of extracted utterances whose file is gone: they keep their features.
@@ -79,6 +82,7 @@ class ExtractionSummary:
     complete: bool = False
     relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
+    absent_failed: list[str] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
 
@@ -113,6 +117,11 @@ class ExtractionSummary:
                          f"({first_few(self.absent)}); "
                          f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
                          f"extract the manifest into a new store (`--like {self.store}` keeps the feature configs)")
+        if self.absent_failed:
+            notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
+                         f"not in this manifest ({first_few(self.absent_failed)}); they were never extracted "
+                         f"in full, so `w2v2ser train` does not use them, and this run does not count them "
+                         f"as failed (`w2v2ser store info` lists them apart from the current failures)")
         return notes
 
 
@@ -324,7 +333,9 @@ def extract_corpus(
         summary.planned = len(rows)
         summary.relabelled = list(writer.relabelled)
         summary.moved = list(writer.moved)
-        summary.absent = list(writer.absent)
+        unfinished = set(writer.absent_unfinished)
+        summary.absent = [uid for uid in writer.absent if uid not in unfinished]
+        summary.absent_failed = list(writer.absent_unfinished)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
@@ -381,7 +392,10 @@ def extract_corpus(
         writer.finalize()
     store = open_store(store_path, allow_incomplete=True)
     summary.complete = store.complete
-    summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures()]
+    # This manifest's failures: a failed row that it no longer lists (the user removed a bad
+    # recording) keeps its record in the store, but is not this run's failure.
+    given = {u.id for u in utterances}
+    summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures() if f.id in given]
     summary.wall_seconds = time.perf_counter() - started
     return summary
 

@@ -628,6 +628,9 @@ class FeatureStore:
             "labels": dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0]))),
             "failures": int(self._group["failures/id"].shape[0]),
             "failure_reasons": [dataclasses.asdict(failure) for failure in self.list_failures()],
+            # Failed utterances that the last extract's manifest no longer listed (their failures
+            # are among failure_reasons; train never reads them).
+            "unlisted_failures": list(self.attrs.get("unlisted_failures", [])),
             "reader_skipped": list(self.attrs.get("reader_skipped", [])),
             "corpus": self.attrs.get("corpus"),
             # Done utterances whose audio files are byte-identical (sha256): copies under two names.

@@ -177,6 +177,8 @@ class StoreWriter:
         self.relabelled: list[tuple[str, str, str, str]] = []
         #: Ids of the store's utterances that the last plan was not given (they stay in the store).
         self.absent: list[str] = []
+        #: Those of ``absent`` that are not done (failed, or never extracted): stage 2 does not read them.
+        self.absent_unfinished: list[str] = []
         #: (id, old path, new path) of each utterance the last plan took at a new path (``moved``).
         self.moved: list[tuple[str, str, str]] = []
         self._chunk_frames = dict(chunk_frames or {})
@@ -425,6 +427,12 @@ class StoreWriter:
             rows.append(row)
         given = {u.id for u in utterances}
         self.absent = [uid for uid in stored_ids[:old_rows] if uid not in given]
+        if self.absent:
+            status = to_str_list(self._column("status")[:old_rows])
+            self.absent_unfinished = [uid for uid, st in zip(stored_ids[:old_rows], status)
+                                      if uid not in given and st != "done"]
+        else:
+            self.absent_unfinished = []
         # Refuse a changed feature config before anything is written.
         for spec in features:
             if spec.name in meta["features"]:
@@ -490,6 +498,11 @@ class StoreWriter:
         corpora = sorted(set(meta.get("corpus", [])) | {u.corpus for u in utterances if u.corpus})
         if corpora != meta.get("corpus"):
             meta["corpus"], changed = corpora, True
+        # Failed rows that this manifest no longer lists (the user removed a bad recording):
+        # their failures stay in the table, but `store info` shows them apart from current ones.
+        unlisted = sorted(set(self.absent_unfinished))
+        if unlisted != meta.get("unlisted_failures", []):
+            meta["unlisted_failures"], changed = unlisted, True
         if reader_skipped is not None:
             skipped = [{"path": str(path), "reason": str(reason)} for path, reason in reader_skipped]
             if skipped != meta.get("reader_skipped", []):

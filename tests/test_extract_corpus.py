@@ -585,6 +585,36 @@ def test_a_manifest_that_drops_rows_says_they_stay_in_the_store(corpus, tmp_path
     assert extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False).notes() == []
 
 
+def test_a_failed_row_removed_from_the_manifest_is_no_longer_this_run_s_failure(corpus, tmp_path, capsys):
+    """Failure reasons say "remove it from the manifest"; doing so kept the failure in every later
+    run's summary, and a note said that `w2v2ser train` still used the (never extracted) utterance."""
+    from w2v2ser._cli import main
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    kept = [u for u in corpus[1:] if u.id != "broken"]  # a done row and a failed row removed
+    summary = extract_corpus(kept, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.complete and [f[0] for f in summary.failed] == ["missing"]
+    assert summary.absent == [corpus[0].id] and summary.absent_failed == ["broken"]
+    notes = summary.notes()
+    assert len(notes) == 2 and "`w2v2ser train` still uses them" in notes[0] and "broken" not in notes[0]
+    assert notes[1].startswith(f"1 failed or unfinished utterance(s) of store {store} are not in this manifest "
+                               f"(broken)") and "`w2v2ser train` does not use them" in notes[1]
+    st = open_store(store)
+    assert "broken" not in {r.id for r in st.list_utterances(status="done")}  # what train reads
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "failures    1 (reasons below)\n  missing: " in shown
+    assert "not listed  1 failure(s) of utterances that the last `w2v2ser extract` manifest no longer lists" in shown
+    assert "  broken: Audio file " in shown
+    # Listed again: it is a failure of the run again, and store info shows it as current.
+    summary = extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert sorted(f[0] for f in summary.failed) == ["broken", "missing"] and summary.notes() == []
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "failures    2 (reasons below)" in shown and "not listed" not in shown
+
+
 def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, tmp_path):
     """A file rewritten in place (same path, other audio) after its features were extracted: the
     resumed run kept the old features as complete; now it names the file and changes nothing."""

@@ -33,6 +33,7 @@ from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
+from w2v2ser.store._location import remote_errors
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError
@@ -311,19 +312,29 @@ def extract_corpus(
     started = time.perf_counter()
     summary = ExtractionSummary(store=store_path.display)
     with lock_store(store_path):
-        writer = StoreWriter(store_path)
+        # A new store is created only once the features' specs are known: a config refused at the
+        # first file's rate (native spectrogram) must not leave an empty store behind.
+        with remote_errors(store_path):
+            fresh = not store_path.exists("zarr.json")
+        writer = None if fresh else StoreWriter(store_path)
         infos, failures = _probe_all(utterances, progress)
-        existing = open_store(store_path, allow_incomplete=True)
-        # This run rewrites the tables (relabelled rows, finalize), so a deleted table chunk must not
-        # stop it: it reads such a chunk as its fill value, as readers did before they checked.
-        existing.check_chunks = False
-        done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
-        summary.vanished = _keep_vanished(done, utterances, infos, failures)
-        moved = _check_recorded_audio(existing, done, utterances, progress)
-        stored = existing.features
+        done: dict[str, Any] = {}
+        moved: set[str] = set()
+        stored: Mapping[str, Any] = {}
+        if writer is not None:
+            existing = open_store(store_path, allow_incomplete=True)
+            # This run rewrites the tables (relabelled rows, finalize), so a deleted table chunk must
+            # not stop it: it reads such a chunk as its fill value, as readers did before they checked.
+            existing.check_chunks = False
+            done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
+            summary.vanished = _keep_vanished(done, utterances, infos, failures)
+            moved = _check_recorded_audio(existing, done, utterances, progress)
+            stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]
         specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]
+        if writer is None:
+            writer = StoreWriter(store_path)
         capacities = {extractor.name: [capacity(extractor, info) for info in infos] for extractor in extractors}
         rows = writer.plan(
             [with_rate(u, info) for u, info in zip(utterances, infos)],

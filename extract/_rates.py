@@ -8,6 +8,7 @@ feature's recorded config. A native spectrogram store takes one rate: that of it
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -58,9 +59,11 @@ def store_rates(
         spec = stored.get(extractor.name)
         rate = spec.config.get("native_sample_rate") if spec is not None else None
         if rate is None:
-            rate = next((info.sample_rate for info in infos if info is not None), None)
-        if rate is None:
-            continue
+            first = next((position for position, info in enumerate(infos) if info is not None), None)
+            if first is None:
+                continue
+            rate = infos[first].sample_rate  # type: ignore[union-attr]
+            _check_first_rate(extractor, rate, utterances[first].path, infos)
         rates[extractor.name] = int(rate)
         for position, info in enumerate(infos):
             if info is not None and info.sample_rate != rate:
@@ -72,6 +75,24 @@ def store_rates(
                     f"set {extractor.name}.sample_rate to a rate in Hz, or extract files of this rate into another store."
                 )
     return rates
+
+
+def _check_first_rate(extractor: Extractor, rate: int, path: str, infos: Sequence[AudioInfo | None]) -> None:
+    """Refuse, before the store is made, a native rate (that of the first file) at which the
+    extractor's window or hop is no whole number of samples: every file of the run would depend
+    on one file's rate, and the message of the config alone names no file."""
+    try:
+        extractor.feature_spec(sample_rate=rate)
+    except ExtractorConfigError as error:
+        others = Counter(info.sample_rate for info in infos if info is not None and info.sample_rate != rate)
+        seen = (f"; the other files are at {', '.join(f'{r} Hz ({n})' for r, n in sorted(others.items()))}"
+                if others else "; every file is at that rate")
+        name = extractor.name
+        raise ExtractorConfigError(
+            f"{name}.sample_rate is native, so the store's {name} takes the rate of its first file, {path}: "
+            f"{rate} Hz{seen}. At {rate} Hz: {error} Or set {name}.sample_rate to a rate in Hz (e.g. "
+            f"`--option {name}.sample_rate=16000`): every file is then resampled to it. Nothing was extracted."
+        ) from None
 
 
 def feature_spec_for_store(

@@ -756,6 +756,36 @@ def test_cuda_without_a_cuda_device_fails_without_creating_the_store(corpus, tmp
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_native_rate_that_the_window_does_not_fit_names_the_first_file_and_creates_no_store(tmp_path, capsys):
+    """Spectrogram `sample_rate: native` with a 44.1 kHz first file (25 ms = 1102.5 samples): the run
+    stopped with a window message that named no file, and left a store that `store info` called
+    "interrupted or still running" although nothing ran."""
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, rate in (("first", 44100), ("b", 48000), ("c", 48000), ("d", 96000)):
+        sf.write(tmp_path / f"{name}.wav", (0.1 * rng.standard_normal(rate // 2)).astype("float32"), rate)
+        rows.append(f"{tmp_path / name}.wav,happy,s1\n")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(rows))
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "csv", str(manifest), "--store", str(store), "--features", "spectrogram",
+                 "--option", "spectrogram.sample_rate=native", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (f"spectrogram.sample_rate is native, so the store's spectrogram takes the rate of its first file, "
+            f"{tmp_path / 'first.wav'}: 44100 Hz; the other files are at 48000 Hz (2), 96000 Hz (1). At 44100 Hz: "
+            f"spectrogram window_ms=25.0 ms is not a positive whole number of samples") in err
+    assert "`--option spectrogram.sample_rate=16000`" in err and "Traceback" not in err
+    assert not store.exists()
+    # Such a store left by an older version: it is empty, not "interrupted or still running".
+    StoreWriter(store).close()
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "complete    False: created empty, nothing was extracted into it" in shown and "interrupted" not in shown
+
+
 def test_the_device_check_runs_in_the_pipeline_s_extraction_threads():
     """Importing dask_jobqueue to recognise a SLURM cluster set a SIGINT handler, which raises
     outside the main thread: every extraction of a pipeline on a local Dask cluster failed."""

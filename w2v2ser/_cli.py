@@ -168,9 +168,14 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"store       {args.store} (format {info['format_version']}, written by w2v2ser {info['tool_version']})")
     total, committed = info["utterances"], info.get("committed")
     so_far = ", ".join(f"{name} {n} of {total}" for name, n in (committed or {}).items())
-    print(f"complete    {info['complete']}" + ("" if committed is None else
-          f": extraction interrupted or still running; committed so far: {so_far} utterances, merged "
-          f"when it finishes (rerun the same `w2v2ser extract` command to resume)"))
+    if committed is not None and not total and not info["features"]:
+        # Left by an extraction refused before it planned anything (older versions created the store first).
+        print(f"complete    {info['complete']}: created empty, nothing was extracted into it; run `w2v2ser extract` "
+              f"into it, or delete the folder")
+    else:
+        print(f"complete    {info['complete']}" + ("" if committed is None else
+              f": extraction interrupted or still running; committed so far: {so_far} utterances, merged "
+              f"when it finishes (rerun the same `w2v2ser extract` command to resume)"))
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")

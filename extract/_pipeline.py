@@ -36,7 +36,7 @@ from w2v2ser.store import (
 from w2v2ser.store._location import remote_errors
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
-from ._errors import AudioError
+from ._errors import AudioError, ManifestError
 from ._rates import (
     capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
 )
@@ -173,6 +173,34 @@ def _keep_vanished(done: Mapping[str, Any], utterances: Sequence[Utterance], inf
         del failures[position]
         kept.append(utterance.id)
     return kept
+
+
+def _check_label_spellings(store: Any, done: Mapping[str, Any], utterances: Sequence[Utterance]) -> None:
+    """Refuse a manifest whose labels differ only in case from those of the store's other done
+    utterances ('Happy' given, 'happy' stored): training would take them as two classes. The
+    manifest reader checks its own rows only; this compares them with the rows of earlier manifests."""
+    given = {u.id for u in utterances}
+    kept: dict[str, dict[str, str]] = {}  # casefolded label -> stored spelling -> an utterance id
+    for record in done.values():
+        if record.id not in given:  # rows this manifest lists take its labels
+            kept.setdefault(record.label.casefold(), {}).setdefault(record.label, record.id)
+    if not kept:
+        return
+    clashes: dict[tuple[str, str], Utterance] = {}
+    for u in utterances:
+        for spelling, uid in kept.get(u.label.casefold(), {}).items():
+            if spelling != u.label:
+                clashes.setdefault((u.label, spelling), u)
+    if not clashes:
+        return
+    pairs = "; ".join(f"{new!r} (this manifest, e.g. {u.id}: {u.path}) and {old!r} (in the store, e.g. "
+                      f"{kept[old.casefold()][old]})" for (new, old), u in list(clashes.items())[:5])
+    raise ManifestError(
+        f"labels of this manifest differ only in case from those of store {store}: {pairs}; each spelling "
+        f"would be a class of its own. Fix the spelling in the manifest and rerun the same `w2v2ser extract`. "
+        f"To keep this manifest's spelling instead, first rerun the extract of the manifest that listed the "
+        f"store's utterances, with that spelling: labels are updated in place, nothing is extracted again."
+    )
 
 
 def _check_recorded_audio(store: Any, done: Mapping[str, Any], utterances: Sequence[Utterance],
@@ -317,7 +345,6 @@ def extract_corpus(
         with remote_errors(store_path):
             fresh = not store_path.exists("zarr.json")
         writer = None if fresh else StoreWriter(store_path)
-        infos, failures = _probe_all(utterances, progress)
         done: dict[str, Any] = {}
         moved: set[str] = set()
         stored: Mapping[str, Any] = {}
@@ -327,6 +354,9 @@ def extract_corpus(
             # not stop it: it reads such a chunk as its fill value, as readers did before they checked.
             existing.check_chunks = False
             done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
+            _check_label_spellings(existing.path, done, utterances)
+        infos, failures = _probe_all(utterances, progress)
+        if writer is not None:
             summary.vanished = _keep_vanished(done, utterances, infos, failures)
             moved = _check_recorded_audio(existing, done, utterances, progress)
             stored = existing.features

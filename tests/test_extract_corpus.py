@@ -615,6 +615,37 @@ def test_a_failed_row_removed_from_the_manifest_is_no_longer_this_run_s_failure(
     assert "failures    2 (reasons below)" in shown and "not listed" not in shown
 
 
+def test_labels_differing_only_in_case_from_the_store_s_are_refused_and_fixed_in_place(corpus, tmp_path, capsys):
+    """A second manifest giving 'Angry' where the store holds 'angry' added a class of its own: the
+    case check saw only the manifest's rows. Now it is refused; a relabel in place resolves it."""
+    from w2v2ser._cli import main
+
+    def write(name, rows):
+        manifest = tmp_path / name
+        manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in rows))
+        return str(manifest)
+
+    store = tmp_path / "s.zarr"
+    first = write("a.csv", corpus[:4])
+    second = [dataclasses.replace(u, label=u.label.capitalize()) for u in corpus[4:7]]
+    args = ["--store", str(store), "--features", "spectrogram", "--no-progress"]
+    assert main(["extract", "csv", first, *args]) == 0
+    capsys.readouterr()
+    assert main(["extract", "csv", write("b.csv", second), *args]) == 2
+    err = capsys.readouterr().err
+    assert (f"labels of this manifest differ only in case from those of store {store}: 'Angry' (this manifest, "
+            f"e.g. {corpus[4].id}: {corpus[4].path}) and 'angry' (in the store, e.g. {corpus[0].id}); 'Sad' (this "
+            f"manifest, e.g. {corpus[5].id}: {corpus[5].path}) and 'sad' (in the store, e.g. {corpus[1].id})") in err
+    assert "Fix the spelling in the manifest and rerun the same `w2v2ser extract`" in err and "Traceback" not in err
+    assert len(open_store(store).list_utterances(status=None)) == 4  # nothing was added
+    # The fix the message gives: relabel the store's rows in place (nothing extracted), then add the rest.
+    assert main(["extract", "csv", write("a.csv", [dataclasses.replace(u, label=u.label.capitalize())
+                                                   for u in corpus[:4]]), *args]) == 0
+    assert "0 extracted now, 4 already complete" in capsys.readouterr().out
+    assert main(["extract", "csv", write("b.csv", second), *args]) == 0
+    assert {r.label for r in open_store(store).list_utterances()} == {"Angry", "Sad"}
+
+
 def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, tmp_path):
     """A file rewritten in place (same path, other audio) after its features were extracted: the
     resumed run kept the old features as complete; now it names the file and changes nothing."""

@@ -183,6 +183,9 @@ def test_label_problems_of_a_csv_store_are_reported_once(tmp_path, caplog):
     assert caplog.text.count("fold split: no training speaker has an utterance labelled 'bored'") == 1
     assert "no utterance of the store is labelled" not in caplog.text
     assert caplog.text.count("labels 'Calm' and 'calm' differ only in case, so they are 2 separate classes") == 1
+    # What works: a relabel in place (extracting again was never needed).
+    assert ("fix the spelling in the manifest and rerun the same `w2v2ser extract` (labels are updated in place, "
+            "nothing is extracted again)") in caplog.text
     assert caplog.text.count("fold split: 1 test utterance(s) have the same audio (sha256) as a training "
                              "utterance (u097), so the test scores are not speaker-independent") == 1
     assert "validation utterance(s) have the same audio" not in caplog.text

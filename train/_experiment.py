@@ -234,7 +234,8 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
         spellings.setdefault(label.casefold().strip(), []).append(label)
     for variants in (v for v in spellings.values() if len(v) > 1):
         log.warning("the store's labels %s differ only in case, so they are %d separate classes; if they mean "
-                    "one emotion, use one spelling in the manifest and extract again", " and ".join(map(repr, variants)),
+                    "one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` (labels "
+                    "are updated in place, nothing is extracted again)", " and ".join(map(repr, variants)),
                     len(variants))
     absent = [c for c in data.classes if not counts[c]]
     if absent:

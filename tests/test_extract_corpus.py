@@ -638,6 +638,13 @@ def test_labels_differing_only_in_case_from_the_store_s_are_refused_and_fixed_in
             f"manifest, e.g. {corpus[5].id}: {corpus[5].path}) and 'sad' (in the store, e.g. {corpus[1].id})") in err
     assert "Fix the spelling in the manifest and rerun the same `w2v2ser extract`" in err and "Traceback" not in err
     assert len(open_store(store).list_utterances(status=None)) == 4  # nothing was added
+    # A store that holds such pairs (written before this check) says so in store info.
+    old = tmp_path / "old.zarr"
+    extract_corpus(corpus[:4] + second, old, extractors=[EnergyExtractor()], progress=False)
+    assert main(["store", "info", str(old)]) == 0
+    assert ("'Angry' and 'angry'; 'Sad' and 'sad' differ only in case, so `train` takes them as separate classes; "
+            "if they mean one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract`"
+            ) in capsys.readouterr().out
     # The fix the message gives: relabel the store's rows in place (nothing extracted), then add the rest.
     assert main(["extract", "csv", write("a.csv", [dataclasses.replace(u, label=u.label.capitalize())
                                                    for u in corpus[:4]]), *args]) == 0

@@ -180,6 +180,14 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
     print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
+    spellings: dict[str, list[str]] = {}
+    for label in sorted(info["labels"]):
+        spellings.setdefault(label.casefold(), []).append(label)
+    variants = [" and ".join(map(repr, v)) for v in spellings.values() if len(v) > 1]
+    if variants:  # stores written before extract compared a manifest's labels with the store's
+        print(f"            {'; '.join(variants)} differ only in case, so `train` takes them as separate classes; "
+              f"if they mean one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` "
+              f"(labels are updated in place, nothing is extracted again)")
     for k, (field, found) in enumerate(info["fields"].items()):  # what `train --subset FIELD=VALUE` can name
         values = (", ".join(f"{value} {n}" for value, n in found["counts"].items()) if found["counts"]
                   else f"{found['distinct']} distinct values")

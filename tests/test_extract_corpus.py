@@ -305,7 +305,7 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     summary = extract_corpus(utterances, tmp_path / "w.zarr", extractors=[extractor], progress=False)
     failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
     assert list(failed) == [utterances[1].id]
-    assert "3 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
+    assert "3.0 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
     assert summary.extracted == 2 and summary.complete
 
 

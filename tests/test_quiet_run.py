@@ -186,7 +186,7 @@ def test_a_corpus_that_cannot_be_read_fails_its_stores_and_the_others_go_on(tmp_
     err = capsys.readouterr().err
     assert "Traceback" not in err
     reason = "corpus 'dup' cannot be read: "
-    assert err.count(reason) == 1 and "line 8, column 'id'" in err and "also used on line 2" in err, err
+    assert err.count(reason) == 1 and "line 8, column 'path'" in err and "is also listed on line 2" in err, err
     assert "extract classic on dup: FAILED, corpus 'dup' cannot be read" in err
     assert "extract classic10 on dup: FAILED (corpus 'dup' cannot be read; reason above)" in err
     assert "extract classic on toy: 6 extracted" in err

@@ -333,6 +333,41 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["n_runs"] == 1
 
 
+def test_more_seeds_interrupted_leave_the_folder_unfinished_not_the_fewer_seeds_complete(rav, tmp_path,
+                                                                                          monkeypatch):
+    """Found by a predict trial: 2 seeds finished, rerun with 5 and stopped after the third: the
+    2-seed results.json stayed, evaluate called the folder complete (n=2) and predict averaged 3
+    seeds without the warning it gives for unfinished training."""
+    from w2v2ser.evaluate._rundir import read_run_dir
+    from w2v2ser.train import _experiment
+
+    base = {"stores": rav["main"], "features": "egemaps", **FAST}
+    train_experiment(ExperimentConfig(**base), out=tmp_path, progress=False)
+    assert read_run_dir(tmp_path).status == "complete"
+    real = _experiment.train_run
+
+    def stopped_after_the_first(config, spec, **kwargs):
+        if spec.seed > 0:
+            raise KeyboardInterrupt
+        return real(config, spec, **kwargs)
+
+    monkeypatch.setattr(_experiment, "train_run", stopped_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_experiment(ExperimentConfig(**{**base, "seeds": 2}), out=tmp_path, progress=False)
+    assert not (tmp_path / "results.json").exists()
+    summary = read_run_dir(tmp_path)
+    assert summary.status == "incomplete" and "rerun the same `w2v2ser train`" in summary.reason
+    # `w2v2ser run` plans the same way: a stale results.json goes before runs are submitted.
+    from w2v2ser._config import ExperimentSpec
+    from w2v2ser._run import _prepare_experiment
+
+    (tmp_path / "results.json").write_text("{}")
+    spec = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config={**base, "seeds": 2},
+                          run_dir=tmp_path, where="experiments.t")
+    assert [run.seed for run in _prepare_experiment(spec)[2]] == [1]
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_seeds_spread_over_an_array_job_then_one_call_aggregates(rav, tmp_path):
     """The README's SLURM array recipe: each task trains its own seed into one run dir (its
     results.json holds only that seed); a final call with every seed trains none and aggregates."""

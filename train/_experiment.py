@@ -485,6 +485,20 @@ def run_is_current(metrics: Any, keys: str | Sequence[str], data: str) -> bool:
             and metrics.get("data_fingerprint", data) == data)
 
 
+def _drop_stale_results(out: Path, runs: Sequence[str], keys: Sequence[str], data: str) -> None:
+    """Remove ``out/results.json`` when a planned run is still to train: interrupted, the folder
+    must read as unfinished (a stale results.json of fewer seeds was reported as complete, while
+    predict averaged the seeds finished since)."""
+    for name in runs:
+        try:
+            metrics = json.loads((out / "runs" / name / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = None
+        if not run_is_current(metrics, keys, data):
+            (out / "results.json").unlink(missing_ok=True)
+            return
+
+
 def _result(metrics: dict[str, Any], run_dir: Path, skipped: bool) -> RunResult:
     return RunResult(metrics["fold"], metrics["seed"], metrics["uar"], metrics["accuracy"], metrics["n_test"],
                      metrics["epochs"], metrics.get("best_val_loss"), str(run_dir), skipped, metrics)
@@ -770,6 +784,7 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                           "stores_identity": store_identities(config, stores)})
+    _drop_stale_results(out, [spec.name for spec in specs], config.config_keys(), data)
     for i, spec in enumerate(specs, 1):
         t0 = time.perf_counter()
         res = train_run(config, spec, out=out, threads=threads,

@@ -359,6 +359,8 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
                                               "stores_identity": identity, "name": experiment.name})
     pending = [run for run in runs
                if not run_is_current(_read_json(out / "runs" / run.name / "metrics.json"), keys, data)]
+    if pending:  # interrupted, the folder must read as unfinished, not as the results of fewer runs
+        (out / "results.json").unlink(missing_ok=True)
     return train_config, runs, pending
 
 

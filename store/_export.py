@@ -32,10 +32,11 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
                 progress: bool = False) -> Path:
     """Copy a store to HDF5, one utterance at a time; written to a temp name, then renamed.
 
-    Layout: ``utterances/<column>``, ``failures/<column>``, and per feature
+    Layout (README, "HDF5 export"): ``utterances/<column>``, ``failures/<column>``, and per feature
     ``features/<name>/{data, offset, length, crc32, utt_mean, utt_m2, speaker_name,
-    speaker_count, speaker_mean, speaker_m2}``. ``data`` holds the frames of written
-    utterances back to back (``offset`` -1 where not written); root attribute
+    speaker_count, speaker_mean, speaker_m2}`` with attributes ``frame_rate``, ``dim``, ``layers``
+    (-1: no layer axis) and ``spec`` (the FeatureSpec as JSON). ``data`` holds the frames of written
+    utterances back to back (``offset`` and ``length`` -1 where not written); root attribute
     ``w2v2ser`` holds the store's root attributes as JSON.
 
     Args:
@@ -75,6 +76,9 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
                     progress: bool) -> None:
     rows = store._per_row(name)
     src = store._array(name, "data")
+    # What a reader of the file needs to use this feature, beside it (the root attribute has it too).
+    fg.attrs.update(frame_rate=float(spec.frame_rate), dim=int(spec.dim), layers=-1 if spec.layers is None else
+                    int(spec.layers), spec=json.dumps(spec.to_dict(), sort_keys=True, default=str))
     length = rows["length"]
     n = len(length)
     new_off = np.full(n, -1, dtype=np.int64)

@@ -942,6 +942,15 @@ def test_export_hdf5_round_trip(tmp_path):
                 o, n = int(g["offset"][i]), int(g["length"][i])
                 np.testing.assert_array_equal(g["data"][o:o + n], store.read_utterance(uid, name))
             np.testing.assert_array_equal(g["speaker_count"][:], store._array(name, "speaker_count")[:])
+            spec = store.features[name]  # README, "HDF5 export": what a reader needs sits beside the frames
+            assert (g.attrs["frame_rate"], g.attrs["dim"], g.attrs["layers"]) == (
+                spec.frame_rate, spec.dim, -1 if spec.layers is None else spec.layers)
+            assert json.loads(g.attrs["spec"])["name"] == name
+            assert set(g) == {"data", "offset", "length", "crc32", "utt_mean", "utt_m2", "speaker_name",
+                              "speaker_count", "speaker_mean", "speaker_m2"}
+        assert set(h5["utterances"]) == {"id", "path", "speaker", "label", "session", "split", "gender", "corpus",
+                                         "status", "audio_sha256", "extra", "duration", "num_samples"}
+        assert set(h5["failures"]) == {"id", "path", "feature", "reason"}
     # the export given where a store goes (train, store info) is named as what it is
     with pytest.raises(StoreError, match=r"it is a file, not a directory \(an HDF5 file, e\.g\. a `w2v2ser store "
                                          r"export` copy: read it with h5py"):

@@ -136,13 +136,19 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
-        tail = (proc.stderr or proc.stdout).strip()[-2000:]
         moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
                                   "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
+        lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
+        if said:  # stage 1's own one-line error, in predict's terms: predict has no --like to drop
+            reason = re.sub(r"(; drop --like to extract with other options, or drop the option|, or drop --like)",
+                            "", said[-1]).replace(f"--like {like}: ", "").replace(f"--like {like}", f"the training store {like}")
+            raise PredictError(f"stage 1 could not extract the new audio's features as the training store {like} "
+                               f"was made: {reason}{'' if reason.endswith('.') else '.'}{moved}")
+        tail = "\n".join(lines)[-2000:]
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
-                           f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that the "
-                           f"training store exists and that stage 1 is installed (pip install 'w2v2ser[extract]')."
-                           f"{moved}")
+                           f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that stage 1 "
+                           f"is installed (pip install 'w2v2ser[extract]').{moved}")
 
 
 @dataclass(frozen=True)

@@ -561,6 +561,15 @@ def test_predict_finds_a_moved_speech_encoder_with_model(tmp_path: Path) -> None
         predict_audio(tmp_path / "run", new)
     (pred,) = predict_audio(tmp_path / "run", new, model=moved)
     _check(pred, ["high", "low"])
+    # Found by a predict trial: stage 1's refusal came as three lines, telling a predict user to
+    # "drop --like" (predict has none) and to check that the training store exists.
+    other = save_tiny_wav2vec2(tmp_path / "other", seed=5)
+    with pytest.raises(PredictError) as refused:
+        predict_audio(tmp_path / "run", new, model=other)
+    message = str(refused.value)
+    assert "model {!r} holds other weights than the store's".format(str(other)) in message
+    assert message.endswith("pass the model the store was made with.")
+    assert "\n" not in message and "drop --like" not in message and "Check that" not in message
 
 
 def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch,

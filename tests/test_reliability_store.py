@@ -291,6 +291,25 @@ def test_verify_detects_damaged_per_utterance_statistics(store):
     assert "statistics" in str(report.problems)
 
 
+def test_verify_repair_of_damaged_per_utterance_statistics_completes(store, pristine):
+    """Found by an object-storage trial (local too): the re-extracted utterance took a new slot, but
+    finalize read the statistics of every slot between the first and last in use, the damaged
+    superseded one included, so every rerun failed in finalize and the store never completed."""
+    victim = open_store(store).list_utterances()[3]
+    _flip_utterance_statistics(store, "spectrogram", victim.index)
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
+    assert done.returncode == 1 and "queued 1 utterance x feature pair(s)" in done.stdout, done
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == 1
+    repaired = open_store(store)
+    assert repaired.verify().ok
+    want = open_store(pristine[0]).compose_statistics("spectrogram")
+    got = repaired.compose_statistics("spectrogram")
+    assert got.count == want.count
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
+
+
 def test_damaged_per_utterance_statistics_are_never_read_as_intact(store, pristine, tmp_path):
     """Export and a resumed extraction's finalize read the per-utterance statistics one inner chunk
     at a time; through zarrs that skipped the chunk's crc32c, so the damage went into the HDF5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ import zarr
 from w2v2ser._common import publish_directory
 
 from ._errors import StoreError
-from ._layout import ATTRS_KEY, FORMAT_VERSION, UTTERANCE_COLUMNS, read_meta, specs_from_meta, to_str_list
+from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, missing_chunk_keys, read_meta,
+                      specs_from_meta, to_str_list)
 from ._location import is_store_url, local_zarr_store
 from ._lock import lock_store
 from ._types import Utterance
@@ -40,13 +42,137 @@ def _open_v1(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
         return zarr.open_group(store=local_zarr_store(path, read_only=True), mode="r"), meta
 
 
+def _read_v1(group: zarr.Group, old: Path, key: str) -> np.ndarray:
+    """All of a format-1 table or index array; an unreadable chunk is one StoreError naming it.
+
+    Format-1 tables carry no checksum: a flipped byte that zstd notices raises here, one it does
+    not notice (and a deleted chunk, read as the fill value) is left to :func:`_check_v1_tables`.
+    """
+    try:
+        return group[key][:]
+    except Exception as error:  # zstd "Data corruption detected", a truncated chunk, bad metadata
+        raise StoreError(
+            f"store {old} is damaged: its array {key} cannot be read ({type(error).__name__}: {error}). "
+            f"Format-1 tables carry no checksum, so it cannot be repaired here: extract the corpus "
+            f"again into a new store with this w2v2ser."
+        ) from None
+
+
+def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any], cols: dict[str, np.ndarray],
+                     strs: dict[str, list[str]], index: dict[str, dict[str, np.ndarray]],
+                     fail_cols: dict[str, list[str]], specs: list[Any], read: Any) -> None:
+    """Refuse a format-1 store whose tables, index or failures lost a chunk or disagree.
+
+    Format-1 arrays were written with ``write_empty_chunks=False``: a chunk holding only the fill
+    value was never stored, so a missing chunk file is damage only where its rows must hold
+    something else. The new store gets fresh checksums over what is read here, so damage missed
+    here would from then on be called intact.
+    """
+    n = len(strs["id"])
+    names = [s.name for s in specs]
+    failed_pairs = {(u, f) for u, f in zip(fail_cols["id"], fail_cols["feature"])}
+    failed_rows = set(fail_cols["id"])
+    status = strs["status"]
+    committed = np.zeros(n, bool)  # some feature of the row has frames recorded
+    for f in names:
+        committed |= index[f]["length"] >= 0
+    speaker_names = {f: to_str_list(read(f"features/{f}/speaker_name")) for f in names}
+    # An utterance without a speaker is refused by the manifest readers, but the API allowed one;
+    # its finalize then listed the speaker "" (in the first chunk of speaker_name, sorted first).
+    no_speaker_ok = any("" in v for f, v in speaker_names.items()
+                        if not missing_chunk_keys(group[f"features/{f}/speaker_name"]))
+
+    def damaged(why: str) -> StoreError:
+        return StoreError(
+            f"store {old} is damaged: {why}. Format-1 tables carry no checksum, so the new store would "
+            f"carry fresh checksums over wrong values; nothing was written. Restore the old store from a "
+            f"backup, or extract the corpus again into a new store with this w2v2ser."
+        )
+
+    def must_hold(array: str, rows: range) -> bool:
+        """Whether the chunk of `array` over `rows` cannot have been all fill value."""
+        col = array.rsplit("/", 1)[1]
+        if array.startswith("failures/"):
+            return col != "feature"  # "" for a whole-utterance failure; ids, paths and reasons are text
+        if array.startswith("utterances/"):
+            if col in ("id", "path", "label") or (col == "speaker" and not no_speaker_ok):
+                return True
+            if col == "status":  # fill "pending": only an incomplete store may lack a chunk of it
+                return bool(meta.get("complete")) or any(strs["id"][r] in failed_rows or committed[r] for r in rows)
+            if col in ("duration", "audio_sha256", "num_samples"):  # written with every commit
+                return bool(committed[rows.start:rows.stop].any())
+            return False  # session/split/gender/corpus may be all empty, extra all "{}"
+        f = array.split("/")[1]
+        if col == "speaker_name":
+            return not no_speaker_ok
+        length = index[f]["length"][rows.start:rows.stop]
+        if col == "length":  # fill -1: a done utterance has frames of every feature that did not fail
+            return any(status[r] == "done" and (strs["id"][r], f) not in failed_pairs for r in rows)
+        if col == "offset":  # fill -1
+            return bool((length >= 0).any())
+        return bool((length > 0).any())  # capacity, crc32: fill 0
+
+    arrays = [f"utterances/{c}" for c in UTTERANCE_COLUMNS] + [f"failures/{c}" for c in FAILURE_COLUMNS]
+    arrays += [f"features/{f}/{k}" for f in names for k in ("offset", "capacity", "length", "crc32", "speaker_name")]
+    for array in arrays:
+        chunk = int(group[array].chunks[0])
+        for key in missing_chunk_keys(group[array]):
+            i = int(key.rsplit("/c/", 1)[1].split("/")[0])
+            if must_hold(array, range(i * chunk, min((i + 1) * chunk, n))):
+                raise damaged(f"its array {array} lacks chunk c/{i} (file {old / key}), which must hold "
+                              f"values; zarr would read it as the fill value")
+    # Cross-checks that catch a chunk rewritten with other values (or lost where fill was legal).
+    for r in range(n):
+        if status[r] not in ("done", "failed", "pending"):
+            raise damaged(f"utterance row {r} has status {status[r]!r} in utterances/status")
+        if status[r] == "done" or committed[r]:
+            for col in ("id", "speaker", "label"):
+                if not strs[col][r] and not (col == "speaker" and no_speaker_ok):
+                    raise damaged(f"utterance row {r} (id {strs['id'][r]!r}) has frames but an empty "
+                                      f"{col} in utterances/{col}")
+        if status[r] == "done":
+            for f in names:
+                if (strs["id"][r], f) not in failed_pairs and index[f]["length"][r] < 0:
+                    raise damaged(f"utterance {strs['id'][r]!r} is done in utterances/status but "
+                                      f"features/{f}/length records no frames for it")
+        try:
+            json.loads(strs["extra"][r] or "{}")
+        except ValueError:
+            raise damaged(f"utterances/extra of utterance {strs['id'][r]!r} is not JSON") from None
+    for f, spec in zip(names, specs):
+        length, offset = index[f]["length"], index[f]["offset"]
+        total = int(group[f"features/{f}/data"].shape[0])
+        bad = np.flatnonzero((length >= 0) & ((offset < 0) | (offset + length > total)))
+        if len(bad):
+            r = int(bad[0])
+            raise damaged(f"features/{f}/offset and length of utterance {strs['id'][r]!r} "
+                              f"({int(offset[r])}, {int(length[r])}) lie outside features/{f}/data "
+                              f"({total} frames)")
+        # The per-speaker frame counts that the new store will recompose must be the old ones.
+        # (Speakers without frames compare as absent: a store never finalized lists none.)
+        counts: dict[str, int] = {}
+        for r in range(n):
+            if length[r] > 0:
+                counts[strs["speaker"][r]] = counts.get(strs["speaker"][r], 0) + int(length[r])
+        old_counts = {k: int(c) for k, c in zip(speaker_names[f], read(f"features/{f}/speaker_count")) if c > 0}
+        if counts != old_counts:
+            diff = sorted(k for k in set(counts) | set(old_counts) if counts.get(k) != old_counts.get(k))[:5]
+            raise damaged(f"per-speaker frame counts of feature {f!r} from utterances/speaker and "
+                              f"features/{f}/length differ from its features/{f}/speaker_name/speaker_count "
+                              f"for speaker(s) {diff}: " + ", ".join(
+                                  f"{k!r} {counts.get(k, 0)} vs {old_counts.get(k, 0)}" for k in diff))
+
+
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
                   progress: bool = False) -> Path:
-    """Convert a format-1 store into a new format-2 store; the old store is only read.
+    """Convert a format-1 store into a new store of the current format; the old store is only read.
 
-    Every finalized utterance is copied after checking its frames against the old crc32;
-    planned-but-unwritten utterances stay pending (rerun the extraction on the new store to
-    finish them); failures are kept. Per-speaker statistics are recomposed.
+    The old tables, index and failures (which carry no checksum) are checked first: a chunk
+    file missing where rows must hold values, or values that disagree (a done utterance without
+    frames, per-speaker frame counts other than the old ones), refuses the upgrade before anything
+    is written. Every finalized utterance is then copied after checking its frames against the
+    old crc32; planned-but-unwritten utterances stay pending (rerun the extraction on the new
+    store to finish them); failures are kept. Per-speaker statistics are recomposed.
 
     Args:
         old_path: the format-1 store directory.
@@ -58,8 +184,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         The new store's path.
 
     Raises:
-        StoreError: `old_path` is not a format-1 store, `new_path` is not empty, or an old
-            utterance's frames do not match their crc32 (the old store is damaged).
+        StoreError: `old_path` is not a format-1 store, `new_path` is not empty,
+            an old table, index or failure array is damaged, or an
+            old utterance's frames do not match their crc32.
     """
     for given, role in ((old_path, "format-1 store"), (new_path, "new store")):
         if is_store_url(given):  # Path() would turn s3://b/x into the local folder s3:/b/x
@@ -75,17 +202,19 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     # refuses a second upgrade into NEW while one runs).
     final, new = new, new.with_name(f".{new.name}.upgrading")
     specs = list(specs_from_meta(meta).values())
-    cols = {c: group[f"utterances/{c}"][:] for c in UTTERANCE_COLUMNS}
+    read = functools.partial(_read_v1, group, old)
+    cols = {c: read(f"utterances/{c}") for c in UTTERANCE_COLUMNS}
     strs = {c: to_str_list(v) for c, v in cols.items() if c not in ("duration", "num_samples")}
     n = len(strs["id"])
+    index = {s.name: {k: read(f"features/{s.name}/{k}") for k in ("offset", "capacity", "length", "crc32")}
+             for s in specs}
+    fail_cols = {c: to_str_list(read(f"failures/{c}")) for c in FAILURE_COLUMNS}
+    _check_v1_tables(old, group, meta, cols, strs, index, fail_cols, specs, read)
     utterances = [Utterance(id=strs["id"][i], path=strs["path"][i], speaker=strs["speaker"][i],
                             label=strs["label"][i], session=strs["session"][i], split=strs["split"][i],
                             gender=strs["gender"][i], corpus=strs["corpus"][i],
                             extra=json.loads(strs["extra"][i] or "{}")) for i in range(n)]
     num_samples = [int(v) if v >= 0 else None for v in cols["num_samples"]]
-    index = {s.name: {k: group[f"features/{s.name}/{k}"][:] for k in ("offset", "capacity", "length", "crc32")}
-             for s in specs}
-    fail_cols = {c: to_str_list(group[f"failures/{c}"][:]) for c in ("id", "feature", "reason")}
     row_of = {uid: i for i, uid in enumerate(strs["id"])}
     row_failures = {row_of[u]: r for u, f, r in zip(fail_cols["id"], fail_cols["feature"], fail_cols["reason"])
                     if not f and u in row_of}

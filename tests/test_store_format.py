@@ -227,3 +227,65 @@ def test_a_killed_upgrade_is_finished_by_the_same_command(tmp_path, monkeypatch)
     here.mkdir()
     monkeypatch.chdir(here)
     assert upgrade_store(old, ".") == here and open_store(here).verify().ok
+
+
+def _old_copy(tmp_path: Path) -> Path:
+    old = tmp_path / "old.zarr"
+    shutil.copytree(FORMAT1, old)
+    return old
+
+
+def _refused(old: Path, new: Path, *parts: str, **kwargs) -> str:
+    """upgrade_store(old, new) raises one StoreError naming every part; nothing is written."""
+    with pytest.raises(StoreError) as caught:
+        upgrade_store(old, new, **kwargs)
+    message = str(caught.value)
+    for part in parts:
+        assert part in message, (part, message)
+    assert not new.exists() and not list(new.parent.glob(f".{new.name}.*")), message
+    return message
+
+
+# Every table/index/failure chunk of the fixture that holds values other than the fill value.
+_V1_CHUNKS = ["utterances/id", "utterances/path", "utterances/speaker", "utterances/label", "utterances/status",
+              "utterances/audio_sha256", "utterances/duration", "utterances/num_samples",
+              "failures/id", "failures/path", "failures/reason",
+              *(f"features/{f}/{a}" for f in ("w2v", "lld") for a in ("offset", "capacity", "length", "crc32",
+                                                                        "speaker_name"))]
+
+
+def test_upgrade_refuses_a_format1_table_index_or_failure_chunk_that_is_missing(tmp_path):
+    """Found by a trial: format-1 tables carry no checksum, and a deleted chunk reads as its fill
+    value, so `store upgrade` wrote a "complete, intact" store with empty labels, speakers,
+    reasons or lost failures, its fresh checksums laundering the damage."""
+    for array in _V1_CHUNKS:
+        old = _old_copy(tmp_path / array.replace("/", "_"))
+        (old / array / "c" / "0").unlink()
+        _refused(old, old.parent / "new.zarr", str(old), f"{array} lacks chunk c/0", "nothing was written")
+
+
+def test_upgrade_cross_checks_the_format1_tables(tmp_path):
+    """Values rewritten without a trace (or a chunk lost where the fill value was legal) are
+    caught by what the old store says elsewhere: a done utterance has frames of every feature
+    that did not fail, and the per-speaker frame counts are the old store's."""
+    import zarr
+
+    old = _old_copy(tmp_path / "spk")
+    zarr.open_group(str(old), mode="r+")["utterances/speaker"][:] = np.asarray(["A"] * 5, dtype=str)
+    _refused(old, tmp_path / "spk" / "new.zarr", "per-speaker frame counts of feature", "speaker_count", "'B'")
+    old = _old_copy(tmp_path / "len")
+    zarr.open_group(str(old), mode="r+")["features/lld/length"][1] = -1
+    _refused(old, tmp_path / "len" / "new.zarr", "'u1' is done", "features/lld/length")
+
+
+def test_upgrade_of_an_unreadable_format1_table_chunk_is_one_store_error(tmp_path):
+    """Found by a trial: a flipped byte that zstd notices ended the upgrade in a traceback
+    (RuntimeError: Zstd decompression error), exit 1."""
+    old = _old_copy(tmp_path)
+    chunk = old / "utterances/label/c/0"
+    chunk.write_bytes(chunk.read_bytes()[:-3])  # what zstd then reads is not a frame
+    message = _refused(old, tmp_path / "new.zarr", str(old), "utterances/label cannot be read")
+    done = subprocess.run([str(W2V2SER), "store", "upgrade", str(old), str(tmp_path / "new.zarr")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "utterances/label" in done.stderr, message
+

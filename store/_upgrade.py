@@ -29,6 +29,10 @@ __all__ = ["upgrade_store"]
 UNIT_UTTERANCES = 64  # utterances per work unit of the converted store
 
 
+class _FramesLost(StoreError):
+    """Old frames that fail their crc32 (without skip_damaged): the partial new store is removed."""
+
+
 def _open_v1(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
     _, meta = read_meta(path)
     version = meta.get("format_version")
@@ -164,7 +168,7 @@ def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any], cols: d
 
 
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
-                  progress: bool = False) -> Path:
+                  progress: bool = False, skip_damaged: bool = False) -> Path:
     """Convert a format-1 store into a new store of the current format; the old store is only read.
 
     The old tables, index and failures (which carry no checksum) are checked first: a chunk
@@ -179,6 +183,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         new_path: where to create the format-2 store (must not exist or be empty). It is written
             beside it as ``.NAME.upgrading`` and moved into place when finished.
         progress: show a progress bar.
+        skip_damaged: an utterance whose old frames do not match their crc32 is not copied but
+            left pending in the new store (listed in its ``upgraded_from["damaged"]``), so that
+            the next ``w2v2ser extract`` into the new store extracts it again; refused otherwise.
 
     Returns:
         The new store's path.
@@ -186,7 +193,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     Raises:
         StoreError: `old_path` is not a format-1 store, `new_path` is not empty,
             an old table, index or failure array is damaged, or an
-            old utterance's frames do not match their crc32.
+            old utterance's frames do not match their crc32 (without `skip_damaged`).
     """
     for given, role in ((old_path, "format-1 store"), (new_path, "new store")):
         if is_store_url(given):  # Path() would turn s3://b/x into the local folder s3:/b/x
@@ -241,32 +248,53 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
             from w2v2ser._common import progress_bar
 
             bar = progress_bar(desc="upgrade", unit="utt", total=len(done))
-        for unit in units:
-            with writer.open_unit(unit) as unit_writer:
-                for row in unit.rows:
-                    frames = {}
-                    for f in names:
-                        off, length = int(index[f]["offset"][row]), int(index[f]["length"][row])
-                        if length < 0:
-                            continue
-                        x = np.asarray(data[f][off:off + length])
-                        if zlib.crc32(np.ascontiguousarray(x).tobytes()) != int(index[f]["crc32"][row]):
-                            raise StoreError(
-                                f"store {old} is damaged: frames of utterance {strs['id'][row]!r}, feature "
-                                f"{f!r} do not match their crc32. Run `w2v2ser store verify {old}`; re-extract "
-                                f"that utterance (or the store) before upgrading."
-                            )
-                        frames[f] = x
-                    unit_writer.add(row, frames, audio_sha256=strs["audio_sha256"][row],
-                                    duration=float(cols["duration"][row]))
-                    if bar is not None:
-                        bar.update(1)
+        damaged: list[dict[str, str]] = []
+        try:
+            for unit in units:
+                with writer.open_unit(unit) as unit_writer:
+                    for row in unit.rows:
+                        frames = {}
+                        for f in names:
+                            off, length = int(index[f]["offset"][row]), int(index[f]["length"][row])
+                            if length < 0:
+                                continue
+                            try:
+                                x = np.asarray(data[f][off:off + length])
+                                intact = zlib.crc32(np.ascontiguousarray(x).tobytes()) == int(index[f]["crc32"][row])
+                            except Exception:  # a chunk blosc cannot decode
+                                intact = False
+                            if not intact:
+                                if not skip_damaged:
+                                    raise _FramesLost(
+                                        f"store {old} is damaged: the frames of utterance {strs['id'][row]!r}, "
+                                        f"feature {f!r} (features/{f}/data rows {off}..{off + length - 1}) do not "
+                                        f"match their crc32; they are lost and nothing was written. Pass "
+                                        f"--skip-damaged (skip_damaged=True) to upgrade the rest and leave every "
+                                        f"utterance with damaged frames pending in {final}, then rerun "
+                                        f"`w2v2ser extract` for that corpus with --store {final} to extract "
+                                        f"them again; or extract the whole corpus again into a new store."
+                                    )
+                                damaged.append({"id": strs["id"][row], "feature": f})
+                                frames = None
+                                break
+                            frames[f] = x
+                        if frames is not None:  # skipped: no commit, so the row stays pending
+                            unit_writer.add(row, frames, audio_sha256=strs["audio_sha256"][row],
+                                            duration=float(cols["duration"][row]))
+                        if bar is not None:
+                            bar.update(1)
+        except _FramesLost:
+            writer.close()  # nothing half-written stays behind: the message says nothing was written
+            shutil.rmtree(new, ignore_errors=True)
+            raise
         if bar is not None:
             bar.close()
         writer.finalize()
         new_meta = dict(writer._group.attrs[ATTRS_KEY])
         new_meta["upgraded_from"] = {k: meta.get(k) for k in ("format_version", "tool_version", "created")}
         new_meta["upgraded_from"]["path"] = str(old)
+        if damaged:
+            new_meta["upgraded_from"]["damaged"] = damaged
         writer._group.attrs[ATTRS_KEY] = new_meta
         writer.close()
         if any(p.name != ".lock" for p in final.iterdir()):

@@ -289,3 +289,28 @@ def test_upgrade_of_an_unreadable_format1_table_chunk_is_one_store_error(tmp_pat
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "utterances/label" in done.stderr, message
 
+
+def test_damaged_format1_frames_name_what_is_lost_and_skip_damaged_queues_them(tmp_path):
+    """Found by a trial: the message for frames that fail their crc32 said to run `store verify OLD`,
+    which refuses a format-1 store (and names `store upgrade`): a loop. It names the lost frames
+    and --skip-damaged, which upgrades the rest and leaves them pending for `extract`."""
+    old = _old_copy(tmp_path)
+    import zarr
+
+    offset = int(zarr.open_group(str(old), mode="r")["features/w2v/offset"][1])  # u1: 17 frames, chunks of 8
+    chunk = old / f"features/w2v/data/c/{offset // 8}/2/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    message = _refused(old, tmp_path / "new.zarr", "do not match their crc32", "--skip-damaged", "w2v2ser extract")
+    assert "store verify" not in message
+    uid = message.split("utterance ", 1)[1].split(",", 1)[0].strip("'")
+    new = upgrade_store(old, tmp_path / "new.zarr", skip_damaged=True)
+    store = open_store(new, allow_incomplete=True)
+    assert store.attrs["upgraded_from"]["damaged"] == [{"id": uid, "feature": "w2v"}]
+    status = {r.id: r.status for r in store.list_utterances(status=None)}
+    assert status[uid] == "pending" and not store.complete
+    for other, frames in _v1_frames(FORMAT1, "w2v").items():
+        if other != uid and status[other] == "done":
+            np.testing.assert_array_equal(store.read_utterance(other, "w2v"), frames)
+

@@ -278,11 +278,17 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, upgrade_store
 
-    out = upgrade_store(args.old, args.new, progress=not args.no_progress)
+    out = upgrade_store(args.old, args.new, progress=not args.no_progress, skip_damaged=args.skip_damaged)
     store = open_store(out, allow_incomplete=True)
     status = store.describe()["status"]
     print(f"wrote {out} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
           f"{status['pending']} pending utterances; {args.old} is unchanged")
+    damaged = store.attrs["upgraded_from"].get("damaged", [])
+    if damaged:
+        listed = ", ".join(f"{d['id']!r} ({d['feature']})" for d in damaged[:10])
+        more = f" and {len(damaged) - 10} more" if len(damaged) > 10 else ""
+        print(f"{len(damaged)} utterance(s) had damaged frames in {args.old} and were left pending: {listed}{more}. "
+              f"Rerun `w2v2ser extract` for that corpus and features with --store {out} to extract them again.")
     return 0
 
 
@@ -584,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("old", help="format-1 store (only read)")
     upgrade.add_argument("new", help="new store directory")
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
+    upgrade.add_argument("--skip-damaged", action="store_true",
+                         help="leave utterances whose old frames fail their crc32 pending in the new store (the "
+                              "next `w2v2ser extract` into it extracts them again) instead of refusing")
     upgrade.set_defaults(func=_cmd_store_upgrade)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds", parents=[verbose])

@@ -168,7 +168,7 @@ def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any], cols: d
 
 
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
-                  progress: bool = False, skip_damaged: bool = False) -> Path:
+                  progress: bool = False, allow_incomplete: bool = False, skip_damaged: bool = False) -> Path:
     """Convert a format-1 store into a new store of the current format; the old store is only read.
 
     The old tables, index and failures (which carry no checksum) are checked first: a chunk
@@ -183,6 +183,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         new_path: where to create the format-2 store (must not exist or be empty). It is written
             beside it as ``.NAME.upgrading`` and moved into place when finished.
         progress: show a progress bar.
+        allow_incomplete: upgrade a store whose extraction never finished (root attribute
+            ``complete`` false), keeping only what its last finalize recorded; refused otherwise,
+            since the utterances its journal committed after that finalize would be lost.
         skip_damaged: an utterance whose old frames do not match their crc32 is not copied but
             left pending in the new store (listed in its ``upgraded_from["damaged"]``), so that
             the next ``w2v2ser extract`` into the new store extracts it again; refused otherwise.
@@ -191,7 +194,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         The new store's path.
 
     Raises:
-        StoreError: `old_path` is not a format-1 store, `new_path` is not empty,
+        StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty,
             an old table, index or failure array is damaged, or an
             old utterance's frames do not match their crc32 (without `skip_damaged`).
     """
@@ -204,6 +207,16 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     group, meta = _open_v1(old)
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
+    if not meta.get("complete", False) and not allow_incomplete:
+        raise StoreError(
+            f"store {old} is incomplete (root attribute {ATTRS_KEY}.complete is false): its extraction never "
+            f"finished, and utterances it extracted after its last finalize are only in its journal, which "
+            f"`store upgrade` does not read. Finish it first with the w2v2ser that wrote it "
+            f"(version {meta.get('tool_version', '?')}: rerun the same `w2v2ser extract` command), then "
+            f"upgrade; or extract the corpus again into a new store with this w2v2ser; or pass "
+            f"--allow-incomplete (allow_incomplete=True) to upgrade only what its last finalize recorded, "
+            f"the rest staying pending for `w2v2ser extract` into the new store."
+        )
     # Written beside NEW and moved into place when finished: a killed upgrade leaves NEW as it was,
     # and the same command starts over (removing what the killed one left, under NEW's lock, which
     # refuses a second upgrade into NEW while one runs).

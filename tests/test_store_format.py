@@ -314,3 +314,15 @@ def test_damaged_format1_frames_name_what_is_lost_and_skip_damaged_queues_them(t
         if other != uid and status[other] == "done":
             np.testing.assert_array_equal(store.read_utterance(other, "w2v"), frames)
 
+
+def test_upgrade_refuses_an_incomplete_format1_store(tmp_path):
+    """Found by a trial: a format-1 store killed before its finalize upgraded to "0 done, N pending"
+    with exit 0, dropping the utterances its journal had committed."""
+    old = _old_copy(tmp_path)
+    meta = json.loads((old / "zarr.json").read_text())
+    meta["attributes"]["w2v2ser"]["complete"] = False
+    (old / "zarr.json").write_text(json.dumps(meta))
+    _refused(old, tmp_path / "new.zarr", str(old), "is incomplete", "w2v2ser that wrote it", "--allow-incomplete")
+    new = upgrade_store(old, tmp_path / "new.zarr", allow_incomplete=True)
+    assert len(open_store(new, allow_incomplete=True).list_utterances()) == 3
+

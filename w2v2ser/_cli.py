@@ -278,7 +278,8 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, upgrade_store
 
-    out = upgrade_store(args.old, args.new, progress=not args.no_progress, skip_damaged=args.skip_damaged)
+    out = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
+                        skip_damaged=args.skip_damaged)
     store = open_store(out, allow_incomplete=True)
     status = store.describe()["status"]
     print(f"wrote {out} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
@@ -590,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("old", help="format-1 store (only read)")
     upgrade.add_argument("new", help="new store directory")
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
+    upgrade.add_argument("--allow-incomplete", action="store_true",
+                         help="upgrade an old store whose extraction never finished, keeping only what its last "
+                              "finalize recorded (the rest stays pending); by default refused, since utterances "
+                              "its journal committed after that finalize would be lost")
     upgrade.add_argument("--skip-damaged", action="store_true",
                          help="leave utterances whose old frames fail their crc32 pending in the new store (the "
                               "next `w2v2ser extract` into it extracts them again) instead of refusing")

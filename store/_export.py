@@ -54,6 +54,10 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
                          f"path, then copy the file (e.g. with `aws s3 cp`).")
     store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
     out = Path(out_path)
+    if not is_store_url(store_path) and out.resolve().is_relative_to(Path(store_path).resolve()):
+        raise StoreError(f"cannot export to {out}: it is inside the store {store_path}, which `store export` "
+                         f"only reads (a file there is not part of the store, and an extraction or upgrade "
+                         f"of it would not expect it). Choose a path outside {store_path}.")
     with replacing(out) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["w2v2ser"] = json.dumps(store.attrs, sort_keys=True)
         h5.attrs["exported_from"] = str(store.path)

@@ -194,8 +194,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         The new store's path.
 
     Raises:
-        StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty,
-            an old table, index or failure array is damaged, or an
+        StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty
+            or lies inside `old_path`, an old table, index or failure array is damaged, or an
             old utterance's frames do not match their crc32 (without `skip_damaged`).
     """
     for given, role in ((old_path, "format-1 store"), (new_path, "new store")):
@@ -205,6 +205,10 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
                              f"storage (e.g. with `aws s3 sync`).")
     old, new = Path(old_path), Path(new_path).resolve()  # resolved: `upgrade OLD .` has a name to write beside
     group, meta = _open_v1(old)
+    if new.is_relative_to(old.resolve()):  # the old store is only read; NEW inside it would alter it
+        where = "is the old store" if new == old.resolve() else f"is inside the old store {old}"
+        raise StoreError(f"cannot upgrade into {new}: it {where}, which `store upgrade` only reads. "
+                         f"Choose a new path outside {old}.")
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
     if not meta.get("complete", False) and not allow_incomplete:

@@ -326,3 +326,17 @@ def test_upgrade_refuses_an_incomplete_format1_store(tmp_path):
     new = upgrade_store(old, tmp_path / "new.zarr", allow_incomplete=True)
     assert len(open_store(new, allow_incomplete=True).list_utterances()) == 3
 
+
+def test_upgrade_and_export_refuse_an_output_inside_the_source_store(tmp_path, upgraded):
+    """Found by a trial: `store upgrade OLD OLD/sub` wrote the new store inside the old one (then
+    said OLD is unchanged) and `store export STORE STORE/x.h5` wrote into the store folder."""
+    from w2v2ser.store import export_hdf5
+
+    old = _old_copy(tmp_path / "o")
+    for new in (old / "sub", old):
+        with pytest.raises(StoreError, match="old store"):
+            upgrade_store(old, new)
+    assert not (old / "sub").exists()
+    with pytest.raises(StoreError, match="inside the store"):
+        export_hdf5(upgraded, upgraded / "x.h5")
+    assert not list(upgraded.glob("*.h5")) and not list(upgraded.glob(".x.h5*"))

@@ -271,7 +271,16 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
     name = key.rsplit("/", 1)[-1]
     config = _PIPELINE if name in FAST_ARRAYS else _CHECKING_PIPELINE
     with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):
-        return group[key]
+        try:
+            return group[key]
+        except Exception as exc:  # noqa: BLE001 -- zarr raises KeyError, JSON and metadata errors
+            # Not repairable by re-extracting utterances: the array itself cannot be found.
+            where = getattr(group.store_path.store, "root", None) or str(group.store_path)
+            raise StoreError(
+                f"store {where} is damaged: array {key} cannot be opened, its metadata file {key}/zarr.json is "
+                f"missing or unreadable ({type(exc).__name__}: {exc}). Copy that file back from a backup or an "
+                f"earlier copy of the store if you have one; otherwise extract into a new store "
+                f"(`store verify --repair` re-extracts utterances, it cannot restore an array).") from None
 
 
 def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> list[str]:

@@ -188,12 +188,7 @@ class FeatureStore:
             self._arrays.clear()
             self._forks = fork_count()
         if key not in self._arrays:
-            try:
-                array = open_array(self._group, f"features/{feature}/{name}")
-            except Exception as exc:  # missing or damaged zarr.json
-                raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
-                                    f"{exc})") from None
-            self._arrays[key] = array
+            self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")  # StoreError if it cannot
         array, path = self._arrays[key], f"features/{feature}/{name}"
         if check and name != "data" and path not in self._chunks_checked:  # frames: every read checks CRCs
             if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)

@@ -310,6 +310,34 @@ def test_verify_repair_of_damaged_per_utterance_statistics_completes(store, pris
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
 
 
+@pytest.mark.parametrize("array", ["features/spectrogram/data", "features/layered/stats"])
+def test_a_missing_array_metadata_file_is_one_error_that_does_not_send_the_user_in_a_loop(store, pristine, array):
+    """Found by an object-storage trial (local too): with an array's zarr.json deleted, extract ended
+    in a KeyError traceback, and verify told the user to run verify --repair, which said the same."""
+    (store / array / "zarr.json").unlink()
+    with pytest.raises(StoreError, match=rf"array {array} cannot be opened, its metadata file {array}/zarr.json "
+                                         r"is missing") as refused:
+        open_store(store, allow_incomplete=True).verify()
+    assert "cannot restore an array" in str(refused.value)
+    with pytest.raises(StoreError, match=rf"array {array} cannot be opened"):
+        extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                       progress=False)
+    done = _verify_cli(store)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--repair` to list" not in done.stderr
+
+
+def test_a_missing_table_column_is_named_by_verify_and_rebuilt_from_the_manifest(store, pristine):
+    """The manifest's columns (label here) are written again by the rerun that verify's damage calls for."""
+    (store / "utterances" / "label" / "zarr.json").unlink()
+    report = open_store(store).verify()
+    assert [problem for _, _, problem in report.problems] == [
+        problem for _, _, problem in report.problems if "array utterances/label cannot be opened" in problem]
+    assert report.problems and _verify_cli(store).returncode == 1
+    extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()], progress=False)
+    assert open_store(store).verify().ok
+    assert [u.label for u in open_store(store).list_utterances()] == [u.label for u in pristine[1]]
+
+
 def test_damaged_per_utterance_statistics_are_never_read_as_intact(store, pristine, tmp_path):
     """Export and a resumed extraction's finalize read the per-utterance statistics one inner chunk
     at a time; through zarrs that skipped the chunk's crc32c, so the damage went into the HDF5

@@ -906,6 +906,20 @@ def test_export_into_a_folder_is_refused_before_the_work(tmp_path, capsys, monke
     assert not (tmp_path / "s3:").exists()
 
 
+def test_export_to_a_folder_that_takes_no_files_or_through_a_broken_link_is_one_line(tmp_path, capsys):
+    """Found by an export trial: /proc/x.h5 ended in a FileNotFoundError traceback from mkstemp, and a
+    target under a dangling symlink was called a file."""
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[2])
+    assert main(["store", "export", str(built.path), "/proc/x.h5"]) == 2
+    err = capsys.readouterr().err
+    assert "/proc/x.h5: no new file can be created in this folder" in err and "Traceback" not in err
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    assert main(["store", "export", str(built.path), str(tmp_path / "gone" / "x.h5")]) == 2
+    assert f"gone is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in capsys.readouterr().err
+
+
 def test_export_and_verify_show_progress_per_feature(tmp_path, monkeypatch, capsys):
     """A store export or verify of a wav2vec2-base RAVDESS store (about 10 GB) printed nothing until done."""
     import w2v2ser._common as common

@@ -139,6 +139,9 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if error.errno in (errno.EACCES, errno.EPERM):
         return (f"{where}. Use a path this user may read and write ({_OTHER_OUTPUT}), or fix its "
                 f"permissions, then rerun.", EXIT_INPUT)
+    if error.errno == errno.EEXIST and os.path.islink(error.filename) and not os.path.exists(error.filename):
+        return (f"{error.filename} is a symbolic link to {os.readlink(error.filename)}, which does not exist. "
+                f"Point the link at a folder, or give another path, then rerun.", EXIT_INPUT)
     if error.errno in (errno.EEXIST, errno.ENOTDIR) and not os.path.isdir(error.filename):
         # mkdir of an --out, --store or --work-dir that names a file, or a path through a file.
         return (f"{error.filename}: it, or a folder above it, is a file; expected a folder. Give another path, "
@@ -278,7 +281,10 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     if path.is_dir():  # before any work: os.replace would refuse it only at the end
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError as error:  # a folder that takes no new files (/proc, /sys): say so, one line
+        raise PermissionError(errno.EACCES, "no new file can be created in this folder", str(path)) from error
     os.close(fd)
     tmp = Path(name)
     try:

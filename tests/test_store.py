@@ -920,6 +920,23 @@ def test_export_to_a_folder_that_takes_no_files_or_through_a_broken_link_is_one_
     assert f"gone is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in capsys.readouterr().err
 
 
+def test_an_interrupted_export_does_not_promise_to_resume(tmp_path, capsys, monkeypatch):
+    """Found by an export trial: Ctrl-C of `store export` said "finished work is kept, rerun the same
+    command to resume"; nothing of an export is kept, it starts over."""
+    import w2v2ser.store as store_api
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[2])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_api, "export_hdf5", interrupted)
+    assert main(["store", "export", str(built.path), str(tmp_path / "x.h5")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; nothing was written" in err and "resume" not in err
+
+
 def test_export_and_verify_show_progress_per_feature(tmp_path, monkeypatch, capsys):
     """A store export or verify of a wav2vec2-base RAVDESS store (about 10 GB) printed nothing until done."""
     import w2v2ser._common as common

@@ -733,6 +733,13 @@ def _sigterm_raises() -> Any:
                 clear_stop()
 
 
+_STARTS_OVER = {
+    _cmd_store_export: "nothing was written (an earlier OUT file is unchanged); rerun the same command to export again",
+    _cmd_store_upgrade: "the old store is unchanged and NEW was not written; rerun the same command to convert again",
+    _cmd_predict: "rerun the same command to predict again",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``w2v2ser`` console script.
 
@@ -762,11 +769,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         from w2v2ser._common import Terminated
 
+        # Commands that keep nothing of a stopped run (they write one file or folder at the end).
+        kept = _STARTS_OVER.get(getattr(args, "func", None), "finished work is kept, rerun the same command to resume")
         if isinstance(stop, Terminated):  # in a job's log, the only word on why the run ended
-            print("w2v2ser: terminated (SIGTERM: scancel, the job's time limit or kill); finished work is kept, "
-                  "rerun the same command to resume", file=sys.stderr)
+            print(f"w2v2ser: terminated (SIGTERM: scancel, the job's time limit or kill); {kept}", file=sys.stderr)
             return 143  # 128 + SIGTERM, as a shell reports a command killed by it
-        print("w2v2ser: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        print(f"w2v2ser: interrupted; {kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `w2v2ser store info S | head`: the reader left; no traceback for that
         # Python flushes stdout again at exit, which would raise once more: point it at devnull.

@@ -31,7 +31,7 @@ from ._audio import (
     resample_audio,
     sha256_file,
 )
-from ._corpora import CorpusKind, read_corpus
+from ._corpora import CORPUS_READERS, CorpusKind, read_corpus
 from ._egemaps import EgemapsConfig, EgemapsExtractor
 from ._errors import AudioError, ExtractorConfigError, ManifestError
 from ._iemocap import read_iemocap
@@ -65,6 +65,7 @@ __all__ = [
     "AudioError",
     "AudioInfo",
     "CorpusKind",
+    "CORPUS_READERS",
     "Data2VecConfig",
     "Data2VecExtractor",
     "EgemapsConfig",

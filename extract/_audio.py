@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,20 @@ def signals_at_rates(
     return out
 
 
+def _near_miss(path: Path) -> str:
+    """A hint when the file exists under a spelling the manifest's writer could not see: Windows
+    separators, or another Unicode normal form of an accented name (macOS writes NFD)."""
+    text = str(path)
+    if "\\" in text and Path(text.replace("\\", "/")).exists():
+        return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
+    for form in ("NFC", "NFD"):
+        other = unicodedata.normalize(form, text)
+        if other != text and Path(other).exists():
+            return (f" A file of the same name in another Unicode form ({form}) exists: the manifest and the file "
+                    f"system spell its accents differently; rename the file or fix the manifest.")
+    return ""
+
+
 def _check_readable(path: Path) -> None:
     """Raise AudioError for a missing, non-file or permission-denied path."""
     try:
@@ -167,7 +182,7 @@ def _check_readable(path: Path) -> None:
     if not exists:
         raise AudioError(
             f"Audio file {path} does not exist. Check the path (a CSV manifest's relative paths resolve "
-            "against the manifest's folder)."
+            f"against the manifest's folder).{_near_miss(path)}"
         )
     if not path.is_file():
         raise AudioError(f"Audio path {path} is not a regular file. Replace it with an audio file, or remove it "

@@ -339,3 +339,16 @@ def test_five_minute_file_needs_memory_linear_in_its_length(tmp_path):
     would break the bound.
     """
     _check_linear_memory(tmp_path, 300)
+
+
+def test_a_missing_file_that_exists_under_another_spelling_is_named(tmp_path):
+    """Found by a corpus trial: a manifest written on Windows (sub\\a.wav) or naming an accented file
+    in NFC while macOS stored it in NFD read only "does not exist", while `ls` showed the file."""
+    import unicodedata
+
+    write_audio(tmp_path / "sub" / "a b.wav", duration=0.1)
+    with pytest.raises(AudioError, match=r"It exists as .*/sub/a b\.wav: write / instead of \\ in the manifest"):
+        probe_audio(Path(f"{tmp_path}/sub\\a b.wav"))
+    write_audio(tmp_path / unicodedata.normalize("NFD", "café.wav"), duration=0.1)
+    with pytest.raises(AudioError, match=r"same name in another Unicode form \(NFD\) exists"):
+        probe_audio(tmp_path / unicodedata.normalize("NFC", "café.wav"))

@@ -115,6 +115,10 @@ class Prediction:
                 "normalisation": self.normalisation, "start": self.start, "end": self.end, "id": self.id}
 
 
+# extract's MIN_SAMPLES (400) at 16 kHz: stage 1's shortest audio (not imported: stage 2 needs no extract).
+_SHORTEST_SECONDS = 0.025
+
+
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
                      model: str | None = None, options: Sequence[str] = ()) -> None:
     """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
@@ -602,6 +606,9 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                          f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`")
     todo = [i for i in range(len(files)) if i not in errors]
     seconds = _crop_seconds(plan) if segment == "crop" else segment
+    if seconds is not None and seconds < _SHORTEST_SECONDS:  # every window would fail in stage 1, one by one
+        raise PredictError(f"segment={seconds:g} s: windows must be at least {_SHORTEST_SECONDS:g} s (400 samples at "
+                           f"16 kHz, the shortest audio w2v2ser takes); give a longer window, e.g. 2")
     if segment == "crop" and seconds is None:
         raise PredictError(f"segment='crop' takes the window length from the run's crop, but run dir {run_dir} "
                            f"trained on whole utterances (no max_frames); give the window in seconds, e.g. 5.")

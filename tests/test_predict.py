@@ -649,6 +649,15 @@ def test_windows_of_the_crop_are_never_longer_than_the_crop(tmp_path: Path, seco
             (w.end - w.start) * rate)])
 
 
+def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming
+    deleted temp files and telling the user to remove them from a manifest."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    with pytest.raises(PredictError, match=r"segment=0.02 s: windows must be at least 0.025 s"):
+        predict_audio(trained, audio_files[:1], segment=0.02)
+
+
 def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:

@@ -260,7 +260,10 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
                     first_few(available, 5))
     if run is not None:
         if run not in available:
-            why = (" (it is a run of another configuration than experiment.json's, left by an earlier "
+            unfinished = run in stale and not (run_dir / "runs" / run / "metrics.json").exists()
+            why = (" (it has no metrics.json: its training did not finish, or the file was lost; rerun the same "
+                   "`w2v2ser train` command to train it again)" if unfinished else
+                   " (it is a run of another configuration than experiment.json's, left by an earlier "
                    "`w2v2ser train` into this folder)" if run in stale else "")
             raise RunDirError(f"--run {run!r} is not a trained run of {run_dir}{why}; expected one of "
                               f"{available or '(none: training has not finished a run)'}.")

@@ -339,6 +339,10 @@ def test_runs_of_an_older_configuration_left_in_the_folder_are_not_used(
     _check(preds[0], json.loads((run / "results.json").read_text())["classes"])
     with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of .* another configuration"):
         predict_audio(run, audio_files, run="split__seed1")
+    # Found by a predict trial: a run without its metrics.json was called one of another configuration.
+    (run / "runs" / "split__seed1" / "metrics.json").unlink()
+    with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of .* \(it has no metrics.json"):
+        predict_audio(run, audio_files, run="split__seed1")
     (run / "results.json").unlink()  # as while that training is still going on
     write_report([run], out=tmp_path / "report")
     assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["runs_finished"] == 1

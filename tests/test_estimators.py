@@ -251,3 +251,21 @@ def test_heads_agree_with_the_keras_free_head_table(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(HEAD_BRANCHES, "lstm", ("main", "fusion"))
     with pytest.raises(RuntimeError, match="'lstm' \\(LSTMHead\\) reads the branches"):
         _heads._check_head_table()
+
+
+def test_a_saved_model_loads_outside_w2v2ser_through_load_model(tmp_path):
+    """Found by a correctness audit: keras.saving.load_model of a run's model.keras failed on
+    MaskedMean unless a private module had been imported; load_model is the public way."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 6, 4)).astype("float32")
+    head = DenseHead(units=4, recipe="official", seed=0, validation_fraction=None).fit(x, rng.integers(0, 2, 12))
+    head.model_.save(tmp_path / "model.keras")
+    code = ("import w2v2ser.train as t, numpy as np\n"
+            f"m = t.load_model({str(tmp_path / 'model.keras')!r})\n"
+            "print(sorted(i.name for i in m.inputs))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "main" in done.stdout

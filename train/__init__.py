@@ -44,7 +44,7 @@ __all__ = [
     "Selection", "ResolvedSelection", "parse_selection", "resolve_selection",
     "Normaliser", "NORMALISATIONS", "build_normaliser", "load_normalisers",
     "FeatureBatches", "Item", "Source", "clear_cache",
-    "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "NotFittedHeadError",
+    "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "NotFittedHeadError", "load_model",
     "LayerWeightedAverage", "MaskedMean", "FrameMask",
     "uar", "accuracy", "confusion_matrix", "per_class_report", "headline_uar", "format_uar",
     "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
@@ -54,7 +54,7 @@ __all__ = [
 # Names whose modules import Keras: loaded on first access.
 _LAZY = {
     **{name: "w2v2ser.train._heads" for name in ("HEADS", "DenseHead", "FusionHead", "LSTMHead", "make_head",
-                                                  "NotFittedHeadError")},
+                                                  "NotFittedHeadError", "load_model")},
     **{name: "w2v2ser.train._layers" for name in ("FrameMask", "LayerWeightedAverage", "MaskedMean")},
 }
 

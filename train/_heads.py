@@ -36,7 +36,8 @@ from ._head_names import HEAD_BRANCHES
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe
 
-__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress", "NotFittedHeadError"]
+__all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress", "NotFittedHeadError",
+           "load_model"]
 
 
 class NotFittedHeadError(ConfigError, NotFittedError):
@@ -475,3 +476,13 @@ def make_head(name: str, **kwargs: Any) -> _BaseHead:
     if name not in HEADS:
         raise ConfigError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
     return HEADS[name](**kwargs)
+
+
+def load_model(path: str | Any) -> keras.Model:
+    """Load a run's ``model.keras`` outside w2v2ser (its custom layers are registered by this module).
+
+    Plain ``keras.saving.load_model`` fails on w2v2ser's layers (``MaskedMean``...) unless this
+    module was imported first. The model takes the inputs of its branches (``main``, ``mask``,
+    ...), normalised as the run's ``normalisation.npz`` says.
+    """
+    return keras.saving.load_model(path, compile=False)

@@ -14,7 +14,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Mapping
 
-from w2v2ser import _common  # _common.UPSTREAM_FEATURES: read when used (it loads the extract registry)
+from w2v2ser._common import UPSTREAM_FEATURES
 
 __all__ = ["PaperValue", "paper_source", "paper_value", "row_identity", "verdict"]
 
@@ -63,7 +63,7 @@ def row_identity(selection: Any, model_id: str) -> tuple[str, str, str]:
         return "", str(selection), str(selection)
     _, _, rest = selection.rpartition("/")
     feature, _, layers = rest.partition(":")
-    if feature in _common.UPSTREAM_FEATURES:
+    if feature in UPSTREAM_FEATURES:
         layers = layers or "all"
         shown = _LAYER_NAMES.get(layers, ("layers " if "-" in layers else "layer ") + layers)
         return _model_name(model_id) or f"{feature} (model unknown)", shown, f"{feature}:{layers}"

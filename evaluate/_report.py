@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser import _common  # _common.UPSTREAM_FEATURES: read when used (it loads the extract registry)
-from w2v2ser._common import as_paths, write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES, as_paths, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
 from ._compare import check_baseline_path, compare_with_baseline, find_baseline
@@ -117,7 +116,7 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
         return "", run.features, run.features
     alias = selection.rpartition("/")[0]
     feature = selection.rpartition("/")[2].partition(":")[0]
-    model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in _common.UPSTREAM_FEATURES else ""
+    model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
     return model, shown + data_text(run.experiment), key
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser import _common  # _common.UPSTREAM_FEATURES: read when used (it loads the extract registry)
+from w2v2ser._common import UPSTREAM_FEATURES
 from w2v2ser.train import list_run_files
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
@@ -140,7 +140,7 @@ def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
     def visit(node: Any, under_w2v: bool) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                inside = under_w2v or str(key).startswith(_common.UPSTREAM_FEATURES)
+                inside = under_w2v or str(key).startswith(UPSTREAM_FEATURES)
                 if key == "model" and isinstance(value, str) and inside and value not in found:
                     found.append(value)
                 visit(value, inside)
@@ -202,7 +202,7 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
         # Selection strings "[ALIAS/]FEATURE[:LAYERS]" (w2v2ser.train grammar).
         alias, _, rest = text.rpartition("/")
         feature, _, layers = rest.partition(":")
-        if feature in _common.UPSTREAM_FEATURES:
+        if feature in UPSTREAM_FEATURES:
             if not layers and isinstance(sub, Mapping):
                 layers = find_key(sub, "layers", "layer")
             named = {"local": [0], "all": None, "contextual": "last layer"}

@@ -172,7 +172,10 @@ def _near_miss(path: Path) -> str:
 def _check_readable(path: Path) -> None:
     """Raise AudioError for a missing, non-file or permission-denied path."""
     try:
-        exists = path.exists()
+        os.stat(path)
+        exists = True
+    except (FileNotFoundError, NotADirectoryError):
+        exists = False
     except PermissionError as exc:  # a folder on the way cannot be entered (no search permission)
         raise AudioError(f"Audio file {path} cannot be reached: permission denied on a folder of its path. Grant "
                          f"access (e.g. `chmod a+x` on each folder) or run as a user who may read it.") from exc

@@ -77,7 +77,15 @@ def _actor_dirs(root: Path) -> list[Path]:
     # Any folder one level down too: a zip unpacked into a folder of its own name
     # (Audio_Speech_Actors_01-24/Actor_01/...), as file managers and `unzip -d` do.
     parents = [root, *(d for d in root.iterdir() if d.is_dir() and not _ACTOR_DIR.match(d.name))]
-    return sorted({d for parent in parents for d in parent.iterdir() if d.is_dir() and _ACTOR_DIR.match(d.name)})
+    found = set()
+    for parent in parents:
+        try:
+            found |= {d for d in parent.iterdir() if d.is_dir() and _ACTOR_DIR.match(d.name)}
+        except PermissionError:
+            if parent == root:
+                raise
+            # another folder of the root that this user may not enter (lost+found of a data volume)
+    return sorted(found)
 
 
 def read_ravdess(root: str | os.PathLike[str]) -> Manifest:

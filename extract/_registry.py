@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from w2v2ser._common import ConfigError, W2v2serError
+from w2v2ser._common import UPSTREAM_FEATURES, ConfigError, W2v2serError
 from w2v2ser._schema import validate
 from w2v2ser.store import FeatureSpec
 
@@ -88,7 +88,7 @@ EXTRACTORS: dict[str, tuple[str, str, str]] = {
 }
 
 # Feature names of the self-supervised speech encoders (one extractor class, one name per family).
-UPSTREAMS = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec"})
+UPSTREAMS = frozenset(UPSTREAM_FEATURES)
 
 
 # Optional packages each feature needs: missing ones give a one-line install hint, not a traceback.

@@ -216,12 +216,17 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
         first = int(slots[lo])
         hi = max(int(np.searchsorted(slots, first + per_slot, side="left")), lo + 1)
         rows, codes = order[lo:hi], code[lo:hi]
-        # Only the slots in use, one read per run of consecutive slots: a superseded slot (an
-        # utterance re-extracted after `verify --repair` took a new one) may be the damaged one.
         live = slot[rows]
-        runs = np.split(live, np.flatnonzero(np.diff(live) > 1) + 1)
-        block = np.concatenate([np.asarray(stats[int(run[0]):int(run[-1]) + 1], np.float64) for run in runs])
-        at = np.arange(len(rows))
+        try:
+            block = np.asarray(stats[first:int(live[-1]) + 1], np.float64)
+            at = live - first
+        except Exception:  # noqa: BLE001 -- zarr raises many types for a damaged chunk
+            # A superseded slot in between (an utterance re-extracted after `verify --repair` took a
+            # new one) may be the damaged one: read only the slots in use, one run of consecutive
+            # slots at a time (damage in those raises again, here).
+            runs = np.split(live, np.flatnonzero(np.diff(live) > 1) + 1)
+            block = np.concatenate([np.asarray(stats[int(run[0]):int(run[-1]) + 1], np.float64) for run in runs])
+            at = np.arange(len(rows))
         # k-th utterance of each speaker within the block: all speakers' k-th ones in one step.
         by_speaker = np.argsort(codes, kind="stable")
         starts = np.searchsorted(codes[by_speaker], codes[by_speaker], side="left")

@@ -273,7 +273,8 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
     with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):
         try:
             return group[key]
-        except Exception as exc:  # noqa: BLE001 -- zarr raises KeyError, JSON and metadata errors
+        except (KeyError, ValueError, TypeError) as exc:  # missing, or unparseable (JSON, metadata) zarr.json;
+            # an I/O, network or permission error (OSError) is not damage and goes on as it is.
             # Not repairable by re-extracting utterances: the array itself cannot be found.
             where = getattr(group.store_path.store, "root", None) or str(group.store_path)
             raise StoreError(

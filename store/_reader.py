@@ -545,6 +545,8 @@ class FeatureStore:
                         mean, m2 = mean[sel], m2[sel]
                     yield int(counts[k]), mean, m2
 
+        if utterances is not None and not isinstance(utterances, str):
+            utterances = list(utterances)  # an iterator is read once, here
         if utterances is not None and not isinstance(utterances, str) and len(utterances) == 0:
             raise StoreError("compose_statistics: utterances=[] selects no frames; pass the ids to count, or "
                              "utterances=None for every utterance of the speakers.")

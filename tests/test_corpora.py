@@ -115,6 +115,22 @@ def test_ravdess_zips_unpacked_into_folders_of_their_own_name(tmp_path):
     assert path.endswith(".mp3") and "not .mp3; convert it" in reason
 
 
+def test_a_folder_of_the_ravdess_root_that_cannot_be_entered_is_passed_over(tmp_path, monkeypatch):
+    """Review: reading every folder of the root for unpacked zips stopped the whole read at one the
+    user may not enter (lost+found at the root of a data volume)."""
+    write_audio(tmp_path / "Actor_07" / "03-01-02-02-02-01-07.wav", duration=0.05)
+    (tmp_path / "lost+found").mkdir()
+    iterdir = Path.iterdir
+
+    def guarded(self):
+        if self.name == "lost+found":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", guarded)
+    assert [u.id for u in read_ravdess(tmp_path).utterances] == ["03-01-02-02-02-01-07"]
+
+
 @pytest.mark.parametrize("kind", ["ravdess", "iemocap"])
 def test_a_corpus_path_with_dot_dot_gives_the_same_file_paths(tmp_path, kind):
     """`extract ravdess ../data` recorded /work/run/../data/... paths: resuming from another folder

@@ -837,3 +837,25 @@ def test_parquet_tables_carry_no_statistics_and_verify_catches_lying_ones(store,
     assert pq.read_table(path, filters=[("label", "==", max(labels))]).num_rows == 0  # rows lost to pruning
     done = _verify_cli(store)
     assert done.returncode == 1 and "utterances.parquet: the footer's min/max of column 'label'" in done.stdout, done
+
+
+def test_an_array_that_cannot_be_reached_is_not_called_damaged(monkeypatch):
+    """Review: open_array turned every error into "damaged: restore zarr.json", a network or
+    permission error of an object store included, hiding the unreachable-store message."""
+    from w2v2ser.store._layout import open_array
+
+    class Unreachable:
+        store_path = None
+
+        def __getitem__(self, key):
+            raise ConnectionError("endpoint down")
+
+    with pytest.raises(ConnectionError, match="endpoint down"):
+        open_array(Unreachable(), "features/x/data")
+
+
+def test_compose_statistics_takes_an_iterator_of_utterances(store):
+    s = open_store(store)
+    ids = [u.id for u in s.list_utterances()[:3]]
+    assert s.compose_statistics("spectrogram", utterances=iter(ids)) == s.compose_statistics("spectrogram",
+                                                                                            utterances=ids)

@@ -237,6 +237,13 @@ def test_fusion_head_on_arrays():
 def test_stage2_never_imports_torch():
     code = "import sys, w2v2ser.train, w2v2ser.store; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent).returncode == 0
+    # Nor stage 1's package (0.8 s of imports), also where stage 2 asks which features are upstreams.
+    code = ("import sys, w2v2ser.train, w2v2ser.evaluate\n"
+            "from w2v2ser.evaluate._paper import row_identity\n"
+            "assert row_identity('w2v2/wav2vec2:all', 'facebook/wav2vec2-base')[1] == 'all layers'\n"
+            "sys.exit(1 if 'w2v2ser.extract' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- protocol of a store

@@ -19,8 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from w2v2ser import _common  # _common.UPSTREAM_FEATURES: read when used (it loads the extract registry)
-from w2v2ser._common import did_you_mean
+from w2v2ser._common import UPSTREAM_FEATURES, did_you_mean
 
 from ._errors import SelectionError
 
@@ -139,7 +138,7 @@ def resolve_selection(selection: Selection | str, *, specs: Mapping[str, Any], a
     if sel.feature not in specs:
         hint = did_you_mean(sel.feature, specs)
         layered = [name for name, spec in specs.items() if spec.layers]
-        if not hint and len(layered) == 1 and (sel.layers is not None or sel.feature in _common.UPSTREAM_FEATURES):
+        if not hint and len(layered) == 1 and (sel.layers is not None or sel.feature in UPSTREAM_FEATURES):
             # Another upstream's name (wav2vec2:all on a HuBERT store): offer the one the store holds.
             hint = f" Did you mean {layered[0] + (':' + sel.layers if sel.layers else '')!r}?"
         raise SelectionError(

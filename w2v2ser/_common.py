@@ -19,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 __all__ = [
     "ConfigError",
@@ -28,6 +28,7 @@ __all__ = [
     "EXIT_INPUT",
     "SHARD_SIZE",
     "Terminated",
+    "UPSTREAM_FEATURES",
     "W2v2serError",
     "as_paths",
     "describe_error",
@@ -44,23 +45,17 @@ __all__ = [
     "replacing",
     "usable_cores",
     "write_atomically",
-]  # and UPSTREAM_FEATURES, built on access (see __getattr__)
+]
 
 # Exit codes of the command line (README, "Errors and exit codes").
 EXIT_FAILED = 1  # a run started and some unit of work failed
 EXIT_INPUT = 2  # the input (arguments, pipeline.yaml, corpus, store) cannot be used: fix it, rerun
 
 
-def __getattr__(name: str) -> Any:
-    # UPSTREAM_FEATURES: the feature names of the speech encoders (hidden states per layer, named
-    # after their family), in the order of the extractor registry, w2v2ser.extract's EXTRACTORS and
-    # UPSTREAMS. Read from there on each access, so that this module stays standard-library only
-    # (the registry loads no torch either) and an encoder registered there is one everywhere.
-    if name == "UPSTREAM_FEATURES":
-        from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
-
-        return tuple(feature for feature in EXTRACTORS if feature in UPSTREAMS)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Feature names of the speech encoders (hidden states per layer), named after their family: the
+# one list, Keras-, torch- and stage-free, that stage 2 reads; extract's registry derives UPSTREAMS
+# from it (a new encoder: its name here and its line in EXTRACTORS).
+UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 
 
 # Utterances per extraction work unit (`extract --shard-size`, pipeline.yaml's extraction.shard_size).

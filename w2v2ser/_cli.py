@@ -343,7 +343,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values["stores"] = stores
     head = values.get("head", "dense")
     if args.fusion_store and not reads_fusion(head):
-        heads = " or ".join(f"--head {name}" for name in fusion_heads())
+        heads = " or ".join(f"--head {name}" for name in fusion_heads() or ["fusion"])
         raise ConfigError(f"--fusion-store {args.fusion_store} is read only by {heads}, got --head {head}; "
                           f"add {heads} or drop --fusion-store")
     _add_data_options(values, args)

@@ -810,7 +810,7 @@ def test_extraction_refusing_its_input_raises_even_when_a_store_is_left(tmp_path
                                                         "in store t.zarr with path 'old.wav'")
 
     monkeypatch.setattr(_predict.subprocess, "run", refused)
-    with pytest.raises(PredictError, match=r"(?s)exit 2.*already in store"):
+    with pytest.raises(PredictError, match=r"stage 1 could not extract .*: plan: utterance .* already in store"):
         _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
                                   features=["egemaps"])
 

@@ -177,7 +177,17 @@ def _file_lines(file: Path) -> Lines:
 def _object_lines(location: StoreLocation, keys: list[str]) -> Lines:
     def lines() -> Iterator[tuple[str, int, bytes]]:
         for key in keys:  # one object in memory at a time
-            for line_no, raw in enumerate((location.read_bytes(key) or b"").splitlines(keepends=True)):
+            data = location.read_bytes(key) or b""
+            if data and not data.endswith(b"\n"):
+                # One PUT writes a journal object whole, so a missing final newline is damage
+                # (a truncated or edited object), not a crash mid-append as in a local file.
+                raise StoreError(
+                    f"journal object {location}/{key} is damaged: it does not end with a newline "
+                    f"(truncated or edited), so its last commit record cannot be trusted. Delete "
+                    f"that object (its utterances are then extracted again on the next run) or "
+                    f"extract into a new store."
+                )
+            for line_no, raw in enumerate(data.splitlines(keepends=True)):
                 yield f"{location}/{key}", line_no, raw
     return lines
 
@@ -185,8 +195,8 @@ def _object_lines(location: StoreLocation, keys: list[str]) -> Lines:
 def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
     """(t, file, line, event) of one journal, streamed line by line."""
     for seq, (where, line_no, raw) in enumerate(lines()):
-        if not raw.endswith(b"\n"):  # a crash mid-append: the partial last line is ignored
-            return
+        if not raw.endswith(b"\n"):  # a crash mid-append: a local file's partial last line is ignored
+            return  # (only a file's last line can lack it: object lines were checked whole above)
         if not raw.strip():
             continue
         try:

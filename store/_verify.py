@@ -10,6 +10,7 @@ from w2v2ser._common import progress_bar
 
 from ._errors import StoreError
 from ._finalize import compose_speakers
+from ._journal import iter_journals
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
                       overlapping_regions, to_str_list)
 from ._stats import utterance_statistics
@@ -123,10 +124,22 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
             bar.close()
         if store.complete:
             problems += _check_speakers(store, name, speakers, length, slot, verified)
+    problems += _check_journals(store)
     if store.complete:  # finalize writes them; an interrupted one may not have
         problems += _check_parquet(store, "utterances", list(UTTERANCE_COLUMNS))
         problems += _check_parquet(store, "failures", list(FAILURE_COLUMNS))
     return VerifyReport(problems=problems, checked=checked)
+
+
+def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:
+    """Every journal line (object) must be whole and pass its CRC: the next extraction's finalize
+    rebuilds the index from them, so damage there would stop it (or, before, lose commits)."""
+    try:
+        for _ in iter_journals(store.location):
+            pass
+    except StoreError as error:
+        return [("*", "", str(error))]
+    return []
 
 
 def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> list[tuple[str, str, str]]:

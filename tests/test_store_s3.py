@@ -417,3 +417,45 @@ def test_verify_repair_of_an_s3_store(s3_server, tmp_path):
         open_store(url)
     assert main(extract) == 0
     assert open_store(url).verify().ok
+
+
+def test_a_truncated_journal_object_is_named_and_never_hides_later_commits(s3_server, tmp_path):
+    """A journal object is written whole by one PUT: one that lacks its final newline is damage.
+    It used to be read as a crash-torn tail, which dropped it and every later object of its writer:
+    the next extraction redid their utterances, deleted their shards, and never completed."""
+    from w2v2ser.store import StoreWriter
+    from w2v2ser.store._journal import read_journals
+
+    url = f"s3://{BUCKET}/t{next(_names)}/journal.zarr"
+    build_store(url, lengths=[20, 9, 12, 5, 7, 3], units=3)
+    location = locate_store(url)
+    keys = [k for k in location.list("_journal") if k.endswith(".jsonl")]
+    assert len(keys) == 3 and len({k.split("/")[1] for k in keys}) == 1  # one writer, one object per unit
+    committed = len(read_journals(location))
+    _damage(url, keys[0], lambda raw: raw[:-20])
+    named = rf"journal object {url}/{keys[0]} is damaged.*Delete that object"
+    with pytest.raises(StoreError, match=named):
+        read_journals(location)
+    with pytest.raises(StoreError, match=named):
+        StoreWriter(url).finalize()
+    report = open_store(url, allow_incomplete=True).verify()
+    assert not report.ok and any(keys[0] in message for _, _, message in report.problems), report
+    # What the message says to do: the later objects' commits all count again.
+    location.delete(keys[0])
+    later = read_journals(location)
+    assert len(later) == committed * 2 // 3 and len(later) > 0
+    assert open_store(url, allow_incomplete=True).verify().ok
+
+
+def test_a_torn_last_line_of_a_local_journal_is_still_a_crash_mid_append(tmp_path):
+    """Locally, bytes after the last newline are a crash mid-append: ignored, as before."""
+    from w2v2ser.store._journal import read_journals
+
+    path = tmp_path / "s.zarr"
+    build_store(path, lengths=[20, 9, 12], units=1)
+    (journal,) = (path / "_journal").glob("*.jsonl")
+    committed = len(read_journals(path))
+    with open(journal, "ab") as f:
+        f.write(b'{"event":"commit","index":0')
+    assert len(read_journals(path)) == committed
+    assert open_store(path).verify().ok

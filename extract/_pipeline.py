@@ -9,6 +9,7 @@ can run in this process or as Dask tasks on many workers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -28,12 +29,13 @@ from typing import Annotated, Any, Optional
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._common import SHARD_SIZE, ConfigError, first_few, progress_bar
+from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, ConfigError, first_few, progress_bar
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
-    StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
+    StoreError, StoreLocation, StoreUnreachableError, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store,
+    lock_store, open_store,
 )
-from w2v2ser.store._location import remote_errors
+from w2v2ser.store._location import from_object_store, remote_errors, unreachable
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
@@ -339,7 +341,7 @@ def extract_corpus(
             check(local=_runs_on_this_machine(client))
     started = time.perf_counter()
     summary = ExtractionSummary(store=store_path.display)
-    with lock_store(store_path):
+    with lock_store(store_path), _object_store_failures(store_path, summary):
         # A new store is created only once the features' specs are known: a config refused at the
         # first file's rate (native spectrogram) must not leave an empty store behind.
         with remote_errors(store_path):
@@ -439,6 +441,28 @@ def extract_corpus(
     summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures() if f.id in given]
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+@contextlib.contextmanager
+def _object_store_failures(location: StoreLocation, summary: ExtractionSummary) -> Iterator[None]:
+    """An object store that goes away or refuses a request mid-extraction ends the run with one
+    line (not the client's traceback) that says what is kept: exit 1 once this run committed work."""
+    try:
+        yield
+    except Exception as error:
+        if location.is_local or not (isinstance(error, StoreUnreachableError) or from_object_store(error)):
+            raise
+        lost = error if isinstance(error, StoreUnreachableError) else unreachable(location, error)
+        kept = (f"{summary.extracted} utterance(s) committed by this run are kept" if summary.extracted else
+                "this run committed nothing")
+        before = f", with the {summary.skipped} committed before" if summary.skipped else ""
+        lost.args = (f"{lost} The object store stopped answering or refused a request during the extraction: {kept}{before}; "
+                     f"rerun the same command once the store is reachable to extract the rest.",)
+        if summary.extracted:
+            lost.exit_code = EXIT_FAILED  # a run failed part-way, finished work kept (like a full disk)
+        if lost is error:
+            raise
+        raise lost from None
 
 
 def _feature_groups(extractors: Sequence[Extractor], *, split_gpu: bool) -> list[list[Extractor]]:

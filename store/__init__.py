@@ -13,6 +13,7 @@ from ._errors import (
     StoreFullError,
     StoreIncompleteError,
     StoreLockedError,
+    StoreUnreachableError,
     StoreVersionError,
     W2v2serError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "StoreVersionError",
     "StoreLockedError",
     "StoreFullError",
+    "StoreUnreachableError",
     "Utterance",
     "UtteranceRecord",
     "FeatureSpec",

@@ -9,6 +9,7 @@ __all__ = [
     "StoreVersionError",
     "StoreLockedError",
     "StoreFullError",
+    "StoreUnreachableError",
 ]
 
 
@@ -41,3 +42,13 @@ class StoreFullError(StoreError):
     """
 
     exit_code = EXIT_FAILED
+
+
+class StoreUnreachableError(StoreError):
+    """An object store could not be reached or refused a request (endpoint down, credentials,
+    permissions, no such bucket): the store itself is not known to be damaged.
+
+    Exit 2 when nothing ran (a wrong URL, endpoint or credentials); a run that fails this way
+    after it finished work (committed utterances, trained runs) sets ``exit_code`` 1 on the
+    instance, as for :class:`StoreFullError`: rerunning resumes once the store is reachable.
+    """

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreUnreachableError
 
-__all__ = ["StoreLocation", "locate_store", "is_store_url", "remote_errors", "unreachable", "STORAGE_OPTIONS_ENV"]
+__all__ = ["StoreLocation", "locate_store", "is_store_url", "remote_errors", "unreachable", "from_object_store",
+           "STORAGE_OPTIONS_ENV"]
 
 # Extra fsspec options for every store URL, as a JSON object (e.g. '{"endpoint_url": "http://..."}').
 STORAGE_OPTIONS_ENV = "W2V2SER_STORAGE_OPTIONS"
@@ -166,13 +167,37 @@ class StoreLocation:
         return sorted(str(p)[start:] for p in found)
 
 
-def unreachable(location: StoreLocation, exc: BaseException) -> StoreError:
+def unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachableError:
     """The error for an object store that refuses a request: no such bucket, bad credentials, no endpoint."""
-    return StoreError(
+    return StoreUnreachableError(
         f"cannot use store {location}: {type(exc).__name__}: {exc}. Check that the bucket exists, "
         f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
         f"AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
     )
+
+
+# Packages whose exceptions mean that the object store's client could not get an answer (or got a
+# refusal): connection, endpoint, credentials, permissions. Their errors never mean damaged data.
+_CLIENT_PACKAGES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "s3fs", "gcsfs", "adlfs", "google",
+                              "azure"})
+
+
+def from_object_store(exc: BaseException) -> bool:
+    """Whether an exception is an object store's client failing to get an answer or being refused
+    (EndpointConnectionError, NoCredentialsError, a 403 that s3fs turned into PermissionError, a
+    timeout), as opposed to damaged or missing data, or a bug. A missing object (FileNotFoundError)
+    is not such an error: readers treat it as the data's absence."""
+    if isinstance(exc, (StoreError, FileNotFoundError, FileExistsError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)) or _from_client(exc):
+        return True
+    # s3fs turns a client's error into an OSError (PermissionError for a 403) raised while handling it.
+    cause = exc.__cause__ or exc.__context__ if isinstance(exc, OSError) else None
+    return cause is not None and _from_client(cause)
+
+
+def _from_client(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in _CLIENT_PACKAGES
 
 
 def local_zarr_store(path: str | os.PathLike[str], *, read_only: bool) -> Any:

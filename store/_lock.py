@@ -11,11 +11,12 @@ import errno
 import fcntl
 import os
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ._errors import StoreError, StoreLockedError
+from ._errors import EXIT_FAILED, StoreError, StoreLockedError, StoreUnreachableError, W2v2serError
 from ._location import StoreLocation, locate_store, remote_errors
 
 __all__ = ["lock_store", "hold_plan_lock", "LOCK_FILE", "PLAN_LOCK_FILE"]
@@ -124,8 +125,33 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
         )
     try:
         yield
-    finally:
+    except BaseException as error:
+        left = _delete_lock_object(location)
+        if left is not None:  # the original error stays the one reported, with this added
+            if isinstance(error, W2v2serError):
+                said = str(error).rstrip()
+                error.args = (f"{said} {left[0].upper()}{left[1:]}" if said.endswith(".") else f"{said}; {left}",)
+            else:
+                error.add_note(left)
+                if not isinstance(error, Exception):  # Ctrl-C, SIGTERM: their one line says nothing of it
+                    print(f"w2v2ser: {left}", file=sys.stderr)
+        raise
+    left = _delete_lock_object(location)
+    if left is not None:
+        error = StoreUnreachableError(f"store {location}: the work is done, but {left}")
+        error.exit_code = EXIT_FAILED  # not bad input: the command ran
+        raise error
+
+
+def _delete_lock_object(location: StoreLocation) -> str | None:
+    """Delete the lock object; when that fails (the store went away), what to tell the user."""
+    try:
         location.delete(LOCK_FILE)
+    except Exception as exc:  # noqa: BLE001 -- any client error: the object may still be there
+        return (f"the lock object {location}/{LOCK_FILE} was left behind (deleting it failed: "
+                f"{type(exc).__name__}: {exc}): delete it once no extraction runs (e.g. `aws s3 rm "
+                f"{location}/{LOCK_FILE}`), then rerun")
+    return None
 
 
 @contextmanager

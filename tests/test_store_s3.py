@@ -459,3 +459,120 @@ def test_a_torn_last_line_of_a_local_journal_is_still_a_crash_mid_append(tmp_pat
         f.write(b'{"event":"commit","index":0')
     assert len(read_journals(path)) == committed
     assert open_store(path).verify().ok
+
+
+class _Proxy:
+    """A TCP forwarder in front of the moto server; :meth:`down` is the object store going away
+    (every connection cut, new ones refused) while the server and its data stay."""
+
+    def __init__(self, target: str) -> None:
+        import threading
+
+        self.target = int(target.rsplit(":", 1)[1])
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.threads = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                self.threads.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        self.listener.close()
+        for s in self.open:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def _six_files(folder: Path) -> Path:
+    from fixtures_audio import write_audio
+
+    rows = ["path,label,speaker"]
+    for k in range(6):
+        path = write_audio(folder / f"g{k}.wav", duration=0.4 + 0.1 * k)
+        rows.append(f"{path},{['angry', 'sad'][k % 2]},spk{k % 3}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.mark.parametrize("when", ["after_commit", "mid_write"])
+def test_object_store_going_away_mid_extraction_is_one_line_naming_what_is_kept(s3_server, tmp_path, monkeypatch,
+                                                                                 capsys, when):
+    """The endpoint vanishing after the first commit (or while the second unit writes its frames) used
+    to end in the client's traceback, then the lock object's failed delete replaced it: now one line,
+    exit 1, the kept work and the lock named."""
+    from w2v2ser._cli import main
+    from w2v2ser.store._journal import ObjectJournal
+    from w2v2ser.store._units import UnitWriter
+
+    manifest = _six_files(tmp_path)
+    url = f"s3://{BUCKET}/t{next(_names)}/down.zarr"
+    extract = ["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram", "--shard-size", "2",
+               "--no-progress"]
+    proxy = _Proxy(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries: the endpoint stays down
+    append = ObjectJournal.append
+
+    def append_then_go_away(self, records):
+        append(self, records)
+        if any(r.get("event") == "commit" for r in records):
+            proxy.down()
+
+    add_many, calls = UnitWriter.add_many, []
+
+    def go_away_in_the_second_unit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            proxy.down()
+        return add_many(self, *args, **kwargs)
+
+    if when == "after_commit":
+        monkeypatch.setattr(ObjectJournal, "append", append_then_go_away)
+    else:
+        monkeypatch.setattr(UnitWriter, "add_many", go_away_in_the_second_unit)
+    _forget_s3_clients()
+    try:
+        assert main(extract) == 1
+    finally:
+        monkeypatch.setattr(ObjectJournal, "append", append)
+        monkeypatch.setattr(UnitWriter, "add_many", add_many)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+        _forget_s3_clients()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"cannot use store {url}" in err and "2 utterance(s) committed by this run are kept" in err, err
+    assert f"lock object {url}/.lock was left behind" in err and "delete it once no extraction runs" in err, err
+    location = locate_store(url)
+    assert location.exists(".lock")
+    location.delete(".lock")
+    assert main(extract) == 0
+    assert "4 extracted now, 2 already complete" in capsys.readouterr().out
+    assert open_store(url).verify().ok

@@ -799,4 +799,12 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
 
                 traceback.print_exc()
             print(f"w2v2ser: error: {described[0]}", file=sys.stderr)
+            if type(error).__name__ == "StoreUnreachableError":  # (no store import here: it is slow)
+                # Requests still in flight on zarr's event loop when the store went away are torn down
+                # at exit: asyncio would warn for each ("coroutine ... was never awaited").
+                import logging
+                import warnings
+
+                logging.getLogger("asyncio").disabled = True
+                warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
             return described[1]

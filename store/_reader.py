@@ -34,7 +34,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import StoreLocation, locate_store
+from ._location import StoreLocation, from_object_store, locate_store, unreachable
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
@@ -114,7 +114,12 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, utterances={len(self._ids)}, features={sorted(self.features)})"
 
     # ------------------------------------------------------------------ helpers
-    def _damaged(self, key: str, what: str) -> StoreError:
+    def _damaged(self, key: str, what: str, exc: BaseException | None = None) -> StoreError:
+        """The error for damaged data; when ``exc`` is an object store's client failing to reach it
+        or being refused (connection, credentials, 403), that is what is said instead: the store
+        may be intact, and `verify --repair` would be wrong advice."""
+        if exc is not None and not self.location.is_local and from_object_store(exc):
+            return unreachable(self.location, exc)
         return StoreError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
             f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
@@ -134,7 +139,7 @@ class FeatureStore:
         except StoreError:
             raise
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
-            raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})") from None
+            raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})", exc) from None
 
     def _require_chunks(self, key: str, array: zarr.Array,
                         missing: Callable[[], Sequence[str]] | None = None) -> None:
@@ -188,7 +193,14 @@ class FeatureStore:
             self._arrays.clear()
             self._forks = fork_count()
         if key not in self._arrays:
-            self._arrays[key] = open_array(self._group, f"features/{feature}/{name}")  # StoreError if it cannot
+            try:  # a missing or unparseable zarr.json is open_array's StoreError
+                array = open_array(self._group, f"features/{feature}/{name}")
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- an I/O error opening it (unreachable: said as such)
+                raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "
+                                    f"{exc})", exc) from None
+            self._arrays[key] = array
         array, path = self._arrays[key], f"features/{feature}/{name}"
         if check and name != "data" and path not in self._chunks_checked:  # frames: every read checks CRCs
             if name == "stats":  # the shards of the slots in use (a killed unit's slots stay unwritten)
@@ -207,7 +219,7 @@ class FeatureStore:
             return np.asarray(array[selection])
         except Exception as exc:  # zarr's pipeline checks each chunk's crc32c on these arrays
             raise self._damaged(f"features/{feature}/{name}", f"cannot be read ({type(exc).__name__}: "
-                                f"{exc})") from None
+                                f"{exc})", exc) from None
 
     def _layers(self, spec: FeatureSpec, layers: Sequence[int] | None) -> list[int] | None:
         if layers is None:
@@ -343,7 +355,7 @@ class FeatureStore:
             return np.asarray(data.get_orthogonal_selection(_selection(start, stop, sel)))
         except Exception as exc:  # corrupt or truncated shards raise codec/IO-specific errors
             raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
-                                f"({type(exc).__name__}: {exc})") from None
+                                f"({type(exc).__name__}: {exc})", exc) from None
 
     def _stored_frames(self, feature: str) -> int:
         """Frames `feature` holds over all utterances (a length of -1 marks one without it)."""
@@ -373,7 +385,9 @@ class FeatureStore:
 
         try:
             return sync(every())  # one hand-over to zarr's event loop per batch
-        except Exception:  # a damaged shard: read span by span, so the error names its utterances
+        except Exception as exc:  # a damaged shard: read span by span, so the error names its utterances
+            if not self.location.is_local and from_object_store(exc):  # not damage: no retry per span
+                raise unreachable(self.location, exc) from None
             fetched = [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
             for target, frames in zip(targets, fetched):
                 if target is not None:
@@ -575,8 +589,10 @@ class FeatureStore:
         try:
             totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],
                                       per_row["slot"][rows])
-        except ValueError as exc:  # zarr's crc32c check of a damaged statistics chunk
-            raise self._damaged(f"features/{feature}/stats", f"cannot be read ({exc})") from None
+        except Exception as exc:  # ValueError: zarr's crc32c check of a damaged statistics chunk
+            if not isinstance(exc, ValueError) and (self.location.is_local or not from_object_store(exc)):
+                raise
+            raise self._damaged(f"features/{feature}/stats", f"cannot be read ({exc})", exc) from None
         for name in sorted(totals):
             count, mean, m2 = totals[name]
             if count > 0:

@@ -8,9 +8,10 @@ import numpy as np
 
 from w2v2ser._common import progress_bar
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreUnreachableError
 from ._finalize import compose_speakers
 from ._journal import iter_journals
+from ._location import from_object_store, unreachable
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
                       overlapping_regions, to_str_list)
 from ._stats import utterance_statistics
@@ -34,7 +35,18 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
     per-utterance statistics equal those recomputed from the frames; per-speaker statistics
     (complete stores) equal those composed from the utterances; every table column decodes;
     the Parquet copies of the tables (complete stores) pass their page CRC32s and hold the same rows.
+
+    Raises:
+        StoreUnreachableError: an object store stopped answering or refused a request (at the first).
     """
+    try:
+        return _verify(store, progress=progress)
+    except Exception as error:
+        _stop_if_unreachable(store, error)
+        raise
+
+
+def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
     problems: list[tuple[str, str, str]] = []
     checked = 0
     reextract = _REEXTRACT.format(store=store.path)
@@ -44,11 +56,13 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
         try:
             store._read(key)
         except StoreError as error:
+            _stop_if_unreachable(store, error)
             problems.append(("*", "", str(error)))
     try:
         status = to_str_list(store._read("utterances/status"))[:n]
         speakers = to_str_list(store._read("utterances/speaker"))[:n]
-    except StoreError:
+    except StoreError as error:
+        _stop_if_unreachable(store, error)
         status, speakers = ["pending"] * n, [""] * n
     for name in store.features:
         # A missing statistics shard is reported per utterance below (and --repair queues them).
@@ -57,6 +71,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
         try:
             rows = store._per_row(name)
         except StoreError as error:
+            _stop_if_unreachable(store, error)
             problems.append(("*", name, str(error)))
             continue
         off, length, slot, crc, cap = rows["offset"], rows["length"], rows["slot"], rows["crc32"], rows["capacity"]
@@ -86,6 +101,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
             try:
                 frames = np.asarray(data[o:o + k])
             except Exception as exc:  # corrupt/truncated shards raise codec-specific errors
+                _stop_if_unreachable(store, exc)
                 return f"cannot decode frames [{o}, {o + k}) ({type(exc).__name__}: {exc}); {reextract}", True
             got = crc32_rows(frames, store.row_checksum)
             if not np.array_equal(got, crc[i]):
@@ -101,6 +117,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
                     return "", True
                 why = "differ from the statistics of its frames"
             except Exception as exc:
+                _stop_if_unreachable(store, exc)
                 why = f"cannot be read ({type(exc).__name__}: {exc})"
             return f"per-utterance statistics {why}; {reextract}", True
 
@@ -131,6 +148,16 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
     return VerifyReport(problems=problems, checked=checked)
 
 
+def _stop_if_unreachable(store: "FeatureStore", error: BaseException) -> None:
+    """An object store that cannot be reached or refuses requests ends the verify at once, as one
+    StoreUnreachableError: it says nothing of the data, and each further read would wait out the
+    client's retries again (once per utterance)."""
+    if isinstance(error, StoreUnreachableError):
+        raise error
+    if not store.location.is_local and from_object_store(error):
+        raise unreachable(store.location, error) from None
+
+
 def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:
     """Every journal line (object) must be whole and pass its CRC: the next extraction's finalize
     rebuilds the index from them, so damage there would stop it (or, before, lose commits)."""
@@ -138,6 +165,7 @@ def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:
         for _ in iter_journals(store.location):
             pass
     except StoreError as error:
+        _stop_if_unreachable(store, error)
         return [("*", "", str(error))]
     return []
 
@@ -170,7 +198,8 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
             for col in columns:
                 try:
                     want = store._read(f"{table}/{col}", slice(lo, hi))
-                except StoreError:
+                except StoreError as error:
+                    _stop_if_unreachable(store, error)
                     continue  # the damaged Zarr column is reported above
                 got = batch.column(col).to_pylist()
                 same = (to_str_list(want) == got if want.dtype.kind not in "fiu"
@@ -184,11 +213,13 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
         if lying:
             return [("*", "", f"{name}: the footer's min/max of column {lying[1]!r} in row group {lying[0]} leave out "
                               f"values the row group holds, so filtered reads would skip its rows; {_REWRITE}")]
-    except StoreError:
+    except StoreError as error:
+        _stop_if_unreachable(store, error)
         return []  # the Zarr table itself is damaged: reported above
     except FileNotFoundError:
         return [("*", "", f"{name} is missing; {_REWRITE}")]
     except Exception as exc:  # pyarrow raises OSError/ArrowInvalid... for checksum and format errors
+        _stop_if_unreachable(store, exc)
         why = " ".join(str(exc).split())  # pyarrow's messages span lines; a report line is one
         return [("*", "", f"{name} cannot be read ({type(exc).__name__}: {why}); {_REWRITE}")]
     if lo != rows:
@@ -227,6 +258,7 @@ def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], lengt
         means = store._read(f"features/{name}/speaker_mean")
         m2s = store._read(f"features/{name}/speaker_m2")
     except StoreError as error:
+        _stop_if_unreachable(store, error)
         return [("*", name, f"{error}; {fix}")]
     if names != sorted(set(speakers)):
         return [("*", name, f"speaker list {names[:5]} does not match the table's speakers; {fix}")]
@@ -234,6 +266,7 @@ def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], lengt
     try:
         totals = compose_speakers(store._array(name, "stats", check=False), speakers, length, slot)
     except Exception as exc:
+        _stop_if_unreachable(store, exc)
         if ok_rows.all():  # nothing reported per utterance: say why the check could not run
             return [("*", name, f"per-speaker statistics cannot be checked: composing them from the "
                                 f"utterances failed ({type(exc).__name__}: {exc}); {fix}")]

@@ -576,3 +576,87 @@ def test_object_store_going_away_mid_extraction_is_one_line_naming_what_is_kept(
     assert main(extract) == 0
     assert "4 extracted now, 2 already complete" in capsys.readouterr().out
     assert open_store(url).verify().ok
+
+
+def test_an_unreachable_store_is_never_called_damaged_on_reads_or_verify(s3_server, tmp_path, monkeypatch, capsys):
+    """Reads and `store verify` turned a connection error into "store ... is damaged ... run `store
+    verify --repair`"; verify then waited out the client once per utterance and --repair left its lock
+    behind with a traceback. Now: StoreUnreachableError at the first failed request, one line."""
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreUnreachableError
+    from w2v2ser.store._reader import FeatureStore
+
+    url = f"s3://{BUCKET}/t{next(_names)}/away.zarr"
+    build_store(url, lengths=[20, 9, 12, 5], units=2)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    per_row = FeatureStore._per_row
+
+    def cut_off(proxy):  # the store opens, then the endpoint goes away
+        def per_row_then_down(self, feature):
+            proxy.down()
+            return per_row(self, feature)
+        monkeypatch.setattr(FeatureStore, "_per_row", per_row_then_down)
+
+    def through(proxy):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        _forget_s3_clients()
+
+    try:
+        proxy = _Proxy(s3_server)
+        through(proxy)
+        store = open_store(url)
+        cut_off(proxy)
+        for read in (lambda: store.read_utterance("u000", "w2v"), lambda: store.read_batch(["u000", "u001"], "lld")):
+            with pytest.raises(StoreUnreachableError, match="cannot use store .*EndpointConnectionError") as caught:
+                read()
+            assert "damaged" not in str(caught.value) and "--repair" not in str(caught.value)
+        for args in (["store", "verify", url, "--no-progress"], ["store", "verify", url, "--repair", "--no-progress"]):
+            monkeypatch.setattr(FeatureStore, "_per_row", per_row)
+            proxy = _Proxy(s3_server)
+            through(proxy)
+            cut_off(proxy)
+            assert main(args) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+            assert f"cannot use store {url}: EndpointConnectionError" in err and "damaged" not in err, err
+            assert "--repair" not in err
+            if "--repair" in args:  # verify --repair holds the lock: deleting it failed too, and is named
+                assert f"lock object {url}/.lock was left behind" in err, err
+    finally:
+        monkeypatch.setattr(FeatureStore, "_per_row", per_row)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+        _forget_s3_clients()
+    locate_store(url).delete(".lock")
+    assert open_store(url).verify().ok  # the store was intact all along
+
+
+def test_training_that_loses_its_object_store_after_a_finished_run_exits_1_keeping_it(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """README's exit codes: 2 means nothing ran; a run had finished, and is kept: exit 1."""
+    pytest.importorskip("keras")
+    from stage2_fixtures import build_store as build_stage2_store
+    from stage2_fixtures import ravdess_utterances
+
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreUnreachableError, locate_store
+    from w2v2ser.store._location import unreachable
+    from w2v2ser.train import _experiment
+
+    store = build_stage2_store(tmp_path / "train.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4,
+                               features=("egemaps",))
+    calls = []
+
+    def first_run_then_the_store_goes_away(config, spec, **kwargs):
+        calls.append(spec)
+        if len(calls) == 1:
+            return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                         best_val_loss=1.0, path=str(tmp_path))
+        raise unreachable(locate_store("s3://bucket/x.zarr"), ConnectionError("endpoint gone"))
+
+    monkeypatch.setattr(_experiment, "train_run", first_run_then_the_store_goes_away)
+    out = tmp_path / "runs"
+    code = main(["train", str(store), "--features", "egemaps", "--head", "dense", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(calls) == 2, err
+    assert "cannot use store s3://bucket/x.zarr" in err and f"1 finished run(s) in {out} are kept" in err, err
+    assert StoreUnreachableError("x").exit_code == 2  # nothing ran: still exit 2

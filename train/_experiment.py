@@ -13,6 +13,7 @@ UAR definitions (results.json):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -24,14 +25,14 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import first_few, publish_directory, write_atomically
+from w2v2ser._common import EXIT_FAILED, first_few, publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -785,13 +786,32 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                           "stores_identity": store_identities(config, stores)})
     _drop_stale_results(out, [spec.name for spec in specs], config.config_keys(), data)
-    for i, spec in enumerate(specs, 1):
-        t0 = time.perf_counter()
-        res = train_run(config, spec, out=out, threads=threads,
-                        progress=f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
-        if progress:
-            vl = "n/a" if res.best_val_loss is None else f"{res.best_val_loss:.4f}"
-            print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "
-                  f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
-                  f"{', already complete' if res.skipped else ''})", flush=True)
-    return summarize_runs(config, out, data=data)
+    finished = [0]
+    with keep_finished_runs(out, finished, "train"):
+        for i, spec in enumerate(specs, 1):
+            t0 = time.perf_counter()
+            res = train_run(config, spec, out=out, threads=threads,
+                            progress=f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
+            finished[0] += 1
+            if progress:
+                vl = "n/a" if res.best_val_loss is None else f"{res.best_val_loss:.4f}"
+                print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "
+                      f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
+                      f"{', already complete' if res.skipped else ''})", flush=True)
+        return summarize_runs(config, out, data=data)
+
+
+@contextlib.contextmanager
+def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[None]:
+    """A store on object storage that stops answering (or refuses) after some runs finished: the
+    one-line error says they are kept, and exits 1 (a run failed, finished work kept), not 2."""
+    from w2v2ser.store import StoreUnreachableError
+
+    try:
+        yield
+    except StoreUnreachableError as error:
+        if finished[0]:
+            error.args = (f"{error} {finished[0]} finished run(s) in {out} are kept; rerun the same `w2v2ser "
+                          f"{what}` command once the store is reachable to train the rest.",)
+            error.exit_code = EXIT_FAILED
+        raise

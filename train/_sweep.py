@@ -45,7 +45,7 @@ from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
                           _start_run, _store_fingerprints, _warn_if_replacing, _write_json, check_run_spec, key_fields,
-                          plan_runs, store_identities, summarize_runs)
+                          keep_finished_runs, plan_runs, store_identities, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -587,13 +587,16 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
                     "its sweep.json leaves them out. Give another output folder to keep the sweeps apart.", out,
                     others[0] if len(others) == 1 else f"{others[0]}..{others[-1]}")
     out.mkdir(parents=True, exist_ok=True)
-    for i, spec in enumerate(specs, 1):
-        t0 = time.perf_counter()
-        res = sweep_run(config, spec, out=out, threads=threads,
-                        progress=f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
-        if progress:
-            skipped = any(m.get("skipped") for m in res.values())
-            uars = " ".join(f"{100 * m['uar']:.0f}" for m in res.values())
-            print(f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed} UAR per layer, then all: {uars} "
-                  f"({time.perf_counter() - t0:.1f}s{', already complete' if skipped else ''})", flush=True)
-    return summarize_sweep(config, out)
+    finished = [0]
+    with keep_finished_runs(out, finished, "sweep"):
+        for i, spec in enumerate(specs, 1):
+            t0 = time.perf_counter()
+            res = sweep_run(config, spec, out=out, threads=threads,
+                            progress=f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
+            finished[0] += len(res)
+            if progress:
+                skipped = any(m.get("skipped") for m in res.values())
+                uars = " ".join(f"{100 * m['uar']:.0f}" for m in res.values())
+                print(f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed} UAR per layer, then all: {uars} "
+                      f"({time.perf_counter() - t0:.1f}s{', already complete' if skipped else ''})", flush=True)
+        return summarize_sweep(config, out)

@@ -174,21 +174,31 @@ def _file_lines(file: Path) -> Lines:
     return lines
 
 
-def _object_lines(location: StoreLocation, keys: list[str]) -> Lines:
+def _object_lines(read: Callable[[str], bytes | None], where: Callable[[str], str], keys: list[str]) -> Lines:
+    """The lines of one writer's journal objects (``_journal/WRITER/*.jsonl``), in name order."""
     def lines() -> Iterator[tuple[str, int, bytes]]:
         for key in keys:  # one object in memory at a time
-            data = location.read_bytes(key) or b""
+            data = read(key) or b""
             if data and not data.endswith(b"\n"):
                 # One PUT writes a journal object whole, so a missing final newline is damage
                 # (a truncated or edited object), not a crash mid-append as in a local file.
                 raise StoreError(
-                    f"journal object {location}/{key} is damaged: it does not end with a newline "
+                    f"journal object {where(key)} is damaged: it does not end with a newline "
                     f"(truncated or edited), so its last commit record cannot be trusted. Delete "
                     f"that object (its utterances are then extracted again on the next run) or "
                     f"extract into a new store."
                 )
             for line_no, raw in enumerate(data.splitlines(keepends=True)):
-                yield f"{location}/{key}", line_no, raw
+                yield where(key), line_no, raw
+    return lines
+
+
+def _copied_file_lines(read: Callable[[str], bytes | None], where: Callable[[str], str], key: str) -> Lines:
+    """The lines of a local store's journal file (``_journal/NAME.jsonl``) copied to object storage:
+    read whole, and, as locally, an unfinished last line is a crash mid-append (ignored)."""
+    def lines() -> Iterator[tuple[str, int, bytes]]:
+        for line_no, raw in enumerate((read(key) or b"").splitlines(keepends=True)):
+            yield where(key), line_no, raw
     return lines
 
 
@@ -228,18 +238,44 @@ def _in_order(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, dict[
 
 
 def _journal_sources(store: Path | StoreLocation) -> list[Lines]:
-    """One line source per writer: a local ``.jsonl`` file, or a writer's objects in name order."""
+    """One line source per writer, in both layouts wherever the store lives, so that a store copied
+    between a directory and object storage keeps its commits: a local writer's appended
+    ``_journal/NAME.jsonl`` file, and an object-storage writer's ``_journal/WRITER/*.jsonl`` objects
+    (read in name order). Events are merged by their time stamps, whichever layout holds them."""
     if isinstance(store, StoreLocation) and not store.is_local:
+        location = store
         by_writer: dict[str, list[str]] = {}
-        for key in store.list(JOURNAL_DIR):
+        copied: list[str] = []
+        for key in location.list(JOURNAL_DIR):
             parts = key.split("/")
             if len(parts) == 3 and parts[2].endswith(".jsonl"):
                 by_writer.setdefault(parts[1], []).append(key)
-        return [_object_lines(store, sorted(keys)) for _, keys in sorted(by_writer.items())]
-    folder = (store.path if isinstance(store, StoreLocation) else Path(store)) / JOURNAL_DIR
+            elif len(parts) == 2 and parts[1].endswith(".jsonl"):
+                copied.append(key)
+
+        def where(key: str) -> str:
+            return f"{location}/{key}"
+
+        return ([_copied_file_lines(location.read_bytes, where, key) for key in sorted(copied)]
+                + [_object_lines(location.read_bytes, where, sorted(keys)) for _, keys in sorted(by_writer.items())])
+    root = store.path if isinstance(store, StoreLocation) else Path(store)
+    folder = root / JOURNAL_DIR
     if not folder.is_dir():
         return []
-    return [_file_lines(f) for f in sorted(folder.glob("*.jsonl"))]
+
+    def read_local(key: str) -> bytes | None:
+        try:
+            return (root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def where_local(key: str) -> str:
+        return str(root / key)
+
+    objects = [sorted(f"{JOURNAL_DIR}/{d.name}/{f.name}" for f in d.glob("*.jsonl"))
+               for d in sorted(folder.iterdir()) if d.is_dir()]  # copied from object storage
+    return ([_file_lines(f) for f in sorted(folder.glob("*.jsonl")) if f.is_file()]
+            + [_object_lines(read_local, where_local, keys) for keys in objects if keys])
 
 
 def iter_journals(store_path: Path | StoreLocation) -> Iterator[dict[str, Any]]:

@@ -116,7 +116,15 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
     with remote_errors(location):  # no such bucket, refused credentials
         created = location.create(LOCK_FILE, holder)
     if not created:
-        text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip() or "unknown pid"
+        with remote_errors(location):
+            text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip()
+        if not text:  # every lock object names its holder (one PUT): an empty one is a copied lock file
+            raise StoreLockedError(
+                f"store {location} has an empty lock object {location}/{LOCK_FILE}: a local store's "
+                f"lock file, copied with the store (an extraction on object storage writes its pid and "
+                f"host into the lock). Delete it (e.g. `aws s3 rm {location}/{LOCK_FILE}`), then rerun; "
+                f"leave `.lock` out when you copy a store (`aws s3 sync DIR URL --exclude .lock`)."
+            )
         raise StoreLockedError(
             f"store {location} is locked: lock object {location}/{LOCK_FILE} was created by {text}; "
             f"another extraction is running on this store. Wait for it to finish. If that process "

@@ -198,11 +198,11 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
             or lies inside `old_path`, an old table, index or failure array is damaged, or an
             old utterance's frames do not match their crc32 (without `skip_damaged`).
     """
-    for given, role in ((old_path, "format-1 store"), (new_path, "new store")):
+    for given, role in ((old_path, "old store"), (new_path, "new store")):
         if is_store_url(given):  # Path() would turn s3://b/x into the local folder s3:/b/x
             raise StoreError(f"`store upgrade` works on local directories; the {role} {given} is a URL. Copy the "
                              f"old store to a local disk, upgrade it there, then copy the new store to object "
-                             f"storage (e.g. with `aws s3 sync`).")
+                             f"storage (e.g. `aws s3 sync NEW s3://bucket/x.zarr --exclude .lock --exclude .plan.lock`).")
     old, new = Path(old_path), Path(new_path).resolve()  # resolved: `upgrade OLD .` has a name to write beside
     group, meta = _open_v1(old)
     if new.is_relative_to(old.resolve()):  # the old store is only read; NEW inside it would alter it

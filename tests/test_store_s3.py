@@ -660,3 +660,37 @@ def test_training_that_loses_its_object_store_after_a_finished_run_exits_1_keepi
     assert code == 1 and len(calls) == 2, err
     assert "cannot use store s3://bucket/x.zarr" in err and f"1 finished run(s) in {out} are kept" in err, err
     assert StoreUnreachableError("x").exit_code == 2  # nothing ran: still exit 2
+
+
+@pytest.mark.parametrize("direction", ["directory_to_bucket", "bucket_to_directory"])
+def test_a_store_copied_between_a_directory_and_a_bucket_keeps_its_finished_work(s3_server, tmp_path, direction):
+    """`aws s3 sync` of a local store (or back): the journals of the other layout were ignored, so
+    the next extraction redid every utterance and deleted the finished shards as orphans."""
+    from w2v2ser.store import StoreWriter
+
+    url = f"s3://{BUCKET}/t{next(_names)}/copied.zarr"
+    local = tmp_path / "copied.zarr"
+    fs, root = locate_store(url)._fs()
+    if direction == "directory_to_bucket":
+        built = build_store(local, lengths=[20, 9, 12, 5], units=2)
+        (local / ".lock").write_bytes(b"")  # a local lock file, emptied when its extraction ended
+        fs.put(f"{local}/", root, recursive=True)
+        target = url
+        with pytest.raises(StoreLockedError, match=r"empty lock object .*copied\.zarr/\.lock.*copied with the store"):
+            with lock_store(target):
+                pass
+        locate_store(target).delete(".lock")
+    else:
+        built = build_store(url, lengths=[20, 9, 12, 5], units=2)
+        fs.get(f"{root}/", str(local), recursive=True)
+        target = str(local)
+        assert (local / "_journal" / "main").is_dir()
+    with lock_store(target):
+        writer = StoreWriter(target)  # what the next extraction does last: rebuild the index from the journals
+        writer.finalize()
+        writer.close()
+    store = open_store(target)
+    assert store.complete
+    for i, u in enumerate(built.utterances):
+        np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), built.stored("w2v", i))
+    assert store.verify().ok

@@ -27,7 +27,7 @@ import numpy as np
 from w2v2ser._common import fsync_path
 
 from ._errors import StoreError
-from ._location import StoreLocation
+from ._location import StoreLocation, remote_errors
 
 __all__ = ["JOURNAL_DIR", "Journal", "ObjectJournal", "open_journal", "iter_journals", "read_journals",
            "resolve_events", "PairState", "fsync_path"]
@@ -246,7 +246,9 @@ def _journal_sources(store: Path | StoreLocation) -> list[Lines]:
         location = store
         by_writer: dict[str, list[str]] = {}
         copied: list[str] = []
-        for key in location.list(JOURNAL_DIR):
+        with remote_errors(location):  # an endpoint that went away: StoreUnreachableError, one line
+            keys = location.list(JOURNAL_DIR)
+        for key in keys:
             parts = key.split("/")
             if len(parts) == 3 and parts[2].endswith(".jsonl"):
                 by_writer.setdefault(parts[1], []).append(key)
@@ -256,8 +258,12 @@ def _journal_sources(store: Path | StoreLocation) -> list[Lines]:
         def where(key: str) -> str:
             return f"{location}/{key}"
 
-        return ([_copied_file_lines(location.read_bytes, where, key) for key in sorted(copied)]
-                + [_object_lines(location.read_bytes, where, sorted(keys)) for _, keys in sorted(by_writer.items())])
+        def read(key: str) -> bytes | None:
+            with remote_errors(location):
+                return location.read_bytes(key)
+
+        return ([_copied_file_lines(read, where, key) for key in sorted(copied)]
+                + [_object_lines(read, where, sorted(keys)) for _, keys in sorted(by_writer.items())])
     root = store.path if isinstance(store, StoreLocation) else Path(store)
     folder = root / JOURNAL_DIR
     if not folder.is_dir():

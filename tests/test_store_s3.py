@@ -610,6 +610,10 @@ def test_an_unreachable_store_is_never_called_damaged_on_reads_or_verify(s3_serv
             with pytest.raises(StoreUnreachableError, match="cannot use store .*EndpointConnectionError") as caught:
                 read()
             assert "damaged" not in str(caught.value) and "--repair" not in str(caught.value)
+        from w2v2ser.store._journal import read_journals
+
+        with pytest.raises(StoreUnreachableError, match="cannot use store"):  # finalize, info: not a traceback
+            read_journals(locate_store(url))
         for args in (["store", "verify", url, "--no-progress"], ["store", "verify", url, "--repair", "--no-progress"]):
             monkeypatch.setattr(FeatureStore, "_per_row", per_row)
             proxy = _Proxy(s3_server)

@@ -117,7 +117,8 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
         created = location.create(LOCK_FILE, holder)
     if not created:
         with remote_errors(location):
-            text = (location.read_bytes(LOCK_FILE) or b"").decode("utf-8", "replace").strip()
+            raw = location.read_bytes(LOCK_FILE)  # None: its holder released it meanwhile
+        text = (raw or b"").decode("utf-8", "replace").strip() or ("" if raw is not None else "unknown pid")
         if not text:  # every lock object names its holder (one PUT): an empty one is a copied lock file
             raise StoreLockedError(
                 f"store {location} has an empty lock object {location}/{LOCK_FILE}: a local store's "
@@ -140,7 +141,8 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
                 said = str(error).rstrip()
                 error.args = (f"{said} {left[0].upper()}{left[1:]}" if said.endswith(".") else f"{said}; {left}",)
             else:
-                error.add_note(left)
+                if hasattr(error, "add_note"):  # Python 3.11+: shown with the traceback
+                    error.add_note(left)
                 if not isinstance(error, Exception):  # Ctrl-C, SIGTERM: their one line says nothing of it
                     print(f"w2v2ser: {left}", file=sys.stderr)
         raise

@@ -32,10 +32,9 @@ from pydantic import Field
 from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, ConfigError, first_few, progress_bar
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
-    StoreError, StoreLocation, StoreUnreachableError, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store,
-    lock_store, open_store,
+    StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
 )
-from w2v2ser.store._location import from_object_store, remote_errors, unreachable
+from w2v2ser.store._location import as_unreachable, remote_errors
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
@@ -450,9 +449,9 @@ def _object_store_failures(location: StoreLocation, summary: ExtractionSummary) 
     try:
         yield
     except Exception as error:
-        if location.is_local or not (isinstance(error, StoreUnreachableError) or from_object_store(error)):
+        lost = as_unreachable(location, error)
+        if lost is None:
             raise
-        lost = error if isinstance(error, StoreUnreachableError) else unreachable(location, error)
         kept = (f"{summary.extracted} utterance(s) committed by this run are kept" if summary.extracted else
                 "this run committed nothing")
         before = f", with the {summary.skipped} committed before" if summary.skipped else ""

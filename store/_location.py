@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 from ._errors import StoreError, StoreUnreachableError
 
 __all__ = ["StoreLocation", "locate_store", "is_store_url", "remote_errors", "unreachable", "from_object_store",
-           "STORAGE_OPTIONS_ENV"]
+           "as_unreachable", "STORAGE_OPTIONS_ENV"]
 
 # Extra fsspec options for every store URL, as a JSON object (e.g. '{"endpoint_url": "http://..."}').
 STORAGE_OPTIONS_ENV = "W2V2SER_STORAGE_OPTIONS"
@@ -194,6 +194,14 @@ def from_object_store(exc: BaseException) -> bool:
     # s3fs turns a client's error into an OSError (PermissionError for a 403) raised while handling it.
     cause = exc.__cause__ or exc.__context__ if isinstance(exc, OSError) else None
     return cause is not None and _from_client(cause)
+
+
+def as_unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachableError | None:
+    """The StoreUnreachableError that ``exc`` means (itself, or an object store's client failing to
+    get an answer), or None: damage, a bug, or any error of a local store."""
+    if isinstance(exc, StoreUnreachableError):
+        return exc
+    return unreachable(location, exc) if not location.is_local and from_object_store(exc) else None
 
 
 def _from_client(exc: BaseException) -> bool:

@@ -34,7 +34,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import StoreLocation, from_object_store, locate_store, unreachable
+from ._location import StoreLocation, as_unreachable, locate_store
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
@@ -118,8 +118,9 @@ class FeatureStore:
         """The error for damaged data; when ``exc`` is an object store's client failing to reach it
         or being refused (connection, credentials, 403), that is what is said instead: the store
         may be intact, and `verify --repair` would be wrong advice."""
-        if exc is not None and not self.location.is_local and from_object_store(exc):
-            return unreachable(self.location, exc)
+        lost = as_unreachable(self.location, exc) if exc is not None else None
+        if lost is not None:
+            return lost
         return StoreError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
             f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
@@ -386,8 +387,9 @@ class FeatureStore:
         try:
             return sync(every())  # one hand-over to zarr's event loop per batch
         except Exception as exc:  # a damaged shard: read span by span, so the error names its utterances
-            if not self.location.is_local and from_object_store(exc):  # not damage: no retry per span
-                raise unreachable(self.location, exc) from None
+            lost = as_unreachable(self.location, exc)
+            if lost is not None:  # not damage: no retry per span
+                raise lost from None
             fetched = [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
             for target, frames in zip(targets, fetched):
                 if target is not None:
@@ -590,7 +592,7 @@ class FeatureStore:
             totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],
                                       per_row["slot"][rows])
         except Exception as exc:  # ValueError: zarr's crc32c check of a damaged statistics chunk
-            if not isinstance(exc, ValueError) and (self.location.is_local or not from_object_store(exc)):
+            if not isinstance(exc, ValueError) and as_unreachable(self.location, exc) is None:
                 raise
             raise self._damaged(f"features/{feature}/stats", f"cannot be read ({exc})", exc) from None
         for name in sorted(totals):

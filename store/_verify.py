@@ -8,10 +8,10 @@ import numpy as np
 
 from w2v2ser._common import progress_bar
 
-from ._errors import StoreError, StoreUnreachableError
+from ._errors import StoreError
 from ._finalize import compose_speakers
 from ._journal import iter_journals
-from ._location import from_object_store, unreachable
+from ._location import as_unreachable
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
                       overlapping_regions, to_str_list)
 from ._stats import utterance_statistics
@@ -152,10 +152,11 @@ def _stop_if_unreachable(store: "FeatureStore", error: BaseException) -> None:
     """An object store that cannot be reached or refuses requests ends the verify at once, as one
     StoreUnreachableError: it says nothing of the data, and each further read would wait out the
     client's retries again (once per utterance)."""
-    if isinstance(error, StoreUnreachableError):
+    lost = as_unreachable(store.location, error)
+    if lost is error:
         raise error
-    if not store.location.is_local and from_object_store(error):
-        raise unreachable(store.location, error) from None
+    if lost is not None:
+        raise lost from None
 
 
 def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:

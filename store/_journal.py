@@ -174,12 +174,17 @@ def _file_lines(file: Path) -> Lines:
     return lines
 
 
-def _object_lines(read: Callable[[str], bytes | None], where: Callable[[str], str], keys: list[str]) -> Lines:
-    """The lines of one writer's journal objects (``_journal/WRITER/*.jsonl``), in name order."""
+def _object_lines(read: Callable[[str], bytes | None], where: Callable[[str], str], keys: list[str], *,
+                  whole: bool = True) -> Lines:
+    """The lines of one writer's journal objects (``_journal/WRITER/*.jsonl``), in name order.
+
+    ``whole=False``: a local store's appended journal file copied to object storage, where, as
+    locally, an unfinished last line is a crash mid-append (ignored by the reader of the events).
+    """
     def lines() -> Iterator[tuple[str, int, bytes]]:
         for key in keys:  # one object in memory at a time
             data = read(key) or b""
-            if data and not data.endswith(b"\n"):
+            if whole and data and not data.endswith(b"\n"):
                 # One PUT writes a journal object whole, so a missing final newline is damage
                 # (a truncated or edited object), not a crash mid-append as in a local file.
                 raise StoreError(
@@ -190,15 +195,6 @@ def _object_lines(read: Callable[[str], bytes | None], where: Callable[[str], st
                 )
             for line_no, raw in enumerate(data.splitlines(keepends=True)):
                 yield where(key), line_no, raw
-    return lines
-
-
-def _copied_file_lines(read: Callable[[str], bytes | None], where: Callable[[str], str], key: str) -> Lines:
-    """The lines of a local store's journal file (``_journal/NAME.jsonl``) copied to object storage:
-    read whole, and, as locally, an unfinished last line is a crash mid-append (ignored)."""
-    def lines() -> Iterator[tuple[str, int, bytes]]:
-        for line_no, raw in enumerate((read(key) or b"").splitlines(keepends=True)):
-            yield where(key), line_no, raw
     return lines
 
 
@@ -262,7 +258,7 @@ def _journal_sources(store: Path | StoreLocation) -> list[Lines]:
             with remote_errors(location):
                 return location.read_bytes(key)
 
-        return ([_copied_file_lines(read, where, key) for key in sorted(copied)]
+        return ([_object_lines(read, where, [key], whole=False) for key in sorted(copied)]
                 + [_object_lines(read, where, sorted(keys)) for _, keys in sorted(by_writer.items())])
     root = store.path if isinstance(store, StoreLocation) else Path(store)
     folder = root / JOURNAL_DIR

@@ -62,7 +62,7 @@ def _read_v1(group: zarr.Group, old: Path, key: str) -> np.ndarray:
         ) from None
 
 
-def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any], cols: dict[str, np.ndarray],
+def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any],
                      strs: dict[str, list[str]], index: dict[str, dict[str, np.ndarray]],
                      fail_cols: dict[str, list[str]], specs: list[Any], read: Any) -> None:
     """Refuse a format-1 store whose tables, index or failures lost a chunk or disagree.
@@ -233,7 +233,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     index = {s.name: {k: read(f"features/{s.name}/{k}") for k in ("offset", "capacity", "length", "crc32")}
              for s in specs}
     fail_cols = {c: to_str_list(read(f"failures/{c}")) for c in FAILURE_COLUMNS}
-    _check_v1_tables(old, group, meta, cols, strs, index, fail_cols, specs, read)
+    _check_v1_tables(old, group, meta, strs, index, fail_cols, specs, read)
     utterances = [Utterance(id=strs["id"][i], path=strs["path"][i], speaker=strs["speaker"][i],
                             label=strs["label"][i], session=strs["session"][i], split=strs["split"][i],
                             gender=strs["gender"][i], corpus=strs["corpus"][i],

@@ -392,16 +392,9 @@ def test_dask_workers_get_the_storage_options(s3_server, tmp_path, monkeypatch):
 def test_verify_repair_of_an_s3_store(s3_server, tmp_path):
     """`store verify --repair` on a URL: a deleted shard object's utterances are queued through the
     object-store journal, and the rerun extraction restores exactly them."""
-    from fixtures_audio import write_audio
-
     from w2v2ser._cli import main
 
-    rows = ["path,label,speaker"]
-    for k in range(6):
-        path = write_audio(tmp_path / f"r{k}.wav", duration=0.4 + 0.1 * k)
-        rows.append(f"{path},{['angry', 'sad'][k % 2]},spk{k % 3}")
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest = _six_files(tmp_path)
     url = f"s3://{BUCKET}/t{next(_names)}/repair.zarr"
     extract = ["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram", "--shard-size", "3",
                "--no-progress"]

@@ -215,16 +215,19 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
                                                                                          if c not in conflicting]],
                     args.store)
     unlisted = set(info.get("unlisted_failures", []))
-    failures = [f for f in info["failure_reasons"] if f["id"] not in unlisted]
+
+    def reasons(listed: bool) -> list[str]:
+        return [f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}"
+                for f in info["failure_reasons"] if (f["id"] not in unlisted) is listed]
+
+    failures = reasons(listed=True)
     print(f"failures    {len(failures)}" + (" (reasons below)" if failures else ""))
-    _print_some([f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}" for f in failures],
-                args.store)
-    removed = [f for f in info["failure_reasons"] if f["id"] in unlisted]
+    _print_some(failures, args.store)
+    removed = reasons(listed=False)
     if removed:  # failed rows the user left out of the manifest: not current, and never trained on
         print(f"not listed  {len(removed)} failure(s) of utterances that the last `w2v2ser extract` manifest no "
               f"longer lists; they were never extracted in full, and `w2v2ser train` does not use them (below)")
-        _print_some([f"{f['id']}{' [' + f['feature'] + ']' if f['feature'] else ''}: {f['reason']}" for f in removed],
-                    args.store)
+        _print_some(removed, args.store)
     skipped = info["reader_skipped"]
     if skipped:  # files or lines the corpus reader could not use: no store row, so not failures
         print(f"skipped     {len(skipped)} by the corpus reader (reasons below)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -75,7 +75,7 @@ class FeatureSpec:
     frame_rate: Annotated[float, Field(gt=0)]  # frames per second
     dtype: Literal["float16", "float32", "float64"]
     config: Mapping[str, Any]
-    layer_names: Optional[tuple[str, ...]] = None
+    layer_names: Optional[Sequence[str]] = None  # a tuple once built; Sequence: strict pydantic takes lists
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -16,10 +16,9 @@ import dataclasses
 import functools
 import inspect
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
@@ -33,23 +32,6 @@ class StrictModel(BaseModel):
     """Base of every schema model: unknown keys are errors, no silent type coercion (True is not 1)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-def _yaml_type(annotation: Any, *, as_list: bool = False) -> Any:
-    """A field type as YAML can give it: tuples arrive as lists (strict mode would refuse them)."""
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
-        annotation = list[_yaml_type(item)]  # type: ignore[misc]
-    elif origin is Annotated:
-        base, *extras = typing.get_args(annotation)
-        annotation = Annotated[(_yaml_type(base), *extras)]  # type: ignore[misc]
-    elif origin in (Union, types.UnionType):
-        annotation = Union[tuple(_yaml_type(a) for a in typing.get_args(annotation))]  # type: ignore[misc]
-    if as_list:
-        return Annotated[list[annotation], Field(min_length=1)]  # type: ignore[valid-type]
-    return annotation
 
 
 def _attribute_docs(cls: type) -> dict[str, str]:
@@ -87,7 +69,9 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     for field in dataclasses.fields(cls):
         if field.name in drop or not field.init:
             continue
-        annotation = _yaml_type(hints[field.name], as_list=as_lists)
+        annotation = hints[field.name]  # no config field is a tuple: YAML lists would fail strict mode
+        if as_lists:
+            annotation = Annotated[list[annotation], Field(min_length=1)]  # type: ignore[valid-type]
         described = {"description": docs[field.name]} if field.name in docs else {}
         if optional or as_lists:
             fields[field.name] = (typing.Optional[annotation], Field(None, **described))
@@ -116,7 +100,6 @@ def check_dataclass(instance: Any, *, what: str = "", where: str = "", error: ty
     """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
     cls = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
-    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     validate(dataclass_model(cls), values, where=where, what=what, error=error)
 
 
@@ -137,23 +120,11 @@ _TAG = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|int|float|str|bool|none|list|dict|tup
                   r"function-(?:after|before|plain|wrap))$")
 
 
-def _type_name(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _resolve(node: Mapping, schema: Mapping) -> Mapping:
-    while isinstance(node, Mapping) and "$ref" in node:
-        node = schema.get("$defs", {}).get(node["$ref"].rsplit("/", 1)[-1], {})
-    return node
-
-
 def _children(node: Mapping, schema: Mapping) -> list[Mapping]:
-    """The object/array schemas a node can be (through $ref, anyOf, allOf)."""
-    node = _resolve(node, schema)
-    branches = node.get("anyOf") or node.get("oneOf") or node.get("allOf")
-    if branches:
-        return [c for b in branches for c in _children(b, schema)]
-    return [node]
+    """The object/array schemas a node can be (through $ref and anyOf: pydantic writes no oneOf/allOf here)."""
+    if "$ref" in node:
+        return _children(schema["$defs"][node["$ref"].rsplit("/", 1)[-1]], schema)
+    return [c for branch in node["anyOf"] for c in _children(branch, schema)] if "anyOf" in node else [node]
 
 
 def _schema_at(schema: Mapping, loc: Sequence[Any]) -> list[Mapping]:
@@ -162,15 +133,10 @@ def _schema_at(schema: Mapping, loc: Sequence[Any]) -> list[Mapping]:
     for part in loc:
         following: list[Mapping] = []
         for node in nodes:
-            if isinstance(part, int) and "items" in node:
-                following += _children(node["items"], schema)
-            elif part in node.get("properties", {}):
-                following += _children(node["properties"][part], schema)
-            elif isinstance(node.get("additionalProperties"), Mapping):
-                following += _children(node["additionalProperties"], schema)
-            else:
-                following += [c for pattern, child in node.get("patternProperties", {}).items()
-                              if re.search(pattern, str(part)) for c in _children(child, schema)]
+            properties, values = node.get("properties", {}), node.get("patternProperties", {}).values()
+            children = ([node.get("items")] if isinstance(part, int) else [properties[part]] if part in properties
+                        else [node.get("additionalProperties"), *values])  # a mapping's values, whatever the key
+            following += [c for child in children if isinstance(child, Mapping) for c in _children(child, schema)]
         nodes = following
     return nodes
 
@@ -209,7 +175,7 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     if kind == "literal_error":
         choices = re.findall(r"'((?:[^'\\]|\\.)*)'", str(ctx.get("expected", "")))
         return f"one of {', '.join(choices)}", repr(value), did_you_mean(value, choices)
-    if kind in ("value_error", "assertion_error"):
+    if kind == "value_error":  # a validator's ValueError: its text
         return "", str(error["msg"]).split(", ", 1)[-1], ""
     message = str(error["msg"])
     if kind in _BOUNDS:
@@ -219,11 +185,10 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
     expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))
-    got = repr(value) if value is None or not kind.endswith(("_type", "_parsing")) else f"{_type_name(value)} {value!r}"
-    got = "null" if value is None else got
+    typed = _TYPE_NAMES.get(type(value), type(value).__name__) + " " if kind.endswith(("_type", "_parsing")) else ""
+    got = "null" if value is None else f"{typed}{value!r}"
     # YAML 1.1 (and PyYAML) read these words as booleans; w2v2ser reads YAML 1.2, where they are text.
-    yaml11 = kind == "bool_type" and isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS
-    if yaml11:
+    if kind == "bool_type" and isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
         return expected, got, " Write true or false."
     if kind == "list_type" and "grid" in loc[:-1]:  # e.g. --set experiments.t.grid.corpus=ravdess
         return expected, got, f" A grid axis lists its values: write [{value}]."
@@ -235,12 +200,10 @@ def config_error(error: ValidationError, schema: Mapping, *, where: str = "", wh
 
     Members of a union fail separately in pydantic; their expectations are joined with "or".
     """
-    found: dict[str, list[tuple[str, str, str]]] = {}
+    found: dict[str, dict[tuple[str, str, str], None]] = {}
     for item in error.errors(include_url=False):
         loc = [p for p in item["loc"] if not (isinstance(p, str) and (_TAG.match(p) or p == "[key]"))]
-        entry = _line(item, loc, schema, where)
-        if entry not in found.setdefault(_path(where, loc), []):
-            found[_path(where, loc)].append(entry)
+        found.setdefault(_path(where, loc), {})[_line(item, loc, schema, where)] = None  # an ordered set
     lines = []
     for path, entries in found.items():
         typed = [e for e in entries if e[0]]

@@ -106,15 +106,10 @@ class SpectrogramConfig:
             if getattr(self, ms) is None and getattr(self, samples) is None:
                 object.__setattr__(self, ms, default)
         if self.sample_rate != NATIVE:
-            win = self.win_length_at(self.sample_rate)
             self.hop_length_at(self.sample_rate)
-        else:
-            win = self.window_samples  # ms lengths are checked against each file's rate
-        if self.n_fft is not None and win is not None and self.n_fft < win:
-            raise ExtractorConfigError(
-                f"spectrogram n_fft={self.n_fft} is smaller than the window ({win} samples); the FFT "
-                f"would drop samples. Use n_fft >= {win} (e.g. {1 << (win - 1).bit_length()}) or n_fft: null."
-            )
+            self.fft_size_at(self.sample_rate)  # the window's length, and n_fft against it
+        elif self.window_samples is not None:  # lengths in ms are checked against each file's rate
+            self.fft_size_at()
 
     def _rate(self, rate: int | None) -> int:
         return int(rate) if rate is not None else processing_rate(self.sample_rate, None)
@@ -133,14 +128,14 @@ class SpectrogramConfig:
 
     def fft_size_at(self, rate: int | None = None) -> int:
         """FFT size at ``rate`` Hz (``n_fft`` or the window length)."""
-        if self.n_fft is not None:
-            if self.n_fft < self.win_length_at(rate):
-                raise ExtractorConfigError(
-                    f"spectrogram n_fft={self.n_fft} is smaller than the window at {self._rate(rate)} Hz "
-                    f"({self.win_length_at(rate)} samples); raise n_fft or give the window in samples."
-                )
-            return self.n_fft
-        return self.win_length_at(rate)
+        win = self.win_length_at(rate)
+        if self.n_fft is not None and self.n_fft < win:
+            at = "" if self.window_samples is not None else f" at {self._rate(rate)} Hz"
+            raise ExtractorConfigError(
+                f"spectrogram n_fft={self.n_fft} is smaller than the window ({win} samples{at}); the FFT would "
+                f"drop samples. Use n_fft >= {win} (e.g. {1 << (win - 1).bit_length()}) or n_fft: null."
+            )
+        return win if self.n_fft is None else self.n_fft
 
     @property
     def win_length(self) -> int:

@@ -72,9 +72,7 @@ def _as_text(value: Any) -> Any:
 
 
 def _as_tuple(value: Any) -> Any:
-    if isinstance(value, str):
-        return (value,)
-    return tuple(value) if isinstance(value, list) else value
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
 
 
 def _auto(minimum: int) -> Any:
@@ -85,9 +83,7 @@ def _auto(minimum: int) -> Any:
 _Text = Annotated[str, BeforeValidator(_as_text), WithJsonSchema({"type": ["string", "number"]})]
 _Lines = Annotated[tuple[str, ...], BeforeValidator(_as_tuple),
                    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
-_Names = Annotated[Optional[tuple[str, ...]], BeforeValidator(_as_tuple),
-                   WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
-                                             {"type": "null"}]})]
+_Names = Optional[_Lines]
 _StoreName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -168,20 +164,15 @@ class ExperimentKeys(BaseModel):
     sweep: bool = False
 
 
-def _feature_model(name: str) -> type[StrictModel]:
-    """Schema of one extractor's options, derived from its config dataclass; building the dataclass
-    runs its own cross-field checks (window vs FFT size...) inside validation, at the right key path."""
+def _feature_model(name: str) -> Any:
+    """Schema of one extractor's options, derived from its config dataclass; validation ends by
+    building the dataclass (its own cross-field checks, window vs FFT size..., at the right key path)."""
     from w2v2ser.extract._registry import extractor_config_class
 
     config_class = extractor_config_class(name)
-
-    def build(self: StrictModel) -> StrictModel:
-        config_class.from_dict({key: getattr(self, key) for key in self.model_fields_set})
-        return self
-
-    return create_model(f"{config_class.__name__}Options", __base__=dataclass_model(config_class),
-                        __doc__=f"Options of the {name} extractor.",
-                        __validators__={"_build": model_validator(mode="after")(build)})
+    options = create_model(f"{config_class.__name__}Options", __base__=dataclass_model(config_class),
+                           __doc__=f"Options of the {name} extractor.")
+    return Annotated[options, AfterValidator(lambda m: config_class.from_dict(m.model_dump(exclude_unset=True)))]
 
 
 @functools.cache
@@ -471,17 +462,13 @@ def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusCo
 
 def _parse_stores(extraction: Any, raw: Mapping[str, Any],
                   corpora: Mapping[str, CorpusConfig]) -> dict[str, StoreConfig]:
-    from w2v2ser.extract._registry import extractor_config_class
-
     stores = {}
     for name, entry in extraction.stores.items():
         wanted = list(entry.corpora) if entry.corpora is not None else list(corpora)
         for corpus in wanted:
             _choice(corpus, list(corpora), f"extraction.stores.{name}.corpora")
-        options = raw["extraction"]["stores"][name]["features"]
-        features = {fname: extractor_config_class(fname).from_dict(options[fname] or {})
-                    for fname in entry.features.model_fields_set}
-        features = {fname: features[fname] for fname in options if fname in features}  # file order
+        # Each name is an extractor's (the schema refused others), its config built by the schema; file order.
+        features = {fname: getattr(entry.features, fname) for fname in raw["extraction"]["stores"][name]["features"]}
         if not features:
             raise ConfigError(f"extraction.stores.{name}.features: no feature given; add e.g. `egemaps: {{}}`")
         stores[name] = StoreConfig(name, tuple(wanted), features)

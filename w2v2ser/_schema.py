@@ -37,18 +37,10 @@ class StrictModel(BaseModel):
 def _attribute_docs(cls: type) -> dict[str, str]:
     """Field -> text of the Google-style ``Attributes:`` section of a class docstring (for the
     JSON Schema's descriptions, which editors show beside each key)."""
-    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
-    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == "Attributes:"), len(lines))
-    docs: dict[str, list[str]] = {}
-    for line in lines[start:]:
-        if line and not line.startswith(" "):
-            break  # the next section
-        entry = re.match(r"^    (\w+)(?: \(.*?\))?: (.*)$", line)
-        if entry:
-            docs[entry[1]] = [entry[2]]
-        elif docs and line.strip():
-            docs[next(reversed(docs))].append(line.strip())
-    return {name: " ".join(text) for name, text in docs.items()}
+    section = inspect.cleandoc(cls.__doc__ or "").partition("\nAttributes:\n")[2]
+    section = re.split(r"\n(?=\S)", section, maxsplit=1)[0]  # up to the next section
+    entries = re.finditer(r"^    (\w+)(?: \(.*?\))?: (.*(?:\n {5,}.*)*)", section, re.MULTILINE)
+    return {entry[1]: " ".join(entry[2].split()) for entry in entries}
 
 
 @functools.cache
@@ -69,18 +61,16 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     for field in dataclasses.fields(cls):
         if field.name in drop or not field.init:
             continue
-        annotation = hints[field.name]  # no config field is a tuple: YAML lists would fail strict mode
+        annotation = hints[field.name]  # a tuple field would refuse YAML lists (strict): annotate it Sequence
         if as_lists:
             annotation = Annotated[list[annotation], Field(min_length=1)]  # type: ignore[valid-type]
-        described = {"description": docs[field.name]} if field.name in docs else {}
         if optional or as_lists:
-            fields[field.name] = (typing.Optional[annotation], Field(None, **described))
-        elif field.default is not dataclasses.MISSING:
-            fields[field.name] = (annotation, Field(field.default, **described))
+            annotation, default = typing.Optional[annotation], {"default": None}
         elif field.default_factory is not dataclasses.MISSING:
-            fields[field.name] = (annotation, Field(default_factory=field.default_factory, **described))
-        else:
-            fields[field.name] = (annotation, Field(..., **described))
+            default = {"default_factory": field.default_factory}
+        else:  # no default: required
+            default = {} if field.default is dataclasses.MISSING else {"default": field.default}
+        fields[field.name] = (annotation, Field(**default, description=docs.get(field.name)))  # type: ignore[arg-type]
     doc = (cls.__doc__ or "").strip().split("\n")[0]
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 

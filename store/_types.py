@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._schema import check_dataclass, dataclass_model, validate
+from w2v2ser._schema import build_dataclass, check_dataclass
 
 from ._errors import StoreError
 
@@ -109,8 +109,7 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
         """Build from :meth:`to_dict` output; unknown or missing keys are rejected."""
-        validate(dataclass_model(cls), dict(d), what="FeatureSpec", error=StoreError)
-        return cls(**dict(d))
+        return build_dataclass(cls, dict(d), what="FeatureSpec", error=StoreError)
 
 
 @dataclass(frozen=True, eq=False)

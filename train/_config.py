@@ -82,7 +82,7 @@ class ExperimentConfig:
         run_eagerly: Skip tf.function tracing (faster for tiny data and tests, slower for real runs).
     """
 
-    stores: dict[str, str] = field(default_factory=dict)
+    stores: Annotated[dict[str, str], Field(min_length=1)] = field(default_factory=dict)
     features: str = "wav2vec2:all"
     fusion_features: Optional[str] = None
     head: Head = "dense"
@@ -108,8 +108,6 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stores, (str, os.PathLike)):
             self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
-        if not self.stores:
-            raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
         self.stores = {str(k): os.fspath(v) if "://" in os.fspath(v) else os.path.abspath(os.fspath(v))
                        for k, v in self.stores.items()}
@@ -199,6 +197,7 @@ class ExperimentConfig:
         d = dict(d)
         if isinstance(d.get("stores"), (str, os.PathLike)):  # a plain path: the default store
             d["stores"] = {DEFAULT_STORE_ALIAS: os.fspath(d["stores"])}
+        # Every key optional: None reaches __post_init__, which reads recipe_overrides=None as {}.
         validate(dataclass_model(cls, optional=True, name="TrainConfig"), d, what="train config")
         return cls(**d)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
-from w2v2ser._schema import check_dataclass, dataclass_model, validate
+from w2v2ser._schema import build_dataclass, check_dataclass, dataclass_model, validate
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
@@ -45,8 +45,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
         """Build from a dict; unknown keys raise ConfigError with a suggestion."""
-        validate(dataclass_model(cls, optional=True, name="RecipeOverrides"), dict(d), what="recipe")
-        return cls(**dict(d))
+        return build_dataclass(cls, dict(d), what="recipe")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise)."""

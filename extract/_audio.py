@@ -422,6 +422,12 @@ class DecodedAudio:
         """Length at 16 kHz (equal to ``probe_audio(path).num_samples``), without resampling."""
         return resampled_length(len(self._at[self.sample_rate]), self.sample_rate)
 
+    @property
+    def silent(self) -> bool:
+        """Whether the mono signal is digital silence: every sample 0 (a muted file, or stereo
+        channels that cancel when averaged)."""
+        return not self._at[self.sample_rate].any()
+
 
 def sha256_file(path: str | os.PathLike[str], *, block_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in blocks so memory use stays constant.

@@ -13,14 +13,15 @@ from w2v2ser._common import did_you_mean
 from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError
+from ._rates import CHANNELS_KEY
 
 __all__ = ["Manifest", "read_csv_manifest"]
 
 _REQUIRED = ("path", "label", "speaker")
 _OPTIONAL = ("session", "split", "id", "gender")
 _SPLITS = ("train", "validation", "test")
-# Extra key under which extraction records each file's sample rate.
-_RESERVED = AUDIO_RATE_KEY
+# Extra keys under which extraction records what each file's header says.
+_RESERVED = {AUDIO_RATE_KEY: "sample rate", CHANNELS_KEY: "channel count"}
 # Spellings of the splits in common corpus lists (case-insensitive) -> the stored name.
 _SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -86,9 +87,10 @@ def _check_header(path: Path, header: list[str] | None) -> None:
         unnamed = " (a column without a name: trailing commas?)" if not dupes[0] else ""
         raise _fail(path, 1, dupes[0], f"column appears more than once in the header{unnamed}",
                     "Rename or drop the duplicate.")
-    if _RESERVED in header:
-        raise _fail(path, 1, _RESERVED, "this column name is reserved: extraction records each file's own "
-                    "sample rate under it (read from the audio header)", "Rename or drop the column.")
+    for key, what in _RESERVED.items():
+        if key in header:
+            raise _fail(path, 1, key, f"this column name is reserved: extraction records each file's own "
+                        f"{what} under it (read from the audio header)", "Rename or drop the column.")
 
 
 def _resolve(path: Path, raw: str) -> str:

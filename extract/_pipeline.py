@@ -29,7 +29,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, ConfigError, first_few, progress_bar
+from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, ConfigError, first_few, progress_bar
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
@@ -72,6 +72,8 @@ class ExtractionSummary:
         moved: (id, old path, new path) of each extracted utterance given at a new path whose
             file holds the same audio (sha256): the store takes the path and keeps its features.
         vanished: Ids of extracted utterances whose file is gone: they keep their features.
+        silent: Ids of this manifest's done utterances whose audio is digital silence after mixing
+            to mono (every sample 0), as the store records them: extracted like any other.
     """
 
     store: Path | str
@@ -87,6 +89,7 @@ class ExtractionSummary:
     absent_failed: list[str] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
+    silent: list[str] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -124,6 +127,9 @@ class ExtractionSummary:
                          f"not in this manifest ({first_few(self.absent_failed)}); they were never extracted "
                          f"in full, so `w2v2ser train` does not use them, and this run does not count them "
                          f"as failed (`w2v2ser store info` lists them apart from the current failures)")
+        if self.silent:
+            notes.append(f"{len(self.silent)} file(s) are digital silence after mixing to mono (every sample is 0): "
+                         f"{first_few(self.silent)}. {SILENCE_ADVICE}")
         return notes
 
 
@@ -406,10 +412,12 @@ def extract_corpus(
         configs = {e.name: {**e.config.to_dict(), **(e.decided_options() if hasattr(e, "decided_options") else {})}
                    for e in extractors}
         total = sum(len(items) for _, items, _ in tasks)
+        id_by_row = {row: u.id for row, u in zip(rows, utterances)}
         if client is None:
             by_name = {e.name: e for e in extractors}
             bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
             for group_names, items, unit in tasks:
+                silent: list[int] = []
                 done = extract_shard(
                     store_path,
                     items,
@@ -420,14 +428,18 @@ def extract_corpus(
                     decode_workers=decode_workers,
                     cpu_workers=cpu_workers,
                     on_stage=on_stage,
+                    silent=silent,
                 )
+                # Recorded as each unit commits: a resumed run does not decode its files again.
+                writer.record_silent_audio([id_by_row[row] for row in silent])
                 summary.extracted += done[0]
                 summary.audio_seconds += done[1]
             if bar is not None:
                 bar.close()
         else:
             summary_parts = _run_on_dask(
-                client, store_path, tasks, configs, gpu_resource=gpu_resource, progress=progress
+                client, store_path, tasks, configs, gpu_resource=gpu_resource, progress=progress,
+                on_silent=lambda found: writer.record_silent_audio([id_by_row[row] for row in found]),
             )
             summary.extracted += summary_parts[0]
             summary.audio_seconds += summary_parts[1]
@@ -438,6 +450,7 @@ def extract_corpus(
     # recording) keeps its record in the store, but is not this run's failure.
     given = {u.id for u in utterances}
     summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures() if f.id in given]
+    summary.silent = [uid for uid in store.attrs.get("silent_audio", []) if uid in given]
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -637,6 +650,7 @@ def extract_shard(
     decode_workers: int | None = None,
     cpu_workers: int = 1,
     on_stage: Callable[[str, float], None] | None = None,
+    silent: list[int] | None = None,
 ) -> tuple[int, float]:
     """Extract and commit one shard of utterances (one unit of work).
 
@@ -657,6 +671,8 @@ def extract_shard(
         cpu_workers: Instances of each CPU feature's extractor working in parallel.
         on_stage: Profiling callback, called with (stage, busy seconds): "decode",
             "store_write", "cpu_feature:NAME", and the model's own stages.
+        silent: If given, the store rows of the committed utterances whose audio is digital
+            silence after mixing to mono are appended to it (the caller records them in the store).
 
     Returns:
         (utterances committed, audio seconds committed).
@@ -720,6 +736,8 @@ def extract_shard(
         writer.close()
     if write_error:
         raise write_error[0]
+    if silent is not None:
+        silent.extend(committed.silent)
     return committed.utterances, committed.seconds
 
 
@@ -729,12 +747,16 @@ class _Committed:
     def __init__(self) -> None:
         self.utterances = 0
         self.seconds = 0.0
+        self.silent: list[int] = []  # store rows whose audio is digital silence
         self._lock = threading.Lock()
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float, *, row: int | None = None) -> None:
+        """Count one committed utterance; ``row``: its store row, when its audio is digital silence."""
         with self._lock:
             self.utterances += 1
             self.seconds += seconds
+            if row is not None:
+                self.silent.append(row)
 
 
 # A failure to record: (store row, feature or None for all, reason).
@@ -819,6 +841,7 @@ def _extract_batch(
             frames = {name: values[position] for name, values in features.items() if values[position] is not None}
             if len(frames) == len(extractors):
                 ready.append((item.index, frames, digest, audio.num_samples / 16000.0))
+        silent = {item.index for item, audio, _ in good if audio.silent}
         # The batch at once: its checks, statistics and checksums run in parallel threads. Frames
         # the store refuses (a float16 overflow: inf) fail their utterance, not the work unit.
         indices, frame_sets, digests, durations = zip(*ready) if ready else ((), (), (), ())
@@ -827,7 +850,7 @@ def _extract_batch(
             on_bad_frames=lambda index, error: writer.record_failure(index, feature=None, reason=str(error))))
         for index, duration in zip(indices, durations):
             if index in packed:
-                committed.add(duration)
+                committed.add(duration, row=index if index in silent else None)
                 if on_utterance is not None:
                     on_utterance(duration)
         stage("store_write", time.perf_counter() - started)
@@ -841,8 +864,12 @@ _WORKER_EXTRACTORS: dict[str, Extractor] = {}
 
 
 def _dask_shard(store_path: str | StoreLocation, items: list[_ShardItem], configs: dict[str, dict], journal: str,
-                unit: WorkUnit) -> tuple[int, float]:
-    """A Dask task: build (and cache per worker process) the extractors, run one shard."""
+                unit: WorkUnit) -> tuple[int, float, list[int]]:
+    """A Dask task: build (and cache per worker process) the extractors, run one shard.
+
+    Returns:
+        (utterances committed, audio seconds committed, store rows of those that are digital silence).
+    """
     import json
 
     extractors = []
@@ -852,7 +879,10 @@ def _dask_shard(store_path: str | StoreLocation, items: list[_ShardItem], config
             _WORKER_EXTRACTORS[key] = build_extractor(name, config)
         extractors.append(_WORKER_EXTRACTORS[key])
     # Dask already runs shards in parallel worker processes (which may not start children).
-    return extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit, decode_workers=0)
+    silent: list[int] = []
+    count, seconds = extract_shard(store_path, items, extractors=extractors, journal=journal, unit=unit,
+                                   decode_workers=0, silent=silent)
+    return count, seconds, silent
 
 
 def _run_on_dask(
@@ -863,7 +893,9 @@ def _run_on_dask(
     *,
     gpu_resource: str | None,
     progress: bool,
+    on_silent: Callable[[list[int]], None] | None = None,
 ) -> tuple[int, float]:
+    """Run the shards as Dask tasks; ``on_silent`` gets each finished shard's rows of digital silence."""
     from distributed import as_completed
 
     futures = []
@@ -887,9 +919,11 @@ def _run_on_dask(
     bar = _progress(None, progress, "extract shards", "shard", total=len(futures)) if progress else None
     for future in as_completed(futures):
         try:
-            count, seconds = future.result()
+            count, seconds, silent = future.result()
             done[0] += count
             done[1] += seconds
+            if silent and on_silent is not None:
+                on_silent(silent)
         except Exception as error:  # noqa: BLE001 - keep finished shards; report the rest
             errors.append(f"{future.key}: {type(error).__name__}: {error}")
         if bar is not None:

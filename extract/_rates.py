@@ -22,11 +22,14 @@ from ._models import keep_recorded_location
 from ._registry import Extractor
 
 __all__ = [
-    "RATE_KEY", "capacity", "configured_rates", "feature_spec_for_store", "resample_for", "run_extractor", "store_rates", "with_rate",
+    "CHANNELS_KEY", "RATE_KEY", "capacity", "configured_rates", "feature_spec_for_store", "resample_for", "run_extractor", "store_rates", "with_rate",
 ]
 
 #: Key of ``Utterance.extra`` under which each file's own sample rate (Hz, from its header) is stored.
 RATE_KEY = AUDIO_RATE_KEY
+#: Key of ``Utterance.extra`` under which each file's channel count (from its header) is stored:
+#: the file was mixed to mono by averaging its channels.
+CHANNELS_KEY = "audio_channels"
 
 
 def _native(extractor: Extractor) -> bool:
@@ -140,10 +143,11 @@ def capacity(extractor: Extractor, info: AudioInfo | None) -> int:
 
 
 def with_rate(utterance: Utterance, info: AudioInfo | None) -> Utterance:
-    """The utterance with its file's own rate in ``extra`` (unchanged when the header is unreadable)."""
+    """The utterance with its file's own rate and channel count in ``extra`` (unchanged when the
+    header is unreadable)."""
     if info is None:
         return utterance
-    return replace(utterance, extra={**utterance.extra, RATE_KEY: info.sample_rate})
+    return replace(utterance, extra={**utterance.extra, RATE_KEY: info.sample_rate, CHANNELS_KEY: info.channels})
 
 
 def configured_rates(extractors: Sequence[Extractor]) -> list[int | str]:

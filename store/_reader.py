@@ -647,6 +647,8 @@ class FeatureStore:
             # are among failure_reasons; train never reads them).
             "unlisted_failures": list(self.attrs.get("unlisted_failures", [])),
             "reader_skipped": list(self.attrs.get("reader_skipped", [])),
+            # Done utterances whose audio is digital silence after mixing to mono (all samples 0).
+            "silent_audio": list(self.attrs.get("silent_audio", [])),
             "corpus": self.attrs.get("corpus"),
             # Done utterances whose audio files are byte-identical (sha256): copies under two names.
             "duplicate_audio": sorted(ids for ids in same_audio.values() if len(ids) > 1),

@@ -714,6 +714,17 @@ class StoreWriter:
                                "feature": feature, "reason": str(reason)}])
 
     @_no_space_is_clear
+    def record_silent_audio(self, ids: Sequence[str]) -> None:
+        """Record utterances whose audio is digital silence after mixing to mono (every sample 0),
+        for ``store info`` and extract's note (single process: the planning driver)."""
+        meta = self._meta
+        known = list(meta.get("silent_audio", []))
+        merged = sorted(set(known) | {str(uid) for uid in ids})
+        if merged != known:
+            meta["silent_audio"] = merged
+            self._set_meta(meta)
+
+    @_no_space_is_clear
     def finalize(self) -> None:
         """Merge journals into lengths, crc32, status, failures and per-speaker statistics.
 

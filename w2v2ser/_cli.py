@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import SHARD_SIZE, first_few, merge_subset, or_list, subset_condition
+from w2v2ser._common import SHARD_SIZE, SILENCE_ADVICE, first_few, merge_subset, or_list, subset_condition
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -214,6 +214,11 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         _print_some([", ".join(f"{i} ({label[i]})" for i in ids) for ids in conflicting + [c for c in copies
                                                                                          if c not in conflicting]],
                     args.store)
+    silent = info["silent_audio"]
+    if silent:  # a muted file, or stereo channels that cancel: valid input, but the user decides
+        print(f"silence     {len(silent)} utterance(s) are digital silence after mixing to mono (every sample is 0) "
+              f"(below). {SILENCE_ADVICE}")
+        _print_some(silent, args.store)
     unlisted = set(info.get("unlisted_failures", []))
 
     def reasons(listed: bool) -> list[str]:

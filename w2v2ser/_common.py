@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INPUT",
     "SHARD_SIZE",
+    "SILENCE_ADVICE",
     "Terminated",
     "UPSTREAM_FEATURES",
     "W2v2serError",
@@ -50,6 +51,15 @@ __all__ = [
 # Exit codes of the command line (README, "Errors and exit codes").
 EXIT_FAILED = 1  # a run started and some unit of work failed
 EXIT_INPUT = 2  # the input (arguments, pipeline.yaml, corpus, store) cannot be used: fix it, rerun
+
+
+# What to do about files that are digital silence after mixing to mono (extract's note, `store info`).
+SILENCE_ADVICE = (
+    "They are extracted and trained on with their labels like any other file. A muted or zeroed "
+    "recording is usually a broken file: replace it, or leave it out of the manifest and extract into a new "
+    "store (`--like STORE` keeps the feature configs). A stereo file whose channels cancel (one is the other "
+    "inverted; `audio_channels` in its extra says 2) holds speech in each channel: keep one, e.g. "
+    "`ffmpeg -i IN -af 'pan=mono|c0=c0' OUT.wav`")
 
 
 # Feature names of the speech encoders (hidden states per layer), named after their family: the

@@ -1,0 +1,57 @@
+"""Valid but suspicious input at stage 1: extraction goes on, and a note (and `store info`) says what to check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_audio import make_signal, write_audio
+from w2v2ser._cli import main
+from w2v2ser.store import open_store
+
+
+def _manifest(folder: Path, rows: list[tuple[Path, str, str]]) -> str:
+    manifest = folder / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{p},{label},{speaker}\n" for p, label, speaker in rows))
+    return str(manifest)
+
+
+def test_digital_silence_is_noted_at_extraction_and_in_store_info(tmp_path, capsys):
+    """A muted file and a stereo file whose channels cancel when averaged were stored without a word."""
+    speech = make_signal(duration=1.0, sample_rate=16_000, channels=1).reshape(-1)
+    good = write_audio(tmp_path / "good.wav", duration=1.0)
+    muted = write_audio(tmp_path / "muted.wav", data=np.zeros(16_000, dtype=np.float32))
+    antiphase = write_audio(tmp_path / "antiphase.wav", data=np.stack([speech, -speech], axis=1),
+                            channels=2, subtype="FLOAT")
+    rows = [(good, "happy", "s1"), (muted, "sad", "s1"), (antiphase, "happy", "s2")]
+    store = tmp_path / "s.zarr"
+    args = ["--store", str(store), "--features", "spectrogram", "--no-progress"]
+    assert main(["extract", "csv", _manifest(tmp_path, rows), *args]) == 0  # valid input: not a failure
+    captured = capsys.readouterr()
+    assert "0 failed" in captured.out
+    assert ("note: 2 file(s) are digital silence after mixing to mono (every sample is 0): antiphase, muted. "
+            "They are extracted and trained on") in captured.err
+    assert "keep one, e.g. `ffmpeg" in captured.err
+    records = {r.id: r for r in open_store(store).list_utterances()}
+    assert set(records) == {"good", "muted", "antiphase"}
+    assert records["antiphase"].extra["audio_channels"] == 2 and records["good"].extra["audio_channels"] == 1
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "silence     2 utterance(s) are digital silence after mixing to mono" in shown
+    assert "  antiphase\n  muted\n" in shown
+    # A resumed run extracts nothing, and still says so.
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), *args]) == 0
+    captured = capsys.readouterr()
+    assert "0 extracted now" in captured.out and "2 file(s) are digital silence" in captured.err
+
+
+@pytest.mark.parametrize("column", ["audio_channels", "audio_sample_rate"])
+def test_the_columns_extraction_records_are_reserved_in_a_manifest(tmp_path, capsys, column):
+    good = write_audio(tmp_path / "good.wav", duration=1.0)
+    (tmp_path / "m.csv").write_text(f"path,label,speaker,{column}\n{good},a,s1,1\n")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"),
+                 "--features", "spectrogram", "--no-progress"]) == 2
+    assert "reserved" in capsys.readouterr().err
+

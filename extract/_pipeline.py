@@ -351,6 +351,8 @@ def extract_corpus(
         # first file's rate (native spectrogram) must not leave an empty store behind.
         with remote_errors(store_path):
             fresh = not store_path.exists("zarr.json")
+            if fresh:  # a folder of other files is refused at once, before every file's header is read
+                StoreWriter.check_creatable(store_path)
         writer = None if fresh else StoreWriter(store_path)
         done: dict[str, Any] = {}
         moved: set[str] = set()

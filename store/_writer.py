@@ -40,7 +40,7 @@ from ._layout import (
     specs_from_meta,
     to_str_list,
 )
-from ._location import locate_store, remote_errors
+from ._location import StoreLocation, locate_store, remote_errors
 from ._lock import LOCK_FILE, PLAN_LOCK_FILE, hold_plan_lock
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit, release_buffers
@@ -194,20 +194,32 @@ class StoreWriter:
         self._specs: dict[str, FeatureSpec] = specs_from_meta(self._meta)
 
     # ------------------------------------------------------------------ setup
-    @_no_space_is_clear
-    def _create(self) -> None:
-        if self.location.is_local:
-            self.path.mkdir(parents=True, exist_ok=True)
-            top = set(os.listdir(self.path))
+    @staticmethod
+    def check_creatable(location: StoreLocation) -> None:
+        """Refuse a location that holds files other than a store's (one directory listing): a
+        caller that creates the store later checks this before any slow work.
+
+        Raises:
+            StoreError: The directory is not empty and is not a w2v2ser store.
+        """
+        if location.is_local:
+            path = Path(location.display)
+            top = set(os.listdir(path)) if path.is_dir() else set()
         else:
-            top = {key.split("/", 1)[0] for key in self.location.list("")}
+            top = {key.split("/", 1)[0] for key in location.list("")}
         # A process killed while writing zarr.json leaves Zarr's "*.partial" temp file behind.
         foreign = sorted(n for n in top - {LOCK_FILE, PLAN_LOCK_FILE, JOURNAL_DIR} if not n.endswith(".partial"))
         if foreign:
             raise StoreError(
-                f"cannot create a store in {self.path}: the directory is not empty and is not a "
+                f"cannot create a store in {location.display}: the directory is not empty and is not a "
                 f"w2v2ser store (found {foreign[:5]}). Choose a new or empty directory."
             )
+
+    @_no_space_is_clear
+    def _create(self) -> None:
+        if self.location.is_local:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.check_creatable(self.location)
         from w2v2ser import __version__
 
         meta = {

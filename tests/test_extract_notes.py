@@ -55,3 +55,27 @@ def test_the_columns_extraction_records_are_reserved_in_a_manifest(tmp_path, cap
                  "--features", "spectrogram", "--no-progress"]) == 2
     assert "reserved" in capsys.readouterr().err
 
+
+def test_a_folder_of_other_files_is_refused_before_any_audio_is_read(tmp_path, capsys, monkeypatch):
+    """`--store DIR` naming a non-empty folder that is not a store read every file's header first
+    (minutes on a large corpus) and only then refused; now the folder is checked first."""
+    import soundfile
+
+    opened = []
+
+    class Spy(soundfile.SoundFile):
+        def __init__(self, file, *args, **kwargs):
+            opened.append(file)
+            super().__init__(file, *args, **kwargs)
+
+    good = write_audio(tmp_path / "audio" / "good.wav", duration=1.0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    manifest = _manifest(tmp_path, [(good, "a", "s1")])
+    monkeypatch.setattr(soundfile, "SoundFile", Spy)
+    assert main(["extract", "csv", manifest, "--store", str(folder), "--features", "spectrogram"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create a store in {folder}: the directory is not empty and is not a w2v2ser store" in err
+    assert opened == [] and "Traceback" not in err  # refused before any header was read
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["notes.txt"]

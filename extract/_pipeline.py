@@ -29,7 +29,9 @@ from typing import Annotated, Any, Optional
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, ConfigError, first_few, progress_bar
+from w2v2ser._common import (
+    EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, first_few, progress_bar,
+)
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
     StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
@@ -74,6 +76,8 @@ class ExtractionSummary:
         vanished: Ids of extracted utterances whose file is gone: they keep their features.
         silent: Ids of this manifest's done utterances whose audio is digital silence after mixing
             to mono (every sample 0), as the store records them: extracted like any other.
+        speaker_case: Groups of speaker names of this manifest and the store's done utterances that
+            differ only in case ('Spk1', 'spk1'): each is a speaker of its own.
     """
 
     store: Path | str
@@ -90,6 +94,7 @@ class ExtractionSummary:
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
+    speaker_case: list[list[str]] = field(default_factory=list)
 
     @property
     def realtime_factor(self) -> float:
@@ -130,6 +135,11 @@ class ExtractionSummary:
         if self.silent:
             notes.append(f"{len(self.silent)} file(s) are digital silence after mixing to mono (every sample is 0): "
                          f"{first_few(self.silent)}. {SILENCE_ADVICE}")
+        if self.speaker_case:
+            pairs = "; ".join(" and ".join(map(repr, group)) for group in self.speaker_case[:5])
+            more = f" (and {len(self.speaker_case) - 5} more)" if len(self.speaker_case) > 5 else ""
+            notes.append(f"speaker names that differ only in case: {pairs}{more}; each spelling is a speaker of its "
+                         f"own (speaker folds, per-speaker normalisation): {SPEAKER_CASE_ADVICE}")
         return notes
 
 
@@ -453,6 +463,7 @@ def extract_corpus(
     given = {u.id for u in utterances}
     summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures() if f.id in given]
     summary.silent = [uid for uid in store.attrs.get("silent_audio", []) if uid in given]
+    summary.speaker_case = case_variants(store.speakers() + [u.speaker for u in utterances])
     summary.wall_seconds = time.perf_counter() - started
     return summary
 

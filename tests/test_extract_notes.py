@@ -79,3 +79,28 @@ def test_a_folder_of_other_files_is_refused_before_any_audio_is_read(tmp_path, c
     assert f"cannot create a store in {folder}: the directory is not empty and is not a w2v2ser store" in err
     assert opened == [] and "Traceback" not in err  # refused before any header was read
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+
+
+def test_speakers_differing_only_in_case_are_noted_at_extraction_and_in_store_info(tmp_path, capsys):
+    """'Spk1' and 'spk1' silently became two speakers, while labels differing in case are refused;
+    a note (not a refusal: stores holding such pairs keep resuming) now names the pairs."""
+    files = [write_audio(tmp_path / f"{k}.wav", duration=0.5, seed=k) for k in range(4)]
+    rows = [(files[0], "happy", "Spk1"), (files[1], "sad", "spk1"), (files[2], "happy", "s2"), (files[3], "sad", "S2")]
+    store = tmp_path / "s.zarr"
+    args = ["--store", str(store), "--features", "spectrogram", "--no-progress"]
+    assert main(["extract", "csv", _manifest(tmp_path, rows), *args]) == 0
+    err = capsys.readouterr().err
+    assert ("note: speaker names that differ only in case: 'S2' and 's2'; 'Spk1' and 'spk1'; each spelling is a "
+            "speaker of its own") in err
+    assert "fix the spelling in the manifest and rerun the same `w2v2ser extract`" in err
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "speakers    4\n            'S2' and 's2'; 'Spk1' and 'spk1' differ only in case, so they are separate " \
+           "speakers" in shown
+    # The fix the note gives: one spelling in the manifest, taken in place.
+    rows = [(path, label, speaker.lower()) for path, label, speaker in rows]
+    assert main(["extract", "csv", _manifest(tmp_path, rows), *args]) == 0
+    captured = capsys.readouterr()
+    assert "0 extracted now" in captured.out and "differ only in case" not in captured.err
+    assert main(["store", "info", str(store)]) == 0
+    assert "speakers    2\n" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import SHARD_SIZE, SILENCE_ADVICE, first_few, merge_subset, or_list, subset_condition
+from w2v2ser._common import SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, first_few, merge_subset, or_list, subset_condition
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -179,11 +179,12 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
+    speakers = [" and ".join(map(repr, v)) for v in case_variants(store.speakers())]
+    if speakers:  # not refused at extraction: stores holding such pairs must keep resuming
+        print(f"            {'; '.join(speakers)} differ only in case, so they are separate speakers (folds, "
+              f"per-speaker normalisation); {SPEAKER_CASE_ADVICE}")
     print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
-    spellings: dict[str, list[str]] = {}
-    for label in sorted(info["labels"]):
-        spellings.setdefault(label.casefold(), []).append(label)
-    variants = [" and ".join(map(repr, v)) for v in spellings.values() if len(v) > 1]
+    variants = [" and ".join(map(repr, v)) for v in case_variants(info["labels"])]
     if variants:  # stores written before extract compared a manifest's labels with the store's
         print(f"            {'; '.join(variants)} differ only in case, so `train` takes them as separate classes; "
               f"if they mean one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` "

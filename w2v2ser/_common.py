@@ -28,10 +28,12 @@ __all__ = [
     "EXIT_INPUT",
     "SHARD_SIZE",
     "SILENCE_ADVICE",
+    "SPEAKER_CASE_ADVICE",
     "Terminated",
     "UPSTREAM_FEATURES",
     "W2v2serError",
     "as_paths",
+    "case_variants",
     "describe_error",
     "describe_path_error",
     "did_you_mean",
@@ -60,6 +62,11 @@ SILENCE_ADVICE = (
     "store (`--like STORE` keeps the feature configs). A stereo file whose channels cancel (one is the other "
     "inverted; `audio_channels` in its extra says 2) holds speech in each channel: keep one, e.g. "
     "`ffmpeg -i IN -af 'pan=mono|c0=c0' OUT.wav`")
+
+
+# What to do about speaker names that differ only in case (extract's note, `store info`).
+SPEAKER_CASE_ADVICE = ("if they are one person, fix the spelling in the manifest and rerun the same `w2v2ser extract` "
+                       "(speakers are updated in place, nothing is extracted again)")
 
 
 # Feature names of the speech encoders (hidden states per layer), named after their family: the
@@ -203,6 +210,15 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
     """The first ``n`` items, comma separated, then ", ..." if there are more: for a message that
     gives the count beside them."""
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def case_variants(names: Iterable[str]) -> list[list[str]]:
+    """Groups of two or more of ``names`` that differ only in case (``Spk1``, ``spk1``), each
+    sorted, in the order of their first spelling: one label or speaker written two ways."""
+    spellings: dict[str, set[str]] = {}
+    for name in sorted(set(names)):
+        spellings.setdefault(name.casefold(), set()).add(name)
+    return [sorted(group) for group in spellings.values() if len(group) > 1]
 
 
 def or_list(items: Sequence[str]) -> str:

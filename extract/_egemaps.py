@@ -118,6 +118,14 @@ class EgemapsExtractor:
     """
 
     name = "egemaps"
+    #: With ``sample_rate: native``, files below this rate (Hz) are noted by extract: see below.
+    native_min_rate = 8000
+    #: What such a file's frames hold, and what to do (extract's note).
+    native_min_rate_why = (
+        "eGeMAPS searches formants F1-F3 up to about 5 kHz, above these files' Nyquist frequency (half their "
+        "rate), so their formant columns hold frequencies the audio cannot carry. Leave them out of the manifest "
+        "or use recordings at 8 kHz or more; resampling (`--option egemaps.sample_rate=16000`, in a new store) "
+        "keeps the values below the new Nyquist frequency but cannot restore the missing band")
 
     def __init__(self, config: EgemapsConfig | None = None) -> None:
         """Args:

@@ -41,7 +41,7 @@ from w2v2ser.store._location import as_unreachable, remote_errors
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
 from ._rates import (
-    capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
+    below_native_minimum, capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
 )
 from ._registry import UPSTREAMS, Extractor, build_extractor
 
@@ -78,6 +78,8 @@ class ExtractionSummary:
             to mono (every sample 0), as the store records them: extracted like any other.
         speaker_case: Groups of speaker names of this manifest and the store's done utterances that
             differ only in case ('Spk1', 'spk1'): each is a speaker of its own.
+        low_rate: Per feature run at each file's own rate, (path, rate) of this manifest's files
+            below its lowest sensible rate (eGeMAPS: 8 kHz), and what that means.
     """
 
     store: Path | str
@@ -95,6 +97,7 @@ class ExtractionSummary:
     vanished: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
     speaker_case: list[list[str]] = field(default_factory=list)
+    low_rate: dict[str, tuple[int, list[tuple[str, int]], str]] = field(default_factory=dict)
 
     @property
     def realtime_factor(self) -> float:
@@ -135,6 +138,10 @@ class ExtractionSummary:
         if self.silent:
             notes.append(f"{len(self.silent)} file(s) are digital silence after mixing to mono (every sample is 0): "
                          f"{first_few(self.silent)}. {SILENCE_ADVICE}")
+        for name, (lowest, files, why) in self.low_rate.items():
+            named = first_few([f"{path} ({rate} Hz)" for path, rate in files])
+            notes.append(f"{len(files)} file(s) are below {lowest} Hz while {name} runs at each file's own rate "
+                         f"(sample_rate: native): {named}. {why}")
         if self.speaker_case:
             pairs = "; ".join(" and ".join(map(repr, group)) for group in self.speaker_case[:5])
             more = f" (and {len(self.speaker_case) - 5} more)" if len(self.speaker_case) > 5 else ""
@@ -375,6 +382,9 @@ def extract_corpus(
             done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
             _check_label_spellings(existing.path, done, utterances)
         infos, failures = _probe_all(utterances, progress)
+        by_name = {e.name: e for e in extractors}
+        summary.low_rate = {name: (by_name[name].native_min_rate, files, by_name[name].native_min_rate_why)
+                            for name, files in below_native_minimum(utterances, infos, extractors).items()}
         if writer is not None:
             summary.vanished = _keep_vanished(done, utterances, infos, failures)
             moved = _check_recorded_audio(existing, done, utterances, progress)

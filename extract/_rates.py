@@ -22,7 +22,7 @@ from ._models import keep_recorded_location
 from ._registry import Extractor
 
 __all__ = [
-    "CHANNELS_KEY", "RATE_KEY", "capacity", "configured_rates", "feature_spec_for_store", "resample_for", "run_extractor", "store_rates", "with_rate",
+    "CHANNELS_KEY", "RATE_KEY", "below_native_minimum", "capacity", "configured_rates", "feature_spec_for_store", "resample_for", "run_extractor", "store_rates", "with_rate",
 ]
 
 #: Key of ``Utterance.extra`` under which each file's own sample rate (Hz, from its header) is stored.
@@ -78,6 +78,22 @@ def store_rates(
                     f"set {extractor.name}.sample_rate to a rate in Hz, or extract files of this rate into another store."
                 )
     return rates
+
+
+def below_native_minimum(utterances: Sequence[Utterance], infos: Sequence[AudioInfo | None],
+                         extractors: Sequence[Extractor]) -> dict[str, list[tuple[str, int]]]:
+    """(path, rate) of each file below a native extractor's lowest sensible rate
+    (``native_min_rate``), by extractor name: valid input, but the user should know."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for extractor in extractors:
+        lowest = getattr(extractor, "native_min_rate", None)
+        if lowest is None or not _native(extractor):
+            continue
+        low = [(u.path, info.sample_rate) for u, info in zip(utterances, infos)
+               if info is not None and info.sample_rate < lowest]
+        if low:
+            found[extractor.name] = low
+    return found
 
 
 def _check_first_rate(extractor: Extractor, rate: int, path: str, infos: Sequence[AudioInfo | None]) -> None:

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, python_command
+from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, owner_tag, python_command, remove_stale
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
@@ -136,7 +136,9 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
             "--features", ",".join(features), "--no-progress", *(["--model", model] if model else []),
             *(arg for option in options for arg in ("--option", option))]
-    proc = subprocess.run(python_command("w2v2ser._cli", *args), capture_output=True, text=True, check=False)
+    # follow_parent: a predict killed with SIGKILL takes its extraction child with it (Linux).
+    proc = subprocess.run(python_command("w2v2ser._cli", *args, follow_parent=True), capture_output=True, text=True,
+                          check=False)
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
@@ -651,7 +653,9 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
 def _work_folder(work_dir: Path | None) -> Iterator[Path]:
     """A new ``predict-*`` folder inside ``work_dir`` (kept), or a temporary one (deleted)."""
     if work_dir is None:
-        with tempfile.TemporaryDirectory(prefix="w2v2ser-predict-") as tmp:
+        # Those of earlier predicts killed with SIGKILL (which cannot clean up); not those of live ones.
+        remove_stale(tempfile.gettempdir(), "w2v2ser-predict-")
+        with tempfile.TemporaryDirectory(prefix=f"w2v2ser-predict-{owner_tag()}.") as tmp:
             yield Path(tmp)
         return
     # A new folder per call: a store left by an earlier call holds other files under the same

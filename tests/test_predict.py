@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -1125,3 +1126,30 @@ def test_predict_and_evaluate_say_when_training_has_not_finished(
     write_report([run], out=tmp_path / "report")
     reason = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["reason"]
     assert reason.endswith("1 run(s) finished; rerun the same `w2v2ser train` (or `w2v2ser run`) command to finish it")
+
+
+def test_predict_removes_the_temp_folders_of_killed_predicts_only(trained: Path, audio_files: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A predict killed with SIGKILL cannot delete its /tmp/w2v2ser-predict-* folder, and they piled
+    up; a later predict removes those whose process is gone, not those of a live (concurrent) one."""
+    import os
+    import tempfile
+
+    from w2v2ser._common import owner_tag
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    host = owner_tag().split("-", 1)[1]
+    tmp = Path(tempfile.gettempdir())
+    stale = tmp / f"w2v2ser-predict-{ended.pid}-{host}.k1lled00"
+    live = tmp / f"w2v2ser-predict-{os.getppid()}-{host}.l1ve0000"  # pytest's parent: alive
+    for folder in (stale, live):
+        (folder / "store.zarr").mkdir(parents=True, exist_ok=True)
+    try:
+        preds = predict_audio(trained, audio_files[:1])
+        assert preds[0].ok
+        assert not stale.exists() and live.is_dir()
+    finally:
+        for folder in (stale, live):
+            shutil.rmtree(folder, ignore_errors=True)

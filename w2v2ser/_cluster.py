@@ -26,7 +26,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from w2v2ser._common import usable_cores
+from w2v2ser._common import die_with_parent, usable_cores
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
@@ -73,26 +73,6 @@ def count_gpus() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere).
-
-    A killed `w2v2ser run` must not leave workers behind that keep writing into a store
-    while a rerun plans the same work.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
-        os._exit(1)
 
 
 class _SchedulerGone(logging.Filter):

@@ -13,10 +13,14 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -36,11 +40,14 @@ __all__ = [
     "case_variants",
     "describe_error",
     "describe_path_error",
+    "die_with_parent",
     "did_you_mean",
     "file_sha256",
     "first_few",
     "or_list",
+    "owner_tag",
     "python_command",
+    "remove_stale",
     "fsync_path",
     "prefer_onednn",
     "progress_bar",
@@ -286,6 +293,70 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def owner_tag() -> str:
+    """``PID-HOST``, this process and a hash of this host's name, for the name of a temp file or
+    folder that a killed process leaves behind: :func:`remove_stale` removes it once that process is gone."""
+    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> int:
+    """Remove the entries of ``folder`` named ``prefix + owner_tag() + "." + random + suffix`` (as
+    :func:`replacing` and predict name their temp files and folders) whose process is gone: left by
+    one killed with SIGKILL. Entries of live processes (a concurrent run), of other hosts (a shared
+    file system) and of other names are kept. Returns how many were removed."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(suffix))
+    host = owner_tag().split("-", 1)[1]
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found is None or found[2] != host or _alive(int(found[1])):
+            continue
+        stale = Path(folder, name)
+        try:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed += 1
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+    return removed
+
+
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send this process ``signum`` when its parent dies (no-op elsewhere), even when
+    the parent is killed with SIGKILL and cannot stop its children itself.
+
+    A killed `w2v2ser run` must not leave workers behind that keep writing into a store while a
+    rerun plans the same work, nor a killed `predict` its extraction child.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signum))  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
@@ -302,8 +373,10 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     if path.is_dir():  # before any work: os.replace would refuse it only at the end
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp files of writers of this path killed with SIGKILL (a big export's partial copy).
+    remove_stale(path.parent, f".{path.name}.", ".tmp")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError as error:  # a folder that takes no new files (/proc, /sys): say so, one line
         raise PermissionError(errno.EACCES, "no new file can be created in this folder", str(path)) from error
     os.close(fd)
@@ -401,9 +474,12 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, unit: str, tota
                 mininterval=LOG_PROGRESS_SECONDS, maxinterval=LOG_PROGRESS_SECONDS * 2, delay=LOG_PROGRESS_SECONDS)
 
 
-def python_command(module: str, *args: str) -> list[str]:
+def python_command(module: str, *args: str, follow_parent: bool = False) -> list[str]:
     """This interpreter running ``module.main()`` with ``args`` as its command line (its return
     value is the exit status), with w2v2ser importable exactly as it is here.
+
+    ``follow_parent``: the child gets SIGTERM when this process dies, even by SIGKILL (Linux), so
+    it never runs on as an orphan (see :func:`die_with_parent`).
 
     ``python -m module`` only works when w2v2ser is installed. A source tree put on the path by
     hand (the benchmarks do this on machines without an install) maps the subpackages through
@@ -411,8 +487,10 @@ def python_command(module: str, *args: str) -> list[str]:
     """
     import w2v2ser
 
+    follow = ("import signal; from w2v2ser._common import die_with_parent; die_with_parent(signal.SIGTERM); "
+              if follow_parent else "")
     code = ("import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); import w2v2ser; "
-            "w2v2ser.__path__[:] = json.loads(sys.argv[2]); module = sys.argv[3]; "
+            "w2v2ser.__path__[:] = json.loads(sys.argv[2]); module = sys.argv[3]; " + follow +
             "sys.argv[:] = [module, *sys.argv[4:]]; raise SystemExit(importlib.import_module(module).main())")
     return [sys.executable, "-c", code, json.dumps(sys.path), json.dumps(list(w2v2ser.__path__)), module, *args]
 

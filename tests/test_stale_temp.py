@@ -1,0 +1,118 @@
+"""What a process killed with SIGKILL leaves behind: temp files, temp folders, child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from w2v2ser._common import python_command
+
+# A writer of TARGET killed (SIGKILL) inside the atomic write, as a killed `store export` is.
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from w2v2ser._common import replacing
+    with replacing(sys.argv[1]) as tmp:
+        tmp.write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+""")
+# A writer of TARGET still at work (a concurrent export): its temp file must be kept.
+LIVE_WRITER = textwrap.dedent("""
+    import sys, time
+    from w2v2ser._common import replacing
+    with replacing(sys.argv[1]) as tmp:
+        tmp.write_bytes(b"partial")
+        print(tmp.name, flush=True)
+        time.sleep(120)
+""")
+
+
+def _temps(folder: Path, name: str) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".tmp")}
+
+
+def test_a_later_export_removes_the_temp_files_of_killed_exports_but_not_of_a_live_one(tmp_path, capsys):
+    """SIGKILL of `store export` left a hidden `.<name>.h5.XXXX.tmp` beside the target, one more per
+    kill; the next export kept them all."""
+    from stage2_fixtures import build_store
+
+    from w2v2ser._cli import main
+
+    store = build_store(tmp_path / "s.zarr", layers=2, dim=4, features=("egemaps",))
+    out = tmp_path / "h5" / "out.h5"
+    out.parent.mkdir()
+    for _ in range(2):
+        killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], check=False)
+        assert killed.returncode == -signal.SIGKILL
+    assert len(_temps(out.parent, out.name)) == 1  # the second killed writer removed the first's
+    other = out.parent / ".other.h5.1-00000000.abcd1234.tmp"  # another target's: not this export's business
+    other.write_bytes(b"x")
+    live = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        live_temp = live.stdout.readline().strip()
+        assert live_temp in _temps(out.parent, out.name)
+        assert main(["store", "export", str(store), str(out), "--no-progress"]) == 0
+        assert _temps(out.parent, out.name) == {live_temp}  # the dead ones are gone, the live one kept
+        assert other.exists() and out.is_file()
+    finally:
+        live.kill()
+        live.wait()
+
+
+SLEEPER = textwrap.dedent("""
+    import os, sys, time
+    def main():
+        open(os.environ["READY"], "w").close()
+        time.sleep(120)
+        return 0
+""")
+PARENT = textwrap.dedent("""
+    import subprocess, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from w2v2ser._common import python_command
+    child = subprocess.Popen(python_command("sleeper_module", follow_parent=True))
+    print(child.pid, flush=True)
+    time.sleep(120)
+""")
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie that no init reaps here has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_started_to_follow_its_parent_ends_when_the_parent_is_killed(tmp_path):
+    """SIGKILL of `predict` left its extraction subprocess running as an orphan until it finished."""
+    (tmp_path / "sleeper_module.py").write_text(SLEEPER)
+    ready = tmp_path / "ready"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "READY": str(ready)})
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists() and _running(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(child)
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_python_command_without_follow_parent_is_unchanged():
+    assert "die_with_parent" not in " ".join(python_command("w2v2ser._cli"))

@@ -315,3 +315,40 @@ def test_a_ctrl_c_landing_while_the_signal_handlers_are_restored_leaves_no_stop_
         real(signal.SIGTERM, signal.SIG_DFL)
         real(signal.SIGINT, signal.default_int_handler)
         _common.clear_stop()
+
+
+@needs_ravdess
+def test_run_says_that_finished_runs_are_kept_when_the_store_becomes_unreachable(tmp_path: Path, monkeypatch,
+                                                                                  capsys) -> None:
+    """`train` and `sweep` say "N finished run(s) in OUT are kept" when an object store stops
+    answering; `w2v2ser run` listed each run's error only, and tried every further run against the
+    lost store. Now it says what is kept, and trains no further run of that experiment."""
+    from w2v2ser import train
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.store import locate_store
+    from w2v2ser.store._location import unreachable
+    from w2v2ser.train import _experiment
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}},
+                                       "experiments.t.seeds": 3})
+    calls = []
+
+    def first_run_then_the_store_goes_away(config, spec, **kwargs):
+        calls.append(spec.name)
+        if len(calls) == 1:
+            return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                         best_val_loss=1.0, path=str(tmp_path))
+        raise unreachable(locate_store("s3://bucket/x.zarr"), ConnectionError("endpoint gone"))
+
+    monkeypatch.setattr(train, "train_run", first_run_then_the_store_goes_away)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage=None) == 1
+    err = capsys.readouterr().err
+    assert calls == ["split__seed0", "split__seed1"], err  # no run tried against the lost store after that
+    assert "split__seed2: not trained, the store is unreachable" in err, err
+    assert ("1 finished run(s) in out/experiments/t" in err or
+            f"1 finished run(s) in {tmp_path}/out/experiments/t" in err), err
+    assert "rerun the same `w2v2ser run` command once the store is reachable to train the rest" in err

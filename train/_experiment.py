@@ -811,7 +811,12 @@ def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[No
         yield
     except StoreUnreachableError as error:
         if finished[0]:
-            error.args = (f"{error} {finished[0]} finished run(s) in {out} are kept; rerun the same `w2v2ser "
-                          f"{what}` command once the store is reachable to train the rest.",)
+            error.args = (f"{error} {finished_runs_kept(out, finished[0], what)}",)
             error.exit_code = EXIT_FAILED
         raise
+
+
+def finished_runs_kept(out: Path, finished: int, what: str) -> str:
+    """What a training that lost its store says of the runs it finished (``what``: the command)."""
+    return (f"{finished} finished run(s) in {out} are kept; rerun the same `w2v2ser {what}` command once the store "
+            f"is reachable to train the rest.")

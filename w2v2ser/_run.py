@@ -372,6 +372,7 @@ def _results_current(train_config: Any, out: Path, planned: int) -> bool:
 
 def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
     from w2v2ser.train import format_uar, summarize_runs, train_run
+    from w2v2ser.train._experiment import finished_runs_kept
 
     outcome = _Outcome()
     reasons = reasons if reasons is not None else _Reasons()
@@ -407,14 +408,20 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
     _say(f"train: {len(todo)} experiment(s), {sum(len(r) for _, _, r, _ in todo)} fold x seed runs, "
          f"{total} to train")
     errors: dict[str, list[str]] = {}
+    lost: set[str] = set()  # experiments whose store stopped answering (object storage)
     if total:
         handle = cluster.get()
-        for experiment, error in _train_runs(handle, todo, train_run):
+        for experiment, error, unreachable in _train_runs(handle, todo, train_run):
             errors.setdefault(experiment.name, []).append(error)
+            if unreachable:
+                lost.add(experiment.name)
     for experiment, train_config, runs, _ in todo:
         if experiment.name in errors:
+            # As `train` says it: the runs finished before the store went away are kept.
+            kept = (" " + finished_runs_kept(experiment.run_dir, len(runs) - len(errors[experiment.name]), "run")
+                    if experiment.name in lost else "")
             _say(f"train {experiment.name}: {len(errors[experiment.name])} run(s) FAILED: "
-                 + "; ".join(errors[experiment.name][:3]))
+                 + "; ".join(errors[experiment.name][:3]) + kept)
             _mark_not_trained(config, experiment, f"{len(errors[experiment.name])} run(s) failed: "
                           + "; ".join(errors[experiment.name][:3]), marker="failed.json")
             outcome.failed.append(experiment.name)
@@ -435,7 +442,10 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
 
 
 def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callable) -> Iterator[tuple]:
-    """Train every pending run (Dask tasks, or in this process); yields (experiment, error) of failures."""
+    """Train every pending run (Dask tasks, or in this process); yields (experiment, error, whether its
+    store was unreachable) of failures. In this process, an experiment whose store stopped answering
+    trains no further run (each would wait out the store's timeouts): they fail with that reason."""
+    from w2v2ser.store import StoreUnreachableError
     from w2v2ser.train import sweep_run
 
     def run_of(experiment: ExperimentSpec) -> Callable:
@@ -446,13 +456,19 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
     try:
         if handle.client is None:
             for experiment, train_config, _, pending in todo:
+                lost = False
                 for run in pending:
                     check_stop()  # a Ctrl-C that a run swallowed stops here, not after every run
+                    if lost:
+                        yield experiment, f"{run.name}: not trained, the store is unreachable", True
+                        bar.update(1)
+                        continue
                     try:
                         run_of(experiment)(train_config, run, out=experiment.run_dir, threads=handle.threads)
                     except Exception as error:  # noqa: BLE001 - one bad run never stops the others
                         check_stop()  # an interrupt that surfaced as another error is not a failed run
-                        yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                        lost = isinstance(error, StoreUnreachableError)
+                        yield experiment, f"{run.name}: {type(error).__name__}: {error}", lost
                     bar.update(1)
             return
         from distributed import as_completed
@@ -471,7 +487,8 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callabl
                 future.result()
             except Exception as error:  # noqa: BLE001 - reported per run, the rest go on
                 check_stop()
-                yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                yield experiment, f"{run.name}: {type(error).__name__}: {error}", isinstance(error,
+                                                                                             StoreUnreachableError)
             bar.update(1)
     finally:
         bar.close()

@@ -116,3 +116,61 @@ def test_a_child_started_to_follow_its_parent_ends_when_the_parent_is_killed(tmp
 
 def test_python_command_without_follow_parent_is_unchanged():
     assert "die_with_parent" not in " ".join(python_command("w2v2ser._cli"))
+
+
+def _in_new_pid_namespace(code: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` as PID 1 of a new PID namespace (a container's entrypoint); skip where
+    unshare is not allowed."""
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90, env=env)
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+    if "unshare failed" in done.stderr or "Operation not permitted" in done.stderr:
+        pytest.skip(f"no PID namespaces here: {done.stderr.strip()}")
+    return done
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PID namespaces are Linux's")
+def test_a_follow_parent_child_of_pid_1_starts(tmp_path):
+    """predict run as a container's entrypoint (PID 1): its extraction child took "my parent is PID 1"
+    for "my parent has died" and exited 1 before doing anything."""
+    (tmp_path / "sleeper_module.py").write_text(SLEEPER.replace("time.sleep(120)", "pass"))
+    ready = tmp_path / "ready"
+    parent = textwrap.dedent("""
+        import os, subprocess, sys
+        sys.path.insert(0, sys.argv[1])
+        from w2v2ser._common import python_command
+        print(os.getpid(), subprocess.run(python_command("sleeper_module", follow_parent=True)).returncode)
+    """)
+    done = _in_new_pid_namespace(parent, str(tmp_path), env={**os.environ, "READY": str(ready)})
+    assert done.stdout.split() == ["1", "0"], done.stderr
+    assert ready.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PID namespaces are Linux's")
+def test_temp_files_of_another_pid_namespace_are_kept(tmp_path):
+    """Containers that share a host name but not their PIDs removed each other's live temp files:
+    a PID not seen from here was taken for a dead owner."""
+    from w2v2ser._common import owner_tag, remove_stale
+
+    done = _in_new_pid_namespace("from w2v2ser._common import owner_tag; print(owner_tag())")
+    pid, tag = done.stdout.strip().split("-")
+    assert pid == "1" and tag != owner_tag().split("-", 1)[1], done.stderr
+    # A PID that no process here has: the file's owner, in its own namespace, may well be alive.
+    theirs = tmp_path / f".out.h5.{2 ** 22 + 12345}-{tag}.abcd1234.tmp"
+    theirs.write_bytes(b"partial")
+    assert remove_stale(tmp_path, ".out.h5.", ".tmp") == 0
+    assert theirs.exists()
+
+
+def test_an_atomic_write_to_a_long_valid_name_works(tmp_path):
+    """The temp name (name + PID-HOST tag + random letters) passed NAME_MAX for target names of 227
+    characters and more, which were written before the tag was added."""
+    from w2v2ser._common import replacing
+
+    for length in (227, 240, 255):
+        target = tmp_path / ("x" * (length - 3) + ".h5")
+        with replacing(target) as tmp:
+            tmp.write_bytes(b"data")
+        assert target.read_bytes() == b"data"

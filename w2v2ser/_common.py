@@ -294,9 +294,15 @@ def _new_file_mode() -> int:
 
 
 def owner_tag() -> str:
-    """``PID-HOST``, this process and a hash of this host's name, for the name of a temp file or
-    folder that a killed process leaves behind: :func:`remove_stale` removes it once that process is gone."""
-    return f"{os.getpid()}-{zlib.crc32(socket.gethostname().encode()):08x}"
+    """``PID-HOST``, this process and a hash of this host's name and PID namespace, for the name of
+    a temp file or folder that a killed process leaves behind: :func:`remove_stale` removes it once
+    that process is gone. The namespace is part of it because containers may share a host name
+    while each has its own PIDs: a PID not seen from here is then no proof that its owner is gone."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux, or /proc not mounted
+        namespace = 0
+    return f"{os.getpid()}-{zlib.crc32(f'{socket.gethostname()} {namespace}'.encode()):08x}"
 
 
 def _alive(pid: int) -> bool:
@@ -313,7 +319,8 @@ def remove_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> in
     """Remove the entries of ``folder`` named ``prefix + owner_tag() + "." + random + suffix`` (as
     :func:`replacing` and predict name their temp files and folders) whose process is gone: left by
     one killed with SIGKILL. Entries of live processes (a concurrent run), of other hosts (a shared
-    file system) and of other names are kept. Returns how many were removed."""
+    file system), of other PID namespaces (containers) and of other names are kept. Returns how
+    many were removed."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\.[A-Za-z0-9_]+" + re.escape(suffix))
     host = owner_tag().split("-", 1)[1]
     removed = 0
@@ -337,23 +344,34 @@ def remove_stale(folder: str | os.PathLike, prefix: str, suffix: str = "") -> in
     return removed
 
 
-def die_with_parent(signum: int = signal.SIGKILL) -> None:
+def die_with_parent(signum: int = signal.SIGKILL, *, parent: int | None = None) -> None:
     """Ask Linux to send this process ``signum`` when its parent dies (no-op elsewhere), even when
     the parent is killed with SIGKILL and cannot stop its children itself.
 
     A killed `w2v2ser run` must not leave workers behind that keep writing into a store while a
     rerun plans the same work, nor a killed `predict` its extraction child.
+
+    Args:
+        signum: The signal to receive.
+        parent: The parent's PID, when the caller knows it (else multiprocessing's parent, else
+            the parent seen before the request). A parent that died before the request sent no
+            signal, so the process then exits; comparing with the known parent (not with PID 1)
+            keeps a child of PID 1 (a container's entrypoint) or of a subreaper alive.
     """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
+    import multiprocessing
 
+    if parent is None:
+        spawner = multiprocessing.parent_process()
+        parent = spawner.pid if spawner is not None and spawner.pid else os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, int(signum))  # PR_SET_PDEATHSIG
     except OSError:
         return
-    if os.getppid() == 1:  # the parent died before prctl: nobody will send the signal
+    if os.getppid() != parent:  # the parent died before prctl: nobody will send the signal
         os._exit(1)
 
 
@@ -374,9 +392,12 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp files of writers of this path killed with SIGKILL (a big export's partial copy).
-    remove_stale(path.parent, f".{path.name}.", ".tmp")
+    # At most 200 characters of the name: with the tag and mkstemp's letters the temp name stays
+    # within NAME_MAX (255) for every valid target name.
+    prefix = f".{path.name[:200]}."
+    remove_stale(path.parent, prefix, ".tmp")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError as error:  # a folder that takes no new files (/proc, /sys): say so, one line
         raise PermissionError(errno.EACCES, "no new file can be created in this folder", str(path)) from error
     os.close(fd)
@@ -487,8 +508,8 @@ def python_command(module: str, *args: str, follow_parent: bool = False) -> list
     """
     import w2v2ser
 
-    follow = ("import signal; from w2v2ser._common import die_with_parent; die_with_parent(signal.SIGTERM); "
-              if follow_parent else "")
+    follow = ("import signal; from w2v2ser._common import die_with_parent; "
+              f"die_with_parent(signal.SIGTERM, parent={os.getpid()}); " if follow_parent else "")
     code = ("import importlib, json, sys; sys.path[:0] = json.loads(sys.argv[1]); import w2v2ser; "
             "w2v2ser.__path__[:] = json.loads(sys.argv[2]); module = sys.argv[3]; " + follow +
             "sys.argv[:] = [module, *sys.argv[4:]]; raise SystemExit(importlib.import_module(module).main())")

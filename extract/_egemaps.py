@@ -119,13 +119,14 @@ class EgemapsExtractor:
 
     name = "egemaps"
     #: With ``sample_rate: native``, files below this rate (Hz) are noted by extract: see below.
-    native_min_rate = 8000
+    native_min_rate = 10900
     #: What such a file's frames hold, and what to do (extract's note).
     native_min_rate_why = (
-        "eGeMAPS searches formants F1-F3 up to about 5 kHz, above these files' Nyquist frequency (half their "
-        "rate), so their formant columns hold frequencies the audio cannot carry. Leave them out of the manifest "
-        "or use recordings at 8 kHz or more; resampling (`--option egemaps.sample_rate=16000`, in a new store) "
-        "keeps the values below the new Nyquist frequency but cannot restore the missing band")
+        "eGeMAPS' configuration resamples to 11 kHz and searches formants F1-F3 up to 5.45 kHz, above these "
+        "files' Nyquist frequency (half their rate; 4 kHz for 8 kHz telephone speech), so their formant columns "
+        "can hold frequencies the audio cannot carry. Leave them out of the manifest, or keep them knowing that "
+        "their formant columns are unreliable; resampling (`--option egemaps.sample_rate=16000`, in a new store) "
+        "cannot restore the missing band")
 
     def __init__(self, config: EgemapsConfig | None = None) -> None:
         """Args:

@@ -79,7 +79,7 @@ class ExtractionSummary:
         speaker_case: Groups of speaker names of this manifest and the store's done utterances that
             differ only in case ('Spk1', 'spk1'): each is a speaker of its own.
         low_rate: Per feature run at each file's own rate, (path, rate) of this manifest's files
-            below its lowest sensible rate (eGeMAPS: 8 kHz), and what that means.
+            below its lowest sensible rate (eGeMAPS: 10.9 kHz), and what that means.
     """
 
     store: Path | str

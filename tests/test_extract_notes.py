@@ -106,21 +106,23 @@ def test_speakers_differing_only_in_case_are_noted_at_extraction_and_in_store_in
     assert "speakers    2\n" in capsys.readouterr().out
 
 
-def test_files_below_8_khz_for_native_egemaps_are_noted(tmp_path, capsys):
+@pytest.mark.parametrize("rate", [4000, 8000])
+def test_files_below_11_khz_for_native_egemaps_are_noted(tmp_path, capsys, rate):
     """A 4 kHz file at eGeMAPS' native rate stored formant frequencies above its Nyquist frequency
-    without a word; it is still extracted (valid input), with a note that names it and what to do."""
-    low = write_audio(tmp_path / "low.wav", duration=0.5, sample_rate=4000, frequency=300)
+    without a word; it is still extracted (valid input), with a note that names it and what to do.
+    8 kHz files too: eGeMAPS resamples to 11 kHz and searches formants up to 5.45 kHz (review)."""
+    low = write_audio(tmp_path / "low.wav", duration=0.5, sample_rate=rate, frequency=300)
     good = write_audio(tmp_path / "good.wav", duration=0.5)
     store = tmp_path / "s.zarr"
     manifest = _manifest(tmp_path, [(low, "a", "s1"), (good, "b", "s1")])
     assert main(["extract", "csv", manifest, "--store", str(store), "--features", "egemaps", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "0 failed" in captured.out
-    assert (f"note: 1 file(s) are below 8000 Hz while egemaps runs at each file's own rate (sample_rate: native): "
-            f"{low} (4000 Hz). eGeMAPS searches formants") in captured.err
-    assert "use recordings at 8 kHz or more" in captured.err and str(good) not in captured.err
+    assert (f"note: 1 file(s) are below 10900 Hz while egemaps runs at each file's own rate (sample_rate: native): "
+            f"{low} ({rate} Hz). eGeMAPS' configuration resamples to 11 kHz") in captured.err
+    assert "formant columns are unreliable" in captured.err and str(good) not in captured.err
     assert len(open_store(store).list_utterances()) == 2
     # At a fixed rate the file is resampled first: no such note.
     assert main(["extract", "csv", manifest, "--store", str(tmp_path / "r.zarr"), "--features", "egemaps",
                  "--option", "egemaps.sample_rate=16000", "--no-progress"]) == 0
-    assert "below 8000 Hz" not in capsys.readouterr().err
+    assert "below 10900 Hz" not in capsys.readouterr().err

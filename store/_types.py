@@ -79,7 +79,7 @@ class FeatureSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.layer_names is not None:
+        if self.layer_names is not None and not isinstance(self.layer_names, str):  # a string: the check below
             object.__setattr__(self, "layer_names", tuple(self.layer_names))
         check_dataclass(self, what=f"FeatureSpec {self.name!r}", error=StoreError)
         if self.layer_names is not None and (self.layers is None or len(self.layer_names) != self.layers):

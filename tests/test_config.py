@@ -615,3 +615,19 @@ def test_dashboard_address_null_turns_the_dask_dashboard_off(tmp_path: Path) -> 
         host = handle.client.scheduler.address.split("://")[1].rsplit(":", 1)[0]
         with pytest.raises(OSError):  # 404 (an HTTPError) where the dashboard would be
             urllib.request.urlopen(f"http://{host}:{port}/status", timeout=10)
+
+
+def test_empty_stores_and_a_string_of_layer_names_are_refused_with_the_fix():
+    """Review of the schema reduction: an empty ExperimentConfig.stores lost its 'give ...' fix, and a
+    FeatureSpec's layer_names given as one string was taken as one name per character."""
+    from w2v2ser.store import FeatureSpec, StoreError
+    from w2v2ser.train import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"stores is empty; give \{'main': '/path/to/store'\}"):
+        ExperimentConfig(stores={})
+    for make in (lambda: FeatureSpec(name="x", dim=4, layers=2, frame_rate=50.0, dtype="float16", config={},
+                                     layer_names="ab"),
+                 lambda: FeatureSpec.from_dict({"name": "x", "dim": 4, "layers": 2, "frame_rate": 50.0,
+                                                "dtype": "float16", "config": {}, "layer_names": "ab"})):
+        with pytest.raises(StoreError, match="layer_names: expected a list of strings, got 'ab'"):
+            make()

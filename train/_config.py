@@ -108,6 +108,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stores, (str, os.PathLike)):
             self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
+        if isinstance(self.stores, Mapping) and not self.stores:  # the schema's bound, with the fix
+            raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
         self.stores = {str(k): os.fspath(v) if "://" in os.fspath(v) else os.path.abspath(os.fspath(v))
                        for k, v in self.stores.items()}

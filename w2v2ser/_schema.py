@@ -172,6 +172,8 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
         message = f"Input should be a value {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}"
     elif kind == "too_short":
         message = f"Input should be at least {ctx.get('min_length')} item(s)"
+    elif kind == "sequence_str":  # pydantic's 'str' instances are not allowed as a Sequence value
+        message = "Input should be a list of strings"
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
     expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import EXIT_FAILED, first_few, publish_directory, write_atomically
+from w2v2ser._common import EXIT_FAILED, case_variants, first_few, publish_directory, write_atomically
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -230,10 +230,7 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
         return
     _REPORTED_UNTRAINED.add(key)
     counts = Counter(data.labels)
-    spellings: dict[str, list[str]] = {}
-    for label in sorted(counts):
-        spellings.setdefault(label.casefold().strip(), []).append(label)
-    for variants in (v for v in spellings.values() if len(v) > 1):
+    for variants in case_variants(counts):
         log.warning("the store's labels %s differ only in case, so they are %d separate classes; if they mean "
                     "one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` (labels "
                     "are updated in place, nothing is extracted again)", " and ".join(map(repr, variants)),

@@ -51,7 +51,9 @@ def test_a_later_export_removes_the_temp_files_of_killed_exports_but_not_of_a_li
         killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out)], check=False)
         assert killed.returncode == -signal.SIGKILL
     assert len(_temps(out.parent, out.name)) == 1  # the second killed writer removed the first's
-    other = out.parent / ".other.h5.1-00000000.abcd1234.tmp"  # another target's: not this export's business
+    # Another target's, of a process gone from this host: only the name keeps this export off it.
+    from w2v2ser._common import owner_tag
+    other = out.parent / f".other.h5.{2 ** 22 + 12345}-{owner_tag().split('-', 1)[1]}.abcd1234.tmp"
     other.write_bytes(b"x")
     live = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -153,6 +153,51 @@ def test_each_probe_is_the_dense_head_of_its_layer() -> None:
         np.testing.assert_allclose(probs[:, layer], want, rtol=1e-4, atol=1e-6)
 
 
+def _probabilities(run: Path) -> dict[str, np.ndarray]:
+    import csv
+
+    (pred,) = (run / "runs").glob("*/predictions.csv")
+    with open(pred, newline="") as fh:
+        return {row["id"]: np.array([float(v) for k, v in row.items() if k.startswith("p_")])
+                for row in csv.DictReader(fh)}
+
+
+def test_a_probe_follows_the_path_of_train_on_its_layer_alone(peaked: tuple, tmp_path: Path) -> None:
+    """Without dropout (no random draws while training) probe l of the sweep starts from the weights
+    `train --features wav2vec2:l` starts from with the same seed, so it predicts what that run predicts."""
+    store, _, _ = peaked
+    fixed = {"max_epochs": 3, "patience": 10}
+    common = dict(stores=str(store), seeds=1, dropout=0.0, recipe_overrides=fixed)
+    sweep_experiment(ExperimentConfig(features="wav2vec2:0-2", **common), out=tmp_path / "sweep", progress=False)
+    for layer in (1, 2):
+        alone = tmp_path / f"layer{layer}"
+        # cache off: the sweep streams, and the in-memory path shuffles otherwise (README "Input")
+        train_experiment(ExperimentConfig(features=f"wav2vec2:{layer}", cache="off", **common), out=alone,
+                         progress=False)
+        swept, single = _probabilities(tmp_path / "sweep" / f"layer_{layer:02d}"), _probabilities(alone)
+        assert swept.keys() == single.keys()
+        diff = max(float(np.abs(swept[k] - single[k]).max()) for k in single)
+        assert diff < 2e-3, (layer, diff)
+
+
+def test_probes_and_weighted_head_start_from_the_dense_heads_weights_with_dropout() -> None:
+    """With dropout the Dense head draws a seed for each Dropout layer between its kernels;
+    the sweep's heads skip the same draws, so their kernels are still those of `train`."""
+    from w2v2ser.train import DenseHead
+    from w2v2ser.train._sweep import _SweepHeads
+
+    n_layers, dim, units, classes = 3, 8, 6, 4
+    heads = _SweepHeads(n_layers, dim, classes, units=units, dropout=0.2, seed=5)
+    model = DenseHead(units=units, dropout=0.2, seed=5)._build({"main": ((dim,), "float32")}, classes)
+    want = [np.asarray(w) for w in model.get_weights()]  # k1, b1, k2, b2, kc, bc
+    for layer in range(n_layers):
+        for got, w in zip(heads.get_head(layer), want):
+            np.testing.assert_array_equal(got, w)
+    weighted = heads.get_head(n_layers)  # alphas, then the same Dense weights
+    for got, w in zip(weighted[1:], want):
+        np.testing.assert_array_equal(got, w)
+
+
 @pytest.mark.parametrize("rate", [0.2, 0.5])
 def test_probe_dropout_drops_at_the_recipe_rate_and_scales_the_rest(rate: float) -> None:
     """The probes' 16-bit dropout: drop rate within binomial noise of the recipe's, kept units

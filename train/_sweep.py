@@ -6,7 +6,8 @@ that reads each batch once (frames [batch, time, L, dim]); they share only that 
 
 * the L per-layer probes keep their weights stacked on a leading layer axis (kernels
   [L, dim, units], [L, units, units], [L, units, classes]), so one einsum runs all of them;
-  slice l is exactly the Dense head of layer l (same shapes, Glorot-uniform init, biases 0);
+  slice l is exactly the Dense head of layer l (same shapes; it starts from the weights
+  `train --features UPSTREAM:l` starts from with the same seed);
 * the weighted-average head is the usual LayerWeightedAverage -> Dense head;
 * each head has its own loss; the step minimises their sum, whose gradient with respect to a
   head's weights is that head's own gradient, and Adam (with clipvalue) works per element, so
@@ -108,13 +109,6 @@ def sweep_configs(config: ExperimentConfig | Mapping[str, Any]) -> dict[str, Exp
 
 
 # ------------------------------------------------------------------------------------------ model
-def _glorot(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Keras GlorotUniform of each [fan_in, fan_out] slice of a stacked kernel."""
-    fan_in, fan_out = shape[-2], shape[-1]
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
-
-
 class _SweepHeads:
     """L stacked per-layer Dense probes and one weighted-average Dense head (TensorFlow variables)."""
 
@@ -124,18 +118,18 @@ class _SweepHeads:
 
         from ._layers import LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 
-        rng = np.random.default_rng(seed)
         L, U, C = n_layers, units, n_classes
         self.n_layers, self.dropout = L, dropout
-        v = lambda a, name: keras.Variable(a, name=name, dtype="float32")  # noqa: E731
-        self.stacked = [v(_glorot(rng, (L, dim, U)), "probe_k1"), v(np.zeros((L, U), np.float32), "probe_b1"),
-                        v(_glorot(rng, (L, U, U)), "probe_k2"), v(np.zeros((L, U), np.float32), "probe_b2"),
-                        v(_glorot(rng, (L, U, C)), "probe_kc"), v(np.zeros((L, C), np.float32), "probe_bc")]
-        # The weighted-average head: the paper's Dense head with the usual Keras layers.
+        # The weighted-average head: the paper's Dense head with the usual Keras layers, its kernels
+        # seeded with the draws of `train`'s Dense head of this seed, in its build order: each
+        # Dense kernel, then (dropout > 0) its Dropout layer's seed (_BaseHead._block).
         self.wa = LayerWeightedAverage(name="main_layer_weights")
         draw = seed_draws(seed)  # not Python's global random, which a Dask worker's threads share
+        skip = (lambda: draw()) if dropout > 0 else (lambda: None)  # noqa: E731
         self.wa_d1 = seeded_dense(U, "relu", "block1_dense", draw)
+        skip()
         self.wa_d2 = seeded_dense(U, "relu", "block2_dense", draw)
+        skip()
         self.wa_cls = seeded_dense(C, "softmax", "classifier", draw)
         self.wa_mean = MaskedMean(name="masked_mean")
         self.drop = keras.layers.Dropout(dropout, seed=seed)  # the weighted head's, as in the Dense head
@@ -146,6 +140,14 @@ class _SweepHeads:
         self.wa_d2.build((None, None, U))
         self.wa_cls.build((None, U))
         self.wa_vars = [w for layer in (self.wa, self.wa_d1, self.wa_d2, self.wa_cls) for w in layer.weights]
+        # Every probe starts from the weights `train --features UPSTREAM:l` starts from with this
+        # seed: that run's Dense head has the same shapes and draws, so its kernels are the
+        # weighted head's (the layer average adds no draws); biases 0 as in Keras' Dense.
+        v = lambda a, name: keras.Variable(a, name=name, dtype="float32")  # noqa: E731
+        tile = lambda layer: np.repeat(layer.kernel.numpy()[None], L, axis=0)  # noqa: E731
+        self.stacked = [v(tile(self.wa_d1), "probe_k1"), v(np.zeros((L, U), np.float32), "probe_b1"),
+                        v(tile(self.wa_d2), "probe_k2"), v(np.zeros((L, U), np.float32), "probe_b2"),
+                        v(tile(self.wa_cls), "probe_kc"), v(np.zeros((L, C), np.float32), "probe_bc")]
         self.variables = self.stacked + self.wa_vars
 
     def __call__(self, x: Any, mask: Any, training: bool) -> Any:

@@ -313,6 +313,14 @@ class FeatureStore:
             raise self._not_written(utterance_id, feature)
         return length
 
+    def frame_checksums(self, feature: str, ids: Sequence[str]) -> np.ndarray:
+        """The per-layer checksums (``row_checksum``) recorded when each utterance's frames of
+        ``feature`` were committed, [len(ids), layers] uint32 in the order of ``ids``: a cheap
+        identity of the frames (no frame is read), e.g. to tell a re-extracted store from a copy."""
+        self._spec(feature)
+        crc = self._per_row(feature)["crc32"]
+        return np.asarray(crc[[self._row(i) for i in ids]], np.uint32).reshape(len(ids), -1)
+
     def _holds(self, feature: str) -> np.ndarray:
         """Per row: whether the utterance has frames of ``feature`` (committed, possibly 0 frames)."""
         self._spec(feature)

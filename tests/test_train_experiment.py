@@ -126,11 +126,49 @@ def test_a_store_that_gained_utterances_retrains_its_runs(tmp_path, caplog):
         summarize_runs(cfg, tmp_path / "run")
     with caplog.at_level(logging.WARNING):
         results = train_experiment(cfg, out=tmp_path / "run", progress=False)
-    assert "1 run(s) in" in caplog.text and "trained on other utterances than the store now holds" in caplog.text
+    assert "1 run(s) in" in caplog.text and "trained on other utterances or frames than the store now holds" in caplog.text
     assert results["n_test"] == 6 and train_run(cfg, spec, out=tmp_path / "run").skipped
     # Runs written before the data fingerprint was recorded are kept (not retrained by an upgrade).
     del metrics["data_fingerprint"]
     assert run_is_current(metrics, cfg.config_key(), data_fingerprint(cfg))
+
+
+@pytest.mark.parametrize("change", ["frames", "order"])
+def test_a_store_with_other_frames_or_row_order_retrains_its_runs(tmp_path, caplog, change):
+    """A store re-extracted with other frames (wav2vec2 with another torch thread count differs in
+    the last bits) or from a reordered manifest (training shuffles from store order) has the same
+    utterances, paths and feature configs; its finished runs were reused as already complete."""
+    import dataclasses
+    import shutil
+
+    from w2v2ser.train._experiment import _data_fingerprint, _prepare, data_fingerprint, run_is_current
+
+    utts = ravdess_utterances(per_actor=2)
+    sha = {u.id: f"{i:064x}" for i, u in enumerate(utts)}  # each file's audio hash, whatever its row
+    store = tmp_path / "s.zarr"
+    build_store(store, utterances=utts, features=("egemaps",), audio_sha256=[sha[u.id] for u in utts])
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    (spec,) = plan_runs(cfg)
+    train_run(cfg, spec, out=tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "runs" / spec.name / "metrics.json").read_text())
+    before = data_fingerprint(cfg)
+    data = _prepare(cfg)
+    reordered = dataclasses.replace(data, records=data.records[::-1], labels=data.labels[::-1])
+    assert _data_fingerprint(reordered) != before  # row order alone changes it
+
+    shutil.rmtree(store)
+    again = utts[::-1] if change == "order" else utts
+    build_store(store, utterances=again, features=("egemaps",), audio_sha256=[sha[u.id] for u in again],
+                seed=0 if change == "order" else 1)
+    after = data_fingerprint(cfg)
+    assert after.partition(".")[0] == before.partition(".")[0]  # the same utterances
+    assert not run_is_current(metrics, cfg.config_key(), after)
+    with caplog.at_level(logging.WARNING):
+        assert not train_run(cfg, spec, out=tmp_path / "run").skipped
+    assert train_run(cfg, spec, out=tmp_path / "run").skipped
+    # A run recorded before the frames were fingerprinted (the utterances' hash alone) is kept.
+    metrics["data_fingerprint"] = before.partition(".")[0]
+    assert run_is_current(metrics, cfg.config_key(), after)
 
 
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):

@@ -345,11 +345,30 @@ def key_fields(config: ExperimentConfig) -> dict[str, str]:
 
 
 def _data_fingerprint(data: _Data) -> str:
-    """Hash of the utterances an experiment splits, trains and tests on: a store that gained, lost,
-    relabelled or re-extracted utterances (a manifest that grew, a fixed audio file) retrains."""
+    """Hash of what the runs train and test on, ``UTTERANCES.FRAMES``: UTTERANCES hashes the
+    utterances an experiment splits (ids, speakers, labels, sessions, splits, audio sha256, in any
+    order: a manifest that grew, a fixed audio file); FRAMES hashes their order in the store and the
+    checksums recorded with each one's frames of every feature read (a store re-extracted from a
+    reordered manifest, or with other torch threads or batches, whose speech-encoder frames differ
+    in the last bits). Either change retrains; runs recorded before FRAMES was hashed (UTTERANCES
+    alone) count as current when UTTERANCES matches (:func:`_same_data`)."""
     rows = sorted((r.id, r.speaker, label, r.session, r.split, r.audio_sha256)
                   for r, label in zip(data.records, data.labels))
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    utterances = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    ids = [r.id for r in data.records]
+    frames = hashlib.sha256(json.dumps(ids).encode())
+    for alias, feature in sorted({(s.alias, s.feature) for s in data.selections.values()}):
+        store = data.stores[alias]
+        frames.update(f"\n{alias}/{feature}/{store.row_checksum}\n".encode())
+        frames.update(store.frame_checksums(feature, ids).astype("<u4").tobytes())
+    return f"{utterances}.{frames.hexdigest()[:16]}"
+
+
+def _same_data(recorded: Any, data: str) -> bool:
+    """Whether a run's recorded data fingerprint is ``data``; one recorded before the frames were
+    hashed (no ``.FRAMES`` part) is when its utterances match: it was never checked for order or frames."""
+    return recorded == data or (isinstance(recorded, str) and "." not in recorded
+                                and recorded == data.partition(".")[0])
 
 
 def data_fingerprint(config: ExperimentConfig | Mapping[str, Any]) -> str:
@@ -448,8 +467,9 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
         if isinstance(metrics, dict) and metrics.get("config_key") in keys and not run_is_current(metrics, keys, data):
             stale.append(path.parent.name)
     if stale:
-        log.warning("%d run(s) in %s were trained on other utterances than the store now holds (it has changed "
-                    "since, e.g. a manifest that grew): %s; they are trained again", len(stale), out, first_few(stale))
+        log.warning("%d run(s) in %s were trained on other utterances or frames than the store now holds (it "
+                    "has changed since: a manifest that grew or was reordered, a re-extraction whose frames "
+                    "differ): %s; they are trained again", len(stale), out, first_few(stale))
 
 
 def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], data: str,
@@ -476,11 +496,11 @@ def _complete(run_dir: Path, keys: Sequence[str], fingerprints: Sequence[str], d
 
 def run_is_current(metrics: Any, keys: str | Sequence[str], data: str) -> bool:
     """Whether a run's ``metrics.json`` is of this configuration (one of its ``config_keys()``) and
-    these utterances. Runs written before the data fingerprint was recorded count as current for
-    any data."""
+    these utterances, in this order, with these frames (``data``, :func:`_data_fingerprint`). Runs
+    written before the data fingerprint was recorded count as current for any data."""
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     return (isinstance(metrics, dict) and metrics.get("config_key") in keys
-            and metrics.get("data_fingerprint", data) == data)
+            and _same_data(metrics.get("data_fingerprint", data), data))
 
 
 def _drop_stale_results(out: Path, runs: Sequence[str], keys: Sequence[str], data: str) -> None:

@@ -220,12 +220,18 @@ class StoreWriter:
         if self.location.is_local:
             self.path.mkdir(parents=True, exist_ok=True)
         self.check_creatable(self.location)
-        from w2v2ser import __version__
+        import sys
 
+        from w2v2ser import __version__
+        from w2v2ser._common import STAGE1_PACKAGES, provenance
+
+        torch = sys.modules.get("torch")  # loaded by a speech encoder's extraction; never imported here
         meta = {
             "format_version": FORMAT_VERSION,
             "tool_version": __version__,
             "created": _now(),
+            # What the store was created with (versions, command line, host); a resume elsewhere keeps it.
+            "provenance": provenance(STAGE1_PACKAGES, threads={"torch": torch.get_num_threads()} if torch else None),
             "complete": False,
             "features": {},
             "corpus": [],

@@ -767,6 +767,9 @@ def test_open_store_refuses_incomplete_newer_and_foreign(tmp_path):
     StoreWriter(built.path).finalize()
     store = open_store(built.path)
     assert store.attrs["tool_version"] and store.attrs["created"].endswith("+00:00")
+    prov = store.attrs["provenance"]  # stage 1's packages, the command line and host it was created with
+    assert prov["versions"]["w2v2ser"] == store.attrs["tool_version"] and prov["host"] and "argv" in prov
+    assert {"numpy", "torch", "transformers", "opensmile"} <= set(prov["versions"])
     group = zarr.open_group(str(built.path), mode="r+")
     meta = dict(group.attrs["w2v2ser"])
     group.attrs["w2v2ser"] = {**meta, "format_version": meta["format_version"] + 1}

@@ -63,6 +63,7 @@ def test_each_head_is_an_ordinary_run_directory(peaked: tuple) -> None:
         for r in results["runs"]:
             metrics = json.loads((out / name / "runs" / r["name"] / "metrics.json").read_text())
             assert metrics["trained_by"] == "sweep"
+            assert metrics["provenance"]["versions"]["tensorflow"]  # what the sweep was made with
             assert metrics["cached_in_memory"] is False  # the sweep streams, small as this store is
             assert metrics["selections"]["main"]["layers"] == (list(range(6)) if name == "all" else [int(name[-2:])])
     assert len(read_run_dir(out / "all").layer_weights) == 2

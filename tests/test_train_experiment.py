@@ -102,6 +102,28 @@ def test_iemocap_five_folds_results_and_resume(iemocap, tmp_path, capsys, caplog
     assert summarize_runs(changed, tmp_path)["n_runs"] == 1  # the four stale runs are not mixed in
 
 
+def test_runs_and_results_record_what_they_were_made_with(tmp_path):
+    """metrics.json and results.json name the package versions (read without importing torch),
+    the command line, host and TensorFlow's thread counts, to reproduce a run."""
+    import sys
+
+    import w2v2ser
+
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    results = train_experiment(cfg, out=tmp_path / "run", progress=False)
+    (spec,) = plan_runs(cfg)
+    metrics = json.loads((tmp_path / "run" / "runs" / spec.name / "metrics.json").read_text())
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    for prov in (metrics["provenance"], results["provenance"], on_disk["provenance"]):
+        versions = prov["versions"]
+        assert versions["w2v2ser"] == w2v2ser.__version__
+        assert versions["numpy"] == np.__version__ and versions["keras"] == keras.__version__
+        assert versions["tensorflow"] and "torch" not in versions  # stage 2's packages only
+        assert prov["argv"] == sys.argv and prov["host"] and prov["usable_cores"] >= 1
+    assert metrics["provenance"]["threads"]["tensorflow_intra_op"] >= 0
+
+
 def test_a_store_that_gained_utterances_retrains_its_runs(tmp_path, caplog):
     """A manifest that grew adds utterances to the same store (same path, same feature configs):
     the finished runs were reused as if trained on the new data, by `train` and by `run`."""

@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import EXIT_FAILED, case_variants, first_few, publish_directory, write_atomically
+from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, provenance, publish_directory,
+                             write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -418,6 +419,17 @@ def _configure_threads(threads: int | None) -> None:
             log.warning("threads=%s ignored: TensorFlow was initialised before train_run in this process", threads)
 
 
+def _provenance() -> dict[str, Any]:
+    """What a stage-2 result was made with (:func:`~w2v2ser._common.provenance`), with TensorFlow's
+    thread counts when it is loaded (0: its default, every usable core); torch is never imported."""
+    tf = sys.modules.get("tensorflow")
+    threads = {}
+    if tf is not None:
+        threads = {"tensorflow_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                   "tensorflow_inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    return provenance(STAGE2_PACKAGES, threads=threads)
+
+
 def _peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
@@ -658,6 +670,7 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
                    # in memory: the one read of each partition, before the first epoch
                    "partition_read_seconds": float(sum(b.input_seconds for b in (train, val, test) if b.in_memory))},
         "config_key": key, "store_fingerprint": fingerprint, "data_fingerprint": data_fp,
+        "provenance": _provenance(),
     }
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -776,6 +789,7 @@ def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str
                    "compute_seconds_mean": float(np.mean([t["compute_seconds_mean"] for t in timings])),
                    "input_share": float(np.mean([t["input_share"] for t in timings])),
                    "peak_rss_mb": float(max(t["peak_rss_mb"] for t in timings))},
+        "provenance": _provenance(),  # of this summary; each run's metrics.json has its own
     }
     _write_json(out / "results.json", results)
     return results

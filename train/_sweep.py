@@ -44,7 +44,7 @@ from w2v2ser._common import check_stop, progress_bar, publish_directory
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare,
+from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare, _provenance,
                           _start_run, _store_fingerprints, _warn_if_replacing, _write_json, check_run_spec, key_fields,
                           keep_finished_runs, plan_runs, store_identities, summarize_runs)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
@@ -479,6 +479,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     y_true = test.labels
     epoch_s, input_s = float(np.sum(hist["epoch_seconds"])), float(np.sum(hist["input_seconds"]))
     n_epochs = len(hist["epoch_seconds"])
+    prov = _provenance()  # one pass trained every head
     names = list(configs)  # layer_.. in layer order, then "all" (head index = position)
     results = {}
     for h, name in enumerate(names):
@@ -511,6 +512,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
                        "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
                        "sweep_epochs": n_epochs, "sweep_seconds": epoch_s},
             "trained_by": "sweep", "config_key": c.config_key(), "store_fingerprint": fp, "data_fingerprint": data_fp,
+            "provenance": prov,
         }
         lw = None
         if name == ALL_LAYERS_DIR:

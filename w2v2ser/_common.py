@@ -46,6 +46,7 @@ __all__ = [
     "first_few",
     "or_list",
     "owner_tag",
+    "provenance",
     "python_command",
     "remove_stale",
     "fsync_path",
@@ -253,6 +254,38 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+# Packages whose versions change a stage's numbers; each name with its alternatives (the first installed counts).
+STAGE1_PACKAGES = (("numpy",), ("torch",), ("transformers",), ("opensmile",), ("soundfile",))
+STAGE2_PACKAGES = (("numpy",), ("tensorflow", "tensorflow-cpu", "tensorflow-macos"), ("keras",))
+# Environment variables that change numbers or thread counts.
+_PROVENANCE_ENV = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "SLURM_CPUS_PER_TASK",
+                   "CUDA_VISIBLE_DEVICES")
+
+
+def provenance(packages: Sequence[Sequence[str]], *, threads: Mapping[str, object] | None = None) -> dict:
+    """What a result was made with, to reproduce it: w2v2ser's and ``packages``' versions (read from
+    their installed metadata, so nothing is imported: stage 2 never loads torch), Python, the
+    command line, host, usable cores, ``threads`` (the thread counts the caller resolved) and the
+    environment variables that change numbers (oneDNN, thread counts)."""
+    import importlib.metadata
+    import platform
+
+    from w2v2ser import __version__
+
+    versions: dict[str, str | None] = {"w2v2ser": __version__}
+    for names in packages:
+        versions[names[0]] = None
+        for name in names:
+            try:
+                versions[names[0]] = importlib.metadata.version(name)
+                break
+            except (importlib.metadata.PackageNotFoundError, ValueError):
+                continue
+    return {"versions": versions, "python": platform.python_version(), "argv": list(sys.argv),
+            "host": platform.node(), "platform": platform.platform(), "usable_cores": usable_cores(),
+            "threads": dict(threads or {}), "env": {k: os.environ[k] for k in _PROVENANCE_ENV if k in os.environ}}
 
 
 def fsync_path(path: str | os.PathLike) -> None:

@@ -198,3 +198,19 @@ def test_the_exported_schema_describes_every_extractor_option_and_experiment_key
         assert not bare, (name, bare)
     hop = definitions["SpectrogramConfigOptions"]["properties"]["hop_ms"]["description"]
     assert hop.startswith("Hop in milliseconds; 10 when neither it nor")
+
+
+def test_reproducibility_section_names_what_changes_the_numbers() -> None:
+    """README says what is bit-identical and what is not (speech-encoder frames across thread
+    counts and batching, row order, repair, cache path), and names the switches that decide it."""
+    import dataclasses
+
+    from w2v2ser.train import ExperimentConfig
+
+    section = _section(README, "## Reproducibility")
+    for claim in ("deterministic", "num_threads", "--batch-seconds", "--shard-size", "cache_budget_mb",
+                  "Row order", "Repaired stores", "model.keras", "provenance", "data_fingerprint"):
+        assert claim in section, claim
+    assert "deterministic" in {f.name for f in dataclasses.fields(ExperimentConfig)}  # the option it names
+    guarantees = _section(README, "## Guarantees")
+    assert "repaired utterances are not bit-identical" in guarantees  # not 'the frames equal' alone

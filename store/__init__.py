@@ -9,6 +9,7 @@ directory or an object-store URL (``s3://bucket/prefix``, any fsspec URL; :func:
 """
 
 from ._errors import (
+    StoreChangedError,
     StoreError,
     StoreFullError,
     StoreIncompleteError,
@@ -46,6 +47,7 @@ __all__ = [
     "StoreLockedError",
     "StoreFullError",
     "StoreUnreachableError",
+    "StoreChangedError",
     "Utterance",
     "UtteranceRecord",
     "FeatureSpec",

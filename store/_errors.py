@@ -10,6 +10,7 @@ __all__ = [
     "StoreLockedError",
     "StoreFullError",
     "StoreUnreachableError",
+    "StoreChangedError",
 ]
 
 
@@ -52,3 +53,11 @@ class StoreUnreachableError(StoreError):
     after it finished work (committed utterances, trained runs) sets ``exit_code`` 1 on the
     instance, as for :class:`StoreFullError`: rerunning resumes once the store is reachable.
     """
+
+
+class StoreChangedError(StoreError):
+    """An extraction changed the store after this reader opened it (it added, moved or re-extracted
+    utterances): the reader's utterance list and index are those of the store as it was, so it
+    stops instead of mixing old and new data. Open the store again (exit 1: nothing is damaged)."""
+
+    exit_code = EXIT_FAILED

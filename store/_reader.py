@@ -15,7 +15,7 @@ import zarr
 
 from w2v2ser._common import did_you_mean
 
-from ._errors import StoreError
+from ._errors import StoreChangedError, StoreError, StoreIncompleteError
 from ._layout import (
     FAILURE_COLUMNS,
     STATUSES,
@@ -35,6 +35,7 @@ from ._layout import (
     to_str_list,
 )
 from ._location import StoreLocation, as_unreachable, locate_store
+from ._lock import LOCK_FILE, extraction_holder
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
@@ -61,7 +62,16 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
     _, meta = read_meta(location)
     check_version(location.display, meta)
     if not allow_incomplete:
-        check_complete(location.display, meta)
+        try:
+            check_complete(location.display, meta)
+        except StoreIncompleteError as error:
+            holder = extraction_holder(location)
+            if holder is not None:  # not interrupted: rerunning the extraction would only meet the lock
+                raise StoreIncompleteError(
+                    f"store {location.display} is being extracted now (its lock {LOCK_FILE} is held by "
+                    f"{holder}), so it is incomplete until that extraction finishes; rerun this command "
+                    f"then.") from None
+            raise error from None
     return FeatureStore(location, meta)
 
 
@@ -89,6 +99,8 @@ class FeatureStore:
         self.attrs: dict[str, Any] = meta
         self.format_version: int = int(meta["format_version"])
         self.complete: bool = bool(meta.get("complete", False))
+        # An extraction that starts to change a finished store counts it up (StoreWriter._set_meta).
+        self._revision = meta.get("revision", 0)
         self.row_checksum: str = row_checksum(self.location.display, meta)
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
         self._group: zarr.Group = open_root(self.location, mode="r")
@@ -117,16 +129,46 @@ class FeatureStore:
     def _damaged(self, key: str, what: str, exc: BaseException | None = None) -> StoreError:
         """The error for damaged data; when ``exc`` is an object store's client failing to reach it
         or being refused (connection, credentials, 403), that is what is said instead: the store
-        may be intact, and `verify --repair` would be wrong advice."""
+        may be intact, and `verify --repair` would be wrong advice. So is a store that an extraction
+        changed since this reader opened it: what looks damaged is then the reader's old index."""
         lost = as_unreachable(self.location, exc) if exc is not None else None
         if lost is not None:
             return lost
+        if getattr(self, "_revision", None) is not None and self.changed_since_open():
+            return self._changed()
         return StoreError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
             f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
             f"length/crc32/status/statistics from its journals."
         )
+
+    def changed_since_open(self) -> bool:
+        """Whether an extraction has changed the store since this reader opened it complete (it is
+        incomplete now, or was changed and finalized again). A reader keeps the utterance list and
+        index it read at open, so after such a change it raises :class:`StoreChangedError`.
+        A reader opened with ``allow_incomplete`` on an unfinished store follows it instead: False."""
+        if not self.complete:
+            return False
+        try:
+            _, meta = read_meta(self.location)
+        except Exception:  # noqa: BLE001 -- cannot tell: the caller's own error stands
+            return False
+        return not meta.get("complete", False) or meta.get("revision", 0) != self._revision
+
+    def _changed(self) -> StoreChangedError:
+        holder = extraction_holder(self.location)
+        now = f"; an extraction ({holder}) is running on it now" if holder is not None else ""
+        return StoreChangedError(
+            f"store {self.path} was changed by an extraction since it was opened{now}. This reader "
+            f"keeps the utterance list and index of the store as it was, so it stops here rather than "
+            f"mix old and new data; the store itself is intact. Open it again"
+            f"{' once that extraction has finished' if now else ''} (open_store, or rerun the command).")
+
+    def _check_unchanged(self) -> None:
+        """Raise StoreChangedError if an extraction changed the store since open (see changed_since_open)."""
+        if self.changed_since_open():
+            raise self._changed()
 
     def _read(self, key: str, selection: Any = slice(None)) -> np.ndarray:
         """Read an array, turning codec/IO errors of damaged chunk files into StoreError."""
@@ -575,6 +617,9 @@ class FeatureStore:
             raise StoreError("compose_statistics: utterances=[] selects no frames; pass the ids to count, or "
                              "utterances=None for every utterance of the speakers.")
         count, mean, m2 = combine_statistics(parts())
+        # Read lazily, the speaker tables (and a rerun's slots) may be newer than this reader's
+        # utterance list: statistics over utterances it cannot list would be returned silently.
+        self._check_unchanged()
         if count == 0:
             raise StoreError(
                 f"compose_statistics: no frames of feature {feature!r} for speakers "

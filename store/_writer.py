@@ -266,6 +266,10 @@ class StoreWriter:
         return dict(self._group.attrs[ATTRS_KEY])
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
+        if not meta.get("complete") and self._meta.get("complete"):
+            # A finished store starts to change: readers opened before compare this count to tell
+            # "changed since I opened it" from damage (see FeatureStore.changed_since_open).
+            meta["revision"] = int(meta.get("revision", 0)) + 1
         self._group.attrs[ATTRS_KEY] = meta
 
     def _column(self, col: str) -> zarr.Array:

@@ -118,3 +118,56 @@ def test_two_processes_racing_for_a_fresh_store_never_corrupt_it(tmp_path, manif
     for record in s.list_utterances():
         assert np.isfinite(s.read_utterance(record.id, "spectrogram")).all()
     assert os.path.exists(store / ".lock")
+
+
+def _spectrogram_store(tmp_path: Path, manifest: Path, rows: int) -> tuple[Path, list]:
+    from w2v2ser.extract import read_csv_manifest
+
+    utterances = read_csv_manifest(manifest).utterances
+    store = tmp_path / "open.zarr"
+    extract_corpus(utterances[:rows], store, extractors=[build_extractor("spectrogram")], progress=False)
+    return store, utterances
+
+
+def test_open_reader_after_a_rerun_added_utterances_says_the_store_changed(tmp_path, manifest):
+    """A reader keeps the utterance list of open time; the speaker tables a rerun rewrote cover
+    utterances it cannot list: it raises StoreChangedError, not statistics of other utterances."""
+    from w2v2ser.store import StoreChangedError
+
+    store, utterances = _spectrogram_store(tmp_path, manifest, rows=4)
+    old = open_store(store)
+    before = old.compose_statistics("spectrogram", speakers=["spk0"])
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert len(old.list_utterances()) == 4  # its snapshot of the ids
+    with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*Open it again"):
+        old.compose_statistics("spectrogram", speakers=["spk0"])
+    fresh = open_store(store)
+    assert fresh.compose_statistics("spectrogram", speakers=["spk0"]).count > before.count
+    # A rerun that changes nothing does not count as a change.
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert fresh.compose_statistics("spectrogram", speakers=["spk0"]).count > before.count
+
+
+def test_open_reader_after_repair_and_reextraction_is_not_told_to_repair(tmp_path, manifest):
+    """verify --repair + the rerun re-extracted an utterance the open reader had indexed: its crc32
+    no longer matches the reader's old index. That is a changed store, not a damaged one."""
+    from w2v2ser.store import StoreChangedError, repair_store
+
+    store, utterances = _spectrogram_store(tmp_path, manifest, rows=6)
+    old = open_store(store)
+    ids = [r.id for r in old.list_utterances()]
+    want = {uid: old.read_utterance(uid, "spectrogram") for uid in ids}  # index loaded
+    chunks = sorted(p for p in (store / "features/spectrogram/data").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunks[0].unlink()
+    _, pairs = repair_store(store)
+    assert pairs
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert open_store(store).verify().ok
+    raised = 0
+    for uid in ids:
+        try:
+            assert np.array_equal(old.read_utterance(uid, "spectrogram"), want[uid])
+        except StoreChangedError as error:
+            assert "--repair" not in str(error) and "is damaged" not in str(error)
+            raised += 1
+    assert raised  # the re-extracted utterances moved

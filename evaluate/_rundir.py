@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import UPSTREAM_FEATURES
+from w2v2ser._common import UPSTREAM_FEATURES, first_few
 from w2v2ser.train import list_run_files
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
@@ -364,6 +364,16 @@ def read_run_dir(run_dir: Path) -> RunSummary:
                           reason="results.json has neither uar_mean nor uar_per_run",
                           runs_finished=finished, **desc)
     weights, weight_layers = _layer_weights(results, run_dir, experiment)
+    missing = results.get("missing_runs")
+    if isinstance(missing, list) and missing:
+        # Its UAR is over part of the folds (runs replaced by another job, or trained on other data).
+        sweep = experiment.get("sweep")
+        again = "`w2v2ser sweep`" if isinstance(sweep, Mapping) else "`w2v2ser train`"
+        return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
+                          reason=f"results.json covers only {results.get('n_runs', '?')} of "
+                                 f"{results.get('n_runs_planned', '?')} planned runs ({first_few(missing)} missing); "
+                                 f"rerun the same {again} (or `w2v2ser run`) command to train them",
+                          runs_finished=finished, **desc)
     return RunSummary(
         path=run_dir, status="complete", experiment=experiment, results=results,
         uar_runs=tuple(uar_runs), uar_mean=uar_mean, uar_std=uar_std, scoring=scoring,

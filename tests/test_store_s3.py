@@ -643,14 +643,14 @@ def test_training_that_loses_its_object_store_after_a_finished_run_exits_1_keepi
                                features=("egemaps",))
     calls = []
 
-    def first_run_then_the_store_goes_away(config, spec, **kwargs):
+    def first_run_then_the_store_goes_away(config, spec, *args, **kwargs):
         calls.append(spec)
         if len(calls) == 1:
             return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
                                          best_val_loss=1.0, path=str(tmp_path))
         raise unreachable(locate_store("s3://bucket/x.zarr"), ConnectionError("endpoint gone"))
 
-    monkeypatch.setattr(_experiment, "train_run", first_run_then_the_store_goes_away)
+    monkeypatch.setattr(_experiment, "_train_run", first_run_then_the_store_goes_away)
     out = tmp_path / "runs"
     code = main(["train", str(store), "--features", "egemaps", "--head", "dense", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err

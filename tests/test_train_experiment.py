@@ -404,14 +404,14 @@ def test_more_seeds_interrupted_leave_the_folder_unfinished_not_the_fewer_seeds_
     base = {"stores": rav["main"], "features": "egemaps", **FAST}
     train_experiment(ExperimentConfig(**base), out=tmp_path, progress=False)
     assert read_run_dir(tmp_path).status == "complete"
-    real = _experiment.train_run
+    real = _experiment._train_run
 
-    def stopped_after_the_first(config, spec, **kwargs):
+    def stopped_after_the_first(config, spec, *args, **kwargs):
         if spec.seed > 0:
             raise KeyboardInterrupt
-        return real(config, spec, **kwargs)
+        return real(config, spec, *args, **kwargs)
 
-    monkeypatch.setattr(_experiment, "train_run", stopped_after_the_first)
+    monkeypatch.setattr(_experiment, "_train_run", stopped_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         train_experiment(ExperimentConfig(**{**base, "seeds": 2}), out=tmp_path, progress=False)
     assert not (tmp_path / "results.json").exists()
@@ -599,3 +599,78 @@ def test_speaker_folds_cross_validate_over_speaker_groups(rav, tmp_path):
         plan_runs(ExperimentConfig(**{**config.to_dict(), "speaker_folds": 25}))
     with pytest.raises(ConfigError, match="speaker_folds: expected a value >= 3, got 2"):
         ExperimentConfig(**{**config.to_dict(), "speaker_folds": 2})
+
+
+def _extend_store(path, utterances) -> None:
+    """What a rerun of the extraction with a grown manifest does: plan the new rows, write, finalize."""
+    from stage2_fixtures import EGEMAPS_RATE, feature_specs
+    from w2v2ser.store import StoreWriter
+
+    specs = feature_specs(features=("egemaps",))
+    writer = StoreWriter(path)
+    known = {r.id: r.num_samples for r in open_store(path).list_utterances()}
+    samples = [known.get(u.id, 16000) for u in utterances]
+    rows = writer.plan(list(utterances), num_samples=samples, features=specs,
+                       capacities={"egemaps": [int(n / 16000 * EGEMAPS_RATE) + 1 for n in samples]})
+    rng = np.random.default_rng(7)
+    for row in writer.pending(["egemaps"]):
+        frames = rows.index(row)
+        writer.write_utterance(row, {"egemaps": rng.standard_normal((int(samples[frames] / 16000 * EGEMAPS_RATE) + 1,
+                                                                     25)).astype("float32")},
+                               audio_sha256=f"{row:064x}", duration=samples[frames] / 16000)
+    writer.finalize()
+
+
+def test_store_extended_between_runs_stops_train_keeping_finished_runs(tmp_path, monkeypatch, capsys):
+    """Found by a concurrency audit: an extraction added utterances while `train` ran; the runs after
+    it trained on other data, results.json pooled 2 of 4 folds, and train printed a 'folds pooled'
+    UAR with exit 0. One view of the store per invocation: the change is said, exit 1, run 1 kept."""
+    from w2v2ser._cli import main
+    from w2v2ser.evaluate._rundir import read_run_dir
+    from w2v2ser.train import _experiment
+
+    utts = ravdess_utterances(per_actor=2, actors=8)
+    store = build_store(tmp_path / "grow.zarr", utterances=utts[:-2], features=("egemaps",))
+    real, calls = _experiment._train_run, []
+
+    def extraction_after_the_first_run(config, spec, *args, **kwargs):
+        if calls:
+            _extend_store(store, utts)  # the two missing files of the last actor
+        calls.append(spec.name)
+        return real(config, spec, *args, **kwargs)
+
+    monkeypatch.setattr(_experiment, "_train_run", extraction_after_the_first_run)
+    out = tmp_path / "runs"
+    code = main(["train", str(store), "--features", "egemaps", "--speaker-folds", "4", "--set", "max_epochs=1",
+                 "--set", "units=8", "--out", str(out), "--no-progress", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "changed by an extraction since it was opened" in err and "1 finished run(s)" in err, err
+    assert len(calls) == 2 and not (out / "results.json").exists()
+    assert len(list((out / "runs").glob("*/metrics.json"))) == 1
+    assert read_run_dir(out).status == "incomplete"
+    # The rerun trains on the grown store, all folds on the same utterances.
+    monkeypatch.setattr(_experiment, "_train_run", real)
+    results = train_experiment(ExperimentConfig(stores=str(store), features="egemaps", speaker_folds=4, **FAST),
+                               out=out, progress=False)
+    assert results["n_runs"] == results["n_runs_planned"] == 4 and not results["missing_runs"]
+
+
+def test_results_lacking_planned_runs_are_not_called_complete(rav, tmp_path, capsys):
+    """A run replaced by another job's (another configuration into the same --out): results.json
+    lacks it; the summary line, train's exit code and evaluate's status say so."""
+    from w2v2ser._cli import _missing_runs
+    from w2v2ser.evaluate._rundir import read_run_dir
+    from w2v2ser.train import format_uar
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **{**FAST, "seeds": 2})
+    train_experiment(config, out=tmp_path, progress=False)
+    metrics = tmp_path / "runs" / "split__seed1" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "config_key": "another"}))
+    results = summarize_runs(config, tmp_path)
+    assert results["missing_runs"] == ["split__seed1"]
+    assert "only 1 of 2 planned runs" in format_uar(results)
+    assert _missing_runs(results, str(tmp_path), "train") == 1
+    assert "covers only 1 of 2 planned runs" in capsys.readouterr().err
+    summary = read_run_dir(tmp_path)
+    assert summary.status == "incomplete" and "1 of 2 planned runs" in summary.reason

@@ -312,7 +312,11 @@ def plan_runs(config: ExperimentConfig | Mapping[str, Any]) -> list[RunSpec]:
         ProtocolError: Overlapping or empty partitions. SelectionError / DataError: store problems.
     """
     config = as_experiment_config(config)
-    data = _prepare(config, report=True)
+    return _plan(config, _prepare(config, report=True))
+
+
+def _plan(config: ExperimentConfig, data: _Data) -> list[RunSpec]:
+    """plan_runs over already prepared data (train_experiment's one view of the stores)."""
     seeds = range(config.first_seed, config.first_seed + config.seeds)
     folds = _folds(config, data)  # first: a wrong protocol's own message names the fix
     present = sorted(set(data.labels))
@@ -610,10 +614,16 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     config = as_experiment_config(config)
     check_run_spec(run_spec)
     _configure_threads(threads)
-    out = Path(out)
+    return _train_run(config, run_spec, Path(out), _prepare(config), verbose=verbose, progress=progress)
+
+
+def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Data, *, verbose: int = 0,
+               progress: str | None = None) -> RunResult:
+    """train_run on stores already opened: train_experiment opens them once, so every run of one
+    invocation reads the same utterances (a store opened per run took in a concurrent extraction's
+    additions half-way, and results.json silently pooled half of the folds)."""
     run_dir = out / "runs" / run_spec.name
     key = config.config_key()
-    data = _prepare(config)
     fingerprints, data_fp = _store_fingerprints(config, data), _data_fingerprint(data)
     fingerprint = fingerprints[0]
     done = _complete(run_dir, config.config_keys(), fingerprints, data_fp, run_spec.split())
@@ -717,10 +727,15 @@ def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str
         DataError: No planned run is complete for this config key and these utterances.
     """
     config = as_experiment_config(config)
-    out = Path(out)
-    key, data = config.config_key(), data if data is not None else data_fingerprint(config)
-    keys = config.config_keys()
-    specs = plan_runs(config)
+    if data is None:
+        prepared = _prepare(config)
+        return _summarize_runs(config, Path(out), _data_fingerprint(prepared), _plan(config, prepared))
+    return _summarize_runs(config, Path(out), data, plan_runs(config))
+
+
+def _summarize_runs(config: ExperimentConfig, out: Path, data: str, specs: list[RunSpec]) -> dict[str, Any]:
+    """summarize_runs over the runs ``specs`` planned (train_experiment's, from its one view of the stores)."""
+    key, keys = config.config_key(), config.config_keys()
     runs, missing = [], []
     for spec in specs:
         metrics_path = out / "runs" / spec.name / "metrics.json"
@@ -808,46 +823,51 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
-    specs = plan_runs(config)  # checks selections and protocol before any output folder is made
-    stores = _open_stores(config)
+    # One view of the stores for the whole invocation: the plan, every run and the summary read the
+    # same utterances. An extraction that changes a store meanwhile makes its readers raise
+    # StoreChangedError (see keep_finished_runs) instead of mixing old and new utterances.
+    prepared = _prepare(config, report=True)
+    specs = _plan(config, prepared)  # checks selections and protocol before any output folder is made
     _warn_if_replacing(out, config)
-    data = data_fingerprint(config)
+    data = _data_fingerprint(prepared)
     _warn_if_data_changed(out, config, data)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
-                                          "stores_identity": store_identities(config, stores)})
+                                          "stores_identity": store_identities(config, prepared.stores)})
     _drop_stale_results(out, [spec.name for spec in specs], config.config_keys(), data)
     finished = [0]
     with keep_finished_runs(out, finished, "train"):
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
-            res = train_run(config, spec, out=out, threads=threads,
-                            progress=f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
+            res = _train_run(config, spec, out, prepared,
+                             progress=f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
             finished[0] += 1
             if progress:
                 vl = "n/a" if res.best_val_loss is None else f"{res.best_val_loss:.4f}"
                 print(f"run {i}/{len(specs)} fold={spec.fold} seed={spec.seed} epochs={res.epochs} "
                       f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
                       f"{', already complete' if res.skipped else ''})", flush=True)
-        return summarize_runs(config, out, data=data)
+        return _summarize_runs(config, out, data, specs)
 
 
 @contextlib.contextmanager
 def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[None]:
-    """A store on object storage that stops answering (or refuses) after some runs finished: the
-    one-line error says they are kept, and exits 1 (a run failed, finished work kept), not 2."""
-    from w2v2ser.store import StoreUnreachableError
+    """A store that stops answering (object storage), or that an extraction changes, after some runs
+    finished: the one-line error says they are kept, and exits 1 (a run failed, finished work
+    kept), not 2."""
+    from w2v2ser.store import StoreChangedError, StoreIncompleteError, StoreUnreachableError
 
     try:
         yield
-    except StoreUnreachableError as error:
+    except (StoreUnreachableError, StoreChangedError, StoreIncompleteError) as error:
         if finished[0]:
-            error.args = (f"{error} {finished_runs_kept(out, finished[0], what)}",)
+            when = ("once the store is reachable" if isinstance(error, StoreUnreachableError) else
+                    "once that extraction has finished")
+            error.args = (f"{error} {finished_runs_kept(out, finished[0], what, when=when)}",)
             error.exit_code = EXIT_FAILED
         raise
 
 
-def finished_runs_kept(out: Path, finished: int, what: str) -> str:
+def finished_runs_kept(out: Path, finished: int, what: str, *, when: str = "once the store is reachable") -> str:
     """What a training that lost its store says of the runs it finished (``what``: the command)."""
-    return (f"{finished} finished run(s) in {out} are kept; rerun the same `w2v2ser {what}` command once the store "
-            f"is reachable to train the rest.")
+    return f"{finished} finished run(s) in {out} are kept; rerun the same `w2v2ser {what}` command {when} to train the rest."

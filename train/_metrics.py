@@ -92,4 +92,12 @@ def format_uar(results: Mapping[str, Any]) -> str:
     what = ("seed" if scoring == POOLED else "run") + ("" if len(values) == 1 else "s")
     pooled = ", folds pooled" if scoring == POOLED else ""
     spread = f" ± {100 * (std or 0.0):.1f}" if len(values) > 1 else ""  # one value has no spread to state
-    return f"UAR {100 * mean:.1f}{spread} (n={len(values)} {what}{pooled})"
+    return f"UAR {100 * mean:.1f}{spread} (n={len(values)} {what}{pooled}{_lacking(results)})"
+
+
+def _lacking(results: Mapping[str, Any]) -> str:
+    """``; 2 of 4 planned runs`` when results.json lacks planned runs: its figure is over part of the folds."""
+    done, planned = results.get("n_runs"), results.get("n_runs_planned")
+    if isinstance(done, int) and isinstance(planned, int) and done < planned:
+        return f"; only {done} of {planned} planned runs"
+    return ""

@@ -44,9 +44,9 @@ from w2v2ser._common import check_stop, progress_bar, publish_directory
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _data_fingerprint, _peak_rss_mb, _prepare, _provenance,
-                          _start_run, _store_fingerprints, _warn_if_replacing, _write_json, check_run_spec, key_fields,
-                          keep_finished_runs, plan_runs, store_identities, summarize_runs)
+from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _peak_rss_mb, _plan,
+                          _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, _warn_if_replacing,
+                          _write_json, check_run_spec, key_fields, keep_finished_runs, store_identities)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -423,11 +423,16 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     config = as_experiment_config(config)
     check_run_spec(run_spec)
     _configure_threads(threads)
-
-    out = Path(out)
     configs = sweep_configs(config)
+    return _sweep_run(config, configs, run_spec, Path(out), _prepare(configs[ALL_LAYERS_DIR]),
+                      micro_batch_mb=micro_batch_mb, progress=progress)
+
+
+def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], run_spec: RunSpec, out: Path,
+               data: _Data, *, micro_batch_mb: float = MICRO_BATCH_MB,
+               progress: str | None = None) -> dict[str, dict[str, Any]]:
+    """sweep_run on stores already opened (sweep_experiment's one view of them, as in train_experiment)."""
     base = configs[ALL_LAYERS_DIR]
-    data = _prepare(base)
     fps = _store_fingerprints(base, data)  # every head reads the same feature of the same store
     fp, data_fp = fps[0], _data_fingerprint(data)
     done = {name: _complete(out / name / "runs" / run_spec.name, c.config_keys(), fps, data_fp, run_spec.split())
@@ -526,13 +531,18 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
 def summarize_sweep(config: ExperimentConfig | Mapping[str, Any], out: Path | str) -> dict[str, Any]:
     """Write each head's results.json (summarize_runs) and ``out/sweep.json``; returns sweep.json's dict."""
     config = as_experiment_config(config)
-    out = Path(out)
     configs = sweep_configs(config)
+    data = _prepare(configs[ALL_LAYERS_DIR])
+    return _summarize_sweep(configs, Path(out), data, _plan(configs[ALL_LAYERS_DIR], data))
+
+
+def _summarize_sweep(configs: dict[str, ExperimentConfig], out: Path, data: _Data,
+                     specs: list[RunSpec]) -> dict[str, Any]:
+    """summarize_sweep over prepared data and the runs planned from it (every head has the same folds)."""
     base = configs[ALL_LAYERS_DIR]
-    data = _prepare(base)
     sel = data.selections["main"]
     data_fp = _data_fingerprint(data)  # every head reads the same utterances: hashed once, not per head
-    per_head = {name: summarize_runs(c, out / name, data=data_fp) for name, c in configs.items()}
+    per_head = {name: _summarize_runs(c, out / name, data_fp, specs) for name, c in configs.items()}
     layers = list(sel.layers or ())
     spec = data.stores[sel.alias].features[sel.feature]
 
@@ -581,10 +591,13 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
-    base = sweep_configs(config)[ALL_LAYERS_DIR]
-    specs = plan_runs(base)  # checks selections and protocol before any output folder is made
+    configs = sweep_configs(config)
+    base = configs[ALL_LAYERS_DIR]
+    # One view of the store for the whole sweep (see train_experiment).
+    prepared = _prepare(base, report=True)
+    specs = _plan(base, prepared)  # checks selections and protocol before any output folder is made
     _warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
-    heads = set(sweep_configs(config))
+    heads = set(configs)
     others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)
     if others:
         log.warning("%s holds %s of an earlier sweep over other layers; this sweep does not train them, and "
@@ -595,12 +608,12 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     with keep_finished_runs(out, finished, "sweep"):
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
-            res = sweep_run(config, spec, out=out, threads=threads,
-                            progress=f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
+            res = _sweep_run(config, configs, spec, out, prepared,
+                             progress=f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed}" if progress else None)
             finished[0] += len(res)
             if progress:
                 skipped = any(m.get("skipped") for m in res.values())
                 uars = " ".join(f"{100 * m['uar']:.0f}" for m in res.values())
                 print(f"sweep {i}/{len(specs)} fold={spec.fold} seed={spec.seed} UAR per layer, then all: {uars} "
                       f"({time.perf_counter() - t0:.1f}s{', already complete' if skipped else ''})", flush=True)
-        return summarize_sweep(config, out)
+        return _summarize_sweep(configs, out, prepared, specs)

@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, first_few, merge_subset, or_list, subset_condition
+from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, first_few,
+                             merge_subset, or_list, subset_condition)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -361,7 +362,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
     print(f"{config.features} / {config.head} / {config.norm} / {config.recipe} / {config.protocol}: "
           f"{format_uar(results)} -> {args.out}/results.json")
-    return 0
+    return _missing_runs(results, args.out, "train")
+
+
+def _missing_runs(results: Mapping[str, Any], out: str, command: str) -> int:
+    """Exit 1, saying so, when results.json lacks planned runs (replaced meanwhile by another job's
+    runs in the same --out, or trained on other data): its UAR covers part of the folds only."""
+    missing = results.get("missing_runs") or []
+    if not missing:
+        return 0
+    print(f"w2v2ser: error: {out}/results.json covers only {results.get('n_runs')} of "
+          f"{results.get('n_runs_planned')} planned runs: {first_few(missing)} are missing or were replaced "
+          f"while this command ran (another job writing into {out}, or a store that changed); rerun the same "
+          f"`w2v2ser {command}` command to train them", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _same_sweep(a: str, b: str) -> bool:
@@ -398,11 +412,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     configs = {upstream: ExperimentConfig.from_dict({**values, "features": upstream}) for upstream in upstreams}
     for config in configs.values():  # every selection is checked before the first sweep trains
         plan_runs(sweep_configs(config)[ALL_LAYERS_DIR])
+    code = 0
     for upstream, config in configs.items():
         out = Path(args.out) if len(upstreams) == 1 else Path(args.out) / upstream.replace("/", "_").replace(":", "_")
         summary = sweep_experiment(config, out=out, progress=not args.no_progress, threads=args.threads)
         print(f"{upstream}: {describe_sweep(summary)} -> {out}/sweep.json")
-    return 0
+        # Every head has the same runs: the weighted average's results.json speaks for all.
+        code = max(code, _missing_runs(json.loads((out / ALL_LAYERS_DIR / "results.json").read_text()),
+                                       str(out / ALL_LAYERS_DIR), "sweep"))
+    return code
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

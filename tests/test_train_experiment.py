@@ -674,3 +674,28 @@ def test_results_lacking_planned_runs_are_not_called_complete(rav, tmp_path, cap
     assert "covers only 1 of 2 planned runs" in capsys.readouterr().err
     summary = read_run_dir(tmp_path)
     assert summary.status == "incomplete" and "1 of 2 planned runs" in summary.reason
+
+
+def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_path, capsys):
+    """Found by a concurrency audit: two `train` jobs of different configs into one --out replaced
+    each other's runs one by one, both exit 0. Jobs of one configuration still share it (the
+    README's array job); one of another configuration stops at once, naming the other."""
+    import os
+
+    from w2v2ser._cli import main
+    from w2v2ser.train._experiment import share_out_folder
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
+    with share_out_folder(tmp_path, other.config_key(), "train"):  # the other job, running
+        code = main(["train", rav["main"], "--features", "egemaps", "--set", "max_epochs=1", "--out", str(tmp_path),
+                     "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"pid {os.getpid()}" in err and other.config_key() in err and "another configuration" in err, err
+        assert not (tmp_path / "runs").exists()
+    with share_out_folder(tmp_path, config.config_key(), "train"):  # a job of the same configuration
+        results = train_experiment(config, out=tmp_path, progress=False)
+    assert results["n_runs"] == 1
+    # Both have ended: the other configuration may now use the folder (replacing, with its warning).
+    train_experiment(other, out=tmp_path, progress=False)

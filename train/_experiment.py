@@ -831,7 +831,13 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     _warn_if_replacing(out, config)
     data = _data_fingerprint(prepared)
     _warn_if_data_changed(out, config, data)
-    out.mkdir(parents=True, exist_ok=True)
+    with share_out_folder(out, config.config_key(), "train"):
+        return _train_all(config, out, prepared, specs, data, progress=progress)
+
+
+def _train_all(config: ExperimentConfig, out: Path, prepared: _Data, specs: list[RunSpec], data: str, *,
+               progress: bool) -> dict[str, Any]:
+    """train_experiment's runs and summary, in a folder no job of another configuration writes."""
     _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                           "stores_identity": store_identities(config, prepared.stores)})
     _drop_stale_results(out, [spec.name for spec in specs], config.config_keys(), data)
@@ -848,6 +854,72 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
                       f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
                       f"{', already complete' if res.skipped else ''})", flush=True)
         return _summarize_runs(config, out, data, specs)
+
+
+@contextlib.contextmanager
+def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
+    """Let jobs of one configuration write into ``out`` at once (an array job's seeds) and refuse a
+    job of another: their runs of the same fold and seed replace each other one by one, and each
+    results.json would be over the other's runs. Each job holds a shared ``flock`` on
+    ``out/.lock-<config key>`` while it runs; ``out/.lock`` serialises the look at the others.
+    Where flock is unavailable (some network file systems), nothing is checked."""
+    import fcntl
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        guard = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a folder this user cannot write: the first run's write says so
+        yield
+        return
+    held = None
+    try:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # held only while looking at the other jobs' locks
+        except OSError:
+            yield
+            return
+        try:
+            for other in sorted(out.glob(".lock-*")):
+                if other.name != f".lock-{key}":
+                    _refuse_if_held(other, out, what)
+            held = os.open(out / f".lock-{key}", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(held, fcntl.LOCK_SH)  # others of this key hold it shared too; nobody exclusively
+            with contextlib.suppress(OSError):  # the flock is the lock, the text only informs
+                os.ftruncate(held, 0)
+                os.pwrite(held, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+        yield
+    finally:
+        if held is not None:
+            os.close(held)
+        os.close(guard)
+
+
+def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
+    """Raise ConfigError if a running job holds ``lock`` (another configuration's); remove it if not."""
+    import errno
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown pid"
+            raise ConfigError(
+                f"{out} is being written by another job of another configuration ({holder}, config key "
+                f"{lock.name.removeprefix('.lock-')}, lock {lock}); the two would replace each other's runs. "
+                f"Give this `w2v2ser {what}` another --out, or rerun it when that job has finished.") from None
+        lock.unlink(missing_ok=True)  # its job has ended (under out/.lock: nobody is opening it now)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

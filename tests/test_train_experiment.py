@@ -699,3 +699,45 @@ def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_pa
     assert results["n_runs"] == 1
     # Both have ended: the other configuration may now use the folder (replacing, with its warning).
     train_experiment(other, out=tmp_path, progress=False)
+
+
+def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_path, monkeypatch, capsys):
+    """Found by a concurrency audit: an extraction starting while `train` ran made the next run fail
+    with exit 2 and 'interrupted ... rerun the extraction' (that rerun would only meet its lock)."""
+    import contextlib
+    import os
+
+    from stage2_fixtures import EGEMAPS_RATE, feature_specs
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreIncompleteError, StoreWriter, lock_store
+    from w2v2ser.train import _experiment
+
+    utts = ravdess_utterances(per_actor=2, actors=8)
+    store = build_store(tmp_path / "busy.zarr", utterances=utts[:-2], features=("egemaps",))
+    real, calls = _experiment._train_run, []
+    extraction = contextlib.ExitStack()
+
+    def extraction_starts_after_the_first_run(config, spec, *args, **kwargs):
+        if calls and not extraction._exit_callbacks:
+            extraction.enter_context(lock_store(store))  # as `w2v2ser extract` holds it, then plans
+            StoreWriter(store).plan(utts, num_samples=[16000] * len(utts), features=feature_specs(features=("egemaps",)),
+                                    capacities={"egemaps": [int(EGEMAPS_RATE) + 1] * len(utts)})
+        calls.append(spec.name)
+        return real(config, spec, *args, **kwargs)
+
+    monkeypatch.setattr(_experiment, "_train_run", extraction_starts_after_the_first_run)
+    out = tmp_path / "runs"
+    with extraction:
+        code = main(["train", str(store), "--features", "egemaps", "--speaker-folds", "4", "--set", "max_epochs=1",
+                     "--set", "units=8", "--out", str(out), "--no-progress", "--threads", "1"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert f"an extraction (pid {os.getpid()} " in err and "is running on it now" in err, err
+        assert "1 finished run(s)" in err and "once that extraction has finished" in err, err
+        assert "Rerun the extraction" not in err
+        assert len(list((out / "runs").glob("*/metrics.json"))) == 1
+        # A command that starts meanwhile says the same, not 'interrupted'.
+        with pytest.raises(StoreIncompleteError, match=rf"being extracted now .*pid {os.getpid()} "):
+            open_store(store)
+    with pytest.raises(StoreIncompleteError, match="interrupted"):  # its holder gone: interrupted indeed
+        open_store(store)

@@ -38,12 +38,18 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
 
     Raises:
         StoreUnreachableError: an object store stopped answering or refused a request (at the first).
+        StoreChangedError: an extraction changed the store (opened complete) while it was verified.
     """
     try:
-        return _verify(store, progress=progress)
+        report = _verify(store, progress=progress)
     except Exception as error:
         _stop_if_unreachable(store, error)
         raise
+    if store.changed_since_open():
+        # An extraction began to rewrite the tables while they were compared (a rerun moves paths
+        # in place): what differs is its work, not damage.
+        raise store._changed()
+    return report
 
 
 def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -171,3 +172,28 @@ def test_open_reader_after_repair_and_reextraction_is_not_told_to_repair(tmp_pat
             assert "--repair" not in str(error) and "is damaged" not in str(error)
             raised += 1
     assert raised  # the re-extracted utterances moved
+
+
+def test_verify_while_an_extraction_runs_is_refused_not_reported_as_damage(tmp_path, manifest, capsys):
+    """Found by a concurrency audit: a plain `store verify` that opened the store just before an
+    extraction rewrote its table in place reported 'column path differs ... rerun the extraction',
+    exit 1, on an intact store."""
+    from w2v2ser._cli import main
+    from w2v2ser.store import StoreChangedError, StoreWriter, lock_store
+
+    store, utterances = _spectrogram_store(tmp_path, manifest, rows=4)
+    opened = open_store(store)  # the verify that started just before the extraction
+    with lock_store(store):
+        assert main(["store", "verify", str(store), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "is being extracted now" in err and f"pid {os.getpid()} " in err and "problem" not in err, err
+        # The extraction's plan (a label fixed in place, new rows) lands while `opened` verifies.
+        changed = [dataclasses.replace(u, label="sad") if k == 0 else u for k, u in enumerate(utterances)]
+        known = {r.id: r.num_samples for r in opened.list_utterances()}
+        samples = [known.get(u.id, 8000) for u in changed]
+        StoreWriter(store).plan(changed, num_samples=samples, features=[opened.features["spectrogram"]],
+                                capacities={"spectrogram": [n // 160 + 2 for n in samples]})
+        with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*is running"):
+            opened.verify()
+    assert main(["store", "verify", str(store), "--no-progress"]) == 1  # incomplete now, said as such
+    assert "the store is incomplete" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -65,7 +66,7 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             f"writable (`cp -r {store} NEW`) and pass `--store NEW`, or ask the store's owner."
         ) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_exclusive(fd)
     except OSError as exc:
         holder = b""
         try:
@@ -99,6 +100,24 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _flock_exclusive(fd: int, *, patience: float = 2.0) -> None:
+    """Take the exclusive flock, or raise OSError (EWOULDBLOCK) while another process holds it.
+
+    Readers take a shared lock for an instant to see whether an extraction runs
+    (:func:`extraction_holder`); an extraction starting at that instant retries for up to
+    ``patience`` seconds instead of being refused for that glimpse.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def extraction_holder(path: str | os.PathLike[str] | StoreLocation) -> str | None:

@@ -197,3 +197,23 @@ def test_verify_while_an_extraction_runs_is_refused_not_reported_as_damage(tmp_p
             opened.verify()
     assert main(["store", "verify", str(store), "--no-progress"]) == 1  # incomplete now, said as such
     assert "the store is incomplete" in capsys.readouterr().out
+
+
+def test_an_extraction_starting_while_a_reader_glimpses_the_lock_is_not_refused(tmp_path):
+    """Readers (train, verify, an open store) take the extraction lock shared for an instant to see
+    whether an extraction runs; an extraction starting in that instant was refused as 'locked'."""
+    import fcntl
+    import threading
+
+    from w2v2ser.store import lock_store
+
+    store = tmp_path / "s.zarr"
+    with lock_store(store):
+        pass  # creates nothing but the folder and its lock file
+    store.mkdir(exist_ok=True)
+    (store / ".lock").touch()
+    fd = os.open(store / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a reader's glimpse, held a little longer than usual
+    threading.Timer(0.3, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+    with lock_store(store):
+        assert (store / ".lock").read_text().startswith(f"pid {os.getpid()} ")

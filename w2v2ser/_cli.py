@@ -776,6 +776,70 @@ _STARTS_OVER = {
 }
 
 
+def _open_closed_std_streams() -> None:
+    """Point a closed standard stream (``2>&-``, ``>&-``: some daemons, cron and scheduler wrappers) at
+    /dev/null. Python then sets ``sys.stderr``/``sys.stdout`` to None, and the first message or flush
+    failed before any work was done (exit 1, nothing said): now the output is dropped and the command
+    runs, with its own exit code."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the descriptor is free, so /dev/null takes it (native code writes there too)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 (process-long)
+        else:  # open, but not as a standard stream (an embedding host): leave the descriptor alone
+            setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w"))  # noqa: SIM115
+
+
+class _StdoutFailed(Exception):
+    """Standard output cannot be written (``>/dev/full``, a full disk under a redirected log)."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a failed write (other than a reader that left, which
+    ``main`` reports as exit 141) raises :class:`_StdoutFailed`, so that it is one line on stderr
+    rather than a traceback, and later writes (and Python's flush at exit) go to /dev/null."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            with contextlib.suppress(OSError, ValueError):  # the rest of the output, and the exit flush, dropped
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            raise _StdoutFailed(error.strerror or str(error)) from error
+
+    def write(self, text: str) -> int:
+        return self._guarded(lambda: self._stream.write(text))
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_stdout() -> Any:
+    """:class:`_GuardedStdout` in place of ``sys.stdout`` while active."""
+    stream = sys.stdout
+    sys.stdout = _GuardedStdout(stream)
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _GuardedStdout):
+            sys.stdout = stream
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``w2v2ser`` console script.
 
@@ -783,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted;
     141 the reader of standard output left (``| head``); 143 terminated (SIGTERM).
     """
+    _open_closed_std_streams()
     try:  # the parser imports the stages' modules (numpy, ...): seconds in which a Ctrl-C may land
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
@@ -790,10 +855,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     verbose = bool(getattr(args, "verbose", False))
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(), _guarded_stdout():
             code = _run_command(args, verbose)
-        sys.stdout.flush()  # a reader that left shows here, not as an error at interpreter exit
+            sys.stdout.flush()  # a reader that left shows here, not as an error at interpreter exit
         return code
+    except _StdoutFailed as error:  # at the final flush; one inside the command is reported by _run_command
+        print(f"w2v2ser: error: {_stdout_failed_message(error)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt as stop:  # here, not inside: a Ctrl-C can also land while the native-log filter closes
         import logging
         import warnings
@@ -819,6 +887,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
+def _stdout_failed_message(error: BaseException) -> str:
+    """The one line for a standard output that cannot be written."""
+    return (f"could not write to standard output ({error}); files the command wrote are kept. Point "
+            f"standard output at a file or device with space, then rerun the same command.")
+
+
 def _run_command(args: argparse.Namespace, verbose: bool) -> int:
     from w2v2ser._common import describe_error
     from w2v2ser._native_logs import hide_native_logs
@@ -827,7 +901,8 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
         try:
             return int(args.func(args) or 0)
         except Exception as error:  # w2v2ser's errors, a missing extra, an unusable path: one line
-            described = describe_error(error)
+            described = ((_stdout_failed_message(error), EXIT_FAILED) if isinstance(error, _StdoutFailed)
+                         else describe_error(error))
             if described is None:
                 raise
             if verbose:

@@ -136,7 +136,7 @@ def stderr_is_terminal() -> bool:
 @contextmanager
 def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     """Filter native log lines out of fd 2 (this process and the processes it starts) while active."""
-    if not enabled:
+    if not enabled or sys.stderr is None:  # no stderr (closed, an embedding host): nothing to filter
         yield
         return
     global _hidden, _terminal

@@ -49,3 +49,24 @@ def test_a_full_standard_output_is_one_line(store: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("w2v2ser: error: could not write to standard output (No space left on device)")
     assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+_NATIVE_CRASH = """
+import os
+from w2v2ser._native_logs import hide_native_logs
+
+with hide_native_logs():
+    os.write(2, b"I0000 00:00:1.5 123 cpu_feature_guard.cc:1] a start-up line, hidden\\n")
+    os.write(2, b"LLVM ERROR: pthread_create failed: Resource temporarily unavailable\\n")
+    os.abort()
+"""
+
+
+def test_a_native_crash_behind_the_log_filter_keeps_its_last_words() -> None:
+    """`train` under `ulimit -v` exited 134 with nothing printed: the thread that forwards the
+    filtered stderr died with the process, and the LLVM error line stayed in the pipe."""
+    done = subprocess.run([sys.executable, "-c", _NATIVE_CRASH], capture_output=True, text=True, timeout=60)
+    assert done.returncode < 0, done
+    lines = done.stderr.splitlines()
+    assert lines[0] == "LLVM ERROR: pthread_create failed: Resource temporarily unavailable", lines
+    assert lines[1].startswith("w2v2ser: error: the process ended abruptly") and len(lines) == 2, lines

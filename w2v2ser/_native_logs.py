@@ -3,7 +3,11 @@
 Those lines (oneDNN, cpu_feature_guard, "All log messages before absl::InitializeLog()") are
 written by C++ straight to file descriptor 2, before ``TF_CPP_MIN_LOG_LEVEL`` is read, by the
 main process and by every Dask worker it starts. :func:`hide_native_logs` therefore points fd 2
-at a pipe, which child processes inherit, and a thread forwards everything except those lines.
+at a pipe, which child processes inherit, and a small process (this file run as a script)
+forwards everything except those lines. A process, not a thread: when native code aborts or
+segfaults (out of memory or threads under ``ulimit -v``), its last words ("LLVM ERROR:
+pthread_create failed", "terminate called ...") are still in the pipe, and a thread would die
+with them unread. The forwarder then adds one line saying that the process ended abruptly.
 ``--verbose`` turns this off.
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import warnings
@@ -75,6 +81,43 @@ def _pump(read_fd: int, write_fd: int) -> None:
         start = _native_start(pending)
         os.write(write_fd, pending if start < 0 else pending[:start])
     os.close(read_fd)
+
+
+# Said by the forwarding process when the pipe closed without the command's normal end.
+_ABRUPT = (b"w2v2ser: error: the process ended abruptly (killed, or a crash in native code: the lines above say "
+           b"which; running out of memory or threads is the usual cause: raise `ulimit -v`/`ulimit -u` or the "
+           b"job's --mem, or lower --threads, --batch-seconds or the workers); finished work is kept, rerun the "
+           b"same command to resume\n")
+
+_lingering: list[subprocess.Popen] = []  # forwarders still draining helpers' lines: never reaped mid-run
+
+
+def _forward(done_fd: int) -> None:
+    """The forwarding process: the pipe is its stdin, the real stderr its stdout. It outlives a
+    crashed parent, drains the pipe to its end, and says so when the parent never sent "done"."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):  # ends with the pipe, never before
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    _pump(0, 1)
+    if os.read(done_fd, 1) != b".":  # the parent closed its end without writing: it died
+        os.write(1, _ABRUPT)
+
+
+def _start_forwarder(read_fd: int, real: int) -> tuple[subprocess.Popen | threading.Thread, int]:
+    """The forwarding process (or, where none can start, a thread) and the fd to write "done" to."""
+    done_read, done_write = os.pipe()
+    try:
+        process = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(done_read)],
+                                   stdin=read_fd, stdout=real, stderr=real, pass_fds=(done_read,),
+                                   start_new_session=True)  # a terminal's Ctrl-C does not reach it
+    except (OSError, ValueError, subprocess.SubprocessError):  # no process to spare (ulimit -u, no executable)
+        os.close(done_write)
+        thread = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
+        thread.start()
+        return thread, -1
+    finally:
+        os.close(done_read)
+    os.close(read_fd)
+    return process, done_write
 
 
 def quiet_tensorflow_warnings() -> None:
@@ -146,10 +189,9 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     sys.stderr.flush()
     real = os.dup(2)
     read_fd, write_fd = os.pipe()
+    pump, done = _start_forwarder(read_fd, real)
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    pump = threading.Thread(target=_pump, args=(read_fd, real), name="w2v2ser-stderr", daemon=True)
-    pump.start()
     _hidden, _terminal = True, os.isatty(real)
     wait = 5.0
     try:
@@ -163,7 +205,21 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     finally:
         _hidden, _terminal = False, None
         sys.stderr.flush()
+        if done >= 0:
+            os.write(done, b".")  # a normal end: the forwarder adds no "ended abruptly" line
+            os.close(done)
         os.dup2(real, 2)  # closes this process's write end; the pump ends when children close theirs
-        pump.join(timeout=wait)
-        if not pump.is_alive():
-            os.close(real)
+        if isinstance(pump, threading.Thread):
+            pump.join(timeout=wait)
+            if not pump.is_alive():
+                os.close(real)
+        else:
+            os.close(real)  # the forwarder holds its own copy
+            try:
+                pump.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                _lingering.append(pump)
+
+
+if __name__ == "__main__":  # the forwarding process of hide_native_logs
+    _forward(int(sys.argv[1]))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,7 +17,7 @@ import numpy as np
 
 from w2v2ser._common import progress_bar, replacing
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
 from ._location import is_store_url
 from ._reader import FeatureStore, open_store
@@ -25,6 +30,96 @@ _STR = h5py.string_dtype(encoding="utf-8")
 
 def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=_STR)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, `ulimit -f`
+
+
+def _full_message(out: Path, code: int) -> str:
+    return (f"cannot write {out}: {os.strerror(code)} (the disk, quota or per-file size limit `ulimit -f` there "
+            f"is full); nothing was written (an earlier {out.name} is unchanged). Free space or export elsewhere, "
+            f"then rerun the same command.")
+
+
+def _check_room(store: FeatureStore, out: Path) -> None:
+    """Refuse before the work when the frames alone cannot fit under the per-file size limit
+    (``ulimit -f``) or in the free space of the disk holding ``out`` (an export of a large store
+    takes an hour, all of it lost at the end)."""
+    need = 0
+    for name, spec in store.features.items():
+        length = store._per_row(name)["length"]
+        frames = int(np.maximum(length, 0).sum())
+        frame = int(np.prod(spec.frame_shape))
+        need += frames * int(np.dtype(spec.dtype).itemsize) * frame + 2 * 8 * frame * len(length)  # + utt_mean/m2
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise StoreFullError(_full_message(out, errno.EFBIG).replace(
+            "(the disk", f"(the export needs at least {need / 1e6:.1f} MB, over `ulimit -f` of "
+                         f"{limit / 1e6:.1f} MB; the disk", 1))
+    try:
+        stat = os.statvfs(out.parent if str(out.parent) else ".")
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if stat.f_blocks and need > free:  # (no blocks: /proc and kin, which refuse the file itself)
+        raise StoreFullError(_full_message(out, errno.ENOSPC).replace(
+            "(the disk", f"(the export needs at least {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; the disk",
+            1))
+
+
+class _OutFile(io.FileIO):
+    """The export's temp file, as HDF5 writes it: a full disk, quota or ``ulimit -f`` is recorded in
+    ``failed`` and the bytes dropped, never reported to libhdf5, which does not survive a failed
+    write cleanly (it crashed or aborted after the temp file was removed). The caller checks
+    ``failed`` after closing, and the file is thrown away."""
+
+    failed: int | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.failed is None and done < len(view):
+            try:
+                done += super().write(view[done:]) or 0
+            except OSError as error:
+                if error.errno not in _FULL:
+                    raise
+                self.failed = error.errno
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.failed is None:
+            try:
+                return super().truncate(size)
+            except OSError as error:
+                if error.errno not in _FULL:
+                    raise
+                self.failed = error.errno
+        return self.tell() if size is None else size
+
+
+@contextmanager
+def _hdf5_file(tmp: Path, out: Path) -> Iterator[h5py.File]:
+    """``h5py.File`` writing ``tmp`` through :class:`_OutFile`, closed for sure on any error.
+
+    Raises:
+        StoreFullError: the disk, quota or per-file size limit filled up (one line: what to do).
+    """
+    handle = _OutFile(tmp, "w+b")
+    try:
+        h5 = h5py.File(handle, "w")
+        try:
+            yield h5
+        finally:
+            h5.close()
+    except Exception as error:
+        if handle.failed is None:
+            raise
+        raise StoreFullError(_full_message(out, handle.failed)) from error  # e.g. a read of a dropped write
+    finally:
+        handle.close()
+    if handle.failed is not None:
+        raise StoreFullError(_full_message(out, handle.failed))
 
 
 def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
@@ -58,7 +153,9 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
         raise StoreError(f"cannot export to {out}: it is inside the store {store_path}, which `store export` "
                          f"only reads (a file there is not part of the store, and an extraction or upgrade "
                          f"of it would not expect it). Choose a path outside {store_path}.")
-    with replacing(out) as tmp, h5py.File(tmp, "w") as h5:
+    if out.parent.is_dir():  # else replacing makes it (or says why it cannot)
+        _check_room(store, out)
+    with replacing(out) as tmp, _hdf5_file(tmp, out) as h5:
         h5.attrs["w2v2ser"] = json.dumps(store.attrs, sort_keys=True)
         h5.attrs["exported_from"] = str(store.path)
         ut = h5.create_group("utterances")

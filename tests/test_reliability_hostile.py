@@ -31,7 +31,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def _shell(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
 
 
 def test_closed_stderr_or_stdout_still_runs_the_command(store: Path) -> None:
@@ -70,3 +70,19 @@ def test_a_native_crash_behind_the_log_filter_keeps_its_last_words() -> None:
     lines = done.stderr.splitlines()
     assert lines[0] == "LLVM ERROR: pthread_create failed: Resource temporarily unavailable", lines
     assert lines[1].startswith("w2v2ser: error: the process ended abruptly") and len(lines) == 2, lines
+
+
+@pytest.mark.parametrize("short_kb", [8, 150])  # the frames fit (the write fails part-way), or not even they do
+def test_export_over_the_file_size_limit_is_one_line_and_keeps_the_old_file(store: Path, tmp_path: Path,
+                                                                          short_kb: int) -> None:
+    """`store export` onto a full disk or over `ulimit -f` ended in a segmentation fault after two
+    tracebacks: libhdf5 does not survive a failed write and close."""
+    out = tmp_path / "x.h5"
+    assert _shell(f"exec {W2V2SER} store export '{store}' '{out}'").returncode == 0
+    size_kb = out.stat().st_size // 1024
+    out.write_text("OLD")
+    done = _shell(f"ulimit -f {size_kb - short_kb}; exec {W2V2SER} store export '{store}' '{out}'")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"w2v2ser: error: cannot write {out}: File too large"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "an earlier x.h5 is unchanged" in done.stderr, done.stderr
+    assert out.read_text() == "OLD" and sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]

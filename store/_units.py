@@ -89,7 +89,11 @@ def release_buffers() -> None:
 def _os_error(exc: ValueError) -> BaseException:
     """tensorstore's I/O errors are ValueErrors: surface the OS error (disk full...) as OSError."""
     code = re.search(r"os_error_code='(\d+)'", str(exc))
-    return exc if code is None else OSError(int(code.group(1)), str(exc))
+    if code is None:
+        return exc
+    # The file it names ("Error writing local file "..."): the one-line messages need one.
+    path = re.search(r'local file "([^"]+)"', str(exc))
+    return OSError(int(code.group(1)), os.strerror(int(code.group(1))), path.group(1) if path else None)
 
 
 @dataclass(frozen=True)

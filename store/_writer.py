@@ -89,16 +89,18 @@ def _no_space_is_clear(method: Any) -> Any:
             return method(self, *args, **kwargs)
         except (OSError, RuntimeError) as exc:
             # The zarrs pipeline reports I/O errors as RuntimeError("... (os error 28)").
+            full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: `ulimit -f` or a per-file quota
             code = exc.errno if isinstance(exc, OSError) else next(
-                (c for c in (errno.ENOSPC, errno.EDQUOT) if f"(os error {c})" in str(exc)), None)
-            if code not in (errno.ENOSPC, errno.EDQUOT):
+                (c for c in full if f"(os error {c})" in str(exc)), None)
+            if code not in full:
                 raise
             path = getattr(self, "path", None) or getattr(getattr(self, "_writer", None), "path", "?")
+            what = ("a per-file size limit (`ulimit -f`, a quota) was hit writing" if code == errno.EFBIG
+                    else "no space left on the device holding")
             raise StoreFullError(
-                f"no space left on the device holding store {path} ({os.strerror(code)}) during "
-                f"{method.__name__}: free disk space (or move the store to a larger disk) and rerun "
-                f"the same command; utterances committed so far are kept and extraction resumes "
-                f"where it stopped."
+                f"{what} store {path} ({os.strerror(code)}) during {method.__name__}: free disk space or "
+                f"raise the limit (or move the store to a larger disk) and rerun the same command; "
+                f"utterances committed so far are kept and extraction resumes where it stopped."
             ) from exc
 
     return wrapper

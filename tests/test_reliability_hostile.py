@@ -3,8 +3,11 @@ per-file size limits, odd names. Each is one clear line (or works), never a trac
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,60 @@ def test_export_over_the_file_size_limit_is_one_line_and_keeps_the_old_file(stor
     assert done.stderr.startswith(f"w2v2ser: error: cannot write {out}: File too large"), done.stderr
     assert len(done.stderr.splitlines()) == 1 and "an earlier x.h5 is unchanged" in done.stderr, done.stderr
     assert out.read_text() == "OLD" and sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]
+
+
+@pytest.mark.parametrize(("code", "words", "exit_code"), [
+    (errno.ENOSPC, "No space left on device. Free space", 1),
+    (errno.EFBIG, "File too large: a per-file size limit was hit (`ulimit -f`", 1),
+    (errno.EMFILE, "Too many open files: this process may open no more files (`ulimit -n` is", 1),
+    (errno.ENAMETOOLONG, "File name too long (a file system allows 255 bytes per name", 2),
+])
+def test_an_os_error_without_a_file_name_is_one_line(monkeypatch, capsys, code: int, words: str,
+                                                     exit_code: int) -> None:
+    """keras (model.save), PIL (figures) and zarr raise a full disk, a file size limit or too many
+    open files as an OSError without a file name: train, sweep, evaluate and extract printed a traceback."""
+    import argparse
+
+    from w2v2ser import _cli
+
+    def command(args: argparse.Namespace) -> int:
+        raise OSError(code, os.strerror(code))
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(_cli, "build_parser", lambda: parser)
+    assert _cli.main([]) == exit_code
+    err = capsys.readouterr().err
+    assert err.startswith(f"w2v2ser: error: {words}") and len(err.splitlines()) == 1, err
+
+
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_path, monkeypatch, capsys) -> None:
+    """keras's model.save raised ENOSPC without a file name: a traceback, and the hidden
+    `.RUN.tmp-PID` folder stayed on the full disk forever (it is what filled it)."""
+    import keras
+    from stage2_fixtures import build_store, ravdess_utterances
+
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=1), layers=2, dim=4)
+    train = ["train", str(path), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1", "--no-progress",
+             "--out", str(tmp_path / "run")]
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", full)
+        assert main(train) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("w2v2ser: error: No space left on device. Free space")
+    runs = tmp_path / "run" / "runs"
+    assert not [p.name for p in runs.iterdir() if p.name.startswith(".")]
+    # A killed process's leftover (its pid gone, untouched for an hour) is removed by the next run.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = runs / f".test__seed0.tmp-{gone.pid}"
+    leftover.mkdir()
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    assert main(train) == 0
+    assert not leftover.exists() and [p.name for p in runs.iterdir() if p.name.startswith(".")] == []
+

@@ -18,10 +18,8 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import resource
 import shlex
-import shutil
 import sys
 import time
 from collections import Counter
@@ -43,7 +41,7 @@ from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
 from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances,
                          speaker_group_folds)
-from ._runfiles import damaged_run_files, list_run_files, record_run_files
+from ._runfiles import damaged_run_files, list_run_files, record_run_files, writing_run
 from ._selection import ResolvedSelection, resolve_selection
 
 __all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
@@ -683,31 +681,28 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
         "provenance": _provenance(),
     }
 
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    tmp = out / "runs" / f".{run_spec.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    head.model_.save(tmp / "model.keras")
-    with open(tmp / "predictions.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes)])
-        for it, p, row in zip(test.items, y_pred, proba):
-            w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
-    _write_json(tmp / "history.json", hist)
-    # Files of no known speaker get the training speakers' global statistics at prediction time.
-    fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train, speakers=[],
-                                    utterances=data.statistics_ids)
-                for b, sel in data.selections.items() if normalisers[b].mode == "speaker"}
-    save_normalisers(tmp / "normalisation.npz", normalisers, global_fallback=fallback)
-    if head.layer_weights_:
-        _write_json(tmp / "layer_weights.json", {
-            b: {"alphas": a, "normalised": (np.asarray(a) / max(sum(a), 1e-12)).tolist(),
-                "layers": list(data.selections[b].layers or ()), "store": data.selections[b].alias,
-                "selection": data.selections[b].text}
-            for b, a in head.layer_weights_.items()})
-    # written last: its presence marks the run complete, and it holds the other files' sha256
-    _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))
-    publish_directory(tmp, run_dir)
+    with writing_run(out / "runs", run_spec.name) as tmp:
+        head.model_.save(tmp / "model.keras")
+        with open(tmp / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes)])
+            for it, p, row in zip(test.items, y_pred, proba):
+                w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
+        _write_json(tmp / "history.json", hist)
+        # Files of no known speaker get the training speakers' global statistics at prediction time.
+        fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train,
+                                        speakers=[], utterances=data.statistics_ids)
+                    for b, sel in data.selections.items() if normalisers[b].mode == "speaker"}
+        save_normalisers(tmp / "normalisation.npz", normalisers, global_fallback=fallback)
+        if head.layer_weights_:
+            _write_json(tmp / "layer_weights.json", {
+                b: {"alphas": a, "normalised": (np.asarray(a) / max(sum(a), 1e-12)).tolist(),
+                    "layers": list(data.selections[b].layers or ()), "store": data.selections[b].alias,
+                    "selection": data.selections[b].text}
+                for b, a in head.layer_weights_.items()})
+        # written last: its presence marks the run complete, and it holds the other files' sha256
+        _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))
+        publish_directory(tmp, run_dir)
     return _result(metrics, run_dir, skipped=False)
 
 

@@ -31,8 +31,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -51,7 +49,7 @@ from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_f
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
-from ._runfiles import record_run_files
+from ._runfiles import record_run_files, writing_run
 from ._selection import parse_selection
 
 __all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR"]
@@ -389,21 +387,18 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
                test: FeatureBatches, classes: Sequence[str], proba: np.ndarray, history: dict[str, Any],
                layer_weights: dict[str, Any] | None) -> None:
     run_dir = out / "runs" / run_spec.name
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    tmp = out / "runs" / f".{run_spec.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    y_pred = np.argmax(proba, axis=1)
-    with open(tmp / "predictions.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes)])
-        for it, p, row in zip(test.items, y_pred, proba):
-            w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row)])
-    _write_json(tmp / "history.json", history)
-    if layer_weights:
-        _write_json(tmp / "layer_weights.json", layer_weights)
-    _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))  # last: marks the run complete
-    publish_directory(tmp, run_dir)
+    with writing_run(out / "runs", run_spec.name) as tmp:
+        y_pred = np.argmax(proba, axis=1)
+        with open(tmp / "predictions.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes)])
+            for it, p, row in zip(test.items, y_pred, proba):
+                w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row)])
+        _write_json(tmp / "history.json", history)
+        if layer_weights:
+            _write_json(tmp / "layer_weights.json", layer_weights)
+        _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))  # last: marks the run complete
+        publish_directory(tmp, run_dir)
 
 
 def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *, out: Path | str,

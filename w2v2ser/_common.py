@@ -150,7 +150,23 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     """Message and exit code for a permission, read-only, folder-in-the-way or disk-full error on a path.
 
     The command line prints these as one line instead of a traceback; other errors give None.
+    A full disk, a file size limit or too many open files is described without a file name too
+    (keras, PIL and zarr raise those without one).
     """
+    kept = "rerun the same command: finished work is kept"
+    where = f"{error.filename}: {error.strerror}" if error.filename else f"{error.strerror or error}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{where}. Free space (or raise the quota), or write elsewhere ({_OTHER_OUTPUT}), then {kept}.",
+                EXIT_FAILED)
+    if error.errno == errno.EFBIG:
+        return (f"{where}: a per-file size limit was hit (`ulimit -f`, or a quota). Raise it, or write elsewhere, "
+                f"then {kept}.", EXIT_FAILED)
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        return (f"{where}: this process may open no more files (`ulimit -n` is {_open_file_limit()}). Raise it "
+                f"(e.g. `ulimit -n 4096`), or use fewer workers, then {kept}.", EXIT_FAILED)
+    if error.errno == errno.ENAMETOOLONG:
+        return (f"{where} (a file system allows 255 bytes per name and 4096 per path, and w2v2ser adds names of its "
+                f"own inside a store or run folder). Give a shorter path, then rerun.", EXIT_INPUT)
     if not error.filename:
         return None
     where = f"{error.filename}: {error.strerror}"
@@ -169,10 +185,17 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     if error.errno == errno.EISDIR:
         return (f"{where}; expected a file path there. Give the file's own name (e.g. {error.filename}/"
                 f"out.h5, or another name beside the folder), then rerun.", EXIT_INPUT)
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"{where}. Free space (or raise the quota), or write elsewhere, then rerun the same "
-                f"command: finished work is kept.", EXIT_FAILED)
     return None
+
+
+def _open_file_limit() -> str:
+    """This process's soft limit of open files, for a message."""
+    try:
+        import resource
+
+        return str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    except (ImportError, OSError, ValueError):
+        return "low"
 
 
 def describe_error(error: BaseException) -> tuple[str, int] | None:

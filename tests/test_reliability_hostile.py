@@ -146,3 +146,24 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
     assert main(train) == 0
     assert not leftover.exists() and [p.name for p in runs.iterdir() if p.name.startswith(".")] == []
 
+
+
+@pytest.mark.parametrize(("error", "words"), [
+    (MemoryError(), "out of memory: raise the limit"),
+    (RuntimeError("can't start new thread"), "no new thread could start (out of memory or threads)"),
+])
+def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, words: str) -> None:
+    """Under `ulimit -v` extract ended in a traceback (numpy's MemoryError, or "can't start new thread")."""
+    import argparse
+
+    from w2v2ser import _cli
+
+    def command(args: argparse.Namespace) -> int:
+        raise error
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    monkeypatch.setattr(_cli, "build_parser", lambda: parser)
+    assert _cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"w2v2ser: error: {words}") and "--batch-seconds" in err and len(err.splitlines()) == 1

@@ -211,6 +211,13 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
         return None if missing is None else (str(missing), missing.exit_code)
     if isinstance(error, OSError):
         return describe_path_error(error)
+    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't start new thread" in str(error)):
+        # A memory limit (`ulimit -v`, a job's --mem) hits numpy allocations and thread stacks alike.
+        what = ("out of memory" if isinstance(error, MemoryError)
+                else "no new thread could start (out of memory or threads)")
+        return (f"{what}: raise the limit (`ulimit -v`, `ulimit -u`, the job's --mem) or use less (lower "
+                f"--batch-seconds, --decode-workers or --cpu-workers for extract, --threads for train), then rerun "
+                f"the same command: finished work is kept.", EXIT_FAILED)
     return None
 
 

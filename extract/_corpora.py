@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from enum import Enum
 from typing import Callable
@@ -54,4 +55,37 @@ def read_corpus(kind: str | CorpusKind, path: str | os.PathLike[str]) -> Manifes
             f"{did_you_mean(str(kind).lower(), choices)} "
             "Use 'csv' with a path,label,speaker manifest for any other corpus."
         )
-    return reader(path)
+    return _utf8_paths_only(reader(path))
+
+
+def _printable(path: str) -> str:
+    """A path that is not valid UTF-8 (held with surrogate escapes), with its odd bytes as ``\\xff``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8_paths_only(manifest: Manifest) -> Manifest:
+    """Move utterances whose path is not valid UTF-8 (a Latin-1 name on an old disk) to the problems:
+    the store records paths as UTF-8 text, and libsndfile opens only UTF-8 names.
+
+    Raises:
+        ManifestError: No utterance is left (the corpus folder's own name is such a name).
+    """
+    bad = []
+    for utterance in manifest.utterances:
+        try:
+            utterance.path.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(utterance)
+    if not bad:
+        return manifest
+    reason = ("its name is not valid UTF-8 (the bytes shown as \\x..); rename it, e.g. `convmv -f latin1 -t utf8 "
+              "-r --notest FOLDER`, then rerun")
+    problems = [(_printable(p), _printable(r)) for p, r in manifest.problems]
+    problems += [(_printable(u.path), reason) for u in bad]
+    bad_ids = {id(u) for u in bad}
+    kept = [u for u in manifest.utterances if id(u) not in bad_ids]
+    if not kept:
+        raise ManifestError(f"The corpus at {_printable(manifest.source)}: no audio file path is valid UTF-8 (e.g. "
+                            f"{problems[-1][0]}); the store records paths as UTF-8 text. Rename the folder (e.g. "
+                            f"`convmv -f latin1 -t utf8 -r --notest FOLDER`), then rerun.")
+    return dataclasses.replace(manifest, utterances=kept, problems=problems)

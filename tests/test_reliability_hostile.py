@@ -167,3 +167,28 @@ def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, w
     assert _cli.main([]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"w2v2ser: error: {words}") and "--batch-seconds" in err and len(err.splitlines()) == 1
+
+
+def test_a_folder_name_that_is_not_utf8_is_skipped_with_a_reason(tmp_path, capsys) -> None:
+    """A corpus folder named with byte \\xff (a Latin-1 name on an old disk) crashed extract with a
+    UnicodeEncodeError traceback from libsndfile's strict UTF-8 file names."""
+    from w2v2ser._cli import main
+
+    corpus = tmp_path / "corpus"
+    write_audio(corpus / "speech" / "Actor_01" / "03-01-01-01-01-01-01.wav", duration=0.5, seed=1)
+    write_audio(corpus / "speech" / "Actor_01" / "03-01-04-01-01-01-01.wav", duration=0.5, seed=2)
+    odd = corpus / os.fsdecode(b"old\xffnames")
+    write_audio(corpus / "old" / "Actor_02" / "03-01-05-01-01-01-02.wav", duration=0.5, seed=3)
+    os.rename(corpus / "old", odd)  # (soundfile itself cannot write there)
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "ravdess", str(corpus), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "old\\xffnames/Actor_02/03-01-05-01-01-01-02.wav: its name is not valid UTF-8" in err, err
+    assert "Traceback" not in err
+    # The corpus folder's own name: one line, nothing written.
+    assert main(["extract", "ravdess", str(odd), "--store", str(tmp_path / "t.zarr"), "--features", "spectrogram",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("w2v2ser: error: The corpus at ") and "no audio file path is valid UTF-8" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "t.zarr").exists()

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import UPSTREAM_FEATURES, as_paths, write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES, as_paths, short_name, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
 from ._compare import check_baseline_path, compare_with_baseline, find_baseline
@@ -341,7 +341,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     for run, name in zip(runs, names):
         png = None
         if run.status == "complete":
-            made = plot_confusion(run, out / f"confusion_{_slug(name)}.png")
+            made = plot_confusion(run, out / short_name(f"confusion_{_slug(name)}.png"))  # a run may have a long name
             png = made.name if made else None
         confusion_pngs.append(png)
     weights = layer_weight_series(runs, _weight_labels(runs, names))

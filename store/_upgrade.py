@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from w2v2ser._common import publish_directory
+from w2v2ser._common import publish_directory, short_name
 
 from ._errors import StoreError
 from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, missing_chunk_keys, read_meta,
@@ -224,7 +224,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     # Written beside NEW and moved into place when finished: a killed upgrade leaves NEW as it was,
     # and the same command starts over (removing what the killed one left, under NEW's lock, which
     # refuses a second upgrade into NEW while one runs).
-    final, new = new, new.with_name(f".{new.name}.upgrading")
+    final, new = new, new.with_name(f".{short_name(new.name)}.upgrading")  # (a 250-byte NEW is a valid name)
     specs = list(specs_from_meta(meta).values())
     read = functools.partial(_read_v1, group, old)
     cols = {c: read(f"utterances/{c}") for c in UTTERANCE_COLUMNS}

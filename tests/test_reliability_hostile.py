@@ -192,3 +192,23 @@ def test_a_folder_name_that_is_not_utf8_is_skipped_with_a_reason(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("w2v2ser: error: The corpus at ") and "no audio file path is valid UTF-8" in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "t.zarr").exists()
+
+
+def test_long_valid_names_work_for_upgrade_and_evaluate(tmp_path, capsys) -> None:
+    """A 250-byte name (under NAME_MAX, 255) failed in a traceback ([Errno 36] File name too long):
+    `store upgrade` wrote beside it `.NAME.upgrading`, and evaluate named a figure `confusion_NAME.png`."""
+    from stage2_fixtures import build_store, ravdess_utterances
+
+    from w2v2ser._cli import main
+
+    new = tmp_path / ("a" * 247 + ".zr")
+    assert main(["store", "upgrade", str(Path(__file__).parent / "data" / "format1.zarr"), str(new),
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [new.name]
+    store = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=1), layers=2, dim=4)
+    run = tmp_path / ("b" * 245)
+    assert main(["train", str(store), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1",
+                 "--no-progress", "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
+    (figure,) = (tmp_path / "rep").glob("confusion_*.png")
+    assert figure.name.startswith("confusion_bbbb") and len(figure.name) <= 200

@@ -47,6 +47,7 @@ __all__ = [
     "or_list",
     "owner_tag",
     "provenance",
+    "short_name",
     "python_command",
     "remove_stale",
     "fsync_path",
@@ -263,6 +264,22 @@ def or_list(items: Sequence[str]) -> str:
     """``a, b or c`` (``a`` alone; empty for none): a registry's names in a message."""
     items = list(items)
     return " or ".join(filter(None, [", ".join(items[:-1]), items[-1]])) if items else ""
+
+
+def short_name(name: str, limit: int = 200) -> str:
+    """``name``, or when longer than ``limit`` bytes (UTF-8) its start and a hash of the whole: for a
+    name derived from a user's name (``.NEW.upgrading``, ``confusion_RUN.png``), which must stay
+    under the file system's 255 bytes when the user's name itself is a valid one. Deterministic:
+    the same name gives the same short one. A suffix (``.png``) is kept."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= limit:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    suffix = f".{suffix}" if dot and stem and len(suffix) <= 10 else ""
+    digest = hashlib.sha256(encoded).hexdigest()[:12]
+    room = limit - len(suffix.encode("utf-8", "surrogateescape")) - len(digest) - 1
+    head = encoded[:room].decode("utf-8", "ignore")  # not cut inside a character
+    return f"{head}-{digest}{suffix}"
 
 
 def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:
@@ -486,7 +503,7 @@ def publish_directory(tmp: Path, target: Path) -> Path:
     either the old complete folder, absent, or the new complete one.
     """
     if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        trash = target.with_name(f".{short_name(target.name)}.old-{os.getpid()}")  # (a 250-byte name is valid)
         os.rename(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(tmp, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ import zarr
 
 from w2v2ser._common import publish_directory, short_name
 
-from ._errors import StoreError
+from ._errors import StoreError, StoreFullError
 from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, missing_chunk_keys, read_meta,
                       specs_from_meta, to_str_list)
 from ._location import is_store_url, local_zarr_store
@@ -300,9 +301,14 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
                                             duration=float(cols["duration"][row]))
                         if bar is not None:
                             bar.update(1)
-        except _FramesLost:
-            writer.close()  # nothing half-written stays behind: the message says nothing was written
-            shutil.rmtree(new, ignore_errors=True)
+        except (_FramesLost, StoreFullError) as error:
+            with contextlib.suppress(Exception):  # (a full disk may fail the close too)
+                writer.close()
+            shutil.rmtree(new, ignore_errors=True)  # nothing half-written stays: on a full disk it is what filled it
+            if isinstance(error, StoreFullError):  # the writer's message speaks of extraction resuming
+                raise StoreFullError(f"{str(error).split(': free disk space', 1)[0]}: free disk space or raise the "
+                                     f"limit (or write NEW to a larger disk), then rerun the same command; the old "
+                                     f"store {old} is unchanged and nothing of {final} was written.") from error
             raise
         if bar is not None:
             bar.close()

@@ -212,3 +212,14 @@ def test_long_valid_names_work_for_upgrade_and_evaluate(tmp_path, capsys) -> Non
     assert main(["evaluate", str(run), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
     (figure,) = (tmp_path / "rep").glob("confusion_*.png")
     assert figure.name.startswith("confusion_bbbb") and len(figure.name) <= 200
+
+
+def test_upgrade_onto_a_full_disk_says_so_in_its_terms_and_leaves_nothing(tmp_path) -> None:
+    """`store upgrade` onto a full disk spoke of extraction resuming, and left `.NEW.upgrading`
+    (what filled the disk) behind."""
+    old, new = Path(__file__).parent / "data" / "format1.zarr", tmp_path / "new.zarr"
+    done = _shell(f"ulimit -f 16; exec {W2V2SER} store upgrade '{old}' '{new}' --no-progress")
+    assert done.returncode == 1, done.stderr
+    assert f"the old store {old} is unchanged and nothing of {new} was written" in done.stderr, done.stderr
+    assert "extraction resumes" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".upgrading")] == []

@@ -223,3 +223,28 @@ def test_upgrade_onto_a_full_disk_says_so_in_its_terms_and_leaves_nothing(tmp_pa
     assert f"the old store {old} is unchanged and nothing of {new} was written" in done.stderr, done.stderr
     assert "extraction resumes" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".upgrading")] == []
+
+
+_HANGUP = """
+import argparse, os, signal, sys
+import w2v2ser._cli as cli
+
+def command(args):
+    os.kill(os.getpid(), signal.SIG{name})
+    signal.pause()  # (the handler raises first)
+
+parser = argparse.ArgumentParser()
+parser.set_defaults(func=command)
+cli.build_parser = lambda: parser
+sys.exit(cli.main([]))
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("HUP", 129), ("QUIT", 131)])
+def test_sighup_and_sigquit_stop_a_command_with_a_line_like_sigterm(name: str, code: int) -> None:
+    """A closed ssh session (SIGHUP, without nohup) or SIGQUIT ended extract or train silently."""
+    done = subprocess.run([sys.executable, "-c", _HANGUP.replace("{name}", name)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith(f"w2v2ser: terminated (SIG{name}: ") and len(done.stderr.splitlines()) == 1
+    assert "finished work is kept" in done.stderr

@@ -719,13 +719,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Signals that end a command like SIGTERM, with why in the log: a closed terminal or ssh session
+# (SIGHUP, without nohup) and SIGQUIT (Ctrl-\\) ended extract or train silently.
+_TERMINATING = {"SIGTERM": "scancel, the job's time limit or kill",
+                "SIGHUP": "the terminal or ssh session closed; run it under nohup, tmux or a batch job",
+                "SIGQUIT": "Ctrl-\\ or kill -QUIT"}
+_received: list[int] = []  # the terminating signal that stopped this command
+
+
 def _terminate(signum: int, frame: Any) -> None:
     import signal
 
     from w2v2ser._common import Terminated, request_stop
 
+    _received[:] = [signum]
     request_stop(terminated=True)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
     raise Terminated
 
 
@@ -749,8 +758,14 @@ def _sigterm_raises() -> Any:
     from w2v2ser._common import clear_stop
 
     handle_int = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # SIGHUP and SIGQUIT where nobody else handles them (nohup ignores SIGHUP: it stays ignored).
+    others = [getattr(signal, name) for name in ("SIGHUP", "SIGQUIT")
+              if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL]
     clear_stop()
+    _received.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    for other in others:
+        signal.signal(other, _terminate)
     if handle_int:
         signal.signal(signal.SIGINT, _interrupt)
     try:
@@ -760,13 +775,17 @@ def _sigterm_raises() -> Any:
         # forgetting of the stop request still run, so neither our handlers nor a stop request
         # outlive the command and stop later library calls of this process.
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for other in others:
+                signal.signal(other, signal.SIG_DFL)
         finally:
             try:
-                if handle_int:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
             finally:
-                clear_stop()
+                try:
+                    if handle_int:
+                        signal.signal(signal.SIGINT, signal.default_int_handler)
+                finally:
+                    clear_stop()
 
 
 _STARTS_OVER = {
@@ -845,7 +864,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Exit codes: 0 done; 1 a run failed (some unit of work failed, finished work is kept);
     2 bad input or configuration (nothing ran; the message says what to fix); 130 interrupted;
-    141 the reader of standard output left (``| head``); 143 terminated (SIGTERM).
+    141 the reader of standard output left (``| head``); 143 terminated (SIGTERM; 129 SIGHUP,
+    131 SIGQUIT).
     """
     _open_closed_std_streams()
     try:  # the parser imports the stages' modules (numpy, ...): seconds in which a Ctrl-C may land
@@ -876,8 +896,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Commands that keep nothing of a stopped run (they write one file or folder at the end).
         kept = _STARTS_OVER.get(getattr(args, "func", None), "finished work is kept, rerun the same command to resume")
         if isinstance(stop, Terminated):  # in a job's log, the only word on why the run ended
-            print(f"w2v2ser: terminated (SIGTERM: scancel, the job's time limit or kill); {kept}", file=sys.stderr)
-            return 143  # 128 + SIGTERM, as a shell reports a command killed by it
+            import signal
+
+            signum = _received[0] if _received else int(signal.SIGTERM)
+            name = signal.Signals(signum).name
+            print(f"w2v2ser: terminated ({name}: {_TERMINATING.get(name, 'a signal')}); {kept}", file=sys.stderr)
+            return 128 + signum  # 143 for SIGTERM, as a shell reports a command killed by it
         print(f"w2v2ser: interrupted; {kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `w2v2ser store info S | head`: the reader left; no traceback for that

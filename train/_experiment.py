@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import resource
 import shlex
 import sys

@@ -472,9 +472,9 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp files of writers of this path killed with SIGKILL (a big export's partial copy).
-    # At most 200 characters of the name: with the tag and mkstemp's letters the temp name stays
-    # within NAME_MAX (255) for every valid target name.
-    prefix = f".{path.name[:200]}."
+    # At most 200 bytes of the name: with the tag and mkstemp's letters the temp name stays
+    # within NAME_MAX (255 bytes) for every valid target name.
+    prefix = f".{short_name(path.name, 200)}."
     remove_stale(path.parent, prefix, ".tmp")
     try:
         fd, name = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}.", suffix=".tmp", dir=path.parent)

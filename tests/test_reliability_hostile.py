@@ -7,7 +7,6 @@ import errno
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -137,13 +136,17 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
     assert capsys.readouterr().err.splitlines()[-1].startswith("w2v2ser: error: No space left on device. Free space")
     runs = tmp_path / "run" / "runs"
     assert not [p.name for p in runs.iterdir() if p.name.startswith(".")]
-    # A killed process's leftover (its pid gone, untouched for an hour) is removed by the next run.
+    # A killed process's leftovers (its pid gone from this host), written or replaced, go with the next run.
+    from w2v2ser._common import owner_tag
+
     gone = subprocess.Popen(["true"])
     gone.wait()
-    leftover = runs / f".test__seed0.tmp-{gone.pid}"
-    leftover.mkdir()
-    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    tag = f"{gone.pid}-{owner_tag().split('-', 1)[1]}"
+    leftovers = [runs / f".test__seed0.{kind}-{tag}.dir" for kind in ("tmp", "old")]
+    for leftover in leftovers:
+        leftover.mkdir()
     assert main(train) == 0
+    leftover = leftovers[0]
     assert not leftover.exists() and [p.name for p in runs.iterdir() if p.name.startswith(".")] == []
 
 

@@ -9,16 +9,13 @@ training runs it again, and summaries and ``predict`` refuse it instead of readi
 from __future__ import annotations
 
 import csv
-import os
-import re
 import shutil
-import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import file_sha256
+from w2v2ser._common import file_sha256, owner_tag, remove_stale, short_name
 
 __all__ = ["RUN_FILES_KEY", "damaged_run_files", "list_run_files", "record_run_files", "writing_run"]
 
@@ -28,49 +25,23 @@ RUN_FILES_KEY = "files_sha256"
 
 def list_run_files(runs: Path, name: str = "metrics.json") -> list[Path]:
     """``runs/*/<name>`` in name order, leaving out the hidden folders of a run being written
-    (``.<run>.tmp-PID``) or replaced (``.<run>.old-PID``), also when a killed process left them:
-    they are not runs, and one may hold a whole run's files."""
+    (``.<run>.tmp-PID-HOST.dir``) or replaced (``.<run>.old-PID-HOST.dir``), also when a killed
+    process left them: they are not runs, and one may hold a whole run's files."""
     return sorted(p for p in Path(runs).glob(f"*/{name}") if not p.parent.name.startswith("."))
-
-
-_LEFTOVER = re.compile(r"\..+\.(?:tmp|old)-(\d+)")  # a run being written or replaced, by process PID
-_LEFTOVER_AGE = 600.0  # seconds: a live process writes its run folder in seconds (training comes before)
-
-
-def _remove_leftovers(runs: Path) -> None:
-    """Remove the hidden run folders that killed processes left (a full disk: they filled it).
-
-    Only a folder whose process is gone from this machine and that has not changed for ten
-    minutes: another machine's process writing into the same folder has a pid unknown here.
-    """
-    for folder in runs.iterdir():
-        match = _LEFTOVER.fullmatch(folder.name)
-        if match is None or int(match.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-            continue  # alive
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):  # another user's live process; not a pid
-            continue
-        try:
-            if time.time() - folder.stat().st_mtime > _LEFTOVER_AGE:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            continue
 
 
 @contextmanager
 def writing_run(runs: Path, name: str) -> Iterator[Path]:
-    """A fresh hidden folder ``runs/.<name>.tmp-PID`` to write a run into, then publish.
+    """A fresh hidden folder ``runs/.<name>.tmp-PID-HOST.dir`` to write a run into, then publish.
 
-    Removed when writing fails (a full disk: the half-written run is what filled it); leftovers of
-    processes that were killed are removed first.
+    Removed when writing fails (a full disk: the half-written run is what filled it). What a killed
+    process left of this run (being written, or the old one being replaced) is removed first, when
+    that process is gone (:func:`~w2v2ser._common.remove_stale`).
     """
     runs.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(runs)
-    tmp = runs / f".{name}.tmp-{os.getpid()}"
+    for kind in ("tmp", "old"):
+        remove_stale(runs, f".{short_name(name)}.{kind}-")
+    tmp = runs / f".{short_name(name)}.tmp-{owner_tag()}.dir"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -503,7 +503,8 @@ def publish_directory(tmp: Path, target: Path) -> Path:
     either the old complete folder, absent, or the new complete one.
     """
     if target.exists():
-        trash = target.with_name(f".{short_name(target.name)}.old-{os.getpid()}")  # (a 250-byte name is valid)
+        # (a 250-byte name is valid); a killed process's leftover goes with remove_stale(..., ".NAME.old-")
+        trash = target.with_name(f".{short_name(target.name)}.old-{owner_tag()}.dir")
         os.rename(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
     os.rename(tmp, target)

@@ -125,14 +125,19 @@ def extraction_holder(path: str | os.PathLike[str] | StoreLocation) -> str | Non
 
     Readers use it to say "an extraction is running" instead of "interrupted" or "damaged". Local
     stores: a non-blocking shared ``flock`` tried and released at once (the text alone survives a
-    killed holder). Object stores: the ``.lock`` object's text (one left by a dead holder counts).
+    killed holder). Object stores: the ``.lock`` object's text (one left by a dead holder counts, so
+    the text says how to delete it).
     Any failure to look answers None: this only chooses the wording of another error.
     """
     try:
         location = locate_store(path)
         if not location.is_local:
             raw = location.read_bytes(LOCK_FILE)
-            return None if raw is None else raw.decode("utf-8", "replace").strip() or "unknown pid"
+            if raw is None:
+                return None
+            # An object outlives a killed holder (no flock to release it): say how to clear it.
+            return (f"{raw.decode('utf-8', 'replace').strip() or 'unknown pid'}; a lock object outlives a killed "
+                    f"extraction: if none runs, delete {location.display}/{LOCK_FILE} and rerun")
         fd = os.open(location.path / LOCK_FILE, os.O_RDONLY)
     except Exception:  # noqa: BLE001 -- no lock file, an unreachable store: nothing to tell
         return None

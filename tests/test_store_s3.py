@@ -691,3 +691,20 @@ def test_a_store_copied_between_a_directory_and_a_bucket_keeps_its_finished_work
     for i, u in enumerate(built.utterances):
         np.testing.assert_array_equal(store.read_utterance(u.id, "w2v"), built.stored("w2v", i))
     assert store.verify().ok
+
+
+def test_verify_of_a_store_with_a_dead_extractions_lock_object_says_how_to_clear_it(extracted, capsys):
+    """A lock object outlives a killed extraction; plain `store verify` then said "being extracted now
+    ... verify when that extraction has finished", which never happens, and not how to clear it."""
+    from w2v2ser._cli import main
+
+    location = locate_store(extracted)
+    location.write_bytes(".lock", b"pid 1 on gone-node\n")  # a holder killed by SIGKILL
+    try:
+        assert main(["store", "verify", extracted]) == 2
+        err = capsys.readouterr().err
+        assert "pid 1 on gone-node; a lock object outlives a killed extraction: if none runs, delete " \
+               f"{extracted}/.lock and rerun" in err
+    finally:
+        location.delete(".lock")
+    assert main(["store", "verify", extracted]) == 0

@@ -433,19 +433,18 @@ def die_with_parent(signum: int = signal.SIGKILL, *, parent: int | None = None) 
 
     Args:
         signum: The signal to receive.
-        parent: The parent's PID, when the caller knows it (else multiprocessing's parent, else
-            the parent seen before the request). A parent that died before the request sent no
-            signal, so the process then exits; comparing with the known parent (not with PID 1)
-            keeps a child of PID 1 (a container's entrypoint) or of a subreaper alive.
+        parent: The parent's PID, when the caller knows it (else the parent seen just before the
+            request: multiprocessing's parent is not the OS parent under forkserver). A parent
+            that died before the request sent no signal, so the process then exits; comparing
+            with the known parent (not with PID 1) keeps a child of PID 1 (a container's
+            entrypoint) or of a subreaper alive.
     """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import multiprocessing
 
     if parent is None:
-        spawner = multiprocessing.parent_process()
-        parent = spawner.pid if spawner is not None and spawner.pid else os.getppid()
+        parent = os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, int(signum))  # PR_SET_PDEATHSIG

@@ -251,3 +251,28 @@ def test_sighup_and_sigquit_stop_a_command_with_a_line_like_sigterm(name: str, c
     assert done.returncode == code, done.stderr
     assert done.stderr.startswith(f"w2v2ser: terminated (SIG{name}: ") and len(done.stderr.splitlines()) == 1
     assert "finished work is kept" in done.stderr
+
+
+def test_the_native_log_filter_drains_its_pipe_when_the_real_stderr_fails() -> None:
+    """The filter stopped at its first failed write (a closed terminal, a full log disk): the pipe
+    then had no reader, so every later stderr write of the command failed (or blocked) and native
+    threads and child processes died of SIGPIPE."""
+    import threading
+
+    from w2v2ser._native_logs import _pump
+
+    source_read, source_write = os.pipe()
+    sink_read, sink_write = os.pipe()
+    os.close(sink_read)  # the real stderr is gone: writes to it fail with EPIPE
+
+    def command() -> None:  # writes far more than a pipe holds, then ends
+        with os.fdopen(source_write, "wb") as stderr:
+            for k in range(20000):
+                stderr.write(b"line %d of a long run\n" % k)
+
+    writer = threading.Thread(target=command, daemon=True)
+    writer.start()
+    _pump(source_read, sink_write)  # must neither raise nor stop reading
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    os.close(sink_write)

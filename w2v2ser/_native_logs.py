@@ -22,7 +22,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 __all__ = ["expected_retracing", "hide_native_logs", "is_native_log_line", "native_logs_hidden",
            "quiet_known_warnings", "quiet_tensorflow_warnings", "stderr_is_terminal"]
@@ -55,8 +55,23 @@ def is_native_log_line(line: bytes) -> bool:
 
 
 def _pump(read_fd: int, write_fd: int) -> None:
-    """Copy the pipe to the real stderr, line by line, dropping native log lines."""
+    """Copy the pipe to the real stderr, line by line, dropping native log lines.
+
+    The pipe is drained to its end even when the real stderr fails (a closed terminal, a full log
+    disk): a pipe without a reader would fail every later stderr write of the command, and kill
+    its native threads and child processes with SIGPIPE.
+    """
     pending = b""
+    writable = True
+
+    def write(data: bytes) -> None:
+        nonlocal writable
+        if writable and data:
+            try:
+                os.write(write_fd, data)
+            except OSError:
+                writable = False  # nowhere to write: drop the rest, keep reading
+
     while True:
         try:
             chunk = os.read(read_fd, 1 << 16)
@@ -75,11 +90,10 @@ def _pump(read_fd: int, write_fd: int) -> None:
         if redraw >= 0:
             out.append(pending[: redraw + 1])
             pending = pending[redraw + 1:]
-        if out:
-            os.write(write_fd, b"".join(out))
+        write(b"".join(out))
     if pending:
         start = _native_start(pending)
-        os.write(write_fd, pending if start < 0 else pending[:start])
+        write(pending if start < 0 else pending[:start])
     os.close(read_fd)
 
 
@@ -99,7 +113,8 @@ def _forward(done_fd: int) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     _pump(0, 1)
     if os.read(done_fd, 1) != b".":  # the parent closed its end without writing: it died
-        os.write(1, _ABRUPT)
+        with suppress(OSError):
+            os.write(1, _ABRUPT)
 
 
 def _start_forwarder(read_fd: int, real: int) -> tuple[subprocess.Popen | threading.Thread, int]:

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from w2v2ser._common import progress_bar, replacing
+from w2v2ser._common import FULL_DISK_ERRNOS, progress_bar, replacing
 
 from ._errors import StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
@@ -32,7 +32,7 @@ def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=_STR)
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, `ulimit -f`
+_FULL = FULL_DISK_ERRNOS
 
 
 def _full_message(out: Path, code: int) -> str:

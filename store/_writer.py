@@ -15,6 +15,8 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from w2v2ser._common import FULL_DISK_ERRNOS
+
 from ._errors import StoreError, StoreFullError
 from ._finalize import finalize_store
 from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
@@ -89,7 +91,7 @@ def _no_space_is_clear(method: Any) -> Any:
             return method(self, *args, **kwargs)
         except (OSError, RuntimeError) as exc:
             # The zarrs pipeline reports I/O errors as RuntimeError("... (os error 28)").
-            full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: `ulimit -f` or a per-file quota
+            full = FULL_DISK_ERRNOS
             code = exc.errno if isinstance(exc, OSError) else next(
                 (c for c in full if f"(os error {c})" in str(exc)), None)
             if code not in full:

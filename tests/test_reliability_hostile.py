@@ -142,7 +142,7 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
     gone = subprocess.Popen(["true"])
     gone.wait()
     tag = f"{gone.pid}-{owner_tag().split('-', 1)[1]}"
-    leftovers = [runs / f".test__seed0.{kind}-{tag}.dir" for kind in ("tmp", "old")]
+    leftovers = [runs / f".split__seed0.{kind}-{tag}.dir" for kind in ("tmp", "old")]
     for leftover in leftovers:
         leftover.mkdir()
     assert main(train) == 0

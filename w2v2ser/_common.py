@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "FULL_DISK_ERRNOS",
     "ConfigError",
     "DataError",
     "EXIT_FAILED",
@@ -145,6 +146,10 @@ class Terminated(KeyboardInterrupt):
 
 # Each command names its output its own way; `store export` takes it as its second argument.
 _OTHER_OUTPUT = "another --out or --store, another OUT file for `store export`, or another `output:` for `run`"
+
+
+#: The errors of a full disk, a full quota and a per-file size limit (`ulimit -f`).
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def describe_path_error(error: OSError) -> tuple[str, int] | None:

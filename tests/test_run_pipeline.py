@@ -352,3 +352,35 @@ def test_run_says_that_finished_runs_are_kept_when_the_store_becomes_unreachable
     assert ("1 finished run(s) in out/experiments/t" in err or
             f"1 finished run(s) in {tmp_path}/out/experiments/t" in err), err
     assert "rerun the same `w2v2ser run` command once the store is reachable to train the rest" in err
+
+
+def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_path: Path, monkeypatch,
+                                                                            capsys) -> None:
+    """`train` exits 1 when results.json lacks planned runs (its store changed between runs, and the
+    pooled figure is over part of the folds); `w2v2ser run` counted such an experiment done, exit 0."""
+    import json
+
+    from w2v2ser import train
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import _experiment
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
+
+    def trained(config, spec, **kwargs):
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(tmp_path))
+
+    def over_one_of_two_runs(config, out, **kwargs):  # what summarize_runs writes after such a change
+        results = {"uar_pooled_mean": 50.0, "n_runs": 1, "n_runs_planned": 2, "missing_runs": ["split__seed1"]}
+        (Path(out) / "results.json").write_text(json.dumps(results))
+        return results
+
+    monkeypatch.setattr(train, "train_run", trained)
+    monkeypatch.setattr(train, "summarize_runs", over_one_of_two_runs)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage=None) == 1
+    err = capsys.readouterr().err
+    assert "results.json lacks 1 planned run(s) (split__seed1); rerun the same `w2v2ser run` command" in err, err

@@ -437,6 +437,11 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             summarize_runs(train_config, experiment.run_dir)
         results = _read_json(experiment.run_dir / "results.json") or {}
         _say(f"train {experiment.name}: {format_uar(results)}")
+        if results.get("missing_runs"):  # over part of the folds (its store changed between runs): not done
+            _say(f"train {experiment.name}: results.json lacks {len(results['missing_runs'])} planned run(s) "
+                 f"({', '.join(results['missing_runs'][:3])}); rerun the same `w2v2ser run` command to train them")
+            outcome.failed.append(experiment.name)
+            continue
         outcome.done += 1
     return outcome
 

@@ -834,7 +834,11 @@ class _GuardedStdout:
             raise
         except OSError as error:
             with contextlib.suppress(OSError, ValueError):  # the rest of the output, and the exit flush, dropped
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, self._stream.fileno())
+                finally:
+                    os.close(null)
             raise _StdoutFailed(error.strerror or str(error)) from error
 
     def write(self, text: str) -> int:

@@ -30,7 +30,8 @@ import numpy as np
 from pydantic import Field
 
 from w2v2ser._common import (
-    EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, first_few, progress_bar,
+    EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, check_stop, first_few,
+    progress_bar,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -439,6 +440,7 @@ def extract_corpus(
             by_name = {e.name: e for e in extractors}
             bar = _progress(None, progress, "extract", "utt", total=total) if progress else None
             for group_names, items, unit in tasks:
+                check_stop()
                 silent: list[int] = []
                 done = extract_shard(
                     store_path,
@@ -738,6 +740,7 @@ def extract_shard(
     writer_thread.start()
     try:
         for decoded, decode_seconds in decoder:
+            check_stop()  # a SIGTERM/Ctrl-C whose exception was lost inside C code stops here
             stage("decode", decode_seconds)
             if write_error:
                 raise write_error[0]
@@ -807,6 +810,7 @@ def _features_of(
     try:
         values = iter(run_extractor(extractor, audios))
     except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
+        check_stop()  # an interrupt that surfaced as another error (SystemError from C code) is no failure
         singles = []
         for (item, audio, _), ok in zip(good, allowed):
             if not ok:
@@ -814,6 +818,7 @@ def _features_of(
             try:
                 singles.append(run_extractor(extractor, [audio])[0])
             except Exception as error:  # noqa: BLE001 - recorded per utterance, the shard goes on
+                check_stop()
                 failures.append((item.index, extractor.name,
                                  f"{extractor.name} failed on {item.path}: {type(error).__name__}: {error}"))
                 singles.append(None)
@@ -941,6 +946,7 @@ def _run_on_dask(
     errors: list[str] = []
     bar = _progress(None, progress, "extract shards", "shard", total=len(futures)) if progress else None
     for future in as_completed(futures):
+        check_stop()
         try:
             count, seconds, silent = future.result()
             done[0] += count

@@ -128,6 +128,46 @@ def test_an_extractor_error_fails_one_utterance_not_the_run(corpus, tmp_path):
     assert summary.complete
 
 
+class InterruptedEnergy(EnergyExtractor):
+    """Its second call is where a SIGTERM lands whose exception C code turned into another error
+    (the handler has requested the stop; what surfaces is a SystemError), or was lost altogether."""
+
+    def __init__(self, *, surfaces: bool) -> None:
+        super().__init__()
+        self.surfaces = surfaces
+
+    def extract(self, signals):
+        from w2v2ser._common import request_stop
+
+        out = super().extract(signals)
+        if self.calls == 2:
+            request_stop(terminated=True)  # what the command line's SIGTERM handler does
+            if self.surfaces:
+                raise SystemError("error return without exception set")
+        return out
+
+
+@pytest.mark.parametrize("surfaces", [True, False])
+def test_a_sigterm_whose_exception_was_lost_stops_the_extraction(corpus, tmp_path, surfaces):
+    """Found by a user killing `w2v2ser run --stage extract`: 2 of 8 SIGTERMs were swallowed and the
+    run went on to finish with exit 0. The extraction now checks the stop request after each batch
+    and before treating an error as a failed utterance; the units committed before are kept."""
+    from w2v2ser._common import Terminated, clear_stop
+
+    extractor = InterruptedEnergy(surfaces=surfaces)
+    try:
+        with pytest.raises(Terminated):
+            extract_corpus(corpus, tmp_path / "s.zarr", extractors=[extractor], shard_size=2, progress=False)
+    finally:
+        clear_stop()
+    assert extractor.calls <= 3  # not one call per remaining utterance
+    store = open_store(tmp_path / "s.zarr", allow_incomplete=True)
+    assert not store.complete
+    assert {f.id for f in store.list_failures()} <= {"broken", "missing"}  # no utterance failed by the stop
+    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert summary.complete and summary.extracted + summary.skipped == 7
+
+
 class Float16Energy(EnergyExtractor):
     """Stored as float16; the file of length `huge_on_length` gives values beyond its range."""
 

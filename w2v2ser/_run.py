@@ -225,6 +225,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
     def extract(job: tuple) -> bool:
         # Each job reports its own end, so lines keep their order when jobs run one after another.
         label, path, corpus_manifest, extractors = job
+        check_stop()  # a stop request whose exception was lost: the next store does not start
         _say(f"extract {label}: {len(corpus_manifest.utterances)} utterances -> {path}")
         try:
             summary = extract_corpus(corpus_manifest.utterances, path, extractors=extractors,

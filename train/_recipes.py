@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import Field
 
-from w2v2ser._schema import build_dataclass, check_dataclass, dataclass_model, validate
+from w2v2ser._schema import build_dataclass, check_dataclass, validate
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
@@ -49,9 +49,7 @@ class Recipe:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise)."""
-        validate(dataclass_model(type(self), optional=True, name="RecipeOverrides"), dict(overrides),
-                 what="recipe override")
-        return dataclasses.replace(self, **dict(overrides))
+        return build_dataclass(type(self), {**self.to_dict(), **overrides}, what="recipe override")
 
 
 # paper: the text of Pepino et al. (2021). official: configs/dienen/mean_mlp.yaml of the released code.

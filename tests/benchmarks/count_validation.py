@@ -39,7 +39,8 @@ UNITS: dict[str, list[str]] = {
         "_expect", "_positive_int", "_choice",
         # the schema (after issue 15)
         "_auto_to_none", "_as_text", "_as_tuple", "_auto", "_Text", "_Lines", "_Names", "_StoreName", "SlurmConfig",
-        "ClusterConfig", "CorpusEntry", "ReportEntry", "_feature_model", "pipeline_model", "pipeline_json_schema",
+        "ClusterConfig", "CorpusEntry", "ReportEntry", "ExperimentKeys", "_feature_model", "pipeline_model",
+        "_FileJsonSchema", "pipeline_json_schema",
         # checks of sections and of references between them
         "_resolve_path", "_prepare", "_parse_corpora", "_feature_config", "_parse_extraction", "_parse_stores",
         "_parse_cluster", "_SELECTION", "_check_selection", "_train_fields", "_check_experiment",

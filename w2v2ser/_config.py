@@ -230,20 +230,9 @@ class _FileJsonSchema(GenerateJsonSchema):
 
     VARIABLE = {"type": "string", "pattern": ENV_VARIABLE.pattern.join("^$")}
 
-    def _or_variable(self, schema: JsonSchemaValue) -> JsonSchemaValue:
-        return {"anyOf": [schema, self.VARIABLE]}
-
-    def int_schema(self, schema: Any) -> JsonSchemaValue:
-        return self._or_variable(super().int_schema(schema))
-
-    def float_schema(self, schema: Any) -> JsonSchemaValue:
-        return self._or_variable(super().float_schema(schema))
-
-    def bool_schema(self, schema: Any) -> JsonSchemaValue:
-        return self._or_variable(super().bool_schema(schema))
-
-    def literal_schema(self, schema: Any) -> JsonSchemaValue:
-        return self._or_variable(super().literal_schema(schema))
+    def generate_inner(self, schema: Any) -> JsonSchemaValue:
+        inner = super().generate_inner(schema)
+        return {"anyOf": [inner, self.VARIABLE]} if schema.get("type") in ("int", "float", "bool", "literal") else inner
 
 
 def pipeline_json_schema() -> dict[str, Any]:

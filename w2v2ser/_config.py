@@ -131,7 +131,7 @@ class ClusterConfig(StrictModel):
     gpus: _auto(0) = None
     memory_limit: _Text = "auto"
     dashboard_address: Optional[str] = ":8787"
-    slurm: Annotated[SlurmConfig, BeforeValidator(lambda v: {} if v is None else v)] = SlurmConfig()
+    slurm: Annotated[Optional[SlurmConfig], AfterValidator(lambda v: v or SlurmConfig())] = SlurmConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -243,8 +243,6 @@ def pipeline_json_schema() -> dict[str, Any]:
     cluster = schema["properties"]["cluster"]
     schema["properties"]["cluster"] = {"anyOf": [{"$ref": cluster.pop("$ref")}, {"enum": list(CLUSTER_KINDS)},
                                                  _FileJsonSchema.VARIABLE, {"type": "null"}], **cluster}
-    slurm = schema["$defs"]["ClusterConfig"]["properties"]["slurm"]
-    slurm["anyOf"] = [{"$ref": slurm.pop("$ref")}, {"type": "null"}]
     return schema
 
 

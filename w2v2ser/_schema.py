@@ -151,12 +151,11 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     if kind == "extra_forbidden":
         nodes = _schema_at(schema, loc[:-1])
         allowed = sorted({k for node in nodes for k in node.get("properties", {})})
-        # A key of a mapping one level down (max_epochs beside recipe_overrides) beats a spelling guess.
+        # Keys one level down are choices too: max_epochs (an exact match, which difflib ranks first) or a
+        # misspelt max_epocs beside recipe_overrides suggests recipe_overrides.max_epochs.
         below = {key: f"{name}.{key}" for node in nodes for name, child in sorted(node.get("properties", {}).items())
                  for key in sorted(_keys_below(child, schema)) if key not in allowed}
-        inside = below.get(loc[-1])
-        # A misspelt key is matched against those one level down too (max_epocs: recipe_overrides.max_epochs).
-        hint = f" Did you mean '{inside}'?" if inside else did_you_mean(loc[-1], [*allowed, *below], canonical=below)
+        hint = did_you_mean(loc[-1], [*allowed, *below], canonical=below)
         if loc[:-1] or where:  # name the full key path, as the file would be written
             hint = hint.replace("mean '", f"mean '{_path(where, loc[:-1])}.")
         return "", "unknown key.", f"{hint} Valid keys here: {', '.join(allowed)}."

@@ -631,3 +631,19 @@ def test_empty_stores_and_a_string_of_layer_names_are_refused_with_the_fix():
                                                 "dtype": "float16", "config": {}, "layer_names": "ab"})):
         with pytest.raises(StoreError, match="layer_names: expected a list of strings, got 'ab'"):
             make()
+
+
+def test_every_experiment_group_s_reference_problem_is_reported_in_one_run(tmp_path: Path) -> None:
+    """Found by a user of `w2v2ser run`: a bad store in one experiment and an unknown feature in
+    another took two runs to see, one problem each, while schema problems came all at once."""
+    data = _base()
+    data["experiments"]["t2"] = {"features": "nowhere/egemaps"}
+    data["experiments"]["t3"] = {"features": "classic/mfcc"}
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    message = str(caught.value)
+    assert message.startswith("2 problems:\n  experiments.t2.features:"), message
+    assert "\n  experiments.t3.features: " in message and "'mfcc'" in message
+    data["experiments"].pop("t3")  # one problem: one line, as before
+    with pytest.raises(ConfigError, match=r"^experiments\.t2\.features: selection 'nowhere/egemaps'"):
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)

@@ -39,7 +39,7 @@ from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only t
 
 from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
 from ._overrides import ENV_VARIABLE, apply_overrides, expand_env, load_yaml
-from ._schema import StrictModel, dataclass_model, validate
+from ._schema import StrictModel, config_problems, dataclass_model, validate
 
 __all__ = [
     "ClusterConfig", "ConfigError", "CorpusConfig", "ExperimentSpec", "PipelineConfig",
@@ -516,58 +516,72 @@ def _label(value: Any) -> str:
 def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str, CorpusConfig],
                         stores: Mapping[str, StoreConfig], output: Path, *, validate: bool) -> list[ExperimentSpec]:
     """Grid expansion; each grid point is built as an ExperimentConfig when ``validate``."""
-    from w2v2ser.train._head_names import reads_fusion  # no Keras
-
     specs: list[ExperimentSpec] = []
+    problems: list[str] = []  # the first of each group: every group's mistake is shown in one run
     for group, entry in (section or {}).items():
-        where = f"experiments.{group}"
-        grid = entry.get("grid") or {}  # types checked by the schema
-        for key in grid:
-            if key in entry:
-                raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
-        fixed = {k: v for k, v in entry.items() if k != "grid"}
-        keys = list(grid)
-        for point in itertools.product(*(grid[k] for k in keys)):
-            values = {**fixed, **dict(zip(keys, point))}
-            label = "/".join(_label(v) for k, v in zip(keys, point) if k != "corpus")
-            corpus = values.pop("corpus", None)
-            sweep = values.pop("sweep", False)
-            if sweep and values.get("head", "dense") != "dense":
-                raise ConfigError(f"{where}.head: a layer sweep trains the Dense probe, got {values['head']!r}; "
-                                  f"drop head or set it to dense")
-            if corpus is None:
-                if len(corpora) != 1:
-                    raise ConfigError(f"{where}.corpus: required key is missing (corpora: {', '.join(corpora)}); "
-                                      f"set corpus: NAME or grid: {{corpus: [...]}}")
-                corpus = next(iter(corpora))
-            _choice(corpus, list(corpora), f"{where}.corpus")
-            name = "/".join(p for p in (str(group), corpus, label) if p)
-            if "features" not in values:
-                raise ConfigError(f"{where}.features: required key is missing; give a feature selection, "
-                                  f"e.g. features: classic/egemaps (or grid: {{features: [...]}})")
-            used: dict[str, str] = {}
-            fusion = reads_fusion(values.get("head"))
-            if fusion:
-                values.setdefault("fusion_features", "egemaps")  # the paper's Fusion: wav2vec2 + eGeMAPS
-            for key in ["features"] + (["fusion_features"] if fusion else []):
-                alias, values[key] = _check_selection(values[key], corpus, stores, f"{where}.{key}")
-                used[alias] = alias
-            if values.get("protocol") is None:  # not given, or null: the corpus's own protocol
-                values["protocol"] = corpora[corpus].kind
-            values["stores"] = {alias: str(_store_path(output, stores[alias], corpora[corpus])) for alias in used}
-            if validate:
-                from w2v2ser.train import ExperimentConfig
-
-                try:
-                    ExperimentConfig.from_dict(values)
-                except ConfigError as error:
-                    raise ConfigError(f"{where} ({name}): {error}") from None
-            specs.append(ExperimentSpec(name, corpus, used, values, output / "experiments" / name, where, sweep))
+        try:
+            specs += _expand_group(str(group), entry, corpora, stores, output, validate=validate)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise config_problems(problems)
     names = [s.name for s in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"experiments: grid expansion gives duplicate experiment names {duplicates}; "
                           f"rename a group or change its grid")
+    return specs
+
+
+def _expand_group(group: str, entry: Mapping[str, Any], corpora: Mapping[str, CorpusConfig],
+                  stores: Mapping[str, StoreConfig], output: Path, *, validate: bool) -> list[ExperimentSpec]:
+    """The experiments of one group of the file (its grid points)."""
+    from w2v2ser.train._head_names import reads_fusion  # no Keras
+
+    specs: list[ExperimentSpec] = []
+    where = f"experiments.{group}"
+    grid = entry.get("grid") or {}  # types checked by the schema
+    for key in grid:
+        if key in entry:
+            raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
+    fixed = {k: v for k, v in entry.items() if k != "grid"}
+    keys = list(grid)
+    for point in itertools.product(*(grid[k] for k in keys)):
+        values = {**fixed, **dict(zip(keys, point))}
+        label = "/".join(_label(v) for k, v in zip(keys, point) if k != "corpus")
+        corpus = values.pop("corpus", None)
+        sweep = values.pop("sweep", False)
+        if sweep and values.get("head", "dense") != "dense":
+            raise ConfigError(f"{where}.head: a layer sweep trains the Dense probe, got {values['head']!r}; "
+                              f"drop head or set it to dense")
+        if corpus is None:
+            if len(corpora) != 1:
+                raise ConfigError(f"{where}.corpus: required key is missing (corpora: {', '.join(corpora)}); "
+                                  f"set corpus: NAME or grid: {{corpus: [...]}}")
+            corpus = next(iter(corpora))
+        _choice(corpus, list(corpora), f"{where}.corpus")
+        name = "/".join(p for p in (str(group), corpus, label) if p)
+        if "features" not in values:
+            raise ConfigError(f"{where}.features: required key is missing; give a feature selection, "
+                              f"e.g. features: classic/egemaps (or grid: {{features: [...]}})")
+        used: dict[str, str] = {}
+        fusion = reads_fusion(values.get("head"))
+        if fusion:
+            values.setdefault("fusion_features", "egemaps")  # the paper's Fusion: wav2vec2 + eGeMAPS
+        for key in ["features"] + (["fusion_features"] if fusion else []):
+            alias, values[key] = _check_selection(values[key], corpus, stores, f"{where}.{key}")
+            used[alias] = alias
+        if values.get("protocol") is None:  # not given, or null: the corpus's own protocol
+            values["protocol"] = corpora[corpus].kind
+        values["stores"] = {alias: str(_store_path(output, stores[alias], corpora[corpus])) for alias in used}
+        if validate:
+            from w2v2ser.train import ExperimentConfig
+
+            try:
+                ExperimentConfig.from_dict(values)
+            except ConfigError as error:
+                raise ConfigError(f"{where} ({name}): {error}") from None
+        specs.append(ExperimentSpec(name, corpus, used, values, output / "experiments" / name, where, sweep))
     return specs
 
 

@@ -202,6 +202,11 @@ def config_error(error: ValidationError, schema: Mapping, *, where: str = "", wh
             hints = "".join(dict.fromkeys(e[2] for e in typed))
             lines.append(f"{path}: expected {' or '.join(e[0] for e in typed)}, got {typed[0][1]}.{hints}")
         lines += [f"{path}: {got}{hint}" for expected, got, hint in entries if not expected]
+    return config_problems(lines, what=what)
+
+
+def config_problems(lines: Sequence[str], *, what: str = "") -> ConfigError:
+    """One ConfigError for one problem, or "N problems:" and one indented line per problem."""
     head = f"{what}: " if what else ""
     if len(lines) == 1:
         return ConfigError(head + lines[0])

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 from ._errors import EXIT_FAILED, StoreError, StoreLockedError, StoreUnreachableError, W2v2serError
 from ._location import StoreLocation, locate_store, remote_errors
 
-__all__ = ["lock_store", "hold_plan_lock", "extraction_holder", "LOCK_FILE", "PLAN_LOCK_FILE"]
+__all__ = ["lock_store", "hold_plan_lock", "extraction_holder", "extraction_running", "LOCK_FILE", "PLAN_LOCK_FILE"]
 
 LOCK_FILE = ".lock"
 PLAN_LOCK_FILE = ".plan.lock"
@@ -86,7 +86,7 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
         # Record the holder only once we own the lock, so a loser never overwrites it.
         os.ftruncate(fd, 0)
         try:
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            os.pwrite(fd, _holder_text(), 0)
         except OSError:  # e.g. disk full: the flock is the lock, the holder text only informs
             pass
         yield
@@ -118,6 +118,28 @@ def _flock_exclusive(fd: int, *, patience: float = 2.0) -> None:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
+
+
+def _holder_text() -> bytes:
+    """What a lock holder writes into the lock: "pid N on HOST" (read back by :func:`extraction_holder`)."""
+    return f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+
+
+def extraction_running(path: str | os.PathLike[str] | StoreLocation) -> str | None:
+    """The start of the message for a store an extraction holds now, or None when none runs.
+
+    "store X is being extracted now (its lock X/.lock is held by pid N on HOST)"; for a lock object,
+    the holder text also says how to delete one a killed extraction left (see :func:`extraction_holder`).
+    Callers add what that means for them.
+    """
+    holder = extraction_holder(path)
+    if holder is None:
+        return None
+    try:
+        display = locate_store(path).display
+    except Exception:  # noqa: BLE001 -- extraction_holder located it; only the wording is at stake
+        display = str(path)
+    return f"store {display} is being extracted now (its lock {display}/{LOCK_FILE} is held by {holder})"
 
 
 def extraction_holder(path: str | os.PathLike[str] | StoreLocation) -> str | None:
@@ -168,7 +190,7 @@ def _remove_quietly(lock_path: Path, folder: Path | None) -> None:
 
 @contextmanager
 def _lock_object(location: StoreLocation) -> Iterator[None]:
-    holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+    holder = _holder_text()
     with remote_errors(location):  # no such bucket, refused credentials
         created = location.create(LOCK_FILE, holder)
     if not created:

@@ -35,7 +35,7 @@ from ._layout import (
     to_str_list,
 )
 from ._location import StoreLocation, as_unreachable, locate_store
-from ._lock import LOCK_FILE, extraction_holder
+from ._lock import extraction_holder, extraction_running
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
@@ -65,11 +65,10 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
         try:
             check_complete(location.display, meta)
         except StoreIncompleteError as error:
-            holder = extraction_holder(location)
-            if holder is not None:  # not interrupted: rerunning the extraction would only meet the lock
+            running = extraction_running(location)
+            if running is not None:  # not interrupted: rerunning the extraction would only meet the lock
                 raise StoreIncompleteError(
-                    f"store {location.display} is being extracted now (its lock {LOCK_FILE} is held by "
-                    f"{holder}), so it is incomplete until that extraction finishes; rerun this command "
+                    f"{running}, so it is incomplete until that extraction finishes; rerun this command "
                     f"then.") from None
             raise error from None
     return FeatureStore(location, meta)

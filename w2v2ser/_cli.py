@@ -259,13 +259,12 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
         report, pairs = repair_store(args.store, progress=not args.no_progress)
     else:
         from w2v2ser.store import StoreLockedError
-        from w2v2ser.store._lock import LOCK_FILE, extraction_holder
+        from w2v2ser.store._lock import extraction_running
 
-        holder = extraction_holder(store.location)
-        if holder is not None:  # --repair takes the lock itself, and is refused the same way
+        running = extraction_running(store.location)
+        if running is not None:  # --repair takes the lock itself, and is refused the same way
             raise StoreLockedError(
-                f"store {store.path} is being extracted now (its lock {store.path}/{LOCK_FILE} is held by "
-                f"{holder}): verify would read tables and frames that extraction is rewriting and report its "
+                f"{running}: verify would read tables and frames that extraction is rewriting and report its "
                 f"changes as damage. Verify the store when that extraction has finished.")
         report = store.verify(progress=not args.no_progress)
     for utterance_id, feature, message in report.problems:

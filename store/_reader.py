@@ -222,9 +222,17 @@ class FeatureStore:
         return row
 
     def _per_row(self, feature: str) -> dict[str, np.ndarray]:
+        """A feature's frame index (offset, capacity, length, slot, crc32 per row), read at its first use.
+
+        Read lazily (open stays cheap), it may be newer than the utterance list read at open: an
+        extraction that changed the store since raises StoreChangedError rather than mix the two.
+        Checked after the read, so a change that lands during it is caught too.
+        """
         if feature not in self._rows:
             g = f"features/{feature}"
-            self._rows[feature] = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
+            rows = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
+            self._check_unchanged()
+            self._rows[feature] = rows
         return self._rows[feature]
 
     def _array(self, feature: str, name: str, *, check: bool = True) -> zarr.Array:

@@ -149,6 +149,24 @@ def test_open_reader_after_a_rerun_added_utterances_says_the_store_changed(tmp_p
     assert fresh.compose_statistics("spectrogram", speakers=["spk0"]).count > before.count
 
 
+def test_reader_whose_frame_index_loads_after_a_rerun_added_utterances_says_the_store_changed(tmp_path, manifest):
+    """A reader loads a feature's frame index (offset, length, crc32 per row) at its first use: one
+    opened before a rerun extended the store mixed its old utterance list with the new index (describe
+    gave 4 utterances, 6 of them with frames) instead of saying the store changed."""
+    from w2v2ser.store import StoreChangedError
+
+    store, utterances = _spectrogram_store(tmp_path, manifest, rows=4)
+    old = open_store(store)  # the utterance list is read; the frame index is not yet
+    first = old.list_utterances()[0].id
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*Open it again"):
+        old.describe()
+    with pytest.raises(StoreChangedError, match="Open it again"):
+        old.read_utterance(first, "spectrogram")
+    fresh = open_store(store)
+    assert fresh.describe()["features"]["spectrogram"]["utterances"] == len(fresh.list_utterances()) == 6
+
+
 def test_open_reader_after_repair_and_reextraction_is_not_told_to_repair(tmp_path, manifest):
     """verify --repair + the rerun re-extracted an utterance the open reader had indexed: its crc32
     no longer matches the reader's old index. That is a changed store, not a damaged one."""

@@ -454,7 +454,8 @@ def extract_corpus(
                     on_stage=on_stage,
                     silent=silent,
                 )
-                # Recorded as each unit commits: a resumed run does not decode its files again.
+                # Noted as each unit commits (store info of the unfinished store shows it); the unit's
+                # commit records carry it too, for finalize, should the driver die right after a commit.
                 writer.record_silent_audio([id_by_row[row] for row in silent])
                 summary.extracted += done[0]
                 summary.audio_seconds += done[1]
@@ -875,6 +876,7 @@ def _extract_batch(
         indices, frame_sets, digests, durations = zip(*ready) if ready else ((), (), (), ())
         packed = set(unit_writer.add_many(
             indices, frame_sets, audio_sha256=digests, durations=durations,
+            silent=[index in silent for index in indices],
             on_bad_frames=lambda index, error: writer.record_failure(index, feature=None, reason=str(error))))
         for index, duration in zip(indices, durations):
             if index in packed:

@@ -54,6 +54,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     row_fail_used = np.zeros(n, bool)  # ... and that failure is the row-wide one
     winner = np.full(n, -1, np.int64)  # feature whose commit gives audio_sha256/duration
     winner_t = np.zeros(n, np.int64)
+    silent: set[int] = set()  # rows with a current commit of digitally silent audio
     index: dict[str, dict[str, np.ndarray]] = {}
     pair_failed: dict[str, np.ndarray] = {}
     capacity: dict[str, np.ndarray] = {}
@@ -71,6 +72,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         any_failed |= pair_failed[f] | row_fail_here
         row_fail_used |= row_fail_here
         index[f] = {key: np.where(commit, pair.column(key, n), -1) for key in ("offset", "length", "slot")}
+        silent.update(row for row in pair.silent if row < n and commit[row])
         layers = int(meta["features"][f].get("layers") or 1)
         crc = np.zeros((n, layers), np.uint32)
         if commit.any():
@@ -125,6 +127,12 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
 
+    # Silence is in the commit records: a driver killed after a unit's commit, before it noted the
+    # silence in the attributes (record_silent_audio), does not lose it; the rerun finds the unit done.
+    known = list(meta.get("silent_audio", []))
+    merged = sorted(set(known) | {str(ids[row]) for row in silent})
+    if merged != known:
+        meta["silent_audio"] = merged
     meta["complete"] = bool((status != 2).all())
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if meta.get(ALL_CHUNKS_STORED):  # this finalize stored every chunk: say so for this finalize only

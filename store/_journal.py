@@ -341,6 +341,7 @@ class PairRows:
         self.sha = bytearray()  # 32 raw bytes per row: the commit's audio_sha256 when lowercase hex
         self.odd_sha: dict[int, str] = {}  # any other audio_sha256 text, kept as it was
         self.reason: dict[int, str] = {}  # failure reasons of rows whose latest event is a failure
+        self.silent: set[int] = set()  # rows whose latest event is a commit of digitally silent audio
 
     def put(self, seq: int, idx: int, ev: dict[str, Any]) -> None:
         """Fold in one event of this feature (events come in journal order)."""
@@ -349,6 +350,7 @@ class PairRows:
         c = self.table.cols
         c["seq"][idx] = seq
         self.reason.pop(idx, None)
+        self.silent.discard(idx)
         if kind != "commit":
             c["kind"][idx] = FAILURE if kind == "failure" else _NONE
             if kind == "failure":
@@ -368,6 +370,8 @@ class PairRows:
         c["kind"][idx] = COMMIT
         c["offset"][idx], c["length"][idx], c["slot"][idx] = ev["offset"], ev["length"], ev["slot"]
         c["t"][idx], c["duration"][idx] = ev.get("t", 0), ev["duration"]
+        if ev.get("silent"):
+            self.silent.add(idx)
         self._put_sha(idx, ev["audio_sha256"])
 
     def _put_sha(self, idx: int, sha: Any) -> None:

@@ -266,35 +266,42 @@ class UnitWriter:
             prepared.append((name, stored, utterance_statistics(stored), crc32_rows(stored, w.row_checksum)))
         return prepared
 
-    def _pack(self, index: int, uid: str, prepared: _Prepared, audio_sha256: str, duration: float) -> None:
+    def _pack(self, index: int, uid: str, prepared: _Prepared, audio_sha256: str, duration: float,
+              silent: bool = False) -> None:
         """Append a prepared utterance to the unit's shards (under the lock, in order)."""
         for name, stored, (_, mean, m2), crc in prepared:
             data, stats = self._fillers(name)
             offset = data.put(stored)
             slot = stats.put(np.stack([mean, m2])[None])
-            self._records.append({
+            record = {
                 "event": "commit", "index": int(index), "id": uid, "feature": name,
                 "offset": int(offset), "length": int(len(stored)), "slot": int(slot),
                 "crc32": [int(c) for c in crc], "audio_sha256": str(audio_sha256), "duration": float(duration),
-            })
+            }
+            if silent:  # in the commit record, so a kill after the commit cannot lose it (finalize reads it)
+                record["silent"] = True
+            self._records.append(record)
 
     def add(self, index: int, features: Mapping[str, np.ndarray], *, audio_sha256: str,
-            duration: float) -> None:
+            duration: float, silent: bool = False) -> None:
         """Pack one utterance's frames (all its features) into the unit.
 
         Raises:
             StoreError: wrong shape, more frames than planned, non-finite values, or a row
                 outside the unit; nothing of the utterance is written then.
         """
-        self.add_many([index], [features], audio_sha256=[audio_sha256], durations=[duration])
+        self.add_many([index], [features], audio_sha256=[audio_sha256], durations=[duration], silent=[silent])
 
     def add_many(self, indices: Sequence[int], features: Sequence[Mapping[str, np.ndarray]], *,
                  audio_sha256: Sequence[str], durations: Sequence[float],
-                 on_bad_frames: Callable[[int, StoreError], None] | None = None) -> list[int]:
+                 on_bad_frames: Callable[[int, StoreError], None] | None = None,
+                 silent: Sequence[bool] | None = None) -> list[int]:
         """Pack several utterances, in order, as a loop of :meth:`add` would, with their checks,
         statistics and checksums computed in parallel threads (:func:`prepare_threads`).
 
         Args:
+            silent: Per utterance, whether its audio is digital silence after mixing to mono; kept in
+                its commit records, from which finalize lists such utterances (``silent_audio``).
             on_bad_frames: Called with the row and the error of an utterance whose frames fail
                 :meth:`add`'s checks (shape, planned size, non-finite); that utterance is then
                 left out and the rest packed. Without it, the first such error is raised.
@@ -305,11 +312,14 @@ class UnitWriter:
         Raises:
             StoreError: as :meth:`add`, for the first bad utterance; those before it are packed.
         """
-        lengths = {len(indices), len(features), len(audio_sha256), len(durations)}
+        if silent is None:
+            silent = [False] * len(indices)
+        lengths = {len(indices), len(features), len(audio_sha256), len(durations), len(silent)}
         if len(lengths) != 1:
             raise StoreError(
                 f"add_many got {len(indices)} indices, {len(features)} feature sets, {len(audio_sha256)} "
-                f"audio hashes and {len(durations)} durations; give one of each per utterance."
+                f"audio hashes, {len(durations)} durations and {len(silent)} silence flags; give one of each "
+                f"per utterance."
             )
         w = self._writer
         for index in indices:
@@ -324,7 +334,7 @@ class UnitWriter:
         packed: list[int] = []
         try:
             with self._lock:
-                for job, get, digest, duration in zip(jobs, getters, audio_sha256, durations):
+                for job, get, digest, duration, quiet in zip(jobs, getters, audio_sha256, durations, silent):
                     try:
                         prepared = get()
                     except StoreError as error:
@@ -332,7 +342,7 @@ class UnitWriter:
                             raise
                         on_bad_frames(job[0], error)
                         continue
-                    self._pack(job[0], job[1], prepared, digest, duration)
+                    self._pack(job[0], job[1], prepared, digest, duration, bool(quiet))
                     packed.append(job[0])
         finally:
             for future in futures:

@@ -47,6 +47,34 @@ def test_digital_silence_is_noted_at_extraction_and_in_store_info(tmp_path, caps
     assert "0 extracted now" in captured.out and "2 file(s) are digital silence" in captured.err
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after the raise point runs."""
+
+
+def test_digital_silence_of_a_unit_killed_right_after_its_commit_is_recorded_by_the_rerun(tmp_path, monkeypatch):
+    """The silence note was written after the work unit's commit: a kill between the two lost it, and
+    the rerun found the unit done and never decoded the file again, so the store never said it."""
+    from w2v2ser.extract import build_extractor, extract_corpus, read_csv_manifest
+    from w2v2ser.store import StoreWriter
+
+    good = write_audio(tmp_path / "good.wav", duration=1.0)
+    muted = write_audio(tmp_path / "muted.wav", data=np.zeros(16_000, dtype=np.float32))
+    utterances = read_csv_manifest(_manifest(tmp_path, [(good, "happy", "s1"), (muted, "sad", "s1")])).utterances
+    store = tmp_path / "s.zarr"
+
+    def killed(self, ids):
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StoreWriter, "record_silent_audio", killed)
+        with pytest.raises(_Killed):
+            extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    summary = extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert summary.extracted == 0 and summary.complete  # the unit was committed before the kill
+    assert summary.silent == ["muted"]
+    assert open_store(store).describe()["silent_audio"] == ["muted"]
+
+
 @pytest.mark.parametrize("column", ["audio_channels", "audio_sample_rate"])
 def test_the_columns_extraction_records_are_reserved_in_a_manifest(tmp_path, capsys, column):
     good = write_audio(tmp_path / "good.wav", duration=1.0)

@@ -27,6 +27,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -38,7 +39,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import W2v2serError, as_paths, did_you_mean, first_few, owner_tag, python_command, remove_stale
+from w2v2ser._common import (FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few, owner_tag, python_command,
+                             remove_stale)
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
@@ -120,7 +122,7 @@ _SHORTEST_SECONDS = 0.025
 
 
 def extract_features(manifest: Path, store: Path, *, like: str | Path, features: Sequence[str],
-                     model: str | None = None, options: Sequence[str] = ()) -> None:
+                     model: str | None = None, options: Sequence[str] = ()) -> str | None:
     """Run stage 1 in a subprocess: extract ``features`` of the manifest's files like ``like``.
 
     Kept as one small function so tests can replace it with a direct store writer.
@@ -129,6 +131,10 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
         model: Where the speech encoder's weights are now (``--model``), when not where ``like``
             recorded them; stage 1 checks they are the recorded weights.
         options: ``FEATURE.KEY=VALUE`` options that ``--like`` accepts (``egemaps.sample_rate=16000``).
+
+    Returns:
+        None when stage 1 finished; else the error it stopped with (exit 1) when it left a store
+        whose finished files can still be labelled (the reason for the others).
 
     Raises:
         PredictError: the subprocess failed and left no readable store.
@@ -155,6 +161,24 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
                            f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that stage 1 "
                            f"is installed (pip install 'w2v2ser[extract]').{moved}")
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
+    said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
+    return (said or lines or [f"stage 1 exited with status {proc.returncode} without a message"])[-1].strip()
+
+
+def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:
+    """Why a file has no features when stage 1 stopped (``said``) before extracting it; a full disk
+    names where predict keeps its temporary store and how to put it elsewhere."""
+    reason = f"not extracted: stage 1 stopped before this file ({said.rstrip('.')})"
+    if not any(os.strerror(code) in said for code in FULL_DISK_ERRNOS) and "no space left" not in said.lower():
+        return reason
+    if temporary:
+        return (f"{reason}. Predict extracts into a temporary folder ({work}, in {work.parent}, which TMPDIR "
+                f"chooses): free space there, or set TMPDIR to a folder on a disk with room, or pass "
+                f"--work-dir DIR (work_dir=DIR), then rerun")
+    return f"{reason}. Free space in the work folder {work.parent}, or pass another --work-dir (work_dir=), then rerun"
 
 
 @dataclass(frozen=True)
@@ -625,7 +649,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop")
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
                                    [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
-                                   batch_size, model=model)
+                                   batch_size, model=model, temporary=work_dir is None)
     out = []
     by_file = collections.defaultdict(list)
     for k, (i, window) in enumerate(windows):
@@ -655,7 +679,13 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
     if work_dir is None:
         # Those of earlier predicts killed with SIGKILL (which cannot clean up); not those of live ones.
         remove_stale(tempfile.gettempdir(), "w2v2ser-predict-")
-        with tempfile.TemporaryDirectory(prefix=f"w2v2ser-predict-{owner_tag()}.") as tmp:
+        try:
+            made = tempfile.TemporaryDirectory(prefix=f"w2v2ser-predict-{owner_tag()}.")
+        except OSError as exc:  # TMPDIR unwritable or full: say which folder and how to choose another
+            raise PredictError(f"cannot make predict's temporary folder in {tempfile.gettempdir()} ({exc.strerror}); "
+                               f"set TMPDIR to a writable folder with free space, or pass --work-dir DIR "
+                               f"(work_dir=DIR)") from None
+        with made as tmp:
             yield Path(tmp)
         return
     # A new folder per call: a store left by an earlier call holds other files under the same
@@ -733,8 +763,10 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
                    errors: dict[int, str], work: Path, batch_size: int, *,
-                   model: str | Path | None = None) -> dict[int, tuple[np.ndarray, float, float, int | None, str]]:
-    """Extract, read back and predict the files at positions ``todo``; fills ``errors``.
+                   model: str | Path | None = None,
+                   temporary: bool = False) -> dict[int, tuple[np.ndarray, float, float, int | None, str]]:
+    """Extract, read back and predict the files at positions ``todo``; fills ``errors``
+    (``temporary``: ``work`` is a temporary folder, which TMPDIR places).
 
     Returns:
         position -> (class probabilities, file seconds, seconds the models saw, rate resampled to,
@@ -749,14 +781,17 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     # One temporary store per training store: the fusion head may read two stores.
     temp: dict[str, Any] = {}
     resampled: dict[str, int] = {}  # utterance id -> rate it was resampled to
+    stopped: list[str] = []  # the errors stage 1 stopped with, leaving unextracted files
     for k, store_path in enumerate(sorted({b.store for b in plan.branches})):
         like = plan.likes[store_path]
         features = sorted({resolve_feature(b.selection) for b in plan.branches if b.store == store_path})
         target = work / f"features{k}.zarr"
         moved = str(model) if model is not None and _upstream_features(like, features) else None
         rates = _training_rates(like, features)
-        extract_features(manifest, target, like=like.source, features=features, model=moved,
-                         options=[f"{name}.sample_rate={rate}" for name, rate in rates.items()])
+        said = extract_features(manifest, target, like=like.source, features=features, model=moved,
+                                options=[f"{name}.sample_rate={rate}" for name, rate in rates.items()])
+        if said:
+            stopped.append(said)
         temp[store_path] = open_store(target, allow_incomplete=True)
         if rates:
             resampled.update({r.id: next(rate for rate in rates.values() if rate != r.sample_rate)
@@ -770,6 +805,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                                   + (f" (feature {failure.feature})" if failure.feature else ""))
         finished = {r.id for r in store.list_utterances(status="done")}
         done &= finished
+    if stopped:  # files without a failure record of their own were never reached
+        for uid in ids:
+            if uid not in done:
+                errors.setdefault(position[uid], _stopped_reason(stopped[0], work, temporary=temporary))
     records = {r.id: r for r in next(iter(temp.values())).list_utterances(status="done")}
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
     if not items:

@@ -816,6 +816,55 @@ def test_extraction_refusing_its_input_raises_even_when_a_store_is_left(tmp_path
                                   features=["egemaps"])
 
 
+def test_stage_1_stopped_by_a_full_temporary_disk_is_the_reason_given(trained: Path, audio_files: list[Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 ran out of space in TMPDIR (exit 1, its store left unfinished): every file was reported
+    "not extracted (no reason recorded)", not the full disk, nor how to put the temporary store elsewhere."""
+    import errno
+    import os
+
+    from w2v2ser.store import StoreFullError
+    from w2v2ser.store._units import UnitWriter
+
+    def full_disk(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        store = Path(command[command.index("--store") + 1])
+        real, packed = UnitWriter._pack, []
+
+        def pack(self: UnitWriter, *args: object, **kw: object) -> None:
+            if packed:  # the second utterance meets a full disk
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(store / "features"))
+            packed.append(1)
+            real(self, *args, **kw)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(UnitWriter, "_pack", pack)
+            with pytest.raises(StoreFullError) as raised:
+                fake_extract(Path(command[command.index("csv") + 1]), store,
+                             like=Path(command[command.index("--like") + 1]),
+                             features=command[command.index("--features") + 1].split(","))
+        return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {raised.value}\n")
+
+    monkeypatch.setattr(_predict.subprocess, "run", full_disk)
+    preds = predict_audio(trained, audio_files[:2])
+    for pred in preds:
+        assert pred.emotion is None and "no reason recorded" not in pred.error, pred.error
+        assert os.strerror(errno.ENOSPC) in pred.error and "TMPDIR" in pred.error and "--work-dir" in pred.error
+
+
+def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trained: Path, audio_files: list[Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/tmp/w2v2ser-predict-x")
+
+    monkeypatch.setattr(_predict.tempfile, "TemporaryDirectory", refused)
+    with pytest.raises(PredictError, match=r"cannot make predict's temporary folder in .*Permission denied.*TMPDIR.*"
+                                           r"--work-dir"):
+        predict_audio(trained, audio_files[:1])
+
+
 def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[Path],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Both stores of a fusion run moved: each is given by its alias, and one left out is named."""

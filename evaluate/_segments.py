@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from w2v2ser._common import EXIT_FAILED
+
+from ._errors import PredictError
+
 __all__ = ["Segment", "cut_segments"]
 
 # A last window shorter than this fraction of a window joins the one before it: a few tenths of
@@ -49,6 +53,7 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
 
     Raises:
         RuntimeError: libsndfile cannot read the recording (soundfile's error, with its reason).
+        PredictError: a window cannot be written to ``folder`` (e.g. a full disk).
     """
     import soundfile
 
@@ -66,6 +71,13 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
             if len(audio) == 0:  # the header promised more frames than the file holds
                 break
             target = folder / f"{k:05d}.wav"
-            soundfile.write(str(target), audio, rate, subtype="FLOAT")  # exact for 16/24-bit and float sources
+            try:
+                soundfile.write(str(target), audio, rate, subtype="FLOAT")  # exact for 16/24-bit and float sources
+            except (RuntimeError, OSError) as error:  # not the recording's fault: never read as undecodable
+                failed = PredictError(f"cannot write window {k} of {recording} to {target}: {error}. Free space in "
+                                      f"{folder.parent} (predict's work folder: TMPDIR chooses it unless --work-dir "
+                                      f"DIR / work_dir= is given), then rerun")
+                failed.exit_code = EXIT_FAILED  # the machine's fault, not the input's
+                raise failed from None
             out.append(Segment(target, first / rate, (first + len(audio)) / rate))
         return out

@@ -1202,3 +1202,27 @@ def test_predict_removes_the_temp_folders_of_killed_predicts_only(trained: Path,
     finally:
         for folder in (stale, live):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_window_that_cannot_be_written_is_an_error_not_a_whole_file_prediction(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: writing a window to a full TMPDIR raises libsndfile's RuntimeError, which
+    predict took for an undecodable recording and quietly scored the whole file instead."""
+    import soundfile
+
+    from w2v2ser.evaluate import PredictError
+    from w2v2ser.evaluate._predict import _windows
+
+    source = tmp_path / "long.wav"
+    soundfile.write(source, np.zeros(32_000, np.float32), 16_000)
+    real = soundfile.write
+
+    def full_disk(file, *args, **kwargs):
+        if str(file).startswith(str(tmp_path / "segments")):
+            raise soundfile.LibsndfileError(2, "Error opening {!r}: ".format(str(file)))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile, "write", full_disk)
+    with pytest.raises(PredictError, match=r"cannot write window 0 of .*long\.wav.*Free space in") as caught:
+        _windows([source], [0], 0.5, tmp_path / "segments")
+    assert caught.value.exit_code == 1  # a failed run, not bad input

@@ -142,6 +142,12 @@ class FeatureStore:
             f"length/crc32/status/statistics from its journals."
         )
 
+    @property
+    def revision(self) -> int:
+        """The store's revision when this reader opened it: an extraction that changes a finished
+        store counts it up, so two readers with the same revision see the same utterances."""
+        return self._revision
+
     def changed_since_open(self) -> bool:
         """Whether an extraction has changed the store since this reader opened it complete (it is
         incomplete now, or was changed and finalized again). A reader keeps the utterance list and

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -244,7 +245,7 @@ def test_interrupting_run_stage_extract_stops_the_extraction(tmp_path: Path, sen
     assert 0 < len(journal_commits(store)) < 120, "the extraction went on to the end after the signal"
 
 
-def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path) -> None:
+def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path, monkeypatch) -> None:
     """A KeyboardInterrupt raised inside C code surfaced as SystemError ("bad argument to internal
     function") and was recorded as a failed run, or, raised in a weakref callback, was printed and
     dropped: training went on to the end and exited 0 or 1. The signal handlers also record the
@@ -253,20 +254,23 @@ def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path) 
 
     from w2v2ser import _common
     from w2v2ser._run import _train_runs
+    from w2v2ser.train import _experiment
     from w2v2ser.train._heads import _Timing
 
     calls = []
 
-    def train_run(config, run, *, out, threads):
+    def train_run(config, run, out, data):
         calls.append(run.name)
         _common.request_stop()  # what the SIGINT handler does
         raise SystemError("Objects/listobject.c:338: bad argument to internal function")
 
+    monkeypatch.setattr(_experiment, "_train_run", train_run)
     experiment = SimpleNamespace(sweep=False, run_dir=tmp_path, name="e")
-    todo = [(experiment, None, None, [SimpleNamespace(name="split__seed0"), SimpleNamespace(name="split__seed1")])]
+    view = SimpleNamespace(config=None, heads=None, data=None)
+    todo = [(experiment, view, [SimpleNamespace(name="split__seed0"), SimpleNamespace(name="split__seed1")])]
     try:
         with pytest.raises(KeyboardInterrupt):
-            list(_train_runs(SimpleNamespace(client=None, threads=1), todo, train_run))
+            list(_train_runs(SimpleNamespace(client=None, threads=0), todo, {}))
         assert calls == ["split__seed0"]
         timing = _Timing([])  # every fit's callback: the lost interrupt stops it at the next step
         timing.on_epoch_begin(0)
@@ -322,8 +326,7 @@ def test_run_says_that_finished_runs_are_kept_when_the_store_becomes_unreachable
                                                                                   capsys) -> None:
     """`train` and `sweep` say "N finished run(s) in OUT are kept" when an object store stops
     answering; `w2v2ser run` listed each run's error only, and tried every further run against the
-    lost store. Now it says what is kept, and trains no further run of that experiment."""
-    from w2v2ser import train
+    lost store. Now it says what is kept, once, and trains no further run of that experiment."""
     from w2v2ser._run import run_pipeline
     from w2v2ser.store import locate_store
     from w2v2ser.store._location import unreachable
@@ -336,19 +339,19 @@ def test_run_says_that_finished_runs_are_kept_when_the_store_becomes_unreachable
                                        "experiments.t.seeds": 3})
     calls = []
 
-    def first_run_then_the_store_goes_away(config, spec, **kwargs):
+    def first_run_then_the_store_goes_away(config, spec, out, data, **kwargs):
         calls.append(spec.name)
         if len(calls) == 1:
             return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
                                          best_val_loss=1.0, path=str(tmp_path))
         raise unreachable(locate_store("s3://bucket/x.zarr"), ConnectionError("endpoint gone"))
 
-    monkeypatch.setattr(train, "train_run", first_run_then_the_store_goes_away)
+    monkeypatch.setattr(_experiment, "_train_run", first_run_then_the_store_goes_away)
     monkeypatch.chdir(tmp_path)
     assert run_pipeline(pipeline, stage=None) == 1
     err = capsys.readouterr().err
     assert calls == ["split__seed0", "split__seed1"], err  # no run tried against the lost store after that
-    assert "split__seed2: not trained, the store is unreachable" in err, err
+    assert err.count("endpoint gone") == 1 and "split__seed2" not in err, err  # said once, not per run
     assert ("1 finished run(s) in out/experiments/t" in err or
             f"1 finished run(s) in {tmp_path}/out/experiments/t" in err), err
     assert "rerun the same `w2v2ser run` command once the store is reachable to train the rest" in err
@@ -360,7 +363,6 @@ def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_
     pooled figure is over part of the folds); `w2v2ser run` counted such an experiment done, exit 0."""
     import json
 
-    from w2v2ser import train
     from w2v2ser._run import run_pipeline
     from w2v2ser.train import _experiment
 
@@ -369,18 +371,142 @@ def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_
                                    extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
                                        "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
 
-    def trained(config, spec, **kwargs):
+    def trained(config, spec, out, data, **kwargs):
         return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
                                      best_val_loss=1.0, path=str(tmp_path))
 
-    def over_one_of_two_runs(config, out, **kwargs):  # what summarize_runs writes after such a change
+    def over_one_of_two_runs(config, out, data, specs):  # what summarize_runs writes after such a change
         results = {"uar_pooled_mean": 50.0, "n_runs": 1, "n_runs_planned": 2, "missing_runs": ["split__seed1"]}
         (Path(out) / "results.json").write_text(json.dumps(results))
         return results
 
-    monkeypatch.setattr(train, "train_run", trained)
-    monkeypatch.setattr(train, "summarize_runs", over_one_of_two_runs)
+    monkeypatch.setattr(_experiment, "_train_run", trained)
+    monkeypatch.setattr(_experiment, "_summarize_runs", over_one_of_two_runs)
     monkeypatch.chdir(tmp_path)
     assert run_pipeline(pipeline, stage=None) == 1
     err = capsys.readouterr().err
     assert "results.json lacks 1 planned run(s) (split__seed1); rerun the same `w2v2ser run` command" in err, err
+
+
+def _summarised(config, out, data, specs):
+    """Stands for summarize_runs in tests whose runs write nothing: results.json of every planned run."""
+    results = {"n_runs": len(specs), "n_runs_planned": len(specs), "missing_runs": []}
+    (Path(out) / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def _two_store_pipeline(folder: Path) -> Path:
+    """The tiny corpus, two spectrogram stores and one experiment on each: t on classic, u on other."""
+    make_tiny_corpus(folder / "data")
+    spectrogram = {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}
+    return write_tiny_pipeline(folder, model=folder / "no-model", features=("classic/spectrogram",), extra={
+        "extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {"spectrogram": spectrogram}},
+                              "other": {"corpora": ["ravdess"], "features": {"spectrogram": {**spectrogram,
+                                                                                             "hop_ms": 10.0}}}},
+        "experiments.t.seeds": 3,
+        "experiments.u": {"corpus": "ravdess", "grid": {"features": ["other/spectrogram"]}, "head": "dense",
+                          "norm": "speaker", "seeds": 2, "units": 8}})
+
+
+@pytest.mark.parametrize("cluster", ["none", "dask"])
+@needs_ravdess
+def test_run_stops_an_experiment_whose_store_an_extraction_changed_and_goes_on(tmp_path: Path, monkeypatch, capsys,
+                                                                               cluster: str) -> None:
+    """Found in review: `w2v2ser run` opened the stores again for every run, so an extraction that
+    changed a store between runs went unnoticed and an experiment's runs read different utterances
+    (and a lost or changed store was tried again by each further run). Now each experiment reads one
+    view of its stores, as `train` does: a run after the change stops that experiment, once, its
+    finished run kept, and the other experiment trains. On a Dask cluster, a task reopens the
+    stores and refuses a revision other than its plan's."""
+    from w2v2ser._cluster import ClusterHandle
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _Reasons, _run_train, run_pipeline
+    from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
+    from w2v2ser.train import _experiment
+
+    pipeline = _two_store_pipeline(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    config = load_pipeline(pipeline)
+    store = config.store_path("classic", "ravdess")
+    names = {experiment.run_dir.resolve(): experiment.name.split("/")[0] for experiment in config.experiments}
+    calls: list[tuple[str, str]] = []
+
+    def trained_then_the_store_changes(cfg, spec, out, data, **kwargs):
+        name = names[Path(out).resolve()]
+        calls.append((name, spec.name))
+        for alias, store_reader in data.stores.items():  # what a run reads first: its normalisation statistics
+            store_reader.compose_statistics("spectrogram", speakers=store_reader.speakers()[:1])
+        if name == "t" and ("t", "changed") not in calls:
+            calls.append(("t", "changed"))  # a `w2v2ser extract` of a grown corpus, run meanwhile
+            make_tiny_corpus(tmp_path / "data", actors=(*ACTORS, "24"))
+            extract_corpus(read_corpus("ravdess", tmp_path / "data").utterances, store, progress=False,
+                           extractors=[build_extractor("spectrogram", config.stores["classic"].feature_dicts()[
+                               "spectrogram"])])
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(out))
+
+    monkeypatch.setattr(_experiment, "_train_run", trained_then_the_store_changes)
+    monkeypatch.setattr(_experiment, "_summarize_runs", _summarised)
+    if cluster == "none":
+        assert run_pipeline(pipeline, stage="train") == 1
+    else:  # tasks in this process's threads (one at a time), so the patch above is what they run
+        from distributed import Client
+
+        with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            handle = ClusterHandle(client, 0, None, "test cluster")
+            outcome = _run_train(config, SimpleNamespace(get=lambda: handle), _Reasons())
+        assert outcome.failed == [config.experiments[0].name] and outcome.done == 1
+    err = capsys.readouterr().err
+    trained_t = [run for name, run in calls if name == "t" and run != "changed"]
+    # In this process the next run meets the change (its reader says so); on the cluster its task
+    # refuses the changed store before it trains: no further run of t is tried either way.
+    assert trained_t == (["split__seed0", "split__seed1"] if cluster == "none" else ["split__seed0"]), (calls, err)
+    assert sorted(run for name, run in calls if name == "u") == ["split__seed0", "split__seed1"], (calls, err)
+    assert err.count("changed by an extraction since it was opened") == 1, err
+    t, u = config.experiments
+    assert f"train {t.name}: FAILED, stopped" in err and f"1 finished run(s) in {t.run_dir}" in err, err
+    assert "once that extraction has finished" in err, err
+    assert f"train {u.name}: UAR" in err, err
+    assert "changed by an extraction" in (t.run_dir / "failed.json").read_text()
+
+
+@needs_ravdess
+def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Found in review: `w2v2ser train`/`sweep` refuse a job of another configuration writing into their
+    --out (their runs would replace each other's), but `w2v2ser run` took no lock: a `train` of another
+    configuration into an experiment's folder went unnoticed, either way round. Now `run` holds the
+    same lock: refused, the experiment fails at once and the others train."""
+    import os
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import ExperimentConfig, _experiment
+    from w2v2ser.train._experiment import share_out_folder
+
+    pipeline = _two_store_pipeline(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    config = load_pipeline(pipeline)
+    t, u = config.experiments
+    refused = []
+
+    def trained(cfg, spec, out, data, **kwargs):
+        try:  # a `w2v2ser train` of another configuration into this folder, started meanwhile
+            with share_out_folder(Path(out), "another-key", "train"):
+                pass
+        except _experiment.ConfigError as error:
+            refused.append(str(error))
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(out))
+
+    monkeypatch.setattr(_experiment, "_train_run", trained)
+    monkeypatch.setattr(_experiment, "_summarize_runs", _summarised)
+    other = ExperimentConfig.from_dict({**t.config, "norm": "global"})
+    with share_out_folder(t.run_dir, other.config_key(), "train"):  # a job of another configuration, running
+        assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert f"train {t.name}: FAILED before training: {t.run_dir} is being written by another job" in err, err
+    assert f"pid {os.getpid()}" in err and "Give this experiment another name" in err, err
+    assert f"train {u.name}: UAR" in err, err
+    assert len(refused) == 2 and all("another configuration" in r for r in refused), refused  # u's two runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -386,7 +387,8 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     assert train_run(moved, spec, out=run).skipped
     spec_of_run = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config=moved.to_dict(),
                                  run_dir=run, where="experiments.t")
-    assert _prepare_experiment(spec_of_run)[2] == []  # `w2v2ser run` submits nothing
+    with contextlib.ExitStack() as locks:
+        assert _prepare_experiment(spec_of_run, locks)[1] == []  # `w2v2ser run` submits nothing
     assert summarize_runs(moved, run)["n_runs"] == 1
     assert json.loads((run / "experiment.json").read_text())["config_key"] == key  # recorded anew by run
     write_report([run], out=tmp_path / "report")
@@ -424,7 +426,8 @@ def test_more_seeds_interrupted_leave_the_folder_unfinished_not_the_fewer_seeds_
     (tmp_path / "results.json").write_text("{}")
     spec = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config={**base, "seeds": 2},
                           run_dir=tmp_path, where="experiments.t")
-    assert [run.seed for run in _prepare_experiment(spec)[2]] == [1]
+    with contextlib.ExitStack() as locks:
+        assert [run.seed for run in _prepare_experiment(spec, locks)[1]] == [1]
     assert not (tmp_path / "results.json").exists()
 
 

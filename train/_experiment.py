@@ -45,7 +45,7 @@ from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, sele
 from ._runfiles import damaged_run_files, list_run_files, record_run_files, writing_run
 from ._selection import ResolvedSelection, resolve_selection
 
-__all__ = ["RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
+__all__ = ["RunSpec", "RunResult", "ExperimentView", "open_view", "reopen_view", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
            "PartitionArrays"]
 
 log = logging.getLogger("w2v2ser.train")
@@ -112,12 +112,16 @@ def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
 _REPORTED_DROPS: set[tuple[str, str]] = set()
 
 
-def _prepare(config: ExperimentConfig, *, report: bool = False) -> _Data:
+def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mapping[str, Any] | None = None) -> _Data:
     """Open stores, resolve selections, apply the protocol's labels, check fused stores agree.
 
     ``report``: log the labels the protocol drops, once per store and protocol in this process.
+    ``revisions``: the stores' revisions in the view this opening must repeat (:func:`reopen_view`).
     """
     stores = _open_stores(config)
+    for alias, revision in (revisions or {}).items():
+        if stores[alias].revision != revision:  # an extraction changed it since the plan was made
+            raise stores[alias]._changed()
     protocol = get_protocol(config.protocol)
     selections = config.selections()
     aliases = {branch: config.store_alias(text) for branch, text in selections.items()}
@@ -327,6 +331,42 @@ def _plan(config: ExperimentConfig, data: _Data) -> list[RunSpec]:
     _report_data_problems(config, data, folds)
     _report_small_speakers(config, data)
     return [RunSpec(f.name, s, f.train, f.validation, f.test) for f in folds for s in seeds]
+
+
+@dataclass
+class ExperimentView:
+    """One view of an experiment's stores for a whole invocation of `train`, `sweep` or each
+    experiment of `w2v2ser run`: the plan, every run and the summary read the same utterances. An
+    extraction that changes a store meanwhile makes its readers raise StoreChangedError (see
+    keep_finished_runs) instead of mixing old and new utterances."""
+
+    config: ExperimentConfig  # a sweep's weighted-average head (``heads[ALL_LAYERS_DIR]``)
+    data: _Data
+    specs: list[RunSpec]
+    fingerprint: str  # :func:`_data_fingerprint` of ``data``
+    heads: dict[str, ExperimentConfig] | None = None  # a sweep's heads (sweep_configs), else None
+
+    def revisions(self) -> dict[str, int]:
+        """Each store's revision in this view: another process opens the same view with them (reopen_view)."""
+        return {alias: store.revision for alias, store in self.data.stores.items()}
+
+
+def open_view(config: ExperimentConfig, *, heads: dict[str, ExperimentConfig] | None = None) -> ExperimentView:
+    """Open the stores once, plan the runs and hash their data (``heads``: a sweep's, ``config`` its
+    weighted-average head). Checks selections and protocol before any output folder is made."""
+    prepared = _prepare(config, report=True)
+    specs = _plan(config, prepared)
+    return ExperimentView(config, prepared, specs, _data_fingerprint(prepared), heads)
+
+
+def reopen_view(config: ExperimentConfig, revisions: Mapping[str, int]) -> _Data:
+    """The stores of a view, opened again in another process (a Dask task of `w2v2ser run`).
+
+    Raises:
+        StoreChangedError: An extraction changed a store since the view was opened (its revision
+            differs), so this process would read other utterances than the plan and the summary.
+    """
+    return _prepare(config, revisions=revisions)
 
 
 def _store_fingerprints(config: ExperimentConfig, data: _Data) -> tuple[str, str]:
@@ -819,16 +859,11 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
-    # One view of the stores for the whole invocation: the plan, every run and the summary read the
-    # same utterances. An extraction that changes a store meanwhile makes its readers raise
-    # StoreChangedError (see keep_finished_runs) instead of mixing old and new utterances.
-    prepared = _prepare(config, report=True)
-    specs = _plan(config, prepared)  # checks selections and protocol before any output folder is made
+    view = open_view(config)  # one view of the stores for the whole invocation
     _warn_if_replacing(out, config)
-    data = _data_fingerprint(prepared)
-    _warn_if_data_changed(out, config, data)
+    _warn_if_data_changed(out, config, view.fingerprint)
     with share_out_folder(out, config.config_key(), "train"):
-        return _train_all(config, out, prepared, specs, data, progress=progress)
+        return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
 
 
 def _train_all(config: ExperimentConfig, out: Path, prepared: _Data, specs: list[RunSpec], data: str, *,
@@ -909,10 +944,13 @@ def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown pid"
+            # `w2v2ser run` has no --out: an experiment's folder is named after it, under output:
+            elsewhere = ("this experiment another name (or the pipeline another output)" if what == "run" else
+                         f"this `w2v2ser {what}` another --out")
             raise ConfigError(
                 f"{out} is being written by another job of another configuration ({holder}, config key "
                 f"{lock.name.removeprefix('.lock-')}, lock {lock}); the two would replace each other's runs. "
-                f"Give this `w2v2ser {what}` another --out, or rerun it when that job has finished.") from None
+                f"Give {elsewhere}, or rerun it when that job has finished.") from None
         lock.unlink(missing_ok=True)  # its job has ended (under out/.lock: nobody is opening it now)
     finally:
         os.close(fd)
@@ -923,17 +961,30 @@ def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[No
     """A store that stops answering (object storage), or that an extraction changes, after some runs
     finished: the one-line error says they are kept, and exits 1 (a run failed, finished work
     kept), not 2."""
-    from w2v2ser.store import StoreChangedError, StoreIncompleteError, StoreUnreachableError
-
     try:
         yield
-    except (StoreUnreachableError, StoreChangedError, StoreIncompleteError) as error:
+    except store_lost_errors() as error:
         if finished[0]:
-            when = ("once the store is reachable" if isinstance(error, StoreUnreachableError) else
-                    "once that extraction has finished")
-            error.args = (f"{error} {finished_runs_kept(out, finished[0], what, when=when)}",)
+            error.args = (f"{error} {store_lost_note(out, finished[0], what, error)}",)
             error.exit_code = EXIT_FAILED
         raise
+
+
+def store_lost_errors() -> tuple[type[Exception], ...]:
+    """The errors of a store that stopped answering or that an extraction changed (or is changing):
+    a training stops there, keeping its finished runs, instead of trying each further run on it."""
+    from w2v2ser.store import StoreChangedError, StoreIncompleteError, StoreUnreachableError
+
+    return StoreUnreachableError, StoreChangedError, StoreIncompleteError
+
+
+def store_lost_note(out: Path, finished: int, what: str, error: BaseException) -> str:
+    """What a training stopped by ``error`` (one of :func:`store_lost_errors`) says of its finished runs."""
+    from w2v2ser.store import StoreUnreachableError
+
+    when = "once the store is reachable" if isinstance(error, StoreUnreachableError) else \
+        "once that extraction has finished"
+    return finished_runs_kept(out, finished, what, when=when)
 
 
 def finished_runs_kept(out: Path, finished: int, what: str, *, when: str = "once the store is reachable") -> str:

@@ -323,11 +323,12 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
                  **experiment.config, "stores_identity": identity})
 
 
-def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
-    """Plan one experiment's runs; returns (config, all runs, runs still to do)."""
-    from w2v2ser.store import open_store
-    from w2v2ser.train import ExperimentConfig, plan_runs
-    from w2v2ser.train._experiment import data_fingerprint, key_fields, run_is_current, store_identities
+def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[Any, list]:
+    """Open one experiment's stores once, plan its runs and take its folder's lock, as `train` and
+    `sweep` do; returns (the view its runs and summary read, runs still to do). The lock (held until
+    ``locks`` closes) refuses a job of another configuration writing into the same folder."""
+    from w2v2ser.train import ExperimentConfig
+    from w2v2ser.train._experiment import key_fields, open_view, share_out_folder, store_identities
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -335,34 +336,37 @@ def _prepare_experiment(experiment: ExperimentSpec) -> tuple[Any, list, list]:
         from w2v2ser.train import ALL_LAYERS_DIR, sweep_configs
 
         heads = sweep_configs(train_config)
-        runs = plan_runs(heads[ALL_LAYERS_DIR])
-        data = data_fingerprint(heads[ALL_LAYERS_DIR])  # the utterances: a store that grew retrains
-        (out / "skipped.json").unlink(missing_ok=True)
-        (out / "failed.json").unlink(missing_ok=True)
-        pending = [run for run in runs if not all(
-            run_is_current(_read_json(out / name / "runs" / run.name / "metrics.json"), c.config_keys(), data)
-            for name, c in heads.items())]
-        return train_config, runs, pending
-    key, keys = train_config.config_key(), train_config.config_keys()
-    runs = plan_runs(train_config)
-    data = data_fingerprint(train_config)
+        view = open_view(heads[ALL_LAYERS_DIR], heads=heads)
+    else:
+        view = open_view(train_config)
+    locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))
     (out / "skipped.json").unlink(missing_ok=True)
     (out / "failed.json").unlink(missing_ok=True)
+    pending = [run for run in view.specs if not _run_done(experiment, view, run)]
+    if experiment.sweep:
+        return view, pending
+    key, keys = train_config.config_key(), train_config.config_keys()
     recorded = _read_json(out / "experiment.json")
     if not isinstance(recorded, dict) or recorded.get("config_key") != key:
         # A changed configuration: describe the new one; old results must never be shown as its results
         # (a key of the same configuration as 0.2 recorded it only gets the current key recorded).
         if not isinstance(recorded, dict) or recorded.get("config_key") not in keys:
             (out / "results.json").unlink(missing_ok=True)
-        stores = {alias: open_store(path) for alias, path in train_config.stores.items()}
-        identity = store_identities(train_config, stores)
+        identity = store_identities(train_config, view.data.stores)
         _write_json(out / "experiment.json", {**train_config.to_dict(), **key_fields(train_config),
                                               "stores_identity": identity, "name": experiment.name})
-    pending = [run for run in runs
-               if not run_is_current(_read_json(out / "runs" / run.name / "metrics.json"), keys, data)]
     if pending:  # interrupted, the folder must read as unfinished, not as the results of fewer runs
         (out / "results.json").unlink(missing_ok=True)
-    return train_config, runs, pending
+    return view, pending
+
+
+def _run_done(experiment: ExperimentSpec, view: Any, run: Any) -> bool:
+    """Whether a run is complete for this configuration and the view's data (a sweep's: in every head)."""
+    from w2v2ser.train._experiment import run_is_current
+
+    heads = view.heads or {"": view.config}  # "": the experiment's own folder
+    return all(run_is_current(_read_json(experiment.run_dir / name / "runs" / run.name / "metrics.json"),
+                              c.config_keys(), view.fingerprint) for name, c in heads.items())
 
 
 def _results_current(train_config: Any, out: Path, planned: int) -> bool:
@@ -372,130 +376,177 @@ def _results_current(train_config: Any, out: Path, planned: int) -> bool:
 
 
 def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
-    from w2v2ser.train import format_uar, summarize_runs, train_run
-    from w2v2ser.train._experiment import finished_runs_kept
-
     outcome = _Outcome()
     reasons = reasons if reasons is not None else _Reasons()
-    todo: list[tuple[ExperimentSpec, Any, list, list]] = []
-    for experiment in config.experiments:
-        skip = _skip_reason(config, experiment)
-        if skip:
-            reasons.tell(f"train {experiment.name}", *skip)
-            _mark_not_trained(config, experiment, skip[0])
-            outcome.skipped.append(experiment.name)
-            continue
-        paths = {store: config.store_path(store, experiment.corpus) for store in experiment.stores}
-        missing = [store for store, path in paths.items() if not path.exists()]
-        if missing:
-            store, path = missing[0], paths[missing[0]]
-            reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has not "
-                         f"been extracted ({path} does not exist); run the extract stage first: the same "
-                         f"`w2v2ser run` command with --stage extract, or without --stage",
-                         f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
-            _mark_not_trained(config, experiment, f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
-                          marker="failed.json")
-            outcome.failed.append(experiment.name)
-            continue
-        try:
-            train_config, runs, pending = _prepare_experiment(experiment)
-        except W2v2serError as error:
-            _say(f"train {experiment.name}: FAILED before training: {error}")
-            _mark_not_trained(config, experiment, f"failed before training: {error}", marker="failed.json")
-            outcome.failed.append(experiment.name)
-            continue
-        todo.append((experiment, train_config, runs, pending))
-    total = sum(len(pending) for *_, pending in todo)
-    _say(f"train: {len(todo)} experiment(s), {sum(len(r) for _, _, r, _ in todo)} fold x seed runs, "
-         f"{total} to train")
-    errors: dict[str, list[str]] = {}
-    lost: set[str] = set()  # experiments whose store stopped answering (object storage)
-    if total:
-        handle = cluster.get()
-        for experiment, error, unreachable in _train_runs(handle, todo, train_run):
-            errors.setdefault(experiment.name, []).append(error)
-            if unreachable:
-                lost.add(experiment.name)
-    for experiment, train_config, runs, _ in todo:
-        if experiment.name in errors:
-            # As `train` says it: the runs finished before the store went away are kept.
-            kept = (" " + finished_runs_kept(experiment.run_dir, len(runs) - len(errors[experiment.name]), "run")
-                    if experiment.name in lost else "")
-            _say(f"train {experiment.name}: {len(errors[experiment.name])} run(s) FAILED: "
-                 + "; ".join(errors[experiment.name][:3]) + kept)
-            _mark_not_trained(config, experiment, f"{len(errors[experiment.name])} run(s) failed: "
-                          + "; ".join(errors[experiment.name][:3]), marker="failed.json")
-            outcome.failed.append(experiment.name)
-            continue
-        if experiment.sweep:
-            from w2v2ser.train import describe_sweep, summarize_sweep
-
-            summary = summarize_sweep(train_config, experiment.run_dir)
-            _say(f"train {experiment.name}: layer sweep, {describe_sweep(summary)}")
-            outcome.done += 1
-            continue
-        if not _results_current(train_config, experiment.run_dir, len(runs)):
-            summarize_runs(train_config, experiment.run_dir)
-        results = _read_json(experiment.run_dir / "results.json") or {}
-        _say(f"train {experiment.name}: {format_uar(results)}")
-        if results.get("missing_runs"):  # over part of the folds (its store changed between runs): not done
-            _say(f"train {experiment.name}: results.json lacks {len(results['missing_runs'])} planned run(s) "
-                 f"({', '.join(results['missing_runs'][:3])}); rerun the same `w2v2ser run` command to train them")
-            outcome.failed.append(experiment.name)
-            continue
-        outcome.done += 1
+    with ExitStack() as locks:  # each experiment's folder lock, held until its summary is written
+        todo: list[tuple[ExperimentSpec, Any, list]] = []
+        for experiment in config.experiments:
+            skip = _skip_reason(config, experiment)
+            if skip:
+                reasons.tell(f"train {experiment.name}", *skip)
+                _mark_not_trained(config, experiment, skip[0])
+                outcome.skipped.append(experiment.name)
+                continue
+            paths = {store: config.store_path(store, experiment.corpus) for store in experiment.stores}
+            missing = [store for store, path in paths.items() if not path.exists()]
+            if missing:
+                store, path = missing[0], paths[missing[0]]
+                reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has not "
+                             f"been extracted ({path} does not exist); run the extract stage first: the same "
+                             f"`w2v2ser run` command with --stage extract, or without --stage",
+                             f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
+                _mark_not_trained(config, experiment,
+                                  f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
+                                  marker="failed.json")
+                outcome.failed.append(experiment.name)
+                continue
+            try:
+                view, pending = _prepare_experiment(experiment, locks)
+            except W2v2serError as error:
+                _say(f"train {experiment.name}: FAILED before training: {error}")
+                _mark_not_trained(config, experiment, f"failed before training: {error}", marker="failed.json")
+                outcome.failed.append(experiment.name)
+                continue
+            todo.append((experiment, view, pending))
+        total = sum(len(pending) for *_, pending in todo)
+        _say(f"train: {len(todo)} experiment(s), {sum(len(view.specs) for _, view, _ in todo)} fold x seed runs, "
+             f"{total} to train")
+        errors: dict[str, list[str]] = {}
+        lost: dict[str, BaseException] = {}  # experiment -> the error of the store that stopped it
+        trained: dict[str, int] = {}  # experiment -> runs that finished in this stage
+        if total:
+            handle = cluster.get()
+            for experiment, error in _train_runs(handle, todo, trained):
+                if isinstance(error, BaseException):
+                    lost[experiment.name] = error
+                else:
+                    errors.setdefault(experiment.name, []).append(error)
+        for experiment, view, pending in todo:
+            _finish_experiment(config, experiment, view, outcome, errors.get(experiment.name, []),
+                               lost.get(experiment.name), len(view.specs) - len(pending) + trained.get(experiment.name, 0))
     return outcome
 
 
-def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], train_run: Callable) -> Iterator[tuple]:
-    """Train every pending run (Dask tasks, or in this process); yields (experiment, error, whether its
-    store was unreachable) of failures. In this process, an experiment whose store stopped answering
-    trains no further run (each would wait out the store's timeouts): they fail with that reason."""
-    from w2v2ser.store import StoreUnreachableError
-    from w2v2ser.train import sweep_run
+def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view: Any, outcome: _Outcome,
+                       errors: list[str], lost: BaseException | None, finished: int) -> None:
+    """Report one experiment after its runs: its failures, the store error that stopped it, or its summary."""
+    from w2v2ser.train import format_uar
+    from w2v2ser.train._experiment import _summarize_runs, store_lost_note
 
-    def run_of(experiment: ExperimentSpec) -> Callable:
-        return sweep_run if experiment.sweep else train_run
+    out = experiment.run_dir
+    reasons = []
+    if errors:
+        reasons.append(f"{len(errors)} run(s) failed: " + "; ".join(errors[:3]))
+        _say(f"train {experiment.name}: {len(errors)} run(s) FAILED: " + "; ".join(errors[:3]))
+    if lost is not None:  # said once, not once per run that was not tried against that store
+        kept = f" {store_lost_note(out, finished, 'run', lost)}" if finished else ""
+        reasons.insert(0, f"stopped: {lost}")
+        _say(f"train {experiment.name}: FAILED, stopped (no further run tried on that store): {lost}{kept}")
+    if reasons:
+        _mark_not_trained(config, experiment, "; ".join(reasons), marker="failed.json")
+        outcome.failed.append(experiment.name)
+        return
+    try:
+        if view.heads is not None:
+            from w2v2ser.train import describe_sweep
+            from w2v2ser.train._sweep import _summarize_sweep
 
+            summary = _summarize_sweep(view.heads, out, view.data, view.specs)
+            _say(f"train {experiment.name}: layer sweep, {describe_sweep(summary)}")
+            outcome.done += 1
+            return
+        if not _results_current(view.config, out, len(view.specs)):
+            _summarize_runs(view.config, out, view.fingerprint, view.specs)
+    except W2v2serError as error:
+        _say(f"train {experiment.name}: FAILED to summarise its runs: {error}")
+        outcome.failed.append(experiment.name)
+        return
+    results = _read_json(out / "results.json") or {}
+    _say(f"train {experiment.name}: {format_uar(results)}")
+    if results.get("missing_runs"):  # over part of the folds (its store changed between runs): not done
+        _say(f"train {experiment.name}: results.json lacks {len(results['missing_runs'])} planned run(s) "
+             f"({', '.join(results['missing_runs'][:3])}); rerun the same `w2v2ser run` command to train them")
+        outcome.failed.append(experiment.name)
+        return
+    outcome.done += 1
+
+
+def _train_in_view(config: Any, heads: Any, run: Any, out: Path, data: Any) -> Any:
+    """Train one run on stores already opened (a sweep's (fold, seed) when ``heads`` is given)."""
+    from w2v2ser.train import _experiment, _sweep
+
+    if heads is None:
+        return _experiment._train_run(config, run, out, data)
+    return _sweep._sweep_run(config, heads, run, out, data)
+
+
+def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | None, revisions: dict[str, int]) -> Any:
+    """A Dask task: one run on the stores as its experiment's plan saw them (StoreChangedError when an
+    extraction has changed one since: the task would read other utterances than the summary)."""
+    from w2v2ser.train._experiment import _configure_threads, reopen_view
+
+    _configure_threads(threads)
+    return _train_in_view(config, heads, run, out, reopen_view(config, revisions))
+
+
+def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int]) -> Iterator[tuple]:
+    """Train every pending run (Dask tasks, or in this process), counting those that finish in
+    ``trained``; yields (experiment, "run: error") of failed runs, and (experiment, the error) once for
+    an experiment whose store stopped answering or was changed by an extraction (store_lost_errors):
+    none of its further runs is tried (each would wait out the store's timeouts, or read other data)."""
+    from w2v2ser.train._experiment import _configure_threads, store_lost_errors
+
+    lost_errors = store_lost_errors()
     total = sum(len(pending) for *_, pending in todo)
     bar = progress_bar(desc="train runs", unit="run", total=total)
     try:
         if handle.client is None:
-            for experiment, train_config, _, pending in todo:
-                lost = False
-                for run in pending:
+            _configure_threads(handle.threads)
+            for experiment, view, pending in todo:
+                for index, run in enumerate(pending):
                     check_stop()  # a Ctrl-C that a run swallowed stops here, not after every run
-                    if lost:
-                        yield experiment, f"{run.name}: not trained, the store is unreachable", True
-                        bar.update(1)
-                        continue
                     try:
-                        run_of(experiment)(train_config, run, out=experiment.run_dir, threads=handle.threads)
+                        _train_in_view(view.config, view.heads, run, experiment.run_dir, view.data)
                     except Exception as error:  # noqa: BLE001 - one bad run never stops the others
                         check_stop()  # an interrupt that surfaced as another error is not a failed run
-                        lost = isinstance(error, StoreUnreachableError)
-                        yield experiment, f"{run.name}: {type(error).__name__}: {error}", lost
+                        if isinstance(error, lost_errors):
+                            yield experiment, error
+                            bar.update(len(pending) - index)
+                            break
+                        yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                    else:
+                        trained[experiment.name] = trained.get(experiment.name, 0) + 1
                     bar.update(1)
             return
         from distributed import as_completed
 
         owner: dict[Any, tuple[ExperimentSpec, Any]] = {}
-        for experiment, train_config, _, pending in todo:
+        for experiment, view, pending in todo:
+            revisions = view.revisions()
             for run in pending:
-                future = handle.client.submit(run_of(experiment), train_config, run, out=experiment.run_dir,
-                                              threads=handle.threads, pure=False,
+                future = handle.client.submit(_train_task, view.config, view.heads, run, experiment.run_dir,
+                                              handle.threads, revisions, pure=False,
                                               key=f"train-{experiment.name}-{run.name}-{time.time_ns()}")
                 owner[future] = (experiment, run)
+        stopped: set[str] = set()
         for future in as_completed(list(owner)):
             experiment, run = owner[future]
             check_stop()
+            bar.update(1)
             try:
                 future.result()
             except Exception as error:  # noqa: BLE001 - reported per run, the rest go on
                 check_stop()
-                yield experiment, f"{run.name}: {type(error).__name__}: {error}", isinstance(error,
-                                                                                             StoreUnreachableError)
-            bar.update(1)
+                if experiment.name in stopped:  # cancelled, or failed on the same store: said once
+                    continue
+                if isinstance(error, lost_errors):
+                    stopped.add(experiment.name)
+                    handle.client.cancel([f for f, (e, _) in owner.items() if e is experiment and not f.done()])
+                    yield experiment, error
+                    continue
+                yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+            else:  # a run in flight when its experiment stopped is finished: it is kept
+                trained[experiment.name] = trained.get(experiment.name, 0) + 1
     finally:
         bar.close()
 

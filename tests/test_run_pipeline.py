@@ -385,7 +385,16 @@ def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_
     monkeypatch.chdir(tmp_path)
     assert run_pipeline(pipeline, stage=None) == 1
     err = capsys.readouterr().err
-    assert "results.json lacks 1 planned run(s) (split__seed1); rerun the same `w2v2ser run` command" in err, err
+    # Worded by the one helper that `train` and `sweep` use too, naming this command.
+    from w2v2ser._config import load_pipeline
+    from w2v2ser.train import missing_runs_message
+
+    (experiment,) = load_pipeline(pipeline).experiments
+    message = missing_runs_message(json.loads((experiment.run_dir / "results.json").read_text()),
+                                   experiment.run_dir, "run")
+    assert f"train {experiment.name}: {message}" in err, err
+    assert "covers only 1 of 2 planned runs: split__seed1" in message
+    assert "rerun the same `w2v2ser run` command to train them" in message
 
 
 def _summarised(config, out, data, specs):

@@ -22,7 +22,7 @@ from ._errors import ConfigError, DataError, ProtocolError, SelectionError, Trai
 from ._experiment import (
     PartitionArrays, RunResult, RunSpec, partition_arrays, plan_runs, summarize_runs, train_experiment, train_run,
 )
-from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
+from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, missing_runs_message, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
 from ._protocols import (
     PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store, select_subset,
@@ -46,7 +46,7 @@ __all__ = [
     "FeatureBatches", "Item", "Source", "clear_cache",
     "DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "NotFittedHeadError", "load_model",
     "LayerWeightedAverage", "MaskedMean", "FrameMask",
-    "uar", "accuracy", "confusion_matrix", "per_class_report", "headline_uar", "format_uar",
+    "uar", "accuracy", "confusion_matrix", "per_class_report", "headline_uar", "format_uar", "missing_runs_message",
     "TrainError", "ConfigError", "SelectionError", "ProtocolError", "DataError",
 ]
 

@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report", "headline_uar", "format_uar", "POOLED", "PER_RUN"]
+__all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report", "headline_uar", "format_uar",
+           "missing_runs_message", "POOLED", "PER_RUN"]
 
 PER_RUN = "per run"
 POOLED = "pooled over folds, per seed"
@@ -101,3 +102,17 @@ def _lacking(results: Mapping[str, Any]) -> str:
     if isinstance(done, int) and isinstance(planned, int) and done < planned:
         return f"; only {done} of {planned} planned runs"
     return ""
+
+
+def missing_runs_message(results: Mapping[str, Any], out: Any, command: str) -> str:
+    """What `train`, `sweep` and `run` say when results.json lacks planned runs (replaced meanwhile by
+    another job's runs in the same folder, or trained on other data): its UAR covers part of the
+    folds only, so the command counts as failed. ``command``: the command to rerun; "" when none lack."""
+    from w2v2ser._common import first_few
+
+    missing = results.get("missing_runs") or []
+    if not missing:
+        return ""
+    return (f"{out}/results.json covers only {results.get('n_runs')} of {results.get('n_runs_planned')} planned "
+            f"runs: {first_few(missing)} are missing or were replaced while this command ran (another job "
+            f"writing into {out}, or a store that changed); rerun the same `w2v2ser {command}` command to train them")

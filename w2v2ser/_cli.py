@@ -374,15 +374,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _missing_runs(results: Mapping[str, Any], out: str, command: str) -> int:
-    """Exit 1, saying so, when results.json lacks planned runs (replaced meanwhile by another job's
-    runs in the same --out, or trained on other data): its UAR covers part of the folds only."""
-    missing = results.get("missing_runs") or []
-    if not missing:
+    """Exit 1, saying so, when results.json lacks planned runs (see missing_runs_message)."""
+    from w2v2ser.train import missing_runs_message
+
+    message = missing_runs_message(results, out, command)
+    if not message:
         return 0
-    print(f"w2v2ser: error: {out}/results.json covers only {results.get('n_runs')} of "
-          f"{results.get('n_runs_planned')} planned runs: {first_few(missing)} are missing or were replaced "
-          f"while this command ran (another job writing into {out}, or a store that changed); rerun the same "
-          f"`w2v2ser {command}` command to train them", file=sys.stderr)
+    print(f"w2v2ser: error: {message}", file=sys.stderr)
     return EXIT_FAILED
 
 

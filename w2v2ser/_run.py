@@ -430,7 +430,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
 def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view: Any, outcome: _Outcome,
                        errors: list[str], lost: BaseException | None, finished: int) -> None:
     """Report one experiment after its runs: its failures, the store error that stopped it, or its summary."""
-    from w2v2ser.train import format_uar
+    from w2v2ser.train import format_uar, missing_runs_message
     from w2v2ser.train._experiment import _summarize_runs, store_lost_note
 
     out = experiment.run_dir
@@ -464,8 +464,7 @@ def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view:
     results = _read_json(out / "results.json") or {}
     _say(f"train {experiment.name}: {format_uar(results)}")
     if results.get("missing_runs"):  # over part of the folds (its store changed between runs): not done
-        _say(f"train {experiment.name}: results.json lacks {len(results['missing_runs'])} planned run(s) "
-             f"({', '.join(results['missing_runs'][:3])}); rerun the same `w2v2ser run` command to train them")
+        _say(f"train {experiment.name}: {missing_runs_message(results, out, 'run')}")
         outcome.failed.append(experiment.name)
         return
     outcome.done += 1

@@ -194,6 +194,48 @@ def test_a_store_with_other_frames_or_row_order_retrains_its_runs(tmp_path, capl
     assert run_is_current(metrics, cfg.config_key(), after)
 
 
+@pytest.mark.parametrize("norm", ["speaker", "global", "none"])
+def test_utterances_the_protocol_drops_but_statistics_read_are_fingerprinted(tmp_path, norm):
+    """Found in review: speaker (and global) statistics compose every utterance of a speaker, also
+    those whose labels the protocol drops (IEMOCAP's frustrated ones), while the data fingerprint
+    hashed the split utterances only: a store that re-extracted such an utterance with other frames
+    changed the frames training sees, and the finished runs were still reused as current."""
+    import dataclasses
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train import partition_arrays
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+
+    utts = iemocap_utterances(per_speaker=6)
+    speaker = utts[0].speaker
+    # Two utterances of one speaker with labels the protocol drops; the second store swaps their
+    # labels, so their frames differ (the fixture shifts frames by label) and nothing else does.
+    dropped = [dataclasses.replace(utts[0], id=f"{speaker}_extra{k}", path=f"/fake/extra{k}.wav", label=label)
+               for k, label in enumerate(("fru", "xxx"))]
+    swapped = [dataclasses.replace(u, label=label) for u, label in zip(dropped, ("xxx", "fru"))]
+    fingerprints, frames = [], []
+    for name, extra in (("a", dropped), ("b", swapped)):
+        store = build_store(tmp_path / f"{name}.zarr", utterances=[*utts, *extra], features=("egemaps",))
+        cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="iemocap", norm=norm, **FAST)
+        spec = next(s for s in plan_runs(cfg) if speaker in s.train)
+        fingerprints.append(data_fingerprint(cfg))
+        arrays = partition_arrays(cfg, spec)["train"]
+        frames.append(np.concatenate([x for x, g in zip(arrays.x, arrays.groups) if g == speaker]))
+    a, b = fingerprints
+    assert a.split(".")[:2] == b.split(".")[:2]  # the same split utterances with the same frames
+    if norm == "none":  # no statistics: the same frames reach training, and the runs stay current
+        np.testing.assert_array_equal(frames[0], frames[1])
+        assert a == b
+        return
+    assert not np.allclose(frames[0], frames[1])  # what training sees has changed ...
+    assert a != b  # ... and so has the fingerprint: the runs are trained again
+    key = cfg.config_key()
+    assert not run_is_current({"config_key": key, "data_fingerprint": a}, key, b)
+    # Runs recorded before the statistics' utterances were hashed stay current, unchecked for them.
+    assert run_is_current({"config_key": key, "data_fingerprint": a.rpartition(".")[0]}, key, b)
+    assert run_is_current({"config_key": key, "data_fingerprint": a.partition(".")[0]}, key, b)
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

@@ -99,6 +99,7 @@ class _Data:
     # The utterances normalisation statistics are composed over: a subset's own (song files do
     # not move a speech-only run's speaker means); None: all of each speaker's, the store's tables.
     statistics_ids: list[str] | None = None
+    norm: str = "speaker"  # the normalisation, which decides whether statistics are read at all
 
 
 def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
@@ -171,7 +172,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
             raise SelectionError(f"fused selections run at different frame rates: {sels['main'].text!r} "
                                  f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
                                  f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
-    return _Data(stores, sels, records, labels, classes, statistics_ids)
+    return _Data(stores, sels, records, labels, classes, statistics_ids, config.norm)
 
 
 def _store_label(config: ExperimentConfig, alias: str) -> str:
@@ -389,13 +390,14 @@ def key_fields(config: ExperimentConfig) -> dict[str, str]:
 
 
 def _data_fingerprint(data: _Data) -> str:
-    """Hash of what the runs train and test on, ``UTTERANCES.FRAMES``: UTTERANCES hashes the
-    utterances an experiment splits (ids, speakers, labels, sessions, splits, audio sha256, in any
-    order: a manifest that grew, a fixed audio file); FRAMES hashes their order in the store and the
-    checksums recorded with each one's frames of every feature read (a store re-extracted from a
-    reordered manifest, or with other torch threads or batches, whose speech-encoder frames differ
-    in the last bits). Either change retrains; runs recorded before FRAMES was hashed (UTTERANCES
-    alone) count as current when UTTERANCES matches (:func:`_same_data`)."""
+    """Hash of what the runs train and test on, ``UTTERANCES.FRAMES.STATISTICS``: UTTERANCES hashes
+    the utterances an experiment splits (ids, speakers, labels, sessions, splits, audio sha256, in
+    any order: a manifest that grew, a fixed audio file); FRAMES hashes their order in the store and
+    the checksums recorded with each one's frames of every feature read (a store re-extracted from
+    a reordered manifest, or with other torch threads or batches, whose speech-encoder frames differ
+    in the last bits); STATISTICS hashes the other utterances whose frames the normalisation
+    statistics are composed over (:func:`_statistics_part`). Any change retrains; runs recorded
+    before a part was hashed count as current when the parts they have match (:func:`_same_data`)."""
     rows = sorted((r.id, r.speaker, label, r.session, r.split, r.audio_sha256)
                   for r, label in zip(data.records, data.labels))
     utterances = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
@@ -405,14 +407,41 @@ def _data_fingerprint(data: _Data) -> str:
         store = data.stores[alias]
         frames.update(f"\n{alias}/{feature}/{store.row_checksum}\n".encode())
         frames.update(store.frame_checksums(feature, ids).astype("<u4").tobytes())
-    return f"{utterances}.{frames.hexdigest()[:16]}"
+    return f"{utterances}.{frames.hexdigest()[:16]}.{_statistics_part(data)}"
+
+
+def _statistics_part(data: _Data) -> str:
+    """Hash of the utterances outside the split ones whose frames the normalisation statistics
+    compose (speaker or global: every utterance of the speakers trained and tested on that holds
+    the feature, or a subset's own; e.g. IEMOCAP's frustrated utterances, which the protocol drops,
+    move their speakers' means): their ids, speakers and frame checksums. A store that re-extracted
+    one of them with other frames changes what training sees, though not the split utterances."""
+    if data.norm == "none":  # no statistics are read
+        return hashlib.sha256(b"none").hexdigest()[:16]
+    digest = hashlib.sha256()
+    split = {r.id for r in data.records}
+    speakers = {r.speaker for r in data.records}
+    subset = None if data.statistics_ids is None else set(data.statistics_ids)
+    for alias, feature in sorted({(s.alias, s.feature) for s in data.selections.values()}):
+        store = data.stores[alias]
+        others = [r for r in store.list_utterances(status="done", feature=feature)
+                  if r.id not in split and r.speaker in speakers and (subset is None or r.id in subset)]
+        digest.update(json.dumps([alias, feature, [(r.id, r.speaker) for r in others]]).encode())
+        if others:
+            digest.update(store.frame_checksums(feature, [r.id for r in others]).astype("<u4").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _same_data(recorded: Any, data: str) -> bool:
-    """Whether a run's recorded data fingerprint is ``data``; one recorded before the frames were
-    hashed (no ``.FRAMES`` part) is when its utterances match: it was never checked for order or frames."""
-    return recorded == data or (isinstance(recorded, str) and "." not in recorded
-                                and recorded == data.partition(".")[0])
+    """Whether a run's recorded data fingerprint is ``data``; one recorded before a part was hashed
+    (``UTTERANCES``, or ``UTTERANCES.FRAMES`` before the statistics' utterances) is when the parts it
+    has match: it was never checked for the others."""
+    if recorded == data:
+        return True
+    if not isinstance(recorded, str):
+        return False
+    parts, now = recorded.split("."), data.split(".")
+    return len(parts) < len(now) and now[:len(parts)] == parts
 
 
 def data_fingerprint(config: ExperimentConfig | Mapping[str, Any]) -> str:

@@ -19,23 +19,41 @@ _LINE = re.compile(
     r"\[\s*(?P<v>[-\d.]+)\s*,\s*(?P<a>[-\d.]+)\s*,\s*(?P<d>[-\d.]+)\s*\]\s*$"
 )
 _ID = re.compile(r"^(?P<session>Ses0(?P<num>\d))[FM]_(?P<rest>.+)_(?P<who>[FM])\d+$")
+# An utterance id anywhere in a line: such a line is an utterance line, whatever else it holds.
+_ID_IN_LINE = re.compile(r"Ses0\d[FM]_\S+_[FM]\d+")
+# The annotators' lines ("C-E1:\tNeutral;\t()", "A-F2:\tval 3; ..."): their comments are free text.
+_ANNOTATOR = re.compile(r"^[A-Z]-[A-Z]+\d*:")
+_BAD_LINE = ("expected '[START - END]<tab>UTTERANCE<tab>LABEL<tab>[V, A, D]' as in the release: restore the "
+             "line from it")
 _SESSION_DIR = re.compile(r"^Session(\d)$")
 _GENDERS = {"F": "female", "M": "male"}
 
 
-def _read_evaluation(path: Path, session_num: str, wav_root: Path,
-                     seen: dict[str, str]) -> tuple[list[Utterance], list[tuple[str, str]]]:
-    """Utterances labelled in one EmoEvaluation file."""
+def _read_evaluation(path: Path, session_num: str, wav_root: Path, seen: dict[str, str],
+                     mentioned: set[str]) -> tuple[list[Utterance], list[tuple[str, str]]]:
+    """Utterances labelled in one EmoEvaluation file; ``mentioned`` collects the ids of its lines
+    that were not understood (their audio is reported with the line, not again as unlisted)."""
     utterances, problems = [], []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for number, line in enumerate(text.splitlines(), start=1):
+    # utf-8-sig: a file saved by Notepad or Excel starts with a BOM, which hid its first line.
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip().lstrip("\ufeff").strip()  # indented lines, a BOM left by pasting files together
+        if not line or _ANNOTATOR.match(line):
+            continue  # blank and per-annotator lines ("C-E1: ...")
         if not line.startswith("["):
-            continue  # header, per-annotator lines ("C-E1: ..."), blank lines
-        m = _LINE.match(line.strip())
+            # The header ("% [START_TIME - END_TIME] ..."); an utterance line that lost its "[" is no header.
+            found = _ID_IN_LINE.search(line)
+            if found:
+                mentioned.add(found.group(0))
+                problems.append((f"{path}:{number}", f"evaluation line of {found.group(0)} not understood "
+                                                      f"(it does not start with '['): {line!r}; {_BAD_LINE}"))
+            continue
+        m = _LINE.match(line)
         if not m:
-            problems.append((f"{path}:{number}", f"evaluation line not understood: {line.strip()!r}; expected "
-                                                  f"'[START - END]<tab>UTTERANCE<tab>LABEL<tab>[V, A, D]' as in the "
-                                                  f"release: restore the line from it"))
+            found = _ID_IN_LINE.search(line)
+            if found:
+                mentioned.add(found.group(0))
+            problems.append((f"{path}:{number}", f"evaluation line not understood: {line!r}; {_BAD_LINE}"))
             continue
         uid = m["id"]
         idm = _ID.match(uid)
@@ -43,6 +61,7 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path,
             problems.append((f"{path}:{number}", f"utterance id {uid!r} is not like Ses01F_impro01_F000"))
             continue
         if idm["num"] != session_num:
+            mentioned.add(uid)
             problems.append((f"{path}:{number}", f"utterance {uid} listed under Session{session_num}"))
             continue
         if uid in seen:
@@ -76,6 +95,36 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path,
     return utterances, problems
 
 
+def _unlisted_audio(wav_root: Path, evaluation_dir: Path, listed: set[str]) -> list[tuple[str, str]]:
+    """Problems for the wav files of a session that no EmoEvaluation line labels: the release
+    labels every one, so such a file means a lost or damaged evaluation line (or file)."""
+    problems = []
+    try:
+        folders = sorted(d for d in wav_root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:  # no sentences/wav: every labelled utterance is reported as missing audio
+        return []
+    for folder in folders:
+        try:
+            wavs = sorted(p for p in folder.glob("*.wav") if not p.name.startswith(".") and p.stem not in listed)
+        except OSError as error:
+            problems.append((str(folder), f"wav folder cannot be listed ({error.strerror or error}); its "
+                                          f"unlabelled files are not checked"))
+            continue
+        if not wavs:
+            continue
+        evaluation = evaluation_dir / f"{folder.name}.txt"
+        if not evaluation.is_file():  # a whole dialog's labels lost: one entry, not one per file
+            problems.append((str(folder), f"{len(wavs)} wav file(s) (e.g. {wavs[0].name}) have no evaluation "
+                                          f"file {evaluation}, so they are not labelled and not extracted; "
+                                          f"restore it from the release"))
+            continue
+        for wav in wavs:
+            problems.append((str(wav), f"no line of the EmoEvaluation files labels utterance {wav.stem} (its "
+                                       f"dialog's file is {evaluation}), so it is not extracted; restore its "
+                                       f"line from the release if it was lost"))
+    return problems
+
+
 def _holds_sessions(folder: Path) -> bool:
     try:
         return any(c.is_dir() and _SESSION_DIR.match(c.name) for c in folder.iterdir())
@@ -95,8 +144,9 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
         root: The folder holding ``Session1`` ... ``Session5``.
 
     Returns:
-        The :class:`Manifest`; labelled utterances without audio and unparsable lines
-        are listed in ``problems``.
+        The :class:`Manifest`; labelled utterances without audio, lines that look like
+        utterance lines but do not parse, and wav files that no line labels are listed in
+        ``problems``.
 
     Raises:
         ManifestError: ``root`` is not a folder or holds no labelled utterance with audio.
@@ -109,6 +159,8 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     utterances: list[Utterance] = []
     problems: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
+    mentioned: set[str] = set()
+    read: list[Path] = []  # sessions whose EmoEvaluation folder was read
     for session in sessions:
         num = _SESSION_DIR.match(session.name).group(1)
         evaluation_dir = session / "dialog" / "EmoEvaluation"
@@ -116,10 +168,15 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
             problems.append((str(evaluation_dir), "EmoEvaluation folder missing; session skipped"))
             continue
         # Skip macOS "._" resource forks that tar copies of the release often carry.
-        for path in sorted(p for p in evaluation_dir.glob("*.txt") if not p.name.startswith(".")):
-            found, bad = _read_evaluation(path, num, session / "sentences" / "wav", seen)
+        evaluations = sorted(p for p in evaluation_dir.glob("*.txt") if not p.name.startswith("."))
+        for path in evaluations:
+            found, bad = _read_evaluation(path, num, session / "sentences" / "wav", seen, mentioned)
             utterances += found
             problems += bad
+        read.append(session)
+    for session in read:  # after every session: a line filed under another session still names its id
+        problems += _unlisted_audio(session / "sentences" / "wav", session / "dialog" / "EmoEvaluation",
+                                    seen.keys() | mentioned)
     if not sessions:
         # Releases unpack as IEMOCAP_full_release/Session1..5; name the folder when it is one level down.
         inner = sorted(d for d in root.iterdir() if d.is_dir() and _holds_sessions(d))

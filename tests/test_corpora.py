@@ -198,6 +198,45 @@ def test_iemocap_reports_malformed_lines(tmp_path):
     assert any("listed under Session1" in r for r in reasons)
 
 
+def test_iemocap_reads_indented_and_bom_lines_and_reports_what_it_cannot_label(tmp_path):
+    """An indented utterance line, or a file saved with a BOM whose first line is an utterance, was
+    dropped without a word (only lines starting exactly with '[' were read); a line that lost its
+    '[' and a wav that no line labels were dropped silently too. Now the first two are read and the
+    others are reader problems naming the file (and line)."""
+    build_iemocap_tree(tmp_path, sessions=(1, 2))
+    evaluation = tmp_path / "Session1" / "dialog" / "EmoEvaluation"
+    first = evaluation / "Ses01F_impro01.txt"
+    lines = first.read_text(encoding="utf-8").split("\n")
+    lines = [" " + line if "Ses01F_impro01_F000" in line else "\t" + line if "Ses01F_impro01_M000" in line
+             else line[1:] if "Ses01F_impro01_M001" in line else line for line in lines]
+    first.write_text("\n".join(lines), encoding="utf-8")
+    bom = evaluation / "Ses01F_script01_1.txt"
+    body = bom.read_text(encoding="utf-8").split("\n", 2)[2]  # the header and blank line removed
+    assert body.startswith("[") and "Ses01F_script01_1_F000" in body.split("\n")[0]
+    bom.write_bytes(b"\xef\xbb\xbf" + body.replace("\n", "\r\n").encode("utf-8"))
+    wav = tmp_path / "Session2" / "sentences" / "wav"
+    write_audio(wav / "Ses02M_impro01" / "Ses02M_impro01_F099.wav", duration=0.1)  # no line labels it
+    (wav / "Ses02M_impro01" / "._Ses02M_impro01_F098.wav").write_bytes(b"\x00\x05mac")  # macOS fork: ignored
+    write_audio(wav / "Ses02F_impro09" / "Ses02F_impro09_F000.wav", duration=0.1)  # no evaluation file at all
+    write_audio(wav / "Ses02F_impro09" / "Ses02F_impro09_M000.wav", duration=0.1)
+
+    manifest = read_iemocap(tmp_path)
+    ids = {u.id for u in manifest.utterances}
+    assert {"Ses01F_impro01_F000", "Ses01F_impro01_M000", "Ses01F_script01_1_F000"} <= ids
+    assert "Ses01F_impro01_M001" not in ids and len(ids) == 15
+    problems = dict(manifest.problems)
+    assert len(problems) == 3, manifest.problems
+    line = problems[f"{first}:15"]
+    assert "evaluation line of Ses01F_impro01_M001 not understood (it does not start with '[')" in line
+    assert "restore the line from" in line
+    unlisted = problems[str(wav / "Ses02M_impro01" / "Ses02M_impro01_F099.wav")]
+    assert "no line of the EmoEvaluation files labels utterance Ses02M_impro01_F099" in unlisted
+    assert str(tmp_path / "Session2" / "dialog" / "EmoEvaluation" / "Ses02M_impro01.txt") in unlisted
+    dialog = problems[str(wav / "Ses02F_impro09")]
+    assert dialog.startswith("2 wav file(s) (e.g. Ses02F_impro09_F000.wav) have no evaluation file") and \
+        "Ses02F_impro09.txt" in dialog
+
+
 def test_iemocap_without_sessions(tmp_path):
     with pytest.raises(ManifestError, match="Session1..Session5|No labelled IEMOCAP"):
         read_iemocap(tmp_path)

@@ -446,6 +446,40 @@ def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsy
     assert len(open_store(store).describe()["reader_skipped"]) == 1
 
 
+def test_store_info_says_the_iemocap_protocol_merges_labels_differing_only_in_case(tmp_path, capsys, caplog):
+    """`store info` on an IEMOCAP store with 'NEU' and 'neu' said `train` takes them as separate classes
+    and to fix the manifest; the iemocap protocol reads labels in lower case (one class) and an IEMOCAP
+    store has no manifest. Train's list of dropped labels named 'XXX' and 'xxx' apart too."""
+    import logging
+
+    from fixtures_audio import build_iemocap_tree
+    from w2v2ser._cli import main
+    from w2v2ser.train import get_protocol
+    from w2v2ser.train._protocols import select_utterances
+
+    build_iemocap_tree(tmp_path / "iemocap", sessions=(1,))
+    shouting = tmp_path / "iemocap" / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_script01_1.txt"
+    text = shouting.read_text(encoding="utf-8")
+    for label in ("neu", "ang", "xxx", "exc"):
+        text = text.replace(f"\t{label}\t", f"\t{label.upper()}\t")
+    shouting.write_text(text, encoding="utf-8")
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["store", "info", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert ("'ANG' and 'ang'; 'EXC' and 'exc'; 'NEU' and 'neu'; 'XXX' and 'xxx' differ only in case; `train`'s "
+            "iemocap protocol (the default for this store) reads labels in lower case, so they are one label "
+            "there (`--protocol csv` would take them as separate classes)") in shown
+    (note,) = [line for line in shown.splitlines() if "differ only in case" in line]
+    assert "SessionN/dialog/EmoEvaluation/<dialog>.txt" in note and "manifest" not in note
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        kept, labels, _ = select_utterances(get_protocol("iemocap"), open_store(store).list_utterances())
+    assert sorted(labels) == ["anger"] * 2 + ["happiness"] * 2 + ["neutral"] * 2
+    assert "dropped 2 utterances whose labels are outside its classes: {'xxx': 2}" in caplog.text
+
+
 @pytest.mark.parametrize("option, value, expected", [
     ("--workers", "-1", ">= 0, got -1"), ("--cpu-workers", "0", ">= 1, got 0"), ("--decode-workers", "-2", ">= 0"),
     ("--shard-size", "x", ">= 1, got 'x'")])

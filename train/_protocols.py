@@ -325,8 +325,8 @@ def select_utterances(protocol: Protocol, records: Sequence[Any], *,
     kept, labels, dropped = [], [], Counter()
     for r in records:
         cls = protocol.map_label(r.label)
-        if cls is None:
-            dropped[r.label] += 1
+        if cls is None:  # counted as the protocol reads it: 'FRU' and 'fru' are one label of IEMOCAP's
+            dropped[r.label if protocol.label_map is None else str(r.label).strip().lower()] += 1
         else:
             kept.append(r)
             labels.append(cls)

@@ -187,9 +187,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
     variants = [" and ".join(map(repr, v)) for v in case_variants(info["labels"])]
     if variants:  # stores written before extract compared a manifest's labels with the store's
-        print(f"            {'; '.join(variants)} differ only in case, so `train` takes them as separate classes; "
-              f"if they mean one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` "
-              f"(labels are updated in place, nothing is extracted again)")
+        print(f"            {'; '.join(variants)} differ only in case{_label_case_note(info['corpus'] or [])}")
     for k, (field, found) in enumerate(info["fields"].items()):  # what `train --subset FIELD=VALUE` can name
         values = (", ".join(f"{value} {n}" for value, n in found["counts"].items()) if found["counts"]
                   else f"{found['distinct']} distinct values")
@@ -240,6 +238,26 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         print(f"skipped     {len(skipped)} by the corpus reader (reasons below)")
         _print_some([f"{entry['path']}: {entry['reason']}" for entry in skipped], args.store)
     return 0
+
+
+def _label_case_note(corpora: Sequence[str]) -> str:
+    """What labels differing only in case mean for ``train`` on a store of ``corpora``: the
+    protocol of RAVDESS and IEMOCAP reads labels in lower case (one label); CSV's keeps them apart."""
+    from w2v2ser.train import PROTOCOLS, ProtocolError, protocol_of_corpora
+
+    try:
+        protocol = protocol_of_corpora(corpora, store="")
+    except ProtocolError:  # several corpora, or none recorded: the user names --protocol
+        protocol = "csv"
+    fix = ("the line in the corpus's SessionN/dialog/EmoEvaluation/<dialog>.txt" if protocol == "iemocap"
+           else "the manifest")
+    rerun = (f"fix the spelling in {fix} and rerun the same `w2v2ser extract` (labels are updated in place, "
+             f"nothing is extracted again)")
+    if PROTOCOLS[protocol].label_map is None:
+        return f", so `train` takes them as separate classes; if they mean one emotion, {rerun}"
+    return (f"; `train`'s {protocol} protocol (the default for this store) reads labels in lower case, so "
+            f"they are one label there (`--protocol csv` would take them as separate classes); to make the "
+            f"store's spelling one, {rerun}")
 
 
 def _print_some(lines: Sequence[str], store: str) -> None:

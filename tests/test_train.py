@@ -129,6 +129,31 @@ def test_iemocap_protocol_folds_and_dropped_labels(caplog):
         assert len(f.train) == 6
 
 
+def test_iemocap_store_without_a_session_is_told_to_use_speaker_folds_not_protocol_csv(caplog):
+    """A store without Session5 was told to "use protocol csv", which trains on the raw labels (16
+    classes, exc apart); --speaker-folds 4 keeps the 4 classes with one session per fold. The csv
+    protocol's warning about split sessions named speaker_folds though csv_folds had set the folds."""
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._protocols import select_utterances, speaker_group_folds
+
+    kept, _, _ = select_utterances(get_protocol("iemocap"), iemocap_utterances(), report=False)
+    four = [r for r in kept if r.session != "Session5"]
+    with pytest.raises(ProtocolError, match=r"no speaker of session\(s\) \[5\]; extract the whole corpus, or keep "
+                                            r"this protocol's 4 classes and cross-validate over the 4 sessions "
+                                            r"present, one session per fold: --speaker-folds 4 \(speaker_folds: 4\)"
+                       ) as error:
+        get_protocol("iemocap").make_folds(four, 5)
+    assert "csv" not in str(error.value)
+    folds = speaker_group_folds(four, 4)  # what --speaker-folds 4 runs
+    assert [f.test for f in folds] == [(f"Ses0{s}F", f"Ses0{s}M") for s in range(1, 5)]
+    two = [r for r in four if r.session in ("Session1", "Session2")]
+    with pytest.raises(ProtocolError, match=r"extract the whole corpus, speaker folds need 3 groups"):
+        get_protocol("iemocap").make_folds(two, 5)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        get_protocol("csv").make_folds(four, 5)
+    assert "Choose csv_folds <= 4 to keep each session in one group" in caplog.text
+
+
 def test_csv_protocol_split_column_overlap_raises():
     from w2v2ser.store import Utterance
 

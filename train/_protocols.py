@@ -185,8 +185,14 @@ def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     speakers = sorted(s for s, k in session.items() if 1 <= k <= 5)
     missing = sorted(set(range(1, 6)) - set(session.values()))
     if missing:
+        # Not protocol csv: it keeps the raw labels (16 classes, exc not merged) instead of the 4 classes.
+        present = len(set(range(1, 6)) & set(session.values()))
+        instead = (f"or keep this protocol's 4 classes and cross-validate over the {present} sessions present, "
+                   f"one session per fold: --speaker-folds {present} (speaker_folds: {present})" if present >= 3
+                   else f"speaker folds need 3 groups, so with {present} session(s) they would split a session's "
+                        f"two speakers between training and test")
         raise ProtocolError(f"IEMOCAP leave-one-session-out needs all 5 sessions; the store has no speaker of "
-                            f"session(s) {missing}; extract the whole corpus or use protocol csv")
+                            f"session(s) {missing}; extract the whole corpus, {instead}")
     return _leave_one_group_out(speakers, [session[s] for s in speakers], [f"session{k}" for k in range(1, 6)])
 
 
@@ -229,10 +235,10 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     if k < 3:
         raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
                             f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
-    return speaker_group_folds(records, k)
+    return speaker_group_folds(records, k, setting="csv_folds")
 
 
-def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
+def speaker_group_folds(records: Sequence[Any], k: int, *, setting: str = "speaker_folds") -> list[Fold]:
     """Leave-one-speaker-group-out: the sorted speakers cut into ``k`` contiguous groups; each
     group tests once, the next group (cyclically) validates, the rest train.
 
@@ -241,13 +247,18 @@ def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
     sessions are cut into the groups instead, when there are at least ``k`` of them; else a
     warning names the sessions that the folds split.
 
+    Args:
+        records: The utterance records trained on.
+        k: How many groups.
+        setting: The setting that chose ``k``, named in the messages (``csv_folds`` for the csv protocol).
+
     Raises:
         ProtocolError: fewer speakers than groups.
     """
     speakers = sorted({r.speaker for r in records})
     if len(speakers) < k:
         raise ProtocolError(f"{k} speaker folds need at least {k} speakers; the utterances trained on have "
-                            f"{len(speakers)} ({_sample(speakers)}); lower speaker_folds")
+                            f"{len(speakers)} ({_sample(speakers)}); lower {setting}")
     unit = {s: s for s in speakers}  # what stays in one group: the speaker, or its session
     session = _shared_sessions(records)
     if session and len(set(session.values())) >= k:
@@ -256,8 +267,8 @@ def speaker_group_folds(records: Sequence[Any], k: int) -> list[Fold]:
         together = sorted(set(session.values()), key=_natural)
         log.warning("%d speaker folds split sessions whose speakers were recorded together (the utterances "
                     "have %d sessions: %s): a fold may test one speaker of a session and train on its "
-                    "partner. Choose speaker_folds <= %d to keep each session in one group.", k,
-                    len(together), first_few(together, 5), len(together))
+                    "partner. Choose %s <= %d to keep each session in one group.", k,
+                    len(together), first_few(together, 5), setting, len(together))
     keys = sorted(set(unit.values()), key=_natural if unit is session else None)
     group_of = {u: i for i, g in enumerate(np.array_split(np.arange(len(keys)), k)) for u in (keys[j] for j in g)}
     group = {s: group_of[unit[s]] for s in speakers}

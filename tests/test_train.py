@@ -302,6 +302,9 @@ def test_train_command_takes_the_protocol_of_the_store(tmp_path, capsys):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert sorted({r["fold"] for r in results["runs"]}) == [f"session{k}" for k in range(1, 6)]
     assert "/ iemocap: UAR" in capsys.readouterr().out
+    # A run on a subset (or over speaker folds) says so, as the report's row does.
+    assert main([*common, "--subset", "gender=female", "--speaker-folds", "5", "--out", str(tmp_path / "f")]) == 0
+    assert "/ iemocap (gender=female; 5 speaker folds): UAR" in capsys.readouterr().out
     assert main([*common, "--protocol", "ravdess", "--out", str(tmp_path / "wrong")]) == 2
     assert "ravdess protocol takes its test speakers from actors 23-24" in capsys.readouterr().err
     assert not (tmp_path / "wrong").exists()  # a refused command leaves no empty run folder to confuse reports

@@ -386,7 +386,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _default_protocol(values, args.store)
     config = ExperimentConfig.from_dict(values)
     results = train_experiment(config, out=Path(args.out), progress=not args.no_progress, threads=args.threads)
-    print(f"{config.features} / {config.head} / {config.norm} / {config.recipe} / {config.protocol}: "
+    from w2v2ser.evaluate._rundir import data_text  # " (method=improvised; 4 speaker folds)", as the report names it
+
+    print(f"{config.features} / {config.head} / {config.norm} / {config.recipe} / {config.protocol}"
+          f"{data_text({'subset': config.subset, 'speaker_folds': config.speaker_folds})}: "
           f"{format_uar(results)} -> {args.out}/results.json")
     return _missing_runs(results, args.out, "train")
 

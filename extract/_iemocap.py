@@ -177,6 +177,9 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     for session in read:  # after every session: a line filed under another session still names its id
         problems += _unlisted_audio(session / "sentences" / "wav", session / "dialog" / "EmoEvaluation",
                                     seen.keys() | mentioned)
+    if not sessions and _SESSION_DIR.match(root.name):
+        raise ManifestError(f"IEMOCAP folder {root} is one session's folder: pass its parent {root.parent}, the "
+                            f"folder holding Session1..Session5.")
     if not sessions:
         # Releases unpack as IEMOCAP_full_release/Session1..5; name the folder when it is one level down.
         inner = sorted(d for d in root.iterdir() if d.is_dir() and _holds_sessions(d))

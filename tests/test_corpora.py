@@ -249,6 +249,10 @@ def test_iemocap_names_the_release_folder_one_level_down(tmp_path):
     with pytest.raises(ManifestError, match=r"pass .*IEMOCAP_full_release as the corpus path"):
         read_iemocap(tmp_path)
     assert len(read_iemocap(tmp_path / "IEMOCAP_full_release").utterances) == 8
+    # A session folder itself said "No labelled IEMOCAP utterance ... (sessions found: [])".
+    with pytest.raises(ManifestError, match=r"Session1 is one session's folder: pass its parent .*"
+                                            r"IEMOCAP_full_release, the folder holding Session1..Session5"):
+        read_iemocap(tmp_path / "IEMOCAP_full_release" / "Session1")
 
 
 # ---------------------------------------------------------------- CSV manifests

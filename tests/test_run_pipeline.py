@@ -161,6 +161,7 @@ def test_run_skips_what_cannot_run_and_resumes(tiny: Path) -> None:
     third = run_cli(pipeline, "--set", "experiments.t.units=16", "--set",
                     "extraction.stores.classic.features.spectrogram.hop_ms=10.0", "--set", "experiments.iemo.seeds=2")
     assert third.returncode == 0, third.stderr[-3000:]
+    assert "holds runs of another configuration (units 8 -> 16)" in third.stderr  # as `train` says
     assert journal_commits(store) == commits
     assert len(list((out / "stores" / "ravdess").glob("classic-*.zarr"))) == 2
     new_results = json.loads((good / "results.json").read_text())

@@ -519,7 +519,7 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _warn_if_replacing(out: Path, config: ExperimentConfig, *, shown: Path | None = None) -> None:
+def warn_if_replacing(out: Path, config: ExperimentConfig, *, shown: Path | None = None) -> None:
     """Say so when ``out`` holds runs of another configuration: the new runs replace them
     (``shown``: the folder to name, e.g. a sweep's, whose ``all`` head ``out`` is)."""
     try:
@@ -530,7 +530,7 @@ def _warn_if_replacing(out: Path, config: ExperimentConfig, *, shown: Path | Non
     if old.get("config_key") in (None, *config.config_keys()):
         return
     changed = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in config.to_dict().items()
-               if k not in RUNTIME_FIELDS + SEED_FIELDS and old.get(k) != v]
+               if k not in RUNTIME_FIELDS + SEED_FIELDS + ("stores",) and old.get(k) != v]  # paths: not in the key
     log.warning("%s holds runs of another configuration (%s); each run trained now replaces the old run of "
                 "the same fold and seed, and the other old runs no longer count (results, evaluate, predict). "
                 "Give another output folder to keep them.", shown or out,
@@ -889,7 +889,7 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     _configure_threads(threads)
     out = Path(out)
     view = open_view(config)  # one view of the stores for the whole invocation
-    _warn_if_replacing(out, config)
+    warn_if_replacing(out, config)
     _warn_if_data_changed(out, config, view.fingerprint)
     with share_out_folder(out, config.config_key(), "train"):
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)

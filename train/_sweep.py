@@ -43,7 +43,7 @@ from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _peak_rss_mb, _plan,
-                          _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, _warn_if_replacing,
+                          _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
                           _write_json, check_run_spec, key_fields, keep_finished_runs, open_view, share_out_folder,
                           store_identities)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
@@ -591,7 +591,7 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     base = configs[ALL_LAYERS_DIR]
     view = open_view(base, heads=configs)  # one view of the store for the whole sweep
     prepared, specs = view.data, view.specs
-    _warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
+    warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
     heads = set(configs)
     others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)
     if others:

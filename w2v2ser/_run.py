@@ -328,7 +328,7 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
     `sweep` do; returns (the view its runs and summary read, runs still to do). The lock (held until
     ``locks`` closes) refuses a job of another configuration writing into the same folder."""
     from w2v2ser.train import ExperimentConfig
-    from w2v2ser.train._experiment import key_fields, open_view, share_out_folder, store_identities
+    from w2v2ser.train._experiment import key_fields, open_view, share_out_folder, store_identities, warn_if_replacing
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -337,8 +337,10 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
 
         heads = sweep_configs(train_config)
         view = open_view(heads[ALL_LAYERS_DIR], heads=heads)
+        warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
     else:
         view = open_view(train_config)
+        warn_if_replacing(out, train_config)  # e.g. a throw-away --set over the file's finished runs
     locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))
     (out / "skipped.json").unlink(missing_ok=True)
     (out / "failed.json").unlink(missing_ok=True)

@@ -519,4 +519,5 @@ def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeyp
     assert f"train {t.name}: FAILED before training: {t.run_dir} is being written by another job" in err, err
     assert f"pid {os.getpid()}" in err and "Give this experiment another name" in err, err
     assert f"train {u.name}: UAR" in err, err
+    assert not (t.run_dir / "failed.json").exists()  # the other job's folder: nothing of this run in it
     assert len(refused) == 2 and all("another configuration" in r for r in refused), refused  # u's two runs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from w2v2ser._common import ConfigError, DataError, W2v2serError
 
-__all__ = ["TrainError", "SelectionError", "ConfigError", "ProtocolError", "DataError"]
+__all__ = ["TrainError", "SelectionError", "ConfigError", "ProtocolError", "DataError", "FolderBusyError"]
 
 
 class TrainError(W2v2serError):
@@ -17,3 +17,7 @@ class SelectionError(TrainError, ConfigError):
 
 class ProtocolError(TrainError, DataError):
     """A protocol cannot be applied to the store (labels, speakers, splits)."""
+
+
+class FolderBusyError(TrainError, ConfigError):
+    """An output folder is being written by a running job of another configuration."""

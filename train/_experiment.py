@@ -37,7 +37,7 @@ from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
                        share_memory_budget)
-from ._errors import ConfigError, DataError, ProtocolError, SelectionError
+from ._errors import ConfigError, DataError, FolderBusyError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
 from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances,
@@ -424,7 +424,8 @@ def _statistics_part(data: _Data) -> str:
     subset = None if data.statistics_ids is None else set(data.statistics_ids)
     for alias, feature in sorted({(s.alias, s.feature) for s in data.selections.values()}):
         store = data.stores[alias]
-        others = [r for r in store.list_utterances(status="done", feature=feature)
+        # Any status: a row whose other feature failed still adds this feature's frames to the statistics.
+        others = [r for r in store.list_utterances(status=None, feature=feature)
                   if r.id not in split and r.speaker in speakers and (subset is None or r.id in subset)]
         digest.update(json.dumps([alias, feature, [(r.id, r.speaker) for r in others]]).encode())
         if others:
@@ -976,7 +977,7 @@ def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
             # `w2v2ser run` has no --out: an experiment's folder is named after it, under output:
             elsewhere = ("this experiment another name (or the pipeline another output)" if what == "run" else
                          f"this `w2v2ser {what}` another --out")
-            raise ConfigError(
+            raise FolderBusyError(
                 f"{out} is being written by another job of another configuration ({holder}, config key "
                 f"{lock.name.removeprefix('.lock-')}, lock {lock}); the two would replace each other's runs. "
                 f"Give {elsewhere}, or rerun it when that job has finished.") from None

@@ -378,6 +378,8 @@ def _results_current(train_config: Any, out: Path, planned: int) -> bool:
 
 
 def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
+    from w2v2ser.train._errors import FolderBusyError
+
     outcome = _Outcome()
     reasons = reasons if reasons is not None else _Reasons()
     with ExitStack() as locks:  # each experiment's folder lock, held until its summary is written
@@ -404,6 +406,10 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                 continue
             try:
                 view, pending = _prepare_experiment(experiment, locks)
+            except FolderBusyError as error:  # the folder is another job's now: nothing is written into it
+                _say(f"train {experiment.name}: FAILED before training: {error}")
+                outcome.failed.append(experiment.name)
+                continue
             except W2v2serError as error:
                 _say(f"train {experiment.name}: FAILED before training: {error}")
                 _mark_not_trained(config, experiment, f"failed before training: {error}", marker="failed.json")
@@ -450,21 +456,22 @@ def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view:
         return
     try:
         if view.heads is not None:
-            from w2v2ser.train import describe_sweep
+            from w2v2ser.train import ALL_LAYERS_DIR, describe_sweep
             from w2v2ser.train._sweep import _summarize_sweep
 
             summary = _summarize_sweep(view.heads, out, view.data, view.specs)
             _say(f"train {experiment.name}: layer sweep, {describe_sweep(summary)}")
-            outcome.done += 1
-            return
-        if not _results_current(view.config, out, len(view.specs)):
+            out = out / ALL_LAYERS_DIR  # every head has the same runs: the weighted average's speak for all
+        elif not _results_current(view.config, out, len(view.specs)):
             _summarize_runs(view.config, out, view.fingerprint, view.specs)
     except W2v2serError as error:
         _say(f"train {experiment.name}: FAILED to summarise its runs: {error}")
+        _mark_not_trained(config, experiment, f"failed to summarise its runs: {error}", marker="failed.json")
         outcome.failed.append(experiment.name)
         return
     results = _read_json(out / "results.json") or {}
-    _say(f"train {experiment.name}: {format_uar(results)}")
+    if view.heads is None:
+        _say(f"train {experiment.name}: {format_uar(results)}")
     if results.get("missing_runs"):  # over part of the folds (its store changed between runs): not done
         _say(f"train {experiment.name}: {missing_runs_message(results, out, 'run')}")
         outcome.failed.append(experiment.name)

@@ -3,7 +3,8 @@
 The layout is written by :mod:`w2v2ser.train` (see the contract): ``experiment.json``,
 ``runs/<fold>__seed<k>/{model.keras,metrics.json,layer_weights.json,...}`` and, once every run
 finished, ``results.json``. A run directory may instead hold ``skipped.json`` (``{"reason": ...}``)
-when the experiment could not run at all. Reading never raises for a broken directory: the problem
+when the experiment could not run at all, or ``failed.json`` when ``w2v2ser run`` failed it (which
+outranks an older results.json). Reading never raises for a broken directory: the problem
 becomes ``status="incomplete"`` with a reason, because a report over many experiments must still
 be written when one of them is broken.
 """
@@ -24,7 +25,7 @@ from w2v2ser.train import list_run_files
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
 
-__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "data_text"]
+__all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "current_failure", "data_text"]
 
 #: Display names of the corpora, in the column order of the paper's tables.
 CORPUS_NAMES: dict[str, str] = {"ravdess": "RAVDESS", "iemocap": "IEMOCAP", "csv": "CSV"}
@@ -287,6 +288,24 @@ def _layer_weights(results: Mapping[str, Any], run_dir: Path, experiment: Mappin
     return out, layers or ()
 
 
+def current_failure(run_dir: Path, results: str = "results.json") -> Mapping[str, Any] | None:
+    """The failed.json that ``w2v2ser run`` wrote into ``run_dir``, unless ``results`` there is newer.
+
+    A pipeline run removes failed.json before it trains the experiment, so one that is there is the
+    latest word on it: only results written after it (``w2v2ser train`` into the same folder) win.
+    """
+    path = Path(run_dir) / "failed.json"
+    failed, _ = _load_json(path)
+    if not isinstance(failed, Mapping):
+        return None
+    try:
+        if (Path(run_dir) / results).stat().st_mtime_ns > path.stat().st_mtime_ns:
+            return None
+    except OSError:  # no results (or failed.json went away meanwhile): the failure stands
+        pass
+    return failed
+
+
 def read_run_dir(run_dir: Path) -> RunSummary:
     """Summarise one run directory; broken directories give ``status="incomplete"``.
 
@@ -315,12 +334,17 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         return RunSummary(path=run_dir, status="skipped", reason=str(reason), experiment=merged,
                           runs_finished=finished, **_describe(merged, merged))
     results, res_problem = _load_json(run_dir / "results.json")
-    failed, _ = _load_json(run_dir / "failed.json")  # `w2v2ser run` records why an experiment failed
-    if not isinstance(results, Mapping) and isinstance(failed, Mapping):
+    failed = current_failure(run_dir)
+    if failed is not None:
+        # The failure wins over a results.json left by an earlier run (of another configuration, or
+        # before a --set): those are not this configuration's results. It stays in place, so going
+        # back to the configuration that made it reuses it without retraining.
         merged = {**experiment, **failed}
+        earlier = ("; the results.json there is of an earlier run and is not shown"
+                   if isinstance(results, Mapping) else "")
         return RunSummary(path=run_dir, status="incomplete", reason=f"{failed.get('reason', 'failed')} (fix that and "
-                          f"rerun the same `w2v2ser run` command)", experiment=merged, runs_finished=finished,
-                          **_describe(merged, merged))
+                          f"rerun the same `w2v2ser run` command){earlier}", experiment=merged,
+                          runs_finished=finished, **_describe(merged, merged))
     if not isinstance(results, Mapping):
         reason = res_problem or "results.json is not a JSON object"
         if not experiment:

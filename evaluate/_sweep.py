@@ -15,12 +15,12 @@ from typing import Any
 
 from w2v2ser.train import list_run_files
 
-from ._rundir import CORPUS_NAMES, data_text, read_run_dir
+from ._rundir import CORPUS_NAMES, current_failure, data_text, read_run_dir
 
 __all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 
-# Files that make a folder a run directory of `w2v2ser train` (or of a skipped pipeline experiment).
-_RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json")
+# Files that make a folder a run directory of `w2v2ser train` (or of a skipped or failed pipeline experiment).
+_RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json", "failed.json")
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -109,6 +109,11 @@ def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[s
     sweeps: list[dict[str, Any]] = []
     for p in map(Path, run_dirs):
         if not is_sweep_dir(p):
+            runs.append(p)
+            continue
+        if current_failure(p, results="sweep.json") is not None:
+            # `w2v2ser run` failed the sweep after its last summary: its layers' results are of an
+            # earlier run, so the folder is one failed row and draws no line.
             runs.append(p)
             continue
         runs.append(p / "all")

@@ -543,3 +543,40 @@ def test_a_skipped_experiment_of_a_named_csv_corpus_sits_in_the_column_of_its_tr
     write_report([root], out=tmp_path / "report")
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert {r["corpus"] for r in data["runs"]} == {"CSV"}
+
+
+def test_a_failure_newer_than_the_results_shows_as_failed_not_with_the_old_uar(tmp_path: Path) -> None:
+    """Found by a pipeline trial: `w2v2ser run --set ...subset...` failed three experiments before
+    training, but the report of the same command showed them complete with the UARs of the earlier
+    configuration (failed.json was read only when there was no results.json)."""
+    import os
+
+    root = tmp_path / "runs"
+    failed = make_run_dir(root, "failed", uars=(0.179, 0.179))
+    _write_json(failed / "failed.json", {"reason": "failed before training: subset speaker=Actor_01 leaves no test "
+                                                   "speaker", "features": "egemaps", "head": "dense"})
+    # A layer sweep failed the same way: its layers' results are of the earlier run too.
+    sweep = root / "sweep"
+    for layer in (0, 1):
+        make_run_dir(sweep, f"layer_{layer:02d}", features=f"wav2vec2:{layer}", model=MODELS["pt"])
+    make_run_dir(sweep, "all", features="wav2vec2:0-1", head="weighted_dense", model=MODELS["pt"])
+    _write_json(sweep / "sweep.json", {"layers": [0, 1], "upstream": "wav2vec2", "protocol": "ravdess"})
+    _write_json(sweep / "failed.json", {"reason": "store 'w2v' of corpus 'ravdess' is not extracted",
+                                        "features": "wav2vec2:0-1", "head": "dense"})
+    # `w2v2ser train` into a failed folder afterwards: its newer results are the current ones.
+    retrained = make_run_dir(root, "retrained", uars=(0.4, 0.6))
+    _write_json(retrained / "failed.json", {"reason": "an older failure"})
+    old = (retrained / "failed.json").stat().st_mtime_ns - 10**9
+    os.utime(retrained / "failed.json", ns=(old, old))
+
+    write_report([root], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    status = {Path(r["path"]).name: (r["status"], r["reason"]) for r in data["runs"]}
+    assert status["failed"][0] == "incomplete"
+    assert "subset speaker=Actor_01 leaves no test speaker" in status["failed"][1]
+    assert "results.json there is of an earlier run and is not shown" in status["failed"][1]
+    assert status["sweep"][0] == "incomplete" and "is not extracted" in status["sweep"][1]
+    assert "all" not in status and data["layer_sweep"]["series"] == []
+    assert status["retrained"] == ("complete", "")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "17.9" not in md and "leaves no test speaker" in md

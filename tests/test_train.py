@@ -582,3 +582,26 @@ def test_a_run_of_another_split_of_the_speakers_is_trained_again(tmp_path):
     assert _complete(run, ["k"], ["f"], "d", split) is not None
     assert _complete(run, ["k"], ["f"], "d", {**split, "test": ["e"]}) is None
     assert _complete(run, ["k"], ["f"], "d") is not None  # callers that do not know the split
+
+
+def test_a_subset_without_test_speakers_is_named_not_the_store(tmp_path, capsys):
+    """Found by a pipeline trial: a subset keeping Actor_01 only was refused with "the store has none
+    of them; its 1 speakers are ['Actor_01']. Extract the whole RAVDESS corpus, or ... --protocol": the
+    store had actors 23-24; the subset left them out."""
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4)
+    assert main(["train", str(path), "--features", "egemaps", "--subset", "speaker=Actor_01,Actor_02",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert ("subset speaker=Actor_01,Actor_02 leaves no test speaker (the ravdess protocol's test speakers are "
+            "actors 23-24): it keeps 2 speaker(s) ['Actor_01', 'Actor_02'] of store ") in err
+    assert "Widen the subset, or cross-validate over its speakers with speaker_folds" in err
+    assert "Extract the whole" not in err and "--protocol" not in err
+    # A store without them keeps the store's message, subset or not.
+    small = build_store(tmp_path / "small.zarr", utterances=ravdess_utterances(per_actor=2, actors=22),
+                        layers=2, dim=4)
+    assert main(["train", str(small), "--features", "egemaps", "--subset", "speaker=Actor_01,Actor_22",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    assert "but the store has none of them" in capsys.readouterr().err

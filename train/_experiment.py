@@ -213,10 +213,34 @@ def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
     if config.speaker_folds is not None:  # cross-validation over speaker groups, whatever the protocol
         folds = speaker_group_folds(data.records, config.speaker_folds)
     else:
-        folds = get_protocol(config.protocol).make_folds(data.records, config.csv_folds)
+        protocol = get_protocol(config.protocol)
+        try:
+            folds = protocol.make_folds(data.records, config.csv_folds)
+        except ProtocolError as error:
+            if config.subset and getattr(error, "shortfall", None):
+                _blame_the_subset(config, data, protocol, error)
+            raise
     for fold in folds:
         check_disjoint(fold)
     return folds
+
+
+def _blame_the_subset(config: ExperimentConfig, data: _Data, protocol: Any, error: ProtocolError) -> None:
+    """Raise a ProtocolError naming the subset when the store's utterances make the protocol's folds
+    and only the subset's do not (the store's message would advise extracting the whole corpus)."""
+    alias = data.selections["main"].alias
+    whole, _, _ = select_utterances(protocol, data.stores[alias].list_utterances(status="done"), report=False)
+    try:
+        protocol.make_folds(whole, config.csv_folds)
+    except ProtocolError:
+        return  # the store itself falls short: its own message is right
+    text = " ".join(f"{key}={value if isinstance(value, str) else ','.join(value)}"
+                    for key, value in config.subset.items())
+    speakers = sorted({r.speaker for r in data.records})
+    raise ProtocolError(f"subset {text} leaves {error.shortfall}: it keeps {len(speakers)} speaker(s) "
+                        f"[{first_few([repr(s) for s in speakers], 6)}] of {_store_label(config, alias)}. Widen the "
+                        f"subset, or cross-validate over its speakers with speaker_folds (pipeline.yaml: "
+                        f"`speaker_folds: K`; w2v2ser train: --speaker-folds K)") from None
 
 
 # (store, protocol, csv_folds) whose untrained classes this process has reported (as _REPORTED_DROPS).

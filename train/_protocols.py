@@ -109,18 +109,26 @@ def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
     used = [s for s in speakers if code[s] != -2]  # actors beyond 24 belong to no partition
     for part, codes, actors in (("test", {0}, "23-24"), ("validation", {1}, "21-22"), ("train", {-1}, "1-20")):
         if not any(code[s] in codes for s in used):
-            raise ProtocolError(
+            raise _short(
                 f"the ravdess protocol takes its {part} speakers from actors {actors} (train 1-20, validation "
                 f"21-22, test 23-24), but the store has none of them; its {len(speakers)} speakers are "
                 f"{_sample(speakers)}. Extract the whole RAVDESS corpus, or pick the protocol of the store's "
                 f"corpus (--protocol iemocap or csv; w2v2ser train picks it from the store when --protocol is "
-                f"not given)")
+                f"not given)", f"no {part} speaker (the ravdess protocol's {part} speakers are actors {actors})")
     from sklearn.model_selection import PredefinedSplit  # on first use: importing stage 2 stays cheap
 
     (_, test), (_, val) = PredefinedSplit([code[s] for s in used]).split()
     held = set(test) | set(val)
     return [Fold("split", tuple(s for i, s in enumerate(used) if i not in held),
                  tuple(used[i] for i in val), tuple(used[i] for i in test))]
+
+
+def _short(message: str, shortfall: str) -> ProtocolError:
+    """A ProtocolError for utterances too few for the folds; ``shortfall`` (e.g. "no test speaker
+    (...)") lets a caller whose subset caused it say so instead of blaming the store."""
+    error = ProtocolError(message)
+    error.shortfall = shortfall
+    return error
 
 
 def _sample(names: Sequence[str], limit: int = 6) -> str:
@@ -191,8 +199,9 @@ def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
                    f"one session per fold: --speaker-folds {present} (speaker_folds: {present})" if present >= 3
                    else f"speaker folds need 3 groups, so with {present} session(s) they would split a session's "
                         f"two speakers between training and test")
-        raise ProtocolError(f"IEMOCAP leave-one-session-out needs all 5 sessions; the store has no speaker of "
-                            f"session(s) {missing}; extract the whole corpus, {instead}")
+        raise _short(f"IEMOCAP leave-one-session-out needs all 5 sessions; the store has no speaker of "
+                     f"session(s) {missing}; extract the whole corpus, {instead}",
+                     f"no speaker of IEMOCAP session(s) {missing} (leave-one-session-out needs all 5)")
     return _leave_one_group_out(speakers, [session[s] for s in speakers], [f"session{k}" for k in range(1, 6)])
 
 
@@ -220,11 +229,12 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
         empty = [name for name, speakers in part.items() if not speakers]
         if empty:
             given = ", ".join(name for name in part if name not in empty)
-            raise ProtocolError(
+            raise _short(
                 f"the CSV manifest's split column has no {' and no '.join(empty)} rows (it has {given}); the "
                 f"heads need all three partitions (validation for early stopping). Mark some speakers' rows "
                 f"{' / '.join(empty)} in the manifest and extract again, or leave the split column empty "
-                f"everywhere for leave-one-speaker-group-out folds")
+                f"everywhere for leave-one-speaker-group-out folds",
+                f"no {' and no '.join(empty)} rows of the CSV manifest's split column")
         return [Fold("split", *(tuple(sorted(part[p])) for p in ("train", "validation", "test")))]
     speakers = sorted({r.speaker for r in records})
     k = min(int(csv_folds), len(speakers))
@@ -233,8 +243,9 @@ def _csv_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
         log.warning("csv_folds=%d but the utterances have %d speakers: %d folds of one speaker each",
                     csv_folds, len(speakers), k)
     if k < 3:
-        raise ProtocolError(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
-                            f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead")
+        raise _short(f"leave-one-speaker-group-out needs at least 3 speaker groups, got {k} "
+                     f"({len(speakers)} speakers, csv_folds={csv_folds}); add a split column instead",
+                     f"{len(speakers)} speaker(s), fewer than the 3 speaker groups leave-one-speaker-group-out needs")
     return speaker_group_folds(records, k, setting="csv_folds")
 
 

@@ -406,3 +406,16 @@ def test_a_ctrl_c_while_the_command_line_starts_is_one_line(monkeypatch, capsys)
     monkeypatch.setattr(_cli, "build_parser", interrupted)
     assert _cli.main(["store", "info", "x"]) == 130
     assert capsys.readouterr().err == "w2v2ser: interrupted before the command started; nothing was done\n"
+
+
+def test_the_train_header_comes_first_and_counts_every_experiment(tmp_path: Path, capsys) -> None:
+    """Found by a pipeline trial: experiments failed at planning printed their lines before the stage
+    header, which then counted only the planned ones ("7 experiment(s)" of the file's 10)."""
+    from w2v2ser._cli import main
+
+    assert main(["run", str(_pipeline(tmp_path)), "--stage", "train"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train")]
+    assert lines[0] == "train: planning 7 experiment(s)", lines
+    assert lines[-1] == ("train: 0 of 7 experiment(s) planned (3 skipped, 4 failed before training), "
+                         "0 fold x seed runs, 0 to train"), lines
+    assert len(lines) == 9  # each experiment's reason between the two

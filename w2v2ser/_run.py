@@ -132,6 +132,13 @@ class _Outcome:
     failed: list[str] = field(default_factory=list)
 
 
+def _planned_text(planned: int, experiments: int, outcome: _Outcome) -> str:
+    """``7 of 10 experiment(s) planned (3 failed before training)``: counts that add up to the file's."""
+    left_out = [f"{len(names)} {what}" for names, what in ((outcome.skipped, "skipped"),
+                                                          (outcome.failed, "failed before training")) if names]
+    return f"{planned} of {experiments} experiment(s) planned" + (f" ({', '.join(left_out)})" if left_out else "")
+
+
 # --- stage 1: extraction ----------------------------------------------------------------------
 
 def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
@@ -384,6 +391,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
     reasons = reasons if reasons is not None else _Reasons()
     with ExitStack() as locks:  # each experiment's folder lock, held until its summary is written
         todo: list[tuple[ExperimentSpec, Any, list]] = []
+        _say(f"train: planning {len(config.experiments)} experiment(s)")  # before the lines of those that cannot run
         for experiment in config.experiments:
             skip = _skip_reason(config, experiment)
             if skip:
@@ -417,8 +425,8 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                 continue
             todo.append((experiment, view, pending))
         total = sum(len(pending) for *_, pending in todo)
-        _say(f"train: {len(todo)} experiment(s), {sum(len(view.specs) for _, view, _ in todo)} fold x seed runs, "
-             f"{total} to train")
+        _say(f"train: {_planned_text(len(todo), len(config.experiments), outcome)}, "
+             f"{sum(len(view.specs) for _, view, _ in todo)} fold x seed runs, {total} to train")
         errors: dict[str, list[str]] = {}
         lost: dict[str, BaseException] = {}  # experiment -> the error of the store that stopped it
         trained: dict[str, int] = {}  # experiment -> runs that finished in this stage

@@ -121,7 +121,10 @@ def _label_layer_axes(ax: "matplotlib.axes.Axes", *, ticks: Iterable[int], ylabe
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+    # Below the axes (the saved figure grows to hold it): inside, it covered points and error bars.
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=legend_size, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if entries > 3 else 1,
+              frameon=False)
 
 
 def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:

@@ -32,6 +32,9 @@ def _label(summary: dict[str, Any]) -> str:
     spec = summary.get("feature_spec") or {}
     config = spec.get("config") or {}
     model = next((config[k] for k in ("model", "model_id", "id") if isinstance(config.get(k), str)), "")
+    # The model's last name part only (a local folder's name, a hub id's name): an absolute path
+    # filled the plot's legend; the store's name (alias) tells the upstreams of a pipeline apart.
+    model = model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
     upstream = summary.get("upstream", "?")
     alias = summary.get("alias")
     name = f"{alias}/{upstream}" if alias and alias != "main" else upstream

@@ -580,3 +580,37 @@ def test_a_failure_newer_than_the_results_shows_as_failed_not_with_the_old_uar(t
     assert status["retrained"] == ("complete", "")
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "17.9" not in md and "leaves no test speaker" in md
+
+
+def test_sweep_legend_names_the_store_and_stays_off_the_points(tmp_path: Path) -> None:
+    """Found by a pipeline trial: layer_sweep.png's legend (labels with the models' absolute paths)
+    sat in the lower left of the axes and hid hubert layer 0's error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from w2v2ser.evaluate._figures import _label_layer_axes
+
+    sweep = tmp_path / "runs" / "sweep"
+    for layer in (0, 1):
+        make_run_dir(sweep, f"layer_{layer:02d}", features=f"hubert/hubert:{layer}", upstream="hubert",
+                     model="/home/me/pipeline/models/hubert")
+    _write_json(sweep / "sweep.json", {"layers": [0, 1], "upstream": "hubert", "alias": "hubert", "protocol": "ravdess",
+                                       "feature_spec": {"config": {"model": "/home/me/pipeline/models/hubert"}}})
+    local = tmp_path / "runs" / "local"
+    make_run_dir(local, "layer_00", features="wav2vec2:0", model="/data/checkpoints/w2v2-ft-500/")
+    _write_json(local / "sweep.json", {"layers": [0], "upstream": "wav2vec2", "alias": "main", "protocol": "ravdess",
+                                       "feature_spec": {"config": {"model": "/data/checkpoints/w2v2-ft-500/"}}})
+    write_report([sweep, local], out=tmp_path / "report")
+    series = json.loads((tmp_path / "report" / "report.json").read_text())["layer_sweep"]["series"]
+    assert sorted(s["label"] for s in series) == ["hubert/hubert", "wav2vec2 (w2v2-ft-500)"]
+
+    fig, ax = plt.subplots()
+    for k in range(4):  # lines over the whole panel: no spot inside it is free
+        ax.errorbar(range(13), np.linspace(0, 1, 13)[::1 - 2 * (k % 2)], yerr=0.1, label=f"store{k}/wav2vec2")
+    _label_layer_axes(ax, ticks=range(13), ylabel="y", title="t", legend_size=7)
+    fig.canvas.draw()
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.y1 <= axes.y0  # below the axes, not over the points
+    plt.close(fig)

@@ -147,11 +147,11 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
                           check=False)
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
+    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
+    said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
     if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
         moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
                                   "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
-        lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
         if said:  # stage 1's own one-line error, in predict's terms: predict has no --like to drop
             reason = re.sub(r"(; drop --like to extract with other options, or drop the option|, or drop --like)",
                             "", said[-1]).replace(f"--like {like}: ", "").replace(f"--like {like}", f"the training store {like}")
@@ -163,9 +163,8 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
                            f"is installed (pip install 'w2v2ser[extract]').{moved}")
     if proc.returncode == 0:
         return None
-    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
-    return (said or lines or [f"stage 1 exited with status {proc.returncode} without a message"])[-1].strip()
+    # Only stage 1's own error line: the last line of a killed child (OOM, signal) may be any log line.
+    return (said or [f"stage 1 exited with status {proc.returncode} without a message"])[-1].strip()
 
 
 def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:

@@ -62,7 +62,6 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
         bounds = _bounds(frames, max(1, round(seconds * rate)), within=within)
         if len(bounds) == 1:
             return [Segment(recording, 0.0, frames / rate)]
-        folder.mkdir(parents=True, exist_ok=True)
         out = []
         for k, (first, stop) in enumerate(bounds):
             if first != source.tell():  # an overlapping last window
@@ -72,6 +71,7 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
                 break
             target = folder / f"{k:05d}.wav"
             try:
+                folder.mkdir(parents=True, exist_ok=True)
                 soundfile.write(str(target), audio, rate, subtype="FLOAT")  # exact for 16/24-bit and float sources
             except (RuntimeError, OSError) as error:  # not the recording's fault: never read as undecodable
                 failed = PredictError(f"cannot write window {k} of {recording} to {target}: {error}. Free space in "

@@ -1226,3 +1226,6 @@ def test_a_window_that_cannot_be_written_is_an_error_not_a_whole_file_prediction
     with pytest.raises(PredictError, match=r"cannot write window 0 of .*long\.wav.*Free space in") as caught:
         _windows([source], [0], 0.5, tmp_path / "segments")
     assert caught.value.exit_code == 1  # a failed run, not bad input
+    (tmp_path / "afile").write_text("x")  # the window folder cannot be made either (here: a file in the way)
+    with pytest.raises(PredictError, match=r"cannot write window 0 of .*long\.wav"):
+        _windows([source], [0], 0.5, tmp_path / "afile" / "segments")

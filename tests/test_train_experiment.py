@@ -744,6 +744,11 @@ def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_pa
     assert results["n_runs"] == 1
     # Both have ended: the other configuration may now use the folder (replacing, with its warning).
     train_experiment(other, out=tmp_path, progress=False)
+    # A held folder keeps one descriptor open (its key's lock), not two: `w2v2ser run` holds one per
+    # experiment of its grid for the whole train stage, under the usual limit of 1024.
+    before = len(os.listdir("/proc/self/fd"))
+    with share_out_folder(tmp_path, config.config_key(), "train"):
+        assert len(os.listdir("/proc/self/fd")) == before + 1
 
 
 def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_path, monkeypatch, capsys):

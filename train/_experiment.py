@@ -975,11 +975,14 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
                 os.pwrite(held, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         finally:
             fcntl.flock(guard, fcntl.LOCK_UN)
+            os.close(guard)  # only the key's lock stays open: a grid of experiments holds one descriptor each
+            guard = -1
         yield
     finally:
         if held is not None:
             os.close(held)
-        os.close(guard)
+        if guard >= 0:
+            os.close(guard)
 
 
 def _refuse_if_held(lock: Path, out: Path, what: str) -> None:

@@ -501,7 +501,7 @@ class FeatureStore:
         batch of neighbours (e.g. one speaker, extracted together) costs one range read per shard.
 
         Args:
-            ids: utterance ids (any order, repeats allowed).
+            ids: utterance ids (any order, repeats allowed; any iterable, e.g. a generator).
             feature: feature name.
             layers: layer indices (3-D features only); None reads all layers.
             out: arrays to read into instead, one per id, each shaped and typed like that
@@ -513,10 +513,11 @@ class FeatureStore:
         """
         if isinstance(ids, str):
             raise StoreError(f"read_batch: ids={ids!r}; expected a list of utterance ids.")
+        ids = list(ids)  # read twice below: a generator would be exhausted by the first pass
         spec = self._spec(feature)
         sel = self._layers(spec, layers)
         if out is not None:
-            return self._read_into(list(ids), feature, spec, sel, list(out))
+            return self._read_into(ids, feature, spec, sel, list(out))
         data = self._array(feature, "data")
         shard = int(data.shards[0]) if data.shards is not None else int(data.chunks[0])
         gap = int(data.chunks[0])  # a span never reads more than one unwanted chunk between two utterances

@@ -334,6 +334,10 @@ def test_read_batch_equals_read_utterance(tmp_path):
             assert frames.dtype == want.dtype
             np.testing.assert_array_equal(frames, want)
     assert store.read_batch([], "w2v") == []
+    # A generator of ids (found by a trial: the second pass over it returned [] silently).
+    got = store.read_batch((uid for uid in ids[:3]), "lld")
+    assert len(got) == 3
+    np.testing.assert_array_equal(got[2], store.read_utterance(ids[2], "lld"))
     with pytest.raises(StoreError, match="Did you mean"):
         store.read_batch(["u0000"], "w2v")
     # An id asked for twice gets two arrays (found by a trial: one object twice, so that normalising

@@ -220,6 +220,21 @@ def test_array_input_problems_are_named():
     assert head.predict([]).shape == (0,) and head.predict_proba([]).shape == (0, 3)
 
 
+def test_mixed_float16_and_float32_utterances_train_in_float32_and_a_nan_loss_raises():
+    """Found by a trial: utterance 0's dtype chose the dtype of all, so float32 frames above float16's
+    range (raw spectrogram power) became inf in a float16 buffer and trained to a NaN model, and fit
+    returned normally; a NaN loss from finite but huge float32 frames was silent too."""
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(20, 6)).astype(np.float32) * 1e5 + (i % 2) for i in range(16)]
+    y = [i % 2 for i in range(16)]
+    mixed = [np.clip(x[0], -6e4, 6e4).astype(np.float16), *x[1:]]
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(mixed, y)
+    assert np.isfinite(head.history_["loss"]).all() and np.isfinite(head.predict_proba(mixed)).all()
+    with pytest.raises(DataError, match=r"DenseHead.fit: the training loss became NaN or infinite at epoch \d+, "
+                                        r"batch \d+, so training stopped; .*Normalise the features"):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit([a * np.float32(1e25) for a in x], y)
+
+
 def test_predict_checks_the_frames_against_the_fitted_head_and_fit_refuses_an_unread_branch():
     """Found by a trial: frames of another width (or with a layer axis) at predict time ended in
     TensorFlow's "Graph execution error" or a Keras message, by call history; and a DenseHead fed

@@ -61,8 +61,10 @@ class _ArrayBatches:
         first = {k: np.asarray(v[0]) for k, v in arrays.items()}
         self.frame_shapes = {k: tuple(a.shape[1:]) for k, a in first.items()}
         _check_frames(arrays, self.frame_shapes)
-        self.dtypes = {k: np.dtype(np.float16) if a.dtype == np.float16 else np.dtype(np.float32)
-                       for k, a in first.items()}
+        # float16 only when every utterance of the branch is: a float32 utterance cast into a float16
+        # buffer (because utterance 0 happened to be float16) overflowed to inf and trained to NaN.
+        self.dtypes = {k: np.dtype(np.float16) if all(np.asarray(a).dtype == np.float16 for a in arrays[k])
+                       else np.dtype(np.float32) for k in first}
         self.lengths = np.array([min(len(arrays[k][i]) for k in arrays) for i in range(self.n)], dtype=np.int64)
         t = max(1, int(self.lengths.max()))
         self.inputs: dict[str, np.ndarray] = {}
@@ -170,6 +172,25 @@ class _Timing(keras.callbacks.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._t0)
         self.input_seconds.append(sum(d.input_seconds for d in self.datasets) - self._in0)
         self.compute_seconds.append(self._compute)
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first batch whose training loss is NaN or infinite (Keras' TerminateOnNaN,
+    without its print): ``fit`` then raises a DataError instead of returning a NaN model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: tuple[int, int] | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.where is None:
+            self.where = (self._epoch + 1, batch + 1)
+            self.model.stop_training = True
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -359,8 +380,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                                             gradient_accumulation_steps=steps if steps > 1 else None),
                             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                             run_eagerly=self.run_eagerly)
-        timing = _Timing([train, val])
-        cbs: list[keras.callbacks.Callback] = [timing, *callbacks]
+        timing, nan_stop = _Timing([train, val]), _StopOnNaN()
+        cbs: list[keras.callbacks.Callback] = [timing, nan_stop, *callbacks]
         if val is not None:
             self._stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience,
                                                           restore_best_weights=recipe.restore_best)
@@ -369,6 +390,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             hist = self.model_.fit(train.as_tf_dataset(), epochs=recipe.max_epochs, callbacks=cbs,
                                    validation_data=None if val is None else val.as_tf_dataset(),
                                    verbose=self.verbose, shuffle=False)  # the data shuffles itself, per epoch
+        if nan_stop.where is not None:
+            epoch, batch = nan_stop.where
+            raise DataError(f"{type(self).__name__}.fit: the training loss became NaN or infinite at epoch {epoch}, "
+                            f"batch {batch}, so training stopped; the frames are probably too large (e.g. raw "
+                            f"spectrogram power, or float16 values near its limit 65504). Normalise the features "
+                            f"(build_normaliser, or a norm setting), or lower the learning rate")
         h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
         h.update(epoch_seconds=timing.epoch_seconds, input_seconds=timing.input_seconds,
                  compute_seconds=timing.compute_seconds, epochs=len(timing.epoch_seconds))

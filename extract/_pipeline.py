@@ -304,6 +304,21 @@ def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_worker
             example = extractor if isinstance(extractor, str) else "egemaps"
             raise ConfigError(f"extract_corpus: extractors holds {extractor!r}; expected extractors made by "
                               f"build_extractor, e.g. [build_extractor({example!r})]")
+    # A feature given twice extracted nothing and left a store pending, with no error or reason.
+    seen: dict[str, Any] = {}
+    for extractor in extractors:
+        name = str(getattr(extractor, "name", type(extractor).__name__))
+        if name in seen:
+            try:  # the options in which the two configs differ, e.g. " (hop_ms 10.0 and 20.0)"
+                first, second = seen[name].config.to_dict(), extractor.config.to_dict()
+                keys = [k for k in {**first, **second} if first.get(k) != second.get(k)]
+                differ = f" ({', '.join(f'{k} {first.get(k)} and {second.get(k)}' for k in keys)})" if keys else ""
+            except Exception:  # an extractor of its own whose config has no to_dict: name no options
+                differ = ""
+            raise ConfigError(f"extract_corpus: feature {name!r} is given twice{differ}; "
+                              f"a store holds one config per feature: use one extractor per feature, or a second "
+                              f"store for the other config")
+        seen[name] = extractor
     # decode_workers=-1 decoded nothing: 0 utterances extracted, without an error.
     validate(_Counts, {"shard_size": shard_size, "decode_workers": decode_workers, "cpu_workers": cpu_workers},
              where="extract_corpus")

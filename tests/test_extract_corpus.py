@@ -510,6 +510,21 @@ def test_extract_corpus_refuses_options_the_cli_refuses(corpus, tmp_path, option
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_extract_corpus_refuses_a_feature_given_twice_before_writing(corpus, tmp_path):
+    """Found by a trial: [spectrogram hop 10, spectrogram hop 20] extracted nothing, raised nothing
+    and left an incomplete store without a recorded reason."""
+    from w2v2ser import ConfigError
+    from w2v2ser.extract import SpectrogramConfig
+
+    twice = [build_extractor("spectrogram"), build_extractor("spectrogram", SpectrogramConfig(hop_ms=20.0))]
+    with pytest.raises(ConfigError, match=r"extract_corpus: feature 'spectrogram' is given twice \(hop_ms 10\.0 and "
+                                          r"20\.0\); a store holds one config per feature"):
+        extract_corpus(corpus, tmp_path / "s.zarr", extractors=twice, progress=False)
+    with pytest.raises(ConfigError, match=r"feature 'energy' is given twice; a store"):
+        extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor(), EnergyExtractor()], progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
     summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=EnergyExtractor(), progress=False)
     assert summary.complete and summary.extracted == 7

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from w2v2ser._common import describe_path_error
+
 from ._errors import EXIT_FAILED, StoreError, StoreLockedError, StoreUnreachableError, W2v2serError
 from ._location import StoreLocation, locate_store, remote_errors
 
@@ -55,6 +57,8 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
         store.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR) and not store.is_dir():  # a file where the store's folder is
+            raise StoreError(describe_path_error(exc)[0]) from None  # the command line's message, as a StoreError
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
         # A store shared read-only (another user's, a read-only mount) is fine to train on,

@@ -525,6 +525,19 @@ def test_extract_corpus_refuses_a_feature_given_twice_before_writing(corpus, tmp
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_extract_corpus_into_a_path_that_is_a_file_is_a_store_error(corpus, tmp_path):
+    """Found by a trial: a store path naming a file raised a raw FileExistsError from mkdir, where
+    the command line gives one line (exit 2)."""
+    from w2v2ser.store import StoreError
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    for path in (blocker, blocker / "s.zarr"):
+        with pytest.raises(StoreError, match=f"{path}: it, or a folder above it, is a file; expected a folder"):
+            extract_corpus(corpus, path, extractors=[EnergyExtractor()], progress=False)
+    assert blocker.read_text() == "a file"
+
+
 def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
     summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=EnergyExtractor(), progress=False)
     assert summary.complete and summary.extracted == 7

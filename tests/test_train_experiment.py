@@ -721,6 +721,20 @@ def test_results_lacking_planned_runs_are_not_called_complete(rav, tmp_path, cap
     assert summary.status == "incomplete" and "1 of 2 planned runs" in summary.reason
 
 
+def test_an_out_that_is_a_file_is_a_config_error_in_python(rav, tmp_path):
+    """Found by a trial: train_experiment(cfg, out=<a file>) raised a raw FileExistsError from mkdir;
+    the command line said what was wrong (exit 2), the Python API did not."""
+    from w2v2ser import ConfigError
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    for out in (blocker, blocker / "run"):
+        with pytest.raises(ConfigError, match=f"{out}: it, or a folder above it, is a file; expected a folder"):
+            train_experiment(config, out=out, progress=False)
+    assert blocker.read_text() == "a file"
+
+
 def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_path, capsys):
     """Found by a concurrency audit: two `train` jobs of different configs into one --out replaced
     each other's runs one by one, both exit 0. Jobs of one configuration still share it (the

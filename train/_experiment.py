@@ -951,7 +951,15 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
     import fcntl
     import socket
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where the folder is, or no permission: the command line's message
+        from w2v2ser._common import EXIT_INPUT, describe_path_error
+
+        described = describe_path_error(exc)
+        if described is None or described[1] != EXIT_INPUT:
+            raise
+        raise ConfigError(described[0]) from None
     try:
         guard = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # a folder this user cannot write: the first run's write says so

@@ -161,6 +161,26 @@ def test_validation_fraction_out_of_range_names_the_parameter(fraction, expected
         DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=fraction, run_eagerly=True).fit(x, y)
 
 
+@pytest.mark.parametrize("params, expected", [({"units": "64"}, "DenseHead.units: expected a valid integer, got string '64'."),
+                                               ({"units": 0}, "DenseHead.units: expected a value >= 1, got 0."),
+                                               ({"dropout": 1.5}, "DenseHead.dropout: expected a value < 1.0, got 1.5."),
+                                               ({"seed": -1}, "DenseHead.seed: expected a value >= 0, got -1.")])
+def test_hyperparameters_are_checked_by_fit_and_numpy_integers_taken(params, expected):
+    """Found by a trial: Keras refused these with its own ValueError at graph build (after the data
+    checks), a seed from np.arange with "Expected seed argument to be an integer", and fit([], [])
+    raised IndexError. The values stay as given (get_params, clone), as scikit-learn expects."""
+    x, y, _ = utterances(12)
+    head = DenseHead(recipe=QUICK, run_eagerly=True, **{"units": 4, **params})
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        head.fit(x, y)
+    assert clone(head).get_params() == head.get_params()
+    numpy_head = DenseHead(units=np.int64(4), dropout=np.float32(0.1), seed=np.int64(3), recipe=QUICK,
+                           run_eagerly=True).fit(x, y)
+    assert type(numpy_head.get_params()["seed"]) is np.int64 and numpy_head.predict_proba(x[:2]).shape == (2, 3)
+    with pytest.raises(DataError, match=r"DenseHead.fit\(x, y\): no utterances given"):
+        DenseHead(units=4, recipe=QUICK).fit([], [])
+
+
 def test_validation_fraction_that_leaves_nothing_to_train_on():
     x, y, _ = utterances(12)
     with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):

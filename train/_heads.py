@@ -28,7 +28,7 @@ from sklearn.exceptions import NotFittedError
 
 from w2v2ser._common import check_stop
 from w2v2ser._native_logs import expected_retracing
-from w2v2ser._schema import validate
+from w2v2ser._schema import StrictModel, validate
 
 from ._dataset import STATS_SUFFIX, padded_dataset
 from ._errors import ConfigError, DataError
@@ -218,6 +218,22 @@ class EpochProgress(keras.callbacks.Callback):
             self._bar = None
 
 
+class _HeadParams(StrictModel):
+    """The hyperparameters ``fit`` checks (bounds as ExperimentConfig's): Keras refused a string
+    ``units``, ``units=0`` or ``dropout=1.5`` with its own ValueError, only when building the graph."""
+
+    units: Annotated[int, Field(ge=1)]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    seed: Optional[Annotated[int, Field(ge=0)]]
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (seeds from ``np.arange``, GridSearchCV grids of numpy values)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return float(value) if isinstance(value, np.floating) else value
+
+
 class _BaseHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict logic; subclasses build the Keras graph.
 
@@ -260,10 +276,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         return inp, x
 
     def _block(self, x: Any, name: str) -> Any:
-        x = seeded_dense(self.units, "relu", f"{name}_dense", self._draw)(x)
+        x = seeded_dense(self._params.units, "relu", f"{name}_dense", self._draw)(x)
         # A dropout layer of rate 0 has no seed generator (and Keras draws no seed for it).
-        return keras.layers.Dropout(self.dropout, name=f"{name}_dropout",
-                                    seed=self._draw() if self.dropout > 0 else None)(x)
+        return keras.layers.Dropout(self._params.dropout, name=f"{name}_dropout",
+                                    seed=self._draw() if self._params.dropout > 0 else None)(x)
 
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -271,7 +287,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
     def _build(self, shapes: Mapping[str, tuple[tuple[int, ...], Any]], n_classes: int, *,
                folded: Sequence[str] = ()) -> keras.Model:
         """The Keras model; ``folded`` branches take ``<branch>_stats`` too (:class:`Source` ``fold``)."""
-        self._draw = seed_draws(self.seed)  # every random layer gets its seed from here, in build order
+        self._params = self._hyperparameters()
+        self._draw = seed_draws(self._params.seed)  # every random layer gets its seed from here, in build order
         try:
             inputs, branches = {}, {}
             for branch, (shape, dtype) in shapes.items():
@@ -282,9 +299,15 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             out = seeded_dense(n_classes, "softmax", "classifier", self._draw)(pooled)
             return keras.Model(inputs=inputs, outputs=out, name=type(self).__name__)
         finally:
-            del self._draw  # a closure: the fitted estimator stays picklable
+            del self._draw, self._params  # a closure: the fitted estimator stays picklable
 
     # -- sklearn-like API ----------------------------------------------------------------------
+    def _hyperparameters(self) -> _HeadParams:
+        """units, dropout and seed, checked here, not in __init__: scikit-learn's clone and
+        set_params store them unchanged."""
+        return validate(_HeadParams, {k: _plain_number(getattr(self, k)) for k in ("units", "dropout", "seed")},
+                        where=type(self).__name__)
+
     def _resolved_recipe(self) -> Recipe:
         return get_recipe(self.recipe) if isinstance(self.recipe, str) else self.recipe
 
@@ -332,10 +355,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         Returns:
             self, with ``model_``, ``history_``, ``layer_weights_``, ``classes_`` set.
         """
+        params = self._hyperparameters()  # first: a bad value fails before the data is read
         recipe = self._resolved_recipe()
-        if self.seed is not None:
-            keras.utils.set_random_seed(self.seed)
-        seed = 0 if self.seed is None else self.seed
+        if params.seed is not None:
+            keras.utils.set_random_seed(params.seed)
+        seed = 0 if params.seed is None else params.seed
         streaming = hasattr(x, "as_tf_dataset")
         if streaming:
             self.classes_ = np.array(list(self.classes or x.classes))
@@ -343,6 +367,9 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
             n_utterances = _count_utterances(x)
+            if n_utterances == 0 and len(y) == 0:
+                raise DataError(f"{type(self).__name__}.fit(x, y): no utterances given; expected a list of "
+                                f"[frames, ...] arrays and one label per utterance")
             if len(y) != n_utterances:
                 raise DataError(f"{type(self).__name__}.fit(x, y): x holds {n_utterances} utterances but y "
                                 f"{len(y)} labels; expected one label per utterance")
@@ -458,7 +485,7 @@ class LSTMHead(_BaseHead):
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:
         x = self._block(branches["main"], "block1")
         # Keras' own order of draws: the cell's kernel, recurrent kernel, then its dropout seed.
-        lstm = keras.layers.LSTM(self.units, name="lstm",
+        lstm = keras.layers.LSTM(self._params.units, name="lstm",
                                  kernel_initializer=keras.initializers.GlorotUniform(seed=self._draw()),
                                  recurrent_initializer=keras.initializers.Orthogonal(seed=self._draw()),
                                  seed=self._draw())

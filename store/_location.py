@@ -236,6 +236,8 @@ def locate_store(store: str | os.PathLike[str] | StoreLocation, *,
         if storage_options:
             return StoreLocation(store.url, {**dict(store.storage_options), **dict(storage_options)})
         return store
+    if not isinstance(store, (str, os.PathLike)):  # os.fspath's TypeError named no argument
+        raise StoreError(f"store: got {type(store).__name__} {store!r}; expected a path (str or Path) or a URL")
     text = os.fspath(store)
     if is_store_url(text):
         return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})

@@ -625,6 +625,8 @@ def test_empty_stores_and_a_string_of_layer_names_are_refused_with_the_fix():
 
     with pytest.raises(ConfigError, match=r"stores is empty; give \{'main': '/path/to/store'\}"):
         ExperimentConfig(stores={})
+    with pytest.raises(ConfigError, match=r"ExperimentConfig.stores: got a list; give a path or \{alias: path\}"):
+        ExperimentConfig(stores=["stores/ravdess.zarr"], features="egemaps")  # found by a trial: AttributeError
     for make in (lambda: FeatureSpec(name="x", dim=4, layers=2, frame_rate=50.0, dtype="float16", config={},
                                      layer_names="ab"),
                  lambda: FeatureSpec.from_dict({"name": "x", "dim": 4, "layers": 2, "frame_rate": 50.0,

@@ -789,6 +789,8 @@ def test_open_store_refuses_incomplete_newer_and_foreign(tmp_path):
         open_store(tmp_path / "corpus.csv")
     with pytest.raises(StoreError, match="not a w2v2ser store: the directory does not exist"):
         open_store(tmp_path / "missing.zarr")
+    with pytest.raises(StoreError, match=r"store: got int 3; expected a path \(str or Path\) or a URL"):
+        open_store(3)  # found by a trial: os.fspath's TypeError
     zarr.open_group(str(tmp_path / "plain"), mode="w")
     with pytest.raises(StoreError, match="not a w2v2ser store"):
         open_store(tmp_path / "plain")

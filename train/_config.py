@@ -108,6 +108,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.stores, (str, os.PathLike)):
             self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
+        if not isinstance(self.stores, Mapping):  # a list failed on .items() with an AttributeError
+            raise ConfigError(f"ExperimentConfig.stores: got a {type(self.stores).__name__}; give a path or "
+                              f"{{alias: path}}, e.g. {{'main': '/path/to/store', 'fusion': '/path/to/egemaps'}}")
         if isinstance(self.stores, Mapping) and not self.stores:  # the schema's bound, with the fix
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.

@@ -181,6 +181,18 @@ def test_hyperparameters_are_checked_by_fit_and_numpy_integers_taken(params, exp
         DenseHead(units=4, recipe=QUICK).fit([], [])
 
 
+def test_validation_data_without_labels_is_named():
+    """Found by a trial: validation_data=x[:4] (labels forgotten) took the second utterance's frames
+    as the labels: "labels [-2.106, ...] do not occur in the training labels"."""
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True)
+    with pytest.raises(ConfigError, match=r"DenseHead.fit: validation_data: expected a tuple \(arrays, labels\) or "
+                                          r"FeatureBatches; got a list of 4 items"):
+        head.fit(x, y, validation_data=x[:4])
+    head.fit(x, y, validation_data=(x[:4], y[:4]))
+    assert "val_loss" in head.history_
+
+
 def test_validation_fraction_that_leaves_nothing_to_train_on():
     x, y, _ = utterances(12)
     with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):

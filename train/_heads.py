@@ -384,6 +384,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if validation_data is None and fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
             elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):
+                if not (isinstance(validation_data, tuple) and len(validation_data) == 2):
+                    # A list of arrays (labels forgotten) took its second utterance's frames as the labels.
+                    got = (f"a {type(validation_data).__name__} of {len(validation_data)} items"
+                           if isinstance(validation_data, (list, tuple)) else type(validation_data).__name__)
+                    raise ConfigError(f"{type(self).__name__}.fit: validation_data: expected a tuple (arrays, labels) "
+                                      f"or FeatureBatches; got {got}")
                 validation_data = (validation_data[0], self._encode(validation_data[1]))
         train = self._data(x, y, shuffle=True, seed=seed)
         val = None

@@ -193,6 +193,18 @@ def test_validation_data_without_labels_is_named():
     assert "val_loss" in head.history_
 
 
+@pytest.mark.parametrize("labels, expected", [
+    (["angry", 1, "sad"], r"y mixes string and number labels \(e\.g\. 'angry' and 1\); give labels of one type"),
+    (["angry", None, "sad"], r"y\[1\] is None, a missing label; give every utterance a label"),
+    ([0.0, float("nan"), 1.0], r"y\[1\] is nan, a missing label")])
+def test_labels_of_mixed_types_or_missing_are_refused(labels, expected):
+    """Found by a trial: ["a", 1, ...] was taken (numpy made every label a string, so predict gave
+    '1'), and a None label raised TypeError from np.unique; scikit-learn refuses both."""
+    x, _, _ = utterances(12)
+    with pytest.raises(DataError, match=r"DenseHead\.fit\(x, y\): " + expected):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, labels * 4)
+
+
 def test_validation_fraction_that_leaves_nothing_to_train_on():
     x, y, _ = utterances(12)
     with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):

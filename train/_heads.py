@@ -108,6 +108,20 @@ def _check_frames(arrays: Mapping[str, Sequence[Any]], frame_shapes: Mapping[str
                                 f"values; every frame must be finite (impute or drop them first)")
 
 
+def _check_label_kinds(y: Any, head: str) -> None:
+    """Labels of one kind, none missing (scikit-learn's classifiers refuse the same): numpy turned
+    ``["a", 1]`` into the strings "a", "1" (so predict gave '1'), and None failed in np.unique."""
+    kinds: dict[str, Any] = {}
+    for i, value in enumerate(np.asarray(y, dtype=object).ravel()):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            raise DataError(f"{head}.fit(x, y): y[{i}] is {value!r}, a missing label; give every utterance a "
+                            f"label, or leave out the unlabelled ones")
+        kinds.setdefault("string" if isinstance(value, (str, bytes)) else "number", value)
+    if len(kinds) > 1:
+        raise DataError(f"{head}.fit(x, y): y mixes string and number labels (e.g. {kinds['string']!r} and "
+                        f"{kinds['number']!r}); give labels of one type (e.g. all strings)")
+
+
 def _hold_out(x: Any, y: np.ndarray, fraction: float, seed: int) -> tuple[Any, np.ndarray, tuple[Any, np.ndarray]]:
     """Hold-out of ``fraction`` of the utterances for early stopping, stratified where it can be.
 
@@ -373,6 +387,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if len(y) != n_utterances:
                 raise DataError(f"{type(self).__name__}.fit(x, y): x holds {n_utterances} utterances but y "
                                 f"{len(y)} labels; expected one label per utterance")
+            _check_label_kinds(y, type(self).__name__)
             labels = np.unique(np.asarray(y))
             if len(labels) < 2:
                 raise DataError(f"{type(self).__name__}.fit(x, y): every label in y is {labels[:1].tolist()[0]!r}; "

@@ -199,6 +199,11 @@ def test_speaker_statistics_and_zero_variance_floor(store):
         def compose_statistics(self, feature, *, speakers, layers, utterances=None):
             return FeatureStatistics(count=10, mean=np.ones(25), variance=np.zeros(25))
 
+    # Found by a trial: a string was split into characters ("speakers ['0', '1', 'A', ...] are not in store").
+    for keyword in ({"train_speakers": "Actor_03", "speakers": []}, {"train_speakers": [], "speakers": "Actor_03"}):
+        with pytest.raises(ConfigError, match=r"build_normaliser: (train_)?speakers='Actor_03' is a string; expected a "
+                                              r"list of speaker names, e.g\. \['Actor_03'\]"):
+            build_normaliser(store, sel, "global", **keyword)
     flat = build_normaliser(Flat(), sel, "global", train_speakers=["x"], speakers=["x"])
     out = flat.apply(np.ones((5, 25), np.float32), "x")
     assert np.isfinite(out).all() and (out == 0).all()

@@ -102,10 +102,16 @@ def build_normaliser(store: Any, selection: ResolvedSelection | str, mode: str, 
             every utterance of the speakers.
 
     Raises:
-        ConfigError: Unknown mode.
+        ConfigError: Unknown mode, or ``train_speakers``/``speakers`` given as one string.
+        SelectionError: ``selection`` text that does not resolve against the store.
+        StoreError: A speaker not in the store, or no frames to compose.
     """
     if mode not in NORMALISATIONS:
         raise ConfigError(f"unknown normalisation {mode!r}; expected one of {list(NORMALISATIONS)}")
+    for name, given in (("train_speakers", train_speakers), ("speakers", speakers)):
+        if isinstance(given, str):  # else split into characters: "speakers ['0', '1', 'A', ...] are not in store"
+            raise ConfigError(f"build_normaliser: {name}={given!r} is a string; expected a list of speaker names, "
+                              f"e.g. [{given!r}]")
     if mode == "none":
         return Normaliser("none")
     if isinstance(selection, str):

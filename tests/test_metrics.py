@@ -56,6 +56,19 @@ def test_uar_ignores_classes_absent_from_the_test_set(seed):
     assert np.isnan(uar([], [], 7))
 
 
+def test_uar_takes_class_names_and_names_what_it_cannot_compare():
+    """Found by a trial: uar(['a', 'b'], ['a', 'a']) raised "invalid literal for int()"; a head fitted
+    on names predicts names, so uar(y_test, head.predict(x)) is the natural call."""
+    from w2v2ser import DataError
+
+    assert uar(["a", "b", "b", "c"], ["a", "b", "a", "a"]) == pytest.approx((1 + 0.5 + 0) / 3)
+    assert uar([0, 1, 1], [0, 1, 0], n_classes=5) == uar([0, 1, 1], [0, 1, 0]) == pytest.approx(0.75)
+    with pytest.raises(DataError, match=r"uar: cannot compare y_true and y_pred \(.*\); give both as the same kind"):
+        uar(["a", "b"], [0, 1])
+    with pytest.raises(DataError, match="uar: y_true holds 2 labels but y_pred 1"):
+        uar(["a", "b"], ["a"])
+
+
 def test_per_class_report_matches_the_confusion_matrix():
     t = [0, 0, 1, 1, 1, 2]
     p = [0, 1, 1, 1, 0, 0]

@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._errors import DataError
+
 __all__ = ["confusion_matrix", "uar", "accuracy", "per_class_report", "headline_uar", "format_uar",
            "missing_runs_message", "POOLED", "PER_RUN"]
 
@@ -32,13 +34,32 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return _sk().confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(n_classes))
 
 
-def uar(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int | None = None) -> float:
-    """Mean per-class recall over the classes present in ``y_true`` (balanced accuracy); NaN when empty."""
-    t = np.asarray(y_true, int)
+def uar(y_true: Sequence[Any], y_pred: Sequence[Any], n_classes: int | None = None) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (balanced accuracy); NaN when empty.
+
+    A fraction (0.214), where :class:`PredictionScore` and the reports give percent (21.4).
+
+    Args:
+        y_true: True labels: class indices, or any labels (e.g. the names a head fitted on
+            strings predicts).
+        y_pred: Predicted labels, of the same kind as ``y_true``.
+        n_classes: Ignored (kept so that older calls still work): a class absent from ``y_true``
+            never counts, whatever the number of classes.
+
+    Raises:
+        DataError: ``y_true`` and ``y_pred`` differ in length or cannot be compared (e.g. names
+            against indices).
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) != len(p):
+        raise DataError(f"uar: y_true holds {len(t)} labels but y_pred {len(p)}; expected one prediction per label")
     if not len(t):
         return float("nan")
-    return float(_sk().recall_score(t, np.asarray(y_pred, int), labels=np.unique(t), average="macro",
-                                  zero_division=0))
+    try:
+        return float(_sk().recall_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
+    except (TypeError, ValueError) as exc:  # string labels once failed in int(): "invalid literal for int()"
+        raise DataError(f"uar: cannot compare y_true and y_pred ({exc}); give both as the same kind of labels "
+                        f"(class indices, or class names)") from None
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:

@@ -307,15 +307,16 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
         run_dirs: run or sweep directories written by ``w2v2ser train|sweep`` (any order, any corpora),
             or folders holding them (searched four levels down); one may be given bare.
         out: report folder; created if needed, files in it are replaced atomically.
-        baseline: one of the run directories; the report then gives every other finished run
-            directory's difference in mean UAR to it, with Welch's t-test over their UAR values.
+        baseline: a run or sweep directory (added to the report if not among ``run_dirs``); the
+            report then gives every other finished run directory's difference in mean UAR to it,
+            with Welch's t-test over their UAR values.
 
     Returns:
         The path of ``report.md``.
 
     Raises:
         EvaluateError: no run directory given, ``out`` exists and is not a directory, or
-            ``baseline`` is not a finished run directory among ``run_dirs``.
+            ``baseline`` is a folder of several run directories or not a finished run directory.
     """
     run_dirs = as_paths(run_dirs)
     if not run_dirs:

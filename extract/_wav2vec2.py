@@ -32,6 +32,7 @@ up to float rounding, for every family.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -111,6 +112,8 @@ class Wav2Vec2Config:
     normalize_waveform: Union[bool, Literal["auto"]] = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # a local directory given as a Path, as other path arguments take
+            self.model = os.fspath(self.model)
         check_dataclass(self, what=f"{self.section} config", error=ExtractorConfigError)  # the annotations
         self.batch_seconds = float(self.batch_seconds)
         self.max_seconds = None if self.max_seconds is None else float(self.max_seconds)

@@ -735,6 +735,18 @@ def test_an_out_that_is_a_file_is_a_config_error_in_python(rav, tmp_path):
     assert blocker.read_text() == "a file"
 
 
+def test_a_layer_sweep_folder_is_refused_as_out_of_train_experiment(rav, tmp_path):
+    """Found by a notebook trial: train_experiment(out=<a sweep's folder>) trained beside sweep.json
+    without a word, and the report of that folder showed the sweep only: the runs were in no table."""
+    from w2v2ser import ConfigError
+
+    (tmp_path / "sweep.json").write_text("{}")
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    with pytest.raises(ConfigError, match="is a layer-sweep folder"):
+        train_experiment(config, out=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
+
+
 def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_path, capsys):
     """Found by a concurrency audit: two `train` jobs of different configs into one --out replaced
     each other's runs one by one, both exit 0. Jobs of one configuration still share it (the

@@ -55,6 +55,15 @@ def test_config_round_trip_and_defaults() -> None:
     assert Wav2Vec2Config.from_dict({"batch_seconds": 8}).batch_seconds == 8.0
 
 
+def test_config_takes_a_path_as_model() -> None:
+    """Found by a notebook trial: a local model directory given as a Path was refused ("expected a
+    valid string"), though every other path argument takes one."""
+    from w2v2ser.extract import HubertConfig
+
+    assert Wav2Vec2Config(model=Path("models/tiny")).model == "models/tiny"
+    assert HubertConfig(model=Path("models/tiny")).to_dict()["model"] == "models/tiny"
+
+
 def test_config_unknown_key_suggests() -> None:
     with pytest.raises(ExtractorConfigError, match="Did you mean .batch_seconds."):
         Wav2Vec2Config.from_dict({"batch_second": 10})

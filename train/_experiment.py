@@ -913,6 +913,9 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
+    if (out / "sweep.json").is_file():  # its report shows the sweep only: these runs would be in no table
+        raise ConfigError(f"out={str(out)!r} is a layer-sweep folder (it holds sweep.json); give train_experiment "
+                          f"another out (`w2v2ser train --out`), or sweep_experiment to rerun the sweep")
     view = open_view(config)  # one view of the stores for the whole invocation
     warn_if_replacing(out, config)
     _warn_if_data_changed(out, config, view.fingerprint)

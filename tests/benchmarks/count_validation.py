@@ -44,7 +44,7 @@ UNITS: dict[str, list[str]] = {
         # checks of sections and of references between them
         "_resolve_path", "_prepare", "_parse_corpora", "_feature_config", "_parse_extraction", "_parse_stores",
         "_parse_cluster", "_SELECTION", "_check_selection", "_train_fields", "_check_experiment",
-        "_expand_experiments", "_parse_reports", "load_pipeline",
+        "_expand_experiments", "_expand_group", "_parse_reports", "load_pipeline",
     ],
     "w2v2ser/_schema.py": ["*"],
     "w2v2ser/_common.py": ["did_you_mean"],
@@ -70,7 +70,7 @@ UNITS: dict[str, list[str]] = {
 # against the stores, layer counts from a model's config.json, report patterns against experiment
 # names): a static schema cannot express these, so they are also reported apart.
 CROSS_REFERENCE = {"_resolve_path", "_prepare", "_parse_corpora", "_feature_config", "_parse_extraction",
-                   "_parse_stores", "_SELECTION", "_check_selection", "_expand_experiments", "_parse_reports",
+                   "_parse_stores", "_SELECTION", "_check_selection", "_expand_experiments", "_expand_group", "_parse_reports",
                    "load_pipeline"}
 
 

@@ -11,7 +11,7 @@ from sklearn.base import clone, is_classifier
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
 from stage2_fixtures import another_thread_drawing_random_numbers
-from w2v2ser.train import ConfigError, DataError, DenseHead, FusionHead, LSTMHead, get_recipe
+from w2v2ser.train import ConfigError, DataError, DenseHead, FusionHead, LSTMHead, NotFittedHeadError, get_recipe
 
 QUICK = get_recipe("paper", {"max_epochs": 2, "batch_size": 8})
 
@@ -276,7 +276,10 @@ def test_mixed_float16_and_float32_utterances_train_in_float32_and_a_nan_loss_ra
     assert np.isfinite(head.history_["loss"]).all() and np.isfinite(head.predict_proba(mixed)).all()
     with pytest.raises(DataError, match=r"DenseHead.fit: the training loss became NaN or infinite at epoch \d+, "
                                         r"batch \d+, so training stopped; .*Normalise the features"):
-        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit([a * np.float32(1e25) for a in x], y)
+        head.fit([a * np.float32(1e25) for a in x], y)  # refitting the head fitted above
+    with pytest.raises(NotFittedHeadError):  # not the earlier fit's history beside the NaN model
+        head.predict(mixed)
+    assert not hasattr(head, "history_")
 
 
 def test_predict_checks_the_frames_against_the_fitted_head_and_fit_refuses_an_unread_branch():

@@ -440,6 +440,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                    verbose=self.verbose, shuffle=False)  # the data shuffles itself, per epoch
         if nan_stop.where is not None:
             epoch, batch = nan_stop.where
+            for name in ("model_", "history_", "layer_weights_"):  # not fitted: no earlier fit's state is left either
+                self.__dict__.pop(name, None)
             raise DataError(f"{type(self).__name__}.fit: the training loss became NaN or infinite at epoch {epoch}, "
                             f"batch {batch}, so training stopped; the frames are probably too large (e.g. raw "
                             f"spectrogram power, or float16 values near its limit 65504). Normalise the features "

@@ -9,6 +9,7 @@ ordinary run, so the weighted-average head appears in the tables and in Figure 2
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,5 +123,12 @@ def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[s
         runs.append(p / "all")
         line = read_sweep_dir(p)
         if line is not None:
-            sweeps.append(line)
+            sweeps.append({**line, "_folder": p})
+    # Labels keep the model's last name part only: two checkpoints both called checkpoint-best (or
+    # two orgs' wav2vec2-base) would share a legend entry and a table column; their folders tell them apart.
+    repeated = Counter(s["label"] for s in sweeps)
+    for line in sweeps:
+        folder = line.pop("_folder")
+        if repeated[line["label"]] > 1:
+            line["label"] += f" [{folder.parent.name}/{folder.name}]"
     return _distinct(runs), sweeps

@@ -605,6 +605,18 @@ def test_sweep_legend_names_the_store_and_stays_off_the_points(tmp_path: Path) -
     write_report([sweep, local], out=tmp_path / "report")
     series = json.loads((tmp_path / "report" / "report.json").read_text())["layer_sweep"]["series"]
     assert sorted(s["label"] for s in series) == ["hubert/hubert", "wav2vec2 (w2v2-ft-500)"]
+    # Two checkpoints of one last name (e.g. checkpoint-best of two trainings): their folders tell them apart.
+    twins = []
+    for org in ("a", "b"):
+        twin = tmp_path / "runs" / org / "ckpt"
+        make_run_dir(twin, "layer_00", features="wav2vec2:0", model=f"/data/{org}/checkpoint-best")
+        _write_json(twin / "sweep.json", {"layers": [0], "upstream": "wav2vec2", "alias": "main", "protocol": "ravdess",
+                                          "feature_spec": {"config": {"model": f"/data/{org}/checkpoint-best"}}})
+        twins.append(twin)
+    write_report(twins, out=tmp_path / "report2")
+    series = json.loads((tmp_path / "report2" / "report.json").read_text())["layer_sweep"]["series"]
+    assert sorted(s["label"] for s in series) == ["wav2vec2 (checkpoint-best) [a/ckpt]",
+                                                  "wav2vec2 (checkpoint-best) [b/ckpt]"]
 
     fig, ax = plt.subplots()
     for k in range(4):  # lines over the whole panel: no spot inside it is free

@@ -164,7 +164,17 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     if proc.returncode == 0:
         return None
     # Only stage 1's own error line: the last line of a killed child (OOM, signal) may be any log line.
-    return (said or [f"stage 1 exited with status {proc.returncode} without a message"])[-1].strip()
+    if said:
+        return said[-1].strip()
+    if proc.returncode < 0:  # e.g. SIGKILL from the out-of-memory killer
+        import signal
+
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return f"stage 1 was killed by {name} (out of memory? see the system log) before it said why"
+    return f"stage 1 exited with status {proc.returncode} without an error line"
 
 
 def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:

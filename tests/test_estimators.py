@@ -189,20 +189,25 @@ def test_validation_data_without_labels_is_named():
     with pytest.raises(ConfigError, match=r"DenseHead.fit: validation_data: expected a tuple \(arrays, labels\) or "
                                           r"FeatureBatches; got a list of 4 items"):
         head.fit(x, y, validation_data=x[:4])
+    with pytest.raises(ConfigError, match=r"got a list of 2 items"):  # two utterances' frames, no labels
+        head.fit(x, y, validation_data=x[:2])
     head.fit(x, y, validation_data=(x[:4], y[:4]))
+    assert "val_loss" in head.history_
+    head.fit(x, y, validation_data=[x[:4], list(y[:4])])  # a list (arrays, labels), as Keras takes it
     assert "val_loss" in head.history_
 
 
 @pytest.mark.parametrize("labels, expected", [
     (["angry", 1, "sad"], r"y mixes string and number labels \(e\.g\. 'angry' and 1\); give labels of one type"),
     (["angry", None, "sad"], r"y\[1\] is None, a missing label; give every utterance a label"),
-    ([0.0, float("nan"), 1.0], r"y\[1\] is nan, a missing label")])
+    ([0.0, float("nan"), 1.0], r"y\[1\] is nan, a missing label"),
+    (np.array([0.0, np.nan, 1.0], dtype=np.float32), r"y\[1\] is (np\.float32\()?nan\)?, a missing label")])
 def test_labels_of_mixed_types_or_missing_are_refused(labels, expected):
     """Found by a trial: ["a", 1, ...] was taken (numpy made every label a string, so predict gave
     '1'), and a None label raised TypeError from np.unique; scikit-learn refuses both."""
     x, _, _ = utterances(12)
     with pytest.raises(DataError, match=r"DenseHead\.fit\(x, y\): " + expected):
-        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, labels * 4)
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, list(labels) * 4)
 
 
 def test_validation_fraction_that_leaves_nothing_to_train_on():

@@ -1229,3 +1229,24 @@ def test_a_window_that_cannot_be_written_is_an_error_not_a_whole_file_prediction
     (tmp_path / "afile").write_text("x")  # the window folder cannot be made either (here: a file in the way)
     with pytest.raises(PredictError, match=r"cannot write window 0 of .*long\.wav"):
         _windows([source], [0], 0.5, tmp_path / "afile" / "segments")
+
+
+@pytest.mark.parametrize("code, stderr, expected", [
+    (-9, "Extracting: 40%|####\n", "stage 1 was killed by SIGKILL (out of memory? see the system log)"),
+    (1, "some log line\n", "stage 1 exited with status 1 without an error line"),
+    (1, "w2v2ser: error: the disk is full\n", "the disk is full")])
+def test_a_stage_1_that_stopped_is_named_by_its_error_line_or_its_signal(tmp_path: Path, monkeypatch, code, stderr,
+                                                                        expected) -> None:
+    """Found in review: a stage 1 killed by the OOM killer was reported by its last log line (a
+    progress bar), or as "without a message"; the reason now comes from its error line or its signal."""
+    import subprocess
+
+    from w2v2ser.evaluate import _predict
+
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")  # it left a store: its finished files can still be labelled
+    monkeypatch.setattr(_predict.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, code, stdout="", stderr=stderr))
+    reason = _predict.extract_features(tmp_path / "m.csv", store, like=tmp_path / "like.zarr", features=["egemaps"])
+    assert reason.startswith(expected), reason

@@ -521,3 +521,22 @@ def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeyp
     assert f"train {u.name}: UAR" in err, err
     assert not (t.run_dir / "failed.json").exists()  # the other job's folder: nothing of this run in it
     assert len(refused) == 2 and all("another configuration" in r for r in refused), refused  # u's two runs
+
+
+def test_a_failure_marker_that_cannot_be_written_does_not_stop_the_stage(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Found in review: an experiment whose folder is blocked (a file in the way) failed as it
+    should, but writing its failed.json into that folder raised, and the whole train stage stopped."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _mark_not_trained
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
+    monkeypatch.chdir(tmp_path)
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    experiment.run_dir.parent.mkdir(parents=True)
+    experiment.run_dir.write_text("a file where the experiment's folder goes")
+    _mark_not_trained(config, experiment, "its folder is blocked", marker="failed.json")  # no exception
+    assert "its failed.json cannot be written" in capsys.readouterr().err

@@ -747,6 +747,28 @@ def test_a_layer_sweep_folder_is_refused_as_out_of_train_experiment(rav, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
 
 
+def test_a_stale_pipeline_failure_marker_is_removed_by_a_train_into_its_folder(rav, tmp_path):
+    """Found in review: the report prefers a failed.json newer than results.json (by mtime), and
+    `train` into a folder a pipeline had failed left that failed.json: a copy that did not keep
+    times (cp -r) could show the finished experiment as failed."""
+    from types import SimpleNamespace
+
+    from w2v2ser import ConfigError
+    from w2v2ser._run import _prepare_experiment
+
+    (tmp_path / "failed.json").write_text('{"reason": "store gone"}')
+    (tmp_path / "skipped.json").write_text('{"reason": "model offline"}')
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    train_experiment(config, out=tmp_path, progress=False)
+    assert not (tmp_path / "failed.json").exists() and not (tmp_path / "skipped.json").exists()
+    # `w2v2ser run`: a plain experiment whose folder holds an earlier sweep is refused, not mixed in.
+    swept = tmp_path / "swept"
+    swept.mkdir()
+    (swept / "sweep.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a layer sweep"):
+        _prepare_experiment(SimpleNamespace(config=config.to_dict(), run_dir=swept, sweep=False), None)
+
+
 def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_path, capsys):
     """Found by a concurrency audit: two `train` jobs of different configs into one --out replaced
     each other's runs one by one, both exit 0. Jobs of one configuration still share it (the

@@ -920,6 +920,7 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     warn_if_replacing(out, config)
     _warn_if_data_changed(out, config, view.fingerprint)
     with share_out_folder(out, config.config_key(), "train"):
+        forget_not_trained(out)
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
 
 
@@ -942,6 +943,13 @@ def _train_all(config: ExperimentConfig, out: Path, prepared: _Data, specs: list
                       f"val_loss={vl} UAR={res.uar:.3f} ({time.perf_counter() - t0:.1f}s"
                       f"{', already complete' if res.skipped else ''})", flush=True)
         return _summarize_runs(config, out, data, specs)
+
+
+def forget_not_trained(out: Path) -> None:
+    """Remove a pipeline's skipped.json / failed.json from a folder that trains now: a stale one must
+    not outweigh the results written next (the report prefers a newer failed.json, by mtime)."""
+    for marker in ("skipped.json", "failed.json"):
+        (out / marker).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,19 @@ __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochPr
            "load_model"]
 
 
+def _labelled_pair(data: Any) -> bool:
+    """Whether ``validation_data`` is (arrays, labels): a 2-tuple, or a 2-list whose second item holds
+    one scalar label per item of the first (as Keras takes it), not a list of two utterances' frames."""
+    if isinstance(data, tuple):
+        return len(data) == 2
+    if not (isinstance(data, list) and len(data) == 2):
+        return False
+    try:
+        return len(data[1]) == len(data[0]) and all(np.ndim(label) == 0 for label in data[1])
+    except TypeError:
+        return False
+
+
 class NotFittedHeadError(ConfigError, NotFittedError):
     """A head used before ``fit``: a w2v2ser ConfigError that scikit-learn's tools also recognise."""
 
@@ -113,7 +126,9 @@ def _check_label_kinds(y: Any, head: str) -> None:
     ``["a", 1]`` into the strings "a", "1" (so predict gave '1'), and None failed in np.unique."""
     kinds: dict[str, Any] = {}
     for i, value in enumerate(np.asarray(y, dtype=object).ravel()):
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        # float32 NaN is no float; pandas' NA is "missing" by its own type, not by NaN
+        if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) \
+                or type(value).__name__ in ("NAType", "NaTType"):
             raise DataError(f"{head}.fit(x, y): y[{i}] is {value!r}, a missing label; give every utterance a "
                             f"label, or leave out the unlabelled ones")
         kinds.setdefault("string" if isinstance(value, (str, bytes)) else "number", value)
@@ -399,7 +414,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if validation_data is None and fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
             elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):
-                if not (isinstance(validation_data, tuple) and len(validation_data) == 2):
+                if not _labelled_pair(validation_data):
                     # A list of arrays (labels forgotten) took its second utterance's frames as the labels.
                     got = (f"a {type(validation_data).__name__} of {len(validation_data)} items"
                            if isinstance(validation_data, (list, tuple)) else type(validation_data).__name__)

@@ -44,8 +44,8 @@ from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _peak_rss_mb, _plan,
                           _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
-                          _write_json, check_run_spec, key_fields, keep_finished_runs, open_view, share_out_folder,
-                          store_identities)
+                          _write_json, check_run_spec, forget_not_trained, key_fields, keep_finished_runs, open_view,
+                          share_out_folder, store_identities)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -600,6 +600,7 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
                     others[0] if len(others) == 1 else f"{others[0]}..{others[-1]}")
     finished = [0]
     with share_out_folder(out, base.config_key(), "sweep"), keep_finished_runs(out, finished, "sweep"):
+        forget_not_trained(out)
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
             res = _sweep_run(config, configs, spec, out, prepared,

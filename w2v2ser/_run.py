@@ -325,9 +325,14 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
     from w2v2ser.train import ExperimentConfig  # its config only: no TensorFlow
 
     shown = {f.name: f.default for f in fields(ExperimentConfig) if f.name in ("head", "norm", "recipe")}
-    _write_json(experiment.run_dir / marker,
-                {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
-                 **experiment.config, "stores_identity": identity})
+    try:
+        _write_json(experiment.run_dir / marker,
+                    {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
+                     **experiment.config, "stores_identity": identity})
+    except OSError as error:  # its folder is blocked (a file in the way, no permission): the others go on
+        described = describe_error(error)
+        _say(f"train {experiment.name}: its {marker} cannot be written, so the report will not name this reason: "
+             f"{described[0] if described else error}")
 
 
 def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[Any, list]:
@@ -335,7 +340,8 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
     `sweep` do; returns (the view its runs and summary read, runs still to do). The lock (held until
     ``locks`` closes) refuses a job of another configuration writing into the same folder."""
     from w2v2ser.train import ExperimentConfig
-    from w2v2ser.train._experiment import key_fields, open_view, share_out_folder, store_identities, warn_if_replacing
+    from w2v2ser.train._experiment import (forget_not_trained, key_fields, open_view, share_out_folder, store_identities,
+                                           warn_if_replacing)
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -346,11 +352,13 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
         view = open_view(heads[ALL_LAYERS_DIR], heads=heads)
         warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
     else:
+        if (out / "sweep.json").is_file():  # the report would read the folder as the sweep: these runs in no table
+            raise ConfigError(f"{out} holds a layer sweep (sweep.json) of an earlier `sweep: true`; give this "
+                              f"experiment another name, or move that folder away to keep the sweep")
         view = open_view(train_config)
         warn_if_replacing(out, train_config)  # e.g. a throw-away --set over the file's finished runs
     locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))
-    (out / "skipped.json").unlink(missing_ok=True)
-    (out / "failed.json").unlink(missing_ok=True)
+    forget_not_trained(out)
     pending = [run for run in view.specs if not _run_done(experiment, view, run)]
     if experiment.sweep:
         return view, pending

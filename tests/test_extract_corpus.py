@@ -423,6 +423,17 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
     assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def _extract_iemocap_spectrogram(tmp_path: Path, capsys) -> Path:
+    """`w2v2ser extract iemocap TMP/iemocap --features spectrogram` into TMP/s.zarr; its output is read away."""
+    from w2v2ser._cli import main
+
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    capsys.readouterr()
+    return store
+
+
 def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsys):
     """A labelled IEMOCAP utterance without audio has no store row, so it is no failure; it was only
     printed while extracting. The store now keeps it, and `store info` shows it later."""
@@ -430,10 +441,7 @@ def test_what_the_corpus_reader_skipped_is_recorded_in_the_store(tmp_path, capsy
     from w2v2ser._cli import main
 
     build_iemocap_tree(tmp_path / "iemocap", sessions=(1,), missing_audio=("Ses01F_impro01_M001",))
-    store = tmp_path / "s.zarr"
-    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
-                 "--features", "spectrogram", "--no-progress"]) == 0
-    capsys.readouterr()
+    store = _extract_iemocap_spectrogram(tmp_path, capsys)
     assert main(["store", "info", str(store)]) == 0
     shown = capsys.readouterr().out
     assert "skipped     1 by the corpus reader (reasons below)" in shown
@@ -463,10 +471,7 @@ def test_store_info_says_the_iemocap_protocol_merges_labels_differing_only_in_ca
     for label in ("neu", "ang", "xxx", "exc"):
         text = text.replace(f"\t{label}\t", f"\t{label.upper()}\t")
     shouting.write_text(text, encoding="utf-8")
-    store = tmp_path / "s.zarr"
-    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
-                 "--features", "spectrogram", "--no-progress"]) == 0
-    capsys.readouterr()
+    store = _extract_iemocap_spectrogram(tmp_path, capsys)
     assert main(["store", "info", str(store)]) == 0
     shown = capsys.readouterr().out
     assert ("'ANG' and 'ang'; 'EXC' and 'exc'; 'NEU' and 'neu'; 'XXX' and 'xxx' differ only in case; `train`'s "

@@ -45,8 +45,8 @@ from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, sele
 from ._runfiles import damaged_run_files, list_run_files, record_run_files, writing_run
 from ._selection import ResolvedSelection, resolve_selection
 
-__all__ = ["RunSpec", "RunResult", "ExperimentView", "open_view", "reopen_view", "plan_runs", "train_run", "summarize_runs", "train_experiment", "partition_arrays",
-           "PartitionArrays"]
+__all__ = ["RunSpec", "RunResult", "ExperimentView", "open_view", "reopen_view", "plan_runs", "train_run",
+           "summarize_runs", "train_experiment", "partition_arrays", "PartitionArrays"]
 
 log = logging.getLogger("w2v2ser.train")
 FRAME_RATE_TOLERANCE = 0.05  # fused branches must run at the same frame rate within 5 %

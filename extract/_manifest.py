@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from w2v2ser._common import did_you_mean
+from w2v2ser._common import did_you_mean, spelling_key, variants_differ
 from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError
@@ -233,12 +233,13 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 
 def _check_label_spellings(path: Path, rows: list[dict[str, str]]) -> None:
-    """Labels that differ only in case ('Angry', 'angry') would become separate classes."""
-    first: dict[str, dict[str, str]] = {}  # casefolded label -> spelling -> first line
+    """Labels that differ only in case ('Angry', 'angry') or leading zeros ('01', '1') would become
+    separate classes."""
+    first: dict[str, dict[str, str]] = {}  # spelling_key of a label -> spelling -> first line
     for row in rows:
-        first.setdefault(row["label"].casefold(), {}).setdefault(row["label"], row["_line"])
+        first.setdefault(spelling_key(row["label"]), {}).setdefault(row["label"], row["_line"])
     for spellings in first.values():
         if len(spellings) > 1:
             listed = ", ".join(f"{label!r} (line {line})" for label, line in spellings.items())
-            raise _fail(path, None, "label", f"labels differ only in case: {listed}; each spelling would be a "
-                        f"class of its own", "Write every label of one class the same way.")
+            raise _fail(path, None, "label", f"labels differ only in {variants_differ([list(spellings)])}: {listed}; "
+                        f"each spelling would be a class of its own", "Write every label of one class the same way.")

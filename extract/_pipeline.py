@@ -31,7 +31,7 @@ from pydantic import Field
 
 from w2v2ser._common import (
     EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, check_stop, first_few,
-    progress_bar,
+    progress_bar, spelling_key, variants_differ,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -78,7 +78,7 @@ class ExtractionSummary:
         silent: Ids of this manifest's done utterances whose audio is digital silence after mixing
             to mono (every sample 0), as the store records them: extracted like any other.
         speaker_case: Groups of speaker names of this manifest and the store's done utterances that
-            differ only in case ('Spk1', 'spk1'): each is a speaker of its own.
+            differ only in case ('Spk1', 'spk1') or leading zeros ('07', '7'): each is a speaker of its own.
         low_rate: Per feature run at each file's own rate, (path, rate) of this manifest's files
             below its lowest sensible rate (eGeMAPS: 10.9 kHz), and what that means.
     """
@@ -146,8 +146,9 @@ class ExtractionSummary:
         if self.speaker_case:
             pairs = "; ".join(" and ".join(map(repr, group)) for group in self.speaker_case[:5])
             more = f" (and {len(self.speaker_case) - 5} more)" if len(self.speaker_case) > 5 else ""
-            notes.append(f"speaker names that differ only in case: {pairs}{more}; each spelling is a speaker of its "
-                         f"own (speaker folds, per-speaker normalisation): {SPEAKER_CASE_ADVICE}")
+            notes.append(f"speaker names that differ only in {variants_differ(self.speaker_case)}: {pairs}{more}; "
+                         f"each spelling is a speaker of its own (speaker folds, per-speaker normalisation): "
+                         f"{SPEAKER_CASE_ADVICE}")
         return notes
 
 
@@ -201,27 +202,28 @@ def _keep_vanished(done: Mapping[str, Any], utterances: Sequence[Utterance], inf
 
 
 def _check_label_spellings(store: Any, done: Mapping[str, Any], utterances: Sequence[Utterance]) -> None:
-    """Refuse a manifest whose labels differ only in case from those of the store's other done
-    utterances ('Happy' given, 'happy' stored): training would take them as two classes. The
+    """Refuse a manifest whose labels differ only in case (or, numbers, leading zeros) from those of the
+    store's other done utterances ('Happy' given, 'happy' stored): training would take them as two classes. The
     manifest reader checks its own rows only; this compares them with the rows of earlier manifests."""
     given = {u.id for u in utterances}
-    kept: dict[str, dict[str, str]] = {}  # casefolded label -> stored spelling -> an utterance id
+    kept: dict[str, dict[str, str]] = {}  # spelling_key of a label -> stored spelling -> an utterance id
     for record in done.values():
         if record.id not in given:  # rows this manifest lists take its labels
-            kept.setdefault(record.label.casefold(), {}).setdefault(record.label, record.id)
+            kept.setdefault(spelling_key(record.label), {}).setdefault(record.label, record.id)
     if not kept:
         return
     clashes: dict[tuple[str, str], Utterance] = {}
     for u in utterances:
-        for spelling, uid in kept.get(u.label.casefold(), {}).items():
+        for spelling, uid in kept.get(spelling_key(u.label), {}).items():
             if spelling != u.label:
                 clashes.setdefault((u.label, spelling), u)
     if not clashes:
         return
     pairs = "; ".join(f"{new!r} (this manifest, e.g. {u.id}: {u.path}) and {old!r} (in the store, e.g. "
-                      f"{kept[old.casefold()][old]})" for (new, old), u in list(clashes.items())[:5])
+                      f"{kept[spelling_key(old)][old]})" for (new, old), u in list(clashes.items())[:5])
     raise ManifestError(
-        f"labels of this manifest differ only in case from those of store {store}: {pairs}; each spelling "
+        f"labels of this manifest differ only in {variants_differ([[new, old] for new, old in clashes])} from "
+        f"those of store {store}: {pairs}; each spelling "
         f"would be a class of its own. Fix the spelling in the manifest and rerun the same `w2v2ser extract`. "
         f"To keep this manifest's spelling instead, first rerun the extract of the manifest that listed the "
         f"store's utterances, with that spelling: labels are updated in place, nothing is extracted again."

@@ -310,6 +310,9 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     # Three spellings of one class would train as three classes.
     ("path,label,speaker\na.wav,Angry,y\nb.wav,sad,y\nc.wav,angry ,y\nd.wav,ANGRY,y\n",
      ["column 'label'", "'Angry' (line 2), 'angry' (line 4), 'ANGRY' (line 5)", "differ only in case"]),
+    # Numeric class codes, one half saved by a spreadsheet that dropped the leading zeros.
+    ("path,label,speaker\na.wav,01,y\nb.wav,1,y\nc.wav,02,y\n",
+     ["column 'label'", "'01' (line 2), '1' (line 3)", "differ only in leading zeros"]),
     ("path,label,speaker\n", ["no rows"]),
     ("", ["empty"]),
 ])

@@ -154,3 +154,19 @@ def test_files_below_11_khz_for_native_egemaps_are_noted(tmp_path, capsys, rate)
     assert main(["extract", "csv", manifest, "--store", str(tmp_path / "r.zarr"), "--features", "egemaps",
                  "--option", "egemaps.sample_rate=16000", "--no-progress"]) == 0
     assert "below 10900 Hz" not in capsys.readouterr().err
+
+
+def test_speakers_differing_only_in_leading_zeros_are_noted_like_case(tmp_path, capsys):
+    """'7' and '007' (a spreadsheet drops leading zeros) silently became two speakers, which splits
+    one person's normalisation statistics and can put them in both train and test of speaker folds."""
+    files = [write_audio(tmp_path / f"{k}.wav", duration=0.5, seed=k) for k in range(4)]
+    rows = [(files[0], "happy", "007"), (files[1], "sad", "7"), (files[2], "happy", "Spk1"), (files[3], "sad", "spk1")]
+    store = tmp_path / "s.zarr"
+    args = ["--store", str(store), "--features", "spectrogram", "--no-progress"]
+    assert main(["extract", "csv", _manifest(tmp_path, rows), *args]) == 0
+    err = capsys.readouterr().err
+    assert ("note: speaker names that differ only in case or leading zeros: '007' and '7'; 'Spk1' and 'spk1'; "
+            "each spelling is a speaker of its own") in err
+    assert main(["store", "info", str(store)]) == 0
+    assert "'007' and '7'; 'Spk1' and 'spk1' differ only in case or leading zeros, so they are separate " \
+           "speakers" in capsys.readouterr().out

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, provenance, publish_directory,
-                             write_atomically)
+                             variants_differ, write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -260,10 +260,10 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
     _REPORTED_UNTRAINED.add(key)
     counts = Counter(data.labels)
     for variants in case_variants(counts):
-        log.warning("the store's labels %s differ only in case, so they are %d separate classes; if they mean "
+        log.warning("the store's labels %s differ only in %s, so they are %d separate classes; if they mean "
                     "one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` (labels "
                     "are updated in place, nothing is extracted again)", " and ".join(map(repr, variants)),
-                    len(variants))
+                    variants_differ([variants]), len(variants))
     absent = [c for c in data.classes if not counts[c]]
     if absent:
         log.warning("protocol %s: no utterance of the store is labelled %s; the heads still have an output "

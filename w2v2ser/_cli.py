@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, first_few,
-                             merge_subset, or_list, subset_condition)
+                             merge_subset, or_list, subset_condition, variants_differ)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -180,14 +180,17 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
-    speakers = [" and ".join(map(repr, v)) for v in case_variants(store.speakers())]
+    speaker_groups = case_variants(store.speakers())
+    speakers = [" and ".join(map(repr, v)) for v in speaker_groups]
     if speakers:  # not refused at extraction: stores holding such pairs must keep resuming
-        print(f"            {'; '.join(speakers)} differ only in case, so they are separate speakers (folds, "
-              f"per-speaker normalisation); {SPEAKER_CASE_ADVICE}")
+        print(f"            {'; '.join(speakers)} differ only in {variants_differ(speaker_groups)}, so they are "
+              f"separate speakers (folds, per-speaker normalisation); {SPEAKER_CASE_ADVICE}")
     print(f"labels      {', '.join(f'{label} {count}' for label, count in info['labels'].items()) or '(none done)'}")
-    variants = [" and ".join(map(repr, v)) for v in case_variants(info["labels"])]
+    label_groups = case_variants(info["labels"])
+    variants = [" and ".join(map(repr, v)) for v in label_groups]
     if variants:  # stores written before extract compared a manifest's labels with the store's
-        print(f"            {'; '.join(variants)} differ only in case{_label_case_note(info['corpus'] or [])}")
+        print(f"            {'; '.join(variants)} differ only in {variants_differ(label_groups)}"
+              f"{_label_case_note(info['corpus'] or [])}")
     for k, (field, found) in enumerate(info["fields"].items()):  # what `train --subset FIELD=VALUE` can name
         values = (", ".join(f"{value} {n}" for value, n in found["counts"].items()) if found["counts"]
                   else f"{found['distinct']} distinct values")

@@ -49,6 +49,7 @@ __all__ = [
     "owner_tag",
     "provenance",
     "short_name",
+    "spelling_key",
     "python_command",
     "remove_stale",
     "fsync_path",
@@ -57,6 +58,7 @@ __all__ = [
     "publish_directory",
     "replacing",
     "usable_cores",
+    "variants_differ",
     "write_atomically",
 ]
 
@@ -256,13 +258,30 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
+def spelling_key(name: str) -> str:
+    """The key under which two spellings of one label or speaker meet: case-folded, and a whole
+    number without its leading zeros (``007`` and ``7``: a spreadsheet drops them when it opens a CSV)."""
+    folded = str(name).casefold()
+    if folded.isascii() and folded.isdigit():
+        return folded.lstrip("0") or "0"
+    return folded
+
+
 def case_variants(names: Iterable[str]) -> list[list[str]]:
-    """Groups of two or more of ``names`` that differ only in case (``Spk1``, ``spk1``), each
-    sorted, in the order of their first spelling: one label or speaker written two ways."""
+    """Groups of two or more of ``names`` that differ only in case (``Spk1``, ``spk1``) or, for
+    numbers, in leading zeros (``07``, ``7``), each sorted, in the order of their first spelling: one
+    label or speaker written two ways (see :func:`spelling_key`)."""
     spellings: dict[str, set[str]] = {}
     for name in sorted(set(names)):
-        spellings.setdefault(name.casefold(), set()).add(name)
+        spellings.setdefault(spelling_key(name), set()).add(name)
     return [sorted(group) for group in spellings.values() if len(group) > 1]
+
+
+def variants_differ(groups: Iterable[Sequence[str]]) -> str:
+    """How the spellings of :func:`case_variants`' ``groups`` differ, for "differ only in ...":
+    ``case``, ``leading zeros`` or ``case or leading zeros``."""
+    kinds = {"leading zeros" if group[0].isascii() and group[0].isdigit() else "case" for group in groups}
+    return " or ".join(sorted(kinds)) or "case"
 
 
 def or_list(items: Sequence[str]) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,31 +68,32 @@ def _fail(path: Path, line: int | None, column: str | None, what: str, fix: str)
     return ManifestError(f"{where}: {what}. {fix}")
 
 
-def _check_header(path: Path, header: list[str] | None) -> None:
-    if not header:
-        raise _fail(path, 1, None, "the manifest is empty (no header row)",
+def _check_header(path: Path, header: list[str] | None, line: int = 1) -> None:
+    """Refuse a header without the required columns, with a near miss of an optional one, a
+    duplicate or a reserved name. ``header``: the named columns; ``line``: the header's line."""
+    if header is None:
+        raise _fail(path, line, None, "the manifest is empty (no header row)",
                     "Write a header line 'path,label,speaker' followed by one row per utterance.")
     for column in _REQUIRED:
         if column not in header:
             hint = did_you_mean(column, header, cutoff=0.5) or did_you_mean(
                 column, [h for h in header if h.strip().lower() == column], cutoff=0)
-            raise _fail(path, 1, column, f"required column {column!r} is missing (header: {header})",
+            raise _fail(path, line, column, f"required column {column!r} is missing (header: {header})",
                         f"Add or rename the column; required: {', '.join(_REQUIRED)}.{hint}")
     for column in _OPTIONAL:
         # 'Split' beside no 'split' was kept as an extra column: the user's split was silently not used.
         near = [h for h in header if h != column and h.strip().lower() == column]
         if near and column not in header:
-            raise _fail(path, 1, near[0], f"this column differs from the optional column {column!r} only in case "
+            raise _fail(path, line, near[0], f"this column differs from the optional column {column!r} only in case "
                         f"or spaces, so it would not be read as {column!r}",
                         f"Rename it to {column!r}, or to another name to keep it as an extra column.")
     dupes = [c for c, n in Counter(header).items() if n > 1]
     if dupes:
-        unnamed = " (a column without a name: trailing commas?)" if not dupes[0] else ""
-        raise _fail(path, 1, dupes[0], f"column appears more than once in the header{unnamed}",
+        raise _fail(path, line, dupes[0], "column appears more than once in the header",
                     "Rename or drop the duplicate.")
     for key, what in _RESERVED.items():
         if key in header:
-            raise _fail(path, 1, key, f"this column name is reserved: extraction records each file's own "
+            raise _fail(path, line, key, f"this column name is reserved: extraction records each file's own "
                         f"{what} under it (read from the audio header)", "Rename or drop the column.")
 
 
@@ -127,11 +131,43 @@ def _default_ids(rows: list[dict[str, str]], base: Path) -> list[str]:
 
 
 def _delimiter(header: str) -> str:
-    """Comma; a header line without one but with tabs (a TSV, e.g. Common Voice's lists) or
-    semicolons (spreadsheets saved in locales with a decimal comma) is split on those."""
+    """The separator that splits the header line into the required columns (any case: a misspelt
+    header is then refused by name): comma, tab (a TSV, e.g. Common Voice's lists) or semicolon
+    (spreadsheets saved in locales with a decimal comma; a column name may hold a comma). A header
+    without them all: comma, unless the line has no comma but tabs or semicolons."""
+    for candidate in (",", "\t", ";"):
+        names = {name.strip().lower() for name in next(csv.reader([header], delimiter=candidate), [])}
+        if names.issuperset(_REQUIRED):
+            return candidate
     if "," in header:
         return ","
     return "\t" if "\t" in header else ";" if ";" in header else ","
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The manifest's text: UTF-8 (a BOM is fine), or UTF-16 with its BOM (Excel's "Unicode Text").
+
+    Raises:
+        ManifestError: Another encoding (Excel's plain "CSV" in Western locales writes Windows-1252),
+            naming the line of the first byte that is not UTF-8.
+    """
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"Manifest {path} starts like UTF-16 text but is not ({exc}). Save it as UTF-8 "
+                                f"CSV.") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"Manifest {path} is not UTF-8 text: line {line} holds byte 0x{data[exc.start]:02x}, which UTF-8 does "
+            f"not allow there (the file was likely saved as Windows-1252/Latin-1). Save it as UTF-8 CSV (Excel: "
+            f"'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > utf8.csv`.") from exc
+
+
+_SEP_LINE = re.compile(r"sep=(.)\r?\n?\Z", re.IGNORECASE)  # Excel's first-line hint: 'sep=;'
 
 
 def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -142,15 +178,18 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     opened here: missing files become extraction failures later.
 
     Args:
-        path: The CSV file (UTF-8, optional BOM). Comma-separated; a header line without a
-            comma but with tabs or semicolons makes it tab- or semicolon-separated.
+        path: The CSV file (UTF-8, optional BOM; or UTF-16 with its BOM). Comma-, tab- or
+            semicolon-separated: the separator that splits the header into the required columns,
+            or the one an Excel ``sep=;`` first line names. Columns without a name that are
+            empty on every row, and empty fields past the header's last column, are ignored.
 
     Returns:
         The :class:`Manifest` (``corpus="csv"``).
 
     Raises:
-        ManifestError: Unreadable file, missing required column, empty value in a required
-            column, malformed row, bad split/gender, escaping relative path, duplicate id.
+        ManifestError: Unreadable file or encoding, missing required column, empty value in a
+            required column, malformed row, a value in a column without a name, bad split/gender,
+            duplicate id.
 
     A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
     ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.
@@ -159,31 +198,51 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"Manifest {path} does not exist or is not a file. Check the path.")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            delimiter = _delimiter(f.readline())
-            f.seek(0)  # back to the header (utf-8-sig skips a BOM again after the seek)
-            reader = csv.DictReader(f, delimiter=delimiter)
-            header = [h.strip() for h in reader.fieldnames] if reader.fieldnames else None
-            _check_header(path, header)
-            reader.fieldnames = header
-            rows = []
-            for row in reader:
-                line = reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    raise _fail(path, line, None,
-                                f"row has a different number of fields than the header ({len(header)})",
-                                "Quote values that contain commas and fill every column.")
-                row = {k: v.strip() for k, v in row.items()}
-                if not any(row.values()):
-                    continue  # blank line
-                for column in _REQUIRED:
-                    if not row[column]:
-                        raise _fail(path, line, column, f"{column} is empty", f"Give every row a {column}.")
-                row["_line"] = str(line)
-                row["_abs"] = _resolve(path, row["path"])
-                rows.append(row)
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"Manifest {path} is not UTF-8 text ({exc}). Save it as UTF-8 CSV.") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"Manifest {path} cannot be read ({exc}). Check its permissions.") from exc
+    text = io.StringIO(_decode(path, data), newline="")
+    first = text.readline()
+    sep_line = _SEP_LINE.match(first)
+    if sep_line:  # Excel's 'sep=;' line names the separator; the header follows it
+        delimiter, skipped = sep_line.group(1), 1
+    else:
+        delimiter, skipped = _delimiter(first), 0
+        text.seek(0)
+    try:
+        reader = csv.DictReader(text, delimiter=delimiter)
+        raw = [h.strip() for h in reader.fieldnames] if reader.fieldnames is not None else None
+        header_line = 1 + skipped
+        # Columns without a name: Excel writes 'a;b;c;;' when cells right of the table were
+        # touched. Ignored when empty on every row; their values would otherwise be dropped unread.
+        unnamed = {f"\0{k}": k + 1 for k, h in enumerate(raw or []) if not h}
+        _check_header(path, None if raw is None else [h for h in raw if h], header_line)
+        header = [h or f"\0{k}" for k, h in enumerate(raw or [])]
+        reader.fieldnames = header
+        rows = []
+        for row in reader:
+            line = reader.line_num + skipped
+            for key, number in unnamed.items():
+                value = (row.pop(key) or "").strip()
+                if value:
+                    raise _fail(path, line, None, f"column {number} has no name in the header but holds "
+                                f"{value!r}", "Name the column in the header to keep it as an extra column, "
+                                "or delete its values.")
+            # Empty fields beyond the header ('a;b;c;;') hold nothing to lose; values there do.
+            beyond = row.pop(None, None) or ()
+            if any(v.strip() for v in beyond) or any(v is None for v in row.values()):
+                raise _fail(path, line, None,
+                            f"row has a different number of fields than the header ({len(header) - len(unnamed)})",
+                            "Quote values that contain commas and fill every column.")
+            row = {k: v.strip() for k, v in row.items()}
+            if not any(row.values()):
+                continue  # blank line
+            for column in _REQUIRED:
+                if not row[column]:
+                    raise _fail(path, line, column, f"{column} is empty", f"Give every row a {column}.")
+            row["_line"] = str(line)
+            row["_abs"] = _resolve(path, row["path"])
+            rows.append(row)
     except csv.Error as exc:
         raise ManifestError(f"Manifest {path} is not valid CSV ({exc}). Fix the quoting.") from exc
     if not rows:
@@ -193,7 +252,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     seen: dict[str, str] = {}
     paths: dict[str, str] = {}
     utterances = []
-    extra_columns = [c for c in header if c and c not in _REQUIRED + _OPTIONAL]
+    extra_columns = [c for c in header if c not in unnamed and c not in _REQUIRED + _OPTIONAL]
     for row, default_id in zip(rows, defaults):
         line = int(row["_line"])
         uid = row.get("id") or default_id

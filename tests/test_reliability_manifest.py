@@ -105,9 +105,41 @@ def test_an_unknown_gender_is_an_empty_one(tmp_path):
         read_csv_manifest(_manifest(tmp_path, "path,label,speaker,gender\na.wav,angry,s1,robot\n"))
 
 
-def test_a_header_with_trailing_commas_says_so(tmp_path):
-    path = _manifest(tmp_path, "path,label,speaker,,\na.wav,angry,s1,,\n")
-    with pytest.raises(ManifestError, match=r"more than once in the header \(a column without a name: trailing"):
+def test_empty_columns_without_a_name_are_ignored_and_one_with_values_is_refused(tmp_path):
+    """Excel writes 'a;b;c;;' when cells right of the table were ever touched: two such columns refused
+    the manifest ('column appears more than once'), and one kept its values nowhere, unread."""
+    text = "\ufeffpath;label;speaker;note;;\r\na.wav;angry;s1;\"x; y\";;\r\nb.wav;sad;s2;;\r\n;;;;;\r\nc.wav;sad;s2;;;;\r\n"
+    manifest = read_csv_manifest(_manifest(tmp_path, text))
+    assert [(u.id, u.label, u.extra) for u in manifest.utterances] == [
+        ("a", "angry", {"note": "x; y"}), ("b", "sad", {"note": ""}), ("c", "sad", {"note": ""})]
+    with pytest.raises(ManifestError, match=r"line 3: column 4 has no name in the header but holds 'loud'"):
+        read_csv_manifest(_manifest(tmp_path, "path,label,speaker,\na.wav,angry,s1,\nb.wav,sad,s2,loud\n"))
+    with pytest.raises(ManifestError, match=r"line 2: row has a different number of fields"):
+        read_csv_manifest(_manifest(tmp_path, "path,label,speaker\na.wav,angry,s1,,loud\n"))
+
+
+@pytest.mark.parametrize("text", [
+    "sep=;\r\npath;label;speaker;notes, misc\r\na.wav;angry;s1;x\r\n",  # Excel's separator line
+    "path;label;speaker;notes, misc\na.wav;angry;s1;x\n",  # a comma inside a column name
+])
+def test_the_separator_is_the_one_that_gives_the_required_columns(tmp_path, text):
+    """'sep=;' was read as the header ('path' is missing, header ['sep=', '']), and a semicolon file
+    whose header holds a comma was split on commas."""
+    (utterance,) = read_csv_manifest(_manifest(tmp_path, text)).utterances
+    assert (utterance.label, utterance.speaker, utterance.extra) == ("angry", "s1", {"notes, misc": "x"})
+    with pytest.raises(ManifestError, match=r"line 3, column 'speaker': speaker is empty"):
+        read_csv_manifest(_manifest(tmp_path, "sep=,\npath,label,speaker\na.wav,angry,\n"))
+
+
+def test_utf16_manifests_are_read_and_other_encodings_name_the_line(tmp_path):
+    """Excel's 'Unicode Text' (UTF-16 with a BOM, tab-separated) was refused as 'not UTF-8'; a
+    Windows-1252 file was refused with a byte position instead of a line."""
+    path = tmp_path / "m.txt"
+    path.write_text("path\tlabel\tspeaker\r\nété.wav\tangry\ts1\r\n", encoding="utf-16")
+    (utterance,) = read_csv_manifest(path).utterances
+    assert (Path(utterance.path).name, utterance.label) == ("été.wav", "angry")
+    path.write_text("path,label,speaker\na.wav,angry,s1\nété.wav,sad,s1\n", encoding="cp1252")
+    with pytest.raises(ManifestError, match=r"not UTF-8 text: line 3 holds byte 0xe9.*iconv -f cp1252"):
         read_csv_manifest(path)
 
 

@@ -352,3 +352,22 @@ def test_a_missing_file_that_exists_under_another_spelling_is_named(tmp_path):
     write_audio(tmp_path / unicodedata.normalize("NFD", "café.wav"), duration=0.1)
     with pytest.raises(AudioError, match=r"same name in another Unicode form \(NFD\) exists"):
         probe_audio(tmp_path / unicodedata.normalize("NFC", "café.wav"))
+
+
+def test_a_manifest_path_written_relative_to_the_current_folder_is_named(tmp_path, monkeypatch, capsys):
+    """Paths generated from the folder above the manifest ('corpus/a.wav' in corpus/list.csv) all
+    failed with "does not exist" at corpus/corpus/a.wav, with no word on where the file is."""
+    from w2v2ser._cli import main
+
+    write_audio(tmp_path / "corpus" / "audio" / "a.wav", duration=0.3)
+    write_audio(tmp_path / "corpus" / "b.wav", duration=0.3)
+    (tmp_path / "corpus" / "list.csv").write_text("path,label,speaker\ncorpus/audio/a.wav,sad,s1\nb.wav,sad,s1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "csv", "corpus/list.csv", "--store", "s.zarr", "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "1 extracted now" in captured.out
+    assert (f"corpus/corpus/audio/a.wav does not exist. Check the path (a CSV manifest's relative paths resolve "
+            f"against the manifest's folder). It exists relative to the current folder, as "
+            f"{tmp_path / 'corpus' / 'audio' / 'a.wav'}: write the manifest's paths relative to the manifest's own "
+            f"folder, or absolute.") in captured.err

@@ -220,6 +220,8 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         header = [h or f"\0{k}" for k, h in enumerate(raw or [])]
         reader.fieldnames = header
         rows = []
+        problems: list[tuple[str, str]] = []
+        named = {k: h for k, h in zip(header, raw or []) if h}
         for row in reader:
             line = reader.line_num + skipped
             for key, number in unnamed.items():
@@ -237,6 +239,11 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
             row = {k: v.strip() for k, v in row.items()}
             if not any(row.values()):
                 continue  # blank line
+            if all(row[k].lstrip("\ufeff").lower() == h.lower() for k, h in named.items()):
+                # The header again: two manifests joined with `cat`. It was a row whose file 'path' was missing.
+                problems.append((f"{path}, line {line}", "this row repeats the header (manifests joined with "
+                                 "`cat`?), so it was skipped; delete it"))
+                continue
             for column in _REQUIRED:
                 if not row[column]:
                     raise _fail(path, line, column, f"{column} is empty", f"Give every row a {column}.")
@@ -288,7 +295,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
             extra={c: row[c] for c in extra_columns},
         ))
     _check_label_spellings(path, rows)
-    return Manifest(utterances=utterances, problems=[], corpus="csv", source=str(path))
+    return Manifest(utterances=utterances, problems=problems, corpus="csv", source=str(path))
 
 
 def _check_label_spellings(path: Path, rows: list[dict[str, str]]) -> None:

@@ -226,3 +226,14 @@ def test_labels_outside_the_protocol_are_dropped_with_a_count(caplog):
         kept, labels, classes = select_utterances(protocol, records)
     assert len(kept) == 4 and len(labels) == 4
     assert "dropped 3 utterances" in caplog.text and "'xxx': 2" in caplog.text
+
+
+def test_a_repeated_header_row_is_skipped_and_reported(tmp_path):
+    """Two manifests joined with `cat` (the second with its BOM) left a row 'path,label,speaker': an
+    utterance of a missing file 'path' labelled 'label'. It is now skipped, with a reason the store keeps."""
+    text = "path,label,speaker\na.wav,angry,s1\n\ufeffPath,label,speaker\nb.wav,sad,s2\n"
+    manifest = read_csv_manifest(_manifest(tmp_path, text))
+    assert [u.id for u in manifest.utterances] == ["a", "b"]
+    assert manifest.problems == [(f"{tmp_path / 'manifest.csv'}, line 3",
+                                  "this row repeats the header (manifests joined with `cat`?), so it was skipped; "
+                                  "delete it")]

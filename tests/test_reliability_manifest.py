@@ -237,3 +237,21 @@ def test_a_repeated_header_row_is_skipped_and_reported(tmp_path):
     assert manifest.problems == [(f"{tmp_path / 'manifest.csv'}, line 3",
                                   "this row repeats the header (manifests joined with `cat`?), so it was skipped; "
                                   "delete it")]
+
+
+def test_training_on_a_store_whose_every_file_failed_says_so(tmp_path, capsys):
+    """Every file of a manifest failed extraction (Windows paths, say): train answered "protocol 'csv'
+    kept no utterance: store labels [] match none of its classes []; pick the right --protocol"."""
+    from w2v2ser._cli import main
+
+    (tmp_path / "notes.wav").write_text("not audio")
+    path = _manifest(tmp_path, "path,label,speaker\nsub\\a.wav,angry,s1\nnotes.wav,sad,s2\n")
+    store = str(tmp_path / "s.zarr")
+    assert main(["extract", "csv", str(path), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", store, "--features", "spectrogram", "--seeds", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (f"store {store} holds no extracted utterance with spectrogram frames, so there is nothing to train on; 2 "
+            f"utterance(s) failed extraction: `w2v2ser store info {store}` gives the reasons") in err
+    assert "pick the right --protocol" not in err and "Traceback" not in err

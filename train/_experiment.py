@@ -143,6 +143,16 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
                         path, len(lacking), feature, first_few(lacking), shlex.quote(path), feature)
         done = [r for r in done if r.id in held]
+    if not done:
+        # Else the protocol's "kept no utterance: store labels [] match none of its classes []",
+        # which points at --protocol when every file of the manifest failed extraction.
+        path = str(config.stores[main_alias])
+        failed = len({f.id for f in stores[main_alias].list_failures()})
+        why = (f"; {failed} utterance(s) failed extraction: `w2v2ser store info {shlex.quote(path)}` gives the "
+               f"reasons. Fix the files or the manifest and rerun the same `w2v2ser extract`" if failed else
+               ". Extract them into it first")
+        raise DataError(f"store {path} holds no extracted utterance with {', '.join(sorted(main_features))} "
+                        f"frames, so there is nothing to train on{why}")
     statistics_ids = None
     if config.subset:
         done = select_subset(done, config.subset, store=str(config.stores[main_alias]))

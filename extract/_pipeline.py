@@ -221,12 +221,23 @@ def _check_label_spellings(store: Any, done: Mapping[str, Any], utterances: Sequ
         return
     pairs = "; ".join(f"{new!r} (this manifest, e.g. {u.id}: {u.path}) and {old!r} (in the store, e.g. "
                       f"{kept[spelling_key(old)][old]})" for (new, old), u in list(clashes.items())[:5])
+    # A folder corpus's labels come from its reader (RAVDESS, IEMOCAP: lower case): only a CSV's can be respelt.
+    new_fixed = sorted({u.corpus for u in clashes.values() if u.corpus and u.corpus != "csv"})
+    old_fixed = sorted({done[kept[spelling_key(old)][old]].corpus for _, old in clashes} - {"csv", ""})
+    if new_fixed:
+        fix = (f"The {'/'.join(new_fixed)} reader's labels cannot be respelt: write the labels of the CSV manifest "
+               f"that listed the store's utterances as this corpus spells them, rerun its `w2v2ser extract` "
+               f"(labels are updated in place, nothing is extracted again), then this one.")
+    elif old_fixed:
+        fix = (f"The store's {'/'.join(old_fixed)} labels come from that corpus's reader: write this manifest's "
+               f"labels as the store spells them and rerun the same `w2v2ser extract`.")
+    else:
+        fix = ("Fix the spelling in the manifest and rerun the same `w2v2ser extract`. To keep this manifest's "
+               "spelling instead, first rerun the extract of the manifest that listed the store's utterances, "
+               "with that spelling: labels are updated in place, nothing is extracted again.")
     raise ManifestError(
         f"labels of this manifest differ only in {variants_differ([[new, old] for new, old in clashes])} from "
-        f"those of store {store}: {pairs}; each spelling "
-        f"would be a class of its own. Fix the spelling in the manifest and rerun the same `w2v2ser extract`. "
-        f"To keep this manifest's spelling instead, first rerun the extract of the manifest that listed the "
-        f"store's utterances, with that spelling: labels are updated in place, nothing is extracted again."
+        f"those of store {store}: {pairs}; each spelling would be a class of its own. {fix}"
     )
 
 

@@ -1074,3 +1074,33 @@ def test_a_store_whose_every_file_failed_opens_and_verifies_intact(corpus, tmp_p
     summary = extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
     assert summary.complete and summary.extracted == len(corpus) - 2
     assert open_store(store).verify().ok
+
+
+def test_a_folder_corpus_whose_labels_clash_with_a_csv_s_in_case_says_which_to_respell(tmp_path, capsys):
+    """RAVDESS added to a store of a CSV manifest labelled 'Angry' was refused with "Fix the spelling in the
+    manifest": RAVDESS has no manifest, its reader spells labels in lower case. The message now says to
+    respell the CSV's labels, and that fix lets RAVDESS in."""
+    from fixtures_audio import write_audio
+    from w2v2ser._cli import main
+
+    write_audio(tmp_path / "rav" / "Actor_01" / "03-01-05-01-01-01-01.wav", duration=0.5, seed=1)
+    write_audio(tmp_path / "mine" / "a.wav", duration=0.5, seed=2)
+    manifest = tmp_path / "mine" / "m.csv"
+    manifest.write_text("path,label,speaker\na.wav,Angry,s1\n")
+    args = ["--store", str(tmp_path / "s.zarr"), "--features", "spectrogram", "--no-progress"]
+    assert main(["extract", "csv", str(manifest), *args]) == 0
+    assert main(["extract", "ravdess", str(tmp_path / "rav"), *args]) == 2
+    err = capsys.readouterr().err
+    assert ("each spelling would be a class of its own. The ravdess reader's labels cannot be respelt: write the "
+            "labels of the CSV manifest that listed the store's utterances as this corpus spells them") in err
+    manifest.write_text("path,label,speaker\na.wav,angry,s1\n")
+    assert main(["extract", "csv", str(manifest), *args]) == 0
+    assert main(["extract", "ravdess", str(tmp_path / "rav"), *args]) == 0
+    # The other way round: a manifest added to the RAVDESS store is told the store's spelling is fixed.
+    manifest.write_text("path,label,speaker\na.wav,Angry,s2\n")
+    capsys.readouterr()
+    args[1] = str(tmp_path / "s2.zarr")
+    assert main(["extract", "ravdess", str(tmp_path / "rav"), *args]) == 0
+    assert main(["extract", "csv", str(manifest), *args]) == 2
+    assert ("The store's ravdess labels come from that corpus's reader: write this manifest's labels as the store "
+            "spells them") in capsys.readouterr().err

@@ -170,3 +170,14 @@ def test_speakers_differing_only_in_leading_zeros_are_noted_like_case(tmp_path, 
     assert main(["store", "info", str(store)]) == 0
     assert "'007' and '7'; 'Spk1' and 'spk1' differ only in case or leading zeros, so they are separate " \
            "speakers" in capsys.readouterr().out
+
+
+def test_store_info_shows_a_field_value_with_a_line_break_on_one_line(tmp_path, capsys):
+    """A spreadsheet cell with a line break (Alt+Enter, written quoted) split `store info`'s fields table."""
+    audio = write_audio(tmp_path / "a.wav", duration=0.5)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f'path,label,speaker,notes\r\n{audio},sad,s1,"line one\r\nline two"\r\n', newline="")
+    store = str(tmp_path / "s.zarr")
+    assert main(["extract", "csv", str(manifest), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
+    assert main(["store", "info", store]) == 0
+    assert "            notes              'line one\\r\\nline two' 1\n" in capsys.readouterr().out

@@ -192,7 +192,9 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         print(f"            {'; '.join(variants)} differ only in {variants_differ(label_groups)}"
               f"{_label_case_note(info['corpus'] or [])}")
     for k, (field, found) in enumerate(info["fields"].items()):  # what `train --subset FIELD=VALUE` can name
-        values = (", ".join(f"{value} {n}" for value, n in found["counts"].items()) if found["counts"]
+        # repr for a value with a line break (a spreadsheet cell's Alt+Enter): it would break the table.
+        values = (", ".join(f"{value if value.isprintable() else repr(value)} {n}"
+                            for value, n in found["counts"].items()) if found["counts"]
                   else f"{found['distinct']} distinct values")
         print(f"{'fields' if k == 0 else '':<12}{field:<18} {values}")
     for name, feature in info["features"].items():

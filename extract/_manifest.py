@@ -180,15 +180,15 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     Args:
         path: The CSV file (UTF-8, optional BOM; or UTF-16 with its BOM). Comma-, tab- or
             semicolon-separated: the separator that splits the header into the required columns,
-            or the one an Excel ``sep=;`` first line names. Columns without a name that are
-            empty on every row, and empty fields past the header's last column, are ignored.
+            or the one an Excel ``sep=;`` first line names. Columns without a name (pandas'
+            index, Excel's trailing ``;;``) and empty fields past the header's last column are ignored.
 
     Returns:
         The :class:`Manifest` (``corpus="csv"``).
 
     Raises:
         ManifestError: Unreadable file or encoding, missing required column, empty value in a
-            required column, malformed row, a value in a column without a name, bad split/gender,
+            required column, malformed row, bad split/gender,
             duplicate id.
 
     A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
@@ -213,9 +213,9 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         reader = csv.DictReader(text, delimiter=delimiter)
         raw = [h.strip() for h in reader.fieldnames] if reader.fieldnames is not None else None
         header_line = 1 + skipped
-        # Columns without a name: Excel writes 'a;b;c;;' when cells right of the table were
-        # touched. Ignored when empty on every row; their values would otherwise be dropped unread.
-        unnamed = {f"\0{k}": k + 1 for k, h in enumerate(raw or []) if not h}
+        # Columns without a name are ignored: pandas' to_csv writes its index as one, and Excel
+        # writes 'a;b;c;;' when cells right of the table were touched.
+        unnamed = {f"\0{k}" for k, h in enumerate(raw or []) if not h}
         _check_header(path, None if raw is None else [h for h in raw if h], header_line)
         header = [h or f"\0{k}" for k, h in enumerate(raw or [])]
         reader.fieldnames = header
@@ -224,17 +224,13 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         named = {k: h for k, h in zip(header, raw or []) if h}
         for row in reader:
             line = reader.line_num + skipped
-            for key, number in unnamed.items():
-                value = (row.pop(key) or "").strip()
-                if value:
-                    raise _fail(path, line, None, f"column {number} has no name in the header but holds "
-                                f"{value!r}", "Name the column in the header to keep it as an extra column, "
-                                "or delete its values.")
+            for key in unnamed:
+                row.pop(key)
             # Empty fields beyond the header ('a;b;c;;') hold nothing to lose; values there do.
             beyond = row.pop(None, None) or ()
             if any(v.strip() for v in beyond) or any(v is None for v in row.values()):
                 raise _fail(path, line, None,
-                            f"row has a different number of fields than the header ({len(header) - len(unnamed)})",
+                            f"row has a different number of fields than the header ({len(header)})",
                             "Quote values that contain commas and fill every column.")
             row = {k: v.strip() for k, v in row.items()}
             if not any(row.values()):

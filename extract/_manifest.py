@@ -188,8 +188,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
 
     Raises:
         ManifestError: Unreadable file or encoding, missing required column, empty value in a
-            required column, malformed row, bad split/gender,
-            duplicate id.
+            required column, malformed row, bad split/gender, duplicate id.
 
     A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
     ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.

@@ -108,7 +108,8 @@ def test_an_unknown_gender_is_an_empty_one(tmp_path):
 def test_columns_without_a_name_are_ignored(tmp_path):
     """Excel writes 'a;b;c;;' when cells right of the table were ever touched: two such columns refused
     the manifest ('column appears more than once'). pandas' to_csv writes its index as one."""
-    text = "\ufeffpath;label;speaker;note;;\r\na.wav;angry;s1;\"x; y\";;\r\nb.wav;sad;s2;;\r\n;;;;;\r\nc.wav;sad;s2;;;;\r\n"
+    text = ("\ufeffpath;label;speaker;note;;\r\na.wav;angry;s1;\"x; y\";;\r\nb.wav;sad;s2;;\r\n;;;;;\r\n"
+            "c.wav;sad;s2;;;;\r\n")
     manifest = read_csv_manifest(_manifest(tmp_path, text))
     assert [(u.id, u.label, u.extra) for u in manifest.utterances] == [
         ("a", "angry", {"note": "x; y"}), ("b", "sad", {"note": ""}), ("c", "sad", {"note": ""})]

@@ -227,13 +227,13 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
                 row.pop(key)
             # Empty fields beyond the header ('a;b;c;;') hold nothing to lose; values there do.
             beyond = row.pop(None, None) or ()
+            if not any((v or "").strip() for v in [*row.values(), *beyond]):
+                continue  # a blank line, or one of spaces (hand-edited files) or separators (Excel's ';;;')
             if any(v.strip() for v in beyond) or any(v is None for v in row.values()):
                 raise _fail(path, line, None,
                             f"row has a different number of fields than the header ({len(header)})",
                             "Quote values that contain commas and fill every column.")
             row = {k: v.strip() for k, v in row.items()}
-            if not any(row.values()):
-                continue  # blank line
             if all(row[k].lstrip("\ufeff").lower() == h.lower() for k, h in named.items()):
                 # The header again: two manifests joined with `cat`. It was a row whose file 'path' was missing.
                 problems.append((f"{path}, line {line}", "this row repeats the header (manifests joined with "

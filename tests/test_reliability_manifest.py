@@ -119,6 +119,13 @@ def test_columns_without_a_name_are_ignored(tmp_path):
         read_csv_manifest(_manifest(tmp_path, "path,label,speaker\na.wav,angry,s1,,loud\n"))
 
 
+
+def test_lines_of_spaces_are_blank_lines(tmp_path):
+    """A line of spaces or a tab, as hand-edited files often end, refused the manifest: "row has a
+    different number of fields than the header"."""
+    manifest = read_csv_manifest(_manifest(tmp_path, "path,label,speaker\na.wav,angry,s1\n   \n\t\nb.wav,sad,s2\n"))
+    assert [u.id for u in manifest.utterances] == ["a", "b"]
+
 @pytest.mark.parametrize("text", [
     "sep=;\r\npath;label;speaker;notes, misc\r\na.wav;angry;s1;x\r\n",  # Excel's separator line
     "path;label;speaker;notes, misc\na.wav;angry;s1;x\n",  # a comma inside a column name

@@ -742,9 +742,14 @@ def test_a_layer_sweep_folder_is_refused_as_out_of_train_experiment(rav, tmp_pat
 
     (tmp_path / "sweep.json").write_text("{}")
     config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
-    with pytest.raises(ConfigError, match="is a layer-sweep folder"):
+    with pytest.raises(ConfigError) as refused:
         train_experiment(config, out=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
+    # One message for train_experiment and `w2v2ser run` (found in review: two wordings): what, where, the fix.
+    assert str(refused.value) == (
+        f"{tmp_path} is a layer-sweep folder (it holds sweep.json of an earlier sweep): a plain experiment's runs "
+        f"there would be in no report table. Give train_experiment another out (`w2v2ser train --out`), or move "
+        f"that folder away to keep the sweep (rerun it as a sweep: `w2v2ser sweep`, `sweep: true`)")
 
 
 def test_a_stale_pipeline_failure_marker_is_removed_by_a_train_into_its_folder(rav, tmp_path):
@@ -765,8 +770,10 @@ def test_a_stale_pipeline_failure_marker_is_removed_by_a_train_into_its_folder(r
     swept = tmp_path / "swept"
     swept.mkdir()
     (swept / "sweep.json").write_text("{}")
-    with pytest.raises(ConfigError, match="holds a layer sweep"):
+    with pytest.raises(ConfigError) as refused:
         _prepare_experiment(SimpleNamespace(config=config.to_dict(), run_dir=swept, sweep=False), None)
+    assert str(refused.value).startswith(f"{swept} is a layer-sweep folder (it holds sweep.json of an earlier sweep)")
+    assert "Give this experiment another name, or move that folder away to keep the sweep" in str(refused.value)
 
 
 def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_path, capsys):

@@ -46,7 +46,8 @@ from ._runfiles import damaged_run_files, list_run_files, record_run_files, writ
 from ._selection import ResolvedSelection, resolve_selection
 
 __all__ = ["RunSpec", "RunResult", "ExperimentView", "open_view", "reopen_view", "plan_runs", "train_run",
-           "summarize_runs", "train_experiment", "partition_arrays", "PartitionArrays"]
+           "summarize_runs", "train_experiment", "partition_arrays", "PartitionArrays",
+           "refuse_layer_sweep_folder"]
 
 log = logging.getLogger("w2v2ser.train")
 FRAME_RATE_TOLERANCE = 0.05  # fused branches must run at the same frame rate within 5 %
@@ -923,15 +924,31 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     config = as_experiment_config(config)
     _configure_threads(threads)
     out = Path(out)
-    if (out / "sweep.json").is_file():  # its report shows the sweep only: these runs would be in no table
-        raise ConfigError(f"out={str(out)!r} is a layer-sweep folder (it holds sweep.json); give train_experiment "
-                          f"another out (`w2v2ser train --out`), or sweep_experiment to rerun the sweep")
+    refuse_layer_sweep_folder(out, "train_experiment another out (`w2v2ser train --out`)")
     view = open_view(config)  # one view of the stores for the whole invocation
     warn_if_replacing(out, config)
     _warn_if_data_changed(out, config, view.fingerprint)
     with share_out_folder(out, config.config_key(), "train"):
         forget_not_trained(out)
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
+
+
+def refuse_layer_sweep_folder(out: Path, another: str) -> None:
+    """Refuse a plain experiment's runs into a layer sweep's folder (one that holds sweep.json).
+
+    The report of such a folder shows the sweep only, so these runs would be in no table.
+
+    Args:
+        out: The experiment's output folder.
+        another: How the caller gives another folder, e.g. ``"this experiment another name"``.
+
+    Raises:
+        ConfigError: ``out`` holds sweep.json.
+    """
+    if (out / "sweep.json").is_file():
+        raise ConfigError(f"{out} is a layer-sweep folder (it holds sweep.json of an earlier sweep): a plain "
+                          f"experiment's runs there would be in no report table. Give {another}, or move that "
+                          f"folder away to keep the sweep (rerun it as a sweep: `w2v2ser sweep`, `sweep: true`)")
 
 
 def _train_all(config: ExperimentConfig, out: Path, prepared: _Data, specs: list[RunSpec], data: str, *,

@@ -340,8 +340,8 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
     `sweep` do; returns (the view its runs and summary read, runs still to do). The lock (held until
     ``locks`` closes) refuses a job of another configuration writing into the same folder."""
     from w2v2ser.train import ExperimentConfig
-    from w2v2ser.train._experiment import (forget_not_trained, key_fields, open_view, share_out_folder, store_identities,
-                                           warn_if_replacing)
+    from w2v2ser.train._experiment import (forget_not_trained, key_fields, open_view, refuse_layer_sweep_folder,
+                                           share_out_folder, store_identities, warn_if_replacing)
 
     train_config = ExperimentConfig.from_dict(experiment.config)
     out = experiment.run_dir
@@ -352,9 +352,7 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
         view = open_view(heads[ALL_LAYERS_DIR], heads=heads)
         warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
     else:
-        if (out / "sweep.json").is_file():  # the report would read the folder as the sweep: these runs in no table
-            raise ConfigError(f"{out} holds a layer sweep (sweep.json) of an earlier `sweep: true`; give this "
-                              f"experiment another name, or move that folder away to keep the sweep")
+        refuse_layer_sweep_folder(out, "this experiment another name")
         view = open_view(train_config)
         warn_if_replacing(out, train_config)  # e.g. a throw-away --set over the file's finished runs
     locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))

@@ -161,6 +161,15 @@ class FeatureStore:
             return False
         return not meta.get("complete", False) or meta.get("revision", 0) != self._revision
 
+    def require_revision(self, revision: int) -> None:
+        """Raise :class:`StoreChangedError` unless this reader opened the store at ``revision``.
+
+        A process that must read what another reader of the store read (a task repeating a planned
+        view, passed that reader's :attr:`revision`) calls this right after opening.
+        """
+        if self._revision != revision:
+            raise self._changed()
+
     def _changed(self) -> StoreChangedError:
         holder = extraction_holder(self.location)
         now = f"; an extraction ({holder}) is running on it now" if holder is not None else ""

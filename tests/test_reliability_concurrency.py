@@ -144,6 +144,10 @@ def test_open_reader_after_a_rerun_added_utterances_says_the_store_changed(tmp_p
         old.compose_statistics("spectrogram", speakers=["spk0"])
     fresh = open_store(store)
     assert fresh.compose_statistics("spectrogram", speakers=["spk0"]).count > before.count
+    # A process repeating the old reader's view (a `w2v2ser run` task) is told, by the public check.
+    fresh.require_revision(fresh.revision)
+    with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*Open it again"):
+        fresh.require_revision(old.revision)
     # A rerun that changes nothing does not count as a change.
     extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
     assert fresh.compose_statistics("spectrogram", speakers=["spk0"]).count > before.count

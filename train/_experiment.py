@@ -122,8 +122,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
     """
     stores = _open_stores(config)
     for alias, revision in (revisions or {}).items():
-        if stores[alias].revision != revision:  # an extraction changed it since the plan was made
-            raise stores[alias]._changed()
+        stores[alias].require_revision(revision)  # an extraction changed it since the plan was made: stop
     protocol = get_protocol(config.protocol)
     selections = config.selections()
     aliases = {branch: config.store_alias(text) for branch, text in selections.items()}

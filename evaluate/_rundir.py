@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import UPSTREAM_FEATURES, first_few
+from w2v2ser._common import UPSTREAM_FEATURES, first_few, subset_text
 from w2v2ser.train import list_run_files
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
@@ -85,8 +85,7 @@ def data_text(experiment: Mapping[str, Any] | None) -> str:
     or cross-validated over speaker groups (its recorded experiment); "" for the protocol's own."""
     experiment = experiment or {}
     subset, folds = experiment.get("subset"), experiment.get("speaker_folds")
-    parts = [f"{key}={','.join(map(str, values))}" for key, values in sorted(subset.items())] \
-        if isinstance(subset, Mapping) else []
+    parts = [subset_text(subset)] if isinstance(subset, Mapping) and subset else []
     parts += [f"{folds} speaker folds"] if folds else []
     return f" ({'; '.join(parts)})" if parts else ""
 

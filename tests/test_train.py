@@ -610,3 +610,27 @@ def test_a_subset_without_test_speakers_is_named_not_the_store(tmp_path, capsys)
     assert main(["train", str(small), "--features", "egemaps", "--subset", "speaker=Actor_01,Actor_22",
                  "--no-progress", "--out", str(tmp_path / "run")]) == 2
     assert "but the store has none of them" in capsys.readouterr().err
+
+
+def test_a_fused_store_without_the_test_speakers_is_not_blamed_on_the_subset(tmp_path):
+    """Found in review: only the main store was checked, so a fusion whose second store lacks actors
+    23-24 was told to widen the subset, which could never help."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig, ProtocolError, plan_runs
+    from w2v2ser._common import subset_text
+
+    main = build_store(tmp_path / "main.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4)
+    part = build_store(tmp_path / "part.zarr", utterances=ravdess_utterances(per_actor=2, actors=22), layers=2,
+                       dim=4)
+    subset = {"speaker": ["Actor_01", "Actor_02"]}
+    fused = ExperimentConfig(stores={"main": str(main), "b": str(part)}, features="egemaps", head="fusion",
+                             fusion_features="b/wav2vec2:1", subset=subset)
+    with pytest.raises(ProtocolError) as refused:
+        plan_runs(fused)
+    assert "Widen the subset" not in str(refused.value) and "none of them" in str(refused.value)
+    # Both stores holding the test speakers: the subset is named, as the report names it.
+    both = ExperimentConfig(stores={"main": str(main), "b": str(main)}, features="egemaps", head="fusion",
+                            fusion_features="b/wav2vec2:1", subset=subset)
+    with pytest.raises(ProtocolError, match="subset speaker=Actor_01,Actor_02 leaves no test speaker"):
+        plan_runs(both)
+    assert subset_text({"speaker": "Actor_01", "method": ["a", "b"]}) == "method=a,b; speaker=Actor_01"

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, provenance, publish_directory,
-                             variants_differ, write_atomically)
+                             subset_text, variants_differ, write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -236,20 +236,25 @@ def _folds(config: ExperimentConfig, data: _Data) -> list[Fold]:
 
 
 def _blame_the_subset(config: ExperimentConfig, data: _Data, protocol: Any, error: ProtocolError) -> None:
-    """Raise a ProtocolError naming the subset when the store's utterances make the protocol's folds
-    and only the subset's do not (the store's message would advise extracting the whole corpus)."""
-    alias = data.selections["main"].alias
-    whole, _, _ = select_utterances(protocol, data.stores[alias].list_utterances(status="done"), report=False)
+    """Raise a ProtocolError naming the subset when the utterances every store of the experiment holds
+    make the protocol's folds and only the subset's do not (the store's message would advise extracting
+    the whole corpus). A fused store lacking speakers beyond the subset keeps the store's message: a
+    wider subset would not help."""
+    main = data.selections["main"].alias
+    held = None  # the ids every selection's store holds for its feature
+    for sel in data.selections.values():
+        ids = {r.id for r in data.stores[sel.alias].list_utterances(status="done", feature=sel.feature)}
+        held = ids if held is None else held & ids
+    whole = [r for r in data.stores[main].list_utterances(status="done") if r.id in (held or set())]
+    whole, _, _ = select_utterances(protocol, whole, report=False)
     try:
         protocol.make_folds(whole, config.csv_folds)
     except ProtocolError:
-        return  # the store itself falls short: its own message is right
-    text = " ".join(f"{key}={value if isinstance(value, str) else ','.join(value)}"
-                    for key, value in config.subset.items())
+        return  # the stores themselves fall short: their own message is right
     speakers = sorted({r.speaker for r in data.records})
-    raise ProtocolError(f"subset {text} leaves {error.shortfall}: it keeps {len(speakers)} speaker(s) "
-                        f"[{first_few([repr(s) for s in speakers], 6)}] of {_store_label(config, alias)}. Widen the "
-                        f"subset, or cross-validate over its speakers with speaker_folds (pipeline.yaml: "
+    raise ProtocolError(f"subset {subset_text(config.subset)} leaves {error.shortfall}: it keeps {len(speakers)} "
+                        f"speaker(s) [{first_few([repr(s) for s in speakers], 6)}] of {_store_label(config, main)}. "
+                        f"Widen the subset, or cross-validate over its speakers with speaker_folds (pipeline.yaml: "
                         f"`speaker_folds: K`; w2v2ser train: --speaker-folds K)") from None
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "provenance",
     "short_name",
     "spelling_key",
+    "subset_text",
     "python_command",
     "remove_stale",
     "fsync_path",
@@ -651,3 +652,12 @@ def merge_subset(conditions: Iterable[tuple[str, list[str]]]) -> dict[str, list[
     for key, names in conditions:
         subset.setdefault(key, []).extend(names)
     return subset
+
+
+def subset_text(subset: Mapping[str, str | Iterable[object]]) -> str:
+    """``method=improvised; speaker=Ses01F,Ses01M``: a subset as messages and reports name it.
+
+    A field's value may be one string or a list of values (a config file allows both).
+    """
+    return "; ".join(f"{key}={value if isinstance(value, str) else ','.join(map(str, value))}"
+                     for key, value in sorted(subset.items()))

@@ -217,12 +217,12 @@ def local_zarr_store(path: str | os.PathLike[str], *, read_only: bool) -> Any:
     return LocalStore(Path(path).absolute(), read_only=read_only)
 
 
-def locate_store(store: str | os.PathLike[str] | StoreLocation, *,
+def locate_store(store: str | bytes | os.PathLike[str] | os.PathLike[bytes] | StoreLocation, *,
                  storage_options: Mapping[str, Any] | None = None) -> StoreLocation:
     """Turn a store path or URL into a :class:`StoreLocation`.
 
     Args:
-        store: local directory, ``file://`` path, an object-store URL (``s3://bucket/prefix``,
+        store: local directory (str, bytes or a path object), ``file://`` path, an object-store URL (``s3://bucket/prefix``,
             ``gs://...``, ``memory://...``: any fsspec URL), or a StoreLocation (returned as is
             unless ``storage_options`` are given).
         storage_options: fsspec options for URLs, over those of the environment variable
@@ -236,9 +236,10 @@ def locate_store(store: str | os.PathLike[str] | StoreLocation, *,
         if storage_options:
             return StoreLocation(store.url, {**dict(store.storage_options), **dict(storage_options)})
         return store
-    if not isinstance(store, (str, os.PathLike)):  # os.fspath's TypeError named no argument
-        raise StoreError(f"store: got {type(store).__name__} {store!r}; expected a path (str or Path) or a URL")
-    text = os.fspath(store)
+    if not isinstance(store, (str, bytes, os.PathLike)):  # os.fspath's TypeError named no argument
+        raise StoreError(f"store: got {type(store).__name__} {store!r}; expected a path (str, bytes or Path) or a URL")
+    # bytes (os.listdir(b".") gives them) decode as the file system encodes names, as os.fsdecode does.
+    text = os.fsdecode(store)
     if is_store_url(text):
         return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})
     return StoreLocation(text.removeprefix("file://"))

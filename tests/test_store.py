@@ -26,6 +26,7 @@ from w2v2ser.store import (
     W2v2serError,
     combine_statistics,
     export_hdf5,
+    locate_store,
     lock_store,
     open_store,
 )
@@ -346,6 +347,18 @@ def test_read_batch_equals_read_utterance(tmp_path):
     assert first is not again and not np.shares_memory(first, again)
     with pytest.raises(StoreError, match=r"utterance ids are strings; got a UtteranceRecord \(pass its .id\)"):
         store.read_utterance(store.list_utterances()[0], "lld")
+
+
+def test_a_store_path_given_as_bytes_opens(tmp_path, monkeypatch):
+    """Found in review: open_store(b"s") (names from os.listdir(b".")) was refused as not a path."""
+    import os
+
+    build_store(tmp_path / "s", lengths=LENGTHS, units=2)
+    monkeypatch.chdir(tmp_path)
+    (name,) = os.listdir(b".")
+    store = open_store(name)
+    assert str(store.path) == "s" and len(store.list_utterances()) == len(LENGTHS)
+    assert locate_store(os.fsencode(tmp_path / "s")).url == str(tmp_path / "s")
 
 
 def test_read_batch_into_given_arrays(tmp_path):
@@ -789,7 +802,7 @@ def test_open_store_refuses_incomplete_newer_and_foreign(tmp_path):
         open_store(tmp_path / "corpus.csv")
     with pytest.raises(StoreError, match="not a w2v2ser store: the directory does not exist"):
         open_store(tmp_path / "missing.zarr")
-    with pytest.raises(StoreError, match=r"store: got int 3; expected a path \(str or Path\) or a URL"):
+    with pytest.raises(StoreError, match=r"store: got int 3; expected a path \(str, bytes or Path\) or a URL"):
         open_store(3)  # found by a trial: os.fspath's TypeError
     zarr.open_group(str(tmp_path / "plain"), mode="w")
     with pytest.raises(StoreError, match="not a w2v2ser store"):

@@ -523,6 +523,45 @@ def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeyp
     assert len(refused) == 2 and all("another configuration" in r for r in refused), refused  # u's two runs
 
 
+@needs_ravdess
+def test_run_opens_each_store_once_for_every_experiment_of_the_grid(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Found in review: each experiment's view held its own readers of its stores for the whole train
+    stage, so memory and open descriptors grew with the grid. The views now share one reader per store;
+    a change to a store still stops only the experiments on it (see the test above)."""
+    from w2v2ser import store as store_module
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import _experiment
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}},
+                                       "experiments.v": {"corpus": "ravdess", "head": "dense", "seeds": 2,
+                                                         "grid": {"features": ["classic/spectrogram"],
+                                                                  "norm": ["speaker", "global"],
+                                                                  "units": [4, 16]}}})
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    opened, readers = [], {}
+    real_open = store_module.open_store
+
+    def counted(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    def trained(cfg, spec, out, data, **kwargs):
+        readers.setdefault(id(data.stores["classic"]), []).append(out)
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(out))
+
+    monkeypatch.setattr(store_module, "open_store", counted)
+    monkeypatch.setattr(_experiment, "_train_run", trained)
+    monkeypatch.setattr(_experiment, "_summarize_runs", _summarised)
+    assert run_pipeline(pipeline, stage="train") == 0, capsys.readouterr().err
+    assert len(opened) == 1, opened  # five experiments, one store: one reader
+    assert len(readers) == 1 and len(set(next(iter(readers.values())))) == 5, readers
+
+
 def test_a_failure_marker_that_cannot_be_written_does_not_stop_the_stage(tmp_path: Path, monkeypatch, capsys) -> None:
     """Found in review: an experiment whose folder is blocked (a file in the way) failed as it
     should, but writing its failed.json into that folder raised, and the whole train stage stopped."""

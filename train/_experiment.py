@@ -103,10 +103,16 @@ class _Data:
     norm: str = "speaker"  # the normalisation, which decides whether statistics are read at all
 
 
-def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
+def _open_stores(config: ExperimentConfig, opened: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each alias's store reader; ``opened`` (path -> reader) shares one reader per store among views."""
     from w2v2ser.store import open_store
 
-    return {alias: open_store(path) for alias, path in config.stores.items()}
+    if opened is None:
+        return {alias: open_store(path) for alias, path in config.stores.items()}
+    for path in config.stores.values():
+        if str(path) not in opened:
+            opened[str(path)] = open_store(path)
+    return {alias: opened[str(path)] for alias, path in config.stores.items()}
 
 
 # (store, protocol) pairs whose dropped labels this process has reported: planning reports them
@@ -114,13 +120,15 @@ def _open_stores(config: ExperimentConfig) -> dict[str, Any]:
 _REPORTED_DROPS: set[tuple[str, str]] = set()
 
 
-def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mapping[str, Any] | None = None) -> _Data:
+def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mapping[str, Any] | None = None,
+             opened: dict[str, Any] | None = None) -> _Data:
     """Open stores, resolve selections, apply the protocol's labels, check fused stores agree.
 
     ``report``: log the labels the protocol drops, once per store and protocol in this process.
     ``revisions``: the stores' revisions in the view this opening must repeat (:func:`reopen_view`).
+    ``opened``: readers already open, by store path, to share (see :func:`open_view`).
     """
-    stores = _open_stores(config)
+    stores = _open_stores(config, opened)
     for alias, revision in (revisions or {}).items():
         stores[alias].require_revision(revision)  # an extraction changed it since the plan was made: stop
     protocol = get_protocol(config.protocol)
@@ -391,10 +399,16 @@ class ExperimentView:
         return {alias: store.revision for alias, store in self.data.stores.items()}
 
 
-def open_view(config: ExperimentConfig, *, heads: dict[str, ExperimentConfig] | None = None) -> ExperimentView:
+def open_view(config: ExperimentConfig, *, heads: dict[str, ExperimentConfig] | None = None,
+              opened: dict[str, Any] | None = None) -> ExperimentView:
     """Open the stores once, plan the runs and hash their data (``heads``: a sweep's, ``config`` its
-    weighted-average head). Checks selections and protocol before any output folder is made."""
-    prepared = _prepare(config, report=True)
+    weighted-average head). Checks selections and protocol before any output folder is made.
+
+    ``opened``: store path -> reader, filled and reused so that the views of many experiments share one
+    reader per store (`w2v2ser run`'s grid). A shared reader still raises StoreChangedError once an
+    extraction changes its store, so a change stops the experiments on that store only.
+    """
+    prepared = _prepare(config, report=True, opened=opened)
     specs = _plan(config, prepared)
     return ExperimentView(config, prepared, specs, _data_fingerprint(prepared), heads)
 

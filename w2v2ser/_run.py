@@ -335,10 +335,13 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
              f"{described[0] if described else error}")
 
 
-def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[Any, list]:
+def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
+                        opened: dict[str, Any] | None = None) -> tuple[Any, list]:
     """Open one experiment's stores once, plan its runs and take its folder's lock, as `train` and
     `sweep` do; returns (the view its runs and summary read, runs still to do). The lock (held until
-    ``locks`` closes) refuses a job of another configuration writing into the same folder."""
+    ``locks`` closes) refuses a job of another configuration writing into the same folder. ``opened``:
+    the stage's readers by store path, shared by the views (memory and descriptors per store, not
+    per experiment of the grid)."""
     from w2v2ser.train import ExperimentConfig
     from w2v2ser.train._experiment import (forget_not_trained, key_fields, open_view, refuse_layer_sweep_folder,
                                            share_out_folder, store_identities, warn_if_replacing)
@@ -349,11 +352,11 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack) -> tuple[A
         from w2v2ser.train import ALL_LAYERS_DIR, sweep_configs
 
         heads = sweep_configs(train_config)
-        view = open_view(heads[ALL_LAYERS_DIR], heads=heads)
+        view = open_view(heads[ALL_LAYERS_DIR], heads=heads, opened=opened)
         warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
     else:
         refuse_layer_sweep_folder(out, "this experiment another name")
-        view = open_view(train_config)
+        view = open_view(train_config, opened=opened)
         warn_if_replacing(out, train_config)  # e.g. a throw-away --set over the file's finished runs
     locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))
     forget_not_trained(out)
@@ -397,6 +400,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
     reasons = reasons if reasons is not None else _Reasons()
     with ExitStack() as locks:  # each experiment's folder lock, held until its summary is written
         todo: list[tuple[ExperimentSpec, Any, list]] = []
+        opened: dict[str, Any] = {}  # one reader per store for every experiment's view
         _say(f"train: planning {len(config.experiments)} experiment(s)")  # before the lines of those that cannot run
         for experiment in config.experiments:
             skip = _skip_reason(config, experiment)
@@ -419,7 +423,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                 outcome.failed.append(experiment.name)
                 continue
             try:
-                view, pending = _prepare_experiment(experiment, locks)
+                view, pending = _prepare_experiment(experiment, locks, opened)
             except FolderBusyError as error:  # the folder is another job's now: nothing is written into it
                 _say(f"train {experiment.name}: FAILED before training: {error}")
                 outcome.failed.append(experiment.name)

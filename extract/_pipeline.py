@@ -41,6 +41,7 @@ from w2v2ser.store._location import as_unreachable, remote_errors
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
+from ._manifest import Manifest
 from ._rates import (
     below_native_minimum, capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
 )
@@ -50,6 +51,10 @@ __all__ = ["ExtractionSummary", "extract_corpus", "extract_shard"]
 
 # Features that profit from a GPU; everything else runs on CPU workers.
 GPU_FEATURES = UPSTREAMS
+
+
+# How the notes of an extraction name the corpus the user gave (ExtractionSummary.source).
+_SOURCE_NAMES = {"iemocap": "IEMOCAP release", "ravdess": "RAVDESS folder", "csv": "CSV manifest"}
 
 
 @dataclass
@@ -81,6 +86,8 @@ class ExtractionSummary:
             differ only in case ('Spk1', 'spk1') or leading zeros ('07', '7'): each is a speaker of its own.
         low_rate: Per feature run at each file's own rate, (path, rate) of this manifest's files
             below its lowest sensible rate (eGeMAPS: 10.9 kHz), and what that means.
+        corpus: The corpus kind the utterances were read as (``Manifest.corpus``: ``"iemocap"``,
+            ``"ravdess"``, ``"csv"``), which the notes name; "" when unknown.
     """
 
     store: Path | str
@@ -99,6 +106,13 @@ class ExtractionSummary:
     silent: list[str] = field(default_factory=list)
     speaker_case: list[list[str]] = field(default_factory=list)
     low_rate: dict[str, tuple[int, list[tuple[str, int]], str]] = field(default_factory=dict)
+    corpus: str = ""
+
+    @property
+    def source(self) -> str:
+        """What the notes call the corpus the user gave: ``IEMOCAP release``, ``RAVDESS folder``,
+        ``CSV manifest`` (``manifest`` for a reader registered elsewhere, or utterances of no kind)."""
+        return _SOURCE_NAMES.get(self.corpus.lower(), "manifest")
 
     @property
     def realtime_factor(self) -> float:
@@ -111,7 +125,7 @@ class ExtractionSummary:
             return ""
         counts = Counter(column for _, column, _, _ in self.relabelled)
         uid, column, old, new = self.relabelled[0]
-        return (f"the manifest changed {', '.join(f'the {c} of {n}' for c, n in sorted(counts.items()))} "
+        return (f"the {self.source} changed {', '.join(f'the {c} of {n}' for c, n in sorted(counts.items()))} "
                 f"utterance(s) (e.g. {uid}: {column} {old!r} -> {new!r}); the store now holds the new values, "
                 f"and runs trained on the old ones are trained again")
 
@@ -127,13 +141,14 @@ class ExtractionSummary:
             notes.append(f"{len(self.vanished)} utterance(s) already extracted no longer have their audio file "
                          f"({first_few(self.vanished)}); they keep their features in the store")
         if self.absent:
-            notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this manifest "
+            notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this {self.source} "
                          f"({first_few(self.absent)}); "
                          f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
-                         f"extract the manifest into a new store (`--like {self.store}` keeps the feature configs)")
+                         f"extract this {self.source} into a new store (`--like {self.store}` keeps the feature "
+                         f"configs)")
         if self.absent_failed:
             notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
-                         f"not in this manifest ({first_few(self.absent_failed)}); they were never extracted "
+                         f"not in this {self.source} ({first_few(self.absent_failed)}); they were never extracted "
                          f"in full, so `w2v2ser train` does not use them, and this run does not count them "
                          f"as failed (`w2v2ser store info` lists them apart from the current failures)")
         if self.silent:
@@ -339,7 +354,7 @@ def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_worker
 
 
 def extract_corpus(
-    utterances: Sequence[Utterance],
+    utterances: Sequence[Utterance] | Manifest,
     store_path: str | Path | StoreLocation,
     *,
     extractors: Sequence[Extractor],
@@ -352,6 +367,7 @@ def extract_corpus(
     on_stage: Callable[[str, float], None] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     reader_skipped: Sequence[tuple[str, str]] | None = None,
+    corpus: str | None = None,
 ) -> ExtractionSummary:
     """Extract every feature of every utterance into a store, resumably.
 
@@ -379,6 +395,8 @@ def extract_corpus(
             with the store to Dask workers (see :func:`w2v2ser.store.locate_store`).
         reader_skipped: The manifest's ``problems`` (files or lines the corpus reader could not
             use), recorded in the store beside the failures (``w2v2ser store info``).
+        corpus: The corpus kind (``Manifest.corpus``) the summary's notes name; default: that of
+            ``utterances`` when it is a :class:`Manifest` (which is taken whole).
 
     Returns:
         An :class:`ExtractionSummary`.
@@ -391,7 +409,10 @@ def extract_corpus(
         if check is not None:
             check(local=_runs_on_this_machine(client))
     started = time.perf_counter()
-    summary = ExtractionSummary(store=store_path.display)
+    if isinstance(utterances, Manifest):  # passed whole: its utterances, and its kind for the notes
+        corpus = utterances.corpus if corpus is None else corpus
+        utterances = utterances.utterances
+    summary = ExtractionSummary(store=store_path.display, corpus=corpus or "")
     with lock_store(store_path), _object_store_failures(store_path, summary):
         # A new store is created only once the features' specs are known: a config refused at the
         # first file's rate (native spectrogram) must not leave an empty store behind.

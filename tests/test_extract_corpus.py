@@ -686,10 +686,30 @@ def test_a_manifest_that_drops_rows_says_they_stay_in_the_store(corpus, tmp_path
     assert summary.absent == [corpus[0].id, corpus[1].id]
     assert summary.notes() == [f"2 utterance(s) of store {store} are not in this manifest ({corpus[0].id}, "
                                f"{corpus[1].id}); they stay in the store, and `w2v2ser train` still uses them. To "
-                               f"leave them out, extract the manifest into a new store (`--like {store}` keeps the "
-                               f"feature configs)"]
+                               f"leave them out, extract this manifest into a new store (`--like {store}` keeps "
+                               f"the feature configs)"]
     assert len(open_store(store).list_utterances(status=None)) == len(corpus)
     assert extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False).notes() == []
+
+
+@pytest.mark.parametrize("kind, named", [("iemocap", "IEMOCAP release"), ("ravdess", "RAVDESS folder"),
+                                         ("csv", "CSV manifest")])
+def test_resume_notes_name_the_corpus_kind_the_user_gave(corpus, tmp_path, kind, named):
+    """Found in review: an IEMOCAP release or RAVDESS folder that lost files was told of "this manifest",
+    which the user never wrote. The notes name what was given (a Manifest whole, or corpus=)."""
+    from dataclasses import replace
+
+    from w2v2ser.extract import Manifest
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    given = Manifest([replace(corpus[2], label="calm"), *corpus[3:]], corpus=kind)
+    notes = extract_corpus(given, store, extractors=[EnergyExtractor()], progress=False).notes()
+    assert notes[0].startswith(f"the {named} changed the label of 1 utterance(s)"), notes
+    assert f"are not in this {named} (" in notes[1] and f"extract this {named} into a new store" in notes[1]
+    assert all("manifest" not in note for note in notes) or kind == "csv", notes
+    summary = extract_corpus(corpus[4:], store, extractors=[EnergyExtractor()], progress=False, corpus=kind)
+    assert f"are not in this {named} (" in summary.notes()[0]
 
 
 def test_a_failed_row_removed_from_the_manifest_is_no_longer_this_run_s_failure(corpus, tmp_path, capsys):

@@ -211,7 +211,7 @@ def test_a_label_fixed_in_the_manifest_reaches_the_store(tmp_path: Path, capsys)
     capsys.readouterr()
     assert main(["run", str(pipeline), "--stage", "extract"]) == 0
     err = capsys.readouterr().err
-    assert "the manifest changed the label of 1 utterance(s) (e.g. 0: label 'sad' -> 'happy')" in err, err
+    assert "the CSV manifest changed the label of 1 utterance(s) (e.g. 0: label 'sad' -> 'happy')" in err, err
     (store,) = (tmp_path / "out" / "stores" / "toy").glob("classic-*.zarr")
     assert {r.id: r.label for r in open_store(store).list_utterances()}["0"] == "happy"
     # The audio copied elsewhere (a node's local disk): the same store, still complete.

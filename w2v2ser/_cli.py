@@ -119,6 +119,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             decode_workers=args.decode_workers,
             cpu_workers=args.cpu_workers,
             reader_skipped=manifest.problems,
+            corpus=manifest.corpus,
         )
     # Object stores: the size would cost a listing of every object, so it is left out.
     size = (f"store {sum(p.stat().st_size for p in store.rglob('*') if p.is_file()) / 1e6:.1f} MB, "

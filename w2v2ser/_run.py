@@ -237,7 +237,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
         try:
             summary = extract_corpus(corpus_manifest.utterances, path, extractors=extractors,
                                      shard_size=config.shard_size, progress=True, client=handle.client,
-                                     gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems)
+                                     gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems,
+                                     corpus=corpus_manifest.corpus)
         except W2v2serError as error:
             if not stopping.is_set():  # after an interrupt, the closed cluster fails the jobs in flight
                 _say(f"extract {label}: FAILED: {error}")

@@ -236,6 +236,61 @@ def test_utterances_the_protocol_drops_but_statistics_read_are_fingerprinted(tmp
     assert run_is_current({"config_key": key, "data_fingerprint": a.partition(".")[0]}, key, b)
 
 
+def _store_with_a_half_failed_utterance(path, utterances, extra, shift: float):
+    """A store of ``utterances`` (egemaps and spectrogram) and ``extra``, whose egemaps frames (+ ``shift``)
+    were extracted while its spectrogram failed: its status is failed, its egemaps frames are stored."""
+    from stage2_fixtures import EGEMAPS_RATE, SPEC_RATE, feature_specs
+    from w2v2ser.store import StoreWriter
+
+    specs = {s.name: s for s in feature_specs(features=("egemaps", "spectrogram"))}
+    rows = [*utterances, extra]
+    writer = StoreWriter(path)
+    planned = writer.plan(rows, num_samples=[16000] * len(rows), features=list(specs.values()),
+                          capacities={"egemaps": [int(EGEMAPS_RATE) + 1] * len(rows),
+                                      "spectrogram": [int(SPEC_RATE)] * len(rows)})
+    rng = np.random.default_rng(0)
+    for utterance, row in zip(rows, planned):
+        frames = {name: (rng.standard_normal((int(EGEMAPS_RATE) + 1 if name == "egemaps" else int(SPEC_RATE),
+                                              spec.dim)) + utterances.index(utterance) % 3
+                         if utterance is not extra else
+                         np.full((int(EGEMAPS_RATE) + 1, spec.dim), shift)).astype(spec.dtype)
+                  for name, spec in specs.items()}
+        if utterance is extra:
+            writer.write_utterance(row, {"egemaps": frames["egemaps"]}, audio_sha256=f"{row:064x}", duration=1.0)
+            writer.record_failure(row, reason="spectrogram: cannot decode", feature="spectrogram")
+        else:
+            writer.write_utterance(row, frames, audio_sha256=f"{row:064x}", duration=1.0)
+    writer.finalize()
+    return path
+
+
+def test_an_utterance_of_any_status_whose_frames_statistics_read_is_fingerprinted(tmp_path):
+    """The fingerprint's third part hashes the utterances outside the split whose frames the
+    statistics compose, of any status: one whose spectrogram failed still adds its egemaps frames to
+    its speaker's means. Re-extracting its egemaps with other frames makes earlier runs stale."""
+    import dataclasses
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+
+    utts = iemocap_utterances(per_speaker=6)
+    kept = next(u for u in utts if u.label == "neu")  # a label the protocol keeps: only its status leaves it out
+    extra = dataclasses.replace(kept, id=f"{kept.speaker}_half", path="/fake/half.wav")
+    fingerprints = []
+    for name, shift in (("a", 0.0), ("b", 5.0)):
+        store = _store_with_a_half_failed_utterance(tmp_path / f"{name}.zarr", utts, extra, shift)
+        assert open_store(store).describe()  # complete and readable
+        assert {r.id: r.status for r in open_store(store).list_utterances(status=None)}[extra.id] != "done"
+        cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="iemocap", norm="speaker",
+                               **FAST)
+        fingerprints.append(data_fingerprint(cfg))
+    a, b = fingerprints
+    assert a.split(".")[:2] == b.split(".")[:2]  # the split utterances and their frames are the same
+    assert a != b  # the statistics' frames are not: the runs are trained again
+    key = cfg.config_key()
+    assert not run_is_current({"config_key": key, "data_fingerprint": a}, key, b)
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

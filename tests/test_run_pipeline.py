@@ -398,6 +398,45 @@ def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_
     assert "rerun the same `w2v2ser run` command to train them" in message
 
 
+@needs_ravdess
+def test_run_counts_a_layer_sweep_whose_results_lack_planned_runs_as_failed(tmp_path: Path, monkeypatch,
+                                                                           capsys) -> None:
+    """As a plain experiment (above): a `sweep: true` experiment whose heads' results lack planned runs
+    (its store changed between runs) is failed, exit 1, not counted done over part of the folds."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import ALL_LAYERS_DIR, _sweep, missing_runs_message
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("w2v2/wav2vec2",),
+                                   extra={"experiments.t.sweep": True})
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    assert experiment.sweep
+    build_store(config.store_path("w2v2", "ravdess"), utterances=ravdess_utterances(per_actor=2), layers=3, dim=4,
+                features=("wav2vec2",))  # stands for the extracted store: only training is under test
+    swept = []
+
+    def over_one_of_two_runs(heads, out, data, specs):  # what _summarize_sweep writes after such a change
+        results = {"uar_pooled_mean": 0.5, "n_runs": 1, "n_runs_planned": 2, "missing_runs": ["split__seed1"]}
+        for head in heads:
+            (Path(out) / head).mkdir(parents=True, exist_ok=True)
+            (Path(out) / head / "results.json").write_text(json.dumps(results))
+        row = {"layer": 1, "uar_pooled_mean": 0.5}
+        return {"best_layer": 1, "per_layer": [row], "weighted_average": row}
+
+    monkeypatch.setattr(_sweep, "_sweep_run", lambda config, heads, run, out, data, **kwargs: swept.append(run.name))
+    monkeypatch.setattr(_sweep, "_summarize_sweep", over_one_of_two_runs)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert sorted(swept) == ["split__seed0", "split__seed1"], err
+    message = missing_runs_message(json.loads((experiment.run_dir / ALL_LAYERS_DIR / "results.json").read_text()),
+                                   experiment.run_dir / ALL_LAYERS_DIR, "run")
+    assert f"train {experiment.name}: {message}" in err, err
+
+
 def _summarised(config, out, data, specs):
     """Stands for summarize_runs in tests whose runs write nothing: results.json of every planned run."""
     results = {"n_runs": len(specs), "n_runs_planned": len(specs), "missing_runs": []}

@@ -36,6 +36,12 @@ from test_store import SPEC2D, W2V, build_store  # noqa: E402
 
 BUCKET = "w2v2ser-test"
 _names = itertools.count()
+# The test client's patience on a loaded machine (CI runs other jobs beside this one): s3fs's own
+# timeouts are 5 s to connect and 15 s to read, and a `fs.get` of the threaded moto server once hit
+# ConnectTimeoutError. Still finite, so a server that hangs fails the test; the tests of an endpoint
+# going away set AWS_MAX_ATTEMPTS=1 themselves (a refused connection is immediate, not a timeout).
+CLIENT_CONFIG = {"connect_timeout": 60, "read_timeout": 120}
+MAX_ATTEMPTS = "10"  # botocore's retries (legacy mode, with backoff) of connection errors and timeouts
 
 
 def _free_port() -> int:
@@ -60,14 +66,16 @@ def s3_server():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": MAX_ATTEMPTS,
+           # What a user gives w2v2ser (and each location's s3fs client, the tests' own included) takes.
+           "W2V2SER_STORAGE_OPTIONS": json.dumps({"config_kwargs": CLIENT_CONFIG})}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        mp.delenv("W2V2SER_STORAGE_OPTIONS", raising=False)
         import boto3
+        from botocore.config import Config
 
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        boto3.client("s3", endpoint_url=endpoint, config=Config(**CLIENT_CONFIG)).create_bucket(Bucket=BUCKET)
         _forget_s3_clients()
         try:
             yield endpoint
@@ -83,6 +91,16 @@ def where(request, tmp_path):
         return str(tmp_path / "s.zarr")
     request.getfixturevalue("s3_server")
     return f"s3://{BUCKET}/t{next(_names)}/s.zarr"
+
+
+def test_the_test_client_waits_out_a_loaded_machine(s3_server):
+    """Found in CI: under load a test's own `fs.get` hit ConnectTimeoutError at s3fs's 5 s default.
+    Every location's client (the tests' own and w2v2ser's) has the fixture's longer, finite timeouts."""
+    fs, _ = locate_store(f"s3://{BUCKET}/t{next(_names)}/any.zarr")._fs()
+    fs.ls(BUCKET)  # the client is made at the first request
+    config = fs.s3.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (CLIENT_CONFIG["connect_timeout"],
+                                                            CLIENT_CONFIG["read_timeout"])
 
 
 def _shard_key(store, feature: str, utterance_id: str) -> str:

@@ -26,19 +26,24 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from w2v2ser._common import die_with_parent, usable_cores
+from w2v2ser._common import ConfigError, die_with_parent, usable_cores
 from w2v2ser.store import W2v2serError
 
 from ._config import ClusterConfig
 from ._native_logs import native_logs_hidden, quiet_known_warnings, quiet_tensorflow_warnings
 
-__all__ = ["ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster", "usable_cores"]
+__all__ = ["ClusterConfigError", "ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster",
+           "usable_cores"]
 
 GPU_RESOURCE = "GPU"
 
 
 class ClusterError(W2v2serError):
     """A Dask cluster could not be started (missing package, bad SLURM settings)."""
+
+
+class ClusterConfigError(ClusterError, ConfigError):
+    """SLURM refuses the worker job that ``cluster.slurm`` describes: nothing ran (exit 2)."""
 
 
 @dataclass
@@ -195,10 +200,47 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
     except (ValueError, TypeError, OSError) as error:
         raise ClusterError(f"cannot start a SLURMCluster from cluster.slurm ({error}); check cluster.slurm "
                            f"settings (queue, cores, memory, walltime)") from error
+    try:
+        _check_submittable(cluster.job_script())
+    except BaseException:
+        cluster.close()
+        raise
     cluster.scale(jobs=slurm.jobs)
     text = (f"SLURM Dask cluster: {slurm.jobs} job(s) x {slurm.processes} worker(s) x {threads} thread(s)"
             f" on partition {slurm.queue or '(default)'}" + (f", --gres=gpu:{gpus}" if gpus else ""))
     return cluster, threads, GPU_RESOURCE if gpus else None, text
+
+
+def _check_submittable(script: str) -> None:
+    """Ask SLURM whether it would accept a worker job (``sbatch --test-only``), before any is submitted.
+
+    dask-jobqueue submits its jobs in the background and only logs a refusal (a walltime such as
+    "4h", an unknown partition or account, more memory or cores than any node has): the run then
+    waited forever for workers that never came.
+
+    Raises:
+        ClusterConfigError: sbatch is missing, or refuses the job; the message carries its reason.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", prefix="w2v2ser-worker-", suffix=".sh", delete=False) as file:
+        file.write(script)
+    try:
+        checked = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True,
+                                 timeout=60, check=False)
+    except FileNotFoundError:
+        raise ClusterConfigError("cluster.kind is slurm but the sbatch command is not found: run w2v2ser where "
+                                 "SLURM's commands are (a login node or a job), or set cluster: local") from None
+    except subprocess.TimeoutExpired:
+        return  # a slow controller says nothing either way: the real submission goes ahead
+    finally:
+        os.unlink(file.name)
+    if checked.returncode != 0:
+        reason = "; ".join(line.strip() for line in (checked.stderr + checked.stdout).splitlines() if line.strip())
+        raise ClusterConfigError(
+            f"SLURM refuses the Dask worker job of cluster.slurm: {reason or f'exit code {checked.returncode}'}. "
+            "Fix cluster.slurm (queue is the partition; walltime as HH:MM:SS or D-HH:MM:SS; memory and cores "
+            "that a node of the partition has; gpus; job_extra_directives)")
 
 
 @contextmanager

@@ -35,21 +35,38 @@ def _base() -> dict:
     }
 
 
-def test_extract_stage_loads_the_pipeline_without_stage2_libraries(tmp_path: Path) -> None:
-    """Stage 1 checks every selection with stage 2's grammar, yet loads neither TensorFlow, Keras,
-    torch nor scikit-learn (its import alone took about 1 s)."""
+@pytest.mark.parametrize("validate_experiments", [False, True])
+def test_extract_stage_loads_the_pipeline_without_stage2_libraries(tmp_path: Path, validate_experiments: bool) -> None:
+    """Stage 1 checks every selection with stage 2's grammar, and `run --stage extract` every
+    experiment setting, yet loads neither TensorFlow, Keras, torch nor scikit-learn (its import
+    alone took about 1 s)."""
     import subprocess
     import sys
 
     path = _write(tmp_path, _base())
     code = ("import sys\n"
             "from w2v2ser._config import load_pipeline\n"
-            f"config = load_pipeline({str(path)!r}, validate_experiments=False)\n"
+            f"config = load_pipeline({str(path)!r}, validate_experiments={validate_experiments})\n"
             "assert [e.config['features'] for e in config.experiments] == "
             "['classic/egemaps', 'w2v2_pt/wav2vec2:all'], config.experiments\n"
             "bad = [m for m in ('tensorflow', 'keras', 'torch', 'sklearn') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_stage_extract_refuses_a_bad_experiment_before_extracting(tmp_path: Path) -> None:
+    """A typo in `experiments:` was found only by the training job of slurm/extract_then_train.sh,
+    after the extraction job had run (hours on a GPU); `run --stage extract` now refuses it first."""
+    from w2v2ser._run import run_pipeline
+
+    data = _base()
+    data["output"] = "out"
+    data["experiments"]["t1"]["epochs"] = 3
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"experiments\.t1\.epochs: unknown key\. Did you mean "
+                                          r"'experiments\.t1\.recipe_overrides\.max_epochs'"):
+        run_pipeline(path, stage="extract")
+    assert not (tmp_path / "out").exists()
 
 
 def test_shipped_pipeline_reproduces_both_tables() -> None:

@@ -626,8 +626,9 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     Args:
         path: The pipeline.yaml; relative paths inside it start at its folder.
         overrides: ``key.path=value`` strings (``--set``), applied before checking.
-        validate_experiments: Check experiment settings against ``w2v2ser.train`` (imports
-            TensorFlow); the extract stage passes False so stage 1 never loads it.
+        validate_experiments: Check experiment settings against ``w2v2ser.train``'s config classes
+            (which load no stage 2 library); False leaves them unchecked (the extraction child
+            process of a `run` whose parent checked them).
 
     Returns:
         The checked :class:`PipelineConfig`.

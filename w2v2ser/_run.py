@@ -688,7 +688,9 @@ def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[st
         raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(STAGES)}")
     stages = STAGES if stage is None else (stage,)
     started = time.perf_counter()
-    config = load_pipeline(path, overrides=overrides, validate_experiments=stages != ("extract",))
+    # Experiments are checked even for --stage extract (no stage 2 library is loaded for it): a typo
+    # there was found only by the training job, after a GPU extraction job of hours.
+    config = load_pipeline(path, overrides=overrides)
     config.output.mkdir(parents=True, exist_ok=True)
     _say(f"pipeline {config.path}: output {config.output}; stages {', '.join(stages)}; "
          f"{len(config.experiments)} experiment(s)")

@@ -51,3 +51,79 @@ def test_a_worker_job_that_slurm_refuses_is_one_error_not_a_hang(tmp_path: Path)
     assert "SLURM refuses the Dask worker job of cluster.slurm: sbatch: error: Invalid --time specification" \
         in done.stderr
     assert "walltime" in done.stderr and "Traceback" not in done.stderr
+
+
+JOB_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "extract_then_train.sh"
+
+# A stand-in for a cluster without a `cpu` partition: `sbatch` refuses any job asking for it (as
+# `--test-only` too), numbers the others and records every real submission in $SUBMITTED.
+_SBATCH_WITHOUT_CPU_PARTITION = """#!/bin/bash
+for arg in "$@"; do
+    if [[ "$arg" == cpu ]]; then echo "sbatch: error: invalid partition specified: cpu" >&2; exit 1; fi
+done
+[[ " $* " == *" --test-only "* ]] && { echo "sbatch: Job 7 to start now" >&2; exit 0; }
+cat > /dev/null
+echo "$*" >> "$SUBMITTED"
+wc -l < "$SUBMITTED"
+"""
+
+
+def _script_env(tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, text in (("sbatch", _SBATCH_WITHOUT_CPU_PARTITION), ("scancel", "#!/bin/sh\necho \"$@\" >> \"$CANCELLED\"\n")):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    settings = ("GPU_PARTITION", "CPU_PARTITION", "EXTRACT_CPUS", "TRAIN_CPUS", "EXTRACT_MEM", "TRAIN_MEM",
+                "EXTRACT_TIME", "TRAIN_TIME", "ACCOUNT", "W2V2SER", "W2V2SER_CLUSTER", "SBATCH_EXTRA")
+    env = {k: v for k, v in cli_env().items() if k not in settings}
+    env.update(PATH=f"{folder}{os.pathsep}{env.get('PATH', '')}", SUBMITTED=str(tmp_path / "submitted"),
+               CANCELLED=str(tmp_path / "cancelled"), LOG_DIR=str(tmp_path / "logs"), GPU_GRES="")
+    (tmp_path / "pipeline.yaml").write_text("output: out\n")
+    return env
+
+
+def test_job_script_submits_nothing_when_slurm_refuses_the_training_job(tmp_path: Path) -> None:
+    """With no `cpu` partition, the extraction job was submitted, the training job refused, and the
+    extraction left queued alone (its id never printed); both are now checked first."""
+    env = _script_env(tmp_path)
+    done = subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "submitted").exists(), (tmp_path / "submitted").read_text()
+    assert ("SLURM refuses the training job (CPU_PARTITION=cpu TRAIN_CPUS=16 TRAIN_MEM=64G TRAIN_TIME=24:00:00): "
+            "sbatch: error: invalid partition specified: cpu") in done.stderr
+    assert "nothing was submitted" in done.stderr
+
+
+def test_job_script_logs_how_to_submit_again(tmp_path: Path) -> None:
+    """A failed or stopped job's log said only "rerun the same command", which is inside the job:
+    it now prints the submission command with the settings it was given."""
+    env = {**_script_env(tmp_path), "CPU_PARTITION": "debug", "TRAIN_TIME": "1:00:00"}
+    done = subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml", "--set", "experiments.t.seeds=2"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "2"]
+    # Each job script, as sbatch got it on stdin, run with a w2v2ser that fails.
+    scripts = _submitted_scripts(tmp_path, env)
+    env["SLURM_JOB_ID"] = "1"
+    assert len(scripts) == 2
+    for script in scripts:
+        ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=60)
+        assert ran.returncode == 1
+        assert "finished work is kept; to go on, submit again:" in ran.stderr, ran.stderr
+        assert (f"  cd {tmp_path} && CPU_PARTITION=debug GPU_GRES='' TRAIN_TIME=1:00:00 LOG_DIR={tmp_path}/logs "
+                f"W2V2SER=false {JOB_SCRIPT} {tmp_path}/pipeline.yaml --set experiments.t.seeds=2") in ran.stderr, ran.stderr
+
+
+def _submitted_scripts(tmp_path: Path, env: dict[str, str]) -> list[str]:
+    """The job scripts the job script pipes into sbatch, captured by a second run whose sbatch saves them."""
+    saver = tmp_path / "bin" / "sbatch"
+    saver.write_text('#!/bin/bash\n[[ " $* " == *" --test-only "* ]] && exit 0\n'
+                     'n=$(ls "$SCRIPTS" | wc -l); cat > "$SCRIPTS/$n.sh"; echo $((n + 1))\n')
+    (tmp_path / "scripts").mkdir()
+    env = {**env, "SCRIPTS": str(tmp_path / "scripts"), "W2V2SER": "false"}
+    subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml", "--set", "experiments.t.seeds=2"], check=True,
+                   capture_output=True, env=env, cwd=tmp_path, timeout=60)
+    return [p.read_text() for p in sorted((tmp_path / "scripts").glob("*.sh"))]

@@ -71,7 +71,8 @@ wc -l < "$SUBMITTED"
 def _script_env(tmp_path: Path) -> dict[str, str]:
     folder = tmp_path / "bin"
     folder.mkdir()
-    for name, text in (("sbatch", _SBATCH_WITHOUT_CPU_PARTITION), ("scancel", "#!/bin/sh\necho \"$@\" >> \"$CANCELLED\"\n")):
+    scancel = '#!/bin/sh\necho "$@" >> "$CANCELLED"\n'
+    for name, text in (("sbatch", _SBATCH_WITHOUT_CPU_PARTITION), ("scancel", scancel)):
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)
     settings = ("GPU_PARTITION", "CPU_PARTITION", "EXTRACT_CPUS", "TRAIN_CPUS", "EXTRACT_MEM", "TRAIN_MEM",
@@ -113,8 +114,9 @@ def test_job_script_logs_how_to_submit_again(tmp_path: Path) -> None:
                              timeout=60)
         assert ran.returncode == 1
         assert "finished work is kept; to go on, submit again:" in ran.stderr, ran.stderr
-        assert (f"  cd {tmp_path} && CPU_PARTITION=debug GPU_GRES='' TRAIN_TIME=1:00:00 LOG_DIR={tmp_path}/logs "
-                f"W2V2SER=false {JOB_SCRIPT} {tmp_path}/pipeline.yaml --set experiments.t.seeds=2") in ran.stderr, ran.stderr
+        resubmit = (f"  cd {tmp_path} && CPU_PARTITION=debug GPU_GRES='' TRAIN_TIME=1:00:00 LOG_DIR={tmp_path}/logs "
+                    f"W2V2SER=false {JOB_SCRIPT} {tmp_path}/pipeline.yaml --set experiments.t.seeds=2")
+        assert resubmit in ran.stderr, ran.stderr
 
 
 def _submitted_scripts(tmp_path: Path, env: dict[str, str]) -> list[str]:
@@ -127,3 +129,24 @@ def _submitted_scripts(tmp_path: Path, env: dict[str, str]) -> list[str]:
     subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml", "--set", "experiments.t.seeds=2"], check=True,
                    capture_output=True, env=env, cwd=tmp_path, timeout=60)
     return [p.read_text() for p in sorted((tmp_path / "scripts").glob("*.sh"))]
+
+
+@pytest.mark.parametrize("given", [{"SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "2"},
+                                   {"SLURM_CPUS_ON_NODE": "1"}])
+def test_a_slurm_job_without_core_binding_sizes_the_work_to_its_allocation(
+        monkeypatch: pytest.MonkeyPatch, given: dict[str, str]) -> None:
+    """Where SLURM does not bind tasks to cores, a job's affinity mask is the whole node: `cluster:
+    local` and `cluster: none` sized themselves to every core, not to the job's --cpus-per-task."""
+    from w2v2ser._cluster import open_cluster, usable_cores
+    from w2v2ser._config import ClusterConfig
+
+    for name in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    if usable_cores() < 2:
+        pytest.skip("needs a machine of at least 2 cores")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    assert usable_cores() == 1
+    with open_cluster(ClusterConfig(kind="none")) as handle:
+        assert handle.threads == 1 and "(1 threads)" in handle.description

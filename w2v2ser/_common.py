@@ -321,11 +321,21 @@ def file_sha256(path: str | os.PathLike, *, block_size: int = 1 << 22) -> str:
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask inside SLURM jobs and containers)."""
+    """CPU cores this process may run on: its affinity mask (containers, SLURM jobs whose tasks are
+    bound to cores) and, inside a SLURM job, no more than the job was given (``SLURM_CPUS_PER_TASK``,
+    else ``SLURM_CPUS_ON_NODE``). A SLURM without task binding (``TaskPlugin=task/none``) leaves the
+    mask at the whole node: a 16-core job on a 128-core node started a local cluster for 128."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    if os.environ.get("SLURM_JOB_ID"):
+        for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+            given = os.environ.get(name, "").strip()
+            if given.isdigit() and int(given) > 0:
+                cores = min(cores, int(given))
+                break
+    return max(1, cores)
 
 
 # Packages whose versions change a stage's numbers; each name with its alternatives (the first installed counts).

@@ -162,6 +162,11 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
         (lambda d: d["corpora"]["ravdess"].update(kind="ravdes"), "Did you mean 'ravdess'"),
         (lambda d: d.update(cluster="slurmm"), "cluster.kind"),
         (lambda d: d.update(cluster={"slurm": {"cores": 0}}), "cluster.slurm.cores"),
+        # Refused by SLURMCluster only after planning (exit 1), and by sbatch only at submission (a hang).
+        (lambda d: d.update(cluster={"slurm": {"memory": "lots"}}),
+         "cluster.slurm.memory: expected a size such as 16GB or 500MB, got 'lots'"),
+        (lambda d: d.update(cluster={"slurm": {"walltime": "4h"}}), "cluster.slurm.walltime: expected a SLURM time"),
+        (lambda d: d.update(cluster={"slurm": {"partition": "gpu"}}), "write queue: gpu instead of partition: gpu"),
         (lambda d: d["experiments"]["t1"].update(features="classic/egemaps"), "set both in the grid"),
         (lambda d: d["experiments"]["t1"]["grid"].update(features=["clasic/egemaps"]), "Did you mean 'classic'"),
         (lambda d: d["experiments"]["t1"]["grid"].update(features=["classic/wav2vec2:all"]), "holds egemaps"),
@@ -666,3 +671,12 @@ def test_every_experiment_group_s_reference_problem_is_reported_in_one_run(tmp_p
     data["experiments"].pop("t3")  # one problem: one line, as before
     with pytest.raises(ConfigError, match=r"^experiments\.t2\.features: selection 'nowhere/egemaps'"):
         load_pipeline(_write(tmp_path, data), validate_experiments=False)
+
+
+@pytest.mark.parametrize(("memory", "walltime"), [("32gb", "90"), ("500 MB", "1-12"), ("16GiB", "2-00:30:00"),
+                                                  ("64G", "UNLIMITED"), ("1TB", "45:00")])
+def test_slurm_sizes_and_times_in_every_form_dask_and_sbatch_read(tmp_path: Path, memory: str, walltime: str) -> None:
+    data = _base()
+    data["cluster"] = {"kind": "slurm", "slurm": {"memory": memory, "walltime": walltime}}
+    slurm = load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm
+    assert (slurm.memory, slurm.walltime) == (memory, walltime)

@@ -28,29 +28,30 @@ def _fake_sbatch(folder: Path, stderr: str, code: int) -> dict[str, str]:
 
 @needs_ravdess
 def test_a_worker_job_that_slurm_refuses_is_one_error_not_a_hang(tmp_path: Path) -> None:
-    """A walltime sbatch cannot read ("4h") made `run` wait forever for Dask workers whose jobs were
-    never submitted, with asyncio tracebacks; it is now exit 2 with sbatch's reason, before any job."""
+    """A job sbatch refuses (here an unknown partition; before the file's check of walltime, also
+    "4h") made `run` wait forever for Dask workers whose jobs were never submitted, with asyncio
+    tracebacks; it is now exit 2 with sbatch's reason, before any job."""
     pytest.importorskip("dask_jobqueue")
     make_tiny_corpus(tmp_path / "data", actors=("01",))
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({
         "output": "out",
         "cluster": {"kind": "slurm", "dashboard_address": None,
-                    "slurm": {"queue": "debug", "cores": 1, "memory": "2GB", "walltime": "4h"}},
+                    "slurm": {"queue": "debug", "cores": 1, "memory": "2GB", "walltime": "01:00:00"}},
         "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
         "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
         "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
     }))
-    env = _fake_sbatch(tmp_path / "bin", "sbatch: error: Invalid --time specification", 255)
+    env = _fake_sbatch(tmp_path / "bin", "sbatch: error: invalid partition specified: debug", 1)
     try:
         done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], capture_output=True,
                               text=True, timeout=120, env=env, cwd=tmp_path)
     except subprocess.TimeoutExpired:
         pytest.fail("w2v2ser run waited for SLURM workers whose job sbatch refused")
     assert done.returncode == 2, done.stderr
-    assert "SLURM refuses the Dask worker job of cluster.slurm: sbatch: error: Invalid --time specification" \
+    assert "SLURM refuses the Dask worker job of cluster.slurm: sbatch: error: invalid partition specified: debug" \
         in done.stderr
-    assert "walltime" in done.stderr and "Traceback" not in done.stderr
+    assert "queue is the partition" in done.stderr and "Traceback" not in done.stderr
 
 
 JOB_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "extract_then_train.sh"

@@ -87,22 +87,54 @@ _Names = Optional[_Lines]
 _StoreName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
+def _slurm_memory(value: str) -> str:
+    """A size Dask reads (``16GB``, ``32gb``, ``500 MB``); SLURMCluster refused anything else only
+    when the run had planned its work (exit 1)."""
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"expected a size such as 16GB or 500MB, got {value!r}") from None
+    return value
+
+
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]].
+_WALLTIME = re.compile(r"(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|UNLIMITED|INFINITE)", re.IGNORECASE)
+
+
+def _slurm_walltime(value: str) -> str:
+    """A time sbatch reads; "4h" was refused by sbatch only once the worker jobs were submitted."""
+    if not _WALLTIME.fullmatch(value.strip()):
+        raise ValueError(f"expected a SLURM time such as 04:00:00 (HH:MM:SS), 1-12:00:00 (D-HH:MM:SS) or 30 "
+                         f"(minutes), got {value!r}")
+    return value
+
+
 class SlurmConfig(StrictModel):
     """dask_jobqueue.SLURMCluster settings (``cluster.slurm``); one job = ``processes`` workers."""
 
-    queue: Optional[_Text] = None
+    queue: Optional[_Text] = Field(None, description="the SLURM partition (dask-jobqueue calls it queue)")
     account: Optional[_Text] = None
     cores: Annotated[int, Field(ge=1)] = 4
-    memory: _Text = "16GB"
+    memory: Annotated[_Text, AfterValidator(_slurm_memory)] = "16GB"
     processes: Annotated[int, Field(ge=1)] = 1
     gpus: Annotated[int, Field(ge=0)] = 0
-    walltime: _Text = "02:00:00"
+    walltime: Annotated[_Text, AfterValidator(_slurm_walltime)] = "02:00:00"
     jobs: Annotated[int, Field(ge=1)] = 1
     job_extra_directives: _Lines = ()
     job_script_prologue: _Lines = ()
     log_directory: Optional[_Text] = None
     local_directory: Optional[_Text] = None
     interface: Optional[_Text] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partition_is_queue(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "partition" in value and "queue" not in value:
+            raise ValueError(f"partition: the SLURM partition is set by queue here (dask-jobqueue's name): "
+                             f"write queue: {value['partition']} instead of partition: {value['partition']}")
+        return value
 
     @model_validator(mode="after")
     def _cores_hold_processes(self) -> "SlurmConfig":

@@ -151,3 +151,38 @@ def test_a_slurm_job_without_core_binding_sizes_the_work_to_its_allocation(
     assert usable_cores() == 1
     with open_cluster(ClusterConfig(kind="none")) as handle:
         assert handle.threads == 1 and "(1 threads)" in handle.description
+
+
+def test_a_stop_signal_inside_a_weakref_callback_prints_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scancel during training printed "Exception ignored in: <function WeakKeyDictionary...remove>"
+    with a traceback ending in `raise Terminated`: the SIGTERM handler ran inside a weakref callback,
+    where Python cannot raise. The stop itself is kept (check_stop raises it); the traceback is gone."""
+    import signal
+    import sys
+    import weakref
+
+    from w2v2ser import _cli, _common
+
+    reported: list = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class Thing:
+        pass
+
+    def callback(_: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the Python-level handler runs in this callback
+        sum(range(1000))
+
+    try:
+        with pytest.raises(_common.Terminated):
+            with _cli._sigterm_raises():
+                thing = Thing()
+                ref = weakref.ref(thing, callback)
+                del thing
+                assert ref() is None
+                _common.check_stop()
+        assert reported == [], [r.exc_value for r in reported]
+        assert sys.unraisablehook == reported.append  # the command's hook does not outlive it
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _common.clear_stop()

@@ -769,6 +769,20 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_in_callback_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` that drops the KeyboardInterrupt or Terminated of a stop signal that
+    landed in a weakref callback or ``__del__``: Python cannot raise it there and printed it as
+    "Exception ignored in ..." with a traceback (a scancel during training). The stop is not lost:
+    the handler requested it, and the loops' check_stop raises it again. Anything else goes on
+    to ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def _sigterm_raises() -> Any:
     """SIGTERM raises :class:`Terminated`, and SIGINT KeyboardInterrupt, while a command runs (only
@@ -792,9 +806,12 @@ def _sigterm_raises() -> Any:
         signal.signal(other, _terminate)
     if handle_int:
         signal.signal(signal.SIGINT, _interrupt)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _stop_in_callback_hook(unraisable)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         # A signal handled while the handlers are restored raises here: each restore and the
         # forgetting of the stop request still run, so neither our handlers nor a stop request
         # outlive the command and stop later library calls of this process.

@@ -134,3 +134,38 @@ def test_scancel_of_an_extraction_job_keeps_its_work_and_says_why(slurm: dict[st
     rerun = run_cli(pipeline, "--stage", "extract")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{120 - len(kept)} extracted, {len(kept)} already done" in rerun.stdout + rerun.stderr
+
+
+def test_job_script_and_slurm_cluster_refuse_what_no_node_holds(slurm: dict[str, str], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM accepts a job that asks for more cores than any node has, and keeps it pending forever
+    (Reason=PartitionConfig): the job script left such an extraction job queued, and `cluster:
+    slurm` waited for its workers forever. Both now ask `sbatch --test-only` first and stop with its
+    reason."""
+    pytest.importorskip("dask_jobqueue")
+    too_many = str(4 * (os.cpu_count() or 1))
+    make_tiny_corpus(tmp_path / "data")
+    make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "model", cluster="slurm", extra={
+        "cluster.slurm": {"queue": "debug", "cores": int(too_many), "memory": "2GB", "walltime": "00:20:00"}})
+    env = {**slurm, "GPU_PARTITION": "gpu", "CPU_PARTITION": "debug", "GPU_GRES": "", "EXTRACT_CPUS": too_many,
+           "EXTRACT_MEM": "2G", "LOG_DIR": str(tmp_path / "logs"), "W2V2SER": str(W2V2SER)}
+    submitted = subprocess.run(["bash", str(JOB_SCRIPT), str(pipeline)], capture_output=True, text=True, env=env,
+                               timeout=60)
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout.split()
+    subprocess.run(["scancel", *queued], env=slurm)
+    assert submitted.returncode == 2, submitted.stderr
+    assert "SLURM refuses the extraction job" in submitted.stderr and "nothing was submitted" in submitted.stderr
+    assert not queued, queued
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    try:
+        done = run_cli(pipeline, "--stage", "extract", timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("w2v2ser run waited for SLURM workers that no node can hold")
+    finally:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout.split()
+        subprocess.run(["scancel", *queued], env=slurm)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "SLURM refuses the Dask worker job of cluster.slurm: " in done.stderr
+    assert "Requested node configuration is not available" in done.stderr and "Traceback" not in done.stderr

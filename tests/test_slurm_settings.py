@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,37 @@ def test_a_stop_signal_inside_a_weakref_callback_prints_no_traceback(monkeypatch
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _common.clear_stop()
+
+
+def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SLURM accepted the worker job but no worker ever connected (a job pending for hours, or one
+    whose worker cannot reach the scheduler): `run` waited without a word. It now says, every
+    WORKER_WAIT_NOTE_S, what squeue says of the jobs and where their logs are."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    scripts = {  # a SLURM that takes the job and never starts it
+        "sbatch": '#!/bin/sh\n[ "$1" = --test-only ] && exit 0\necho "Submitted batch job 4242"\n',
+        "squeue": '#!/bin/sh\necho "4242 PENDING Resources"\n',
+        "scancel": "#!/bin/sh\nexit 0\n",
+    }
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(_cluster, "WORKER_WAIT_NOTE_S", 0.5)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "log_directory": str(tmp_path / "logs")})
+    said = ""
+    with _cluster.open_cluster(config, use_gpus=False):
+        for _ in range(60):  # the note comes after 0.5 s; give a loaded machine 30 s
+            time.sleep(0.5)
+            said += capsys.readouterr().err
+            if "4242" in said:
+                break
+    assert "no Dask worker has connected" in said, said
+    assert "job 4242 PENDING (Resources)" in said and str(tmp_path / "logs") in said, said

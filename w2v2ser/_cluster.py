@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,10 @@ __all__ = ["ClusterConfigError", "ClusterError", "ClusterHandle", "count_gpus", 
            "usable_cores"]
 
 GPU_RESOURCE = "GPU"
+# How long `run` waits for a first SLURM worker before it says what the worker jobs are doing, and
+# again after each such period: a job pending for hours, or one that started but whose worker never
+# reached the scheduler, otherwise looked like a hang.
+WORKER_WAIT_NOTE_S = 300.0
 
 
 class ClusterError(W2v2serError):
@@ -243,6 +248,47 @@ def _check_submittable(script: str) -> None:
             "that a node of the partition has; gpus; job_extra_directives)")
 
 
+def _job_states(ids: list[str]) -> str:
+    """``job 42 PENDING (Resources)``, as squeue says it, for each job id (or why squeue cannot say)."""
+    if not ids:
+        return "no job id known yet: sbatch has not answered"
+    try:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(ids)], capture_output=True,
+                                text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"job(s) {', '.join(ids)}; squeue cannot say their state ({error})"
+    states = []
+    for line in listed.stdout.splitlines():
+        job, _, rest = line.strip().partition(" ")
+        state, _, reason = rest.partition(" ")
+        if job:
+            states.append(f"job {job} {state}" + (f" ({reason})" if reason and reason != "None" else ""))
+    return "; ".join(states) or f"job(s) {', '.join(ids)}, which squeue no longer lists (ended)"
+
+
+def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, stop: threading.Event) -> None:
+    """Every WORKER_WAIT_NOTE_S while no worker has connected, say what SLURM says of the worker jobs."""
+    from tqdm import tqdm
+
+    waited = 0.0
+    while not stop.wait(WORKER_WAIT_NOTE_S):
+        waited += WORKER_WAIT_NOTE_S
+        try:
+            if client.nthreads():
+                return
+            ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+        except Exception:  # noqa: BLE001 - the client is closing: nothing to say
+            return
+        logs = log_directory or "slurm-JOBID.out in the folder run was started from"
+        tqdm.write(f"cluster: no Dask worker has connected {waited / 60:.0f} min after the SLURM worker job(s) were "
+                   f"submitted ({_job_states(ids)}). A PENDING job waits for its partition (its reason says why; "
+                   "smaller cluster.slurm cores, memory or walltime, or another queue, start sooner); a RUNNING job "
+                   f"whose worker never connects says why in its log ({logs}), e.g. this Python missing on the "
+                   "compute node or no route to this host (set cluster.slurm.interface). Finished work is kept if "
+                   "you stop here (Ctrl-C or scancel).", file=sys.stderr)
+        sys.stderr.flush()
+
+
 @contextmanager
 def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[ClusterHandle]:
     """Start the cluster described by ``cluster:`` and close it afterwards.
@@ -278,10 +324,15 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
         except BaseException:
             cluster.close()
             raise
+        stop = threading.Event()
+        if config.kind == "slurm":
+            threading.Thread(target=_say_while_no_worker, args=(client, cluster, config.slurm.log_directory, stop),
+                             name="w2v2ser-worker-wait", daemon=True).start()
         try:
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.
             link = getattr(client, "dashboard_link", "") if config.dashboard_address is not None else ""
             yield ClusterHandle(client, threads, gpu_resource, text, link or "")
         finally:
+            stop.set()
             client.close()
             cluster.close()

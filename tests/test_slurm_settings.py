@@ -6,6 +6,7 @@ The real single-node SLURM tests are in tests/test_slurm.py (marked slow and slu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,16 @@ import pytest
 import yaml
 
 from test_run_pipeline import W2V2SER, cli_env, make_tiny_corpus, needs_ravdess
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers():
+    """Importing dask_jobqueue sets a SIGINT handler of its own: restore the process's handlers, or
+    later tests in this worker (Ctrl-C handling in test_run_pipeline) see it."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
 
 
 def _fake_sbatch(folder: Path, stderr: str, code: int) -> dict[str, str]:
@@ -158,7 +169,6 @@ def test_a_stop_signal_inside_a_weakref_callback_prints_no_traceback(monkeypatch
     """A scancel during training printed "Exception ignored in: <function WeakKeyDictionary...remove>"
     with a traceback ending in `raise Terminated`: the SIGTERM handler ran inside a weakref callback,
     where Python cannot raise. The stop itself is kept (check_stop raises it); the traceback is gone."""
-    import signal
     import sys
     import weakref
 

@@ -942,6 +942,23 @@ def test_export_to_a_folder_that_takes_no_files_or_through_a_broken_link_is_one_
     assert f"gone is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in capsys.readouterr().err
 
 
+def test_export_onto_a_fifo_or_device_is_refused_and_leaves_it(tmp_path, capsys):
+    """Found by an export trial: as root, `store export STORE /dev/null` said "wrote /dev/null" and
+    renamed the HDF5 file over the device node, leaving a regular file in its place."""
+    import os
+    import stat
+
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[2])
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    assert main(["store", "export", str(built.path), str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert f"{fifo} is not a regular file (a device, FIFO or socket)" in err and "Traceback" not in err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not list(tmp_path.glob(".pipe.h5.*"))
+
+
 def test_an_interrupted_export_does_not_promise_to_resume(tmp_path, capsys, monkeypatch):
     """Found by an export trial: Ctrl-C of `store export` said "finished work is kept, rerun the same
     command to resume"; nothing of an export is kept, it starts over."""

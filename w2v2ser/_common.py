@@ -504,6 +504,12 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     path = Path(path)
     if path.is_dir():  # before any work: os.replace would refuse it only at the end
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if path.exists() and not path.is_file():
+        # os.replace would swap a device, FIFO or socket for a regular file: as root,
+        # `store export STORE /dev/null` replaced the system's /dev/null.
+        raise ConfigError(f"{path} is not a regular file (a device, FIFO or socket); w2v2ser writes a new file and "
+                          f"renames it over the old one, which would remove it. Give the path of a regular file "
+                          f"(or a new one), then rerun.")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temp files of writers of this path killed with SIGKILL (a big export's partial copy).
     # At most 200 bytes of the name: with the tag and mkstemp's letters the temp name stays

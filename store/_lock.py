@@ -59,13 +59,15 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.ENOTDIR) and not store.is_dir():  # a file where the store's folder is
             raise StoreError(describe_path_error(exc)[0]) from None  # the command line's message, as a StoreError
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
             raise
+        # mkdir(parents=True) fails with ENOENT only where no folder can be made (/proc, /sys).
+        why = "no folder can be created there" if exc.errno == errno.ENOENT else exc.strerror
         # A store shared read-only (another user's, a read-only mount) is fine to train on,
         # but extraction writes into it: say so instead of an OSError traceback.
         raise StoreError(
-            f"cannot write to store {store}: {exc.strerror} ({exc.filename}). Extraction adds "
-            f"to a store, so it needs write access; `w2v2ser train`, `sweep`, `evaluate` and "
+            f"cannot write to store {store}: {why} ({exc.filename}). Extraction and `store upgrade` write "
+            f"into a store, so they need write access; `w2v2ser train`, `sweep`, `evaluate` and "
             f"`store info|verify|export` only read it. To extract more, copy the store somewhere "
             f"writable (`cp -r {store} NEW`) and pass `--store NEW`, or ask the store's owner."
         ) from None

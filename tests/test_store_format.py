@@ -229,6 +229,19 @@ def test_a_killed_upgrade_is_finished_by_the_same_command(tmp_path, monkeypatch)
     assert upgrade_store(old, ".") == here and open_store(here).verify().ok
 
 
+def test_upgrade_or_extract_into_a_folder_that_takes_no_folders_is_one_line(tmp_path):
+    """Found by an upgrade trial: `store upgrade OLD /proc/x.zarr` (and `extract --store /proc/x.zarr`)
+    ended in a FileNotFoundError traceback from the lock's mkdir, exit 1."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n/nowhere/a.wav,angry,A\n")
+    for args in (["store", "upgrade", str(FORMAT1), "/proc/x.zarr"],
+                 ["extract", "csv", str(manifest), "--features", "egemaps", "--store", "/proc/x.zarr"]):
+        done = subprocess.run([str(W2V2SER), *args], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert "cannot write to store /proc/x.zarr: no folder can be created there" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def _old_copy(tmp_path: Path) -> Path:
     old = tmp_path / "old.zarr"
     shutil.copytree(FORMAT1, old)

@@ -127,6 +127,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
         _note_cropped(predictions)
     _note_resampled(predictions)
     _note_small_groups(predictions)
+    _note_silent(predictions)
     if score is not None and score.unscored_labels:
         shown = first_few([f"{label} ({n})" for label, n in score.unscored_labels.items()], 5)
         print(f"note: {sum(score.unscored_labels.values())} file(s) have labels that are none of the run's classes "
@@ -191,6 +192,19 @@ def _note_small_groups(predictions: list) -> None:
           f"predicted files ({shown}); they were normalised with the run's global statistics instead, because "
           f"a file's own statistics remove what the models read. Give each speaker group all of its files.",
           file=sys.stderr)
+
+
+def _note_silent(predictions: list) -> None:
+    """Say on stderr which files are digital silence: they got a label, which says nothing of emotion."""
+    silent = [p for p in predictions if p.ok and p.silent]
+    if not silent:
+        return
+    shown = first_few([f"{p.id or p.path}{'' if p.start is None else f' {p.start:.1f}-{p.end:.1f} s'}" for p in silent])
+    what = "files" if silent[0].start is None else "windows"
+    print(f"note: {len(silent)} of {len(predictions)} {what} are digital silence after mixing to mono (every sample "
+          f"is 0), so their labels say nothing about emotion: {shown}. A muted or zeroed recording is usually a "
+          f"broken file: replace it. A stereo file whose channels cancel (one is the other inverted) holds speech in "
+          f"each channel: keep one, e.g. `ffmpeg -i IN -af 'pan=mono|c0=c0' OUT.wav`.", file=sys.stderr)
 
 
 def _note_resampled(predictions: list) -> None:

@@ -89,6 +89,8 @@ class Prediction:
         start: with ``segment``, where the window starts in the file (seconds); else None.
         end: with ``segment``, where it ends; else None. ``seconds`` is then the window's length.
         id: the utterance's id, for a prediction of a store's utterance (``predict_store``); else None.
+        silent: the audio is digital silence after mixing to mono (every sample 0: a muted or
+            zeroed recording, or stereo channels that cancel); its label says nothing of emotion.
     """
 
     path: Path
@@ -103,6 +105,7 @@ class Prediction:
     start: float | None = None
     end: float | None = None
     id: str | None = None
+    silent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -114,7 +117,8 @@ class Prediction:
         return {"path": str(self.path), "emotion": self.emotion, "probabilities": dict(self.probabilities),
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
                 "seconds_used": self.seconds_used, "resampled_to": self.resampled_to,
-                "normalisation": self.normalisation, "start": self.start, "end": self.end, "id": self.id}
+                "normalisation": self.normalisation, "start": self.start, "end": self.end, "id": self.id,
+                "silent": self.silent}
 
 
 # extract's MIN_SAMPLES (400) at 16 kHz: stage 1's shortest audio (not imported: stage 2 needs no extract).
@@ -651,7 +655,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         raise PredictError(f"segment='crop' takes the window length from the run's crop, but run dir {run_dir} "
                            f"trained on whole utterances (no max_frames); give the window in seconds, e.g. 5.")
     windows: list[tuple[int, Segment | None]] = []  # (file position, its window; None: the whole file)
-    found: dict[int, tuple[np.ndarray, float, float, int | None, str]] = {}
+    found: dict[int, tuple[np.ndarray, float, float, int | None, str, bool]] = {}
     failed: dict[int, str] = {}  # window position -> why
     if todo:
         with _work_folder(work_dir) as work:
@@ -674,11 +678,11 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                 out.append(Prediction(file, None, {}, speaker, failed.get(k, "not extracted (no reason recorded)"),
                                       **where))
                 continue
-            values, length, seconds_used, resampled_to, normalisation = found[k]
+            values, length, seconds_used, resampled_to, normalisation, silent = found[k]
             probs = {c: float(p) for c, p in zip(plan.classes, values)}
             out.append(Prediction(file, max(probs, key=probs.__getitem__), probs, speaker,
                                   seconds=length, seconds_used=seconds_used, resampled_to=resampled_to,
-                                  normalisation=normalisation, **where))
+                                  normalisation=normalisation, silent=silent, **where))
     return out
 
 
@@ -773,13 +777,13 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
                    errors: dict[int, str], work: Path, batch_size: int, *,
                    model: str | Path | None = None,
-                   temporary: bool = False) -> dict[int, tuple[np.ndarray, float, float, int | None, str]]:
+                   temporary: bool = False) -> dict[int, tuple[np.ndarray, float, float, int | None, str, bool]]:
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``
     (``temporary``: ``work`` is a temporary folder, which TMPDIR places).
 
     Returns:
         position -> (class probabilities, file seconds, seconds the models saw, rate resampled to,
-        normalisation used).
+        normalisation used, whether the audio is digital silence).
     """
     from w2v2ser.store import open_store
     from w2v2ser.train import Item
@@ -807,6 +811,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                               for r in temp[store_path].list_utterances()
                               if r.sample_rate is not None and set(rates.values()) - {r.sample_rate}})
     done = set(ids)
+    # Stage 1 records digitally silent files (all samples 0) in the store; its note went to our pipe.
+    silent = {uid for store in temp.values() for uid in store.attrs.get("silent_audio", [])}
     for store in temp.values():
         for failure in store.list_failures():
             if failure.id in position:
@@ -827,7 +833,7 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     crop = _crop_seconds(plan) or float("inf")
     return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),
-                              normalisation_used(plan, it.speaker, grouped))
+                              normalisation_used(plan, it.speaker, grouped), it.id in silent)
             for k, it in enumerate(items)}
 
 

@@ -224,13 +224,14 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
                                            utterances=[r.id for r in records] if subset else None)
     crop = _crop_seconds(plan) or float("inf")
+    silent = set(main.attrs.get("silent_audio", []))
     predictions = []
     for record, values in zip(records, probabilities):
         probs = {c: float(p) for c, p in zip(plan.classes, values)}
         predictions.append(Prediction(Path(record.path), max(probs, key=probs.__getitem__), probs, record.speaker,
                                       seconds=float(record.duration), seconds_used=min(float(record.duration), crop),
                                       normalisation=normalisation_used(plan, record.speaker, grouped),
-                                      id=record.id))
+                                      id=record.id, silent=record.id in silent))
     score = score_predictions(predictions, [r.label for r in records], classes=plan.classes,
                               protocol=plan.config.protocol, splits=[r.split for r in records])
     mapping, seen = get_protocol(plan.config.protocol), _trained_speakers(plan)

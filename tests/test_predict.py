@@ -1093,6 +1093,44 @@ def test_predict_store_scores_a_stored_corpus_without_extracting(trained: Path, 
         predict_from_cli(parser.parse_args([str(trained), "x.wav", "--subset", "speaker=a"]))
 
 
+def test_digitally_silent_files_are_named_not_labelled_in_silence(trained: Path, audio_files: list[Path],
+                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by a predict trial: a file of 1 s of zeros got "calm" like any other, with no note
+    (extract names such files; predict's stage 1 recorded it in the temporary store, and predict
+    dropped it). Now a note names it, and --json marks it; --from-store does the same."""
+    import argparse
+
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:
+        fake_extract(manifest, store, like=like, features=features)
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            silent = [r["id"] for r in csv.DictReader(handle) if "silent" in Path(r["path"]).name]
+        StoreWriter(store).record_silent_audio(silent)
+
+    monkeypatch.setattr(_predict, "extract_features", extract)
+    silent = tmp_path / "silent.wav"
+    silent.write_bytes(b"RIFF")
+    preds = predict_audio(trained, [audio_files[0], silent])
+    assert [p.silent for p in preds] == [False, True] and all(p.ok for p in preds)
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    assert predict_from_cli(parser.parse_args([str(trained), str(audio_files[0]), str(silent), "--json"])) == 0
+    out = capsys.readouterr()
+    assert [p["silent"] for p in json.loads(out.out)] == [False, True]
+    assert "1 of 2 files are digital silence after mixing to mono (every sample is 0)" in out.err
+    assert f"about emotion: {silent}." in out.err
+
+    store = tmp_path / "stored.zarr"
+    shutil.copytree(json.loads((trained / "experiment.json").read_text())["stores"]["main"], store)
+    quiet = open_store(store).list_utterances()[0].id
+    StoreWriter(store).record_silent_audio([quiet])
+    preds, _ = predict_store(trained, store)
+    assert [p.id for p in preds if p.silent] == [quiet]
+
+
 def test_predict_store_names_audio_at_another_rate_for_native_features(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A store cannot be resampled as new audio is: utterances whose audio had another rate than

@@ -168,6 +168,22 @@ def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any],
                                   f"{k!r} {counts.get(k, 0)} vs {old_counts.get(k, 0)}" for k in diff))
 
 
+def upgraded_from(new: str | os.PathLike[str], old: str | os.PathLike[str]) -> bool:
+    """Whether ``new`` is a finished store that `store upgrade` converted from ``old``.
+
+    A rerun of the same upgrade finds it so (the first run was killed after it moved NEW into
+    place, before it printed its summary) and has nothing to do.
+    """
+    try:
+        _, meta = read_meta(Path(new))
+    except Exception:  # not a store, or not a readable one: the caller's "not empty" applies
+        return False
+    source = meta.get("upgraded_from")
+    if not meta.get("complete") or not isinstance(source, dict) or not source.get("path"):
+        return False
+    return Path(source["path"]).resolve() == Path(old).resolve()
+
+
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
                   progress: bool = False, allow_incomplete: bool = False, skip_damaged: bool = False) -> Path:
     """Convert a format-1 store into a new store of the current format; the old store is only read.
@@ -196,7 +212,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
 
     Raises:
         StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty
-            or lies inside `old_path`, an old table, index or failure array is damaged, or an
+            (and not already the upgrade of `old_path`, which is returned as it is) or lies inside `old_path`, an old table, index or failure array is damaged, or an
             old utterance's frames do not match their crc32 (without `skip_damaged`).
     """
     for given, role in ((old_path, "old store"), (new_path, "new store")):
@@ -211,6 +227,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         raise StoreError(f"cannot upgrade into {new}: it {where}, which `store upgrade` only reads. "
                          f"Choose a new path outside {old}.")
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
+        if upgraded_from(new, old):  # the same command again, e.g. after a kill between the move and its summary
+            return new
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
     if not meta.get("complete", False) and not allow_incomplete:
         raise StoreError(

@@ -75,8 +75,21 @@ def test_upgrade_from_the_cli_and_refusals(tmp_path):
     again = subprocess.run([str(W2V2SER), "store", "upgrade", str(new), str(tmp_path / "x.zarr")],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "needs no upgrade" in again.stderr
-    busy = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new)], capture_output=True, text=True)
+    # Found by a kill trial: an upgrade killed after it had moved NEW into place said "rerun the same
+    # command", and the rerun was refused "the directory is not empty". It has nothing to do now.
+    finished = _digest(new)
+    rerun = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(new)], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{new} already holds the upgrade of {FORMAT1}, nothing to do" in rerun.stdout
+    assert _digest(new) == finished
+    other = tmp_path / "other.zarr"
+    (other / "notes").mkdir(parents=True)
+    busy = subprocess.run([str(W2V2SER), "store", "upgrade", str(FORMAT1), str(other)], capture_output=True, text=True)
     assert busy.returncode == 2 and "not empty" in busy.stderr
+    upgraded_elsewhere = shutil.copytree(FORMAT1, tmp_path / "copy.zarr")
+    busy = subprocess.run([str(W2V2SER), "store", "upgrade", str(upgraded_elsewhere), str(new)], capture_output=True,
+                          text=True)
+    assert busy.returncode == 2 and "not empty" in busy.stderr  # NEW is the upgrade of another old store
     # Object-store URLs: Path() made s3://feat/new.zarr the local folder ./s3:/feat/new.zarr (exit 0).
     for args in ([str(FORMAT1), "s3://feat/new.zarr"], ["s3://feat/old.zarr", str(tmp_path / "y.zarr")]):
         url = subprocess.run([str(W2V2SER), "store", "upgrade", *args], capture_output=True, text=True, cwd=tmp_path)

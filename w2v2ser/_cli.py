@@ -319,12 +319,15 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 
 def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, upgrade_store
+    from w2v2ser.store._upgrade import upgraded_from
 
+    done_before = upgraded_from(args.new, args.old)
     out = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
                         skip_damaged=args.skip_damaged)
     store = open_store(out, allow_incomplete=True)
     status = store.describe()["status"]
-    print(f"wrote {out} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
+    what = f"{out} already holds the upgrade of {args.old}, nothing to do" if done_before else f"wrote {out}"
+    print(f"{what} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
           f"{status['pending']} pending utterances; {args.old} is unchanged")
     damaged = store.attrs["upgraded_from"].get("damaged", [])
     if damaged:

@@ -421,11 +421,14 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
         for name, spec in trained.items():
             found = specs[name].to_dict() if name in specs else None
             if found != spec:
-                why = "has no such feature" if found is None else "has it with other settings"
-                raise PredictError(f"store {path} (given for {alias!r}) {why}: feature {name!r} of run dir "
-                                   f"{run_dir} was trained from {recorded[alias].get('path', '?')} with "
-                                   f"{json.dumps(spec, sort_keys=True)[:300]}. Pass the store the run was "
-                                   "trained on, at its new location.")
+                # The keys that differ, as --from-store names them (the whole config was cut at 300 characters).
+                why = (f"holds {', '.join(specs) or 'no feature'}, not {name!r}, which run dir {run_dir} was "
+                       f"trained on" if found is None else
+                       f"holds {name!r} with other settings ({_setting_differences(found, spec)}) than run dir "
+                       f"{run_dir} was trained with")
+                raise PredictError(f"store {path} (given for {alias!r}) {why}, from "
+                                   f"{recorded[alias].get('path', '?')}. Pass the store the run was trained on, "
+                                   "at its new location.")
     for alias in sorted(set(aliases) - set(out)):  # the fingerprint reads every store of the run
         try:
             open_store(config.stores[alias])
@@ -441,6 +444,23 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
                            "frames differ), so its statistics would not be the training ones. Pass the store the run was trained "
                            "on, at its new location.")
     return out
+
+
+def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *, width: int = 80) -> str:
+    """``key: FOUND, not TRAINED`` for each setting of two feature specs that differs, values
+    shortened to ``width`` characters (an extractor config holds long lists and provenance)."""
+    def brief(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= width else f"{text[:width - 3]}..."
+
+    found_config, trained_config = dict(found.get("config") or {}), dict(trained.get("config") or {})
+    pairs = [(k, found_config.get(k), trained_config.get(k)) for k in sorted(set(found_config) | set(trained_config))
+             if found_config.get(k) != trained_config.get(k)]
+    pairs += [(k, found.get(k), trained.get(k)) for k in sorted(set(found) | set(trained))
+              if k not in ("config", "description") and found.get(k) != trained.get(k)]
+    if not pairs:  # the description follows the config: named only when nothing else differs
+        pairs = [("description", found.get("description"), trained.get("description"))]
+    return "; ".join(f"{k}: {brief(a)}, not {brief(b)}" for k, a, b in pairs)
 
 
 def _write_manifest(path: Path, files: Sequence[Path], speakers: Sequence[str]) -> list[str]:

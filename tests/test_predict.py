@@ -748,8 +748,18 @@ def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: 
     with pytest.raises(PredictError, match=r"hold other utterances than run dir"):
         predict_audio(run, audio_files, stores={None: other})
     wider = build_store(tmp_path / "wider.zarr", layers=3, dim=5, features=("wav2vec2",))
-    with pytest.raises(PredictError, match=r"has it with other settings: feature 'wav2vec2'"):
+    with pytest.raises(PredictError, match=r"holds 'wav2vec2' with other settings \(dim: 5, not 4\) than run dir"):
         predict_audio(run, audio_files, stores={"main": wider})
+    # Found by a predict trial: the message printed the trained config as JSON cut at 300 characters
+    # (mid-word) and never named the setting that differed.
+    finetuned = build_store(tmp_path / "finetuned.zarr", layers=3, dim=4, features=("wav2vec2",),
+                            config_tag="finetuned")
+    with pytest.raises(PredictError, match=r"holds 'wav2vec2' with other settings \(model: 'finetuned', not "
+                                           r"'pretrained'\) than run dir .*Pass the store the run was trained on"):
+        predict_audio(run, audio_files, stores={"main": finetuned})
+    lacking = build_store(tmp_path / "lacking.zarr", layers=3, dim=4, features=("egemaps",))
+    with pytest.raises(PredictError, match=r"holds egemaps, not 'wav2vec2', which run dir .* was trained on"):
+        predict_audio(run, audio_files, stores={"main": lacking})
 
     parser = argparse.ArgumentParser()
     add_predict_arguments(parser)

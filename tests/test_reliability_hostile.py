@@ -74,6 +74,23 @@ def test_a_native_crash_behind_the_log_filter_keeps_its_last_words() -> None:
     assert lines[1].startswith("w2v2ser: error: the process ended abruptly") and len(lines) == 2, lines
 
 
+def test_a_killed_export_does_not_promise_that_a_rerun_resumes(tmp_path: Path) -> None:
+    """Found by a kill trial: `store export` (and `store upgrade`, `predict`) killed with SIGKILL
+    said "finished work is kept, rerun the same command to resume"; they keep nothing and start over."""
+    code = ("import os, sys\n"
+            "import w2v2ser.store as store\n"
+            "store.export_hdf5 = lambda *args, **kwargs: os.abort()\n"
+            "from w2v2ser._cli import main\n"
+            "sys.exit(main(['store', 'export', sys.argv[1], sys.argv[2]]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.zarr"), str(tmp_path / "x.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode < 0, done
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("w2v2ser: error: the process ended abruptly"), done.stderr
+    assert last.endswith("nothing was written (an earlier OUT file is unchanged); rerun the same command to export "
+                         "again") and "resume" not in last
+
+
 @pytest.mark.parametrize("short_kb", [8, 150])  # the frames fit (the write fails part-way), or not even they do
 def test_export_over_the_file_size_limit_is_one_line_and_keeps_the_old_file(store: Path, tmp_path: Path,
                                                                           short_kb: int) -> None:

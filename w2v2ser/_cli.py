@@ -969,7 +969,9 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
     from w2v2ser._common import describe_error
     from w2v2ser._native_logs import hide_native_logs
 
-    with hide_native_logs(enabled=not verbose):
+    # A SIGKILL or native crash of export, upgrade or predict keeps nothing: the line says so.
+    starts_over = _STARTS_OVER.get(getattr(args, "func", None))
+    with hide_native_logs(enabled=not verbose, **({"abrupt_end": starts_over} if starts_over else {})):
         try:
             return int(args.func(args) or 0)
         except Exception as error:  # w2v2ser's errors, a missing extra, an unusable path: one line

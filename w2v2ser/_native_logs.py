@@ -100,28 +100,30 @@ def _pump(read_fd: int, write_fd: int) -> None:
 # Said by the forwarding process when the pipe closed without the command's normal end.
 _ABRUPT = (b"w2v2ser: error: the process ended abruptly (killed, or a crash in native code: the lines above say "
            b"which; running out of memory or threads is the usual cause: raise `ulimit -v`/`ulimit -u` or the "
-           b"job's --mem, or lower --threads, --batch-seconds or the workers); finished work is kept, rerun the "
-           b"same command to resume\n")
+           b"job's --mem, or lower --threads, --batch-seconds or the workers); ")
+_RESUMES = "finished work is kept, rerun the same command to resume"
 
 _lingering: list[subprocess.Popen] = []  # forwarders still draining helpers' lines: never reaped mid-run
 
 
-def _forward(done_fd: int) -> None:
+def _forward(done_fd: int, after: str = _RESUMES) -> None:
     """The forwarding process: the pipe is its stdin, the real stderr its stdout. It outlives a
-    crashed parent, drains the pipe to its end, and says so when the parent never sent "done"."""
+    crashed parent, drains the pipe to its end, and says so when the parent never sent "done",
+    ending with ``after`` (what of the command's work is kept)."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):  # ends with the pipe, never before
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     _pump(0, 1)
     if os.read(done_fd, 1) != b".":  # the parent closed its end without writing: it died
         with suppress(OSError):
-            os.write(1, _ABRUPT)
+            os.write(1, _ABRUPT + after.encode("utf-8", "replace") + b"\n")
 
 
-def _start_forwarder(read_fd: int, real: int) -> tuple[subprocess.Popen | threading.Thread, int]:
+def _start_forwarder(read_fd: int, real: int,
+                     after: str = _RESUMES) -> tuple[subprocess.Popen | threading.Thread, int]:
     """The forwarding process (or, where none can start, a thread) and the fd to write "done" to."""
     done_read, done_write = os.pipe()
     try:
-        process = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(done_read)],
+        process = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(done_read), after],
                                    stdin=read_fd, stdout=real, stderr=real, pass_fds=(done_read,),
                                    start_new_session=True)  # a terminal's Ctrl-C does not reach it
     except (OSError, ValueError, subprocess.SubprocessError):  # no process to spare (ulimit -u, no executable)
@@ -192,8 +194,14 @@ def stderr_is_terminal() -> bool:
 
 
 @contextmanager
-def hide_native_logs(enabled: bool = True) -> Iterator[None]:
-    """Filter native log lines out of fd 2 (this process and the processes it starts) while active."""
+def hide_native_logs(enabled: bool = True, *, abrupt_end: str = _RESUMES) -> Iterator[None]:
+    """Filter native log lines out of fd 2 (this process and the processes it starts) while active.
+
+    Args:
+        enabled: False (``--verbose``) leaves fd 2 alone.
+        abrupt_end: the end of the line said when the process dies without its normal end (what of
+            its work is kept); by default, that finished work is kept for a rerun to resume.
+    """
     if not enabled or sys.stderr is None:  # no stderr (closed, an embedding host): nothing to filter
         yield
         return
@@ -204,7 +212,7 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
     sys.stderr.flush()
     real = os.dup(2)
     read_fd, write_fd = os.pipe()
-    pump, done = _start_forwarder(read_fd, real)
+    pump, done = _start_forwarder(read_fd, real, abrupt_end)
     os.dup2(write_fd, 2)
     os.close(write_fd)
     _hidden, _terminal = True, os.isatty(real)
@@ -237,4 +245,4 @@ def hide_native_logs(enabled: bool = True) -> Iterator[None]:
 
 
 if __name__ == "__main__":  # the forwarding process of hide_native_logs
-    _forward(int(sys.argv[1]))
+    _forward(int(sys.argv[1]), *sys.argv[2:3])

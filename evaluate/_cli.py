@@ -212,7 +212,8 @@ def _note_resampled(predictions: list) -> None:
     resampled = [p for p in predictions if p.ok and p.resampled_to is not None]
     if not resampled:
         return
-    shown = first_few([str(p.path) for p in resampled])
-    print(f"note: {len(resampled)} of {len(predictions)} files were resampled to {resampled[0].resampled_to} Hz, "
+    shown = first_few(list(dict.fromkeys(str(p.path) for p in resampled)))  # a file once, not once per window
+    what = "files" if resampled[0].start is None else "windows"
+    print(f"note: {len(resampled)} of {len(predictions)} {what} were resampled to {resampled[0].resampled_to} Hz, "
           f"the rate of all the run's training audio, before features that training took at each file's own "
           f"rate (eGeMAPS changes with the rate): {shown}.", file=sys.stderr)

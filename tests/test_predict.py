@@ -518,6 +518,24 @@ def test_new_audio_takes_the_rate_of_the_training_audio_for_native_features(
     assert "1 of 2 files were resampled to 16000 Hz, the rate of all the run's training audio" in out.err
     assert str(files[1]) in out.err
 
+    # Found by a predict trial: with --segment the note said "files" and named the file once per window.
+    import soundfile
+
+    def windows_at_48k(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                       options: Sequence[str] = ()) -> None:
+        text = manifest.read_text(encoding="utf-8").replace(".wav,", "_48k.wav,")  # the fake reads rates from names
+        renamed = manifest.with_name("renamed.csv")
+        renamed.write_text(text, encoding="utf-8")
+        fake_extract(renamed, store, like=like, features=features)
+
+    monkeypatch.setattr(_predict, "extract_features", windows_at_48k)
+    recording = tmp_path / "recording.wav"
+    soundfile.write(recording, np.zeros(48_000 * 3, np.float32), 48_000)
+    assert predict_from_cli(parser.parse_args([str(tmp_path / "run"), str(recording), "--segment", "1"])) == 0
+    err = capsys.readouterr().err
+    assert "3 of 3 windows were resampled to 16000 Hz" in err and err.count(str(recording)) == 1
+    monkeypatch.setattr(_predict, "extract_features", extract)
+
     mixed = [replace(u, extra={**u.extra, AUDIO_RATE_KEY: 16_000 if k % 2 else 44_100})
              for k, u in enumerate(utterances)]
     store = build_store(tmp_path / "mixed.zarr", utterances=mixed, features=("egemaps",),

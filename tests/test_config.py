@@ -165,6 +165,8 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
         # Refused by SLURMCluster only after planning (exit 1), and by sbatch only at submission (a hang).
         (lambda d: d.update(cluster={"slurm": {"memory": "lots"}}),
          "cluster.slurm.memory: expected a size such as 16GB or 500MB, got 'lots'"),
+        (lambda d: d.update(cluster={"slurm": {"memory": 16}}),  # 16 bytes to Dask: SLURMCluster failed after planning
+         "cluster.slurm.memory: '16' is 16 bytes: write the size with its unit, e.g. 16GB"),
         (lambda d: d.update(cluster={"slurm": {"walltime": "4h"}}), "cluster.slurm.walltime: expected a SLURM time"),
         (lambda d: d.update(cluster={"slurm": {"partition": "gpu"}}), "write queue: gpu instead of partition: gpu"),
         (lambda d: d["experiments"]["t1"].update(features="classic/egemaps"), "set both in the grid"),
@@ -429,7 +431,7 @@ def test_a_head_or_protocol_registered_in_its_registry_is_accepted_everywhere(tm
 
 
 @pytest.mark.parametrize("change", [
-    "cluster: none", "cluster: local", "cluster: null", "cluster: '${CLUSTER:-none}'", "cluster: {slurm: null}", "cluster: {slurm: {memory: 16}}",
+    "cluster: none", "cluster: local", "cluster: null", "cluster: '${CLUSTER:-none}'", "cluster: {slurm: null}", "cluster: {slurm: {memory: 17179869184}}",
     "reports: {paper: {experiments: 'table1/*'}}", "experiments: {t: {features: classic/egemaps, seeds: '${SEEDS:-2}'}}",
     "experiments: {t: {features: classic/egemaps, head: '${HEAD:-dense}', deterministic: '${DET:-true}'}}",
 ])

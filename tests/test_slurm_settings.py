@@ -208,17 +208,7 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
     from w2v2ser import _cluster
     from w2v2ser._config import ClusterConfig
 
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    scripts = {  # a SLURM that takes the job and never starts it
-        "sbatch": '#!/bin/sh\n[ "$1" = --test-only ] && exit 0\necho "Submitted batch job 4242"\n',
-        "squeue": '#!/bin/sh\necho "4242 PENDING Resources"\n',
-        "scancel": "#!/bin/sh\nexit 0\n",
-    }
-    for name, text in scripts.items():
-        (folder / name).write_text(text)
-        (folder / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
     monkeypatch.setattr(_cluster, "WORKER_WAIT_NOTE_S", 0.5)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
                            slurm={"cores": 1, "memory": "1GB", "log_directory": str(tmp_path / "logs")})
@@ -231,3 +221,89 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
                 break
     assert "no Dask worker has connected" in said, said
     assert "job 4242 PENDING (Resources)" in said and str(tmp_path / "logs") in said, said
+
+
+def _slurm_that_never_starts(folder: Path, monkeypatch: pytest.MonkeyPatch | None = None) -> dict[str, str]:
+    """PATH with a stand-in SLURM that accepts the worker job as 4242 and never starts it."""
+    folder.mkdir()
+    scripts = {
+        "sbatch": '#!/bin/sh\n[ "$1" = --test-only ] && exit 0\necho "Submitted batch job 4242"\n',
+        "squeue": '#!/bin/sh\necho "4242 PENDING Resources"\n',
+        "scancel": "#!/bin/sh\nexit 0\n",
+    }
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    path = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    if monkeypatch is not None:
+        monkeypatch.setenv("PATH", path)
+    return {**cli_env(), "PATH": path}
+
+
+@needs_ravdess
+def test_ctrl_c_while_waiting_for_slurm_workers_stops_with_130(tmp_path: Path) -> None:
+    """Importing dask_jobqueue set a SIGINT handler calling sys.exit(): Ctrl-C during `run` with
+    `cluster: slurm` ended with exit 0 and no word, as if the run had succeeded."""
+    pytest.importorskip("dask_jobqueue")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out",
+        "cluster": {"kind": "slurm", "dashboard_address": None, "slurm": {"cores": 1, "memory": "1GB"}},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
+        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
+    }))
+    env = _slurm_that_never_starts(tmp_path / "bin")
+    proc = subprocess.Popen([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    said = []
+    try:
+        for line in proc.stderr:  # the cluster is up (dask_jobqueue imported) once this line is out
+            said.append(line)
+            if "SLURM Dask cluster" in line:
+                break
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    said.append(rest)
+    assert proc.returncode == 130, "".join(said)
+    assert "w2v2ser: interrupted" in "".join(said)
+
+
+def test_a_ctrl_c_that_requested_no_stop_is_not_dropped_in_a_callback() -> None:
+    """The hook that hides a stop signal's traceback inside a weakref callback dropped every
+    KeyboardInterrupt there, also one raised by someone else's SIGINT handler, which requested
+    no stop: that Ctrl-C was lost."""
+    import types
+
+    from w2v2ser import _cli, _common
+
+    passed: list = []
+    hook = _cli._stop_in_callback_hook(passed.append)
+    unraisable = types.SimpleNamespace(exc_value=KeyboardInterrupt())
+    _common.clear_stop()
+    hook(unraisable)
+    assert passed == [unraisable]
+    _common.request_stop()
+    try:
+        hook(unraisable)
+    finally:
+        _common.clear_stop()
+    assert passed == [unraisable]  # the command's own stop: dropped, check_stop raises it again
+
+
+def test_an_unreachable_slurm_controller_is_not_blamed_on_the_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sbatch --test-only` failing because the controller is down was "fix cluster.slurm", exit 2."""
+    from w2v2ser import _cluster
+    from w2v2ser._cluster import ClusterConfigError, ClusterError
+
+    env = _fake_sbatch(tmp_path / "bin", "sbatch: error: Batch job submission failed: Unable to contact slurm "
+                       "controller (connect failure)", 1)
+    monkeypatch.setenv("PATH", env["PATH"])
+    with pytest.raises(ClusterError, match="controller did not answer") as raised:
+        _cluster._check_submittable("#!/bin/sh\n")
+    assert not isinstance(raised.value, ClusterConfigError)

@@ -777,10 +777,12 @@ def _stop_in_callback_hook(previous: Callable[[Any], None]) -> Callable[[Any], N
     landed in a weakref callback or ``__del__``: Python cannot raise it there and printed it as
     "Exception ignored in ..." with a traceback (a scancel during training). The stop is not lost:
     the handler requested it, and the loops' check_stop raises it again. Anything else goes on
-    to ``previous``."""
+    to ``previous``, and so does a KeyboardInterrupt no stop request stands behind (someone else's
+    SIGINT handler raised it: dropping it would lose that Ctrl-C)."""
+    from w2v2ser._common import stop_requested
 
     def hook(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_requested()):
             previous(unraisable)
 
     return hook

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,9 @@ GPU_RESOURCE = "GPU"
 # again after each such period: a job pending for hours, or one that started but whose worker never
 # reached the scheduler, otherwise looked like a hang.
 WORKER_WAIT_NOTE_S = 300.0
+# sbatch's words for a controller it cannot reach or that timed out: a transient failure, not bad settings.
+_CONTROLLER_DOWN = re.compile(r"unable to contact slurm controller|socket timed out|connection refused|"
+                              r"slurm_persist_conn|temporarily unavailable", re.IGNORECASE)
 
 
 class ClusterError(W2v2serError):
@@ -176,12 +180,30 @@ def _dashboard(config: ClusterConfig) -> dict[str, Any]:
     return {"dashboard_address": config.dashboard_address, "dashboard": config.dashboard_address is not None}
 
 
-def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
+def _import_slurm_cluster() -> Any:
+    """dask_jobqueue's SLURMCluster, imported without its side effect on Ctrl-C.
+
+    Importing dask_jobqueue sets a SIGINT handler that calls sys.exit(): Ctrl-C then ended
+    `w2v2ser run` with exit 0 and no word. The command's own handler is put back.
+    """
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as error:
         raise ClusterError("cluster.kind is slurm but dask-jobqueue is not installed; "
                            "pip install 'w2v2ser[cluster]' (or dask-jobqueue), or set cluster: local") from error
+    finally:
+        if main and handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
+    return SLURMCluster
+
+
+def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
+    SLURMCluster = _import_slurm_cluster()
     slurm = config.slurm
     gpus = slurm.gpus if use_gpus else 0
     threads = max(1, slurm.cores // slurm.processes)
@@ -228,20 +250,29 @@ def _check_submittable(script: str) -> None:
     """
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", prefix="w2v2ser-worker-", suffix=".sh", delete=False) as file:
-        file.write(script)
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="w2v2ser-worker-", suffix=".sh", delete=False) as file:
+            file.write(script)
+    except OSError as error:
+        raise ClusterError(f"cannot write the Dask worker's job script to check it with sbatch --test-only: "
+                           f"{error}. Point TMPDIR at a writable folder") from error
     try:
         checked = subprocess.run(["sbatch", "--test-only", file.name], capture_output=True, text=True,
                                  timeout=60, check=False)
     except FileNotFoundError:
         raise ClusterConfigError("cluster.kind is slurm but the sbatch command is not found: run w2v2ser where "
                                  "SLURM's commands are (a login node or a job), or set cluster: local") from None
+    except OSError as error:
+        raise ClusterError(f"cannot run sbatch to check the Dask worker job: {error}") from error
     except subprocess.TimeoutExpired:
         return  # a slow controller says nothing either way: the real submission goes ahead
     finally:
         os.unlink(file.name)
     if checked.returncode != 0:
         reason = "; ".join(line.strip() for line in (checked.stderr + checked.stdout).splitlines() if line.strip())
+        if _CONTROLLER_DOWN.search(reason):  # the settings may be right: this is no configuration error
+            raise ClusterError(f"SLURM's controller did not answer sbatch --test-only ({reason}); nothing was "
+                               "submitted. Try again when `sinfo` answers")
         raise ClusterConfigError(
             f"SLURM refuses the Dask worker job of cluster.slurm: {reason or f'exit code {checked.returncode}'}. "
             "Fix cluster.slurm (queue is the partition; walltime as HH:MM:SS or D-HH:MM:SS; memory and cores "
@@ -325,10 +356,13 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
             cluster.close()
             raise
         stop = threading.Event()
-        if config.kind == "slurm":
-            threading.Thread(target=_say_while_no_worker, args=(client, cluster, config.slurm.log_directory, stop),
-                             name="w2v2ser-worker-wait", daemon=True).start()
         try:
+            if config.kind == "slurm":
+                try:
+                    threading.Thread(target=_say_while_no_worker, name="w2v2ser-worker-wait", daemon=True,
+                                     args=(client, cluster, config.slurm.log_directory, stop)).start()
+                except RuntimeError:  # can't start new thread (ulimit -u): the note is optional
+                    pass
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.
             link = getattr(client, "dashboard_link", "") if config.dashboard_address is not None else ""
             yield ClusterHandle(client, threads, gpu_resource, text, link or "")

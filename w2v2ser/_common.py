@@ -49,6 +49,7 @@ __all__ = [
     "owner_tag",
     "provenance",
     "short_name",
+    "stop_requested",
     "spelling_key",
     "subset_text",
     "python_command",
@@ -133,6 +134,11 @@ def clear_stop() -> None:
     """Forget a stop request (a command starts or has ended: the next one in this process runs)."""
     _STOP_REQUESTED.clear()
     _TERMINATED.clear()
+
+
+def stop_requested() -> bool:
+    """Whether the user asked the command to stop and it has not been cleared (see request_stop)."""
+    return _STOP_REQUESTED.is_set()
 
 
 def check_stop() -> None:

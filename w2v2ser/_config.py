@@ -93,9 +93,11 @@ def _slurm_memory(value: str) -> str:
     from dask.utils import parse_bytes
 
     try:
-        parse_bytes(value)
+        size = parse_bytes(value)
     except (ValueError, TypeError):
         raise ValueError(f"expected a size such as 16GB or 500MB, got {value!r}") from None
+    if size < 1 << 20:  # a bare 16 is 16 bytes to Dask, and SLURMCluster fails on sizes below 1 KiB
+        raise ValueError(f"{value!r} is {size} bytes: write the size with its unit, e.g. {value}GB")
     return value
 
 

@@ -101,8 +101,13 @@ check_job() {  # WHAT SETTINGS SBATCH_OPTIONS...
         exit 2
     fi
 }
+shared_settings=""  # options of both jobs, when set: either may be what sbatch refuses
+[[ -n "$ACCOUNT" ]] && shared_settings+=" ACCOUNT=$ACCOUNT"
+[[ -n "${SBATCH_EXTRA:-}" ]] && shared_settings+=" SBATCH_EXTRA=$SBATCH_EXTRA"
 extract_settings="GPU_PARTITION=$GPU_PARTITION GPU_GRES=$GPU_GRES EXTRACT_CPUS=$EXTRACT_CPUS EXTRACT_MEM=$EXTRACT_MEM"
+extract_settings+="$shared_settings"
 train_settings="CPU_PARTITION=$CPU_PARTITION TRAIN_CPUS=$TRAIN_CPUS TRAIN_MEM=$TRAIN_MEM TRAIN_TIME=$TRAIN_TIME"
+train_settings+="$shared_settings"
 check_job extraction "$extract_settings EXTRACT_TIME=$EXTRACT_TIME" "${common[@]}" "${extract_opts[@]}"
 check_job training "$train_settings" "${common[@]}" "${train_opts[@]}"
 

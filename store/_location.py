@@ -222,8 +222,8 @@ def locate_store(store: str | bytes | os.PathLike[str] | os.PathLike[bytes] | St
     """Turn a store path or URL into a :class:`StoreLocation`.
 
     Args:
-        store: local directory (str, bytes or a path object), ``file://`` path, an object-store URL (``s3://bucket/prefix``,
-            ``gs://...``, ``memory://...``: any fsspec URL), or a StoreLocation (returned as is
+        store: local directory (str, bytes or a path object), ``file://`` path, an object-store URL
+            (``s3://bucket/prefix``, ``gs://...``, ``memory://...``: any fsspec URL), or a StoreLocation (returned as is
             unless ``storage_options`` are given).
         storage_options: fsspec options for URLs, over those of the environment variable
             ``W2V2SER_STORAGE_OPTIONS`` (a JSON object). S3 credentials and endpoint also come

@@ -176,8 +176,11 @@ def test_store_info_shows_a_field_value_with_a_line_break_on_one_line(tmp_path, 
     """A spreadsheet cell with a line break (Alt+Enter, written quoted) split `store info`'s fields table."""
     audio = write_audio(tmp_path / "a.wav", duration=0.5)
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f'path,label,speaker,notes\r\n{audio},sad,s1,"line one\r\nline two"\r\n', newline="")
+    manifest.write_text(f'path,label,speaker,notes,"date\r\nrecorded"\r\n{audio},sad,s1,"line one\r\nline two",'
+                        f'2020\r\n', newline="")
     store = str(tmp_path / "s.zarr")
     assert main(["extract", "csv", str(manifest), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
     assert main(["store", "info", store]) == 0
-    assert "            notes              'line one\\r\\nline two' 1\n" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "            notes              'line one\\r\\nline two' 1\n" in shown
+    assert "            'date\\r\\nrecorded' 2020 1\n" in shown  # a header cell with a line break, too

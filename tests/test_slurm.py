@@ -112,6 +112,17 @@ def test_slurm_cluster_runs_extraction_shards_as_jobs(slurm: dict[str, str], tmp
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 
+def _cancel_own_jobs(slurm: dict[str, str]) -> list[str]:
+    """Cancel the queued jobs this test's script or cluster made (by their names, not the other tests'
+    jobs); returns their ids."""
+    names = "w2v2ser-extract,w2v2ser-train,w2v2ser-worker"
+    queued = subprocess.run(["squeue", "-h", "-n", names, "-o", "%i"], capture_output=True, text=True,
+                            env=slurm).stdout.split()
+    if queued:
+        subprocess.run(["scancel", *queued], env=slurm)
+    return queued
+
+
 def test_scancel_of_an_extraction_job_keeps_its_work_and_says_why(slurm: dict[str, str], tmp_path: Path) -> None:
     """scancel (and a job's time limit) sends SIGTERM: the job's log said nothing about why the
     extraction ended. It now has the command line's line; the committed utterances stay and a
@@ -152,8 +163,7 @@ def test_job_script_and_slurm_cluster_refuse_what_no_node_holds(slurm: dict[str,
            "EXTRACT_MEM": "2G", "LOG_DIR": str(tmp_path / "logs"), "W2V2SER": str(W2V2SER)}
     submitted = subprocess.run(["bash", str(JOB_SCRIPT), str(pipeline)], capture_output=True, text=True, env=env,
                                timeout=60)
-    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout.split()
-    subprocess.run(["scancel", *queued], env=slurm)
+    queued = _cancel_own_jobs(slurm)
     assert submitted.returncode == 2, submitted.stderr
     assert "SLURM refuses the extraction job" in submitted.stderr and "nothing was submitted" in submitted.stderr
     assert not queued, queued
@@ -164,8 +174,7 @@ def test_job_script_and_slurm_cluster_refuse_what_no_node_holds(slurm: dict[str,
     except subprocess.TimeoutExpired:
         pytest.fail("w2v2ser run waited for SLURM workers that no node can hold")
     finally:
-        queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=slurm).stdout.split()
-        subprocess.run(["scancel", *queued], env=slurm)
+        _cancel_own_jobs(slurm)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "SLURM refuses the Dask worker job of cluster.slurm: " in done.stderr
     assert "Requested node configuration is not available" in done.stderr and "Traceback" not in done.stderr

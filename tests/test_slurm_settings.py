@@ -108,6 +108,11 @@ def test_job_script_submits_nothing_when_slurm_refuses_the_training_job(tmp_path
     assert ("SLURM refuses the training job (CPU_PARTITION=cpu TRAIN_CPUS=16 TRAIN_MEM=64G TRAIN_TIME=24:00:00): "
             "sbatch: error: invalid partition specified: cpu") in done.stderr
     assert "nothing was submitted" in done.stderr
+    # The options both jobs share are named too, when set: either may be what sbatch refuses.
+    env["SBATCH_EXTRA"] = "--qos=short"
+    done = subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert "TRAIN_TIME=24:00:00 SBATCH_EXTRA=--qos=short): sbatch: error" in done.stderr, done.stderr
 
 
 def test_job_script_logs_how_to_submit_again(tmp_path: Path) -> None:

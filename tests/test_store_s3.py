@@ -38,10 +38,11 @@ BUCKET = "w2v2ser-test"
 _names = itertools.count()
 # The test client's patience on a loaded machine (CI runs other jobs beside this one): s3fs's own
 # timeouts are 5 s to connect and 15 s to read, and a `fs.get` of the threaded moto server once hit
-# ConnectTimeoutError. Still finite, so a server that hangs fails the test; the tests of an endpoint
-# going away set AWS_MAX_ATTEMPTS=1 themselves (a refused connection is immediate, not a timeout).
-CLIENT_CONFIG = {"connect_timeout": 60, "read_timeout": 120}
-MAX_ATTEMPTS = "10"  # botocore's retries (legacy mode, with backoff) of connection errors and timeouts
+# ConnectTimeoutError. Short enough that a server that hangs fails the test in minutes (30 s x 4
+# attempts a request), not after CI's limit; the tests of an endpoint going away set
+# AWS_MAX_ATTEMPTS=1 themselves (a refused connection is immediate, not a timeout).
+CLIENT_CONFIG = {"connect_timeout": 60, "read_timeout": 30}
+MAX_ATTEMPTS = "4"  # botocore's retries (legacy mode, with backoff) of connection errors and timeouts
 
 
 def _free_port() -> int:

@@ -197,7 +197,8 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         values = (", ".join(f"{value if value.isprintable() else repr(value)} {n}"
                             for value, n in found["counts"].items()) if found["counts"]
                   else f"{found['distinct']} distinct values")
-        print(f"{'fields' if k == 0 else '':<12}{field:<18} {values}")
+        name = field if field.isprintable() else repr(field)  # a header cell with a line break, too
+        print(f"{'fields' if k == 0 else '':<12}{name:<18} {values}")
     for name, feature in info["features"].items():
         layers = feature.get("layers")
         shape = f"[frames, {layers}, {feature['dim']}]" if layers else f"[frames, {feature['dim']}]"

@@ -255,7 +255,7 @@ def test_training_on_a_store_whose_every_file_failed_says_so(tmp_path, capsys):
     (tmp_path / "notes.wav").write_text("not audio")
     path = _manifest(tmp_path, "path,label,speaker\nsub\\a.wav,angry,s1\nnotes.wav,sad,s2\n")
     store = str(tmp_path / "s.zarr")
-    assert main(["extract", "csv", str(path), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
+    assert main(["extract", "csv", str(path), "--store", store, "--features", "spectrogram", "--no-progress"]) == 1
     capsys.readouterr()
     assert main(["train", store, "--features", "spectrogram", "--seeds", "1", "--out", str(tmp_path / "run"),
                  "--no-progress"]) == 2
@@ -263,3 +263,25 @@ def test_training_on_a_store_whose_every_file_failed_says_so(tmp_path, capsys):
     assert (f"store {store} holds no extracted utterance with spectrogram frames, so there is nothing to train on; 2 "
             f"utterance(s) failed extraction: `w2v2ser store info {store}` gives the reasons") in err
     assert "pick the right --protocol" not in err and "Traceback" not in err
+
+
+def test_an_extraction_in_which_every_file_failed_exits_1(tmp_path, capsys):
+    """Every path of a manifest missed: extract printed "... 2 failed ... complete" and exited 0, so a
+    job script went on to train. Failures amid extracted files still exit 0, also when resumed."""
+    from w2v2ser._cli import main
+
+    path = _manifest(tmp_path, "path,label,speaker\nmissing/a.wav,angry,s1\nmissing/b.wav,sad,s2\n")
+    store = str(tmp_path / "s.zarr")
+    command = ["extract", "csv", str(path), "--store", store, "--features", "spectrogram", "--no-progress"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert (f"w2v2ser: error: nothing could be extracted: the store holds no utterance with spectrogram frames "
+            f"and 2 utterance(s) failed; `w2v2ser store info {store}` lists the reasons") in err, err
+    assert "Traceback" not in err
+    assert main(command) == 1  # the rerun: still nothing
+    capsys.readouterr()
+    (tmp_path / "missing").mkdir()
+    write_audio(tmp_path / "missing" / "a.wav")
+    assert main(command) == 0  # one extracted, one failed: bad input does not stop a run
+    assert "nothing could be extracted" not in capsys.readouterr().err
+    assert main(command) == 0  # resumed: the earlier run's work counts

@@ -618,3 +618,20 @@ def test_a_failure_marker_that_cannot_be_written_does_not_stop_the_stage(tmp_pat
     experiment.run_dir.write_text("a file where the experiment's folder goes")
     _mark_not_trained(config, experiment, "its folder is blocked", marker="failed.json")  # no exception
     assert "its failed.json cannot be written" in capsys.readouterr().err
+
+
+def test_run_stage_extract_fails_when_every_file_of_a_corpus_failed(tmp_path: Path, capsys) -> None:
+    """Every path of a manifest missed: `run --stage extract` said "0 extracted, 2 failed utterance(s)
+    recorded" and exited 0, and a rerun called the store complete. Both now fail the extraction."""
+    from w2v2ser._run import run_pipeline
+
+    (tmp_path / "m.csv").write_text("path,label,speaker\nmissing/a.wav,angry,s1\nmissing/b.wav,sad,s2\n")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",), extra={
+        "corpora": {"ravdess": {"kind": "csv", "path": "m.csv"}},
+        "extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+            "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
+    for _ in range(2):  # the rerun finds a complete store of no extracted utterance
+        assert run_pipeline(pipeline, stage="extract") == 1
+        err = capsys.readouterr().err
+        assert "FAILED: nothing could be extracted: the store holds no utterance with spectrogram frames and 2 " \
+               "utterance(s) failed" in err, err

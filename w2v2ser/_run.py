@@ -171,6 +171,8 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
         return False
     if not store.complete or not set(features) <= set(store.features):
         return False
+    if not all(store.list_utterances(feature=name) for name in features):
+        return False  # every file failed: the extraction retries them and says so, not "complete"
     stored = {r.id: r for r in store.list_utterances(status=None)}
     # Not the path: a corpus copied to a node's local disk for a job reads the same audio.
     fields = ("label", "speaker", "session", "split")
@@ -249,6 +251,13 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
              f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
         for note in summary.notes():
             _say(f"extract {label}: {note}")
+        from ._cli import nothing_extracted
+
+        nothing = summary.complete and nothing_extracted(path, str(path), [e.name for e in extractors],
+                                                         len(summary.failed))
+        if nothing:  # the experiments on this store would only fail for want of data
+            _say(f"extract {label}: FAILED: {nothing}")
+            return False
         return True
 
     if handle.client is None or len(jobs) == 1:

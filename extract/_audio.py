@@ -261,18 +261,21 @@ def _truncation(log: str) -> str:
     return ""
 
 
+# Not "remove it from the manifest": the file may come from a corpus folder or predict's command line.
+_LEAVE_OUT = "Leave the file out (of the manifest, corpus folder or command line that names it)"
+
+
 def _check_length(path: Path, num_samples: int, frames: int, min_samples: int) -> None:
     if frames == 0 or num_samples == 0:
         raise AudioError(
-            f"Audio file {path} contains no samples. Remove it from the manifest or replace the recording."
+            f"Audio file {path} contains no samples. {_LEAVE_OUT} or replace the recording."
         )
     if num_samples < min_samples:
         raise AudioError(
             f"Audio file {path} is too short: {num_samples} samples at 16 kHz "
             f"({num_samples / TARGET_SAMPLE_RATE * 1000:.1f} ms), but at least {min_samples} samples "
             f"({min_samples / TARGET_SAMPLE_RATE * 1000:.0f} ms, the wav2vec 2.0 receptive field, the shortest audio "
-            "w2v2ser takes for any feature) are needed. Leave the file out (remove it from the manifest) or pad "
-            "the recording."
+            f"w2v2ser takes for any feature) are needed. {_LEAVE_OUT} or pad the recording."
         )
 
 
@@ -356,8 +359,8 @@ def decode_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES
         bad = int(np.count_nonzero(~np.isfinite(signal)))
         raise AudioError(
             f"Audio file {path} has {bad} samples that are not finite (NaN or Inf). "
-            "Fix or re-render the recording (e.g. replace it with a clean 16-bit export) "
-            "or remove it from the manifest."
+            "Fix or re-render the recording (e.g. replace it with a clean 16-bit export), "
+            f"or {_LEAVE_OUT[0].lower()}{_LEAVE_OUT[1:]}."
         )
     return np.ascontiguousarray(signal, dtype=np.float32), sample_rate
 

@@ -82,7 +82,7 @@ def _dangling_link(path: Path) -> Path:
 # name -> (how to make it, words the AudioError must contain besides the file name)
 BAD: dict[str, tuple] = {
     "empty": (_write_bytes(b""), ("empty", "0 bytes", "Re-export")),
-    "zero_samples": (_header_only_wav, ("no samples", "Remove it from the manifest")),
+    "zero_samples": (_header_only_wav, ("no samples", "replace the recording")),
     "truncated_header": (_truncated_header, ("header is damaged or truncated", "convert it")),
     "truncated_data": (_cut(0.5), ("is truncated", "bytes of audio data", "copy or export it again")),
     "truncated_data_24bit": (_cut(0.99, subtype="PCM_24"), ("is truncated",)),
@@ -150,6 +150,19 @@ def test_bad_audio_raises_a_clear_audio_error(tmp_path, name):
     assert str(path) in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("name", ["zero_samples", "short_16k", "nan_float"])
+def test_a_bad_file_s_advice_does_not_assume_a_manifest(tmp_path, name):
+    """Found by a predict trial: a too-short file given on predict's command line was told "remove it
+    from the manifest"; a file of a RAVDESS or IEMOCAP folder has no manifest either."""
+    path = make_bad(tmp_path, name)
+    with pytest.raises(AudioError) as error:
+        probe_audio(path)
+        read_audio(path)
+    message = str(error.value)
+    assert "from the manifest" not in message and "the file out (of the manifest, corpus folder or command line " \
+        "that names it)" in message, message
 
 
 @pytest.mark.parametrize("size", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])  # the last: sox writing to a pipe

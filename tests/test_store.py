@@ -1185,3 +1185,23 @@ def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_m
     assert [u.status for u in store.list_utterances(status=None)] == ["done"] * 2 + ["failed"] * 4
     assert store.read_utterance("u1", SPEC2D.name).shape[0] == 3
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("argv, resume", [
+    (["/venv/bin/w2v2ser", "run", "my pipeline.yaml", "--stage", "extract"],
+     "rerun `w2v2ser run 'my pipeline.yaml' --stage extract`, or the same `w2v2ser run` command, which made it"),
+    (["/venv/bin/w2v2ser", "extract", "csv", "m.csv"], "rerun the same `w2v2ser extract` command"),
+    (["analysis.py", "run"], "rerun the extraction that made it: the same `w2v2ser extract` or `w2v2ser run` command"),
+])
+def test_info_of_an_interrupted_store_names_the_command_that_made_it(tmp_path, capsys, monkeypatch, argv, resume):
+    """A store that `w2v2ser run` left unfinished: `store info` and `store verify` said to rerun "the same
+    `w2v2ser extract` command", which the user never ran. The store records its command line."""
+    from w2v2ser._cli import main
+
+    monkeypatch.setattr(sys, "argv", argv)
+    build_store(tmp_path / "s", lengths=LENGTHS[:2], finalize=False, units=0)
+    monkeypatch.undo()
+    assert main(["store", "info", str(tmp_path / "s")]) == 0
+    assert f"merged when it finishes ({resume} to resume)" in capsys.readouterr().out
+    assert main(["store", "verify", str(tmp_path / "s")]) == 1
+    assert f"({resume}, then verify again)" in capsys.readouterr().out

@@ -205,7 +205,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     else:
         print(f"complete    {info['complete']}" + ("" if committed is None else
               f": extraction interrupted or still running; committed so far: {so_far} utterances, merged "
-              f"when it finishes (rerun the same `w2v2ser extract` command to resume)"))
+              f"when it finishes ({_resume_command(store)} to resume)"))
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
@@ -275,6 +275,25 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_command(store: Any) -> str:
+    """How to finish an unfinished store: rerun the command that created it, as its provenance
+    records the command line (a store made by `w2v2ser run` is resumed by `run`, not `extract`)."""
+    import shlex
+
+    argv = [str(arg) for arg in store.attrs.get("provenance", {}).get("argv") or [""]]
+    ours = Path(argv[0]).name == "w2v2ser" or Path(argv[0]).parent.name == "w2v2ser"  # the script, or -m
+    command = next((arg for arg in argv[1:] if not arg.startswith("-")), None) if ours else None
+    if command == "run":
+        rest = argv[argv.index("run") + 1:]
+        pipeline = next((arg for arg in rest if not arg.startswith("-")), "PIPELINE")
+        return (f"rerun `w2v2ser run {shlex.quote(pipeline)} --stage extract`, or the same `w2v2ser run` command, "
+                f"which made it")
+    if command == "extract":
+        return "rerun the same `w2v2ser extract` command"
+    # The Python API (extract_corpus), or a store of a version before the command line was recorded.
+    return "rerun the extraction that made it: the same `w2v2ser extract` or `w2v2ser run` command"
+
+
 def _label_case_note(corpora: Sequence[str]) -> str:
     """What labels differing only in case mean for ``train`` on a store of ``corpora``: the
     protocol of RAVDESS and IEMOCAP reads labels in lower case (one label); CSV's keeps them apart."""
@@ -334,7 +353,7 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
     if unfinished:  # exit 1: a script must not take an unfinished store for a verified one
         print(f"the store is incomplete: {report.checked} utterance x feature regions of its last finalize were "
               f"checked; what the unfinished extraction committed since is checked once it finishes "
-              f"(rerun the same `w2v2ser extract` command, then verify again)")
+              f"({_resume_command(store)}, then verify again)")
     return 0 if report.ok and not unfinished else 1
 
 

@@ -168,20 +168,55 @@ def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any],
                                   f"{k!r} {counts.get(k, 0)} vs {old_counts.get(k, 0)}" for k in diff))
 
 
+# The old store's attributes that `store upgrade` records in NEW's ``upgraded_from``: who made it.
+_SOURCE_KEYS = ("format_version", "tool_version", "created")
+
+
+def _recorded_path_matches(recorded: str, old: Path) -> bool:
+    """Whether NEW's recorded source path names ``old``, whatever the current folder.
+
+    Paths are recorded resolved; an older w2v2ser recorded the path as given, relative to a
+    folder it did not record, so such a record matches an ``old`` whose resolved path ends with it
+    (the source's attributes are compared too, see :func:`_upgrade_of`).
+    """
+    target, path = old.resolve(), Path(os.path.normpath(recorded))
+    if path.is_absolute():
+        return path == target
+    return ".." not in path.parts and target.parts[-len(path.parts):] == path.parts
+
+
+def _upgrade_of(new: Path, old: Path, old_meta: dict[str, Any]) -> str | None:
+    """How ``new`` relates to the format-1 store ``old`` (whose attributes are ``old_meta``).
+
+    Returns:
+        None: ``new`` is not a finished upgrade of ``old``. "same": it is the upgrade of ``old`` as
+        ``old`` is now. Otherwise the reason why it is the upgrade of an earlier state of ``old``.
+    """
+    try:
+        _, meta = read_meta(new)
+    except Exception:  # not a store, or not a readable one: the caller's "not empty" applies
+        return None
+    source = meta.get("upgraded_from")
+    if not meta.get("complete") or not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        return None
+    if not _recorded_path_matches(source["path"], old):
+        return None
+    if any(source.get(k) != old_meta.get(k) for k in ("format_version", "tool_version", "created")):
+        return None  # another store now at that path
+    return "same"
+
+
 def upgraded_from(new: str | os.PathLike[str], old: str | os.PathLike[str]) -> bool:
-    """Whether ``new`` is a finished store that `store upgrade` converted from ``old``.
+    """Whether ``new`` is a finished store that `store upgrade` converted from ``old`` as it is now.
 
     A rerun of the same upgrade finds it so (the first run was killed after it moved NEW into
     place, before it printed its summary) and has nothing to do.
     """
     try:
-        _, meta = read_meta(Path(new))
-    except Exception:  # not a store, or not a readable one: the caller's "not empty" applies
+        _, old_meta = read_meta(Path(old))
+    except Exception:  # OLD unreadable: upgrade_store says why
         return False
-    source = meta.get("upgraded_from")
-    if not meta.get("complete") or not isinstance(source, dict) or not source.get("path"):
-        return False
-    return Path(source["path"]).resolve() == Path(old).resolve()
+    return _upgrade_of(Path(new), Path(old), old_meta) == "same"
 
 
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
@@ -212,8 +247,9 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
 
     Raises:
         StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty
-            (and not already the upgrade of `old_path`, which is returned as it is) or lies inside `old_path`, an old table, index or failure array is damaged, or an
-            old utterance's frames do not match their crc32 (without `skip_damaged`).
+            (and not already the upgrade of `old_path` as it is now, which is returned as it is) or
+            lies inside `old_path`, an old table, index or failure array is damaged, or an old
+            utterance's frames do not match their crc32 (without `skip_damaged`).
     """
     for given, role in ((old_path, "old store"), (new_path, "new store")):
         if is_store_url(given):  # Path() would turn s3://b/x into the local folder s3:/b/x
@@ -227,7 +263,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         raise StoreError(f"cannot upgrade into {new}: it {where}, which `store upgrade` only reads. "
                          f"Choose a new path outside {old}.")
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
-        if upgraded_from(new, old):  # the same command again, e.g. after a kill between the move and its summary
+        state = _upgrade_of(new, old, meta)
+        if state == "same":  # the same command again, e.g. after a kill between the move and its summary
             return new
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
     if not meta.get("complete", False) and not allow_incomplete:
@@ -332,8 +369,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
             bar.close()
         writer.finalize()
         new_meta = dict(writer._group.attrs[ATTRS_KEY])
-        new_meta["upgraded_from"] = {k: meta.get(k) for k in ("format_version", "tool_version", "created")}
-        new_meta["upgraded_from"]["path"] = str(old)
+        new_meta["upgraded_from"] = {k: meta.get(k) for k in _SOURCE_KEYS}
+        new_meta["upgraded_from"]["path"] = str(old.resolve())  # a rerun from another folder finds it the same
         if damaged:
             new_meta["upgraded_from"]["damaged"] = damaged
         writer._group.attrs[ATTRS_KEY] = new_meta

@@ -366,3 +366,42 @@ def test_upgrade_and_export_refuse_an_output_inside_the_source_store(tmp_path, u
     with pytest.raises(StoreError, match="inside the store"):
         export_hdf5(upgraded, upgraded / "x.h5")
     assert not list(upgraded.glob("*.h5")) and not list(upgraded.glob(".x.h5*"))
+
+
+def _edit_meta(store: Path, **changes) -> None:
+    """Change attributes of a store's root (``None`` removes one)."""
+    path = store / "zarr.json"
+    doc = json.loads(path.read_text())
+    meta = doc["attributes"]["w2v2ser"]
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            meta[key] = {k: v for k, v in {**meta[key], **value}.items() if v is not None}
+        elif value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    path.write_text(json.dumps(doc))
+
+
+def test_an_upgrade_rerun_is_recognised_from_any_folder_and_only_for_its_own_source(tmp_path, monkeypatch):
+    """Found in review: the recorded OLD path was relative to the first run's folder, so a rerun
+    from another folder took a different OLD of the same name for the source ("nothing to do", NEW
+    holding other data), and the true rerun given OLD's absolute path was refused "not empty"."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(FORMAT1, a / "old.zarr")
+    shutil.copytree(FORMAT1, b / "old.zarr")
+    _edit_meta(b / "old.zarr", created="2026-12-01T09:00:00+00:00")  # another store, same name
+    new = tmp_path / "new.zarr"
+    monkeypatch.chdir(a)
+    assert upgrade_store("old.zarr", new) == new
+    assert Path(open_store(new).attrs["upgraded_from"]["path"]) == (a / "old.zarr").resolve()
+    monkeypatch.chdir(b)
+    with pytest.raises(StoreError, match="not empty"):
+        upgrade_store("old.zarr", new)
+    monkeypatch.chdir(tmp_path)
+    assert upgrade_store(a / "old.zarr", new) == new
+    # A record of an older w2v2ser holds the path as it was given, relative to an unrecorded folder.
+    _edit_meta(new, upgraded_from={"path": "old.zarr", "finalized": None})
+    assert upgrade_store(a / "old.zarr", new) == new
+    with pytest.raises(StoreError, match="not empty"):
+        upgrade_store(b / "old.zarr", new)

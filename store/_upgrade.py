@@ -168,8 +168,9 @@ def _check_v1_tables(old: Path, group: zarr.Group, meta: dict[str, Any],
                                   f"{k!r} {counts.get(k, 0)} vs {old_counts.get(k, 0)}" for k in diff))
 
 
-# The old store's attributes that `store upgrade` records in NEW's ``upgraded_from``: who made it.
-_SOURCE_KEYS = ("format_version", "tool_version", "created")
+# The old store's attributes that `store upgrade` records in NEW's ``upgraded_from``: who made it, and
+# the state it was upgraded in (a format-1 store resumed by an older w2v2ser is finalized again).
+_SOURCE_KEYS = ("format_version", "tool_version", "created", "finalized", "complete")
 
 
 def _recorded_path_matches(recorded: str, old: Path) -> bool:
@@ -203,7 +204,9 @@ def _upgrade_of(new: Path, old: Path, old_meta: dict[str, Any]) -> str | None:
         return None
     if any(source.get(k) != old_meta.get(k) for k in ("format_version", "tool_version", "created")):
         return None  # another store now at that path
-    return "same"
+    changed = [f"{k} {source[k]!r}, now {old_meta.get(k)!r}" for k in ("finalized", "complete")
+               if k in source and source[k] != old_meta.get(k)]  # (older records lack them: cannot tell)
+    return "; ".join(changed) if changed else "same"
 
 
 def upgraded_from(new: str | os.PathLike[str], old: str | os.PathLike[str]) -> bool:
@@ -266,6 +269,10 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         state = _upgrade_of(new, old, meta)
         if state == "same":  # the same command again, e.g. after a kill between the move and its summary
             return new
+        if state is not None:
+            raise StoreError(f"cannot upgrade into {new}: it holds the upgrade of {old} as it was then, and {old} "
+                             f"changed since ({state}). Remove {new} (or choose another new path), then rerun "
+                             f"to upgrade {old} as it is now.")
         raise StoreError(f"cannot upgrade into {new}: the directory is not empty. Choose a new path.")
     if not meta.get("complete", False) and not allow_incomplete:
         raise StoreError(

@@ -405,3 +405,17 @@ def test_an_upgrade_rerun_is_recognised_from_any_folder_and_only_for_its_own_sou
     assert upgrade_store(a / "old.zarr", new) == new
     with pytest.raises(StoreError, match="not empty"):
         upgrade_store(b / "old.zarr", new)
+
+
+def test_an_upgrade_rerun_after_old_changed_is_refused_with_what_to_do(tmp_path):
+    """Found in review: a rerun compared only OLD's path, so an OLD that an older w2v2ser resumed
+    (finalized again, more utterances) after the upgrade was reported "nothing to do", NEW stale."""
+    old, new = tmp_path / "old.zarr", tmp_path / "new.zarr"
+    shutil.copytree(FORMAT1, old)
+    upgrade_store(old, new)
+    assert upgrade_store(old, new) == new
+    _edit_meta(old, finalized="2026-12-02T10:00:00+00:00")
+    with pytest.raises(StoreError, match=r"changed since \(finalized .*\)\. Remove .*new\.zarr"):
+        upgrade_store(old, new)
+    done = subprocess.run([str(W2V2SER), "store", "upgrade", str(old), str(new)], capture_output=True, text=True)
+    assert done.returncode == 2 and "changed since" in done.stderr and "nothing to do" not in done.stdout

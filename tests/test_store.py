@@ -973,7 +973,7 @@ def test_an_interrupted_export_does_not_promise_to_resume(tmp_path, capsys, monk
     monkeypatch.setattr(store_api, "export_hdf5", interrupted)
     assert main(["store", "export", str(built.path), str(tmp_path / "x.h5")]) == 130
     err = capsys.readouterr().err
-    assert "interrupted; nothing was written" in err and "resume" not in err
+    assert "interrupted; OUT is either as it was before or the complete new export" in err and "resume" not in err
 
 
 def test_export_and_verify_show_progress_per_feature(tmp_path, monkeypatch, capsys):

@@ -882,9 +882,12 @@ def _sigterm_raises() -> Any:
                     clear_stop()
 
 
+# (A stop after the finished file or folder was moved into place leaves it complete: each line is true both ways.)
 _STARTS_OVER = {
-    _cmd_store_export: "nothing was written (an earlier OUT file is unchanged); rerun the same command to export again",
-    _cmd_store_upgrade: "the old store is unchanged and NEW was not written; rerun the same command to convert again",
+    _cmd_store_export: "OUT is either as it was before or the complete new export; rerun the same command to "
+                       "export again",
+    _cmd_store_upgrade: "the old store is unchanged, and NEW is either as it was before or the complete upgrade; "
+                        "rerun the same command (it does nothing if NEW is complete)",
     _cmd_predict: "rerun the same command to predict again",
 }
 

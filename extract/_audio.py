@@ -159,22 +159,25 @@ def _near_miss(path: Path) -> str:
     """A hint when the file exists under a spelling the manifest's writer could not see: Windows
     separators, another Unicode normal form of an accented name (macOS writes NFD), or a path
     written relative to the current folder instead of the manifest's."""
-    text = str(path)
-    if "\\" in text and Path(text.replace("\\", "/")).exists():
-        return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
-    for form in ("NFC", "NFD"):
-        other = unicodedata.normalize(form, text)
-        if other != text and Path(other).exists():
-            return (f" A file of the same name in another Unicode form ({form}) exists: the manifest and the file "
-                    f"system spell its accents differently; rename the file or fix the manifest.")
-    # 'corpus/a.wav' in corpus/list.csv, generated from the folder above: the longest tail of the
-    # path that names a file under the current folder.
-    cwd = Path.cwd()
-    for start in range(1, len(path.parts)):
-        candidate = cwd.joinpath(*path.parts[start:])
-        if candidate != path and candidate.is_file():
-            return (f" It exists relative to the current folder, as {candidate}: write the manifest's paths "
-                    f"relative to the manifest's own folder, or absolute.")
+    try:  # a hint never replaces the error it decorates (a deleted current folder, EACCES, ENAMETOOLONG)
+        text = str(path)
+        if "\\" in text and Path(text.replace("\\", "/")).exists():
+            return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
+        for form in ("NFC", "NFD"):
+            other = unicodedata.normalize(form, text)
+            if other != text and Path(other).exists():
+                return (f" A file of the same name in another Unicode form ({form}) exists: the manifest and the file "
+                        f"system spell its accents differently; rename the file or fix the manifest.")
+        # 'corpus/a.wav' in corpus/list.csv, generated from the folder above: the longest tail of the
+        # path that names a file under the current folder.
+        cwd = Path.cwd()
+        for start in range(1, len(path.parts)):
+            candidate = cwd.joinpath(*path.parts[start:])
+            if candidate != path and candidate.is_file():
+                return (f" It exists relative to the current folder, as {candidate}: write the manifest's paths "
+                        f"relative to the manifest's own folder, or absolute.")
+    except (OSError, ValueError):
+        pass
     return ""
 
 

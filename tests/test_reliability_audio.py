@@ -367,6 +367,17 @@ def test_a_missing_file_that_exists_under_another_spelling_is_named(tmp_path):
         probe_audio(tmp_path / unicodedata.normalize("NFC", "café.wav"))
 
 
+def test_a_missing_file_is_named_also_when_the_current_folder_was_deleted(tmp_path, monkeypatch):
+    """Found in review: the near-miss hint raised FileNotFoundError from Path.cwd() when the job's
+    launch folder had been removed, and every missing file's reason became "cannot read ...: [Errno 2]"."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(AudioError, match=r"Audio file /nonexistent/corpus/a\.wav does not exist\. Check the path"):
+        probe_audio(Path("/nonexistent/corpus/a.wav"))
+
+
 def test_a_manifest_path_written_relative_to_the_current_folder_is_named(tmp_path, monkeypatch, capsys):
     """Paths generated from the folder above the manifest ('corpus/a.wav' in corpus/list.csv) all
     failed with "does not exist" at corpus/corpus/a.wav, with no word on where the file is."""

@@ -252,6 +252,8 @@ def test_upgrade_or_extract_into_a_folder_that_takes_no_folders_is_one_line(tmp_
         done = subprocess.run([str(W2V2SER), *args], capture_output=True, text=True)
         assert done.returncode == 2, done.stderr
         assert "cannot write to store /proc/x.zarr: no folder can be created there" in done.stderr
+        # (Found in review: it went on with read-only advice, "copy the store somewhere writable", for no store.)
+        assert "Choose a store path on a normal file system" in done.stderr and "cp -r" not in done.stderr
         assert "Traceback" not in done.stderr
 
 

@@ -195,16 +195,28 @@ def _note_small_groups(predictions: list) -> None:
 
 
 def _note_silent(predictions: list) -> None:
-    """Say on stderr which files are digital silence: they got a label, which says nothing of emotion."""
+    """Say on stderr which files (or ``--segment`` windows) are digital silence: they got a label, which says
+    nothing of emotion. A silent window is a pause; only a file silent throughout gets the broken-file advice."""
     silent = [p for p in predictions if p.ok and p.silent]
     if not silent:
         return
     shown = first_few([f"{p.id or p.path}{'' if p.start is None else f' {p.start:.1f}-{p.end:.1f} s'}" for p in silent])
-    what = "files" if silent[0].start is None else "windows"
+    fix = ("A muted or zeroed recording is usually a broken file: replace it. A stereo file whose channels cancel (one "
+           "is the other inverted) holds speech in each channel: keep one, e.g. `ffmpeg -i IN -af 'pan=mono|c0=c0' "
+           "OUT.wav`.")
+    if silent[0].start is None:
+        what, advice = "files", fix
+    else:  # a window of exact zeros is a pause in digitally produced or edited audio, not a broken file
+        what, advice = "windows", "A silent window is a pause (digitally produced or edited audio): ignore its label."
+        windows: dict[Path, list[bool]] = {}
+        for p in predictions:
+            if p.ok:
+                windows.setdefault(p.path, []).append(p.silent)
+        whole = [str(path) for path, flags in windows.items() if all(flags)]
+        if whole:
+            advice += f" Every window of {first_few(whole)} is silent, so the file is: {fix}"
     print(f"note: {len(silent)} of {len(predictions)} {what} are digital silence after mixing to mono (every sample "
-          f"is 0), so their labels say nothing about emotion: {shown}. A muted or zeroed recording is usually a "
-          f"broken file: replace it. A stereo file whose channels cancel (one is the other inverted) holds speech in "
-          f"each channel: keep one, e.g. `ffmpeg -i IN -af 'pan=mono|c0=c0' OUT.wav`.", file=sys.stderr)
+          f"is 0), so their labels say nothing about emotion: {shown}. {advice}", file=sys.stderr)
 
 
 def _note_resampled(predictions: list) -> None:

@@ -1316,3 +1316,22 @@ def test_a_stage_1_that_stopped_is_named_by_its_error_line_or_its_signal(tmp_pat
                         lambda *a, **k: subprocess.CompletedProcess(a, code, stdout="", stderr=stderr))
     reason = _predict.extract_features(tmp_path / "m.csv", store, like=tmp_path / "like.zarr", features=["egemaps"])
     assert reason.startswith(expected), reason
+
+
+def test_the_silent_note_for_segment_windows_speaks_of_pauses(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found in review: a --segment window of exact zeros (a pause) got "a muted or zeroed recording
+    is usually a broken file: replace it" and the stereo advice; only a file silent throughout is."""
+    from w2v2ser.evaluate._cli import _note_silent
+
+    def window(path: str, start: float, silent: bool) -> Prediction:
+        return Prediction(path=Path(path), emotion="calm", seconds=2.0, start=start, end=start + 2, silent=silent)
+
+    _note_silent([window("talk.wav", 0, False), window("talk.wav", 2, True), window("talk.wav", 4, False)])
+    err = capsys.readouterr().err
+    assert "1 of 3 windows are digital silence" in err and "talk.wav 2.0-4.0 s" in err
+    assert "A silent window is a pause" in err and "broken file" not in err and "ffmpeg" not in err
+    _note_silent([window("talk.wav", 0, False), window("mute.wav", 0, True), window("mute.wav", 2, True)])
+    err = capsys.readouterr().err
+    assert "Every window of mute.wav is silent, so the file is: A muted or zeroed recording" in err
+    _note_silent([Prediction(path=Path("mute.wav"), emotion="calm", seconds=1.0, silent=True)])
+    assert "1 of 1 files are digital silence" in capsys.readouterr().err

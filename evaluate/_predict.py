@@ -446,20 +446,36 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
     return out
 
 
+_ABSENT = object()  # a key one side does not record (told apart from a recorded None)
+
+
 def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *, width: int = 80) -> str:
-    """``key: FOUND, not TRAINED`` for each setting of two feature specs that differs, values
-    shortened to ``width`` characters (an extractor config holds long lists and provenance)."""
+    """``key: FOUND, not TRAINED`` for each setting of two feature specs (``FeatureSpec.to_dict()``
+    form) that differs, values shortened to ``width`` characters (an extractor config holds long
+    lists and provenance). The one text of predict's --store and --from-store refusals.
+
+    Extractor config keys come first, then the spec's own keys; a key one side lacks reads
+    ``(absent)``. The description follows the config, so it is named only when nothing else differs.
+    """
     def brief(value: Any) -> str:
-        text = repr(value)
+        text = "(absent)" if value is _ABSENT else repr(value)
         return text if len(text) <= width else f"{text[:width - 3]}..."
 
-    found_config, trained_config = dict(found.get("config") or {}), dict(trained.get("config") or {})
-    pairs = [(k, found_config.get(k), trained_config.get(k)) for k in sorted(set(found_config) | set(trained_config))
-             if found_config.get(k) != trained_config.get(k)]
-    pairs += [(k, found.get(k), trained.get(k)) for k in sorted(set(found) | set(trained))
-              if k not in ("config", "description") and found.get(k) != trained.get(k)]
-    if not pairs:  # the description follows the config: named only when nothing else differs
-        pairs = [("description", found.get("description"), trained.get("description"))]
+    def differing(a: Mapping[str, Any], b: Mapping[str, Any], skip: tuple[str, ...] = ()) -> list[tuple]:
+        def same(k: str) -> bool:
+            if (k in a) != (k in b):
+                return False
+            return json.dumps(a[k], sort_keys=True, default=str) == json.dumps(b[k], sort_keys=True, default=str)
+
+        return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b), key=str)
+                if k not in skip and not same(k)]
+
+    found_config, trained_config = found.get("config"), trained.get("config")
+    pairs = differing(found_config if isinstance(found_config, Mapping) else {},
+                      trained_config if isinstance(trained_config, Mapping) else {})
+    pairs += differing(found, trained, skip=("config", "description"))
+    if not pairs:
+        pairs = [("description", found.get("description", _ABSENT), trained.get("description", _ABSENT))]
     return "; ".join(f"{k}: {brief(a)}, not {brief(b)}" for k, a, b in pairs)
 
 

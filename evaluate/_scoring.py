@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import PredictError
-from ._predict import (Prediction, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _training_rates,
-                       ensemble_probabilities, normalisation_used, predict_audio, resolve_feature, speaker_groups)
+from ._predict import (Prediction, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _setting_differences,
+                       _training_rates, ensemble_probabilities, normalisation_used, predict_audio, resolve_feature,
+                       speaker_groups)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 
@@ -171,9 +172,7 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
             raise PredictError(f"store {path} holds {', '.join(test.features)}, not {name!r}, which run dir "
                                f"{plan.run_dir} reads; {fix}.")
         if (found.dim, found.layers) != (trained.dim, trained.layers) or _differs(found.config, trained.config):
-            keys = sorted(k for k in set(found.config) & set(trained.config) if found.config[k] != trained.config[k])
-            apart = ", ".join(f"{k}: {found.config[k]!r}, not {trained.config[k]!r}" for k in keys) or (
-                f"frames of {found.layers or 1} x {found.dim}, not {trained.layers or 1} x {trained.dim}")
+            apart = _setting_differences(found.to_dict(), trained.to_dict())  # as predict --store words it
             raise PredictError(f"store {path} holds {name!r} with other settings than run dir {plan.run_dir} was "
                                f"trained with ({apart}); its frames are not what the models read. "
                                f"{fix[0].upper()}{fix[1:]}.")

@@ -1097,6 +1097,11 @@ def test_predict_store_scores_a_stored_corpus_without_extracting(trained: Path, 
     with pytest.raises(PredictError, match=r"holds 'wav2vec2' with other settings than run dir .*model: "
                                            r"'finetuned', not 'pretrained'.*--like"):
         predict_store(trained, other)
+    # Found in review: --from-store named a dim change "frames of 3 x 5, not 3 x 4", predict --store
+    # "dim: 5, not 4"; both use one text now.
+    wider = build_store(tmp_path / "wider.zarr", layers=3, dim=5, features=("wav2vec2",))
+    with pytest.raises(PredictError, match=r"with other settings than run dir .* \(dim: 5, not 4\)"):
+        predict_store(trained, wider)
     lacking = build_store(tmp_path / "lacking.zarr", layers=3, dim=4, features=("egemaps",))
     with pytest.raises(PredictError, match="holds egemaps, not 'wav2vec2'"):
         predict_store(trained, lacking)
@@ -1335,3 +1340,12 @@ def test_the_silent_note_for_segment_windows_speaks_of_pauses(capsys: pytest.Cap
     assert "Every window of mute.wav is silent, so the file is: A muted or zeroed recording" in err
     _note_silent([Prediction(path=Path("mute.wav"), emotion="calm", seconds=1.0, silent=True)])
     assert "1 of 1 files are digital silence" in capsys.readouterr().err
+
+
+def test_setting_differences_name_a_key_one_side_lacks() -> None:
+    """Found in review: a spec recorded without a key that the store now records as None read
+    "(description: 'X', not 'X')", naming nothing that differs."""
+    trained = {"name": "w", "dim": 4, "layers": 3, "config": {"model": "m", "old": 1}, "description": "X"}
+    found = {**trained, "config": {"model": "m"}, "layer_names": None}
+    assert _predict._setting_differences(found, trained) == "old: (absent), not 1; layer_names: None, not (absent)"
+    assert _predict._setting_differences({**trained, "description": "Y"}, trained) == "description: 'Y', not 'X'"

@@ -61,12 +61,12 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             raise StoreError(describe_path_error(exc)[0]) from None  # the command line's message, as a StoreError
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
             raise
-        if exc.errno == errno.ENOENT:  # mkdir(parents=True) fails so only where no folder can be made (/proc, /sys)
+        if exc.errno == errno.ENOENT:  # mkdir(parents=True) fails so only where no folder can be made (/proc, autofs, deleted cwd)
             # (There is no store there to copy or to ask about: the read-only advice below cannot apply.)
             raise StoreError(
-                f"cannot write to store {store}: no folder can be created there ({exc.filename}; a virtual file "
-                f"system such as /proc or /sys). Choose a store path on a normal file system (a local disk or a "
-                f"network share)."
+                f"cannot write to store {store}: no folder can be created there ({exc.filename} does not exist and "
+                f"cannot be made: a virtual file system such as /proc, an automount path, or a current folder that "
+                f"was deleted). Choose a store path on a normal file system (a local disk or a network share)."
             ) from None
         why = exc.strerror
         # A store shared read-only (another user's, a read-only mount) is fine to train on,

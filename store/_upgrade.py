@@ -181,9 +181,13 @@ def _recorded_path_matches(recorded: str, old: Path) -> bool:
     (the source's attributes are compared too, see :func:`_upgrade_of`).
     """
     target, path = old.resolve(), Path(os.path.normpath(recorded))
-    if path.is_absolute():
-        return path == target
-    return ".." not in path.parts and target.parts[-len(path.parts):] == path.parts
+    if path.is_absolute():  # an older record holds the path as given: maybe through a symlink (/scratch)
+        try:
+            return path == target or path.resolve() == target
+        except (OSError, RuntimeError):
+            return False
+    given = Path(os.path.abspath(old)).parts  # the tail as typed, before symlinks are followed
+    return ".." not in path.parts and path.parts in (target.parts[-len(path.parts):], given[-len(path.parts):])
 
 
 def _upgrade_of(new: Path, old: Path, old_meta: dict[str, Any]) -> str | None:

@@ -675,7 +675,7 @@ def test_every_experiment_group_s_reference_problem_is_reported_in_one_run(tmp_p
         load_pipeline(_write(tmp_path, data), validate_experiments=False)
 
 
-@pytest.mark.parametrize(("memory", "walltime"), [("32gb", "90"), ("500 MB", "1-12"), ("16GiB", "2-00:30:00"),
+@pytest.mark.parametrize(("memory", "walltime"), [("32gb", "90"), ("500 MB", "1-12"), ("1MB", "10"), ("16GiB", "2-00:30:00"),
                                                   ("64G", "UNLIMITED"), ("1TB", "45:00")])
 def test_slurm_sizes_and_times_in_every_form_dask_and_sbatch_read(tmp_path: Path, memory: str, walltime: str) -> None:
     data = _base()

@@ -1190,6 +1190,9 @@ def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_m
 @pytest.mark.parametrize("argv, resume", [
     (["/venv/bin/w2v2ser", "run", "my pipeline.yaml", "--stage", "extract"],
      "rerun `w2v2ser run 'my pipeline.yaml' --stage extract`, or the same `w2v2ser run` command, which made it"),
+    # Options before the pipeline: their values are not the pipeline (found in review).
+    (["/venv/bin/w2v2ser", "run", "--stage", "extract", "--set", "a.b=1", "p.yaml"],
+     "rerun `w2v2ser run p.yaml --stage extract`, or the same `w2v2ser run` command, which made it"),
     (["/venv/bin/w2v2ser", "extract", "csv", "m.csv"], "rerun the same `w2v2ser extract` command"),
     (["analysis.py", "run"], "rerun the extraction that made it: the same `w2v2ser extract` or `w2v2ser run` command"),
 ])

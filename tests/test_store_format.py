@@ -407,6 +407,14 @@ def test_an_upgrade_rerun_is_recognised_from_any_folder_and_only_for_its_own_sou
     assert upgrade_store(a / "old.zarr", new) == new
     with pytest.raises(StoreError, match="not empty"):
         upgrade_store(b / "old.zarr", new)
+    # ... possibly through a symlink (a cluster's /scratch -> /lustre/...), absolute or relative (found in review).
+    (tmp_path / "link").symlink_to(a)
+    for recorded, given in ((str(tmp_path / "link" / "old.zarr"), tmp_path / "link" / "old.zarr"),
+                            ("link/old.zarr", Path("link/old.zarr"))):
+        _edit_meta(new, upgraded_from={"path": recorded})
+        assert upgrade_store(given, new) == new
+        with pytest.raises(StoreError, match="not empty"):
+            upgrade_store(b / "old.zarr", new)
 
 
 def test_an_upgrade_rerun_after_old_changed_is_refused_with_what_to_do(tmp_path):

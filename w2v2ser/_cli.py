@@ -142,7 +142,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not summary.complete:
         return 1
-    nothing = nothing_extracted(location, str(store), list(configs), len(summary.failed))
+    nothing = nothing_extracted(location, str(store), list(configs), len({uid for uid, _, _ in summary.failed}))
     if nothing:  # a job script must not go on to train on an empty store
         print(f"w2v2ser: error: {nothing}", file=sys.stderr)
         return EXIT_FAILED
@@ -280,12 +280,15 @@ def _resume_command(store: Any) -> str:
     records the command line (a store made by `w2v2ser run` is resumed by `run`, not `extract`)."""
     import shlex
 
-    argv = [str(arg) for arg in store.attrs.get("provenance", {}).get("argv") or [""]]
+    provenance = store.attrs.get("provenance")
+    argv = [str(arg) for arg in (provenance.get("argv") if isinstance(provenance, dict) else None) or [""]]
     ours = Path(argv[0]).name == "w2v2ser" or Path(argv[0]).parent.name == "w2v2ser"  # the script, or -m
     command = next((arg for arg in argv[1:] if not arg.startswith("-")), None) if ours else None
     if command == "run":
-        rest = argv[argv.index("run") + 1:]
-        pipeline = next((arg for arg in rest if not arg.startswith("-")), "PIPELINE")
+        try:  # the command's own parser: `run --stage extract p.yaml` names p.yaml, not "extract"
+            pipeline = build_parser().parse_known_args(argv[1:])[0].pipeline or "PIPELINE"
+        except SystemExit:  # a command line this version does not read
+            pipeline = "PIPELINE"
         return (f"rerun `w2v2ser run {shlex.quote(pipeline)} --stage extract`, or the same `w2v2ser run` command, "
                 f"which made it")
     if command == "extract":
@@ -825,13 +828,15 @@ def _stop_in_callback_hook(previous: Callable[[Any], None]) -> Callable[[Any], N
     landed in a weakref callback or ``__del__``: Python cannot raise it there and printed it as
     "Exception ignored in ..." with a traceback (a scancel during training). The stop is not lost:
     the handler requested it, and the loops' check_stop raises it again. Anything else goes on
-    to ``previous``, and so does a KeyboardInterrupt no stop request stands behind (someone else's
-    SIGINT handler raised it: dropping it would lose that Ctrl-C)."""
-    from w2v2ser._common import stop_requested
+    to ``previous``. A KeyboardInterrupt that no stop request stands behind (someone else's SIGINT
+    handler raised it) requests the stop, so that this Ctrl-C is not lost either."""
+    from w2v2ser._common import Terminated, request_stop, stop_requested
 
     def hook(unraisable: Any) -> None:
-        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_requested()):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             previous(unraisable)
+        elif not stop_requested():  # someone else's SIGINT handler raised it: make that Ctrl-C count
+            request_stop(terminated=isinstance(unraisable.exc_value, Terminated))
 
     return hook
 

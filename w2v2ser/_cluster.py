@@ -13,6 +13,7 @@ runs are told the same count for TensorFlow, so parallel tasks never oversubscri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -250,10 +251,14 @@ def _check_submittable(script: str) -> None:
     """
     import tempfile
 
+    file = None
     try:
         with tempfile.NamedTemporaryFile("w", prefix="w2v2ser-worker-", suffix=".sh", delete=False) as file:
             file.write(script)
     except OSError as error:
+        if file is not None:  # made, then the write failed (a full TMPDIR): leave nothing behind
+            with contextlib.suppress(OSError):
+                os.unlink(file.name)
         raise ClusterError(f"cannot write the Dask worker's job script to check it with sbatch --test-only: "
                            f"{error}. Point TMPDIR at a writable folder") from error
     try:

@@ -96,8 +96,9 @@ def _slurm_memory(value: str) -> str:
         size = parse_bytes(value)
     except (ValueError, TypeError):
         raise ValueError(f"expected a size such as 16GB or 500MB, got {value!r}") from None
-    if size < 1 << 20:  # a bare 16 is 16 bytes to Dask, and SLURMCluster fails on sizes below 1 KiB
-        raise ValueError(f"{value!r} is {size} bytes: write the size with its unit, e.g. {value}GB")
+    if re.fullmatch(r"\s*[\d.]+\s*", str(value)) and size < 1 << 20:
+        # A bare 16 is 16 bytes to Dask (SLURMCluster then fails below 1 KiB): the unit was left out.
+        raise ValueError(f"{value!r} is {size} bytes: write the size with its unit, e.g. {str(value).strip()}GB")
     return value
 
 

@@ -253,8 +253,12 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             _say(f"extract {label}: {note}")
         from ._cli import nothing_extracted
 
-        nothing = summary.complete and nothing_extracted(path, str(path), [e.name for e in extractors],
-                                                         len(summary.failed))
+        try:
+            nothing = summary.complete and nothing_extracted(path, str(path), [e.name for e in extractors],
+                                                             len({uid for uid, _, _ in summary.failed}))
+        except W2v2serError as error:  # the store went away after its finalize: this job fails, not the stage
+            _say(f"extract {label}: FAILED: {error}")
+            return False
         if nothing:  # the experiments on this store would only fail for want of data
             _say(f"extract {label}: FAILED: {nothing}")
             return False

@@ -449,13 +449,16 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
 _ABSENT = object()  # a key one side does not record (told apart from a recorded None)
 
 
-def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *, width: int = 80) -> str:
+def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *, width: int = 80,
+                         absent_differs: bool = True) -> str:
     """``key: FOUND, not TRAINED`` for each setting of two feature specs (``FeatureSpec.to_dict()``
     form) that differs, values shortened to ``width`` characters (an extractor config holds long
     lists and provenance). The one text of predict's --store and --from-store refusals.
 
     Extractor config keys come first, then the spec's own keys; a key one side lacks reads
-    ``(absent)``. The description follows the config, so it is named only when nothing else differs.
+    ``(absent)``, or is left out with ``absent_differs=False`` (a refusal that, as ``_differs``,
+    takes a key one version records and another does not for no change). The description follows
+    the config, so it is named only when nothing else differs.
     """
     def brief(value: Any) -> str:
         text = "(absent)" if value is _ABSENT else repr(value)
@@ -464,7 +467,7 @@ def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *
     def differing(a: Mapping[str, Any], b: Mapping[str, Any], skip: tuple[str, ...] = ()) -> list[tuple]:
         def same(k: str) -> bool:
             if (k in a) != (k in b):
-                return False
+                return not absent_differs
             return json.dumps(a[k], sort_keys=True, default=str) == json.dumps(b[k], sort_keys=True, default=str)
 
         return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b), key=str)

@@ -172,7 +172,8 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
             raise PredictError(f"store {path} holds {', '.join(test.features)}, not {name!r}, which run dir "
                                f"{plan.run_dir} reads; {fix}.")
         if (found.dim, found.layers) != (trained.dim, trained.layers) or _differs(found.config, trained.config):
-            apart = _setting_differences(found.to_dict(), trained.to_dict())  # as predict --store words it
+            # As predict --store words it, less the keys only one side records (no change for _differs).
+            apart = _setting_differences(found.to_dict(), trained.to_dict(), absent_differs=False)
             raise PredictError(f"store {path} holds {name!r} with other settings than run dir {plan.run_dir} was "
                                f"trained with ({apart}); its frames are not what the models read. "
                                f"{fix[0].upper()}{fix[1:]}.")

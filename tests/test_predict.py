@@ -1349,3 +1349,7 @@ def test_setting_differences_name_a_key_one_side_lacks() -> None:
     found = {**trained, "config": {"model": "m"}, "layer_names": None}
     assert _predict._setting_differences(found, trained) == "old: (absent), not 1; layer_names: None, not (absent)"
     assert _predict._setting_differences({**trained, "description": "Y"}, trained) == "description: 'Y', not 'X'"
+    # --from-store refuses on dim/layers and shared config keys only (_differs): a key one version
+    # records and another does not is no difference there, so it is not named first (second review).
+    newer = {**found, "dim": 5}
+    assert _predict._setting_differences(newer, trained, absent_differs=False) == "dim: 5, not 4"

@@ -166,6 +166,30 @@ class ExtractionSummary:
                          f"{SPEAKER_CASE_ADVICE}")
         return notes
 
+    def nothing_extracted(self, location: Any, features: Sequence[str], shown: str) -> str | None:
+        """The error line when this finished extraction left ``features`` without any extracted
+        utterance while utterances failed (every path wrong, say), or None.
+
+        ``location`` is the store as :func:`w2v2ser.store.open_store` takes it (its storage options
+        included), ``shown`` as the user named it. Per-file failures amid extracted utterances are no
+        error (bad input never stops a run); the store counts earlier runs' work, so a resumed run of
+        a store that holds frames is fine.
+        """
+        failed = len({uid for uid, _, _ in self.failed})  # utterances, not utterance x feature records
+        if not self.complete or not failed:
+            return None
+        empty = features_without_utterances(open_store(location), features)
+        if not empty:
+            return None
+        return (f"nothing could be extracted: the store holds no utterance with {', '.join(empty)} frames and "
+                f"{failed} utterance(s) failed; `w2v2ser store info {shown}` lists the reasons (fix them and "
+                f"rerun; finished work is kept)")
+
+
+def features_without_utterances(store: Any, features: Sequence[str]) -> list[str]:
+    """Those of ``features`` of which the open ``store`` holds no extracted utterance."""
+    return [name for name in features if not store.list_utterances(feature=name)]
+
 
 @dataclass(frozen=True)
 class _ShardItem:

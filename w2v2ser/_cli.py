@@ -142,33 +142,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if not summary.complete:
         return 1
-    nothing = nothing_extracted(location, str(store), list(configs), len({uid for uid, _, _ in summary.failed}))
+    nothing = summary.nothing_extracted(location, list(configs), str(store))
     if nothing:  # a job script must not go on to train on an empty store
         print(f"w2v2ser: error: {nothing}", file=sys.stderr)
         return EXIT_FAILED
     return 0
-
-
-def nothing_extracted(location: Any, shown: str, features: Sequence[str], failed: int) -> str | None:
-    """The error line for a finished extraction that left ``features`` without any extracted
-    utterance while ``failed`` utterances failed (every path wrong, say), or None.
-
-    ``location`` is the store as :func:`w2v2ser.store.open_store` takes it, ``shown`` as the user named it.
-
-    Per-file failures amid extracted utterances are not errors (bad input never stops a run);
-    the store counts earlier runs' work, so a resumed run of a store that holds frames is fine.
-    """
-    from w2v2ser.store import open_store
-
-    if not failed:
-        return None
-    store = open_store(location)
-    empty = [name for name in features if not store.list_utterances(feature=name)]
-    if not empty:
-        return None
-    return (f"nothing could be extracted: the store holds no utterance with {', '.join(empty)} frames and "
-            f"{failed} utterance(s) failed; `w2v2ser store info {shown}` lists the reasons (fix them and "
-            f"rerun; finished work is kept)")
 
 
 def _note_features_lacking(location: Any, asked: str) -> None:

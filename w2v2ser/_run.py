@@ -161,6 +161,7 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
     """A complete store holding exactly these utterances, as the manifest gives them now, and these
     features needs no extraction pass. A manifest edited since (a label, a speaker, a split) goes
     to the extraction, which takes the new values: the old ones must not be trained on in silence."""
+    from w2v2ser.extract._pipeline import features_without_utterances
     from w2v2ser.store import open_store
 
     if not store_path.exists():
@@ -171,7 +172,7 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
         return False
     if not store.complete or not set(features) <= set(store.features):
         return False
-    if not all(store.list_utterances(feature=name) for name in features):
+    if features_without_utterances(store, features):
         return False  # every file failed: the extraction retries them and says so, not "complete"
     stored = {r.id: r for r in store.list_utterances(status=None)}
     # Not the path: a corpus copied to a node's local disk for a job reads the same audio.
@@ -251,11 +252,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
              f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")
         for note in summary.notes():
             _say(f"extract {label}: {note}")
-        from ._cli import nothing_extracted
-
         try:
-            nothing = summary.complete and nothing_extracted(path, str(path), [e.name for e in extractors],
-                                                             len({uid for uid, _, _ in summary.failed}))
+            nothing = summary.nothing_extracted(path, [e.name for e in extractors], str(path))
         except W2v2serError as error:  # the store went away after its finalize: this job fails, not the stage
             _say(f"extract {label}: FAILED: {error}")
             return False

@@ -188,7 +188,7 @@ class ExtractionSummary:
 
 def features_without_utterances(store: Any, features: Sequence[str]) -> list[str]:
     """Those of ``features`` of which the open ``store`` holds no extracted utterance."""
-    return [name for name in features if not store.list_utterances(feature=name)]
+    return [name for name in features if not store.holds_any(name)]
 
 
 @dataclass(frozen=True)

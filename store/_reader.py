@@ -339,6 +339,15 @@ class FeatureStore:
             ))
         return out
 
+    def holds_any(self, feature: str) -> bool:
+        """Whether some done utterance holds frames of ``feature``: ``list_utterances(feature=...)``
+        is non-empty, answered from two columns without building every record (each ``run`` asks)."""
+        held = self._holds(feature)
+        if not held.any():
+            return False
+        status = to_str_list(self._read("utterances/status"))[: len(self._ids)]
+        return any(s == "done" for s, h in zip(status, held) if h)
+
     def sample_rates(self, feature: str, *, ids: set[str] | None = None) -> collections.Counter[int | None]:
         """Own sample rate (Hz) of the audio files behind a feature -> number of done utterances.
 

@@ -771,6 +771,29 @@ def test_failures_table_and_superseding_commit(tmp_path):
     assert store.verify().ok
 
 
+def test_holds_any_tells_whether_a_feature_has_a_done_utterance(tmp_path, monkeypatch):
+    path = tmp_path / "s"
+    utts = make_utterances(2, ["A"])
+    writer = StoreWriter(path, chunk_frames={"lld": CHUNK})
+    rows = writer.plan(utts, num_samples=[100, 100], features=[SPEC2D], capacities={"lld": [4, 4]})
+    for row in rows:
+        writer.record_failure(row, reason="extractor crashed", feature="lld")
+    writer.finalize()
+    store = open_store(path)
+    assert store.holds_any("lld") is False  # every utterance failed: no frames
+    writer.plan(utts, num_samples=[100, 100], features=[SPEC2D], capacities={"lld": [4, 4]})
+    writer.write_utterance(rows[1], {"lld": random_frames(np.random.default_rng(0), SPEC2D, 4)},
+                           audio_sha256="", duration=1)
+    writer.finalize()
+    writer.close()
+    store = open_store(path)
+    # Answered without building the records (each `run` asks, of an IEMOCAP-size store too).
+    monkeypatch.setattr(type(store), "list_utterances", lambda *a, **k: pytest.fail("lists the utterances"))
+    assert store.holds_any("lld") is True
+    with pytest.raises(StoreError, match="w2v"):
+        store.holds_any("w2v")
+
+
 # ---------------------------------------------------------------------------- opening
 
 

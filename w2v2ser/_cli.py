@@ -348,14 +348,13 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 
 def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, upgrade_store
-    from w2v2ser.store._upgrade import upgraded_from
 
-    done_before = upgraded_from(args.new, args.old)
-    out = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
-                        skip_damaged=args.skip_damaged)
+    upgrade = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
+                            skip_damaged=args.skip_damaged)
+    out = upgrade.path
     store = open_store(out, allow_incomplete=True)
     status = store.describe()["status"]
-    what = f"{out} already holds the upgrade of {args.old}, nothing to do" if done_before else f"wrote {out}"
+    what = f"{out} already holds the upgrade of {args.old}, nothing to do" if upgrade.done_before else f"wrote {out}"
     print(f"{what} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
           f"{status['pending']} pending utterances; {args.old} is unchanged")
     damaged = store.attrs["upgraded_from"].get("damaged", [])

@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
@@ -535,6 +536,12 @@ class StoreWriter:
                 meta["reader_skipped"], changed = skipped, True
         if changed:
             meta["complete"] = False
+        # The command working on an unfinished store now: its resume advice (`store info`, `store
+        # verify`) names it, not the creating one of provenance (a store `extract` made and `run` resumes).
+        argv = [str(arg) for arg in sys.argv]
+        if not meta.get("complete") and meta.get("last_argv") != argv:
+            meta["last_argv"], changed = argv, True
+        if changed:
             self._set_meta(meta)
         self._arrays.clear()
         self._capacity.clear()

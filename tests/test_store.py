@@ -1212,10 +1212,10 @@ def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_m
 
 @pytest.mark.parametrize("argv, resume", [
     (["/venv/bin/w2v2ser", "run", "my pipeline.yaml", "--stage", "extract"],
-     "rerun `w2v2ser run 'my pipeline.yaml' --stage extract`, or the same `w2v2ser run` command, which made it"),
+     "rerun `w2v2ser run 'my pipeline.yaml' --stage extract`, or the same `w2v2ser run` command, which last worked on it"),
     # Options before the pipeline: their values are not the pipeline (found in review).
     (["/venv/bin/w2v2ser", "run", "--stage", "extract", "--set", "a.b=1", "p.yaml"],
-     "rerun `w2v2ser run p.yaml --stage extract`, or the same `w2v2ser run` command, which made it"),
+     "rerun `w2v2ser run p.yaml --stage extract`, or the same `w2v2ser run` command, which last worked on it"),
     (["/venv/bin/w2v2ser", "extract", "csv", "m.csv"], "rerun the same `w2v2ser extract` command"),
     (["analysis.py", "run"], "rerun the extraction that made it: the same `w2v2ser extract` or `w2v2ser run` command"),
 ])
@@ -1226,6 +1226,31 @@ def test_info_of_an_interrupted_store_names_the_command_that_made_it(tmp_path, c
 
     monkeypatch.setattr(sys, "argv", argv)
     build_store(tmp_path / "s", lengths=LENGTHS[:2], finalize=False, units=0)
+    monkeypatch.undo()
+    assert main(["store", "info", str(tmp_path / "s")]) == 0
+    assert f"merged when it finishes ({resume} to resume)" in capsys.readouterr().out
+    assert main(["store", "verify", str(tmp_path / "s")]) == 1
+    assert f"({resume}, then verify again)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("made, resumed, resume", [
+    (["/venv/bin/w2v2ser", "extract", "csv", "m.csv"], ["/venv/bin/w2v2ser", "run", "p.yaml"],
+     "rerun `w2v2ser run p.yaml --stage extract`, or the same `w2v2ser run` command, which last worked on it"),
+    (["/venv/bin/w2v2ser", "run", "p.yaml"], ["/venv/bin/w2v2ser", "extract", "csv", "m.csv"],
+     "rerun the same `w2v2ser extract` command"),
+])
+def test_info_of_a_resumed_store_names_the_command_that_last_worked_on_it(tmp_path, capsys, monkeypatch,
+                                                                          made, resumed, resume):
+    """A store that `extract` made and a `w2v2ser run` resumed (left unfinished) was to be resumed by
+    `extract`, read from the creating command line of its provenance."""
+    from w2v2ser._cli import main
+
+    monkeypatch.setattr(sys, "argv", made)
+    build_store(tmp_path / "s", lengths=LENGTHS[:2])
+    monkeypatch.setattr(sys, "argv", resumed)
+    with StoreWriter(tmp_path / "s") as writer:  # more utterances: unfinished until this run's finalize
+        writer.plan(make_utterances(3, ["A", "B"]), num_samples=[16000] * 3, features=[W2V, SPEC2D],
+                    capacities={s.name: [8] * 3 for s in (W2V, SPEC2D)})
     monkeypatch.undo()
     assert main(["store", "info", str(tmp_path / "s")]) == 0
     assert f"merged when it finishes ({resume} to resume)" in capsys.readouterr().out

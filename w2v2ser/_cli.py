@@ -254,12 +254,16 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
 
 
 def _resume_command(store: Any) -> str:
-    """How to finish an unfinished store: rerun the command that created it, as its provenance
-    records the command line (a store made by `w2v2ser run` is resumed by `run`, not `extract`)."""
+    """How to finish an unfinished store: rerun the command that last worked on it (``last_argv``,
+    recorded by each extraction's plan), else the one that created it (its provenance): a store made
+    by `w2v2ser extract` and resumed by `w2v2ser run` is resumed by `run`."""
     import shlex
 
     provenance = store.attrs.get("provenance")
-    argv = [str(arg) for arg in (provenance.get("argv") if isinstance(provenance, dict) else None) or [""]]
+    last = store.attrs.get("last_argv")  # absent in stores of an earlier w2v2ser
+    argv = last if isinstance(last, list) and last else (
+        provenance.get("argv") if isinstance(provenance, dict) else None)
+    argv = [str(arg) for arg in argv or [""]]
     ours = Path(argv[0]).name == "w2v2ser" or Path(argv[0]).parent.name == "w2v2ser"  # the script, or -m
     command = next((arg for arg in argv[1:] if not arg.startswith("-")), None) if ours else None
     if command == "run":
@@ -268,7 +272,7 @@ def _resume_command(store: Any) -> str:
         except SystemExit:  # a command line this version does not read
             pipeline = "PIPELINE"
         return (f"rerun `w2v2ser run {shlex.quote(pipeline)} --stage extract`, or the same `w2v2ser run` command, "
-                f"which made it")
+                f"which last worked on it")
     if command == "extract":
         return "rerun the same `w2v2ser extract` command"
     # The Python API (extract_corpus), or a store of a version before the command line was recorded.

@@ -67,9 +67,7 @@ def s3_server():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": MAX_ATTEMPTS,
-           # What a user gives w2v2ser (and each location's s3fs client, the tests' own included) takes.
-           "W2V2SER_STORAGE_OPTIONS": json.dumps({"config_kwargs": CLIENT_CONFIG})}
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": MAX_ATTEMPTS}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -83,6 +81,26 @@ def s3_server():
         finally:
             _forget_s3_clients()
             server.stop()
+
+
+# What a user gives w2v2ser (and each location's s3fs client, the tests' own included) takes.
+PATIENT_OPTIONS = json.dumps({"config_kwargs": CLIENT_CONFIG})
+
+
+@pytest.fixture(autouse=True)
+def _patient_clients(monkeypatch):
+    """W2V2SER_STORAGE_OPTIONS with the patient timeouts, per test: one that takes ``default_options``
+    runs w2v2ser as a user who sets nothing (the variable set for the whole module hid that path)."""
+    monkeypatch.setenv("W2V2SER_STORAGE_OPTIONS", PATIENT_OPTIONS)
+
+
+@pytest.fixture()
+def default_options(monkeypatch):
+    """No W2V2SER_STORAGE_OPTIONS: s3fs's own client settings (after the autouse fixture, which it undoes)."""
+    monkeypatch.delenv("W2V2SER_STORAGE_OPTIONS")
+    _forget_s3_clients()
+    yield
+    _forget_s3_clients()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -102,6 +120,19 @@ def test_the_test_client_waits_out_a_loaded_machine(s3_server):
     config = fs.s3.meta.config
     assert (config.connect_timeout, config.read_timeout) == (CLIENT_CONFIG["connect_timeout"],
                                                             CLIENT_CONFIG["read_timeout"])
+
+
+def test_without_storage_options_a_store_round_trips_with_the_default_client(s3_server, default_options):
+    """The default path: no W2V2SER_STORAGE_OPTIONS, only the AWS_* variables (what most users set)."""
+    where = f"s3://{BUCKET}/t{next(_names)}/s.zarr"
+    fs, _ = locate_store(where)._fs()
+    fs.ls(BUCKET)
+    assert fs.s3.meta.config.read_timeout != CLIENT_CONFIG["read_timeout"]  # s3fs's own, not the fixture's
+    built = build_store(where, lengths=[20, 9, 0], units=2)
+    store = open_store(where)
+    assert store.complete and [r.id for r in store.list_utterances()] == [u.id for u in built.utterances]
+    np.testing.assert_array_equal(store.read_utterance(built.utterances[0].id, "w2v"), built.stored("w2v", 0))
+    assert store.verify().ok
 
 
 def _shard_key(store, feature: str, utterance_id: str) -> str:
@@ -283,8 +314,10 @@ def extracted(s3_server, tmp_path_factory):
     manifest = folder / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     url = f"s3://{BUCKET}/extract/ravdess-like.zarr"
-    code = main(["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram",
-                 "--shard-size", "5", "--no-progress"])
+    with pytest.MonkeyPatch.context() as mp:  # (module-scoped: set up before the per-test fixture)
+        mp.setenv("W2V2SER_STORAGE_OPTIONS", PATIENT_OPTIONS)
+        code = main(["extract", "csv", str(manifest), "--store", url, "--features", "spectrogram",
+                     "--shard-size", "5", "--no-progress"])
     assert code == 0
     return url
 

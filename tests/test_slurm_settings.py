@@ -229,6 +229,51 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
     assert "job 4242 PENDING (Resources)" in said and str(tmp_path / "logs") in said, said
 
 
+def test_a_worker_that_never_connects_stops_after_worker_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker job that never started (or whose worker never reached the scheduler) got a note
+    every WORKER_WAIT_NOTE_S, and `run` waited for ever. cluster.slurm.worker_wait bounds it."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "worker_wait": "0:01"})
+    assert ClusterConfig(kind="slurm").slurm.worker_wait == "12:00:00"  # the README's default
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        with pytest.raises(_cluster.ClusterError) as raised:
+            _cluster.wait_for_a_worker(handle.client, config.slurm)
+    message = str(raised.value)
+    assert raised.value.exit_code == 1 and "\n" not in message
+    assert "within cluster.slurm.worker_wait=0:01" in message and "job 4242 PENDING (Resources)" in message
+    assert "finished work is kept" in message
+    unbounded = ClusterConfig(kind="slurm", slurm={"worker_wait": None}).slurm
+    _cluster.wait_for_a_worker(None, unbounded)  # no limit: returns at once, as before
+
+
+@needs_ravdess
+def test_run_whose_slurm_worker_never_connects_exits_1_naming_worker_wait(tmp_path: Path) -> None:
+    """`run` with a worker job that SLURM keeps pending: after cluster.slurm.worker_wait, one line, exit 1."""
+    pytest.importorskip("dask_jobqueue")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out",
+        "cluster": {"kind": "slurm", "dashboard_address": None,
+                    "slurm": {"cores": 1, "memory": "1GB", "worker_wait": "0:02"}},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
+        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
+    }))
+    env = _slurm_that_never_starts(tmp_path / "bin")
+    done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "within cluster.slurm.worker_wait=0:02" in done.stderr and "job 4242 PENDING" in done.stderr, done.stderr
+
+
 def _slurm_that_never_starts(folder: Path, monkeypatch: pytest.MonkeyPatch | None = None) -> dict[str, str]:
     """PATH with a stand-in SLURM that accepts the worker job as 4242 and never starts it."""
     folder.mkdir()

@@ -36,7 +36,7 @@ from ._config import ClusterConfig
 from ._native_logs import native_logs_hidden, quiet_known_warnings, quiet_tensorflow_warnings
 
 __all__ = ["ClusterConfigError", "ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster",
-           "usable_cores"]
+           "usable_cores", "wait_for_a_worker"]
 
 GPU_RESOURCE = "GPU"
 # How long `run` waits for a first SLURM worker before it says what the worker jobs are doing, and
@@ -323,6 +323,47 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
                    "compute node or no route to this host (set cluster.slurm.interface). Finished work is kept if "
                    "you stop here (Ctrl-C or scancel).", file=sys.stderr)
         sys.stderr.flush()
+
+
+def _slurm_seconds(value: str) -> float | None:
+    """Seconds of a SLURM time as ``cluster.slurm`` takes it (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]);
+    None for UNLIMITED or INFINITE."""
+    text = value.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    if days:
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    else:  # sbatch reads one number as minutes, two as minutes:seconds
+        hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts]}.get(len(parts), parts)
+    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def wait_for_a_worker(client: Any, slurm: Any) -> None:
+    """Wait until a first Dask worker of a SLURM cluster connects, at most ``slurm.worker_wait``.
+
+    Raises:
+        ClusterError: none connected in time (exit 1); the message names the setting and what
+            squeue says of the worker jobs. Nothing was submitted to the cluster yet.
+    """
+    limit = None if slurm.worker_wait is None else _slurm_seconds(slurm.worker_wait)
+    if limit is None:
+        return
+    from distributed.exceptions import WorkerStartTimeoutError
+
+    try:
+        client.wait_for_workers(1, timeout=limit)
+    except WorkerStartTimeoutError:
+        cluster = getattr(client, "cluster", None)
+        ids = [str(job.job_id) for job in list(getattr(cluster, "workers", {}).values())
+               if getattr(job, "job_id", None)]
+        logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
+        raise ClusterError(
+            f"no Dask worker connected within cluster.slurm.worker_wait={slurm.worker_wait} after the SLURM worker "
+            f"job(s) were submitted ({_job_states(ids)}); the run stops, finished work is kept. Raise "
+            f"cluster.slurm.worker_wait (null: no limit) for a partition that starts jobs late, or see the job "
+            f"log ({logs}) when a job ran") from None
 
 
 @contextmanager

@@ -130,6 +130,9 @@ class SlurmConfig(StrictModel):
     log_directory: Optional[_Text] = None
     local_directory: Optional[_Text] = None
     interface: Optional[_Text] = None
+    worker_wait: Optional[Annotated[_Text, AfterValidator(_slurm_walltime)]] = Field(
+        "12:00:00", description="how long `run` waits for a first Dask worker to connect before it stops "
+        "with exit 1 (a SLURM time; null or UNLIMITED: no limit)")
 
     @model_validator(mode="before")
     @classmethod

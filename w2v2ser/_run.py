@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import EXIT_INPUT, Terminated, W2v2serError, check_stop, describe_error, progress_bar, write_atomically
-from ._cluster import ClusterHandle, open_cluster
+from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
 __all__ = ["STAGES", "run_pipeline"]
@@ -120,6 +120,8 @@ class _LazyCluster:
             _say(f"{self._handle.description} (started in {time.perf_counter() - started:.1f} s)")
             if self._handle.dashboard:
                 _say(f"Dask dashboard: {self._handle.dashboard}")
+            if self._config.cluster.kind == "slurm":  # after the lines above: the user sees what it waits for
+                wait_for_a_worker(self._handle.client, self._config.cluster.slurm)
         return self._handle
 
 

@@ -143,10 +143,17 @@ def plot_layer_sweep(series: Sequence[dict], path: Path) -> Path | None:
     for ax, corpus in zip(axes[0], corpora):
         most = 0
         for s in (s for s in series if s["corpus"] == corpus):
-            layers = np.asarray(s["layers"])
+            # A layer without a result is a gap in the line (NaN), not a segment joining its neighbours.
+            gaps = sorted(set(s.get("incomplete_layers", ())) - set(s["layers"]))
+            layers = np.asarray([*s["layers"], *gaps])
+            order = np.argsort(layers)
+            means = np.asarray([*s["uar_mean"], *[np.nan] * len(gaps)], dtype=np.float64)[order]
+            stds = np.asarray([*s["uar_std"], *[np.nan] * len(gaps)], dtype=np.float64)[order]
+            layers = layers[order]
             most = max(most, int(layers.max()) + 1)
-            line = ax.errorbar(layers, s["uar_mean"], yerr=s["uar_std"], marker="o", capsize=3,
-                               label=f"{s['label']} (n={min(s['n'])})")
+            line = ax.errorbar(layers, means, yerr=stds, marker="o", capsize=3,
+                               label=f"{s['label']} (n={min(s['n'])})"
+                                     + (f"; layer{'s' * (len(gaps) > 1)} {', '.join(map(str, gaps))} incomplete" if gaps else ""))
             weighted = s.get("weighted")
             if weighted and weighted.get("uar_mean") is not None:
                 colour = line[0].get_color()

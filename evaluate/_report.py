@@ -27,7 +27,7 @@ from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
 from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, data_text, find_key, read_run_dir
-from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
+from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir, unfinished_sweep_layers
 
 __all__ = ["write_report"]
 
@@ -352,6 +352,9 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     table = _feature_table(runs, names)
     heads = _head_table(runs)
     entries = [_run_entry(r, n, p) for r, n, p in zip(runs, names, confusion_pngs)]
+    # A sweep's layers are not rows of the tables; one that is not complete is listed (and warned of)
+    # with its reason, named as its sweep's `all` head is (``sweep/layer_03``).
+    entries += [_run_entry(layer, "/".join(layer.path.parts[-2:]), None) for layer in unfinished_sweep_layers(found)]
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "uar_unit": "percent", "std": "as recorded in results.json (over seeds × folds)",
@@ -528,13 +531,14 @@ def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:
     if sweep["png"]:
         lines += [f"![layer sweep]({sweep['png']})", ""]
     header = ["Layer"] + [f"{s['label']} · {s['corpus']}" for s in series]
-    layers = sorted({k for s in series for k in s["layers"]})
+    layers = sorted({k for s in series for k in [*s["layers"], *s.get("incomplete_layers", ())]})
     rows = []
     for k in layers:
         row = [str(k)]
         for s in series:
             i = s["layers"].index(k) if k in s["layers"] else None
-            row.append("—" if i is None else _spread(s["uar_mean"][i], s["uar_std"][i], s["n"][i]))
+            gap = "incomplete" if k in s.get("incomplete_layers", ()) else "—"
+            row.append(gap if i is None else _spread(s["uar_mean"][i], s["uar_std"][i], s["n"][i]))
         rows.append(row)
     rows.append(["weighted average"] + ["—" if not s["weighted"] else _spread(
         s["weighted"]["uar_mean"], s["weighted"]["uar_std"], s["weighted"]["n"]) for s in series])

@@ -16,9 +16,9 @@ from typing import Any
 
 from w2v2ser.train import list_run_files
 
-from ._rundir import CORPUS_NAMES, current_failure, data_text, read_run_dir
+from ._rundir import CORPUS_NAMES, RunSummary, current_failure, data_text, read_run_dir
 
-__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
+__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs", "unfinished_sweep_layers"]
 
 # Files that make a folder a run directory of `w2v2ser train` (or of a skipped or failed pipeline experiment).
 _RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json", "failed.json")
@@ -45,18 +45,20 @@ def _label(summary: dict[str, Any]) -> str:
 def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     """One line of the sweep plot: label, corpus, layers, UAR mean/std/n per layer (percent), weighted head.
 
-    Layers whose run directory is not complete are left out; None when no layer is complete.
+    Layers whose run directory is not complete have no value; ``incomplete_layers`` names them, so
+    the table and plot show the gap (the report lists their reasons). None when no layer is complete.
     """
     path = Path(path)
     try:
         summary = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    layers, means, stds, ns = [], [], [], []
+    layers, means, stds, ns, incomplete = [], [], [], [], []
     experiment = None  # the layers' recorded experiment (its subset names the line)
     for layer in summary.get("layers") or []:
         run = read_run_dir(path / f"layer_{int(layer):02d}")
         if run.status != "complete" or run.uar_mean is None:
+            incomplete.append(int(layer))
             continue
         experiment = experiment or run.experiment
         layers.append(int(layer))
@@ -71,9 +73,32 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
         "label": _label(summary) + data_text(experiment), "corpus": CORPUS_NAMES.get(protocol, protocol),
         "path": str(path),
         "upstream": summary.get("upstream"), "layers": layers, "uar_mean": means, "uar_std": stds, "n": ns,
+        "incomplete_layers": incomplete,
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),
     }
+
+
+def unfinished_sweep_layers(paths: Sequence[Path]) -> list[RunSummary]:
+    """The layer run directories, not complete, of the sweep folders among ``paths`` (a sweep that
+    ``w2v2ser run`` failed is one failed row already, so its layers are not named).
+
+    The tables show a sweep through its ``all`` head and the sweep section only, so without these a
+    layer whose results are missing or damaged would drop out of the report without a word.
+    """
+    found = []
+    for path in map(Path, paths):
+        if not is_sweep_dir(path) or current_failure(path, results="sweep.json") is not None:
+            continue
+        try:
+            layers = json.loads((path / "sweep.json").read_text(encoding="utf-8")).get("layers") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for layer in layers:
+            run = read_run_dir(path / f"layer_{int(layer):02d}")
+            if run.status != "complete" or run.uar_mean is None:
+                found.append(run)
+    return found
 
 
 def find_run_dirs(paths: Sequence[Path], *, depth: int = 4, keep_empty: bool = True) -> list[Path]:

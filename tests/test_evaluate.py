@@ -626,3 +626,26 @@ def test_sweep_legend_names_the_store_and_stays_off_the_points(tmp_path: Path) -
     legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
     assert legend.y1 <= axes.y0  # below the axes, not over the points
     plt.close(fig)
+
+
+def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> None:
+    """Found as a paper author: a sweep layer whose results.json was missing dropped out of the sweep
+    table (no row), its line joined its neighbours, and neither the report nor the command named it."""
+    sweep = tmp_path / "runs" / "sweep"
+    for layer in (0, 1, 2):
+        make_run_dir(sweep, f"layer_{layer:02d}", features=f"wav2vec2:{layer}", model=MODELS["pt"], uars=(0.4, 0.5))
+    make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"], uars=(0.5, 0.6))
+    _write_json(sweep / "sweep.json", {"layers": [0, 1, 2], "upstream": "wav2vec2", "protocol": "ravdess"})
+    (sweep / "layer_01" / "results.json").unlink()
+
+    write_report([sweep], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["layer_sweep"]["series"][0]["incomplete_layers"] == [1]
+    listed = {r["name"]: r for r in data["runs"]}
+    assert listed["sweep/layer_01"]["status"] == "incomplete"
+    assert "results.json is missing" in listed["sweep/layer_01"]["reason"]
+    assert "sweep/layer_00" not in listed  # complete layers stay out of the run list, as before
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| 1 | incomplete |" in md
+    assert f"`{sweep / 'layer_01'}`" in md.split("## Incomplete run directories")[1]
+    _assert_png(tmp_path / "report" / "layer_sweep.png")

@@ -357,7 +357,12 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     entries += [_run_entry(layer, "/".join(layer.path.parts[-2:]), None) for layer in unfinished_sweep_layers(found)]
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "uar_unit": "percent", "std": "as recorded in results.json (over seeds × folds)",
+        # The cells' spread, as results.json records it (np.std): over seeds with several folds, where
+        # each seed's folds are pooled and scored once, else over runs (one per seed on one split).
+        "uar_unit": "percent", "std_ddof": 0,
+        "std": "population std (ddof=0) of each cell's n values, as results.json records it: one UAR per seed "
+               "(its folds' predictions pooled) for multi-fold protocols (speaker folds, IEMOCAP sessions, CSV "
+               "groups), one per run otherwise; runs[].uar_per_run lists those values",
         "feature_table": table, "head_table": heads, "runs": entries, "comparison": comparison,
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": weights},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},

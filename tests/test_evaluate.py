@@ -649,3 +649,16 @@ def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> 
     assert "| 1 | incomplete |" in md
     assert f"`{sweep / 'layer_01'}`" in md.split("## Incomplete run directories")[1]
     _assert_png(tmp_path / "report" / "layer_sweep.png")
+
+
+def test_report_json_says_what_its_std_is_over(tmp_path: Path) -> None:
+    """Found as a paper author: report.json's "std" said "over seeds × folds", but a run of several folds
+    shows the population std over its seeds' pooled UARs (results.json uar_pooled_std), not over runs."""
+    run = make_run_dir(tmp_path / "runs", "eg_iemocap", corpus="iemocap", uars=(0.4, 0.5, 0.6, 0.7, 0.3, 0.5),
+                       pooled=(0.50, 0.54))
+    write_report([run], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    entry = data["runs"][0]
+    assert entry["uar_std"] == pytest.approx(100 * float(np.std([0.50, 0.54])))
+    assert entry["uar_per_run"] == pytest.approx([50.0, 54.0]) and entry["scoring"] == "pooled over folds, per seed"
+    assert data["std_ddof"] == 0 and "seeds × folds" not in data["std"] and "per seed" in data["std"]

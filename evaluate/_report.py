@@ -279,8 +279,43 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
         "uar_per_run": list(run.uar_runs), "n_runs": run.n_runs, "accuracy_mean": run.accuracy_mean,
         "classes": list(run.classes), "runs_finished": run.runs_finished, "scoring": run.scoring,
         "layer_weights": [list(v) for v in run.layer_weights], "confusion_png": confusion_png,
-        "recall_per_class": _recall_per_class(run),
+        "recall_per_class": _recall_per_class(run), "sources": _sources(run),
     }
+
+
+def _seeds(run: RunSummary) -> list[int]:
+    """The seeds behind a run directory's figures: its finished runs' (results.json ``runs``), else the
+    keys of ``uar_pooled_per_seed``; [] when neither is recorded."""
+    results = run.results or {}
+    seeds = {r.get("seed") for r in results.get("runs") or [] if isinstance(r, Mapping)}
+    pooled = results.get("uar_pooled_per_seed")
+    if not seeds - {None} and isinstance(pooled, Mapping):
+        seeds = {int(k) for k in pooled if str(k).isdigit()}
+    return sorted(k for k in seeds if isinstance(k, int))
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    """``0-4`` for consecutive seeds, else ``0, 2, 7``; "—" for none."""
+    if not seeds:
+        return "—"
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _sources(run: RunSummary) -> dict[str, Any]:
+    """Where a run directory's figures come from: its stores, protocol (speaker folds, subset), folds
+    and seeds, and the w2v2ser that trained it, so a number copied from the report can be traced."""
+    results = run.results or {}
+    config = results.get("config") if isinstance(results.get("config"), Mapping) else (run.experiment or {})
+    stores = config.get("stores")
+    stores = {str(k): str(v) for k, v in stores.items()} if isinstance(stores, Mapping) else {}
+    splits = results.get("splits")
+    protocol = find_key(config, "protocol") or find_key(run.experiment, "protocol")
+    versions = find_key(results.get("provenance"), "versions")
+    return {"stores": stores, "protocol": None if protocol is None else f"{protocol}{data_text(config)}",
+            "folds": sorted(splits) if isinstance(splits, Mapping) else [], "seeds": _seeds(run),
+            "w2v2ser": versions.get("w2v2ser") if isinstance(versions, Mapping) else None}
 
 
 def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
@@ -429,10 +464,12 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     rows = [[e["name"], e["status"], e["corpus"], e["features"], e["head"], e["recipe"],
              "—" if e["uar_mean"] is None else f"{e['uar_mean']:.1f}",
              "—" if e["accuracy_mean"] is None else f"{e['accuracy_mean']:.1f}",
-             str(e["n_runs"]), e["scoring"], f"![]({e['confusion_png']})" if e["confusion_png"] else "—"]
+             str(e["n_runs"]), _seeds_text(e["sources"]["seeds"]), e["scoring"],
+             f"![]({e['confusion_png']})" if e["confusion_png"] else "—"]
             for e in entries]
     lines += _markdown_table(["Run dir", "Status", "Corpus", "Feature selection", "Head", "Recipe",
-                              "UAR %", "Accuracy %", "n", "Scoring", "Confusion"], rows)
+                              "UAR %", "Accuracy %", "n", "Seeds", "Scoring", "Confusion"], rows)
+    lines += _sources_markdown(entries)
     lines += _recall_markdown(entries)
     recipes = {}
     for e in entries:
@@ -472,6 +509,22 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per finished run directory: its path, stores, protocol, folds, seeds and w2v2ser version."""
+    lines = []
+    for e in (e for e in entries if e["status"] == "complete"):
+        src = e["sources"]
+        parts = [f"`{e['path']}`"]
+        parts += [f"store {', '.join(f'{k}=`{v}`' if len(src['stores']) > 1 else f'`{v}`' for k, v in src['stores'].items())}"
+                  ] if src["stores"] else []
+        parts += [f"protocol {src['protocol']}"] if src["protocol"] else []
+        parts += [f"folds {', '.join(src['folds'])}"] if len(src["folds"]) > 1 else []
+        parts += [f"seeds {_seeds_text(src['seeds'])}"] if src["seeds"] else []
+        parts += [f"w2v2ser {src['w2v2ser']}"] if src["w2v2ser"] else []
+        lines.append(f"- **{e['name']}**: " + "; ".join(parts))
+    return ["", "## Sources", "", "What each finished run directory's figures come from.", "", *lines] if lines else []
 
 
 def _recall_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:

@@ -662,3 +662,24 @@ def test_report_json_says_what_its_std_is_over(tmp_path: Path) -> None:
     assert entry["uar_std"] == pytest.approx(100 * float(np.std([0.50, 0.54])))
     assert entry["uar_per_run"] == pytest.approx([50.0, 54.0]) and entry["scoring"] == "pooled over folds, per seed"
     assert data["std_ddof"] == 0 and "seeds × folds" not in data["std"] and "per seed" in data["std"]
+
+
+def test_report_names_the_store_protocol_and_seeds_of_each_run_dir(tmp_path: Path) -> None:
+    """Found as a paper author: nothing in report.md or report.json said which store or which seeds gave a
+    figure (seeds 0-2 and, after `--seeds 4`, 0-3 differed only in n; `first_seed` moves them)."""
+    run = make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6))
+    results = json.loads((run / "results.json").read_text())
+    results["runs"] = [{"name": f"all__seed{k}", "fold": "all", "seed": k, "uar": u} for k, u in ((5, 0.5), (6, 0.6))]
+    results["provenance"] = {"versions": {"w2v2ser": "9.9.9"}}
+    results["config"]["speaker_folds"] = 4
+    _write_json(run / "results.json", results)
+    write_report([run], out=tmp_path / "report")
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
+    assert entry["sources"] == {"stores": {"main": str(tmp_path / "runs" / "store.zarr")},
+                                "protocol": "ravdess (4 speaker folds)", "folds": ["all"], "seeds": [5, 6],
+                                "w2v2ser": "9.9.9"}
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| 2 | 5, 6 |" in md  # n and the seeds in the run directories table
+    line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
+    assert f"store `{tmp_path / 'runs' / 'store.zarr'}`" in line and "protocol ravdess (4 speaker folds)" in line
+    assert "seeds 5, 6" in line and "w2v2ser 9.9.9" in line

@@ -402,10 +402,11 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
         "layer_weights": {"png": layer_png.name if layer_png else None, "series": weights},
         "layer_sweep": {"png": sweep_png.name if sweep_png else None, "series": sweeps},
     }
-    stale = _confusion_pngs(out / "report.json") - set(confusion_pngs)
+    current = {*confusion_pngs, data["layer_weights"]["png"], data["layer_sweep"]["png"]}
+    stale = _report_pngs(out / "report.json") - current
     write_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
     report = write_atomically(out / "report.md", _markdown(data, runs))
-    for png in stale:  # the previous report's figures of runs no longer in it (or renamed)
+    for png in stale:  # the previous report's figures of runs (or weights, a sweep) no longer in it
         (out / png).unlink(missing_ok=True)
     return report
 
@@ -421,12 +422,16 @@ def _weight_labels(runs: Sequence[RunSummary], names: Sequence[str]) -> list[str
     return [f"{label} [{name}]" if counts[label] > 1 else label for label, name in zip(labels, names)]
 
 
-def _confusion_pngs(report_json: Path) -> set[str]:
-    """Confusion figures a previous report in this folder wrote (none if there is none)."""
+def _report_pngs(report_json: Path) -> set[str]:
+    """Figures a previous report in this folder wrote (none if there is none): its confusion matrices,
+    and its layer-weight and sweep plots, which a report without weights or sweeps no longer draws."""
     try:
-        entries = json.loads(report_json.read_text(encoding="utf-8"))["runs"]
-        return {Path(e["confusion_png"]).name for e in entries if e.get("confusion_png")}
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(report_json.read_text(encoding="utf-8"))
+        found = {Path(e["confusion_png"]).name for e in data["runs"] if e.get("confusion_png")}
+        found |= {Path(data[k]["png"]).name for k in ("layer_weights", "layer_sweep")
+                  if isinstance(data.get(k), dict) and data[k].get("png")}
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
 
 

@@ -683,3 +683,20 @@ def test_report_names_the_store_protocol_and_seeds_of_each_run_dir(tmp_path: Pat
     line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
     assert f"store `{tmp_path / 'runs' / 'store.zarr'}`" in line and "protocol ravdess (4 speaker folds)" in line
     assert "seeds 5, 6" in line and "w2v2ser 9.9.9" in line
+
+
+def test_rewritten_report_removes_its_old_weight_and_sweep_plots(tmp_path: Path) -> None:
+    """Found as a paper author: `evaluate` of a sweep, then of an eGeMAPS run only, into the same folder
+    left layer_weights.png and layer_sweep.png of the sweep beside a report.md that has neither."""
+    sweep = tmp_path / "runs" / "sweep"
+    make_run_dir(sweep, "layer_00", features="wav2vec2:0", model=MODELS["pt"])
+    make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"], alphas=True)
+    _write_json(sweep / "sweep.json", {"layers": [0], "upstream": "wav2vec2", "protocol": "ravdess"})
+    other = make_run_dir(tmp_path / "runs", "eg")
+    report = tmp_path / "report"
+    write_report([sweep], out=report)
+    assert (report / "layer_weights.png").is_file() and (report / "layer_sweep.png").is_file()
+    (report / "my_notes.png").write_bytes(b"mine")  # not the report's: kept
+    write_report([other], out=report)
+    assert not (report / "layer_weights.png").exists() and not (report / "layer_sweep.png").exists()
+    assert (report / "confusion_eg.png").is_file() and (report / "my_notes.png").is_file()

@@ -389,7 +389,11 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     entries = [_run_entry(r, n, p) for r, n, p in zip(runs, names, confusion_pngs)]
     # A sweep's layers are not rows of the tables; one that is not complete is listed (and warned of)
     # with its reason, named as its sweep's `all` head is (``sweep/layer_03``).
-    entries += [_run_entry(layer, "/".join(layer.path.parts[-2:]), None) for layer in unfinished_sweep_layers(found)]
+    named = {run.path.resolve(): name for run, name in zip(runs, names)}
+    for layer in unfinished_sweep_layers(found):
+        beside = named.get((layer.path.parent / "all").resolve(), "")  # its sweep's `all` head, as named here
+        folder = beside.rpartition("/")[0] if "/" in beside else layer.path.parent.name
+        entries.append(_run_entry(layer, f"{folder}/{layer.path.name}", None))
     data = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         # The cells' spread, as results.json records it (np.std): over seeds with several folds, where

@@ -649,6 +649,13 @@ def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> 
     assert "| 1 | incomplete |" in md
     assert f"`{sweep / 'layer_01'}`" in md.split("## Incomplete run directories")[1]
     _assert_png(tmp_path / "report" / "layer_sweep.png")
+    # Named as its sweep's `all` head is, beside other run directories (paths below the folder they share).
+    moved = tmp_path / "all_runs" / "w2v" / "sweep"
+    sweep.rename(moved.parent.mkdir(parents=True) or moved)
+    make_run_dir(tmp_path / "all_runs" / "classic", "eg")
+    write_report([tmp_path / "all_runs"], out=tmp_path / "report2")
+    names = {r["name"] for r in json.loads((tmp_path / "report2" / "report.json").read_text())["runs"]}
+    assert names == {"classic/eg", "w2v/sweep/all", "w2v/sweep/layer_01"}
 
 
 def test_report_json_says_what_its_std_is_over(tmp_path: Path) -> None:

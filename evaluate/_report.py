@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from w2v2ser._common import UPSTREAM_FEATURES, as_paths, short_name, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 
@@ -267,6 +269,42 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
     return {"columns": used, "rows": compared}
 
 
+def _sample_std(values: Sequence[float]) -> float | None:
+    """Sample std (ddof=1) of a cell's values, beside the population std results.json records: papers
+    often give this one, and with 2-5 seeds the two differ by 10-30 %. None under two values."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _csv(entries: Sequence[dict[str, Any]]) -> str:
+    """``report.csv``: one row per run directory, numbers only (percent, unrounded), for a spreadsheet or
+    a paper's table; recall per class in one column per class of any run directory."""
+    import csv
+    import io
+
+    classes = list(dict.fromkeys(c for e in entries for c in (e.get("recall_per_class") or {})))
+    header = ["run_dir", "path", "status", "corpus", "protocol", "features", "head", "normalisation", "recipe",
+              "scoring", "n", "seeds", "uar_mean", "uar_std_population", "uar_std_sample", "uar_values",
+              "accuracy_mean", "stores", *(f"recall_{c}" for c in classes), "reason"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    for e in entries:
+        src, recall = e["sources"], e.get("recall_per_class") or {}
+        writer.writerow([e["name"], e["path"], e["status"], e["corpus"], src["protocol"] or "", e["features"],
+                         e["head"], e["normalisation"], e["recipe"], e["scoring"] if e["uar_mean"] is not None else "",
+                         e["n_runs"], " ".join(map(str, src["seeds"])), _number(e["uar_mean"]),
+                         _number(e["uar_std"]), _number(e["uar_std_sample"]),
+                         " ".join(_number(v) for v in e["uar_per_run"]), _number(e["accuracy_mean"]),
+                         " ".join(f"{k}={v}" for k, v in src["stores"].items()),
+                         *(_number(recall.get(c)) for c in classes), e["reason"]])
+    return text.getvalue()
+
+
+def _number(value: float | None) -> str:
+    """A CSV cell: the value with its full precision, "" for none (a class without test utterances)."""
+    return "" if value is None else repr(float(value))
+
+
 def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[str, Any]:
     recipe_detail = find_key(run.results, "recipe") if run.results else None
     if not isinstance(recipe_detail, dict):
@@ -276,6 +314,7 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
         "corpus": run.corpus, "features": run.features, "head": run.head,
         "normalisation": run.normalisation, "recipe": run.recipe, "recipe_detail": recipe_detail,
         "model_ids": list(run.model_ids), "uar_mean": run.uar_mean, "uar_std": run.uar_std,
+        "uar_std_sample": _sample_std(run.uar_runs),
         "uar_per_run": list(run.uar_runs), "n_runs": run.n_runs, "accuracy_mean": run.accuracy_mean,
         "classes": list(run.classes), "runs_finished": run.runs_finished, "scoring": run.scoring,
         "layer_weights": [list(v) for v in run.layer_weights], "confusion_png": confusion_png,
@@ -409,6 +448,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     current = {*confusion_pngs, data["layer_weights"]["png"], data["layer_sweep"]["png"]}
     stale = _report_pngs(out / "report.json") - current
     write_atomically(out / "report.json", json.dumps(data, indent=2, default=str) + "\n")
+    write_atomically(out / "report.csv", _csv(entries))
     report = write_atomically(out / "report.md", _markdown(data, runs))
     for png in stale:  # the previous report's figures of runs (or weights, a sweep) no longer in it
         (out / png).unlink(missing_ok=True)

@@ -707,3 +707,24 @@ def test_rewritten_report_removes_its_old_weight_and_sweep_plots(tmp_path: Path)
     write_report([other], out=report)
     assert not (report / "layer_weights.png").exists() and not (report / "layer_sweep.png").exists()
     assert (report / "confusion_eg.png").is_file() and (report / "my_notes.png").is_file()
+
+
+def test_report_csv_has_the_numbers_of_report_json_and_both_stds(tmp_path: Path) -> None:
+    """Found as a paper author: the tables were Markdown only, with the paper comparison in the same cell as
+    the UAR, and gave only the population std (results.json's); with 2-5 seeds the sample std is 10-30 % larger."""
+    import csv
+
+    runs = [make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6, 0.7)),
+            make_run_dir(tmp_path / "runs", "lstm", head="lstm", uars=(0.4, 0.5))]
+    _write_json(tmp_path / "runs" / "broken" / "experiment.json", {"corpus": "ravdess", "features": "egemaps"})
+    write_report([*runs, tmp_path / "runs" / "broken"], out=tmp_path / "report")
+    rows = {r["run_dir"]: r for r in csv.DictReader((tmp_path / "report" / "report.csv").open(encoding="utf-8"))}
+    entries = {e["name"]: e for e in json.loads((tmp_path / "report" / "report.json").read_text())["runs"]}
+    eg = rows["eg"]
+    assert float(eg["uar_mean"]) == pytest.approx(60.0) == entries["eg"]["uar_mean"]
+    assert float(eg["uar_std_population"]) == pytest.approx(100 * np.std([0.5, 0.6, 0.7]))
+    assert float(eg["uar_std_sample"]) == pytest.approx(100 * np.std([0.5, 0.6, 0.7], ddof=1))
+    assert entries["eg"]["uar_std_sample"] == pytest.approx(10.0)
+    assert [float(v) for v in eg["uar_values"].split()] == pytest.approx([50.0, 60.0, 70.0])
+    assert eg["n"] == "3" and eg["seeds"] == "0 1 2" and eg["head"] == "dense" and rows["lstm"]["head"] == "lstm"
+    assert rows["broken"]["status"] == "incomplete" and rows["broken"]["uar_mean"] == "" and rows["broken"]["reason"]

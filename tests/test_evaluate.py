@@ -728,3 +728,17 @@ def test_report_csv_has_the_numbers_of_report_json_and_both_stds(tmp_path: Path)
     assert [float(v) for v in eg["uar_values"].split()] == pytest.approx([50.0, 60.0, 70.0])
     assert eg["n"] == "3" and eg["seeds"] == "0 1 2" and eg["head"] == "dense" and rows["lstm"]["head"] == "lstm"
     assert rows["broken"]["status"] == "incomplete" and rows["broken"]["uar_mean"] == "" and rows["broken"]["reason"]
+
+
+def test_confusion_figure_says_its_counts_sum_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found as a paper author: a confusion PNG of 3 seeds showed 72 neutral utterances where the test set has 24,
+    with nothing in the figure saying the counts add up every run's predictions."""
+    from w2v2ser.evaluate import _figures
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    run = read_run_dir(make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6, 0.7)))
+    titles: list[str] = []
+    monkeypatch.setattr(_figures, "save_figure_atomically",
+                        lambda fig, path, **_: titles.append(fig.axes[0].get_title()) or path)
+    _figures.plot_confusion(run, tmp_path / "c.png")
+    assert "test predictions of 3 runs summed" in titles[0]

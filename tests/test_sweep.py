@@ -408,3 +408,34 @@ def test_evaluate_of_an_unfinished_sweep_says_once_to_rerun_the_sweep(peaked: tu
     assert len(warnings) == 1, warnings
     assert f"7 run directories ({cut}/all, {cut}/layer_00, ...) are not in the tables: part of the unfinished layer sweep {cut}; rerun the same `w2v2ser sweep`" in warnings[0]
     assert "w2v2ser train" not in warnings[0]
+
+
+def test_a_sweep_given_more_seeds_reads_as_unfinished_until_they_are_trained(peaked: tuple, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found as a paper author: `w2v2ser sweep --seeds 3` into a 2-seed sweep kept every head's results.json of
+    2 seeds while it trained the third, so evaluate reported the sweep complete (and stopped midway, it stayed
+    so); `w2v2ser train` drops a stale results.json the same way."""
+    import shutil
+
+    from w2v2ser.evaluate import write_report
+    from w2v2ser.train import _sweep
+
+    store, out, _ = peaked
+    more = tmp_path / "more"
+    shutil.copytree(out, more)
+    real = _sweep._sweep_run
+
+    def stop_at_the_new_seed(config, configs, spec, *args, **kwargs):  # noqa: ANN001, ANN202
+        if spec.seed == 2:
+            raise RuntimeError("stopped")
+        return real(config, configs, spec, *args, **kwargs)
+
+    monkeypatch.setattr(_sweep, "_sweep_run", stop_at_the_new_seed)
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=3, recipe_overrides=FAST,
+                              run_eagerly=False)
+    with pytest.raises(RuntimeError, match="stopped"):
+        sweep_experiment(config, out=more, progress=False)
+    assert not list(more.glob("*/results.json"))
+    write_report([more], out=tmp_path / "report")
+    runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
+    assert runs and all(r["status"] == "incomplete" for r in runs)

@@ -42,7 +42,8 @@ from w2v2ser._common import check_stop, progress_bar, publish_directory
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _peak_rss_mb, _plan,
+from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _drop_stale_results,
+                          _peak_rss_mb, _plan,
                           _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
                           _write_json, check_run_spec, forget_not_trained, key_fields, keep_finished_runs, open_view,
                           share_out_folder, store_identities)
@@ -601,6 +602,10 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     finished = [0]
     with share_out_folder(out, base.config_key(), "sweep"), keep_finished_runs(out, finished, "sweep"):
         forget_not_trained(out)
+        for name, c in configs.items():
+            # As `train` does: a head's results.json of fewer seeds or folds must not read as complete
+            # while the sweep trains the rest, nor after it was stopped (evaluate showed the old figures).
+            _drop_stale_results(out / name, [spec.name for spec in specs], c.config_keys(), view.fingerprint)
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
             res = _sweep_run(config, configs, spec, out, prepared,

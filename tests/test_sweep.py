@@ -439,3 +439,20 @@ def test_a_sweep_given_more_seeds_reads_as_unfinished_until_they_are_trained(pea
     write_report([more], out=tmp_path / "report")
     runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
     assert runs and all(r["status"] == "incomplete" for r in runs)
+
+
+def test_describe_sweep_names_the_layers_tied_for_best() -> None:
+    """Found as a paper author: a sweep whose probes all scored 14.3 (chance) said "best layer 0", as if
+    layer 0 were better than the others."""
+    from w2v2ser.train import describe_sweep
+
+    def row(layer: int | None, uar: float) -> dict:
+        return {"layer": layer, "uar_mean": uar, "uar_std": 0.0, "uar_per_run": [uar, uar], "n_runs": 2, "splits": {"all": {}}}
+
+    summary = {"per_layer": [row(0, 0.143), row(1, 0.143), row(2, 0.143), row(3, 0.1)], "best_layer": 0,
+               "weighted_average": row(None, 0.143)}
+    assert describe_sweep(summary).startswith("best layer 0 (tied with layers 1, 2) UAR 14.3")
+    summary["per_layer"][1]["uar_mean"] = 0.12
+    assert describe_sweep(summary).startswith("best layer 0 (tied with layer 2) UAR 14.3")
+    summary["per_layer"][2]["uar_mean"] = 0.12
+    assert describe_sweep(summary).startswith("best layer 0 UAR 14.3")

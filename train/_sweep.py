@@ -571,7 +571,13 @@ def _summarize_sweep(configs: dict[str, ExperimentConfig], out: Path, data: _Dat
 def describe_sweep(summary: Mapping[str, Any]) -> str:
     """``best layer 7 UAR ... ; weighted average UAR ...``: a sweep.json summary as one line."""
     best = {r["layer"]: r for r in summary["per_layer"]}[summary["best_layer"]]
-    return (f"best layer {summary['best_layer']} {format_uar(best)}; weighted average "
+    # A tie (all probes at chance, or a small test set's coarse UAR steps) names every layer that shares
+    # the best figure: "best layer 0" alone would single out one that is no better than the others.
+    top = headline_uar(best)[1]
+    tied = [r["layer"] for r in summary["per_layer"] if r["layer"] != summary["best_layer"]
+            and top is not None and headline_uar(r)[1] == top]
+    also = f" (tied with layer{'s' * (len(tied) > 1)} {', '.join(map(str, tied))})" if tied else ""
+    return (f"best layer {summary['best_layer']}{also} {format_uar(best)}; weighted average "
             f"{format_uar(summary['weighted_average'])}")
 
 

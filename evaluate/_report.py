@@ -3,7 +3,8 @@
 Table 1 of the paper compares feature selections across corpora; Table 2 compares downstream heads.
 Here each row is named by model × selection × head, plus the normalisation and training recipe that
 produced it (so numbers from different recipes are never silently mixed), columns are corpora and
-each cell is ``UAR mean ± std`` in percent over the runs (seeds × folds) of one run directory,
+each cell is ``UAR mean ± std`` (population std) in percent over one run directory's values (one per
+seed, its folds' predictions pooled, where there are several folds; else one per run),
 followed by the paper's published value for the same row (``data/pepino2021.json``) and the
 difference.
 """
@@ -319,6 +320,8 @@ def _run_entry(run: RunSummary, name: str, confusion_png: str | None) -> dict[st
         "classes": list(run.classes), "runs_finished": run.runs_finished, "scoring": run.scoring,
         "layer_weights": [list(v) for v in run.layer_weights], "confusion_png": confusion_png,
         "recall_per_class": _recall_per_class(run), "sources": _sources(run),
+        # precision, recall, F1 and support per class (results.json's classification_report), for a paper's table
+        "per_class": run.results.get("per_class") if run.status == "complete" and run.results else None,
     }
 
 

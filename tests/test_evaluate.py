@@ -742,3 +742,16 @@ def test_confusion_figure_says_its_counts_sum_every_run(tmp_path: Path, monkeypa
                         lambda fig, path, **_: titles.append(fig.axes[0].get_title()) or path)
     _figures.plot_confusion(run, tmp_path / "c.png")
     assert "test predictions of 3 runs summed" in titles[0]
+
+
+def test_report_json_carries_precision_recall_and_f1_per_class(tmp_path: Path) -> None:
+    """Found as a paper author: results.json has precision/recall/F1 per class, but the report gave recall only,
+    so a per-class F1 table meant opening every run directory's results.json."""
+    run = make_run_dir(tmp_path / "runs", "eg")
+    results = json.loads((run / "results.json").read_text())
+    results["per_class"] = {c: {"precision": 0.5, "recall": 0.25, "f1-score": 1 / 3, "support": 30.0} for c in CLASSES}
+    _write_json(run / "results.json", results)
+    write_report([run], out=tmp_path / "report")
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
+    assert entry["per_class"]["angry"] == {"precision": 0.5, "recall": 0.25, "f1-score": 1 / 3, "support": 30.0}
+    assert entry["recall_per_class"]["angry"] == 25.0

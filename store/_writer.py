@@ -418,6 +418,8 @@ class StoreWriter:
         checked = ("path", "label", "speaker", "session", "split")
         stored = {col: to_str_list(self._column(col)[:]) for col in checked} if old_rows else {}
         state = resolve_events(self.location)  # the journals' state: plan appends to them only at its end
+        if old_rows:
+            self._refuse_ids_of_other_corpora(utterances, existing, stored["path"])
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
@@ -548,6 +550,26 @@ class StoreWriter:
         self._ids = None
         self._specs = specs_from_meta(self._meta)
         return rows
+
+    def _refuse_ids_of_other_corpora(self, utterances: Sequence[Utterance], existing: Mapping[str, int],
+                                     paths: Sequence[str]) -> None:
+        """Raise StoreError when a given id is already a row of another corpus of the store.
+
+        Such a row would be taken as the same utterance: its label and speaker replaced in place
+        (same audio) under the other corpus's name, or its path refused as a changed file.
+        """
+        corpus = to_str_list(self._column("corpus")[:len(paths)])
+        clash = [(u.id, corpus[existing[u.id]], u.corpus, paths[existing[u.id]]) for u in utterances
+                 if isinstance(u, Utterance) and isinstance(u.id, str) and u.id in existing and u.corpus
+                 and corpus[existing[u.id]] and corpus[existing[u.id]] != u.corpus]
+        if clash:
+            uid, old, new, path = clash[0]
+            raise StoreError(
+                f"plan: {len(clash)} utterance id(s) of this {new} corpus are already in store {self.path} as "
+                f"utterances of corpus {old} (e.g. {uid!r}, of {path}); a store's ids must be unique across its "
+                f"corpora, else the new rows would take the other corpus's place. Give the CSV manifest an 'id' "
+                f"column of ids of its own (e.g. with a corpus prefix, '{new}/{uid}'), or extract this corpus "
+                f"into a new store (`--like {self.path}` keeps the feature configs).")
 
     def _extracted(self, row: int, state: Any) -> bool:
         """Whether any feature of `row` is committed (its frames may have entered statistics)."""

@@ -73,7 +73,14 @@ class ExtractionSummary:
         relabelled: (id, column, old, new) of each label, speaker, split or session that this call
             took from an edited manifest.
         absent: Ids of done utterances in the store that this call's manifest does not list: an
-            edited manifest does not remove them, and stage 2 still reads them.
+            edited manifest does not remove them, and stage 2 still reads them. Utterances of
+            other corpora are counted in ``other_corpora`` instead.
+        other_corpora: Corpus -> count of the store's done utterances of corpora other than this
+            call's (a store extended with another corpus; when none of this call's utterances was in
+            the store before, every done utterance it does not list); stage 2 reads them too.
+        shared_speakers: Speaker names of this manifest that also name done utterances of the store
+            that it does not list (e.g. speaker '1' of another corpus), with one such id each: a name
+            is one speaker for per-speaker statistics and folds, whatever the corpus.
         absent_failed: Ids of failed (or never extracted) utterances in the store that this call's
             manifest does not list: they keep their rows, stage 2 does not read them, and they are
             not in ``failed``.
@@ -101,6 +108,8 @@ class ExtractionSummary:
     relabelled: list[tuple[str, str, str, str]] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
     absent_failed: list[str] = field(default_factory=list)
+    other_corpora: dict[str, int] = field(default_factory=dict)
+    shared_speakers: list[tuple[str, str]] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
@@ -146,6 +155,18 @@ class ExtractionSummary:
                          f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
                          f"extract this {self.source} into a new store (`--like {self.store}` keeps the feature "
                          f"configs)")
+        if self.other_corpora:
+            counts = ", ".join(f"{name} {n}" for name, n in sorted(self.other_corpora.items()))
+            notes.append(f"store {self.store} also holds {sum(self.other_corpora.values())} utterance(s) of other "
+                         f"corpora or manifests (by corpus: {counts}); `w2v2ser train` reads them too, unless "
+                         f"`--subset corpus=NAME` selects one corpus")
+        if self.shared_speakers:
+            named = first_few([f"{speaker!r} (e.g. {uid})" for speaker, uid in self.shared_speakers])
+            notes.append(f"{len(self.shared_speakers)} speaker name(s) of this {self.source} also name utterances of "
+                         f"the store that it does not list: {named}. Each name is one speaker, its statistics "
+                         f"pooled over all of its utterances and kept in one fold, whatever their corpus; if these "
+                         f"are other people (another corpus), give them names of their own in this {self.source} "
+                         f"(e.g. with a corpus prefix) and rerun the same extract: speakers are updated in place")
         if self.absent_failed:
             notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
                          f"not in this {self.source} ({first_few(self.absent_failed)}); they were never extracted "
@@ -479,6 +500,8 @@ def extract_corpus(
         summary.moved = list(writer.moved)
         unfinished = set(writer.absent_unfinished)
         summary.absent = [uid for uid in writer.absent if uid not in unfinished]
+        summary.absent, summary.other_corpora, summary.shared_speakers = _absent_by_corpus(
+            summary.absent, done, utterances, corpus, fresh=not writer.known)
         summary.absent_failed = list(writer.absent_unfinished)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
@@ -552,6 +575,36 @@ def extract_corpus(
     summary.speaker_case = case_variants(store.speakers() + [u.speaker for u in utterances])
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Sequence[Utterance],
+                      kind: str | None, *, fresh: bool) -> tuple[list[str], dict[str, int], list[tuple[str, str]]]:
+    """Split the done utterances a manifest does not list into its own corpus's (rows it dropped)
+    and counts per other corpus, and find its speaker names that they share.
+
+    When none of the manifest's utterances was in the store yet (``fresh``: a second CSV
+    manifest, of the same kind ``csv``), every such utterance is another corpus's; else those of
+    another kind are. A resumed manifest that dropped some of a speaker's rows shares that name
+    by design, so only other corpora's utterances count for shared names.
+
+    Returns:
+        (own absent ids, other corpus -> count, (shared speaker, one absent id of it) pairs).
+    """
+    kinds = {u.corpus for u in utterances if u.corpus} | ({kind} if kind else set())
+    own: list[str] = []
+    others: Counter[str] = Counter()
+    speakers = {u.speaker for u in utterances}
+    shared: dict[str, str] = {}
+    for uid in absent:
+        record = done.get(uid)
+        other = record is not None and (fresh or bool(kinds) and bool(record.corpus) and record.corpus not in kinds)
+        if other:
+            others[record.corpus or "unnamed"] += 1
+        else:
+            own.append(uid)
+        if other and record.speaker in speakers:
+            shared.setdefault(record.speaker, uid)
+    return own, dict(others), sorted(shared.items())
 
 
 @contextlib.contextmanager

@@ -455,6 +455,7 @@ class StoreWriter:
                     self.moved += [(u.id, old, now) for col, old, now in differ if col == "path"]
             rows.append(row)
         given = {u.id for u in utterances}
+        self.known = len(utterances) - len(new)  # given ids already in the store, any status
         self.absent = [uid for uid in stored_ids[:old_rows] if uid not in given]
         if self.absent:
             status = to_str_list(self._column("status")[:old_rows])

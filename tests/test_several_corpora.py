@@ -50,3 +50,37 @@ def test_an_id_of_another_corpus_is_refused_not_relabelled_in_place(tmp_path):
                for u in other_audio]
     assert _extract(renamed, store).planned == 2
     assert len(open_store(store).list_utterances()) == 4
+
+
+def test_extending_a_store_names_other_corpora_and_speaker_names_they_share(tmp_path):
+    """Found by a multi-corpus trial: a second corpus extracted into a store was told that the first
+    corpus's utterances "are not in this CSV manifest ... extract this CSV manifest into a new store"
+    to leave them out, and a second CSV corpus whose speakers were also named '1' and '2' was merged
+    with the first one's speakers (statistics, folds) without a word."""
+    store = tmp_path / "s.zarr"
+    _extract(_corpus(tmp_path / "a", "ravdess", ("Actor_01", "Actor_02")), store)
+    first = _corpus(tmp_path / "b", "csv", ("1", "2", "3"), ids="b{speaker}_{k}")
+    summary = _extract(first, store)
+    assert summary.absent == [] and summary.other_corpora == {"ravdess": 4} and summary.shared_speakers == []
+    assert summary.notes() == [f"store {store} also holds 4 utterance(s) of other corpora or manifests (by corpus: "
+                               f"ravdess 4); `w2v2ser train` reads them too, unless `--subset corpus=NAME` selects "
+                               f"one corpus"]
+    second = _corpus(tmp_path / "c", "csv", ("1", "2"), ids="c{speaker}_{k}", seed=50)
+    summary = _extract(second, store)
+    assert summary.other_corpora == {"ravdess": 4, "csv": 6}
+    assert summary.shared_speakers == [("1", "b1_0"), ("2", "b2_0")]
+    note = summary.notes()[1]
+    assert note.startswith("2 speaker name(s) of this manifest also name utterances of the store that it does not "
+                           "list: '1' (e.g. b1_0), '2' (e.g. b2_0). Each name is one speaker"), note
+    assert "give them names of their own" in note
+    # The fix the note gives: other names, taken in place (nothing extracted again).
+    renamed = [Utterance(id=u.id, path=u.path, speaker=f"c{u.speaker}", label=u.label, corpus="csv") for u in second]
+    summary = _extract(renamed, store)
+    assert summary.extracted == 0 and summary.shared_speakers == []
+    assert sorted(open_store(store).speakers()) == ["1", "2", "3", "Actor_01", "Actor_02", "c1", "c2"]
+    # A resumed manifest that dropped rows of a speaker keeps the old note, and shares no name. (The
+    # other CSV manifest's rows are of its kind too: a resumed CSV cannot tell them from dropped rows.)
+    summary = _extract(renamed[1:], store)
+    assert renamed[0].id in summary.absent and summary.other_corpora == {"ravdess": 4}
+    assert summary.shared_speakers == []
+

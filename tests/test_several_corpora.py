@@ -84,3 +84,45 @@ def test_extending_a_store_names_other_corpora_and_speaker_names_they_share(tmp_
     assert renamed[0].id in summary.absent and summary.other_corpora == {"ravdess": 4}
     assert summary.shared_speakers == []
 
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> str:
+    """A store of RAVDESS (24 actors), IEMOCAP (5 sessions) and a CSV corpus whose speakers are named
+    '3' and 'Actor_05' (the latter like a RAVDESS actor)."""
+    from stage2_fixtures import build_store, iemocap_utterances, ravdess_utterances
+
+    csv = [Utterance(id=f"csv{k}", path=f"/fake/csv/{k}.wav", speaker=("3", "Actor_05")[k % 2],
+                     label=("angry", "sad", "neutral")[k % 3], corpus="csv") for k in range(12)]
+    rows = ravdess_utterances(per_actor=2) + iemocap_utterances(per_speaker=4) + csv
+    return str(build_store(tmp_path_factory.mktemp("stores") / "mixed.zarr", utterances=rows, layers=3, dim=4,
+                           features=("egemaps",)))
+
+
+@pytest.mark.parametrize("protocol, how", [("ravdess", "the actor number"), ("iemocap", "the session")])
+def test_a_corpus_protocol_refuses_utterances_of_several_corpora(mixed, tmp_path, protocol, how):
+    """Found by a multi-corpus trial: the ravdess protocol on a store of RAVDESS, IEMOCAP and a CSV
+    corpus trained on CSV speaker '3' and IEMOCAP's 'Ses01F'..'Ses05M' as RAVDESS actors 1-5 (a CSV
+    speaker '23' would have been a test actor); the iemocap protocol failed on a RAVDESS speaker's
+    session without saying why."""
+    from w2v2ser.train import ExperimentConfig, ProtocolError, train_experiment
+
+    config = ExperimentConfig(stores={"main": mixed}, features="egemaps", protocol=protocol, seeds=1)
+    with pytest.raises(ProtocolError, match=rf"the {protocol} protocol takes its partitions from {how}.*several "
+                                            rf"corpora \(csv 12, iemocap 40, ravdess \d+\).*--subset corpus=NAME"
+                                            rf".*--speaker-folds K"):
+        train_experiment(config, out=tmp_path / "run", progress=False)
+
+
+def test_training_warns_of_a_speaker_name_in_several_corpora(mixed, tmp_path, caplog):
+    """A CSV speaker named 'Actor_05' is one speaker with RAVDESS's actor 5 (statistics, folds): say so."""
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    config = ExperimentConfig(stores={"main": mixed}, features="egemaps", protocol="csv", speaker_folds=3,
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    with caplog.at_level("WARNING", logger="w2v2ser"):
+        train_experiment(config, out=tmp_path / "run", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "several corpora" in r.getMessage()]
+    assert warned == ["speaker name(s) 'Actor_05' have utterances of several corpora ('Actor_05': csv, ravdess); "
+                      "each name is one speaker, for speaker normalisation and folds alike. If they are different "
+                      "people, give them names of their own in the manifest and rerun the same `w2v2ser extract` "
+                      "(speakers are updated in place, nothing is extracted again)"]

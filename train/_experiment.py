@@ -287,6 +287,16 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
                     "one emotion, fix the spelling in the manifest and rerun the same `w2v2ser extract` (labels "
                     "are updated in place, nothing is extracted again)", " and ".join(map(repr, variants)),
                     variants_differ([variants]), len(variants))
+    corpora: dict[str, set[str]] = {}
+    for record in data.records:
+        corpora.setdefault(record.speaker, set()).add(str(getattr(record, "corpus", "") or ""))
+    mixed = sorted(speaker for speaker, names in corpora.items() if len(names - {""}) > 1)
+    if mixed:
+        log.warning("speaker name(s) %s have utterances of several corpora (%r: %s); each name is one speaker, "
+                    "for speaker normalisation and folds alike. If they are different people, give them names of "
+                    "their own in the manifest and rerun the same `w2v2ser extract` (speakers are updated in "
+                    "place, nothing is extracted again)", first_few([repr(s) for s in mixed]), mixed[0],
+                    ", ".join(sorted(corpora[mixed[0]] - {""})))
     absent = [c for c in data.classes if not counts[c]]
     if absent:
         log.warning("protocol %s: no utterance of the store is labelled %s; the heads still have an output "

@@ -101,7 +101,21 @@ def _actor_number(speaker: str) -> int:
     return int(digits[-1])
 
 
+def _one_corpus(records: Sequence[Any], protocol: str, how: str) -> None:
+    """Raise ProtocolError when ``records`` hold several corpora: ``protocol`` reads a partition
+    from each speaker's name (``how``), which other corpora's names only seem to give."""
+    corpora = Counter(str(getattr(r, "corpus", "") or "") for r in records)
+    named = {c: n for c, n in corpora.items() if c}
+    if len(named) > 1:
+        counts = ", ".join(f"{c} {n}" for c, n in sorted(named.items()))
+        raise ProtocolError(f"the {protocol} protocol takes its partitions from {how}, but the utterances trained "
+                            f"on are of several corpora ({counts}), whose speaker names would be read the same "
+                            f"way; train on one corpus (--subset corpus=NAME), or cross-validate over all of them "
+                            f"with this protocol's classes (--speaker-folds K; pipeline.yaml: speaker_folds: K)")
+
+
 def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
+    _one_corpus(records, "ravdess", "the actor number in each speaker's name ('Ses01F' would be actor 1)")
     speakers = sorted({r.speaker for r in records})
     # PredefinedSplit: fold 0 = test actors 23-24, fold 1 = validation actors 21-22, -1 = always train.
     code = {s: 0 if n in (23, 24) else 1 if n in (21, 22) else -1 if 1 <= n <= 20 else -2
@@ -189,6 +203,7 @@ def session_of(record: Any) -> int:
 
 
 def _iemocap_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
+    _one_corpus(records, "iemocap", "the session of each speaker ('Ses01F', 'Session1')")
     session = {r.speaker: session_of(r) for r in records}
     speakers = sorted(s for s, k in session.items() if 1 <= k <= 5)
     missing = sorted(set(range(1, 6)) - set(session.values()))

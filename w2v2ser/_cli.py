@@ -28,7 +28,8 @@ FOLDS_HELP = ("cross-validate over K speaker groups instead of the protocol's sp
               "each group tests once, the next one validates, the rest train; results pool each seed's folds")
 SUBSET_HELP = ("train and test on the utterances whose FIELD is one of the VALUEs, e.g. vocal_channel=speech "
                "(RAVDESS speech only) or method=improvised (IEMOCAP); FIELD is speaker, label, gender, session, "
-               "split or a key the corpus reader records (`w2v2ser store info`); repeatable, all must hold")
+               "split, corpus (ravdess, iemocap, csv) or a key the corpus reader records (`w2v2ser store info`); "
+               "repeatable, all must hold")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:

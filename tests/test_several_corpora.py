@@ -126,3 +126,20 @@ def test_training_warns_of_a_speaker_name_in_several_corpora(mixed, tmp_path, ca
                       "each name is one speaker, for speaker normalisation and folds alike. If they are different "
                       "people, give them names of their own in the manifest and rerun the same `w2v2ser extract` "
                       "(speakers are updated in place, nothing is extracted again)"]
+
+
+def test_a_subset_of_one_corpus_picks_its_protocol(mixed, tmp_path, capsys):
+    """Found by a multi-corpus trial: `train --subset corpus=ravdess` without --protocol was refused with
+    "its corpus is ['csv', 'iemocap', 'ravdess'], expected one of ['csv', 'iemocap', 'ravdess']"."""
+    from w2v2ser.__main__ import main
+    from w2v2ser.train import ExperimentConfig
+
+    config = ExperimentConfig(stores={"main": mixed}, features="egemaps", subset={"corpus": "iemocap"})
+    assert config.protocol == "iemocap"
+    assert main(["train", mixed, "--features", "egemaps", "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "it holds several corpora (csv, iemocap, ravdess); pass --protocol" in error, error
+    assert "or keep one corpus with --subset corpus=NAME, whose protocol is then taken" in error
+    assert main(["train", mixed, "--features", "egemaps", "--subset", "corpus=ravdess", "--seeds", "1",
+                 "--set", "max_epochs=1", "--set", "units=8", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert "/ ravdess (corpus=ravdess): UAR" in capsys.readouterr().out

@@ -281,9 +281,9 @@ def test_protocol_of_corpora_takes_the_single_known_corpus():
     from w2v2ser.train import protocol_of_corpora
 
     assert [protocol_of_corpora([c], store="s") for c in ("ravdess", "iemocap", "csv")] == ["ravdess", "iemocap", "csv"]
-    for corpora, shown in ((["csv", "ravdess"], r"\['csv', 'ravdess'\]"), ([], "not recorded"),
-                           (["emodb"], r"\['emodb'\]")):
-        with pytest.raises(ProtocolError, match=f"store s: its corpus is {shown}.*pass --protocol"):
+    for corpora, shown in ((["csv", "ravdess"], r"it holds several corpora \(csv, ravdess\)"),
+                           ([], "its corpus is not recorded"), (["emodb"], r"its corpus is \['emodb'\]")):
+        with pytest.raises(ProtocolError, match=f"store s: {shown}.*pass --protocol"):
             protocol_of_corpora(corpora, store="s")
 
 

@@ -140,7 +140,7 @@ class ExperimentConfig:
 
         path = self.stores[self.store_alias(self.features)]
         try:  # an incomplete store still names its corpus; training refuses it later, with its own message
-            return protocol_of_store(path, allow_incomplete=True)
+            return protocol_of_store(path, allow_incomplete=True, subset=self.subset.get("corpus"))
         except StoreError as error:
             raise ConfigError(f"protocol not given, so it is read from the main store, which cannot be opened: "
                               f"{error} Pass protocol={or_list([repr(name) for name in PROTOCOLS])}.") from None

@@ -150,22 +150,36 @@ def _sample(names: Sequence[str], limit: int = 6) -> str:
     return f"[{first_few([repr(n) for n in names], limit)}]"
 
 
-def protocol_of_corpora(corpora: Sequence[str], *, store: str) -> str:
+def protocol_of_corpora(corpora: Sequence[str], *, store: str, subset: str | Sequence[str] | None = None) -> str:
     """The protocol of a store's corpus (its ``corpus`` attribute: a protocol's name, e.g. ravdess).
 
+    Args:
+        corpora: The store's corpus kinds.
+        store: The store, as messages name it.
+        subset: The corpus kinds a ``--subset corpus=...`` keeps: of a store of several corpora,
+            these decide (when the store has any of them).
+
     Raises:
-        ProtocolError: the store holds several corpora, or one without a protocol.
+        ProtocolError: the store (or the subset) holds several corpora, or one without a protocol.
     """
     found = sorted(set(corpora))
+    wanted = [subset] if isinstance(subset, str) else list(subset or [])
+    if any(name in found for name in wanted):
+        found = sorted(name for name in found if name in wanted)
     if len(found) == 1 and found[0] in PROTOCOLS:
         return found[0]
+    if len(found) > 1:
+        raise ProtocolError(f"cannot tell the protocol of store {store}: it holds several corpora ({', '.join(found)}); "
+                            f"pass --protocol ({or_list(list(PROTOCOLS))}; in Python ExperimentConfig(protocol=...)), "
+                            f"or keep one corpus with --subset corpus=NAME, whose protocol is then taken")
     raise ProtocolError(f"cannot tell the protocol of store {store}: its corpus is {found or 'not recorded'}, "
                         f"expected one of {sorted(PROTOCOLS)}; pass --protocol ({or_list(list(PROTOCOLS))}; "
                         f"in Python ExperimentConfig(protocol=...))")
 
 
-def protocol_of_store(path: str, *, allow_incomplete: bool = False) -> str:
-    """The protocol of the corpus a store was extracted from, as recorded in the store.
+def protocol_of_store(path: str, *, allow_incomplete: bool = False, subset: str | Sequence[str] | None = None) -> str:
+    """The protocol of the corpus a store was extracted from, as recorded in the store (of a store of
+    several corpora: of the one ``subset``, the corpus kinds a ``--subset corpus=...`` keeps, names).
 
     Raises:
         StoreError: the store cannot be opened (see ``open_store``).
@@ -173,7 +187,8 @@ def protocol_of_store(path: str, *, allow_incomplete: bool = False) -> str:
     """
     from w2v2ser.store import open_store  # on first use: importing the protocols stays cheap
 
-    return protocol_of_corpora(open_store(path, allow_incomplete=allow_incomplete).attrs.get("corpus", []), store=path)
+    return protocol_of_corpora(open_store(path, allow_incomplete=allow_incomplete).attrs.get("corpus", []), store=path,
+                               subset=subset)
 
 
 def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: Sequence[str]) -> list[Fold]:

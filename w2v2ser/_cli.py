@@ -407,7 +407,9 @@ def _default_protocol(values: dict[str, Any], store: str) -> None:
     if values.get("protocol") is None:
         from w2v2ser.train import protocol_of_store
 
-        values["protocol"] = protocol_of_store(store)  # an unopenable or incomplete store: its own error
+        subset = values.get("subset")
+        # an unopenable or incomplete store: its own error; of several corpora, --subset corpus=NAME picks one
+        values["protocol"] = protocol_of_store(store, subset=subset.get("corpus") if isinstance(subset, dict) else None)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -143,3 +143,22 @@ def test_a_subset_of_one_corpus_picks_its_protocol(mixed, tmp_path, capsys):
     assert main(["train", mixed, "--features", "egemaps", "--subset", "corpus=ravdess", "--seeds", "1",
                  "--set", "max_epochs=1", "--set", "units=8", "--no-progress", "--out", str(tmp_path / "run")]) == 0
     assert "/ ravdess (corpus=ravdess): UAR" in capsys.readouterr().out
+
+
+def test_a_csv_manifest_s_corpus_column_selects_its_rows(tmp_path):
+    """Found by a multi-corpus trial: a CSV manifest's `corpus` column was listed by `store info` as the
+    field corpus (corpusC 28), but `--subset corpus=corpusC` found none, every CSV being corpus csv: two
+    CSV corpora of one store could not be told apart."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ConfigError, select_subset
+
+    rows = [Utterance(id=f"{name}{k}", path=f"/fake/{name}/{k}.wav", speaker=f"{name}{k % 3}", label="angry",
+                      corpus="csv", extra={"corpus": name} if name != "b" else {}) for name in ("b", "c") for k in range(6)]
+    store = build_store(tmp_path / "s.zarr", utterances=rows + ravdess_utterances(per_actor=1, actors=3),
+                        features=("egemaps",))
+    records = open_store(store).list_utterances()
+    assert [r.id for r in select_subset(records, {"corpus": "c"}, store="s")] == [f"c{k}" for k in range(6)]
+    assert len(select_subset(records, {"corpus": "csv"}, store="s")) == 12
+    assert len(select_subset(records, {"corpus": ["ravdess", "c"]}, store="s")) == 9
+    with pytest.raises(ConfigError, match=r"no utterance of s has corpus 'd'; it has c \(6\), csv \(12\), ravdess \(3\)"):
+        select_subset(records, {"corpus": "d"}, store="s")

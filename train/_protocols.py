@@ -401,6 +401,16 @@ def _field(record: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _values(record: Any, key: str) -> list[str]:
+    """The values of ``key`` a subset matches: for ``corpus``, the corpus kind and a CSV manifest's own
+    ``corpus`` column (every CSV is kind csv: the column tells two CSV corpora of one store apart)."""
+    value = _field(record, key)
+    values = [] if value is None else [value]
+    if key == "corpus" and record.extra.get("corpus") not in (None, "", value):
+        values.append(str(record.extra["corpus"]))
+    return values
+
+
 def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[str]], *, store: str) -> list[Any]:
     """The records whose field has one of the subset's values (a value or a list of them), for
     every field of the subset.
@@ -411,7 +421,7 @@ def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[st
     """
     for key, values in subset.items():
         wanted = [values] if isinstance(values, str) else list(values)
-        found = Counter(v for v in (_field(r, key) for r in records) if v is not None)
+        found = Counter(v for r in records for v in _values(r, key))
         if not found:
             keys = sorted(set(_SUBSET_FIELDS) | {k for r in records for k in r.extra})
             raise ConfigError(f"subset {key}={','.join(wanted)}: no utterance of {store} records {key!r}; fields "
@@ -421,7 +431,7 @@ def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[st
                 have = first_few([f"{v} ({n})" for v, n in sorted(found.items())], 20)
                 raise ConfigError(f"subset {key}={value}: no utterance of {store} has {key} {value!r}; it has "
                                   f"{have}.{did_you_mean(value, found)}")
-        records = [r for r in records if _field(r, key) in wanted]
+        records = [r for r in records if any(v in wanted for v in _values(r, key))]
     if not records:
         raise ConfigError(f"subset {subset} keeps no utterance of {store}: no utterance has all of these values; "
                           f"drop a condition")

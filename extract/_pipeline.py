@@ -916,6 +916,11 @@ class _Committed:
 _Failure = tuple[int, "str | None", str]
 
 
+def _seconds_above(num_samples: int) -> int:
+    """A round number of seconds at least as long as `num_samples` 16 kHz samples (for advice)."""
+    return -(-num_samples // (16000 * 60)) * 60
+
+
 def _features_of(
     extractor: Extractor, good: Sequence[tuple[_ShardItem, DecodedAudio, str]]
 ) -> tuple[list[np.ndarray | None], list[_Failure]]:
@@ -930,8 +935,10 @@ def _features_of(
     for (item, audio, _), ok in zip(good, allowed):
         if not ok:
             failures.append((item.index, extractor.name, (
-                f"{item.path} is {audio.num_samples / 16000:.1f} s long, over {extractor.name}.max_seconds={limit:g}; "
-                f"split the file, or raise {extractor.name}.max_seconds (memory grows with the length squared)"
+                f"{item.path} is {audio.num_samples / 16000:.1f} s long, over {extractor.name}.max_seconds={limit:g} "
+                f"(the whole file goes through the model at once, and its memory grows with the length squared); "
+                f"split the file, or rerun with --option {extractor.name}.max_seconds={_seconds_above(audio.num_samples)}, "
+                f"which extracts it into the same store"
             )))
     audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]
     try:

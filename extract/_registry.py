@@ -202,7 +202,7 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
         features: The store's features (``FeatureStore.features``).
         store: The store, for messages.
         changes: Per feature, options to change: those that never change the values (device,
-            batch size, threads, kernels) and, for a speech encoder, where its weights are
+            batch size, threads, kernels, max_seconds) and, for a speech encoder, where its weights are
             (``model``, ``revision``), which must then hold the recorded weights. A ``native``
             ``sample_rate`` may become a rate in Hz when all of the store's audio had that rate
             (``audio_rates``): the store's own files give the same frames either way, and new
@@ -225,7 +225,8 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
                 and not Path(model).expanduser().exists() and Path(str(provenance.get("resolved_path"))).exists()):
             config["model"] = provenance["resolved_path"]
         wanted = dict((changes or {}).get(name) or {})
-        allowed = set(RUNTIME_KEYS) | {"model", "revision"} if name in UPSTREAMS else set()
+        # max_seconds only turns longer files into failures: no stored value depends on it.
+        allowed = set(RUNTIME_KEYS) | {"model", "revision", "max_seconds"} if name in UPSTREAMS else set()
         rates = set((audio_rates or {}).get(name) or ())
         if "sample_rate" in wanted and _same_frames_at(config.get("sample_rate"), wanted["sample_rate"], rates):
             allowed.add("sample_rate")

@@ -53,11 +53,16 @@ __all__ = ["StoreWriter", "WorkUnit", "UnitWriter"]
 _COMPARED = ("dim", "layers", "frame_rate", "dtype", "config")
 
 
+# Keys of a speech encoder's recorded config that change no stored value: its ``runtime`` part
+# (device or batch size: a store may be resumed on another machine) and ``max_seconds``, a guard
+# that only turns longer files into failures, so a rerun may raise it to extract them.
+_NOT_VALUES = ("runtime", "max_seconds")
+
+
 def _comparable(value: Any) -> Any:
-    """A config without its ``runtime`` part: device or batch size never change the values,
-    so a store may be resumed on another machine."""
+    """A config without the keys that change no stored value (``_NOT_VALUES``)."""
     if isinstance(value, Mapping) and "runtime" in value:
-        return {k: v for k, v in value.items() if k != "runtime"}
+        return {k: v for k, v in value.items() if k not in _NOT_VALUES}
     return value
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from w2v2ser.extract import build_extractor, extract_corpus, read_audio
+from w2v2ser.extract import build_extractor, configs_like, extract_corpus, read_audio
 from w2v2ser.store import FeatureSpec, Utterance, open_store
 
 
@@ -346,7 +346,18 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
     assert list(failed) == [utterances[1].id]
     assert "3.0 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
+    assert "--option wav2vec2.max_seconds=60" in failed[utterances[1].id]
     assert summary.extracted == 2 and summary.complete
+
+    # The advised rerun: max_seconds changes no stored value, so the same store takes it and
+    # extracts the long file; the other two are not extracted again.
+    raised = build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 60.0})
+    again = extract_corpus(utterances, tmp_path / "w.zarr", extractors=[raised], progress=False)
+    assert (again.extracted, again.failed) == (1, [])
+    assert open_store(tmp_path / "w.zarr").read_utterance(utterances[1].id, "wav2vec2").shape[0] > 100
+    # --like STORE --option wav2vec2.max_seconds=... is taken for the same reason.
+    like = configs_like(open_store(tmp_path / "w.zarr").features, changes={"wav2vec2": {"max_seconds": 300.0}})
+    assert like["wav2vec2"]["max_seconds"] == 300.0
 
 
 def test_opensmile_runs_in_a_worker_process_that_is_restarted_after_a_crash():

@@ -714,7 +714,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             window = windows[k][1]
             where = {} if window is None else {"start": window.start, "end": window.end}
             if k not in found:
-                out.append(Prediction(file, None, {}, speaker, failed.get(k, "not extracted (no reason recorded)"),
+                reason = failed.get(k, "not extracted (no reason recorded)")
+                out.append(Prediction(file, None, {}, speaker, reason if window else _too_long_advice(reason),
                                       **where))
                 continue
             values, length, seconds_used, resampled_to, normalisation, silent = found[k]
@@ -723,6 +724,16 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                                   seconds=length, seconds_used=seconds_used, resampled_to=resampled_to,
                                   normalisation=normalisation, silent=silent, **where))
     return out
+
+
+def _too_long_advice(reason: str) -> str:
+    """Stage 1's reason for a file over a speech encoder's ``max_seconds``, with predict's advice:
+    its ``--option`` rerun does not exist here, where ``--segment`` labels such a file in windows."""
+    found = re.match(r"(.* s long, over \w+\.max_seconds=\S+) \(", reason)
+    if found is None:
+        return reason
+    return (f"{found.group(1)} (the run's extraction settings); label a long recording window by window with "
+            f"--segment [SECONDS] (predict_audio(..., segment=SECONDS)), or split the file")
 
 
 @contextlib.contextmanager

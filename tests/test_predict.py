@@ -443,6 +443,38 @@ def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> N
     assert [p.probabilities for p in alone] == [p.probabilities for p in preds[:2]]
 
 
+def test_a_file_over_max_seconds_is_told_to_use_segment(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1's reason for a file over max_seconds advises an --option rerun, which predict has
+    not: predict names --segment instead, and keeps the length and the limit."""
+    from types import SimpleNamespace
+
+    from w2v2ser.extract import _pipeline
+
+    long_file = audio_files[0]
+    extractor = SimpleNamespace(name="wav2vec2", config=SimpleNamespace(max_seconds=120.0))
+    item, audio = SimpleNamespace(index=0, path=long_file), SimpleNamespace(num_samples=200 * 16000)
+    monkeypatch.setattr(_pipeline, "run_extractor", lambda extractor, audios: [])
+    (_, _, stage1_reason), = _pipeline._features_of(extractor, [(item, audio, "")])[1]
+
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        specs = [features_like(like)[0][name] for name in features]
+        utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
+                      for r in rows]
+        writer = StoreWriter(store)
+        writer.plan(utterances, num_samples=[None] * len(rows), features=specs,
+                    capacities={s.name: [1] * len(rows) for s in specs}, failures={0: stage1_reason})
+        writer.finalize()
+
+    monkeypatch.setattr(_predict, "extract_features", extract)
+    (prediction,) = predict_audio(trained, [long_file])
+    assert f"{long_file} is 200.0 s long, over wav2vec2.max_seconds=120" in prediction.error
+    assert "--segment" in prediction.error and "--option" not in prediction.error
+
+
 def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
         trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--model (model=) reaches the extraction of the run's speech-encoder feature; a run that reads

@@ -11,8 +11,18 @@ __all__ = ["utterance_statistics", "combine_statistics"]
 Moments = tuple[int, np.ndarray, np.ndarray]
 
 
+# Above this many bytes of float64, a layered utterance's statistics are computed one layer at a
+# time: the float64 copy of a long large-model utterance (120 s of 25 x 1024) is 1.2 GB whole.
+WHOLE_BYTES = 64 * 2**20
+
+
 def utterance_statistics(frames: np.ndarray) -> Moments:
     """Count, mean and M2 (sum of squared deviations) over axis 0, in float64.
+
+    A long utterance of ``[frames, layers, dim]`` is worked on one layer at a time, with the same
+    sums in the same order (numpy adds the rows of an axis-0 reduction one after another when each
+    row holds more than one value), so the result is the same to the bit and memory is bounded by
+    a layer's float64 copy.
 
     Args:
         frames: ``[frames, ...]`` array, already cast to the storage dtype so the
@@ -21,6 +31,17 @@ def utterance_statistics(frames: np.ndarray) -> Moments:
     Returns:
         ``(count, mean, m2)``; mean and m2 are zeros when there are no frames.
     """
+    shape = np.shape(frames)
+    if len(shape) == 3 and shape[0] and shape[2] > 1 and 8 * int(np.prod(shape)) > WHOLE_BYTES:
+        mean, m2 = np.empty(shape[1:]), np.empty(shape[1:])
+        for layer in range(shape[1]):
+            _, mean[layer], m2[layer] = _moments(frames[:, layer])
+        return int(shape[0]), mean, m2
+    return _moments(frames)
+
+
+def _moments(frames: np.ndarray) -> Moments:
+    """``utterance_statistics`` of one piece, through a float64 copy of it."""
     x = np.array(frames, dtype=np.float64)  # a private float64 copy, worked on in place
     count = int(x.shape[0])
     if count == 0:

@@ -567,6 +567,28 @@ def test_speaker_statistics_combine_utterances_one_by_one_in_slot_order(tmp_path
         assert np.array_equal(got.mean, mean) and np.array_equal(got.variance, m2 / n)
     assert store.verify().ok
 
+def test_statistics_of_a_long_layered_utterance_are_the_same_bits_in_bounded_memory(monkeypatch):
+    # A long large-model utterance (here 600 frames x 25 x 1024, 123 MB in float64) is worked on
+    # one layer at a time: the whole float64 copy of 120 s of it was 1.2 GB in the writer and in
+    # verify. Stores written before compare their statistics bit for bit, so the values must not move.
+    import tracemalloc
+
+    import w2v2ser.store._stats as stats
+
+    frames = (np.random.default_rng(5).standard_normal((600, 25, 1024)) * 3 + 1).astype(np.float16)
+    tracemalloc.start()
+    try:
+        count, mean, m2 = stats.utterance_statistics(frames)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    monkeypatch.setattr(stats, "WHOLE_BYTES", 1 << 60)  # the whole-copy computation, as before
+    whole = stats.utterance_statistics(frames)
+    assert count == whole[0] == 600
+    assert np.array_equal(mean, whole[1]) and np.array_equal(m2, whole[2])
+
+
 # ---------------------------------------------------------------------------- plan / resume
 
 

@@ -34,7 +34,7 @@ from ._types import (
     UtteranceRecord,
     VerifyReport,
 )
-from ._upgrade import StoreUpgrade, upgrade_store
+from ._upgrade import upgrade_store
 from ._writer import StoreWriter, UnitWriter, WorkUnit
 
 __all__ = [
@@ -65,6 +65,5 @@ __all__ = [
     "combine_statistics",
     "export_hdf5",
     "upgrade_store",
-    "StoreUpgrade",
     "repair_store",
 ]

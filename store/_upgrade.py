@@ -9,7 +9,6 @@ import os
 import shutil
 import warnings
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +25,9 @@ from ._lock import lock_store
 from ._types import Utterance
 from ._writer import StoreWriter
 
-__all__ = ["StoreUpgrade", "upgrade_store"]
+__all__ = ["upgrade_store"]
 
 UNIT_UTTERANCES = 64  # utterances per work unit of the converted store
-
-
-@dataclass(frozen=True)
-class StoreUpgrade:
-    """What :func:`upgrade_store` did.
-
-    Attributes:
-        path: the new store.
-        done_before: ``path`` already held the finished upgrade of the old store as it is now (a
-            rerun, e.g. after a kill between the move into place and the summary): nothing was written.
-    """
-
-    path: Path
-    done_before: bool = False
-
-    def __fspath__(self) -> str:  # open_store(upgrade_store(old, new)) opens the new store
-        return os.fspath(self.path)
 
 
 class _FramesLost(StoreError):
@@ -232,7 +214,7 @@ def _upgrade_of(new: Path, old: Path, old_meta: dict[str, Any]) -> str | None:
 
 
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
-                  progress: bool = False, allow_incomplete: bool = False, skip_damaged: bool = False) -> StoreUpgrade:
+                  progress: bool = False, allow_incomplete: bool = False, skip_damaged: bool = False) -> Path:
     """Convert a format-1 store into a new store of the current format; the old store is only read.
 
     The old tables, index and failures (which carry no checksum) are checked first: a chunk
@@ -255,11 +237,11 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
             the next ``w2v2ser extract`` into the new store extracts it again; refused otherwise.
 
     Returns:
-        The new store's path, and whether it held this upgrade already (then nothing was written).
+        The new store's path.
 
     Raises:
         StoreError: `old_path` is not a format-1 store or is incomplete, `new_path` is not empty
-            (and not already the upgrade of `old_path` as it is now: ``done_before``) or
+            (and not already the upgrade of `old_path` as it is now, which is returned as it is) or
             lies inside `old_path`, an old table, index or failure array is damaged, or an old
             utterance's frames do not match their crc32 (without `skip_damaged`).
     """
@@ -277,7 +259,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         state = _upgrade_of(new, old, meta)
         if state == "same":  # the same command again, e.g. after a kill between the move and its summary
-            return StoreUpgrade(new, done_before=True)
+            return new
         if state is not None:
             raise StoreError(f"cannot upgrade into {new}: it holds the upgrade of {old} as it was then, and {old} "
                              f"changed since ({state}). Remove {new} (or choose another new path), then rerun "
@@ -394,4 +376,4 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
         if any(p.name != ".lock" for p in final.iterdir()):
             raise StoreError(f"cannot upgrade into {final}: something was written there while the upgrade ran. "
                              f"The upgraded store is left in {new}; move it where you want it.")
-        return StoreUpgrade(publish_directory(new, final))
+        return publish_directory(new, final)

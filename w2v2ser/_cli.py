@@ -354,12 +354,15 @@ def _cmd_store_export(args: argparse.Namespace) -> int:
 def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, upgrade_store
 
-    upgrade = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
-                            skip_damaged=args.skip_damaged)
-    out = upgrade.path
+    # upgrade_store refuses a NEW that holds anything but this very upgrade: if NEW held files
+    # before and the call returns, it was the finished upgrade already (a rerun), nothing written.
+    new = Path(args.new)
+    done_before = new.is_dir() and any(p.name != ".lock" for p in new.iterdir())
+    out = upgrade_store(args.old, args.new, progress=not args.no_progress, allow_incomplete=args.allow_incomplete,
+                        skip_damaged=args.skip_damaged)
     store = open_store(out, allow_incomplete=True)
     status = store.describe()["status"]
-    what = f"{out} already holds the upgrade of {args.old}, nothing to do" if upgrade.done_before else f"wrote {out}"
+    what = f"{out} already holds the upgrade of {args.old}, nothing to do" if done_before else f"wrote {out}"
     print(f"{what} (format {store.format_version}): {status['done']} done, {status['failed']} failed, "
           f"{status['pending']} pending utterances; {args.old} is unchanged")
     damaged = store.attrs["upgraded_from"].get("damaged", [])

@@ -285,6 +285,12 @@ def test_protocol_of_corpora_takes_the_single_known_corpus():
                            ([], "its corpus is not recorded"), (["emodb"], r"its corpus is \['emodb'\]")):
         with pytest.raises(ProtocolError, match=f"store s: {shown}.*pass --protocol"):
             protocol_of_corpora(corpora, store="s")
+    # --subset corpus=X keeps one corpus kind, or names a CSV manifest's own corpus column (review M1: the
+    # refusal told the user to do what they had just done).
+    assert protocol_of_corpora(["csv", "ravdess"], store="s", subset="ravdess") == "ravdess"
+    assert protocol_of_corpora(["csv", "iemocap", "ravdess"], store="s", subset=["crema"]) == "csv"
+    with pytest.raises(ProtocolError, match="several corpora"):
+        protocol_of_corpora(["iemocap", "ravdess"], store="s", subset=["crema"])
 
 
 def test_ravdess_protocol_on_speakers_without_actors_23_24_names_them():

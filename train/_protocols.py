@@ -156,8 +156,9 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str, subset: str | Seq
     Args:
         corpora: The store's corpus kinds.
         store: The store, as messages name it.
-        subset: The corpus kinds a ``--subset corpus=...`` keeps: of a store of several corpora,
-            these decide (when the store has any of them).
+        subset: The values a ``--subset corpus=...`` keeps: of a store of several corpora, these
+            decide (when the store has any of them; else they name a CSV manifest's own corpus
+            column, so the protocol is csv).
 
     Raises:
         ProtocolError: the store (or the subset) holds several corpora, or one without a protocol.
@@ -166,6 +167,8 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str, subset: str | Seq
     wanted = [subset] if isinstance(subset, str) else list(subset or [])
     if any(name in found for name in wanted):
         found = sorted(name for name in found if name in wanted)
+    elif wanted and "csv" in found:  # values of a CSV manifest's own corpus column keep CSV rows only
+        found = ["csv"]
     if len(found) == 1 and found[0] in PROTOCOLS:
         return found[0]
     if len(found) > 1:

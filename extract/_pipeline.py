@@ -937,8 +937,9 @@ def _features_of(
             failures.append((item.index, extractor.name, (
                 f"{item.path} is {audio.num_samples / 16000:.1f} s long, over {extractor.name}.max_seconds={limit:g} "
                 f"(the whole file goes through the model at once, and its memory grows with the length squared); "
-                f"split the file, or rerun with --option {extractor.name}.max_seconds={_seconds_above(audio.num_samples)}, "
-                f"which extracts it into the same store"
+                f"split the file, or raise max_seconds: `w2v2ser extract` with --option {extractor.name}.max_seconds="
+                f"{_seconds_above(audio.num_samples)} extracts it into the same store (in pipeline.yaml, a changed "
+                f"max_seconds makes a new store folder)"
             )))
     audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]
     try:

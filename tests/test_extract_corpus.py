@@ -347,6 +347,8 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     assert list(failed) == [utterances[1].id]
     assert "3.0 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
     assert "--option wav2vec2.max_seconds=60" in failed[utterances[1].id]
+    # ... said as extract's option, not as a rerun of any command (`run` and the Python API have no --option).
+    assert "`w2v2ser extract` with --option" in failed[utterances[1].id] and "pipeline.yaml" in failed[utterances[1].id]
     assert summary.extracted == 2 and summary.complete
 
     # The advised rerun: max_seconds changes no stored value, so the same store takes it and

@@ -109,7 +109,8 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.jsonl"
         existed = self.path.exists()
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        # 0o666 less the umask: with umask 002 a group member resumes the store and appends to it.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
         # Several writer threads of one process may share a journal; appends (and the
         # rollback of a short write) must not interleave.
         self._lock = threading.Lock()

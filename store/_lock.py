@@ -55,7 +55,8 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
     made_folder, made_lock = not store.exists(), not lock_path.exists()
     try:
         store.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0o666 less the umask, as every other file of the store: a group member resumes a shared store.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.ENOTDIR) and not store.is_dir():  # a file where the store's folder is
             raise StoreError(describe_path_error(exc)[0]) from None  # the command line's message, as a StoreError
@@ -266,7 +267,7 @@ def hold_plan_lock(location: StoreLocation) -> Iterator[None]:
     if not location.is_local:
         yield
         return
-    fd = os.open(location.path / PLAN_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(location.path / PLAN_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for .lock
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -174,6 +174,23 @@ def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"  # a replaced file keeps its mode
 
 
+def test_a_group_shared_store_has_no_file_the_group_cannot_write(tmp_path):
+    """With umask 002 every file of a store is group-writable, so a group member resumes or extends
+    it: .lock, .plan.lock and the journal were made 0o644, and the member's extraction was refused
+    "Permission denied (STORE/.lock)" though the rest of the store was group-writable."""
+    old = os.umask(0o002)
+    try:
+        extract_corpus(_corpus(tmp_path / "audio", n=3), tmp_path / "s.zarr",
+                       extractors=[build_extractor("spectrogram")], progress=False)
+    finally:
+        os.umask(old)
+    store = tmp_path / "s.zarr"
+    made = {p.name for p in store.rglob("*") if p.is_file()}
+    assert {".lock", ".plan.lock"} <= made
+    closed = [str(p.relative_to(store)) for p in store.rglob("*") if p.is_file() and not p.stat().st_mode & 0o020]
+    assert not closed, closed
+
+
 @pytest.fixture()
 def read_only(tmp_path):
     """``read_only(folder)`` makes the folder a read-only bind mount of itself (root in CI), or,

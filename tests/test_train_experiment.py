@@ -861,6 +861,45 @@ def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_pa
         assert len(os.listdir("/proc/self/fd")) == before + 1
 
 
+def test_another_users_job_in_a_shared_out_folder_is_refused_too(rav, tmp_path, monkeypatch):
+    """Found by a sharing audit: in a group-writable --out, a job of user A held OUT/.lock-KEY made
+    0o644; user B could not open it (or OUT/.lock) for writing, so B's job of another configuration
+    skipped every check and replaced A's runs one by one. The locks are now made with the umask's
+    mode, and another user's lock is read-only flocked (flock needs no write access)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from w2v2ser.train._experiment import share_out_folder
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
+    old = os.umask(0o002)
+    try:
+        with share_out_folder(tmp_path, other.config_key(), "train"):  # user A's job, running
+            locks = [tmp_path / ".lock", tmp_path / f".lock-{other.config_key()}"]
+            assert all(lock.stat().st_mode & 0o020 for lock in locks)  # the group may take them
+            real_open = os.open
+
+            def as_another_user(path, flags, *args, **kwargs):  # A's lock files are not B's to write
+                if Path(path).name.startswith(".lock") and flags & (os.O_WRONLY | os.O_RDWR):
+                    raise PermissionError(errno.EACCES, "Permission denied", str(path))
+                return real_open(path, flags, *args, **kwargs)
+
+            monkeypatch.setattr(os, "open", as_another_user)
+            with pytest.raises(ConfigError) as refused:
+                with share_out_folder(tmp_path, config.config_key(), "train"):
+                    pass
+            assert other.config_key() in str(refused.value) and "another configuration" in str(refused.value)
+            with share_out_folder(tmp_path, other.config_key(), "train"):  # B's job of A's configuration shares it
+                pass
+            monkeypatch.undo()
+    finally:
+        os.umask(old)
+    with share_out_folder(tmp_path, config.config_key(), "train"):  # A's job has ended: B's may write now
+        pass
+
+
 def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_path, monkeypatch, capsys):
     """Found by a concurrency audit: an extraction starting while `train` ran made the next run fail
     with exit 2 and 'interrupted ... rerun the extraction' (that rerun would only meet its lock)."""

@@ -1026,9 +1026,8 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
         if described is None or described[1] != EXIT_INPUT:
             raise
         raise ConfigError(described[0]) from None
-    try:
-        guard = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a folder this user cannot write: the first run's write says so
+    guard = _open_lock(out / ".lock")
+    if guard < 0:  # a folder this user cannot write: the first run's write says so
         yield
         return
     held = None
@@ -1042,11 +1041,13 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
             for other in sorted(out.glob(".lock-*")):
                 if other.name != f".lock-{key}":
                     _refuse_if_held(other, out, what)
-            held = os.open(out / f".lock-{key}", os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(held, fcntl.LOCK_SH)  # others of this key hold it shared too; nobody exclusively
-            with contextlib.suppress(OSError):  # the flock is the lock, the text only informs
-                os.ftruncate(held, 0)
-                os.pwrite(held, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            opened = _open_lock(out / f".lock-{key}")
+            if opened >= 0:  # (none: nothing to hold, as where flock is unavailable)
+                held = opened
+                fcntl.flock(held, fcntl.LOCK_SH)  # others of this key hold it shared too; nobody exclusively
+                with contextlib.suppress(OSError):  # the flock is the lock, the text only informs
+                    os.ftruncate(held, 0)
+                    os.pwrite(held, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         finally:
             fcntl.flock(guard, fcntl.LOCK_UN)
             os.close(guard)  # only the key's lock stays open: a grid of experiments holds one descriptor each
@@ -1059,13 +1060,27 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
             os.close(guard)
 
 
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (made 0o666 less the umask), or -1 if it cannot be opened.
+
+    Another user's lock in a shared folder may not be writable (made 0o644 by an older w2v2ser, or
+    under umask 022): it is opened read-only, which flock allows, so that user's job still counts."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return -1
+
+
 def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
     """Raise ConfigError if a running job holds ``lock`` (another configuration's); remove it if not."""
     import errno
     import fcntl
 
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: another user's lock counts too
     except OSError:
         return
     try:
@@ -1082,7 +1097,8 @@ def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
                 f"{out} is being written by another job of another configuration ({holder}, config key "
                 f"{lock.name.removeprefix('.lock-')}, lock {lock}); the two would replace each other's runs. "
                 f"Give {elsewhere}, or rerun it when that job has finished.") from None
-        lock.unlink(missing_ok=True)  # its job has ended (under out/.lock: nobody is opening it now)
+        with contextlib.suppress(OSError):  # another user's, in a folder without write access: left as it is
+            lock.unlink(missing_ok=True)  # its job has ended (under out/.lock: nobody is opening it now)
     finally:
         os.close(fd)
 

@@ -61,3 +61,8 @@ class StoreChangedError(StoreError):
     stops instead of mixing old and new data. Open the store again (exit 1: nothing is damaged)."""
 
     exit_code = EXIT_FAILED
+
+
+class StoreGoneError(StoreChangedError):
+    """A local store was moved, renamed or deleted while a reader read it (its files read as fill
+    values): nothing in it is known to be damaged; rerun with its new path (exit 1)."""

@@ -15,7 +15,7 @@ import zarr
 
 from w2v2ser._common import did_you_mean
 
-from ._errors import StoreChangedError, StoreError, StoreIncompleteError
+from ._errors import StoreChangedError, StoreError, StoreGoneError, StoreIncompleteError
 from ._layout import (
     FAILURE_COLUMNS,
     STATUSES,
@@ -133,6 +133,13 @@ class FeatureStore:
         lost = as_unreachable(self.location, exc) if exc is not None else None
         if lost is not None:
             return lost
+        if self.location.is_local and not (self.location.path / "zarr.json").exists():
+            # A store moved or deleted under this reader reads as fill values: not damage, and
+            # `verify --repair` of a path that holds nothing would be wrong advice.
+            return StoreGoneError(
+                f"store {self.path} is no longer there: it was moved, renamed or deleted while this "
+                f"command read it, so nothing in it is known to be damaged. Rerun the command with "
+                f"the store's new path.")
         if getattr(self, "_revision", None) is not None and self.changed_since_open():
             return self._changed()
         return StoreError(

@@ -239,3 +239,28 @@ def test_an_extraction_starting_while_a_reader_glimpses_the_lock_is_not_refused(
     threading.Timer(0.3, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
     with lock_store(store):
         assert (store / ".lock").read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_a_store_moved_or_deleted_while_read_is_not_called_damaged(tmp_path, manifest):
+    """Found by a sharing audit: `mv STORE NEW` while `train` read it ended with "store STORE is
+    damaged ... do not match their crc32. Run `w2v2ser store verify STORE --repair`" (exit 2), a
+    path that no longer held anything; the store at NEW was intact."""
+    from w2v2ser.store import StoreChangedError
+
+    store, _ = _spectrogram_store(tmp_path, manifest, rows=4)
+    reader = open_store(store)
+    ids = [r.id for r in reader.list_utterances()]
+    reader.read_utterance(ids[0], "spectrogram")  # its frame index is loaded
+    moved = store.rename(tmp_path / "moved.zarr")
+    for read in (lambda: reader.read_utterance(ids[1], "spectrogram"),
+                 lambda: reader.read_batch(ids[1:], "spectrogram")):
+        with pytest.raises(StoreChangedError, match="is no longer there: it was moved, renamed or deleted") as gone:
+            read()
+        assert "damaged" not in str(gone.value).replace("known to be damaged", "")
+        assert gone.value.exit_code == 1  # a failed run: the input was fine
+    assert open_store(moved).verify().ok
+    # `train` keeps its finished runs and says how to go on: not "once that extraction has finished".
+    from w2v2ser.train._experiment import store_lost_note
+
+    assert store_lost_note(tmp_path, 2, "train", gone.value).endswith(
+        "rerun the same `w2v2ser train` command with the store's new path to train the rest.")

@@ -1128,9 +1128,10 @@ def store_lost_errors() -> tuple[type[Exception], ...]:
 def store_lost_note(out: Path, finished: int, what: str, error: BaseException) -> str:
     """What a training stopped by ``error`` (one of :func:`store_lost_errors`) says of its finished runs."""
     from w2v2ser.store import StoreUnreachableError
+    from w2v2ser.store._errors import StoreGoneError
 
     when = "once the store is reachable" if isinstance(error, StoreUnreachableError) else \
-        "once that extraction has finished"
+        "with the store's new path" if isinstance(error, StoreGoneError) else "once that extraction has finished"
     return finished_runs_kept(out, finished, what, when=when)
 
 

@@ -246,6 +246,14 @@ def test_a_read_only_store_trains_and_a_read_only_output_is_one_error_line(tmp_p
         err = capsys.readouterr().err
         assert err.startswith(f"w2v2ser: error: {locked_out}") and "another --out" in err, (command, err)
         assert "Traceback" not in err
+    # A file of a read-only folder (a copied run, another user's): the error named the temp file
+    # (RUN/.experiment.json.PID-....tmp) that the user never made, not the file to be written.
+    from w2v2ser._common import write_atomically
+
+    read_only(run)
+    with pytest.raises(OSError) as refused:
+        write_atomically(run / "experiment.json", "{}")
+    assert refused.value.filename == str(run / "experiment.json"), refused.value
 
 
 def test_run_skips_finished_stores_on_a_read_only_mount_and_names_one_it_cannot_write(

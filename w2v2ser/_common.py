@@ -526,6 +526,10 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         fd, name = tempfile.mkstemp(prefix=f"{prefix}{owner_tag()}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError as error:  # a folder that takes no new files (/proc, /sys): say so, one line
         raise PermissionError(errno.EACCES, "no new file can be created in this folder", str(path)) from error
+    except OSError as error:  # no permission, a read-only mount: name the file meant, not the temp name
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     os.close(fd)
     tmp = Path(name)
     try:

@@ -861,6 +861,24 @@ def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_pa
         assert len(os.listdir("/proc/self/fd")) == before + 1
 
 
+def test_a_job_refused_for_another_configurations_lock_does_not_warn_of_replacing(rav, tmp_path, capsys, caplog):
+    """Found by a concurrency audit: the refused job first warned "each run trained now replaces the
+    old run of the same fold and seed", then stopped (exit 2) and replaced nothing."""
+    from w2v2ser._cli import main
+    from w2v2ser.train._experiment import share_out_folder
+
+    other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
+    train_experiment(other, out=tmp_path, progress=False)  # the folder holds the other's runs
+    capsys.readouterr()
+    caplog.set_level(logging.WARNING)
+    with share_out_folder(tmp_path, other.config_key(), "train"):  # and its job runs again
+        code = main(["train", rav["main"], "--features", "egemaps", "--set", "max_epochs=1", "--out", str(tmp_path),
+                     "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "is being written by another job of another configuration" in err, err
+        assert "replaces the old run" not in err + caplog.text, err + caplog.text
+
+
 def test_another_users_job_in_a_shared_out_folder_is_refused_too(rav, tmp_path, monkeypatch):
     """Found by a sharing audit: in a group-writable --out, a job of user A held OUT/.lock-KEY made
     0o644; user B could not open it (or OUT/.lock) for writing, so B's job of another configuration

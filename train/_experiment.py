@@ -954,9 +954,10 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     out = Path(out)
     refuse_layer_sweep_folder(out, "train_experiment another out (`w2v2ser train --out`)")
     view = open_view(config)  # one view of the stores for the whole invocation
-    warn_if_replacing(out, config)
-    _warn_if_data_changed(out, config, view.fingerprint)
     with share_out_folder(out, config.config_key(), "train"):
+        # Only once the folder is ours: a job refused for another's lock replaces nothing.
+        warn_if_replacing(out, config)
+        _warn_if_data_changed(out, config, view.fingerprint)
         forget_not_trained(out)
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
 

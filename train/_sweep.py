@@ -598,15 +598,16 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     base = configs[ALL_LAYERS_DIR]
     view = open_view(base, heads=configs)  # one view of the store for the whole sweep
     prepared, specs = view.data, view.specs
-    warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
     heads = set(configs)
-    others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)
-    if others:
-        log.warning("%s holds %s of an earlier sweep over other layers; this sweep does not train them, and "
-                    "its sweep.json leaves them out. Give another output folder to keep the sweeps apart.", out,
-                    others[0] if len(others) == 1 else f"{others[0]}..{others[-1]}")
     finished = [0]
     with share_out_folder(out, base.config_key(), "sweep"), keep_finished_runs(out, finished, "sweep"):
+        # Only once the folder is ours: a sweep refused for another job's lock replaces nothing.
+        warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
+        others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)
+        if others:
+            log.warning("%s holds %s of an earlier sweep over other layers; this sweep does not train them, and "
+                        "its sweep.json leaves them out. Give another output folder to keep the sweeps apart.", out,
+                        others[0] if len(others) == 1 else f"{others[0]}..{others[-1]}")
         forget_not_trained(out)
         for name, c in configs.items():
             # As `train` does: a head's results.json of fewer seeds or folds must not read as complete

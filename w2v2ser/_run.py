@@ -367,12 +367,16 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
 
         heads = sweep_configs(train_config)
         view = open_view(heads[ALL_LAYERS_DIR], heads=heads, opened=opened)
-        warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
     else:
         refuse_layer_sweep_folder(out, "this experiment another name")
         view = open_view(train_config, opened=opened)
-        warn_if_replacing(out, train_config)  # e.g. a throw-away --set over the file's finished runs
     locks.enter_context(share_out_folder(out, view.config.config_key(), "run"))
+    # Only once the folder is ours (a job refused for another's lock replaces nothing); e.g. a
+    # throw-away --set over the file's finished runs.
+    if experiment.sweep:
+        warn_if_replacing(out / ALL_LAYERS_DIR, heads[ALL_LAYERS_DIR], shown=out)
+    else:
+        warn_if_replacing(out, train_config)
     forget_not_trained(out)
     pending = [run for run in view.specs if not _run_done(experiment, view, run)]
     if experiment.sweep:

@@ -250,6 +250,10 @@ def test_a_worker_that_never_connects_stops_after_worker_wait(
     assert "finished work is kept" in message
     unbounded = ClusterConfig(kind="slurm", slurm={"worker_wait": None}).slurm
     _cluster.wait_for_a_worker(None, unbounded)  # no limit: returns at once, as before
+    # 0 is no limit, as in SLURM, said explicitly (review L2: it was so only because distributed
+    # ignores a timeout of 0); client None: a wait with any limit would fail here.
+    for no_limit in ("0", "00:00:00", "UNLIMITED"):
+        _cluster.wait_for_a_worker(None, ClusterConfig(kind="slurm", slurm={"worker_wait": no_limit}).slurm)
 
 
 @needs_ravdess

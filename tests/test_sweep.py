@@ -456,3 +456,6 @@ def test_describe_sweep_names_the_layers_tied_for_best() -> None:
     assert describe_sweep(summary).startswith("best layer 0 (tied with layer 2) UAR 14.3")
     summary["per_layer"][2]["uar_mean"] = 0.12
     assert describe_sweep(summary).startswith("best layer 0 UAR 14.3")
+    # Equal UARs reached through different sums differ in the last digit (review L5).
+    summary["per_layer"][0]["uar_mean"], summary["per_layer"][3]["uar_mean"] = 0.1 + 0.2, 0.3
+    assert describe_sweep(summary).startswith("best layer 0 (tied with layer 3) UAR 30.0")

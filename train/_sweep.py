@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -575,7 +576,8 @@ def describe_sweep(summary: Mapping[str, Any]) -> str:
     # the best figure: "best layer 0" alone would single out one that is no better than the others.
     top = headline_uar(best)[1]
     tied = [r["layer"] for r in summary["per_layer"] if r["layer"] != summary["best_layer"]
-            and top is not None and headline_uar(r)[1] == top]
+            and top is not None and headline_uar(r)[1] is not None
+            and math.isclose(headline_uar(r)[1], top, rel_tol=1e-9, abs_tol=1e-12)]  # equal UARs summed apart
     also = f" (tied with layer{'s' * (len(tied) > 1)} {', '.join(map(str, tied))})" if tied else ""
     return (f"best layer {summary['best_layer']}{also} {format_uar(best)}; weighted average "
             f"{format_uar(summary['weighted_average'])}")

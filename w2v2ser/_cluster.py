@@ -327,7 +327,8 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
 
 def _slurm_seconds(value: str) -> float | None:
     """Seconds of a SLURM time as ``cluster.slurm`` takes it (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]);
-    None for UNLIMITED or INFINITE."""
+    None for UNLIMITED, INFINITE or zero, which SLURM reads as no limit (distributed would too: a
+    timeout of 0 waits for ever, so the limit must be None, not 0)."""
     text = value.strip()
     if text.upper() in ("UNLIMITED", "INFINITE"):
         return None
@@ -337,7 +338,8 @@ def _slurm_seconds(value: str) -> float | None:
         hours, minutes, seconds = (parts + [0, 0])[:3]
     else:  # sbatch reads one number as minutes, two as minutes:seconds
         hours, minutes, seconds = {1: [0, *parts, 0], 2: [0, *parts]}.get(len(parts), parts)
-    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
+    total = float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
+    return total or None
 
 
 def wait_for_a_worker(client: Any, slurm: Any) -> None:

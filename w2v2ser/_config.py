@@ -132,7 +132,7 @@ class SlurmConfig(StrictModel):
     interface: Optional[_Text] = None
     worker_wait: Optional[Annotated[_Text, AfterValidator(_slurm_walltime)]] = Field(
         "12:00:00", description="how long `run` waits for a first Dask worker to connect before it stops "
-        "with exit 1 (a SLURM time; null or UNLIMITED: no limit)")
+        "with exit 1 (a SLURM time; null, 0 or UNLIMITED: no limit)")
 
     @model_validator(mode="before")
     @classmethod

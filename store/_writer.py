@@ -570,12 +570,14 @@ class StoreWriter:
                  and corpus[existing[u.id]] and corpus[existing[u.id]] != u.corpus]
         if clash:
             uid, old, new, path = clash[0]
+            # Only a CSV manifest chooses its ids; a corpus folder's reader makes them (review L3).
+            fix = (f"Give the CSV manifest an 'id' column of ids of its own (e.g. with a corpus prefix, "
+                   f"'{new}/{uid}'), or extract" if new == "csv" else "Extract")
             raise StoreError(
                 f"plan: {len(clash)} utterance id(s) of this {new} corpus are already in store {self.path} as "
                 f"utterances of corpus {old} (e.g. {uid!r}, of {path}); a store's ids must be unique across its "
-                f"corpora, else the new rows would take the other corpus's place. Give the CSV manifest an 'id' "
-                f"column of ids of its own (e.g. with a corpus prefix, '{new}/{uid}'), or extract this corpus "
-                f"into a new store (`--like {self.path}` keeps the feature configs).")
+                f"corpora, else the new rows would take the other corpus's place. {fix} this corpus into a new "
+                f"store (`--like {self.path}` keeps the feature configs).")
 
     def _extracted(self, row: int, state: Any) -> bool:
         """Whether any feature of `row` is committed (its frames may have entered statistics)."""

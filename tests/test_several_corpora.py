@@ -50,6 +50,11 @@ def test_an_id_of_another_corpus_is_refused_not_relabelled_in_place(tmp_path):
                for u in other_audio]
     assert _extract(renamed, store).planned == 2
     assert len(open_store(store).list_utterances()) == 4
+    # A corpus folder's ids come from its reader: no 'id' column to give (review L3).
+    folder = [Utterance(id=u.id, path=u.path, speaker="Ses01F", label="neu", corpus="iemocap") for u in renamed]
+    with pytest.raises(StoreError, match=r"of this iemocap corpus .* Extract this corpus into a new store") as refused:
+        _extract(folder, store)
+    assert "'id' column" not in str(refused.value)
 
 
 def test_extending_a_store_names_other_corpora_and_speaker_names_they_share(tmp_path):

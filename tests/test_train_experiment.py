@@ -918,6 +918,56 @@ def test_another_users_job_in_a_shared_out_folder_is_refused_too(rav, tmp_path, 
         pass
 
 
+def test_a_lock_this_user_cannot_read_or_lock_refuses_rather_than_lets_in(rav, tmp_path, monkeypatch):
+    """Second review: another user's lock opened read-only was taken as free where flock refuses a
+    read-only descriptor (NFS answers EBADF: H1), and one this user cannot read at all let a second
+    writer in (M1). Both now refuse, naming the lock and what to do; this user's own lock is opened
+    read-write, so on NFS its own jobs are still told apart."""
+    import errno
+    import fcntl
+    import os
+    from pathlib import Path
+
+    from w2v2ser.train._experiment import share_out_folder
+
+    config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
+    other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
+    with share_out_folder(tmp_path, other.config_key(), "train"):  # a job of another configuration, running
+        lock = tmp_path / f".lock-{other.config_key()}"
+        real_open, real_flock = os.open, fcntl.flock
+        read_only: set[int] = set()
+
+        def not_writable(path, flags, *args, **kwargs):
+            if Path(path) == lock and flags & (os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            fd = real_open(path, flags, *args, **kwargs)
+            if Path(path) == lock:
+                read_only.add(fd)
+            return fd
+
+        def nfs_flock(fd, operation):  # NFSv4: an exclusive lock needs a descriptor open for writing
+            if fd in read_only and operation & fcntl.LOCK_EX:
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            return real_flock(fd, operation)
+
+        monkeypatch.setattr(os, "open", not_writable)
+        monkeypatch.setattr(fcntl, "flock", nfs_flock)
+        with pytest.raises(ConfigError, match=r"cannot lock, so whether that job still runs cannot be told.*chmod g\+rw"):
+            with share_out_folder(tmp_path, config.config_key(), "train"):
+                pass
+
+        def not_readable(path, flags, *args, **kwargs):
+            if Path(path) == lock:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", not_readable)
+        with pytest.raises(ConfigError, match=f"cannot read.*{other.config_key()}.*rm "):
+            with share_out_folder(tmp_path, config.config_key(), "train"):
+                pass
+        monkeypatch.undo()
+
+
 def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_path, monkeypatch, capsys):
     """Found by a concurrency audit: an extraction starting while `train` ran made the next run fail
     with exit 2 and 'interrupted ... rerun the extraction' (that rerun would only meet its lock)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -1035,9 +1036,8 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
     try:
         try:
             fcntl.flock(guard, fcntl.LOCK_EX)  # held only while looking at the other jobs' locks
-        except OSError:
-            yield
-            return
+        except OSError:  # unavailable, or a read-only descriptor on NFS (EBADF): the look still runs
+            pass
         try:
             for other in sorted(out.glob(".lock-*")):
                 if other.name != f".lock-{key}":
@@ -1045,12 +1045,14 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
             opened = _open_lock(out / f".lock-{key}")
             if opened >= 0:  # (none: nothing to hold, as where flock is unavailable)
                 held = opened
-                fcntl.flock(held, fcntl.LOCK_SH)  # others of this key hold it shared too; nobody exclusively
+                with contextlib.suppress(OSError):  # (unavailable: nothing held, nothing checked)
+                    fcntl.flock(held, fcntl.LOCK_SH)  # others of this key hold it shared too; nobody exclusively
                 with contextlib.suppress(OSError):  # the flock is the lock, the text only informs
                     os.ftruncate(held, 0)
                     os.pwrite(held, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         finally:
-            fcntl.flock(guard, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # (not held where flock failed above)
+                fcntl.flock(guard, fcntl.LOCK_UN)
             os.close(guard)  # only the key's lock stays open: a grid of experiments holds one descriptor each
             guard = -1
         yield
@@ -1061,42 +1063,61 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
             os.close(guard)
 
 
-def _open_lock(path: Path) -> int:
+def _open_lock(path: Path, *, create: bool = True) -> int:
     """A descriptor of the lock file ``path`` (made 0o666 less the umask), or -1 if it cannot be opened.
 
-    Another user's lock in a shared folder may not be writable (made 0o644 by an older w2v2ser, or
-    under umask 022): it is opened read-only, which flock allows, so that user's job still counts."""
+    Read-write where this user may write it: NFS refuses an exclusive flock on a read-only descriptor
+    (EBADF). Another user's lock in a shared folder may not be writable (made 0o644 by an older
+    w2v2ser, or under umask 022): it is opened read-only then, which a local flock allows.
+
+    Raises:
+        PermissionError: ``path`` exists and cannot even be read (``create`` False only).
+    """
+    denied = (errno.EACCES, errno.EPERM, errno.EROFS)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        try:
-            return os.open(path, os.O_RDONLY)
-        except OSError:
-            return -1
+        return os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+    except OSError as exc:
+        if exc.errno not in denied:
+            return -1  # missing (create False), a folder in the way...: no lock to look at
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno in denied and not create:
+            raise
+        return -1
 
 
 def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
-    """Raise ConfigError if a running job holds ``lock`` (another configuration's); remove it if not."""
-    import errno
+    """Raise ConfigError if a running job holds ``lock`` (another configuration's), or if this user
+    cannot tell (a lock it can neither read nor lock); remove it if no job holds it."""
     import fcntl
 
+    key = lock.name.removeprefix(".lock-")
+    unknowable = (f"{out} holds the lock {lock} of a job of another configuration (config key {key}), which this "
+                  f"user cannot {{}}, so whether that job still runs cannot be told; the two would replace each "
+                  f"other's runs. Ask the lock's owner to let the group write it (chmod g+rw {lock}), or remove "
+                  f"it (rm {lock}) when no job of that configuration runs.")
     try:
-        fd = os.open(lock, os.O_RDONLY)  # flock needs no write access: another user's lock counts too
-    except OSError:
+        fd = _open_lock(lock, create=False)
+    except OSError:  # another user's lock this user cannot read: a job may be writing (review M1)
+        raise FolderBusyError(unknowable.format("read")) from None
+    if fd < 0:
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            if exc.errno == errno.EBADF:  # NFS: no exclusive flock on a read-only descriptor (review H1)
+                raise FolderBusyError(unknowable.format("lock")) from None
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return
+                return  # flock unavailable: nothing is checked (the docstring of share_out_folder)
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown pid"
             # `w2v2ser run` has no --out: an experiment's folder is named after it, under output:
             elsewhere = ("this experiment another name (or the pipeline another output)" if what == "run" else
                          f"this `w2v2ser {what}` another --out")
             raise FolderBusyError(
                 f"{out} is being written by another job of another configuration ({holder}, config key "
-                f"{lock.name.removeprefix('.lock-')}, lock {lock}); the two would replace each other's runs. "
+                f"{key}, lock {lock}); the two would replace each other's runs. "
                 f"Give {elsewhere}, or rerun it when that job has finished.") from None
         with contextlib.suppress(OSError):  # another user's, in a folder without write access: left as it is
             lock.unlink(missing_ok=True)  # its job has ended (under out/.lock: nobody is opening it now)

@@ -70,6 +70,14 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
                 f"was deleted). Choose a store path on a normal file system (a local disk or a network share)."
             ) from None
         why = exc.strerror
+        if exc.errno in (errno.EACCES, errno.EPERM) and lock_path.exists() and os.access(store, os.W_OK):
+            # A group's store whose folder this user may write, but whose lock (or journals) an older
+            # w2v2ser or a stricter umask made 0o644: copying the store is not the fix (second review M2).
+            raise StoreError(
+                f"cannot write to store {store}: {why} ({exc.filename}), though its folder is writable: its lock "
+                f"and journals were made without group write (by an earlier w2v2ser, or "
+                f"under a umask such as 022). Ask the store's owner to run `chmod -R g+w {store}`, then rerun."
+            ) from None
         # A store shared read-only (another user's, a read-only mount) is fine to train on,
         # but extraction writes into it: say so instead of an OSError traceback.
         raise StoreError(

@@ -191,6 +191,28 @@ def test_a_group_shared_store_has_no_file_the_group_cannot_write(tmp_path):
     assert not closed, closed
 
 
+def test_a_store_whose_old_lock_the_group_cannot_write_names_the_chmod(tmp_path, monkeypatch):
+    """Second review M2: a store made by an earlier w2v2ser keeps its 0o644 .lock; a group member
+    whose umask and folder allow writing was told to copy the store, not how to open it to the group."""
+    from w2v2ser.store import StoreError, lock_store
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(_corpus(tmp_path / "audio", n=2), store, extractors=[build_extractor("spectrogram")],
+                   progress=False)
+    real_open = os.open
+
+    def not_the_owner(path, flags, *args, **kwargs):  # (root in CI may open anything)
+        if Path(path).name == ".lock" and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", not_the_owner)
+    with pytest.raises(StoreError, match=r"though its folder is writable.*`chmod -R g\+w .*s\.zarr`") as refused:
+        with lock_store(store):
+            pass
+    assert "cp -r" not in str(refused.value)
+
+
 @pytest.fixture()
 def read_only(tmp_path):
     """``read_only(folder)`` makes the folder a read-only bind mount of itself (root in CI), or,

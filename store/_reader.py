@@ -94,6 +94,8 @@ class FeatureStore:
 
     def __init__(self, path: Path | StoreLocation, meta: dict[str, Any]) -> None:
         self.location = locate_store(path)
+        # Absolute at open: a later chdir (a script, a notebook) must not make the store look gone.
+        self._root = self.location.path.absolute() if self.location.is_local else None
         self.path: Path | str = self.location.display  # a Path, or the URL of a store on object storage
         self.attrs: dict[str, Any] = meta
         self.format_version: int = int(meta["format_version"])
@@ -133,13 +135,9 @@ class FeatureStore:
         lost = as_unreachable(self.location, exc) if exc is not None else None
         if lost is not None:
             return lost
-        if self.location.is_local and not (self.location.path / "zarr.json").exists():
-            # A store moved or deleted under this reader reads as fill values: not damage, and
-            # `verify --repair` of a path that holds nothing would be wrong advice.
-            return StoreGoneError(
-                f"store {self.path} is no longer there: it was moved, renamed or deleted while this "
-                f"command read it, so nothing in it is known to be damaged. Rerun the command with "
-                f"the store's new path.")
+        gone = self._gone()
+        if gone is not None:
+            return gone
         if getattr(self, "_revision", None) is not None and self.changed_since_open():
             return self._changed()
         return StoreError(
@@ -148,6 +146,23 @@ class FeatureStore:
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
             f"length/crc32/status/statistics from its journals."
         )
+
+    def _gone(self) -> StoreGoneError | None:
+        """The error for a local store moved or deleted under this reader, None while it is there.
+
+        Its files then read as fill values or missing arrays: not damage, and `verify --repair` or
+        "copy zarr.json back" of a path that holds nothing would be wrong advice."""
+        try:
+            root = getattr(self, "_root", None)
+            there = root is None or (root / "zarr.json").exists()
+        except OSError:  # cannot tell (permission): the caller's own error stands
+            there = True
+        if there:
+            return None
+        return StoreGoneError(
+            f"store {self.path} is no longer there: it was moved, renamed or deleted while this command read "
+            f"it, so nothing in it is known to be damaged. Point the command (or pipeline.yaml) at the store's "
+            f"new path and rerun.")
 
     @property
     def revision(self) -> int:
@@ -201,6 +216,9 @@ class FeatureStore:
             self._require_chunks(key, array)
             return array[selection]
         except StoreError:
+            gone = self._gone()
+            if gone is not None:
+                raise gone from None
             raise
         except Exception as exc:  # zarr/numcodecs raise many types for corrupt or truncated chunks
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})", exc) from None
@@ -268,6 +286,9 @@ class FeatureStore:
             try:  # a missing or unparseable zarr.json is open_array's StoreError
                 array = open_array(self._group, f"features/{feature}/{name}")
             except StoreError:
+                gone = self._gone()
+                if gone is not None:
+                    raise gone from None
                 raise
             except Exception as exc:  # noqa: BLE001 -- an I/O error opening it (unreachable: said as such)
                 raise self._damaged(f"features/{feature}/{name}", f"cannot be opened ({type(exc).__name__}: "

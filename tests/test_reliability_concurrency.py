@@ -264,3 +264,28 @@ def test_a_store_moved_or_deleted_while_read_is_not_called_damaged(tmp_path, man
 
     assert store_lost_note(tmp_path, 2, "train", gone.value).endswith(
         "rerun the same `w2v2ser train` command with the store's new path to train the rest.")
+
+
+def test_a_store_gone_before_an_array_was_opened_and_damage_after_chdir_are_told_apart(
+        tmp_path, manifest, monkeypatch):
+    """Second review M3: arrays are opened lazily, so a read of a feature or table not yet opened
+    after the move said "damaged ... copy zarr.json back from a backup"; M4: a store opened by a
+    relative path, then chdir, called real damage "no longer there"."""
+    from w2v2ser.store import StoreError, StoreGoneError
+
+    store, _ = _spectrogram_store(tmp_path, manifest, rows=4)
+    reader = open_store(store)
+    ids = [r.id for r in reader.list_utterances()]
+    store.rename(tmp_path / "moved.zarr")
+    for read in (lambda: reader.read_utterance(ids[0], "spectrogram"), lambda: reader.read_batch(ids, "spectrogram"),
+                 lambda: reader.compose_statistics("spectrogram")):
+        with pytest.raises(StoreGoneError, match="is no longer there"):
+            read()
+    (tmp_path / "moved.zarr").rename(store)
+    monkeypatch.chdir(tmp_path)
+    relative = open_store(store.name)
+    (store / "features" / "spectrogram" / "offset" / "zarr.json").unlink()  # real damage
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(StoreError, match="is damaged") as damaged:
+        relative.read_utterance(ids[0], "spectrogram")
+    assert not isinstance(damaged.value, StoreGoneError)

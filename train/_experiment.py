@@ -1149,8 +1149,7 @@ def store_lost_errors() -> tuple[type[Exception], ...]:
 
 def store_lost_note(out: Path, finished: int, what: str, error: BaseException) -> str:
     """What a training stopped by ``error`` (one of :func:`store_lost_errors`) says of its finished runs."""
-    from w2v2ser.store import StoreUnreachableError
-    from w2v2ser.store._errors import StoreGoneError
+    from w2v2ser.store import StoreGoneError, StoreUnreachableError
 
     when = "once the store is reachable" if isinstance(error, StoreUnreachableError) else \
         "with the store's new path" if isinstance(error, StoreGoneError) else "once that extraction has finished"

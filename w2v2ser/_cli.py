@@ -23,13 +23,14 @@ FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
 STORE_HELP = ("store directory or object-store URL (s3://bucket/prefix; endpoint and credentials from "
               "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION or "
               "W2V2SER_STORAGE_OPTIONS)")
-PROTOCOL_HELP = "evaluation protocol (default: the store's corpus, as recorded at extraction)"
+PROTOCOL_HELP = ("evaluation protocol (default: the store's corpus, as recorded at extraction; of a store of several "
+                 "corpora, the one --subset corpus=NAME keeps)")
 FOLDS_HELP = ("cross-validate over K speaker groups instead of the protocol's split (RAVDESS: test actors 23-24): "
               "each group tests once, the next one validates, the rest train; results pool each seed's folds")
 SUBSET_HELP = ("train and test on the utterances whose FIELD is one of the VALUEs, e.g. vocal_channel=speech "
                "(RAVDESS speech only) or method=improvised (IEMOCAP); FIELD is speaker, label, gender, session, "
-               "split, corpus (ravdess, iemocap, csv) or a key the corpus reader records (`w2v2ser store info`); "
-               "repeatable, all must hold")
+               "split, corpus (ravdess, iemocap, csv, or a CSV manifest's own corpus column) or a key the corpus "
+               "reader records (`w2v2ser store info`); repeatable, all must hold")
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -759,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                           help="run or sweep directories of `w2v2ser train|sweep`, or folders holding them "
                                "(e.g. runs/, a pipeline's output)")
-    evaluate.add_argument("--out", required=True, help="report folder: report.md, report.json, figures")
+    evaluate.add_argument("--out", required=True, help="report folder: report.md, report.json, report.csv, figures")
     evaluate.add_argument("--baseline", metavar="RUN_DIR",
                           help="one of the run directories: the report adds each other one's difference in "
                                "mean UAR to it, with Welch's t-test over their seeds")

@@ -39,22 +39,27 @@ def _fake_sbatch(folder: Path, stderr: str, code: int) -> dict[str, str]:
     return env
 
 
+def _slurm_pipeline(tmp_path: Path, slurm: dict) -> Path:
+    """A pipeline.yaml of one tiny RAVDESS actor, eGeMAPS and one experiment, on ``cluster: slurm``."""
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out",
+        "cluster": {"kind": "slurm", "dashboard_address": None, "slurm": slurm},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
+        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
+    }))
+    return pipeline
+
+
 @needs_ravdess
 def test_a_worker_job_that_slurm_refuses_is_one_error_not_a_hang(tmp_path: Path) -> None:
     """A job sbatch refuses (here an unknown partition; before the file's check of walltime, also
     "4h") made `run` wait forever for Dask workers whose jobs were never submitted, with asyncio
     tracebacks; it is now exit 2 with sbatch's reason, before any job."""
     pytest.importorskip("dask_jobqueue")
-    make_tiny_corpus(tmp_path / "data", actors=("01",))
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(yaml.safe_dump({
-        "output": "out",
-        "cluster": {"kind": "slurm", "dashboard_address": None,
-                    "slurm": {"queue": "debug", "cores": 1, "memory": "2GB", "walltime": "01:00:00"}},
-        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
-        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
-        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
-    }))
+    pipeline = _slurm_pipeline(tmp_path, {"queue": "debug", "cores": 1, "memory": "2GB", "walltime": "01:00:00"})
     env = _fake_sbatch(tmp_path / "bin", "sbatch: error: invalid partition specified: debug", 1)
     try:
         done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], capture_output=True,
@@ -260,16 +265,7 @@ def test_a_worker_that_never_connects_stops_after_worker_wait(
 def test_run_whose_slurm_worker_never_connects_exits_1_naming_worker_wait(tmp_path: Path) -> None:
     """`run` with a worker job that SLURM keeps pending: after cluster.slurm.worker_wait, one line, exit 1."""
     pytest.importorskip("dask_jobqueue")
-    make_tiny_corpus(tmp_path / "data", actors=("01",))
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(yaml.safe_dump({
-        "output": "out",
-        "cluster": {"kind": "slurm", "dashboard_address": None,
-                    "slurm": {"cores": 1, "memory": "1GB", "worker_wait": "0:02"}},
-        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
-        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
-        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense"}},
-    }))
+    pipeline = _slurm_pipeline(tmp_path, {"cores": 1, "memory": "1GB", "worker_wait": "0:02"})
     env = _slurm_that_never_starts(tmp_path / "bin")
     done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "extract"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)

@@ -336,3 +336,32 @@ def test_a_saved_model_loads_outside_w2v2ser_through_load_model(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "main" in done.stdout
+
+
+def test_score_after_a_fit_on_feature_batches_is_the_uar_of_predict(tmp_path):
+    """Found by a notebook session: a head fitted on FeatureBatches takes the batches' classes in their
+    own (protocol) order, unsorted, and score() mapped labels with searchsorted as if sorted: 0.333 for a
+    true UAR of 0.143. Integer labels (the batches' own) matched no class and scored 0.0 without a word."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.store import open_store
+    from w2v2ser.train import FeatureBatches, Item, Source, build_normaliser, resolve_selection
+
+    store = open_store(build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=6, actors=4),
+                                   layers=2, dim=4))
+    classes = ["sad", "neutral", "angry"]  # not sorted, as a protocol's classes are
+    selection = resolve_selection("egemaps", specs=store, alias="main")
+    normaliser = build_normaliser(store, selection, "speaker", train_speakers=store.speakers(),
+                                  speakers=store.speakers())
+    items = [Item(r.id, r.speaker, i % 3, r.duration) for i, r in enumerate(store.list_utterances())]
+    batches = FeatureBatches(items, [Source("main", store, selection, normaliser)], classes=classes,
+                             batch_size=8, max_frames=20)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches)
+    assert head.classes_.tolist() == classes
+    names = np.array(classes)[batches.labels]
+    predicted = head.predict(batches)
+    assert head.score(batches, names) == pytest.approx(balanced_accuracy_score(names, predicted))
+    assert head.score(batches, predicted) == 1.0  # whichever classes it predicts
+    with pytest.raises(DataError, match=r"got number labels \(e.g. 0\) but the classes_ are strings"):
+        head.score(batches, batches.labels)

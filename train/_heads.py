@@ -121,6 +121,13 @@ def _check_frames(arrays: Mapping[str, Sequence[Any]], frame_shapes: Mapping[str
                                 f"values; every frame must be finite (impute or drop them first)")
 
 
+def _label_kind(labels: np.ndarray) -> str:
+    """"string" or "number": the kind of a label array (as :func:`_check_label_kinds` tells them apart)."""
+    if labels.dtype.kind in "USO":
+        return "string" if isinstance(labels.ravel()[0], (str, bytes)) else "number"
+    return "number"
+
+
 def _check_label_kinds(y: Any, head: str) -> None:
     """Labels of one kind, none missing (scikit-learn's classifiers refuse the same): numpy turned
     ``["a", 1]`` into the strings "a", "1" (so predict gave '1'), and None failed in np.unique."""
@@ -360,15 +367,23 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                 f"or leave classes unset to take any labels (classes_ are then their sorted "
                                 f"distinct values)")
             return y.astype(np.int32)
+        if y.size and _label_kind(y) != _label_kind(self.classes_):
+            # integer labels against class names matched nothing: score() gave 0.0 with only sklearn's warning
+            raise DataError(f"{type(self).__name__}: got {_label_kind(y)} labels (e.g. {y.ravel()[0].item()!r}) but "
+                            f"the classes_ are {_label_kind(self.classes_)}s {self.classes_.tolist()}; give labels as "
+                            f"predict returns them (class indices k of FeatureBatches: classes_[k])")
+        # classes_ need not be sorted (a FeatureBatches fit takes its classes in their own order):
+        # searchsorted on the unsorted array gave wrong indices, so a wrong score without a word
+        order = np.argsort(self.classes_, kind="stable")
         unknown = ~np.isin(y, self.classes_)
         if unknown.any() and unseen is not None:
             out = np.full(len(y), unseen, dtype=np.int32)
-            out[~unknown] = np.searchsorted(self.classes_, y[~unknown])
+            out[~unknown] = order[np.searchsorted(self.classes_[order], y[~unknown])]
             return out
         if unknown.any():
             raise DataError(f"labels {sorted(set(y[unknown].tolist()))[:5]} do not occur in the training labels "
                             f"{self.classes_.tolist()}; every class must be seen by fit")
-        return np.searchsorted(self.classes_, y).astype(np.int32)
+        return order[np.searchsorted(self.classes_[order], y)].astype(np.int32)
 
     def fit(self, x: Any, y: Sequence[Any] | None = None, *, validation_data: Any = None,
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":

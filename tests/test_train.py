@@ -93,6 +93,25 @@ def test_config_key_round_trip_and_changes(tmp_path):
         ExperimentConfig(stores=str(tmp_path), head="transformer")
 
 
+def test_configs_and_recipes_take_numpy_numbers(tmp_path):
+    """Found by a notebook session: a grid built with np.arange / np.linspace was refused ("seeds: expected a
+    valid integer, got int64 np.int64(2)"), though the heads take numpy numbers; the values are kept as the
+    Python numbers they hold, so the config key does not change with their type."""
+    plain = ExperimentConfig(stores=str(tmp_path), features="egemaps", protocol="ravdess", seeds=2, units=64,
+                             dropout=0.25, recipe_overrides={"max_epochs": 3, "learning_rate": 1e-4})
+    given = {"seeds": np.int64(2), "units": np.int32(64), "dropout": np.float32(0.25),
+             "recipe_overrides": {"max_epochs": np.int64(3), "learning_rate": np.float64(1e-4)}}
+    cfg = ExperimentConfig(stores=str(tmp_path), features="egemaps", protocol="ravdess", **given)
+    assert type(cfg.seeds) is int and type(cfg.dropout) is float and cfg.config_key() == plain.config_key()
+    as_mapping = ExperimentConfig.from_dict({"stores": str(tmp_path), "features": "egemaps", "protocol": "ravdess",
+                                             **given})
+    assert as_mapping.config_key() == plain.config_key()
+    assert get_recipe("paper", {"max_epochs": np.int64(3)}) == get_recipe("paper", {"max_epochs": 3})
+    assert type(get_recipe("paper", {"batch_size": np.int64(8)}).batch_size) is int
+    with pytest.raises(ConfigError, match="seeds: expected a value >= 1, got 0"):
+        ExperimentConfig(stores=str(tmp_path), features="egemaps", protocol="ravdess", seeds=np.int64(0))
+
+
 # ----------------------------------------------------------------------------- protocols
 def test_protocol_guard_raises_on_overlap():
     with pytest.raises(ProtocolError, match="both train and test"):

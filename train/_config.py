@@ -19,7 +19,7 @@ from ._errors import ConfigError
 from ._head_names import HEAD_BRANCHES, fusion_heads, reads_fusion
 from ._normalisation import NORMALISATIONS
 from ._protocols import PROTOCOLS
-from ._recipes import RECIPES, Recipe, get_recipe
+from ._recipes import RECIPES, Recipe, get_recipe, plain_scalar
 from ._selection import parse_selection
 
 # Choices and bounds are declared in the field annotations; w2v2ser._schema checks them (and
@@ -116,7 +116,9 @@ class ExperimentConfig:
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
         self.stores = {str(k): os.fspath(v) if "://" in os.fspath(v) else os.path.abspath(os.fspath(v))
                        for k, v in self.stores.items()}
-        self.recipe_overrides = dict(self.recipe_overrides or {})
+        self.recipe_overrides = {k: plain_scalar(v) for k, v in dict(self.recipe_overrides or {}).items()}
+        for f in dataclasses.fields(self):  # numpy numbers (a grid from np.arange) as the Python ones they hold
+            setattr(self, f.name, plain_scalar(getattr(self, f.name)))
         check_dataclass(self, what="ExperimentConfig")
         # One spelling of each subset (a value or a list of values): the run's key does not change with it.
         self.subset = {key: sorted({values} if isinstance(values, str) else set(values))
@@ -199,7 +201,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint)."""
-        d = dict(d)
+        d = {k: plain_scalar(v) for k, v in dict(d).items()}
         if isinstance(d.get("stores"), (str, os.PathLike)):  # a plain path: the default store
             d["stores"] = {DEFAULT_STORE_ALIAS: os.fspath(d["stores"])}
         # Every key optional: None reaches __post_init__, which reads recipe_overrides=None as {}.

@@ -6,11 +6,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, Optional
 
+import numpy as np
 from pydantic import Field
 
 from w2v2ser._schema import build_dataclass, check_dataclass, validate
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
+
+
+def plain_scalar(value: Any) -> Any:
+    """A numpy scalar (``np.int64`` from ``np.arange``, ``np.float32``, ``np.bool_``) as the Python value it
+    holds, anything else as given: the strict checks refused ``seeds=np.int64(2)`` ("expected a valid integer")."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class Recipe:
     restore_best: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, plain_scalar(getattr(self, f.name)))
         check_dataclass(self, what="recipe")  # bounds are the annotations above
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +58,8 @@ class Recipe:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise)."""
+        if isinstance(overrides, Mapping):
+            overrides = {k: plain_scalar(v) for k, v in overrides.items()}
         return build_dataclass(type(self), {**self.to_dict(), **overrides}, what="recipe override")
 
 

@@ -108,3 +108,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'w2v2ser.extract' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with the lazily loaded ones, so that tab completion (IPython, Jupyter) offers them."""
+    return sorted({*globals(), *__all__})

@@ -365,3 +365,15 @@ def test_score_after_a_fit_on_feature_batches_is_the_uar_of_predict(tmp_path):
     assert head.score(batches, predicted) == 1.0  # whichever classes it predicts
     with pytest.raises(DataError, match=r"got number labels \(e.g. 0\) but the classes_ are strings"):
         head.score(batches, batches.labels)
+
+
+@pytest.mark.parametrize("cls", [DenseHead, LSTMHead, FusionHead])
+def test_help_of_a_head_documents_its_hyperparameters(cls):
+    """Found by a notebook session: help(DenseHead) and DenseHead? showed one line; the hyperparameters
+    were documented only on the private base class, which neither shows."""
+    import pydoc
+
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    for documented in ("units: Width of the Dense", "dropout: Dropout rate", "validation_fraction: Without",
+                       "classes: Class names", "seed: Seed of weights"):
+        assert documented in text

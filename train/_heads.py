@@ -271,27 +271,30 @@ def _plain_number(value: Any) -> Any:
 
 
 class _BaseHead(ClassifierMixin, BaseEstimator):
-    """Shared fit/predict logic; subclasses build the Keras graph.
-
-    Args:
-        units: Width of the Dense (and LSTM) blocks.
-        dropout: Dropout rate after each pointwise block.
-        recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
-        classes: Class names; when given, labels are integer indices into it. None: the classes are
-            the sorted distinct labels seen by ``fit`` (any type, as in scikit-learn).
-        seed: Seed of weights, dropout and shuffling (None: not seeded).
-        validation_fraction: Without ``validation_data``, hold out this fraction of the training
-            utterances (stratified, drawn with ``seed``) for early stopping; None trains
-            ``recipe.max_epochs`` epochs without early stopping.
-        verbose: Keras fit verbosity.
-        run_eagerly: Skip tf.function tracing (tests and tiny data).
-    """
+    """Shared fit/predict logic; subclasses build the Keras graph (hyperparameters: ``__init__``)."""
 
     _BRANCHES: tuple[str, ...] = ("main",)  # the input branches the head's graph reads
 
     def __init__(self, *, units: int = 128, dropout: float = 0.2, recipe: Recipe | str = "paper",
                  classes: Sequence[str] | None = None, seed: int | None = None,
                  validation_fraction: float | None = None, verbose: int = 0, run_eagerly: bool = False) -> None:
+        """Store the hyperparameters as given (``fit`` checks them; ``clone``/``set_params`` keep them).
+
+        Here, not on the private base class, so that ``help(DenseHead)`` and ``DenseHead?`` show them.
+
+        Args:
+            units: Width of the Dense (and LSTM) blocks.
+            dropout: Dropout rate after each pointwise block.
+            recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
+            classes: Class names; when given, labels are integer indices into it. None: the classes are
+                the sorted distinct labels seen by ``fit`` (any type, as in scikit-learn).
+            seed: Seed of weights, dropout and shuffling (None: not seeded).
+            validation_fraction: Without ``validation_data``, hold out this fraction of the training
+                utterances (stratified, drawn with ``seed``) for early stopping; None trains
+                ``recipe.max_epochs`` epochs without early stopping.
+            verbose: Keras fit verbosity.
+            run_eagerly: Skip tf.function tracing (tests and tiny data).
+        """
         self.units = units
         self.dropout = dropout
         self.recipe = recipe

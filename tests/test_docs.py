@@ -214,3 +214,24 @@ def test_reproducibility_section_names_what_changes_the_numbers() -> None:
     assert "deterministic" in {f.name for f in dataclasses.fields(ExperimentConfig)}  # the option it names
     guarantees = _section(README, "## Guarantees")
     assert "repaired utterances are not bit-identical" in guarantees  # not 'the frames equal' alone
+
+
+def test_readme_grid_search_example_names_the_classes_of_its_labels(tmp_path: Path) -> None:
+    """Found by a notebook session: the README called partition_arrays' y "labels", but they are indices
+    into the protocol's classes (so a head fitted on them predicts 0..6) and nothing said where the names are."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.store import open_store
+    from w2v2ser.train import get_protocol
+
+    section = _section(README, "## Stage 2: train, evaluate, predict")
+    block = re.search(r"```python\n(from sklearn.model_selection import GridSearchCV.*?)```", section, re.S).group(1)
+    code = block[:block.index("search = ")]  # up to the search, which trains 46 times
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    assert '"stores/ravdess.zarr"' in code
+    scope: dict = {}
+    exec(compile(code.replace('"stores/ravdess.zarr"', repr(str(path))), "README.md", "exec"), scope)
+    protocol = get_protocol("ravdess")
+    label_of = {r.id: protocol.map_label(r.label) for r in open_store(path).list_utterances()}
+    speakers_labels = sorted(label_of[r.id] for r in open_store(path).list_utterances()
+                             if r.speaker in scope["spec"].train)
+    assert sorted(scope["names"][k] for k in scope["y"]) == speakers_labels

@@ -93,6 +93,16 @@ def test_ravdess_skips_and_reports_bad_names(tmp_path):
     assert {u.label for u in manifest.utterances} == {"neutral", "surprised"}
 
 
+def test_the_repr_of_a_manifest_sums_it_up(tmp_path):
+    """Found by a notebook session: a cell ending in `manifest` printed every utterance with its extra
+    fields (240 files of 4 actors filled the screen; RAVDESS has 2,452)."""
+    build_ravdess_tree(tmp_path, actors=(3, 4), emotions=(1, 8), song=False)
+    write_audio(tmp_path / "speech" / "Actor_03" / "recording.wav", duration=0.05)
+    manifest = read_ravdess(tmp_path)
+    assert repr(manifest) == (f"Manifest(corpus='ravdess', source={manifest.source!r}, utterances=6, speakers=2, "
+                              f"problems=1)")
+
+
 def test_ravdess_original_zip_layout(tmp_path):
     write_audio(tmp_path / "Actor_07" / "03-01-02-02-02-01-07.wav", duration=0.05)
     manifest = read_ravdess(tmp_path)

@@ -377,3 +377,12 @@ def test_help_of_a_head_documents_its_hyperparameters(cls):
     for documented in ("units: Width of the Dense", "dropout: Dropout rate", "validation_fraction: Without",
                        "classes: Class names", "seed: Seed of weights"):
         assert documented in text
+
+
+def test_fusion_head_given_one_list_of_arrays_says_how_to_give_two_branches():
+    """Found by a notebook session: FusionHead().fit(x, y) with a plain list said "set fusion_features",
+    a key of ExperimentConfig that fit does not take."""
+    x, y, _ = utterances(12)
+    with pytest.raises(ConfigError, match=re.escape("FusionHead needs a 'fusion' input branch; x has ['main']. Give "
+                                                    "arrays as {'main': [...], 'fusion': [...]}")):
+        FusionHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)

@@ -555,7 +555,11 @@ class FusionHead(_BaseHead):
 
     def _body(self, branches: dict[str, Any], mask: Any) -> Any:
         if "fusion" not in branches:
-            raise ConfigError("FusionHead needs a 'fusion' input branch (set fusion_features, e.g. 'egemaps')")
+            # a list of arrays was told to "set fusion_features", a key of ExperimentConfig, not of fit
+            raise ConfigError(f"FusionHead needs a 'fusion' input branch; x has {sorted(branches)}. Give arrays as "
+                              f"{{'main': [...], 'fusion': [...]}} (one array per utterance in each), or "
+                              f"FeatureBatches with a 'fusion' Source (in an ExperimentConfig: fusion_features, "
+                              f"e.g. 'egemaps')")
         a = self._block(branches["main"], "block1")
         b = self._block(branches["fusion"], "fusion_block1")
         x = keras.layers.Concatenate(axis=-1, name="concat")([a, b])

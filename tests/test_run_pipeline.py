@@ -635,3 +635,34 @@ def test_run_stage_extract_fails_when_every_file_of_a_corpus_failed(tmp_path: Pa
         err = capsys.readouterr().err
         assert "FAILED: nothing could be extracted: the store holds no utterance with spectrogram frames and 2 " \
                "utterance(s) failed" in err, err
+
+
+@needs_ravdess
+def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_path(tmp_path: Path,
+                                                                                     monkeypatch, capsys) -> None:
+    """A model retrained or re-saved into the same folder: `w2v2ser extract` refuses the store made with
+    the old weights, but `run` called it complete (its shortcut compared utterances and feature names
+    only) and trained on the old model's features. Now the store fails, and its experiments skip."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import save_tiny_wav2vec2
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _skip_reason, run_pipeline
+
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    model = make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores": {"w2v2": {"features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}}}})
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    assert run_pipeline(pipeline, stage="extract") == 0
+    assert "complete (8 utterances)" in capsys.readouterr().err
+    save_tiny_wav2vec2(model, seed=1)  # other weights, same folder and architecture
+    assert run_pipeline(pipeline, stage="extract") == 1
+    err = capsys.readouterr().err
+    assert "complete (8 utterances)" not in err
+    assert "extracted with other model weights than" in err and "move the store away" in err, err
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    skip = _skip_reason(config, experiment)
+    assert skip is not None and "other model weights" in skip[0]

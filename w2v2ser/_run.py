@@ -183,6 +183,24 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
         str(getattr(stored[u.id], name)) == str(getattr(u, name)) for u in utterances for name in fields)
 
 
+def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:
+    """What differs when a complete store's features were made by other model weights than the
+    extractors load now (the same model path, its files replaced: a retrained or re-saved model),
+    else None. ``w2v2ser extract`` refuses such a store; the complete-store shortcut must not keep it."""
+    from w2v2ser.store import open_store
+
+    stored = open_store(store_path).features
+    for extractor in extractors:
+        old = stored.get(extractor.name)
+        theirs = ((old.config.get("provenance") or {}).get("weights_sha256")) if old is not None else None
+        mine = (extractor.feature_spec().config.get("provenance") or {}).get("weights_sha256")
+        if theirs and mine and theirs != mine:
+            return (f"its {extractor.name} features were extracted with other model weights than "
+                    f"{old.config.get('model')!r} holds now (weights sha256 {sorted(theirs.values())[0][:12]} "
+                    f"-> {sorted(mine.values())[0][:12]})")
+    return None
+
+
 def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
     from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus
 
@@ -210,9 +228,23 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 outcome.failed.append(label)
                 continue
             if _store_done(path, utterances, list(store.features)):
-                _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
-                _clear_skip_marker(path)
-                outcome.done += 1
+                try:  # only models name their weights: a store of eGeMAPS/spectrograms loads nothing here
+                    changed = (None if not any(store.feature_dicts()[name].get("model") for name in store.features)
+                               else _other_weights(path, [build_extractor(name, options) for name, options
+                                                          in store.feature_dicts().items()]))
+                except ModelLoadError:  # offline: the finished store is kept, as before
+                    changed = None
+                if changed is None:
+                    _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
+                    _clear_skip_marker(path)
+                    outcome.done += 1
+                    continue
+                reasons.tell(label, f"store {path} is complete but {changed}; move the store away (or point "
+                             f"the model option at the weights it was made with) and rerun",
+                             f"store {store.name!r} holds other weights", outcome="FAILED")
+                _write_json(_skip_marker(path), {"reason": f"store {store.name!r} of corpus {corpus!r}: {changed}",
+                                                 "store": store.name, "corpus": corpus})
+                outcome.failed.append(label)
                 continue
             try:
                 if store.name in unloadable:

@@ -666,3 +666,34 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
     (experiment,) = config.experiments
     skip = _skip_reason(config, experiment)
     assert skip is not None and "other model weights" in skip[0]
+
+
+@needs_ravdess
+@pytest.mark.slow  # about 40 s: a whole `w2v2ser run` (training 2 tiny runs), then two evaluate stages
+def test_run_stage_evaluate_does_not_show_results_of_another_configuration(tmp_path: Path, capsys) -> None:
+    """`--stage evaluate` after a --set (or an edit of the file) with no train stage since reported the
+    results.json of the old configuration as the new one's, "complete", exit 0. Now the row says it was
+    not trained for this configuration; going back to the one that made the results shows them again."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
+    assert run_pipeline(pipeline) == 0
+    (experiment,) = load_pipeline(pipeline).experiments
+    assert read_run_dir(experiment.run_dir).status == "complete"
+    report = tmp_path / "out" / "reports" / "tiny" / "report.md"
+    for overrides, change in ((["experiments.t.units=16"], "units 8 -> 16"), (["experiments.t.seeds=3"], "seeds 2 -> 3")):
+        capsys.readouterr()
+        assert run_pipeline(pipeline, stage="evaluate", overrides=overrides) == 0
+        err = capsys.readouterr().err
+        summary = read_run_dir(experiment.run_dir)
+        assert summary.status == "incomplete" and change in summary.reason, summary.reason
+        assert f"not trained for this configuration ({change})" in report.read_text()
+        assert f"{experiment.name}: not trained for this configuration" in err, err
+    assert run_pipeline(pipeline, stage="evaluate") == 0  # back to the file: its results again
+    assert read_run_dir(experiment.run_dir).status == "complete"
+    assert "not trained for this configuration" not in report.read_text()

@@ -688,11 +688,56 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
 
 # --- stage 3: reports -------------------------------------------------------------------------
 
+_STALE = "not trained for this configuration"  # the reason of a failed.json the evaluate stage wrote
+
+
+def _stale_results(experiment: ExperimentSpec) -> str | None:
+    """What differs when the results.json in an experiment's run dir were made by another configuration
+    than the file's now (a --set, or the file edited, and no train stage run since), else None."""
+    from w2v2ser.train import ExperimentConfig  # its config only: no TensorFlow
+    from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS
+
+    results = _read_json(experiment.run_dir / "results.json")
+    if experiment.sweep or not isinstance(results, dict):
+        return None
+    train_config = ExperimentConfig.from_dict(experiment.config)
+    recorded = results.get("config") if isinstance(results.get("config"), dict) else {}
+    now = train_config.to_dict()
+    if results.get("config_key") not in train_config.config_keys():
+        changed = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in now.items()
+                   if k not in RUNTIME_FIELDS + SEED_FIELDS + ("stores",) and recorded.get(k) != v]
+        return "; ".join(changed) or f"config key {results.get('config_key')} -> {train_config.config_key()}"
+    changed = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in SEED_FIELDS if recorded.get(k) != now[k]]
+    return "; ".join(changed) or None
+
+
+def _mark_stale(config: PipelineConfig, experiment: ExperimentSpec) -> bool:
+    """Mark an experiment whose results.json is of another configuration (failed.json, which the report
+    shows instead of those results; the train stage removes it), or unmark one that matches again.
+    Returns whether it is stale."""
+    marker = _read_json(experiment.run_dir / "failed.json")
+    ours = isinstance(marker, dict) and str(marker.get("reason", "")).startswith(_STALE)
+    stale = _stale_results(experiment)
+    if stale is None:
+        if ours:  # back to the configuration that made the results: they are its results again
+            (experiment.run_dir / "failed.json").unlink(missing_ok=True)
+        return False
+    if marker is None or ours:  # a failure of the train stage is the latest word: it stays
+        _mark_not_trained(config, experiment, f"{_STALE} ({stale}): run its train stage", marker="failed.json")
+    _say(f"report: {experiment.name}: {_STALE}: its results are of another one ({stale}), not shown; "
+         "run the train stage")
+    return True
+
+
 def _run_evaluate(config: PipelineConfig) -> _Outcome:
     from w2v2ser.evaluate import write_report
     from w2v2ser.evaluate._rundir import read_run_dir
 
     outcome = _Outcome()
+    reported = {e.name for report in config.reports for e in config.report_experiments(report)}
+    for experiment in config.experiments:
+        if experiment.name in reported:
+            _mark_stale(config, experiment)
     for report in config.reports:
         experiments = config.report_experiments(report)
         if not experiments:

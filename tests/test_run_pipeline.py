@@ -697,3 +697,29 @@ def test_run_stage_evaluate_does_not_show_results_of_another_configuration(tmp_p
     assert run_pipeline(pipeline, stage="evaluate") == 0  # back to the file: its results again
     assert read_run_dir(experiment.run_dir).status == "complete"
     assert "not trained for this configuration" not in report.read_text()
+
+
+@needs_ravdess
+@pytest.mark.slow  # about a minute: a tiny wav2vec2 store and a layer sweep of one seed
+def test_run_stage_evaluate_does_not_show_a_layer_sweep_of_another_configuration(tmp_path: Path, capsys) -> None:
+    """The same for a layer sweep: its weighted average's results.json (of the old configuration)
+    was shown as the new one's by `--stage evaluate` after a --set."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    model = make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=model, extra={
+        "extraction.stores": {"w2v2": {"features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}}},
+        "experiments": {"sw": {"corpus": "ravdess", "sweep": True, "features": "w2v2/wav2vec2", "seeds": 1,
+                               "units": 8, "recipe_overrides": {"max_epochs": 1}, "run_eagerly": True}}})
+    assert run_pipeline(pipeline) == 0
+    (experiment,) = load_pipeline(pipeline).experiments
+    report = tmp_path / "out" / "reports" / "tiny" / "report.md"
+    assert "not trained for this configuration" not in report.read_text()
+    capsys.readouterr()
+    assert run_pipeline(pipeline, stage="evaluate", overrides=["experiments.sw.units=16"]) == 0
+    assert f"{experiment.name}: not trained for this configuration" in capsys.readouterr().err
+    assert "not trained for this configuration (units 8 -> 16)" in report.read_text()
+    assert run_pipeline(pipeline, stage="evaluate") == 0
+    assert "not trained for this configuration" not in report.read_text()

@@ -697,10 +697,21 @@ def _stale_results(experiment: ExperimentSpec) -> str | None:
     from w2v2ser.train import ExperimentConfig  # its config only: no TensorFlow
     from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS
 
-    results = _read_json(experiment.run_dir / "results.json")
-    if experiment.sweep or not isinstance(results, dict):
-        return None
     train_config = ExperimentConfig.from_dict(experiment.config)
+    out = experiment.run_dir
+    if experiment.sweep:  # its weighted average's results speak for every head, as in the train stage
+        from w2v2ser.train import ALL_LAYERS_DIR, sweep_configs
+
+        out = out / ALL_LAYERS_DIR
+        if not (out / "results.json").exists():
+            return None
+        try:
+            train_config = sweep_configs(train_config)[ALL_LAYERS_DIR]
+        except W2v2serError:  # its store is gone or unreadable: the report says what it can
+            return None
+    results = _read_json(out / "results.json")
+    if not isinstance(results, dict):
+        return None
     recorded = results.get("config") if isinstance(results.get("config"), dict) else {}
     now = train_config.to_dict()
     if results.get("config_key") not in train_config.config_keys():

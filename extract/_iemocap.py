@@ -180,6 +180,10 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
     if not sessions and _SESSION_DIR.match(root.name):
         raise ManifestError(f"IEMOCAP folder {root} is one session's folder: pass its parent {root.parent}, the "
                             f"folder holding Session1..Session5.")
+    inside = next((p for p in root.parents if _SESSION_DIR.match(p.name)), None)
+    if not sessions and inside is not None:  # sentences/wav or dialog/EmoEvaluation of a session
+        raise ManifestError(f"IEMOCAP folder {root} is inside the session folder {inside}: pass {inside.parent}, the "
+                            f"folder holding Session1..Session5.")
     if not sessions:
         # Releases unpack as IEMOCAP_full_release/Session1..5; name the folder when it is one level down.
         inner = sorted(d for d in root.iterdir() if d.is_dir() and _holds_sessions(d))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -360,3 +361,14 @@ def test_a_reader_registered_in_corpus_readers_is_used_by_name(tmp_path, monkeyp
     assert seen == [tmp_path, tmp_path]
     with pytest.raises(ManifestError, match="expected one of ravdess, iemocap, csv, cremad. Did you mean 'cremad'"):
         read_corpus("cremd", tmp_path)
+
+
+def test_iemocap_path_inside_a_session_names_the_release_folder(tmp_path):
+    """A folder inside the release (sentences/wav, dialog/EmoEvaluation) said "No labelled IEMOCAP
+    utterance ... (sessions found: [], 0 problems)", where Session1 itself names the release."""
+    release = tmp_path / "IEMOCAP_full_release"
+    build_iemocap_tree(release, sessions=(1,))
+    for inner in ("Session1/sentences/wav", "Session1/dialog/EmoEvaluation", "Session1/sentences/wav/Ses01F_impro01"):
+        with pytest.raises(ManifestError, match=rf"is inside the session folder {re.escape(str(release / 'Session1'))}"
+                                                rf": pass {re.escape(str(release))}, the folder holding Session1"):
+            read_iemocap(release / inner)

@@ -1137,3 +1137,24 @@ def test_a_folder_corpus_whose_labels_clash_with_a_csv_s_in_case_says_which_to_r
     assert main(["extract", "csv", str(manifest), *args]) == 2
     assert ("The store's ravdess labels come from that corpus's reader: write this manifest's labels as the store "
             "spells them") in capsys.readouterr().err
+
+
+def test_extract_prints_the_first_reader_problems_and_counts_the_rest(tmp_path, capsys):
+    """A release whose Session4/sentences was not unpacked printed one line per labelled turn
+    (about 2,000 on the real IEMOCAP); `store info` showed 20. The store keeps them all."""
+    from fixtures_audio import build_iemocap_tree
+    from w2v2ser._cli import main
+
+    dialogs = ("impro01", "impro02", "script01_1", "script01_2", "script02_1", "script02_2")
+    expected = build_iemocap_tree(tmp_path / "iemocap", sessions=(1, 2), dialogs=dialogs,
+                                  missing_audio=tuple(f"Ses02M_{d}_{t}" for d in dialogs
+                                                      for t in ("F000", "M000", "F001", "M001")))
+    assert len(expected) == 48
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("skipped /")]) == 20
+    assert f"skipped ... and 4 more, recorded in the store (`w2v2ser store info {store} --json`)" in err
+    assert main(["store", "info", str(store), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["reader_skipped"]) == 24

@@ -91,8 +91,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
 
     manifest = read_corpus(args.corpus, args.path)
-    for path, reason in manifest.problems:
+    for path, reason in manifest.problems[:_SHOWN_FAILURES]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(manifest.problems) > _SHOWN_FAILURES:  # a session without sentences/wav: 2,000 lines
+        print(f"skipped ... and {len(manifest.problems) - _SHOWN_FAILURES} more, recorded in the store (`w2v2ser "
+              f"store info {args.store or f'stores/{args.corpus}.zarr'} --json`)", file=sys.stderr)
     configs = _extractor_configs(args)
     extractors = [build_extractor(name, config, recorded=bool(args.like)) for name, config in configs.items()]
     from w2v2ser.store import locate_store

@@ -152,8 +152,12 @@ def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
         if corpus not in cache:
             spec = config.corpora[corpus]
             cache[corpus] = read_corpus(spec.kind, spec.path)
-            for path, reason in getattr(cache[corpus], "problems", ()):
+            problems = list(getattr(cache[corpus], "problems", ()))
+            for path, reason in problems[:20]:
                 _say(f"  {corpus}: skipped file {path}: {reason}")
+            if len(problems) > 20:  # a session without sentences/wav: 2,000 lines
+                _say(f"  {corpus}: skipped ... and {len(problems) - 20} more, recorded in its stores (`w2v2ser store "
+                     f"info STORE --json`)")
         return cache[corpus]
 
     return manifest

@@ -30,7 +30,7 @@ from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
 from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, data_text, find_key, read_run_dir
-from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir, unfinished_sweep_layers
+from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
 
@@ -410,7 +410,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
         check_baseline_path(Path(baseline))
         if Path(baseline).resolve() not in {p.resolve() for p in found}:
             found.append(Path(baseline))  # --baseline alone puts its run dir in the report
-    run_dirs, sweeps = expand_sweep_dirs(found)
+    run_dirs, sweeps, unfinished = expand_sweep_dirs(found)
     runs = [read_run_dir(Path(p)) for p in run_dirs]
     names = _unique_names(runs)
     comparison = None if baseline is None else compare_with_baseline(runs, names, find_baseline(runs, baseline))
@@ -432,7 +432,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     # A sweep's layers are not rows of the tables; one that is not complete is listed (and warned of)
     # with its reason, named as its sweep's `all` head is (``sweep/layer_03``).
     named = {run.path.resolve(): name for run, name in zip(runs, names)}
-    for layer in unfinished_sweep_layers(found):
+    for layer in unfinished:
         beside = named.get((layer.path.parent / "all").resolve(), "")  # its sweep's `all` head, as named here
         folder = beside.rpartition("/")[0] if "/" in beside else layer.path.parent.name
         entries.append(_run_entry(layer, f"{folder}/{layer.path.name}", None))

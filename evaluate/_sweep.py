@@ -18,7 +18,7 @@ from w2v2ser.train import list_run_files
 
 from ._rundir import CORPUS_NAMES, RunSummary, current_failure, data_text, read_run_dir
 
-__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs", "unfinished_sweep_layers"]
+__all__ = ["is_sweep_dir", "read_sweep_dir", "expand_sweep_dirs", "find_run_dirs"]
 
 # Files that make a folder a run directory of `w2v2ser train` (or of a skipped or failed pipeline experiment).
 _RUN_DIR_MARKERS = ("experiment.json", "results.json", "skipped.json", "failed.json")
@@ -48,25 +48,32 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
     Layers whose run directory is not complete have no value; ``incomplete_layers`` names them, so
     the table and plot show the gap (the report lists their reasons). None when no layer is complete.
     """
-    path = Path(path)
+    return _read_sweep(Path(path))[0]
+
+
+def _read_sweep(path: Path) -> tuple[dict[str, Any] | None, list[RunSummary]]:
+    """The sweep's plot line (as ``read_sweep_dir``) and its layer run directories that are not
+    complete, each layer's run directory read once (the report needs both)."""
     try:
         summary = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    layers, means, stds, ns, incomplete = [], [], [], [], []
+        listed = [int(layer) for layer in summary.get("layers") or []]
+    except (OSError, ValueError, TypeError, AttributeError):  # damaged sweep.json: no line, no layers
+        return None, []
+    layers, means, stds, ns, incomplete, unfinished = [], [], [], [], [], []
     experiment = None  # the layers' recorded experiment (its subset names the line)
-    for layer in summary.get("layers") or []:
-        run = read_run_dir(path / f"layer_{int(layer):02d}")
+    for layer in listed:
+        run = read_run_dir(path / f"layer_{layer:02d}")
         if run.status != "complete" or run.uar_mean is None:
-            incomplete.append(int(layer))
+            incomplete.append(layer)
+            unfinished.append(run)
             continue
         experiment = experiment or run.experiment
-        layers.append(int(layer))
+        layers.append(layer)
         means.append(run.uar_mean)
         stds.append(run.uar_std or 0.0)
         ns.append(run.n_runs)
     if not layers:
-        return None
+        return None, unfinished
     weighted = read_run_dir(path / "all")
     protocol = str(summary.get("protocol", "?"))
     return {
@@ -76,29 +83,7 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
         "incomplete_layers": incomplete,
         "weighted": ({"uar_mean": weighted.uar_mean, "uar_std": weighted.uar_std or 0.0, "n": weighted.n_runs}
                      if weighted.status == "complete" else None),
-    }
-
-
-def unfinished_sweep_layers(paths: Sequence[Path]) -> list[RunSummary]:
-    """The layer run directories, not complete, of the sweep folders among ``paths`` (a sweep that
-    ``w2v2ser run`` failed is one failed row already, so its layers are not named).
-
-    The tables show a sweep through its ``all`` head and the sweep section only, so without these a
-    layer whose results are missing or damaged would drop out of the report without a word.
-    """
-    found = []
-    for path in map(Path, paths):
-        if not is_sweep_dir(path) or current_failure(path, results="sweep.json") is not None:
-            continue
-        try:
-            layers = json.loads((path / "sweep.json").read_text(encoding="utf-8")).get("layers") or []
-        except (OSError, ValueError, AttributeError):
-            continue
-        for layer in layers:
-            run = read_run_dir(path / f"layer_{int(layer):02d}")
-            if run.status != "complete" or run.uar_mean is None:
-                found.append(run)
-    return found
+    }, unfinished
 
 
 def find_run_dirs(paths: Sequence[Path], *, depth: int = 4, keep_empty: bool = True) -> list[Path]:
@@ -132,10 +117,17 @@ def _distinct(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]]]:
-    """Replace each sweep folder by its ``all`` run directory; returns (run dirs, sweep lines)."""
+def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[str, Any]], list[RunSummary]]:
+    """Replace each sweep folder by its ``all`` run directory; returns (run dirs, sweep lines, the
+    sweeps' layer run directories that are not complete).
+
+    The tables show a sweep through its ``all`` head and the sweep section only, so without the last
+    a layer whose results are missing or damaged would drop out of the report without a word (a
+    sweep that ``w2v2ser run`` failed is one failed row already, so its layers are not named).
+    """
     runs: list[Path] = []
     sweeps: list[dict[str, Any]] = []
+    unfinished: list[RunSummary] = []
     for p in map(Path, run_dirs):
         if not is_sweep_dir(p):
             runs.append(p)
@@ -146,7 +138,8 @@ def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[s
             runs.append(p)
             continue
         runs.append(p / "all")
-        line = read_sweep_dir(p)
+        line, layers = _read_sweep(p)
+        unfinished += layers
         if line is not None:
             sweeps.append({**line, "_folder": p})
     # Labels keep the model's last name part only: two checkpoints both called checkpoint-best (or
@@ -156,4 +149,4 @@ def expand_sweep_dirs(run_dirs: Sequence[Path]) -> tuple[list[Path], list[dict[s
         folder = line.pop("_folder")
         if repeated[line["label"]] > 1:
             line["label"] += f" [{folder.parent.name}/{folder.name}]"
-    return _distinct(runs), sweeps
+    return _distinct(runs), sweeps, unfinished

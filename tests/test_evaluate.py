@@ -658,6 +658,40 @@ def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> 
     assert names == {"classic/eg", "w2v/sweep/all", "w2v/sweep/layer_01"}
 
 
+def test_report_reads_each_sweep_layer_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left over by stop 60: the report read every layer run directory of a sweep twice (once for the
+    plot line, once more for the layers that are not complete)."""
+    import w2v2ser.evaluate._sweep as sweep_module
+
+    sweep = tmp_path / "runs" / "sweep"
+    for layer in (0, 1, 2):
+        make_run_dir(sweep, f"layer_{layer:02d}", features=f"wav2vec2:{layer}", model=MODELS["pt"], uars=(0.4, 0.5))
+    make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"], uars=(0.5, 0.6))
+    _write_json(sweep / "sweep.json", {"layers": [0, 1, 2], "upstream": "wav2vec2", "protocol": "ravdess"})
+    (sweep / "layer_01" / "results.json").unlink()
+    reads: list[str] = []
+    real = sweep_module.read_run_dir
+    monkeypatch.setattr(sweep_module, "read_run_dir", lambda path: reads.append(Path(path).name) or real(path))
+    write_report([sweep], out=tmp_path / "report")
+    assert sorted(r for r in reads if r.startswith("layer_")) == ["layer_00", "layer_01", "layer_02"]
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["layer_sweep"]["series"][0]["incomplete_layers"] == [1]
+    assert "sweep/layer_01" in {r["name"] for r in data["runs"]}
+
+
+@pytest.mark.parametrize("text", ["[0, 1]", '{"layers": ["one"]}', '{"layers": 3}'])
+def test_a_damaged_sweep_json_does_not_stop_the_report(tmp_path: Path, text: str) -> None:
+    """A sweep.json that is JSON but not a sweep summary (a list, a layer that is no number) stopped
+    the whole report with a traceback; the sweep draws no line and its `all` head is still reported."""
+    sweep = tmp_path / "runs" / "sweep"
+    make_run_dir(sweep, "layer_00", features="wav2vec2:0", model=MODELS["pt"])
+    make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"])
+    (sweep / "sweep.json").write_text(text, encoding="utf-8")
+    write_report([sweep], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["layer_sweep"]["series"] == [] and [r["name"] for r in data["runs"]] == ["sweep/all"]
+
+
 def test_report_json_says_what_its_std_is_over(tmp_path: Path) -> None:
     """Found as a paper author: report.json's "std" said "over seeds × folds", but a run of several folds
     shows the population std over its seeds' pooled UARs (results.json uar_pooled_std), not over runs."""

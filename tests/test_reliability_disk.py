@@ -174,6 +174,35 @@ def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"  # a replaced file keeps its mode
 
 
+def test_a_refused_final_rename_names_the_file_meant(tmp_path, monkeypatch):
+    """Left over by stop 60 (review2 L1): in a folder with the sticky bit (/tmp, a shared scratch
+    folder), replacing another user's file fails only at the final rename, and the error named the
+    temp file (.report.md.PID-TAG.xxxx.tmp, already removed) instead of the file to be written."""
+    from w2v2ser._common import describe_error, write_atomically
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    theirs = folder / "report.md"
+    theirs.write_text("another user's")
+    if os.geteuid() == 0:
+        os.chown(theirs, 4242, 4242)  # root is not refused: the rename below is refused as the kernel would
+
+    def refused(src, dst, **_):  # what Linux raises for a rename over another user's file there
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError) as error:
+        write_atomically(theirs, "mine")
+    monkeypatch.undo()
+    assert error.value.filename == str(theirs) and error.value.filename2 is None
+    message, code = describe_error(error.value)
+    assert message.startswith(f"{theirs}: Operation not permitted") and ".tmp" not in message and code == 2
+    if os.geteuid() == 0:
+        assert "another user's file in a folder with the sticky bit" in message
+    assert theirs.read_text() == "another user's" and [p.name for p in folder.iterdir()] == ["report.md"]
+
+
 def test_a_group_shared_store_has_no_file_the_group_cannot_write(tmp_path):
     """With umask 002 every file of a store is group-writable, so a group member resumes or extends
     it: .lock, .plan.lock and the journal were made 0o644, and the member's extraction was refused

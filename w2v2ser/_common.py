@@ -538,12 +538,27 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
             os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
         if durable:
             fsync_path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # name the file meant, not the temp file (removed below) the user never made
+            raise type(error)(error.errno, _replace_refused(error, path), str(path)) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if durable:
         fsync_path(path.parent)
+
+
+def _replace_refused(error: OSError, path: Path) -> str:
+    """The reason a rename over ``path`` failed, with why when it is another user's file in a
+    folder with the sticky bit (/tmp, a shared scratch folder): only its owner may replace it."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EPERM, errno.EACCES):
+        with contextlib.suppress(OSError):
+            if path.parent.stat().st_mode & 0o1000 and path.stat().st_uid != os.geteuid():
+                reason += (" (it is another user's file in a folder with the sticky bit, like /tmp: only its owner "
+                           "may replace it; give another file name)")
+    return reason
 
 
 def publish_directory(tmp: Path, target: Path) -> Path:

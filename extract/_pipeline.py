@@ -81,6 +81,10 @@ class ExtractionSummary:
         shared_speakers: Speaker names of this manifest that also name done utterances of the store
             that it does not list (e.g. speaker '1' of another corpus), with one such id each: a name
             is one speaker for per-speaker statistics and folds, whatever the corpus.
+        corpus_kept: (id, stored corpus, given corpus) of each done utterance that this call gives
+            with another ``corpus`` column value (a CSV manifest's) than it was stored with: the store's
+            ids are unique across its corpora, so the row keeps its stored corpus (extra columns are
+            not updated in place), though its label and speaker were taken.
         absent_failed: Ids of failed (or never extracted) utterances in the store that this call's
             manifest does not list: they keep their rows, stage 2 does not read them, and they are
             not in ``failed``.
@@ -110,6 +114,7 @@ class ExtractionSummary:
     absent_failed: list[str] = field(default_factory=list)
     other_corpora: dict[str, int] = field(default_factory=dict)
     shared_speakers: list[tuple[str, str]] = field(default_factory=list)
+    corpus_kept: list[tuple[str, str, str]] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
@@ -167,6 +172,14 @@ class ExtractionSummary:
                          f"pooled over all of its utterances and kept in one fold, whatever their corpus; if these "
                          f"are other people (another corpus), give them names of their own in this {self.source} "
                          f"(e.g. with a corpus prefix) and rerun the same extract: speakers are updated in place")
+        if self.corpus_kept:
+            uid, old, new = self.corpus_kept[0]
+            notes.append(f"{len(self.corpus_kept)} utterance id(s) of this {self.source} are already in store "
+                         f"{self.store} as utterances of corpus {old} (e.g. {uid}, given as corpus {new!r}); they stay "
+                         f"of corpus {old} (a `corpus` column is not updated in place, labels and speakers are). If "
+                         f"this is another corpus listing the same ids, give its rows ids of their own (an 'id' "
+                         f"column, e.g. '{new}/{uid}') and rerun; to change their corpus, extract this {self.source} "
+                         f"into a new store (`--like {self.store}` keeps the feature configs)")
         if self.absent_failed:
             notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
                          f"not in this {self.source} ({first_few(self.absent_failed)}); they were never extracted "
@@ -503,6 +516,8 @@ def extract_corpus(
         summary.absent, summary.other_corpora, summary.shared_speakers = _absent_by_corpus(
             summary.absent, done, utterances, corpus, fresh=not writer.known)
         summary.absent_failed = list(writer.absent_unfinished)
+        summary.corpus_kept = [(u.id, done[u.id].corpus_name, u.corpus_name) for u in utterances if u.id in done
+                               and done[u.id].corpus == u.corpus and done[u.id].corpus_name != u.corpus_name]
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
@@ -584,22 +599,24 @@ def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Se
 
     When none of the manifest's utterances was in the store yet (``fresh``: a second CSV
     manifest, of the same kind ``csv``), every such utterance is another corpus's; else those of
-    another kind are. A resumed manifest that dropped some of a speaker's rows shares that name
+    another corpus are (by name: a CSV manifest's own ``corpus`` column, else the kind). A resumed manifest that dropped some of a speaker's rows shares that name
     by design, so only other corpora's utterances count for shared names.
 
     Returns:
         (own absent ids, other corpus -> count, (shared speaker, one absent id of it) pairs).
     """
-    kinds = {u.corpus for u in utterances if u.corpus} | ({kind} if kind else set())
+    # Corpora by name: a CSV manifest's own `corpus` column tells two CSV manifests apart.
+    kinds = {u.corpus_name for u in utterances if u.corpus_name} or ({kind} if kind else set())
     own: list[str] = []
     others: Counter[str] = Counter()
     speakers = {u.speaker for u in utterances}
     shared: dict[str, str] = {}
     for uid in absent:
         record = done.get(uid)
-        other = record is not None and (fresh or bool(kinds) and bool(record.corpus) and record.corpus not in kinds)
+        name = record.corpus_name if record is not None else ""
+        other = record is not None and (fresh or bool(kinds) and bool(name) and name not in kinds)
         if other:
-            others[record.corpus or "unnamed"] += 1
+            others[name or "unnamed"] += 1
         else:
             own.append(uid)
         if other and record.speaker in speakers:

@@ -46,6 +46,13 @@ class Utterance:
     corpus: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def corpus_name(self) -> str:
+        """The corpus this utterance is of: a CSV manifest's own ``corpus`` column where it has one
+        (two CSV corpora of one store are both of kind ``csv``), else ``corpus`` (the kind)."""
+        own = self.extra.get("corpus")
+        return str(own) if own not in (None, "") else self.corpus
+
 
 @dataclass(frozen=True, kw_only=True)
 class UtteranceRecord(Utterance):

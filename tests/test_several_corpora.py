@@ -167,3 +167,62 @@ def test_a_csv_manifest_s_corpus_column_selects_its_rows(tmp_path):
     assert len(select_subset(records, {"corpus": ["ravdess", "c"]}, store="s")) == 9
     with pytest.raises(ConfigError, match=r"no utterance of s has corpus 'd'; it has c \(6\), csv \(12\), ravdess \(3\)"):
         select_subset(records, {"corpus": "d"}, store="s")
+
+
+def _named(utterances: list[Utterance], name: str) -> list[Utterance]:
+    """The utterances as rows of a CSV manifest whose `corpus` column says ``name``."""
+    return [Utterance(id=u.id, path=u.path, speaker=u.speaker, label=u.label, corpus="csv", extra={"corpus": name})
+            for u in utterances]
+
+
+def test_two_csv_manifests_are_told_apart_by_their_corpus_column(tmp_path):
+    """Left over by stop 60 (review L1): two CSV manifests were both corpus `csv`, so extracting the
+    second one again counted the first one's rows as rows it had dropped ("not in this CSV manifest
+    ... extract it into a new store") and named no speaker they share, though each has a `corpus` column."""
+    store = tmp_path / "s.zarr"
+    _extract(_named(_corpus(tmp_path / "b", "csv", ("1", "2"), ids="b{speaker}_{k}"), "b"), store)
+    second = _named(_corpus(tmp_path / "c", "csv", ("1",), ids="c{speaker}_{k}", seed=50), "c")
+    first_time = _extract(second, store)
+    assert first_time.other_corpora == {"b": 4} and first_time.shared_speakers == [("1", "b1_0")]
+    again = _extract(second, store)  # resumed: its ids are known now
+    assert again.absent == [] and again.other_corpora == {"b": 4} and again.shared_speakers == [("1", "b1_0")]
+    assert "(by corpus: b 4)" in again.notes()[0] and again.notes()[1].startswith("1 speaker name(s) of this")
+
+
+def test_training_warns_of_a_speaker_name_in_two_corpora_of_one_csv_manifest(tmp_path, caplog):
+    """Left over by stop 60: a CSV manifest whose `corpus` column names two corpora with a speaker '1'
+    each was one corpus `csv` for the training warning, which then said nothing."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    rows = [Utterance(id=f"{name}{k}", path=f"/fake/{name}/{k}.wav", speaker=str(k % 3),
+                      label=("angry", "sad")[k % 2], corpus="csv", extra={"corpus": name})
+            for name in ("b", "c") for k in range(6)]
+    store = str(build_store(tmp_path / "s.zarr", utterances=rows, layers=3, dim=4, features=("egemaps",)))
+    config = ExperimentConfig(stores={"main": store}, features="egemaps", protocol="csv", speaker_folds=3,
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    with caplog.at_level("WARNING", logger="w2v2ser"):
+        train_experiment(config, out=tmp_path / "run", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "several corpora" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("speaker name(s) '0', '1', '2' have utterances of several "
+                                                     "corpora ('0': b, c)"), warned
+
+
+def test_ids_of_another_csv_corpus_are_noted_not_taken_silently(tmp_path):
+    """Left over by stop 60 (review L4): a second CSV manifest (`corpus` column c) listing the ids and
+    audio of the first one's rows (corpus b) relabelled them in place without a word about the
+    corpus: they stay rows of corpus b (and so does an edited `corpus` column); say so, with the fix."""
+    store = tmp_path / "s.zarr"
+    first = _named(_corpus(tmp_path / "b", "csv", ("1", "2")), "b")
+    _extract(first, store)
+    again = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label="neu", corpus="csv", extra={"corpus": "c"})
+             for u in first[:3]]
+    summary = _extract(again, store)
+    assert summary.corpus_kept == [(u.id, "b", "c") for u in first[:3]]
+    note = next(n for n in summary.notes() if "given as corpus" in n)
+    assert note.startswith(f"3 utterance id(s) of this manifest are already in store {store} as utterances of "
+                           f"corpus b (e.g. 1_0, given as corpus 'c'); they stay of corpus b"), note
+    assert "'c/1_0'" in note
+    rows = {r.id: r for r in open_store(store).list_utterances()}
+    assert {rows[u.id].corpus_name for u in first} == {"b"} and rows["1_0"].label == "neu"  # as the note says
+    assert _extract(first, store).corpus_kept == []

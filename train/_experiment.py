@@ -290,7 +290,8 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
                     variants_differ([variants]), len(variants))
     corpora: dict[str, set[str]] = {}
     for record in data.records:
-        corpora.setdefault(record.speaker, set()).add(str(getattr(record, "corpus", "") or ""))
+        # By name: a CSV manifest's own `corpus` column tells two CSV corpora apart.
+        corpora.setdefault(record.speaker, set()).add(str(getattr(record, "corpus_name", "") or ""))
     mixed = sorted(speaker for speaker, names in corpora.items() if len(names - {""}) > 1)
     if mixed:
         log.warning("speaker name(s) %s have utterances of several corpora (%r: %s); each name is one speaker, "

@@ -599,8 +599,9 @@ def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Se
 
     When none of the manifest's utterances was in the store yet (``fresh``: a second CSV
     manifest, of the same kind ``csv``), every such utterance is another corpus's; else those of
-    another corpus are (by name: a CSV manifest's own ``corpus`` column, else the kind). A resumed manifest that dropped some of a speaker's rows shares that name
-    by design, so only other corpora's utterances count for shared names.
+    another corpus are (by name: a CSV manifest's own ``corpus`` column, else the kind). A resumed
+    manifest that dropped some of a speaker's rows shares that name by design, so only other
+    corpora's utterances count for shared names.
 
     Returns:
         (own absent ids, other corpus -> count, (shared speaker, one absent id of it) pairs).

@@ -291,7 +291,8 @@ def _report_data_problems(config: ExperimentConfig, data: _Data, folds: list[Fol
     corpora: dict[str, set[str]] = {}
     for record in data.records:
         # By name: a CSV manifest's own `corpus` column tells two CSV corpora apart.
-        corpora.setdefault(record.speaker, set()).add(str(getattr(record, "corpus_name", "") or ""))
+        name = getattr(record, "corpus_name", None) or getattr(record, "corpus", "")
+        corpora.setdefault(record.speaker, set()).add(str(name or ""))
     mixed = sorted(speaker for speaker, names in corpora.items() if len(names - {""}) > 1)
     if mixed:
         log.warning("speaker name(s) %s have utterances of several corpora (%r: %s); each name is one speaker, "

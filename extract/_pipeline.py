@@ -35,7 +35,8 @@ from w2v2ser._common import (
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
-    StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store, open_store,
+    AUDIO_RATE_KEY, StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store,
+    open_store,
 )
 from w2v2ser.store._location import as_unreachable, remote_errors
 
@@ -43,7 +44,8 @@ from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_f
 from ._errors import AudioError, ManifestError
 from ._manifest import Manifest
 from ._rates import (
-    below_native_minimum, capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor, store_rates, with_rate,
+    CHANNELS_KEY, below_native_minimum, capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor,
+    store_rates, with_rate,
 )
 from ._registry import UPSTREAMS, Extractor, build_extractor
 
@@ -81,10 +83,10 @@ class ExtractionSummary:
         shared_speakers: Speaker names of this manifest that also name done utterances of the store
             that it does not list (e.g. speaker '1' of another corpus), with one such id each: a name
             is one speaker for per-speaker statistics and folds, whatever the corpus.
-        corpus_kept: (id, stored corpus, given corpus) of each done utterance that this call gives
-            with another ``corpus`` column value (a CSV manifest's) than it was stored with: the store's
-            ids are unique across its corpora, so the row keeps its stored corpus (extra columns are
-            not updated in place), though its label and speaker were taken.
+        extra_kept: (id, column, stored value, given value) of each extra column of a done utterance
+            (a CSV manifest's own columns: ``corpus``, ``dialect``) that this call gives with another
+            value than the store holds: extra columns are not updated in place (labels and speakers
+            are), so the store keeps the old value, e.g. an utterance keeps its stored corpus.
         absent_failed: Ids of failed (or never extracted) utterances in the store that this call's
             manifest does not list: they keep their rows, stage 2 does not read them, and they are
             not in ``failed``.
@@ -114,7 +116,7 @@ class ExtractionSummary:
     absent_failed: list[str] = field(default_factory=list)
     other_corpora: dict[str, int] = field(default_factory=dict)
     shared_speakers: list[tuple[str, str]] = field(default_factory=list)
-    corpus_kept: list[tuple[str, str, str]] = field(default_factory=list)
+    extra_kept: list[tuple[str, str, str, str]] = field(default_factory=list)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
@@ -172,14 +174,24 @@ class ExtractionSummary:
                          f"pooled over all of its utterances and kept in one fold, whatever their corpus; if these "
                          f"are other people (another corpus), give them names of their own in this {self.source} "
                          f"(e.g. with a corpus prefix) and rerun the same extract: speakers are updated in place")
-        if self.corpus_kept:
-            uid, old, new = self.corpus_kept[0]
-            notes.append(f"{len(self.corpus_kept)} utterance id(s) of this {self.source} are already in store "
-                         f"{self.store} as utterances of corpus {old} (e.g. {uid}, given as corpus {new!r}); they stay "
-                         f"of corpus {old} (a `corpus` column is not updated in place, labels and speakers are). If "
-                         f"this is another corpus listing the same ids, give its rows ids of their own (an 'id' "
-                         f"column, e.g. '{new}/{uid}') and rerun; to change their corpus, extract this {self.source} "
-                         f"into a new store (`--like {self.store}` keeps the feature configs)")
+        corpus = [kept for kept in self.extra_kept if kept[1] == "corpus"]
+        if corpus:
+            uid, _, old, new = corpus[0]
+            notes.append(f"{len(corpus)} utterance id(s) of this {self.source} are already in store {self.store} as "
+                         f"utterances of corpus {old} (e.g. {uid}, given as corpus {new!r}); they stay "
+                         f"of corpus {old} (a `corpus` column is not updated in place, labels and speakers "
+                         f"are). If this is another corpus listing the same ids, give its rows ids of their own (an "
+                         f"'id' column, e.g. '{new}/{uid}') and rerun; to change their corpus, extract this "
+                         f"{self.source} into a new store (`--like {self.store}` keeps the feature configs)")
+        others = [kept for kept in self.extra_kept if kept[1] != "corpus"]
+        if others:
+            uid, column, old, new = others[0]
+            columns = ", ".join(sorted({kept[1] for kept in others}))
+            notes.append(f"{len(others)} value(s) of this {self.source}'s own columns ({columns}) differ from what "
+                         f"store {self.store} holds (e.g. {uid}: {column} {old!r} -> {new!r}); such columns are not "
+                         f"updated in place (labels and speakers are), so `--subset {column}=...` still reads the "
+                         f"stored values. To use the new ones, extract this {self.source} into a new store "
+                         f"(`--like {self.store}` keeps the feature configs)")
         if self.absent_failed:
             notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
                          f"not in this {self.source} ({first_few(self.absent_failed)}); they were never extracted "
@@ -516,8 +528,7 @@ def extract_corpus(
         summary.absent, summary.other_corpora, summary.shared_speakers = _absent_by_corpus(
             summary.absent, done, utterances, corpus, fresh=not writer.known)
         summary.absent_failed = list(writer.absent_unfinished)
-        summary.corpus_kept = [(u.id, done[u.id].corpus_name, u.corpus_name) for u in utterances if u.id in done
-                               and done[u.id].corpus == u.corpus and done[u.id].corpus_name != u.corpus_name]
+        summary.extra_kept = _extra_kept(utterances, done)
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
@@ -623,6 +634,24 @@ def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Se
         if other and record.speaker in speakers:
             shared.setdefault(record.speaker, uid)
     return own, dict(others), sorted(shared.items())
+
+
+def _extra_kept(utterances: Sequence[Utterance], done: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(id, column, stored value, given value) of each extra column that a done utterance of the
+    same corpus kind is given with another value than the store holds (see ExtractionSummary)."""
+    recorded = {AUDIO_RATE_KEY, CHANNELS_KEY}  # extraction's own keys, not the manifest's
+    kept = []
+    for u in utterances:
+        record = done.get(u.id)
+        if record is None or record.corpus != u.corpus:  # another kind's id is refused by the plan
+            continue
+        for column, value in u.extra.items():
+            old = record.extra.get(column)
+            old, value = ("" if old is None else str(old), str(value)) if column != "corpus" else (
+                record.corpus_name, u.corpus_name)  # no corpus column (or an empty one): the kind
+            if column not in recorded and old != value:
+                kept.append((u.id, column, old, value))
+    return kept
 
 
 @contextlib.contextmanager

@@ -218,11 +218,31 @@ def test_ids_of_another_csv_corpus_are_noted_not_taken_silently(tmp_path):
     again = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label="neu", corpus="csv", extra={"corpus": "c"})
              for u in first[:3]]
     summary = _extract(again, store)
-    assert summary.corpus_kept == [(u.id, "b", "c") for u in first[:3]]
+    assert summary.extra_kept == [(u.id, "corpus", "b", "c") for u in first[:3]]
     note = next(n for n in summary.notes() if "given as corpus" in n)
     assert note.startswith(f"3 utterance id(s) of this manifest are already in store {store} as utterances of "
                            f"corpus b (e.g. 1_0, given as corpus 'c'); they stay of corpus b"), note
     assert "'c/1_0'" in note
     rows = {r.id: r for r in open_store(store).list_utterances()}
     assert {rows[u.id].corpus_name for u in first} == {"b"} and rows["1_0"].label == "neu"  # as the note says
-    assert _extract(first, store).corpus_kept == []
+    assert _extract(first, store).extra_kept == []
+
+
+def test_an_edited_extra_column_is_noted_not_taken_silently(tmp_path):
+    """An edited value of a CSV manifest's own column (read by `--subset FIELD=VALUE`) was dropped
+    without a word on the rerun of extract, though edited labels and speakers are taken in place."""
+    store = tmp_path / "s.zarr"
+    first = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label=u.label, corpus="csv",
+                       extra={"dialect": "north", "note": ""})
+             for u in _corpus(tmp_path / "a", "csv", ("1", "2"))]
+    _extract(first, store)
+    edited = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label=u.label, corpus="csv",
+                        extra={"dialect": "south" if u.speaker == "1" else "north", "note": ""}) for u in first]
+    summary = _extract(edited, store)
+    assert summary.extra_kept == [("1_0", "dialect", "north", "south"), ("1_1", "dialect", "north", "south")]
+    assert summary.notes() == [f"2 value(s) of this manifest's own columns (dialect) differ from what store {store} "
+                               f"holds (e.g. 1_0: dialect 'north' -> 'south'); such columns are not updated in place "
+                               f"(labels and speakers are), so `--subset dialect=...` still reads the stored values. "
+                               f"To use the new ones, extract this manifest into a new store (`--like {store}` keeps "
+                               f"the feature configs)"]
+    assert {r.extra["dialect"] for r in open_store(store).list_utterances()} == {"north"}  # as the note says

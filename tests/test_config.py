@@ -682,3 +682,28 @@ def test_slurm_sizes_and_times_in_every_form_dask_and_sbatch_read(tmp_path: Path
     data["cluster"] = {"kind": "slurm", "slurm": {"memory": memory, "walltime": walltime}}
     slurm = load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm
     assert (slurm.memory, slurm.walltime) == (memory, walltime)
+
+
+def test_extraction_defaults_and_local_model_paths_reach_each_extractor(tmp_path: Path) -> None:
+    """extraction.device/batch_seconds go to every extractor that has the option (its own value
+    wins); a model folder beside the pipeline file becomes absolute; `egemaps: null` is `{}`."""
+    data = _base()
+    (tmp_path / "mymodel").mkdir()
+    data["extraction"].update(device="cpu", batch_seconds=4.0)
+    data["extraction"]["stores"]["classic"]["features"]["egemaps"] = None
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"] = {"model": "mymodel"}
+    data["extraction"]["stores"]["own"] = {"features": {"wav2vec2": {"device": "cuda:1", "model": "mymodel"}}}
+    config = load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    classic, w2v2, own = (config.stores[name].feature_dicts() for name in ("classic", "w2v2_pt", "own"))
+    assert list(classic) == ["egemaps", "spectrogram"] and "device" not in classic["egemaps"]
+    assert (w2v2["wav2vec2"]["device"], w2v2["wav2vec2"]["batch_seconds"]) == ("cpu", 4.0)
+    assert (own["wav2vec2"]["device"], own["wav2vec2"]["batch_seconds"]) == ("cuda:1", 4.0)
+    assert w2v2["wav2vec2"]["model"] == str(tmp_path / "mymodel")
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"] = {"model": "./missing"}
+    with pytest.raises(ConfigError, match=r"model path './missing' resolves to .*missing, which does not exist"):
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"] = {"model": "facebook/wav2vec2-base"}
+    data["extraction"]["batch_seconds"] = 0
+    with pytest.raises(ConfigError, match=r"extraction.batch_seconds: expected a value > 0.0, got 0.\n  "
+                       r"extraction.stores.w2v2_pt.features.wav2vec2.batch_seconds: expected a value > 0.0, got 0."):
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema,
+from pydantic import (AfterValidator, BeforeValidator, Field, StringConstraints, ValidationInfo, WithJsonSchema,
                       create_model, model_validator)
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
@@ -192,39 +192,41 @@ class ReportEntry(StrictModel):
                                     "classic-egemaps): the others' difference in mean UAR to it, Welch's t-test")
 
 
-class ExperimentKeys(BaseModel):
-    """Stage 1's view of an experiment: the keys the pipeline reads itself (stage 2 checks the rest)."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-
-    corpus: Optional[str] = None
-    grid: Optional[dict[str, Annotated[list[Any], Field(min_length=1)]]] = None
-    sweep: bool = False
-
-
 def _feature_model(name: str) -> Any:
     """Schema of one extractor's options, derived from its config dataclass; validation ends by
-    building the dataclass (its own cross-field checks, window vs FFT size..., at the right key path)."""
+    building the dataclass (its own cross-field checks, window vs FFT size..., at the right key path).
+
+    Before checking, null is ``{}``, the extraction-wide defaults of the validation context
+    (``extraction.device``, ``batch_seconds``) fill the options this extractor has, and a local
+    ``model`` path becomes absolute (relative to the context's ``base``, the pipeline file's folder).
+    """
     from w2v2ser.extract._registry import extractor_config_class
 
     config_class = extractor_config_class(name)
     options = create_model(f"{config_class.__name__}Options", __base__=dataclass_model(config_class),
                            __doc__=f"Options of the {name} extractor.")
-    return Annotated[options, AfterValidator(lambda m: config_class.from_dict(m.model_dump(exclude_unset=True)))]
+
+    def prepare(value: Any, info: ValidationInfo) -> Any:
+        context = info.context or {"base": Path.cwd(), "defaults": {}}
+        if value is not None and not isinstance(value, dict):
+            return value
+        defaults = {k: v for k, v in context["defaults"].items() if k in options.model_fields}
+        return {**defaults, **_local_model(value or {}, context["base"])}
+
+    return Annotated[Optional[options], BeforeValidator(prepare),
+                     AfterValidator(lambda m: config_class.from_dict(m.model_dump(exclude_unset=True)))]
 
 
 @functools.cache
-def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
-    """The pydantic model of a whole pipeline.yaml.
-
-    Args:
-        experiments: Check experiment entries against ``w2v2ser.train.ExperimentConfig`` (imports
-            stage 2); False leaves them to the training stage (stage 1 never loads TensorFlow).
-    """
+def pipeline_model() -> type[StrictModel]:
+    """The pydantic model of a whole pipeline.yaml; experiment entries are checked against
+    ``w2v2ser.train.ExperimentConfig``'s fields (which loads no stage 2 library: stage 1 never
+    loads TensorFlow)."""
     from w2v2ser.extract._registry import EXTRACTORS
+    from w2v2ser.train import ExperimentConfig, Recipe
 
     features = create_model("Features", __base__=StrictModel, __doc__="Extractor name -> its options.",
-                            **{name: (Optional[_feature_model(name)], None) for name in EXTRACTORS})
+                            **{name: (_feature_model(name), None) for name in EXTRACTORS})
     store = create_model("Store", __base__=StrictModel, __doc__="One feature store per corpus.",
                          corpora=(_Names, None), features=(features, ...))
     extraction = create_model(
@@ -232,32 +234,26 @@ def pipeline_model(*, experiments: bool = True) -> type[StrictModel]:
         device=(Optional[str], None), batch_seconds=(Optional[Annotated[float, Field(gt=0)]], None),
         shard_size=(Annotated[int, Field(ge=1)], SHARD_SIZE),
         stores=(Annotated[dict[_StoreName, store], Field(min_length=1)], ...))
-    if experiments:
-        from w2v2ser.train import ExperimentConfig, Recipe
-
-        recipe = dataclass_model(Recipe, drop=("name",), optional=True, name="RecipeOverrides")
-        grid = create_model("Grid", __doc__="Experiment key -> list of values (cartesian product).",
-                            __base__=dataclass_model(ExperimentConfig, drop=("stores",), as_lists=True,
-                                                     name="GridAxes"),
-                            corpus=(Optional[Annotated[list[str], Field(min_length=1)]], None),
-                            recipe_overrides=(Optional[Annotated[list[recipe], Field(min_length=1)]], None))
-        experiment = create_model("Experiment", __doc__="Experiment settings (w2v2ser.train.ExperimentConfig).",
-                                  __base__=dataclass_model(ExperimentConfig, drop=("stores",), optional=True,
-                                                           name="ExperimentSettings"),
-                                  corpus=(Optional[str], None), grid=(Optional[grid], None),
-                                  recipe_overrides=(Optional[recipe], None),
-                                  sweep=(bool, Field(False, description="a layer sweep: a Dense probe per layer "
-                                                     "of features plus the weighted average (w2v2ser sweep)")))
-        experiment_section: Any = Optional[dict[str, experiment]]
-    else:
-        experiment_section = Optional[dict[str, ExperimentKeys]]
+    recipe = dataclass_model(Recipe, drop=("name",), optional=True, name="RecipeOverrides")
+    grid = create_model("Grid", __doc__="Experiment key -> list of values (cartesian product).",
+                        __base__=dataclass_model(ExperimentConfig, drop=("stores",), as_lists=True,
+                                                 name="GridAxes"),
+                        corpus=(Optional[Annotated[list[str], Field(min_length=1)]], None),
+                        recipe_overrides=(Optional[Annotated[list[recipe], Field(min_length=1)]], None))
+    experiment = create_model("Experiment", __doc__="Experiment settings (w2v2ser.train.ExperimentConfig).",
+                              __base__=dataclass_model(ExperimentConfig, drop=("stores",), optional=True,
+                                                       name="ExperimentSettings"),
+                              corpus=(Optional[str], None), grid=(Optional[grid], None),
+                              recipe_overrides=(Optional[recipe], None),
+                              sweep=(bool, Field(False, description="a layer sweep: a Dense probe per layer "
+                                                 "of features plus the weighted average (w2v2ser sweep)")))
     return create_model(
         "Pipeline", __base__=StrictModel, __doc__="w2v2ser pipeline.yaml",
         output=(Optional[str], None),
         cluster=(ClusterConfig, ClusterConfig()),
         corpora=(Annotated[dict[str, Optional[CorpusEntry]], Field(min_length=1)], ...),
         extraction=(extraction, ...),
-        experiments=(experiment_section, None),
+        experiments=(Optional[dict[str, experiment]], None),
         reports=(Optional[dict[str, Optional[ReportEntry]]], None),
     )
 
@@ -275,7 +271,7 @@ class _FileJsonSchema(GenerateJsonSchema):
 
 def pipeline_json_schema() -> dict[str, Any]:
     """JSON Schema of pipeline.yaml (for editors: ``w2v2ser run --schema > pipeline.schema.json``)."""
-    schema = pipeline_model(experiments=True).model_json_schema(schema_generator=_FileJsonSchema)
+    schema = pipeline_model().model_json_schema(schema_generator=_FileJsonSchema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     # The shorthands the loader's before-validators take: `cluster: none` (a kind alone), null.
     cluster = schema["properties"]["cluster"]
@@ -443,29 +439,6 @@ def _layer_count(model: str) -> int | None:
 
 
 # --- checks that need the rest of the file ----------------------------------------------------
-
-def _prepare(raw: dict, base: Path) -> None:
-    """Before checking: make local model paths absolute and pass extraction-wide defaults
-    (``device``, ``batch_seconds``) to every extractor that has such an option."""
-    from dataclasses import fields as dataclass_fields
-
-    from w2v2ser.extract._registry import EXTRACTORS, extractor_config_class
-
-    extraction = raw.get("extraction")
-    if not isinstance(extraction, dict) or not isinstance(extraction.get("stores"), dict):
-        return
-    defaults = {k: extraction.get(k) for k in ("device", "batch_seconds") if extraction.get(k) is not None}
-    for entry in extraction["stores"].values():
-        features = entry.get("features") if isinstance(entry, dict) else None
-        if not isinstance(features, dict):
-            continue
-        for name, options in list(features.items()):
-            options = {} if options is None else options
-            if name not in EXTRACTORS or not isinstance(options, dict):
-                continue
-            known = {f.name for f in dataclass_fields(extractor_config_class(name))}
-            features[name] = {**{k: v for k, v in defaults.items() if k in known}, **_local_model(options, base)}
-
 
 def _choice(value: Any, choices: Sequence[str], where: str) -> str:
     """A reference to a name defined elsewhere in the file (a corpus): a choice known only at load time."""
@@ -664,9 +637,9 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     Args:
         path: The pipeline.yaml; relative paths inside it start at its folder.
         overrides: ``key.path=value`` strings (``--set``), applied before checking.
-        validate_experiments: Check experiment settings against ``w2v2ser.train``'s config classes
-            (which load no stage 2 library); False leaves them unchecked (the extraction child
-            process of a `run` whose parent checked them).
+        validate_experiments: Build each experiment's ``w2v2ser.train.ExperimentConfig`` (which
+            loads no stage 2 library); False checks only their keys and types against the schema
+            (the extraction child process of a `run` whose parent built them).
 
     Returns:
         The checked :class:`PipelineConfig`.
@@ -687,12 +660,13 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw = expand_env(apply_overrides(raw, overrides))
     base = path.parent
-    _prepare(raw, base)
+    extraction = raw.get("extraction") if isinstance(raw.get("extraction"), dict) else {}
+    defaults = {k: extraction[k] for k in ("device", "batch_seconds") if extraction.get(k) is not None}
     for group, entry in (raw.get("experiments") or {}).items() if isinstance(raw.get("experiments"), dict) else ():
         if isinstance(entry, dict) and "stores" in entry:
             raise ConfigError(f"experiments.{group}.stores: set by the pipeline from the store prefix of each "
                               f"selection (e.g. features: w2v2_pt/wav2vec2:all); remove it")
-    checked: Any = validate(pipeline_model(experiments=validate_experiments), raw)
+    checked: Any = validate(pipeline_model(), raw, context={"base": base, "defaults": defaults})
     output = _resolve_path(checked.output or "runs", base, "output", must_exist=False) or base / "runs"
     corpora = _parse_corpora(checked.corpora, base)
     stores = _parse_stores(checked.extraction, raw, corpora)

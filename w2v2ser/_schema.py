@@ -75,12 +75,13 @@ def dataclass_model(cls: type, *, drop: tuple[str, ...] = (), optional: bool = F
     return create_model(name or cls.__name__, __base__=StrictModel, __doc__=doc, **fields)
 
 
-def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: type[Exception] = ConfigError) -> Any:
+def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: type[Exception] = ConfigError,
+             context: Any = None) -> Any:
     """``data`` checked against a pydantic model or any type (e.g. ``Literal["a", "b"]``), raising
-    ``error`` (a ConfigError; key paths start at ``where``)."""
+    ``error`` (a ConfigError; key paths start at ``where``); ``context`` reaches the validators."""
     adapter = TypeAdapter(model)
     try:
-        return adapter.validate_python(data)
+        return adapter.validate_python(data, context=context)
     except ValidationError as problem:
         message = str(config_error(problem, adapter.json_schema(), where=where, what=what))
         raise error(message) from None

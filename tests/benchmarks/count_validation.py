@@ -45,6 +45,8 @@ UNITS: dict[str, list[str]] = {
         "_resolve_path", "_prepare", "_parse_corpora", "_feature_config", "_parse_extraction", "_parse_stores",
         "_parse_cluster", "_SELECTION", "_check_selection", "_train_fields", "_check_experiment",
         "_expand_experiments", "_expand_group", "_parse_reports", "load_pipeline",
+        # added after 654b666: SLURM value checks, a model's layer count, the YAML error hint
+        "_slurm_memory", "_WALLTIME", "_slurm_walltime", "_layer_count", "_unquoted_variable_hint",
     ],
     "w2v2ser/_schema.py": ["*"],
     "w2v2ser/_common.py": ["did_you_mean"],
@@ -71,7 +73,7 @@ UNITS: dict[str, list[str]] = {
 # names): a static schema cannot express these, so they are also reported apart.
 CROSS_REFERENCE = {"_resolve_path", "_prepare", "_parse_corpora", "_feature_config", "_parse_extraction",
                    "_parse_stores", "_SELECTION", "_check_selection", "_expand_experiments", "_expand_group", "_parse_reports",
-                   "load_pipeline"}
+                   "load_pipeline", "_layer_count"}
 
 
 def _source(revision: str | None, path: str) -> str | None:

@@ -195,16 +195,18 @@ def test_a_store_with_other_frames_or_row_order_retrains_its_runs(tmp_path, capl
 
 
 @pytest.mark.parametrize("norm", ["speaker", "global", "none"])
-def test_utterances_the_protocol_drops_but_statistics_read_are_fingerprinted(tmp_path, norm):
-    """Found in review: speaker (and global) statistics compose every utterance of a speaker, also
-    those whose labels the protocol drops (IEMOCAP's frustrated ones), while the data fingerprint
-    hashed the split utterances only: a store that re-extracted such an utterance with other frames
-    changed the frames training sees, and the finished runs were still reused as current."""
+def test_utterances_the_protocol_drops_do_not_move_the_statistics(tmp_path, norm):
+    """IEMOCAP's released code filters the 4 classes before it computes the statistics (per subject,
+    global over the training partition), and a subset's statistics are composed over its own
+    utterances: so are the protocol's. Speaker and global statistics composed every utterance of
+    a speaker, also those whose labels the protocol drops (xxx, fru...: 45 % of IEMOCAP), which
+    moved the speaker means by up to 42 in an eGeMAPS column of a synthetic release tree. Frames
+    of dropped utterances changed what training sees (and so the data fingerprint)."""
     import dataclasses
 
     from stage2_fixtures import iemocap_utterances
     from w2v2ser.train import partition_arrays
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._experiment import data_fingerprint
 
     utts = iemocap_utterances(per_speaker=6)
     speaker = utts[0].speaker
@@ -221,19 +223,8 @@ def test_utterances_the_protocol_drops_but_statistics_read_are_fingerprinted(tmp
         fingerprints.append(data_fingerprint(cfg))
         arrays = partition_arrays(cfg, spec)["train"]
         frames.append(np.concatenate([x for x, g in zip(arrays.x, arrays.groups) if g == speaker]))
-    a, b = fingerprints
-    assert a.split(".")[:2] == b.split(".")[:2]  # the same split utterances with the same frames
-    if norm == "none":  # no statistics: the same frames reach training, and the runs stay current
-        np.testing.assert_array_equal(frames[0], frames[1])
-        assert a == b
-        return
-    assert not np.allclose(frames[0], frames[1])  # what training sees has changed ...
-    assert a != b  # ... and so has the fingerprint: the runs are trained again
-    key = cfg.config_key()
-    assert not run_is_current({"config_key": key, "data_fingerprint": a}, key, b)
-    # Runs recorded before the statistics' utterances were hashed stay current, unchecked for them.
-    assert run_is_current({"config_key": key, "data_fingerprint": a.rpartition(".")[0]}, key, b)
-    assert run_is_current({"config_key": key, "data_fingerprint": a.partition(".")[0]}, key, b)
+    np.testing.assert_array_equal(frames[0], frames[1])  # the dropped utterances' frames are never read
+    assert fingerprints[0] == fingerprints[1]  # so the runs of one store stay current for the other
 
 
 def _store_with_a_half_failed_utterance(path, utterances, extra, shift: float):

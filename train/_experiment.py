@@ -99,7 +99,8 @@ class _Data:
     labels: list[str]
     classes: tuple[str, ...]
     # The utterances normalisation statistics are composed over: a subset's own (song files do
-    # not move a speech-only run's speaker means); None: all of each speaker's, the store's tables.
+    # not move a speech-only run's speaker means) whose labels the protocol keeps; None: all of
+    # each speaker's, the store's tables.
     statistics_ids: list[str] | None = None
     norm: str = "speaker"  # the normalisation, which decides whether statistics are read at all
 
@@ -167,6 +168,14 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
         done = select_subset(done, config.subset, store=str(config.stores[main_alias]))
         statistics_ids = [r.id for r in done]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
+    if len(records) < len(done):
+        # Labels the protocol drops (IEMOCAP's xxx, fru...) do not move the statistics either: the
+        # released code filters the 4 classes before it computes them, as a subset's are its own.
+        # Else the same rows as before: a subset's, or all (any status: frames of a row whose other
+        # feature failed still count).
+        statistics_ids = ([r.id for r in records] if statistics_ids is not None else
+                          [r.id for r in stores[main_alias].list_utterances(status=None)
+                           if protocol.map_label(r.label) is not None])
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
         _report_mixed_rates(config, stores, sels, {r.id for r in records})
@@ -479,8 +488,8 @@ def _data_fingerprint(data: _Data) -> str:
 def _statistics_part(data: _Data) -> str:
     """Hash of the utterances outside the split ones whose frames the normalisation statistics
     compose (speaker or global: every utterance of the speakers trained and tested on that holds
-    the feature, or a subset's own; e.g. IEMOCAP's frustrated utterances, which the protocol drops,
-    move their speakers' means): their ids, speakers and frame checksums. A store that re-extracted
+    the feature, or a subset's own, of the labels the protocol keeps): their ids, speakers and
+    frame checksums (none when the statistics compose the split utterances only). A store that re-extracted
     one of them with other frames changes what training sees, though not the split utterances."""
     if data.norm == "none":  # no statistics are read
         return hashlib.sha256(b"none").hexdigest()[:16]

@@ -1158,3 +1158,20 @@ def test_extract_prints_the_first_reader_problems_and_counts_the_rest(tmp_path, 
     assert f"skipped ... and 4 more, recorded in the store (`w2v2ser store info {store} --json`)" in err
     assert main(["store", "info", str(store), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["reader_skipped"]) == 24
+
+
+def test_extract_of_an_incomplete_iemocap_copy_names_the_sessions_found(tmp_path, capsys):
+    """A copy holding Session1-3 only was extracted without a word; `train` refused it afterwards
+    (leave one session out needs all 5), once the long wav2vec2 extraction was done."""
+    from fixtures_audio import build_iemocap_tree
+    from w2v2ser._cli import main
+
+    build_iemocap_tree(tmp_path / "iemocap", sessions=(1, 2, 3), dialogs=("impro01",))
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(tmp_path / "s.zarr"),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "note: IEMOCAP sessions found: Session1, Session2, Session3; the release has Session1..Session5" in err
+    build_iemocap_tree(tmp_path / "iemocap", sessions=(4, 5), dialogs=("impro01",))
+    assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(tmp_path / "s.zarr"),
+                 "--features", "spectrogram", "--no-progress"]) == 0
+    assert "IEMOCAP sessions found" not in capsys.readouterr().err

@@ -96,6 +96,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if len(manifest.problems) > _SHOWN_FAILURES:  # a session without sentences/wav: 2,000 lines
         print(f"skipped ... and {len(manifest.problems) - _SHOWN_FAILURES} more, recorded in the store (`w2v2ser "
               f"store info {args.store or f'stores/{args.corpus}.zarr'} --json`)", file=sys.stderr)
+    sessions = sorted({u.session for u in manifest.utterances}) if manifest.corpus == "iemocap" else []
+    if 0 < len(sessions) < 5:  # else told only by train, after a long extraction
+        print(f"note: IEMOCAP sessions found: {', '.join(sessions)}; the release has Session1..Session5, and the "
+              f"iemocap protocol (leave one session out) needs all 5: check that the copy under {args.path} is "
+              f"complete (a later extract of the whole folder adds the missing sessions to the store)",
+              file=sys.stderr)
     configs = _extractor_configs(args)
     extractors = [build_extractor(name, config, recorded=bool(args.like)) for name, config in configs.items()]
     from w2v2ser.store import locate_store

@@ -723,3 +723,25 @@ def test_run_stage_evaluate_does_not_show_a_layer_sweep_of_another_configuration
     assert "not trained for this configuration (units 8 -> 16)" in report.read_text()
     assert run_pipeline(pipeline, stage="evaluate") == 0
     assert "not trained for this configuration" not in report.read_text()
+
+
+def test_run_names_the_unreadable_corpus_for_the_experiments_on_it(tmp_path: Path, capsys) -> None:
+    """An IEMOCAP path pointing at a session folder failed the extraction with the reason; the
+    training stage then said the store "has not been extracted ...; run the extract stage first",
+    which the run had just done."""
+    from fixtures_audio import build_iemocap_tree
+    from w2v2ser._run import run_pipeline
+
+    build_iemocap_tree(tmp_path / "IEMOCAP_full_release", sessions=(1,), dialogs=("impro01",))
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "runs", "cluster": {"kind": "none"},
+        "corpora": {"iemocap": {"kind": "iemocap", "path": "IEMOCAP_full_release/Session1"}},
+        "extraction": {"stores": {"classic": {"features": {"spectrogram": {}}}}},
+        "experiments": {"t": {"grid": {"corpus": ["iemocap"]}, "features": "classic/spectrogram", "seeds": 1}}}))
+    assert run_pipeline(pipeline, stage=None) == 1
+    err = capsys.readouterr().err
+    assert "train t/iemocap: FAILED (corpus 'iemocap' cannot be read; reason above)" in err, err
+    assert "run the extract stage first" not in err
+    (report,) = tmp_path.rglob("report.md")
+    assert "corpus 'iemocap' cannot be read (fix that" in report.read_text()

@@ -467,11 +467,16 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             missing = [store for store, path in paths.items() if not path.exists()]
             if missing:
                 store, path = missing[0], paths[missing[0]]
-                reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has not "
-                             f"been extracted ({path} does not exist); run the extract stage first: the same "
-                             f"`w2v2ser run` command with --stage extract, or without --stage",
-                             f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
+                unread = f"corpus {experiment.corpus!r} cannot be read"
+                if unread in reasons.said.values():  # the extract stage failed on the corpus path: not a missing stage
+                    _say(f"train {experiment.name}: FAILED ({unread}; reason above)")
+                else:
+                    reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has "
+                                 f"not been extracted ({path} does not exist); run the extract stage first: the "
+                                 f"same `w2v2ser run` command with --stage extract, or without --stage",
+                                 f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
                 _mark_not_trained(config, experiment,
+                                  unread if unread in reasons.said.values() else
                                   f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
                                   marker="failed.json")
                 outcome.failed.append(experiment.name)

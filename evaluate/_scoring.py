@@ -221,8 +221,12 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         raise PredictError(f"store {main.path} holds no done utterance with the features run dir {run_dir} reads.")
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
     grouped = speaker_groups(r.speaker for r in records)
+    statistics = [r.id for r in records] if subset else None
+    kept = [r for r in records if get_protocol(plan.config.protocol).map_label(r.label) is not None]
+    if kept and len(kept) < len(records) and {r.speaker for r in kept} == {r.speaker for r in records}:
+        statistics = [r.id for r in kept]  # as training composed them: IEMOCAP's xxx, fru... left out
     probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
-                                           utterances=[r.id for r in records] if subset else None)
+                                           utterances=statistics)
     crop = _crop_seconds(plan) or float("inf")
     silent = set(main.attrs.get("silent_audio", []))
     predictions = []

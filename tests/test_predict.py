@@ -1385,3 +1385,28 @@ def test_setting_differences_name_a_key_one_side_lacks() -> None:
     # records and another does not is no difference there, so it is not named first (second review).
     newer = {**found, "dim": 5}
     assert _predict._setting_differences(newer, trained, absent_differs=False) == "dim: 5, not 4"
+
+
+def test_predict_store_of_an_iemocap_run_gives_what_training_measured(tmp_path: Path) -> None:
+    """Training composes a speaker's statistics over the labels the protocol keeps (IEMOCAP's xxx,
+    fru... left out); predict_store composed them over all of the speaker's utterances, so on the
+    run's own test session it no longer gave what training measured."""
+    from stage2_fixtures import build_store
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    store = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=3, dim=4, features=("wav2vec2",))
+    assert "fru" in {r.label for r in open_store(store).list_utterances()}  # a label the protocol drops
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="dense", norm="speaker",
+                              protocol="iemocap", recipe="official", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    metrics = json.loads((tmp_path / "run" / "runs" / "session1__seed0" / "metrics.json").read_text())
+    test = metrics["split"]["test"]
+    preds, score = predict_store(tmp_path / "run", store, run="session1__seed0", subset={"speaker": test})
+    assert score.uar == pytest.approx(100 * metrics["uar"]) and score.confusion == metrics["confusion"]
+    expected = {row["id"]: float(row["p_neutral"]) for row in
+                csv.DictReader(open(tmp_path / "run" / "runs" / "session1__seed0" / "predictions.csv"))}
+    got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)

@@ -389,6 +389,21 @@ class _Counts(StrictModel):
 
 
 
+def _check_utterances(utterances: Any) -> list[Utterance]:
+    """The utterances as a list of Utterance objects, or a ConfigError that says how to get them: rows given as dicts (e.g. a
+    DataFrame's ``to_dict("records")``) failed deep inside with "'dict' object has no attribute 'id'"."""
+    example = ("expected a list of w2v2ser.store.Utterance, e.g. read_corpus(KIND, PATH).utterances, or "
+               "Utterance(**row) for rows of your own (id, path, speaker, label, ...)")
+    if isinstance(utterances, (str, bytes, os.PathLike, Utterance, Mapping)) or not hasattr(utterances, "__iter__"):
+        raise ConfigError(f"extract_corpus: utterances is a {type(utterances).__name__}; {example}")
+    utterances = list(utterances)  # a generator is read once, here
+    for i, utterance in enumerate(utterances):
+        if not isinstance(utterance, Utterance):
+            raise ConfigError(f"extract_corpus: utterances[{i}] is a {type(utterance).__name__} "
+                              f"({repr(utterance)[:80]}); {example}")
+    return utterances
+
+
 def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_workers: Any,
                               cpu_workers: Any) -> list[Extractor]:
     """extract_corpus's options as the CLI checks them; one extractor may be given bare."""
@@ -482,6 +497,7 @@ def extract_corpus(
     if isinstance(utterances, Manifest):  # passed whole: its utterances, and its kind for the notes
         corpus = utterances.corpus if corpus is None else corpus
         utterances = utterances.utterances
+    utterances = _check_utterances(utterances)
     summary = ExtractionSummary(store=store_path.display, corpus=corpus or "")
     with lock_store(store_path), _object_store_failures(store_path, summary):
         # A new store is created only once the features' specs are known: a config refused at the

@@ -556,6 +556,24 @@ def test_extract_corpus_into_a_path_that_is_a_file_is_a_store_error(corpus, tmp_
     assert blocker.read_text() == "a file"
 
 
+def test_extract_corpus_given_rows_that_are_not_utterances_says_how_to_make_them(corpus, tmp_path):
+    """Found by a notebook session: rows given as dicts (a DataFrame's to_dict("records")) raised a raw
+    AttributeError "'dict' object has no attribute 'id'"; a generator of Utterances is taken."""
+    import dataclasses
+
+    from w2v2ser import ConfigError
+
+    rows = [dataclasses.asdict(u) for u in corpus]
+    for given, expected in ((rows, r"utterances\[0\] is a dict \(\{'id': "), (corpus[0], "utterances is a Utterance;"),
+                            (str(tmp_path), "utterances is a str;")):
+        with pytest.raises(ConfigError, match=expected + r".*expected a list of w2v2ser\.store\.Utterance, e\.g\. "
+                                                         r"read_corpus\(KIND, PATH\)\.utterances, or Utterance\(\*\*row\)"):
+            extract_corpus(given, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+    summary = extract_corpus((u for u in corpus), tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert summary.extracted == 7
+
+
 def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
     summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=EnergyExtractor(), progress=False)
     assert summary.complete and summary.extracted == 7

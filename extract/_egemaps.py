@@ -142,6 +142,9 @@ class EgemapsExtractor:
         self._worker: Any = None
         self._described: tuple[list[str], str] | None = None
 
+    def __repr__(self) -> str:  # the config, not the default <... object at 0x...>
+        return f"{type(self).__name__}({self.config!r})"
+
     def _call(
         self, function: str, arrays: Sequence[np.ndarray] = (), rates: Sequence[int] = ()
     ) -> tuple[Any, list[np.ndarray]]:

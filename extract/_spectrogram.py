@@ -176,6 +176,9 @@ class SpectrogramExtractor:
         self.config = config if config is not None else SpectrogramConfig()
         self._windows: dict[int, np.ndarray] = {}
 
+    def __repr__(self) -> str:  # the config, not the default <... object at 0x...>
+        return f"{type(self).__name__}({self.config!r})"
+
     def _window(self, length: int) -> np.ndarray:
         if length not in self._windows:
             self._windows[length] = _window(self.config.window, length)

@@ -191,6 +191,9 @@ class Wav2Vec2Extractor:
         # "device_to_host"; the device is synchronised between stages while it is set.
         self.on_stage: Callable[[str, float], None] | None = None
 
+    def __repr__(self) -> str:  # the config, not the default <... object at 0x...>
+        return f"{type(self).__name__}({self.config!r})"
+
     def __getstate__(self) -> dict[str, Any]:
         # Ship only the config and the resolved source to workers; they load the model themselves.
         state = dict(self.__dict__)

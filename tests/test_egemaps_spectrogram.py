@@ -527,3 +527,14 @@ def test_egemaps_of_float_audio_beyond_full_scale_saturates_instead_of_wrapping(
     np.testing.assert_array_equal(got_loud, got_clipped)
     assert np.isfinite(got_loud).all()
     # Inside full scale the stored frames stay openSMILE's own: test_native_egemaps_store_equals_opensmile_process_file.
+
+
+@pytest.mark.parametrize("name, options, shown", [
+    ("spectrogram", {"hop_ms": 20.0}, "SpectrogramExtractor(SpectrogramConfig(window_ms=25.0, hop_ms=20.0, "),
+    ("egemaps", {}, "EgemapsExtractor(EgemapsConfig(feature_set='eGeMAPSv02', "),
+    ("hubert", {"model": "tiny/model"}, "HubertExtractor(HubertConfig(model='tiny/model', ")])
+def test_the_repr_of_an_extractor_shows_its_config(name, options, shown):
+    """Found by a notebook session: a cell ending in the extractors list showed <... object at 0x...>."""
+    from w2v2ser.extract import build_extractor
+
+    assert repr(build_extractor(name, options)).startswith(shown)

@@ -389,6 +389,9 @@ class _Counts(StrictModel):
 
 
 
+_TEXT_FIELDS = ("id", "path", "speaker", "label", "session", "split", "gender", "corpus")
+
+
 def _check_utterances(utterances: Any) -> list[Utterance]:
     """The utterances as a list of Utterance objects, or a ConfigError that says how to get them: rows given as dicts (e.g. a
     DataFrame's ``to_dict("records")``) failed deep inside with "'dict' object has no attribute 'id'"."""
@@ -401,6 +404,15 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
         if not isinstance(utterance, Utterance):
             raise ConfigError(f"extract_corpus: utterances[{i}] is a {type(utterance).__name__} "
                               f"({repr(utterance)[:80]}); {example}")
+        # label=None was stored as the class 'None', speaker=5 failed in a sort with a raw TypeError
+        for name in _TEXT_FIELDS:
+            value = getattr(utterance, name)
+            if not isinstance(value, str) and not (name == "path" and isinstance(value, os.PathLike)):
+                raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has {name}={value!r} "
+                                  f"({type(value).__name__}); expected a string (e.g. str(value), or '' for none)")
+        if not isinstance(utterance.extra, Mapping):
+            raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra={utterance.extra!r}; "
+                              f"expected a mapping of field names to values")
     return utterances
 
 

@@ -558,7 +558,8 @@ def test_extract_corpus_into_a_path_that_is_a_file_is_a_store_error(corpus, tmp_
 
 def test_extract_corpus_given_rows_that_are_not_utterances_says_how_to_make_them(corpus, tmp_path):
     """Found by a notebook session: rows given as dicts (a DataFrame's to_dict("records")) raised a raw
-    AttributeError "'dict' object has no attribute 'id'"; a generator of Utterances is taken."""
+    AttributeError "'dict' object has no attribute 'id'", label=None was stored as the class 'None' and
+    speaker=5 failed with a raw TypeError; a generator of Utterances is taken."""
     import dataclasses
 
     from w2v2ser import ConfigError
@@ -570,7 +571,14 @@ def test_extract_corpus_given_rows_that_are_not_utterances_says_how_to_make_them
                                                          r"read_corpus\(KIND, PATH\)\.utterances, or Utterance\(\*\*row\)"):
             extract_corpus(given, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
     assert not (tmp_path / "s.zarr").exists()
-    summary = extract_corpus((u for u in corpus), tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    for field, value in (("label", None), ("speaker", 5), ("session", 1.0)):
+        rows = [dataclasses.replace(corpus[1], **{field: value})] + corpus[2:]
+        with pytest.raises(ConfigError, match=rf"extract_corpus: utterance '{corpus[1].id}' has {field}={value!r} "
+                                              rf"\({type(value).__name__}\); expected a string"):
+            extract_corpus(rows, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+    given = (dataclasses.replace(u, path=Path(u.path)) for u in corpus)  # a generator, and paths as Path
+    summary = extract_corpus(given, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
     assert summary.extracted == 7
 
 

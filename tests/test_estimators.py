@@ -365,6 +365,11 @@ def test_score_after_a_fit_on_feature_batches_is_the_uar_of_predict(tmp_path):
     assert head.score(batches, predicted) == 1.0  # whichever classes it predicts
     with pytest.raises(DataError, match=r"got number labels \(e.g. 0\) but the classes_ are strings"):
         head.score(batches, batches.labels)
+    other_order = FeatureBatches(items, [Source("main", store, selection, normaliser)], classes=sorted(classes),
+                                 batch_size=8, max_frames=20)
+    with pytest.raises(ConfigError, match=r"the training batches' classes are \['sad', 'neutral', 'angry'\] but the "
+                                          r"validation batches' \['angry', 'neutral', 'sad'\]; build both"):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches, validation_data=other_order)
 
 
 @pytest.mark.parametrize("cls", [DenseHead, LSTMHead, FusionHead])

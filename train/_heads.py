@@ -410,6 +410,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         streaming = hasattr(x, "as_tf_dataset")
         if streaming:
             self.classes_ = np.array(list(self.classes or x.classes))
+            given = getattr(validation_data, "classes", None)
+            if given is not None and list(given) != list(x.classes):
+                # their labels are indices into their own classes: early stopping scored the wrong ones
+                raise ConfigError(f"{type(self).__name__}.fit: the training batches' classes are {list(x.classes)} "
+                                  f"but the validation batches' {list(given)}; build both FeatureBatches with the "
+                                  f"same classes, in the same order")
         else:
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")

@@ -148,14 +148,18 @@ class FeatureStore:
         )
 
     def _gone(self) -> StoreGoneError | None:
-        """The error for a local store moved or deleted under this reader, None while it is there.
+        """The error for a store moved or deleted under this reader, None while it is there.
 
-        Its files then read as fill values or missing arrays: not damage, and `verify --repair` or
-        "copy zarr.json back" of a path that holds nothing would be wrong advice."""
+        Its files (objects) then read as fill values or missing arrays: not damage, and `verify
+        --repair` or "copy zarr.json back" of a path that holds nothing would be wrong advice."""
         try:
             root = getattr(self, "_root", None)
-            there = root is None or (root / "zarr.json").exists()
-        except OSError:  # cannot tell (permission): the caller's own error stands
+            location = getattr(self, "location", None)
+            if root is not None:
+                there = (root / "zarr.json").exists()
+            else:  # on object storage: the root object (a HEAD request), gone with a moved prefix
+                there = location is None or location.is_local or location.exists("zarr.json")
+        except Exception:  # noqa: BLE001 -- cannot tell (permission, endpoint): the caller's own error stands
             there = True
         if there:
             return None

@@ -276,12 +276,22 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
         except (KeyError, ValueError, TypeError) as exc:  # missing, or unparseable (JSON, metadata) zarr.json;
             # an I/O, network or permission error (OSError) is not damage and goes on as it is.
             # Not repairable by re-extracting utterances: the array itself cannot be found.
-            where = getattr(group.store_path.store, "root", None) or str(group.store_path)
+            store = group.store_path.store
+            where = getattr(store, "root", None) or _store_url(store) or str(group.store_path)
             raise StoreError(
                 f"store {where} is damaged: array {key} cannot be opened, its metadata file {key}/zarr.json is "
                 f"missing or unreadable ({type(exc).__name__}: {exc}). Copy that file back from a backup or an "
                 f"earlier copy of the store if you have one; otherwise extract into a new store "
                 f"(`store verify --repair` re-extracts utterances, it cannot restore an array).") from None
+
+
+def _store_url(store: Any) -> str | None:
+    """The URL of an fsspec-backed Zarr store (``s3://bucket/x.zarr``), None for any other."""
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is None or path is None:
+        return None
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return f"{protocol}://{str(path).rstrip('/')}"
 
 
 def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> list[str]:

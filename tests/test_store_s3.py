@@ -789,3 +789,17 @@ def test_a_store_moved_to_another_prefix_while_read_is_gone_not_damaged(s3_serve
     store = open_store(moved)
     assert store.verify().ok
     np.testing.assert_array_equal(store.read_utterance(ids[1], "w2v"), built.stored("w2v", 1))
+
+
+def test_a_missing_array_metadata_object_is_damage_named_by_the_store_url(s3_server):
+    """Real damage on object storage (the root object is there): the message named the store
+    `<FsspecStore(S3FileSystem, bucket/...)>`, not the URL the user gave."""
+    from w2v2ser.store import StoreGoneError
+
+    url = f"s3://{BUCKET}/t{next(_names)}/meta.zarr"
+    build_store(url, lengths=[20, 9], units=1)
+    reader = open_store(url)
+    locate_store(url).delete("features/w2v/offset/zarr.json")
+    with pytest.raises(StoreError, match=rf"store {url} is damaged: array features/w2v/offset cannot be opened") as e:
+        reader.read_utterance("u000", "w2v")
+    assert not isinstance(e.value, StoreGoneError)

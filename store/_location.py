@@ -89,6 +89,7 @@ class StoreLocation:
 
         if self.is_local:
             return local_zarr_store(self.path, read_only=read_only)
+        _cancel_pending_requests_at_exit()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
@@ -165,6 +166,47 @@ class StoreLocation:
         except FileNotFoundError:
             return []
         return sorted(str(p)[start:] for p in found)
+
+
+_exit_hook: list[bool] = []
+
+
+def _cancel_pending_requests_at_exit() -> None:
+    """Once per process that reads or writes an object store: at exit, cancel the requests still
+    pending on zarr's I/O loop, each in its own task, before zarr stops that loop. An endpoint lost
+    mid-read fails the read at its first error while the read's other requests still wait out their
+    retries; left to the closed loop, each was torn down at exit as a traceback ("Exception ignored
+    in: <coroutine object concurrent_map...> ... was created in a different Context"), hundreds of
+    lines after the command's one-line error."""
+    if _exit_hook:
+        return
+    import atexit
+
+    import zarr.core.sync  # noqa: F401 -- its own exit hook first: hooks run last-registered first
+
+    _exit_hook.append(True)
+    atexit.register(_cancel_pending_requests)
+
+
+def _cancel_pending_requests() -> None:
+    import asyncio
+
+    from zarr.core.sync import loop as zarr_loop
+
+    loop = zarr_loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=10)
+    except Exception:  # noqa: BLE001 -- exiting anyway: zarr closes the loop next
+        pass
 
 
 def unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachableError:

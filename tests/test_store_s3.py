@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -803,3 +804,34 @@ def test_a_missing_array_metadata_object_is_damage_named_by_the_store_url(s3_ser
     with pytest.raises(StoreError, match=rf"store {url} is damaged: array features/w2v/offset cannot be opened") as e:
         reader.read_utterance("u000", "w2v")
     assert not isinstance(e.value, StoreGoneError)
+
+
+def test_an_endpoint_lost_mid_read_leaves_no_tracebacks_at_exit(s3_server, tmp_path):
+    """Found running `train` from S3 with the endpoint cut: after the one-line error, exit printed
+    hundreds of lines of "Exception ignored in: <coroutine object concurrent_map...> ... was created
+    in a different Context": the read's other requests, still retrying, torn down by the closed loop."""
+    import subprocess
+
+    url = f"s3://{BUCKET}/t{next(_names)}/lost.zarr"
+    build_store(url, lengths=[40] * 24, units=6)
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import os
+from test_store_s3 import _Proxy
+from w2v2ser.store import StoreUnreachableError, open_store
+proxy = _Proxy({s3_server!r})
+os.environ["AWS_ENDPOINT_URL"] = proxy.url
+store = open_store({url!r})
+ids = [u.id for u in store.list_utterances()]
+store.read_batch(ids[:1], "w2v")
+proxy.down()
+try:
+    store.read_batch(ids, "w2v")
+except StoreUnreachableError as error:
+    print("unreachable:", str(error)[:60])
+"""
+    env = {**os.environ, "AWS_MAX_ATTEMPTS": "3"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "unreachable: cannot use store" in done.stdout, done.stderr[-3000:]
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]

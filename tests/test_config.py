@@ -707,3 +707,21 @@ def test_extraction_defaults_and_local_model_paths_reach_each_extractor(tmp_path
     with pytest.raises(ConfigError, match=r"extraction.batch_seconds: expected a value > 0.0, got 0.\n  "
                        r"extraction.stores.w2v2_pt.features.wav2vec2.batch_seconds: expected a value > 0.0, got 0."):
         load_pipeline(_write(tmp_path, data), validate_experiments=False)
+
+
+@pytest.mark.parametrize("key", ["output", "corpus"])
+def test_a_url_as_output_or_corpus_path_is_refused_not_made_a_local_folder(tmp_path: Path, key: str) -> None:
+    """`output: s3://feat/pipe` wrote every store into a local folder `s3:/feat/pipe` beside the
+    pipeline file, with no word: the user believed the stores were on object storage."""
+    from w2v2ser._config import load_pipeline
+
+    data = _base()
+    if key == "output":
+        data["output"] = "s3://feat/pipe"
+    else:
+        data["corpora"]["ravdess"]["path"] = "s3://feat/audio"
+    where = "output" if key == "output" else r"corpora\.ravdess\.path"
+    with pytest.raises(ConfigError, match=rf"{where}: 's3://feat/.*' is a URL; `w2v2ser run` keeps .* local "
+                                          r"folders.*--store s3://bucket/x\.zarr"):
+        load_pipeline(_write(tmp_path, data))
+    assert not (tmp_path / "s3:").exists()

@@ -386,6 +386,11 @@ class PipelineConfig:
 def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Path | None:
     if value is None:
         return None
+    if "://" in str(value) and not str(value).startswith("file://"):  # Path("s3://b/x") is the folder s3:/b/x
+        kept = ("its stores, run folders and reports" if where == "output" else "what it reads")
+        raise ConfigError(f"{where}: {value!r} is a URL; `w2v2ser run` keeps {kept} in local folders. For "
+                          f"stores on object storage run the stages as commands: `w2v2ser extract ... --store "
+                          f"s3://bucket/x.zarr`, then `w2v2ser train s3://bucket/x.zarr ...`.")
     path = Path(value).expanduser()
     path = path if path.is_absolute() else (base / path)
     path = Path(os.path.normpath(path))

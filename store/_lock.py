@@ -225,6 +225,12 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
                 f"host into the lock). Delete it (e.g. `aws s3 rm {location}/{LOCK_FILE}`), then rerun; "
                 f"leave `.lock` out when you copy a store (`aws s3 sync DIR URL --exclude .lock`)."
             )
+        if _dead_here(text):  # the holder ran on this host and is gone: no need to guess
+            raise StoreLockedError(
+                f"store {location} is locked by a dead extraction: lock object {location}/{LOCK_FILE} was "
+                f"created by {text}, which no longer runs on this host (killed or crashed); an object "
+                f"outlives its holder. Delete it (e.g. `aws s3 rm {location}/{LOCK_FILE}`), then rerun: "
+                f"the rerun keeps every utterance that extraction committed.")
         raise StoreLockedError(
             f"store {location} is locked: lock object {location}/{LOCK_FILE} was created by {text}; "
             f"another extraction is running on this store. Wait for it to finish. If that process "
@@ -250,6 +256,22 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
         error = StoreUnreachableError(f"store {location}: the work is done, but {left}")
         error.exit_code = EXIT_FAILED  # not bad input: the command ran
         raise error
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether a lock object's "pid N on HOST" names this host and a pid that no longer runs here."""
+    parts = holder.split()
+    if len(parts) != 4 or parts[0] != "pid" or parts[2] != "on" or not parts[1].isdigit():
+        return False
+    if parts[3] != socket.gethostname() or int(parts[1]) == os.getpid():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: another user's live process
+        return False
+    return False
 
 
 def _delete_lock_object(location: StoreLocation) -> str | None:

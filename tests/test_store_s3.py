@@ -835,3 +835,26 @@ except StoreUnreachableError as error:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and "unreachable: cannot use store" in done.stdout, done.stderr[-3000:]
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_lock_object_of_a_dead_extraction_on_this_host_is_called_dead(s3_server):
+    """`kill -9` of an extraction, then the rerun on the same machine: "another extraction is running
+    on this store. Wait for it to finish", though its pid was gone from this very host."""
+    import subprocess
+
+    url = f"s3://{BUCKET}/t{next(_names)}/dead.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    location = locate_store(url)
+    location.write_bytes(".lock", f"pid {dead.pid} on {socket.gethostname()}\n".encode())
+    with pytest.raises(StoreLockedError, match=rf"locked by a dead extraction: .*pid {dead.pid} on .*no longer runs "
+                                               rf"on this host.*aws s3 rm {url}/\.lock"):
+        with lock_store(url):
+            pass
+    location.write_bytes(".lock", f"pid {os.getppid()} on {socket.gethostname()}\n".encode())  # alive
+    with pytest.raises(StoreLockedError, match="another extraction is running on this store"):
+        with lock_store(url):
+            pass
+    location.delete(".lock")
+    with lock_store(url):
+        pass

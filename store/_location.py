@@ -211,6 +211,11 @@ def _cancel_pending_requests() -> None:
 
 def unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachableError:
     """The error for an object store that refuses a request: no such bucket, bad credentials, no endpoint."""
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):  # a storage option its client lacks
+        return StoreUnreachableError(
+            f"cannot use store {location}: a storage option is not one its file system's client takes "
+            f"({type(exc).__name__}: {exc}); given: {sorted(location.storage_options)}. Fix storage_options or "
+            f"{STORAGE_OPTIONS_ENV} (client settings such as timeouts go under \"config_kwargs\" for S3).")
     return StoreUnreachableError(
         f"cannot use store {location}: {type(exc).__name__}: {exc}. Check that the bucket exists, "
         f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "

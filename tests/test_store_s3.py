@@ -858,3 +858,21 @@ def test_a_lock_object_of_a_dead_extraction_on_this_host_is_called_dead(s3_serve
     location.delete(".lock")
     with lock_store(url):
         pass
+
+
+def test_a_storage_option_the_client_does_not_take_is_named_not_called_unreachable(s3_server, monkeypatch, capsys):
+    """`W2V2SER_STORAGE_OPTIONS='{"retries": 1}'` said "cannot use store ...: TypeError: AioSession.__init__()
+    got an unexpected keyword argument 'retries'. Check that the bucket exists, the URL, the endpoint..."."""
+    from w2v2ser._cli import main
+
+    url = f"s3://{BUCKET}/t{next(_names)}/opt.zarr"
+    build_store(url, lengths=[4], units=1)
+    monkeypatch.setenv("W2V2SER_STORAGE_OPTIONS", json.dumps({"retries": 1}))
+    _forget_s3_clients()
+    try:
+        assert main(["store", "info", url]) == 2
+    finally:
+        _forget_s3_clients()
+    err = capsys.readouterr().err
+    assert "a storage option is not one its file system's client takes" in err and "'retries'" in err, err
+    assert "W2V2SER_STORAGE_OPTIONS" in err and "Check that the bucket exists" not in err, err

@@ -728,6 +728,11 @@ def _stale_results(experiment: ExperimentSpec) -> str | None:
                    if k not in RUNTIME_FIELDS + SEED_FIELDS + ("stores",) and recorded.get(k) != v]
         return "; ".join(changed) or f"config key {results.get('config_key')} -> {train_config.config_key()}"
     changed = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in SEED_FIELDS if recorded.get(k) != now[k]]
+    # Not in the key (a store may move), but its folder's name is the hash of its feature options.
+    stores = recorded.get("stores") if isinstance(recorded.get("stores"), dict) else {}
+    changed += [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options changed)"
+                for alias, path in now["stores"].items()
+                if alias in stores and Path(str(stores[alias])).name != Path(path).name]
     return "; ".join(changed) or None
 
 

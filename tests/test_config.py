@@ -551,6 +551,7 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
     from w2v2ser._run import _run_evaluate
 
     data = _base()
+    data["experiments"]["t1"]["seeds"] = 3  # as many as make_run_dir's runs
     data["reports"] = {"r": {"experiments": ["t1/*"], "baseline": "t1/ravdess/classic-egemap"}}
     with pytest.raises(ConfigError, match=r"reports.r.baseline: 't1/ravdess/classic-egemap' is not an experiment of "
                                           r"this report; expected one of t1/ravdess/classic-egemaps, "
@@ -560,7 +561,16 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
     config = load_pipeline(_write(tmp_path, data))
     assert config.reports[0].baseline == "t1/ravdess/w2v2_pt-wav2vec2-all"
     egemaps, w2v2 = (e.run_dir for e in config.experiments)
+
+    def of_this_configuration(experiment) -> None:  # the report shows no results of another configuration
+        from w2v2ser.train import ExperimentConfig
+
+        results = json.loads((experiment.run_dir / "results.json").read_text())
+        results["config_key"] = ExperimentConfig.from_dict(experiment.config).config_key()
+        (experiment.run_dir / "results.json").write_text(json.dumps(results))
+
     make_run_dir(egemaps.parent, egemaps.name, uars=(0.5, 0.52, 0.51))
+    of_this_configuration(config.experiments[0])
     w2v2.mkdir(parents=True)
     (w2v2 / "skipped.json").write_text('{"reason": "model offline"}')
     assert _run_evaluate(config).done == 1
@@ -569,6 +579,7 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
             "the report is written without the comparison") in out.out + out.err
     assert "Against the baseline" not in (config.reports[0].out / "report.md").read_text()
     make_run_dir(w2v2.parent, w2v2.name, uars=(0.6, 0.62, 0.61))
+    of_this_configuration(config.experiments[1])
     (w2v2 / "skipped.json").unlink()
     assert _run_evaluate(config).done == 1
     report = (config.reports[0].out / "report.md").read_text()

@@ -703,6 +703,8 @@ _STALE = "not trained for this configuration"  # the reason of a failed.json the
 def _stale_results(experiment: ExperimentSpec) -> str | None:
     """What differs when the results.json in an experiment's run dir were made by another configuration
     than the file's now (a --set, or the file edited, and no train stage run since), else None."""
+    from dataclasses import fields
+
     from w2v2ser.train import ExperimentConfig  # its config only: no TensorFlow
     from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS
 
@@ -727,7 +729,10 @@ def _stale_results(experiment: ExperimentSpec) -> str | None:
         changed = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in now.items()
                    if k not in RUNTIME_FIELDS + SEED_FIELDS + ("stores",) and recorded.get(k) != v]
         return "; ".join(changed) or f"config key {results.get('config_key')} -> {train_config.config_key()}"
-    changed = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in SEED_FIELDS if recorded.get(k) != now[k]]
+    # An option a record predates (first_seed) had its default then.
+    defaults = {f.name: f.default for f in fields(ExperimentConfig) if f.name in SEED_FIELDS}
+    changed = [f"{k} {recorded.get(k, defaults[k])!r} -> {now[k]!r}" for k in SEED_FIELDS
+               if recorded.get(k, defaults[k]) != now[k]]
     # Not in the key (a store may move), but its folder's name is the hash of its feature options.
     stores = recorded.get("stores") if isinstance(recorded.get("stores"), dict) else {}
     changed += [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options changed)"

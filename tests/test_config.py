@@ -736,3 +736,13 @@ def test_a_url_as_output_or_corpus_path_is_refused_not_made_a_local_folder(tmp_p
                                           r"folders.*--store s3://bucket/x\.zarr"):
         load_pipeline(_write(tmp_path, data))
     assert not (tmp_path / "s3:").exists()
+
+
+def test_set_takes_a_list_item_as_the_errors_name_it() -> None:
+    """Errors name a list's item `reports.paper.experiments[1]`; that path given to --set became a key
+    `experiments[1]`, refused as "reports.paper: unknown key. Valid keys here: ." """
+    raw = {"reports": {"paper": {"experiments": ["a/*", "b/*"]}}, "x": [[1, 2], [3, 4]]}
+    apply_overrides(raw, ["reports.paper.experiments[1]=c/*", "x[1][0]=5", "x.0.1=6"])
+    assert raw == {"reports": {"paper": {"experiments": ["a/*", "c/*"]}}, "x": [[1, 6], [5, 4]]}
+    with pytest.raises(ConfigError, match=r"indexes a list of 2 items"):
+        apply_overrides(raw, ["reports.paper.experiments[2]=d/*"])

@@ -72,7 +72,8 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if "=" not in text:
             raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set corpora.iemocap.path=/data/IEMOCAP")
         key, _, value_text = text.partition("=")
-        parts = [p for p in key.strip().split(".")]
+        # `experiments[0]`, as the errors name a list's item, is `experiments.0`.
+        parts = [p for part in key.strip().split(".") for p in _split_indexes(part)]
         if not all(parts):
             raise ConfigError(f"--set {text!r}: empty part in key path {key!r}; write e.g. extraction.shard_size=8")
         try:
@@ -102,6 +103,14 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         else:
             raise ConfigError(f"--set {text!r}: {'.'.join(parts[:-1])} is a {_type_name(node)}, not a mapping")
     return raw
+
+
+def _split_indexes(part: str) -> list[str]:
+    """``name[0][1]`` -> ``["name", "0", "1"]``; any other part as it is."""
+    match = re.fullmatch(r"([^\[\]]*)((?:\[-?[0-9]+\])+)", part)
+    if match is None:
+        return [part]
+    return ([match.group(1)] if match.group(1) else []) + re.findall(r"-?[0-9]+", match.group(2))
 
 
 def _list_index(part: str, node: list, where: str) -> int:

@@ -746,3 +746,17 @@ def test_set_takes_a_list_item_as_the_errors_name_it() -> None:
     assert raw == {"reports": {"paper": {"experiments": ["a/*", "c/*"]}}, "x": [[1, 6], [5, 4]]}
     with pytest.raises(ConfigError, match=r"indexes a list of 2 items"):
         apply_overrides(raw, ["reports.paper.experiments[2]=d/*"])
+
+
+def test_a_shell_style_variable_that_is_set_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """`output: $OUTDIR/x` (a shell's form) with OUTDIR set made a folder literally named `$OUTDIR`."""
+    monkeypatch.setenv("W2V2SER_TEST_OUT", str(tmp_path / "o"))
+    data = _base()
+    data["output"] = "$W2V2SER_TEST_OUT/runs"
+    with pytest.raises(ConfigError, match=r"output: .*taken as it is.*write \$\{W2V2SER_TEST_OUT\}"):
+        load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    data["output"] = "${W2V2SER_TEST_OUT}/runs"
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "o" / "runs"
+    monkeypatch.delenv("W2V2SER_TEST_OUT")
+    data["output"] = "a$W2V2SER_TEST_OUT"  # not set: a name with a $ in it, as before
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "a$W2V2SER_TEST_OUT"

@@ -121,6 +121,7 @@ def _list_index(part: str, node: list, where: str) -> int:
 
 # ${VAR} or ${VAR:-default}
 ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_BARE_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def expand_env(node: Any, where: str = "") -> Any:
@@ -129,7 +130,13 @@ def expand_env(node: Any, where: str = "") -> Any:
         return {k: expand_env(v, _join(where, k)) for k, v in node.items()}
     if isinstance(node, list):
         return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
+    if not isinstance(node, str) or "$" not in node:
+        return node
+    for name in _BARE_VARIABLE.findall(node):  # a shell's $VAR: it would be a folder named "$VAR"
+        if name in os.environ:
+            raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is "
+                              f"taken as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}}")
+    if "${" not in node:
         return node
 
     def replace(match: re.Match) -> str:

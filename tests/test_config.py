@@ -757,6 +757,9 @@ def test_a_shell_style_variable_that_is_set_is_refused(tmp_path: Path, monkeypat
         load_pipeline(_write(tmp_path, data), validate_experiments=False)
     data["output"] = "${W2V2SER_TEST_OUT}/runs"
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "o" / "runs"
+    data["cluster"] = {"kind": "slurm", "slurm": {"job_script_prologue": ["cd $W2V2SER_TEST_OUT"]}}  # the job's shell's
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm.job_script_prologue == (
+        "cd $W2V2SER_TEST_OUT",)
     monkeypatch.delenv("W2V2SER_TEST_OUT")
     data["output"] = "a$W2V2SER_TEST_OUT"  # not set: a name with a $ in it, as before
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "a$W2V2SER_TEST_OUT"

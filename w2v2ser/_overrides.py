@@ -132,7 +132,9 @@ def expand_env(node: Any, where: str = "") -> Any:
         return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
-    for name in _BARE_VARIABLE.findall(node):  # a shell's $VAR: it would be a folder named "$VAR"
+    # A shell's $VAR: it would be a folder named "$VAR". Not in `cluster`, whose job script lines
+    # (job_script_prologue, local_directory) the job's shell expands.
+    for name in [] if where.split(".")[0] == "cluster" else _BARE_VARIABLE.findall(node):
         if name in os.environ:
             raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is "
                               f"taken as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}}")

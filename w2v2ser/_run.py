@@ -247,7 +247,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                              f"the model option at the weights it was made with) and rerun",
                              f"store {store.name!r} holds other weights", outcome="FAILED")
                 _write_json(_skip_marker(path), {"reason": f"store {store.name!r} of corpus {corpus!r}: {changed}",
-                                                 "store": store.name, "corpus": corpus})
+                                                 "store": store.name, "corpus": corpus, "other_weights": True})
                 outcome.failed.append(label)
                 continue
             try:
@@ -352,9 +352,13 @@ def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[st
     if reason:
         return reason, _corpus_topic(experiment.corpus)
     for store in experiment.stores:
-        marker = _read_json(_skip_marker(config.store_path(store, experiment.corpus)))
+        path = config.store_path(store, experiment.corpus)
+        marker = _read_json(_skip_marker(path))
+        if isinstance(marker, dict) and marker.get("other_weights") and not path.exists():
+            continue  # the store of other weights was moved away, as its reason said: it is to be extracted
         if isinstance(marker, dict) and marker.get("reason"):
-            return str(marker["reason"]), _store_topic(store)
+            return str(marker["reason"]), (f"store {store!r} holds other weights" if marker.get("other_weights")
+                                           else _store_topic(store))
     return None
 
 

@@ -749,3 +749,23 @@ def test_run_names_the_unreadable_corpus_for_the_experiments_on_it(tmp_path: Pat
     assert "run the extract stage first" not in err
     (report,) = tmp_path.rglob("report.md")
     assert "corpus 'iemocap' cannot be read (fix that" in report.read_text()
+
+
+def test_a_report_folder_that_is_a_file_is_named_with_the_pipelines_words(tmp_path: Path, capsys) -> None:
+    """A file where a report's folder goes failed that report with "Choose another --out path.",
+    an option `run` does not have; the others are still written."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _run_evaluate
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"reports.other": {"experiments": ["t/*"]}, "extraction.stores": {"classic": {
+                                       "features": {"spectrogram": {"window_ms": 25.0, "hop_ms": 20.0}}}}})
+    config = load_pipeline(pipeline)
+    blocked = next(r for r in config.reports if r.name == "tiny").out
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the report goes")
+    outcome = _run_evaluate(config)
+    assert outcome.failed == ["tiny"] and outcome.done == 1
+    err = capsys.readouterr().err
+    assert f"report tiny: FAILED: {blocked} is a file" in err and "reports.tiny" in err and "--out" not in err, err

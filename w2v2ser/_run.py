@@ -786,6 +786,11 @@ def _run_evaluate(config: PipelineConfig) -> _Outcome:
             _say(f"report {report.name}: baseline {report.baseline} is {summary.status} ({why}); "
                  "the report is written without the comparison")
             baseline = None
+        if report.out.is_file():  # write_report's own words name its --out, which `run` has not
+            _say(f"report {report.name}: FAILED: {report.out} is a file, where the report's folder goes; move "
+                 f"the file away, or rename the report (reports.{report.name}) or the output")
+            outcome.failed.append(report.name)
+            continue
         try:
             path = write_report([e.run_dir for e in experiments], out=report.out, baseline=baseline)
         except W2v2serError as error:

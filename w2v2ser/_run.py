@@ -737,10 +737,10 @@ def _stale_results(experiment: ExperimentSpec) -> str | None:
     defaults = {f.name: f.default for f in fields(ExperimentConfig) if f.name in SEED_FIELDS}
     changed = [f"{k} {recorded.get(k, defaults[k])!r} -> {now[k]!r}" for k in SEED_FIELDS
                if recorded.get(k, defaults[k]) != now[k]]
-    # Not in the key (a store may move), but its folder's name is the hash of its feature options.
+    # Not in the key (a store may move), but its folder's name is the hash of its feature options and corpus.
     stores = recorded.get("stores") if isinstance(recorded.get("stores"), dict) else {}
-    changed += [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options changed)"
-                for alias, path in now["stores"].items()
+    changed += [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options or "
+                f"corpus changed)" for alias, path in now["stores"].items()
                 if alias in stores and Path(str(stores[alias])).name != Path(path).name]
     return "; ".join(changed) or None
 

@@ -54,11 +54,18 @@ def read_sweep_dir(path: Path) -> dict[str, Any] | None:
 def _read_sweep(path: Path) -> tuple[dict[str, Any] | None, list[RunSummary]]:
     """The sweep's plot line (as ``read_sweep_dir``) and its layer run directories that are not
     complete, each layer's run directory read once (the report needs both)."""
+    file = path / "sweep.json"
     try:
-        summary = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
-        listed = [int(layer) for layer in summary.get("layers") or []]
-    except (OSError, ValueError, TypeError, AttributeError):  # damaged sweep.json: no line, no layers
-        return None, []
+        summary = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # damaged sweep.json: no line, listed as damaged (not dropped silently)
+        return None, [RunSummary(path=file, status="incomplete", reason=f"{file} cannot be read as JSON ({err}); "
+                                 "expected the summary `w2v2ser sweep` writes. Run the sweep again")]
+    listed = summary.get("layers") if isinstance(summary, dict) else None
+    # int() over each layer read "12" as layers 1 and 2, 2.7 as 2, true as 1: only a list of ints is layers
+    if not (isinstance(listed, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in listed)):
+        what = f"'layers' is {listed!r:.100}" if isinstance(summary, dict) else f"it holds a {type(summary).__name__}"
+        return None, [RunSummary(path=file, status="incomplete", reason=f"{file} is no sweep summary ({what}); "
+                                 "expected 'layers' as a list of layer numbers. Run the sweep again")]
     layers, means, stds, ns, incomplete, unfinished = [], [], [], [], [], []
     experiment = None  # the layers' recorded experiment (its subset names the line)
     for layer in listed:

@@ -679,17 +679,32 @@ def test_report_reads_each_sweep_layer_once(tmp_path: Path, monkeypatch: pytest.
     assert "sweep/layer_01" in {r["name"] for r in data["runs"]}
 
 
-@pytest.mark.parametrize("text", ["[0, 1]", '{"layers": ["one"]}', '{"layers": 3}'])
-def test_a_damaged_sweep_json_does_not_stop_the_report(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("text, what", [("[0, 1]", "it holds a list"), ('{"layers": ["one"]}', "'layers' is ['one']"),
+                                        ('{"layers": 3}', "'layers' is 3"), ('{"layers": "01"}', "'layers' is '01'"),
+                                        ('{"layers": [0, 2.7]}', "'layers' is [0, 2.7]"),
+                                        ('{"layers": [true]}', "'layers' is [True]"), ('{"upstream": "x"}', "is None"),
+                                        ('{"layers": [0', "cannot be read as JSON")])
+def test_a_damaged_sweep_json_does_not_stop_the_report(tmp_path: Path, text: str, what: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep.json that is JSON but not a sweep summary (a list, a layer that is no number) stopped
-    the whole report with a traceback; the sweep draws no line and its `all` head is still reported."""
+    the whole report with a traceback; the sweep draws no line and its `all` head is still reported.
+    Review s61: layers "01" were read as [0, 1], 2.7 as 2, true as 1, and a damaged sweep.json dropped
+    the sweep without a word; it is now listed (and warned of) as damaged, naming the file and value."""
     sweep = tmp_path / "runs" / "sweep"
     make_run_dir(sweep, "layer_00", features="wav2vec2:0", model=MODELS["pt"])
+    make_run_dir(sweep, "layer_01", features="wav2vec2:1", model=MODELS["pt"])
     make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"])
     (sweep / "sweep.json").write_text(text, encoding="utf-8")
     write_report([sweep], out=tmp_path / "report")
     data = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert data["layer_sweep"]["series"] == [] and [r["name"] for r in data["runs"]] == ["sweep/all"]
+    assert data["layer_sweep"]["series"] == [] and [r["name"] for r in data["runs"]] == ["sweep/all", "sweep/sweep.json"]
+    damaged = data["runs"][1]
+    from w2v2ser._cli import main
+
+    assert damaged["status"] == "incomplete" and damaged["path"] == str(sweep / "sweep.json")
+    assert str(sweep / "sweep.json") in damaged["reason"] and what in damaged["reason"]
+    assert main(["evaluate", str(sweep), "--out", str(tmp_path / "report2")]) == 0
+    assert f"{sweep / 'sweep.json'} is not in the tables" in capsys.readouterr().err
 
 
 def test_report_json_says_what_its_std_is_over(tmp_path: Path) -> None:

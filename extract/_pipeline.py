@@ -647,6 +647,9 @@ def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Se
     """
     # Corpora by name: a CSV manifest's own `corpus` column tells two CSV manifests apart.
     kinds = {u.corpus_name for u in utterances if u.corpus_name} or ({kind} if kind else set())
+    # A row stored with no corpus column is named by its kind (`csv`): this manifest's own when the kinds
+    # match, as one extracted before it gained a `corpus` column (that column is not updated in place).
+    bare = {u.corpus for u in utterances if u.corpus} | ({kind} if kind else set())
     own: list[str] = []
     others: Counter[str] = Counter()
     speakers = {u.speaker for u in utterances}
@@ -654,7 +657,8 @@ def _absent_by_corpus(absent: list[str], done: Mapping[str, Any], utterances: Se
     for uid in absent:
         record = done.get(uid)
         name = record.corpus_name if record is not None else ""
-        other = record is not None and (fresh or bool(kinds) and bool(name) and name not in kinds)
+        other = record is not None and (fresh or bool(kinds) and bool(name) and name not in kinds
+                                        and not (name == record.corpus and name in bare))
         if other:
             others[name or "unnamed"] += 1
         else:

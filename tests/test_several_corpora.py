@@ -189,6 +189,21 @@ def test_two_csv_manifests_are_told_apart_by_their_corpus_column(tmp_path):
     assert "(by corpus: b 4)" in again.notes()[0] and again.notes()[1].startswith("1 speaker name(s) of this")
 
 
+def test_a_csv_manifest_that_gained_a_corpus_column_owns_its_earlier_rows(tmp_path):
+    """Review s61: a CSV manifest extracted again after it gained a `corpus` column (its stored rows still
+    named `csv`: that column is not updated in place) counted the rows it dropped as "another corpus csv"
+    and named its own speakers as shared with another corpus."""
+    store = tmp_path / "s.zarr"
+    plain = _corpus(tmp_path / "b", "csv", ("1", "2"))
+    _extract(plain, store)
+    named = _named(plain, "b")
+    again = _extract(named[:3], store)  # the corpus column added, speaker 2's second row dropped
+    assert again.absent == ["2_1"] and again.other_corpora == {} and again.shared_speakers == []
+    notes = again.notes()
+    assert notes[0].startswith(f"1 utterance(s) of store {store} are not in this manifest (2_1)"), notes
+    assert not any("of other corpora" in n or "speaker name(s) of this" in n for n in notes), notes
+
+
 def test_training_warns_of_a_speaker_name_in_two_corpora_of_one_csv_manifest(tmp_path, caplog):
     """Left over by stop 60: a CSV manifest whose `corpus` column names two corpora with a speaker '1'
     each was one corpus `csv` for the training warning, which then said nothing."""

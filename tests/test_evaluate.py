@@ -628,15 +628,21 @@ def test_sweep_legend_names_the_store_and_stays_off_the_points(tmp_path: Path) -
     plt.close(fig)
 
 
-def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> None:
-    """Found as a paper author: a sweep layer whose results.json was missing dropped out of the sweep
-    table (no row), its line joined its neighbours, and neither the report nor the command named it."""
+def _make_sweep_missing_layer_1(tmp_path: Path) -> Path:
+    """A three-layer sweep folder whose layer 1 has no results.json."""
     sweep = tmp_path / "runs" / "sweep"
     for layer in (0, 1, 2):
         make_run_dir(sweep, f"layer_{layer:02d}", features=f"wav2vec2:{layer}", model=MODELS["pt"], uars=(0.4, 0.5))
     make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"], uars=(0.5, 0.6))
     _write_json(sweep / "sweep.json", {"layers": [0, 1, 2], "upstream": "wav2vec2", "protocol": "ravdess"})
     (sweep / "layer_01" / "results.json").unlink()
+    return sweep
+
+
+def test_a_sweep_layer_that_is_not_complete_is_shown_as_such(tmp_path: Path) -> None:
+    """Found as a paper author: a sweep layer whose results.json was missing dropped out of the sweep
+    table (no row), its line joined its neighbours, and neither the report nor the command named it."""
+    sweep = _make_sweep_missing_layer_1(tmp_path)
 
     write_report([sweep], out=tmp_path / "report")
     data = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -663,12 +669,7 @@ def test_report_reads_each_sweep_layer_once(tmp_path: Path, monkeypatch: pytest.
     plot line, once more for the layers that are not complete)."""
     import w2v2ser.evaluate._sweep as sweep_module
 
-    sweep = tmp_path / "runs" / "sweep"
-    for layer in (0, 1, 2):
-        make_run_dir(sweep, f"layer_{layer:02d}", features=f"wav2vec2:{layer}", model=MODELS["pt"], uars=(0.4, 0.5))
-    make_run_dir(sweep, "all", features="wav2vec2:all", model=MODELS["pt"], uars=(0.5, 0.6))
-    _write_json(sweep / "sweep.json", {"layers": [0, 1, 2], "upstream": "wav2vec2", "protocol": "ravdess"})
-    (sweep / "layer_01" / "results.json").unlink()
+    sweep = _make_sweep_missing_layer_1(tmp_path)
     reads: list[str] = []
     real = sweep_module.read_run_dir
     monkeypatch.setattr(sweep_module, "read_run_dir", lambda path: reads.append(Path(path).name) or real(path))

@@ -391,3 +391,28 @@ def test_fusion_head_given_one_list_of_arrays_says_how_to_give_two_branches():
     with pytest.raises(ConfigError, match=re.escape("FusionHead needs a 'fusion' input branch; x has ['main']. Give "
                                                     "arrays as {'main': [...], 'fusion': [...]}")):
         FusionHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+
+
+def test_labels_in_an_object_array_as_a_pandas_series_gives_them():
+    """Found by review: np.asarray of a pandas Series of names or numbers is an object array of plain
+    Python values, and the message for labels of the other kind than classes_ called .item() on them:
+    AttributeError 'str' object has no attribute 'item'; valid indices into classes= were refused too."""
+    x, y, _ = utterances(12)
+    names = np.array(y.tolist(), dtype=object)
+    numbers = np.array([{"angry": 0, "happy": 1, "sad": 2}[label] for label in y.tolist()], dtype=object)
+    by_name = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, names)
+    assert by_name.classes_.tolist() == ["angry", "happy", "sad"]
+    assert set(by_name.predict(x)) <= set(by_name.classes_)
+    assert by_name.score(x, names) == by_name.score(x, y)
+    by_number = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, numbers)
+    assert by_number.classes_.tolist() == [0, 1, 2] and 0.0 <= by_number.score(x, numbers) <= 1.0
+    with pytest.raises(DataError, match=r"got string labels \(e\.g\. 'angry'\) but the classes_ are numbers "
+                                        r"\[0, 1, 2\]; give labels as the numbers fit was given"):
+        by_number.score(x, names)
+    with pytest.raises(DataError, match=r"got number labels \(e\.g\. 0\) but the classes_ are strings "
+                                        r"\['angry', 'happy', 'sad'\]; give labels as class names"):
+        by_name.score(x, numbers)
+    indexed = DenseHead(units=4, recipe=QUICK, classes=["angry", "happy", "sad"], seed=0, run_eagerly=True)
+    assert indexed.fit(x, numbers).score(x, numbers) == indexed.score(x, numbers.astype(int))
+    with pytest.raises(DataError, match=r"takes labels as integer indices 0\.\.2 into classes; got 'angry'"):
+        indexed.score(x, names)

@@ -270,6 +270,11 @@ def _plain_number(value: Any) -> Any:
     return float(value) if isinstance(value, np.floating) else value
 
 
+def _plain_value(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, for messages (an object array holds Python values already)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 class _BaseHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict logic; subclasses build the Keras graph (hyperparameters: ``__init__``)."""
 
@@ -361,20 +366,25 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
         """
         y = np.asarray(y)
+        if y.dtype.kind == "O" and y.size and _label_kind(y) == "number":
+            y = np.array(y.tolist())  # Python ints of an object array (a pandas Series): the numbers they are
         if self.classes:
             n = len(self.classes)
             if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
                 bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
                 raise DataError(f"{type(self).__name__}(classes={list(self.classes)!r}) takes labels as integer "
-                                f"indices 0..{n - 1} into classes; got {bad.item()!r}. Map the labels to indices, "
-                                f"or leave classes unset to take any labels (classes_ are then their sorted "
+                                f"indices 0..{n - 1} into classes; got {_plain_value(bad)!r}. Map the labels to "
+                                f"indices, or leave classes unset to take any labels (classes_ are then their sorted "
                                 f"distinct values)")
             return y.astype(np.int32)
         if y.size and _label_kind(y) != _label_kind(self.classes_):
             # integer labels against class names matched nothing: score() gave 0.0 with only sklearn's warning
-            raise DataError(f"{type(self).__name__}: got {_label_kind(y)} labels (e.g. {y.ravel()[0].item()!r}) but "
-                            f"the classes_ are {_label_kind(self.classes_)}s {self.classes_.tolist()}; give labels as "
-                            f"predict returns them (class indices k of FeatureBatches: classes_[k])")
+            hint = ("class names, as predict returns them (class indices k of FeatureBatches: classes_[k])"
+                    if _label_kind(self.classes_) == "string" else
+                    "the numbers fit was given, as predict returns them (or fit the head on the names)")
+            raise DataError(f"{type(self).__name__}: got {_label_kind(y)} labels (e.g. {_plain_value(y.ravel()[0])!r}) "
+                            f"but the classes_ are {_label_kind(self.classes_)}s {self.classes_.tolist()}; give "
+                            f"labels as {hint}")
         # classes_ need not be sorted (a FeatureBatches fit takes its classes in their own order):
         # searchsorted on the unsorted array gave wrong indices, so a wrong score without a word
         order = np.argsort(self.classes_, kind="stable")

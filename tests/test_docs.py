@@ -235,3 +235,25 @@ def test_readme_grid_search_example_names_the_classes_of_its_labels(tmp_path: Pa
     speakers_labels = sorted(label_of[r.id] for r in open_store(path).list_utterances()
                              if r.speaker in scope["spec"].train)
     assert sorted(scope["names"][k] for k in scope["y"]) == speakers_labels
+
+
+def test_readme_grid_search_example_names_the_classes_of_a_csv_store(tmp_path: Path) -> None:
+    """Found by review: the example took the names from get_protocol(config.protocol).classes, which is
+    () for the csv protocol (its classes are the store's sorted labels): names[y[k]] raised IndexError."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.store import Utterance, open_store
+
+    section = _section(README, "## Stage 2: train, evaluate, predict")
+    block = re.search(r"```python\n(from sklearn.model_selection import GridSearchCV.*?)```", section, re.S).group(1)
+    code = block[:block.index("search = ")]  # up to the search, which trains 46 times
+    rows = [Utterance(id=u.id, path=u.path, speaker=u.speaker, label=f"x{u.label}", corpus="csv")
+            for u in ravdess_utterances(per_actor=2, actors=6)]
+    path = build_store(tmp_path / "own.zarr", utterances=rows, layers=3, dim=4)
+    scope: dict = {}
+    exec(compile(code.replace('"stores/ravdess.zarr"', repr(str(path))), "README.md", "exec"), scope)
+    assert scope["config"].protocol == "csv"
+    label_of = {r.id: r.label for r in open_store(path).list_utterances()}
+    assert tuple(scope["names"]) == tuple(sorted(set(label_of.values())))
+    train_labels = sorted(label_of[r.id] for r in open_store(path).list_utterances()
+                          if r.speaker in scope["spec"].train)
+    assert sorted(scope["names"][k] for k in scope["y"]) == train_labels

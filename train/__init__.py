@@ -20,7 +20,8 @@ from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
 from ._experiment import (
-    PartitionArrays, RunResult, RunSpec, partition_arrays, plan_runs, summarize_runs, train_experiment, train_run,
+    PartitionArrays, RunResult, RunSpec, class_names, partition_arrays, plan_runs, summarize_runs, train_experiment,
+    train_run,
 )
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, missing_runs_message, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
@@ -36,7 +37,7 @@ prefer_onednn()  # TensorFlow loads lazily, after this: see prefer_onednn
 
 __all__ = [
     "ExperimentConfig", "RunSpec", "RunResult", "plan_runs", "train_run", "summarize_runs", "train_experiment",
-    "partition_arrays", "PartitionArrays", "damaged_run_files", "list_run_files",
+    "partition_arrays", "PartitionArrays", "class_names", "damaged_run_files", "list_run_files",
     "sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR",
     "Recipe", "RECIPES", "get_recipe",
     "Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "protocol_of_corpora", "protocol_of_store",

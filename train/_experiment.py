@@ -706,7 +706,7 @@ def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
 
 
 class PartitionArrays(NamedTuple):
-    """One partition in memory: inputs, integer labels (indices into the protocol's classes), speakers."""
+    """One partition in memory: inputs, integer labels (indices into :func:`class_names`), speakers."""
 
     x: Any
     y: np.ndarray
@@ -719,7 +719,8 @@ def partition_arrays(config: ExperimentConfig | Mapping[str, Any], run_spec: Run
     Returns:
         Partition ("train", "validation", "test") -> (x, y, groups). ``x`` is a list of normalised,
         cropped [frames, ...] arrays in the fed dtype (a dict branch -> list with a fusion branch),
-        in the store's utterance order; ``groups`` are the speakers (for ``GroupKFold``). They go
+        in the store's utterance order; ``y[i]`` is the class ``class_names(config)[y[i]]``;
+        ``groups`` are the speakers (for ``GroupKFold``). They go
         straight into a head's ``fit``/``predict`` and scikit-learn's model selection.
     """
     config = as_experiment_config(config)
@@ -735,6 +736,15 @@ def partition_arrays(config: ExperimentConfig | Mapping[str, Any], run_spec: Run
         out[name] = PartitionArrays(x["main"] if len(sources) == 1 else x, batches.labels,
                                     np.array([it.speaker for it in items]))
     return out
+
+
+def class_names(config: ExperimentConfig | Mapping[str, Any]) -> tuple[str, ...]:
+    """The class names that the integer labels of :func:`partition_arrays` index, in that order.
+
+    The protocol's classes, or for ``csv`` (whose protocol lists none) the sorted distinct labels of
+    the store's utterances the run reads, as ``results.json`` records them in ``classes``.
+    """
+    return _prepare(as_experiment_config(config)).classes
 
 
 # ---------------------------------------------------------------------------------------- runs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
 import sys
 import time
@@ -142,8 +143,23 @@ def _flock_exclusive(fd: int, *, patience: float = 2.0) -> None:
 
 
 def _holder_text() -> bytes:
-    """What a lock holder writes into the lock: "pid N on HOST" (read back by :func:`extraction_holder`)."""
-    return f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+    """What a lock holder writes into the lock: "pid N on HOST (pid namespace I, boot B)".
+
+    Read back by :func:`extraction_holder`. The pid namespace and boot tell :func:`_dead_here`
+    whether N is a pid of the reader's own process table: containers that share the host's name
+    (docker ``--network host``, Kubernetes ``hostNetwork``) each have their own.
+    """
+    return f"pid {os.getpid()} on {socket.gethostname()}{_pid_space()}\n".encode()
+
+
+def _pid_space() -> str:
+    """This process's " (pid namespace I, boot B)", or "" where ``/proc`` cannot tell."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid namespace {namespace}, boot {boot})" if boot else ""
 
 
 def extraction_running(path: str | os.PathLike[str] | StoreLocation) -> str | None:
@@ -259,14 +275,19 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
 
 
 def _dead_here(holder: str) -> bool:
-    """Whether a lock object's "pid N on HOST" names this host and a pid that no longer runs here."""
-    parts = holder.split()
-    if len(parts) != 4 or parts[0] != "pid" or parts[2] != "on" or not parts[1].isdigit():
+    """Whether a lock object's holder names this host, pid namespace and boot, and a pid gone from it.
+
+    A holder text without them (an earlier w2v2ser's, no ``/proc``), or of another namespace (a
+    container beside this one, with the same host name), cannot tell: not dead.
+    """
+    here = _pid_space()
+    match = re.fullmatch(r"pid (\d+) on (\S+)( \(.*\))", holder)
+    if not here or match is None or match[2] != socket.gethostname() or match[3] != here:
         return False
-    if parts[3] != socket.gethostname() or int(parts[1]) == os.getpid():
+    if int(match[1]) == os.getpid():
         return False
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(int(match[1]), 0)
     except ProcessLookupError:
         return True
     except OSError:  # EPERM: another user's live process

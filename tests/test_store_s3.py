@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -843,21 +844,45 @@ def test_a_lock_object_of_a_dead_extraction_on_this_host_is_called_dead(s3_serve
     import subprocess
 
     url = f"s3://{BUCKET}/t{next(_names)}/dead.zarr"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    script = f"import os\nfrom w2v2ser.store import lock_store\nwith lock_store({url!r}):\n    os.kill(os.getpid(), 9)"
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert dead.returncode == -9, dead.stderr[-3000:]
     location = locate_store(url)
-    location.write_bytes(".lock", f"pid {dead.pid} on {socket.gethostname()}\n".encode())
-    with pytest.raises(StoreLockedError, match=rf"locked by a dead extraction: .*pid {dead.pid} on .*no longer runs "
+    text = location.read_bytes(".lock").decode().strip()
+    pid = int(text.split()[1])
+    with pytest.raises(StoreLockedError, match=rf"locked by a dead extraction: .*pid {pid} on .*no longer runs "
                                                rf"on this host.*aws s3 rm {url}/\.lock"):
         with lock_store(url):
             pass
-    location.write_bytes(".lock", f"pid {os.getppid()} on {socket.gethostname()}\n".encode())  # alive
+    location.write_bytes(".lock", text.replace(f"pid {pid} ", f"pid {os.getppid()} ", 1).encode())  # alive
     with pytest.raises(StoreLockedError, match="another extraction is running on this store"):
         with lock_store(url):
             pass
     location.delete(".lock")
     with lock_store(url):
         pass
+
+
+def test_a_lock_object_of_another_pid_namespace_is_not_called_dead(s3_server):
+    """Review2 item 3: a container that shares the host's name but not its pid namespace (docker
+    `--network host`, Kubernetes hostNetwork) called the live extraction of the container beside it
+    dead, "Delete it ..., then rerun": two writers on one store."""
+    url = f"s3://{BUCKET}/t{next(_names)}/sibling.zarr"
+    location = locate_store(url)
+    with lock_store(url):
+        mine = location.read_bytes(".lock").decode().strip()
+    namespace = re.search(r"pid namespace (\d+)", mine)
+    assert namespace is not None, mine  # the holder text records it (Linux)
+    gone = 2 ** 22 + 7  # above pid_max's ceiling: no process of this namespace has it
+    sibling = mine.replace(f"pid {os.getpid()} ", f"pid {gone} ", 1).replace(
+        namespace[0], f"pid namespace {int(namespace[1]) + 1}")
+    for holder in (sibling, f"pid {gone} on {socket.gethostname()}"):  # another namespace; an earlier w2v2ser's lock
+        location.write_bytes(".lock", f"{holder}\n".encode())
+        with pytest.raises(StoreLockedError, match="another extraction is running on this store") as error:
+            with lock_store(url):
+                pass
+        assert "dead" not in str(error.value) and "If that process has died" in str(error.value)
+    location.delete(".lock")
 
 
 def test_a_storage_option_the_client_does_not_take_is_named_not_called_unreachable(s3_server, monkeypatch, capsys):

@@ -738,6 +738,18 @@ def test_a_url_as_output_or_corpus_path_is_refused_not_made_a_local_folder(tmp_p
     assert not (tmp_path / "s3:").exists()
 
 
+def test_a_file_url_as_output_or_corpus_path_is_that_local_path(tmp_path: Path) -> None:
+    """Review2 item 4: `output: file:///data/x` became the local folder `file:/data/x` beside the
+    pipeline file (and the corpus path one that did not exist); `--store file:///data/x` is /data/x."""
+    data = _base()
+    corpus = load_pipeline(_write(tmp_path, data)).corpora["ravdess"].path
+    data["output"] = f"file://{tmp_path / 'out'}"
+    data["corpora"]["ravdess"]["path"] = f"file://{corpus}"
+    config = load_pipeline(_write(tmp_path, data))
+    assert config.output == tmp_path / "out"
+    assert config.corpora["ravdess"].path == corpus
+
+
 def test_set_takes_a_list_item_as_the_errors_name_it() -> None:
     """Errors name a list's item `reports.paper.experiments[1]`; that path given to --set became a key
     `experiments[1]`, refused as "reports.paper: unknown key. Valid keys here: ." """

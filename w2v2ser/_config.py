@@ -391,7 +391,8 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Pa
         raise ConfigError(f"{where}: {value!r} is a URL; `w2v2ser run` keeps {kept} in local folders. For "
                           f"stores on object storage run the stages as commands: `w2v2ser extract ... --store "
                           f"s3://bucket/x.zarr`, then `w2v2ser train s3://bucket/x.zarr ...`.")
-    path = Path(value).expanduser()
+    # file:///data/x is the local path /data/x, as store paths read it (not the folder file:/data/x).
+    path = Path(value.removeprefix("file://") if isinstance(value, str) else value).expanduser()
     path = path if path.is_absolute() else (base / path)
     path = Path(os.path.normpath(path))
     if must_exist and not path.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -211,7 +212,10 @@ def _cancel_pending_requests() -> None:
 
 def unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachableError:
     """The error for an object store that refuses a request: no such bucket, bad credentials, no endpoint."""
-    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):  # a storage option its client lacks
+    named = re.search(r"unexpected keyword argument '(\w+)'", str(exc)) if isinstance(exc, TypeError) else None
+    options = location.storage_options
+    given = {*options, *(key for value in options.values() if isinstance(value, Mapping) for key in value)}
+    if named is not None and named[1] in given:  # a storage option its client lacks (not, say, a version mismatch)
         return StoreUnreachableError(
             f"cannot use store {location}: a storage option is not one its file system's client takes "
             f"({type(exc).__name__}: {exc}); given: {sorted(location.storage_options)}. Fix storage_options or "

@@ -264,10 +264,11 @@ def open_root(path: Path | StoreLocation, *, mode: str) -> zarr.Group:
 FAST_ARRAYS = ("data",)
 
 
-def open_array(group: zarr.Group, key: str) -> zarr.Array:
+def open_array(group: zarr.Group, key: str, *, where: Path | str | None = None) -> zarr.Array:
     """An array of the store: the frames with the fast codec pipeline, every other array with
     zarr's own, which checks every inner chunk's crc32c. (Local writers write whole shards of the
-    frames and statistics through tensorstore either way.)"""
+    frames and statistics through tensorstore either way.) ``where``: the store as the user gave
+    it (its location's display), named by the error for a missing array."""
     name = key.rsplit("/", 1)[-1]
     config = _PIPELINE if name in FAST_ARRAYS else _CHECKING_PIPELINE
     with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):
@@ -277,7 +278,7 @@ def open_array(group: zarr.Group, key: str) -> zarr.Array:
             # an I/O, network or permission error (OSError) is not damage and goes on as it is.
             # Not repairable by re-extracting utterances: the array itself cannot be found.
             store = group.store_path.store
-            where = getattr(store, "root", None) or _store_url(store) or str(group.store_path)
+            where = where or getattr(store, "root", None) or _store_url(store) or str(group.store_path)
             raise StoreError(
                 f"store {where} is damaged: array {key} cannot be opened, its metadata file {key}/zarr.json is "
                 f"missing or unreadable ({type(exc).__name__}: {exc}). Copy that file back from a backup or an "

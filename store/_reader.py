@@ -216,7 +216,7 @@ class FeatureStore:
             # Creation was interrupted before this table column existed: it has no rows yet.
             return np.asarray([], dtype=str)
         try:
-            array = open_array(self._group, key)
+            array = open_array(self._group, key, where=self.location.display)
             self._require_chunks(key, array)
             return array[selection]
         except StoreError:
@@ -288,7 +288,7 @@ class FeatureStore:
             self._forks = fork_count()
         if key not in self._arrays:
             try:  # a missing or unparseable zarr.json is open_array's StoreError
-                array = open_array(self._group, f"features/{feature}/{name}")
+                array = open_array(self._group, f"features/{feature}/{name}", where=self.location.display)
             except StoreError:
                 gone = self._gone()
                 if gone is not None:

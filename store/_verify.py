@@ -215,7 +215,7 @@ def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> lis
                     return [("*", "", f"{name}: column {col!r} differs from the store's table in rows "
                                       f"{lo}..{hi - 1}; {_REWRITE}")]
             lo = hi
-        rows = int(open_array(store._group, f"{table}/{columns[0]}").shape[0])  # its length, not a second read
+        rows = int(open_array(store._group, f"{table}/{columns[0]}", where=store.location.display).shape[0])  # its length, not a second read
         lying = _lying_statistics(reader)
         if lying:
             return [("*", "", f"{name}: the footer's min/max of column {lying[1]!r} in row group {lying[0]} leave out "

@@ -283,12 +283,12 @@ class StoreWriter:
         self._group.attrs[ATTRS_KEY] = meta
 
     def _column(self, col: str) -> zarr.Array:
-        return open_array(self._group, f"utterances/{col}")
+        return open_array(self._group, f"utterances/{col}", where=self.path)
 
     def _feature(self, name: str, array: str) -> zarr.Array:
         key = (name, array)
         if key not in self._arrays:
-            self._arrays[key] = open_array(self._group, f"features/{name}/{array}")
+            self._arrays[key] = open_array(self._group, f"features/{name}/{array}", where=self.path)
         return self._arrays[key]
 
     def _num_rows(self) -> int:

@@ -793,12 +793,14 @@ def test_a_store_moved_to_another_prefix_while_read_is_gone_not_damaged(s3_serve
     np.testing.assert_array_equal(store.read_utterance(ids[1], "w2v"), built.stored("w2v", 1))
 
 
-def test_a_missing_array_metadata_object_is_damage_named_by_the_store_url(s3_server):
+@pytest.mark.parametrize("scheme", ["s3", "s3a"])
+def test_a_missing_array_metadata_object_is_damage_named_by_the_store_url(s3_server, scheme):
     """Real damage on object storage (the root object is there): the message named the store
-    `<FsspecStore(S3FileSystem, bucket/...)>`, not the URL the user gave."""
+    `<FsspecStore(S3FileSystem, bucket/...)>`, not the URL the user gave (review2 item 8: and
+    `s3a://b/x` as `s3://b/x`)."""
     from w2v2ser.store import StoreGoneError
 
-    url = f"s3://{BUCKET}/t{next(_names)}/meta.zarr"
+    url = f"{scheme}://{BUCKET}/t{next(_names)}/meta.zarr"
     build_store(url, lengths=[20, 9], units=1)
     reader = open_store(url)
     locate_store(url).delete("features/w2v/offset/zarr.json")

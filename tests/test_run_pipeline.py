@@ -704,6 +704,41 @@ def test_run_stage_evaluate_does_not_show_results_of_another_configuration(tmp_p
 
 
 @needs_ravdess
+@pytest.mark.slow  # about a minute: two whole `w2v2ser run`s (training 2 tiny runs once)
+def test_run_shows_results_again_after_the_corpus_moved(tmp_path: Path, capsys) -> None:
+    """A corpus moved (its path --set) re-extracts its store into a folder of another name; the train
+    stage found its runs current (same data) and left results.json naming the old folder, so the
+    evaluate stage hid them as "not trained for this configuration" on every rerun. Train now summarises
+    them again; a real change of the frames still hides them."""
+    import shutil
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}}})
+    assert run_pipeline(pipeline) == 0
+    shutil.move(tmp_path / "data", tmp_path / "data2")
+    moved = ["corpora.ravdess.path=data2"]
+    capsys.readouterr()
+    assert run_pipeline(pipeline, overrides=moved) == 0
+    err = capsys.readouterr().err
+    assert "0 to train" in err and "not trained for this configuration" not in err, err
+    (experiment,) = load_pipeline(pipeline, overrides=moved).experiments
+    summary = read_run_dir(experiment.run_dir)
+    assert summary.status == "complete", summary.reason
+    report = tmp_path / "out" / "reports" / "tiny" / "report.md"
+    assert "not trained for this configuration" not in report.read_text()
+    frames = [*moved, "extraction.stores.classic.features.spectrogram.hop_ms=10.0"]
+    assert run_pipeline(pipeline, stage="evaluate", overrides=frames) == 0
+    assert read_run_dir(experiment.run_dir).status == "incomplete"
+    assert "not trained for this configuration (store classic classic-" in report.read_text()
+
+
+@needs_ravdess
 @pytest.mark.slow  # about a minute: a tiny wav2vec2 store and a layer sweep of one seed
 def test_run_stage_evaluate_does_not_show_a_layer_sweep_of_another_configuration(tmp_path: Path, capsys) -> None:
     """The same for a layer sweep: its weighted average's results.json (of the old configuration)

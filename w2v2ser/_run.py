@@ -448,7 +448,19 @@ def _run_done(experiment: ExperimentSpec, view: Any, run: Any) -> bool:
 def _results_current(train_config: Any, out: Path, planned: int) -> bool:
     results = _read_json(out / "results.json")
     return (isinstance(results, dict) and results.get("config_key") == train_config.config_key()
-            and results.get("n_runs") == planned)
+            and results.get("n_runs") == planned and not _renamed_stores(results, train_config.to_dict()))
+
+
+def _renamed_stores(results: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The stores whose folder name differs between a results.json and the configuration ``now``
+    (``to_dict()``). Not in the config key (a store may move), but a folder's name is the hash of its
+    feature options and corpus: the train stage summarises its runs again (they are retrained only when
+    their data changed), and the evaluate stage hides results that were not summarised since."""
+    recorded = results.get("config") if isinstance(results.get("config"), dict) else {}
+    stores = recorded.get("stores") if isinstance(recorded.get("stores"), dict) else {}
+    return [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options or "
+            f"corpus changed)" for alias, path in now["stores"].items()
+            if alias in stores and Path(str(stores[alias])).name != Path(path).name]
 
 
 def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
@@ -737,11 +749,7 @@ def _stale_results(experiment: ExperimentSpec) -> str | None:
     defaults = {f.name: f.default for f in fields(ExperimentConfig) if f.name in SEED_FIELDS}
     changed = [f"{k} {recorded.get(k, defaults[k])!r} -> {now[k]!r}" for k in SEED_FIELDS
                if recorded.get(k, defaults[k]) != now[k]]
-    # Not in the key (a store may move), but its folder's name is the hash of its feature options and corpus.
-    stores = recorded.get("stores") if isinstance(recorded.get("stores"), dict) else {}
-    changed += [f"store {alias} {Path(str(stores[alias])).name} -> {Path(path).name} (its feature options or "
-                f"corpus changed)" for alias, path in now["stores"].items()
-                if alias in stores and Path(str(stores[alias])).name != Path(path).name]
+    changed += _renamed_stores(results, now)  # the train stage's check: it summarises such runs again
     return "; ".join(changed) or None
 
 

@@ -772,6 +772,14 @@ def test_a_shell_style_variable_that_is_set_is_refused(tmp_path: Path, monkeypat
     data["cluster"] = {"kind": "slurm", "slurm": {"job_script_prologue": ["cd $W2V2SER_TEST_OUT"]}}  # the job's shell's
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm.job_script_prologue == (
         "cd $W2V2SER_TEST_OUT",)
+    data["cluster"]["slurm"]["local_directory"] = "$W2V2SER_TEST_OUT/dask"
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm.local_directory == (
+        "$W2V2SER_TEST_OUT/dask")
+    # Not through a shell: dask-jobqueue makes that folder itself, and sbatch does not expand #SBATCH lines.
+    for key, value in (("log_directory", "$W2V2SER_TEST_OUT/logs"), ("job_extra_directives", ["-o $W2V2SER_TEST_OUT"])):
+        bad = {**data, "cluster": {"kind": "slurm", "slurm": {key: value}}}
+        with pytest.raises(ConfigError, match=rf"cluster\.slurm\.{key}.*taken as it is"):
+            load_pipeline(_write(tmp_path, bad), validate_experiments=False)
     monkeypatch.delenv("W2V2SER_TEST_OUT")
     data["output"] = "a$W2V2SER_TEST_OUT"  # not set: a name with a $ in it, as before
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "a$W2V2SER_TEST_OUT"

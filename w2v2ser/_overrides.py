@@ -132,9 +132,10 @@ def expand_env(node: Any, where: str = "") -> Any:
         return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
-    # A shell's $VAR: it would be a folder named "$VAR". Not in `cluster`, whose job script lines
-    # (job_script_prologue, local_directory) the job's shell expands.
-    for name in [] if where.split(".")[0] == "cluster" else _BARE_VARIABLE.findall(node):
+    # A shell's $VAR: it would be a folder named "$VAR". Not in the job script lines the job's shell
+    # expands (job_script_prologue, the worker's --local-directory); log_directory and the #SBATCH lines are not.
+    shell = re.fullmatch(r"cluster\.slurm\.(job_script_prologue\[[0-9]+\]|local_directory)", where)
+    for name in [] if shell else _BARE_VARIABLE.findall(node):
         if name in os.environ:
             raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is "
                               f"taken as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}}")

@@ -804,3 +804,26 @@ def test_a_report_folder_that_is_a_file_is_named_with_the_pipelines_words(tmp_pa
     assert outcome.failed == ["tiny"] and outcome.done == 1
     err = capsys.readouterr().err
     assert f"report tiny: FAILED: {blocked} is a file" in err and "reports.tiny" in err and "--out" not in err, err
+
+
+def test_a_report_folder_that_cannot_be_made_fails_that_report_only(tmp_path: Path, capsys) -> None:
+    """A file where a folder above a report's goes (or a name too long) raised NotADirectoryError
+    (OSError) out of the whole evaluate stage: no other report was written."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _run_evaluate
+
+    make_tiny_corpus(tmp_path / "data")
+    long = "x" * 300
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"reports.sub/one": {"experiments": ["t/*"]},
+                                          f"reports.{long}": {"experiments": ["t/*"]}, "extraction.stores": {
+                                              "classic": {"features": {"spectrogram": {"window_ms": 25.0}}}}})
+    config = load_pipeline(pipeline)
+    blocked = config.output / "reports" / "sub"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where a folder of a report goes")
+    outcome = _run_evaluate(config)
+    assert outcome.failed == ["sub/one", long] and outcome.done == 1, outcome
+    err = capsys.readouterr().err
+    assert f"report sub/one: FAILED: {blocked} is a file, where a folder of {blocked / 'one'} goes" in err, err
+    assert f"report {long}: FAILED: " in err and (config.output / "reports" / "tiny" / "report.md").exists()

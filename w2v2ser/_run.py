@@ -771,6 +771,17 @@ def _mark_stale(config: PipelineConfig, experiment: ExperimentSpec) -> bool:
     return True
 
 
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file (or other non-folder) at ``folder`` or at one of its parents, where a folder must go."""
+    for path in (folder, *folder.parents):
+        try:
+            if path.exists() and not path.is_dir():
+                return path
+        except OSError:  # e.g. a name too long: write_report's own error says so
+            return None
+    return None
+
+
 def _run_evaluate(config: PipelineConfig) -> _Outcome:
     from w2v2ser.evaluate import write_report
     from w2v2ser.evaluate._rundir import read_run_dir
@@ -794,14 +805,16 @@ def _run_evaluate(config: PipelineConfig) -> _Outcome:
             _say(f"report {report.name}: baseline {report.baseline} is {summary.status} ({why}); "
                  "the report is written without the comparison")
             baseline = None
-        if report.out.is_file():  # write_report's own words name its --out, which `run` has not
-            _say(f"report {report.name}: FAILED: {report.out} is a file, where the report's folder goes; move "
+        blocking = _file_in_the_way(report.out)
+        if blocking is not None:  # write_report's own words name its --out, which `run` has not
+            where = "the report's folder" if blocking == report.out else f"a folder of {report.out}"
+            _say(f"report {report.name}: FAILED: {blocking} is a file, where {where} goes; move "
                  f"the file away, or rename the report (reports.{report.name}) or the output")
             outcome.failed.append(report.name)
             continue
         try:
             path = write_report([e.run_dir for e in experiments], out=report.out, baseline=baseline)
-        except W2v2serError as error:
+        except (W2v2serError, OSError) as error:  # e.g. a name too long: this report fails, the others are written
             _say(f"report {report.name}: FAILED: {error}")
             outcome.failed.append(report.name)
             continue

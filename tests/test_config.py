@@ -617,6 +617,23 @@ def test_an_empty_environment_variable_is_refused_or_takes_its_default(tmp_path:
     assert expand_env({"path": "${DATA}/x", "other": "${DATA:-y}"}) == {"path": "/d/x", "other": "/d"}
 
 
+def test_a_shell_variable_in_a_default_gets_a_hint_that_parses_and_dollar_dollar_is_a_dollar(monkeypatch) -> None:
+    """`${X:-$HOME}` was refused with "write ${HOME}", but `${X:-${HOME}}` does not parse (a stray `}`
+    was left); and a literal `$NAME` with NAME set (a folder really named `$RECYCLE`) could not be written."""
+    from w2v2ser._overrides import expand_env
+
+    monkeypatch.setenv("W2V2SER_TEST_HOME", "/h")
+    monkeypatch.delenv("W2V2SER_TEST_X", raising=False)
+    with pytest.raises(ConfigError, match=r"output: .*\$W2V2SER_TEST_HOME in a default.*write the value itself") as error:
+        expand_env({"output": "${W2V2SER_TEST_X:-$W2V2SER_TEST_HOME/out}"})
+    assert "${W2V2SER_TEST_HOME}" not in str(error.value)
+    assert expand_env({"a": "d/$$W2V2SER_TEST_HOME", "b": "$${W2V2SER_TEST_HOME}", "c": "${W2V2SER_TEST_X:-x$$y}",
+                       "d": "$$$$${W2V2SER_TEST_HOME}"}) == {"a": "d/$W2V2SER_TEST_HOME", "b": "${W2V2SER_TEST_HOME}",
+                                                            "c": "x$y", "d": "$$/h"}
+    with pytest.raises(ConfigError, match=r"taken as it is.*write \$\{W2V2SER_TEST_HOME\}"):
+        expand_env({"output": "$$$W2V2SER_TEST_HOME"})  # a literal $, then the shell's form
+
+
 def test_an_experiment_that_did_not_train_is_reported_with_its_default_head(tmp_path: Path) -> None:
     """Found by a pipeline trial: a skipped layer sweep (whose file sets no head) read Head "?" in
     the report, while its trained runs read "dense"."""

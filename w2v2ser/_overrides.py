@@ -121,11 +121,12 @@ def _list_index(part: str, node: list, where: str) -> int:
 
 # ${VAR} or ${VAR:-default}
 ENV_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_BARE_VARIABLE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_BARE_VARIABLE = re.compile(r"(?<!\$)(?:\$\$)*\$([A-Za-z_][A-Za-z0-9_]*)")  # not after a $$ (a literal $)
+_EXPANDED = re.compile(r"\$\$|" + ENV_VARIABLE.pattern)
 
 
 def expand_env(node: Any, where: str = "") -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of the document."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of the document; ``$$`` is a literal ``$``."""
     if isinstance(node, dict):
         return {k: expand_env(v, _join(where, k)) for k, v in node.items()}
     if isinstance(node, list):
@@ -135,26 +136,36 @@ def expand_env(node: Any, where: str = "") -> Any:
     # A shell's $VAR: it would be a folder named "$VAR". Not in the job script lines the job's shell
     # expands (job_script_prologue, the worker's --local-directory); log_directory and the #SBATCH lines are not.
     shell = re.fullmatch(r"cluster\.slurm\.(job_script_prologue\[[0-9]+\]|local_directory)", where)
-    for name in [] if shell else _BARE_VARIABLE.findall(node):
-        if name in os.environ:
-            raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is "
-                              f"taken as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}}")
-    if "${" not in node:
+    defaults = [m.span(2) for m in ENV_VARIABLE.finditer(node) if m.group(2) is not None]
+    for match in [] if shell else _BARE_VARIABLE.finditer(node):
+        name = match.group(1)
+        if name not in os.environ:
+            continue
+        if any(start <= match.start() < end for start, end in defaults):  # ${X:-${NAME}} does not parse
+            raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name} in a default, "
+                              f"which is taken as it is (a default is not expanded); write the value itself there, "
+                              f"or set the variable the default stands in for ($$ is a literal $)")
+        raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is taken "
+                          f"as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}} "
+                          f"($$ is a literal $)")
+    if "${" not in node and "$$" not in node:
         return node
 
     def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
         name, default = match.group(1), match.group(2)
         value = os.environ.get(name, "")
         if value:
             return value
         if default is not None:  # as in a shell, ${VAR:-default} also stands for an empty VAR
-            return default
+            return default.replace("$$", "$")
         # An empty value would silently turn a setting off (a corpus path: the corpus skipped).
         raise ConfigError(f"{where}: environment variable {name} is "
                           f"{'empty' if name in os.environ else 'not set'} (in {node!r}); "
                           f"export it or write ${{{name}:-default}}")
 
-    expanded = ENV_VARIABLE.sub(replace, node)
+    expanded = _EXPANDED.sub(replace, node)
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
     if ENV_VARIABLE.fullmatch(node):
         try:

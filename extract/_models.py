@@ -198,6 +198,20 @@ def _fix_hint() -> str:
     )
 
 
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _weights_sha256(path: Path) -> str:
+    """file_sha256 of a weight file, kept per (path, inode, size, mtime) for the process: `w2v2ser run`
+    checks the weights of every complete store (once per store and corpus) on each rerun, and a large
+    model's weights take seconds to hash. A file replaced or rewritten is hashed again."""
+    info = path.stat()
+    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
 def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     """Find a model's files, family and architecture without building it.
 
@@ -333,7 +347,7 @@ def _resolve_directory(
         path=str(directory.resolve()),
         revision=revision,
         commit_hash=commit,
-        weights_sha256={p.name: file_sha256(p) for p in used},
+        weights_sha256={p.name: _weights_sha256(p) for p in used},
         hf_config=hf_config,
         stated_normalize=_stated_normalize(directory / PREPROCESSOR_FILE),
     )
@@ -583,7 +597,7 @@ def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
         path=str(path.resolve()),
         revision=None,
         commit_hash=None,
-        weights_sha256={path.name: file_sha256(path)},
+        weights_sha256={path.name: _weights_sha256(path)},
         hf_config=_hf_config_from_fairseq(arch, path),
         stated_normalize=_fairseq_normalize(checkpoint),
     )

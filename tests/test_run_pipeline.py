@@ -662,6 +662,8 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
     err = capsys.readouterr().err
     assert "complete (8 utterances)" not in err
     assert "extracted with other model weights than" in err and "move the store away" in err, err
+    # The model option is part of the store folder's name: pointing it elsewhere extracts a new store.
+    assert "point the model option" not in err and "put the weights it was made with back" in err, err
     config = load_pipeline(pipeline)
     (experiment,) = config.experiments
     skip = _skip_reason(config, experiment)
@@ -669,6 +671,22 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
     store = config.store_path("w2v2", "ravdess")
     store.rename(tmp_path / "old.zarr")  # as the reason says: then it is to be extracted, not skipped
     assert _skip_reason(config, experiment) is None
+
+
+def test_model_weights_are_hashed_once_per_version_of_the_file(tmp_path: Path, monkeypatch) -> None:
+    """Each rerun of `w2v2ser run` hashed the weights of every complete model store again, once per
+    store and corpus (seconds each for a large model); a file rewritten is still hashed again."""
+    import w2v2ser.extract._models as models
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser.extract import resolve_model
+
+    model = save_tiny_wav2vec2(tmp_path / "model")
+    hashed, real = [], models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda path, **kw: hashed.append(path) or real(path, **kw))
+    first = resolve_model(str(model)).weights_sha256
+    assert resolve_model(str(model)).weights_sha256 == first and len(hashed) == 1, hashed
+    save_tiny_wav2vec2(model, seed=1)  # other weights in the same file
+    assert resolve_model(str(model)).weights_sha256 != first and len(hashed) == 2, hashed
 
 
 @needs_ravdess

@@ -243,8 +243,9 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                     _clear_skip_marker(path)
                     outcome.done += 1
                     continue
-                reasons.tell(label, f"store {path} is complete but {changed}; move the store away (or point "
-                             f"the model option at the weights it was made with) and rerun",
+                reasons.tell(label, f"store {path} is complete but {changed}; move the store away and rerun to "
+                             f"extract it again with these weights, or put the weights it was made with back "
+                             f"where the model option points and rerun",
                              f"store {store.name!r} holds other weights", outcome="FAILED")
                 _write_json(_skip_marker(path), {"reason": f"store {store.name!r} of corpus {corpus!r}: {changed}",
                                                  "store": store.name, "corpus": corpus, "other_weights": True})

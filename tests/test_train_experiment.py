@@ -227,6 +227,37 @@ def test_utterances_the_protocol_drops_do_not_move_the_statistics(tmp_path, norm
     assert fingerprints[0] == fingerprints[1]  # so the runs of one store stay current for the other
 
 
+def test_runs_whose_statistics_composed_the_labels_the_protocol_drops_are_trained_again(tmp_path, caplog):
+    """Review of a9be973: statistics now leave out the labels the protocol drops (IEMOCAP's xxx,
+    fru...), but a run recorded before the statistics part was fingerprinted ("U.F") still matched
+    "U.F.S", so a run whose statistics composed every label was reused and reported with new ones."""
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    assert {u.label for u in iemocap_utterances(per_speaker=6)} & {"fru", "xxx", "oth"}  # labels dropped
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="iemocap", **FAST)
+    spec = plan_runs(cfg)[0]
+    train_run(cfg, spec, out=tmp_path / "run")
+    assert train_run(cfg, spec, out=tmp_path / "run").skipped  # current: reused
+    path = tmp_path / "run" / "runs" / spec.name / "metrics.json"
+    metrics = json.loads(path.read_text())
+    utterances, frames, statistics = metrics["data_fingerprint"].split(".")
+    for old in (f"{utterances}.{frames}", f"{utterances}.{frames}.{statistics[-16:]}"):  # before the tag
+        path.write_text(json.dumps({**metrics, "data_fingerprint": old}))
+        assert not train_run(cfg, spec, out=tmp_path / "run").skipped
+    path.write_text(json.dumps({**metrics, "data_fingerprint": f"{utterances}.{frames}"}))
+    with caplog.at_level(logging.WARNING):
+        train_experiment(cfg, out=tmp_path / "run", progress=False)
+    assert "1 run(s) in" in caplog.text and "also those of the labels protocol iemocap drops" in caplog.text
+    assert "than the store now holds" not in caplog.text  # the store has not changed
+    # A protocol that drops no label (RAVDESS) keeps its fingerprints: runs recorded before stay current.
+    rav = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    fingerprint = data_fingerprint(ExperimentConfig(stores={"main": str(rav)}, features="egemaps", **FAST))
+    assert "kept" not in fingerprint
+    assert run_is_current({"config_key": "k", "data_fingerprint": fingerprint.rpartition(".")[0]}, "k", fingerprint)
+
+
 def _store_with_a_half_failed_utterance(path, utterances, extra, shift: float):
     """A store of ``utterances`` (egemaps and spectrogram) and ``extra``, whose egemaps frames (+ ``shift``)
     were extracted while its spectrogram failed: its status is failed, its egemaps frames are stored."""

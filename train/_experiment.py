@@ -103,6 +103,7 @@ class _Data:
     # each speaker's, the store's tables.
     statistics_ids: list[str] | None = None
     norm: str = "speaker"  # the normalisation, which decides whether statistics are read at all
+    kept_labels: bool = False  # the protocol drops labels, which the statistics leave out (fingerprinted)
 
 
 def _open_stores(config: ExperimentConfig, opened: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
             raise SelectionError(f"fused selections run at different frame rates: {sels['main'].text!r} "
                                  f"{a:g} fps, {sels['fusion'].text!r} {b:g} fps (after pair averaging); fuse "
                                  f"features with matching rates (wav2vec2 ~50 fps with egemaps)")
-    return _Data(stores, sels, records, labels, classes, statistics_ids, config.norm)
+    return _Data(stores, sels, records, labels, classes, statistics_ids, config.norm, len(records) < len(done))
 
 
 def _store_label(config: ExperimentConfig, alias: str) -> str:
@@ -493,6 +494,9 @@ def _statistics_part(data: _Data) -> str:
     one of them with other frames changes what training sees, though not the split utterances."""
     if data.norm == "none":  # no statistics are read
         return hashlib.sha256(b"none").hexdigest()[:16]
+    # Statistics left out the labels the protocol drops only since 2026-12-07: tagged, runs recorded
+    # before (whose statistics composed every label) are not current (:func:`_same_data`).
+    tag = _KEPT_LABELS_TAG if data.kept_labels else ""
     digest = hashlib.sha256()
     split = {r.id for r in data.records}
     speakers = {r.speaker for r in data.records}
@@ -505,19 +509,34 @@ def _statistics_part(data: _Data) -> str:
         digest.update(json.dumps([alias, feature, [(r.id, r.speaker) for r in others]]).encode())
         if others:
             digest.update(store.frame_checksums(feature, [r.id for r in others]).astype("<u4").tobytes())
-    return digest.hexdigest()[:16]
+    return tag + digest.hexdigest()[:16]
+
+
+_KEPT_LABELS_TAG = "kept-"  # a statistics part composed over the labels the protocol keeps
 
 
 def _same_data(recorded: Any, data: str) -> bool:
     """Whether a run's recorded data fingerprint is ``data``; one recorded before a part was hashed
     (``UTTERANCES``, or ``UTTERANCES.FRAMES`` before the statistics' utterances) is when the parts it
-    has match: it was never checked for the others."""
+    has match: it was never checked for the others. Not when the statistics now leave out labels
+    the protocol drops (:func:`_statistics_rule_changed`): that run's composed every label."""
     if recorded == data:
         return True
-    if not isinstance(recorded, str):
+    if not isinstance(recorded, str) or _statistics_rule_changed(recorded, data):
         return False
     parts, now = recorded.split("."), data.split(".")
     return len(parts) < len(now) and now[:len(parts)] == parts
+
+
+def _statistics_rule_changed(recorded: Any, data: str) -> bool:
+    """Whether a run recorded with fingerprint ``recorded`` read the same utterances and frames as
+    ``data`` but composed its statistics over every label, where ``data``'s leave out the labels
+    the protocol drops (IEMOCAP's xxx, fru...): a run trained before they were left out."""
+    if not isinstance(recorded, str):
+        return False
+    parts, now = recorded.split("."), data.split(".")
+    return (len(now) == 3 and now[2].startswith(_KEPT_LABELS_TAG) and parts[:2] == now[:2]
+            and (len(parts) < 3 or not parts[2].startswith(_KEPT_LABELS_TAG)))
 
 
 def data_fingerprint(config: ExperimentConfig | Mapping[str, Any]) -> str:
@@ -618,14 +637,19 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
     stores now hold (``data``, their fingerprint; a manifest that grew, fixed audio): those runs are
     trained again."""
     keys = config.config_keys()
-    stale = []
+    stale, rule = [], []
     for path in list_run_files(out / "runs"):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(metrics, dict) and metrics.get("config_key") in keys and not run_is_current(metrics, keys, data):
-            stale.append(path.parent.name)
+            (rule if _statistics_rule_changed(metrics.get("data_fingerprint"), data) else stale).append(path.parent.name)
+    if rule:
+        log.warning("%d run(s) in %s composed their normalisation statistics over every utterance of their speakers, "
+                    "also those of the labels protocol %s drops (xxx, fru...), as w2v2ser did before 2026-12-07; "
+                    "they now leave those out, as the protocol's released code does: %s; they are trained again",
+                    len(rule), out, config.protocol, first_few(rule))
     if stale:
         log.warning("%d run(s) in %s were trained on other utterances or frames than the store now holds (it "
                     "has changed since: a manifest that grew or was reordered, a re-extraction whose frames "

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from w2v2ser._common import first_few
+
 from ._errors import PredictError
 from ._predict import (Prediction, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _setting_differences,
-                       _training_rates, ensemble_probabilities, normalisation_used, predict_audio, resolve_feature,
+                       _training_rates, ensemble_probabilities, log, normalisation_used, predict_audio, resolve_feature,
                        speaker_groups)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
@@ -206,6 +208,7 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
             store cannot be opened. ConfigError: A subset names what no utterance has.
     """
     from w2v2ser.train import Item, get_protocol, select_subset
+    from w2v2ser.train._protocols import statistics_utterances
 
     plan = _plan(Path(run_dir), run)
     stores = _test_stores(plan, store)
@@ -221,10 +224,14 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         raise PredictError(f"store {main.path} holds no done utterance with the features run dir {run_dir} reads.")
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
     grouped = speaker_groups(r.speaker for r in records)
-    statistics = [r.id for r in records] if subset else None
-    kept = [r for r in records if get_protocol(plan.config.protocol).map_label(r.label) is not None]
-    if kept and len(kept) < len(records) and {r.speaker for r in kept} == {r.speaker for r in records}:
-        statistics = [r.id for r in kept]  # as training composed them: IEMOCAP's xxx, fru... left out
+    # As training composed them (train._prepare): IEMOCAP's xxx, fru... left out, of any status.
+    statistics, apart = statistics_utterances(get_protocol(plan.config.protocol),
+                                              records if subset else main.list_utterances(status=None))
+    statistics = statistics if statistics is not None else [r.id for r in records] if subset else None
+    apart = [s for s in apart if s in grouped]
+    if apart and plan.config.norm == "speaker":
+        log.info("speaker(s) %s of store %s have no label that protocol %s keeps: their statistics are composed "
+                 "over all their utterances", first_few(apart), main.path, plan.config.protocol)
     probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
                                            utterances=statistics)
     crop = _crop_seconds(plan) or float("inf")

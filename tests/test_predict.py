@@ -1410,3 +1410,32 @@ def test_predict_store_of_an_iemocap_run_gives_what_training_measured(tmp_path: 
     got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
     assert got.keys() == expected.keys()
     assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)
+
+
+def test_predict_store_leaves_out_dropped_labels_per_speaker(tmp_path: Path, caplog) -> None:
+    """Review of eb9945c: one speaker of the store without a label the protocol keeps (only xxx
+    turns) sent every speaker back to statistics over all labels, without a word, so the run's own
+    test speakers no longer got what training measured."""
+    import dataclasses
+    import logging
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    utts = iemocap_utterances(per_speaker=8)
+    odd = [dataclasses.replace(utts[0], id=f"Ses01Z_xxx{k}", path=f"/fake/xxx{k}.wav", speaker="Ses01Z", label="xxx")
+           for k in range(4)]
+    store = build_store(tmp_path / "iem.zarr", utterances=[*utts, *odd], features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    expected = {row["id"]: float(row["p_neutral"]) for row in
+                csv.DictReader(open(tmp_path / "run" / "runs" / spec.name / "predictions.csv"))}
+    with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
+        preds, _ = predict_store(tmp_path / "run", store, run=spec.name)
+    got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)
+    assert "Ses01Z" in caplog.text and "no label that protocol iemocap keeps" in caplog.text

@@ -41,7 +41,7 @@ from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, folda
 from ._errors import ConfigError, DataError, FolderBusyError, ProtocolError, SelectionError
 from ._metrics import accuracy, confusion_matrix, per_class_report, uar
 from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normalisers
-from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances,
+from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances, statistics_utterances,
                          speaker_group_folds)
 from ._runfiles import damaged_run_files, list_run_files, record_run_files, writing_run
 from ._selection import ResolvedSelection, resolve_selection
@@ -174,9 +174,8 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
         # released code filters the 4 classes before it computes them, as a subset's are its own.
         # Else the same rows as before: a subset's, or all (any status: frames of a row whose other
         # feature failed still count).
-        statistics_ids = ([r.id for r in records] if statistics_ids is not None else
-                          [r.id for r in stores[main_alias].list_utterances(status=None)
-                           if protocol.map_label(r.label) is not None])
+        statistics_ids, _ = statistics_utterances(  # speakers without a kept label are not trained on
+            protocol, done if statistics_ids is not None else stores[main_alias].list_utterances(status=None))
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
         _report_mixed_rates(config, stores, sels, {r.id for r in records})

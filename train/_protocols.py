@@ -27,7 +27,7 @@ from w2v2ser._common import did_you_mean, first_few, or_list
 from ._errors import ConfigError, ProtocolError
 
 __all__ = ["Protocol", "Fold", "PROTOCOLS", "get_protocol", "check_disjoint", "select_utterances",
-           "select_subset", "speaker_group_folds", "protocol_of_corpora", "protocol_of_store"]
+           "statistics_utterances", "select_subset", "speaker_group_folds", "protocol_of_corpora", "protocol_of_store"]
 
 log = logging.getLogger("w2v2ser.train")
 
@@ -393,6 +393,24 @@ def select_utterances(protocol: Protocol, records: Sequence[Any], *,
                             f"match none of its classes {list(protocol.classes)}; pick the right --protocol")
     classes = protocol.classes or tuple(sorted(set(labels)))
     return kept, labels, classes
+
+
+def statistics_utterances(protocol: Protocol, records: Sequence[Any]) -> tuple[list[str] | None, list[str]]:
+    """The utterances of ``records`` that normalisation statistics are composed over: those whose
+    labels the protocol keeps (IEMOCAP's xxx, fru... left out, as its released code filters the 4
+    classes first), and every one of a speaker with no kept label (a store of another corpus or
+    unlabelled: its own statistics, not none). One rule for training and ``predict``.
+
+    Returns:
+        (their ids, None when the protocol keeps every label of ``records``; the speakers whose
+        utterances all count since none of their labels is kept).
+    """
+    keeps = [protocol.map_label(r.label) is not None for r in records]
+    if all(keeps):
+        return None, []
+    speakers = {r.speaker for r, keep in zip(records, keeps) if keep}
+    ids = [r.id for r, keep in zip(records, keeps) if keep or r.speaker not in speakers]
+    return ids, sorted({r.speaker for r in records} - speakers)
 
 
 # Utterance fields a subset may name besides the reader's own ``extra`` keys.

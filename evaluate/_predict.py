@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import tempfile
+import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -612,7 +613,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                   work_dir: Path | None = None, run: str | None = None,
                   batch_size: int = 16, model: str | Path | None = None,
                   stores: Mapping[str | None, str | Path] | None = None,
-                  segment: float | Literal["crop"] | None = None) -> list[Prediction]:
+                  segment: float | Literal["crop"] | None = None,
+                  labels: Sequence[str] | None = None) -> list[Prediction]:
     """Predict the emotion of audio files with the models of a trained run directory.
 
     Features are extracted in a subprocess with the training store's recorded extractor
@@ -646,6 +648,10 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             utterance), each predicted on its own; a last window shorter than a quarter of a
             window joins the one before it (with ``"crop"``: a last window of the crop's length
             ends the recording, overlapping the one before it, so every window is seen whole). Default: one prediction per file, of its start.
+        labels: the files' labels when known, one per path (a folder's applies to every file in
+            it) or per file: a speaker group's statistics are composed over its files whose labels
+            the run's protocol keeps (IEMOCAP's xxx, fru... left out, as in training); a group
+            with none of them, over all its files, with a note. Default: over all of them.
 
     Returns:
         One :class:`Prediction` per file, in order (with ``segment``, one per window, in order,
@@ -671,6 +677,13 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                                f"(a folder counts as the audio files inside it; or an empty entry was given); "
                                "expected one non-empty speaker name per path (a folder's applies to every file "
                                "in it) or per file, in the same order.")
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) == len(paths) != len(files):
+            labels = [labels[k] for k in origin]
+        if len(labels) != len(files):
+            raise PredictError(f"labels has {len(labels)} entries for {len(paths)} paths and {len(files)} files; "
+                               "expected one label per path or per file, in the same order.")
     plan = _plan(Path(run_dir), run, {k: str(v) for k, v in stores.items()} if stores else None)
     if model is not None:
         _check_model_option(plan, str(model))
@@ -701,7 +714,8 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop")
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
                                    [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
-                                   batch_size, model=model, temporary=work_dir is None)
+                                   batch_size, model=model, temporary=work_dir is None,
+                                   labels=None if labels is None else [labels[i] for i, _ in windows])
     out = []
     by_file = collections.defaultdict(list)
     for k, (i, window) in enumerate(windows):
@@ -826,10 +840,11 @@ def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:
 
 def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: list[int],
                    errors: dict[int, str], work: Path, batch_size: int, *,
-                   model: str | Path | None = None,
-                   temporary: bool = False) -> dict[int, tuple[np.ndarray, float, float, int | None, str, bool]]:
+                   model: str | Path | None = None, temporary: bool = False,
+                   labels: Sequence[str] | None = None) -> dict[int, tuple[np.ndarray, float, float, int | None, str, bool]]:
     """Extract, read back and predict the files at positions ``todo``; fills ``errors``
-    (``temporary``: ``work`` is a temporary folder, which TMPDIR places).
+    (``temporary``: ``work`` is a temporary folder, which TMPDIR places; ``labels``: the files',
+    for the utterances a group's statistics compose).
 
     Returns:
         position -> (class probabilities, file seconds, seconds the models saw, rate resampled to,
@@ -879,7 +894,18 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     if not items:
         return {}
     grouped = speaker_groups(it.speaker for it in items)
-    total = ensemble_probabilities(plan, temp, items, batch_size=batch_size, grouped=grouped)
+    statistics = None
+    if labels is not None:  # as training composed them: IEMOCAP's xxx, fru... left out
+        from w2v2ser.train import get_protocol
+        from w2v2ser.train._protocols import statistics_utterances
+
+        rows = [types.SimpleNamespace(id=it.id, speaker=it.speaker, label=labels[position[it.id]]) for it in items]
+        statistics, apart = statistics_utterances(get_protocol(plan.config.protocol), rows)
+        apart = [g for g in apart if g in grouped]
+        if apart and plan.config.norm == "speaker":
+            log.info("speaker group(s) %s have no label that protocol %s keeps: their statistics are composed over "
+                     "all their files", first_few(apart), plan.config.protocol)
+    total = ensemble_probabilities(plan, temp, items, batch_size=batch_size, grouped=grouped, utterances=statistics)
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     crop = _crop_seconds(plan) or float("inf")
     return {position[it.id]: (total[k], it.duration, min(it.duration, crop), resampled.get(it.id),

@@ -121,7 +121,8 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
     """Predict the files of a CSV manifest (``path,label,speaker``) and score them against its labels.
 
     Each speaker's files are one speaker group (normalised with their own statistics in a
-    speaker-normalised run, as the run's own test speakers were).
+    speaker-normalised run, composed over its files whose labels the run's protocol keeps, as
+    the run's own test speakers' were).
 
     Args:
         run_dir: Run directory written by ``w2v2ser train``.
@@ -142,7 +143,7 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
                            f"the recordings as audio paths with segment.")
     rows = read_csv_manifest(manifest).utterances
     predictions = predict_audio(Path(run_dir), [Path(u.path) for u in rows], speakers=[u.speaker for u in rows],
-                                **options)
+                                labels=[u.label for u in rows], **options)
     classes = next((tuple(p.probabilities) for p in predictions if p.ok), ())
     if not classes:  # nothing predicted: the predictions carry the errors
         return predictions, PredictionScore(None, None, 0, classes, (), [], failed=len(rows))

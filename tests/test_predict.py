@@ -1439,3 +1439,37 @@ def test_predict_store_leaves_out_dropped_labels_per_speaker(tmp_path: Path, cap
     assert got.keys() == expected.keys()
     assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)
     assert "Ses01Z" in caplog.text and "no label that protocol iemocap keeps" in caplog.text
+
+
+def test_predict_manifest_leaves_out_the_labels_the_protocol_drops(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Review of a9be973: training and --from-store compose a speaker's statistics over the labels
+    the protocol keeps, but predict --manifest composed them over every file of the speaker, so a
+    manifest of IEMOCAP turns normalised with its xxx and fru ones."""
+    import logging
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.evaluate import predict_manifest
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    kept = [(f"k{i}.wav", label) for i, label in enumerate(["neu", "ang", "sad", "hap", "exc", "neu"])]
+    found = []
+    for dropped in (["fru", "xxx"], ["fru", "xxx", "oth"]):  # the kept files come first: the same frames
+        rows = [*kept, *((f"d{i}.wav", label) for i, label in enumerate(dropped))]
+        manifest = tmp_path / f"m{len(dropped)}.csv"
+        manifest.write_text("path,label,speaker\n" + "".join(f"{tmp_path / name},{label},S\n" for name, label in rows)
+                            + "".join(f"{tmp_path}/z{i}.wav,xxx,Z\n" for i in range(6)))
+        for name in [name for name, _ in rows] + [f"z{i}.wav" for i in range(6)]:
+            (tmp_path / name).write_bytes(b"RIFF")
+        with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
+            preds, score = predict_manifest(tmp_path / "run", manifest, run=spec.name)
+        assert all(p.ok and p.normalisation == "speaker group" for p in preds) and score.scored == len(kept)
+        found.append([p.probabilities for p in preds[:len(kept)]])
+    for a, b in zip(*found):  # the dropped files do not move the kept ones' statistics
+        assert all(abs(a[c] - b[c]) < 1e-6 for c in a)
+    assert "speaker group(s) Z have no label that protocol iemocap keeps" in caplog.text

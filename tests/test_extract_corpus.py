@@ -1197,6 +1197,7 @@ def test_extract_of_an_incomplete_iemocap_copy_names_the_sessions_found(tmp_path
                  "--features", "spectrogram", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "note: IEMOCAP sessions found: Session1, Session2, Session3; the release has Session1..Session5" in err
+    assert "--speaker-folds 3" in err  # README: 3 or 4 sessions train with --speaker-folds N (review item 9)
     build_iemocap_tree(tmp_path / "iemocap", sessions=(4, 5), dialogs=("impro01",))
     assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(tmp_path / "s.zarr"),
                  "--features", "spectrogram", "--no-progress"]) == 0

@@ -98,9 +98,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
               f"store info {args.store or f'stores/{args.corpus}.zarr'} --json`)", file=sys.stderr)
     sessions = sorted({u.session for u in manifest.utterances}) if manifest.corpus == "iemocap" else []
     if 0 < len(sessions) < 5:  # else told only by train, after a long extraction
+        folds = (f"; or train these {len(sessions)} with `w2v2ser train ... --speaker-folds {len(sessions)}`, one "
+                 f"session per fold" if len(sessions) >= 3 else "")
         print(f"note: IEMOCAP sessions found: {', '.join(sessions)}; the release has Session1..Session5, and the "
               f"iemocap protocol (leave one session out) needs all 5: check that the copy under {args.path} is "
-              f"complete (a later extract of the whole folder adds the missing sessions to the store)",
+              f"complete (a later extract of the whole folder adds the missing sessions to the store){folds}",
               file=sys.stderr)
     configs = _extractor_configs(args)
     extractors = [build_extractor(name, config, recorded=bool(args.like)) for name, config in configs.items()]

@@ -401,7 +401,7 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
     import dataclasses
 
     from w2v2ser.store import open_store
-    from w2v2ser.train._experiment import _same_data, data_fingerprint
+    from w2v2ser.train._experiment import _same_data, _statistics_rule_changed, data_fingerprint
 
     out: dict[str, str] = {}
     for alias, path in stores.items():
@@ -439,7 +439,8 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
     recorded_data = {m.get("data_fingerprint") for m in (_read_json(r / "metrics.json", what="a run's metrics")
                                                          for r in runs) if isinstance(m, Mapping)} - {None}
     given = data_fingerprint(dataclasses.replace(config, stores={**config.stores, **out})) if recorded_data else ""
-    if recorded_data and not any(_same_data(r, given) for r in recorded_data):
+    # A run trained before its statistics left out the labels the protocol drops read this same store.
+    if recorded_data and not any(_same_data(r, given) or _statistics_rule_changed(r, given) for r in recorded_data):
         raise PredictError(f"the store(s) given with --store ({', '.join(out.values())}) hold other utterances "
                            f"than run dir {run_dir} was trained on (ids, speakers, labels, audio, their order or their "
                            "frames differ), so its statistics would not be the training ones. Pass the store the run was trained "

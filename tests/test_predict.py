@@ -1473,3 +1473,27 @@ def test_predict_manifest_leaves_out_the_labels_the_protocol_drops(tmp_path: Pat
     for a, b in zip(*found):  # the dropped files do not move the kept ones' statistics
         assert all(abs(a[c] - b[c]) < 1e-6 for c in a)
     assert "speaker group(s) Z have no label that protocol iemocap keeps" in caplog.text
+
+
+def test_a_moved_store_of_a_run_older_than_kept_label_statistics_is_that_store(tmp_path: Path, audio_files,
+                                                                                monkeypatch) -> None:
+    """Review of a9be973 (item 1): an IEMOCAP run recorded before its statistics left out the
+    labels the protocol drops ("U.F") no longer matches its store's fingerprint, and predict
+    --store refused the very store the run was trained on as one holding other utterances."""
+    import shutil
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    path = tmp_path / "run" / "runs" / spec.name / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "data_fingerprint": metrics["data_fingerprint"].rpartition(".")[0]}))
+    moved = shutil.move(str(store), tmp_path / "moved.zarr")
+    preds = predict_audio(tmp_path / "run", audio_files, stores={None: moved}, run=spec.name)
+    assert sum(p.ok for p in preds) == 3  # bad.wav fails to decode

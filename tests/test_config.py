@@ -800,3 +800,13 @@ def test_a_shell_style_variable_that_is_set_is_refused(tmp_path: Path, monkeypat
     monkeypatch.delenv("W2V2SER_TEST_OUT")
     data["output"] = "a$W2V2SER_TEST_OUT"  # not set: a name with a $ in it, as before
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "a$W2V2SER_TEST_OUT"
+
+
+def test_a_job_script_prologue_given_as_one_string_keeps_the_shells_variables(tmp_path: Path, monkeypatch) -> None:
+    """`job_script_prologue: "export A=$HOME/x"` (one line as a string, which the setting accepts)
+    was refused with "write ${HOME}", while the same line in a list went to the job's shell."""
+    monkeypatch.setenv("W2V2SER_TEST_OUT", str(tmp_path / "o"))
+    data = _base()
+    data["cluster"] = {"kind": "slurm", "slurm": {"job_script_prologue": "export A=$W2V2SER_TEST_OUT/x"}}
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm.job_script_prologue == (
+        "export A=$W2V2SER_TEST_OUT/x",)

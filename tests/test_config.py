@@ -810,3 +810,21 @@ def test_a_job_script_prologue_given_as_one_string_keeps_the_shells_variables(tm
     data["cluster"] = {"kind": "slurm", "slurm": {"job_script_prologue": "export A=$W2V2SER_TEST_OUT/x"}}
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).cluster.slurm.job_script_prologue == (
         "export A=$W2V2SER_TEST_OUT/x",)
+
+
+def test_dollar_dollar_goes_to_the_jobs_shell_as_written(monkeypatch) -> None:
+    """f0fa2ca made `$$` a literal `$` everywhere, so an existing prologue line `mkdir -p /tmp/w2v2ser-$$`
+    (the shell's process id: one folder per job) silently became `/tmp/w2v2ser-$`, one folder shared
+    by every job. The lines the job's shell expands keep `$$`; `${VAR}` is still expanded there."""
+    from w2v2ser._overrides import expand_env
+
+    monkeypatch.setenv("W2V2SER_TEST_HOME", "/h")
+    monkeypatch.delenv("W2V2SER_TEST_X", raising=False)
+    slurm = {"job_script_prologue": ["mkdir -p /tmp/w2v2ser-$$", "cd ${W2V2SER_TEST_HOME}/$$"],
+             "local_directory": "${W2V2SER_TEST_X:-/scratch/$$}/dask", "log_directory": "logs-$$"}
+    assert expand_env({"cluster": {"slurm": slurm}, "output": "out/$$x"}) == {
+        "cluster": {"slurm": {"job_script_prologue": ["mkdir -p /tmp/w2v2ser-$$", "cd /h/$$"],
+                              "local_directory": "/scratch/$$/dask", "log_directory": "logs-$"}},
+        "output": "out/$x"}
+    assert expand_env({"cluster": {"slurm": {"job_script_prologue": "echo $$"}}}) == {
+        "cluster": {"slurm": {"job_script_prologue": "echo $$"}}}

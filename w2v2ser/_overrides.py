@@ -126,7 +126,8 @@ _EXPANDED = re.compile(r"\$\$|" + ENV_VARIABLE.pattern)
 
 
 def expand_env(node: Any, where: str = "") -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of the document; ``$$`` is a literal ``$``."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of the document; ``$$`` is a literal ``$``
+    (not in the lines the job's shell reads, where ``$$`` stays for the shell)."""
     if isinstance(node, dict):
         return {k: expand_env(v, _join(where, k)) for k, v in node.items()}
     if isinstance(node, list):
@@ -148,7 +149,7 @@ def expand_env(node: Any, where: str = "") -> Any:
         raise ConfigError(f"{where}: {node!r} names the environment variable {name} as ${name}, which is taken "
                           f"as it is; w2v2ser expands ${{{name}}} and ${{{name}:-default}}: write ${{{name}}} "
                           f"($$ is a literal $)")
-    if "${" not in node and "$$" not in node:
+    if "${" not in node and ("$$" not in node or shell):
         return node
 
     def replace(match: re.Match) -> str:
@@ -159,13 +160,14 @@ def expand_env(node: Any, where: str = "") -> Any:
         if value:
             return value
         if default is not None:  # as in a shell, ${VAR:-default} also stands for an empty VAR
-            return default.replace("$$", "$")
+            return default if shell else default.replace("$$", "$")
         # An empty value would silently turn a setting off (a corpus path: the corpus skipped).
         raise ConfigError(f"{where}: environment variable {name} is "
                           f"{'empty' if name in os.environ else 'not set'} (in {node!r}); "
                           f"export it or write ${{{name}:-default}}")
 
-    expanded = _EXPANDED.sub(replace, node)
+    # The job's shell reads its lines as written: its $$ (the process id) stays $$ there.
+    expanded = (ENV_VARIABLE if shell else _EXPANDED).sub(replace, node)
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
     if ENV_VARIABLE.fullmatch(node):
         try:

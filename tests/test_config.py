@@ -828,3 +828,15 @@ def test_dollar_dollar_goes_to_the_jobs_shell_as_written(monkeypatch) -> None:
         "output": "out/$x"}
     assert expand_env({"cluster": {"slurm": {"job_script_prologue": "echo $$"}}}) == {
         "cluster": {"slurm": {"job_script_prologue": "echo $$"}}}
+
+
+def test_an_escaped_dollar_brace_is_no_default(monkeypatch) -> None:
+    """`a$${X:-$HOME}` is the literal text `a${X:-` then `$HOME`: it was refused as "$HOME in a default",
+    whose hint (write the value, or set X) does not apply; `${HOME}` there is expanded."""
+    from w2v2ser._overrides import expand_env
+
+    monkeypatch.setenv("W2V2SER_TEST_HOME", "/h")
+    with pytest.raises(ConfigError, match=r"taken as it is.*write \$\{W2V2SER_TEST_HOME\}") as error:
+        expand_env({"output": "a$${W2V2SER_TEST_X:-$W2V2SER_TEST_HOME}"})
+    assert "in a default" not in str(error.value)
+    assert expand_env({"output": "a$${W2V2SER_TEST_X:-${W2V2SER_TEST_HOME}}"}) == {"output": "a${W2V2SER_TEST_X:-/h}"}

@@ -137,7 +137,8 @@ def expand_env(node: Any, where: str = "") -> Any:
     # A shell's $VAR: it would be a folder named "$VAR". Not in the job script lines the job's shell
     # expands (job_script_prologue, the worker's --local-directory); log_directory and the #SBATCH lines are not.
     shell = re.fullmatch(r"cluster\.slurm\.(job_script_prologue(\[[0-9]+\])?|local_directory)", where)
-    defaults = [m.span(2) for m in ENV_VARIABLE.finditer(node) if m.group(2) is not None]
+    # The defaults of the ${...} that are expanded: not of an escaped $${X:-...}, which is literal text.
+    defaults = [m.span(2) for m in _EXPANDED.finditer(node) if m.group(2) is not None]
     for match in [] if shell else _BARE_VARIABLE.finditer(node):
         name = match.group(1)
         if name not in os.environ:

@@ -198,15 +198,16 @@ def _fix_hint() -> str:
     )
 
 
-_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def _weights_sha256(path: Path) -> str:
-    """file_sha256 of a weight file, kept per (path, inode, size, mtime) for the process: `w2v2ser run`
+    """file_sha256 of a weight file, kept per (path, inode, size, mtime, ctime) for the process: `w2v2ser run`
     checks the weights of every complete store (once per store and corpus) on each rerun, and a large
-    model's weights take seconds to hash. A file replaced or rewritten is hashed again."""
+    model's weights take seconds to hash. A file replaced or rewritten is hashed again (the ctime changes
+    with any write, also one that keeps the size and sets the mtime back, as `rsync --inplace -t` does)."""
     info = path.stat()
-    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]

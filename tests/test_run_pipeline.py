@@ -689,6 +689,34 @@ def test_model_weights_are_hashed_once_per_version_of_the_file(tmp_path: Path, m
     assert resolve_model(str(model)).weights_sha256 != first and len(hashed) == 2, hashed
 
 
+def test_model_weights_rewritten_in_place_with_their_size_and_mtime_are_hashed_again(tmp_path: Path) -> None:
+    """The digest was kept per (path, inode, size, mtime): a file rewritten in place that keeps its size
+    and mtime (`rsync --inplace -t`, `touch -r`) returned the old weights' digest, so `run` called a
+    store made with other weights complete. Its ctime, which no user can set, changes with any write."""
+    import os
+    import time
+
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser.extract import resolve_model
+
+    model = save_tiny_wav2vec2(tmp_path / "model")
+    first = dict(resolve_model(str(model)).weights_sha256)
+    for name in first:
+        path = model / name
+        before = path.stat()
+        time.sleep(0.05)  # past the file system's timestamp tick
+        with open(path, "r+b") as file:
+            file.seek(before.st_size - 8)
+            data = file.read(8)
+            file.seek(before.st_size - 8)
+            file.write(bytes(b ^ 0xFF for b in data))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = path.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    again = dict(resolve_model(str(model)).weights_sha256)
+    assert all(again[name] != first[name] for name in first), (first, again)
+
+
 @needs_ravdess
 @pytest.mark.slow  # about 40 s: a whole `w2v2ser run` (training 2 tiny runs), then two evaluate stages
 def test_run_stage_evaluate_does_not_show_results_of_another_configuration(tmp_path: Path, capsys) -> None:

@@ -210,6 +210,20 @@ def test_labels_of_mixed_types_or_missing_are_refused(labels, expected):
         DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, list(labels) * 4)
 
 
+def test_score_and_validation_labels_of_mixed_kinds_are_refused():
+    """Found by review: only the first label's kind was looked at, so [1, "a"] became the strings
+    '1', 'a' and an int label 1 matched a class named '1' without a word (score, validation_data)."""
+    x, _, _ = utterances(12)
+    y = np.array(["1", "a"] * 6)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    mixed = np.array([1, "a"] * 6, dtype=object)
+    with pytest.raises(DataError, match=r"DenseHead\.score\(x, y\): y mixes string and number labels "
+                                        r"\(e\.g\. 'a' and 1\)"):
+        head.score(x, mixed)
+    with pytest.raises(DataError, match=r"DenseHead\.fit: validation_data: y mixes string and number labels"):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y, validation_data=(x, mixed))
+
+
 def test_validation_fraction_that_leaves_nothing_to_train_on():
     x, y, _ = utterances(12)
     with pytest.raises(DataError, match="of 12 training utterances holds out 12, leaving none"):

@@ -128,19 +128,20 @@ def _label_kind(labels: np.ndarray) -> str:
     return "number"
 
 
-def _check_label_kinds(y: Any, head: str) -> None:
+def _check_label_kinds(y: Any, head: str, call: str = "fit(x, y)") -> None:
     """Labels of one kind, none missing (scikit-learn's classifiers refuse the same): numpy turned
-    ``["a", 1]`` into the strings "a", "1" (so predict gave '1'), and None failed in np.unique."""
+    ``["a", 1]`` into the strings "a", "1" (so predict gave '1'), and None failed in np.unique.
+    ``call`` names the method and argument in the message."""
     kinds: dict[str, Any] = {}
     for i, value in enumerate(np.asarray(y, dtype=object).ravel()):
         # float32 NaN is no float; pandas' NA is "missing" by its own type, not by NaN
         if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)) \
                 or type(value).__name__ in ("NAType", "NaTType"):
-            raise DataError(f"{head}.fit(x, y): y[{i}] is {value!r}, a missing label; give every utterance a "
+            raise DataError(f"{head}.{call}: y[{i}] is {value!r}, a missing label; give every utterance a "
                             f"label, or leave out the unlabelled ones")
         kinds.setdefault("string" if isinstance(value, (str, bytes)) else "number", value)
     if len(kinds) > 1:
-        raise DataError(f"{head}.fit(x, y): y mixes string and number labels (e.g. {kinds['string']!r} and "
+        raise DataError(f"{head}.{call}: y mixes string and number labels (e.g. {kinds['string']!r} and "
                         f"{kinds['number']!r}); give labels of one type (e.g. all strings)")
 
 
@@ -360,11 +361,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             return x
         return _ArrayBatches(x, y, batch_size=self._resolved_recipe().batch_size, shuffle=shuffle, seed=seed)
 
-    def _encode(self, y: Any, *, unseen: int | None = None) -> np.ndarray:
+    def _encode(self, y: Any, *, unseen: int | None = None, call: str = "fit(x, y)") -> np.ndarray:
         """Labels -> integer indices into ``classes_`` (labels ARE the indices when ``classes`` is set).
 
         Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
         """
+        # every element's kind: [1, "a"] became the strings '1', 'a', so 1 matched a class '1' silently
+        _check_label_kinds(y, type(self).__name__, call)
         y = np.asarray(y)
         if y.dtype.kind == "O" and y.size and _label_kind(y) == "number":
             y = np.array(y.tolist())  # Python ints of an object array (a pandas Series): the numbers they are
@@ -454,7 +457,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                            if isinstance(validation_data, (list, tuple)) else type(validation_data).__name__)
                     raise ConfigError(f"{type(self).__name__}.fit: validation_data: expected a tuple (arrays, labels) "
                                       f"or FeatureBatches; got {got}")
-                validation_data = (validation_data[0], self._encode(validation_data[1]))
+                validation_data = (validation_data[0],
+                                   self._encode(validation_data[1], call="fit: validation_data"))
         train = self._data(x, y, shuffle=True, seed=seed)
         val = None
         if validation_data is not None:
@@ -540,7 +544,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         from sklearn.metrics import balanced_accuracy_score
 
         pred = np.argmax(self.predict_proba(x), axis=1)
-        return float(balanced_accuracy_score(self._encode(y, unseen=-1), pred, sample_weight=sample_weight))
+        return float(balanced_accuracy_score(self._encode(y, unseen=-1, call="score(x, y)"), pred,
+                                             sample_weight=sample_weight))
 
 
 class DenseHead(_BaseHead):

@@ -25,8 +25,8 @@ STATS_BLOCK_BYTES = 32 * 2**20  # per-utterance statistics read at once while co
 _STATUS = np.array(["done", "failed", "pending"])  # status codes 0, 1, 2
 
 
-def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any) -> None:
-    arr = open_array(group, key)
+def _write_column(group: zarr.Group, key: str, values: Any, dtype: Any, *, where: str) -> None:
+    arr = open_array(group, key, where=where)
     if arr.shape[0] != len(values):
         arr.resize((len(values), *arr.shape[1:]))
     # Row blocks: a table of a million rows is converted and written a chunk at a time.
@@ -42,7 +42,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     """
     path = locate_store(path)
     meta = dict(group.attrs[ATTRS_KEY])
-    ids = open_array(group, "utterances/id")[:]
+    ids = open_array(group, "utterances/id", where=path.display)[:]
     n = len(ids)
     state = resolve_events(path, ids=ids)
     names = sorted(meta["features"])
@@ -59,7 +59,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     pair_failed: dict[str, np.ndarray] = {}
     capacity: dict[str, np.ndarray] = {}
     for k, f in enumerate(names):
-        capacity[f] = open_array(group, f"features/{f}/capacity")[:]
+        capacity[f] = open_array(group, f"features/{f}/capacity", where=path.display)[:]
         planned = capacity[f] >= 0
         pair = state.pair(f)
         newer = pair.column("seq", n) > row_seq  # the pair's own event is later than a row failure
@@ -101,16 +101,16 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     for f in names:
         g = f"features/{f}"
         for key in ("offset", "length", "slot"):
-            _write_column(group, f"{g}/{key}", index[f][key], np.int64)
+            _write_column(group, f"{g}/{key}", index[f][key], np.int64, where=path.display)
         # Written whole, as read: a plan killed between growing it and filling the new rows left
         # chunk files unstored (read as the fill value, which is what they hold).
-        _write_column(group, f"{g}/capacity", capacity.pop(f), np.int64)
+        _write_column(group, f"{g}/capacity", capacity.pop(f), np.int64, where=path.display)
         if n:
-            _write_column(group, f"{g}/crc32", index[f]["crc32"], np.uint32)
-    _write_column(group, "utterances/status", _STATUS[status], str)
-    _write_committed(group, state, names, winner)
+            _write_column(group, f"{g}/crc32", index[f]["crc32"], np.uint32, where=path.display)
+    _write_column(group, "utterances/status", _STATUS[status], str, where=path.display)
+    _write_committed(group, state, names, winner, where=path.display)
     failing = np.flatnonzero(row_fail_active | any_failed).tolist()
-    paths = open_array(group, "utterances/path")[:] if failing else None
+    paths = open_array(group, "utterances/path", where=path.display)[:] if failing else None
     failures: list[tuple[str, str, str, str]] = []
     for row in failing:
         uid, where = str(ids[row]), str(paths[row])
@@ -118,11 +118,11 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
             failures.append((uid, where, "", state.row_failure_reason(row) or ""))
         failures += [(uid, where, f, state.pair(f).reason.get(row, "")) for f in names if pair_failed[f][row]]
     for i, col in enumerate(FAILURE_COLUMNS):
-        _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str)
+        _write_column(group, f"failures/{col}", [fl[i] for fl in failures], str, where=path.display)
     del state
     for f in names:
         _drop_orphan_shards(path, group, f, index[f])
-    speakers = open_array(group, "utterances/speaker")[:]
+    speakers = open_array(group, "utterances/speaker", where=path.display)[:]
     for f in names:
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
     _write_parquet(path, group, failures)
@@ -140,10 +140,11 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     group.attrs[ATTRS_KEY] = meta
 
 
-def _write_committed(group: zarr.Group, state: PairState, names: list[str], winner: np.ndarray) -> None:
+def _write_committed(group: zarr.Group, state: PairState, names: list[str], winner: np.ndarray, *,
+                     where: str) -> None:
     """audio_sha256 and duration of each row from its winning commit (other rows keep theirs)."""
     for col in ("audio_sha256", "duration"):
-        arr = open_array(group, f"utterances/{col}")
+        arr = open_array(group, f"utterances/{col}", where=where)
         for lo in range(0, len(winner), ROW_CHUNK):
             hi = min(lo + ROW_CHUNK, len(winner))
             block = winner[lo:hi]
@@ -172,7 +173,7 @@ def _drop_orphan_shards(path: StoreLocation, group: zarr.Group, feature: str, in
         folder = path.path / "features" / feature / name / "c" if path.is_local else None
         if folder is not None and not folder.is_dir():
             continue
-        array = open_array(group, f"features/{feature}/{name}")
+        array = open_array(group, f"features/{feature}/{name}", where=path.display)
         shard = int(array.shards[0])
         used = (index["length"] > 0) if name == "data" else (index["slot"] >= 0)
         first, last = starts[used] // shard, (stops[used] - 1) // shard
@@ -312,7 +313,8 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
                         index: dict[str, np.ndarray], ids: np.ndarray) -> None:
     """Raise if a statistics shard of committed utterances is missing: zarr would read it as zeros,
     and the speaker statistics composed from them would be wrong without a word."""
-    missing = missing_statistics_shards(open_array(group, f"features/{spec.name}/stats"), length=index["length"],
+    missing = missing_statistics_shards(open_array(group, f"features/{spec.name}/stats", where=path.display),
+                                        length=index["length"],
                                         slot=index["slot"], crc32=index["crc32"], frame_shape=spec.frame_shape,
                                         dtype=spec.dtype, checksum=checksum)
     if missing:
@@ -328,7 +330,7 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
 def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speakers: Any, length: np.ndarray,
                     slot: np.ndarray) -> None:
     g = f"features/{feature}"
-    stats = open_array(group, f"{g}/stats")
+    stats = open_array(group, f"{g}/stats", where=path.display)
     frame_shape = tuple(stats.shape[2:])
     names, _ = _codes(speakers)
     try:
@@ -338,10 +340,10 @@ def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speake
             f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "
             f"so its speaker statistics cannot be composed. Run `w2v2ser store verify --repair {path.display}`, "
             f"then extract again: the damaged utterances are extracted anew.") from None
-    _write_column(group, f"{g}/speaker_name", names, str)
-    _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64)
+    _write_column(group, f"{g}/speaker_name", names, str, where=path.display)
+    _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64, where=path.display)
     for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):
-        out = open_array(group, f"{g}/{arr}")
+        out = open_array(group, f"{g}/{arr}", where=path.display)
         out.resize((len(names), *frame_shape))
         if names:
             out[:] = np.stack([totals[k][part] if k in totals else np.zeros(frame_shape) for k in names])
@@ -363,7 +365,7 @@ def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[
 
     kinds = {str: pa.string(), "float64": pa.float64(), "int64": pa.int64()}
     schema = pa.schema([(col, kinds[dtype]) for col, (dtype, _) in UTTERANCE_COLUMNS.items()])
-    arrays = {col: open_array(group, f"utterances/{col}") for col in UTTERANCE_COLUMNS}
+    arrays = {col: open_array(group, f"utterances/{col}", where=path.display) for col in UTTERANCE_COLUMNS}
     n = arrays["id"].shape[0]  # the id column defines the rows
 
     def write_utterances(sink: Any) -> None:

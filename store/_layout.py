@@ -264,11 +264,12 @@ def open_root(path: Path | StoreLocation, *, mode: str) -> zarr.Group:
 FAST_ARRAYS = ("data",)
 
 
-def open_array(group: zarr.Group, key: str, *, where: Path | str | None = None) -> zarr.Array:
+def open_array(group: zarr.Group, key: str, *, where: Path | str | None) -> zarr.Array:
     """An array of the store: the frames with the fast codec pipeline, every other array with
     zarr's own, which checks every inner chunk's crc32c. (Local writers write whole shards of the
     frames and statistics through tensorstore either way.) ``where``: the store as the user gave
-    it (its location's display), named by the error for a missing array."""
+    it (its location's display), named by the error for a missing array: required, so that no
+    caller names ``s3a://b/x`` as ``s3://b/x`` (None: the name is rebuilt from the store)."""
     name = key.rsplit("/", 1)[-1]
     config = _PIPELINE if name in FAST_ARRAYS else _CHECKING_PIPELINE
     with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):

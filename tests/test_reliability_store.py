@@ -851,7 +851,7 @@ def test_an_array_that_cannot_be_reached_is_not_called_damaged(monkeypatch):
             raise ConnectionError("endpoint down")
 
     with pytest.raises(ConnectionError, match="endpoint down"):
-        open_array(Unreachable(), "features/x/data")
+        open_array(Unreachable(), "features/x/data", where=None)
 
 
 def test_compose_statistics_takes_an_iterator_of_utterances(store):

@@ -809,6 +809,23 @@ def test_a_missing_array_metadata_object_is_damage_named_by_the_store_url(s3_ser
     assert not isinstance(e.value, StoreGoneError)
 
 
+def test_finalize_names_a_missing_array_by_the_store_url_as_given(s3_server):
+    """Review3 item 9: finalize's open_array calls passed no `where`, so its damage message
+    rebuilt the name from the file system: `s3a://b/x` shown as `s3://b/x`."""
+    from w2v2ser.store import StoreWriter
+
+    url = f"s3a://{BUCKET}/t{next(_names)}/final.zarr"
+    build_store(url, lengths=[20, 9], units=1)
+    locate_store(url).delete("features/w2v/speaker_mean/zarr.json")
+    writer = StoreWriter(url)
+    try:
+        with pytest.raises(StoreError, match=rf"store {url} is damaged: array features/w2v/speaker_mean cannot be "
+                                              r"opened"):
+            writer.finalize()
+    finally:
+        writer.close()
+
+
 def test_an_endpoint_lost_mid_read_leaves_no_tracebacks_at_exit(s3_server, tmp_path):
     """Found running `train` from S3 with the endpoint cut: after the one-line error, exit printed
     hundreds of lines of "Exception ignored in: <coroutine object concurrent_map...> ... was created

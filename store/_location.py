@@ -220,11 +220,33 @@ def unreachable(location: StoreLocation, exc: BaseException) -> StoreUnreachable
             f"cannot use store {location}: a storage option is not one its file system's client takes "
             f"({type(exc).__name__}: {exc}); given: {sorted(location.storage_options)}. Fix storage_options or "
             f"{STORAGE_OPTIONS_ENV} (client settings such as timeouts go under \"config_kwargs\" for S3).")
+    if named is not None:  # an option no user gave: the client's own packages call each other with other versions
+        installed = _client_versions(location)
+        return StoreUnreachableError(
+            f"cannot use store {location}: the installed client libraries of its file system disagree "
+            f"({type(exc).__name__}: {exc}, an option none of your storage options names); installed: "
+            f"{', '.join(f'{k} {v}' for k, v in installed.items()) or 'none found'}. Upgrade them together "
+            f"to versions that match: pip install -U {' '.join(installed)}.")
     return StoreUnreachableError(
         f"cannot use store {location}: {type(exc).__name__}: {exc}. Check that the bucket exists, "
         f"the URL, the endpoint and the credentials (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
         f"AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or {STORAGE_OPTIONS_ENV})."
     )
+
+
+def _client_versions(location: StoreLocation) -> dict[str, str]:
+    """Installed versions of the packages of a URL's file system client (S3: s3fs, aiobotocore, botocore)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    scheme = location.url.split("://", 1)[0]
+    names = ("s3fs", "aiobotocore", "botocore") if scheme in ("s3", "s3a") else ("fsspec", "gcsfs", "adlfs")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 # Packages whose exceptions mean that the object store's client could not get an answer (or got a

@@ -924,14 +924,21 @@ def test_a_storage_option_the_client_does_not_take_is_named_not_called_unreachab
 
 def test_a_client_type_error_is_called_a_bad_storage_option_only_when_it_names_one_given(monkeypatch):
     """Review2 item 6: any "unexpected keyword argument" of the client (an s3fs/aiobotocore version
-    mismatch) was called a bad storage option, "given: []. Fix storage_options"."""
+    mismatch) was called a bad storage option, "given: []. Fix storage_options". Review3 item 8: it
+    then said "Check that the bucket exists, the URL, the endpoint and the credentials", also wrong."""
+    from importlib.metadata import version
+
     from w2v2ser.store._location import unreachable
 
     monkeypatch.delenv("W2V2SER_STORAGE_OPTIONS", raising=False)
     error = TypeError("AioSession.__init__() got an unexpected keyword argument 'retries'")
     for options in ({}, {"anon": False, "config_kwargs": {"read_timeout": 5}}):
         said = str(unreachable(locate_store("s3://bucket/x.zarr", storage_options=options), error))
-        assert "storage option" not in said and "Check that the bucket exists" in said, said
+        assert "a storage option is not one" not in said and "Check that the bucket exists" not in said, said
+        assert "the installed client libraries of its file system disagree" in said, said
+        assert f"installed: s3fs {version('s3fs')}, aiobotocore {version('aiobotocore')}, botocore " \
+               f"{version('botocore')}. Upgrade them together to versions that match: pip install -U s3fs " \
+               f"aiobotocore botocore" in said, said
     for options in ({"retries": 1}, {"config_kwargs": {"retries": 1}}):
         said = str(unreachable(locate_store("s3://bucket/x.zarr", storage_options=options), error))
         assert "a storage option is not one its file system's client takes" in said, said

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from w2v2ser._common import file_url_path
+
 from ._errors import StoreError, StoreUnreachableError
 
 __all__ = ["StoreLocation", "locate_store", "is_store_url", "remote_errors", "unreachable", "from_object_store",
@@ -315,7 +317,10 @@ def locate_store(store: str | bytes | os.PathLike[str] | os.PathLike[bytes] | St
     text = os.fsdecode(store)
     if is_store_url(text):
         return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})
-    return StoreLocation(text.removeprefix("file://"))
+    try:
+        return StoreLocation(file_url_path(text))
+    except ValueError as exc:
+        raise StoreError(f"store: {exc}.") from None
 
 
 @contextmanager

@@ -765,6 +765,13 @@ def test_a_file_url_as_output_or_corpus_path_is_that_local_path(tmp_path: Path) 
     config = load_pipeline(_write(tmp_path, data))
     assert config.output == tmp_path / "out"
     assert config.corpora["ravdess"].path == corpus
+    # Review3 item 13: `file://localhost/x` became the relative folder `localhost/x`; another host is refused
+    data["output"] = f"file://localhost{tmp_path / 'out'}"
+    assert load_pipeline(_write(tmp_path, data)).output == tmp_path / "out"
+    data["output"] = "file://nas/data/out"
+    with pytest.raises(ConfigError, match=r"output: 'file://nas/data/out' names the host 'nas', but w2v2ser reads "
+                                          r"file:// URLs on this machine only"):
+        load_pipeline(_write(tmp_path, data))
 
 
 def test_set_takes_a_list_item_as_the_errors_name_it() -> None:

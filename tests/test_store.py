@@ -361,6 +361,18 @@ def test_a_store_path_given_as_bytes_opens(tmp_path, monkeypatch):
     assert locate_store(os.fsencode(tmp_path / "s")).url == str(tmp_path / "s")
 
 
+def test_a_file_url_with_localhost_is_the_local_path_and_another_host_is_refused(tmp_path):
+    """Review3 item 13: `file://localhost/data/x` became the relative path `localhost/data/x`, and
+    `file://host/x` the relative path `host/x`, with no word."""
+    build_store(tmp_path / "s", lengths=LENGTHS, units=2)
+    assert locate_store(f"file://localhost{tmp_path / 's'}").url == str(tmp_path / "s")
+    assert len(open_store(f"file://localhost{tmp_path / 's'}").list_utterances()) == len(LENGTHS)
+    assert locate_store(f"file://{tmp_path / 's'}").url == str(tmp_path / "s")
+    with pytest.raises(StoreError, match=r"store: 'file://nas/data/x.zarr' names the host 'nas', but w2v2ser reads "
+                                         r"file:// URLs on this machine only\. Write file:///path"):
+        locate_store("file://nas/data/x.zarr")
+
+
 def test_read_batch_into_given_arrays(tmp_path):
     """read_batch(..., out=): the frames land in the caller's arrays (e.g. rows of a padded batch),
     equal to read_utterance's; arrays of the wrong shape, dtype or count are refused by name."""

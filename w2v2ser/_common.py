@@ -44,6 +44,7 @@ __all__ = [
     "die_with_parent",
     "did_you_mean",
     "file_sha256",
+    "file_url_path",
     "first_few",
     "or_list",
     "owner_tag",
@@ -257,6 +258,20 @@ def as_paths(value: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pat
     if isinstance(value, (str, os.PathLike)):
         return [Path(value)]
     return [Path(v) for v in value]
+
+
+def file_url_path(text: str) -> str:
+    """The local path of a ``file://`` URL (``file:///data/x`` and ``file://localhost/data/x`` are
+    /data/x), any other text as it is. Raises ValueError for one that names another host (it was
+    taken as the relative path ``host/x``)."""
+    if not text.startswith("file://"):
+        return text
+    host, slash, path = text.removeprefix("file://").partition("/")
+    if host not in ("", "localhost"):
+        raise ValueError(f"{text!r} names the host {host!r}, but w2v2ser reads file:// URLs on this machine "
+                         f"only. Write file:///path (three slashes: no host) or the path itself; for another "
+                         f"machine's folder, give the path where it is mounted here")
+    return slash + path
 
 
 def first_few(items: Sequence[str], n: int = 3) -> str:

@@ -37,7 +37,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from w2v2ser.extract._corpora import CORPUS_READERS
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 
-from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
+from ._common import SHARD_SIZE, ConfigError, did_you_mean, file_url_path, first_few
 from ._overrides import ENV_VARIABLE, apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, config_problems, dataclass_model, validate
 
@@ -392,7 +392,10 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Pa
                           f"stores on object storage run the stages as commands: `w2v2ser extract ... --store "
                           f"s3://bucket/x.zarr`, then `w2v2ser train s3://bucket/x.zarr ...`.")
     # file:///data/x is the local path /data/x, as store paths read it (not the folder file:/data/x).
-    path = Path(value.removeprefix("file://") if isinstance(value, str) else value).expanduser()
+    try:
+        path = Path(file_url_path(value) if isinstance(value, str) else value).expanduser()
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}.") from None
     path = path if path.is_absolute() else (base / path)
     path = Path(os.path.normpath(path))
     if must_exist and not path.exists():

@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store",
                                   parents=[verbose])
     extract.add_argument("corpus", choices=list(CORPUS_READERS), help="corpus reader")
-    extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,gender,session,split,id])")
+    extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,gender,session,split,id,corpus,...])")
     extract.add_argument("--store", help="store directory or object-store URL, e.g. s3://bucket/ravdess.zarr "
                                               "(default: stores/CORPUS.zarr)")
     extract.add_argument(

@@ -894,14 +894,17 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
     if not items:
         return {}
-    grouped = speaker_groups(it.speaker for it in items)
-    statistics = None
+    statistics, apart = None, []
     if labels is not None:  # as training composed them: IEMOCAP's xxx, fru... left out
         from w2v2ser.train import get_protocol
         from w2v2ser.train._protocols import statistics_utterances
 
         rows = [types.SimpleNamespace(id=it.id, speaker=it.speaker, label=labels[position[it.id]]) for it in items]
         statistics, apart = statistics_utterances(get_protocol(plan.config.protocol), rows)
+    # A group qualifies by the files its statistics compose (its kept labels), not by all of its files.
+    counted = None if statistics is None else set(statistics)
+    grouped = speaker_groups(it.speaker for it in items if counted is None or it.id in counted)
+    if labels is not None:
         apart = [g for g in apart if g in grouped]
         if apart and plan.config.norm == "speaker":
             log.info("speaker group(s) %s have no label that protocol %s keeps: their statistics are composed over "
@@ -915,8 +918,9 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
 
 
 def speaker_groups(speakers: Iterable[str]) -> list[str]:
-    """The speaker groups with enough predicted files for their own statistics: a group of too few
-    keeps the global statistics, since its own would remove what the models read."""
+    """The speaker groups with enough predicted files for their own statistics (one speaker per
+    file the statistics compose): a group of too few keeps the global statistics, since its own
+    would remove what the models read."""
     sizes = collections.Counter(speakers)
     return sorted(s for s, n in sizes.items() if s != UNGROUPED and n >= MIN_GROUP_FILES)
 

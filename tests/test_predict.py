@@ -1497,3 +1497,27 @@ def test_a_moved_store_of_a_run_older_than_kept_label_statistics_is_that_store(t
     moved = shutil.move(str(store), tmp_path / "moved.zarr")
     preds = predict_audio(tmp_path / "run", audio_files, stores={None: moved}, run=spec.name)
     assert sum(p.ok for p in preds) == 3  # bad.wav fails to decode
+
+
+def test_a_speaker_group_qualifies_by_its_kept_label_files(tmp_path: Path, monkeypatch) -> None:
+    """Review 3 (item 1): a group qualified for its own statistics by counting all its files, but
+    they are composed over its kept-label files only, so a group of 3 files, 2 of them fru/xxx,
+    was normalised by one file's statistics. It keeps the global ones, as a small group does."""
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.evaluate import predict_manifest
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    rows = [("s0.wav", "neu", "S"), ("s1.wav", "fru", "S"), ("s2.wav", "xxx", "S"),
+            ("t0.wav", "neu", "T"), ("t1.wav", "ang", "T"), ("t2.wav", "sad", "T")]
+    for name, _, _ in rows:
+        (tmp_path / name).write_bytes(b"RIFF")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{tmp_path / n},{lab},{s}\n" for n, lab, s in rows))
+    preds, _ = predict_manifest(tmp_path / "run", manifest, run=spec.name)
+    assert [p.normalisation for p in preds] == [_predict.SMALL_GROUP] * 3 + ["speaker group"] * 3

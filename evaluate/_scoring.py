@@ -225,9 +225,10 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
         raise PredictError(f"store {main.path} holds no done utterance with the features run dir {run_dir} reads.")
     items = [Item(r.id, r.speaker, 0, float(r.duration)) for r in records]
     # As training composed them (train._prepare): IEMOCAP's xxx, fru... left out, of any status.
-    statistics, apart = statistics_utterances(get_protocol(plan.config.protocol),
-                                              records if subset else main.list_utterances(status=None))
-    statistics = statistics if statistics is not None else [r.id for r in records] if subset else None
+    rows = main.list_utterances(status=None)  # training's rows (train._prepare)
+    rows = select_subset(rows, subset, store=str(main.path)) if subset else rows
+    statistics, apart = statistics_utterances(get_protocol(plan.config.protocol), rows)
+    statistics = statistics if statistics is not None else [r.id for r in rows] if subset else None
     # A speaker qualifies by the utterances its statistics compose (its kept labels), not by all of them.
     counted = None if statistics is None else set(statistics)
     grouped = speaker_groups(r.speaker for r in records if counted is None or r.id in counted)

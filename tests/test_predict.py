@@ -1521,3 +1521,30 @@ def test_a_speaker_group_qualifies_by_its_kept_label_files(tmp_path: Path, monke
     manifest.write_text("path,label,speaker\n" + "".join(f"{tmp_path / n},{lab},{s}\n" for n, lab, s in rows))
     preds, _ = predict_manifest(tmp_path / "run", manifest, run=spec.name)
     assert [p.normalisation for p in preds] == [_predict.SMALL_GROUP] * 3 + ["speaker group"] * 3
+
+
+def test_predict_store_subset_composes_the_statistics_training_did(tmp_path: Path) -> None:
+    """Review 3 (item 4): with --subset, predict_store composed the statistics over the subset's done
+    rows, while training composed them over rows of any status: a test speaker's row whose other
+    feature failed (its egemaps frames stored) moved training's statistics but not predict's."""
+    import dataclasses
+
+    from stage2_fixtures import iemocap_utterances
+    from test_train_experiment import _store_with_a_half_failed_utterance
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    utts = iemocap_utterances(per_speaker=6)
+    kept = next(u for u in utts if u.label == "neu")
+    extra = dataclasses.replace(kept, id=f"{kept.speaker}_half", path="/fake/half.wav")
+    store = _store_with_a_half_failed_utterance(tmp_path / "iem.zarr", utts, extra, 5.0)
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = next(s for s in plan_runs(config) if kept.speaker in s.test)
+    train_run(config, spec, out=tmp_path / "run")
+    expected = {row["id"]: float(row["p_neutral"]) for row in
+                csv.DictReader(open(tmp_path / "run" / "runs" / spec.name / "predictions.csv"))}
+    preds, _ = predict_store(tmp_path / "run", store, run=spec.name, subset={"speaker": list(spec.test)})
+    got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
+    assert got.keys() == expected.keys()
+    assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)

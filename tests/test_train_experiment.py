@@ -313,6 +313,26 @@ def test_an_utterance_of_any_status_whose_frames_statistics_read_is_fingerprinte
     assert not run_is_current({"config_key": key, "data_fingerprint": a}, key, b)
 
 
+def test_statistics_leave_out_a_dropped_label_when_every_done_row_is_kept(tmp_path):
+    """Review 3 (item 4): training left out the labels the protocol drops only when some done row
+    had one, while predict_store always did, over rows of any status: a failed row with frames and
+    a dropped label moved training's statistics but not predict's. Its frames are no longer read."""
+    import dataclasses
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._experiment import data_fingerprint
+
+    utts = [u for u in iemocap_utterances(per_speaker=6) if u.label in ("neu", "ang", "sad", "hap", "exc")]
+    extra = dataclasses.replace(utts[0], id=f"{utts[0].speaker}_half", path="/fake/half.wav", label="fru")
+    fingerprints = []
+    for name, shift in (("a", 0.0), ("b", 5.0)):
+        store = _store_with_a_half_failed_utterance(tmp_path / f"{name}.zarr", utts, extra, shift)
+        cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="iemocap", norm="speaker",
+                               **FAST)
+        fingerprints.append(data_fingerprint(cfg))
+    assert fingerprints[0] == fingerprints[1]  # the fru row's frames do not count
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

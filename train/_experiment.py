@@ -165,17 +165,18 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
         raise DataError(f"store {path} holds no extracted utterance with {', '.join(sorted(main_features))} "
                         f"frames, so there is nothing to train on{why}")
     statistics_ids = None
+    # Any status: frames of a row whose other feature failed still count (and so does its label).
+    rows = stores[main_alias].list_utterances(status=None)
     if config.subset:
         done = select_subset(done, config.subset, store=str(config.stores[main_alias]))
-        statistics_ids = [r.id for r in done]
+        rows = select_subset(rows, config.subset, store=str(config.stores[main_alias]))
+        statistics_ids = [r.id for r in rows]
     records, labels, classes = select_utterances(protocol, done, report=report and drops not in _REPORTED_DROPS)
-    if len(records) < len(done):
-        # Labels the protocol drops (IEMOCAP's xxx, fru...) do not move the statistics either: the
-        # released code filters the 4 classes before it computes them, as a subset's are its own.
-        # Else the same rows as before: a subset's, or all (any status: frames of a row whose other
-        # feature failed still count).
-        statistics_ids, _ = statistics_utterances(  # speakers without a kept label are not trained on
-            protocol, done if statistics_ids is not None else stores[main_alias].list_utterances(status=None))
+    # Labels the protocol drops (IEMOCAP's xxx, fru...) do not move the statistics either: the
+    # released code filters the 4 classes before it computes them, as a subset's are its own. The
+    # rows predict_store passes (one rule): a subset's, or all.
+    kept, _ = statistics_utterances(protocol, rows)  # speakers without a kept label are not trained on
+    statistics_ids = kept if kept is not None else statistics_ids
     if report and drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
         _report_mixed_rates(config, stores, sels, {r.id for r in records})

@@ -445,6 +445,14 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
                            f"than run dir {run_dir} was trained on (ids, speakers, labels, audio, their order or their "
                            "frames differ), so its statistics would not be the training ones. Pass the store the run was trained "
                            "on, at its new location.")
+    older = [r.name for r in runs if isinstance(m := _read_json(r / "metrics.json", what="a run's metrics"), Mapping)
+             and not _same_data(m.get("data_fingerprint"), given)
+             and _statistics_rule_changed(m.get("data_fingerprint"), given)]
+    if older:
+        log.warning("run(s) %s of %s composed their normalisation statistics over every label, and predict now "
+                    "leaves out the labels protocol %s drops, so their predictions differ from what they measured: "
+                    "retrain them (the same `w2v2ser train` with --out %s trains them again)", first_few(older), run_dir,
+                    config.protocol, run_dir)
     return out
 
 

@@ -1476,7 +1476,7 @@ def test_predict_manifest_leaves_out_the_labels_the_protocol_drops(tmp_path: Pat
 
 
 def test_a_moved_store_of_a_run_older_than_kept_label_statistics_is_that_store(tmp_path: Path, audio_files,
-                                                                                monkeypatch) -> None:
+                                                                                monkeypatch, caplog) -> None:
     """Review of a9be973 (item 1): an IEMOCAP run recorded before its statistics left out the
     labels the protocol drops ("U.F") no longer matches its store's fingerprint, and predict
     --store refused the very store the run was trained on as one holding other utterances."""
@@ -1491,12 +1491,21 @@ def test_a_moved_store_of_a_run_older_than_kept_label_statistics_is_that_store(t
                               seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
     spec = plan_runs(config)[0]
     train_run(config, spec, out=tmp_path / "run")
+    import logging
+
     path = tmp_path / "run" / "runs" / spec.name / "metrics.json"
     metrics = json.loads(path.read_text())
-    path.write_text(json.dumps({**metrics, "data_fingerprint": metrics["data_fingerprint"].rpartition(".")[0]}))
     moved = shutil.move(str(store), tmp_path / "moved.zarr")
-    preds = predict_audio(tmp_path / "run", audio_files, stores={None: moved}, run=spec.name)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
+        predict_audio(tmp_path / "run", audio_files, stores={None: moved}, run=spec.name)
+    assert "retrain" not in caplog.text  # a run of this rule
+    path.write_text(json.dumps({**metrics, "data_fingerprint": metrics["data_fingerprint"].rpartition(".")[0]}))
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
+        preds = predict_audio(tmp_path / "run", audio_files, stores={None: moved}, run=spec.name)
     assert sum(p.ok for p in preds) == 3  # bad.wav fails to decode
+    # Review 3 (item 5): it composed its statistics over every label; predict now leaves some out.
+    assert f"run(s) {spec.name} of {tmp_path / 'run'} composed their normalisation statistics over every label" \
+        in caplog.text and "retrain them" in caplog.text
 
 
 def test_a_speaker_group_qualifies_by_its_kept_label_files(tmp_path: Path, monkeypatch) -> None:

@@ -658,7 +658,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             window joins the one before it (with ``"crop"``: a last window of the crop's length
             ends the recording, overlapping the one before it, so every window is seen whole). Default: one prediction per file, of its start.
         labels: the files' labels when known, one per path (a folder's applies to every file in
-            it) or per file: a speaker group's statistics are composed over its files whose labels
+            it) or per file, or one label for every path: a speaker group's statistics are composed over its files whose labels
             the run's protocol keeps (IEMOCAP's xxx, fru... left out, as in training); a group
             with none of them, over all its files, with a note. Default: over all of them.
 
@@ -687,6 +687,11 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                                "expected one non-empty speaker name per path (a folder's applies to every file "
                                "in it) or per file, in the same order.")
     if labels is not None:
+        labels = [labels] * len(paths) if isinstance(labels, str) else list(labels)  # one str: every path's
+        missing = [k for k, label in enumerate(labels) if label is None]
+        if missing:
+            raise PredictError(f"labels holds None at position(s) {first_few([str(k) for k in missing])}; expected a label per path "
+                               "or per file (an empty string for a file without one).")
         labels = [str(label) for label in labels]
         if len(labels) == len(paths) != len(files):
             labels = [labels[k] for k in origin]

@@ -1557,3 +1557,27 @@ def test_predict_store_subset_composes_the_statistics_training_did(tmp_path: Pat
     got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
     assert got.keys() == expected.keys()
     assert all(abs(got[k] - expected[k]) < 1e-4 for k in expected)
+
+
+def test_predict_audio_takes_one_label_for_every_path_and_refuses_none(tmp_path: Path, audio_files, monkeypatch,
+                                                                       caplog) -> None:
+    """Review 3 (item 7): labels="neu" was split into its characters (with 3 paths, silently: no
+    file had a label the protocol keeps), where speakers="spk" is one name; None became "None"."""
+    import logging
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    good = [f for f in audio_files if "bad" not in f.name]
+    with pytest.raises(PredictError, match=r"labels holds None at position\(s\) 1"):
+        predict_audio(tmp_path / "nowhere", good, labels=["neu", None, "ang"])
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
+        preds = predict_audio(tmp_path / "run", good, speakers="S", labels="neu", run=spec.name)
+    assert all(p.ok and p.normalisation == "speaker group" for p in preds)
+    assert "no label that protocol iemocap keeps" not in caplog.text  # every file is "neu", which it keeps

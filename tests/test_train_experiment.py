@@ -333,6 +333,32 @@ def test_statistics_leave_out_a_dropped_label_when_every_done_row_is_kept(tmp_pa
     assert fingerprints[0] == fingerprints[1]  # the fru row's frames do not count
 
 
+def test_the_statistics_rule_warning_names_the_labels_the_store_drops(tmp_path, caplog):
+    """Review 3 (item 11): the warning said "(xxx, fru...)" and a date, whatever labels the store's
+    protocol drops; and the rule was off for a fingerprint of more than 3 parts."""
+    import dataclasses
+
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train._experiment import _prepare, _statistics_rule_changed, _warn_if_data_changed, data_fingerprint
+
+    relabel = {"fru": "dis", "xxx": "sur"}
+    utts = [dataclasses.replace(u, label=relabel.get(u.label, u.label)) for u in iemocap_utterances(per_speaker=6)]
+    store = build_store(tmp_path / "iem.zarr", utterances=utts, features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="iemocap", **FAST)
+    data = _prepare(cfg)
+    fingerprint = data_fingerprint(cfg)
+    run = tmp_path / "out" / "runs" / "session1__seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"config_key": cfg.config_key(),
+                                                  "data_fingerprint": fingerprint.rpartition(".")[0]}))
+    with caplog.at_level(logging.WARNING):
+        _warn_if_data_changed(tmp_path / "out", cfg, fingerprint, data)
+    named = ", ".join(repr(label) for label in sorted({u.label for u in utts} & {"dis", "sur"}))
+    assert named and f"labels protocol iemocap drops ({named})" in caplog.text and "fru" not in caplog.text
+    assert "2026" not in caplog.text
+    assert _statistics_rule_changed(fingerprint.rpartition(".")[0], f"{fingerprint}.another-part")
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

@@ -535,7 +535,7 @@ def _statistics_rule_changed(recorded: Any, data: str) -> bool:
     if not isinstance(recorded, str):
         return False
     parts, now = recorded.split("."), data.split(".")
-    return (len(now) == 3 and now[2].startswith(_KEPT_LABELS_TAG) and parts[:2] == now[:2]
+    return (len(now) >= 3 and now[2].startswith(_KEPT_LABELS_TAG) and parts[:2] == now[:2]
             and (len(parts) < 3 or not parts[2].startswith(_KEPT_LABELS_TAG)))
 
 
@@ -632,10 +632,10 @@ def warn_if_replacing(out: Path, config: ExperimentConfig, *, shown: Path | None
                 "; ".join(changed) or f"config key {old['config_key']} -> {key}")
 
 
-def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> None:
+def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str, prepared: _Data | None = None) -> None:
     """Say so when runs of this configuration in ``out`` were trained on other utterances than the
     stores now hold (``data``, their fingerprint; a manifest that grew, fixed audio): those runs are
-    trained again."""
+    trained again. ``prepared``: the data, whose labels the protocol drops a warning names."""
     keys = config.config_keys()
     stale, rule = [], []
     for path in list_run_files(out / "runs"):
@@ -646,10 +646,14 @@ def _warn_if_data_changed(out: Path, config: ExperimentConfig, data: str) -> Non
         if isinstance(metrics, dict) and metrics.get("config_key") in keys and not run_is_current(metrics, keys, data):
             (rule if _statistics_rule_changed(metrics.get("data_fingerprint"), data) else stale).append(path.parent.name)
     if rule:
+        protocol = get_protocol(config.protocol)
+        dropped = [] if prepared is None else sorted(
+            {repr(str(r.label)) for r in prepared.stores[prepared.selections["main"].alias].list_utterances(status=None)
+             if protocol.map_label(r.label) is None})
         log.warning("%d run(s) in %s composed their normalisation statistics over every utterance of their speakers, "
-                    "also those of the labels protocol %s drops (xxx, fru...), as w2v2ser did before 2026-12-07; "
-                    "they now leave those out, as the protocol's released code does: %s; they are trained again",
-                    len(rule), out, config.protocol, first_few(rule))
+                    "also those of the labels protocol %s drops%s, as w2v2ser did before; they now leave those out, "
+                    "as the protocol's released code does: %s; they are trained again", len(rule), out,
+                    config.protocol, f" ({first_few(dropped, 5)})" if dropped else "", first_few(rule))
     if stale:
         log.warning("%d run(s) in %s were trained on other utterances or frames than the store now holds (it "
                     "has changed since: a manifest that grew or was reordered, a re-extraction whose frames "
@@ -1003,7 +1007,7 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     with share_out_folder(out, config.config_key(), "train"):
         # Only once the folder is ours: a job refused for another's lock replaces nothing.
         warn_if_replacing(out, config)
-        _warn_if_data_changed(out, config, view.fingerprint)
+        _warn_if_data_changed(out, config, view.fingerprint, view.data)
         forget_not_trained(out)
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
 

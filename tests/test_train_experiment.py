@@ -359,6 +359,21 @@ def test_the_statistics_rule_warning_names_the_labels_the_store_drops(tmp_path, 
     assert _statistics_rule_changed(fingerprint.rpartition(".")[0], f"{fingerprint}.another-part")
 
 
+def test_class_names_of_a_protocol_with_fixed_classes_opens_no_store(tmp_path):
+    """Review 3 (item 12): class_names ran the whole preparation (every store opened, utterances
+    listed per feature, fusion checked) also for a protocol whose classes are fixed."""
+    from w2v2ser.train import class_names
+    from w2v2ser.train._protocols import get_protocol
+
+    missing = str(tmp_path / "not-extracted-yet.zarr")
+    for protocol in ("ravdess", "iemocap"):
+        cfg = ExperimentConfig(stores={"main": missing}, features="egemaps", protocol=protocol, **FAST)
+        assert class_names(cfg) == get_protocol(protocol).classes
+    store = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", protocol="csv", **FAST)
+    assert class_names(cfg) == tuple(sorted({u.label for u in ravdess_utterances(per_actor=2)}))  # the store's
+
+
 def test_train_and_sweep_show_their_epochs(rav, tmp_path, monkeypatch, capsys):
     """A run can train for minutes before its summary line: a bar counts its epochs on stderr."""
     from w2v2ser import _common

@@ -772,7 +772,8 @@ def class_names(config: ExperimentConfig | Mapping[str, Any]) -> tuple[str, ...]
     The protocol's classes, or for ``csv`` (whose protocol lists none) the sorted distinct labels of
     the store's utterances the run reads, as ``results.json`` records them in ``classes``.
     """
-    return _prepare(as_experiment_config(config)).classes
+    config = as_experiment_config(config)
+    return get_protocol(config.protocol).classes or _prepare(config).classes  # csv: the store's labels
 
 
 # ---------------------------------------------------------------------------------------- runs

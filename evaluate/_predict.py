@@ -920,8 +920,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     if labels is not None:
         apart = [g for g in apart if g in grouped]
         if apart and plan.config.norm == "speaker":
-            log.info("speaker group(s) %s have no label that protocol %s keeps: their statistics are composed over "
-                     "all their files", first_few(apart), plan.config.protocol)
+            log.warning("speaker group(s) %s have no label that protocol %s keeps: their statistics are composed over "
+                        "all their files", first_few(apart), plan.config.protocol)
     total = ensemble_probabilities(plan, temp, items, batch_size=batch_size, grouped=grouped, utterances=statistics)
     # FeatureBatches keeps the first max_frames frames of the (pair-averaged) feature, as in training.
     crop = _crop_seconds(plan) or float("inf")

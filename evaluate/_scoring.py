@@ -234,8 +234,8 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     grouped = speaker_groups(r.speaker for r in records if counted is None or r.id in counted)
     apart = [s for s in apart if s in grouped]
     if apart and plan.config.norm == "speaker":
-        log.info("speaker(s) %s of store %s have no label that protocol %s keeps: their statistics are composed "
-                 "over all their utterances", first_few(apart), main.path, plan.config.protocol)
+        log.warning("speaker(s) %s of store %s have no label that protocol %s keeps: their statistics are composed "
+                    "over all their utterances", first_few(apart), main.path, plan.config.protocol)
     probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
                                            utterances=statistics)
     crop = _crop_seconds(plan) or float("inf")

@@ -1433,7 +1433,7 @@ def test_predict_store_leaves_out_dropped_labels_per_speaker(tmp_path: Path, cap
     train_run(config, spec, out=tmp_path / "run")
     expected = {row["id"]: float(row["p_neutral"]) for row in
                 csv.DictReader(open(tmp_path / "run" / "runs" / spec.name / "predictions.csv"))}
-    with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
         preds, _ = predict_store(tmp_path / "run", store, run=spec.name)
     got = {p.id: p.probabilities["neutral"] for p in preds if p.id in expected}
     assert got.keys() == expected.keys()
@@ -1466,7 +1466,7 @@ def test_predict_manifest_leaves_out_the_labels_the_protocol_drops(tmp_path: Pat
                             + "".join(f"{tmp_path}/z{i}.wav,xxx,Z\n" for i in range(6)))
         for name in [name for name, _ in rows] + [f"z{i}.wav" for i in range(6)]:
             (tmp_path / name).write_bytes(b"RIFF")
-        with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
+        with caplog.at_level(logging.WARNING, logger="w2v2ser.evaluate"):
             preds, score = predict_manifest(tmp_path / "run", manifest, run=spec.name)
         assert all(p.ok and p.normalisation == "speaker group" for p in preds) and score.scored == len(kept)
         found.append([p.probabilities for p in preds[:len(kept)]])

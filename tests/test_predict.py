@@ -1441,22 +1441,30 @@ def test_predict_store_leaves_out_dropped_labels_per_speaker(tmp_path: Path, cap
     assert "Ses01Z" in caplog.text and "no label that protocol iemocap keeps" in caplog.text
 
 
+def _train_iemocap_run(tmp_path: Path) -> tuple[Path, object, object]:
+    """A one-epoch eGeMAPS run (speaker statistics, iemocap protocol) into tmp_path/run, on a
+    synthetic IEMOCAP store of 6 turns per speaker: (store, config, run spec)."""
+    from stage2_fixtures import iemocap_utterances
+    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
+
+    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
+                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
+    spec = plan_runs(config)[0]
+    train_run(config, spec, out=tmp_path / "run")
+    return store, config, spec
+
+
 def test_predict_manifest_leaves_out_the_labels_the_protocol_drops(tmp_path: Path, monkeypatch, caplog) -> None:
     """Review of a9be973: training and --from-store compose a speaker's statistics over the labels
     the protocol keeps, but predict --manifest composed them over every file of the speaker, so a
     manifest of IEMOCAP turns normalised with its xxx and fru ones."""
     import logging
 
-    from stage2_fixtures import iemocap_utterances
     from w2v2ser.evaluate import predict_manifest
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
-    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
-                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
-    spec = plan_runs(config)[0]
-    train_run(config, spec, out=tmp_path / "run")
+    store, config, spec = _train_iemocap_run(tmp_path)
     kept = [(f"k{i}.wav", label) for i, label in enumerate(["neu", "ang", "sad", "hap", "exc", "neu"])]
     found = []
     for dropped in (["fru", "xxx"], ["fru", "xxx", "oth"]):  # the kept files come first: the same frames
@@ -1480,19 +1488,11 @@ def test_a_moved_store_of_a_run_older_than_kept_label_statistics_is_that_store(t
     """Review of a9be973 (item 1): an IEMOCAP run recorded before its statistics left out the
     labels the protocol drops ("U.F") no longer matches its store's fingerprint, and predict
     --store refused the very store the run was trained on as one holding other utterances."""
+    import logging
     import shutil
 
-    from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
-
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
-    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
-                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
-    spec = plan_runs(config)[0]
-    train_run(config, spec, out=tmp_path / "run")
-    import logging
-
+    store, config, spec = _train_iemocap_run(tmp_path)
     path = tmp_path / "run" / "runs" / spec.name / "metrics.json"
     metrics = json.loads(path.read_text())
     moved = shutil.move(str(store), tmp_path / "moved.zarr")
@@ -1512,16 +1512,10 @@ def test_a_speaker_group_qualifies_by_its_kept_label_files(tmp_path: Path, monke
     """Review 3 (item 1): a group qualified for its own statistics by counting all its files, but
     they are composed over its kept-label files only, so a group of 3 files, 2 of them fru/xxx,
     was normalised by one file's statistics. It keeps the global ones, as a small group does."""
-    from stage2_fixtures import iemocap_utterances
     from w2v2ser.evaluate import predict_manifest
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
-    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
-                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
-    spec = plan_runs(config)[0]
-    train_run(config, spec, out=tmp_path / "run")
+    store, config, spec = _train_iemocap_run(tmp_path)
     rows = [("s0.wav", "neu", "S"), ("s1.wav", "fru", "S"), ("s2.wav", "xxx", "S"),
             ("t0.wav", "neu", "T"), ("t1.wav", "ang", "T"), ("t2.wav", "sad", "T")]
     for name, _, _ in rows:
@@ -1565,18 +1559,12 @@ def test_predict_audio_takes_one_label_for_every_path_and_refuses_none(tmp_path:
     file had a label the protocol keeps), where speakers="spk" is one name; None became "None"."""
     import logging
 
-    from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train import ExperimentConfig, plan_runs, train_run
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
     good = [f for f in audio_files if "bad" not in f.name]
     with pytest.raises(PredictError, match=r"labels holds None at position\(s\) 1"):
         predict_audio(tmp_path / "nowhere", good, labels=["neu", None, "ang"])
-    store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
-    config = ExperimentConfig(stores={"main": str(store)}, features="egemaps", norm="speaker", protocol="iemocap",
-                              seeds=1, units=8, recipe_overrides={"max_epochs": 1}, workers=1)
-    spec = plan_runs(config)[0]
-    train_run(config, spec, out=tmp_path / "run")
+    store, config, spec = _train_iemocap_run(tmp_path)
     with caplog.at_level(logging.INFO, logger="w2v2ser.evaluate"):
         preds = predict_audio(tmp_path / "run", good, speakers="S", labels="neu", run=spec.name)
     assert all(p.ok and p.normalisation == "speaker group" for p in preds)

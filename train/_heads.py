@@ -34,7 +34,7 @@ from ._dataset import STATS_SUFFIX, padded_dataset
 from ._errors import ConfigError, DataError
 from ._head_names import HEAD_BRANCHES
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
-from ._recipes import Recipe, get_recipe
+from ._recipes import Recipe, get_recipe, plain_scalar
 
 __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress", "NotFittedHeadError",
            "load_model"]
@@ -271,11 +271,6 @@ def _plain_number(value: Any) -> Any:
     return float(value) if isinstance(value, np.floating) else value
 
 
-def _plain_value(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds, for messages (an object array holds Python values already)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 class _BaseHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict logic; subclasses build the Keras graph (hyperparameters: ``__init__``)."""
 
@@ -376,7 +371,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
                 bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
                 raise DataError(f"{type(self).__name__}(classes={list(self.classes)!r}) takes labels as integer "
-                                f"indices 0..{n - 1} into classes; got {_plain_value(bad)!r}. Map the labels to "
+                                f"indices 0..{n - 1} into classes; got {plain_scalar(bad)!r}. Map the labels to "
                                 f"indices, or leave classes unset to take any labels (classes_ are then their sorted "
                                 f"distinct values)")
             return y.astype(np.int32)
@@ -385,7 +380,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             hint = ("class names, as predict returns them (class indices k of FeatureBatches: classes_[k])"
                     if _label_kind(self.classes_) == "string" else
                     "the numbers fit was given, as predict returns them (or fit the head on the names)")
-            raise DataError(f"{type(self).__name__}: got {_label_kind(y)} labels (e.g. {_plain_value(y.ravel()[0])!r}) "
+            raise DataError(f"{type(self).__name__}: got {_label_kind(y)} labels (e.g. {plain_scalar(y.ravel()[0])!r}) "
                             f"but the classes_ are {_label_kind(self.classes_)}s {self.classes_.tolist()}; give "
                             f"labels as {hint}")
         # classes_ need not be sorted (a FeatureBatches fit takes its classes in their own order):

@@ -269,7 +269,7 @@ def open_array(group: zarr.Group, key: str, *, where: Path | str | None) -> zarr
     zarr's own, which checks every inner chunk's crc32c. (Local writers write whole shards of the
     frames and statistics through tensorstore either way.) ``where``: the store as the user gave
     it (its location's display), named by the error for a missing array: required, so that no
-    caller names ``s3a://b/x`` as ``s3://b/x`` (None: the name is rebuilt from the store)."""
+    caller names ``s3a://b/x`` as ``s3://b/x`` (None: the store's root folder, or its store path)."""
     name = key.rsplit("/", 1)[-1]
     config = _PIPELINE if name in FAST_ARRAYS else _CHECKING_PIPELINE
     with _codec_pipeline(config if name in SHARDED_ARRAYS else {**config, **_STORE_EMPTY_CHUNKS}):
@@ -278,22 +278,12 @@ def open_array(group: zarr.Group, key: str, *, where: Path | str | None) -> zarr
         except (KeyError, ValueError, TypeError) as exc:  # missing, or unparseable (JSON, metadata) zarr.json;
             # an I/O, network or permission error (OSError) is not damage and goes on as it is.
             # Not repairable by re-extracting utterances: the array itself cannot be found.
-            store = group.store_path.store
-            where = where or getattr(store, "root", None) or _store_url(store) or str(group.store_path)
+            where = where or getattr(group.store_path.store, "root", None) or str(group.store_path)
             raise StoreError(
                 f"store {where} is damaged: array {key} cannot be opened, its metadata file {key}/zarr.json is "
                 f"missing or unreadable ({type(exc).__name__}: {exc}). Copy that file back from a backup or an "
                 f"earlier copy of the store if you have one; otherwise extract into a new store "
                 f"(`store verify --repair` re-extracts utterances, it cannot restore an array).") from None
-
-
-def _store_url(store: Any) -> str | None:
-    """The URL of an fsspec-backed Zarr store (``s3://bucket/x.zarr``), None for any other."""
-    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
-    if fs is None or path is None:
-        return None
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return f"{protocol}://{str(path).rstrip('/')}"
 
 
 def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> list[str]:

@@ -36,6 +36,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 
 from w2v2ser.extract._corpora import CORPUS_READERS
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
+from w2v2ser.store._location import is_store_url
 
 from ._common import SHARD_SIZE, ConfigError, did_you_mean, file_url_path, first_few
 from ._overrides import ENV_VARIABLE, apply_overrides, expand_env, load_yaml
@@ -386,7 +387,7 @@ class PipelineConfig:
 def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Path | None:
     if value is None:
         return None
-    if "://" in str(value) and not str(value).startswith("file://"):  # Path("s3://b/x") is the folder s3:/b/x
+    if is_store_url(str(value)):  # Path("s3://b/x") is the folder s3:/b/x
         kept = ("its stores, run folders and reports" if where == "output" else "what it reads")
         raise ConfigError(f"{where}: {value!r} is a URL; `w2v2ser run` keeps {kept} in local folders. For "
                           f"stores on object storage run the stages as commands: `w2v2ser extract ... --store "

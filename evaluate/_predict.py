@@ -436,8 +436,9 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
         except W2v2serError as exc:
             raise PredictError(f"store {alias!r} of run dir {run_dir} cannot be opened where training read it "
                                f"({exc}); if it has moved too, give it as well: --store {alias}=PATH.") from None
-    recorded_data = {m.get("data_fingerprint") for m in (_read_json(r / "metrics.json", what="a run's metrics")
-                                                         for r in runs) if isinstance(m, Mapping)} - {None}
+    fingerprints = {r.name: m.get("data_fingerprint") for r in runs
+                    if isinstance(m := _read_json(r / "metrics.json", what="a run's metrics"), Mapping)}
+    recorded_data = set(fingerprints.values()) - {None}
     given = data_fingerprint(dataclasses.replace(config, stores={**config.stores, **out})) if recorded_data else ""
     # A run trained before its statistics left out the labels the protocol drops read this same store.
     if recorded_data and not any(_same_data(r, given) or _statistics_rule_changed(r, given) for r in recorded_data):
@@ -445,9 +446,8 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
                            f"than run dir {run_dir} was trained on (ids, speakers, labels, audio, their order or their "
                            "frames differ), so its statistics would not be the training ones. Pass the store the run was trained "
                            "on, at its new location.")
-    older = [r.name for r in runs if isinstance(m := _read_json(r / "metrics.json", what="a run's metrics"), Mapping)
-             and not _same_data(m.get("data_fingerprint"), given)
-             and _statistics_rule_changed(m.get("data_fingerprint"), given)]
+    older = [name for name, recorded in fingerprints.items()
+             if not _same_data(recorded, given) and _statistics_rule_changed(recorded, given)]
     if older:
         log.warning("run(s) %s of %s composed their normalisation statistics over every label, and predict now "
                     "leaves out the labels protocol %s drops, so their predictions differ from what they measured: "

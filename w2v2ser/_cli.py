@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, first_few,
-                             merge_subset, or_list, subset_condition, variants_differ)
+from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants,
+                             first_few, merge_subset, or_list, subset_condition, variants_differ)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -84,17 +84,16 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 # --no-progress of extract, store upgrade, train and sweep (batch jobs whose logs want only the outcome).
 _NO_PROGRESS_HELP = "no progress bars or per-run lines; the final summary still prints"
-_SHOWN_FAILURES = 20  # failures printed by extract and store info; --json has them all
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
 
     manifest = read_corpus(args.corpus, args.path)
-    for path, reason in manifest.problems[:_SHOWN_FAILURES]:
+    for path, reason in manifest.problems[:SHOWN_LINES]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if len(manifest.problems) > _SHOWN_FAILURES:  # a session without sentences/wav: 2,000 lines
-        print(f"skipped ... and {len(manifest.problems) - _SHOWN_FAILURES} more, recorded in the store (`w2v2ser "
+    if len(manifest.problems) > SHOWN_LINES:  # a session without sentences/wav: 2,000 lines
+        print(f"skipped ... and {len(manifest.problems) - SHOWN_LINES} more, recorded in the store (`w2v2ser "
               f"store info {args.store or f'stores/{args.corpus}.zarr'} --json`)", file=sys.stderr)
     sessions = sorted({u.session for u in manifest.utterances}) if manifest.corpus == "iemocap" else []
     if 0 < len(sessions) < 5:  # else told only by train, after a long extraction
@@ -148,10 +147,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     if summary.complete:
         _note_features_lacking(location, ", ".join(configs))
-    for utterance_id, path, reason in summary.failed[:_SHOWN_FAILURES]:
+    for utterance_id, path, reason in summary.failed[:SHOWN_LINES]:
         print(f"failed {utterance_id} ({path}): {reason}", file=sys.stderr)
-    if len(summary.failed) > _SHOWN_FAILURES:
-        print(f"... and {len(summary.failed) - _SHOWN_FAILURES} more; see `w2v2ser store info {store} --json`",
+    if len(summary.failed) > SHOWN_LINES:
+        print(f"... and {len(summary.failed) - SHOWN_LINES} more; see `w2v2ser store info {store} --json`",
               file=sys.stderr)
     if not summary.complete:
         return 1
@@ -313,11 +312,11 @@ def _label_case_note(corpora: Sequence[str]) -> str:
 
 
 def _print_some(lines: Sequence[str], store: str) -> None:
-    """The first _SHOWN_FAILURES lines, indented, then how many more `store info --json` has."""
-    for line in lines[:_SHOWN_FAILURES]:
+    """The first SHOWN_LINES lines, indented, then how many more `store info --json` has."""
+    for line in lines[:SHOWN_LINES]:
         print(f"  {line}")
-    if len(lines) > _SHOWN_FAILURES:
-        print(f"  ... and {len(lines) - _SHOWN_FAILURES} more (`w2v2ser store info {store} --json`)")
+    if len(lines) > SHOWN_LINES:
+        print(f"  ... and {len(lines) - SHOWN_LINES} more (`w2v2ser store info {store} --json`)")
 
 
 def _cmd_store_verify(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INPUT",
     "SHARD_SIZE",
+    "SHOWN_LINES",
     "SILENCE_ADVICE",
     "SPEAKER_CASE_ADVICE",
     "Terminated",
@@ -96,6 +97,10 @@ UPSTREAM_FEATURES = ("wav2vec2", "hubert", "wavlm", "data2vec")
 # batch_seconds; a killed run redoes at most the units in flight (64 RAVDESS utterances: about
 # 4 minutes of audio).
 SHARD_SIZE = 64
+
+# Lines of a long list (failed utterances, skipped files) that a command prints before "... and N
+# more"; `store info --json` has them all.
+SHOWN_LINES = 20
 
 
 class W2v2serError(Exception):

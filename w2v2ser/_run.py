@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_INPUT, Terminated, W2v2serError, check_stop, describe_error, progress_bar, write_atomically
+from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, progress_bar,
+                      write_atomically)
 from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -153,11 +154,11 @@ def _manifests(config: PipelineConfig) -> Callable[[str], Any]:
             spec = config.corpora[corpus]
             cache[corpus] = read_corpus(spec.kind, spec.path)
             problems = list(getattr(cache[corpus], "problems", ()))
-            for path, reason in problems[:20]:
+            for path, reason in problems[:SHOWN_LINES]:
                 _say(f"  {corpus}: skipped file {path}: {reason}")
-            if len(problems) > 20:  # a session without sentences/wav: 2,000 lines
-                _say(f"  {corpus}: skipped ... and {len(problems) - 20} more, recorded in its stores (`w2v2ser store "
-                     f"info STORE --json`)")
+            if len(problems) > SHOWN_LINES:  # a session without sentences/wav: 2,000 lines
+                _say(f"  {corpus}: skipped ... and {len(problems) - SHOWN_LINES} more, recorded in its stores "
+                     f"(`w2v2ser store info STORE --json`)")
         return cache[corpus]
 
     return manifest
@@ -484,18 +485,16 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
             missing = [store for store, path in paths.items() if not path.exists()]
             if missing:
                 store, path = missing[0], paths[missing[0]]
-                unread = f"corpus {experiment.corpus!r} cannot be read"
-                if unread in reasons.said.values():  # the extract stage failed on the corpus path: not a missing stage
-                    _say(f"train {experiment.name}: FAILED ({unread}; reason above)")
+                reason = f"corpus {experiment.corpus!r} cannot be read"
+                if reason in reasons.said.values():  # the extract stage failed on the corpus path: not a missing stage
+                    _say(f"train {experiment.name}: FAILED ({reason}; reason above)")
                 else:
+                    reason = f"store {store!r} of corpus {experiment.corpus!r} is not extracted"
                     reasons.tell(f"train {experiment.name}", f"store {store!r} of corpus {experiment.corpus!r} has "
                                  f"not been extracted ({path} does not exist); run the extract stage first: the "
                                  f"same `w2v2ser run` command with --stage extract, or without --stage",
-                                 f"store {store!r} of corpus {experiment.corpus!r} is not extracted", outcome="FAILED")
-                _mark_not_trained(config, experiment,
-                                  unread if unread in reasons.said.values() else
-                                  f"store {store!r} of corpus {experiment.corpus!r} is not extracted",
-                                  marker="failed.json")
+                                 reason, outcome="FAILED")
+                _mark_not_trained(config, experiment, reason, marker="failed.json")
                 outcome.failed.append(experiment.name)
                 continue
             try:

@@ -107,6 +107,7 @@ def find_key(data: Any, *keys: str, default: Any = None) -> Any:
 def _is_fraction(*values: Any) -> bool:
     """UAR is stored as a fraction in [0, 1]; foreign files may hold percentages already."""
     vals = [abs(float(v)) for v in values if v is not None]
+    vals = [v for v in vals if not math.isnan(v)]  # max() with a NaN first is NaN: percent by mistake
     return not vals or max(vals) <= 1.0
 
 
@@ -367,10 +368,13 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         raw_runs, raw_mean, raw_std, scoring = headline_uar(results)
         scale = 100.0 if _is_fraction(raw_mean, *raw_runs) else 1.0
         uar_runs = [scale * v for v in raw_runs if not math.isnan(v)]
-        uar_mean = scale * float(raw_mean) if raw_mean is not None else (
+        # A NaN value (a run without test utterances) is left out of n, so of the mean and std too:
+        # results.json's mean over it is NaN.
+        dropped = len(uar_runs) < len(raw_runs)
+        uar_mean = scale * float(raw_mean) if raw_mean is not None and not dropped else (
             float(np.mean(uar_runs)) if uar_runs else None)
         # Fallback std over runs is the population std, as np.std in train's results.json.
-        uar_std = scale * float(raw_std) if raw_std is not None else (
+        uar_std = scale * float(raw_std) if raw_std is not None and not dropped else (
             float(np.std(uar_runs)) if uar_runs else None)
         uar_std = uar_std if len(uar_runs) > 1 else None  # one value has no spread to state
         # Accuracy scored as the UAR beside it: pooled per seed where the UAR is (older results: per run).

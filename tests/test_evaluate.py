@@ -805,3 +805,19 @@ def test_report_json_carries_precision_recall_and_f1_per_class(tmp_path: Path) -
     entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
     assert entry["per_class"]["angry"] == {"precision": 0.5, "recall": 0.25, "f1-score": 1 / 3, "support": 30.0}
     assert entry["recall_per_class"]["angry"] == 25.0
+
+
+def test_a_nan_run_is_left_out_of_the_mean_and_the_baseline_test(tmp_path: Path) -> None:
+    """A run without test utterances scores NaN: it is left out of n, the mean and the std, and the
+    other values stay fractions turned into percent (a NaN first once made them read as percent
+    already, so the comparison set 0.5 against 50 and gave p < 0.001)."""
+    from scipy.stats import ttest_ind
+
+    base = make_run_dir(tmp_path, "base", uars=(0.50, 0.52, 0.51))
+    nan = make_run_dir(tmp_path, "nan", uars=(float("nan"), 0.51, 0.49, 0.52))
+    write_report([base, nan], out=tmp_path / "r", baseline=base)
+    row = json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["rows"][0]
+    assert row["n"] == 3 and row["uar_mean"] == pytest.approx(50.666666)
+    assert row["uar_std"] == pytest.approx(np.std([51, 49, 52]))
+    assert row["p_welch"] == pytest.approx(ttest_ind([51, 49, 52], [50, 52, 51], equal_var=False).pvalue)
+    assert "| nan | 50.7 ± 1.2 (n=3) | -0.3 |" in (tmp_path / "r" / "report.md").read_text()

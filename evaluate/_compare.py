@@ -9,9 +9,10 @@ several run directories with one baseline: the report says so.
 
 from __future__ import annotations
 
+import csv
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +62,34 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return None if math.isnan(p) else p
 
 
+def _test_ids(run: RunSummary) -> frozenset[str] | None:
+    """Ids of the utterances a run directory tests (its first seed's runs, every fold), from their
+    ``predictions.csv``; None where they cannot be read (foreign or older files)."""
+    entries = run.results.get("runs")
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], Mapping):
+        return None
+    ids: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, Mapping) or entry.get("seed") != entries[0].get("seed"):
+            continue
+        try:
+            with open(run.path / "runs" / str(entry["name"]) / "predictions.csv", newline="",
+                      encoding="utf-8") as handle:
+                ids.update(row["id"] for row in csv.DictReader(handle))
+        except (OSError, KeyError, TypeError, UnicodeDecodeError, csv.Error):
+            return None
+    return frozenset(ids) or None
+
+
 def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base: int) -> dict[str, Any]:
     """One row per other complete run directory: difference of mean UAR (points) and Welch's p.
 
-    A run directory of another corpus, other classes, another number of test utterances (another
-    store's files or split) or scored another way (pooled folds vs one value per run) is listed as
+    A run directory of another corpus, other classes, other test utterances (another number, or
+    other ids in its ``predictions.csv``: another store's files, split or subset) or scored another way (pooled folds vs one value per run) is listed as
     not compared, with the reason.
     """
     ref = runs[base]
+    ref_ids = _test_ids(ref)
     rows = []
     for i, (run, name) in enumerate(zip(runs, names)):
         if i == base or run.status != "complete":
@@ -84,6 +105,10 @@ def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base
         elif run.results.get("n_test") != ref.results.get("n_test"):  # another store's utterances or split
             row["not_compared"] = (f"another test set: {run.results.get('n_test')} test utterances, baseline "
                                    f"{ref.results.get('n_test')}")
+        elif ref_ids is not None and (ids := _test_ids(run)) is not None and ids != ref_ids:
+            # Same count, other utterances (another subset of the same size, other test speakers)
+            row["not_compared"] = (f"another test set: {len(ids - ref_ids)} of its {len(ids)} test utterances "
+                                   f"are not among the baseline's {len(ref_ids)}")
         else:
             row["difference"] = run.uar_mean - ref.uar_mean
             row["p_welch"] = _welch_p(run.uar_runs, ref.uar_runs)

@@ -821,3 +821,30 @@ def test_a_nan_run_is_left_out_of_the_mean_and_the_baseline_test(tmp_path: Path)
     assert row["uar_std"] == pytest.approx(np.std([51, 49, 52]))
     assert row["p_welch"] == pytest.approx(ttest_ind([51, 49, 52], [50, 52, 51], equal_var=False).pvalue)
     assert "| nan | 50.7 ± 1.2 (n=3) | -0.3 |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def _write_test_ids(run_dir: Path, ids: list[str]) -> None:
+    """The runs list of results.json and each run's predictions.csv, as train writes them."""
+    results = json.loads((run_dir / "results.json").read_text())
+    results["runs"] = [{"name": f"all__seed{i}", "fold": "all", "seed": i} for i in range(len(results["uar_per_run"]))]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    for entry in results["runs"]:
+        lines = ["id,speaker,label,predicted"] + [f"{i},Actor_23,neutral,neutral" for i in ids]
+        (run_dir / "runs" / entry["name"] / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_runs_on_other_test_utterances_of_the_same_number_are_not_compared(tmp_path: Path) -> None:
+    """`--subset statement=01` against `statement=02` tests 30 other files each: the same count
+    is not the same test set, so no difference or p is given (it was, as if on the same data)."""
+    base = make_run_dir(tmp_path, "st01", uars=(0.50, 0.52, 0.51))
+    other = make_run_dir(tmp_path, "st02", uars=(0.60, 0.61, 0.62))
+    same = make_run_dir(tmp_path, "again", uars=(0.55, 0.56, 0.54))
+    _write_test_ids(base, [f"03-01-01-01-01-{k:02d}-23" for k in range(30)])
+    _write_test_ids(other, [f"03-01-01-01-02-{k:02d}-23" for k in range(30)])
+    _write_test_ids(same, [f"03-01-01-01-01-{k:02d}-23" for k in reversed(range(30))])
+    write_report([base, other, same], out=tmp_path / "r", baseline=base)
+    rows = {r["name"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["rows"]}
+    assert rows["st02"]["difference"] is None and rows["st02"]["p_welch"] is None
+    assert rows["st02"]["not_compared"] == ("another test set: 30 of its 30 test utterances are not among the "
+                                            "baseline's 30")
+    assert rows["again"]["difference"] == pytest.approx(4.0) and rows["again"]["not_compared"] == ""

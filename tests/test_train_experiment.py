@@ -1091,3 +1091,29 @@ def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_
             open_store(store)
     with pytest.raises(StoreIncompleteError, match="interrupted"):  # its holder gone: interrupted indeed
         open_store(store)
+
+
+def test_runs_record_the_git_commit_of_the_code_that_trained_them(tmp_path):
+    """From a git checkout (an editable install), the version number does not name the code: the
+    commit, and whether tracked files differed from it, are in each run's provenance."""
+    import subprocess
+    from pathlib import Path
+
+    import w2v2ser
+
+    package = Path(w2v2ser.__file__).resolve().parent
+    tracked = subprocess.run(["git", "-C", str(package), "ls-files", "--error-unmatch", "__init__.py"],
+                             capture_output=True).returncode == 0
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    results = train_experiment(cfg, out=tmp_path / "run", progress=False)
+    (spec,) = plan_runs(cfg)
+    metrics = json.loads((tmp_path / "run" / "runs" / spec.name / "metrics.json").read_text())
+    if not tracked:  # installed from a wheel: nothing to name
+        assert metrics["provenance"]["source"] is None
+        return
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout
+    for prov in (metrics["provenance"], results["provenance"]):
+        assert prov["source"] == {"commit": head.strip(), "dirty": bool(dirty.strip())}

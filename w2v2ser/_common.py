@@ -372,9 +372,37 @@ _PROVENANCE_ENV = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
                    "CUDA_VISIBLE_DEVICES")
 
 
+_SOURCE: list[dict | None] = []  # the git revision of w2v2ser's source, looked up once per process
+
+
+def source_revision() -> dict | None:
+    """``{"commit": SHA, "dirty": bool}`` of the git checkout w2v2ser runs from (an editable install,
+    where the version number alone does not name the code), or None: installed from a wheel, or
+    no git. ``dirty``: tracked files differ from the commit."""
+    import subprocess
+
+    if _SOURCE:
+        return _SOURCE[0]
+    package = Path(__file__).resolve().parent
+    found = None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
+                                  check=True, stdin=subprocess.DEVNULL).stdout
+
+        git("ls-files", "--error-unmatch", "__init__.py")  # tracked here, not a copy inside some work tree
+        found = {"commit": git("rev-parse", "HEAD").strip(),
+                 "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip())}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    _SOURCE.append(found)
+    return found
+
+
 def provenance(packages: Sequence[Sequence[str]], *, threads: Mapping[str, object] | None = None) -> dict:
     """What a result was made with, to reproduce it: w2v2ser's and ``packages``' versions (read from
-    their installed metadata, so nothing is imported: stage 2 never loads torch), Python, the
+    their installed metadata, so nothing is imported: stage 2 never loads torch), the git commit of
+    a checkout it runs from (:func:`source_revision`), Python, the
     command line, host, usable cores, ``threads`` (the thread counts the caller resolved) and the
     environment variables that change numbers (oneDNN, thread counts)."""
     import importlib.metadata
@@ -391,7 +419,8 @@ def provenance(packages: Sequence[Sequence[str]], *, threads: Mapping[str, objec
                 break
             except (importlib.metadata.PackageNotFoundError, ValueError):
                 continue
-    return {"versions": versions, "python": platform.python_version(), "argv": list(sys.argv),
+    return {"versions": versions, "source": source_revision(), "python": platform.python_version(),
+            "argv": list(sys.argv),
             "host": platform.node(), "platform": platform.platform(), "usable_cores": usable_cores(),
             "threads": dict(threads or {}), "env": {k: os.environ[k] for k in _PROVENANCE_ENV if k in os.environ}}
 

@@ -1117,3 +1117,16 @@ def test_runs_record_the_git_commit_of_the_code_that_trained_them(tmp_path):
                            capture_output=True, text=True).stdout
     for prov in (metrics["provenance"], results["provenance"]):
         assert prov["source"] == {"commit": head.strip(), "dirty": bool(dirty.strip())}
+
+
+def test_seeds_added_with_another_cache_setting_are_named_as_fed_otherwise(tmp_path, caplog):
+    """`cache` is not in a run's key, but streamed and in-memory runs of one seed differ: seeds added
+    in memory to streamed ones gave a results.json of mixed runs without a word."""
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = {"stores": {"main": str(store)}, "features": "egemaps", **FAST}
+    train_experiment(ExperimentConfig(**{**cfg, "cache": "off"}), out=tmp_path / "run", progress=False)
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        results = train_experiment(ExperimentConfig(**{**cfg, "seeds": 2}), out=tmp_path / "run", progress=False)
+    assert results["cached_in_memory"] == {"split__seed0": False, "split__seed1": True}
+    assert "mixes runs fed two ways: split__seed1 in memory, split__seed0 streamed" in caplog.text
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["cached_in_memory"]["split__seed1"] is True

@@ -952,6 +952,14 @@ def _summarize_runs(config: ExperimentConfig, out: Path, data: str, specs: list[
         lw = out / "runs" / spec.name / "layer_weights.json"
         if lw.exists():
             layer_weights[spec.name] = json.loads(lw.read_text())
+    # In memory or streamed gives other numbers for one seed (README, Reproducibility), and `cache`
+    # is not in the run's key: seeds added with another cache setting or budget are fed otherwise.
+    fed = {s.name: m.get("cached_in_memory") for s, m in runs}
+    if len({v for v in fed.values() if v is not None}) > 1:
+        log.warning("%s mixes runs fed two ways: %s in memory, %s streamed (another `cache` setting or "
+                    "`cache_budget_mb` when seeds were added); a fresh folder with one setting gives other numbers for "
+                    "some of these seeds. To compare like with like, train into a new --out", out,
+                    first_few([n for n, v in fed.items() if v]), first_few([n for n, v in fed.items() if v is False]))
     timings = [m["timing"] for _, m in runs]
     results = {
         "uar_mean": float(np.mean(per_run)), "uar_std": float(np.std(per_run)),
@@ -978,6 +986,7 @@ def _summarize_runs(config: ExperimentConfig, out: Path, data: str, specs: list[
                                  "'macro avg' over the classes with test utterances, as the UAR"),
         "config": config.to_dict(), "config_key": key, "recipe": runs[0][1]["recipe"],
         "splits": {s.fold: s.split() for s, _ in runs},
+        "cached_in_memory": fed,
         "layer_weights": layer_weights,
         "timing": {"epoch_seconds_mean": float(np.mean([t["epoch_seconds_mean"] for t in timings])),
                    "input_seconds_mean": float(np.mean([t["input_seconds_mean"] for t in timings])),

@@ -85,8 +85,8 @@ def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base
     """One row per other complete run directory: difference of mean UAR (points) and Welch's p.
 
     A run directory of another corpus, other classes, other test utterances (another number, or
-    other ids in its ``predictions.csv``: another store's files, split or subset) or scored another way (pooled folds vs one value per run) is listed as
-    not compared, with the reason.
+    other ids in its ``predictions.csv``: another store's files, split or subset) or scored another
+    way (pooled folds vs one value per run) is listed as not compared, with the reason.
     """
     ref = runs[base]
     ref_ids = _test_ids(ref)

@@ -355,9 +355,12 @@ def _sources(run: RunSummary) -> dict[str, Any]:
     splits = results.get("splits")
     protocol = find_key(config, "protocol") or find_key(run.experiment, "protocol")
     versions = find_key(results.get("provenance"), "versions")
+    source = find_key(results.get("provenance"), "source")  # the git commit of a checkout that trained it
     return {"stores": stores, "protocol": None if protocol is None else f"{protocol}{data_text(config)}",
             "folds": sorted(splits) if isinstance(splits, Mapping) else [], "seeds": _seeds(run),
-            "w2v2ser": versions.get("w2v2ser") if isinstance(versions, Mapping) else None}
+            "w2v2ser": versions.get("w2v2ser") if isinstance(versions, Mapping) else None,
+            "commit": source.get("commit") if isinstance(source, Mapping) else None,
+            "dirty": bool(source.get("dirty")) if isinstance(source, Mapping) else None}
 
 
 def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
@@ -575,6 +578,8 @@ def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
         parts += [f"folds {', '.join(src['folds'])}"] if len(src["folds"]) > 1 else []
         parts += [f"seeds {_seeds_text(src['seeds'])}"] if src["seeds"] else []
         parts += [f"w2v2ser {src['w2v2ser']}"] if src["w2v2ser"] else []
+        if src["commit"]:
+            parts += [f"commit {str(src['commit'])[:12]}{' with uncommitted changes' if src['dirty'] else ''}"]
         lines.append(f"- **{e['name']}**: " + "; ".join(parts))
     return ["", "## Sources", "", "What each finished run directory's figures come from.", "", *lines] if lines else []
 

@@ -734,7 +734,7 @@ def test_report_names_the_store_protocol_and_seeds_of_each_run_dir(tmp_path: Pat
     entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
     assert entry["sources"] == {"stores": {"main": str(tmp_path / "runs" / "store.zarr")},
                                 "protocol": "ravdess (4 speaker folds)", "folds": ["all"], "seeds": [5, 6],
-                                "w2v2ser": "9.9.9"}
+                                "w2v2ser": "9.9.9", "commit": None, "dirty": None}
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| 2 | 5, 6 |" in md  # n and the seeds in the run directories table
     line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
@@ -848,3 +848,17 @@ def test_runs_on_other_test_utterances_of_the_same_number_are_not_compared(tmp_p
     assert rows["st02"]["not_compared"] == ("another test set: 30 of its 30 test utterances are not among the "
                                             "baseline's 30")
     assert rows["again"]["difference"] == pytest.approx(4.0) and rows["again"]["not_compared"] == ""
+
+
+def test_report_sources_name_the_commit_that_trained_a_run_dir(tmp_path: Path) -> None:
+    """An editable install's version (0.3.0) does not name the code: the commit its provenance
+    recorded is in the sources, and whether tracked files differed from it."""
+    run = make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6))
+    results = json.loads((run / "results.json").read_text())
+    results["provenance"] = {"versions": {"w2v2ser": "0.3.0"}, "source": {"commit": "7a15a28" + "0" * 33, "dirty": True}}
+    _write_json(run / "results.json", results)
+    write_report([run], out=tmp_path / "report")
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
+    assert entry["sources"]["commit"] == "7a15a28" + "0" * 33 and entry["sources"]["dirty"] is True
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "w2v2ser 0.3.0; commit 7a15a2800000 with uncommitted changes" in md

@@ -611,7 +611,8 @@ def _comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:
              f"Baseline UAR {_spread(comparison['uar_mean'], comparison['uar_std'], comparison['n'])}. "
              "Difference: the row's mean UAR minus the baseline's, in points. p: Welch's two-sided t-test "
              "over the two run directories' UAR values (n each), not corrected for comparing several rows "
-             "with one baseline; it needs at least 2 values on each side.", ""]
+             "with one baseline; it needs at least 2 values on each side and some spread: — where a side has "
+             "one value, or every value of both sides is the same (each seed scored alike).", ""]
     rows = [[r["name"], _spread(r["uar_mean"], r["uar_std"], r["n"]),
              "not compared" if r["not_compared"] else f"{r['difference']:+.1f}",
              r["not_compared"] or ("—" if r["p_welch"] is None else f"{r['p_welch']:.2g}")]

@@ -862,3 +862,14 @@ def test_report_sources_name_the_commit_that_trained_a_run_dir(tmp_path: Path) -
     assert entry["sources"]["commit"] == "7a15a28" + "0" * 33 and entry["sources"]["dirty"] is True
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "w2v2ser 0.3.0; commit 7a15a2800000 with uncommitted changes" in md
+
+
+def test_a_comparison_without_spread_says_why_it_has_no_p(tmp_path: Path) -> None:
+    """Every seed of both run dirs scored alike (a small test set): the p column's — had no reason
+    beside "at least 2 values on each side", which both sides had."""
+    base = make_run_dir(tmp_path, "base", uars=(0.25, 0.25, 0.25))
+    other = make_run_dir(tmp_path, "other", uars=(0.30, 0.30, 0.30))
+    write_report([base, other], out=tmp_path / "r", baseline=base)
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "| other | 30.0 ± 0.0 (n=3) | +5.0 | — |" in md
+    assert "— where a side has one value, or every value of both sides is the same" in md

@@ -1130,3 +1130,20 @@ def test_seeds_added_with_another_cache_setting_are_named_as_fed_otherwise(tmp_p
     assert results["cached_in_memory"] == {"split__seed0": False, "split__seed1": True}
     assert "mixes runs fed two ways: split__seed1 in memory, split__seed0 streamed" in caplog.text
     assert json.loads((tmp_path / "run" / "results.json").read_text())["cached_in_memory"]["split__seed1"] is True
+
+
+def test_a_streamed_run_gives_the_same_predictions_with_any_number_of_workers(tmp_path):
+    """`workers` is a runtime setting, left out of the run's key: the reading threads of a streamed
+    run must not change which utterances form a batch, or a seed's result (README, Reproducibility)."""
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=4), features=("egemaps",))
+    fast = {**FAST, "recipe_overrides": {"max_epochs": 2, "batch_size": 4}}
+    got = []
+    for workers in (1, 3):
+        cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", cache="off",
+                               **{**fast, "workers": workers})
+        train_experiment(cfg, out=tmp_path / f"w{workers}", progress=False)
+        (spec,) = plan_runs(cfg)
+        metrics = json.loads((tmp_path / f"w{workers}" / "runs" / spec.name / "metrics.json").read_text())
+        assert metrics["cached_in_memory"] is False
+        got.append((tmp_path / f"w{workers}" / "runs" / spec.name / "predictions.csv").read_bytes())
+    assert got[0] == got[1]

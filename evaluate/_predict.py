@@ -92,6 +92,9 @@ class Prediction:
         id: the utterance's id, for a prediction of a store's utterance (``predict_store``); else None.
         silent: the audio is digital silence after mixing to mono (every sample 0: a muted or
             zeroed recording, or stereo channels that cancel); its label says nothing of emotion.
+        label: for a scored file (``predict_manifest``, ``predict_store``), the run's class its label
+            maps to, the one ``emotion`` is compared with (``predictions.csv``'s ``label``); None for
+            unlabelled audio or a label the run's protocol does not keep.
     """
 
     path: Path
@@ -107,6 +110,7 @@ class Prediction:
     end: float | None = None
     id: str | None = None
     silent: bool = False
+    label: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,7 +123,7 @@ class Prediction:
                 "speaker": self.speaker, "error": self.error, "seconds": self.seconds,
                 "seconds_used": self.seconds_used, "resampled_to": self.resampled_to,
                 "normalisation": self.normalisation, "start": self.start, "end": self.end, "id": self.id,
-                "silent": self.silent}
+                "silent": self.silent, "label": self.label}
 
 
 # extract's MIN_SAMPLES (400) at 16 kHz: stage 1's shortest audio (not imported: stage 2 needs no extract).

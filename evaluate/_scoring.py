@@ -116,6 +116,16 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
         seen_splits=dict(sorted(seen.items())))
 
 
+def _labelled(predictions: Sequence[Prediction], labels: Sequence[str], *, classes: Sequence[str],
+              protocol: str) -> list[Prediction]:
+    """The predictions with ``label`` set: the run's class each raw label maps to (None: not one of them)."""
+    from w2v2ser.train import get_protocol
+
+    mapping = get_protocol(protocol)
+    return [dataclasses.replace(p, label=cls if (cls := mapping.map_label(raw)) in classes else None)
+            for p, raw in zip(predictions, labels)]
+
+
 def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str],
                      **options: Any) -> tuple[list[Prediction], PredictionScore]:
     """Predict the files of a CSV manifest (``path,label,speaker``) and score them against its labels.
@@ -149,8 +159,9 @@ def predict_manifest(run_dir: str | os.PathLike[str], manifest: str | os.PathLik
         return predictions, PredictionScore(None, None, 0, classes, (), [], failed=len(rows))
     # predict_audio has read (and checked) the run's experiment.json already.
     protocol = _read_json(Path(run_dir) / "experiment.json", what="the experiment configuration")["protocol"]
-    return predictions, score_predictions(predictions, [u.label for u in rows], classes=classes, protocol=protocol,
-                                          splits=[u.split for u in rows])
+    labels = [u.label for u in rows]
+    return (_labelled(predictions, labels, classes=classes, protocol=protocol),
+            score_predictions(predictions, labels, classes=classes, protocol=protocol, splits=[u.split for u in rows]))
 
 
 def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -259,6 +270,8 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
             moved = sum(n for r, n in found.items() if r is not None and r != rate)
             if moved:
                 training_rates[feature], other_rates[feature] = rate, moved
+    predictions = _labelled(predictions, [r.label for r in records], classes=plan.classes,
+                            protocol=plan.config.protocol)
     return predictions, dataclasses.replace(score, seen_speakers=sum(r.speaker in seen for r in scored),
                                             other_rates=other_rates, training_rates=training_rates)
 

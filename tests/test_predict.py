@@ -1569,3 +1569,34 @@ def test_predict_audio_takes_one_label_for_every_path_and_refuses_none(tmp_path:
         preds = predict_audio(tmp_path / "run", good, speakers="S", labels="neu", run=spec.name)
     assert all(p.ok and p.normalisation == "speaker group" for p in preds)
     assert "no label that protocol iemocap keeps" not in caplog.text  # every file is "neu", which it keeps
+
+
+def test_predict_json_of_labelled_files_gives_each_one_its_class(trained: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found as a user reading `predict --json` with pandas: the rows of --from-store and --manifest had
+    the predicted `emotion` but not the class it was scored against, so per-file errors needed the
+    manifest (or the store) joined back and the protocol's mapping (calm -> neutral) redone by hand."""
+    from w2v2ser._cli import main
+
+    store = trained.parent / "train.zarr"
+    metrics = json.loads((trained / "runs" / "split__seed0" / "metrics.json").read_text())
+    test = metrics["split"]["test"]
+    assert main(["predict", str(trained), "--from-store", str(store), "--run", "split__seed0", "--subset",
+                 f"speaker={','.join(test)}", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows, confusion = out["predictions"], out["score"]["confusion"]
+    classes = out["score"]["classes"]
+    assert all(r["label"] in classes for r in rows)
+    counted = [[sum(r["label"] == t and r["emotion"] == p for r in rows) for p in classes] for t in classes]
+    assert counted == confusion == metrics["confusion"]
+    # A manifest's label that is none of the run's classes is unscored: its row says so with null.
+    monkeypatch.setattr(_predict, "extract_features", _copy_from(store))
+    record = next(r for r in open_store(store).list_utterances() if r.speaker in test)
+    (tmp_path / Path(record.path).name).write_bytes(b"RIFF")
+    (tmp_path / "other.wav").write_bytes(b"RIFF")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,speaker\n{tmp_path / Path(record.path).name},{record.label},{record.speaker}\n"
+                        f"{tmp_path / 'other.wav'},bored,{record.speaker}\n")
+    assert main(["predict", str(trained), "--manifest", str(manifest), "--run", "split__seed0", "--json"]) == 0
+    labels = [r["label"] for r in json.loads(capsys.readouterr().out)["predictions"]]
+    assert labels[0] in classes and labels[1] is None

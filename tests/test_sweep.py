@@ -69,6 +69,23 @@ def test_each_head_is_an_ordinary_run_directory(peaked: tuple) -> None:
     assert len(read_run_dir(out / "all").layer_weights) == 2
 
 
+def test_each_head_writes_the_run_files_of_train(peaked: tuple) -> None:
+    """Found as a user reading every run's files with pandas: a sweep head's metrics.json had no
+    `per_class` and its history.json no `compute_seconds` (README: "epoch, input and compute seconds"),
+    which train's have, so a script over all run directories failed on the sweep's."""
+    _, out, _ = peaked
+    for name in ("layer_04", "all"):
+        for run in sorted((out / name / "runs").iterdir()):
+            metrics = json.loads((run / "metrics.json").read_text())
+            history = json.loads((run / "history.json").read_text())
+            per_class = metrics["per_class"]
+            assert set(metrics["classes"]) <= set(per_class)
+            assert per_class["macro avg"]["recall"] == pytest.approx(metrics["uar"])
+            assert sum(per_class[c]["support"] for c in metrics["classes"]) == metrics["n_test"]
+            assert len(history["compute_seconds"]) == len(history["epoch_seconds"])
+            assert all(0 <= c <= e for c, e in zip(history["compute_seconds"], history["epoch_seconds"]))
+
+
 def test_a_finished_sweep_is_not_retrained(peaked: tuple, capsys: pytest.CaptureFixture) -> None:
     store, out, summary = peaked
     config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST)

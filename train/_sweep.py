@@ -48,7 +48,7 @@ from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_f
                           _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
                           _write_json, check_run_spec, forget_not_trained, key_fields, keep_finished_runs, open_view,
                           share_out_folder, store_identities)
-from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, uar
+from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
 from ._runfiles import record_run_files, writing_run
@@ -277,7 +277,7 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
 
     Returns:
         (heads, history) with history["val_loss"] [epochs, heads], "epochs"/"best_epoch" per head
-        (1-based), "epoch_seconds" and "input_seconds" per epoch.
+        (1-based), "epoch_seconds", "input_seconds" and "compute_seconds" (in training steps) per epoch.
     """
     import keras
     import tensorflow as tf
@@ -323,16 +323,19 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
 
     step_size = accumulate * train.batch_size
     stopper = _Stopper(H, recipe.patience)
-    hist: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "input_seconds": []}
+    hist: dict[str, Any] = {"loss": [], "val_loss": [], "epoch_seconds": [], "input_seconds": [],
+                            "compute_seconds": []}
     for epoch in range(recipe.max_epochs):
         t0, in0 = time.perf_counter(), train.input_seconds + val.input_seconds
-        tot, n = np.zeros(H), 0
+        tot, n, compute = np.zeros(H), 0, 0.0
         for i, (inputs, y) in enumerate(train.iterate()):
+            b0 = time.perf_counter()  # time in training steps, as train's history.json measures it
             n_step = min(step_size, len(train.items) - (i // accumulate) * step_size)
             tot += grad_step(inputs["main"], inputs["mask"], y, np.float32(n_step)).numpy()
             n += len(y)
             if (i + 1) % accumulate == 0 or i == len(train) - 1:
                 apply_step()
+            compute += time.perf_counter() - b0
             check_stop()
         vtot = np.zeros(H)
         for inputs, y in val.iterate():
@@ -348,6 +351,7 @@ def fit_sweep_heads(train: FeatureBatches, val: FeatureBatches, *, n_classes: in
             active[h].assign(0.0)
         hist["epoch_seconds"].append(time.perf_counter() - t0)
         hist["input_seconds"].append(train.input_seconds + val.input_seconds - in0)
+        hist["compute_seconds"].append(compute)
         if epoch_end is not None:
             epoch_end(epoch, heads, stopper.active.copy())
         if not stopper.active.any():
@@ -494,6 +498,7 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
                      "epochs": epochs, "best_epoch": int(hist["best_epoch"][h]),
                      "best_val_loss": float(hist["best_val_loss"][h]),
                      "epoch_seconds": hist["epoch_seconds"], "input_seconds": hist["input_seconds"],
+                     "compute_seconds": hist["compute_seconds"],
                      "trained_by": "sweep (shared epochs; per-head loss and early stopping)"}
         sels = {"main": (sel if name == ALL_LAYERS_DIR else
                          dataclasses.replace(sel, text=c.features, layers=(sel.layers[h],), weighted=False))}
@@ -502,6 +507,7 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
             "uar": uar(y_true, y_pred, len(data.classes)), "accuracy": accuracy(y_true, y_pred),
             "n_test": int(len(y_true)),
             "confusion": confusion_matrix(y_true, y_pred, len(data.classes)).tolist(),
+            "per_class": per_class_report(y_true, y_pred, data.classes),  # as train's metrics.json
             "classes": list(data.classes), "split": run_spec.split(),
             "n_utterances": {p: len(v) for p, v in parts.items()},
             "epochs": epochs, "best_epoch": head_hist["best_epoch"], "best_val_loss": head_hist["best_val_loss"],
@@ -511,7 +517,7 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
             # Timing is the whole sweep's (all heads share each epoch), repeated in every head.
             "timing": {"epoch_seconds_mean": epoch_s / max(1, n_epochs),
                        "input_seconds_mean": input_s / max(1, n_epochs),
-                       "compute_seconds_mean": (epoch_s - input_s) / max(1, n_epochs),
+                       "compute_seconds_mean": float(np.mean(hist["compute_seconds"] or [0.0])),
                        "input_share": input_s / epoch_s if epoch_s > 0 else 0.0, "peak_rss_mb": _peak_rss_mb(),
                        "sweep_epochs": n_epochs, "sweep_seconds": epoch_s},
             "trained_by": "sweep", "config_key": c.config_key(), "store_fingerprint": fp, "data_fingerprint": data_fp,

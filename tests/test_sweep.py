@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -84,6 +85,9 @@ def test_each_head_writes_the_run_files_of_train(peaked: tuple) -> None:
             assert sum(per_class[c]["support"] for c in metrics["classes"]) == metrics["n_test"]
             assert len(history["compute_seconds"]) == len(history["epoch_seconds"])
             assert all(0 <= c <= e for c, e in zip(history["compute_seconds"], history["epoch_seconds"]))
+            with open(run / "predictions.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            assert {(r["fold"], int(r["seed"])) for r in rows} == {(metrics["fold"], metrics["seed"])}
 
 
 def test_a_finished_sweep_is_not_retrained(peaked: tuple, capsys: pytest.CaptureFixture) -> None:

@@ -1147,3 +1147,20 @@ def test_a_streamed_run_gives_the_same_predictions_with_any_number_of_workers(tm
         assert metrics["cached_in_memory"] is False
         got.append((tmp_path / f"w{workers}" / "runs" / spec.name / "predictions.csv").read_bytes())
     assert got[0] == got[1]
+
+
+def test_predictions_files_concatenated_keep_their_fold_and_seed(rav, tmp_path):
+    """Found as a user reading every run's predictions.csv with pandas: the rows named no fold and no
+    seed, so the concatenated files could not be grouped per run, nor pooled per seed, without parsing
+    the folder names."""
+    import pandas as pd
+
+    cfg = ExperimentConfig(stores=rav, features="egemaps", speaker_folds=3, **{**FAST, "seeds": 2})
+    results = train_experiment(cfg, out=tmp_path, progress=False)
+    rows = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "runs").glob("*/predictions.csv"))])
+    uar = {(r["fold"], r["seed"]): r["uar"] for r in results["runs"]}
+    grouped = rows.groupby(["fold", "seed"])
+    assert set(grouped.groups) == set(uar) and len(uar) == 6
+    for (fold, seed), part in grouped:
+        recalls = part.assign(hit=part.label == part.predicted).groupby("label").hit.mean()
+        assert recalls.mean() == pytest.approx(uar[fold, seed])

@@ -870,9 +870,11 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
         head.model_.save(tmp / "model.keras")
         with open(tmp / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes)])
+            # fold and seed last, after the probabilities: files concatenated across runs keep them
+            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes), "fold", "seed"])
             for it, p, row in zip(test.items, y_pred, proba):
-                w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row)])
+                w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row),
+                            run_spec.fold, run_spec.seed])
         _write_json(tmp / "history.json", hist)
         # Files of no known speaker get the training speakers' global statistics at prediction time.
         fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train,

@@ -397,9 +397,10 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
         y_pred = np.argmax(proba, axis=1)
         with open(tmp / "predictions.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes)])
+            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes), "fold", "seed"])
             for it, p, row in zip(test.items, y_pred, proba):
-                w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row)])
+                w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row),
+                            run_spec.fold, run_spec.seed])
         _write_json(tmp / "history.json", history)
         if layer_weights:
             _write_json(tmp / "layer_weights.json", layer_weights)

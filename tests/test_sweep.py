@@ -88,6 +88,8 @@ def test_each_head_writes_the_run_files_of_train(peaked: tuple) -> None:
             with open(run / "predictions.csv", newline="") as fh:
                 rows = list(csv.DictReader(fh))
             assert {(r["fold"], int(r["seed"])) for r in rows} == {(metrics["fold"], metrics["seed"])}
+            config = json.loads((out / name / "results.json").read_text())["config"]
+            assert (metrics["protocol"], metrics["head"]) == (config["protocol"], config["head"]) == ("ravdess", "dense")
 
 
 def test_a_finished_sweep_is_not_retrained(peaked: tuple, capsys: pytest.CaptureFixture) -> None:

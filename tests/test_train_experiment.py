@@ -1152,7 +1152,7 @@ def test_a_streamed_run_gives_the_same_predictions_with_any_number_of_workers(tm
 def test_predictions_files_concatenated_keep_their_fold_and_seed(rav, tmp_path):
     """Found as a user reading every run's predictions.csv with pandas: the rows named no fold and no
     seed, so the concatenated files could not be grouped per run, nor pooled per seed, without parsing
-    the folder names."""
+    the folder names; and metrics.json named neither the protocol nor the head."""
     import pandas as pd
 
     cfg = ExperimentConfig(stores=rav, features="egemaps", speaker_folds=3, **{**FAST, "seeds": 2})
@@ -1164,3 +1164,8 @@ def test_predictions_files_concatenated_keep_their_fold_and_seed(rav, tmp_path):
     for (fold, seed), part in grouped:
         recalls = part.assign(hit=part.label == part.predicted).groupby("label").hit.mean()
         assert recalls.mean() == pytest.approx(uar[fold, seed])
+    # each metrics.json names its protocol and head too (the store's corpus, taken when none is given)
+    for path in (tmp_path / "runs").glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        assert (metrics["protocol"], metrics["head"]) == ("ravdess", "dense") == (
+            results["config"]["protocol"], results["config"]["head"])

@@ -854,6 +854,7 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
         "n_utterances": {p: len(v) for p, v in parts.items()},
         "epochs": hist["epochs"], "best_epoch": hist.get("best_epoch"), "best_val_loss": hist.get("best_val_loss"),
         "recipe": recipe.to_dict(), "micro_batch_size": micro, "max_frames": max_frames, "norm": config.norm,
+        "protocol": config.protocol, "head": config.head,  # what a script over many runs' metrics groups by
         "selections": {b: s.to_dict() for b, s in data.selections.items()},
         "cached_in_memory": bool(train.in_memory),
         "timing": {"epoch_seconds_mean": epoch_s / max(1, hist["epochs"]),

@@ -513,6 +513,7 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
             "n_utterances": {p: len(v) for p, v in parts.items()},
             "epochs": epochs, "best_epoch": head_hist["best_epoch"], "best_val_loss": head_hist["best_val_loss"],
             "recipe": recipe.to_dict(), "max_frames": max_frames, "norm": base.norm,
+            "protocol": c.protocol, "head": c.head,
             "selections": {b: s.to_dict() for b, s in sels.items()},
             "cached_in_memory": bool(train.in_memory),
             # Timing is the whole sweep's (all heads share each epoch), repeated in every head.

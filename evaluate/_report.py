@@ -444,6 +444,9 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
         # The cells' spread, as results.json records it (np.std): over seeds with several folds, where
         # each seed's folds are pooled and scored once, else over runs (one per seed on one split).
         "uar_unit": "percent", "std_ddof": 0,
+        # runs[].per_class is results.json's classification_report as it is: fractions, support a count
+        "per_class_unit": "fraction (0-1) for precision, recall and f1-score; support: test utterances; "
+                          "runs[].recall_per_class gives the recalls in percent",
         "std": "population std (ddof=0) of each cell's n values, as results.json records it: one UAR per seed "
                "(its folds' predictions pooled) for multi-fold protocols (speaker folds, IEMOCAP sessions, CSV "
                "groups), one per run otherwise; runs[].uar_per_run lists those values",

@@ -873,3 +873,14 @@ def test_a_comparison_without_spread_says_why_it_has_no_p(tmp_path: Path) -> Non
     md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "| other | 30.0 ± 0.0 (n=3) | +5.0 | — |" in md
     assert "— where a side has one value, or every value of both sides is the same" in md
+
+
+def test_report_json_says_its_per_class_figures_are_fractions(tmp_path: Path) -> None:
+    """Found as a user reading report.json with pandas: it says `"uar_unit": "percent"`, and its
+    `recall_per_class` is in percent, but `per_class` (results.json's, copied) holds fractions, which
+    nothing in the file said: a script took a 0.6 recall for 0.6 %."""
+    run = make_run_dir(tmp_path / "runs", "eg", uars=(0.55, 0.60))
+    write_report([run], out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["uar_unit"] == "percent" and data["per_class_unit"].startswith("fraction (0-1)")
+    assert "recall_per_class" in data["per_class_unit"] and "recall_per_class" in data["runs"][0]

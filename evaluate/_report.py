@@ -419,10 +419,18 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     comparison = None if baseline is None else compare_with_baseline(runs, names, find_baseline(runs, baseline))
 
     confusion_pngs: list[str | None] = []
+    taken: set[str] = set()
     for run, name in zip(runs, names):
         png = None
         if run.status == "complete":
-            made = plot_confusion(run, out / short_name(f"confusion_{_slug(name)}.png"))  # a run may have a long name
+            # Names that differ only in characters the slug drops ('运行一', '运行二'; 'run 1', 'run_1') got one
+            # file: the second run's matrix overwrote the first's, and both rows showed it.
+            slug, base, k = _slug(name), _slug(name), 1
+            while slug.casefold() in taken:  # casefold: one file on macOS' and Windows' file systems
+                k += 1
+                slug = f"{base}-{k}"
+            taken.add(slug.casefold())
+            made = plot_confusion(run, out / short_name(f"confusion_{slug}.png"))  # a run may have a long name
             png = made.name if made else None
         confusion_pngs.append(png)
     weights = layer_weight_series(runs, _weight_labels(runs, names))

@@ -884,3 +884,15 @@ def test_report_json_says_its_per_class_figures_are_fractions(tmp_path: Path) ->
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["uar_unit"] == "percent" and data["per_class_unit"].startswith("fraction (0-1)")
     assert "recall_per_class" in data["per_class_unit"] and "recall_per_class" in data["runs"][0]
+
+
+def test_runs_whose_names_slug_alike_keep_their_own_confusion_figures(tmp_path: Path) -> None:
+    # Non-ASCII run folders ('运行一', '运行二') and 'run 1' beside 'run_1' reduce to one file name.
+    dirs = [make_run_dir(tmp_path / "runs", name, seed=k, uars=(0.3 + 0.1 * k,))
+            for k, name in enumerate(["运行一", "运行二", "run 1", "run_1"])]
+    out = tmp_path / "report"
+    write_report(dirs, out=out)
+    pngs = [e["confusion_png"] for e in json.loads((out / "report.json").read_text())["runs"]]
+    assert len(set(pngs)) == 4, pngs
+    for png in pngs:
+        _assert_png(out / png)

@@ -324,6 +324,11 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     # Numeric class codes, one half saved by a spreadsheet that dropped the leading zeros.
     ("path,label,speaker\na.wav,01,y\nb.wav,1,y\nc.wav,02,y\n",
      ["column 'label'", "'01' (line 2), '1' (line 3)", "differ only in leading zeros"]),
+    # 'colère' typed (one character) and pasted from a macOS file name (e + combining accent), and a
+    # full-width '１' of a Chinese input method: they print alike but were two classes
+    ("path,label,speaker\na.wav,col\u00e8re,y\nb.wav,cole\u0300re,y\n",
+     ["column 'label'", "(line 2)", "(line 3)", "differ only in Unicode form"]),
+    ("path,label,speaker\na.wav,1,y\nb.wav,\uff11,y\n", ["column 'label'", "differ only in Unicode form"]),
     ("path,label,speaker\n", ["no rows"]),
     ("", ["empty"]),
 ])

@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import threading
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -287,8 +288,10 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
 
 def spelling_key(name: str) -> str:
     """The key under which two spellings of one label or speaker meet: case-folded, and a whole
-    number without its leading zeros (``007`` and ``7``: a spreadsheet drops them when it opens a CSV)."""
-    folded = str(name).casefold()
+    number without its leading zeros (``007`` and ``7``: a spreadsheet drops them when it opens a CSV),
+    in one Unicode form (NFKC: ``é`` typed as one character or as ``e`` + accent, as macOS file names
+    give it, and full-width ``１`` look alike but were two classes)."""
+    folded = unicodedata.normalize("NFKC", str(name)).casefold()
     if folded.isascii() and folded.isdigit():
         return folded.lstrip("0") or "0"
     return folded
@@ -306,8 +309,11 @@ def case_variants(names: Iterable[str]) -> list[list[str]]:
 
 def variants_differ(groups: Iterable[Sequence[str]]) -> str:
     """How the spellings of :func:`case_variants`' ``groups`` differ, for "differ only in ...":
-    ``case``, ``leading zeros`` or ``case or leading zeros``."""
-    kinds = {"leading zeros" if group[0].isascii() and group[0].isdigit() else "case" for group in groups}
+    ``case``, ``leading zeros`` or ``case or leading zeros``; ``Unicode form`` for spellings that look
+    alike (see :func:`spelling_key`)."""
+    kinds = {"Unicode form (an accent as its own character, or full-width characters)"
+             if len({unicodedata.normalize("NFKC", name) for name in group}) == 1
+             else "leading zeros" if group[0].isascii() and group[0].isdigit() else "case" for group in groups}
     return " or ".join(sorted(kinds)) or "case"
 
 

@@ -290,11 +290,17 @@ def spelling_key(name: str) -> str:
     """The key under which two spellings of one label or speaker meet: case-folded, and a whole
     number without its leading zeros (``007`` and ``7``: a spreadsheet drops them when it opens a CSV),
     in one Unicode form (NFKC: ``é`` typed as one character or as ``e`` + accent, as macOS file names
-    give it, and full-width ``１`` look alike but were two classes)."""
-    folded = unicodedata.normalize("NFKC", str(name)).casefold()
+    give it, and full-width ``１`` look alike but were two classes), without invisible characters (a
+    zero-width space pasted from a web page or a document)."""
+    folded = _visible(name).casefold()
     if folded.isascii() and folded.isdigit():
         return folded.lstrip("0") or "0"
     return folded
+
+
+def _visible(name: str) -> str:
+    """``name`` in Unicode form NFKC, without format characters (zero-width space, joiner, BOM)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", str(name)) if unicodedata.category(c) != "Cf")
 
 
 def case_variants(names: Iterable[str]) -> list[list[str]]:
@@ -311,8 +317,8 @@ def variants_differ(groups: Iterable[Sequence[str]]) -> str:
     """How the spellings of :func:`case_variants`' ``groups`` differ, for "differ only in ...":
     ``case``, ``leading zeros`` or ``case or leading zeros``; ``Unicode form`` for spellings that look
     alike (see :func:`spelling_key`)."""
-    kinds = {"Unicode form (an accent as its own character, or full-width characters)"
-             if len({unicodedata.normalize("NFKC", name) for name in group}) == 1
+    kinds = {"Unicode form (an accent as its own character, full-width or invisible characters)"
+             if len({_visible(name) for name in group}) == 1
              else "leading zeros" if group[0].isascii() and group[0].isdigit() else "case" for group in groups}
     return " or ".join(sorted(kinds)) or "case"
 

@@ -183,6 +183,9 @@ def _near_miss(path: Path) -> str:
 
 def _check_readable(path: Path) -> None:
     """Raise AudioError for a missing, non-file or permission-denied path."""
+    if "\0" in str(path):  # os.stat raised ValueError, which ended the whole run with a traceback
+        raise AudioError(f"Audio path {str(path)!r} holds a NUL character, which no file name can. Fix the path in "
+                         f"the manifest (a NUL byte there often comes from a damaged file or a UTF-16 one).")
     try:
         os.stat(path)
         exists = True

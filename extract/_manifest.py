@@ -206,7 +206,12 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"Manifest {path} cannot be read ({exc}). Check its permissions.") from exc
-    text = io.StringIO(_decode(path, data), newline="")
+    decoded = _decode(path, data)
+    if "\0" in decoded:  # no path, id or label holds one; the store's strings would end there ('b\0' read as 'b')
+        line = decoded[:decoded.index("\0")].count("\n") + 1
+        raise _fail(path, line, None, "the line holds a NUL byte (\\x00): the file is damaged, or is UTF-16 text "
+                    "without its byte order mark", "Save the manifest again as UTF-8 CSV, or delete the NUL bytes.")
+    text = io.StringIO(decoded, newline="")
     first = text.readline()
     sep_line = _SEP_LINE.match(first)
     if sep_line:  # Excel's 'sep=;' line names the separator; the header follows it

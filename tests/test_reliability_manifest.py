@@ -182,6 +182,29 @@ def test_missing_audio_file_becomes_one_failure_row(tmp_path):
     assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
 
 
+def test_a_nul_byte_in_a_path_given_to_extract_corpus_is_a_failure_row_not_a_crash(tmp_path):
+    """os.stat raised ValueError for it, which ended the whole extraction with a traceback."""
+    write_audio(tmp_path / "a.wav")
+    utterances = [Utterance(id=uid, path=str(tmp_path / name), speaker="s1", label="angry")
+                  for uid, name in (("a", "a.wav"), ("b", "b\0.wav"))]
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")],
+                             progress=False)
+    assert [(uid, "holds a NUL character" in reason) for uid, _, reason in summary.failed] == [("b", True)]
+    assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
+
+
+def test_a_nul_byte_in_a_manifest_is_refused_with_its_line(tmp_path):
+    """A NUL byte in a path raised ValueError from os.stat (a traceback); in an id or label the store
+    cut the string there ('b\\0' read back as 'b')."""
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"path,label,speaker\na.wav,angry,s1\nb\x00.wav,sad,s2\n")
+    with pytest.raises(ManifestError, match=r"line 3: the line holds a NUL byte"):
+        read_csv_manifest(path)
+    path.write_bytes("path,label,speaker\na.wav,angry,s1\n".encode("utf-16-le"))  # UTF-16 without its BOM
+    with pytest.raises(ManifestError, match=r"line 1: .*UTF-16 text without its byte order mark"):
+        read_csv_manifest(path)
+
+
 def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):
     """A speaker with one utterance (and one of pure silence: zero variance) must not produce NaN."""
     rows = ["id,path,label,speaker"]

@@ -163,6 +163,11 @@ def _near_miss(path: Path) -> str:
         text = str(path)
         if "\\" in text and Path(text.replace("\\", "/")).exists():
             return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
+        invisible = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cf"})
+        if invisible and Path("".join(c for c in text if unicodedata.category(c) != "Cf")).exists():
+            return (f" The path holds invisible characters ({', '.join(invisible)}, e.g. a byte order mark or a "
+                    f"zero-width space pasted with it); without them it names a file that exists: delete them from "
+                    f"the manifest.")
         for form in ("NFC", "NFD"):
             other = unicodedata.normalize(form, text)
             if other != text and Path(other).exists():

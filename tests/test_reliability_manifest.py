@@ -205,6 +205,18 @@ def test_a_nul_byte_in_a_manifest_is_refused_with_its_line(tmp_path):
         read_csv_manifest(path)
 
 
+def test_a_missing_file_whose_path_holds_invisible_characters_says_so(tmp_path):
+    """'a.wav' with a byte order mark or zero-width space (files joined with `cat`, a pasted path)
+    printed like the path of the file that exists."""
+    write_audio(tmp_path / "a.wav")
+    write_audio(tmp_path / "b.wav")
+    path = _manifest(tmp_path, "path,label,speaker\n\ufeffa.wav,angry,s1\nb\u200b.wav,sad,s2\n")
+    summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr",
+                             extractors=[build_extractor("spectrogram")], progress=False)
+    reasons = [reason for _, _, reason in summary.failed]
+    assert len(reasons) == 2 and "invisible characters (U+FEFF" in reasons[0] and "(U+200B" in reasons[1], reasons
+
+
 def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):
     """A speaker with one utterance (and one of pure silence: zero variance) must not produce NaN."""
     rows = ["id,path,label,speaker"]

@@ -319,11 +319,14 @@ def probe_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES)
 
 def _decode_mono(f: sf.SoundFile) -> np.ndarray:
     """Decode an open file into one float32 mono array, averaging channels block by block."""
+    # libsndfile opens some valid files as not seekable (GSM 6.10 WAV, Windows Sound Recorder's
+    # format): soundfile then needs the frame count, or it raised ValueError for "read to the end".
+    frames = -1 if f.seekable() else f.frames
     if f.channels == 1:
-        return f.read(dtype="float32", always_2d=False)
+        return f.read(frames, dtype="float32", always_2d=False)
     out = np.empty(f.frames, dtype=np.float32)
     pos = 0
-    for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+    for block in f.blocks(blocksize=_BLOCK_FRAMES, frames=frames, dtype="float32", always_2d=True):
         n = block.shape[0]
         # mean(axis=1, out=...) writes straight into the result: no [frames, channels] copy.
         np.mean(block, axis=1, out=out[pos : pos + n])

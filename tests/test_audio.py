@@ -97,6 +97,20 @@ def test_lossy_formats_decode(tmp_path, suffix, subtype):
     assert np.argmax(spectrum) * 16_000 / len(signal) == pytest.approx(1000.0, abs=5)
 
 
+def test_gsm_wav_which_libsndfile_cannot_seek_decodes(tmp_path):
+    """GSM 6.10 WAV (telephone corpora, Windows Sound Recorder) opens as not seekable: decoding
+    failed with soundfile's "frames must be specified for non-seekable files" and "Check the file
+    is valid audio", though the file was valid."""
+    if "GSM610" not in sf.available_subtypes("WAV"):
+        pytest.skip("libsndfile here cannot write GSM 6.10")
+    path = write_audio(tmp_path / "call.wav", duration=1.0, sample_rate=8000, subtype="GSM610", frequency=500.0,
+                       amplitude=0.3)
+    signal = read_audio(path)
+    assert probe_audio(path).num_samples == len(signal) >= 16_000
+    spectrum = np.abs(np.fft.rfft(signal))
+    assert np.argmax(spectrum) * 16_000 / len(signal) == pytest.approx(500.0, abs=10)
+
+
 def test_channels_are_averaged(tmp_path):
     stereo = make_signal(duration=0.2, channels=2)  # channel 0 = half of channel 1
     path = write_audio(tmp_path / "s.wav", data=stereo, subtype="FLOAT")

@@ -161,6 +161,10 @@ def _near_miss(path: Path) -> str:
     written relative to the current folder instead of the manifest's."""
     try:  # a hint never replaces the error it decorates (a deleted current folder, EACCES, ENAMETOOLONG)
         text = str(path)
+        if os.sep == "/" and re.search(r"(?:^|/)(?:[A-Za-z]:[\\/]|\\\\[^\\/])", text):
+            return (" The manifest gives a Windows path (C:\\..., D:/..., \\\\server\\...), which this system "
+                    "cannot open, so it was read as relative to the manifest's folder: write the paths relative to "
+                    "the manifest's folder (with /), or as absolute paths of this machine.")
         if "\\" in text and Path(text.replace("\\", "/")).exists():
             return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
         invisible = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cf"})

@@ -217,6 +217,18 @@ def test_a_missing_file_whose_path_holds_invisible_characters_says_so(tmp_path):
     assert len(reasons) == 2 and "invisible characters (U+FEFF" in reasons[0] and "(U+200B" in reasons[1], reasons
 
 
+def test_a_missing_file_given_as_a_windows_path_says_so(tmp_path):
+    """'C:\\corpus\\a.wav' of a manifest written on Windows was joined to the manifest's folder and
+    reported as a missing relative path."""
+    write_audio(tmp_path / "ok.wav")
+    path = _manifest(tmp_path, "path,label,speaker\nok.wav,angry,s1\nC:\\corpus\\a.wav,sad,s1\n"
+                     "D:/corpus/b.wav,sad,s2\n\\\\server\\share\\c.wav,angry,s2\n")
+    summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr",
+                             extractors=[build_extractor("spectrogram")], progress=False)
+    reasons = [reason for _, _, reason in summary.failed]
+    assert len(reasons) == 3 and all("gives a Windows path" in r for r in reasons), reasons
+
+
 def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):
     """A speaker with one utterance (and one of pure silence: zero variance) must not produce NaN."""
     rows = ["id,path,label,speaker"]

@@ -51,6 +51,7 @@ MIN_SAMPLES = 400
 # Frames decoded per block when mixing multichannel audio: bounds the temporary
 # [block, channels] buffer so hour-long files never need a full 2-D copy.
 _BLOCK_FRAMES = 1 << 16
+_MIN_RATE = 1000  # Hz: the lowest rate an extractor's sample_rate option takes
 _CONVERT_HINT = "convert it to 16-bit WAV or FLAC (e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`)"
 
 
@@ -248,6 +249,11 @@ def _open(path: Path) -> sf.SoundFile:
         handle.close()
         raise AudioError(f"Audio file {path} is truncated: {truncated}. The recording was cut short (a copy or "
                          f"download that did not finish?); copy or export it again.")
+    if handle.samplerate < _MIN_RATE:  # 1 Hz gave eGeMAPS a hop of 0 samples: ZeroDivisionError ended the run
+        handle.close()
+        raise AudioError(f"Audio file {path} declares a sample rate of {handle.samplerate} Hz, below the "
+                         f"{_MIN_RATE} Hz of any speech recording: its header is likely damaged. Re-export the file, "
+                         f"or {_CONVERT_HINT}.")
     return handle
 
 

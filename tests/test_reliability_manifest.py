@@ -229,6 +229,22 @@ def test_a_missing_file_given_as_a_windows_path_says_so(tmp_path):
     assert len(reasons) == 3 and all("gives a Windows path" in r for r in reasons), reasons
 
 
+def test_a_wav_whose_header_declares_a_rate_of_1_hz_is_a_failure_row_not_a_crash(tmp_path):
+    """eGeMAPS' hop at 1 Hz is 0 samples: planning the store raised ZeroDivisionError, a traceback
+    that named no file, for the whole extraction."""
+    import struct
+
+    write_audio(tmp_path / "a.wav")
+    damaged = bytearray(write_audio(tmp_path / "b.wav", sample_rate=4000).read_bytes())
+    damaged[24:32] = struct.pack("<II", 1, 2)  # fmt chunk: sample rate, byte rate
+    (tmp_path / "b.wav").write_bytes(bytes(damaged))
+    path = _manifest(tmp_path, "path,label,speaker\na.wav,angry,s1\nb.wav,sad,s2\n")
+    summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr",
+                             extractors=[build_extractor("egemaps"), build_extractor("spectrogram")], progress=False)
+    assert [(uid, "sample rate of 1 Hz" in reason) for uid, _, reason in summary.failed] == [("b", True)]
+    assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
+
+
 def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):
     """A speaker with one utterance (and one of pure silence: zero variance) must not produce NaN."""
     rows = ["id,path,label,speaker"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import first_few, merge_subset, subset_condition
+from w2v2ser._common import first_few, merge_subset, spelling_key, subset_condition, variants_differ
 
 from ._errors import PredictError
 from ._predict import predict_audio
@@ -130,8 +130,12 @@ def predict_from_cli(args: argparse.Namespace) -> int:
     _note_silent(predictions)
     if score is not None and score.unscored_labels:
         shown = first_few([f"{label} ({n})" for label, n in score.unscored_labels.items()], 5)
+        # 'Happy' beside a csv run's 'happy' read as a label of another corpus; say it is a spelling.
+        alike = [f"{label!r} is the run's {c!r} written another way (it differs only in {variants_differ([[label, c]])})"
+                 for label in score.unscored_labels for c in score.classes if spelling_key(label) == spelling_key(c)]
+        hint = f"; {'; '.join(alike[:5])}: write it as the run does in the manifest to score it" if alike else ""
         print(f"note: {sum(score.unscored_labels.values())} file(s) have labels that are none of the run's classes "
-              f"({', '.join(score.classes)}) under its protocol, and are not scored: {shown}.", file=sys.stderr)
+              f"({', '.join(score.classes)}) under its protocol, and are not scored: {shown}{hint}.", file=sys.stderr)
     if score is not None and score.seen_speakers:
         print(f"note: {score.seen_speakers} scored utterance(s) are of speakers the run trained or validated on; "
               f"the score overstates how it does on unseen speakers. For a held-out figure, score its test "

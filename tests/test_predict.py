@@ -1600,3 +1600,33 @@ def test_predict_json_of_labelled_files_gives_each_one_its_class(trained: Path, 
     assert main(["predict", str(trained), "--manifest", str(manifest), "--run", "split__seed0", "--json"]) == 0
     labels = [r["label"] for r in json.loads(capsys.readouterr().out)["predictions"]]
     assert labels[0] in classes and labels[1] is None
+
+
+def test_a_manifest_label_that_is_a_csv_run_s_class_in_another_case_is_named_as_a_spelling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A csv run's classes are taken as written, so 'LOW' beside the class 'low' was "none of the run's
+    classes", as if it were a label of another corpus."""
+    import soundfile
+
+    from w2v2ser._cli import main
+
+    rng = np.random.default_rng(0)
+    rows = [["path", "label", "speaker", "split"]]
+    for speaker, split in {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}.items():
+        for label in ("low", "high"):
+            path = tmp_path / f"{speaker}_{label}.wav"
+            soundfile.write(path, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+            rows.append([str(path), label, speaker, split])
+    manifest = tmp_path / "train.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    store, run = str(tmp_path / "s.zarr"), str(tmp_path / "run")
+    assert main(["extract", "csv", str(manifest), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
+    assert main(["train", store, "--features", "spectrogram", "--norm", "global", "--seeds", "1", "--out", run,
+                 "--set", "max_epochs=1", "--threads", "1", "--no-progress"]) == 0
+    scored = tmp_path / "scored.csv"
+    scored.write_text(f"path,label,speaker\n{rows[1][0]},LOW,x\n{rows[2][0]},high,x\n")
+    capsys.readouterr()
+    assert main(["predict", run, "--manifest", str(scored)]) == 0
+    err = capsys.readouterr().err
+    assert "none of the run's classes" in err and "'LOW' is the run's 'low' written another way (it differs only in case)" in err, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import multiprocessing
 import os
 import queue
@@ -413,6 +414,20 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
         if not isinstance(utterance.extra, Mapping):
             raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra={utterance.extra!r}; "
                               f"expected a mapping of field names to values")
+        if not utterance.speaker.strip():  # per-speaker statistics and speaker splits group by it
+            raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has an empty speaker; every utterance "
+                              f"needs one (speaker normalisation and the speaker splits group by it): give the "
+                              f"speaker's name, or the utterance id for a corpus without speakers")
+        for key, value in utterance.extra.items():  # stored as JSON: a date failed at write time with a raw TypeError
+            try:
+                if not isinstance(key, str):
+                    raise TypeError(f"a key of type {type(key).__name__}")
+                json.dumps(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra[{key!r}]={value!r:.80} "
+                                  f"({type(value).__name__}), which cannot be stored as JSON ({exc}); give text "
+                                  f"keys and text, numbers, booleans, lists or mappings as values, e.g. "
+                                  f"str(value)") from None
     return utterances
 
 

@@ -582,6 +582,28 @@ def test_extract_corpus_given_rows_that_are_not_utterances_says_how_to_make_them
     assert summary.extracted == 7
 
 
+def test_extract_corpus_refuses_an_empty_speaker_and_extra_values_json_cannot_hold(corpus, tmp_path):
+    """Leftovers: Utterance(speaker="") was extracted (per-speaker statistics and speaker splits then
+    grouped such utterances as one nameless speaker), and extra={"when": date(...)} failed at write
+    time with a raw TypeError; both are refused before the store is created, naming the utterance."""
+    import datetime
+
+    from w2v2ser import ConfigError
+
+    for field, value, expected in (
+            ("speaker", "", "has an empty speaker; every utterance needs one"),
+            ("speaker", "  ", "has an empty speaker"),
+            ("extra", {"when": datetime.date(2020, 1, 2)}, r"has extra\['when'\]=datetime\.date\(2020, 1, 2\) "
+                                                           r"\(date\), which cannot be stored as JSON"),
+            ("extra", {3: "x"}, r"has extra\[3\]='x' \(str\), which cannot be stored as JSON \(a key of type int\)")):
+        rows = [corpus[0], dataclasses.replace(corpus[1], **{field: value})] + corpus[2:]
+        with pytest.raises(ConfigError, match=rf"extract_corpus: utterance '{corpus[1].id}' {expected}"):
+            extract_corpus(rows, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+    rows = [dataclasses.replace(corpus[1], extra={"n": 1, "tags": ["a"], "note": None})] + corpus[2:]
+    assert extract_corpus(rows, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False).complete
+
+
 def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
     summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=EnergyExtractor(), progress=False)
     assert summary.complete and summary.extracted == 7

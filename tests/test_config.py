@@ -687,6 +687,20 @@ def test_empty_stores_and_a_string_of_layer_names_are_refused_with_the_fix():
             make()
 
 
+def test_a_misspelt_experiment_config_keyword_is_a_config_error_with_a_did_you_mean(tmp_path: Path):
+    """Leftover: ExperimentConfig(unts=64) raised the generated __init__'s plain TypeError ("unexpected
+    keyword argument"), where the same key in pipeline.yaml gets a did-you-mean and the valid keys."""
+    from w2v2ser.train import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=r"^ExperimentConfig: unts: unknown key\. Did you mean 'units'\? "
+                                          r"Valid keys: stores, features, .*, units, "):
+        ExperimentConfig(stores=str(tmp_path), protocol="ravdess", unts=64)
+    with pytest.raises(ConfigError, match=r"^ExperimentConfig: 2 problems:\n  seed: unknown key\. Did you mean "
+                                          r"'seeds'\?\n  hed: unknown key\. Did you mean 'head'\? Valid keys: "):
+        ExperimentConfig(stores=str(tmp_path), protocol="ravdess", seed=1, hed="lstm")
+    assert ExperimentConfig(stores=str(tmp_path), protocol="ravdess", units=64).units == 64
+
+
 def test_every_experiment_group_s_reference_problem_is_reported_in_one_run(tmp_path: Path) -> None:
     """Found by a user of `w2v2ser run`: a bad store in one experiment and an unknown feature in
     another took two runs to see, one problem each, while schema problems came all at once."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 from pydantic import Field
 
 from w2v2ser._common import or_list
-from w2v2ser._schema import check_dataclass, dataclass_model, validate
+from w2v2ser._schema import check_dataclass, check_keywords, dataclass_model, validate
 
 from ._dataset import CACHE_MODES
 from ._errors import ConfigError
@@ -45,6 +45,7 @@ RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers", "run_eagerly")
 SEED_FIELDS = ("seeds", "first_seed")
 
 
+@check_keywords
 @dataclass
 class ExperimentConfig:
     """One stage 2 experiment (fields match the ``train:`` section of pipeline.yaml).

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from ._common import ConfigError, did_you_mean
 from ._overrides import YAML_1_1_BOOLEANS
 
-__all__ = ["StrictModel", "build_dataclass", "check_dataclass", "config_error", "dataclass_model", "validate"]
+__all__ = ["StrictModel", "build_dataclass", "check_dataclass", "check_keywords", "config_error", "dataclass_model",
+           "validate"]
 
 
 class StrictModel(BaseModel):
@@ -99,6 +100,25 @@ def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
     """``cls(**data)`` for a config dataclass, after checking ``data`` (a mapping of known keys) against it."""
     validate(dataclass_model(cls), data, where=where, what=what, error=error)
     return cls(**data)
+
+
+def check_keywords(cls: type) -> type:
+    """Class decorator of a config dataclass: a misspelt keyword of ``cls(...)`` is a ConfigError with a
+    did-you-mean, as the same key in a file is, not the plain TypeError of the generated ``__init__``."""
+    init = cls.__init__
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = [key for key in kwargs if key not in known]
+        if unknown:
+            lines = [f"{key}: unknown key.{did_you_mean(key, known)}" for key in unknown]
+            lines[-1] += f" Valid keys: {', '.join(known)}."
+            raise config_problems(lines, what=cls.__name__)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked  # type: ignore[method-assign]
+    return cls
 
 
 # --- errors ----------------------------------------------------------------------------------

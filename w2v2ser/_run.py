@@ -200,9 +200,12 @@ def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:
         theirs = ((old.config.get("provenance") or {}).get("weights_sha256")) if old is not None else None
         mine = (extractor.feature_spec().config.get("provenance") or {}).get("weights_sha256")
         if theirs and mine and theirs != mine:
+            # Name only the files that changed: the first file's digest named a shard of a sharded model
+            # that may be the same as before.
+            changed = ", ".join(f"{name} {(theirs.get(name) or 'none')[:12]} -> {(mine.get(name) or 'none')[:12]}"
+                                for name in sorted({*theirs, *mine}) if theirs.get(name) != mine.get(name))
             return (f"its {extractor.name} features were extracted with other model weights than "
-                    f"{old.config.get('model')!r} holds now (weights sha256 {sorted(theirs.values())[0][:12]} "
-                    f"-> {sorted(mine.values())[0][:12]})")
+                    f"{old.config.get('model')!r} holds now (weights sha256 of {changed})")
     return None
 
 

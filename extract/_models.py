@@ -209,8 +209,26 @@ def _weights_sha256(path: Path) -> str:
     info = path.stat()
     key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if key not in _DIGESTS:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read a .safetensors file's header (not its tensors): a truncated file failed only when the model
+    was loaded, inside extraction, once per audio file, where it can fail once, before any store."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except Exception as error:  # noqa: BLE001 - safetensors' own SafetensorError, or an OSError
+        raise ModelLoadError(
+            f"model weight file {str(path)!r} cannot be read ({type(error).__name__}: {error}); it is damaged "
+            f"or incomplete (an interrupted copy or download?). Copy or download the model again, or save it "
+            f"again with save_pretrained()"
+        ) from None
 
 
 def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
@@ -408,6 +426,7 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
     """
     import torch
     import transformers
+    from safetensors import SafetensorError
 
     model_class = getattr(transformers, source.model_class)
     if getattr(source.hf_config, "add_adapter", False):
@@ -426,7 +445,7 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
             model, info = model_class.from_pretrained(
                 source.path, dtype=torch.float32, attn_implementation=implementation, output_loading_info=True
             )
-        except (OSError, ValueError, RuntimeError) as error:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
             raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}") from error
         finally:
             if bars:

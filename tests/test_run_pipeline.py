@@ -702,6 +702,28 @@ def test_other_weights_of_a_sharded_model_name_the_shard_that_changed(tmp_path: 
     assert not any(name in err for name in shards[:-1]), err
 
 
+@needs_ravdess
+def test_a_truncated_model_file_skips_its_store_once_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Leftover: a truncated model.safetensors resolved (its hash needs no parsing), so the store was
+    created and every audio file failed with the same SafetensorError; the model cannot load at all,
+    so its store is skipped once, with a reason that names the file and the fix."""
+    from w2v2ser._run import run_pipeline
+
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    model = make_tiny_model(tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores": {"w2v2": {"features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}}}})
+    monkeypatch.chdir(tmp_path)
+    run_pipeline(pipeline, stage="extract")
+    err = capsys.readouterr().err
+    assert err.count(f"model weight file {str(weights)!r} cannot be read (SafetensorError: ") == 1, err
+    assert "it is damaged or incomplete" in err and "Copy or download the model again" in err, err
+    assert "failed on" not in err and "failed utterance" not in err, err
+    assert not list((tmp_path / "out").glob("stores/ravdess/w2v2-*.zarr/zarr.json"))
+
+
 def test_model_weights_are_hashed_once_per_version_of_the_file(tmp_path: Path, monkeypatch) -> None:
     """Each rerun of `w2v2ser run` hashed the weights of every complete model store again, once per
     store and corpus (seconds each for a large model); a file rewritten is still hashed again."""

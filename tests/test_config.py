@@ -617,6 +617,37 @@ def test_an_empty_environment_variable_is_refused_or_takes_its_default(tmp_path:
     assert expand_env({"path": "${DATA}/x", "other": "${DATA:-y}"}) == {"path": "/d/x", "other": "/d"}
 
 
+def test_an_empty_default_is_the_empty_string_and_an_empty_path_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Leftover: output: ${OUTDIR:-} (OUTDIR unset) read as null, so the run wrote to the default
+    folder without a word, and corpora.X.path: ${DATA:-} skipped the corpus; a literal path "" read
+    the pipeline's own folder as the corpus. ${X:-} is the empty string, as in a shell, and an empty
+    path is refused, naming the key and the variable."""
+    from w2v2ser._overrides import expand_env
+
+    monkeypatch.delenv("OUTDIR", raising=False)
+    monkeypatch.delenv("DATA", raising=False)
+    assert expand_env({"output": "${OUTDIR:-}", "n": "${OUTDIR:-3}"}) == {"output": "", "n": 3}
+    for key, value, expected in (
+            ("output", "${OUTDIR:-}", r"output: the path is empty \('\$\{OUTDIR:-\}' expands to the empty string: "
+                                      r"OUTDIR is empty or unset, and so is its default\); set OUTDIR, or give a "
+                                      r"path or null for the default"),
+            ("output", "", r"output: the path is empty; give a path or null for the default"),
+            ("corpora.ravdess.path", "${DATA:-}", r"corpora\.ravdess\.path: the path is empty \('\$\{DATA:-\}' "
+                                                  r"expands to the empty string: DATA is empty .*; set DATA, or give a "
+                                                  r"path or null to skip what needs it"),
+            ("corpora.ravdess.path", "", r"corpora\.ravdess\.path: the path is empty; give a path or null")):
+        data = _base()
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        with pytest.raises(ConfigError, match=expected):
+            load_pipeline(_write(tmp_path, data), validate_experiments=False)
+    data = {**_base(), "output": None}
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "runs"
+
+
 def test_a_shell_variable_in_a_default_gets_a_hint_that_parses_and_dollar_dollar_is_a_dollar(monkeypatch) -> None:
     """`${X:-$HOME}` was refused with "write ${HOME}", but `${X:-${HOME}}` does not parse (a stray `}`
     was left); and a literal `$NAME` with NAME set (a folder really named `$RECYCLE`) could not be written."""

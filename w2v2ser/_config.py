@@ -384,9 +384,17 @@ class PipelineConfig:
         return [e for e in self.experiments if any(fnmatchcase(e.name, p) for p in report.experiments)]
 
 
-def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool) -> Path | None:
+def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, written: Any = None) -> Path | None:
+    """``value`` as an absolute path (None stays None); ``written`` is the value before ``${VAR}`` expansion."""
     if value is None:
         return None
+    if isinstance(value, str) and not value.strip():  # Path("") is this file's folder: a corpus read from there
+        names = ENV_VARIABLE.findall(written) if isinstance(written, str) else []
+        via = (f" ({written!r} expands to the empty string: {', '.join(n for n, _ in names)} is empty or unset, "
+               f"and so is its default)" if names else "")
+        skip = "null to skip what needs it" if must_exist else "null for the default (runs beside this file)"
+        fix = f"set {names[0][0]}, or " if names else ""
+        raise ConfigError(f"{where}: the path is empty{via}; {fix}give a path or {skip}.")
     if is_store_url(str(value)):  # Path("s3://b/x") is the folder s3:/b/x
         kept = ("its stores, run folders and reports" if where == "output" else "what it reads")
         raise ConfigError(f"{where}: {value!r} is a URL; `w2v2ser run` keeps {kept} in local folders. For "
@@ -455,15 +463,18 @@ def _choice(value: Any, choices: Sequence[str], where: str) -> str:
     return validate(Literal[tuple(choices)], value, where=where)
 
 
-def _parse_corpora(section: Mapping[str, Any], base: Path) -> dict[str, CorpusConfig]:
+def _parse_corpora(section: Mapping[str, Any], base: Path, written: Any = None) -> dict[str, CorpusConfig]:
+    """The corpora; ``written`` is the section before ``${VAR}`` expansion (for messages)."""
     corpora = {}
     for name, entry in section.items():
+        as_written = (written or {}).get(name) if isinstance(written, Mapping) else None
         entry = entry or CorpusEntry()
         kind = entry.kind or (name if name in CORPUS_KINDS else None)
         if kind is None:
             raise ConfigError(f"corpora.{name}.kind: required key is missing for corpus {name!r}; "
                               f"set it to one of {', '.join(CORPUS_KINDS)}")
-        path = _resolve_path(entry.path, base, f"corpora.{name}.path", must_exist=True)
+        path = _resolve_path(entry.path, base, f"corpora.{name}.path", must_exist=True,
+                             written=as_written.get("path") if isinstance(as_written, Mapping) else None)
         corpora[name] = CorpusConfig(name, kind, path)
     return corpora
 
@@ -668,7 +679,8 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = expand_env(apply_overrides(raw, overrides))
+    written = apply_overrides(raw, overrides)
+    raw = expand_env(written)
     base = path.parent
     extraction = raw.get("extraction") if isinstance(raw.get("extraction"), dict) else {}
     defaults = {k: extraction[k] for k in ("device", "batch_seconds") if extraction.get(k) is not None}
@@ -677,8 +689,9 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
             raise ConfigError(f"experiments.{group}.stores: set by the pipeline from the store prefix of each "
                               f"selection (e.g. features: w2v2_pt/wav2vec2:all); remove it")
     checked: Any = validate(pipeline_model(), raw, context={"base": base, "defaults": defaults})
-    output = _resolve_path(checked.output or "runs", base, "output", must_exist=False) or base / "runs"
-    corpora = _parse_corpora(checked.corpora, base)
+    output = _resolve_path("runs" if checked.output is None else checked.output, base, "output", must_exist=False,
+                           written=written.get("output")) or base / "runs"
+    corpora = _parse_corpora(checked.corpora, base, written.get("corpora"))
     stores = _parse_stores(checked.extraction, raw, corpora)
     experiments = _expand_experiments(raw.get("experiments"), corpora, stores, output, validate=validate_experiments)
     return PipelineConfig(

@@ -62,10 +62,12 @@ def _read_sweep(path: Path) -> tuple[dict[str, Any] | None, list[RunSummary]]:
                                  "expected the summary `w2v2ser sweep` writes. Run the sweep again")]
     listed = summary.get("layers") if isinstance(summary, dict) else None
     # int() over each layer read "12" as layers 1 and 2, 2.7 as 2, true as 1: only a list of ints is layers
-    if not (isinstance(listed, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in listed)):
+    # [] drew no line and listed nothing, without a word: a sweep has layers (`sweep` refuses fewer than two)
+    if not (isinstance(listed, list) and listed
+            and all(isinstance(k, int) and not isinstance(k, bool) for k in listed)):
         what = f"'layers' is {listed!r:.100}" if isinstance(summary, dict) else f"it holds a {type(summary).__name__}"
         return None, [RunSummary(path=file, status="incomplete", reason=f"{file} is no sweep summary ({what}); "
-                                 "expected 'layers' as a list of layer numbers. Run the sweep again")]
+                                 "expected 'layers' as a non-empty list of layer numbers. Run the sweep again")]
     layers, means, stds, ns, incomplete, unfinished = [], [], [], [], [], []
     experiment = None  # the layers' recorded experiment (its subset names the line)
     for layer in listed:

@@ -684,13 +684,15 @@ def test_report_reads_each_sweep_layer_once(tmp_path: Path, monkeypatch: pytest.
                                         ('{"layers": 3}', "'layers' is 3"), ('{"layers": "01"}', "'layers' is '01'"),
                                         ('{"layers": [0, 2.7]}', "'layers' is [0, 2.7]"),
                                         ('{"layers": [true]}', "'layers' is [True]"), ('{"upstream": "x"}', "is None"),
+                                        ('{"layers": []}', "('layers' is []); expected 'layers' as a non-empty list"),
                                         ('{"layers": [0', "cannot be read as JSON")])
 def test_a_damaged_sweep_json_does_not_stop_the_report(tmp_path: Path, text: str, what: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """A sweep.json that is JSON but not a sweep summary (a list, a layer that is no number) stopped
     the whole report with a traceback; the sweep draws no line and its `all` head is still reported.
     Review s61: layers "01" were read as [0, 1], 2.7 as 2, true as 1, and a damaged sweep.json dropped
-    the sweep without a word; it is now listed (and warned of) as damaged, naming the file and value."""
+    the sweep without a word; it is now listed (and warned of) as damaged, naming the file and value.
+    Leftover: layers [] was taken, drawing no line and listing nothing."""
     sweep = tmp_path / "runs" / "sweep"
     make_run_dir(sweep, "layer_00", features="wav2vec2:0", model=MODELS["pt"])
     make_run_dir(sweep, "layer_01", features="wav2vec2:1", model=MODELS["pt"])

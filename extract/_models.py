@@ -446,7 +446,9 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
                 source.path, dtype=torch.float32, attn_implementation=implementation, output_loading_info=True
             )
         except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-            raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}") from error
+            raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}. A damaged "
+                                 f"or incomplete weight file (an interrupted copy or download?): copy or download "
+                                 f"the model again") from error
         finally:
             if bars:
                 transformers.utils.logging.enable_progress_bar()

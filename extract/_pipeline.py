@@ -44,6 +44,7 @@ from w2v2ser.store._location import as_unreachable, remote_errors
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
 from ._manifest import Manifest
+from ._models import ModelLoadError
 from ._rates import (
     CHANNELS_KEY, below_native_minimum, capacity, configured_rates, feature_spec_for_store, resample_for, run_extractor,
     store_rates, with_rate,
@@ -1038,6 +1039,8 @@ def _features_of(
     audios = [audio for (_, audio, _), ok in zip(good, allowed) if ok]
     try:
         values = iter(run_extractor(extractor, audios))
+    except ModelLoadError:  # not one file's fault: every file failed with it, each recorded on its own
+        raise
     except Exception:  # noqa: BLE001 - retry one by one to isolate the bad utterance
         check_stop()  # an interrupt that surfaced as another error (SystemError from C code) is no failure
         singles = []

@@ -724,6 +724,34 @@ def test_a_truncated_model_file_skips_its_store_once_naming_the_file(tmp_path: P
     assert not list((tmp_path / "out").glob("stores/ravdess/w2v2-*.zarr/zarr.json"))
 
 
+@needs_ravdess
+def test_a_model_that_fails_to_load_in_extraction_fails_its_store_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Leftover: a truncated pytorch_model.bin (no header to check when the model is resolved) failed to
+    load inside extraction, and its ModelLoadError was recorded once per audio file as that file's
+    failure; the store's extraction now fails once with it, and records no file as failed."""
+    import torch
+    from safetensors.torch import load_file
+
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.store import open_store
+
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    model = make_tiny_model(tmp_path / "model")
+    torch.save(load_file(str(model / "model.safetensors")), str(model / "pytorch_model.bin"))
+    (model / "model.safetensors").unlink()
+    weights = model / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores": {"w2v2": {"features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}}}})
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 1
+    err = capsys.readouterr().err
+    assert err.count("cannot load Wav2Vec2Model weights from") == 1, err
+    assert "copy or download the model again" in err and "failed utterance" not in err, err
+    (store,) = (tmp_path / "out" / "stores" / "ravdess").glob("w2v2-*.zarr")
+    assert open_store(store, allow_incomplete=True).list_utterances(status="failed") == []
+
+
 def test_model_weights_are_hashed_once_per_version_of_the_file(tmp_path: Path, monkeypatch) -> None:
     """Each rerun of `w2v2ser run` hashed the weights of every complete model store again, once per
     store and corpus (seconds each for a large model); a file rewritten is still hashed again."""

@@ -82,7 +82,8 @@ def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: t
     ``error`` (a ConfigError; key paths start at ``where``); ``context`` reaches the validators."""
     adapter = TypeAdapter(model)
     if _has_whole_float(data):  # units: 1e2 in YAML is the float 100.0: an integer key takes it as 100
-        data = _whole_numbers(data, [adapter.json_schema()], adapter.json_schema())
+        schema = _json_schema(model) if isinstance(model, type) else adapter.json_schema()
+        data = _whole_numbers(data, [schema], schema)
     try:
         return adapter.validate_python(data, context=context)
     except ValidationError as problem:
@@ -107,6 +108,12 @@ def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
     checked = validate(dataclass_model(cls), data, where=where, what=what, error=error)
     whole = {k: getattr(checked, k) for k, v in data.items() if isinstance(v, float) and type(getattr(checked, k)) is int}
     return cls(**{**data, **whole})
+
+
+@functools.lru_cache(maxsize=None)
+def _json_schema(model: type) -> dict[str, Any]:
+    """A model's JSON Schema, made once (every config with a float such as dropout 0.0 reads it)."""
+    return TypeAdapter(model).json_schema()
 
 
 def _has_whole_float(data: Any) -> bool:

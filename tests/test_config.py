@@ -621,12 +621,13 @@ def test_an_empty_default_is_the_empty_string_and_an_empty_path_is_refused(tmp_p
     """Leftover: output: ${OUTDIR:-} (OUTDIR unset) read as null, so the run wrote to the default
     folder without a word, and corpora.X.path: ${DATA:-} skipped the corpus; a literal path "" read
     the pipeline's own folder as the corpus. ${X:-} is the empty string, as in a shell, and an empty
-    path is refused, naming the key and the variable."""
+    path is refused, naming the key and the variable; ${X:-null} is null, and other keys read a
+    whole value ${X:-} as null, as an empty YAML value (queue: ${PARTITION:-} keeps the default)."""
     from w2v2ser._overrides import expand_env
 
     monkeypatch.delenv("OUTDIR", raising=False)
     monkeypatch.delenv("DATA", raising=False)
-    assert expand_env({"output": "${OUTDIR:-}", "n": "${OUTDIR:-3}"}) == {"output": "", "n": 3}
+    assert expand_env({"queue": "${OUTDIR:-}", "n": "${OUTDIR:-3}"}) == {"queue": None, "n": 3}  # as YAML's empty
     for key, value, expected in (
             ("output", "${OUTDIR:-}", r"output: the path is empty \('\$\{OUTDIR:-\}' expands to the empty string: "
                                       r"OUTDIR is empty or unset, and so is its default\); set OUTDIR, or give a "
@@ -644,8 +645,10 @@ def test_an_empty_default_is_the_empty_string_and_an_empty_path_is_refused(tmp_p
         node[last] = value
         with pytest.raises(ConfigError, match=expected):
             load_pipeline(_write(tmp_path, data), validate_experiments=False)
-    data = {**_base(), "output": None}
+    data = {**_base(), "output": "${OUTDIR:-null}"}
     assert load_pipeline(_write(tmp_path, data), validate_experiments=False).output == tmp_path / "runs"
+    data["corpora"]["ravdess"]["path"] = "${DATA:-null}"
+    assert load_pipeline(_write(tmp_path, data), validate_experiments=False).corpora["ravdess"].path is None
 
 
 def test_a_shell_variable_in_a_default_gets_a_hint_that_parses_and_dollar_dollar_is_a_dollar(monkeypatch) -> None:

@@ -386,13 +386,18 @@ class PipelineConfig:
 
 def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, written: Any = None) -> Path | None:
     """``value`` as an absolute path (None stays None); ``written`` is the value before ``${VAR}`` expansion."""
+    # ${X:-} is the empty string, as in a shell (read as null when it is the whole value): an empty path took
+    # the default output folder or skipped the corpus without a word; ${X:-null} still says null.
+    names = ENV_VARIABLE.findall(written) if isinstance(written, str) else []
+    if value is None and names and not ENV_VARIABLE.sub(lambda m: os.environ.get(m[1]) or m[2] or "", written).strip():
+        value = ""
     if value is None:
         return None
     if isinstance(value, str) and not value.strip():  # Path("") is this file's folder: a corpus read from there
-        names = ENV_VARIABLE.findall(written) if isinstance(written, str) else []
         via = (f" ({written!r} expands to the empty string: {', '.join(n for n, _ in names)} is empty or unset, "
                f"and so is its default)" if names else "")
         skip = "null to skip what needs it" if must_exist else "null for the default (runs beside this file)"
+        skip += f" (${{{names[0][0]}:-null}})" if names else ""
         fix = f"set {names[0][0]}, or " if names else ""
         raise ConfigError(f"{where}: the path is empty{via}; {fix}give a path or {skip}.")
     if is_store_url(str(value)):  # Path("s3://b/x") is the folder s3:/b/x
@@ -689,7 +694,7 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
             raise ConfigError(f"experiments.{group}.stores: set by the pipeline from the store prefix of each "
                               f"selection (e.g. features: w2v2_pt/wav2vec2:all); remove it")
     checked: Any = validate(pipeline_model(), raw, context={"base": base, "defaults": defaults})
-    output = _resolve_path("runs" if checked.output is None else checked.output, base, "output", must_exist=False,
+    output = _resolve_path(checked.output, base, "output", must_exist=False,
                            written=written.get("output")) or base / "runs"
     corpora = _parse_corpora(checked.corpora, base, written.get("corpora"))
     stores = _parse_stores(checked.extraction, raw, corpora)

@@ -171,10 +171,8 @@ def expand_env(node: Any, where: str = "") -> Any:
     expanded = (ENV_VARIABLE if shell else _EXPANDED).sub(replace, node)
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
     if ENV_VARIABLE.fullmatch(node):
-        if not expanded.strip():  # ${X:-} is the empty string, as in a shell: not null (a path key's default)
-            return expanded
-        try:
-            parsed = load_yaml(expanded)
+        try:  # empty (${X:-}): null, as an empty YAML value; a path key refuses it (w2v2ser._config._resolve_path)
+            parsed = load_yaml(expanded) if expanded.strip() else None
         except yaml.YAMLError:
             return expanded
         return parsed if isinstance(parsed, (int, float, bool, type(None))) else expanded

@@ -552,6 +552,16 @@ def _fairseq_arch(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fairseq_arch_names(checkpoint: Mapping[str, Any]) -> list[str]:
+    """The architecture names a fairseq checkpoint records (`args.arch`, `cfg.model._name`, and
+    those of a fine-tuned model's pre-trained `w2v_args`), e.g. ["wav2vec_ctc", "wav2vec2"]."""
+    top = _as_mapping(checkpoint.get("args")) or _as_mapping(_as_mapping(checkpoint.get("cfg")).get("model"))
+    nested = _as_mapping(top.get("w2v_args"))
+    nested = _as_mapping(nested.get("model")) or nested
+    names = [node.get("arch", node.get("_name")) for node in (top, nested)]
+    return [name for name in names if isinstance(name, str) and name]
+
+
 def _parse_conv_layers(spec: str, path: Path) -> list[tuple[int, int, int]]:
     """Evaluate fairseq's `conv_feature_layers` expression (lists, tuples, ints, + and *) safely."""
 
@@ -611,6 +621,18 @@ def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
         raise ModelLoadError(
             f"fairseq checkpoint {str(path)!r} has neither 'args' nor 'cfg': the architecture is "
             f"unknown. Expected a wav2vec 2.0 checkpoint such as wav2vec_small.pt."
+        )
+    names = _fairseq_arch_names(checkpoint)
+    other = next((name for name in names if not name.startswith("wav2vec")), None)
+    if other is not None:
+        family = next((label for mark, label in (("hubert", "HuBERT"), ("data2vec", "data2vec-audio"),
+                                                 ("wavlm", "WavLM")) if mark in other), other)
+        raise ModelLoadError(
+            f"fairseq checkpoint {str(path)!r} is a {family} model (fairseq architecture {other!r}), not "
+            f"wav2vec 2.0: only wav2vec 2.0 fairseq checkpoints are converted (its weights would be read as "
+            f"wav2vec 2.0 and stored under the wrong family). Convert it to a `save_pretrained` directory "
+            f"with transformers' conversion script for that family, or use its Hugging Face hub id, and "
+            f"pass that as --model with --features of its family (hubert, wavlm, data2vec)."
         )
     return ModelSource(
         kind="fairseq",

@@ -238,6 +238,24 @@ def test_fairseq_unexpected_keys_are_named(base_dir: Path, tmp_path: Path) -> No
         _extractor(checkpoint).extract(_signals((800,)))
 
 
+@pytest.mark.parametrize("style", ["args", "cfg"])
+def test_fairseq_checkpoint_of_another_family_is_refused(base_dir: Path, tmp_path: Path, style: str) -> None:
+    # A fine-tuned fairseq HuBERT checkpoint has wav2vec 2.0's key names (its pre-training heads are
+    # removed), so its weights fit a Wav2Vec2Model: it must not be stored as feature wav2vec2.
+    checkpoint = save_tiny_fairseq_checkpoint(tmp_path / "hubert_base_ft.pt", source_dir=base_dir,
+                                              finetuned=True, config_style=style)
+    content = torch.load(checkpoint, weights_only=False)
+    if style == "args":
+        content["args"].arch, content["args"].w2v_args.arch = "hubert_ctc", "hubert"
+    else:
+        content["cfg"]["model"]["_name"] = "hubert_ctc"
+        content["cfg"]["model"]["w2v_args"]["model"]["_name"] = "hubert"
+    torch.save(content, checkpoint)
+    with pytest.raises(ModelLoadError, match=r"is a HuBERT model \(fairseq architecture 'hubert_ctc'\)") as caught:
+        _extractor(checkpoint).feature_spec()
+    assert str(checkpoint) in str(caught.value) and "save_pretrained" in str(caught.value)
+
+
 def test_not_a_fairseq_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "random.pt"
     torch.save({"weights": torch.zeros(3)}, path)

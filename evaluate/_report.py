@@ -24,6 +24,7 @@ import numpy as np
 
 from w2v2ser._common import UPSTREAM_FEATURES, as_paths, short_name, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
+from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 
 from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
@@ -121,6 +122,10 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     feature = selection.rpartition("/")[2].partition(":")[0]
     model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
+    # The paper's Fusion head adds eGeMAPS; another second branch is named, and matches no paper row.
+    fusion = find_key(run.experiment, "fusion_features") if reads_fusion(run.head) else None
+    if isinstance(fusion, str) and fusion.rpartition("/")[2] != "egemaps":
+        shown, key = f"{shown} + {fusion.rpartition('/')[2]}", f"{key}+{fusion.rpartition('/')[2]}"
     return model, shown + data_text(run.experiment), key
 
 

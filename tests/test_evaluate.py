@@ -898,3 +898,21 @@ def test_runs_whose_names_slug_alike_keep_their_own_confusion_figures(tmp_path: 
     assert len(set(pngs)) == 4, pngs
     for png in pngs:
         _assert_png(out / png)
+
+
+def test_a_fusion_run_with_another_second_branch_is_not_shown_as_the_papers_fusion(tmp_path: Path) -> None:
+    """Found driving other upstreams: a Fusion run whose second branch was HuBERT, not eGeMAPS, got the
+    row of the paper's wav2vec2 + eGeMAPS Fusion, and the head table compared it with that selection's LSTM."""
+    runs = tmp_path / "runs"
+    make_run_dir(runs, "lstm", features="wav2vec2:all", head="lstm", model=MODELS["pt"])
+    make_run_dir(runs, "fusion-egemaps", features="wav2vec2:all", head="fusion", model=MODELS["pt"], seed=1)
+    other = make_run_dir(runs, "fusion-hubert", features="wav2vec2:all", head="fusion", model=MODELS["pt"], seed=2)
+    experiment = json.loads((other / "experiment.json").read_text(encoding="utf-8"))
+    (other / "experiment.json").write_text(json.dumps({**experiment, "fusion_features": "ssl/hubert:all"}),
+                                           encoding="utf-8")
+    write_report(runs, out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    selections = {(r["selection"], r["head"]) for r in data["feature_table"]["rows"]}
+    assert selections == {("all layers", "lstm"), ("all layers", "fusion"), ("all layers + hubert:all", "fusion")}
+    head_rows = data["head_table"]["rows"]
+    assert [(r["selection"], sorted(r["cells"])) for r in head_rows] == [("all layers", ["fusion", "lstm"])]

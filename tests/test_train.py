@@ -61,6 +61,14 @@ def test_parse_selection_rejects_garbage_listing_valid_forms(text):
         parse_selection("wav2vec2:contxtual")
 
 
+@pytest.mark.parametrize("text", ["hubert:-1", "ssl/wavlm:1:2", "data2vec:"])
+def test_a_bad_selection_of_another_upstream_lists_that_upstreams_forms(text):
+    upstream = text.partition(":")[0].rpartition("/")[2]
+    with pytest.raises(SelectionError, match="valid forms") as caught:
+        parse_selection(text)
+    assert f"{upstream}:N (one layer)" in str(caught.value) and "wav2vec2:" not in str(caught.value)
+
+
 def test_a_list_of_features_points_to_the_fusion_head():
     with pytest.raises(SelectionError, match="valid forms.*train the fusion head"):
         parse_selection("wav2vec2:all,egemaps")

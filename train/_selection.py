@@ -31,12 +31,13 @@ PAIR_AVERAGED = frozenset({"egemaps"})
 _PATTERN = re.compile(r"^(?:(?P<alias>[A-Za-z0-9_.-]+)/)?(?P<feature>[A-Za-z0-9_.-]+)(?::(?P<layers>[A-Za-z0-9-]+))?$")
 
 
-def valid_forms() -> str:
-    """The selection forms, for messages: a speech encoder's layer forms, then the other features of
-    the extractor registry (w2v2ser.extract's EXTRACTORS, read when called: it loads no TensorFlow)."""
+def valid_forms(upstream: str | None = None) -> str:
+    """The selection forms, for messages: a speech encoder's layer forms (of ``upstream``, else the
+    first one registered), then the other features of the extractor registry (w2v2ser.extract's
+    EXTRACTORS, read when called: it loads no TensorFlow)."""
     from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
 
-    upstream = next((name for name in EXTRACTORS if name in UPSTREAMS), "wav2vec2")
+    upstream = upstream or next((name for name in EXTRACTORS if name in UPSTREAMS), "wav2vec2")
     others = [name for name in EXTRACTORS if name not in UPSTREAMS]
     return (f"{upstream}:local, {upstream}:contextual, {upstream}:all, {upstream}:N (one layer), "
             f"{upstream}:A-B (layer range), {', '.join(others)}; any of them may be prefixed by a store alias, "
@@ -105,15 +106,18 @@ def parse_selection(text: str) -> Selection:
     if not isinstance(text, str) or not text.strip():
         raise SelectionError(f"feature selection must be a non-empty string, got {text!r}; valid forms: {valid_forms()}")
     match = _PATTERN.match(text.strip())
+    # A HuBERT (WavLM, data2vec) selection's message shows that family's forms, not wav2vec2's.
+    named = text.strip().partition(":")[0].rpartition("/")[2]
+    upstream = named if named in UPSTREAM_FEATURES else None
     if match is None:
         hint = ""
         if "," in text:  # a list of features: one selection per head, plus the fusion head's eGeMAPS branch
             hint = ("; a selection names one feature: to add eGeMAPS to another feature, train the fusion head "
                     "(--head fusion, or head: fusion in pipeline.yaml; its eGeMAPS branch is --fusion-features)")
-        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {valid_forms()}{hint}")
+        raise SelectionError(f"cannot parse feature selection {text!r}; valid forms: {valid_forms(upstream)}{hint}")
     layers = match.group("layers")
     if layers is not None and not (layers in LAYER_KEYWORDS or re.fullmatch(r"\d+(-\d+)?", layers)):
-        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {valid_forms()}."
+        raise SelectionError(f"cannot parse layers {layers!r} of feature selection {text!r}; valid forms: {valid_forms(upstream)}."
                              f"{did_you_mean(layers, LAYER_KEYWORDS)}")
     return Selection(text=text.strip(), alias=match.group("alias"), feature=match.group("feature"), layers=layers)
 

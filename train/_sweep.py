@@ -98,11 +98,16 @@ def sweep_configs(config: ExperimentConfig | Mapping[str, Any]) -> dict[str, Exp
         if base is config:
             raise
         sel = _prepare(config).selections["main"]  # `egemaps`: say that it has no layers, not 'egemaps:all'
-    if sel.layers is None or len(sel.layers) < 2:
+    if sel.layers is None:
         raise SelectionError(f"a layer sweep needs a feature with several layers; {config.features!r} resolves to "
-                             f"{'no layer axis' if sel.layers is None else f'layer {sel.layers[0]} only'}; "
-                             f"name an upstream such as wav2vec2 or hubert (train a feature without layers "
-                             f"with `w2v2ser train`)")
+                             f"no layer axis; name an upstream such as wav2vec2 or hubert (train a feature "
+                             f"without layers with `w2v2ser train`)")
+    if len(sel.layers) < 2:
+        # An upstream's one-layer range (hubert:2-2): the fix is a wider range, not another feature.
+        raise SelectionError(f"a layer sweep needs several layers; {config.features!r} resolves to layer "
+                             f"{sel.layers[0]} only; sweep a wider range (e.g. {sel.feature}:{max(sel.layers[0] - 1, 0)}-"
+                             f"{max(sel.layers[0], 1)}) or the whole upstream ({sel.feature}), or train that one layer "
+                             f"with `w2v2ser train --features {sel.feature}:{sel.layers[0]}`")
     prefix = f"{sel.alias}/" if parse_selection(base.features).alias else ""
     out = {_layer_dir(k): dataclasses.replace(base, features=f"{prefix}{sel.feature}:{k}") for k in sel.layers}
     out[ALL_LAYERS_DIR] = base

@@ -18,7 +18,7 @@ from w2v2ser.store import FeatureStatistics, W2v2serError, open_store
 from w2v2ser.train import (
     ConfigError, DataError, DenseHead, ExperimentConfig, FeatureBatches, Fold, FusionHead, Item, LSTMHead,
     ProtocolError, SelectionError, Source, build_normaliser, check_disjoint, get_protocol, get_recipe,
-    parse_selection, resolve_selection,
+    parse_selection, plan_runs, resolve_selection,
 )
 from w2v2ser.train._normalisation import Normaliser
 
@@ -681,3 +681,13 @@ def test_a_fused_store_without_the_test_speakers_is_not_blamed_on_the_subset(tmp
     with pytest.raises(ProtocolError, match="subset speaker=Actor_01,Actor_02 leaves no test speaker"):
         plan_runs(both)
     assert subset_text({"speaker": "Actor_01", "method": ["a", "b"]}) == "method=a,b; speaker=Actor_01"
+
+
+def test_fusion_on_a_store_without_egemaps_says_how_to_name_the_store_that_has_it(tmp_path):
+    """Found with a store of upstreams only: `train --head fusion` said to extract eGeMAPS into it, not to
+    give the store that holds it (--fusion-store)."""
+    store = build_store(tmp_path / "ssl.zarr", utterances=ravdess_utterances(per_actor=1), features=("wav2vec2",))
+    config = ExperimentConfig(stores=str(store), features="wav2vec2:all", head="fusion", seeds=1)
+    with pytest.raises(SelectionError, match="'egemaps'.*is not in") as caught:
+        plan_runs(config)
+    assert "--fusion-store STORE" in str(caught.value) and "fusion_features: STORE/FEATURE" in str(caught.value)

@@ -44,7 +44,7 @@ from ._normalisation import MIN_SPEAKER_FILES, build_normaliser, save_normaliser
 from ._protocols import (Fold, check_disjoint, get_protocol, select_subset, select_utterances, statistics_utterances,
                          speaker_group_folds)
 from ._runfiles import damaged_run_files, list_run_files, record_run_files, writing_run
-from ._selection import ResolvedSelection, resolve_selection
+from ._selection import ResolvedSelection, parse_selection, resolve_selection
 
 __all__ = ["RunSpec", "RunResult", "ExperimentView", "open_view", "reopen_view", "plan_runs", "train_run",
            "summarize_runs", "train_experiment", "partition_arrays", "PartitionArrays",
@@ -137,9 +137,21 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
     protocol = get_protocol(config.protocol)
     selections = config.selections()
     aliases = {branch: config.store_alias(text) for branch, text in selections.items()}
-    sels = {branch: resolve_selection(text, specs=stores[aliases[branch]].features, alias=aliases[branch],
-                                      store=_store_label(config, aliases[branch]))
-            for branch, text in selections.items()}
+    sels = {}
+    for branch, text in selections.items():
+        specs = stores[aliases[branch]].features
+        try:
+            sels[branch] = resolve_selection(text, specs=specs, alias=aliases[branch],
+                                             store=_store_label(config, aliases[branch]))
+        except SelectionError as error:
+            if branch == "main" or parse_selection(text).feature in specs:
+                raise
+            # The Fusion head's eGeMAPS branch reads the main store unless told: say how to point it elsewhere.
+            raise SelectionError(
+                f"{error} The {config.head} head's second branch ({text!r}, fusion_features) reads store "
+                f"{aliases[branch]!r}: name a store that holds it, `w2v2ser train --fusion-store STORE` (or "
+                f"`fusion_features: STORE/FEATURE` in pipeline.yaml, `stores={{'fusion': PATH}}` in Python)"
+            ) from None
     main_alias = sels["main"].alias
     main_features = {s.feature for s in sels.values() if s.alias == main_alias}
     drops = (str(config.stores[main_alias]), protocol.name)

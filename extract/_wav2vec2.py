@@ -212,9 +212,12 @@ class Wav2Vec2Extractor:
         if self._source is None:
             source = resolve_model(self.config.model, revision=self.config.revision)
             if source.family != self.name:
+                # A fairseq checkpoint has no config.json: its family is that of the only one converted.
+                said = ("a fairseq checkpoint, converted as wav2vec 2.0 only" if source.kind == "fairseq"
+                        else f"config.json model_type {source.model_type!r}")
                 raise ExtractorConfigError(
                     f"{self.name}.model {self.config.model!r} is a {_FAMILY_TITLES[source.family]} model "
-                    f"(config.json model_type {source.model_type!r}), not {_FAMILY_TITLES[self.name]}: the "
+                    f"({said}), not {_FAMILY_TITLES[self.name]}: the "
                     f"feature name must name the upstream. Extract it as feature {source.family!r} "
                     f"(--features {source.family} --model ..., or a `{source.family}:` section in pipeline.yaml)."
                 )

@@ -149,6 +149,15 @@ def test_another_familys_model_is_refused_with_the_name_to_use(model_dirs) -> No
         _extractor("hubert", model_dirs[("wavlm", "group", False)]).feature_spec()
 
 
+def test_a_fairseq_checkpoint_given_as_another_family_is_refused_without_naming_a_config_json(tmp_path) -> None:
+    from tiny_models import save_tiny_fairseq_checkpoint
+
+    path = save_tiny_fairseq_checkpoint(tmp_path / "wav2vec_small.pt")
+    with pytest.raises(ExtractorConfigError, match=r"wav2vec 2.0 model \(a fairseq checkpoint.*--features wav2vec2") as caught:
+        _extractor("hubert", path).feature_spec()
+    assert "config.json" not in str(caught.value)
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(model_dirs, tmp_path) -> None:
     """WavLM weights under a wav2vec2 config.json: loading would drop the position bias."""
     directory = shutil.copytree(model_dirs[("wavlm", "group", False)], tmp_path / "relabelled")

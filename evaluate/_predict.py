@@ -390,11 +390,21 @@ def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: 
 
 def _differs(config: Mapping[str, Any], recorded: Any) -> bool:
     """Whether an extractor config differs from the recorded one in a key both have (a key one
-    version of w2v2ser records and another not is no change of the features)."""
+    version of w2v2ser records and another not is no change of the features). As a store's own
+    resume check: a speech encoder's ``runtime`` (device, batch size) and ``max_seconds`` change no
+    value, and the same weights (sha256) at another path are the same model (``extract --like``
+    takes all of these)."""
+    from w2v2ser.extract._models import keep_recorded_location  # no torch
+    from w2v2ser.store._writer import _NOT_VALUES
+
     if not isinstance(recorded, Mapping):
         return False
+    config = keep_recorded_location(config, recorded)
+    keys = set(config) & set(recorded)
+    if "runtime" in keys:  # a speech encoder's config (``_NOT_VALUES`` are its keys)
+        keys -= set(_NOT_VALUES)
     return any(json.dumps(config[k], sort_keys=True, default=str) != json.dumps(recorded[k], sort_keys=True, default=str)
-               for k in set(config) & set(recorded))
+               for k in keys)
 
 
 def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, aliases: Sequence[str],

@@ -1638,3 +1638,32 @@ def test_a_manifest_label_that_is_a_csv_run_s_class_in_another_case_is_named_as_
     assert main(["predict", run, "--manifest", str(scored)]) == 0
     err = capsys.readouterr().err
     assert "none of the run's classes" in err and "'LOW' is the run's 'low' written another way (it differs only in case)" in err, err
+
+
+def test_predict_store_takes_a_store_extracted_like_the_run_on_another_device_or_model_path(tmp_path: Path) -> None:
+    """Found driving upstreams: a store extracted with `--like RUN --device cpu --batch-seconds 8` (or the
+    same weights at another path), as the README allows, was refused by --from-store: "other settings"."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    def encoder(device: str, path: str, sha: str = "aa") -> dict:
+        return {"wav2vec2": {"model": path, "max_seconds": 120.0 if device == "auto" else 300.0,
+                             "runtime": {"device": device, "batch_seconds": 32.0 if device == "auto" else 8.0},
+                             "upstream": {"model": path, "weights_sha256": {"model.safetensors": sha}},
+                             "provenance": {"source": "local", "requested": path, "resolved_path": path,
+                                            "weights_sha256": {"model.safetensors": sha}, "architecture": {"h": 4}}}}
+
+    rows = ravdess_utterances(per_actor=2)
+    store = build_store(tmp_path / "train.zarr", utterances=rows, layers=3, dim=4, features=("wav2vec2",),
+                        feature_configs=encoder("auto", "tiny"))
+    config = ExperimentConfig(stores=str(store), features="wav2vec2:all", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    like = build_store(tmp_path / "like.zarr", utterances=rows, layers=3, dim=4, features=("wav2vec2",),
+                       feature_configs=encoder("cpu", "/elsewhere/tiny"))
+    assert predict_store(tmp_path / "run", like)[1].scored == len(rows)
+    other = build_store(tmp_path / "other.zarr", utterances=rows, layers=3, dim=4, features=("wav2vec2",),
+                        feature_configs=encoder("cpu", "/elsewhere/tiny", sha="bb"))
+    with pytest.raises(PredictError, match="with other settings than run dir"):
+        predict_store(tmp_path / "run", other)

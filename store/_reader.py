@@ -18,6 +18,7 @@ from w2v2ser._common import did_you_mean
 from ._errors import StoreChangedError, StoreError, StoreGoneError, StoreIncompleteError
 from ._layout import (
     FAILURE_COLUMNS,
+    ReadCacheStore,
     STATUSES,
     UTTERANCE_COLUMNS,
     all_chunks_stored,
@@ -29,6 +30,8 @@ from ._layout import (
     missing_statistics_shards,
     open_array,
     open_root,
+    prefetch_frames,
+    release_frames,
     read_meta,
     row_checksum,
     specs_from_meta,
@@ -89,6 +92,23 @@ def _selection(start: int, stop: int, layers: list[int] | None) -> tuple[Any, ..
     return (slice(start, stop), layers, slice(None))
 
 
+async def _read_span(data: Any, start: int, stop: int, sel: list[int] | None, target: np.ndarray | None) -> np.ndarray:
+    """Frames [start, stop) of ``sel`` from a zarr AsyncArray (into ``target`` when given). On object
+    storage its inner chunks are fetched ahead first: one request per run of adjacent chunks
+    (prefetch_frames), instead of zarr's one request after another per chunk."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    held = await prefetch_frames(data, start, stop, sel)
+    try:
+        if target is None:
+            return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
+        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
+        await data.get_orthogonal_selection(_selection(start, stop, sel), out=wrap(target))
+        return target
+    finally:
+        release_frames(data, held)
+
+
 class FeatureStore:
     """Read access to a store; create with :func:`open_store`."""
 
@@ -104,7 +124,8 @@ class FeatureStore:
         self._revision = meta.get("revision", 0)
         self.row_checksum: str = row_checksum(self.location.display, meta)
         self.features: dict[str, FeatureSpec] = specs_from_meta(meta)
-        self._group: zarr.Group = open_root(self.location, mode="r")
+        # On object storage: shard indexes cached, and each read's chunks fetched ahead in few requests.
+        self._group: zarr.Group = open_root(self.location, mode="r", read_cache=True)
         # Keys whose chunk files are known to be there (see _require_chunks); check_chunks: False for
         # an extraction, which rewrites the tables.
         self._chunks_checked: set[str] = set()
@@ -132,6 +153,7 @@ class FeatureStore:
         or being refused (connection, credentials, 403), that is what is said instead: the store
         may be intact, and `verify --repair` would be wrong advice. So is a store that an extraction
         changed since this reader opened it: what looks damaged is then the reader's old index."""
+        self._forget_read_cache()
         lost = as_unreachable(self.location, exc) if exc is not None else None
         if lost is not None:
             return lost
@@ -146,6 +168,13 @@ class FeatureStore:
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
             f"length/crc32/status/statistics from its journals."
         )
+
+    def _forget_read_cache(self) -> None:
+        """Drop the shard indexes a reader on object storage keeps: after a failed read, one of them
+        may be what no longer fits the store (the next read fetches them again)."""
+        cache = getattr(getattr(self, "_group", None), "store", None)
+        if isinstance(cache, ReadCacheStore):
+            cache.forget()
 
     def _gone(self) -> StoreGoneError | None:
         """The error for a store moved or deleted under this reader, None while it is there.
@@ -466,7 +495,11 @@ class FeatureStore:
     def _fetch(self, feature: str, start: int, stop: int, sel: list[int] | None, who: str) -> np.ndarray:
         data = self._array(feature, "data")
         try:
-            return np.asarray(data.get_orthogonal_selection(_selection(start, stop, sel)))
+            if not isinstance(data.store, ReadCacheStore):
+                return np.asarray(data.get_orthogonal_selection(_selection(start, stop, sel)))
+            from zarr.core.sync import sync
+
+            return sync(_read_span(data.async_array, start, stop, sel, None))
         except Exception as exc:  # corrupt or truncated shards raise codec/IO-specific errors
             raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
                                 f"({type(exc).__name__}: {exc})", exc) from None
@@ -481,21 +514,13 @@ class FeatureStore:
         """The frames of each span; read into the arrays of ``into`` (one per span) when given."""
         import asyncio
 
-        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         data = self._array(feature, "data").async_array
-        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
         targets: list[np.ndarray | None] = list(into) if into is not None else [None] * len(spans)
 
-        async def one(start: int, stop: int, target: np.ndarray | None) -> np.ndarray:
-            if target is None:
-                return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
-            await data.get_orthogonal_selection(_selection(start, stop, sel), out=wrap(target))
-            return target
-
         async def every() -> list[np.ndarray]:
-            return list(await asyncio.gather(*(one(a, b, t) for (a, b), t in zip(spans, targets))))
+            return list(await asyncio.gather(*(_read_span(data, a, b, sel, t) for (a, b), t in zip(spans, targets))))
 
         try:
             return sync(every())  # one hand-over to zarr's event loop per batch
@@ -503,6 +528,7 @@ class FeatureStore:
             lost = as_unreachable(self.location, exc)
             if lost is not None:  # not damage: no retry per span
                 raise lost from None
+            self._forget_read_cache()
             fetched = [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
             for target, frames in zip(targets, fetched):
                 if target is not None:

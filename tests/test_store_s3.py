@@ -265,6 +265,77 @@ class TestStoreBackends:
 # ---------------------------------------------------------------------------- S3 only
 
 
+@pytest.fixture()
+def s3_requests(monkeypatch):
+    """Requests the s3fs clients send from here on, by S3 operation (get_object, head_object...)."""
+    import collections
+
+    import s3fs
+
+    counts: collections.Counter = collections.Counter()
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        counts[getattr(method, "__name__", str(method))] += 1
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    return counts
+
+
+def test_a_reader_on_s3_fetches_a_shard_index_once_and_an_utterance_in_one_request(s3_server, s3_requests):
+    """Issue 10: zarr's sharding codec fetched a shard's index again on every read, then each inner
+    chunk (one layer of 8 frames here) by a request of its own, one after the other: 5 requests for
+    u000's 4 layers, 1 + 4 per utterance on every later read. A reader keeps the indexes and reads
+    the chunks an utterance needs in one request per run of nearby chunks."""
+    url = f"s3://{BUCKET}/t{next(_names)}/s.zarr"
+    built = build_store(url, lengths=[5, 30, 12, 40], units=1)  # u000: frames 0-4, part of shard 0
+    store = open_store(url)
+    store.read_utterance("u000", "w2v")  # the first read also fetches the index arrays
+    for layers in (None, [2], [0, 3]):
+        s3_requests.clear()
+        want = built.stored("w2v", 0) if layers is None else built.stored("w2v", 0)[:, layers]
+        np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=layers), want)
+        assert dict(s3_requests) == {"get_object": 1}, (layers, s3_requests)
+    s3_requests.clear()
+    got = store.read_batch(["u002", "u000"], "w2v", layers=[1])
+    np.testing.assert_array_equal(got[0], built.stored("w2v", 2)[:, [1]])
+    np.testing.assert_array_equal(got[1], built.stored("w2v", 0)[:, [1]])
+    assert sum(s3_requests.values()) <= 3, s3_requests  # u002 (frames 35-46) lies in shards 2 and 3
+
+
+def test_damage_after_a_reader_cached_a_shard_index_still_raises_on_every_read_path(s3_server):
+    """A reader on S3 keeps the shard indexes it fetched: a chunk flipped or a shard truncated after
+    that is still StoreError naming the utterance, on every read path; restored, it reads again."""
+    url = f"s3://{BUCKET}/t{next(_names)}/s.zarr"
+    built = build_store(url, lengths=[5, 30, 12, 40], units=1)
+    store = open_store(url)
+    into = [np.empty_like(built.stored("w2v", 0))]
+    reads = (lambda: store.read_utterance("u000", "w2v"), lambda: store.read_utterance("u000", "w2v", layers=[2]),
+             lambda: store.read_batch(["u000"], "w2v", layers=[2]), lambda: store.read_batch(["u000"], "w2v", out=into))
+    for read in reads:  # every path once: the shard's index is cached
+        read()
+    key = _shard_key(store, "w2v", "u000")
+    original = locate_store(url).read_bytes(key)
+    needle = built.stored("w2v", 0)[0:5, 2].tobytes()  # inside the inner chunk of frames 0-7, layer 2
+
+    def flip(raw: bytes) -> bytes:
+        raw = bytearray(raw)
+        assert raw.count(needle) == 1
+        raw[raw.find(needle) + 3] ^= 0xFF
+        return bytes(raw)
+
+    for change in (flip, lambda raw: raw[:len(raw) // 2]):
+        _damage(url, key, change)
+        for read in reads:
+            with pytest.raises(StoreError, match="u000"):
+                read()
+        _damage(url, key, lambda raw: original)
+        whole = built.stored("w2v", 0)
+        for read, want in zip(reads, (whole, whole[:, [2]], [whole[:, [2]]], [whole])):
+            np.testing.assert_array_equal(read(), want)
+
+
 def test_missing_bucket_and_stale_lock_say_what_to_do(s3_server):
     from w2v2ser.store import StoreWriter
 

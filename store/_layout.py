@@ -460,7 +460,8 @@ def round_up(frames: int, chunk: int) -> int:
 # A reader of a store on object storage pays one request per byte range that zarr asks for:
 # zarr's sharding codec fetches a shard's index again for every read, then each inner chunk (one
 # layer of 128 frames) in turn, one request after the other. On a local moto server that was
-# 27 requests and 65 ms per all-layer utterance (tests/benchmarks/results/bench_store_s3_before.md).
+# 32 requests and 0.66 s per all-layer utterance; read through ReadCacheStore, 1.5 requests and
+# 0.10 s (240 utterances, tests/benchmarks/results/bench_store_s3.md).
 SHARD_INDEX_CACHE = 1024  # shard indexes a reader keeps (one is 16 bytes per inner chunk + 4: ~20 KB)
 # Bytes between two wanted chunks of a shard that one request reads rather than split in two: about
 # what an object store serves in the time of one more request. Shards written through zarr order
@@ -481,36 +482,37 @@ class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
         import collections
 
         self._indexes: collections.OrderedDict[tuple[str, int], Any] = collections.OrderedDict()
-        self._ahead: dict[str, list[tuple[int, int, Any]]] = {}
-        self.requests = 0  # byte-range reads passed on to the store (tests count them)
+        self._ahead: dict[str, list[tuple[int, int, Any]]] = {}  # touched on zarr's event loop only
 
     def _with_store(self, store: Any) -> "ReadCacheStore":
         return type(self)(store)
 
     def forget(self) -> None:
-        """Drop the cached shard indexes (a read failed, or the store may have changed)."""
-        self._indexes.clear()
+        """Drop the cached shard indexes (a read failed, or the store may have changed). Called from
+        any thread: a new dict, so a read on zarr's event loop never sees one half cleared."""
+        import collections
+
+        self._indexes = collections.OrderedDict()
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
         if isinstance(byte_range, SuffixByteRequest):  # a shard's index (at the shard's end)
-            cached = self._indexes.get((key, byte_range.suffix))
+            indexes, name = self._indexes, (key, byte_range.suffix)
+            cached = indexes.get(name)
             if cached is not None:
-                self._indexes.move_to_end((key, byte_range.suffix))
+                indexes.move_to_end(name)
                 return cached
-            self.requests += 1
             value = await self._store.get(key, prototype, byte_range)
             if value is not None:
-                self._indexes[(key, byte_range.suffix)] = value
-                while len(self._indexes) > SHARD_INDEX_CACHE:
-                    self._indexes.popitem(last=False)
+                indexes[name] = value
+                while len(indexes) > SHARD_INDEX_CACHE:
+                    indexes.popitem(last=False)
             return value
         if isinstance(byte_range, RangeByteRequest):
             for start, stop, value in self._ahead.get(key, ()):
                 if start <= byte_range.start and byte_range.end <= stop:
                     return value[byte_range.start - start:byte_range.end - start]
-        self.requests += 1
         return await self._store.get(key, prototype, byte_range)
 
     async def read_ahead(self, key: str, ranges: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
@@ -520,7 +522,6 @@ class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
         from zarr.abc.store import RangeByteRequest
         from zarr.core.buffer import default_buffer_prototype
 
-        self.requests += len(ranges)
         values = await asyncio.gather(*(self._store.get(key, default_buffer_prototype(), RangeByteRequest(a, b))
                                         for a, b in ranges))
         held = [(a, b, v) for (a, b), v in zip(ranges, values) if v is not None and len(v) == b - a]

@@ -685,8 +685,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         PredictError: bad arguments or feature extraction failed as a whole.
     """
     paths = as_paths(paths)
-    batch_size = validate(Annotated[int, Strict(), Field(ge=1)], batch_size, where="predict_audio.batch_size",
-                          error=PredictError)  # 16.0 is 16
+    validate(Annotated[int, Strict(), Field(ge=1)], batch_size, where="predict_audio.batch_size", error=PredictError)
     validate(Optional[Union[Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)], Literal["crop"]]], segment,
              where="predict_audio.segment", error=PredictError)
     files, origin = _expand_folders(paths)

@@ -433,9 +433,8 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
 
 
 def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_workers: Any,
-                              cpu_workers: Any) -> tuple[list[Extractor], _Counts]:
-    """extract_corpus's options as the CLI checks them (the counts as checked: 2.0 is 2); one extractor
-    may be given bare."""
+                              cpu_workers: Any) -> list[Extractor]:
+    """extract_corpus's options as the CLI checks them; one extractor may be given bare."""
     if hasattr(extractors, "feature_spec"):
         extractors = [extractors]
     extractors = list(extractors)
@@ -462,9 +461,9 @@ def _check_extraction_options(extractors: Any, *, shard_size: Any, decode_worker
                               f"store for the other config")
         seen[name] = extractor
     # decode_workers=-1 decoded nothing: 0 utterances extracted, without an error.
-    counts = validate(_Counts, {"shard_size": shard_size, "decode_workers": decode_workers,
-                                "cpu_workers": cpu_workers}, where="extract_corpus")
-    return extractors, counts
+    validate(_Counts, {"shard_size": shard_size, "decode_workers": decode_workers, "cpu_workers": cpu_workers},
+             where="extract_corpus")
+    return extractors
 
 
 def extract_corpus(
@@ -515,9 +514,8 @@ def extract_corpus(
     Returns:
         An :class:`ExtractionSummary`.
     """
-    extractors, counts = _check_extraction_options(extractors, shard_size=shard_size, decode_workers=decode_workers,
-                                                   cpu_workers=cpu_workers)
-    shard_size, decode_workers, cpu_workers = counts.shard_size, counts.decode_workers, counts.cpu_workers
+    extractors = _check_extraction_options(extractors, shard_size=shard_size, decode_workers=decode_workers,
+                                           cpu_workers=cpu_workers)
     store_path = locate_store(store_path, storage_options=storage_options)
     for extractor in extractors:  # a missing model or device fails before the store is created
         check = getattr(extractor, "check", None)

@@ -735,41 +735,6 @@ def test_a_misspelt_experiment_config_keyword_is_a_config_error_with_a_did_you_m
     assert ExperimentConfig(stores=str(tmp_path), protocol="ravdess", units=64).units == 64
 
 
-def test_a_whole_number_float_is_taken_by_every_integer_key_and_1_5_is_not(tmp_path: Path) -> None:
-    """Leftover: units: 1e2 (YAML reads the float 100.0) was refused as "expected a valid integer";
-    a whole-number float is that integer for every integer key, through the schema (the run's key is
-    that of the integer), while 1.5 is still refused."""
-    from w2v2ser.train import ExperimentConfig
-
-    def load(units: float, shard: float, epochs: float, cores: float) -> object:
-        data = _base()
-        data["experiments"]["t1"].update(units=units, recipe_overrides={"max_epochs": epochs})
-        data["extraction"]["shard_size"] = shard
-        data["cluster"] = {"kind": "slurm", "slurm": {"cores": cores}}
-        path = _write(tmp_path, data)
-        path.write_text(path.read_text().replace("units: 100.0", "units: 1e2"))  # as a user writes it
-        return load_pipeline(path)
-
-    floats = load(100.0, 100.0, 30.0, 4.0)
-    assert "units: 1e2" in (tmp_path / "pipeline.yaml").read_text()
-    ints = load(100, 100, 30, 4)
-    assert (floats.shard_size, floats.cluster.slurm.cores) == (100, 4)
-    assert type(floats.shard_size) is int and type(floats.cluster.slurm.cores) is int
-    made = [ExperimentConfig.from_dict({**c.experiments[0].config, "protocol": "ravdess"}) for c in (floats, ints)]
-    assert made[0].units == 100 and type(made[0].units) is int and made[0].recipe_overrides == {"max_epochs": 30}
-    assert made[0].config_key() == made[1].config_key()
-    for args, key in (((1.5, 100, 30, 4), "experiments.t1.units"), ((100, 1.5, 30, 4), "extraction.shard_size"),
-                      ((100, 100, 30.5, 4), "experiments.t1.recipe_overrides.max_epochs"),
-                      ((100, 100, 30, 4.5), "cluster.slurm.cores")):
-        with pytest.raises(ConfigError, match=rf"{key}: expected a valid integer, got number \d+\.5\."):
-            load(*args)
-    config = ExperimentConfig(stores=str(tmp_path), protocol="ravdess", units=1e2, seeds=2.0)
-    assert (config.units, config.seeds) == (100, 2) and type(config.units) is int
-    with pytest.raises(ConfigError, match=r"ExperimentConfig: units: expected a valid integer, got number 1\.5"):
-        ExperimentConfig(stores=str(tmp_path), protocol="ravdess", units=1.5)
-    assert ExperimentConfig(stores=str(tmp_path), protocol="ravdess", dropout=0.0).dropout == 0.0
-
-
 def test_every_experiment_group_s_reference_problem_is_reported_in_one_run(tmp_path: Path) -> None:
     """Found by a user of `w2v2ser run`: a bad store in one experiment and an unknown feature in
     another took two runs to see, one problem each, while schema problems came all at once."""

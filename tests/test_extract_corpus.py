@@ -609,13 +609,6 @@ def test_extract_corpus_takes_one_extractor_given_bare(corpus, tmp_path):
     assert summary.complete and summary.extracted == 7
 
 
-def test_extract_corpus_takes_a_whole_number_float_count(corpus, tmp_path):
-    """Integer keys take a whole-number float (YAML's 1e2); the counts checked so are used as ints."""
-    summary = extract_corpus(corpus, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False,
-                             shard_size=3.0, cpu_workers=1.0)
-    assert summary.complete and summary.extracted == 7
-
-
 @pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "x"])
 def test_extract_refuses_batch_seconds_out_of_range(tmp_path, capsys, value):
     """--batch-seconds -1 was taken without a word when no speech encoder was extracted."""

@@ -217,14 +217,6 @@ def test_predict_rejects_a_batch_size_that_is_not_a_positive_integer(trained: Pa
         predict_audio(trained, audio_files, batch_size=batch_size)
 
 
-def test_predict_takes_a_whole_number_float_batch_size(trained: Path, audio_files: list[Path],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """An integer option takes a whole-number float (as YAML's 1e2 is taken); it is used as that integer."""
-    monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    preds = predict_audio(trained, audio_files, batch_size=2.0)
-    assert [p.ok for p in preds] == [True, True, False, True]
-
-
 def test_predicting_with_many_models_gives_no_retracing_warning(trained: Path, audio_files: list[Path],
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:

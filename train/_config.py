@@ -124,10 +124,7 @@ class ExperimentConfig:
         # One spelling of each subset (a value or a list of values): the run's key does not change with it.
         self.subset = {key: sorted({values} if isinstance(values, str) else set(values))
                        for key, values in sorted(self.subset.items())}
-        recipe = self.resolved_recipe()  # validates recipe overrides
-        # max_epochs: 3e1 (YAML's float 30.0) as the recipe took it, 30: the run's key does not change with it.
-        self.recipe_overrides = {k: getattr(recipe, k) if isinstance(v, float) and type(getattr(recipe, k)) is int
-                                 else v for k, v in self.recipe_overrides.items()}
+        self.resolved_recipe()  # validates recipe overrides
         branches = self.selections()
         for text in branches.values():
             self.store_alias(text)

@@ -81,9 +81,6 @@ def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: t
     """``data`` checked against a pydantic model or any type (e.g. ``Literal["a", "b"]``), raising
     ``error`` (a ConfigError; key paths start at ``where``); ``context`` reaches the validators."""
     adapter = TypeAdapter(model)
-    if _has_whole_float(data):  # units: 1e2 in YAML is the float 100.0: an integer key takes it as 100
-        schema = _json_schema(model) if isinstance(model, type) else adapter.json_schema()
-        data = _whole_numbers(data, [schema], schema)
     try:
         return adapter.validate_python(data, context=context)
     except ValidationError as problem:
@@ -92,55 +89,17 @@ def validate(model: Any, data: Any, *, where: str = "", what: str = "", error: t
 
 
 def check_dataclass(instance: Any, *, what: str = "", where: str = "", error: type[Exception] = ConfigError) -> None:
-    """Check a dataclass instance's field values against its annotations (call from ``__post_init__``);
-    a whole-number float given for an integer field (``units=1e2``) becomes that integer."""
+    """Check a dataclass instance's field values against its annotations (call from ``__post_init__``)."""
     cls = type(instance)
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(cls) if f.init}
-    checked = validate(dataclass_model(cls), values, where=where, what=what, error=error)
-    for name, value in values.items():
-        if isinstance(value, float) and type(getattr(checked, name)) is int:
-            object.__setattr__(instance, name, getattr(checked, name))  # frozen dataclasses too
+    validate(dataclass_model(cls), values, where=where, what=what, error=error)
 
 
 def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
                     error: type[Exception] = ConfigError) -> Any:
     """``cls(**data)`` for a config dataclass, after checking ``data`` (a mapping of known keys) against it."""
-    checked = validate(dataclass_model(cls), data, where=where, what=what, error=error)
-    whole = {k: getattr(checked, k) for k, v in data.items() if isinstance(v, float) and type(getattr(checked, k)) is int}
-    return cls(**{**data, **whole})
-
-
-@functools.lru_cache(maxsize=None)
-def _json_schema(model: type) -> dict[str, Any]:
-    """A model's JSON Schema, made once (every config with a float such as dropout 0.0 reads it)."""
-    return TypeAdapter(model).json_schema()
-
-
-def _has_whole_float(data: Any) -> bool:
-    if isinstance(data, float):
-        return data.is_integer()
-    if isinstance(data, Mapping):
-        return any(_has_whole_float(v) for v in data.values())
-    return isinstance(data, (list, tuple)) and any(_has_whole_float(v) for v in data)
-
-
-def _whole_numbers(data: Any, nodes: list[Mapping], schema: Mapping) -> Any:
-    """``data`` with each whole-number float where the schema wants an integer (and no number) as that int:
-    YAML reads 1e2 as the float 100.0. 1.5 stays a float, which the integer key refuses."""
-    nodes = [c for node in nodes for c in _children(node, schema)]
-    if isinstance(data, float):
-        types = {t for node in nodes for t in ([node.get("type")] if isinstance(node.get("type"), str)
-                                                else node.get("type") or [None])}
-        return int(data) if data.is_integer() and "integer" in types and not types & {"number", None} else data
-    if isinstance(data, Mapping):
-        return {k: _whole_numbers(v, [c for node in nodes for c in (
-            [node["properties"][k]] if k in node.get("properties", {}) else
-            [node.get("additionalProperties"), *node.get("patternProperties", {}).values()]) if isinstance(c, Mapping)],
-            schema) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_whole_numbers(v, [node["items"] for node in nodes if isinstance(node.get("items"), Mapping)], schema)
-                for v in data]
-    return data
+    validate(dataclass_model(cls), data, where=where, what=what, error=error)
+    return cls(**data)
 
 
 def check_keywords(cls: type) -> type:

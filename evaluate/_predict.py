@@ -388,23 +388,25 @@ def _like(run_dir: Path, experiment: Mapping[str, Any], alias: str, store_path: 
     return _Like(store_path, features, rates)
 
 
+def _comparable_configs(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Two extractor configs as a store's own resume check compares them: the model location of
+    ``recorded`` kept when both name the same weights (sha256), and a speech encoder's ``runtime``
+    and ``max_seconds`` left out on each side (they change no value; ``extract --like`` takes them)."""
+    from w2v2ser.extract._models import keep_recorded_location  # no torch
+    from w2v2ser.store._writer import _comparable
+
+    return _comparable(keep_recorded_location(config, recorded)), _comparable(dict(recorded))
+
+
 def _differs(config: Mapping[str, Any], recorded: Any) -> bool:
     """Whether an extractor config differs from the recorded one in a key both have (a key one
-    version of w2v2ser records and another not is no change of the features). As a store's own
-    resume check: a speech encoder's ``runtime`` (device, batch size) and ``max_seconds`` change no
-    value, and the same weights (sha256) at another path are the same model (``extract --like``
-    takes all of these)."""
-    from w2v2ser.extract._models import keep_recorded_location  # no torch
-    from w2v2ser.store._writer import _NOT_VALUES
-
+    version of w2v2ser records and another not is no change of the features), compared as
+    ``_comparable_configs`` gives them."""
     if not isinstance(recorded, Mapping):
         return False
-    config = keep_recorded_location(config, recorded)
-    keys = set(config) & set(recorded)
-    if "runtime" in keys:  # a speech encoder's config (``_NOT_VALUES`` are its keys)
-        keys -= set(_NOT_VALUES)
-    return any(json.dumps(config[k], sort_keys=True, default=str) != json.dumps(recorded[k], sort_keys=True, default=str)
-               for k in keys)
+    mine, theirs = _comparable_configs(config, recorded)
+    return any(json.dumps(mine[k], sort_keys=True, default=str) != json.dumps(theirs[k], sort_keys=True, default=str)
+               for k in set(mine) & set(theirs))
 
 
 def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, aliases: Sequence[str],
@@ -479,7 +481,8 @@ def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *
     form) that differs, values shortened to ``width`` characters (an extractor config holds long
     lists and provenance). The one text of predict's --store and --from-store refusals.
 
-    Extractor config keys come first, then the spec's own keys; a key one side lacks reads
+    Extractor config keys come first (a section's, such as ``provenance``, key by key, and other
+    weights' ``weights_sha256`` before all), then the spec's own keys; a key one side lacks reads
     ``(absent)``, or is left out with ``absent_differs=False`` (a refusal that, as ``_differs``,
     takes a key one version records and another does not for no change). The description follows
     the config, so it is named only when nothing else differs.
@@ -498,8 +501,13 @@ def _setting_differences(found: Mapping[str, Any], trained: Mapping[str, Any], *
                 if k not in skip and not same(k)]
 
     found_config, trained_config = found.get("config"), trained.get("config")
-    pairs = differing(found_config if isinstance(found_config, Mapping) else {},
-                      trained_config if isinstance(trained_config, Mapping) else {})
+    found_config = found_config if isinstance(found_config, Mapping) else {}
+    trained_config = trained_config if isinstance(trained_config, Mapping) else {}
+    pairs = []
+    for k, a, b in differing(found_config, trained_config):  # a section's keys by name (provenance.weights_sha256)
+        pairs += ([(f"{k}.{key}", *rest) for key, *rest in differing(a, b)] if isinstance(a, Mapping)
+                  and isinstance(b, Mapping) else [(k, a, b)])
+    pairs.sort(key=lambda pair: not pair[0].endswith("weights_sha256"))  # other weights: the reason, first
     pairs += differing(found, trained, skip=("config", "description"))
     if not pairs:
         pairs = [("description", found.get("description", _ABSENT), trained.get("description", _ABSENT))]

@@ -21,9 +21,9 @@ from typing import Any
 from w2v2ser._common import first_few
 
 from ._errors import PredictError
-from ._predict import (Prediction, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _setting_differences,
-                       _training_rates, ensemble_probabilities, log, normalisation_used, predict_audio, resolve_feature,
-                       speaker_groups)
+from ._predict import (Prediction, _comparable_configs, _crop_seconds, _differs, _plan, _read_json, _RunPlan,
+                       _setting_differences, _training_rates, ensemble_probabilities, log, normalisation_used,
+                       predict_audio, resolve_feature, speaker_groups)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 
@@ -186,8 +186,10 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
             raise PredictError(f"store {path} holds {', '.join(test.features)}, not {name!r}, which run dir "
                                f"{plan.run_dir} reads; {fix}.")
         if (found.dim, found.layers) != (trained.dim, trained.layers) or _differs(found.config, trained.config):
-            # As predict --store words it, less the keys only one side records (no change for _differs).
-            apart = _setting_differences(found.to_dict(), trained.to_dict(), absent_differs=False)
+            # As predict --store words it, less the keys only one side records or that _differs ignores.
+            mine, theirs = _comparable_configs(found.config, trained.config)
+            apart = _setting_differences({**found.to_dict(), "config": mine}, {**trained.to_dict(), "config": theirs},
+                                         absent_differs=False)
             raise PredictError(f"store {path} holds {name!r} with other settings than run dir {plan.run_dir} was "
                                f"trained with ({apart}); its frames are not what the models read. "
                                f"{fix[0].upper()}{fix[1:]}.")

@@ -1657,5 +1657,21 @@ def test_predict_store_takes_a_store_extracted_like_the_run_on_another_device_or
     assert predict_store(tmp_path / "run", like)[1].scored == len(rows)
     other = build_store(tmp_path / "other.zarr", utterances=rows, layers=3, dim=4, features=("wav2vec2",),
                         feature_configs=encoder("cpu", "/elsewhere/tiny", sha="bb"))
-    with pytest.raises(PredictError, match="with other settings than run dir"):
+    with pytest.raises(PredictError, match="with other settings than run dir") as refused:
         predict_store(tmp_path / "run", other)
+    # The reason is the weights, named first; not the keys a store extracted --like RUN may change.
+    msg = str(refused.value)
+    assert "runtime" not in msg and "max_seconds" not in msg
+    assert msg.index("weights_sha256") < msg.index("model:"), msg
+
+
+def test_differs_leaves_out_max_seconds_when_one_side_records_no_runtime() -> None:
+    """Review s62: _differs stripped runtime and max_seconds only when both configs had runtime (the
+    store's resume check strips them per side), so a config recorded before runtime was refused."""
+    from w2v2ser.evaluate import _predict
+
+    older = {"model": "tiny", "max_seconds": 120.0}
+    newer = {"model": "tiny", "max_seconds": 300.0, "runtime": {"device": "cpu"}}
+    assert not _predict._differs(newer, older)
+    assert not _predict._differs(older, newer)
+    assert _predict._differs({**newer, "model": "other"}, older)

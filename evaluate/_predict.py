@@ -437,6 +437,10 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
         trained = (recorded.get(alias) or {}).get("features") or {}
         for name, spec in trained.items():
             found = specs[name].to_dict() if name in specs else None
+            if found is not None and isinstance(found.get("config"), Mapping) and isinstance(spec.get("config"), Mapping):
+                # As --from-store and a store's resume: runtime, max_seconds and the same weights' location may change.
+                mine, theirs = _comparable_configs(found["config"], spec["config"])
+                found, spec = {**found, "config": mine}, {**spec, "config": theirs}
             if found != spec:
                 # The keys that differ, as --from-store names them (the whole config was cut at 300 characters).
                 why = (f"holds {', '.join(specs) or 'no feature'}, not {name!r}, which run dir {run_dir} was "

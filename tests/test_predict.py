@@ -1665,6 +1665,39 @@ def test_predict_store_takes_a_store_extracted_like_the_run_on_another_device_or
     assert msg.index("weights_sha256") < msg.index("model:"), msg
 
 
+def test_a_training_store_extracted_again_on_another_device_is_the_same_store(tmp_path: Path, audio_files: list[Path],
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s62 (item 3): the training store re-extracted with --device cpu, another batch size or
+    max_seconds, or the same weights at another path, is the store the run was trained on: an older
+    run dir (no audio rates) reads it, and predict --store takes it moved (it compared exactly)."""
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    def encoder(device: str, path: str) -> dict:
+        return {"wav2vec2": {"model": path, "max_seconds": 120.0 if device == "auto" else 300.0,
+                             "runtime": {"device": device, "batch_seconds": 32.0 if device == "auto" else 8.0},
+                             "upstream": {"model": path, "weights_sha256": {"model.safetensors": "aa"}},
+                             "provenance": {"source": "local", "requested": path, "resolved_path": path,
+                                            "weights_sha256": {"model.safetensors": "aa"}, "architecture": {"h": 4}}}}
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    store = build_store(tmp_path / "train.zarr", layers=3, dim=4, features=("wav2vec2",),
+                        feature_configs=encoder("auto", "tiny"))
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    again = build_store(tmp_path / "again.zarr", layers=3, dim=4, features=("wav2vec2",),
+                        feature_configs=encoder("cpu", "/elsewhere/tiny"))
+    good = sum("bad" not in f.name for f in audio_files)
+    assert sum(p.ok for p in predict_audio(tmp_path / "run", audio_files, stores={"main": again})) == good
+    older = tmp_path / "older"
+    shutil.copytree(tmp_path / "run", older)
+    _as_older_run(older)
+    experiment = json.loads((older / "experiment.json").read_text())
+    experiment["stores"]["main"] = str(again)  # rebuilt where training read it
+    (older / "experiment.json").write_text(json.dumps(experiment))
+    assert sum(p.ok for p in predict_audio(older, audio_files)) == good
+
+
 def test_differs_leaves_out_max_seconds_when_one_side_records_no_runtime() -> None:
     """Review s62: _differs stripped runtime and max_seconds only when both configs had runtime (the
     store's resume check strips them per side), so a config recorded before runtime was refused."""

@@ -129,9 +129,20 @@ class ModelSource:
         }
 
 
-# Where a model's files were found, not what they hold: config keys (by section) that name its location.
-_LOCATION_KEYS = {"": ("model", "revision"), "upstream": ("model", "revision", "commit_hash"),
-                  "provenance": ("source", "requested", "resolved_path", "revision", "commit_hash")}
+# Where a model's files were found, not what they hold: config keys (by section) that name its location
+# (``weights_sha256`` for its file names: the same digests, see ``same_weights``).
+_LOCATION_KEYS = {"": ("model", "revision"), "upstream": ("model", "revision", "commit_hash", "weights_sha256"),
+                  "provenance": ("source", "requested", "resolved_path", "revision", "commit_hash", "weights_sha256")}
+
+
+def same_weights(mine: Any, theirs: Any) -> bool:
+    """Whether two ``weights_sha256`` records (file name -> sha256) hold the same weights: equal, or
+    one file each with the same digest (a fairseq .pt copied under another name)."""
+    if not isinstance(mine, Mapping) or not isinstance(theirs, Mapping) or not mine:
+        return False
+    if len(mine) == len(theirs) == 1:
+        return list(mine.values()) == list(theirs.values())
+    return dict(mine) == dict(theirs)
 
 
 def keep_recorded_location(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,7 +153,7 @@ def keep_recorded_location(config: Mapping[str, Any], recorded: Mapping[str, Any
     which keeps the location it was made with; other weights keep theirs, and are refused.
     """
     mine, theirs = config.get("provenance") or {}, recorded.get("provenance") or {}
-    same = (mine.get("weights_sha256") and mine.get("weights_sha256") == theirs.get("weights_sha256")
+    same = (same_weights(mine.get("weights_sha256"), theirs.get("weights_sha256"))
             and mine.get("architecture") == theirs.get("architecture"))
     if not same:
         return dict(config)

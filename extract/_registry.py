@@ -213,7 +213,7 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
     Raises:
         ConfigError: A change of another option, or a model with other weights.
     """
-    from ._models import resolve_model
+    from ._models import resolve_model, same_weights
     from ._wav2vec2 import RUNTIME_KEYS
 
     configs: dict[str, dict[str, Any]] = {}
@@ -247,7 +247,7 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
         if given != config.get("model") or "revision" in wanted:
             weights = dict(resolve_model(str(given), revision=wanted.get("revision")).weights_sha256)
             recorded = dict(provenance.get("weights_sha256") or {})
-            if weights != recorded:
+            if not same_weights(weights, recorded):
                 raise ConfigError(
                     f"--like {store}: the {name} model {given!r} holds other weights than the "
                     f"store's (sha256 {weights} vs {recorded}); pass the model the store was made with, or drop --like"

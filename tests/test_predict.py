@@ -1698,6 +1698,22 @@ def test_a_training_store_extracted_again_on_another_device_is_the_same_store(tm
     assert sum(p.ok for p in predict_audio(older, audio_files)) == good
 
 
+def test_the_same_pt_under_another_file_name_is_the_same_weights() -> None:
+    """Review s62 (item 4): "the same weights at another path" needed equal {file name: sha256}
+    records, so wav2vec_small.pt copied as w2v.pt was other weights for --from-store and a store's resume."""
+    from w2v2ser.extract._models import keep_recorded_location
+
+    def config(name: str, sha: str) -> dict:
+        return {"model": f"/w/{name}", "upstream": {"model": f"/w/{name}", "weights_sha256": {name: sha}},
+                "provenance": {"source": "fairseq", "requested": f"/w/{name}", "resolved_path": f"/w/{name}",
+                               "weights_sha256": {name: sha}, "architecture": {"h": 4}}}
+
+    assert not _predict._differs(config("w2v.pt", "aa"), config("wav2vec_small.pt", "aa"))
+    assert keep_recorded_location(config("w2v.pt", "aa"), config("wav2vec_small.pt", "aa")) == \
+        config("wav2vec_small.pt", "aa")
+    assert _predict._differs(config("w2v.pt", "bb"), config("wav2vec_small.pt", "aa"))
+
+
 def test_differs_leaves_out_max_seconds_when_one_side_records_no_runtime() -> None:
     """Review s62: _differs stripped runtime and max_seconds only when both configs had runtime (the
     store's resume check strips them per side), so a config recorded before runtime was refused."""

@@ -569,7 +569,7 @@ def _fairseq_arch_names(checkpoint: Mapping[str, Any]) -> list[str]:
     top = _as_mapping(checkpoint.get("args")) or _as_mapping(_as_mapping(checkpoint.get("cfg")).get("model"))
     nested = _as_mapping(top.get("w2v_args"))
     nested = _as_mapping(nested.get("model")) or nested
-    names = [node.get("arch", node.get("_name")) for node in (top, nested)]
+    names = [node.get("arch") or node.get("_name") for node in (top, nested)]  # a None arch names nothing
     return [name for name in names if isinstance(name, str) and name]
 
 
@@ -625,15 +625,23 @@ def _hf_config_from_fairseq(arch: Mapping[str, Any], path: Path) -> Any:
     )
 
 
+# Keys of WavLM's own config (relative position buckets, gated relative position bias).
+_WAVLM_CONFIG_KEYS = ("relative_position_embedding", "num_buckets", "gru_rel_pos")
+
+
 def _resolve_fairseq(path: Path, *, requested: str) -> ModelSource:
     checkpoint = read_fairseq_checkpoint(path)
     arch = _fairseq_arch(checkpoint)
-    if not arch.pop("_found"):
-        raise ModelLoadError(
-            f"fairseq checkpoint {str(path)!r} has neither 'args' nor 'cfg': the architecture is "
-            f"unknown. Expected a wav2vec 2.0 checkpoint such as wav2vec_small.pt."
-        )
     names = _fairseq_arch_names(checkpoint)
+    if not arch.pop("_found"):
+        if any(key in _as_mapping(checkpoint.get("cfg")) for key in _WAVLM_CONFIG_KEYS):
+            names = ["wavlm"]  # unilm's WavLM .pt: {"cfg": a flat WavLMConfig, "model": state dict}
+        else:
+            raise ModelLoadError(
+                f"fairseq checkpoint {str(path)!r} has no architecture in 'args' or 'cfg.model': it is "
+                f"not a wav2vec 2.0 checkpoint as fairseq saves one. Pass a wav2vec 2.0 checkpoint such as "
+                f"wav2vec_small.pt, or a `save_pretrained` directory or Hugging Face hub id as --model."
+            )
     other = next((name for name in names if not name.startswith("wav2vec")), None)
     if other is not None:
         family = next((label for mark, label in (("hubert", "HuBERT"), ("data2vec", "data2vec-audio"),

@@ -238,22 +238,51 @@ def test_fairseq_unexpected_keys_are_named(base_dir: Path, tmp_path: Path) -> No
         _extractor(checkpoint).extract(_signals((800,)))
 
 
+@pytest.mark.parametrize(("top", "nested", "family"), [("hubert_ctc", "hubert", "HuBERT"),
+                                                      ("wav2vec_ctc", "data2vec_audio", "data2vec-audio"),
+                                                      ("hubert", None, "HuBERT")],
+                         ids=["hubert-ft", "data2vec-ft", "hubert-pretrained"])
 @pytest.mark.parametrize("style", ["args", "cfg"])
-def test_fairseq_checkpoint_of_another_family_is_refused(base_dir: Path, tmp_path: Path, style: str) -> None:
+@pytest.mark.parametrize("arch_none", [False, True], ids=["name", "arch-none"])
+def test_fairseq_checkpoint_of_another_family_is_refused(base_dir: Path, tmp_path: Path, style: str, top: str,
+                                                         nested: str | None, family: str, arch_none: bool) -> None:
     # A fine-tuned fairseq HuBERT checkpoint has wav2vec 2.0's key names (its pre-training heads are
-    # removed), so its weights fit a Wav2Vec2Model: it must not be stored as feature wav2vec2.
-    checkpoint = save_tiny_fairseq_checkpoint(tmp_path / "hubert_base_ft.pt", source_dir=base_dir,
-                                              finetuned=True, config_style=style)
+    # removed), so its weights fit a Wav2Vec2Model: it must not be stored as feature wav2vec2. A
+    # data2vec fine-tune names its family only in w2v_args (top: wav2vec_ctc), a pre-trained model only
+    # at the top; a recorded `arch: None` leaves the name to `_name` (review s62 items 6, 7).
+    checkpoint = save_tiny_fairseq_checkpoint(tmp_path / "other_family.pt", source_dir=base_dir,
+                                              finetuned=nested is not None, config_style=style)
     content = torch.load(checkpoint, weights_only=False)
-    if style == "args":
-        content["args"].arch, content["args"].w2v_args.arch = "hubert_ctc", "hubert"
-    else:
-        content["cfg"]["model"]["_name"] = "hubert_ctc"
-        content["cfg"]["model"]["w2v_args"]["model"]["_name"] = "hubert"
+    nodes = ([content["args"], getattr(content["args"], "w2v_args", None)] if style == "args" else
+             [content["cfg"]["model"], (content["cfg"]["model"].get("w2v_args") or {}).get("model")])
+    for node, name in zip(nodes, (top, nested)):
+        if name is None:
+            continue
+        if style == "args":
+            node.arch, node._name = (None, name) if arch_none else (name, None)
+        else:  # a hydra-era cfg.model names its model in _name only (the fixture also writes arch)
+            node["_name"] = name
+            node["arch"] = None
+            if not arch_none:
+                del node["arch"]
     torch.save(content, checkpoint)
-    with pytest.raises(ModelLoadError, match=r"is a HuBERT model \(fairseq architecture 'hubert_ctc'\)") as caught:
+    other = nested if top.startswith("wav2vec") else top
+    with pytest.raises(ModelLoadError, match=rf"is a {family} model \(fairseq architecture '{other}'\)") as caught:
         _extractor(checkpoint).feature_spec()
     assert str(checkpoint) in str(caught.value) and "save_pretrained" in str(caught.value)
+
+
+def test_unilm_wavlm_checkpoint_is_named_wavlm(tmp_path: Path) -> None:
+    """Review s62 (item 5): unilm's WavLM .pt ({"cfg": a flat WavLMConfig, "model": ...}) was told it
+    "has neither 'args' nor 'cfg'", which it has, and no way on; a .pt without an architecture names none."""
+    path = tmp_path / "WavLM-Base.pt"
+    torch.save({"cfg": {"encoder_layers": 2, "relative_position_embedding": True, "num_buckets": 320}, "model": {}},
+               path)
+    with pytest.raises(ModelLoadError, match=r"is a WavLM model .*--features of its family"):
+        _extractor(path).feature_spec()
+    torch.save({"cfg": {"encoder_layers": 2}, "model": {}}, path)
+    with pytest.raises(ModelLoadError, match=r"has no architecture in 'args' or 'cfg\.model'"):
+        _extractor(path).feature_spec()
 
 
 def test_not_a_fairseq_checkpoint(tmp_path: Path) -> None:

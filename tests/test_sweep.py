@@ -152,15 +152,20 @@ def test_sweep_of_a_layer_range_and_bad_requests(peaked: tuple, tmp_path: Path) 
         sweep_experiment(ExperimentConfig(stores=str(classic), features="egemaps"), out=tmp_path / "z")
 
 
-@pytest.mark.parametrize("features, wider", [("wav2vec2:2-2", "wav2vec2:1-2"), ("wav2vec2:0", "wav2vec2:0-1")])
+@pytest.mark.parametrize("features, wider", [("wav2vec2:2-2", "wav2vec2:1-2"), ("wav2vec2:0", "wav2vec2:0-1"),
+                                             ("ssl/wav2vec2:2-2", "ssl/wav2vec2:1-2")])
 def test_a_sweep_of_one_layer_says_to_widen_the_range(tmp_path: Path, features: str, wider: str) -> None:
-    """Found driving upstreams: `sweep --features hubert:2-2` said to name an upstream such as hubert."""
+    """Found driving upstreams: `sweep --features hubert:2-2` said to name an upstream such as hubert;
+    review s62 (item 8): the suggestions dropped the store alias of `ssl/hubert:2-2`."""
     store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=1), features=("wav2vec2",))
     layer = features.partition(":")[2].partition("-")[0]
+    named = features.partition(":")[0]
+    stores = {"ssl": str(store)} if "/" in features else str(store)
     with pytest.raises(SelectionError, match="several layers") as caught:
-        sweep_experiment(ExperimentConfig(stores=str(store), features=features), out=tmp_path / "out")
+        sweep_experiment(ExperimentConfig(stores=stores, features=features), out=tmp_path / "out")
     assert f"sweep a wider range (e.g. {wider})" in str(caught.value)
-    assert f"w2v2ser train --features wav2vec2:{layer}" in str(caught.value)
+    assert f"the whole upstream ({named})" in str(caught.value)
+    assert f"w2v2ser train --features {named}:{layer}" in str(caught.value)
 
 
 def test_each_probe_is_the_dense_head_of_its_layer() -> None:

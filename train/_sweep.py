@@ -102,13 +102,14 @@ def sweep_configs(config: ExperimentConfig | Mapping[str, Any]) -> dict[str, Exp
         raise SelectionError(f"a layer sweep needs a feature with several layers; {config.features!r} resolves to "
                              f"no layer axis; name an upstream such as wav2vec2 or hubert (train a feature "
                              f"without layers with `w2v2ser train`)")
+    prefix = f"{sel.alias}/" if parse_selection(base.features).alias else ""
     if len(sel.layers) < 2:
         # An upstream's one-layer range (hubert:2-2): the fix is a wider range, not another feature.
+        named = f"{prefix}{sel.feature}"  # with the store alias the text had (ssl/hubert)
         raise SelectionError(f"a layer sweep needs several layers; {config.features!r} resolves to layer "
-                             f"{sel.layers[0]} only; sweep a wider range (e.g. {sel.feature}:{max(sel.layers[0] - 1, 0)}-"
-                             f"{max(sel.layers[0], 1)}) or the whole upstream ({sel.feature}), or train that one layer "
-                             f"with `w2v2ser train --features {sel.feature}:{sel.layers[0]}`")
-    prefix = f"{sel.alias}/" if parse_selection(base.features).alias else ""
+                             f"{sel.layers[0]} only; sweep a wider range (e.g. {named}:{max(sel.layers[0] - 1, 0)}-"
+                             f"{max(sel.layers[0], 1)}) or the whole upstream ({named}), or train that one layer "
+                             f"with `w2v2ser train --features {named}:{sel.layers[0]}`")
     out = {_layer_dir(k): dataclasses.replace(base, features=f"{prefix}{sel.feature}:{k}") for k in sel.layers}
     out[ALL_LAYERS_DIR] = base
     return out

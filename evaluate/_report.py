@@ -125,7 +125,12 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     # The paper's Fusion head adds eGeMAPS; another second branch is named, and matches no paper row.
     fusion = find_key(run.experiment, "fusion_features") if reads_fusion(run.head) else None
     if isinstance(fusion, str) and fusion.rpartition("/")[2] != "egemaps":
-        shown, key = f"{shown} + {fusion.rpartition('/')[2]}", f"{key}+{fusion.rpartition('/')[2]}"
+        branch = fusion.rpartition("/")[2]
+        name = branch.partition(":")[0]  # with its own model, as the main branch (hubert-base vs hubert-large)
+        branch_model = (_alias_model(run.experiment, fusion.rpartition("/")[0], (), name)
+                        if name in UPSTREAM_FEATURES else "")
+        branch += f" ({row_identity(fusion, branch_model)[0]})" if branch_model else ""
+        shown, key = f"{shown} + {branch}", f"{key}+{branch}"
     return model, shown + data_text(run.experiment), key
 
 

@@ -916,3 +916,21 @@ def test_a_fusion_run_with_another_second_branch_is_not_shown_as_the_papers_fusi
     assert selections == {("all layers", "lstm"), ("all layers", "fusion"), ("all layers + hubert:all", "fusion")}
     head_rows = data["head_table"]["rows"]
     assert [(r["selection"], sorted(r["cells"])) for r in head_rows] == [("all layers", ["fusion", "lstm"])]
+
+
+def test_fusion_runs_whose_second_branches_have_other_models_get_their_own_rows(tmp_path: Path) -> None:
+    """Review s62 (item 9): the fusion row named only the branch's feature (+ hubert:all), so runs whose
+    second branch was hubert-base and hubert-large shared one row label and key."""
+    runs = tmp_path / "runs"
+    for seed, model in enumerate(("facebook/hubert-base-ls960", "facebook/hubert-large-ll60k")):
+        run = make_run_dir(runs, f"fusion-{seed}", features="wav2vec2:all", head="fusion", model=MODELS["pt"],
+                           seed=seed)
+        experiment = json.loads((run / "experiment.json").read_text(encoding="utf-8"))
+        experiment["fusion_features"] = "ssl/hubert:all"
+        experiment["stores_identity"]["ssl"] = {"path": str(tmp_path / f"ssl{seed}.zarr"), "features": {
+            "hubert": {"name": "hubert", "dim": 768, "layers": 13, "config": {"model": model, "revision": None}}}}
+        (run / "experiment.json").write_text(json.dumps(experiment), encoding="utf-8")
+    write_report(runs, out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    selections = sorted(r["selection"] for r in data["feature_table"]["rows"])
+    assert selections == ["all layers + hubert:all (hubert-base-ls960)", "all layers + hubert:all (hubert-large-ll60k)"]

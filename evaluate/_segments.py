@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from w2v2ser._common import EXIT_FAILED
 
 from ._errors import PredictError
@@ -62,13 +64,16 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
         bounds = _bounds(frames, max(1, round(seconds * rate)), within=within)
         if len(bounds) == 1:
             return [Segment(recording, 0.0, frames / rate)]
-        out = []
+        # Read straight through, never tell() or seek(): libsndfile opens some valid files as not
+        # seekable (GSM 6.10 WAV), and seek() raised there, so predict fell back to one whole-file row.
+        out, position, previous = [], 0, None
         for k, (first, stop) in enumerate(bounds):
-            if first != source.tell():  # an overlapping last window
-                source.seek(first)
-            audio = source.read(stop - first, dtype="float32", always_2d=True)
+            audio = source.read(stop - position, dtype="float32", always_2d=True)
             if len(audio) == 0:  # the header promised more frames than the file holds
                 break
+            if first < position:  # an overlapping last window: its head ends the window before it
+                audio = np.concatenate([previous[first - position:], audio])
+            position, previous = first + len(audio), audio
             target = folder / f"{k:05d}.wav"
             try:
                 folder.mkdir(parents=True, exist_ok=True)

@@ -704,6 +704,37 @@ def test_windows_of_the_crop_are_never_longer_than_the_crop(tmp_path: Path, seco
             (w.end - w.start) * rate)])
 
 
+@pytest.mark.parametrize("within", [False, True])
+def test_a_recording_libsndfile_cannot_seek_is_cut_into_windows(trained: Path, tmp_path: Path, within: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a code review: GSM 6.10 WAV (telephone calls) opens as not seekable, cutting it
+    called seek()/tell(), which raised, and predict --segment 1 quietly gave one whole-file row.
+    Its windows hold the samples of their span, the overlapping last one (within) included."""
+    import soundfile
+
+    from w2v2ser.evaluate._segments import cut_segments
+
+    if "GSM610" not in soundfile.available_subtypes("WAV"):
+        pytest.skip("libsndfile here cannot write GSM 6.10")
+    rate = 8000
+    call = tmp_path / "call.wav"
+    tone = 0.3 * np.sin(2 * np.pi * 500 * np.arange(round(3.2 * rate)) / rate)  # whole GSM frames of 160
+    soundfile.write(call, tone, rate, subtype="GSM610")
+    with soundfile.SoundFile(call) as handle:
+        assert not handle.seekable()
+        decoded = handle.read(handle.frames, dtype="float32")
+    windows = cut_segments(call, 1.0, tmp_path / "windows", within=within)
+    assert [(w.start, round(w.end, 3)) for w in windows] == (
+        [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (2.2, 3.2)] if within else [(0.0, 1.0), (1.0, 2.0), (2.0, 3.2)])
+    for w in windows:
+        first = round(w.start * rate)
+        np.testing.assert_array_equal(soundfile.read(w.path, dtype="float32")[0],
+                                      decoded[first:first + round((w.end - w.start) * rate)])
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    preds = predict_audio(trained, [call], segment=1.0)
+    assert [(p.start, p.end) for p in preds] == [(0.0, 1.0), (1.0, 2.0), (2.0, pytest.approx(3.2))]
+
+
 def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming

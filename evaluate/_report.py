@@ -30,7 +30,8 @@ from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
-from ._rundir import CORPUS_NAMES, RunSummary, _alias_model, data_text, find_key, read_run_dir
+from ._rundir import (CORPUS_NAMES, RunSummary, _alias_model, _load_json, current_runs, data_text, find_key,
+                      read_run_dir)
 from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
@@ -365,12 +366,30 @@ def _sources(run: RunSummary) -> dict[str, Any]:
     splits = results.get("splits")
     protocol = find_key(config, "protocol") or find_key(run.experiment, "protocol")
     versions = find_key(results.get("provenance"), "versions")
-    source = find_key(results.get("provenance"), "source")  # the git commit of a checkout that trained it
+    commits = _commits(run)
     return {"stores": stores, "protocol": None if protocol is None else f"{protocol}{data_text(config)}",
             "folds": sorted(splits) if isinstance(splits, Mapping) else [], "seeds": _seeds(run),
             "w2v2ser": versions.get("w2v2ser") if isinstance(versions, Mapping) else None,
-            "commit": source.get("commit") if isinstance(source, Mapping) else None,
-            "dirty": bool(source.get("dirty")) if isinstance(source, Mapping) else None}
+            "commit": next(iter(commits)) if len(commits) == 1 else None, "commits": list(commits),
+            "dirty": any(commits.values()) if commits else None}
+
+
+def _commits(run: RunSummary) -> dict[str, bool]:
+    """Git commit -> uncommitted changes, of the checkouts that trained a run directory's runs (each
+    run's metrics.json provenance): results.json's is of its summary, which a resume or seeds added
+    later wrote at another commit. results.json's only when no run records a provenance."""
+    provenances = []
+    for path in current_runs(run.path, run.experiment):
+        metrics, _ = _load_json(path / "metrics.json")
+        if isinstance(metrics, Mapping) and isinstance(metrics.get("provenance"), Mapping):
+            provenances.append(metrics["provenance"])
+    commits: dict[str, bool] = {}
+    for provenance in provenances or [(run.results or {}).get("provenance")]:
+        source = find_key(provenance, "source")
+        if isinstance(source, Mapping) and source.get("commit"):
+            commit = str(source["commit"])
+            commits[commit] = commits.get(commit, False) or bool(source.get("dirty"))
+    return commits
 
 
 def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
@@ -588,7 +607,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
 
 
 def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per finished run directory: its path, stores, protocol, folds, seeds and w2v2ser version."""
+    """One line per finished run directory: its path, stores, protocol, folds, seeds, w2v2ser version and commits."""
     lines = []
     for e in (e for e in entries if e["status"] == "complete"):
         src = e["sources"]
@@ -601,6 +620,9 @@ def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
         parts += [f"w2v2ser {src['w2v2ser']}"] if src["w2v2ser"] else []
         if src["commit"]:
             parts += [f"commit {str(src['commit'])[:12]}{' with uncommitted changes' if src['dirty'] else ''}"]
+        elif len(src.get("commits") or ()) > 1:
+            parts += [f"commits {', '.join(str(c)[:12] for c in src['commits'])} (its runs were trained at "
+                      f"different commits{'; some with uncommitted changes' if src['dirty'] else ''})"]
         lines.append(f"- **{e['name']}**: " + "; ".join(parts))
     return ["", "## Sources", "", "What each finished run directory's figures come from.", "", *lines] if lines else []
 

@@ -736,7 +736,7 @@ def test_report_names_the_store_protocol_and_seeds_of_each_run_dir(tmp_path: Pat
     entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
     assert entry["sources"] == {"stores": {"main": str(tmp_path / "runs" / "store.zarr")},
                                 "protocol": "ravdess (4 speaker folds)", "folds": ["all"], "seeds": [5, 6],
-                                "w2v2ser": "9.9.9", "commit": None, "dirty": None}
+                                "w2v2ser": "9.9.9", "commit": None, "commits": [], "dirty": None}
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| 2 | 5, 6 |" in md  # n and the seeds in the run directories table
     line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
@@ -934,3 +934,23 @@ def test_fusion_runs_whose_second_branches_have_other_models_get_their_own_rows(
     data = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     selections = sorted(r["selection"] for r in data["feature_table"]["rows"])
     assert selections == ["all layers + hubert:all (hubert-base-ls960)", "all layers + hubert:all (hubert-large-ll60k)"]
+
+
+def test_report_sources_name_the_commits_of_the_runs_not_of_the_summary(tmp_path: Path) -> None:
+    """Found by a code review: results.json's provenance is of its summary, so a resume or seeds
+    added after a new commit put that commit on runs trained at others, and a mix went unsaid.
+    Each run's metrics.json names the commit that trained it."""
+    run = make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6))
+    for name, commit, dirty in (("all__seed0", "a" * 40, False), ("all__seed1", "b" * 40, True)):
+        metrics = json.loads((run / "runs" / name / "metrics.json").read_text())
+        metrics["provenance"] = {"versions": {"w2v2ser": "0.3.0"}, "source": {"commit": commit, "dirty": dirty}}
+        _write_json(run / "runs" / name / "metrics.json", metrics)
+    results = json.loads((run / "results.json").read_text())
+    results["provenance"] = {"versions": {"w2v2ser": "0.3.0"}, "source": {"commit": "c" * 40, "dirty": False}}
+    _write_json(run / "results.json", results)
+    write_report([run], out=tmp_path / "report")
+    sources = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["sources"]
+    assert sources["commits"] == ["a" * 40, "b" * 40] and sources["commit"] is None and sources["dirty"] is True
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
+    assert f"commits {'a' * 12}, {'b' * 12} (its runs were trained at different commits" in line and "c" * 12 not in line

@@ -329,6 +329,11 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     ("path,label,speaker\na.wav,col\u00e8re,y\nb.wav,cole\u0300re,y\n",
      ["column 'label'", "(line 2)", "(line 3)", "differ only in Unicode form"]),
     ("path,label,speaker\na.wav,1,y\nb.wav,\uff11,y\n", ["column 'label'", "differ only in Unicode form"]),
+    # both ways at once: naming only the case, the next run refused the corrected labels again
+    ("path,label,speaker\na.wav,Col\u00e8re,y\nb.wav,cole\u0300re,y\n",
+     ["column 'label'", "differ only in case and Unicode form"]),
+    ("path,label,speaker\na.wav,Happy,y\nb.wav,happy\u200b,y\n", ["differ only in case and Unicode form"]),
+    ("path,label,speaker\na.wav,07,y\nb.wav,\uff17,y\n", ["differ only in leading zeros and Unicode form"]),
     # a zero-width space pasted with a label from a web page or a document
     ("path,label,speaker\na.wav,happy\u200b,y\nb.wav,happy,y\n", ["column 'label'", "differ only in Unicode form"]),
     ("path,label,speaker\n", ["no rows"]),

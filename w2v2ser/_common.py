@@ -316,11 +316,19 @@ def case_variants(names: Iterable[str]) -> list[list[str]]:
 def variants_differ(groups: Iterable[Sequence[str]]) -> str:
     """How the spellings of :func:`case_variants`' ``groups`` differ, for "differ only in ...":
     ``case``, ``leading zeros`` or ``case or leading zeros``; ``Unicode form`` for spellings that look
-    alike (see :func:`spelling_key`)."""
-    kinds = {"Unicode form (an accent as its own character, full-width or invisible characters)"
-             if len({_visible(name) for name in group}) == 1
-             else "leading zeros" if group[0].isascii() and group[0].isdigit() else "case" for group in groups}
-    return " or ".join(sorted(kinds)) or "case"
+    alike (see :func:`spelling_key`). A group that differs in several ways names each (``case and
+    Unicode form``): naming one, the next run refused the corrected names for the other."""
+    def zeros(name: str) -> str:
+        return (name.lstrip("0") or "0") if name.isascii() and name.isdigit() else name
+
+    kinds = set()
+    for group in groups:  # a kind of difference is there when the others alone do not make the names one
+        found = ["case"] if len({zeros(_visible(name)) for name in group}) > 1 else []
+        found += ["leading zeros"] if len({_visible(name).casefold() for name in group}) > 1 else []
+        found += ["Unicode form (an accent as its own character, full-width or invisible characters)"
+                  ] if len({zeros(name.casefold()) for name in group}) > 1 else []
+        kinds.add(" and ".join(found))
+    return " or ".join(sorted(kinds - {""})) or "case"
 
 
 def or_list(items: Sequence[str]) -> str:

@@ -155,7 +155,7 @@ def _decode(path: Path, data: bytes) -> str:
 
     Raises:
         ManifestError: Another encoding (Excel's plain "CSV" in Western locales writes Windows-1252),
-            naming the line of the first byte that is not UTF-8.
+            naming the line of the first byte that is not UTF-8; a NUL byte (UTF-16 without its BOM).
     """
     if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         try:
@@ -163,6 +163,8 @@ def _decode(path: Path, data: bytes) -> str:
         except UnicodeDecodeError as exc:
             raise ManifestError(f"Manifest {path} starts like UTF-16 text but is not ({exc}). Save it as UTF-8 "
                                 f"CSV.") from exc
+    if b"\0" in data:  # before UTF-8: UTF-16 without its BOM, with an accent, failed as Windows-1252
+        raise _nul_byte(path, data[:data.index(b"\0")].count(b"\n") + 1)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -171,6 +173,13 @@ def _decode(path: Path, data: bytes) -> str:
             f"Manifest {path} is not UTF-8 text: line {line} holds byte 0x{data[exc.start]:02x}, which UTF-8 does "
             f"not allow there (the file was likely saved as Windows-1252/Latin-1). Save it as UTF-8 CSV (Excel: "
             f"'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > utf8.csv`.") from exc
+
+
+def _nul_byte(path: Path, line: int) -> ManifestError:
+    """A NUL character in a manifest: no path, id or label holds one."""
+    return _fail(path, line, None, "the line holds a NUL byte (\\x00): the file is damaged, or is UTF-16 text "
+                 "without its byte order mark", "Save the manifest again as UTF-8 CSV (UTF-16 without its mark: "
+                 f"`iconv -f utf-16le -t utf-8 {path} > utf8.csv`), or delete the NUL bytes.")
 
 
 _SEP_LINE = re.compile(r"sep=(.)\r?\n?\Z", re.IGNORECASE)  # Excel's first-line hint: 'sep=;'
@@ -208,9 +217,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(f"Manifest {path} cannot be read ({exc}). Check its permissions.") from exc
     decoded = _decode(path, data)
     if "\0" in decoded:  # no path, id or label holds one; the store's strings would end there ('b\0' read as 'b')
-        line = decoded[:decoded.index("\0")].count("\n") + 1
-        raise _fail(path, line, None, "the line holds a NUL byte (\\x00): the file is damaged, or is UTF-16 text "
-                    "without its byte order mark", "Save the manifest again as UTF-8 CSV, or delete the NUL bytes.")
+        raise _nul_byte(path, decoded[:decoded.index("\0")].count("\n") + 1)
     text = io.StringIO(decoded, newline="")
     first = text.readline()
     sep_line = _SEP_LINE.match(first)

@@ -203,6 +203,12 @@ def test_a_nul_byte_in_a_manifest_is_refused_with_its_line(tmp_path):
     path.write_bytes("path,label,speaker\na.wav,angry,s1\n".encode("utf-16-le"))  # UTF-16 without its BOM
     with pytest.raises(ManifestError, match=r"line 1: .*UTF-16 text without its byte order mark"):
         read_csv_manifest(path)
+    # Found by a code review: with an accent the UTF-8 check failed first, advising to convert from
+    # Windows-1252, which garbles a UTF-16 file.
+    path.write_bytes("path,label,speaker\na.wav,col\u00e8re,s1\n".encode("utf-16-le"))
+    with pytest.raises(ManifestError, match=r"line 1: .*UTF-16 text without its byte order mark") as excinfo:
+        read_csv_manifest(path)
+    assert "cp1252" not in str(excinfo.value) and "iconv -f utf-16le" in str(excinfo.value)
 
 
 def test_a_missing_file_whose_path_holds_invisible_characters_says_so(tmp_path):

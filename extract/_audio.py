@@ -99,7 +99,7 @@ def resampled_length(frames: int, sample_rate: int, target_rate: int = TARGET_SA
 
 
 #: An extractor's ``sample_rate`` option: ``"native"`` (each file at its own rate) or a rate in Hz.
-SampleRate = Union[Literal["native"], Annotated[int, Field(ge=1000, le=768_000)]]
+SampleRate = Union[Literal["native"], Annotated[int, Field(ge=_MIN_RATE, le=768_000)]]
 
 
 def processing_rate(configured: int | str, given: int | None) -> int:
@@ -251,9 +251,11 @@ def _open(path: Path) -> sf.SoundFile:
                          f"download that did not finish?); copy or export it again.")
     if handle.samplerate < _MIN_RATE:  # 1 Hz gave eGeMAPS a hop of 0 samples: ZeroDivisionError ended the run
         handle.close()
+        # Not _CONVERT_HINT: `ffmpeg -ar 16000` would trust the damaged rate and resample from it.
         raise AudioError(f"Audio file {path} declares a sample rate of {handle.samplerate} Hz, below the "
-                         f"{_MIN_RATE} Hz of any speech recording: its header is likely damaged. Re-export the file, "
-                         f"or {_CONVERT_HINT}.")
+                         f"{_MIN_RATE} Hz of any speech recording: its header is likely damaged. Re-export the file "
+                         f"from its source, or, knowing its true rate, relabel it without resampling (e.g. "
+                         f"`ffmpeg -i IN -af asetrate=TRUE_RATE OUT.wav`).")
     return handle
 
 

@@ -249,6 +249,9 @@ def test_a_wav_whose_header_declares_a_rate_of_1_hz_is_a_failure_row_not_a_crash
                              extractors=[build_extractor("egemaps"), build_extractor("spectrogram")], progress=False)
     assert [(uid, "sample rate of 1 Hz" in reason) for uid, _, reason in summary.failed] == [("b", True)]
     assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances()] == ["a"]
+    # Found by a code review: `ffmpeg -ar 16000` trusts the damaged rate and resamples from it.
+    reason = summary.failed[0][2]
+    assert "asetrate=TRUE_RATE" in reason and "-ar 16000" not in reason
 
 
 def test_single_utterance_and_constant_speakers_give_finite_statistics(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -1093,30 +1095,67 @@ def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_
         open_store(store)
 
 
-def test_runs_record_the_git_commit_of_the_code_that_trained_them(tmp_path):
+def _fake_git(tmp_path, monkeypatch, *, status: str = "") -> Path:
+    """A `git` first on PATH that logs its arguments and GIT_* environment, answers as a checkout whose
+    HEAD is 'a' * 40 (and 'e' * 40 where GIT_DIR names another repository), and, as git does, refreshes
+    the index under .git/index.lock in `status` unless optional locks are off; w2v2ser's cache reset."""
+    from w2v2ser import _common
+
+    bin_dir, log = tmp_path / "fake-bin", tmp_path / "git.log"
+    bin_dir.mkdir()
+    script = bin_dir / "git"
+    script.write_text(f"""#!/bin/sh
+echo "args: $*" >> {log}
+env | grep '^GIT_' | sed 's/^/env: /' >> {log}
+case " $* " in
+  *" ls-files "*) exit 0 ;;
+  *" rev-parse "*) if [ -n "$GIT_DIR" ]; then echo {"e" * 40}; else echo {"a" * 40}; fi ;;
+  *" status "*)
+    case " $* " in *" --no-optional-locks "*) ;; *) [ "$GIT_OPTIONAL_LOCKS" = 0 ] || echo "took index.lock" >> {log} ;; esac
+    printf '%s' '{status}' ;;
+esac
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(_common, "_SOURCE", [])
+    return log
+
+
+def test_runs_record_the_git_commit_of_the_code_that_trained_them(tmp_path, monkeypatch):
     """From a git checkout (an editable install), the version number does not name the code: the
     commit, and whether tracked files differed from it, are in each run's provenance."""
-    import subprocess
-    from pathlib import Path
-
-    import w2v2ser
-
-    package = Path(w2v2ser.__file__).resolve().parent
-    tracked = subprocess.run(["git", "-C", str(package), "ls-files", "--error-unmatch", "__init__.py"],
-                             capture_output=True).returncode == 0
+    _fake_git(tmp_path, monkeypatch, status=" M train/_experiment.py")
     store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
     cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
     results = train_experiment(cfg, out=tmp_path / "run", progress=False)
     (spec,) = plan_runs(cfg)
     metrics = json.loads((tmp_path / "run" / "runs" / spec.name / "metrics.json").read_text())
-    if not tracked:  # installed from a wheel: nothing to name
-        assert metrics["provenance"]["source"] is None
-        return
-    head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout
     for prov in (metrics["provenance"], results["provenance"]):
-        assert prov["source"] == {"commit": head.strip(), "dirty": bool(dirty.strip())}
+        assert prov["source"] == {"commit": "a" * 40, "dirty": True}
+
+
+def test_the_git_commit_is_w2v2sers_own_and_read_without_taking_the_index_lock(tmp_path, monkeypatch):
+    """Found by a code review: GIT_DIR (a git hook, `git rebase -x`) overrode -C, so another repository's
+    commit was recorded; `git status` took .git/index.lock, so many jobs from one checkout could fail
+    the user's own `git commit`. Without git (a wheel, no git installed) the source is None."""
+    import subprocess
+
+    from w2v2ser import _common
+
+    log = _fake_git(tmp_path, monkeypatch)
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere" / ".git"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "elsewhere" / "index"))
+    assert _common.source_revision() == {"commit": "a" * 40, "dirty": False}
+    calls = log.read_text()
+    assert "args: -C" in calls and "status" in calls
+    assert "GIT_DIR" not in calls and "GIT_INDEX_FILE" not in calls and "took index.lock" not in calls, calls
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "git")
+
+    monkeypatch.setattr(_common, "_SOURCE", [])
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert _common.source_revision() is None
 
 
 def test_seeds_added_with_another_cache_setting_are_named_as_fed_otherwise(tmp_path, caplog):

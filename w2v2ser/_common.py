@@ -404,11 +404,16 @@ def source_revision() -> dict | None:
     if _SOURCE:
         return _SOURCE[0]
     package = Path(__file__).resolve().parent
+    # GIT_DIR, GIT_WORK_TREE or GIT_INDEX_FILE (set in a git hook, `git rebase -x`) override -C: another
+    # repository's commit was recorded. No optional locks: `git status` took .git/index.lock to refresh
+    # the index, so many jobs started from one checkout failed the user's own `git commit`.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_OPTIONAL_LOCKS"] = "0"  # --no-optional-locks, which a git before 2.15 refuses (this it ignores)
     found = None
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10,
-                                  check=True, stdin=subprocess.DEVNULL).stdout
+                                  check=True, stdin=subprocess.DEVNULL, env=env).stdout
 
         git("ls-files", "--error-unmatch", "__init__.py")  # tracked here, not a copy inside some work tree
         found = {"commit": git("rev-parse", "HEAD").strip(),

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from w2v2ser._common import first_few
+
 from ._errors import EvaluateError
 from ._rundir import RunSummary
 
@@ -81,6 +83,19 @@ def _test_ids(run: RunSummary) -> frozenset[str] | None:
     return frozenset(ids) or None
 
 
+def _id_difference(ids: frozenset[str], ref_ids: frozenset[str]) -> str:
+    """How two test sets differ, both ways, with a few ids: counting only the run's own ids, a run
+    tested on part of the baseline's utterances read '0 of its N test utterances are not among ...'."""
+    parts = []
+    if ids - ref_ids:
+        parts.append(f"{len(ids - ref_ids)} of its {len(ids)} test utterances are not among the baseline's "
+                     f"{len(ref_ids)} ({first_few(sorted(ids - ref_ids))})")
+    if ref_ids - ids:
+        parts.append(f"{len(ref_ids - ids)} of the baseline's {len(ref_ids)} test utterances are not among its "
+                     f"{len(ids)} ({first_few(sorted(ref_ids - ids))})")
+    return "; ".join(parts)
+
+
 def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base: int) -> dict[str, Any]:
     """One row per other complete run directory: difference of mean UAR (points) and Welch's p.
 
@@ -107,8 +122,7 @@ def compare_with_baseline(runs: Sequence[RunSummary], names: Sequence[str], base
                                    f"{ref.results.get('n_test')}")
         elif ref_ids is not None and (ids := _test_ids(run)) is not None and ids != ref_ids:
             # Same count, other utterances (another subset of the same size, other test speakers)
-            row["not_compared"] = (f"another test set: {len(ids - ref_ids)} of its {len(ids)} test utterances "
-                                   f"are not among the baseline's {len(ref_ids)}")
+            row["not_compared"] = "another test set: " + _id_difference(ids, ref_ids)
         else:
             row["difference"] = run.uar_mean - ref.uar_mean
             row["p_welch"] = _welch_p(run.uar_runs, ref.uar_runs)

@@ -847,9 +847,25 @@ def test_runs_on_other_test_utterances_of_the_same_number_are_not_compared(tmp_p
     write_report([base, other, same], out=tmp_path / "r", baseline=base)
     rows = {r["name"]: r for r in json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["rows"]}
     assert rows["st02"]["difference"] is None and rows["st02"]["p_welch"] is None
-    assert rows["st02"]["not_compared"] == ("another test set: 30 of its 30 test utterances are not among the "
-                                            "baseline's 30")
+    assert rows["st02"]["not_compared"] == (
+        "another test set: 30 of its 30 test utterances are not among the baseline's 30 (03-01-01-01-02-00-23, "
+        "03-01-01-01-02-01-23, 03-01-01-01-02-02-23, ...); 30 of the baseline's 30 test utterances are not among its "
+        "30 (03-01-01-01-01-00-23, 03-01-01-01-01-01-23, 03-01-01-01-01-02-23, ...)")
     assert rows["again"]["difference"] == pytest.approx(4.0) and rows["again"]["not_compared"] == ""
+
+
+def test_a_run_tested_on_part_of_the_baselines_utterances_names_the_ones_it_lacks(tmp_path: Path) -> None:
+    """Found by a code review: the message counted only the run's ids missing from the baseline's,
+    so a run tested on a subset of them read '0 of its 28 test utterances are not among ...'."""
+    base = make_run_dir(tmp_path, "base", uars=(0.50, 0.52, 0.51))
+    part = make_run_dir(tmp_path, "part", uars=(0.60, 0.61, 0.62))
+    _write_test_ids(base, [f"u{k:02d}" for k in range(30)])
+    _write_test_ids(part, [f"u{k:02d}" for k in range(28)])
+    write_report([base, part], out=tmp_path / "r", baseline=base)
+    (row,) = json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["rows"]
+    assert row["difference"] is None
+    assert row["not_compared"] == ("another test set: 2 of the baseline's 30 test utterances are not among its 28 "
+                                   "(u28, u29)")
 
 
 def test_report_sources_name_the_commit_that_trained_a_run_dir(tmp_path: Path) -> None:

@@ -380,6 +380,13 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         # Accuracy scored as the UAR beside it: pooled per seed where the UAR is (older results: per run).
         acc = results.get("accuracy_pooled_mean" if scoring == POOLED and "accuracy_pooled_mean" in results
                           else "accuracy_mean")
+        if dropped:  # results.json's accuracy_mean averages the NaN runs too: the other runs' accuracy
+            kept = [r.get("accuracy") for r in results.get("runs") or [] if isinstance(r, Mapping)
+                    and isinstance(r.get("uar"), (int, float)) and not math.isnan(r["uar"])]
+            if scoring == PER_RUN and kept and all(isinstance(a, (int, float)) for a in kept):
+                acc = float(np.mean(kept))
+            elif acc is not None and math.isnan(float(acc)):
+                acc = None
         confusion = results.get("confusion")
         confusion = np.asarray(confusion, dtype=np.float64) if confusion is not None else None
         classes = tuple(str(c) for c in results.get("classes") or ())
@@ -387,9 +394,11 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
                           reason=f"results.json has malformed values ({exc})", runs_finished=finished, **desc)
     if uar_mean is None:
+        reason = (f"results.json's {len(raw_runs)} UAR value(s) are all NaN (a run scored on no test "
+                  f"utterances); check the test split of its store and subset" if raw_runs
+                  else "results.json has neither uar_mean nor uar_per_run")
         return RunSummary(path=run_dir, status="incomplete", experiment=experiment, results=results,
-                          reason="results.json has neither uar_mean nor uar_per_run",
-                          runs_finished=finished, **desc)
+                          reason=reason, runs_finished=finished, **desc)
     weights, weight_layers = _layer_weights(results, run_dir, experiment)
     missing = results.get("missing_runs")
     if isinstance(missing, list) and missing:

@@ -825,6 +825,23 @@ def test_a_nan_run_is_left_out_of_the_mean_and_the_baseline_test(tmp_path: Path)
     assert "| nan | 50.7 ± 1.2 (n=3) | -0.3 |" in (tmp_path / "r" / "report.md").read_text()
 
 
+def test_nan_runs_leave_the_accuracy_and_an_all_nan_run_dir_says_why(tmp_path: Path) -> None:
+    """Found by a code review: the NaN run's accuracy stayed in the accuracy mean, and a run dir whose
+    every run scored NaN was said to have 'neither uar_mean nor uar_per_run'."""
+    runs = make_run_dir(tmp_path, "some", uars=(float("nan"), 0.51, 0.49))
+    results = json.loads((runs / "results.json").read_text())
+    results["runs"] = [{"name": f"all__seed{i}", "fold": "all", "seed": i, "uar": u, "accuracy": a}
+                       for i, (u, a) in enumerate([(float("nan"), 0.0), (0.51, 0.60), (0.49, 0.50)])]
+    results["accuracy_mean"] = 0.3666  # as train averages it: over the NaN run's too
+    _write_json(runs / "results.json", results)
+    every = make_run_dir(tmp_path, "every", uars=(float("nan"), float("nan")))
+    write_report([runs, every], out=tmp_path / "r")
+    entries = {e["name"]: e for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
+    assert entries["some"]["accuracy_mean"] == pytest.approx(55.0)
+    assert entries["every"]["status"] == "incomplete"
+    assert "NaN" in entries["every"]["reason"] and "neither" not in entries["every"]["reason"]
+
+
 def _write_test_ids(run_dir: Path, ids: list[str]) -> None:
     """The runs list of results.json and each run's predictions.csv, as train writes them."""
     results = json.loads((run_dir / "results.json").read_text())

@@ -94,7 +94,7 @@ class Prediction:
             zeroed recording, or stereo channels that cancel); its label says nothing of emotion.
         label: for a scored file (``predict_manifest``, ``predict_store``), the run's class its label
             maps to, the one ``emotion`` is compared with (``predictions.csv``'s ``label``); None for
-            unlabelled audio or a label the run's protocol does not keep.
+            unlabelled audio, a label the run's protocol does not keep, or a file that failed.
     """
 
     path: Path

@@ -118,11 +118,12 @@ def score_predictions(predictions: Sequence[Prediction], labels: Sequence[str], 
 
 def _labelled(predictions: Sequence[Prediction], labels: Sequence[str], *, classes: Sequence[str],
               protocol: str) -> list[Prediction]:
-    """The predictions with ``label`` set: the run's class each raw label maps to (None: not one of them)."""
+    """The predictions with ``label`` set: the run's class each raw label maps to, where it is scored
+    (None: not one of them, or the file failed, so a non-null label marks exactly the scored rows)."""
     from w2v2ser.train import get_protocol
 
     mapping = get_protocol(protocol)
-    return [dataclasses.replace(p, label=cls if (cls := mapping.map_label(raw)) in classes else None)
+    return [dataclasses.replace(p, label=cls if p.ok and (cls := mapping.map_label(raw)) in classes else None)
             for p, raw in zip(predictions, labels)]
 
 

@@ -1755,3 +1755,17 @@ def test_differs_leaves_out_max_seconds_when_one_side_records_no_runtime() -> No
     assert not _predict._differs(newer, older)
     assert not _predict._differs(older, newer)
     assert _predict._differs({**newer, "model": "other"}, older)
+
+
+def test_a_failed_files_label_is_null_as_it_is_not_scored(trained: Path, audio_files: list[Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a code review: the README says a prediction's label is null where it is not scored,
+    but a file that failed (unreadable) kept its class, so filtering on label counted it as scored."""
+    from w2v2ser.evaluate import predict_manifest
+
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    manifest = audio_files[0].parent / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{f},angry,s1\n" for f in audio_files[:3]))
+    predictions, score = predict_manifest(trained, manifest, run="split__seed0")
+    assert [p.path.name for p in predictions] == ["a.wav", "b.wav", "bad.wav"] and score.failed == 1
+    assert [p.label for p in predictions] == ["angry", "angry", None]

@@ -349,6 +349,18 @@ def test_csv_manifest_errors(tmp_path, text, needles):
         assert needle in message, message
 
 
+def test_labels_that_look_different_are_not_refused_as_unicode_variants(tmp_path):
+    """Found by a code review: NFKC and dropping every format character refused labels that do not
+    look alike: 'x²' beside 'x2', and Persian words with and without a zero-width non-joiner (U+200C),
+    which changes how the letters are drawn. Look-alikes are still refused ('ﬁne' from a PDF)."""
+    persian = ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645")
+    text = f"path,label,speaker\na.wav,x\u00b2,y\nb.wav,x2,y\nc.wav,{persian[0]},y\nd.wav,{persian[1]},y\n"
+    manifest = read_csv_manifest(_write_csv(tmp_path / "m.csv", text))
+    assert [u.label for u in manifest.utterances] == ["x\u00b2", "x2", *persian]
+    with pytest.raises(ManifestError, match="differ only in Unicode form"):
+        read_csv_manifest(_write_csv(tmp_path / "pdf.csv", "path,label,speaker\na.wav,\ufb01ne,y\nb.wav,fine,y\n"))
+
+
 def test_csv_manifest_missing_file(tmp_path):
     with pytest.raises(ManifestError, match="does not exist"):
         read_corpus("csv", tmp_path / "none.csv")

@@ -64,6 +64,7 @@ __all__ = [
     "replacing",
     "usable_cores",
     "variants_differ",
+    "without_invisible",
     "write_atomically",
 ]
 
@@ -289,18 +290,36 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
 def spelling_key(name: str) -> str:
     """The key under which two spellings of one label or speaker meet: case-folded, and a whole
     number without its leading zeros (``007`` and ``7``: a spreadsheet drops them when it opens a CSV),
-    in one Unicode form (NFKC: ``é`` typed as one character or as ``e`` + accent, as macOS file names
-    give it, and full-width ``１`` look alike but were two classes), without invisible characters (a
-    zero-width space pasted from a web page or a document)."""
+    in one Unicode form (NFC: ``é`` typed as one character or as ``e`` + accent, as macOS file names
+    give it; full-width ``１`` as ``1``: they look alike but were two classes), without invisible
+    characters (:func:`without_invisible`: a zero-width space pasted from a web page or a document).
+    Not NFKC as a whole, which made ``x²`` and ``x2`` one spelling (see :func:`_visible`)."""
     folded = _visible(name).casefold()
     if folded.isascii() and folded.isdigit():
         return folded.lstrip("0") or "0"
     return folded
 
 
+# Invisible characters that are never part of a spelling: soft hyphen, zero-width space, direction
+# marks and embeddings, word joiner, BOM. Not the zero-width non-joiner and joiner U+200C/U+200D,
+# which change how the letters beside them are drawn (Persian, Indic scripts, emoji): they are seen.
+_INVISIBLE = frozenset("\u00ad\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff")
+
+
+def without_invisible(text: str) -> str:
+    """``text`` without the invisible characters that are never part of a spelling (a zero-width
+    space pasted from a web page, the BOM of files joined with ``cat``, a soft hyphen)."""
+    return "".join(c for c in text if c not in _INVISIBLE)
+
+
 def _visible(name: str) -> str:
-    """``name`` in Unicode form NFKC, without format characters (zero-width space, joiner, BOM)."""
-    return "".join(c for c in unicodedata.normalize("NFKC", str(name)) if unicodedata.category(c) != "Cf")
+    """``name`` in Unicode form NFC, full-width forms (U+FF00-U+FFEF: ``１`` as ``1``) and Latin
+    ligatures (U+FB00-U+FB06: ``ﬁ`` copied from a PDF as ``fi``) as their NFKC equivalents, without
+    invisible characters (:func:`without_invisible`). Other compatibility forms look otherwise
+    (``x²``, ``①``): NFKC as a whole made ``x²`` and ``x2`` one spelling."""
+    text = "".join(unicodedata.normalize("NFKC", c) if "\uff00" <= c <= "\uffef" or "\ufb00" <= c <= "\ufb06" else c
+                   for c in unicodedata.normalize("NFC", str(name)))
+    return without_invisible(unicodedata.normalize("NFC", text))
 
 
 def case_variants(names: Iterable[str]) -> list[list[str]]:
@@ -323,10 +342,12 @@ def variants_differ(groups: Iterable[Sequence[str]]) -> str:
 
     kinds = set()
     for group in groups:  # a kind of difference is there when the others alone do not make the names one
-        found = ["case"] if len({zeros(_visible(name)) for name in group}) > 1 else []
-        found += ["leading zeros"] if len({_visible(name).casefold() for name in group}) > 1 else []
-        found += ["Unicode form (an accent as its own character, full-width or invisible characters)"
-                  ] if len({zeros(name.casefold()) for name in group}) > 1 else []
+        visible = {_visible(name) for name in group}
+        found = ["case"] if len({zeros(name) for name in visible}) > 1 else []
+        found += ["leading zeros"] if len({name.casefold() for name in visible}) > 1 else []
+        # casefold alone also joins some forms ('ﬁ' and 'fi'): names that _visible joins differ in form too
+        unicode = len({zeros(name.casefold()) for name in group}) > 1 or len(visible) < len(set(group))
+        found += ["Unicode form (an accent as its own character, full-width or invisible characters)"] * unicode
         kinds.add(" and ".join(found))
     return " or ".join(sorted(kinds - {""})) or "case"
 

@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 from pydantic import Field
 
-from w2v2ser._common import file_sha256
+from w2v2ser._common import file_sha256, without_invisible
 
 from ._errors import AudioError, ExtractorConfigError
 
@@ -168,8 +168,9 @@ def _near_miss(path: Path) -> str:
                     "the manifest's folder (with /), or as absolute paths of this machine.")
         if "\\" in text and Path(text.replace("\\", "/")).exists():
             return f" It exists as {text.replace(chr(92), '/')}: write / instead of \\ in the manifest's paths."
-        invisible = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) == "Cf"})
-        if invisible and Path("".join(c for c in text if unicodedata.category(c) != "Cf")).exists():
+        # the characters spelling_key drops as invisible: not U+200C/U+200D, which change how letters are drawn
+        invisible = sorted({f"U+{ord(c):04X}" for c in text if not without_invisible(c)})
+        if invisible and Path(without_invisible(text)).exists():
             return (f" The path holds invisible characters ({', '.join(invisible)}, e.g. a byte order mark or a "
                     f"zero-width space pasted with it); without them it names a file that exists: delete them from "
                     f"the manifest.")

@@ -92,6 +92,21 @@ def test_each_head_writes_the_run_files_of_train(peaked: tuple) -> None:
             assert (metrics["protocol"], metrics["head"]) == (config["protocol"], config["head"]) == ("ravdess", "dense")
 
 
+def test_a_head_stopped_early_has_a_history_of_its_own_epochs(peaked: tuple) -> None:
+    """Found by a code review: an early-stopped head's history.json had loss for its own epochs but
+    epoch, input and compute seconds for all the sweep's, where train's history.json has one length."""
+    _, out, _ = peaked
+    stopped = 0
+    for run in sorted(out.glob("*/runs/*")):
+        metrics = json.loads((run / "metrics.json").read_text())
+        history = json.loads((run / "history.json").read_text())
+        lengths = {key: len(history[key]) for key in ("loss", "val_loss", "epoch_seconds", "input_seconds",
+                                                      "compute_seconds")}
+        assert set(lengths.values()) == {history["epochs"]}, (run, lengths)
+        stopped += history["epochs"] < metrics["timing"]["sweep_epochs"]
+    assert stopped  # the fixture has heads that stopped before the sweep's last epoch
+
+
 def test_a_finished_sweep_is_not_retrained(peaked: tuple, capsys: pytest.CaptureFixture) -> None:
     store, out, summary = peaked
     config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST)

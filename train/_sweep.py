@@ -504,8 +504,10 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
                      "val_loss": [row[h] for row in hist["val_loss"][:epochs]],
                      "epochs": epochs, "best_epoch": int(hist["best_epoch"][h]),
                      "best_val_loss": float(hist["best_val_loss"][h]),
-                     "epoch_seconds": hist["epoch_seconds"], "input_seconds": hist["input_seconds"],
-                     "compute_seconds": hist["compute_seconds"],
+                     # its own epochs, as loss and as train's history.json: a head stopped early was not
+                     # trained in the later epochs of the sweep (metrics' timing has the whole sweep's)
+                     "epoch_seconds": hist["epoch_seconds"][:epochs], "input_seconds": hist["input_seconds"][:epochs],
+                     "compute_seconds": hist["compute_seconds"][:epochs],
                      "trained_by": "sweep (shared epochs; per-head loss and early stopping)"}
         sels = {"main": (sel if name == ALL_LAYERS_DIR else
                          dataclasses.replace(sel, text=c.features, layers=(sel.layers[h],), weighted=False))}

@@ -18,7 +18,6 @@ from w2v2ser._common import did_you_mean
 from ._errors import StoreChangedError, StoreError, StoreGoneError, StoreIncompleteError
 from ._layout import (
     FAILURE_COLUMNS,
-    ReadCacheStore,
     STATUSES,
     UTTERANCE_COLUMNS,
     all_chunks_stored,
@@ -30,8 +29,6 @@ from ._layout import (
     missing_statistics_shards,
     open_array,
     open_root,
-    prefetch_frames,
-    release_frames,
     read_meta,
     row_checksum,
     specs_from_meta,
@@ -39,6 +36,7 @@ from ._layout import (
 )
 from ._location import StoreLocation, as_unreachable, locate_store
 from ._lock import extraction_holder, extraction_running
+from ._readcache import ReadCacheStore, prefetch_frames, release_frames
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 

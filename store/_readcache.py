@@ -1,0 +1,148 @@
+"""Read cache of a store on object storage: shard indexes kept, and each read's chunks fetched
+ahead in few requests (issue 10). Used by readers only (:mod:`._reader`)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import math
+from typing import Any
+
+import zarr
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+from zarr.codecs import ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import StorePath
+
+
+# A reader of a store on object storage pays one request per byte range that zarr asks for:
+# zarr's sharding codec fetches a shard's index again for every read, then each inner chunk (one
+# layer of 128 frames) in turn, one request after the other. On a local moto server that was
+# 32 requests and 0.66 s per all-layer utterance; read through ReadCacheStore, 1.5 requests and
+# 0.10 s (240 utterances, tests/benchmarks/results/bench_store_s3.md).
+SHARD_INDEX_CACHE = 1024  # shard indexes a reader keeps (one is 16 bytes per inner chunk + 4: ~20 KB)
+# Bytes between two wanted chunks of a shard that one request reads rather than split in two: about
+# what an object store serves in the time of one more request. Shards written through zarr order
+# their chunks along a Z-curve, so one utterance's layers lie near each other, not back to back.
+PREFETCH_GAP = 2**20
+
+
+class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
+    """A read-only store of object storage for a reader: it keeps the shard indexes it fetched
+    (least recently used first out), and serves byte ranges that :func:`prefetch_frames` read ahead.
+
+    It holds only bytes as the store gave them: zarr still decodes every index and chunk and
+    checks its crc32c. A reader forgets everything (:meth:`forget`) when a read fails.
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self._indexes: collections.OrderedDict[tuple[str, int], Any] = collections.OrderedDict()
+        self._ahead: dict[str, list[tuple[int, int, Any]]] = {}  # touched on zarr's event loop only
+
+    def _with_store(self, store: Any) -> "ReadCacheStore":
+        return type(self)(store)
+
+    def forget(self) -> None:
+        """Drop the cached shard indexes (a read failed, or the store may have changed). Called from
+        any thread: a new dict, so a read on zarr's event loop never sees one half cleared."""
+        self._indexes = collections.OrderedDict()
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        if isinstance(byte_range, SuffixByteRequest):  # a shard's index (at the shard's end)
+            indexes, name = self._indexes, (key, byte_range.suffix)
+            cached = indexes.get(name)
+            if cached is not None:
+                indexes.move_to_end(name)
+                return cached
+            value = await self._store.get(key, prototype, byte_range)
+            if value is not None:
+                indexes[name] = value
+                while len(indexes) > SHARD_INDEX_CACHE:
+                    indexes.popitem(last=False)
+            return value
+        if isinstance(byte_range, RangeByteRequest):
+            for start, stop, value in self._ahead.get(key, ()):
+                if start <= byte_range.start and byte_range.end <= stop:
+                    return value[byte_range.start - start:byte_range.end - start]
+        return await self._store.get(key, prototype, byte_range)
+
+    async def read_ahead(self, key: str, ranges: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
+        """Fetch byte ranges of ``key`` (concurrently) and serve them until :meth:`release`."""
+        values = await asyncio.gather(*(self._store.get(key, default_buffer_prototype(), RangeByteRequest(a, b))
+                                        for a, b in ranges))
+        held = [(a, b, v) for (a, b), v in zip(ranges, values) if v is not None and len(v) == b - a]
+        self._ahead.setdefault(key, []).extend(held)
+        return held
+
+    def release(self, key: str, held: list[tuple[int, int, Any]]) -> None:
+        """Stop serving ranges that :meth:`read_ahead` returned."""
+        kept = [entry for entry in self._ahead.get(key, ()) if not any(entry is h for h in held)]
+        if kept:
+            self._ahead[key] = kept
+        else:
+            self._ahead.pop(key, None)
+
+
+def _merged(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + gap:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+async def prefetch_frames(array: Any, start: int, stop: int, layers: list[int] | None) -> list[tuple[str, Any]]:
+    """Read ahead the inner chunks that frames [start, stop) of ``layers`` (None: all) of a sharded
+    array on a :class:`ReadCacheStore` need: one request per run of adjacent chunks in a shard,
+    all shards' requests at once. ``array``: a zarr AsyncArray. Returns what to release.
+
+    zarr's own sharding codec decodes each shard index (its crc32c checked, and cached by the
+    store) and says where each chunk lies; the chunks themselves are decoded by zarr afterwards,
+    as on every read. Anything unexpected (no sharding, another zarr) reads nothing ahead.
+    """
+    store = array.store_path.store
+    codec = array.metadata.codecs[0] if len(array.metadata.codecs) == 1 else None
+    if not isinstance(store, ReadCacheStore) or not isinstance(codec, ShardingCodec) or stop <= start:
+        return []
+    shard = [int(s) for s in array.metadata.chunk_grid.chunk_shape]
+    inner = [int(c) for c in codec.chunk_shape]
+    per_shard = tuple(s // c for s, c in zip(shard, inner))
+    if any(s % c for s, c in zip(shard, inner)) or shard[1:] != [int(n) for n in array.shape[1:]]:
+        return []  # shards cut across a frame: not a layout w2v2ser writes
+    rest = [range(n) for n in per_shard[1:]]
+    if layers is not None and len(rest) >= 1:
+        rest[0] = sorted({layer // inner[1] for layer in layers})
+    prefix = f"{array.path}/" if array.path else ""
+
+    async def one(s: int) -> tuple[str, Any]:
+        key = prefix + array.metadata.encode_chunk_key((s, *([0] * (len(shard) - 1))))
+        lo, hi = max(start, s * shard[0]) - s * shard[0], min(stop, (s + 1) * shard[0]) - s * shard[0]
+        coords = list(itertools.product(range(lo // inner[0], -(-hi // inner[0])), *rest))
+        if len(coords) == math.prod(per_shard):  # zarr reads a shard it needs whole in one request itself
+            return key, []
+        try:  # zarr's own reading of the index (its crc32c checked); the store keeps its bytes
+            index = await codec._load_shard_index_maybe(StorePath(store, key), per_shard)
+            wanted = [index.get_chunk_slice(c) for c in coords] if index is not None else []
+        except (AttributeError, TypeError):  # another zarr's internals: zarr reads the chunks itself
+            return key, []
+        return key, await store.read_ahead(key, _merged([w for w in wanted if w], PREFETCH_GAP))
+
+    done = await asyncio.gather(*(one(s) for s in range(start // shard[0], (stop - 1) // shard[0] + 1)),
+                                return_exceptions=True)
+    held = [d for d in done if not isinstance(d, BaseException)]
+    failed = [d for d in done if isinstance(d, BaseException)]
+    if failed:  # keep nothing of a read that fails
+        release_frames(array, held)
+        raise failed[0]
+    return held
+
+
+def release_frames(array: Any, held: list[tuple[str, Any]]) -> None:
+    """Release what :func:`prefetch_frames` read ahead."""
+    store = array.store_path.store
+    for key, ranges in held:
+        store.release(key, ranges)

@@ -105,8 +105,28 @@ async def prefetch_frames(array: Any, start: int, stop: int, layers: list[int] |
     as on every read. Anything unexpected (no sharding, another zarr) reads nothing ahead.
     """
     store = array.store_path.store
+    if not isinstance(store, ReadCacheStore) or stop <= start:
+        return []
+    try:
+        plan = await _plan(array, start, stop, layers)
+    except Exception:  # zarr internals this cannot use (another zarr), or an index zarr cannot read either:
+        return []  # zarr reads the chunks itself, and says what is wrong. Only read_ahead's bytes are served,
+        # each an exact range of its key, so a wrong plan costs requests, never wrong frames.
+    done = await asyncio.gather(*(store.read_ahead(key, ranges) for key, ranges in plan), return_exceptions=True)
+    held = [(key, d) for (key, _), d in zip(plan, done) if not isinstance(d, BaseException)]
+    failed = [d for d in done if isinstance(d, BaseException)]
+    if failed:  # keep nothing of a read that fails
+        release_frames(array, held)
+        raise failed[0]
+    return held
+
+
+async def _plan(array: Any, start: int, stop: int, layers: list[int] | None) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The byte ranges to read ahead per shard key (see :func:`prefetch_frames`); it relies on zarr's
+    internals, so any of its errors means: read nothing ahead."""
+    store = array.store_path.store
     codec = array.metadata.codecs[0] if len(array.metadata.codecs) == 1 else None
-    if not isinstance(store, ReadCacheStore) or not isinstance(codec, ShardingCodec) or stop <= start:
+    if not isinstance(codec, ShardingCodec):
         return []
     shard = [int(s) for s in array.metadata.chunk_grid.chunk_shape]
     inner = [int(c) for c in codec.chunk_shape]
@@ -118,27 +138,23 @@ async def prefetch_frames(array: Any, start: int, stop: int, layers: list[int] |
         rest[0] = sorted({layer // inner[1] for layer in layers})
     prefix = f"{array.path}/" if array.path else ""
 
-    async def one(s: int) -> tuple[str, Any]:
+    async def one(s: int) -> tuple[str, list[tuple[int, int]]]:
         key = prefix + array.metadata.encode_chunk_key((s, *([0] * (len(shard) - 1))))
         lo, hi = max(start, s * shard[0]) - s * shard[0], min(stop, (s + 1) * shard[0]) - s * shard[0]
         coords = list(itertools.product(range(lo // inner[0], -(-hi // inner[0])), *rest))
         if len(coords) == math.prod(per_shard):  # zarr reads a shard it needs whole in one request itself
             return key, []
-        try:  # zarr's own reading of the index (its crc32c checked); the store keeps its bytes
-            index = await codec._load_shard_index_maybe(StorePath(store, key), per_shard)
-            wanted = [index.get_chunk_slice(c) for c in coords] if index is not None else []
-        except (AttributeError, TypeError):  # another zarr's internals: zarr reads the chunks itself
-            return key, []
-        return key, await store.read_ahead(key, _merged([w for w in wanted if w], PREFETCH_GAP))
+        # zarr's own reading of the index (its crc32c checked); the store keeps its bytes
+        index = await codec._load_shard_index_maybe(StorePath(store, key), per_shard)
+        wanted = [index.get_chunk_slice(c) for c in coords] if index is not None else []
+        return key, _merged([(int(a), int(b)) for a, b in (w for w in wanted if w is not None)], PREFETCH_GAP)
 
-    done = await asyncio.gather(*(one(s) for s in range(start // shard[0], (stop - 1) // shard[0] + 1)),
-                                return_exceptions=True)
-    held = [d for d in done if not isinstance(d, BaseException)]
-    failed = [d for d in done if isinstance(d, BaseException)]
-    if failed:  # keep nothing of a read that fails
-        release_frames(array, held)
-        raise failed[0]
-    return held
+    planned = await asyncio.gather(*(one(s) for s in range(start // shard[0], (stop - 1) // shard[0] + 1)),
+                                   return_exceptions=True)  # none left running when one fails
+    for failed in planned:
+        if isinstance(failed, BaseException):
+            raise failed
+    return [(key, ranges) for key, ranges in planned if ranges]  # type: ignore[misc]
 
 
 def release_frames(array: Any, held: list[tuple[str, Any]]) -> None:

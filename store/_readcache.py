@@ -69,15 +69,17 @@ class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
         return await self._store.get(key, prototype, byte_range)
 
     async def read_ahead(self, key: str, ranges: list[tuple[int, int]]) -> list[tuple[int, int, Any]]:
-        """Fetch byte ranges of ``key`` (concurrently) and serve them until :meth:`release`."""
+        """Fetch byte ranges of ``key`` (concurrently), to :meth:`hold` once all of a read's are there."""
         values = await asyncio.gather(*(self._store.get(key, default_buffer_prototype(), RangeByteRequest(a, b))
                                         for a, b in ranges))
-        held = [(a, b, v) for (a, b), v in zip(ranges, values) if v is not None and len(v) == b - a]
+        return [(a, b, v) for (a, b), v in zip(ranges, values) if v is not None and len(v) == b - a]
+
+    def hold(self, key: str, held: list[tuple[int, int, Any]]) -> None:
+        """Serve ranges that :meth:`read_ahead` fetched, until :meth:`release`."""
         self._ahead.setdefault(key, []).extend(held)
-        return held
 
     def release(self, key: str, held: list[tuple[int, int, Any]]) -> None:
-        """Stop serving ranges that :meth:`read_ahead` returned."""
+        """Stop serving ranges that :meth:`hold` took."""
         kept = [entry for entry in self._ahead.get(key, ()) if not any(entry is h for h in held)]
         if kept:
             self._ahead[key] = kept
@@ -113,12 +115,15 @@ async def prefetch_frames(array: Any, start: int, stop: int, layers: list[int] |
         return []  # zarr reads the chunks itself, and says what is wrong. Only read_ahead's bytes are served,
         # each an exact range of its key, so a wrong plan costs requests, never wrong frames.
     done = await asyncio.gather(*(store.read_ahead(key, ranges) for key, ranges in plan), return_exceptions=True)
-    held = [(key, d) for (key, _), d in zip(plan, done) if not isinstance(d, BaseException)]
-    failed = [d for d in done if isinstance(d, BaseException)]
-    if failed:  # keep nothing of a read that fails
-        release_frames(array, held)
-        raise failed[0]
-    return held
+    for failed in done:  # keep nothing of a read that fails
+        if isinstance(failed, BaseException):
+            raise failed
+    # Held only now, with no await left before the caller's try/finally releases them: a read
+    # cancelled while fetching (wait_for, a loop shut down) leaves nothing served for ever.
+    held = list(zip((key for key, _ in plan), done))
+    for key, ranges in held:
+        store.hold(key, ranges)
+    return held  # type: ignore[return-value]
 
 
 async def _plan(array: Any, start: int, stop: int, layers: list[int] | None) -> list[tuple[str, list[tuple[int, int]]]]:

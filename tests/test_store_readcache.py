@@ -116,3 +116,24 @@ def test_zarr_internals_the_read_ahead_cannot_use_leave_the_read_to_zarr(tmp_pat
     built = build_store(tmp_path / "s.zarr", lengths=[5, 30, 12, 40], units=1)
     monkeypatch.setattr(owner, name, patched(getattr(owner, name)))
     _reads(open_store(tmp_path / "s.zarr"), built)
+
+
+def test_a_read_cancelled_while_reading_ahead_leaves_nothing_served(tmp_path, cached):
+    """Review3 item 3: ranges were held as soon as one shard's arrived, so a read cancelled while
+    another shard's were on their way (wait_for, a loop shut down) left them served for ever."""
+    from zarr.core.sync import sync
+
+    from w2v2ser.store._readcache import prefetch_frames
+
+    built = build_store(tmp_path / "s.zarr", lengths=[5, 30, 12, 40], units=1)  # u001: frames 5-34, shards 0-2
+    cached["slow"] = "c/1/0/0"
+    store = open_store(tmp_path / "s.zarr")
+    data = store._array("w2v", "data").async_array
+
+    async def cancelled() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(prefetch_frames(data, 5, 35, [1]), 0.2)
+
+    sync(cancelled())
+    assert store._group.store._ahead == {}
+    np.testing.assert_array_equal(store.read_utterance("u001", "w2v", layers=[1]), built.stored("w2v", 1)[:, [1]])

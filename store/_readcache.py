@@ -34,6 +34,10 @@ class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
 
     It holds only bytes as the store gave them: zarr still decodes every index and chunk and
     checks its crc32c. A reader forgets everything (:meth:`forget`) when a read fails.
+
+    A kept index is right as long as its shard object is: w2v2ser writes each shard key once (a
+    unit plans new regions at the data's end, finalize only deletes orphans). A copy synced over
+    the store can replace one; a reader then reads once more with fresh indexes (FeatureStore).
     """
 
     def __init__(self, store: Any) -> None:

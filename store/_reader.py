@@ -167,12 +167,14 @@ class FeatureStore:
             f"length/crc32/status/statistics from its journals."
         )
 
-    def _forget_read_cache(self) -> None:
+    def _forget_read_cache(self) -> bool:
         """Drop the shard indexes a reader on object storage keeps: after a failed read, one of them
-        may be what no longer fits the store (the next read fetches them again)."""
+        may be what no longer fits the store (the next read fetches them again). False: none kept."""
         cache = getattr(getattr(self, "_group", None), "store", None)
         if isinstance(cache, ReadCacheStore):
             cache.forget()
+            return True
+        return False
 
     def _gone(self) -> StoreGoneError | None:
         """The error for a store moved or deleted under this reader, None while it is there.
@@ -490,7 +492,10 @@ class FeatureStore:
                                 f"frames [{off}, {off + length}) outside the data")
         return row, off, length
 
-    def _fetch(self, feature: str, start: int, stop: int, sel: list[int] | None, who: str) -> np.ndarray:
+    def _fetch(self, feature: str, start: int, stop: int, sel: list[int] | None, who: str, *,
+               retry: bool = True) -> np.ndarray:
+        """Frames [start, stop) of ``sel``; ``retry``: on object storage, a failed read is tried once
+        more with fresh shard indexes (see :meth:`_checked`)."""
         data = self._array(feature, "data")
         try:
             if not isinstance(data.store, ReadCacheStore):
@@ -499,6 +504,8 @@ class FeatureStore:
 
             return sync(_read_span(data.async_array, start, stop, sel, None))
         except Exception as exc:  # corrupt or truncated shards raise codec/IO-specific errors
+            if retry and as_unreachable(self.location, exc) is None and self._forget_read_cache():
+                return self._fetch(feature, start, stop, sel, who, retry=False)
             raise self._damaged(f"features/{feature}/data", f"cannot be read for {who} "
                                 f"({type(exc).__name__}: {exc})", exc) from None
 
@@ -527,19 +534,27 @@ class FeatureStore:
             if lost is not None:  # not damage: no retry per span
                 raise lost from None
             self._forget_read_cache()
-            fetched = [self._fetch(feature, a, b, sel, f"utterances {who}") for (a, b), who in zip(spans, first_ids)]
+            fetched = [self._fetch(feature, a, b, sel, f"utterances {who}", retry=False)
+                       for (a, b), who in zip(spans, first_ids)]
             for target, frames in zip(targets, fetched):
                 if target is not None:
                     target[...] = frames
             return [f if t is None else t for t, f in zip(targets, fetched)]
 
     def _checked(self, utterance_id: str, feature: str, row: int, frames: np.ndarray,
-                 sel: list[int] | None) -> np.ndarray:
+                 sel: list[int] | None, span: tuple[int, int]) -> np.ndarray:
         # Every read is checked against the per-layer crc32 recorded at commit: a missing inner
         # chunk reads as zeros and some codec pipelines skip checksums on partial shard reads.
         want = self._per_row(feature)["crc32"][row]
         if sel is not None:
             want = want[sel]
+        if np.array_equal(crc32_rows(frames, self.row_checksum), want):
+            return frames
+        # On object storage, a shard index kept from an earlier read makes zarr return other valid
+        # chunks when the shard was replaced since (w2v2ser never rewrites a shard object, but a new
+        # copy synced over the store does): read once more with fresh indexes (into ``frames``).
+        if self._forget_read_cache():
+            frames[...] = self._fetch(feature, *span, sel, f"utterance {utterance_id!r}", retry=False)
         if not np.array_equal(crc32_rows(frames, self.row_checksum), want):
             raise self._damaged(f"features/{feature}/data", f"holds frames of utterance {utterance_id!r} "
                                 f"that do not match their crc32 (missing, truncated or altered chunks)")
@@ -564,7 +579,7 @@ class FeatureStore:
         sel = self._layers(spec, layers)
         row, off, length = self._region(utterance_id, feature)
         frames = self._fetch(feature, off, off + length, sel, f"utterance {utterance_id!r}")
-        return self._checked(utterance_id, feature, row, frames, sel)
+        return self._checked(utterance_id, feature, row, frames, sel, (off, off + length))
 
     def read_batch(self, ids: Sequence[str], feature: str, *,
                    layers: Sequence[int] | None = None,
@@ -615,7 +630,7 @@ class FeatureStore:
         for (start, _, members), span in zip(spans, fetched):
             for off, length, row, uid in members:
                 frames = np.ascontiguousarray(span[off - start:off - start + length])
-                out[uid] = self._checked(uid, feature, row, frames, sel)
+                out[uid] = self._checked(uid, feature, row, frames, sel, (off, off + length))
         # An id asked for twice (oversampling) gets an array of its own each time: changing one in
         # place must not change the other.
         given: set[str] = set()
@@ -643,7 +658,8 @@ class FeatureStore:
                                  f"feature {feature!r}).")
         self._fetch_many(feature, [(off, off + length) for _, off, length in regions], sel,
                          [[uid] for uid in ids], into=out)
-        return [self._checked(uid, feature, row, a, sel) for uid, (row, _, _), a in zip(ids, regions, out)]
+        return [self._checked(uid, feature, row, a, sel, (off, off + length))
+                for uid, (row, off, length), a in zip(ids, regions, out)]
 
     # ------------------------------------------------------------------ statistics
     def compose_statistics(self, feature: str, *, speakers: Sequence[str] | None = None,

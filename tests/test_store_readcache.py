@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,55 @@ def test_a_read_cancelled_while_reading_ahead_leaves_nothing_served(tmp_path, ca
     sync(cancelled())
     assert store._group.store._ahead == {}
     np.testing.assert_array_equal(store.read_utterance("u001", "w2v", layers=[1]), built.stored("w2v", 1)[:, [1]])
+
+
+def _replace_shard(path: Path, change: str) -> None:
+    """Replace shard 0 of w2v's data by another valid shard of the same frames, as a new copy synced
+    over the store could: "swap": the chunks of layers 0 and 1 of frames 0-7 stored in each other's
+    place (the index says so); "shift": 100 more bytes before the chunks, every offset moved."""
+    import struct
+
+    import google_crc32c
+
+    key = path / "features" / "w2v" / "data" / "c" / "0" / "0" / "0"
+    raw = key.read_bytes()
+    n = 8  # chunks per shard: 2 of frames x 4 layers
+    index = np.frombuffer(raw[-(16 * n + 4):-4], dtype="<u8").reshape(n, 2).copy()
+    chunks = raw[:-(16 * n + 4)]
+    if change == "swap":
+        order = [1, 0, *range(2, n)]
+        body, offset = b"", 0
+        for k in order:
+            start, size = (int(v) for v in index[k])
+            body += raw[start:start + size]
+        new = index.copy()
+        for k in order:
+            new[k] = (offset, index[k][1])
+            offset += int(index[k][1])
+        index, chunks = new, body
+    else:
+        index[:, 0] += 100
+        chunks = bytes(100) + chunks
+    table = index.astype("<u8").tobytes()
+    key.write_bytes(chunks + table + struct.pack("<I", google_crc32c.value(table)))
+
+
+@pytest.mark.parametrize("change", ["swap", "shift"])
+def test_a_shard_replaced_after_its_index_was_kept_reads_right(tmp_path, cached, change):
+    """Review3 item 2: with a stale kept index, zarr returned the swapped layer 1 as layer 0 without
+    an error (only the crc32 noticed: 'damaged ... verify --repair' on an intact store), and a shifted
+    shard failed to decode. A reader now reads once more with fresh indexes."""
+    path = tmp_path / "s.zarr"
+    built = build_store(path, lengths=[5, 30, 12, 40], units=1)
+    whole = built.stored("w2v", 0)
+    readers = [open_store(path) for _ in range(3)]
+    for store in readers:  # u000's shard index kept by each
+        np.testing.assert_array_equal(store.read_utterance("u000", "w2v"), whole)
+    fresh = open_store(path)
+    _replace_shard(path, change)
+    np.testing.assert_array_equal(fresh.read_utterance("u000", "w2v"), whole)  # a valid shard, same frames
+    np.testing.assert_array_equal(readers[0].read_utterance("u000", "w2v"), whole)
+    np.testing.assert_array_equal(readers[1].read_batch(["u000", "u002"], "w2v", layers=[0, 1])[0], whole[:, [0, 1]])
+    into = [np.empty_like(whole)]
+    readers[2].read_batch(["u000"], "w2v", out=into)
+    np.testing.assert_array_equal(into[0], whole)

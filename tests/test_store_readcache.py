@@ -59,7 +59,7 @@ def _reads(store, built, feature: str = "w2v"):
     got = store.read_batch(["u002", "u001"], feature, layers=[0, 2])
     np.testing.assert_array_equal(got[1], whole[:, [0, 2]])
     np.testing.assert_array_equal(got[0], built.stored(feature, 2)[:, [0, 2]])
-    into = [np.empty_like(whole[:, [1]])]
+    into = [np.empty((len(whole), 1, 6), whole.dtype)]
     store.read_batch(["u001"], feature, layers=[1], out=into)
     np.testing.assert_array_equal(into[0], whole[:, [1]])
 
@@ -190,3 +190,63 @@ def test_a_shard_replaced_after_its_index_was_kept_reads_right(tmp_path, cached,
     into = [np.empty_like(whole)]
     readers[2].read_batch(["u000"], "w2v", out=into)
     np.testing.assert_array_equal(into[0], whole)
+
+
+def test_forgetting_the_cache_from_other_threads_while_reading(tmp_path, cached):
+    """Review3 item 5 (da02a03): stage 2's reader threads forget the kept indexes (after a failed
+    read) while zarr's event loop reads through them; a clear() between a lookup and move_to_end
+    raised KeyError, read as damage. Four reader threads against a forgetting one, then that window
+    made certain (another thread forgets inside the lookup)."""
+    import collections
+    import threading
+
+    path = tmp_path / "s.zarr"
+    built = build_store(path, lengths=[5, 30, 12, 40, 7, 22], units=1)
+    store = open_store(path)
+    ids = ["u000", "u001", "u002", "u003", "u004", "u005"]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for _ in range(20):
+                into = [np.empty((len(built.frames["w2v"][i]), 2, 6), np.float16) for i in range(len(ids))]
+                store.read_batch(ids, "w2v", layers=[0, 2], out=into)
+                for i, got in enumerate(into):
+                    np.testing.assert_array_equal(got, built.stored("w2v", i)[:, [0, 2]])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def forget() -> None:
+        while not stop.is_set():
+            store._forget_read_cache()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        forgetter = threading.Thread(target=forget)
+        forgetter.start()
+        readers = [threading.Thread(target=read) for _ in range(4)]
+        for thread in readers:
+            thread.start()
+        for thread in readers:
+            thread.join()
+        stop.set()
+        forgetter.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]
+    assert store._group.store._ahead == {}
+
+    class Window(collections.OrderedDict):  # another thread forgets between a lookup and move_to_end
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            if found is not None:
+                other = threading.Thread(target=store._forget_read_cache)
+                other.start()
+                other.join()
+            return found
+
+    cache = store._group.store
+    cache._indexes = Window(cache._indexes)
+    np.testing.assert_array_equal(store.read_utterance("u001", "w2v", layers=[1]), built.stored("w2v", 1)[:, [1]])

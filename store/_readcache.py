@@ -18,14 +18,15 @@ from zarr.storage import StorePath
 
 # A reader of a store on object storage pays one request per byte range that zarr asks for:
 # zarr's sharding codec fetches a shard's index again for every read, then each inner chunk (one
-# layer of 128 frames) in turn, one request after the other. On a local moto server that was
-# 32 requests and 0.66 s per all-layer utterance; read through ReadCacheStore, 1.5 requests and
-# 0.10 s (240 utterances, tests/benchmarks/results/bench_store_s3.md).
+# layer of 128 frames) in turn, one request after the other (measured: README, "Stores on object
+# storage", and tests/benchmarks/bench_store_s3.py).
 SHARD_INDEX_CACHE = 1024  # shard indexes a reader keeps (one is 16 bytes per inner chunk + 4: ~20 KB)
 # Bytes between two wanted chunks of a shard that one request reads rather than split in two: about
-# what an object store serves in the time of one more request. Shards written through zarr order
-# their chunks along a Z-curve, so one utterance's layers lie near each other, not back to back.
+# what an object store serves in the time of one more request (and all gaps together no more than
+# the wanted chunks plus PREFETCH_SLACK, see _merged). Shards written through zarr order their
+# chunks along a Z-curve, so one utterance's layers lie near each other, not back to back.
 PREFETCH_GAP = 2**20
+PREFETCH_SLACK = 2**16  # unwanted bytes any read may fetch, so that a few small chunks take one request
 
 
 class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
@@ -92,9 +93,20 @@ class ReadCacheStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
 
 
 def _merged(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """Byte ranges joined across the unwanted bytes between them, smallest gaps first, each at most
+    ``gap`` and all together at most the wanted bytes plus PREFETCH_SLACK: a read never fetches much
+    more than twice those."""
+    ranges = sorted(ranges)
+    budget = sum(b - a for a, b in ranges) + PREFETCH_SLACK
+    joined: set[int] = set()
+    for size, i in sorted((ranges[i + 1][0] - ranges[i][1], i) for i in range(len(ranges) - 1)):
+        if size > min(gap, budget):
+            break
+        budget -= max(size, 0)
+        joined.add(i)
     out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1] + gap:
+    for i, (a, b) in enumerate(ranges):
+        if i - 1 in joined:
             out[-1][1] = max(out[-1][1], b)
         else:
             out.append([a, b])

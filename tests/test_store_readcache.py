@@ -250,3 +250,28 @@ def test_forgetting_the_cache_from_other_threads_while_reading(tmp_path, cached)
     cache = store._group.store
     cache._indexes = Window(cache._indexes)
     np.testing.assert_array_equal(store.read_utterance("u001", "w2v", layers=[1]), built.stored("w2v", 1)[:, [1]])
+
+
+@pytest.mark.parametrize("layers", [[0], [0, 3], [1, 2]])
+def test_reading_ahead_fetches_at_most_twice_the_wanted_bytes(tmp_path, cached, monkeypatch, layers):
+    """Review3 item 4: runs of wanted chunks were merged across gaps of up to 1 MiB, so a few layers
+    of a long utterance fetched most of each shard (zarr orders a shard's chunks along a Z-curve,
+    layers of one frame range apart); the gaps read now add up to no more than the wanted bytes
+    (plus PREFETCH_SLACK, 64 KiB)."""
+    import test_store
+
+    from w2v2ser.store import _readcache
+
+    monkeypatch.setattr(test_store, "SHARD", 64)  # 8 frame chunks x 4 layers per shard
+    monkeypatch.setattr(_readcache, "PREFETCH_SLACK", 0, raising=False)  # tiny chunks here
+    path = tmp_path / "s.zarr"
+    built = build_store(path, lengths=[64, 10], units=1, specs=(test_store.W2V,))
+    store = open_store(path)
+    store.read_utterance("u001", "w2v")  # the index arrays; not u000's shard index
+    cached["log"].clear()
+    np.testing.assert_array_equal(store.read_utterance("u000", "w2v", layers=layers), built.stored("w2v", 0)[:, layers])
+    raw = (path / "features" / "w2v" / "data" / "c" / "0" / "0" / "0").read_bytes()
+    index = np.frombuffer(raw[-(16 * 32 + 4):-4], dtype="<u8").reshape(8, 4, 2)
+    wanted = int(index[:, layers, 1].sum())
+    fetched = [r.end - r.start for key, r in cached["log"] if isinstance(r, RangeByteRequest)]
+    assert fetched and sum(fetched) <= 2 * wanted, (fetched, wanted)

@@ -334,6 +334,9 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
      ["column 'label'", "differ only in case and Unicode form"]),
     ("path,label,speaker\na.wav,Happy,y\nb.wav,happy\u200b,y\n", ["differ only in case and Unicode form"]),
     ("path,label,speaker\na.wav,07,y\nb.wav,\uff17,y\n", ["differ only in leading zeros and Unicode form"]),
+    # a ligature copied from a PDF in one, upper case in the other: naming only the case, the next
+    # run refused 'ﬁne' beside 'fine' for the ligature
+    ("path,label,speaker\na.wav,\ufb01ne,y\nb.wav,FINE,y\n", ["differ only in case and Unicode form"]),
     # a zero-width space pasted with a label from a web page or a document
     ("path,label,speaker\na.wav,happy\u200b,y\nb.wav,happy,y\n", ["column 'label'", "differ only in Unicode form"]),
     ("path,label,speaker\n", ["no rows"]),

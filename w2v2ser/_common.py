@@ -340,13 +340,17 @@ def variants_differ(groups: Iterable[Sequence[str]]) -> str:
     def zeros(name: str) -> str:
         return (name.lstrip("0") or "0") if name.isascii() and name.isdigit() else name
 
+    def fold(name: str) -> str:
+        return "".join(c if "\ufb00" <= c <= "\ufb06" else c.casefold() for c in name)
+
     kinds = set()
     for group in groups:  # a kind of difference is there when the others alone do not make the names one
         visible = {_visible(name) for name in group}
         found = ["case"] if len({zeros(name) for name in visible}) > 1 else []
         found += ["leading zeros"] if len({name.casefold() for name in visible}) > 1 else []
-        # casefold alone also joins some forms ('ﬁ' and 'fi'): names that _visible joins differ in form too
-        unicode = len({zeros(name.casefold()) for name in group}) > 1 or len(visible) < len(set(group))
+        # casefold alone also joins some forms ('ﬁ' and 'fi'): fold the case but keep the ligatures, and
+        # names that _visible joins differ in form too
+        unicode = len({zeros(fold(name)) for name in group}) > 1 or len(visible) < len(set(group))
         found += ["Unicode form (an accent as its own character, full-width or invisible characters)"] * unicode
         kinds.add(" and ".join(found))
     return " or ".join(sorted(kinds - {""})) or "case"

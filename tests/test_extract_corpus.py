@@ -335,6 +335,24 @@ def test_wav2vec2_store_resumes_with_other_runtime_options_but_refuses_another_m
     assert "config.provenance.weights_sha256.model.safetensors: store has" in str(error.value)
 
 
+def test_a_fairseq_checkpoint_copied_under_another_name_resumes_its_store(corpus, tmp_path):
+    """Review s62: wav2vec_small.pt copied as w2v.pt is the same weights (one file, same sha256): the
+    store resumes and keeps the path it was made with. Two weight files are not one of them."""
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_fairseq_checkpoint
+
+    checkpoint = save_tiny_fairseq_checkpoint(tmp_path / "w.pt", num_layers=2, hidden=16)
+    extract_corpus(corpus[:3], tmp_path / "w.zarr", progress=False,
+                   extractors=[build_extractor("wav2vec2", {"model": str(checkpoint)})])
+    renamed = shutil.copyfile(checkpoint, tmp_path / "w2.pt")
+    resumed = build_extractor("wav2vec2", {"model": str(renamed)})
+    assert extract_corpus(corpus, tmp_path / "w.zarr", extractors=[resumed], progress=False).extracted == 4
+    assert open_store(tmp_path / "w.zarr").features["wav2vec2"].config["model"] == str(checkpoint)
+    from w2v2ser.extract._models import same_weights
+
+    assert not same_weights({"a": "x", "b": "y"}, {"a": "x"})
+
+
 def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     pytest.importorskip("torch")
     from tiny_models import save_tiny_wav2vec2

@@ -365,26 +365,34 @@ def _sources(run: RunSummary) -> dict[str, Any]:
     stores = {str(k): str(v) for k, v in stores.items()} if isinstance(stores, Mapping) else {}
     splits = results.get("splits")
     protocol = find_key(config, "protocol") or find_key(run.experiment, "protocol")
-    versions = find_key(results.get("provenance"), "versions")
-    commits = _commits(run)
+    provenances = _provenances(run)
+    commits = _commits(provenances)
+    versions = [find_key(provenance, "versions") for provenance in provenances]
+    versions = list(dict.fromkeys(str(v["w2v2ser"]) for v in versions if isinstance(v, Mapping) and v.get("w2v2ser")))
     return {"stores": stores, "protocol": None if protocol is None else f"{protocol}{data_text(config)}",
             "folds": sorted(splits) if isinstance(splits, Mapping) else [], "seeds": _seeds(run),
-            "w2v2ser": versions.get("w2v2ser") if isinstance(versions, Mapping) else None,
+            "w2v2ser": ", ".join(versions) or None,
             "commit": next(iter(commits)) if len(commits) == 1 else None, "commits": list(commits),
             "dirty": any(commits.values()) if commits else None}
 
 
-def _commits(run: RunSummary) -> dict[str, bool]:
-    """Git commit -> uncommitted changes, of the checkouts that trained a run directory's runs (each
-    run's metrics.json provenance): results.json's is of its summary, which a resume or seeds added
-    later wrote at another commit. results.json's only when no run records a provenance."""
+def _provenances(run: RunSummary) -> list[Any]:
+    """The provenance of each of a run directory's runs (its metrics.json): results.json's is of its
+    summary, which a resume or seeds added later wrote at another commit or w2v2ser version.
+    results.json's only when no run records a provenance."""
     provenances = []
     for path in current_runs(run.path, run.experiment):
         metrics, _ = _load_json(path / "metrics.json")
         if isinstance(metrics, Mapping) and isinstance(metrics.get("provenance"), Mapping):
             provenances.append(metrics["provenance"])
+    return provenances or [(run.results or {}).get("provenance")]
+
+
+def _commits(provenances: Sequence[Any]) -> dict[str, bool]:
+    """Git commit -> uncommitted changes, of the checkouts that trained a run directory's runs
+    (:func:`_provenances`)."""
     commits: dict[str, bool] = {}
-    for provenance in provenances or [(run.results or {}).get("provenance")]:
+    for provenance in provenances:
         source = find_key(provenance, "source")
         if isinstance(source, Mapping) and source.get("commit"):
             commit = str(source["commit"])

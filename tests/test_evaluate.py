@@ -971,19 +971,21 @@ def test_fusion_runs_whose_second_branches_have_other_models_get_their_own_rows(
 
 def test_report_sources_name_the_commits_of_the_runs_not_of_the_summary(tmp_path: Path) -> None:
     """Found by a code review: results.json's provenance is of its summary, so a resume or seeds
-    added after a new commit put that commit on runs trained at others, and a mix went unsaid.
-    Each run's metrics.json names the commit that trained it."""
+    added after a new commit (or an upgrade) put that commit and version on runs trained at others,
+    and a mix went unsaid. Each run's metrics.json names the commit and version that trained it."""
     run = make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6))
-    for name, commit, dirty in (("all__seed0", "a" * 40, False), ("all__seed1", "b" * 40, True)):
+    for name, commit, dirty, version in (("all__seed0", "a" * 40, False, "0.3.0"),
+                                         ("all__seed1", "b" * 40, True, "0.4.0")):
         metrics = json.loads((run / "runs" / name / "metrics.json").read_text())
-        metrics["provenance"] = {"versions": {"w2v2ser": "0.3.0"}, "source": {"commit": commit, "dirty": dirty}}
+        metrics["provenance"] = {"versions": {"w2v2ser": version}, "source": {"commit": commit, "dirty": dirty}}
         _write_json(run / "runs" / name / "metrics.json", metrics)
     results = json.loads((run / "results.json").read_text())
-    results["provenance"] = {"versions": {"w2v2ser": "0.3.0"}, "source": {"commit": "c" * 40, "dirty": False}}
+    results["provenance"] = {"versions": {"w2v2ser": "0.5.0"}, "source": {"commit": "c" * 40, "dirty": False}}
     _write_json(run / "results.json", results)
     write_report([run], out=tmp_path / "report")
     sources = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["sources"]
     assert sources["commits"] == ["a" * 40, "b" * 40] and sources["commit"] is None and sources["dirty"] is True
+    assert sources["w2v2ser"] == "0.3.0, 0.4.0"
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
     assert f"commits {'a' * 12}, {'b' * 12} (its runs were trained at different commits" in line and "c" * 12 not in line

@@ -339,6 +339,8 @@ def test_csv_manifest_colliding_stems_use_relative_paths(tmp_path):
     ("path,label,speaker\na.wav,\ufb01ne,y\nb.wav,FINE,y\n", ["differ only in case and Unicode form"]),
     # a zero-width space pasted with a label from a web page or a document
     ("path,label,speaker\na.wav,happy\u200b,y\nb.wav,happy,y\n", ["column 'label'", "differ only in Unicode form"]),
+    # the Arabic letter mark, the Arabic twin of the left-to-right and right-to-left marks
+    ("path,label,speaker\na.wav,happy,y\nb.wav,happy\u061c,y\n", ["column 'label'", "differ only in Unicode form"]),
     ("path,label,speaker\n", ["no rows"]),
     ("", ["empty"]),
 ])

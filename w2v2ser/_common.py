@@ -300,10 +300,10 @@ def spelling_key(name: str) -> str:
     return folded
 
 
-# Invisible characters that are never part of a spelling: soft hyphen, zero-width space, direction
-# marks and embeddings, word joiner, BOM. Not the zero-width non-joiner and joiner U+200C/U+200D,
+# Invisible characters that are never part of a spelling: soft hyphen, Arabic letter mark, zero-width
+# space, direction marks and embeddings, word joiner, BOM. Not the zero-width non-joiner and joiner U+200C/U+200D,
 # which change how the letters beside them are drawn (Persian, Indic scripts, emoji): they are seen.
-_INVISIBLE = frozenset("\u00ad\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff")
+_INVISIBLE = frozenset("\u00ad\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff")
 
 
 def without_invisible(text: str) -> str:

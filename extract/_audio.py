@@ -174,6 +174,11 @@ def _near_miss(path: Path) -> str:
             return (f" The path holds invisible characters ({', '.join(invisible)}, e.g. a byte order mark or a "
                     f"zero-width space pasted with it); without them it names a file that exists: delete them from "
                     f"the manifest.")
+        joiners = sorted({f"U+{ord(c):04X}" for c in text if c in "\u200c\u200d"})
+        if joiners and Path(re.sub("[\u200c\u200d]", "", without_invisible(text))).exists():
+            return (f" A file of that name without the zero-width (non-)joiner {', '.join(joiners)} exists: it "
+                    f"changes how the letters beside it are drawn, so the two names differ; rename the file or fix "
+                    f"the manifest.")
         for form in ("NFC", "NFD"):
             other = unicodedata.normalize(form, text)
             if other != text and Path(other).exists():

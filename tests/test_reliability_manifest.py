@@ -225,13 +225,15 @@ def test_a_missing_file_whose_path_holds_invisible_characters_says_so(tmp_path):
 
 def test_a_zero_width_non_joiner_in_a_path_is_not_called_invisible(tmp_path):
     """Found by a code review: the path hint dropped every format character, as labels then did; a
-    zero-width non-joiner changes how Persian letters are drawn, so it is seen, and labels keep it."""
+    zero-width non-joiner changes how Persian letters are drawn, so it is seen, and labels keep it. The
+    file that exists without it is still named (a later review: that hint was lost)."""
     write_audio(tmp_path / "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645.wav")
     path = _manifest(tmp_path, "path,label,speaker\n\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.wav,angry,s1\n")
     summary = extract_corpus(read_csv_manifest(path).utterances, tmp_path / "s.zarr",
                              extractors=[build_extractor("spectrogram")], progress=False)
     ((_, _, reason),) = summary.failed
     assert "does not exist" in reason and "invisible" not in reason, reason
+    assert "without the zero-width (non-)joiner U+200C exists" in reason, reason
 
 
 def test_a_missing_file_given_as_a_windows_path_says_so(tmp_path):

@@ -164,7 +164,9 @@ def _decode(path: Path, data: bytes) -> str:
             raise ManifestError(f"Manifest {path} starts like UTF-16 text but is not ({exc}). Save it as UTF-8 "
                                 f"CSV.") from exc
     if b"\0" in data:  # before UTF-8: UTF-16 without its BOM, with an accent, failed as Windows-1252
-        raise _nul_byte(path, data[:data.index(b"\0")].count(b"\n") + 1)
+        # big-endian text starts with NUL (ASCII's high byte first): utf-16le would garble it
+        raise _nul_byte(path, data[:data.index(b"\0")].count(b"\n") + 1,
+                        encoding="utf-16be" if data[:1] == b"\0" else "utf-16le")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -175,11 +177,12 @@ def _decode(path: Path, data: bytes) -> str:
             f"'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > utf8.csv`.") from exc
 
 
-def _nul_byte(path: Path, line: int) -> ManifestError:
-    """A NUL character in a manifest: no path, id or label holds one."""
+def _nul_byte(path: Path, line: int, *, encoding: str = "utf-16le") -> ManifestError:
+    """A NUL character in a manifest: no path, id or label holds one; ``encoding`` is the UTF-16 the
+    advice converts from."""
     return _fail(path, line, None, "the line holds a NUL byte (\\x00): the file is damaged, or is UTF-16 text "
                  "without its byte order mark", "Save the manifest again as UTF-8 CSV (UTF-16 without its mark: "
-                 f"`iconv -f utf-16le -t utf-8 {path} > utf8.csv`), or delete the NUL bytes.")
+                 f"`iconv -f {encoding} -t utf-8 {path} > utf8.csv`), or delete the NUL bytes.")
 
 
 _SEP_LINE = re.compile(r"sep=(.)\r?\n?\Z", re.IGNORECASE)  # Excel's first-line hint: 'sep=;'

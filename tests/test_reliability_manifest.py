@@ -209,6 +209,10 @@ def test_a_nul_byte_in_a_manifest_is_refused_with_its_line(tmp_path):
     with pytest.raises(ManifestError, match=r"line 1: .*UTF-16 text without its byte order mark") as excinfo:
         read_csv_manifest(path)
     assert "cp1252" not in str(excinfo.value) and "iconv -f utf-16le" in str(excinfo.value)
+    # Found by a later review: big-endian UTF-16 (its first byte NUL) was told utf-16le, which garbles it
+    path.write_bytes("path,label,speaker\na.wav,col\u00e8re,s1\n".encode("utf-16-be"))
+    with pytest.raises(ManifestError, match=r"line 1: .*iconv -f utf-16be -t utf-8"):
+        read_csv_manifest(path)
 
 
 def test_a_missing_file_whose_path_holds_invisible_characters_says_so(tmp_path):

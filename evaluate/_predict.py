@@ -437,15 +437,19 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
         trained = (recorded.get(alias) or {}).get("features") or {}
         for name, spec in trained.items():
             found = specs[name].to_dict() if name in specs else None
-            if found is not None and isinstance(found.get("config"), Mapping) and isinstance(spec.get("config"), Mapping):
-                # As --from-store and a store's resume: runtime, max_seconds and the same weights' location may change.
+            configs = found is not None and isinstance(found.get("config"), Mapping) and isinstance(spec.get("config"), Mapping)
+            if configs:
+                # As --from-store and a store's resume: runtime, max_seconds and the same weights' location may
+                # change, and a key one side records (another w2v2ser version's) or the description is no change.
                 mine, theirs = _comparable_configs(found["config"], spec["config"])
                 found, spec = {**found, "config": mine}, {**spec, "config": theirs}
-            if found != spec:
+            if found is None or (any(found.get(k) != spec.get(k) for k in ("dim", "layers", "frame_rate", "dtype"))
+                                 or _differs(found["config"], spec["config"]) if configs else found != spec):
                 # The keys that differ, as --from-store names them (the whole config was cut at 300 characters).
                 why = (f"holds {', '.join(specs) or 'no feature'}, not {name!r}, which run dir {run_dir} was "
                        f"trained on" if found is None else
-                       f"holds {name!r} with other settings ({_setting_differences(found, spec)}) than run dir "
+                       f"holds {name!r} with other settings "
+                       f"({_setting_differences(found, spec, absent_differs=not configs)}) than run dir "
                        f"{run_dir} was trained with")
                 raise PredictError(f"store {path} (given for {alias!r}) {why}, from "
                                    f"{recorded[alias].get('path', '?')}. Pass the store the run was trained on, "

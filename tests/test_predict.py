@@ -797,6 +797,30 @@ def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path
     assert f"got '{long}'; put the audio paths before --segment, or give it a value" in capsys.readouterr().err
 
 
+def test_a_moved_store_is_taken_when_its_spec_records_a_config_key_the_run_does_not(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s62: --store compared whole specs, so a config key one side records (a newer w2v2ser's)
+    or another description refused the store that --from-store takes (_differs: keys both record)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    moved = shutil.copytree(experiment["stores"]["main"], tmp_path / "moved.zarr")
+    experiment["stores"]["main"] = str(tmp_path / "gone.zarr")
+    spec = experiment["stores_identity"]["main"]["features"]["wav2vec2"]
+    spec["config"] = {k: v for k, v in spec["config"].items() if k != "model"} | {"older_key": 1}
+    spec["description"] = "written by an older w2v2ser"
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    assert [p.emotion for p in predict_audio(run, audio_files, stores={None: moved})] == \
+        [p.emotion for p in predict_audio(trained, audio_files)]
+    spec["dim"] = 5
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    with pytest.raises(PredictError, match=r"other settings \(dim: 4, not 5\)"):
+        predict_audio(run, audio_files, stores={None: moved})
+
+
 def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: list[Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A run dir whose training store has moved predicts with ``stores=`` (``--store [ALIAS=]PATH``),

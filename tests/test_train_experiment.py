@@ -1145,8 +1145,11 @@ def test_the_git_commit_is_w2v2sers_own_and_read_without_taking_the_index_lock(t
     log = _fake_git(tmp_path, monkeypatch)
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "elsewhere" / ".git"))
     monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "elsewhere" / "index"))
+    # a later review: every GIT_* went, also a container's GIT_CONFIG_GLOBAL (its safe.directory)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
     assert _common.source_revision() == {"commit": "a" * 40, "dirty": False}
     calls = log.read_text()
+    assert f"env: GIT_CONFIG_GLOBAL={tmp_path / 'gitconfig'}" in calls, calls
     assert "args: -C" in calls and "status" in calls
     assert "GIT_DIR" not in calls and "GIT_INDEX_FILE" not in calls and "took index.lock" not in calls, calls
 

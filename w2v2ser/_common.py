@@ -418,6 +418,10 @@ _PROVENANCE_ENV = ("TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 _SOURCE: list[dict | None] = []  # the git revision of w2v2ser's source, looked up once per process
+_GIT_LOCAL_ENV = frozenset(  # `git rev-parse --local-env-vars` (git 2.39)
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_CONFIG GIT_CONFIG_PARAMETERS GIT_CONFIG_COUNT GIT_OBJECT_DIRECTORY "
+    "GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE GIT_GRAFT_FILE GIT_INDEX_FILE GIT_NO_REPLACE_OBJECTS "
+    "GIT_REPLACE_REF_BASE GIT_PREFIX GIT_INTERNAL_SUPER_PREFIX GIT_SHALLOW_FILE GIT_COMMON_DIR".split())
 
 
 def source_revision() -> dict | None:
@@ -430,9 +434,11 @@ def source_revision() -> dict | None:
         return _SOURCE[0]
     package = Path(__file__).resolve().parent
     # GIT_DIR, GIT_WORK_TREE or GIT_INDEX_FILE (set in a git hook, `git rebase -x`) override -C: another
-    # repository's commit was recorded. No optional locks: `git status` took .git/index.lock to refresh
+    # repository's commit was recorded. Only the repository's own variables go (`git rev-parse
+    # --local-env-vars`): GIT_CONFIG_GLOBAL (a container's safe.directory), GIT_EXEC_PATH and
+    # GIT_CEILING_DIRECTORIES stay. No optional locks: `git status` took .git/index.lock to refresh
     # the index, so many jobs started from one checkout failed the user's own `git commit`.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCAL_ENV}
     env["GIT_OPTIONAL_LOCKS"] = "0"  # --no-optional-locks, which a git before 2.15 refuses (this it ignores)
     found = None
     try:

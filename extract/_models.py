@@ -368,8 +368,10 @@ def _resolve_directory(
             f"{list(_WEIGHT_FILES)}. Save the model with `save_pretrained()`."
         )
     hf_config = read_hf_config(directory)
-    # model.safetensors is preferred by from_pretrained, so hash only what it will read.
-    used = [p for p in weight_files if p.suffix == ".safetensors"] or weight_files
+    # model.safetensors is preferred by from_pretrained, so hash only what it will read: it alone beside
+    # stale shards (a folder saved over), whose clean copy was other weights; else the shards.
+    safetensors = [p for p in weight_files if p.suffix == ".safetensors"]
+    used = [p for p in safetensors if p.name == "model.safetensors"] or safetensors or weight_files
     return ModelSource(
         kind=kind,
         model_type=str(hf_config.model_type),

@@ -353,6 +353,23 @@ def test_a_fairseq_checkpoint_copied_under_another_name_resumes_its_store(corpus
     assert not same_weights({"a": "x", "b": "y"}, {"a": "x"})
 
 
+def test_stale_shards_beside_model_safetensors_are_not_other_weights(tmp_path):
+    """Review s62: every *.safetensors was hashed, so a folder saved over a sharded one (stale
+    model-0000k-of-000n shards beside model.safetensors, which from_pretrained reads) was other
+    weights than its clean copy."""
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_wav2vec2
+
+    clean = save_tiny_wav2vec2(tmp_path / "clean", num_layers=1, hidden=16)
+    stale = Path(shutil.copytree(clean, tmp_path / "stale"))
+    shutil.copyfile(clean / "model.safetensors", stale / "model-00001-of-00002.safetensors")  # an older save
+
+    def weights(model: Path) -> dict:
+        return build_extractor("wav2vec2", {"model": str(model)}).feature_spec().config["provenance"]["weights_sha256"]
+
+    assert weights(stale) == weights(clean) and list(weights(clean)) == ["model.safetensors"]
+
+
 def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     pytest.importorskip("torch")
     from tiny_models import save_tiny_wav2vec2

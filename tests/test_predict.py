@@ -581,27 +581,34 @@ def test_new_audio_takes_the_rate_of_the_training_audio_for_native_features(
     assert seen == [[], []]
 
 
+def _write_low_high_manifest(folder: Path, *, samples: int) -> Path:
+    """folder/train.csv: classes 'low' and 'high', one noise WAV of ``samples`` at 16 kHz per class
+    for speakers s1 and s2 (train), s3 (validation) and s4 (test)."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    rows = [["path", "label", "speaker", "split"]]
+    for speaker, split in {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}.items():
+        for label in ("low", "high"):
+            path = folder / f"{speaker}_{label}.wav"
+            soundfile.write(path, (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000)
+            rows.append([str(path), label, speaker, split])
+    manifest = folder / "train.csv"
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return manifest
+
+
 @pytest.mark.slow
 def test_predict_finds_a_moved_speech_encoder_with_model(tmp_path: Path) -> None:
     """The training store records where its (local) speech encoder was; once moved, predict names
     --model, and with it extracts the new files from the same weights (stage 1 checks their sha256)."""
     import shutil
 
-    import soundfile
-
     from tiny_models import save_tiny_wav2vec2
     from w2v2ser.train import ExperimentConfig, train_experiment
 
-    rng = np.random.default_rng(0)
-    rows = [["path", "label", "speaker", "split"]]
-    for speaker, split in {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}.items():
-        for label in ("low", "high"):
-            path = tmp_path / f"{speaker}_{label}.wav"
-            soundfile.write(path, (0.1 * rng.standard_normal(12000)).astype(np.float32), 16000)
-            rows.append([str(path), label, speaker, split])
-    manifest = tmp_path / "train.csv"
-    with open(manifest, "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
+    manifest = _write_low_high_manifest(tmp_path, samples=12000)
     model = save_tiny_wav2vec2(tmp_path / "model")
     store = tmp_path / "train.zarr"
     subprocess.run([sys.executable, "-m", "w2v2ser", "extract", "csv", str(manifest), "--store", str(store),
@@ -611,7 +618,7 @@ def test_predict_finds_a_moved_speech_encoder_with_model(tmp_path: Path) -> None
                               workers=1)
     train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
     moved = shutil.move(model, tmp_path / "moved")
-    new = [Path(rows[1][0])]
+    new = [tmp_path / "s1_low.wav"]
     with pytest.raises(PredictError, match=r"pass their new location: w2v2ser predict --model PATH"):
         predict_audio(tmp_path / "run", new)
     (pred,) = predict_audio(tmp_path / "run", new, model=moved)
@@ -1661,26 +1668,15 @@ def test_a_manifest_label_that_is_a_csv_run_s_class_in_another_case_is_named_as_
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A csv run's classes are taken as written, so 'LOW' beside the class 'low' was "none of the run's
     classes", as if it were a label of another corpus."""
-    import soundfile
-
     from w2v2ser._cli import main
 
-    rng = np.random.default_rng(0)
-    rows = [["path", "label", "speaker", "split"]]
-    for speaker, split in {"s1": "train", "s2": "train", "s3": "validation", "s4": "test"}.items():
-        for label in ("low", "high"):
-            path = tmp_path / f"{speaker}_{label}.wav"
-            soundfile.write(path, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
-            rows.append([str(path), label, speaker, split])
-    manifest = tmp_path / "train.csv"
-    with open(manifest, "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
+    manifest = _write_low_high_manifest(tmp_path, samples=8000)
     store, run = str(tmp_path / "s.zarr"), str(tmp_path / "run")
     assert main(["extract", "csv", str(manifest), "--store", store, "--features", "spectrogram", "--no-progress"]) == 0
     assert main(["train", store, "--features", "spectrogram", "--norm", "global", "--seeds", "1", "--out", run,
                  "--set", "max_epochs=1", "--threads", "1", "--no-progress"]) == 0
     scored = tmp_path / "scored.csv"
-    scored.write_text(f"path,label,speaker\n{rows[1][0]},LOW,x\n{rows[2][0]},high,x\n")
+    scored.write_text(f"path,label,speaker\n{tmp_path / "s1_low.wav"},LOW,x\n{tmp_path / "s1_high.wav"},high,x\n")
     capsys.readouterr()
     assert main(["predict", run, "--manifest", str(scored)]) == 0
     err = capsys.readouterr().err

@@ -1676,7 +1676,7 @@ def test_a_manifest_label_that_is_a_csv_run_s_class_in_another_case_is_named_as_
     assert main(["train", store, "--features", "spectrogram", "--norm", "global", "--seeds", "1", "--out", run,
                  "--set", "max_epochs=1", "--threads", "1", "--no-progress"]) == 0
     scored = tmp_path / "scored.csv"
-    scored.write_text(f"path,label,speaker\n{tmp_path / "s1_low.wav"},LOW,x\n{tmp_path / "s1_high.wav"},high,x\n")
+    scored.write_text(f"path,label,speaker\n{tmp_path / 's1_low.wav'},LOW,x\n{tmp_path / 's1_high.wav'},high,x\n")
     capsys.readouterr()
     assert main(["predict", run, "--manifest", str(scored)]) == 0
     err = capsys.readouterr().err

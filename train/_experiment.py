@@ -881,13 +881,7 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
 
     with writing_run(out / "runs", run_spec.name) as tmp:
         head.model_.save(tmp / "model.keras")
-        with open(tmp / "predictions.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            # fold and seed last, after the probabilities: files concatenated across runs keep them
-            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in data.classes), "fold", "seed"])
-            for it, p, row in zip(test.items, y_pred, proba):
-                w.writerow([it.id, it.speaker, data.classes[it.label], data.classes[p], *(f"{v:.6g}" for v in row),
-                            run_spec.fold, run_spec.seed])
+        _write_predictions(tmp / "predictions.csv", test.items, data.classes, y_pred, proba, run_spec)
         _write_json(tmp / "history.json", hist)
         # Files of no known speaker get the training speakers' global statistics at prediction time.
         fallback = {b: build_normaliser(data.stores[sel.alias], sel, "global", train_speakers=run_spec.train,
@@ -904,6 +898,18 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
         _write_json(tmp / "metrics.json", record_run_files(tmp, metrics))
         publish_directory(tmp, run_dir)
     return _result(metrics, run_dir, skipped=False)
+
+
+def _write_predictions(path: Path, items: Sequence[Any], classes: Sequence[str], y_pred: np.ndarray,
+                       proba: np.ndarray, run_spec: RunSpec) -> None:
+    """A run's predictions.csv (train's and the sweep's): one row per test utterance, its class
+    probabilities, then its fold and seed (last, so files concatenated across runs keep them)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes), "fold", "seed"])
+        for it, p, row in zip(items, y_pred, proba):
+            w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row),
+                        run_spec.fold, run_spec.seed])
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str]]:

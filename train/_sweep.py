@@ -27,7 +27,6 @@ schema of :func:`summarize_runs`, so ``w2v2ser evaluate`` reads them), and ``swe
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -46,8 +45,8 @@ from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _drop_stale_results,
                           _peak_rss_mb, _plan,
                           _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
-                          _write_json, check_run_spec, forget_not_trained, key_fields, keep_finished_runs, open_view,
-                          share_out_folder, store_identities)
+                          _write_json, _write_predictions, check_run_spec, forget_not_trained, key_fields,
+                          keep_finished_runs, open_view, share_out_folder, store_identities)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import build_normaliser
 from ._protocols import get_protocol
@@ -401,12 +400,7 @@ def _write_run(out: Path, config: ExperimentConfig, run_spec: RunSpec, metrics: 
     run_dir = out / "runs" / run_spec.name
     with writing_run(out / "runs", run_spec.name) as tmp:
         y_pred = np.argmax(proba, axis=1)
-        with open(tmp / "predictions.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes), "fold", "seed"])
-            for it, p, row in zip(test.items, y_pred, proba):
-                w.writerow([it.id, it.speaker, classes[it.label], classes[p], *(f"{v:.6g}" for v in row),
-                            run_spec.fold, run_spec.seed])
+        _write_predictions(tmp / "predictions.csv", test.items, classes, y_pred, proba, run_spec)
         _write_json(tmp / "history.json", history)
         if layer_weights:
             _write_json(tmp / "layer_weights.json", layer_weights)

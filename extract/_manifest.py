@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
 
     Raises:
         ManifestError: Unreadable file or encoding, missing required column, empty value in a
-            required column, malformed row, bad split/gender, duplicate id.
+            required column, malformed row, bad split/gender, duplicate id, an id holding a
+            line break, tab or other control character.
 
     A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
     ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.
@@ -279,6 +281,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     for row, default_id in zip(rows, defaults):
         line = int(row["_line"])
         uid = row.get("id") or default_id
+        _check_id_characters(path, line, uid, derived=not row.get("id"))
         if uid in seen and not row.get("id") and paths[uid] == row["_abs"]:
             # Said as such, not as the clash of the ids derived from one path.
             raise _fail(path, line, "path", f"audio file {row['path']!r} is also listed on line {seen[uid]}",
@@ -312,6 +315,21 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         ))
     _check_label_spellings(path, rows)
     return Manifest(utterances=utterances, problems=problems, corpus="csv", source=str(path))
+
+
+def _check_id_characters(path: Path, line: int, uid: str, *, derived: bool) -> None:
+    """Refuse an id holding a line break, tab or other control character (a quoted cell spanning
+    two lines): logs, ``predictions.csv`` and ``--subset id=...`` could not show or match it."""
+    bad = next((c for c in uid if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is None:
+        return
+    if derived:
+        raise _fail(path, line, "path", f"the utterance id {uid!r} derived from the path (the row gives no id) "
+                    f"holds the control character {bad!r}", "Give the row an 'id' without line breaks, tabs or "
+                    "other control characters, or rename the file.")
+    raise _fail(path, line, "id", f"utterance id {uid!r} holds the control character {bad!r} (a line break, tab "
+                "or the like)", "Write the id without line breaks, tabs or other control characters (a quoted "
+                "cell may span lines).")
 
 
 def _check_label_spellings(path: Path, rows: list[dict[str, str]]) -> None:

@@ -374,3 +374,21 @@ def test_an_extraction_in_which_every_file_failed_exits_1(tmp_path, capsys):
     assert main(command) == 0  # one extracted, one failed: bad input does not stop a run
     assert "nothing could be extracted" not in capsys.readouterr().err
     assert main(command) == 0  # resumed: the earlier run's work counts
+
+
+@pytest.mark.parametrize("cell, shown", [('"a\nb"', r"'a\\nb'"), ('"a\tb"', r"'a\\tb'"), ("a\x1bb", r"'a\\x1bb'")])
+def test_an_id_holding_a_control_character_is_refused_with_its_line(tmp_path, cell, shown):
+    """An id with a line break (a quoted cell spanning two lines), tab or escape was stored as given:
+    logs, predictions.csv and `--subset id=` could not show or match it."""
+    write_audio(tmp_path / "a.wav")
+    path = _manifest(tmp_path, f"id,path,label,speaker\nok,a.wav,sad,s1\n{cell},a.wav,angry,s1\n")
+    with pytest.raises(ManifestError, match=rf"line \d, column 'id': utterance id {shown} holds the control "
+                       r"character.*Write the id without line breaks"):
+        read_csv_manifest(path)
+
+
+def test_an_id_derived_from_a_path_holding_a_line_break_is_refused(tmp_path):
+    path = _manifest(tmp_path, 'path,label,speaker\n"a\nb.wav",angry,s1\n')
+    with pytest.raises(ManifestError, match=r"column 'path': the utterance id 'a\\nb' derived from the path.*"
+                       r"Give the row an 'id'"):
+        read_csv_manifest(path)

@@ -64,6 +64,9 @@ class ModelLoadError(W2v2serError):
     """A speech encoder model could not be found, read or converted, or does not fit its class."""
 
     exit_code = EXIT_INPUT  # the model given cannot be used: nothing ran, pass another
+    #: True when a hub model is not in the local cache and the hub cannot be reached: `w2v2ser run`
+    #: skips its store; any other cause (a damaged local model, a wrong path or id) is the user's to fix.
+    offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,35 +323,45 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     try:
         config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
     except LocalEntryNotFoundError as error:
-        raise ModelLoadError(
+        raise _offline(ModelLoadError(
             f"cannot load {asked}: it is not in the local Hugging Face cache and the hub "
             f"cannot be reached (offline, or HF_HUB_OFFLINE=1). {_fix_hint()} ({type(error).__name__})"
-        ) from error
+        )) from error
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
         raise ModelLoadError(
             f"cannot load {asked}: the hub has no such model or revision. Check the id "
             f"(e.g. 'facebook/wav2vec2-base'). {_fix_hint()} ({type(error).__name__}: {error})"
         ) from error
     except OSError as error:  # network failures surface as OSError subclasses
-        raise ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}") from error
+        raise _offline(ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}")) from error
     weights: Path | None = None
+    not_cached = False
     for name in _WEIGHT_FILES:
         try:
             weights = Path(hf_hub_download(model_id, name, revision=revision))
             break
-        except (EntryNotFoundError, LocalEntryNotFoundError):
+        except LocalEntryNotFoundError:
+            not_cached = True
+        except EntryNotFoundError:
             continue
     if weights is None:
-        raise ModelLoadError(
+        error = ModelLoadError(
             f"cannot load {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
             f"downloadable (sharded or TensorFlow-only repositories are not supported). {_fix_hint()}"
         )
+        raise _offline(error) if not_cached else error
     try:  # the feature extractor's settings (waveform normalisation), when the repository has them
         hf_hub_download(model_id, PREPROCESSOR_FILE, revision=revision)
     except (EntryNotFoundError, LocalEntryNotFoundError):
         pass
     snapshot = config_file.parent
     return _resolve_directory(snapshot, requested=model_id, kind="hub", revision=revision, commit=snapshot.name)
+
+
+def _offline(error: ModelLoadError) -> ModelLoadError:
+    """``error``, marked as a hub model that is neither cached nor reachable (see ``ModelLoadError.offline``)."""
+    error.offline = True
+    return error
 
 
 def _resolve_directory(
@@ -409,10 +422,12 @@ def read_hf_config(directory: Path) -> Any:
     import transformers
 
     path = directory / "config.json"
+    damaged = ("; it is damaged or not the JSON save_pretrained() writes (an interrupted copy?). Copy the model "
+               "again, or save it again with save_pretrained()")
     try:
         model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as error:
-        raise ModelLoadError(f"cannot read {str(path)!r}: {error}") from error
+        raise ModelLoadError(f"cannot read {str(path)!r}: {error}{damaged}") from error
     if model_type not in FAMILIES:
         raise ModelLoadError(
             f"{str(path)!r} has model_type {model_type!r}; supported speech encoders are "
@@ -422,7 +437,7 @@ def read_hf_config(directory: Path) -> Any:
     try:
         return transformers.AutoConfig.from_pretrained(str(directory))
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot read {str(path)!r}: {error}") from error
+        raise ModelLoadError(f"cannot read {str(path)!r}: {error}{damaged}") from error
 
 
 def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:

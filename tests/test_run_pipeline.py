@@ -952,3 +952,40 @@ def test_a_report_folder_that_cannot_be_made_fails_that_report_only(tmp_path: Pa
     err = capsys.readouterr().err
     assert f"report sub/one: FAILED: {blocked} is a file, where a folder of {blocked / 'one'} goes" in err, err
     assert f"report {long}: FAILED: " in err and (config.output / "reports" / "tiny" / "report.md").exists()
+
+
+@needs_ravdess
+@pytest.mark.parametrize("damage", ["config", "weights"])
+def test_a_damaged_local_model_fails_the_run_while_an_offline_hub_model_skips(tmp_path: Path, monkeypatch, capsys,
+                                                                              damage: str) -> None:
+    """Leftover: a truncated model.safetensors or a config.json that is not JSON "skipped" the store with
+    exit 0, as a hub model that is not cached does offline. That is the user's to fix: the store fails
+    (exit 1) naming the file; the other stores still extract, and the offline one still skips."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import _skip_reason, run_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    model = make_tiny_model(tmp_path / "model")
+    damaged = model / ("config.json" if damage == "config" else "model.safetensors")
+    damaged.write_bytes(b"{not json" if damage == "config" else damaged.read_bytes()[:100])
+    pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores.offline": {"corpora": ["ravdess"], "features": {
+            "wav2vec2": {"model": "w2v2ser-tests/model-that-is-not-cached"}}}})
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 1
+    err = capsys.readouterr().err
+    assert "extract w2v2 on ravdess: FAILED, model of store 'w2v2' cannot be loaded" in err, err
+    assert str(damaged) in err and "again" in err, err  # the file, and the fix
+    assert "extract offline on ravdess: skipped" in err and "extract classic on ravdess: " in err, err
+    config = load_pipeline(pipeline)
+    assert open_complete(config.store_path("classic", "ravdess"))
+    (experiment,) = config.experiments
+    skip = _skip_reason(config, experiment)  # its experiments skip with the reason, as before
+    assert skip is not None and str(damaged) in skip[0]
+
+
+def open_complete(path: Path) -> bool:
+    from w2v2ser.store import open_store
+
+    return open_store(path).complete

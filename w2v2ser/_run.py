@@ -11,7 +11,9 @@ Units of work and how each is committed (so a killed run resumes where it stoppe
 
 A store whose model cannot be loaded (``ModelLoadError``: offline, not cached) is marked
 ``<store>.skipped.json`` and the experiments reading it get ``RUN_DIR/skipped.json`` with the
-reason; so do experiments of a corpus whose path is not set. Everything else still runs. Each
+reason; so do experiments of a corpus whose path is not set. A model that cannot be loaded for
+another reason (a damaged local model, a wrong path) is marked the same way but fails the store,
+so the run exits 1. Everything else still runs. Each
 reason is printed in full once, then referred to (:class:`_Reasons`). The Hugging Face hub is
 probed once per process: when it cannot be reached, lookups use the local cache only instead of
 retrying with back-off for every model.
@@ -215,7 +217,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
     outcome = _Outcome()
     reasons = reasons if reasons is not None else _Reasons()
     manifest = _manifests(config)
-    unloadable: dict[str, str] = {}  # store -> reason: a model that failed is not looked up again
+    unloadable: dict[str, ModelLoadError] = {}  # store -> error: a model that failed is not looked up again
     if _uses_hub(config):
         _probe_hub()
     jobs = []
@@ -257,16 +259,21 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 continue
             try:
                 if store.name in unloadable:
-                    raise ModelLoadError(unloadable[store.name])
+                    raise unloadable[store.name]
                 extractors = [build_extractor(name, options) for name, options in store.feature_dicts().items()]
                 for extractor in extractors:
                     extractor.feature_spec()  # resolves the model: fails here, not in every worker
             except ModelLoadError as error:
-                unloadable[store.name] = str(error)
+                unloadable[store.name] = error
                 reason = f"model of store {store.name!r} cannot be loaded: {error}"
-                reasons.tell(label, reason, _store_topic(store.name))
-                _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus})
-                outcome.skipped.append(label)
+                # Offline and not cached: a skip, as a corpus without a path. A damaged local model (a
+                # truncated weight file, a config.json that is not JSON) or a wrong path is the user's to
+                # fix: the store fails, so the run exits 1; its experiments skip with the reason.
+                reasons.tell(label, reason, _store_topic(store.name),
+                             outcome="skipped" if error.offline else "FAILED")
+                _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus,
+                                                 **({} if error.offline else {"failed": True})})
+                (outcome.skipped if error.offline else outcome.failed).append(label)
                 continue
             _clear_skip_marker(path)
             jobs.append((f"{store.name} on {corpus}", path, manifest(corpus), extractors))

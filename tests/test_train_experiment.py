@@ -1211,3 +1211,20 @@ def test_predictions_files_concatenated_keep_their_fold_and_seed(rav, tmp_path):
         metrics = json.loads(path.read_text())
         assert (metrics["protocol"], metrics["head"]) == ("ravdess", "dense") == (
             results["config"]["protocol"], results["config"]["head"])
+
+
+def test_every_history_json_field_is_documented_and_best_epoch_counts_from_1(rav, tmp_path):
+    """Leftover: history.json's best_epoch is 1-based, and neither it nor the other fields were described
+    in README (it said "epoch, input and compute seconds")."""
+    cfg = ExperimentConfig(stores=rav, features="egemaps", head="dense", norm="global",
+                           **{**FAST, "recipe_overrides": {"max_epochs": 3, "patience": 5}})
+    (spec,) = plan_runs(cfg)
+    train_run(cfg, spec, out=tmp_path, threads=1)
+    hist = json.loads((tmp_path / "runs" / "split__seed0" / "history.json").read_text())
+    assert hist["epochs"] == len(hist["val_loss"]) == 3
+    assert hist["best_epoch"] == int(np.argmin(hist["val_loss"])) + 1  # 1 is the first epoch
+    assert hist["best_val_loss"] == min(hist["val_loss"])
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    described = readme[readme.index("`history.json` holds"):][:1200]
+    assert "counted from 1" in described
+    assert [key for key in hist if f"`{key}`" not in described] == []

@@ -217,6 +217,32 @@ def test_store_verify_cli_exit_code_and_names(store):
     assert f"`w2v2ser store verify {store} --repair`" in done.stdout  # the store's own path, not "STORE"
 
 
+def test_store_verify_json_is_a_report_with_the_same_exit_codes(store):
+    """Leftover: `store info` had --json, `store verify` did not; a script had to parse its tab lines."""
+    import contextlib
+    import io
+    import json
+
+    from w2v2ser._cli import main
+
+    def verify_json() -> tuple[int, dict]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["store", "verify", str(store), "--json", "--no-progress"])
+        return code, json.loads(out.getvalue())
+
+    code, report = verify_json()
+    assert code == 0 and report["intact"] and not report["unfinished"] and report["problems"] == []
+    assert report["checked"] > 0
+    uid = open_store(store).list_utterances()[2].id
+    file, at = _frame_bytes(store, "layered", uid, 0)
+    _flip(file, at + 1)
+    code, report = verify_json()
+    assert code == 1 and not report["intact"]
+    assert {(p["id"], p["feature"]) for p in report["problems"]} == {(uid, "layered")}
+    assert all(p["reason"] for p in report["problems"]) and report["queued_for_reextraction"] == []
+
+
 @pytest.mark.parametrize("damage", ["truncate", "delete", "empty"])
 def test_verify_and_reads_name_utterances_of_truncated_or_deleted_shards(store, damage):
     files = _shard_files(store, "layered")

@@ -336,9 +336,18 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
                 f"{running}: verify would read tables and frames that extraction is rewriting and report its "
                 f"changes as damage. Verify the store when that extraction has finished.")
         report = store.verify(progress=not args.no_progress)
+    unfinished = not store.complete and not pairs  # only its last finalize's part can be checked
+    if args.json:  # the same checks and exit status, for a script
+        print(json.dumps({
+            "store": args.store, "intact": report.ok and not unfinished, "unfinished": unfinished,
+            "checked": report.checked,
+            "problems": [{"id": uid, "feature": feature, "reason": message}
+                         for uid, feature, message in report.problems],
+            "queued_for_reextraction": [{"id": uid, "feature": feature} for uid, feature in pairs],
+        }, indent=2))
+        return 0 if report.ok and not unfinished else 1
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
-    unfinished = not store.complete and not pairs  # only its last finalize's part can be checked
     print(f"{len(report.problems)} problem(s) found" if not report.ok else
           "no problem found so far" if unfinished else "intact")
     if pairs:
@@ -689,6 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true",
                         help="queue the utterances whose frames are damaged for re-extraction: the next run of "
                              "the same extraction extracts only those again")
+    verify.add_argument("--json", action="store_true",
+                        help="the report as one JSON document: intact, unfinished (an extraction to resume), "
+                             "checked, problems (id, feature, reason; id '*' for a whole feature or table), pairs "
+                             "queued by --repair; same exit status")
     verify.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     verify.set_defaults(func=_cmd_store_verify)
     export = store_commands.add_parser("export", help="write an HDF5 copy",

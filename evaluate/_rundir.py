@@ -153,6 +153,32 @@ def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _used_model_ids(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> tuple[str, ...]:
+    """Model ids of the upstream features the experiment selects (``features``, and a fusion head's
+    ``fusion_features``), looked up in its stores' identities: an eGeMAPS run on a store that also
+    holds wav2vec2 frames used no model. Layouts this cannot read: every model id recorded."""
+    everything = model_ids_of(experiment)
+    features = find_key(config, "features", "feature")
+    selections = [features] if isinstance(features, str) else features
+    if not isinstance(selections, list) or not all(isinstance(text, str) for text in selections):
+        return everything
+    if reads_fusion(find_key(config, "head")):
+        fusion = find_key(config, "fusion_features") or "egemaps"
+        selections = [*selections, fusion if isinstance(fusion, str) else ""]
+    found: list[str] = []
+    for text in selections:
+        alias, _, rest = text.rpartition("/")
+        feature = rest.partition(":")[0]
+        if not feature.startswith(UPSTREAM_FEATURES):
+            continue
+        model = _alias_model(experiment, alias, everything, feature)
+        if not model:  # the selection's model is not recorded where expected: keep every one known
+            return everything
+        if model not in found:
+            found.append(model)
+    return tuple(found)
+
+
 def model_tag(model_id: str) -> str:
     """Short label of a wav2vec2 checkpoint: pretrained (PT) or fine-tuned for ASR (FT)."""
     lowered = model_id.lower()
@@ -420,7 +446,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
 
 def _describe(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> dict[str, Any]:
     """Row/column identity of an experiment: corpus, feature selection, head, normalisation, recipe."""
-    model_ids = model_ids_of(experiment)
+    model_ids = _used_model_ids(config, experiment)
     # The protocol (the corpus kind) first: a pipeline's skipped.json also names the corpus as the
     # file does ("mycsv"), and its row must land in the column of that corpus's trained runs ("CSV").
     corpus = find_key(config, "protocol", "corpus_kind", "corpus")

@@ -119,6 +119,18 @@ def test_rows_of_other_upstreams_are_named_by_model_and_layers(tmp_path: Path) -
     assert "| wavlm_6 | complete | RAVDESS | wavlm PT layer 6 |" in md
 
 
+def test_report_model_ids_are_those_of_the_features_the_run_used(tmp_path: Path) -> None:
+    """Leftover: report.json's model_ids of an eGeMAPS run on a store that also holds wav2vec2 frames
+    listed that wav2vec2 model, which the run never read."""
+    model = "facebook/wav2vec2-base"
+    runs = [make_run_dir(tmp_path / "runs", "egemaps", features="egemaps", model=model),
+            make_run_dir(tmp_path / "runs", "w2v2", features="wav2vec2:all", model=model),
+            make_run_dir(tmp_path / "runs", "fusion", features="wav2vec2:all", head="fusion", model=model)]
+    write_report(runs, out=tmp_path / "r")
+    ids = {e["name"]: e["model_ids"] for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
+    assert ids == {"egemaps": [], "w2v2": [model], "fusion": [model]}
+
+
 def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: Path) -> None:
     """Two run dirs of one model x selection x head (a units study) were labelled by run-dir name only."""
     runs = [make_run_dir(tmp_path / "runs", name, uars=uars) for name, uars in

@@ -9,6 +9,7 @@ audio is decoded.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -192,9 +193,32 @@ def _near_miss(path: Path) -> str:
             if candidate != path and candidate.is_file():
                 return (f" It exists relative to the current folder, as {candidate}: write the manifest's paths "
                         f"relative to the manifest's own folder, or absolute.")
+        # A manifest named through a symbolic link resolves against the link's folder, not its target's.
+        for folder in list(path.parents)[:4]:
+            for link, target in _linked_manifests(str(folder)):
+                candidate = Path(target).parent / path.relative_to(folder)
+                if candidate != path and candidate.is_file():
+                    return (f" The manifest {link} is a symbolic link to {target}, and the file exists beside "
+                            f"that, as {candidate}: relative paths resolve against the folder the manifest is named "
+                            f"in ({folder}). Name the manifest by its real path, or write its paths relative to "
+                            f"{folder}, or absolute.")
     except (OSError, ValueError):
         pass
     return ""
+
+
+@functools.lru_cache(maxsize=64)  # a missing file each: one listing per folder, not one per file
+def _linked_manifests(folder: str) -> tuple[tuple[str, str], ...]:
+    """Symbolic links in ``folder`` to manifest files (.csv, .tsv) of another folder: (link, target)."""
+    found = []
+    here = os.path.realpath(folder)
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.lower().endswith((".csv", ".tsv")) and entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.isfile(target) and os.path.dirname(target) != here:
+                    found.append((entry.path, target))
+    return tuple(sorted(found))
 
 
 def _check_readable(path: Path) -> None:

@@ -392,3 +392,22 @@ def test_an_id_derived_from_a_path_holding_a_line_break_is_refused(tmp_path):
     with pytest.raises(ManifestError, match=r"column 'path': the utterance id 'a\\nb' derived from the path.*"
                        r"Give the row an 'id'"):
         read_csv_manifest(path)
+
+
+def test_a_missing_file_beside_the_target_of_a_symlinked_manifest_says_so(tmp_path):
+    """Leftover: a manifest named through a symbolic link resolves relative paths against the link's
+    folder (README: the CSV's folder, as named); a file found only beside the link's target failed as
+    plainly missing."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "work").mkdir()
+    write_audio(tmp_path / "corpus" / "a.wav")
+    real = _manifest(tmp_path / "corpus", "path,label,speaker\na.wav,angry,s1\n")
+    link = tmp_path / "work" / "list.csv"
+    link.symlink_to(real)
+    (utterance,) = read_csv_manifest(link).utterances
+    assert utterance.path == str(tmp_path / "work" / "a.wav")  # the link's folder, as the README says
+    summary = extract_corpus([utterance], tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")],
+                             progress=False)
+    (reason,) = [reason for _, _, reason in summary.failed]
+    assert "does not exist" in reason and f"The manifest {link} is a symbolic link to {real}" in reason, reason
+    assert str(tmp_path / "corpus" / "a.wav") in reason and "Name the manifest by its real path" in reason

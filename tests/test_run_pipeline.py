@@ -706,7 +706,8 @@ def test_other_weights_of_a_sharded_model_name_the_shard_that_changed(tmp_path: 
 def test_a_truncated_model_file_skips_its_store_once_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
     """Leftover: a truncated model.safetensors resolved (its hash needs no parsing), so the store was
     created and every audio file failed with the same SafetensorError; the model cannot load at all,
-    so its store is skipped once, with a reason that names the file and the fix."""
+    so its store fails once (exit 1: a damaged model is the user's to fix, not an offline skip), with a
+    reason that names the file and the fix."""
     from w2v2ser._run import run_pipeline
 
     make_tiny_corpus(tmp_path / "data", actors=("01",))
@@ -716,7 +717,7 @@ def test_a_truncated_model_file_skips_its_store_once_naming_the_file(tmp_path: P
     pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",), extra={
         "extraction.stores": {"w2v2": {"features": {"wav2vec2": {"model": str(model), "batch_seconds": 8}}}}})
     monkeypatch.chdir(tmp_path)
-    run_pipeline(pipeline, stage="extract")
+    assert run_pipeline(pipeline, stage="extract") == 1
     err = capsys.readouterr().err
     assert err.count(f"model weight file {str(weights)!r} cannot be read (SafetensorError: ") == 1, err
     assert "it is damaged or incomplete" in err and "Copy or download the model again" in err, err

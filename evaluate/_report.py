@@ -213,24 +213,27 @@ def _paper_text(paper: dict[str, Any] | None) -> str:
 
 def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, Any]:
     """Rows named by model × selection × head (and normalisation, recipe), one column per corpus;
-    a second run dir for the same cell gets its own row (labelled with the run dir) rather than
-    being averaged in silently."""
+    a second run dir for the same cell gets its own row (labelled with the settings in which it
+    differs, else the run dir) rather than being averaged in silently, and a run of another corpus
+    joins the row whose settings it shares."""
     columns = _corpus_columns(runs)
     rows: list[dict[str, Any]] = []
-    index: dict[tuple[str, ...], dict[str, Any]] = {}
-    latest: dict[tuple[str, ...], RunSummary] = {}  # the run behind index[key], to name what differs
+    # key -> its rows, each with the run that made it (to match a run's settings, and name what differs)
+    index: dict[tuple[str, ...], list[tuple[dict[str, Any], RunSummary]]] = {}
     for run, name in zip(runs, names):
         if run.features == "?" and run.status == "incomplete":
             continue  # nothing known about it; listed under "Incomplete" only
         model, selection, key_text = _identity(run)
         key = (model, selection, run.head, run.normalisation, run.recipe)
-        row = index.get(key)
-        if row is None or run.corpus in row["cells"]:
+        made = index.setdefault(key, [])
+        row = next((row for row, first in made if run.corpus not in row["cells"]
+                    and not _settings_apart(run, first)), None)
+        if row is None:
             row = {"model": model, "selection": selection, "features": run.features, "head": run.head,
                    "normalisation": run.normalisation, "recipe": run.recipe, "cells": {}, "run_dirs": {}}
-            if key in index:
-                row["selection"] += f" [{_settings_apart(run, latest[key]) or name}]"
-            index[key], latest[key] = row, run
+            if made:
+                row["selection"] += f" [{_settings_apart(run, made[-1][1]) or name}]"
+            made.append((row, run))
             rows.append(row)
         paper = _paper_cell(run, model, key_text, run.corpus)
         row["cells"][run.corpus] = {"text": _cell(run) + _paper_text(paper), "status": run.status,

@@ -155,6 +155,25 @@ def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: P
     assert "| — | eGeMAPS [units=32] | speaker | official | RAVDESS | 65.0 ± 5.0 (n=2) | 25.0 ± 5.0 (n=2) |" in table2
 
 
+def test_a_corpus_cell_joins_the_row_of_its_own_settings(tmp_path: Path) -> None:
+    """An IEMOCAP run (units=128) after two RAVDESS runs (units 128 and 32) landed in the row of the
+    last one, labelled units=32, while the units=128 row showed no IEMOCAP figure."""
+    runs = [make_run_dir(tmp_path / "runs", "a_ravdess", uars=(0.56, 0.57, 0.58)),
+            make_run_dir(tmp_path / "runs", "b_ravdess_small", uars=(0.40, 0.41, 0.42)),
+            make_run_dir(tmp_path / "runs", "c_iemocap", corpus="iemocap", uars=(0.5, 0.6) * 5, pooled=(0.55, 0.56))]
+    for run, units in zip(runs, (128, 32, 128)):
+        experiment = json.loads((run / "experiment.json").read_text())
+        _write_json(run / "experiment.json", {**experiment, "units": units, "dropout": 0.2})
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    assert ("| — | eGeMAPS | dense | speaker | official | 57.0 ± 0.8 (n=3) · paper 57.0 ± 2.4 (unchecked), +0.0 ✓ "
+            "| 55.5 ± 0.5 (n=2) |") in md
+    assert ("| — | eGeMAPS [units=32] | dense | speaker | official | 41.0 ± 0.8 (n=3) · paper 57.0 ± 2.4 "
+            "(unchecked), not compared (units=32) | — |") in md
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["feature_table"]["rows"]
+    assert [sorted(Path(p).name for p in row["run_dirs"].values()) for row in rows] == [
+        ["a_ravdess", "c_iemocap"], ["b_ravdess_small"]]
+
+
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "report"
     md_path = write_report(run_dirs, out=out)

@@ -249,11 +249,12 @@ _NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "spea
                "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
-def _settings_apart(run: RunSummary, other: RunSummary) -> str:
+def _settings_apart(run: RunSummary, other: RunSummary, *, ignore: Sequence[str] = ()) -> str:
     """The experiment settings in which ``run`` differs from ``other`` (e.g. ``units=32``), for
-    telling apart two rows of the same model × selection × head; "" when none is recorded."""
+    telling apart two rows of the same model × selection × head; "" when none is recorded.
+    ``ignore``: keys that may differ within a row (the heads of a head comparison)."""
     mine, theirs = run.experiment or {}, other.experiment or {}
-    keys = sorted(k for k in (mine.keys() & theirs.keys()) - _NAMED_KEYS if mine[k] != theirs[k])
+    keys = sorted(k for k in (mine.keys() & theirs.keys()) - _NAMED_KEYS - set(ignore) if mine[k] != theirs[k])
     return ", ".join(f"{k}={mine[k]}" for k in keys)
 
 
@@ -262,22 +263,28 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
     heads = sorted({r.head for r in complete})
     if len(heads) < 2:
         return None
-    rows: dict[tuple[str, ...], dict[str, Any]] = {}
-    placed: dict[tuple[tuple[str, ...], str], RunSummary] = {}  # (row key, head) -> its run
+    rows: list[dict[str, Any]] = []
+    # (model, selection, normalisation, recipe, corpus) -> its rows, each with the run that made it
+    index: dict[tuple[str, ...], list[tuple[dict[str, Any], RunSummary]]] = {}
+    same = ("fusion_features",)  # the Fusion head's second branch: the heads of one row differ in it
     for run in complete:
         model, selection, _ = _identity(run)
-        key = (model, selection, run.normalisation, run.recipe, run.corpus)
-        while (key, run.head) in placed:  # a second run dir of that head: its own row
-            selection += f" [{_settings_apart(run, placed[key, run.head]) or run.path.name}]"
-            key = (model, selection, run.normalisation, run.recipe, run.corpus)
-        row = rows.setdefault(key, {"model": model, "selection": selection, "features": run.features,
-                                    "normalisation": run.normalisation, "recipe": run.recipe,
-                                    "corpus": run.corpus, "cells": {}})
+        made = index.setdefault((model, selection, run.normalisation, run.recipe, run.corpus), [])
+        # A head joins the row of the runs whose settings it shares; a second run dir of that head,
+        # or one of other settings, gets its own row.
+        row = next((row for row, first in made if run.head not in row["cells"]
+                    and not _settings_apart(run, first, ignore=same)), None)
+        if row is None:
+            if made:
+                selection += f" [{_settings_apart(run, made[-1][1], ignore=same) or run.path.name}]"
+            row = {"model": model, "selection": selection, "features": run.features,
+                   "normalisation": run.normalisation, "recipe": run.recipe, "corpus": run.corpus, "cells": {}}
+            made.append((row, run))
+            rows.append(row)
         row["cells"][run.head] = {"text": _cell(run), "uar_mean": run.uar_mean, "uar_std": run.uar_std,
                                   "n_runs": run.n_runs}
-        placed[key, run.head] = run
     # Only feature selections trained with several heads compare heads; the rest are Table 1 only.
-    compared = [row for row in rows.values() if len(row["cells"]) > 1]
+    compared = [row for row in rows if len(row["cells"]) > 1]
     if not compared:
         return None
     used = sorted({head for row in compared for head in row["cells"]})

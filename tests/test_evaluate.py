@@ -174,6 +174,25 @@ def test_a_corpus_cell_joins_the_row_of_its_own_settings(tmp_path: Path) -> None
         ["a_ravdess", "c_iemocap"], ["b_ravdess_small"]]
 
 
+def test_head_comparison_pairs_heads_of_the_same_settings(tmp_path: Path) -> None:
+    """With a units=32 Dense run read before the units=128 one, the units=128 LSTM run was put beside
+    the units=32 Dense run in the row named plain eGeMAPS; a Fusion run (its fusion_features set)
+    still shares the row of the Dense and LSTM runs."""
+    runs = []
+    for name, head, units, uars in (("a_dense32", "dense", 32, (0.6, 0.7)), ("b_dense128", "dense", 128, (0.5, 0.6)),
+                                    ("c_lstm128", "lstm", 128, (0.3, 0.4)), ("d_fusion128", "fusion", 128, (0.7, 0.8))):
+        run = make_run_dir(tmp_path / "runs", name, head=head, uars=uars)
+        experiment = json.loads((run / "experiment.json").read_text())
+        fusion = "egemaps" if head == "fusion" else None
+        _write_json(run / "experiment.json", {**experiment, "units": units, "dropout": 0.2, "fusion_features": fusion})
+        runs.append(run)
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    table2 = md.split("## Head comparison")[1].split("\n## ")[0]
+    assert "| — | eGeMAPS [units=128] | speaker | official | RAVDESS | 55.0 ± 5.0 (n=2) | 75.0 ± 5.0 (n=2) | 35.0 ± 5.0 (n=2) |" \
+        in table2
+    assert "65.0" not in table2  # the units=32 Dense run has no other head to be compared with
+
+
 def test_report_tables_figures_and_problem_dirs(run_dirs: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "report"
     md_path = write_report(run_dirs, out=out)

@@ -257,3 +257,18 @@ def test_readme_grid_search_example_names_the_classes_of_a_csv_store(tmp_path: P
     train_labels = sorted(label_of[r.id] for r in open_store(path).list_utterances()
                           if r.speaker in scope["spec"].train)
     assert sorted(scope["names"][k] for k in scope["y"]) == train_labels
+
+
+def test_report_section_states_the_rule_of_the_paper_verdict() -> None:
+    """The README said ✓ meant "within two standard deviations of the difference": the code also
+    gives every row a margin of at least 1 point, which a row of small spreads depends on."""
+    from w2v2ser.evaluate._paper import PaperValue, verdict
+
+    section = _section(README, "## Stage 2: train, evaluate, predict")
+    assert "within two standard deviations of the difference, √(s² + s_paper²)" in section
+    assert "at least 1 point" in section
+    paper = PaperValue(57.0, 0.2, 1)
+    assert verdict(57.9, 0.1, paper)[1] is True  # 2 x 0.22 < 0.9 < 1 point
+    assert verdict(58.1, 0.1, paper)[1] is False
+    assert verdict(61.0, 1.0, PaperValue(57.0, 1.0, 1))[1] is False  # 4.0 > 2 x 1.41
+    assert verdict(59.5, 1.0, PaperValue(57.0, 1.0, 1))[1] is True

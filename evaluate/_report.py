@@ -249,12 +249,17 @@ _NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "spea
                "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
+_SETTING_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)}
+
+
 def _settings_apart(run: RunSummary, other: RunSummary, *, ignore: Sequence[str] = ()) -> str:
     """The experiment settings in which ``run`` differs from ``other`` (e.g. ``units=32``), for
     telling apart two rows of the same model × selection × head; "" when none is recorded.
     ``ignore``: keys that may differ within a row (the heads of a head comparison)."""
     mine, theirs = run.experiment or {}, other.experiment or {}
-    keys = sorted(k for k in (mine.keys() & theirs.keys()) - _NAMED_KEYS - set(ignore) if mine[k] != theirs[k])
+    # Experiment settings only: a skipped.json also names the experiment and its corpus, which differ by corpus.
+    keys = sorted(k for k in (mine.keys() & theirs.keys() & _SETTING_KEYS) - _NAMED_KEYS - set(ignore)
+                  if mine[k] != theirs[k])
     return ", ".join(f"{k}={mine[k]}" for k in keys)
 
 

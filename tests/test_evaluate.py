@@ -172,6 +172,20 @@ def test_a_corpus_cell_joins_the_row_of_its_own_settings(tmp_path: Path) -> None
     rows = json.loads((tmp_path / "report" / "report.json").read_text())["feature_table"]["rows"]
     assert [sorted(Path(p).name for p in row["run_dirs"].values()) for row in rows] == [
         ["a_ravdess", "c_iemocap"], ["b_ravdess_small"]]
+    # Skipped by `w2v2ser run` on both corpora: their skipped.json name the experiment and its corpus,
+    # which are not settings; one row, one cell per corpus.
+    skipped = []
+    for corpus in ("iemocap", "ravdess"):
+        run_dir = tmp_path / "table1" / corpus / "w2v2-pt-all"
+        _write_json(run_dir / "skipped.json", {
+            "reason": "model offline", "name": f"table1/{corpus}/w2v2-pt-all", "corpus": corpus, "head": "dense",
+            "norm": "speaker", "recipe": "official", "features": "w2v2_pt/wav2vec2:all", "units": 128,
+            "stores": {"w2v2_pt": f"stores/{corpus}-w2v2.zarr"},
+            "stores_identity": {"w2v2_pt": {"path": f"stores/{corpus}-w2v2.zarr",
+                                            "features": {"wav2vec2": {"config": {"model": MODELS["pt"]}}}}}})
+        skipped.append(run_dir)
+    md = write_report(skipped, out=tmp_path / "report2").read_text(encoding="utf-8")
+    assert "| wav2vec2-base | all layers | dense | speaker | official | skipped | skipped |" in md
 
 
 def test_head_comparison_pairs_heads_of_the_same_settings(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 from pydantic import Field
 
 from w2v2ser._common import or_list
-from w2v2ser._schema import check_dataclass, check_keywords, dataclass_model, validate
+from w2v2ser._schema import check_dataclass, check_keywords
 
 from ._dataset import CACHE_MODES
 from ._errors import ConfigError
@@ -201,13 +201,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint)."""
-        d = {k: plain_scalar(v) for k, v in dict(d).items()}
-        if isinstance(d.get("stores"), (str, os.PathLike)):  # a plain path: the default store
-            d["stores"] = {DEFAULT_STORE_ALIAS: os.fspath(d["stores"])}
-        # Every key optional: None reaches __post_init__, which reads recipe_overrides=None as {}.
-        validate(dataclass_model(cls, optional=True, name="TrainConfig"), d, what="train config")
-        return cls(**d)
+        """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint, from
+        ``check_keywords``; values are converted and checked by ``__post_init__``)."""
+        return cls(**dict(d))
 
     def config_key(self) -> str:
         """Stable 16-hex-digit hash of everything that changes a run's result.

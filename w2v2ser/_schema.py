@@ -152,13 +152,6 @@ def _schema_at(schema: Mapping, loc: Sequence[Any]) -> list[Mapping]:
     return nodes
 
 
-def _keys_below(node: Mapping, schema: Mapping) -> set[str]:
-    """Keys of the mappings a property holds: its own, or those of the items of a list of mappings."""
-    nodes = _children(node, schema)
-    nodes += [c for n in nodes if "items" in n for c in _children(n["items"], schema)]
-    return {key for n in nodes for key in n.get("properties", {})}
-
-
 def _path(where: str, loc: Sequence[Any]) -> str:
     text = where
     for part in loc:
@@ -174,8 +167,10 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
         allowed = sorted({k for node in nodes for k in node.get("properties", {})})
         # Keys one level down are choices too: max_epochs (an exact match, which difflib ranks first) or a
         # misspelt max_epocs beside recipe_overrides suggests recipe_overrides.max_epochs.
-        below = {key: f"{name}.{key}" for node in nodes for name, child in sorted(node.get("properties", {}).items())
-                 for key in sorted(_keys_below(child, schema)) if key not in allowed}
+        # The keys of a property's mapping, or of its list's items (recipe_overrides of a grid: [0]).
+        below = {key: f"{name}.{key}" for name in allowed for index in ((), (0,))
+                 for node in _schema_at(schema, [*loc[:-1], name, *index])
+                 for key in sorted(node.get("properties", {})) if key not in allowed}
         hint = did_you_mean(loc[-1], [*allowed, *below], canonical=below)
         if loc[:-1] or where:  # name the full key path, as the file would be written
             hint = hint.replace("mean '", f"mean '{_path(where, loc[:-1])}.")

@@ -410,8 +410,7 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, writt
         path = Path(file_url_path(value) if isinstance(value, str) else value).expanduser()
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
-    path = path if path.is_absolute() else (base / path)
-    path = Path(os.path.normpath(path))
+    path = Path(os.path.normpath(base / path))  # an absolute path replaces base
     if must_exist and not path.exists():
         raise ConfigError(f"{where}: {value!r} resolves to {path}, which does not exist. Fix the path "
                           f"(relative paths start at {base}) or set it to null to skip what needs it.")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import first_few, merge_subset, spelling_key, subset_condition, variants_differ
+from w2v2ser._common import first_few, merge_subset, path_argument, spelling_key, subset_condition, variants_differ
 
 from ._errors import PredictError
 from ._predict import predict_audio
@@ -19,13 +19,13 @@ __all__ = ["add_predict_arguments", "predict_from_cli"]
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` arguments to ``parser`` (the ``w2v2ser predict`` subparser)."""
-    parser.add_argument("run_dir", help="run directory written by `w2v2ser train`")
-    parser.add_argument("audio", nargs="*", help="audio files to label, or folders (their audio files, sorted)")
-    parser.add_argument("--manifest", metavar="CSV",
+    parser.add_argument("run_dir", type=path_argument, help="run directory written by `w2v2ser train`")
+    parser.add_argument("audio", nargs="*", type=path_argument, help="audio files to label, or folders (their audio files, sorted)")
+    parser.add_argument("--manifest", metavar="CSV", type=path_argument,
                         help="instead of audio: a labelled CSV manifest (path,label,speaker, as `w2v2ser extract "
                              "csv` reads), e.g. of another corpus; its files are predicted with their speakers as "
                              "speaker groups and scored against their labels (UAR, confusion)")
-    parser.add_argument("--from-store", dest="from_store", metavar="STORE",
+    parser.add_argument("--from-store", dest="from_store", metavar="STORE", type=path_argument,
                         help="instead of audio: every done utterance of a store that holds the run's features "
                              "with its settings (`w2v2ser extract ... --like RUN_DIR`), e.g. another corpus; "
                              "predicted and scored against its labels without extracting again, each speaker "
@@ -39,12 +39,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "their own statistics (speaker-normalised runs); default: the run's global "
                              "(training speakers) statistics")
     parser.add_argument("--run", help="use one run, e.g. split__seed0 (FOLD__seedK, a folder of RUN_DIR/runs; default: average every run's probabilities)")
-    parser.add_argument("--work-dir", dest="work_dir", help="keep the manifest and temporary feature stores here "
+    parser.add_argument("--work-dir", dest="work_dir", type=path_argument, help="keep the manifest and temporary feature stores here "
                                                            "(a new predict-* folder inside it per call)")
     parser.add_argument("--model", help="the speech encoder (hub id, local folder or fairseq .pt) when its weights "
                                          "are no longer where the training store recorded them; they must be "
                                          "the same weights")
-    parser.add_argument("--store", action="append", dest="stores", metavar="[ALIAS=]PATH",
+    parser.add_argument("--store", action="append", dest="stores", metavar="[ALIAS=]PATH", type=path_argument,
                         help="the training store's new location when it has moved since training (ALIAS=PATH "
                              "for a run of several stores, e.g. fusion=...; repeatable); it must hold the "
                              "run's features with the same settings")

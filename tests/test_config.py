@@ -536,6 +536,35 @@ def test_a_mistyped_command_or_choice_gets_a_did_you_mean(argv: list[str], hint:
     assert exit_.value.code == 2 and hint in err and err.count("Did you mean") == 1, err
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "s.zarr", "--features", "egemaps", "--out", ""],
+    ["train", "", "--features", "egemaps", "--out", "r"],
+    ["sweep", "s.zarr", "--features", "wav2vec2", "--out", " "],
+    ["evaluate", "runs/a", "--out", ""],
+    ["evaluate", "", "--out", "reports"],
+    ["extract", "ravdess", ""],
+    ["extract", "ravdess", "data", "--store", ""],
+    ["store", "info", ""],
+    ["store", "export", "s.zarr", ""],
+    ["predict", "", "a.wav"],
+    ["predict", "runs/a", "--work-dir", ""],
+    ["run", ""],
+])
+def test_an_empty_path_argument_is_refused(argv: list[str], tmp_path: Path, monkeypatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty path (`--out "$OUT"` with OUT unset) was the current folder: `train --out ''` and
+    `evaluate --out ''` wrote their run files and report into it and exited 0, `extract ravdess ''`
+    read it as the corpus, `extract --store ''` took the default store."""
+    from w2v2ser._cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "expected a path, got '" in err and "unset or empty shell variable" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_store_inspect_is_store_info() -> None:
     from w2v2ser._cli import build_parser
 

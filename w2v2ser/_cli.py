@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants,
-                             first_few, merge_subset, or_list, subset_condition, variants_differ)
+                             first_few, merge_subset, or_list, path_argument, subset_condition, variants_differ)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -654,8 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract = commands.add_parser("extract", help="stage 1: extract features of a corpus into a store",
                                   parents=[verbose])
     extract.add_argument("corpus", choices=list(CORPUS_READERS), help="corpus reader")
-    extract.add_argument("path", help="corpus root folder, or the CSV manifest (path,label,speaker[,gender,session,split,id,corpus,...])")
-    extract.add_argument("--store", help="store directory or object-store URL, e.g. s3://bucket/ravdess.zarr "
+    extract.add_argument("path", type=path_argument, help="corpus root folder, or the CSV manifest (path,label,speaker[,gender,session,split,id,corpus,...])")
+    extract.add_argument("--store", type=path_argument, help="store directory or object-store URL, e.g. s3://bucket/ravdess.zarr "
                                               "(default: stores/CORPUS.zarr)")
     extract.add_argument(
         "--features",
@@ -670,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
     )
-    extract.add_argument("--like", metavar="STORE",
+    extract.add_argument("--like", metavar="STORE", type=path_argument,
                          help="reuse the feature configs recorded in STORE, or in a run directory of "
                               "`w2v2ser train` (its experiment.json)")
     extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=SHARD_SIZE,
@@ -689,12 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands = store.add_subparsers(dest="store_command", required=True)
     info = store_commands.add_parser("info", aliases=["inspect"], help="utterances, speakers, features, failures",
                                      parents=[verbose])
-    info.add_argument("store", help=STORE_HELP)
+    info.add_argument("store", type=path_argument, help=STORE_HELP)
     info.add_argument("--json", action="store_true", help="everything, every failure included, as one JSON document")
     info.set_defaults(func=_cmd_store_info)
     verify = store_commands.add_parser("verify", help="check every utterance against its checksum (exit 0 if intact)",
                                        parents=[verbose])
-    verify.add_argument("store", help=STORE_HELP)
+    verify.add_argument("store", type=path_argument, help=STORE_HELP)
     verify.add_argument("--repair", action="store_true",
                         help="queue the utterances whose frames are damaged for re-extraction: the next run of "
                              "the same extraction extracts only those again")
@@ -706,15 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_cmd_store_verify)
     export = store_commands.add_parser("export", help="write an HDF5 copy",
                                        parents=[verbose])
-    export.add_argument("store", help=STORE_HELP)
-    export.add_argument("out", help="HDF5 file to write (replaced if it exists): utterances, failures and, per "
+    export.add_argument("store", type=path_argument, help=STORE_HELP)
+    export.add_argument("out", type=path_argument, help="HDF5 file to write (replaced if it exists): utterances, failures and, per "
                                     "feature, frames back to back with offsets, checksums and statistics")
     export.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     export.set_defaults(func=_cmd_store_export)
     upgrade = store_commands.add_parser("upgrade", help="convert a format-1 store into a new store of the current format",
                                         parents=[verbose])
-    upgrade.add_argument("old", help="format-1 store (only read)")
-    upgrade.add_argument("new", help="new store directory")
+    upgrade.add_argument("old", type=path_argument, help="format-1 store (only read)")
+    upgrade.add_argument("new", type=path_argument, help="new store directory")
     upgrade.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     upgrade.add_argument("--allow-incomplete", action="store_true",
                          help="upgrade an old store whose extraction never finished, keeping only what its last "
@@ -726,13 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=_cmd_store_upgrade)
 
     train = commands.add_parser("train", help="stage 2: train heads over a protocol and seeds", parents=[verbose])
-    train.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
+    train.add_argument("store", type=path_argument, help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     train.add_argument(
         "--features", required=True,
         help=f"UPSTREAM:local|contextual|all|N|A-B (UPSTREAM: {', '.join(upstreams)}), {or_list(others)} "
              "(prefix alias/ for another store)",
     )
-    train.add_argument("--fusion-store", dest="fusion_store",
+    train.add_argument("--fusion-store", dest="fusion_store", type=path_argument,
                        help="store the fusion branch reads its --fusion-features from (--head fusion)")
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
     train.add_argument("--head", choices=list(HEAD_BRANCHES),
@@ -743,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", choices=list(RECIPES),
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
     train.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
-    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--out", required=True, type=path_argument, help="run directory")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
@@ -757,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average",
                                 parents=[verbose])
-    sweep.add_argument("store", help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
+    sweep.add_argument("store", type=path_argument, help=f"feature store written by `w2v2ser extract`; {STORE_HELP}")
     sweep.add_argument("--features", required=True,
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")
@@ -768,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--recipe", choices=list(RECIPES),
                        help="training recipe: the paper's text or the authors' released code (default: paper)")
     sweep.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
-    sweep.add_argument("--out", required=True, help="output folder (a subfolder per upstream when several)")
+    sweep.add_argument("--out", required=True, type=path_argument, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
     sweep.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
@@ -780,11 +780,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights",
                                    parents=[verbose])
-    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=path_argument,
                           help="run or sweep directories of `w2v2ser train|sweep`, or folders holding them "
                                "(e.g. runs/, a pipeline's output)")
-    evaluate.add_argument("--out", required=True, help="report folder: report.md, report.json, report.csv, figures")
-    evaluate.add_argument("--baseline", metavar="RUN_DIR",
+    evaluate.add_argument("--out", required=True, type=path_argument, help="report folder: report.md, report.json, report.csv, figures")
+    evaluate.add_argument("--baseline", metavar="RUN_DIR", type=path_argument,
                           help="one of the run directories: the report adds each other one's difference in "
                                "mean UAR to it, with Welch's t-test over their seeds")
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run pipeline.yaml: extract, train, evaluate (skips finished work)",
                               parents=[verbose])
-    run.add_argument("pipeline", nargs="?", help="the pipeline file, e.g. pipeline.yaml")
+    run.add_argument("pipeline", nargs="?", type=path_argument, help="the pipeline file, e.g. pipeline.yaml")
     run.add_argument("--stage", choices=["extract", "train", "evaluate"],
                      help="run this stage only (default: all three; finished work is skipped)")
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",

@@ -792,6 +792,16 @@ def subset_condition(text: str) -> tuple[str, list[str]]:
     return key.strip(), names
 
 
+def path_argument(text: str) -> str:
+    """An argparse type: a path that is not empty. An empty one (``--out "$OUT"`` with OUT unset)
+    was the current folder: train and evaluate wrote their files into it, extract read it."""
+    import argparse
+
+    if not str(text).strip():  # (a Path in a test's argv is taken as it is)
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (an unset or empty shell variable?)")
+    return text
+
+
 def merge_subset(conditions: Iterable[tuple[str, list[str]]]) -> dict[str, list[str]]:
     """``--subset`` conditions as a subset mapping; a field given twice takes the values of both."""
     subset: dict[str, list[str]] = {}

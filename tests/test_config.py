@@ -565,6 +565,27 @@ def test_an_empty_path_argument_is_refused(argv: list[str], tmp_path: Path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["store", "info", "s.zarr", "--jsn"], "usage: w2v2ser store info ", "Did you mean '--json'?"),
+    (["train", "s.zarr", "--features", "egemaps", "--out", "r", "--sed", "3"], "usage: w2v2ser train ",
+     "Did you mean '--seeds'?"),
+    (["extract", "ravdess", "data", "--optoin", "spectrogram.hop_ms=20"], "usage: w2v2ser extract ",
+     "Did you mean '--option'?"),
+    (["--verbose", "store", "info", "s.zarr"], "usage: w2v2ser store info ",
+     "--verbose is an option of `w2v2ser store info`: put it after the command's name."),
+])
+def test_an_unknown_option_is_reported_by_its_command_with_a_did_you_mean(argv: list[str], usage: str, hint: str,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse reported `store info S --jsn` under the top-level usage (`w2v2ser: error:
+    unrecognized arguments: --jsn`), with no hint of --json."""
+    from w2v2ser._cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and usage in err and "unrecognized arguments: " in err and hint in err, err
+
+
 def test_store_inspect_is_store_info() -> None:
     from w2v2ser._cli import build_parser
 

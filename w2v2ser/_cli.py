@@ -629,6 +629,29 @@ class _Parser(argparse.ArgumentParser):
                 raise
             raise argparse.ArgumentError(action, f"{exc.message}.{hint}") from None
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, except that an unknown argument is reported by the (sub)command it was given to,
+        with its usage and a did-you-mean (argparse named none, under the top-level usage)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if not extras:
+            return parsed
+        parser: argparse.ArgumentParser = self
+        while True:  # down to the subcommand that ran: `store info`, not `w2v2ser`
+            chosen = next((action.choices.get(getattr(parsed, action.dest, None))  # type: ignore[union-attr]
+                           for action in parser._actions if isinstance(action, argparse._SubParsersAction)), None)
+            if chosen is None:
+                break
+            parser = chosen
+        from w2v2ser._common import did_you_mean
+
+        options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+        unknown = next((e.partition("=")[0] for e in extras if e.startswith("-")), None)
+        if unknown in options:  # given before the subcommand: `w2v2ser --verbose train ...`
+            hint = f" {unknown} is an option of `{parser.prog}`: put it after the command's name."
+        else:
+            hint = did_you_mean(unknown, options) if unknown else ""
+        parser.error(f"unrecognized arguments: {' '.join(extras)}" + (f".{hint}" if hint else ""))
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``w2v2ser`` command."""

@@ -1075,6 +1075,23 @@ def test_empty_features_are_refused_not_read_as_the_default_set(tmp_path, capsys
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("options, said", [
+    (["--features", "egemaps", "--model", "m", "--device", "cuda"], "--model, --device set the speech encoder, but "
+                                                                     "--features egemaps extracts only egemaps"),
+    (["--features", "spectrogram", "--batch-seconds", "8"], "--batch-seconds set the speech encoder"),
+    (["--features", "egemaps,spectrogram", "--revision", "main"], "or drop --revision."),
+])
+def test_speech_encoder_options_without_a_speech_encoder_are_refused(tmp_path, capsys, options, said):
+    """`extract --features egemaps --model M --device cuda` extracted eGeMAPS and dropped the model
+    options unsaid (a --device cuda on a machine without CUDA too)."""
+    from w2v2ser._cli import main
+
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,angry,s1\n")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), *options]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_ctrl_c_during_egemaps_prints_one_line_and_no_worker_traceback(tmp_path):
     """Ctrl-C (SIGINT to the whole process group) printed the CLI's "interrupted" line, then the openSMILE
     worker's BrokenPipeError traceback; the worker now leaves the interrupt to the CLI."""

@@ -60,6 +60,13 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if missing:
         raise ConfigError(f"--like {args.like} has no feature(s) {', '.join(missing)}; it has {', '.join(like)}.")
     configs: dict[str, dict[str, Any]] = {name: {} for name in names}
+    given_upstream = [f"--{key.replace('_', '-')}" for key in ("model", "revision", "device", "batch_seconds")
+                      if getattr(args, key) is not None]
+    if given_upstream and not any(name in UPSTREAM_FEATURES for name in configs):  # else dropped unsaid
+        source = f"--features {given}" if args.features is not None else f"--like {args.like} (its features)"
+        raise ConfigError(f"{', '.join(given_upstream)} set the speech encoder, but {source} extracts only "
+                          f"{', '.join(configs)}; add one to --features (e.g. --features wav2vec2,{','.join(configs)}) "
+                          f"or drop {', '.join(given_upstream)}.")
     for upstream in (name for name in UPSTREAM_FEATURES if name in configs):  # --model etc. apply to them
         for key in ("model", "revision", "device", "batch_seconds"):
             value = getattr(args, key)

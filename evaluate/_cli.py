@@ -25,11 +25,13 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of audio: a labelled CSV manifest (path,label,speaker, as `w2v2ser extract "
                              "csv` reads), e.g. of another corpus; its files are predicted with their speakers as "
                              "speaker groups and scored against their labels (UAR, confusion)")
-    parser.add_argument("--from-store", dest="from_store", metavar="STORE", type=path_argument,
+    parser.add_argument("--from-store", dest="from_store", metavar="[ALIAS=]STORE", type=path_argument,
+                        action="append",
                         help="instead of audio: every done utterance of a store that holds the run's features "
                              "with its settings (`w2v2ser extract ... --like RUN_DIR`), e.g. another corpus; "
                              "predicted and scored against its labels without extracting again, each speaker "
-                             "a speaker group")
+                             "a speaker group (a run of several stores: one ALIAS=STORE each, e.g. main=... "
+                             "and fusion=...)")
     parser.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
                         help="with --from-store: only the utterances whose FIELD is one of the VALUEs "
                              "(repeatable), as `w2v2ser train --subset`")
@@ -102,7 +104,12 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                    work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     score = None
     if from_store:
-        predictions, score = predict_store(Path(args.run_dir), from_store, run=options["run"],
+        given = _parse_stores(from_store) or {}
+        if len(given) < len(from_store):  # the same alias (or none) twice: one would be dropped
+            raise PredictError(f"--from-store is given {len(from_store)} times for {len(given)} store(s): "
+                               f"{', '.join(from_store)}. Give one STORE, or one ALIAS=STORE per store of the run.")
+        test = given[None] if list(given) == [None] else {str(alias): path for alias, path in given.items()}
+        predictions, score = predict_store(Path(args.run_dir), test, run=options["run"],
                                            subset=merge_subset(args.subset) if args.subset else None)
     elif manifest:
         predictions, score = predict_manifest(Path(args.run_dir), Path(manifest), **options)

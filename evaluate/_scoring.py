@@ -174,7 +174,8 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
     given = dict(store) if isinstance(store, Mapping) else {aliases[0]: store} if len(aliases) == 1 else None
     if given is None or set(given) != set(aliases):
         raise PredictError(f"run dir {plan.run_dir} reads {len(aliases)} store(s) ({', '.join(aliases)}); give the "
-                           f"test store of each: {{{', '.join(f'{a!r}: PATH' for a in aliases)}}}.")
+                           f"test store of each: {' '.join(f'--from-store {a}=PATH' for a in aliases)} (in "
+                           f"Python, {{{', '.join(f'{a!r}: PATH' for a in aliases)}}}).")
     out = {}
     for branch in plan.branches:
         path = str(given[branch.alias])

@@ -1013,6 +1013,36 @@ def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[P
     assert preds[0].ok and not preds[2].ok  # bad.wav fails in the fake extraction
 
 
+def test_predict_from_store_takes_a_store_per_alias_for_a_fusion_run(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`predict RUN --from-store STORE` of a fusion run (two stores) said to give
+    {'fusion': PATH, 'main': PATH}, which only Python can: --from-store took one STORE."""
+    import argparse
+
+    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    main = build_store(tmp_path / "main.zarr", layers=3, dim=4, features=("wav2vec2",))
+    fusion = build_store(tmp_path / "fusion.zarr", features=("egemaps",))
+    config = ExperimentConfig(stores={"main": str(main), "fusion": str(fusion)}, features="wav2vec2:all",
+                              head="fusion", protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    parser = argparse.ArgumentParser()
+    add_predict_arguments(parser)
+    run = str(tmp_path / "run")
+    with pytest.raises(PredictError, match=r"give the test store of each: --from-store fusion=PATH --from-store "
+                                           r"main=PATH"):
+        predict_from_cli(parser.parse_args([run, "--from-store", str(main)]))
+    with pytest.raises(PredictError, match=r"--from-store is given 2 times for 1 store"):
+        predict_from_cli(parser.parse_args([run, "--from-store", str(main), "--from-store", str(fusion)]))
+    capsys.readouterr()
+    assert predict_from_cli(parser.parse_args([run, "--from-store", f"main={main}", "--from-store",
+                                               f"fusion={fusion}", "--json"])) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["score"]["uar"] is not None and len(out["predictions"]) == len(open_store(main).list_utterances())
+
+
 def test_a_run_dir_alone_predicts_without_its_training_store(trained: Path, audio_files: list[Path],
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """experiment.json records each feature's settings and the rates of its audio, and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 from pathlib import Path
@@ -584,6 +585,20 @@ def test_an_unknown_option_is_reported_by_its_command_with_a_did_you_mean(argv: 
         build_parser().parse_args(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and usage in err and "unrecognized arguments: " in err and hint in err, err
+
+
+def test_extract_help_names_the_default_of_each_setting() -> None:
+    """`w2v2ser extract --help` gave no default for --model, --device, --batch-seconds, --workers
+    and --cpu-workers: a newcomer could not tell what an extraction without them uses."""
+    from w2v2ser._cli import build_parser
+
+    parser = build_parser()
+    extract = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["extract"]
+    helps = {o: a.help for a in extract._actions for o in a.option_strings}
+    for option in ("--store", "--features", "--model", "--device", "--batch-seconds", "--shard-size", "--workers",
+                   "--decode-workers", "--cpu-workers"):
+        assert "default" in helps[option], (option, helps[option])
+    assert "32" in helps["--batch-seconds"] and "facebook/wav2vec2-base" in helps["--model"]
 
 
 def test_store_inspect_is_store_info() -> None:

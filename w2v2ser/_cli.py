@@ -692,10 +692,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma separated, from {','.join(EXTRACTORS)} (default: {','.join(FEATURES)}); "
         "the speech encoder's name is its family (config.json model_type), e.g. --features hubert",
     )
-    extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2)")
+    extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2) "
+                                         "(default: the family's base model, e.g. facebook/wav2vec2-base)")
     extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    extract.add_argument("--device", choices=["auto", "cpu", "cuda"], help="speech encoder device")
-    extract.add_argument("--batch-seconds", dest="batch_seconds", type=_seconds, help="audio seconds per model batch")
+    extract.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                         help="speech encoder device (default: auto, CUDA when present, else the CPU; one GPU of "
+                              "several: --option wav2vec2.device=cuda:N)")
+    extract.add_argument("--batch-seconds", dest="batch_seconds", type=_seconds,
+                         help="padded audio seconds per model batch (default: 32)")
     extract.add_argument(
         "--option", action="append", default=[], metavar="FEATURE.KEY=VALUE",
         help="any extractor option, e.g. spectrogram.hop_ms=20 (repeatable)",
@@ -705,13 +709,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "`w2v2ser train` (its experiment.json)")
     extract.add_argument("--shard-size", dest="shard_size", type=_count(1), default=SHARD_SIZE,
                          help=f"utterances per unit of work (default {SHARD_SIZE})")
-    extract.add_argument("--workers", type=_count(0), default=0,
+    extract.add_argument("--workers", type=_count(0), default=0, metavar="N",
                          help="run shards on a local Dask cluster of N CPU workers (and, as `w2v2ser run`, "
-                              "one GPU worker per GPU)")
-    extract.add_argument("--decode-workers", dest="decode_workers", type=_count(0),
+                              "one GPU worker per GPU) (default: 0, no cluster)")
+    extract.add_argument("--decode-workers", dest="decode_workers", type=_count(0), metavar="N",
                          help="processes decoding audio ahead of the model (default: a few on CUDA, none on CPU)")
-    extract.add_argument("--cpu-workers", dest="cpu_workers", type=_count(1), default=1,
-                         help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model")
+    extract.add_argument("--cpu-workers", dest="cpu_workers", type=_count(1), default=1, metavar="N",
+                         help="parallel instances of each CPU feature (eGeMAPS, spectrogram) beside the model "
+                              "(default: 1)")
     extract.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     extract.set_defaults(func=_cmd_extract)
 

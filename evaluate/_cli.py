@@ -72,15 +72,18 @@ def _segment(text: str) -> float | str:
     return value
 
 
-def _parse_stores(values: list[str] | None) -> dict[str | None, str] | None:
-    """``--store [ALIAS=]PATH`` values; a URL's own ``=`` (s3://b/p?x=y) is left alone."""
+def _parse_stores(values: list[str] | None, option: str = "--store") -> dict[str | None, str] | None:
+    """``--store [ALIAS=]PATH`` values; a URL's own ``=`` (s3://b/p?x=y) is left alone. The same
+    alias (or none) twice is refused: one of the two was dropped unsaid."""
     out: dict[str | None, str] = {}
     for value in values or []:
         alias, sep, path = value.partition("=")
-        if sep and alias.isidentifier():
-            out[alias] = path
-        else:
-            out[None] = value
+        key = alias if sep and alias.isidentifier() else None
+        if key in out:
+            raise PredictError(f"{option} is given twice for {'store ' + repr(key) if key else 'the store'}: "
+                               f"{', '.join(values or [])}. Give one {option} STORE, or one {option} ALIAS=STORE "
+                               f"per store of the run (e.g. main=... and fusion=...).")
+        out[key] = path if key else value
     return out or None
 
 
@@ -104,10 +107,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
                    work_dir=Path(args.work_dir) if getattr(args, "work_dir", None) else None)
     score = None
     if from_store:
-        given = _parse_stores(from_store) or {}
-        if len(given) < len(from_store):  # the same alias (or none) twice: one would be dropped
-            raise PredictError(f"--from-store is given {len(from_store)} times for {len(given)} store(s): "
-                               f"{', '.join(from_store)}. Give one STORE, or one ALIAS=STORE per store of the run.")
+        given = _parse_stores(from_store, "--from-store") or {}
         test = given[None] if list(given) == [None] else {str(alias): path for alias, path in given.items()}
         predictions, score = predict_store(Path(args.run_dir), test, run=options["run"],
                                            subset=merge_subset(args.subset) if args.subset else None)

@@ -1034,8 +1034,10 @@ def test_predict_from_store_takes_a_store_per_alias_for_a_fusion_run(tmp_path: P
     with pytest.raises(PredictError, match=r"give the test store of each: --from-store fusion=PATH --from-store "
                                            r"main=PATH"):
         predict_from_cli(parser.parse_args([run, "--from-store", str(main)]))
-    with pytest.raises(PredictError, match=r"--from-store is given 2 times for 1 store"):
+    with pytest.raises(PredictError, match=r"--from-store is given twice for the store: "):
         predict_from_cli(parser.parse_args([run, "--from-store", str(main), "--from-store", str(fusion)]))
+    with pytest.raises(PredictError, match=r"--store is given twice for store 'main': "):  # the last one won
+        predict_from_cli(parser.parse_args([run, "a.wav", "--store", f"main={main}", "--store", f"main={fusion}"]))
     capsys.readouterr()
     assert predict_from_cli(parser.parse_args([run, "--from-store", f"main={main}", "--from-store",
                                                f"fusion={fusion}", "--json"])) == 0

@@ -474,6 +474,32 @@ def test_subset_and_speaker_folds_on_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_output_folder_inside_a_store_is_refused(tmp_path, capsys):
+    """`train S --out S` wrote experiment.json, results.json and runs/ among the store's arrays (exit 0),
+    as `evaluate --out S` its report and `extract --store S/new.zarr` a store inside the store;
+    `store export` already refused a path inside the store."""
+    from w2v2ser._cli import main
+
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4,
+                        features=("wav2vec2",))
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    common = ["--seeds", "1", "--set", "max_epochs=1", "--no-progress"]
+    for argv, said in [
+        (["train", str(store), "--features", "wav2vec2:1", "--out", str(store), *common], "is the feature store"),
+        (["train", str(store), "--features", "wav2vec2:1", "--out", str(store / "runs" / "a"), *common],
+         f"is inside the feature store {store.resolve()}"),
+        (["sweep", str(store), "--features", "wav2vec2", "--out", str(store / "sweep"), *common],
+         "is inside the feature store"),
+        (["evaluate", str(tmp_path), "--out", str(store / "report")], "is inside the feature store"),
+        (["extract", "csv", str(tmp_path / "m.csv"), "--store", str(store / "new.zarr"), "--features", "egemaps"],
+         "is inside the feature store"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "Choose a path outside" in err, err
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_seeds_below_one_are_refused_by_the_parser(tmp_path, capsys, command):
     from w2v2ser._cli import main

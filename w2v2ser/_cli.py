@@ -96,6 +96,7 @@ _NO_PROGRESS_HELP = "no progress bars or per-run lines; the final summary still 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
 
+    _refuse_inside_store(args.store or f"stores/{args.corpus}.zarr", "--store", itself=False)
     manifest = read_corpus(args.corpus, args.path)
     for path, reason in manifest.problems[:SHOWN_LINES]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -442,11 +443,32 @@ def _default_protocol(values: dict[str, Any], store: str) -> None:
         values["protocol"] = protocol_of_store(store, subset=subset.get("corpus") if isinstance(subset, dict) else None)
 
 
+def _refuse_inside_store(path: str, option: str, *, itself: bool = True) -> None:
+    """Refuse an output ``path`` inside a w2v2ser store (or the store itself, when ``itself``): `train
+    S --out S` wrote its run files among the store's arrays, and `extract --store S/new.zarr` a store
+    inside another, files the store's own tools do not expect (`store export` refuses the same)."""
+    from w2v2ser._common import ConfigError
+
+    if "://" in path:  # a store URL (file:// ones included: rare, and checked by their command)
+        return
+    given = Path(path).expanduser().resolve()
+    for folder in [given, *given.parents][0 if itself else 1:]:
+        try:
+            attributes = json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
+        except (OSError, ValueError, AttributeError):  # no store here (or no readable one): look further up
+            continue
+        if isinstance(attributes, dict) and "w2v2ser" in attributes:
+            where = "is the feature store" if folder == given else f"is inside the feature store {folder}"
+            raise ConfigError(f"{option} {path} {where}, which w2v2ser reads and writes only through its own "
+                              f"layout; files put there are not part of it. Choose a path outside {folder}.")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from w2v2ser._common import ConfigError
     from w2v2ser.train import ExperimentConfig, format_uar, train_experiment
     from w2v2ser.train._head_names import fusion_heads, reads_fusion
 
+    _refuse_inside_store(args.out, "--out")
     stores = {"main": args.store, **({"fusion": args.fusion_store} if args.fusion_store else {})}
     values = _given_options(args, "features", "fusion_features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
@@ -494,6 +516,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from w2v2ser._common import ConfigError
     from w2v2ser.train import ALL_LAYERS_DIR, ExperimentConfig, describe_sweep, plan_runs, sweep_configs, sweep_experiment
 
+    _refuse_inside_store(args.out, "--out")
     values = _given_options(args, "features", "head", "norm", "protocol", "recipe", "seeds")
     _apply_settings(values, args.set)
     values["stores"] = {"main": args.store}
@@ -529,6 +552,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser.evaluate import EvaluateError, write_report
     from w2v2ser.evaluate._sweep import find_run_dirs
 
+    _refuse_inside_store(args.out, "--out")
     for given in map(Path, args.run_dirs):  # a mistyped path is bad input, not an incomplete run
         if not given.is_dir():
             if given.exists():

@@ -238,6 +238,22 @@ def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:
     assert describe_error(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
 
 
+@pytest.mark.parametrize("argv", [["store", "info", "s.zarr"], ["store", "verify", "s.zarr"]])
+def test_an_interrupted_read_of_a_store_does_not_speak_of_resuming(argv, monkeypatch, capsys) -> None:
+    """Ctrl-C during `store info` or `store verify` said "finished work is kept, rerun the same command
+    to resume", as for an extraction: these commands only read the store."""
+    import w2v2ser.store
+    from w2v2ser._cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(w2v2ser.store, "open_store", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "w2v2ser: interrupted; the store is unchanged (this command only reads it)" in err and "resume" not in err
+
+
 def test_a_worker_whose_scheduler_has_gone_logs_no_traceback() -> None:
     """Ctrl-C while `run`'s extraction child closed its local cluster: a worker logged "Failed to
     communicate with scheduler during heartbeat" with a CommClosedError traceback (CI, 71fb9a2)."""

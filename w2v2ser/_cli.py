@@ -1071,6 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Commands that keep nothing of a stopped run (they write one file or folder at the end).
         kept = _STARTS_OVER.get(getattr(args, "func", None), "finished work is kept, rerun the same command to resume")
+        if getattr(args, "func", None) in (_cmd_store_info, _cmd_store_verify) and not getattr(args, "repair", False):
+            kept = "the store is unchanged (this command only reads it); rerun the same command"  # nothing to resume
         if isinstance(stop, Terminated):  # in a job's log, the only word on why the run ended
             import signal
 

@@ -1092,6 +1092,24 @@ def test_speech_encoder_options_without_a_speech_encoder_are_refused(tmp_path, c
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("options, said", [
+    (["--features", "wav2vec2", "--model", "a", "--option", "wav2vec2.model=b"],
+     "wav2vec2.model is given twice, with --model and with --option 'wav2vec2.model=b'; give it once."),
+    (["--features", "spectrogram", "--option", "spectrogram.hop_ms=20", "--option", "spectrogram.hop_ms=10"],
+     "spectrogram.hop_ms is given twice, with --option 'spectrogram.hop_ms=20' and with --option "
+     "'spectrogram.hop_ms=10'"),
+])
+def test_an_extractor_setting_given_twice_is_refused(tmp_path, capsys, options, said):
+    """`--model a --option wav2vec2.model=b` extracted with b, and `--option k=20 --option k=10` with 10:
+    the last one won unsaid."""
+    from w2v2ser._cli import main
+
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,angry,s1\n")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), *options]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_ctrl_c_during_egemaps_prints_one_line_and_no_worker_traceback(tmp_path):
     """Ctrl-C (SIGINT to the whole process group) printed the CLI's "interrupted" line, then the openSMILE
     worker's BrokenPipeError traceback; the worker now leaves the interrupt to the CLI."""

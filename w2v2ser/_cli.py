@@ -72,6 +72,8 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             value = getattr(args, key)
             if value is not None:
                 configs[upstream][key] = value
+    given_by: dict[tuple[str, str], str] = {(name, key): f"--{key.replace('_', '-')}" for name, config in configs.items()
+                                            for key in config}
     for text in args.option:
         feature, key, value = _parse_option(text)
         if feature not in configs:
@@ -79,7 +81,11 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 f"--option {text!r} names feature {feature!r}, which is not extracted here "
                 f"(features: {', '.join(configs)}); add it to --features."
             )
+        if (feature, key) in given_by and configs[feature][key] != value:  # else the last one won unsaid
+            raise ConfigError(f"{feature}.{key} is given twice, with {given_by[feature, key]} and with --option "
+                              f"{text!r}; give it once.")
         configs[feature][key] = value
+        given_by[feature, key] = f"--option {text!r}"
     if like is not None:
         from w2v2ser.extract import configs_like
 

@@ -380,8 +380,8 @@ def test_ctrl_c_during_store_reads_prints_one_line(when: str) -> None:
     done = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_READING.replace("{when}", when)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == ("w2v2ser: interrupted; finished work is kept, rerun the same command to "
-                                   "resume"), done.stderr
+    assert done.stderr.strip() == ("w2v2ser: interrupted; the store is unchanged (this command only reads it); "
+                                   "rerun the same command"), done.stderr  # (`store info` runs it)
 
 
 

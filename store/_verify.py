@@ -10,7 +10,7 @@ from w2v2ser._common import progress_bar
 
 from ._errors import StoreError
 from ._finalize import compose_speakers
-from ._journal import iter_journals
+from ._journal import JOURNAL_DIR, iter_journals, resolve_events
 from ._location import as_unreachable
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
                       overlapping_regions, to_str_list)
@@ -167,14 +167,41 @@ def _stop_if_unreachable(store: "FeatureStore", error: BaseException) -> None:
 
 def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:
     """Every journal line (object) must be whole and pass its CRC: the next extraction's finalize
-    rebuilds the index from them, so damage there would stop it (or, before, lose commits)."""
+    rebuilds the index from them, so damage there would stop it (or, before, lose commits). In a
+    complete store, every region of the index must also be the latest commit of its journals: a
+    deleted, cut or stale ``_journal`` reads fine, but the next extraction redoes what it lacks."""
     try:
-        for _ in iter_journals(store.location):
-            pass
+        if not store.complete:  # the journals hold commits newer than the index: nothing to compare
+            for _ in iter_journals(store.location):
+                pass
+            return []
+        state = resolve_events(store.location, ids=store._ids)
     except StoreError as error:
         _stop_if_unreachable(store, error)
         return [("*", "", str(error))]
-    return []
+    problems = []
+    n = len(store._ids)
+    for name in store.features:
+        try:
+            rows = store._per_row(name)
+        except StoreError as error:
+            _stop_if_unreachable(store, error)
+            continue  # reported above
+        pair = state.pair(name)
+        same = state.committed_rows(name, n)
+        for key in ("offset", "length", "slot"):
+            same &= pair.column(key, n) == rows[key]
+        lost = np.flatnonzero((rows["length"] >= 0) & ~same)
+        if len(lost):
+            some = ", ".join(repr(store._ids[i]) for i in lost[:3]) + (" ..." if len(lost) > 3 else "")
+            problems.append(("*", name, (
+                f"the journals in {store.location.display}/{JOURNAL_DIR} lack the commit record of {len(lost)} "
+                f"utterance(s) whose frames the index holds ({some}): the {JOURNAL_DIR} folder was deleted, cut or "
+                f"replaced, or not copied with the store (Zarr copy tools copy only the arrays). Reads are "
+                f"unaffected, but the next extraction into this store extracts them again. Copy {JOURNAL_DIR}/ back "
+                f"from the store this one was copied from (or a backup); otherwise leave the store as it is (reads "
+                f"and training work) or let the next extraction redo them.")))
+    return problems
 
 
 def _check_parquet(store: "FeatureStore", table: str, columns: list[str]) -> list[tuple[str, str, str]]:

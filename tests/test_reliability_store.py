@@ -885,3 +885,21 @@ def test_compose_statistics_takes_an_iterator_of_utterances(store):
     ids = [u.id for u in s.list_utterances()[:3]]
     assert s.compose_statistics("spectrogram", utterances=iter(ids)) == s.compose_statistics("spectrogram",
                                                                                             utterances=ids)
+
+
+@pytest.mark.parametrize("damage", ["delete", "cut"])
+def test_verify_names_journals_that_no_longer_hold_the_commits_of_the_index(store, pristine, damage):
+    """The journals are what the next extraction rebuilds the index from: a store copied without its
+    _journal folder (a Zarr copy tool copies only arrays) or with a truncated journal reads fine,
+    but its next extraction silently extracts those utterances again, so verify must not call it
+    intact."""
+    journals = sorted((store / "_journal").glob("*.jsonl"))
+    if damage == "delete":
+        shutil.rmtree(store / "_journal")
+    else:  # cut at a line boundary: the last commit records are gone, no torn line is left
+        lines = journals[-1].read_bytes().splitlines(keepends=True)
+        journals[-1].write_bytes(b"".join(lines[:len(lines) // 2]))
+    report = open_store(store).verify()
+    assert not report.ok and "_journal" in str(report) and "extracts them again" in str(report), report
+    done = _verify_cli(store)
+    assert done.returncode == 1 and "_journal" in done.stdout + done.stderr

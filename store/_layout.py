@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import threading
@@ -396,6 +397,14 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
     try:
         group = open_root(location, mode="r")
     except Exception as exc:  # zarr raises several types for a non-group zarr.json
+        if _cut_store_root(location):
+            raise StoreError(
+                f"store {path} is damaged: its root metadata file {path}/zarr.json is cut or not JSON "
+                f"({type(exc).__name__}: {exc}; a full disk or quota while it was rewritten, or a copy that "
+                f"stopped part-way). It holds the store's format, extractor configs and completeness, so the "
+                f"store cannot be read. Copy zarr.json back from a backup or from the store this one was "
+                f"copied from; otherwise extract into a new store."
+            ) from None
         raise StoreError(
             f"{path} is not a w2v2ser store: cannot open its zarr.json as a Zarr v3 group "
             f"({type(exc).__name__}: {exc}). Check the path."
@@ -407,6 +416,22 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
             f"a format_version is missing. Point to a store written by `w2v2ser extract`."
         )
     return group, meta
+
+
+def _cut_store_root(location: StoreLocation) -> bool:
+    """Whether the root zarr.json is not JSON while the store's folders are there: damage to a
+    w2v2ser store, not a path that names something else."""
+    try:
+        raw = (location.path / "zarr.json").read_bytes() if location.is_local else location.read_bytes("zarr.json")
+        json.loads(raw or b"")
+        return False
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        pass
+    except Exception:  # unreadable: say what the caller says
+        return False
+    with contextlib.suppress(Exception):
+        return any(location.exists(f"{key}/zarr.json") for key in ("utterances", "features"))
+    return False
 
 
 def _exists(location: StoreLocation, key: str) -> bool:

@@ -903,3 +903,18 @@ def test_verify_names_journals_that_no_longer_hold_the_commits_of_the_index(stor
     assert not report.ok and "_journal" in str(report) and "extracts them again" in str(report), report
     done = _verify_cli(store)
     assert done.returncode == 1 and "_journal" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty"])
+def test_a_damaged_root_zarr_json_is_named_as_damage_not_as_a_wrong_path(store, damage):
+    """A cut root zarr.json (a full disk while it was rewritten, a partial copy) was reported as
+    "not a w2v2ser store ... Check the path", which sends the user looking for another store."""
+    meta = store / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:100] if damage == "cut" else b"")
+    with pytest.raises(StoreError) as raised:
+        open_store(store)
+    message = str(raised.value)
+    assert "damaged" in message and "zarr.json" in message and "Check the path" not in message, message
+    assert "backup" in message, message
+    done = _verify_cli(store)
+    assert done.returncode != 0 and "damaged" in done.stderr and "Traceback" not in done.stderr

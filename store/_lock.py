@@ -79,6 +79,12 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
                 f"and journals were made without group write (by an earlier w2v2ser, or "
                 f"under a umask such as 022). Ask the store's owner to run `chmod -R g+w {store}`, then rerun."
             ) from None
+        if made_folder:  # no store there yet: nothing to copy, no owner to ask
+            raise StoreError(
+                f"cannot write to store {store}: {why} ({exc.filename}); the store does not exist yet and its "
+                f"folder cannot be made there. Choose a store path (`--store`, or NEW of `store upgrade`) on a "
+                f"writable disk, then rerun."
+            ) from None
         # A store shared read-only (another user's, a read-only mount) is fine to train on,
         # but extraction writes into it: say so instead of an OSError traceback.
         raise StoreError(

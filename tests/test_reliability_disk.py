@@ -369,3 +369,25 @@ def test_a_file_where_a_folder_is_expected_is_one_error_line(tmp_path, capsys):
         assert f"w2v2ser: error: {named}: it, or a folder above it, is a file; expected a folder" in err, err
         assert "Traceback" not in err
     assert blocker.read_text() == "a file"
+
+
+def test_a_new_store_in_a_read_only_folder_says_choose_another_path_not_copy_it(tmp_path, read_only, capsys):
+    """`extract --store` or `store upgrade OLD NEW` naming a store that does not exist yet, in a folder
+    that cannot be written: the error advised `cp -r NEW NEW` ("copy the store somewhere writable")
+    and asking the owner of a store that is not there."""
+    from w2v2ser._cli import main
+
+    old = Path(__file__).parent / "data" / "format1.zarr"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,speaker\n{write_audio(tmp_path / 'a.wav', duration=0.5)},angry,A\n")
+    (tmp_path / "shared").mkdir()
+    shared = read_only(tmp_path / "shared")
+    capsys.readouterr()
+    for args in (["store", "upgrade", str(old), str(shared / "new.zarr")],
+                 ["extract", "csv", str(manifest), "--features", "egemaps", "--no-progress",
+                  "--store", str(shared / "new.zarr")]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"cannot write to store {shared / 'new.zarr'}" in err, err
+        assert "cp -r" not in err and "store's owner" not in err and "writable" in err, err
+        assert "Traceback" not in err and not (shared / "new.zarr").exists()

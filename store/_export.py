@@ -57,7 +57,7 @@ def _check_room(store: FeatureStore, out: Path) -> None:
             "(the disk", f"(the export needs at least {need / 1e6:.1f} MB, over `ulimit -f` of "
                          f"{limit / 1e6:.1f} MB; the disk", 1))
     try:
-        stat = os.statvfs(out.parent if str(out.parent) else ".")
+        stat = os.statvfs(out.resolve().parent)  # (a link's target's disk)
     except OSError:
         return
     free = stat.f_bavail * stat.f_frsize

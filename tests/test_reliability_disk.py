@@ -391,3 +391,24 @@ def test_a_new_store_in_a_read_only_folder_says_choose_another_path_not_copy_it(
         assert f"cannot write to store {shared / 'new.zarr'}" in err, err
         assert "cp -r" not in err and "store's owner" not in err and "writable" in err, err
         assert "Traceback" not in err and not (shared / "new.zarr").exists()
+
+
+def test_export_to_a_symlink_writes_the_file_it_points_to(tmp_path):
+    """`ln -s /big/disk/ravdess.h5 exports/ravdess.h5` then `store export STORE exports/ravdess.h5`:
+    the export replaced the link with a new file beside it (on the small disk), and the file on the
+    big disk, which other users' links name, kept the old export."""
+    h5py = pytest.importorskip("h5py")
+    from w2v2ser.store import export_hdf5
+
+    _, rows, store = _extracted_csv_store(tmp_path)
+    (tmp_path / "big").mkdir()
+    target = tmp_path / "big" / "s.h5"
+    target.write_bytes(b"an old export")
+    (tmp_path / "exports").mkdir()
+    link = tmp_path / "exports" / "s.h5"
+    link.symlink_to(target)
+    export_hdf5(store, link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    with h5py.File(target, "r") as h5:
+        assert len(h5["utterances/id"]) == len(rows)
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["s.h5"]

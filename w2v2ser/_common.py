@@ -613,6 +613,8 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         durable: fsync the file and its folder (off only for throwaway files).
     """
     path = Path(path)
+    if path.is_symlink():  # write the file it points to, as `>` and h5py do, not a new file in the link's place
+        path = Path(os.path.realpath(path))
     if path.is_dir():  # before any work: os.replace would refuse it only at the end
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     if path.exists() and not path.is_file():

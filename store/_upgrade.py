@@ -10,7 +10,7 @@ import shutil
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
@@ -213,6 +213,20 @@ def _upgrade_of(new: Path, old: Path, old_meta: dict[str, Any]) -> str | None:
     return "; ".join(changed) if changed else "same"
 
 
+@contextlib.contextmanager
+def _nothing_left_on_a_full_disk(new: Path, old: Path, final: Path) -> Iterator[None]:
+    """A full disk or file-size limit anywhere in the upgrade (creating, writing or finalizing ``new``)
+    removes ``new``, which holds the space it took, and says what to do (not the writer's message,
+    which speaks of extraction resuming)."""
+    try:
+        yield
+    except StoreFullError as error:
+        shutil.rmtree(new, ignore_errors=True)
+        raise StoreFullError(f"{str(error).split(': free disk space', 1)[0]}: free disk space or raise the "
+                             f"limit (or write NEW to a larger disk), then rerun the same command; the old "
+                             f"store {old} is unchanged and nothing of {final} was written.") from error
+
+
 def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[str], *,
                   progress: bool = False, allow_incomplete: bool = False, skip_damaged: bool = False) -> Path:
     """Convert a format-1 store into a new store of the current format; the old store is only read.
@@ -296,7 +310,7 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
     row_of = {uid: i for i, uid in enumerate(strs["id"])}
     row_failures = {row_of[u]: r for u, f, r in zip(fail_cols["id"], fail_cols["feature"], fail_cols["reason"])
                     if not f and u in row_of}
-    with lock_store(final):
+    with lock_store(final), _nothing_left_on_a_full_disk(new, old, final):
         if new.exists():
             shutil.rmtree(new)
         writer = StoreWriter(new, chunk_frames={s.name: int(group[f"features/{s.name}/data"].chunks[0]) for s in specs})
@@ -354,14 +368,10 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
                                             duration=float(cols["duration"][row]))
                         if bar is not None:
                             bar.update(1)
-        except (_FramesLost, StoreFullError) as error:
+        except (_FramesLost, StoreFullError):
             with contextlib.suppress(Exception):  # (a full disk may fail the close too)
                 writer.close()
             shutil.rmtree(new, ignore_errors=True)  # nothing half-written stays: on a full disk it is what filled it
-            if isinstance(error, StoreFullError):  # the writer's message speaks of extraction resuming
-                raise StoreFullError(f"{str(error).split(': free disk space', 1)[0]}: free disk space or raise the "
-                                     f"limit (or write NEW to a larger disk), then rerun the same command; the old "
-                                     f"store {old} is unchanged and nothing of {final} was written.") from error
             raise
         if bar is not None:
             bar.close()

@@ -412,3 +412,22 @@ def test_export_to_a_symlink_writes_the_file_it_points_to(tmp_path):
     with h5py.File(target, "r") as h5:
         assert len(h5["utterances/id"]) == len(rows)
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["s.h5"]
+
+
+@pytest.mark.parametrize("room_kb", [8, 500])  # full when creating, when finalizing
+def test_an_upgrade_that_fills_the_disk_leaves_nothing_and_says_what_to_do(tmp_path, small_disk, room_kb):
+    """`store upgrade OLD NEW` onto a nearly full disk: a full disk while the new store was created
+    (or finalized) left the hidden ``.NEW.upgrading`` folder, which kept the space it had taken, and
+    said "utterances committed so far are kept and extraction resumes", which is not an upgrade's case."""
+    from w2v2ser.store import upgrade_store
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(Path(__file__).parent / "data" / "format1.zarr", old)
+    stat = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - room_kb * 1024))
+    with pytest.raises(StoreFullError) as raised:
+        upgrade_store(old, small_disk / "new.zarr")
+    message = str(raised.value)
+    assert f"the old store {old} is unchanged" in message and "extraction resumes" not in message, message
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert open_store(upgrade_store(old, tmp_path / "new.zarr")).verify().ok  # the old store is as it was

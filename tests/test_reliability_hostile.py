@@ -294,3 +294,9 @@ def test_the_native_log_filter_drains_its_pipe_when_the_real_stderr_fails() -> N
     writer.join(timeout=30)
     assert not writer.is_alive()
     os.close(sink_write)
+
+
+def test_export_over_a_tiny_file_size_limit_names_the_limit_in_readable_units(store: Path, tmp_path: Path) -> None:
+    """Under `ulimit -f 20` the refusal said "over `ulimit -f` of 0.0 MB", which reads as no limit at all."""
+    done = _shell(f"ulimit -f 20; exec {W2V2SER} store export '{store}' '{tmp_path / 'x.h5'}'")
+    assert done.returncode == 1 and "`ulimit -f` of 20.5 kB" in done.stderr, done.stderr

@@ -16,6 +16,7 @@ import heapq
 import json
 import os
 import re
+import shlex
 import threading
 import time
 import zlib
@@ -214,9 +215,12 @@ def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, di
                 raise ValueError("not an event object")
             rec.pop("crc", None)
         except ValueError as exc:
+            delete = "Delete that line"
+            if os.path.isfile(where):  # a local file: the command that does it
+                delete += f", with no extraction running: `sed -i '{line_no + 1}d' {shlex.quote(where)}`"
             raise StoreError(
                 f"journal {where} line {line_no + 1} is malformed ({exc}); the store's commit "
-                f"record is damaged. Delete that line (the utterance is then extracted again "
+                f"record is damaged. {delete} (the utterance is then extracted again "
                 f"on the next run) or extract into a new store."
             ) from None
         yield int(rec.get("t", 0)), file_no, seq, rec

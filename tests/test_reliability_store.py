@@ -918,3 +918,32 @@ def test_a_damaged_root_zarr_json_is_named_as_damage_not_as_a_wrong_path(store, 
     assert "backup" in message, message
     done = _verify_cli(store)
     assert done.returncode != 0 and "damaged" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_damaged_journal_line_is_named_with_the_command_that_removes_it(pristine, tmp_path):
+    """A journal line that fails its CRC stops every extraction and verify; the message said "Delete
+    that line", leaving the user to find an editor for a JSON-lines file on a cluster (and to quote
+    a store path with spaces). It now gives the command; after it, the rerun extracts that utterance
+    again and the store is intact."""
+    import re
+
+    store = tmp_path / "shared stores" / "s.zarr"
+    shutil.copytree(pristine[0], store)
+    journal = sorted((store / "_journal").glob("*.jsonl"))[0]
+    lines = journal.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b'"length":', b'"length":1', 1)
+    journal.write_bytes(b"".join(lines))
+    done = _verify_cli(store)
+    assert done.returncode == 1 and "line 4 is malformed" in done.stdout, done.stdout
+    command = re.search(r"`(sed -i [^`]+)`", done.stdout)
+    assert command, done.stdout
+    subprocess.run(command.group(1), shell=True, check=True)
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == 1, summary
+    repaired = open_store(store)
+    assert repaired.verify().ok
+    for feature in repaired.features:
+        for u in pristine[1]:
+            np.testing.assert_array_equal(repaired.read_utterance(u.id, feature),
+                                          open_store(pristine[0]).read_utterance(u.id, feature))

@@ -18,7 +18,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from w2v2ser._common import FULL_DISK_ERRNOS
 
-from ._errors import StoreError, StoreFullError
+from ._errors import StoreError, StoreFullError, StoreGoneError
 from ._finalize import finalize_store
 from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
 from ._layout import (
@@ -84,6 +84,22 @@ def _differences(stored: Any, given: Any, key: str) -> list[str]:
     return [f"{key}: store has {stored!r}, given {given!r}"]
 
 
+def _moved_away(writer: Any, method: str) -> StoreGoneError | None:
+    """The error for a local store moved, renamed or deleted while it was written (its arrays then
+    fail to open, as if damaged), None while it is there."""
+    writer = getattr(writer, "_writer", writer)  # a UnitWriter's StoreWriter
+    location = getattr(writer, "location", None)
+    if method == "_create" or location is None or not location.is_local or (location.path / "zarr.json").exists():
+        return None
+    left = (f" A folder {location.path} left there (or made by writes still in flight) holds only frames written "
+            f"after the move: delete it.")
+    return StoreGoneError(
+        f"store {location.path} is no longer there: it was moved, renamed or deleted while this extraction wrote "
+        f"it, so nothing in it is known to be damaged: what was committed before is kept in the store at its new "
+        f"path, and the work unit in flight was not committed. Rerun the same command with the store's new path "
+        f"(--store, or pipeline.yaml's) to extract the rest.{left}")
+
+
 def _no_space_is_clear(method: Any) -> Any:
     """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreFullError.
 
@@ -95,7 +111,12 @@ def _no_space_is_clear(method: Any) -> Any:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:
+            gone = _moved_away(self, method.__name__)
+            if gone is not None:
+                raise gone from exc
+            if not isinstance(exc, (OSError, RuntimeError)):
+                raise
             # The zarrs pipeline reports I/O errors as RuntimeError("... (os error 28)").
             full = FULL_DISK_ERRNOS
             code = exc.errno if isinstance(exc, OSError) else next(

@@ -289,3 +289,37 @@ def test_a_store_gone_before_an_array_was_opened_and_damage_after_chdir_are_told
     with pytest.raises(StoreError, match="is damaged") as damaged:
         relative.read_utterance(ids[0], "spectrogram")
     assert not isinstance(damaged.value, StoreGoneError)
+
+
+@pytest.mark.parametrize("when", ["between units", "inside a unit"])
+def test_a_store_moved_while_extracted_is_not_called_damaged_and_resumes_at_its_new_path(tmp_path, when):
+    """Found by a disk trial: `mv STORE NEW` while `extract` wrote it stopped with "store STORE is
+    damaged ... Copy that file back from a backup ... otherwise extract into a new store" (or a raw
+    tensorstore NOT_FOUND), advice that throws the committed work away; the store at NEW was intact."""
+    from test_store import SPEC2D, W2V, build_store
+
+    from w2v2ser.store import StoreGoneError, StoreWriter
+
+    built = build_store(tmp_path / "a.zarr", lengths=[30, 40, 50, 60], finalize=False, write=False)
+    writer = StoreWriter(built.path)
+    specs = (W2V, SPEC2D)
+    first, second = writer.plan_units([[0, 1], [2, 3]], [s.name for s in specs])
+
+    def write(unit, move: bool) -> None:
+        with writer.open_unit(unit) as unit_writer:
+            if move:
+                built.path.rename(tmp_path / "b.zarr")
+            for row in unit.rows:
+                unit_writer.add(row, {s.name: built.frames[s.name][row] for s in specs}, audio_sha256=f"sha{row}",
+                                duration=1.0)
+
+    write(first, False)
+    if when == "between units":
+        built.path.rename(tmp_path / "b.zarr")
+    with pytest.raises(StoreGoneError, match="is no longer there") as gone:
+        write(second, when == "inside a unit")
+    assert "damaged" not in str(gone.value).replace("known to be damaged", "") and "new path" in str(gone.value)
+    writer.close()
+    resumed = StoreWriter(tmp_path / "b.zarr")
+    assert resumed.pending([s.name for s in specs]) == [2, 3]  # the first unit is kept
+    resumed.close()

@@ -195,9 +195,9 @@ def _check_journals(store: "FeatureStore") -> list[tuple[str, str, str]]:
         if len(lost):
             some = ", ".join(repr(store._ids[i]) for i in lost[:3]) + (" ..." if len(lost) > 3 else "")
             problems.append(("*", name, (
-                f"the journals in {store.location.display}/{JOURNAL_DIR} lack the commit record of {len(lost)} "
-                f"utterance(s) whose frames the index holds ({some}): the {JOURNAL_DIR} folder was deleted, cut or "
-                f"replaced, or not copied with the store (Zarr copy tools copy only the arrays). Reads are "
+                f"the journals in {store.location.display}/{JOURNAL_DIR} hold no commit record matching the index "
+                f"for {len(lost)} utterance(s) whose frames it holds ({some}): the {JOURNAL_DIR} folder was deleted, "
+                f"cut or replaced, or not copied with the store (Zarr copy tools copy only the arrays). Reads are "
                 f"unaffected, but the next extraction into this store extracts them again. Copy {JOURNAL_DIR}/ back "
                 f"from the store this one was copied from (or a backup); otherwise leave the store as it is (reads "
                 f"and training work) or let the next extraction redo them.")))

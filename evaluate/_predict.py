@@ -755,7 +755,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     failed: dict[int, str] = {}  # window position -> why
     if todo:
         with _work_folder(work_dir) as work:
-            windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop")
+            windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop", errors=errors)
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
                                    [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
                                    batch_size, model=model, temporary=work_dir is None,
@@ -816,9 +816,12 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
 
 
 def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
-             folder: Path, *, within: bool = False) -> list[tuple[int, Segment | None]]:
+             folder: Path, *, within: bool = False, errors: dict[int, str] | None = None,
+             ) -> list[tuple[int, Segment | None]]:
     """(file position, window) of every file to predict: the whole file (None) without ``seconds``
-    (``within``: see cut_segments)."""
+    (``within``: see cut_segments); a truncated file gets no window and its reason in ``errors``."""
+    from w2v2ser.extract import AudioError
+
     out: list[tuple[int, Segment | None]] = []
     for i in todo:
         if seconds is None:
@@ -826,6 +829,10 @@ def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
             continue
         try:
             out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}", within=within)]
+        except AudioError as error:  # truncated: refused as stage 1 refuses the whole file
+            if errors is None:
+                raise
+            errors[i] = str(error)
         except (RuntimeError, TypeError):  # not decodable: stage 1 reports the file with its reason
             out.append((i, None))
     return out

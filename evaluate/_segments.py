@@ -55,12 +55,19 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
 
     Raises:
         RuntimeError: libsndfile cannot read the recording (soundfile's error, with its reason).
+        AudioError: the recording is truncated (stage 1 refuses it the same way, with or without windows).
         PredictError: a window cannot be written to ``folder`` (e.g. a full disk).
     """
     import soundfile
 
+    from w2v2ser.extract._audio import _truncation, decoded_short, truncated_error
+
     with soundfile.SoundFile(str(recording)) as source:
         rate, frames = source.samplerate, source.frames
+        # A WAV cut short opens and decodes without an error: its windows were labelled as if whole.
+        truncated = _truncation(source.extra_info)
+        if truncated:
+            raise truncated_error(recording, truncated)
         bounds = _bounds(frames, max(1, round(seconds * rate)), within=within)
         if len(bounds) == 1:
             return [Segment(recording, 0.0, frames / rate)]
@@ -85,4 +92,6 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
                 failed.exit_code = EXIT_FAILED  # the machine's fault, not the input's
                 raise failed from None
             out.append(Segment(target, first / rate, (first + len(audio)) / rate))
+        if decoded_short(frames, position):  # a cut MP3: its header (Xing) still gives the whole length
+            raise truncated_error(recording, f"its header declares {frames:,} frames, it decodes to {position:,}")
         return out

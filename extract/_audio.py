@@ -277,8 +277,7 @@ def _open(path: Path) -> sf.SoundFile:
     truncated = _truncation(handle.extra_info)
     if truncated:
         handle.close()
-        raise AudioError(f"Audio file {path} is truncated: {truncated}. The recording was cut short (a copy or "
-                         f"download that did not finish?); copy or export it again.")
+        raise truncated_error(path, truncated)
     if handle.samplerate < _MIN_RATE:  # 1 Hz gave eGeMAPS a hop of 0 samples: ZeroDivisionError ended the run
         handle.close()
         # Not _CONVERT_HINT: `ffmpeg -ar 16000` would trust the damaged rate and resample from it.
@@ -294,6 +293,19 @@ def _open(path: Path) -> sf.SoundFile:
 # writer puts in a header it cannot seek back to (0; 2**31 - 1, 2**32 - 1, sox's 0x7ffff000: 2 GB
 # and more) is not a cut.
 _STREAMING_SIZE = 0x7FFF0000
+
+
+def truncated_error(path: Path, what: str) -> AudioError:
+    """The error for a file cut short; ``what``: what its header declares against what it holds."""
+    return AudioError(f"Audio file {path} is truncated: {what}. The recording was cut short (a copy or download "
+                      f"that did not finish?); copy or export it again.")
+
+
+def decoded_short(declared: int, frames: int) -> bool:
+    """Whether ``frames`` decoded fall short of the ``declared`` ones: a cut MP3 decodes without an
+    error to what is left, while its header (Xing) still gives the whole length. An MPEG header's
+    length may be off by an encoder's padding: 1 % plus one frame."""
+    return frames < declared * 0.99 - 1152
 
 
 def _truncation(log: str) -> str:
@@ -402,12 +414,8 @@ def decode_audio(path: str | os.PathLike[str], *, min_samples: int = MIN_SAMPLES
                 f"The data is probably corrupt; re-export the file or {_CONVERT_HINT}."
             ) from exc
     frames = signal.shape[0]
-    # A cut MP3 decodes without an error to what is left, while its header (Xing) still gives the
-    # whole length. An MPEG header's length may be off by an encoder's padding: 1 % plus one frame.
-    if frames < declared * 0.99 - 1152:
-        raise AudioError(f"Audio file {path} is truncated: its header declares {declared:,} frames, it decodes to "
-                         f"{frames:,}. The recording was cut short (a copy or download that did not finish?); "
-                         f"copy or export it again.")
+    if decoded_short(declared, frames):
+        raise truncated_error(path, f"its header declares {declared:,} frames, it decodes to {frames:,}")
     _check_length(path, resampled_length(frames, sample_rate), frames, min_samples)
     # A float64 sum is one pass without a temporary; only a non-finite (or, for absurd
     # values, overflowing) sum needs the exact element-wise check.

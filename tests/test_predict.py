@@ -742,6 +742,28 @@ def test_a_recording_libsndfile_cannot_seek_is_cut_into_windows(trained: Path, t
     assert [(p.start, p.end) for p in preds] == [(0.0, 1.0), (1.0, 2.0), (2.0, pytest.approx(3.2))]
 
 
+@pytest.mark.parametrize("suffix", [".wav", ".mp3"])
+def test_a_truncated_recording_is_refused_with_segment_as_without(trained: Path, tmp_path: Path, suffix: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a long-recording trial: a 10-minute WAV cut at 6 minutes failed without --segment
+    ("is truncated"), but --segment labelled its 45 windows without a word (the window WAVs are whole
+    files); a cut MP3 (its header still gives the whole length) the same. Both are refused alike."""
+    import soundfile
+
+    if suffix == ".mp3" and "MP3" not in soundfile.available_formats():
+        pytest.skip("libsndfile here cannot write MP3")
+    full, cut = tmp_path / f"full{suffix}", tmp_path / f"cut{suffix}"
+    tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(4 * 16000) / 16000)).astype(np.float32)
+    soundfile.write(full, tone, 16000)
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    assert len(predict_audio(trained, [full], segment=1.0)) == 4
+    preds = predict_audio(trained, [cut, full], segment=1.0)
+    assert [(p.path.name, p.start) for p in preds] == [(cut.name, None)] + [(full.name, float(k)) for k in range(4)]
+    assert re.search(r"cut\.(wav|mp3) is truncated: its header declares .*copy or export it again", preds[0].error)
+
+
 def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming

@@ -756,8 +756,10 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     if todo:
         with _work_folder(work_dir) as work:
             windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop", errors=errors)
+            failed.update({k: w.error for k, (_, w) in enumerate(windows) if w is not None and w.error})
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
-                                   [groups[i] for i, _ in windows], list(range(len(windows))), failed, work,
+                                   [groups[i] for i, _ in windows], [k for k in range(len(windows)) if k not in failed],
+                                   failed, work,
                                    batch_size, model=model, temporary=work_dir is None,
                                    labels=None if labels is None else [labels[i] for i, _ in windows])
     out = []

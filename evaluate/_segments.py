@@ -31,6 +31,7 @@ class Segment:
     path: Path  # the recording itself when it is one window, else a WAV of the window
     start: float  # seconds from the recording's start
     end: float
+    error: str | None = None  # why the recording could not be read from ``start`` on (``path``: the recording)
 
 
 def _bounds(frames: int, window: int, *, within: bool = False) -> list[tuple[int, int]]:
@@ -49,12 +50,14 @@ def _bounds(frames: int, window: int, *, within: bool = False) -> list[tuple[int
 def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool = False) -> list[Segment]:
     """The windows of ``seconds`` of a recording; windows after the first are written to ``folder``.
 
-    A recording no longer than ``seconds`` (plus the short tail) is one window: itself.
+    A recording no longer than ``seconds`` (plus the short tail) is one window: itself. A recording
+    that cannot be decoded from some point on (a corrupt middle) keeps the windows before it, and
+    a last one, from that point to its end, that carries the error.
     ``within``: no window is longer than ``seconds`` (the run's crop, all its models see): a short
     tail ends a last window of ``seconds`` that overlaps the one before it.
 
     Raises:
-        RuntimeError: libsndfile cannot read the recording (soundfile's error, with its reason).
+        RuntimeError: libsndfile cannot read the recording, or its first window (soundfile's error, with its reason).
         AudioError: the recording is truncated (stage 1 refuses it the same way, with or without windows).
         PredictError: a window cannot be written to ``folder`` (e.g. a full disk).
     """
@@ -75,7 +78,16 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
         # seekable (GSM 6.10 WAV), and seek() raised there, so predict fell back to one whole-file row.
         out, position, previous = [], 0, None
         for k, (first, stop) in enumerate(bounds):
-            audio = source.read(stop - position, dtype="float32", always_2d=True)
+            try:
+                audio = source.read(stop - position, dtype="float32", always_2d=True)
+            except RuntimeError as error:  # a corrupt middle: the whole recording failed, its good windows too
+                if not out:
+                    raise
+                out.append(Segment(recording, position / rate, frames / rate, error=(
+                    f"Audio file {recording} could not be decoded from {position / rate:.2f} s on (libsndfile says "
+                    f"{error}): the data is probably corrupt there; the windows before it were labelled. Re-export "
+                    f"the file, or convert what can be read (e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`)")))
+                return out
             if len(audio) == 0:  # the header promised more frames than the file holds
                 break
             if first < position:  # an overlapping last window: its head ends the window before it

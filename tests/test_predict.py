@@ -764,6 +764,26 @@ def test_a_truncated_recording_is_refused_with_segment_as_without(trained: Path,
     assert re.search(r"cut\.(wav|mp3) is truncated: its header declares .*copy or export it again", preds[0].error)
 
 
+def test_a_recording_corrupt_in_its_middle_keeps_its_windows_before(trained: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a long-recording trial: a 10-minute FLAC whose data was damaged at 5 minutes gave
+    one failed row with --segment, the 37 windows before the damage lost with it. They are labelled;
+    the rest is one failed row, from where decoding stopped to the end, with libsndfile's reason."""
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    flac = tmp_path / "interview.flac"
+    soundfile.write(flac, (0.3 * rng.standard_normal(4 * 16000)).astype(np.float32), 16000)
+    data = bytearray(flac.read_bytes())
+    middle = slice(int(len(data) * 0.6), int(len(data) * 0.7))
+    data[middle] = rng.integers(0, 256, middle.stop - middle.start, dtype=np.uint8).tobytes()
+    flac.write_bytes(bytes(data))
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    preds = predict_audio(trained, [flac], segment=1.0)
+    assert [(p.start, p.end, p.ok) for p in preds] == [(0.0, 1.0, True), (1.0, 2.0, True), (2.0, 4.0, False)]
+    assert re.search(r"interview\.flac could not be decoded from 2\.00 s on \(libsndfile says .*lost sync", preds[2].error)
+
+
 def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming

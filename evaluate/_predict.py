@@ -750,12 +750,18 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     if segment == "crop" and seconds is None:
         raise PredictError(f"segment='crop' takes the window length from the run's crop, but run dir {run_dir} "
                            f"trained on whole utterances (no max_frames); give the window in seconds, e.g. 5.")
+    longest = _longest_seconds(plan)
+    if seconds is not None and longest is not None and seconds > longest:  # every window would fail in stage 1
+        raise PredictError(f"segment={seconds:g} s: windows must be at most {longest:g} s, the max_seconds the run's "
+                           f"speech encoder was extracted with (the longest audio it takes at once); give a shorter "
+                           f"window, or --segment without a value (the run's crop)")
     windows: list[tuple[int, Segment | None]] = []  # (file position, its window; None: the whole file)
     found: dict[int, tuple[np.ndarray, float, float, int | None, str, bool]] = {}
     failed: dict[int, str] = {}  # window position -> why
     if todo:
         with _work_folder(work_dir) as work:
-            windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop", errors=errors)
+            windows = _windows(files, todo, seconds, work / "segments", within=segment == "crop", errors=errors,
+                               longest=longest)
             failed.update({k: w.error for k, (_, w) in enumerate(windows) if w is not None and w.error})
             found = _predict_files(plan, [files[i] if w is None else w.path for i, w in windows],
                                    [groups[i] for i, _ in windows], [k for k in range(len(windows)) if k not in failed],
@@ -819,9 +825,9 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
 
 def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
              folder: Path, *, within: bool = False, errors: dict[int, str] | None = None,
-             ) -> list[tuple[int, Segment | None]]:
+             longest: float | None = None) -> list[tuple[int, Segment | None]]:
     """(file position, window) of every file to predict: the whole file (None) without ``seconds``
-    (``within``: see cut_segments); a truncated file gets no window and its reason in ``errors``."""
+    (``within``, ``longest``: see cut_segments); a truncated file gets no window and its reason in ``errors``."""
     from w2v2ser.extract import AudioError
 
     out: list[tuple[int, Segment | None]] = []
@@ -830,7 +836,8 @@ def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
             out.append((i, None))
             continue
         try:
-            out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}", within=within)]
+            out += [(i, window) for window in cut_segments(files[i], seconds, folder / f"{i:05d}", within=within,
+                                                                longest=longest)]
         except AudioError as error:  # truncated: refused as stage 1 refuses the whole file
             if errors is None:
                 raise
@@ -838,6 +845,14 @@ def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
         except (RuntimeError, TypeError):  # not decodable: stage 1 reports the file with its reason
             out.append((i, None))
     return out
+
+
+def _longest_seconds(plan: _RunPlan) -> float | None:
+    """The shortest ``max_seconds`` of the run's speech encoders (the longest audio stage 1 extracts
+    for them); None when the run reads none, or none has a limit."""
+    limits = [plan.likes[b.store].features[name].config.get("max_seconds") for b in plan.branches
+              for name in _upstream_features(plan.likes[b.store], [resolve_feature(b.selection)])]
+    return min((float(limit) for limit in limits if limit is not None), default=None)
 
 
 def _crop_seconds(plan: _RunPlan) -> float | None:

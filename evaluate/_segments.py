@@ -34,27 +34,30 @@ class Segment:
     error: str | None = None  # why the recording could not be read from ``start`` on (``path``: the recording)
 
 
-def _bounds(frames: int, window: int, *, within: bool = False) -> list[tuple[int, int]]:
+def _bounds(frames: int, window: int, *, within: bool = False, longest: int | None = None) -> list[tuple[int, int]]:
     """(first, last + 1) frame of each window; a short tail joins the window before it, or, with
-    ``within`` (no window may be longer than ``window``), is the end of a last whole window that
-    overlaps the one before it."""
+    ``within`` (no window may be longer than ``window``) or where the joined window would be longer
+    than ``longest``, is the end of a last whole window that overlaps the one before it."""
     starts = list(range(0, frames, window)) or [0]
     if len(starts) > 1 and frames - starts[-1] < _SHORT_TAIL * window:
-        if not within:
+        if not within and (longest is None or frames - starts[-2] <= longest):
             starts.pop()
             return [(a, b) for a, b in zip(starts, starts[1:] + [frames])]
         starts[-1] = frames - window
     return [(a, min(a + window, frames)) for a in starts]
 
 
-def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool = False) -> list[Segment]:
+def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool = False,
+                 longest: float | None = None) -> list[Segment]:
     """The windows of ``seconds`` of a recording; windows after the first are written to ``folder``.
 
     A recording no longer than ``seconds`` (plus the short tail) is one window: itself. A recording
     that cannot be decoded from some point on (a corrupt middle) keeps the windows before it, and
     a last one, from that point to its end, that carries the error.
     ``within``: no window is longer than ``seconds`` (the run's crop, all its models see): a short
-    tail ends a last window of ``seconds`` that overlaps the one before it.
+    tail ends a last window of ``seconds`` that overlaps the one before it. ``longest``: the longest
+    window stage 1 takes (a speech encoder's ``max_seconds``); a short tail that would make the window
+    before it longer does the same.
 
     Raises:
         RuntimeError: libsndfile cannot read the recording, or its first window (soundfile's error, with its reason).
@@ -71,7 +74,8 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
         truncated = _truncation(source.extra_info)
         if truncated:
             raise truncated_error(recording, truncated)
-        bounds = _bounds(frames, max(1, round(seconds * rate)), within=within)
+        bounds = _bounds(frames, max(1, round(seconds * rate)), within=within,
+                         longest=None if longest is None else int(longest * rate))
         if len(bounds) == 1:
             return [Segment(recording, 0.0, frames / rate)]
         # Read straight through, never tell() or seek(): libsndfile opens some valid files as not

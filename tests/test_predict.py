@@ -784,6 +784,31 @@ def test_a_recording_corrupt_in_its_middle_keeps_its_windows_before(trained: Pat
     assert re.search(r"interview\.flac could not be decoded from 2\.00 s on \(libsndfile says .*lost sync", preds[2].error)
 
 
+def test_segment_windows_stay_within_the_speech_encoders_max_seconds(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a long-recording trial: --segment 200 with a wav2vec2 run (max_seconds 120) failed
+    every window in stage 1, each naming a deleted temp WAV and advising `w2v2ser extract --option`;
+    and a short tail joined to the window before it made that one longer than max_seconds. Such a
+    window is refused up front, and the tail ends a last whole window instead."""
+    import soundfile
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    store = build_store(tmp_path / "train.zarr", layers=3, dim=4, features=("wav2vec2",),
+                        feature_configs={"wav2vec2": {"max_seconds": 2.0}})
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="dense", norm="global",
+                              protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    recording = tmp_path / "interview.wav"
+    soundfile.write(recording, np.zeros(round(3.9 * 16000), np.float32), 16000)
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    with pytest.raises(PredictError, match=r"segment=3 s: windows must be at most 2 s, the max_seconds"):
+        predict_audio(tmp_path / "run", [recording], segment=3.0)
+    preds = predict_audio(tmp_path / "run", [recording], segment=1.8)  # a 0.3 s tail: 1.8 + 0.3 > 2
+    assert [(p.start, round(p.end, 3)) for p in preds] == [(0.0, 1.8), (1.8, 3.6), (2.1, 3.9)]
+
+
 def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming

@@ -781,6 +781,9 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             where = {} if window is None else {"start": window.start, "end": window.end}
             if k not in found:
                 reason = failed.get(k, "not extracted (no reason recorded)")
+                if window is not None and window.path != file:  # stage 1 named the window's WAV, deleted by now
+                    for written in {str(window.path.resolve()), str(window.path)}:
+                        reason = reason.replace(written, f"{file} (window {window.start:.2f}-{window.end:.2f} s)")
                 out.append(Prediction(file, None, {}, speaker, reason if window else _too_long_advice(reason),
                                       **where))
                 continue

@@ -809,6 +809,35 @@ def test_segment_windows_stay_within_the_speech_encoders_max_seconds(tmp_path: P
     assert [(p.start, round(p.end, 3)) for p in preds] == [(0.0, 1.8), (1.8, 3.6), (2.1, 3.9)]
 
 
+def test_a_failed_window_is_named_by_its_recording_and_span(trained: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a long-recording trial: a window that stage 1 refused (NaN samples at 20 s of a
+    float WAV) was reported as "Audio file /tmp/w2v2ser-predict-.../segments/00000/00002.wav has 1
+    samples that are not finite": a temp file deleted by then, not the recording and where in it."""
+    import soundfile
+
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:  # stage 1 refuses every window, naming the file it read
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        specs = [features_like(like)[0][name] for name in features]
+        utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
+                      for r in rows]
+        writer = StoreWriter(store)
+        writer.plan(utterances, num_samples=[None] * len(rows), features=specs,
+                    capacities={s.name: [1] * len(rows) for s in specs},
+                    failures={k: f"Audio file {r['path']} has 1 samples that are not finite (NaN or Inf)"
+                              for k, r in enumerate(rows)})
+        writer.finalize()
+
+    recording = tmp_path / "interview.wav"
+    soundfile.write(recording, np.zeros(3 * 16000, np.float32), 16000, subtype="FLOAT")
+    monkeypatch.setattr(_predict, "extract_features", extract)
+    preds = predict_audio(trained, [recording], segment=1.0)
+    assert [p.error for p in preds] == [f"Audio file {recording} (window {k}.00-{k + 1}.00 s) has 1 samples that are "
+                                        f"not finite (NaN or Inf)" for k in range(3)]
+
+
 def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming

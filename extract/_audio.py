@@ -278,6 +278,13 @@ def _open(path: Path) -> sf.SoundFile:
     if truncated:
         handle.close()
         raise truncated_error(path, truncated)
+    unclosed = re.search(r"^data\s*:\s*0\s*$", handle.extra_info, re.MULTILINE)
+    if unclosed and handle.frames == 0 and path.stat().st_size > 1024:  # libsndfile trusts the 0: "no samples"
+        handle.close()
+        raise AudioError(f"Audio file {path} has a header that declares 0 bytes of audio data, yet the file holds "
+                         f"{path.stat().st_size:,} bytes: a recording that was never closed (a recorder that stopped "
+                         f"or crashed, a streaming writer) leaves such a header. Rewrite it, e.g. `sox --ignore-length "
+                         f"IN OUT.wav`, and use OUT.")
     if handle.samplerate < _MIN_RATE:  # 1 Hz gave eGeMAPS a hop of 0 samples: ZeroDivisionError ended the run
         handle.close()
         # Not _CONVERT_HINT: `ffmpeg -ar 16000` would trust the damaged rate and resample from it.

@@ -249,6 +249,23 @@ def test_truncated_data_is_refused_by_probe_and_read_alike(tmp_path):
     assert probe_audio(full).num_samples == len(read_audio(full))
 
 
+def test_a_wav_whose_header_was_never_closed_is_named_so(tmp_path):
+    """Found by a long-recording trial: a 2-minute WAV whose recorder stopped before writing the
+    data size (0 in the header) was refused as "contains no samples", which it does hold."""
+    import struct
+
+    full = write_audio(tmp_path / "full.wav", duration=1.0)
+    data = bytearray(full.read_bytes())
+    at = data.find(b"data")
+    data[at + 4:at + 8] = struct.pack("<I", 0)
+    unclosed = tmp_path / "unclosed.wav"
+    unclosed.write_bytes(bytes(data))
+    for read in (probe_audio, read_audio):
+        with pytest.raises(AudioError, match=r"unclosed\.wav has a header that declares 0 bytes of audio data, yet the "
+                                             r"file holds 32,044 bytes.*sox --ignore-length"):
+            read(unclosed)
+
+
 @pytest.mark.parametrize("rates, expected", [((16000, 0), "target_rate=0; expected a rate in Hz"),
                                              ((-8000, 16000), "sample_rate=-8000; expected"),
                                              ((16000, 8000.5), "target_rate=8000.5; expected"),

@@ -362,3 +362,50 @@ def test_an_unreachable_slurm_controller_is_not_blamed_on_the_settings(
     with pytest.raises(ClusterError, match="controller did not answer") as raised:
         _cluster._check_submittable("#!/bin/sh\n")
     assert not isinstance(raised.value, ClusterConfigError)
+
+
+def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH with a stand-in SLURM that runs each job script at once on this machine (job 1001, 1002, ...),
+    ``folder/job<N>.pid`` holding its process group, which scancel ends."""
+    folder.mkdir()
+    scripts = {
+        "sbatch": f'#!/bin/sh\n[ "$1" = --test-only ] && exit 0\nd={folder}\n'
+                  'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count\n'
+                  'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
+                  'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
+        "scancel": f'#!/bin/sh\nfor id; do kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
+        "squeue": "#!/bin/sh\nexit 0\n",
+    }
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker job that reached its walltime (or a node failure, a scancel) was never replaced:
+    dask-jobqueue submits jobs only when scaled, so the remaining tasks waited for ever. A new
+    job is now submitted, the run goes on and says why."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.5, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)  # job 1 reaches its walltime
+        deadline = time.monotonic() + 30
+        while handle.client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert handle.client.submit(sum, [3, 4], pure=False).result(timeout=30) == 7
+    assert (bin_folder / "job2.sh").exists()
+    assert "1 SLURM worker job(s) ended" in capsys.readouterr().err

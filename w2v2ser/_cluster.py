@@ -43,6 +43,10 @@ GPU_RESOURCE = "GPU"
 # again after each such period: a job pending for hours, or one that started but whose worker never
 # reached the scheduler, otherwise looked like a hang.
 WORKER_WAIT_NOTE_S = 300.0
+# How often `run` checks for SLURM worker jobs that ended (their walltime, a node failure, preemption,
+# a scancel) and submits new ones: dask-jobqueue submits jobs only when the cluster is scaled, so
+# the work of a run outliving its workers' walltime waited for ever.
+JOB_CHECK_S = 10.0
 # sbatch's words for a controller it cannot reach or that timed out: a transient failure, not bad settings.
 _CONTROLLER_DOWN = re.compile(r"unable to contact slurm controller|socket timed out|connection refused|"
                               r"slurm_persist_conn|temporarily unavailable", re.IGNORECASE)
@@ -325,6 +329,23 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
         sys.stderr.flush()
 
 
+def _replace_ended_jobs(cluster: Any, jobs: int, stop: threading.Event) -> None:
+    """Every JOB_CHECK_S, submit a new worker job for each one whose worker has left (its job ended)."""
+    from tqdm import tqdm
+
+    while not stop.wait(JOB_CHECK_S):
+        try:
+            ended = len(set(cluster.worker_spec) - set(cluster.workers))
+            if ended:
+                tqdm.write(f"cluster: {ended} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node "
+                           "failure, preemption or scancel); submitting new one(s). Tasks the job was running "
+                           "start again on another worker", file=sys.stderr)
+                sys.stderr.flush()
+                cluster.scale(jobs=jobs)  # submits the jobs of worker_spec that have no job
+        except Exception:  # noqa: BLE001 - the cluster is closing: nothing to replace
+            return
+
+
 def _slurm_seconds(value: str) -> float | None:
     """Seconds of a SLURM time as ``cluster.slurm`` takes it (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]);
     None for UNLIMITED, INFINITE or zero, which SLURM reads as no limit (distributed would too: a
@@ -409,6 +430,8 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
                 try:
                     threading.Thread(target=_say_while_no_worker, name="w2v2ser-worker-wait", daemon=True,
                                      args=(client, cluster, config.slurm.log_directory, stop)).start()
+                    threading.Thread(target=_replace_ended_jobs, name="w2v2ser-worker-jobs", daemon=True,
+                                     args=(cluster, config.slurm.jobs, stop)).start()
                 except RuntimeError:  # can't start new thread (ulimit -u): the note is optional
                     pass
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from w2v2ser._common import (
     EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, check_stop, first_few,
-    progress_bar, spelling_key, variants_differ,
+    progress_bar, spelling_key, task_error, variants_differ,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -1187,7 +1187,7 @@ def _run_on_dask(
             if silent and on_silent is not None:
                 on_silent(silent)
         except Exception as error:  # noqa: BLE001 - keep finished shards; report the rest
-            errors.append(f"{future.key}: {type(error).__name__}: {error}")
+            errors.append(f"{future.key}: {task_error(error)}")
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -990,3 +990,29 @@ def open_complete(path: Path) -> bool:
     from w2v2ser.store import open_store
 
     return open_store(path).complete
+
+
+@needs_ravdess
+def test_a_run_whose_dask_worker_dies_says_why_and_what_to_do(tmp_path: Path) -> None:
+    """A training run whose worker process was killed at every try (here: TensorFlow alone outgrows a
+    300MB cluster.memory_limit) failed with Dask's KilledWorker text, "inspecting worker logs is often a
+    good next step", while the workers' logs are kept quiet: nothing named memory or a setting to change."""
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out", "cluster": {"kind": "local", "workers": 1, "dashboard_address": None},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
+        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense", "seeds": 1}},
+    }))
+    extracted = run_cli(pipeline, "--stage", "extract", "--set", "cluster=none")
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "train", "--set", "cluster.memory_limit=300MB"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**cli_env(), "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "split__seed0: KilledWorker: the Dask worker process running it died at each of its 1 tries" in done.stderr
+    assert "raise cluster.memory_limit" in done.stderr, done.stderr[-3000:]
+    failed = json.loads(next((tmp_path / "out" / "experiments").glob("**/failed.json")).read_text())
+    assert "cluster.memory_limit" in json.dumps(failed)

@@ -244,6 +244,23 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def task_error(error: BaseException) -> str:
+    """``Type: message`` of a Dask task's error; a KilledWorker (its worker process died at every
+    try) says the likely cause and what to do instead of Dask's "inspecting worker logs"."""
+    if type(error).__name__ != "KilledWorker":
+        return f"{type(error).__name__}: {error}"
+    try:
+        import dask
+
+        tries = f" {int(dask.config.get('distributed.scheduler.allowed-failures')) + 1}"
+    except Exception:  # noqa: BLE001 - the count is only a detail
+        tries = ""
+    return (f"KilledWorker: the Dask worker process running it died at each of its{tries} tries, most often for "
+            "lack of memory (a worker's cluster.memory_limit, a SLURM job's cluster.slurm.memory or walltime, or "
+            "the machine's memory); raise cluster.memory_limit (or cluster.slurm.memory), lower cluster.workers, "
+            "or set cluster: none to see an error the worker could not report")
+
+
 def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,
                  canonical: Mapping[str, str] | None = None) -> str:
     """`` Did you mean 'x'?`` for the closest choice, or "" when none is close.

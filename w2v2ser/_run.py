@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, progress_bar,
-                      write_atomically)
+                      task_error, write_atomically)
 from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -655,7 +655,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                     handle.client.cancel([f for f, (e, _) in owner.items() if e is experiment and not f.done()])
                     yield experiment, error
                     continue
-                yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                yield experiment, f"{run.name}: {task_error(error)}"
             else:  # a run in flight when its experiment stopped is finished: it is kept
                 trained[experiment.name] = trained.get(experiment.name, 0) + 1
     finally:

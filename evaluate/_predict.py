@@ -686,7 +686,9 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
             windows of this many seconds (``"crop"``: the run's crop, what its models see of an
             utterance), each predicted on its own; a last window shorter than a quarter of a
             window joins the one before it (with ``"crop"``: a last window of the crop's length
-            ends the recording, overlapping the one before it, so every window is seen whole). Default: one prediction per file, of its start.
+            ends the recording, overlapping the one before it, so every window is seen whole; so does a tail whose
+            joined window would be longer than the run's speech-encoder ``max_seconds``, and a longer window is
+            refused). Default: one prediction per file, of its start.
         labels: the files' labels when known, one per path (a folder's applies to every file in
             it) or per file, or one label for every path: a speaker group's statistics are composed over its files whose labels
             the run's protocol keeps (IEMOCAP's xxx, fru... left out, as in training); a group

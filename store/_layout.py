@@ -324,6 +324,33 @@ def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> 
         return missing
 
 
+def rows_of_missing_data_shards(data: zarr.Array, *, rows: np.ndarray, offset: np.ndarray, length: np.ndarray,
+                                crc32: np.ndarray, checksum: str) -> np.ndarray:
+    """Those of ``rows`` (with frames) whose first or last frame lies in a data shard file that is not
+    in the store (a store copied while it was written, a deleted file), except digital silence: a
+    shard of all-zero frames is not stored."""
+    rows = np.asarray(rows, np.int64)
+    rows = rows[np.asarray(length)[rows] > 0]
+    if not len(rows):
+        return rows
+    first, last = np.asarray(offset)[rows], np.asarray(offset)[rows] + np.asarray(length)[rows] - 1
+    missing = set(missing_chunk_keys(data, rows=np.concatenate([first, last])))
+    if not missing:
+        return rows[:0]
+    shard = int(data.metadata.chunk_grid.chunk_shape[0])
+    prefix = f"{data.path}/" if data.path else ""
+    gone = [k for k in np.unique(np.concatenate([first, last]) // shard).tolist()
+            if prefix + data.metadata.encode_chunk_key((int(k),) + (0,) * (data.ndim - 1)) in missing]
+    lost = rows[np.isin(first // shard, gone) | np.isin(last // shard, gone)]
+    frame_shape, dtype = tuple(data.shape[1:]), data.dtype
+    silent = np.zeros(len(lost), bool)
+    for n in np.unique(np.asarray(length)[lost]):
+        zeros = crc32_rows(np.zeros((int(n), *frame_shape), dtype=dtype), checksum)
+        same = np.asarray(length)[lost] == n
+        silent[same] = (np.asarray(crc32)[lost[same]].reshape(int(same.sum()), -1) == zeros.reshape(1, -1)).all(axis=1)
+    return lost[~silent]
+
+
 def overlapping_regions(offset: np.ndarray, length: np.ndarray, rows: np.ndarray) -> list[tuple[int, int]]:
     """(row, next row) of each pair of ``rows`` whose frame regions overlap, neighbours in the order
     of (offset, length, row): ``store verify`` lists them, finalize refuses them."""

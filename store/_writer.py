@@ -40,6 +40,7 @@ from ._layout import (
     read_meta,
     round_up,
     row_checksum,
+    rows_of_missing_data_shards,
     specs_from_meta,
     to_str_list,
 )
@@ -721,7 +722,13 @@ class StoreWriter:
         n = len(num_samples)
         missing = np.zeros(n, bool)
         for f in names:
-            missing |= (planned[f][:n] >= 0) & ~state.committed_rows(f, n)
+            committed = state.committed_rows(f, n)
+            missing |= (planned[f][:n] >= 0) & ~committed
+            if self.location.is_local:  # committed into a shard file that is gone: extracted again
+                pair = state.pair(f)
+                missing[rows_of_missing_data_shards(
+                    self._feature(f, "data"), rows=np.flatnonzero(committed), offset=pair.column("offset", n),
+                    length=pair.column("length", n), crc32=pair.column("crc32", n), checksum=self.row_checksum)] = True
         return np.flatnonzero(missing & (num_samples >= 0)).tolist()
 
     def _row_id(self, index: int) -> str:

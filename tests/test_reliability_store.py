@@ -947,3 +947,26 @@ def test_a_damaged_journal_line_is_named_with_the_command_that_removes_it(pristi
         for u in pristine[1]:
             np.testing.assert_array_equal(repaired.read_utterance(u.id, feature),
                                           open_store(pristine[0]).read_utterance(u.id, feature))
+
+
+def test_a_resumed_extraction_extracts_again_what_lost_its_data_shard(pristine, tmp_path):
+    """Found by a disk trial: a store copied with `cp -r` while it was written (the journal line
+    copied, its shard file not) or a deleted shard of an unfinished store resumed to a store called
+    complete whose reads of those utterances raised; `verify --repair` of the unfinished store could
+    not see them (its index predates those commits)."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(pristine[0], store)
+    victim = _shard_files(store, "layered")[-1]
+    owners = _owners(store, "layered", victim)
+    victim.unlink()
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["w2v2ser"]["complete"] = False  # as if the extraction had stopped before its finalize
+    (store / "zarr.json").write_text(json.dumps(meta))
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == len(owners), summary
+    resumed = open_store(store)
+    assert resumed.verify().ok
+    for uid in owners:
+        np.testing.assert_array_equal(resumed.read_utterance(uid, "layered"),
+                                      open_store(pristine[0]).read_utterance(uid, "layered"))

@@ -265,12 +265,31 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     if candidate.is_file():
         return _resolve_fairseq(candidate, requested=model)
     looks_like_path = model.startswith(("/", ".", "~")) or model.endswith(_FAIRSEQ_SUFFIXES) or "\\" in model
+    if (looks_like_path or "/" in model) and candidate.parent.is_dir():
+        # `models/wav2vec2-typo` beside a folder `models`: a mistyped path, not a hub id to look up (offline,
+        # that lookup fails as "not cached", and `w2v2ser run` would skip the store instead of failing it).
+        hub = "" if looks_like_path else (f"; a Hugging Face hub id of that spelling is not looked up while a "
+                                          f"local folder {str(candidate.parent)!r} exists")
+        raise ModelLoadError(
+            f"model {model!r} does not exist: folder {str(candidate.parent)!r} has no {candidate.name!r}"
+            f"{_folder_models(candidate.parent)}. Fix the path{hub}. {_fix_hint()}"
+        )
     if looks_like_path or model.count("/") > 1:
         raise ModelLoadError(
             f"model {model!r} does not exist: expected a Hugging Face hub id such as "
             f"'facebook/wav2vec2-base', a local model directory or a fairseq checkpoint file. {_fix_hint()}"
         )
     return _resolve_hub(model, revision=revision)
+
+
+def _folder_models(folder: Path) -> str:
+    """`` (it holds the models 'a', 'b')``: the model folders in ``folder``, where a typo is made."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file() or p.suffix in _FAIRSEQ_SUFFIXES)
+    except OSError:
+        return ""
+    shown = ", ".join(repr(name) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" (it holds the models {shown})" if names else " (it holds no model)"
 
 
 _HUB_PROBED: list[str | None] = []  # the probe's outcome, once per process
@@ -332,8 +351,9 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             f"cannot load {asked}: the hub has no such model or revision. Check the id "
             f"(e.g. 'facebook/wav2vec2-base'). {_fix_hint()} ({type(error).__name__}: {error})"
         ) from error
-    except OSError as error:  # network failures surface as OSError subclasses
-        raise _offline(ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}")) from error
+    except OSError as error:  # network failures surface as OSError subclasses, as do a read-only cache's
+        failure = ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}")
+        raise (_offline(failure) if _network_error(error) else failure) from error
     weights: Path | None = None
     not_cached = False
     for name in _WEIGHT_FILES:
@@ -356,6 +376,22 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
         pass
     snapshot = config_file.parent
     return _resolve_directory(snapshot, requested=model_id, kind="hub", revision=revision, commit=snapshot.name)
+
+
+def _network_error(error: OSError) -> bool:
+    """Whether a hub lookup failed on the network (no connection, a timeout, a server error): the
+    model is offline. A local cause (a read-only or full Hugging Face cache: PermissionError, ...) or
+    a refusal (401, 403, 404) is the user's to fix."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    try:
+        import requests
+    except ImportError:
+        return False
+    return isinstance(error, (requests.ConnectionError, requests.Timeout))
 
 
 def _offline(error: ModelLoadError) -> ModelLoadError:

@@ -1016,3 +1016,25 @@ def test_a_run_whose_dask_worker_dies_says_why_and_what_to_do(tmp_path: Path) ->
     assert "raise cluster.memory_limit" in done.stderr, done.stderr[-3000:]
     failed = json.loads(next((tmp_path / "out" / "experiments").glob("**/failed.json")).read_text())
     assert "cluster.memory_limit" in json.dumps(failed)
+
+
+@pytest.mark.parametrize("start", ["pipeline folder", "elsewhere"])
+def test_a_mistyped_relative_model_path_fails_its_store_instead_of_skipping(tmp_path: Path, monkeypatch, capsys,
+                                                                          start: str) -> None:
+    """Review: `model: models/wav2vec2-typo` (beside a folder `models`) was looked up as a hub id; offline
+    that is "not cached", so `w2v2ser run` skipped the store with exit 0. It is a wrong path: the store
+    fails (exit 1), naming the folder and what it holds, wherever the run is started from."""
+    from w2v2ser._cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    make_tiny_model(tmp_path / "models" / "wav2vec2-tiny")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores.w2v2.features": {"wav2vec2": {"model": "models/wav2vec2-typo", "batch_seconds": 8}}})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path if start == "pipeline folder" else tmp_path / "elsewhere")
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 1
+    err = capsys.readouterr().err
+    assert "extract w2v2 on ravdess: FAILED, model of store 'w2v2' cannot be loaded: model " in err, err
+    assert "has no 'wav2vec2-typo' (it holds the models 'wav2vec2-tiny')" in err, err
+    assert "extract w2v2 on ravdess: skipped" not in err and "not in the local Hugging Face cache" not in err, err

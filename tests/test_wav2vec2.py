@@ -309,3 +309,25 @@ def test_missing_path_is_clear_error(tmp_path: Path) -> None:
         _extractor(tmp_path / "wav2vec_small.pt").feature_spec()
     with pytest.raises(ModelLoadError, match="no config.json"):
         _extractor(tmp_path).feature_spec()
+
+
+@pytest.mark.parametrize("error", ["read-only cache", "connection"])
+def test_only_network_errors_mark_a_hub_model_offline(monkeypatch, error: str) -> None:
+    """Review: any OSError of the hub lookup marked the model `offline` (which `w2v2ser run` skips with
+    exit 0), also a PermissionError of a read-only Hugging Face cache: a setup error, to fix."""
+    import huggingface_hub
+    import requests
+    from w2v2ser.extract import resolve_model
+
+    raised = (PermissionError(13, "Permission denied", "/ro/hub/.locks") if error == "read-only cache"
+              else requests.ConnectionError("Connection refused"))
+
+    def download(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no probe of the network
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_model("nobody-w2v2ser/made-up-wav2vec2")
+    assert str(raised) in str(caught.value)
+    assert caught.value.offline is (error == "connection")

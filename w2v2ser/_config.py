@@ -428,13 +428,15 @@ def _local_model(options: Any, base: Path) -> Any:
     model = options["model"]
     candidate = Path(model).expanduser()
     candidate = candidate if candidate.is_absolute() else base / candidate
-    if candidate.exists() or ("/" in model and candidate.parent.is_dir()):
-        # A mistyped `models/wav2vec2-typo` beside a folder `models` is a path too: resolving it fails it
-        # as missing, wherever the run starts, instead of looking it up on the hub (offline: a skip).
+    if candidate.exists():
         return {**options, "model": os.path.normpath(candidate)}
     if model.startswith((".", "/", "~")):
         raise ConfigError(f"model path {model!r} resolves to {candidate}, which does not exist; fix the path "
                           f"(relative paths start at {base}) or give a Hugging Face hub id")
+    if "/" in model and candidate.parent.is_dir():
+        # A mistyped `models/wav2vec2-typo` beside a folder `models` is a path too: resolving it fails it
+        # as missing, wherever the run starts, instead of looking it up on the hub (offline: a skip).
+        return {**options, "model": os.path.normpath(candidate)}
     return options
 
 

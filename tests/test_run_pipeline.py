@@ -642,7 +642,7 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
                                                                                      monkeypatch, capsys) -> None:
     """A model retrained or re-saved into the same folder: `w2v2ser extract` refuses the store made with
     the old weights, but `run` called it complete (its shortcut compared utterances and feature names
-    only) and trained on the old model's features. Now the store fails, and its experiments skip."""
+    only) and trained on the old model's features. Now the store fails, and its experiments fail."""
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_models import save_tiny_wav2vec2
 
@@ -667,7 +667,7 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
     config = load_pipeline(pipeline)
     (experiment,) = config.experiments
     skip = _skip_reason(config, experiment)
-    assert skip is not None and "other model weights" in skip[0] and "cannot be loaded" not in skip[1]
+    assert skip is not None and "other model weights" in skip[0] and "cannot be loaded" not in skip[1] and skip[2]
     store = config.store_path("w2v2", "ravdess")
     store.rename(tmp_path / "old.zarr")  # as the reason says: then it is to be extracted, not skipped
     assert _skip_reason(config, experiment) is None
@@ -982,8 +982,8 @@ def test_a_damaged_local_model_fails_the_run_while_an_offline_hub_model_skips(tm
     config = load_pipeline(pipeline)
     assert open_complete(config.store_path("classic", "ravdess"))
     (experiment,) = config.experiments
-    skip = _skip_reason(config, experiment)  # its experiments skip with the reason, as before
-    assert skip is not None and str(damaged) in skip[0]
+    skip = _skip_reason(config, experiment)  # its experiments fail with the reason
+    assert skip is not None and str(damaged) in skip[0] and skip[2]
 
 
 def open_complete(path: Path) -> bool:
@@ -1038,3 +1038,35 @@ def test_a_mistyped_relative_model_path_fails_its_store_instead_of_skipping(tmp_
     assert "extract w2v2 on ravdess: FAILED, model of store 'w2v2' cannot be loaded: model " in err, err
     assert "has no 'wav2vec2-typo' (it holds the models 'wav2vec2-tiny')" in err, err
     assert "extract w2v2 on ravdess: skipped" not in err and "not in the local Hugging Face cache" not in err, err
+
+
+@needs_ravdess
+def test_train_stage_fails_the_experiments_of_a_store_that_failed_to_extract(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    """Review: the store marker of a model that is the user's to fix says `"failed": true`, but nothing
+    read it: `run --stage train` after the failed `--stage extract` said "skipped" and exited 0. Its
+    experiments fail (exit 1, failed.json with the reason, which the report shows); an earlier
+    skipped.json does not outweigh it."""
+    from w2v2ser._cli import main
+    from w2v2ser._config import load_pipeline
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    model = make_tiny_model(tmp_path / "model")
+    damaged = model / "config.json"
+    damaged.write_bytes(b"{not json")
+    pipeline = write_tiny_pipeline(tmp_path, model=model, features=("w2v2/wav2vec2:all",))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(pipeline), "--stage", "extract"]) == 1
+    (experiment,) = load_pipeline(pipeline).experiments
+    experiment.run_dir.mkdir(parents=True)
+    (experiment.run_dir / "skipped.json").write_text('{"reason": "an earlier run skipped it"}')
+    capsys.readouterr()
+    assert main(["run", str(pipeline), "--stage", "train"]) == 1
+    err = capsys.readouterr().err
+    assert f"train {experiment.name}: FAILED, model of store 'w2v2' cannot be loaded: " in err, err
+    assert f"train {experiment.name}: skipped" not in err and f"FAILED: {experiment.name} " in err, err
+    assert not (experiment.run_dir / "skipped.json").exists()
+    summary = read_run_dir(experiment.run_dir)
+    assert summary.status == "incomplete" and str(damaged) in summary.reason, summary

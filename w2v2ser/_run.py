@@ -12,8 +12,10 @@ Units of work and how each is committed (so a killed run resumes where it stoppe
 A store whose model cannot be loaded (``ModelLoadError``: offline, not cached) is marked
 ``<store>.skipped.json`` and the experiments reading it get ``RUN_DIR/skipped.json`` with the
 reason; so do experiments of a corpus whose path is not set. A model that cannot be loaded for
-another reason (a damaged local model, a wrong path) is marked the same way but fails the store,
-so the run exits 1. Everything else still runs. Each
+another reason (a damaged local model, a wrong path) is marked the same way with ``"failed": true``
+(a store made with other weights, ``"other_weights": true``): the store fails, and so do the
+experiments reading it (``RUN_DIR/failed.json``), also in a later ``--stage train``, so the run
+exits 1. Everything else still runs. Each
 reason is printed in full once, then referred to (:class:`_Reasons`). The Hugging Face hub is
 probed once per process: when it cannot be reached, lookups use the local cache only instead of
 retrying with back-off for every model.
@@ -358,19 +360,22 @@ def _in_threads(function: Callable[[Any], bool], items: Sequence[Any], stopping:
 
 # --- stage 2: training ------------------------------------------------------------------------
 
-def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str] | None:
-    """(reason, short topic) when the experiment cannot run, else None."""
+def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str, bool] | None:
+    """(reason, short topic, failed) when the experiment cannot run, else None. ``failed``: its store
+    failed in the extract stage (a model that is the user's to fix, or other weights): the experiment
+    fails too, also in a `--stage train` of its own; an offline model or a corpus without a path skips it."""
     reason = config.corpora[experiment.corpus].skip_reason
     if reason:
-        return reason, _corpus_topic(experiment.corpus)
+        return reason, _corpus_topic(experiment.corpus), False
     for store in experiment.stores:
         path = config.store_path(store, experiment.corpus)
         marker = _read_json(_skip_marker(path))
         if isinstance(marker, dict) and marker.get("other_weights") and not path.exists():
             continue  # the store of other weights was moved away, as its reason said: it is to be extracted
         if isinstance(marker, dict) and marker.get("reason"):
-            return str(marker["reason"]), (f"store {store!r} holds other weights" if marker.get("other_weights")
-                                           else _store_topic(store))
+            return (str(marker["reason"]), (f"store {store!r} holds other weights" if marker.get("other_weights")
+                                            else _store_topic(store)),
+                    bool(marker.get("failed") or marker.get("other_weights")))
     return None
 
 
@@ -392,6 +397,8 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
 
     shown = {f.name: f.default for f in fields(ExperimentConfig) if f.name in ("head", "norm", "recipe")}
     try:
+        if marker == "failed.json":  # a skipped.json of an earlier run would outweigh it in the report
+            (experiment.run_dir / "skipped.json").unlink(missing_ok=True)
         _write_json(experiment.run_dir / marker,
                     {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
                      **experiment.config, "stores_identity": identity})
@@ -487,9 +494,10 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         for experiment in config.experiments:
             skip = _skip_reason(config, experiment)
             if skip:
-                reasons.tell(f"train {experiment.name}", *skip)
-                _mark_not_trained(config, experiment, skip[0])
-                outcome.skipped.append(experiment.name)
+                reason, topic, failed = skip
+                reasons.tell(f"train {experiment.name}", reason, topic, outcome="FAILED" if failed else "skipped")
+                _mark_not_trained(config, experiment, reason, marker="failed.json" if failed else "skipped.json")
+                (outcome.failed if failed else outcome.skipped).append(experiment.name)
                 continue
             paths = {store: config.store_path(store, experiment.corpus) for store in experiment.stores}
             missing = [store for store, path in paths.items() if not path.exists()]

@@ -458,8 +458,16 @@ def read_hf_config(directory: Path) -> Any:
     import transformers
 
     path = directory / "config.json"
-    damaged = ("; it is damaged or not the JSON save_pretrained() writes (an interrupted copy?). Copy the model "
-               "again, or save it again with save_pretrained()")
+    cache = directory.parent.parent  # a hub model's snapshot: <cache>/models--org--name/snapshots/<commit>
+    if directory.parent.name == "snapshots" and cache.name.startswith("models--"):
+        model_id = cache.name[len("models--"):].replace("--", "/")
+        damaged = (f"; it is damaged (an interrupted or edited download?). It is in the Hugging Face cache: "
+                   f"download it again with `hf download {model_id} --force-download`, or delete the model's "
+                   f"cache folder {str(cache)!r} (its snapshot {directory.name} links to the files in its "
+                   f"blobs/) and load {model_id!r} again with network access")
+    else:
+        damaged = ("; it is damaged or not the JSON save_pretrained() writes (an interrupted copy?). Copy the "
+                   "model again, or save it again with save_pretrained()")
     try:
         model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as error:

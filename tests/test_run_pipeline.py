@@ -1070,3 +1070,26 @@ def test_train_stage_fails_the_experiments_of_a_store_that_failed_to_extract(tmp
     assert not (experiment.run_dir / "skipped.json").exists()
     summary = read_run_dir(experiment.run_dir)
     assert summary.status == "incomplete" and str(damaged) in summary.reason, summary
+
+
+@needs_ravdess
+def test_a_damaged_config_json_in_the_hugging_face_cache_names_the_cache_fix(tmp_path: Path, monkeypatch) -> None:
+    """Review: a config.json that is not JSON in the Hugging Face cache got the hint for a local model
+    ("copy the model again, or save it again with save_pretrained()"); there the fix is to download it
+    again, or to delete the model's cache folder (the snapshot only links to its blobs/)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub" / "models--w2v2ser-tests--tiny"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(commit)
+    snapshot = make_tiny_model(cache / "snapshots" / commit)
+    (snapshot / "config.json").write_text("{not json")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores.w2v2.features": {"wav2vec2": {"model": "w2v2ser-tests/tiny", "batch_seconds": 8}}})
+    done = run_cli(pipeline, "--stage", "extract")
+    assert done.returncode == 1, done.stderr
+    assert f"cannot read {str(snapshot / 'config.json')!r}: " in done.stderr, done.stderr
+    assert ("`hf download w2v2ser-tests/tiny --force-download`, or delete the model's cache folder "
+            f"{str(cache)!r}") in done.stderr, done.stderr
+    assert "save_pretrained()" not in done.stderr.split("cannot read", 1)[1].split("\n", 1)[0], done.stderr

@@ -703,7 +703,7 @@ def test_other_weights_of_a_sharded_model_name_the_shard_that_changed(tmp_path: 
 
 
 @needs_ravdess
-def test_a_truncated_model_file_skips_its_store_once_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_truncated_model_file_fails_its_store_once_naming_the_file(tmp_path: Path, monkeypatch, capsys) -> None:
     """Leftover: a truncated model.safetensors resolved (its hash needs no parsing), so the store was
     created and every audio file failed with the same SafetensorError; the model cannot load at all,
     so its store fails once (exit 1: a damaged model is the user's to fix, not an offline skip), with a

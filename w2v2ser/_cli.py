@@ -351,30 +351,31 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
                 f"changes as damage. Verify the store when that extraction has finished.")
         report = store.verify(progress=not args.no_progress)
     unfinished = not store.complete and not pairs  # only its last finalize's part can be checked
+    intact = report.ok and not unfinished  # a script must not take an unfinished store for a verified one
     if args.json:  # the same checks and exit status, for a script
         print(json.dumps({
-            "store": args.store, "intact": report.ok and not unfinished, "unfinished": unfinished,
+            "store": args.store, "intact": intact, "unfinished": unfinished,
             "checked": report.checked,
             "problems": [{"id": uid, "feature": feature, "reason": message}
                          for uid, feature, message in report.problems],
             "queued_for_reextraction": [{"id": uid, "feature": feature} for uid, feature in pairs],
         }, indent=2))
-        return 0 if report.ok and not unfinished else 1
+        return 0 if intact else 1
     for utterance_id, feature, message in report.problems:
         print(f"{utterance_id}\t{feature}\t{message}")
-    print(f"{len(report.problems)} problem(s) found" if not report.ok else
-          "no problem found so far" if unfinished else "intact")
+    print("intact" if intact else f"{len(report.problems)} problem(s) found" if not report.ok else
+          "no problem found so far")
     if pairs:
         print(f"queued {len(pairs)} utterance x feature pair(s) with damaged frames for re-extraction; the store is "
               f"incomplete until you rerun the extraction that made it (the same `w2v2ser extract` or `w2v2ser "
               f"run` command), which extracts only those again")
     elif args.repair and not report.ok:
         print("none of these problems is one utterance's frames: --repair cannot queue them for re-extraction")
-    if unfinished:  # exit 1: a script must not take an unfinished store for a verified one
+    if unfinished:
         print(f"the store is incomplete: {report.checked} utterance x feature regions of its last finalize were "
               f"checked; what the unfinished extraction committed since is checked once it finishes "
               f"({_resume_command(store)}, then verify again)")
-    return 0 if report.ok and not unfinished else 1
+    return 0 if intact else 1
 
 
 def _cmd_store_export(args: argparse.Namespace) -> int:

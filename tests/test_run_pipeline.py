@@ -1093,3 +1093,31 @@ def test_a_damaged_config_json_in_the_hugging_face_cache_names_the_cache_fix(tmp
     assert ("`hf download w2v2ser-tests/tiny --force-download`, or delete the model's cache folder "
             f"{str(cache)!r}") in done.stderr, done.stderr
     assert "save_pretrained()" not in done.stderr.split("cannot read", 1)[1].split("\n", 1)[0], done.stderr
+
+
+@pytest.mark.slow  # about a minute on 2 loaded cores; hangs (150 s) without the fix
+@needs_ravdess
+def test_a_worker_above_the_pause_fraction_of_memory_limit_keeps_training(tmp_path: Path) -> None:
+    """A training worker holds TensorFlow (~0.9 GB): above 80% of cluster.memory_limit Dask paused it,
+    and a paused worker took no further run, as nothing it holds is ever freed: `run` waited for ever,
+    without a word (memory_limit: 1GB). Here the 95% restart is off to keep the test on the pause."""
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": "out", "cluster": {"kind": "local", "workers": 1, "dashboard_address": None,
+                                     "memory_limit": "400MB"},
+        "corpora": {"ravdess": {"kind": "ravdess", "path": "data"}},
+        "extraction": {"stores": {"classic": {"features": {"egemaps": {}}}}},
+        "experiments": {"t": {"corpus": "ravdess", "features": "classic/egemaps", "head": "dense", "seeds": 2,
+                              "recipe_overrides": {"max_epochs": 2}}},
+    }))
+    extracted = run_cli(pipeline, "--stage", "extract", "--set", "cluster=none")
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    try:
+        done = subprocess.run([str(W2V2SER), "run", str(pipeline), "--stage", "train"], capture_output=True,
+                              text=True, timeout=150, cwd=tmp_path,
+                              env={**cli_env(), "DASK_DISTRIBUTED__WORKER__MEMORY__TERMINATE": "False"})
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"the train stage hung on a paused worker: {error.stderr}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "out" / "experiments").glob("**/runs/*/metrics.json"))) == 2

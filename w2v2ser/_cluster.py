@@ -218,7 +218,8 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
         directives.append(f"--gres=gpu:{gpus}")
         # Each worker process of a job advertises its share of the job's GPUs.
         extra_args += ["--resources", f"{GPU_RESOURCE}={max(1, gpus // slurm.processes)}"]
-    prologue = [f"export {k}={v}" for k, v in _thread_env(threads).items()] + list(slurm.job_script_prologue)
+    prologue = [f"export {k}={v}" for k, v in _thread_env(threads).items()] + [
+        "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"] + list(slurm.job_script_prologue)  # as open_cluster
     kwargs: dict[str, Any] = {
         "queue": slurm.queue, "account": slurm.account, "cores": slurm.cores, "memory": slurm.memory,
         "processes": slurm.processes, "walltime": slurm.walltime, "job_extra_directives": directives,
@@ -409,7 +410,11 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
     from distributed import Client
 
     # Workers must not inherit an OMP_NUM_THREADS=1 pre-spawn default when they own several cores.
+    # No pausing at 80% of memory_limit: what a worker holds is TensorFlow / torch and a model, which
+    # pausing never frees, so a paused worker took no task again and the run waited for ever (a
+    # training worker holds ~0.9 GB: memory_limit 1GB hung). Past 95% it is still restarted.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
+                          "distributed.worker.memory.pause": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):
         build = _slurm_cluster if config.kind == "slurm" else _local_cluster
         with warnings.catch_warnings():  # a busy dashboard port: Dask takes another, and the link says which

@@ -409,3 +409,19 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
         assert handle.client.submit(sum, [3, 4], pure=False).result(timeout=30) == 7
     assert (bin_folder / "job2.sh").exists()
     assert "1 SLURM worker job(s) ended" in capsys.readouterr().err
+
+
+def test_a_memory_limit_dask_cannot_read_is_a_config_error() -> None:
+    """cluster.memory_limit 'lots' ended `run` with dask's ValueError traceback (exit 1) when the
+    local cluster started; it is a ClusterConfigError naming the key and what it takes (exit 2)."""
+    from w2v2ser import ConfigError
+    from w2v2ser._cluster import open_cluster
+    from w2v2ser._config import ClusterConfig
+
+    with pytest.raises(ConfigError) as raised:
+        with open_cluster(ClusterConfig(kind="local", workers=1, memory_limit="lots", dashboard_address=None)):
+            pass
+    assert raised.value.exit_code == 2 and "cluster.memory_limit" in str(raised.value) and "'lots'" in str(raised.value)
+    assert "Could not interpret 'lots'" in str(raised.value)
+    with open_cluster(ClusterConfig(kind="local", workers=1, memory_limit="2GB", dashboard_address=None)) as handle:
+        assert handle.client is not None  # a size with its unit still starts the cluster

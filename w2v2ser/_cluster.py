@@ -158,6 +158,13 @@ def _gpu_visible(index: int, total: int) -> str:
 def _local_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
     from distributed import Nanny, Scheduler, SpecCluster
 
+    from distributed.worker_memory import parse_memory_limit
+
+    try:
+        parse_memory_limit(config.memory_limit, 1, logger=logging.getLogger("distributed.worker.memory"))
+    except ValueError as error:  # raised in the cluster's start-up: a traceback, exit 1
+        raise ClusterConfigError(f"cluster.memory_limit: expected a size per worker with its unit (4GB, 500MB), "
+                                 f"auto, or 0 for no limit, got {config.memory_limit!r} ({error})") from None
     cores = usable_cores()
     gpus = (count_gpus() if config.gpus is None else config.gpus) if use_gpus else 0
     threads = config.threads_per_worker or (1 if cores <= 4 else 2)

@@ -408,6 +408,8 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
             time.sleep(0.2)
         assert handle.client.submit(sum, [3, 4], pure=False).result(timeout=30) == 7
     assert (bin_folder / "job2.sh").exists()
+    # as local workers, a SLURM worker is not paused at 80% of its memory (it would take no task again)
+    assert "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in (bin_folder / "job1.sh").read_text()
     assert "1 SLURM worker job(s) ended" in capsys.readouterr().err
 
 

@@ -30,8 +30,8 @@ from ._compare import check_baseline_path, compare_with_baseline, find_baseline
 from ._errors import EvaluateError
 from ._figures import layer_weight_series, plot_confusion, plot_layer_sweep, plot_layer_weights
 from ._paper import paper_source, paper_value, row_identity, verdict
-from ._rundir import (CORPUS_NAMES, RunSummary, _alias_model, _load_json, current_runs, data_text, find_key,
-                      read_run_dir)
+from ._rundir import (CORPUS_NAMES, RunSummary, _alias_model, _branch_stores, _load_json, current_runs, data_text,
+                      find_key, read_run_dir)
 from ._sweep import expand_sweep_dirs, find_run_dirs, is_sweep_dir
 
 __all__ = ["write_report"]
@@ -117,19 +117,18 @@ def _corpus_columns(runs: Sequence[RunSummary]) -> list[str]:
 def _identity(run: RunSummary) -> tuple[str, str, str]:
     """(model, selection, selection key) of a run's main branch, for row names and paper lookup."""
     selection = find_key(run.experiment, "features") if run.experiment else None
-    if not isinstance(selection, str):
+    branches = _branch_stores(run.experiment, run.experiment) if isinstance(selection, str) else None
+    if not branches:
         return "", run.features, run.features
-    alias = selection.rpartition("/")[0]
-    feature = selection.rpartition("/")[2].partition(":")[0]
+    (alias, feature, _), *others = branches
     model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
     # The paper's Fusion head adds eGeMAPS; another second branch is named, and matches no paper row.
     fusion = find_key(run.experiment, "fusion_features") if reads_fusion(run.head) else None
-    if isinstance(fusion, str) and fusion.rpartition("/")[2] != "egemaps":
+    if isinstance(fusion, str) and fusion.rpartition("/")[2] != "egemaps" and others:
         branch = fusion.rpartition("/")[2]
-        name = branch.partition(":")[0]  # with its own model, as the main branch (hubert-base vs hubert-large)
-        branch_model = (_alias_model(run.experiment, fusion.rpartition("/")[0], (), name)
-                        if name in UPSTREAM_FEATURES else "")
+        alias, name, _ = others[0]  # with its own model, as the main branch (hubert-base vs hubert-large)
+        branch_model = _alias_model(run.experiment, alias, (), name) if name in UPSTREAM_FEATURES else ""
         branch += f" ({row_identity(fusion, branch_model)[0]})" if branch_model else ""
         shown, key = f"{shown} + {branch}", f"{key}+{branch}"
     return model, shown + data_text(run.experiment), key

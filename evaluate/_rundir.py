@@ -22,7 +22,10 @@ import numpy as np
 
 from w2v2ser._common import UPSTREAM_FEATURES, first_few, subset_text
 from w2v2ser.train import list_run_files
+from w2v2ser.train._config import branch_selections, default_store_alias  # no TensorFlow
+from w2v2ser.train._errors import SelectionError
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
+from w2v2ser.train._selection import parse_selection
 from w2v2ser.train._metrics import PER_RUN, POOLED, headline_uar  # no TensorFlow
 
 __all__ = ["RunSummary", "read_run_dir", "CORPUS_NAMES", "current_runs", "current_failure", "data_text"]
@@ -153,22 +156,45 @@ def model_ids_of(experiment: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _branch_stores(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> list[tuple[str, str, str]] | None:
+    """(store alias, feature, selection) of each branch the experiment reads (``features``, and a fusion
+    head's ``fusion_features``), by train's rules; None for a layout whose selections are not strings."""
+    stores = find_key(experiment, "stores_identity")
+    if not isinstance(stores, Mapping):
+        stores = find_key(config, "stores")
+    aliases = list(stores) if isinstance(stores, Mapping) else []
+    features = find_key(config, "features", "feature")
+    if isinstance(features, str):
+        fusion, head = find_key(config, "fusion_features"), find_key(config, "head")
+        try:
+            texts = list(branch_selections(features, fusion if isinstance(fusion, str) else None, str(head),
+                                           aliases).values())
+        except SelectionError:
+            return None
+    elif isinstance(features, list) and all(isinstance(text, str) for text in features):
+        texts = features
+    else:
+        return None
+    branches = []
+    for text in texts:
+        try:
+            selection = parse_selection(text)
+        except SelectionError:
+            return None
+        branches.append((selection.alias or default_store_alias(aliases) or "", selection.feature, text))
+    return branches
+
+
 def _used_model_ids(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> tuple[str, ...]:
     """Model ids of the upstream features the experiment selects (``features``, and a fusion head's
     ``fusion_features``), looked up in its stores' identities: an eGeMAPS run on a store that also
     holds wav2vec2 frames used no model. Layouts this cannot read: every model id recorded."""
     everything = model_ids_of(experiment)
-    features = find_key(config, "features", "feature")
-    selections = [features] if isinstance(features, str) else features
-    if not isinstance(selections, list) or not all(isinstance(text, str) for text in selections):
+    branches = _branch_stores(config, experiment)
+    if branches is None:
         return everything
-    if reads_fusion(find_key(config, "head")):
-        fusion = find_key(config, "fusion_features") or "egemaps"
-        selections = [*selections, fusion if isinstance(fusion, str) else ""]
     found: list[str] = []
-    for text in selections:
-        alias, _, rest = text.rpartition("/")
-        feature = rest.partition(":")[0]
+    for alias, feature, _ in branches:
         if not feature.startswith(UPSTREAM_FEATURES):
             continue
         model = _alias_model(experiment, alias, everything, feature)
@@ -188,19 +214,23 @@ def model_tag(model_id: str) -> str:
 
 def _alias_model(config: Mapping[str, Any], alias: str, model_ids: tuple[str, ...], feature: str = "") -> str:
     """Model id of ``feature`` in the store behind ``alias`` (experiment.json ``stores_identity``),
-    else of the store's only upstream, else the only one known. A store may hold several upstreams
-    (hubert, wavlm...): the selected feature's own model names the run."""
+    else of the store's only upstream, else the only one known; "" when the store records its
+    features and ``feature`` is not one of them. A store may hold several upstreams (hubert,
+    wavlm...): the selected feature's own model names the run."""
     stores = find_key(config, "stores_identity")
     if not isinstance(stores, Mapping):
         stores = {}
     # A selection without prefix reads the only store, else the "main" one (ExperimentConfig rule).
-    alias = alias or (next(iter(stores)) if len(stores) == 1 else "main")
+    alias = alias or default_store_alias(stores) or ""
     store = stores.get(alias)
     if isinstance(store, Mapping):
-        spec = (store.get("features") or {}).get(feature) if isinstance(store.get("features"), Mapping) else None
+        features = store.get("features")
+        spec = features.get(feature) if isinstance(features, Mapping) else None
         model = spec.get("config", {}).get("model") if isinstance(spec, Mapping) else None
         if isinstance(model, str):
             return model
+        if feature and isinstance(features, Mapping) and feature not in features:
+            return ""  # another feature of the store: its model is not the selection's
         found = model_ids_of(store)
         if len(found) == 1 or (found and not feature):
             return found[0]
@@ -215,7 +245,9 @@ def _feature_text(config: Mapping[str, Any], model_ids: tuple[str, ...]) -> str:
         return explicit
     features = find_key(config, "features", "feature", default="?")
     if isinstance(features, str) and reads_fusion(find_key(config, "head")):
-        features = [features, find_key(config, "fusion_features") or "egemaps"]
+        # Each branch with the store it reads: a fusion branch without prefix may read the "fusion" store.
+        features = ([text for *_, text in _branch_stores(config, config) or ()]
+                    or [features, find_key(config, "fusion_features") or "egemaps"])
     if isinstance(features, Mapping):  # {"wav2vec2": {"layers": [...]}, "egemaps": {}}
         items = list(features.items())
     elif isinstance(features, str):

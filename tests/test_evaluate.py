@@ -131,6 +131,24 @@ def test_report_model_ids_are_those_of_the_features_the_run_used(tmp_path: Path)
     assert ids == {"egemaps": [], "w2v2": [model], "fusion": [model]}
 
 
+def test_a_fusion_branch_without_prefix_is_looked_up_in_the_fusion_store(tmp_path: Path) -> None:
+    """Review s63: with stores {main: wav2vec2, fusion: hubert} and fusion_features "hubert:all" (no
+    prefix), the branch reads the fusion store (ExperimentConfig.selections), but the report looked
+    it up in "main": model_ids lost the HuBERT model and the row read "hubert:all (wav2vec2-base)"."""
+    hubert = "facebook/hubert-base-ls960"
+    run = make_run_dir(tmp_path / "runs", "fusion", features="wav2vec2:all", head="fusion", model=MODELS["pt"])
+    experiment = json.loads((run / "experiment.json").read_text(encoding="utf-8"))
+    experiment["stores"]["fusion"] = str(tmp_path / "hubert.zarr")
+    experiment["fusion_features"] = "hubert:all"
+    experiment["stores_identity"]["fusion"] = {"path": str(tmp_path / "hubert.zarr"), "features": {
+        "hubert": {"name": "hubert", "dim": 768, "layers": 13, "config": {"model": hubert, "revision": None}}}}
+    _write_json(run / "experiment.json", experiment)
+    write_report([run], out=tmp_path / "r")
+    data = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert data["runs"][0]["model_ids"] == [MODELS["pt"], hubert]
+    assert [r["selection"] for r in data["feature_table"]["rows"]] == ["all layers + hubert:all (hubert-base-ls960)"]
+
+
 def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: Path) -> None:
     """Two run dirs of one model x selection x head (a units study) were labelled by run-dir name only."""
     runs = [make_run_dir(tmp_path / "runs", name, uars=uars) for name, uars in

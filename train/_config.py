@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
+from typing import Annotated, Any, Collection, Literal, Mapping, Optional, Union, get_args
 
 from pydantic import Field
 
@@ -166,18 +166,12 @@ class ExperimentConfig:
 
     def selections(self) -> dict[str, str]:
         """Branch name -> selection string ("main", and "fusion" for a head that reads a fusion branch)."""
-        out = {"main": self.features}
-        if reads_fusion(self.head):
-            text = self.fusion_features or "egemaps"
-            if FUSION_STORE_ALIAS in self.stores and parse_selection(text).alias is None:
-                text = f"{FUSION_STORE_ALIAS}/{text}"  # a fusion store, when given, feeds the fusion branch
-            out["fusion"] = text
-        elif self.fusion_features:
+        if self.fusion_features and not reads_fusion(self.head):
             heads = fusion_heads() or ["fusion"]
             raise ConfigError(f"fusion_features={self.fusion_features!r} is only used by head "
                               f"{or_list([repr(h) for h in heads])}, got head {self.head!r}; drop it or use "
                               f"head={heads[0]!r}")
-        return out
+        return branch_selections(self.features, self.fusion_features, self.head, self.stores)
 
     def store_alias(self, selection: str) -> str:
         """Alias of the store a selection reads from (its prefix, else the default store)."""
@@ -187,10 +181,9 @@ class ExperimentConfig:
                 raise ConfigError(f"selection {selection!r} names store alias {sel.alias!r}, but stores has "
                                   f"{sorted(self.stores)}; add it to stores or fix the prefix")
             return sel.alias
-        if len(self.stores) == 1:
-            return next(iter(self.stores))
-        if DEFAULT_STORE_ALIAS in self.stores:
-            return DEFAULT_STORE_ALIAS
+        alias = default_store_alias(self.stores)
+        if alias is not None:
+            return alias
         raise ConfigError(f"selection {selection!r} has no store prefix and stores {sorted(self.stores)} has no "
                           f"{DEFAULT_STORE_ALIAS!r} alias; write e.g. '{next(iter(self.stores))}/{selection}'")
 
@@ -231,6 +224,31 @@ class ExperimentConfig:
         d["selections"] = self.selections()
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def branch_selections(features: str, fusion_features: str | None, head: str,
+                      aliases: Collection[str]) -> dict[str, str]:
+    """Branch name -> selection string of an experiment ("main", and "fusion" for a head that reads a
+    fusion branch), as :meth:`ExperimentConfig.selections` and the report (from experiment.json) read them.
+
+    Raises:
+        SelectionError: The fusion selection does not follow the grammar.
+    """
+    out = {"main": features}
+    if reads_fusion(head):
+        text = fusion_features or "egemaps"
+        if FUSION_STORE_ALIAS in aliases and parse_selection(text).alias is None:
+            text = f"{FUSION_STORE_ALIAS}/{text}"  # a fusion store, when given, feeds the fusion branch
+        out["fusion"] = text
+    return out
+
+
+def default_store_alias(aliases: Collection[str]) -> str | None:
+    """Alias of the store that a selection without prefix reads: the only store, else "main"; None
+    when there are several and none is "main"."""
+    if len(aliases) == 1:
+        return next(iter(aliases))
+    return DEFAULT_STORE_ALIAS if DEFAULT_STORE_ALIAS in aliases else None
 
 
 def as_experiment_config(config: "ExperimentConfig | Mapping[str, Any]") -> "ExperimentConfig":

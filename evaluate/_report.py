@@ -231,7 +231,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
             row = {"model": model, "selection": selection, "features": run.features, "head": run.head,
                    "normalisation": run.normalisation, "recipe": run.recipe, "cells": {}, "run_dirs": {}}
             if made:
-                row["selection"] += f" [{_settings_apart(run, made[-1][1]) or name}]"
+                row["selection"] += f" [{_settings_apart(run, made[0][1]) or name}]"  # apart from the plain row
             made.append((row, run))
             rows.append(row)
         paper = _paper_cell(run, model, key_text, run.corpus)
@@ -244,8 +244,7 @@ def _feature_table(runs: Sequence[RunSummary], names: list[str]) -> dict[str, An
 
 # Experiment keys that a row already names, or that never change a result.
 _NAMED_KEYS = {"stores", "features", "head", "norm", "protocol", "subset", "speaker_folds", "recipe",
-               "recipe_overrides", "config_key",
-               "legacy_config_key", "stores_identity", *RUNTIME_FIELDS, *SEED_FIELDS}
+               "recipe_overrides", *RUNTIME_FIELDS, *SEED_FIELDS}
 
 
 _SETTING_KEYS = {f.name for f in dataclasses.fields(ExperimentConfig)}
@@ -280,7 +279,7 @@ def _head_table(runs: Sequence[RunSummary]) -> dict[str, Any] | None:
                     and not _settings_apart(run, first, ignore=same)), None)
         if row is None:
             if made:
-                selection += f" [{_settings_apart(run, made[-1][1], ignore=same) or run.path.name}]"
+                selection += f" [{_settings_apart(run, made[0][1], ignore=same) or run.path.name}]"
             row = {"model": model, "selection": selection, "features": run.features,
                    "normalisation": run.normalisation, "recipe": run.recipe, "corpus": run.corpus, "cells": {}}
             made.append((row, run))

@@ -159,7 +159,8 @@ def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: P
     md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
     assert "| — | eGeMAPS | dense | speaker | official | 55.0 ± 5.0 (n=2) · paper" in md
     assert "| — | eGeMAPS [units=32] | dense | speaker | official | 65.0 ± 5.0 (n=2) · paper" in md
-    assert "| — | eGeMAPS [units=128] | dense | speaker | official | 45.0 ± 5.0 (n=2) · paper" in md
+    # the settings of the plain row: named by its run dir (review s63: was diffed against the units=32 row)
+    assert "| — | eGeMAPS [study_c] | dense | speaker | official | 45.0 ± 5.0 (n=2) · paper" in md
     # Table 2 with LSTM runs of both sizes: each size is its own row (the second dense and LSTM
     # runs were dropped, so only the first pair was compared)
     for units, uars in ((128, (0.3, 0.4)), (32, (0.2, 0.3))):
@@ -171,6 +172,27 @@ def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: P
     table2 = md.split("## Head comparison")[1].split("\n## ")[0]
     assert "| — | eGeMAPS | speaker | official | RAVDESS | 55.0 ± 5.0 (n=2) | 35.0 ± 5.0 (n=2) |" in table2
     assert "| — | eGeMAPS [units=32] | speaker | official | RAVDESS | 65.0 ± 5.0 (n=2) | 25.0 ± 5.0 (n=2) |" in table2
+
+
+def test_a_third_row_is_labelled_by_what_differs_from_the_plain_row(tmp_path: Path) -> None:
+    """Review s63: a new row's label was diffed against the last row, so a third run dir (units=128,
+    dropout=0.5) after a units=32 one read "[dropout=0.5, units=128]", though units=128 is the plain row's."""
+    runs = [make_run_dir(tmp_path / "runs", name, uars=uars) for name, uars in
+            (("a", (0.5, 0.6)), ("b", (0.6, 0.7)), ("c", (0.4, 0.5)))]
+    for run, (units, dropout) in zip(runs, ((128, 0.2), (32, 0.2), (128, 0.5))):
+        experiment = json.loads((run / "experiment.json").read_text())
+        _write_json(run / "experiment.json", {**experiment, "units": units, "dropout": dropout, "seeds": 2})
+    for head in ("lstm",):  # the head table labels its rows the same way
+        for run, (units, dropout) in zip(runs, ((128, 0.2), (32, 0.2), (128, 0.5))):
+            lstm = make_run_dir(tmp_path / "runs", f"{run.name}_{head}", head=head, uars=(0.3, 0.4))
+            experiment = json.loads((lstm / "experiment.json").read_text())
+            _write_json(lstm / "experiment.json", {**experiment, "units": units, "dropout": dropout, "seeds": 2})
+            runs.append(lstm)
+    write_report(runs, out=tmp_path / "report")
+    data = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    labels = ["eGeMAPS", "eGeMAPS [units=32]", "eGeMAPS [dropout=0.5]"]
+    assert [r["selection"] for r in data["feature_table"]["rows"] if r["head"] == "dense"] == labels
+    assert [r["selection"] for r in data["head_table"]["rows"]] == labels
 
 
 def test_a_corpus_cell_joins_the_row_of_its_own_settings(tmp_path: Path) -> None:

@@ -554,9 +554,9 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
              "per seed. Multi-fold protocols (IEMOCAP sessions, speaker folds): per seed, the predictions of "
              "all folds are pooled and scored once (the released code's scoring), so n = seeds.", "",
              f"Beside a measured cell: the published value of the same row ({paper_source()}), the "
-             "difference in points, and ✓ when it is within two standard deviations of the difference "
-             "(√(s_measured² + s_paper²), at least 1 point), ✗ otherwise. \"Not compared\": the run changed "
-             "a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
+             "difference in points, and ✓ when |difference| ≤ max(2·√(s_measured² + s_paper²), 1 point) "
+             "(two standard deviations of the difference, never under 1 point), ✗ otherwise. \"Not compared\": "
+             "the run changed a setting the paper fixed (named in brackets: recipe overrides, batch size, crop, units, "
              "dropout, a subset of the utterances, speaker folds). No paper value: the row is not in the "
              "paper, or its value has not been entered in "
              "w2v2ser/evaluate/data/pepino2021.json. \"(unchecked)\": a value taken from another source than "

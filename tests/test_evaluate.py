@@ -195,6 +195,31 @@ def test_a_third_row_is_labelled_by_what_differs_from_the_plain_row(tmp_path: Pa
     assert [r["selection"] for r in data["head_table"]["rows"]] == labels
 
 
+def test_the_reports_verdict_follows_its_stated_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s63: the rule was tested on the private verdict() only. The rendered report states
+    |d| <= max(2*sqrt(s^2 + s_paper^2), 1 point) and marks its cells by it (paper eGeMAPS: 57.0 ± 2.4)."""
+    cases = {"inside": (0.617, 0.617), "outside": (0.619, 0.619),  # 2 x 2.4 = 4.8 points
+             "spread": (0.60, 0.64)}  # d = 5.0, s = 2.0: 2 x sqrt(4 + 5.76) = 6.2 (the paper's std alone: ✗)
+    runs = [make_run_dir(tmp_path / "runs", name, uars=uars, seed=k) for k, (name, uars) in enumerate(cases.items())]
+    md = write_report(runs, out=tmp_path / "report").read_text(encoding="utf-8")
+    assert "✓ when |difference| ≤ max(2·√(s_measured² + s_paper²), 1 point)" in md
+    assert "| — | eGeMAPS | dense | speaker | official | 61.7 ± 0.0 (n=2) · paper 57.0 ± 2.4 (unchecked), +4.7 ✓ |" in md
+    assert "| — | eGeMAPS [outside] | dense | speaker | official | 61.9 ± 0.0 (n=2) · paper 57.0 ± 2.4 (unchecked), +4.9 ✗ |" in md
+    assert ("| — | eGeMAPS [spread] | dense | speaker | official | 62.0 ± 2.0 (n=2) · paper 57.0 ± 2.4 (unchecked), "
+            "+5.0 ✓ |") in md
+    # The floor: a published value of small spread still allows 1 point.
+    from w2v2ser.evaluate import _paper
+
+    data = json.loads(json.dumps(_paper._data()))
+    data["rows"][0]["values"]["ravdess"]["std"] = 0.1
+    monkeypatch.setattr(_paper, "_data", lambda: data)
+    md = write_report(runs[:1], out=tmp_path / "floor").read_text(encoding="utf-8")
+    assert "61.7 ± 0.0 (n=2) · paper 57.0 ± 0.1 (unchecked), +4.7 ✗ |" in md
+    for k, (uars, mark) in enumerate((((0.579, 0.579), "+0.9 ✓"), ((0.581, 0.581), "+1.1 ✗"))):
+        run = make_run_dir(tmp_path / "floor_runs", f"f{k}", uars=uars)
+        assert mark in write_report([run], out=tmp_path / f"floor{k}").read_text(encoding="utf-8")
+
+
 def test_a_corpus_cell_joins_the_row_of_its_own_settings(tmp_path: Path) -> None:
     """An IEMOCAP run (units=128) after two RAVDESS runs (units 128 and 32) landed in the row of the
     last one, labelled units=32, while the units=128 row showed no IEMOCAP figure."""

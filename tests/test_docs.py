@@ -271,3 +271,10 @@ def test_report_section_states_the_rule_of_the_paper_verdict() -> None:
     assert verdict(58.1, 0.1, paper)[1] is False
     assert verdict(61.0, 1.0, PaperValue(57.0, 1.0, 1))[1] is False  # 4.0 > 2 x 1.41
     assert verdict(59.5, 1.0, PaperValue(57.0, 1.0, 1))[1] is True
+
+
+def test_history_keys_say_what_validation_they_are_on() -> None:
+    """Review s63: README said val_loss/val_accuracy were "on the validation speakers", but a CSV
+    manifest's split column and IEMOCAP's validation lists choose utterances, not speakers."""
+    assert "`val_loss`, `val_accuracy` (on the validation part)" in README
+    assert "validation speakers" not in README

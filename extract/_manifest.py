@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from w2v2ser._common import did_you_mean, spelling_key, variants_differ
+from w2v2ser._common import did_you_mean, spelling_key, variants_differ, without_invisible
 from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError
@@ -187,6 +187,7 @@ def _nul_byte(path: Path, line: int, *, encoding: str = "utf-16le") -> ManifestE
 
 
 _SEP_LINE = re.compile(r"sep=(.)\r?\n?\Z", re.IGNORECASE)  # Excel's first-line hint: 'sep=;'
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # as io.StringIO(newline="") splits the lines the reader counts
 
 
 def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -208,7 +209,7 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
     Raises:
         ManifestError: Unreadable file or encoding, missing required column, empty value in a
             required column, malformed row, bad split/gender, duplicate id, an id holding a
-            line break, tab or other control character.
+            line break, tab or other control character, an id column value holding an invisible one (U+200B...).
 
     A ``split`` of ``train``/``training``, ``validation``/``val``/``valid``/``dev``/``development`` or
     ``test``/``eval`` (any case) is stored as ``train``, ``validation`` or ``test``.
@@ -245,7 +246,10 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
         problems: list[tuple[str, str]] = []
         named = {k: h for k, h in zip(header, raw or []) if h}
         for row in reader:
-            line = reader.line_num + skipped
+            # The line the record starts on: reader.line_num is its last one (a quoted cell may span lines).
+            spans = sum(len(_LINE_BREAK.findall(v)) for v in [*row.values(), *(row.get(None) or ())]
+                        if isinstance(v, str))
+            line = reader.line_num + skipped - spans
             for key in unnamed:
                 row.pop(key)
             # Empty fields beyond the header ('a;b;c;;') hold nothing to lose; values there do.
@@ -319,7 +323,14 @@ def read_csv_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def _check_id_characters(path: Path, line: int, uid: str, *, derived: bool) -> None:
     """Refuse an id holding a line break, tab or other control character (a quoted cell spanning
-    two lines): logs, ``predictions.csv`` and ``--subset id=...`` could not show or match it."""
+    two lines), or a given id holding an invisible one (a zero-width space pasted from a web page): logs,
+    ``predictions.csv`` and ``--subset id=...`` could not show or match it."""
+    # Not an id derived from a path: a path holding one names a missing file, whose row fails alone with a hint.
+    invisible = None if derived else next((c for c in uid if not without_invisible(c)), None)
+    if invisible is not None:
+        raise _fail(path, line, "id", f"utterance id {uid!r} holds the invisible character U+{ord(invisible):04X} "
+                    f"({unicodedata.name(invisible, 'format character')})",
+                    "Delete it from the id (`--subset id=...` could not match it).")
     bad = next((c for c in uid if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
     if bad is None:
         return

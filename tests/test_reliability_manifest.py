@@ -387,6 +387,29 @@ def test_an_id_holding_a_control_character_is_refused_with_its_line(tmp_path, ce
         read_csv_manifest(path)
 
 
+def test_a_row_spanning_lines_is_named_by_the_line_it_starts_on(tmp_path):
+    """Review s63: the error named the record's last line ("line 4" for a row starting on line 3)."""
+    write_audio(tmp_path / "a.wav")
+    path = _manifest(tmp_path, 'id,path,label,speaker\nok,a.wav,sad,s1\n"a\nb",a.wav,angry,s1\n')
+    with pytest.raises(ManifestError, match=r", line 3, column 'id'"):
+        read_csv_manifest(path)
+    # A later row after it is still named by its own line.
+    path = _manifest(tmp_path, 'id,path,label,speaker\nok,a.wav,"sad\r\nvery",s1\nok,a.wav,sad,s1\n')
+    with pytest.raises(ManifestError, match=r", line 4, column 'id': utterance id 'ok' is also used on line 2"):
+        read_csv_manifest(path)
+
+
+@pytest.mark.parametrize("uid", ["c\u200bd", "\u2060cd", "cd\u00ad"])
+def test_an_id_holding_an_invisible_character_is_refused(tmp_path, uid):
+    """Review s63: an id with a zero-width space (pasted from a web page) was stored as given, and
+    `--subset id=cd` could not match it."""
+    write_audio(tmp_path / "a.wav")
+    path = _manifest(tmp_path, f"id,path,label,speaker\nok,a.wav,sad,s1\n{uid},a.wav,angry,s1\n")
+    with pytest.raises(ManifestError, match=rf"line 3, column 'id': utterance id '.*' holds the invisible character "
+                       rf"U\+{ord(next(c for c in uid if c not in 'cd')):04X}.*Delete it from the id"):
+        read_csv_manifest(path)
+
+
 def test_an_id_derived_from_a_path_holding_a_line_break_is_refused(tmp_path):
     path = _manifest(tmp_path, 'path,label,speaker\n"a\nb.wav",angry,s1\n')
     with pytest.raises(ManifestError, match=r"column 'path': the utterance id 'a\\nb' derived from the path.*"

@@ -194,8 +194,14 @@ def _near_miss(path: Path) -> str:
                 return (f" It exists relative to the current folder, as {candidate}: write the manifest's paths "
                         f"relative to the manifest's own folder, or absolute.")
         # A manifest named through a symbolic link resolves against the link's folder, not its target's.
-        for folder in list(path.parents)[:4]:
-            for link, target in _linked_manifests(str(folder)):
+        # Which manifest listed the file is not known here (nor on a cluster's workers): links to a
+        # manifest in any folder above the file are tried, so a path with '../' gets no hint.
+        for folder in path.parents:
+            try:
+                linked = _linked_manifests(str(folder), os.stat(folder).st_mtime_ns)
+            except OSError:  # a folder of the path missing too, or not listable: the ones above may hold the link
+                continue
+            for link, target in linked:
                 candidate = Path(target).parent / path.relative_to(folder)
                 if candidate != path and candidate.is_file():
                     return (f" The manifest {link} is a symbolic link to {target}, and the file exists beside "
@@ -208,8 +214,9 @@ def _near_miss(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=64)  # a missing file each: one listing per folder, not one per file
-def _linked_manifests(folder: str) -> tuple[tuple[str, str], ...]:
-    """Symbolic links in ``folder`` to manifest files (.csv, .tsv) of another folder: (link, target)."""
+def _linked_manifests(folder: str, mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    """Symbolic links in ``folder`` to manifest files (.csv, .tsv) of another folder: (link, target).
+    ``mtime_ns``: the folder's, so that a link made or removed since (a notebook session) is seen."""
     found = []
     here = os.path.realpath(folder)
     with os.scandir(folder) as entries:

@@ -417,6 +417,33 @@ def test_an_id_derived_from_a_path_holding_a_line_break_is_refused(tmp_path):
         read_csv_manifest(path)
 
 
+@pytest.mark.parametrize("deep", [Path("a.wav"), Path("Session1", "sentences", "wav", "dlg", "a.wav")])
+def test_the_symlinked_manifest_hint_reaches_deep_files_and_links_made_later(tmp_path, deep):
+    """Review s63: the hint looked for the link in the file's 4 nearest folders only (an IEMOCAP-like
+    Session1/sentences/wav/<dialog>/x.wav got none), and it cached each folder's links for the whole
+    process, so a link made after a first failure (a notebook session) was never seen."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "work").mkdir()
+    write_audio(tmp_path / "corpus" / deep)
+    text = f"path,label,speaker\n{deep.as_posix()},angry,s1\n"
+    real = _manifest(tmp_path / "corpus", text)
+    plain = tmp_path / "work" / "plain.csv"  # not a link: the file is plainly missing
+    plain.write_text(text, encoding="utf-8")
+
+    def reason_of(manifest):
+        summary = extract_corpus(read_csv_manifest(manifest).utterances, tmp_path / "s.zarr",
+                                 extractors=[build_extractor("spectrogram")], progress=False)
+        ((_, _, reason),) = summary.failed
+        return reason
+
+    assert "symbolic link" not in reason_of(plain)
+    link = tmp_path / "work" / "list.csv"
+    link.symlink_to(real)
+    reason = reason_of(link)
+    assert f"The manifest {link} is a symbolic link to {real}" in reason, reason
+    assert str(tmp_path / "corpus" / deep) in reason
+
+
 def test_a_missing_file_beside_the_target_of_a_symlinked_manifest_says_so(tmp_path):
     """Leftover: a manifest named through a symbolic link resolves relative paths against the link's
     folder (README: the CSV's folder, as named); a file found only beside the link's target failed as

@@ -957,6 +957,16 @@ def test_verify_names_corrupt_and_truncated_chunks(tmp_path):
     assert "u000" in str(report)
 
 
+def test_verify_of_a_complete_store_with_short_per_utterance_arrays_reports_them(tmp_path):
+    import zarr
+
+    built = build_store(tmp_path / "s", lengths=[20, 9, 12, 5], units=0)
+    zarr.open_group(str(built.path), mode="r+")["features/w2v/offset"].resize((3,))
+    report = open_store(built.path).verify()  # raised a broadcast ValueError
+    assert not report.ok
+    assert ("*", "w2v", "per-utterance arrays have 3 rows, table has 4") in report.problems
+
+
 # ---------------------------------------------------------------------------- export
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from w2v2ser._common import FULL_DISK_ERRNOS, progress_bar, replacing
+from w2v2ser._common import FULL_DISK_ERRNOS, link_target, progress_bar, replacing
 
 from ._errors import StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
@@ -153,7 +153,7 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
         raise StoreError(f"`store export` writes a local HDF5 file; got the URL {out_path}. Export to a local "
                          f"path, then copy the file (e.g. with `aws s3 cp`).")
     store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
-    out = Path(out_path)
+    out = link_target(out_path)  # a link: the file it points to is replaced (README)
     if not is_store_url(store_path) and out.resolve().is_relative_to(Path(store_path).resolve()):
         raise StoreError(f"cannot export to {out}: it is inside the store {store_path}, which `store export` "
                          f"only reads (a file there is not part of the store, and an extraction or upgrade "

@@ -414,6 +414,26 @@ def test_export_to_a_symlink_writes_the_file_it_points_to(tmp_path):
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["s.h5"]
 
 
+def test_export_to_a_dangling_or_looping_symlink_is_refused_naming_the_link(tmp_path, capsys):
+    """A link into a missing folder made that folder (and its parents); a link that loops was
+    replaced by a regular file. `>` fails on both (ENOENT, ELOOP)."""
+    from w2v2ser._cli import main
+
+    _, _, store = _extracted_csv_store(tmp_path)
+    dangling = tmp_path / "dangling.h5"
+    dangling.symlink_to(tmp_path / "missing" / "deeper" / "s.h5")
+    assert main(["store", "export", str(store), str(dangling)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dangling} is a symbolic link to {tmp_path / 'missing' / 'deeper' / 's.h5'}, whose folder" in err, err
+    assert "Traceback" not in err and not (tmp_path / "missing").exists() and dangling.is_symlink()
+    loop = tmp_path / "loop.h5"
+    loop.symlink_to(loop)
+    assert main(["store", "export", str(store), str(loop)]) == 2
+    err = capsys.readouterr().err
+    assert f"{loop} is a symbolic link that loops" in err and "Traceback" not in err, err
+    assert loop.is_symlink() and os.readlink(loop) == str(loop)
+
+
 @pytest.mark.parametrize("room_kb", [8, 500])  # full when creating, when finalizing
 def test_an_upgrade_that_fills_the_disk_leaves_nothing_and_says_what_to_do(tmp_path, small_disk, room_kb):
     """`store upgrade OLD NEW` onto a nearly full disk: a full disk while the new store was created

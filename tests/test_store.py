@@ -967,6 +967,22 @@ def test_verify_of_a_complete_store_with_short_per_utterance_arrays_reports_them
     assert ("*", "w2v", "per-utterance arrays have 3 rows, table has 4") in report.problems
 
 
+def test_finalizing_a_store_copied_as_links_leaves_the_source_store_alone(tmp_path):
+    """`cp -rs SRC COPY`, then a write to COPY: its tables were written through the links into SRC."""
+    built = build_store(tmp_path / "src", lengths=[5, 7])
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-rs", str(built.path), str(copy)], check=True)
+    table = built.path / "utterances.parquet"
+    before = table.stat()
+    writer = StoreWriter(copy)
+    writer.finalize()
+    writer.close()
+    after = table.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not (copy / "utterances.parquet").is_symlink()
+    assert [r.id for r in open_store(copy).list_utterances()] == [u.id for u in built.utterances]
+
+
 # ---------------------------------------------------------------------------- export
 
 

@@ -617,6 +617,30 @@ def die_with_parent(signum: int = signal.SIGKILL, *, parent: int | None = None) 
         os._exit(1)
 
 
+def link_target(path: str | os.PathLike) -> Path:
+    """The file a user's output path names: the file a symbolic link points to, as `>` writes it.
+
+    Raises:
+        ConfigError: ``path`` is a link that loops, or points into a folder that does not exist
+            (`>` fails there too; making that folder would build a tree the user never asked for).
+    """
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link that loops (it leads back to itself: "
+                              f"{os.readlink(path)}); remove or fix the link, or give another path, then "
+                              f"rerun.") from None
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        raise ConfigError(f"{path} is a symbolic link to {target}, whose folder {target.parent} does not exist. "
+                          f"Create that folder, point the link elsewhere, or give another path, then rerun.")
+    return target
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
@@ -626,12 +650,12 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
 
     Args:
         path: Destination file; its folder is created if needed. It gets the mode of the file it
-            replaces, or that of a new file (0o666 less the umask).
+            replaces, or that of a new file (0o666 less the umask). A symbolic link there is
+            replaced itself (a store's own files: a store copied as links leaves its source
+            alone); to write the file it points to, pass :func:`link_target` of it.
         durable: fsync the file and its folder (off only for throwaway files).
     """
     path = Path(path)
-    if path.is_symlink():  # write the file it points to, as `>` and h5py do, not a new file in the link's place
-        path = Path(os.path.realpath(path))
     if path.is_dir():  # before any work: os.replace would refuse it only at the end
         raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     if path.exists() and not path.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 from w2v2ser._common import FULL_DISK_ERRNOS, link_target, progress_bar, replacing
 
 from ._errors import StoreError, StoreFullError
-from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, to_str_list
+from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, enclosing_store, to_str_list
 from ._location import is_store_url
 from ._reader import FeatureStore, open_store
 from ._types import FeatureSpec
@@ -154,10 +154,11 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
                          f"path, then copy the file (e.g. with `aws s3 cp`).")
     store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
     out = link_target(out_path)  # a link: the file it points to is replaced (README)
-    if not is_store_url(store_path) and out.resolve().is_relative_to(Path(store_path).resolve()):
-        raise StoreError(f"cannot export to {out}: it is inside the store {store_path}, which `store export` "
-                         f"only reads (a file there is not part of the store, and an extraction or upgrade "
-                         f"of it would not expect it). Choose a path outside {store_path}.")
+    inside = enclosing_store(out)
+    if inside is not None:
+        raise StoreError(f"cannot export to {out}: it is inside the store {inside}, which `store export` "
+                         f"does not write (a file there is not part of the store, and an extraction or upgrade "
+                         f"of it would not expect it). Choose a path outside {inside}.")
     if out.parent.is_dir():  # else replacing makes it (or says why it cannot)
         _check_room(store, out)
     with replacing(out) as tmp, _hdf5_file(tmp, out) as h5:

@@ -25,8 +25,10 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
+from w2v2ser._common import file_url_path
+
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
-from ._location import STORAGE_OPTIONS_ENV, StoreLocation, locate_store, remote_errors
+from ._location import STORAGE_OPTIONS_ENV, StoreLocation, is_store_url, locate_store, remote_errors
 from ._readcache import ReadCacheStore
 from ._types import FeatureSpec
 
@@ -395,6 +397,30 @@ def _starts_with(path: Path, signature: bytes) -> bool:
             return f.read(len(signature)) == signature
     except OSError:
         return False
+
+
+def enclosing_store(path: str | os.PathLike[str], *, itself: bool = True) -> Path | None:
+    """The w2v2ser store that the local ``path`` lies inside (or is, when ``itself``), or None.
+
+    An output put there (`train --out S`, `store export S S/x.h5`, `extract --store S/new.zarr`,
+    `store upgrade OLD S/new.zarr`) lands among the store's own files, which its tools do not
+    expect. A URL gives None (an object store has no folders to be inside).
+    """
+    if is_store_url(path):
+        return None
+    try:
+        given = Path(file_url_path(os.fspath(path))).expanduser().resolve()
+    except (ValueError, OSError, RuntimeError):  # another host's file:// URL, a link loop: refused by their command
+        return None
+    for folder in [given, *given.parents][0 if itself else 1:]:
+        if not (folder / "zarr.json").is_file():
+            continue
+        try:
+            read_meta(folder)
+        except StoreError:  # another Zarr group, or a store's unreadable root: look further up
+            continue
+        return folder
+    return None
 
 
 def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:

@@ -18,8 +18,8 @@ import zarr
 from w2v2ser._common import publish_directory, short_name
 
 from ._errors import StoreError, StoreFullError
-from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, missing_chunk_keys, read_meta,
-                      specs_from_meta, to_str_list)
+from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, enclosing_store,
+                      missing_chunk_keys, read_meta, specs_from_meta, to_str_list)
 from ._location import is_store_url, local_zarr_store
 from ._lock import lock_store
 from ._types import Utterance
@@ -266,10 +266,13 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
                              f"storage (e.g. `aws s3 sync NEW s3://bucket/x.zarr --exclude .lock --exclude .plan.lock`).")
     old, new = Path(old_path), Path(new_path).resolve()  # resolved: `upgrade OLD .` has a name to write beside
     group, meta = _open_v1(old)
-    if new.is_relative_to(old.resolve()):  # the old store is only read; NEW inside it would alter it
-        where = "is the old store" if new == old.resolve() else f"is inside the old store {old}"
-        raise StoreError(f"cannot upgrade into {new}: it {where}, which `store upgrade` only reads. "
-                         f"Choose a new path outside {old}.")
+    # The old store is only read, NEW inside it would alter it; inside another store, its tools would not expect it.
+    inside = old.resolve() if new == old.resolve() else enclosing_store(new, itself=False)
+    if inside is not None:
+        where = ("is the old store, which `store upgrade` only reads" if new == inside else
+                 f"is inside the old store {old}, which `store upgrade` only reads" if inside == old.resolve() else
+                 f"is inside the feature store {inside}, whose own tools would not expect it there")
+        raise StoreError(f"cannot upgrade into {new}: it {where}. Choose a new path outside {inside}.")
     if new.exists() and any(p.name != ".lock" for p in new.iterdir()):
         state = _upgrade_of(new, old, meta)
         if state == "same":  # the same command again, e.g. after a kill between the move and its summary

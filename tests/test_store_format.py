@@ -368,6 +368,13 @@ def test_upgrade_and_export_refuse_an_output_inside_the_source_store(tmp_path, u
     with pytest.raises(StoreError, match="inside the store"):
         export_hdf5(upgraded, upgraded / "x.h5")
     assert not list(upgraded.glob("*.h5")) and not list(upgraded.glob(".x.h5*"))
+    # ... or inside another store (found in review: only the source store was checked).
+    with pytest.raises(StoreError, match=f"is inside the feature store {upgraded.resolve()}, whose own tools"):
+        upgrade_store(old, upgraded / "sub.zarr")
+    other = _old_copy(tmp_path / "p")
+    with pytest.raises(StoreError, match=f"inside the store {other.resolve()}"):
+        export_hdf5(upgraded, other / "x.h5")
+    assert not (upgraded / "sub.zarr").exists() and not list(other.glob("*x.h5*"))
 
 
 def _edit_meta(store: Path, **changes) -> None:

@@ -455,19 +455,14 @@ def _refuse_inside_store(path: str, option: str, *, itself: bool = True) -> None
     S --out S` wrote its run files among the store's arrays, and `extract --store S/new.zarr` a store
     inside another, files the store's own tools do not expect (`store export` refuses the same)."""
     from w2v2ser._common import ConfigError
+    from w2v2ser.store._layout import enclosing_store
 
-    if "://" in path:  # a store URL (file:// ones included: rare, and checked by their command)
-        return
-    given = Path(path).expanduser().resolve()
-    for folder in [given, *given.parents][0 if itself else 1:]:
-        try:
-            attributes = json.loads((folder / "zarr.json").read_text(encoding="utf-8")).get("attributes") or {}
-        except (OSError, ValueError, AttributeError):  # no store here (or no readable one): look further up
-            continue
-        if isinstance(attributes, dict) and "w2v2ser" in attributes:
-            where = "is the feature store" if folder == given else f"is inside the feature store {folder}"
-            raise ConfigError(f"{option} {path} {where}, which w2v2ser reads and writes only through its own "
-                              f"layout; files put there are not part of it. Choose a path outside {folder}.")
+    folder = enclosing_store(path, itself=itself)  # (a URL: checked by its command)
+    if folder is not None:
+        where = "is the feature store" if folder == Path(path).expanduser().resolve() else \
+            f"is inside the feature store {folder}"
+        raise ConfigError(f"{option} {path} {where}, which w2v2ser reads and writes only through its own "
+                          f"layout; files put there are not part of it. Choose a path outside {folder}.")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

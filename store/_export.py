@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from w2v2ser._common import FULL_DISK_ERRNOS, link_target, progress_bar, replacing
+from w2v2ser._common import FULL_DISK_ERRNOS, format_size, link_target, progress_bar, replacing
 
 from ._errors import StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, enclosing_store, to_str_list
@@ -41,11 +41,6 @@ def _full_message(out: Path, code: int) -> str:
             f"then rerun the same command.")
 
 
-def _size(n: int) -> str:
-    """Bytes in MB, or in kB below 0.1 MB (`ulimit -f 20` read "0.0 MB")."""
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
-
-
 def _check_room(store: FeatureStore, out: Path) -> None:
     """Refuse before the work when the frames alone cannot fit under the per-file size limit
     (``ulimit -f``) or in the free space of the disk holding ``out`` (an export of a large store
@@ -59,7 +54,7 @@ def _check_room(store: FeatureStore, out: Path) -> None:
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and need > limit:
         raise StoreFullError(_full_message(out, errno.EFBIG).replace(
-            "(the disk", f"(the export needs at least {_size(need)}, over `ulimit -f` of {_size(limit)}; the disk",
+            "(the disk", f"(the export needs at least {format_size(need)}, over `ulimit -f` of {format_size(limit)}; the disk",
             1))
     try:
         stat = os.statvfs(out.resolve().parent)  # (a link's target's disk)
@@ -68,7 +63,7 @@ def _check_room(store: FeatureStore, out: Path) -> None:
     free = stat.f_bavail * stat.f_frsize
     if stat.f_blocks and need > free:  # (no blocks: /proc and kin, which refuse the file itself)
         raise StoreFullError(_full_message(out, errno.ENOSPC).replace(
-            "(the disk", f"(the export needs at least {_size(need)}, {_size(free)} are free; the disk",
+            "(the disk", f"(the export needs at least {format_size(need)}, {format_size(free)} are free; the disk",
             1))
 
 

@@ -916,6 +916,17 @@ def test_info_of_an_interrupted_store_counts_its_journal_commits(tmp_path, capsy
     assert open_store(tmp_path / "done").describe()["committed"] is None
 
 
+def test_info_gives_a_small_feature_size_in_kb_not_zero_mb(tmp_path, capsys):
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[3, 4])
+    size = open_store(built.path).describe()["features"]["lld"]["bytes"]
+    assert 0 < size < 50_000
+    assert main(["store", "info", str(built.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{size / 1e3:.1f} kB" in out and "0.0 MB" not in out, out
+
+
 def test_lock_conflict_across_processes(tmp_path):
     path = tmp_path / "s"
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants,
-                             first_few, merge_subset, or_list, path_argument, subset_condition, variants_differ)
+                             first_few, format_size, merge_subset, or_list, path_argument, subset_condition,
+                             variants_differ)
 from w2v2ser._overrides import load_yaml
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -148,7 +149,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             corpus=manifest.corpus,
         )
     # Object stores: the size would cost a listing of every object, so it is left out.
-    size = (f"store {sum(p.stat().st_size for p in store.rglob('*') if p.is_file()) / 1e6:.1f} MB, "
+    size = (f"store {format_size(sum(p.stat().st_size for p in store.rglob('*') if p.is_file()))}, "
             if location.is_local else "")
     print(
         f"done: {summary.planned} utterances planned, {summary.extracted} extracted now, "
@@ -242,7 +243,7 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         lacking = (f", {feature['utterances']} of {done} done utterances (add the rest: extract "
                    f"--features {name})" if info["complete"] and feature["utterances"] < done else "")
         print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
-              f"{feature['bytes'] / 1e6:.1f} MB" + (f", model {model}" if model else "") + lacking)
+              f"{format_size(feature['bytes'])}" + (f", model {model}" if model else "") + lacking)
     copies = info["duplicate_audio"]
     if copies:  # the same recording twice: weighted double, or scored on what training saw
         label = {r.id: r.label for r in store.list_utterances(status="done")}

@@ -617,6 +617,11 @@ def die_with_parent(signum: int = signal.SIGKILL, *, parent: int | None = None) 
         os._exit(1)
 
 
+def format_size(n: int) -> str:
+    """Bytes in MB, or in kB below 0.1 MB (a small store or a `ulimit -f 20` read "0.0 MB")."""
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
 def link_target(path: str | os.PathLike) -> Path:
     """The file a user's output path names: the file a symbolic link points to, as `>` writes it.
 

@@ -93,7 +93,7 @@ def _moved_away(writer: Any, method: str) -> StoreGoneError | None:
     if method == "_create" or location is None or not location.is_local or (location.path / "zarr.json").exists():
         return None
     left = (f" A folder {location.path} left there (or made by writes still in flight) holds only frames written "
-            f"after the move: delete it.")
+            f"after the move: delete it." if location.path.exists() else "")
     return StoreGoneError(
         f"store {location.path} is no longer there: it was moved, renamed or deleted while this extraction wrote "
         f"it, so nothing in it is known to be damaged: what was committed before is kept in the store at its new "

@@ -291,7 +291,7 @@ def test_a_store_gone_before_an_array_was_opened_and_damage_after_chdir_are_told
     assert not isinstance(damaged.value, StoreGoneError)
 
 
-@pytest.mark.parametrize("when", ["between units", "inside a unit"])
+@pytest.mark.parametrize("when", ["between units", "inside a unit", "folder left"])
 def test_a_store_moved_while_extracted_is_not_called_damaged_and_resumes_at_its_new_path(tmp_path, when):
     """Found by a disk trial: `mv STORE NEW` while `extract` wrote it stopped with "store STORE is
     damaged ... Copy that file back from a backup ... otherwise extract into a new store" (or a raw
@@ -314,11 +314,15 @@ def test_a_store_moved_while_extracted_is_not_called_damaged_and_resumes_at_its_
                                 duration=1.0)
 
     write(first, False)
-    if when == "between units":
+    if when != "inside a unit":
         built.path.rename(tmp_path / "b.zarr")
+    if when == "folder left":  # (as writes in flight can make)
+        built.path.mkdir()
     with pytest.raises(StoreGoneError, match="is no longer there") as gone:
         write(second, when == "inside a unit")
     assert "damaged" not in str(gone.value).replace("known to be damaged", "") and "new path" in str(gone.value)
+    # "A folder ... left there ... delete it" only when writes made one (it was said of nothing too).
+    assert ("left there" in str(gone.value)) == built.path.exists(), (str(gone.value), built.path.exists())
     writer.close()
     resumed = StoreWriter(tmp_path / "b.zarr")
     assert resumed.pending([s.name for s in specs]) == [2, 3]  # the first unit is kept

@@ -13,7 +13,7 @@ import zarr
 from w2v2ser._common import first_few, replacing
 
 from ._errors import StoreError
-from ._journal import COMMIT, FAILURE, PairState, resolve_events
+from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
 from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, missing_statistics_shards, open_array,
                       overlapping_regions, row_checksum, specs_from_meta, to_str_list)
 from ._location import StoreLocation, locate_store
@@ -301,11 +301,14 @@ def _require_distinct_places(path: StoreLocation, feature: str, index: dict[str,
     if len(same) or overlap:
         pair = (by_slot[same[0]], by_slot[same[0] + 1]) if len(same) else overlap[0]
         what = "statistics slot" if len(same) else "frames"
+        lines = commit_lines(path, feature, pair) if path.is_local else {}
+        delete = (f"with no extraction running: `{delete_lines_command(lines)}`" if lines else
+                  f"from {path.display}/_journal/ (their lines of a *.jsonl file; on object storage, the objects "
+                  f"that hold them)")
         raise StoreError(
             f"store {path.display}: the commit records of feature {feature!r} give utterances {ids[pair[0]]!r} and "
             f"{ids[pair[1]]!r} the same {what}, so the store's journal is damaged. Delete both "
-            f"utterances' commit records of that feature from {path.display}/_journal/ (their lines of a "
-            f"*.jsonl file; on object storage, the objects that hold them): the next extraction extracts them "
+            f"utterances' commit records of that feature, {delete}: the next extraction extracts them "
             f"again. Or extract into a new store.")
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -200,6 +200,32 @@ def _object_lines(read: Callable[[str], bytes | None], where: Callable[[str], st
     return lines
 
 
+def delete_lines_command(lines: Mapping[str, list[int]]) -> str:
+    """The shell command that deletes the given lines (1-based) of local journal files."""
+    return " && ".join(f"sed -i '{';'.join(f'{n}d' for n in numbers)}' {shlex.quote(file)}"
+                       for file, numbers in lines.items())
+
+
+def commit_lines(store: StoreLocation, feature: str, rows: Iterable[int]) -> dict[str, list[int]]:
+    """The lines (1-based) of a local store's journal files that hold commit records of ``rows``
+    of ``feature``, by file; a line that cannot be read as a record is left out."""
+    wanted = {int(row) for row in rows}
+    found: dict[str, list[int]] = {}
+    try:
+        for lines in _journal_sources(store):
+            for where, line_no, raw in lines():
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if (isinstance(rec, dict) and rec.get("event") == "commit" and rec.get("feature") == feature
+                        and rec.get("index") in wanted and os.path.isfile(where)):
+                    found.setdefault(where, []).append(line_no + 1)
+    except (OSError, StoreError):  # (for a message only: it then gives no command)
+        return {}
+    return found
+
+
 def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
     """(t, file, line, event) of one journal, streamed line by line."""
     for seq, (where, line_no, raw) in enumerate(lines()):
@@ -217,7 +243,7 @@ def _file_events(lines: Lines, file_no: int) -> Iterator[tuple[int, int, int, di
         except ValueError as exc:
             delete = "Delete that line"
             if os.path.isfile(where):  # a local file: the command that does it
-                delete += f", with no extraction running: `sed -i '{line_no + 1}d' {shlex.quote(where)}`"
+                delete += f", with no extraction running: `{delete_lines_command({where: [line_no + 1]})}`"
             raise StoreError(
                 f"journal {where} line {line_no + 1} is malformed ({exc}); the store's commit "
                 f"record is damaged. {delete} (the utterance is then extracted again "

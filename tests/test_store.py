@@ -734,6 +734,14 @@ def test_a_journal_line_altered_into_other_valid_json_is_refused(tmp_path):
         StoreWriter(built.path).finalize()
     np.testing.assert_array_equal(open_store(built.path).read_utterance("u001", "lld"), built.stored("lld", 1))
 
+    # The message gives the command that deletes both commit records (as for a line that fails its CRC).
+    with pytest.raises(StoreError) as shared:
+        StoreWriter(built.path).finalize()
+    command = re.search(r"`(sed -i [^`]+)`", str(shared.value))
+    assert command and command.group(1) == f"sed -i '1d;2d' {journal}", str(shared.value)
+    subprocess.run(command.group(1), shell=True, check=True)
+    assert journal.read_bytes() == b""  # (the journal held just these two commits)
+
 
 def test_crash_before_journal_line_leaves_utterance_pending(tmp_path, monkeypatch):
     from w2v2ser.store import _journal

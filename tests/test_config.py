@@ -960,3 +960,19 @@ def test_an_escaped_dollar_brace_is_no_default(monkeypatch) -> None:
         expand_env({"output": "a$${W2V2SER_TEST_X:-$W2V2SER_TEST_HOME}"})
     assert "in a default" not in str(error.value)
     assert expand_env({"output": "a$${W2V2SER_TEST_X:-${W2V2SER_TEST_HOME}}"}) == {"output": "a${W2V2SER_TEST_X:-/h}"}
+
+
+def test_a_store_path_or_recipe_overrides_of_the_wrong_type_is_a_config_error_naming_the_key(tmp_path: Path):
+    """Review of b0f20e8 (from_dict is cls(**d)): a store path given as a number or null, and
+    recipe_overrides given as a list, raised TypeErrors from the path/dict conversions, not ConfigErrors."""
+    from w2v2ser.train import ConfigError, ExperimentConfig
+
+    for stores, match in (({"main": 5}, r"stores\.main: expected a valid string, got integer 5"),
+                          ({"main": None}, r"stores\.main: expected a valid string, got null")):
+        with pytest.raises(ConfigError, match=match):
+            ExperimentConfig.from_dict({"stores": stores, "protocol": "ravdess"})
+    with pytest.raises(ConfigError, match=r"recipe_overrides: expected a mapping, got list \[1\]"):
+        ExperimentConfig.from_dict({"stores": str(tmp_path), "protocol": "ravdess", "recipe_overrides": [1]})
+    config = ExperimentConfig(stores={"main": tmp_path, "x": "s3://b/x.zarr"}, protocol="ravdess",
+                              recipe_overrides=None)  # paths and None still converted
+    assert config.stores == {"main": str(tmp_path), "x": "s3://b/x.zarr"} and config.recipe_overrides == {}

@@ -114,13 +114,14 @@ class ExperimentConfig:
                               f"{{alias: path}}, e.g. {{'main': '/path/to/store', 'fusion': '/path/to/egemaps'}}")
         if isinstance(self.stores, Mapping) and not self.stores:  # the schema's bound, with the fix
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
-        # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
-        self.stores = {str(k): os.fspath(v) if "://" in os.fspath(v) else os.path.abspath(os.fspath(v))
-                       for k, v in self.stores.items()}
-        self.recipe_overrides = {k: plain_scalar(v) for k, v in dict(self.recipe_overrides or {}).items()}
+        self.stores = {str(k): os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in self.stores.items()}
+        self.recipe_overrides = {} if self.recipe_overrides is None else self.recipe_overrides
         for f in dataclasses.fields(self):  # numpy numbers (a grid from np.arange) as the Python ones they hold
             setattr(self, f.name, plain_scalar(getattr(self, f.name)))
-        check_dataclass(self, what="ExperimentConfig")
+        check_dataclass(self, what="ExperimentConfig")  # before the conversions, which raised TypeErrors
+        # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
+        self.stores = {k: v if "://" in v else os.path.abspath(v) for k, v in self.stores.items()}
+        self.recipe_overrides = {k: plain_scalar(v) for k, v in self.recipe_overrides.items()}
         # One spelling of each subset (a value or a list of values): the run's key does not change with it.
         self.subset = {key: sorted({values} if isinstance(values, str) else set(values))
                        for key, values in sorted(self.subset.items())}

@@ -285,8 +285,7 @@ def _open(path: Path) -> sf.SoundFile:
     if truncated:
         handle.close()
         raise truncated_error(path, truncated)
-    unclosed = re.search(r"^data\s*:\s*0\s*$", handle.extra_info, re.MULTILINE)
-    if unclosed and handle.frames == 0 and path.stat().st_size > 1024:  # libsndfile trusts the 0: "no samples"
+    if handle.format == "WAV" and handle.frames == 0 and _unclosed_bytes(path) > 0:  # libsndfile trusts the 0
         handle.close()
         raise AudioError(f"Audio file {path} has a header that declares 0 bytes of audio data, yet the file holds "
                          f"{path.stat().st_size:,} bytes: a recording that was never closed (a recorder that stopped "
@@ -300,6 +299,19 @@ def _open(path: Path) -> sf.SoundFile:
                          f"from its source, or, knowing its true rate, relabel it without resampling (e.g. "
                          f"`ffmpeg -i IN -af asetrate=TRUE_RATE OUT.wav`).")
     return handle
+
+
+def _unclosed_bytes(path: Path) -> int:
+    """Bytes of a WAV after the header of a data chunk that declares 0 bytes (else 0): audio that a header
+    never closed leaves out; a closed empty file (metadata only, e.g. a BWF) has none. Read here, not from
+    libsndfile's log, which long metadata (a LIST before the data) cuts short."""
+    with open(path, "rb") as f:
+        f.seek(12)  # past "RIFF", its size and "WAVE"
+        while len(chunk := f.read(8)) == 8:
+            if chunk[:4] == b"data":
+                return path.stat().st_size - f.tell() if chunk[4:] == bytes(4) else 0
+            f.seek((int.from_bytes(chunk[4:], "little") + 1) & ~1, 1)  # chunks are padded to even sizes
+    return 0
 
 
 # A WAV or AIFF cut inside its audio data decodes without an error: libsndfile returns the frames

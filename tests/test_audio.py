@@ -266,6 +266,29 @@ def test_a_wav_whose_header_was_never_closed_is_named_so(tmp_path):
             read(unclosed)
 
 
+def test_a_closed_empty_wav_with_metadata_is_not_called_never_closed(tmp_path):
+    """Review of 7e085a0: a file over 1 kB was taken as audio after a header declaring 0 bytes, so a
+    properly closed, empty BWF (metadata only) was called "never closed" (sox --ignore-length gives
+    nothing), while a never-closed WAV with long metadata before its data (libsndfile's log cut short)
+    was "contains no samples"."""
+    import struct
+
+    def wav(metadata: bytes, audio: bytes) -> bytes:
+        chunks = (b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + metadata
+                  + b"data" + struct.pack("<I", 0) + audio)
+        return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+    bext = b"bext" + struct.pack("<I", 602) + bytes(602) + b"iXML" + struct.pack("<I", 600) + b"<x/>".ljust(600)
+    (tmp_path / "empty.wav").write_bytes(wav(bext, b""))
+    comment = b"LIST" + struct.pack("<I", 2012) + b"INFOICMT" + struct.pack("<I", 2000) + b"x" * 2000
+    (tmp_path / "unclosed.wav").write_bytes(wav(comment, bytes(32000)))
+    for read in (probe_audio, read_audio):
+        with pytest.raises(AudioError, match=r"empty\.wav contains no samples"):
+            read(tmp_path / "empty.wav")
+        with pytest.raises(AudioError, match=r"unclosed\.wav has a header that declares 0 bytes of audio data"):
+            read(tmp_path / "unclosed.wav")
+
+
 @pytest.mark.parametrize("rates, expected", [((16000, 0), "target_rate=0; expected a rate in Hz"),
                                              ((-8000, 16000), "sample_rate=-8000; expected"),
                                              ((16000, 8000.5), "target_rate=8000.5; expected"),

@@ -31,7 +31,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "with its settings (`w2v2ser extract ... --like RUN_DIR`), e.g. another corpus; "
                              "predicted and scored against its labels without extracting again, each speaker "
                              "a speaker group (a run of several stores: one ALIAS=STORE each, e.g. main=... "
-                             "and fusion=...)")
+                             "and fusion=...; ./NAME=... is a path, not an alias)")
     parser.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
                         help="with --from-store: only the utterances whose FIELD is one of the VALUEs "
                              "(repeatable), as `w2v2ser train --subset`")
@@ -48,7 +48,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                                          "the same weights")
     parser.add_argument("--store", action="append", dest="stores", metavar="[ALIAS=]PATH", type=path_argument,
                         help="the training store's new location when it has moved since training (ALIAS=PATH "
-                             "for a run of several stores, e.g. fusion=...; repeatable); it must hold the "
+                             "for a run of several stores, e.g. fusion=...; ./NAME=... is a path; repeatable); it must hold the "
                              "run's features with the same settings")
     parser.add_argument("--segment", nargs="?", const="crop", type=_segment, metavar="SECONDS",
                         help="label long recordings window by window: cut each file into consecutive windows of "
@@ -73,12 +73,16 @@ def _segment(text: str) -> float | str:
 
 
 def _parse_stores(values: list[str] | None, option: str = "--store") -> dict[str | None, str] | None:
-    """``--store [ALIAS=]PATH`` values; a URL's own ``=`` (s3://b/p?x=y) is left alone. The same
-    alias (or none) twice is refused: one of the two was dropped unsaid."""
+    """``--store [ALIAS=]PATH`` values; a URL's own ``=`` (s3://b/p?x=y) and an existing path's
+    (``lr=3e-4.zarr``) are left alone. The same alias (or none) twice is refused: one of the two was
+    dropped unsaid; so is an empty PATH (``main="$UNSET"``), which was the current folder."""
     out: dict[str | None, str] = {}
     for value in values or []:
         alias, sep, path = value.partition("=")
-        key = alias if sep and alias.isidentifier() else None
+        key = alias if sep and alias.isidentifier() and not Path(value).exists() else None
+        if key and not path.strip():
+            raise PredictError(f"{option} {value}: expected a path after {alias}=, got {path!r} (an unset or "
+                               f"empty shell variable?). Give {option} {alias}=STORE.")
         if key in out:
             raise PredictError(f"{option} is given twice for {'store ' + repr(key) if key else 'the store'}: "
                                f"{', '.join(values or [])}. Give one {option} STORE, or one {option} ALIAS=STORE "

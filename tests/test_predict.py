@@ -1917,3 +1917,17 @@ def test_a_failed_files_label_is_null_as_it_is_not_scored(trained: Path, audio_f
     predictions, score = predict_manifest(trained, manifest, run="split__seed0")
     assert [p.path.name for p in predictions] == ["a.wav", "b.wav", "bad.wav"] and score.failed == 1
     assert [p.label for p in predictions] == ["angry", "angry", None]
+
+
+def test_from_store_alias_forms_refuse_an_empty_path_and_keep_an_existing_path_with_an_equals_sign(
+        trained: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 2f5c648/87a1f32: `--from-store main="$UNSET"` gave the path '' (the current folder),
+    getting around the empty-path check, and an existing store `lr=3e-4.zarr` was split into alias 'lr'."""
+    from w2v2ser._cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(trained), "--from-store", "main="]) == 2
+    assert "--from-store main=: expected a path after main=, got ''" in capsys.readouterr().err
+    (tmp_path / "lr=3e-4.zarr").symlink_to(trained.parent / "train.zarr")
+    assert main(["predict", str(trained), "--from-store", "lr=3e-4.zarr", "--run", "split__seed0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["predictions"]

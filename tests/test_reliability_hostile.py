@@ -92,6 +92,23 @@ def test_a_killed_export_does_not_promise_that_a_rerun_resumes(tmp_path: Path) -
                          "export again") and "resume" not in last
 
 
+def test_a_killed_store_info_or_verify_says_the_store_is_unchanged(tmp_path: Path) -> None:
+    """Review of f7bf5a9: a Ctrl-C of `store info`/`store verify` says the store is unchanged, but the
+    same commands killed outright (a native crash, SIGKILL) still said "finished work is kept ... resume"."""
+    code = ("import os, sys\n"
+            "import w2v2ser.store as store\n"
+            "store.open_store = lambda *args, **kwargs: os.abort()\n"
+            "from w2v2ser._cli import main\n"
+            "sys.exit(main(['store', sys.argv[1], sys.argv[2]]))\n")
+    for command in ("info", "verify"):
+        done = subprocess.run([sys.executable, "-c", code, command, str(tmp_path / "s.zarr")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode < 0, done
+        last = done.stderr.splitlines()[-1]
+        assert last.startswith("w2v2ser: error: the process ended abruptly"), done.stderr
+        assert last.endswith("the store is unchanged (this command only reads it); rerun the same command"), last
+
+
 @pytest.mark.parametrize("short_kb", [8, 150])  # the frames fit (the write fails part-way), or not even they do
 def test_export_over_the_file_size_limit_is_one_line_and_keeps_the_old_file(store: Path, tmp_path: Path,
                                                                           short_kb: int) -> None:

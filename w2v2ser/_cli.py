@@ -970,6 +970,14 @@ _STARTS_OVER = {
 }
 
 
+def _what_a_stop_keeps(args: argparse.Namespace) -> str:
+    """The end of the line said when the command is stopped or killed: what of its work is kept."""
+    func = getattr(args, "func", None)
+    if func in (_cmd_store_info, _cmd_store_verify) and not getattr(args, "repair", False):
+        return "the store is unchanged (this command only reads it); rerun the same command"  # nothing to resume
+    return _STARTS_OVER.get(func, "finished work is kept, rerun the same command to resume")
+
+
 def _open_closed_std_streams() -> None:
     """Point a closed standard stream (``2>&-``, ``>&-``: some daemons, cron and scheduler wrappers) at
     /dev/null. Python then sets ``sys.stderr``/``sys.stdout`` to None, and the first message or flush
@@ -1072,10 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         from w2v2ser._common import Terminated
 
-        # Commands that keep nothing of a stopped run (they write one file or folder at the end).
-        kept = _STARTS_OVER.get(getattr(args, "func", None), "finished work is kept, rerun the same command to resume")
-        if getattr(args, "func", None) in (_cmd_store_info, _cmd_store_verify) and not getattr(args, "repair", False):
-            kept = "the store is unchanged (this command only reads it); rerun the same command"  # nothing to resume
+        kept = _what_a_stop_keeps(args)
         if isinstance(stop, Terminated):  # in a job's log, the only word on why the run ended
             import signal
 
@@ -1102,9 +1107,8 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
     from w2v2ser._common import describe_error
     from w2v2ser._native_logs import hide_native_logs
 
-    # A SIGKILL or native crash of export, upgrade or predict keeps nothing: the line says so.
-    starts_over = _STARTS_OVER.get(getattr(args, "func", None))
-    with hide_native_logs(enabled=not verbose, **({"abrupt_end": starts_over} if starts_over else {})):
+    # A SIGKILL or native crash says the same as a Ctrl-C of what is kept (nothing of export, upgrade, predict).
+    with hide_native_logs(enabled=not verbose, abrupt_end=_what_a_stop_keeps(args)):
         try:
             return int(args.func(args) or 0)
         except Exception as error:  # w2v2ser's errors, a missing extra, an unusable path: one line

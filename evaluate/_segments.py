@@ -66,12 +66,12 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
     """
     import soundfile
 
-    from w2v2ser.extract._audio import _truncation, decoded_short, truncated_error
+    from w2v2ser.extract._audio import decoded_short, truncated_error, truncation
 
     with soundfile.SoundFile(str(recording)) as source:
         rate, frames = source.samplerate, source.frames
         # A WAV cut short opens and decodes without an error: its windows were labelled as if whole.
-        truncated = _truncation(source.extra_info)
+        truncated = truncation(source.extra_info)
         if truncated:
             raise truncated_error(recording, truncated)
         bounds = _bounds(frames, max(1, round(seconds * rate)), within=within,

@@ -281,7 +281,7 @@ def _open(path: Path) -> sf.SoundFile:
             f"Audio file {path} {what}: libsndfile says {str(exc).rstrip('.')}. "
             f"Re-export the file, or {_CONVERT_HINT}."
         ) from exc
-    truncated = _truncation(handle.extra_info)
+    truncated = truncation(handle.extra_info)
     if truncated:
         handle.close()
         raise truncated_error(path, truncated)
@@ -334,8 +334,9 @@ def decoded_short(declared: int, frames: int) -> bool:
     return frames < declared * 0.99 - 1152
 
 
-def _truncation(log: str) -> str:
-    """What libsndfile's header log says is missing from the file, or "" when nothing is."""
+def truncation(log: str) -> str:
+    """What libsndfile's header log (a SoundFile's ``extra_info``) says is missing from the file, or "" when
+    nothing is: a WAV cut short opens and decodes without an error (used by stage 1 and predict's windows)."""
     # WAV "data", AU "Data Size"; W64 logs only its whole-file size ("riff", lowercase; WAV's "RIFF"
     # differs for files that lost only trailing metadata, and WAV's data line already says a cut).
     found = re.search(r"^\s*(data|Data Size|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.MULTILINE)

@@ -1931,3 +1931,16 @@ def test_from_store_alias_forms_refuse_an_empty_path_and_keep_an_existing_path_w
     (tmp_path / "lr=3e-4.zarr").symlink_to(trained.parent / "train.zarr")
     assert main(["predict", str(trained), "--from-store", "lr=3e-4.zarr", "--run", "split__seed0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"]
+
+
+def test_predict_uses_only_public_names_of_extract() -> None:
+    """Review of 354bccc: predict's windows imported the private `extract._audio._truncation`; what the
+    evaluate package needs of extract is public there (as `truncated_error` is)."""
+    import ast
+
+    private = []
+    for source in (Path(_predict.__file__).parent).glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("w2v2ser.extract"):
+                private += [f"{source.name}: {alias.name}" for alias in node.names if alias.name.startswith("_")]
+    assert not private

@@ -1110,6 +1110,25 @@ def test_an_extractor_setting_given_twice_is_refused(tmp_path, capsys, options, 
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("features, options, said", [
+    (("egemaps",), [], "--model set the speech encoder, but --like {like} (its features) extracts only egemaps; "
+                       "drop --model, or use --like of a store or run that has a speech encoder."),
+    (("wav2vec2", "egemaps"), ["--features", "egemaps"], "add one to --features (e.g. --features wav2vec2,egemaps)"),
+])
+def test_speech_encoder_options_with_like_say_a_fix_that_works(tmp_path, capsys, features, options, said):
+    """Review of 5a1304b: with --like of a store without a speech encoder, the advice "add one to
+    --features (e.g. --features wav2vec2,egemaps)" led to the next refusal (--like has no wav2vec2)."""
+    from stage2_fixtures import build_store
+    from w2v2ser._cli import main
+
+    like = build_store(tmp_path / "like.zarr", layers=3, dim=4, features=features)
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.wav,angry,s1\n")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(tmp_path / "s.zarr"), "--like", str(like),
+                 "--model", "m", *options]) == 2
+    assert said.format(like=like) in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_ctrl_c_during_egemaps_prints_one_line_and_no_worker_traceback(tmp_path):
     """Ctrl-C (SIGINT to the whole process group) printed the CLI's "interrupted" line, then the openSMILE
     worker's BrokenPipeError traceback; the worker now leaves the interrupt to the CLI."""

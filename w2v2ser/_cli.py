@@ -65,9 +65,12 @@ def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                       if getattr(args, key) is not None]
     if given_upstream and not any(name in UPSTREAM_FEATURES for name in configs):  # else dropped unsaid
         source = f"--features {given}" if args.features is not None else f"--like {args.like} (its features)"
+        encoders = [name for name in (FEATURES if like is None else like) if name in UPSTREAM_FEATURES]
+        fix = (f"add one to --features (e.g. --features {encoders[0]},{','.join(configs)}) or drop "
+               f"{', '.join(given_upstream)}" if encoders else  # --like's store or run has none to add
+               f"drop {', '.join(given_upstream)}, or use --like of a store or run that has a speech encoder")
         raise ConfigError(f"{', '.join(given_upstream)} set the speech encoder, but {source} extracts only "
-                          f"{', '.join(configs)}; add one to --features (e.g. --features wav2vec2,{','.join(configs)}) "
-                          f"or drop {', '.join(given_upstream)}.")
+                          f"{', '.join(configs)}; {fix}.")
     for upstream in (name for name in UPSTREAM_FEATURES if name in configs):  # --model etc. apply to them
         for key in ("model", "revision", "device", "batch_seconds"):
             value = getattr(args, key)

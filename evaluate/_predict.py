@@ -746,17 +746,21 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
                          f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`")
     todo = [i for i in range(len(files)) if i not in errors]
     seconds = _crop_seconds(plan) if segment == "crop" else segment
+    # The window as the CLI's option and as this function's keyword give it (a message reaches both users).
+    given = (f"--segment without a value (segment='crop', the run's crop: {seconds:g} s)" if segment == "crop"
+             else f"--segment {seconds:g} (segment={seconds:g})") if seconds is not None else ""
     if seconds is not None and seconds < _SHORTEST_SECONDS:  # every window would fail in stage 1, one by one
-        raise PredictError(f"segment={seconds:g} s: windows must be at least {_SHORTEST_SECONDS:g} s (400 samples at "
+        raise PredictError(f"{given}: windows must be at least {_SHORTEST_SECONDS:g} s (400 samples at "
                            f"16 kHz, the shortest audio w2v2ser takes); give a longer window, e.g. 2")
     if segment == "crop" and seconds is None:
         raise PredictError(f"segment='crop' takes the window length from the run's crop, but run dir {run_dir} "
                            f"trained on whole utterances (no max_frames); give the window in seconds, e.g. 5.")
     longest = _longest_seconds(plan)
     if seconds is not None and longest is not None and seconds > longest:  # every window would fail in stage 1
-        raise PredictError(f"segment={seconds:g} s: windows must be at most {longest:g} s, the max_seconds the run's "
+        crop = "" if segment == "crop" else ", or --segment without a value (the run's crop)"
+        raise PredictError(f"{given}: windows must be at most {longest:g} s, the max_seconds the run's "
                            f"speech encoder was extracted with (the longest audio it takes at once); give a shorter "
-                           f"window, or --segment without a value (the run's crop)")
+                           f"window{crop}")
     windows: list[tuple[int, Segment | None]] = []  # (file position, its window; None: the whole file)
     found: dict[int, tuple[np.ndarray, float, float, int | None, str, bool]] = {}
     failed: dict[int, str] = {}  # window position -> why

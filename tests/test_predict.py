@@ -789,7 +789,8 @@ def test_segment_windows_stay_within_the_speech_encoders_max_seconds(tmp_path: P
     """Found by a long-recording trial: --segment 200 with a wav2vec2 run (max_seconds 120) failed
     every window in stage 1, each naming a deleted temp WAV and advising `w2v2ser extract --option`;
     and a short tail joined to the window before it made that one longer than max_seconds. Such a
-    window is refused up front, and the tail ends a last whole window instead."""
+    window is refused up front, and the tail ends a last whole window instead. (Review of 4623afd: the
+    refusal said "segment=3 s" to a CLI user who typed --segment 3; it names both forms.)"""
     import soundfile
 
     from w2v2ser.train import ExperimentConfig, train_experiment
@@ -803,7 +804,7 @@ def test_segment_windows_stay_within_the_speech_encoders_max_seconds(tmp_path: P
     recording = tmp_path / "interview.wav"
     soundfile.write(recording, np.zeros(round(3.9 * 16000), np.float32), 16000)
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    with pytest.raises(PredictError, match=r"segment=3 s: windows must be at most 2 s, the max_seconds"):
+    with pytest.raises(PredictError, match=r"^--segment 3 \(segment=3\): windows must be at most 2 s, the max_seconds"):
         predict_audio(tmp_path / "run", [recording], segment=3.0)
     preds = predict_audio(tmp_path / "run", [recording], segment=1.8)  # a 0.3 s tail: 1.8 + 0.3 > 2
     assert [(p.start, round(p.end, 3)) for p in preds] == [(0.0, 1.8), (1.8, 3.6), (2.1, 3.9)]
@@ -843,7 +844,7 @@ def test_a_window_shorter_than_any_audio_w2v2ser_takes_is_refused_up_front(train
     """Found by a predict trial: --segment 0.02 on a 3.8 s file printed 190 FAILED lines naming
     deleted temp files and telling the user to remove them from a manifest."""
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    with pytest.raises(PredictError, match=r"segment=0.02 s: windows must be at least 0.025 s"):
+    with pytest.raises(PredictError, match=r"^--segment 0.02 \(segment=0.02\): windows must be at least 0.025 s"):
         predict_audio(trained, audio_files[:1], segment=0.02)
 
 

@@ -82,8 +82,8 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
         if made_folder:  # no store there yet: nothing to copy, no owner to ask
             raise StoreError(
                 f"cannot write to store {store}: {why} ({exc.filename}); the store does not exist yet and its "
-                f"folder cannot be made there. Choose a store path (`--store`, or NEW of `store upgrade`) on a "
-                f"writable disk, then rerun."
+                f"folder cannot be made there. Give a store path on a writable disk instead (where the store is "
+                f"named: extract's --store, NEW of store upgrade, pipeline.yaml or a Python call), then rerun."
             ) from None
         # A store shared read-only (another user's, a read-only mount) is fine to train on,
         # but extraction writes into it: say so instead of an OSError traceback.

@@ -391,6 +391,9 @@ def test_a_new_store_in_a_read_only_folder_says_choose_another_path_not_copy_it(
         assert f"cannot write to store {shared / 'new.zarr'}" in err, err
         assert "cp -r" not in err and "store's owner" not in err and "writable" in err, err
         assert "Traceback" not in err and not (shared / "new.zarr").exists()
+        # Review of a774928: said "Choose a store path (`--store`, or NEW of `store upgrade`)" to every user,
+        # pipeline and Python ones included.
+        assert "Give a store path on a writable disk instead (where the store is named: extract's --store, NEW " in err
 
 
 def test_export_to_a_symlink_writes_the_file_it_points_to(tmp_path):

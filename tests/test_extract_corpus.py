@@ -1111,8 +1111,8 @@ def test_an_extractor_setting_given_twice_is_refused(tmp_path, capsys, options, 
 
 
 @pytest.mark.parametrize("features, options, said", [
-    (("egemaps",), [], "--model set the speech encoder, but --like {like} (its features) extracts only egemaps; "
-                       "drop --model, or use --like of a store or run that has a speech encoder."),
+    (("egemaps",), [], ("--model set the speech encoder, but --like {like} (its features) extracts only egemaps; "
+                        "drop --model, or use --like of a store or run that has a speech encoder.")),
     (("wav2vec2", "egemaps"), ["--features", "egemaps"], "add one to --features (e.g. --features wav2vec2,egemaps)"),
 ])
 def test_speech_encoder_options_with_like_say_a_fix_that_works(tmp_path, capsys, features, options, said):

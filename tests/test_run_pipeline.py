@@ -1098,7 +1098,7 @@ def test_a_damaged_config_json_in_the_hugging_face_cache_names_the_cache_fix(tmp
 @pytest.mark.slow  # about a minute on 2 loaded cores; hangs (150 s) without the fix
 @needs_ravdess
 def test_a_worker_above_the_pause_fraction_of_memory_limit_keeps_training(tmp_path: Path) -> None:
-    """A training worker holds TensorFlow (~0.9 GB): above 80% of cluster.memory_limit Dask paused it,
+    """A training worker holds TensorFlow: above 80% of cluster.memory_limit Dask paused it,
     and a paused worker took no further run, as nothing it holds is ever freed: `run` waited for ever,
     without a word (memory_limit: 1GB). Here the 95% restart is off to keep the test on the pause."""
     make_tiny_corpus(tmp_path / "data")

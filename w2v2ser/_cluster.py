@@ -419,7 +419,7 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
     # Workers must not inherit an OMP_NUM_THREADS=1 pre-spawn default when they own several cores.
     # No pausing at 80% of memory_limit: what a worker holds is TensorFlow / torch and a model, which
     # pausing never frees, so a paused worker took no task again and the run waited for ever (a
-    # training worker holds ~0.9 GB: memory_limit 1GB hung). Past 95% it is still restarted.
+    # training run with memory_limit 1GB hung). Past 95% it is still restarted.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536},
                           "distributed.worker.memory.pause": False,
                           "distributed.admin.system-monitor.gil.enabled": False}):

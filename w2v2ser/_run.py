@@ -269,8 +269,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 unloadable[store.name] = error
                 reason = f"model of store {store.name!r} cannot be loaded: {error}"
                 # Offline and not cached: a skip, as a corpus without a path. A damaged local model (a
-                # truncated weight file, a config.json that is not JSON) or a wrong path is the user's to
-                # fix: the store fails, so the run exits 1; its experiments skip with the reason.
+                # truncated weight file, a config.json that is not JSON), a wrong path or a hub refusal is the
+                # user's to fix: the store fails, so the run exits 1, and its experiments fail (failed.json).
                 reasons.tell(label, reason, _store_topic(store.name),
                              outcome="skipped" if error.offline else "FAILED")
                 _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus,

@@ -278,3 +278,27 @@ def test_history_keys_say_what_validation_they_are_on() -> None:
     manifest's split column and IEMOCAP's validation lists choose utterances, not speakers."""
     assert "`val_loss`, `val_accuracy` (on the validation part)" in README
     assert "validation speakers" not in README
+
+
+def test_store_verify_json_has_the_keys_the_readme_lists(tmp_path: Path, capsys) -> None:
+    """Review s63: the keys of `store verify --json` sat in a 160-character code comment; the prose
+    now lists them and says the command exits as `store verify` does."""
+    from fixtures_audio import build_ravdess_tree
+
+    from w2v2ser._cli import main
+
+    prose = " ".join(README[README.index("`store verify --json` prints"):][:400].split())
+    listed = re.match(r"`store verify --json` prints one object with the keys (.*?) and exits as", prose).group(1)
+    top = re.findall(r"`(\w+)`", re.sub(r" \(.*?\)", "", listed))  # the elements' keys are in parentheses
+    build_ravdess_tree(tmp_path / "data", actors=(1,), emotions=(1, 5), duration=0.4)
+    store = tmp_path / "s.zarr"
+    assert main(["extract", "ravdess", str(tmp_path / "data"), "--store", str(store), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    plain = main(["store", "verify", str(store), "--no-progress"])
+    capsys.readouterr()
+    code = main(["store", "verify", str(store), "--json", "--no-progress"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == plain == 0 and sorted(report) == sorted(top), (top, report)
+    assert "`problems` (a list of `id`, `feature`, `reason`)" in prose
+    assert "`queued_for_reextraction` (`id`, `feature`)" in prose

@@ -265,21 +265,35 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     if candidate.is_file():
         return _resolve_fairseq(candidate, requested=model)
     looks_like_path = model.startswith(("/", ".", "~")) or model.endswith(_FAIRSEQ_SUFFIXES) or "\\" in model
-    if (looks_like_path or "/" in model) and candidate.parent.is_dir():
-        # `models/wav2vec2-typo` beside a folder `models`: a mistyped path, not a hub id to look up (offline,
-        # that lookup fails as "not cached", and `w2v2ser run` would skip the store instead of failing it).
-        hub = "" if looks_like_path else (f"; a Hugging Face hub id of that spelling is not looked up while a "
-                                          f"local folder {str(candidate.parent)!r} exists")
-        raise ModelLoadError(
-            f"model {model!r} does not exist: folder {str(candidate.parent)!r} has no {candidate.name!r}"
-            f"{_folder_models(candidate.parent)}. Fix the path{hub}. {_fix_hint()}"
-        )
     if looks_like_path or model.count("/") > 1:
+        if candidate.parent.is_dir():
+            raise _missing_in_folder(model, candidate)
         raise ModelLoadError(
             f"model {model!r} does not exist: expected a Hugging Face hub id such as "
             f"'facebook/wav2vec2-base', a local model directory or a fairseq checkpoint file. {_fix_hint()}"
         )
-    return _resolve_hub(model, revision=revision)
+    if "/" not in model or not candidate.parent.is_dir():
+        return _resolve_hub(model, revision=revision)
+    # `facebook/wav2vec2-base` beside a folder `facebook` (`hf download ... --local-dir facebook/x`): the hub
+    # id is looked up first. Only when it is neither cached nor on the hub is it a mistyped path
+    # (`models/wav2vec2-typo` beside a folder `models`): it fails as missing, not as offline (a skip).
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    try:
+        return _resolve_hub(model, revision=revision)
+    except ModelLoadError as error:
+        if not (error.offline or isinstance(error.__cause__, (RepositoryNotFoundError, HFValidationError))):
+            raise
+        raise _missing_in_folder(model, candidate, hub=True) from None
+
+
+def _missing_in_folder(model: str, candidate: Path, *, hub: bool = False) -> ModelLoadError:
+    """The error for a model path whose folder exists but has no such model (a typo)."""
+    also = (" (nor is it a Hugging Face hub id found in the local cache or on the hub)" if hub else "")
+    return ModelLoadError(
+        f"model {model!r} does not exist: folder {str(candidate.parent)!r} has no {candidate.name!r}"
+        f"{_folder_models(candidate.parent)}{also}. Fix the path. {_fix_hint()}"
+    )
 
 
 def _folder_models(folder: Path) -> str:

@@ -1040,6 +1040,38 @@ def test_a_mistyped_relative_model_path_fails_its_store_instead_of_skipping(tmp_
     assert "extract w2v2 on ravdess: skipped" not in err and "not in the local Hugging Face cache" not in err, err
 
 
+def test_a_cached_hub_id_beside_a_local_folder_of_its_org_name_loads(tmp_path: Path, monkeypatch) -> None:
+    """Review: `w2v2ser-tests/tiny` was refused unlooked-up ("folder 'w2v2ser-tests' has no 'tiny'") when a
+    folder `w2v2ser-tests` (`hf download ... --local-dir w2v2ser-tests/other`) was in the working folder
+    or beside the pipeline file, though the id is in the Hugging Face cache. A typo there still fails."""
+    import huggingface_hub.constants as hub_constants
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser.extract import ModelLoadError, resolve_model
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub" / "models--w2v2ser-tests--tiny"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(commit)
+    make_tiny_model(cache / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # the pipeline's check and huggingface_hub's,
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at its import
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    make_tiny_model(tmp_path / "w2v2ser-tests" / "other")
+    monkeypatch.chdir(tmp_path)
+    source = resolve_model("w2v2ser-tests/tiny")
+    assert (source.kind, source.commit_hash) == ("hub", commit), source
+    with pytest.raises(ModelLoadError, match="folder 'w2v2ser-tests' has no 'typo' .it holds the models 'other'") as typo:
+        resolve_model("w2v2ser-tests/typo")
+    assert not typo.value.offline
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path, features=("w2v2/wav2vec2:all",), extra={
+        "extraction.stores.w2v2.features": {"wav2vec2": {"model": "w2v2ser-tests/tiny", "batch_seconds": 8}}})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_pipeline(pipeline).stores["w2v2"].feature_dicts()["wav2vec2"]["model"] == "w2v2ser-tests/tiny"
+
+
 @needs_ravdess
 def test_train_stage_fails_the_experiments_of_a_store_that_failed_to_extract(tmp_path: Path, monkeypatch,
                                                                               capsys) -> None:

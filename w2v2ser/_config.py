@@ -433,11 +433,18 @@ def _local_model(options: Any, base: Path) -> Any:
     if model.startswith((".", "/", "~")):
         raise ConfigError(f"model path {model!r} resolves to {candidate}, which does not exist; fix the path "
                           f"(relative paths start at {base}) or give a Hugging Face hub id")
-    if "/" in model and candidate.parent.is_dir():
+    if "/" in model and candidate.parent.is_dir() and not _hub_snapshots(model):
         # A mistyped `models/wav2vec2-typo` beside a folder `models` is a path too: resolving it fails it
-        # as missing, wherever the run starts, instead of looking it up on the hub (offline: a skip).
+        # as missing, wherever the run starts, instead of looking it up on the hub (offline: a skip). A hub
+        # id in the Hugging Face cache (`facebook/wav2vec2-base` beside a folder `facebook`) stays an id.
         return {**options, "model": os.path.normpath(candidate)}
     return options
+
+
+def _hub_snapshots(model: str) -> list[Path]:
+    """The config.json of each snapshot of hub id ``model`` in the local Hugging Face cache."""
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    return sorted((hub.expanduser() / f"models--{model.replace('/', '--')}" / "snapshots").glob("*/config.json"))
 
 
 def _layer_count(model: str) -> int | None:
@@ -448,8 +455,7 @@ def _layer_count(model: str) -> int | None:
     """
     candidates = [Path(model).expanduser() / "config.json"]
     if "/" in model and not Path(model).exists():
-        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-        candidates += sorted((hub.expanduser() / f"models--{model.replace('/', '--')}" / "snapshots").glob("*/config.json"))
+        candidates += _hub_snapshots(model)
     for candidate in candidates:
         try:
             layers = json.loads(candidate.read_text()).get("num_hidden_layers")

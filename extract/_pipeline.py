@@ -39,6 +39,7 @@ from w2v2ser.store import (
     AUDIO_RATE_KEY, StoreError, StoreLocation, StoreWriter, Utterance, W2v2serError, WorkUnit, locate_store, lock_store,
     open_store,
 )
+from w2v2ser.store._layout import refuse_inside_store
 from w2v2ser.store._location import as_unreachable, remote_errors
 
 from ._audio import AudioInfo, DecodedAudio, decode_audio, probe_audio, sha256_file
@@ -517,6 +518,8 @@ def extract_corpus(
     extractors = _check_extraction_options(extractors, shard_size=shard_size, decode_workers=decode_workers,
                                            cpu_workers=cpu_workers)
     store_path = locate_store(store_path, storage_options=storage_options)
+    if store_path.is_local:  # not a store inside another store
+        refuse_inside_store(store_path.path, "store_path", itself=False)
     for extractor in extractors:  # a missing model or device fails before the store is created
         check = getattr(extractor, "check", None)
         if check is not None:

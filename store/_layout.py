@@ -25,7 +25,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from w2v2ser._common import file_url_path
+from w2v2ser._common import ConfigError, file_url_path
 
 from ._errors import StoreError, StoreIncompleteError, StoreVersionError
 from ._location import STORAGE_OPTIONS_ENV, StoreLocation, is_store_url, locate_store, remote_errors
@@ -406,11 +406,8 @@ def enclosing_store(path: str | os.PathLike[str], *, itself: bool = True) -> Pat
     `store upgrade OLD S/new.zarr`) lands among the store's own files, which its tools do not
     expect. A URL gives None (an object store has no folders to be inside).
     """
-    if is_store_url(path):
-        return None
-    try:
-        given = Path(file_url_path(os.fspath(path))).expanduser().resolve()
-    except (ValueError, OSError, RuntimeError):  # another host's file:// URL, a link loop: refused by their command
+    given = _local_absolute(path)
+    if given is None:
         return None
     for folder in [given, *given.parents][0 if itself else 1:]:
         if not (folder / "zarr.json").is_file():
@@ -421,6 +418,37 @@ def enclosing_store(path: str | os.PathLike[str], *, itself: bool = True) -> Pat
             continue
         return folder
     return None
+
+
+def refuse_inside_store(path: str | os.PathLike[str], option: str, *, itself: bool = True) -> None:
+    """Refuse an output ``path`` inside a w2v2ser store (or the store itself, when ``itself``): `train
+    S --out S` wrote its run files among the store's arrays, and `extract --store S/new.zarr` a store
+    inside another, files the store's own tools do not expect (`store export` refuses the same).
+
+    Args:
+        path: The output folder (a URL or another host's file:// URL passes: checked by its user).
+        option: How the user gave it, for the message (``--out``, ``out``).
+        itself: Refuse the store's own folder too.
+
+    Raises:
+        ConfigError: ``path`` is inside a store (or is one).
+    """
+    given = _local_absolute(path)
+    folder = None if given is None else enclosing_store(given, itself=itself)
+    if folder is not None:
+        where = "is the feature store" if folder == given else f"is inside the feature store {folder}"
+        raise ConfigError(f"{option} {path} {where}, which w2v2ser reads and writes only through its own "
+                          f"layout; files put there are not part of it. Choose a path outside {folder}.")
+
+
+def _local_absolute(path: str | os.PathLike[str]) -> Path | None:
+    """``path`` (a ``file://`` URL too) as an absolute local path without links; None for a URL."""
+    if is_store_url(path):
+        return None
+    try:
+        return Path(file_url_path(os.fspath(path))).expanduser().resolve()
+    except (ValueError, OSError, RuntimeError):  # another host's file:// URL, a link loop: refused by their command
+        return None
 
 
 def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:

@@ -486,6 +486,8 @@ def test_an_output_folder_inside_a_store_is_refused(tmp_path, capsys):
     common = ["--seeds", "1", "--set", "max_epochs=1", "--no-progress"]
     for argv, said in [
         (["train", str(store), "--features", "wav2vec2:1", "--out", str(store), *common], "is the feature store"),
+        (["train", str(store), "--features", "wav2vec2:1", "--out", f"file://{store}", *common],
+         "is the feature store"),
         (["train", str(store), "--features", "wav2vec2:1", "--out", str(store / "runs" / "a"), *common],
          f"is inside the feature store {store.resolve()}"),
         (["sweep", str(store), "--features", "wav2vec2", "--out", str(store / "sweep"), *common],
@@ -497,6 +499,26 @@ def test_an_output_folder_inside_a_store_is_refused(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert said in err and "Choose a path outside" in err, err
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+
+
+def test_the_python_api_refuses_an_output_folder_inside_a_store_as_the_cli_does(tmp_path):
+    """train_experiment(out=S) and extract_corpus(..., S/new.zarr) wrote run files into the store and a
+    store inside the store: only the CLI checked."""
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.train import ConfigError, train_experiment
+
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4,
+                        features=("wav2vec2",))
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    config = {"stores": {"main": str(store)}, "features": "wav2vec2:1", "seeds": 1,
+              "recipe_overrides": {"max_epochs": 1}}
+    with pytest.raises(ConfigError, match=f"out {store} is the feature store, .* Choose a path outside {store}"):
+        train_experiment(config, out=store, progress=False)
+    with pytest.raises(ConfigError, match=f"is inside the feature store {store.resolve()}"):
+        train_experiment(config, out=store / "runs", progress=False)
+    with pytest.raises(ConfigError, match=f"store_path {store / 'new.zarr'} is inside the feature store"):
+        extract_corpus([], store / "new.zarr", extractors=[build_extractor("egemaps", {})], progress=False)
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
 
 

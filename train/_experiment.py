@@ -1029,9 +1029,15 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
         out: Output directory (created).
         progress: Print one line per run (run i/N, fold, seed, epochs, val loss, UAR, seconds).
         threads: TensorFlow thread count (see train_run).
+
+    Raises:
+        ConfigError: ``out`` is (inside) a feature store or a layer sweep's folder, or the config is invalid.
     """
+    from w2v2ser.store._layout import refuse_inside_store
+
     config = as_experiment_config(config)
     _configure_threads(threads)
+    refuse_inside_store(out, "out")
     out = Path(out)
     refuse_layer_sweep_folder(out, "train_experiment another out (`w2v2ser train --out`)")
     view = open_view(config)  # one view of the stores for the whole invocation

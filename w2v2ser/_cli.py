@@ -455,18 +455,10 @@ def _default_protocol(values: dict[str, Any], store: str) -> None:
 
 
 def _refuse_inside_store(path: str, option: str, *, itself: bool = True) -> None:
-    """Refuse an output ``path`` inside a w2v2ser store (or the store itself, when ``itself``): `train
-    S --out S` wrote its run files among the store's arrays, and `extract --store S/new.zarr` a store
-    inside another, files the store's own tools do not expect (`store export` refuses the same)."""
-    from w2v2ser._common import ConfigError
-    from w2v2ser.store._layout import enclosing_store
+    """:func:`w2v2ser.store._layout.refuse_inside_store`, imported when a command runs."""
+    from w2v2ser.store._layout import refuse_inside_store
 
-    folder = enclosing_store(path, itself=itself)  # (a URL: checked by its command)
-    if folder is not None:
-        where = "is the feature store" if folder == Path(path).expanduser().resolve() else \
-            f"is inside the feature store {folder}"
-        raise ConfigError(f"{option} {path} {where}, which w2v2ser reads and writes only through its own "
-                          f"layout; files put there are not part of it. Choose a path outside {folder}.")
+    refuse_inside_store(path, option, itself=itself)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

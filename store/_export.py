@@ -143,17 +143,27 @@ def export_hdf5(store_path: str | os.PathLike[str], out_path: str | os.PathLike[
 
     Returns:
         The path of the written file.
+
+    Raises:
+        StoreError: the store cannot be read or is incomplete, ``out_path`` is a URL or lies inside a store,
+            or the file cannot be written (``StoreFullError``: the disk or a size limit filled up).
+        ConfigError: ``out_path`` is a symbolic link that loops or leads into a folder that does not
+            exist, or is not a regular file (a device, FIFO or socket).
     """
     if is_store_url(out_path):  # Path() would turn s3://b/x.h5 into the local file s3:/b/x.h5
         raise StoreError(f"`store export` writes a local HDF5 file; got the URL {out_path}. Export to a local "
                          f"path, then copy the file (e.g. with `aws s3 cp`).")
     store = open_store(store_path, allow_incomplete=allow_incomplete, storage_options=storage_options)
-    out = link_target(out_path)  # a link: the file it points to is replaced (README)
-    inside = enclosing_store(out)
+    # Where a link leads, checked before link_target's check of its folder: a link into a missing folder of
+    # a store was told to create that folder, then refused as inside the store.
+    target = Path(os.path.realpath(out_path))
+    inside = enclosing_store(target)
     if inside is not None:
-        raise StoreError(f"cannot export to {out}: it is inside the store {inside}, which `store export` "
+        shown = f"{out_path} (a link to {target})" if Path(out_path).is_symlink() else f"{out_path}"
+        raise StoreError(f"cannot export to {shown}: it is inside the store {inside}, which `store export` "
                          f"does not write (a file there is not part of the store, and an extraction or upgrade "
                          f"of it would not expect it). Choose a path outside {inside}.")
+    out = link_target(out_path)  # a link: the file it points to is replaced (README)
     if out.parent.is_dir():  # else replacing makes it (or says why it cannot)
         _check_room(store, out)
     with replacing(out) as tmp, _hdf5_file(tmp, out) as h5:

@@ -1335,3 +1335,26 @@ def test_info_of_a_resumed_store_names_the_command_that_last_worked_on_it(tmp_pa
     assert f"merged when it finishes ({resume} to resume)" in capsys.readouterr().out
     assert main(["store", "verify", str(tmp_path / "s")]) == 1
     assert f"({resume}, then verify again)" in capsys.readouterr().out
+
+
+def test_export_through_a_link_into_a_missing_folder_of_a_store_is_refused_as_inside_it(tmp_path: Path) -> None:
+    """Review: OUT a link to S/sub/x.h5 (sub missing) was told to create S/sub, a folder inside the store,
+    after which the next export was refused as inside the store. A link into a loop elsewhere was said to
+    lead "back to itself"."""
+    import os
+
+    from w2v2ser._common import ConfigError
+
+    store = build_store(tmp_path / "S", lengths=[3, 4]).path
+    link = tmp_path / "l.h5"
+    link.symlink_to(store / "sub" / "x.h5")
+    with pytest.raises(StoreError, match=rf"cannot export to {link} \(a link to {store / 'sub' / 'x.h5'}\): it is "
+                                         rf"inside the store {store}, "):
+        export_hdf5(store, link)
+    assert not (store / "sub").exists()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    into_loop = tmp_path / "x.h5"
+    into_loop.symlink_to("loop/f.h5")
+    with pytest.raises(ConfigError, match=r"x.h5 is a symbolic link that loops \(through loop/f.h5\); remove"):
+        export_hdf5(store, into_loop)
+    assert os.readlink(into_loop) == "loop/f.h5"

@@ -636,9 +636,8 @@ def link_target(path: str | os.PathLike) -> Path:
         os.stat(path)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise ConfigError(f"{path} is a symbolic link that loops (it leads back to itself: "
-                              f"{os.readlink(path)}); remove or fix the link, or give another path, then "
-                              f"rerun.") from None
+            raise ConfigError(f"{path} is a symbolic link that loops (through {os.readlink(path)}); remove or "
+                              f"fix the link, or give another path, then rerun.") from None
     target = Path(os.path.realpath(path))
     if not target.parent.is_dir():
         raise ConfigError(f"{path} is a symbolic link to {target}, whose folder {target.parent} does not exist. "

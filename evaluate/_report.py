@@ -124,10 +124,9 @@ def _identity(run: RunSummary) -> tuple[str, str, str]:
     model_id = _alias_model(run.experiment, alias, run.model_ids, feature) if feature in UPSTREAM_FEATURES else ""
     model, shown, key = row_identity(selection, model_id)
     # The paper's Fusion head adds eGeMAPS; another second branch is named, and matches no paper row.
-    fusion = find_key(run.experiment, "fusion_features") if reads_fusion(run.head) else None
-    if isinstance(fusion, str) and fusion.rpartition("/")[2] != "egemaps" and others:
-        branch = fusion.rpartition("/")[2]
-        alias, name, _ = others[0]  # with its own model, as the main branch (hubert-base vs hubert-large)
+    if reads_fusion(run.head) and others and others[0][1] != "egemaps":
+        alias, name, fusion = others[0]  # with its own model, as the main branch (hubert-base vs hubert-large)
+        branch = fusion.removeprefix(f"{alias}/")
         branch_model = _alias_model(run.experiment, alias, (), name) if name in UPSTREAM_FEATURES else ""
         branch += f" ({row_identity(fusion, branch_model)[0]})" if branch_model else ""
         shown, key = f"{shown} + {branch}", f"{key}+{branch}"

@@ -164,17 +164,15 @@ def _branch_stores(config: Mapping[str, Any], experiment: Mapping[str, Any]) -> 
         stores = find_key(config, "stores")
     aliases = list(stores) if isinstance(stores, Mapping) else []
     features = find_key(config, "features", "feature")
-    if isinstance(features, str):
-        fusion, head = find_key(config, "fusion_features"), find_key(config, "head")
-        try:
-            texts = list(branch_selections(features, fusion if isinstance(fusion, str) else None, str(head),
-                                           aliases).values())
-        except SelectionError:
-            return None
-    elif isinstance(features, list) and all(isinstance(text, str) for text in features):
-        texts = features
-    else:
+    features = [features] if isinstance(features, str) else features  # a list: an older layout
+    if not (isinstance(features, list) and all(isinstance(text, str) for text in features)):
         return None
+    fusion, head = find_key(config, "fusion_features"), find_key(config, "head")
+    try:  # a fusion head's branch, for a list of features too (its model id was left out)
+        fused = branch_selections("", fusion if isinstance(fusion, str) else None, str(head), aliases)
+    except SelectionError:
+        return None
+    texts = [*features, *(text for branch, text in fused.items() if branch != "main")]
     branches = []
     for text in texts:
         try:

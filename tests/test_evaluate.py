@@ -131,12 +131,14 @@ def test_report_model_ids_are_those_of_the_features_the_run_used(tmp_path: Path)
     assert ids == {"egemaps": [], "w2v2": [model], "fusion": [model]}
 
 
-def test_a_fusion_branch_without_prefix_is_looked_up_in_the_fusion_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("features", ["wav2vec2:all", ["wav2vec2:all"]])  # a list: an older layout
+def test_a_fusion_branch_without_prefix_is_looked_up_in_the_fusion_store(tmp_path: Path, features) -> None:
     """Review s63: with stores {main: wav2vec2, fusion: hubert} and fusion_features "hubert:all" (no
     prefix), the branch reads the fusion store (ExperimentConfig.selections), but the report looked
-    it up in "main": model_ids lost the HuBERT model and the row read "hubert:all (wav2vec2-base)"."""
+    it up in "main": model_ids lost the HuBERT model and the row read "hubert:all (wav2vec2-base)".
+    Review 3: with `features` a list (an older layout), model_ids still lost the fusion branch's."""
     hubert = "facebook/hubert-base-ls960"
-    run = make_run_dir(tmp_path / "runs", "fusion", features="wav2vec2:all", head="fusion", model=MODELS["pt"])
+    run = make_run_dir(tmp_path / "runs", "fusion", features=features, head="fusion", model=MODELS["pt"])
     experiment = json.loads((run / "experiment.json").read_text(encoding="utf-8"))
     experiment["stores"]["fusion"] = str(tmp_path / "hubert.zarr")
     experiment["fusion_features"] = "hubert:all"
@@ -146,7 +148,8 @@ def test_a_fusion_branch_without_prefix_is_looked_up_in_the_fusion_store(tmp_pat
     write_report([run], out=tmp_path / "r")
     data = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert data["runs"][0]["model_ids"] == [MODELS["pt"], hubert]
-    assert [r["selection"] for r in data["feature_table"]["rows"]] == ["all layers + hubert:all (hubert-base-ls960)"]
+    if isinstance(features, str):
+        assert [r["selection"] for r in data["feature_table"]["rows"]] == ["all layers + hubert:all (hubert-base-ls960)"]
 
 
 def test_rows_of_one_cell_are_told_apart_by_the_settings_that_differ(tmp_path: Path) -> None:

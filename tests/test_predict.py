@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +443,24 @@ def test_predict_end_to_end_with_real_extraction_subprocess(tmp_path: Path) -> N
     assert [p.probabilities for p in alone] == [p.probabilities for p in preds[:2]]
 
 
+def _failing_extract(failures_of: Callable[[list[dict[str, str]]], dict[int, str]]) -> Callable[..., None]:
+    """A stand-in for stage 1 that records the failures ``failures_of(manifest rows)`` gives
+    (position -> reason) and extracts nothing else."""
+    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
+                options: Sequence[str] = ()) -> None:
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        specs = [features_like(like)[0][name] for name in features]
+        utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
+                      for r in rows]
+        writer = StoreWriter(store)
+        writer.plan(utterances, num_samples=[None] * len(rows), features=specs,
+                    capacities={s.name: [1] * len(rows) for s in specs}, failures=failures_of(rows))
+        writer.finalize()
+
+    return extract
+
+
 def test_a_file_over_max_seconds_is_told_to_use_segment(
         trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage 1's reason for a file over max_seconds advises an --option rerun, which predict has
@@ -457,19 +475,7 @@ def test_a_file_over_max_seconds_is_told_to_use_segment(
     monkeypatch.setattr(_pipeline, "run_extractor", lambda extractor, audios: [])
     (_, _, stage1_reason), = _pipeline._features_of(extractor, [(item, audio, "")])[1]
 
-    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
-                options: Sequence[str] = ()) -> None:
-        with open(manifest, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        specs = [features_like(like)[0][name] for name in features]
-        utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
-                      for r in rows]
-        writer = StoreWriter(store)
-        writer.plan(utterances, num_samples=[None] * len(rows), features=specs,
-                    capacities={s.name: [1] * len(rows) for s in specs}, failures={0: stage1_reason})
-        writer.finalize()
-
-    monkeypatch.setattr(_predict, "extract_features", extract)
+    monkeypatch.setattr(_predict, "extract_features", _failing_extract(lambda rows: {0: stage1_reason}))
     (prediction,) = predict_audio(trained, [long_file])
     assert f"{long_file} is 200.0 s long, over wav2vec2.max_seconds=120" in prediction.error
     assert "--segment" in prediction.error and "--option" not in prediction.error
@@ -817,23 +823,11 @@ def test_a_failed_window_is_named_by_its_recording_and_span(trained: Path, tmp_p
     samples that are not finite": a temp file deleted by then, not the recording and where in it."""
     import soundfile
 
-    def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
-                options: Sequence[str] = ()) -> None:  # stage 1 refuses every window, naming the file it read
-        with open(manifest, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-        specs = [features_like(like)[0][name] for name in features]
-        utterances = [Utterance(id=r["id"], path=r["path"], speaker=r["speaker"], label=r["label"], corpus="csv")
-                      for r in rows]
-        writer = StoreWriter(store)
-        writer.plan(utterances, num_samples=[None] * len(rows), features=specs,
-                    capacities={s.name: [1] * len(rows) for s in specs},
-                    failures={k: f"Audio file {r['path']} has 1 samples that are not finite (NaN or Inf)"
-                              for k, r in enumerate(rows)})
-        writer.finalize()
-
     recording = tmp_path / "interview.wav"
     soundfile.write(recording, np.zeros(3 * 16000, np.float32), 16000, subtype="FLOAT")
-    monkeypatch.setattr(_predict, "extract_features", extract)
+    # Stage 1 refuses every window, naming the file it read.
+    monkeypatch.setattr(_predict, "extract_features", _failing_extract(lambda rows: {
+        k: f"Audio file {r['path']} has 1 samples that are not finite (NaN or Inf)" for k, r in enumerate(rows)}))
     preds = predict_audio(trained, [recording], segment=1.0)
     assert [p.error for p in preds] == [f"Audio file {recording} (window {k}.00-{k + 1}.00 s) has 1 samples that are "
                                         f"not finite (NaN or Inf)" for k in range(3)]

@@ -1078,11 +1078,9 @@ def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trai
         predict_audio(trained, audio_files[:1])
 
 
-def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[Path],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both stores of a fusion run moved: each is given by its alias, and one left out is named."""
-    import shutil
-
+def _train_fusion_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Train a one-seed fusion run into ``tmp_path/run`` from a wav2vec2 store ("main") and an
+    eGeMAPS store ("fusion"); return the two stores."""
     from w2v2ser.train import ExperimentConfig, train_experiment
 
     main = build_store(tmp_path / "main.zarr", layers=3, dim=4, features=("wav2vec2",))
@@ -1091,6 +1089,15 @@ def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[P
                               head="fusion", protocol="ravdess", recipe="official", seeds=1, max_frames=40,
                               recipe_overrides={"max_epochs": 1}, workers=1)
     train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    return main, fusion
+
+
+def test_a_fusion_run_whose_two_stores_moved(tmp_path: Path, audio_files: list[Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both stores of a fusion run moved: each is given by its alias, and one left out is named."""
+    import shutil
+
+    main, fusion = _train_fusion_run(tmp_path)
     moved = {alias: str(shutil.move(path, tmp_path / f"moved-{alias}.zarr"))
              for alias, path in (("main", main), ("fusion", fusion))}
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
@@ -1111,14 +1118,8 @@ def test_predict_from_store_takes_a_store_per_alias_for_a_fusion_run(tmp_path: P
     import argparse
 
     from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
-    from w2v2ser.train import ExperimentConfig, train_experiment
 
-    main = build_store(tmp_path / "main.zarr", layers=3, dim=4, features=("wav2vec2",))
-    fusion = build_store(tmp_path / "fusion.zarr", features=("egemaps",))
-    config = ExperimentConfig(stores={"main": str(main), "fusion": str(fusion)}, features="wav2vec2:all",
-                              head="fusion", protocol="ravdess", recipe="official", seeds=1, max_frames=40,
-                              recipe_overrides={"max_epochs": 1}, workers=1)
-    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    main, fusion = _train_fusion_run(tmp_path)
     parser = argparse.ArgumentParser()
     add_predict_arguments(parser)
     run = str(tmp_path / "run")

@@ -374,7 +374,10 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
         "scancel": f'#!/bin/sh\nfor id; do kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
-        "squeue": "#!/bin/sh\nexit 0\n",
+        # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended job is not listed
+        "squeue": '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done\n'
+                  f'for id in $(echo "$ids" | tr , " "); do kill -0 -$(cat {folder}/job${{id#100}}.pid) '
+                  '2>/dev/null && echo "$id RUNNING"; done\nexit 0\n',
     }
     for name, text in scripts.items():
         (folder / name).write_text(text)
@@ -402,6 +405,8 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
             _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(1, timeout=60)
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+        cluster = handle.client.cluster
+        cluster.workers = _ChangedWhileRead(cluster.workers)  # the watchdog's first look fails; it goes on
         os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)  # job 1 reaches its walltime
         deadline = time.monotonic() + 30
         while handle.client.nthreads() and time.monotonic() < deadline:
@@ -410,7 +415,81 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
     assert (bin_folder / "job2.sh").exists()
     # as local workers, a SLURM worker is not paused at 80% of its memory (it would take no task again)
     assert "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in (bin_folder / "job1.sh").read_text()
+    err = capsys.readouterr().err
+    assert "1 SLURM worker job(s) ended" in err
+    assert err.count("checking the SLURM worker jobs failed (RuntimeError: dictionary changed size") == 1
+
+
+class _ChangedWhileRead(dict):
+    """cluster.workers whose first reading by the watchdog thread fails, as a dict the event loop changes."""
+
+    failed = False
+
+    def _once(self) -> None:
+        if threading.current_thread().name == "w2v2ser-worker-jobs" and not self.failed:
+            self.failed = True
+            raise RuntimeError("dictionary changed size during iteration")
+
+    def __iter__(self):
+        self._once()
+        return super().__iter__()
+
+    def items(self):
+        self._once()
+        return super().items()
+
+
+def test_an_ended_job_of_several_worker_processes_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """With cluster.slurm.processes 2 the workers are named JOB-0 and JOB-1, and Dask forgets a job
+    only when a worker has its name: an ended job was never seen, never replaced. Its state is read
+    from squeue now."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.5, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 2, "processes": 2, "memory": "2GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(2, timeout=60)
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while not (bin_folder / "job2.sh").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (bin_folder / "job2.sh").exists(), "the ended job was not replaced"
+        assert handle.client.submit(sum, [3, 4], pure=False).result(timeout=60) == 7
     assert "1 SLURM worker job(s) ended" in capsys.readouterr().err
+
+
+def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker job that ends at once (a bad environment, a crash at import) would get a new job at
+    every check until the run ended. After MAX_FAILED_STARTS per job in a row no more are submitted
+    and the work fails with a reason naming the jobs' output and cluster.slurm."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "log_directory": str(tmp_path),
+                                  "job_script_prologue": ["exit 3"]})  # the worker never starts
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        future = handle.client.submit(sum, [1, 2], pure=False)
+        with pytest.raises(Exception, match="SLURM worker jobs in a row ended") as raised:
+            future.result(timeout=60)
+        time.sleep(1.5)  # several checks more: nothing is submitted
+    assert f"Their output ({tmp_path})" in str(raised.value) and "cluster.slurm" in str(raised.value)
+    assert sorted(p.name for p in bin_folder.glob("job*.sh")) == ["job1.sh", "job2.sh", "job3.sh"]
+    assert capsys.readouterr().err.count("no more are submitted") == 1
 
 
 def test_a_memory_limit_dask_cannot_read_is_a_config_error() -> None:

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,14 @@ WORKER_WAIT_NOTE_S = 300.0
 # a scancel) and submits new ones: dask-jobqueue submits jobs only when the cluster is scaled, so
 # the work of a run outliving its workers' walltime waited for ever.
 JOB_CHECK_S = 10.0
+# A worker job that ended within FAILED_START_S of running (or never ran) failed to start: a bad
+# environment or a crash at import. After MAX_FAILED_STARTS of them per job in a row, no new ones are
+# submitted (each would fail too, every JOB_CHECK_S, on a shared cluster) and the work left fails.
+FAILED_START_S = 120.0
+MAX_FAILED_STARTS = 3
+# squeue's states of a job that is over (or ending); a job squeue no longer lists is over too.
+_ENDED_STATES = frozenset({"ENDED", "COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED",
+                           "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
 # sbatch's words for a controller it cannot reach or that timed out: a transient failure, not bad settings.
 _CONTROLLER_DOWN = re.compile(r"unable to contact slurm controller|socket timed out|connection refused|"
                               r"slurm_persist_conn|temporarily unavailable", re.IGNORECASE)
@@ -337,21 +346,95 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
         sys.stderr.flush()
 
 
-def _replace_ended_jobs(cluster: Any, jobs: int, stop: threading.Event) -> None:
-    """Every JOB_CHECK_S, submit a new worker job for each one whose worker has left (its job ended)."""
+def _squeue_states(ids: list[str]) -> dict[str, str] | None:
+    """squeue's state (RUNNING, PENDING, TIMEOUT, ...) of each job id it still lists; None when squeue cannot say."""
+    try:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True,
+                                text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:  # the ids SLURM has forgotten (ended long ago): "Invalid job id specified"
+        return {} if "invalid job id" in listed.stderr.lower() else None
+    return {job: state.strip() for job, _, state in (line.strip().partition(" ") for line in listed.stdout.splitlines())
+            if job}
+
+
+async def _drop_jobs(cluster: Any, names: list[str]) -> None:
+    """Forget the ended worker jobs ``names`` (scancel each, should it linger), so that scale() submits new
+    ones under new names: a name used again could be closed by Dask's own late removal of the old job."""
+    for name in names:
+        cluster.worker_spec.pop(name, None)
+        job = cluster.workers.pop(name, None)
+        if job is not None:
+            with contextlib.suppress(Exception):
+                await job.close()
+
+
+def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
+    """Every JOB_CHECK_S, submit a new worker job for each one that ended (squeue says so, or Dask saw its
+    worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
+    no more and cancel the work left, with a reason that says what to check."""
+    from distributed import Future
     from tqdm import tqdm
 
+    def say(text: str) -> None:
+        tqdm.write(f"cluster: {text}", file=sys.stderr)
+        sys.stderr.flush()
+
+    seen: dict[str, Any] = {}  # name -> Job at the last check
+    running_since: dict[str, float] = {}  # job id -> when squeue first said RUNNING
+    failed_starts: list[str] = []  # ids of the ended jobs in a row that ran under FAILED_START_S
+    given_up = ""
+    warned = False
     while not stop.wait(JOB_CHECK_S):
         try:
-            ended = len(set(cluster.worker_spec) - set(cluster.workers))
-            if ended:
-                tqdm.write(f"cluster: {ended} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node "
-                           "failure, preemption or scancel); submitting new one(s). Tasks the job was running "
-                           "start again on another worker", file=sys.stderr)
-                sys.stderr.flush()
-                cluster.scale(jobs=jobs)  # submits the jobs of worker_spec that have no job
-        except Exception:  # noqa: BLE001 - the cluster is closing: nothing to replace
-            return
+            if given_up:  # work submitted since (the next store, experiment) fails at once too
+                keys = list(client.futures)
+                if keys:
+                    client.cancel([Future(key, client) for key in keys], reason=given_up)
+                continue
+            workers = dict(list(cluster.workers.items()))
+            ids = {str(job.job_id): name for name, job in workers.items() if getattr(job, "job_id", None)}
+            states = _squeue_states(list(ids)) if ids else {}
+            now = time.monotonic()
+            # Dask removes a job whose only worker left (processes: 1); squeue sees every job end.
+            ended = {name: job for name, job in seen.items() if name not in workers and name in cluster.worker_spec}
+            for job_id, name in ids.items():
+                state = None if states is None else states.get(job_id, "ENDED")
+                if state == "RUNNING":
+                    running_since.setdefault(job_id, now)
+                elif state in _ENDED_STATES:
+                    ended[name] = workers[name]
+            seen = workers
+            if not ended:
+                continue
+            for job in ended.values():
+                started = running_since.pop(str(job.job_id), None)
+                if started is None or now - started < FAILED_START_S:
+                    failed_starts.append(str(job.job_id))
+                else:
+                    failed_starts.clear()
+            cluster.sync(_drop_jobs, cluster, list(ended))
+            if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
+                logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
+                given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "
+                            f"of starting (last: {', '.join(failed_starts[-3:])}); no more are submitted and the "
+                            f"work left fails. Their output ({logs}) says why: e.g. this Python missing on the "
+                            "compute node, an import error, too little cluster.slurm.memory. Fix cluster.slurm "
+                            "(memory, job_script_prologue, interface) and rerun: finished work is kept")
+                say(given_up)
+                continue
+            say(f"{len(ended)} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
+                "preemption or scancel); submitting new one(s). Tasks the job was running start again on "
+                "another worker")
+            cluster.scale(jobs=slurm.jobs)
+        except Exception as error:  # noqa: BLE001 - e.g. the cluster changed while read: try again
+            if stop.is_set():  # the cluster is closing
+                return
+            if not warned:
+                warned = True
+                say(f"checking the SLURM worker jobs failed ({type(error).__name__}: {error}); trying again "
+                    f"every {JOB_CHECK_S:.0f} s")
 
 
 def _slurm_seconds(value: str) -> float | None:
@@ -443,7 +526,7 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
                     threading.Thread(target=_say_while_no_worker, name="w2v2ser-worker-wait", daemon=True,
                                      args=(client, cluster, config.slurm.log_directory, stop)).start()
                     threading.Thread(target=_replace_ended_jobs, name="w2v2ser-worker-jobs", daemon=True,
-                                     args=(cluster, config.slurm.jobs, stop)).start()
+                                     args=(client, cluster, config.slurm, stop)).start()
                 except RuntimeError:  # can't start new thread (ulimit -u): the note is optional
                     pass
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.

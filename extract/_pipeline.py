@@ -31,8 +31,8 @@ import numpy as np
 from pydantic import Field
 
 from w2v2ser._common import (
-    EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants, check_stop, first_few,
-    progress_bar, spelling_key, task_error, variants_differ,
+    EXIT_FAILED, LOST_WORKER_FIX, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants,
+    check_stop, first_few, progress_bar, spelling_key, task_error, variants_differ,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -482,6 +482,7 @@ def extract_corpus(
     storage_options: Mapping[str, Any] | None = None,
     reader_skipped: Sequence[tuple[str, str]] | None = None,
     corpus: str | None = None,
+    lost_worker_fix: str = LOST_WORKER_FIX,
 ) -> ExtractionSummary:
     """Extract every feature of every utterance into a store, resumably.
 
@@ -511,6 +512,9 @@ def extract_corpus(
             use), recorded in the store beside the failures (``w2v2ser store info``).
         corpus: The corpus kind (``Manifest.corpus``) the summary's notes name; default: that of
             ``utterances`` when it is a :class:`Manifest` (which is taken whole).
+        lost_worker_fix: What a shard's error says to change when its Dask worker died at every
+            try (the settings of the caller's cluster); default: more memory per worker, fewer
+            workers, or no cluster.
 
     Returns:
         An :class:`ExtractionSummary`.
@@ -634,6 +638,7 @@ def extract_corpus(
             summary_parts = _run_on_dask(
                 client, store_path, tasks, configs, gpu_resource=gpu_resource, progress=progress,
                 on_silent=lambda found: writer.record_silent_audio([id_by_row[row] for row in found]),
+                lost_worker_fix=lost_worker_fix,
             )
             summary.extracted += summary_parts[0]
             summary.audio_seconds += summary_parts[1]
@@ -1158,6 +1163,7 @@ def _run_on_dask(
     gpu_resource: str | None,
     progress: bool,
     on_silent: Callable[[list[int]], None] | None = None,
+    lost_worker_fix: str = LOST_WORKER_FIX,
 ) -> tuple[int, float]:
     """Run the shards as Dask tasks; ``on_silent`` gets each finished shard's rows of digital silence."""
     from distributed import as_completed
@@ -1190,7 +1196,7 @@ def _run_on_dask(
             if silent and on_silent is not None:
                 on_silent(silent)
         except Exception as error:  # noqa: BLE001 - keep finished shards; report the rest
-            errors.append(f"{future.key}: {task_error(error)}")
+            errors.append(f"{future.key}: {task_error(error, fix=lost_worker_fix)}")
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -506,3 +506,28 @@ def test_a_memory_limit_dask_cannot_read_is_a_config_error() -> None:
     assert "Could not interpret 'lots'" in str(raised.value)
     with open_cluster(ClusterConfig(kind="local", workers=1, memory_limit="2GB", dashboard_address=None)) as handle:
         assert handle.client is not None  # a size with its unit still starts the cluster
+
+
+def test_a_killed_worker_names_the_settings_its_user_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The advice for a task whose worker died at every try named only pipeline.yaml keys
+    (cluster.memory_limit, cluster.workers), also to users of `w2v2ser extract --workers N`, who have
+    none of them, and "lower cluster.workers" on SLURM, where jobs and processes apply."""
+    pytest.importorskip("dask_jobqueue")
+    from distributed.scheduler import KilledWorker
+
+    from w2v2ser import _cluster
+    from w2v2ser._common import task_error
+    from w2v2ser._config import ClusterConfig
+
+    killed = KilledWorker("shard-1", "tcp://127.0.0.1:1", allowed_failures=0)
+    extract = task_error(killed)  # extract_corpus's default: `w2v2ser extract --workers`, or a library client
+    assert "--workers N" in extract and "client=None" in extract and "cluster." not in extract
+    _slurm_that_runs_jobs(tmp_path / "bin", monkeypatch)
+    with _cluster.open_cluster(ClusterConfig(kind="slurm", dashboard_address=None,
+                                             slurm={"cores": 1, "memory": "1GB", "interface": "lo"})) as handle:
+        slurm = task_error(killed, fix=handle.lost_worker_fix)
+    assert "raise cluster.slurm.memory" in slurm and "cluster.slurm.processes" in slurm
+    assert "cluster.workers" not in slurm and "cluster.memory_limit" not in slurm
+    with _cluster.open_cluster(ClusterConfig(kind="local", workers=1, dashboard_address=None)) as handle:
+        local = task_error(killed, fix=handle.lost_worker_fix)
+    assert "raise cluster.memory_limit, lower cluster.workers" in local and "slurm" not in local

@@ -56,6 +56,14 @@ MAX_FAILED_STARTS = 3
 # squeue's states of a job that is over (or ending); a job squeue no longer lists is over too.
 _ENDED_STATES = frozenset({"ENDED", "COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED",
                            "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
+# What to change when a worker died at every try of a task (KilledWorker), by cluster.kind.
+_LOST_WORKER_FIX = {
+    "local": "raise cluster.memory_limit, lower cluster.workers, or set cluster: none to see an error the worker "
+             "could not report",
+    "slurm": "raise cluster.slurm.memory (or its walltime, should the job have reached it), lower "
+             "cluster.slurm.processes (a job's workers share its memory), or set cluster: none to see an error "
+             "the worker could not report",
+}
 # sbatch's words for a controller it cannot reach or that timed out: a transient failure, not bad settings.
 _CONTROLLER_DOWN = re.compile(r"unable to contact slurm controller|socket timed out|connection refused|"
                               r"slurm_persist_conn|temporarily unavailable", re.IGNORECASE)
@@ -79,6 +87,8 @@ class ClusterHandle:
         gpu_resource: Worker resource name that marks GPU workers, or None when there are none.
         description: One line saying what was started (printed by `w2v2ser run`).
         dashboard: Dask dashboard link, or "".
+        lost_worker_fix: What to change when a worker died at every try of a task (the
+            ``cluster:`` settings of this kind), for :func:`task_error`.
     """
 
     client: Any
@@ -86,6 +96,7 @@ class ClusterHandle:
     gpu_resource: str | None
     description: str
     dashboard: str = ""
+    lost_worker_fix: str = ""
 
 
 def count_gpus() -> int:
@@ -531,7 +542,7 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
                     pass
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.
             link = getattr(client, "dashboard_link", "") if config.dashboard_address is not None else ""
-            yield ClusterHandle(client, threads, gpu_resource, text, link or "")
+            yield ClusterHandle(client, threads, gpu_resource, text, link or "", _LOST_WORKER_FIX[config.kind])
         finally:
             stop.set()
             client.close()

@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "EXIT_FAILED",
     "EXIT_INPUT",
+    "LOST_WORKER_FIX",
     "SHARD_SIZE",
     "SHOWN_LINES",
     "SILENCE_ADVICE",
@@ -244,9 +245,16 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
     return None
 
 
-def task_error(error: BaseException) -> str:
+# What to change when a Dask worker died at every try of a task, where the caller does not say (the
+# settings of `w2v2ser extract --workers` and of a library user's own client).
+LOST_WORKER_FIX = ("give each Dask worker more memory or run fewer of them (`w2v2ser extract --workers N`), or run "
+                   "without a Dask cluster (no --workers; client=None) to see an error the worker could not report")
+
+
+def task_error(error: BaseException, *, fix: str = LOST_WORKER_FIX) -> str:
     """``Type: message`` of a Dask task's error; a KilledWorker (its worker process died at every
-    try) says the likely cause and what to do instead of Dask's "inspecting worker logs"."""
+    try) says the likely cause and what to do instead of Dask's "inspecting worker logs": ``fix``,
+    which names the settings the caller's user has (those of ``cluster:`` for `w2v2ser run`)."""
     if type(error).__name__ != "KilledWorker":
         return f"{type(error).__name__}: {error}"
     try:
@@ -256,9 +264,7 @@ def task_error(error: BaseException) -> str:
     except Exception:  # noqa: BLE001 - the count is only a detail
         tries = ""
     return (f"KilledWorker: the Dask worker process running it died at each of its{tries} tries, most often for "
-            "lack of memory (a worker's cluster.memory_limit, a SLURM job's cluster.slurm.memory or walltime, or "
-            "the machine's memory); raise cluster.memory_limit (or cluster.slurm.memory), lower cluster.workers, "
-            "or set cluster: none to see an error the worker could not report")
+            f"lack of memory (the worker's memory limit or the machine's memory); {fix}")
 
 
 def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,

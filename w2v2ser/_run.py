@@ -293,7 +293,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             summary = extract_corpus(corpus_manifest.utterances, path, extractors=extractors,
                                      shard_size=config.shard_size, progress=True, client=handle.client,
                                      gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems,
-                                     corpus=corpus_manifest.corpus)
+                                     corpus=corpus_manifest.corpus, lost_worker_fix=handle.lost_worker_fix)
         except W2v2serError as error:
             if not stopping.is_set():  # after an interrupt, the closed cluster fails the jobs in flight
                 _say(f"extract {label}: FAILED: {error}")
@@ -663,7 +663,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                     handle.client.cancel([f for f, (e, _) in owner.items() if e is experiment and not f.done()])
                     yield experiment, error
                     continue
-                yield experiment, f"{run.name}: {task_error(error)}"
+                yield experiment, f"{run.name}: {task_error(error, fix=handle.lost_worker_fix)}"
             else:  # a run in flight when its experiment stopped is finished: it is kept
                 trained[experiment.name] = trained.get(experiment.name, 0) + 1
     finally:

@@ -481,9 +481,11 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
     monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
                            slurm={"cores": 1, "memory": "1GB", "interface": "lo", "log_directory": str(tmp_path),
-                                  "job_script_prologue": ["exit 3"]})  # the worker never starts
+                                  "job_script_prologue": ["exit 3"], "worker_wait": "0:20"})  # the worker never starts
     with _cluster.open_cluster(config, use_gpus=False) as handle:
-        future = handle.client.submit(sum, [1, 2], pure=False)
+        with pytest.raises(_cluster.ClusterError, match="SLURM worker jobs in a row ended"):
+            _cluster.wait_for_a_worker(handle.client, config.slurm)  # before worker_wait is out
+        future = handle.client.submit(sum, [1, 2], pure=False)  # work submitted after that fails too
         with pytest.raises(Exception, match="SLURM worker jobs in a row ended") as raised:
             future.result(timeout=60)
         time.sleep(1.5)  # several checks more: nothing is submitted

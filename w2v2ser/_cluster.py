@@ -433,6 +433,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                             f"work left fails. Their output ({logs}) says why: e.g. this Python missing on the "
                             "compute node, an import error, too little cluster.slurm.memory. Fix cluster.slurm "
                             "(memory, job_script_prologue, interface) and rerun: finished work is kept")
+                cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting
                 say(given_up)
                 continue
             say(f"{len(ended)} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
@@ -470,25 +471,33 @@ def wait_for_a_worker(client: Any, slurm: Any) -> None:
 
     Raises:
         ClusterError: none connected in time (exit 1); the message names the setting and what
-            squeue says of the worker jobs. Nothing was submitted to the cluster yet.
+            squeue says of the worker jobs. Or the worker jobs failed at start too often and no
+            more are submitted (see _replace_ended_jobs). Nothing was submitted to the cluster yet.
     """
     limit = None if slurm.worker_wait is None else _slurm_seconds(slurm.worker_wait)
     if limit is None:
         return
     from distributed.exceptions import WorkerStartTimeoutError
 
-    try:
-        client.wait_for_workers(1, timeout=limit)
-    except WorkerStartTimeoutError:
-        cluster = getattr(client, "cluster", None)
-        ids = [str(job.job_id) for job in list(getattr(cluster, "workers", {}).values())
-               if getattr(job, "job_id", None)]
-        logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
-        raise ClusterError(
-            f"no Dask worker connected within cluster.slurm.worker_wait={slurm.worker_wait} after the SLURM worker "
-            f"job(s) were submitted ({_job_states(ids)}); the run stops, finished work is kept. Raise "
-            f"cluster.slurm.worker_wait (null: no limit) for a partition that starts jobs late, or see the job "
-            f"log ({logs}) when a job ran") from None
+    cluster = getattr(client, "cluster", None)
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=max(0.1, min(JOB_CHECK_S, deadline - time.monotonic())))
+            return
+        except WorkerStartTimeoutError:
+            gave_up = getattr(cluster, "w2v2ser_gave_up", "")
+            if gave_up:  # the worker jobs fail at start: no more are submitted (_replace_ended_jobs)
+                raise ClusterError(gave_up) from None
+            if time.monotonic() >= deadline:
+                break
+    ids = [str(job.job_id) for job in list(getattr(cluster, "workers", {}).values()) if getattr(job, "job_id", None)]
+    logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
+    raise ClusterError(
+        f"no Dask worker connected within cluster.slurm.worker_wait={slurm.worker_wait} after the SLURM worker "
+        f"job(s) were submitted ({_job_states(ids)}); the run stops, finished work is kept. Raise "
+        f"cluster.slurm.worker_wait (null: no limit) for a partition that starts jobs late, or see the job "
+        f"log ({logs}) when a job ran")
 
 
 @contextmanager

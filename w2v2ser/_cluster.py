@@ -426,8 +426,8 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 else:
                     failed_starts.clear()
             cluster.sync(_drop_jobs, cluster, list(ended))
+            logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
-                logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
                 given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "
                             f"of starting (last: {', '.join(failed_starts[-3:])}); no more are submitted and the "
                             f"work left fails. Their output ({logs}) says why: e.g. this Python missing on the "
@@ -436,9 +436,14 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting
                 say(given_up)
                 continue
-            say(f"{len(ended)} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
-                "preemption or scancel); submitting new one(s). Tasks the job was running start again on "
-                "another worker")
+            if failed_starts:
+                say(f"{len(ended)} SLURM worker job(s) ended within {FAILED_START_S:.0f} s of starting "
+                    f"({len(failed_starts)} in a row; after {MAX_FAILED_STARTS * slurm.jobs} no more are submitted); "
+                    f"submitting new one(s). Their output ({logs}) says why")
+            else:
+                say(f"{len(ended)} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
+                    "preemption or scancel); submitting new one(s). Tasks the job was running start again on "
+                    "another worker")
             cluster.scale(jobs=slurm.jobs)
         except Exception as error:  # noqa: BLE001 - e.g. the cluster changed while read: try again
             if stop.is_set():  # the cluster is closing

@@ -370,7 +370,8 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
     folder.mkdir()
     scripts = {
         "sbatch": f'#!/bin/sh\n[ "$1" = --test-only ] && exit 0\nd={folder}\n'
-                  'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count\n'
+                  'until mkdir $d/lock 2>/dev/null; do sleep 0.01; done\n'  # jobs: 2 are submitted at once
+                  'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count; rmdir $d/lock\n'
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
         "scancel": f'#!/bin/sh\nfor id; do kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
@@ -533,3 +534,27 @@ def test_a_killed_worker_names_the_settings_its_user_has(tmp_path: Path, monkeyp
     with _cluster.open_cluster(ClusterConfig(kind="local", workers=1, dashboard_address=None)) as handle:
         local = task_error(killed, fix=handle.lost_worker_fix)
     assert "raise cluster.memory_limit, lower cluster.workers" in local and "slurm" not in local
+
+
+def test_workers_still_running_keep_the_work_when_failed_starts_stop_the_resubmission(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """After the failed starts of one job slot, no more jobs are submitted, but the work is cancelled
+    only once no worker is left: a healthy job's worker goes on with it."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
+                                  "job_script_prologue": [f"mkdir {tmp_path}/first || exit 3"]})  # one job starts
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        deadline, said = time.monotonic() + 60, ""
+        while "in a row ended" not in said and time.monotonic() < deadline:
+            time.sleep(0.3)
+            said += capsys.readouterr().err
+        assert "6 SLURM worker jobs in a row ended" in said, said
+        task = handle.client.submit(lambda: (time.sleep(1.5), 3)[1], pure=False)  # outlasts several checks
+        assert task.result(timeout=60) == 3

@@ -384,7 +384,8 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
 def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
     """Every JOB_CHECK_S, submit a new worker job for each one that ended (squeue says so, or Dask saw its
     worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
-    no more and cancel the work left, with a reason that says what to check."""
+    no more; once no worker is left, cancel the work, with a reason that says what to check (workers
+    still running go on with it)."""
     from distributed import Future
     from tqdm import tqdm
 
@@ -399,9 +400,9 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
     warned = False
     while not stop.wait(JOB_CHECK_S):
         try:
-            if given_up:  # work submitted since (the next store, experiment) fails at once too
+            if given_up:  # once no worker is left, the work (and any submitted later) fails at once
                 keys = list(client.futures)
-                if keys:
+                if keys and not client.nthreads():
                     client.cancel([Future(key, client) for key in keys], reason=given_up)
                 continue
             workers = dict(list(cluster.workers.items()))
@@ -430,7 +431,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
                 given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "
                             f"of starting (last: {', '.join(failed_starts[-3:])}); no more are submitted and the "
-                            f"work left fails. Their output ({logs}) says why: e.g. this Python missing on the "
+                            f"work left fails once no worker is left. Their output ({logs}) says why: e.g. this Python missing on the "
                             "compute node, an import error, too little cluster.slurm.memory. Fix cluster.slurm "
                             "(memory, job_script_prologue, interface) and rerun: finished work is kept")
                 cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting

@@ -178,3 +178,37 @@ def test_job_script_and_slurm_cluster_refuse_what_no_node_holds(slurm: dict[str,
     assert done.returncode == 2, done.stderr[-3000:]
     assert "SLURM refuses the Dask worker job of cluster.slurm: " in done.stderr
     assert "Requested node configuration is not available" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_scancelled_worker_job_of_two_processes_is_replaced_and_the_run_finishes(
+        slurm: dict[str, str], tmp_path: Path) -> None:
+    """A worker job that ends mid-run (scancel here; its walltime, a node failure or preemption alike)
+    was never replaced, so the tasks left waited for ever; with `processes: 2` Dask never even sees
+    the job end (its workers are JOB-0 and JOB-1). The watchdog reads squeue and submits a new job."""
+    pytest.importorskip("dask_jobqueue")
+    make_tiny_corpus(tmp_path / "data")
+    make_tiny_model(tmp_path / "model")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "model", features=("classic/spectrogram",))
+    extracted = run_cli(pipeline, "--stage", "extract")
+    assert extracted.returncode == 0, extracted.stderr[-3000:]
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "model", features=("classic/spectrogram",),
+                                   cluster="slurm", extra={
+        "experiments.t.seeds": 6, "experiments.t.recipe_overrides": {"max_epochs": 3},
+        "cluster.slurm": {"queue": "debug", "cores": 2, "memory": "6GB", "processes": 2, "jobs": 1,
+                          "walltime": "00:20:00", "log_directory": str(tmp_path / "worker-logs")}})
+    run = subprocess.Popen([str(W2V2SER), "run", str(pipeline), "--stage", "train"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**cli_env(), **slurm}, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "out").rglob("metrics.json")) and time.monotonic() < deadline:
+            time.sleep(1)  # a first seed finished on the first job's workers: it is doing work
+        cancelled = _cancel_own_jobs(slurm)
+        assert cancelled, "no worker job was running"
+        stdout, stderr = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        _cancel_own_jobs(slurm)
+    assert run.returncode == 0, stderr[-3000:]
+    assert "SLURM worker job(s) ended" in stderr and "submitting new one(s)" in stderr, stderr[-3000:]
+    assert len(list((tmp_path / "out").rglob("metrics.json"))) == 6 and "Traceback" not in stderr

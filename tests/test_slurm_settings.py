@@ -375,10 +375,11 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
         "scancel": f'#!/bin/sh\nfor id; do kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
-        # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended job is not listed
+        # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended one COMPLETED, as
+        # `squeue --states=all` lists it for a while (MinJobAge)
         "squeue": '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done\n'
                   f'for id in $(echo "$ids" | tr , " "); do kill -0 -$(cat {folder}/job${{id#100}}.pid) '
-                  '2>/dev/null && echo "$id RUNNING"; done\nexit 0\n',
+                  '2>/dev/null && echo "$id RUNNING" || echo "$id COMPLETED"; done\nexit 0\n',
     }
     for name, text in scripts.items():
         (folder / name).write_text(text)
@@ -419,6 +420,29 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
     err = capsys.readouterr().err
     assert "1 SLURM worker job(s) ended" in err
     assert err.count("checking the SLURM worker jobs failed (RuntimeError: dictionary changed size") == 1
+
+
+def test_a_job_squeue_does_not_list_is_not_taken_as_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Review s63: a job squeue did not list (jobs of another cluster's -M, a user's SQUEUE_STATES)
+    was taken as ended: the watchdog scancelled the healthy worker job every check and resubmitted
+    it, then gave the run up. Only a job squeue has listed counts as ended when it stops listing it."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    (bin_folder / "squeue").write_text("#!/bin/sh\nexit 0\n")  # lists none of the jobs
+    monkeypatch.setenv("SQUEUE_STATES", "PENDING")  # a user's setting that would hide running jobs
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        time.sleep(3)  # ten checks of the watchdog
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    assert not (bin_folder / "job2.sh").exists() and "SLURM worker job(s) ended" not in capsys.readouterr().err
 
 
 class _ChangedWhileRead(dict):

@@ -359,9 +359,12 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
 
 def _squeue_states(ids: list[str]) -> dict[str, str] | None:
     """squeue's state (RUNNING, PENDING, TIMEOUT, ...) of each job id it still lists; None when squeue cannot say."""
+    # --states=all: an ended job stays listed with its end state for a while (MinJobAge). A user's
+    # SQUEUE_STATES/SQUEUE_PARTITION would hide our jobs; a job never listed is not taken as ended.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     try:
-        listed = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)], capture_output=True,
-                                text=True, timeout=20, check=False)
+        listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T", "-j", ",".join(ids)],
+                                capture_output=True, text=True, timeout=20, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if listed.returncode != 0:  # the ids SLURM has forgotten (ended long ago): "Invalid job id specified"
@@ -395,6 +398,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
 
     seen: dict[str, Any] = {}  # name -> Job at the last check
     running_since: dict[str, float] = {}  # job id -> when squeue first said RUNNING
+    listed: set[str] = set()  # job ids squeue has listed: only those count as ended once it stops listing them
     failed_starts: list[str] = []  # ids of the ended jobs in a row that ran under FAILED_START_S
     given_up = ""
     warned = False
@@ -412,13 +416,15 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             # Dask removes a job whose only worker left (processes: 1); squeue sees every job end.
             ended = {name: job for name, job in seen.items() if name not in workers and name in cluster.worker_spec}
             for job_id, name in ids.items():
-                state = None if states is None else states.get(job_id, "ENDED")
+                # A job squeue never listed (another cluster's -M, a hidden partition) is left to Dask.
+                state = None if states is None else states.get(job_id, "ENDED" if job_id in listed else None)
+                listed.update([job_id] if states and job_id in states else [])
                 if state == "RUNNING":
                     running_since.setdefault(job_id, now)
                 elif state in _ENDED_STATES:
                     ended[name] = workers[name]
             seen = workers
-            if not ended:
+            if not ended or stop.is_set():  # the cluster is closing: nothing to replace
                 continue
             for job in ended.values():
                 started = running_since.pop(str(job.job_id), None)

@@ -285,7 +285,8 @@ def _open(path: Path) -> sf.SoundFile:
     if truncated:
         handle.close()
         raise truncated_error(path, truncated)
-    if handle.format == "WAV" and handle.frames == 0 and _unclosed_bytes(path) > 0:  # libsndfile trusts the 0
+    # libsndfile trusts a header that declares 0 bytes (WAVEX: a 24-bit or multichannel recorder's WAV)
+    if handle.format in ("WAV", "WAVEX") and handle.frames == 0 and _unclosed_bytes(path) > 0:
         handle.close()
         raise AudioError(f"Audio file {path} has a header that declares 0 bytes of audio data, yet the file holds "
                          f"{path.stat().st_size:,} bytes: a recording that was never closed (a recorder that stopped "

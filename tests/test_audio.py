@@ -264,6 +264,17 @@ def test_a_wav_whose_header_was_never_closed_is_named_so(tmp_path):
         with pytest.raises(AudioError, match=r"unclosed\.wav has a header that declares 0 bytes of audio data, yet the "
                                              r"file holds 32,044 bytes.*sox --ignore-length"):
             read(unclosed)
+    # Review s63: WAVE_FORMAT_EXTENSIBLE (a 24-bit or multichannel recorder's WAV) is named so too.
+    import soundfile
+
+    extensible = tmp_path / "unclosed24.wav"
+    soundfile.write(extensible, np.zeros((16000, 2), np.float32), 16000, subtype="PCM_24", format="WAVEX")
+    data = bytearray(extensible.read_bytes())
+    at = data.find(b"data")
+    data[at + 4:at + 8] = struct.pack("<I", 0)
+    extensible.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match=r"unclosed24\.wav has a header that declares 0 bytes of audio data"):
+        read_audio(extensible)
 
 
 def test_a_closed_empty_wav_with_metadata_is_not_called_never_closed(tmp_path):

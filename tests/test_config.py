@@ -976,3 +976,9 @@ def test_a_store_path_or_recipe_overrides_of_the_wrong_type_is_a_config_error_na
     config = ExperimentConfig(stores={"main": tmp_path, "x": "s3://b/x.zarr"}, protocol="ravdess",
                               recipe_overrides=None)  # paths and None still converted
     assert config.stores == {"main": str(tmp_path), "x": "s3://b/x.zarr"} and config.recipe_overrides == {}
+    # Review s63: any mapping (a MappingProxyType, a Hydra sweep's DictConfig) is taken, as before 4ca9a6a.
+    from types import MappingProxyType
+
+    config = ExperimentConfig(stores=str(tmp_path), protocol="ravdess",
+                              recipe_overrides=MappingProxyType({"max_epochs": 2}))
+    assert config.recipe_overrides == {"max_epochs": 2}

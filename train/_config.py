@@ -115,7 +115,10 @@ class ExperimentConfig:
         if isinstance(self.stores, Mapping) and not self.stores:  # the schema's bound, with the fix
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         self.stores = {str(k): os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in self.stores.items()}
-        self.recipe_overrides = {} if self.recipe_overrides is None else self.recipe_overrides
+        # None, or any mapping (a MappingProxyType, an OmegaConf DictConfig of a Hydra sweep) as a dict
+        overrides = self.recipe_overrides
+        if overrides is None or isinstance(overrides, Mapping):
+            self.recipe_overrides = dict(overrides or {})
         for f in dataclasses.fields(self):  # numpy numbers (a grid from np.arange) as the Python ones they hold
             setattr(self, f.name, plain_scalar(getattr(self, f.name)))
         check_dataclass(self, what="ExperimentConfig")  # before the conversions, which raised TypeErrors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def _parse_stores(values: list[str] | None, option: str = "--store") -> dict[str
     out: dict[str | None, str] = {}
     for value in values or []:
         alias, sep, path = value.partition("=")
-        key = alias if sep and alias.isidentifier() and not Path(value).exists() else None
+        key = alias if sep and alias.isidentifier() and not os.path.lexists(value) else None
         if key and not path.strip():
             raise PredictError(f"{option} {value}: expected a path after {alias}=, got {path!r} (an unset or "
                                f"empty shell variable?). Give {option} {alias}=STORE.")

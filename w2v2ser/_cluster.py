@@ -552,13 +552,15 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
             cluster.close()
             raise
         stop = threading.Event()
+        watchdog = None
         try:
             if config.kind == "slurm":
                 try:
                     threading.Thread(target=_say_while_no_worker, name="w2v2ser-worker-wait", daemon=True,
                                      args=(client, cluster, config.slurm.log_directory, stop)).start()
-                    threading.Thread(target=_replace_ended_jobs, name="w2v2ser-worker-jobs", daemon=True,
-                                     args=(client, cluster, config.slurm, stop)).start()
+                    watchdog = threading.Thread(target=_replace_ended_jobs, name="w2v2ser-worker-jobs", daemon=True,
+                                                args=(client, cluster, config.slurm, stop))
+                    watchdog.start()
                 except RuntimeError:  # can't start new thread (ulimit -u): the note is optional
                     pass
             # Without a dashboard the scheduler still serves its health routes, so Dask's link would lead nowhere.
@@ -566,5 +568,7 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
             yield ClusterHandle(client, threads, gpu_resource, text, link or "", _LOST_WORKER_FIX[config.kind])
         finally:
             stop.set()
+            if watchdog is not None:  # a check under way ends first: a job it submitted during close() stayed running
+                watchdog.join(timeout=JOB_CHECK_S + 30)
             client.close()
             cluster.close()

@@ -40,8 +40,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import (FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few, owner_tag, python_command,
-                             remove_stale)
+from w2v2ser._common import (FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few, make_folder, owner_tag,
+                             python_command, remove_stale)
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
@@ -828,7 +828,7 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
         return
     # A new folder per call: a store left by an earlier call holds other files under the same
     # positional ids, and resuming into it returned their predictions for the new files.
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(work_dir)
     yield Path(tempfile.mkdtemp(prefix="predict-", dir=work_dir))
 
 

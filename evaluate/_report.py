@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import UPSTREAM_FEATURES, as_paths, short_name, write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES, as_paths, make_folder, short_name, write_atomically
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 
@@ -455,7 +455,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     if out.exists() and not out.is_dir():
         raise EvaluateError(f"report folder {out} exists and is a file; expected a directory. "
                             "Choose another --out path.")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     # A folder of runs shows every run inside; a sweep folder shows as its weighted head + the sweep plot.
     found = find_run_dirs(run_dirs)
     if baseline is not None:

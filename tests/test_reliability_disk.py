@@ -371,6 +371,36 @@ def test_a_file_where_a_folder_is_expected_is_one_error_line(tmp_path, capsys):
     assert blocker.read_text() == "a file"
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    """--out, --work-dir and an export's folder under /proc (where mkdir says "No such file or
+    directory") ended in a FileNotFoundError traceback, exit 1; each is one line naming the path, exit 2."""
+    from w2v2ser._cli import main
+
+    nowhere = Path("/proc") / f"w2v2ser-{uuid.uuid4().hex}"
+    try:
+        nowhere.mkdir()
+    except FileNotFoundError:
+        pass
+    else:  # pragma: no cover - a /proc that takes folders
+        nowhere.rmdir()
+        pytest.skip("/proc takes new folders here")
+    manifest, rows, store = _extracted_csv_store(tmp_path)
+    run = tmp_path / "run"
+    train = ["train", str(store), "--features", "spectrogram", "--protocol", "csv", "--seeds", "1",
+             "--set", "max_epochs=1", "--no-progress"]
+    assert main([*train, "--out", str(run)]) == 0
+    capsys.readouterr()
+    for command, named in (([*train, "--out", str(nowhere)], nowhere),
+                           ([*train, "--out", str(nowhere / "run")], nowhere / "run"),
+                           (["evaluate", "--out", str(nowhere / "report"), str(run)], nowhere / "report"),
+                           (["predict", str(run), rows[0].split(",")[0], "--work-dir", str(nowhere)], nowhere),
+                           (["store", "export", str(store), str(nowhere / "s.h5")], nowhere)):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"w2v2ser: error: cannot create the folder {named}: no folder can be made at {nowhere}" in err, err
+        assert "Traceback" not in err
+
+
 def test_a_new_store_in_a_read_only_folder_says_choose_another_path_not_copy_it(tmp_path, read_only, capsys):
     """`extract --store` or `store upgrade OLD NEW` naming a store that does not exist yet, in a folder
     that cannot be written: the error advised `cp -r NEW NEW` ("copy the store somewhere writable")

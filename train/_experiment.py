@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, provenance, publish_directory,
-                             subset_text, variants_differ, write_atomically)
+from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, make_folder, provenance,
+                             publish_directory, subset_text, variants_differ, write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -1106,7 +1106,7 @@ def share_out_folder(out: Path, key: str, what: str) -> Iterator[None]:
     import socket
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
     except OSError as exc:  # a file where the folder is, or no permission: the command line's message
         from w2v2ser._common import EXIT_INPUT, describe_path_error
 

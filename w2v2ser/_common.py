@@ -212,6 +212,25 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
     return None
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` of a folder w2v2ser writes into (an ``--out``, an output file's folder).
+
+    Raises:
+        ConfigError: no folder can be made there: the file system takes none (/proc, /sys, an
+            automount path) or the current folder was deleted. mkdir says "No such file or
+            directory" then, which is no fix. Other errors (permission, a file in the way) are
+            raised as they are: the command line describes them (:func:`describe_path_error`).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError as error:
+        raise ConfigError(f"cannot create the folder {path}: no folder can be made at {error.filename} (a virtual file system such as /proc or /sys, an automount path, or a "
+                          f"current folder that was deleted). Give a path on a normal disk ({_OTHER_OUTPUT}), "
+                          f"then rerun.") from None
+    return path
+
+
 def _open_file_limit() -> str:
     """This process's soft limit of open files, for a message."""
     try:
@@ -674,7 +693,7 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
         raise ConfigError(f"{path} is not a regular file (a device, FIFO or socket); w2v2ser writes a new file and "
                           f"renames it over the old one, which would remove it. Give the path of a regular file "
                           f"(or a new one), then rerun.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     # The temp files of writers of this path killed with SIGKILL (a big export's partial copy).
     # At most 200 bytes of the name: with the tag and mkstemp's letters the temp name stays
     # within NAME_MAX (255 bytes) for every valid target name.

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, progress_bar,
-                      task_error, write_atomically)
+from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, make_folder,
+                      progress_bar, task_error, write_atomically)
 from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -863,7 +863,7 @@ def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[st
     # Experiments are checked even for --stage extract (no stage 2 library is loaded for it): a typo
     # there was found only by the training job, after a GPU extraction job of hours.
     config = load_pipeline(path, overrides=overrides)
-    config.output.mkdir(parents=True, exist_ok=True)
+    make_folder(config.output)
     _say(f"pipeline {config.path}: output {config.output}; stages {', '.join(stages)}; "
          f"{len(config.experiments)} experiment(s)")
     outcomes: dict[str, _Outcome] = {}

@@ -10,6 +10,7 @@ directory or an object-store URL (``s3://bucket/prefix``, any fsspec URL; :func:
 
 from ._errors import (
     StoreChangedError,
+    StoreDamagedError,
     StoreError,
     StoreFullError,
     StoreGoneError,
@@ -44,6 +45,7 @@ __all__ = [
     "W2v2serError",
     "StoreError",
     "StoreIncompleteError",
+    "StoreDamagedError",
     "StoreVersionError",
     "StoreLockedError",
     "StoreFullError",

@@ -6,6 +6,7 @@ __all__ = [
     "W2v2serError",
     "StoreError",
     "StoreIncompleteError",
+    "StoreDamagedError",
     "StoreVersionError",
     "StoreLockedError",
     "StoreFullError",
@@ -25,6 +26,12 @@ class StoreError(W2v2serError):
 
 class StoreIncompleteError(StoreError):
     """The store's extraction has not finished (root attribute ``complete`` is false)."""
+
+
+class StoreDamagedError(StoreError):
+    """A file of the store is damaged: a metadata file cut or unreadable, a table's or index's chunk
+    file missing. Exit 2 for a command that reads the store (its input is bad), 1 for ``store
+    verify``, whose answer it is: verify exits 1 for damage however early it is found."""
 
 
 class StoreVersionError(StoreError):

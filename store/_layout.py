@@ -27,7 +27,7 @@ from zarr.storage import LocalStore
 
 from w2v2ser._common import ConfigError, file_url_path
 
-from ._errors import StoreError, StoreIncompleteError, StoreVersionError
+from ._errors import StoreDamagedError, StoreError, StoreIncompleteError, StoreVersionError
 from ._location import STORAGE_OPTIONS_ENV, StoreLocation, is_store_url, locate_store, remote_errors
 from ._readcache import ReadCacheStore
 from ._types import FeatureSpec
@@ -216,7 +216,7 @@ def row_checksum(path: Path | str, meta: dict[str, Any]) -> str:
     """The CRC of a store's per-layer checksums (``crc32`` for format 2, which records none)."""
     name = meta.get("row_checksum", "crc32" if meta.get("format_version") == 2 else None)
     if name is None:
-        raise StoreError(
+        raise StoreDamagedError(
             f"store {path} is damaged: its root attribute {ATTRS_KEY!r} has format_version "
             f"{meta.get('format_version')!r} but no row_checksum. Re-extract into a new store."
         )
@@ -288,7 +288,7 @@ def open_array(group: zarr.Group, key: str, *, where: Path | str | None) -> zarr
             # an I/O, network or permission error (OSError) is not damage and goes on as it is.
             # Not repairable by re-extracting utterances: the array itself cannot be found.
             where = where or getattr(group.store_path.store, "root", None) or str(group.store_path)
-            raise StoreError(
+            raise StoreDamagedError(
                 f"store {where} is damaged: array {key} cannot be opened, its metadata file {key}/zarr.json is "
                 f"missing or unreadable ({type(exc).__name__}: {exc}). Copy that file back from a backup or an "
                 f"earlier copy of the store if you have one; otherwise extract into a new store "
@@ -479,7 +479,7 @@ def read_meta(path: Path | StoreLocation) -> tuple[zarr.Group, dict[str, Any]]:
         group = open_root(location, mode="r")
     except Exception as exc:  # zarr raises several types for a non-group zarr.json
         if _cut_store_root(location):
-            raise StoreError(
+            raise StoreDamagedError(
                 f"store {path} is damaged: its root metadata file {path}/zarr.json is cut or not JSON "
                 f"({type(exc).__name__}: {exc}; a full disk or quota while it was rewritten, or a copy that "
                 f"stopped part-way). It holds the store's format, extractor configs and completeness, so the "

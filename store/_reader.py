@@ -15,7 +15,7 @@ import zarr
 
 from w2v2ser._common import did_you_mean
 
-from ._errors import StoreChangedError, StoreError, StoreGoneError, StoreIncompleteError
+from ._errors import StoreChangedError, StoreDamagedError, StoreError, StoreGoneError, StoreIncompleteError
 from ._layout import (
     FAILURE_COLUMNS,
     STATUSES,
@@ -160,7 +160,7 @@ class FeatureStore:
             return gone
         if getattr(self, "_revision", None) is not None and self.changed_since_open():
             return self._changed()
-        return StoreError(
+        return StoreDamagedError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
             f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "

@@ -952,6 +952,24 @@ def test_a_damaged_root_zarr_json_is_named_as_damage_not_as_a_wrong_path(store, 
     assert done.returncode != 0 and "damaged" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("damaged", ["zarr.json", "features/spectrogram/data/zarr.json", "utterances/id/zarr.json",
+                                     "features/spectrogram/offset/zarr.json", "utterances/id/c/0"])
+def test_verify_exits_1_for_damage_wherever_it_is(store, damaged):
+    """README: `store verify` exits 0 only if intact and 1 for damage. A cut data/zarr.json (or root
+    zarr.json, a table's zarr.json or lost chunk file) is found as the store opens and exited 2, as
+    bad input, while the same cut in offset/zarr.json exited 1: a script read one as "wrong command"."""
+    file = store / damaged
+    if file.name == "zarr.json":
+        file.write_bytes(file.read_bytes()[:20])
+    else:
+        file.unlink()
+    done = _verify_cli(store)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "damaged" in done.stdout + done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(StoreError):  # a command that reads the store is refused: its input is bad (exit 2)
+        open_store(store).read_utterance("u0", "spectrogram")
+
+
 def test_a_damaged_journal_line_is_named_with_the_command_that_removes_it(pristine, tmp_path):
     """A journal line that fails its CRC stops every extraction and verify; the message said "Delete
     that line", leaving the user to find an editor for a JSON-lines file on a cluster (and to quote

@@ -338,6 +338,16 @@ def _print_some(lines: Sequence[str], store: str) -> None:
 
 
 def _cmd_store_verify(args: argparse.Namespace) -> int:
+    from w2v2ser.store import StoreDamagedError
+
+    try:
+        return _verify_store(args)
+    except StoreDamagedError as error:  # found as it opens the store (a cut zarr.json, a lost table chunk):
+        error.exit_code = EXIT_FAILED  # damage is verify's answer, exit 1, wherever in the store it is
+        raise
+
+
+def _verify_store(args: argparse.Namespace) -> int:
     from w2v2ser.store import open_store, repair_store
 
     store = open_store(args.store, allow_incomplete=True)  # its completeness before any repair

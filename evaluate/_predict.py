@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import types
@@ -335,7 +336,8 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
     if damaged:
         good = [name for name in available if not any(d.startswith(f"{name}: ") for d in damaged)]
         raise RunDirError(f"{len(damaged)} run(s) of {run_dir} are damaged: {' | '.join(damaged)}. Train the "
-                          f"experiment again into this folder (`w2v2ser train ... --out {run_dir}` trains them "
+                          f"experiment again into this folder (`w2v2ser train ... --out {shlex.quote(str(run_dir))}` "
+                          f"trains them "
                           f"again)" + (f", or pass --run with an intact run ({', '.join(good[:5])})." if good else "."))
     aliases = {name: config.store_alias(text) for name, text in config.selections().items()}
     paths = _moved_stores(run_dir, experiment, config, sorted(set(aliases.values())), current, stores) if stores else {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -376,7 +377,7 @@ def read_run_dir(run_dir: Path) -> RunSummary:
         # A pipeline's report lists every planned experiment: one not trained yet has no folder.
         reason = (f"{run_dir} is a file, not a run directory" if run_dir.exists() else
                   f"not trained yet: {run_dir} does not exist (train it first: `w2v2ser train ... --out "
-                  f"{run_dir}`, or the pipeline's train stage)")
+                  f"{shlex.quote(str(run_dir))}`, or the pipeline's train stage)")
         return RunSummary(path=run_dir, status="incomplete", reason=reason)
     experiment, exp_problem = _load_json(run_dir / "experiment.json")
     experiment = experiment if isinstance(experiment, Mapping) else {}

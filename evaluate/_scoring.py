@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,7 +184,8 @@ def _test_stores(plan: _RunPlan, store: str | os.PathLike[str] | Mapping[str, An
         name = resolve_feature(branch.selection)
         trained = plan.likes[branch.store].features[name]
         found = test.features.get(name)
-        fix = f"extract it with the run's settings: w2v2ser extract ... --store {path} --like {plan.run_dir}"
+        fix = (f"extract it with the run's settings: w2v2ser extract ... --store {shlex.quote(str(path))} "
+               f"--like {shlex.quote(str(plan.run_dir))}")
         if found is None:
             raise PredictError(f"store {path} holds {', '.join(test.features)}, not {name!r}, which run dir "
                                f"{plan.run_dir} reads; {fix}.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ def _check_readable(path: Path) -> None:
     except PermissionError as exc:
         raise AudioError(
             f"Audio file {path} cannot be read: permission denied. "
-            f"Grant read access (e.g. `chmod a+r {path}`) or run as a user who may read it."
+            f"Grant read access (e.g. `chmod a+r {shlex.quote(str(path))}`) or run as a user who may read it."
         ) from exc
     except OSError as exc:
         raise AudioError(f"Audio file {path} cannot be opened ({exc}). Check the file system and path.") from exc

@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import re
+import shlex
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -175,7 +176,8 @@ def _decode(path: Path, data: bytes) -> str:
         raise ManifestError(
             f"Manifest {path} is not UTF-8 text: line {line} holds byte 0x{data[exc.start]:02x}, which UTF-8 does "
             f"not allow there (the file was likely saved as Windows-1252/Latin-1). Save it as UTF-8 CSV (Excel: "
-            f"'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > utf8.csv`.") from exc
+            f"'CSV UTF-8'), or convert it, e.g. `iconv -f cp1252 -t utf-8 {shlex.quote(str(path))} > "
+            f"utf8.csv`.") from exc
 
 
 def _nul_byte(path: Path, line: int, *, encoding: str = "utf-16le") -> ManifestError:
@@ -183,7 +185,7 @@ def _nul_byte(path: Path, line: int, *, encoding: str = "utf-16le") -> ManifestE
     advice converts from."""
     return _fail(path, line, None, "the line holds a NUL byte (\\x00): the file is damaged, or is UTF-16 text "
                  "without its byte order mark", "Save the manifest again as UTF-8 CSV (UTF-16 without its mark: "
-                 f"`iconv -f {encoding} -t utf-8 {path} > utf8.csv`), or delete the NUL bytes.")
+                 f"`iconv -f {encoding} -t utf-8 {shlex.quote(str(path))} > utf8.csv`), or delete the NUL bytes.")
 
 
 _SEP_LINE = re.compile(r"sep=(.)\r?\n?\Z", re.IGNORECASE)  # Excel's first-line hint: 'sep=;'

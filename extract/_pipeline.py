@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import queue
+import shlex
 import sys
 import threading
 import time
@@ -163,7 +164,8 @@ class ExtractionSummary:
             notes.append(f"{len(self.absent)} utterance(s) of store {self.store} are not in this {self.source} "
                          f"({first_few(self.absent)}); "
                          f"they stay in the store, and `w2v2ser train` still uses them. To leave them out, "
-                         f"extract this {self.source} into a new store (`--like {self.store}` keeps the feature "
+                         f"extract this {self.source} into a new store (`--like {shlex.quote(str(self.store))}` keeps the "
+                         f"feature "
                          f"configs)")
         if self.other_corpora:
             counts = ", ".join(f"{name} {n}" for name, n in sorted(self.other_corpora.items()))
@@ -185,7 +187,8 @@ class ExtractionSummary:
                          f"of corpus {old} (a `corpus` column is not updated in place, labels and speakers "
                          f"are). If this is another corpus listing the same ids, give its rows ids of their own (an "
                          f"'id' column, e.g. '{new}/{uid}') and rerun; to change their corpus, extract this "
-                         f"{self.source} into a new store (`--like {self.store}` keeps the feature configs)")
+                         f"{self.source} into a new store (`--like {shlex.quote(str(self.store))}` keeps the feature "
+                         f"configs)")
         others = [kept for kept in self.extra_kept if kept[1] != "corpus"]
         if others:
             uid, column, old, new = others[0]
@@ -194,7 +197,7 @@ class ExtractionSummary:
                          f"store {self.store} holds (e.g. {uid}: {column} {old!r} -> {new!r}); such columns are not "
                          f"updated in place (labels and speakers are), so `--subset {column}=...` still reads the "
                          f"stored values. To use the new ones, extract this {self.source} into a new store "
-                         f"(`--like {self.store}` keeps the feature configs)")
+                         f"(`--like {shlex.quote(str(self.store))}` keeps the feature configs)")
         if self.absent_failed:
             notes.append(f"{len(self.absent_failed)} failed or unfinished utterance(s) of store {self.store} are "
                          f"not in this {self.source} ({first_few(self.absent_failed)}); they were never extracted "
@@ -231,7 +234,8 @@ class ExtractionSummary:
         if not empty:
             return None
         return (f"nothing could be extracted: the store holds no utterance with {', '.join(empty)} frames and "
-                f"{failed} utterance(s) failed; `w2v2ser store info {shown}` lists the reasons (fix them and "
+                f"{failed} utterance(s) failed; `w2v2ser store info {shlex.quote(str(shown))}` lists the reasons "
+                f"(fix them and "
                 f"rerun; finished work is kept)")
 
 
@@ -358,7 +362,7 @@ def _check_recorded_audio(store: Any, done: Mapping[str, Any], utterances: Seque
         raise StoreError(f"the audio of {len(changed)} utterance(s) already extracted into store {store.path} "
                          f"has changed since (its sha256 differs from the one recorded): {named}. A store keeps "
                          f"what it extracted, and resuming would keep those features: extract into a new store "
-                         f"path (`--like {store.path}` keeps the feature configs), or restore the files.")
+                         f"path (`--like {shlex.quote(str(store.path))}` keeps the feature configs), or restore the files.")
     return moved
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 from w2v2ser.store import Utterance
@@ -119,7 +120,8 @@ def read_ravdess(root: str | os.PathLike[str]) -> Manifest:
                 continue  # .DS_Store, ._resource forks
             if path.suffix.lower() in _OTHER_AUDIO and _NAME.match(path.stem):
                 problems.append((str(path), f"RAVDESS is read from .wav and .flac files, not {path.suffix}; convert "
-                                            f"it (e.g. `ffmpeg -i {path.name} {path.stem}.flac`)"))
+                                            f"it (e.g. `ffmpeg -i {shlex.quote(path.name)} "
+                                            f"{shlex.quote(path.stem + '.flac')}`)"))
                 continue
             if path.suffix.lower() not in _AUDIO_SUFFIXES:
                 continue  # README, ... are not utterances

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,8 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
             f"store {path.display}: the per-utterance statistics of feature {spec.name!r} lack the shard(s) "
             f"{first_few(list(missing), 3)}, which hold {len(rows)} finished utterance(s) "
             f"({first_few([str(ids[r]) for r in rows], 3)}), so its speaker statistics cannot be composed. "
-            f"Run `w2v2ser store verify --repair {path.display}`, then extract again: those utterances are "
+            f"Run `w2v2ser store verify --repair {shlex.quote(str(path.display))}`, then extract again: those "
+            f"utterances are "
             f"extracted anew.")
 
 
@@ -341,7 +343,8 @@ def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speake
     except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
         raise StoreError(
             f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "
-            f"so its speaker statistics cannot be composed. Run `w2v2ser store verify --repair {path.display}`, "
+            f"so its speaker statistics cannot be composed. Run `w2v2ser store verify --repair "
+            f"{shlex.quote(str(path.display))}`, "
             f"then extract again: the damaged utterances are extracted anew.") from None
     _write_column(group, f"{g}/speaker_name", names, str, where=path.display)
     _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64, where=path.display)

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import threading
 import warnings
 import zlib
@@ -528,7 +529,7 @@ def check_version(path: Path | str, meta: dict[str, Any]) -> None:
             f"store {path} has format_version {version} (written by w2v2ser "
             f"{meta.get('tool_version', '?')}); this w2v2ser reads format_version {OLDEST_READABLE} to "
             f"{FORMAT_VERSION}. "
-            f"Convert it once with `w2v2ser store upgrade {path} NEW_PATH` and use NEW_PATH."
+            f"Convert it once with `w2v2ser store upgrade {shlex.quote(str(path))} NEW_PATH` and use NEW_PATH."
         )
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise StoreVersionError(
@@ -544,7 +545,7 @@ def check_complete(path: Path | str, meta: dict[str, Any]) -> None:
         raise StoreIncompleteError(
             f"store {path} is incomplete (root attribute {ATTRS_KEY}.complete is false): its "
             f"extraction was interrupted or some utterances are still pending. Rerun the "
-            f"extraction with the same store path to finish it; `w2v2ser store info {path}` (or "
+            f"extraction with the same store path to finish it; `w2v2ser store info {shlex.quote(str(path))}` (or "
             f"open_store(..., allow_incomplete=True)) shows what is there."
         )
 

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import re
+import shlex
 import socket
 import sys
 import time
@@ -77,7 +78,8 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             raise StoreError(
                 f"cannot write to store {store}: {why} ({exc.filename}), though its folder is writable: its lock "
                 f"and journals were made without group write (by an earlier w2v2ser, or "
-                f"under a umask such as 022). Ask the store's owner to run `chmod -R g+w {store}`, then rerun."
+                f"under a umask such as 022). Ask the store's owner to run `chmod -R g+w {shlex.quote(str(store))}`, "
+                f"then rerun."
             ) from None
         if made_folder:  # no store there yet: nothing to copy, no owner to ask
             raise StoreError(
@@ -91,7 +93,7 @@ def lock_store(path: str | os.PathLike[str] | StoreLocation, *,
             f"cannot write to store {store}: {why} ({exc.filename}). Extraction and `store upgrade` write "
             f"into a store, so they need write access; `w2v2ser train`, `sweep`, `evaluate` and "
             f"`store info|verify|export` only read it. To extract more, copy the store somewhere "
-            f"writable (`cp -r {store} NEW`) and pass `--store NEW`, or ask the store's owner."
+            f"writable (`cp -r {shlex.quote(str(store))} NEW`) and pass `--store NEW`, or ask the store's owner."
         ) from None
     try:
         _flock_exclusive(fd)
@@ -244,20 +246,21 @@ def _lock_object(location: StoreLocation) -> Iterator[None]:
             raise StoreLockedError(
                 f"store {location} has an empty lock object {location}/{LOCK_FILE}: a local store's "
                 f"lock file, copied with the store (an extraction on object storage writes its pid and "
-                f"host into the lock). Delete it (e.g. `aws s3 rm {location}/{LOCK_FILE}`), then rerun; "
+                f"host into the lock). Delete it (e.g. `aws s3 rm {shlex.quote(f'{location}/{LOCK_FILE}')}`), then "
+                f"rerun; "
                 f"leave `.lock` out when you copy a store (`aws s3 sync DIR URL --exclude .lock`)."
             )
         if _dead_here(text):  # the holder ran on this host and is gone: no need to guess
             raise StoreLockedError(
                 f"store {location} is locked by a dead extraction: lock object {location}/{LOCK_FILE} was "
                 f"created by {text}, which no longer runs on this host (killed or crashed); an object "
-                f"outlives its holder. Delete it (e.g. `aws s3 rm {location}/{LOCK_FILE}`), then rerun: "
-                f"the rerun keeps every utterance that extraction committed.")
+                f"outlives its holder. Delete it (e.g. `aws s3 rm {shlex.quote(f'{location}/{LOCK_FILE}')}`), then "
+                f"rerun: the rerun keeps every utterance that extraction committed.")
         raise StoreLockedError(
             f"store {location} is locked: lock object {location}/{LOCK_FILE} was created by {text}; "
             f"another extraction is running on this store. Wait for it to finish. If that process "
             f"has died, its lock stays: delete the object {location}/{LOCK_FILE} (e.g. `aws s3 rm "
-            f"{location}/{LOCK_FILE}`), then rerun."
+            f"{shlex.quote(f'{location}/{LOCK_FILE}')}`), then rerun."
         )
     try:
         yield
@@ -308,7 +311,7 @@ def _delete_lock_object(location: StoreLocation) -> str | None:
     except Exception as exc:  # noqa: BLE001 -- any client error: the object may still be there
         return (f"the lock object {location}/{LOCK_FILE} was left behind (deleting it failed: "
                 f"{type(exc).__name__}: {exc}): delete it once no extraction runs (e.g. `aws s3 rm "
-                f"{location}/{LOCK_FILE}`), then rerun")
+                f"{shlex.quote(f'{location}/{LOCK_FILE}')}`), then rerun")
     return None
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import numbers
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -162,7 +163,8 @@ class FeatureStore:
             return self._changed()
         return StoreDamagedError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
-            f"{self.path} --repair` to list the affected utterances and queue them for re-extraction, "
+            f"{shlex.quote(str(self.path))} --repair` to list the affected utterances and queue them for "
+            f"re-extraction, "
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
             f"length/crc32/status/statistics from its journals."
         )
@@ -468,7 +470,7 @@ class FeatureStore:
             return StoreError(
                 f"utterance {utterance_id!r} has no frames of feature {feature!r} in store {self.path}: an "
                 f"extraction of other features added it. Extract {feature} for it (`w2v2ser extract ... "
-                f"--store {self.path} --features {feature}` on the same corpus), or read only "
+                f"--store {shlex.quote(str(self.path))} --features {feature}` on the same corpus), or read only "
                 f"list_utterances(feature={feature!r}).")
         if status == "done":  # finalize records a length for every feature planned for a done utterance
             return self._damaged(f"features/{feature}/length", f"records no frames for utterance "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from typing import Any, Mapping
 
 from ._errors import StoreError, StoreLockedError
@@ -59,7 +60,7 @@ def repair_store(store_path: str | os.PathLike[str] | StoreLocation, *,
             return report, []
         if unwritable is not None:
             raise StoreError(f"{unwritable} (verify found {len(report.problems)} problem(s); `w2v2ser store verify "
-                             f"{location.display}` without --repair lists them)") from None
+                             f"{shlex.quote(str(location.display))}` without --repair lists them)") from None
         with StoreWriter(location) as writer:
             # The records first: a kill between the two steps leaves them queued, for the next
             # extraction to redo (the other way round, that extraction found nothing to redo and

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import warnings
 import zlib
@@ -359,7 +360,8 @@ def upgrade_store(old_path: str | os.PathLike[str], new_path: str | os.PathLike[
                                         f"match their crc32; they are lost and nothing was written. Pass "
                                         f"--skip-damaged (skip_damaged=True) to upgrade the rest and leave every "
                                         f"utterance with damaged frames pending in {final}, then rerun "
-                                        f"`w2v2ser extract` for that corpus with --store {final} to extract "
+                                        f"`w2v2ser extract` for that corpus with --store {shlex.quote(str(final))} to "
+                                        f"extract "
                                         f"them again; or extract the whole corpus again into a new store."
                                     )
                                 damaged.append({"id": strs["id"][row], "feature": f})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def verify_store(store: "FeatureStore", *, progress: bool = False) -> VerifyRepo
 def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
     problems: list[tuple[str, str, str]] = []
     checked = 0
-    reextract = _REEXTRACT.format(store=store.path)
+    reextract = _REEXTRACT.format(store=shlex.quote(str(store.path)))
     ids = store._ids
     n = len(ids)
     for key in [f"utterances/{c}" for c in UTTERANCE_COLUMNS] + [f"failures/{c}" for c in FAILURE_COLUMNS]:

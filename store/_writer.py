@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -472,7 +473,8 @@ class StoreWriter:
                     raise StoreError(
                         f"plan: utterance {u.id!r} is already in store {self.path} with {was}, but was "
                         f"given {now}. Its frames were made from that file: extract into a new store path "
-                        f"(`--like {self.path}` keeps the feature configs), or restore the manifest's old "
+                        f"(`--like {shlex.quote(str(self.path))}` keeps the feature configs), or restore the "
+                        f"manifest's old "
                         f"values. (A changed label, speaker, split or session is taken in place, and so is a "
                         f"changed path whose file holds the same audio.)"
                     )
@@ -599,7 +601,7 @@ class StoreWriter:
                 f"plan: {len(clash)} utterance id(s) of this {new} corpus are already in store {self.path} as "
                 f"utterances of corpus {old} (e.g. {uid!r}, of {path}); a store's ids must be unique across its "
                 f"corpora, else the new rows would take the other corpus's place. {fix} this corpus into a new "
-                f"store (`--like {self.path}` keeps the feature configs).")
+                f"store (`--like {shlex.quote(str(self.path))}` keeps the feature configs).")
 
     def _extracted(self, row: int, state: Any) -> bool:
         """Whether any feature of `row` is committed (its frames may have entered statistics)."""

@@ -1020,3 +1020,33 @@ def test_a_resumed_extraction_extracts_again_what_lost_its_data_shard(pristine, 
     for uid in owners:
         np.testing.assert_array_equal(resumed.read_utterance(uid, "layered"),
                                       open_store(pristine[0]).read_utterance(uid, "layered"))
+
+
+def _suggested_commands(message: str) -> list[list[str]]:
+    """The commands in backticks that a message tells the user to run, split as a shell would."""
+    import re
+    import shlex
+
+    return [shlex.split(span) for span in re.findall(r"`([^`]*)`", message) if span.startswith("w2v2ser ")]
+
+
+def test_a_store_path_with_a_space_or_quote_is_quoted_in_the_commands_messages_suggest(pristine, tmp_path):
+    """Messages put the store path unquoted into the commands they suggest ("run `w2v2ser store
+    verify /a b/s.zarr --repair`"): pasted, the shell split a path with a space in two."""
+    store = tmp_path / "my stores" / "it's.zarr"
+    shutil.copytree(pristine[0], store)
+    _flip(*_frame_bytes(store, "layered", "u1", 1))
+    problems = " ".join(reason for _, _, reason in open_store(store).verify().problems)
+    assert ["w2v2ser", "store", "verify", str(store), "--repair"] in _suggested_commands(problems), problems
+    (store / "utterances" / "id" / "c" / "0").unlink()
+    with pytest.raises(StoreError) as damaged:
+        open_store(store)
+    assert ["w2v2ser", "store", "verify", str(store), "--repair"] in _suggested_commands(str(damaged.value))
+    shutil.rmtree(store)
+    shutil.copytree(pristine[0], store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["w2v2ser"]["complete"] = False
+    (store / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError) as unfinished:
+        open_store(store)
+    assert ["w2v2ser", "store", "info", str(store)] in _suggested_commands(str(unfinished.value)), unfinished.value

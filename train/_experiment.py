@@ -960,7 +960,8 @@ def _summarize_runs(config: ExperimentConfig, out: Path, data: str, specs: list[
         damaged = damaged_run_files(out / "runs" / spec.name, m)
         if damaged:  # train_experiment trains such runs again before it summarises
             raise DataError(f"run {out / 'runs' / spec.name} is damaged ({'; '.join(damaged)}); train the "
-                            f"experiment again (w2v2ser train ... --out {out}) to retrain it, then summarise")
+                            f"experiment again (`w2v2ser train ... --out {shlex.quote(str(out))}`) to retrain it, then "
+                            f"summarise")
         t, p = _read_predictions(out / "runs" / spec.name / "predictions.csv")
         acc = pooled.setdefault(spec.seed, ([], []))
         acc[0].extend(idx[v] for v in t)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -112,7 +113,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if len(manifest.problems) > SHOWN_LINES:  # a session without sentences/wav: 2,000 lines
         print(f"skipped ... and {len(manifest.problems) - SHOWN_LINES} more, recorded in the store (`w2v2ser "
-              f"store info {args.store or f'stores/{args.corpus}.zarr'} --json`)", file=sys.stderr)
+              f"store info {shlex.quote(str(args.store or f'stores/{args.corpus}.zarr'))} --json`)", file=sys.stderr)
     sessions = sorted({u.session for u in manifest.utterances}) if manifest.corpus == "iemocap" else []
     if 0 < len(sessions) < 5:  # else told only by train, after a long extraction
         folds = (f"; or train these {len(sessions)} with `w2v2ser train ... --speaker-folds {len(sessions)}`, one "
@@ -168,7 +169,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     for utterance_id, path, reason in summary.failed[:SHOWN_LINES]:
         print(f"failed {utterance_id} ({path}): {reason}", file=sys.stderr)
     if len(summary.failed) > SHOWN_LINES:
-        print(f"... and {len(summary.failed) - SHOWN_LINES} more; see `w2v2ser store info {store} --json`",
+        print(f"... and {len(summary.failed) - SHOWN_LINES} more; see `w2v2ser store info "
+              f"{shlex.quote(str(store))} --json`",
               file=sys.stderr)
     if not summary.complete:
         return 1
@@ -287,8 +289,6 @@ def _resume_command(store: Any) -> str:
     """How to finish an unfinished store: rerun the command that last worked on it (``last_argv``,
     recorded by each extraction's plan), else the one that created it (its provenance): a store made
     by `w2v2ser extract` and resumed by `w2v2ser run` is resumed by `run`."""
-    import shlex
-
     provenance = store.attrs.get("provenance")
     last = store.attrs.get("last_argv")  # absent in stores of an earlier w2v2ser
     argv = last if isinstance(last, list) and last else (
@@ -334,7 +334,7 @@ def _print_some(lines: Sequence[str], store: str) -> None:
     for line in lines[:SHOWN_LINES]:
         print(f"  {line}")
     if len(lines) > SHOWN_LINES:
-        print(f"  ... and {len(lines) - SHOWN_LINES} more (`w2v2ser store info {store} --json`)")
+        print(f"  ... and {len(lines) - SHOWN_LINES} more (`w2v2ser store info {shlex.quote(str(store))} --json`)")
 
 
 def _cmd_store_verify(args: argparse.Namespace) -> int:
@@ -419,7 +419,8 @@ def _cmd_store_upgrade(args: argparse.Namespace) -> int:
         listed = ", ".join(f"{d['id']!r} ({d['feature']})" for d in damaged[:10])
         more = f" and {len(damaged) - 10} more" if len(damaged) > 10 else ""
         print(f"{len(damaged)} utterance(s) had damaged frames in {args.old} and were left pending: {listed}{more}. "
-              f"Rerun `w2v2ser extract` for that corpus and features with --store {out} to extract them again.")
+              f"Rerun `w2v2ser extract` for that corpus and features with --store {shlex.quote(str(out))} to extract "
+              f"them again.")
     return 0
 
 

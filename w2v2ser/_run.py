@@ -24,6 +24,7 @@ retrying with back-off for every model.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import threading
 import time
@@ -298,7 +299,8 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
             if not stopping.is_set():  # after an interrupt, the closed cluster fails the jobs in flight
                 _say(f"extract {label}: FAILED: {error}")
             return False
-        failed = (f", {len(summary.failed)} failed utterance(s) recorded (`w2v2ser store info {path}` lists "
+        failed = (f", {len(summary.failed)} failed utterance(s) recorded (`w2v2ser store info "
+                  f"{shlex.quote(str(path))}` lists "
                   f"them)" if summary.failed else "")
         _say(f"extract {label}: {summary.extracted} extracted, {summary.skipped} already done{failed} "
              f"({summary.wall_seconds:.1f} s){'' if summary.complete else ', store NOT complete'}")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from w2v2ser._common import did_you_mean, spelling_key, variants_differ, without_invisible
+from w2v2ser._common import control_character, did_you_mean, spelling_key, variants_differ, without_invisible
 from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError
@@ -333,7 +333,7 @@ def _check_id_characters(path: Path, line: int, uid: str, *, derived: bool) -> N
         raise _fail(path, line, "id", f"utterance id {uid!r} holds the invisible character U+{ord(invisible):04X} "
                     f"({unicodedata.name(invisible, 'format character')})",
                     "Delete it from the id (`--subset id=...` could not match it).")
-    bad = next((c for c in uid if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    bad = control_character(uid)
     if bad is None:
         return
     if derived:

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from w2v2ser._common import FULL_DISK_ERRNOS
+from w2v2ser._common import FULL_DISK_ERRNOS, control_character
 
 from ._errors import StoreError, StoreFullError, StoreGoneError
 from ._finalize import finalize_store
@@ -451,6 +451,11 @@ class StoreWriter:
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
+            bad = control_character(u.id)
+            if bad is not None:  # as the CSV reader refuses it; a Python caller's ids were stored as given
+                raise StoreError(f"plan: utterances[{pos}] has the id {u.id!r}, which holds the control character "
+                                 f"{bad!r} (a line break, tab, NUL or the like): logs and predictions.csv could not "
+                                 f"show it, nor --subset id=... match it. Give ids without control characters.")
             row = existing.get(u.id)
             if row is None:
                 row = old_rows + len(new)

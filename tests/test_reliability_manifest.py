@@ -48,6 +48,26 @@ def test_duplicate_ids_given_to_extract_corpus_directly_are_refused_before_writi
     assert store.list_utterances(status=None) == []
 
 
+@pytest.mark.parametrize("uid", ["a\nb", "a\tb", "a\0b", "a\rb", "a\u2028b"])
+def test_ids_with_control_characters_given_in_python_are_refused_as_the_csv_reader_refuses_them(tmp_path, uid):
+    """The CSV reader refuses an id with a line break, tab or NUL; the same id given through the
+    Python API (extract_corpus, StoreWriter) was stored as it was, and logs, predictions.csv and
+    --subset id=... could not show or match it."""
+    from w2v2ser.store import StoreWriter
+
+    wav = str(write_audio(tmp_path / "a.wav"))
+    utterances = [Utterance(id="fine", path=wav, speaker="s", label="angry"),
+                  Utterance(id=uid, path=wav, speaker="s", label="sad")]
+    with pytest.raises(StoreError, match=r"utterances\[1\] has the id .* control character"):
+        extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")], progress=False)
+    assert open_store(tmp_path / "s.zarr", allow_incomplete=True).list_utterances(status=None) == []
+    spec = build_extractor("spectrogram").feature_spec()
+    with StoreWriter(tmp_path / "w.zarr") as writer, pytest.raises(StoreError, match="control character"):
+        writer.plan(utterances, num_samples=[16000, 16000], features=[spec], capacities={spec.name: [100, 100]})
+    with pytest.raises(ManifestError, match="control character|NUL byte"):  # the CSV reader's own checks
+        read_csv_manifest(_manifest(tmp_path, f'id,path,label,speaker\nok,a.wav,angry,s\n"{uid}",a.wav,sad,s\n'))
+
+
 @pytest.mark.parametrize("raw, expected", [("../audio/a.wav", "audio/a.wav"), ("sub/../../audio/a.wav", "audio/a.wav"),
                                            ("../../outside.wav", "../outside.wav")])
 def test_relative_paths_leaving_the_manifest_folder_start_there(tmp_path, raw, expected):

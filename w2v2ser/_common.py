@@ -348,6 +348,15 @@ def spelling_key(name: str) -> str:
 _INVISIBLE = frozenset("\u00ad\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff")
 
 
+def control_character(text: str) -> str | None:
+    """The first line break, tab or other control character (NUL included) of ``text``, or None.
+
+    An utterance id holding one cannot be shown in logs or ``predictions.csv``, nor matched by
+    ``--subset id=...``: the CSV reader and :meth:`StoreWriter.plan` (every library path) refuse it.
+    """
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+
+
 def without_invisible(text: str) -> str:
     """``text`` without the invisible characters that are never part of a spelling (a zero-width
     space pasted from a web page, the BOM of files joined with ``cat``, a soft hyphen)."""

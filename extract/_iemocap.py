@@ -26,13 +26,15 @@ _ANNOTATOR = re.compile(r"^[A-Z]-[A-Z]+\d*:")
 _BAD_LINE = ("expected '[START - END]<tab>UTTERANCE<tab>LABEL<tab>[V, A, D]' as in the release: restore the "
              "line from it")
 _SESSION_DIR = re.compile(r"^Session(\d)$")
+_DIALOG = re.compile(r"^Ses0\d[FM]_\S+$")  # Ses01F_impro01, Ses01F_script01_1
 _GENDERS = {"F": "female", "M": "male"}
 
 
 def _read_evaluation(path: Path, session_num: str, wav_root: Path, seen: dict[str, str],
-                     mentioned: set[str]) -> tuple[list[Utterance], list[tuple[str, str]]]:
+                     mentioned: set[str], lost: dict[str, list[str]]) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Utterances labelled in one EmoEvaluation file; ``mentioned`` collects the ids of its lines
-    that were not understood (their audio is reported with the line, not again as unlisted)."""
+    that were not understood (their audio is reported with the line, not again as unlisted), and
+    ``lost`` those whose whole dialog folder is missing, per dialog (reported once per folder)."""
     utterances, problems = [], []
     # utf-8-sig: a file saved by Notepad or Excel starts with a BOM, which hid its first line.
     text = path.read_text(encoding="utf-8-sig", errors="replace")
@@ -71,6 +73,9 @@ def _read_evaluation(path: Path, session_num: str, wav_root: Path, seen: dict[st
         dialog = uid.rsplit("_", 1)[0]
         wav = wav_root / dialog / f"{uid}.wav"
         if not wav.is_file():
+            if not wav.parent.is_dir():  # the copy lacks the dialog's folder: one entry for it, not one per file
+                lost.setdefault(dialog, []).append(uid)
+                continue
             problems.append((str(wav), f"audio missing for labelled utterance {uid} ({path.name} line {number}); "
                                        f"restore the file from the release if it was not left out on purpose"))
             continue
@@ -125,6 +130,44 @@ def _unlisted_audio(wav_root: Path, evaluation_dir: Path, listed: set[str]) -> l
     return problems
 
 
+def _missing_parts(session: Path, evaluations: list[Path], lost: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """One problem per part of a session that the copy lacks, named: its sentences/wav folder, a
+    dialog's folder in it (``lost``: the labelled ids of each), and a dialog the session's
+    transcriptions or dialog audio name that has neither an EmoEvaluation file nor a wav folder (a copy
+    that missed it entirely; every speaker is still there, so no speaker count shows it)."""
+    wav_root = session / "sentences" / "wav"
+    problems = []
+    if lost and not wav_root.is_dir():
+        count, dialogs = sum(len(ids) for ids in lost.values()), sorted(lost)
+        shown = ", ".join(dialogs[:3]) + (", ..." if len(dialogs) > 3 else "")
+        problems.append((str(wav_root), f"folder missing: {session.name}'s {count} labelled utterance(s), of "
+                                        f"{len(dialogs)} dialog(s) ({shown}), "
+                                        f"have no audio and are not extracted; restore {session.name}/sentences/wav "
+                                        f"from the release"))
+    else:
+        for dialog, ids in sorted(lost.items()):
+            problems.append((str(wav_root / dialog), f"dialog folder missing: the {len(ids)} utterance(s) of "
+                                                     f"{dialog} labelled in {dialog}.txt have no audio and are not "
+                                                     f"extracted; restore the folder from the release"))
+    named: dict[str, str] = {}  # dialog -> where the copy names it
+    for folder, suffix in (("transcriptions", ".txt"), ("wav", ".wav")):
+        try:
+            files = sorted((session / "dialog" / folder).glob(f"*{suffix}"))
+        except OSError:
+            continue
+        for file in files:
+            if _DIALOG.match(file.stem) and not file.name.startswith("."):
+                named.setdefault(file.stem, str(file))
+    labelled = {p.stem for p in evaluations}
+    for dialog, where in sorted(named.items()):
+        if dialog not in labelled and not (wav_root / dialog).is_dir():
+            problems.append((str(session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"),
+                             f"dialog {dialog} is missing from this copy: {where} names it, but it has neither an "
+                             f"EmoEvaluation file nor a sentences/wav/{dialog} folder, so none of its utterances is "
+                             f"extracted; restore both from the release"))
+    return problems
+
+
 def _holds_sessions(folder: Path) -> bool:
     try:
         return any(c.is_dir() and _SESSION_DIR.match(c.name) for c in folder.iterdir())
@@ -169,10 +212,12 @@ def read_iemocap(root: str | os.PathLike[str]) -> Manifest:
             continue
         # Skip macOS "._" resource forks that tar copies of the release often carry.
         evaluations = sorted(p for p in evaluation_dir.glob("*.txt") if not p.name.startswith("."))
+        lost: dict[str, list[str]] = {}
         for path in evaluations:
-            found, bad = _read_evaluation(path, num, session / "sentences" / "wav", seen, mentioned)
+            found, bad = _read_evaluation(path, num, session / "sentences" / "wav", seen, mentioned, lost)
             utterances += found
             problems += bad
+        problems += _missing_parts(session, evaluations, lost)
         read.append(session)
     for session in read:  # after every session: a line filed under another session still names its id
         problems += _unlisted_audio(session / "sentences" / "wav", session / "dialog" / "EmoEvaluation",

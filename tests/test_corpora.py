@@ -401,3 +401,29 @@ def test_iemocap_path_inside_a_session_names_the_release_folder(tmp_path):
         with pytest.raises(ManifestError, match=rf"is inside the session folder {re.escape(str(release / 'Session1'))}"
                                                 rf": pass {re.escape(str(release))}, the folder holding Session1"):
             read_iemocap(release / inner)
+
+
+def test_iemocap_names_the_sessions_and_dialogs_an_incomplete_copy_lacks(tmp_path):
+    """A copy missing a session's sentences/wav, a dialog's wav folder, or a whole dialog still has
+    every speaker, so the speaker count (the only check) passed it; the first two were one "audio
+    missing" line per utterance (2,000 for a session) and a whole missing dialog went unsaid."""
+    import shutil
+
+    build_iemocap_tree(tmp_path, sessions=(1, 2, 3, 4, 5))
+    shutil.rmtree(tmp_path / "Session2" / "sentences" / "wav" / "Ses02M_impro01")  # one dialog's audio
+    shutil.rmtree(tmp_path / "Session3" / "sentences")  # a whole session's audio
+    # A dialog the copy missed entirely: only the session's transcriptions still name it.
+    transcriptions = tmp_path / "Session4" / "dialog" / "transcriptions"
+    transcriptions.mkdir(parents=True)
+    for dialog in ("Ses04M_impro01", "Ses04M_script01_1", "Ses04M_script02_2"):
+        (transcriptions / f"{dialog}.txt").write_text("Ses04M_x_F000 [0-1]: Hi.\n", encoding="utf-8")
+    manifest = read_iemocap(tmp_path)
+    assert {u.speaker for u in manifest.utterances} >= {f"Ses0{s}{g}" for s in (1, 2, 4, 5) for g in "FM"}
+    problems = dict(manifest.problems)
+    assert len(problems) == 3, manifest.problems
+    dialog = problems[str(tmp_path / "Session2" / "sentences" / "wav" / "Ses02M_impro01")]
+    assert "dialog folder missing" in dialog and "4 utterance(s) of Ses02M_impro01" in dialog, dialog
+    session = problems[str(tmp_path / "Session3" / "sentences" / "wav")]
+    assert "Session3's 8 labelled utterance(s), of 2 dialog(s) (Ses03F_impro01, Ses03F_script01_1)" in session
+    whole = problems[str(tmp_path / "Session4" / "dialog" / "EmoEvaluation" / "Ses04M_script02_2.txt")]
+    assert "dialog Ses04M_script02_2 is missing from this copy" in whole and "transcriptions" in whole, whole

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import IO, Annotated, Literal, Union
 
 import numpy as np
 import soundfile as sf
@@ -305,15 +305,36 @@ def _open(path: Path) -> sf.SoundFile:
 
 def _unclosed_bytes(path: Path) -> int:
     """Bytes of a WAV after the header of a data chunk that declares 0 bytes (else 0): audio that a header
-    never closed leaves out; a closed empty file (metadata only, e.g. a BWF) has none. Read here, not from
-    libsndfile's log, which long metadata (a LIST before the data) cuts short."""
+    never closed leaves out; a closed empty file (metadata only, e.g. a BWF) has none, also when metadata
+    chunks follow its data chunk (a LIST that ffmpeg writes last). Read here, not from libsndfile's log,
+    which long metadata (a LIST before the data) cuts short."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(12)  # past "RIFF", its size and "WAVE"
         while len(chunk := f.read(8)) == 8:
             if chunk[:4] == b"data":
-                return path.stat().st_size - f.tell() if chunk[4:] == bytes(4) else 0
+                return 0 if chunk[4:] != bytes(4) or _only_chunks(f, size) else size - f.tell()
             f.seek((int.from_bytes(chunk[4:], "little") + 1) & ~1, 1)  # chunks are padded to even sizes
     return 0
+
+
+def _only_chunks(f: IO[bytes], size: int) -> bool:
+    """Whether the rest of a WAV file, from ``f``'s position, is whole chunks (an id of 4 printable
+    ASCII characters, a size, the body and its pad byte) ending at the end of the file: metadata
+    written after a closed data chunk, not the audio of an unclosed one. ``f``'s position is kept."""
+    start = f.tell()
+    try:
+        while (left := size - f.tell()) > 1:  # a lone pad byte may end the file
+            chunk = f.read(8)
+            if len(chunk) < 8 or not all(0x20 <= c <= 0x7E for c in chunk[:4]):
+                return False
+            body = (int.from_bytes(chunk[4:], "little") + 1) & ~1
+            if body > left - 8 + 1:  # past the end (an odd-sized last body may lack its pad byte)
+                return False
+            f.seek(body, 1)
+        return True
+    finally:
+        f.seek(start)
 
 
 # A WAV or AIFF cut inside its audio data decodes without an error: libsndfile returns the frames

@@ -300,6 +300,29 @@ def test_a_closed_empty_wav_with_metadata_is_not_called_never_closed(tmp_path):
             read(tmp_path / "unclosed.wav")
 
 
+@pytest.mark.parametrize("odd", [False, True])
+def test_a_closed_empty_wav_with_metadata_after_its_data_chunk_is_empty_not_never_closed(tmp_path, odd):
+    """ffmpeg writes its LIST (INFO ISFT "Lavf...") after the data chunk: a closed, empty such WAV was
+    called "never closed" (every byte after a 0-byte data header was taken as unclosed audio). A
+    never-closed WAV whose writer appended a LIST after the audio is still named as never closed."""
+    import struct
+
+    def wav(audio: bytes, trailing: bytes) -> bytes:
+        chunks = (b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+                  + b"data" + struct.pack("<I", 0) + audio + trailing)
+        return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+    text = b"Lavf61.1.100" + b"\0" * odd  # odd: an odd-sized last chunk, its pad byte left out
+    listed = b"LIST" + struct.pack("<I", 12 + len(text)) + b"INFOISFT" + struct.pack("<I", len(text)) + text
+    (tmp_path / "empty.wav").write_bytes(wav(b"", listed))
+    (tmp_path / "unclosed.wav").write_bytes(wav(np.full(16000, 300, np.int16).tobytes(), listed))
+    for read in (probe_audio, read_audio):
+        with pytest.raises(AudioError, match=r"empty\.wav contains no samples"):
+            read(tmp_path / "empty.wav")
+        with pytest.raises(AudioError, match=r"unclosed\.wav has a header that declares 0 bytes of audio data"):
+            read(tmp_path / "unclosed.wav")
+
+
 @pytest.mark.parametrize("rates, expected", [((16000, 0), "target_rate=0; expected a rate in Hz"),
                                              ((-8000, 16000), "sample_rate=-8000; expected"),
                                              ((16000, 8000.5), "target_rate=8000.5; expected"),

@@ -277,14 +277,38 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     # `facebook/wav2vec2-base` beside a folder `facebook` (`hf download ... --local-dir facebook/x`): the hub
     # id is looked up first. Only when it is neither cached nor on the hub is it a mistyped path
     # (`models/wav2vec2-typo` beside a folder `models`): it fails as missing, not as offline (a skip).
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+    # A gated model is on the hub: it is loaded, or its error says how to get access.
+    if not hub_model_known(model):
+        raise _missing_in_folder(model, candidate, hub=True)
+    return _resolve_hub(model, revision=revision)
+
+
+def hub_model_known(model_id: str) -> bool | None:
+    """Whether ``model_id`` is a Hugging Face hub model: in the local cache, or on the hub (a gated
+    one included: it is there, behind its terms). None when it is not cached and the hub cannot be
+    asked (offline). ``--model`` and pipeline.yaml's ``model:`` both take a value whose folder part
+    is a local folder (``facebook/x`` beside a folder ``facebook``) for a hub id only when this is True."""
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
     try:
-        return _resolve_hub(model, revision=revision)
-    except ModelLoadError as error:
-        if not (error.offline or isinstance(error.__cause__, (RepositoryNotFoundError, HFValidationError))):
-            raise
-        raise _missing_in_folder(model, candidate, hub=True) from None
+        if isinstance(huggingface_hub.try_to_load_from_cache(model_id, "config.json"), str):
+            return True
+    except (HFValidationError, ValueError):  # not a valid repository id: a path
+        return False
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline or hub_constants.HF_HUB_OFFLINE or probe_hub() is not None:
+        return None
+    try:
+        huggingface_hub.model_info(model_id)
+    except GatedRepoError:
+        return True
+    except (RepositoryNotFoundError, HFValidationError):
+        return False
+    except Exception:  # noqa: BLE001 - no connection, a timeout, a server error: cannot tell
+        return None
+    return True
 
 
 def _missing_in_folder(model: str, candidate: Path, *, hub: bool = False) -> ModelLoadError:
@@ -345,6 +369,7 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        GatedRepoError,
         HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -360,6 +385,13 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             f"cannot load {asked}: it is not in the local Hugging Face cache and the hub "
             f"cannot be reached (offline, or HF_HUB_OFFLINE=1). {_fix_hint()} ({type(error).__name__})"
         )) from error
+    except GatedRepoError as error:  # (a RepositoryNotFoundError: "no such model" sent users to check the id)
+        raise ModelLoadError(
+            f"cannot load {asked}: it is gated on the hub, which gives its files only to an account that has "
+            f"accepted its terms. Accept them at https://huggingface.co/{model_id} (logged in), give this machine "
+            f"that account's token (`hf auth login`, or the HF_TOKEN variable), then rerun. "
+            f"({type(error).__name__}: {error})"
+        ) from error
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as error:
         raise ModelLoadError(
             f"cannot load {asked}: the hub has no such model or revision. Check the id "

@@ -1072,6 +1072,55 @@ def test_a_cached_hub_id_beside_a_local_folder_of_its_org_name_loads(tmp_path: P
     assert load_pipeline(pipeline).stores["w2v2"].feature_dicts()["wav2vec2"]["model"] == "w2v2ser-tests/tiny"
 
 
+def test_a_gated_or_uncached_hub_id_beside_a_local_folder_is_a_hub_id_for_model_and_pipeline_alike(
+        tmp_path: Path, monkeypatch) -> None:
+    """`--model acme/gated` beside a folder `acme` was told "Fix the path" (a gated model's 401 is a
+    RepositoryNotFoundError); pipeline.yaml's `model: acme/gated` (or any hub id not yet cached) there was
+    checked against the Hugging Face cache only and became the path TMP/acme/gated, never asking the
+    hub as --model does. Both now ask the cache, then the hub; a gated model's error says how to get access."""
+    import httpx2
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    import w2v2ser.extract._models as models
+    from w2v2ser._config import load_pipeline
+    from w2v2ser.extract import ModelLoadError, resolve_model
+
+    def refused(status: int, kind: type) -> object:
+        def lookup(repo_id: str, *args: object, **kwargs: object) -> object:
+            url = f"https://huggingface.co/api/models/{repo_id}"
+            raise kind(f"{status} Client Error for {url}",
+                       response=httpx2.Response(status, request=httpx2.Request("GET", url)))
+        return lookup
+
+    on_hub = {"acme/gated", "acme/public"}  # the hub's answers, without a network
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(models, "probe_hub", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, **kwargs: (
+        object() if repo_id in on_hub else refused(404, RepositoryNotFoundError)(repo_id)))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused(401, GatedRepoError))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    make_tiny_model(tmp_path / "acme" / "other")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as gated:
+        resolve_model("acme/gated")
+    assert "gated on the hub" in str(gated.value) and "HF_TOKEN" in str(gated.value), gated.value
+    assert "Fix the path" not in str(gated.value) and not gated.value.offline
+    with pytest.raises(ModelLoadError, match="folder 'acme' has no 'typo' .* on the hub.. Fix the path"):
+        resolve_model("acme/typo")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    (tmp_path / "elsewhere").mkdir()
+    for model, expected in (("acme/gated", "acme/gated"), ("acme/public", "acme/public"),
+                            ("acme/typo", str(tmp_path / "acme" / "typo"))):
+        pipeline = write_tiny_pipeline(tmp_path, model=tmp_path, features=("w2v2/wav2vec2:all",), extra={
+            "extraction.stores.w2v2.features": {"wav2vec2": {"model": model, "batch_seconds": 8}}})
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert load_pipeline(pipeline).stores["w2v2"].feature_dicts()["wav2vec2"]["model"] == expected, model
+
+
 @needs_ravdess
 def test_train_stage_fails_the_experiments_of_a_store_that_failed_to_extract(tmp_path: Path, monkeypatch,
                                                                               capsys) -> None:

@@ -433,12 +433,25 @@ def _local_model(options: Any, base: Path) -> Any:
     if model.startswith((".", "/", "~")):
         raise ConfigError(f"model path {model!r} resolves to {candidate}, which does not exist; fix the path "
                           f"(relative paths start at {base}) or give a Hugging Face hub id")
-    if "/" in model and candidate.parent.is_dir() and not _hub_snapshots(model):
+    if "/" in model and candidate.parent.is_dir() and not _hub_model_known(model):
         # A mistyped `models/wav2vec2-typo` beside a folder `models` is a path too: resolving it fails it
         # as missing, wherever the run starts, instead of looking it up on the hub (offline: a skip). A hub
-        # id in the Hugging Face cache (`facebook/wav2vec2-base` beside a folder `facebook`) stays an id.
+        # id in the Hugging Face cache or on the hub (`facebook/wav2vec2-base` beside a folder `facebook`,
+        # a gated model) stays an id, as `--model` takes it.
         return {**options, "model": os.path.normpath(candidate)}
     return options
+
+
+def _hub_model_known(model: str) -> bool | None:
+    """:func:`w2v2ser.extract._models.hub_model_known` (cache, then hub), as ``--model`` decides;
+    without stage 1's packages installed, the Hugging Face cache only."""
+    if _hub_snapshots(model):
+        return True
+    try:
+        from w2v2ser.extract._models import hub_model_known
+    except ImportError:  # a stage-2-only install: nothing to look up the hub with
+        return False
+    return hub_model_known(model)
 
 
 def _hub_snapshots(model: str) -> list[Path]:

@@ -366,7 +366,8 @@ def test_an_unreachable_slurm_controller_is_not_blamed_on_the_settings(
 
 def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PATH with a stand-in SLURM that runs each job script at once on this machine (job 1001, 1002, ...),
-    ``folder/job<N>.pid`` holding its process group, which scancel ends."""
+    ``folder/job<N>.pid`` holding its process group, which scancel ends (and notes in ``folder/scancelled``).
+    squeue says what ``folder/job<N>.state`` holds, when there is one (PREEMPTED, PENDING, ...)."""
     folder.mkdir()
     scripts = {
         "sbatch": f'#!/bin/sh\n[ "$1" = --test-only ] && exit 0\nd={folder}\n'
@@ -374,12 +375,14 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
                   'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count; rmdir $d/lock\n'
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
-        "scancel": f'#!/bin/sh\nfor id; do kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
+        "scancel": f'#!/bin/sh\nfor id; do echo $id >> {folder}/scancelled; '
+                   f'kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
         # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended one COMPLETED, as
         # `squeue --states=all` lists it for a while (MinJobAge)
         "squeue": '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -j ] && ids=$2; shift; done\n'
-                  f'for id in $(echo "$ids" | tr , " "); do kill -0 -$(cat {folder}/job${{id#100}}.pid) '
-                  '2>/dev/null && echo "$id RUNNING" || echo "$id COMPLETED"; done\nexit 0\n',
+                  f'for id in $(echo "$ids" | tr , " "); do s={folder}/job${{id#100}}.state; '
+                  f'if [ -e $s ]; then echo "$id $(cat $s)"; elif kill -0 -$(cat {folder}/job${{id#100}}.pid) '
+                  '2>/dev/null; then echo "$id RUNNING"; else echo "$id COMPLETED"; fi; done\nexit 0\n',
     }
     for name, text in scripts.items():
         (folder / name).write_text(text)
@@ -582,3 +585,39 @@ def test_workers_still_running_keep_the_work_when_failed_starts_stop_the_resubmi
         assert "6 SLURM worker jobs in a row ended" in said, said
         task = handle.client.submit(lambda: (time.sleep(1.5), 3)[1], pure=False)  # outlasts several checks
         assert task.result(timeout=60) == 3
+
+
+def test_a_preempted_and_requeued_worker_job_is_left_to_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker job that SLURM preempts and requeues (squeue: PREEMPTED, then PENDING under the same id) was
+    taken as ended: the watchdog and Dask's lost-worker removal scancelled it and submitted another. It is
+    left alone now, and its worker, when SLURM starts the job again, takes the work."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        time.sleep(1)  # the watchdog has seen it RUNNING
+        state = bin_folder / "job1.state"
+        state.write_text("PREEMPTED\n")
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)  # SLURM preempts it
+        time.sleep(2)  # Dask sees its worker leave; several checks
+        state.write_text("PENDING\n")  # requeued
+        time.sleep(2)
+        assert not (bin_folder / "scancelled").exists() and not (bin_folder / "job2.sh").exists()
+        state.unlink()  # SLURM starts it again
+        with open(bin_folder / "job1.log", "a") as log:
+            job = subprocess.Popen(["bash", str(bin_folder / "job1.sh")], stdout=log, stderr=log,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        (bin_folder / "job1.pid").write_text(f"{job.pid}\n")
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    assert not (bin_folder / "job2.sh").exists() and "SLURM worker job(s) ended" not in capsys.readouterr().err

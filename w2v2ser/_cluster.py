@@ -53,9 +53,16 @@ JOB_CHECK_S = 10.0
 # submitted (each would fail too, every JOB_CHECK_S, on a shared cluster) and the work left fails.
 FAILED_START_S = 120.0
 MAX_FAILED_STARTS = 3
-# squeue's states of a job that is over (or ending); a job squeue no longer lists is over too.
-_ENDED_STATES = frozenset({"ENDED", "COMPLETING", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED",
-                           "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
+# squeue's states of a job that is over; a job squeue no longer lists is over too.
+_ENDED_STATES = frozenset({"ENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "BOOT_FAIL", "DEADLINE",
+                           "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
+# squeue's states of a job that is ending but may come back: SLURM requeues a preempted job (PreemptMode=REQUEUE)
+# or one whose node failed under the same id, PENDING again. Such a job is over once it has stayed so ENDING_S.
+_ENDING_STATES = frozenset({"COMPLETING", "PREEMPTED", "NODE_FAIL", "STAGE_OUT", "SIGNALING"})
+ENDING_S = 120.0
+# squeue's states of a job that SLURM is to run (again): a requeued job among them is left alone.
+_WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD",
+                             "SUSPENDED", "STOPPED", "RESIZING"})
 # What to change when a worker died at every try of a task (KilledWorker), by cluster.kind.
 _LOST_WORKER_FIX = {
     "local": "raise cluster.memory_limit, lower cluster.workers, or set cluster: none to see an error the worker "
@@ -260,6 +267,7 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
     except (ValueError, TypeError, OSError) as error:
         raise ClusterError(f"cannot start a SLURMCluster from cluster.slurm ({error}); check cluster.slurm "
                            f"settings (queue, cores, memory, walltime)") from error
+    _keep_requeued_jobs(cluster)
     try:
         _check_submittable(cluster.job_script())
     except BaseException:
@@ -373,6 +381,28 @@ def _squeue_states(ids: list[str]) -> dict[str, str] | None:
             if job}
 
 
+def _keep_requeued_jobs(cluster: Any) -> None:
+    """Dask scancels a worker job once its worker has been gone for lost-worker-timeout. A job SLURM requeued
+    (preemption with PreemptMode=REQUEUE, a node failure, ``scontrol requeue``) is PENDING again under the same
+    id and starts the same worker later: it is kept (and was scancelled before); the watchdog,
+    :func:`_replace_ended_jobs`, replaces it once squeue says it is over."""
+    import asyncio
+
+    from distributed.core import Status
+
+    class _WorkerJob(cluster.job_cls):
+        async def close(self) -> None:
+            job_id = str(self.job_id or "")
+            if job_id and cluster.status == Status.running and not getattr(self, "w2v2ser_ended", False):
+                states = await asyncio.get_running_loop().run_in_executor(None, _squeue_states, [job_id])
+                if states and states.get(job_id) in _WAITING_STATES | _ENDING_STATES:
+                    cluster.workers.setdefault(self.name, self)  # Dask dropped it: SLURM runs it again
+                    return
+            await super().close()
+
+    cluster.job_cls = cluster.new_spec["cls"] = _WorkerJob
+
+
 async def _drop_jobs(cluster: Any, names: list[str]) -> None:
     """Forget the ended worker jobs ``names`` (scancel each, should it linger), so that scale() submits new
     ones under new names: a name used again could be closed by Dask's own late removal of the old job."""
@@ -380,6 +410,7 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
         cluster.worker_spec.pop(name, None)
         job = cluster.workers.pop(name, None)
         if job is not None:
+            job.w2v2ser_ended = True  # squeue said so: scancel it without asking again
             with contextlib.suppress(Exception):
                 await job.close()
 
@@ -398,6 +429,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
 
     seen: dict[str, Any] = {}  # name -> Job at the last check
     running_since: dict[str, float] = {}  # job id -> when squeue first said RUNNING
+    ending_since: dict[str, float] = {}  # job id -> when squeue first said it is ending (_ENDING_STATES)
     listed: set[str] = set()  # job ids squeue has listed: only those count as ended once it stops listing them
     failed_starts: list[str] = []  # ids of the ended jobs in a row that ran under FAILED_START_S
     given_up = ""
@@ -410,20 +442,29 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                     client.cancel([Future(key, client) for key in keys], reason=given_up)
                 continue
             workers = dict(list(cluster.workers.items()))
-            ids = {str(job.job_id): name for name, job in workers.items() if getattr(job, "job_id", None)}
+            # Dask removes a job whose only worker left (processes: 1), and keeps it if SLURM requeued it
+            # (_keep_requeued_jobs); squeue sees every job end.
+            gone = {name: job for name, job in seen.items() if name not in workers and name in cluster.worker_spec}
+            jobs = {**gone, **workers}
+            ids = {str(job.job_id): name for name, job in jobs.items() if getattr(job, "job_id", None)}
             states = _squeue_states(list(ids)) if ids else {}
             now = time.monotonic()
-            # Dask removes a job whose only worker left (processes: 1); squeue sees every job end.
-            ended = {name: job for name, job in seen.items() if name not in workers and name in cluster.worker_spec}
+            ended = {name: job for name, job in gone.items() if not getattr(job, "job_id", None)}
+            kept = {}  # gone from Dask, but requeued or still ending: looked at again
             for job_id, name in ids.items():
                 # A job squeue never listed (another cluster's -M, a hidden partition) is left to Dask.
                 state = None if states is None else states.get(job_id, "ENDED" if job_id in listed else None)
                 listed.update([job_id] if states and job_id in states else [])
                 if state == "RUNNING":
                     running_since.setdefault(job_id, now)
-                elif state in _ENDED_STATES:
-                    ended[name] = workers[name]
-            seen = workers
+                ending = ending_since.setdefault(job_id, now) if state in _ENDING_STATES else ending_since.pop(job_id, now)
+                over = state in _ENDED_STATES or (state in _ENDING_STATES and now - ending >= ENDING_S)
+                if over or (name in gone and state is None):
+                    ended[name] = jobs[name]
+                    ending_since.pop(job_id, None)
+                elif name in gone:
+                    kept[name] = gone[name]
+            seen = {**workers, **kept}
             if not ended or stop.is_set():  # the cluster is closing: nothing to replace
                 continue
             for job in ended.values():

@@ -621,3 +621,30 @@ def test_a_preempted_and_requeued_worker_job_is_left_to_run_again(
         (bin_folder / "job1.pid").write_text(f"{job.pid}\n")
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
     assert not (bin_folder / "job2.sh").exists() and "SLURM worker job(s) ended" not in capsys.readouterr().err
+
+
+def test_the_new_job_of_an_ended_one_is_not_scancelled_by_dasks_late_removal_of_the_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog's new job took the ended job's name (SpecCluster reuses the lowest free one), so Dask's
+    removal of the old worker, lost-worker-timeout after it left, scancelled the new job before its worker
+    connected: each replacement was lost once and counted as a failed start."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo",
+                                  "job_script_prologue": ["[ -e $0.late ] || { touch $0.late; sleep 4; }"]})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1.5s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        (bin_folder / "job1.state").write_text("TIMEOUT\n")  # its walltime: squeue says so at once
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+        scancelled = (bin_folder / "scancelled").read_text().split() if (bin_folder / "scancelled").exists() else []
+    assert "1002" not in scancelled and not (bin_folder / "job3.sh").exists()

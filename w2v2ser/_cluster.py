@@ -408,6 +408,9 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
     ones under new names: a name used again could be closed by Dask's own late removal of the old job."""
     for name in names:
         cluster.worker_spec.pop(name, None)
+        # SpecCluster names a new job by its lowest number not in worker_spec: the name just dropped, whose
+        # late removal (lost-worker-timeout after its worker left) then scancelled the new job.
+        cluster._i = getattr(cluster, "_i", 0) + 1
         job = cluster.workers.pop(name, None)
         if job is not None:
             job.w2v2ser_ended = True  # squeue said so: scancel it without asking again

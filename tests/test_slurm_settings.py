@@ -375,7 +375,7 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
                   'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count; rmdir $d/lock\n'
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
-        "scancel": f'#!/bin/sh\nfor id; do echo $id >> {folder}/scancelled; '
+        "scancel": f'#!/bin/sh\nfor id; do echo $id >> {folder}/scancelled; echo CANCELLED > {folder}/job${{id#100}}.state; '
                    f'kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
         # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended one COMPLETED, as
         # `squeue --states=all` lists it for a while (MinJobAge)
@@ -621,6 +621,37 @@ def test_a_preempted_and_requeued_worker_job_is_left_to_run_again(
         (bin_folder / "job1.pid").write_text(f"{job.pid}\n")
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
     assert not (bin_folder / "job2.sh").exists() and "SLURM worker job(s) ended" not in capsys.readouterr().err
+
+
+def test_worker_jobs_their_user_scancels_soon_after_start_are_no_failed_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker job scancelled by its user within FAILED_START_S of starting counted as a failed start:
+    three such scancels gave the run up. A CANCELLED job is replaced and counts neither way now."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        for job in (1, 2, 3):
+            deadline = time.monotonic() + 60
+            while not handle.client.nthreads() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # the watchdog has seen it RUNNING
+            subprocess.run(["scancel", f"100{job}"], check=True)  # its user (or an admin)
+            deadline = time.monotonic() + 30
+            while not (bin_folder / f"job{job + 1}.sh").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    err = capsys.readouterr().err
+    assert (bin_folder / "job4.sh").exists() and "in a row" not in err, err
 
 
 def test_the_new_job_of_an_ended_one_is_not_scancelled_by_dasks_late_removal_of_the_old(

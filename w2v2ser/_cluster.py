@@ -395,12 +395,16 @@ def _keep_requeued_jobs(cluster: Any) -> None:
             job_id = str(self.job_id or "")
             if job_id and cluster.status == Status.running and not getattr(self, "w2v2ser_ended", False):
                 states = await asyncio.get_running_loop().run_in_executor(None, _squeue_states, [job_id])
-                if states and states.get(job_id) in _WAITING_STATES | _ENDING_STATES:
+                state = (states or {}).get(job_id)
+                if state in _WAITING_STATES | _ENDING_STATES:
                     cluster.workers.setdefault(self.name, self)  # Dask dropped it: SLURM runs it again
                     return
+                if state not in _ENDED_STATES:  # it ran on without its worker: CANCELLED by us, not by its user
+                    cluster.w2v2ser_scancelled.add(job_id)
             await super().close()
 
     cluster.job_cls = cluster.new_spec["cls"] = _WorkerJob
+    cluster.w2v2ser_scancelled = set()
 
 
 async def _drop_jobs(cluster: Any, names: list[str]) -> None:
@@ -421,7 +425,7 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
 def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
     """Every JOB_CHECK_S, submit a new worker job for each one that ended (squeue says so, or Dask saw its
     worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
-    no more; once no worker is left, cancel the work, with a reason that says what to check (workers
+    no more (a job its user scancelled counts neither way); once no worker is left, cancel the work, with a reason that says what to check (workers
     still running go on with it)."""
     from distributed import Future
     from tqdm import tqdm
@@ -472,6 +476,9 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 continue
             for job in ended.values():
                 started = running_since.pop(str(job.job_id), None)
+                if ((states or {}).get(str(job.job_id)) == "CANCELLED"
+                        and str(job.job_id) not in getattr(cluster, "w2v2ser_scancelled", ())):
+                    continue  # its user's scancel: no failed start, nor a start that went well
                 if started is None or now - started < FAILED_START_S:
                     failed_starts.append(str(job.job_id))
                 else:

@@ -679,3 +679,28 @@ def test_the_new_job_of_an_ended_one_is_not_scancelled_by_dasks_late_removal_of_
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
         scancelled = (bin_folder / "scancelled").read_text().split() if (bin_folder / "scancelled").exists() else []
     assert "1002" not in scancelled and not (bin_folder / "job3.sh").exists()
+
+
+def test_work_is_not_given_up_while_a_worker_job_is_still_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """After the failed starts of one job slot, the work was cancelled as soon as no worker was connected,
+    though the other slot's job was still PENDING in the queue. It waits for that job's worker now."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    # job 4 waits in the queue for 20 s (squeue: PENDING), then starts well; every other job fails at start
+    pending = 'case $0 in *job4.sh) echo PENDING > ${0%.sh}.state; sleep 20; rm ${0%.sh}.state;; *) exit 3;; esac'
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
+                                  "job_script_prologue": [pending]})
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        deadline, said = time.monotonic() + 60, ""
+        while "in a row ended" not in said and time.monotonic() < deadline:
+            time.sleep(0.3)
+            said += capsys.readouterr().err
+        assert "6 SLURM worker jobs in a row ended" in said and (bin_folder / "job4.state").exists(), said
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3

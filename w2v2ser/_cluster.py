@@ -422,11 +422,18 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
                 await job.close()
 
 
+def _jobs_to_come(cluster: Any) -> bool:
+    """Whether squeue says a worker job of ``cluster`` is pending (or requeued) or running: its worker is to come."""
+    ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+    states = _squeue_states(ids) if ids else None
+    return any(state in _WAITING_STATES or state == "RUNNING" for state in (states or {}).values())
+
+
 def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
     """Every JOB_CHECK_S, submit a new worker job for each one that ended (squeue says so, or Dask saw its
     worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
-    no more (a job its user scancelled counts neither way); once no worker is left, cancel the work, with a reason that says what to check (workers
-    still running go on with it)."""
+    no more (a job its user scancelled counts neither way); once no worker is left nor a job pending, cancel
+    the work, with a reason that says what to check (workers still running go on with it)."""
     from distributed import Future
     from tqdm import tqdm
 
@@ -443,9 +450,9 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
     warned = False
     while not stop.wait(JOB_CHECK_S):
         try:
-            if given_up:  # once no worker is left, the work (and any submitted later) fails at once
+            if given_up:  # once no worker is left nor to come, the work (and any submitted later) fails at once
                 keys = list(client.futures)
-                if keys and not client.nthreads():
+                if keys and not client.nthreads() and not _jobs_to_come(cluster):
                     client.cancel([Future(key, client) for key in keys], reason=given_up)
                 continue
             workers = dict(list(cluster.workers.items()))
@@ -488,7 +495,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
                 given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "
                             f"of starting (last: {', '.join(failed_starts[-3:])}); no more are submitted and the "
-                            f"work left fails once no worker is left. Their output ({logs}) says why: e.g. this Python missing on the "
+                            f"work left fails once no worker is left nor a job pending. Their output ({logs}) says why: e.g. this Python missing on the "
                             "compute node, an import error, too little cluster.slurm.memory. Fix cluster.slurm "
                             "(memory, job_script_prologue, interface) and rerun: finished work is kept")
                 cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting

@@ -195,7 +195,7 @@ def test_a_scancelled_worker_job_of_two_processes_is_replaced_and_the_run_finish
                                    cluster="slurm", extra={
         "experiments.t.seeds": 6, "experiments.t.recipe_overrides": {"max_epochs": 3},
         "cluster.slurm": {"queue": "debug", "cores": 2, "memory": "6GB", "processes": 2, "jobs": 1,
-                          "walltime": "00:20:00", "log_directory": str(tmp_path / "worker-logs")}})
+                          "walltime": "00:20:00", "log_directory": str(tmp_path / "worker-logs"), "job_check": 5}})
     run = subprocess.Popen([str(W2V2SER), "run", str(pipeline), "--stage", "train"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env={**cli_env(), **slurm}, cwd=tmp_path)
     try:

@@ -375,7 +375,8 @@ def _slurm_that_runs_jobs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
                   'n=$(( $(cat $d/count 2>/dev/null || echo 0) + 1 )); echo $n > $d/count; rmdir $d/lock\n'
                   'cp "$1" $d/job$n.sh\nsetsid bash $d/job$n.sh > $d/job$n.log 2>&1 < /dev/null &\n'
                   'echo $! > $d/job$n.pid\necho "Submitted batch job 100$n"\n',
-        "scancel": f'#!/bin/sh\nfor id; do echo $id >> {folder}/scancelled; echo CANCELLED > {folder}/job${{id#100}}.state; '
+        "scancel": f'#!/bin/sh\nfor id; do echo $id >> {folder}/scancelled; '
+                   f'echo CANCELLED > {folder}/job${{id#100}}.state; '
                    f'kill -TERM -$(cat {folder}/job${{id#100}}.pid) 2>/dev/null; done\nexit 0\n',
         # RUNNING for each job (-j 1001,1002) whose process group is alive; an ended one COMPLETED, as
         # `squeue --states=all` lists it for a while (MinJobAge)
@@ -403,9 +404,8 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.5, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+                           slurm={"job_check": 0.5, "cores": 1, "memory": "1GB", "interface": "lo"})
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(1, timeout=60)
@@ -438,9 +438,8 @@ def test_a_job_squeue_does_not_list_is_not_taken_as_ended(tmp_path: Path, monkey
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
     (bin_folder / "squeue").write_text("#!/bin/sh\nexit 0\n")  # lists none of the jobs
     monkeypatch.setenv("SQUEUE_STATES", "PENDING")  # a user's setting that would hide running jobs
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo"})
     with _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(1, timeout=60)
         time.sleep(3)  # ten checks of the watchdog
@@ -480,9 +479,8 @@ def test_an_ended_job_of_several_worker_processes_is_replaced(tmp_path: Path, mo
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.5, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 2, "processes": 2, "memory": "2GB", "interface": "lo"})
+                           slurm={"job_check": 0.5, "cores": 2, "processes": 2, "memory": "2GB", "interface": "lo"})
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(2, timeout=60)
@@ -506,10 +504,10 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
+    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)  # wait_for_a_worker's look at the give-up
     config = ClusterConfig(kind="slurm", dashboard_address=None,
                            slurm={"cores": 1, "memory": "1GB", "interface": "lo", "log_directory": str(tmp_path),
-                                  "job_script_prologue": ["exit 3"], "worker_wait": "0:20"})  # the worker never starts
+                                  "job_check": 0.3, "job_script_prologue": ["exit 3"], "worker_wait": "0:20"})  # the worker never starts
     with _cluster.open_cluster(config, use_gpus=False) as handle:
         with pytest.raises(_cluster.ClusterError, match="SLURM worker jobs in a row ended"):
             _cluster.wait_for_a_worker(handle.client, config.slurm)  # before worker_wait is out
@@ -573,9 +571,8 @@ def test_workers_still_running_keep_the_work_when_failed_starts_stop_the_resubmi
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
                                   "job_script_prologue": [f"mkdir {tmp_path}/first || exit 3"]})  # one job starts
     with _cluster.open_cluster(config, use_gpus=False) as handle:
         deadline, said = time.monotonic() + 60, ""
@@ -600,9 +597,8 @@ def test_a_preempted_and_requeued_worker_job_is_left_to_run_again(
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo"})
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(1, timeout=60)
@@ -635,9 +631,8 @@ def test_worker_jobs_their_user_scancels_soon_after_start_are_no_failed_starts(
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo"})
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo"})
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.5s"}), \
             _cluster.open_cluster(config, use_gpus=False) as handle:
         for job in (1, 2, 3):
@@ -667,9 +662,8 @@ def test_the_new_job_of_an_ended_one_is_not_scancelled_by_dasks_late_removal_of_
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo",
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo",
                                   "job_script_prologue": ["[ -e $0.late ] || { touch $0.late; sleep 4; }"]})
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1.5s"}), \
             _cluster.open_cluster(config, use_gpus=False) as handle:
@@ -691,11 +685,10 @@ def test_work_is_not_given_up_while_a_worker_job_is_still_pending(
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)
     # job 4 waits in the queue for 20 s (squeue: PENDING), then starts well; every other job fails at start
     pending = 'case $0 in *job4.sh) echo PENDING > ${0%.sh}.state; sleep 20; rm ${0%.sh}.state;; *) exit 3;; esac'
     config = ClusterConfig(kind="slurm", dashboard_address=None,
-                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
                                   "job_script_prologue": [pending]})
     with _cluster.open_cluster(config, use_gpus=False) as handle:
         deadline, said = time.monotonic() + 60, ""
@@ -704,3 +697,16 @@ def test_work_is_not_given_up_while_a_worker_job_is_still_pending(
             said += capsys.readouterr().err
         assert "6 SLURM worker jobs in a row ended" in said and (bin_folder / "job4.state").exists(), said
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+
+
+def test_how_often_the_worker_jobs_are_looked_at_is_a_setting() -> None:
+    """The watchdog ran squeue every 10 s, hard-wired: too often for a busy controller's admins, and no way
+    to change it. cluster.slurm.job_check sets it (the tests above set it small); a minute by default."""
+    from pydantic import ValidationError
+
+    from w2v2ser._config import ClusterConfig
+
+    assert ClusterConfig(kind="slurm").slurm.job_check == 60  # the README's default
+    assert ClusterConfig(kind="slurm", slurm={"job_check": 0.3}).slurm.job_check == 0.3
+    with pytest.raises(ValidationError, match="job_check"):
+        ClusterConfig(kind="slurm", slurm={"job_check": 0})

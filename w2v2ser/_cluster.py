@@ -44,13 +44,14 @@ GPU_RESOURCE = "GPU"
 # again after each such period: a job pending for hours, or one that started but whose worker never
 # reached the scheduler, otherwise looked like a hang.
 WORKER_WAIT_NOTE_S = 300.0
-# How often `run` checks for SLURM worker jobs that ended (their walltime, a node failure, preemption,
-# a scancel) and submits new ones: dask-jobqueue submits jobs only when the cluster is scaled, so
-# the work of a run outliving its workers' walltime waited for ever.
+# How often wait_for_a_worker looks whether the worker jobs failed at start. `run` checks for SLURM
+# worker jobs that ended (their walltime, a node failure, preemption, a scancel) and submits new ones
+# every cluster.slurm.job_check s: dask-jobqueue submits jobs only when the cluster is scaled, so the
+# work of a run outliving its workers' walltime waited for ever.
 JOB_CHECK_S = 10.0
 # A worker job that ended within FAILED_START_S of running (or never ran) failed to start: a bad
 # environment or a crash at import. After MAX_FAILED_STARTS of them per job in a row, no new ones are
-# submitted (each would fail too, every JOB_CHECK_S, on a shared cluster) and the work left fails.
+# submitted (each would fail too, every cluster.slurm.job_check, on a shared cluster) and the work left fails.
 FAILED_START_S = 120.0
 MAX_FAILED_STARTS = 3
 # squeue's states of a job that is over; a job squeue no longer lists is over too.
@@ -430,8 +431,8 @@ def _jobs_to_come(cluster: Any) -> bool:
 
 
 def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
-    """Every JOB_CHECK_S, submit a new worker job for each one that ended (squeue says so, or Dask saw its
-    worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
+    """Every ``slurm.job_check`` s, submit a new worker job for each one that ended (squeue says so, or Dask
+    saw its worker leave). After MAX_FAILED_STARTS x jobs ended jobs in a row that ran under FAILED_START_S, submit
     no more (a job its user scancelled counts neither way); once no worker is left nor a job pending, cancel
     the work, with a reason that says what to check (workers still running go on with it)."""
     from distributed import Future
@@ -448,7 +449,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
     failed_starts: list[str] = []  # ids of the ended jobs in a row that ran under FAILED_START_S
     given_up = ""
     warned = False
-    while not stop.wait(JOB_CHECK_S):
+    while not stop.wait(slurm.job_check):
         try:
             if given_up:  # once no worker is left nor to come, the work (and any submitted later) fails at once
                 keys = list(client.futures)
@@ -471,7 +472,10 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 listed.update([job_id] if states and job_id in states else [])
                 if state == "RUNNING":
                     running_since.setdefault(job_id, now)
-                ending = ending_since.setdefault(job_id, now) if state in _ENDING_STATES else ending_since.pop(job_id, now)
+                if state in _ENDING_STATES:
+                    ending = ending_since.setdefault(job_id, now)
+                else:
+                    ending = ending_since.pop(job_id, now)
                 over = state in _ENDED_STATES or (state in _ENDING_STATES and now - ending >= ENDING_S)
                 if over or (name in gone and state is None):
                     ended[name] = jobs[name]
@@ -495,7 +499,8 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
                 given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "
                             f"of starting (last: {', '.join(failed_starts[-3:])}); no more are submitted and the "
-                            f"work left fails once no worker is left nor a job pending. Their output ({logs}) says why: e.g. this Python missing on the "
+                            f"work left fails once no worker is left nor a job pending. Their output ({logs}) says why: "
+                            "e.g. this Python missing on the "
                             "compute node, an import error, too little cluster.slurm.memory. Fix cluster.slurm "
                             "(memory, job_script_prologue, interface) and rerun: finished work is kept")
                 cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting
@@ -516,7 +521,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             if not warned:
                 warned = True
                 say(f"checking the SLURM worker jobs failed ({type(error).__name__}: {error}); trying again "
-                    f"every {JOB_CHECK_S:.0f} s")
+                    f"every {slurm.job_check:g} s")
 
 
 def _slurm_seconds(value: str) -> float | None:
@@ -627,6 +632,6 @@ def open_cluster(config: ClusterConfig, *, use_gpus: bool = True) -> Iterator[Cl
         finally:
             stop.set()
             if watchdog is not None:  # a check under way ends first: a job it submitted during close() stayed running
-                watchdog.join(timeout=JOB_CHECK_S + 30)
+                watchdog.join(timeout=60)  # squeue's and sbatch's timeouts
             client.close()
             cluster.close()

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from w2v2ser._common import (
     EXIT_FAILED, LOST_WORKER_FIX, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants,
-    check_stop, first_few, progress_bar, spelling_key, task_error, variants_differ,
+    check_stop, failures_by_error, first_few, progress_bar, spelling_key, task_error, variants_differ,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -1189,7 +1189,7 @@ def _run_on_dask(
             )
         )
     done = [0, 0.0]
-    errors: list[str] = []
+    errors: list[tuple[str, str]] = []
     bar = _progress(None, progress, "extract shards", "shard", total=len(futures)) if progress else None
     for future in as_completed(futures):
         check_stop()
@@ -1200,7 +1200,7 @@ def _run_on_dask(
             if silent and on_silent is not None:
                 on_silent(silent)
         except Exception as error:  # noqa: BLE001 - keep finished shards; report the rest
-            errors.append(f"{future.key}: {task_error(error, fix=lost_worker_fix)}")
+            errors.append((str(future.key), task_error(error, fix=lost_worker_fix)))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -1208,6 +1208,6 @@ def _run_on_dask(
     if errors:
         raise W2v2serError(
             f"{len(errors)} extraction shard(s) failed on Dask workers (finished shards are kept; rerun to retry):\n"
-            + "\n".join(errors[:10])
+            + "\n".join(failures_by_error(errors)[:10])
         )
     return int(done[0]), float(done[1])

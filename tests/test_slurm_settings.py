@@ -710,3 +710,32 @@ def test_how_often_the_worker_jobs_are_looked_at_is_a_setting() -> None:
     assert ClusterConfig(kind="slurm", slurm={"job_check": 0.3}).slurm.job_check == 0.3
     with pytest.raises(ValidationError, match="job_check"):
         ClusterConfig(kind="slurm", slurm={"job_check": 0})
+
+
+def test_work_cancelled_at_the_give_up_is_said_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the worker jobs failed at start and no worker was left, every task left was cancelled and each
+    got its own line, with its key and the whole give-up reason again (10 shards: 10 long lines). The
+    cancelled tasks are one line now: their count, the first few, the reason once."""
+    pytest.importorskip("dask_jobqueue")
+    from fixtures_audio import write_audio
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance, W2v2serError
+
+    _slurm_that_runs_jobs(tmp_path / "bin", monkeypatch)
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.3, seed=i)),
+                            speaker=f"s{i % 2}", label="x") for i in range(5)]
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "job_check": 0.3,
+                                  "job_script_prologue": ["exit 3"]})  # no worker ever starts
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        with pytest.raises(W2v2serError) as raised:
+            extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("spectrogram")],
+                           shard_size=1, progress=False, client=handle.client)
+    message = str(raised.value)
+    assert message.startswith("5 extraction shard(s) failed"), message
+    assert message.count("SLURM worker jobs in a row ended") == 1 and "5 x (w2v2ser-extract-" in message, message
+    assert len(message.splitlines()) == 2, message

@@ -274,6 +274,8 @@ def task_error(error: BaseException, *, fix: str = LOST_WORKER_FIX) -> str:
     """``Type: message`` of a Dask task's error; a KilledWorker (its worker process died at every
     try) says the likely cause and what to do instead of Dask's "inspecting worker logs": ``fix``,
     which names the settings the caller's user has (those of ``cluster:`` for `w2v2ser run`)."""
+    if type(error).__name__ == "FutureCancelledError" and getattr(error, "reason", None):
+        return f"cancelled: {error.reason}"  # the same for every task cancelled at once: without its key
     if type(error).__name__ != "KilledWorker":
         return f"{type(error).__name__}: {error}"
     try:
@@ -327,6 +329,17 @@ def first_few(items: Sequence[str], n: int = 3) -> str:
     """The first ``n`` items, comma separated, then ", ..." if there are more: for a message that
     gives the count beside them."""
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def failures_by_error(failures: Sequence[tuple[str, str]], n: int = 3) -> list[str]:
+    """``NAME: ERROR``, or ``COUNT x (first few names): ERROR``, for each distinct error of the failed tasks
+    ``(name, error)``, in the order first seen: the work left that was cancelled at once (no SLURM worker
+    left) is one entry, not one per task."""
+    names: dict[str, list[str]] = {}
+    for name, error in failures:
+        names.setdefault(error, []).append(name)
+    return [f"{those[0]}: {error}" if len(those) == 1 else f"{len(those)} x ({first_few(those, n)}): {error}"
+            for error, those in names.items()]
 
 
 def spelling_key(name: str) -> str:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, make_folder,
-                      progress_bar, task_error, write_atomically)
+from ._common import (EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error,
+                      failures_by_error, make_folder, progress_bar, task_error, write_atomically)
 from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import ConfigError, ExperimentSpec, PipelineConfig, load_pipeline
 
@@ -532,7 +532,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         total = sum(len(pending) for *_, pending in todo)
         _say(f"train: {_planned_text(len(todo), len(config.experiments), outcome)}, "
              f"{sum(len(view.specs) for _, view, _ in todo)} fold x seed runs, {total} to train")
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, list[tuple[str, str]]] = {}  # experiment -> (run, its error)
         lost: dict[str, BaseException] = {}  # experiment -> the error of the store that stopped it
         trained: dict[str, int] = {}  # experiment -> runs that finished in this stage
         if total:
@@ -549,7 +549,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
 
 
 def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view: Any, outcome: _Outcome,
-                       errors: list[str], lost: BaseException | None, finished: int) -> None:
+                       errors: list[tuple[str, str]], lost: BaseException | None, finished: int) -> None:
     """Report one experiment after its runs: its failures, the store error that stopped it, or its summary."""
     from w2v2ser.train import format_uar, missing_runs_message
     from w2v2ser.train._experiment import _summarize_runs, store_lost_note
@@ -557,8 +557,9 @@ def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view:
     out = experiment.run_dir
     reasons = []
     if errors:
-        reasons.append(f"{len(errors)} run(s) failed: " + "; ".join(errors[:3]))
-        _say(f"train {experiment.name}: {len(errors)} run(s) FAILED: " + "; ".join(errors[:3]))
+        said = "; ".join(failures_by_error(errors)[:3])
+        reasons.append(f"{len(errors)} run(s) failed: {said}")
+        _say(f"train {experiment.name}: {len(errors)} run(s) FAILED: {said}")
     if lost is not None:  # said once, not once per run that was not tried against that store
         kept = f" {store_lost_note(out, finished, 'run', lost)}" if finished else ""
         reasons.insert(0, f"stopped: {lost}")
@@ -612,7 +613,7 @@ def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | Non
 
 def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int]) -> Iterator[tuple]:
     """Train every pending run (Dask tasks, or in this process), counting those that finish in
-    ``trained``; yields (experiment, "run: error") of failed runs, and (experiment, the error) once for
+    ``trained``; yields (experiment, (run, error)) of failed runs, and (experiment, the error) once for
     an experiment whose store stopped answering or was changed by an extraction (store_lost_errors):
     none of its further runs is tried (each would wait out the store's timeouts, or read other data)."""
     from w2v2ser.train._experiment import _configure_threads, store_lost_errors
@@ -634,7 +635,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                             yield experiment, error
                             bar.update(len(pending) - index)
                             break
-                        yield experiment, f"{run.name}: {type(error).__name__}: {error}"
+                        yield experiment, (run.name, f"{type(error).__name__}: {error}")
                     else:
                         trained[experiment.name] = trained.get(experiment.name, 0) + 1
                     bar.update(1)
@@ -665,7 +666,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                     handle.client.cancel([f for f, (e, _) in owner.items() if e is experiment and not f.done()])
                     yield experiment, error
                     continue
-                yield experiment, f"{run.name}: {task_error(error, fix=handle.lost_worker_fix)}"
+                yield experiment, (run.name, task_error(error, fix=handle.lost_worker_fix))
             else:  # a run in flight when its experiment stopped is finished: it is kept
                 trained[experiment.name] = trained.get(experiment.name, 0) + 1
     finally:

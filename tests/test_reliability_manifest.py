@@ -481,3 +481,17 @@ def test_a_missing_file_beside_the_target_of_a_symlinked_manifest_says_so(tmp_pa
     (reason,) = [reason for _, _, reason in summary.failed]
     assert "does not exist" in reason and f"The manifest {link} is a symbolic link to {real}" in reason, reason
     assert str(tmp_path / "corpus" / "a.wav") in reason and "Name the manifest by its real path" in reason
+
+
+def test_the_conversion_command_for_a_manifest_whose_path_has_a_space_is_quoted(tmp_path):
+    """`iconv -f cp1252 -t utf-8 /my data/list.csv > utf8.csv`, pasted, converted two files that do not exist."""
+    import re
+    import shlex
+
+    (tmp_path / "my data").mkdir()
+    path = tmp_path / "my data" / "it's.csv"
+    path.write_bytes("path,label,speaker\ncafé.wav,angry,s1\n".encode("cp1252"))
+    with pytest.raises(ManifestError) as refused:
+        read_csv_manifest(path)
+    (command,) = re.findall(r"`(iconv [^`]*)`", str(refused.value))
+    assert shlex.split(command)[:5] == ["iconv", "-f", "cp1252", "-t", "utf-8"] and shlex.split(command)[5] == str(path)

@@ -1278,23 +1278,24 @@ def test_a_folder_corpus_whose_labels_clash_with_a_csv_s_in_case_says_which_to_r
 
 def test_extract_prints_the_first_reader_problems_and_counts_the_rest(tmp_path, capsys):
     """A release whose Session4/sentences was not unpacked printed one line per labelled turn
-    (about 2,000 on the real IEMOCAP); `store info` showed 20. The store keeps them all."""
+    (about 2,000 on the real IEMOCAP); `store info` showed 20. The store keeps them all. (A whole
+    missing sentences/wav or dialog folder is one problem now, naming it: here files are lost one by one.)"""
     from fixtures_audio import build_iemocap_tree
     from w2v2ser._cli import main
 
     dialogs = ("impro01", "impro02", "script01_1", "script01_2", "script02_1", "script02_2")
     expected = build_iemocap_tree(tmp_path / "iemocap", sessions=(1, 2), dialogs=dialogs,
-                                  missing_audio=tuple(f"Ses02M_{d}_{t}" for d in dialogs
-                                                      for t in ("F000", "M000", "F001", "M001")))
+                                  missing_audio=tuple(f"Ses0{s}{'F' if s == 1 else 'M'}_{d}_{t}" for s in (1, 2)
+                                                      for d in dialogs for t in ("F000", "M000", "F001")))
     assert len(expected) == 48
     store = tmp_path / "s.zarr"
     assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(store),
                  "--features", "spectrogram", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert len([line for line in err.splitlines() if line.startswith("skipped /")]) == 20
-    assert f"skipped ... and 4 more, recorded in the store (`w2v2ser store info {store} --json`)" in err
+    assert f"skipped ... and 16 more, recorded in the store (`w2v2ser store info {store} --json`)" in err
     assert main(["store", "info", str(store), "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["reader_skipped"]) == 24
+    assert len(json.loads(capsys.readouterr().out)["reader_skipped"]) == 36
 
 
 def test_extract_of_an_incomplete_iemocap_copy_names_the_sessions_found(tmp_path, capsys):

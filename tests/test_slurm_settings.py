@@ -739,3 +739,25 @@ def test_work_cancelled_at_the_give_up_is_said_in_one_line(
     assert message.startswith("5 extraction shard(s) failed"), message
     assert message.count("SLURM worker jobs in a row ended") == 1 and "5 x (w2v2ser-extract-" in message, message
     assert len(message.splitlines()) == 2, message
+
+
+def test_a_pending_worker_job_dask_scales_away_is_still_scancelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A requeued job is kept when Dask drops it because its worker left; a pending job that the cluster
+    is scaled down by is not: it is scancelled as before (it was kept, a job left in the queue)."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "interface": "lo", "job_check": 0.3})
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        (bin_folder / "job1.state").write_text("PENDING\n")
+        handle.client.cluster.scale(jobs=0)
+        deadline = time.monotonic() + 30
+        while not (bin_folder / "scancelled").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (bin_folder / "scancelled").read_text().split() == ["1001"]

@@ -394,7 +394,9 @@ def _keep_requeued_jobs(cluster: Any) -> None:
     class _WorkerJob(cluster.job_cls):
         async def close(self) -> None:
             job_id = str(self.job_id or "")
-            if job_id and cluster.status == Status.running and not getattr(self, "w2v2ser_ended", False):
+            # Dask's lost-worker removal keeps the job's spec; a scale-down or close() does not
+            if (job_id and cluster.status == Status.running and self.name in cluster.worker_spec
+                    and not getattr(self, "w2v2ser_ended", False)):
                 states = await asyncio.get_running_loop().run_in_executor(None, _squeue_states, [job_id])
                 state = (states or {}).get(job_id)
                 if state in _WAITING_STATES | _ENDING_STATES:

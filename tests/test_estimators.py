@@ -430,3 +430,27 @@ def test_labels_in_an_object_array_as_a_pandas_series_gives_them():
     assert indexed.fit(x, numbers).score(x, numbers) == indexed.score(x, numbers.astype(int))
     with pytest.raises(DataError, match=r"takes labels as integer indices 0\.\.2 into classes; got 'angry'"):
         indexed.score(x, names)
+
+
+def test_fit_and_train_experiment_give_the_callers_random_streams_back(tmp_path):
+    """A seeded fit (and every run of train_experiment) called keras.utils.set_random_seed, which
+    reseeded the caller's np.random and random: a notebook drew the same numbers after every call."""
+    import random
+
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    def streams() -> tuple:
+        return random.getstate(), np.random.get_state()[1].tolist(), np.random.get_state()[2]
+
+    x, y, _ = utterances(12)
+    random.seed(11)
+    np.random.seed(11)
+    before = streams()
+    DenseHead(units=4, recipe=QUICK, seed=3, validation_fraction=None, run_eagerly=True).fit(x, y)
+    assert streams() == before
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    config = ExperimentConfig(stores=str(path), features="egemaps", norm="speaker", seeds=1,
+                              recipe_overrides={"max_epochs": 1})
+    train_experiment(config, out=tmp_path / "run", progress=False)
+    assert streams() == before

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, case_variants, first_few, make_folder, provenance,
-                             publish_directory, subset_text, variants_differ, write_atomically)
+from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, caller_random_kept, case_variants, first_few, make_folder,
+                             provenance, publish_directory, subset_text, variants_differ, write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -812,6 +812,7 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     return _train_run(config, run_spec, Path(out), _prepare(config), verbose=verbose, progress=progress)
 
 
+@caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
 def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Data, *, verbose: int = 0,
                progress: str | None = None) -> RunResult:
     """train_run on stores already opened: train_experiment opens them once, so every run of one

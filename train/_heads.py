@@ -26,7 +26,7 @@ from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from w2v2ser._common import check_stop
+from w2v2ser._common import caller_random_kept, check_stop
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import StrictModel, validate
 
@@ -396,6 +396,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                             f"{self.classes_.tolist()}; every class must be seen by fit")
         return order[np.searchsorted(self.classes_[order], y)].astype(np.int32)
 
+    @caller_random_kept()  # seeding reseeds the caller's np.random and random: given back after fit
     def fit(self, x: Any, y: Sequence[Any] | None = None, *, validation_data: Any = None,
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":
         """Train on ``x`` with early stopping on ``validation_data`` (or a ``validation_fraction`` hold-out).

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import check_stop, progress_bar, publish_directory
+from w2v2ser._common import caller_random_kept, check_stop, progress_bar, publish_directory
 
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
@@ -431,6 +431,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
                       micro_batch_mb=micro_batch_mb, progress=progress)
 
 
+@caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
 def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], run_spec: RunSpec, out: Path,
                data: _Data, *, micro_batch_mb: float = MICRO_BATCH_MB,
                progress: str | None = None) -> dict[str, dict[str, Any]]:

@@ -875,6 +875,27 @@ def prefer_onednn() -> None:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+@contextlib.contextmanager
+def caller_random_kept() -> Iterator[None]:
+    """Give Python's and NumPy's global random streams back as they were once the block ends.
+
+    A seeded run calls ``keras.utils.set_random_seed``, which seeds both streams: a notebook that
+    trained, then drew ``np.random.permutation`` or a shuffled ``KFold`` split, got the same draws
+    after every call. The block itself sees the seeded streams, so its results do not change. Also a
+    decorator (``@caller_random_kept()``).
+    """
+    import random
+
+    numpy = sys.modules.get("numpy")
+    kept = random.getstate(), None if numpy is None else numpy.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(kept[0])
+        if kept[1] is not None:
+            numpy.random.set_state(kept[1])
+
+
 def subset_condition(text: str) -> tuple[str, list[str]]:
     """An argparse type: ``--subset FIELD=VALUE[,VALUE...]`` -> (field, values)."""
     import argparse

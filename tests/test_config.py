@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import textwrap
 from pathlib import Path
@@ -315,6 +316,20 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("corpora: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pipeline(path)
+
+
+def test_a_pipeline_saved_as_utf16_or_windows_1252_is_read_or_named(tmp_path: Path) -> None:
+    """Windows editors save "Unicode" (UTF-16 with its BOM, which YAML allows) or Windows-1252: both
+    raised a bare UnicodeDecodeError traceback (exit 1) from read_text(encoding="utf-8")."""
+    text = "# Versuch \u2014 caf\u00e9\n" + yaml.safe_dump(_base(), sort_keys=False)
+    plain = _write(tmp_path, _base())
+    for name, data in [("utf16.yaml", text.replace("\n", "\r\n").encode("utf-16")),
+                       ("bom.yaml", codecs.BOM_UTF8 + text.replace("\n", "\r\n").encode("utf-8"))]:
+        (tmp_path / name).write_bytes(data)
+        assert load_pipeline(tmp_path / name).raw == load_pipeline(plain).raw
+    (tmp_path / "cp1252.yaml").write_bytes(text.encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"cp1252.yaml is not UTF-8 text: line 1 holds byte 0x97.*Save it as UTF-8"):
+        load_pipeline(tmp_path / "cp1252.yaml")
 
 
 def test_schema_is_derived_from_the_config_dataclasses() -> None:

@@ -17,6 +17,7 @@ experiment is expanded into the cartesian product, e.g.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import itertools
@@ -682,6 +683,23 @@ def _unquoted_variable_hint(text: str, error: yaml.YAMLError) -> str:
             "one key per line.")
 
 
+def _pipeline_text(path: Path, data: bytes) -> str:
+    """The pipeline file's text: UTF-8 (a BOM is fine), or UTF-16 with its BOM, as YAML allows (Windows
+    Notepad's "Unicode"); another encoding (Windows-1252) is named with its line, not a traceback."""
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path} starts like UTF-16 text but is not ({error}). Save it as UTF-8.") from error
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text: line {line} holds byte 0x{data[error.start]:02x}, which UTF-8 "
+                          f"does not allow there (the file was likely saved as Windows-1252/Latin-1). Save it as "
+                          f"UTF-8, or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > pipeline-utf8.yaml`.") from error
+
+
 def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_experiments: bool = True) -> PipelineConfig:
     """Read, override, expand and check a pipeline file.
 
@@ -700,7 +718,7 @@ def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_e
     """
     path = Path(path).expanduser().resolve()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _pipeline_text(path, path.read_bytes())
         raw = load_yaml(text)
     except OSError as error:
         raise ConfigError(f"cannot read pipeline file {path}: {error}. Pass an existing pipeline.yaml.") from error

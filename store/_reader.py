@@ -289,6 +289,8 @@ class FeatureStore:
             hint = " (pass its .id)" if hasattr(utterance_id, "id") else ""
             raise StoreError(f"utterance ids are strings; got a {shown}{hint}, in store {self.path}.")
         row = self._index.get(utterance_id)
+        if row is None and self.changed_since_open():  # added since open: not "not in store"
+            raise self._changed()
         if row is None:
             raise StoreError(
                 f"utterance {utterance_id!r} is not in store {self.path} ({len(self._ids)} "

@@ -171,6 +171,22 @@ def test_reader_whose_frame_index_loads_after_a_rerun_added_utterances_says_the_
     assert fresh.describe()["features"]["spectrogram"]["utterances"] == len(fresh.list_utterances()) == 6
 
 
+def test_open_reader_asked_for_an_utterance_a_rerun_added_says_the_store_changed(tmp_path, manifest):
+    """A notebook kept a reader open while another process extracted more rows: reading a new id
+    said "utterance ... is not in store (4 utterances)", though the store holds it."""
+    from w2v2ser.store import StoreChangedError, StoreError
+
+    store, utterances = _spectrogram_store(tmp_path, manifest, rows=4)
+    old = open_store(store)
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    added = next(u.id for u in utterances if u.id not in {r.id for r in old.list_utterances()})
+    with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*Open it again"):
+        old.read_utterance(added, "spectrogram")
+    assert open_store(store).read_utterance(added, "spectrogram").shape[0] > 0
+    with pytest.raises(StoreError, match="'nothing' is not in store"):
+        open_store(store).read_utterance("nothing", "spectrogram")
+
+
 def test_open_reader_after_repair_and_reextraction_is_not_told_to_repair(tmp_path, manifest):
     """verify --repair + the rerun re-extracted an utterance the open reader had indexed: its crc32
     no longer matches the reader's old index. That is a changed store, not a damaged one."""

@@ -332,6 +332,19 @@ def test_a_pipeline_saved_as_utf16_or_windows_1252_is_read_or_named(tmp_path: Pa
         load_pipeline(tmp_path / "cp1252.yaml")
 
 
+@pytest.mark.parametrize("written, hint", [
+    ("data\\", r"'data/' exists: write / instead of \\\."),
+    ("data ", r"'data' exists: remove the spaces around it\."),
+    ("C:\\Users\\me\\ravdess", r"It is a Windows path \(C:\\\.\.\., .*give this machine's path\."),
+])
+def test_a_corpus_path_written_as_on_windows_says_how_to_write_it(tmp_path: Path, written: str, hint: str) -> None:
+    """A pipeline edited on Windows: 'data\\' or a trailing space only said the path does not exist."""
+    data = _base()
+    data["corpora"]["ravdess"]["path"] = written
+    with pytest.raises(ConfigError, match=r"corpora\.ravdess\.path: .*which does not exist\..* " + hint):
+        load_pipeline(_write(tmp_path, data))
+
+
 def test_schema_is_derived_from_the_config_dataclasses() -> None:
     from dataclasses import fields
 

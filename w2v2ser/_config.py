@@ -417,8 +417,20 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, writt
     path = Path(os.path.normpath(base / path))  # an absolute path replaces base
     if must_exist and not path.exists():
         raise ConfigError(f"{where}: {value!r} resolves to {path}, which does not exist. Fix the path "
-                          f"(relative paths start at {base}) or set it to null to skip what needs it.")
+                          f"(relative paths start at {base}) or set it to null to skip what needs it."
+                          f"{_windows_path_hint(str(value), base)}")
     return path
+
+
+def _windows_path_hint(value: str, base: Path) -> str:
+    """What a missing path copied from Windows (``..\\data``, ``C:\\...``) or with a trailing space
+    should be written as, where that is clear."""
+    if re.match(r"^([A-Za-z]:[\\/]|\\\\)", value):
+        return " It is a Windows path (C:\\..., \\\\server\\...), which this system cannot open: give this machine's path."
+    for fixed, what in ((value.replace("\\", "/"), "write / instead of \\"), (value.strip(), "remove the spaces around it")):
+        if fixed != value and (base / Path(fixed).expanduser()).exists():
+            return f" {fixed!r} exists: {what}."
+    return ""
 
 
 def _local_model(options: Any, base: Path) -> Any:

@@ -148,13 +148,38 @@ def same_weights(mine: Any, theirs: Any) -> bool:
     return dict(mine) == dict(theirs)
 
 
+def _as_before_families(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` without the keys a wav2vec2 config gained with the upstream families, when
+    ``recorded`` predates them (a format-1 store, upgraded): ``upstream``, and ``family``,
+    ``model_type``, ``model_class`` and ``architecture.model_type`` of ``provenance``.
+
+    Such a store could only hold wav2vec 2.0, so only a wav2vec2 model drops them; its weights and
+    the rest of its architecture are still compared.
+    """
+    mine, theirs = config.get("provenance"), recorded.get("provenance")
+    if ("upstream" in recorded or not isinstance(mine, Mapping) or not isinstance(theirs, Mapping)
+            or "family" in theirs or mine.get("family") != "wav2vec2" or mine.get("model_type") != "wav2vec2"):
+        return config
+    provenance = {k: v for k, v in mine.items() if k not in _FAMILY_KEYS}
+    if isinstance(mine.get("architecture"), Mapping) and "model_type" not in (theirs.get("architecture") or {}):
+        provenance["architecture"] = {k: v for k, v in mine["architecture"].items() if k != "model_type"}
+    return {**{k: v for k, v in config.items() if k != "upstream"}, "provenance": provenance}
+
+
+# What a wav2vec2 config's provenance gained with the upstream families (see _as_before_families).
+_FAMILY_KEYS = ("family", "model_type", "model_class")
+
+
 def keep_recorded_location(config: Mapping[str, Any], recorded: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with the model location of ``recorded`` when both name the same weights.
 
     The same weights (equal sha256 and architecture) given by another spelling or from
     another folder (``tiny`` vs ``/abs/tiny``, a copy on the GPU machine) resume a store,
     which keeps the location it was made with; other weights keep theirs, and are refused.
+    A wav2vec2 config is first put in the form of a ``recorded`` one written before the upstream
+    families (:func:`_as_before_families`).
     """
+    config = _as_before_families(config, recorded)
     mine, theirs = config.get("provenance") or {}, recorded.get("provenance") or {}
     same = (same_weights(mine.get("weights_sha256"), theirs.get("weights_sha256"))
             and mine.get("architecture") == theirs.get("architecture"))

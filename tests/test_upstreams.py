@@ -205,6 +205,47 @@ def test_recorded_config_of_an_old_wav2vec2_store_still_builds(model_dirs) -> No
     assert extractor.feature_spec().config["upstream"]["family"] == "wav2vec2"
 
 
+def test_a_wav2vec2_store_from_before_the_families_takes_new_files(model_dirs, tmp_path) -> None:
+    """A store whose wav2vec2 config predates the upstream families (a format-1 store after `store
+    upgrade`: no `upstream`, no family, model type or class in its provenance) resumes with the same
+    model and keeps its recorded config. Found by a migration trial: it was refused as made with
+    another config, so the pending rows `store upgrade --allow-incomplete` leaves could not be extracted."""
+    import soundfile as sf
+    import zarr
+
+    from w2v2ser.extract import extract_corpus
+    from w2v2ser.store import Utterance, open_store
+
+    utterances = []
+    for number, signal in enumerate(_signals((16000, 7000, 12000))):
+        path = tmp_path / f"utt{number}.wav"
+        sf.write(path, signal, 16000, subtype="FLOAT")
+        utterances.append(Utterance(id=f"u{number}", path=str(path), speaker=f"spk{number % 2}",
+                                    label=["angry", "sad"][number % 2]))
+    model, store_path = model_dirs[("wav2vec2", "group", False)], tmp_path / "old.zarr"
+    extract_corpus(utterances[:2], store_path, extractors=[_extractor("wav2vec2", model)], progress=False)
+    group = zarr.open_group(str(store_path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    config = meta["features"]["wav2vec2"]["config"]
+    for key in ("upstream", "normalize_waveform"):
+        del config[key]
+    for key in ("family", "model_type", "model_class"):
+        del config["provenance"][key]
+    del config["provenance"]["architecture"]["model_type"]
+    group.attrs["w2v2ser"] = meta
+    recorded = open_store(store_path).features["wav2vec2"].config
+    summary = extract_corpus(utterances, store_path, extractors=[_extractor("wav2vec2", model)], progress=False)
+    assert summary.complete and summary.extracted == 1 and summary.skipped == 2
+    store = open_store(store_path)
+    assert store.features["wav2vec2"].config == recorded
+    expected = _extractor("wav2vec2", model).extract([sf.read(utterances[2].path, dtype="float32")[0]])[0]
+    np.testing.assert_allclose(store.read_utterance("u2", "wav2vec2"), expected, atol=1e-5)
+    # Other weights are still refused.
+    other = model_dirs[("wav2vec2", "layer", True)]
+    with pytest.raises(Exception, match="made with another config"):
+        extract_corpus(utterances, store_path, extractors=[_extractor("wav2vec2", other, normalize_waveform=False)],
+                       progress=False)
+
 @pytest.mark.slow
 def test_compile_gives_the_same_states(model_dirs) -> None:
     """torch.compile of the transformer layers changes rounding only (CPU inductor)."""

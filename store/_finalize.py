@@ -15,8 +15,9 @@ from w2v2ser._common import first_few, replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
-from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, missing_statistics_shards, open_array,
-                      overlapping_regions, row_checksum, specs_from_meta, to_str_list)
+from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, all_chunks_stored,
+                      missing_statistics_shards, open_array, overlapping_regions, row_checksum, specs_from_meta,
+                      to_str_list)
 from ._location import StoreLocation, locate_store
 from ._types import FeatureSpec
 
@@ -135,8 +136,12 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     if merged != known:
         meta["silent_audio"] = merged
     meta["complete"] = bool((status != 2).all())
+    # Every chunk is stored only if the last finalize stored them too (or there was none): an older
+    # w2v2ser that finalized since may have let go of chunks of only fill values (an all-empty
+    # session column), which this finalize does not write again, so the mark stays behind.
+    renew = meta.get(ALL_CHUNKS_STORED) is True or all_chunks_stored(meta)
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if meta.get(ALL_CHUNKS_STORED):  # this finalize stored every chunk: say so for this finalize only
+    if renew:  # this finalize stored every chunk: say so for this finalize only
         meta[ALL_CHUNKS_STORED] = meta["finalized"]
     group.attrs[ATTRS_KEY] = meta
 

@@ -841,6 +841,32 @@ def test_the_missing_chunk_check_raises_no_false_alarm(store, pristine, monkeypa
         open_store(mixed).compose_statistics("spectrogram", utterances=["z0", "loud"])
 
 
+def test_a_store_an_older_w2v2ser_finalized_stays_readable_after_this_one_adds_to_it(store, pristine):
+    """Found by a migration trial: an older w2v2ser (before every chunk was stored) resumed a store,
+    letting go of utterances/session's chunk (all empty), then this version added a feature. Its
+    finalize renewed the all-chunks mark, so every read called the store damaged ("utterances/session
+    lacks chunk files"), and `store verify` sent the user to re-extract utterances that were intact."""
+    from dataclasses import replace
+
+    attrs = json.loads((store / "zarr.json").read_text())
+    attrs["attributes"]["w2v2ser"]["finalized"] = "2026-01-01T00:00:00+00:00"  # an older w2v2ser's finalize
+    (store / "zarr.json").write_text(json.dumps(attrs))
+    for chunk in _chunk_files(store, "utterances/session"):  # which kept no chunk of only empty values
+        chunk.unlink()
+
+    class Other(LayeredExtractor):
+        name = "other"
+
+        def feature_spec(self) -> FeatureSpec:
+            return replace(super().feature_spec(), name="other")
+
+    summary = extract_corpus(pristine[1], store, extractors=[Other()], progress=False)
+    assert summary.complete and summary.extracted == len(pristine[1])
+    s = open_store(store)
+    assert [r.session for r in s.list_utterances()] == [""] * len(pristine[1])
+    assert s.verify().ok and _verify_cli(store).returncode == 0
+
+
 def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
     """store export read the utterance and failure tables past the reader's checks."""
     from w2v2ser.store import export_hdf5

@@ -418,11 +418,22 @@ def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
     recall is undefined, not 0); None when it has no such record."""
     per_class = run.results.get("per_class") if run.status == "complete" and run.results else None
     if not isinstance(per_class, Mapping):
-        return None
+        return _recall_from_confusion(run)
     found = {c: per_class.get(c) for c in run.classes}
     if not all(isinstance(v, Mapping) and isinstance(v.get("recall"), (int, float)) for v in found.values()):
         return None
     return {c: None if v.get("support") == 0 else 100.0 * float(v["recall"]) for c, v in found.items()}
+
+
+def _recall_from_confusion(run: RunSummary) -> dict[str, float | None] | None:
+    """The same recalls from the pooled confusion matrix (true class per row, in ``classes`` order) of a
+    run directory whose results.json has no ``per_class`` (an older w2v2ser trained it); None without one."""
+    counts = run.confusion
+    if run.status != "complete" or counts is None or counts.shape != (len(run.classes), len(run.classes)):
+        return None
+    totals = counts.sum(axis=1)
+    return {c: None if totals[i] == 0 else 100.0 * float(counts[i, i]) / float(totals[i])
+            for i, c in enumerate(run.classes)}
 
 
 def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path,

@@ -941,6 +941,19 @@ def test_report_json_carries_precision_recall_and_f1_per_class(tmp_path: Path) -
     assert entry["recall_per_class"]["angry"] == 25.0
 
 
+def test_recall_per_class_of_a_run_from_before_per_class_comes_from_its_confusion(tmp_path: Path) -> None:
+    """Found by a migration trial: a run directory an older w2v2ser trained (results.json without
+    per_class) was left out of "Recall per class" and report.csv's recall columns without a word,
+    though its pooled confusion matrix holds the same recalls."""
+    run = make_run_dir(tmp_path / "runs", "old")
+    confusion = np.asarray(json.loads((run / "results.json").read_text())["confusion"], dtype=float)
+    write_report([run], out=tmp_path / "report")
+    entry = json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]
+    expected = 100 * np.diag(confusion) / confusion.sum(axis=1)
+    np.testing.assert_allclose([entry["recall_per_class"][c] for c in CLASSES], expected)
+    assert "## Recall per class" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_a_nan_run_is_left_out_of_the_mean_and_the_baseline_test(tmp_path: Path) -> None:
     """A run without test utterances scores NaN: it is left out of n, the mean and the std, and the
     other values stay fractions turned into percent (a NaN first once made them read as percent

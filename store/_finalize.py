@@ -139,7 +139,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     # Every chunk is stored only if the last finalize stored them too (or there was none): an older
     # w2v2ser that finalized since may have let go of chunks of only fill values (an all-empty
     # session column), which this finalize does not write again, so the mark stays behind.
-    renew = meta.get(ALL_CHUNKS_STORED) is True or all_chunks_stored(meta)
+    renew = all_chunks_stored(meta) or (meta.get(ALL_CHUNKS_STORED) is True and "finalized" not in meta)
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if renew:  # this finalize stored every chunk: say so for this finalize only
         meta[ALL_CHUNKS_STORED] = meta["finalized"]

@@ -841,15 +841,19 @@ def test_the_missing_chunk_check_raises_no_false_alarm(store, pristine, monkeypa
         open_store(mixed).compose_statistics("spectrogram", utterances=["z0", "loud"])
 
 
-def test_a_store_an_older_w2v2ser_finalized_stays_readable_after_this_one_adds_to_it(store, pristine):
+@pytest.mark.parametrize("mark", ["finalized", "unfinished"])
+def test_a_store_an_older_w2v2ser_finalized_stays_readable_after_this_one_adds_to_it(store, pristine, mark):
     """Found by a migration trial: an older w2v2ser (before every chunk was stored) resumed a store,
     letting go of utterances/session's chunk (all empty), then this version added a feature. Its
     finalize renewed the all-chunks mark, so every read called the store damaged ("utterances/session
-    lacks chunk files"), and `store verify` sent the user to re-extract utterances that were intact."""
+    lacks chunk files"), and `store verify` sent the user to re-extract intact utterances. The older
+    version may also have finished a store this one created and never finalized (its mark still true)."""
     from dataclasses import replace
 
     attrs = json.loads((store / "zarr.json").read_text())
     attrs["attributes"]["w2v2ser"]["finalized"] = "2026-01-01T00:00:00+00:00"  # an older w2v2ser's finalize
+    if mark == "unfinished":
+        attrs["attributes"]["w2v2ser"]["all_chunks_stored"] = True
     (store / "zarr.json").write_text(json.dumps(attrs))
     for chunk in _chunk_files(store, "utterances/session"):  # which kept no chunk of only empty values
         chunk.unlink()

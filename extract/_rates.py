@@ -142,7 +142,8 @@ def feature_spec_for_store(
                 raise ExtractorConfigError(
                     f"The store's {extractor.name} features were extracted before the {extractor.name}.{key} "
                     f"option existed, i.e. with {key}: {value!r}, but {key}: {config[key]!r} is configured now. "
-                    f"Set {extractor.name}.{key}: {value!r} to resume this store, or extract into a new store."
+                    f"Set {extractor.name}.{key}: {value!r} to resume this store (`--option {extractor.name}.{key}="
+                    f"{str(value).lower() if isinstance(value, bool) else value}`), or extract into a new store."
                 )
             del config[key]
     return replace(spec, config=config)

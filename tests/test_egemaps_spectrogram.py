@@ -386,9 +386,11 @@ def test_stores_written_before_sample_rate_mean_16k_and_resume(tmp_path):
     rebuilt = {n: build_extractor(n, dict(s.config), recorded=True) for n, s in old.features.items()}
     assert rebuilt["egemaps"].config.sample_rate == 16_000 and rebuilt["spectrogram"].config.sample_rate == 16_000
     # The default (native) eGeMAPS is refused with the fix; 16 kHz resumes and adds the third file.
-    with pytest.raises(ExtractorConfigError, match="Set egemaps.sample_rate: 16000 to resume"):
+    with pytest.raises(ExtractorConfigError, match="Set egemaps.sample_rate: 16000 to resume") as refused:
         extract_corpus(utterances, tmp_path / "old.zarr",
                        extractors=[build_extractor("egemaps"), build_extractor("spectrogram")], progress=False)
+    # ... in the CLI's words too (every eGeMAPS store of format 1, upgraded, needs it: migration trial)
+    assert "`--option egemaps.sample_rate=16000`" in str(refused.value)
     summary = extract_corpus(utterances, tmp_path / "old.zarr", extractors=first, progress=False)
     assert summary.complete and summary.extracted == 1 and summary.skipped == 2
     store = open_store(tmp_path / "old.zarr")

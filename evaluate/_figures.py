@@ -61,7 +61,12 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     ax.set_ylabel("true")
     std = f" ± {run.uar_std:.1f}" if run.uar_std is not None else ""
     # The counts add up every run's test predictions: say so, or 3 seeds' 24 files read as 72 files.
-    pooled = f"\ncounts: test predictions of {run.runs_finished} runs summed" if run.runs_finished > 1 else ""
+    # The runs results.json summed, not those on disk now: a run folder deleted (or not copied) since
+    # leaves the matrix as it was, and the title said "2 runs" of 3 runs' counts.
+    summed = (run.results or {}).get("n_runs")
+    if not isinstance(summed, int) or isinstance(summed, bool):
+        summed = run.runs_finished
+    pooled = f"\ncounts: test predictions of {summed} runs summed" if summed > 1 else ""
     ax.set_title(f"{run.corpus}: {run.features}\nhead {run.head}, {run.normalisation} norm., "
                  f"UAR {run.uar_mean:.1f}{std} % (n={run.n_runs}){pooled}", fontsize=9)
     return save_figure_atomically(fig, path)

@@ -1134,3 +1134,24 @@ def test_report_sources_name_the_commits_of_the_runs_not_of_the_summary(tmp_path
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     line = next(x for x in md.splitlines() if x.startswith("- **eg**"))
     assert f"commits {'a' * 12}, {'b' * 12} (its runs were trained at different commits" in line and "c" * 12 not in line
+
+
+def test_confusion_figure_counts_the_runs_its_results_summed_not_the_run_folders_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found over run directories copied from a cluster: with one seed's folder deleted after training, the
+    figure of 3 runs' summed counts said "2 runs summed"; with runs/ not copied it said nothing at all."""
+    import shutil
+
+    from w2v2ser.evaluate import _figures
+    from w2v2ser.evaluate._rundir import read_run_dir
+
+    titles: list[str] = []
+    monkeypatch.setattr(_figures, "save_figure_atomically",
+                        lambda fig, path, **_: titles.append(fig.axes[0].get_title()) or path)
+    for name, remove in (("one_gone", "runs/all__seed2"), ("all_gone", "runs")):
+        run_dir = make_run_dir(tmp_path / "runs", name, uars=(0.5, 0.6, 0.7))
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        _write_json(run_dir / "results.json", {**results, "n_runs": 3})  # as train writes it
+        shutil.rmtree(run_dir / remove)
+        _figures.plot_confusion(read_run_dir(run_dir), tmp_path / f"{name}.png")
+    assert all("test predictions of 3 runs summed" in title for title in titles), titles

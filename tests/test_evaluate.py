@@ -1155,3 +1155,19 @@ def test_confusion_figure_counts_the_runs_its_results_summed_not_the_run_folders
         shutil.rmtree(run_dir / remove)
         _figures.plot_confusion(read_run_dir(run_dir), tmp_path / f"{name}.png")
     assert all("test predictions of 3 runs summed" in title for title in titles), titles
+
+
+def test_evaluate_refuses_several_baselines_rather_than_keeping_the_last(tmp_path: Path, capsys) -> None:
+    """Found comparing many run directories: `--baseline A --baseline B` wrote a report against B only, exit 0,
+    and the comparison with A was dropped without a word."""
+    from w2v2ser._cli import main
+
+    runs = tmp_path / "runs"
+    first, second = make_run_dir(runs, "base_a"), make_run_dir(runs, "base_b", uars=(0.4, 0.5, 0.6))
+    assert main(["evaluate", str(runs), "--out", str(tmp_path / "r"), "--baseline", str(first),
+                 "--baseline", str(second)]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline is given 2 times" in err and str(first) in err and str(second) in err
+    assert not (tmp_path / "r").exists()
+    assert main(["evaluate", str(runs), "--out", str(tmp_path / "r"), "--baseline", str(second)]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["baseline"] == "base_b"

@@ -562,6 +562,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser.evaluate._sweep import find_run_dirs
 
     _refuse_inside_store(args.out, "--out")
+    baselines = args.baseline or []
+    if len(baselines) > 1:  # argparse kept the last one only: the other comparisons were dropped unsaid
+        raise EvaluateError(f"--baseline is given {len(baselines)} times ({', '.join(map(str, baselines))}); "
+                            "expected one: a report compares every run directory with one baseline. Write one "
+                            "report per baseline, each with its own --out.")
     for given in map(Path, args.run_dirs):  # a mistyped path is bad input, not an incomplete run
         if not given.is_dir():
             if given.exists():
@@ -576,7 +581,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 f"or up to 4 folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
                                 f"--out` folder, or a folder of them, e.g. a pipeline's output.")
     out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
-                       baseline=None if args.baseline is None else Path(args.baseline))
+                       baseline=Path(baselines[0]) if baselines else None)
     print(f"wrote {out}")
     # A run dir left out of the tables (unfinished, or a results.json that cannot be read) is said
     # here too, not only in the report: otherwise a damaged run vanishes from the tables unnoticed.
@@ -852,9 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run or sweep directories of `w2v2ser train|sweep`, or folders holding them "
                                "(e.g. runs/, a pipeline's output)")
     evaluate.add_argument("--out", required=True, type=path_argument, help="report folder: report.md, report.json, report.csv, figures")
-    evaluate.add_argument("--baseline", metavar="RUN_DIR", type=path_argument,
+    evaluate.add_argument("--baseline", metavar="RUN_DIR", type=path_argument, action="append",
                           help="one of the run directories: the report adds each other one's difference in "
-                               "mean UAR to it, with Welch's t-test over their seeds")
+                               "mean UAR to it, with Welch's t-test over their seeds (one per report)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser("predict", help="emotion and class probabilities for new audio", parents=[verbose])

@@ -8,6 +8,7 @@ destination folder and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +32,35 @@ def _new_figure(*, figsize: tuple[float, float]) -> "matplotlib.figure.Figure":
     return Figure(figsize=figsize)
 
 
-def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG to ``path`` through a temp file + rename."""
-    return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight"))
+def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: int = 120,
+                           key: str | None = None) -> Path:
+    """Save ``fig`` as PNG to ``path`` through a temp file + rename; ``key`` (what the figure was drawn
+    from, see :func:`_drawn_key`) goes into its metadata."""
+    metadata = {_KEY_FIELD: key} if key else None
+    return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight",
+                                                             metadata=metadata))
+
+
+#: PNG text field that records what a confusion figure was drawn from.
+_KEY_FIELD = "w2v2ser-figure"
+
+
+def _drawn_key(*parts: object) -> str:
+    """Digest of everything a figure shows, and of the matplotlib that draws it."""
+    from importlib.metadata import version
+
+    return hashlib.sha256(repr((parts, version("matplotlib"))).encode("utf-8")).hexdigest()
+
+
+def _already_drawn(path: Path, key: str) -> bool:
+    """Whether ``path`` is a PNG this module drew from the same inputs (its metadata holds ``key``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(_KEY_FIELD) == key
+    except (OSError, ValueError, SyntaxError):  # missing, damaged, not a PNG: draw it
+        return False
 
 
 def plot_confusion(run: RunSummary, path: Path) -> Path | None:
@@ -43,6 +70,21 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     counts = run.confusion
     n = counts.shape[0]
     classes = list(run.classes) if len(run.classes) == n else [str(i) for i in range(n)]
+    std = f" ± {run.uar_std:.1f}" if run.uar_std is not None else ""
+    # The counts add up every run's test predictions: say so, or 3 seeds' 24 files read as 72 files.
+    # The runs results.json summed, not those on disk now: a run folder deleted (or not copied) since
+    # leaves the matrix as it was, and the title said "2 runs" of 3 runs' counts.
+    summed = (run.results or {}).get("n_runs")
+    if not isinstance(summed, int) or isinstance(summed, bool):
+        summed = run.runs_finished
+    pooled = f"\ncounts: test predictions of {summed} runs summed" if summed > 1 else ""
+    title = (f"{run.corpus}: {run.features}\nhead {run.head}, {run.normalisation} norm., "
+             f"UAR {run.uar_mean:.1f}{std} % (n={run.n_runs}){pooled}")
+    # A report over hundreds of run directories drew each figure again at every rewrite (about 1 s each on
+    # 2 cores: 10 min for 300): one drawn from the same counts, classes and title is kept as it is.
+    key = _drawn_key(counts.tolist(), classes, title)
+    if _already_drawn(path, key):
+        return path
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     size = max(4.0, 0.75 * n + 2.0)
@@ -59,17 +101,8 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    std = f" ± {run.uar_std:.1f}" if run.uar_std is not None else ""
-    # The counts add up every run's test predictions: say so, or 3 seeds' 24 files read as 72 files.
-    # The runs results.json summed, not those on disk now: a run folder deleted (or not copied) since
-    # leaves the matrix as it was, and the title said "2 runs" of 3 runs' counts.
-    summed = (run.results or {}).get("n_runs")
-    if not isinstance(summed, int) or isinstance(summed, bool):
-        summed = run.runs_finished
-    pooled = f"\ncounts: test predictions of {summed} runs summed" if summed > 1 else ""
-    ax.set_title(f"{run.corpus}: {run.features}\nhead {run.head}, {run.normalisation} norm., "
-                 f"UAR {run.uar_mean:.1f}{std} % (n={run.n_runs}){pooled}", fontsize=9)
-    return save_figure_atomically(fig, path)
+    ax.set_title(title, fontsize=9)
+    return save_figure_atomically(fig, path, key=key)
 
 
 def layer_weight_series(runs: Sequence[RunSummary], labels: Sequence[str]) -> list[dict]:

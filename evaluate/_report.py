@@ -445,7 +445,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
 
     Args:
         run_dirs: run or sweep directories written by ``w2v2ser train|sweep`` (any order, any corpora),
-            or folders holding them (searched four levels down); one may be given bare.
+            or folders holding them (searched eight levels down); one may be given bare.
         out: report folder; created if needed, files in it are replaced atomically.
         baseline: a run or sweep directory (added to the report if not among ``run_dirs``); the
             report then gives every other finished run directory's difference in mean UAR to it,

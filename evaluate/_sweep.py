@@ -95,7 +95,12 @@ def _read_sweep(path: Path) -> tuple[dict[str, Any] | None, list[RunSummary]]:
     }, unfinished
 
 
-def find_run_dirs(paths: Sequence[Path], *, depth: int = 4, keep_empty: bool = True) -> list[Path]:
+#: How many folders below a given path run directories are looked for: a pipeline's output holds them at
+#: ``experiments/<group>/<corpus>/<one folder per grid key>``, so 8 covers grids of up to 5 keys beside corpus.
+SEARCH_DEPTH = 8
+
+
+def find_run_dirs(paths: Sequence[Path], *, depth: int = SEARCH_DEPTH, keep_empty: bool = True) -> list[Path]:
     """Each path that is a run or sweep directory, or else the run and sweep directories below it.
 
     ``w2v2ser evaluate runs`` or a pipeline's ``output`` then reports every run inside (up to

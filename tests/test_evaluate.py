@@ -1194,3 +1194,18 @@ def test_a_rewritten_report_keeps_the_confusion_figures_whose_inputs_did_not_cha
     figures["a"].write_bytes(b"not a png")  # damaged (or replaced) figure: drawn again
     write_report([runs], out=tmp_path / "r")
     _assert_png(figures["a"])
+
+
+def test_evaluate_of_a_pipeline_output_reports_the_runs_of_grids_of_several_keys(tmp_path: Path, capsys) -> None:
+    """Found on a pipeline.yaml with `grid: {corpus: [...], features: [...], units: [...]}`: its run dirs lie at
+    out/experiments/grid1/ravdess/classic-egemaps/16, five folders below the output, and `w2v2ser evaluate out`
+    (as its help suggests) wrote a report of the other experiments only, exit 0, without a word of the 12 grid runs."""
+    from w2v2ser._cli import main
+
+    experiments = tmp_path / "out" / "experiments"
+    make_run_dir(experiments / "heads" / "ravdess", "dense")
+    make_run_dir(experiments / "grid1" / "ravdess" / "classic-egemaps", "16")
+    make_run_dir(experiments / "big" / "ravdess" / "a" / "b" / "c" / "d", "e")  # 5 grid keys beside corpus
+    assert main(["evaluate", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 0
+    names = {e["name"] for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
+    assert names == {"heads/ravdess/dense", "grid1/ravdess/classic-egemaps/16", "big/ravdess/a/b/c/d/e"}

@@ -559,7 +559,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser._common import did_you_mean
     from w2v2ser.evaluate import EvaluateError, write_report
-    from w2v2ser.evaluate._sweep import find_run_dirs
+    from w2v2ser.evaluate._sweep import SEARCH_DEPTH, find_run_dirs
 
     _refuse_inside_store(args.out, "--out")
     baselines = args.baseline or []
@@ -578,7 +578,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 f"folder or a folder of them, e.g. a pipeline's output.{hint}")
         if not find_run_dirs([given], keep_empty=False):  # a folder of audio, models or nothing: say so
             raise EvaluateError(f"{given} holds no run or sweep directory (no experiment.json or results.json in it "
-                                f"or up to 4 folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
+                                f"or up to {SEARCH_DEPTH} folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
                                 f"--out` folder, or a folder of them, e.g. a pipeline's output.")
     out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
                        baseline=Path(baselines[0]) if baselines else None)

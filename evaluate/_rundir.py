@@ -291,13 +291,29 @@ def current_runs(run_dir: Path, experiment: Any) -> list[Path]:
     # finished runs keyed by either are runs of this configuration.
     keys = {experiment.get(k) for k in ("config_key", "legacy_config_key")} if isinstance(experiment, Mapping) else set()
     keys.discard(None)
+    # The seeds are not part of the key (adding seeds keeps the finished ones), so a `train --seeds 2` into a
+    # folder of 5 seeds left seeds 2-4 counted as current: predict averaged 5 models where results.json has 2.
+    seeds = _configured_seeds(experiment)
     found = []
     for metrics_path in list_run_files(Path(run_dir) / "runs"):
         metrics, _ = _load_json(metrics_path)
         own = metrics.get("config_key") if isinstance(metrics, Mapping) else None
+        seed = metrics.get("seed") if isinstance(metrics, Mapping) else None
+        if seeds is not None and isinstance(seed, int) and seed not in seeds:
+            continue
         if not keys or own is None or own in keys:
             found.append(metrics_path.parent)
     return found
+
+
+def _configured_seeds(experiment: Any) -> range | None:
+    """The seeds ``experiment.json`` names (``first_seed`` .. + ``seeds``); None where it does not say."""
+    if not isinstance(experiment, Mapping):
+        return None
+    count, first = experiment.get("seeds"), experiment.get("first_seed", 0)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (count, first)) or count < 1:
+        return None
+    return range(first, first + count)
 
 
 def _layer_weights(results: Mapping[str, Any], run_dir: Path, experiment: Mapping[str, Any]

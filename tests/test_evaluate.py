@@ -1209,3 +1209,19 @@ def test_evaluate_of_a_pipeline_output_reports_the_runs_of_grids_of_several_keys
     assert main(["evaluate", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 0
     names = {e["name"] for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
     assert names == {"heads/ravdess/dense", "grid1/ravdess/classic-egemaps/16", "big/ravdess/a/b/c/d/e"}
+
+
+def test_runs_of_seeds_the_configuration_no_longer_names_are_not_current(tmp_path: Path) -> None:
+    """Found training seeds into one folder: `train --seeds 1 --set first_seed=3` (or `--seeds 2`) into a run
+    directory of seeds 0-2 keeps their runs, with the same config_key (seeds are not part of it); results.json
+    then has the new seeds only, but predict averaged every seed's model and the report counted them all."""
+    from w2v2ser.evaluate._rundir import current_runs
+
+    run_dir = make_run_dir(tmp_path / "runs", "eg", uars=(0.5, 0.6, 0.7))
+    experiment = json.loads((run_dir / "experiment.json").read_text(encoding="utf-8"))
+    assert [p.name for p in current_runs(run_dir, experiment)] == ["all__seed0", "all__seed1", "all__seed2"]
+    experiment = {**experiment, "seeds": 2, "first_seed": 1}  # what `train --seeds 2 --set first_seed=1` writes
+    _write_json(run_dir / "experiment.json", experiment)
+    assert [p.name for p in current_runs(run_dir, experiment)] == ["all__seed1", "all__seed2"]
+    write_report([run_dir], out=tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["runs"][0]["runs_finished"] == 2

@@ -349,6 +349,31 @@ def test_runs_of_an_older_configuration_left_in_the_folder_are_not_used(
     assert json.loads((tmp_path / "report" / "report.json").read_text())["runs"][0]["runs_finished"] == 1
 
 
+def test_a_seed_the_configuration_no_longer_names_is_not_in_the_ensemble(
+        trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found training seeds into one folder: `train --seeds 1` into a run directory of 2 seeds keeps seed 1's
+    run with the same config_key (seeds are not part of it) and summarises seed 0 only; predict still
+    averaged both models (on RAVDESS, 21.4 % UAR where the one seed results.json names gave 14.3)."""
+    import shutil
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    old = json.loads((run / "experiment.json").read_text())
+    fewer = ExperimentConfig(stores=old["stores"], features="wav2vec2:all", head="dense", norm="speaker",
+                             protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                             recipe_overrides={"max_epochs": 2}, workers=1)
+    train_experiment(fewer, out=run, progress=False, threads=1)  # trains nothing: seed 0 is done
+    assert json.loads((run / "results.json").read_text())["n_runs"] == 1
+    assert (run / "runs" / "split__seed1" / "model.keras").exists()
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of "):
+        predict_audio(run, audio_files, run="split__seed1")
+    alone = predict_audio(run, audio_files, run="split__seed0")
+    assert [p.probabilities for p in predict_audio(run, audio_files)] == [p.probabilities for p in alone]
+
+
 def test_folders_a_killed_training_left_behind_are_not_runs(
         trained: Path, audio_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run being replaced is renamed to .<run>.old-PID, then deleted; one being written is

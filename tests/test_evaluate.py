@@ -1225,3 +1225,17 @@ def test_runs_of_seeds_the_configuration_no_longer_names_are_not_current(tmp_pat
     assert [p.name for p in current_runs(run_dir, experiment)] == ["all__seed1", "all__seed2"]
     write_report([run_dir], out=tmp_path / "r")
     assert json.loads((tmp_path / "r" / "report.json").read_text())["runs"][0]["runs_finished"] == 2
+
+
+def test_evaluate_names_run_directories_below_its_search_depth(tmp_path: Path, capsys) -> None:
+    """A pipeline grid of more keys than the search reaches left its runs out of the report without a word."""
+    from w2v2ser._cli import main
+
+    out = tmp_path / "out"
+    make_run_dir(out / "experiments" / "heads" / "ravdess", "dense")
+    deep = make_run_dir(out / "experiments" / "big" / "ravdess" / "a" / "b" / "c" / "d" / "e", "f")
+    assert main(["evaluate", str(out), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"1 run directory lies more than 8 folders below {out} and is not in the report ({deep})" in err
+    assert main(["evaluate", str(out / "experiments"), "--out", str(tmp_path / "r")]) == 0
+    assert "folders below" not in capsys.readouterr().err

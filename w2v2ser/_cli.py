@@ -593,6 +593,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         what = paths[0] if len(paths) == 1 else f"{len(paths)} run directories ({first_few(paths, 2)})"
         print(f"w2v2ser: warning: {what} {'is' if len(paths) == 1 else 'are'} not in the tables: {reason}",
               file=sys.stderr)
+    for given in map(Path, args.run_dirs):  # run dirs below the search's depth are not in the report: say so
+        shallow = set(find_run_dirs([given], keep_empty=False))
+        deeper = [str(p) for p in find_run_dirs([given], depth=2 * SEARCH_DEPTH, keep_empty=False) if p not in shallow]
+        if deeper:
+            print(f"w2v2ser: warning: {len(deeper)} run director{'y lies' if len(deeper) == 1 else 'ies lie'} more "
+                  f"than {SEARCH_DEPTH} folders below {given} and {'is' if len(deeper) == 1 else 'are'} not in the "
+                  f"report ({first_few(deeper, 2)}); pass a folder nearer to them", file=sys.stderr)
     return 0
 
 

@@ -189,6 +189,9 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
 @pytest.mark.parametrize(("error", "words"), [
     (MemoryError(), "out of memory: raise the limit"),
     (RuntimeError("can't start new thread"), "no new thread could start (out of memory or threads)"),
+    # `prlimit --as=1G w2v2ser train ...`: `import tensorflow` cannot map its library (a traceback before).
+    (ImportError("libtensorflow_cc.so.2: failed to map segment from shared object"),
+     "out of memory while loading a native library (libtensorflow_cc.so.2: failed to map segment"),
 ])
 def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, words: str) -> None:
     """Under `ulimit -v` extract ended in a traceback (numpy's MemoryError, or "can't start new thread")."""

@@ -241,6 +241,16 @@ def _open_file_limit() -> str:
         return "low"
 
 
+def _library_did_not_fit(error: BaseException) -> bool:
+    """Whether ``error`` is the dynamic loader's failure to map a shared library into memory:
+    under `ulimit -v` / `prlimit --as`, ``import tensorflow`` raises ImportError("libtensorflow_cc.so.2:
+    failed to map segment from shared object"), or "cannot allocate memory" (ENOMEM)."""
+    if not isinstance(error, ImportError) or isinstance(error, ModuleNotFoundError):
+        return False
+    text = str(error).lower()
+    return "failed to map segment" in text or "cannot allocate memory" in text
+
+
 def describe_error(error: BaseException) -> tuple[str, int] | None:
     """One-line message and exit code of an error that w2v2ser reports without a traceback: a
     ``W2v2serError``, a missing optional dependency, or a path that cannot be written. None for
@@ -254,9 +264,12 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
         return None if missing is None else (str(missing), missing.exit_code)
     if isinstance(error, OSError):
         return describe_path_error(error)
-    if isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't start new thread" in str(error)):
-        # A memory limit (`ulimit -v`, a job's --mem) hits numpy allocations and thread stacks alike.
+    if (isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't start new thread" in str(error))
+            or _library_did_not_fit(error)):
+        # A memory limit (`ulimit -v`, a job's --mem) hits numpy allocations, thread stacks and the
+        # mapping of a native library (TensorFlow's, torch's) alike.
         what = ("out of memory" if isinstance(error, MemoryError)
+                else f"out of memory while loading a native library ({error})" if isinstance(error, ImportError)
                 else "no new thread could start (out of memory or threads)")
         return (f"{what}: raise the limit (`ulimit -v`, `ulimit -u`, the job's --mem) or use less (lower "
                 f"--batch-seconds, --decode-workers or --cpu-workers for extract, --threads for train), then rerun "

@@ -41,8 +41,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import (FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few, make_folder, owner_tag,
-                             python_command, remove_stale)
+from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few,
+                             make_folder, owner_tag, python_command, remove_stale)
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
@@ -158,7 +158,11 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    said = [line.split("error: ", 1)[1] for line in lines if line.startswith("w2v2ser: error: ")]
+    said = [_in_predict_terms(line.split("error: ", 1)[1]) for line in lines if line.startswith("w2v2ser: error: ")]
+    if said and said[-1].endswith(_LIMIT_ADVICE) and not (Path(store) / "zarr.json").exists():
+        error = PredictError(f"stage 1 could not extract the new audio's features: {said[-1]}")
+        error.exit_code = EXIT_FAILED  # a limit, not bad input: the same command runs with more memory
+        raise error
     if proc.returncode == 2 or (proc.returncode != 0 and not (Path(store) / "zarr.json").exists()):
         moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
                                   "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
@@ -185,6 +189,23 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
             name = f"signal {-proc.returncode}"
         return f"stage 1 was killed by {name} (out of memory? see the system log) before it said why"
     return f"stage 1 exited with status {proc.returncode} without an error line"
+
+
+_LIMIT_ADVICE = ("raise the limit (`ulimit -v`, `ulimit -u`, the job's --mem), then rerun the same command; predict "
+                 "starts over, it keeps no part of a stopped run")
+
+
+def _in_predict_terms(said: str) -> str:
+    """Stage 1's error line, a memory limit's said in predict's terms: extract's advice names options
+    predict does not have (--batch-seconds, --decode-workers, --threads) and says its finished work is
+    kept, where predict keeps no part of a stopped run."""
+    if said.startswith("the process ended abruptly"):
+        return (f"stage 1 ended abruptly (killed, or a crash in native code; running out of memory or threads is "
+                f"the usual cause): {_LIMIT_ADVICE}")
+    what, sep, _ = said.partition(": raise the limit")
+    if not sep or not what.startswith(("out of memory", "no new thread could start")):
+        return said
+    return f"{what}: {_LIMIT_ADVICE}"
 
 
 def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:

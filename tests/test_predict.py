@@ -1089,6 +1089,51 @@ def test_stage_1_stopped_by_a_full_temporary_disk_is_the_reason_given(trained: P
         assert os.strerror(errno.ENOSPC) in pred.error and "TMPDIR" in pred.error and "--work-dir" in pred.error
 
 
+def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Path, audio_files: list[Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prlimit --as=2G w2v2ser predict RUN long.wav --segment`: every window's reason was extract's advice,
+    options predict has not (--batch-seconds, --decode-workers, --threads) and "finished work is kept";
+    under a lower limit stage 1 died before its store and predict said exit 2 (bad input), "pass --model"."""
+    from w2v2ser._common import describe_error
+    from w2v2ser.store._units import UnitWriter
+
+    def out_of_memory(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        store = Path(command[command.index("--store") + 1])
+        real, packed = UnitWriter._pack, []
+
+        def pack(self: UnitWriter, *args: object, **kw: object) -> None:
+            if packed:  # the second utterance meets the limit
+                raise MemoryError
+            packed.append(1)
+            real(self, *args, **kw)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(UnitWriter, "_pack", pack)
+            with pytest.raises(MemoryError) as raised:
+                fake_extract(Path(command[command.index("csv") + 1]), store,
+                             like=Path(command[command.index("--like") + 1]),
+                             features=command[command.index("--features") + 1].split(","))
+        return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {describe_error(raised.value)[0]}\n")
+
+    monkeypatch.setattr(_predict.subprocess, "run", out_of_memory)
+    failed = [pred for pred in predict_audio(trained, audio_files[:3]) if pred.error]
+    assert failed
+    for pred in failed:
+        assert "out of memory" in pred.error and "predict starts over" in pred.error, pred.error
+        assert "--batch-seconds" not in pred.error and "finished work is kept" not in pred.error, pred.error
+
+    def died(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        from w2v2ser._native_logs import _ABRUPT, _RESUMES
+
+        return subprocess.CompletedProcess(command, 134, "", (_ABRUPT + _RESUMES.encode()).decode() + "\n")
+
+    monkeypatch.setattr(_predict.subprocess, "run", died)
+    with pytest.raises(PredictError) as raised:
+        predict_audio(trained, audio_files[:1])
+    assert raised.value.exit_code == 1 and "predict starts over" in str(raised.value), raised.value
+    assert "--model" not in str(raised.value) and "finished work is kept" not in str(raised.value)
+
+
 def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

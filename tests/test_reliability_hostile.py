@@ -186,12 +186,22 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
 
 
 
+def _panic(message: str) -> BaseException:
+    """An error like pyo3's ``pyo3_runtime.PanicException`` (a BaseException), which zarrs raises."""
+    panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+    return panic(message)
+
+
 @pytest.mark.parametrize(("error", "words"), [
     (MemoryError(), "out of memory: raise the limit"),
     (RuntimeError("can't start new thread"), "no new thread could start (out of memory or threads)"),
     # `prlimit --as=1G w2v2ser train ...`: `import tensorflow` cannot map its library (a traceback before).
     (ImportError("libtensorflow_cc.so.2: failed to map segment from shared object"),
      "out of memory while loading a native library (libtensorflow_cc.so.2: failed to map segment"),
+    # `prlimit --as=1G w2v2ser extract ...`: zarrs' rayon pool could not start its threads (a traceback before).
+    (_panic('The global thread pool has not been initialized.: ThreadPoolBuildError { kind: IOError(Os { code: 11, '
+            'kind: WouldBlock, message: "Resource temporarily unavailable" }) }'),
+     "no new thread could start (out of memory or threads)"),
 ])
 def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, words: str) -> None:
     """Under `ulimit -v` extract ended in a traceback (numpy's MemoryError, or "can't start new thread")."""

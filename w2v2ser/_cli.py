@@ -1129,7 +1129,9 @@ def _run_command(args: argparse.Namespace, verbose: bool) -> int:
     with hide_native_logs(enabled=not verbose, abrupt_end=_what_a_stop_keeps(args)):
         try:
             return int(args.func(args) or 0)
-        except Exception as error:  # w2v2ser's errors, a missing extra, an unusable path: one line
+        except BaseException as error:  # w2v2ser's errors, a missing extra, an unusable path: one line
+            if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+                raise  # Ctrl-C, SIGTERM, exit: main() says those; a Rust panic is not an Exception either
             described = ((_stdout_failed_message(error), EXIT_FAILED) if isinstance(error, _StdoutFailed)
                          else describe_error(error))
             if described is None:

@@ -251,6 +251,13 @@ def _library_did_not_fit(error: BaseException) -> bool:
     return "failed to map segment" in text or "cannot allocate memory" in text
 
 
+def _thread_pool_did_not_start(error: BaseException) -> bool:
+    """Whether ``error`` is a Rust library's panic for a thread pool it could not start: under
+    `prlimit --as=1G`, opening a store raised zarrs' ``pyo3_runtime.PanicException("The global thread
+    pool has not been initialized.: ThreadPoolBuildError { ... WouldBlock ... }")``, a BaseException."""
+    return type(error).__name__ == "PanicException" and "ThreadPoolBuildError" in str(error)
+
+
 def describe_error(error: BaseException) -> tuple[str, int] | None:
     """One-line message and exit code of an error that w2v2ser reports without a traceback: a
     ``W2v2serError``, a missing optional dependency, or a path that cannot be written. None for
@@ -265,7 +272,7 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, OSError):
         return describe_path_error(error)
     if (isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't start new thread" in str(error))
-            or _library_did_not_fit(error)):
+            or _library_did_not_fit(error) or _thread_pool_did_not_start(error)):
         # A memory limit (`ulimit -v`, a job's --mem) hits numpy allocations, thread stacks and the
         # mapping of a native library (TensorFlow's, torch's) alike.
         what = ("out of memory" if isinstance(error, MemoryError)

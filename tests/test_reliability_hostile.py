@@ -168,7 +168,9 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(keras.Model, "save", full)
         assert main(train) == 1
-    assert capsys.readouterr().err.splitlines()[-1].startswith("w2v2ser: error: No space left on device. Free space")
+    # The run folder whose disk is full is named (before: "No space left on device." and no path).
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"w2v2ser: error: {tmp_path / 'run'}: No space left on device. Free space"), last
     runs = tmp_path / "run" / "runs"
     assert not [p.name for p in runs.iterdir() if p.name.startswith(".")]
     # A killed process's leftovers (its pid gone from this host), written or replaced, go with the next run.

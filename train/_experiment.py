@@ -32,8 +32,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import (STAGE2_PACKAGES, EXIT_FAILED, caller_random_kept, case_variants, first_few, make_folder,
-                             provenance, publish_directory, subset_text, variants_differ, write_atomically)
+from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, STAGE2_PACKAGES, caller_random_kept, case_variants,
+                             first_few, make_folder, provenance, publish_directory, subset_text, variants_differ,
+                             write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -1224,6 +1225,12 @@ def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[No
         if finished[0]:
             error.args = (f"{error} {store_lost_note(out, finished[0], what, error)}",)
             error.exit_code = EXIT_FAILED
+        raise
+    except OSError as error:
+        # keras's model.save and zipfile raise a full disk without a file name: name the run
+        # folder the runs are written to, the disk to free (the store is only read).
+        if error.errno in FULL_DISK_ERRNOS and not error.filename:
+            error.filename = str(out)
         raise
 
 

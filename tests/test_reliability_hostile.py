@@ -74,6 +74,28 @@ def test_a_native_crash_behind_the_log_filter_keeps_its_last_words() -> None:
     assert lines[1].startswith("w2v2ser: error: the process ended abruptly") and len(lines) == 2, lines
 
 
+_FATAL_CHECK = """
+import os
+from w2v2ser._native_logs import hide_native_logs
+
+with hide_native_logs():
+    os.write(2, b"F0000 00:00:1796652244.540334   25992 threadpool.cc:127] Check failed: num_threads >= 1 (-1 vs. 1) \\n")
+    os.write(2, b"*** Check failure stack trace: ***\\n")
+    os.abort()
+"""
+
+
+def test_a_fatal_native_check_keeps_its_reason() -> None:
+    """`TF_NUM_INTRAOP_THREADS=-1 w2v2ser train ...` (a cluster script's value) aborted with "the lines
+    above say which" after only "*** Check failure stack trace: ***": the filter had dropped TensorFlow's
+    fatal "Check failed: num_threads >= 1 (-1 vs. 1)" line with the start-up log lines."""
+    done = subprocess.run([sys.executable, "-c", _FATAL_CHECK], capture_output=True, text=True, timeout=60)
+    assert done.returncode < 0, done
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith("threadpool.cc:127] Check failed: num_threads >= 1 (-1 vs. 1) "), lines
+    assert lines[-1].startswith("w2v2ser: error: the process ended abruptly"), lines
+
+
 def test_a_killed_export_does_not_promise_that_a_rerun_resumes(tmp_path: Path) -> None:
     """Found by a kill trial: `store export` (and `store upgrade`, `predict`) killed with SIGKILL
     said "finished work is kept, rerun the same command to resume"; they keep nothing and start over."""

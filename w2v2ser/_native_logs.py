@@ -31,7 +31,8 @@ _hidden = False  # hide_native_logs is active in this process: start Dask worker
 _terminal: bool | None = None  # whether the real stderr (behind the pipe, while hidden) is a terminal
 
 _NATIVE = re.compile(
-    rb"(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "  # absl / TF C++ log prefix
+    # absl / TF C++ log prefix; not F (fatal): a check failure's line is the reason of the abort that follows
+    rb"(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\] "
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions: .* rebuild TensorFlow"  # cpu_feature_guard's 2nd line
     rb"|.*Memory patch applied)"

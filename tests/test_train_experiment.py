@@ -1228,3 +1228,18 @@ def test_every_history_json_field_is_documented_and_best_epoch_counts_from_1(rav
     described = readme[readme.index("`history.json` holds"):][:1200]
     assert "counted from 1" in described
     assert [key for key in hist if f"`{key}`" not in described] == []
+
+
+def test_a_negative_thread_count_is_refused_not_a_process_abort(tmp_path, monkeypatch):
+    """`train_experiment(cfg, threads=-1)` (or a cluster script's TF_NUM_INTRAOP_THREADS=-1) aborted the
+    whole process, a notebook's kernel too: TensorFlow's "Check failed: num_threads >= 1 (-1 vs. 1)"."""
+    from w2v2ser import ConfigError
+
+    store = build_store(tmp_path / "s.zarr", utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
+    cfg = ExperimentConfig(stores={"main": str(store)}, features="egemaps", **FAST)
+    with pytest.raises(ConfigError, match=r"threads: got -1; expected .* at least 1"):
+        train_experiment(cfg, out=tmp_path / "run", progress=False, threads=-1)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "-1")
+    with pytest.raises(ConfigError, match=r"TF_NUM_INTRAOP_THREADS is '-1'.*Unset it"):
+        train_experiment(cfg, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "runs").exists()

@@ -586,6 +586,18 @@ def _json_default(o: Any) -> Any:
 
 
 def _configure_threads(threads: int | None) -> None:
+    # TensorFlow aborts the whole process (a notebook's kernel) on a negative count: "Check failed:
+    # num_threads >= 1", from the argument or from a cluster script's TF_NUM_INTRAOP_THREADS.
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 0):
+        raise ConfigError(f"threads: got {threads!r}; expected a whole number of TensorFlow threads, at least 1 "
+                          f"(None or 0: TensorFlow's default, every usable core)")
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if not threads and value.lstrip("-").isdigit() and int(value) < 0:
+            raise ConfigError(f"the environment variable {name} is {value!r}, which TensorFlow aborts on; expected "
+                              f"a number of threads, at least 1. Unset it or set it to a positive number (or pass "
+                              f"--threads N, threads=N, which takes its place), then rerun")
     import tensorflow as tf
 
     if not threads:

@@ -172,6 +172,28 @@ def test_an_os_error_without_a_file_name_is_one_line(monkeypatch, capsys, code: 
     assert err.startswith(f"w2v2ser: error: {words}") and len(err.splitlines()) == 1, err
 
 
+def test_evaluate_on_a_full_disk_names_the_report_folder(tmp_path, monkeypatch, capsys) -> None:
+    """`w2v2ser evaluate RUNS --out small/rep` on a full tmpfs said "No space left on device." and no path:
+    PIL's write of a confusion matrix raises ENOSPC without a file name."""
+    import w2v2ser.evaluate._report as report
+    from stage2_fixtures import build_store, ravdess_utterances
+
+    from w2v2ser._cli import main
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=1), layers=2, dim=4)
+    assert main(["train", str(path), "--features", "egemaps", "--seeds", "1", "--set", "max_epochs=1",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 0
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    capsys.readouterr()
+    monkeypatch.setattr(report, "write_atomically", full)
+    assert main(["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"w2v2ser: error: {tmp_path / 'rep'}: No space left on device. Free space"), last
+
+
 def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_path, monkeypatch, capsys) -> None:
     """keras's model.save raised ENOSPC without a file name: a traceback, and the hidden
     `.RUN.tmp-PID` folder stayed on the full disk forever (it is what filled it)."""

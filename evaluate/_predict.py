@@ -214,6 +214,8 @@ def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:
     reason = f"not extracted: stage 1 stopped before this file ({said.rstrip('.')})"
     if not any(os.strerror(code) in said for code in FULL_DISK_ERRNOS) and "no space left" not in said.lower():
         return reason
+    # Not extract's advice ("extraction resumes where it stopped"): predict starts over; its own follows.
+    reason = f"not extracted: stage 1 stopped before this file ({said.split(': free disk space', 1)[0].rstrip('.')})"
     if temporary:
         return (f"{reason}. Predict extracts into a temporary folder ({work}, in {work.parent}, which TMPDIR "
                 f"chooses): free space there, or set TMPDIR to a folder on a disk with room, or pass "

@@ -1087,6 +1087,8 @@ def test_stage_1_stopped_by_a_full_temporary_disk_is_the_reason_given(trained: P
     for pred in preds:
         assert pred.emotion is None and "no reason recorded" not in pred.error, pred.error
         assert os.strerror(errno.ENOSPC) in pred.error and "TMPDIR" in pred.error and "--work-dir" in pred.error
+        # (lim trial: it also said extract's "extraction resumes where it stopped"; predict starts over)
+        assert "resumes" not in pred.error and "committed so far are kept" not in pred.error, pred.error
 
 
 def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Path, audio_files: list[Path],

@@ -159,6 +159,13 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
     said = [_in_predict_terms(line.split("error: ", 1)[1]) for line in lines if line.startswith("w2v2ser: error: ")]
+    full = bool(said) and any(os.strerror(code) in said[-1] for code in FULL_DISK_ERRNOS)
+    if full and not (Path(store) / "zarr.json").exists():  # not extract's "resumes where it stopped", nor --model
+        error = PredictError(f"stage 1 could not extract the new audio's features: "
+                             f"{said[-1].split(': free disk space', 1)[0].rstrip('.')}. Free space there, or set "
+                             f"TMPDIR or pass --work-dir DIR (work_dir=DIR) on a disk with room, then rerun")
+        error.exit_code = EXIT_FAILED
+        raise error
     if said and said[-1].endswith(_LIMIT_ADVICE) and not (Path(store) / "zarr.json").exists():
         error = PredictError(f"stage 1 could not extract the new audio's features: {said[-1]}")
         error.exit_code = EXIT_FAILED  # a limit, not bad input: the same command runs with more memory

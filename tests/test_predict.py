@@ -1136,6 +1136,25 @@ def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Pa
     assert "--model" not in str(raised.value) and "finished work is kept" not in str(raised.value)
 
 
+def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_predicts_terms(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """lim trial: `predict RUN f.flac --work-dir full_tmpfs/wd` exited 2 (bad input) with extract's "extraction
+    resumes where it stopped" and "pass --model" (an eGeMAPS run has no model) when stage 1 could not make its store."""
+    def full(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        store = command[command.index("--store") + 1]
+        return subprocess.CompletedProcess(command, 1, "", (
+            f"w2v2ser: error: no space left on the device holding store {store} (No space left on device) during "
+            f"_create: free disk space or raise the limit (or move the store to a larger disk) and rerun the same "
+            f"command; utterances committed so far are kept and extraction resumes where it stopped.\n"))
+
+    monkeypatch.setattr(_predict.subprocess, "run", full)
+    with pytest.raises(PredictError) as raised:
+        predict_audio(trained, audio_files[:1])
+    message = str(raised.value)
+    assert raised.value.exit_code == 1 and "No space left on device" in message and "--work-dir" in message, message
+    assert "resumes" not in message and "--model" not in message, message
+
+
 def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

@@ -963,7 +963,15 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     from w2v2ser.train import Item
 
     manifest = work / "manifest.csv"
-    ids = _write_manifest(manifest, [files[i].resolve() for i in todo], [groups[i] for i in todo])
+    try:
+        ids = _write_manifest(manifest, [files[i].resolve() for i in todo], [groups[i] for i in todo])
+    except OSError as exc:  # a full disk names no file here: say which folder, and predict's own advice
+        if exc.errno not in FULL_DISK_ERRNOS:
+            raise
+        error = PredictError(_stopped_reason(f"{manifest}: {exc.strerror}", work, temporary=temporary).replace(
+            "not extracted: stage 1 stopped before this file", "could not write predict's manifest", 1))
+        error.exit_code = EXIT_FAILED
+        raise error from exc
     position = dict(zip(ids, todo))
     # One temporary store per training store: the fusion head may read two stores.
     temp: dict[str, Any] = {}

@@ -1155,6 +1155,24 @@ def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_pre
     assert "resumes" not in message and "--model" not in message, message
 
 
+def test_a_full_work_folder_at_the_manifest_is_one_error_naming_it(trained: Path, audio_files: list[Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """lim trial: `predict RUN f.flac --work-dir full_tmpfs/wd` said "No space left on device ... finished work
+    is kept" with no path: the manifest's write raised ENOSPC without a file name."""
+    import errno
+    import os
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_predict, "_write_manifest", full)
+    with pytest.raises(PredictError) as raised:
+        predict_audio(trained, audio_files[:1], work_dir=audio_files[0].parent / "wd")
+    message = str(raised.value)
+    assert raised.value.exit_code == 1 and "manifest.csv: No space left on device" in message, message
+    assert "--work-dir" in message and str(audio_files[0].parent / "wd") in message, message
+
+
 def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

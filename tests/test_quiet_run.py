@@ -234,6 +234,9 @@ def test_errors_a_user_can_fix_are_one_line_with_their_exit_code() -> None:
     assert missing is not None and 'pip install "w2v2ser[extract]"' in missing[0] and missing[1] == EXIT_INPUT
     full = describe_error(OSError(errno.ENOSPC, "No space left on device", "/data/out"))
     assert full is not None and full[0].startswith("/data/out: No space left on device") and full[1] == EXIT_FAILED
+    # lim trial: `predict RUN f.wav --work-dir ro/wd` on a read-only mount named every command's output but predict's
+    read_only = describe_error(OSError(errno.EROFS, "Read-only file system", "ro/wd"))
+    assert read_only is not None and "--work-dir" in read_only[0] and read_only[1] == EXIT_INPUT, read_only
     assert describe_error(ValueError("a bug")) is None  # its traceback is the report
     assert describe_error(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
 

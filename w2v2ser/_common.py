@@ -163,7 +163,8 @@ class Terminated(KeyboardInterrupt):
 
 
 # Each command names its output its own way; `store export` takes it as its second argument.
-_OTHER_OUTPUT = "another --out or --store, another OUT file for `store export`, or another `output:` for `run`"
+_OTHER_OUTPUT = ("another --out or --store, another --work-dir for `predict`, another OUT file for `store export`, "
+                 "or another `output:` for `run`")
 
 
 #: The errors of a full disk, a full quota and a per-file size limit (`ulimit -f`).

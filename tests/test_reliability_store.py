@@ -134,17 +134,18 @@ def _flip(path: Path, position: int) -> bytes:
     return raw
 
 
-def _verify_cli(store: Path) -> subprocess.CompletedProcess:
-    """`w2v2ser store verify STORE` in-process (the real subprocess is run once, below)."""
+def _verify_cli(store: Path, *options: str) -> subprocess.CompletedProcess:
+    """`w2v2ser store verify STORE [OPTIONS]` in-process (the real subprocess is run once, below)."""
     import contextlib
     import io
 
     from w2v2ser._cli import main
 
+    argv = ["store", "verify", str(store), *options]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["store", "verify", str(store)])
-    return subprocess.CompletedProcess(["w2v2ser", "store", "verify", str(store)], code, out.getvalue(), err.getvalue())
+        code = main(argv)
+    return subprocess.CompletedProcess(["w2v2ser", *argv], code, out.getvalue(), err.getvalue())
 
 
 def test_verify_and_every_read_name_the_owner_of_flipped_frames(store):
@@ -998,6 +999,26 @@ def test_verify_exits_1_for_damage_wherever_it_is(store, damaged):
     assert "damaged" in done.stdout + done.stderr and "Traceback" not in done.stderr
     with pytest.raises(StoreError):  # a command that reads the store is refused: its input is bad (exit 2)
         open_store(store).read_utterance("u0", "spectrogram")
+
+
+@pytest.mark.parametrize("damaged", ["zarr.json", "utterances/id/c/0"])
+def test_verify_json_prints_its_object_for_damage_found_as_the_store_opens(store, damaged):
+    """README: `store verify --json` prints one object and exits as `store verify` does. Damage found
+    as the store opens exited 1 with nothing on stdout, so a script parsing the report on exit 1
+    (damage found) got no JSON at all."""
+    import json
+
+    file = store / damaged
+    if file.name == "zarr.json":
+        file.write_bytes(file.read_bytes()[:20])
+    else:
+        file.unlink()
+    done = _verify_cli(store, "--json")
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    report = json.loads(done.stdout)
+    assert report["intact"] is False and report["store"] == str(store), report
+    assert set(report) == {"store", "intact", "unfinished", "checked", "problems", "queued_for_reextraction"}
+    assert len(report["problems"]) == 1 and "damaged" in report["problems"][0]["reason"], report
 
 
 def test_a_damaged_journal_line_is_named_with_the_command_that_removes_it(pristine, tmp_path):

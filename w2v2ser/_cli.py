@@ -344,6 +344,13 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
         return _verify_store(args)
     except StoreDamagedError as error:  # found as it opens the store (a cut zarr.json, a lost table chunk):
         error.exit_code = EXIT_FAILED  # damage is verify's answer, exit 1, wherever in the store it is
+        if args.json:  # a script parses stdout on exit 1: it gets the one object README promises
+            print(json.dumps({
+                "store": args.store, "intact": False, "unfinished": False, "checked": 0,
+                "problems": [{"id": "*", "feature": "", "reason": str(error)}],
+                "queued_for_reextraction": [],
+            }, indent=2))
+            return EXIT_FAILED
         raise
 
 

@@ -161,13 +161,15 @@ class FeatureStore:
             return gone
         if getattr(self, "_revision", None) is not None and self.changed_since_open():
             return self._changed()
-        return StoreDamagedError(
+        damaged = StoreDamagedError(
             f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
             f"{shlex.quote(str(self.path))} --repair` to list the affected utterances and queue them for "
             f"re-extraction, "
             f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
             f"length/crc32/status/statistics from its journals."
         )
+        damaged.damage = (self.path, key, what)  # `store verify` gives other advice when it stops here itself
+        return damaged
 
     def _forget_read_cache(self) -> bool:
         """Drop the shard indexes a reader on object storage keeps: after a failed read, one of them

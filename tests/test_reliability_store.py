@@ -1021,6 +1021,20 @@ def test_verify_json_prints_its_object_for_damage_found_as_the_store_opens(store
     assert len(report["problems"]) == 1 and "damaged" in report["problems"][0]["reason"], report
 
 
+@pytest.mark.parametrize("options", [(), ("--repair",)])
+def test_verify_stopped_by_a_lost_table_chunk_does_not_advise_itself(store, options):
+    """A lost table chunk (utterances/id) stops `store verify` and `--repair` as they open the store;
+    both advised `store verify --repair`, which fails the same way: the advice went round in a
+    circle. Verify now says to restore the file from a copy or extract into a new store."""
+    (store / "utterances/id/c/0").unlink()
+    done = _verify_cli(store, *options)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "utterances/id" in done.stderr and "--repair` to list" not in done.stderr, done.stderr
+    assert "backup" in done.stderr and "new store" in done.stderr, done.stderr
+    report = json.loads(_verify_cli(store, "--json", *options).stdout)
+    assert "--repair` to list" not in report["problems"][0]["reason"], report
+
+
 def test_a_damaged_journal_line_is_named_with_the_command_that_removes_it(pristine, tmp_path):
     """A journal line that fails its CRC stops every extraction and verify; the message said "Delete
     that line", leaving the user to find an editor for a JSON-lines file on a cluster (and to quote

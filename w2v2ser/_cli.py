@@ -342,7 +342,8 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
 
     try:
         return _verify_store(args)
-    except StoreDamagedError as error:  # found as it opens the store (a cut zarr.json, a lost table chunk):
+    except StoreDamagedError as raised:  # found as it opens the store (a cut zarr.json, a lost table chunk):
+        error = _verify_cannot_repair(raised) if args.repair else raised  # --repair's advice: --repair
         error.exit_code = EXIT_FAILED  # damage is verify's answer, exit 1, wherever in the store it is
         if args.json:  # a script parses stdout on exit 1: it gets the one object README promises
             print(json.dumps({
@@ -351,13 +352,33 @@ def _cmd_store_verify(args: argparse.Namespace) -> int:
                 "queued_for_reextraction": [],
             }, indent=2))
             return EXIT_FAILED
-        raise
+        raise error from None
+
+
+def _verify_cannot_repair(error: Exception) -> Exception:
+    """A reader's damage error whose advice is `store verify --repair`, rewritten for verify itself:
+    verify and --repair stopped at that damage, so running them again would fail the same way."""
+    from w2v2ser.store import StoreDamagedError
+
+    damage = getattr(error, "damage", None)
+    if damage is None:  # the damage of a metadata file: its message already says to restore it
+        return error
+    path, key, what = damage
+    return StoreDamagedError(
+        f"store {path} is damaged: array {key} {what}. `store verify` and its `--repair` cannot get past it, "
+        f"so there is nothing they can list or queue. Copy {key}'s files "
+        f"back from a backup or from the store this one was copied from if you have one; otherwise extract "
+        f"the corpus into a new store with the options that made this one (`--like RUN_DIR` of a run "
+        f"trained on it keeps its feature configs; `--like` this store stops at the same damage).")
 
 
 def _verify_store(args: argparse.Namespace) -> int:
-    from w2v2ser.store import open_store, repair_store
+    from w2v2ser.store import StoreDamagedError, open_store, repair_store
 
-    store = open_store(args.store, allow_incomplete=True)  # its completeness before any repair
+    try:
+        store = open_store(args.store, allow_incomplete=True)  # its completeness before any repair
+    except StoreDamagedError as error:  # --repair opens the store the same way and would stop there too
+        raise _verify_cannot_repair(error) from None
     pairs: list[tuple[str, str]] = []
     if args.repair:
         report, pairs = repair_store(args.store, progress=not args.no_progress)

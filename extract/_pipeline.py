@@ -33,7 +33,8 @@ from pydantic import Field
 
 from w2v2ser._common import (
     EXIT_FAILED, LOST_WORKER_FIX, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, ConfigError, case_variants,
-    check_stop, failures_by_error, first_few, progress_bar, spelling_key, task_error, variants_differ,
+    check_stop, control_character, failures_by_error, first_few, progress_bar, spelling_key, task_error,
+    variants_differ,
 )
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import (
@@ -420,6 +421,11 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
         if not isinstance(utterance.extra, Mapping):
             raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra={utterance.extra!r}; "
                               f"expected a mapping of field names to values")
+        bad = control_character(utterance.id)
+        if bad is not None:  # StoreWriter.plan's check, made before a new store is created (same error)
+            raise StoreError(f"extract_corpus: utterances[{i}] has the id {utterance.id!r}, which holds the control "
+                             f"character {bad!r} (a line break, tab, NUL or the like): logs and predictions.csv "
+                             f"could not show it, nor --subset id=... match it. Give ids without control characters.")
         if not utterance.speaker.strip():  # per-speaker statistics and speaker splits group by it
             raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has an empty speaker; every utterance "
                               f"needs one (speaker normalisation and the speaker splits group by it): give the "
@@ -434,6 +440,11 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
                                   f"({type(value).__name__}), which cannot be stored as JSON ({exc}); give text "
                                   f"keys and text, numbers, booleans, lists or mappings as values, e.g. "
                                   f"str(value)") from None
+    seen: set[str] = set()
+    duplicates = sorted({u.id for u in utterances if u.id in seen or seen.add(u.id)})  # type: ignore[func-returns-value]
+    if duplicates:  # StoreWriter.plan's check, made before a new store is created (same error)
+        raise StoreError(f"extract_corpus: duplicate utterance ids {duplicates[:5]}; ids must be unique within a "
+                         f"store: give each utterance its own id (e.g. add the speaker or the folder to it).")
     return utterances
 
 

@@ -1053,6 +1053,36 @@ def test_a_lock_this_user_cannot_read_or_lock_refuses_rather_than_lets_in(rav, t
         monkeypatch.undo()
 
 
+def test_the_commands_for_a_lock_this_user_cannot_read_quote_its_path(tmp_path, monkeypatch):
+    """Found in review: "(chmod g+rw LOCK)" and "(rm LOCK)" gave the lock's path unquoted, and it lies
+    under --out, which may hold a space; braces in it made the message itself fail (str.format)."""
+    import errno
+    import os
+    import shlex
+    from pathlib import Path
+
+    from w2v2ser.train._experiment import share_out_folder
+
+    out = tmp_path / "my runs {seed}"
+    with share_out_folder(out, "other-key", "train"):  # a job of another configuration, running
+        lock = out / ".lock-other-key"
+        real_open = os.open
+
+        def not_readable(path, flags, *args, **kwargs):
+            if Path(path) == lock:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", not_readable)
+        with pytest.raises(ConfigError, match="cannot read") as refused:
+            with share_out_folder(out, "this-key", "train"):
+                pass
+        monkeypatch.undo()
+    message = str(refused.value)
+    for command in ("chmod g+rw", "rm"):
+        assert f"`{command} {shlex.quote(str(lock))}`" in message, message
+
+
 def test_an_extraction_running_during_train_is_named_and_finished_runs_kept(tmp_path, monkeypatch, capsys):
     """Found by a concurrency audit: an extraction starting while `train` ran made the next run fail
     with exit 2 and 'interrupted ... rerun the extraction' (that rerun would only meet its lock)."""

@@ -1194,14 +1194,18 @@ def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
     import fcntl
 
     key = lock.name.removeprefix(".lock-")
-    unknowable = (f"{out} holds the lock {lock} of a job of another configuration (config key {key}), which this "
-                  f"user cannot {{}}, so whether that job still runs cannot be told; the two would replace each "
-                  f"other's runs. Ask the lock's owner to let the group write it (chmod g+rw {lock}), or remove "
-                  f"it (rm {lock}) when no job of that configuration runs.")
+    quoted = shlex.quote(str(lock))  # under --out, which may hold a space (or braces: so no str.format)
+
+    def unknowable(cannot: str) -> str:
+        return (f"{out} holds the lock {lock} of a job of another configuration (config key {key}), which this "
+                f"user cannot {cannot}, so whether that job still runs cannot be told; the two would replace each "
+                f"other's runs. Ask the lock's owner to let the group write it (`chmod g+rw {quoted}`), or "
+                f"remove it (`rm {quoted}`) when no job of that configuration runs.")
+
     try:
         fd = _open_lock(lock, create=False)
     except OSError:  # another user's lock this user cannot read: a job may be writing (review M1)
-        raise FolderBusyError(unknowable.format("read")) from None
+        raise FolderBusyError(unknowable("read")) from None
     if fd < 0:
         return
     try:
@@ -1209,7 +1213,7 @@ def _refuse_if_held(lock: Path, out: Path, what: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno == errno.EBADF:  # NFS: no exclusive flock on a read-only descriptor (review H1)
-                raise FolderBusyError(unknowable.format("lock")) from None
+                raise FolderBusyError(unknowable("lock")) from None
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return  # flock unavailable: nothing is checked (the docstring of share_out_folder)
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown pid"

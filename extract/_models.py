@@ -403,6 +403,7 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
 
     asked = f"hub model {model_id!r}" + (f" at revision {revision!r}" if revision else "")
     probe_hub()
+    network = _network_error_types()  # httpx's are no OSError: they escaped as a raw traceback
     try:
         config_file = Path(hf_hub_download(model_id, "config.json", revision=revision))
     except LocalEntryNotFoundError as error:
@@ -422,7 +423,7 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             f"cannot load {asked}: the hub has no such model or revision. Check the id "
             f"(e.g. 'facebook/wav2vec2-base'). {_fix_hint()} ({type(error).__name__}: {error})"
         ) from error
-    except OSError as error:  # network failures surface as OSError subclasses, as do a read-only cache's
+    except (OSError, *network) as error:  # network failures (requests: OSError; httpx: not), a read-only cache
         failure = ModelLoadError(f"cannot load {asked}: {error}. {_fix_hint()}")
         raise (_offline(failure) if _network_error(error) else failure) from error
     weights: Path | None = None
@@ -435,6 +436,9 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
             not_cached = True
         except EntryNotFoundError:
             continue
+        except (OSError, *network) as error:  # the connection lost while the weights download, say
+            failure = ModelLoadError(f"cannot load {asked}: {name}: {error}. {_fix_hint()}")
+            raise (_offline(failure) if _network_error(error) else failure) from error
     if weights is None:
         error = ModelLoadError(
             f"cannot load {asked}: neither of {list(_WEIGHT_FILES)} is cached or "
@@ -449,20 +453,30 @@ def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     return _resolve_directory(snapshot, requested=model_id, kind="hub", revision=revision, commit=snapshot.name)
 
 
-def _network_error(error: OSError) -> bool:
-    """Whether a hub lookup failed on the network (no connection, a timeout, a server error): the
-    model is offline. A local cause (a read-only or full Hugging Face cache: PermissionError, ...) or
-    a refusal (401, 403, 404) is the user's to fix."""
+def _network_error_types() -> tuple[type[BaseException], ...]:
+    """The errors of a failed connection or transfer of the HTTP clients huggingface_hub uses:
+    requests (before huggingface_hub 1.0; OSError subclasses) and httpx (since; not OSError)."""
+    import importlib
+
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError, socket.gaierror]
+    for module, names in (("requests", ("ConnectionError", "Timeout")), ("httpx", ("TransportError",)),
+                          ("httpx2", ("TransportError",))):
+        try:
+            client = importlib.import_module(module)
+        except ImportError:
+            continue
+        found += [getattr(client, name) for name in names if isinstance(getattr(client, name, None), type)]
+    return tuple(found)
+
+
+def _network_error(error: BaseException) -> bool:
+    """Whether a hub lookup failed on the network (no connection, a timeout, a proxy or a server
+    dropping it, a server error): the model is offline. A local cause (a read-only or full Hugging
+    Face cache: PermissionError, ...) or a refusal (401, 403, 404) is the user's to fix."""
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(status, int):
         return status >= 500 or status == 429
-    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
-        return True
-    try:
-        import requests
-    except ImportError:
-        return False
-    return isinstance(error, (requests.ConnectionError, requests.Timeout))
+    return isinstance(error, _network_error_types())
 
 
 def _offline(error: ModelLoadError) -> ModelLoadError:

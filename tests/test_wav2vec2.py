@@ -331,3 +331,34 @@ def test_only_network_errors_mark_a_hub_model_offline(monkeypatch, error: str) -
         resolve_model("nobody-w2v2ser/made-up-wav2vec2")
     assert str(raised) in str(caught.value)
     assert caught.value.offline is (error == "connection")
+
+
+@pytest.mark.parametrize("where", ["config.json", "model.safetensors"])
+@pytest.mark.parametrize("error", ["ConnectError", "ProxyError", "ReadTimeout", "RemoteProtocolError"])
+def test_httpx_network_errors_of_the_hub_mark_a_hub_model_offline(monkeypatch, error: str, where: str) -> None:
+    """huggingface_hub 1.0 and later use httpx, whose errors are no OSError (requests' were): a hub
+    dropping the connection, a proxy refusing it or a download timing out escaped the lookup as a
+    raw traceback instead of an offline model (which `w2v2ser run` skips with exit 0)."""
+    import importlib.util
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+    from w2v2ser.extract import resolve_model
+
+    httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
+    request = httpx.Request("GET", f"https://huggingface.co/nobody-w2v2ser/made-up-wav2vec2/resolve/main/{where}")
+    raised = getattr(httpx, error)("Server disconnected without sending a response.", request=request)
+
+    def download(model_id, filename, **kwargs):
+        if filename == where:
+            raise raised
+        if filename == "config.json":
+            return str(config)
+        raise EntryNotFoundError(f"{filename} not found")
+
+    config = Path(huggingface_hub.constants.HF_HUB_CACHE) / "w2v2ser-test-config.json"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no probe of the network
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_model("nobody-w2v2ser/made-up-wav2vec2")
+    assert "Server disconnected" in str(caught.value) and caught.value.offline is True

@@ -454,3 +454,23 @@ def test_fit_and_train_experiment_give_the_callers_random_streams_back(tmp_path)
                               recipe_overrides={"max_epochs": 1})
     train_experiment(config, out=tmp_path / "run", progress=False)
     assert streams() == before
+
+
+def test_unseeded_fits_in_one_process_are_different_models():
+    """An unseeded fit's layers take their seeds from Python's random: giving the caller's streams
+    back after every fit (as a seeded fit does) made each unseeded fit in a process the same model."""
+    import random
+
+    x, y, _ = utterances(12)
+
+    def weights(seed: int | None) -> list[np.ndarray]:
+        head = DenseHead(units=4, recipe=QUICK, seed=seed, validation_fraction=None, run_eagerly=True)
+        return head.fit(x, y).model_.get_weights()
+
+    first, second = weights(None), weights(None)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))
+    random.seed(5)
+    np.random.seed(5)
+    before = random.getstate(), np.random.get_state()[1].tolist()
+    weights(3)  # a seeded fit still gives the caller's streams back
+    assert (random.getstate(), np.random.get_state()[1].tolist()) == before

@@ -16,6 +16,8 @@ the fusion head) plus labels.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from typing import Annotated, Any, Mapping, Optional, Sequence
@@ -271,6 +273,18 @@ def _plain_number(value: Any) -> Any:
     return float(value) if isinstance(value, np.floating) else value
 
 
+def _seeded_random_kept(fit: Any) -> Any:
+    """Decorate ``fit``: a seeded fit gives the caller's np.random and random streams back (seeding
+    reseeds them). An unseeded one leaves them drawn on: its layers take their seeds from them, and
+    rewinding made every unseeded fit in a process the same model."""
+    @functools.wraps(fit)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seeded = getattr(self, "seed", None) is not None
+        with caller_random_kept() if seeded else contextlib.nullcontext():
+            return fit(self, *args, **kwargs)
+    return wrapper
+
+
 class _BaseHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict logic; subclasses build the Keras graph (hyperparameters: ``__init__``)."""
 
@@ -396,7 +410,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                             f"{self.classes_.tolist()}; every class must be seen by fit")
         return order[np.searchsorted(self.classes_[order], y)].astype(np.int32)
 
-    @caller_random_kept()  # seeding reseeds the caller's np.random and random: given back after fit
+    @_seeded_random_kept
     def fit(self, x: Any, y: Sequence[Any] | None = None, *, validation_data: Any = None,
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":
         """Train on ``x`` with early stopping on ``validation_data`` (or a ``validation_fraction`` hold-out).

@@ -903,7 +903,8 @@ def caller_random_kept() -> Iterator[None]:
     A seeded run calls ``keras.utils.set_random_seed``, which seeds both streams: a notebook that
     trained, then drew ``np.random.permutation`` or a shuffled ``KFold`` split, got the same draws
     after every call. The block itself sees the seeded streams, so its results do not change. Also a
-    decorator (``@caller_random_kept()``).
+    decorator (``@caller_random_kept()``). Given back for the calling thread only: the streams are
+    process-wide, so blocks running at once in several threads rewind them under each other.
     """
     import random
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import re
+import shlex
 import textwrap
 from pathlib import Path
 
@@ -330,6 +332,13 @@ def test_a_pipeline_saved_as_utf16_or_windows_1252_is_read_or_named(tmp_path: Pa
     (tmp_path / "cp1252.yaml").write_bytes(text.encode("cp1252"))
     with pytest.raises(ConfigError, match=r"cp1252.yaml is not UTF-8 text: line 1 holds byte 0x97.*Save it as UTF-8"):
         load_pipeline(tmp_path / "cp1252.yaml")
+    spaced = tmp_path / "my data" / "pipeline.yaml"  # the iconv command, pasted, converts this file
+    spaced.parent.mkdir()
+    spaced.write_bytes(text.encode("cp1252"))
+    with pytest.raises(ConfigError) as refused:
+        load_pipeline(spaced)
+    (command,) = re.findall(r"`(iconv [^`]*)`", str(refused.value))
+    assert shlex.split(command)[:6] == ["iconv", "-f", "cp1252", "-t", "utf-8", str(spaced)]
 
 
 @pytest.mark.parametrize("written, hint", [

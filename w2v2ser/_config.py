@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -709,7 +710,7 @@ def _pipeline_text(path: Path, data: bytes) -> str:
         line = data[:error.start].count(b"\n") + 1
         raise ConfigError(f"{path} is not UTF-8 text: line {line} holds byte 0x{data[error.start]:02x}, which UTF-8 "
                           f"does not allow there (the file was likely saved as Windows-1252/Latin-1). Save it as "
-                          f"UTF-8, or convert it, e.g. `iconv -f cp1252 -t utf-8 {path} > pipeline-utf8.yaml`.") from error
+                          f"UTF-8, or convert it, e.g. `iconv -f cp1252 -t utf-8 {shlex.quote(str(path))} > pipeline-utf8.yaml`.") from error
 
 
 def load_pipeline(path: str | Path, *, overrides: Sequence[str] = (), validate_experiments: bool = True) -> PipelineConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -109,9 +110,17 @@ def _check_first_rate(extractor: Extractor, rate: int, path: str, infos: Sequenc
         name = extractor.name
         raise ExtractorConfigError(
             f"{name}.sample_rate is native, so the store's {name} takes the rate of its first file, {path}: "
-            f"{rate} Hz{seen}. At {rate} Hz: {error} Or set {name}.sample_rate to a rate in Hz (e.g. "
-            f"`--option {name}.sample_rate=16000`): every file is then resampled to it. Nothing was extracted."
+            f"{rate} Hz{seen}. At {rate} Hz: {error} Or set {name}.sample_rate to a rate in Hz, e.g. "
+            f"{_where_to_set(name, 'sample_rate', 16000)}: every file is then resampled to it. Nothing was extracted."
         ) from None
+
+
+def _where_to_set(name: str, key: str, value: Any, *, like: bool = False) -> str:
+    """An extractor option in each front end's words: ``w2v2ser run`` takes ``--set`` (no ``--option``)."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return (f"in pipeline.yaml `{key}: {text}` under the store's `features: {name}:` (`w2v2ser run --set "
+            f"extraction.stores.STORE.features.{name}.{key}={text}`); with `w2v2ser extract`, "
+            f"`--option {name}.{key}={text}`" + (" or `--like STORE`" if like else ""))
 
 
 def feature_spec_for_store(
@@ -142,8 +151,8 @@ def feature_spec_for_store(
                 raise ExtractorConfigError(
                     f"The store's {extractor.name} features were extracted before the {extractor.name}.{key} "
                     f"option existed, i.e. with {key}: {value!r}, but {key}: {config[key]!r} is configured now. "
-                    f"Set {extractor.name}.{key}: {value!r} to resume this store (`--option {extractor.name}.{key}="
-                    f"{str(value).lower() if isinstance(value, bool) else value}`), or extract into a new store."
+                    f"Set {extractor.name}.{key}: {value!r} to resume this store "
+                    f"({_where_to_set(extractor.name, key, value, like=True)}), or extract into a new store."
                 )
             del config[key]
     return replace(spec, config=config)

@@ -27,6 +27,7 @@ from w2v2ser.extract import (
     extract_corpus,
     read_audio,
 )
+from w2v2ser._config import load_pipeline
 from w2v2ser.store import Utterance, W2v2serError, open_store
 
 # ---------------------------------------------------------------- eGeMAPS
@@ -391,6 +392,14 @@ def test_stores_written_before_sample_rate_mean_16k_and_resume(tmp_path):
                        extractors=[build_extractor("egemaps"), build_extractor("spectrogram")], progress=False)
     # ... in the CLI's words too (every eGeMAPS store of format 1, upgraded, needs it: migration trial)
     assert "`--option egemaps.sample_rate=16000`" in str(refused.value)
+    # ... and in pipeline.yaml's: `w2v2ser run` has --set, not --option (review2 #4)
+    assert "`--like STORE`" in str(refused.value)
+    (setting,) = re.findall(r"`w2v2ser run --set (\S+)`", str(refused.value))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "pipeline.yaml").write_text(
+        "corpora: {ravdess: {kind: ravdess, path: data}}\nextraction: {stores: {old: {features: {egemaps: {}}}}}\n")
+    pipeline = load_pipeline(tmp_path / "pipeline.yaml", overrides=[setting.replace("STORE", "old")])
+    assert pipeline.stores["old"].feature_dicts()["egemaps"]["sample_rate"] == 16000
     summary = extract_corpus(utterances, tmp_path / "old.zarr", extractors=first, progress=False)
     assert summary.complete and summary.extracted == 1 and summary.skipped == 2
     store = open_store(tmp_path / "old.zarr")

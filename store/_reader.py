@@ -291,14 +291,22 @@ class FeatureStore:
             hint = " (pass its .id)" if hasattr(utterance_id, "id") else ""
             raise StoreError(f"utterance ids are strings; got a {shown}{hint}, in store {self.path}.")
         row = self._index.get(utterance_id)
-        if row is None and self.changed_since_open():  # added since open: not "not in store"
-            raise self._changed()
+        if row is None and self.changed_since_open() and self._holds_now(utterance_id):
+            raise self._changed()  # added since open: not "not in store"
         if row is None:
             raise StoreError(
                 f"utterance {utterance_id!r} is not in store {self.path} ({len(self._ids)} "
                 f"utterances).{did_you_mean(str(utterance_id), self._ids)}"
             )
         return row
+
+    def _holds_now(self, utterance_id: str) -> bool:
+        """Whether the store as it is now (not as opened) lists the id; True when that cannot be read."""
+        try:
+            ids = open_array(open_root(self.location, mode="r"), "utterances/id", where=self.location.display)[:]
+        except Exception:  # noqa: BLE001 -- cannot tell: say that the store changed
+            return True
+        return utterance_id in to_str_list(ids)
 
     def _per_row(self, feature: str) -> dict[str, np.ndarray]:
         """A feature's frame index (offset, capacity, length, slot, crc32 per row), read at its first use.

@@ -183,6 +183,9 @@ def test_open_reader_asked_for_an_utterance_a_rerun_added_says_the_store_changed
     with pytest.raises(StoreChangedError, match="changed by an extraction since it was opened.*Open it again"):
         old.read_utterance(added, "spectrogram")
     assert open_store(store).read_utterance(added, "spectrogram").shape[0] > 0
+    with pytest.raises(StoreError, match="'nothing' is not in store") as typo:  # as after reopening it
+        old.read_utterance("nothing", "spectrogram")
+    assert not isinstance(typo.value, StoreChangedError)
     with pytest.raises(StoreError, match="'nothing' is not in store"):
         open_store(store).read_utterance("nothing", "spectrogram")
 

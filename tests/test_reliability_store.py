@@ -872,6 +872,27 @@ def test_a_store_an_older_w2v2ser_finalized_stays_readable_after_this_one_adds_t
     assert s.verify().ok and _verify_cli(store).returncode == 0
 
 
+def test_a_store_this_version_finalized_keeps_its_chunk_checks_after_this_one_adds_to_it(store, pristine):
+    """The positive case beside the one above: created and finalized by this version, then extracted
+    into again, the store keeps its all-chunks mark, so a deleted table chunk still fails the read."""
+    from dataclasses import replace
+
+    class Other(LayeredExtractor):
+        name = "other"
+
+        def feature_spec(self) -> FeatureSpec:
+            return replace(super().feature_spec(), name="other")
+
+    summary = extract_corpus(pristine[1], store, extractors=[Other()], progress=False)
+    assert summary.complete and summary.extracted == len(pristine[1])
+    meta = json.loads((store / "zarr.json").read_text())["attributes"]["w2v2ser"]
+    assert meta["all_chunks_stored"] == meta["finalized"]
+    (chunk,) = _chunk_files(store, "utterances/label")
+    chunk.unlink()
+    with pytest.raises(StoreError, match="utterances/label lacks chunk files"):
+        open_store(store).list_utterances()
+
+
 def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
     """store export read the utterance and failure tables past the reader's checks."""
     from w2v2ser.store import export_hdf5

@@ -421,13 +421,14 @@ def _recall_per_class(run: RunSummary) -> dict[str, float | None] | None:
         return _recall_from_confusion(run)
     found = {c: per_class.get(c) for c in run.classes}
     if not all(isinstance(v, Mapping) and isinstance(v.get("recall"), (int, float)) for v in found.values()):
-        return None
+        return _recall_from_confusion(run)  # a class missing: the pooled confusion has them all
     return {c: None if v.get("support") == 0 else 100.0 * float(v["recall"]) for c, v in found.items()}
 
 
 def _recall_from_confusion(run: RunSummary) -> dict[str, float | None] | None:
     """The same recalls from the pooled confusion matrix (true class per row, in ``classes`` order) of a
-    run directory whose results.json has no ``per_class`` (an older w2v2ser trained it); None without one."""
+    run directory whose results.json has no ``per_class`` (an older w2v2ser trained it) or one lacking a
+    class; None without one."""
     counts = run.confusion
     if run.status != "complete" or counts is None or counts.shape != (len(run.classes), len(run.classes)):
         return None

@@ -233,8 +233,14 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
         rows, codes = order[lo:hi], code[lo:hi]
         live = slot[rows]
         try:
-            block = np.asarray(stats[first:int(live[-1]) + 1], np.float64)
-            at = live - first
+            if 2 * len(live) < int(live[-1]) - first + 1:
+                # Sparse slots (one speaker's utterances spread over the store, composed for a subset):
+                # read those alone, not every slot between them (per speaker, that was the whole store).
+                block = np.asarray(stats.oindex[live], np.float64)
+                at = np.arange(len(rows))
+            else:
+                block = np.asarray(stats[first:int(live[-1]) + 1], np.float64)
+                at = live - first
         except Exception:  # noqa: BLE001 -- zarr raises many types for a damaged chunk
             # A superseded slot in between (an utterance re-extracted after `verify --repair` took a
             # new one) may be the damaged one: read only the slots in use, one run of consecutive

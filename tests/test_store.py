@@ -578,6 +578,44 @@ def test_compose_statistics_over_utterances_reads_only_their_slots(tmp_path, mon
     assert sum(read) < 0.25 * 256 * slot_bytes, (sum(read), len(read))
 
 
+def test_compose_statistics_of_each_speaker_in_turn_reads_the_statistics_once(tmp_path, monkeypatch):
+    """build_normaliser's speaker mode on a subset asks for each speaker in turn with the same
+    utterances: the figures equal the speaker tables', and the statistics are read about once in
+    all, not once per speaker (each speaker's slots lie in every shard)."""
+    import zarr.storage
+
+    speakers = [f"s{k:02d}" for k in range(32)]
+    built = build_store(tmp_path / "s", lengths=[4] * 256, speakers=speakers, specs=(SPEC2D,), units=4)
+    store = open_store(built.path)
+    every = [u.id for u in built.utterances]
+    read: list[int] = []
+    get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        buf = await get(self, key, *args, **kwargs)
+        if "/stats/" in key and buf is not None:
+            read.append(len(buf))
+        return buf
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    got = {spk: store.compose_statistics(SPEC2D.name, speakers=[spk], utterances=every) for spk in speakers}
+    pair = store.compose_statistics(SPEC2D.name, speakers=["s01", "s02"], utterances=every)
+    monkeypatch.undo()
+    for spk in speakers:
+        table = store.compose_statistics(SPEC2D.name, speakers=[spk])
+        assert got[spk].count == table.count
+        np.testing.assert_array_equal(got[spk].mean, table.mean)
+        np.testing.assert_array_equal(got[spk].variance, table.variance)
+    np.testing.assert_array_equal(pair.mean, store.compose_statistics(SPEC2D.name, speakers=["s01", "s02"]).mean)
+    assert sum(read) < 2 * 256 * 2 * SPEC2D.dim * 8, (sum(read), len(read))
+    # Other utterances are composed afresh.
+    half = store.compose_statistics(SPEC2D.name, speakers=["s05"], utterances=every[:128])
+    x = np.concatenate([store.read_utterance(u.id, SPEC2D.name) for u in built.utterances[:128]
+                        if u.speaker == "s05"]).astype(np.float64)
+    assert half.count == len(x)
+    np.testing.assert_allclose(half.mean, x.mean(0), rtol=1e-9)
+
+
 
 
 def test_finalize_refuses_journals_of_another_store(tmp_path):

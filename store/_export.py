@@ -28,6 +28,9 @@ __all__ = ["export_hdf5"]
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
+EXPORT_BLOCK_BYTES = 16 * 2**20  # frames (or float64 statistics) read and written at once
+
+
 def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
     group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=_STR)
 
@@ -206,17 +209,43 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
     data = fg.create_dataset("data", shape=shape, dtype=spec.dtype, chunks=chunks)
     data.attrs["chunk_frames"] = int(src.chunks[0])
     written = [i for i in range(n) if length[i] > 0]
-    for i in progress_bar(written, desc=f"export {name}", unit="utt") if progress else written:
-        # one utterance in memory at a time
-        data[new_off[i]:new_off[i] + length[i]] = store.read_utterance(store._ids[i], name)
+    bar = progress_bar(desc=f"export {name}", unit="utt", total=len(written)) if progress else None
+    frame_bytes = np.dtype(spec.dtype).itemsize * int(np.prod(spec.frame_shape))
+    k = 0
+    while k < len(written):
+        # Neighbouring rows in one read_batch (their frames lie together in the file): one read per
+        # utterance took 4 ms each, 2 minutes for 30,000 short utterances. At most EXPORT_BLOCK_BYTES
+        # of frames (or one utterance) in memory at a time.
+        j, size = k, 0
+        while j < len(written) and (j == k or size + int(length[written[j]]) * frame_bytes <= EXPORT_BLOCK_BYTES):
+            size += int(length[written[j]]) * frame_bytes
+            j += 1
+        rows_read = written[k:j]
+        frames = store.read_batch([store._ids[i] for i in rows_read], name)
+        start = int(new_off[rows_read[0]])
+        data[start:start + sum(len(f) for f in frames)] = frames[0] if len(frames) == 1 else np.concatenate(frames)
+        if bar is not None:
+            bar.update(len(rows_read))
+        k = j
+    if bar is not None:
+        bar.close()
     fg.create_dataset("offset", data=new_off)
     fg.create_dataset("length", data=length)
     fg.create_dataset("crc32", data=rows["crc32"]).attrs["checksum"] = store.row_checksum  # crc32 or crc32c
     # Read through the store's checked reads: damaged statistics raise StoreError, never get copied.
     utt = [fg.create_dataset(arr, shape=(n, *spec.frame_shape), dtype="float64") for arr in ("utt_mean", "utt_m2")]
-    for i in range(n):  # per-utterance statistics by row (the store keeps them by slot)
-        if length[i] >= 0:
-            utt[0][i], utt[1][i] = store._values(name, "stats", int(rows["slot"][i]))
+    per_block = max(1, EXPORT_BLOCK_BYTES // (16 * int(np.prod(spec.frame_shape))))
+    for lo in range(0, n, per_block):  # per-utterance statistics by row (the store keeps them by slot)
+        # A block of rows at a time, its slots in one read (one read per row: 3 ms each).
+        held = lo + np.flatnonzero(length[lo:lo + per_block] >= 0)
+        if not len(held):
+            continue
+        slots, where = np.unique(rows["slot"][held], return_inverse=True)
+        block = store._values(name, "stats", slots)[where]
+        mean = np.zeros((min(per_block, n - lo), *spec.frame_shape))
+        m2 = np.zeros_like(mean)
+        mean[held - lo], m2[held - lo] = block[:, 0], block[:, 1]
+        utt[0][lo:lo + len(mean)], utt[1][lo:lo + len(mean)] = mean, m2
     for arr in ("speaker_mean", "speaker_m2"):
         a = store._array(name, arr)
         ds = fg.create_dataset(arr, shape=a.shape, dtype="float64")

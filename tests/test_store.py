@@ -1427,3 +1427,37 @@ def test_export_through_a_link_into_a_missing_folder_of_a_store_is_refused_as_in
     with pytest.raises(ConfigError, match=r"x.h5 is a symbolic link that loops \(through loop/f.h5\); remove"):
         export_hdf5(store, into_loop)
     assert os.readlink(into_loop) == "loop/f.h5"
+
+
+def test_export_reads_statistics_and_frames_in_blocks_not_per_utterance(tmp_path, monkeypatch):
+    """export_hdf5 read each utterance's statistics (and frames) with a call of its own: 3-4 ms per
+    utterance, minutes for a store of 30,000 short ones. Now blocks of rows; the file is the same."""
+    import h5py
+    import zarr.storage
+
+    built = build_store(tmp_path / "s", lengths=[3, 0, 9, 4] * 64, speakers=[f"s{k}" for k in range(8)],
+                        specs=(SPEC2D, W2V), units=4)
+    gets: list[str] = []
+    get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        if "/stats/" in key:
+            gets.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    out = export_hdf5(built.path, tmp_path / "out.h5")
+    monkeypatch.undo()
+    assert len(gets) < 64, len(gets)  # 256 utterances x 2 features
+    store = open_store(built.path)
+    with h5py.File(out) as f:
+        for spec in (SPEC2D, W2V):
+            g = f["features"][spec.name]
+            for i, u in enumerate(built.utterances):
+                n = int(g["length"][i])
+                np.testing.assert_array_equal(g["data"][g["offset"][i]:g["offset"][i] + n],
+                                              store.read_utterance(u.id, spec.name))
+                x = built.stored(spec.name, i).astype(np.float64)
+                if n:
+                    np.testing.assert_allclose(g["utt_mean"][i], x.mean(0), rtol=1e-9, atol=1e-12)
+                    np.testing.assert_allclose(g["utt_m2"][i], ((x - x.mean(0)) ** 2).sum(0), rtol=1e-6, atol=1e-9)

@@ -760,10 +760,12 @@ class FeatureStore:
         # speaker's slots lie spread over the store, and reading them speaker by speaker read each
         # statistics shard once per speaker (300 speakers of a 30,000-utterance store: minutes).
         key = (feature, tuple(utterances))
-        if self._composed is not None and self._composed[0] == key:
-            if self._composed[1] is None:
-                self._composed = (key, self._compose_utterances(feature, None, utterances))
-            totals = self._composed[1]
+        cached = self._composed  # once: another thread may replace it meanwhile
+        if cached is not None and cached[0] == key:
+            totals = cached[1]
+            if totals is None:
+                totals = self._compose_utterances(feature, None, utterances)
+                self._composed = (key, totals)
         else:
             self._composed = (key, None)
             totals = self._compose_utterances(feature, speakers, utterances)

@@ -593,8 +593,9 @@ def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: n
         # copy of the arrays (shuffling the elements themselves copies the partition every epoch).
         # The copy is held in variables: Dataset.from_tensors kept two copies of the arrays for the
         # dataset's lifetime (a 935 MB training partition took 2.3 GB more once its dataset existed).
-        data = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False),
-                                     (part, labels if whole else labels[idx]))
+        with tf.device("/CPU:0"):  # where tf.data runs, as the dataset's own tensors were (never a GPU)
+            data = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False),
+                                         (part, labels if whole else labels[idx]))
         index = tf.data.Dataset.range(len(idx))
         if shuffle:
             index = index.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)

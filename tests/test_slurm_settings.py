@@ -761,3 +761,36 @@ def test_a_pending_worker_job_dask_scales_away_is_still_scancelled(
         while not (bin_folder / "scancelled").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert (bin_folder / "scancelled").read_text().split() == ["1001"]
+
+
+def test_a_requeued_worker_job_dask_drops_while_the_cluster_closes_is_scancelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s64 #2: a requeued job that Dask dropped (its worker left) was kept once squeue, which takes a
+    while, said PENDING, even when the cluster had started closing meanwhile: the job was never scancelled
+    and stayed in SLURM's queue after the run. It is scancelled now."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    (bin_folder / "squeue").rename(bin_folder / "squeue.real")  # squeue is slow once bin/slow exists
+    (bin_folder / "squeue").write_text(f'#!/bin/sh\n[ -e {bin_folder}/slow ] && sleep 3\n'
+                                       f'exec {bin_folder}/squeue.real "$@"\n')
+    (bin_folder / "squeue").chmod(0o755)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"job_check": 60, "cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.3s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        (bin_folder / "slow").touch()
+        (bin_folder / "job1.state").write_text("PENDING\n")  # SLURM requeued it
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while handle.client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # Dask dropped the job and asks squeue: the run ends meanwhile
+    scancelled = (bin_folder / "scancelled").read_text().split() if (bin_folder / "scancelled").exists() else []
+    assert scancelled == ["1001"]

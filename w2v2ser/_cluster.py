@@ -399,8 +399,11 @@ def _keep_requeued_jobs(cluster: Any) -> None:
                     and not getattr(self, "w2v2ser_ended", False)):
                 states = await asyncio.get_running_loop().run_in_executor(None, _squeue_states, [job_id])
                 state = (states or {}).get(job_id)
-                if state in _WAITING_STATES | _ENDING_STATES:
-                    cluster.workers.setdefault(self.name, self)  # Dask dropped it: SLURM runs it again
+                # squeue took a while: the cluster may be closing (its last look at the jobs is over, this job
+                # would stay queued after the run), or the name dropped or in use again; then it is scancelled
+                if (state in _WAITING_STATES | _ENDING_STATES and cluster.status == Status.running
+                        and self.name in cluster.worker_spec and self.name not in cluster.workers):
+                    cluster.workers[self.name] = self  # Dask dropped it: SLURM runs it again
                     return
                 if state not in _ENDED_STATES:  # it ran on without its worker: CANCELLED by us, not by its user
                     cluster.w2v2ser_scancelled.add(job_id)

@@ -794,3 +794,24 @@ def test_a_requeued_worker_job_dask_drops_while_the_cluster_closes_is_scancelled
         time.sleep(1.5)  # Dask dropped the job and asks squeue: the run ends meanwhile
     scancelled = (bin_folder / "scancelled").read_text().split() if (bin_folder / "scancelled").exists() else []
     assert scancelled == ["1001"]
+
+
+def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review s64 #1: `run` waits for a first worker before it submits work, and that wait stopped the run at
+    the give-up though the other slot's job was still PENDING (the watchdog waits for it). It waits too now."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    # job 4 waits in the queue for 20 s (squeue: PENDING), then starts well; every other job fails at start
+    pending = 'case $0 in *job4.sh) echo PENDING > ${0%.sh}.state; sleep 20; rm ${0%.sh}.state;; *) exit 3;; esac'
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
+                                  "worker_wait": "5:00", "job_script_prologue": [pending]})
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        _cluster.wait_for_a_worker(handle.client, config.slurm)
+        assert handle.client.nthreads()
+    assert "6 SLURM worker jobs in a row ended" in capsys.readouterr().err

@@ -551,8 +551,9 @@ def wait_for_a_worker(client: Any, slurm: Any) -> None:
 
     Raises:
         ClusterError: none connected in time (exit 1); the message names the setting and what
-            squeue says of the worker jobs. Or the worker jobs failed at start too often and no
-            more are submitted (see _replace_ended_jobs). Nothing was submitted to the cluster yet.
+            squeue says of the worker jobs. Or the worker jobs failed at start too often, no
+            more are submitted (see _replace_ended_jobs) and none is pending or running. Nothing
+            was submitted to the cluster yet.
     """
     limit = None if slurm.worker_wait is None else _slurm_seconds(slurm.worker_wait)
     if limit is None:
@@ -567,7 +568,8 @@ def wait_for_a_worker(client: Any, slurm: Any) -> None:
             return
         except WorkerStartTimeoutError:
             gave_up = getattr(cluster, "w2v2ser_gave_up", "")
-            if gave_up:  # the worker jobs fail at start: no more are submitted (_replace_ended_jobs)
+            # the worker jobs fail at start: no more are submitted (_replace_ended_jobs); one still pending may work
+            if gave_up and not _jobs_to_come(cluster):
                 raise ClusterError(gave_up) from None
             if time.monotonic() >= deadline:
                 break

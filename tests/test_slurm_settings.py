@@ -815,3 +815,37 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
         _cluster.wait_for_a_worker(handle.client, config.slurm)
         assert handle.client.nthreads()
     assert "6 SLURM worker jobs in a row ended" in capsys.readouterr().err
+
+
+def test_a_held_worker_job_is_replaced_after_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review s64 #3: a requeued job that SLURM holds (REQUEUE_HOLD, or PENDING for JobHeldAdmin, JobHeldUser,
+    "launch failed requeued held") runs only after `scontrol release`, but it was kept for ever as a job
+    to come, and the run waited in silence. It is replaced after ENDING_S now, with a line that says so, and
+    its start is timed afresh (it counted as a start that went well)."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    monkeypatch.setattr(_cluster, "ENDING_S", 1.0)
+    monkeypatch.setattr(_cluster, "FAILED_START_S", 0.5)
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    (bin_folder / "squeue").rename(bin_folder / "squeue.real")  # the reason only when -o asks for it (%r)
+    (bin_folder / "squeue").write_text(f'#!/bin/sh\ncase "$*" in *%r*) exec {bin_folder}/squeue.real "$@";; esac\n'
+                                       f'{bin_folder}/squeue.real "$@" | cut -d" " -f1,2\n')
+    (bin_folder / "squeue").chmod(0o755)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.3s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        time.sleep(1.5)  # the watchdog has seen it RUNNING for longer than FAILED_START_S
+        (bin_folder / "job1.state").write_text("PENDING JobHeldAdmin\n")  # requeued and held by an admin
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    err = capsys.readouterr().err
+    assert (bin_folder / "job2.sh").exists() and "1001" in (bin_folder / "scancelled").read_text().split()
+    assert "SLURM worker job(s) 1001 held for 1 s" in err and "1 SLURM worker job(s) ended within" in err, err

@@ -59,11 +59,15 @@ _ENDED_STATES = frozenset({"ENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT
                            "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
 # squeue's states of a job that is ending but may come back: SLURM requeues a preempted job (PreemptMode=REQUEUE)
 # or one whose node failed under the same id, PENDING again. Such a job is over once it has stayed so ENDING_S.
-_ENDING_STATES = frozenset({"COMPLETING", "PREEMPTED", "NODE_FAIL", "STAGE_OUT", "SIGNALING"})
+# HELD is w2v2ser's name for a held job (REQUEUE_HOLD, RESV_DEL_HOLD, or PENDING for JobHeldAdmin, JobHeldUser or
+# "launch failed requeued held"): it runs only after `scontrol release`, so it is replaced after ENDING_S too.
+_HELD = "HELD"
+_ENDING_STATES = frozenset({"COMPLETING", "PREEMPTED", "NODE_FAIL", "STAGE_OUT", "SIGNALING", _HELD})
+_HELD_STATES = frozenset({"REQUEUE_HOLD", "RESV_DEL_HOLD"})
 ENDING_S = 120.0
 # squeue's states of a job that SLURM is to run (again): a requeued job among them is left alone.
-_WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD",
-                             "SUSPENDED", "STOPPED", "RESIZING"})
+_WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED",
+                             "RESIZING"})
 # What to change when a worker died at every try of a task (KilledWorker), by cluster.kind.
 _LOST_WORKER_FIX = {
     "local": "raise cluster.memory_limit, lower cluster.workers, or set cluster: none to see an error the worker "
@@ -367,19 +371,28 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
 
 
 def _squeue_states(ids: list[str]) -> dict[str, str] | None:
-    """squeue's state (RUNNING, PENDING, TIMEOUT, ...) of each job id it still lists; None when squeue cannot say."""
+    """squeue's state (RUNNING, PENDING, TIMEOUT, ...) of each job id it still lists, HELD for a held job; None
+    when squeue cannot say."""
     # --states=all: an ended job stays listed with its end state for a while (MinJobAge). A user's
     # SQUEUE_STATES/SQUEUE_PARTITION would hide our jobs; a job never listed is not taken as ended.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQUEUE_")}
     try:
-        listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T", "-j", ",".join(ids)],
+        listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T %r", "-j", ",".join(ids)],
                                 capture_output=True, text=True, timeout=20, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if listed.returncode != 0:  # the ids SLURM has forgotten (ended long ago): "Invalid job id specified"
         return {} if "invalid job id" in listed.stderr.lower() else None
-    return {job: state.strip() for job, _, state in (line.strip().partition(" ") for line in listed.stdout.splitlines())
-            if job}
+    states = {}
+    for line in listed.stdout.splitlines():
+        job, _, rest = line.strip().partition(" ")
+        state, _, reason = rest.strip().partition(" ")
+        if job:
+            reason = reason.strip().lower().replace("_", " ")
+            held = state in _HELD_STATES or (state == "PENDING" and (reason.startswith("jobheld")
+                                                                     or "requeued held" in reason))
+            states[job] = _HELD if held else state
+    return states
 
 
 def _keep_requeued_jobs(cluster: Any) -> None:
@@ -470,6 +483,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             states = _squeue_states(list(ids)) if ids else {}
             now = time.monotonic()
             ended = {name: job for name, job in gone.items() if not getattr(job, "job_id", None)}
+            held = []  # ids of the ended jobs that were held
             kept = {}  # gone from Dask, but requeued or still ending: looked at again
             for job_id, name in ids.items():
                 # A job squeue never listed (another cluster's -M, a hidden partition) is left to Dask.
@@ -477,6 +491,8 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 listed.update([job_id] if states and job_id in states else [])
                 if state == "RUNNING":
                     running_since.setdefault(job_id, now)
+                elif state in _WAITING_STATES or state == _HELD:  # requeued: its next start is timed afresh
+                    running_since.pop(job_id, None)
                 if state in _ENDING_STATES:
                     ending = ending_since.setdefault(job_id, now)
                 else:
@@ -484,6 +500,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 over = state in _ENDED_STATES or (state in _ENDING_STATES and now - ending >= ENDING_S)
                 if over or (name in gone and state is None):
                     ended[name] = jobs[name]
+                    held += [job_id] if state == _HELD else []
                     ending_since.pop(job_id, None)
                 elif name in gone:
                     kept[name] = gone[name]
@@ -500,6 +517,10 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 else:
                     failed_starts.clear()
             cluster.sync(_drop_jobs, cluster, list(ended))
+            if held:
+                say(f"SLURM worker job(s) {', '.join(held)} held for {ENDING_S:.0f} s (squeue: REQUEUE_HOLD, or "
+                    "PENDING for JobHeldAdmin, JobHeldUser or launch failed requeued held; such a job runs only "
+                    "after `scontrol release`) are scancelled and replaced")
             logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:
                 given_up = (f"{len(failed_starts)} SLURM worker jobs in a row ended within {FAILED_START_S:.0f} s "

@@ -712,6 +712,18 @@ def test_how_often_the_worker_jobs_are_looked_at_is_a_setting() -> None:
         ClusterConfig(kind="slurm", slurm={"job_check": 0})
 
 
+@pytest.mark.parametrize("value", [".inf", "1e9", "nan"])
+def test_a_job_check_the_watchdog_cannot_wait_is_refused(tmp_path: Path, value: str) -> None:
+    """Review s64 #8: `job_check: .inf` was taken; the watchdog's wait then raised OverflowError, its thread
+    died with a traceback and ended worker jobs were never replaced again. It is a config error now."""
+    from w2v2ser._config import ConfigError, load_pipeline
+
+    config = _slurm_pipeline(tmp_path, {"job_check": 60})
+    config.write_text(config.read_text().replace("job_check: 60", f"job_check: {value}"))
+    with pytest.raises(ConfigError, match="job_check"):
+        load_pipeline(config)
+
+
 def test_work_cancelled_at_the_give_up_is_said_in_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When the worker jobs failed at start and no worker was left, every task left was cancelled and each

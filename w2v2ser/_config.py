@@ -133,9 +133,10 @@ class SlurmConfig(StrictModel):
     log_directory: Optional[_Text] = None
     local_directory: Optional[_Text] = None
     interface: Optional[_Text] = None
-    job_check: Annotated[float, Field(gt=0)] = Field(
+    job_check: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = Field(
         60.0, description="seconds between two looks of `run` at its worker jobs' squeue state, to replace a job "
-        "that ended (each look is one squeue call: a busy controller's admins dislike short intervals)")
+        "that ended, at most 3600 (each look is one squeue call: a busy controller's admins dislike short "
+        "intervals)")
     worker_wait: Optional[Annotated[_Text, AfterValidator(_slurm_walltime)]] = Field(
         "12:00:00", description="how long `run` waits for a first Dask worker to connect before it stops "
         "with exit 1 (a SLURM time; null, 0 or UNLIMITED: no limit)")

@@ -861,3 +861,17 @@ def test_a_held_worker_job_is_replaced_after_a_while(
     err = capsys.readouterr().err
     assert (bin_folder / "job2.sh").exists() and "1001" in (bin_folder / "scancelled").read_text().split()
     assert "SLURM worker job(s) 1001 held for 1 s" in err and "1 SLURM worker job(s) ended within" in err, err
+
+
+def test_what_dask_says_of_a_cancelled_task_is_kept() -> None:
+    """Review s64 #9: every cancelled task became ``cancelled: REASON``; Dask's message was dropped ("Scheduler
+    has restarted. Please re-run your work.") and a cancel without a reason said only "cancelled: unknown"."""
+    from distributed.client import FutureCancelledError
+
+    from w2v2ser._common import task_error
+
+    restarted = "Scheduler has restarted. Please re-run your work."
+    assert task_error(FutureCancelledError("k", reason=None, msg=restarted)) == f"cancelled: {restarted}"
+    assert task_error(FutureCancelledError("k", reason="gave up", msg="lost")) == "cancelled: gave up (lost)"
+    assert task_error(FutureCancelledError("k", reason="gave up")) == "cancelled: gave up"
+    assert "k cancelled for reason: unknown" in task_error(FutureCancelledError("k", reason=None))

@@ -295,8 +295,12 @@ def task_error(error: BaseException, *, fix: str = LOST_WORKER_FIX) -> str:
     """``Type: message`` of a Dask task's error; a KilledWorker (its worker process died at every
     try) says the likely cause and what to do instead of Dask's "inspecting worker logs": ``fix``,
     which names the settings the caller's user has (those of ``cluster:`` for `w2v2ser run`)."""
-    if type(error).__name__ == "FutureCancelledError" and getattr(error, "reason", None):
-        return f"cancelled: {error.reason}"  # the same for every task cancelled at once: without its key
+    if type(error).__name__ == "FutureCancelledError":  # the same for every task cancelled at once: without its key
+        reason, msg = getattr(error, "reason", None), getattr(error, "msg", None)  # Dask's reason None: "unknown"
+        if reason and reason != "unknown":
+            return f"cancelled: {reason}" + (f" ({msg})" if msg else "")
+        if msg:  # e.g. "Scheduler has restarted. Please re-run your work."
+            return f"cancelled: {msg}"
     if type(error).__name__ != "KilledWorker":
         return f"{type(error).__name__}: {error}"
     try:

@@ -232,6 +232,8 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
                 break
     assert "no Dask worker has connected" in said, said
     assert "job 4242 PENDING (Resources)" in said and str(tmp_path / "logs") in said, said
+    # review s64 #10: "(Ctrl-C or scancel)" was advice that no longer stops the run: a scancelled worker job is replaced
+    assert "Ctrl-C, or scancel this run's own job; scancelled worker jobs are replaced" in said, said
 
 
 def test_a_worker_that_never_connects_stops_after_worker_wait(

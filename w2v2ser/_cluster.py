@@ -366,7 +366,8 @@ def _say_while_no_worker(client: Any, cluster: Any, log_directory: str | None, s
                    "smaller cluster.slurm cores, memory or walltime, or another queue, start sooner); a RUNNING job "
                    f"whose worker never connects says why in its log ({logs}), e.g. this Python missing on the "
                    "compute node or no route to this host (set cluster.slurm.interface). Finished work is kept if "
-                   "you stop here (Ctrl-C or scancel).", file=sys.stderr)
+                   "you stop here (Ctrl-C, or scancel this run's own job; scancelled worker jobs are replaced).",
+                   file=sys.stderr)
         sys.stderr.flush()
 
 

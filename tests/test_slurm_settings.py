@@ -831,8 +831,9 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
     assert "6 SLURM worker jobs in a row ended" in capsys.readouterr().err
 
 
-def test_a_held_worker_job_is_replaced_after_a_while(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("reason", ["JobHeldAdmin", "job requeued in held state"])  # the latter: SLURM 22.05's
+def test_a_held_worker_job_is_replaced_after_a_while(                               # scontrol requeuehold
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reason: str) -> None:
     """Review s64 #3: a requeued job that SLURM holds (REQUEUE_HOLD, or PENDING for JobHeldAdmin, JobHeldUser,
     "launch failed requeued held") runs only after `scontrol release`, but it was kept for ever as a job
     to come, and the run waited in silence. It is replaced after ENDING_S now, with a line that says so, and
@@ -857,7 +858,7 @@ def test_a_held_worker_job_is_replaced_after_a_while(
             _cluster.open_cluster(config, use_gpus=False) as handle:
         handle.client.wait_for_workers(1, timeout=60)
         time.sleep(1.5)  # the watchdog has seen it RUNNING for longer than FAILED_START_S
-        (bin_folder / "job1.state").write_text("PENDING JobHeldAdmin\n")  # requeued and held by an admin
+        (bin_folder / "job1.state").write_text(f"PENDING {reason}\n")  # requeued and held
         os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
     err = capsys.readouterr().err

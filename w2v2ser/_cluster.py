@@ -59,8 +59,8 @@ _ENDED_STATES = frozenset({"ENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT
                            "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"})
 # squeue's states of a job that is ending but may come back: SLURM requeues a preempted job (PreemptMode=REQUEUE)
 # or one whose node failed under the same id, PENDING again. Such a job is over once it has stayed so ENDING_S.
-# HELD is w2v2ser's name for a held job (REQUEUE_HOLD, RESV_DEL_HOLD, or PENDING for JobHeldAdmin, JobHeldUser or
-# "launch failed requeued held"): it runs only after `scontrol release`, so it is replaced after ENDING_S too.
+# HELD is w2v2ser's name for a held job (REQUEUE_HOLD, RESV_DEL_HOLD, or PENDING for JobHeldAdmin, JobHeldUser,
+# "job requeued in held state" or "launch failed requeued held"): it runs only after `scontrol release`, so it is replaced after ENDING_S too.
 _HELD = "HELD"
 _ENDING_STATES = frozenset({"COMPLETING", "PREEMPTED", "NODE_FAIL", "STAGE_OUT", "SIGNALING", _HELD})
 _HELD_STATES = frozenset({"REQUEUE_HOLD", "RESV_DEL_HOLD"})
@@ -390,8 +390,9 @@ def _squeue_states(ids: list[str]) -> dict[str, str] | None:
         state, _, reason = rest.strip().partition(" ")
         if job:
             reason = reason.strip().lower().replace("_", " ")
-            held = state in _HELD_STATES or (state == "PENDING" and (reason.startswith("jobheld")
-                                                                     or "requeued held" in reason))
+            # JobHeldAdmin, JobHeldUser, "job requeued in held state" (scontrol requeuehold, SLURM 22.05),
+            # "launch failed requeued held"
+            held = state in _HELD_STATES or (state == "PENDING" and "held" in reason)
             states[job] = _HELD if held else state
     return states
 
@@ -520,7 +521,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
             cluster.sync(_drop_jobs, cluster, list(ended))
             if held:
                 say(f"SLURM worker job(s) {', '.join(held)} held for {ENDING_S:.0f} s (squeue: REQUEUE_HOLD, or "
-                    "PENDING for JobHeldAdmin, JobHeldUser or launch failed requeued held; such a job runs only "
+                    "PENDING with a held reason such as JobHeldAdmin or JobHeldUser; such a job runs only "
                     "after `scontrol release`) are scancelled and replaced")
             logs = slurm.log_directory or "slurm-JOBID.out in the folder run was started from"
             if len(failed_starts) >= MAX_FAILED_STARTS * slurm.jobs:

@@ -258,12 +258,45 @@ def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, w
     def command(args: argparse.Namespace) -> int:
         raise error
 
+    import resource
+
     parser = argparse.ArgumentParser()
     parser.set_defaults(func=command)
     monkeypatch.setattr(_cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(resource, "getrlimit", lambda limit: (1 << 30, resource.RLIM_INFINITY))  # `ulimit -v`
     assert _cli.main([]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"w2v2ser: error: {words}") and "--batch-seconds" in err and len(err.splitlines()) == 1
+    assert err.startswith(f"w2v2ser: error: {words}") and len(err.splitlines()) == 1, err
+    # An import is no batch: only the limit is named there.
+    assert ("--batch-seconds" in err) != isinstance(error, ImportError), err
+
+
+@pytest.mark.parametrize("error", [
+    # glibc on aarch64 (the fix is LD_PRELOAD, not memory), a venv on a noexec mount, a plain import error.
+    ImportError("/lib/aarch64-linux-gnu/libgomp.so.1: cannot allocate memory in static TLS block"),
+    ImportError("libfoo.so: failed to map segment from shared object: Operation not permitted"),
+    ImportError("cannot import name 'Model' from 'keras'"),
+    ModuleNotFoundError("No module named 'w2v2ser_not_a_module'", name="w2v2ser_not_a_module"),
+    _panic("called `Option::unwrap()` on a `None` value"),
+])
+def test_an_error_that_is_no_memory_limit_keeps_its_traceback(monkeypatch, error: BaseException) -> None:
+    """"cannot allocate memory in static TLS block" and a noexec mount read as "out of memory, raise the limit"."""
+    import resource
+
+    from w2v2ser._common import describe_error
+
+    monkeypatch.setattr(resource, "getrlimit", lambda limit: (1 << 30, resource.RLIM_INFINITY))
+    assert describe_error(error) is None
+
+
+def test_a_library_that_did_not_map_without_a_memory_limit_keeps_its_traceback(monkeypatch) -> None:
+    """Without a finite RLIMIT_AS or RLIMIT_DATA, "failed to map segment" is no memory limit to raise."""
+    import resource
+
+    from w2v2ser._common import describe_error
+
+    monkeypatch.setattr(resource, "getrlimit", lambda limit: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert describe_error(ImportError("libtensorflow_cc.so.2: failed to map segment from shared object")) is None
 
 
 def test_a_folder_name_that_is_not_utf8_is_skipped_with_a_reason(tmp_path, capsys) -> None:

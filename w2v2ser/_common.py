@@ -245,11 +245,23 @@ def _open_file_limit() -> str:
 def _library_did_not_fit(error: BaseException) -> bool:
     """Whether ``error`` is the dynamic loader's failure to map a shared library into memory:
     under `ulimit -v` / `prlimit --as`, ``import tensorflow`` raises ImportError("libtensorflow_cc.so.2:
-    failed to map segment from shared object"), or "cannot allocate memory" (ENOMEM)."""
+    failed to map segment from shared object"), or "cannot allocate memory" (ENOMEM). Only while this
+    process has a finite RLIMIT_AS or RLIMIT_DATA: glibc's "cannot allocate memory in static TLS block"
+    (fixed with LD_PRELOAD) and a library on a noexec mount ("...: Operation not permitted") are not
+    about memory, and keep their traceback."""
     if not isinstance(error, ImportError) or isinstance(error, ModuleNotFoundError):
         return False
-    text = str(error).lower()
-    return "failed to map segment" in text or "cannot allocate memory" in text
+    text = str(error).lower().rstrip(" .")
+    if (not ("failed to map segment" in text or "cannot allocate memory" in text) or "static tls" in text
+            or text.endswith(("operation not permitted", "permission denied"))):
+        return False
+    try:
+        import resource
+
+        return any(resource.getrlimit(limit)[0] != resource.RLIM_INFINITY
+                   for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
 
 
 def _thread_pool_did_not_start(error: BaseException) -> bool:
@@ -276,8 +288,10 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
             or _library_did_not_fit(error) or _thread_pool_did_not_start(error)):
         # A memory limit (`ulimit -v`, a job's --mem) hits numpy allocations, thread stacks and the
         # mapping of a native library (TensorFlow's, torch's) alike.
+        if isinstance(error, ImportError):  # an import, not a batch: only the limit is to change
+            return (f"out of memory while loading a native library ({error}): raise the limit (`ulimit -v`, the "
+                    f"job's --mem), then rerun the same command.", EXIT_FAILED)
         what = ("out of memory" if isinstance(error, MemoryError)
-                else f"out of memory while loading a native library ({error})" if isinstance(error, ImportError)
                 else "no new thread could start (out of memory or threads)")
         return (f"{what}: raise the limit (`ulimit -v`, `ulimit -u`, the job's --mem) or use less (lower "
                 f"--batch-seconds, --decode-workers or --cpu-workers for extract, --threads for train), then rerun "

@@ -162,7 +162,7 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     full = bool(said) and any(os.strerror(code) in said[-1] for code in FULL_DISK_ERRNOS)
     if full and not (Path(store) / "zarr.json").exists():  # not extract's "resumes where it stopped", nor --model
         error = PredictError(f"stage 1 could not extract the new audio's features: "
-                             f"{said[-1].split(': free disk space', 1)[0].rstrip('.')}. Free space there, or set "
+                             f"{_without_advice(said[-1])}. Free space there, or set "
                              f"TMPDIR or pass --work-dir DIR (work_dir=DIR) on a disk with room, then rerun")
         error.exit_code = EXIT_FAILED
         raise error
@@ -215,6 +215,17 @@ def _in_predict_terms(said: str) -> str:
     return f"{what}: {_LIMIT_ADVICE}"
 
 
+# Where stage 1's advice on a full disk starts: StoreFullError's, then describe_path_error's (ENOSPC/EDQUOT, EFBIG).
+_FULL_DISK_ADVICE = (": free disk space", ". Free space (or raise the quota)", ": a per-file size limit")
+
+
+def _without_advice(said: str) -> str:
+    """Stage 1's full-disk error line without extract's advice ("another --out ...", "finished work is
+    kept"), which predict replaces with its own: only what was full, e.g. "PATH: No space left on device"."""
+    cut = min((said.find(marker) for marker in _FULL_DISK_ADVICE if marker in said), default=len(said))
+    return said[:cut].rstrip(".")
+
+
 def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:
     """Why a file has no features when stage 1 stopped (``said``) before extracting it; a full disk
     names where predict keeps its temporary store and how to put it elsewhere."""
@@ -222,7 +233,7 @@ def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:
     if not any(os.strerror(code) in said for code in FULL_DISK_ERRNOS) and "no space left" not in said.lower():
         return reason
     # Not extract's advice ("extraction resumes where it stopped"): predict starts over; its own follows.
-    reason = f"not extracted: stage 1 stopped before this file ({said.split(': free disk space', 1)[0].rstrip('.')})"
+    reason = f"not extracted: stage 1 stopped before this file ({_without_advice(said)})"
     if temporary:
         return (f"{reason}. Predict extracts into a temporary folder ({work}, in {work.parent}, which TMPDIR "
                 f"chooses): free space there, or set TMPDIR to a folder on a disk with room, or pass "

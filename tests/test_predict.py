@@ -1136,16 +1136,24 @@ def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Pa
     assert "--model" not in str(raised.value) and "finished work is kept" not in str(raised.value)
 
 
+@pytest.mark.parametrize("wording", ["store", "path"])
 def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_predicts_terms(
-        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch, wording: str) -> None:
     """lim trial: `predict RUN f.flac --work-dir full_tmpfs/wd` exited 2 (bad input) with extract's "extraction
-    resumes where it stopped" and "pass --model" (an eGeMAPS run has no model) when stage 1 could not make its store."""
+    resumes where it stopped" and "pass --model" (an eGeMAPS run has no model) when stage 1 could not make its store.
+    review4 #2: stage 1's line about a file it names (its lock) kept extract's advice before predict's own."""
+    import errno
+    import os
+
+    from w2v2ser._common import describe_error
+
     def full(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         store = command[command.index("--store") + 1]
-        return subprocess.CompletedProcess(command, 1, "", (
-            f"w2v2ser: error: no space left on the device holding store {store} (No space left on device) during "
-            f"_create: free disk space or raise the limit (or move the store to a larger disk) and rerun the same "
-            f"command; utterances committed so far are kept and extraction resumes where it stopped.\n"))
+        said = (f"no space left on the device holding store {store} (No space left on device) during _create: free "
+                f"disk space or raise the limit (or move the store to a larger disk) and rerun the same command; "
+                f"utterances committed so far are kept and extraction resumes where it stopped." if wording == "store"
+                else describe_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{store}/.extract.lock"))[0])
+        return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {said}\n")
 
     monkeypatch.setattr(_predict.subprocess, "run", full)
     with pytest.raises(PredictError) as raised:
@@ -1153,6 +1161,8 @@ def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_pre
     message = str(raised.value)
     assert raised.value.exit_code == 1 and "No space left on device" in message and "--work-dir" in message, message
     assert "resumes" not in message and "--model" not in message, message
+    # Predict's advice only, once: not extract's "finished work is kept" (predict starts over) nor its --out.
+    assert "finished work is kept" not in message and "--out" not in message and message.count("rerun") == 1, message
 
 
 def test_a_full_work_folder_at_the_manifest_is_one_error_naming_it(trained: Path, audio_files: list[Path],

@@ -41,8 +41,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, W2v2serError, as_paths, did_you_mean, first_few,
-                             make_folder, owner_tag, python_command, remove_stale)
+from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, W2v2serError, as_paths, check_thread_environment,
+                             did_you_mean, first_few, make_folder, owner_tag, python_command, remove_stale)
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import validate
 from w2v2ser.train import damaged_run_files, list_run_files
@@ -647,6 +647,7 @@ def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Seq
             others get the run's global statistics.
         utterances: Compose those speakers' statistics over these utterances only (None: all).
     """
+    check_thread_environment()  # before TensorFlow starts: it aborts the process on a negative count
     import keras
 
     # Registers the custom layers model.keras files use: those of train/_layers.py and any a head
@@ -752,6 +753,7 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
     files, origin = _expand_folders(paths)
     if not files:
         raise PredictError("predict_audio received no audio paths; expected at least one file.")
+    check_thread_environment()  # now, not after stage 1's extraction
     if speakers is not None:
         speakers = [speakers] * len(paths) if isinstance(speakers, str) else [str(s) for s in speakers]
         if len(speakers) == len(paths) != len(files):  # one per path: a folder's speaker for each file in it

@@ -2065,3 +2065,19 @@ def test_predict_uses_only_public_names_of_extract() -> None:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("w2v2ser.extract"):
                 private += [f"{source.name}: {alias.name}" for alias in node.names if alias.name.startswith("_")]
     assert not private
+
+
+def test_a_negative_tensorflow_thread_count_in_the_environment_is_refused_not_a_process_abort(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """review4 #3: `TF_NUM_INTRAOP_THREADS=-1 w2v2ser predict RUN x.wav` aborted the process (a notebook's
+    kernel) in TensorFlow's "Check failed: num_threads >= 1"; train refused it, predict did not check."""
+    from w2v2ser import ConfigError
+
+    def extract(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        raise AssertionError("stage 1 ran before the check")
+
+    monkeypatch.setattr(_predict.subprocess, "run", extract)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "-2")
+    with pytest.raises(ConfigError, match=r"TF_NUM_INTEROP_THREADS is '-2'.*Unset it") as raised:
+        predict_audio(trained, audio_files[:1])
+    assert "--threads" not in str(raised.value)  # predict has none

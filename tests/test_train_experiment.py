@@ -1273,3 +1273,10 @@ def test_a_negative_thread_count_is_refused_not_a_process_abort(tmp_path, monkey
     with pytest.raises(ConfigError, match=r"TF_NUM_INTRAOP_THREADS is '-1'.*Unset it"):
         train_experiment(cfg, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "runs").exists()
+    # review4 #4: "--1" was a ValueError traceback; threads=4.0 (YAML, a notebook) was accepted before the check.
+    # TensorFlow reads a value that is no number as 0, its default.
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "--1")
+    train_experiment(cfg, out=tmp_path / "run", progress=False)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    train_experiment(cfg, out=tmp_path / "run2", progress=False, threads=4.0)
+    assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run2" / "results.json").exists()

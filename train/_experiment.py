@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, STAGE2_PACKAGES, caller_random_kept, case_variants,
-                             first_few, make_folder, provenance, publish_directory, subset_text, variants_differ,
-                             write_atomically)
+                             check_thread_environment, first_few, make_folder, provenance, publish_directory,
+                             subset_text, variants_differ, write_atomically)
 
 from ._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import (TRAIN_MICRO_BATCH_MB, FeatureBatches, Item, Source, foldable, micro_batch_size,
@@ -588,16 +588,13 @@ def _json_default(o: Any) -> Any:
 def _configure_threads(threads: int | None) -> None:
     # TensorFlow aborts the whole process (a notebook's kernel) on a negative count: "Check failed:
     # num_threads >= 1", from the argument or from a cluster script's TF_NUM_INTRAOP_THREADS.
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                or threads < 0):
+    # A whole float (4.0, from YAML or a notebook) was accepted before this check, and still is.
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer, float))
+                                or threads < 0 or (isinstance(threads, float) and not threads.is_integer())):
         raise ConfigError(f"threads: got {threads!r}; expected a whole number of TensorFlow threads, at least 1 "
                           f"(None or 0: TensorFlow's default, every usable core)")
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if not threads and value.lstrip("-").isdigit() and int(value) < 0:
-            raise ConfigError(f"the environment variable {name} is {value!r}, which TensorFlow aborts on; expected "
-                              f"a number of threads, at least 1. Unset it or set it to a positive number (or pass "
-                              f"--threads N, threads=N, which takes its place), then rerun")
+    if not threads:
+        check_thread_environment(instead="--threads N, threads=N")
     import tensorflow as tf
 
     if not threads:

@@ -232,6 +232,22 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_thread_environment(*, instead: str = "") -> None:
+    """Refuse a negative ``TF_NUM_INTRAOP_THREADS``/``TF_NUM_INTEROP_THREADS`` (a cluster script's) before
+    TensorFlow is imported: TensorFlow aborts the whole process (a notebook's kernel) on it, "Check
+    failed: num_threads >= 1". ``instead``: the option that takes its place, for the message.
+
+    Raises:
+        ConfigError: one of them is a negative whole number.
+    """
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if re.fullmatch(r"-\d+", value):
+            raise ConfigError(f"the environment variable {name} is {value!r}, which TensorFlow aborts on; expected "
+                              f"a number of threads, at least 1. Unset it or set it to a positive number"
+                              f"{f' (or pass {instead}, which takes its place)' if instead else ''}, then rerun")
+
+
 def _open_file_limit() -> str:
     """This process's soft limit of open files, for a message."""
     try:

@@ -1270,8 +1270,12 @@ def test_a_negative_thread_count_is_refused_not_a_process_abort(tmp_path, monkey
     with pytest.raises(ConfigError, match=r"threads: got -1; expected .* at least 1"):
         train_experiment(cfg, out=tmp_path / "run", progress=False, threads=-1)
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "-1")
-    with pytest.raises(ConfigError, match=r"TF_NUM_INTRAOP_THREADS is '-1'.*Unset it"):
-        train_experiment(cfg, out=tmp_path / "run", progress=False)
+    import tensorflow as tf
+
+    with monkeypatch.context() as fresh:  # as in a fresh process: other tests set this one's count (threads=1)
+        fresh.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
+        with pytest.raises(ConfigError, match=r"TF_NUM_INTRAOP_THREADS is '-1'.*Unset it"):
+            train_experiment(cfg, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "runs").exists()
     # review4 #4: "--1" was a ValueError traceback; threads=4.0 (YAML, a notebook) was accepted before the check.
     # TensorFlow reads a value that is no number as 0, its default.

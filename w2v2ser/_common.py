@@ -240,8 +240,12 @@ def check_thread_environment(*, instead: str = "") -> None:
     Raises:
         ConfigError: one of them is a negative whole number.
     """
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    tf = sys.modules.get("tensorflow")
+    for name, kind in (("TF_NUM_INTRAOP_THREADS", "intra"), ("TF_NUM_INTEROP_THREADS", "inter")):
         value = os.environ.get(name, "").strip()
+        configured = getattr(getattr(tf, "config", None), "threading", None)
+        if configured is not None and getattr(configured, f"get_{kind}_op_parallelism_threads")():
+            continue  # set in this process (train's --threads N before a `run`'s scoring): it takes its place
         if re.fullmatch(r"-\d+", value):
             raise ConfigError(f"the environment variable {name} is {value!r}, which TensorFlow aborts on; expected "
                               f"a number of threads, at least 1. Unset it or set it to a positive number"

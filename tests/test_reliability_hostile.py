@@ -278,6 +278,8 @@ def test_a_memory_limit_is_one_line(monkeypatch, capsys, error: BaseException, w
     ImportError("cannot import name 'Model' from 'keras'"),
     ModuleNotFoundError("No module named 'w2v2ser_not_a_module'", name="w2v2ser_not_a_module"),
     _panic("called `Option::unwrap()` on a `None` value"),
+    # review4 #7: rayon's other ThreadPoolBuildError, a pool started twice, is no resource limit.
+    _panic("The global thread pool has not been initialized.: ThreadPoolBuildError { kind: GlobalPoolAlreadyInitialized }"),
 ])
 def test_an_error_that_is_no_memory_limit_keeps_its_traceback(monkeypatch, error: BaseException) -> None:
     """"cannot allocate memory in static TLS block" and a noexec mount read as "out of memory, raise the limit"."""

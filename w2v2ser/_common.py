@@ -288,7 +288,9 @@ def _thread_pool_did_not_start(error: BaseException) -> bool:
     """Whether ``error`` is a Rust library's panic for a thread pool it could not start: under
     `prlimit --as=1G`, opening a store raised zarrs' ``pyo3_runtime.PanicException("The global thread
     pool has not been initialized.: ThreadPoolBuildError { ... WouldBlock ... }")``, a BaseException."""
-    return type(error).__name__ == "PanicException" and "ThreadPoolBuildError" in str(error)
+    text = str(error)  # rayon's GlobalPoolAlreadyInitialized is a ThreadPoolBuildError too, and no limit
+    return (type(error).__name__ == "PanicException" and "ThreadPoolBuildError" in text
+            and ("IOError" in text or "os error" in text))
 
 
 def describe_error(error: BaseException) -> tuple[str, int] | None:

@@ -411,3 +411,22 @@ def test_export_over_a_tiny_file_size_limit_names_the_limit_in_readable_units(st
     """Under `ulimit -f 20` the refusal said "over `ulimit -f` of 0.0 MB", which reads as no limit at all."""
     done = _shell(f"ulimit -f 20; exec {W2V2SER} store export '{store}' '{tmp_path / 'x.h5'}'")
     assert done.returncode == 1 and "`ulimit -f` of 20.5 kB" in done.stderr, done.stderr
+
+
+def test_a_memory_limit_in_run_s_extraction_child_is_one_line(monkeypatch, capsys) -> None:
+    """review4 #8: `w2v2ser run`'s extraction child caught Exception only: zarrs' PanicException (a
+    BaseException) under `prlimit --as` ended in a traceback there, one line in `w2v2ser extract`."""
+    from w2v2ser import _cluster, _run
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise _panic('The global thread pool has not been initialized.: ThreadPoolBuildError { kind: IOError(Os { '
+                     'code: 11, kind: WouldBlock, message: "Resource temporarily unavailable" }) }')
+
+    monkeypatch.setattr(_cluster, "die_with_parent", lambda: None)  # this is no child process
+    monkeypatch.setattr(_run, "load_pipeline", lambda *args, **kwargs: object())
+    monkeypatch.setattr(_run, "_run_extract", stopped)
+    with pytest.raises(SystemExit) as raised:
+        _run._extract_child("pipeline.yaml", [], results=None)
+    assert raised.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("w2v2ser: error: no new thread could start") and len(err.splitlines()) == 1, err

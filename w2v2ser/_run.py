@@ -692,8 +692,8 @@ def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = 
             outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent says so, once
         raise SystemExit(130) from None
-    except Exception as error:  # a bad manifest, an unwritable stores folder: one line, as the CLI's
-        message = describe_error(error)
+    except BaseException as error:  # a bad manifest, an unwritable stores folder, zarrs' panic: one line
+        message = describe_error(error)  # (None for SystemExit and the like: re-raised)
         if message is None:
             raise
         print(f"w2v2ser: error: {message[0]}", file=sys.stderr)

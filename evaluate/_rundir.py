@@ -293,17 +293,34 @@ def current_runs(run_dir: Path, experiment: Any) -> list[Path]:
     keys.discard(None)
     # The seeds are not part of the key (adding seeds keeps the finished ones), so a `train --seeds 2` into a
     # folder of 5 seeds left seeds 2-4 counted as current: predict averaged 5 models where results.json has 2.
-    seeds = _configured_seeds(experiment)
+    # results.json of this configuration names its runs; experiment.json's seeds are the word only without it
+    # (`w2v2ser run` and `sweep` did not rewrite them when only the seeds changed).
+    named = _summarised_runs(run_dir, keys)
+    seeds = _configured_seeds(experiment) if named is None else None
     found = []
     for metrics_path in list_run_files(Path(run_dir) / "runs"):
         metrics, _ = _load_json(metrics_path)
         own = metrics.get("config_key") if isinstance(metrics, Mapping) else None
         seed = metrics.get("seed") if isinstance(metrics, Mapping) else None
-        if seeds is not None and isinstance(seed, int) and seed not in seeds:
+        if named is not None and metrics_path.parent.name not in named:
+            continue
+        if seeds is not None and isinstance(seed, int) and not isinstance(seed, bool) and seed not in seeds:
             continue
         if not keys or own is None or own in keys:
             found.append(metrics_path.parent)
     return found
+
+
+def _summarised_runs(run_dir: Path, keys: set[Any]) -> set[str] | None:
+    """The run names ``results.json`` lists, where it is of one of ``keys``; None where it does not say."""
+    results, _ = _load_json(Path(run_dir) / "results.json")
+    if not isinstance(results, Mapping) or (keys and results.get("config_key") not in keys):
+        return None
+    runs = results.get("runs")
+    if not isinstance(runs, list) or not runs:
+        return None
+    names = [r.get("name") if isinstance(r, Mapping) else None for r in runs]
+    return set(names) if all(isinstance(n, str) for n in names) else None
 
 
 def _configured_seeds(experiment: Any) -> range | None:

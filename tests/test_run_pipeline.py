@@ -830,6 +830,45 @@ def test_run_stage_evaluate_does_not_show_results_of_another_configuration(tmp_p
 
 
 @needs_ravdess
+@pytest.mark.slow  # three `w2v2ser run`s training 3 tiny runs
+def test_run_with_other_seeds_counts_the_runs_of_the_seeds_it_trained(tmp_path: Path) -> None:
+    """Review of the seed filter: `w2v2ser run` rewrote experiment.json only when the config key changed, and
+    seeds are not in it, so seeds 2 -> 3 left seeds=2 there: evaluate and predict (current_runs) dropped seed 2
+    of the 3 that results.json has; 3 -> 2 left seeds=3 and counted a run results.json does not have."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.evaluate._rundir import current_runs, read_run_dir
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}},
+                                       "experiments.t.recipe_overrides": {"max_epochs": 1}})
+    (experiment,) = load_pipeline(pipeline).experiments
+    report = tmp_path / "out" / "reports" / "tiny" / "report.json"
+
+    def counted() -> tuple[int, list[str], list[int]]:
+        recorded = json.loads((experiment.run_dir / "experiment.json").read_text())
+        names = [p.name for p in current_runs(experiment.run_dir, recorded)]
+        return (read_run_dir(experiment.run_dir).runs_finished, names,
+                [r["runs_finished"] for r in json.loads(report.read_text())["runs"]])
+
+    assert run_pipeline(pipeline) == 0
+    assert run_pipeline(pipeline, overrides=["experiments.t.seeds=3"]) == 0
+    three = ["split__seed0", "split__seed1", "split__seed2"]
+    assert counted() == (3, three, [3])
+    assert json.loads((experiment.run_dir / "experiment.json").read_text())["seeds"] == 3
+    # A folder an earlier `w2v2ser run` left so: results.json of 3 runs names them, whatever experiment.json says.
+    recorded = json.loads((experiment.run_dir / "experiment.json").read_text())
+    (experiment.run_dir / "experiment.json").write_text(json.dumps({**recorded, "seeds": 2}))
+    assert counted()[:2] == (3, three)
+    (experiment.run_dir / "experiment.json").write_text(json.dumps(recorded))
+    assert run_pipeline(pipeline) == 0  # back to seeds: 2
+    assert counted() == (2, three[:2], [2])
+    assert json.loads((experiment.run_dir / "experiment.json").read_text())["seeds"] == 2
+
+
+@needs_ravdess
 @pytest.mark.slow  # about a minute: two whole `w2v2ser run`s (training 2 tiny runs once)
 def test_run_shows_results_again_after_the_corpus_moved(tmp_path: Path, capsys) -> None:
     """A corpus moved (its path --set) re-extracts its store into a folder of another name; the train

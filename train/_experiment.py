@@ -822,6 +822,18 @@ def train_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     return _train_run(config, run_spec, Path(out), _prepare(config), verbose=verbose, progress=progress)
 
 
+def _record_seeds(path: Path, config: ExperimentConfig) -> None:
+    """Write ``config``'s seeds into the experiment.json of the same configuration at ``path`` where they differ."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    now = {k: config.to_dict().get(k) for k in SEED_FIELDS}
+    if (isinstance(recorded, dict) and recorded.get("config_key") in config.config_keys()
+            and any(recorded.get(k) != v for k, v in now.items())):
+        _write_json(path, {**recorded, **now})
+
+
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
 def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Data, *, verbose: int = 0,
                progress: str | None = None) -> RunResult:
@@ -839,6 +851,8 @@ def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Da
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "experiment.json", {**config.to_dict(), **key_fields(config),
                                               "stores_identity": store_identities(config, data.stores)})
+    else:  # evaluate and predict take the current seeds from there where results.json does not name them
+        _record_seeds(out / "experiment.json", config)
     _start_run(config, run_spec)
     recipe = config.resolved_recipe()
     max_frames, parts, sources, normalisers = _partitions(config, data, run_spec)

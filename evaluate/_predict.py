@@ -347,8 +347,19 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
     if run is not None:
         if run not in available:
             unfinished = run in stale and not (run_dir / "runs" / run / "metrics.json").exists()
+            metrics = _read_json(run_dir / "runs" / run / "metrics.json", what="a run's metrics") if (
+                run in stale and not unfinished) else None
+            keys = {experiment.get(k) for k in ("config_key", "legacy_config_key")} - {None} if isinstance(
+                experiment, dict) else set()
+            # current_runs leaves out runs of this configuration's key whose seed is no longer one of its seeds
+            seed = metrics.get("seed") if isinstance(metrics, dict) and (
+                not keys or metrics.get("config_key") in keys) else None
             why = (" (it has no metrics.json: its training did not finish, or the file was lost; rerun the same "
                    "`w2v2ser train` command to train it again)" if unfinished else
+                   f" (it is a run of this configuration, but its seed {seed} is not among the seeds of this run "
+                   f"directory's results.json, or without one its experiment.json's first_seed and seeds: a later "
+                   f"training with fewer or other seeds left it there; train with seeds that include {seed} to use "
+                   f"it again)" if isinstance(seed, int) else
                    " (it is a run of another configuration than experiment.json's, left by an earlier "
                    "`w2v2ser train` into this folder)" if run in stale else "")
             raise RunDirError(f"--run {run!r} is not a trained run of {run_dir}{why}; expected one of "

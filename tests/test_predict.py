@@ -368,7 +368,8 @@ def test_a_seed_the_configuration_no_longer_names_is_not_in_the_ensemble(
     assert json.loads((run / "results.json").read_text())["n_runs"] == 1
     assert (run / "runs" / "split__seed1" / "model.keras").exists()
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
-    with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of "):
+    with pytest.raises(RunDirError, match=r"'split__seed1' is not a trained run of .*it is a run of this "
+                       r"configuration, but its seed 1 is not among the seeds"):
         predict_audio(run, audio_files, run="split__seed1")
     alone = predict_audio(run, audio_files, run="split__seed0")
     assert [p.probabilities for p in predict_audio(run, audio_files)] == [p.probabilities for p in alone]

@@ -43,6 +43,11 @@ def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: 
 
 #: PNG text field that records what a confusion figure was drawn from.
 _KEY_FIELD = "w2v2ser-figure"
+#: The version of plot_confusion's drawing (colours, texts, sizes): bump it with every change of how it draws,
+#: so that a rewritten report draws again the figures an earlier w2v2ser drew.
+_CONFUSION_STYLE = 1
+#: Resolution of the confusion figures (part of what they were drawn from).
+_CONFUSION_DPI = 120
 
 
 def _drawn_key(*parts: object) -> str:
@@ -82,7 +87,7 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
              f"UAR {run.uar_mean:.1f}{std} % (n={run.n_runs}){pooled}")
     # A report over hundreds of run directories drew each figure again at every rewrite (about 1 s each on
     # 2 cores: 10 min for 300): one drawn from the same counts, classes and title is kept as it is.
-    key = _drawn_key(counts.tolist(), classes, title)
+    key = _drawn_key(counts.tolist(), classes, title, _CONFUSION_STYLE, _CONFUSION_DPI)
     if _already_drawn(path, key):
         return path
     totals = counts.sum(axis=1, keepdims=True)
@@ -102,7 +107,7 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return save_figure_atomically(fig, path, key=key)
+    return save_figure_atomically(fig, path, dpi=_CONFUSION_DPI, key=key)
 
 
 def layer_weight_series(runs: Sequence[RunSummary], labels: Sequence[str]) -> list[dict]:

@@ -1245,3 +1245,26 @@ def test_evaluate_names_run_directories_below_its_search_depth(tmp_path: Path, c
     assert f"1 run directory lies more than 8 folders below {out} and is not in the report ({deep})" in err
     assert main(["evaluate", str(out / "experiments"), "--out", str(tmp_path / "r")]) == 0
     assert "folders below" not in capsys.readouterr().err
+
+
+def test_a_confusion_figure_drawn_in_another_style_is_drawn_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the kept figures: their key covered counts, classes and title, not how plot_confusion draws
+    them, so after an upgrade that changed the drawing (colours, texts, resolution) every report kept its
+    old figures."""
+    from w2v2ser.evaluate import _figures
+
+    make_run_dir(tmp_path / "runs", "a")
+    figure = tmp_path / "r" / "confusion_a.png"
+    write_report([tmp_path / "runs"], out=tmp_path / "r")
+    drawn = figure.stat().st_mtime_ns, figure.stat().st_ino
+    write_report([tmp_path / "runs"], out=tmp_path / "r")
+    assert (figure.stat().st_mtime_ns, figure.stat().st_ino) == drawn  # the same: kept
+    monkeypatch.setattr(_figures, "_CONFUSION_STYLE", getattr(_figures, "_CONFUSION_STYLE", 1) + 1, raising=False)
+    write_report([tmp_path / "runs"], out=tmp_path / "r")
+    assert (figure.stat().st_mtime_ns, figure.stat().st_ino) != drawn  # another drawing: drawn again
+    redrawn = figure.stat().st_mtime_ns, figure.stat().st_ino
+    monkeypatch.setattr(_figures, "_CONFUSION_DPI", 200, raising=False)
+    write_report([tmp_path / "runs"], out=tmp_path / "r")
+    assert (figure.stat().st_mtime_ns, figure.stat().st_ino) != redrawn
+    _assert_png(figure)

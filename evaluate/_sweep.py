@@ -119,6 +119,29 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = SEARCH_DEPTH, keep_empt
     return _distinct(found)
 
 
+def run_dirs_by_depth(path: Path, *, depth: int, plain: int = SEARCH_DEPTH) -> list[tuple[Path, int]]:
+    """The run and sweep directories :func:`find_run_dirs` finds at or below ``path``, up to ``depth`` folders
+    down, each with how many folders below ``path`` it lies. Deeper than ``plain`` folders, dot-folders
+    (``.git``, ``.venv``) and symbolic links to folders are not entered (a link to a parent repeats the walk)."""
+    found: list[tuple[Path, int]] = []
+
+    def walk(folder: Path, level: int) -> None:
+        if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
+                or list_run_files(folder / "runs")):
+            found.append((folder, level))
+            return
+        if level == depth or not folder.is_dir() or folder.suffix == ".zarr":
+            return
+        for child in sorted(folder.iterdir()):
+            if level >= plain and (child.name.startswith(".") or child.is_symlink()):
+                continue
+            if child.is_dir():
+                walk(child, level + 1)
+
+    walk(Path(path), 0)
+    return found
+
+
 def _distinct(paths: Sequence[Path]) -> list[Path]:
     """``paths`` without a second mention of the same folder (``runs/a runs/a``, ``runs/a/`` and a
     shell glob that overlaps another argument)."""

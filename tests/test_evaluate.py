@@ -1268,3 +1268,21 @@ def test_a_confusion_figure_drawn_in_another_style_is_drawn_again(tmp_path: Path
     write_report([tmp_path / "runs"], out=tmp_path / "r")
     assert (figure.stat().st_mtime_ns, figure.stat().st_ino) != redrawn
     _assert_png(figure)
+
+
+def test_evaluate_does_not_name_a_deep_run_directory_given_beside_its_folder(tmp_path: Path, capsys) -> None:
+    """Review of the depth warning: `evaluate out out/.../f` (a deep run dir given too) warned that f "is not in
+    the report" while the report had it; run dirs deep in a dot-folder (.git, .venv) or through a symbolic link
+    (a link to a parent repeats the walk) were walked and named too."""
+    from w2v2ser._cli import main
+
+    out = tmp_path / "out"
+    make_run_dir(out / "experiments" / "heads" / "ravdess", "dense")
+    deep = make_run_dir(out / "experiments" / "big" / "ravdess" / "a" / "b" / "c" / "d" / "e", "f")
+    make_run_dir(out / "experiments" / "x" / "a" / "b" / "c" / "d" / "e" / "f" / ".cache", "g")
+    (out / "experiments" / "big" / "ravdess" / "a" / "b" / "c" / "d" / "e" / "up").symlink_to(out / "experiments")
+    assert main(["evaluate", str(out), str(deep), "--out", str(tmp_path / "r")]) == 0
+    assert "folders below" not in capsys.readouterr().err
+    names = {e["name"] for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
+    assert any(name.endswith("/f") for name in names), names
+

@@ -587,7 +587,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser._common import FULL_DISK_ERRNOS, did_you_mean
     from w2v2ser.evaluate import EvaluateError, write_report
-    from w2v2ser.evaluate._sweep import SEARCH_DEPTH, find_run_dirs
+    from w2v2ser.evaluate._sweep import SEARCH_DEPTH, run_dirs_by_depth
 
     _refuse_inside_store(args.out, "--out")
     baselines = args.baseline or []
@@ -595,6 +595,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise EvaluateError(f"--baseline is given {len(baselines)} times ({', '.join(map(str, baselines))}); "
                             "expected one: a report compares every run directory with one baseline. Write one "
                             "report per baseline, each with its own --out.")
+    # One walk per path, twice the search's depth: the run dirs below that depth are not in the report (said below)
+    walked: dict[Path, list[tuple[Path, int]]] = {}
     for given in map(Path, args.run_dirs):  # a mistyped path is bad input, not an incomplete run
         if not given.is_dir():
             if given.exists():
@@ -604,7 +606,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 what, hint = "does not exist", did_you_mean(given.name, nearby)
             raise EvaluateError(f"{given} {what}; expected a run directory (`w2v2ser train --out`), a sweep "
                                 f"folder or a folder of them, e.g. a pipeline's output.{hint}")
-        if not find_run_dirs([given], keep_empty=False):  # a folder of audio, models or nothing: say so
+        walked[given] = run_dirs_by_depth(given, depth=2 * SEARCH_DEPTH)
+        if not any(level <= SEARCH_DEPTH for _, level in walked[given]):  # a folder of audio, models or nothing
             raise EvaluateError(f"{given} holds no run or sweep directory (no experiment.json or results.json in it "
                                 f"or up to {SEARCH_DEPTH} folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
                                 f"--out` folder, or a folder of them, e.g. a pipeline's output.")
@@ -626,9 +629,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         what = paths[0] if len(paths) == 1 else f"{len(paths)} run directories ({first_few(paths, 2)})"
         print(f"w2v2ser: warning: {what} {'is' if len(paths) == 1 else 'are'} not in the tables: {reason}",
               file=sys.stderr)
-    for given in map(Path, args.run_dirs):  # run dirs below the search's depth are not in the report: say so
-        shallow = set(find_run_dirs([given], keep_empty=False))
-        deeper = [str(p) for p in find_run_dirs([given], depth=2 * SEARCH_DEPTH, keep_empty=False) if p not in shallow]
+    # Run dirs below the search's depth are not in the report: say so, unless another path given names them.
+    reported = {p.resolve() for found in walked.values() for p, level in found if level <= SEARCH_DEPTH}
+    for given, found in walked.items():
+        deeper = [str(p) for p, level in found if level > SEARCH_DEPTH and p.resolve() not in reported]
         if deeper:
             print(f"w2v2ser: warning: {len(deeper)} run director{'y lies' if len(deeper) == 1 else 'ies lie'} more "
                   f"than {SEARCH_DEPTH} folders below {given} and {'is' if len(deeper) == 1 else 'are'} not in the "

@@ -1286,3 +1286,14 @@ def test_evaluate_does_not_name_a_deep_run_directory_given_beside_its_folder(tmp
     names = {e["name"] for e in json.loads((tmp_path / "r" / "report.json").read_text())["runs"]}
     assert any(name.endswith("/f") for name in names), names
 
+
+def test_evaluate_takes_one_baseline_given_twice(tmp_path: Path, capsys) -> None:
+    """Review: `--baseline A --baseline A` (a wrapper script adding its own) was refused as 2 baselines."""
+    from w2v2ser._cli import main
+
+    runs = tmp_path / "runs"
+    base = make_run_dir(runs, "base_a")
+    make_run_dir(runs, "b", uars=(0.4, 0.5, 0.6))
+    assert main(["evaluate", str(runs), "--out", str(tmp_path / "r"), "--baseline", str(base),
+                 "--baseline", f"{base}/"]) == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["baseline"] == "base_a"

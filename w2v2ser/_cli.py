@@ -587,10 +587,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from w2v2ser._common import FULL_DISK_ERRNOS, did_you_mean
     from w2v2ser.evaluate import EvaluateError, write_report
-    from w2v2ser.evaluate._sweep import SEARCH_DEPTH, run_dirs_by_depth
+    from w2v2ser.evaluate._sweep import SEARCH_DEPTH, _distinct, run_dirs_by_depth
 
     _refuse_inside_store(args.out, "--out")
-    baselines = args.baseline or []
+    baselines = _distinct([Path(p) for p in args.baseline or []])  # one folder given twice is one baseline
     if len(baselines) > 1:  # argparse kept the last one only: the other comparisons were dropped unsaid
         raise EvaluateError(f"--baseline is given {len(baselines)} times ({', '.join(map(str, baselines))}); "
                             "expected one: a report compares every run directory with one baseline. Write one "

@@ -810,6 +810,45 @@ def test_a_requeued_worker_job_dask_drops_while_the_cluster_closes_is_scancelled
     assert scancelled == ["1001"]
 
 
+def test_a_requeued_worker_job_is_not_lost_to_a_new_job_submitted_under_its_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review6 #1: while Dask's removal of a requeued job asked squeue, a scale() (the watchdog replacing another
+    job) submitted a new job under the freed name; squeue answered first, the old job was kept, then the new
+    one took its place in cluster.workers: the old job was never scancelled and stayed queued after the run."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    for name, wait in (("squeue", 1), ("sbatch", 3)):  # slow once bin/slow exists: sbatch answers after squeue
+        (bin_folder / name).rename(bin_folder / f"{name}.real")
+        (bin_folder / name).write_text(f'#!/bin/sh\n[ -e {bin_folder}/slow ] && sleep {wait}\n'
+                                       f'exec {bin_folder}/{name}.real "$@"\n')
+        (bin_folder / name).chmod(0o755)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"job_check": 60, "cores": 1, "memory": "1GB", "interface": "lo"})
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.3s"}), \
+            _cluster.open_cluster(config, use_gpus=False) as handle:
+        cluster = handle.client.cluster
+        handle.client.wait_for_workers(1, timeout=60)
+        name = next(iter(cluster.workers))
+        (bin_folder / "slow").touch()
+        (bin_folder / "job1.state").write_text("PENDING\n")  # SLURM requeued it
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while handle.client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # lost-worker-timeout: Dask dropped the job and asks squeue
+        cluster.scale(jobs=1)
+        time.sleep(5)  # squeue and any sbatch have answered
+        assert str(getattr(cluster.workers.get(name), "job_id", None)) == "1001"  # kept: SLURM runs it again
+    scancelled = (bin_folder / "scancelled").read_text().split() if (bin_folder / "scancelled").exists() else []
+    assert "1001" in scancelled and not (bin_folder / "job2.sh").exists(), scancelled
+
+
 def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Review s64 #1: `run` waits for a first worker before it submits work, and that wait stopped the run at

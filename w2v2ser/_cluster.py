@@ -408,20 +408,30 @@ def _keep_requeued_jobs(cluster: Any) -> None:
 
     class _WorkerJob(cluster.job_cls):
         async def close(self) -> None:
+            if getattr(self, "w2v2ser_closed", False):  # scancelled already (the cluster closed during squeue)
+                return
             job_id = str(self.job_id or "")
             # Dask's lost-worker removal keeps the job's spec; a scale-down or close() does not
             if (job_id and cluster.status == Status.running and self.name in cluster.worker_spec
                     and not getattr(self, "w2v2ser_ended", False)):
+                # Dask dropped it from cluster.workers: its name stays taken while squeue is asked, or a
+                # scale() meanwhile submits a new job under it, which replaces this one there (never scancelled)
+                cluster.workers.setdefault(self.name, self)
                 states = await asyncio.get_running_loop().run_in_executor(None, _squeue_states, [job_id])
                 state = (states or {}).get(job_id)
                 # squeue took a while: the cluster may be closing (its last look at the jobs is over, this job
                 # would stay queued after the run), or the name dropped or in use again; then it is scancelled
-                if (state in _WAITING_STATES | _ENDING_STATES and cluster.status == Status.running
-                        and self.name in cluster.worker_spec and self.name not in cluster.workers):
-                    cluster.workers[self.name] = self  # Dask dropped it: SLURM runs it again
+                async with cluster._lock:  # a scale() under way has put its new jobs in cluster.workers
+                    if (state in _WAITING_STATES | _ENDING_STATES and cluster.status == Status.running
+                            and self.name in cluster.worker_spec and cluster.workers.get(self.name) is self):
+                        return  # SLURM runs it again
+                    if cluster.workers.get(self.name) is self:
+                        del cluster.workers[self.name]
+                if getattr(self, "w2v2ser_closed", False):  # the cluster's close scancelled it meanwhile
                     return
                 if state not in _ENDED_STATES:  # it ran on without its worker: CANCELLED by us, not by its user
                     cluster.w2v2ser_scancelled.add(job_id)
+            self.w2v2ser_closed = True
             await super().close()
 
     cluster.job_cls = cluster.new_spec["cls"] = _WorkerJob

@@ -905,6 +905,31 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
     assert "SLURM worker job(s) 1001 held for 1 s" in err and "1 SLURM worker job(s) ended within" in err, err
 
 
+def test_a_suspended_worker_job_keeps_the_time_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review6 #2: a SUSPENDED job (gang scheduling, PreemptMode=SUSPEND) had its start timed afresh, as a
+    requeued one: a job that had run for hours and reached its walltime soon after counted as a failed start."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    monkeypatch.setattr(_cluster, "FAILED_START_S", 1.0)
+    bin_folder = tmp_path / "bin"
+    _slurm_that_runs_jobs(bin_folder, monkeypatch)
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo"})
+    with _cluster.open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=60)
+        time.sleep(1.5)  # the watchdog has seen it RUNNING for longer than FAILED_START_S
+        (bin_folder / "job1.state").write_text("SUSPENDED\n")
+        time.sleep(1)  # several checks
+        (bin_folder / "job1.state").write_text("TIMEOUT\n")  # resumed, then its walltime
+        os.killpg(int((bin_folder / "job1.pid").read_text()), signal.SIGTERM)
+        assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
+    err = capsys.readouterr().err
+    assert "1 SLURM worker job(s) ended (cluster.slurm.walltime reached" in err and "ended within" not in err, err
+
+
 def test_what_dask_says_of_a_cancelled_task_is_kept() -> None:
     """Review s64 #9: every cancelled task became ``cancelled: REASON``; Dask's message was dropped ("Scheduler
     has restarted. Please re-run your work.") and a cancel without a reason said only "cancelled: unknown"."""

@@ -68,6 +68,9 @@ ENDING_S = 120.0
 # squeue's states of a job that SLURM is to run (again): a requeued job among them is left alone.
 _WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED",
                              "RESIZING"})
+# squeue's states of a job that SLURM is to start again: its next start is timed afresh. A SUSPENDED (gang
+# scheduling, PreemptMode=SUSPEND), STOPPED or RESIZING job goes on running under its first start.
+_REQUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", _HELD})
 # What to change when a worker died at every try of a task (KilledWorker), by cluster.kind.
 _LOST_WORKER_FIX = {
     "local": "raise cluster.memory_limit, lower cluster.workers, or set cluster: none to see an error the worker "
@@ -503,7 +506,7 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 listed.update([job_id] if states and job_id in states else [])
                 if state == "RUNNING":
                     running_since.setdefault(job_id, now)
-                elif state in _WAITING_STATES or state == _HELD:  # requeued: its next start is timed afresh
+                elif state in _REQUEUED_STATES:  # requeued: its next start is timed afresh (not when SUSPENDED)
                     running_since.pop(job_id, None)
                 if state in _ENDING_STATES:
                     ending = ending_since.setdefault(job_id, now)

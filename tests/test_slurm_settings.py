@@ -875,8 +875,8 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reason: str) -> None:
     """Review s64 #3: a requeued job that SLURM holds (REQUEUE_HOLD, or PENDING for JobHeldAdmin, JobHeldUser,
     "launch failed requeued held") runs only after `scontrol release`, but it was kept for ever as a job
-    to come, and the run waited in silence. It is replaced after ENDING_S now, with a line that says so, and
-    its start is timed afresh (it counted as a start that went well)."""
+    to come, and the run waited in silence. It is replaced after ENDING_S now, with a line that says so; it is
+    no failed start (review6 #3: it has no output to say why), nor a start that went well."""
     pytest.importorskip("dask_jobqueue")
     import dask
 
@@ -902,7 +902,23 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
         assert handle.client.submit(sum, [1, 2], pure=False).result(timeout=60) == 3
     err = capsys.readouterr().err
     assert (bin_folder / "job2.sh").exists() and "1001" in (bin_folder / "scancelled").read_text().split()
-    assert "SLURM worker job(s) 1001 held for 1 s" in err and "1 SLURM worker job(s) ended within" in err, err
+    assert "SLURM worker job(s) 1001 held for 1 s" in err and "SLURM worker job(s) ended" not in err, err
+
+
+def test_a_pending_job_is_held_only_for_a_whole_hold_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review6 #3: "held" anywhere in squeue's reason made a pending job held (replaced every ENDING_S), e.g.
+    ReqNodeNotAvail's list of node names such as sheldon[01-04]."""
+    from w2v2ser import _cluster
+
+    lines = {"1": "PENDING ReqNodeNotAvail, UnavailableNodes:sheldon[01-04]", "2": "PENDING JobHeldUser",
+             "3": "PENDING job_requeued_in_held_state", "4": "PENDING launch failed requeued held",
+             "5": "PENDING Resources", "6": "REQUEUE_HOLD None"}
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\n" + "".join(f"echo '{job} {line}'\n" for job, line in lines.items()))
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert _cluster._squeue_states(list(lines)) == {"1": "PENDING", "2": "HELD", "3": "HELD", "4": "HELD",
+                                                    "5": "PENDING", "6": "HELD"}
 
 
 def test_a_suspended_worker_job_keeps_the_time_it_started(

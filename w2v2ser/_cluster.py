@@ -64,6 +64,8 @@ _ENDED_STATES = frozenset({"ENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT
 _HELD = "HELD"
 _ENDING_STATES = frozenset({"COMPLETING", "PREEMPTED", "NODE_FAIL", "STAGE_OUT", "SIGNALING", _HELD})
 _HELD_STATES = frozenset({"REQUEUE_HOLD", "RESV_DEL_HOLD"})
+# A PENDING job's whole reason (lower case, "_" as " "), not "held" anywhere: ReqNodeNotAvail lists node names
+_HELD_REASON = re.compile(r"jobheld\w*|.*\sheld( state)?")
 ENDING_S = 120.0
 # squeue's states of a job that SLURM is to run (again): a requeued job among them is left alone.
 _WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "STOPPED",
@@ -395,7 +397,7 @@ def _squeue_states(ids: list[str]) -> dict[str, str] | None:
             reason = reason.strip().lower().replace("_", " ")
             # JobHeldAdmin, JobHeldUser, "job requeued in held state" (scontrol requeuehold, SLURM 22.05),
             # "launch failed requeued held"
-            held = state in _HELD_STATES or (state == "PENDING" and "held" in reason)
+            held = state in _HELD_STATES or (state == "PENDING" and _HELD_REASON.fullmatch(reason) is not None)
             states[job] = _HELD if held else state
     return states
 
@@ -524,9 +526,9 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 continue
             for job in ended.values():
                 started = running_since.pop(str(job.job_id), None)
-                if ((states or {}).get(str(job.job_id)) == "CANCELLED"
-                        and str(job.job_id) not in getattr(cluster, "w2v2ser_scancelled", ())):
-                    continue  # its user's scancel: no failed start, nor a start that went well
+                if str(job.job_id) in held or ((states or {}).get(str(job.job_id)) == "CANCELLED"
+                                               and str(job.job_id) not in getattr(cluster, "w2v2ser_scancelled", ())):
+                    continue  # held, or its user's scancel: no failed start, nor a start that went well
                 if started is None or now - started < FAILED_START_S:
                     failed_starts.append(str(job.job_id))
                 else:
@@ -547,12 +549,13 @@ def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.E
                 cluster.w2v2ser_gave_up = given_up  # wait_for_a_worker stops waiting
                 say(given_up)
                 continue
-            if failed_starts:
-                say(f"{len(ended)} SLURM worker job(s) ended within {FAILED_START_S:.0f} s of starting "
+            others = len(ended) - len(held)  # the held ones are said above
+            if others and failed_starts:
+                say(f"{others} SLURM worker job(s) ended within {FAILED_START_S:.0f} s of starting "
                     f"({len(failed_starts)} in a row; after {MAX_FAILED_STARTS * slurm.jobs} no more are submitted); "
                     f"submitting new one(s). Their output ({logs}) says why")
-            else:
-                say(f"{len(ended)} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
+            elif others:
+                say(f"{others} SLURM worker job(s) ended (cluster.slurm.walltime reached, a node failure, "
                     "preemption or scancel); submitting new one(s). Tasks the job was running start again on "
                     "another worker")
             cluster.scale(jobs=slurm.jobs)

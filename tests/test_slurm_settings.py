@@ -870,6 +870,40 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
     assert "6 SLURM worker jobs in a row ended" in capsys.readouterr().err
 
 
+def test_the_wait_for_a_first_worker_is_not_stopped_by_a_squeue_that_cannot_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review6 #4: after the give-up, one squeue that failed (a timeout, a controller hiccup) was taken as "no
+    job to come" and stopped the wait, though a job could still be pending; and the wait looked every 10 s,
+    not every cluster.slurm.job_check. It looks again at job_check now, until worker_wait."""
+    from types import SimpleNamespace
+
+    from distributed.exceptions import WorkerStartTimeoutError
+
+    from w2v2ser import _cluster
+    from w2v2ser._config import ClusterConfig
+
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2\n"
+                      "exit 1\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    waits = []
+
+    class Client:
+        cluster = SimpleNamespace(w2v2ser_gave_up="6 SLURM worker jobs in a row ended",
+                                  workers={"0": SimpleNamespace(job_id="1001")})
+
+        def wait_for_workers(self, n: int, timeout: float) -> None:
+            waits.append(timeout)
+            time.sleep(timeout)
+            raise WorkerStartTimeoutError(0, n, timeout)
+
+    slurm = ClusterConfig(kind="slurm", slurm={"job_check": 0.5, "worker_wait": "0:02"}).slurm
+    with pytest.raises(_cluster.ClusterError, match="worker_wait"):
+        _cluster.wait_for_a_worker(Client(), slurm)
+    assert len(waits) >= 3 and max(waits) <= 0.5, waits
+
+
 @pytest.mark.parametrize("reason", ["JobHeldAdmin", "job requeued in held state"])  # the latter: SLURM 22.05's
 def test_a_held_worker_job_is_replaced_after_a_while(                               # scontrol requeuehold
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reason: str) -> None:

@@ -44,11 +44,10 @@ GPU_RESOURCE = "GPU"
 # again after each such period: a job pending for hours, or one that started but whose worker never
 # reached the scheduler, otherwise looked like a hang.
 WORKER_WAIT_NOTE_S = 300.0
-# How often wait_for_a_worker looks whether the worker jobs failed at start. `run` checks for SLURM
-# worker jobs that ended (their walltime, a node failure, preemption, a scancel) and submits new ones
-# every cluster.slurm.job_check s: dask-jobqueue submits jobs only when the cluster is scaled, so the
-# work of a run outliving its workers' walltime waited for ever.
-JOB_CHECK_S = 10.0
+# `run` checks for SLURM worker jobs that ended (their walltime, a node failure, preemption, a scancel) and
+# submits new ones every cluster.slurm.job_check s: dask-jobqueue submits jobs only when the cluster is
+# scaled, so the work of a run outliving its workers' walltime waited for ever. wait_for_a_worker looks
+# whether the worker jobs failed at start as often.
 # A worker job that ended within FAILED_START_S of running (or never ran) failed to start: a bad
 # environment or a crash at import. After MAX_FAILED_STARTS of them per job in a row, no new ones are
 # submitted (each would fail too, every cluster.slurm.job_check, on a shared cluster) and the work left fails.
@@ -459,10 +458,13 @@ async def _drop_jobs(cluster: Any, names: list[str]) -> None:
 
 
 def _jobs_to_come(cluster: Any) -> bool:
-    """Whether squeue says a worker job of ``cluster`` is pending (or requeued) or running: its worker is to come."""
+    """Whether squeue says a worker job of ``cluster`` is pending (or requeued) or running: its worker is to come.
+    True too when squeue cannot say now (a timeout, a controller hiccup): look again later."""
     ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
-    states = _squeue_states(ids) if ids else None
-    return any(state in _WAITING_STATES or state == "RUNNING" for state in (states or {}).values())
+    if not ids:
+        return False
+    states = _squeue_states(ids)
+    return states is None or any(state in _WAITING_STATES or state == "RUNNING" for state in states.values())
 
 
 def _replace_ended_jobs(client: Any, cluster: Any, slurm: Any, stop: threading.Event) -> None:
@@ -603,7 +605,7 @@ def wait_for_a_worker(client: Any, slurm: Any) -> None:
     deadline = time.monotonic() + limit
     while True:
         try:
-            client.wait_for_workers(1, timeout=max(0.1, min(JOB_CHECK_S, deadline - time.monotonic())))
+            client.wait_for_workers(1, timeout=max(0.1, min(slurm.job_check, deadline - time.monotonic())))
             return
         except WorkerStartTimeoutError:
             gave_up = getattr(cluster, "w2v2ser_gave_up", "")

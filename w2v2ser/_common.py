@@ -337,6 +337,7 @@ def task_error(error: BaseException, *, fix: str = LOST_WORKER_FIX) -> str:
             return f"cancelled: {reason}" + (f" ({msg})" if msg else "")
         if msg:  # e.g. "Scheduler has restarted. Please re-run your work."
             return f"cancelled: {msg}"
+        return "cancelled (Dask gave no reason)"
     if type(error).__name__ != "KilledWorker":
         return f"{type(error).__name__}: {error}"
     try:

@@ -430,3 +430,18 @@ def test_a_memory_limit_in_run_s_extraction_child_is_one_line(monkeypatch, capsy
     assert raised.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("w2v2ser: error: no new thread could start") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("value", ["-0", "-00", " -0 "])
+def test_a_thread_count_of_minus_zero_is_taken_as_tensorflows_default(monkeypatch, value) -> None:
+    """Review6 #7: TF_NUM_INTRAOP_THREADS=-0, which TensorFlow reads as 0 (its default), was refused as a
+    negative count it aborts on; -1 still is."""
+    from w2v2ser import ConfigError
+    from w2v2ser._common import check_thread_environment
+
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # as before TensorFlow is imported
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", value)
+    check_thread_environment()
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "-01")
+    with pytest.raises(ConfigError, match="TF_NUM_INTRAOP_THREADS is '-01'"):
+        check_thread_environment()

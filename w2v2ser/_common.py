@@ -246,7 +246,7 @@ def check_thread_environment(*, instead: str = "") -> None:
         configured = getattr(getattr(tf, "config", None), "threading", None)
         if configured is not None and getattr(configured, f"get_{kind}_op_parallelism_threads")():
             continue  # set in this process (train's --threads N before a `run`'s scoring): it takes its place
-        if re.fullmatch(r"-\d+", value):
+        if re.fullmatch(r"-0*[1-9]\d*", value):  # "-0" is 0 to TensorFlow, its default
             raise ConfigError(f"the environment variable {name} is {value!r}, which TensorFlow aborts on; expected "
                               f"a number of threads, at least 1. Unset it or set it to a positive number"
                               f"{f' (or pass {instead}, which takes its place)' if instead else ''}, then rerun")

@@ -216,7 +216,8 @@ def _in_predict_terms(said: str) -> str:
 
 
 # Where stage 1's advice on a full disk starts: StoreFullError's, then describe_path_error's (ENOSPC/EDQUOT, EFBIG).
-_FULL_DISK_ADVICE = (": free disk space", ". Free space (or raise the quota)", ": a per-file size limit")
+# EFBIG's cut keeps "a per-file size limit was hit (`ulimit -f`, or a quota)": the only hint for such a limit.
+_FULL_DISK_ADVICE = (": free disk space", ". Free space (or raise the quota)", ". Raise it, or write elsewhere")
 
 
 def _without_advice(said: str) -> str:

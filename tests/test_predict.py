@@ -1137,7 +1137,7 @@ def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Pa
     assert "--model" not in str(raised.value) and "finished work is kept" not in str(raised.value)
 
 
-@pytest.mark.parametrize("wording", ["store", "path"])
+@pytest.mark.parametrize("wording", ["store", "path", "file size limit"])
 def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_predicts_terms(
         trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch, wording: str) -> None:
     """lim trial: `predict RUN f.flac --work-dir full_tmpfs/wd` exited 2 (bad input) with extract's "extraction
@@ -1148,20 +1148,24 @@ def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_pre
 
     from w2v2ser._common import describe_error
 
+    code = errno.EFBIG if wording == "file size limit" else errno.ENOSPC
+
     def full(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         store = command[command.index("--store") + 1]
         said = (f"no space left on the device holding store {store} (No space left on device) during _create: free "
                 f"disk space or raise the limit (or move the store to a larger disk) and rerun the same command; "
                 f"utterances committed so far are kept and extraction resumes where it stopped." if wording == "store"
-                else describe_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{store}/.extract.lock"))[0])
+                else describe_error(OSError(code, os.strerror(code), f"{store}/.extract.lock"))[0])
         return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {said}\n")
 
     monkeypatch.setattr(_predict.subprocess, "run", full)
     with pytest.raises(PredictError) as raised:
         predict_audio(trained, audio_files[:1])
     message = str(raised.value)
-    assert raised.value.exit_code == 1 and "No space left on device" in message and "--work-dir" in message, message
+    assert raised.value.exit_code == 1 and os.strerror(code) in message and "--work-dir" in message, message
     assert "resumes" not in message and "--model" not in message, message
+    # review6 #8: a per-file size limit keeps its only hint
+    assert "`ulimit -f`" in message or code != errno.EFBIG, message
     # Predict's advice only, once: not extract's "finished work is kept" (predict starts over) nor its --out.
     assert "finished work is kept" not in message and "--out" not in message and message.count("rerun") == 1, message
 

@@ -714,10 +714,11 @@ def test_how_often_the_worker_jobs_are_looked_at_is_a_setting() -> None:
         ClusterConfig(kind="slurm", slurm={"job_check": 0})
 
 
-@pytest.mark.parametrize("value", [".inf", "1e9", "nan"])
+@pytest.mark.parametrize("value", [".inf", "1e9", "nan", "0.001"])
 def test_a_job_check_the_watchdog_cannot_wait_is_refused(tmp_path: Path, value: str) -> None:
     """Review s64 #8: `job_check: .inf` was taken; the watchdog's wait then raised OverflowError, its thread
-    died with a traceback and ended worker jobs were never replaced again. It is a config error now."""
+    died with a traceback and ended worker jobs were never replaced again. It is a config error now.
+    Review6 #5: 0.001 was taken too, a thousand squeue calls a second to the controller."""
     from w2v2ser._config import ConfigError, load_pipeline
 
     config = _slurm_pipeline(tmp_path, {"job_check": 60})

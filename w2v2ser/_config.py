@@ -133,10 +133,10 @@ class SlurmConfig(StrictModel):
     log_directory: Optional[_Text] = None
     local_directory: Optional[_Text] = None
     interface: Optional[_Text] = None
-    job_check: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = Field(
+    job_check: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = Field(
         60.0, description="seconds between two looks of `run` at its worker jobs' squeue state, to replace a job "
-        "that ended, at most 3600 (each look is one squeue call: a busy controller's admins dislike short "
-        "intervals)")
+        "that ended, 0.1 to 3600 (each look is one squeue call: a busy controller's admins dislike short "
+        "intervals; over 2 minutes, a job that ran and ended between two looks counts as a failed start)")
     worker_wait: Optional[Annotated[_Text, AfterValidator(_slurm_walltime)]] = Field(
         "12:00:00", description="how long `run` waits for a first Dask worker to connect before it stops "
         "with exit 1 (a SLURM time; null, 0 or UNLIMITED: no limit)")

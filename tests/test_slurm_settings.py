@@ -506,7 +506,6 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
-    monkeypatch.setattr(_cluster, "JOB_CHECK_S", 0.3, raising=False)  # wait_for_a_worker's look at the give-up
     config = ClusterConfig(kind="slurm", dashboard_address=None,
                            slurm={"cores": 1, "memory": "1GB", "interface": "lo", "log_directory": str(tmp_path),
                                   "job_check": 0.3, "job_script_prologue": ["exit 3"], "worker_wait": "0:20"})  # the worker never starts

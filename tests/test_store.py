@@ -578,16 +578,25 @@ def test_compose_statistics_over_utterances_reads_only_their_slots(tmp_path, mon
     assert sum(read) < 0.25 * 256 * slot_bytes, (sum(read), len(read))
 
 
-def test_compose_statistics_of_each_speaker_in_turn_reads_the_statistics_once(tmp_path, monkeypatch):
-    """build_normaliser's speaker mode on a subset asks for each speaker in turn with the same
-    utterances: the figures equal the speaker tables', and the statistics are read about once in
-    all, not once per speaker (each speaker's slots lie in every shard)."""
+def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_nothing(tmp_path, monkeypatch):
+    """build_normaliser's speaker mode on a subset needs every speaker's statistics over the same
+    utterances: the figures equal compose_statistics' per speaker (and the speaker tables'), the
+    statistics are read about once in all, not once per speaker (each speaker's slots lie in every
+    shard), and nothing stays on the reader afterwards (it kept every speaker's float64 mean and
+    M2 of every layer for its life: 2,000 speakers of 25 x 1024 held 820 MB)."""
+    import gc
+    import tracemalloc
+
     import zarr.storage
 
-    speakers = [f"s{k:02d}" for k in range(32)]
-    built = build_store(tmp_path / "s", lengths=[4] * 256, speakers=speakers, specs=(SPEC2D,), units=4)
+    from w2v2ser.train import build_normaliser
+
+    big = FeatureSpec(name="big", dim=64, layers=25, frame_rate=50.0, dtype="float16", config={"model": "tiny"})
+    speakers = [f"s{k:03d}" for k in range(128)]
+    built = build_store(tmp_path / "s", lengths=[4] * 256, speakers=speakers, specs=(big,), units=4)
     store = open_store(built.path)
     every = [u.id for u in built.utterances]
+    store.compose_statistics("big", speakers=["s000"], layers=[3], utterances=every[:1])  # the reader's own caches
     read: list[int] = []
     get = zarr.storage.LocalStore.get
 
@@ -598,24 +607,35 @@ def test_compose_statistics_of_each_speaker_in_turn_reads_the_statistics_once(tm
         return buf
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    got = {spk: store.compose_statistics(SPEC2D.name, speakers=[spk], utterances=every) for spk in speakers}
-    pair = store.compose_statistics(SPEC2D.name, speakers=["s01", "s02"], utterances=every)
-    monkeypatch.undo()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        norm = build_normaliser(store, "big:3", "speaker", train_speakers=[], speakers=speakers, utterances=every)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        monkeypatch.undo()
+    # The normaliser's own tables: 128 speakers x 2 x 64 float64 = 131 KB; every layer of every
+    # speaker would be 25 times that.
+    assert held < 1_000_000, held
+    assert sum(read) < 2 * 256 * 2 * 25 * 64 * 8, (sum(read), len(read))
     for spk in speakers:
-        table = store.compose_statistics(SPEC2D.name, speakers=[spk])
-        assert got[spk].count == table.count
-        np.testing.assert_array_equal(got[spk].mean, table.mean)
-        np.testing.assert_array_equal(got[spk].variance, table.variance)
-    np.testing.assert_array_equal(pair.mean, store.compose_statistics(SPEC2D.name, speakers=["s01", "s02"]).mean)
-    assert sum(read) < 2 * 256 * 2 * SPEC2D.dim * 8, (sum(read), len(read))
-    # Other utterances are composed afresh.
-    half = store.compose_statistics(SPEC2D.name, speakers=["s05"], utterances=every[:128])
-    x = np.concatenate([store.read_utterance(u.id, SPEC2D.name) for u in built.utterances[:128]
-                        if u.speaker == "s05"]).astype(np.float64)
-    assert half.count == len(x)
-    np.testing.assert_allclose(half.mean, x.mean(0), rtol=1e-9)
-
-
+        one = store.compose_statistics("big", speakers=[spk], layers=[3], utterances=every)
+        np.testing.assert_array_equal(norm.speaker_mean[spk], one.mean.reshape(64))
+        table = store.compose_statistics("big", speakers=[spk], layers=[3])
+        assert one.count == table.count
+        np.testing.assert_array_equal(one.mean, table.mean)
+        np.testing.assert_array_equal(one.variance, table.variance)
+    got = store.compose_speaker_statistics("big", speakers=speakers[:3], layers=[1, 2], utterances=every)
+    for spk, stats in got.items():
+        one = store.compose_statistics("big", speakers=[spk], layers=[1, 2], utterances=every)
+        assert stats.count == one.count
+        np.testing.assert_array_equal(stats.mean, one.mean)
+        np.testing.assert_array_equal(stats.variance, one.variance)
+    with pytest.raises(StoreError, match="no frames of feature 'big' for speakers \\['s005'\\]"):
+        store.compose_speaker_statistics("big", speakers=["s004", "s005"], utterances=every[4:5])
 
 
 def test_finalize_refuses_journals_of_another_store(tmp_path):

@@ -120,18 +120,25 @@ def build_normaliser(store: Any, selection: ResolvedSelection | str, mode: str, 
         selection = resolve_selection(selection, specs=store.features, alias="store", store=str(store.path))
     layers = list(selection.layers) if selection.layers is not None else None
 
-    def compose(spk: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        stats = store.compose_statistics(selection.feature, speakers=list(spk), layers=layers, utterances=utterances)
+    def moments(stats: Any) -> tuple[np.ndarray, np.ndarray]:
         mean = np.asarray(stats.mean, dtype=np.float64).reshape(selection.frame_shape)
         var = np.asarray(stats.variance, dtype=np.float64).reshape(selection.frame_shape)
         return mean, _floor(np.sqrt(np.maximum(var, 0.0)))
 
     if mode == "global":
-        mean, std = compose(sorted(set(train_speakers)))
+        mean, std = moments(store.compose_statistics(selection.feature, speakers=sorted(set(train_speakers)),
+                                                     layers=layers, utterances=utterances))
         return Normaliser("global", mean=mean, std=std)
     norm = Normaliser("speaker")
-    for spk in sorted(set(speakers)):
-        norm.speaker_mean[spk], norm.speaker_std[spk] = compose([spk])
+    if utterances is not None:
+        # One pass for every speaker (their slots lie spread over the store), freed on return.
+        per_speaker = store.compose_speaker_statistics(selection.feature, speakers=sorted(set(speakers)),
+                                                       layers=layers, utterances=utterances)
+    else:
+        per_speaker = {spk: store.compose_statistics(selection.feature, speakers=[spk], layers=layers)
+                       for spk in sorted(set(speakers))}
+    for spk, stats in per_speaker.items():
+        norm.speaker_mean[spk], norm.speaker_std[spk] = moments(stats)
     return norm
 
 

@@ -49,7 +49,7 @@ from w2v2ser.train import damaged_run_files, list_run_files
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
 from ._errors import PredictError, RunDirError
-from ._rundir import current_runs
+from ._rundir import _configured_seeds, current_runs
 from ._segments import Segment, cut_segments
 from ._sweep import find_run_dirs
 
@@ -353,10 +353,18 @@ def _plan(run_dir: Path, run: str | None, stores: Mapping[str | None, str] | Non
             keys = {experiment.get(k) for k in ("config_key", "legacy_config_key")} - {None} if isinstance(
                 experiment, dict) else set()
             # current_runs leaves out runs of this configuration's key whose seed is no longer one of its seeds
+            # (a run without a config_key, written before it was recorded, counts as this configuration's)
             seed = metrics.get("seed") if isinstance(metrics, dict) and (
-                not keys or metrics.get("config_key") in keys) else None
+                not keys or metrics.get("config_key") in keys | {None}) else None
+            configured = _configured_seeds(experiment)
             why = (" (it has no metrics.json: its training did not finish, or the file was lost; rerun the same "
                    "`w2v2ser train` command to train it again)" if unfinished else
+                   f" (it is a run of this configuration, and its seed {seed} is one of experiment.json's seeds, "
+                   f"but this run directory's results.json does not name it: a training of fewer seeds wrote it, "
+                   f"such as one task of a SLURM array, or it was written while this run was unfinished; rerun "
+                   f"`w2v2ser train` with every seed, which trains none that are finished, to write the "
+                   f"results.json of all)" if isinstance(seed, int) and results is not None
+                   and configured is not None and seed in configured else
                    f" (it is a run of this configuration, but its seed {seed} is not among the seeds of this run "
                    f"directory's results.json, or without one its experiment.json's first_seed and seeds: a later "
                    f"training with fewer or other seeds left it there; train with seeds that include {seed} to use "

@@ -373,6 +373,18 @@ def test_a_seed_the_configuration_no_longer_names_is_not_in_the_ensemble(
         predict_audio(run, audio_files, run="split__seed1")
     alone = predict_audio(run, audio_files, run="split__seed0")
     assert [p.probabilities for p in predict_audio(run, audio_files)] == [p.probabilities for p in alone]
+    # Seed 1 is one of experiment.json's seeds again (an array task's results.json names its own seed
+    # only): training with seeds that include 1 is not the step that helps, summarising all of them is.
+    # A run written before config_key was recorded is one of this configuration's, not another's.
+    experiment = json.loads((run / "experiment.json").read_text())
+    (run / "experiment.json").write_text(json.dumps({**experiment, "seeds": 2}))
+    metrics_path = run / "runs" / "split__seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    for written in (metrics, {k: v for k, v in metrics.items() if k != "config_key"}):
+        metrics_path.write_text(json.dumps(written))
+        with pytest.raises(RunDirError, match=r"its seed 1 is one of experiment.json's seeds, but this run "
+                           r"directory's results.json does not name it.*rerun `w2v2ser train` with every seed"):
+            predict_audio(run, audio_files, run="split__seed1")
 
 
 def test_folders_a_killed_training_left_behind_are_not_runs(

@@ -613,6 +613,29 @@ def test_more_seeds_interrupted_leave_the_folder_unfinished_not_the_fewer_seeds_
     assert not (tmp_path / "results.json").exists()
 
 
+def test_fewer_seeds_in_a_pipeline_drop_the_results_of_the_seeds_no_longer_planned(rav, tmp_path):
+    """`w2v2ser run` with the seeds cut (2 -> 1, nothing to train): results.json of both seeds stayed
+    until the train stage summarised again, so a stage stopped before that left evaluate and predict
+    using 2 seeds while experiment.json said 1."""
+    from w2v2ser._config import ExperimentSpec
+    from w2v2ser._run import _prepare_experiment
+
+    base = {"stores": rav["main"], "features": "egemaps", **FAST}
+    train_experiment(ExperimentConfig(**{**base, "seeds": 2}), out=tmp_path, progress=False)
+    assert json.loads((tmp_path / "results.json").read_text())["n_runs"] == 2
+
+    def prepare(seeds: int) -> list:
+        spec = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config={**base, "seeds": seeds},
+                              run_dir=tmp_path, where="experiments.t")
+        with contextlib.ExitStack() as locks:
+            return _prepare_experiment(spec, locks)[1]
+
+    assert prepare(2) == [] and (tmp_path / "results.json").exists()  # the same seeds: kept
+    assert prepare(1) == []
+    assert not (tmp_path / "results.json").exists()
+    assert json.loads((tmp_path / "experiment.json").read_text())["seeds"] == 1
+
+
 def test_seeds_spread_over_an_array_job_then_one_call_aggregates(rav, tmp_path):
     """The README's SLURM array recipe: each task trains its own seed into one run dir (its
     results.json holds only that seed); a final call with every seed trains none and aggregates."""

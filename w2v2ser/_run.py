@@ -454,6 +454,12 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
         # (a key of the same configuration as 0.2 recorded it only gets the current key recorded).
         if not isinstance(recorded, dict) or recorded.get("config_key") not in keys:
             (out / "results.json").unlink(missing_ok=True)
+        else:  # fewer or other seeds: results.json of runs no longer planned is not this experiment's
+            results = _read_json(out / "results.json")
+            runs = results.get("runs") if isinstance(results, dict) else None
+            named = {r.get("name") for r in runs if isinstance(r, dict)} if isinstance(runs, list) else set()
+            if named - {run.name for run in view.specs}:
+                (out / "results.json").unlink(missing_ok=True)
         identity = store_identities(train_config, view.data.stores)
         _write_json(out / "experiment.json", {**now, **key_fields(train_config),
                                               "stores_identity": identity, "name": experiment.name})

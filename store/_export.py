@@ -17,7 +17,7 @@ import numpy as np
 
 from w2v2ser._common import FULL_DISK_ERRNOS, format_size, link_target, progress_bar, replacing
 
-from ._errors import StoreError, StoreFullError
+from ._errors import StoreDamagedError, StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, enclosing_store, to_str_list
 from ._location import is_store_url
 from ._reader import FeatureStore, open_store
@@ -221,7 +221,14 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
             size += int(length[written[j]]) * frame_bytes
             j += 1
         rows_read = written[k:j]
-        frames = store.read_batch([store._ids[i] for i in rows_read], name)
+        try:
+            frames = store.read_batch([store._ids[i] for i in rows_read], name)
+        except StoreDamagedError:
+            if len(rows_read) == 1:
+                raise
+            # One read spans the gaps between neighbouring rows, where frames superseded by a repair
+            # may lie damaged: one utterance at a time reads only theirs (damage there names it).
+            frames = [store.read_utterance(store._ids[i], name) for i in rows_read]
         start = int(new_off[rows_read[0]])
         data[start:start + sum(len(f) for f in frames)] = frames[0] if len(frames) == 1 else np.concatenate(frames)
         if bar is not None:

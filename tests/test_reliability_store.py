@@ -893,6 +893,43 @@ def test_a_store_this_version_finalized_keeps_its_chunk_checks_after_this_one_ad
         open_store(store).list_utterances()
 
 
+def test_export_after_a_repair_skips_the_damaged_frames_the_repair_superseded(tmp_path):
+    """export read neighbouring utterances with one read spanning the gap between them: after
+    `verify --repair` and the re-extraction, the damaged frames of the old slot lay in such a gap
+    (one whole zstd chunk here, one that cannot be decompressed), and export failed where each
+    utterance reads back intact."""
+    from w2v2ser.store import export_hdf5
+
+    utterances = []
+    for k in range(3):  # spectrogram: 512 frames a chunk, each utterance exactly one
+        path = write_audio(tmp_path / f"u{k}.wav", frames=400 + 511 * 160, seed=k)
+        utterances.append(Utterance(id=f"u{k}", path=str(path), speaker=f"spk{k % 2}", label="angry"))
+    store = tmp_path / "s.zarr"
+    extractors = [build_extractor("spectrogram")]
+    assert extract_corpus(utterances, store, extractors=extractors, progress=False).complete
+    s = open_store(store)
+    offsets = list(s._per_row("spectrogram")["offset"])
+    assert sorted(offsets) == [0, 512, 1024] and s._array("spectrogram", "data").chunks[0] == 512
+    (file,) = _shard_files(store, "spectrogram")
+    # The shard's index (at its end: offset and size of each inner chunk, then a CRC32C): the middle chunk.
+    n_chunks = s._array("spectrogram", "data").shards[0] // 512
+    index = np.frombuffer(file.read_bytes()[-(16 * n_chunks + 4):-4], "<u8").reshape(-1, 2)
+    _flip(file, int(index[1, 0]))  # its zstd frame header: the chunk cannot be decompressed
+    done = subprocess.run([str(W2V2SER), "store", "verify", str(store), "--repair"], capture_output=True, text=True)
+    assert done.returncode == 1 and "queued 1 utterance x feature pair(s)" in done.stdout, done
+    assert extract_corpus(utterances, store, extractors=extractors, progress=False).extracted == 1
+    repaired = open_store(store)
+    assert repaired.verify().ok
+    out = export_hdf5(store, tmp_path / "s.h5")
+    import h5py
+
+    with h5py.File(out, "r") as h5:
+        data, offset, length = (h5[f"features/spectrogram/{k}"][()] for k in ("data", "offset", "length"))
+    for row, uid in enumerate(["u0", "u1", "u2"]):
+        np.testing.assert_array_equal(data[offset[row]:offset[row] + length[row]],
+                                      repaired.read_utterance(uid, "spectrogram"))
+
+
 def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
     """store export read the utterance and failure tables past the reader's checks."""
     from w2v2ser.store import export_hdf5

@@ -638,8 +638,16 @@ class FeatureStore:
                 j += 1
             spans.append((start, stop, order[k:j]))
             k = j
-        fetched = self._fetch_many(feature, [(a, b) for a, b, _ in spans], sel,
-                                   [[m[3] for m in members][:5] for _, _, members in spans])
+        try:
+            fetched = self._fetch_many(feature, [(a, b) for a, b, _ in spans], sel,
+                                       [[m[3] for m in members][:5] for _, _, members in spans])
+        except StoreDamagedError:
+            if all(len(members) == 1 for _, _, members in spans):
+                raise
+            # A span also reads the gaps between its utterances, where frames superseded by `verify
+            # --repair` may lie damaged: read each utterance's own frames (damage there names it).
+            spans = [(off, off + length, [(off, length, row, uid)]) for off, length, row, uid in order]
+            fetched = self._fetch_many(feature, [(a, b) for a, b, _ in spans], sel, [[m[0][3]] for _, _, m in spans])
         out: dict[str, np.ndarray] = {}
         for (start, _, members), span in zip(spans, fetched):
             for off, length, row, uid in members:

@@ -896,8 +896,8 @@ def test_a_store_this_version_finalized_keeps_its_chunk_checks_after_this_one_ad
 def test_export_after_a_repair_skips_the_damaged_frames_the_repair_superseded(tmp_path):
     """export read neighbouring utterances with one read spanning the gap between them: after
     `verify --repair` and the re-extraction, the damaged frames of the old slot lay in such a gap
-    (one whole zstd chunk here, one that cannot be decompressed), and export failed where each
-    utterance reads back intact."""
+    (one whole zstd chunk here, one that cannot be decompressed), and export and read_batch
+    (training's reads) failed on a store verify calls intact, naming the neighbours."""
     from w2v2ser.store import export_hdf5
 
     utterances = []
@@ -920,6 +920,9 @@ def test_export_after_a_repair_skips_the_damaged_frames_the_repair_superseded(tm
     assert extract_corpus(utterances, store, extractors=extractors, progress=False).extracted == 1
     repaired = open_store(store)
     assert repaired.verify().ok
+    # read_batch (training's reads) spans the same gap: each utterance read back as read_utterance gives it.
+    for got, uid in zip(repaired.read_batch(["u0", "u1", "u2"], "spectrogram"), ["u0", "u1", "u2"]):
+        np.testing.assert_array_equal(got, repaired.read_utterance(uid, "spectrogram"))
     out = export_hdf5(store, tmp_path / "s.h5")
     import h5py
 

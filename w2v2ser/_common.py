@@ -226,9 +226,9 @@ def make_folder(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileNotFoundError as error:
-        raise ConfigError(f"cannot create the folder {path}: no folder can be made at {error.filename} (a virtual file system such as /proc or /sys, an automount path, or a "
-                          f"current folder that was deleted). Give a path on a normal disk ({_OTHER_OUTPUT}), "
-                          f"then rerun.") from None
+        raise ConfigError(f"cannot create the folder {path}: no folder can be made at {error.filename} (a virtual "
+                          f"file system such as /proc or /sys, an automount path, or a current folder that was "
+                          f"deleted). Give a path on a normal disk ({_OTHER_OUTPUT}), then rerun.") from None
     return path
 
 

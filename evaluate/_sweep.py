@@ -107,15 +107,10 @@ def find_run_dirs(paths: Sequence[Path], *, depth: int = SEARCH_DEPTH, keep_empt
     ``depth`` folders down, in name order); a path with none below is kept (``keep_empty``), and
     the report says what is missing there.
     """
-    def below(folder: Path, levels: int) -> list[Path]:
-        if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
-                or list_run_files(folder / "runs")):  # a run folder whose training was cut short
-            return [folder]
-        if levels == 0 or not folder.is_dir() or folder.suffix == ".zarr":
-            return []
-        return [run for child in sorted(folder.iterdir()) if child.is_dir() for run in below(child, levels - 1)]
-
-    found = [run for path in map(Path, paths) for run in (below(path, depth) or ([path] if keep_empty else []))]
+    found = []
+    for path in map(Path, paths):
+        below = [run for run, _ in run_dirs_by_depth(path, depth=depth, plain=depth)]
+        found += below or ([path] if keep_empty else [])
     return _distinct(found)
 
 
@@ -127,7 +122,7 @@ def run_dirs_by_depth(path: Path, *, depth: int, plain: int = SEARCH_DEPTH) -> l
 
     def walk(folder: Path, level: int) -> None:
         if (is_sweep_dir(folder) or any((folder / marker).is_file() for marker in _RUN_DIR_MARKERS)
-                or list_run_files(folder / "runs")):
+                or list_run_files(folder / "runs")):  # a run folder whose training was cut short
             found.append((folder, level))
             return
         if level == depth or not folder.is_dir() or folder.suffix == ".zarr":

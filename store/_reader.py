@@ -755,8 +755,6 @@ class FeatureStore:
         if utterances is None:
             raise StoreError("compose_speaker_statistics: utterances=None; pass the ids to count, or use "
                              "compose_statistics(feature, speakers=[s]) for each speaker's table.")
-        if isinstance(utterances, str):
-            raise StoreError(f"compose_statistics: utterances={utterances!r}; expected a list of utterance ids.")
         totals = self._compose_utterances(feature, [names[k] for k in wanted], utterances)
         self._check_unchanged()
         out: dict[str, FeatureStatistics] = {}
@@ -777,11 +775,14 @@ class FeatureStore:
         )
 
     @staticmethod
-    def _utterance_list(utterances: Sequence[str] | None) -> Sequence[str] | None:
-        """``utterances`` as a list (an iterator is read once, here); [] is refused."""
-        if utterances is not None and not isinstance(utterances, str):
-            utterances = list(utterances)
-        if utterances is not None and not isinstance(utterances, str) and len(utterances) == 0:
+    def _utterance_list(utterances: Sequence[str] | None) -> list[str] | None:
+        """``utterances`` as a list (an iterator is read once, here); a string and [] are refused."""
+        if utterances is None:
+            return None
+        if isinstance(utterances, str):
+            raise StoreError(f"compose_statistics: utterances={utterances!r}; expected a list of utterance ids.")
+        utterances = list(utterances)
+        if not utterances:
             raise StoreError("compose_statistics: utterances=[] selects no frames; pass the ids to count, or "
                              "utterances=None for every utterance of the speakers.")
         return utterances
@@ -817,8 +818,6 @@ class FeatureStore:
                          sel: list[int] | None) -> Any:
         """(count, mean, M2) per speaker over the given utterances of those speakers, composed as
         finalize composes the speaker tables (so all of a speaker's utterances give its table's figures)."""
-        if isinstance(utterances, str):
-            raise StoreError(f"compose_statistics: utterances={utterances!r}; expected a list of utterance ids.")
         totals = self._compose_utterances(feature, speakers, utterances)
         for name in sorted(totals):
             count, mean, m2 = totals[name]

@@ -227,14 +227,15 @@ def _without_advice(said: str) -> str:
     return said[:cut].rstrip(".")
 
 
-def _stopped_reason(said: str, work: Path, *, temporary: bool) -> str:
-    """Why a file has no features when stage 1 stopped (``said``) before extracting it; a full disk
-    names where predict keeps its temporary store and how to put it elsewhere."""
-    reason = f"not extracted: stage 1 stopped before this file ({said.rstrip('.')})"
+def _stopped_reason(said: str, work: Path, *, temporary: bool,
+                    what: str = "not extracted: stage 1 stopped before this file") -> str:
+    """Why a file has no features when stage 1 stopped (``said``) before extracting it (or ``what`` else
+    failed); a full disk names where predict keeps its temporary store and how to put it elsewhere."""
+    reason = f"{what} ({said.rstrip('.')})"
     if not any(os.strerror(code) in said for code in FULL_DISK_ERRNOS) and "no space left" not in said.lower():
         return reason
     # Not extract's advice ("extraction resumes where it stopped"): predict starts over; its own follows.
-    reason = f"not extracted: stage 1 stopped before this file ({_without_advice(said)})"
+    reason = f"{what} ({_without_advice(said)})"
     if temporary:
         return (f"{reason}. Predict extracts into a temporary folder ({work}, in {work.parent}, which TMPDIR "
                 f"chooses): free space there, or set TMPDIR to a folder on a disk with room, or pass "
@@ -1001,8 +1002,8 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
     except OSError as exc:  # a full disk names no file here: say which folder, and predict's own advice
         if exc.errno not in FULL_DISK_ERRNOS:
             raise
-        error = PredictError(_stopped_reason(f"{manifest}: {exc.strerror}", work, temporary=temporary).replace(
-            "not extracted: stage 1 stopped before this file", "could not write predict's manifest", 1))
+        error = PredictError(_stopped_reason(f"{manifest}: {exc.strerror}", work, temporary=temporary,
+                                             what="could not write predict's manifest"))
         error.exit_code = EXIT_FAILED
         raise error from exc
     position = dict(zip(ids, todo))

@@ -217,6 +217,12 @@ class ExperimentConfig:
         too: runs recorded with either are runs of this configuration."""
         return self._key(with_store_paths=False), self._key(with_store_paths=True)
 
+    def seeds_differ(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether an ``experiment.json`` (``recorded``) names other seeds (``seeds``, ``first_seed``) than this
+        configuration: they are not in the key, but evaluate and predict read the current seeds there."""
+        now = self.to_dict()
+        return any(recorded.get(k) != now.get(k) for k in SEED_FIELDS)
+
     def _key(self, *, with_store_paths: bool) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
         for added in ("subset", "speaker_folds"):  # added in 0.3: at their default, runs keep their key

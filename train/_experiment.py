@@ -828,10 +828,9 @@ def _record_seeds(path: Path, config: ExperimentConfig) -> None:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    now = {k: config.to_dict().get(k) for k in SEED_FIELDS}
     if (isinstance(recorded, dict) and recorded.get("config_key") in config.config_keys()
-            and any(recorded.get(k) != v for k, v in now.items())):
-        _write_json(path, {**recorded, **now})
+            and config.seeds_differ(recorded)):
+        _write_json(path, {**recorded, **{k: config.to_dict().get(k) for k in SEED_FIELDS}})
 
 
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run

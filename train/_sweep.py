@@ -39,7 +39,7 @@ import numpy as np
 
 from w2v2ser._common import caller_random_kept, check_stop, progress_bar, publish_directory
 
-from ._config import SEED_FIELDS, ExperimentConfig, as_experiment_config
+from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
 from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _drop_stale_results,
@@ -447,11 +447,10 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
         (out / name).mkdir(parents=True, exist_ok=True)
         try:
             recorded = json.loads((out / name / "experiment.json").read_text())
-            recorded = [recorded.get(k) for k in ("config_key", *SEED_FIELDS)]
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             recorded = None
         # new or changed configuration, or other seeds (evaluate reads them there): describe the current one
-        if recorded != [c.config_key(), *(c.to_dict().get(k) for k in SEED_FIELDS)]:
+        if not isinstance(recorded, dict) or recorded.get("config_key") != c.config_key() or c.seeds_differ(recorded):
             _write_json(out / name / "experiment.json", {**c.to_dict(), **key_fields(c),
                                                          "stores_identity": store_identities(c, data.stores),
                                                          "sweep": {"path": str(out), "head": name}})

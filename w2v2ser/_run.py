@@ -418,7 +418,6 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
     the stage's readers by store path, shared by the views (memory and descriptors per store, not
     per experiment of the grid)."""
     from w2v2ser.train import ExperimentConfig
-    from w2v2ser.train._config import SEED_FIELDS
     from w2v2ser.train._experiment import (forget_not_trained, key_fields, open_view, refuse_layer_sweep_folder,
                                            share_out_folder, store_identities, warn_if_replacing)
 
@@ -448,8 +447,7 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
     now = train_config.to_dict()
     # Seeds are not in the key, but evaluate and predict take the current seeds from experiment.json where
     # results.json is not there (yet): changed seeds rewrite it too.
-    if (not isinstance(recorded, dict) or recorded.get("config_key") != key
-            or any(recorded.get(k) != now.get(k) for k in SEED_FIELDS)):
+    if not isinstance(recorded, dict) or recorded.get("config_key") != key or train_config.seeds_differ(recorded):
         # A changed configuration: describe the new one; old results must never be shown as its results
         # (a key of the same configuration as 0.2 recorded it only gets the current key recorded).
         if not isinstance(recorded, dict) or recorded.get("config_key") not in keys:

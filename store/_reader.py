@@ -1,4 +1,5 @@
-"""Reading a finished store: utterance table, frames, statistics, description."""
+"""Reading a finished store: :func:`open_store` and :class:`FeatureStore` (utterance table, frames,
+statistics, description); frame spans are read by :mod:`._spans`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import zarr
 from w2v2ser._common import did_you_mean
 
 from ._errors import StoreChangedError, StoreDamagedError, StoreError, StoreGoneError, StoreIncompleteError
+from ._fields import _field_values
 from ._layout import (
     FAILURE_COLUMNS,
     STATUSES,
@@ -37,7 +39,8 @@ from ._layout import (
 )
 from ._location import StoreLocation, as_unreachable, locate_store
 from ._lock import extraction_holder, extraction_running
-from ._readcache import ReadCacheStore, prefetch_frames, release_frames
+from ._readcache import ReadCacheStore
+from ._spans import _read_span, _selection
 from ._stats import combine_statistics
 from ._types import Failure, FeatureSpec, FeatureStatistics, UtteranceRecord, VerifyReport
 
@@ -74,38 +77,6 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
                     f"then.") from None
             raise error from None
     return FeatureStore(location, meta)
-
-
-def _selection(start: int, stop: int, layers: list[int] | None) -> tuple[Any, ...]:
-    """Zarr selection of frames [start, stop) and `layers` (None: all).
-
-    Either form reads only the inner chunks (byte ranges) of those layers. An ascending run of
-    layers (``wav2vec2:6``, ``wav2vec2:4-8``) is passed as a slice: zarr's index-array path costs
-    more per chunk (one layer by ``read_batch`` of 16, warm: 1.6x the utterances per second;
-    tests/benchmarks/bench_store.py's one_layer_batch16 rows).
-    """
-    if layers is None:
-        return (slice(start, stop),)
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return (slice(start, stop), slice(layers[0], layers[-1] + 1))
-    return (slice(start, stop), layers, slice(None))
-
-
-async def _read_span(data: Any, start: int, stop: int, sel: list[int] | None, target: np.ndarray | None) -> np.ndarray:
-    """Frames [start, stop) of ``sel`` from a zarr AsyncArray (into ``target`` when given). On object
-    storage its inner chunks are fetched ahead first: one request per run of adjacent chunks
-    (prefetch_frames), instead of zarr's one request after another per chunk."""
-    from zarr.core.buffer import default_buffer_prototype
-
-    held = await prefetch_frames(data, start, stop, sel)
-    try:
-        if target is None:
-            return np.asarray(await data.get_orthogonal_selection(_selection(start, stop, sel)))
-        wrap = default_buffer_prototype().nd_buffer.from_numpy_array
-        await data.get_orthogonal_selection(_selection(start, stop, sel), out=wrap(target))
-        return target
-    finally:
-        release_frames(data, held)
 
 
 class FeatureStore:
@@ -907,23 +878,3 @@ class FeatureStore:
 
         state = resolve_events(self.location)
         return {name: int(state.committed_rows(name, len(self._ids)).sum()) for name in self.features}
-
-
-# Fields of an utterance record besides the reader's ``extra`` keys that a run's subset can name.
-_RECORD_FIELDS = ("gender", "session", "split")
-# A field with more distinct values than this is summarised by their number (times, scores...).
-_FIELD_VALUES_SHOWN = 20
-
-
-def _field_values(records: Sequence[UtteranceRecord]) -> dict[str, dict[str, Any]]:
-    """Per field (gender, session, split, each ``extra`` key) of the done utterances: how many
-    distinct values it has and, for up to ``_FIELD_VALUES_SHOWN`` of them, each value's count."""
-    counts: dict[str, collections.Counter[str]] = {}
-    for record in records:
-        values = {**{f: getattr(record, f) for f in _RECORD_FIELDS}, **record.extra}
-        for key, value in values.items():
-            if value not in (None, ""):
-                counts.setdefault(key, collections.Counter())[str(value)] += 1
-    return {key: {"distinct": len(found),
-                  "counts": dict(sorted(found.items())) if len(found) <= _FIELD_VALUES_SHOWN else None}
-            for key, found in counts.items()}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import functools
 import json
 import os
 import shlex
@@ -17,9 +15,10 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from w2v2ser._common import FULL_DISK_ERRNOS, control_character
+from w2v2ser._common import control_character
 
-from ._errors import StoreError, StoreFullError, StoreGoneError
+from ._configdiff import _COMPARED, _SHOWN_DIFFERENCES, _comparable, _differences
+from ._errors import StoreError
 from ._finalize import finalize_store
 from ._journal import JOURNAL_DIR, fsync_path, open_journal, resolve_events
 from ._layout import (
@@ -49,97 +48,15 @@ from ._location import StoreLocation, locate_store, remote_errors
 from ._lock import LOCK_FILE, PLAN_LOCK_FILE, hold_plan_lock
 from ._types import FeatureSpec, Utterance
 from ._units import UnitWriter, WorkUnit, release_buffers
+from ._writeerrors import _no_space_is_clear
 
 __all__ = ["StoreWriter", "WorkUnit", "UnitWriter"]
 
-_COMPARED = ("dim", "layers", "frame_rate", "dtype", "config")
-
-
-# Keys of a speech encoder's recorded config that change no stored value: its ``runtime`` part
-# (device or batch size: a store may be resumed on another machine) and ``max_seconds``, a guard
-# that only turns longer files into failures, so a rerun may raise it to extract them.
-_NOT_VALUES = ("runtime", "max_seconds")
-
-
-def _comparable(value: Any) -> Any:
-    """A config without the keys that change no stored value (``_NOT_VALUES``)."""
-    if isinstance(value, Mapping) and "runtime" in value:
-        return {k: v for k, v in value.items() if k not in _NOT_VALUES}
-    return value
-
-
-_SHOWN_DIFFERENCES = 6
 # Utterance columns that a resumed plan takes from a changed manifest in place: no frame depends
 # on them, and finalize composes the per-speaker statistics from the per-utterance ones and the
 # table's speakers. A changed path is refused (the frames were made from the old file), unless
 # the caller checked that the new file holds the same audio (plan's ``moved``).
 RELABELLED_COLUMNS = ("label", "speaker", "session", "split")
-
-
-def _differences(stored: Any, given: Any, key: str) -> list[str]:
-    """``key.path: store has X, given Y`` for each differing leaf of two JSON-like values."""
-    if isinstance(stored, Mapping) and isinstance(given, Mapping):
-        return [line for k in sorted(set(stored) | set(given), key=str)
-                for line in _differences(stored.get(k), given.get(k), f"{key}.{k}")]
-    if json.dumps(stored, sort_keys=True, default=str) == json.dumps(given, sort_keys=True, default=str):
-        return []
-    return [f"{key}: store has {stored!r}, given {given!r}"]
-
-
-def _moved_away(writer: Any, method: str) -> StoreGoneError | None:
-    """The error for a local store moved, renamed or deleted while it was written (its arrays then
-    fail to open, as if damaged), None while it is there."""
-    writer = getattr(writer, "_writer", writer)  # a UnitWriter's StoreWriter
-    location = getattr(writer, "location", None)
-    if method == "_create" or location is None or not location.is_local or (location.path / "zarr.json").exists():
-        return None
-    left = (f" A folder {location.path} left there (or made by writes still in flight) holds only frames written "
-            f"after the move: delete it." if location.path.exists() else "")
-    return StoreGoneError(
-        f"store {location.path} is no longer there: it was moved, renamed or deleted while this extraction wrote "
-        f"it, so nothing in it is known to be damaged: what was committed before is kept in the store at its new "
-        f"path, and the work unit in flight was not committed. Rerun the same command with the store's new path "
-        f"(--store, or pipeline.yaml's) to extract the rest.{left}")
-
-
-def _no_space_is_clear(method: Any) -> Any:
-    """Turn "no space left on device" / "quota exceeded" while writing the store into a StoreFullError.
-
-    Everything committed before stays valid (the journal line is the commit point), so the
-    message tells the user to free space and rerun the same command.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:
-            gone = _moved_away(self, method.__name__)
-            if gone is not None:
-                raise gone from exc
-            if not isinstance(exc, (OSError, RuntimeError)):
-                raise
-            # The zarrs pipeline reports I/O errors as RuntimeError("... (os error 28)").
-            full = FULL_DISK_ERRNOS
-            code = exc.errno if isinstance(exc, OSError) else next(
-                (c for c in full if f"(os error {c})" in str(exc)), None)
-            if code not in full:
-                raise
-            path = getattr(self, "path", None) or getattr(getattr(self, "_writer", None), "path", "?")
-            what = ("a per-file size limit (`ulimit -f`, a quota) was hit writing" if code == errno.EFBIG
-                    else "no space left on the device holding")
-            raise StoreFullError(
-                f"{what} store {path} ({os.strerror(code)}) during {method.__name__}: free disk space or "
-                f"raise the limit (or move the store to a larger disk) and rerun the same command; "
-                f"utterances committed so far are kept and extraction resumes where it stopped."
-            ) from exc
-
-    return wrapper
-
-
-UnitWriter.add = _no_space_is_clear(UnitWriter.add)  # type: ignore[method-assign]
-UnitWriter.add_many = _no_space_is_clear(UnitWriter.add_many)  # type: ignore[method-assign]
-UnitWriter.commit = _no_space_is_clear(UnitWriter.commit)  # type: ignore[method-assign]
 
 
 def _now() -> str:

@@ -22,9 +22,10 @@ from typing import Any
 from w2v2ser._common import first_few
 
 from ._errors import PredictError
-from ._predict import (Prediction, _comparable_configs, _crop_seconds, _differs, _plan, _read_json, _RunPlan,
-                       _setting_differences, _training_rates, ensemble_probabilities, log, normalisation_used,
-                       predict_audio, resolve_feature, speaker_groups)
+from ._ensemble import ensemble_probabilities
+from ._predict import Prediction, normalisation_used, predict_audio, speaker_groups
+from ._runplan import (_comparable_configs, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _setting_differences,
+                       _training_rates, log, resolve_feature)
 
 __all__ = ["PredictionScore", "predict_manifest", "predict_store", "score_predictions"]
 

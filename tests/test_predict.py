@@ -20,7 +20,7 @@ import pytest
 
 from stage2_fixtures import build_store
 from w2v2ser.evaluate import PredictError, Prediction, RunDirError, predict_audio, write_report
-from w2v2ser.evaluate import _predict
+from w2v2ser.evaluate import _extraction, _predict, _runplan
 from w2v2ser.extract import features_like
 from w2v2ser.store import AUDIO_RATE_KEY, StoreWriter, Utterance, open_store
 
@@ -1061,9 +1061,9 @@ def test_extraction_refusing_its_input_raises_even_when_a_store_is_left(tmp_path
         return subprocess.CompletedProcess(args, 2, "", "w2v2ser: error: plan: utterance 'predict00000' is already "
                                                         "in store t.zarr with path 'old.wav'")
 
-    monkeypatch.setattr(_predict.subprocess, "run", refused)
+    monkeypatch.setattr(_extraction.subprocess, "run", refused)
     with pytest.raises(PredictError, match=r"stage 1 could not extract .*: plan: utterance .* already in store"):
-        _predict.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
+        _extraction.extract_features(tmp_path / "m.csv", tmp_path / "t.zarr", like=tmp_path / "s.zarr",
                                   features=["egemaps"])
 
 
@@ -1095,7 +1095,7 @@ def test_stage_1_stopped_by_a_full_temporary_disk_is_the_reason_given(trained: P
                              features=command[command.index("--features") + 1].split(","))
         return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {raised.value}\n")
 
-    monkeypatch.setattr(_predict.subprocess, "run", full_disk)
+    monkeypatch.setattr(_extraction.subprocess, "run", full_disk)
     preds = predict_audio(trained, audio_files[:2])
     for pred in preds:
         assert pred.emotion is None and "no reason recorded" not in pred.error, pred.error
@@ -1130,7 +1130,7 @@ def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Pa
                              features=command[command.index("--features") + 1].split(","))
         return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {describe_error(raised.value)[0]}\n")
 
-    monkeypatch.setattr(_predict.subprocess, "run", out_of_memory)
+    monkeypatch.setattr(_extraction.subprocess, "run", out_of_memory)
     failed = [pred for pred in predict_audio(trained, audio_files[:3]) if pred.error]
     assert failed
     for pred in failed:
@@ -1142,7 +1142,7 @@ def test_stage_1_stopped_by_a_memory_limit_is_said_in_predicts_terms(trained: Pa
 
         return subprocess.CompletedProcess(command, 134, "", (_ABRUPT + _RESUMES.encode()).decode() + "\n")
 
-    monkeypatch.setattr(_predict.subprocess, "run", died)
+    monkeypatch.setattr(_extraction.subprocess, "run", died)
     with pytest.raises(PredictError) as raised:
         predict_audio(trained, audio_files[:1])
     assert raised.value.exit_code == 1 and "predict starts over" in str(raised.value), raised.value
@@ -1170,7 +1170,7 @@ def test_stage_1_that_found_the_work_folder_full_before_its_store_says_so_in_pre
                 else describe_error(OSError(code, os.strerror(code), f"{store}/.extract.lock"))[0])
         return subprocess.CompletedProcess(command, 1, "", f"w2v2ser: error: {said}\n")
 
-    monkeypatch.setattr(_predict.subprocess, "run", full)
+    monkeypatch.setattr(_extraction.subprocess, "run", full)
     with pytest.raises(PredictError) as raised:
         predict_audio(trained, audio_files[:1])
     message = str(raised.value)
@@ -1666,14 +1666,14 @@ def test_a_stage_1_that_stopped_is_named_by_its_error_line_or_its_signal(tmp_pat
     progress bar), or as "without a message"; the reason now comes from its error line or its signal."""
     import subprocess
 
-    from w2v2ser.evaluate import _predict
+    from w2v2ser.evaluate import _extraction
 
     store = tmp_path / "s.zarr"
     store.mkdir()
     (store / "zarr.json").write_text("{}")  # it left a store: its finished files can still be labelled
-    monkeypatch.setattr(_predict.subprocess, "run",
+    monkeypatch.setattr(_extraction.subprocess, "run",
                         lambda *a, **k: subprocess.CompletedProcess(a, code, stdout="", stderr=stderr))
-    reason = _predict.extract_features(tmp_path / "m.csv", store, like=tmp_path / "like.zarr", features=["egemaps"])
+    reason = _extraction.extract_features(tmp_path / "m.csv", store, like=tmp_path / "like.zarr", features=["egemaps"])
     assert reason.startswith(expected), reason
 
 
@@ -1701,12 +1701,12 @@ def test_setting_differences_name_a_key_one_side_lacks() -> None:
     "(description: 'X', not 'X')", naming nothing that differs."""
     trained = {"name": "w", "dim": 4, "layers": 3, "config": {"model": "m", "old": 1}, "description": "X"}
     found = {**trained, "config": {"model": "m"}, "layer_names": None}
-    assert _predict._setting_differences(found, trained) == "old: (absent), not 1; layer_names: None, not (absent)"
-    assert _predict._setting_differences({**trained, "description": "Y"}, trained) == "description: 'Y', not 'X'"
+    assert _runplan._setting_differences(found, trained) == "old: (absent), not 1; layer_names: None, not (absent)"
+    assert _runplan._setting_differences({**trained, "description": "Y"}, trained) == "description: 'Y', not 'X'"
     # --from-store refuses on dim/layers and shared config keys only (_differs): a key one version
     # records and another does not is no difference there, so it is not named first (second review).
     newer = {**found, "dim": 5}
-    assert _predict._setting_differences(newer, trained, absent_differs=False) == "dim: 5, not 4"
+    assert _runplan._setting_differences(newer, trained, absent_differs=False) == "dim: 5, not 4"
 
 
 def test_predict_store_of_an_iemocap_run_gives_what_training_measured(tmp_path: Path) -> None:
@@ -2019,22 +2019,22 @@ def test_the_same_pt_under_another_file_name_is_the_same_weights() -> None:
                 "provenance": {"source": "fairseq", "requested": f"/w/{name}", "resolved_path": f"/w/{name}",
                                "weights_sha256": {name: sha}, "architecture": {"h": 4}}}
 
-    assert not _predict._differs(config("w2v.pt", "aa"), config("wav2vec_small.pt", "aa"))
+    assert not _runplan._differs(config("w2v.pt", "aa"), config("wav2vec_small.pt", "aa"))
     assert keep_recorded_location(config("w2v.pt", "aa"), config("wav2vec_small.pt", "aa")) == \
         config("wav2vec_small.pt", "aa")
-    assert _predict._differs(config("w2v.pt", "bb"), config("wav2vec_small.pt", "aa"))
+    assert _runplan._differs(config("w2v.pt", "bb"), config("wav2vec_small.pt", "aa"))
 
 
 def test_differs_leaves_out_max_seconds_when_one_side_records_no_runtime() -> None:
     """Review s62: _differs stripped runtime and max_seconds only when both configs had runtime (the
     store's resume check strips them per side), so a config recorded before runtime was refused."""
-    from w2v2ser.evaluate import _predict
+    from w2v2ser.evaluate import _runplan
 
     older = {"model": "tiny", "max_seconds": 120.0}
     newer = {"model": "tiny", "max_seconds": 300.0, "runtime": {"device": "cpu"}}
-    assert not _predict._differs(newer, older)
-    assert not _predict._differs(older, newer)
-    assert _predict._differs({**newer, "model": "other"}, older)
+    assert not _runplan._differs(newer, older)
+    assert not _runplan._differs(older, newer)
+    assert _runplan._differs({**newer, "model": "other"}, older)
 
 
 def test_a_failed_files_label_is_null_as_it_is_not_scored(trained: Path, audio_files: list[Path],
@@ -2095,7 +2095,7 @@ def test_a_negative_tensorflow_thread_count_in_the_environment_is_refused_not_a_
 
     import tensorflow as tf
 
-    monkeypatch.setattr(_predict.subprocess, "run", extract)
+    monkeypatch.setattr(_extraction.subprocess, "run", extract)
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "-2")
     # As in a fresh process (another test may have set this one's count, which takes the variable's place).
     monkeypatch.setattr(tf.config.threading, "get_inter_op_parallelism_threads", lambda: 0)

@@ -650,7 +650,7 @@ def test_a_report_takes_a_baseline_experiment(tmp_path: Path, capsys) -> None:
     (`evaluate --baseline`); a baseline that has not finished leaves the comparison out, said once."""
     from test_evaluate import make_run_dir
 
-    from w2v2ser._run import _run_evaluate
+    from w2v2ser._stage_evaluate import _run_evaluate
 
     data = _base()
     data["experiments"]["t1"]["seeds"] = 3  # as many as make_run_dir's runs
@@ -773,7 +773,7 @@ def test_a_shell_variable_in_a_default_gets_a_hint_that_parses_and_dollar_dollar
 def test_an_experiment_that_did_not_train_is_reported_with_its_default_head(tmp_path: Path) -> None:
     """Found by a pipeline trial: a skipped layer sweep (whose file sets no head) read Head "?" in
     the report, while its trained runs read "dense"."""
-    from w2v2ser._run import _mark_not_trained
+    from w2v2ser._stage_train import _mark_not_trained
     from w2v2ser.evaluate._rundir import read_run_dir
 
     data = _base()

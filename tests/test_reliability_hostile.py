@@ -416,17 +416,17 @@ def test_export_over_a_tiny_file_size_limit_names_the_limit_in_readable_units(st
 def test_a_memory_limit_in_run_s_extraction_child_is_one_line(monkeypatch, capsys) -> None:
     """review4 #8: `w2v2ser run`'s extraction child caught Exception only: zarrs' PanicException (a
     BaseException) under `prlimit --as` ended in a traceback there, one line in `w2v2ser extract`."""
-    from w2v2ser import _cluster, _run
+    from w2v2ser import _cluster, _stage_extract
 
     def stopped(*args: object, **kwargs: object) -> None:
         raise _panic('The global thread pool has not been initialized.: ThreadPoolBuildError { kind: IOError(Os { '
                      'code: 11, kind: WouldBlock, message: "Resource temporarily unavailable" }) }')
 
     monkeypatch.setattr(_cluster, "die_with_parent", lambda: None)  # this is no child process
-    monkeypatch.setattr(_run, "load_pipeline", lambda *args, **kwargs: object())
-    monkeypatch.setattr(_run, "_run_extract", stopped)
+    monkeypatch.setattr(_stage_extract, "load_pipeline", lambda *args, **kwargs: object())
+    monkeypatch.setattr(_stage_extract, "_run_extract", stopped)
     with pytest.raises(SystemExit) as raised:
-        _run._extract_child("pipeline.yaml", [], results=None)
+        _stage_extract._extract_child("pipeline.yaml", [], results=None)
     assert raised.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("w2v2ser: error: no new thread could start") and len(err.splitlines()) == 1, err

@@ -254,7 +254,7 @@ def test_a_ctrl_c_that_a_run_swallowed_stops_the_training_stage(tmp_path: Path, 
     from types import SimpleNamespace
 
     from w2v2ser import _common
-    from w2v2ser._run import _train_runs
+    from w2v2ser._stage_train import _train_runs
     from w2v2ser.train import _experiment
     from w2v2ser.train._heads import _Timing
 
@@ -469,7 +469,9 @@ def test_run_stops_an_experiment_whose_store_an_extraction_changed_and_goes_on(t
     stores and refuses a revision other than its plan's."""
     from w2v2ser._cluster import ClusterHandle
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _Reasons, _run_train, run_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser._stage_common import _Reasons
+    from w2v2ser._stage_train import _run_train
     from w2v2ser.extract import build_extractor, extract_corpus, read_corpus
     from w2v2ser.train import _experiment
 
@@ -605,7 +607,7 @@ def test_a_failure_marker_that_cannot_be_written_does_not_stop_the_stage(tmp_pat
     """Found in review: an experiment whose folder is blocked (a file in the way) failed as it
     should, but writing its failed.json into that folder raised, and the whole train stage stopped."""
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _mark_not_trained
+    from w2v2ser._stage_train import _mark_not_trained
 
     make_tiny_corpus(tmp_path / "data")
     pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
@@ -647,7 +649,8 @@ def test_run_does_not_call_complete_a_store_made_with_other_weights_at_the_same_
     from tiny_models import save_tiny_wav2vec2
 
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _skip_reason, run_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser._stage_train import _skip_reason
 
     make_tiny_corpus(tmp_path / "data", actors=("01",))
     model = make_tiny_model(tmp_path / "model")
@@ -955,7 +958,7 @@ def test_a_report_folder_that_is_a_file_is_named_with_the_pipelines_words(tmp_pa
     """A file where a report's folder goes failed that report with "Choose another --out path.",
     an option `run` does not have; the others are still written."""
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _run_evaluate
+    from w2v2ser._stage_evaluate import _run_evaluate
 
     make_tiny_corpus(tmp_path / "data")
     pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
@@ -975,7 +978,7 @@ def test_a_report_folder_that_cannot_be_made_fails_that_report_only(tmp_path: Pa
     """A file where a folder above a report's goes (or a name too long) raised NotADirectoryError
     (OSError) out of the whole evaluate stage: no other report was written."""
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _run_evaluate
+    from w2v2ser._stage_evaluate import _run_evaluate
 
     make_tiny_corpus(tmp_path / "data")
     long = "x" * 300
@@ -1002,7 +1005,8 @@ def test_a_damaged_local_model_fails_the_run_while_an_offline_hub_model_skips(tm
     exit 0, as a hub model that is not cached does offline. That is the user's to fix: the store fails
     (exit 1) naming the file; the other stores still extract, and the offline one still skips."""
     from w2v2ser._config import load_pipeline
-    from w2v2ser._run import _skip_reason, run_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser._stage_train import _skip_reason
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     make_tiny_corpus(tmp_path / "data", actors=("01",))

@@ -535,7 +535,7 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     import shutil
 
     from w2v2ser._config import ExperimentSpec
-    from w2v2ser._run import _prepare_experiment
+    from w2v2ser._stage_train import _prepare_experiment
     from w2v2ser.evaluate import write_report
     from w2v2ser.train._experiment import data_fingerprint, run_is_current
 
@@ -603,7 +603,7 @@ def test_more_seeds_interrupted_leave_the_folder_unfinished_not_the_fewer_seeds_
     assert summary.status == "incomplete" and "rerun the same `w2v2ser train`" in summary.reason
     # `w2v2ser run` plans the same way: a stale results.json goes before runs are submitted.
     from w2v2ser._config import ExperimentSpec
-    from w2v2ser._run import _prepare_experiment
+    from w2v2ser._stage_train import _prepare_experiment
 
     (tmp_path / "results.json").write_text("{}")
     spec = ExperimentSpec(name="t", corpus="ravdess", stores={"main": "s"}, config={**base, "seeds": 2},
@@ -618,7 +618,7 @@ def test_fewer_seeds_in_a_pipeline_drop_the_results_of_the_seeds_no_longer_plann
     until the train stage summarised again, so a stage stopped before that left evaluate and predict
     using 2 seeds while experiment.json said 1."""
     from w2v2ser._config import ExperimentSpec
-    from w2v2ser._run import _prepare_experiment
+    from w2v2ser._stage_train import _prepare_experiment
 
     base = {"stores": rav["main"], "features": "egemaps", **FAST}
     train_experiment(ExperimentConfig(**{**base, "seeds": 2}), out=tmp_path, progress=False)
@@ -922,7 +922,7 @@ def test_a_stale_pipeline_failure_marker_is_removed_by_a_train_into_its_folder(r
     from types import SimpleNamespace
 
     from w2v2ser import ConfigError
-    from w2v2ser._run import _prepare_experiment
+    from w2v2ser._stage_train import _prepare_experiment
 
     (tmp_path / "failed.json").write_text('{"reason": "store gone"}')
     (tmp_path / "skipped.json").write_text('{"reason": "model offline"}')

@@ -264,7 +264,7 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
     import dataclasses
 
     from w2v2ser.store import open_store
-    from w2v2ser.train._experiment import _same_data, _statistics_rule_changed, data_fingerprint
+    from w2v2ser.train._fingerprints import _same_data, _statistics_rule_changed, data_fingerprint
 
     out: dict[str, str] = {}
     for alias, path in stores.items():

@@ -533,7 +533,7 @@ def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeyp
     from w2v2ser._config import load_pipeline
     from w2v2ser._run import run_pipeline
     from w2v2ser.train import ExperimentConfig, _experiment
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     pipeline = _two_store_pipeline(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -670,7 +670,7 @@ def test_a_key_set_twice_with_set_takes_the_last_value_as_before():
 def test_a_run_of_another_split_of_the_speakers_is_trained_again(tmp_path):
     """Speaker folds that changed (sessions now kept together) must not pool a finished run of the
     old fold with runs of the new ones."""
-    from w2v2ser.train._experiment import _complete
+    from w2v2ser.train._fingerprints import _complete
 
     run = tmp_path / "runs" / "group1__seed0"
     run.mkdir(parents=True)

@@ -133,7 +133,7 @@ def test_a_store_that_gained_utterances_retrains_its_runs(tmp_path, caplog):
     import shutil
 
     from w2v2ser.train import DataError
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._fingerprints import data_fingerprint, run_is_current
 
     store = tmp_path / "s.zarr"
     build_store(store, utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
@@ -166,7 +166,8 @@ def test_a_store_with_other_frames_or_row_order_retrains_its_runs(tmp_path, capl
     import dataclasses
     import shutil
 
-    from w2v2ser.train._experiment import _data_fingerprint, _prepare, data_fingerprint, run_is_current
+    from w2v2ser.train._experiment_data import _prepare
+    from w2v2ser.train._fingerprints import _data_fingerprint, data_fingerprint, run_is_current
 
     utts = ravdess_utterances(per_actor=2)
     sha = {u.id: f"{i:064x}" for i, u in enumerate(utts)}  # each file's audio hash, whatever its row
@@ -208,7 +209,7 @@ def test_utterances_the_protocol_drops_do_not_move_the_statistics(tmp_path, norm
 
     from stage2_fixtures import iemocap_utterances
     from w2v2ser.train import partition_arrays
-    from w2v2ser.train._experiment import data_fingerprint
+    from w2v2ser.train._fingerprints import data_fingerprint
 
     utts = iemocap_utterances(per_speaker=6)
     speaker = utts[0].speaker
@@ -234,7 +235,7 @@ def test_runs_whose_statistics_composed_the_labels_the_protocol_drops_are_traine
     fru...), but a run recorded before the statistics part was fingerprinted ("U.F") still matched
     "U.F.S", so a run whose statistics composed every label was reused and reported with new ones."""
     from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._fingerprints import data_fingerprint, run_is_current
 
     store = build_store(tmp_path / "iem.zarr", utterances=iemocap_utterances(per_speaker=6), features=("egemaps",))
     assert {u.label for u in iemocap_utterances(per_speaker=6)} & {"fru", "xxx", "oth"}  # labels dropped
@@ -295,7 +296,7 @@ def test_an_utterance_of_any_status_whose_frames_statistics_read_is_fingerprinte
     import dataclasses
 
     from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._fingerprints import data_fingerprint, run_is_current
 
     utts = iemocap_utterances(per_speaker=6)
     kept = next(u for u in utts if u.label == "neu")  # a label the protocol keeps: only its status leaves it out
@@ -322,7 +323,7 @@ def test_statistics_leave_out_a_dropped_label_when_every_done_row_is_kept(tmp_pa
     import dataclasses
 
     from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train._experiment import data_fingerprint
+    from w2v2ser.train._fingerprints import data_fingerprint
 
     utts = [u for u in iemocap_utterances(per_speaker=6) if u.label in ("neu", "ang", "sad", "hap", "exc")]
     extra = dataclasses.replace(utts[0], id=f"{utts[0].speaker}_half", path="/fake/half.wav", label="fru")
@@ -341,7 +342,8 @@ def test_the_statistics_rule_warning_names_the_labels_the_store_drops(tmp_path, 
     import dataclasses
 
     from stage2_fixtures import iemocap_utterances
-    from w2v2ser.train._experiment import _prepare, _statistics_rule_changed, _warn_if_data_changed, data_fingerprint
+    from w2v2ser.train._experiment_data import _prepare
+    from w2v2ser.train._fingerprints import _statistics_rule_changed, _warn_if_data_changed, data_fingerprint
 
     relabel = {"fru": "dis", "xxx": "sur"}
     utts = [dataclasses.replace(u, label=relabel.get(u.label, u.label)) for u in iemocap_utterances(per_speaker=6)]
@@ -537,7 +539,7 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     from w2v2ser._config import ExperimentSpec
     from w2v2ser._stage_train import _prepare_experiment
     from w2v2ser.evaluate import write_report
-    from w2v2ser.train._experiment import data_fingerprint, run_is_current
+    from w2v2ser.train._fingerprints import data_fingerprint, run_is_current
 
     store = tmp_path / "s.zarr"
     build_store(store, utterances=ravdess_utterances(per_actor=2), features=("egemaps",))
@@ -558,7 +560,8 @@ def test_a_moved_store_keeps_its_runs_and_old_run_dirs_are_still_reused(tmp_path
     assert key != legacy
     metrics_path = run / "runs" / spec.name / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
-    from w2v2ser.train._experiment import _prepare, _store_fingerprints
+    from w2v2ser.train._experiment_data import _prepare
+    from w2v2ser.train._fingerprints import _store_fingerprints
     metrics.update(config_key=legacy, store_fingerprint=_store_fingerprints(moved, _prepare(moved))[1])
     metrics_path.write_text(json.dumps(metrics))
     experiment = json.loads((run / "experiment.json").read_text())
@@ -946,7 +949,7 @@ def test_a_job_of_another_configuration_into_the_same_out_is_refused(rav, tmp_pa
     import os
 
     from w2v2ser._cli import main
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
     other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
@@ -973,7 +976,7 @@ def test_a_job_refused_for_another_configurations_lock_does_not_warn_of_replacin
     """Found by a concurrency audit: the refused job first warned "each run trained now replaces the
     old run of the same fold and seed", then stopped (exit 2) and replaced nothing."""
     from w2v2ser._cli import main
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
     train_experiment(other, out=tmp_path, progress=False)  # the folder holds the other's runs
@@ -996,7 +999,7 @@ def test_another_users_job_in_a_shared_out_folder_is_refused_too(rav, tmp_path, 
     import os
     from pathlib import Path
 
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
     other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
@@ -1036,7 +1039,7 @@ def test_a_lock_this_user_cannot_read_or_lock_refuses_rather_than_lets_in(rav, t
     import os
     from pathlib import Path
 
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     config = ExperimentConfig(stores=rav["main"], features="egemaps", **FAST)
     other = ExperimentConfig(stores=rav["main"], features="egemaps", norm="global", **FAST)
@@ -1084,7 +1087,7 @@ def test_the_commands_for_a_lock_this_user_cannot_read_quote_its_path(tmp_path, 
     import shlex
     from pathlib import Path
 
-    from w2v2ser.train._experiment import share_out_folder
+    from w2v2ser.train._out_folder import share_out_folder
 
     out = tmp_path / "my runs {seed}"
     with share_out_folder(out, "other-key", "train"):  # a job of another configuration, running

@@ -19,12 +19,10 @@ from w2v2ser._common import prefer_onednn
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache
 from ._errors import ConfigError, DataError, ProtocolError, SelectionError, TrainError
-from ._experiment import (
-    PartitionArrays, RunResult, RunSpec, class_names, partition_arrays, plan_runs, summarize_runs, train_experiment,
-    train_run,
-)
+from ._experiment import RunResult, summarize_runs, train_experiment, train_run
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, missing_runs_message, per_class_report, uar
 from ._normalisation import NORMALISATIONS, Normaliser, build_normaliser, load_normalisers
+from ._planning import PartitionArrays, RunSpec, class_names, partition_arrays, plan_runs
 from ._protocols import (
     PROTOCOLS, Fold, Protocol, check_disjoint, get_protocol, protocol_of_corpora, protocol_of_store, select_subset,
 )

@@ -42,13 +42,15 @@ from w2v2ser._common import caller_random_kept, check_stop, progress_bar, publis
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size
 from ._errors import ConfigError
-from ._experiment import (RunSpec, _complete, _configure_threads, _Data, _data_fingerprint, _drop_stale_results,
-                          _peak_rss_mb, _plan,
-                          _prepare, _provenance, _start_run, _store_fingerprints, _summarize_runs, warn_if_replacing,
-                          _write_json, _write_predictions, check_run_spec, forget_not_trained, key_fields,
-                          keep_finished_runs, open_view, share_out_folder, store_identities)
+from ._experiment import (_configure_threads, _peak_rss_mb, _provenance, _start_run, _summarize_runs, _write_json,
+                          _write_predictions, keep_finished_runs)
+from ._experiment_data import _Data, _prepare
+from ._fingerprints import (_complete, _data_fingerprint, _drop_stale_results, _store_fingerprints, key_fields,
+                            store_identities, warn_if_replacing)
 from ._metrics import accuracy, confusion_matrix, format_uar, headline_uar, per_class_report, uar
 from ._normalisation import build_normaliser
+from ._out_folder import forget_not_trained, share_out_folder
+from ._planning import RunSpec, _plan, check_run_spec, open_view
 from ._protocols import get_protocol
 from ._runfiles import record_run_files, writing_run
 from ._selection import parse_selection

@@ -48,7 +48,7 @@ def child(variant: str, store: str, out: str, seeds: int) -> None:
     """One ``w2v2ser train`` of ``:all`` with the given variant (see CHANGES)."""
     bootstrap_w2v2ser()
     from w2v2ser import _cli
-    from w2v2ser.train import _experiment, _layers
+    from w2v2ser.train import _layers, _planning
 
     extra = []
     if variant == "ops":
@@ -56,7 +56,7 @@ def child(variant: str, store: str, out: str, seeds: int) -> None:
     if variant in ("input", "model"):
         extra = ["--set", "cache=off"]
         if variant == "input":
-            _experiment.foldable = lambda *args: False  # normalised by the input pipeline (code before the fold)
+            _planning.foldable = lambda *args: False  # normalised by the input pipeline (code before the fold)
     code = _cli.main(["train", store, "--features", "wav2vec2:all", "--seeds", str(seeds), "--out", out,
                       "--no-progress", *extra])
     if variant == "ops" and _layers._FORWARD != [None] or variant == "xla" and _layers._FORWARD[0] is None or code:

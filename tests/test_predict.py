@@ -505,13 +505,13 @@ def test_a_file_over_max_seconds_is_told_to_use_segment(
     not: predict names --segment instead, and keeps the length and the limit."""
     from types import SimpleNamespace
 
-    from w2v2ser.extract import _pipeline
+    from w2v2ser.extract import _shard
 
     long_file = audio_files[0]
     extractor = SimpleNamespace(name="wav2vec2", config=SimpleNamespace(max_seconds=120.0))
     item, audio = SimpleNamespace(index=0, path=long_file), SimpleNamespace(num_samples=200 * 16000)
-    monkeypatch.setattr(_pipeline, "run_extractor", lambda extractor, audios: [])
-    (_, _, stage1_reason), = _pipeline._features_of(extractor, [(item, audio, "")])[1]
+    monkeypatch.setattr(_shard, "run_extractor", lambda extractor, audios: [])
+    (_, _, stage1_reason), = _shard._features_of(extractor, [(item, audio, "")])[1]
 
     monkeypatch.setattr(_predict, "extract_features", _failing_extract(lambda rows: {0: stage1_reason}))
     (prediction,) = predict_audio(trained, [long_file])

@@ -51,8 +51,8 @@ _LAZY = {
     "WavLMExtractor": "w2v2ser.extract._wav2vec2",
     "Data2VecConfig": "w2v2ser.extract._wav2vec2",
     "Data2VecExtractor": "w2v2ser.extract._wav2vec2",
-    "FAMILIES": "w2v2ser.extract._models",
-    "ModelLoadError": "w2v2ser.extract._models",
+    "FAMILIES": "w2v2ser.extract._source",
+    "ModelLoadError": "w2v2ser.extract._source",
     "resolve_model": "w2v2ser.extract._models",
 }
 

@@ -27,9 +27,9 @@ from w2v2ser._common import check_stop
 from w2v2ser.store import StoreLocation, StoreWriter, W2v2serError, WorkUnit
 
 from ._audio import DecodedAudio, decode_audio, sha256_file
-from ._models import ModelLoadError
 from ._rates import configured_rates, resample_for, run_extractor
 from ._registry import UPSTREAMS, Extractor
+from ._source import ModelLoadError
 
 __all__ = ["GPU_FEATURES", "default_decode_workers", "extract_shard"]
 

@@ -47,7 +47,8 @@ from w2v2ser.store import FeatureSpec
 from ._audio import mono_signal
 from ._errors import ExtractorConfigError
 
-from ._models import ModelSource, load_model, resolve_model
+from ._models import load_model, resolve_model
+from ._source import ModelSource
 
 __all__ = [
     "Data2VecConfig",

@@ -759,13 +759,13 @@ def test_a_model_that_fails_to_load_in_extraction_fails_its_store_once(tmp_path:
 def test_model_weights_are_hashed_once_per_version_of_the_file(tmp_path: Path, monkeypatch) -> None:
     """Each rerun of `w2v2ser run` hashed the weights of every complete model store again, once per
     store and corpus (seconds each for a large model); a file rewritten is still hashed again."""
-    import w2v2ser.extract._models as models
+    import w2v2ser.extract._source as source
     from tiny_models import save_tiny_wav2vec2
     from w2v2ser.extract import resolve_model
 
     model = save_tiny_wav2vec2(tmp_path / "model")
-    hashed, real = [], models.file_sha256
-    monkeypatch.setattr(models, "file_sha256", lambda path, **kw: hashed.append(path) or real(path, **kw))
+    hashed, real = [], source.file_sha256
+    monkeypatch.setattr(source, "file_sha256", lambda path, **kw: hashed.append(path) or real(path, **kw))
     first = resolve_model(str(model)).weights_sha256
     assert resolve_model(str(model)).weights_sha256 == first and len(hashed) == 1, hashed
     save_tiny_wav2vec2(model, seed=1)  # other weights in the same file

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tiny_models import save_tiny_fairseq_checkpoint, save_tiny_wav2vec2  # noqa: E402
-from w2v2ser.extract._models import ModelLoadError  # noqa: E402
+from w2v2ser.extract._source import ModelLoadError  # noqa: E402
 from w2v2ser.extract._wav2vec2 import ExtractorConfigError, Wav2Vec2Config, Wav2Vec2Extractor  # noqa: E402
 from w2v2ser.store import W2v2serError  # noqa: E402
 

@@ -115,7 +115,7 @@ def test_pipeline_and_extract_cut_work_units_alike(tmp_path: Path) -> None:
     # and statistics files (849 against 320 for the full RAVDESS eGeMAPS + spectrogram store).
     import inspect
 
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
     from w2v2ser.extract import extract_corpus
 
     parser_default = build_parser().parse_args(["extract", "csv", "m.csv", "--store", "s.zarr"]).shard_size
@@ -387,7 +387,7 @@ def test_every_choice_list_is_its_registry() -> None:
     import typing
 
     from w2v2ser import _common
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
     from w2v2ser._config import CORPUS_KINDS, CorpusEntry
     from w2v2ser.extract._corpora import CORPUS_READERS
     from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
@@ -444,7 +444,7 @@ def test_a_head_or_protocol_registered_in_its_registry_is_accepted_everywhere(tm
                 return spec
 
         sys.meta_path.insert(0, Register())
-        from w2v2ser._cli import build_parser
+        from w2v2ser._cli_parser import build_parser
         from w2v2ser._config import load_pipeline, pipeline_json_schema
         from w2v2ser.train import ExperimentConfig
 
@@ -566,7 +566,7 @@ def test_build_extractor_takes_its_config_dataclass() -> None:
 ])
 def test_a_mistyped_command_or_choice_gets_a_did_you_mean(argv: list[str], hint: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(argv)
@@ -616,7 +616,7 @@ def test_an_unknown_option_is_reported_by_its_command_with_a_did_you_mean(argv: 
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """argparse reported `store info S --jsn` under the top-level usage (`w2v2ser: error:
     unrecognized arguments: --jsn`), with no hint of --json."""
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(argv)
@@ -627,7 +627,7 @@ def test_an_unknown_option_is_reported_by_its_command_with_a_did_you_mean(argv: 
 def test_extract_help_names_the_default_of_each_setting() -> None:
     """`w2v2ser extract --help` gave no default for --model, --device, --batch-seconds, --workers
     and --cpu-workers: a newcomer could not tell what an extraction without them uses."""
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     parser = build_parser()
     extract = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["extract"]
@@ -639,7 +639,7 @@ def test_extract_help_names_the_default_of_each_setting() -> None:
 
 
 def test_store_inspect_is_store_info() -> None:
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["store", "inspect", "s.zarr"]).func is parser.parse_args(["store", "info", "s.zarr"]).func

@@ -135,7 +135,7 @@ def test_quick_start_test_command_is_what_ci_runs() -> None:
 
 def test_every_command_line_option_says_what_it_does() -> None:
     """`w2v2ser CMD --help` describes every option (--no-progress had no text in four commands)."""
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     def parsers(parser: argparse.ArgumentParser, name: str):
         yield name, parser

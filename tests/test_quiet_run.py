@@ -127,7 +127,7 @@ def test_every_command_takes_verbose() -> None:
     """The README says --verbose adds the traceback to any error; the store commands refused it."""
     import argparse
 
-    from w2v2ser._cli import build_parser
+    from w2v2ser._cli_parser import build_parser
 
     def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

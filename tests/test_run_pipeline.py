@@ -298,18 +298,18 @@ def test_a_ctrl_c_landing_while_the_signal_handlers_are_restored_leaves_no_stop_
     the process (check_stop) stopped at once."""
     import signal
 
-    from w2v2ser import _cli, _common
+    from w2v2ser import _cli_signals, _common
 
     real = signal.signal
 
     def restoring(signum, handler):
         previous = real(signum, handler)
         if signum == signal.SIGTERM and handler == signal.SIG_DFL:
-            _cli._interrupt(signal.SIGINT, None)  # the SIGINT handler runs right after this restore
+            _cli_signals._interrupt(signal.SIGINT, None)  # the SIGINT handler runs right after this restore
         return previous
 
     with pytest.raises(KeyboardInterrupt):
-        with _cli._sigterm_raises():
+        with _cli_signals._sigterm_raises():
             monkeypatch.setattr(signal, "signal", restoring)
     monkeypatch.setattr(signal, "signal", real)
     try:

@@ -183,7 +183,7 @@ def test_a_stop_signal_inside_a_weakref_callback_prints_no_traceback(monkeypatch
     import sys
     import weakref
 
-    from w2v2ser import _cli, _common
+    from w2v2ser import _cli_signals, _common
 
     reported: list = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
@@ -197,7 +197,7 @@ def test_a_stop_signal_inside_a_weakref_callback_prints_no_traceback(monkeypatch
 
     try:
         with pytest.raises(_common.Terminated):
-            with _cli._sigterm_raises():
+            with _cli_signals._sigterm_raises():
                 thing = Thing()
                 ref = weakref.ref(thing, callback)
                 del thing
@@ -335,10 +335,10 @@ def test_a_ctrl_c_that_requested_no_stop_is_not_lost_in_a_callback() -> None:
     no stop: that Ctrl-C was lost. It now requests the stop, which check_stop raises."""
     import types
 
-    from w2v2ser import _cli, _common
+    from w2v2ser import _cli_signals, _common
 
     passed: list = []
-    hook = _cli._stop_in_callback_hook(passed.append)
+    hook = _cli_signals._stop_in_callback_hook(passed.append)
     _common.clear_stop()
     try:
         hook(types.SimpleNamespace(exc_value=KeyboardInterrupt()))

@@ -435,7 +435,7 @@ def test_sweep_command_line_checks_every_upstream_before_training(peaked: tuple,
                  "--set", "max_epochs=1", "--no-progress"]) == 2
     assert "hubrt" in capsys.readouterr().err and not out.exists()
     # One sweep named twice (wav2vec2 and wav2vec2:all are the same layers) is trained once.
-    from w2v2ser._cli import _same_sweep
+    from w2v2ser._cli_train import _same_sweep
 
     assert _same_sweep("wav2vec2", "wav2vec2:all") and not _same_sweep("wav2vec2", "main/wav2vec2")
     assert main(["sweep", str(store), "--features", "wav2vec2:0-1,wav2vec2:0-1", "--seeds", "1", "--out", str(out),

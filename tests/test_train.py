@@ -421,7 +421,7 @@ def test_set_takes_recipe_and_experiment_keys_and_names_a_misspelt_one(tmp_path,
 def test_set_takes_the_pipeline_spelling_of_recipe_keys():
     """pipeline.yaml writes `recipe_overrides: {max_epochs: 2}`; `--set recipe_overrides.max_epochs=2`,
     copied from there, was an unknown key."""
-    from w2v2ser._cli import _apply_settings
+    from w2v2ser._cli_train import _apply_settings
     from w2v2ser._common import ConfigError
 
     values: dict = {}
@@ -658,7 +658,7 @@ def test_csv_folds_say_what_they_did_with_a_partial_split_column_or_too_few_spea
 def test_a_key_set_twice_with_set_takes_the_last_value_as_before():
     """Found in review: refusing a key given both as an option and with --set also refused
     `--set units=64 --set units=128` (naming an option --units that does not exist)."""
-    from w2v2ser._cli import _apply_settings
+    from w2v2ser._cli_train import _apply_settings
 
     values = {"seeds": 1}
     _apply_settings(values, ["units=64", "units=128", "max_epochs=2", "max_epochs=3"])

@@ -870,7 +870,7 @@ def test_store_extended_between_runs_stops_train_keeping_finished_runs(tmp_path,
 def test_results_lacking_planned_runs_are_not_called_complete(rav, tmp_path, capsys):
     """A run replaced by another job's (another configuration into the same --out): results.json
     lacks it; the summary line, train's exit code and evaluate's status say so."""
-    from w2v2ser._cli import _missing_runs
+    from w2v2ser._cli_train import _missing_runs
     from w2v2ser.evaluate._rundir import read_run_dir
     from w2v2ser.train import format_uar
 

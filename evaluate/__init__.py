@@ -5,7 +5,7 @@ confusion matrices and the layer-weight figure; ``predict_audio`` labels new aud
 trained run directory, extracting features in a subprocess so this process never imports torch.
 """
 
-from w2v2ser._common import prefer_onednn
+from w2v2ser._process import prefer_onednn
 
 from ._cli import add_predict_arguments, predict_from_cli
 from ._errors import EvaluateError, PredictError, RunDirError

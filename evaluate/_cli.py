@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import first_few, merge_subset, path_argument, spelling_key, subset_condition, variants_differ
+from w2v2ser._common import first_few
+from w2v2ser._text import merge_subset, path_argument, spelling_key, subset_condition, variants_differ
 
 from ._errors import PredictError
 from ._predict import predict_audio

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import check_thread_environment
+from w2v2ser._process import check_thread_environment
 from w2v2ser._native_logs import expected_retracing
 
 from ._errors import PredictError, RunDirError

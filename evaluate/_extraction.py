@@ -12,7 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from w2v2ser._common import EXIT_FAILED, FULL_DISK_ERRNOS, python_command
+from w2v2ser._common import EXIT_FAILED, FULL_DISK_ERRNOS
+from w2v2ser._process import python_command
 
 from ._errors import PredictError
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from w2v2ser._common import write_atomically
+from w2v2ser._files import write_atomically
 
 from ._rundir import RunSummary
 

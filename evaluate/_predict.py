@@ -35,8 +35,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import Field, Strict
 
-from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, as_paths, check_thread_environment,
-                             first_few, make_folder, owner_tag, remove_stale)
+from w2v2ser._common import EXIT_FAILED, FULL_DISK_ERRNOS, first_few
+from w2v2ser._files import make_folder, owner_tag, remove_stale
+from w2v2ser._process import check_thread_environment
+from w2v2ser._text import as_paths
 from w2v2ser._schema import validate
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 

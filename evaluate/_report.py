@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import UPSTREAM_FEATURES, as_paths, make_folder, short_name, write_atomically
+from w2v2ser._common import UPSTREAM_FEATURES
+from w2v2ser._files import make_folder, write_atomically
+from w2v2ser._text import as_paths, short_name
 from w2v2ser.train._config import RUNTIME_FIELDS, SEED_FIELDS, ExperimentConfig  # no TensorFlow
 from w2v2ser.train._head_names import reads_fusion  # no TensorFlow
 

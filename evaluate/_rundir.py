@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import UPSTREAM_FEATURES, first_few, subset_text
+from w2v2ser._common import UPSTREAM_FEATURES, first_few
+from w2v2ser._text import subset_text
 from w2v2ser.train import list_run_files
 from w2v2ser.train._config import branch_selections, default_store_alias  # no TensorFlow
 from w2v2ser.train._errors import SelectionError

@@ -24,7 +24,8 @@ import soundfile as sf
 import soxr
 from pydantic import Field
 
-from w2v2ser._common import file_sha256, without_invisible
+from w2v2ser._files import file_sha256
+from w2v2ser._text import without_invisible
 
 from ._errors import AudioError, ExtractorConfigError
 

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Optional
 
 from pydantic import Field
 
-from w2v2ser._common import ConfigError, control_character, first_few, progress_bar, spelling_key, variants_differ
+from w2v2ser._common import ConfigError, first_few, progress_bar
+from w2v2ser._text import control_character, spelling_key, variants_differ
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import AUDIO_RATE_KEY, StoreError, Utterance, W2v2serError
 

@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from w2v2ser._common import LOST_WORKER_FIX, check_stop, failures_by_error, task_error
+from w2v2ser._common import check_stop
+from w2v2ser._process import LOST_WORKER_FIX, task_error
+from w2v2ser._text import failures_by_error
 from w2v2ser.store import StoreLocation, W2v2serError, WorkUnit
 
 from ._checks import _progress

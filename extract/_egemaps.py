@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import python_command
+from w2v2ser._process import python_command
 from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 

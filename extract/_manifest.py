@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from w2v2ser._common import control_character, did_you_mean, spelling_key, variants_differ, without_invisible
+from w2v2ser._common import did_you_mean
+from w2v2ser._text import control_character, spelling_key, variants_differ, without_invisible
 from w2v2ser.store import AUDIO_RATE_KEY, Utterance
 
 from ._errors import ManifestError

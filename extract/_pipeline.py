@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import (
-    EXIT_FAILED, LOST_WORKER_FIX, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants, check_stop,
-    first_few, variants_differ,
-)
+from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, check_stop, first_few
+from w2v2ser._process import LOST_WORKER_FIX
+from w2v2ser._text import case_variants, variants_differ
 from w2v2ser.store import StoreLocation, StoreWriter, Utterance, WorkUnit, locate_store, lock_store, open_store
 from w2v2ser.store._layout import refuse_inside_store
 from w2v2ser.store._location import as_unreachable, remote_errors

@@ -1,4 +1,4 @@
-"""The openSMILE worker process (started by ``EgemapsExtractor`` through ``w2v2ser._common.python_command``).
+"""The openSMILE worker process (started by ``EgemapsExtractor`` through ``w2v2ser._process.python_command``).
 
 openSMILE's native library runs here, apart from the extraction process: it can abort a
 process that also holds torch or TensorFlow, and a crash on one input must not end a run.

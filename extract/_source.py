@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import EXIT_INPUT, file_sha256
+from w2v2ser._common import EXIT_INPUT
+from w2v2ser._files import file_sha256
 from w2v2ser.store import W2v2serError
 
 __all__ = ["FAMILIES", "ModelLoadError", "ModelSource", "architecture_of"]

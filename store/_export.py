@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from w2v2ser._common import FULL_DISK_ERRNOS, format_size, link_target, progress_bar, replacing
+from w2v2ser._common import FULL_DISK_ERRNOS, progress_bar
+from w2v2ser._files import link_target, replacing
+from w2v2ser._text import format_size
 
 from ._errors import StoreDamagedError, StoreError, StoreFullError
 from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, enclosing_store, to_str_list

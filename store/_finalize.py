@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from w2v2ser._common import first_few, replacing
+from w2v2ser._common import first_few
+from w2v2ser._files import replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events

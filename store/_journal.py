@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from w2v2ser._common import fsync_path
+from w2v2ser._files import fsync_path
 
 from ._errors import StoreError
 from ._location import StoreLocation, remote_errors

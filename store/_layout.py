@@ -26,7 +26,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-from w2v2ser._common import ConfigError, file_url_path
+from w2v2ser._common import ConfigError
+from w2v2ser._text import file_url_path
 
 from ._errors import StoreDamagedError, StoreError, StoreIncompleteError, StoreVersionError
 from ._location import STORAGE_OPTIONS_ENV, StoreLocation, is_store_url, locate_store, remote_errors

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from w2v2ser._common import file_url_path
+from w2v2ser._text import file_url_path
 
 from ._errors import StoreError, StoreUnreachableError
 

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
-from w2v2ser._common import publish_directory, short_name
+from w2v2ser._files import publish_directory
+from w2v2ser._text import short_name
 
 from ._errors import StoreError, StoreFullError
 from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, enclosing_store,

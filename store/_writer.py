@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from w2v2ser._common import control_character
+from w2v2ser._text import control_character
 
 from ._configdiff import _COMPARED, _SHOWN_DIFFERENCES, _comparable, _differences
 from ._errors import StoreError

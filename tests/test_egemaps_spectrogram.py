@@ -59,7 +59,7 @@ def test_child_processes_import_w2v2ser_as_this_process_does(tmp_path, monkeypat
     A module reachable only through this process's ``w2v2ser.__path__`` must start, get its
     arguments, and return its exit status."""
     import w2v2ser
-    from w2v2ser._common import python_command
+    from w2v2ser._process import python_command
 
     (tmp_path / "_probe_worker.py").write_text(
         "import sys\nimport w2v2ser\n\ndef main():\n    print('probe', w2v2ser.__path__[-1], sys.argv[1:])\n    return 3\n")

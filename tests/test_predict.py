@@ -1609,7 +1609,7 @@ def test_predict_removes_the_temp_folders_of_killed_predicts_only(trained: Path,
     import os
     import tempfile
 
-    from w2v2ser._common import owner_tag
+    from w2v2ser._files import owner_tag
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
     ended = subprocess.Popen(["true"])

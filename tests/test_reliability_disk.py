@@ -154,7 +154,7 @@ def test_disk_full_injected_at_every_write_then_resume_in_place(tmp_path, monkey
 def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     """Atomic writes went through mkstemp, whose files are 0o600: a store's utterance table and a
     run's results were unreadable for the rest of a group sharing the file system."""
-    from w2v2ser._common import write_atomically
+    from w2v2ser._files import write_atomically
 
     old = os.umask(0o022)
     try:
@@ -178,7 +178,8 @@ def test_a_refused_final_rename_names_the_file_meant(tmp_path, monkeypatch):
     """Left over by stop 60 (review2 L1): in a folder with the sticky bit (/tmp, a shared scratch
     folder), replacing another user's file fails only at the final rename, and the error named the
     temp file (.report.md.PID-TAG.xxxx.tmp, already removed) instead of the file to be written."""
-    from w2v2ser._common import describe_error, write_atomically
+    from w2v2ser._common import describe_error
+    from w2v2ser._files import write_atomically
 
     folder = tmp_path / "shared"
     folder.mkdir()
@@ -306,7 +307,7 @@ def test_a_read_only_store_trains_and_a_read_only_output_is_one_error_line(tmp_p
         assert "Traceback" not in err
     # A file of a read-only folder (a copied run, another user's): the error named the temp file
     # (RUN/.experiment.json.PID-....tmp) that the user never made, not the file to be written.
-    from w2v2ser._common import write_atomically
+    from w2v2ser._files import write_atomically
 
     read_only(run)
     with pytest.raises(OSError) as refused:

@@ -218,7 +218,7 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_half_written_run(tmp_pat
     runs = tmp_path / "run" / "runs"
     assert not [p.name for p in runs.iterdir() if p.name.startswith(".")]
     # A killed process's leftovers (its pid gone from this host), written or replaced, go with the next run.
-    from w2v2ser._common import owner_tag
+    from w2v2ser._files import owner_tag
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -437,7 +437,7 @@ def test_a_thread_count_of_minus_zero_is_taken_as_tensorflows_default(monkeypatc
     """Review6 #7: TF_NUM_INTRAOP_THREADS=-0, which TensorFlow reads as 0 (its default), was refused as a
     negative count it aborts on; -1 still is."""
     from w2v2ser import ConfigError
-    from w2v2ser._common import check_thread_environment
+    from w2v2ser._process import check_thread_environment
 
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # as before TensorFlow is imported
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", value)

@@ -545,7 +545,7 @@ def test_a_killed_worker_names_the_settings_its_user_has(tmp_path: Path, monkeyp
     from distributed.scheduler import KilledWorker
 
     from w2v2ser import _cluster
-    from w2v2ser._common import task_error
+    from w2v2ser._process import task_error
     from w2v2ser._config import ClusterConfig
 
     killed = KilledWorker("shard-1", "tcp://127.0.0.1:1", allowed_failures=0)
@@ -985,7 +985,7 @@ def test_what_dask_says_of_a_cancelled_task_is_kept() -> None:
     has restarted. Please re-run your work.") and a cancel without a reason said only "cancelled: unknown"."""
     from distributed.client import FutureCancelledError
 
-    from w2v2ser._common import task_error
+    from w2v2ser._process import task_error
 
     restarted = "Scheduler has restarted. Please re-run your work."
     assert task_error(FutureCancelledError("k", reason=None, msg=restarted)) == f"cancelled: {restarted}"

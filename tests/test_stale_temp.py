@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from w2v2ser._common import python_command
+from w2v2ser._process import python_command
 
 # A writer of TARGET killed (SIGKILL) inside the atomic write, as a killed `store export` is.
 KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
-    from w2v2ser._common import replacing
+    from w2v2ser._files import replacing
     with replacing(sys.argv[1]) as tmp:
         tmp.write_bytes(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
@@ -25,7 +25,7 @@ KILLED_WRITER = textwrap.dedent("""
 # A writer of TARGET still at work (a concurrent export): its temp file must be kept.
 LIVE_WRITER = textwrap.dedent("""
     import sys, time
-    from w2v2ser._common import replacing
+    from w2v2ser._files import replacing
     with replacing(sys.argv[1]) as tmp:
         tmp.write_bytes(b"partial")
         print(tmp.name, flush=True)
@@ -52,7 +52,7 @@ def test_a_later_export_removes_the_temp_files_of_killed_exports_but_not_of_a_li
         assert killed.returncode == -signal.SIGKILL
     assert len(_temps(out.parent, out.name)) == 1  # the second killed writer removed the first's
     # Another target's, of a process gone from this host: only the name keeps this export off it.
-    from w2v2ser._common import owner_tag
+    from w2v2ser._files import owner_tag
     other = out.parent / f".other.h5.{2 ** 22 + 12345}-{owner_tag().split('-', 1)[1]}.abcd1234.tmp"
     other.write_bytes(b"x")
     live = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
@@ -77,7 +77,7 @@ SLEEPER = textwrap.dedent("""
 PARENT = textwrap.dedent("""
     import subprocess, sys, time
     sys.path.insert(0, sys.argv[1])
-    from w2v2ser._common import python_command
+    from w2v2ser._process import python_command
     child = subprocess.Popen(python_command("sleeper_module", follow_parent=True))
     print(child.pid, flush=True)
     time.sleep(120)
@@ -142,7 +142,7 @@ def test_a_follow_parent_child_of_pid_1_starts(tmp_path):
     parent = textwrap.dedent("""
         import os, subprocess, sys
         sys.path.insert(0, sys.argv[1])
-        from w2v2ser._common import python_command
+        from w2v2ser._process import python_command
         print(os.getpid(), subprocess.run(python_command("sleeper_module", follow_parent=True)).returncode)
     """)
     done = _in_new_pid_namespace(parent, str(tmp_path), env={**os.environ, "READY": str(ready)})
@@ -154,9 +154,9 @@ def test_a_follow_parent_child_of_pid_1_starts(tmp_path):
 def test_temp_files_of_another_pid_namespace_are_kept(tmp_path):
     """Containers that share a host name but not their PIDs removed each other's live temp files:
     a PID not seen from here was taken for a dead owner."""
-    from w2v2ser._common import owner_tag, remove_stale
+    from w2v2ser._files import owner_tag, remove_stale
 
-    done = _in_new_pid_namespace("from w2v2ser._common import owner_tag; print(owner_tag())")
+    done = _in_new_pid_namespace("from w2v2ser._files import owner_tag; print(owner_tag())")
     pid, tag = done.stdout.strip().split("-")
     assert pid == "1" and tag != owner_tag().split("-", 1)[1], done.stderr
     # A PID that no process here has: the file's owner, in its own namespace, may well be alive.
@@ -169,7 +169,7 @@ def test_temp_files_of_another_pid_namespace_are_kept(tmp_path):
 def test_an_atomic_write_to_a_long_valid_name_works(tmp_path):
     """The temp name (name + PID-HOST tag + random letters) passed NAME_MAX for target names of 227
     characters and more, which were written before the tag was added."""
-    from w2v2ser._common import replacing
+    from w2v2ser._files import replacing
 
     for length, letter in ((227, "x"), (240, "x"), (255, "x"), (252, "é")):  # bytes: é is two
         target = tmp_path / (letter * ((length - 3) // len(letter.encode())) + ".h5")

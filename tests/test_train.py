@@ -712,7 +712,7 @@ def test_a_fused_store_without_the_test_speakers_is_not_blamed_on_the_subset(tmp
     23-24 was told to widen the subset, which could never help."""
     from stage2_fixtures import build_store
     from w2v2ser.train import ExperimentConfig, ProtocolError, plan_runs
-    from w2v2ser._common import subset_text
+    from w2v2ser._text import subset_text
 
     main = build_store(tmp_path / "main.zarr", utterances=ravdess_utterances(per_actor=2), layers=2, dim=4)
     part = build_store(tmp_path / "part.zarr", utterances=ravdess_utterances(per_actor=2, actors=22), layers=2,

@@ -14,7 +14,7 @@ training run, so configs and protocols are cheap to import.
 import importlib
 from typing import Any
 
-from w2v2ser._common import prefer_onednn
+from w2v2ser._process import prefer_onednn
 
 from ._config import ExperimentConfig
 from ._dataset import FeatureBatches, Item, Source, clear_cache

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Collection, Literal, Mapping, Optional, Union
 
 from pydantic import Field
 
-from w2v2ser._common import or_list
+from w2v2ser._text import or_list
 from w2v2ser._schema import check_dataclass, check_keywords
 
 from ._dataset import CACHE_MODES

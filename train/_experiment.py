@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import (EXIT_FAILED, FULL_DISK_ERRNOS, STAGE2_PACKAGES, caller_random_kept,
-                             check_thread_environment, first_few, provenance, publish_directory, write_atomically)
+from w2v2ser._common import EXIT_FAILED, FULL_DISK_ERRNOS, STAGE2_PACKAGES, first_few, provenance
+from w2v2ser._files import publish_directory, write_atomically
+from w2v2ser._process import caller_random_kept, check_thread_environment
 
 from ._config import SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, micro_batch_size, share_memory_budget

@@ -28,7 +28,8 @@ from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from w2v2ser._common import caller_random_kept, check_stop
+from w2v2ser._common import check_stop
+from w2v2ser._process import caller_random_kept
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import StrictModel, validate
 

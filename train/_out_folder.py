@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
-from w2v2ser._common import make_folder
+from w2v2ser._files import make_folder
 
 from ._errors import ConfigError, FolderBusyError
 

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from w2v2ser._common import case_variants, first_few, subset_text, variants_differ
+from w2v2ser._common import first_few
+from w2v2ser._text import case_variants, subset_text, variants_differ
 
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, foldable

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import did_you_mean, first_few, or_list
+from w2v2ser._common import did_you_mean, first_few
+from w2v2ser._text import or_list
 
 from ._errors import ConfigError, ProtocolError
 

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import file_sha256, owner_tag, remove_stale, short_name
+from w2v2ser._files import file_sha256, owner_tag, remove_stale
+from w2v2ser._text import short_name
 
 __all__ = ["RUN_FILES_KEY", "damaged_run_files", "list_run_files", "record_run_files", "writing_run"]
 

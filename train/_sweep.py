@@ -37,7 +37,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import caller_random_kept, check_stop, progress_bar, publish_directory
+from w2v2ser._common import check_stop, progress_bar
+from w2v2ser._files import publish_directory
+from w2v2ser._process import caller_random_kept
 
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source, micro_batch_size

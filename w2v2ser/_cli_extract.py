@@ -10,7 +10,8 @@ import sys
 from typing import Any
 
 from w2v2ser._cli_train import _refuse_inside_store
-from w2v2ser._common import EXIT_FAILED, SHOWN_LINES, format_size
+from w2v2ser._common import EXIT_FAILED, SHOWN_LINES
+from w2v2ser._text import format_size
 from w2v2ser._overrides import load_yaml
 
 

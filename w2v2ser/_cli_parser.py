@@ -16,8 +16,8 @@ from w2v2ser._cli_arguments import (_NO_PROGRESS_HELP, FOLDS_HELP, PROTOCOL_HELP
                                     _Parser, _seconds)
 from w2v2ser._cli_extract import FEATURES, _cmd_extract
 from w2v2ser._cli_train import _cmd_evaluate, _cmd_predict, _cmd_run, _cmd_sweep, _cmd_train
-from w2v2ser._common import (EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE, case_variants,
-                             format_size, or_list, path_argument, subset_condition, variants_differ)
+from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE
+from w2v2ser._text import case_variants, format_size, or_list, path_argument, subset_condition, variants_differ
 
 
 def _cmd_store_info(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from w2v2ser._common import EXIT_FAILED, first_few, merge_subset
+from w2v2ser._common import EXIT_FAILED, first_few
+from w2v2ser._text import merge_subset
 from w2v2ser._overrides import load_yaml
 
 

@@ -40,7 +40,8 @@ from w2v2ser.extract._corpora import CORPUS_READERS
 from w2v2ser.extract._wav2vec2 import RUNTIME_KEYS  # torch loads lazily, only to extract
 from w2v2ser.store._location import is_store_url
 
-from ._common import SHARD_SIZE, ConfigError, did_you_mean, file_url_path, first_few
+from ._common import SHARD_SIZE, ConfigError, did_you_mean, first_few
+from ._text import file_url_path
 from ._overrides import ENV_VARIABLE, apply_overrides, expand_env, load_yaml
 from ._schema import StrictModel, config_problems, dataclass_model, validate
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from ._common import make_folder
+from ._files import make_folder
 from ._config import ConfigError, load_pipeline
 from ._stage_common import _LazyCluster, _Outcome, _Reasons, _say
 from ._stage_evaluate import _run_evaluate

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._common import write_atomically
+from ._files import write_atomically
 from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
 from ._config import PipelineConfig
 

@@ -11,7 +11,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, check_stop, describe_error, failures_by_error, progress_bar, task_error
+from ._common import W2v2serError, check_stop, describe_error, progress_bar
+from ._process import task_error
+from ._text import failures_by_error
 from ._cluster import ClusterHandle
 from ._config import ExperimentSpec, PipelineConfig
 from ._stage_common import (_corpus_topic, _LazyCluster, _Outcome, _read_json, _Reasons, _say, _skip_marker,

@@ -23,7 +23,7 @@ when they fit its budget, as ``w2v2ser train`` and ``sweep`` do by default.
 
 ``--onednn`` runs every mode (and ``--steps``) with TensorFlow's oneDNN kernels off and on
 (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``, alternating) and writes ``bench_sweep_onednn``: stage 2
-turns them on where TensorFlow would not (w2v2ser._common.prefer_onednn).
+turns them on where TensorFlow would not (w2v2ser._process.prefer_onednn).
 
 ``--allocator`` runs every mode with oneDNN's pooling allocator (TensorFlow's default with oneDNN
 on; it keeps freed memory for reuse) and with the system allocator

@@ -1,5 +1,5 @@
 """Read cache of a store on object storage: shard indexes kept, and each read's chunks fetched
-ahead in few requests (issue 10). Used by readers only (:mod:`._reader`, :mod:`._spans`)."""
+ahead in few requests (issue 10). Used by readers only (:mod:`._reader`, :mod:`._readframes`)."""
 
 from __future__ import annotations
 

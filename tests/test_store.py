@@ -1348,7 +1348,7 @@ def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_m
     """A kill after an index array was grown and before its new rows were stored left chunk files
     that no later write stored (rows whose header was unreadable have no planned size): the next
     plan found the array long enough, and readers took the missing chunk for a deleted one."""
-    from w2v2ser.store import _writer
+    from w2v2ser.store import _writeplan, _writer
 
     monkeypatch.setattr(_writer, "ROW_CHUNK", 2)  # several row chunks for a few rows
     rng = np.random.default_rng(3)
@@ -1360,15 +1360,15 @@ def test_a_plan_killed_between_growing_an_index_array_and_filling_it_leaves_no_m
                                capacities={SPEC2D.name: [3, 3]}):
             writer.write_utterance(row, {SPEC2D.name: random_frames(rng, SPEC2D, 3)}, audio_sha256="", duration=1.0)
         writer.finalize()
-    fill = _writer._store_fill
+    fill = _writeplan._store_fill
 
     def killed(array, start):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_writer, "_store_fill", killed)
+    monkeypatch.setattr(_writeplan, "_store_fill", killed)
     with StoreWriter(tmp_path / "s") as writer, pytest.raises(KeyboardInterrupt):
         writer.plan(utts, num_samples=samples, **plan)
-    monkeypatch.setattr(_writer, "_store_fill", fill)
+    monkeypatch.setattr(_writeplan, "_store_fill", fill)
     with StoreWriter(tmp_path / "s") as writer:  # the rerun
         writer.plan(utts, num_samples=samples, **plan)
         writer.finalize()

@@ -66,7 +66,7 @@ def cut_segments(recording: Path, seconds: float, folder: Path, *, within: bool 
     """
     import soundfile
 
-    from w2v2ser.extract._audio import decoded_short, truncated_error, truncation
+    from w2v2ser.extract._audiofile import decoded_short, truncated_error, truncation
 
     with soundfile.SoundFile(str(recording)) as source:
         rate, frames = source.samplerate, source.frames

@@ -146,7 +146,7 @@ def test_unreadable_permission(tmp_path, monkeypatch):
     path = write_audio(tmp_path / "locked.wav", duration=0.1)
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: simulate the refusal the OS gives others
-        import w2v2ser.extract._audio as audio_module
+        import w2v2ser.extract._audiofile as audio_module
 
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(path))

@@ -185,7 +185,7 @@ def test_a_sweep_of_one_layer_says_to_widen_the_range(tmp_path: Path, features: 
 
 def test_each_probe_is_the_dense_head_of_its_layer() -> None:
     """Probe l of the stacked heads computes the paper's Dense head on layer l alone (inference)."""
-    from w2v2ser.train._sweep import _SweepHeads
+    from w2v2ser.train._sweepfit import _SweepHeads
 
     rng = np.random.default_rng(3)
     n_layers, dim, classes = 3, 8, 4
@@ -239,7 +239,7 @@ def test_probes_and_weighted_head_start_from_the_dense_heads_weights_with_dropou
     """With dropout the Dense head draws a seed for each Dropout layer between its kernels;
     the sweep's heads skip the same draws, so their kernels are still those of `train`."""
     from w2v2ser.train import DenseHead
-    from w2v2ser.train._sweep import _SweepHeads
+    from w2v2ser.train._sweepfit import _SweepHeads
 
     n_layers, dim, units, classes = 3, 8, 6, 4
     heads = _SweepHeads(n_layers, dim, classes, units=units, dropout=0.2, seed=5)
@@ -258,7 +258,7 @@ def test_probe_dropout_drops_at_the_recipe_rate_and_scales_the_rest(rate: float)
     """The probes' 16-bit dropout: drop rate within binomial noise of the recipe's, kept units
     scaled by 1 / (1 - rate), masks that differ between calls, one mask for all probes (common
     random numbers), off at inference."""
-    from w2v2ser.train._sweep import _SweepHeads
+    from w2v2ser.train._sweepfit import _SweepHeads
 
     heads = _SweepHeads(3, 8, 4, units=6, dropout=rate, seed=1)
     h = np.ones((3, 101, 333), np.float32)  # an odd unit count: the bits are not a whole number of draws
@@ -280,7 +280,7 @@ def test_stopped_heads_stay_frozen_while_the_others_train(tmp_path: Path) -> Non
     """Per-head early stopping: a stopped head never changes again, and it stops no other head."""
     from w2v2ser.store import open_store
     from w2v2ser.train import get_recipe
-    from w2v2ser.train._sweep import fit_sweep_heads
+    from w2v2ser.train._sweepfit import fit_sweep_heads
 
     store_path = _store(tmp_path / "graded.zarr", [0.0, 0.0, 0.2, 0.5, 1.5])
     store = open_store(store_path)

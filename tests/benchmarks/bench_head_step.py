@@ -50,7 +50,7 @@ def main() -> None:
     import tensorflow as tf
 
     from w2v2ser.train import DenseHead, _layers
-    from w2v2ser.train._sweep import _SweepHeads, _sparse_ce
+    from w2v2ser.train._sweepfit import _SweepHeads, _sparse_ce
 
     def with_forward(variant: str, build):  # the forward is chosen when a model is traced
         _layers._FORWARD[:] = [None] if variant == "ops" else []

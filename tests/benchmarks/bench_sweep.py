@@ -93,7 +93,7 @@ def _per_probe_dropout(self, h, training):  # type: ignore[no-untyped-def]
 
 def _select_dropout() -> None:
     if os.environ.get("BENCH_SWEEP_PER_PROBE_MASKS") == "1":
-        from w2v2ser.train._sweep import _SweepHeads
+        from w2v2ser.train._sweepfit import _SweepHeads
 
         _SweepHeads.probe_dropout = _per_probe_dropout
 
@@ -145,7 +145,7 @@ def time_steps(problems: list[str], repeats: int = 20) -> dict[str, float]:
     import keras
     import tensorflow as tf
 
-    from w2v2ser.train._sweep import _SweepHeads, _sparse_ce
+    from w2v2ser.train._sweepfit import _SweepHeads, _sparse_ce
 
     out = {}
     for problem in problems:

@@ -357,7 +357,7 @@ def test_a_corpus_path_written_as_on_windows_says_how_to_write_it(tmp_path: Path
 def test_schema_is_derived_from_the_config_dataclasses() -> None:
     from dataclasses import fields
 
-    from w2v2ser._config import pipeline_json_schema
+    from w2v2ser._config_schema import pipeline_json_schema
     from w2v2ser.extract._registry import EXTRACTORS, extractor_config_class
     from w2v2ser.train import ExperimentConfig
 
@@ -388,7 +388,7 @@ def test_every_choice_list_is_its_registry() -> None:
 
     from w2v2ser import _common
     from w2v2ser._cli_parser import build_parser
-    from w2v2ser._config import CORPUS_KINDS, CorpusEntry
+    from w2v2ser._config_schema import CORPUS_KINDS, CorpusEntry
     from w2v2ser.extract._corpora import CORPUS_READERS
     from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
     from w2v2ser.train import NORMALISATIONS, PROTOCOLS, RECIPES, ExperimentConfig
@@ -445,7 +445,8 @@ def test_a_head_or_protocol_registered_in_its_registry_is_accepted_everywhere(tm
 
         sys.meta_path.insert(0, Register())
         from w2v2ser._cli_parser import build_parser
-        from w2v2ser._config import load_pipeline, pipeline_json_schema
+        from w2v2ser._config import load_pipeline
+        from w2v2ser._config_schema import pipeline_json_schema
         from w2v2ser.train import ExperimentConfig
 
         config = ExperimentConfig(stores="s.zarr", features="egemaps", head="attention", protocol="ravdess4")
@@ -477,7 +478,7 @@ def test_the_exported_schema_accepts_what_the_loader_accepts(tmp_path: Path, cha
     """Found by a documentation audit: `w2v2ser run --schema` rejected the README's `cluster: none`,
     a single report pattern, a number given as `${VAR:-2}`, so an editor marked a working file wrong."""
     jsonschema = pytest.importorskip("jsonschema")
-    from w2v2ser._config import pipeline_json_schema
+    from w2v2ser._config_schema import pipeline_json_schema
 
     text = textwrap.dedent("""\
         corpora: {mine: {kind: csv, path: m.csv}}

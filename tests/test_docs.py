@@ -187,7 +187,7 @@ def test_benchmark_scripts_the_slow_suite_runs_are_the_ones_the_readmes_name() -
 def test_the_exported_schema_describes_every_extractor_option_and_experiment_key() -> None:
     """Found by an extension trial: no extractor option carried a description in `run --schema`,
     so editors completed bare keys, though every config documents its fields in `Attributes:`."""
-    from w2v2ser._config import pipeline_json_schema
+    from w2v2ser._config_schema import pipeline_json_schema
 
     definitions = pipeline_json_schema()["$defs"]
     described = ["SpectrogramConfigOptions", "EgemapsConfigOptions", "Wav2Vec2ConfigOptions", "HubertConfigOptions",

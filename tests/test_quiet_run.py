@@ -316,7 +316,7 @@ def test_dask_workers_are_as_quiet_as_the_driver() -> None:
     import logging
 
     from w2v2ser._cluster import open_cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
     from w2v2ser._native_logs import hide_native_logs
 
     config = ClusterConfig(kind="local", workers=1, threads_per_worker=1, dashboard_address=":0")

@@ -162,7 +162,7 @@ def test_a_slurm_job_without_core_binding_sizes_the_work_to_its_allocation(
     """Where SLURM does not bind tasks to cores, a job's affinity mask is the whole node: `cluster:
     local` and `cluster: none` sized themselves to every core, not to the job's --cpus-per-task."""
     from w2v2ser._cluster import open_cluster, usable_cores
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     for name in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         monkeypatch.delenv(name, raising=False)
@@ -217,7 +217,7 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
     WORKER_WAIT_NOTE_S, what squeue says of the jobs and where their logs are."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
     monkeypatch.setattr(_cluster, "WORKER_WAIT_NOTE_S", 0.5)
@@ -242,7 +242,7 @@ def test_a_worker_that_never_connects_stops_after_worker_wait(
     every WORKER_WAIT_NOTE_S, and `run` waited for ever. cluster.slurm.worker_wait bounds it."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
@@ -402,7 +402,7 @@ def test_a_worker_job_that_ends_mid_run_is_replaced(tmp_path: Path, monkeypatch:
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -434,7 +434,7 @@ def test_a_job_squeue_does_not_list_is_not_taken_as_ended(tmp_path: Path, monkey
     it, then gave the run up. Only a job squeue has listed counts as ended when it stops listing it."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -477,7 +477,7 @@ def test_an_ended_job_of_several_worker_processes_is_replaced(tmp_path: Path, mo
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -502,7 +502,7 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
     and the work fails with a reason naming the jobs' output and cluster.slurm."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -526,7 +526,7 @@ def test_a_memory_limit_dask_cannot_read_is_a_config_error() -> None:
     local cluster started; it is a ClusterConfigError naming the key and what it takes (exit 2)."""
     from w2v2ser import ConfigError
     from w2v2ser._cluster import open_cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     with pytest.raises(ConfigError) as raised:
         with open_cluster(ClusterConfig(kind="local", workers=1, memory_limit="lots", dashboard_address=None)):
@@ -546,7 +546,7 @@ def test_a_killed_worker_names_the_settings_its_user_has(tmp_path: Path, monkeyp
 
     from w2v2ser import _cluster
     from w2v2ser._process import task_error
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     killed = KilledWorker("shard-1", "tcp://127.0.0.1:1", allowed_failures=0)
     extract = task_error(killed)  # extract_corpus's default: `w2v2ser extract --workers`, or a library client
@@ -568,7 +568,7 @@ def test_workers_still_running_keep_the_work_when_failed_starts_stop_the_resubmi
     only once no worker is left: a healthy job's worker goes on with it."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -594,7 +594,7 @@ def test_a_preempted_and_requeued_worker_job_is_left_to_run_again(
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -628,7 +628,7 @@ def test_worker_jobs_their_user_scancels_soon_after_start_are_no_failed_starts(
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -659,7 +659,7 @@ def test_the_new_job_of_an_ended_one_is_not_scancelled_by_dasks_late_removal_of_
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -682,7 +682,7 @@ def test_work_is_not_given_up_while_a_worker_job_is_still_pending(
     though the other slot's job was still PENDING in the queue. It waits for that job's worker now."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -705,7 +705,7 @@ def test_how_often_the_worker_jobs_are_looked_at_is_a_setting() -> None:
     to change it. cluster.slurm.job_check sets it (the tests above set it small); a minute by default."""
     from pydantic import ValidationError
 
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     assert ClusterConfig(kind="slurm").slurm.job_check == 60  # the README's default
     assert ClusterConfig(kind="slurm", slurm={"job_check": 0.3}).slurm.job_check == 0.3
@@ -735,7 +735,7 @@ def test_work_cancelled_at_the_give_up_is_said_in_one_line(
     from fixtures_audio import write_audio
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
     from w2v2ser.extract import build_extractor, extract_corpus
     from w2v2ser.store import Utterance, W2v2serError
 
@@ -761,7 +761,7 @@ def test_a_pending_worker_job_dask_scales_away_is_still_scancelled(
     is scaled down by is not: it is scancelled as before (it was kept, a job left in the queue)."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -786,7 +786,7 @@ def test_a_requeued_worker_job_dask_drops_while_the_cluster_closes_is_scancelled
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -819,7 +819,7 @@ def test_a_requeued_worker_job_is_not_lost_to_a_new_job_submitted_under_its_name
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -855,7 +855,7 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
     the give-up though the other slot's job was still PENDING (the watchdog waits for it). It waits too now."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
@@ -880,7 +880,7 @@ def test_the_wait_for_a_first_worker_is_not_stopped_by_a_squeue_that_cannot_answ
     from distributed.exceptions import WorkerStartTimeoutError
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     squeue = tmp_path / "squeue"
     squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2\n"
@@ -915,7 +915,7 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
     import dask
 
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     monkeypatch.setattr(_cluster, "ENDING_S", 1.0)
     monkeypatch.setattr(_cluster, "FAILED_START_S", 0.5)
@@ -961,7 +961,7 @@ def test_a_suspended_worker_job_keeps_the_time_it_started(
     requeued one: a job that had run for hours and reached its walltime soon after counted as a failed start."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
-    from w2v2ser._config import ClusterConfig
+    from w2v2ser._config_schema import ClusterConfig
 
     monkeypatch.setattr(_cluster, "FAILED_START_S", 1.0)
     bin_folder = tmp_path / "bin"

@@ -112,7 +112,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         client = gpu_resource = None
         if args.workers:  # the pipeline's local cluster: GPU workers beside them where there are GPUs
             from w2v2ser._cluster import open_cluster
-            from w2v2ser._config import ClusterConfig
+            from w2v2ser._config_schema import ClusterConfig
 
             handle = stack.enter_context(open_cluster(ClusterConfig(kind="local", workers=args.workers,
                                                                     threads_per_worker=1)))

@@ -211,7 +211,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.schema:
-        from w2v2ser._config import pipeline_json_schema
+        from w2v2ser._config_schema import pipeline_json_schema
 
         print(json.dumps(pipeline_json_schema(), indent=2))
         return 0

@@ -33,7 +33,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from w2v2ser._common import ConfigError, die_with_parent, usable_cores
 from w2v2ser.store import W2v2serError
 
-from ._config import ClusterConfig
+from ._config_schema import ClusterConfig
 from ._native_logs import native_logs_hidden, quiet_known_warnings, quiet_tensorflow_warnings
 
 __all__ = ["ClusterConfigError", "ClusterError", "ClusterHandle", "count_gpus", "die_with_parent", "open_cluster",

@@ -48,6 +48,13 @@ UNITS: dict[str, list[str]] = {
         # added after 654b666: SLURM value checks, a model's layer count, the YAML error hint
         "_slurm_memory", "_WALLTIME", "_slurm_walltime", "_layer_count", "_unquoted_variable_hint",
     ],
+    # split out of w2v2ser/_config.py (pure moves): the same units, counted where they now live
+    "w2v2ser/_config_schema.py": [
+        "CORPUS_KINDS", "CLUSTER_KINDS", "_auto_to_none", "_as_text", "_as_tuple", "_auto", "_Text", "_Lines",
+        "_Names", "_StoreName", "SlurmConfig", "ClusterConfig", "CorpusEntry", "ReportEntry", "_feature_model",
+        "pipeline_model", "_FileJsonSchema", "pipeline_json_schema", "_slurm_memory", "_WALLTIME", "_slurm_walltime",
+    ],
+    "w2v2ser/_config_paths.py": ["_resolve_path", "_layer_count"],
     "w2v2ser/_schema.py": ["*"],
     "w2v2ser/_common.py": ["did_you_mean"],
     "train/_config.py": ["Head", "_PositiveInt", "HEAD_NAMES", "ExperimentConfig.__post_init__",

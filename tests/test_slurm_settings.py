@@ -217,10 +217,11 @@ def test_run_says_what_the_worker_jobs_do_while_no_worker_has_connected(
     WORKER_WAIT_NOTE_S, what squeue says of the jobs and where their logs are."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
     _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
-    monkeypatch.setattr(_cluster, "WORKER_WAIT_NOTE_S", 0.5)
+    monkeypatch.setattr(_slurm_jobs, "WORKER_WAIT_NOTE_S", 0.5)
     config = ClusterConfig(kind="slurm", dashboard_address=None,
                            slurm={"cores": 1, "memory": "1GB", "log_directory": str(tmp_path / "logs")})
     said = ""
@@ -242,6 +243,7 @@ def test_a_worker_that_never_connects_stops_after_worker_wait(
     every WORKER_WAIT_NOTE_S, and `run` waited for ever. cluster.slurm.worker_wait bounds it."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
     _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
@@ -249,18 +251,18 @@ def test_a_worker_that_never_connects_stops_after_worker_wait(
                            slurm={"cores": 1, "memory": "1GB", "worker_wait": "0:01"})
     assert ClusterConfig(kind="slurm").slurm.worker_wait == "12:00:00"  # the README's default
     with _cluster.open_cluster(config, use_gpus=False) as handle:
-        with pytest.raises(_cluster.ClusterError) as raised:
-            _cluster.wait_for_a_worker(handle.client, config.slurm)
+        with pytest.raises(_slurm_jobs.ClusterError) as raised:
+            _slurm_jobs.wait_for_a_worker(handle.client, config.slurm)
     message = str(raised.value)
     assert raised.value.exit_code == 1 and "\n" not in message
     assert "within cluster.slurm.worker_wait=0:01" in message and "job 4242 PENDING (Resources)" in message
     assert "finished work is kept" in message
     unbounded = ClusterConfig(kind="slurm", slurm={"worker_wait": None}).slurm
-    _cluster.wait_for_a_worker(None, unbounded)  # no limit: returns at once, as before
+    _slurm_jobs.wait_for_a_worker(None, unbounded)  # no limit: returns at once, as before
     # 0 is no limit, as in SLURM, said explicitly (review L2: it was so only because distributed
     # ignores a timeout of 0); client None: a wait with any limit would fail here.
     for no_limit in ("0", "00:00:00", "UNLIMITED"):
-        _cluster.wait_for_a_worker(None, ClusterConfig(kind="slurm", slurm={"worker_wait": no_limit}).slurm)
+        _slurm_jobs.wait_for_a_worker(None, ClusterConfig(kind="slurm", slurm={"worker_wait": no_limit}).slurm)
 
 
 @needs_ravdess
@@ -355,14 +357,14 @@ def test_a_ctrl_c_that_requested_no_stop_is_not_lost_in_a_callback() -> None:
 def test_an_unreachable_slurm_controller_is_not_blamed_on_the_settings(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`sbatch --test-only` failing because the controller is down was "fix cluster.slurm", exit 2."""
-    from w2v2ser import _cluster
-    from w2v2ser._cluster import ClusterConfigError, ClusterError
+    from w2v2ser import _slurm_jobs
+    from w2v2ser._slurm_jobs import ClusterConfigError, ClusterError
 
     env = _fake_sbatch(tmp_path / "bin", "sbatch: error: Batch job submission failed: Unable to contact slurm "
                        "controller (connect failure)", 1)
     monkeypatch.setenv("PATH", env["PATH"])
     with pytest.raises(ClusterError, match="controller did not answer") as raised:
-        _cluster._check_submittable("#!/bin/sh\n")
+        _slurm_jobs._check_submittable("#!/bin/sh\n")
     assert not isinstance(raised.value, ClusterConfigError)
 
 
@@ -502,6 +504,7 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
     and the work fails with a reason naming the jobs' output and cluster.slurm."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
@@ -510,8 +513,8 @@ def test_worker_jobs_that_fail_at_start_are_not_resubmitted_for_ever(
                            slurm={"cores": 1, "memory": "1GB", "interface": "lo", "log_directory": str(tmp_path),
                                   "job_check": 0.3, "job_script_prologue": ["exit 3"], "worker_wait": "0:20"})  # the worker never starts
     with _cluster.open_cluster(config, use_gpus=False) as handle:
-        with pytest.raises(_cluster.ClusterError, match="SLURM worker jobs in a row ended"):
-            _cluster.wait_for_a_worker(handle.client, config.slurm)  # before worker_wait is out
+        with pytest.raises(_slurm_jobs.ClusterError, match="SLURM worker jobs in a row ended"):
+            _slurm_jobs.wait_for_a_worker(handle.client, config.slurm)  # before worker_wait is out
         future = handle.client.submit(sum, [1, 2], pure=False)  # work submitted after that fails too
         with pytest.raises(Exception, match="SLURM worker jobs in a row ended") as raised:
             future.result(timeout=60)
@@ -855,6 +858,7 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
     the give-up though the other slot's job was still PENDING (the watchdog waits for it). It waits too now."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
     bin_folder = tmp_path / "bin"
@@ -865,7 +869,7 @@ def test_the_wait_for_a_first_worker_goes_on_while_a_worker_job_is_still_pending
                            slurm={"job_check": 0.3, "cores": 1, "memory": "1GB", "interface": "lo", "jobs": 2,
                                   "worker_wait": "5:00", "job_script_prologue": [pending]})
     with _cluster.open_cluster(config, use_gpus=False) as handle:
-        _cluster.wait_for_a_worker(handle.client, config.slurm)
+        _slurm_jobs.wait_for_a_worker(handle.client, config.slurm)
         assert handle.client.nthreads()
     assert "6 SLURM worker jobs in a row ended" in capsys.readouterr().err
 
@@ -879,7 +883,7 @@ def test_the_wait_for_a_first_worker_is_not_stopped_by_a_squeue_that_cannot_answ
 
     from distributed.exceptions import WorkerStartTimeoutError
 
-    from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
     squeue = tmp_path / "squeue"
@@ -899,8 +903,8 @@ def test_the_wait_for_a_first_worker_is_not_stopped_by_a_squeue_that_cannot_answ
             raise WorkerStartTimeoutError(0, n, timeout)
 
     slurm = ClusterConfig(kind="slurm", slurm={"job_check": 0.5, "worker_wait": "0:02"}).slurm
-    with pytest.raises(_cluster.ClusterError, match="worker_wait"):
-        _cluster.wait_for_a_worker(Client(), slurm)
+    with pytest.raises(_slurm_jobs.ClusterError, match="worker_wait"):
+        _slurm_jobs.wait_for_a_worker(Client(), slurm)
     assert len(waits) >= 3 and max(waits) <= 0.5, waits
 
 
@@ -915,10 +919,11 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
     import dask
 
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
-    monkeypatch.setattr(_cluster, "ENDING_S", 1.0)
-    monkeypatch.setattr(_cluster, "FAILED_START_S", 0.5)
+    monkeypatch.setattr(_slurm_jobs, "ENDING_S", 1.0)
+    monkeypatch.setattr(_slurm_jobs, "FAILED_START_S", 0.5)
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
     (bin_folder / "squeue").rename(bin_folder / "squeue.real")  # the reason only when -o asks for it (%r)
@@ -942,7 +947,7 @@ def test_a_held_worker_job_is_replaced_after_a_while(                           
 def test_a_pending_job_is_held_only_for_a_whole_hold_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review6 #3: "held" anywhere in squeue's reason made a pending job held (replaced every ENDING_S), e.g.
     ReqNodeNotAvail's list of node names such as sheldon[01-04]."""
-    from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
 
     lines = {"1": "PENDING ReqNodeNotAvail, UnavailableNodes:sheldon[01-04]", "2": "PENDING JobHeldUser",
              "3": "PENDING job_requeued_in_held_state", "4": "PENDING launch failed requeued held",
@@ -951,7 +956,7 @@ def test_a_pending_job_is_held_only_for_a_whole_hold_reason(tmp_path: Path, monk
     squeue.write_text("#!/bin/sh\n" + "".join(f"echo '{job} {line}'\n" for job, line in lines.items()))
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
-    assert _cluster._squeue_states(list(lines)) == {"1": "PENDING", "2": "HELD", "3": "HELD", "4": "HELD",
+    assert _slurm_jobs._squeue_states(list(lines)) == {"1": "PENDING", "2": "HELD", "3": "HELD", "4": "HELD",
                                                     "5": "PENDING", "6": "HELD"}
 
 
@@ -961,9 +966,10 @@ def test_a_suspended_worker_job_keeps_the_time_it_started(
     requeued one: a job that had run for hours and reached its walltime soon after counted as a failed start."""
     pytest.importorskip("dask_jobqueue")
     from w2v2ser import _cluster
+    from w2v2ser import _slurm_jobs
     from w2v2ser._config_schema import ClusterConfig
 
-    monkeypatch.setattr(_cluster, "FAILED_START_S", 1.0)
+    monkeypatch.setattr(_slurm_jobs, "FAILED_START_S", 1.0)
     bin_folder = tmp_path / "bin"
     _slurm_that_runs_jobs(bin_folder, monkeypatch)
     config = ClusterConfig(kind="slurm", dashboard_address=None,

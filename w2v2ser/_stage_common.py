@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ._files import write_atomically
-from ._cluster import ClusterHandle, open_cluster, wait_for_a_worker
+from ._cluster import ClusterHandle, open_cluster
+from ._slurm_jobs import wait_for_a_worker
 from ._config import PipelineConfig
 
 

@@ -37,7 +37,7 @@ def writing_run(runs: Path, name: str) -> Iterator[Path]:
 
     Removed when writing fails (a full disk: the half-written run is what filled it). What a killed
     process left of this run (being written, or the old one being replaced) is removed first, when
-    that process is gone (:func:`~w2v2ser._common.remove_stale`).
+    that process is gone (:func:`~w2v2ser._files.remove_stale`).
     """
     runs.mkdir(parents=True, exist_ok=True)
     for kind in ("tmp", "old"):

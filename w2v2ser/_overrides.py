@@ -171,7 +171,7 @@ def expand_env(node: Any, where: str = "") -> Any:
     expanded = (ENV_VARIABLE if shell else _EXPANDED).sub(replace, node)
     # A whole-string variable may hold a YAML scalar (a number, null): parse it like the file would.
     if ENV_VARIABLE.fullmatch(node):
-        try:  # empty (${X:-}): null, as an empty YAML value; a path key refuses it (w2v2ser._config._resolve_path)
+        try:  # empty (${X:-}): null, as an empty YAML value; a path key refuses it (w2v2ser._config_paths._resolve_path)
             parsed = load_yaml(expanded) if expanded.strip() else None
         except yaml.YAMLError:
             return expanded

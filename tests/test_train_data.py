@@ -9,7 +9,8 @@ import pytest
 from stage2_fixtures import build_store, ravdess_utterances
 from w2v2ser.store import open_store
 from w2v2ser.train import FeatureBatches, Item, LayerWeightedAverage, Source, build_normaliser, resolve_selection
-from w2v2ser.train._dataset import block_shuffle, padded_dataset, read_frames, split_batch
+from w2v2ser.train._dataset import read_frames
+from w2v2ser.train._tfdata import block_shuffle, padded_dataset, split_batch
 
 
 @pytest.fixture(scope="module")
@@ -431,13 +432,13 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
     the reads (longer than the kept length; of the stored dtype, of float32 as pair averaging
     gives, or read-only, which TensorFlow cannot take without a copy)."""
     from w2v2ser.train import Normaliser
-    from w2v2ser.train import _dataset
+    from w2v2ser.train import _framenorm
 
     # 3 frames at a time (float32, or float16 one utterance at a time); or float16 in blocks of 3
     # utterances of 10 padded frames (the last block holds 1)
-    monkeypatch.setattr(_dataset, "NORMALISE_MB", (30 if blocks else 3) * 5 * 16 * 4 / 2**20)
-    monkeypatch.setattr(_dataset, "NORMALISE_BLOCK_MIN", 2)
-    monkeypatch.setattr(_dataset, "NORMALISE_CHUNK", 3)  # float16: whole chunks and a padded last one
+    monkeypatch.setattr(_framenorm, "NORMALISE_MB", (30 if blocks else 3) * 5 * 16 * 4 / 2**20)
+    monkeypatch.setattr(_framenorm, "NORMALISE_BLOCK_MIN", 2)
+    monkeypatch.setattr(_framenorm, "NORMALISE_CHUNK", 3)  # float16: whole chunks and a padded last one
     rng = np.random.default_rng(3)
     lengths = np.array([7, 1, 10, 4])
     out = np.zeros((4, 10, 5, 16), dtype=dtype)
@@ -448,19 +449,19 @@ def test_batch_normalisation_equals_the_per_utterance_arithmetic(dtype, blocks, 
                       speaker_std={s: rng.random((5, 16)) * 9 + 1e-3 for s in "ab"})
     speakers = ["a", "b", "b", "a"]
     if source == "in place":
-        _dataset._normalise_into(out, lengths, norm, speakers)
+        _framenorm._normalise_into(out, lengths, norm, speakers)
     else:
         reads = [np.concatenate([raw[k, :n], rng.standard_normal((2, 5, 16))]) for k, n in enumerate(lengths)]
         reads = [r.astype(np.float32 if source == "float32 reads" else dtype) for r in reads]
         if source == "aligned reads":  # handed to TensorFlow as they are
-            aligned = [_dataset.aligned_zeros(r.shape, r.dtype) for r in reads]
+            aligned = [_framenorm.aligned_zeros(r.shape, r.dtype) for r in reads]
             for target, r in zip(aligned, reads):
                 target[...] = r
             reads = aligned
         for r in reads:
             r.flags.writeable = source != "read-only reads"
         out = np.zeros_like(out)
-        _dataset._normalise_into(out, lengths, norm, speakers, frames=reads)
+        _framenorm._normalise_into(out, lengths, norm, speakers, frames=reads)
     for k, n in enumerate(lengths):
         np.testing.assert_array_equal(out[k, :n], norm.apply(raw[k, :n], speakers[k]).astype(dtype))
         assert not out[k, n:].any()
@@ -472,22 +473,22 @@ def test_float16_frames_reach_tensorflow_and_return_without_copies():
     as they are (not 64-byte aligned, where its kernels abort the process; read-only) are copied."""
     import tensorflow as tf
 
-    from w2v2ser.train import _dataset
+    from w2v2ser.train import _framenorm
 
-    frames = _dataset.aligned_zeros((2, 3, 4), np.float16)
+    frames = _framenorm.aligned_zeros((2, 3, 4), np.float16)
     frames[...] = np.arange(24).reshape(2, 3, 4)
-    view = _dataset._tensor_view(frames)
+    view = _framenorm._tensor_view(frames)
     frames[0, 0, 0] = 99  # the tensor sees the array's own memory
     assert float(view[0, 0, 0]) == 99
-    back = _dataset._host_view(tf.identity(view))
+    back = _framenorm._host_view(tf.identity(view))
     assert back.dtype == np.float16 and back.shape == (2, 3, 4) and not back.flags.writeable
     np.testing.assert_array_equal(back, frames)
-    storage = _dataset.aligned_zeros((25,), np.float16)
+    storage = _framenorm.aligned_zeros((25,), np.float16)
     unaligned = storage[1:].reshape(2, 3, 4)  # 2 bytes past the boundary
     locked = frames.copy()
     locked.flags.writeable = False
     for other in (unaligned, locked):
-        tensor = _dataset._tensor_view(other)
+        tensor = _framenorm._tensor_view(other)
         expected = other.copy()
         if other.flags.writeable:
             other[0, 0, 0] = 7  # a copy: the tensor keeps the values it was given
@@ -645,7 +646,7 @@ def test_padded_dataset_holds_one_copy_of_the_arrays(tmp_path):
 
     script = textwrap.dedent("""
         import gc, numpy as np
-        from w2v2ser.train._dataset import padded_dataset
+        from w2v2ser.train._tfdata import padded_dataset
         def rss():
             return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
         import tensorflow as tf

@@ -22,7 +22,6 @@ shorter length and add a ``mask`` input (1 = real frame). Frames stay in the sto
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -32,29 +31,20 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ._buffers import TENSOR_ALIGNMENT, BatchBuffers, aligned_zeros
+from ._buffers import BatchBuffers, aligned_zeros
 from ._errors import ConfigError, DataError
+from ._framenorm import _normalise_into
 from ._normalisation import Normaliser
 from ._selection import ResolvedSelection
-from ._xla import xla_compiled
+from ._tfdata import _fixed_pipeline, block_shuffle, padded_dataset, split_batch
 
 __all__ = ["Item", "Source", "FeatureBatches", "foldable", "STATS_SUFFIX", "clear_cache", "read_frames",
-           "padded_dataset", "block_shuffle", "share_memory_budget", "micro_batch_size", "split_batch", "CACHE_MODES",
-           "TRAIN_MICRO_BATCH_MB"]
+           "share_memory_budget", "CACHE_MODES"]
 
 CACHE_MODES = ("auto", "off")
 # Fused branches may differ by a frame or two (different framing); more than this is an error.
 LENGTH_TOLERANCE_FRAMES = 3
 LENGTH_TOLERANCE_RATIO = 0.02
-# Normalisation works one utterance (or this many MB of its frames) at a time in one reused
-# float32 buffer: a whole streamed batch of large-model frames in float32 would be 650 MB.
-NORMALISE_MB = 32.0
-# Float16 utterances of at most NORMALISE_MB / NORMALISE_BLOCK_MIN padded float32 bytes are
-# normalised in blocks (one TensorFlow call per block); larger ones one at a time, below.
-NORMALISE_BLOCK_MIN = 8
-# Float16 frames are normalised this many at a time by one XLA-compiled TensorFlow function
-# (_compiled_normalise): a fixed shape compiles once per frame shape, a ragged one once per length.
-NORMALISE_CHUNK = 128
 # Streamed batches read ahead of the step: one per worker, and up to 2 per worker within this
 # many MB. Base-model :all batches (160 MB) get one per worker: on 2 cores the reads still keep
 # ahead of the step, and each batch more ahead is 160 MB more peak (bench_train_ahead_1.md).
@@ -64,14 +54,6 @@ STREAM_AHEAD_MB = 400.0
 # read; a whole partition was read 256 utterances at a time before (1.3 GB of base-model frames).
 READ_GROUP_MB = 256.0
 READ_GROUP_ITEMS = 256
-# Stored frames of one training micro-batch at most (all branches, utterances of max_frames): a
-# batch of the recipe's size that would hold more is fed as micro-batches whose gradients make one
-# optimiser step. Base-model :all batches (32 x 400 frames x 13 x 768 float16: 256 MB) stay whole;
-# large-model ones (25 x 1024) come in 2 (RAVDESS, 250 frames) or 4 (400 frames) micro-batches.
-TRAIN_MICRO_BATCH_MB = 256.0
-# In-memory batches: parallel gathers from the padded arrays (fixed: see _fixed_pipeline;
-# each call copies one batch, up to 160 MB of base-model frames, so not one per core on big hosts).
-GATHER_CALLS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -503,47 +485,6 @@ class FeatureBatches:
         return _fixed_pipeline(ds, len(self) * self.accumulate, prefetch=1)
 
 
-def _fixed_pipeline(ds: Any, n_batches: int, *, prefetch: int = 2) -> Any:
-    """The end of every input pipeline: known cardinality, ``prefetch`` batches, no autotuning.
-
-    Known cardinality: Keras then knows the epoch length (no 'ran out of data' warnings).
-    No autotuning thread: Keras replaces the training iterator at every epoch, and destroying an
-    iterator waits for its autotuning thread, which sleeps up to a minute between rounds and is
-    not woken: measured on a 10 GB store, 7-18 s of idle process before most epochs (gdb:
-    ~RootDataset::Iterator waiting on Model::OptimizeLoop).
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.apply(tf.data.experimental.assert_cardinality(int(n_batches))).prefetch(prefetch).with_options(options)
-
-
-def micro_batch_size(batch_size: int, utterance_bytes: int, budget_mb: float) -> int:
-    """Largest divisor of ``batch_size`` whose batches of ``utterance_bytes`` each fit ``budget_mb``."""
-    cap = max(1, int(budget_mb * 2**20 // max(1, utterance_bytes)))
-    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
-
-
-def split_batch(indices: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One batch's utterance indices as ``parts`` micro-batches, each with its sample weights.
-
-    Keras takes the mean loss of each micro-batch (sum of weighted losses / its size) and averages
-    the gradients of ``parts`` micro-batches into one step. An utterance of a micro-batch of n_i out
-    of a batch of n gets the weight ``parts * n_i / n``, so the step is the gradient of the batch's
-    mean loss whatever the split (the last batch of an epoch is smaller). A part left without
-    utterances (a batch smaller than ``parts``) holds the batch's first utterance with weight 0.
-    """
-    indices = np.asarray(indices)
-    out = []
-    for part in np.array_split(indices, parts):
-        if len(part):
-            out.append((part, np.full(len(part), parts * len(part) / len(indices), np.float32)))
-        else:
-            out.append((indices[:1], np.zeros(1, np.float32)))
-    return out
-
-
 def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget_mb: float) -> bool:
     """Hold ALL the given partitions in memory when together they fit ``budget_mb``, else stream all.
 
@@ -555,229 +496,5 @@ def share_memory_budget(batches: Sequence[FeatureBatches], *, cache: str, budget
     return fits
 
 
-def padded_dataset(inputs: dict[str, np.ndarray], labels: np.ndarray, lengths: np.ndarray, *, batch_size: int,
-                   shuffle: bool, seed: int, bucket_waste: float | None = 0.5, accumulate: int = 1) -> Any:
-    """tf.data pipeline over padded in-memory arrays, static shapes, one epoch per iteration.
-
-    Shuffling is a uniform reshuffle of all utterances every epoch. With length buckets (padding
-    would waste more than ``bucket_waste``), utterances are shuffled within their bucket and the
-    batches of all buckets come in a new random order every epoch. ``accumulate`` > 1: every
-    batch comes as that many micro-batches with sample weights (:func:`split_batch`).
-    """
-    import tensorflow as tf
-
-    def grab(i: Any, data: Any) -> Any:
-        if accumulate > 1:
-            i, w = i
-            return (*tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data), w)
-        return tf.nest.map_structure(lambda d: tf.gather(d, i, axis=0), data)
-
-    def split(batch: Any) -> Any:  # split_batch's parts and weights, in TensorFlow
-        n = tf.shape(batch, out_type=tf.int64)[0]
-
-        def part(j: Any) -> Any:
-            size = n // accumulate + tf.cast(j < n % accumulate, tf.int64)
-            start = j * (n // accumulate) + tf.minimum(j, n % accumulate)
-            weight = tf.cast(accumulate * size, tf.float32) / tf.cast(n, tf.float32)
-            return tf.cond(size > 0, lambda: (batch[start:start + size], tf.fill([size], weight)),
-                           lambda: (batch[:1], tf.zeros([1], tf.float32)))
-
-        return tf.data.Dataset.range(accumulate).map(part)
-
-    datasets, n_batches = [], []
-    for b, idx in enumerate(_buckets(lengths, batch_size, bucket_waste)):
-        t = max(1, int(lengths[idx].max()))
-        whole = len(idx) == len(labels) and all(t == v.shape[1] for v in inputs.values())
-        part = inputs if whole else {k: v[idx, :t] for k, v in inputs.items()}
-        # As Keras' own array adapter: shuffle and batch INDICES, then gather each batch from one
-        # copy of the arrays (shuffling the elements themselves copies the partition every epoch).
-        # The copy is held in variables: Dataset.from_tensors kept two copies of the arrays for the
-        # dataset's lifetime (a 935 MB training partition took 2.3 GB more once its dataset existed).
-        with tf.device("/CPU:0"):  # where tf.data runs, as the dataset's own tensors were (never a GPU)
-            data = tf.nest.map_structure(lambda a: tf.Variable(a, trainable=False),
-                                         (part, labels if whole else labels[idx]))
-        index = tf.data.Dataset.range(len(idx))
-        if shuffle:
-            index = index.shuffle(len(idx), seed=seed + b, reshuffle_each_iteration=True)
-        index = index.batch(batch_size)
-        if accumulate > 1:
-            index = index.flat_map(split)
-        ds = index.map(lambda *i, data=data: grab(i if accumulate > 1 else i[0], data), num_parallel_calls=GATHER_CALLS)
-        datasets.append(ds)
-        n_batches.append(-(-len(idx) // batch_size))
-    if len(datasets) == 1:
-        return _fixed_pipeline(datasets[0], n_batches[0] * accumulate)
-    choice = tf.data.Dataset.from_tensor_slices(np.repeat(np.arange(len(datasets), dtype=np.int64), n_batches))
-    if shuffle:
-        choice = choice.shuffle(int(sum(n_batches)), seed=seed, reshuffle_each_iteration=True)
-    if accumulate > 1:  # a batch's micro-batches stay together: one optimiser step
-        choice = choice.flat_map(lambda c: tf.data.Dataset.from_tensors(c).repeat(accumulate))
-    return _fixed_pipeline(tf.data.Dataset.choose_from_datasets(datasets, choice), sum(n_batches) * accumulate)
-
-
-def _buckets(lengths: np.ndarray, batch_size: int, bucket_waste: float | None) -> list[np.ndarray]:
-    """Index groups padded separately: one group, or up to 4 length buckets when padding wastes too much."""
-    longest = max(1, int(lengths.max()))
-    waste = 1.0 - float(lengths.sum()) / (len(lengths) * longest)
-    if bucket_waste is None or waste <= bucket_waste or len(lengths) < 4 * batch_size:
-        return [np.arange(len(lengths))]
-    order = np.argsort(lengths, kind="stable")
-    n_buckets = min(4, len(lengths) // (2 * batch_size))
-    return [np.sort(g) for g in np.array_split(order, n_buckets)]
-
-
-def block_shuffle(n: int, block_size: int, buffer_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of range(n): blocks of consecutive indices in random order, then a bounded shuffle.
-
-    The blocks are shuffled; a buffer holding up to ``buffer_blocks`` blocks is refilled block by
-    block, and each next index is drawn uniformly from the buffer. Reads stay within a few blocks.
-    """
-    blocks = [np.arange(s, min(n, s + block_size)) for s in range(0, n, block_size)]
-    out, buffer = [], []
-    for k in rng.permutation(len(blocks)):
-        buffer.extend(blocks[k].tolist())
-        while len(buffer) > (buffer_blocks - 1) * block_size:
-            out.append(buffer.pop(int(rng.integers(len(buffer)))))
-    while buffer:
-        out.append(buffer.pop(int(rng.integers(len(buffer)))))
-    return np.asarray(out, dtype=np.int64)
-
-
 def _mask(lengths: Sequence[int], length: int) -> np.ndarray:
     return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
-
-
-def _normalise_float16(frames: Any, mean: Any, std: Any) -> Any:
-    """``float16((float32(frames) - mean) / std)`` in TensorFlow: Normaliser.apply's arithmetic."""
-    import tensorflow as tf
-
-    return tf.cast((tf.cast(frames, tf.float32) - mean) / std, tf.float16)
-
-
-def _shareable(frames: np.ndarray) -> bool:
-    """Whether TensorFlow can take these frames as they are (DLPack): contiguous, writable (DLPack
-    cannot mark them read-only), not empty, and on a TENSOR_ALIGNMENT boundary."""
-    return bool(frames.flags.c_contiguous and frames.flags.writeable and frames.size
-                and frames.ctypes.data % TENSOR_ALIGNMENT == 0)
-
-
-def _tensor_view(frames: np.ndarray) -> Any:
-    """A TensorFlow tensor over host frames without copying them (DLPack), else a copy.
-
-    ``tf.convert_to_tensor`` of a numpy array copies it, and ``Tensor.numpy()`` copies back:
-    for float16 normalisation those copies took longer than the arithmetic. Frames that are not
-    :func:`_shareable` are converted (copied) as before.
-    """
-    import tensorflow as tf
-
-    if _shareable(frames):
-        return tf.experimental.dlpack.from_dlpack(frames.__dlpack__())
-    return tf.convert_to_tensor(frames)
-
-
-def _host_view(tensor: Any) -> np.ndarray:
-    """A read-only numpy view of a CPU tensor's values, without the copy ``Tensor.numpy()`` makes."""
-    return np.asarray(memoryview(tensor))
-
-
-_COMPILED: list[Any] = []  # [the compiled float16 normalisation] once built
-
-
-def _compiled_normalise() -> Any:
-    """:func:`_normalise_float16` compiled by XLA, for frames [NORMALISE_CHUNK, ...].
-
-    XLA fuses the two casts and the arithmetic into one pass over the frames: the same values
-    bit for bit as TensorFlow's eager ops (a test compares them); stage 2's input-only pass took
-    0.83-0.93x the time of the eager ops' (tests/benchmarks/bench_train.py --input-only). Where
-    XLA is not available the eager ops run instead.
-    """
-    if not _COMPILED:
-        compiled = xla_compiled(_normalise_float16, np.zeros((1, 1), np.float16), np.zeros(1, np.float32),
-                                np.ones(1, np.float32))
-        _COMPILED.append(compiled or _normalise_float16)
-    return _COMPILED[0]
-
-
-def _normalise_into(out: np.ndarray, lengths: np.ndarray, norm: Normaliser, speakers: Sequence[str], *,
-                    frames: Sequence[np.ndarray] | None = None) -> None:
-    """Normalised frames into padded ``out`` [N, T, ...]; the padding (zeros) is left as it is.
-
-    ``frames[k][:lengths[k]]`` are utterance k's frames as read (None: ``out`` holds them and is
-    normalised in place). Frames of ``out``'s dtype are normalised straight from the read into
-    ``out``, other dtypes (pair-averaged float32) are cast into it first, as before.
-
-    The arithmetic is Normaliser.apply's (float32 subtract, float32 divide), on each utterance's
-    own frames. The float16 <-> float32 casts cost more than the arithmetic: numpy casts float16
-    element by element (about 1.6 ns each here), so float16 frames go through TensorFlow (the same
-    values), handed over and back without copies (:func:`_tensor_view`, :func:`_host_view`):
-    small utterances in blocks of at most NORMALISE_MB of float32 per call, larger ones one at a
-    time through one XLA-compiled function, NORMALISE_CHUNK frames per call; other dtypes through
-    one numpy float32 buffer of at most NORMALISE_MB. ``norm`` needs only ``moments(speaker)``
-    (predict's grouped normaliser has it too).
-    """
-    names = sorted(set(speakers))
-    moments = dict(zip(names, (norm.moments(s) for s in names)))
-    if any(m is None for m in moments.values()) and not all(m is None for m in moments.values()):
-        raise DataError(f"normaliser {type(norm).__name__} normalises some of the speakers {names[:5]} but not all")
-    block = int(NORMALISE_MB * 2**20 // max(1, 4 * int(np.prod(out.shape[1:]))))  # padded utterances
-    in_blocks = out.dtype == np.float16 and block >= NORMALISE_BLOCK_MIN
-    sources: list[np.ndarray] = [out[k] for k in range(len(out))]
-    if frames is not None:
-        for k, x in enumerate(frames):
-            if in_blocks or x.dtype != out.dtype or moments[speakers[k]] is None:
-                out[k, : lengths[k]] = x[: lengths[k]]  # normalised in place below (or not at all)
-            else:
-                sources[k] = x
-    if all(m is None for m in moments.values()):
-        return
-    moments = {s: (m[0].astype(np.float32), m[1].astype(np.float32)) for s, m in moments.items()}
-    if out.dtype == np.float16:
-        import tensorflow as tf
-
-        if in_blocks:
-            # Small frames (a tiny model's, one layer's): blocks of utterances in one call of the
-            # same arithmetic, since a call per utterance would cost more than its work; padding stays 0.
-            for a in range(0, len(out), block):
-                part, n = out[a:a + block], np.asarray(lengths[a:a + block])
-                mean = np.stack([moments[s][0] for s in speakers[a:a + block]])[:, None]
-                std = np.stack([moments[s][1] for s in speakers[a:a + block]])[:, None]
-                real = (np.arange(part.shape[1])[None, :] < n[:, None]).reshape(part.shape[:2] + (1,) * (part.ndim - 2))
-                with tf.device("/CPU:0"):
-                    done = _normalise_float16(_tensor_view(part), mean, std)
-                    part[...] = _host_view(tf.where(real, done, tf.zeros_like(done)))
-            return
-        compiled, step = _compiled_normalise(), NORMALISE_CHUNK
-        scratch = aligned_zeros((step, *out.shape[2:]), np.float16)
-        with tf.device("/CPU:0"):
-            moments = {s: (tf.constant(m), tf.constant(d)) for s, (m, d) in moments.items()}
-            if hasattr(compiled, "get_concrete_function"):
-                # Called with the traced signature directly: tf.function's per-call dispatch cost a
-                # third of each call (py-spy of the input-only pass).
-                mean, std = next(iter(moments.values()))
-                compiled = compiled.get_concrete_function(tf.TensorSpec(scratch.shape, tf.float16),
-                                                          tf.TensorSpec.from_tensor(mean), tf.TensorSpec.from_tensor(std))
-
-        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
-            n = len(target)
-            with tf.device("/CPU:0"):  # host frames: never a round trip through a GPU
-                if n == step and _shareable(source):
-                    target[...] = _host_view(compiled(_tensor_view(source), mean, std))
-                else:  # a last, shorter chunk (padded to the compiled shape), or a read TensorFlow
-                    # cannot take as it is (not aligned, read-only): one copy into the aligned scratch
-                    scratch[:n] = source
-                    target[...] = _host_view(compiled(_tensor_view(scratch), mean, std))[:n]
-
-    else:
-        step = max(1, int(NORMALISE_MB * 2**20 // (4 * max(1, int(np.prod(out.shape[2:]))))))  # frames at a time
-        buffer = np.empty((min(step, out.shape[1]), *out.shape[2:]), dtype=np.float32)
-
-        def normalise(target: np.ndarray, source: np.ndarray, mean: Any, std: Any) -> None:
-            x = buffer[: len(target)]
-            np.subtract(source, mean, out=x, dtype=np.float32)
-            np.divide(x, std, out=x)
-            target[...] = x
-
-    for k, speaker in enumerate(speakers):
-        for a in range(0, int(lengths[k]), step):
-            b = min(int(lengths[k]), a + step)
-            normalise(out[k, a:b], sources[k][a:b], *moments[speaker])

@@ -35,7 +35,7 @@ from w2v2ser._files import publish_directory, write_atomically
 from w2v2ser._process import caller_random_kept, check_thread_environment
 
 from ._config import SEED_FIELDS, ExperimentConfig, as_experiment_config
-from ._dataset import TRAIN_MICRO_BATCH_MB, FeatureBatches, micro_batch_size, share_memory_budget
+from ._dataset import FeatureBatches, share_memory_budget
 from ._errors import ConfigError, DataError
 from ._experiment_data import _Data, _prepare, log
 from ._fingerprints import (_complete, _data_fingerprint, _drop_stale_results, _store_fingerprints,
@@ -46,6 +46,7 @@ from ._out_folder import forget_not_trained, refuse_layer_sweep_folder, share_ou
 from ._planning import RunSpec, _partitions, _plan, check_run_spec, open_view, plan_runs
 from ._protocols import Fold, check_disjoint
 from ._runfiles import damaged_run_files, record_run_files, writing_run
+from ._tfdata import TRAIN_MICRO_BATCH_MB, micro_batch_size
 
 __all__ = ["RunResult", "reopen_view", "train_run", "summarize_runs", "train_experiment", "keep_finished_runs",
            "store_lost_errors", "store_lost_note", "finished_runs_kept"]

@@ -33,11 +33,12 @@ from w2v2ser._process import caller_random_kept
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import StrictModel, validate
 
-from ._dataset import STATS_SUFFIX, padded_dataset
+from ._dataset import STATS_SUFFIX
 from ._errors import ConfigError, DataError
 from ._head_names import HEAD_BRANCHES
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe, plain_scalar
+from ._tfdata import padded_dataset
 
 __all__ = ["DenseHead", "LSTMHead", "FusionHead", "HEADS", "make_head", "EpochProgress", "NotFittedHeadError",
            "load_model"]

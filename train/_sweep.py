@@ -42,7 +42,7 @@ from w2v2ser._files import publish_directory
 from w2v2ser._process import caller_random_kept
 
 from ._config import ExperimentConfig, as_experiment_config
-from ._dataset import FeatureBatches, Item, Source, micro_batch_size
+from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
 from ._experiment import (_configure_threads, _peak_rss_mb, _provenance, _start_run, _summarize_runs, _write_json,
                           _write_predictions, keep_finished_runs)
@@ -57,6 +57,7 @@ from ._protocols import get_protocol
 from ._runfiles import record_run_files, writing_run
 from ._selection import parse_selection
 from ._sweepfit import fit_sweep_heads, predict_sweep_heads
+from ._tfdata import micro_batch_size
 
 __all__ = ["sweep_configs", "sweep_run", "summarize_sweep", "sweep_experiment", "describe_sweep", "ALL_LAYERS_DIR"]
 

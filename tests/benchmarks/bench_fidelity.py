@@ -150,7 +150,7 @@ def run_keras_reshuffled(parts: dict[str, tuple[list, Any]], seed: int) -> dict[
     import numpy as np
     from sklearn.metrics import recall_score
 
-    from w2v2ser.train._dataset import padded_dataset
+    from w2v2ser.train._tfdata import padded_dataset
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)

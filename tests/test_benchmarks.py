@@ -8,12 +8,16 @@ The figures of these tiny runs mean nothing; only that every script finishes and
 
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
 RAVDESS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ravdess"
@@ -50,3 +54,62 @@ def test_benchmark_script_runs_at_its_smallest_size(script: str, tmp_path: Path)
     written = list((tmp_path / "out").glob("*.json"))
     assert written, done.stdout[-2000:]
     assert all(json.loads(p.read_text()).get("headline") for p in written)
+
+
+# What the GPU machine's image ('cuda', Python 3.12; its package list as read on 2026-11-17) holds of stage 1's needs.
+GPU_IMAGE = ("torch", "transformers", "tensorstore", "numpy", "h5py", "pyarrow", "pyyaml", "tqdm", "pandas",
+             "packaging", "python-dateutil", "six", "typing-extensions")
+
+
+def _names_in(text: str, start: str) -> set[str]:
+    """Distribution names after `start` up to the command's end (a shell line without a trailing backslash)."""
+    lines = text[text.index(start) + len(start):].splitlines()
+    words: list[str] = []
+    for line in lines:
+        words += line.replace("\\", " ").split()
+        if not line.rstrip().endswith("\\"):
+            break
+    return {_canonical(w.split("==")[0]) for w in words if not w.startswith("-")}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_gpu_wheels_and_the_gpu_image_hold_every_dependency_of_stage_one() -> None:
+    # gpu_figures.sh runs where only the image's packages and gpu_wheels.sh's wheels exist (no index):
+    # a distribution stage 1 needs that is in neither fails every GPU step at its first import.
+    script = (BENCHMARKS / "gpu_wheels.sh").read_text()
+    image = set(GPU_IMAGE)
+    wheels = _names_in(script, "-d build/gpu_wheels")
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    options = setup["options"]["install_requires"] + setup["options.extras_require"]["extract"]
+    roots = {_canonical(re.split(r"[\s;<>=!~\[]", line.strip(), maxsplit=1)[0]) for line in options.splitlines()
+             if line.strip() and not line.strip().startswith("#")}
+    # Stage 2 and report dependencies, which stage 1 does not import (checked below).
+    later = {"matplotlib": "matplotlib", "dask": "dask", "scikit-learn": "sklearn"}
+    code = ("import sys, w2v2ser.extract, w2v2ser.store, opensmile; "
+            f"print(sorted(m for m in {sorted(later.values())} if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", code],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == "[]", f"stage 1 imports {imported}: add their wheels to gpu_wheels.sh"
+    missing, seen, todo = {}, set(), sorted(roots - set(later))
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in image | wheels:
+            missing.setdefault(name, "stage 1")
+        if name in image:
+            continue  # the image's own packages bring their dependencies
+        for requirement in importlib.metadata.requires(name) or []:
+            marker = requirement.split(";", 1)[1] if ";" in requirement else None
+            if marker and not Marker(marker).evaluate({"extra": ""}):
+                continue
+            needed = _canonical(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0])
+            if needed not in image | wheels:
+                missing.setdefault(needed, name)
+            todo.append(needed)
+    assert not missing, f"neither in the GPU image nor in gpu_wheels.sh (needed by): {missing}"

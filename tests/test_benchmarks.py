@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import importlib.metadata
 import json
+import os
 import re
 import subprocess
 import sys
@@ -113,3 +114,21 @@ def test_gpu_wheels_and_the_gpu_image_hold_every_dependency_of_stage_one() -> No
                 missing.setdefault(needed, name)
             todo.append(needed)
     assert not missing, f"neither in the GPU image nor in gpu_wheels.sh (needed by): {missing}"
+
+
+def _gpu_figures(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHON")}
+    return subprocess.run(["bash", str(BENCHMARKS / "gpu_figures.sh"), *args], env={**environment, **env},
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+
+
+def test_gpu_figures_stops_before_its_steps_when_stage_one_cannot_be_imported(tmp_path: Path) -> None:
+    # On the GPU machine a missing wheel (pydantic was one) failed every step in turn; stop at once instead.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "pydantic.py").write_text("raise ImportError('pydantic is not installed here (test)')\n")
+    out = tmp_path / "out"
+    done = _gpu_figures(tmp_path, "--smoke", PYTHON=sys.executable, OUT=str(out), PYTHONPATH=str(blocked))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pydantic MISSING" in done.stdout and "carry build/gpu_wheels" in done.stderr
+    assert "FAILED" not in done.stdout and not list(out.iterdir())

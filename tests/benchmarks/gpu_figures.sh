@@ -29,14 +29,30 @@ if [ "$SMOKE" = 0 ] && [ -d build/gpu_wheels ]; then
   "$PY" -m pip install -q --no-index --no-deps --find-links build/gpu_wheels build/gpu_wheels/*.whl \
     2>&1 | tail -3
 fi
-"$PY" - <<'PYEOF'
+# Every step imports stage 1: without it, stop here rather than fail each step in turn.
+"$PY" - <<'PYEOF' || { echo "gpu_figures.sh: stage 1 cannot be imported (above); carry build/gpu_wheels, made by tests/benchmarks/gpu_wheels.sh" >&2; exit 1; }
 import importlib
-for name in ("torch", "transformers", "zarr", "zarrs", "numcodecs", "soundfile", "soxr", "opensmile", "pyarrow"):
+import sys
+
+sys.path.insert(0, "tests/benchmarks")
+missing = []
+for name in ("torch", "transformers", "zarr", "zarrs", "numcodecs", "soundfile", "soxr", "opensmile", "pyarrow",
+             "pydantic"):
     try:
         module = importlib.import_module(name)
         print(f"{name} {getattr(module, '__version__', '?')}")
     except Exception as error:  # noqa: BLE001
+        missing.append(name)
         print(f"{name} MISSING: {error}")
+try:
+    import _common
+
+    print("w2v2ser", _common.bootstrap_w2v2ser())
+    import w2v2ser.extract  # noqa: F401
+except Exception as error:  # noqa: BLE001
+    missing.append("w2v2ser.extract")
+    print(f"w2v2ser.extract MISSING: {error!r}")
+sys.exit(1 if missing else 0)
 PYEOF
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv 2>/dev/null || true
 

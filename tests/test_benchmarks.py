@@ -132,3 +132,17 @@ def test_gpu_figures_stops_before_its_steps_when_stage_one_cannot_be_imported(tm
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pydantic MISSING" in done.stdout and "carry build/gpu_wheels" in done.stderr
     assert "FAILED" not in done.stdout and not list(out.iterdir())
+
+
+def test_gpu_figures_refuses_an_argument_it_does_not_know(tmp_path: Path) -> None:
+    # A typo of --smoke once started the full GPU run (full-size model, 1,200 s of audio) on any machine.
+    done = _gpu_figures(tmp_path, "--smok", PYTHON="false", OUT=str(tmp_path / "out"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "usage: bash tests/benchmarks/gpu_figures.sh [--smoke]" in done.stderr and "--smok" in done.stderr
+
+
+def test_gpu_figures_smoke_keeps_its_figures_out_of_the_results_folder(tmp_path: Path) -> None:
+    # Without OUT, the smoke run replaced results/bench_ceiling.{json,md}, which the README cites.
+    done = _gpu_figures(tmp_path, "--smoke", PYTHON="false")
+    where = [line for line in done.stdout.splitlines() if line.startswith("results: ")]
+    assert where and "tests/benchmarks/results" not in where[0], done.stdout + done.stderr

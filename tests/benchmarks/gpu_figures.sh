@@ -15,11 +15,17 @@
 #   bash tests/benchmarks/gpu_figures.sh --smoke
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
-OUTDIR="${OUT:-tests/benchmarks/results}"
-mkdir -p "$OUTDIR"
-PY="${PYTHON:-python3}"
 SMOKE=0
-[ "${1:-}" = "--smoke" ] && SMOKE=1
+if [ "$#" -gt 1 ] || { [ "$#" = 1 ] && [ "$1" != "--smoke" ]; }; then
+  echo "usage: bash tests/benchmarks/gpu_figures.sh [--smoke]  (got: $*)" >&2
+  exit 2
+fi
+[ "$#" = 1 ] && SMOKE=1
+# A smoke run's figures mean nothing: they go to a temporary folder unless OUT names one.
+if [ "$SMOKE" = 1 ]; then OUTDIR="${OUT:-/tmp/w2v2ser_gpu_smoke}"; else OUTDIR="${OUT:-tests/benchmarks/results}"; fi
+mkdir -p "$OUTDIR"
+echo "results: $OUTDIR"
+PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 W2V2SER_BENCH_CACHE=/tmp/w2v2ser_gpu_figures TOKENIZERS_PARALLELISM=false
 WORK=/tmp/w2v2ser_gpu_work
 rm -rf "$WORK"

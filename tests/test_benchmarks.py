@@ -146,3 +146,18 @@ def test_gpu_figures_smoke_keeps_its_figures_out_of_the_results_folder(tmp_path:
     done = _gpu_figures(tmp_path, "--smoke", PYTHON="false")
     where = [line for line in done.stdout.splitlines() if line.startswith("results: ")]
     assert where and "tests/benchmarks/results" not in where[0], done.stdout + done.stderr
+
+
+def test_gpu_figures_keeps_the_eager_row_when_the_compile_step_fails(tmp_path: Path) -> None:
+    # The compile step comes last and may time out on the GPU machine; what was measured before it stays.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        "import torch\n\n\ndef _compile(*args, **kwargs):\n    raise RuntimeError('torch.compile broken (test)')\n\n\n"
+        "torch.compile = _compile\n")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_figures.py"), "--smoke", "--compile", "yes",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(broken)}, check=False)
+    assert done.returncode != 0 and "torch.compile broken (test)" in done.stderr, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "gpu_forward.json").read_text())["rows"]
+    assert [r["label"] for r in rows if r["label"] != "sweep"] == ["eager"]

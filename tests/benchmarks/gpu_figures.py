@@ -241,6 +241,7 @@ def main() -> None:
             {"bare": lambda m=eager: run_bare(m, best_batch, precision),
              "extractor": lambda e=extractor_for(best_batch, precision, "eager"): run_extractor(e)})
     del eager
+    save("eager")  # torch.compile's warm-up may run past the step's timeout
     if args.compile == "yes" or (args.compile == "auto" and cuda):
         compiled = bare_model("sdpa", compiled=True)
         measure("compile", best_batch, precision, "sdpa", True,

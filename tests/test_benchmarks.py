@@ -161,3 +161,13 @@ def test_gpu_figures_keeps_the_eager_row_when_the_compile_step_fails(tmp_path: P
     assert done.returncode != 0 and "torch.compile broken (test)" in done.stderr, done.stderr[-2000:]
     rows = json.loads((tmp_path / "out" / "gpu_forward.json").read_text())["rows"]
     assert [r["label"] for r in rows if r["label"] != "sweep"] == ["eager"]
+
+
+def test_bench_codecs_names_a_missing_egemaps_store_before_running_the_model(tmp_path: Path) -> None:
+    # Its default store did not exist: the script ran the full-size model, then died in a zarr traceback.
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_codecs.py"), "--files", "1", "--egemaps-store",
+                           str(tmp_path / "nope.zarr"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "nope.zarr holds no eGeMAPS" in done.stderr and "Traceback" not in done.stderr
+    assert "wav2vec2-base (random weights)" not in done.stdout

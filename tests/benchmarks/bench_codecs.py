@@ -6,8 +6,7 @@ RAVDESS store. Each codec is written as the store writes data (Zarr v3 shards of
 chunks of one layer, crc32c after the codec) through zarr-python with the zarrs pipeline, then
 read back whole. Reports write MB/s (incl. fsync), read MB/s (warm) and stored bytes per audio s.
 
-    python3 tests/benchmarks/bench_codecs.py --ravdess ../shared/data/ravdess --files 6 \\
-        --egemaps-store /work/scratch/ravdess-v1.zarr
+    python3 tests/benchmarks/bench_codecs.py --ravdess ../shared/data/ravdess --files 6 --egemaps-store STORE
 """
 
 from __future__ import annotations
@@ -101,12 +100,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ravdess", default="../shared/data/ravdess")
     parser.add_argument("--files", type=int, default=6)
-    parser.add_argument("--egemaps-store", default="/work/scratch/ravdess-v1.zarr")
+    parser.add_argument("--egemaps-store", required=True, help="a RAVDESS store with eGeMAPS (w2v2ser extract)")
     parser.add_argument("--egemaps-utterances", type=int, default=400)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--workdir")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if not (Path(args.egemaps_store) / "features" / "egemaps").is_dir():  # before minutes of model forward
+        parser.error(f"--egemaps-store {args.egemaps_store} holds no eGeMAPS (no features/egemaps folder); give a "
+                     "store written by `w2v2ser extract ravdess DIR --features egemaps`")
     t = time.perf_counter()
     w2v, w2v_s = wav2vec2_frames(args.ravdess, args.files)
     print(f"wav2vec2-base (random weights): {w2v.shape} from {w2v_s:.1f} audio s in {time.perf_counter() - t:.0f} s",

@@ -171,3 +171,26 @@ def test_bench_codecs_names_a_missing_egemaps_store_before_running_the_model(tmp
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert "nope.zarr holds no eGeMAPS" in done.stderr and "Traceback" not in done.stderr
     assert "wav2vec2-base (random weights)" not in done.stdout
+
+
+@pytest.mark.slow  # about 40 s: a tiny wav2vec2 store, then TensorFlow's start
+def test_bench_train_small_refuses_a_store_without_its_features_before_timing(tmp_path: Path) -> None:
+    # --small read eGeMAPS and the spectrogram without checking: a store lacking one died in a traceback
+    # after the other's figures were measured, and nothing was written.
+    from fixtures_audio import write_audio
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    model = save_tiny_wav2vec2(tmp_path / "tiny")
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.5, seed=i)),
+                            speaker=f"s{i % 2}", label="x") for i in range(2)]
+    store = tmp_path / "w2v2.zarr"
+    extract_corpus(utterances, store, extractors=[build_extractor("wav2vec2", {"model": str(model)})],
+                   progress=False)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--small", str(store), "--epochs", "2",
+                           "--reps", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "holds neither egemaps nor spectrogram (it holds ['wav2vec2'])" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -344,7 +344,7 @@ def small_selections(args: argparse.Namespace) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     epochs = args.epochs
     rows, runs = [], {}
-    for feature in ("egemaps", "spectrogram"):
+    for feature in _small_features(args.small):
         config = _small_config(args.small, feature, epochs)
         spec = plan_runs(config)[0]
         t0 = time.perf_counter()
@@ -398,6 +398,22 @@ def small_selections(args: argparse.Namespace) -> None:
     print(headline)
 
 
+def _small_features(store: str) -> list[str]:
+    """eGeMAPS and the spectrogram, those of them the store holds (checked before anything is timed)."""
+    _common.bootstrap_w2v2ser()
+    from w2v2ser.store import open_store
+
+    held = open_store(store).features
+    features = [f for f in ("egemaps", "spectrogram") if f in held]
+    if not features:
+        print(f"--small {store}: the store holds neither egemaps nor spectrogram (it holds {sorted(held)})",
+              file=sys.stderr)
+        raise SystemExit(2)
+    for feature in sorted({"egemaps", "spectrogram"} - set(features)):
+        print(f"--small: store {store} holds no {feature}; measuring {', '.join(features)} only", flush=True)
+    return features
+
+
 def _small_config(store: str, feature: str, epochs: int):
     """The --small experiment: paper recipe on `feature`; patience > epochs, so every run trains
     exactly `epochs` epochs, each with its validation pass."""
@@ -440,7 +456,7 @@ def small_codes(args: argparse.Namespace) -> None:
     runs: dict[str, dict[str, list]] = {}
     trees: dict[str, str] = {}  # the source tree each code's children imported w2v2ser from
     rows = []
-    for feature in ("egemaps", "spectrogram"):
+    for feature in _small_features(args.small):
         per_code: dict[str, list[float]] = {name: [] for name in codes}
         epochs: dict[str, list[list[float]]] = {name: [] for name in codes}
         for rep in range(args.reps):

@@ -1,7 +1,8 @@
 """Cost growth: extraction wall time and training epoch time at 1x, 2x and 4x corpus size.
 
 * Extraction: ``extract_corpus`` (wav2vec2, full-size random base model, CPU by default) over a
-  base set of RAVDESS files listed 1, 2 and 4 times (distinct utterance ids); sizes interleaved.
+  base set of RAVDESS files listed 1, 2 and 4 times (distinct utterance ids), in that order, after
+  one untimed run of the base set (the first run of a process also pays one-off start costs).
 * Training: one Dense-head epoch on ``wav2vec2:all`` (after a first, compiling epoch) on synthetic
   RAVDESS-shaped stores of 1x, 2x and 4x the base audio seconds (generated once, cached; see
   bench_train.py), each size in a fresh process.
@@ -64,6 +65,11 @@ def main() -> None:
     extractor = Wav2Vec2Extractor(Wav2Vec2Config(model=str(model_dir), device=device))
     extractor.extract([np.zeros(32000, np.float32)])  # load and warm the model outside the timings
     work = Path(tempfile.mkdtemp(prefix="w2v2ser-bench-scaling-"))
+    t0 = time.perf_counter()
+    extract_corpus(base, work / "warm.zarr", extractors=[extractor], progress=False)
+    warmup_s = time.perf_counter() - t0
+    shutil.rmtree(work / "warm.zarr", ignore_errors=True)
+    print(f"untimed warm-up run: {len(base)} utts, {warmup_s:.1f} s", flush=True)
     extraction = {}
     for factor in FACTORS:
         utts = bench_extract.repeat_utterances(base, factor)
@@ -109,7 +115,7 @@ def main() -> None:
     info = _common.machine_info(["numpy", "torch", "zarr"])
     payload = {"benchmark": "bench_scaling", "command": _common.command_line(), "machine": info,
                "config": {"files": args.files, "train_seconds_base": args.train_seconds, "device": device,
-                          "quick": args.quick, "w2v2ser": how,
+                          "quick": args.quick, "w2v2ser": how, "extract_warmup_s": warmup_s,
                           "model": "random full-size wav2vec2-base"},
                "extraction": extraction, "training": training, "ratios": ratios}
     headline = ("headline: per-unit cost 4x/1x: extraction "

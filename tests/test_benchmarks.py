@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,19 @@ def test_bench_scaling_times_its_sizes_after_an_untimed_run(tmp_path: Path) -> N
     assert warm and warm[0] < min(i for i, line in enumerate(lines) if line.startswith("extract x1")), done.stdout
     result = json.loads((tmp_path / "out" / "bench_scaling_quick.json").read_text())
     assert result["config"]["extract_warmup_s"] > 0
+
+
+def test_the_benchmarks_readme_installs_stage_one_on_the_gpu_from_gpu_wheels() -> None:
+    # Its recipe for bench_extract.py on the GPU installed a hand list without zarrs and pydantic, which
+    # stage 1 imports: it would have failed first time, on scarce GPU minutes.
+    readme = (BENCHMARKS / "README.md").read_text()
+    installs = [line for line in readme.splitlines() if "pip install" in line]
+    assert installs and all("build/gpu_wheels" in line and "--no-index" in line for line in installs), installs
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_extract
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    command = re.search(r"python3 tests/benchmarks/bench_extract\.py ((?:.*\\\n)*.*)", readme).group(1)
+    args = bench_extract.parse_args(shlex.split(command.replace("\\\n", " ").replace('"$OUT"', "out")))
+    assert args.device == "cuda" and args.synthetic and "write" in args.modes

@@ -226,3 +226,12 @@ def test_the_benchmarks_readme_installs_stage_one_on_the_gpu_from_gpu_wheels() -
     command = re.search(r"python3 tests/benchmarks/bench_extract\.py ((?:.*\\\n)*.*)", readme).group(1)
     args = bench_extract.parse_args(shlex.split(command.replace("\\\n", " ").replace('"$OUT"', "out")))
     assert args.device == "cuda" and args.synthetic and "write" in args.modes
+
+
+def test_bench_store_s3_refuses_a_count_below_one(tmp_path: Path) -> None:
+    # --utterances 0 ran, and wrote an all-zero table as results (by default over the README's figures).
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_store_s3.py"), "--utterances", "0", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "argument --utterances: expected a whole number of at least 1, got 0" in done.stderr
+    assert not (tmp_path / "out").exists()

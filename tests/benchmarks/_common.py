@@ -5,6 +5,7 @@ Imports only the standard library, so a benchmark pulls in nothing its chosen fe
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -45,6 +46,17 @@ def bootstrap_w2v2ser() -> str:
         package.__path__.append(str(REPO_ROOT))
     importlib.import_module("w2v2ser.store")
     return "bootstrapped from " + str(REPO_ROOT)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of utterances, repetitions, frames)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def load_average() -> list[float]:

@@ -43,12 +43,12 @@ BUCKET = "w2v2ser-bench"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--utterances", type=int, default=240)
-    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--utterances", type=_common.positive_int, default=240)
+    p.add_argument("--reps", type=_common.positive_int, default=1)
     p.add_argument("--workdir", default=None, help="where the local copy is written (default: a temp dir)")
     p.add_argument("--out", default=None, help="results folder (default: tests/benchmarks/results)")
     p.add_argument("--name", default="bench_store_s3", help="results file name (without .json)")
-    p.add_argument("--shard-frames", type=int, default=None,
+    p.add_argument("--shard-frames", type=_common.positive_int, default=None,
                    help="frames per shard (default: the store's, 240 s of audio). moto copies a whole object "
                         "for every ranged GET, so its requests cost in proportion to the shard's size")
     p.add_argument("--profile", default=None, help="write a cProfile of the S3 all-layer pass to this file")

@@ -235,3 +235,22 @@ def test_bench_store_s3_refuses_a_count_below_one(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert "argument --utterances: expected a whole number of at least 1, got 0" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> None:
+    # A misspelt field (vocal_chanel) kept no utterance and ended in scikit-learn's "Found empty input array".
+    from fixtures_audio import write_audio
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.3, seed=i)),
+                            speaker=f"s{i % 2}", label="x", extra={"vocal_channel": "speech"}) for i in range(2)]
+    store = tmp_path / "s.zarr"
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    runs = [tmp_path / "run_a", tmp_path / "run_b"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "compare_on_subset.py"), str(store), *map(str, runs),
+                           "--subset", "vocal_chanel=speech", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "no utterance of" in done.stderr and "has vocal_chanel = 'speech'" in done.stderr
+    assert "vocal_channel" in done.stderr.split("its fields are")[1] and "Traceback" not in done.stderr

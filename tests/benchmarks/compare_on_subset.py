@@ -47,9 +47,17 @@ def main() -> None:
     args = parser.parse_args()
     field, _, value = args.subset.partition("=")
     store = open_store(args.store)
-    keep = {u.id for u in store.list_utterances()
+    utterances = store.list_utterances()
+    keep = {u.id for u in utterances
             if str(getattr(u, field) if field in ("speaker", "label", "gender", "session", "split")
                    else u.extra.get(field)) == value}
+    if not keep:  # a misspelt field or value: say so, rather than score nothing
+        fields = sorted({"speaker", "label", "gender", "session", "split"} | {k for u in utterances for k in u.extra})
+        parser.error(f"--subset {args.subset}: no utterance of {args.store} has {field} = {value!r}; "
+                     f"its fields are {', '.join(fields)}")
+    for run in args.runs:
+        if not any(run.glob("runs/*/predictions.csv")):
+            parser.error(f"{run} holds no runs/*/predictions.csv; expected a run directory of `w2v2ser train`")
     rows, results = [], {}
     for run in args.runs:
         scores, counted = _scores(run, keep)

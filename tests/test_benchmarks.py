@@ -254,3 +254,25 @@ def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> No
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert "no utterance of" in done.stderr and "has vocal_chanel = 'speech'" in done.stderr
     assert "vocal_channel" in done.stderr.split("its fields are")[1] and "Traceback" not in done.stderr
+
+
+def test_bench_cold_read_runs_and_prints_its_headline_last(tmp_path: Path) -> None:
+    # The benchmarks' README: every script prints its headline as the LAST line; this one printed its
+    # results path after it. (Not in CASES: it needs a store of a 3-D feature.)
+    from fixtures_audio import write_audio
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    model = save_tiny_wav2vec2(tmp_path / "tiny")
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.5, seed=i)),
+                            speaker=f"s{i % 2}", label="x") for i in range(3)]
+    store = tmp_path / "w2v2.zarr"
+    extract_corpus(utterances, store, extractors=[build_extractor("wav2vec2", {"model": str(model)})],
+                   progress=False)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_cold_read.py"), "--store", str(store),
+                           "--utterances", "3", "--reps", "1", "--batch", "2", "--workdir", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    headline = json.loads((tmp_path / "out" / "bench_cold_read.json").read_text())["headline"]
+    assert done.stdout.strip().splitlines()[-1] == headline

@@ -193,8 +193,8 @@ def main() -> None:
                "seconds": seconds, "runs": runs, "gb_per_s": rate}
     print(table)
     path = _common.write_results("bench_cold_read", payload, table, out=args.out, headline=headline, notes=notes)
-    print(headline)
     print(f"results: {path}")
+    print(headline)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ keeps the model location it recorded (`keep_recorded_location`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -408,6 +409,33 @@ def read_hf_config(directory: Path) -> Any:
         raise ModelLoadError(f"cannot read {str(path)!r}: {error}{damaged}") from error
 
 
+class _HeldLog(logging.Handler):
+    """Holds back the records of one logger (and keeps them from its parents' handlers) until
+    ``hand_on`` passes them on as they would have gone, or ``close`` drops them."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+        self._logger, self._propagate = logger, logger.propagate
+        logger.addHandler(self)
+        logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        if self in self._logger.handlers:
+            self._logger.removeHandler(self)
+            self._logger.propagate = self._propagate
+        super().close()
+
+    def hand_on(self) -> None:
+        self.close()
+        for record in self.records:
+            self._logger.handle(record)
+        self.records = []
+
+
 def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
     """Build the family's own `transformers` model of a resolved source (float32, eval, on CPU).
 
@@ -437,15 +465,21 @@ def load_model(source: ModelSource, *, attention: str = "sdpa") -> Any:
         # --no-progress); the files are local by now, so no download bar is lost.
         bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()
+        # Its load report ("lm_head UNEXPECTED ... not ok if you expect identical arch") is held back:
+        # heads outside the encoder are left out on purpose, and the encoder's weights are checked
+        # below. It is shown when the load fails, whose error refers to it.
+        report = _HeldLog(logging.getLogger("transformers.modeling_utils"))
         try:
             model, info = model_class.from_pretrained(
                 source.path, dtype=torch.float32, attn_implementation=implementation, output_loading_info=True
             )
         except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+            report.hand_on()
             raise ModelLoadError(f"cannot load {source.model_class} weights from {source.path!r}: {error}. A damaged "
                                  f"or incomplete weight file (an interrupted copy or download?): copy or download "
                                  f"the model again") from error
         finally:
+            report.close()
             if bars:
                 transformers.utils.logging.enable_progress_bar()
         missing = sorted(k for k in info.get("missing_keys", ()) if not _IGNORABLE_KEYS.match(k))

@@ -8,6 +8,7 @@ recorded upstream facts, and refusals of mismatched models.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -314,6 +315,29 @@ def test_fine_tuned_checkpoints_load_without_their_head(family, model_dirs, tmp_
     ours = _extractor(family, tmp_path / "ctc").extract(signals)
     for got, expected in zip(ours, _extractor(family, model_dirs[variant]).extract(signals)):
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_a_head_left_out_prints_no_transformers_load_report(model_dirs, tmp_path) -> None:
+    """A CTC save's lm_head (or a pre-trained save's quantizer) is left out on purpose, and w2v2ser
+    checks the encoder's weights itself: transformers' table of UNEXPECTED keys ("not ok if you expect
+    identical arch") printed on every extraction of such a model, alarming and untrue there."""
+    directory = model_dirs[("wav2vec2", "group", False)]
+    config = transformers.AutoConfig.from_pretrained(str(directory))
+    config.vocab_size = 12
+    fine_tuned = transformers.Wav2Vec2ForCTC(config).eval()
+    fine_tuned.base_model.load_state_dict(transformers.Wav2Vec2Model.from_pretrained(str(directory)).state_dict())
+    fine_tuned.save_pretrained(str(tmp_path / "ctc"))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    shown = logging.getLogger("transformers")  # transformers prints what reaches its library logger
+    shown.addHandler(handler)
+    try:
+        ours = _extractor("wav2vec2", tmp_path / "ctc").extract(_signals((4000,)))
+    finally:
+        shown.removeHandler(handler)
+    assert ours[0].shape[1:] == (config.num_hidden_layers + 1, config.hidden_size)
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage() or "lm_head" in r.getMessage()], records
 
 
 @pytest.mark.parametrize("norm", ["group", "layer"])

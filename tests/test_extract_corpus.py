@@ -397,6 +397,28 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     assert like["wav2vec2"]["max_seconds"] == 300.0
 
 
+def test_a_file_over_max_seconds_keeps_none_of_its_features_as_the_readme_says(tmp_path):
+    """README said only "(eGeMAPS and the spectrogram have no such limit)": with wav2vec2,egemaps the
+    long file got no eGeMAPS either (a file is stored with all of its run's features or none) and
+    training leaves it out; a store of eGeMAPS alone keeps it."""
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_wav2vec2
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert ("is recorded as a failure that says so, and the run goes on: none of the file's features is stored "
+            "then, not even eGeMAPS or the spectrogram, which have no such limit") in readme
+    assert "extract them into a store of their own" in readme
+    utterances = _write_corpus(tmp_path, [0.5, 3.0, 0.8])
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=1, hidden=16)
+    both = [build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 2.0}), build_extractor("egemaps")]
+    extract_corpus(utterances, tmp_path / "both.zarr", extractors=both, progress=False)
+    store = open_store(tmp_path / "both.zarr")
+    assert [f.feature for f in store.list_failures()] == ["wav2vec2"]
+    assert utterances[1].id not in {u.id for u in store.list_utterances(status=None, feature="egemaps")}
+    extract_corpus(utterances, tmp_path / "eg.zarr", extractors=[build_extractor("egemaps")], progress=False)
+    assert open_store(tmp_path / "eg.zarr").read_utterance(utterances[1].id, "egemaps").shape[0] > 250
+
+
 def test_opensmile_runs_in_a_worker_process_that_is_restarted_after_a_crash():
     import os
     import signal as signals

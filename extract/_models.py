@@ -409,25 +409,23 @@ def read_hf_config(directory: Path) -> Any:
         raise ModelLoadError(f"cannot read {str(path)!r}: {error}{damaged}") from error
 
 
-class _HeldLog(logging.Handler):
-    """Holds back the records of one logger (and keeps them from its parents' handlers) until
-    ``hand_on`` passes them on as they would have gone, or ``close`` drops them."""
+class _HeldLog(logging.Filter):
+    """Holds back the records of one logger (from every handler, its parents' too) until
+    ``hand_on`` passes them on as they would have gone, or ``close`` drops them. A filter, not a
+    handler: it changes no setting of the logger that a concurrent load would have to restore."""
 
     def __init__(self, logger: logging.Logger) -> None:
-        super().__init__(logging.NOTSET)
+        super().__init__()
         self.records: list[logging.LogRecord] = []
-        self._logger, self._propagate = logger, logger.propagate
-        logger.addHandler(self)
-        logger.propagate = False
+        self._logger = logger
+        logger.addFilter(self)
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         self.records.append(record)
+        return False
 
     def close(self) -> None:
-        if self in self._logger.handlers:
-            self._logger.removeHandler(self)
-            self._logger.propagate = self._propagate
-        super().close()
+        self._logger.removeFilter(self)
 
     def hand_on(self) -> None:
         self.close()

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from w2v2ser._common import names_full_disk
 from w2v2ser._files import make_folder, write_atomically
 from w2v2ser._text import as_paths, short_name
 
@@ -66,6 +67,7 @@ def _unique_names(runs: Sequence[RunSummary]) -> list[str]:
     return out
 
 
+@names_full_disk()  # a full disk names the report folder (PIL and matplotlib name no file)
 def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path,
                  baseline: str | Path | None = None) -> Path:
     """Write ``report.md``, ``report.json`` and figures for the given run directories.

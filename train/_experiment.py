@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from w2v2ser._common import EXIT_FAILED, FULL_DISK_ERRNOS, STAGE2_PACKAGES, first_few, provenance
+from w2v2ser._common import EXIT_FAILED, STAGE2_PACKAGES, first_few, names_full_disk, provenance
 from w2v2ser._files import publish_directory, write_atomically
 from w2v2ser._process import caller_random_kept, check_thread_environment
 
@@ -181,6 +181,7 @@ def _record_seeds(path: Path, config: ExperimentConfig) -> None:
         _write_json(path, {**recorded, **{k: config.to_dict().get(k) for k in SEED_FIELDS}})
 
 
+@names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
 def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Data, *, verbose: int = 0,
                progress: str | None = None) -> RunResult:
@@ -306,6 +307,7 @@ def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str
     return _summarize_runs(config, Path(out), data, plan_runs(config))
 
 
+@names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 def _summarize_runs(config: ExperimentConfig, out: Path, data: str, specs: list[RunSpec]) -> dict[str, Any]:
     """summarize_runs over the runs ``specs`` planned (train_experiment's, from its one view of the stores)."""
     key, keys = config.config_key(), config.config_keys()
@@ -422,6 +424,7 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
         return _train_all(config, out, view.data, view.specs, view.fingerprint, progress=progress)
 
 
+@names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 def _train_all(config: ExperimentConfig, out: Path, prepared: _Data, specs: list[RunSpec], data: str, *,
                progress: bool) -> dict[str, Any]:
     """train_experiment's runs and summary, in a folder no job of another configuration writes."""
@@ -454,12 +457,6 @@ def keep_finished_runs(out: Path, finished: list[int], what: str) -> Iterator[No
         if finished[0]:
             error.args = (f"{error} {store_lost_note(out, finished[0], what, error)}",)
             error.exit_code = EXIT_FAILED
-        raise
-    except OSError as error:
-        # keras's model.save and zipfile raise a full disk without a file name: name the run
-        # folder the runs are written to, the disk to free (the store is only read).
-        if error.errno in FULL_DISK_ERRNOS and not error.filename:
-            error.filename = str(out)
         raise
 
 

@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import progress_bar
+from w2v2ser._common import names_full_disk, progress_bar
 from w2v2ser._files import publish_directory
 from w2v2ser._process import caller_random_kept
 
@@ -169,6 +169,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
                       micro_batch_mb=micro_batch_mb, progress=progress)
 
 
+@names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
 def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], run_spec: RunSpec, out: Path,
                data: _Data, *, micro_batch_mb: float = MICRO_BATCH_MB,
@@ -284,6 +285,7 @@ def summarize_sweep(config: ExperimentConfig | Mapping[str, Any], out: Path | st
     return _summarize_sweep(configs, Path(out), data, _plan(configs[ALL_LAYERS_DIR], data))
 
 
+@names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 def _summarize_sweep(configs: dict[str, ExperimentConfig], out: Path, data: _Data,
                      specs: list[RunSpec]) -> dict[str, Any]:
     """summarize_sweep over prepared data and the runs planned from it (every head has the same folds)."""

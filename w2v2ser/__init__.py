@@ -6,8 +6,8 @@ reads that store and fits shallow Keras heads. The store is the only contract
 between the stages.
 """
 
-from ._common import ConfigError, DataError, W2v2serError
+from ._common import ConfigError, DataError, DiskFullError, W2v2serError
 
 __version__ = "0.3.0"  # 0.3: run keys leave out where the stores lie; 0.2: store format 3 (CRC-32C checksums)
 
-__all__ = ["ConfigError", "DataError", "W2v2serError", "__version__"]
+__all__ = ["ConfigError", "DataError", "DiskFullError", "W2v2serError", "__version__"]

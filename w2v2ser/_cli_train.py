@@ -148,7 +148,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from w2v2ser._common import FULL_DISK_ERRNOS, did_you_mean
+    from w2v2ser._common import did_you_mean
     from w2v2ser.evaluate import EvaluateError, write_report
     from w2v2ser.evaluate._sweep import SEARCH_DEPTH, _distinct, run_dirs_by_depth
 
@@ -174,13 +174,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise EvaluateError(f"{given} holds no run or sweep directory (no experiment.json or results.json in it "
                                 f"or up to {SEARCH_DEPTH} folders below); expected a `w2v2ser train --out` or `w2v2ser sweep "
                                 f"--out` folder, or a folder of them, e.g. a pipeline's output.")
-    try:
-        out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
-                           baseline=Path(baselines[0]) if baselines else None)
-    except OSError as error:  # PIL's and matplotlib's writes name no file: the report folder is the disk to free
-        if error.errno in FULL_DISK_ERRNOS and not error.filename:
-            error.filename = args.out
-        raise
+    out = write_report([Path(p) for p in args.run_dirs], out=Path(args.out),
+                       baseline=Path(baselines[0]) if baselines else None)
     print(f"wrote {out}")
     # A run dir left out of the tables (unfinished, or a results.json that cannot be read) is said
     # here too, not only in the report: otherwise a damaged run vanishes from the tables unnoticed.

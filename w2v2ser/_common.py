@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
+import inspect
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +28,7 @@ __all__ = [
     "FULL_DISK_ERRNOS",
     "ConfigError",
     "DataError",
+    "DiskFullError",
     "EXIT_FAILED",
     "EXIT_INPUT",
     "SHARD_SIZE",
@@ -38,6 +42,8 @@ __all__ = [
     "describe_path_error",
     "die_with_parent",
     "did_you_mean",
+    "names_full_disk",
+    "naming_full_disk",
     "first_few",
     "provenance",
     "stop_requested",
@@ -188,6 +194,50 @@ def describe_path_error(error: OSError) -> tuple[str, int] | None:
         return (f"{where}; expected a file path there. Give the file's own name (e.g. {error.filename}/"
                 f"out.h5, or another name beside the folder), then rerun.", EXIT_INPUT)
     return None
+
+
+class DiskFullError(W2v2serError, OSError):
+    """A full disk, a full quota or a per-file size limit (``errno`` one of FULL_DISK_ERRNOS) hit while
+    w2v2ser wrote into ``filename``: the file, or the folder being written where the library that
+    wrote named none (keras, PIL and zarr raise these without a file name). An OSError still, with
+    the original errno; its message says what to free, and that finished work is kept."""
+
+    exit_code = EXIT_FAILED
+
+    def __str__(self) -> str:
+        described = describe_path_error(self)
+        return described[0] if described else super().__str__()
+
+
+@contextmanager
+def naming_full_disk(folder: str | os.PathLike) -> Iterator[None]:
+    """Raise a full disk, a full quota or a file size limit met inside as a :class:`DiskFullError`
+    that names the file, or ``folder`` (the run or report folder being written) where the error
+    named no file."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in FULL_DISK_ERRNOS or isinstance(error, DiskFullError):
+            raise
+        raise DiskFullError(error.errno, error.strerror or os.strerror(error.errno),
+                            error.filename or str(folder)) from error
+
+
+def names_full_disk(argument: str = "out") -> Callable[[Callable], Callable]:
+    """Decorator: the function's full disk errors name the folder it was given as ``argument``
+    (see :func:`naming_full_disk`), for the API and the command line alike."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            with naming_full_disk(signature.bind(*args, **kwargs).arguments[argument]):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _open_file_limit() -> str:

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, check_stop, describe_error, progress_bar
+from ._common import W2v2serError, check_stop, describe_error, naming_full_disk, progress_bar
 from ._process import task_error
 from ._text import failures_by_error
 from ._cluster import ClusterHandle
@@ -66,9 +66,10 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
     try:
         if marker == "failed.json":  # a skipped.json of an earlier run would outweigh it in the report
             (experiment.run_dir / "skipped.json").unlink(missing_ok=True)
-        _write_json(experiment.run_dir / marker,
-                    {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
-                     **experiment.config, "stores_identity": identity})
+        with naming_full_disk(experiment.run_dir):
+            _write_json(experiment.run_dir / marker,
+                        {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
+                         **experiment.config, "stores_identity": identity})
     except OSError as error:  # its folder is blocked (a file in the way, no permission): the others go on
         described = describe_error(error)
         _say(f"train {experiment.name}: its {marker} cannot be written, so the report will not name this reason: "

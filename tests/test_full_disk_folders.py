@@ -1,0 +1,162 @@
+"""A full disk (or quota, or file size limit) met while stage 2 writes a run, a summary or a report:
+keras, PIL and zarr raise it without a file name. The Python API and the command line both name the
+folder being written and say what to do, and a rerun once space is free finishes only what is missing."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from stage2_fixtures import build_store, ravdess_utterances  # noqa: E402
+from test_run_pipeline import make_tiny_corpus, needs_ravdess, write_tiny_pipeline  # noqa: E402
+
+FAST = {"max_epochs": 1}
+
+
+def _full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as keras, PIL and zarr raise it: no file name
+
+
+def _says_full(error: BaseException, folder: Path) -> None:
+    """``error`` is the one a user can act on: an OSError with errno, naming ``folder``, with the fix."""
+    from w2v2ser import W2v2serError
+
+    text = str(error)
+    assert isinstance(error, OSError) and isinstance(error, W2v2serError), repr(error)
+    assert error.errno == errno.ENOSPC and error.filename == str(folder), repr(error)
+    assert text.startswith(f"{folder}: No space left on device. Free space"), text
+    assert text.endswith("then rerun the same command: finished work is kept."), text
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("full")
+    return build_store(root / "rav.zarr", utterances=ravdess_utterances(per_actor=1), layers=2, dim=4)
+
+
+def test_train_experiment_on_a_full_disk_names_its_folder_and_a_rerun_keeps_the_finished_run(
+        store: Path, tmp_path: Path, monkeypatch) -> None:
+    """keras's model.save filled the disk at the second run: train_experiment raised a bare
+    "[Errno 28] No space left on device" naming no folder and no fix."""
+    import keras
+
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    config = ExperimentConfig(stores=str(store), features="egemaps", seeds=2, recipe_overrides=FAST)
+    out = tmp_path / "run"
+    save = keras.Model.save
+    calls = []
+
+    def full_at_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            _full()
+        return save(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", full_at_second)
+        with pytest.raises(OSError) as raised:
+            train_experiment(config, out=out, progress=False)
+    _says_full(raised.value, out)
+    first = out / "runs" / "split__seed0" / "metrics.json"
+    kept = (first.stat().st_mtime_ns, first.read_bytes())
+    assert not (out / "runs" / "split__seed1").exists()
+    results = train_experiment(config, out=out, progress=False)  # space freed: only the missing run trains
+    assert results["n_runs"] == 2 and (first.stat().st_mtime_ns, first.read_bytes()) == kept
+
+
+def test_a_full_disk_at_results_json_names_the_experiment_folder(store: Path, tmp_path: Path, monkeypatch) -> None:
+    from w2v2ser.train import ExperimentConfig, _experiment, train_experiment
+
+    config = ExperimentConfig(stores=str(store), features="egemaps", seeds=1, recipe_overrides=FAST)
+    out = tmp_path / "run"
+    write = _experiment.write_atomically
+
+    def full_at_results(path, *args, **kwargs):
+        if Path(path).name == "results.json":
+            _full()
+        return write(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_experiment, "write_atomically", full_at_results)
+        with pytest.raises(OSError) as raised:
+            train_experiment(config, out=out, progress=False)
+    _says_full(raised.value, out)
+    assert (out / "runs" / "split__seed0" / "metrics.json").is_file()  # the finished run is kept
+
+
+def test_sweep_experiment_on_a_full_disk_names_its_folder(store: Path, tmp_path: Path, monkeypatch) -> None:
+    from w2v2ser.train import ExperimentConfig, _sweep, sweep_experiment
+
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=1, recipe_overrides=FAST)
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(_sweep, "_write_predictions", _full)
+    with pytest.raises(OSError) as raised:
+        sweep_experiment(config, out=out, progress=False)
+    _says_full(raised.value, out)
+
+
+def test_sweep_command_on_a_full_disk_names_its_folder(store: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from w2v2ser._cli import main
+    from w2v2ser.train import _sweep
+
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(_sweep, "_write_predictions", _full)
+    assert main(["sweep", str(store), "--features", "wav2vec2", "--seeds", "1", "--set", "max_epochs=1",
+                 "--no-progress", "--out", str(out)]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"w2v2ser: error: {out}: No space left on device. Free space"), last
+
+
+def test_write_report_on_a_full_disk_names_the_report_folder(store: Path, tmp_path: Path, monkeypatch) -> None:
+    """PIL's write of a figure filled the disk: write_report raised a bare OSError naming no folder."""
+    from w2v2ser.evaluate import _figures, write_report
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    run = tmp_path / "run"
+    train_experiment(ExperimentConfig(stores=str(store), features="egemaps", seeds=1, recipe_overrides=FAST),
+                     out=run, progress=False)
+    monkeypatch.setattr(_figures, "write_atomically", _full)
+    with pytest.raises(OSError) as raised:
+        write_report([run], out=tmp_path / "rep")
+    _says_full(raised.value, tmp_path / "rep")
+
+
+@needs_ravdess
+def test_run_pipeline_on_a_full_disk_names_the_experiment_and_report_folders(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    """`w2v2ser run`'s train stage said "OSError: [Errno 28] No space left on device" per run, and its
+    evaluate stage "report tiny: FAILED: [Errno 28] ...": no folder, no fix."""
+    import keras
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.evaluate import _figures
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
+                                   extra={"experiments.t.seeds": 1, "experiments.t.recipe_overrides": FAST})
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
+                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", _full)
+        assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert f"{experiment.run_dir}: No space left on device. Free space" in err, err
+    assert run_pipeline(pipeline, stage="train") == 0  # space freed: the run trains
+    (report,) = config.reports
+    with monkeypatch.context() as patch:
+        patch.setattr(_figures, "write_atomically", _full)
+        assert run_pipeline(pipeline, stage="evaluate") == 1
+    err = capsys.readouterr().err
+    assert f"report {report.name}: FAILED: {report.out}: No space left on device. Free space" in err, err
+    assert json.loads((experiment.run_dir / "results.json").read_text())["n_runs"] == 1

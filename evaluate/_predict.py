@@ -308,8 +308,16 @@ def _work_folder(work_dir: Path | None) -> Iterator[Path]:
         return
     # A new folder per call: a store left by an earlier call holds other files under the same
     # positional ids, and resuming into it returned their predictions for the new files.
-    make_folder(work_dir)
-    yield Path(tempfile.mkdtemp(prefix="predict-", dir=work_dir))
+    try:
+        work = Path(tempfile.mkdtemp(prefix="predict-", dir=make_folder(work_dir)))
+    except OSError as exc:  # a full disk: predict's own advice (it keeps nothing), not "finished work is kept"
+        if exc.errno not in FULL_DISK_ERRNOS:
+            raise
+        error = PredictError(_stopped_reason(f"{exc.filename or work_dir}: {exc.strerror}", Path(work_dir) / "predict-",
+                                             temporary=False, what="could not make predict's work folder"))
+        error.exit_code = EXIT_FAILED
+        raise error from exc
+    yield work
 
 
 def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,

@@ -1200,6 +1200,29 @@ def test_a_full_work_folder_at_the_manifest_is_one_error_naming_it(trained: Path
     assert "--work-dir" in message and str(audio_files[0].parent / "wd") in message, message
 
 
+def test_a_full_work_dir_is_predicts_own_error_naming_it(trained: Path, audio_files: list[Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict RUN f.flac --work-dir full/wd`: the new predict-* folder's mkdir raised ENOSPC, and
+    predict_audio raised a bare OSError ("[Errno 28] ... wd/predict-x"; the command line added
+    "finished work is kept", though predict keeps nothing and starts over)."""
+    import errno
+    import os
+    import tempfile
+
+    work_dir = audio_files[0].parent / "wd"
+
+    def full(*args: object, dir: object = None, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(str(dir), "predict-abc"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    with pytest.raises(PredictError) as raised:
+        predict_audio(trained, audio_files[:1], work_dir=work_dir)
+    message = str(raised.value)
+    assert raised.value.exit_code == 1 and f"{work_dir}/predict-abc: No space left on device" in message, message
+    assert f"Free space in the work folder {work_dir}, or pass another --work-dir" in message, message
+    assert "finished work is kept" not in message, message
+
+
 def test_an_unwritable_temporary_folder_is_named_with_how_to_choose_another(trained: Path, audio_files: list[Path],
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import errno

@@ -89,6 +89,7 @@ def write_report(run_dirs: str | Path | Sequence[str | Path], *, out: str | Path
     Raises:
         EvaluateError: no run directory given, ``out`` exists and is not a directory, or
             ``baseline`` is a folder of several run directories or not a finished run directory.
+        DiskFullError: the disk (or quota, or a file size limit) is full; it names ``out``.
     """
     run_dirs = as_paths(run_dirs)
     if not run_dirs:

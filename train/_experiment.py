@@ -407,6 +407,8 @@ def train_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
 
     Raises:
         ConfigError: ``out`` is (inside) a feature store or a layer sweep's folder, or the config is invalid.
+        DiskFullError: the disk (or quota, or a file size limit) is full; it names ``out``, and finished
+            runs are kept: rerun once there is space to train only the rest.
     """
     from w2v2ser.store._layout import refuse_inside_store
 

@@ -474,3 +474,20 @@ def test_unseeded_fits_in_one_process_are_different_models():
     before = random.getstate(), np.random.get_state()[1].tolist()
     weights(3)  # a seeded fit still gives the caller's streams back
     assert (random.getstate(), np.random.get_state()[1].tolist()) == before
+
+
+def test_a_refit_that_fails_leaves_the_head_unfitted_not_the_old_model_with_new_classes():
+    """Found by a trial: a refit that raised after taking its labels (bad validation_data) kept the earlier
+    fit's model_ beside the new classes_, so predict named the new classes from the old model's outputs."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    assert set(head.predict(x)) <= {"angry", "happy", "sad"}
+    with pytest.raises(ConfigError, match="validation_data: expected a tuple"):
+        head.fit(x, np.array(["calm", "fear", "joy"] * 4), validation_data=x[:2])
+    with pytest.raises(NotFittedHeadError):
+        head.predict(x)
+    with pytest.raises(NotFittedError):  # no classes_ left either, which check_is_fitted would take as fitted
+        check_is_fitted(head)

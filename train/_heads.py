@@ -149,6 +149,21 @@ def _seeded_random_kept(fit: Any) -> Any:
     return wrapper
 
 
+def _unfitted_if_failed(fit: Any) -> Any:
+    """Decorate ``fit``: it starts unfitted, and one that raises leaves the head unfitted. A refit that
+    failed after taking its labels kept the earlier fit's ``model_`` beside its own ``classes_``, so
+    ``predict`` named the new classes from the old model's outputs."""
+    @functools.wraps(fit)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._forget_fit()
+        try:
+            return fit(self, *args, **kwargs)
+        except Exception:
+            self._forget_fit()
+            raise
+    return wrapper
+
+
 class _BaseHead(ClassifierMixin, BaseEstimator):
     """Shared fit/predict logic; subclasses build the Keras graph (hyperparameters: ``__init__``)."""
 
@@ -274,6 +289,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                             f"{self.classes_.tolist()}; every class must be seen by fit")
         return order[np.searchsorted(self.classes_[order], y)].astype(np.int32)
 
+    def _forget_fit(self) -> None:
+        """Drop what a fit learned, so that the head is unfitted (``predict`` raises NotFittedHeadError)."""
+        for name in ("model_", "history_", "layer_weights_", "classes_", "_stopper"):
+            self.__dict__.pop(name, None)
+
+    @_unfitted_if_failed
     @_seeded_random_kept
     def fit(self, x: Any, y: Sequence[Any] | None = None, *, validation_data: Any = None,
             callbacks: Sequence[keras.callbacks.Callback] = ()) -> "_BaseHead":
@@ -367,8 +388,6 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                    verbose=self.verbose, shuffle=False)  # the data shuffles itself, per epoch
         if nan_stop.where is not None:
             epoch, batch = nan_stop.where
-            for name in ("model_", "history_", "layer_weights_"):  # not fitted: no earlier fit's state is left either
-                self.__dict__.pop(name, None)
             raise DataError(f"{type(self).__name__}.fit: the training loss became NaN or infinite at epoch {epoch}, "
                             f"batch {batch}, so training stopped; the frames are probably too large (e.g. raw "
                             f"spectrogram power, or float16 values near its limit 65504). Normalise the features "

@@ -491,3 +491,27 @@ def test_a_refit_that_fails_leaves_the_head_unfitted_not_the_old_model_with_new_
         head.predict(x)
     with pytest.raises(NotFittedError):  # no classes_ left either, which check_is_fitted would take as fitted
         check_is_fitted(head)
+
+
+@pytest.mark.parametrize("classes, expected", [
+    ("abc", r"DenseHead\.classes: expected a list of class names, or None; got 'abc'"),
+    ([], r"DenseHead\.classes: expected distinct class names, or None \(the labels' sorted distinct values\); got \[\]"),
+    (["angry", "angry", "sad"], r"got \['angry', 'angry', 'sad'\], which repeats \['angry'\]")])
+def test_classes_that_are_not_a_list_of_distinct_names_are_refused(classes, expected):
+    """Found by a trial: classes="abc" became the classes a, b, c, classes=[] was taken as unset, and a
+    repeated name gave two outputs of one name, all without a word."""
+    x, _, _ = utterances(12)
+    with pytest.raises(ConfigError, match=expected):
+        DenseHead(units=4, recipe=QUICK, classes=classes, seed=0, run_eagerly=True).fit(x, [0, 1, 2] * 4)
+
+
+def test_classes_given_as_another_heads_classes_array():
+    """Found by a trial: classes=np.array([...]) (e.g. another head's classes_) raised numpy's "truth value
+    of an array with more than one element is ambiguous"."""
+    x, y, _ = utterances(12)
+    named = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    indexed = DenseHead(units=4, recipe=QUICK, classes=named.classes_, seed=0, run_eagerly=True)
+    indexed.fit(x, np.searchsorted(named.classes_, y))
+    assert indexed.classes_.tolist() == ["angry", "happy", "sad"]
+    assert set(indexed.predict(x)) <= {"angry", "happy", "sad"}
+    assert 0.0 <= indexed.score(x, np.searchsorted(named.classes_, y)) <= 1.0

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import math
 import time
-from typing import Annotated, Any, Mapping, Optional, Sequence
+from typing import Annotated, Any, Iterable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -241,6 +241,20 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         return validate(_HeadParams, {k: _plain_number(getattr(self, k)) for k in ("units", "dropout", "seed")},
                         where=type(self).__name__)
 
+    def _given_classes(self) -> list[Any] | None:
+        """``classes`` as a list (a tuple, or another head's ``classes_`` array, too), or None when unset."""
+        if self.classes is None:
+            return None
+        name = type(self).__name__
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, Iterable):
+            raise ConfigError(f"{name}.classes: expected a list of class names, or None; got {self.classes!r}")
+        classes = [plain_scalar(c) for c in self.classes]  # np.str_ of an array as the str it holds
+        repeated = sorted({str(c) for c in classes if classes.count(c) > 1})
+        if not classes or repeated:  # [] was taken as None; a repeated name made two outputs one class
+            raise ConfigError(f"{name}.classes: expected distinct class names, or None (the labels' sorted distinct "
+                              f"values); got {classes!r}" + (f", which repeats {repeated}" if repeated else ""))
+        return classes
+
     def _resolved_recipe(self) -> Recipe:
         return get_recipe(self.recipe) if isinstance(self.recipe, str) else self.recipe
 
@@ -259,11 +273,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         if y.dtype.kind == "O" and y.size and _label_kind(y) == "number":
             y = np.array(y.tolist())  # Python ints of an object array (a pandas Series): the numbers they are
-        if self.classes:
-            n = len(self.classes)
+        classes = self._given_classes()
+        if classes is not None:
+            n = len(classes)
             if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
                 bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
-                raise DataError(f"{type(self).__name__}(classes={list(self.classes)!r}) takes labels as integer "
+                raise DataError(f"{type(self).__name__}(classes={classes!r}) takes labels as integer "
                                 f"indices 0..{n - 1} into classes; got {plain_scalar(bad)!r}. Map the labels to "
                                 f"indices, or leave classes unset to take any labels (classes_ are then their sorted "
                                 f"distinct values)")
@@ -312,12 +327,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """
         params = self._hyperparameters()  # first: a bad value fails before the data is read
         recipe = self._resolved_recipe()
+        given = self._given_classes()
         if params.seed is not None:
             keras.utils.set_random_seed(params.seed)
         seed = 0 if params.seed is None else params.seed
         streaming = hasattr(x, "as_tf_dataset")
         if streaming:
-            self.classes_ = np.array(list(self.classes or x.classes))
+            self.classes_ = np.array(given if given is not None else list(x.classes))
             given = getattr(validation_data, "classes", None)
             if given is not None and list(given) != list(x.classes):
                 # their labels are indices into their own classes: early stopping scored the wrong ones
@@ -339,7 +355,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             if len(labels) < 2:
                 raise DataError(f"{type(self).__name__}.fit(x, y): every label in y is {labels[:1].tolist()[0]!r}; "
                                 f"a classifier needs labels of at least two classes")
-            self.classes_ = np.array(list(self.classes)) if self.classes else labels
+            self.classes_ = np.array(given) if given is not None else labels
             y = self._encode(y)
             fraction = validate(Optional[Annotated[float, Strict(), Field(ge=0, lt=1)]], self.validation_fraction,
                                 where=f"{type(self).__name__}.validation_fraction")

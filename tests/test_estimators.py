@@ -515,3 +515,30 @@ def test_classes_given_as_another_heads_classes_array():
     assert indexed.classes_.tolist() == ["angry", "happy", "sad"]
     assert set(indexed.predict(x)) <= {"angry", "happy", "sad"}
     assert 0.0 <= indexed.score(x, np.searchsorted(named.classes_, y)) <= 1.0
+
+
+def _store_batches(tmp_path, classes):
+    """FeatureBatches of a small RAVDESS-like store's eGeMAPS, labels i % 3 indexing ``classes``."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.store import open_store
+    from w2v2ser.train import FeatureBatches, Item, Source, build_normaliser, resolve_selection
+
+    store = open_store(build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=6, actors=4),
+                                   layers=2, dim=4))
+    selection = resolve_selection("egemaps", specs=store, alias="main")
+    normaliser = build_normaliser(store, selection, "speaker", train_speakers=store.speakers(),
+                                  speakers=store.speakers())
+    items = [Item(r.id, r.speaker, i % 3, r.duration) for i, r in enumerate(store.list_utterances())]
+    return FeatureBatches(items, [Source("main", store, selection, normaliser)], classes=classes,
+                          batch_size=8, max_frames=20)
+
+
+def test_classes_other_than_the_feature_batches_classes_are_refused(tmp_path):
+    """Found by a trial: DenseHead(classes=C).fit(batches of the classes B) took classes_ = C while the
+    batches' labels index B, so predict named every class after another one without a word."""
+    batches = _store_batches(tmp_path, ["sad", "neutral", "angry"])
+    with pytest.raises(ConfigError, match=r"DenseHead\(classes=\['angry', 'neutral', 'sad'\]\) was given "
+                                          r"FeatureBatches of the classes \['sad', 'neutral', 'angry'\], whose labels"):
+        DenseHead(units=4, recipe=QUICK, classes=["angry", "neutral", "sad"], seed=0, run_eagerly=True).fit(batches)
+    head = DenseHead(units=4, recipe=QUICK, classes=("sad", "neutral", "angry"), seed=0, run_eagerly=True)
+    assert head.fit(batches).classes_.tolist() == ["sad", "neutral", "angry"]  # the same classes: as train_run

@@ -333,7 +333,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         seed = 0 if params.seed is None else params.seed
         streaming = hasattr(x, "as_tf_dataset")
         if streaming:
-            self.classes_ = np.array(given if given is not None else list(x.classes))
+            if given is not None and given != list(x.classes):
+                # the batches' labels index their own classes: predict named them after the head's
+                raise ConfigError(f"{type(self).__name__}(classes={given!r}) was given FeatureBatches of the classes "
+                                  f"{list(x.classes)}, whose labels index those; give the head the same classes, in "
+                                  f"the same order, or leave classes unset (it then takes the batches')")
+            self.classes_ = np.array(list(x.classes))
             given = getattr(validation_data, "classes", None)
             if given is not None and list(given) != list(x.classes):
                 # their labels are indices into their own classes: early stopping scored the wrong ones

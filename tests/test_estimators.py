@@ -542,3 +542,16 @@ def test_classes_other_than_the_feature_batches_classes_are_refused(tmp_path):
         DenseHead(units=4, recipe=QUICK, classes=["angry", "neutral", "sad"], seed=0, run_eagerly=True).fit(batches)
     head = DenseHead(units=4, recipe=QUICK, classes=("sad", "neutral", "angry"), seed=0, run_eagerly=True)
     assert head.fit(batches).classes_.tolist() == ["sad", "neutral", "angry"]  # the same classes: as train_run
+
+
+def test_a_fit_on_feature_batches_refuses_what_it_cannot_use(tmp_path):
+    """Found by a trial: fit(batches) with validation_fraction trained max_epochs with no hold-out and no
+    early stopping, and a y given beside the batches was dropped, both without a word."""
+    batches = _store_batches(tmp_path, ["sad", "neutral", "angry"])
+    with pytest.raises(ConfigError, match=r"DenseHead\(validation_fraction=0\.25\) holds out part of in-memory "
+                                          r"arrays, not of FeatureBatches; give validation_data="):
+        DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True).fit(batches)
+    with pytest.raises(ConfigError, match=r"x is FeatureBatches, which carry their own labels"):
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches, batches.labels)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True)
+    assert "val_loss" in head.fit(batches, validation_data=batches).history_

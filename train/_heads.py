@@ -185,7 +185,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             seed: Seed of weights, dropout and shuffling (None: not seeded).
             validation_fraction: Without ``validation_data``, hold out this fraction of the training
                 utterances (stratified, drawn with ``seed``) for early stopping; None trains
-                ``recipe.max_epochs`` epochs without early stopping.
+                ``recipe.max_epochs`` epochs without early stopping. Arrays only: a fit on
+                FeatureBatches without ``validation_data`` refuses it.
             verbose: Keras fit verbosity.
             run_eagerly: Skip tf.function tracing (tests and tiny data).
         """
@@ -333,6 +334,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         seed = 0 if params.seed is None else params.seed
         streaming = hasattr(x, "as_tf_dataset")
         if streaming:
+            if y is not None:  # it was dropped without a word
+                raise ConfigError(f"{type(self).__name__}.fit(x, y): x is FeatureBatches, which carry their own labels "
+                                  f"(Item.label); call fit(x) without y")
+            if self.validation_fraction and validation_data is None:  # it trained max_epochs, no early stopping
+                raise ConfigError(f"{type(self).__name__}(validation_fraction={self.validation_fraction!r}) holds out "
+                                  f"part of in-memory arrays, not of FeatureBatches; give validation_data= "
+                                  f"FeatureBatches of other utterances, or validation_fraction=None")
             if given is not None and given != list(x.classes):
                 # the batches' labels index their own classes: predict named them after the head's
                 raise ConfigError(f"{type(self).__name__}(classes={given!r}) was given FeatureBatches of the classes "

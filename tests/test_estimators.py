@@ -555,3 +555,13 @@ def test_a_fit_on_feature_batches_refuses_what_it_cannot_use(tmp_path):
         DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches, batches.labels)
     head = DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.25, run_eagerly=True)
     assert "val_loss" in head.fit(batches, validation_data=batches).history_
+
+
+def test_a_recipe_that_is_not_a_recipe_is_named():
+    """Found by a trial: recipe={"max_epochs": 20} failed inside fit with AttributeError "'dict' object has
+    no attribute 'batch_size'"."""
+    x, y, _ = utterances(12)
+    with pytest.raises(ConfigError, match=r"DenseHead\.recipe: expected 'paper', 'official' or a Recipe; got "
+                                          r"\{'max_epochs': 20\} \(dict\)\. For other hyperparameters, pass "
+                                          r"get_recipe\('paper', \{'max_epochs': 20, \.\.\.\}\)"):
+        DenseHead(units=4, recipe={"max_epochs": 20}, seed=0).fit(x, y)

@@ -257,7 +257,13 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         return classes
 
     def _resolved_recipe(self) -> Recipe:
-        return get_recipe(self.recipe) if isinstance(self.recipe, str) else self.recipe
+        if isinstance(self.recipe, str):
+            return get_recipe(self.recipe)
+        if not isinstance(self.recipe, Recipe):  # a mapping failed as "'dict' object has no attribute 'batch_size'"
+            raise ConfigError(f"{type(self).__name__}.recipe: expected 'paper', 'official' or a Recipe; got "
+                              f"{self.recipe!r} ({type(self.recipe).__name__}). For other hyperparameters, pass "
+                              f"get_recipe('paper', {{'max_epochs': 20, ...}})")
+        return self.recipe
 
     def _data(self, x: Any, y: Any, *, shuffle: bool, seed: int) -> Any:
         if hasattr(x, "as_tf_dataset"):

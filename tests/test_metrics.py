@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from w2v2ser.store import Utterance
 from w2v2ser.evaluate import write_report
 from w2v2ser.train import (accuracy, confusion_matrix, format_uar, get_protocol, headline_uar, per_class_report,
-                           uar)
+                           DataError, uar)
 
 STORED_RUN = Path(__file__).parent / "data" / "stored_run"
 
@@ -143,3 +143,18 @@ def test_report_shows_the_figure_the_cli_prints(tmp_path):
     report = write_report([run], out=tmp_path / "report").read_text()
     assert "40.0 ± 10.0 (n=2)" in report and "50.0" not in report
     assert "40.0 ± 10.0 (n=2 seeds" in format_uar(_results(3))
+
+
+@pytest.mark.parametrize("call", [lambda t, p: confusion_matrix(t, p, 2), lambda t, p: per_class_report(t, p, ["a", "b"])])
+def test_labels_that_are_not_class_indices_are_refused(call):
+    """Found by a trial: confusion_matrix([0, 5], [0, 1], 2) left label 5 out of the counts ([[1, 0], [0, 0]])
+    without a word, and per_class_report raised IndexError for it."""
+    with pytest.raises(DataError, match=r"y_true holds 5; expected class indices 0\.\.1"):
+        call([0, 5], [0, 1])
+    with pytest.raises(DataError, match=r"y_pred holds -1; expected class indices 0\.\.1"):
+        call([0, 1], [0, -1])
+    with pytest.raises(DataError, match=r"y_true holds 'a'; expected class indices"):
+        call(["a", "b"], [0, 1])
+    with pytest.raises(DataError, match=r"y_true holds 2 labels but y_pred 1"):
+        call([0, 1], [0])
+    assert confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 0], [1, 1]]

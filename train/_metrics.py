@@ -29,9 +29,29 @@ def _sk() -> Any:
     return metrics
 
 
+def _class_indices(call: str, y_true: Sequence[int], y_pred: Sequence[int],
+                   n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both as integer class indices in 0..n_classes-1, one prediction per label; else DataError (a label
+    outside them was left out of the confusion matrix's counts without a word)."""
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) != len(p):
+        raise DataError(f"{call}: y_true holds {len(t)} labels but y_pred {len(p)}; expected one prediction per label")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= n_classes):
+            bad = a.ravel()[0] if a.dtype.kind not in "iu" else a[(a < 0) | (a >= n_classes)][0]
+            raise DataError(f"{call}: {name} holds {bad.item()!r}; expected class indices 0..{n_classes - 1} "
+                            f"(uar takes class names too)")
+    return t.astype(int), p.astype(int)
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """Counts [true class, predicted class] over classes 0..n_classes-1."""
-    return _sk().confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(n_classes))
+    """Counts [true class, predicted class] over classes 0..n_classes-1.
+
+    Raises:
+        DataError: A label is not a class index in 0..n_classes-1, or the lengths differ.
+    """
+    t, p = _class_indices("confusion_matrix", y_true, y_pred, n_classes)
+    return _sk().confusion_matrix(t, p, labels=np.arange(n_classes))
 
 
 def uar(y_true: Sequence[Any], y_pred: Sequence[Any], n_classes: int | None = None) -> float:
@@ -75,7 +95,7 @@ def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequ
     get zeros (zero_division=0), never a warning. "macro avg" is over the classes present in
     ``y_true``, as the UAR is, so its recall equals :func:`uar`.
     """
-    t, p = np.asarray(y_true, int), np.asarray(y_pred, int)
+    t, p = _class_indices("per_class_report", y_true, y_pred, len(classes))
     report = _sk().classification_report(t, p, labels=np.arange(len(classes)), target_names=list(classes),
                                        output_dict=True, zero_division=0)
     if len(t):  # a class without test utterances would count as recall 0 in the macro average

@@ -565,3 +565,21 @@ def test_a_recipe_that_is_not_a_recipe_is_named():
                                           r"\{'max_epochs': 20\} \(dict\)\. For other hyperparameters, pass "
                                           r"get_recipe\('paper', \{'max_epochs': 20, \.\.\.\}\)"):
         DenseHead(units=4, recipe={"max_epochs": 20}, seed=0).fit(x, y)
+
+
+def test_fusion_head_cross_validates_on_one_dict_of_branches_per_utterance():
+    """Found by a trial: FusionHead's input, a dict branch -> list, cannot be split by scikit-learn
+    (cross_val_score: "inconsistent numbers of samples: [2, 24]"); a list of one dict per utterance can."""
+    from sklearn.model_selection import cross_val_score
+
+    x, y, groups = utterances(24)
+    rng = np.random.default_rng(1)
+    per_utterance = [{"main": a, "fusion": rng.normal(size=(len(a), 3)).astype(np.float32)} for a in x]
+    head = FusionHead(units=4, recipe=QUICK, seed=0, run_eagerly=True)
+    scores = cross_val_score(head, per_utterance, y, groups=groups, cv=GroupKFold(n_splits=2), error_score="raise")
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    branches = {"main": x, "fusion": [u["fusion"] for u in per_utterance]}
+    fitted = clone(head).fit(branches, y)
+    np.testing.assert_array_equal(fitted.predict_proba(per_utterance), fitted.predict_proba(branches))
+    with pytest.raises(DataError, match=r"utterance 1 has the branches \['main'\]; utterance 0 has \['fusion', 'main'\]"):
+        clone(head).fit([per_utterance[0], {"main": x[1]}] + per_utterance[2:], y)

@@ -69,6 +69,19 @@ class _ArrayBatches:
                               seed=self.seed)
 
 
+def _branch_lists(x: Any) -> Any:
+    """A list of per-utterance mappings {branch: frames} as one mapping branch -> list of frames, anything
+    else as given: scikit-learn's splitters (GridSearchCV, cross_val_score) index a list, not a dict of lists."""
+    if not (isinstance(x, (list, tuple)) and x and all(isinstance(u, Mapping) for u in x)):
+        return x
+    branches = sorted(x[0])
+    for i, utterance in enumerate(x):
+        if sorted(utterance) != branches:
+            raise DataError(f"utterance {i} has the branches {sorted(utterance)}; utterance 0 has {branches}. Give "
+                            f"every utterance the same branches (e.g. {{'main': frames, 'fusion': frames}})")
+    return {b: [u[b] for u in x] for b in branches}
+
+
 def _count_utterances(x: Any) -> int:
     """Utterances in a list of arrays, or in the first branch of a dict branch -> list."""
     if isinstance(x, Mapping):

@@ -36,7 +36,7 @@ from w2v2ser._schema import StrictModel, validate
 from ._dataset import STATS_SUFFIX
 from ._errors import ConfigError, DataError
 from ._head_names import HEAD_BRANCHES
-from ._headinputs import (_ArrayBatches, _check_label_kinds, _count_utterances, _frame_shapes, _hold_out,
+from ._headinputs import (_ArrayBatches, _branch_lists, _check_label_kinds, _count_utterances, _frame_shapes, _hold_out,
                           _label_kind, _labelled_pair, _shapes_text)
 from ._layers import FrameMask, LayerWeightedAverage, MaskedMean, seed_draws, seeded_dense
 from ._recipes import Recipe, get_recipe, plain_scalar
@@ -323,7 +323,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """Train on ``x`` with early stopping on ``validation_data`` (or a ``validation_fraction`` hold-out).
 
         Args:
-            x: FeatureBatches, or a list of [frames, ...] arrays (dict branch -> list for fusion).
+            x: FeatureBatches, or a list of [frames, ...] arrays (for fusion: a dict branch -> list, or a
+                list of one dict branch -> frames per utterance, which GridSearchCV can split).
             y: Labels when ``x`` holds arrays: integer indices into ``classes`` when that is set,
                 else any labels (``classes_`` = their sorted distinct values).
             validation_data: FeatureBatches, or a tuple (arrays, labels).
@@ -362,6 +363,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         else:
             if y is None:
                 raise ConfigError(f"{type(self).__name__}.fit(x, y) needs labels y when x holds arrays")
+            x = _branch_lists(x)
             n_utterances = _count_utterances(x)
             if n_utterances == 0 and len(y) == 0:
                 raise DataError(f"{type(self).__name__}.fit(x, y): no utterances given; expected a list of "
@@ -387,7 +389,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                            if isinstance(validation_data, (list, tuple)) else type(validation_data).__name__)
                     raise ConfigError(f"{type(self).__name__}.fit: validation_data: expected a tuple (arrays, labels) "
                                       f"or FeatureBatches; got {got}")
-                validation_data = (validation_data[0],
+                validation_data = (_branch_lists(validation_data[0]),
                                    self._encode(validation_data[1], call="fit: validation_data"))
         train = self._data(x, y, shuffle=True, seed=seed)
         val = None
@@ -443,6 +445,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
         if not hasattr(self, "model_"):
             raise NotFittedHeadError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
+        x = _branch_lists(x)
         if not hasattr(x, "as_tf_dataset") and not _count_utterances(x):
             return np.zeros((0, len(self.classes_)), np.float32)  # as scikit-learn's predict of no samples
         data = self._data(x, None, shuffle=False, seed=0)

@@ -1020,3 +1020,19 @@ def test_a_store_path_or_recipe_overrides_of_the_wrong_type_is_a_config_error_na
     config = ExperimentConfig(stores=str(tmp_path), protocol="ravdess",
                               recipe_overrides=MappingProxyType({"max_epochs": 2}))
     assert config.recipe_overrides == {"max_epochs": 2}
+
+
+def test_config_fields_assigned_after_construction_are_checked(tmp_path):
+    """Found by a trial: ExperimentConfig fields set by assignment skipped every check and conversion:
+    cfg.stores = "path" failed in plan_runs with AttributeError, cfg.seeds = 0 planned no run."""
+    from stage2_fixtures import build_store, ravdess_utterances
+    from w2v2ser.train import ExperimentConfig, plan_runs
+
+    path = build_store(tmp_path / "rav.zarr", utterances=ravdess_utterances(per_actor=2), layers=3, dim=4)
+    config = ExperimentConfig(stores=str(path), features="egemaps", seeds=1)
+    config.stores = str(path)  # a path, as the constructor takes it
+    config.seeds = 2
+    assert [spec.seed for spec in plan_runs(config)] == [0, 1]
+    config.seeds = 0
+    with pytest.raises(ConfigError, match=r"seeds: expected a value >= 1, got 0"):
+        plan_runs(config)

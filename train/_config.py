@@ -265,7 +265,9 @@ def as_experiment_config(config: "ExperimentConfig | Mapping[str, Any]") -> "Exp
     """The stage 2 functions' ``config``: an :class:`ExperimentConfig`, or a mapping of its keys
     (a ``train:`` entry as loaded from YAML), checked by :meth:`ExperimentConfig.from_dict`."""
     if isinstance(config, ExperimentConfig):
-        return config
+        # Checked again: a field assigned after construction (cfg.seeds = 0, cfg.stores = "x.zarr") skipped
+        # __post_init__'s checks and conversions (a path string failed with AttributeError: 'str' ... 'items').
+        return dataclasses.replace(config)
     if isinstance(config, Mapping):
         return ExperimentConfig.from_dict(config)
     raise ConfigError(f"config: got {type(config).__name__}; expected an ExperimentConfig or a mapping of its keys, "

@@ -583,3 +583,14 @@ def test_fusion_head_cross_validates_on_one_dict_of_branches_per_utterance():
     np.testing.assert_array_equal(fitted.predict_proba(per_utterance), fitted.predict_proba(branches))
     with pytest.raises(DataError, match=r"utterance 1 has the branches \['main'\]; utterance 0 has \['fusion', 'main'\]"):
         clone(head).fit([per_utterance[0], {"main": x[1]}] + per_utterance[2:], y)
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"run_eagerly": "no"}, r"DenseHead\.run_eagerly: expected a valid boolean, got string 'no'"),
+    ({"verbose": "x"}, r"DenseHead\.verbose: expected one of auto or a valid integer, got 'x'"),
+    ({"verbose": 3}, r"DenseHead\.verbose: .*3")])
+def test_verbose_and_run_eagerly_are_checked_by_fit(params, expected):
+    """Found by a trial: run_eagerly="no" (truthy) ran eagerly and verbose="x" was passed on to Keras unchecked."""
+    x, y, _ = utterances(12)
+    with pytest.raises(ConfigError, match=expected):
+        DenseHead(units=4, recipe=QUICK, seed=0, **params).fit(x, y)

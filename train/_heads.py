@@ -20,7 +20,7 @@ import contextlib
 import functools
 import math
 import time
-from typing import Annotated, Any, Iterable, Mapping, Optional, Sequence
+from typing import Annotated, Any, Iterable, Literal, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -128,6 +128,8 @@ class _HeadParams(StrictModel):
     units: Annotated[int, Field(ge=1)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     seed: Optional[Annotated[int, Field(ge=0)]]
+    verbose: Union[Literal["auto"], Annotated[int, Field(ge=0, le=2)]]  # Keras fit's values
+    run_eagerly: bool  # run_eagerly="no" is truthy: it ran eagerly
 
 
 def _plain_number(value: Any) -> Any:
@@ -237,9 +239,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
 
     # -- sklearn-like API ----------------------------------------------------------------------
     def _hyperparameters(self) -> _HeadParams:
-        """units, dropout and seed, checked here, not in __init__: scikit-learn's clone and
+        """units, dropout, seed, verbose and run_eagerly, checked here, not in __init__: scikit-learn's clone and
         set_params store them unchanged."""
-        return validate(_HeadParams, {k: _plain_number(getattr(self, k)) for k in ("units", "dropout", "seed")},
+        return validate(_HeadParams, {k: _plain_number(getattr(self, k))
+                                      for k in ("units", "dropout", "seed", "verbose", "run_eagerly")},
                         where=type(self).__name__)
 
     def _given_classes(self) -> list[Any] | None:

@@ -182,8 +182,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             units: Width of the Dense (and LSTM) blocks.
             dropout: Dropout rate after each pointwise block.
             recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
-            classes: Class names; when given, labels are integer indices into it. None: the classes are
-                the sorted distinct labels seen by ``fit`` (any type, as in scikit-learn).
+            classes: Class names; when given, labels are integer indices into it (``fit``, ``score``),
+                while ``predict`` returns the names, so scikit-learn's scorers other than ``score``
+                (``scoring="accuracy"``) need the head without it. None: the classes are the sorted
+                distinct labels seen by ``fit`` (any type, as in scikit-learn).
             seed: Seed of weights, dropout and shuffling (None: not seeded).
             validation_fraction: Without ``validation_data``, hold out this fraction of the training
                 utterances (stratified, drawn with ``seed``) for early stopping; None trains

@@ -158,3 +158,10 @@ def test_labels_that_are_not_class_indices_are_refused(call):
     with pytest.raises(DataError, match=r"y_true holds 2 labels but y_pred 1"):
         call([0, 1], [0])
     assert confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 0], [1, 1]]
+
+
+def test_accuracy_of_labels_and_predictions_of_other_lengths_is_named():
+    """Found by a trial: accuracy([0, 1], [0]) raised scikit-learn's ValueError where uar raises DataError."""
+    with pytest.raises(DataError, match=r"accuracy: y_true holds 2 labels but y_pred 1; expected one prediction"):
+        accuracy([0, 1], [0])
+    assert accuracy([0, 1], [0, 0]) == 0.5

@@ -83,9 +83,16 @@ def uar(y_true: Sequence[Any], y_pred: Sequence[Any], n_classes: int | None = No
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Fraction of correct predictions; NaN when empty."""
-    t = np.asarray(y_true)
-    return float(_sk().accuracy_score(t, np.asarray(y_pred))) if len(t) else float("nan")
+    """Fraction of correct predictions; NaN when empty.
+
+    Raises:
+        DataError: ``y_true`` and ``y_pred`` differ in length (as :func:`uar`).
+    """
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if len(t) != len(p):  # scikit-learn's "inconsistent numbers of samples", where uar named it
+        raise DataError(f"accuracy: y_true holds {len(t)} labels but y_pred {len(p)}; expected one prediction per "
+                        f"label")
+    return float(_sk().accuracy_score(t, p)) if len(t) else float("nan")
 
 
 def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:

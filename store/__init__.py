@@ -1,11 +1,12 @@
 """Feature store of w2v2ser: a Zarr v3 directory holding ragged frames per feature.
 
 Stage 1 writes it (:class:`StoreWriter`, under :func:`lock_store`); stage 2 reads it
-(:func:`open_store`). Format 2: one Zarr v3 sharded array per feature, whose shards each
-belong to one work unit (utterances packed back to back, written once, then committed);
-an utterance table and a failures table (also as Parquet); row-chunked index and
-statistics arrays; fsynced commit journals that make writes resumable. A store is a local
-directory or an object-store URL (``s3://bucket/prefix``, any fsspec URL; :func:`locate_store`).
+(:func:`open_store`). Format 3 (format 2's layout with CRC-32C checksums): one Zarr v3
+sharded array per feature, whose shards each belong to one work unit (utterances packed back
+to back, written once, then committed); an utterance table and a failures table (also as
+Parquet); row-chunked index and statistics arrays; fsynced commit journals that make writes
+resumable. A store is a local directory or an object-store URL (``s3://bucket/prefix``, any
+fsspec URL; :func:`locate_store`).
 """
 
 from ._errors import (

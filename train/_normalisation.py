@@ -167,6 +167,7 @@ def load_normalisers(path: Path, *, global_fallback: bool = False) -> dict[str, 
     """Read ``normalisation.npz`` back (speaker mode returns an empty speaker table).
 
     Args:
+        path: A run's ``normalisation.npz`` (``runs/<fold>__seed<k>/normalisation.npz``).
         global_fallback: Return instead, per branch that has them, the global statistics of the
             training speakers (a global run's own; a speaker-normalised run's fallback).
 

@@ -276,3 +276,22 @@ def test_bench_cold_read_runs_and_prints_its_headline_last(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     headline = json.loads((tmp_path / "out" / "bench_cold_read.json").read_text())["headline"]
     assert done.stdout.strip().splitlines()[-1] == headline
+
+
+@pytest.mark.slow  # torch and a tiny model's store writes: about 15 s, 40 s on the loaded box
+def test_bench_extract_write_note_gives_the_models_own_bytes_per_audio_second(tmp_path: Path) -> None:
+    # The note assumed 1 MB per audio second (13 x 768 float16): with the tiny model it said "~0 audio s/s"
+    # beside a measured 19 audio s/s, and a large model's 2.6 MB would have made it 2.6x too high.
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_extract.py"), "--device", "cpu", "--tiny",
+                           "--synthetic", "2", "--reps", "1", "--features", "wav2vec2", "--modes", "write",
+                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "w"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "W2V2SER_BENCH_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "w.json").read_text())["summary"]["write"]
+    note = re.search(r"raw store write \(write\): .*\(([\d.e-]+) MB per audio second -> ([\d.]+) audio s/s\)",
+                     (tmp_path / "out" / "w.md").read_text())
+    assert note, done.stdout
+    assert float(note.group(1)) == pytest.approx(summary["mb_per_audio_s"], rel=1e-2)
+    assert summary["mb_per_audio_s"] < 0.1  # the tiny model: 3 x 32 float16 per frame, not 13 x 768
+    assert float(note.group(2)) == pytest.approx(summary["audio_s_per_s_median"], abs=0.05)

@@ -295,3 +295,29 @@ def test_bench_extract_write_note_gives_the_models_own_bytes_per_audio_second(tm
     assert float(note.group(1)) == pytest.approx(summary["mb_per_audio_s"], rel=1e-2)
     assert summary["mb_per_audio_s"] < 0.1  # the tiny model: 3 x 32 float16 per frame, not 13 x 768
     assert float(note.group(2)) == pytest.approx(summary["audio_s_per_s_median"], abs=0.05)
+
+
+@pytest.mark.slow  # eGeMAPS of 12 RAVDESS files, a 1-epoch run, then predict: about a minute
+def test_predict_speaker_groups_refuses_a_run_that_is_not_speaker_normalised(tmp_path: Path) -> None:
+    # Its group figures were computed with whatever statistics predict used: for a run of global statistics
+    # (or if predict stopped reading the MIN_GROUP_FILES it sets) every "group" row was the global figure.
+    if not RAVDESS.is_dir():
+        pytest.skip(f"needs the shared RAVDESS copy at {RAVDESS}")
+    for actor in ("01", "21", "23"):  # the ravdess protocol's train, validation and test actors
+        folder = tmp_path / "ravdess" / "speech" / f"Actor_{actor}"
+        folder.mkdir(parents=True)
+        for source in sorted((RAVDESS / "speech" / f"Actor_{actor}").iterdir())[::15]:
+            (folder / source.name).symlink_to(source.resolve())
+    cli = [sys.executable, "-m", "w2v2ser"]
+    for command in (["extract", "ravdess", str(tmp_path / "ravdess"), "--store", str(tmp_path / "s.zarr"),
+                     "--features", "egemaps", "--no-progress"],
+                    ["train", str(tmp_path / "s.zarr"), "--features", "egemaps", "--norm", "global", "--seeds", "1",
+                     "--out", str(tmp_path / "run"), "--threads", "1", "--set", "max_epochs=1", "--no-progress"]):
+        made = subprocess.run(cli + command, capture_output=True, text=True, timeout=600, check=False)
+        assert made.returncode == 0, made.stdout + made.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "predict_speaker_groups.py"), str(tmp_path / "run"),
+                           "--audio", str(tmp_path / "ravdess" / "speech" / "Actor_23"), "--sizes", "1", "--reps", "1",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert "normalised with ['global'], not their groups' own statistics" in done.stderr
+    assert not (tmp_path / "out").exists()

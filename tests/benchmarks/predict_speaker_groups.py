@@ -15,6 +15,7 @@ statistics here, whatever its size (``MIN_GROUP_FILES`` set to 1): these figures
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,12 @@ def main() -> None:
             for position, index in enumerate(order):
                 speakers[index] = f"group{position // size}"
             preds = predict_audio(args.run, files, speakers=speakers)
+            used = sorted({p.normalisation for p in preds if p.ok})
+            if used != ["speaker group"]:  # a run of global statistics, or the patch above no longer reaches
+                print(f"groups of {size}: the files were normalised with {used}, not their groups' own statistics; "
+                      f"{args.run} must be a speaker-normalised run, and predict must still read "
+                      "w2v2ser.evaluate._predict.MIN_GROUP_FILES", file=sys.stderr)
+                raise SystemExit(2)
             values.append(_uar(files, [p.emotion for p in preds]))
             print(f"groups of {size}, grouping {rep}: UAR {values[-1]:.1f}", flush=True)
         results[str(size)] = values
@@ -66,12 +73,12 @@ def main() -> None:
                      ", ".join(f"{v:.1f}" for v in values)])
     table = format_table(["speaker groups of", "groupings", "UAR % mean ± std", "each"], rows)
     print(table)
+    headline = f"{len(files)} files of {args.audio.name}: global {results['global']:.1f} % UAR; " + "; ".join(
+        f"groups of {k}: {np.mean(v):.1f}" for k, v in results.items() if k != "global")
     write_results("predict_speaker_groups", {"command": command_line(), "run": str(args.run),
                                              "audio": str(args.audio), "files": len(files), "uar": results,
-                                             "machine": machine_info()},
-                  table, out=args.out, headline=f"{len(files)} files of {args.audio.name}: global "
-                  f"{results['global']:.1f} % UAR; " + "; ".join(
-                      f"groups of {k}: {np.mean(v):.1f}" for k, v in results.items() if k != "global"))
+                                             "machine": machine_info()}, table, out=args.out, headline=headline)
+    print(headline)
 
 
 if __name__ == "__main__":

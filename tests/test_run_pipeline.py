@@ -1273,3 +1273,30 @@ def test_a_worker_above_the_pause_fraction_of_memory_limit_keeps_training(tmp_pa
         raise AssertionError(f"the train stage hung on a paused worker: {error.stderr}") from None
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((tmp_path / "out" / "experiments").glob("**/runs/*/metrics.json"))) == 2
+
+
+@needs_ravdess
+def test_run_no_progress_hides_the_extraction_and_training_bars(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Found in review: `w2v2ser run` had no --no-progress while extract/train/sweep had, so a batch
+    job's log of `run` held the extraction's and the training stage's bars. With it, none is shown;
+    the stage lines still print."""
+    import w2v2ser._common as common
+    from w2v2ser._cli import main
+    from w2v2ser.train import _experiment
+
+    def trained(cfg, spec, out, data, **kwargs):
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(out))
+
+    monkeypatch.setattr(common, "LOG_PROGRESS_SECONDS", 0.0)  # every bar update is a log line
+    monkeypatch.setattr(_experiment, "_train_run", trained)
+    monkeypatch.setattr(_experiment, "_summarize_runs", _summarised)
+    monkeypatch.chdir(tmp_path)
+    for quiet in (False, True):
+        pipeline = _two_store_pipeline(tmp_path / str(quiet))
+        for stage in ("extract", "train"):
+            assert main(["run", str(pipeline), "--stage", stage, *(["--no-progress"] if quiet else [])]) == 0
+            err = capsys.readouterr().err
+            assert f"stage {stage}: " in err, err
+            bars = [line for line in err.splitlines() if "%|" in line or line.startswith(("extract:", "train runs:"))]
+            assert bool(bars) is not quiet, err

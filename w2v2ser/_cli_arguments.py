@@ -21,7 +21,7 @@ SUBSET_HELP = ("train and test on the utterances whose FIELD is one of the VALUE
                "reader records (`w2v2ser store info`); repeatable, all must hold")
 
 
-# --no-progress of extract, store upgrade, train and sweep (batch jobs whose logs want only the outcome).
+# --no-progress of extract, store upgrade, train, sweep and run (batch jobs whose logs want only the outcome).
 _NO_PROGRESS_HELP = "no progress bars or per-run lines; the final summary still prints"
 
 

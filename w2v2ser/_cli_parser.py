@@ -455,5 +455,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a key of the file, e.g. experiments.table1.seeds=1 (repeatable)")
     run.add_argument("--schema", action="store_true",
                      help="print the JSON Schema of pipeline.yaml (for editors) and exit")
+    run.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
     run.set_defaults(func=_cmd_run)
     return parser

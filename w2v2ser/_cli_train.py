@@ -217,7 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           "(or --schema to print its JSON Schema)")
     from w2v2ser._run import run_pipeline
 
-    return run_pipeline(Path(args.pipeline), stage=args.stage, overrides=args.set)
+    return run_pipeline(Path(args.pipeline), stage=args.stage, overrides=args.set, progress=not args.no_progress)
 
 
 def _add_data_options(values: dict[str, Any], args: argparse.Namespace) -> None:

@@ -41,13 +41,15 @@ __all__ = ["STAGES", "run_pipeline"]
 STAGES = ("extract", "train", "evaluate")
 
 
-def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[str] = ()) -> int:
+def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[str] = (), progress: bool = True) -> int:
     """Run a pipeline file's stages in order, skipping work that is already complete.
 
     Args:
         path: The pipeline.yaml.
         stage: ``extract``, ``train`` or ``evaluate`` to run one stage; None runs all three.
         overrides: ``key.path=value`` settings (``--set``) applied to the file.
+        progress: Show the extraction's and the training stage's progress bars (``--no-progress``:
+            False); the stage lines and the final summary print either way.
 
     Returns:
         0 when every stage finished (skipped experiments included), 1 when some unit failed
@@ -69,15 +71,15 @@ def run_pipeline(path: Path, *, stage: str | None = None, overrides: Sequence[st
     outcomes: dict[str, _Outcome] = {}
     reasons = _Reasons()
     runners = {
-        "extract": lambda c: _run_extract(config, c, reasons),
-        "train": lambda c: _run_train(config, c, reasons),
+        "extract": lambda c: _run_extract(config, c, reasons, progress=progress),
+        "train": lambda c: _run_train(config, c, reasons, progress=progress),
         "evaluate": lambda c: _run_evaluate(config),
     }
     for name in stages:
         if name == "extract" and len(stages) > 1:
             # TensorFlow (loaded to check the experiments) and openSMILE crash when they share a
             # process, and stage 1 should never carry stage 2's imports: extract in a fresh child.
-            outcomes[name] = _extract_in_child(config.path, overrides, reasons)
+            outcomes[name] = _extract_in_child(config.path, overrides, reasons, progress=progress)
             continue
         with ExitStack() as stack:
             cluster = _LazyCluster(config, stack, use_gpus=name == "extract")

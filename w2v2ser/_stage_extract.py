@@ -98,7 +98,8 @@ def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:
     return None
 
 
-def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
+def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None, *,
+                 progress: bool = True) -> _Outcome:
     from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus
 
     outcome = _Outcome()
@@ -176,7 +177,7 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
         _say(f"extract {label}: {len(corpus_manifest.utterances)} utterances -> {path}")
         try:
             summary = extract_corpus(corpus_manifest.utterances, path, extractors=extractors,
-                                     shard_size=config.shard_size, progress=True, client=handle.client,
+                                     shard_size=config.shard_size, progress=progress, client=handle.client,
                                      gpu_resource=handle.gpu_resource, reader_skipped=corpus_manifest.problems,
                                      corpus=corpus_manifest.corpus, lost_worker_fix=handle.lost_worker_fix)
         except W2v2serError as error:
@@ -244,7 +245,7 @@ def _in_threads(function: Callable[[Any], bool], items: Sequence[Any], stopping:
     return results
 
 
-def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = False) -> None:
+def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = False, progress: bool = True) -> None:
     """Body of the extraction child process (spawned, so it starts without TensorFlow).
 
     ``quiet``: the parent hides native logs (no --verbose); a spawned child does not inherit
@@ -260,7 +261,7 @@ def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = 
     reasons = _Reasons()
     try:
         with ExitStack() as stack:
-            outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons)
+            outcome = _run_extract(config, _LazyCluster(config, stack, use_gpus=True), reasons, progress=progress)
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the parent says so, once
         raise SystemExit(130) from None
     except BaseException as error:  # a bad manifest, an unwritable stores folder, zarrs' panic: one line
@@ -272,7 +273,7 @@ def _extract_child(path: str, overrides: list[str], results: Any, quiet: bool = 
     results.put((outcome.done, outcome.skipped, outcome.failed, reasons.said))
 
 
-def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -> _Outcome:
+def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons, *, progress: bool = True) -> _Outcome:
     import multiprocessing
 
     started = time.perf_counter()
@@ -280,7 +281,7 @@ def _extract_in_child(path: Path, overrides: Sequence[str], reasons: _Reasons) -
     results = context.SimpleQueue()
     from ._native_logs import native_logs_hidden
 
-    child = context.Process(target=_extract_child, args=(str(path), list(overrides), results, native_logs_hidden()),
+    child = context.Process(target=_extract_child, args=(str(path), list(overrides), results, native_logs_hidden(), progress),
                             name="w2v2ser-extract")
     child.start()
     try:

@@ -159,7 +159,8 @@ def _renamed_stores(results: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if alias in stores and Path(str(stores[alias])).name != Path(path).name]
 
 
-def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None) -> _Outcome:
+def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None, *,
+               progress: bool = True) -> _Outcome:
     from w2v2ser.train._errors import FolderBusyError
 
     outcome = _Outcome()
@@ -212,7 +213,7 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
         trained: dict[str, int] = {}  # experiment -> runs that finished in this stage
         if total:
             handle = cluster.get()
-            for experiment, error in _train_runs(handle, todo, trained):
+            for experiment, error in _train_runs(handle, todo, trained, progress=progress):
                 if isinstance(error, BaseException):
                     lost[experiment.name] = error
                 else:
@@ -286,7 +287,8 @@ def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | Non
     return _train_in_view(config, heads, run, out, reopen_view(config, revisions))
 
 
-def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int]) -> Iterator[tuple]:
+def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int], *,
+                progress: bool = True) -> Iterator[tuple]:
     """Train every pending run (Dask tasks, or in this process), counting those that finish in
     ``trained``; yields (experiment, (run, error)) of failed runs, and (experiment, the error) once for
     an experiment whose store stopped answering or was changed by an extraction (store_lost_errors):
@@ -295,7 +297,12 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
 
     lost_errors = store_lost_errors()
     total = sum(len(pending) for *_, pending in todo)
-    bar = progress_bar(desc="train runs", unit="run", total=total)
+    if progress:
+        bar = progress_bar(desc="train runs", unit="run", total=total)
+    else:  # --no-progress: a disabled bar prints nothing, and update()/close() stay valid
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, disable=True)
     try:
         if handle.client is None:
             _configure_threads(handle.threads)

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import numpy as np
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
+from w2v2ser._common import did_you_mean
 from w2v2ser._schema import build_dataclass, check_dataclass
 from w2v2ser.store import FeatureSpec
 
@@ -66,6 +68,39 @@ SAMPLE_RATE = 16000
 # Choices and bounds of the options are their annotations, checked by w2v2ser._schema.
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _FAMILY_TITLES = {"wav2vec2": "wav2vec 2.0", "hubert": "HuBERT", "wavlm": "WavLM", "data2vec": "data2vec-audio"}
+
+
+def device_problem(value: object) -> str | None:
+    """Why ``value`` is not a speech-encoder device (auto, cpu, cuda, cuda:N), or None when it is one.
+
+    One text for ``extract --device``, ``--option wav2vec2.device=`` and pipeline.yaml's ``device``
+    keys alike: what was received, the accepted values, and for a GPU spelt otherwise (gpu, GPU:1,
+    cuda1) the value to write.
+    """
+    if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        return None
+    text = str(value).strip().lower()
+    gpu = re.fullmatch(r"(?:gpu|cuda|nvidia)s?\s*[:/_-]?\s*(\d*)", text)
+    if gpu:
+        hint = f" For a GPU write {'cuda:' + gpu.group(1) if gpu.group(1) else 'cuda'!r}."
+    elif text in ("auto", "cpu"):
+        hint = f" Did you mean {text!r}?"
+    else:
+        hint = did_you_mean(value, ["auto", "cpu", "cuda"])
+    return (f"expected auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (GPU N, e.g. cuda:1), "
+            f"got {value!r}.{hint}")
+
+
+def _check_device(value: object) -> object:
+    problem = device_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+#: A speech-encoder device: auto, cpu, cuda or cuda:N (its refusal says which values are accepted).
+Device = Annotated[Union[Literal["auto", "cpu", "cuda"], Annotated[str, Field(pattern=r"^cuda:\d+$")]],
+                   BeforeValidator(_check_device)]
 
 
 @dataclass
@@ -102,7 +137,7 @@ class Wav2Vec2Config:
 
     model: Annotated[str, Field(min_length=1, pattern=r"\S")] = "facebook/wav2vec2-base"
     revision: Optional[str] = None
-    device: Union[Literal["auto", "cpu", "cuda"], Annotated[str, Field(pattern=r"^cuda:\d+$")]] = "auto"
+    device: Device = "auto"
     batch_seconds: _Seconds = 32.0
     dtype: Literal["float16", "float32"] = "float16"
     precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -291,6 +326,15 @@ class Wav2Vec2Extractor:
             raise ExtractorConfigError(
                 f"{self.name}.device is {wanted!r} but torch reports no CUDA device (torch "
                 f"{torch.__version__}); set device to 'cpu' or 'auto', or install a CUDA build of torch"
+            )
+        # cuda:N past the GPUs torch sees: said here, not as torch's "invalid device ordinal" in the first batch.
+        if wanted.startswith("cuda:") and int(wanted[5:]) >= torch.cuda.device_count():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ExtractorConfigError(
+                f"{self.name}.device is {wanted!r} but torch sees {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+                + (f" (CUDA_VISIBLE_DEVICES={visible!r} numbers them from 0)" if visible else "")
+                + "; set device to one of them, 'cuda' or 'auto'"
             )
         return wanted
 

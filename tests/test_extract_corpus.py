@@ -1039,6 +1039,53 @@ def test_cuda_without_a_cuda_device_fails_without_creating_the_store(corpus, tmp
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("how", ["--device", "--option", "pipeline"])
+def test_a_gpu_device_is_spelt_alike_everywhere_and_its_refusal_names_the_values(corpus, tmp_path, capsys, how):
+    """Found in review: `--device gpu` answered "Did you mean 'cpu'?", `--device cuda:1` was refused
+    while `--option wav2vec2.device=cuda:1` was taken, and pipeline.yaml's extraction.device was not
+    checked at all without a speech encoder. Every entry now takes auto, cpu, cuda and cuda:N, and a
+    refusal lists them and says what to write for a GPU; nothing is created."""
+    import yaml
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser._cli import main
+
+    model = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=2, hidden=16)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in corpus[:2]))
+    store = tmp_path / "s.zarr"
+
+    def command(device: str) -> list[str]:
+        if how == "pipeline":  # a store of spectrograms only: the key is still checked
+            pipeline = tmp_path / "pipeline.yaml"
+            pipeline.write_text(yaml.safe_dump({
+                "output": str(tmp_path / "out"), "corpora": {"c": {"kind": "csv", "path": str(manifest)}},
+                "extraction": {"device": device, "stores": {"s": {"corpora": ["c"], "features": {"spectrogram": {}}}}},
+                "experiments": {}}))
+            return ["run", str(pipeline), "--stage", "extract", "--no-progress"]
+        given = ["--device", device] if how == "--device" else ["--option", f"wav2vec2.device={device}"]
+        return ["extract", "csv", str(manifest), "--store", str(store), "--features", "wav2vec2", "--model",
+                str(model), *given, "--no-progress"]
+
+    for wrong, write in (("gpu", "'cuda'"), ("GPU:1", "'cuda:1'")):
+        try:
+            code = main(command(wrong))
+        except SystemExit as exit:  # argparse's refusal of --device
+            code = exit.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"expected auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (GPU N, e.g. cuda:1), got " \
+               f"{wrong!r}. For a GPU write {write}." in err, err
+        assert "Did you mean 'cpu'" not in err and not store.exists() and not (tmp_path / "out").exists()
+    if how == "pipeline":
+        return
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        return
+    assert main(command("cuda:1")) == 2  # taken, then refused as --device cuda is on a machine without CUDA
+    assert "wav2vec2.device is 'cuda:1' but torch reports no CUDA device" in capsys.readouterr().err
+    assert not store.exists()
+
+
 def test_a_native_rate_that_the_window_does_not_fit_names_the_first_file_and_creates_no_store(tmp_path, capsys):
     """Spectrogram `sample_rate: native` with a 44.1 kHz first file (25 ms = 1102.5 samples): the run
     stopped with a window message that named no file, and left a store that `store info` called

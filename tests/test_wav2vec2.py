@@ -188,6 +188,18 @@ def test_cuda_without_cuda_is_clear_error(base_dir: Path) -> None:
             _extractor(base_dir, precision=precision).extract(_signals((800,)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_index_beyond_the_visible_devices_is_a_clear_error_before_the_model_loads(base_dir: Path) -> None:
+    """Found in review: cuda:N past the GPUs torch sees failed in the first batch with torch's
+    "invalid device ordinal"; it is refused by the check that runs before any store is created."""
+    count = torch.cuda.device_count()
+    extractor = Wav2Vec2Extractor(Wav2Vec2Config(model=str(base_dir), device=f"cuda:{count}"))
+    with pytest.raises(ExtractorConfigError, match=rf"device is 'cuda:{count}' but torch sees {count} CUDA device"):
+        extractor.check()
+    assert extractor._model is None
+    Wav2Vec2Extractor(Wav2Vec2Config(model=str(base_dir), device=f"cuda:{count - 1}")).check()
+
+
 # ----------------------------------------------------------------------------- model sources
 
 

@@ -51,6 +51,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """An argparse type: a speech-encoder device, refused with the same words as ``--option wav2vec2.device=``."""
+    from w2v2ser.extract._wav2vec2 import device_problem
+
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a did-you-mean for a mistyped choice or subcommand (subparsers inherit the class)."""
 

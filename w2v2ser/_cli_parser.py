@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from w2v2ser._cli_arguments import (_NO_PROGRESS_HELP, FOLDS_HELP, PROTOCOL_HELP, STORE_HELP, SUBSET_HELP, _count,
-                                    _Parser, _seconds)
+                                    _device, _Parser, _seconds)
 from w2v2ser._cli_extract import FEATURES, _cmd_extract
 from w2v2ser._cli_train import _cmd_evaluate, _cmd_predict, _cmd_run, _cmd_sweep, _cmd_train
 from w2v2ser._common import EXIT_FAILED, SHARD_SIZE, SHOWN_LINES, SILENCE_ADVICE, SPEAKER_CASE_ADVICE
@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--model", help="speech encoder model: hub id, local HF directory or fairseq .pt (wav2vec2) "
                                          "(default: the family's base model, e.g. facebook/wav2vec2-base)")
     extract.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    extract.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                         help="speech encoder device (default: auto, CUDA when present, else the CPU; one GPU of "
-                              "several: --option wav2vec2.device=cuda:N)")
+    extract.add_argument("--device", type=_device, metavar="{auto,cpu,cuda,cuda:N}",
+                         help="speech encoder device (default: auto, CUDA when present, else the CPU; cuda:N: "
+                              "GPU N of several)")
     extract.add_argument("--batch-seconds", dest="batch_seconds", type=_seconds,
                          help="padded audio seconds per model batch (default: 32)")
     extract.add_argument(

@@ -195,6 +195,7 @@ def pipeline_model() -> type[StrictModel]:
     ``w2v2ser.train.ExperimentConfig``'s fields (which loads no stage 2 library: stage 1 never
     loads TensorFlow)."""
     from w2v2ser.extract._registry import EXTRACTORS
+    from w2v2ser.extract._wav2vec2 import Device
     from w2v2ser.train import ExperimentConfig, Recipe
 
     features = create_model("Features", __base__=StrictModel, __doc__="Extractor name -> its options.",
@@ -203,7 +204,7 @@ def pipeline_model() -> type[StrictModel]:
                          corpora=(_Names, None), features=(features, ...))
     extraction = create_model(
         "Extraction", __base__=StrictModel, __doc__="Feature stores and extraction settings.",
-        device=(Optional[str], None), batch_seconds=(Optional[Annotated[float, Field(gt=0)]], None),
+        device=(Optional[Device], None), batch_seconds=(Optional[Annotated[float, Field(gt=0)]], None),
         shard_size=(Annotated[int, Field(ge=1)], SHARD_SIZE),
         stores=(Annotated[dict[_StoreName, store], Field(min_length=1)], ...))
     recipe = dataclass_model(Recipe, drop=("name",), optional=True, name="RecipeOverrides")

@@ -195,8 +195,9 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
                  audio_rates: Mapping[str, Collection[int | None]] | None = None) -> dict[str, dict[str, Any]]:
     """The extractor configs recorded in a store, to give new audio the same features (``--like``).
 
-    A local model is taken from the absolute path the store recorded when its recorded spelling
-    (``--model tiny``, relative to where extraction ran) is not found from here.
+    A local model is recorded as an absolute path; a store written before that recorded the spelling
+    given (``--model tiny``, relative to where extraction ran): its recorded absolute path is taken
+    when it exists, else that spelling from here, once it is checked to hold the store's weights.
 
     Args:
         features: The store's features (``FeatureStore.features``).
@@ -221,9 +222,14 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
         config = dict(spec.config)
         provenance = config.get("provenance") or {}
         model = config.get("model")
-        if (name in UPSTREAMS and provenance.get("source") in ("local", "fairseq") and isinstance(model, str)
-                and not Path(model).expanduser().exists() and Path(str(provenance.get("resolved_path"))).exists()):
+        # A relative model (recorded by stores written before models were recorded absolute) means
+        # another folder from here, maybe with other weights: the absolute path the store recorded is
+        # taken when it is there, else the relative one is used only once its weights are checked.
+        relative = (name in UPSTREAMS and provenance.get("source") in ("local", "fairseq") and isinstance(model, str)
+                    and not Path(model).expanduser().is_absolute())
+        if relative and Path(str(provenance.get("resolved_path"))).exists():
             config["model"] = provenance["resolved_path"]
+        relative = relative and config["model"] == model and Path(model).expanduser().exists()
         wanted = dict((changes or {}).get(name) or {})
         # max_seconds only turns longer files into failures: no stored value depends on it.
         allowed = set(RUNTIME_KEYS) | {"model", "revision", "max_seconds"} if name in UPSTREAMS else set()
@@ -244,7 +250,7 @@ def configs_like(features: Mapping[str, FeatureSpec], *, store: str = "the store
                 + rate_note
             )
         given = wanted.get("model", config.get("model"))
-        if given != config.get("model") or "revision" in wanted:
+        if given != config.get("model") or "revision" in wanted or relative:
             weights = dict(resolve_model(str(given), revision=wanted.get("revision")).weights_sha256)
             recorded = dict(provenance.get("weights_sha256") or {})
             if not same_weights(weights, recorded):

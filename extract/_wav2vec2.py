@@ -283,7 +283,7 @@ class Wav2Vec2Extractor:
         return {
             "family": source.family,
             "model_type": source.model_type,
-            "model": source.requested,
+            "model": self._recorded_model(),
             "revision": source.revision,
             "commit_hash": source.commit_hash,
             "weights_sha256": dict(source.weights_sha256),
@@ -297,7 +297,16 @@ class Wav2Vec2Extractor:
         values = self.config.to_dict()
         runtime = {key: values.pop(key) for key in RUNTIME_KEYS if key in values}
         values["normalize_waveform"] = self.normalizes_waveform()  # what was done, not "auto"
+        values["model"] = self._recorded_model()
         return {**values, "runtime": runtime}
+
+    def _recorded_model(self) -> str:
+        """The model as the store records it: a local folder or checkpoint as an absolute path (a
+        relative ``--model tiny`` is found from any working directory: ``--like``, ``predict``), a hub
+        id as given. ``provenance.requested`` keeps what was typed."""
+        if self.source.kind in ("local", "fairseq"):
+            return os.path.abspath(os.path.expanduser(self.config.model))
+        return self.config.model
 
     def decided_options(self) -> dict[str, Any]:
         """Options whose "auto" this process resolved from the model's files, as values."""

@@ -999,6 +999,50 @@ def test_like_gives_new_audio_the_same_features_from_any_folder(corpus, tmp_path
     assert not (tmp_path / "d.zarr").exists()
 
 
+def test_a_relative_model_is_recorded_absolute_and_like_never_takes_another_folders_weights(
+        corpus, tmp_path, monkeypatch, capsys):
+    """Found in review: `--model tiny` was recorded as "tiny", and `--like STORE` (so `predict`) from a
+    folder that holds another `tiny` took that one, silently extracting other weights than training.
+    A local model is now recorded as its absolute path; a store written before keeps working: its
+    recorded absolute path wins, else the relative spelling is taken only with the store's weights."""
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_wav2vec2
+    from w2v2ser._cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in corpus[:3]))
+    for folder, seed in (("first", 0), ("other", 1)):  # another model under the same relative name
+        save_tiny_wav2vec2(tmp_path / folder / "tiny", num_layers=2, hidden=16, seed=seed)
+    monkeypatch.chdir(tmp_path / "first")
+    assert main(["extract", "csv", str(manifest), "--store", "../a.zarr", "--features", "wav2vec2",
+                 "--model", "tiny", "--no-progress"]) == 0
+    config = open_store(tmp_path / "a.zarr").features["wav2vec2"].config
+    assert config["model"] == config["upstream"]["model"] == str(tmp_path / "first" / "tiny")
+    assert config["provenance"]["requested"] == "tiny"  # what was typed
+    monkeypatch.chdir(tmp_path / "other")
+    assert main(["extract", "csv", str(manifest), "--store", "../b.zarr", "--like", "../a.zarr",
+                 "--no-progress"]) == 0
+    a, b = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "b.zarr")
+    assert b.features["wav2vec2"].config["provenance"]["weights_sha256"] == config["provenance"]["weights_sha256"]
+    for u in corpus[:3]:
+        np.testing.assert_array_equal(a.read_utterance(u.id, "wav2vec2"), b.read_utterance(u.id, "wav2vec2"))
+    # A store written before: "tiny" recorded, and its folder moved away since.
+    attributes = json.loads((tmp_path / "a.zarr" / "zarr.json").read_text())
+    recorded = attributes["attributes"]["w2v2ser"]["features"]["wav2vec2"]["config"]
+    recorded["model"] = recorded["upstream"]["model"] = "tiny"
+    (tmp_path / "a.zarr" / "zarr.json").write_text(json.dumps(attributes))
+    (tmp_path / "first" / "tiny").rename(tmp_path / "first" / "moved")
+    capsys.readouterr()
+    assert main(["extract", "csv", str(manifest), "--store", "../c.zarr", "--like", "../a.zarr",
+                 "--no-progress"]) == 2
+    assert "the wav2vec2 model 'tiny' holds other weights than the store's" in capsys.readouterr().err
+    assert not (tmp_path / "c.zarr").exists()
+    monkeypatch.chdir(tmp_path / "first")  # the same spelling, where the same weights are now
+    shutil.copytree(tmp_path / "first" / "moved", tmp_path / "first" / "tiny")
+    assert main(["extract", "csv", str(manifest), "--store", "../c.zarr", "--like", "../a.zarr",
+                 "--no-progress"]) == 0
+
+
 def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_path):
     """`extract --model org/name` without network: five retries with back-off (24 s, ten log lines)
     before the error, and an empty store folder left behind. Now one probe, then the error."""

@@ -16,7 +16,10 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,7 +27,8 @@ from urllib.parse import urlparse
 from ._fairseq import _load_fairseq_weights, _resolve_fairseq
 from ._source import FAMILIES, ModelLoadError, ModelSource, _weights_sha256
 
-__all__ = ["resolve_model", "load_model", "hub_model_known", "probe_hub", "keep_recorded_location", "same_weights"]
+__all__ = ["resolve_model", "load_model", "hub_model_known", "probe_hub", "hub_probe_scope", "keep_recorded_location",
+           "same_weights"]
 
 
 # Weights a bare encoder may lack or carry without changing its hidden states.
@@ -148,6 +152,51 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
     return _resolve_hub(model, revision=revision)
 
 
+_HUB_PROBED: list[str | None] = []  # the probe's outcome, once per outermost hub_probe_scope
+_HUB_SCOPE = {"depth": 0, "saved": None}  # open scopes (all threads), and what the outermost restores
+_HUB_SCOPE_LOCK = threading.Lock()
+_OFF = object()  # HF_HUB_OFFLINE was not set
+
+
+@contextmanager
+def hub_probe_scope() -> Iterator[None]:
+    """One hub probe for everything inside (nested scopes, in any thread, share it); a decorator too.
+
+    When the last open scope ends, ``HF_HUB_OFFLINE`` (and huggingface_hub's copy of it) are put
+    back as they were and the probe's outcome is forgotten: a notebook's second extraction, after
+    the network came back, asks the hub again instead of staying offline for the rest of the
+    process. Dask workers started inside a scope inherit the variable it set.
+    """
+    with _HUB_SCOPE_LOCK:
+        if _HUB_SCOPE["depth"] == 0:
+            _HUB_SCOPE["saved"] = (os.environ.get("HF_HUB_OFFLINE", _OFF), _hub_constant())
+        _HUB_SCOPE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _HUB_SCOPE_LOCK:
+            _HUB_SCOPE["depth"] -= 1
+            if _HUB_SCOPE["depth"] == 0:
+                variable, constant = _HUB_SCOPE["saved"]
+                if variable is _OFF:
+                    os.environ.pop("HF_HUB_OFFLINE", None)
+                else:
+                    os.environ["HF_HUB_OFFLINE"] = variable
+                hub_constants = sys.modules.get("huggingface_hub.constants")
+                if hub_constants is not None:  # imported inside the scope: what it reads from the environment now
+                    hub_constants.HF_HUB_OFFLINE = constant if constant is not None else (
+                        os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+                    ).upper() in ("1", "ON", "YES", "TRUE")
+                _HUB_PROBED.clear()
+
+
+def _hub_constant() -> bool | None:
+    """huggingface_hub's HF_HUB_OFFLINE (read from the environment at its import); None when not imported."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    return None if constants is None else bool(constants.HF_HUB_OFFLINE)
+
+
+@hub_probe_scope()
 def hub_model_known(model_id: str) -> bool | None:
     """Whether ``model_id`` is a Hugging Face hub model: in the local cache, or on the hub (a gated
     one included: it is there, behind its terms). None when it is not cached and the hub cannot be
@@ -195,16 +244,14 @@ def _folder_models(folder: Path) -> str:
     return f" (it holds the models {shown})" if names else " (it holds no model)"
 
 
-_HUB_PROBED: list[str | None] = []  # the probe's outcome, once per process
-
-
 def probe_hub() -> str | None:
-    """One quick connection to the Hugging Face hub per process; None when it answers.
+    """One quick connection to the Hugging Face hub per :func:`hub_probe_scope` (per process
+    outside any); None when it answers.
 
     When it fails, hub lookups use the local cache only (``HF_HUB_OFFLINE``, inherited by Dask
-    workers started later): without this, each lookup on a machine without network retries
-    five times with back-off, about 23 s and ten log lines per model, before failing the same
-    way. Returns the failure, for the caller to report once.
+    workers started later) until the outermost scope ends: without this, each lookup on a machine
+    without network retries five times with back-off, about 23 s and ten log lines per model,
+    before failing the same way. Returns the failure, for the caller to report once.
     """
     if _HUB_PROBED:
         return _HUB_PROBED[0]
@@ -230,6 +277,7 @@ def probe_hub() -> str | None:
     return _HUB_PROBED[0]
 
 
+@hub_probe_scope()
 def _resolve_hub(model_id: str, *, revision: str | None) -> ModelSource:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (

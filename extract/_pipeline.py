@@ -32,6 +32,7 @@ from ._checks import (
 )
 from ._dask import _run_on_dask
 from ._manifest import Manifest
+from ._models import hub_probe_scope
 from ._rates import below_native_minimum, capacity, feature_spec_for_store, store_rates, with_rate
 from ._registry import Extractor
 from ._shard import GPU_FEATURES, _ShardItem, extract_shard
@@ -239,6 +240,7 @@ def _runs_on_this_machine(client: Any) -> bool:
     return jobqueue is None or not isinstance(cluster, jobqueue.JobQueueCluster)
 
 
+@hub_probe_scope()  # one probe of the hub per call, workers it starts included
 def extract_corpus(
     utterances: Sequence[Utterance] | Manifest,
     store_path: str | Path | StoreLocation,

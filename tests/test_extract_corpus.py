@@ -1066,6 +1066,63 @@ def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_
     assert not (tmp_path / "s.zarr").exists()
 
 
+_TWO_EXTRACTIONS = """
+import os, sys, threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus
+from w2v2ser.store import Utterance
+
+port, audio, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+asked = []
+
+def extract(n):
+    try:
+        extract_corpus([Utterance(id="a", path=audio, speaker="s", label="neutral")], f"{folder}/s{n}.zarr",
+                       extractors=[build_extractor("wav2vec2", {"model": "org/absent-model"})], progress=False)
+    except ModelLoadError:
+        pass
+    print(f"after {n}: offline={os.environ.get('HF_HUB_OFFLINE')!r} asked={len(asked)}", flush=True)
+
+extract(1)  # the hub cannot be reached: nothing listens on the port yet
+
+class NotFound(BaseHTTPRequestHandler):  # the network is back: a hub that has no such model
+    def answer(self):
+        asked.append(self.path)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_GET = do_HEAD = answer
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", port), NotFound)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+extract(2)
+"""
+
+
+def test_an_unreachable_hub_does_not_keep_the_next_extraction_of_the_process_offline(corpus, tmp_path):
+    """Found in review: after one failed probe of the hub, HF_HUB_OFFLINE=1 stayed in os.environ for
+    the rest of the process, so a notebook's second extraction, after the network came back, still
+    looked in the local cache only. The probe's verdict now lasts one call: the variable is put back
+    and the next call asks the hub again."""
+    import os
+    import socket
+
+    with socket.socket() as free:  # a port where nothing listens until the script's server starts
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+    done = subprocess.run([sys.executable, "-c", _TWO_EXTRACTIONS, str(port), corpus[0].path, str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "after 1: offline=None asked=0" in lines, done.stdout + done.stderr
+    assert any(line.startswith("after 2: offline=None asked=") and not line.endswith("asked=0") for line in lines), \
+        done.stdout + done.stderr
+
+
 def test_cuda_without_a_cuda_device_fails_without_creating_the_store(corpus, tmp_path, capsys):
     """`--device cuda` on a machine without one was refused only after the store was created."""
     torch = pytest.importorskip("torch")

@@ -17,7 +17,7 @@ another reason (a damaged local model, a wrong path) is marked the same way with
 experiments reading it (``RUN_DIR/failed.json``), also in a later ``--stage train``, so the run
 exits 1. Everything else still runs. Each
 reason is printed in full once, then referred to (:class:`_Reasons`). The Hugging Face hub is
-probed once per process: when it cannot be reached, lookups use the local cache only instead of
+probed once per extract stage: when it cannot be reached, lookups use the local cache only instead of
 retrying with back-off for every model.
 """
 

@@ -5,6 +5,7 @@ process when later stages follow (stage 1 never shares a process with TensorFlow
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 import threading
@@ -26,6 +27,20 @@ def _probe_hub() -> None:
     problem = probe_hub()
     if problem:
         _say(f"{problem}: models come from the local cache only")
+
+
+def _hub_scoped(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` inside one ``hub_probe_scope``: one probe of the hub for the stage, inherited by
+    the Dask workers it starts, and forgotten when it ends (stage 1's module is imported only then)."""
+
+    @functools.wraps(function)
+    def scoped(*args: Any, **kwargs: Any) -> Any:
+        from w2v2ser.extract._models import hub_probe_scope
+
+        with hub_probe_scope():
+            return function(*args, **kwargs)
+
+    return scoped
 
 
 def _uses_hub(config: PipelineConfig) -> bool:
@@ -98,6 +113,7 @@ def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:
     return None
 
 
+@_hub_scoped
 def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None, *,
                  progress: bool = True) -> _Outcome:
     from w2v2ser.extract import ModelLoadError, build_extractor, extract_corpus

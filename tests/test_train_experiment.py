@@ -1310,3 +1310,24 @@ def test_a_negative_thread_count_is_refused_not_a_process_abort(tmp_path, monkey
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
     train_experiment(cfg, out=tmp_path / "run2", progress=False, threads=4.0)
     assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run2" / "results.json").exists()
+
+
+def test_a_deterministic_run_gives_op_determinism_back(rav, tmp_path):
+    """Found in review: a deterministic run enabled TensorFlow's op determinism for the rest of the
+    process, so a notebook's later `deterministic=False` run (and its own TensorFlow work) stayed on
+    the deterministic kernels. It is given back as it was when the call ends; runs stay repeatable."""
+    from tensorflow.python.framework import config as tf_config
+
+    tf_config.disable_op_determinism()
+    cfg = ExperimentConfig(stores=rav, features="egemaps", deterministic=True, **FAST)
+    (spec,) = plan_runs(cfg)
+    train_experiment(cfg, out=tmp_path / "a", progress=False)
+    assert not tf_config.is_op_determinism_enabled()
+    train_run(cfg, spec, out=tmp_path / "b")
+    assert not tf_config.is_op_determinism_enabled()
+    read = lambda name: (tmp_path / name / "runs" / spec.name / "predictions.csv").read_text()  # noqa: E731
+    assert read("a") == read("b")
+    tf_config.enable_op_determinism()  # on before the call: left on
+    train_run(cfg, spec, out=tmp_path / "c")
+    assert tf_config.is_op_determinism_enabled() and read("c") == read("a")
+    tf_config.disable_op_determinism()

@@ -22,6 +22,7 @@ import json
 import resource
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,45 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+_DETERMINISM: dict[str, Any] = {"runs": 0, "before": None}  # runs in progress (all threads); the state they found
+_DETERMINISM_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _op_determinism_kept() -> Iterator[None]:
+    """Give TensorFlow's op determinism back as it was once the last run in progress ends.
+
+    A deterministic run enables it (``_start_run``) for the whole process: a notebook's later
+    ``deterministic=False`` run, or its own TensorFlow work, stayed on the slower deterministic
+    kernels. Counted over threads (a Dask worker's runs at once): a run never sees it switched
+    off under it. TensorFlow has no public switch to turn it off again; without its internal one
+    (``disable_op_determinism``), it stays on, as the README says. Also a decorator.
+    """
+    with _DETERMINISM_LOCK:
+        if _DETERMINISM["runs"] == 0:
+            _DETERMINISM["before"] = _op_determinism()
+        _DETERMINISM["runs"] += 1
+    try:
+        yield
+    finally:
+        with _DETERMINISM_LOCK:
+            _DETERMINISM["runs"] -= 1
+            if _DETERMINISM["runs"] == 0 and _DETERMINISM["before"] is False and _op_determinism():
+                from tensorflow.python.framework import config as tf_config
+
+                tf_config.disable_op_determinism()
+
+
+def _op_determinism() -> bool | None:
+    """Whether TensorFlow's op determinism is on; None when TensorFlow cannot say (no internal getter)."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled()) if hasattr(tf_config, "disable_op_determinism") else None
+    except (ImportError, AttributeError):
+        return None
+
+
 def _result(metrics: dict[str, Any], run_dir: Path, skipped: bool) -> RunResult:
     return RunResult(metrics["fold"], metrics["seed"], metrics["uar"], metrics["accuracy"], metrics["n_test"],
                      metrics["epochs"], metrics.get("best_val_loss"), str(run_dir), skipped, metrics)
@@ -183,6 +223,7 @@ def _record_seeds(path: Path, config: ExperimentConfig) -> None:
 
 @names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
+@_op_determinism_kept()  # and enables op determinism, process-wide: given back too
 def _train_run(config: ExperimentConfig, run_spec: RunSpec, out: Path, data: _Data, *, verbose: int = 0,
                progress: str | None = None) -> RunResult:
     """train_run on stores already opened: train_experiment opens them once, so every run of one

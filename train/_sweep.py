@@ -44,8 +44,8 @@ from w2v2ser._process import caller_random_kept
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
-from ._experiment import (_configure_threads, _peak_rss_mb, _provenance, _start_run, _summarize_runs, _write_json,
-                          _write_predictions, keep_finished_runs)
+from ._experiment import (_configure_threads, _op_determinism_kept, _peak_rss_mb, _provenance, _start_run,
+                          _summarize_runs, _write_json, _write_predictions, keep_finished_runs)
 from ._experiment_data import _Data, _prepare
 from ._fingerprints import (_complete, _data_fingerprint, _drop_stale_results, _store_fingerprints, key_fields,
                             store_identities, warn_if_replacing)
@@ -171,6 +171,7 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
 
 @names_full_disk()  # a full disk names this folder (keras, zipfile and PIL name no file)
 @caller_random_kept()  # _start_run seeds the caller's np.random and random: given back after the run
+@_op_determinism_kept()  # and enables op determinism, process-wide: given back too
 def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], run_spec: RunSpec, out: Path,
                data: _Data, *, micro_batch_mb: float = MICRO_BATCH_MB,
                progress: str | None = None) -> dict[str, dict[str, Any]]:

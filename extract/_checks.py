@@ -186,6 +186,11 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
         if not isinstance(utterance.extra, Mapping):
             raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra={utterance.extra!r}; "
                               f"expected a mapping of field names to values")
+        if not utterance.id.strip():  # StoreWriter.plan refused it only once the store folder was created
+            raise ConfigError(f"extract_corpus: utterances[{i}] (path {str(utterance.path)!r}) has an empty id "
+                              f"({utterance.id!r}); every utterance needs a unique id, the key of its frames in the "
+                              f"store: give one, e.g. the file name without its extension (read_corpus derives it "
+                              f"so from the path)")
         bad = control_character(utterance.id)
         if bad is not None:  # StoreWriter.plan's check, made before a new store is created (same error)
             raise StoreError(f"extract_corpus: utterances[{i}] has the id {utterance.id!r}, which holds the control "

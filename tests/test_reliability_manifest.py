@@ -74,6 +74,24 @@ def test_ids_with_control_characters_given_in_python_are_refused_as_the_csv_read
         read_csv_manifest(_manifest(tmp_path, f'id,path,label,speaker\nok,a.wav,angry,s\n"{uid}",a.wav,sad,s\n'))
 
 
+@pytest.mark.parametrize("uid", ["", "  "])
+def test_an_empty_id_given_in_python_is_refused_before_anything_is_written(tmp_path, uid):
+    """Found in review: StoreWriter.plan refused an empty id only after extract_corpus had created the
+    store folder (zarr.json, journal, lock files left behind). It is now refused first, naming the
+    utterance's place and file; the CSV reader derives an id from the path for an empty cell."""
+    from w2v2ser import ConfigError
+
+    wav = str(write_audio(tmp_path / "a.wav"))
+    utterances = [Utterance(id="fine", path=wav, speaker="s", label="angry"),
+                  Utterance(id=uid, path=wav, speaker="s", label="sad")]
+    store = tmp_path / "new" / "s.zarr"
+    with pytest.raises(ConfigError, match=rf"utterances\[1\] \(path '{wav}'\) has an empty id"):
+        extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    assert not store.parent.exists()  # nothing written: no folder, no store skeleton
+    path = _manifest(tmp_path, "id,path,label,speaker\nfine,a.wav,angry,s\n,a.wav,sad,s\n")
+    assert [u.id for u in read_csv_manifest(path).utterances] == ["fine", "a.wav"]  # derived from the path
+
+
 @pytest.mark.parametrize("raw, expected", [("../audio/a.wav", "audio/a.wav"), ("sub/../../audio/a.wav", "audio/a.wav"),
                                            ("../../outside.wav", "../outside.wav")])
 def test_relative_paths_leaving_the_manifest_folder_start_there(tmp_path, raw, expected):

@@ -495,6 +495,51 @@ def test_a_sweep_given_more_seeds_reads_as_unfinished_until_they_are_trained(pea
     assert runs and all(r["status"] == "incomplete" for r in runs)
 
 
+def test_a_sweep_rerun_with_fewer_seeds_records_them_in_every_head(peaked: tuple, tmp_path: Path) -> None:
+    """Found in review: a layer sweep re-run whose runs were all done (here: fewer seeds, all trained
+    before) kept the old seeds in each head's experiment.json, from which evaluate and predict take
+    the seeds where results.json does not name them. `train` rewrote it; the sweep now does too, in
+    `w2v2ser sweep` and in `w2v2ser run`'s layer-sweep experiments alike."""
+    import shutil
+
+    store, out, _ = peaked
+    fewer = tmp_path / "fewer"
+    shutil.copytree(out, fewer)
+    config = ExperimentConfig(stores=str(store), features="wav2vec2", seeds=1, recipe_overrides=FAST,
+                              run_eagerly=False)
+    sweep_experiment(config, out=fewer, progress=False)
+    heads = [f"layer_{k:02d}" for k in range(6)] + ["all"]
+    for name in heads:
+        experiment = json.loads((fewer / name / "experiment.json").read_text())
+        assert experiment["seeds"] == 1, (name, experiment["seeds"])
+        assert json.loads((fewer / name / "results.json").read_text())["n_runs"] == 1
+
+
+def test_a_pipeline_sweep_rerun_with_fewer_seeds_records_them_in_every_head(tmp_path: Path) -> None:
+    """The same in `w2v2ser run`: its train stage does not call a sweep's done runs, so no head's
+    experiment.json got the seeds of a rerun with fewer of them."""
+    from test_run_pipeline import make_tiny_corpus, make_tiny_model, needs_ravdess, write_tiny_pipeline
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    if needs_ravdess.args[0]:
+        pytest.skip(needs_ravdess.kwargs["reason"])
+    make_tiny_corpus(tmp_path / "data")
+    path = write_tiny_pipeline(tmp_path, model=make_tiny_model(tmp_path / "model"), extra={"experiments": {
+        "sweep": {"corpus": "ravdess", "features": "w2v2/wav2vec2", "sweep": True, "seeds": 2, "units": 8,
+                  "recipe_overrides": {"max_epochs": 1}}}})
+    assert run_pipeline(path, stage="extract") == 0
+    assert run_pipeline(path, stage="train") == 0
+    fewer = ["experiments.sweep.seeds=1"]
+    assert run_pipeline(path, stage="train", overrides=fewer) == 0
+    (spec,) = load_pipeline(path, overrides=fewer).experiments
+    heads = sorted(p for p in spec.run_dir.iterdir() if (p / "experiment.json").exists())
+    assert [p.name for p in heads] == ["all", "layer_00", "layer_01", "layer_02"]
+    for head in heads:
+        assert json.loads((head / "experiment.json").read_text())["seeds"] == 1, head.name
+        assert json.loads((head / "results.json").read_text())["n_runs"] == 1, head.name
+
+
 def test_describe_sweep_names_the_layers_tied_for_best() -> None:
     """Found as a paper author: a sweep whose probes all scored 14.3 (chance) said "best layer 0", as if
     layer 0 were better than the others."""

@@ -44,8 +44,8 @@ from w2v2ser._process import caller_random_kept
 from ._config import ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, Item, Source
 from ._errors import ConfigError
-from ._experiment import (_configure_threads, _op_determinism_kept, _peak_rss_mb, _provenance, _start_run,
-                          _summarize_runs, _write_json, _write_predictions, keep_finished_runs)
+from ._experiment import (_configure_threads, _op_determinism_kept, _peak_rss_mb, _provenance, _record_seeds,
+                          _start_run, _summarize_runs, _write_json, _write_predictions, keep_finished_runs)
 from ._experiment_data import _Data, _prepare
 from ._fingerprints import (_complete, _data_fingerprint, _drop_stale_results, _store_fingerprints, key_fields,
                             store_identities, warn_if_replacing)
@@ -368,6 +368,8 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
             # As `train` does: a head's results.json of fewer seeds or folds must not read as complete
             # while the sweep trains the rest, nor after it was stopped (evaluate showed the old figures).
             _drop_stale_results(out / name, [spec.name for spec in specs], c.config_keys(), view.fingerprint)
+            # Seeds are not in the key: runs all done (fewer seeds) skip _sweep_run, which records them.
+            _record_seeds(out / name / "experiment.json", c)
         for i, spec in enumerate(specs, 1):
             t0 = time.perf_counter()
             res = _sweep_run(config, configs, spec, out, prepared,

@@ -106,7 +106,11 @@ def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,
         warn_if_replacing(out, train_config)
     forget_not_trained(out)
     pending = [run for run in view.specs if not _run_done(experiment, view, run)]
-    if experiment.sweep:
+    if experiment.sweep:  # each head records the seeds, as below (a done run is not trained, so would not)
+        from w2v2ser.train._experiment import _record_seeds
+
+        for name, head in heads.items():
+            _record_seeds(out / name / "experiment.json", head)
         return view, pending
     key, keys = train_config.config_key(), train_config.config_keys()
     recorded = _read_json(out / "experiment.json")

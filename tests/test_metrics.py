@@ -160,6 +160,23 @@ def test_labels_that_are_not_class_indices_are_refused(call):
     assert confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 0], [1, 1]]
 
 
+@pytest.mark.parametrize("call", [lambda t, p: confusion_matrix(t, p, 2), lambda t, p: per_class_report(t, p, ["a", "b"])])
+def test_object_labels_are_checked_not_crashed_on(call):
+    """Found by a review: an object array (a pandas column) raised AttributeError ('str' object has no
+    attribute 'item'), for class names and for valid Python int indices alike (these worked before)."""
+    import pandas as pd
+
+    with pytest.raises(DataError, match=r"y_true holds 'a'; expected class indices 0\.\.1"):
+        call(pd.Series(["a", "b"]), [0, 1])
+    with pytest.raises(DataError, match=r"y_pred holds 'b'; expected class indices 0\.\.1"):
+        call([0, 1], np.array([0, "b"], dtype=object))
+    with pytest.raises(DataError, match=r"y_true holds 2; expected class indices 0\.\.1"):
+        call(np.array([0, 2], dtype=object), [0, 1])
+    counts = confusion_matrix(np.array([0, 1, 1], dtype=object), pd.Series([0, 1, 0], dtype=object), 2)
+    assert counts.tolist() == [[1, 0], [1, 1]]
+    call(pd.Series([0, 1], dtype=object), [1, 1])
+
+
 def test_accuracy_of_labels_and_predictions_of_other_lengths_is_named():
     """Found by a trial: accuracy([0, 1], [0]) raised scikit-learn's ValueError where uar raises DataError."""
     with pytest.raises(DataError, match=r"accuracy: y_true holds 2 labels but y_pred 1; expected one prediction"):

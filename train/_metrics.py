@@ -33,15 +33,23 @@ def _class_indices(call: str, y_true: Sequence[int], y_pred: Sequence[int],
                    n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Both as integer class indices in 0..n_classes-1, one prediction per label; else DataError (a label
     outside them was left out of the confusion matrix's counts without a word)."""
+    def is_index(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < n_classes
+
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if len(t) != len(p):
         raise DataError(f"{call}: y_true holds {len(t)} labels but y_pred {len(p)}; expected one prediction per label")
+    checked = []
     for name, a in (("y_true", t), ("y_pred", p)):
+        if a.dtype.kind == "O" and a.size and all(is_index(v) for v in a.flat):
+            a = np.array(a.tolist())  # Python ints of an object array (a pandas Series): the numbers they are
         if a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= n_classes):
-            bad = a.ravel()[0] if a.dtype.kind not in "iu" else a[(a < 0) | (a >= n_classes)][0]
-            raise DataError(f"{call}: {name} holds {bad.item()!r}; expected class indices 0..{n_classes - 1} "
+            bad = next(v for v in a.flat if not is_index(v))  # a str of an object array has no .item()
+            bad = bad.item() if isinstance(bad, np.generic) else bad
+            raise DataError(f"{call}: {name} holds {bad!r}; expected class indices 0..{n_classes - 1} "
                             f"(uar takes class names too)")
-    return t.astype(int), p.astype(int)
+        checked.append(a.astype(int))
+    return checked[0], checked[1]
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:

@@ -594,3 +594,20 @@ def test_verbose_and_run_eagerly_are_checked_by_fit(params, expected):
     x, y, _ = utterances(12)
     with pytest.raises(ConfigError, match=expected):
         DenseHead(units=4, recipe=QUICK, seed=0, **params).fit(x, y)
+
+
+def test_a_refit_interrupted_by_ctrl_c_leaves_the_head_unfitted():
+    """Found by a review: the cleanup caught Exception only, so a refit stopped by KeyboardInterrupt (Ctrl-C
+    in a notebook, a stop signal) kept its partly trained model_ and new classes_: predict ran without a word."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    with pytest.raises(KeyboardInterrupt):
+        head.fit(x, np.array(["calm", "fear", "joy"] * 4), callbacks=[Interrupt()])
+    with pytest.raises(NotFittedHeadError):
+        head.predict(x)

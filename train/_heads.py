@@ -160,7 +160,7 @@ def _unfitted_if_failed(fit: Any) -> Any:
         self._forget_fit()
         try:
             return fit(self, *args, **kwargs)
-        except Exception:
+        except BaseException:  # KeyboardInterrupt too (Ctrl-C, a stop signal): it kept a partly trained model_
             self._forget_fit()
             raise
     return wrapper

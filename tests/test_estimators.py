@@ -596,6 +596,14 @@ def test_verbose_and_run_eagerly_are_checked_by_fit(params, expected):
         DenseHead(units=4, recipe=QUICK, seed=0, **params).fit(x, y)
 
 
+def test_numpy_bools_and_ints_are_taken_for_run_eagerly_and_verbose():
+    """Found by a review: run_eagerly=np.True_ (a GridSearchCV grid of np.array([True, False])) was refused
+    with "expected a valid boolean, got bool np.True_"."""
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=np.True_, verbose=np.int64(0)).fit(x, y)
+    assert head.model_.run_eagerly is True and head.get_params()["run_eagerly"] is np.True_
+
+
 def test_a_refit_interrupted_by_ctrl_c_leaves_the_head_unfitted():
     """Found by a review: the cleanup caught Exception only, so a refit stopped by KeyboardInterrupt (Ctrl-C
     in a notebook, a stop signal) kept its partly trained model_ and new classes_: predict ran without a word."""

@@ -134,6 +134,8 @@ class _HeadParams(StrictModel):
 
 def _plain_number(value: Any) -> Any:
     """A numpy scalar as the Python number it holds (seeds from ``np.arange``, GridSearchCV grids of numpy values)."""
+    if isinstance(value, np.bool_):  # run_eagerly=np.True_ was refused: "expected a valid boolean, got bool"
+        return bool(value)
     if isinstance(value, np.integer):
         return int(value)
     return float(value) if isinstance(value, np.floating) else value
@@ -417,7 +419,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                                             clipvalue=recipe.clipvalue,
                                                             gradient_accumulation_steps=steps if steps > 1 else None),
                             loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                            run_eagerly=self.run_eagerly)
+                            run_eagerly=params.run_eagerly)
         timing, nan_stop = _Timing([train, val]), _StopOnNaN()
         cbs: list[keras.callbacks.Callback] = [timing, nan_stop, *callbacks]
         if val is not None:
@@ -427,7 +429,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         with expected_retracing():
             hist = self.model_.fit(train.as_tf_dataset(), epochs=recipe.max_epochs, callbacks=cbs,
                                    validation_data=None if val is None else val.as_tf_dataset(),
-                                   verbose=self.verbose, shuffle=False)  # the data shuffles itself, per epoch
+                                   verbose=params.verbose, shuffle=False)  # the data shuffles itself, per epoch
         if nan_stop.where is not None:
             epoch, batch = nan_stop.where
             raise DataError(f"{type(self).__name__}.fit: the training loss became NaN or infinite at epoch {epoch}, "

@@ -496,10 +496,17 @@ def test_a_refit_that_fails_leaves_the_head_unfitted_not_the_old_model_with_new_
 @pytest.mark.parametrize("classes, expected", [
     ("abc", r"DenseHead\.classes: expected a list of class names, or None; got 'abc'"),
     ([], r"DenseHead\.classes: expected distinct class names, or None \(the labels' sorted distinct values\); got \[\]"),
-    (["angry", "angry", "sad"], r"got \['angry', 'angry', 'sad'\], which repeats \['angry'\]")])
+    (["angry", "angry", "sad"], r"got \['angry', 'angry', 'sad'\], which repeats \['angry'\]"),
+    ({"angry", "happy", "sad"},
+     r"DenseHead\.classes: expected a list of class names, or None; got \{.*\} \(set: pass a list, in the order of "
+     r"the class indices\)"),
+    ((c for c in ["angry", "happy", "sad"]), r"got <generator .*> \(generator: pass a list"),
+    ({"angry": 0, "happy": 1, "sad": 2}, r"got \{'angry': 0, .*\} \(dict: pass a list")])
 def test_classes_that_are_not_a_list_of_distinct_names_are_refused(classes, expected):
     """Found by a trial: classes="abc" became the classes a, b, c, classes=[] was taken as unset, and a
-    repeated name gave two outputs of one name, all without a word."""
+    repeated name gave two outputs of one name, all without a word. Found by a review: a set was taken in
+    hash order (index k named another class in another process), and a generator was used up by fit's first
+    read of it ("expected distinct class names ... got []")."""
     x, _, _ = utterances(12)
     with pytest.raises(ConfigError, match=expected):
         DenseHead(units=4, recipe=QUICK, classes=classes, seed=0, run_eagerly=True).fit(x, [0, 1, 2] * 4)

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import math
 import time
-from typing import Annotated, Any, Iterable, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -184,7 +184,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             units: Width of the Dense (and LSTM) blocks.
             dropout: Dropout rate after each pointwise block.
             recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
-            classes: Class names; when given, labels are integer indices into it (``fit``, ``score``),
+            classes: Class names (a list, tuple, array or pandas Index; not a set); when given, labels
+                are integer indices into it (``fit``, ``score``),
                 while ``predict`` returns the names, so scikit-learn's scorers other than ``score``
                 (``scoring="accuracy"``) need the head without it. None: the classes are the sorted
                 distinct labels seen by ``fit`` (any type, as in scikit-learn).
@@ -254,8 +255,15 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         if self.classes is None:
             return None
         name = type(self).__name__
-        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, Iterable):
-            raise ConfigError(f"{name}.classes: expected a list of class names, or None; got {self.classes!r}")
+        # a list, tuple, array or pandas Index; a set has hash order (index k named another class in another
+        # process) and an iterator was used up by the first of fit's two reads
+        ordered = hasattr(self.classes, "__getitem__") and hasattr(self.classes, "__len__") \
+            and not isinstance(self.classes, (str, bytes, Mapping)) \
+            and (not isinstance(self.classes, np.ndarray) or self.classes.ndim == 1)
+        if not ordered:
+            raise ConfigError(f"{name}.classes: expected a list of class names, or None; got {self.classes!r}"
+                              + ("" if isinstance(self.classes, (str, bytes)) else
+                                 f" ({type(self.classes).__name__}: pass a list, in the order of the class indices)"))
         classes = [plain_scalar(c) for c in self.classes]  # np.str_ of an array as the str it holds
         repeated = sorted({str(c) for c in classes if classes.count(c) > 1})
         if not classes or repeated:  # [] was taken as None; a repeated name made two outputs one class

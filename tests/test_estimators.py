@@ -590,6 +590,10 @@ def test_fusion_head_cross_validates_on_one_dict_of_branches_per_utterance():
     np.testing.assert_array_equal(fitted.predict_proba(per_utterance), fitted.predict_proba(branches))
     with pytest.raises(DataError, match=r"utterance 1 has the branches \['main'\]; utterance 0 has \['fusion', 'main'\]"):
         clone(head).fit([per_utterance[0], {"main": x[1]}] + per_utterance[2:], y)
+    # found by a review: a dict beside arrays was named as "utterance 0 has shape ()"
+    with pytest.raises(DataError, match=r"utterance 1 is a ndarray, but utterance 0 is a dict of branches; give every "
+                                        r"utterance as a dict \{branch: frames\}"):
+        clone(head).fit([per_utterance[0], x[1]] + per_utterance[2:], y)
 
 
 @pytest.mark.parametrize("params, expected", [

@@ -16,7 +16,7 @@ from ._errors import DataError
 from ._tfdata import padded_dataset
 
 __all__ = ["_labelled_pair", "_ArrayBatches", "_count_utterances", "_check_frames", "_label_kind",
-           "_check_label_kinds", "_hold_out", "_shapes_text", "_frame_shapes"]
+           "_check_label_kinds", "_hold_out", "_shapes_text", "_frame_shapes", "_branch_lists"]
 
 
 def _labelled_pair(data: Any) -> bool:
@@ -72,8 +72,14 @@ class _ArrayBatches:
 def _branch_lists(x: Any) -> Any:
     """A list of per-utterance mappings {branch: frames} as one mapping branch -> list of frames, anything
     else as given: scikit-learn's splitters (GridSearchCV, cross_val_score) index a list, not a dict of lists."""
-    if not (isinstance(x, (list, tuple)) and x and all(isinstance(u, Mapping) for u in x)):
+    if not (isinstance(x, (list, tuple)) and x and any(isinstance(u, Mapping) for u in x)):
         return x
+    # a list mixing dicts and arrays failed as "utterance 0 has shape (); expected a [frames, features] array"
+    i = next((k for k, u in enumerate(x) if not isinstance(u, Mapping)), None)
+    if i is not None:
+        j = next(k for k, u in enumerate(x) if isinstance(u, Mapping))
+        raise DataError(f"utterance {i} is a {type(x[i]).__name__}, but utterance {j} is a dict of branches; give "
+                        f"every utterance as a dict {{branch: frames}} (e.g. {{'main': frames, 'fusion': frames}})")
     branches = sorted(x[0])
     for i, utterance in enumerate(x):
         if sorted(utterance) != branches:

@@ -117,6 +117,26 @@ def test_gpu_wheels_and_the_gpu_image_hold_every_dependency_of_stage_one() -> No
     assert not missing, f"neither in the GPU image nor in gpu_wheels.sh (needed by): {missing}"
 
 
+def test_gpu_wheels_empties_its_folder_and_pins_every_wheel_to_this_venvs_version() -> None:
+    # gpu_figures.sh installs build/gpu_wheels/*.whl: a wheel left from an earlier download beside another
+    # version of the same package (an unpinned name moved on) stops the whole install on the device.
+    script = (BENCHMARKS / "gpu_wheels.sh").read_text()
+    start = "-d build/gpu_wheels"
+    lines = script[script.index(start) + len(start):].splitlines()
+    words: list[str] = []
+    for line in lines:
+        words += line.replace("\\", " ").split()
+        if not line.rstrip().endswith("\\"):
+            break
+    pins = dict(w.split("==", 1) if "==" in w else (w, None) for w in words if not w.startswith("-"))
+    wrong = {name: (pin, importlib.metadata.version(name)) for name, pin in pins.items()
+             if pin != importlib.metadata.version(name)}
+    assert not wrong, f"gpu_wheels.sh pins (name: pinned, this venv's): {wrong}"
+    commands = [line.strip() for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    download = next(i for i, line in enumerate(commands) if "download" in line)
+    assert "rm -rf build/gpu_wheels" in commands[:download], "gpu_wheels.sh must empty build/gpu_wheels first"
+
+
 def _gpu_figures(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHON")}
     return subprocess.run(["bash", str(BENCHMARKS / "gpu_figures.sh"), *args], env={**environment, **env},

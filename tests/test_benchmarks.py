@@ -317,6 +317,22 @@ def test_bench_extract_write_note_gives_the_models_own_bytes_per_audio_second(tm
     assert float(note.group(2)) == pytest.approx(summary["audio_s_per_s_median"], abs=0.05)
 
 
+@pytest.mark.slow  # torch and a tiny model: about 15 s, 40 s on the loaded box
+def test_bench_extract_warms_bare_and_extractor_at_the_timed_batch_shapes(tmp_path: Path) -> None:
+    # The bare model was warmed on single signals only: rep 0 timed `bare` first at the real batch shapes,
+    # paying its kernel choice and allocations there, which flattered pipeline/bare (1.21 in a CPU smoke).
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_extract.py"), "--device", "cpu", "--tiny",
+                           "--synthetic", "2", "--reps", "1", "--features", "wav2vec2", "--modes", "bare,extractor",
+                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "w"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "W2V2SER_BENCH_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "w.json").read_text())
+    assert sorted(result.get("warmup_s", {})) == ["bare", "extractor"], done.stdout
+    assert all(seconds > 0 for seconds in result["warmup_s"].values())
+    assert [r["rep"] for r in result["runs"]["bare"]] == [0]  # the warm-up call is not among the timed runs
+
+
 @pytest.mark.slow  # eGeMAPS of 12 RAVDESS files, a 1-epoch run, then predict: about a minute
 def test_predict_speaker_groups_refuses_a_run_that_is_not_speaker_normalised(tmp_path: Path) -> None:
     # Its group figures were computed with whatever statistics predict used: for a run of global statistics

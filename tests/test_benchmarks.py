@@ -155,6 +155,27 @@ def test_gpu_figures_stops_before_its_steps_when_stage_one_cannot_be_imported(tm
     assert "FAILED" not in done.stdout and not list(out.iterdir())
 
 
+def test_gpu_figures_works_in_a_folder_of_its_own_and_leaves_other_runs_alone(tmp_path: Path) -> None:
+    # It removed a fixed /tmp/w2v2ser_gpu_work before its import check: a second run (or a test) on the
+    # same machine deleted the work folder of a run in progress.
+    other = Path("/tmp/w2v2ser_gpu_work")
+    other.mkdir(exist_ok=True)
+    marker = other / f"another-run-{os.getpid()}"
+    marker.write_text("in progress\n")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "pydantic.py").write_text("raise ImportError('pydantic is not installed here (test)')\n")
+    (tmp_path / "tmp").mkdir()
+    try:
+        done = _gpu_figures(tmp_path, "--smoke", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+                            PYTHONPATH=str(blocked), TMPDIR=str(tmp_path / "tmp"))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert marker.exists(), "gpu_figures.sh deleted another run's work folder"
+    finally:
+        marker.unlink(missing_ok=True)
+    assert not list((tmp_path / "tmp").iterdir())  # its own folder is removed, even when it stops early
+
+
 def test_gpu_figures_refuses_an_argument_it_does_not_know(tmp_path: Path) -> None:
     # A typo of --smoke once started the full GPU run (full-size model, 1,200 s of audio) on any machine.
     done = _gpu_figures(tmp_path, "--smok", PYTHON="false", OUT=str(tmp_path / "out"))

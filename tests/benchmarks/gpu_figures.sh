@@ -27,8 +27,9 @@ mkdir -p "$OUTDIR"
 echo "results: $OUTDIR"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 W2V2SER_BENCH_CACHE=/tmp/w2v2ser_gpu_figures TOKENIZERS_PARALLELISM=false
-WORK=/tmp/w2v2ser_gpu_work
-rm -rf "$WORK"
+# A folder of its own (not a fixed path): a second run on the same machine must not delete a running one's.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/w2v2ser_gpu_work.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
 
 if [ "$SMOKE" = 0 ] && [ -d build/gpu_wheels ]; then
   # Only what the machine's image lacks (it has torch, transformers, numpy, h5py, pyarrow, pyyaml, tqdm).

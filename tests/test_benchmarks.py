@@ -297,6 +297,30 @@ def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> No
     assert "vocal_channel" in done.stderr.split("its fields are")[1] and "Traceback" not in done.stderr
 
 
+def test_compare_on_subset_names_a_run_that_predicts_no_utterance_of_the_subset(tmp_path: Path) -> None:
+    # A run of another store (or without the subset in its test folds) ended in scikit-learn's
+    # "Found empty input array" traceback.
+    from fixtures_audio import write_audio
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.3, seed=i)),
+                            speaker=f"s{i % 2}", label="x", extra={"vocal_channel": "speech"}) for i in range(2)]
+    store = tmp_path / "s.zarr"
+    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    runs = [tmp_path / "run_a", tmp_path / "run_b"]
+    for run, ids in zip(runs, (["u0", "u1"], ["other1", "other2"])):
+        (run / "runs" / "r0").mkdir(parents=True)
+        (run / "runs" / "r0" / "predictions.csv").write_text(
+            "id,label,predicted\n" + "".join(f"{i},x,x\n" for i in ids))
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "compare_on_subset.py"), str(store), *map(str, runs),
+                           "--subset", "vocal_channel=speech", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    assert f"{runs[1] / 'runs' / 'r0' / 'predictions.csv'} predicts no utterance of the subset" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_bench_cold_read_runs_and_prints_its_headline_last(tmp_path: Path) -> None:
     # The benchmarks' README: every script prints its headline as the LAST line; this one printed its
     # results path after it. (Not in CASES: it needs a store of a 3-D feature.)

@@ -32,6 +32,9 @@ def _scores(run: Path, keep: set[str]) -> tuple[list[float], int]:
     for predictions in sorted(run.glob("runs/*/predictions.csv")):
         with open(predictions, newline="") as handle:
             rows = [r for r in csv.DictReader(handle) if r["id"] in keep]
+        if not rows:  # another store's run, or the subset not in this run's test utterances
+            raise ValueError(f"{predictions} predicts no utterance of the subset; expected a run of the same "
+                             "store whose test utterances include the subset")
         scores.append(100.0 * float(recall_score([r["label"] for r in rows], [r["predicted"] for r in rows],
                                                  average="macro")))
         counted = len(rows)
@@ -60,7 +63,10 @@ def main() -> None:
             parser.error(f"{run} holds no runs/*/predictions.csv; expected a run directory of `w2v2ser train`")
     rows, results = [], {}
     for run in args.runs:
-        scores, counted = _scores(run, keep)
+        try:
+            scores, counted = _scores(run, keep)
+        except ValueError as error:
+            parser.error(f"{run}: {error}")
         results[str(run)] = {"uar": scores, "test_utterances": counted}
         rows.append([str(run), counted, len(scores), f"{np.mean(scores):.1f} ± {np.std(scores):.1f}",
                      ", ".join(f"{s:.1f}" for s in scores)])

@@ -117,9 +117,10 @@ def test_gpu_wheels_and_the_gpu_image_hold_every_dependency_of_stage_one() -> No
     assert not missing, f"neither in the GPU image nor in gpu_wheels.sh (needed by): {missing}"
 
 
-def test_gpu_wheels_empties_its_folder_and_pins_every_wheel_to_this_venvs_version() -> None:
+def test_gpu_wheels_empties_its_folder_and_pins_every_wheel() -> None:
     # gpu_figures.sh installs build/gpu_wheels/*.whl: a wheel left from an earlier download beside another
     # version of the same package (an unpinned name moved on) stops the whole install on the device.
+    # Pinned, not compared with this venv: setup.cfg takes ranges, so a fresh CI venv may hold newer versions.
     script = (BENCHMARKS / "gpu_wheels.sh").read_text()
     start = "-d build/gpu_wheels"
     lines = script[script.index(start) + len(start):].splitlines()
@@ -129,9 +130,8 @@ def test_gpu_wheels_empties_its_folder_and_pins_every_wheel_to_this_venvs_versio
         if not line.rstrip().endswith("\\"):
             break
     pins = dict(w.split("==", 1) if "==" in w else (w, None) for w in words if not w.startswith("-"))
-    wrong = {name: (pin, importlib.metadata.version(name)) for name, pin in pins.items()
-             if pin != importlib.metadata.version(name)}
-    assert not wrong, f"gpu_wheels.sh pins (name: pinned, this venv's): {wrong}"
+    unpinned = sorted(name for name, pin in pins.items() if not pin)
+    assert not unpinned, f"gpu_wheels.sh downloads these without a version (NAME==VERSION): {unpinned}"
     commands = [line.strip() for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     download = next(i for i, line in enumerate(commands) if "download" in line)
     assert "rm -rf build/gpu_wheels" in commands[:download], "gpu_wheels.sh must empty build/gpu_wheels first"

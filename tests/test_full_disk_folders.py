@@ -102,6 +102,29 @@ def test_sweep_experiment_on_a_full_disk_names_its_folder(store: Path, tmp_path:
     _says_full(raised.value, out)
 
 
+def test_sweep_experiment_on_a_full_disk_at_its_recorded_seeds_names_its_folder(store: Path, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """Fewer seeds over a finished sweep rewrite each head's experiment.json before any run: a full disk
+    there raised a bare "[Errno 28] No space left on device" naming no folder."""
+    from w2v2ser.train import ExperimentConfig, _experiment, sweep_experiment
+
+    out = tmp_path / "sweep"
+    sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST),
+                     out=out, progress=False)
+    write = _experiment._write_json
+
+    def full_at_experiment_json(path, *args, **kwargs):
+        if Path(path).name == "experiment.json":
+            _full()
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(_experiment, "_write_json", full_at_experiment_json)
+    with pytest.raises(OSError) as raised:
+        sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", seeds=1, recipe_overrides=FAST),
+                         out=out, progress=False)
+    _says_full(raised.value, out)
+
+
 def test_sweep_command_on_a_full_disk_names_its_folder(store: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     from w2v2ser._cli import main
     from w2v2ser.train import _sweep
@@ -160,3 +183,37 @@ def test_run_pipeline_on_a_full_disk_names_the_experiment_and_report_folders(tmp
     err = capsys.readouterr().err
     assert f"report {report.name}: FAILED: {report.out}: No space left on device. Free space" in err, err
     assert json.loads((experiment.run_dir / "results.json").read_text())["n_runs"] == 1
+
+
+@needs_ravdess
+def test_run_pipeline_on_a_full_disk_at_experiment_json_fails_that_experiment_naming_its_folder(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """`w2v2ser run`'s train stage writes experiment.json while it plans: a full disk there said
+    "No space left on device" with no folder, and stopped the whole train stage."""
+    import w2v2ser._stage_train as stage_train
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
+                                   extra={"experiments.t.seeds": 1, "experiments.t.recipe_overrides": FAST})
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
+                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
+    monkeypatch.chdir(tmp_path)
+    write = stage_train._write_json
+
+    def full_at_experiment_json(path, data):
+        if Path(path).name == "experiment.json":
+            _full()
+        return write(path, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stage_train, "_write_json", full_at_experiment_json)
+        assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert (f"train {experiment.name}: FAILED before training: {experiment.run_dir}: No space left on device. "
+            f"Free space") in err, err
+    failed = json.loads((experiment.run_dir / "failed.json").read_text())  # the report names the reason
+    assert str(experiment.run_dir) in failed["reason"], failed

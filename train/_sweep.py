@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from w2v2ser._common import names_full_disk, progress_bar
+from w2v2ser._common import names_full_disk, naming_full_disk, progress_bar
 from w2v2ser._files import publish_directory
 from w2v2ser._process import caller_random_kept
 
@@ -355,7 +355,9 @@ def sweep_experiment(config: ExperimentConfig | Mapping[str, Any], *, out: Path 
     prepared, specs = view.data, view.specs
     heads = set(configs)
     finished = [0]
-    with share_out_folder(out, base.config_key(), "sweep"), keep_finished_runs(out, finished, "sweep"):
+    # naming_full_disk: the seeds recorded before the runs (_sweep_run names the folder itself).
+    with (share_out_folder(out, base.config_key(), "sweep"), keep_finished_runs(out, finished, "sweep"),
+          naming_full_disk(out)):
         # Only once the folder is ours: a sweep refused for another job's lock replaces nothing.
         warn_if_replacing(out / ALL_LAYERS_DIR, base, shown=out)
         others = sorted(p.name for p in out.glob("layer_*") if p.is_dir() and p.name not in heads)

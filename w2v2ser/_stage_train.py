@@ -197,8 +197,9 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                 _mark_not_trained(config, experiment, reason, marker="failed.json")
                 outcome.failed.append(experiment.name)
                 continue
-            try:
-                view, pending = _prepare_experiment(experiment, locks, opened)
+            try:  # a full disk at its experiment.json names its folder, and fails this experiment only
+                with naming_full_disk(experiment.run_dir):
+                    view, pending = _prepare_experiment(experiment, locks, opened)
             except FolderBusyError as error:  # the folder is another job's now: nothing is written into it
                 _say(f"train {experiment.name}: FAILED before training: {error}")
                 outcome.failed.append(experiment.name)

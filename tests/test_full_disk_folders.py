@@ -217,3 +217,38 @@ def test_run_pipeline_on_a_full_disk_at_experiment_json_fails_that_experiment_na
             f"Free space") in err, err
     failed = json.loads((experiment.run_dir / "failed.json").read_text())  # the report names the reason
     assert str(experiment.run_dir) in failed["reason"], failed
+
+
+@needs_ravdess
+def test_run_pipeline_on_a_full_disk_stops_that_experiments_further_runs(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """A full disk was an ordinary per-run failure in `w2v2ser run`'s train stage: every further run of
+    the experiment trained in full, only to fail at its save on the same disk."""
+    import keras
+
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
+                                   extra={"experiments.t.seeds": 2, "experiments.t.recipe_overrides": FAST})
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
+                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
+    monkeypatch.chdir(tmp_path)
+    saves = []
+
+    def full(*args, **kwargs):
+        saves.append(1)
+        _full()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save", full)
+        assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert len(saves) == 1, err  # the second run is not tried
+    assert (f"train {experiment.name}: FAILED, stopped (no further run tried on a full disk): "
+            f"{experiment.run_dir}: No space left on device. Free space") in err, err
+    assert run_pipeline(pipeline, stage="train") == 0  # space freed: both runs train
+    assert json.loads((experiment.run_dir / "results.json").read_text())["n_runs"] == 2

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import W2v2serError, check_stop, describe_error, naming_full_disk, progress_bar
+from ._common import DiskFullError, W2v2serError, check_stop, describe_error, naming_full_disk, progress_bar
 from ._process import task_error
 from ._text import failures_by_error
 from ._cluster import ClusterHandle
@@ -242,9 +242,11 @@ def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view:
         reasons.append(f"{len(errors)} run(s) failed: {said}")
         _say(f"train {experiment.name}: {len(errors)} run(s) FAILED: {said}")
     if lost is not None:  # said once, not once per run that was not tried against that store
-        kept = f" {store_lost_note(out, finished, 'run', lost)}" if finished else ""
+        full = isinstance(lost, DiskFullError)  # its message says what to free and that finished work is kept
+        kept = f" {store_lost_note(out, finished, 'run', lost)}" if finished and not full else ""
         reasons.insert(0, f"stopped: {lost}")
-        _say(f"train {experiment.name}: FAILED, stopped (no further run tried on that store): {lost}{kept}")
+        _say(f"train {experiment.name}: FAILED, stopped (no further run tried "
+             f"{'on a full disk' if full else 'on that store'}): {lost}{kept}")
     if reasons:
         _mark_not_trained(config, experiment, "; ".join(reasons), marker="failed.json")
         outcome.failed.append(experiment.name)
@@ -296,11 +298,12 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                 progress: bool = True) -> Iterator[tuple]:
     """Train every pending run (Dask tasks, or in this process), counting those that finish in
     ``trained``; yields (experiment, (run, error)) of failed runs, and (experiment, the error) once for
-    an experiment whose store stopped answering or was changed by an extraction (store_lost_errors):
-    none of its further runs is tried (each would wait out the store's timeouts, or read other data)."""
+    an experiment whose store stopped answering or was changed by an extraction (store_lost_errors), or
+    whose folder's disk is full: none of its further runs is tried (each would wait out the store's
+    timeouts, read other data, or train in full only to fail at its save)."""
     from w2v2ser.train._experiment import _configure_threads, store_lost_errors
 
-    lost_errors = store_lost_errors()
+    lost_errors = (*store_lost_errors(), DiskFullError)
     total = sum(len(pending) for *_, pending in todo)
     if progress:
         bar = progress_bar(desc="train runs", unit="run", total=total)

@@ -189,8 +189,8 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
         if not utterance.id.strip():  # StoreWriter.plan refused it only once the store folder was created
             raise ConfigError(f"extract_corpus: utterances[{i}] (path {str(utterance.path)!r}) has an empty id "
                               f"({utterance.id!r}); every utterance needs a unique id, the key of its frames in the "
-                              f"store: give one, e.g. the file name without its extension (read_corpus derives it "
-                              f"so from the path)")
+                              f"store: give one, e.g. derived from the file name, as read_corpus derives one from the "
+                              f"path where a row gives none")
         bad = control_character(utterance.id)
         if bad is not None:  # StoreWriter.plan's check, made before a new store is created (same error)
             raise StoreError(f"extract_corpus: utterances[{i}] has the id {utterance.id!r}, which holds the control "

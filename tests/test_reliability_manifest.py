@@ -85,11 +85,14 @@ def test_an_empty_id_given_in_python_is_refused_before_anything_is_written(tmp_p
     utterances = [Utterance(id="fine", path=wav, speaker="s", label="angry"),
                   Utterance(id=uid, path=wav, speaker="s", label="sad")]
     store = tmp_path / "new" / "s.zarr"
-    with pytest.raises(ConfigError, match=rf"utterances\[1\] \(path '{wav}'\) has an empty id"):
+    with pytest.raises(ConfigError, match=rf"utterances\[1\] \(path '{wav}'\) has an empty id") as raised:
         extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
     assert not store.parent.exists()  # nothing written: no folder, no store skeleton
     path = _manifest(tmp_path, "id,path,label,speaker\nfine,a.wav,angry,s\n,a.wav,sad,s\n")
     assert [u.id for u in read_csv_manifest(path).utterances] == ["fine", "a.wav"]  # derived from the path
+    # The message said the derived id is "the file name without its extension": a CSV's is "a.wav".
+    assert str(raised.value).endswith("e.g. derived from the file name, as read_corpus derives one from the path "
+                                      "where a row gives none"), raised.value
 
 
 @pytest.mark.parametrize("raw, expected", [("../audio/a.wav", "audio/a.wav"), ("sub/../../audio/a.wav", "audio/a.wav"),

@@ -83,6 +83,8 @@ def device_problem(value: object) -> str | None:
     gpu = re.fullmatch(r"(?:gpu|cuda|nvidia)s?\s*[:/_-]?\s*(\d*)", text)
     if gpu:
         hint = f" For a GPU write {'cuda:' + gpu.group(1) if gpu.group(1) else 'cuda'!r}."
+    elif re.fullmatch(r"\d+", text):  # `device: 0` in YAML (an int), as torch numbers its GPUs
+        hint = f" For a GPU write 'cuda:{int(text)}'."
     elif text in ("auto", "cpu"):
         hint = f" Did you mean {text!r}?"
     else:

@@ -1187,6 +1187,25 @@ def test_a_gpu_device_is_spelt_alike_everywhere_and_its_refusal_names_the_values
     assert not store.exists()
 
 
+def test_a_pipeline_device_given_as_a_gpu_number_is_told_to_write_cuda_n(tmp_path, capsys):
+    """`device: 0` (YAML reads an int; GPU 0 as torch numbers them) got no hint, where gpu and GPU:1 did."""
+    import yaml
+
+    from w2v2ser._cli import main
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\na.wav,angry,s\n")
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "output": str(tmp_path / "out"), "corpora": {"c": {"kind": "csv", "path": str(manifest)}},
+        "extraction": {"device": 0, "stores": {"s": {"corpora": ["c"], "features": {"spectrogram": {}}}}},
+        "experiments": {}}))
+    assert main(["run", str(pipeline), "--stage", "extract", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "got 0. For a GPU write 'cuda:0'." in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_native_rate_that_the_window_does_not_fit_names_the_first_file_and_creates_no_store(tmp_path, capsys):
     """Spectrogram `sample_rate: native` with a 44.1 kHz first file (25 ms = 1102.5 samples): the run
     stopped with a window message that named no file, and left a store that `store info` called

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,6 +152,22 @@ def test_write_report_on_a_full_disk_names_the_report_folder(store: Path, tmp_pa
     _says_full(raised.value, tmp_path / "rep")
 
 
+def _spectrogram_pipeline(tmp_path: Path, monkeypatch, *, seeds: int) -> tuple[Path, Any, Any]:
+    """A one-experiment pipeline.yaml (spectrogram, ``seeds`` seeds) over a built store, run from
+    ``tmp_path``: (its path, the loaded config, its experiment)."""
+    from w2v2ser._config import load_pipeline
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
+                                   extra={"experiments.t.seeds": seeds, "experiments.t.recipe_overrides": FAST})
+    config = load_pipeline(pipeline)
+    (experiment,) = config.experiments
+    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
+                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
+    monkeypatch.chdir(tmp_path)
+    return pipeline, config, experiment
+
+
 @needs_ravdess
 def test_run_pipeline_on_a_full_disk_names_the_experiment_and_report_folders(tmp_path: Path, monkeypatch,
                                                                               capsys) -> None:
@@ -158,18 +175,10 @@ def test_run_pipeline_on_a_full_disk_names_the_experiment_and_report_folders(tmp
     evaluate stage "report tiny: FAILED: [Errno 28] ...": no folder, no fix."""
     import keras
 
-    from w2v2ser._config import load_pipeline
     from w2v2ser._run import run_pipeline
     from w2v2ser.evaluate import _figures
 
-    make_tiny_corpus(tmp_path / "data")
-    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
-                                   extra={"experiments.t.seeds": 1, "experiments.t.recipe_overrides": FAST})
-    config = load_pipeline(pipeline)
-    (experiment,) = config.experiments
-    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
-                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
-    monkeypatch.chdir(tmp_path)
+    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1)
     with monkeypatch.context() as patch:
         patch.setattr(keras.Model, "save", _full)
         assert run_pipeline(pipeline, stage="train") == 1
@@ -191,17 +200,9 @@ def test_run_pipeline_on_a_full_disk_at_experiment_json_fails_that_experiment_na
     """`w2v2ser run`'s train stage writes experiment.json while it plans: a full disk there said
     "No space left on device" with no folder, and stopped the whole train stage."""
     import w2v2ser._stage_train as stage_train
-    from w2v2ser._config import load_pipeline
     from w2v2ser._run import run_pipeline
 
-    make_tiny_corpus(tmp_path / "data")
-    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
-                                   extra={"experiments.t.seeds": 1, "experiments.t.recipe_overrides": FAST})
-    config = load_pipeline(pipeline)
-    (experiment,) = config.experiments
-    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
-                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
-    monkeypatch.chdir(tmp_path)
+    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1)
     write = stage_train._write_json
 
     def full_at_experiment_json(path, data):
@@ -226,17 +227,9 @@ def test_run_pipeline_on_a_full_disk_stops_that_experiments_further_runs(tmp_pat
     the experiment trained in full, only to fail at its save on the same disk."""
     import keras
 
-    from w2v2ser._config import load_pipeline
     from w2v2ser._run import run_pipeline
 
-    make_tiny_corpus(tmp_path / "data")
-    pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
-                                   extra={"experiments.t.seeds": 2, "experiments.t.recipe_overrides": FAST})
-    config = load_pipeline(pipeline)
-    (experiment,) = config.experiments
-    build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
-                features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
-    monkeypatch.chdir(tmp_path)
+    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=2)
     saves = []
 
     def full(*args, **kwargs):

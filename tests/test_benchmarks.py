@@ -215,21 +215,26 @@ def test_bench_codecs_names_a_missing_egemaps_store_before_running_the_model(tmp
     assert "wav2vec2-base (random weights)" not in done.stdout
 
 
-@pytest.mark.slow  # about 40 s: a tiny wav2vec2 store, then TensorFlow's start
-def test_bench_train_small_refuses_a_store_without_its_features_before_timing(tmp_path: Path) -> None:
-    # --small read eGeMAPS and the spectrogram without checking: a store lacking one died in a traceback
-    # after the other's figures were measured, and nothing was written.
+def _tiny_wav2vec2_store(tmp_path: Path, *, utterances: int) -> Path:
+    """A store of a tiny random wav2vec2's layers for ``utterances`` 0.5 s files (two speakers)."""
     from fixtures_audio import write_audio
     from tiny_models import save_tiny_wav2vec2
     from w2v2ser.extract import build_extractor, extract_corpus
     from w2v2ser.store import Utterance
 
     model = save_tiny_wav2vec2(tmp_path / "tiny")
-    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.5, seed=i)),
-                            speaker=f"s{i % 2}", label="x") for i in range(2)]
+    items = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.5, seed=i)),
+                       speaker=f"s{i % 2}", label="x") for i in range(utterances)]
     store = tmp_path / "w2v2.zarr"
-    extract_corpus(utterances, store, extractors=[build_extractor("wav2vec2", {"model": str(model)})],
-                   progress=False)
+    extract_corpus(items, store, extractors=[build_extractor("wav2vec2", {"model": str(model)})], progress=False)
+    return store
+
+
+@pytest.mark.slow  # about 40 s: a tiny wav2vec2 store, then TensorFlow's start
+def test_bench_train_small_refuses_a_store_without_its_features_before_timing(tmp_path: Path) -> None:
+    # --small read eGeMAPS and the spectrogram without checking: a store lacking one died in a traceback
+    # after the other's figures were measured, and nothing was written.
+    store = _tiny_wav2vec2_store(tmp_path, utterances=2)
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--small", str(store), "--epochs", "2",
                            "--reps", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
                           check=False)
@@ -324,17 +329,7 @@ def test_compare_on_subset_names_a_run_that_predicts_no_utterance_of_the_subset(
 def test_bench_cold_read_runs_and_prints_its_headline_last(tmp_path: Path) -> None:
     # The benchmarks' README: every script prints its headline as the LAST line; this one printed its
     # results path after it. (Not in CASES: it needs a store of a 3-D feature.)
-    from fixtures_audio import write_audio
-    from tiny_models import save_tiny_wav2vec2
-    from w2v2ser.extract import build_extractor, extract_corpus
-    from w2v2ser.store import Utterance
-
-    model = save_tiny_wav2vec2(tmp_path / "tiny")
-    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.5, seed=i)),
-                            speaker=f"s{i % 2}", label="x") for i in range(3)]
-    store = tmp_path / "w2v2.zarr"
-    extract_corpus(utterances, store, extractors=[build_extractor("wav2vec2", {"model": str(model)})],
-                   progress=False)
+    store = _tiny_wav2vec2_store(tmp_path, utterances=3)
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_cold_read.py"), "--store", str(store),
                            "--utterances", "3", "--reps", "1", "--batch", "2", "--workdir", str(tmp_path / "work"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)

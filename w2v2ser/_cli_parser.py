@@ -276,12 +276,32 @@ def _cmd_store_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """train's and sweep's --norm, --protocol, --recipe and --seeds (one text for both commands)."""
+    from w2v2ser.train import NORMALISATIONS, PROTOCOLS, RECIPES  # as build_parser: not at import
+
+    parser.add_argument("--norm", choices=list(NORMALISATIONS),
+                       help="feature normalisation from the store's statistics (default: speaker)")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), help=PROTOCOL_HELP)
+    parser.add_argument("--recipe", choices=list(RECIPES),
+                       help="training recipe: the paper's text or the authors' released code (default: paper)")
+    parser.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    """train's and sweep's --subset, --speaker-folds, --threads and --no-progress."""
+    parser.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
+                       help=SUBSET_HELP)
+    parser.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
+    parser.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``w2v2ser`` command."""
     from w2v2ser import __version__
     from w2v2ser.extract._corpora import CORPUS_READERS
     from w2v2ser.extract._registry import EXTRACTORS, UPSTREAMS
-    from w2v2ser.train import NORMALISATIONS, PROTOCOLS, RECIPES
     from w2v2ser.train._head_names import HEAD_BRANCHES
 
     # Choices and feature lists come from the registries: a registered reader, extractor, head,
@@ -388,22 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fusion-features", dest="fusion_features", help="fusion branch selection (default egemaps)")
     train.add_argument("--head", choices=list(HEAD_BRANCHES),
                        help="the paper's heads (default: dense); fusion adds an eGeMAPS branch")
-    train.add_argument("--norm", choices=list(NORMALISATIONS),
-                       help="feature normalisation from the store's statistics (default: speaker)")
-    train.add_argument("--protocol", choices=list(PROTOCOLS), help=PROTOCOL_HELP)
-    train.add_argument("--recipe", choices=list(RECIPES),
-                       help="training recipe: the paper's text or the authors' released code (default: paper)")
-    train.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
+    _add_recipe_options(train)
     train.add_argument("--out", required=True, type=path_argument, help="run directory")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4, units=64 (repeatable)",
     )
-    train.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
-                       help=SUBSET_HELP)
-    train.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
-    train.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
-    train.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_data_options(train)
     train.set_defaults(func=_cmd_train)
 
     sweep = commands.add_parser("sweep", help="stage 2: Dense probe on every layer of an upstream + weighted average",
@@ -413,20 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="upstream feature(s) in the store, comma separated (wav2vec2, hubert, ...); "
                             "FEATURE:A-B sweeps layers A..B only")
     sweep.add_argument("--head", help="only dense (the paper's probe)")
-    sweep.add_argument("--norm", choices=list(NORMALISATIONS),
-                       help="feature normalisation from the store's statistics (default: speaker)")
-    sweep.add_argument("--protocol", choices=list(PROTOCOLS), help=PROTOCOL_HELP)
-    sweep.add_argument("--recipe", choices=list(RECIPES),
-                       help="training recipe: the paper's text or the authors' released code (default: paper)")
-    sweep.add_argument("--seeds", type=_count(1), help="number of seeds (default: 5)")
+    _add_recipe_options(sweep)
     sweep.add_argument("--out", required=True, type=path_argument, help="output folder (a subfolder per upstream when several)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe or experiment hyperparameter, e.g. learning_rate=3e-4 (repeatable)")
-    sweep.add_argument("--subset", action="append", type=subset_condition, metavar="FIELD=VALUE[,VALUE]",
-                       help=SUBSET_HELP)
-    sweep.add_argument("--speaker-folds", dest="speaker_folds", type=_count(3), metavar="K", help=FOLDS_HELP)
-    sweep.add_argument("--threads", type=_count(1), help="TensorFlow threads (default: all cores)")
-    sweep.add_argument("--no-progress", dest="no_progress", action="store_true", help=_NO_PROGRESS_HELP)
+    _add_data_options(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
     evaluate = commands.add_parser("evaluate", help="Tables 1/2 report, confusion matrices, layer weights",

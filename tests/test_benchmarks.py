@@ -283,8 +283,8 @@ def test_bench_store_s3_refuses_a_count_below_one(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> None:
-    # A misspelt field (vocal_chanel) kept no utterance and ended in scikit-learn's "Found empty input array".
+def _speech_spectrogram_store(tmp_path: Path) -> Path:
+    """A spectrogram store of two 0.3 s files (u0, u1; two speakers), both with vocal_channel = speech."""
     from fixtures_audio import write_audio
     from w2v2ser.extract import build_extractor, extract_corpus
     from w2v2ser.store import Utterance
@@ -293,6 +293,12 @@ def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> No
                             speaker=f"s{i % 2}", label="x", extra={"vocal_channel": "speech"}) for i in range(2)]
     store = tmp_path / "s.zarr"
     extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    return store
+
+
+def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> None:
+    # A misspelt field (vocal_chanel) kept no utterance and ended in scikit-learn's "Found empty input array".
+    store = _speech_spectrogram_store(tmp_path)
     runs = [tmp_path / "run_a", tmp_path / "run_b"]
     done = subprocess.run([sys.executable, str(BENCHMARKS / "compare_on_subset.py"), str(store), *map(str, runs),
                            "--subset", "vocal_chanel=speech", "--out", str(tmp_path / "out")],
@@ -305,14 +311,7 @@ def test_compare_on_subset_names_a_subset_no_utterance_has(tmp_path: Path) -> No
 def test_compare_on_subset_names_a_run_that_predicts_no_utterance_of_the_subset(tmp_path: Path) -> None:
     # A run of another store (or without the subset in its test folds) ended in scikit-learn's
     # "Found empty input array" traceback.
-    from fixtures_audio import write_audio
-    from w2v2ser.extract import build_extractor, extract_corpus
-    from w2v2ser.store import Utterance
-
-    utterances = [Utterance(id=f"u{i}", path=str(write_audio(tmp_path / f"{i}.wav", duration=0.3, seed=i)),
-                            speaker=f"s{i % 2}", label="x", extra={"vocal_channel": "speech"}) for i in range(2)]
-    store = tmp_path / "s.zarr"
-    extract_corpus(utterances, store, extractors=[build_extractor("spectrogram")], progress=False)
+    store = _speech_spectrogram_store(tmp_path)
     runs = [tmp_path / "run_a", tmp_path / "run_b"]
     for run, ids in zip(runs, (["u0", "u1"], ["other1", "other2"])):
         (run / "runs" / "r0").mkdir(parents=True)

@@ -337,15 +337,20 @@ def test_bench_cold_read_runs_and_prints_its_headline_last(tmp_path: Path) -> No
     assert done.stdout.strip().splitlines()[-1] == headline
 
 
+def _tiny_bench_extract(tmp_path: Path, *, modes: str) -> subprocess.CompletedProcess:
+    """bench_extract.py on CPU with a tiny model: 2 synthetic files, one rep of ``modes``, out/w.{json,md}."""
+    return subprocess.run([sys.executable, str(BENCHMARKS / "bench_extract.py"), "--device", "cpu", "--tiny",
+                           "--synthetic", "2", "--reps", "1", "--features", "wav2vec2", "--modes", modes,
+                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "w"],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "W2V2SER_BENCH_CACHE": str(tmp_path / "cache")})
+
+
 @pytest.mark.slow  # torch and a tiny model's store writes: about 15 s, 40 s on the loaded box
 def test_bench_extract_write_note_gives_the_models_own_bytes_per_audio_second(tmp_path: Path) -> None:
     # The note assumed 1 MB per audio second (13 x 768 float16): with the tiny model it said "~0 audio s/s"
     # beside a measured 19 audio s/s, and a large model's 2.6 MB would have made it 2.6x too high.
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_extract.py"), "--device", "cpu", "--tiny",
-                           "--synthetic", "2", "--reps", "1", "--features", "wav2vec2", "--modes", "write",
-                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "w"],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "W2V2SER_BENCH_CACHE": str(tmp_path / "cache")})
+    done = _tiny_bench_extract(tmp_path, modes="write")
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "w.json").read_text())["summary"]["write"]
     note = re.search(r"raw store write \(write\): .*\(([\d.e-]+) MB per audio second -> ([\d.]+) audio s/s\)",
@@ -360,11 +365,7 @@ def test_bench_extract_write_note_gives_the_models_own_bytes_per_audio_second(tm
 def test_bench_extract_warms_bare_and_extractor_at_the_timed_batch_shapes(tmp_path: Path) -> None:
     # The bare model was warmed on single signals only: rep 0 timed `bare` first at the real batch shapes,
     # paying its kernel choice and allocations there, which flattered pipeline/bare (1.21 in a CPU smoke).
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_extract.py"), "--device", "cpu", "--tiny",
-                           "--synthetic", "2", "--reps", "1", "--features", "wav2vec2", "--modes", "bare,extractor",
-                           "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--name", "w"],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "W2V2SER_BENCH_CACHE": str(tmp_path / "cache")})
+    done = _tiny_bench_extract(tmp_path, modes="bare,extractor")
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "w.json").read_text())
     assert sorted(result.get("warmup_s", {})) == ["bare", "extractor"], done.stdout

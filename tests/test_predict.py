@@ -525,7 +525,7 @@ def test_predict_passes_a_moved_model_to_stage_1_only_for_a_speech_encoder(
     no speech encoder refuses it rather than ignoring it."""
     import argparse
 
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
     from w2v2ser.train import ExperimentConfig, train_experiment
 
     seen = []
@@ -682,7 +682,7 @@ def test_predict_cli_json(trained: Path, audio_files: list[Path], monkeypatch: p
                           capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
     parser = argparse.ArgumentParser()
@@ -889,7 +889,8 @@ def test_predict_labels_long_recordings_window_by_window(trained: Path, tmp_path
 
     import soundfile
 
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_manifest
+    from w2v2ser.evaluate import predict_manifest
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
 
     monkeypatch.setattr(_predict, "extract_features", fake_extract)
     classes = json.loads((trained / "results.json").read_text())["classes"]
@@ -966,7 +967,7 @@ def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: 
     import shutil
 
     from stage2_fixtures import ravdess_utterances
-    from w2v2ser.evaluate import add_predict_arguments
+    from w2v2ser.evaluate._cli import add_predict_arguments
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -1276,7 +1277,7 @@ def test_predict_from_store_takes_a_store_per_alias_for_a_fusion_run(tmp_path: P
     {'fusion': PATH, 'main': PATH}, which only Python can: --from-store took one STORE."""
     import argparse
 
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
 
     main, fusion = _train_fusion_run(tmp_path)
     parser = argparse.ArgumentParser()
@@ -1458,7 +1459,8 @@ def test_predict_store_scores_a_stored_corpus_without_extracting(trained: Path, 
     import argparse
 
     from stage2_fixtures import build_store
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
 
     store = json.loads((trained / "experiment.json").read_text())["stores"]["main"]
     metrics = json.loads((trained / "runs" / "split__seed0" / "metrics.json").read_text())
@@ -1511,7 +1513,8 @@ def test_digitally_silent_files_are_named_not_labelled_in_silence(trained: Path,
     dropped it). Now a note names it, and --json marks it; --from-store does the same."""
     import argparse
 
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
 
     def extract(manifest: Path, store: Path, *, like: Path, features: list[str], model: str | None = None,
                 options: Sequence[str] = ()) -> None:
@@ -1550,7 +1553,8 @@ def test_predict_store_names_audio_at_another_rate_for_native_features(tmp_path:
     from dataclasses import replace
 
     from stage2_fixtures import ravdess_utterances
-    from w2v2ser.evaluate import add_predict_arguments, predict_from_cli, predict_store
+    from w2v2ser.evaluate import predict_store
+    from w2v2ser.evaluate._cli import add_predict_arguments, predict_from_cli
     from w2v2ser.train import ExperimentConfig, train_experiment
 
     rows = ravdess_utterances(per_actor=2)

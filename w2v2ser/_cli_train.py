@@ -199,7 +199,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from w2v2ser.evaluate import predict_from_cli
+    from w2v2ser.evaluate._cli import predict_from_cli
 
     return predict_from_cli(args)
 

@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,55 @@ def test_predict_speaker_groups_refuses_a_run_that_is_not_speaker_normalised(tmp
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert "normalised with ['global'], not their groups' own statistics" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _benchmarks_copy(tmp_path: Path) -> Path:
+    """The benchmark scripts copied under tmp_path, with a results/ folder holding one committed-looking file:
+    a quick mode that (wrongly) writes into results/ changes the copy, never the repository."""
+    copy = tmp_path / "repo" / "tests" / "benchmarks"
+    copy.mkdir(parents=True)
+    for script in BENCHMARKS.glob("*.py"):
+        (copy / script.name).write_bytes(script.read_bytes())
+    (copy / "results").mkdir()
+    (copy / "results" / "committed.json").write_text("{}\n")
+    return copy
+
+
+def test_a_quick_benchmark_run_leaves_the_results_folder_untouched(tmp_path: Path) -> None:
+    # bench_store_write --quick (and every other --quick) wrote results/<name>_quick.{json,md} over the
+    # committed files, so a smoke run dirtied the repository.
+    copy = _benchmarks_copy(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run([sys.executable, str(copy / "bench_store_write.py"), "--quick", "--modes", "dd,w2v2ser",
+                           "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
+                          check=False, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert sorted(p.name for p in (copy / "results").iterdir()) == ["committed.json"], done.stdout[-2000:]
+    where = re.search(r"quick run: results go to (\S+)", done.stdout)
+    assert where and Path(where.group(1)).parent == tmp_path / "tmp", done.stdout[-2000:]
+    assert json.loads((Path(where.group(1)) / "bench_store_write_quick.json").read_text())["headline"]
+
+
+def test_every_quick_mode_writes_outside_the_results_folder_unless_given_out(tmp_path: Path) -> None:
+    copy = _benchmarks_copy(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    code = textwrap.dedent("""
+        import importlib, json, sys
+        sys.path.insert(0, sys.argv[1])
+        outs = {}
+        for name, argv in [("bench_store", ["--quick"]), ("bench_train", ["--quick"]), ("bench_scaling", ["--quick"]),
+                           ("bench_extract", ["--quick"]), ("bench_extract", ["--tiny"]),
+                           ("bench_store", ["--quick", "--out", "mine"]), ("bench_store", [])]:
+            module = importlib.import_module(name)
+            sys.argv = [name, *argv]
+            outs[" ".join([name, *argv])] = (module.parse_args([*argv]) if name == "bench_extract"
+                                             else module.parse_args()).out
+        print(json.dumps(outs))
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300,
+                          check=False, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    outs = json.loads(done.stdout.splitlines()[-1])
+    assert outs.pop("bench_store --quick --out mine") == "mine" and outs.pop("bench_store") is None
+    assert all(out and Path(out).parent == tmp_path / "tmp" for out in outs.values()), outs
+    assert sorted(p.name for p in (copy / "results").iterdir()) == ["committed.json"]

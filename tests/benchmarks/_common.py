@@ -174,6 +174,20 @@ def write_results(name: str, payload: dict[str, Any], table: str, *, out: str | 
     return path
 
 
+def quick_out(out: str | None, quick: bool, name: str) -> str | None:
+    """The results folder of a run: ``out`` when given, else ``results/`` (None) for a real run.
+
+    A quick (smoke) run without ``--out`` writes into a fresh temporary folder instead, so that it
+    never overwrites the committed figures in ``results/`` nor dirties the repository; the folder is
+    printed. Pass ``--out tests/benchmarks/results`` to keep a quick run's results there.
+    """
+    if out or not quick:
+        return out
+    folder = tempfile.mkdtemp(prefix=f"{name}_quick_")
+    print(f"quick run: results go to {folder} (--out DIR to choose)", flush=True)
+    return folder
+
+
 def make_workdir(parent: str | None, prefix: str) -> Path:
     """A fresh folder for a run's files, inside ``parent`` (created if missing) or the temp dir."""
     if parent:

@@ -82,11 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma list of writer thread counts for mode 'write' (each thread its own StoreWriter "
                         "and journal, as parallel workers use the store), e.g. 1,4,8")
     p.add_argument("--workdir", default=None, help="where stores and .npy files are written (default: a temp dir)")
-    p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results)")
+    p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results; with --quick "
+                                               "or --tiny a new temporary folder)")
     p.add_argument("--name", default=None, help="result file name (default bench_extract[_quick|_<device>])")
     args = p.parse_args(argv)
     if args.quick:
         args.files, args.reps, args.repeat = 2, 1, 1
+    args.out = _common.quick_out(args.out, args.quick or args.tiny, "bench_extract")
     return args
 
 

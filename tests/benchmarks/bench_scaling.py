@@ -43,10 +43,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--audio-dir", default="/work/shared/data/ravdess")
     p.add_argument("--cache", default=str(bench_train.DEFAULT_CACHE))
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results; with --quick a "
+                                               "new temporary folder)")
     args = p.parse_args()
     if args.quick:
         args.files, args.train_seconds = 1, 90.0
+    args.out = _common.quick_out(args.out, args.quick, "bench_scaling")
     return args
 
 

@@ -41,13 +41,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reads", type=int, default=None, help="utterances read per pass (default: all)")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--workdir", default=None, help="where the three copies are written (default: a temp dir)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results; with --quick a "
+                                               "new temporary folder)")
     p.add_argument("--chunk-frames", type=int, default=None,
                    help="frames per inner chunk of the w2v2ser store (default: the store's default)")
     p.add_argument("--no-drop-cache", action="store_true", help="never drop the page cache (warm only)")
     args = p.parse_args()
     if args.quick:
         args.utterances, args.reps = 40, 1
+    args.out = _common.quick_out(args.out, args.quick, "bench_store")
     return args
 
 

@@ -44,6 +44,7 @@ from _common import (
     load_average,
     machine_info,
     make_workdir,
+    quick_out,
     write_results,
 )
 
@@ -173,13 +174,15 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=192)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", help="folder on the disk to measure (default: a temp dir)")
-    parser.add_argument("--out", help="results folder (default tests/benchmarks/results)")
+    parser.add_argument("--out", help="results folder (default tests/benchmarks/results; with --quick a new "
+                                      "temporary folder)")
     parser.add_argument("--modes", default="dd,raw_fsync,w2v2ser,w2v2ser_zarrs,w2v2ser_zarr_native,tensorstore_shards",
                         help="comma-separated modes (dd and w2v2ser always run)")
     parser.add_argument("--baseline-code", help="source tree of another w2v2ser: adds mode baseline_zarrs")
     parser.add_argument("--baseline-python", help="interpreter for --baseline-code, with the dependencies but no "
                                                   "installed w2v2ser (default: the base interpreter)")
     args = parser.parse_args()
+    args.out = quick_out(args.out, args.quick, "bench_store_write")
     count, reps = (64, 2) if args.quick else (args.utterances, args.reps)
     rng = np.random.default_rng(0)
     frames = [rng.standard_normal((int(n), 13, 768)).astype("float16") for n in rng.integers(100, 251, count)]

@@ -58,7 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, write_results  # noqa: E402
+from _common import bootstrap_w2v2ser, command_line, format_table, machine_info, quick_out, write_results  # noqa: E402
 
 SHAPES = {"tiny": (13, 32), "base": (13, 768), "large": (25, 1024)}
 
@@ -251,7 +251,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--cache", default="/work/bench_cache")
-    parser.add_argument("--out")
+    parser.add_argument("--out", help="results folder (default tests/benchmarks/results; with --quick a new "
+                                      "temporary folder)")
     parser.add_argument("--quick", action="store_true", help="96/144 utterances, 2 epochs")
     parser.add_argument("--steps", action="store_true", help="time only the sweep's training step per shape")
     parser.add_argument("--onednn", action="store_true", help="every mode with oneDNN off and on (alternating)")
@@ -274,6 +275,7 @@ def main() -> None:
         return child(args.child, args.store, args.epochs, args.threads, args.cache_mode)
     if args.quick:
         args.tiny_utterances, args.base_utterances, args.epochs = 96, 144, 2
+    args.out = quick_out(args.out, args.quick, "bench_sweep")
     if args.onednn:
         return compare(args, "bench_sweep_onednn", {"off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
                                                     "on": {"TF_ENABLE_ONEDNN_OPTS": "1"}}, "oneDNN")

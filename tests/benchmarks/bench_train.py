@@ -62,7 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10000.0, help="audio seconds of the full-size store")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of the generated stores (reused)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="results folder (default tests/benchmarks/results; with --quick a "
+                                               "new temporary folder)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-input", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-small", nargs=2, default=None, metavar=("STORE", "FEATURE"), help=argparse.SUPPRESS)
@@ -89,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.seconds, args.epochs = 360.0, 2
+    args.out = _common.quick_out(args.out, args.quick, "bench_train")
     return args
 
 

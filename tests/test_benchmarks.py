@@ -450,3 +450,17 @@ def test_every_quick_mode_writes_outside_the_results_folder_unless_given_out(tmp
     assert outs.pop("bench_store --quick --out mine") == "mine" and outs.pop("bench_store") is None
     assert all(out and Path(out).parent == tmp_path / "tmp" for out in outs.values()), outs
     assert sorted(p.name for p in (copy / "results").iterdir()) == ["committed.json"]
+
+
+def test_bench_fidelity_asks_for_its_store_instead_of_a_default_that_does_not_exist(tmp_path: Path) -> None:
+    # Its default store (/work/scratch/ravdess-v1.zarr) no longer existed: a run died in a traceback.
+    def fidelity(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCHMARKS / "bench_fidelity.py"), *args, "--work",
+                               str(tmp_path / "work")], capture_output=True, text=True, timeout=300, check=False)
+
+    done = fidelity("--variant", "head")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "--variant head needs --store STORE: a w2v2ser store with eGeMAPS of RAVDESS" in done.stderr
+    done = fidelity("--variant", "keras", "--store", str(tmp_path / "nope.zarr"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"--store {tmp_path / 'nope.zarr'}: no w2v2ser store there" in done.stderr

@@ -16,9 +16,9 @@ go in the background (``nice``) and be resumed. ``--report`` prints the table: m
 of the test UAR, the epochs run, and two-sided Mann-Whitney U and Welch t-test p-values of each
 variant against ``keras``.
 
-    nice python3 tests/benchmarks/bench_fidelity.py --variant keras --seeds 20 --threads 1
-    nice python3 tests/benchmarks/bench_fidelity.py --variant head --seeds 20 --threads 1
-    nice python3 tests/benchmarks/bench_fidelity.py --variant stage2 --seeds 20 --threads 1
+    nice python3 tests/benchmarks/bench_fidelity.py --variant keras --store STORE --seeds 20 --threads 1
+    nice python3 tests/benchmarks/bench_fidelity.py --variant head --store STORE --seeds 20 --threads 1
+    nice python3 tests/benchmarks/bench_fidelity.py --variant stage2 --store STORE --seeds 20 --threads 1
     python3 tests/benchmarks/bench_fidelity.py --report
 """
 
@@ -41,12 +41,12 @@ LABELS = {"keras": "plain keras.Model.fit on padded numpy arrays + mask",
           "keras_reshuffled": "the same plain model, fit on the heads' tf.data pipeline (new order every epoch)",
           "head": 'DenseHead(recipe="paper").fit on the same arrays (list input)',
           "stage2": "w2v2ser train ... --recipe paper (the whole stage 2 path)"}
-DEFAULT_STORE = "/work/scratch/ravdess-v1.zarr"
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=DEFAULT_STORE, help="w2v2ser store with eGeMAPS of RAVDESS")
+    p.add_argument("--store", default=None, help="w2v2ser store with eGeMAPS of RAVDESS (needed by --variant), e.g. "
+                                                 "`w2v2ser extract ravdess DATA --store STORE --features egemaps`")
     p.add_argument("--variant", choices=VARIANTS)
     p.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (finished seeds are skipped)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed (keras, keras_reshuffled, head)")
@@ -55,7 +55,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. 'before' a fix)")
     p.add_argument("--report", action="store_true", help="print the table from the saved per-seed results")
     p.add_argument("--out", default=None, help="folder of the report's JSON/Markdown (default results/)")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.variant and not args.report:
+        # The old default (/work/scratch/ravdess-v1.zarr, where the results were made) no longer exists.
+        if not args.store:
+            p.error(f"--variant {args.variant} needs --store STORE: a w2v2ser store with eGeMAPS of RAVDESS, "
+                    "e.g. from `w2v2ser extract ravdess DATA --store STORE --features egemaps`")
+        if not (Path(args.store) / "zarr.json").is_file() and "://" not in args.store:
+            p.error(f"--store {args.store}: no w2v2ser store there (no zarr.json); give a store with eGeMAPS of "
+                    "RAVDESS, e.g. from `w2v2ser extract ravdess DATA --store STORE --features egemaps`")
+    return args
 
 
 def _work(args: argparse.Namespace) -> Path:

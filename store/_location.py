@@ -87,7 +87,11 @@ class StoreLocation:
 
     # ------------------------------------------------------------------ zarr
     def zarr_store(self, *, read_only: bool) -> Any:
-        """The Zarr store object: ``LocalStore`` for directories, ``FsspecStore`` for URLs."""
+        """The Zarr store object: ``LocalStore`` for directories, ``FsspecStore`` for URLs.
+
+        Args:
+            read_only: Open it read-only.
+        """
         from zarr.storage import FsspecStore
 
         if self.is_local:
@@ -109,7 +113,11 @@ class StoreLocation:
         return fs, f"{root.rstrip('/')}/{key}" if key else root
 
     def exists(self, key: str) -> bool:
-        """Whether the object (or local file) ``key`` exists."""
+        """Whether the object (or local file) ``key`` exists.
+
+        Args:
+            key: Path of the object, relative to the store.
+        """
         if self.is_local:
             return (self.path / key).exists()
         fs, full = self._full(key)
@@ -117,7 +125,11 @@ class StoreLocation:
         return bool(fs.exists(full))
 
     def read_bytes(self, key: str) -> bytes | None:
-        """The object's bytes, or None when it does not exist."""
+        """The object's bytes, or None when it does not exist.
+
+        Args:
+            key: Path of the object, relative to the store.
+        """
         fs, full = self._full(key)
         try:
             return bytes(fs.cat_file(full))
@@ -125,7 +137,12 @@ class StoreLocation:
             return None
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Replace an object as a whole (one PUT: readers see the old object or the new one)."""
+        """Replace an object as a whole (one PUT: readers see the old object or the new one).
+
+        Args:
+            key: Path of the object, relative to the store.
+            data: Its new bytes.
+        """
         fs, full = self._full(key)
         fs.pipe_file(full, data)
 
@@ -134,6 +151,10 @@ class StoreLocation:
 
         On S3 this is one conditional PUT (``If-None-Match: *``), atomic on the server; other
         fsspec file systems check, then write (not atomic between two racing writers).
+
+        Args:
+            key: Path of the object, relative to the store.
+            data: Its bytes.
         """
         fs, full = self._full(key)
         try:
@@ -143,7 +164,11 @@ class StoreLocation:
         return True
 
     def delete(self, key: str) -> None:
-        """Delete one object (missing is fine)."""
+        """Delete one object (missing is fine).
+
+        Args:
+            key: Path of the object, relative to the store.
+        """
         fs, full = self._full(key)
         try:
             fs.rm_file(full)
@@ -151,7 +176,11 @@ class StoreLocation:
             pass
 
     def delete_tree(self, prefix: str) -> None:
-        """Delete everything under ``prefix/`` (a folder, or every object of that prefix)."""
+        """Delete everything under ``prefix/`` (a folder, or every object of that prefix).
+
+        Args:
+            prefix: Folder (key prefix) relative to the store.
+        """
         if self.is_local:
             shutil.rmtree(self.path / prefix, ignore_errors=True)
             return
@@ -159,7 +188,11 @@ class StoreLocation:
             self.delete(key)
 
     def list(self, prefix: str) -> list[str]:
-        """Keys of every object under ``prefix/``, relative to the store, sorted (fresh listing)."""
+        """Keys of every object under ``prefix/``, relative to the store, sorted (fresh listing).
+
+        Args:
+            prefix: Folder (key prefix) relative to the store.
+        """
         fs, full = self._full(prefix)
         fs.invalidate_cache(full)
         _, root = self._fs()

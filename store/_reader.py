@@ -75,7 +75,12 @@ def open_store(path: str | os.PathLike[str] | StoreLocation, *, allow_incomplete
 
 
 class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _ReadSummaryMixin):
-    """Read access to a store; create with :func:`open_store`."""
+    """Read access to a store; create with :func:`open_store`.
+
+    Args:
+        path: The store's folder, URL or :class:`StoreLocation`.
+        meta: The store's root attributes, as :func:`open_store` read and checked them.
+    """
 
     def __init__(self, path: Path | StoreLocation, meta: dict[str, Any]) -> None:
         self.location = locate_store(path)
@@ -191,6 +196,12 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
 
         A process that must read what another reader of the store read (a task repeating a planned
         view, passed that reader's :attr:`revision`) calls this right after opening.
+
+        Args:
+            revision: The :attr:`revision` the other reader saw.
+
+        Raises:
+            StoreChangedError: The store has another revision now.
         """
         if self._revision != revision:
             raise self._changed()

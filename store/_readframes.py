@@ -53,7 +53,15 @@ class _ReadFramesMixin:
 
     # ------------------------------------------------------------------ frames
     def num_frames(self, utterance_id: str, feature: str) -> int:
-        """Number of stored frames of one utterance for `feature`."""
+        """Number of stored frames of one utterance for `feature`.
+
+        Args:
+            utterance_id: The utterance's id.
+            feature: A feature of the store.
+
+        Raises:
+            StoreError: The id or feature is unknown, or the utterance holds no frames of it.
+        """
         self._spec(feature)
         row = self._row(utterance_id)
         length = int(self._per_row(feature)["length"][row])
@@ -64,7 +72,12 @@ class _ReadFramesMixin:
     def frame_checksums(self, feature: str, ids: Sequence[str]) -> np.ndarray:
         """The per-layer checksums (``row_checksum``) recorded when each utterance's frames of
         ``feature`` were committed, [len(ids), layers] uint32 in the order of ``ids``: a cheap
-        identity of the frames (no frame is read), e.g. to tell a re-extracted store from a copy."""
+        identity of the frames (no frame is read), e.g. to tell a re-extracted store from a copy.
+
+        Args:
+            feature: A feature of the store.
+            ids: Utterance ids, in the order of the rows returned.
+        """
         self._spec(feature)
         crc = self._per_row(feature)["crc32"]
         return np.asarray(crc[[self._row(i) for i in ids]], np.uint32).reshape(len(ids), -1)

@@ -37,7 +37,14 @@ class _ReadSummaryMixin:
 
     # ------------------------------------------------------------------ checks and summary
     def verify(self, *, progress: bool = False) -> VerifyReport:
-        """Re-read every utterance and check crc32 and region consistency (``progress``: a bar per feature)."""
+        """Re-read every utterance and check crc32 and region consistency.
+
+        Args:
+            progress: Show a progress bar per feature.
+
+        Returns:
+            A :class:`VerifyReport` listing the problems found.
+        """
         from ._verify import verify_store
 
         return verify_store(self, progress=progress)

@@ -16,10 +16,17 @@ class _ReadTableMixin:
 
     # ------------------------------------------------------------------ table
     def list_utterances(self, *, status: str | None = "done", feature: str | None = None) -> list[UtteranceRecord]:
-        """Utterances in row order, filtered by status ("done", "failed", "pending" or None for all).
+        """Utterances in row order, filtered by status.
 
-        ``feature``: keep only utterances that hold frames of it. A store can hold an utterance
-        without some feature: one added later by an extraction of other features.
+        A store can hold an utterance without some feature: one added later by an extraction of
+        other features.
+
+        Args:
+            status: ``"done"``, ``"failed"``, ``"pending"``, or None for all.
+            feature: Keep only utterances that hold frames of this feature (None: all).
+
+        Raises:
+            StoreError: ``status`` is not one of these.
         """
         if status is not None and status not in STATUSES:
             raise StoreError(f"list_utterances: status={status!r}; expected one of {STATUSES} or None.")
@@ -42,7 +49,11 @@ class _ReadTableMixin:
 
     def holds_any(self, feature: str) -> bool:
         """Whether some done utterance holds frames of ``feature``: ``list_utterances(feature=...)``
-        is non-empty, answered from two columns without building every record (each ``run`` asks)."""
+        is non-empty, answered from two columns without building every record (each ``run`` asks).
+
+        Args:
+            feature: A feature of the store.
+        """
         held = self._holds(feature)
         if not held.any():
             return False
@@ -52,8 +63,12 @@ class _ReadTableMixin:
     def sample_rates(self, feature: str, *, ids: set[str] | None = None) -> collections.Counter[int | None]:
         """Own sample rate (Hz) of the audio files behind a feature -> number of done utterances.
 
-        ``ids``: count only these utterances. None stands for utterances of a store that predates
-        the record (``UtteranceRecord.sample_rate``).
+        The rate None stands for utterances of a store that predates the record
+        (``UtteranceRecord.sample_rate``).
+
+        Args:
+            feature: A feature of the store.
+            ids: Count only these utterances (None: all done utterances holding ``feature``).
         """
         return collections.Counter(r.sample_rate for r in self.list_utterances(feature=feature)
                                    if ids is None or r.id in ids)

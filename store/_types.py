@@ -34,6 +34,17 @@ class Utterance:
 
     ``extra`` holds the reader's other columns as text; in a stored record it also holds what
     extraction recorded, e.g. ``extra[AUDIO_RATE_KEY]``, the file's own sample rate as an int.
+
+    Attributes:
+        id: Unique utterance id within the store (no control characters).
+        path: Audio file path.
+        speaker: Speaker name (normalisation and speaker-independent folds group by it).
+        label: Emotion label, as written in the corpus.
+        session: Recording session (IEMOCAP's protocols split by it); empty when unknown.
+        split: ``train``, ``validation`` or ``test`` as the manifest gives it, or empty.
+        gender: Speaker gender as the corpus gives it, or empty.
+        corpus: Corpus kind (``ravdess``, ``iemocap``, ``csv``).
+        extra: The manifest's other columns, plus what extraction recorded in a stored record.
     """
 
     id: str
@@ -56,7 +67,25 @@ class Utterance:
 
 @dataclass(frozen=True, kw_only=True)
 class UtteranceRecord(Utterance):
-    """An utterance as stored: manifest fields plus what extraction recorded."""
+    """An utterance as stored: manifest fields plus what extraction recorded.
+
+    Attributes:
+        id: As in :class:`Utterance`; so are ``path``, ``speaker``, ``label``, ``session``,
+            ``split``, ``gender``, ``corpus`` and ``extra``.
+        path: See :class:`Utterance`.
+        speaker: See :class:`Utterance`.
+        label: See :class:`Utterance`.
+        session: See :class:`Utterance`.
+        split: See :class:`Utterance`.
+        gender: See :class:`Utterance`.
+        corpus: See :class:`Utterance`.
+        extra: See :class:`Utterance`.
+        duration: Audio duration in seconds.
+        num_samples: Samples of the decoded (mono) audio.
+        audio_sha256: SHA-256 of the audio file, as extraction read it.
+        status: The utterance's extraction status (e.g. ``done``, ``failed``, ``pending``).
+        index: Row of the utterance in the store's utterance table.
+    """
 
     duration: float
     num_samples: int
@@ -73,7 +102,18 @@ class UtteranceRecord(Utterance):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What one feature looks like in the store."""
+    """What one feature looks like in the store.
+
+    Attributes:
+        name: Feature name (``wav2vec2``, ``egemaps``, ``spectrogram``, ...); no ``/``.
+        dim: Values per frame (per layer for a layered feature).
+        layers: Number of layers per frame, or None for 2-D ``[frames, dim]`` features.
+        frame_rate: Frames per second.
+        dtype: Stored dtype: ``float16``, ``float32`` or ``float64``.
+        config: The extractor's configuration (JSON-able), recorded for provenance and resumes.
+        layer_names: One name per layer, or None.
+        description: Free text shown by ``store info``.
+    """
 
     # Bounds and choices are the annotations (checked by w2v2ser._schema, errors as StoreError).
     name: Annotated[str, Field(min_length=1, pattern=r"^[^/]+$")]
@@ -115,13 +155,26 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
-        """Build from :meth:`to_dict` output; unknown or missing keys are rejected."""
+        """Build from :meth:`to_dict` output; unknown or missing keys are rejected.
+
+        Args:
+            d: A mapping as :meth:`to_dict` returns it.
+
+        Raises:
+            StoreError: A key is unknown or missing, or a value is out of bounds.
+        """
         return build_dataclass(cls, dict(d), what="FeatureSpec", error=StoreError)
 
 
 @dataclass(frozen=True, eq=False)
 class FeatureStatistics:
-    """Normalisation statistics over frames: count, mean and population variance."""
+    """Normalisation statistics over frames: count, mean and population variance.
+
+    Attributes:
+        count: Number of frames the statistics cover.
+        mean: Per-dimension mean (the frame shape).
+        variance: Per-dimension population variance (the frame shape).
+    """
 
     count: int
     mean: np.ndarray
@@ -142,7 +195,14 @@ class FeatureStatistics:
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed (utterance, feature); ``feature`` None means the whole utterance."""
+    """One failed (utterance, feature); ``feature`` None means the whole utterance.
+
+    Attributes:
+        id: Utterance id.
+        path: Audio file path.
+        feature: The feature that failed, or None for the whole utterance.
+        reason: What went wrong and what to do.
+    """
 
     id: str
     path: str
@@ -152,7 +212,12 @@ class Failure:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Result of :meth:`FeatureStore.verify`."""
+    """Result of :meth:`FeatureStore.verify`.
+
+    Attributes:
+        problems: ``(utterance id, or "*" for the whole store, feature, what is wrong)`` per problem.
+        checked: Number of (utterance, feature) frame blocks read and checked.
+    """
 
     problems: list[tuple[str, str, str]]
     checked: int = 0

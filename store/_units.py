@@ -225,6 +225,10 @@ class UnitWriter:
     it is full, the last one at commit. Commit fsyncs the shard files and their folders, then
     appends the commit records (one per utterance x feature) to the writer's journal. Nothing
     of a unit is visible before its commit: a killed unit is redone by the next run.
+
+    Args:
+        writer: The store's writer (:meth:`StoreWriter.open_unit` passes itself).
+        unit: The work unit whose rows this writes.
     """
 
     def __init__(self, writer: "StoreWriter", unit: WorkUnit) -> None:
@@ -286,6 +290,13 @@ class UnitWriter:
             duration: float, silent: bool = False) -> None:
         """Pack one utterance's frames (all its features) into the unit.
 
+        Args:
+            index: The utterance's row (one of the unit's rows).
+            features: Feature name -> its frames (``[frames, *frame_shape]``).
+            audio_sha256: SHA-256 of the audio file the frames were computed from.
+            duration: Audio duration in seconds.
+            silent: Whether the audio is digital silence after mixing to mono.
+
         Raises:
             StoreError: wrong shape, more frames than planned, non-finite values, or a row
                 outside the unit; nothing of the utterance is written then.
@@ -300,6 +311,10 @@ class UnitWriter:
         statistics and checksums computed in parallel threads (:func:`prepare_threads`).
 
         Args:
+            indices: The utterances' rows (rows of the unit).
+            features: Per utterance, feature name -> its frames.
+            audio_sha256: Per utterance, SHA-256 of its audio file.
+            durations: Per utterance, audio duration in seconds.
             silent: Per utterance, whether its audio is digital silence after mixing to mono; kept in
                 its commit records, from which finalize lists such utterances (``silent_audio``).
             on_bad_frames: Called with the row and the error of an utterance whose frames fail

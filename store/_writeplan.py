@@ -376,7 +376,11 @@ class _WritePlanMixin:
                 for k, rows in enumerate(units)]
 
     def open_unit(self, unit: WorkUnit) -> UnitWriter:
-        """A writer for one work unit (any process); commit it when its utterances are added."""
+        """A writer for one work unit (any process); commit it when its utterances are added.
+
+        Args:
+            unit: One of the work units the plan made.
+        """
         for name in unit.regions:
             self._spec(name)
         return UnitWriter(self, unit)

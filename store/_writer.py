@@ -122,6 +122,9 @@ class StoreWriter(_WritePlanMixin, _WriteWorkersMixin):
         """Refuse a location that holds files other than a store's (one directory listing): a
         caller that creates the store later checks this before any slow work.
 
+        Args:
+            location: Where the store is to be.
+
         Raises:
             StoreError: The directory is not empty and is not a w2v2ser store.
         """

@@ -32,6 +32,9 @@ class _WriteWorkersMixin:
 
         Rows failed earlier are included (a rerun retries them); rows with an unreadable
         header (nothing planned) are not.
+
+        Args:
+            features: Feature names of the store.
         """
         names = list(features)
         for name in names:
@@ -117,7 +120,13 @@ class _WriteWorkersMixin:
 
     @_no_space_is_clear
     def record_failure(self, index: int, *, reason: str, feature: str | None = None) -> None:
-        """Record that an utterance (or one feature of it) could not be extracted."""
+        """Record that an utterance (or one feature of it) could not be extracted.
+
+        Args:
+            index: The utterance's row.
+            reason: What went wrong and what to do (shown by ``store info`` and extract's summary).
+            feature: The feature that failed, or None for the whole utterance.
+        """
         uid = self._row_id(index)
         if feature is not None:
             self._spec(feature)
@@ -127,7 +136,11 @@ class _WriteWorkersMixin:
     @_no_space_is_clear
     def record_silent_audio(self, ids: Sequence[str]) -> None:
         """Record utterances whose audio is digital silence after mixing to mono (every sample 0),
-        for ``store info`` and extract's note (single process: the planning driver)."""
+        for ``store info`` and extract's note (single process: the planning driver).
+
+        Args:
+            ids: Ids of the silent utterances (merged with those recorded before).
+        """
         meta = self._meta
         known = list(meta.get("silent_audio", []))
         merged = sorted(set(known) | {str(uid) for uid in ids})

@@ -63,7 +63,14 @@ class EgemapsConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EgemapsConfig":
-        """Build from a dict, rejecting unknown keys with a did-you-mean hint."""
+        """Build from a dict, rejecting unknown keys with a did-you-mean hint.
+
+        Args:
+            data: Option name -> value, as in pipeline.yaml's ``egemaps:`` section.
+
+        Raises:
+            ExtractorConfigError: An unknown key or a value out of bounds.
+        """
         return build_dataclass(cls, data, what="egemaps config", error=ExtractorConfigError)
 
 
@@ -129,8 +136,10 @@ class EgemapsExtractor:
         "cannot restore the missing band")
 
     def __init__(self, config: EgemapsConfig | None = None) -> None:
-        """Args:
-        config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors at each file's own rate.
+        """Set up the extractor; openSMILE starts on the first extraction.
+
+        Args:
+            config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors at each file's own rate.
 
         Raises:
             MissingDependencyError: opensmile is not installed.

@@ -203,10 +203,13 @@ class ExtractionSummary:
         """The error line when this finished extraction left ``features`` without any extracted
         utterance while utterances failed (every path wrong, say), or None.
 
-        ``location`` is the store as :func:`w2v2ser.store.open_store` takes it (its storage options
-        included), ``shown`` as the user named it. Per-file failures amid extracted utterances are no
-        error (bad input never stops a run); the store counts earlier runs' work, so a resumed run of
-        a store that holds frames is fine.
+        Per-file failures amid extracted utterances are no error (bad input never stops a run); the
+        store counts earlier runs' work, so a resumed run of a store that holds frames is fine.
+
+        Args:
+            location: The store as :func:`w2v2ser.store.open_store` takes it (its storage options included).
+            features: The features this extraction was asked for.
+            shown: The store as the user named it (in the error line).
         """
         failed = len({uid for uid, _, _ in self.failed})  # utterances, not utterance x feature records
         if not self.complete or not failed:

@@ -57,10 +57,21 @@ class Extractor(Protocol):
         """Shape, dtype, frame rate and recorded configuration of the feature."""
 
     def max_frames(self, num_samples: int) -> int:
-        """Upper bound of the frames produced for that many 16 kHz samples."""
+        """Upper bound of the frames produced for that many 16 kHz samples.
+
+        Args:
+            num_samples: Length of a 16 kHz signal in samples.
+        """
 
     def extract(self, signals: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Frames for each 16 kHz mono float32 signal."""
+        """Frames for each 16 kHz mono float32 signal.
+
+        Args:
+            signals: The signals, one per utterance.
+
+        Returns:
+            One ``[frames, *frame_shape]`` array per signal.
+        """
 
     # Extractors may define ``check(*, local: bool)``, which raises a configuration error (a model
     # not found, a device absent) before the driver creates the store; ``local`` is False when
@@ -152,6 +163,9 @@ def features_like(source: str | Path) -> tuple[dict[str, FeatureSpec], dict[str,
     A run directory's ``experiment.json`` records, per store the run read, each feature's extractor
     config and the rates of the audio behind each feature computed at each file's own rate, so new
     audio can be extracted as training did without the training store.
+
+    Args:
+        source: A store (folder or URL) or a run directory of ``w2v2ser train``.
 
     Returns:
         Feature name -> spec, and feature name -> the rates of the audio behind it (None for

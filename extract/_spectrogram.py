@@ -115,19 +115,34 @@ class SpectrogramConfig:
         return int(rate) if rate is not None else processing_rate(self.sample_rate, None)
 
     def win_length_at(self, rate: int | None = None) -> int:
-        """Window length in samples at ``rate`` Hz (None: the configured rate, 16 kHz for native)."""
+        """Window length in samples at ``rate`` Hz.
+
+        Args:
+            rate: Sample rate in Hz; None: the configured rate (16 kHz for native).
+        """
         if self.window_samples is not None:
             return self.window_samples
         return _ms_to_samples(self.window_ms, "window_ms", self._rate(rate))
 
     def hop_length_at(self, rate: int | None = None) -> int:
-        """Hop in samples at ``rate`` Hz (None: the configured rate, 16 kHz for native)."""
+        """Hop in samples at ``rate`` Hz.
+
+        Args:
+            rate: Sample rate in Hz; None: the configured rate (16 kHz for native).
+        """
         if self.hop_samples is not None:
             return self.hop_samples
         return _ms_to_samples(self.hop_ms, "hop_ms", self._rate(rate))
 
     def fft_size_at(self, rate: int | None = None) -> int:
-        """FFT size at ``rate`` Hz (``n_fft`` or the window length)."""
+        """FFT size at ``rate`` Hz (``n_fft`` or the window length).
+
+        Args:
+            rate: Sample rate in Hz; None: the configured rate (16 kHz for native).
+
+        Raises:
+            ExtractorConfigError: ``n_fft`` is smaller than the window at that rate.
+        """
         win = self.win_length_at(rate)
         if self.n_fft is not None and self.n_fft < win:
             at = "" if self.window_samples is not None else f" at {self._rate(rate)} Hz"
@@ -158,7 +173,14 @@ class SpectrogramConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SpectrogramConfig":
-        """Build from a dict, rejecting unknown keys with a did-you-mean hint."""
+        """Build from a dict, rejecting unknown keys with a did-you-mean hint.
+
+        Args:
+            data: Option name -> value, as in pipeline.yaml's ``spectrogram:`` section.
+
+        Raises:
+            ExtractorConfigError: An unknown key or a value out of bounds.
+        """
         return build_dataclass(cls, data, what="spectrogram config", error=ExtractorConfigError)
 
 
@@ -170,8 +192,10 @@ class SpectrogramExtractor:
     native_needs_one_rate = True
 
     def __init__(self, config: SpectrogramConfig | None = None) -> None:
-        """Args:
-        config: STFT settings; defaults to 25 ms Hann windows every 10 ms at 16 kHz.
+        """Set up the extractor.
+
+        Args:
+            config: STFT settings; defaults to 25 ms Hann windows every 10 ms at 16 kHz.
         """
         self.config = config if config is not None else SpectrogramConfig()
         self._windows: dict[int, np.ndarray] = {}

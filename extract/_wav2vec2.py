@@ -162,7 +162,14 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wav2Vec2Config:
-        """Build from a dict, rejecting unknown keys with a did-you-mean suggestion."""
+        """Build from a dict, rejecting unknown keys with a did-you-mean suggestion.
+
+        Args:
+            data: Option name -> value, as in pipeline.yaml's section of this family.
+
+        Raises:
+            ExtractorConfigError: An unknown key or a value out of bounds.
+        """
         return build_dataclass(cls, data, what=f"{cls.section} config", error=ExtractorConfigError)
 
 
@@ -204,6 +211,9 @@ class Wav2Vec2Extractor:
 
     The model is resolved (files, architecture, sha256) on the first call that needs it and
     loaded on the first `extract`, so construction is cheap and the object pickles small.
+
+    Args:
+        config: Model and runtime options; defaults to this family's base model on device "auto".
     """
 
     name = "wav2vec2"
@@ -321,7 +331,11 @@ class Wav2Vec2Extractor:
         return wanted if isinstance(wanted, bool) else self.source.pretrained_normalize()
 
     def max_frames(self, num_samples: int) -> int:
-        """Exact number of frames for `num_samples` 16 kHz samples (0 when shorter than one frame)."""
+        """Exact number of frames for `num_samples` 16 kHz samples (0 when shorter than one frame).
+
+        Args:
+            num_samples: Length of a 16 kHz signal in samples.
+        """
         hf = self.source.hf_config
         return max(0, int(_conv_lengths(int(num_samples), hf.conv_kernel, hf.conv_stride)))
 
@@ -352,6 +366,10 @@ class Wav2Vec2Extractor:
     def check(self, *, local: bool = True) -> None:
         """Fail before any store is created: resolve the model and, when this process will run
         it (``local``), the device.
+
+        Args:
+            local: Whether this process runs the model (False for Dask workers, whose devices
+                the driver does not see).
 
         Raises:
             ModelLoadError: the model cannot be found. ExtractorConfigError: another family's

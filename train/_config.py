@@ -178,7 +178,14 @@ class ExperimentConfig:
         return branch_selections(self.features, self.fusion_features, self.head, self.stores)
 
     def store_alias(self, selection: str) -> str:
-        """Alias of the store a selection reads from (its prefix, else the default store)."""
+        """Alias of the store a selection reads from (its prefix, else the default store).
+
+        Args:
+            selection: A feature selection, e.g. ``"main/wav2vec2:all"`` or ``"egemaps"``.
+
+        Raises:
+            ConfigError: The prefix is no alias of ``stores``, or there is no prefix and no default store.
+        """
         sel = parse_selection(selection)
         if sel.alias is not None:
             if sel.alias not in self.stores:
@@ -199,7 +206,11 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         """Build from a dict (unknown keys raise ConfigError with a did-you-mean hint, from
-        ``check_keywords``; values are converted and checked by ``__post_init__``)."""
+        ``check_keywords``; values are converted and checked by ``__post_init__``).
+
+        Args:
+            d: Field name -> value, as :meth:`to_dict` returns it or ``experiment.json`` records it.
+        """
         return cls(**dict(d))
 
     def config_key(self) -> str:
@@ -219,7 +230,11 @@ class ExperimentConfig:
 
     def seeds_differ(self, recorded: Mapping[str, Any]) -> bool:
         """Whether an ``experiment.json`` (``recorded``) names other seeds (``seeds``, ``first_seed``) than this
-        configuration: they are not in the key, but evaluate and predict read the current seeds there."""
+        configuration: they are not in the key, but evaluate and predict read the current seeds there.
+
+        Args:
+            recorded: The configuration an ``experiment.json`` records.
+        """
         now = self.to_dict()
         return any(recorded.get(k) != now.get(k) for k in SEED_FIELDS)
 

@@ -58,7 +58,14 @@ READ_GROUP_ITEMS = 256
 
 @dataclass(frozen=True)
 class Item:
-    """One utterance of a partition."""
+    """One utterance of a partition.
+
+    Attributes:
+        id: Utterance id in the store.
+        speaker: Its speaker (the normaliser's key).
+        label: Class index (into the protocol's class names).
+        duration: Audio seconds (to estimate the partition's size in memory); 0 when unknown.
+    """
 
     id: str
     speaker: str
@@ -70,9 +77,14 @@ class Item:
 class Source:
     """One input branch: a resolved selection read from one store and its normaliser.
 
-    ``fold``: when the branch is streamed and :func:`foldable`, its frames are fed as stored and
-    normalised inside the model (the layer average takes each utterance's mean and std from the
-    input ``<branch>_stats`` [2, layers, dim]), so the input pipeline makes no pass over them.
+    Attributes:
+        branch: Model input name of the branch (``main``, ``fusion``).
+        store: The open :class:`~w2v2ser.store.FeatureStore` the selection reads.
+        selection: The resolved feature selection (feature and layers).
+        normaliser: The branch's fitted normaliser.
+        fold: When the branch is streamed and :func:`foldable`, its frames are fed as stored and
+            normalised inside the model (the layer average takes each utterance's mean and std from
+            the input ``<branch>_stats`` [2, layers, dim]), so the input pipeline makes no pass over them.
     """
 
     branch: str
@@ -304,7 +316,11 @@ class FeatureBatches:
         return min(lengths)
 
     def load_item(self, item: Item) -> list[np.ndarray]:
-        """Normalised, cropped frames of one utterance, one array per source (fused branches aligned)."""
+        """Normalised, cropped frames of one utterance, one array per source (fused branches aligned).
+
+        Args:
+            item: One of :attr:`items`.
+        """
         per_source = [r[0] for r in self._read_sources([item])]
         n = self._aligned_length(item, [len(x) for x, _ in per_source], [f for _, f in per_source])
         return [src.normaliser.apply(x[:n], item.speaker).astype(src.dtype, copy=False)
@@ -315,7 +331,12 @@ class FeatureBatches:
                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read (batched reads per source), crop, align, pad and normalise the given utterances.
 
-        ``buffers``: branch -> the memory its padded frames may recycle (:meth:`iterate`'s).
+        Args:
+            indices: Positions in :attr:`items`.
+            buffers: Branch -> the memory its padded frames may recycle (:meth:`iterate`'s).
+
+        Returns:
+            Model inputs by name, and the labels.
         """
         start = time.perf_counter()
         items = [self.items[i] for i in indices]

@@ -54,7 +54,20 @@ __all__ = ["RunResult", "reopen_view", "train_run", "summarize_runs", "train_exp
 
 @dataclass
 class RunResult:
-    """Outcome of one run (also rebuilt from a complete run directory)."""
+    """Outcome of one run (also rebuilt from a complete run directory).
+
+    Attributes:
+        fold: Name of the protocol fold.
+        seed: The run's seed.
+        uar: Unweighted average recall on the fold's test set (a fraction).
+        accuracy: Accuracy on the test set (a fraction).
+        n_test: Number of test utterances.
+        epochs: Epochs trained.
+        best_val_loss: Best validation loss, or None when the run recorded none.
+        path: The run directory.
+        skipped: True when the run was already complete and was not retrained.
+        metrics: Everything the run's ``metrics.json`` holds.
+    """
 
     fold: str
     seed: int
@@ -336,7 +349,10 @@ def summarize_runs(config: ExperimentConfig | Mapping[str, Any], out: Path | str
                    data: str | None = None) -> dict[str, Any]:
     """Aggregate the complete runs of ``plan_runs(config)`` into ``out/results.json``.
 
-    ``data``: the utterances' fingerprint (``data_fingerprint(config)``), when the caller has it.
+    Args:
+        config: The experiment (an :class:`ExperimentConfig` or its dict).
+        out: The experiment's output folder.
+        data: The utterances' fingerprint (``data_fingerprint(config)``), when the caller has it.
 
     Raises:
         DataError: No planned run is complete for this config key and these utterances.

@@ -188,6 +188,9 @@ class LayerWeightedAverage(keras.layers.Layer):
     accumulates each layer slice [B, T, D] in float32, and the backward pass takes one slice (or,
     with ``stats``, two utterances) at a time, so no float32 [B, T, L, D] copy is made or kept
     for the gradient.
+
+    Args:
+        epsilon: Added to the sum of the alphas before dividing by it.
     """
 
     def __init__(self, epsilon: float = 1e-7, **kwargs: Any) -> None:
@@ -196,12 +199,26 @@ class LayerWeightedAverage(keras.layers.Layer):
         self.epsilon = epsilon
 
     def build(self, inputs_shape: tuple, stats_shape: tuple | None = None) -> None:
+        """Create the alphas, one per layer, all 1.0.
+
+        Args:
+            inputs_shape: Shape of the inputs, [B, T, L, D].
+            stats_shape: Shape of ``stats`` [B, 2, L, D], or None.
+        """
         self.alphas = self.add_weight(name="alphas", shape=(int(inputs_shape[-2]),), initializer="ones",
                                       constraint=keras.constraints.NonNeg(), trainable=True)
 
     def call(self, inputs: Any, stats: Any = None) -> Any:
-        """Weighted average of ``inputs`` [B, T, L, D]; with ``stats`` [B, 2, L, D] (mean and std of
-        each utterance's frames) of the normalised frames (x - mean) / std."""
+        """Weighted average of ``inputs`` [B, T, L, D]; with ``stats``, of the normalised frames (x - mean) / std.
+
+        Args:
+            inputs: Frames [B, T, L, D].
+            stats: Mean and std of each utterance's frames [B, 2, L, D], or None when ``inputs``
+                are normalised already.
+
+        Returns:
+            [B, T, D] averaged frames.
+        """
         w = self.alphas / (ops.sum(self.alphas) + self.epsilon)
         if inputs.dtype == "float32":
             if stats is not None:
@@ -210,9 +227,16 @@ class LayerWeightedAverage(keras.layers.Layer):
         return _weighted_layer_sum(inputs, w, stats)
 
     def compute_output_shape(self, inputs_shape: tuple, stats_shape: tuple | None = None) -> tuple:
+        """[B, T, D] for [B, T, L, D] inputs.
+
+        Args:
+            inputs_shape: Shape of the inputs, [B, T, L, D].
+            stats_shape: Shape of ``stats``, or None.
+        """
         return (*inputs_shape[:-2], inputs_shape[-1])
 
     def get_config(self) -> dict[str, Any]:
+        """The layer's config (Keras serialisation), with ``epsilon``."""
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
@@ -221,12 +245,27 @@ class MaskedMean(keras.layers.Layer):
     """Mean over time of [B, T, D] frames where mask [B, T] is 1; padding never contributes."""
 
     def call(self, frames: Any, frame_mask: Any) -> Any:
+        """Masked mean over time.
+
+        Args:
+            frames: Frames [B, T, D].
+            frame_mask: [B, T], 1 where a frame is real, 0 where it is padding.
+
+        Returns:
+            [B, D] means (0 for an utterance without frames).
+        """
         m = ops.expand_dims(ops.cast(frame_mask, frames.dtype), -1)
         total = ops.sum(frames * m, axis=1)
         count = ops.maximum(ops.sum(m, axis=1), 1.0)
         return total / count
 
     def compute_output_shape(self, frames_shape: tuple, frame_mask_shape: tuple) -> tuple:
+        """[B, D] for [B, T, D] frames.
+
+        Args:
+            frames_shape: Shape of the frames, [B, T, D].
+            frame_mask_shape: Shape of the mask, [B, T].
+        """
         return (frames_shape[0], frames_shape[-1])
 
 
@@ -235,7 +274,17 @@ class FrameMask(keras.layers.Layer):
     """Float [B, T] mask input -> boolean mask for recurrent layers."""
 
     def call(self, inputs: Any) -> Any:
+        """Boolean mask, True where the float mask exceeds 0.5.
+
+        Args:
+            inputs: Float mask [B, T].
+        """
         return ops.greater(inputs, 0.5)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
+        """The input's shape.
+
+        Args:
+            input_shape: Shape of the float mask, [B, T].
+        """
         return input_shape

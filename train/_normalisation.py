@@ -63,6 +63,9 @@ class Normaliser:
     def moments(self, speaker: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean, std) that normalise frames of ``speaker``; None when frames stay as they are.
 
+        Args:
+            speaker: The utterance's speaker (used by speaker normalisation only).
+
         Raises:
             DataError: speaker normalisation, and the store holds no statistics of ``speaker``.
         """
@@ -77,7 +80,15 @@ class Normaliser:
         return self.speaker_mean[speaker], self.speaker_std[speaker]
 
     def apply(self, frames: np.ndarray, speaker: str) -> np.ndarray:
-        """Return float32 normalised frames ([T, ...]) of one utterance of ``speaker``."""
+        """Return float32 normalised frames ([T, ...]) of one utterance of ``speaker``.
+
+        Args:
+            frames: The utterance's frames as stored.
+            speaker: The utterance's speaker.
+
+        Raises:
+            DataError: As :meth:`moments`.
+        """
         x = frames.astype(np.float32, copy=True)
         moments = self.moments(speaker)
         if moments is not None:

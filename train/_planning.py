@@ -28,7 +28,15 @@ __all__ = ["RunSpec", "ExperimentView", "open_view", "plan_runs", "check_run_spe
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: a fold of the protocol trained with one seed."""
+    """One run: a fold of the protocol trained with one seed.
+
+    Attributes:
+        fold: Name of the protocol fold.
+        seed: The run's seed.
+        train: Speakers of the training partition.
+        validation: Speakers of the validation partition.
+        test: Speakers of the test partition.
+    """
 
     fold: str
     seed: int
@@ -190,6 +198,9 @@ def check_run_spec(run_spec: Any) -> None:
 def plan_runs(config: ExperimentConfig | Mapping[str, Any]) -> list[RunSpec]:
     """List every (fold, seed) run of the experiment, fold-major.
 
+    Args:
+        config: The experiment (an :class:`ExperimentConfig` or its dict).
+
     Raises:
         ProtocolError: Overlapping or empty partitions. SelectionError / DataError: store problems.
     """
@@ -268,7 +279,14 @@ def _partitions(config: ExperimentConfig, data: _Data, run_spec: RunSpec
 
 
 class PartitionArrays(NamedTuple):
-    """One partition in memory: inputs, integer labels (indices into :func:`class_names`), speakers."""
+    """One partition in memory: inputs, integer labels (indices into :func:`class_names`), speakers.
+
+    Attributes:
+        x: Normalised, cropped ``[frames, ...]`` arrays, one per utterance (a dict branch -> list
+            with a fusion branch).
+        y: Integer labels, indices into :func:`class_names`.
+        groups: The utterances' speakers.
+    """
 
     x: Any
     y: np.ndarray
@@ -277,6 +295,10 @@ class PartitionArrays(NamedTuple):
 
 def partition_arrays(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec) -> dict[str, PartitionArrays]:
     """The frames of one run's partitions exactly as training sees them, for use outside ``train_run``.
+
+    Args:
+        config: The experiment (an :class:`ExperimentConfig` or its dict).
+        run_spec: One run of ``plan_runs(config)``.
 
     Returns:
         Partition ("train", "validation", "test") -> (x, y, groups). ``x`` is a list of normalised,
@@ -305,6 +327,9 @@ def class_names(config: ExperimentConfig | Mapping[str, Any]) -> tuple[str, ...]
 
     The protocol's classes, or for ``csv`` (whose protocol lists none) the sorted distinct labels of
     the store's utterances the run reads, as ``results.json`` records them in ``classes``.
+
+    Args:
+        config: The experiment (an :class:`ExperimentConfig` or its dict).
     """
     config = as_experiment_config(config)
     return get_protocol(config.protocol).classes or _prepare(config).classes  # csv: the store's labels

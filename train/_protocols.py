@@ -35,7 +35,14 @@ log = logging.getLogger("w2v2ser.train")
 
 @dataclass(frozen=True)
 class Fold:
-    """Speakers of the three partitions of one fold."""
+    """Speakers of the three partitions of one fold.
+
+    Attributes:
+        name: Fold name (part of each run directory's name).
+        train: Speakers of the training partition.
+        validation: Speakers of the validation partition.
+        test: Speakers of the test partition.
+    """
 
     name: str
     train: tuple[str, ...]
@@ -68,20 +75,32 @@ class Protocol:
     make_folds: Callable[[Sequence[Any], int], list[Fold]]
 
     def map_label(self, raw: str) -> str | None:
-        """Class of a raw label, or None when the protocol drops it."""
+        """Class of a raw label, or None when the protocol drops it.
+
+        Args:
+            raw: A label as stored.
+        """
         if self.label_map is None:
             return raw if raw else None
         return self.label_map.get(str(raw).strip().lower())
 
     def class_names(self, records: Sequence[Any]) -> tuple[str, ...]:
-        """Output classes (CSV: sorted distinct labels of the records)."""
+        """Output classes (CSV: sorted distinct labels of the records).
+
+        Args:
+            records: The utterance records read (used only when the protocol lists no classes).
+        """
         if self.classes:
             return self.classes
         return tuple(sorted({r.label for r in records if r.label}))
 
 
 def check_disjoint(fold: Fold) -> None:
-    """Raise ProtocolError unless train/validation/test speakers are disjoint and non-empty."""
+    """Raise ProtocolError unless train/validation/test speakers are disjoint and non-empty.
+
+    Args:
+        fold: The fold to check.
+    """
     parts = {"train": set(fold.train), "validation": set(fold.validation), "test": set(fold.test)}
     for name, speakers in parts.items():
         if not speakers:
@@ -184,6 +203,11 @@ def protocol_of_corpora(corpora: Sequence[str], *, store: str, subset: str | Seq
 def protocol_of_store(path: str, *, allow_incomplete: bool = False, subset: str | Sequence[str] | None = None) -> str:
     """The protocol of the corpus a store was extracted from, as recorded in the store (of a store of
     several corpora: of the one ``subset``, the corpus kinds a ``--subset corpus=...`` keeps, names).
+
+    Args:
+        path: The store (folder or URL).
+        allow_incomplete: Also read a store whose extraction has not finished.
+        subset: Corpus kind(s) a ``--subset corpus=...`` keeps, for a store of several corpora.
 
     Raises:
         StoreError: the store cannot be opened (see ``open_store``).
@@ -360,7 +384,14 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def get_protocol(name: str) -> Protocol:
-    """Return the protocol registered under ``name``."""
+    """Return the protocol registered under ``name``.
+
+    Args:
+        name: A key of :data:`PROTOCOLS`.
+
+    Raises:
+        ConfigError: No protocol has that name.
+    """
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
     return PROTOCOLS[name]
@@ -436,6 +467,11 @@ def _values(record: Any, key: str) -> list[str]:
 def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[str]], *, store: str) -> list[Any]:
     """The records whose field has one of the subset's values (a value or a list of them), for
     every field of the subset.
+
+    Args:
+        records: The store's utterance records.
+        subset: Field -> the value (or values) to keep.
+        store: The store as the user named it (in the errors).
 
     Raises:
         ConfigError: A field no record has, or a value no record has (a misspelling would

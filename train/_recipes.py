@@ -53,11 +53,19 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Recipe":
-        """Build from a dict; unknown keys raise ConfigError with a suggestion."""
+        """Build from a dict; unknown keys raise ConfigError with a suggestion.
+
+        Args:
+            d: Field name -> value, as :meth:`to_dict` returns it.
+        """
         return build_dataclass(cls, dict(d), what="recipe")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
-        """Return a copy with some hyperparameters replaced (unknown keys raise)."""
+        """Return a copy with some hyperparameters replaced (unknown keys raise ConfigError).
+
+        Args:
+            overrides: Field name -> new value.
+        """
         if isinstance(overrides, Mapping):
             overrides = {k: plain_scalar(v) for k, v in overrides.items()}
         return build_dataclass(type(self), {**self.to_dict(), **overrides}, what="recipe override")

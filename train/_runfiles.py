@@ -27,7 +27,12 @@ RUN_FILES_KEY = "files_sha256"
 def list_run_files(runs: Path, name: str = "metrics.json") -> list[Path]:
     """``runs/*/<name>`` in name order, leaving out the hidden folders of a run being written
     (``.<run>.tmp-PID-HOST.dir``) or replaced (``.<run>.old-PID-HOST.dir``), also when a killed
-    process left them: they are not runs, and one may hold a whole run's files."""
+    process left them: they are not runs, and one may hold a whole run's files.
+
+    Args:
+        runs: An experiment's ``runs`` folder.
+        name: The file to list in each run directory.
+    """
     return sorted(p for p in Path(runs).glob(f"*/{name}") if not p.parent.name.startswith("."))
 
 

@@ -52,7 +52,14 @@ def __getattr__(name: str) -> Any:
 
 @dataclass(frozen=True)
 class Selection:
-    """A parsed selection string (not yet checked against a store)."""
+    """A parsed selection string (not yet checked against a store).
+
+    Attributes:
+        text: The selection as written.
+        alias: Store alias prefix (``ALIAS/``), or None.
+        feature: Feature name.
+        layers: ``"local"``, ``"contextual"``, ``"all"``, ``"N"``, ``"A-B"``, or None (no ``:LAYERS``).
+    """
 
     text: str
     alias: str | None
@@ -99,6 +106,9 @@ class ResolvedSelection:
 
 def parse_selection(text: str) -> Selection:
     """Parse ``[ALIAS/]FEATURE[:LAYERS]``.
+
+    Args:
+        text: The selection string, e.g. ``"wav2vec2:all"`` or ``"main/egemaps"``.
 
     Raises:
         SelectionError: The string does not follow the grammar.

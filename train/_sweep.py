@@ -90,6 +90,9 @@ def sweep_configs(config: ExperimentConfig | Mapping[str, Any]) -> dict[str, Exp
     FeatureSpec is swept. ``layer_NN`` configs select that layer alone; ``all`` is the
     weighted average of the swept layers.
 
+    Args:
+        config: The sweep's experiment (an :class:`ExperimentConfig` or its dict).
+
     Raises:
         ConfigError: Head other than dense. SelectionError: the feature has no layer axis.
     """
@@ -156,7 +159,13 @@ def sweep_run(config: ExperimentConfig | Mapping[str, Any], run_spec: RunSpec, *
     layers), whose gradients are summed into one optimiser step of the recipe's batch size: memory
     stays flat as models get deeper and wider (25 x 1024 needs no more than 13 x 768).
 
-    ``progress``: when given, a progress bar over the epochs on stderr, with this description.
+    Args:
+        config: The sweep's experiment (an :class:`ExperimentConfig` or its dict).
+        run_spec: One run of ``plan_runs(config)``.
+        out: The sweep's output folder (one folder per head under it).
+        threads: TensorFlow thread count (see train_run).
+        micro_batch_mb: Most megabytes of float32 frames per micro-batch.
+        progress: When given, a progress bar over the epochs on stderr, with this description.
 
     Returns:
         Head folder name -> metrics (with "skipped": True when already complete).
@@ -279,7 +288,12 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
 
 
 def summarize_sweep(config: ExperimentConfig | Mapping[str, Any], out: Path | str) -> dict[str, Any]:
-    """Write each head's results.json (summarize_runs) and ``out/sweep.json``; returns sweep.json's dict."""
+    """Write each head's results.json (summarize_runs) and ``out/sweep.json``; returns sweep.json's dict.
+
+    Args:
+        config: The sweep's experiment (an :class:`ExperimentConfig` or its dict).
+        out: The sweep's output folder.
+    """
     config = as_experiment_config(config)
     configs = sweep_configs(config)
     data = _prepare(configs[ALL_LAYERS_DIR])
@@ -323,7 +337,11 @@ def _summarize_sweep(configs: dict[str, ExperimentConfig], out: Path, data: _Dat
 
 
 def describe_sweep(summary: Mapping[str, Any]) -> str:
-    """``best layer 7 UAR ... ; weighted average UAR ...``: a sweep.json summary as one line."""
+    """``best layer 7 UAR ... ; weighted average UAR ...``: a sweep.json summary as one line.
+
+    Args:
+        summary: sweep.json's dict, as :func:`summarize_sweep` returns it.
+    """
     best = {r["layer"]: r for r in summary["per_layer"]}[summary["best_layer"]]
     # A tie (all probes at chance, or a small test set's coarse UAR steps) names every layer that shares
     # the best figure: "best layer 0" alone would single out one that is no better than the others.

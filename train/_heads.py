@@ -457,7 +457,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled)."""
+        """Class probabilities [utterances, classes] in the order of ``x`` (never shuffled).
+
+        Args:
+            x: As in :meth:`fit`: FeatureBatches (unshuffled) or arrays of the features it was fitted on.
+        """
         if not hasattr(self, "model_"):
             raise NotFittedHeadError(f"{type(self).__name__} is not fitted yet; call fit(...) first")
         x = _branch_lists(x)
@@ -476,7 +480,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
 
     def predict(self, x: Any) -> np.ndarray:
-        """Predicted classes (elements of ``classes_``)."""
+        """Predicted classes (elements of ``classes_``).
+
+        Args:
+            x: As in :meth:`predict_proba`.
+        """
         probabilities = self.predict_proba(x)  # first: an unfitted head has no classes_ either
         return self.classes_[np.argmax(probabilities, axis=1)]
 
@@ -486,6 +494,11 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         The paper's metric, not ClassifierMixin's accuracy, so ``GridSearchCV`` selects on UAR.
         ``y`` uses the same labels as ``fit`` (indices into ``classes`` when that is set). A class
         that ``fit`` never saw (a small cross-validation fold) counts with recall 0.
+
+        Args:
+            x: As in :meth:`predict_proba`.
+            y: True labels of the utterances of ``x``.
+            sample_weight: Per-utterance weights, or None.
         """
         from sklearn.metrics import balanced_accuracy_score
 
@@ -553,7 +566,15 @@ _check_head_table()
 
 
 def make_head(name: str, **kwargs: Any) -> _BaseHead:
-    """Instantiate a head by name ("dense", "lstm", "fusion")."""
+    """Instantiate a head by name ("dense", "lstm", "fusion").
+
+    Args:
+        name: A key of :data:`HEADS`.
+        **kwargs: The head's hyperparameters (see :class:`DenseHead`).
+
+    Raises:
+        ConfigError: No head has that name.
+    """
     if name not in HEADS:
         raise ConfigError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
     return HEADS[name](**kwargs)
@@ -565,5 +586,8 @@ def load_model(path: str | Any) -> keras.Model:
     Plain ``keras.saving.load_model`` fails on w2v2ser's layers (``MaskedMean``...) unless this
     module was imported first. The model takes the inputs of its branches (``main``, ``mask``,
     ...), normalised as the run's ``normalisation.npz`` says.
+
+    Args:
+        path: The ``model.keras`` file.
     """
     return keras.saving.load_model(path, compile=False)

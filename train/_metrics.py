@@ -55,6 +55,11 @@ def _class_indices(call: str, y_true: Sequence[int], y_pred: Sequence[int],
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """Counts [true class, predicted class] over classes 0..n_classes-1.
 
+    Args:
+        y_true: True class indices.
+        y_pred: Predicted class indices.
+        n_classes: Number of classes.
+
     Raises:
         DataError: A label is not a class index in 0..n_classes-1, or the lengths differ.
     """
@@ -93,6 +98,10 @@ def uar(y_true: Sequence[Any], y_pred: Sequence[Any], n_classes: int | None = No
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     """Fraction of correct predictions; NaN when empty.
 
+    Args:
+        y_true: True labels.
+        y_pred: Predicted labels, of the same kind.
+
     Raises:
         DataError: ``y_true`` and ``y_pred`` differ in length (as :func:`uar`).
     """
@@ -109,6 +118,11 @@ def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequ
     Also holds the report's "macro avg" and "weighted avg" rows; classes without test support
     get zeros (zero_division=0), never a warning. "macro avg" is over the classes present in
     ``y_true``, as the UAR is, so its recall equals :func:`uar`.
+
+    Args:
+        y_true: True class indices.
+        y_pred: Predicted class indices.
+        classes: Class names, indexed by the labels.
     """
     t, p = _class_indices("per_class_report", y_true, y_pred, len(classes))
     report = _sk().classification_report(t, p, labels=np.arange(len(classes)), target_names=list(classes),
@@ -130,6 +144,9 @@ def headline_uar(results: Mapping[str, Any]) -> tuple[list[float], Any, Any, str
     released code's scoring, the figure comparable with the paper), so one value per seed. The
     CLI, ``w2v2ser run``, the layer sweep's best layer and ``w2v2ser evaluate`` all use this rule.
     Values are returned as stored (mean/std None when results.json lacks them).
+
+    Args:
+        results: A results.json's dict.
     """
     pooled = results.get("uar_pooled_per_seed")
     if isinstance(pooled, Mapping) and pooled and len(results.get("splits") or {}) > 1:
@@ -140,7 +157,11 @@ def headline_uar(results: Mapping[str, Any]) -> tuple[list[float], Any, Any, str
 
 
 def format_uar(results: Mapping[str, Any]) -> str:
-    """``UAR 55.8 ± 1.2 (n=5 runs)`` or ``... (n=5 seeds, folds pooled)``: :func:`headline_uar` as text."""
+    """``UAR 55.8 ± 1.2 (n=5 runs)`` or ``... (n=5 seeds, folds pooled)``: :func:`headline_uar` as text.
+
+    Args:
+        results: A results.json's dict.
+    """
     values, mean, std, scoring = headline_uar(results)
     mean = float(np.mean(values)) if mean is None and values else mean
     std = float(np.std(values)) if std is None and values else std
@@ -163,7 +184,13 @@ def _lacking(results: Mapping[str, Any]) -> str:
 def missing_runs_message(results: Mapping[str, Any], out: Any, command: str) -> str:
     """What `train`, `sweep` and `run` say when results.json lacks planned runs (replaced meanwhile by
     another job's runs in the same folder, or trained on other data): its UAR covers part of the
-    folds only, so the command counts as failed. ``command``: the command to rerun; "" when none lack."""
+    folds only, so the command counts as failed; "" when none lack.
+
+    Args:
+        results: A results.json's dict.
+        out: The experiment's output folder (named in the message).
+        command: The ``w2v2ser`` subcommand to rerun (``train``, ``sweep``, ``run``).
+    """
     from w2v2ser._common import first_few
 
     missing = results.get("missing_runs") or []

@@ -136,7 +136,7 @@ class EgemapsExtractor:
         "cannot restore the missing band")
 
     def __init__(self, config: EgemapsConfig | None = None) -> None:
-        """Set up the extractor; openSMILE starts on the first extraction.
+        """Set up the extractor (openSMILE's worker process starts when first needed).
 
         Args:
             config: openSMILE settings; defaults to eGeMAPSv02 low-level descriptors at each file's own rate.

@@ -41,7 +41,7 @@ class Utterance:
         speaker: Speaker name (normalisation and speaker-independent folds group by it).
         label: Emotion label, as written in the corpus.
         session: Recording session (IEMOCAP's protocols split by it); empty when unknown.
-        split: ``train``, ``validation`` or ``test`` as the manifest gives it, or empty.
+        split: ``train``, ``validation`` or ``test`` (a manifest's ``dev``, ``val``... read as these), or empty.
         gender: Speaker gender as the corpus gives it, or empty.
         corpus: Corpus kind (``ravdess``, ``iemocap``, ``csv``).
         extra: The manifest's other columns, plus what extraction recorded in a stored record.
@@ -112,7 +112,7 @@ class FeatureSpec:
         dtype: Stored dtype: ``float16``, ``float32`` or ``float64``.
         config: The extractor's configuration (JSON-able), recorded for provenance and resumes.
         layer_names: One name per layer, or None.
-        description: Free text shown by ``store info``.
+        description: Human-readable description of the feature (kept in the store's attributes).
     """
 
     # Bounds and choices are the annotations (checked by w2v2ser._schema, errors as StoreError).

@@ -124,7 +124,7 @@ class _WriteWorkersMixin:
 
         Args:
             index: The utterance's row.
-            reason: What went wrong and what to do (shown by ``store info`` and extract's summary).
+            reason: What went wrong and what to do.
             feature: The feature that failed, or None for the whole utterance.
         """
         uid = self._row_id(index)

@@ -22,7 +22,7 @@ def test_evaluate_exports_no_command_line_plumbing() -> None:
         assert getattr(evaluate, name) is not None, name
 
 
-# The packages whose ``__all__`` is the public API (README "Python API"); lazily loaded names included.
+# The packages whose ``__all__`` is the public API (README "Development"); lazily loaded names included.
 PUBLIC = ("w2v2ser", "w2v2ser.store", "w2v2ser.extract", "w2v2ser.train", "w2v2ser.evaluate")
 _SECTION = re.compile(r"^(\w+(?: \w+)?):\s*$")  # "Args:", "Returns:", "Raises:", "Attributes:", "Example:"
 _ENTRY = re.compile(r"^\*{0,2}(\w+)(?:\s*\([^)]*\))?\s*:")  # "name: ...", "name (type): ...", "**kwargs: ..."

@@ -152,16 +152,19 @@ def test_write_report_on_a_full_disk_names_the_report_folder(store: Path, tmp_pa
     _says_full(raised.value, tmp_path / "rep")
 
 
-def _spectrogram_pipeline(tmp_path: Path, monkeypatch, *, seeds: int) -> tuple[Path, Any, Any]:
+def _spectrogram_pipeline(tmp_path: Path, monkeypatch, *, seeds: int, extra: dict | None = None
+                          ) -> tuple[Path, Any, Any]:
     """A one-experiment pipeline.yaml (spectrogram, ``seeds`` seeds) over a built store, run from
-    ``tmp_path``: (its path, the loaded config, its experiment)."""
+    ``tmp_path``: (its path, the loaded config, its (first) experiment). ``extra``: further settings
+    of write_tiny_pipeline (e.g. a second experiment)."""
     from w2v2ser._config import load_pipeline
 
     make_tiny_corpus(tmp_path / "data")
     pipeline = write_tiny_pipeline(tmp_path, model="facebook/wav2vec2-base", features=("classic/spectrogram",),
-                                   extra={"experiments.t.seeds": seeds, "experiments.t.recipe_overrides": FAST})
+                                   extra={"experiments.t.seeds": seeds, "experiments.t.recipe_overrides": FAST,
+                                          **(extra or {})})
     config = load_pipeline(pipeline)
-    (experiment,) = config.experiments
+    experiment = config.experiments[0]
     build_store(config.store_path("classic", "ravdess"), utterances=ravdess_utterances(per_actor=1),
                 features=("spectrogram",))  # stands for the extracted store: only stage 2 is under test
     monkeypatch.chdir(tmp_path)
@@ -218,6 +221,44 @@ def test_run_pipeline_on_a_full_disk_at_experiment_json_fails_that_experiment_na
             f"Free space") in err, err
     failed = json.loads((experiment.run_dir / "failed.json").read_text())  # the report names the reason
     assert str(experiment.run_dir) in failed["reason"], failed
+
+
+@needs_ravdess
+@pytest.mark.parametrize("blocked", ["no permission", "a folder in the way"])
+def test_run_pipeline_fails_only_the_experiment_whose_folder_cannot_be_written(tmp_path: Path, monkeypatch, capsys,
+                                                                               blocked: str) -> None:
+    """`w2v2ser run`'s train stage writes experiment.json while it plans: a permission error there, or a
+    folder in the way of that file, stopped the whole train stage with a traceback (only a full disk
+    failed that experiment alone); the other experiment did not train."""
+    import w2v2ser._stage_train as stage_train
+    from w2v2ser._run import run_pipeline
+
+    second = {"corpus": "ravdess", "grid": {"features": ["classic/spectrogram"]}, "head": "dense", "norm": "speaker",
+              "seeds": 1, "units": 8, "recipe_overrides": FAST, "run_eagerly": True}
+    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1,
+                                                         extra={"experiments.u": second})
+    other = config.experiments[1]
+    blocked_file = experiment.run_dir / "experiment.json"
+    if blocked == "no permission":  # as root, chmod refuses nothing: the write is refused as the OS would
+        write = stage_train._write_json
+
+        def denied(path, data):
+            if Path(path) == blocked_file:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return write(path, data)
+
+        monkeypatch.setattr(stage_train, "_write_json", denied)
+        fix = "Use a path this user may read and write"
+    else:
+        blocked_file.mkdir(parents=True)
+        fix = "expected a file path there"
+    assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert f"train {experiment.name}: FAILED before training: {blocked_file}: " in err, err
+    assert fix in err, err
+    failed = json.loads((experiment.run_dir / "failed.json").read_text())  # the report names the reason
+    assert str(blocked_file) in failed["reason"] and fix in failed["reason"], failed
+    assert json.loads((other.run_dir / "results.json").read_text())["n_runs"] == 1  # the other one trained
 
 
 @needs_ravdess

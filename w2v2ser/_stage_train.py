@@ -27,6 +27,13 @@ def _planned_text(planned: int, experiments: int, outcome: _Outcome) -> str:
     return f"{planned} of {experiments} experiment(s) planned" + (f" ({', '.join(left_out)})" if left_out else "")
 
 
+def _error_text(error: BaseException) -> str:
+    """The one-line message of an error that fails one experiment: a path error (no permission, a file in
+    the way of a folder) says which file and what to do, as on the command line."""
+    described = describe_error(error)
+    return described[0] if described else f"{type(error).__name__}: {error}"
+
+
 def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str, bool] | None:
     """(reason, short topic, failed) when the experiment cannot run, else None. ``failed``: its store
     failed in the extract stage (a model that is the user's to fix, or other weights): the experiment
@@ -204,9 +211,10 @@ def _run_train(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons 
                 _say(f"train {experiment.name}: FAILED before training: {error}")
                 outcome.failed.append(experiment.name)
                 continue
-            except W2v2serError as error:
-                _say(f"train {experiment.name}: FAILED before training: {error}")
-                _mark_not_trained(config, experiment, f"failed before training: {error}", marker="failed.json")
+            except (W2v2serError, OSError) as error:  # e.g. a file in the way, no permission: this experiment only
+                said = _error_text(error)
+                _say(f"train {experiment.name}: FAILED before training: {said}")
+                _mark_not_trained(config, experiment, f"failed before training: {said}", marker="failed.json")
                 outcome.failed.append(experiment.name)
                 continue
             todo.append((experiment, view, pending))
@@ -261,9 +269,10 @@ def _finish_experiment(config: PipelineConfig, experiment: ExperimentSpec, view:
             out = out / ALL_LAYERS_DIR  # every head has the same runs: the weighted average's speak for all
         elif not _results_current(view.config, out, len(view.specs)):
             _summarize_runs(view.config, out, view.fingerprint, view.specs)
-    except W2v2serError as error:
-        _say(f"train {experiment.name}: FAILED to summarise its runs: {error}")
-        _mark_not_trained(config, experiment, f"failed to summarise its runs: {error}", marker="failed.json")
+    except (W2v2serError, OSError) as error:
+        said = _error_text(error)
+        _say(f"train {experiment.name}: FAILED to summarise its runs: {said}")
+        _mark_not_trained(config, experiment, f"failed to summarise its runs: {said}", marker="failed.json")
         outcome.failed.append(experiment.name)
         return
     results = _read_json(out / "results.json") or {}

@@ -1066,6 +1066,37 @@ def test_offline_hub_model_fails_at_once_without_creating_the_store(corpus, tmp_
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_extract_workers_start_after_the_hub_probe_and_inherit_its_offline_setting(corpus, tmp_path, monkeypatch):
+    """`extract --workers N` started its Dask workers before the extraction probed the hub: they never got
+    the HF_HUB_OFFLINE=1 that the probe set, so each of them looked a model up on the unreachable hub."""
+    import contextlib
+    import os
+
+    import w2v2ser._cluster as cluster
+    from w2v2ser._cli import main
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # refuses at once: the hub cannot be reached
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    seen = []
+    start = cluster.open_cluster
+
+    @contextlib.contextmanager
+    def asking_the_workers(*args, **kwargs):
+        with start(*args, **kwargs) as handle:
+            seen.extend(handle.client.run(lambda: os.environ.get("HF_HUB_OFFLINE")).values())
+            yield handle
+
+    monkeypatch.setattr(cluster, "open_cluster", asking_the_workers)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,speaker\n" + "".join(f"{u.path},{u.label},{u.speaker}\n" for u in corpus[:2]))
+    assert main(["extract", "csv", str(manifest), "--store", str(tmp_path / "s.zarr"), "--features", "wav2vec2",
+                 "--model", "org/absent-model", "--workers", "1", "--no-progress"]) == 2  # not cached, offline
+    assert seen == ["1"]
+    assert "HF_HUB_OFFLINE" not in os.environ  # put back when the command ends
+
+
 _TWO_EXTRACTIONS = """
 import os, sys, threading
 from http.server import BaseHTTPRequestHandler, HTTPServer

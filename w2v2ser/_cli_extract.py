@@ -114,6 +114,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             from w2v2ser._cluster import open_cluster
             from w2v2ser._config_schema import ClusterConfig
 
+            _probe_hub_for_workers(stack, extractors)
             handle = stack.enter_context(open_cluster(ClusterConfig(kind="local", workers=args.workers,
                                                                     threads_per_worker=1)))
             client, gpu_resource = handle.client, handle.gpu_resource
@@ -158,6 +159,20 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         print(f"w2v2ser: error: {nothing}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _probe_hub_for_workers(stack: contextlib.ExitStack, extractors: list[Any]) -> None:
+    """Probe the hub before the Dask workers start, in a scope open until ``stack`` closes (the
+    extraction's own scope nests in it): the workers inherit the ``HF_HUB_OFFLINE`` it decides. Started
+    before the probe, each worker looked a model up on an unreachable hub, with retries and back-off."""
+    from pathlib import Path
+
+    from w2v2ser.extract._models import hub_probe_scope, probe_hub
+
+    stack.enter_context(hub_probe_scope())
+    models = [getattr(getattr(extractor, "config", None), "model", None) for extractor in extractors]
+    if any(isinstance(model, str) and not Path(model).expanduser().exists() for model in models):
+        probe_hub()
 
 
 def _note_features_lacking(location: Any, asked: str) -> None:

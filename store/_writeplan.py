@@ -56,7 +56,7 @@ class _WritePlanMixin:
         """Add utterances and features and record each utterance's planned frame count (single process).
 
         Args:
-            utterances: manifest rows; ids must be unique.
+            utterances: manifest rows; ids must be unique and not blank (nor hold control characters).
             num_samples: 16 kHz sample count per utterance, None when its header is unreadable
                 (the row is then recorded as failed and re-probed by a later plan call).
             features: feature specs; new ones are added, known ones must match the stored config.
@@ -119,6 +119,10 @@ class _WritePlanMixin:
         for pos, u in enumerate(utterances):
             if not isinstance(u, Utterance) or not isinstance(u.id, str) or not u.id:
                 raise StoreError(f"plan: utterances[{pos}] = {u!r}; expected an Utterance with a non-empty id.")
+            if not u.id.strip():  # as extract_corpus and the CSV reader refuse it: no log or --subset could name it
+                raise StoreError(f"plan: utterances[{pos}] (path {str(u.path)!r}) has the blank id {u.id!r} (only "
+                                 f"whitespace); every utterance needs a unique id, the key of its frames in the "
+                                 f"store: give one, e.g. derived from the file name.")
             bad = control_character(u.id)
             if bad is not None:  # as the CSV reader refuses it; a Python caller's ids were stored as given
                 raise StoreError(f"plan: utterances[{pos}] has the id {u.id!r}, which holds the control character "

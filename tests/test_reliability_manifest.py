@@ -95,6 +95,24 @@ def test_an_empty_id_given_in_python_is_refused_before_anything_is_written(tmp_p
                                       "where a row gives none"), raised.value
 
 
+@pytest.mark.parametrize("uid", ["  ", "\u00a0", "\u3000"])
+def test_a_blank_id_given_to_store_writer_plan_is_refused_naming_its_row(tmp_path, uid):
+    """StoreWriter.plan refused an empty id but stored one of whitespace only, which extract_corpus and
+    the CSV reader refuse: no log line, predictions.csv row or --subset id=... could name it."""
+    from w2v2ser.store import StoreWriter
+
+    wav = str(write_audio(tmp_path / "a.wav"))
+    utterances = [Utterance(id="fine", path=wav, speaker="s", label="angry"),
+                  Utterance(id=uid, path=wav, speaker="s", label="sad")]
+    spec = build_extractor("spectrogram").feature_spec()
+    with StoreWriter(tmp_path / "w.zarr") as writer:
+        with pytest.raises(StoreError, match=rf"plan: utterances\[1\] \(path '{wav}'\) has the blank id"):
+            writer.plan(utterances, num_samples=[16000, 16000], features=[spec], capacities={spec.name: [100, 100]})
+        assert writer.plan(utterances[:1], num_samples=[16000], features=[spec], capacities={spec.name: [100]}) == [0]
+    assert [u.id for u in open_store(tmp_path / "w.zarr", allow_incomplete=True).list_utterances(status=None)] == \
+        ["fine"]
+
+
 @pytest.mark.parametrize("raw, expected", [("../audio/a.wav", "audio/a.wav"), ("sub/../../audio/a.wav", "audio/a.wav"),
                                            ("../../outside.wav", "../outside.wav")])
 def test_relative_paths_leaving_the_manifest_folder_start_there(tmp_path, raw, expected):

@@ -1036,3 +1036,23 @@ def test_config_fields_assigned_after_construction_are_checked(tmp_path):
     config.seeds = 0
     with pytest.raises(ConfigError, match=r"seeds: expected a value >= 1, got 0"):
         plan_runs(config)
+
+
+def test_a_protocol_read_from_the_store_follows_stores_assigned_afterwards(tmp_path):
+    """ExperimentConfig(stores=<a RAVDESS store>) took protocol 'ravdess' from the store; assigning an IEMOCAP
+    store afterwards kept it, and the runs planned the RAVDESS protocol's classes and split on IEMOCAP."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig, class_names, plan_runs
+
+    ravdess = build_store(tmp_path / "rav.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=2, dim=4, features=("egemaps",))
+    fresh = ExperimentConfig(stores=str(iemocap), features="egemaps", seeds=1)
+    config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
+    assert config.protocol == "ravdess"
+    config.stores = str(iemocap)
+    assert config.protocol is None  # read again from the new store when the config is used
+    assert class_names(config) == class_names(fresh)
+    assert [run.name for run in plan_runs(config)] == [run.name for run in plan_runs(fresh)]
+    given = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1, protocol="ravdess")
+    given.stores = str(iemocap)  # a protocol given by hand is the user's: kept
+    assert given.protocol == "ravdess"

@@ -43,6 +43,8 @@ FUSION_STORE_ALIAS = "fusion"
 RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers", "run_eagerly")
 # A run's result does not depend on how many seeds the experiment has: adding seeds reuses runs.
 SEED_FIELDS = ("seeds", "first_seed")
+# The fields a protocol taken from the main store depends on (and protocol itself).
+_PROTOCOL_SOURCES = ("stores", "features", "subset", "protocol")
 
 
 @check_keywords
@@ -59,6 +61,8 @@ class ExperimentConfig:
         norm: "speaker", "global" or "none".
         protocol: "ravdess", "iemocap" or "csv"; None (the default) takes the protocol of the corpus
             the main store was extracted from, as ``w2v2ser train`` does without ``--protocol``.
+            A protocol so taken is reset to None when stores, features or subset is assigned
+            afterwards, and taken from the new main store when the config is used.
         subset: Train and test on the utterances whose field has one of the given values, e.g.
             {"vocal_channel": "speech"} (RAVDESS speech only) or {"method": "improvised"} (IEMOCAP);
             a field is speaker, label, gender, session, split or a key the corpus reader records
@@ -138,6 +142,17 @@ class ExperimentConfig:
                               f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
         if self.protocol is None:  # last: every check that needs no store has passed
             self.protocol = self._store_protocol()
+            object.__setattr__(self, "_protocol_inferred", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        # A protocol read from the main store is that store's: assigning what picks the store (stores,
+        # features) or its corpus (subset) forgets it, so that the next check (train_experiment,
+        # plan_runs, ...) reads the new store's, as a new config would; it kept the first store's.
+        if name in _PROTOCOL_SOURCES and self.__dict__.get("_protocol_inferred"):
+            object.__setattr__(self, "_protocol_inferred", False)
+            if name != "protocol":  # one assigned by hand is kept
+                object.__setattr__(self, "protocol", None)
 
     def _store_protocol(self) -> str:
         """The protocol of the main store's corpus (its ``corpus`` attribute)."""

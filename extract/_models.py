@@ -17,12 +17,12 @@ import os
 import re
 import socket
 import sys
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 from urllib.parse import urlparse
+
+from w2v2ser._process import CountedScope
 
 from ._fairseq import _load_fairseq_weights, _resolve_fairseq
 from ._source import FAMILIES, ModelLoadError, ModelSource, _weights_sha256
@@ -153,13 +153,33 @@ def resolve_model(model: str, *, revision: str | None = None) -> ModelSource:
 
 
 _HUB_PROBED: list[str | None] = []  # the probe's outcome, once per outermost hub_probe_scope
-_HUB_SCOPE = {"depth": 0, "saved": None}  # open scopes (all threads), and what the outermost restores
-_HUB_SCOPE_LOCK = threading.Lock()
 _OFF = object()  # HF_HUB_OFFLINE was not set
 
 
-@contextmanager
-def hub_probe_scope() -> Iterator[None]:
+def _hub_setting() -> tuple[Any, bool | None]:
+    """``HF_HUB_OFFLINE`` (or _OFF) and huggingface_hub's copy of it, as the outermost scope finds them."""
+    return os.environ.get("HF_HUB_OFFLINE", _OFF), _hub_constant()
+
+
+def _put_hub_setting_back(saved: tuple[Any, bool | None]) -> None:
+    """Put back what :func:`_hub_setting` saved, and forget the probe's outcome."""
+    variable, constant = saved
+    if variable is _OFF:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = variable
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:  # imported inside the scope: what it reads from the environment now
+        hub_constants.HF_HUB_OFFLINE = constant if constant is not None else (
+            os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+        ).upper() in ("1", "ON", "YES", "TRUE")
+    _HUB_PROBED.clear()
+
+
+_HUB_SCOPE = CountedScope(_hub_setting, _put_hub_setting_back)  # open scopes (all threads), what the last restores
+
+
+def hub_probe_scope() -> ContextManager[None]:
     """One hub probe for everything inside (nested scopes, in any thread, share it); a decorator too.
 
     When the last open scope ends, ``HF_HUB_OFFLINE`` (and huggingface_hub's copy of it) are put
@@ -167,27 +187,7 @@ def hub_probe_scope() -> Iterator[None]:
     the network came back, asks the hub again instead of staying offline for the rest of the
     process. Dask workers started inside a scope inherit the variable it set.
     """
-    with _HUB_SCOPE_LOCK:
-        if _HUB_SCOPE["depth"] == 0:
-            _HUB_SCOPE["saved"] = (os.environ.get("HF_HUB_OFFLINE", _OFF), _hub_constant())
-        _HUB_SCOPE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _HUB_SCOPE_LOCK:
-            _HUB_SCOPE["depth"] -= 1
-            if _HUB_SCOPE["depth"] == 0:
-                variable, constant = _HUB_SCOPE["saved"]
-                if variable is _OFF:
-                    os.environ.pop("HF_HUB_OFFLINE", None)
-                else:
-                    os.environ["HF_HUB_OFFLINE"] = variable
-                hub_constants = sys.modules.get("huggingface_hub.constants")
-                if hub_constants is not None:  # imported inside the scope: what it reads from the environment now
-                    hub_constants.HF_HUB_OFFLINE = constant if constant is not None else (
-                        os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-                    ).upper() in ("1", "ON", "YES", "TRUE")
-                _HUB_PROBED.clear()
+    return _HUB_SCOPE()
 
 
 def _hub_constant() -> bool | None:

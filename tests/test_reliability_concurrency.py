@@ -346,3 +346,70 @@ def test_a_store_moved_while_extracted_is_not_called_damaged_and_resumes_at_its_
     resumed = StoreWriter(tmp_path / "b.zarr")
     assert resumed.pending([s.name for s in specs]) == [2, 3]  # the first unit is kept
     resumed.close()
+
+
+def test_a_counted_scope_puts_the_setting_back_only_when_the_last_thread_leaves():
+    """CountedScope (hub_probe_scope, _op_determinism_kept): a process-wide setting saved when the first
+    scope opens, in any thread, and put back only when the last one closes, never under a block still inside."""
+    import threading
+
+    from w2v2ser._process import CountedScope
+
+    setting = {"value": "before", "saves": 0, "restores": 0}
+
+    def save() -> str:
+        setting["saves"] += 1
+        return setting["value"]
+
+    def restore(saved: str) -> None:
+        setting["restores"] += 1
+        setting["value"] = saved
+
+    scope = CountedScope(save, restore)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        with scope():
+            setting["value"] = "changed"
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with scope():
+            with scope():  # nested in one thread
+                second_in.set()
+                first_out.wait(10)
+                seen["inside"] = setting["value"], scope.depth  # the first thread has left: still changed
+        seen["after"] = setting["value"]
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen == {"inside": ("changed", 2), "after": "before"}
+    assert (setting["saves"], setting["restores"], scope.depth) == (1, 1, 0)
+
+    @scope()  # a decorator too; an error inside still puts the setting back
+    def failing() -> None:
+        setting["value"] = "changed again"
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        failing()
+    assert (setting["value"], setting["saves"], setting["restores"], scope.depth) == ("before", 2, 2, 0)
+
+    def busy() -> None:  # many threads at once: the count never goes wrong
+        for _ in range(200):
+            with scope():
+                setting["value"] = "busy"
+
+    many = [threading.Thread(target=busy) for _ in range(8)]
+    for thread in many:
+        thread.start()
+    for thread in many:
+        thread.join(60)
+    assert setting["value"] == "before" and scope.depth == 0 and setting["saves"] == setting["restores"]

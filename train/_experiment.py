@@ -22,18 +22,17 @@ import json
 import resource
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 
 from w2v2ser._common import EXIT_FAILED, STAGE2_PACKAGES, first_few, names_full_disk, provenance
 from w2v2ser._files import publish_directory, write_atomically
-from w2v2ser._process import caller_random_kept, check_thread_environment
+from w2v2ser._process import CountedScope, caller_random_kept, check_thread_environment
 
 from ._config import SEED_FIELDS, ExperimentConfig, as_experiment_config
 from ._dataset import FeatureBatches, share_memory_budget
@@ -155,12 +154,19 @@ def _start_run(config: ExperimentConfig, run_spec: RunSpec) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-_DETERMINISM: dict[str, Any] = {"runs": 0, "before": None}  # runs in progress (all threads); the state they found
-_DETERMINISM_LOCK = threading.Lock()
+def _put_op_determinism_back(before: bool | None) -> None:
+    """Turn op determinism off again where it was off before the first run in progress (``before``)."""
+    if before is False and _op_determinism():
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
 
 
-@contextlib.contextmanager
-def _op_determinism_kept() -> Iterator[None]:
+# Runs in progress (all threads), and the state they found.
+_DETERMINISM = CountedScope(lambda: _op_determinism(), _put_op_determinism_back)
+
+
+def _op_determinism_kept() -> ContextManager[None]:
     """Give TensorFlow's op determinism back as it was once the last run in progress ends.
 
     A deterministic run enables it (``_start_run``) for the whole process: a notebook's later
@@ -169,19 +175,7 @@ def _op_determinism_kept() -> Iterator[None]:
     off under it. TensorFlow has no public switch to turn it off again; without its internal one
     (``disable_op_determinism``), it stays on, as the README says. Also a decorator.
     """
-    with _DETERMINISM_LOCK:
-        if _DETERMINISM["runs"] == 0:
-            _DETERMINISM["before"] = _op_determinism()
-        _DETERMINISM["runs"] += 1
-    try:
-        yield
-    finally:
-        with _DETERMINISM_LOCK:
-            _DETERMINISM["runs"] -= 1
-            if _DETERMINISM["runs"] == 0 and _DETERMINISM["before"] is False and _op_determinism():
-                from tensorflow.python.framework import config as tf_config
-
-                tf_config.disable_op_determinism()
+    return _DETERMINISM()
 
 
 def _op_determinism() -> bool | None:

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from w2v2ser._common import ConfigError
 
@@ -125,3 +127,44 @@ def caller_random_kept() -> Iterator[None]:
         random.setstate(kept[0])
         if kept[1] is not None:
             numpy.random.set_state(kept[1])
+
+
+class CountedScope:
+    """A process-wide setting saved when the first scope opens and put back when the last one closes.
+
+    Scopes are counted over threads and may nest: ``save()`` runs when the count goes from 0 to 1, and
+    ``restore(saved)`` when it goes back to 0, each under one lock, so a block never sees the setting
+    put back under it while another block (a Dask worker's other thread) is still inside.
+    ``scope()`` is a context manager, and a decorator (``@scope()``). Library-free: stage 1 and
+    stage 2 both use it (the hub's offline setting, TensorFlow's op determinism).
+
+    Args:
+        save: Returns the setting as it is when the first scope opens.
+        restore: Puts back what ``save`` returned, when the last scope closes.
+    """
+
+    def __init__(self, save: Callable[[], Any], restore: Callable[[Any], None]) -> None:
+        self._save, self._restore = save, restore
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: Any = None
+
+    @property
+    def depth(self) -> int:
+        """How many scopes are open now (all threads)."""
+        return self._depth
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = self._save()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    saved, self._saved = self._saved, None
+                    self._restore(saved)

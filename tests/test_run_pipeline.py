@@ -1030,6 +1030,38 @@ def test_a_damaged_local_model_fails_the_run_while_an_offline_hub_model_skips(tm
 
 
 @needs_ravdess
+def test_a_store_skip_marker_that_cannot_be_written_or_removed_fails_that_store_only(tmp_path: Path, monkeypatch,
+                                                                                      capsys) -> None:
+    """The extract stage writes a store's skip marker (an offline model) and removes one of an earlier run
+    before it extracts: an error there (a folder in the way; no permission alike) stopped the whole stage
+    with a traceback, and no other store was extracted."""
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    make_tiny_corpus(tmp_path / "data", actors=("01",))
+    spectrogram = {"window_ms": 25.0, "hop_ms": 10.0, "n_fft": 512}
+    pipeline = write_tiny_pipeline(tmp_path, model=Path("w2v2ser-tests/model-that-is-not-cached"),
+                                   features=("classic/spectrogram",), extra={
+                                       "extraction.stores.other": {"corpora": ["ravdess"],
+                                                                   "features": {"spectrogram": spectrogram}}})
+    monkeypatch.chdir(tmp_path)
+    config = load_pipeline(pipeline)
+    markers = {name: config.store_path(name, "ravdess").with_name(config.store_path(name, "ravdess").name +
+                                                                    ".skipped.json") for name in ("w2v2", "classic")}
+    for marker in markers.values():  # a folder in the way of the marker
+        (marker / "inside").mkdir(parents=True)
+    assert run_pipeline(pipeline, stage="extract") == 1  # it raised IsADirectoryError: no stage summary, no store
+    err = capsys.readouterr().err
+    assert (f"extract w2v2 on ravdess: its skip marker cannot be written, so the train stage will not name this "
+            f"reason: {markers['w2v2']}") in err, err
+    assert (f"extract classic on ravdess: FAILED: its skip marker of an earlier run cannot be removed, and the "
+            f"train stage would take that old reason: {markers['classic']}") in err, err
+    assert "stage extract: 1 done, 1 skipped, 1 failed" in err, err
+    assert open_complete(config.store_path("other", "ravdess"))  # the other store is extracted
+
+
+@needs_ravdess
 def test_a_hub_model_whose_connection_drops_is_skipped_as_offline(tmp_path: Path, monkeypatch, capsys) -> None:
     """Leftover: huggingface_hub >= 1.0 raises httpx errors, which are no OSError: a hub (or proxy)
     dropping the connection escaped the model lookup as a raw traceback and failed the stage, where a

@@ -113,6 +113,31 @@ def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:
     return None
 
 
+def _write_marker(label: str, store_path: Path, data: dict[str, Any]) -> None:
+    """Write a store's skip marker (the reason its experiments do not train). One that cannot be
+    written (no permission, a folder in the way) is said, and the stage goes on: only the train
+    stage's reason is lost (it says the store is not extracted instead)."""
+    try:
+        _write_json(_skip_marker(store_path), data)
+    except OSError as error:
+        described = describe_error(error)
+        _say(f"{label}: its skip marker cannot be written, so the train stage will not name this reason: "
+             f"{described[0] if described else error}")
+
+
+def _marker_cleared(label: str, store_path: Path) -> bool:
+    """Remove a store's skip marker of an earlier run; False (said, with the fix) when it cannot be
+    removed: the train stage would skip the store's experiments for that old reason."""
+    try:
+        _clear_skip_marker(store_path)
+    except OSError as error:
+        described = describe_error(error)
+        _say(f"{label}: FAILED: its skip marker of an earlier run cannot be removed, and the train stage would "
+             f"take that old reason: {described[0] if described else error}")
+        return False
+    return True
+
+
 @_hub_scoped
 def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reasons | None = None, *,
                  progress: bool = True) -> _Outcome:
@@ -150,15 +175,17 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                     changed = None
                 if changed is None:
                     _say(f"{label}: complete ({len(utterances)} utterances) in {path}")
-                    _clear_skip_marker(path)
+                    if not _marker_cleared(label, path):
+                        outcome.failed.append(label)
+                        continue
                     outcome.done += 1
                     continue
                 reasons.tell(label, f"store {path} is complete but {changed}; move the store away and rerun to "
                              f"extract it again with these weights, or put the weights it was made with back "
                              f"where the model option points and rerun",
                              f"store {store.name!r} holds other weights", outcome="FAILED")
-                _write_json(_skip_marker(path), {"reason": f"store {store.name!r} of corpus {corpus!r}: {changed}",
-                                                 "store": store.name, "corpus": corpus, "other_weights": True})
+                _write_marker(label, path, {"reason": f"store {store.name!r} of corpus {corpus!r}: {changed}",
+                                            "store": store.name, "corpus": corpus, "other_weights": True})
                 outcome.failed.append(label)
                 continue
             try:
@@ -175,11 +202,13 @@ def _run_extract(config: PipelineConfig, cluster: _LazyCluster, reasons: _Reason
                 # user's to fix: the store fails, so the run exits 1, and its experiments fail (failed.json).
                 reasons.tell(label, reason, _store_topic(store.name),
                              outcome="skipped" if error.offline else "FAILED")
-                _write_json(_skip_marker(path), {"reason": reason, "store": store.name, "corpus": corpus,
-                                                 **({} if error.offline else {"failed": True})})
+                _write_marker(label, path, {"reason": reason, "store": store.name, "corpus": corpus,
+                                            **({} if error.offline else {"failed": True})})
                 (outcome.skipped if error.offline else outcome.failed).append(label)
                 continue
-            _clear_skip_marker(path)
+            if not _marker_cleared(label, path):
+                outcome.failed.append(label)
+                continue
             jobs.append((f"{store.name} on {corpus}", path, manifest(corpus), extractors))
     if not jobs:
         return outcome

@@ -262,6 +262,36 @@ def test_run_pipeline_fails_only_the_experiment_whose_folder_cannot_be_written(t
 
 
 @needs_ravdess
+def test_run_pipeline_fails_only_the_experiment_whose_results_json_cannot_be_written(tmp_path: Path, monkeypatch,
+                                                                                     capsys) -> None:
+    """After its runs, the train stage summarises each experiment: a permission error at its results.json
+    stopped the stage with a traceback, and the experiments after it were not summarised."""
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import _experiment
+
+    second = {"corpus": "ravdess", "grid": {"features": ["classic/spectrogram"]}, "head": "dense", "norm": "speaker",
+              "seeds": 1, "units": 8, "recipe_overrides": FAST, "run_eagerly": True}
+    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1,
+                                                         extra={"experiments.u": second})
+    other = config.experiments[1]
+    blocked = experiment.run_dir / "results.json"
+    write = _experiment._write_json
+
+    def denied(path, data):
+        if Path(path) == blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return write(path, data)
+
+    monkeypatch.setattr(_experiment, "_write_json", denied)
+    assert run_pipeline(pipeline, stage="train") == 1
+    err = capsys.readouterr().err
+    assert (f"train {experiment.name}: FAILED to summarise its runs: {blocked}: Permission denied. Use a path this "
+            f"user may read and write") in err, err
+    assert str(blocked) in json.loads((experiment.run_dir / "failed.json").read_text())["reason"]
+    assert json.loads((other.run_dir / "results.json").read_text())["n_runs"] == 1  # the other one is summarised
+
+
+@needs_ravdess
 def test_run_pipeline_on_a_full_disk_stops_that_experiments_further_runs(tmp_path: Path, monkeypatch,
                                                                           capsys) -> None:
     """A full disk was an ordinary per-run failure in `w2v2ser run`'s train stage: every further run of

@@ -230,15 +230,54 @@ def test_validation_fraction_that_leaves_nothing_to_train_on():
         DenseHead(units=4, recipe=QUICK, seed=0, validation_fraction=0.99, run_eagerly=True).fit(x, y)
 
 
-@pytest.mark.parametrize("labels", [["angry", "sad"], [0, 2]])
-def test_labels_that_are_not_indices_into_classes(labels):
-    """With classes= set, labels are indices into it: names failed deep in numpy ("invalid literal
-    for int()") and an index past the end reached Keras' loss."""
+@pytest.mark.parametrize("labels, expected", [
+    ([0, 2], r"DenseHead\(classes=\['angry', 'sad'\]\) takes labels as class names or as integer indices 0\.\.1 "
+             r"into classes; got 2"),
+    (["angry", "calm"], r"DenseHead\.fit\(x, y\): got the label 'calm', which is not one of "
+                        r"classes=\['angry', 'sad'\]; give labels as those class names \(or as integer indices 0\.\.1")])
+def test_labels_that_are_neither_names_nor_indices_of_classes(labels, expected):
+    """With classes= set, a name failed deep in numpy ("invalid literal for int()") and an index past
+    the end reached Keras' loss."""
     x, _, _ = utterances(12)
     y = np.array(labels * 6)
-    with pytest.raises(DataError, match=r"DenseHead\(classes=\['angry', 'sad'\]\) takes labels as integer indices "
-                                        r"0\.\.1 into classes; got ('angry'|2)"):
+    with pytest.raises(DataError, match=expected):
         DenseHead(units=4, recipe=QUICK, classes=["angry", "sad"], seed=0, run_eagerly=True).fit(x, y)
+
+
+def test_a_head_with_classes_takes_their_names_as_labels_so_scikit_learn_scorers_work():
+    """Found by a trial: with classes= set, fit and score took only indices while predict returned the
+    names, so cross_val_score(head, x, names, scoring="accuracy") failed (the names were refused) and
+    with indices scikit-learn refused a "Mix of label input types (string and number)"."""
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
+
+    x, y, _ = utterances(24)
+    classes = ["sad", "angry", "happy"]  # not sorted: names map to their own positions
+    head = DenseHead(units=4, recipe=QUICK, classes=classes, seed=0, run_eagerly=True)
+    scores = cross_val_score(head, x, y, scoring="accuracy", cv=3, error_score="raise")
+    predicted = cross_val_predict(head, x, y, cv=3)
+    assert set(predicted) <= set(classes)
+    folds = StratifiedKFold(3).split(x, y)  # cv=3's folds for a classifier
+    assert np.allclose(scores, [accuracy_score(y[test], predicted[test]) for _, test in folds])
+    indices = np.array([classes.index(label) for label in y])
+    by_name = clone(head).fit(x, y)
+    by_index = clone(head).fit(x, indices)  # indices into names that are not numbers still work
+    assert by_name.classes_.tolist() == by_index.classes_.tolist() == classes
+    assert np.array_equal(by_name.predict_proba(x), by_index.predict_proba(x))
+    assert by_name.score(x, y) == by_name.score(x, indices) == by_index.score(x, y)
+
+
+@pytest.mark.parametrize("classes, labels, expected", [
+    ([1, 0], [0, 1], r"DenseHead\.fit\(x, y\): the labels \[0, 1\] are both names and indices of classes=\[1, 0\], "
+                     r"which name other classes; give labels as class names and classes as strings"),
+    ([3, 5], [0, 1], r"DenseHead\.fit\(x, y\): got the label 0, which is not one of classes=\[3, 5\]; give labels as "
+                     r"those class names \(class names that are numbers take no indices\)")])
+def test_number_classes_take_their_names_and_refuse_ambiguous_labels(classes, labels, expected):
+    x, _, _ = utterances(12)
+    with pytest.raises(DataError, match=expected):
+        DenseHead(units=4, recipe=QUICK, classes=classes, seed=0, run_eagerly=True).fit(x, labels * 6)
+    head = DenseHead(units=4, recipe=QUICK, classes=[3, 5], seed=0, run_eagerly=True).fit(x, [5, 3] * 6)
+    assert set(head.predict(x)) <= {3, 5} and 0.0 <= head.score(x, [5, 3] * 6) <= 1.0
 
 
 def test_stage2_functions_take_a_config_mapping_and_name_a_wrong_run_spec(tmp_path):
@@ -428,8 +467,7 @@ def test_labels_in_an_object_array_as_a_pandas_series_gives_them():
         by_name.score(x, numbers)
     indexed = DenseHead(units=4, recipe=QUICK, classes=["angry", "happy", "sad"], seed=0, run_eagerly=True)
     assert indexed.fit(x, numbers).score(x, numbers) == indexed.score(x, numbers.astype(int))
-    with pytest.raises(DataError, match=r"takes labels as integer indices 0\.\.2 into classes; got 'angry'"):
-        indexed.score(x, names)
+    assert indexed.score(x, names) == indexed.score(x, numbers)  # the names, as scikit-learn takes labels
 
 
 def test_fit_and_train_experiment_give_the_callers_random_streams_back(tmp_path):

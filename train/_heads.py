@@ -184,11 +184,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             units: Width of the Dense (and LSTM) blocks.
             dropout: Dropout rate after each pointwise block.
             recipe: "paper", "official" or a :class:`Recipe` (optimiser, batch size, epochs, patience).
-            classes: Class names (a list, tuple, array or pandas Index; not a set); when given, labels
-                are integer indices into it (``fit``, ``score``),
-                while ``predict`` returns the names, so scikit-learn's scorers other than ``score``
-                (``scoring="accuracy"``) need the head without it. None: the classes are the sorted
-                distinct labels seen by ``fit`` (any type, as in scikit-learn).
+            classes: Class names (a list, tuple, array or pandas Index; not a set), the order of the
+                outputs; ``predict`` returns them. Labels (``fit``, ``score``) are these names, as in
+                scikit-learn (then every scikit-learn scorer and ``cross_val_predict`` compare
+                ``predict``'s names with them), or integer indices into the names when these are not
+                numbers (FeatureBatches give indices). None: the classes are the sorted distinct
+                labels seen by ``fit`` (any type, as in scikit-learn).
             seed: Seed of weights, dropout and shuffling (None: not seeded).
             validation_fraction: Without ``validation_data``, hold out this fraction of the training
                 utterances (stratified, drawn with ``seed``) for early stopping; None trains
@@ -286,7 +287,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         return _ArrayBatches(x, y, batch_size=self._resolved_recipe().batch_size, shuffle=shuffle, seed=seed)
 
     def _encode(self, y: Any, *, unseen: int | None = None, call: str = "fit(x, y)") -> np.ndarray:
-        """Labels -> integer indices into ``classes_`` (labels ARE the indices when ``classes`` is set).
+        """Labels -> integer indices into ``classes_`` (names or indices when ``classes`` is set).
 
         Labels not in ``classes_`` raise, or become ``unseen`` when given (scoring: never predicted).
         """
@@ -297,14 +298,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             y = np.array(y.tolist())  # Python ints of an object array (a pandas Series): the numbers they are
         classes = self._given_classes()
         if classes is not None:
-            n = len(classes)
-            if y.size and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n):
-                bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
-                raise DataError(f"{type(self).__name__}(classes={classes!r}) takes labels as integer "
-                                f"indices 0..{n - 1} into classes; got {plain_scalar(bad)!r}. Map the labels to "
-                                f"indices, or leave classes unset to take any labels (classes_ are then their sorted "
-                                f"distinct values)")
-            return y.astype(np.int32)
+            return self._given_indices(y, classes, call)
         if y.size and _label_kind(y) != _label_kind(self.classes_):
             # integer labels against class names matched nothing: score() gave 0.0 with only sklearn's warning
             hint = ("class names, as predict returns them (class indices k of FeatureBatches: classes_[k])"
@@ -326,6 +320,38 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                             f"{self.classes_.tolist()}; every class must be seen by fit")
         return order[np.searchsorted(self.classes_[order], y)].astype(np.int32)
 
+    def _given_indices(self, y: np.ndarray, classes: list[Any], call: str) -> np.ndarray:
+        """Labels -> indices into the given ``classes``: their names (as scikit-learn takes labels, so that
+        predict's names compare equal to them), or integer indices when the names are not numbers."""
+        name, n = type(self).__name__, len(classes)
+        if not y.size:
+            return y.astype(np.int32)
+        numbered = all(isinstance(c, (int, float, np.number)) and not isinstance(c, (bool, np.bool_)) for c in classes)
+        lookup = {c: k for k, c in enumerate(classes)}  # plain scalars (_given_classes)
+        labels = [plain_scalar(v) for v in y.ravel()]
+        # a name is looked up among names of its own kind: the label 1 never matched a class '1'
+        named = numbered == (_label_kind(y) == "number") and all(v in lookup for v in labels)
+        indexed = y.dtype.kind in "iu" and y.min() >= 0 and y.max() < n
+        if named and indexed and numbered and any(classes[k] != k for k in np.unique(y)):
+            raise DataError(f"{name}.{call}: the labels {np.unique(y)[:5].tolist()} are both names and indices of "
+                            f"classes={classes!r}, which name other classes; give labels as class names and classes "
+                            f"as strings (e.g. {[str(c) for c in classes]!r}), or leave classes unset")
+        if named:
+            return np.array([lookup[v] for v in labels], dtype=np.int32)
+        if indexed and not numbered:
+            return y.astype(np.int32)
+        if numbered or _label_kind(y) == "string":
+            unknown = [v for v in labels if v not in lookup]
+            raise DataError(f"{name}.{call}: got the label {unknown[0]!r}, which is not one of classes={classes!r}; "
+                            f"give labels as those class names"
+                            + (" (class names that are numbers take no indices)" if numbered
+                               else f" (or as integer indices 0..{n - 1} into them)"))
+        bad = y[0] if y.dtype.kind not in "iu" else y[(y < 0) | (y >= n)][0]
+        raise DataError(f"{name}(classes={classes!r}) takes labels as class names or as integer indices "
+                        f"0..{n - 1} into classes; got {plain_scalar(bad)!r}. Give the names, map the labels to "
+                        f"indices, or leave classes unset to take any labels (classes_ are then their sorted "
+                        f"distinct values)")
+
     def _forget_fit(self) -> None:
         """Drop what a fit learned, so that the head is unfitted (``predict`` raises NotFittedHeadError)."""
         for name in ("model_", "history_", "layer_weights_", "classes_", "_stopper"):
@@ -340,8 +366,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         Args:
             x: FeatureBatches, or a list of [frames, ...] arrays (for fusion: a dict branch -> list, or a
                 list of one dict branch -> frames per utterance, which GridSearchCV can split).
-            y: Labels when ``x`` holds arrays: integer indices into ``classes`` when that is set,
-                else any labels (``classes_`` = their sorted distinct values).
+            y: Labels when ``x`` holds arrays: names of ``classes`` (or integer indices into them)
+                when that is set, else any labels (``classes_`` = their sorted distinct values).
             validation_data: FeatureBatches, or a tuple (arrays, labels).
             callbacks: Extra Keras callbacks.
 
@@ -492,7 +518,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         """UAR (unweighted average recall = balanced accuracy) of ``predict(x)`` against ``y``.
 
         The paper's metric, not ClassifierMixin's accuracy, so ``GridSearchCV`` selects on UAR.
-        ``y`` uses the same labels as ``fit`` (indices into ``classes`` when that is set). A class
+        ``y`` uses the same labels as ``fit`` (names of ``classes`` or indices into them). A class
         that ``fit`` never saw (a small cross-validation fold) counts with recall 0.
 
         Args:

@@ -16,9 +16,9 @@ from w2v2ser._process import check_thread_environment
 from w2v2ser._native_logs import expected_retracing
 
 from ._errors import PredictError, RunDirError
-from ._runplan import _Branch, _read_json, _RunPlan
+from ._runplan import _Branch, _read_json, _RunPlan, resolve_feature
 
-__all__ = ["ensemble_probabilities"]
+__all__ = ["ensemble_probabilities", "frameless"]
 
 
 class _GroupedNormaliser:
@@ -80,6 +80,21 @@ def _normaliser(plan: _RunPlan, model: Path, branch: _Branch, selection: Any, te
                                        utterances=utterances)
         return _GroupedNormaliser(per_speaker, fallback)
     return fallback
+
+
+def frameless(plan: _RunPlan, stores: Mapping[str, Any], ids: Sequence[str]) -> dict[str, str]:
+    """Utterance id -> why it cannot be predicted, for those of ``ids`` with no frames of a feature the run
+    reads (audio shorter than one of its frames): the models' masked mean of nothing gave them the same
+    near-uniform probabilities whatever the audio, without a word."""
+    out: dict[str, str] = {}
+    for branch in plan.branches:
+        name, store = resolve_feature(branch.selection), stores[branch.store]
+        for uid in ids:
+            if uid not in out and store.num_frames(uid, name) == 0:
+                out[uid] = (f"no frames of feature {name!r}: the audio is shorter than one of its frames, so the "
+                            f"models would see nothing (their output for no input is the same whatever the audio); "
+                            f"give a longer recording")
+    return out
 
 
 def ensemble_probabilities(plan: _RunPlan, stores: Mapping[str, Any], items: Sequence[Any], *, batch_size: int,

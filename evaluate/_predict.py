@@ -42,7 +42,7 @@ from w2v2ser._text import as_paths
 from w2v2ser._schema import validate
 from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
 
-from ._ensemble import ensemble_probabilities
+from ._ensemble import ensemble_probabilities, frameless
 from ._errors import PredictError
 from ._extraction import _stopped_reason, _write_manifest, extract_features
 from ._runplan import (_check_model_option, _crop_seconds, _longest_seconds, _plan, _RunPlan, _training_rates,
@@ -424,6 +424,9 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                 errors.setdefault(position[uid], _stopped_reason(stopped[0], work, temporary=temporary))
     records = {r.id: r for r in next(iter(temp.values())).list_utterances(status="done")}
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
+    for uid, reason in frameless(plan, temp, [it.id for it in items]).items():
+        errors.setdefault(position[uid], reason)
+    items = [it for it in items if position[it.id] not in errors]
     if not items:
         return {}
     statistics, apart = None, []

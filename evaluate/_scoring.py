@@ -22,7 +22,7 @@ from typing import Any
 from w2v2ser._common import first_few
 
 from ._errors import PredictError
-from ._ensemble import ensemble_probabilities
+from ._ensemble import ensemble_probabilities, frameless
 from ._predict import Prediction, normalisation_used, predict_audio, speaker_groups
 from ._runplan import (_comparable_configs, _crop_seconds, _differs, _plan, _read_json, _RunPlan, _setting_differences,
                        _training_rates, log, resolve_feature)
@@ -254,12 +254,18 @@ def predict_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str]
     if apart and plan.config.norm == "speaker":
         log.warning("speaker(s) %s of store %s have no label that protocol %s keeps: their statistics are composed "
                     "over all their utterances", first_few(apart), main.path, plan.config.protocol)
-    probabilities = ensemble_probabilities(plan, stores, items, batch_size=batch_size, grouped=grouped,
-                                           utterances=statistics)
+    empty = frameless(plan, stores, [it.id for it in items])  # failed, not given the output for no input
+    kept = [it for it in items if it.id not in empty]
+    probabilities = iter(ensemble_probabilities(plan, stores, kept, batch_size=batch_size, grouped=grouped,
+                                                utterances=statistics) if kept else [])
     crop = _crop_seconds(plan) or float("inf")
     silent = set(main.attrs.get("silent_audio", []))
     predictions = []
-    for record, values in zip(records, probabilities):
+    for record in records:
+        if record.id in empty:
+            predictions.append(Prediction(Path(record.path), None, {}, record.speaker, empty[record.id], id=record.id))
+            continue
+        values = next(probabilities)
         probs = {c: float(p) for c, p in zip(plan.classes, values)}
         predictions.append(Prediction(Path(record.path), max(probs, key=probs.__getitem__), probs, record.speaker,
                                       seconds=float(record.duration), seconds_used=min(float(record.duration), crop),

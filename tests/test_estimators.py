@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -668,3 +669,17 @@ def test_a_refit_interrupted_by_ctrl_c_leaves_the_head_unfitted():
         head.fit(x, np.array(["calm", "fear", "joy"] * 4), callbacks=[Interrupt()])
     with pytest.raises(NotFittedHeadError):
         head.predict(x)
+
+
+def test_predicting_an_utterance_without_frames_warns_and_names_it():
+    """Found by a trial: an utterance of 0 frames got the head's output for no input (a masked mean of
+    nothing), near-uniform probabilities, without a word."""
+    x, y, _ = utterances(12)
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)
+    empty = [x[0], np.zeros((0, 5), np.float32), x[1]]
+    with pytest.warns(UserWarning, match=r"DenseHead\.predict: 1 utterance\(s\) have no frames \(utterance 1\); their "
+                                         r"probabilities are the head's output for no input"):
+        assert head.predict(empty).shape == (3,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # utterances with frames: no warning
+        head.predict_proba(x[:3])

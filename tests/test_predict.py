@@ -29,8 +29,9 @@ def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str]
                  options: Sequence[str] = ()) -> None:
     """Stand-in for the stage 1 subprocess: random frames with the training store's specs.
 
-    Files whose name contains "bad" fail the way undecodable audio does (failure row); each file
-    is recorded at 16 kHz, or 48 kHz when its name contains "48k".
+    Files whose name contains "bad" fail the way undecodable audio does (failure row), those whose
+    name contains "empty" get 0 frames; each file is recorded at 16 kHz, or 48 kHz when its name
+    contains "48k".
     """
     specs = [features_like(like)[0][name] for name in features]  # a store or a run dir, as stage 1 reads it
     with open(manifest, newline="", encoding="utf-8") as handle:
@@ -40,7 +41,8 @@ def fake_extract(manifest: Path, store: Path, *, like: Path, features: list[str]
                   for r in rows]
     bad = {i: "AudioError: cannot decode (not an audio file)" for i, r in enumerate(rows) if "bad" in Path(r["path"]).name}
     seconds = [0.6 + 0.2 * i for i in range(len(rows))]
-    frames = {s.name: [int(d * s.frame_rate) + 1 for d in seconds] for s in specs}
+    empty = [i for i, r in enumerate(rows) if "empty" in Path(r["path"]).name]  # shorter than one frame
+    frames = {s.name: [0 if i in empty else int(d * s.frame_rate) + 1 for i, d in enumerate(seconds)] for s in specs}
     writer = StoreWriter(store)
     index = writer.plan(utterances, num_samples=[None if i in bad else int(d * 16000) for i, d in enumerate(seconds)],
                         features=specs, capacities=frames, failures=bad)
@@ -2129,3 +2131,26 @@ def test_a_negative_tensorflow_thread_count_in_the_environment_is_refused_not_a_
     with pytest.raises(ConfigError, match=r"TF_NUM_INTEROP_THREADS is '-2'.*Unset it") as raised:
         predict_audio(trained, audio_files[:1])
     assert "--threads" not in str(raised.value)  # predict has none
+
+
+def test_a_file_without_frames_fails_with_its_reason_not_a_uniform_guess(trained: Path, audio_files: list[Path],
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a trial: a file whose feature has 0 frames (audio shorter than one frame) got the models'
+    output for no input, near-uniform probabilities that are the same for any such file, as a prediction."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    files = [audio_files[0], audio_files[0].with_name("empty.wav"), audio_files[1]]
+    files[1].write_bytes(b"RIFF")
+    preds = predict_audio(trained, files, work_dir=tmp_path / "work")
+    classes = json.loads((trained / "results.json").read_text())["classes"]
+    _check(preds[0], classes)
+    _check(preds[2], classes)
+    assert preds[1].emotion is None and not preds[1].probabilities
+    assert preds[1].error.startswith("no frames of feature 'wav2vec2': the audio is shorter than one of its frames")
+    # The same store's utterances through predict_store: the frameless one fails with the same reason.
+    from w2v2ser.evaluate import predict_store
+
+    store = next((tmp_path / "work").glob("predict-*/features0.zarr"))
+    stored, _ = predict_store(trained, store)
+    assert [p.ok for p in stored] == [True, False, True] and stored[1].error == preds[1].error
+    assert [p.probabilities for p in stored if p.ok] == [preds[0].probabilities, preds[2].probabilities]

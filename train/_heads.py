@@ -20,6 +20,7 @@ import contextlib
 import functools
 import math
 import time
+import warnings
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import keras
@@ -28,7 +29,7 @@ from pydantic import Field, Strict
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
-from w2v2ser._common import check_stop
+from w2v2ser._common import check_stop, first_few
 from w2v2ser._process import caller_random_kept
 from w2v2ser._native_logs import expected_retracing
 from w2v2ser._schema import StrictModel, validate
@@ -502,6 +503,12 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         if given != fitted:  # else TensorFlow's "Graph execution error" or Keras's, by call history
             raise DataError(f"{type(self).__name__}.predict: the utterances' frames are {_shapes_text(given)}; the "
                             f"head was fitted on {_shapes_text(fitted)}. Give frames of the features it was fitted on")
+        empty = _empty_utterances(data)
+        if empty:  # the masked mean of nothing: the head's output for no input, near-uniform, without a word
+            warnings.warn(f"{type(self).__name__}.predict: {len(empty)} utterance(s) have no frames ({first_few(empty)}"
+                          f"); their probabilities are the head's output for no input (the same for each), not a "
+                          f"prediction. Leave them out, or give audio long enough for one frame", UserWarning,
+                          stacklevel=3)
         with expected_retracing():
             return np.asarray(self.model_.predict(data.as_tf_dataset(), verbose=0))
 
@@ -531,6 +538,16 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         pred = np.argmax(self.predict_proba(x), axis=1)
         return float(balanced_accuracy_score(self._encode(y, unseen=-1, call="score(x, y)"), pred,
                                              sample_weight=sample_weight))
+
+
+def _empty_utterances(data: Any) -> list[str]:
+    """The utterances of ``data`` without frames (after the crop): in-memory arrays by position,
+    FeatureBatches' items by id (from the stores' frame counts; no frames are read)."""
+    if isinstance(data, _ArrayBatches):
+        return [f"utterance {k}" for k in np.flatnonzero(data.lengths == 0)]
+    return [repr(item.id) for item in data.items
+            if any(data._cropped_length(src, int(src.store.num_frames(item.id, src.selection.feature)))[0] == 0
+                   for src in data.sources)]
 
 
 class DenseHead(_BaseHead):

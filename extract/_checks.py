@@ -7,7 +7,6 @@ extra columns it gives otherwise. Bad input is refused here, before a store is c
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from collections import Counter
@@ -20,6 +19,7 @@ from w2v2ser._common import ConfigError, first_few, progress_bar
 from w2v2ser._text import control_character, spelling_key, variants_differ
 from w2v2ser._schema import StrictModel, validate
 from w2v2ser.store import AUDIO_RATE_KEY, StoreError, Utterance, W2v2serError
+from w2v2ser.store._types import _missing_as_none, extra_json
 
 from ._audio import AudioInfo, probe_audio, sha256_file
 from ._errors import AudioError, ManifestError
@@ -204,7 +204,7 @@ def _check_utterances(utterances: Any) -> list[Utterance]:
             try:
                 if not isinstance(key, str):
                     raise TypeError(f"a key of type {type(key).__name__}")
-                json.dumps(value)
+                extra_json({key: value})  # NaN is stored as null; an infinite number is no JSON
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"extract_corpus: utterance {utterance.id!r} has extra[{key!r}]={value!r:.80} "
                                   f"({type(value).__name__}), which cannot be stored as JSON ({exc}); give text "
@@ -299,9 +299,9 @@ def _extra_kept(utterances: Sequence[Utterance], done: Mapping[str, Any]) -> lis
         if record is None or record.corpus != u.corpus:  # another kind's id is refused by the plan
             continue
         for column, value in u.extra.items():
-            old = record.extra.get(column)
-            old, value = ("" if old is None else str(old), str(value)) if column != "corpus" else (
-                record.corpus_name, u.corpus_name)  # no corpus column (or an empty one): the kind
+            old, value = record.extra.get(column), _missing_as_none(value)  # a NaN is stored as null
+            old, value = ("" if old is None else str(old), "" if value is None else str(value)) \
+                if column != "corpus" else (record.corpus_name, u.corpus_name)  # no corpus column (or ''): the kind
             if column not in recorded and old != value:
                 kept.append((u.id, column, old, value))
     return kept

@@ -41,7 +41,8 @@ class _ReadTableMixin:
                 id=strs["id"][i], path=strs["path"][i], speaker=strs["speaker"][i],
                 label=strs["label"][i], session=strs["session"][i], split=strs["split"][i],
                 gender=strs["gender"][i], corpus=strs["corpus"][i],
-                extra=json.loads(strs["extra"][i] or "{}"),
+                # NaN, as stores written before extra_json hold it: None, as such a store now reads
+                extra=json.loads(strs["extra"][i] or "{}", parse_constant=lambda c: None if c == "NaN" else float(c)),
                 duration=float(cols["duration"][i]), num_samples=int(cols["num_samples"][i]),
                 audio_sha256=strs["audio_sha256"][i], status=strs["status"][i], index=i,
             ))

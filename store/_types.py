@@ -15,6 +15,7 @@ from ._errors import StoreError
 
 __all__ = [
     "AUDIO_RATE_KEY",
+    "extra_json",
     "Utterance",
     "UtteranceRecord",
     "FeatureSpec",
@@ -26,6 +27,23 @@ __all__ = [
 #: Key of ``Utterance.extra`` under which extraction records each file's own sample rate (Hz,
 #: from its header); a manifest may not use it.
 AUDIO_RATE_KEY = "audio_sample_rate"
+
+
+def _missing_as_none(value: Any) -> Any:
+    """``value`` with each NaN (a missing value: pandas reads an empty cell so) as None, in lists and mappings too."""
+    if isinstance(value, (float, np.floating)) and np.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _missing_as_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_missing_as_none(v) for v in value]
+    return value
+
+
+def extra_json(extra: Mapping[str, Any]) -> str:
+    """``Utterance.extra`` as the store's standard JSON: a NaN is null (``json.dumps`` wrote ``NaN``, which
+    is no JSON), and an infinite number raises ValueError ("Out of range float values ...")."""
+    return json.dumps(_missing_as_none(dict(extra)), sort_keys=True, allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ fill (``_WritePlanMixin``), with the fill of grown index arrays."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from typing import Any, Collection, Mapping, Sequence
@@ -18,7 +17,7 @@ from ._errors import StoreError
 from ._journal import fsync_path, resolve_events
 from ._layout import ROW_ARRAYS, UTTERANCE_COLUMNS, round_up, specs_from_meta, to_str_list
 from ._lock import hold_plan_lock
-from ._types import FeatureSpec, Utterance
+from ._types import FeatureSpec, Utterance, extra_json
 from ._units import UnitWriter, WorkUnit
 from ._writeerrors import _no_space_is_clear
 
@@ -289,7 +288,7 @@ class _WritePlanMixin:
         if col == "num_samples":
             return -1 if ns is None else int(ns)
         if col == "extra":
-            return json.dumps(dict(u.extra), sort_keys=True)
+            return extra_json(u.extra)
         if hasattr(u, col):
             return str(getattr(u, col))
         return fill

@@ -1534,3 +1534,31 @@ def test_extract_of_an_incomplete_iemocap_copy_names_the_sessions_found(tmp_path
     assert main(["extract", "iemocap", str(tmp_path / "iemocap"), "--store", str(tmp_path / "s.zarr"),
                  "--features", "spectrogram", "--no-progress"]) == 0
     assert "IEMOCAP sessions found" not in capsys.readouterr().err
+
+
+def test_a_missing_extra_value_is_stored_as_json_null_and_read_back_as_none(corpus, tmp_path):
+    """Found by a trial: extra={"age": float("nan")} (pandas' missing value, e.g. an empty cell of a
+    DataFrame's column) was stored as the non-standard JSON ``NaN``, read back as nan, counted as the
+    field value "nan" by `store info`, and an infinite number was stored as ``Infinity``."""
+    from w2v2ser import ConfigError
+
+    strict = {"parse_constant": lambda c: pytest.fail(f"non-standard JSON constant {c} in the store")}
+    rows = [dataclasses.replace(u, extra={"age": float("nan") if k % 2 else 31, "scores": [np.float64("nan"), 1.5],
+                                          "more": {"x": float("nan")}})
+            for k, u in enumerate(corpus)]
+    assert extract_corpus(rows, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False).complete
+    store = open_store(tmp_path / "s.zarr")
+    for raw in store._read("utterances/extra"):
+        json.loads(raw, **strict)
+    extras = {r.id: r.extra for r in store.list_utterances()}
+    assert {k: extras[rows[1].id][k] for k in ("age", "scores", "more")} == {"age": None, "scores": [None, 1.5],
+                                                                          "more": {"x": None}}
+    assert extras[rows[0].id]["age"] == 31
+    assert list(store.describe()["fields"]["age"]["counts"]) == ["31"]  # a missing value is no value "nan"
+    # The same rows again: a NaN given is the null stored, not a changed value
+    again = extract_corpus(rows, tmp_path / "s.zarr", extractors=[EnergyExtractor()], progress=False)
+    assert again.extra_kept == []
+    with pytest.raises(ConfigError, match=rf"utterance '{corpus[1].id}' has extra\['age'\]=inf \(float\), which "
+                                          r"cannot be stored as JSON \(Out of range float values"):
+        extract_corpus([corpus[0], dataclasses.replace(corpus[1], extra={"age": float("inf")})],
+                       tmp_path / "t.zarr", extractors=[EnergyExtractor()], progress=False)

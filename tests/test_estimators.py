@@ -683,3 +683,31 @@ def test_predicting_an_utterance_without_frames_warns_and_names_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # utterances with frames: no warning
         head.predict_proba(x[:3])
+
+
+def test_predicting_feature_batches_with_an_utterance_without_frames_warns_and_names_it(tmp_path):
+    """The FeatureBatches side of the warning above: the utterance is named by its id, from the store's
+    frame counts."""
+    from stage2_fixtures import feature_specs
+    from w2v2ser.store import StoreWriter, Utterance, open_store
+    from w2v2ser.train import FeatureBatches, Item, Normaliser, Source, resolve_selection
+
+    spec = feature_specs(egemaps_dim=5, features=("egemaps",))[0]
+    rows = [Utterance(id=f"u{i}", path=f"/audio/{i}.wav", speaker=f"s{i % 2}", label="x", corpus="csv")
+            for i in range(13)]
+    lengths = [0 if i == 12 else 8 + i for i in range(13)]
+    writer = StoreWriter(tmp_path / "s.zarr")
+    index = writer.plan(rows, num_samples=[16000] * 13, features=[spec], capacities={spec.name: lengths})
+    rng = np.random.default_rng(0)
+    for i, (row, n) in enumerate(zip(index, lengths)):
+        writer.write_utterance(row, {spec.name: rng.normal(size=(n, 5)).astype(np.float32)}, audio_sha256=f"{i:064x}",
+                               duration=1.0)
+    writer.finalize()
+    store = open_store(tmp_path / "s.zarr")
+    source = [Source("main", store, resolve_selection("egemaps", specs=store, alias="main"), Normaliser("none"))]
+    items = [Item(f"u{i}", f"s{i % 2}", i % 3, 1.0) for i in range(13)]
+    batches = lambda chosen: FeatureBatches(chosen, source, classes=["angry", "happy", "sad"], batch_size=4,
+                                           max_frames=None)  # noqa: E731
+    head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches(items[:12]))
+    with pytest.warns(UserWarning, match=r"DenseHead\.predict: 1 utterance\(s\) have no frames \('u12'\)"):
+        assert head.predict_proba(batches(items[10:])).shape == (3, 3)

@@ -182,3 +182,19 @@ def test_accuracy_of_labels_and_predictions_of_other_lengths_is_named():
     with pytest.raises(DataError, match=r"accuracy: y_true holds 2 labels but y_pred 1; expected one prediction"):
         accuracy([0, 1], [0])
     assert accuracy([0, 1], [0, 0]) == 0.5
+
+
+def test_accuracy_of_labels_it_cannot_compare_and_reports_of_no_labels():
+    """Found by a trial: accuracy(names, indices) raised scikit-learn's ValueError "Mix of label input types"
+    and accuracy with a None label a TypeError, where uar raises DataError; confusion_matrix and
+    per_class_report of no labels raised "Found empty input array", where uar and accuracy give NaN."""
+    for y_true, y_pred in ((["a", "b"], [0, 1]), (["a", None], ["a", "b"])):
+        with pytest.raises(DataError, match=r"accuracy: cannot compare y_true and y_pred \(.*\); give both as the "
+                                            r"same kind of labels"):
+            accuracy(y_true, y_pred)
+    assert confusion_matrix([], [], 2).tolist() == [[0, 0], [0, 0]]
+    report = per_class_report([], [], ["angry", "sad"])
+    assert list(report) == ["angry", "sad", "macro avg", "weighted avg"]
+    assert all(row == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0.0} for row in report.values())
+    filled = per_class_report([0, 1], [0, 0], ["angry", "sad"])
+    assert list(filled) == list(report) and set(filled["angry"]) == set(report["angry"])  # same rows and keys

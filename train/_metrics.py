@@ -64,6 +64,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
         DataError: A label is not a class index in 0..n_classes-1, or the lengths differ.
     """
     t, p = _class_indices("confusion_matrix", y_true, y_pred, n_classes)
+    if not len(t):  # scikit-learn's "Found empty input array", where uar and accuracy give NaN
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
     return _sk().confusion_matrix(t, p, labels=np.arange(n_classes))
 
 
@@ -103,13 +105,17 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
         y_pred: Predicted labels, of the same kind.
 
     Raises:
-        DataError: ``y_true`` and ``y_pred`` differ in length (as :func:`uar`).
+        DataError: ``y_true`` and ``y_pred`` differ in length or cannot be compared (as :func:`uar`).
     """
     t, p = np.asarray(y_true), np.asarray(y_pred)
     if len(t) != len(p):  # scikit-learn's "inconsistent numbers of samples", where uar named it
         raise DataError(f"accuracy: y_true holds {len(t)} labels but y_pred {len(p)}; expected one prediction per "
                         f"label")
-    return float(_sk().accuracy_score(t, p)) if len(t) else float("nan")
+    try:
+        return float(_sk().accuracy_score(t, p)) if len(t) else float("nan")
+    except (TypeError, ValueError) as exc:  # names against indices: scikit-learn's "Mix of label input types"
+        raise DataError(f"accuracy: cannot compare y_true and y_pred ({exc}); give both as the same kind of labels "
+                        f"(class indices, or class names)") from None
 
 
 def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict[str, Any]:
@@ -125,6 +131,9 @@ def per_class_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequ
         classes: Class names, indexed by the labels.
     """
     t, p = _class_indices("per_class_report", y_true, y_pred, len(classes))
+    if not len(t):  # scikit-learn's "Found empty input array": no support, zeros (zero_division=0)
+        zeros = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0.0}
+        return {name: dict(zeros) for name in [*map(str, classes), "macro avg", "weighted avg"]}
     report = _sk().classification_report(t, p, labels=np.arange(len(classes)), target_names=list(classes),
                                        output_dict=True, zero_division=0)
     if len(t):  # a class without test utterances would count as recall 0 in the macro average

@@ -424,9 +424,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
                 errors.setdefault(position[uid], _stopped_reason(stopped[0], work, temporary=temporary))
     records = {r.id: r for r in next(iter(temp.values())).list_utterances(status="done")}
     items = [Item(uid, groups[position[uid]], 0, float(records[uid].duration)) for uid in ids if uid in done]
-    for uid, reason in frameless(plan, temp, [it.id for it in items]).items():
+    empty = frameless(plan, temp, [it.id for it in items])  # failed, not given the output for no input
+    for uid, reason in empty.items():
         errors.setdefault(position[uid], reason)
-    items = [it for it in items if position[it.id] not in errors]
+    items = [it for it in items if it.id not in empty]
     if not items:
         return {}
     statistics, apart = None, []

@@ -288,7 +288,12 @@ class _WritePlanMixin:
         if col == "num_samples":
             return -1 if ns is None else int(ns)
         if col == "extra":
-            return extra_json(u.extra)
+            try:
+                return extra_json(u.extra)
+            except ValueError as exc:  # an infinite number: "Infinity" was written, which is no JSON
+                raise StoreError(f"plan: utterance {u.id!r} has extra={dict(u.extra)!r:.120}, which cannot be "
+                                 f"stored as JSON ({exc}); give finite numbers, text or None for a missing "
+                                 f"value") from None
         if hasattr(u, col):
             return str(getattr(u, col))
         return fill

@@ -1562,3 +1562,16 @@ def test_a_missing_extra_value_is_stored_as_json_null_and_read_back_as_none(corp
                                           r"cannot be stored as JSON \(Out of range float values"):
         extract_corpus([corpus[0], dataclasses.replace(corpus[1], extra={"age": float("inf")})],
                        tmp_path / "t.zarr", extractors=[EnergyExtractor()], progress=False)
+
+
+def test_a_store_writer_given_an_infinite_extra_value_names_the_utterance(corpus, tmp_path):
+    """Found by a trial: StoreWriter.plan (below extract_corpus's checks) wrote extra={"x": inf} as the
+    non-standard JSON ``Infinity``; it is refused with a StoreError naming the utterance."""
+    from w2v2ser.store import StoreError, StoreWriter
+
+    spec = EnergyExtractor().feature_spec()
+    rows = [corpus[0], dataclasses.replace(corpus[1], extra={"x": float("-inf")})]
+    with pytest.raises(StoreError, match=rf"plan: utterance '{corpus[1].id}' has extra=\{{'x': -inf\}}, which cannot "
+                                         r"be stored as JSON \(Out of range float values"):
+        StoreWriter(tmp_path / "s.zarr").plan(rows, num_samples=[16000, 16000], features=[spec],
+                                              capacities={spec.name: [10, 10]})

@@ -445,3 +445,43 @@ def test_a_thread_count_of_minus_zero_is_taken_as_tensorflows_default(monkeypatc
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "-01")
     with pytest.raises(ConfigError, match="TF_NUM_INTRAOP_THREADS is '-01'"):
         check_thread_environment()
+
+
+@pytest.fixture(scope="module")
+def accented_store(tmp_path_factory) -> Path:
+    """A 4-file spectrogram store under `données é/ストア.zarr`, labelled colère and 怒り."""
+    from w2v2ser._cli import main
+
+    folder = tmp_path_factory.mktemp("accented") / "données é"
+    rows = [f"{write_audio(folder / f'é{k}.wav', duration=0.5, seed=k)},{('colère', '怒り')[k % 2]},Zoë{k % 2}"
+            for k in range(4)]
+    (folder / "corpus.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    path = folder / "ストア.zarr"
+    assert main(["extract", "csv", str(folder / "corpus.csv"), "--store", str(path), "--features", "spectrogram",
+                 "--no-progress"]) == 0
+    return path
+
+
+def _in_locale(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    return subprocess.run([sys.executable, "-m", "w2v2ser", *args], env={**environment, **env},
+                          capture_output=True, timeout=300, check=False)
+
+
+def test_a_store_at_an_accented_path_reads_under_a_locale_that_is_not_utf8(accented_store: Path) -> None:
+    """Under LANG=en_US.ISO-8859-1 (or LC_ALL=C PYTHONUTF8=0) Python decoded `données` with the locale's
+    codec and zarrs got the name back as UTF-8 of that: `store verify` called every utterance corrupt
+    (advising --repair) and `train` called the store damaged."""
+    done = _in_locale(["store", "verify", str(accented_store)], LC_ALL="C", PYTHONUTF8="0")
+    assert done.returncode == 0 and done.stdout.strip() == b"intact", done.stdout + done.stderr
+    done = _in_locale(["store", "info", str(accented_store)], LC_ALL="C", PYTHONUTF8="0")
+    assert done.returncode == 0, done.stderr
+    assert b"labels      col\\xe8re 2, \\u6012\\u308a 2" in done.stdout, done.stdout
+
+
+def test_an_output_that_cannot_encode_a_label_escapes_it(accented_store: Path) -> None:
+    """With PYTHONIOENCODING=ascii (or a Latin-1 terminal and a label 怒り) `store info` ended in a
+    UnicodeEncodeError traceback."""
+    done = _in_locale(["store", "info", str(accented_store)], PYTHONIOENCODING="ascii")
+    assert done.returncode == 0, done.stderr
+    assert b"labels      col\\xe8re 2, \\u6012\\u308a 2" in done.stdout and not done.stderr, done.stdout + done.stderr

@@ -40,6 +40,37 @@ def _open_closed_std_streams() -> None:
             setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w"))  # noqa: SIM115
 
 
+def _restart_in_utf8_mode() -> None:
+    """Run the command again in Python's UTF-8 mode when the locale's encoding is not UTF-8
+    (``LANG=en_US.ISO-8859-1``, ``LC_ALL=C PYTHONUTF8=0``).
+
+    Python decodes arguments and file names with that encoding, while zarrs, tensorstore and
+    pyarrow encode the names they are given as UTF-8: a store under ``données/`` then read as
+    missing chunks ("damaged"), an extraction into it failed at its end, and ``--subset
+    label=colère`` matched no label. The standard streams keep the locale's encoding."""
+    encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
+    orig_argv = getattr(sys, "orig_argv", None)
+    if sys.flags.utf8_mode or encoding == "utf8" or not orig_argv:
+        return
+    os.environ["PYTHONUTF8"] = "1"  # child processes (eGeMAPS, Dask workers) read names as UTF-8 too
+    if sys.stdout is not None:
+        os.environ.setdefault("PYTHONIOENCODING", sys.stdout.encoding)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *orig_argv[1:]])
+
+
+def _unencodable_escaped() -> None:
+    """Standard output and error write a character their encoding lacks (``PYTHONIOENCODING=ascii``,
+    a Latin-1 terminal and a label ``怒り``) as ``\\u6012``, instead of ending the command with a
+    traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(OSError, ValueError):
+                stream.reconfigure(errors="backslashreplace")
+
+
 class _StdoutFailed(Exception):
     """Standard output cannot be written (``>/dev/full``, a full disk under a redirected log)."""
 
@@ -97,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     131 SIGQUIT).
     """
     _open_closed_std_streams()
+    if argv is None:  # the command itself, not a call from Python code
+        _restart_in_utf8_mode()
+    _unencodable_escaped()
     try:  # the parser imports the stages' modules (numpy, ...): seconds in which a Ctrl-C may land
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -1331,3 +1332,30 @@ def test_a_deterministic_run_gives_op_determinism_back(rav, tmp_path):
     train_run(cfg, spec, out=tmp_path / "c")
     assert tf_config.is_op_determinism_enabled() and read("c") == read("a")
     tf_config.disable_op_determinism()
+
+
+def test_predictions_with_accented_labels_are_utf8_under_an_ascii_locale(tmp_path):
+    """predictions.csv was written in the locale's encoding: under LC_ALL=C PYTHONUTF8=0 a label colère
+    ended the run in a UnicodeEncodeError (and a Latin-1 locale wrote Latin-1 bytes, which the
+    report, reading UTF-8, took for other labels)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    names = ("colère", "怒り", "joie")
+    utts = [dataclasses.replace(u, id=f"u{k}", speaker=f"Zoë{k % 3}", label=names[k % 3], corpus="csv")
+            for k, u in enumerate(ravdess_utterances(per_actor=4, actors=6))]
+    store = build_store(tmp_path / "s.zarr", utterances=utts, features=("egemaps",))
+    code = ("import sys; from w2v2ser.train import ExperimentConfig, train_experiment; "
+            "train_experiment(ExperimentConfig(stores={'main': sys.argv[1]}, features='egemaps', speaker_folds=3, "
+            "units=8, seeds=1, recipe_overrides={'max_epochs': 1}), out=sys.argv[2], progress=False)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    done = subprocess.run([sys.executable, "-c", code, str(store), str(tmp_path / "run")], capture_output=True,
+                          text=True, env={**env, "LC_ALL": "C", "PYTHONUTF8": "0"}, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    paths = sorted((tmp_path / "run" / "runs").glob("*/predictions.csv"))
+    assert len(paths) == 3, paths
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert {r["label"] for r in rows} <= set(names) and "p_怒り" in rows[0], rows[0]

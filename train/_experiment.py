@@ -325,7 +325,7 @@ def _write_predictions(path: Path, items: Sequence[Any], classes: Sequence[str],
                        proba: np.ndarray, run_spec: RunSpec) -> None:
     """A run's predictions.csv (train's and the sweep's): one row per test utterance, its class
     probabilities, then its fold and seed (last, so files concatenated across runs keep them)."""
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "speaker", "label", "predicted", *(f"p_{c}" for c in classes), "fold", "seed"])
         for it, p, row in zip(items, y_pred, proba):
@@ -334,7 +334,7 @@ def _write_predictions(path: Path, items: Sequence[Any], classes: Sequence[str],
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str]]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [r["label"] for r in rows], [r["predicted"] for r in rows]
 

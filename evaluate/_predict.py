@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import re
 import tempfile
 import types
@@ -224,6 +225,10 @@ def predict_audio(run_dir: str | Path, paths: str | Path | Sequence[str | Path],
         elif file.suffix.lower() in UNREADABLE_SUFFIXES:
             errors[i] = (f"{file}: {file.suffix} files cannot be decoded here (libsndfile reads "
                          f"{', '.join(AUDIO_SUFFIXES)}); convert it, e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`")
+        elif not _utf8_name(file):
+            shown = os.fsencode(file.resolve()).decode("utf-8", "backslashreplace")
+            errors[i] = (f"{shown}: its name is not valid UTF-8 (the bytes shown as \\x..), which stage 1 "
+                         f"cannot open; rename it, e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`")
     todo = [i for i in range(len(files)) if i not in errors]
     seconds = _crop_seconds(plan) if segment == "crop" else segment
     # The window as the CLI's option and as this function's keyword give it (a message reaches both users).
@@ -342,6 +347,15 @@ def _windows(files: Sequence[Path], todo: Sequence[int], seconds: float | None,
         except (RuntimeError, TypeError):  # not decodable: stage 1 reports the file with its reason
             out.append((i, None))
     return out
+
+
+def _utf8_name(file: Path) -> bool:
+    """Whether ``file``'s absolute name is UTF-8 (not a Latin-1 name on an old disk, held with surrogates)."""
+    try:
+        str(file.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _expand_folders(paths: list[Path]) -> tuple[list[Path], list[int]]:

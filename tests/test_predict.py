@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -2154,3 +2155,15 @@ def test_a_file_without_frames_fails_with_its_reason_not_a_uniform_guess(trained
     stored, _ = predict_store(trained, store)
     assert [p.ok for p in stored] == [True, False, True] and stored[1].error == preds[1].error
     assert [p.probabilities for p in stored if p.ok] == [preds[0].probabilities, preds[2].probabilities]
+
+
+def test_a_file_whose_name_is_not_utf8_gets_its_reason_and_the_others_go_on(
+        trained: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of Latin-1 names (byte \\xe9 for é) ended predict in a UnicodeEncodeError traceback while
+    writing stage 1's manifest, and no file was predicted."""
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    odd = audio_files[0].parent / os.fsdecode(b"caf\xe9.wav")
+    odd.write_bytes(b"RIFF")
+    preds = predict_audio(trained, [audio_files[0], odd])
+    assert preds[0].ok and preds[1].emotion is None, preds
+    assert "caf\\xe9.wav: its name is not valid UTF-8" in preds[1].error, preds[1].error

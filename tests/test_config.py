@@ -259,6 +259,19 @@ def test_apply_overrides_parses_yaml_scalars() -> None:
     assert raw == {"a": {"b": 2.5, "c": None, "d": True, "e": "hello"}, "l": [1, 7], "n": {"m": [1, 2]}}
 
 
+def test_a_set_value_with_a_hash_is_taken_whole(tmp_path: Path) -> None:
+    """`--set "output=runs #2"` wrote into the folder `runs`: YAML read ` #2` as a comment. The same cut
+    `--option wav2vec2.model=models/tiny #1` and train's --set values."""
+    from w2v2ser._cli_extract import _parse_option
+
+    config = load_pipeline(_write(tmp_path, _base()), overrides=["output=sorties é #2"])
+    assert config.output == tmp_path / "sorties é #2"
+    raw: dict = {}
+    apply_overrides(raw, ["a=#1", "b='x #y'", "c=7  # seven", "d=a#b", "e=[1, 2] # two"])
+    assert raw == {"a": "#1", "b": "x #y", "c": "7  # seven", "d": "a#b", "e": "[1, 2] # two"}
+    assert _parse_option("wav2vec2.model=models/tiny #1") == ("wav2vec2", "model", "models/tiny #1")
+
+
 def test_numbers_are_read_as_yaml_1_2_numbers(tmp_path: Path) -> None:
     """PyYAML (YAML 1.1) read `learning_rate: 3e-4` as a string, which was refused, and an unquoted
     `walltime: 10:00:00` as the base-60 integer 36000, which became the walltime "36000"."""

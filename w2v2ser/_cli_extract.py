@@ -12,7 +12,7 @@ from typing import Any
 from w2v2ser._cli_train import _refuse_inside_store
 from w2v2ser._common import EXIT_FAILED, SHOWN_LINES
 from w2v2ser._text import format_size
-from w2v2ser._overrides import load_yaml
+from w2v2ser._overrides import load_value
 
 
 FEATURES = ("wav2vec2", "egemaps", "spectrogram")  # the default set
@@ -28,7 +28,7 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
         raise ConfigError(
             f"--option {text!r} is not of the form FEATURE.KEY=VALUE, e.g. --option spectrogram.hop_ms=20."
         )
-    return feature, key, load_yaml(value)
+    return feature, key, load_value(value)
 
 
 def _extractor_configs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from w2v2ser._common import EXIT_FAILED, first_few
 from w2v2ser._text import merge_subset
-from w2v2ser._overrides import load_yaml
+from w2v2ser._overrides import load_value
 
 
 def _given_options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def _apply_settings(values: dict[str, Any], settings: Sequence[str]) -> None:
         if key in options:  # a second --set of the same key wins, as before
             raise ConfigError(f"{key} is given both with --{key.replace('_', '-')} and with --set {key}=...; "
                               f"give it once")
-        (overrides if key in recipe_keys else values)[key] = load_yaml(raw)
+        (overrides if key in recipe_keys else values)[key] = load_value(raw)
     if overrides:
         values["recipe_overrides"] = overrides
 

@@ -16,7 +16,7 @@ import yaml
 
 from ._common import ConfigError
 
-__all__ = ["ENV_VARIABLE", "YAML_1_1_BOOLEANS", "apply_overrides", "expand_env", "load_yaml"]
+__all__ = ["ENV_VARIABLE", "YAML_1_1_BOOLEANS", "apply_overrides", "expand_env", "load_value", "load_yaml"]
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
@@ -53,6 +53,17 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 -- _SafeLoader subclasses yaml.SafeLoader
 
 
+def load_value(text: str) -> Any:
+    """One command-line value (``--set``, ``--option``) as YAML reads it, except where YAML would read its
+    end as a comment: then it is the text as given (``--set "output=runs #2"`` was the folder ``runs``)."""
+    value = load_yaml(text) if text.strip() else None
+    if "#" in text:
+        node = yaml.compose(text, Loader=_SafeLoader)
+        if node is None or node.end_mark.index < len(text.rstrip()):
+            return text.strip()
+    return value
+
+
 def _type_name(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
@@ -77,7 +88,7 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
         if not all(parts):
             raise ConfigError(f"--set {text!r}: empty part in key path {key!r}; write e.g. extraction.shard_size=8")
         try:
-            value = load_yaml(value_text) if value_text.strip() else None
+            value = load_value(value_text)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {text!r}: value {value_text!r} is not valid YAML ({error})") from error
         node: Any = raw

@@ -8,6 +8,7 @@ destination folder and renamed, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,16 +37,73 @@ def save_figure_atomically(fig: "matplotlib.figure.Figure", path: Path, *, dpi: 
                            key: str | None = None) -> Path:
     """Save ``fig`` as PNG to ``path`` through a temp file + rename; ``key`` (what the figure was drawn
     from, see :func:`_drawn_key`) goes into its metadata."""
+    import matplotlib
+
     metadata = {_KEY_FIELD: key} if key else None
-    return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi, bbox_inches="tight",
-                                                             metadata=metadata))
+    # Labels and names are the user's text, never math: a class `jo$\q$ie` ended evaluate in a ValueError.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        _legible(fig)
+        return write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi,
+                                                                 bbox_inches="tight", metadata=metadata))
+
+
+@functools.lru_cache(maxsize=None)
+def _charmap(font_file: str) -> frozenset[int]:
+    """The code points a font file draws."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(font_file).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font matplotlib lists but cannot read
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def _font_drawing(char: str) -> str | None:
+    """The family name of an installed font that draws ``char``, or None (matplotlib's own "Last Resort" font
+    maps every character to the box of its Unicode block, not to the character)."""
+    from matplotlib import font_manager
+
+    return next((font.name for font in font_manager.fontManager.ttflist
+                 if not font.name.startswith("Last Resort") and ord(char) in _charmap(font.fname)), None)
+
+
+def _undrawable(text: str) -> set[str]:
+    """The characters of ``text`` that no installed font draws."""
+    return {c for c in text if not c.isascii() and c.isprintable() and _font_drawing(c) is None}
+
+
+def _legible_text(text: str) -> str:
+    """``text`` with the characters no installed font draws as escapes (``\\u6012``): boxes tell no label
+    from another. For tick labels, which are set again at each draw."""
+    undrawable = _undrawable(text)
+    return "".join(f"\\u{ord(c):04x}" if c in undrawable else c for c in text)
+
+
+def _legible(fig: "matplotlib.figure.Figure") -> None:
+    """Draw the characters of a figure's texts that its font lacks (怒り in DejaVu Sans: boxes, and a warning
+    per glyph) in an installed font that has them, and those that no installed font has as escapes; no
+    text is read as math."""
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        content = text.get_text()
+        if content.isascii():
+            continue
+        drawn = _charmap(font_manager.findfont(text.get_fontproperties()))
+        missing = sorted({c for c in content if ord(c) not in drawn and c.isprintable()} - _undrawable(content))
+        if missing:
+            text.set_fontfamily([*text.get_fontfamily(), *dict.fromkeys(map(_font_drawing, missing))])
+        text.set_text(_legible_text(content))
 
 
 #: PNG text field that records what a confusion figure was drawn from.
 _KEY_FIELD = "w2v2ser-figure"
 #: The version of plot_confusion's drawing (colours, texts, sizes): bump it with every change of how it draws,
 #: so that a rewritten report draws again the figures an earlier w2v2ser drew.
-_CONFUSION_STYLE = 1
+_CONFUSION_STYLE = 2
 #: Resolution of the confusion figures (part of what they were drawn from).
 _CONFUSION_DPI = 120
 
@@ -102,8 +160,8 @@ def plot_confusion(run: RunSummary, path: Path) -> Path | None:
             colour = "white" if rates[i, j] > 0.5 else "black"
             ax.text(j, i, f"{rates[i, j]:.2f}\n({int(round(counts[i, j]))})", ha="center",
                     va="center", color=colour, fontsize=8)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
+    ax.set_xticks(range(n), [_legible_text(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticks(range(n), [_legible_text(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)

@@ -339,6 +339,22 @@ def test_one_run_directory_given_bare(tmp_path: Path, monkeypatch) -> None:
         assert "80.0 ± 0.8 (n=3)" in (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
 
 
+def test_figures_draw_labels_with_dollars_and_characters_no_font_has(tmp_path: Path) -> None:
+    """A class `jo$\\q$ie` ended evaluate in a ValueError (matplotlib read it as math; `5$ or 6$` was drawn as
+    math), and 怒り, which DejaVu Sans lacks, was drawn as two boxes with a warning per glyph on stderr."""
+    import warnings
+
+    run = make_run_dir(tmp_path, "odd", uars=(0.5,))
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    results["classes"] = ["5$ or 6$", "jo$\\q$ie", "怒り", "colère"]
+    (run / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Glyph .* missing from font")
+        write_report([run], out=tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    _assert_png(tmp_path / "r" / report["runs"][0]["confusion_png"])
+
+
 def test_a_run_directory_not_trained_yet_is_named_so() -> None:
     """A pipeline's report before its train stage listed each planned experiment as "... is not a
     directory": true of a file, misleading for a folder that training has not made yet."""

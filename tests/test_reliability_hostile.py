@@ -485,3 +485,13 @@ def test_an_output_that_cannot_encode_a_label_escapes_it(accented_store: Path) -
     done = _in_locale(["store", "info", str(accented_store)], PYTHONIOENCODING="ascii")
     assert done.returncode == 0, done.stderr
     assert b"labels      col\\xe8re 2, \\u6012\\u308a 2" in done.stdout and not done.stderr, done.stdout + done.stderr
+
+
+def test_a_subset_value_holding_a_comma_is_quoted_as_a_csv_cell() -> None:
+    """A speaker `spk,3 "q"` (a manifest's quoted cell) could not be selected: `--subset speaker=...` split it
+    at its comma, and the error's did-you-mean named a value that could not be typed."""
+    from w2v2ser._cli_parser import build_parser
+
+    args = build_parser().parse_args(["train", "s.zarr", "--features", "egemaps", "--out", "o",
+                                      "--subset", 'speaker="spk,3 ""q""", Zoë', "--subset", "label=colère,怒り"])
+    assert args.subset == [("speaker", ['spk,3 "q"', "Zoë"]), ("label", ["colère", "怒り"])]

@@ -165,11 +165,13 @@ def format_size(n: int) -> str:
 
 
 def subset_condition(text: str) -> tuple[str, list[str]]:
-    """An argparse type: ``--subset FIELD=VALUE[,VALUE...]`` -> (field, values)."""
+    """An argparse type: ``--subset FIELD=VALUE[,VALUE...]`` -> (field, values); a value holding a comma is
+    quoted as a CSV cell is (``speaker="Smith, J."``)."""
     import argparse
+    import csv
 
     key, sep, values = text.partition("=")
-    names = [v.strip() for v in values.split(",") if v.strip()]
+    names = [v.strip() for v in next(csv.reader([values], skipinitialspace=True), []) if v.strip()]
     if not sep or not key.strip() or not names:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], e.g. vocal_channel=speech, got {text!r}")
     return key.strip(), names

@@ -495,3 +495,13 @@ def test_a_subset_value_holding_a_comma_is_quoted_as_a_csv_cell() -> None:
     args = build_parser().parse_args(["train", "s.zarr", "--features", "egemaps", "--out", "o",
                                       "--subset", 'speaker="spk,3 ""q""", Zoë', "--subset", "label=colère,怒り"])
     assert args.subset == [("speaker", ['spk,3 "q"', "Zoë"]), ("label", ["colère", "怒り"])]
+
+
+def test_a_percent_encoded_file_url_names_the_store(accented_store: Path) -> None:
+    """`Path.as_uri()` (and a file manager's "copy location") writes `données é` as `donn%C3%A9es%20%C3%A9`:
+    such a `file://` URL was taken as written, a folder that does not exist."""
+    from w2v2ser.store import open_store
+
+    url = accented_store.as_uri()
+    assert "%C3%A9" in url
+    assert {u.label for u in open_store(url).list_utterances()} == {"colère", "怒り"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +38,8 @@ def as_paths(value: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pat
 def file_url_path(text: str) -> str:
     """The local path of a ``file://`` URL (``file:///data/x`` and ``file://localhost/data/x`` are
     /data/x), any other text as it is. Raises ValueError for one that names another host (it was
-    taken as the relative path ``host/x``)."""
+    taken as the relative path ``host/x``). Percent escapes (``stores%20%C3%A9``, as ``Path.as_uri()``
+    and file managers write them) are decoded, unless the path exists as written."""
     if not text.startswith("file://"):
         return text
     host, slash, path = text.removeprefix("file://").partition("/")
@@ -45,7 +47,12 @@ def file_url_path(text: str) -> str:
         raise ValueError(f"{text!r} names the host {host!r}, but w2v2ser reads file:// URLs on this machine "
                          f"only. Write file:///path (three slashes: no host) or the path itself; for another "
                          f"machine's folder, give the path where it is mounted here")
-    return slash + path
+    local = slash + path
+    if re.search("%[0-9A-Fa-f]{2}", local) and not os.path.lexists(local):
+        from urllib.parse import unquote
+
+        return unquote(local, errors="surrogateescape")
+    return local
 
 
 def failures_by_error(failures: Sequence[tuple[str, str]], n: int = 3) -> list[str]:

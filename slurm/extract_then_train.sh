@@ -68,7 +68,14 @@ TRAIN_TIME=${TRAIN_TIME:-24:00:00}
 ACCOUNT=${ACCOUNT:-}
 LOG_DIR=$(readlink -m "${LOG_DIR:-slurm-logs}")
 W2V2SER=${W2V2SER:-w2v2ser}
+if [[ "$LOG_DIR" == *\\* ]]; then  # SLURM then takes the whole --output name as written: one log for all jobs
+    echo "extract_then_train.sh: LOG_DIR $LOG_DIR holds a backslash, with which SLURM names every job's log" \
+         "%x-%j.out literally; set LOG_DIR to a folder without one" >&2
+    exit 2
+fi
 mkdir -p "$LOG_DIR"
+# sbatch reads a % in --output as a pattern (%a, %j, %u...): a folder named `100%a` is written with %%.
+LOG_FILE="${LOG_DIR//'%'/'%%'}/%x-%j.out"
 
 if [[ -n "${W2V2SER_CLUSTER:-}" ]]; then
     OVERRIDES+=(--set "cluster=$W2V2SER_CLUSTER")
@@ -81,11 +88,11 @@ common=(--parsable --chdir "$(dirname "$PIPELINE")" --export ALL)
 # shellcheck disable=SC2206  # SBATCH_EXTRA is meant to be word-split
 [[ -n "${SBATCH_EXTRA:-}" ]] && common+=(${SBATCH_EXTRA})
 
-extract_opts=(--job-name w2v2ser-extract --output "$LOG_DIR/%x-%j.out"
+extract_opts=(--job-name w2v2ser-extract --output "$LOG_FILE"
               --cpus-per-task "$EXTRACT_CPUS" --mem "$EXTRACT_MEM" --time "$EXTRACT_TIME")
 [[ -n "$GPU_PARTITION" ]] && extract_opts+=(--partition "$GPU_PARTITION")
 [[ -n "$GPU_GRES" ]] && extract_opts+=(--gres "$GPU_GRES")
-train_opts=(--job-name w2v2ser-train --output "$LOG_DIR/%x-%j.out" --kill-on-invalid-dep=yes
+train_opts=(--job-name w2v2ser-train --output "$LOG_FILE" --kill-on-invalid-dep=yes
             --cpus-per-task "$TRAIN_CPUS" --mem "$TRAIN_MEM" --time "$TRAIN_TIME")
 [[ -n "$CPU_PARTITION" ]] && train_opts+=(--partition "$CPU_PARTITION")
 

@@ -121,6 +121,24 @@ def test_job_script_submits_nothing_when_slurm_refuses_the_training_job(tmp_path
     assert "TRAIN_TIME=24:00:00 SBATCH_EXTRA=--qos=short): sbatch: error" in done.stderr, done.stderr
 
 
+def test_job_script_escapes_a_percent_of_the_log_folder_that_sbatch_would_expand(tmp_path: Path) -> None:
+    """sbatch reads `%a`, `%j`... in --output as patterns: with LOG_DIR `logs 100%a` the logs went to a folder
+    named with the job's array index in place of `%a`, which does not exist; a backslash makes SLURM take
+    every pattern as written, so that all jobs write one file `%x-%j.out`: refused."""
+    env = {**_script_env(tmp_path), "CPU_PARTITION": "debug", "LOG_DIR": str(tmp_path / "logs 100%a é")}
+    done = subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    submitted = (tmp_path / "submitted").read_text(encoding="utf-8").splitlines()
+    assert len(submitted) == 2 and all(f"--output {tmp_path}/logs 100%%a é/%x-%j.out " in s for s in submitted), submitted
+    assert (tmp_path / "logs 100%a é").is_dir()
+    env["LOG_DIR"] = str(tmp_path / "a\\b")
+    done = subprocess.run(["bash", str(JOB_SCRIPT), "pipeline.yaml"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "holds a backslash" in done.stderr, done.stderr
+    assert len((tmp_path / "submitted").read_text(encoding="utf-8").splitlines()) == 2
+
+
 def test_job_script_logs_how_to_submit_again(tmp_path: Path) -> None:
     """A failed or stopped job's log said only "rerun the same command", which is inside the job:
     it now prints the submission command with the settings it was given."""

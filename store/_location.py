@@ -8,10 +8,12 @@ their own code paths (flock, appended and fsynced journals, rename); only URLs u
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
 import shutil
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -351,9 +353,19 @@ def locate_store(store: str | bytes | os.PathLike[str] | os.PathLike[bytes] | St
     if is_store_url(text):
         return StoreLocation(text.rstrip("/"), {**_env_options(), **dict(storage_options or {})})
     try:
-        return StoreLocation(file_url_path(text))
+        local = file_url_path(text)
     except ValueError as exc:
         raise StoreError(f"store: {exc}.") from None
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name != "utf-8" and not os.path.abspath(local).isascii():
+        # Python decoded the name with the locale's codec; zarrs, tensorstore and pyarrow take it as UTF-8, and
+        # read another folder: every utterance's frames then looked damaged.
+        raise StoreError(f"store {local}: its path holds characters beyond ASCII, and this Python reads file names "
+                         f"as {encoding} (the locale's encoding), while the store's native readers and writers take "
+                         f"them as UTF-8 and would see another folder. Run Python in UTF-8 mode (PYTHONUTF8=1, or "
+                         f"python -X utf8) or under a UTF-8 locale (LC_ALL=C.UTF-8); the w2v2ser command does so "
+                         f"itself.")
+    return StoreLocation(local)
 
 
 @contextmanager

@@ -505,3 +505,18 @@ def test_a_percent_encoded_file_url_names_the_store(accented_store: Path) -> Non
     url = accented_store.as_uri()
     assert "%C3%A9" in url
     assert {u.label for u in open_store(url).list_utterances()} == {"colère", "怒り"}
+
+
+def test_python_code_under_a_locale_that_is_not_utf8_is_told_to_use_utf8_mode(accented_store: Path) -> None:
+    """From Python (not the command, which restarts in UTF-8 mode) under LC_ALL=C PYTHONUTF8=0, a store at
+    `données é/` read as missing chunks: every utterance was called damaged, with `store verify --repair`
+    (re-extraction of all) as the advice."""
+    code = ("import sys\nfrom w2v2ser.store import StoreError, open_store\ntry:\n"
+            "    store = open_store(sys.argv[1])\n    store.read_batch([store.list_utterances()[0].id], 'spectrogram')\n"
+            "except StoreError as error:\n    print(error)\n")
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    done = subprocess.run([sys.executable, "-c", code, str(accented_store)], capture_output=True, text=True,
+                          env={**environment, "LC_ALL": "C", "PYTHONUTF8": "0"}, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "reads file names as ascii" in done.stdout and "PYTHONUTF8=1" in done.stdout, done.stdout
+    assert "damaged" not in done.stdout and "--repair" not in done.stdout

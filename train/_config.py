@@ -116,19 +116,18 @@ class ExperimentConfig:
         if not isinstance(self.stores, Mapping):  # a list failed on .items() with an AttributeError
             raise ConfigError(f"ExperimentConfig.stores: got a {type(self.stores).__name__}; give a path or "
                               f"{{alias: path}}, e.g. {{'main': '/path/to/store', 'fusion': '/path/to/egemaps'}}")
-        if isinstance(self.stores, Mapping) and not self.stores:  # the schema's bound, with the fix
+        if not self.stores:  # the schema's bound, with the fix
             raise ConfigError("ExperimentConfig.stores is empty; give {'main': '/path/to/store'} (or a path)")
         self.stores = {str(k): os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in self.stores.items()}
         # None, or any mapping (a MappingProxyType, an OmegaConf DictConfig of a Hydra sweep) as a dict
         overrides = self.recipe_overrides
         if overrides is None or isinstance(overrides, Mapping):
-            self.recipe_overrides = dict(overrides or {})
+            self.recipe_overrides = {k: plain_scalar(v) for k, v in (overrides or {}).items()}
         for f in dataclasses.fields(self):  # numpy numbers (a grid from np.arange) as the Python ones they hold
             setattr(self, f.name, plain_scalar(getattr(self, f.name)))
         check_dataclass(self, what="ExperimentConfig")  # before the conversions, which raised TypeErrors
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
         self.stores = {k: v if "://" in v else os.path.abspath(v) for k, v in self.stores.items()}
-        self.recipe_overrides = {k: plain_scalar(v) for k, v in self.recipe_overrides.items()}
         # One spelling of each subset (a value or a list of values): the run's key does not change with it.
         self.subset = {key: sorted({values} if isinstance(values, str) else set(values))
                        for key, values in sorted(self.subset.items())}

@@ -270,6 +270,7 @@ def _expand_experiments(section: Mapping[str, Any] | None, corpora: Mapping[str,
 def _expand_group(group: str, entry: Mapping[str, Any], corpora: Mapping[str, CorpusConfig],
                   stores: Mapping[str, StoreConfig], output: Path, *, validate: bool) -> list[ExperimentSpec]:
     """The experiments of one group of the file (its grid points)."""
+    from w2v2ser.train import ExperimentConfig  # loads no stage 2 library (as pipeline_model)
     from w2v2ser.train._head_names import reads_fusion  # no Keras
 
     specs: list[ExperimentSpec] = []
@@ -279,10 +280,9 @@ def _expand_group(group: str, entry: Mapping[str, Any], corpora: Mapping[str, Co
         if key in entry:
             raise ConfigError(f"{where}.grid.{key}: {key!r} is set both in the grid and as {where}.{key}; keep one")
     fixed = {k: v for k, v in entry.items() if k != "grid"}
-    keys = list(grid)
-    for point in itertools.product(*(grid[k] for k in keys)):
-        values = {**fixed, **dict(zip(keys, point))}
-        label = "/".join(_label(v) for k, v in zip(keys, point) if k != "corpus")
+    for point in itertools.product(*grid.values()):
+        values = {**fixed, **dict(zip(grid, point))}
+        label = "/".join(_label(v) for k, v in zip(grid, point) if k != "corpus")
         corpus = values.pop("corpus", None)
         sweep = values.pop("sweep", False)
         if sweep and values.get("head", "dense") != "dense":
@@ -309,8 +309,6 @@ def _expand_group(group: str, entry: Mapping[str, Any], corpora: Mapping[str, Co
             values["protocol"] = corpora[corpus].kind
         values["stores"] = {alias: str(_store_path(output, stores[alias], corpora[corpus])) for alias in used}
         if validate:
-            from w2v2ser.train import ExperimentConfig
-
             try:
                 ExperimentConfig.from_dict(values)
             except ConfigError as error:
@@ -324,8 +322,7 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
     reports = []
     for name, entry in (section if section is not None else {"all": None}).items():
         entry = entry or ReportEntry()
-        patterns = entry.experiments
-        for i, pattern in enumerate(patterns):
+        for i, pattern in enumerate(entry.experiments):
             if experiments and not any(fnmatchcase(e.name, pattern) for e in experiments):
                 groups = sorted({e.name.split("/")[0] for e in experiments})
                 first, *rest = pattern.split("/")
@@ -334,11 +331,11 @@ def _parse_reports(section: Mapping[str, Any] | None, experiments: Sequence[Expe
                 hint = did_you_mean(first, groups, canonical={g: "/".join([g, *(rest or ["*"])]) for g in groups})
                 raise ConfigError(f"reports.{name}.experiments[{i}]: pattern {pattern!r} matches no experiment "
                                   f"(groups: {', '.join(groups)}).{hint}")
-        covered = [e.name for e in experiments if any(fnmatchcase(e.name, p) for p in patterns)]
+        covered = [e.name for e in experiments if any(fnmatchcase(e.name, p) for p in entry.experiments)]
         if entry.baseline is not None and experiments and entry.baseline not in covered:
             raise ConfigError(f"reports.{name}.baseline: {entry.baseline!r} is not an experiment of this report; "
                               f"expected one of {first_few(covered, 5)}.{did_you_mean(entry.baseline, covered)}")
-        reports.append(ReportConfig(str(name), tuple(patterns), output / "reports" / str(name), entry.baseline))
+        reports.append(ReportConfig(str(name), tuple(entry.experiments), output / "reports" / str(name), entry.baseline))
     return reports
 
 

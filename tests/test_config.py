@@ -227,6 +227,20 @@ def test_layer_count_of_a_local_model(tmp_path: Path) -> None:
         load_pipeline(_write(tmp_path, data))
 
 
+def test_layer_count_of_a_model_whose_config_json_is_not_a_mapping(tmp_path: Path) -> None:
+    """A local model whose config.json holds a JSON list crashed load_pipeline with an AttributeError
+    ('list' object has no attribute 'get'); its layer count is unknown, as for an unreadable file, so the
+    selection is checked when the model is loaded."""
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / "config.json").write_text("[]")
+    data = _base()
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"]["model"] = "tiny"
+    data["experiments"]["t1"]["grid"]["features"] = ["w2v2_pt/wav2vec2:3"]
+    config = load_pipeline(_write(tmp_path, data))
+    assert config.experiments[0].config["features"] == "w2v2_pt/wav2vec2:3"
+
+
 def test_overrides_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _base()
     data["corpora"]["iemocap"] = {"kind": "iemocap", "path": None}

@@ -121,7 +121,7 @@ def _layer_count(model: str) -> int | None:
     for candidate in candidates:
         try:
             layers = json.loads(candidate.read_text()).get("num_hidden_layers")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not a JSON object
             continue
         if isinstance(layers, int):
             return layers + 1

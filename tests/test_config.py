@@ -227,6 +227,20 @@ def test_layer_count_of_a_local_model(tmp_path: Path) -> None:
         load_pipeline(_write(tmp_path, data))
 
 
+def test_a_path_longer_than_the_system_allows_is_a_config_error(tmp_path: Path) -> None:
+    """A corpus path or local model name over the system's name limit (ENAMETOOLONG) escaped load_pipeline as a
+    bare OSError, without the key that holds it; the corpus path is now a missing path at its key, the model
+    name a hub id (as a name that is not a folder here)."""
+    data = _base()
+    data["corpora"]["ravdess"]["path"] = "x" * 5000
+    with pytest.raises(ConfigError, match=r"^corpora\.ravdess\.path: 'x+' resolves to .*, which does not exist"):
+        load_pipeline(_write(tmp_path, data))
+    data = _base()
+    data["extraction"]["stores"]["w2v2_pt"]["features"]["wav2vec2"]["model"] = "org/" + "x" * 5000
+    config = load_pipeline(_write(tmp_path, data))
+    assert config.stores["w2v2_pt"].features["wav2vec2"].model == "org/" + "x" * 5000
+
+
 def test_layer_count_of_a_model_whose_config_json_is_not_a_mapping(tmp_path: Path) -> None:
     """A local model whose config.json holds a JSON list crashed load_pipeline with an AttributeError
     ('list' object has no attribute 'get'); its layer count is unknown, as for an unreadable file, so the

@@ -48,7 +48,7 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, writt
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
     path = Path(os.path.normpath(base / path))  # an absolute path replaces base
-    if must_exist and not path.exists():
+    if must_exist and not os.path.exists(path):  # False too for a name longer than the system allows
         raise ConfigError(f"{where}: {value!r} resolves to {path}, which does not exist. Fix the path "
                           f"(relative paths start at {base}) or set it to null to skip what needs it."
                           f"{_windows_path_hint(str(value), base)}")
@@ -61,7 +61,7 @@ def _windows_path_hint(value: str, base: Path) -> str:
     if re.match(r"^([A-Za-z]:[\\/]|\\\\)", value):
         return " It is a Windows path (C:\\..., \\\\server\\...), which this system cannot open: give this machine's path."
     for fixed, what in ((value.replace("\\", "/"), "write / instead of \\"), (value.strip(), "remove the spaces around it")):
-        if fixed != value and (base / Path(fixed).expanduser()).exists():
+        if fixed != value and os.path.exists(base / Path(fixed).expanduser()):
             return f" {fixed!r} exists: {what}."
     return ""
 
@@ -77,7 +77,7 @@ def _local_model(options: Any, base: Path) -> Any:
     model = options["model"]
     candidate = Path(model).expanduser()
     candidate = candidate if candidate.is_absolute() else base / candidate
-    if candidate.exists():
+    if os.path.exists(candidate):  # False too for a name longer than the system allows
         return {**options, "model": os.path.normpath(candidate)}
     if model.startswith((".", "/", "~")):
         raise ConfigError(f"model path {model!r} resolves to {candidate}, which does not exist; fix the path "

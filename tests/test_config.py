@@ -241,6 +241,16 @@ def test_a_path_longer_than_the_system_allows_is_a_config_error(tmp_path: Path) 
     assert config.stores["w2v2_pt"].features["wav2vec2"].model == "org/" + "x" * 5000
 
 
+def test_a_number_as_an_option_key_names_what_is_expected(tmp_path: Path) -> None:
+    """A YAML number used as a key of a section's options (`spectrogram: {1: 2}`) read "expected Keys should be
+    strings, got 1": pydantic's own text pasted after "expected"."""
+    data = _base()
+    data["extraction"]["stores"]["classic"]["features"]["spectrogram"] = {1: 2}
+    with pytest.raises(ConfigError, match=r"^extraction\.stores\.classic\.features\.spectrogram\[1\]: expected a text "
+                                          r"key, got 1\.$"):
+        load_pipeline(_write(tmp_path, data))
+
+
 def test_layer_count_of_a_model_whose_config_json_is_not_a_mapping(tmp_path: Path) -> None:
     """A local model whose config.json holds a JSON list crashed load_pipeline with an AttributeError
     ('list' object has no attribute 'get'); its layer count is unknown, as for an unreadable file, so the

@@ -181,7 +181,7 @@ class FeatureSpec:
         Raises:
             StoreError: A key is unknown or missing, or a value is out of bounds.
         """
-        return build_dataclass(cls, dict(d), what="FeatureSpec", error=StoreError)
+        return build_dataclass(cls, d, what="FeatureSpec", error=StoreError)
 
 
 @dataclass(frozen=True, eq=False)

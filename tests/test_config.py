@@ -251,6 +251,37 @@ def test_a_number_as_an_option_key_names_what_is_expected(tmp_path: Path) -> Non
         load_pipeline(_write(tmp_path, data))
 
 
+@pytest.mark.parametrize("given", [None, [1], "x"])
+def test_from_dict_of_something_else_than_a_mapping_is_a_config_error(given) -> None:
+    """ExperimentConfig.from_dict, Recipe.from_dict, FeatureSpec.from_dict and get_recipe's overrides raised a bare
+    TypeError for None, a list or a string (dict() of it), where the extractor configs' from_dict name it."""
+    from w2v2ser.store import FeatureSpec, StoreError
+    from w2v2ser.train import ExperimentConfig, Recipe, get_recipe
+
+    got = "null" if given is None else f"{type(given).__name__.replace('str', 'string')} {given!r}"
+    with pytest.raises(ConfigError, match=rf"^ExperimentConfig: the top level: expected a mapping, got {re.escape(got)}\."):
+        ExperimentConfig.from_dict(given)
+    with pytest.raises(ConfigError, match=rf"^recipe: the top level: expected a mapping, got {re.escape(got)}\."):
+        Recipe.from_dict(given)
+    with pytest.raises(StoreError, match=rf"^FeatureSpec: the top level: expected a mapping, got {re.escape(got)}\."):
+        FeatureSpec.from_dict(given)
+    if given is not None:  # None: no overrides
+        with pytest.raises(ConfigError, match=rf"^recipe override: the top level: expected a mapping, got "
+                                              rf"{re.escape(got)}\."):
+            get_recipe("paper", given)
+
+
+def test_from_dict_takes_any_mapping() -> None:
+    """SpectrogramConfig.from_dict(MappingProxyType(...)) was refused as "expected a mapping, got mappingproxy"."""
+    from types import MappingProxyType
+
+    from w2v2ser.extract import SpectrogramConfig
+    from w2v2ser.train import Recipe
+
+    assert SpectrogramConfig.from_dict(MappingProxyType({"hop_ms": 20.0})) == SpectrogramConfig(hop_ms=20.0)
+    assert Recipe.from_dict(MappingProxyType({"max_epochs": 3})) == Recipe(max_epochs=3)
+
+
 def test_layer_count_of_a_model_whose_config_json_is_not_a_mapping(tmp_path: Path) -> None:
     """A local model whose config.json holds a JSON list crashed load_pipeline with an AttributeError
     ('list' object has no attribute 'get'); its layer count is unknown, as for an unreadable file, so the

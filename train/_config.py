@@ -12,7 +12,7 @@ from typing import Annotated, Any, Collection, Literal, Mapping, Optional, Union
 from pydantic import Field
 
 from w2v2ser._text import or_list
-from w2v2ser._schema import check_dataclass, check_keywords
+from w2v2ser._schema import check_dataclass, check_keywords, validate
 
 from ._dataset import CACHE_MODES
 from ._errors import ConfigError
@@ -225,7 +225,7 @@ class ExperimentConfig:
         Args:
             d: Field name -> value, as :meth:`to_dict` returns it or ``experiment.json`` records it.
         """
-        return cls(**dict(d))
+        return cls(**validate(dict[str, Any], d, what="ExperimentConfig"))  # None or a list raised a TypeError
 
     def config_key(self) -> str:
         """Stable 16-hex-digit hash of everything that changes a run's result.

@@ -58,7 +58,7 @@ class Recipe:
         Args:
             d: Field name -> value, as :meth:`to_dict` returns it.
         """
-        return build_dataclass(cls, dict(d), what="recipe")
+        return build_dataclass(cls, d, what="recipe")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Recipe":
         """Return a copy with some hyperparameters replaced (unknown keys raise ConfigError).
@@ -66,8 +66,8 @@ class Recipe:
         Args:
             overrides: Field name -> new value.
         """
-        if isinstance(overrides, Mapping):
-            overrides = {k: plain_scalar(v) for k, v in overrides.items()}
+        overrides = validate(dict[str, Any], overrides, what="recipe override")  # a list raised a TypeError
+        overrides = {k: plain_scalar(v) for k, v in overrides.items()}
         return build_dataclass(type(self), {**self.to_dict(), **overrides}, what="recipe override")
 
 

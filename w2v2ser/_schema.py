@@ -98,6 +98,7 @@ def check_dataclass(instance: Any, *, what: str = "", where: str = "", error: ty
 def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
                     error: type[Exception] = ConfigError) -> Any:
     """``cls(**data)`` for a config dataclass, after checking ``data`` (a mapping of known keys) against it."""
+    data = dict(data) if isinstance(data, Mapping) else data  # a MappingProxyType, an OmegaConf DictConfig
     validate(dataclass_model(cls), data, where=where, what=what, error=error)
     return cls(**data)
 

@@ -271,6 +271,21 @@ def test_from_dict_of_something_else_than_a_mapping_is_a_config_error(given) -> 
             get_recipe("paper", given)
 
 
+def test_an_infinite_learning_rate_or_clipvalue_is_refused(tmp_path: Path) -> None:
+    """recipe_overrides: {learning_rate: .inf} was accepted and trained to NaN weights; clipvalue: .inf clipped
+    nothing (null is the documented "no clipping")."""
+    from w2v2ser.train import get_recipe
+
+    for key in ("learning_rate", "clipvalue"):
+        with pytest.raises(ConfigError, match=rf"^recipe override: {key}: expected a finite number, got inf\."):
+            get_recipe("paper", {key: float("inf")})
+    data = _base()
+    data["experiments"]["t1"]["recipe_overrides"] = {"learning_rate": float("inf")}
+    with pytest.raises(ConfigError, match=r"experiments\.t1\.recipe_overrides\.learning_rate: expected a finite number, "
+                                          r"got inf\."):
+        load_pipeline(_write(tmp_path, data))
+
+
 def test_from_dict_takes_any_mapping() -> None:
     """SpectrogramConfig.from_dict(MappingProxyType(...)) was refused as "expected a mapping, got mappingproxy"."""
     from types import MappingProxyType

@@ -35,8 +35,8 @@ class Recipe:
     """
 
     name: str = "paper"
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
-    clipvalue: Optional[Annotated[float, Field(gt=0)]] = None
+    learning_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3  # inf trained to NaN weights
+    clipvalue: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None  # None: no clipping
     batch_size: Annotated[int, Field(ge=1)] = 32
     max_epochs: Annotated[int, Field(ge=1)] = 100
     patience: Annotated[int, Field(ge=0)] = 4

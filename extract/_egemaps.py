@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import numpy as np
 
 from w2v2ser._process import python_command
-from w2v2ser._schema import build_dataclass, check_dataclass
+from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords
 from w2v2ser.store import FeatureSpec
 
 from ._audio import NATIVE, TARGET_SAMPLE_RATE, SampleRate, processing_rate, signals_at_rates
@@ -34,6 +34,7 @@ def _min_signal(sample_rate: int) -> int:
 FeatureSet = Literal["eGeMAPSv02", "eGeMAPSv01b", "eGeMAPSv01a", "GeMAPSv01b", "GeMAPSv01a"]
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass(frozen=True)
 class EgemapsConfig:
     """openSMILE settings (keys of the ``egemaps`` section of pipeline.yaml).

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Sequenc
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._schema import build_dataclass, check_dataclass
+from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords
 from w2v2ser.store import FeatureSpec
 
 from ._audio import NATIVE, TARGET_SAMPLE_RATE, SampleRate, processing_rate, signals_at_rates
@@ -50,6 +50,7 @@ def _window(name: str, length: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass(frozen=True)
 class SpectrogramConfig:
     """STFT settings (keys of the ``spectrogram`` section of pipeline.yaml).

@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BeforeValidator, Field
 
 from w2v2ser._common import did_you_mean
-from w2v2ser._schema import build_dataclass, check_dataclass
+from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords
 from w2v2ser.store import FeatureSpec
 
 from ._audio import mono_signal
@@ -105,6 +105,7 @@ Device = Annotated[Union[Literal["auto", "cpu", "cuda"], Annotated[str, Field(pa
                    BeforeValidator(_check_device)]
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass
 class Wav2Vec2Config:
     """Options of a speech-encoder extractor (the `wav2vec2:` section of pipeline.yaml; `hubert:`,
@@ -173,6 +174,7 @@ class Wav2Vec2Config:
         return build_dataclass(cls, data, what=f"{cls.section} config", error=ExtractorConfigError)
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass
 class HubertConfig(Wav2Vec2Config):
     """Options of the HuBERT extractor (the `hubert:` section); keys as `Wav2Vec2Config`."""
@@ -181,6 +183,7 @@ class HubertConfig(Wav2Vec2Config):
     model: str = "facebook/hubert-base-ls960"
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass
 class WavLMConfig(Wav2Vec2Config):
     """Options of the WavLM extractor (the `wavlm:` section); keys as `Wav2Vec2Config`."""
@@ -189,6 +192,7 @@ class WavLMConfig(Wav2Vec2Config):
     model: str = "microsoft/wavlm-base-plus"
 
 
+@check_keywords(error=ExtractorConfigError)
 @dataclass
 class Data2VecConfig(Wav2Vec2Config):
     """Options of the data2vec-audio extractor (the `data2vec:` section); keys as `Wav2Vec2Config`."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._schema import build_dataclass, check_dataclass
+from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords
 
 from ._errors import StoreError
 
@@ -118,6 +118,7 @@ class UtteranceRecord(Utterance):
         return None if rate is None else int(rate)
 
 
+@check_keywords(error=StoreError)
 @dataclass(frozen=True)
 class FeatureSpec:
     """What one feature looks like in the store.

@@ -286,6 +286,25 @@ def test_an_infinite_learning_rate_or_clipvalue_is_refused(tmp_path: Path) -> No
         load_pipeline(_write(tmp_path, data))
 
 
+def test_a_misspelt_keyword_of_any_config_dataclass_is_its_error_with_a_did_you_mean() -> None:
+    """As ExperimentConfig(unts=64): SpectrogramConfig(hop_msx=...), HubertConfig(modle=...), Recipe(max_epoch=...)
+    and FeatureSpec(dimm=...) raised the generated __init__'s plain TypeError."""
+    from w2v2ser.extract import ExtractorConfigError, SpectrogramConfig
+    from w2v2ser.extract._wav2vec2 import HubertConfig
+    from w2v2ser.store import FeatureSpec, StoreError
+    from w2v2ser.train import Recipe
+
+    with pytest.raises(ExtractorConfigError, match=r"^SpectrogramConfig: hop_msx: unknown key\. Did you mean 'hop_ms'\? "
+                                                   r"Valid keys: window_ms, hop_ms, "):
+        SpectrogramConfig(hop_msx=20.0)
+    with pytest.raises(ExtractorConfigError, match=r"^HubertConfig: modle: unknown key\. Did you mean 'model'\?"):
+        HubertConfig(modle="x")
+    with pytest.raises(ConfigError, match=r"^Recipe: max_epoch: unknown key\. Did you mean 'max_epochs'\?"):
+        Recipe(max_epoch=3)
+    with pytest.raises(StoreError, match=r"^FeatureSpec: dimm: unknown key\. Did you mean 'dim'\?"):
+        FeatureSpec(name="x", dimm=3)
+
+
 def test_from_dict_takes_any_mapping() -> None:
     """SpectrogramConfig.from_dict(MappingProxyType(...)) was refused as "expected a mapping, got mappingproxy"."""
     from types import MappingProxyType

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 import numpy as np
 from pydantic import Field
 
-from w2v2ser._schema import build_dataclass, check_dataclass, validate
+from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords, validate
 
 __all__ = ["Recipe", "RECIPES", "get_recipe"]
 
@@ -20,6 +20,7 @@ def plain_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+@check_keywords
 @dataclass(frozen=True)
 class Recipe:
     """Optimisation hyperparameters of one training run.

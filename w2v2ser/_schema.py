@@ -103,9 +103,12 @@ def build_dataclass(cls: type, data: Any, *, what: str = "", where: str = "",
     return cls(**data)
 
 
-def check_keywords(cls: type) -> type:
-    """Class decorator of a config dataclass: a misspelt keyword of ``cls(...)`` is a ConfigError with a
-    did-you-mean, as the same key in a file is, not the plain TypeError of the generated ``__init__``."""
+def check_keywords(cls: type | None = None, *, error: type[Exception] = ConfigError) -> Any:
+    """Class decorator of a config dataclass: a misspelt keyword of ``cls(...)`` is a ConfigError (or ``error``:
+    ``@check_keywords(error=...)``) with a did-you-mean, as the same key in a file is, not the plain TypeError
+    of the generated ``__init__``."""
+    if cls is None:
+        return functools.partial(check_keywords, error=error)
     init = cls.__init__
     known = [f.name for f in dataclasses.fields(cls) if f.init]
 
@@ -115,7 +118,7 @@ def check_keywords(cls: type) -> type:
         if unknown:
             lines = [f"{key}: unknown key.{did_you_mean(key, known)}" for key in unknown]
             lines[-1] += f" Valid keys: {', '.join(known)}."
-            raise config_problems(lines, what=cls.__name__)
+            raise error(str(config_problems(lines, what=cls.__name__)))
         init(self, *args, **kwargs)
 
     cls.__init__ = checked  # type: ignore[method-assign]

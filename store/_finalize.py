@@ -17,7 +17,8 @@ from w2v2ser._files import replacing
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
 from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, all_chunks_stored,
-                      missing_statistics_shards, open_array, overlapping_regions, row_checksum, specs_from_meta,
+                      missing_statistics_shards, open_array, overlapping_regions, read_whole_shards, row_checksum,
+                      specs_from_meta,
                       to_str_list)
 from ._location import StoreLocation, locate_store
 from ._types import FeatureSpec
@@ -240,7 +241,7 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
                 block = np.asarray(stats.oindex[live], np.float64)
                 at = np.arange(len(rows))
             else:
-                block = np.asarray(stats[first:int(live[-1]) + 1], np.float64)
+                block = np.asarray(read_whole_shards(stats, first, int(live[-1]) + 1), np.float64)
                 at = live - first
         except Exception:  # noqa: BLE001 -- zarr raises many types for a damaged chunk
             # A superseded slot in between (an utterance re-extracted after `verify --repair` took a

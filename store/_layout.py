@@ -297,6 +297,31 @@ def open_array(group: zarr.Group, key: str, *, where: Path | str | None) -> zarr
                 f"(`store verify --repair` re-extracts utterances, it cannot restore an array).") from None
 
 
+def read_whole_shards(array: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """``array[start:stop]`` of a sharded local array (the per-utterance statistics), the shards that
+    hold it read whole through zarrs, which checks every inner chunk's crc32c when it decodes a whole
+    shard (not from part of one, nor in a shard cut by the array's end: that goes through ``array``,
+    opened with zarr's own pipeline). zarr's pipeline costs about 0.3 ms per inner chunk, one slot of
+    eGeMAPS statistics: composing 75,000 utterances' took 50 s, and zarrs reads 150,000 whole in 0.4 s.
+    Any error reading through zarrs reads again through ``array``, whose error (a ValueError for a bad
+    crc32c) is raised."""
+    shard = int(array.shards[0]) if array.shards is not None else 0
+    whole = array.shape[0] // shard * shard if shard else 0  # shards not cut by the array's end
+    lo, hi = (start // shard * shard, min(-(-stop // shard) * shard, whole)) if shard else (0, 0)
+    if (hi <= lo or _PIPELINE.get("codec_pipeline.path") != _ZARRS_PATH
+            or not isinstance(array.store, LocalStore)):
+        return np.asarray(array[start:stop])
+    try:
+        with _codec_pipeline(_PIPELINE):
+            fast = zarr.open_array(store=array.store_path, mode="r")
+        middle = np.asarray(fast[lo:hi])
+    except Exception:  # noqa: BLE001 -- zarrs raises RuntimeError for a bad checksum: zarr's own error instead
+        return np.asarray(array[start:stop])
+    if hi >= stop:
+        return middle[start - lo:stop - lo]
+    return np.concatenate([middle[start - lo:], np.asarray(array[hi:stop])])
+
+
 def missing_chunk_keys(array: zarr.Array, *, rows: np.ndarray | None = None) -> list[str]:
     """Keys of `array`'s chunk files (shards, for a sharded array) that are not in its store.
 

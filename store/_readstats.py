@@ -168,7 +168,10 @@ class _ReadStatisticsMixin:
         rows = np.array(sorted({self._row(u) for u in utterances}), dtype=np.int64)
         per_row = self._per_row(feature)
         spk = np.asarray(to_str_list(self._read("utterances/speaker")), dtype=object)[rows]
-        keep = np.isin(spk, list(speakers))
+        # A set lookup per row: np.isin on object arrays compares every row with every speaker
+        # (75,000 rows x 3,000 speakers: 1.3 s; quadratic in the store's size).
+        wanted = set(speakers)
+        keep = np.fromiter((s in wanted for s in spk), dtype=bool, count=len(spk))
         rows, spk = rows[keep], spk[keep]
         try:
             totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],

@@ -63,20 +63,22 @@ class _ReadStatisticsMixin:
 
     def compose_speaker_statistics(self, feature: str, *, speakers: Sequence[str],
                                    layers: Sequence[int] | None = None,
-                                   utterances: Sequence[str]) -> dict[str, FeatureStatistics]:
+                                   utterances: Sequence[str] | None) -> dict[str, FeatureStatistics]:
         """Each speaker's own statistics over the given utterances, composed in one pass.
 
         The figures of ``compose_statistics(feature, speakers=[s], layers=layers,
         utterances=utterances)`` for every ``s``, to the bit. Speaker normalisation of a subset
         needs them all: one speaker's slots lie spread over the store, and asking speaker by
         speaker read every statistics shard once per speaker (300 speakers of a 30,000-utterance
-        store: minutes). Nothing is kept on the reader.
+        store: minutes). With ``utterances=None`` the speaker tables are read a block of speakers
+        at a time (asked speaker by speaker, 3,000 speakers took 51 s). Nothing is kept on the reader.
 
         Args:
             feature: feature name.
             speakers: the speakers, each composed on its own.
             layers: layer indices to keep (3-D features only; None: all).
-            utterances: only these utterances of those speakers.
+            utterances: only these utterances of those speakers; None: all of their utterances
+                (the store's speaker tables).
 
         Returns:
             Speaker name -> FeatureStatistics, in sorted order.
@@ -86,12 +88,12 @@ class _ReadStatisticsMixin:
         """
         spec = self._spec(feature)
         sel = self._layers(spec, layers)
-        names, _, wanted = self._wanted_speakers(feature, spec, speakers)
+        names, counts, wanted = self._wanted_speakers(feature, spec, speakers)
         utterances = self._utterance_list(utterances)
         if utterances is None:
-            raise StoreError("compose_speaker_statistics: utterances=None; pass the ids to count, or use "
-                             "compose_statistics(feature, speakers=[s]) for each speaker's table.")
-        totals = self._compose_utterances(feature, [names[k] for k in wanted], utterances)
+            totals = self._speaker_tables(feature, names, counts, wanted)
+        else:
+            totals = self._compose_utterances(feature, [names[k] for k in wanted], utterances)
         self._check_unchanged()
         out: dict[str, FeatureStatistics] = {}
         for name in [names[k] for k in wanted]:
@@ -102,6 +104,24 @@ class _ReadStatisticsMixin:
                                                    m2 if sel is None else m2[sel])])
             out[name] = FeatureStatistics(count=count, mean=mean, variance=m2 / count)
         return out
+
+    def _speaker_tables(self, feature: str, names: list[str], counts: np.ndarray,
+                        wanted: list[int]) -> dict[str, Any]:
+        """(count, mean, M2) of the speakers at the sorted positions ``wanted`` of the speaker tables,
+        read one chunk of speakers at a time (a read per speaker cost about 17 ms)."""
+        rows = int(self._array(feature, "speaker_mean").chunks[0])
+        totals: dict[str, Any] = {}
+        positions = np.asarray(wanted, np.int64)
+        if not len(positions):
+            return totals
+        for block in np.split(positions, np.flatnonzero(np.diff(positions // rows)) + 1):
+            lo, hi = int(block[0]), int(block[-1]) + 1
+            means = self._values(feature, "speaker_mean", slice(lo, hi))
+            m2s = self._values(feature, "speaker_m2", slice(lo, hi))
+            for k in block:
+                if counts[k] > 0:
+                    totals[names[k]] = (int(counts[k]), means[k - lo], m2s[k - lo])
+        return totals
 
     def _no_frames(self, feature: str, speakers: Sequence[str] | None) -> StoreError:
         return StoreError(

@@ -622,6 +622,43 @@ def test_statistics_of_many_utterances_are_read_by_whole_shards_and_stay_checked
         open_store(built.path).compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=half)
 
 
+def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(tmp_path, monkeypatch):
+    """build_normaliser's speaker mode without a subset composed speaker by speaker, each call reading
+    the speaker names, counts and shapes again (about 17 ms): 3,000 speakers took 51 s per run. The
+    speaker tables are now read a chunk of speakers at a time; the figures are compose_statistics'
+    per speaker, to the bit."""
+    import zarr.storage
+
+    from w2v2ser.train import build_normaliser
+
+    speakers = [f"s{k:03d}" for k in range(100)]
+    built = build_store(tmp_path / "s", lengths=[3 + k % 4 for k in range(300)], speakers=speakers,
+                        specs=(W2V,), units=3)
+    store = open_store(built.path)
+    reads: list[str] = []
+    get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        if "/speaker_" in key and not key.endswith("zarr.json"):
+            reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    norm = build_normaliser(store, "w2v:1-2", "speaker", train_speakers=[], speakers=speakers)
+    monkeypatch.undo()
+    # speaker_name and speaker_count once, speaker_mean and speaker_m2 once per chunk of 64 speakers.
+    assert len(reads) <= 2 + 2 * 2, (len(reads), sorted(set(reads)))
+    tables = store.compose_speaker_statistics(W2V.name, speakers=speakers[::-1], layers=[1, 2], utterances=None)
+    assert list(tables) == speakers
+    for spk in speakers:
+        one = store.compose_statistics(W2V.name, speakers=[spk], layers=[1, 2])
+        assert tables[spk].count == one.count
+        np.testing.assert_array_equal(tables[spk].mean, one.mean)
+        np.testing.assert_array_equal(tables[spk].variance, one.variance)
+        np.testing.assert_array_equal(norm.speaker_mean[spk], one.mean)
+    assert store.compose_speaker_statistics(W2V.name, speakers=[], utterances=None) == {}
+
+
 def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_nothing(tmp_path, monkeypatch):
     """build_normaliser's speaker mode on a subset needs every speaker's statistics over the same
     utterances: the figures equal compose_statistics' per speaker (and the speaker tables'), the

@@ -141,13 +141,9 @@ def build_normaliser(store: Any, selection: ResolvedSelection | str, mode: str, 
                                                      layers=layers, utterances=utterances))
         return Normaliser("global", mean=mean, std=std)
     norm = Normaliser("speaker")
-    if utterances is not None:
-        # One pass for every speaker (their slots lie spread over the store), freed on return.
-        per_speaker = store.compose_speaker_statistics(selection.feature, speakers=sorted(set(speakers)),
-                                                       layers=layers, utterances=utterances)
-    else:
-        per_speaker = {spk: store.compose_statistics(selection.feature, speakers=[spk], layers=layers)
-                       for spk in sorted(set(speakers))}
+    # One pass for every speaker (their slots, or rows of the speaker tables), freed on return.
+    per_speaker = store.compose_speaker_statistics(selection.feature, speakers=sorted(set(speakers)),
+                                                   layers=layers, utterances=utterances)
     for spk, stats in per_speaker.items():
         norm.speaker_mean[spk], norm.speaker_std[spk] = moments(stats)
     return norm

@@ -26,6 +26,9 @@ from ._types import FeatureSpec
 __all__ = ["finalize_store", "compose_speakers"]
 
 STATS_BLOCK_BYTES = 32 * 2**20  # per-utterance statistics read at once while composing speakers
+# What reading one inner chunk (one slot) alone through zarr's pipeline costs, in bytes that zarrs reads
+# in the same time as part of whole shards (0.3 ms; 150,000 eGeMAPS slots, 60 MB, in 0.44 s).
+SLOT_READ_BYTES = 32 * 2**10
 _STATUS = np.array(["done", "failed", "pending"])  # status codes 0, 1, 2
 
 
@@ -225,7 +228,8 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
     count = np.zeros(len(names), np.int64)
     mean = np.zeros((len(names), *frame_shape[1:]), np.float64)
     m2 = np.zeros_like(mean)
-    per_slot = max(1, STATS_BLOCK_BYTES // (8 * int(np.prod(frame_shape))))
+    slot_bytes = 8 * int(np.prod(frame_shape))
+    per_slot = max(1, STATS_BLOCK_BYTES // slot_bytes)
     slots = slot[order]
     lo = 0
     while lo < len(order):
@@ -235,11 +239,24 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
         rows, codes = order[lo:hi], code[lo:hi]
         live = slot[rows]
         try:
-            if 2 * len(live) < int(live[-1]) - first + 1:
+            shard = int(stats.shards[0]) if stats.shards is not None else 1
+            touched = np.unique(live // shard)
+            if 2 * len(live) < int(live[-1]) - first + 1 and (
+                    len(touched) * shard * slot_bytes > len(live) * (slot_bytes + SLOT_READ_BYTES)):
                 # Sparse slots (one speaker's utterances spread over the store, composed for a subset):
                 # read those alone, not every slot between them (per speaker, that was the whole store).
                 block = np.asarray(stats.oindex[live], np.float64)
                 at = np.arange(len(rows))
+            elif 2 * len(live) < int(live[-1]) - first + 1:
+                # Sparse, but small slots: the shards that hold them whole cost less than a read per slot
+                # (a subset of 1,000 of 3,000 speakers' 50,000 eGeMAPS utterances: 15 s slot by slot).
+                runs = np.split(touched, np.flatnonzero(np.diff(touched) > 1) + 1)
+                run_starts = np.array([int(run[0]) * shard for run in runs], np.int64)
+                parts = [read_whole_shards(stats, int(start), min((int(run[-1]) + 1) * shard, stats.shape[0]))
+                         for start, run in zip(run_starts, runs)]
+                block = np.concatenate(parts).astype(np.float64, copy=False)
+                where = np.searchsorted(run_starts, live, side="right") - 1
+                at = np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]])[where] + live - run_starts[where]
             else:
                 block = np.asarray(read_whole_shards(stats, first, int(live[-1]) + 1), np.float64)
                 at = live - first

@@ -711,3 +711,23 @@ def test_predicting_feature_batches_with_an_utterance_without_frames_warns_and_n
     head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches(items[:12]))
     with pytest.warns(UserWarning, match=r"DenseHead\.predict: 1 utterance\(s\) have no frames \('u12'\)"):
         assert head.predict_proba(batches(items[10:])).shape == (3, 3)
+
+
+def test_fitting_on_utterances_without_frames_warns_once_and_names_them():
+    """Found by a trial: predict warned of utterances without frames, but fit trained on them without a
+    word (each is the head's output for no input, pulled toward its label)."""
+    x, y, _ = utterances(12)
+    x[2], x[7] = np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32)
+    val_x, val_y, _ = utterances(6, seed=1)
+    val_x[4] = np.zeros((0, 5), np.float32)
+    with pytest.warns(UserWarning) as caught:
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y, validation_data=(val_x, val_y))
+    said = [str(w.message) for w in caught if "without frames" in str(w.message)]
+    assert said == ["DenseHead.fit: utterances without frames: 2 of x (utterance 2, utterance 7); 1 of "
+                    "validation_data (utterance 4). The head sees each as no input (the same for each), so it "
+                    "learns their labels for no input, not from speech. Leave them out, or give audio long enough "
+                    "for one frame"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # utterances with frames: no warning
+        x, y, _ = utterances(12)
+        DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(x, y)

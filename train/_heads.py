@@ -382,6 +382,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             keras.utils.set_random_seed(params.seed)
         seed = 0 if params.seed is None else params.seed
         streaming = hasattr(x, "as_tf_dataset")
+        empty: list[str] = []  # utterances without frames, of x and of validation_data: one warning below
+        val_empty: list[str] = []
         if streaming:
             if y is not None:  # it was dropped without a word
                 raise ConfigError(f"{type(self).__name__}.fit(x, y): x is FeatureBatches, which carry their own labels "
@@ -396,6 +398,7 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
                                   f"{list(x.classes)}, whose labels index those; give the head the same classes, in "
                                   f"the same order, or leave classes unset (it then takes the batches')")
             self.classes_ = np.array(list(x.classes))
+            empty = _empty_utterances(x)
             given = getattr(validation_data, "classes", None)
             if given is not None and list(given) != list(x.classes):
                 # their labels are indices into their own classes: early stopping scored the wrong ones
@@ -422,6 +425,10 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
             y = self._encode(y)
             fraction = validate(Optional[Annotated[float, Strict(), Field(ge=0, lt=1)]], self.validation_fraction,
                                 where=f"{type(self).__name__}.validation_fraction")
+            empty = _frameless_positions(x)  # before the hold-out: positions in x as given
+            if validation_data is not None and not hasattr(validation_data, "as_tf_dataset") \
+                    and _labelled_pair(validation_data):
+                val_empty = _frameless_positions(_branch_lists(validation_data[0]))
             if validation_data is None and fraction:
                 x, y, validation_data = _hold_out(x, y, self.validation_fraction, seed)
             elif validation_data is not None and not hasattr(validation_data, "as_tf_dataset"):
@@ -438,6 +445,14 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         if validation_data is not None:
             val = validation_data if hasattr(validation_data, "as_tf_dataset") else self._data(
                 validation_data[0], validation_data[1], shuffle=False, seed=seed)
+        if val is not None and hasattr(validation_data, "as_tf_dataset"):
+            val_empty = _empty_utterances(val)
+        if empty or val_empty:  # each trained as the head's output for no input, toward its label, without a word
+            where = [f"{len(e)} {what} ({first_few(e)})"
+                     for e, what in ((empty, "of x"), (val_empty, "of validation_data")) if e]
+            warnings.warn(f"{type(self).__name__}.fit: utterances without frames: {'; '.join(where)}. The head sees "
+                          f"each as no input (the same for each), so it learns their labels for no input, not from "
+                          f"speech. Leave them out, or give audio long enough for one frame", UserWarning, stacklevel=4)
         folded = tuple(getattr(train, "folded", ()))
         if val is not None and tuple(getattr(val, "folded", ())) != folded:
             raise ConfigError(f"the training batches feed branches {list(folded)} with their statistics (streamed, "
@@ -548,6 +563,21 @@ def _empty_utterances(data: Any) -> list[str]:
     return [repr(item.id) for item in data.items
             if any(data._cropped_length(src, int(src.store.num_frames(item.id, src.selection.feature)))[0] == 0
                    for src in data.sources)]
+
+
+def _frameless_positions(x: Any) -> list[str]:
+    """In-memory utterances (a list of arrays, or a dict branch -> list) of which a branch has no
+    frames, by position (anything not sized is left to the checks of the arrays)."""
+    branches = list(x.values()) if isinstance(x, Mapping) else [x]
+    n = _count_utterances(x)
+    return [f"utterance {k}" for k in range(n) if any(_sized(v[k]) == 0 for v in branches if k < len(v))]
+
+
+def _sized(frames: Any) -> int | None:
+    try:
+        return len(frames)
+    except TypeError:
+        return None
 
 
 class DenseHead(_BaseHead):

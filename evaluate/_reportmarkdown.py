@@ -4,6 +4,7 @@ baseline comparison, layer weights, layer sweep and notes).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,22 @@ def _spectrogram_frames(run: RunSummary) -> str:
             seconds = 250 / float(spec["frame_rate"])
             return f"{spec['description']}, so 250 frames cover {seconds:.1f} s"
     return ""
+
+
+def _text(name: Any) -> str:
+    """``name`` (a run directory's, an experiment's) as Markdown that shows it as written: ``*c*``,
+    backticks, ``<br>``, ``[x](y)`` and ``_x_`` were rendered as emphasis, code, HTML or links.
+    An underscore inside a word (``wav2vec2_all``) is never emphasis and is left as it is; ``|`` is
+    the table's to escape."""
+    return re.sub(r"[\\`*<>\[\]~&$]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", lambda m: "\\" + m.group(), str(name))
+
+
+def _code(text: Any) -> str:
+    """``text`` as a Markdown code span, fenced by more backticks than any run of them inside it."""
+    text = str(text)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -70,7 +87,7 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
     lines += _comparison_markdown(data["comparison"])
     entries = data["runs"]
     lines += ["", "## Run directories", ""]
-    rows = [[e["name"], e["status"], e["corpus"], e["features"], e["head"], e["recipe"],
+    rows = [[_text(e["name"]), e["status"], e["corpus"], e["features"], e["head"], e["recipe"],
              "—" if e["uar_mean"] is None else f"{e['uar_mean']:.1f}",
              "—" if e["accuracy_mean"] is None else f"{e['accuracy_mean']:.1f}",
              str(e["n_runs"]), _seeds_text(e["sources"]["seeds"]), e["scoring"],
@@ -93,14 +110,14 @@ def _markdown(data: dict[str, Any], runs: Sequence[RunSummary]) -> str:
         # One line per reason: a pipeline without hub access skips many experiments for one cause.
         by_reason: dict[str, list[str]] = {}
         for e in skipped:
-            by_reason.setdefault(e["reason"], []).append(f"`{e['name']}`")
+            by_reason.setdefault(e["reason"], []).append(_code(e["name"]))
         lines += ["", "## Skipped experiments", ""]
         lines += [f"- {reason} ({len(names)} experiment{'s' * (len(names) > 1)}: {', '.join(names)})"
                   for reason, names in by_reason.items()]
     incomplete = [e for e in entries if e["status"] == "incomplete"]
     if incomplete:
         lines += ["", "## Incomplete run directories", ""]
-        lines += [f"- `{e['path']}`: {e['reason']}" for e in incomplete]
+        lines += [f"- {_code(e['path'])}: {e['reason']}" for e in incomplete]
     if data["layer_weights"]["png"]:
         lines += ["", "## Layer weights (paper, Figure 2)", "",
                   "Normalised α per layer, mean ± std over the runs (seeds × folds) of one run directory; "
@@ -125,7 +142,7 @@ def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for e in (e for e in entries if e["status"] == "complete"):
         src = e["sources"]
-        parts = [f"`{e['path']}`"]
+        parts = [_code(e["path"])]
         parts += [f"store {', '.join(f'{k}=`{v}`' if len(src['stores']) > 1 else f'`{v}`' for k, v in src['stores'].items())}"
                   ] if src["stores"] else []
         parts += [f"protocol {src['protocol']}"] if src["protocol"] else []
@@ -137,7 +154,7 @@ def _sources_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
         elif len(src.get("commits") or ()) > 1:
             parts += [f"commits {', '.join(str(c)[:12] for c in src['commits'])} (its runs were trained at "
                       f"different commits{'; some with uncommitted changes' if src['dirty'] else ''})"]
-        lines.append(f"- **{e['name']}**: " + "; ".join(parts))
+        lines.append(f"- **{_text(e['name'])}**: " + "; ".join(parts))
     return ["", "## Sources", "", "What each finished run directory's figures come from.", "", *lines] if lines else []
 
 
@@ -154,7 +171,7 @@ def _recall_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
              "their mean over the classes present is the UAR of the pooled predictions; — marks a class "
              "without test utterances."]
     for classes, members in groups.items():
-        rows = [[e["name"], *("—" if e["recall_per_class"][c] is None else f"{e['recall_per_class'][c]:.1f}"
+        rows = [[_text(e["name"]), *("—" if e["recall_per_class"][c] is None else f"{e['recall_per_class'][c]:.1f}"
                               for c in classes)] for e in members]
         lines += [""] + _markdown_table(["Run dir", *classes], rows)
     return lines
@@ -164,13 +181,13 @@ def _comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:
     """Section of ``compare_with_baseline``'s rows (nothing without a baseline)."""
     if not comparison:
         return []
-    lines = ["", f"## Against the baseline {comparison['baseline']}", "",
+    lines = ["", f"## Against the baseline {_text(comparison['baseline'])}", "",
              f"Baseline UAR {_spread(comparison['uar_mean'], comparison['uar_std'], comparison['n'])}. "
              "Difference: the row's mean UAR minus the baseline's, in points. p: Welch's two-sided t-test "
              "over the two run directories' UAR values (n each), not corrected for comparing several rows "
              "with one baseline; it needs at least 2 values on each side and some spread: — where a side has "
              "one value, or every value of both sides is the same (each seed scored alike).", ""]
-    rows = [[r["name"], _spread(r["uar_mean"], r["uar_std"], r["n"]),
+    rows = [[_text(r["name"]), _spread(r["uar_mean"], r["uar_std"], r["n"]),
              "not compared" if r["not_compared"] else f"{r['difference']:+.1f}",
              r["not_compared"] or ("—" if r["p_welch"] is None else f"{r['p_welch']:.2g}")]
             for r in comparison["rows"]]
@@ -180,7 +197,7 @@ def _comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:
 
 def _weights_markdown(series: Sequence[dict]) -> list[str]:
     """Table layer x run directory of the normalised weights (mean ± std over its runs)."""
-    header = ["Layer"] + [f"{s['label']} · {s['corpus']} (n={s['n']})" for s in series]
+    header = ["Layer"] + [f"{_text(s['label'])} · {s['corpus']} (n={s['n']})" for s in series]
     rows = []
     for k in sorted({k for s in series for k in s["layers"]}):
         row = [str(k)]
@@ -203,7 +220,7 @@ def _sweep_markdown(sweep: dict[str, Any]) -> list[str]:
              "trained together in one pass over the data (`w2v2ser sweep`).", ""]
     if sweep["png"]:
         lines += [f"![layer sweep]({sweep['png']})", ""]
-    header = ["Layer"] + [f"{s['label']} · {s['corpus']}" for s in series]
+    header = ["Layer"] + [f"{_text(s['label'])} · {s['corpus']}" for s in series]
     layers = sorted({k for s in series for k in [*s["layers"], *s.get("incomplete_layers", ())]})
     rows = []
     for k in layers:

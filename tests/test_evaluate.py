@@ -1313,3 +1313,23 @@ def test_evaluate_takes_one_baseline_given_twice(tmp_path: Path, capsys) -> None
     assert main(["evaluate", str(runs), "--out", str(tmp_path / "r"), "--baseline", str(base),
                  "--baseline", f"{base}/"]) == 0
     assert json.loads((tmp_path / "r" / "report.json").read_text())["comparison"]["baseline"] == "base_a"
+
+
+def test_report_md_shows_run_names_as_written_not_as_markdown(tmp_path: Path) -> None:
+    """Found by a trial: report.md escaped only "|" in names, so a run directory named *c* showed as
+    emphasis, `<br>` broke its row, backticks opened code and _x_ lost its underscores."""
+    runs = [make_run_dir(tmp_path / "runs", name) for name in ("*c*", "_x_ <br> `b`", "wav2vec2_all")]
+    write_report(runs, out=tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
+    assert "| \\*c\\* | complete |" in md and "| \\_x\\_ \\<br\\> \\`b\\` | complete |" in md
+    assert "| wav2vec2_all | complete |" in md  # an underscore inside a word is no emphasis: left as it is
+    assert "- **\\*c\\***: " in md
+    assert f"- **\\_x\\_ \\<br\\> \\`b\\`**: `` {runs[1]} ``; " in md  # its path: a code span of two backticks
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:
+        return
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    for shown in ("<td>*c*</td>", "<td>_x_ &lt;br&gt; `b`</td>", "<strong>*c*</strong>",
+                  f"<code>{runs[1]}</code>".replace("<br>", "&lt;br&gt;")):
+        assert shown in html

@@ -261,3 +261,20 @@ def test_an_edited_extra_column_is_noted_not_taken_silently(tmp_path):
                                f"To use the new ones, extract this manifest into a new store (`--like {store}` keeps "
                                f"the feature configs)"]
     assert {r.extra["dialect"] for r in open_store(store).list_utterances()} == {"north"}  # as the note says
+
+
+def test_a_subset_of_many_values_keeps_the_records_that_have_one_in_their_order():
+    """select_subset over many speakers (its values are looked up in a set, not a list): the records kept are
+    those with one of the values of every field, in the store's order, whatever the order of the values."""
+    from types import SimpleNamespace
+
+    from w2v2ser.train import select_subset
+
+    records = [SimpleNamespace(id=f"u{k}", speaker=f"spk{k % 300}", label=("angry", "sad", "calm")[k % 3], gender=None,
+                               session=None, split=None, corpus="csv", extra={}) for k in range(3000)]
+    speakers = [f"spk{k}" for k in range(299, 0, -2)]  # odd speakers, in reverse order
+    kept = select_subset(records, {"speaker": speakers, "label": ["sad", "angry"]}, store="s")
+    assert [r.id for r in kept] == [r.id for r in records if r.speaker in speakers and r.label in ("sad", "angry")]
+    assert len(kept) == 1000 and kept[0].id == "u1"
+    one = select_subset(records, {"speaker": "spk7"}, store="s")
+    assert [r.id for r in one] == [f"u{k}" for k in range(7, 3000, 300)]

@@ -489,7 +489,8 @@ def select_subset(records: Sequence[Any], subset: Mapping[str, str | Sequence[st
                 have = first_few([f"{v} ({n})" for v, n in sorted(found.items())], 20)
                 raise ConfigError(f"subset {key}={value}: no utterance of {store} has {key} {value!r}; it has "
                                   f"{have}.{did_you_mean(value, found)}")
-        records = [r for r in records if any(v in wanted for v in _values(r, key))]
+        keep = set(wanted)  # a list: 3,000 speakers x 150,000 rows took 2.5 s
+        records = [r for r in records if any(v in keep for v in _values(r, key))]
     if not records:
         raise ConfigError(f"subset {subset} keeps no utterance of {store}: no utterance has all of these values; "
                           f"drop a condition")

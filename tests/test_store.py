@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import multiprocessing
 import shutil
 import subprocess
@@ -1632,3 +1633,31 @@ def test_export_reads_statistics_and_frames_in_blocks_not_per_utterance(tmp_path
                 if n:
                     np.testing.assert_allclose(g["utt_mean"][i], x.mean(0), rtol=1e-9, atol=1e-12)
                     np.testing.assert_allclose(g["utt_m2"][i], ((x - x.mean(0)) ** 2).sum(0), rtol=1e-6, atol=1e-9)
+
+
+def test_an_unknown_id_of_a_large_store_gets_a_did_you_mean_from_ids_near_it(tmp_path, monkeypatch):
+    """Found by a 150,000-utterance trial: the did-you-mean of an unknown id compared it with every id
+    (1.1 s per error). It now compares the ids beside it (by their start and by their end), which still
+    finds a typo in the case, at the start or at the end."""
+    import difflib
+
+    ids = [f"Actor_{a:02d}/03-01-{e:02d}-{k:02d}" for a in range(1, 21) for e in range(1, 9) for k in range(6)]
+    rows = [Utterance(id=i, path=f"/audio/{i}.wav", speaker=i[:8], label="x", corpus="csv") for i in ids]
+    writer = StoreWriter(tmp_path / "s.zarr")
+    writer.plan(rows, num_samples=[None] * len(rows), features=[SPEC2D], capacities={"lld": [0] * len(rows)},
+                failures={k: "AudioError: cannot decode" for k in range(len(rows))})
+    writer.finalize()
+    store = open_store(tmp_path / "s.zarr")
+    compared = []
+    real = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches",
+                        lambda word, possibilities, *a, **k: compared.append(len(possibilities)) or real(
+                            word, possibilities, *a, **k))
+    for typo, meant in [("actor_03/03-01-05-04", "Actor_03/03-01-05-04"),  # case
+                        ("Actr_03/03-01-05-04", "Actor_03/03-01-05-04"),  # start: beside it by its end only
+                        ("Actor_12/03-01-07-05.wav", "Actor_12/03-01-07-05"),
+                        ("Actor_12/03-01-07-5", "Actor_12/03-01-07-05")]:
+        with pytest.raises(StoreError, match=rf"utterance '{re.escape(typo)}' is not in store .* \(960 utterances\)\. "
+                                             rf"Did you mean '{re.escape(meant)}'\?"):
+            store.num_frames(typo, "lld")
+    assert len(compared) == 4 and max(compared) <= 400  # not all 960

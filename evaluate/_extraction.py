@@ -41,9 +41,13 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
     args = ["extract", "csv", str(manifest), "--store", str(store), "--like", str(like),
             "--features", ",".join(features), "--no-progress", *(["--model", model] if model else []),
             *(arg for option in options for arg in ("--option", option))]
-    # follow_parent: a predict killed with SIGKILL takes its extraction child with it (Linux).
-    proc = subprocess.run(python_command("w2v2ser._cli", *args, follow_parent=True), capture_output=True, text=True,
-                          check=False)
+    # follow_parent: a predict killed with SIGKILL takes its extraction child with it (Linux). The child writes
+    # UTF-8 whatever PYTHONIOENCODING says (the command's restart in UTF-8 mode sets it to a Latin-1 locale's
+    # encoding): read with this process's encoding, a path 'données' in its error line ended predict in a
+    # UnicodeDecodeError.
+    proc = subprocess.run(python_command("w2v2ser._cli", *args, follow_parent=True), capture_output=True,
+                          encoding="utf-8", errors="backslashreplace", check=False,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     # Exit 1 leaves an incomplete store whose finished files can still be labelled; exit 2 (bad
     # input, e.g. a store that holds other files under the same ids) leaves nothing to trust.
     lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]

@@ -520,3 +520,22 @@ def test_python_code_under_a_locale_that_is_not_utf8_is_told_to_use_utf8_mode(ac
     assert done.returncode == 0, done.stderr
     assert "reads file names as ascii" in done.stdout and "PYTHONUTF8=1" in done.stdout, done.stdout
     assert "damaged" not in done.stdout and "--repair" not in done.stdout
+
+
+def test_predict_reads_its_extraction_s_error_naming_an_accented_path_whatever_the_output_encoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Predict's stage 1 child inherits PYTHONIOENCODING, which the command's restart in UTF-8 mode sets to a
+    Latin-1 locale's encoding (a Latin-1 terminal sets it too): its error line naming `données/` came in Latin-1,
+    and predict, reading it as UTF-8, ended in a UnicodeDecodeError instead of saying what stage 1 said."""
+    import re
+
+    from w2v2ser.evaluate import PredictError
+    from w2v2ser.evaluate._extraction import extract_features
+
+    folder = tmp_path / "données"
+    folder.mkdir()
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,label\n/nowhere.wav,a\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONIOENCODING", "latin-1")
+    with pytest.raises(PredictError, match=re.escape(f"{manifest}, line 1, column 'speaker'")):
+        extract_features(manifest, folder / "new.zarr", like=folder / "old.zarr", features=["spectrogram"])

@@ -1172,3 +1172,21 @@ def test_a_protocol_read_from_the_store_follows_stores_assigned_afterwards(tmp_p
     given = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1, protocol="ravdess")
     given.stores = str(iemocap)  # a protocol given by hand is the user's: kept
     assert given.protocol == "ravdess"
+
+
+def test_a_config_whose_store_was_assigned_again_keeps_the_key_of_a_new_config(tmp_path):
+    """Assigning stores (even the same one back) forgot the protocol read from the store, and config_key() hashed
+    that None: the key differed from a new config's of the same store, so its finished runs were not found."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig
+
+    ravdess = build_store(tmp_path / "rav.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=2, dim=4, features=("egemaps",))
+    fresh = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
+    config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
+    config.stores = {"main": str(iemocap)}
+    assert config.config_key() == ExperimentConfig(stores=str(iemocap), features="egemaps", seeds=1).config_key()
+    config.stores = {"main": str(ravdess)}
+    assert config.config_keys() == fresh.config_keys()
+    config.features = "egemaps"
+    assert config.config_key() == fresh.config_key()

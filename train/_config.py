@@ -254,6 +254,8 @@ class ExperimentConfig:
 
     def _key(self, *, with_store_paths: bool) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
+        if d["protocol"] is None:  # forgotten on assignment (stores, features, subset): the store's, as a new config
+            d["protocol"] = self._store_protocol()
         for added in ("subset", "speaker_folds"):  # added in 0.3: at their default, runs keep their key
             if not d[added]:
                 del d[added]

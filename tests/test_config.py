@@ -1190,3 +1190,31 @@ def test_a_config_whose_store_was_assigned_again_keeps_the_key_of_a_new_config(t
     assert config.config_keys() == fresh.config_keys()
     config.features = "egemaps"
     assert config.config_key() == fresh.config_key()
+
+
+def test_a_copy_given_other_stores_reads_their_protocol(tmp_path):
+    """dataclasses.replace(config, stores=<an IEMOCAP store>) passed on the protocol 'ravdess' read from the first
+    store as if it had been given: the copy planned the RAVDESS classes and split on IEMOCAP."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig, class_names
+
+    ravdess = build_store(tmp_path / "rav.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=2, dim=4, features=("egemaps",))
+    config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
+    fresh = ExperimentConfig(stores=str(iemocap), features="egemaps", seeds=1)
+    moved = dataclasses.replace(config, stores=str(iemocap))
+    assert moved.protocol == "iemocap" and moved.config_key() == fresh.config_key()
+    assert class_names(moved) == class_names(fresh)
+    assert dataclasses.replace(config).protocol == "ravdess"
+    for copied in (copy.copy(config), copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert copied.protocol == "ravdess" and copied.config_key() == config.config_key()
+        copied.stores = {"main": str(iemocap)}
+        assert copied.config_key() == fresh.config_key()
+    assert config.to_dict()["protocol"] == "ravdess" and type(config.to_dict()["protocol"]) is str
+    given = dataclasses.replace(ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1, protocol="ravdess"),
+                                stores=str(iemocap))
+    assert given.protocol == "ravdess"  # given by hand: the user's

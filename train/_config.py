@@ -43,8 +43,15 @@ FUSION_STORE_ALIAS = "fusion"
 RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers", "run_eagerly")
 # A run's result does not depend on how many seeds the experiment has: adding seeds reuses runs.
 SEED_FIELDS = ("seeds", "first_seed")
-# The fields a protocol taken from the main store depends on (and protocol itself).
-_PROTOCOL_SOURCES = ("stores", "features", "subset", "protocol")
+# The fields a protocol taken from the main store depends on.
+_PROTOCOL_SOURCES = ("stores", "features", "subset")
+
+
+class _StoreProtocol(str):
+    """A protocol read from the main store, not given: ``dataclasses.replace``, ``copy`` and pickle carry it as
+    such, so a copy given other stores reads theirs (``to_dict`` writes it as a plain string)."""
+
+    __slots__ = ()
 
 
 @check_keywords
@@ -62,7 +69,8 @@ class ExperimentConfig:
         protocol: "ravdess", "iemocap" or "csv"; None (the default) takes the protocol of the corpus
             the main store was extracted from, as ``w2v2ser train`` does without ``--protocol``.
             A protocol so taken is reset to None when stores, features or subset is assigned
-            afterwards, and taken from the new main store when the config is used.
+            afterwards, and taken from the new main store when the config is used; a copy
+            (``dataclasses.replace(config, stores=...)``) reads its own main store's.
         subset: Train and test on the utterances whose field has one of the given values, e.g.
             {"vocal_channel": "speech"} (RAVDESS speech only) or {"method": "improvised"} (IEMOCAP);
             a field is speaker, label, gender, session, split or a key the corpus reader records
@@ -111,6 +119,8 @@ class ExperimentConfig:
     run_eagerly: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.protocol, _StoreProtocol):  # dataclasses.replace(config, stores=...) passes it on
+            self.protocol = None
         if isinstance(self.stores, (str, os.PathLike)):
             self.stores = {DEFAULT_STORE_ALIAS: str(self.stores)}
         if not isinstance(self.stores, Mapping):  # a list failed on .items() with an AttributeError
@@ -140,18 +150,15 @@ class ExperimentConfig:
                               f"fusion branch {branches['fusion']!r} read the same frames; give the speech encoder "
                               f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
         if self.protocol is None:  # last: every check that needs no store has passed
-            self.protocol = self._store_protocol()
-            object.__setattr__(self, "_protocol_inferred", True)
+            self.protocol = _StoreProtocol(self._store_protocol())
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         # A protocol read from the main store is that store's: assigning what picks the store (stores,
         # features) or its corpus (subset) forgets it, so that the next check (train_experiment,
         # plan_runs, ...) reads the new store's, as a new config would; it kept the first store's.
-        if name in _PROTOCOL_SOURCES and self.__dict__.get("_protocol_inferred"):
-            object.__setattr__(self, "_protocol_inferred", False)
-            if name != "protocol":  # one assigned by hand is kept
-                object.__setattr__(self, "protocol", None)
+        if name in _PROTOCOL_SOURCES and isinstance(self.__dict__.get("protocol"), _StoreProtocol):
+            object.__setattr__(self, "protocol", None)  # one given or assigned by hand is a plain str: kept
 
     def _store_protocol(self) -> str:
         """The protocol of the main store's corpus (its ``corpus`` attribute)."""

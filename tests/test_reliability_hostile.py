@@ -539,3 +539,20 @@ def test_predict_reads_its_extraction_s_error_naming_an_accented_path_whatever_t
     monkeypatch.setenv("PYTHONIOENCODING", "latin-1")
     with pytest.raises(PredictError, match=re.escape(f"{manifest}, line 1, column 'speaker'")):
         extract_features(manifest, folder / "new.zarr", like=folder / "old.zarr", features=["spectrogram"])
+
+
+@pytest.mark.parametrize(("value", "what"), [('label="happy', "a quote is not closed"),
+                                             ('label="a"b', "text follows a closing quote"),
+                                             ("label=a\nb", "a line break is outside quotes")])
+def test_a_subset_value_that_is_no_csv_cell_is_refused_not_read_as_another(capsys, value: str, what: str) -> None:
+    """Read as a CSV cell, `label="happy` (an unclosed quote) selected the label `happy` and `"a"b` the label `ab`,
+    both silently, and a label with a line break ended the command in a csv.Error traceback. Values that were
+    never quoted (a quote or '=' inside) still mean what they meant."""
+    from w2v2ser._cli_parser import build_parser
+
+    train = ["train", "s.zarr", "--features", "egemaps", "--out", "o", "--subset"]
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args([*train, value])
+    assert stop.value.code == 2 and what in capsys.readouterr().err
+    args = build_parser().parse_args([*train, 'label=O"Brien,5",a=b', "--subset", 'speaker="a\nb"'])
+    assert args.subset == [("label", ['O"Brien', '5"', "a=b"]), ("speaker", ["a\nb"])]

@@ -178,7 +178,15 @@ def subset_condition(text: str) -> tuple[str, list[str]]:
     import csv
 
     key, sep, values = text.partition("=")
-    names = [v.strip() for v in next(csv.reader([values], skipinitialspace=True), []) if v.strip()]
+    try:  # strict: an unclosed quote or text after a closing one is refused, not read as another value
+        names = [v.strip() for v in next(csv.reader([values], skipinitialspace=True, strict=True), []) if v.strip()]
+    except csv.Error as error:  # csv's own words ("new-line character seen ...") advise on reading files
+        what = ("a quote is not closed" if "end of data" in str(error) else "text follows a closing quote"
+                if "expected after" in str(error) else "a line break is outside quotes")
+        raise argparse.ArgumentTypeError(
+            f"expected FIELD=VALUE[,VALUE...], a value holding a comma or a line break, or starting with a quote, "
+            f"quoted whole as a CSV cell with its own quotes doubled (speaker=\"Smith, J.\"), got {text!r}: {what}"
+        ) from None
     if not sep or not key.strip() or not names:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], e.g. vocal_channel=speech, got {text!r}")
     return key.strip(), names

@@ -556,3 +556,19 @@ def test_a_subset_value_that_is_no_csv_cell_is_refused_not_read_as_another(capsy
     assert stop.value.code == 2 and what in capsys.readouterr().err
     args = build_parser().parse_args([*train, 'label=O"Brien,5",a=b', "--subset", 'speaker="a\nb"'])
     assert args.subset == [("label", ['O"Brien', '5"', "a=b"]), ("speaker", ["a\nb"])]
+
+
+def test_a_program_calling_main_under_a_locale_that_is_not_utf8_runs_once(tmp_path: Path) -> None:
+    """The command's restart in UTF-8 mode ran the process's command line again: a program piped to `python -` was
+    gone by then, so the command silently did nothing (exit 0), and a script calling main() ran twice from its
+    start. Such programs now run on as Python code does; the command itself still restarts."""
+    program = ('import sys\nprint("started")\nfrom w2v2ser._cli import main\n'
+               'sys.argv = ["w2v2ser", "store", "info", "/nowhere/store.zarr"]\nraise SystemExit(main())\n')
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING")}
+    environment.update(LC_ALL="C", PYTHONUTF8="0")
+    script = tmp_path / "wrapper.py"
+    script.write_text(program, encoding="utf-8")
+    for command, given in (([sys.executable, "-"], program.encode()), ([sys.executable, str(script)], None)):
+        done = subprocess.run(command, input=given, env=environment, capture_output=True, timeout=300, check=False)
+        assert done.returncode == 2 and b"is not a w2v2ser store" in done.stderr, done.stdout + done.stderr
+        assert done.stdout.count(b"started") == 1, done.stdout

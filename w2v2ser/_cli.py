@@ -50,7 +50,7 @@ def _restart_in_utf8_mode() -> None:
     label=colère`` matched no label. The standard streams keep the locale's encoding."""
     encoding = sys.getfilesystemencoding().lower().replace("-", "").replace("_", "")
     orig_argv = getattr(sys, "orig_argv", None)
-    if sys.flags.utf8_mode or encoding == "utf8" or not orig_argv:
+    if sys.flags.utf8_mode or encoding == "utf8" or not orig_argv or not _reruns_as_the_command():
         return
     os.environ["PYTHONUTF8"] = "1"  # child processes (eGeMAPS, Dask workers) read names as UTF-8 too
     if sys.stdout is not None:
@@ -59,6 +59,20 @@ def _restart_in_utf8_mode() -> None:
         with contextlib.suppress(AttributeError, OSError, ValueError):
             stream.flush()
     os.execv(sys.executable, [sys.executable, "-X", "utf8", *orig_argv[1:]])
+
+
+def _reruns_as_the_command() -> bool:
+    """Whether running this process's command line again runs this command and nothing else: the console script,
+    ``python -m w2v2ser`` or predict's stage 1 child. Not a program read from standard input (gone: the command
+    silently did not run) or typed at the prompt, nor a script of the user's that calls ``main()`` (what it did
+    before would be done twice); these run on in the locale's encoding, as Python code does."""
+    program = sys.modules.get("__main__")
+    if getattr(getattr(program, "__spec__", None), "name", None) == "w2v2ser.__main__":
+        return True
+    file = getattr(program, "__file__", None)  # the console script's own file; sys.argv[0] may be set by a script
+    if file is None:  # python -c: predict's child names its module as sys.argv[0] (w2v2ser._process.python_command)
+        return sys.argv[0] == "w2v2ser._cli"
+    return os.path.basename(file).startswith("w2v2ser")
 
 
 def _unencodable_escaped() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import shlex
 import shutil
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -16,7 +17,7 @@ from w2v2ser._files import replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
-from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, all_chunks_stored,
+from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, all_chunks_stored, digital_silence,
                       missing_statistics_shards, open_array, overlapping_regions, read_whole_shards, row_checksum,
                       specs_from_meta,
                       to_str_list)
@@ -131,7 +132,9 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker", where=path.display)[:]
     for f in names:
-        _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"])
+        _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"],
+                        silent=partial(digital_silence, length=index[f]["length"], crc32=index[f]["crc32"],
+                                       frame_shape=specs[f].frame_shape, dtype=specs[f].dtype, checksum=checksum))
     _write_parquet(path, group, failures)
 
     # Silence is in the commit records: a driver killed after a unit's commit, before it noted the
@@ -209,14 +212,17 @@ def _drop_orphan_shards(path: StoreLocation, group: zarr.Group, feature: str, in
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
-                     slot: np.ndarray) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray, slot: np.ndarray, *,
+                     silent: Callable[[np.ndarray], np.ndarray] | None = None,
+                     ) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     """Per-speaker (count, mean, M2) from per-utterance statistics, in slot order.
 
     Each speaker's utterances are combined one at a time in slot order (Chan's update, the
     arithmetic of ``combine_statistics``), for all speakers of a block of slots at once.
     Memory: one block of statistics plus one accumulator per speaker. verify composes the
-    same way, so results match bit for bit.
+    same way, so results match bit for bit. ``silent``: whether each of the given rows holds
+    only all-zero frames; statistics that read as all zeros for any other row raise ValueError
+    (zarr and zarrs read an empty shard file as zeros, checksums and all).
     """
     speakers = np.asarray(speakers)
     order = np.flatnonzero(length > 0)
@@ -267,6 +273,13 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray,
             runs = np.split(live, np.flatnonzero(np.diff(live) > 1) + 1)
             block = np.concatenate([np.asarray(stats[int(run[0]):int(run[-1]) + 1], np.float64) for run in runs])
             at = np.arange(len(rows))
+        if silent is not None:  # an empty shard file reads as zeros: only digital silence has such statistics
+            zero = rows[~block[at].reshape(len(rows), -1).any(axis=1)]
+            lost = zero[~np.asarray(silent(zero), bool)] if len(zero) else zero
+            if len(lost):
+                raise ValueError(f"the statistics of slot(s) {first_few([str(int(s)) for s in slot[lost]], 3)} read as "
+                                 f"zeros, but their frames are not all zero: the shard file that holds them is "
+                                 f"empty or was replaced")
         # k-th utterance of each speaker within the block: all speakers' k-th ones in one step.
         by_speaker = np.argsort(codes, kind="stable")
         starts = np.searchsorted(codes[by_speaker], codes[by_speaker], side="left")
@@ -363,13 +376,13 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
 
 
 def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speakers: Any, length: np.ndarray,
-                    slot: np.ndarray) -> None:
+                    slot: np.ndarray, *, silent: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
     g = f"features/{feature}"
     stats = open_array(group, f"{g}/stats", where=path.display)
     frame_shape = tuple(stats.shape[2:])
     names, _ = _codes(speakers)
     try:
-        totals = compose_speakers(stats, speakers, length, slot)
+        totals = compose_speakers(stats, speakers, length, slot, silent=silent)
     except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
         raise StoreError(
             f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "

@@ -410,12 +410,21 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
     keys = {k: key for k, key in keys.items() if key in missing}
     inside = np.isin(shard_of, list(keys))
     rows, shard_of = used[inside], shard_of[inside]
+    silent = digital_silence(rows, length=length, crc32=crc32, frame_shape=frame_shape, dtype=dtype, checksum=checksum)
+    return {key: rows[shard_of == k].tolist() for k, key in keys.items() if not silent[shard_of == k].all()}
+
+
+def digital_silence(rows: np.ndarray, *, length: np.ndarray, crc32: np.ndarray, frame_shape: tuple[int, ...],
+                    dtype: Any, checksum: str) -> np.ndarray:
+    """Whether each of ``rows`` (with frames) holds only all-zero frames, as its CRCs show: the only
+    utterances whose statistics are all zeros, as a missing or empty statistics shard reads."""
+    rows, length, crc32 = np.asarray(rows, np.int64), np.asarray(length), np.asarray(crc32)
     silent = np.zeros(len(rows), bool)  # vectorised: a million silent rows take a CRC per distinct length
     for n in np.unique(length[rows]):
         zeros = crc32_rows(np.zeros((int(n), *frame_shape), dtype=dtype), checksum)
         same = length[rows] == n
         silent[same] = (crc32[rows[same]].reshape(int(same.sum()), -1) == zeros.reshape(1, -1)).all(axis=1)
-    return {key: rows[shard_of == k].tolist() for k, key in keys.items() if not silent[shard_of == k].all()}
+    return silent
 
 
 def _starts_with(path: Path, signature: bytes) -> bool:

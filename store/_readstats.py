@@ -10,7 +10,7 @@ import numpy as np
 from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
-from ._layout import to_str_list
+from ._layout import digital_silence, to_str_list
 from ._location import as_unreachable
 from ._stats import combine_statistics
 from ._types import FeatureStatistics
@@ -194,8 +194,11 @@ class _ReadStatisticsMixin:
         keep = np.fromiter((s in wanted for s in spk), dtype=bool, count=len(spk))
         rows, spk = rows[keep], spk[keep]
         try:
+            spec = self.features[feature]
             totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],
-                                      per_row["slot"][rows])
+                                      per_row["slot"][rows], silent=lambda at: digital_silence(
+                                          rows[at], length=per_row["length"], crc32=per_row["crc32"],
+                                          frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum))
         except Exception as exc:  # ValueError: zarr's crc32c check of a damaged statistics chunk
             if not isinstance(exc, ValueError) and as_unreachable(self.location, exc) is None:
                 raise

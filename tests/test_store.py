@@ -730,6 +730,44 @@ def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(
     assert store.compose_speaker_statistics(W2V.name, speakers=[], utterances=None) == {}
 
 
+def test_an_emptied_statistics_shard_raises_on_every_composition_and_finalize(tmp_path):
+    """zarr and zarrs read a statistics shard file cut to 0 bytes as zeros, checksums and all (no index
+    to check): compose_statistics returned wrong figures and finalize wrote wrong speaker tables. Now
+    statistics that read as zeros for an utterance whose frames are not all zero raise."""
+    speakers = ["a", "b", "c"]
+    built = build_store(tmp_path / "s", lengths=[4] * 150, speakers=speakers, specs=(SPEC2D,), units=1)
+    every = [u.id for u in built.utterances]
+    store = open_store(built.path)
+    stats = store._array(SPEC2D.name, "stats")
+    slot = int(store._per_row(SPEC2D.name)["slot"][70])
+    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
+    (built.path / "features" / SPEC2D.name / "stats" / key).write_bytes(b"")
+    calls = {
+        "all": lambda s: s.compose_statistics(SPEC2D.name, utterances=every),
+        "one speaker": lambda s: s.compose_statistics(SPEC2D.name, speakers=["b"], utterances=every),
+        "subset": lambda s: s.compose_statistics(SPEC2D.name, utterances=every[60:80]),
+        "per speaker": lambda s: s.compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=every[::2]),
+    }
+    for what, call in calls.items():
+        with pytest.raises(StoreError, match="stats cannot be read") as caught:
+            call(open_store(built.path))
+        assert "zeros" in str(caught.value) or "checksum" in str(caught.value), (what, caught.value)
+    with pytest.raises(StoreError, match="cannot be composed"):
+        StoreWriter(built.path).finalize()
+    assert not open_store(built.path).verify().ok
+    # Digital silence reads as zeros too, rightly: its statistics compose (and verify) as before.
+    quiet = StoreWriter(tmp_path / "q", chunk_frames={SPEC2D.name: CHUNK}, shard_frames={SPEC2D.name: SHARD})
+    utts = make_utterances(3, speakers)
+    rows = quiet.plan(utts, num_samples=[16000] * 3, features=[SPEC2D], capacities={SPEC2D.name: [4, 4, 4]})
+    for row, value in zip(rows, (0.0, 0.0, 2.0)):
+        quiet.write_utterance(row, {SPEC2D.name: np.full((4, 5), value, np.float32)}, audio_sha256="x", duration=1.0)
+    quiet.finalize()
+    quiet.close()
+    got = open_store(tmp_path / "q").compose_statistics(SPEC2D.name, utterances=[u.id for u in utts])
+    assert got.count == 12 and np.allclose(got.mean, 2 / 3)
+    assert open_store(tmp_path / "q").verify().ok
+
+
 def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_nothing(tmp_path, monkeypatch):
     """build_normaliser's speaker mode on a subset needs every speaker's statistics over the same
     utterances: the figures equal compose_statistics' per speaker (and the speaker tables'), the

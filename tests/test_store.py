@@ -779,6 +779,32 @@ def test_an_emptied_statistics_shard_raises_on_every_composition_and_finalize(tm
     assert open_store(tmp_path / "q").verify().ok
 
 
+def test_export_of_an_emptied_statistics_shard_raises_instead_of_copying_zeros(tmp_path):
+    """zarr reads a statistics shard file cut to 0 bytes as zeros (no shard index to check): export_hdf5
+    copied them as the utterances' statistics. Now it raises, naming an utterance, and writes no file."""
+    built = build_store(tmp_path / "s", lengths=[4] * 150, speakers=["a", "b"], specs=(SPEC2D,), units=1)
+    store = open_store(built.path)
+    stats = store._array(SPEC2D.name, "stats")
+    slot = int(store._per_row(SPEC2D.name)["slot"][70])
+    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
+    (built.path / "features" / SPEC2D.name / "stats" / key).write_bytes(b"")
+    with pytest.raises(StoreError, match=r"features/lld/stats reads as zeros for utterance\(s\) 'u\d+' and 63 more"):
+        export_hdf5(built.path, tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
+    # Digital silence has all-zero statistics, rightly: it exports.
+    quiet = StoreWriter(tmp_path / "q", chunk_frames={SPEC2D.name: CHUNK}, shard_frames={SPEC2D.name: SHARD})
+    utts = make_utterances(2, ["a"])
+    rows = quiet.plan(utts, num_samples=[16000] * 2, features=[SPEC2D], capacities={SPEC2D.name: [4, 4]})
+    for row, value in zip(rows, (0.0, 1.0)):
+        quiet.write_utterance(row, {SPEC2D.name: np.full((4, 5), value, np.float32)}, audio_sha256="x", duration=1.0)
+    quiet.finalize()
+    quiet.close()
+    export_hdf5(tmp_path / "q", tmp_path / "q.h5")
+    with h5py.File(tmp_path / "q.h5") as h5:
+        means = [h5[k][:] for k in ("features/lld/utt_mean", "lld/utt_mean") if k in h5]
+    assert len(means) == 1 and sorted(means[0][:, 0].tolist()) == [0.0, 1.0]
+
+
 def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_nothing(tmp_path, monkeypatch):
     """build_normaliser's speaker mode on a subset needs every speaker's statistics over the same
     utterances: the figures equal compose_statistics' per speaker (and the speaker tables'), the

@@ -274,12 +274,12 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray, slot:
             block = np.concatenate([np.asarray(stats[int(run[0]):int(run[-1]) + 1], np.float64) for run in runs])
             at = np.arange(len(rows))
         if silent is not None:  # an empty shard file reads as zeros: only digital silence has such statistics
-            zero = rows[~block[at].reshape(len(rows), -1).any(axis=1)]
+            zero = rows[~block.reshape(len(block), -1).any(axis=1)[at]]  # no copy of the block
             lost = zero[~np.asarray(silent(zero), bool)] if len(zero) else zero
             if len(lost):
                 raise ValueError(f"the statistics of slot(s) {first_few([str(int(s)) for s in slot[lost]], 3)} read as "
                                  f"zeros, but their frames are not all zero: the shard file that holds them is "
-                                 f"empty or was replaced")
+                                 f"missing or empty")
         # k-th utterance of each speaker within the block: all speakers' k-th ones in one step.
         by_speaker = np.argsort(codes, kind="stable")
         starts = np.searchsorted(codes[by_speaker], codes[by_speaker], side="left")

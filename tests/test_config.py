@@ -251,6 +251,17 @@ def test_a_number_as_an_option_key_names_what_is_expected(tmp_path: Path) -> Non
         load_pipeline(_write(tmp_path, data))
 
 
+def test_a_number_as_a_key_of_from_dict_or_overrides_names_what_is_expected() -> None:
+    """ExperimentConfig.from_dict({1: 2}) and get_recipe's overrides {1: 2} read "[1]: expected a valid string":
+    a key, not a value, is wrong, as the file's `spectrogram: {1: 2}` says."""
+    from w2v2ser.train import ExperimentConfig, get_recipe
+
+    with pytest.raises(ConfigError, match=r"^ExperimentConfig: \[1\]: expected a text key, got integer 1\.$"):
+        ExperimentConfig.from_dict({1: 2})
+    with pytest.raises(ConfigError, match=r"^recipe override: \[1\]: expected a text key, got integer 1\.$"):
+        get_recipe("paper", {1: 2})
+
+
 @pytest.mark.parametrize("given", [None, [1], "x"])
 def test_from_dict_of_something_else_than_a_mapping_is_a_config_error(given) -> None:
     """ExperimentConfig.from_dict, Recipe.from_dict, FeatureSpec.from_dict and get_recipe's overrides raised a bare

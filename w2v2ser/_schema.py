@@ -195,8 +195,8 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
         message = "Input should be a list of strings"
     elif kind == "string_pattern_mismatch":
         message = f"Input should be text matching {ctx.get('pattern')}"
-    elif kind == "invalid_key":  # pydantic's "Keys should be strings": a YAML number as a key
-        message = "Input should be a text key"
+    elif kind == "invalid_key" or error["loc"][-1:] == ("[key]",):  # "Keys should be strings" (a YAML number as a
+        message = "Input should be a text key"  # key) or a dict[str, ...]'s key: "[1]: expected a valid string"
     expected = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping", message.removeprefix("Input should be "))
     typed = _TYPE_NAMES.get(type(value), type(value).__name__) + " " if kind.endswith(("_type", "_parsing")) else ""
     got = "null" if value is None else f"{typed}{value!r}"

@@ -106,6 +106,34 @@ def build_store(path: Path, *, lengths: list[int], speakers: list[str] | None = 
     return built
 
 
+def count_store_reads(monkeypatch: pytest.MonkeyPatch, part: str) -> list[tuple[str, int]]:
+    """Record every read of a key holding ``part`` through zarr's LocalStore, and every whole-shard
+    read through zarrs (which bypasses LocalStore), as (key, bytes); ``monkeypatch.undo()`` stops it."""
+    import zarr.storage
+
+    from w2v2ser.store import _finalize, _verify
+
+    reads: list[tuple[str, int]] = []
+    get, whole = zarr.storage.LocalStore.get, _finalize.read_whole_shards
+
+    async def counting_get(self, key, *args, **kwargs):
+        buf = await get(self, key, *args, **kwargs)
+        if part in key and not key.endswith("zarr.json") and buf is not None:
+            reads.append((key, len(buf)))
+        return buf
+
+    def counting_whole(array, start, stop):
+        block = whole(array, start, stop)
+        if part in f"/{array.path}/":
+            reads.append((f"{array.path}[{start}:{stop}]", block.nbytes))
+        return block
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    for module in (_finalize, _verify):
+        monkeypatch.setattr(module, "read_whole_shards", counting_whole)
+    return reads
+
+
 def shard_file(path: Path, store, feature: str, utterance_id: str) -> Path:
     """Path of the shard file holding the first frame of an utterance."""
     off = int(store._per_row(feature)["offset"][store._row(utterance_id)])
@@ -554,32 +582,14 @@ def test_compose_statistics_over_utterances_reads_only_their_slots(tmp_path, mon
     slots are read, not every slot between its first and last (300 speakers of a 30,000-utterance
     store took 20-30 s each, per fold and seed). Slots of 4 KiB: small ones are read as whole shards,
     rightly. Reads through zarrs (whole shards) bypass LocalStore.get: they are counted too."""
-    import zarr.storage
 
-    from w2v2ser.store import _finalize
 
     wide = FeatureSpec(name="lld", dim=256, layers=None, frame_rate=100.0, dtype="float32", config={"set": "x"})
     speakers = [f"s{k:02d}" for k in range(16)]
     built = build_store(tmp_path / "s", lengths=[4] * 256, speakers=speakers, specs=(wide,), units=1)
     store = open_store(built.path)
     every = [u.id for u in built.utterances]
-    read: list[int] = []
-    get = zarr.storage.LocalStore.get
-    whole = _finalize.read_whole_shards
-
-    async def counting_get(self, key, *args, **kwargs):
-        buf = await get(self, key, *args, **kwargs)
-        if "/stats/" in key and buf is not None:
-            read.append(len(buf))
-        return buf
-
-    def counting_whole(array, start, stop):
-        block = whole(array, start, stop)
-        read.append(block.nbytes)
-        return block
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    monkeypatch.setattr(_finalize, "read_whole_shards", counting_whole)
+    read = count_store_reads(monkeypatch, "/stats/")
     got = store.compose_statistics(wide.name, speakers=["s03"], utterances=every)
     monkeypatch.undo()
     table = store.compose_statistics(wide.name, speakers=["s03"])
@@ -587,7 +597,7 @@ def test_compose_statistics_over_utterances_reads_only_their_slots(tmp_path, mon
     np.testing.assert_array_equal(got.mean, table.mean)
     slot_bytes = 2 * wide.dim * 8
     # Its 16 slots (with their checksums) and the shard indexes, not the 256 slots of the store.
-    assert sum(read) < 0.25 * 256 * slot_bytes, (sum(read), len(read))
+    assert sum(n for _, n in read) < 0.25 * 256 * slot_bytes, read
 
 
 def test_statistics_of_many_utterances_are_read_by_whole_shards_and_stay_checked(tmp_path, monkeypatch):
@@ -595,22 +605,13 @@ def test_statistics_of_many_utterances_are_read_by_whole_shards_and_stay_checked
     one inner chunk (one slot) at a time through zarr's own pipeline, about 0.3 ms each: 75,000
     eGeMAPS utterances of a 150,000-utterance store took 50 s. Whole shards read through zarrs, which
     checks each inner chunk's crc32c there; a damaged shard still raises."""
-    import zarr.storage
 
     speakers = [f"s{k:02d}" for k in range(16)]
     built = build_store(tmp_path / "s", lengths=[4] * 300, speakers=speakers, specs=(SPEC2D,), units=3)
     store = open_store(built.path)
     every = [u.id for u in built.utterances]
     half = [uid for k, uid in enumerate(every) if k % 3]  # 200 of them, of every speaker
-    reads: list[str] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        if "/stats/" in key:
-            reads.append(key)
-        return await get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    reads = count_store_reads(monkeypatch, "/stats/")
     got = store.compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=half)
     monkeypatch.undo()
     # 200 slots in 6 shards: at most a shard index and a shard per shard, not a read per slot.
@@ -638,18 +639,9 @@ def test_verify_reads_the_statistics_of_a_window_together_and_still_names_damage
     """verify read each utterance's statistics alone through zarr's pipeline: about a third of its
     time on a store of small features (30,000 eGeMAPS utterances: 49 s, then 20 s). A window's slots are
     read together as whole shards; a damaged slot is still named as its own utterance's problem."""
-    import zarr.storage
 
     built = build_store(tmp_path / "s", lengths=[4] * 300, speakers=["A", "B", "C"], specs=(SPEC2D,), units=3)
-    reads: list[str] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        if "/stats/c/" in key:
-            reads.append(key)
-        return await get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    reads = count_store_reads(monkeypatch, "/stats/")
     assert open_store(built.path).verify().ok
     monkeypatch.undo()
     assert len(reads) <= 2 * 6, (len(reads), reads[:5])  # 6 shards, not a read per utterance (300)
@@ -673,22 +665,13 @@ def test_small_statistics_of_a_sparse_subset_are_read_by_whole_shards(tmp_path, 
     their slots alone through zarr's pipeline: 50,000 eGeMAPS utterances of 1,000 speakers took 10 s.
     Slots that small are read as the whole shards that hold them (checked by zarrs); the figures
     are those of the speaker tables."""
-    import zarr.storage
 
     speakers = [f"s{k:02d}" for k in range(15)]
     built = build_store(tmp_path / "s", lengths=[4] * 384, speakers=speakers, specs=(SPEC2D,), units=3)
     store = open_store(built.path)
     kept = speakers[:5]
     subset = [u.id for u in built.utterances if u.speaker in kept]
-    reads: list[str] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        if "/stats/c/" in key:
-            reads.append(key)
-        return await get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    reads = count_store_reads(monkeypatch, "/stats/")
     got = store.compose_speaker_statistics(SPEC2D.name, speakers=kept, utterances=subset)
     monkeypatch.undo()
     assert len(reads) <= 2 * 6, (len(reads), reads[:5])  # 6 shards: not a read per slot (128)
@@ -704,7 +687,6 @@ def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(
     the speaker names, counts and shapes again (about 17 ms): 3,000 speakers took 51 s per run; and
     the global statistics read each speaker's table rows alone (3 s). The speaker tables are now read
     a chunk of speakers at a time; the figures are compose_statistics' per speaker, to the bit."""
-    import zarr.storage
 
     from w2v2ser.train import build_normaliser
 
@@ -712,15 +694,7 @@ def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(
     built = build_store(tmp_path / "s", lengths=[3 + k % 4 for k in range(300)], speakers=speakers,
                         specs=(W2V,), units=3)
     store = open_store(built.path)
-    reads: list[str] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        if "/speaker_" in key and not key.endswith("zarr.json"):
-            reads.append(key)
-        return await get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    reads = count_store_reads(monkeypatch, "/speaker_")
     norm = build_normaliser(store, "w2v:1-2", "speaker", train_speakers=[], speakers=speakers)
     # speaker_name and speaker_count once, speaker_mean and speaker_m2 once per chunk of 64 speakers.
     assert len(reads) <= 2 + 2 * 2, (len(reads), sorted(set(reads)))
@@ -814,7 +788,6 @@ def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_n
     import gc
     import tracemalloc
 
-    import zarr.storage
 
     from w2v2ser.train import build_normaliser
 
@@ -824,16 +797,7 @@ def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_n
     store = open_store(built.path)
     every = [u.id for u in built.utterances]
     store.compose_statistics("big", speakers=["s000"], layers=[3], utterances=every[:1])  # the reader's own caches
-    read: list[int] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        buf = await get(self, key, *args, **kwargs)
-        if "/stats/" in key and buf is not None:
-            read.append(len(buf))
-        return buf
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    read = count_store_reads(monkeypatch, "/stats/")
     gc.collect()
     tracemalloc.start()
     try:
@@ -847,7 +811,7 @@ def test_speaker_normalisation_of_a_subset_reads_the_statistics_once_and_keeps_n
     # The normaliser's own tables: 128 speakers x 2 x 64 float64 = 131 KB; every layer of every
     # speaker would be 25 times that.
     assert held < 1_000_000, held
-    assert sum(read) < 2 * 256 * 2 * 25 * 64 * 8, (sum(read), len(read))
+    assert sum(n for _, n in read) < 2 * 256 * 2 * 25 * 64 * 8, read
     for spk in speakers:
         one = store.compose_statistics("big", speakers=[spk], layers=[3], utterances=every)
         np.testing.assert_array_equal(norm.speaker_mean[spk], one.mean.reshape(64))
@@ -1680,19 +1644,10 @@ def test_export_reads_statistics_and_frames_in_blocks_not_per_utterance(tmp_path
     """export_hdf5 read each utterance's statistics (and frames) with a call of its own: 3-4 ms per
     utterance, minutes for a store of 30,000 short ones. Now blocks of rows; the file is the same."""
     import h5py
-    import zarr.storage
 
     built = build_store(tmp_path / "s", lengths=[3, 0, 9, 4] * 64, speakers=[f"s{k}" for k in range(8)],
                         specs=(SPEC2D, W2V), units=4)
-    gets: list[str] = []
-    get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, *args, **kwargs):
-        if "/stats/" in key:
-            gets.append(key)
-        return await get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    gets = count_store_reads(monkeypatch, "/stats/")
     out = export_hdf5(built.path, tmp_path / "out.h5")
     monkeypatch.undo()
     assert len(gets) < 64, len(gets)  # 256 utterances x 2 features

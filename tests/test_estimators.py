@@ -685,29 +685,35 @@ def test_predicting_an_utterance_without_frames_warns_and_names_it():
         head.predict_proba(x[:3])
 
 
-def test_predicting_feature_batches_with_an_utterance_without_frames_warns_and_names_it(tmp_path):
-    """The FeatureBatches side of the warning above: the utterance is named by its id, from the store's
-    frame counts."""
+def _batches_with_frameless(tmp_path, lengths: list[int]):
+    """A store of egemaps-like utterances u0.. of the given frame counts (0: no frames), and a function
+    of Items -> FeatureBatches over it (3 classes), for the frameless-utterance warnings."""
     from stage2_fixtures import feature_specs
     from w2v2ser.store import StoreWriter, Utterance, open_store
     from w2v2ser.train import FeatureBatches, Item, Normaliser, Source, resolve_selection
 
+    n = len(lengths)
     spec = feature_specs(egemaps_dim=5, features=("egemaps",))[0]
     rows = [Utterance(id=f"u{i}", path=f"/audio/{i}.wav", speaker=f"s{i % 2}", label="x", corpus="csv")
-            for i in range(13)]
-    lengths = [0 if i == 12 else 8 + i for i in range(13)]
+            for i in range(n)]
     writer = StoreWriter(tmp_path / "s.zarr")
-    index = writer.plan(rows, num_samples=[16000] * 13, features=[spec], capacities={spec.name: lengths})
+    index = writer.plan(rows, num_samples=[16000] * n, features=[spec], capacities={spec.name: lengths})
     rng = np.random.default_rng(0)
-    for i, (row, n) in enumerate(zip(index, lengths)):
-        writer.write_utterance(row, {spec.name: rng.normal(size=(n, 5)).astype(np.float32)}, audio_sha256=f"{i:064x}",
-                               duration=1.0)
+    for i, (row, frames) in enumerate(zip(index, lengths)):
+        writer.write_utterance(row, {spec.name: rng.normal(size=(frames, 5)).astype(np.float32)},
+                               audio_sha256=f"{i:064x}", duration=1.0)
     writer.finalize()
     store = open_store(tmp_path / "s.zarr")
     source = [Source("main", store, resolve_selection("egemaps", specs=store, alias="main"), Normaliser("none"))]
-    items = [Item(f"u{i}", f"s{i % 2}", i % 3, 1.0) for i in range(13)]
-    batches = lambda chosen: FeatureBatches(chosen, source, classes=["angry", "happy", "sad"], batch_size=4,
-                                           max_frames=None)  # noqa: E731
+    items = [Item(f"u{i}", f"s{i % 2}", i % 3, 1.0) for i in range(n)]
+    return items, lambda chosen: FeatureBatches(chosen, source, classes=["angry", "happy", "sad"], batch_size=4,
+                                                max_frames=None)
+
+
+def test_predicting_feature_batches_with_an_utterance_without_frames_warns_and_names_it(tmp_path):
+    """The FeatureBatches side of the warning above: the utterance is named by its id, from the store's
+    frame counts."""
+    items, batches = _batches_with_frameless(tmp_path, [0 if i == 12 else 8 + i for i in range(13)])
     head = DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches(items[:12]))
     with pytest.warns(UserWarning, match=r"DenseHead\.predict: 1 utterance\(s\) have no frames \('u12'\)"):
         assert head.predict_proba(batches(items[10:])).shape == (3, 3)
@@ -736,26 +742,7 @@ def test_fitting_on_utterances_without_frames_warns_once_and_names_them():
 def test_fitting_feature_batches_with_an_utterance_without_frames_warns_naming_its_id(tmp_path):
     """The FeatureBatches side of fit's warning: training and validation utterances named by id, and the
     warning points at the caller's line."""
-    from stage2_fixtures import feature_specs
-    from w2v2ser.store import StoreWriter, Utterance, open_store
-    from w2v2ser.train import FeatureBatches, Item, Normaliser, Source, resolve_selection
-
-    spec = feature_specs(egemaps_dim=5, features=("egemaps",))[0]
-    rows = [Utterance(id=f"u{i}", path=f"/audio/{i}.wav", speaker=f"s{i % 2}", label="x", corpus="csv")
-            for i in range(16)]
-    lengths = [0 if i in (3, 14) else 8 + i for i in range(16)]
-    writer = StoreWriter(tmp_path / "s.zarr")
-    index = writer.plan(rows, num_samples=[16000] * 16, features=[spec], capacities={spec.name: lengths})
-    rng = np.random.default_rng(0)
-    for i, (row, n) in enumerate(zip(index, lengths)):
-        writer.write_utterance(row, {spec.name: rng.normal(size=(n, 5)).astype(np.float32)}, audio_sha256=f"{i:064x}",
-                               duration=1.0)
-    writer.finalize()
-    store = open_store(tmp_path / "s.zarr")
-    source = [Source("main", store, resolve_selection("egemaps", specs=store, alias="main"), Normaliser("none"))]
-    items = [Item(f"u{i}", f"s{i % 2}", i % 3, 1.0) for i in range(16)]
-    batches = lambda chosen: FeatureBatches(chosen, source, classes=["angry", "happy", "sad"], batch_size=4,
-                                           max_frames=None)  # noqa: E731
+    items, batches = _batches_with_frameless(tmp_path, [0 if i in (3, 14) else 8 + i for i in range(16)])
     with pytest.warns(UserWarning, match=r"DenseHead\.fit: utterances without frames: 1 of x \('u3'\); 1 of "
                                          r"validation_data \('u14'\)\.") as caught:
         DenseHead(units=4, recipe=QUICK, seed=0, run_eagerly=True).fit(batches(items[:12]),

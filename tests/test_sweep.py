@@ -558,3 +558,31 @@ def test_describe_sweep_names_the_layers_tied_for_best() -> None:
     # Equal UARs reached through different sums differ in the last digit (review L5).
     summary["per_layer"][0]["uar_mean"], summary["per_layer"][3]["uar_mean"] = 0.1 + 0.2, 0.3
     assert describe_sweep(summary).startswith("best layer 0 (tied with layer 3) UAR 30.0")
+
+
+def test_a_sweep_warns_once_per_run_of_utterances_without_frames(tmp_path: Path) -> None:
+    """Found by a follow-up: a head's fit (so each `train` run) warned of utterances without frames, but
+    the sweep, which trains without fit, trained on them without a word."""
+    import warnings
+
+    utterances = ravdess_utterances(per_actor=4)
+    # durations depend only on the table's length: with these, rows 21 and 52 get 0 wav2vec2 frames
+    store = build_store(tmp_path / "short.zarr", utterances=utterances, layers=3, dim=4, features=("wav2vec2",),
+                        min_seconds=0.0)
+    empty = {utterances[21].id: utterances[21].speaker, utterances[52].id: utterances[52].speaker}
+    config = ExperimentConfig(stores=str(store), features="wav2vec2:all", seeds=1, recipe_overrides={"max_epochs": 1})
+    expected = []
+    for spec in plan_runs(config):
+        parts = spec.split()
+        where = [f"{len(ids)} of its {part} part ({', '.join(repr(i) for i in ids)})"
+                 for part, ids in (("training", [i for i, s in empty.items() if s in parts["train"]]),
+                                   ("validation", [i for i, s in empty.items() if s in parts["validation"]])) if ids]
+        if where:
+            expected.append(f"layer sweep run {spec.name}: utterances without frames: {'; '.join(where)}. The head "
+                            f"sees each as no input (the same for each), so it learns their labels for no input, not "
+                            f"from speech. Leave them out, or give audio long enough for one frame")
+    assert expected  # the empty rows train in some run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweep_experiment(config, out=tmp_path / "sweep", progress=False)
+    assert [str(w.message) for w in caught if "without frames" in str(w.message)] == expected

@@ -448,11 +448,8 @@ class _BaseHead(ClassifierMixin, BaseEstimator):
         if val is not None and hasattr(validation_data, "as_tf_dataset"):
             val_empty = _empty_utterances(val)
         if empty or val_empty:  # each trained as the head's output for no input, toward its label, without a word
-            where = [f"{len(e)} {what} ({first_few(e)})"
-                     for e, what in ((empty, "of x"), (val_empty, "of validation_data")) if e]
-            warnings.warn(f"{type(self).__name__}.fit: utterances without frames: {'; '.join(where)}. The head sees "
-                          f"each as no input (the same for each), so it learns their labels for no input, not from "
-                          f"speech. Leave them out, or give audio long enough for one frame", UserWarning, stacklevel=4)
+            warnings.warn(_frameless_fit_message(f"{type(self).__name__}.fit", (empty, "of x"),
+                                                 (val_empty, "of validation_data")), UserWarning, stacklevel=4)
         folded = tuple(getattr(train, "folded", ()))
         if val is not None and tuple(getattr(val, "folded", ())) != folded:
             raise ConfigError(f"the training batches feed branches {list(folded)} with their statistics (streamed, "
@@ -563,6 +560,15 @@ def _empty_utterances(data: Any) -> list[str]:
     return [repr(item.id) for item in data.items
             if any(data._cropped_length(src, int(src.store.num_frames(item.id, src.selection.feature)))[0] == 0
                    for src in data.sources)]
+
+
+def _frameless_fit_message(who: str, *found: tuple[list[str], str]) -> str:
+    """fit's warning of utterances without frames: ``found`` is (their names, of what) per part (the layer
+    sweep, which trains without fit, says the same)."""
+    where = [f"{len(e)} {what} ({first_few(e)})" for e, what in found if e]
+    return (f"{who}: utterances without frames: {'; '.join(where)}. The head sees each as no input (the same for "
+            f"each), so it learns their labels for no input, not from speech. Leave them out, or give audio long "
+            f"enough for one frame")
 
 
 def _frameless_positions(x: Any) -> list[str]:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -220,6 +221,12 @@ def _sweep_run(config: ExperimentConfig, configs: dict[str, ExperimentConfig], r
     train = FeatureBatches(parts["train"], shuffle=True, seed=run_spec.seed, **common)
     val = FeatureBatches(parts["validation"], **common)
     test = FeatureBatches(parts["test"], **common)
+    from ._heads import _empty_utterances, _frameless_fit_message  # Keras loads only when a run trains
+
+    empty, val_empty = _empty_utterances(train), _empty_utterances(val)
+    if empty or val_empty:  # trained without a head's fit, which warns of them: the same warning, once per run
+        warnings.warn(_frameless_fit_message(f"layer sweep run {run_spec.name}", (empty, "of its training part"),
+                                             (val_empty, "of its validation part")), UserWarning, stacklevel=2)
     bar: Any = progress_bar(desc=progress, unit="epoch", total=recipe.max_epochs, leave=False) if progress else None
 
     def epoch_end(epoch: int, heads: Any, active: np.ndarray) -> None:

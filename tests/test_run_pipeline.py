@@ -358,6 +358,40 @@ def test_run_says_that_finished_runs_are_kept_when_the_store_becomes_unreachable
     assert "rerun the same `w2v2ser run` command once the store is reachable to train the rest" in err
 
 
+def test_a_run_failing_on_a_path_it_may_not_write_says_which_file_and_what_to_do(tmp_path: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    """Found by a follow-up: a training run that failed with a PermissionError writing its run folder
+    was reported as the raw `PermissionError: [Errno 13] ...`, while the same error at planning says
+    which file, what is wrong and the fix. Only that run fails, as before."""
+    import errno
+
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.train import _experiment
+
+    make_tiny_corpus(tmp_path / "data")
+    pipeline = write_tiny_pipeline(tmp_path, model=tmp_path / "no-model", features=("classic/spectrogram",),
+                                   extra={"extraction.stores": {"classic": {"corpora": ["ravdess"], "features": {
+                                       "spectrogram": {"window_ms": 25.0, "hop_ms": 20.0, "n_fft": 512}}}},
+                                       "experiments.t.seeds": 2})
+    calls = []
+
+    def second_run_may_not_write(config, spec, out, data, **kwargs):
+        calls.append(spec.name)
+        if spec.seed == 1:
+            raise PermissionError(errno.EACCES, "Permission denied", str(out / "runs" / spec.name / "model.keras"))
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(tmp_path))
+
+    monkeypatch.setattr(_experiment, "_train_run", second_run_may_not_write)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage=None) == 1
+    err = capsys.readouterr().err
+    assert calls == ["split__seed0", "split__seed1"], err  # the other run trained
+    assert "[Errno 13]" not in err and "PermissionError" not in err, err
+    assert "1 run(s) FAILED" in err and ("split__seed1/model.keras: Permission denied. Use a path this user may read "
+                                         "and write") in err, err
+
+
 def test_run_counts_an_experiment_whose_results_lack_planned_runs_as_failed(tmp_path: Path, monkeypatch,
                                                                             capsys) -> None:
     """`train` exits 1 when results.json lacks planned runs (its store changed between runs, and the

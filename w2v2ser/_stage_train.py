@@ -11,7 +11,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import DiskFullError, W2v2serError, check_stop, describe_error, naming_full_disk, progress_bar
+from ._common import (DiskFullError, W2v2serError, check_stop, describe_error, describe_path_error, naming_full_disk,
+                      progress_bar)
 from ._process import task_error
 from ._text import failures_by_error
 from ._cluster import ClusterHandle
@@ -32,6 +33,13 @@ def _error_text(error: BaseException) -> str:
     the way of a folder) says which file and what to do, as on the command line."""
     described = describe_error(error)
     return described[0] if described else f"{type(error).__name__}: {error}"
+
+
+def _run_error_text(error: BaseException, said: str) -> str:
+    """The reason of one failed run: a path error (no permission, a file in the way of its folder) says
+    which file and what to do, as at planning; any other error is ``said``."""
+    described = describe_path_error(error) if isinstance(error, OSError) else None
+    return described[0] if described else said
 
 
 def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str, bool] | None:
@@ -334,7 +342,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                             yield experiment, error
                             bar.update(len(pending) - index)
                             break
-                        yield experiment, (run.name, f"{type(error).__name__}: {error}")
+                        yield experiment, (run.name, _run_error_text(error, f"{type(error).__name__}: {error}"))
                     else:
                         trained[experiment.name] = trained.get(experiment.name, 0) + 1
                     bar.update(1)
@@ -365,7 +373,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                     handle.client.cancel([f for f, (e, _) in owner.items() if e is experiment and not f.done()])
                     yield experiment, error
                     continue
-                yield experiment, (run.name, task_error(error, fix=handle.lost_worker_fix))
+                yield experiment, (run.name, _run_error_text(error, task_error(error, fix=handle.lost_worker_fix)))
             else:  # a run in flight when its experiment stopped is finished: it is kept
                 trained[experiment.name] = trained.get(experiment.name, 0) + 1
     finally:

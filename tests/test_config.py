@@ -327,6 +327,33 @@ def test_from_dict_takes_any_mapping() -> None:
     assert Recipe.from_dict(MappingProxyType({"max_epochs": 3})) == Recipe(max_epochs=3)
 
 
+def test_a_path_in_a_folder_that_cannot_be_read_says_so_not_that_it_is_missing(tmp_path: Path, monkeypatch) -> None:
+    """Found by a follow-up: a corpus path inside a folder this user may not look into (permission
+    denied) was reported as a path that does not exist. The tests run as root, which may read any
+    folder: the denial is simulated."""
+    import errno
+    import os
+
+    corpus = tmp_path / "locked" / "ravdess"
+    corpus.mkdir(parents=True)
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "locked") + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    data = _base()
+    data["corpora"]["ravdess"]["path"] = str(corpus)
+    pipeline = _write(tmp_path, data)
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(ConfigError, match=rf"^corpora\.ravdess\.path: .* resolves to {re.escape(str(corpus))}, which "
+                                          rf"cannot be read \({re.escape(str(corpus))}: Permission denied\)\. Let this "
+                                          rf"user read it and the folders above it") as caught:
+        load_pipeline(pipeline)
+    assert "does not exist" not in str(caught.value)
+
+
 def test_layer_count_of_a_model_whose_config_json_is_not_a_mapping(tmp_path: Path) -> None:
     """A local model whose config.json holds a JSON list crashed load_pipeline with an AttributeError
     ('list' object has no attribute 'get'); its layer count is unknown, as for an unreadable file, so the

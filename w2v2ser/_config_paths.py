@@ -4,6 +4,7 @@ of an upstream model (its config.json, the Hugging Face cache, or a table of wel
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -48,10 +49,18 @@ def _resolve_path(value: Any, base: Path, where: str, *, must_exist: bool, writt
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
     path = Path(os.path.normpath(base / path))  # an absolute path replaces base
-    if must_exist and not os.path.exists(path):  # False too for a name longer than the system allows
+    if not must_exist:
+        return path
+    try:
+        os.stat(path)  # not os.path.exists: it says False for a folder this user may not look into too
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            raise ConfigError(f"{where}: {value!r} resolves to {path}, which cannot be read ({exc.filename or path}: "
+                              f"{exc.strerror or exc}). Let this user read it and the folders above it (fix their "
+                              f"permissions), or give another path.") from None
         raise ConfigError(f"{where}: {value!r} resolves to {path}, which does not exist. Fix the path "
                           f"(relative paths start at {base}) or set it to null to skip what needs it."
-                          f"{_windows_path_hint(str(value), base)}")
+                          f"{_windows_path_hint(str(value), base)}") from None
     return path
 
 

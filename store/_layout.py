@@ -417,13 +417,18 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
 def digital_silence(rows: np.ndarray, *, length: np.ndarray, crc32: np.ndarray, frame_shape: tuple[int, ...],
                     dtype: Any, checksum: str) -> np.ndarray:
     """Whether each of ``rows`` (with frames) holds only all-zero frames, as its CRCs show: the only
-    utterances whose statistics are all zeros, as a missing or empty statistics shard reads."""
+    utterances whose statistics are all zeros, as a missing or empty statistics shard reads. A layer
+    (a CRC) of -0.0 is zeros too: its statistics are zeros, but its bytes, so its CRC, differ."""
     rows, length, crc32 = np.asarray(rows, np.int64), np.asarray(length), np.asarray(crc32)
     silent = np.zeros(len(rows), bool)  # vectorised: a million silent rows take a CRC per distinct length
+    signs = (0.0, -0.0) if np.issubdtype(np.dtype(dtype), np.floating) else (0,)
     for n in np.unique(length[rows]):
-        zeros = crc32_rows(np.zeros((int(n), *frame_shape), dtype=dtype), checksum)
         same = length[rows] == n
-        silent[same] = (crc32[rows[same]].reshape(int(same.sum()), -1) == zeros.reshape(1, -1)).all(axis=1)
+        got = crc32[rows[same]].reshape(int(same.sum()), -1)
+        zero = np.zeros(got.shape, bool)
+        for value in signs:
+            zero |= got == crc32_rows(np.full((int(n), *frame_shape), value, dtype=dtype), checksum).reshape(1, -1)
+        silent[same] = zero.all(axis=1)
     return silent
 
 

@@ -753,6 +753,27 @@ def test_an_emptied_statistics_shard_raises_on_every_composition_and_finalize(tm
     assert open_store(tmp_path / "q").verify().ok
 
 
+def test_frames_of_negative_zeros_are_digital_silence_too(tmp_path):
+    """Found by a follow-up: an utterance whose frames are all -0.0 has all-zero statistics, as digital
+    silence has, but the zero-shard check compared its CRCs with those of +0.0 zeros only (other bytes),
+    so finalize called its statistics shard missing and refused the store. Per layer, too."""
+    for spec, frames in ((SPEC2D, [np.full((4, 5), -0.0, np.float32), np.full((4, 5), 2.0, np.float32)]),
+                         (W2V, [np.stack([np.full((4, 6), v, np.float16) for v in (-0.0, 0.0, -0.0, 0.0)], axis=1),
+                                np.full((4, 4, 6), 2.0, np.float16)])):
+        path = tmp_path / spec.name
+        writer = StoreWriter(path, chunk_frames={spec.name: CHUNK}, shard_frames={spec.name: SHARD})
+        utts = make_utterances(2, ["a"])
+        rows = writer.plan(utts, num_samples=[16000] * 2, features=[spec], capacities={spec.name: [4, 4]})
+        for row, x in zip(rows, frames):
+            writer.write_utterance(row, {spec.name: x}, audio_sha256="x", duration=1.0)
+        writer.finalize()
+        writer.close()
+        store = open_store(path)
+        got = store.compose_statistics(spec.name, utterances=[u.id for u in utts])
+        assert got.count == 8 and np.allclose(got.mean, 1.0), spec.name
+        assert store.verify().ok, spec.name
+
+
 def test_export_of_an_emptied_statistics_shard_raises_instead_of_copying_zeros(tmp_path):
     """zarr reads a statistics shard file cut to 0 bytes as zeros (no shard index to check): export_hdf5
     copied them as the utterances' statistics. Now it raises, naming an utterance, and writes no file."""

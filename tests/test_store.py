@@ -11,6 +11,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -132,6 +133,18 @@ def count_store_reads(monkeypatch: pytest.MonkeyPatch, part: str) -> list[tuple[
     for module in (_finalize, _verify):
         monkeypatch.setattr(module, "read_whole_shards", counting_whole)
     return reads
+
+
+def flip_statistics_byte(path: Path, store: Any, *, row: int) -> None:
+    """Flip one bit inside the stored statistics of the utterance in ``row`` (feature SPEC2D), in its shard file."""
+    stats = store._array(SPEC2D.name, "stats")
+    slot = int(store._per_row(SPEC2D.name)["slot"][row])
+    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
+    file = path / "features" / SPEC2D.name / "stats" / key
+    raw = bytearray(file.read_bytes())
+    at = bytes(raw).find(np.asarray(stats[slot, 0]).tobytes()[:8])
+    raw[at + 5] ^= 0x10
+    file.write_bytes(bytes(raw))
 
 
 def shard_file(path: Path, store, feature: str, utterance_id: str) -> Path:
@@ -605,7 +618,6 @@ def test_statistics_of_many_utterances_are_read_by_whole_shards_and_stay_checked
     one inner chunk (one slot) at a time through zarr's own pipeline, about 0.3 ms each: 75,000
     eGeMAPS utterances of a 150,000-utterance store took 50 s. Whole shards read through zarrs, which
     checks each inner chunk's crc32c there; a damaged shard still raises."""
-
     speakers = [f"s{k:02d}" for k in range(16)]
     built = build_store(tmp_path / "s", lengths=[4] * 300, speakers=speakers, specs=(SPEC2D,), units=3)
     store = open_store(built.path)
@@ -623,14 +635,7 @@ def test_statistics_of_many_utterances_are_read_by_whole_shards_and_stay_checked
         np.testing.assert_allclose(got[spk].mean, frames.mean(axis=0), rtol=1e-12)
         np.testing.assert_allclose(got[spk].variance, frames.var(axis=0), rtol=1e-9)
     # A flipped byte in a statistics shard: the composition raises, it never reads the damage silently.
-    stats = store._array(SPEC2D.name, "stats")
-    slot = int(store._per_row(SPEC2D.name)["slot"][10])
-    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
-    file = built.path / "features" / SPEC2D.name / "stats" / key
-    raw = bytearray(file.read_bytes())
-    at = bytes(raw).find(np.asarray(stats[slot, 0]).tobytes()[:8])
-    raw[at + 5] ^= 0x10
-    file.write_bytes(bytes(raw))
+    flip_statistics_byte(built.path, store, row=10)
     with pytest.raises(StoreError, match="stats cannot be read"):
         open_store(built.path).compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=half)
 
@@ -639,22 +644,14 @@ def test_verify_reads_the_statistics_of_a_window_together_and_still_names_damage
     """verify read each utterance's statistics alone through zarr's pipeline: about a third of its
     time on a store of small features (30,000 eGeMAPS utterances: 49 s, then 20 s). A window's slots are
     read together as whole shards; a damaged slot is still named as its own utterance's problem."""
-
     built = build_store(tmp_path / "s", lengths=[4] * 300, speakers=["A", "B", "C"], specs=(SPEC2D,), units=3)
     reads = count_store_reads(monkeypatch, "/stats/")
     assert open_store(built.path).verify().ok
     monkeypatch.undo()
     assert len(reads) <= 2 * 6, (len(reads), reads[:5])  # 6 shards, not a read per utterance (300)
     store = open_store(built.path)
-    stats = store._array(SPEC2D.name, "stats")
     victim = built.utterances[77]
-    slot = int(store._per_row(SPEC2D.name)["slot"][store._row(victim.id)])
-    key = stats.metadata.encode_chunk_key((slot // stats.shards[0],) + (0,) * (stats.ndim - 1))
-    file = built.path / "features" / SPEC2D.name / "stats" / key
-    raw = bytearray(file.read_bytes())
-    at = bytes(raw).find(np.asarray(stats[slot, 0]).tobytes()[:8])
-    raw[at + 5] ^= 0x10
-    file.write_bytes(bytes(raw))
+    flip_statistics_byte(built.path, store, row=store._row(victim.id))
     report = open_store(built.path).verify()
     assert {(uid, feature) for uid, feature, _ in report.problems} == {(victim.id, SPEC2D.name)}, report.problems
     assert "statistics" in report.problems[0][2]
@@ -665,7 +662,6 @@ def test_small_statistics_of_a_sparse_subset_are_read_by_whole_shards(tmp_path, 
     their slots alone through zarr's pipeline: 50,000 eGeMAPS utterances of 1,000 speakers took 10 s.
     Slots that small are read as the whole shards that hold them (checked by zarrs); the figures
     are those of the speaker tables."""
-
     speakers = [f"s{k:02d}" for k in range(15)]
     built = build_store(tmp_path / "s", lengths=[4] * 384, speakers=speakers, specs=(SPEC2D,), units=3)
     store = open_store(built.path)
@@ -687,7 +683,6 @@ def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(
     the speaker names, counts and shapes again (about 17 ms): 3,000 speakers took 51 s per run; and
     the global statistics read each speaker's table rows alone (3 s). The speaker tables are now read
     a chunk of speakers at a time; the figures are compose_statistics' per speaker, to the bit."""
-
     from w2v2ser.train import build_normaliser
 
     speakers = [f"s{k:03d}" for k in range(100)]

@@ -64,15 +64,20 @@ GPU_IMAGE = ("torch", "transformers", "tensorstore", "numpy", "h5py", "pyarrow",
              "packaging", "python-dateutil", "six", "typing-extensions")
 
 
-def _names_in(text: str, start: str) -> set[str]:
-    """Distribution names after `start` up to the command's end (a shell line without a trailing backslash)."""
+def _words_after(text: str, start: str) -> list[str]:
+    """The words after `start` up to the command's end (a shell line without a trailing backslash)."""
     lines = text[text.index(start) + len(start):].splitlines()
     words: list[str] = []
     for line in lines:
         words += line.replace("\\", " ").split()
         if not line.rstrip().endswith("\\"):
             break
-    return {_canonical(w.split("==")[0]) for w in words if not w.startswith("-")}
+    return words
+
+
+def _names_in(text: str, start: str) -> set[str]:
+    """Distribution names after `start` up to the command's end (a shell line without a trailing backslash)."""
+    return {_canonical(w.split("==")[0]) for w in _words_after(text, start) if not w.startswith("-")}
 
 
 def _canonical(name: str) -> str:
@@ -123,13 +128,7 @@ def test_gpu_wheels_empties_its_folder_and_pins_every_wheel() -> None:
     # version of the same package (an unpinned name moved on) stops the whole install on the device.
     # Pinned, not compared with this venv: setup.cfg takes ranges, so a fresh CI venv may hold newer versions.
     script = (BENCHMARKS / "gpu_wheels.sh").read_text()
-    start = "-d build/gpu_wheels"
-    lines = script[script.index(start) + len(start):].splitlines()
-    words: list[str] = []
-    for line in lines:
-        words += line.replace("\\", " ").split()
-        if not line.rstrip().endswith("\\"):
-            break
+    words = _words_after(script, "-d build/gpu_wheels")
     pins = dict(w.split("==", 1) if "==" in w else (w, None) for w in words if not w.startswith("-"))
     unpinned = sorted(name for name, pin in pins.items() if not pin)
     assert not unpinned, f"gpu_wheels.sh downloads these without a version (NAME==VERSION): {unpinned}"

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -22,6 +22,24 @@ FAST = {"max_epochs": 1}
 
 def _full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as keras, PIL and zarr raise it: no file name
+
+
+def _denied(path: Path) -> None:
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))  # as root, chmod refuses nothing
+
+
+def _fail_writes(patch: pytest.MonkeyPatch, module: Any, failing: Callable[[Path], bool],
+                 fail: Callable[[Path], None]) -> None:
+    """Patch ``module._write_json`` so that a write to a path that ``failing`` accepts calls ``fail(path)``
+    (which raises, as the OS would); other writes go through."""
+    write = module._write_json
+
+    def patched(path, *args, **kwargs):
+        if failing(Path(path)):
+            fail(Path(path))
+        return write(path, *args, **kwargs)
+
+    patch.setattr(module, "_write_json", patched)
 
 
 def _says_full(error: BaseException, folder: Path) -> None:
@@ -112,14 +130,7 @@ def test_sweep_experiment_on_a_full_disk_at_its_recorded_seeds_names_its_folder(
     out = tmp_path / "sweep"
     sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", seeds=2, recipe_overrides=FAST),
                      out=out, progress=False)
-    write = _experiment._write_json
-
-    def full_at_experiment_json(path, *args, **kwargs):
-        if Path(path).name == "experiment.json":
-            _full()
-        return write(path, *args, **kwargs)
-
-    monkeypatch.setattr(_experiment, "_write_json", full_at_experiment_json)
+    _fail_writes(monkeypatch, _experiment, lambda path: path.name == "experiment.json", _full)
     with pytest.raises(OSError) as raised:
         sweep_experiment(ExperimentConfig(stores=str(store), features="wav2vec2", seeds=1, recipe_overrides=FAST),
                          out=out, progress=False)
@@ -171,6 +182,14 @@ def _spectrogram_pipeline(tmp_path: Path, monkeypatch, *, seeds: int, extra: dic
     return pipeline, config, experiment
 
 
+
+def _two_experiments_pipeline(tmp_path: Path, monkeypatch) -> tuple[Path, Any, Any]:
+    """:func:`_spectrogram_pipeline` with one seed and a second experiment `u` (a grid of one spectrogram
+    run), which must train when the first fails."""
+    second = {"corpus": "ravdess", "grid": {"features": ["classic/spectrogram"]}, "head": "dense", "norm": "speaker",
+              "seeds": 1, "units": 8, "recipe_overrides": FAST, "run_eagerly": True}
+    return _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1, extra={"experiments.u": second})
+
 @needs_ravdess
 def test_run_pipeline_on_a_full_disk_names_the_experiment_and_report_folders(tmp_path: Path, monkeypatch,
                                                                               capsys) -> None:
@@ -206,15 +225,8 @@ def test_run_pipeline_on_a_full_disk_at_experiment_json_fails_that_experiment_na
     from w2v2ser._run import run_pipeline
 
     pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1)
-    write = stage_train._write_json
-
-    def full_at_experiment_json(path, data):
-        if Path(path).name == "experiment.json":
-            _full()
-        return write(path, data)
-
     with monkeypatch.context() as patch:
-        patch.setattr(stage_train, "_write_json", full_at_experiment_json)
+        _fail_writes(patch, stage_train, lambda path: path.name == "experiment.json", _full)
         assert run_pipeline(pipeline, stage="train") == 1
     err = capsys.readouterr().err
     assert (f"train {experiment.name}: FAILED before training: {experiment.run_dir}: No space left on device. "
@@ -233,21 +245,11 @@ def test_run_pipeline_fails_only_the_experiment_whose_folder_cannot_be_written(t
     import w2v2ser._stage_train as stage_train
     from w2v2ser._run import run_pipeline
 
-    second = {"corpus": "ravdess", "grid": {"features": ["classic/spectrogram"]}, "head": "dense", "norm": "speaker",
-              "seeds": 1, "units": 8, "recipe_overrides": FAST, "run_eagerly": True}
-    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1,
-                                                         extra={"experiments.u": second})
+    pipeline, config, experiment = _two_experiments_pipeline(tmp_path, monkeypatch)
     other = config.experiments[1]
     blocked_file = experiment.run_dir / "experiment.json"
     if blocked == "no permission":  # as root, chmod refuses nothing: the write is refused as the OS would
-        write = stage_train._write_json
-
-        def denied(path, data):
-            if Path(path) == blocked_file:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return write(path, data)
-
-        monkeypatch.setattr(stage_train, "_write_json", denied)
+        _fail_writes(monkeypatch, stage_train, lambda path: path == blocked_file, _denied)
         fix = "Use a path this user may read and write"
     else:
         blocked_file.mkdir(parents=True)
@@ -269,20 +271,10 @@ def test_run_pipeline_fails_only_the_experiment_whose_results_json_cannot_be_wri
     from w2v2ser._run import run_pipeline
     from w2v2ser.train import _experiment
 
-    second = {"corpus": "ravdess", "grid": {"features": ["classic/spectrogram"]}, "head": "dense", "norm": "speaker",
-              "seeds": 1, "units": 8, "recipe_overrides": FAST, "run_eagerly": True}
-    pipeline, config, experiment = _spectrogram_pipeline(tmp_path, monkeypatch, seeds=1,
-                                                         extra={"experiments.u": second})
+    pipeline, config, experiment = _two_experiments_pipeline(tmp_path, monkeypatch)
     other = config.experiments[1]
     blocked = experiment.run_dir / "results.json"
-    write = _experiment._write_json
-
-    def denied(path, data):
-        if Path(path) == blocked:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return write(path, data)
-
-    monkeypatch.setattr(_experiment, "_write_json", denied)
+    _fail_writes(monkeypatch, _experiment, lambda path: path == blocked, _denied)
     assert run_pipeline(pipeline, stage="train") == 1
     err = capsys.readouterr().err
     assert (f"train {experiment.name}: FAILED to summarise its runs: {blocked}: Permission denied. Use a path this "

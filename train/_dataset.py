@@ -411,6 +411,18 @@ class FeatureBatches:
             n, full = stored, stored
         return (n if self.max_frames is None else min(n, self.max_frames)), full
 
+    def _source_lengths(self, items: Sequence[Item]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """Per source: the stored frames of each of ``items`` (store metadata, no frames read), and
+        :meth:`_cropped_length` of each."""
+        stored = [[int(src.store.num_frames(it.id, src.selection.feature)) for it in items] for src in self.sources]
+        return stored, [[self._cropped_length(src, n) for n in ns] for src, ns in zip(self.sources, stored)]
+
+    def frameless_ids(self) -> list[str]:
+        """Ids of the items that give no frame (after the crop) of some source, from the stores' frame
+        counts; no frames are read."""
+        _, per_source = self._source_lengths(self.items)
+        return [it.id for k, it in enumerate(self.items) if any(ps[k][0] == 0 for ps in per_source)]
+
     def _read_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         inputs, lengths = self._padded(self.items)
         return inputs, self.labels, lengths
@@ -422,8 +434,7 @@ class FeatureBatches:
         Lengths come first (store metadata), so each padded array is allocated once and filled
         group by group: beside it, only one group's raw reads (READ_GROUP_MB) exist at a time.
         """
-        stored = [[int(src.store.num_frames(it.id, src.selection.feature)) for it in items] for src in self.sources]
-        per_source = [[self._cropped_length(src, n) for n in ns] for src, ns in zip(self.sources, stored)]
+        stored, per_source = self._source_lengths(items)
         lengths = np.array([self._aligned_length(it, [ps[k][0] for ps in per_source], [ps[k][1] for ps in per_source])
                             for k, it in enumerate(items)], dtype=np.int64)
         length = max(1, int(lengths.max()))

@@ -557,9 +557,7 @@ def _empty_utterances(data: Any) -> list[str]:
     FeatureBatches' items by id (from the stores' frame counts; no frames are read)."""
     if isinstance(data, _ArrayBatches):
         return [f"utterance {k}" for k in np.flatnonzero(data.lengths == 0)]
-    return [repr(item.id) for item in data.items
-            if any(data._cropped_length(src, int(src.store.num_frames(item.id, src.selection.feature)))[0] == 0
-                   for src in data.sources)]
+    return [repr(uid) for uid in data.frameless_ids()]
 
 
 def _frameless_fit_message(who: str, *found: tuple[list[str], str]) -> str:

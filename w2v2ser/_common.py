@@ -42,6 +42,7 @@ __all__ = [
     "describe_path_error",
     "die_with_parent",
     "did_you_mean",
+    "error_text",
     "names_full_disk",
     "naming_full_disk",
     "first_few",
@@ -308,6 +309,19 @@ def describe_error(error: BaseException) -> tuple[str, int] | None:
                 f"the same command: finished work is kept.", EXIT_FAILED)
     return None
 
+
+def error_text(error: BaseException, *, otherwise: str | None = None) -> str:
+    """The one-line message :func:`describe_error` gives ``error`` (a path error names the file and the
+    fix), or ``otherwise`` (default: the error's own text) for an error it does not describe.
+
+    Args:
+        error: The error.
+        otherwise: The text for an error :func:`describe_error` leaves alone.
+    """
+    described = describe_error(error)
+    if described:
+        return described[0]
+    return str(error) if otherwise is None else otherwise
 
 def did_you_mean(value: object, choices: Iterable[object], *, cutoff: float = 0.6,
                  canonical: Mapping[str, str] | None = None) -> str:

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error
+from ._common import EXIT_INPUT, SHOWN_LINES, Terminated, W2v2serError, check_stop, describe_error, error_text
 from ._config import PipelineConfig, load_pipeline
 from ._stage_common import (_clear_skip_marker, _corpus_topic, _LazyCluster, _Outcome, _Reasons, _say, _skip_marker,
                             _store_topic, _write_json)
@@ -120,9 +120,8 @@ def _write_marker(label: str, store_path: Path, data: dict[str, Any]) -> None:
     try:
         _write_json(_skip_marker(store_path), data)
     except OSError as error:
-        described = describe_error(error)
         _say(f"{label}: its skip marker cannot be written, so the train stage will not name this reason: "
-             f"{described[0] if described else error}")
+             f"{error_text(error)}")
 
 
 def _marker_cleared(label: str, store_path: Path) -> bool:
@@ -131,9 +130,8 @@ def _marker_cleared(label: str, store_path: Path) -> bool:
     try:
         _clear_skip_marker(store_path)
     except OSError as error:
-        described = describe_error(error)
         _say(f"{label}: FAILED: its skip marker of an earlier run cannot be removed, and the train stage would "
-             f"take that old reason: {described[0] if described else error}")
+             f"take that old reason: {error_text(error)}")
         return False
     return True
 

@@ -11,8 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ._common import (DiskFullError, W2v2serError, check_stop, describe_error, describe_path_error, naming_full_disk,
-                      progress_bar)
+from ._common import (DiskFullError, W2v2serError, check_stop, error_text, naming_full_disk, progress_bar)
 from ._process import task_error
 from ._text import failures_by_error
 from ._cluster import ClusterHandle
@@ -31,15 +30,13 @@ def _planned_text(planned: int, experiments: int, outcome: _Outcome) -> str:
 def _error_text(error: BaseException) -> str:
     """The one-line message of an error that fails one experiment: a path error (no permission, a file in
     the way of a folder) says which file and what to do, as on the command line."""
-    described = describe_error(error)
-    return described[0] if described else f"{type(error).__name__}: {error}"
+    return error_text(error, otherwise=f"{type(error).__name__}: {error}")
 
 
 def _run_error_text(error: BaseException, said: str) -> str:
     """The reason of one failed run: a path error (no permission, a file in the way of its folder) says
     which file and what to do, as at planning; any other error is ``said``."""
-    described = describe_path_error(error) if isinstance(error, OSError) else None
-    return described[0] if described else said
+    return error_text(error, otherwise=said) if isinstance(error, OSError) else said
 
 
 def _skip_reason(config: PipelineConfig, experiment: ExperimentSpec) -> tuple[str, str, bool] | None:
@@ -86,9 +83,8 @@ def _mark_not_trained(config: PipelineConfig, experiment: ExperimentSpec, reason
                         {"reason": reason, "name": experiment.name, "corpus": experiment.corpus, **shown,
                          **experiment.config, "stores_identity": identity})
     except OSError as error:  # its folder is blocked (a file in the way, no permission): the others go on
-        described = describe_error(error)
         _say(f"train {experiment.name}: its {marker} cannot be written, so the report will not name this reason: "
-             f"{described[0] if described else error}")
+             f"{error_text(error)}")
 
 
 def _prepare_experiment(experiment: ExperimentSpec, locks: ExitStack,

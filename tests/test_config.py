@@ -1204,12 +1204,34 @@ def test_a_protocol_read_from_the_store_follows_stores_assigned_afterwards(tmp_p
     config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
     assert config.protocol == "ravdess"
     config.stores = str(iemocap)
-    assert config.protocol is None  # read again from the new store when the config is used
     assert class_names(config) == class_names(fresh)
     assert [run.name for run in plan_runs(config)] == [run.name for run in plan_runs(fresh)]
     given = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1, protocol="ravdess")
     given.stores = str(iemocap)  # a protocol given by hand is the user's: kept
     assert given.protocol == "ravdess"
+
+
+def test_a_config_shows_the_protocol_its_new_store_gives_after_an_assignment(tmp_path):
+    """After config.stores = <an IEMOCAP store>, config.protocol, repr and to_dict() showed None until the config
+    was used (a user printing or saving it saw no protocol), while config_key() hashed the new store's."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig
+
+    ravdess = build_store(tmp_path / "rav.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=2, dim=4, features=("egemaps",))
+    fresh = ExperimentConfig(stores=str(iemocap), features="egemaps", seeds=1)
+    config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
+    config.stores = {"main": str(iemocap)}
+    assert config.protocol == "iemocap" and "protocol='iemocap'" in repr(config)
+    assert config.to_dict()["protocol"] == "iemocap" and config.config_key() == fresh.config_key()
+    config.stores = {"main": str(tmp_path / "not-yet.zarr")}  # no store there yet: read when the config is used
+    assert config.protocol is None
+    config.subset = {"speaker": ["1"]}
+    config.stores = {"main": str(iemocap)}  # read again once it can be
+    assert config.protocol == "iemocap" and config.to_dict()["protocol"] == "iemocap"
+    config.protocol = "ravdess"  # assigned by hand: the user's, kept
+    config.stores = {"main": str(iemocap)}
+    assert config.protocol == "ravdess" and "protocol_from_store" not in config.to_dict()
 
 
 def test_a_config_whose_store_was_assigned_again_keeps_the_key_of_a_new_config(tmp_path):

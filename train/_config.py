@@ -11,6 +11,7 @@ from typing import Annotated, Any, Collection, Literal, Mapping, Optional, Union
 
 from pydantic import Field
 
+from w2v2ser._common import W2v2serError
 from w2v2ser._text import or_list
 from w2v2ser._schema import check_dataclass, check_keywords, validate
 
@@ -68,9 +69,10 @@ class ExperimentConfig:
         norm: "speaker", "global" or "none".
         protocol: "ravdess", "iemocap" or "csv"; None (the default) takes the protocol of the corpus
             the main store was extracted from, as ``w2v2ser train`` does without ``--protocol``.
-            A protocol so taken is reset to None when stores, features or subset is assigned
-            afterwards, and taken from the new main store when the config is used; a copy
-            (``dataclasses.replace(config, stores=...)``) reads its own main store's.
+            A protocol so taken is read again from the new main store when stores, features or
+            subset is assigned afterwards (None until the config is used, if that store cannot be
+            read yet); a copy (``dataclasses.replace(config, stores=...)``) reads its own main
+            store's.
         subset: Train and test on the utterances whose field has one of the given values, e.g.
             {"vocal_channel": "speech"} (RAVDESS speech only) or {"method": "improvised"} (IEMOCAP);
             a field is speaker, label, gender, session, split or a key the corpus reader records
@@ -151,14 +153,21 @@ class ExperimentConfig:
                               f"as features (e.g. wav2vec2:all) and eGeMAPS as the fusion branch")
         if self.protocol is None:  # last: every check that needs no store has passed
             self.protocol = _StoreProtocol(self._store_protocol())
+            object.__setattr__(self, "_protocol_from_store", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+        if name == "protocol" and not isinstance(value, _StoreProtocol):  # given or assigned by hand: the user's
+            object.__setattr__(self, "_protocol_from_store", False)
         # A protocol read from the main store is that store's: assigning what picks the store (stores,
-        # features) or its corpus (subset) forgets it, so that the next check (train_experiment,
-        # plan_runs, ...) reads the new store's, as a new config would; it kept the first store's.
-        if name in _PROTOCOL_SOURCES and isinstance(self.__dict__.get("protocol"), _StoreProtocol):
-            object.__setattr__(self, "protocol", None)  # one given or assigned by hand is a plain str: kept
+        # features) or its corpus (subset) reads the new store's, as a new config would (it kept the first
+        # store's); what the config shows (protocol, repr, to_dict, config_key) is what it will use.
+        elif name in _PROTOCOL_SOURCES and self.__dict__.get("_protocol_from_store"):
+            try:  # as a new config of these fields (a copy checks them: stores may be a path string)
+                protocol = dataclasses.replace(self, protocol=None).protocol
+            except W2v2serError:  # not readable yet (another field still to assign): read when the config is used
+                protocol = None
+            object.__setattr__(self, "protocol", protocol)
 
     def _store_protocol(self) -> str:
         """The protocol of the main store's corpus (its ``corpus`` attribute)."""

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BeforeValidator, Field
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 
 from w2v2ser._common import did_you_mean
 from w2v2ser._schema import build_dataclass, check_dataclass, check_keywords
@@ -93,16 +93,17 @@ def device_problem(value: object) -> str | None:
             f"got {value!r}.{hint}")
 
 
-def _check_device(value: object) -> object:
-    problem = device_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
+def _explain_device(value: object, check: ValidatorFunctionWrapHandler) -> object:
+    try:
+        return check(value)
+    except ValidationError:  # the annotation's check refused it: say why as device_problem does
+        raise ValueError(device_problem(value)) from None
 
 
-#: A speech-encoder device: auto, cpu, cuda or cuda:N (its refusal says which values are accepted).
+#: A speech-encoder device: auto, cpu, cuda or cuda:N (its refusal says which values are accepted). Checked once,
+#: by the annotation (whose JSON schema ``w2v2ser run --schema`` exports); device_problem words a refusal.
 Device = Annotated[Union[Literal["auto", "cpu", "cuda"], Annotated[str, Field(pattern=r"^cuda:\d+$")]],
-                   BeforeValidator(_check_device)]
+                   WrapValidator(_explain_device)]
 
 
 @check_keywords(error=ExtractorConfigError)

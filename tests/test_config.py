@@ -1280,6 +1280,26 @@ def test_a_config_whose_store_was_assigned_again_keeps_the_key_of_a_new_config(t
     assert config.config_key() == fresh.config_key()
 
 
+def test_a_config_assigned_a_path_string_or_a_lone_subset_value_keeps_the_key_of_a_new_config(tmp_path):
+    """config.stores = "<path>" (the shorthand ExperimentConfig takes) made config_key() hash the path's characters,
+    and config.subset = {"speaker": "01"} hashed the lone value, not the list a new config spells it as: the keys
+    differed from a new config's of the same settings, so a script matching runs by config_key() found none."""
+    from stage2_fixtures import build_store
+    from w2v2ser.train import ExperimentConfig
+
+    first = build_store(tmp_path / "a.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    second = build_store(tmp_path / "b.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
+    config = ExperimentConfig(stores=str(first), features="egemaps", seeds=1, protocol="ravdess")
+    config.stores = str(second)
+    assert config.config_keys() == ExperimentConfig(stores=str(second), features="egemaps", seeds=1,
+                                                    protocol="ravdess").config_keys()
+    config.subset = {"speaker": "01"}
+    assert config.config_key() == ExperimentConfig(stores=str(second), features="egemaps", seeds=1, protocol="ravdess",
+                                                   subset={"speaker": ["01"]}).config_key()
+    config.seeds = 0  # checked when the key is asked for, as when the config is used
+    with pytest.raises(ConfigError, match="seeds"):
+        config.config_key()
+
 def test_a_copy_given_other_stores_reads_their_protocol(tmp_path):
     """dataclasses.replace(config, stores=<an IEMOCAP store>) passed on the protocol 'ravdess' read from the first
     store as if it had been given: the copy planned the RAVDESS classes and split on IEMOCAP."""

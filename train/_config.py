@@ -279,16 +279,18 @@ class ExperimentConfig:
         return any(recorded.get(k) != now.get(k) for k in SEED_FIELDS)
 
     def _key(self, *, with_store_paths: bool) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS + (PROTOCOL_FROM_STORE,)}
-        if d["protocol"] is None:  # forgotten on assignment (stores, features, subset): the store's, as a new config
-            d["protocol"] = self._store_protocol()
+        # Of the fields checked and spelt as a new config's: one assigned afterwards skipped __post_init__ (a path
+        # string as stores hashed its characters, a subset value alone was not a list); the protocol as it is,
+        # None (not readable when assigned) read from the store.
+        config = dataclasses.replace(self, protocol=None if self.protocol is None else str(self.protocol))
+        d = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS + (PROTOCOL_FROM_STORE,)}
         for added in ("subset", "speaker_folds"):  # added in 0.3: at their default, runs keep their key
             if not d[added]:
                 del d[added]
         if not with_store_paths:
-            d["stores"] = sorted(self.stores)
-        d["recipe_resolved"] = self.resolved_recipe().to_dict()
-        d["selections"] = self.selections()
+            d["stores"] = sorted(config.stores)
+        d["recipe_resolved"] = config.resolved_recipe().to_dict()
+        d["selections"] = config.selections()
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

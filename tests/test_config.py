@@ -1300,6 +1300,21 @@ def test_a_config_assigned_a_path_string_or_a_lone_subset_value_keeps_the_key_of
     with pytest.raises(ConfigError, match="seeds"):
         config.config_key()
 
+def test_a_subset_given_as_a_tuple_or_set_of_values_is_that_list():
+    """ExperimentConfig(subset={"speaker": ("01", "02")}) was refused with "expected a valid string or a valid list,
+    got list ('01', '02')": a tuple (or set) of values, as Python code writes them, is the list of those values."""
+    from w2v2ser.train import ExperimentConfig
+
+    def config(values):
+        return ExperimentConfig(stores={"main": "s3://bucket/ravdess.zarr"}, features="egemaps", protocol="ravdess",
+                                subset={"speaker": values})
+
+    listed = config(["02", "01"])
+    for values in (("01", "02"), {"02", "01"}, frozenset({"01", "02"})):
+        assert config(values).subset == {"speaker": ["01", "02"]} and config(values).config_key() == listed.config_key()
+    with pytest.raises(ConfigError, match=r"subset\.speaker: expected a valid string or at least 1 item"):
+        config(())
+
 def test_a_copy_given_other_stores_reads_their_protocol(tmp_path):
     """dataclasses.replace(config, stores=<an IEMOCAP store>) passed on the protocol 'ravdess' read from the first
     store as if it had been given: the copy planned the RAVDESS classes and split on IEMOCAP."""

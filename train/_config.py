@@ -140,6 +140,8 @@ class ExperimentConfig:
             self.recipe_overrides = {k: plain_scalar(v) for k, v in (overrides or {}).items()}
         for f in dataclasses.fields(self):  # numpy numbers (a grid from np.arange) as the Python ones they hold
             setattr(self, f.name, plain_scalar(getattr(self, f.name)))
+        if isinstance(self.subset, Mapping):  # a tuple or set of values (Python) as the list the schema checks
+            self.subset = {k: list(v) if isinstance(v, (tuple, set, frozenset)) else v for k, v in self.subset.items()}
         check_dataclass(self, what="ExperimentConfig")  # before the conversions, which raised TypeErrors
         # Local paths are made absolute; object-store URLs (s3://...) are kept as given.
         self.stores = {k: v if "://" in v else os.path.abspath(v) for k, v in self.stores.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -302,3 +303,30 @@ def test_store_verify_json_has_the_keys_the_readme_lists(tmp_path: Path, capsys)
     assert code == plain == 0 and sorted(report) == sorted(top), (top, report)
     assert "`problems` (a list of `id`, `feature`, `reason`)" in prose
     assert "`queued_for_reextraction` (`id`, `feature`)" in prose
+
+
+def test_memory_bullet_counts_the_shard_buffers_a_writer_holds(tmp_path: Path, monkeypatch) -> None:
+    """Review s67 (rd1): the Memory bullet said a writer holds one shard per feature, but with
+    tensorstore one shard is written while the next fills: two buffers per feature, none larger
+    than SHARD_BYTES."""
+    from test_store import SHARD, build_store
+
+    from w2v2ser.store import _layout, _units
+
+    bullet = " ".join(README[README.index("- **Memory.**"):][:200].split())
+    assert "one shard per feature" not in bullet
+    assert f"up to two shards per feature, at most {_layout.SHARD_BYTES // 2**20} MiB each" in bullet
+    taken: dict[tuple, set[int]] = {}
+    take = _units._take_buffer
+
+    def counted(shape: tuple[int, ...], dtype):
+        buffer = take(shape, dtype)
+        taken.setdefault((tuple(shape), str(dtype)), set()).add(id(buffer))
+        return buffer
+
+    _units.release_buffers()
+    monkeypatch.setattr(_units, "_take_buffer", counted)
+    build_store(tmp_path / "s.zarr", lengths=[40, 30, 50, 20])  # 140 frames: several 16-frame shards per feature
+    expected = 2 if importlib.util.find_spec("tensorstore") else 1  # zarr's path writes from the one it fills
+    data = {key: ids for key, ids in taken.items() if key[0][0] == SHARD}  # not the statistics' shards
+    assert len(data) == 2 and all(len(ids) == expected for ids in data.values()), taken

@@ -330,3 +330,26 @@ def test_memory_bullet_counts_the_shard_buffers_a_writer_holds(tmp_path: Path, m
     expected = 2 if importlib.util.find_spec("tensorstore") else 1  # zarr's path writes from the one it fills
     data = {key: ids for key, ids in taken.items() if key[0][0] == SHARD}  # not the statistics' shards
     assert len(data) == 2 and all(len(ids) == expected for ids in data.values()), taken
+
+
+def test_store_tree_names_the_root_attributes_a_store_has(tmp_path: Path) -> None:
+    """Review s67 (rd1): the tree named "layer meaning" inside each feature's attributes, but the
+    store keeps the layer names there (`layer_names`) and `layer_meaning` at the root, all under the
+    root attribute `w2v2ser`."""
+    from w2v2ser.extract import build_extractor, extract_corpus
+    from w2v2ser.store import Utterance
+
+    tree = _section(README, "## The feature store")
+    head = tree[tree.index('attrs["w2v2ser"]:') + len('attrs["w2v2ser"]:'):tree.index("├── utterances/")]
+    head = " ".join(head.replace("│", " ").split())
+    root_part, feature_part = head.split("features {")
+    root_names = [item.split()[0] for item in root_part.split(",") if item.strip()]
+    feature_names = [item.strip() for item in feature_part.rstrip("} ").split(",")]
+    audio = write_audio(tmp_path / "a.wav", duration=0.3, seed=0)
+    extract_corpus([Utterance(id="u0", path=str(audio), speaker="s", label="x")], tmp_path / "s.zarr",
+                   extractors=[build_extractor("spectrogram")], progress=False)
+    attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]["w2v2ser"]
+    assert attrs["format_version"] == int(head.split("format_version ")[1].split(",")[0])
+    assert attrs["row_checksum"] == head.split("row_checksum ")[1].split(",")[0]
+    assert [name for name in root_names if name not in attrs] == []
+    assert [name for name in feature_names if name not in attrs["features"]["spectrogram"]] == []

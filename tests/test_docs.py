@@ -353,3 +353,17 @@ def test_store_tree_names_the_root_attributes_a_store_has(tmp_path: Path) -> Non
     assert attrs["row_checksum"] == head.split("row_checksum ")[1].split(",")[0]
     assert [name for name in root_names if name not in attrs] == []
     assert [name for name in feature_names if name not in attrs["features"]["spectrogram"]] == []
+
+
+def test_the_commands_said_to_take_threads_are_those_that_do() -> None:
+    """Review s67 (rd1): "Stage 2's commands take --threads N", but `run`, `evaluate` and
+    `predict` have no such option (run takes cluster.threads_per_worker)."""
+    from w2v2ser._cli_parser import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    taking = sorted(name for name, parser in subparsers.choices.items()
+                    if any("--threads" in action.option_strings for action in parser._actions))
+    said = " ".join(_section(README, "## Stage 1: extract").split())
+    listed = re.search(r"\. ((?:`\w+`(?:, | and )?)+) take `--threads N`", said)
+    assert listed, "the Other options bullet should name the commands that take --threads"
+    assert sorted(re.findall(r"`(\w+)`", listed.group(1))) == taking

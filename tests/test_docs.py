@@ -367,3 +367,19 @@ def test_the_commands_said_to_take_threads_are_those_that_do() -> None:
     listed = re.search(r"\. ((?:`\w+`(?:, | and )?)+) take `--threads N`", said)
     assert listed, "the Other options bullet should name the commands that take --threads"
     assert sorted(re.findall(r"`(\w+)`", listed.group(1))) == taking
+
+
+def test_normalisation_figures_say_what_the_named_tests_check() -> None:
+    """Review s67 (rd1): the 180-file figures (1.1e-6, 2.6) came from a one-off check, yet the README
+    named the pytest command as if it produced them; it checks synthetic signals to its own tolerance."""
+    import inspect
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import test_upstreams
+
+    source = inspect.getsource(test_upstreams.test_waveform_normalisation_follows_the_models_preprocessor_config)
+    tolerance = re.search(r"atol=([0-9.e-]+)", source).group(1)
+    section = " ".join(_section(README, "## Stage 1: extract").split())
+    paragraph = section[section.index("**Input normalisation.**"):section.index("**Layers.**")]
+    assert "one-off check" in paragraph
+    assert f"checks the same agreement on synthetic signals (within {tolerance})" in paragraph

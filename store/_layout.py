@@ -202,8 +202,9 @@ def default_chunk_frames(spec: FeatureSpec) -> int:
 def default_shard_frames(spec: FeatureSpec, chunk: int) -> int:
     """Frames per shard: SHARD_SECONDS of audio, at most SHARD_BYTES, a multiple of `chunk`."""
     frame_bytes = int(np.dtype(spec.dtype).itemsize) * int(np.prod(spec.frame_shape))
-    frames = min(SHARD_SECONDS * float(spec.frame_rate), SHARD_BYTES / frame_bytes)
-    return max(chunk, chunk * math.ceil(frames / chunk))
+    by_time = chunk * math.ceil(SHARD_SECONDS * float(spec.frame_rate) / chunk)
+    by_bytes = chunk * (SHARD_BYTES // frame_bytes // chunk)  # rounded down: never over SHARD_BYTES
+    return max(chunk, min(by_time, by_bytes))
 
 
 # Every utterance's frames carry one CRC per layer (features/<name>/crc32), recorded at commit and

@@ -383,3 +383,23 @@ def test_normalisation_figures_say_what_the_named_tests_check() -> None:
     paragraph = section[section.index("**Input normalisation.**"):section.index("**Layers.**")]
     assert "one-off check" in paragraph
     assert f"checks the same agreement on synthetic signals (within {tolerance})" in paragraph
+
+
+def test_default_data_shards_stay_within_the_bytes_the_readme_states(tmp_path: Path) -> None:
+    """Review s67 (rd1): a large model's shard (25 x 1024 float16) was rounded up to a whole chunk
+    past the 256 MiB cap (5248 frames, 256.25 MiB); the base model keeps the tree's 12032 frames."""
+    from w2v2ser.store import FeatureSpec, StoreWriter, Utterance
+
+    cap = int(re.search(r"at most (\d+) MiB each", " ".join(README.split())).group(1)) * 2**20
+    specs = [FeatureSpec(name=f"w{layers}", dim=dim, layers=layers, frame_rate=50.0, dtype="float16", config={})
+             for layers, dim in ((13, 768), (25, 1024))]
+    writer = StoreWriter(tmp_path / "s.zarr")
+    writer.plan([Utterance(id="u", path="u.wav", speaker="s", label="x")], num_samples=[16000], features=specs,
+                capacities={spec.name: [50] for spec in specs})
+    writer.close()
+    shards = {}
+    for spec in specs:
+        meta = json.loads((tmp_path / "s.zarr" / "features" / spec.name / "data" / "zarr.json").read_text())
+        shards[spec.name] = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    assert shards["w13"] == [12032, 13, 768] and "shards (12032, 13, 768) = 240 s" in README
+    assert all(frames * layers * dim * 2 <= cap for frames, layers, dim in shards.values()), shards

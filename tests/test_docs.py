@@ -403,3 +403,16 @@ def test_default_data_shards_stay_within_the_bytes_the_readme_states(tmp_path: P
         shards[spec.name] = meta["chunk_grid"]["configuration"]["chunk_shape"]
     assert shards["w13"] == [12032, 13, 768] and "shards (12032, 13, 768) = 240 s" in README
     assert all(frames * layers * dim * 2 <= cap for frames, layers, dim in shards.values()), shards
+
+
+def test_few_files_bullet_gives_the_seconds_per_shard_of_base_and_large_models() -> None:
+    """Review s67 (rd1): "about one file per 240 s of audio" held for base models only."""
+    from w2v2ser.store._layout import default_chunk_frames, default_shard_frames
+
+    from w2v2ser.store import FeatureSpec
+
+    bullet = " ".join(README[README.index("- **Few files.**"):][:400].split())
+    for layers, dim, said in ((13, 768, "one file per {:.0f} s of audio"), (25, 1024, "({:.0f} s for a large model")):
+        spec = FeatureSpec(name="w", dim=dim, layers=layers, frame_rate=50.0, dtype="float16", config={})
+        seconds = default_shard_frames(spec, default_chunk_frames(spec)) / spec.frame_rate
+        assert said.format(seconds // 1) in bullet, (seconds, bullet)

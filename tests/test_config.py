@@ -173,6 +173,9 @@ def test_selection_without_store_prefix_is_resolved(tmp_path: Path) -> None:
          "cluster.slurm.memory: '16' is 16 bytes: write the size with its unit, e.g. 16GB"),
         (lambda d: d.update(cluster={"slurm": {"walltime": "4h"}}), "cluster.slurm.walltime: expected a SLURM time"),
         (lambda d: d.update(cluster={"slurm": {"partition": "gpu"}}), "write queue: gpu instead of partition: gpu"),
+        # A backslash is an escape in #SBATCH lines, and in a log's name keeps SLURM from filling in %J.
+        (lambda d: d.update(cluster={"slurm": {"log_directory": "C:\\logs"}}),
+         "cluster.slurm.log_directory: 'C:\\\\logs' holds a backslash, a double quote or a line break"),
         (lambda d: d["experiments"]["t1"].update(features="classic/egemaps"), "set both in the grid"),
         (lambda d: d["experiments"]["t1"]["grid"].update(features=["clasic/egemaps"]), "Did you mean 'classic'"),
         (lambda d: d["experiments"]["t1"]["grid"].update(features=["classic/wav2vec2:all"]), "holds egemaps"),

@@ -112,6 +112,28 @@ def test_slurm_cluster_runs_extraction_shards_as_jobs(slurm: dict[str, str], tmp
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 
+def test_worker_logs_go_to_a_log_directory_with_a_space_and_a_percent(slurm: dict[str, str], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """cluster.slurm.log_directory went into the worker jobs' #SBATCH -o/-e lines as it was: sbatch
+    refused a folder with a space ("Invalid directive found in batch script") and read ``%j`` as the
+    job id (the logs' folder was not there: the job failed to launch, no worker ever came)."""
+    pytest.importorskip("dask_jobqueue")
+    from w2v2ser._cluster import open_cluster
+    from w2v2ser._config_schema import ClusterConfig
+
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    logs = tmp_path / "worker logs 100%j"
+    config = ClusterConfig.model_validate({"kind": "slurm", "dashboard_address": None, "slurm": {
+        "queue": "debug", "cores": 1, "memory": "2GB", "walltime": "00:10:00", "log_directory": str(logs)}})
+    with open_cluster(config, use_gpus=False) as handle:
+        handle.client.wait_for_workers(1, timeout=180)
+        assert handle.client.submit(sum, [1, 2]).result(timeout=60) == 3
+    names = sorted(p.name for p in logs.iterdir())
+    assert any(re.fullmatch(r"w2v2ser-worker-\d+\.err", name) for name in names), names
+    assert list(tmp_path.iterdir()) == [logs]  # nothing beside it (a folder named after the job id)
+
+
 def _cancel_own_jobs(slurm: dict[str, str]) -> list[str]:
     """Cancel the queued jobs this test's script or cluster made (by their names, not the other tests'
     jobs); returns their ids."""

@@ -205,12 +205,34 @@ def _import_slurm_cluster() -> Any:
     return SLURMCluster
 
 
+def _log_directives(log_directory: str) -> list[str]:
+    """The worker jobs' ``-e``/``-o`` directives for ``cluster.slurm.log_directory``, made here.
+
+    dask-jobqueue writes the folder into ``#SBATCH -e``/``-o`` as it is: sbatch refused a job whose
+    folder had a space ("Invalid directive found in batch script") and read a ``%`` as a pattern
+    (``logs%j`` became ``logs42``, a folder that is not there, and the job failed to launch). The
+    name is quoted and ``%`` doubled; the schema refuses what cannot be escaped (backslash, ``"``).
+
+    Raises:
+        ClusterError: The folder cannot be made.
+    """
+    try:
+        os.makedirs(log_directory, exist_ok=True)
+    except OSError as error:
+        raise ClusterError(f"cannot make cluster.slurm.log_directory {log_directory!r} ({error}); set it to a "
+                           f"folder this user can write") from error
+    folder = log_directory.replace("%", "%%")
+    return [f'-e "{folder}/w2v2ser-worker-%J.err"', f'-o "{folder}/w2v2ser-worker-%J.out"']
+
+
 def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, str | None, str]:
     SLURMCluster = _import_slurm_cluster()
     slurm = config.slurm
     gpus = slurm.gpus if use_gpus else 0
     threads = max(1, slurm.cores // slurm.processes)
     directives = list(slurm.job_extra_directives)
+    if slurm.log_directory is not None:
+        directives += _log_directives(slurm.log_directory)
     extra_args: list[str] = []
     if gpus:
         directives.append(f"--gres=gpu:{gpus}")
@@ -222,7 +244,7 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
         "queue": slurm.queue, "account": slurm.account, "cores": slurm.cores, "memory": slurm.memory,
         "processes": slurm.processes, "walltime": slurm.walltime, "job_extra_directives": directives,
         "job_script_prologue": prologue, "worker_extra_args": extra_args, "python": sys.executable,
-        "log_directory": slurm.log_directory, "local_directory": slurm.local_directory,
+        "local_directory": slurm.local_directory,
         "interface": slurm.interface, "job_name": "w2v2ser-worker",
         "scheduler_options": _dashboard(config),
     }

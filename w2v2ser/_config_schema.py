@@ -82,6 +82,16 @@ def _slurm_walltime(value: str) -> str:
     return value
 
 
+def _slurm_log_directory(value: str) -> str:
+    """A folder that can go into the worker jobs' ``#SBATCH -o``/``-e`` lines (quoted, ``%`` doubled): a
+    backslash is an escape there and, in a log's name, keeps SLURM from filling in the job id (every job
+    would write one log); a double quote would end the quoted name, a line break the line."""
+    if any(char in value for char in '\\"\n\r'):
+        raise ValueError(f"{value!r} holds a backslash, a double quote or a line break, which the worker "
+                         f"jobs' #SBATCH -o/-e lines cannot carry; choose a folder without them")
+    return value
+
+
 class SlurmConfig(StrictModel):
     """dask_jobqueue.SLURMCluster settings (``cluster.slurm``); one job = ``processes`` workers."""
 
@@ -95,7 +105,7 @@ class SlurmConfig(StrictModel):
     jobs: Annotated[int, Field(ge=1)] = 1
     job_extra_directives: _Lines = ()
     job_script_prologue: _Lines = ()
-    log_directory: Optional[_Text] = None
+    log_directory: Optional[Annotated[_Text, AfterValidator(_slurm_log_directory)]] = None
     local_directory: Optional[_Text] = None
     interface: Optional[_Text] = None
     job_check: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = Field(

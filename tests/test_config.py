@@ -435,6 +435,19 @@ def test_numbers_are_read_as_yaml_1_2_numbers(tmp_path: Path) -> None:
     assert raw == {"a": 2e-3, "b": -150.0, "c": "1e", "d": 7, "e": 16, "f": 0.5, "g": "v1e3"}
 
 
+def test_a_number_with_a_leading_zero_is_decimal_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) read `seeds: 010` as the octal 8, so 8 seeds trained where the file said 10;
+    YAML 1.2, which the README promises, reads ten (its octal is written 0o10)."""
+    path = _write(tmp_path, _base())
+    path.write_text(path.read_text().replace("seeds: 2", "seeds: 010"))
+    assert {e.config["seeds"] for e in load_pipeline(path).experiments} == {10}
+    config = load_pipeline(_write(tmp_path, _base()), overrides=["experiments.t1.seeds=012"])
+    assert {e.config["seeds"] for e in config.experiments} == {12}
+    raw: dict = {}
+    apply_overrides(raw, ["a=0100", "b=0o10", "c=-010", "d=1_000", "e=0b11"])
+    assert raw == {"a": 100, "b": 8, "c": -10, "d": "1_000", "e": "0b11"}
+
+
 def test_booleans_are_yaml_1_2_booleans_so_cache_off_is_the_word_off(tmp_path: Path) -> None:
     """PyYAML (YAML 1.1) read `cache: off` (a documented value) as False, so the file and
     `--set cache=off` were refused with "expected one of auto, off, got False"."""

@@ -36,13 +36,21 @@ _SafeLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_SafeLoader.add_implicit_resolver(
-    _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"))  # YAML 1.1's integers without base 60
+_SafeLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """YAML 1.2's integers: ``010`` is ten (YAML 1.1, so PyYAML, read it as the octal 8: ``seeds: 010``
+    trained 8 seeds, ``walltime: 0100`` asked for 64 minutes), ``0o10`` is octal, ``0x10`` hex."""
+    text = loader.construct_scalar(node)
+    return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text, 10)
+
+
+_SafeLoader.add_constructor(_INT, _construct_int)
 _SafeLoader.add_implicit_resolver(
     _FLOAT,
-    re.compile(r"""^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*\.[0-9_]*)(?:[eE][-+]?[0-9]+)?
-                   |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9]+[eE][-+]?[0-9]+
                    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )

@@ -230,9 +230,9 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
     slurm = config.slurm
     gpus = slurm.gpus if use_gpus else 0
     threads = max(1, slurm.cores // slurm.processes)
-    directives = list(slurm.job_extra_directives)
-    if slurm.log_directory is not None:
-        directives += _log_directives(slurm.log_directory)
+    # Before the user's directives, as dask-jobqueue's own -e/-o lines were: a user's -o still wins.
+    directives = _log_directives(slurm.log_directory) if slurm.log_directory is not None else []
+    directives += slurm.job_extra_directives
     extra_args: list[str] = []
     if gpus:
         directives.append(f"--gres=gpu:{gpus}")

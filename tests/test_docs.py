@@ -37,6 +37,24 @@ def test_pipeline_section_states_the_shipped_spectrogram_settings() -> None:
         assert "spectrogram settings (25 ms / 20 ms" not in section
 
 
+def test_performance_rows_cite_results_files_that_hold_their_figures() -> None:
+    """Every results file the Performance section names exists; two rows said "same" for the command
+    of the row above after rows were inserted between (their figures are in other files)."""
+    section = _section(README, "## Performance")
+    results = REPO / "tests" / "benchmarks" / "results"
+    named = set(re.findall(r"`([a-z][a-z0-9_]*\.md)`", section))
+    assert named and sorted(name for name in named if not (results / name).exists()) == []
+    rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ")}
+    all_features = rows["| Extraction, CPU, wav2vec2 + eGeMAPS + spectrogram (before issue 12)"]
+    assert "0.72 of the bare forward" in all_features and "`bench_extract_cpu.md`" in all_features
+    assert re.search(r"\| pipeline_all +\| [\d.]+ +\| [\d.]+ +\| 0\.715 ", (results / "bench_extract_cpu.md").read_text())
+    one_layer = rows["| One-layer reads vs all-layer reads, cold"]
+    assert "(943 vs 99 utterances/s" in one_layer and "`bench_store.md`" in one_layer
+    store = (results / "bench_store.md").read_text()
+    assert re.search(r"cold +\| one_layer +\| zarr_store +\| 943\.", store)
+    assert re.search(r"cold +\| all_layers +\| zarr_store +\| 99\.0", store)
+
+
 def test_store_is_finalized_once_after_all_shards(tmp_path: Path, monkeypatch) -> None:
     from w2v2ser.extract import build_extractor, extract_corpus
     from w2v2ser.store import StoreWriter, Utterance

@@ -434,3 +434,22 @@ def test_few_files_bullet_gives_the_seconds_per_shard_of_base_and_large_models()
         spec = FeatureSpec(name="w", dim=dim, layers=layers, frame_rate=50.0, dtype="float16", config={})
         seconds = default_shard_frames(spec, default_chunk_frames(spec)) / spec.frame_rate
         assert said.format(seconds // 1) in bullet, (seconds, bullet)
+
+
+def test_stage2_section_states_the_memory_and_search_constants() -> None:
+    """The layer sweep's cost section said the reader "keeps at most 512 MB" of batches ahead, after
+    the read-ahead became 400 MB (STREAM_AHEAD_MB): the figures the section states must be the code's."""
+    from w2v2ser.evaluate._sweep import SEARCH_DEPTH
+    from w2v2ser.train._dataset import STREAM_AHEAD_MB
+    from w2v2ser.train._normalisation import MIN_SPEAKER_FILES
+    from w2v2ser.train._sweep import MICRO_BATCH_MB
+    from w2v2ser.train._tfdata import TRAIN_MICRO_BATCH_MB
+
+    stage2 = " ".join(_section(README, "## Stage 2: train, evaluate, predict").split())
+    assert f"two per worker within {STREAM_AHEAD_MB:g} MB" in stage2
+    assert f"would exceed {TRAIN_MICRO_BATCH_MB:g} MB" in stage2
+    assert f"micro-batches of at most {MICRO_BATCH_MB:g} MB" in stage2
+    assert f"fewer than {MIN_SPEAKER_FILES} files" in stage2
+    assert f"up to {SEARCH_DEPTH} folders down" in stage2
+    for stated in re.findall(r"(?:keeps|reads) at most (\d+) MB of (?:them|batches) ahead", stage2):
+        assert float(stated) == STREAM_AHEAD_MB, f"the README says the reader keeps {stated} MB ahead"

@@ -282,7 +282,9 @@ def _moved_stores(run_dir: Path, experiment: Mapping[str, Any], config: Any, ali
     for alias, path in out.items():
         specs = open_store(path).features  # raises StoreError naming the path when it is not a store
         trained = (recorded.get(alias) or {}).get("features") or {}
-        for name, spec in trained.items():
+        # Only the features the run reads from this store: the record lists all of the store's.
+        reads = {resolve_feature(text) for text in config.selections().values() if config.store_alias(text) == alias}
+        for name, spec in ((n, s) for n, s in trained.items() if n in reads):
             found = specs[name].to_dict() if name in specs else None
             configs = found is not None and isinstance(found.get("config"), Mapping) and isinstance(spec.get("config"), Mapping)
             if configs:

@@ -1013,6 +1013,26 @@ def test_a_moved_training_store_is_given_with_store(trained: Path, audio_files: 
     assert _parse_stores(args.stores) == {"main": "/x.zarr", None: "s3://b/p?v=1"}
 
 
+def test_a_moved_store_needs_only_the_features_the_run_reads(trained: Path, audio_files: list[Path],
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run records every feature of its training store (experiment.json's stores_identity); --store
+    required them all, and refused a store of the run's own feature alone as not holding one the run
+    "was trained on": a spectrogram run, moved to a copy without the store's eGeMAPS."""
+    from stage2_fixtures import feature_specs
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    moved = shutil.copytree(experiment["stores"]["main"], tmp_path / "moved.zarr")
+    experiment["stores"]["main"] = str(tmp_path / "gone.zarr")
+    # As training on a store that also held eGeMAPS records it: the run reads wav2vec2 only.
+    experiment["stores_identity"]["main"]["features"]["egemaps"] = feature_specs(features=("egemaps",))[0].to_dict()
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    assert [p.emotion for p in predict_audio(run, audio_files, stores={None: moved})] == \
+        [p.emotion for p in predict_audio(trained, audio_files)]
+
+
 def _as_older_run(run: Path) -> None:
     """Make a run dir look trained before experiment.json recorded the audio rates (and before
     normalisation.npz held a speaker-normalised run's global statistics): predict needs its store."""

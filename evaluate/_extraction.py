@@ -67,10 +67,12 @@ def extract_features(manifest: Path, store: Path, *, like: str | Path, features:
         moved = "" if model else (" If the speech encoder's weights have moved since training, pass their new "
                                   "location: w2v2ser predict --model PATH (predict_audio(model=PATH)).")
         if said:  # stage 1's own one-line error, in predict's terms: predict has no --like to drop
+            # A run dir records its stores' settings; an older run's are read from its training store.
+            source = f"run dir {like}" if (Path(like) / "experiment.json").is_file() else f"the training store {like}"
             reason = re.sub(r"(; drop --like to extract with other options, or drop the option|, or drop --like)",
-                            "", said[-1]).replace(f"--like {like}: ", "").replace(f"--like {like}", f"the training store {like}")
-            raise PredictError(f"stage 1 could not extract the new audio's features as the training store {like} "
-                               f"was made: {reason}{'' if reason.endswith('.') else '.'}{moved}")
+                            "", said[-1]).replace(f"--like {like}: ", "").replace(f"--like {like}", source)
+            raise PredictError(f"stage 1 could not extract the new audio's features with the settings of {source}: "
+                               f"{reason}{'' if reason.endswith('.') else '.'}{moved}")
         tail = "\n".join(lines)[-2000:]
         raise PredictError(f"feature extraction failed (exit {proc.returncode}) for manifest {manifest} "
                            f"like store {like}:\n{tail}\nCommand: w2v2ser {' '.join(args)}. Check that stage 1 "

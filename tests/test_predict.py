@@ -666,8 +666,10 @@ def test_predict_finds_a_moved_speech_encoder_with_model(tmp_path: Path) -> None
     train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
     moved = shutil.move(model, tmp_path / "moved")
     new = [tmp_path / "s1_low.wav"]
-    with pytest.raises(PredictError, match=r"pass their new location: w2v2ser predict --model PATH"):
+    with pytest.raises(PredictError, match=r"pass their new location: w2v2ser predict --model PATH") as lost:
         predict_audio(tmp_path / "run", new)
+    # A predict trial (s67): the message called the run dir "the training store".
+    assert f"with the settings of run dir {tmp_path / 'run'}: " in str(lost.value)
     (pred,) = predict_audio(tmp_path / "run", new, model=moved)
     _check(pred, ["high", "low"])
     # Found by a predict trial: stage 1's refusal came as three lines, telling a predict user to

@@ -1247,35 +1247,7 @@ def test_a_config_shows_the_protocol_its_new_store_gives_after_an_assignment(tmp
     assert config.protocol == "iemocap" and config.to_dict()["protocol"] == "iemocap"
     config.protocol = "ravdess"  # assigned by hand: the user's, kept
     config.stores = {"main": str(iemocap)}
-    assert config.protocol == "ravdess" and "protocol_from_store" not in config.to_dict()
-
-
-def test_a_protocol_read_from_the_store_stays_so_through_to_dict_json_and_yaml(tmp_path):
-    """ExperimentConfig.from_dict(config.to_dict()) took a protocol read from the store as given: the copy kept
-    'ravdess' after its stores were changed to an IEMOCAP store (RAVDESS classes and split planned on IEMOCAP)."""
-    from stage2_fixtures import build_store
-    from w2v2ser.train import ExperimentConfig
-
-    ravdess = build_store(tmp_path / "rav.zarr", corpus="ravdess", layers=2, dim=4, features=("egemaps",))
-    iemocap = build_store(tmp_path / "iem.zarr", corpus="iemocap", layers=2, dim=4, features=("egemaps",))
-    fresh = ExperimentConfig(stores=str(iemocap), features="egemaps", seeds=1)
-    config = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1)
-    given = ExperimentConfig(stores=str(ravdess), features="egemaps", seeds=1, protocol="ravdess")
-    assert config.config_key() == given.config_key()  # the marker is not part of the key
-    for saved in (config.to_dict(), json.loads(json.dumps(config.to_dict())),
-                  yaml.safe_load(yaml.safe_dump(config.to_dict()))):
-        copy = ExperimentConfig.from_dict(saved)
-        assert copy.protocol == "ravdess" and copy.to_dict() == config.to_dict()
-        assert copy.config_key() == config.config_key()
-        copy.stores = {"main": str(iemocap)}
-        assert copy.protocol == "iemocap" and copy.config_key() == fresh.config_key()
-        moved = ExperimentConfig.from_dict({**saved, "stores": {"main": str(iemocap)}})
-        assert moved.protocol == "iemocap" and moved.config_key() == fresh.config_key()
-    kept = ExperimentConfig.from_dict(given.to_dict())
-    kept.stores = {"main": str(iemocap)}
-    assert kept.protocol == "ravdess"  # given by hand: kept through the round trip
-    with pytest.raises(ConfigError, match="protocol_from_store"):
-        ExperimentConfig.from_dict({**config.to_dict(), "protocol_from_store": "sometimes"})
+    assert config.protocol == "ravdess"
 
 
 def test_a_config_whose_store_was_assigned_again_keeps_the_key_of_a_new_config(tmp_path):

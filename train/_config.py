@@ -46,8 +46,6 @@ RUNTIME_FIELDS = ("cache", "cache_budget_mb", "workers", "run_eagerly")
 SEED_FIELDS = ("seeds", "first_seed")
 # The fields a protocol taken from the main store depends on.
 _PROTOCOL_SOURCES = ("stores", "features", "subset")
-# The key of to_dict() (and experiment.json) that marks a protocol read from the main store, not given.
-PROTOCOL_FROM_STORE = "protocol_from_store"
 
 
 class _StoreProtocol(str):
@@ -74,8 +72,7 @@ class ExperimentConfig:
             A protocol so taken is read again from the new main store when stores, features or
             subset is assigned afterwards (None until the config is used, if that store cannot be
             read yet); a copy (``dataclasses.replace(config, stores=...)``) reads its own main
-            store's. :meth:`to_dict` marks it ``protocol_from_store: true``, so that
-            :meth:`from_dict` reads it from the main store again.
+            store's.
         subset: Train and test on the utterances whose field has one of the given values, e.g.
             {"vocal_channel": "speech"} (RAVDESS speech only) or {"method": "improvised"} (IEMOCAP);
             a field is speaker, label, gender, session, split or a key the corpus reader records
@@ -235,11 +232,8 @@ class ExperimentConfig:
 
     # -- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field; a protocol read from the main store adds ``protocol_from_store: true``."""
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if self.__dict__.get("_protocol_from_store"):
-            d[PROTOCOL_FROM_STORE] = True
-        return d
+        """JSON-ready dict of every field."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
@@ -247,13 +241,9 @@ class ExperimentConfig:
         ``check_keywords``; values are converted and checked by ``__post_init__``).
 
         Args:
-            d: Field name -> value, as :meth:`to_dict` returns it or ``experiment.json`` records it;
-                ``protocol_from_store: true`` reads the protocol from the main store, as ``protocol: null``.
+            d: Field name -> value, as :meth:`to_dict` returns it or ``experiment.json`` records it.
         """
-        d = dict(validate(dict[str, Any], d, what="ExperimentConfig"))  # None or a list raised a TypeError
-        if validate(bool, d.pop(PROTOCOL_FROM_STORE, False), what=f"ExperimentConfig.{PROTOCOL_FROM_STORE}"):
-            d["protocol"] = None  # the main store's, read again: a later store's, not the one recorded
-        return cls(**d)
+        return cls(**validate(dict[str, Any], d, what="ExperimentConfig"))  # None or a list raised a TypeError
 
     def config_key(self) -> str:
         """Stable 16-hex-digit hash of everything that changes a run's result.
@@ -285,7 +275,7 @@ class ExperimentConfig:
         # string as stores hashed its characters, a subset value alone was not a list); the protocol as it is,
         # None (not readable when assigned) read from the store.
         config = dataclasses.replace(self, protocol=None if self.protocol is None else str(self.protocol))
-        d = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS + (PROTOCOL_FROM_STORE,)}
+        d = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS + SEED_FIELDS}
         for added in ("subset", "speaker_folds"):  # added in 0.3: at their default, runs keep their key
             if not d[added]:
                 del d[added]

@@ -1018,3 +1018,23 @@ def test_what_dask_says_of_a_cancelled_task_is_kept() -> None:
     # review6 #6: one text for every such task (not its key in each), so that they are one line among the failures
     assert task_error(FutureCancelledError("k-1", reason=None)) == task_error(FutureCancelledError("k-2", reason=None))
     assert task_error(FutureCancelledError("k", reason=None)) == "cancelled (Dask gave no reason)"
+
+
+def test_log_directory_replaces_a_site_dask_log_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cluster.slurm.log_directory is written quoted by w2v2ser (review s67 R1): a site's dask setting
+    jobqueue.slurm.log-directory still added dask-jobqueue's own unquoted -e/-o lines beside them."""
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from w2v2ser import _cluster
+    from w2v2ser._config_schema import ClusterConfig
+
+    _slurm_that_never_starts(tmp_path / "bin", monkeypatch)
+    ours = tmp_path / "our logs"
+    config = ClusterConfig(kind="slurm", dashboard_address=None,
+                           slurm={"cores": 1, "memory": "1GB", "log_directory": str(ours)})
+    with dask.config.set({"jobqueue.slurm.log-directory": str(tmp_path / "site logs")}):
+        with _cluster.open_cluster(config, use_gpus=False) as handle:
+            script = handle.client.cluster.job_script()
+    directives = [line for line in script.splitlines() if line.startswith(("#SBATCH -e", "#SBATCH -o"))]
+    assert directives == [f'#SBATCH -e "{ours}/w2v2ser-worker-%J.err"', f'#SBATCH -o "{ours}/w2v2ser-worker-%J.out"'], script

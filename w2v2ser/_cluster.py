@@ -240,13 +240,19 @@ def _slurm_cluster(config: ClusterConfig, *, use_gpus: bool) -> tuple[Any, int, 
         extra_args += ["--resources", f"{GPU_RESOURCE}={max(1, gpus // slurm.processes)}"]
     prologue = [f"export {k}={v}" for k, v in _thread_env(threads).items()] + [
         "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False"] + list(slurm.job_script_prologue)  # as open_cluster
+    skip: list[str] = []
+    if slurm.log_directory is not None:
+        # A site's dask config (jobqueue.slurm.log-directory) would still add its own unquoted -e/-o lines.
+        import dask
+
+        skip = [*(dask.config.get("jobqueue.slurm.job-directives-skip", None) or ()), "#SBATCH -e ", "#SBATCH -o "]
     kwargs: dict[str, Any] = {
         "queue": slurm.queue, "account": slurm.account, "cores": slurm.cores, "memory": slurm.memory,
         "processes": slurm.processes, "walltime": slurm.walltime, "job_extra_directives": directives,
         "job_script_prologue": prologue, "worker_extra_args": extra_args, "python": sys.executable,
         "local_directory": slurm.local_directory,
         "interface": slurm.interface, "job_name": "w2v2ser-worker",
-        "scheduler_options": _dashboard(config),
+        "scheduler_options": _dashboard(config), "job_directives_skip": skip or None,
     }
     try:
         cluster = SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})

@@ -20,7 +20,8 @@ from w2v2ser._files import link_target, replacing
 from w2v2ser._text import format_size
 
 from ._errors import StoreDamagedError, StoreError, StoreFullError
-from ._layout import FAILURE_COLUMNS, UTTERANCE_COLUMNS, digital_silence, enclosing_store, to_str_list
+from ._layout import (FAILURE_COLUMNS, UTTERANCE_COLUMNS, digital_silence, enclosing_store, mismatched_statistics,
+                      to_str_list)
 from ._location import is_store_url
 from ._reader import FeatureStore, open_store
 from ._types import FeatureSpec
@@ -251,14 +252,25 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
             continue
         slots, where = np.unique(rows["slot"][held], return_inverse=True)
         block = store._values(name, "stats", slots)[where]
-        # An emptied shard file reads as zeros, checksums and all: only digital silence has such statistics.
-        zero = held[~block.reshape(len(held), -1).any(axis=1) & (length[held] > 0)]
+        # Statistics other than those their commit recorded (a shard file replaced by another) are refused.
+        wrong = mismatched_statistics(block, rows["stats_crc32"][held], store.row_checksum)
+        # An emptied shard file reads as zeros, checksums and all: only digital silence has such statistics
+        # (the rule of a store whose commits recorded no statistics checksum).
+        zeros = ~block.reshape(len(held), -1).any(axis=1) & (length[held] > 0)
+        zero = held[zeros & (rows["stats_crc32"][held] < 0)]
         lost = zero[~digital_silence(zero, length=length, crc32=rows["crc32"], frame_shape=spec.frame_shape,
                                      dtype=spec.dtype, checksum=store.row_checksum)] if len(zero) else zero
+        lost = np.union1d(lost, held[zeros & wrong])
         if len(lost):
             raise store._damaged(f"features/{name}/stats", f"reads as zeros for utterance(s) {store._ids[int(lost[0])]!r}"
                                  f"{f' and {len(lost) - 1} more' if len(lost) > 1 else ''}, whose frames are not all "
                                  f"zero (an emptied shard file)")
+        if wrong.any():
+            wrong = held[wrong]
+            raise store._damaged(f"features/{name}/stats", f"does not hold the statistics that the commit of "
+                                 f"utterance(s) {store._ids[int(wrong[0])]!r}"
+                                 f"{f' and {len(wrong) - 1} more' if len(wrong) > 1 else ''} recorded (their checksum "
+                                 f"differs: a shard file replaced by another or altered)")
         mean = np.zeros((min(per_block, n - lo), *spec.frame_shape))
         m2 = np.zeros_like(mean)
         mean[held - lo], m2[held - lo] = block[:, 0], block[:, 1]

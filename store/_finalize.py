@@ -17,9 +17,9 @@ from w2v2ser._files import replacing
 
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
-from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, all_chunks_stored, digital_silence,
-                      missing_statistics_shards, open_array, overlapping_regions, read_whole_shards, row_checksum,
-                      specs_from_meta,
+from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, STATS_CHECKSUMS, all_chunks_stored,
+                      create_array, digital_silence, mismatched_statistics, missing_statistics_shards, open_array,
+                      overlapping_regions, read_whole_shards, row_checksum, specs_from_meta,
                       to_str_list)
 from ._location import StoreLocation, locate_store
 from ._types import FeatureSpec
@@ -79,7 +79,8 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         commit_count += commit
         any_failed |= pair_failed[f] | row_fail_here
         row_fail_used |= row_fail_here
-        index[f] = {key: np.where(commit, pair.column(key, n), -1) for key in ("offset", "length", "slot")}
+        index[f] = {key: np.where(commit, pair.column(key, n), -1) for key in ("offset", "length", "slot",
+                                                                                "stats_crc32")}
         silent.update(row for row in pair.silent if row < n and commit[row])
         layers = int(meta["features"][f].get("layers") or 1)
         crc = np.zeros((n, layers), np.uint32)
@@ -110,6 +111,9 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         g = f"features/{f}"
         for key in ("offset", "length", "slot"):
             _write_column(group, f"{g}/{key}", index[f][key], np.int64, where=path.display)
+        if f"{g}/stats_crc32" not in group:  # a store made before the statistics carried a CRC
+            create_array(group, f"{g}/stats_crc32", shape=(0,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=-1)
+        _write_column(group, f"{g}/stats_crc32", index[f]["stats_crc32"], np.int64, where=path.display)
         # Written whole, as read: a plan killed between growing it and filling the new rows left
         # chunk files unstored (read as the fill value, which is what they hold).
         _write_column(group, f"{g}/capacity", capacity.pop(f), np.int64, where=path.display)
@@ -134,7 +138,8 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     for f in names:
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"],
                         silent=partial(digital_silence, length=index[f]["length"], crc32=index[f]["crc32"],
-                                       frame_shape=specs[f].frame_shape, dtype=specs[f].dtype, checksum=checksum))
+                                       frame_shape=specs[f].frame_shape, dtype=specs[f].dtype, checksum=checksum),
+                        recorded=index[f]["stats_crc32"], checksum=checksum)
     _write_parquet(path, group, failures)
 
     # Silence is in the commit records: a driver killed after a unit's commit, before it noted the
@@ -151,6 +156,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     meta["finalized"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if renew:  # this finalize stored every chunk: say so for this finalize only
         meta[ALL_CHUNKS_STORED] = meta["finalized"]
+    meta[STATS_CHECKSUMS] = meta["finalized"]  # stats_crc32 is current (an older finalize leaves it behind)
     group.attrs[ATTRS_KEY] = meta
 
 
@@ -214,6 +220,7 @@ def _drop_orphan_shards(path: StoreLocation, group: zarr.Group, feature: str, in
 
 def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray, slot: np.ndarray, *,
                      silent: Callable[[np.ndarray], np.ndarray] | None = None,
+                     recorded: np.ndarray | None = None, checksum: str = "crc32c",
                      ) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     """Per-speaker (count, mean, M2) from per-utterance statistics, in slot order.
 
@@ -222,7 +229,9 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray, slot:
     Memory: one block of statistics plus one accumulator per speaker. verify composes the
     same way, so results match bit for bit. ``silent``: whether each of the given rows holds
     only all-zero frames; statistics that read as all zeros for any other row raise ValueError
-    (zarr and zarrs read an empty shard file as zeros, checksums and all).
+    (zarr and zarrs read an empty shard file as zeros, checksums and all). ``recorded``: per row, the
+    ``checksum`` CRC of its statistics recorded at commit (-1: none, the silence rule instead); a slot
+    that reads otherwise (a shard replaced by a valid copy of another) raises ValueError.
     """
     speakers = np.asarray(speakers)
     order = np.flatnonzero(length > 0)
@@ -273,8 +282,15 @@ def compose_speakers(stats: zarr.Array, speakers: Any, length: np.ndarray, slot:
             runs = np.split(live, np.flatnonzero(np.diff(live) > 1) + 1)
             block = np.concatenate([np.asarray(stats[int(run[0]):int(run[-1]) + 1], np.float64) for run in runs])
             at = np.arange(len(rows))
+        if recorded is not None:
+            wrong = rows[mismatched_statistics(block, recorded[rows], checksum, at=at)]
+            if len(wrong):
+                raise ValueError(f"the statistics of slot(s) {first_few([str(int(s)) for s in slot[wrong]], 3)} are not "
+                                 f"those their commit recorded (their checksum differs): the shard file that holds them "
+                                 f"was replaced, altered or emptied")
         if silent is not None:  # an empty shard file reads as zeros: only digital silence has such statistics
-            zero = rows[~block.reshape(len(block), -1).any(axis=1)[at]]  # no copy of the block
+            with_crc = recorded[rows] >= 0 if recorded is not None else np.zeros(len(rows), bool)
+            zero = rows[~block.reshape(len(block), -1).any(axis=1)[at] & ~with_crc]  # no copy of the block
             lost = zero[~np.asarray(silent(zero), bool)] if len(zero) else zero
             if len(lost):
                 raise ValueError(f"the statistics of slot(s) {first_few([str(int(s)) for s in slot[lost]], 3)} read as "
@@ -363,7 +379,7 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
     missing = missing_statistics_shards(open_array(group, f"features/{spec.name}/stats", where=path.display),
                                         length=index["length"],
                                         slot=index["slot"], crc32=index["crc32"], frame_shape=spec.frame_shape,
-                                        dtype=spec.dtype, checksum=checksum)
+                                        dtype=spec.dtype, checksum=checksum, recorded=index["stats_crc32"])
     if missing:
         rows = sorted(r for found in missing.values() for r in found)
         raise StoreError(
@@ -376,13 +392,14 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
 
 
 def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speakers: Any, length: np.ndarray,
-                    slot: np.ndarray, *, silent: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                    slot: np.ndarray, *, silent: Callable[[np.ndarray], np.ndarray] | None = None,
+                    recorded: np.ndarray | None = None, checksum: str = "crc32c") -> None:
     g = f"features/{feature}"
     stats = open_array(group, f"{g}/stats", where=path.display)
     frame_shape = tuple(stats.shape[2:])
     names, _ = _codes(speakers)
     try:
-        totals = compose_speakers(stats, speakers, length, slot, silent=silent)
+        totals = compose_speakers(stats, speakers, length, slot, silent=silent, recorded=recorded, checksum=checksum)
     except ValueError as exc:  # zarr's crc32c check of a damaged statistics shard
         raise StoreError(
             f"store {path.display}: the per-utterance statistics of feature {feature!r} cannot be read ({exc}), "

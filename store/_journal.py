@@ -359,14 +359,14 @@ class PairRows:
 
     Columns (see :meth:`column`): ``seq`` (position of the latest event in the merged journal
     order, -1 when none), ``kind`` (COMMIT, FAILURE, or 0 for none), and, meaningful where
-    kind is COMMIT, ``offset``, ``length``, ``slot``, ``t``, ``duration`` and ``crc32``.
+    kind is COMMIT, ``offset``, ``length``, ``slot``, ``stats_crc32`` (-1: none recorded), ``t``, ``duration`` and ``crc32``.
     """
 
     def __init__(self, rows: int) -> None:
         self._rows = rows
         self.table = _Grown({"seq": (np.int64, (), -1), "kind": (np.int8, (), _NONE),
                              "offset": (np.int64, (), -1), "length": (np.int64, (), -1),
-                             "slot": (np.int64, (), -1), "t": (np.int64, (), 0),
+                             "slot": (np.int64, (), -1), "stats_crc32": (np.int64, (), -1), "t": (np.int64, (), 0),
                              "duration": (np.float64, (), np.nan)}, rows)
         self.crc: _Grown | None = None  # made at the first commit, which gives the number of layers
         self.sha = bytearray()  # 32 raw bytes per row: the commit's audio_sha256 when lowercase hex
@@ -400,6 +400,7 @@ class PairRows:
         self.crc.cols["crc32"][idx] = crc
         c["kind"][idx] = COMMIT
         c["offset"][idx], c["length"][idx], c["slot"][idx] = ev["offset"], ev["length"], ev["slot"]
+        c["stats_crc32"][idx] = ev.get("stats_crc32", -1)  # none in records of earlier w2v2ser versions
         c["t"][idx], c["duration"][idx] = ev.get("t", 0), ev["duration"]
         if ev.get("silent"):
             self.silent.add(idx)

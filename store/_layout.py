@@ -391,12 +391,14 @@ def overlapping_regions(offset: np.ndarray, length: np.ndarray, rows: np.ndarray
 
 
 def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np.ndarray, crc32: np.ndarray,
-                              frame_shape: tuple[int, ...], dtype: Any, checksum: str) -> dict[str, list[int]]:
+                              frame_shape: tuple[int, ...], dtype: Any, checksum: str,
+                              recorded: np.ndarray | None = None) -> dict[str, list[int]]:
     """Statistics shards that hold slots in use (``length > 0``) but are not in the store: key -> rows.
 
     A shard whose every utterance is digital silence (all-zero frames, as their CRCs show) holds
     only zeros, which zarr does not store: it is not missing. A killed work unit's slots have no
-    committed length, so its unwritten shards are not asked for.
+    committed length, so its unwritten shards are not asked for. ``recorded``: the statistics CRC of
+    each row's commit (-1: none); a row whose recorded statistics are all zeros is not missing either.
     """
     length, slot, crc32 = np.asarray(length), np.asarray(slot), np.asarray(crc32)
     used = np.flatnonzero((length > 0) & (slot >= 0))
@@ -412,6 +414,9 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
     inside = np.isin(shard_of, list(keys))
     rows, shard_of = used[inside], shard_of[inside]
     silent = digital_silence(rows, length=length, crc32=crc32, frame_shape=frame_shape, dtype=dtype, checksum=checksum)
+    if recorded is not None:
+        zeros = statistics_crc(np.zeros((1, 2, *frame_shape)), checksum)[0]
+        silent |= np.asarray(recorded, np.int64)[rows] == zeros
     return {key: rows[shard_of == k].tolist() for k, key in keys.items() if not silent[shard_of == k].all()}
 
 
@@ -431,6 +436,53 @@ def digital_silence(rows: np.ndarray, *, length: np.ndarray, crc32: np.ndarray, 
             zero |= got == crc32_rows(np.full((int(n), *frame_shape), value, dtype=dtype), checksum).reshape(1, -1)
         silent[same] = zero.all(axis=1)
     return silent
+
+
+# Each utterance's statistics slot also carries a CRC (``row_checksum``), in its commit record and in
+# the index array ``features/<name>/stats_crc32`` (-1: committed before this was recorded), so that a
+# statistics shard replaced by a valid copy of another one (every crc32c right) is not read as this
+# utterance's. The root attribute STATS_CHECKSUMS holds the "finalized" time of the last finalize that
+# wrote that array: a store finalized since by an older w2v2ser (which leaves the array stale) and older
+# stores (without it) are read as before, with the digital-silence rule only.
+STATS_CHECKSUMS = "stats_checksums"
+
+
+def statistics_checked(meta: dict[str, Any]) -> bool:
+    """Whether the store's index array ``stats_crc32`` is current (written by its last finalize)."""
+    mark = meta.get(STATS_CHECKSUMS)
+    return bool(mark) and mark == meta.get("finalized")
+
+
+def statistics_crc(slots: np.ndarray, checksum: str, *, at: np.ndarray | None = None,
+                   as_written: bool = True) -> np.ndarray:
+    """One CRC (``checksum``: a key of ROW_CHECKSUMS) per statistics slot of ``[slots, 2, *frame_shape]``
+    (``at``: of those slots only), over its float64 bytes; ``as_written``: with -0.0 taken as 0.0, as the
+    writer records it (zarr does not store an inner chunk equal to its fill value 0.0, which a slot of
+    -0.0 is too, and reads it back as 0.0), else over the bytes as they are (no copy)."""
+    crc = ROW_CHECKSUMS[checksum]
+    slots = np.asarray(slots)
+    picks = range(len(slots)) if at is None else np.asarray(at, np.int64).tolist()
+    out = np.empty(len(picks), np.int64)
+    for k, i in enumerate(picks):
+        one = np.ascontiguousarray(slots[i], np.float64)
+        out[k] = crc(one + 0.0 if as_written else one)  # + 0.0: a copy with -0.0 made 0.0
+    return out
+
+
+def mismatched_statistics(block: np.ndarray, recorded: np.ndarray, checksum: str, *,
+                          at: np.ndarray | None = None) -> np.ndarray:
+    """Whether each slot of ``block`` (``at``: those slots of it) differs from the CRC its commit recorded
+    (``recorded``, one per slot compared; -1: none recorded, never a mismatch)."""
+    recorded = np.asarray(recorded, np.int64)
+    at = np.arange(len(recorded)) if at is None else np.asarray(at, np.int64)
+    bad = np.zeros(len(recorded), bool)
+    known = np.flatnonzero(recorded >= 0)
+    if len(known):  # the bytes as read first (no copy); a slot holding -0.0 is compared as written
+        bad[known] = statistics_crc(block, checksum, at=at[known], as_written=False) != recorded[known]
+        again = known[bad[known]]
+        if len(again):
+            bad[again] = statistics_crc(block, checksum, at=at[again]) != recorded[again]
+    return bad
 
 
 def _starts_with(path: Path, signature: bytes) -> bool:

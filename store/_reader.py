@@ -29,6 +29,7 @@ from ._layout import (
     read_meta,
     row_checksum,
     specs_from_meta,
+    statistics_checked,
     to_str_list,
 )
 from ._location import StoreLocation, as_unreachable, locate_store
@@ -307,7 +308,8 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
         return utterance_id in to_str_list(ids)
 
     def _per_row(self, feature: str) -> dict[str, np.ndarray]:
-        """A feature's frame index (offset, capacity, length, slot, crc32 per row), read at its first use.
+        """A feature's frame index (offset, capacity, length, slot, crc32, stats_crc32 per row), read at its first
+        use; ``stats_crc32`` is -1 throughout in a store whose last finalize did not record it.
 
         Read lazily (open stays cheap), it may be newer than the utterance list read at open: an
         extraction that changed the store since raises StoreChangedError rather than mix the two.
@@ -316,6 +318,8 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
         if feature not in self._rows:
             g = f"features/{feature}"
             rows = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
+            rows["stats_crc32"] = (self._read(f"{g}/stats_crc32") if statistics_checked(self.attrs)
+                                   else np.full(len(rows["slot"]), -1, np.int64))
             self._check_unchanged()
             self._rows[feature] = rows
         return self._rows[feature]
@@ -345,7 +349,8 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
                 rows, spec = self._per_row(feature), self.features[feature]
                 self._require_chunks(path, array, lambda: list(missing_statistics_shards(
                     array, length=rows["length"], slot=rows["slot"], crc32=rows["crc32"],
-                    frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum)))
+                    frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum,
+                    recorded=rows["stats_crc32"])))
             else:
                 self._require_chunks(path, array)
         return array

@@ -19,7 +19,7 @@ from w2v2ser._common import usable_cores
 
 from ._errors import StoreError
 from ._journal import fsync_path
-from ._layout import crc32_rows, open_tensorstore
+from ._layout import crc32_rows, open_tensorstore, statistics_crc
 from ._stats import utterance_statistics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -276,11 +276,14 @@ class UnitWriter:
         for name, stored, (_, mean, m2), crc in prepared:
             data, stats = self._fillers(name)
             offset = data.put(stored)
-            slot = stats.put(np.stack([mean, m2])[None])
+            moments = np.stack([mean, m2])[None]
+            slot = stats.put(moments)
             record = {
                 "event": "commit", "index": int(index), "id": uid, "feature": name,
                 "offset": int(offset), "length": int(len(stored)), "slot": int(slot),
                 "crc32": [int(c) for c in crc], "audio_sha256": str(audio_sha256), "duration": float(duration),
+                # Readers compare it with the slot they read: a shard replaced by another is not taken as this one.
+                "stats_crc32": int(statistics_crc(moments, self._writer.row_checksum)[0]),
             }
             if silent:  # in the commit record, so a kill after the commit cannot lose it (finalize reads it)
                 record["silent"] = True

@@ -13,7 +13,8 @@ from ._errors import StoreError
 from ._finalize import compose_speakers
 from ._journal import JOURNAL_DIR, iter_journals, resolve_events
 from ._location import as_unreachable
-from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, missing_statistics_shards, open_array,
+from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, mismatched_statistics,
+                      missing_statistics_shards, open_array,
                       overlapping_regions, read_whole_shards, to_str_list)
 from ._stats import utterance_statistics
 from ._types import VerifyReport
@@ -82,13 +83,14 @@ def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
             problems.append(("*", name, str(error)))
             continue
         off, length, slot, crc, cap = rows["offset"], rows["length"], rows["slot"], rows["crc32"], rows["capacity"]
-        if not (len(off) == len(length) == len(slot) == len(crc) == n):
+        recorded = rows["stats_crc32"]
+        if not (len(off) == len(length) == len(slot) == len(crc) == len(recorded) == n):
             problems.append(("*", name, f"per-utterance arrays have {len(off)} rows, table has {n}"))
             continue
         spec = store.features[name]
         lost = {row: key for key, held in missing_statistics_shards(
             stats, length=length, slot=slot, crc32=crc, frame_shape=spec.frame_shape, dtype=spec.dtype,
-            checksum=store.row_checksum).items() for row in held}
+            checksum=store.row_checksum, recorded=recorded).items() for row in held}
         for i1, i2 in overlapping_regions(off, length, np.flatnonzero(length > 0)):
             o1, c1, o2 = int(off[i1]), int(length[i1]), int(off[i2])
             problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))
@@ -124,6 +126,9 @@ def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
                 if stored is None:
                     stored = np.asarray(stats[int(slot[i])])
                 if np.array_equal(stored[0], mean) and np.array_equal(stored[1], m2):
+                    if mismatched_statistics(stored[None], recorded[i:i + 1], store.row_checksum)[0]:
+                        return ("per-utterance statistics are right, but the CRC its commit recorded for them "
+                                f"(features/{name}/stats_crc32) differs, so every read refuses them; {reextract}"), True
                     return "", True
                 why = "differ from the statistics of its frames"
             except Exception as exc:

@@ -748,6 +748,61 @@ def test_an_emptied_statistics_shard_raises_on_every_composition_and_finalize(tm
     assert open_store(tmp_path / "q").verify().ok
 
 
+def _replace_statistics_shard(path: Path, feature: str, *, source: int, target: int) -> None:
+    """Overwrite statistics shard ``target`` of ``feature`` with a valid copy of shard ``source``."""
+    folder = path / "features" / feature / "stats" / "c"
+    shutil.copyfile(folder / str(source) / "0" / "0", folder / str(target) / "0" / "0")
+
+
+def test_a_statistics_shard_replaced_by_another_raises_on_every_read_path(tmp_path):
+    """Found by a follow-up: a statistics shard file replaced by a valid copy of another shard (every
+    crc32c right) made compose_statistics, compose_speaker_statistics, finalize's speaker tables and
+    export compose or copy other utterances' statistics without an error. Each commit now records the
+    checksum of its statistics slot, and every read compares it."""
+    speakers = ["a", "b", "c"]
+    built = build_store(tmp_path / "s", lengths=[4] * 150, speakers=speakers, specs=(SPEC2D,), units=1)
+    every = [u.id for u in built.utterances]
+    _replace_statistics_shard(built.path, SPEC2D.name, source=0, target=1)
+    calls = {
+        "all": lambda s: s.compose_statistics(SPEC2D.name, utterances=every),
+        "subset": lambda s: s.compose_statistics(SPEC2D.name, utterances=every[60:80]),
+        "per speaker": lambda s: s.compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=every[::2]),
+    }
+    for what, call in calls.items():
+        with pytest.raises(StoreError, match="stats cannot be read.*not those their commit recorded"):
+            call(open_store(built.path))
+    with pytest.raises(StoreError, match=r"does not hold the statistics that the commit of utterance\(s\) 'u064'"):
+        export_hdf5(built.path, tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
+    with pytest.raises(StoreError, match="cannot be composed"):
+        StoreWriter(built.path).finalize()
+    assert not open_store(built.path).verify().ok
+    # Utterances of the intact shards still compose.
+    assert open_store(built.path).compose_statistics(SPEC2D.name, utterances=every[:60]).count == 240
+
+
+def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path):
+    """A store whose last finalize recorded no statistics checksums (an earlier w2v2ser, or an older one
+    that finalized it since) is read without them: same figures, verify intact; a new finalize records them."""
+    import zarr
+
+    built = build_store(tmp_path / "s", lengths=[4, 3, 5, 2], speakers=["a", "b"], specs=(SPEC2D,))
+    every = [u.id for u in built.utterances]
+    want = open_store(built.path).compose_statistics(SPEC2D.name, utterances=every)
+    group = zarr.open_group(str(built.path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    assert meta.pop("stats_checksums") == meta["finalized"]
+    group.attrs["w2v2ser"] = meta
+    del group[f"features/{SPEC2D.name}/stats_crc32"]
+    store = open_store(built.path)
+    assert (store._per_row(SPEC2D.name)["stats_crc32"] == -1).all()
+    got = store.compose_statistics(SPEC2D.name, utterances=every)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    assert store.verify().ok
+    StoreWriter(built.path).finalize()
+    assert (open_store(built.path)._per_row(SPEC2D.name)["stats_crc32"] >= 0).all()
+
+
 def test_frames_of_negative_zeros_are_digital_silence_too(tmp_path):
     """Found by a follow-up: an utterance whose frames are all -0.0 has all-zero statistics, as digital
     silence has, but the zero-shard check compared its CRCs with those of +0.0 zeros only (other bytes),

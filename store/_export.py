@@ -259,7 +259,8 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
         zeros = ~block.reshape(len(held), -1).any(axis=1) & (length[held] > 0)
         zero = held[zeros & (rows["stats_crc32"][held] < 0)]
         lost = zero[~digital_silence(zero, length=length, crc32=rows["crc32"], frame_shape=spec.frame_shape,
-                                     dtype=spec.dtype, checksum=store.row_checksum)] if len(zero) else zero
+                                     dtype=spec.dtype, checksum=store.row_checksum,
+                                     frames=store._frames_reader(name))] if len(zero) else zero
         lost = np.union1d(lost, held[zeros & wrong])
         if len(lost):
             raise store._damaged(f"features/{name}/stats", f"reads as zeros for utterance(s) {store._ids[int(lost[0])]!r}"

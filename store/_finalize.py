@@ -18,7 +18,7 @@ from w2v2ser._files import replacing
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
 from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, STATS_CHECKSUMS, all_chunks_stored,
-                      create_array, digital_silence, mismatched_statistics, missing_statistics_shards, open_array,
+                      create_array, digital_silence, frames_reader, mismatched_statistics, missing_statistics_shards, open_array,
                       overlapping_regions, read_whole_shards, row_checksum, specs_from_meta,
                       to_str_list)
 from ._location import StoreLocation, locate_store
@@ -136,9 +136,11 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _drop_orphan_shards(path, group, f, index[f])
     speakers = open_array(group, "utterances/speaker", where=path.display)[:]
     for f in names:
+        frames = _frames(path, group, index[f], checksum, f)
         _store_speakers(path, group, f, speakers, index[f]["length"], index[f]["slot"],
                         silent=partial(digital_silence, length=index[f]["length"], crc32=index[f]["crc32"],
-                                       frame_shape=specs[f].frame_shape, dtype=specs[f].dtype, checksum=checksum),
+                                       frame_shape=specs[f].frame_shape, dtype=specs[f].dtype, checksum=checksum,
+                                       frames=frames),
                         recorded=index[f]["stats_crc32"], checksum=checksum)
     _write_parquet(path, group, failures)
 
@@ -372,6 +374,13 @@ def _require_distinct_places(path: StoreLocation, feature: str, index: dict[str,
             f"again. Or extract into a new store.")
 
 
+def _frames(path: StoreLocation, group: zarr.Group, index: dict[str, np.ndarray], checksum: str,
+            feature: str) -> Callable[[int], np.ndarray | None]:
+    """Row -> its CRC-checked frames (None: unreadable), for the digital-silence rule's rare undecided rows."""
+    return frames_reader(open_array(group, f"features/{feature}/data", where=path.display), offset=index["offset"],
+                         length=index["length"], crc32=index["crc32"], checksum=checksum)
+
+
 def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpec, checksum: str,
                         index: dict[str, np.ndarray], ids: np.ndarray) -> None:
     """Raise if a statistics shard of committed utterances is missing: zarr would read it as zeros,
@@ -379,7 +388,8 @@ def _require_statistics(path: StoreLocation, group: zarr.Group, spec: FeatureSpe
     missing = missing_statistics_shards(open_array(group, f"features/{spec.name}/stats", where=path.display),
                                         length=index["length"],
                                         slot=index["slot"], crc32=index["crc32"], frame_shape=spec.frame_shape,
-                                        dtype=spec.dtype, checksum=checksum, recorded=index["stats_crc32"])
+                                        dtype=spec.dtype, checksum=checksum, recorded=index["stats_crc32"],
+                                        frames=_frames(path, group, index, checksum, spec.name))
     if missing:
         rows = sorted(r for found in missing.values() for r in found)
         raise StoreError(

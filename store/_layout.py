@@ -392,13 +392,15 @@ def overlapping_regions(offset: np.ndarray, length: np.ndarray, rows: np.ndarray
 
 def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np.ndarray, crc32: np.ndarray,
                               frame_shape: tuple[int, ...], dtype: Any, checksum: str,
-                              recorded: np.ndarray | None = None) -> dict[str, list[int]]:
+                              recorded: np.ndarray | None = None,
+                              frames: Callable[[int], np.ndarray | None] | None = None) -> dict[str, list[int]]:
     """Statistics shards that hold slots in use (``length > 0``) but are not in the store: key -> rows.
 
     A shard whose every utterance is digital silence (all-zero frames, as their CRCs show) holds
     only zeros, which zarr does not store: it is not missing. A killed work unit's slots have no
     committed length, so its unwritten shards are not asked for. ``recorded``: the statistics CRC of
     each row's commit (-1: none); a row whose recorded statistics are all zeros is not missing either.
+    ``frames``: see :func:`digital_silence`.
     """
     length, slot, crc32 = np.asarray(length), np.asarray(slot), np.asarray(crc32)
     used = np.flatnonzero((length > 0) & (slot >= 0))
@@ -413,7 +415,8 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
     keys = {k: key for k, key in keys.items() if key in missing}
     inside = np.isin(shard_of, list(keys))
     rows, shard_of = used[inside], shard_of[inside]
-    silent = digital_silence(rows, length=length, crc32=crc32, frame_shape=frame_shape, dtype=dtype, checksum=checksum)
+    silent = digital_silence(rows, length=length, crc32=crc32, frame_shape=frame_shape, dtype=dtype, checksum=checksum,
+                             frames=frames)
     if recorded is not None:
         zeros = statistics_crc(np.zeros((1, 2, *frame_shape)), checksum)[0]
         silent |= np.asarray(recorded, np.int64)[rows] == zeros
@@ -421,10 +424,15 @@ def missing_statistics_shards(stats: zarr.Array, *, length: np.ndarray, slot: np
 
 
 def digital_silence(rows: np.ndarray, *, length: np.ndarray, crc32: np.ndarray, frame_shape: tuple[int, ...],
-                    dtype: Any, checksum: str) -> np.ndarray:
-    """Whether each of ``rows`` (with frames) holds only all-zero frames, as its CRCs show: the only
-    utterances whose statistics are all zeros, as a missing or empty statistics shard reads. A layer
-    (a CRC) of -0.0 is zeros too: its statistics are zeros, but its bytes, so its CRC, differ."""
+                    dtype: Any, checksum: str,
+                    frames: Callable[[int], np.ndarray | None] | None = None) -> np.ndarray:
+    """Whether each of ``rows`` (with frames) holds only zero frames: the only utterances whose statistics
+    are all zeros, as a missing or empty statistics shard reads. Told from the CRCs where each layer is all
+    0.0 or all -0.0 (its statistics are zeros, its bytes, so its CRC, differ); a layer that mixes 0.0 and
+    -0.0 has zero statistics too but the CRC of neither, so those rows are told from their frames
+    (``frames``: row -> its CRC-checked frames, None when they cannot be read; without it, not silent).
+    After the first row found not silent so, the rest are taken as not silent unread (one is enough to
+    call the statistics damaged: an emptied shard of real utterances reads one, not all)."""
     rows, length, crc32 = np.asarray(rows, np.int64), np.asarray(length), np.asarray(crc32)
     silent = np.zeros(len(rows), bool)  # vectorised: a million silent rows take a CRC per distinct length
     signs = (0.0, -0.0) if np.issubdtype(np.dtype(dtype), np.floating) else (0,)
@@ -435,7 +443,27 @@ def digital_silence(rows: np.ndarray, *, length: np.ndarray, crc32: np.ndarray, 
         for value in signs:
             zero |= got == crc32_rows(np.full((int(n), *frame_shape), value, dtype=dtype), checksum).reshape(1, -1)
         silent[same] = zero.all(axis=1)
+    if frames is not None and len(signs) > 1:
+        for k in np.flatnonzero(~silent & (length[rows] > 0)):
+            x = frames(int(rows[k]))
+            if x is None or np.asarray(x).any():  # (-0.0 counts as zero: .any() is False for it)
+                break
+            silent[k] = True
     return silent
+
+
+def frames_reader(data: zarr.Array, *, offset: np.ndarray, length: np.ndarray, crc32: np.ndarray,
+                  checksum: str) -> Callable[[int], np.ndarray | None]:
+    """Row -> its frames read from ``data``, None when they cannot be read or fail their CRCs (for
+    :func:`digital_silence`, on the rare rows whose CRCs do not tell)."""
+    def read(row: int) -> np.ndarray | None:
+        start, count = int(offset[row]), int(length[row])
+        try:
+            x = np.asarray(data[start:start + count])
+        except Exception:  # noqa: BLE001 -- damaged or unreadable: not known to be silent
+            return None
+        return x if np.array_equal(crc32_rows(x, checksum), np.asarray(crc32[row]).reshape(-1)) else None
+    return read
 
 
 # Each utterance's statistics slot also carries a CRC (``row_checksum``), in its commit record and in

@@ -23,6 +23,7 @@ from ._layout import (
     check_version,
     fork_count,
     missing_chunk_keys,
+    frames_reader,
     missing_statistics_shards,
     open_array,
     open_root,
@@ -350,10 +351,16 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
                 self._require_chunks(path, array, lambda: list(missing_statistics_shards(
                     array, length=rows["length"], slot=rows["slot"], crc32=rows["crc32"],
                     frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum,
-                    recorded=rows["stats_crc32"])))
+                    recorded=rows["stats_crc32"], frames=self._frames_reader(feature))))
             else:
                 self._require_chunks(path, array)
         return array
+
+    def _frames_reader(self, feature: str) -> Callable[[int], np.ndarray | None]:
+        """Row -> its CRC-checked frames of ``feature`` (None: unreadable), for ``digital_silence``."""
+        rows = self._per_row(feature)
+        return frames_reader(self._array(feature, "data"), offset=rows["offset"], length=rows["length"],
+                             crc32=rows["crc32"], checksum=self.row_checksum)
 
     def _values(self, feature: str, name: str, selection: Any = slice(None)) -> np.ndarray:
         """``selection`` of a feature's small array (statistics, speaker table), damage as StoreError."""

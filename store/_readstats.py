@@ -198,7 +198,8 @@ class _ReadStatisticsMixin:
             totals = compose_speakers(self._array(feature, "stats"), spk, per_row["length"][rows],
                                       per_row["slot"][rows], silent=lambda at: digital_silence(
                                           rows[at], length=per_row["length"], crc32=per_row["crc32"],
-                                          frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum),
+                                          frame_shape=spec.frame_shape, dtype=spec.dtype, checksum=self.row_checksum,
+                                          frames=self._frames_reader(feature)),
                                       recorded=per_row["stats_crc32"][rows], checksum=self.row_checksum)
         except Exception as exc:  # ValueError: zarr's crc32c check of a damaged statistics chunk
             if not isinstance(exc, ValueError) and as_unreachable(self.location, exc) is None:

@@ -13,7 +13,7 @@ from ._errors import StoreError
 from ._finalize import compose_speakers
 from ._journal import JOURNAL_DIR, iter_journals, resolve_events
 from ._location import as_unreachable
-from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, mismatched_statistics,
+from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, frames_reader, mismatched_statistics,
                       missing_statistics_shards, open_array,
                       overlapping_regions, read_whole_shards, to_str_list)
 from ._stats import utterance_statistics
@@ -90,7 +90,9 @@ def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
         spec = store.features[name]
         lost = {row: key for key, held in missing_statistics_shards(
             stats, length=length, slot=slot, crc32=crc, frame_shape=spec.frame_shape, dtype=spec.dtype,
-            checksum=store.row_checksum, recorded=recorded).items() for row in held}
+            checksum=store.row_checksum, recorded=recorded,
+            frames=frames_reader(data, offset=off, length=length, crc32=crc, checksum=store.row_checksum)).items()
+            for row in held}
         for i1, i2 in overlapping_regions(off, length, np.flatnonzero(length > 0)):
             o1, c1, o2 = int(off[i1]), int(length[i1]), int(off[i2])
             problems.append((ids[i1], name, f"frames [{o1}, {o1 + c1}) overlap utterance {ids[i2]!r} at {o2}"))

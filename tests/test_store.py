@@ -824,6 +824,60 @@ def test_frames_of_negative_zeros_are_digital_silence_too(tmp_path):
         assert store.verify().ok, spec.name
 
 
+def _as_written_before_statistics_checksums(path: Path) -> None:
+    """Make a finalized store look as an earlier w2v2ser left it: commit records without ``stats_crc32``
+    (each line's own CRC made anew, as that version wrote it), no index array, no root mark."""
+    import zlib
+
+    import zarr
+
+    for journal in (path / "_journal").glob("*.jsonl"):
+        lines = []
+        for raw in journal.read_bytes().splitlines():
+            rec = json.loads(raw)
+            rec.pop("crc", None)
+            rec.pop("stats_crc32", None)
+            body = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+            lines.append(body[:-1] + b',"crc":"%08x"}\n' % zlib.crc32(body))
+        journal.write_bytes(b"".join(lines))
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    meta.pop("stats_checksums")
+    group.attrs["w2v2ser"] = meta
+    for feature in meta["features"]:
+        del group[f"features/{feature}/stats_crc32"]
+
+
+def test_frames_mixing_positive_and_negative_zeros_are_digital_silence_too(tmp_path):
+    """Found by a follow-up: a layer whose frames mix 0.0 and -0.0 has all-zero statistics (unstored, read
+    as zeros), but the CRCs of neither all-0.0 nor all--0.0 frames, so finalize called its statistics shard
+    missing and refused a sound store, and reads called it damaged. New stores compare the statistics'
+    own CRC; in stores without it, such rows are told from their (CRC-checked) frames."""
+    for spec in (SPEC2D, W2V):
+        mixed = np.zeros((4, *spec.frame_shape), np.float32)
+        mixed[::2] = -0.0
+        frames = [mixed.astype(spec.dtype), np.full((4, *spec.frame_shape), 2.0, spec.dtype)]
+        path = tmp_path / spec.name
+        writer = StoreWriter(path, chunk_frames={spec.name: CHUNK}, shard_frames={spec.name: SHARD})
+        utts = make_utterances(2, ["a"])
+        rows = writer.plan(utts, num_samples=[16000] * 2, features=[spec], capacities={spec.name: [4, 4]})
+        for row, x in zip(rows, frames):  # a unit each: the first one's statistics shard holds only zeros
+            writer.write_utterance(row, {spec.name: x}, audio_sha256="x", duration=1.0)
+        writer.finalize()
+        writer.close()
+        for when in ("new", "earlier"):
+            if when == "earlier":
+                _as_written_before_statistics_checksums(path)
+                StoreWriter(path).finalize()
+                assert (open_store(path)._per_row(spec.name)["stats_crc32"] == -1).all()
+            store = open_store(path)
+            got = store.compose_statistics(spec.name, utterances=[u.id for u in utts])
+            assert got.count == 8 and np.allclose(got.mean, 1.0), (spec.name, when)
+            assert store.compose_speaker_statistics(spec.name, speakers=["a"], utterances=[utts[0].id])["a"].count == 4
+            export_hdf5(path, tmp_path / f"{spec.name}-{when}.h5")
+            assert store.verify().ok, (spec.name, when)
+
+
 def test_export_of_an_emptied_statistics_shard_raises_instead_of_copying_zeros(tmp_path):
     """zarr reads a statistics shard file cut to 0 bytes as zeros (no shard index to check): export_hdf5
     copied them as the utterances' statistics. Now it raises, naming an utterance, and writes no file."""

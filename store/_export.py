@@ -276,10 +276,13 @@ def _export_feature(store: FeatureStore, fg: h5py.Group, name: str, spec: Featur
         m2 = np.zeros_like(mean)
         mean[held - lo], m2[held - lo] = block[:, 0], block[:, 1]
         utt[0][lo:lo + len(mean)], utt[1][lo:lo + len(mean)] = mean, m2
+    names, counts = to_str_list(store._values(name, "speaker_name")), store._values(name, "speaker_count")
+    for _ in store._speaker_rows(name, counts, list(range(len(names))), None, names=names):
+        pass  # the speaker tables checked against their recorded CRCs first (a replaced chunk raises), kept nowhere
     for arr in ("speaker_mean", "speaker_m2"):
         a = store._array(name, arr)
         ds = fg.create_dataset(arr, shape=a.shape, dtype="float64")
         for i in range(a.shape[0]):
             ds[i] = store._values(name, arr, i)
-    _write_strings(fg, "speaker_name", to_str_list(store._values(name, "speaker_name")))
-    fg.create_dataset("speaker_count", data=store._values(name, "speaker_count"))
+    _write_strings(fg, "speaker_name", names)
+    fg.create_dataset("speaker_count", data=counts)

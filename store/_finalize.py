@@ -18,7 +18,7 @@ from w2v2ser._files import replacing
 from ._errors import StoreError
 from ._journal import COMMIT, FAILURE, PairState, commit_lines, delete_lines_command, resolve_events
 from ._layout import (ALL_CHUNKS_STORED, ATTRS_KEY, FAILURE_COLUMNS, ROW_CHUNK, STATS_CHECKSUMS, all_chunks_stored,
-                      create_array, digital_silence, frames_reader, mismatched_statistics, missing_statistics_shards, open_array,
+                      create_array, digital_silence, frames_reader, mismatched_statistics, speaker_crc, missing_statistics_shards, open_array,
                       overlapping_regions, read_whole_shards, row_checksum, specs_from_meta,
                       to_str_list)
 from ._location import StoreLocation, locate_store
@@ -416,13 +416,21 @@ def _store_speakers(path: StoreLocation, group: zarr.Group, feature: str, speake
             f"so its speaker statistics cannot be composed. Run `w2v2ser store verify --repair "
             f"{shlex.quote(str(path.display))}`, "
             f"then extract again: the damaged utterances are extracted anew.") from None
+    counts = [totals.get(k, (0,))[0] for k in names]
     _write_column(group, f"{g}/speaker_name", names, str, where=path.display)
-    _write_column(group, f"{g}/speaker_count", [totals.get(k, (0,))[0] for k in names], np.int64, where=path.display)
+    _write_column(group, f"{g}/speaker_count", counts, np.int64, where=path.display)
+    tables = {}
     for arr, part in (("speaker_mean", 1), ("speaker_m2", 2)):
         out = open_array(group, f"{g}/{arr}", where=path.display)
         out.resize((len(names), *frame_shape))
+        tables[arr] = np.stack([totals[k][part] if k in totals else np.zeros(frame_shape) for k in names]) if names \
+            else np.zeros((0, *frame_shape))
         if names:
-            out[:] = np.stack([totals[k][part] if k in totals else np.zeros(frame_shape) for k in names])
+            out[:] = tables[arr]
+    if f"{g}/speaker_crc32" not in group:  # a store made before the speaker tables carried a CRC
+        create_array(group, f"{g}/speaker_crc32", shape=(0,), chunks=(ROW_CHUNK,), dtype="int64", fill_value=-1)
+    _write_column(group, f"{g}/speaker_crc32", speaker_crc(names, np.asarray(counts, np.int64), tables["speaker_mean"],
+                                                           tables["speaker_m2"], checksum), np.int64, where=path.display)
 
 
 def _write_parquet(path: StoreLocation, group: zarr.Group, failures: list[tuple[str, str, str, str]]) -> None:

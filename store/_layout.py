@@ -485,8 +485,8 @@ def statistics_crc(slots: np.ndarray, checksum: str, *, at: np.ndarray | None = 
                    as_written: bool = True) -> np.ndarray:
     """One CRC (``checksum``: a key of ROW_CHECKSUMS) per statistics slot of ``[slots, 2, *frame_shape]``
     (``at``: of those slots only), over its float64 bytes; ``as_written``: with -0.0 taken as 0.0, as the
-    writer records it (zarr does not store an inner chunk equal to its fill value 0.0, which a slot of
-    -0.0 is too, and reads it back as 0.0), else over the bytes as they are (no copy)."""
+    writer records it (an implementation that leaves out a chunk equal to the fill value 0.0 by value, not
+    by bits, reads a slot of -0.0 back as 0.0), else over the bytes as they are (no copy)."""
     crc = ROW_CHECKSUMS[checksum]
     slots = np.asarray(slots)
     picks = range(len(slots)) if at is None else np.asarray(at, np.int64).tolist()
@@ -494,6 +494,19 @@ def statistics_crc(slots: np.ndarray, checksum: str, *, at: np.ndarray | None = 
     for k, i in enumerate(picks):
         one = np.ascontiguousarray(slots[i], np.float64)
         out[k] = crc(one + 0.0 if as_written else one)  # + 0.0: a copy with -0.0 made 0.0
+    return out
+
+
+def speaker_crc(names: list[str], counts: np.ndarray, means: np.ndarray, m2s: np.ndarray, checksum: str) -> np.ndarray:
+    """One CRC per row of the speaker tables (``features/<name>/speaker_crc32``, written by finalize with the
+    tables): over the speaker's name (UTF-8), count (int64) and float64 mean and M2 (-0.0 as 0.0), so that a
+    chunk of the tables replaced by a valid copy of another (another block of speakers, another store's) is
+    not read as these speakers' figures."""
+    crc = ROW_CHECKSUMS[checksum]
+    out = np.empty(len(names), np.int64)
+    for k, name in enumerate(names):
+        moments = np.stack([np.asarray(means[k], np.float64), np.asarray(m2s[k], np.float64)]) + 0.0
+        out[k] = crc(str(name).encode("utf-8") + np.int64(counts[k]).tobytes() + moments.tobytes())
     return out
 
 

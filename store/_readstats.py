@@ -10,7 +10,7 @@ import numpy as np
 from w2v2ser._common import did_you_mean
 
 from ._errors import StoreError
-from ._layout import digital_silence, to_str_list
+from ._layout import digital_silence, speaker_crc, statistics_checked, to_str_list
 from ._location import as_unreachable
 from ._stats import combine_statistics
 from ._types import FeatureStatistics
@@ -45,7 +45,7 @@ class _ReadStatisticsMixin:
             if utterances is not None:
                 yield from self._utterance_parts(feature, [names[k] for k in wanted], utterances, sel)
                 return
-            for _, count, mean, m2 in self._speaker_rows(feature, counts, wanted, sel):
+            for _, count, mean, m2 in self._speaker_rows(feature, counts, wanted, sel, names=names):
                 yield count, mean, m2
 
         utterances = self._utterance_list(utterances)
@@ -88,7 +88,8 @@ class _ReadStatisticsMixin:
         utterances = self._utterance_list(utterances)
         if utterances is None:  # the speaker tables, their layers kept as read
             totals = {names[k]: (count, mean, m2) for k, count, mean, m2 in self._speaker_rows(feature, counts,
-                                                                                                wanted, sel)}
+                                                                                                wanted, sel,
+                                                                                                names=names)}
             sel = None
         else:
             totals = self._compose_utterances(feature, [names[k] for k in wanted], utterances)
@@ -104,18 +105,31 @@ class _ReadStatisticsMixin:
         return out
 
     def _speaker_rows(self, feature: str, counts: np.ndarray, wanted: list[int],
-                      sel: list[int] | None) -> Any:
+                      sel: list[int] | None, *, names: list[str]) -> Any:
         """(position, count, mean, M2) of each speaker with frames at the sorted positions ``wanted`` of
         the speaker tables (``sel``: those layers, copied), read a chunk of speakers at a time: a read per
-        speaker cost about 17 ms with the names and counts read again (3,000 speakers: 51 s)."""
+        speaker cost about 17 ms with the names and counts read again (3,000 speakers: 51 s). Each row is
+        compared with the CRC finalize recorded for it (``speaker_crc32``), where the store has them."""
         rows = int(self._array(feature, "speaker_mean").chunks[0])
         positions = np.asarray(wanted, np.int64)
         if not len(positions):
             return
+        recorded = self._values(feature, "speaker_crc32") if statistics_checked(self.attrs) else None
+        if recorded is not None and len(recorded) != len(names):
+            raise self._damaged(f"features/{feature}/speaker_crc32", f"has {len(recorded)} rows for {len(names)} "
+                                f"speakers")
         for block in np.split(positions, np.flatnonzero(np.diff(positions // rows)) + 1):
             lo, hi = int(block[0]), int(block[-1]) + 1
             means = self._values(feature, "speaker_mean", slice(lo, hi))
             m2s = self._values(feature, "speaker_m2", slice(lo, hi))
+            if recorded is not None:
+                got = speaker_crc([names[k] for k in block], counts[block], means[block - lo], m2s[block - lo],
+                                  self.row_checksum)
+                wrong = block[got != recorded[block]]
+                if len(wrong):
+                    raise self._damaged(f"features/{feature}/speaker_mean", f"and speaker_m2 do not hold the figures "
+                                        f"that finalize recorded for speaker(s) {[names[k] for k in wrong[:3]]} (their "
+                                        f"checksum differs: a chunk file replaced by another or altered)")
             for k in block:
                 if counts[k] > 0:
                     mean, m2 = means[k - lo], m2s[k - lo]

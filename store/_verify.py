@@ -15,7 +15,7 @@ from ._journal import JOURNAL_DIR, iter_journals, resolve_events
 from ._location import as_unreachable
 from ._layout import (FAILURE_COLUMNS, ROW_CHUNK, UTTERANCE_COLUMNS, crc32_rows, frames_reader, mismatched_statistics,
                       missing_statistics_shards, open_array,
-                      overlapping_regions, read_whole_shards, to_str_list)
+                      overlapping_regions, read_whole_shards, speaker_crc, statistics_checked, to_str_list)
 from ._stats import utterance_statistics
 from ._types import VerifyReport
 from ._units import thread_pool
@@ -356,4 +356,14 @@ def _check_speakers(store: "FeatureStore", name: str, speakers: list[str], lengt
         if not same:
             out.append(("*", name, f"statistics of speaker {spk!r} (speaker_count/mean/m2) differ from "
                                    f"those of its {len(rows)} utterances; {fix}"))
+    if statistics_checked(store.attrs) and not out:  # right figures whose recorded CRC differs: reads refuse them
+        try:
+            recorded = store._read(f"features/{name}/speaker_crc32")
+        except StoreError as error:
+            _stop_if_unreachable(store, error)
+            return [("*", name, f"{error}; {fix}")]
+        got = speaker_crc(names, counts, means, m2s, store.row_checksum) if len(recorded) == len(names) else None
+        if got is None or not np.array_equal(got, recorded):
+            out.append(("*", name, f"the speaker tables' checksums (speaker_crc32) do not match their figures, so "
+                                   f"every read refuses them; {fix}"))
     return out

@@ -691,11 +691,11 @@ def test_speaker_normalisation_of_the_whole_store_reads_the_speaker_tables_once(
     store = open_store(built.path)
     reads = count_store_reads(monkeypatch, "/speaker_")
     norm = build_normaliser(store, "w2v:1-2", "speaker", train_speakers=[], speakers=speakers)
-    # speaker_name and speaker_count once, speaker_mean and speaker_m2 once per chunk of 64 speakers.
-    assert len(reads) <= 2 + 2 * 2, (len(reads), sorted(set(reads)))
+    # speaker_name, speaker_count and speaker_crc32 once, speaker_mean and speaker_m2 once per chunk of 64 speakers.
+    assert len(reads) <= 3 + 2 * 2, (len(reads), sorted(set(reads)))
     reads.clear()
     pooled = build_normaliser(store, "w2v:1-2", "global", train_speakers=speakers, speakers=speakers)
-    assert len(reads) <= 2 + 2 * 2, (len(reads), sorted(set(reads)))
+    assert len(reads) <= 3 + 2 * 2, (len(reads), sorted(set(reads)))
     monkeypatch.undo()
     frames = np.concatenate([f.astype(W2V.dtype) for f in built.frames[W2V.name]]).astype(np.float64)[:, 1:3]
     np.testing.assert_allclose(pooled.mean, frames.mean(axis=0), rtol=1e-12)
@@ -779,6 +779,43 @@ def test_a_statistics_shard_replaced_by_another_raises_on_every_read_path(tmp_pa
     assert not open_store(built.path).verify().ok
     # Utterances of the intact shards still compose.
     assert open_store(built.path).compose_statistics(SPEC2D.name, utterances=every[:60]).count == 240
+
+
+def test_speaker_tables_replaced_by_other_valid_chunks_raise_on_every_read(tmp_path):
+    """Found by a follow-up: a chunk file of speaker_mean/speaker_m2 replaced by a valid copy of another
+    (another block of 64 speakers, or another store's tables) gave compose_statistics, the speaker tables
+    that speaker normalisation reads and export other speakers' figures without an error. Finalize now
+    records a CRC per speaker row (speaker_crc32), and every read of the tables compares it."""
+    speakers = [f"s{i:03d}" for i in range(140)]
+    base = build_store(tmp_path / "base", lengths=[4] * 150, speakers=speakers, specs=(SPEC2D,))
+    other = build_store(tmp_path / "other", lengths=[4] * 150, speakers=speakers, specs=(SPEC2D,), seed=1)
+    tables = Path("features") / SPEC2D.name
+    for damage in ("another block", "another store"):
+        path = tmp_path / damage.replace(" ", "_")
+        shutil.copytree(base.path, path)
+        if damage == "another block":
+            shutil.copyfile(path / tables / "speaker_mean/c/0/0", path / tables / "speaker_mean/c/1/0")
+        else:
+            for arr in ("speaker_mean", "speaker_m2"):
+                shutil.copytree(other.path / tables / arr / "c", path / tables / arr / "c", dirs_exist_ok=True)
+        calls = {
+            "pooled": lambda s: s.compose_statistics(SPEC2D.name, speakers=speakers[60:80]),
+            "per speaker": lambda s: s.compose_speaker_statistics(SPEC2D.name, speakers=speakers, utterances=None),
+            "export": lambda s: export_hdf5(path, tmp_path / f"{damage}.h5"),
+        }
+        for what, call in calls.items():
+            with pytest.raises(StoreError, match="do not hold the figures that finalize recorded"):
+                call(open_store(path))
+        assert not open_store(path).verify().ok, damage
+        StoreWriter(path).finalize()  # rerunning the extraction recomposes them
+        assert open_store(path).compose_statistics(SPEC2D.name, speakers=speakers[60:80]).count == 80
+    # Right figures with a wrong recorded CRC are refused by the reads, so verify names them too.
+    import zarr
+
+    zarr.open_array(str(path / tables / "speaker_crc32"), mode="r+")[70] = 12345
+    with pytest.raises(StoreError, match="do not hold the figures that finalize recorded"):
+        open_store(path).compose_statistics(SPEC2D.name, speakers=speakers[60:80])
+    assert any("speaker_crc32" in reason for _, _, reason in open_store(path).verify().problems)
 
 
 def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path):

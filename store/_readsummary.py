@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any, Sequence
 
-from ._layout import STATUSES, to_str_list
+from ._layout import STATUSES, statistics_checked, to_str_list
 from ._types import UtteranceRecord, VerifyReport
 
 # Fields of an utterance record besides the reader's ``extra`` keys that a run's subset can name.
@@ -79,6 +79,8 @@ class _ReadSummaryMixin:
             "created": self.attrs.get("created"),
             "complete": self.complete,
             "row_checksum": self.row_checksum,
+            # Whether the last finalize recorded the statistics' CRCs (stats_crc32, speaker_crc32) that reads compare.
+            "statistics_checksums": statistics_checked(self.attrs),
             "utterances": len(self._ids),
             "status": {s: status.count(s) for s in STATUSES},
             "speakers": len(self.speakers()),

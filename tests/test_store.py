@@ -818,7 +818,7 @@ def test_speaker_tables_replaced_by_other_valid_chunks_raise_on_every_read(tmp_p
     assert any("speaker_crc32" in reason for _, _, reason in open_store(path).verify().problems)
 
 
-def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path):
+def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path, capsys):
     """A store whose last finalize recorded no statistics checksums (an earlier w2v2ser, or an older one
     that finalized it since) is read without them: same figures, verify intact; a new finalize records them."""
     import zarr
@@ -836,8 +836,16 @@ def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path
     got = store.compose_statistics(SPEC2D.name, utterances=every)
     np.testing.assert_array_equal(got.mean, want.mean)
     assert store.verify().ok
+    assert not open_store(built.path).describe()["statistics_checksums"]
+    from w2v2ser._cli import main
+
+    assert main(["store", "info", str(built.path)]) == 0
+    assert "statistics  no checksums recorded" in capsys.readouterr().out
     StoreWriter(built.path).finalize()
     assert (open_store(built.path)._per_row(SPEC2D.name)["stats_crc32"] >= 0).all()
+    assert open_store(built.path).describe()["statistics_checksums"]
+    assert main(["store", "info", str(built.path)]) == 0
+    assert "checksums" not in capsys.readouterr().out
 
 
 def test_frames_of_negative_zeros_are_digital_silence_too(tmp_path):

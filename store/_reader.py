@@ -261,14 +261,16 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
             raise self._damaged(key, f"cannot be read ({type(exc).__name__}: {exc})", exc) from None
 
     def _require_chunks(self, key: str, array: zarr.Array,
-                        missing: Callable[[], Sequence[str]] | None = None) -> None:
+                        missing: Callable[[], Sequence[str]] | None = None, *, always: bool = False) -> None:
         """Raise if a chunk file of `array` is missing (``missing``: lists the missing keys instead).
 
         zarr reads a missing chunk as the fill value: a deleted table or statistics chunk would
         come back as empty strings or zeros. Stores written with ALL_CHUNKS_STORED store every
         such chunk, so one missing is damage; older stores are checked by ``store verify``.
+        ``always``: also in those (an array that the last finalize wrote whole: the statistics' CRCs).
         """
-        if key in self._chunks_checked or not (self.check_chunks and self.complete and all_chunks_stored(self.attrs)):
+        stored = always or all_chunks_stored(self.attrs)
+        if key in self._chunks_checked or not (self.check_chunks and self.complete and stored):
             return
         missing = list(missing() if missing is not None else missing_chunk_keys(array))
         if missing:
@@ -319,11 +321,25 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
         if feature not in self._rows:
             g = f"features/{feature}"
             rows = {k: self._read(f"{g}/{k}") for k in ("offset", "capacity", "length", "slot", "crc32")}
-            rows["stats_crc32"] = (self._read(f"{g}/stats_crc32") if statistics_checked(self.attrs)
+            rows["stats_crc32"] = (self._read_whole(f"{g}/stats_crc32") if statistics_checked(self.attrs)
                                    else np.full(len(rows["slot"]), -1, np.int64))
             self._check_unchanged()
             self._rows[feature] = rows
         return self._rows[feature]
+
+    def _read_whole(self, key: str) -> np.ndarray:
+        """``_read`` of an array that the store's last finalize wrote whole (the statistics' CRCs, which its
+        ``stats_checksums`` mark vouches for): a missing chunk, read as -1 ("none recorded"), is damage
+        even where an older finalize left ``all_chunks_stored`` behind."""
+        try:
+            array = open_array(self._group, key, where=self.location.display)
+        except StoreError:
+            gone = self._gone()
+            if gone is not None:
+                raise gone from None
+            raise
+        self._require_chunks(key, array, always=True)
+        return self._read(key)
 
     def _array(self, feature: str, name: str, *, check: bool = True) -> zarr.Array:
         """A feature's array (cached: opening reads its metadata, and a reader's store is complete);

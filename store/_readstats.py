@@ -114,7 +114,7 @@ class _ReadStatisticsMixin:
         positions = np.asarray(wanted, np.int64)
         if not len(positions):
             return
-        recorded = self._values(feature, "speaker_crc32") if statistics_checked(self.attrs) else None
+        recorded = self._read_whole(f"features/{feature}/speaker_crc32") if statistics_checked(self.attrs) else None
         if recorded is not None and len(recorded) != len(names):
             raise self._damaged(f"features/{feature}/speaker_crc32", f"has {len(recorded)} rows for {len(names)} "
                                 f"speakers")

@@ -893,6 +893,33 @@ def _as_written_before_statistics_checksums(path: Path) -> None:
         del group[f"features/{feature}/stats_crc32"]
 
 
+@pytest.mark.parametrize("array", ["stats_crc32", "speaker_crc32"])
+def test_a_deleted_chunk_of_the_statistics_checksums_raises_also_after_an_older_finalize(tmp_path, array):
+    """Found by a follow-up: where an older w2v2ser's finalize had left all_chunks_stored behind, a deleted
+    chunk of the statistics' CRCs read as -1 ("none recorded") and a replaced statistics shard or speaker
+    table was composed without a word. The finalize that marks stats_checksums writes them whole, so a
+    missing chunk raises whatever all_chunks_stored says."""
+    import zarr
+
+    speakers = [f"s{i:03d}" for i in range(70)]
+    built = build_store(tmp_path / "s", lengths=[4] * 150, speakers=speakers, specs=(SPEC2D,), units=1)
+    group = zarr.open_group(str(built.path), mode="r+")
+    meta = dict(group.attrs["w2v2ser"])
+    group.attrs["w2v2ser"] = {**meta, "all_chunks_stored": "2020-01-01T00:00:00+00:00"}  # an older finalize's
+    tables = built.path / "features" / SPEC2D.name
+    if array == "stats_crc32":
+        _replace_statistics_shard(built.path, SPEC2D.name, source=0, target=1)
+    else:
+        shutil.copyfile(tables / "speaker_mean/c/0/0", tables / "speaker_mean/c/1/0")
+    (tables / array / "c" / "0").unlink()
+    every = [u.id for u in built.utterances]
+    with pytest.raises(StoreError, match=f"{array} lacks chunk files"):
+        if array == "stats_crc32":
+            open_store(built.path).compose_statistics(SPEC2D.name, utterances=every)
+        else:
+            open_store(built.path).compose_statistics(SPEC2D.name, speakers=speakers)
+
+
 def test_frames_mixing_positive_and_negative_zeros_are_digital_silence_too(tmp_path):
     """Found by a follow-up: a layer whose frames mix 0.0 and -0.0 has all-zero statistics (unstored, read
     as zeros), but the CRCs of neither all-0.0 nor all--0.0 frames, so finalize called its statistics shard

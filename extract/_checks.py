@@ -7,8 +7,11 @@ extra columns it gives otherwise. Bad input is refused here, before a store is c
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shlex
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Optional
@@ -27,18 +30,142 @@ from ._rates import CHANNELS_KEY
 from ._registry import Extractor
 
 __all__ = [
-    "_absent_by_corpus", "_check_extraction_options", "_check_label_spellings", "_check_recorded_audio",
+    "_AudioStatCache", "_absent_by_corpus", "_check_extraction_options", "_check_label_spellings", "_check_recorded_audio",
     "_check_utterances", "_extra_kept", "_keep_vanished", "_probe_all", "_progress",
 ]
 
 
+#: The store's file of what each audio file's header said and its sha256, by the file's stat (see _AudioStatCache).
+AUDIO_CACHE_KEY = "audio_cache.json.gz"
+# A file changed this recently when its stat was taken is checked again on the next run: a later
+# write within the file system's timestamp granularity could keep its stat (git's "racy" entries).
+_RACY_NS = 2_000_000_000
+
+
+def _stat_key(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """(size, mtime_ns, ctime_ns, inode, device) of a file, or None when it cannot be stat'ed. Any write
+    changes the ctime, also one that keeps the size and sets the mtime back (``touch -d``, ``rsync -t``);
+    a file replaced by another (mv, a new copy) has another inode."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
+
+
+class _AudioStatCache:
+    """Per audio file, its header (:class:`AudioInfo`) and sha256 as read when its stat was ``stat``, kept
+    in the store (``AUDIO_CACHE_KEY``) so that a rerun over finished work reads no audio: a file whose stat
+    is unchanged is neither probed nor hashed again (what make and git's index do). A missing, damaged
+    or foreign file is an empty cache: every file is read, as without one."""
+
+    def __init__(self, location: Any = None) -> None:
+        self.location = location
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.taken: dict[str, tuple[tuple[int, ...] | None, int]] = {}  # path -> (stat key, when taken) this run
+        self.dirty = False  # entries were added: save() writes them
+        if location is None:
+            return
+        try:
+            data = location.read_bytes(AUDIO_CACHE_KEY)
+            loaded = json.loads(gzip.decompress(data)) if data is not None else {}
+        except Exception:  # noqa: BLE001 - a cache that cannot be read costs reading the audio, nothing else
+            loaded = {}
+        if isinstance(loaded, dict) and loaded.get("version") == 1 and isinstance(loaded.get("files"), dict):
+            self.entries = loaded["files"]
+
+    @staticmethod
+    def _name(path: str | os.PathLike) -> str:
+        return os.path.abspath(os.fspath(path))
+
+    def stat(self, path: str | os.PathLike) -> tuple[int, ...] | None:
+        """The file's stat key now (remembered with the time it was taken)."""
+        key = _stat_key(path)
+        self.taken[self._name(path)] = (key, time.time_ns())
+        return key
+
+    def _entry(self, path: str | os.PathLike, key: tuple[int, ...] | None) -> dict[str, Any] | None:
+        entry = self.entries.get(self._name(path))
+        if key is None or not isinstance(entry, dict) or entry.get("stat") != list(key):
+            return None
+        return entry
+
+    def info(self, path: str | os.PathLike, key: tuple[int, ...] | None) -> AudioInfo | None:
+        """The cached header of a file whose stat key is still ``key``, else None."""
+        entry = self._entry(path, key)
+        try:
+            return AudioInfo(**entry["info"]) if entry is not None else None
+        except (KeyError, TypeError):
+            return None
+
+    def sha256(self, path: str | os.PathLike, key: tuple[int, ...] | None) -> str | None:
+        """The cached sha256 of a file whose stat key is still ``key``, else None."""
+        entry = self._entry(path, key)
+        digest = entry.get("sha256") if entry is not None else None
+        return digest if isinstance(digest, str) else None
+
+    def put(self, path: str | os.PathLike, key: tuple[int, ...] | None, *, taken_ns: int,
+            info: AudioInfo | None = None, sha256: str | None = None) -> None:
+        """Record what was read from a file whose stat key was ``key`` at ``taken_ns`` (not a file
+        changed just before: a write in the same timestamp tick could keep its stat)."""
+        if key is None or key[1] > taken_ns - _RACY_NS or key[2] > taken_ns - _RACY_NS:
+            return
+        name = self._name(path)
+        entry = self.entries.get(name)
+        if not isinstance(entry, dict) or entry.get("stat") != list(key):
+            entry = self.entries[name] = {"stat": list(key)}
+        if info is not None:
+            entry["info"] = {"num_samples": info.num_samples, "sample_rate": info.sample_rate,
+                             "channels": info.channels, "duration": info.duration,
+                             "frames_at_source": info.frames_at_source}
+        if sha256 is not None:
+            entry["sha256"] = sha256
+        self.dirty = True
+
+    def put_extracted(self, done: Sequence[Any]) -> None:
+        """Record the sha256 that extraction recorded for each of the ``done`` records (UtteranceRecord) whose
+        file has kept the stat it had when this run probed it (so the worker hashed that content)."""
+        for record in done:
+            name = self._name(record.path)
+            if not record.audio_sha256 or name not in self.taken:
+                continue
+            key, taken = self.taken[name]
+            if key is not None and self.sha256(record.path, key) is None and _stat_key(record.path) == key:
+                self.put(record.path, key, taken_ns=taken, sha256=record.audio_sha256)
+
+    def save(self, keep: set[str]) -> None:
+        """Write the entries of the files named in ``keep`` into the store; one that cannot be written
+        is no error (the next run reads the audio again)."""
+        if self.location is None or not self.dirty:
+            return
+        kept = {self._name(p) for p in keep}
+        files = {name: entry for name, entry in self.entries.items() if name in kept}
+        data = gzip.compress(json.dumps({"version": 1, "files": files}, sort_keys=True).encode(), mtime=0)
+        try:
+            if self.location.is_local:
+                from w2v2ser._files import write_atomically
+
+                write_atomically(self.location.path / AUDIO_CACHE_KEY, data)
+            else:
+                self.location.write_bytes(AUDIO_CACHE_KEY, data)
+        except Exception:  # noqa: BLE001 - only a cache: the store and its results are written
+            pass
+
+
 def _probe_all(
-    utterances: Sequence[Utterance], progress: bool
+    utterances: Sequence[Utterance], progress: bool, cache: _AudioStatCache | None = None,
 ) -> tuple[list[AudioInfo | None], dict[int, str]]:
-    """Read every file's header; unreadable ones become failures, not crashes."""
+    """Read every file's header; unreadable ones become failures, not crashes. A file whose stat is
+    that of ``cache``'s entry is not read: its header is the cached one."""
+    cache = cache if cache is not None else _AudioStatCache()
     infos: list[AudioInfo | None] = []
     failures: dict[int, str] = {}
     for position, utterance in enumerate(_progress(utterances, progress, "probe audio", "file")):
+        key = cache.stat(utterance.path)
+        cached = cache.info(utterance.path, key)
+        if cached is not None:
+            infos.append(cached)
+            continue
         try:
             infos.append(probe_audio(utterance.path))
         except W2v2serError as error:
@@ -47,6 +174,8 @@ def _probe_all(
         except OSError as error:  # permissions, vanished files: record and go on
             infos.append(None)
             failures[position] = f"cannot read {utterance.path}: {error}. Check the file exists and is readable."
+        else:
+            cache.put(utterance.path, key, taken_ns=cache.taken[cache._name(utterance.path)][1], info=infos[-1])
     return infos, failures
 
 
@@ -115,25 +244,32 @@ def _check_label_spellings(store: Any, done: Mapping[str, Any], utterances: Sequ
 
 
 def _check_recorded_audio(store: Any, done: Mapping[str, Any], utterances: Sequence[Utterance],
-                          progress: bool) -> set[str]:
+                          progress: bool, cache: _AudioStatCache | None = None) -> set[str]:
     """Compare each extracted utterance's audio with the sha256 recorded when it was extracted.
 
     Refuses to resume when a file's audio has changed since: the finished utterance would be kept,
     with features that are no longer of its file. ``done``: id -> record of each utterance the
-    store has finished (its path and sha256).
+    store has finished (its path and sha256). A file whose stat is that of ``cache``'s entry is not
+    read again: its sha256 is the cached one.
 
     Returns:
         Ids given at a new path whose file holds the same audio (a corpus moved or copied to
         another disk): the store takes the new path, and keeps their features.
     """
+    cache = cache if cache is not None else _AudioStatCache()
     recorded = {r.id: (r.path, r.audio_sha256) for r in done.values() if r.audio_sha256}
     checked = [u for u in utterances if u.id in recorded]
     changed, moved = [], set()
     for u in _progress(checked, progress and bool(checked), "check audio", "file"):
-        try:
-            digest = sha256_file(u.path)
-        except (OSError, AudioError):  # sha256_file raises AudioError for a missing or unreadable file
-            continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
+        key, taken = _stat_key(u.path), time.time_ns()
+        digest = cache.sha256(u.path, key)
+        if digest is None:
+            try:
+                digest = sha256_file(u.path)
+            except (OSError, AudioError):  # sha256_file raises AudioError for a missing or unreadable file
+                continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
+            if _stat_key(u.path) == key:  # not written to while it was read
+                cache.put(u.path, key, taken_ns=taken, sha256=digest)
         if recorded[u.id][0] == u.path and digest != recorded[u.id][1]:
             changed.append(u)
         elif recorded[u.id][0] != u.path and digest == recorded[u.id][1]:

@@ -27,7 +27,7 @@ from w2v2ser.store._layout import refuse_inside_store
 from w2v2ser.store._location import as_unreachable, remote_errors
 
 from ._checks import (
-    _absent_by_corpus, _check_extraction_options, _check_label_spellings, _check_recorded_audio, _check_utterances,
+    _absent_by_corpus, _AudioStatCache, _check_extraction_options, _check_label_spellings, _check_recorded_audio, _check_utterances,
     _extra_kept, _keep_vanished, _probe_all, _progress,
 )
 from ._dask import _run_on_dask
@@ -329,13 +329,15 @@ def extract_corpus(
             existing.check_chunks = False
             done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
             _check_label_spellings(existing.path, done, utterances)
-        infos, failures = _probe_all(utterances, progress)
+        # Headers and sha256 of files whose stat is unchanged since a run recorded them are not read again.
+        audio_cache = _AudioStatCache(store_path)
+        infos, failures = _probe_all(utterances, progress, audio_cache)
         by_name = {e.name: e for e in extractors}
         summary.low_rate = {name: (by_name[name].native_min_rate, files, by_name[name].native_min_rate_why)
                             for name, files in below_native_minimum(utterances, infos, extractors).items()}
         if writer is not None:
             summary.vanished = _keep_vanished(done, utterances, infos, failures)
-            moved = _check_recorded_audio(existing, done, utterances, progress)
+            moved = _check_recorded_audio(existing, done, utterances, progress, audio_cache)
             stored = existing.features
         rates = store_rates(utterances, infos, failures, extractors, stored)
         num_samples = [info.num_samples if info is not None else None for info in infos]
@@ -420,6 +422,11 @@ def extract_corpus(
             summary.extracted += summary_parts[0]
             summary.audio_seconds += summary_parts[1]
         writer.finalize()
+        if audio_cache.dirty:  # the sha256 its workers recorded, for files that have kept their stat since
+            records = open_store(store_path, allow_incomplete=True).list_utterances(status="done")
+            given = {u.id: str(u.path) for u in utterances}
+            audio_cache.put_extracted([r for r in records if given.get(r.id) == str(r.path)])
+            audio_cache.save({u.path for u in utterances} | {r.path for r in records})
     store = open_store(store_path, allow_incomplete=True)
     summary.complete = store.complete
     # This manifest's failures: a failed row that it no longer lists (the user removed a bad

@@ -915,6 +915,44 @@ def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, t
     np.testing.assert_array_equal(st.read_utterance(corpus[1].id, "energy"), before)
 
 
+def test_an_unchanged_rerun_reads_no_audio_but_still_finds_changed_audio(corpus, tmp_path, monkeypatch):
+    """A rerun over finished work probes and hashes only the files whose stat changed since a run read
+    them (the first extraction's workers hashed them): none when nothing changed; a file rewritten with
+    the same size and its mtime set back is hashed again and refused, a file only touched is hashed and kept."""
+    import os
+
+    from w2v2ser.extract import _checks
+    from w2v2ser.store import StoreError
+
+    monkeypatch.setattr(_checks, "_RACY_NS", 0, raising=False)  # the files were written a moment ago
+    reads: list[str] = []
+    probe, digest = _checks.probe_audio, _checks.sha256_file
+    monkeypatch.setattr(_checks, "probe_audio", lambda path, **kw: (reads.append(f"probe {Path(path).name}"),
+                                                                     probe(path, **kw))[1])
+    monkeypatch.setattr(_checks, "sha256_file", lambda path, **kw: (reads.append(f"hash {Path(path).name}"),
+                                                                      digest(path, **kw))[1])
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    reads.clear()
+    summary = extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert summary.skipped == 7 and summary.extracted == 0
+    assert reads == ["probe broken.wav", "probe gone.wav"]  # failures are read again: they may be fixed
+    touched = Path(corpus[0].path)
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    reads.clear()
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    assert sorted(reads) == ["hash utt00.wav", "probe broken.wav", "probe gone.wav", "probe utt00.wav"]
+    changed, other = Path(corpus[1].path), Path(corpus[2].path)
+    samples = sf.read(changed)[0]
+    kept = changed.stat()
+    sf.write(changed, sf.read(other)[0][: len(samples)], 16000)  # other audio, same length and size
+    os.utime(changed, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert (changed.stat().st_size, changed.stat().st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    with pytest.raises(StoreError, match=rf"audio of 1 utterance\(s\) already extracted .* has changed since "
+                                          rf".*{corpus[1].id!r}"):
+        extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+
+
 def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, tmp_path):
     """A failed file fixed by conversion (broken.wav -> fixed.flac) and a corrected label: the row
     had no audio, so nothing of it was extracted, and the resumed run takes the new values."""

@@ -132,11 +132,28 @@ def fork_count() -> int:
     return _FORKS[0]
 
 
+# zarr's own warning categories (e.g. UnstableSpecificationWarning of its string arrays): what quiet_zarr drops.
+_ZARR_WARNINGS: tuple[type[Warning], ...] = tuple(
+    getattr(zarr.errors, name) for name in ("ZarrFutureWarning", "ZarrDeprecationWarning", "ZarrUserWarning",
+                                            "ZarrRuntimeWarning") if hasattr(zarr.errors, name)) or (Warning,)
+
+
+@contextlib.contextmanager
+def quiet_zarr(categories: tuple[type[Warning], ...] = _ZARR_WARNINGS) -> Iterator[None]:
+    """``categories`` of warnings off inside (zarr's own, on its format), under the one lock of _codec_pipeline.
+    ``catch_warnings`` is process-wide and restores on exit what it saw on entry: two threads inside at once
+    (stage 2's readers, Dask tasks opening stores) left ``ignore`` installed for good, and every later warning
+    of the process was lost; and while one thread was inside, the warnings of every other thread were."""
+    with _PIPELINE_LOCK, warnings.catch_warnings():
+        for category in categories:
+            warnings.filterwarnings("ignore", category=category)
+        yield
+
+
 @contextlib.contextmanager
 def _codec_pipeline(config: dict[str, str]) -> Iterator[None]:
     """Arrays opened inside use the pipeline `config` names (chosen when an array is opened)."""
-    with _PIPELINE_LOCK, zarr.config.set(config), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_zarr(), zarr.config.set(config):
         if config.get("codec_pipeline.path") == _ZARRS_PATH:
             _ZARRS_USED[0] = True
         yield
@@ -265,8 +282,7 @@ def open_root(path: Path | StoreLocation, *, mode: str, read_cache: bool = False
     store = location.zarr_store(read_only=(mode == "r"))
     if read_cache and not location.is_local:
         store = ReadCacheStore(store)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_zarr():
         return zarr.open_group(store=store, mode=mode)
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +98,9 @@ class StoreLocation:
         if self.is_local:
             return local_zarr_store(self.path, read_only=read_only)
         _cancel_pending_requests_at_exit()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        from ._layout import quiet_zarr  # imports this module
+
+        with quiet_zarr((Warning,)):  # zarr's and the object store clients' (fsspec, botocore)
             return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
 
     # ------------------------------------------------------------------ objects

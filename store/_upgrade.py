@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import shutil
-import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +19,7 @@ from w2v2ser._files import publish_directory
 from w2v2ser._text import short_name
 
 from ._errors import StoreError, StoreFullError
-from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, enclosing_store,
+from ._layout import (ATTRS_KEY, FAILURE_COLUMNS, FORMAT_VERSION, UTTERANCE_COLUMNS, enclosing_store, quiet_zarr,
                       missing_chunk_keys, read_meta, specs_from_meta, to_str_list)
 from ._location import is_store_url, local_zarr_store
 from ._lock import lock_store
@@ -44,8 +43,7 @@ def _open_v1(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
             f"store {path} has format_version {version!r}; `store upgrade` converts format 1 stores "
             f"into format {FORMAT_VERSION}. A store of format 2 or later needs no upgrade."
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_zarr():
         return zarr.open_group(store=local_zarr_store(path, read_only=True), mode="r"), meta
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +17,7 @@ from ._configdiff import _COMPARED, _SHOWN_DIFFERENCES, _comparable, _difference
 from ._errors import StoreError
 from ._journal import JOURNAL_DIR, open_journal
 from ._layout import (
+    quiet_zarr,
     ALL_CHUNKS_STORED,
     ATTRS_KEY,
     FAILURE_COLUMNS,
@@ -165,8 +165,7 @@ class StoreWriter(_WritePlanMixin, _WriteWorkersMixin):
             "row_checksum": ROW_CHECKSUM,
             ALL_CHUNKS_STORED: True,  # readers check that table, index and speaker chunks exist
         }
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_zarr():
             group = zarr.create_group(store=self.location.zarr_store(read_only=False), attributes={ATTRS_KEY: meta})
         for col, (dtype, fill) in UTTERANCE_COLUMNS.items():
             create_array(group, f"utterances/{col}", shape=(0,), chunks=(ROW_CHUNK,), dtype=dtype, fill_value=fill)

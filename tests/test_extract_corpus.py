@@ -953,6 +953,29 @@ def test_an_unchanged_rerun_reads_no_audio_but_still_finds_changed_audio(corpus,
         extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
 
 
+def test_stores_read_in_threads_leave_the_warning_filters_as_they_were(corpus, tmp_path):
+    """Store reads silenced zarr's warnings with catch_warnings and an ignore-all filter, which is process-wide:
+    two threads inside at once (Dask tasks, stage 2's readers) left the ignore-all filter for good, so every
+    later warning of the process (a run's 'utterances without frames') was lost."""
+    import threading
+    import warnings
+
+    store = tmp_path / "s.zarr"
+    extract_corpus(corpus, store, extractors=[EnergyExtractor()], progress=False)
+    before = list(warnings.filters)
+
+    def read() -> None:
+        for _ in range(20):
+            open_store(store).list_utterances()
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
+
+
 def test_a_file_that_could_not_be_read_can_be_replaced_in_the_manifest(corpus, tmp_path):
     """A failed file fixed by conversion (broken.wav -> fixed.flac) and a corrected label: the row
     had no audio, so nothing of it was extracted, and the resumed run takes the new values."""

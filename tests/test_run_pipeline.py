@@ -557,6 +557,56 @@ def test_run_stops_an_experiment_whose_store_an_extraction_changed_and_goes_on(t
 
 
 @needs_ravdess
+def test_warnings_of_runs_trained_by_dask_workers_reach_the_driver_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A run trained in a Dask task warned (utterances without frames, say) on its worker's stderr only:
+    a SLURM job's log, not the terminal of `w2v2ser run`. Now each task returns its warnings and the
+    driver shows them, each text once. Here the worker's stderr is a list, as a remote worker's is."""
+    import threading
+    import warnings
+
+    from distributed import Client
+
+    from w2v2ser._cluster import ClusterHandle
+    from w2v2ser._config import load_pipeline
+    from w2v2ser._run import run_pipeline
+    from w2v2ser._stage_common import _Reasons
+    from w2v2ser._stage_train import _run_train
+    from w2v2ser.train import _experiment
+
+    pipeline = _two_store_pipeline(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    config = load_pipeline(pipeline)
+
+    def trained(cfg, spec, out, data, **kwargs):
+        warnings.warn("DenseHead.fit: utterances without frames: 1 of x ('03-01-01')", UserWarning)
+        warnings.warn(f"run {Path(out).name}/{spec.name}: its own note", UserWarning)
+        return _experiment.RunResult(fold=spec.fold, seed=spec.seed, uar=0.5, accuracy=0.5, n_test=1, epochs=1,
+                                     best_val_loss=1.0, path=str(out))
+
+    worker_log: list[str] = []
+
+    def remote_stderr(message, category, filename, lineno, file=None, line=None):
+        if threading.current_thread() is threading.main_thread():  # Python's own, without pytest's record
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        else:  # a Dask task's thread: its worker's stderr
+            worker_log.append(str(message))
+
+    monkeypatch.setattr(warnings, "showwarning", remote_stderr)
+    monkeypatch.setattr(_experiment, "_train_run", trained)
+    monkeypatch.setattr(_experiment, "_summarize_runs", _summarised)
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        outcome = _run_train(config, SimpleNamespace(get=lambda: ClusterHandle(client, 0, None, "test")), _Reasons())
+    assert outcome.done == 2 and not outcome.failed
+    err = capsys.readouterr().err
+    assert err.count("utterances without frames: 1 of x ('03-01-01')") == 1, (err, worker_log)
+    for experiment in config.experiments:
+        for run in ("split__seed0", "split__seed1"):
+            assert err.count(f"run {experiment.run_dir.name}/{run}: its own note") == 1, (err, worker_log)
+    assert not worker_log
+
+
+@needs_ravdess
 def test_run_holds_each_experiments_folder_as_train_does(tmp_path: Path, monkeypatch, capsys) -> None:
     """Found in review: `w2v2ser train`/`sweep` refuse a job of another configuration writing into their
     --out (their runs would replace each other's), but `w2v2ser run` took no lock: a `train` of another

@@ -5,7 +5,9 @@ run marked with its reason (skipped.json, failed.json).
 
 from __future__ import annotations
 
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -298,13 +300,57 @@ def _train_in_view(config: Any, heads: Any, run: Any, out: Path, data: Any) -> A
     return _sweep._sweep_run(config, heads, run, out, data)
 
 
-def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | None, revisions: dict[str, int]) -> Any:
+# Warnings of the runs that Dask tasks train: each task thread collects those it raises (a worker's stderr is
+# a SLURM job's log, not the user's terminal), and _train_runs shows them in this process, each text once.
+_COLLECTING = threading.local()
+_HOOK_LOCK = threading.Lock()
+_SHOWN: set[tuple[Any, str]] = set()  # (category, text) of each warning shown again in this process
+
+
+def _collecting_showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                            line: str | None = None) -> None:
+    """warnings.showwarning of a worker: a task thread's warnings go to its list, others' are shown as before."""
+    found = getattr(_COLLECTING, "found", None)
+    if found is None:
+        _collecting_showwarning.passed(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+        return
+    found.append((category, str(message), filename, lineno))
+
+
+def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | None,
+                revisions: dict[str, int]) -> tuple[Any, list[tuple[Any, str, str, int]]]:
     """A Dask task: one run on the stores as its experiment's plan saw them (StoreChangedError when an
-    extraction has changed one since: the task would read other utterances than the summary)."""
+    extraction has changed one since: the task would read other utterances than the summary).
+
+    Returns:
+        The run's result, and the warnings it raised in this thread as (category, text, file, line),
+        which the driver shows (:func:`_show_task_warnings`).
+    """
+    from w2v2ser.store import _layout
     from w2v2ser.train._experiment import _configure_threads, reopen_view
 
-    _configure_threads(threads)
-    return _train_in_view(config, heads, run, out, reopen_view(config, revisions))
+    # A hook of the worker process, not catch_warnings: tasks run side by side in threads. Set under the
+    # store's lock of its own catch_warnings (quiet_zarr), whose exit would put the old hook back.
+    with _HOOK_LOCK, _layout._PIPELINE_LOCK:
+        if warnings.showwarning is not _collecting_showwarning:
+            _collecting_showwarning.passed = warnings.showwarning  # type: ignore[attr-defined]
+            warnings.showwarning = _collecting_showwarning
+    _COLLECTING.found = found = []
+    try:
+        _configure_threads(threads)
+        return _train_in_view(config, heads, run, out, reopen_view(config, revisions)), found
+    finally:
+        del _COLLECTING.found
+
+
+def _show_task_warnings(found: Any) -> None:
+    """Say the warnings a task returned (:func:`_train_task`), each text once per process: on the stage's
+    own output, not through this process's warning filters, which a library's ``catch_warnings`` in
+    another thread may have left at ``ignore``."""
+    for category, text, filename, lineno in found or ():
+        if (category, text) not in _SHOWN:  # the same note from every fold and seed: once
+            _SHOWN.add((category, text))
+            _say(f"{filename}:{lineno}: {getattr(category, '__name__', category)}: {text}")
 
 
 def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int], *,
@@ -359,7 +405,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
             check_stop()
             bar.update(1)
             try:
-                future.result()
+                _, found = future.result()
             except Exception as error:  # noqa: BLE001 - reported per run, the rest go on
                 check_stop()
                 if experiment.name in stopped:  # cancelled, or failed on the same store: said once
@@ -372,5 +418,6 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
                 yield experiment, (run.name, _run_error_text(error, task_error(error, fix=handle.lost_worker_fix)))
             else:  # a run in flight when its experiment stopped is finished: it is kept
                 trained[experiment.name] = trained.get(experiment.name, 0) + 1
+                _show_task_warnings(found)
     finally:
         bar.close()

@@ -557,6 +557,34 @@ def test_run_stops_an_experiment_whose_store_an_extraction_changed_and_goes_on(t
 
 
 @needs_ravdess
+def test_run_on_complete_stores_reads_no_audio_but_refuses_changed_audio(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`run` took a complete store as done from its table alone: a file whose audio changed since its
+    extraction kept its old features, which `extract` refuses. Now `run` checks the audio as `extract`
+    does, reading only the files whose stat changed since a run read them: none on an unchanged rerun."""
+    from w2v2ser._run import run_pipeline
+    from w2v2ser.extract import _audio, _checks
+
+    pipeline = _two_store_pipeline(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert run_pipeline(pipeline, stage="extract") == 0
+    reads: list[str] = []
+    for module, name in ((_audio, "sha256_file"), (_checks, "sha256_file"), (_checks, "probe_audio")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda path, _real=real, _name=name, **kw: (
+            reads.append(f"{_name} {Path(path).name}"), _real(path, **kw))[1])
+    capsys.readouterr()
+    assert run_pipeline(pipeline, stage="extract") == 0
+    assert capsys.readouterr().err.count(": complete (") == 2 and reads == []
+    link = sorted((tmp_path / "data" / "speech").rglob("*.flac"))[0]
+    link.unlink()  # the same name, now another recording of that actor
+    link.symlink_to(RAVDESS / "speech" / link.parent.name / link.name.replace("-01-01-01-", "-01-02-01-"))
+    assert run_pipeline(pipeline, stage="extract") == 1
+    err = capsys.readouterr().err
+    assert err.count(f"has changed since (its sha256 differs from the one recorded): '{link.stem}'") == 2, err
+    assert ": complete (" not in err, err
+
+
+@needs_ravdess
 def test_warnings_of_runs_trained_by_dask_workers_reach_the_driver_once(tmp_path: Path, monkeypatch, capsys) -> None:
     """A run trained in a Dask task warned (utterances without frames, say) on its worker's stderr only:
     a SLURM job's log, not the terminal of `w2v2ser run`. Now each task returns its warnings and the

@@ -89,7 +89,43 @@ def _store_done(store_path: Path, utterances: Sequence[Any], features: Sequence[
     # Not the path: a corpus copied to a node's local disk for a job reads the same audio.
     fields = ("label", "speaker", "session", "split")
     return stored.keys() == {u.id for u in utterances} and all(
-        str(getattr(stored[u.id], name)) == str(getattr(u, name)) for u in utterances for name in fields)
+        str(getattr(stored[u.id], name)) == str(getattr(u, name)) for u in utterances for name in fields) \
+        and _audio_unchanged(store_path, stored, utterances)
+
+
+def _audio_unchanged(store_path: Path, stored: dict[str, Any], utterances: Sequence[Any]) -> bool:
+    """Whether each file still holds the audio (sha256) that its utterance's features were extracted from, as
+    ``w2v2ser extract`` checks: a file whose stat is that of the store's audio cache is not read, any other is
+    hashed (and recorded in the cache when no extraction holds the store). A changed file goes to the
+    extraction, which refuses it and names it; a vanished one keeps its features, as there."""
+    from w2v2ser.extract._audio import sha256_file
+    from w2v2ser.extract._checks import _AudioStatCache, _stat_key
+    from w2v2ser.store import locate_store, lock_store
+
+    location = locate_store(store_path)
+    cache = _AudioStatCache(location)
+    for u in utterances:
+        recorded = stored[u.id].audio_sha256
+        key, taken = _stat_key(u.path), time.time_ns()
+        if not recorded or key is None:
+            continue
+        digest = cache.sha256(u.path, key)
+        if digest is None:
+            try:
+                digest = sha256_file(u.path)
+            except (OSError, W2v2serError):  # unreadable: the extraction says why
+                return False
+            if _stat_key(u.path) == key:
+                cache.put(u.path, key, taken_ns=taken, sha256=digest)
+        if digest != recorded:
+            return False
+    if cache.dirty:
+        try:
+            with lock_store(location):
+                cache.save({u.path for u in utterances} | {r.path for r in stored.values()})
+        except (W2v2serError, OSError):  # an extraction holds it, or it is read-only: the next run hashes them again
+            pass
+    return True
 
 
 def _other_weights(store_path: Path, extractors: Sequence[Any]) -> str | None:

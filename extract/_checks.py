@@ -140,7 +140,7 @@ class _AudioStatCache:
             return
         kept = {self._name(p) for p in keep}
         files = {name: entry for name, entry in self.entries.items() if name in kept}
-        data = gzip.compress(json.dumps({"version": 1, "files": files}, sort_keys=True).encode(), mtime=0)
+        data = gzip.compress(json.dumps({"version": 1, "files": files}).encode(), compresslevel=1, mtime=0)
         try:
             if self.location.is_local:
                 from w2v2ser._files import write_atomically

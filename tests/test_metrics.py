@@ -116,28 +116,6 @@ def test_ravdess_split_ignores_actors_outside_1_to_24():
     assert f["train"] == [f"Actor_{a:02d}" for a in range(1, 21)]
 
 
-def test_making_the_folds_does_not_import_sklearn():
-    """`w2v2ser run` with nothing left to train spent seconds importing sklearn only to plan the folds
-    (PredefinedSplit, LeaveOneGroupOut, for a few lists of speakers); the folds are made without it."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
-        import sys
-        from w2v2ser.store import Utterance
-        from w2v2ser.train import get_protocol
-        actors = [Utterance(f"u{a}", "/x", f"Actor_{a:02d}", "happy") for a in range(1, 25)]
-        sessions = [Utterance(f"u{s}{g}", "/x", f"Ses0{s}{g}", "neu") for s in range(1, 6) for g in "FM"]
-        speakers = [Utterance(f"u{i}", "/x", f"s{i:02d}", "a") for i in range(10)]
-        folds = [get_protocol(name).make_folds(records, 5) for name, records in
-                 (("ravdess", actors), ("iemocap", sessions), ("csv", speakers))]
-        print([len(f) for f in folds], sorted(m for m in sys.modules if m.split(".")[0] == "sklearn")[:3])
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[1, 5, 5] []", out
-
-
 def _results(folds: int) -> dict:
     """results.json of 2 seeds x ``folds`` folds whose per-run mean (0.5) differs from the pooled one."""
     splits = {f"fold{i}": {"test": [f"s{i}"]} for i in range(folds)}

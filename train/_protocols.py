@@ -149,9 +149,12 @@ def _ravdess_folds(records: Sequence[Any], csv_folds: int) -> list[Fold]:
                 f"{_sample(speakers)}. Extract the whole RAVDESS corpus, or pick the protocol of the store's "
                 f"corpus (--protocol iemocap or csv; w2v2ser train picks it from the store when --protocol is "
                 f"not given)", f"no {part} speaker (the ravdess protocol's {part} speakers are actors {actors})")
-    # As sklearn's PredefinedSplit, without importing sklearn (seconds of a `run` with nothing left to train).
-    return [Fold("split", tuple(s for s in used if code[s] == -1), tuple(s for s in used if code[s] == 1),
-                 tuple(s for s in used if code[s] == 0))]
+    from sklearn.model_selection import PredefinedSplit  # on first use: importing stage 2 stays cheap
+
+    (_, test), (_, val) = PredefinedSplit([code[s] for s in used]).split()
+    held = set(test) | set(val)
+    return [Fold("split", tuple(s for i, s in enumerate(used) if i not in held),
+                 tuple(used[i] for i in val), tuple(used[i] for i in test))]
 
 
 def _short(message: str, shortfall: str) -> ProtocolError:
@@ -221,10 +224,11 @@ def _leave_one_group_out(speakers: Sequence[str], groups: Sequence[Any], names: 
     speakers = np.asarray(speakers, dtype=object)
     order = sorted(set(groups))
     members = {g: tuple(sorted(speakers[np.asarray(groups, dtype=object) == g])) for g in order}
+    from sklearn.model_selection import LeaveOneGroupOut  # on first use: importing stage 2 stays cheap
+
     folds = []
-    # As sklearn's LeaveOneGroupOut (a group per fold, in sorted order), without importing sklearn.
-    for test_group, name in zip(order, names):
-        test_idx = np.flatnonzero(np.asarray(groups, dtype=object) == test_group)
+    for (_, test_idx), name in zip(LeaveOneGroupOut().split(speakers, groups=list(groups)), names):
+        test_group = groups[test_idx[0]]
         val_group = order[(order.index(test_group) + 1) % len(order)]
         train = tuple(sorted(s for g in order if g not in (test_group, val_group) for s in members[g]))
         folds.append(Fold(name, train, members[val_group], tuple(sorted(speakers[test_idx]))))

@@ -446,6 +446,10 @@ def test_a_number_with_a_leading_zero_is_decimal_as_in_yaml_1_2(tmp_path: Path) 
     raw: dict = {}
     apply_overrides(raw, ["a=0100", "b=0o10", "c=-010", "d=1_000", "e=0b11"])
     assert raw == {"a": 100, "b": 8, "c": -10, "d": "1_000", "e": "0b11"}
+    # review s67 R2: an explicit tag on text that is no YAML 1.2 integer ended in a ValueError traceback
+    path.write_text(path.read_text().replace("seeds: 2", "seeds: !!int 0b11"))
+    with pytest.raises(ConfigError, match=r"!!int '0b11' is not a YAML 1\.2 integer"):
+        load_pipeline(path)
 
 
 def test_booleans_are_yaml_1_2_booleans_so_cache_off_is_the_word_off(tmp_path: Path) -> None:

@@ -43,7 +43,12 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     """YAML 1.2's integers: ``010`` is ten (YAML 1.1, so PyYAML, read it as the octal 8: ``seeds: 010``
     trained 8 seeds, ``walltime: 0100`` asked for 64 minutes), ``0o10`` is octal, ``0x10`` hex."""
     text = loader.construct_scalar(node)
-    return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text, 10)
+    try:
+        return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text, 10)
+    except (ValueError, IndexError):  # an explicit !!int on text that is not one (!!int 0b11, !!int 1_000)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"!!int {text!r} is not a YAML 1.2 integer (digits, 0o octal or 0x hex)",
+            node.start_mark) from None
 
 
 _SafeLoader.add_constructor(_INT, _construct_int)

@@ -450,6 +450,10 @@ def test_a_number_with_a_leading_zero_is_decimal_as_in_yaml_1_2(tmp_path: Path) 
     path.write_text(path.read_text().replace("seeds: 2", "seeds: !!int 0b11"))
     with pytest.raises(ConfigError, match=r"!!int '0b11' is not a YAML 1\.2 integer"):
         load_pipeline(path)
+    # review s67 R3: `speaker: 08` (text under YAML 1.1) is the number 8 now; the refusal says to quote it
+    path.write_text(path.read_text().replace("seeds: !!int 0b11", "seeds: 2\n    subset: {speaker: 08}"))
+    with pytest.raises(ConfigError, match=r'got integer 8\. Write it in quotes to keep it text, leading zeros'):
+        load_pipeline(path)
 
 
 def test_booleans_are_yaml_1_2_booleans_so_cache_off_is_the_word_off(tmp_path: Path) -> None:

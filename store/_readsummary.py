@@ -59,9 +59,11 @@ class _ReadSummaryMixin:
             if record.audio_sha256:
                 same_audio.setdefault(record.audio_sha256, []).append(record.id)
         feats = {}
+        unchecked = 0  # rows with frames whose commit recorded no statistics CRC (written by an earlier w2v2ser)
         for name, spec in self.features.items():
             data = self._array(name, "data")
             length = self._per_row(name)["length"]
+            unchecked += int(((length > 0) & (self._per_row(name)["stats_crc32"] < 0)).sum())
             shards = list(data.shards) if data.shards is not None else None
             feats[name] = {
                 "dim": spec.dim, "layers": spec.layers, "dtype": spec.dtype,
@@ -79,8 +81,9 @@ class _ReadSummaryMixin:
             "created": self.attrs.get("created"),
             "complete": self.complete,
             "row_checksum": self.row_checksum,
-            # Whether the last finalize recorded the statistics' CRCs (stats_crc32, speaker_crc32) that reads compare.
-            "statistics_checksums": statistics_checked(self.attrs),
+            # Whether reads compare a CRC for every utterance's statistics (stats_crc32, speaker_crc32): the last
+            # finalize recorded them, and every commit carried one (those of an earlier w2v2ser carry none).
+            "statistics_checksums": statistics_checked(self.attrs) and not unchecked,
             "utterances": len(self._ids),
             "status": {s: status.count(s) for s in STATUSES},
             "speakers": len(self.speakers()),

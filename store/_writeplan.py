@@ -15,7 +15,7 @@ from w2v2ser._text import control_character
 
 from ._errors import StoreError
 from ._journal import fsync_path, resolve_events
-from ._layout import ROW_ARRAYS, UTTERANCE_COLUMNS, round_up, specs_from_meta, to_str_list
+from ._layout import ROW_ARRAYS, STATS_CHECKSUMS, UTTERANCE_COLUMNS, round_up, specs_from_meta, to_str_list
 from ._lock import hold_plan_lock
 from ._types import FeatureSpec, Utterance, extra_json
 from ._units import UnitWriter, WorkUnit
@@ -173,10 +173,12 @@ class _WritePlanMixin:
             if spec.name in meta["features"]:
                 self._check_feature_config(spec, meta["features"][spec.name])
         new_features = [spec for spec in features if spec.name not in meta["features"]]
-        if (new or reprobed or relabelled or new_features) and meta.get("complete"):
+        if (new or reprobed or relabelled or new_features) and (meta.get("complete") or STATS_CHECKSUMS in meta):
             # Flag the store unfinished before touching it: a plan killed half-way must not
-            # leave a store that still claims to be complete.
+            # leave a store that still claims to be complete. Its statistics' CRCs (index array
+            # stats_crc32) cover neither new rows nor a new feature until the next finalize writes them.
             meta["complete"] = False
+            meta.pop(STATS_CHECKSUMS, None)
             self._set_meta(meta)
         total = old_rows + len(new)
         replaced = np.asarray([rows[p] for p in reprobed], dtype=np.int64)

@@ -848,6 +848,44 @@ def test_a_store_finalized_without_statistics_checksums_reads_as_before(tmp_path
     assert "checksums" not in capsys.readouterr().out
 
 
+def test_a_store_written_before_statistics_checksums_says_so_also_after_a_new_finalize(tmp_path, capsys):
+    """Review s67 R3: a store really written by an earlier w2v2ser (commit records without a statistics CRC)
+    was said to be checked once a newer finalize had run (it records -1 for those rows), and `store info`
+    advised a rerun of its extraction, which records no CRC for work already done."""
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[4, 3, 5, 2], speakers=["a", "b"], specs=(SPEC2D,))
+    _as_written_before_statistics_checksums(built.path)
+    StoreWriter(built.path).finalize()
+    assert not open_store(built.path).describe()["statistics_checksums"]
+    assert main(["store", "info", str(built.path)]) == 0
+    out = capsys.readouterr().out
+    assert "no checksums recorded for some or all utterances" in out and "rerun" not in out
+
+
+def test_a_store_being_extended_is_read_without_its_last_statistics_checksums(tmp_path):
+    """Review s67 R1/R2: planning a new feature or more utterances into a finalized store left its mark that
+    the statistics CRCs are current, though the index array covered neither: `store info` called the sound
+    store damaged mid-extraction (stats_crc32 of the new feature cannot be opened), and composing over a new
+    row raised IndexError. Until the next finalize they are read without those CRCs."""
+    from w2v2ser._cli import main
+
+    built = build_store(tmp_path / "s", lengths=[4] * 10, speakers=["a", "b"], specs=(SPEC2D,))
+    old_ids = [u.id for u in built.utterances]
+    want = open_store(built.path).compose_statistics(SPEC2D.name, utterances=old_ids)
+    more = built.utterances + make_utterances(20, ["a", "b"], prefix="v")
+    writer = StoreWriter(built.path, chunk_frames={SPEC2D.name: CHUNK, W2V.name: CHUNK},
+                         shard_frames={SPEC2D.name: SHARD, W2V.name: SHARD})
+    writer.plan(more, num_samples=[16000] * len(more), features=[SPEC2D, W2V],
+                capacities={SPEC2D.name: [4] * len(more), W2V.name: [4] * len(more)})
+    writer.close()
+    store = open_store(built.path, allow_incomplete=True)
+    got = store.compose_statistics(SPEC2D.name, utterances=[*old_ids, "v000"])
+    assert got.count == want.count
+    np.testing.assert_array_equal(got.mean, want.mean)
+    assert main(["store", "info", str(built.path)]) == 0
+
+
 def test_frames_of_negative_zeros_are_digital_silence_too(tmp_path):
     """Found by a follow-up: an utterance whose frames are all -0.0 has all-zero statistics, as digital
     silence has, but the zero-shard check compared its CRCs with those of +0.0 zeros only (other bytes),

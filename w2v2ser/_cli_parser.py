@@ -42,8 +42,9 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
               f"when it finishes ({_resume_command(store)} to resume)"))
     print(f"corpus      {', '.join(info['corpus'] or []) or '(not recorded)'}")
     if info["complete"] and info["features"] and not info["statistics_checksums"]:
-        print("statistics  no checksums recorded (finalized by an earlier w2v2ser): reads cannot tell a replaced "
-              "statistics shard, `store verify` can; rerun its extraction to record them")
+        print("statistics  no checksums recorded for some or all utterances (written or finalized by an earlier "
+              "w2v2ser): reads cannot tell a replaced statistics shard, `store verify` can; a store extracted "
+              "anew records them")
     print(f"utterances  {info['utterances']}" + (f": {status}" if status else ""))
     print(f"speakers    {info['speakers']}")
     speaker_groups = case_variants(store.speakers())

@@ -329,6 +329,7 @@ def extract_corpus(
             existing.check_chunks = False
             done = {r.id: r for r in existing.list_utterances(status="done")}  # the table, read once
             _check_label_spellings(existing.path, done, utterances)
+        done_before = set(done)  # their sha256 was recorded by an earlier run, whose file this one may not have read
         # Headers and sha256 of files whose stat is unchanged since a run recorded them are not read again.
         audio_cache = _AudioStatCache(store_path)
         infos, failures = _probe_all(utterances, progress, audio_cache)
@@ -425,7 +426,9 @@ def extract_corpus(
         if audio_cache.dirty:  # the sha256 its workers recorded, for files that have kept their stat since
             records = open_store(store_path, allow_incomplete=True).list_utterances(status="done")
             given = {u.id: str(u.path) for u in utterances}
-            audio_cache.put_extracted([r for r in records if given.get(r.id) == str(r.path)])
+            # Only rows this run extracted: an earlier run's sha256 under a stat taken now would vouch for
+            # a file rewritten since whose check could not hash it (an I/O error), for good.
+            audio_cache.put_extracted([r for r in records if given.get(r.id) == str(r.path) and r.id not in done_before])
             audio_cache.save({u.path for u in utterances} | {r.path for r in records})
     store = open_store(store_path, allow_incomplete=True)
     summary.complete = store.complete

@@ -915,6 +915,36 @@ def test_a_resumed_run_refuses_audio_that_changed_since_its_extraction(corpus, t
     np.testing.assert_array_equal(st.read_utterance(corpus[1].id, "energy"), before)
 
 
+def test_a_changed_file_that_could_not_be_hashed_once_is_still_refused_later(tmp_path, monkeypatch):
+    """Review s67: a rerun cached every done row's recorded sha256 under its file's stat of now, also
+    rows of earlier runs whose file it had not read (its hash failed: an I/O error); a file rewritten
+    since was then trusted by every later run and never read again."""
+    import soundfile as sf
+
+    from w2v2ser.extract import _checks
+    from w2v2ser.store import StoreError
+
+    monkeypatch.setattr(_checks, "_RACY_NS", 0)  # the files were written a moment ago
+    utterances = _write_corpus(tmp_path, [0.5, 1.0, 1.7])
+    store = tmp_path / "s.zarr"
+    extract_corpus(utterances, store, extractors=[EnergyExtractor()], progress=False)
+    target = Path(utterances[1].path)
+    samples = len(sf.read(target)[0])
+    sf.write(target, (0.3 * np.random.default_rng(9).standard_normal(samples)).astype("float32"), 16000)
+    real = _checks.sha256_file
+
+    def flaky(path, **kw):
+        if Path(path) == target:
+            raise OSError(5, "Input/output error", str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(_checks, "sha256_file", flaky)
+    extract_corpus(utterances, store, extractors=[EnergyExtractor()], progress=False)  # the file kept, as before
+    monkeypatch.setattr(_checks, "sha256_file", real)
+    with pytest.raises(StoreError, match="changed since"):
+        extract_corpus(utterances, store, extractors=[EnergyExtractor()], progress=False)
+
+
 def test_an_unchanged_rerun_reads_no_audio_but_still_finds_changed_audio(corpus, tmp_path, monkeypatch):
     """A rerun over finished work probes and hashes only the files whose stat changed since a run read
     them (the first extraction's workers hashed them): none when nothing changed; a file rewritten with

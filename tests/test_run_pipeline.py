@@ -575,6 +575,22 @@ def test_run_on_complete_stores_reads_no_audio_but_refuses_changed_audio(tmp_pat
     capsys.readouterr()
     assert run_pipeline(pipeline, stage="extract") == 0
     assert capsys.readouterr().err.count(": complete (") == 2 and reads == []
+    # Review s67: a finished file that cannot be read now (permissions, an I/O error) sent the store to a
+    # re-extraction that made it a failure, its features lost; it is kept, as extract keeps it.
+    import os
+
+    unreadable = sorted((tmp_path / "data" / "speech").rglob("*.flac"))[1]
+    os.utime(unreadable)  # another stat: not in the cache
+
+    def refuse(path, _real=_audio.sha256_file, **kw):
+        if Path(path) == unreadable:
+            raise PermissionError(13, "Permission denied", str(path))
+        return _real(path, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_audio, "sha256_file", refuse)
+        assert run_pipeline(pipeline, stage="extract") == 0
+    assert capsys.readouterr().err.count(": complete (") == 2
     link = sorted((tmp_path / "data" / "speech").rglob("*.flac"))[0]
     link.unlink()  # the same name, now another recording of that actor
     link.symlink_to(RAVDESS / "speech" / link.parent.name / link.name.replace("-01-01-01-", "-01-02-01-"))

@@ -113,8 +113,8 @@ def _audio_unchanged(store_path: Path, stored: dict[str, Any], utterances: Seque
         if digest is None:
             try:
                 digest = sha256_file(u.path)
-            except (OSError, W2v2serError):  # unreadable: the extraction says why
-                return False
+            except (OSError, W2v2serError):  # unreadable now (permissions, an I/O error): kept, as extract keeps it
+                continue
             if _stat_key(u.path) == key:
                 cache.put(u.path, key, taken_ns=taken, sha256=digest)
         if digest != recorded:

@@ -304,7 +304,7 @@ def _train_in_view(config: Any, heads: Any, run: Any, out: Path, data: Any) -> A
 # a SLURM job's log, not the user's terminal), and _train_runs shows them in this process, each text once.
 _COLLECTING = threading.local()
 _HOOK_LOCK = threading.Lock()
-_SHOWN: set[tuple[Any, str]] = set()  # (category, text) of each warning shown again in this process
+_SHOWN: set[tuple[str, str]] = set()  # (category name, text) of each warning shown again by this train stage
 
 
 def _collecting_showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
@@ -314,16 +314,17 @@ def _collecting_showwarning(message: Any, category: Any, filename: str, lineno: 
     if found is None:
         _collecting_showwarning.passed(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
         return
-    found.append((category, str(message), filename, lineno))
+    # The category's name, not the class: the driver may not import a worker's module (unpickling would fail).
+    found.append((getattr(category, "__name__", str(category)), str(message), filename, lineno))
 
 
 def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | None,
-                revisions: dict[str, int]) -> tuple[Any, list[tuple[Any, str, str, int]]]:
+                revisions: dict[str, int]) -> tuple[Any, list[tuple[str, str, str, int]]]:
     """A Dask task: one run on the stores as its experiment's plan saw them (StoreChangedError when an
     extraction has changed one since: the task would read other utterances than the summary).
 
     Returns:
-        The run's result, and the warnings it raised in this thread as (category, text, file, line),
+        The run's result, and the warnings it raised in this thread as (category name, text, file, line),
         which the driver shows (:func:`_show_task_warnings`).
     """
     from w2v2ser.store import _layout
@@ -344,13 +345,13 @@ def _train_task(config: Any, heads: Any, run: Any, out: Path, threads: int | Non
 
 
 def _show_task_warnings(found: Any) -> None:
-    """Say the warnings a task returned (:func:`_train_task`), each text once per process: on the stage's
+    """Say the warnings a task returned (:func:`_train_task`), each text once per train stage: on the stage's
     own output, not through this process's warning filters, which a library's ``catch_warnings`` in
     another thread may have left at ``ignore``."""
     for category, text, filename, lineno in found or ():
         if (category, text) not in _SHOWN:  # the same note from every fold and seed: once
             _SHOWN.add((category, text))
-            _say(f"{filename}:{lineno}: {getattr(category, '__name__', category)}: {text}")
+            _say(f"{filename}:{lineno}: {category}: {text}")
 
 
 def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str, int], *,
@@ -363,6 +364,7 @@ def _train_runs(handle: ClusterHandle, todo: Sequence[tuple], trained: dict[str,
     from w2v2ser.train._experiment import _configure_threads, store_lost_errors
 
     lost_errors = (*store_lost_errors(), DiskFullError)
+    _SHOWN.clear()  # each stage says its warnings (a second run_pipeline in a notebook too)
     total = sum(len(pending) for *_, pending in todo)
     if progress:
         bar = progress_bar(desc="train runs", unit="run", total=total)

@@ -157,12 +157,39 @@ def build_extractor(name: str, config: Mapping[str, Any] | Any = None, *, record
     return extractor_class(config_class.from_dict(values))
 
 
+# The heads that read a fusion branch, as train/_head_names.py lists them (stage 1 imports no stage 2
+# code; a test checks that the two agree).
+_FUSION_HEADS = ("fusion",)
+
+
+def _run_reads(record: Mapping[str, Any]) -> dict[str | None, set[str]] | None:
+    """Store alias -> the features a run read from it, from the configuration its ``experiment.json``
+    records (as ``ExperimentConfig.selections`` resolves it); None where the record does not say."""
+    config = record.get("config") if isinstance(record.get("config"), Mapping) else record
+    stores, features = config.get("stores"), config.get("features")
+    if not isinstance(stores, Mapping) or not stores or not isinstance(features, str):
+        return None
+    texts = [features]
+    if config.get("head") in _FUSION_HEADS:
+        text = config.get("fusion_features") or "egemaps"
+        # A fusion store, when given, feeds the fusion branch.
+        texts.append(text if "/" in str(text) or "fusion" not in stores else f"fusion/{text}")
+    default = next(iter(stores)) if len(stores) == 1 else "main" if "main" in stores else None
+    reads: dict[str | None, set[str]] = {}
+    for text in texts:
+        alias, _, selection = str(text).strip().rpartition("/")
+        reads.setdefault(alias or default, set()).add(selection.partition(":")[0])
+    return reads
+
+
 def features_like(source: str | Path) -> tuple[dict[str, FeatureSpec], dict[str, set[int | None]]]:
     """The features recorded in a store, or in a run directory of ``w2v2ser train`` (``--like``).
 
     A run directory's ``experiment.json`` records, per store the run read, each feature's extractor
     config and the rates of the audio behind each feature computed at each file's own rate, so new
-    audio can be extracted as training did without the training store.
+    audio can be extracted as training did without the training store. Of a run directory, only
+    the features the run read are taken, each from the store it read it from (the record lists
+    every feature of each store).
 
     Args:
         source: A store (folder or URL) or a run directory of ``w2v2ser train``.
@@ -184,9 +211,12 @@ def features_like(source: str | Path) -> tuple[dict[str, FeatureSpec], dict[str,
         store = open_store(source)
         return dict(store.features), {name: set(store.sample_rates(name)) for name in store.features}
     try:
-        identity = json.loads(run_record.read_text(encoding="utf-8"))["stores_identity"]
+        experiment = json.loads(run_record.read_text(encoding="utf-8"))
+        identity, reads = experiment["stores_identity"], _run_reads(experiment)
         recorded = [(alias, name, FeatureSpec.from_dict(spec), set(entry.get("audio_rates", {}).get(name, ())))
                     for alias, entry in identity.items() for name, spec in entry["features"].items()]
+        # A record that names none of them (not written by train) keeps them all, as before.
+        recorded = [r for r in recorded if reads is not None and r[1] in reads.get(r[0], ())] or recorded
     except (OSError, ValueError, KeyError, TypeError, AttributeError, W2v2serError) as exc:
         raise ConfigError(f"--like {source}: cannot read the feature settings that {run_record} records "
                           f"({type(exc).__name__}: {exc}); pass the training store instead (--like STORE) "

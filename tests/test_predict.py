@@ -1389,6 +1389,9 @@ def test_like_a_run_dir_of_two_stores_that_disagree_names_them(trained: Path, tm
     other = json.loads(json.dumps(experiment["stores_identity"]["main"]))
     other["features"]["wav2vec2"]["config"]["model"] = "another"
     experiment["stores_identity"]["second"] = other
+    # A fusion run that reads wav2vec2 from both stores.
+    experiment.update(head="fusion", fusion_features="second/wav2vec2:all",
+                      stores={**experiment["stores"], "second": other["path"]})
     (run / "experiment.json").write_text(json.dumps(experiment))
     with pytest.raises(ConfigError, match=r"read feature 'wav2vec2' from two stores with different settings "
                                           r"\('main' and 'second'\); pass the one store"):
@@ -1397,6 +1400,66 @@ def test_like_a_run_dir_of_two_stores_that_disagree_names_them(trained: Path, tm
     with pytest.raises(ConfigError, match=r"cannot read the feature settings that .*experiment\.json records"):
         features_like(run)
 
+
+
+def test_like_a_run_dir_takes_only_the_features_the_run_read(trained: Path, tmp_path: Path) -> None:
+    """experiment.json records every feature of each store: a wav2vec2 run on a store that also held
+    eGeMAPS made `extract --like RUN_DIR` extract eGeMAPS too."""
+    from stage2_fixtures import feature_specs
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = json.loads((run / "experiment.json").read_text())
+    experiment["stores_identity"]["main"]["features"]["egemaps"] = feature_specs(features=("egemaps",))[0].to_dict()
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    assert list(features_like(run)[0]) == ["wav2vec2"]
+
+
+def test_like_a_fusion_run_dir_takes_egemaps_from_the_store_the_run_read_it_from(
+        tmp_path: Path, audio_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fusion run reads eGeMAPS from its fusion store; its main store also holding eGeMAPS with other
+    settings made `--like RUN_DIR` refuse the run ("read feature 'egemaps' from two stores"), and
+    predict need the training stores."""
+    from stage2_fixtures import feature_specs
+
+    _train_fusion_run(tmp_path)
+    run = tmp_path / "run"
+    experiment = json.loads((run / "experiment.json").read_text())
+    other = feature_specs(features=("egemaps",), feature_configs={"egemaps": {"set": "ComParE_2016"}})[0]
+    experiment["stores_identity"]["main"]["features"]["egemaps"] = other.to_dict()
+    (run / "experiment.json").write_text(json.dumps(experiment))
+    features = features_like(run)[0]
+    assert features["egemaps"].to_dict() == experiment["stores_identity"]["fusion"]["features"]["egemaps"]
+    assert features["wav2vec2"].to_dict() == experiment["stores_identity"]["main"]["features"]["wav2vec2"]
+    for alias in ("main", "fusion"):  # the run dir alone gives the settings
+        shutil.move(experiment["stores"][alias], tmp_path / f"gone-{alias}.zarr")
+    monkeypatch.setattr(_predict, "extract_features", fake_extract)
+    preds = predict_audio(run, audio_files)
+    assert preds[0].ok and not preds[2].ok  # bad.wav fails in the fake extraction
+
+
+@pytest.mark.parametrize("head", ["dense", "lstm", "fusion"])
+@pytest.mark.parametrize("aliases", [("main",), ("w2v2",), ("main", "fusion"), ("main", "other")])
+@pytest.mark.parametrize("fusion_features", [None, "egemaps", "main/spectrogram", "other/egemaps"])
+def test_like_reads_a_run_dirs_selections_as_training_does(head: str, aliases: tuple[str, ...],
+                                                           fusion_features: str | None) -> None:
+    """Stage 1 reads which features a run read from experiment.json without stage 2's code: its
+    reading must agree with ExperimentConfig.selections for every head."""
+    from w2v2ser.extract._registry import _run_reads
+    from w2v2ser.train import ExperimentConfig
+    from w2v2ser.train._head_names import HEAD_BRANCHES
+
+    assert set(HEAD_BRANCHES) == {"dense", "lstm", "fusion"}  # a new head: add it to the parametrisation
+    features = "wav2vec2:all" if aliases != ("w2v2",) else "w2v2/wav2vec2:3"
+    try:
+        config = ExperimentConfig(stores={a: f"/s/{a}.zarr" for a in aliases}, features=features, head=head,
+                                  fusion_features=fusion_features, protocol="ravdess")
+        wanted: dict[str, set[str]] = {}
+        for text in config.selections().values():
+            wanted.setdefault(config.store_alias(text), set()).add(_runplan.resolve_feature(text))
+    except Exception:  # noqa: BLE001 -- a configuration training refuses has no run dir
+        return
+    assert _run_reads(json.loads(json.dumps(config.to_dict()))) == wanted
 
 
 def _copy_from(training_store: Path):

@@ -155,13 +155,20 @@ class FeatureStore(_ReadTableMixin, _ReadFramesMixin, _ReadStatisticsMixin, _Rea
             return gone
         if getattr(self, "_revision", None) is not None and self.changed_since_open():
             return self._changed()
-        damaged = StoreDamagedError(
-            f"store {self.path} is damaged: array {key} {what}. Run `w2v2ser store verify "
-            f"{shlex.quote(str(self.path))} --repair` to list the affected utterances and queue them for "
-            f"re-extraction, "
-            f"then rerun the same extraction on this store: it re-extracts only those and rebuilds "
-            f"length/crc32/status/statistics from its journals."
-        )
+        table, _, column = key.rpartition("/")
+        if (table in ("utterances", "failures") and key != "utterances/id"
+                or table.startswith("features/") and column in ("capacity", "offset", "length", "slot", "crc32")):
+            # A table or per-row index array names no utterance's frames: --repair has nothing to queue.
+            advice = (f"Rerun the same extraction on this store (the same corpus or manifest and options): it "
+                      f"writes this array again from the manifest and its journals and re-extracts nothing "
+                      f"that is done; then `w2v2ser store verify {shlex.quote(str(self.path))}` checks the "
+                      f"store (its --repair has nothing to queue for this array).")
+        else:
+            advice = (f"Run `w2v2ser store verify {shlex.quote(str(self.path))} --repair` to list the affected "
+                      f"utterances and queue them for re-extraction, then rerun the same extraction on this "
+                      f"store: it re-extracts only those and rebuilds length/crc32/status/statistics from its "
+                      f"journals.")
+        damaged = StoreDamagedError(f"store {self.path} is damaged: array {key} {what}. {advice}")
         damaged.damage = (self.path, key, what)  # `store verify` gives other advice when it stops here itself
         return damaged
 

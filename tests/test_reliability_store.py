@@ -944,6 +944,20 @@ def test_export_refuses_a_table_with_a_deleted_chunk(store, tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.parametrize("array", ["utterances/label", "features/spectrogram/offset"])
+def test_verify_advises_the_rerun_that_restores_a_table_with_a_deleted_chunk(store, pristine, array):
+    """verify said to run `store verify --repair` first, and --repair then said it could queue nothing:
+    only the rerun of the same extraction writes a table (or a per-row index array) again."""
+    _chunk_files(store, array)[0].unlink()
+    for options in ((), ("--repair",)):
+        done = _verify_cli(store, *options)
+        assert done.returncode == 1 and f"array {array} lacks chunk files" in done.stdout, done
+        assert "--repair` to list" not in done.stdout and "Rerun the same extraction on this store" in done.stdout
+    summary = extract_corpus(pristine[1], store, extractors=[build_extractor("spectrogram"), LayeredExtractor()],
+                             progress=False)
+    assert summary.complete and summary.extracted == 0 and _verify_cli(store).returncode == 0
+
+
 def test_rerunning_the_extraction_rewrites_a_table_with_a_deleted_chunk(store, pristine):
     """Found in review: readers refuse a store whose label column lost its chunk and say to rerun
     the extraction, but the rerun itself stopped on that check before it could rewrite the table."""

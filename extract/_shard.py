@@ -324,8 +324,16 @@ _Failure = tuple[int, "str | None", str]
 
 
 def _seconds_above(num_samples: int) -> int:
-    """A round number of seconds at least as long as `num_samples` 16 kHz samples (for advice)."""
-    return -(-num_samples // (16000 * 60)) * 60
+    """The whole ten seconds at least as long as `num_samples` 16 kHz samples (for advice)."""
+    return -(-num_samples // (16000 * 10)) * 10
+
+
+def _seconds_over(num_samples: int, limit: float) -> tuple[str, str]:
+    """`num_samples` 16 kHz samples in seconds, and ``limit``, with the digits that show the length is
+    over the limit (3.5001 over 3.5, not 3.5 over 3.5)."""
+    seconds = num_samples / 16000
+    length = next((text for digits in range(1, 8) if float(text := f"{seconds:.{digits}f}") > limit), repr(seconds))
+    return length, f"{limit:g}" if float(f"{limit:g}") == limit else repr(limit)
 
 
 def _features_of(
@@ -341,8 +349,9 @@ def _features_of(
     allowed = [limit is None or audio.num_samples <= limit * 16000 for _, audio, _ in good]
     for (item, audio, _), ok in zip(good, allowed):
         if not ok:
+            length, shown = _seconds_over(audio.num_samples, limit)
             failures.append((item.index, extractor.name, (
-                f"{item.path} is {audio.num_samples / 16000:.1f} s long, over {extractor.name}.max_seconds={limit:g} "
+                f"{item.path} is {length} s long, over {extractor.name}.max_seconds={shown} "
                 f"(the whole file goes through the model at once, and its memory grows with the length squared); "
                 f"split the file, or raise max_seconds: `w2v2ser extract` with --option {extractor.name}.max_seconds="
                 f"{_seconds_above(audio.num_samples)} extracts it into the same store (in pipeline.yaml, a changed "

@@ -370,6 +370,23 @@ def test_stale_shards_beside_model_safetensors_are_not_other_weights(tmp_path):
     assert weights(stale) == weights(clean) and list(weights(clean)) == ["model.safetensors"]
 
 
+def test_a_file_just_over_max_seconds_is_told_its_length_and_a_limit_just_above(tmp_path):
+    """The reason rounded the length ("is 3.5 s long, over wav2vec2.max_seconds=3.5") and advised the
+    next whole minute (max_seconds=60 for a 3.6 s file)."""
+    pytest.importorskip("torch")
+    from tiny_models import save_tiny_wav2vec2
+
+    utterances = _write_corpus(tmp_path, [0.5, (56_001 + 0.5) / 16_000, 3.6])  # 3.5 s and one sample; 3.6 s
+    model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=1, hidden=16)
+    extractor = build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 3.5})
+    summary = extract_corpus(utterances, tmp_path / "w.zarr", extractors=[extractor], progress=False)
+    failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
+    assert list(failed) == [utterances[1].id, utterances[2].id]
+    assert "is 3.5001 s long, over wav2vec2.max_seconds=3.5 (" in failed[utterances[1].id]
+    assert "is 3.6 s long, over wav2vec2.max_seconds=3.5 (" in failed[utterances[2].id]
+    assert all("--option wav2vec2.max_seconds=10 " in reason for reason in failed.values())
+
+
 def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     pytest.importorskip("torch")
     from tiny_models import save_tiny_wav2vec2
@@ -381,7 +398,7 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     failed = {utterance_id: reason for utterance_id, _, reason in summary.failed}
     assert list(failed) == [utterances[1].id]
     assert "3.0 s long, over wav2vec2.max_seconds=2" in failed[utterances[1].id]
-    assert "--option wav2vec2.max_seconds=60" in failed[utterances[1].id]
+    assert "--option wav2vec2.max_seconds=10" in failed[utterances[1].id]
     # ... said as extract's option, not as a rerun of any command (`run` and the Python API have no --option).
     assert "`w2v2ser extract` with --option" in failed[utterances[1].id] and "pipeline.yaml" in failed[utterances[1].id]
     assert summary.extracted == 2 and summary.complete

@@ -203,7 +203,7 @@ def _line(error: Mapping[str, Any], loc: list[Any], schema: Mapping, where: str)
     # YAML 1.1 (and PyYAML) read these words as booleans; w2v2ser reads YAML 1.2, where they are text.
     if kind == "bool_type" and isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
         return expected, got, " Write true or false."
-    if kind == "string_type" and type(value) is int:  # YAML 1.2 reads speaker: 08 as the number 8
+    if kind == "string_type" and type(value) is int and error["loc"][-1:] != ("[key]",):  # YAML 1.2: speaker: 08 is 8
         return expected, got, ' Write it in quotes to keep it text, leading zeros included (e.g. "08").'
     if kind == "list_type" and "grid" in loc[:-1]:  # e.g. --set experiments.t.grid.corpus=ravdess
         return expected, got, f" A grid axis lists its values: write [{value}]."

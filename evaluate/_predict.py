@@ -430,8 +430,10 @@ def _predict_files(plan: _RunPlan, files: list[Path], groups: list[str], todo: l
             if failure.id in position:
                 errors.setdefault(position[failure.id], f"{failure.reason}"
                                   + (f" (feature {failure.feature})" if failure.feature else ""))
+        # A file done with some features and failed for another (stored without it) has no prediction.
+        failed = {failure.id for failure in store.list_failures()}
         finished = {r.id for r in store.list_utterances(status="done")}
-        done &= finished
+        done &= finished - failed
     if stopped:  # files without a failure record of their own were never reached
         for uid in ids:
             if uid not in done:

@@ -53,7 +53,8 @@ class ExtractionSummary:
         planned: Utterances of this call's manifest, planned in the store.
         extracted: Utterance x feature-group units extracted by this call.
         skipped: Utterances already complete before this call (resumed work).
-        failed: Failures recorded in the store (all runs), as (id, path, reason).
+        failed: Failures recorded in the store (all runs), as (id, path, reason); a file that failed
+            some features only is stored with its others, and its reason says so.
         audio_seconds: Audio seconds extracted by this call.
         wall_seconds: Wall time of this call.
         complete: Whether the store is now marked complete.
@@ -435,7 +436,11 @@ def extract_corpus(
     # This manifest's failures: a failed row that it no longer lists (the user removed a bad
     # recording) keeps its record in the store, but is not this run's failure.
     given = {u.id for u in utterances}
-    summary.failed = [(f.id, f.path, f.reason) for f in store.list_failures() if f.id in given]
+    stored = {r.id for r in store.list_utterances(status="done")}  # those failed for some feature only
+    summary.failed = [(f.id, f.path, f.reason if f.feature is None or f.id not in stored else
+                       f"{f.reason} (only its {f.feature} failed: the file's other features are stored, "
+                       f"and a rerun extracts its {f.feature} again)")
+                      for f in store.list_failures() if f.id in given]
     summary.silent = [uid for uid in store.attrs.get("silent_audio", []) if uid in given]
     summary.speaker_case = case_variants(store.speakers() + [u.speaker for u in utterances])
     summary.wall_seconds = time.perf_counter() - started

@@ -417,19 +417,23 @@ def _extract_batch(
         started = time.perf_counter()
         for index, feature, reason in failures:
             writer.record_failure(index, feature=feature, reason=reason)
-        ready = []  # (row, frames, digest, duration) of the utterances with every feature
+        # (row, frames, digest, duration) of the utterances with some feature: a feature that failed
+        # for a file (too long for the model, refused by openSMILE) is recorded as that feature's
+        # failure, and the file's other features are kept.
+        ready = []
         for position, (item, audio, digest) in enumerate(good):
             frames = {name: values[position] for name, values in features.items() if values[position] is not None}
-            if len(frames) == len(extractors):
+            if frames:
                 ready.append((item.index, frames, digest, audio.num_samples / 16000.0))
         silent = {item.index for item, audio, _ in good if audio.silent}
         # The batch at once: its checks, statistics and checksums run in parallel threads. Frames
-        # the store refuses (a float16 overflow: inf) fail their utterance, not the work unit.
+        # the store refuses (a float16 overflow: inf) fail their feature of that file, not the work unit.
         indices, frame_sets, digests, durations = zip(*ready) if ready else ((), (), (), ())
         packed = set(unit_writer.add_many(
             indices, frame_sets, audio_sha256=digests, durations=durations,
             silent=[index in silent for index in indices],
-            on_bad_frames=lambda index, error: writer.record_failure(index, feature=None, reason=str(error))))
+            on_bad_frames=lambda index, error: writer.record_failure(
+                index, feature=getattr(error, "feature", None), reason=str(error))))
         for index, duration in zip(indices, durations):
             if index in packed:
                 committed.add(duration, row=index if index in silent else None)

@@ -59,6 +59,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
     planned_count = np.zeros(n, np.int64)
     commit_count = np.zeros(n, np.int64)
     any_failed = np.zeros(n, bool)  # some planned feature's latest event is a failure
+    failed_count = np.zeros(n, np.int64)  # ... how many such features
     row_fail_used = np.zeros(n, bool)  # ... and that failure is the row-wide one
     winner = np.full(n, -1, np.int64)  # feature whose commit gives audio_sha256/duration
     winner_t = np.zeros(n, np.int64)
@@ -78,6 +79,7 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         planned_count += planned
         commit_count += commit
         any_failed |= pair_failed[f] | row_fail_here
+        failed_count += pair_failed[f] | row_fail_here
         row_fail_used |= row_fail_here
         index[f] = {key: np.where(commit, pair.column(key, n), -1) for key in ("offset", "length", "slot",
                                                                                 "stats_crc32")}
@@ -105,7 +107,10 @@ def finalize_store(path: Path | StoreLocation, group: zarr.Group) -> None:
         _require_distinct_places(path, f, index[f], ids)
         _require_statistics(path, group, specs[f], checksum, index[f], ids)
     row_fail_active = row_failed & ((planned_count == 0) | row_fail_used)
-    status = np.where(row_fail_active | any_failed, 1, np.where(commit_count < planned_count, 2, 0))
+    # A file that failed some features is done with the others (stage 2 reads it where it has the
+    # features asked for); failed only when the whole file failed or none of its features is stored.
+    whole_failed = row_fail_active | (any_failed & (commit_count == 0))
+    status = np.where(whole_failed, 1, np.where(commit_count + failed_count < planned_count, 2, 0))
 
     for f in names:
         g = f"features/{f}"

@@ -261,12 +261,24 @@ class UnitWriter:
         if index not in self._rows:
             raise StoreError(f"row {index} is not in this work unit (rows {list(self.unit.rows)[:10]}...).")
 
-    def _prepare(self, index: int, uid: str, features: Mapping[str, np.ndarray]) -> _Prepared:
-        """Checks, statistics and CRCs of one utterance (any thread: reads the writer's caches only)."""
+    def _prepare(self, index: int, uid: str, features: Mapping[str, np.ndarray],
+                 bad: list[StoreError] | None = None) -> _Prepared:
+        """Checks, statistics and CRCs of one utterance (any thread: reads the writer's caches only).
+
+        With ``bad``, the error of a feature whose frames fail the checks is appended to it (its
+        ``feature`` attribute names the feature) and that feature is left out; without, it is raised.
+        """
         w = self._writer
         prepared: _Prepared = []
         for name, frames in features.items():
-            stored = w._check_frames(uid, index, name, frames)
+            try:
+                stored = w._check_frames(uid, index, name, frames)
+            except StoreError as error:
+                if bad is None:
+                    raise
+                error.feature = name  # type: ignore[attr-defined]
+                bad.append(error)
+                continue
             prepared.append((name, stored, utterance_statistics(stored), crc32_rows(stored, w.row_checksum)))
         return prepared
 
@@ -320,9 +332,11 @@ class UnitWriter:
             durations: Per utterance, audio duration in seconds.
             silent: Per utterance, whether its audio is digital silence after mixing to mono; kept in
                 its commit records, from which finalize lists such utterances (``silent_audio``).
-            on_bad_frames: Called with the row and the error of an utterance whose frames fail
-                :meth:`add`'s checks (shape, planned size, non-finite); that utterance is then
-                left out and the rest packed. Without it, the first such error is raised.
+            on_bad_frames: Called with the row and the error of each feature of an utterance whose
+                frames fail :meth:`add`'s checks (shape, planned size, non-finite; the error's
+                ``feature`` attribute names the feature); that feature is then left out, and the
+                utterance's other features and the other utterances are packed. Without it, the first
+                such error is raised and nothing of that utterance is packed.
 
         Returns:
             The rows packed.
@@ -346,19 +360,19 @@ class UnitWriter:
         for name in {name for frames in features for name in frames}:
             w._spec(name), w._planned(name)  # fill the writer's caches here, not in the threads
         pool = thread_pool() if len(indices) > 1 else None
-        jobs = list(zip(indices, uids, features))
+        bad: list[list[StoreError]] = [[] for _ in indices]
+        jobs = [(index, uid, frames, errors if on_bad_frames is not None else None)
+                for index, uid, frames, errors in zip(indices, uids, features, bad)]
         futures = [pool.submit(self._prepare, *job) for job in jobs] if pool is not None else []
         getters = [f.result for f in futures] if futures else [functools.partial(self._prepare, *job) for job in jobs]
         packed: list[int] = []
         try:
             with self._lock:
                 for job, get, digest, duration, quiet in zip(jobs, getters, audio_sha256, durations, silent):
-                    try:
-                        prepared = get()
-                    except StoreError as error:
-                        if on_bad_frames is None:
-                            raise
-                        on_bad_frames(job[0], error)
+                    prepared = get()
+                    for error in job[3] or ():
+                        on_bad_frames(job[0], error)  # type: ignore[misc]
+                    if job[3] and not prepared:  # every feature of it was bad: not packed
                         continue
                     self._pack(job[0], job[1], prepared, digest, duration, bool(quiet))
                     packed.append(job[0])

@@ -72,6 +72,10 @@ def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
     except StoreError as error:
         _stop_if_unreachable(store, error)
         status, speakers = ["pending"] * n, [""] * n
+    try:  # a done utterance whose extraction of one feature failed holds no frames of it
+        failed = {(f.id, f.feature) for f in store.list_failures()}
+    except StoreError:  # damaged: reported above
+        failed = set()
     for name in store.features:
         # A missing statistics shard is reported per utterance below (and --repair queues them).
         data, stats = store._array(name, "data"), store._array(name, "stats", check=False)
@@ -104,7 +108,8 @@ def _verify(store: "FeatureStore", *, progress: bool) -> VerifyReport:
             no frames, else (problem or "", whether its frames were read); any thread."""
             o, k = int(off[i]), int(length[i])
             if k < 0:
-                planned_done = status[i] == "done" and cap[i] >= 0  # cap < 0: added without this feature
+                # cap < 0: added without this feature
+                planned_done = status[i] == "done" and cap[i] >= 0 and (ids[i], name) not in failed
                 return ("status 'done' but no frames recorded", False) if planned_done else None
             if k > cap[i]:
                 return f"length {k} exceeds the planned capacity {int(cap[i])}", False

@@ -414,26 +414,72 @@ def test_audio_over_max_seconds_is_a_failure_with_the_reason(tmp_path):
     assert like["wav2vec2"]["max_seconds"] == 300.0
 
 
-def test_a_file_over_max_seconds_keeps_none_of_its_features_as_the_readme_says(tmp_path):
-    """README said only "(eGeMAPS and the spectrogram have no such limit)": with wav2vec2,egemaps the
-    long file got no eGeMAPS either (a file is stored with all of its run's features or none) and
-    training leaves it out; a store of eGeMAPS alone keeps it."""
+def test_a_file_over_max_seconds_keeps_its_other_features(tmp_path):
+    """A file over wav2vec2.max_seconds fails wav2vec2 only: its eGeMAPS is stored (the same frames as a
+    store of eGeMAPS alone), it is a done utterance without wav2vec2 frames, and the advised rerun
+    extracts its wav2vec2 alone."""
     pytest.importorskip("torch")
     from tiny_models import save_tiny_wav2vec2
 
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
-    assert ("is recorded as a failure that says so, and the run goes on: none of the file's features is stored "
-            "then, not even eGeMAPS or the spectrogram, which have no such limit") in readme
-    assert "extract them into a store of their own" in readme
+    assert ("is recorded as a failure of that feature that says so, and the run goes on: the file's other "
+            "features (eGeMAPS, the spectrogram, which have no such limit) are stored") in readme
     utterances = _write_corpus(tmp_path, [0.5, 3.0, 0.8])
     model_dir = save_tiny_wav2vec2(tmp_path / "tiny", num_layers=1, hidden=16)
     both = [build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 2.0}), build_extractor("egemaps")]
-    extract_corpus(utterances, tmp_path / "both.zarr", extractors=both, progress=False)
+    summary = extract_corpus(utterances, tmp_path / "both.zarr", extractors=both, progress=False)
+    long_id = utterances[1].id
+    assert [uid for uid, _, _ in summary.failed] == [long_id] and summary.complete
+    assert "only its wav2vec2 failed: the file's other features are stored" in summary.failed[0][2]
     store = open_store(tmp_path / "both.zarr")
-    assert [f.feature for f in store.list_failures()] == ["wav2vec2"]
-    assert utterances[1].id not in {u.id for u in store.list_utterances(status=None, feature="egemaps")}
+    assert [(f.id, f.feature) for f in store.list_failures()] == [(long_id, "wav2vec2")]
+    assert long_id in {u.id for u in store.list_utterances(feature="egemaps")}
+    assert long_id not in {u.id for u in store.list_utterances(feature="wav2vec2")}
     extract_corpus(utterances, tmp_path / "eg.zarr", extractors=[build_extractor("egemaps")], progress=False)
-    assert open_store(tmp_path / "eg.zarr").read_utterance(utterances[1].id, "egemaps").shape[0] > 250
+    alone = open_store(tmp_path / "eg.zarr").read_utterance(long_id, "egemaps")
+    assert alone.shape[0] > 250
+    np.testing.assert_array_equal(store.read_utterance(long_id, "egemaps"), alone)
+    with pytest.raises(Exception, match=long_id):
+        store.read_utterance(long_id, "wav2vec2")
+
+    raised = [build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 60.0}), build_extractor("egemaps")]
+    again = extract_corpus(utterances, tmp_path / "both.zarr", extractors=raised, progress=False)
+    assert (again.extracted, again.failed) == (1, [])
+    store = open_store(tmp_path / "both.zarr")
+    assert store.read_utterance(long_id, "wav2vec2").shape[0] > 100 and store.list_failures() == []
+    np.testing.assert_array_equal(store.read_utterance(long_id, "egemaps"), alone)
+
+
+class _OtherEnergy(EnergyExtractor):
+    """The energy extractor under another feature name."""
+
+    name = "energy2"
+
+    def feature_spec(self) -> FeatureSpec:
+        return dataclasses.replace(super().feature_spec(), name="energy2")
+
+
+def test_a_feature_failing_on_one_file_keeps_the_files_other_features(tmp_path):
+    utterances = _write_corpus(tmp_path, [0.5, 1.0, 1.7])
+    failing = _OtherEnergy(fail_on_length=16000)  # the 1.0 s file
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[EnergyExtractor(), failing],
+                             shard_size=8, progress=False)
+    assert summary.complete and [uid for uid, _, _ in summary.failed] == ["utt01"]
+    assert "energy2 failed on" in summary.failed[0][2] and "synthetic extractor failure" in summary.failed[0][2]
+    store = open_store(tmp_path / "s.zarr")
+    assert [u.id for u in store.list_utterances()] == ["utt00", "utt01", "utt02"]
+    assert [u.id for u in store.list_utterances(feature="energy")] == ["utt00", "utt01", "utt02"]
+    assert [u.id for u in store.list_utterances(feature="energy2")] == ["utt00", "utt02"]
+    assert [(f.id, f.feature) for f in store.list_failures()] == [("utt01", "energy2")]
+    assert store.read_utterance("utt01", "energy").shape == (100, 2)
+    assert store.verify().ok
+    # A file of which every feature failed is a failed utterance, as before.
+    both = extract_corpus(utterances, tmp_path / "t.zarr", progress=False,
+                          extractors=[EnergyExtractor(fail_on_length=16000), _OtherEnergy(fail_on_length=16000)])
+    store = open_store(tmp_path / "t.zarr")
+    assert [u.id for u in store.list_utterances(status="failed")] == ["utt01"]
+    assert sorted(f.feature for f in store.list_failures()) == ["energy", "energy2"]
+    assert all("only its" not in reason for _, _, reason in both.failed)
 
 
 def test_opensmile_runs_in_a_worker_process_that_is_restarted_after_a_crash():

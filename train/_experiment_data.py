@@ -97,7 +97,10 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
     for feature in sorted(main_features):
         # An extraction of other features can add utterances without this one: leave them out.
         held = {r.id for r in stores[main_alias].list_utterances(status="done", feature=feature)}
-        lacking = [r.id for r in done if r.id not in held]
+        # Those whose extraction of this feature failed (their other features are stored) are counted
+        # by _report_failed_extractions, with the reasons' advice.
+        failed = {f.id for f in stores[main_alias].list_failures() if f.feature == feature}
+        lacking = [r.id for r in done if r.id not in held and r.id not in failed]
         if lacking and report and drops not in _REPORTED_DROPS:
             path = str(config.stores[main_alias])
             log.warning("store %s: %d utterance(s) have no %s frames and are left out (%s); they were added by an "

@@ -1729,3 +1729,59 @@ def test_a_store_writer_given_an_infinite_extra_value_names_the_utterance(corpus
                                          r"be stored as JSON \(Out of range float values"):
         StoreWriter(tmp_path / "s.zarr").plan(rows, num_samples=[16000, 16000], features=[spec],
                                               capacities={spec.name: [10, 10]})
+
+
+def test_a_file_that_failed_one_feature_is_trained_on_with_the_others(corpus, tmp_path, capsys, caplog, monkeypatch):
+    """A file whose spectrogram failed is stored with its eGeMAPS: `store info` says why the
+    spectrogram lacks it, training on eGeMAPS uses it, training on the spectrogram (alone or fused
+    with eGeMAPS) leaves it out with a count, and nothing reads its missing frames."""
+    import logging
+
+    from w2v2ser._cli import main
+    from w2v2ser.extract._spectrogram import SpectrogramExtractor
+
+    original = SpectrogramExtractor.extract
+
+    def failing(self, signals, **kwargs):
+        if any(len(signal) == 16000 for signal in signals):  # utt01, 1.0 s
+            raise RuntimeError("synthetic spectrogram failure")
+        return original(self, signals, **kwargs)
+
+    monkeypatch.setattr(SpectrogramExtractor, "extract", failing)
+    store = tmp_path / "s.zarr"
+    lines = ["path,label,speaker,id"] + [f"{u.path},{u.label},{u.speaker},{u.id}" for u in corpus[:7]]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["extract", "csv", str(tmp_path / "m.csv"), "--store", str(store), "--no-progress",
+                 "--features", "spectrogram,egemaps", "--option", "spectrogram.hop_ms=20"]) == 0  # 50 fps: fusable
+    err = capsys.readouterr().err
+    assert "failed utt01" in err and "only its spectrogram failed: the file's other features are stored" in err
+    assert "1 of the store's 7 utterances failed spectrogram (reasons below)" in err
+    assert "have no spectrogram frames (this run" not in err
+    reader = open_store(store)
+    assert len(reader.list_utterances()) == 7 and len(reader.list_utterances(feature="egemaps")) == 7
+    assert "utt01" not in {r.id for r in reader.list_utterances(feature="spectrogram")}
+    assert reader.verify().ok
+    assert main(["store", "info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "6 of 7 done utterances (1 failed for it, reasons below)" in out
+    assert "utt01 [spectrogram]: spectrogram failed on" in out
+
+    train = ["train", str(store), "--protocol", "csv", "--seeds", "1", "--set", "max_epochs=1", "--set", "csv_folds=3",
+             "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="w2v2ser.train"):
+        assert main([*train, "--features", "egemaps", "--out", str(tmp_path / "eg")]) == 0, capsys.readouterr().err
+        assert "left out" not in caplog.text
+        caplog.clear()
+        # (The fusion of the same two features the other way round is not warned about again: once per
+        # store, protocol and features in a process.)
+        for features, fused, out in (("spectrogram", "", "sp"), ("egemaps", "spectrogram", "fused2"),
+                                     ("spectrogram", "egemaps", "fused")):
+            head = ["--head", "fusion", "--fusion-features", fused] if fused else []
+            code = main([*train, "--features", features, *head, "--out", str(tmp_path / out)])
+            assert code == 0, capsys.readouterr().err
+            assert ("1 utterance(s) failed extraction and are left out (utt01)" in caplog.text) is (out != "fused")
+            assert "have no spectrogram frames" not in caplog.text
+            caplog.clear()
+    assert json.loads((tmp_path / "eg" / "results.json").read_text())["n_test"] == 7
+    for out in ("sp", "fused", "fused2"):
+        assert json.loads((tmp_path / out / "results.json").read_text())["n_test"] == 6

@@ -55,7 +55,7 @@ def _open_stores(config: ExperimentConfig, opened: dict[str, Any] | None = None)
 
 # (store, protocol) pairs whose dropped labels this process has reported: planning reports them
 # once, not every run of every experiment on the store (a pipeline plans many in one process).
-_REPORTED_DROPS: set[tuple[str, str]] = set()
+_REPORTED_DROPS: set[tuple[str, ...]] = set()
 
 
 def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mapping[str, Any] | None = None,
@@ -90,6 +90,8 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
     main_alias = sels["main"].alias
     main_features = {s.feature for s in sels.values() if s.alias == main_alias}
     drops = (str(config.stores[main_alias]), protocol.name)
+    # Which utterances lack frames or failed extraction depends on the features too (a file can fail one only).
+    feature_drops = (*drops, *sorted(main_features))
     # Any status: frames of a row whose other feature failed still count (and so does its label). The
     # table read once, the done records being its own: two copies held 440 MB of a 150,000-row store.
     rows = stores[main_alias].list_utterances(status=None)
@@ -101,7 +103,7 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
         # by _report_failed_extractions, with the reasons' advice.
         failed = {f.id for f in stores[main_alias].list_failures() if f.feature == feature}
         lacking = [r.id for r in done if r.id not in held and r.id not in failed]
-        if lacking and report and drops not in _REPORTED_DROPS:
+        if lacking and report and feature_drops not in _REPORTED_DROPS:
             path = str(config.stores[main_alias])
             log.warning("store %s: %d utterance(s) have no %s frames and are left out (%s); they were added by an "
                         "extraction of other features: `w2v2ser extract ... --store %s --features %s` adds them",
@@ -128,11 +130,12 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
     # rows predict_store passes (one rule): a subset's, or all.
     kept, _ = statistics_utterances(protocol, rows)  # speakers without a kept label are not trained on
     statistics_ids = kept if kept is not None else statistics_ids
-    if report and drops not in _REPORTED_DROPS:
+    if report and feature_drops not in _REPORTED_DROPS:
         _report_failed_extractions(stores[main_alias], str(config.stores[main_alias]), main_features)
+    if report and drops not in _REPORTED_DROPS:
         _report_mixed_rates(config, stores, sels, {r.id for r in records})
     if report:
-        _REPORTED_DROPS.add(drops)
+        _REPORTED_DROPS.update((drops, feature_drops))
     for branch, sel in sels.items():
         if sel.alias == main_alias:
             continue

@@ -181,10 +181,18 @@ def _note_features_lacking(location: Any, asked: str) -> None:
     from w2v2ser.store import open_store
 
     store = open_store(location)  # the utterance table only: describe() would list every object of an S3 store
-    done = len(store.list_utterances())
+    done = [r.id for r in store.list_utterances()]
+    failures = store.list_failures()
     for name in store.features:
-        held = len(store.list_utterances(feature=name))
-        if held < done:
-            print(f"note: {done - held} of the store's {done} utterances have no {name} frames (this run extracted "
-                  f"{asked}); training on {name} leaves them out until you extract it for them: add --features "
-                  f"{name}", file=sys.stderr)
+        held = {r.id for r in store.list_utterances(feature=name)}
+        failed = {f.id for f in failures if f.feature == name}  # files whose other features are stored
+        added = [uid for uid in done if uid not in held and uid not in failed]
+        if added:
+            print(f"note: {len(added)} of the store's {len(done)} utterances have no {name} frames (this run "
+                  f"extracted {asked}); training on {name} leaves them out until you extract it for them: add "
+                  f"--features {name}", file=sys.stderr)
+        failed_done = [uid for uid in done if uid not in held and uid in failed]
+        if failed_done:
+            print(f"note: {len(failed_done)} of the store's {len(done)} utterances failed {name} (reasons below) and "
+                  f"are stored with their other features: training on {name} leaves them out, training on those "
+                  f"uses them", file=sys.stderr)

@@ -72,9 +72,19 @@ def _cmd_store_info(args: argparse.Namespace) -> int:
         if model:  # what the speech encoder was fed (stores from before the option: the raw waveform)
             model += ", normalised waveform" if feature["config"].get("normalize_waveform") else ", raw waveform"
         done = info["status"].get("done", 0)
-        # An extraction of other features can add utterances that this feature lacks.
-        lacking = (f", {feature['utterances']} of {done} done utterances (add the rest: extract "
-                   f"--features {name})" if info["complete"] and feature["utterances"] < done else "")
+        # An extraction of other features can add utterances that this feature lacks, and this feature
+        # can fail for a file whose other features are stored.
+        lacking = ""
+        if info["complete"] and feature["utterances"] < done:
+            held = {r.id for r in store.list_utterances(feature=name)}
+            without = [r.id for r in store.list_utterances() if r.id not in held]
+            failed = {f["id"] for f in info["failure_reasons"] if f["feature"] == name}
+            failed_n = sum(uid in failed for uid in without)
+            why = ([f"{failed_n} failed for it, reasons below"] if failed_n else []) + (
+                [f"add the rest: extract --features {name}" if not failed_n else
+                 f"{len(without) - failed_n} added without it: extract --features {name}"]
+                if len(without) > failed_n else [])
+            lacking = f", {feature['utterances']} of {done} done utterances ({'; '.join(why)})"
         print(f"feature     {name:<12} {shape:<22} {feature['dtype']:<8} {feature['frame_rate']:g} frames/s, "
               f"{format_size(feature['bytes'])}" + (f", model {model}" if model else "") + lacking)
     copies = info["duplicate_audio"]

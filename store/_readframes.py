@@ -97,6 +97,12 @@ class _ReadFramesMixin:
                 f"extraction of other features added it. Extract {feature} for it (`w2v2ser extract ... "
                 f"--store {shlex.quote(str(self.path))} --features {feature}` on the same corpus), or read only "
                 f"list_utterances(feature={feature!r}).")
+        failed = [f.reason for f in self.list_failures() if f.id == utterance_id and f.feature == feature]
+        if status == "done" and failed:  # its other features are stored
+            return StoreError(
+                f"utterance {utterance_id!r} has no frames of feature {feature!r} in store {self.path}: its "
+                f"extraction of {feature} failed ({failed[0]}); its other features are stored. Read only "
+                f"list_utterances(feature={feature!r}), or fix the cause and rerun the extraction.")
         if status == "done":  # finalize records a length for every feature planned for a done utterance
             return self._damaged(f"features/{feature}/length", f"records no frames for utterance "
                                  f"{utterance_id!r}, whose status is 'done'")

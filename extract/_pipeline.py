@@ -341,12 +341,14 @@ def extract_corpus(
             summary.vanished = _keep_vanished(done, utterances, infos, failures)
             moved = _check_recorded_audio(existing, done, utterances, progress, audio_cache)
             stored = existing.features
-        rates = store_rates(utterances, infos, failures, extractors, stored)
+        refused: dict[int, dict[str, str]] = {}  # position -> feature -> why (a native rate): the rest is extracted
+        rates = store_rates(utterances, infos, failures, extractors, stored, refused=refused)
         num_samples = [info.num_samples if info is not None else None for info in infos]
         specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]
         if writer is None:
             writer = StoreWriter(store_path)
-        capacities = {extractor.name: [capacity(extractor, info) for info in infos] for extractor in extractors}
+        capacities = {extractor.name: [0 if extractor.name in refused.get(position, {}) else capacity(extractor, info)
+                                       for position, info in enumerate(infos)] for extractor in extractors}
         rows = writer.plan(
             [with_rate(u, info) for u, info in zip(utterances, infos)],
             num_samples=num_samples, features=specs, capacities=capacities, failures=failures,
@@ -361,6 +363,10 @@ def extract_corpus(
             summary.absent, done, utterances, corpus, fresh=not writer.known)
         summary.absent_failed = list(writer.absent_unfinished)
         summary.extra_kept = _extra_kept(utterances, done)
+        for position, reasons in refused.items():
+            for name, reason in reasons.items():
+                writer.record_failure(rows[position], feature=name, reason=reason)
+        refused_by_row = {rows[position]: set(reasons) for position, reasons in refused.items()}
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
@@ -368,19 +374,27 @@ def extract_corpus(
         # A row lacks some feature exactly when it lacks one of some group's features.
         all_pending: set[int] = set()
         for group in groups:
-            group_pending = writer.pending([e.name for e in group])
-            all_pending.update(group_pending)
-            pending = [row for row in group_pending if row in samples_by_row and samples_by_row[row]]
+            names = [e.name for e in group]
+            # Per row, the group's features it lacks, less those refused for its file: only these are extracted
+            # (the features a file has kept, e.g. after another of them failed, are not extracted again).
+            wanted: dict[int, set[str]] = {}
+            for name, missing in writer.pending_by_feature(names).items():
+                for row in missing:
+                    if name not in refused_by_row.get(row, ()):
+                        wanted.setdefault(row, set()).add(name)
+            all_pending.update(wanted)
+            pending = [row for row in sorted(wanted) if row in samples_by_row and samples_by_row[row]]
             # Similar lengths side by side: batches need little padding.
             pending.sort(key=lambda row: samples_by_row[row] or 0)
-            items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0)) for row in pending]
+            items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0),
+                                skip=tuple(sorted(set(names) - wanted[row]))) for row in pending]
             chunks = [items[start : start + shard_size] for start in range(0, len(items), shard_size)]
-            names = [e.name for e in group]
             # Each unit gets whole shards of its own: no two writers ever touch one shard file.
             units = writer.plan_units([[item.index for item in chunk] for chunk in chunks], names)
             tasks.extend((names, chunk, unit) for chunk, unit in zip(chunks, units))
 
-        summary.skipped = sum(1 for row in rows if row not in all_pending and samples_by_row[row])
+        summary.skipped = sum(1 for row in rows if row not in all_pending and row not in refused_by_row
+                              and samples_by_row[row])
         # A vanished file that a new feature needs cannot be decoded: it fails, and is not kept.
         pending_ids = {u.id for u, row in zip(utterances, rows) if row in all_pending}
         summary.vanished = [uid for uid in summary.vanished if uid not in pending_ids]

@@ -49,13 +49,18 @@ def _one_rate(extractor: Extractor) -> bool:
 
 def store_rates(
     utterances: Sequence[Utterance], infos: list[AudioInfo | None], failures: dict[int, str],
-    extractors: Sequence[Extractor], stored: Mapping[str, FeatureSpec],
+    extractors: Sequence[Extractor], stored: Mapping[str, FeatureSpec], *,
+    refused: dict[int, dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """The rate of each one-rate native feature: recorded in the store, else the first file's.
 
-    Files at another rate become failures that name both rates (``infos`` entry set to None:
-    the row is planned without regions, as for an unreadable header), and the run goes on.
+    Files at another rate become failures that name both rates, and the run goes on: with
+    ``refused``, a failure of that feature only (position -> feature -> reason; the file's other
+    features are extracted), unless it is every feature of ``extractors``; else, or without
+    ``refused``, of the whole file (``infos`` entry set to None: the row is planned without
+    regions, as for an unreadable header, and a manifest row pointing at a resampled copy replaces it).
     """
+    refused_here: dict[int, dict[str, str]] = {}
     rates: dict[str, int] = {}
     for extractor in extractors:
         if not _one_rate(extractor):
@@ -71,13 +76,22 @@ def store_rates(
         rates[extractor.name] = int(rate)
         for position, info in enumerate(infos):
             if info is not None and info.sample_rate != rate:
-                infos[position] = None
-                failures[position] = (
+                refused_here.setdefault(position, {})[extractor.name] = (
                     f"{utterances[position].path} is {info.sample_rate} Hz, but {extractor.name}.sample_rate is "
                     f"native and this store's {extractor.name} runs at {rate} Hz (the rate of its first file): "
-                    f"a window at mixed rates gives frames of different lengths. Resample the file to {rate} Hz, "
-                    f"set {extractor.name}.sample_rate to a rate in Hz, or extract files of this rate into another store."
+                    f"a window at mixed rates gives frames of different lengths. Resample the file to {rate} Hz"
                 )
+    for position, reasons in refused_here.items():
+        if refused is not None and len(reasons) < len(extractors):
+            # Its other features are extracted from this file: a resampled copy would be another file.
+            refused[position] = {name: f"{reason} and extract the copy into another store, set {name}.sample_rate "
+                                       f"to a rate in Hz, or extract files of this rate into another store; the "
+                                       f"file's other features are stored" for name, reason in reasons.items()}
+        else:  # nothing of the file is extracted
+            name, reason = next(iter(reasons.items()))
+            infos[position] = None
+            failures[position] = (f"{reason}, set {name}.sample_rate to a rate in Hz, or extract files of this rate "
+                                  f"into another store.")
     return rates
 
 

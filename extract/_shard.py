@@ -43,6 +43,7 @@ class _ShardItem:
     index: int
     path: str
     num_samples: int
+    skip: tuple[str, ...] = ()  # features of the unit not extracted for it (already stored, or refused)
 
 
 def _batches(items: Sequence[_ShardItem], max_samples: int) -> Iterator[list[_ShardItem]]:
@@ -346,9 +347,11 @@ def _features_of(
     """
     failures: list[_Failure] = []
     limit = getattr(extractor.config, "max_seconds", None)
-    allowed = [limit is None or audio.num_samples <= limit * 16000 for _, audio, _ in good]
-    for (item, audio, _), ok in zip(good, allowed):
-        if not ok:
+    wanted = [extractor.name not in item.skip for item, _, _ in good]
+    allowed = [want and (limit is None or audio.num_samples <= limit * 16000)
+               for (_, audio, _), want in zip(good, wanted)]
+    for (item, audio, _), ok, want in zip(good, allowed, wanted):
+        if want and not ok:
             length, shown = _seconds_over(audio.num_samples, limit)
             failures.append((item.index, extractor.name, (
                 f"{item.path} is {length} s long, over {extractor.name}.max_seconds={shown} "

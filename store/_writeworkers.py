@@ -36,6 +36,15 @@ class _WriteWorkersMixin:
         Args:
             features: Feature names of the store.
         """
+        missing = self.pending_by_feature(features)
+        return sorted(set().union(*missing.values()))
+
+    def pending_by_feature(self, features: Sequence[str]) -> dict[str, list[int]]:
+        """Per feature of `features`, the rows that still lack a committed frame set of it (as :meth:`pending`).
+
+        Args:
+            features: Feature names of the store.
+        """
         names = list(features)
         for name in names:
             self._spec(name)
@@ -43,16 +52,17 @@ class _WriteWorkersMixin:
         num_samples = self._column("num_samples")[:]
         planned = {name: self._feature(name, "capacity")[:] for name in names}
         n = len(num_samples)
-        missing = np.zeros(n, bool)
+        out: dict[str, list[int]] = {}
         for f in names:
             committed = state.committed_rows(f, n)
-            missing |= (planned[f][:n] >= 0) & ~committed
+            missing = (planned[f][:n] >= 0) & ~committed
             if self.location.is_local:  # committed into a shard file that is gone: extracted again
                 pair = state.pair(f)
                 missing[rows_of_missing_data_shards(
                     self._feature(f, "data"), rows=np.flatnonzero(committed), offset=pair.column("offset", n),
                     length=pair.column("length", n), crc32=pair.column("crc32", n), checksum=self.row_checksum)] = True
-        return np.flatnonzero(missing & (num_samples >= 0)).tolist()
+            out[f] = np.flatnonzero(missing & (num_samples >= 0)).tolist()
+        return out
 
     def _row_id(self, index: int) -> str:
         if self._ids is None or index >= len(self._ids):

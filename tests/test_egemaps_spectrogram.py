@@ -363,6 +363,39 @@ def test_native_spectrogram_store_refuses_files_of_another_rate(tmp_path):
                        extractors=[build_extractor("spectrogram", {"sample_rate": "native"})])
 
 
+def test_a_file_of_another_rate_keeps_its_egemaps_beside_a_native_spectrogram(tmp_path):
+    """`--features egemaps,spectrogram --option spectrogram.sample_rate=native` on files of mixed rates:
+    a file at another rate than the store's spectrogram failed for every feature, its eGeMAPS (which
+    takes any rate) lost too; now only its spectrogram fails."""
+    utterances = _rate_corpus(tmp_path / "audio", (48_000, 48_000, 44_100, 16_000, 48_000))
+    utterances = [replace(u, id=f"u{k}") for k, u in enumerate(utterances)]
+    spectrogram = build_extractor("spectrogram", {"sample_rate": "native", "window_samples": 400,
+                                                  "hop_samples": 320, "n_fft": 512})
+    extractors = [spectrogram, build_extractor("egemaps")]
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=extractors, progress=False)
+    assert summary.complete and summary.extracted == 5
+    failed = {uid: reason for uid, _, reason in summary.failed}
+    assert set(failed) == {"u2", "u3"}
+    assert "r44100.wav is 44100 Hz" in failed["u2"] and "runs at 48000 Hz" in failed["u2"]
+    assert "extract the copy into another store" in failed["u2"] and "other features are stored" in failed["u2"]
+    store = open_store(tmp_path / "s.zarr")
+    assert [(f.id, f.feature) for f in store.list_failures()] == [("u2", "spectrogram"), ("u3", "spectrogram")]
+    assert [r.id for r in store.list_utterances(feature="egemaps")] == ["u0", "u1", "u2", "u3", "u4"]
+    assert [r.id for r in store.list_utterances(feature="spectrogram")] == ["u0", "u1", "u4"]
+    assert store.verify().ok
+    alone = extract_corpus(utterances[2:4], tmp_path / "e.zarr", extractors=[build_extractor("egemaps")],
+                           progress=False)
+    assert alone.complete and not alone.failed
+    for uid in ("u2", "u3"):
+        np.testing.assert_array_equal(store.read_utterance(uid, "egemaps"),
+                                      open_store(tmp_path / "e.zarr").read_utterance(uid, "egemaps"))
+    # A rerun extracts nothing again: the refused spectrograms stay failures, the eGeMAPS stay stored.
+    again = extract_corpus(utterances, tmp_path / "s.zarr", extractors=extractors, progress=False)
+    assert (again.extracted, again.skipped, {uid for uid, _, _ in again.failed}) == (0, 3, {"u2", "u3"})
+    assert [r.id for r in open_store(tmp_path / "s.zarr").list_utterances(feature="egemaps")] == [
+        "u0", "u1", "u2", "u3", "u4"]
+
+
 def _forget_option(store_path: Path, feature: str, key: str) -> None:
     """Make the store look written before ``key`` existed (its recorded config lacks it)."""
     import zarr

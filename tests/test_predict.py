@@ -2252,3 +2252,36 @@ def test_a_file_whose_name_is_not_utf8_gets_its_reason_and_the_others_go_on(
     preds = predict_audio(trained, [audio_files[0], odd])
     assert preds[0].ok and preds[1].emotion is None, preds
     assert "caf\\xe9.wav: its name is not valid UTF-8" in preds[1].error, preds[1].error
+
+
+def test_a_file_that_failed_one_feature_of_a_fusion_run_fails_alone(tmp_path: Path) -> None:
+    """Stage 1 stores a file that failed one feature with its others (a done utterance without that
+    feature): predict must report that file as failed, with the reason, not read frames it lacks."""
+    from w2v2ser.train import ExperimentConfig, train_experiment
+
+    store = build_store(tmp_path / "train.zarr", layers=3, dim=4, features=("wav2vec2", "egemaps"))
+    config = ExperimentConfig(stores={"main": str(store)}, features="wav2vec2:all", head="fusion",
+                              protocol="ravdess", recipe="official", seeds=1, max_frames=40,
+                              recipe_overrides={"max_epochs": 1}, workers=1)
+    train_experiment(config, out=tmp_path / "run", progress=False, threads=1)
+    files = [tmp_path / "a.wav", tmp_path / "long.wav", tmp_path / "c.wav"]
+    for f in files:
+        f.write_bytes(b"RIFF")  # never read: the extraction below is a stand-in
+
+    def extract_one_failing(manifest: Path, target: Path, *, like: Path, features: list[str], model: str | None = None,
+                            options: Sequence[str] = ()) -> None:
+        fake_extract(manifest, target, like=like, features=features, model=model, options=options)
+        # long.wav: its wav2vec2 failed (over max_seconds), its eGeMAPS is stored, as stage 1 now keeps it.
+        writer = StoreWriter(target)
+        row = next(r.index for r in open_store(target).list_utterances() if Path(r.path).name == "long.wav")
+        writer.record_failure(row, feature="wav2vec2", reason="long.wav is 200.0 s long, over wav2vec2.max_seconds=120")
+        writer.finalize()
+        reader = open_store(target)
+        assert "long" in {Path(r.path).stem for r in reader.list_utterances()}
+        assert "long" not in {Path(r.path).stem for r in reader.list_utterances(feature="wav2vec2")}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_predict, "extract_features", extract_one_failing)
+        preds = predict_audio(tmp_path / "run", files)
+    assert [p.ok for p in preds] == [True, False, True]
+    assert "over wav2vec2.max_seconds=120" in preds[1].error

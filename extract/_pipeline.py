@@ -452,8 +452,7 @@ def extract_corpus(
     given = {u.id for u in utterances}
     stored = {r.id for r in store.list_utterances(status="done")}  # those failed for some feature only
     summary.failed = [(f.id, f.path, f.reason if f.feature is None or f.id not in stored else
-                       f"{f.reason} (only its {f.feature} failed: the file's other features are stored, "
-                       f"and a rerun extracts its {f.feature} again)")
+                       f"{f.reason} (only its {f.feature} failed: the file's other features are stored)")
                       for f in store.list_failures() if f.id in given]
     summary.silent = [uid for uid in store.attrs.get("silent_audio", []) if uid in given]
     summary.speaker_case = case_variants(store.speakers() + [u.speaker for u in utterances])

@@ -85,8 +85,8 @@ def store_rates(
         if refused is not None and len(reasons) < len(extractors):
             # Its other features are extracted from this file: a resampled copy would be another file.
             refused[position] = {name: f"{reason} and extract the copy into another store, set {name}.sample_rate "
-                                       f"to a rate in Hz, or extract files of this rate into another store; the "
-                                       f"file's other features are stored" for name, reason in reasons.items()}
+                                       f"to a rate in Hz, or extract files of this rate into another store."
+                                 for name, reason in reasons.items()}
         else:  # nothing of the file is extracted
             name, reason = next(iter(reasons.items()))
             infos[position] = None

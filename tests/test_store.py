@@ -259,6 +259,32 @@ def test_add_many_packs_the_utterances_before_a_bad_one(tmp_path):
                                   built.stored("w2v", 3))
 
 
+def test_add_many_packs_the_good_features_of_an_utterance_whose_other_feature_is_bad(tmp_path):
+    """With on_bad_frames, a float16 overflow in one feature left out every feature of the utterance;
+    now only that feature: the utterance is done with its other feature, the bad one listed as failed."""
+    built = build_store(tmp_path / "s", lengths=[3, 2], write=False, finalize=False)
+    writer = StoreWriter(built.path)
+    (unit,) = writer.plan_units([built.rows], ["w2v", "lld"])
+    frames = [{name: built.frames[name][i] for name in ("w2v", "lld")} for i in range(2)]
+    frames[1]["w2v"] = np.full((2, 4, 6), 1e6)  # float16 overflow
+    bad: list[tuple[int, str | None]] = []
+
+    def record(row, error):
+        bad.append((row, error.feature))
+        writer.record_failure(row, feature=error.feature, reason=str(error))
+
+    with writer.open_unit(unit) as unit_writer:
+        assert unit_writer.add_many(built.rows, frames, audio_sha256=["a", "b"], durations=[1.0, 1.0],
+                                    on_bad_frames=record) == built.rows
+    writer.finalize()
+    assert bad == [(built.rows[1], "w2v")]
+    store = open_store(built.path)
+    assert [r.id for r in store.list_utterances()] == ["u000", "u001"]
+    assert [r.id for r in store.list_utterances(feature="w2v")] == ["u000"]
+    np.testing.assert_array_equal(store.read_utterance("u001", "lld"), built.stored("lld", 1))
+    assert [(f.id, f.feature) for f in store.list_failures()] == [("u001", "w2v")]
+    assert store.verify().ok and writer.pending(["w2v", "lld"]) == [built.rows[1]]
+
 def _build_batched(path: str) -> None:
     build_store(Path(path), lengths=LENGTHS, units=1, batch=4)
 

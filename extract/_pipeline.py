@@ -367,6 +367,9 @@ def extract_corpus(
             for name, reason in reasons.items():
                 writer.record_failure(rows[position], feature=name, reason=reason)
         refused_by_row = {rows[position]: set(reasons) for position, reasons in refused.items()}
+        # Rows with features stored before this run: a file of theirs that fails now (gone, unreadable)
+        # fails the features this run extracts, not those it has.
+        kept_rows = {row for row, u in zip(rows, utterances) if u.id in done}
         samples_by_row = {row: n for row, n in zip(rows, num_samples)}
         path_by_row = {row: u.path for row, u in zip(rows, utterances)}
         groups = _feature_groups(extractors, split_gpu=client is not None and gpu_resource is not None)
@@ -387,7 +390,8 @@ def extract_corpus(
             # Similar lengths side by side: batches need little padding.
             pending.sort(key=lambda row: samples_by_row[row] or 0)
             items = [_ShardItem(row, path_by_row[row], int(samples_by_row[row] or 0),
-                                skip=tuple(sorted(set(names) - wanted[row]))) for row in pending]
+                                skip=tuple(sorted(set(names) - wanted[row])), kept=row in kept_rows)
+                     for row in pending]
             chunks = [items[start : start + shard_size] for start in range(0, len(items), shard_size)]
             # Each unit gets whole shards of its own: no two writers ever touch one shard file.
             units = writer.plan_units([[item.index for item in chunk] for chunk in chunks], names)

@@ -44,6 +44,7 @@ class _ShardItem:
     path: str
     num_samples: int
     skip: tuple[str, ...] = ()  # features of the unit not extracted for it (already stored, or refused)
+    kept: bool = False  # it has features stored before this run: a decode failure fails only the unit's others
 
 
 def _batches(items: Sequence[_ShardItem], max_samples: int) -> Iterator[list[_ShardItem]]:
@@ -395,7 +396,10 @@ def _extract_batch(
     """Run the batch's model features here, start its CPU features, and return the writer
     thread's job: wait for the CPU features, record failures, add utterances in order."""
     good = [(item, audio, digest) for item, audio, digest, reason in decoded if audio is not None]
-    failures: list[_Failure] = [(item.index, None, reason) for item, _, _, reason in decoded if reason]
+    failures: list[_Failure] = [
+        failure for item, _, _, reason in decoded if reason
+        for failure in ([(item.index, e.name, reason) for e in extractors if e.name not in item.skip] if item.kept
+                        else [(item.index, None, reason)])]
     results: dict[str, Any] = {}
     for extractor in extractors:
         if cpu_features is not None and extractor.name not in GPU_FEATURES:

@@ -1596,13 +1596,17 @@ def test_a_resumed_run_keeps_a_finished_utterance_whose_file_has_since_gone(corp
     assert any(n.startswith("1 utterance(s) already extracted no longer have their audio file") for n in summary.notes())
     np.testing.assert_array_equal(open_store(store).read_utterance(good[1].id, "energy"), kept)
     # A feature added while the file is gone: it cannot be decoded, so it fails with its reason
-    # (and is not counted as kept).
+    # (and is not counted as kept); the features the file has stay stored (they were lost with it).
     from w2v2ser.extract import build_extractor
 
     summary = extract_corpus(good, store, extractors=[EnergyExtractor(), build_extractor("spectrogram")],
                              progress=False)
     assert summary.vanished == [] and [f[0] for f in summary.failed] == [good[1].id]
-    assert "does not exist" in summary.failed[0][2]
+    assert "does not exist" in summary.failed[0][2] and "other features are stored" in summary.failed[0][2]
+    reader = open_store(store)
+    assert [(f.id, f.feature) for f in reader.list_failures()] == [(good[1].id, "spectrogram")]
+    np.testing.assert_array_equal(reader.read_utterance(good[1].id, "energy"), kept)
+    assert good[1].id in {r.id for r in reader.list_utterances(feature="energy")}
 
 
 def test_a_store_whose_every_file_failed_opens_and_verifies_intact(corpus, tmp_path):

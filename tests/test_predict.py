@@ -512,7 +512,7 @@ def test_a_file_over_max_seconds_is_told_to_use_segment(
 
     long_file = audio_files[0]
     extractor = SimpleNamespace(name="wav2vec2", config=SimpleNamespace(max_seconds=120.0))
-    item, audio = SimpleNamespace(index=0, path=long_file), SimpleNamespace(num_samples=200 * 16000)
+    item, audio = SimpleNamespace(index=0, path=long_file, skip=()), SimpleNamespace(num_samples=200 * 16000)
     monkeypatch.setattr(_shard, "run_extractor", lambda extractor, audios: [])
     (_, _, stage1_reason), = _shard._features_of(extractor, [(item, audio, "")])[1]
 

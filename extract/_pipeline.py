@@ -342,7 +342,9 @@ def extract_corpus(
             moved = _check_recorded_audio(existing, done, utterances, progress, audio_cache)
             stored = existing.features
         refused: dict[int, dict[str, str]] = {}  # position -> feature -> why (a native rate): the rest is extracted
-        rates = store_rates(utterances, infos, failures, extractors, stored, refused=refused)
+        # A file with features stored keeps them when this run's features all refuse its rate.
+        rates = store_rates(utterances, infos, failures, extractors, stored, refused=refused,
+                            kept={position for position, u in enumerate(utterances) if u.id in done})
         num_samples = [info.num_samples if info is not None else None for info in infos]
         specs = [feature_spec_for_store(extractor, rates, stored) for extractor in extractors]
         if writer is None:

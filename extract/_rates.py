@@ -50,13 +50,14 @@ def _one_rate(extractor: Extractor) -> bool:
 def store_rates(
     utterances: Sequence[Utterance], infos: list[AudioInfo | None], failures: dict[int, str],
     extractors: Sequence[Extractor], stored: Mapping[str, FeatureSpec], *,
-    refused: dict[int, dict[str, str]] | None = None,
+    refused: dict[int, dict[str, str]] | None = None, kept: frozenset[int] | set[int] = frozenset(),
 ) -> dict[str, int]:
     """The rate of each one-rate native feature: recorded in the store, else the first file's.
 
     Files at another rate become failures that name both rates, and the run goes on: with
     ``refused``, a failure of that feature only (position -> feature -> reason; the file's other
-    features are extracted), unless it is every feature of ``extractors``; else, or without
+    features are extracted), unless it is every feature of ``extractors`` and the file has none stored
+    (``kept``: positions of files with features stored before, which keep them); else, or without
     ``refused``, of the whole file (``infos`` entry set to None: the row is planned without
     regions, as for an unreadable header, and a manifest row pointing at a resampled copy replaces it).
     """
@@ -82,7 +83,7 @@ def store_rates(
                     f"a window at mixed rates gives frames of different lengths. Resample the file to {rate} Hz"
                 )
     for position, reasons in refused_here.items():
-        if refused is not None and len(reasons) < len(extractors):
+        if refused is not None and (len(reasons) < len(extractors) or position in kept):
             # Its other features are extracted from this file: a resampled copy would be another file.
             refused[position] = {name: f"{reason} and extract the copy into another store, set {name}.sample_rate "
                                        f"to a rate in Hz, or extract files of this rate into another store."

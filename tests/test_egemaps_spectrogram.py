@@ -396,6 +396,24 @@ def test_a_file_of_another_rate_keeps_its_egemaps_beside_a_native_spectrogram(tm
         "u0", "u1", "u2", "u3", "u4"]
 
 
+def test_adding_a_native_spectrogram_keeps_the_egemaps_of_files_at_another_rate(tmp_path):
+    """Review s67: `--features spectrogram` (sample_rate native) added to an eGeMAPS store of mixed rates failed
+    a file at another rate whole, as every feature of the run refused it, and its stored eGeMAPS was lost;
+    a file with features stored keeps them, its spectrogram alone refused."""
+    utterances = _rate_corpus(tmp_path / "audio", (48_000, 48_000, 44_100, 16_000, 48_000))
+    utterances = [replace(u, id=f"u{k}") for k, u in enumerate(utterances)]
+    extract_corpus(utterances, tmp_path / "s.zarr", extractors=[build_extractor("egemaps")], progress=False)
+    spectrogram = build_extractor("spectrogram", {"sample_rate": "native", "window_samples": 400,
+                                                  "hop_samples": 320, "n_fft": 512})
+    summary = extract_corpus(utterances, tmp_path / "s.zarr", extractors=[spectrogram], progress=False)
+    assert summary.complete and {uid for uid, _, _ in summary.failed} == {"u2", "u3"}
+    store = open_store(tmp_path / "s.zarr")
+    assert [r.id for r in store.list_utterances(feature="egemaps")] == ["u0", "u1", "u2", "u3", "u4"]
+    assert [r.id for r in store.list_utterances(feature="spectrogram")] == ["u0", "u1", "u4"]
+    assert [(f.id, f.feature) for f in store.list_failures()] == [("u2", "spectrogram"), ("u3", "spectrogram")]
+    assert store.verify().ok
+
+
 def _forget_option(store_path: Path, feature: str, key: str) -> None:
     """Make the store look written before ``key`` existed (its recorded config lacks it)."""
     import zarr

@@ -102,7 +102,9 @@ class _ReadFramesMixin:
             return StoreError(
                 f"utterance {utterance_id!r} has no frames of feature {feature!r} in store {self.path}: its "
                 f"extraction of {feature} failed ({failed[0]}); its other features are stored. Read only "
-                f"list_utterances(feature={feature!r}), or fix the cause and rerun the extraction.")
+                f"list_utterances(feature={feature!r}), or remove the cause outside the file (e.g. raise "
+                f"{feature}.max_seconds) and rerun the extraction; audio changed in place is refused (its other "
+                f"features came from the old audio): extract a fixed copy into another store.")
         if status == "done":  # finalize records a length for every feature planned for a done utterance
             return self._damaged(f"features/{feature}/length", f"records no frames for utterance "
                                  f"{utterance_id!r}, whose status is 'done'")

@@ -440,8 +440,10 @@ def test_a_file_over_max_seconds_keeps_its_other_features(tmp_path):
     assert alone.shape[0] > 250
     np.testing.assert_array_equal(store.read_utterance(long_id, "egemaps"), alone)
     with pytest.raises(StoreError, match=rf"utterance '{long_id}' has no frames of feature 'wav2vec2'.*: its "
-                                         r"extraction of wav2vec2 failed \(.*over wav2vec2.max_seconds=2"):
+                                         r"extraction of wav2vec2 failed \(.*over wav2vec2.max_seconds=2") as refusal:
         store.read_utterance(long_id, "wav2vec2")
+    # Review s67: "fix the cause and rerun" led to changed audio, which a rerun refuses for a done utterance
+    assert "audio changed in place is refused" in str(refusal.value) and "into another store" in str(refusal.value)
 
     raised = [build_extractor("wav2vec2", {"model": str(model_dir), "max_seconds": 60.0}), build_extractor("egemaps")]
     again = extract_corpus(utterances, tmp_path / "both.zarr", extractors=raised, progress=False)

@@ -70,6 +70,28 @@ def test_train_run_every_head_selection_norm(rav, tmp_path, head, features, norm
         np.testing.assert_allclose(norms["main"].mean.ravel(), np.asarray(ref.mean).ravel(), rtol=1e-6)
 
 
+def test_a_fusion_store_whose_extraction_failed_for_an_utterance_leaves_it_out(tmp_path, caplog):
+    """Review s67: a file done in the fusion store without the fused feature (its extraction failed there)
+    refused the whole experiment ("fused stores must be extracted from the same manifest"); a failure in the
+    main store leaves the utterance out with a warning, and now one in the fusion store does too."""
+    from w2v2ser.store import StoreWriter
+    from w2v2ser.train import plan_runs
+
+    main = build_store(tmp_path / "w.zarr", layers=3, dim=4, features=("wav2vec2",))
+    fused = build_store(tmp_path / "e.zarr", features=("egemaps", "spectrogram"))
+    row = open_store(fused).list_utterances()[0]
+    writer = StoreWriter(fused)
+    writer.record_failure(row.index, feature="egemaps", reason="openSMILE refused it")
+    writer.finalize()
+    assert row.id not in {r.id for r in open_store(fused).list_utterances(feature="egemaps")}
+    cfg = ExperimentConfig(stores={"main": str(main), "fusion": str(fused)}, features="wav2vec2:all", head="fusion",
+                           fusion_features="fusion/egemaps", protocol="ravdess", seeds=1)
+    with caplog.at_level(logging.WARNING):
+        runs = plan_runs(cfg)
+    assert runs and "1 utterance(s) failed extraction of egemaps and are left out" in caplog.text, caplog.text
+    assert row.id in caplog.text
+
+
 def test_fusion_frame_rate_mismatch_raises(rav):
     cfg = ExperimentConfig(stores=rav, features="wav2vec2:all", head="fusion", fusion_features="spectrogram", **FAST)
     with pytest.raises(SelectionError, match="frame rates"):

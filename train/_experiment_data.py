@@ -141,6 +141,19 @@ def _prepare(config: ExperimentConfig, *, report: bool = False, revisions: Mappi
             continue
         other = {r.id: r for r in stores[sel.alias].list_utterances(status="done", feature=sel.feature)}
         missing = [r.id for r in records if r.id not in other]
+        # Utterances whose extraction of this feature failed in that store are left out, as a failure in the
+        # main store is; only others missing there mean stores of different manifests (or an unfinished one).
+        failed_there = {f.id for f in stores[sel.alias].list_failures() if f.feature in (None, sel.feature)}
+        left_out = sorted(set(missing) & failed_there)
+        if left_out:
+            if report:
+                path = str(config.stores[sel.alias])
+                log.warning("store %s: %d utterance(s) failed extraction of %s and are left out (%s); `w2v2ser "
+                            "store info %s` gives the reasons", path, len(left_out), sel.feature, first_few(left_out),
+                            shlex.quote(path))
+            keep = [k for k, r in enumerate(records) if r.id not in failed_there]
+            records, labels = [records[k] for k in keep], [labels[k] for k in keep]
+            missing = [uid for uid in missing if uid not in failed_there]
         if missing:
             raise DataError(f"store {sel.alias!r} ({config.stores[sel.alias]}) lacks {len(missing)} of the "
                             f"{len(records)} utterances of store {main_alias!r}, e.g. {missing[:3]}; fused stores "

@@ -647,7 +647,8 @@ def test_warnings_of_runs_trained_by_dask_workers_reach_the_driver_once(tmp_path
     for experiment in config.experiments:
         for run in ("split__seed0", "split__seed1"):
             assert err.count(f"run {experiment.run_dir.name}/{run}: its own note") == 1, (err, worker_log)
-    assert not worker_log
+    # Only the runs' warnings: Dask's own (its dashboard port taken by another process) may come from its threads.
+    assert not [m for m in worker_log if "without frames" in m or "its own note" in m], worker_log
 
 
 @needs_ravdess

@@ -104,6 +104,21 @@ class _AudioStatCache:
         digest = entry.get("sha256") if entry is not None else None
         return digest if isinstance(digest, str) else None
 
+    def digest(self, path: str | os.PathLike) -> str | None:
+        """The file's sha256: the cached one while its stat is unchanged, else read (and cached when it was not
+        written to while read); None when it cannot be read (missing, permissions, an I/O error)."""
+        key, taken = _stat_key(path), time.time_ns()
+        found = self.sha256(path, key)
+        if found is not None:
+            return found
+        try:
+            found = sha256_file(path)
+        except (OSError, AudioError):  # sha256_file raises AudioError for a missing or unreadable file
+            return None
+        if _stat_key(path) == key:  # not written to while it was read
+            self.put(path, key, taken_ns=taken, sha256=found)
+        return found
+
     def put(self, path: str | os.PathLike, key: tuple[int, ...] | None, *, taken_ns: int,
             info: AudioInfo | None = None, sha256: str | None = None) -> None:
         """Record what was read from a file whose stat key was ``key`` at ``taken_ns`` (not a file
@@ -261,15 +276,9 @@ def _check_recorded_audio(store: Any, done: Mapping[str, Any], utterances: Seque
     checked = [u for u in utterances if u.id in recorded]
     changed, moved = [], set()
     for u in _progress(checked, progress and bool(checked), "check audio", "file"):
-        key, taken = _stat_key(u.path), time.time_ns()
-        digest = cache.sha256(u.path, key)
+        digest = cache.digest(u.path)
         if digest is None:
-            try:
-                digest = sha256_file(u.path)
-            except (OSError, AudioError):  # sha256_file raises AudioError for a missing or unreadable file
-                continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
-            if _stat_key(u.path) == key:  # not written to while it was read
-                cache.put(u.path, key, taken_ns=taken, sha256=digest)
+            continue  # a vanished file keeps its features; a moved one that cannot be read is refused by plan
         if recorded[u.id][0] == u.path and digest != recorded[u.id][1]:
             changed.append(u)
         elif recorded[u.id][0] != u.path and digest == recorded[u.id][1]:

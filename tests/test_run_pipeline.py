@@ -582,13 +582,13 @@ def test_run_on_complete_stores_reads_no_audio_but_refuses_changed_audio(tmp_pat
     unreadable = sorted((tmp_path / "data" / "speech").rglob("*.flac"))[1]
     os.utime(unreadable)  # another stat: not in the cache
 
-    def refuse(path, _real=_audio.sha256_file, **kw):
+    def refuse(path, _real=_checks.sha256_file, **kw):
         if Path(path) == unreadable:
             raise PermissionError(13, "Permission denied", str(path))
         return _real(path, **kw)
 
     with monkeypatch.context() as patched:
-        patched.setattr(_audio, "sha256_file", refuse)
+        patched.setattr(_checks, "sha256_file", refuse)
         assert run_pipeline(pipeline, stage="extract") == 0
     assert capsys.readouterr().err.count(": complete (") == 2
     link = sorted((tmp_path / "data" / "speech").rglob("*.flac"))[0]

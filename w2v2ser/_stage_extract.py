@@ -98,25 +98,16 @@ def _audio_unchanged(store_path: Path, stored: dict[str, Any], utterances: Seque
     ``w2v2ser extract`` checks: a file whose stat is that of the store's audio cache is not read, any other is
     hashed (and recorded in the cache when no extraction holds the store). A changed file goes to the
     extraction, which refuses it and names it; a vanished one keeps its features, as there."""
-    from w2v2ser.extract._audio import sha256_file
-    from w2v2ser.extract._checks import _AudioStatCache, _stat_key
+    from w2v2ser.extract._checks import _AudioStatCache
     from w2v2ser.store import locate_store, lock_store
 
     location = locate_store(store_path)
     cache = _AudioStatCache(location)
     for u in utterances:
         recorded = stored[u.id].audio_sha256
-        key, taken = _stat_key(u.path), time.time_ns()
-        if not recorded or key is None:
+        digest = cache.digest(u.path) if recorded else None
+        if digest is None:  # nothing recorded, or unreadable now (gone, permissions): kept, as extract keeps it
             continue
-        digest = cache.sha256(u.path, key)
-        if digest is None:
-            try:
-                digest = sha256_file(u.path)
-            except (OSError, W2v2serError):  # unreadable now (permissions, an I/O error): kept, as extract keeps it
-                continue
-            if _stat_key(u.path) == key:
-                cache.put(u.path, key, taken_ns=taken, sha256=digest)
         if digest != recorded:
             return False
     if cache.dirty:
